@@ -1,0 +1,48 @@
+"""``markctl``: technician commands.
+
+Each subcommand lives in its own module (``cmd_<name>.py``) exposing
+``register(subparsers)`` which adds its parser and sets ``func`` to a callable
+``func(args) -> int`` returning the exit status.
+
+Exit status: 0 success, 2 bad input (a bad code, a bad configuration, bad arguments),
+1 an operational failure (store cannot be opened, device missing, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from markd import __version__
+from markd.cli import cmd_config, cmd_parse
+
+COMMANDS = (cmd_parse, cmd_config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="markctl", description="markd technician commands (marking codes, config, store)."
+    )
+    parser.add_argument("--version", action="version", version=f"markctl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `markctl parse - | head`: the reader went away; not an error worth a traceback.
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Prepare .venv for markd on a Debian/Ubuntu machine: install the apt build dependencies
+# that are missing (systemd-python compiles against libsystemd), create the virtual
+# environment and install the package with its test extras in editable mode.
+#
+# Usage: tools/bootstrap.sh [VENV_DIR]      (default .venv)
+# Environment: PYTHON (interpreter to build the venv from, default python3).
+set -euo pipefail
+
+venv=${1:-.venv}
+python=${PYTHON:-python3}
+cd "$(dirname "$0")/.."
+
+say() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+if ! command -v "$python" >/dev/null 2>&1; then
+    say "no '$python' on PATH; install python3 (>= 3.11) or set PYTHON=/path/to/python3"
+    exit 1
+fi
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    say "markd needs Python >= 3.11; '$python' is $("$python" -V 2>&1)"
+    exit 1
+fi
+
+# Debian packages needed to build systemd-python and to create a venv.
+need=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+have_pkg libsystemd-dev || need+=(libsystemd-dev)
+have_pkg pkg-config || have_pkg pkgconf || need+=(pkg-config)
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+# Python.h: a pyenv or self-built Python ships its own; Debian's python3 needs python3-dev.
+inc=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+[ -f "$inc/Python.h" ] || need+=(python3-dev)
+"$python" -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+
+if [ ${#need[@]} -gt 0 ]; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+        say "missing build dependencies (${need[*]}) and no apt-get to install them"
+        exit 1
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        say "missing build dependencies: ${need[*]}"
+        say "run as root, or first: sudo apt-get install -y ${need[*]}"
+        exit 1
+    fi
+    say "installing apt packages: ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+    say "creating $venv"
+    "$python" -m venv "$venv"
+fi
+say "installing markd and its test dependencies into $venv"
+"$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+"$venv/bin/python" -m pip install -q -e '.[test,lint]'
+"$venv/bin/python" -c 'import markd, lmdb, serial, usb; import systemd.journal, systemd.daemon' \
+    || { say "the venv is incomplete (see the import error above)"; exit 1; }
+say "ready: $venv"
