@@ -6,8 +6,10 @@ exception leaves :func:`parse` for any input (a property test and a fuzz run hol
 
 Shapes understood (``MarkingCode.shape``)::
 
-    gs1-91-92      01 GTIN14 21 serial ␝91 key(4) ␝92 signature(44|88)   shoes, clothes, medicines, …
-    gs1-93         01 GTIN14 21 serial ␝93 crypto(4) [␝ extra AIs]        water (serial 13), dairy (6), beer (7)
+    gs1-91-92      01 GTIN14 21 serial ␝91 key(4) ␝92 signature(44|88)
+                   (shoes, clothes, medicines, …)
+    gs1-93         01 GTIN14 21 serial ␝93 crypto(4) [␝ extra AIs]
+                   (water: serial 13, dairy: 6, beer: 7)
     tobacco-block  01 GTIN14 21 serial(7) ␝8005 MRP(6) ␝93 crypto(4)
     tobacco-pack   29 characters, no AIs: GTIN14 serial(7) MRP(4, base 80) crypto(4)
     ki             01 GTIN14 21 serial, no verification part (a bare КИ, e.g. ЭСДН)
@@ -55,7 +57,7 @@ GS1_CHARSET_82 = (
 )
 
 #: Base-80 alphabet of the tobacco pack MRP, index 0 first (domain.md §2.3).
-A80 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789" "!\"%&'*+-./_,:;=<>?"
+A80 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!\"%&'*+-./_,:;=<>?"
 _A80_INDEX = {c: i for i, c in enumerate(A80)}
 
 #: Longest input looked at; anything longer is refused before any other work (a 92/88 code
@@ -74,7 +76,10 @@ REASONS: dict[str, tuple[str, str]] = {
         "not a marking code (a plain product barcode or another code)",
         "Это не код маркировки, отсканируйте DataMatrix",
     ),
-    "truncated": ("the code ends in the middle of an element", "Код неполный, отсканируйте ещё раз"),
+    "truncated": (
+        "the code ends in the middle of an element",
+        "Код неполный, отсканируйте ещё раз",
+    ),
     "bad-gtin-check-digit": ("GTIN check digit is wrong", "Неверная контрольная цифра GTIN"),
     "bad-serial": ("serial number (AI 21) is empty or too long", "Неверный серийный номер"),
     "unknown-ai": ("unknown application identifier", "Неизвестная структура кода"),
@@ -225,7 +230,7 @@ def mrp_to_base80(kopecks: int) -> str:
 # ЙЦУКЕН (Russian, Windows/X11 standard) character → the US-layout character on the same key
 # with the same Shift state. When a keyboard-mode scanner "types" a code while the host has the
 # Russian layout active, every key arrives as the Russian character; mapping back is exact.
-_RU_KEYS = "ёйцукенгшщзхъфывапролджэячсмитьбю.ЁЙЦУКЕНГШЩЗХЪФЫВАПРОЛДЖЭЯЧСМИТЬБЮ,\"№;:?/"
+_RU_KEYS = 'ёйцукенгшщзхъфывапролджэячсмитьбю.ЁЙЦУКЕНГШЩЗХЪФЫВАПРОЛДЖЭЯЧСМИТЬБЮ,"№;:?/'
 _US_KEYS = "`qwertyuiop[]asdfghjkl;'zxcvbnm,./~QWERTYUIOP{}ASDFGHJKL:\"ZXCVBNM<>?@#$^&|"
 _RU_TO_US = str.maketrans(_RU_KEYS, _US_KEYS)
 _CYRILLIC = re.compile("[\u0400-\u04ff]")
@@ -239,7 +244,9 @@ _VALID_CHARS = re.compile("[" + re.escape(GS1_CHARSET_82) + GS + "]*")
 _WHITESPACE = " \r\n\t"
 
 
-def _normalise(text: str, repairs: list[str], replace_tokens: bool = True) -> tuple[str, str | None]:
+def _normalise(
+    text: str, repairs: list[str], replace_tokens: bool = True
+) -> tuple[str, str | None]:
     """Apply every normalisation step, appending to ``repairs``; return (text, symbology)."""
     stripped = text.strip(_WHITESPACE)
     if stripped != text:
@@ -297,13 +304,32 @@ def _check_characters(s: str, layout_repaired: bool) -> None:
 # need no GS after them. A negative length means "variable, up to that many characters".
 # 91/92/93 are variable in GS1, but Честный ЗНАК fixes their lengths; _CZ_LENGTHS holds those.
 _AI: dict[str, tuple[int, bool]] = {
-    "00": (18, True), "01": (14, True), "02": (14, True),
-    "10": (-20, False), "11": (6, True), "12": (6, True), "13": (6, True),
-    "15": (6, True), "16": (6, True), "17": (6, True),
-    "21": (-20, False), "22": (-20, False), "240": (-30, False), "241": (-30, False),
-    "30": (-8, False), "37": (-8, False), "7003": (10, False), "8005": (6, False),
-    "91": (-90, False), "92": (-90, False), "93": (-90, False), "94": (-90, False),
-    "95": (-90, False), "96": (-90, False), "97": (-90, False), "98": (-90, False),
+    "00": (18, True),
+    "01": (14, True),
+    "02": (14, True),
+    "10": (-20, False),
+    "11": (6, True),
+    "12": (6, True),
+    "13": (6, True),
+    "15": (6, True),
+    "16": (6, True),
+    "17": (6, True),
+    "21": (-20, False),
+    "22": (-20, False),
+    "240": (-30, False),
+    "241": (-30, False),
+    "30": (-8, False),
+    "37": (-8, False),
+    "7003": (10, False),
+    "8005": (6, False),
+    "91": (-90, False),
+    "92": (-90, False),
+    "93": (-90, False),
+    "94": (-90, False),
+    "95": (-90, False),
+    "96": (-90, False),
+    "97": (-90, False),
+    "98": (-90, False),
     "99": (-90, False),
 }
 _NUMERIC_AI = {"00", "01", "02", "11", "12", "13", "15", "16", "17", "30", "37", "7003", "8005"}
@@ -337,7 +363,7 @@ def _parse_fields(segments: list[str]) -> tuple[list[tuple[str, str]], bool]:
         while pos < len(seg):
             ai, length, _predefined = _lookup_ai(seg, pos)
             if not ai:
-                raise _error("unknown-ai", f"no known AI at '{seg[pos:pos + 4]}…'")
+                raise _error("unknown-ai", f"no known AI at '{seg[pos : pos + 4]}…'")
             start = pos + len(ai)
             if length > 0:
                 value = seg[start : start + length]
@@ -522,7 +548,9 @@ def _build_gs1(
 def _parse_tobacco_pack(s: str, repairs: list[str], symbology: str | None) -> MarkingCode:
     gtin = s[:14]
     if not gtin_is_valid(gtin):
-        raise _error("bad-gtin-check-digit", f"GTIN {gtin} should end in {gtin_check_digit(gtin[:13])}")
+        raise _error(
+            "bad-gtin-check-digit", f"GTIN {gtin} should end in {gtin_check_digit(gtin[:13])}"
+        )
     mrp = mrp_from_base80(s[21:25])
     return MarkingCode(
         km=s,
@@ -543,7 +571,9 @@ def _looks_like_tobacco_pack(s: str) -> bool:
     return len(s) == 29 and GS not in s and s[:14].isdigit()
 
 
-def _parse_normalised(s: str, repairs: list[str], symbology: str | None, opts: CodesOptions) -> MarkingCode:
+def _parse_normalised(
+    s: str, repairs: list[str], symbology: str | None, opts: CodesOptions
+) -> MarkingCode:
     if not s:
         raise _error("empty", "nothing left after removing scanner prefixes and suffixes")
     if s.isdigit() and len(s) in (8, 12, 13, 14):
@@ -581,7 +611,10 @@ def _parse(text: str | bytes, opts: CodesOptions) -> MarkingCode:
         try:
             text = bytes(text).decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise _error("invalid-characters", f"byte 0x{text[exc.start]:02X} at offset {exc.start} is not UTF-8") from None
+            raise _error(
+                "invalid-characters",
+                f"byte 0x{text[exc.start]:02X} at offset {exc.start} is not UTF-8",
+            ) from None
     if len(text) > MAX_INPUT_LENGTH:
         raise _error("too-long", f"{len(text)} characters (at most {MAX_INPUT_LENGTH})")
     repairs: list[str] = []

@@ -50,14 +50,14 @@ class CodeError(MarkdError, ValueError):
 
     @property
     def rescan(self) -> bool:
-        """True when scanning again (or with another scanner setting) may succeed."""
+        """True when scanning again (or with other scanner settings) may succeed."""
         from markd.codes import RESCAN_REASONS
 
         return self.reason in RESCAN_REASONS
 
 
 class ConfigError(MarkdError):
-    """Configuration is invalid. ``problems`` lists every finding, each naming file, line and key."""
+    """Configuration is invalid; ``problems`` lists every finding with its file, line and key."""
 
     reason = "bad-config"
 

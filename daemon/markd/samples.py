@@ -34,10 +34,10 @@ def make(shape: str, rng: random.Random | None = None) -> str:
     """One canonical code of ``shape`` (see :data:`SHAPES`)."""
     rng = rng or random.Random()
     g = gtin(rng)
-    if shape == "gs1-91-92":
-        return f"01{g}21{serial(rng, 13)}{GS}91{_chars(rng, _BASE64, 4)}{GS}92{_chars(rng, _BASE64, 44)}"
-    if shape == "gs1-91-92-88":
-        return f"01{g}21{serial(rng, 13)}{GS}91{_chars(rng, _BASE64, 4)}{GS}92{_chars(rng, _BASE64, 88)}"
+    if shape in ("gs1-91-92", "gs1-91-92-88"):
+        key = _chars(rng, _BASE64, 4)
+        signature = _chars(rng, _BASE64, 88 if shape.endswith("88") else 44)
+        return f"01{g}21{serial(rng, 13)}{GS}91{key}{GS}92{signature}"
     if shape == "water":
         return f"01{g}21{serial(rng, 13)}{GS}93{_chars(rng, _BASE64, 4)}"
     if shape == "milk":

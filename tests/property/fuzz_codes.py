@@ -23,7 +23,21 @@ from markd.codes import GS, GS1_CHARSET_82, parse
 from markd.errors import CodeError
 
 _NOISE = GS1_CHARSET_82 + GS + "\r\n\t \x00\x7f]<>[]{}\\йцукенЁъ\u241d\ufffd"
-_TOKENS = ["<GS>", "[GS]", "{GS}", "\\u001d", "]d2", "]C1", GS, "91", "92", "93", "8005", "21", "01"]
+_TOKENS = [
+    "<GS>",
+    "[GS]",
+    "{GS}",
+    "\\u001d",
+    "]d2",
+    "]C1",
+    GS,
+    "91",
+    "92",
+    "93",
+    "8005",
+    "21",
+    "01",
+]
 
 
 def _mutate(rng: random.Random, text: str) -> str:
@@ -78,7 +92,8 @@ def run(count: int = 100_000, seed: int = 0, progress: bool = False) -> collecti
                 raise AssertionError(f"internal error on input #{i}: {text!r}") from exc.__cause__
             outcomes[exc.reason] += 1
         except Exception as exc:  # noqa: BLE001 - the point of the fuzzer
-            raise AssertionError(f"{type(exc).__name__} escaped parse() on input #{i}: {text!r}")
+            name = type(exc).__name__
+            raise AssertionError(f"{name} escaped parse() on input #{i}: {text!r}") from exc
         else:
             if gs_only and code.km != original:
                 raise AssertionError(f"lost GS recovered into a different code: {original!r}")

@@ -6,11 +6,10 @@ import string
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from tests.unit.test_codes import typed_in_russian_layout
 
 from markd.codes import GS, GS1_CHARSET_82, REASONS, CodesOptions, gtin_check_digit, parse
 from markd.errors import CodeError
-
-from tests.unit.test_codes import typed_in_russian_layout
 
 SETTINGS = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -137,7 +136,13 @@ def test_lost_gs_is_recovered_exactly_or_refused(km):
     """Removing every GS never yields a *different* code: the same one, or a refusal."""
     result = outcome(km.replace(GS, ""))
     if isinstance(result, str):
-        assert result in ("ambiguous-lost-gs", "bad-ai-value", "unknown-ai", "missing-crypto",
-                          "bad-shape", "bad-serial"), result
+        assert result in (
+            "ambiguous-lost-gs",
+            "bad-ai-value",
+            "unknown-ai",
+            "missing-crypto",
+            "bad-shape",
+            "bad-serial",
+        ), result
     else:
         assert result.km == km

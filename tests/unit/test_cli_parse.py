@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.unit.test_codes import PACK, SHOES, SIG44, WATER
 
 from markd.cli import markctl
-from tests.unit.test_codes import PACK, SHOES, SIG44, WATER
 
 MARKCTL = Path(sys.executable).with_name("markctl")
 
@@ -29,7 +29,16 @@ def test_parse_json_fields(capsys):
     status, out, _ = run(["parse", SHOES.replace("\x1d", "\\u001d"), "--json"], capsys)
     assert status == 0
     data = json.loads(out)
-    assert set(data) >= {"ki", "gtin", "serial", "crypto", "mrp_kopecks", "shape", "group", "repairs"}
+    assert set(data) >= {
+        "ki",
+        "gtin",
+        "serial",
+        "crypto",
+        "mrp_kopecks",
+        "shape",
+        "group",
+        "repairs",
+    }
     assert data["ki"] == "0104607809596237215<(q!mLp*jIb3"
     assert data["shape"] == "gs1-91-92"
     assert data["repairs"] == ["gs-escape"]
@@ -37,7 +46,9 @@ def test_parse_json_fields(capsys):
 
 
 def test_parse_show_crypto(capsys):
-    status, out, _ = run(["parse", SHOES.replace("\x1d", "<GS>"), "--json", "--show-crypto"], capsys)
+    status, out, _ = run(
+        ["parse", SHOES.replace("\x1d", "<GS>"), "--json", "--show-crypto"], capsys
+    )
     data = json.loads(out)
     assert status == 0
     assert data["crypto"] == {"91": "FFD0", "92": SIG44}
@@ -56,8 +67,7 @@ def test_bad_code_exit_2_with_reason(capsys):
     status, out, err = run(["parse", "4607809596237", "--json"], capsys)
     assert status == 2
     assert json.loads(out) == {
-        "error": {"reason": "not-a-marking-code",
-                  "message": json.loads(out)["error"]["message"]}
+        "error": {"reason": "not-a-marking-code", "message": json.loads(out)["error"]["message"]}
     }
     assert "EAN-13" in json.loads(out)["error"]["message"]
     status, out, err = run(["parse", "4607809596237"], capsys)
@@ -70,7 +80,10 @@ def test_stdin_one_code_per_line(capsys, monkeypatch):
     lines = [json.loads(line) for line in out.splitlines()]
     assert status == 2  # one bad line
     assert [x.get("shape") or x["error"]["reason"] for x in lines] == [
-        "gs1-93", "not-a-marking-code", "tobacco-pack"]
+        "gs1-93",
+        "not-a-marking-code",
+        "tobacco-pack",
+    ]
 
 
 def test_stdin_all_good_exit_0(capsys, monkeypatch):
@@ -92,8 +105,13 @@ def test_parse_uses_codes_settings_from_config(tmp_path, capsys):
 @pytest.mark.parametrize("arg", ["\udcff\udcfe", "0" * 5000, "\x1d" * 10])
 def test_installed_markctl_never_tracebacks(arg):
     env = dict(os.environ, PYTHONIOENCODING="utf-8")
-    proc = subprocess.run([str(MARKCTL), "parse", arg, "--json"], capture_output=True, env=env,
-                          errors="surrogateescape", timeout=60)
+    proc = subprocess.run(
+        [str(MARKCTL), "parse", arg, "--json"],
+        capture_output=True,
+        env=env,
+        errors="surrogateescape",
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "error" in json.loads(proc.stdout)
@@ -101,8 +119,9 @@ def test_installed_markctl_never_tracebacks(arg):
 
 def test_installed_markctl_reads_binary_stdin():
     data = b"\xff\xfe garbage\n" + PACK.encode() + b"\n"
-    proc = subprocess.run([str(MARKCTL), "parse", "-", "--json"], input=data,
-                          capture_output=True, timeout=60)
+    proc = subprocess.run(
+        [str(MARKCTL), "parse", "-", "--json"], input=data, capture_output=True, timeout=60
+    )
     assert proc.returncode == 2
     first, second = (json.loads(x) for x in proc.stdout.decode().splitlines())
     assert first["error"]["reason"] == "invalid-characters"

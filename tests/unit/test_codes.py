@@ -29,10 +29,26 @@ BLOCK = f"0104600000000015215AbC-9x{GS}8005022500{GS}93Xy7+"
 
 # How a keyboard-mode scanner's keys come out under the Russian ЙЦУКЕН layout, written out key
 # by key here (independently of the parser's own table) so a wrong entry there fails a test.
-_US_ROWS = ["qwertyuiop[]", "asdfghjkl;'", "zxcvbnm,./", "QWERTYUIOP{}", 'ASDFGHJKL:"', "ZXCVBNM<>?"]
-_RU_ROWS = ["йцукенгшщзхъ", "фывапролджэ", "ячсмитьбю.", "ЙЦУКЕНГШЩЗХЪ", "ФЫВАПРОЛДЖЭ", "ЯЧСМИТЬБЮ,"]
+_US_ROWS = [
+    "qwertyuiop[]",
+    "asdfghjkl;'",
+    "zxcvbnm,./",
+    "QWERTYUIOP{}",
+    'ASDFGHJKL:"',
+    "ZXCVBNM<>?",
+]
+_RU_ROWS = [
+    "йцукенгшщзхъ",
+    "фывапролджэ",
+    "ячсмитьбю.",
+    "ЙЦУКЕНГШЩЗХЪ",
+    "ФЫВАПРОЛДЖЭ",
+    "ЯЧСМИТЬБЮ,",
+]
 _SHIFTED_DIGITS = {"@": '"', "#": "№", "$": ";", "^": ":", "&": "?", "|": "/"}
-TYPE_RU = {u: r for us, ru in zip(_US_ROWS, _RU_ROWS, strict=True) for u, r in zip(us, ru, strict=True)}
+TYPE_RU = {
+    u: r for us, ru in zip(_US_ROWS, _RU_ROWS, strict=True) for u, r in zip(us, ru, strict=True)
+}
 TYPE_RU.update(_SHIFTED_DIGITS)
 
 

@@ -18,8 +18,13 @@ import time
 from markd import samples
 from markd.codes import GS, parse
 
-_RU = dict(zip("qwertyuiop[]asdfghjkl;'zxcvbnm,./QWERTYUIOP{}ASDFGHJKL:\"ZXCVBNM<>?",
-               "йцукенгшщзхъфывапролджэячсмитьбю.ЙЦУКЕНГШЩЗХЪФЫВАПРОЛДЖЭЯЧСМИТЬБЮ,", strict=True))
+_RU = dict(
+    zip(
+        "qwertyuiop[]asdfghjkl;'zxcvbnm,./QWERTYUIOP{}ASDFGHJKL:\"ZXCVBNM<>?",
+        "йцукенгшщзхъфывапролджэячсмитьбю.ЙЦУКЕНГШЩЗХЪФЫВАПРОЛДЖЭЯЧСМИТЬБЮ,",
+        strict=True,
+    )
+)
 
 
 def mangle(code: str, rng: random.Random) -> str:
@@ -59,8 +64,16 @@ def main() -> None:
     print(f"clean codes:   {clean:10,.0f} parses/s  ({1e6 / clean:.1f} µs each)")
     print(f"mangled codes: {dirty:10,.0f} parses/s  ({1e6 / dirty:.1f} µs each)")
     print(f"target 50,000/s: {'met' if clean >= 50_000 else 'NOT met'} ({clean / 50_000:.2f}x)")
-    print(json.dumps({"parse_per_s": round(clean), "mangled_parse_per_s": round(dirty),
-                      "count": args.count, "best_of": args.rounds}))
+    print(
+        json.dumps(
+            {
+                "parse_per_s": round(clean),
+                "mangled_parse_per_s": round(dirty),
+                "count": args.count,
+                "best_of": args.rounds,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,90 @@
-"""``markctl config``  [stub, being written]"""
+"""``markctl config``: inspect and validate markd's configuration.
+
+``markctl config check [PATH] [--json]``
+    Load PATH (default ``/etc/markd/markd.toml``) with its drop-ins from ``PATH.d/``, and print
+    the effective configuration: as a TOML file headed by a comment naming the files read, or
+    with ``--json`` as ``{"valid": true, "sources": [...], "config": {...}}``.
+
+    Exit 0 when the configuration is valid. Otherwise every problem goes to stderr, one per
+    line as ``markctl: FILE:LINE: [section] key: what is wrong``, ``--json`` prints
+    ``{"valid": false, "problems": [...]}`` on stdout, and the exit status is 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from markd import config as markd_config
+from markd.errors import ConfigError
+
+EXIT_OK = 0
+EXIT_BAD_CONFIG = 2  # "bad input" in markctl's exit status convention
 
 
-def register(sub):
-    p = sub.add_parser("config", help="configuration")
-    p.set_defaults(func=lambda args: 0)
+def register(subparsers: Any) -> None:
+    """Add ``config`` and its subcommands to markctl's parser."""
+    parser = subparsers.add_parser(
+        "config",
+        help="validate and show the configuration",
+        description="Validate and show markd's configuration.",
+    )
+    actions = parser.add_subparsers(dest="config_command", metavar="ACTION")
+    actions.required = True
+
+    check = actions.add_parser(
+        "check",
+        help="validate a configuration and print the effective settings",
+        description=(
+            "Read the configuration file and its drop-ins (PATH.d/*.toml, in name order), "
+            "report every problem with its file, line and key, or print the effective "
+            "configuration when it is valid. Exit status 0: valid; 2: problems found."
+        ),
+    )
+    check.add_argument(
+        "path",
+        nargs="?",
+        default=None,
+        metavar="PATH",
+        help=f"main configuration file (default: {markd_config.DEFAULT_PATH})",
+    )
+    check.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+    check.set_defaults(func=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """``markctl config check``: load, then print the configuration or its problems."""
+    try:
+        config = markd_config.load(args.path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"markctl: {problem}", file=sys.stderr)
+        if args.json:
+            _print_json({"valid": False, "problems": exc.problems})
+        return EXIT_BAD_CONFIG
+
+    if args.json:
+        _print_json(
+            {"valid": True, "sources": list(config.sources), "config": markd_config.to_dict(config)}
+        )
+    else:
+        sys.stdout.write(_describe_sources(config.sources) + "\n" + markd_config.to_toml(config))
+    return EXIT_OK
+
+
+def _describe_sources(sources: tuple[str, ...]) -> str:
+    """The comment heading the TOML output: which files made this configuration."""
+    lines = ["# markctl config check: configuration is valid"]
+    if sources:
+        lines.append("# files read, later ones overriding earlier ones:")
+        lines.extend(f"#   {source}" for source in sources)
+    else:
+        lines.append("# no configuration file found: every setting is at its default")
+    lines.append("# effective configuration, defaults included:")
+    return "\n".join(lines) + "\n"
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    print(json.dumps(data, ensure_ascii=False, indent=2))

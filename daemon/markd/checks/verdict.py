@@ -1,0 +1,87 @@
+"""The :class:`Verdict`: what markd decided about one scan, and why.
+
+A verdict is what every sink receives: the journal (one record per scan), the control API, the
+sale session. It carries no secret: the КИ (GTIN + serial) is safe to log, the full code and its
+crypto tail never appear here.
+
+``decision`` is ``allow`` (sell), ``deny`` (do not sell) or ``rescan`` (nothing is wrong with
+the product, the scan is; ask the customer to scan again). ``reason`` is a kebab-case code for
+machines and the journal (``MARKD_REASON``); ``message_ru`` is the short text for the customer
+screen. ``source`` names who decided: ``store`` (markd's own LMDB store), ``parser`` (the scan
+was not a usable code), ``none`` (nothing vetoed; later also ``online``, ``lm``, ``tspiot``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from markd.codes import REASONS
+from markd.errors import CodeError
+
+Decision = Literal["allow", "deny", "rescan"]
+Source = Literal["store", "parser", "none"]
+
+#: Fallback customer-screen texts, for a reason :data:`markd.codes.REASONS` does not know
+#: (a scan that never reached the parser). Kept short: a kiosk shows one line of large type.
+GENERIC_DENY_RU = "Код маркировки не распознан, продажа невозможна"
+GENERIC_RESCAN_RU = "Отсканируйте код ещё раз"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The decision on one scan. Immutable; sinks may keep it."""
+
+    decision: Decision
+    #: Kebab-case reason code, e.g. ``blocked-locally``, ``missing-crypto``, a parser reason.
+    reason: str
+    #: Short Russian text for the customer screen.
+    message_ru: str
+    source: Source
+    #: Name of the scanner the code came from (``[scanners.NAME]``).
+    scanner: str
+    #: КИ (GTIN + serial, safe to log), None when the scan could not be parsed.
+    ki: str | None = None
+    #: Code shape (``gs1-93``, ``tobacco-pack`` ...), None when unparsed.
+    shape: str | None = None
+    #: What normalisation changed to read the code (from ``MarkingCode.repairs``).
+    repairs: tuple[str, ...] = ()
+    #: Milliseconds from the scan's last byte to this verdict.
+    latency_ms: float = 0.0
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision == "allow"
+
+    def journal_fields(self) -> dict[str, str | float]:
+        """Structured fields for the event log (the keys become ``MARKD_<KEY>``)."""
+        fields: dict[str, str | float] = {
+            "decision": self.decision,
+            "reason": self.reason,
+            "source": self.source,
+            "scanner": self.scanner,
+            "latency_ms": round(self.latency_ms, 3),
+        }
+        if self.ki is not None:
+            fields["ki"] = self.ki
+        if self.shape is not None:
+            fields["shape"] = self.shape
+        if self.repairs:
+            fields["repairs"] = ",".join(self.repairs)
+        return fields
+
+
+def parser_verdict(error: CodeError, *, scanner: str, latency_ms: float = 0.0) -> Verdict:
+    """The verdict for a scan that is not a usable code: ``rescan`` when scanning again may
+    help (``error.rescan``), otherwise ``deny``. Bad input never passes silently."""
+    rescan = error.rescan
+    known = REASONS.get(error.reason)
+    message = known[1] if known else (GENERIC_RESCAN_RU if rescan else GENERIC_DENY_RU)
+    return Verdict(
+        decision="rescan" if rescan else "deny",
+        reason=error.reason,
+        message_ru=message,
+        source="parser",
+        scanner=scanner,
+        latency_ms=latency_ms,
+    )

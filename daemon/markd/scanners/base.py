@@ -1,0 +1,415 @@
+"""Scanner backends: the common base, the events they produce, URL parsing and the registry.
+
+A scanner is configured by a URL whose scheme names the backend::
+
+    serial:///dev/ttyACM0?baudrate=9600&terminator=cr&max_length=512
+    serial+socket://192.0.2.10:4001          (any pyserial URL handler, see markd.scanners.serial)
+    virtual://front                          (fed in-process, see markd.scanners.virtual)
+
+:func:`parse_url` parses strictly: an unknown scheme, an unknown option or a bad value raises
+:class:`~markd.errors.ScannerError` whose message restates the accepted form, so a typo in
+``/etc/markd/markd.toml`` is caught by ``markctl config check`` and not at the till.
+
+Every backend accepts the framing options ``terminator`` (``cr`` ``lf`` ``crlf`` ``tab``
+``none``, default ``cr``) and ``max_length`` (default 512); see :mod:`markd.scanners.framing`.
+
+Each :class:`Scanner` runs its blocking reads in its own thread (pyserial and pyusb have no
+asyncio API) and hands events to the service's asyncio queue with
+``loop.call_soon_threadsafe``. The base class owns the thread, the framer and delivery;
+a backend only implements :meth:`Scanner._run` (the read loop) and, when its reads can be
+interrupted, :meth:`Scanner._interrupt`.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import importlib
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from markd.errors import ScannerError
+from markd.scanners.framing import DEFAULT_MAX_LENGTH, TERMINATORS, Framer, Overflow
+
+# --------------------------------------------------------------------------------------------
+# Events delivered to the service
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One framed unit from a scanner: the raw bytes of (probably) one marking code.
+
+    ``data`` holds the whole code including its crypto tail, so it is kept out of ``repr``:
+    an event logged by accident must not leak the tail into the journal.
+    """
+
+    scanner: str
+    data: bytes = field(repr=False)
+    #: ``time.monotonic()`` when the terminator arrived; verdict latency is measured from here.
+    received: float = 0.0
+
+
+@dataclass(frozen=True)
+class ScanOverflow:
+    """A unit longer than ``max_length`` arrived without a terminator and was dropped."""
+
+    scanner: str
+    dropped: int
+
+
+@dataclass(frozen=True)
+class ScannerState:
+    """The device appeared (``present``) or went away / could not be opened (not present)."""
+
+    scanner: str
+    present: bool
+    detail: str
+
+
+ScannerEvent = Scan | ScanOverflow | ScannerState
+
+# --------------------------------------------------------------------------------------------
+# URLs
+
+
+@dataclass(frozen=True)
+class Option:
+    """One backend-specific URL option: how to convert its text and what it defaults to."""
+
+    convert: Callable[[str], Any]
+    default: Any
+    #: The accepted values as shown in error messages, e.g. ``"9600|19200|115200"``.
+    form: str
+
+
+@dataclass(frozen=True)
+class _Backend:
+    import_path: str
+    usage: str
+
+
+#: Scheme → backend class, imported only when a URL names it. Third-party and later backends
+#: (hid-kbd, hid-pos) are added here. ``usage`` is restated in every URL error for the scheme.
+_BACKENDS: dict[str, _Backend] = {
+    "serial": _Backend(
+        "markd.scanners.serial:SerialScanner",
+        "serial:///dev/PATH or serial+PYSERIAL-SCHEME://REST (loop, socket, rfc2217, spy, "
+        "hwgrep, alt, cp2110), options ?baudrate=9600&terminator=cr|lf|crlf|tab|none"
+        "&max_length=512",
+    ),
+    "virtual": _Backend(
+        "markd.scanners.virtual:VirtualScanner",
+        "virtual://NAME (1 to 32 letters, digits, _ -), options ?terminator=cr|lf|crlf|tab|none"
+        "&max_length=512",
+    ),
+}
+
+_COMMON_OPTIONS = ("terminator", "max_length")
+
+
+@dataclass(frozen=True)
+class ScannerURL:
+    """A parsed, validated scanner URL. Build it with :func:`parse_url`."""
+
+    #: The URL as configured, for messages.
+    text: str
+    #: Backend name: ``"serial"`` or ``"virtual"``.
+    scheme: str
+    #: What the backend opens: a device path, a pyserial URL (``loop://``), a virtual name.
+    target: str
+    #: Terminator name, a key of :data:`~markd.scanners.framing.TERMINATORS`.
+    terminator: str = "cr"
+    max_length: int = DEFAULT_MAX_LENGTH
+    #: Backend-specific options with defaults filled in (serial: ``baudrate``).
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def framer(self) -> Framer:
+        """A fresh :class:`Framer` configured from this URL."""
+        return Framer(TERMINATORS[self.terminator], self.max_length)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _usage(scheme: str | None = None) -> str:
+    if scheme in _BACKENDS:
+        return f"the form is {_BACKENDS[scheme].usage}"
+    return "accepted forms: " + "; ".join(b.usage for b in _BACKENDS.values())
+
+
+def _fail(text: str, problem: str, scheme: str | None = None) -> ScannerError:
+    return ScannerError(f"scanner URL {text!r}: {problem}; {_usage(scheme)}", "bad-scanner-url")
+
+
+def backend_class(scheme: str) -> type[Scanner]:
+    """Import and return the backend class for ``scheme`` (``"serial"``, ``"virtual"``)."""
+    try:
+        entry = _BACKENDS[scheme]
+    except KeyError:
+        raise ScannerError(f"unknown scanner backend {scheme!r}; {_usage()}") from None
+    module_name, _, class_name = entry.import_path.partition(":")
+    module = importlib.import_module(module_name)
+    cls: type[Scanner] = getattr(module, class_name)
+    return cls
+
+
+def _convert_max_length(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65536:
+        raise ValueError("max_length must be between 1 and 65536")
+    return value
+
+
+def parse_url(url: str) -> ScannerURL:
+    """Parse and validate a scanner URL; raise :class:`ScannerError` restating the form.
+
+    >>> u = parse_url("serial:///dev/ttyACM0?baudrate=115200&terminator=crlf")
+    >>> u.scheme, u.target, u.terminator, u.options["baudrate"]
+    ('serial', '/dev/ttyACM0', 'crlf', 115200)
+    >>> parse_url("serial+loop://").target
+    'loop://'
+    >>> parse_url("virtual://front").target
+    'front'
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise _fail(str(url), "not a URL (no '://')")
+    full_scheme = url.split("://", 1)[0].lower()
+    scheme, plus, variant = full_scheme.partition("+")
+    if scheme not in _BACKENDS:
+        raise _fail(url, f"unknown scheme {full_scheme!r}")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise _fail(url, str(exc), scheme) from None
+    if parts.fragment:
+        raise _fail(url, "a '#fragment' is not allowed", scheme)
+
+    cls = backend_class(scheme)
+    try:
+        target = cls.target_from_url(variant if plus else None, parts.netloc, unquote(parts.path))
+    except ValueError as exc:
+        raise _fail(url, str(exc), scheme) from None
+
+    try:
+        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise _fail(url, f"malformed query {parts.query!r}", scheme) from None
+    given: dict[str, str] = {}
+    for key, value in pairs:
+        if key in given:
+            raise _fail(url, f"option {key!r} given twice", scheme)
+        given[key] = value
+
+    known = {*_COMMON_OPTIONS, *cls.OPTIONS}
+    for key in given:
+        if key not in known:
+            raise _fail(url, f"unknown option {key!r}", scheme)
+
+    terminator = given.get("terminator", "cr").lower()
+    if terminator not in TERMINATORS:
+        raise _fail(url, f"terminator must be one of {'|'.join(TERMINATORS)}", scheme)
+    try:
+        max_length = _convert_max_length(given.get("max_length", str(DEFAULT_MAX_LENGTH)))
+    except ValueError:
+        raise _fail(url, "max_length must be an integer from 1 to 65536", scheme) from None
+
+    options: dict[str, Any] = {}
+    for key, spec in cls.OPTIONS.items():
+        if key not in given:
+            options[key] = spec.default
+            continue
+        try:
+            options[key] = spec.convert(given[key])
+        except ValueError:
+            raise _fail(url, f"bad {key}={given[key]!r}, expected {spec.form}", scheme) from None
+    return ScannerURL(
+        text=url,
+        scheme=scheme,
+        target=target,
+        terminator=terminator,
+        max_length=max_length,
+        options=MappingProxyType(options),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The base class
+
+
+class Scanner(abc.ABC):
+    """One scanner device: a reader thread that frames bytes and delivers events to asyncio.
+
+    Life cycle: construct with :func:`open_scanner`, :meth:`start` with the service's loop and
+    queue, :meth:`close` (or use it as a context manager). ``close`` is idempotent and releases
+    the device in ``finally`` blocks: a port left grabbed freezes a till until reboot.
+
+    Subclasses set :attr:`OPTIONS`, implement :meth:`target_from_url` and :meth:`_run`, and
+    report what they read through :meth:`_received`, :meth:`_gap` and :meth:`_set_present`.
+    """
+
+    #: Backend-specific URL options (the framing options are common to all backends).
+    OPTIONS: ClassVar[Mapping[str, Option]] = {}
+    #: How long to wait before restarting a reader that failed unexpectedly.
+    restart_interval: float = 1.0
+
+    def __init__(self, name: str, url: ScannerURL) -> None:
+        self.name = name
+        self.url = url
+        self._framer = url.framer()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[ScannerEvent] | None = None
+        self._present: bool | None = None
+        self._closed = False
+
+    # -- the URL hook -------------------------------------------------------------------------
+
+    @classmethod
+    @abc.abstractmethod
+    def target_from_url(cls, variant: str | None, netloc: str, path: str) -> str:
+        """Validate the URL's target part and return what the backend opens.
+
+        ``variant`` is the part after ``+`` in the scheme (``loop`` in ``serial+loop://``), or
+        None. Raise ``ValueError`` with a short problem description; the caller adds the form.
+        """
+
+    # -- public life cycle --------------------------------------------------------------------
+
+    @property
+    def present(self) -> bool | None:
+        """True while the device is open, False while it is absent, None before the first try."""
+        return self._present
+
+    def start(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[ScannerEvent]) -> None:
+        """Start the reader thread; events go to ``queue``, which belongs to ``loop``."""
+        if self._closed:
+            raise ScannerError(f"scanner {self.name!r} is closed")
+        if self._thread is not None:
+            raise ScannerError(f"scanner {self.name!r} is already started")
+        self._loop = loop
+        self._queue = queue
+        self._thread = threading.Thread(
+            target=self._thread_main, name=f"markd-scanner-{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the reader and release the device. Safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping.set()
+        try:
+            self._interrupt()
+        finally:
+            thread = self._thread
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout)
+            self._release()
+
+    def __enter__(self) -> Scanner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self.url.text!r}>"
+
+    # -- hooks for backends -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _run(self) -> None:
+        """The blocking read loop, run in the reader thread. Return once ``_stopping`` is set."""
+
+    def _interrupt(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Wake :meth:`_run` from a blocking read so :meth:`close` returns promptly."""
+
+    def _release(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Release anything the reader could not release itself (called by :meth:`close`)."""
+
+    # -- helpers for backends -----------------------------------------------------------------
+
+    def _received(self, data: bytes) -> None:
+        """Feed bytes read from the device through the framer and deliver complete units."""
+        self._deliver(self._framer.feed(data))
+
+    def _gap(self) -> None:
+        """A pause in the stream: end the pending unit when the scanner sends no terminator."""
+        if self._framer.terminator is None and self._framer.pending:
+            self._deliver(self._framer.flush())
+
+    def _set_present(self, present: bool, detail: str) -> None:
+        """Report a device state change (only changes are delivered, so retries stay quiet)."""
+        if present is self._present:
+            return
+        self._present = present
+        if not present:
+            # A half-received code from before the unplug must not prefix the next scan.
+            self._framer.reset()
+        self._emit(ScannerState(self.name, present, detail))
+
+    def _deliver(self, units: list[bytes | Overflow]) -> None:
+        now = time.monotonic()
+        for unit in units:
+            if isinstance(unit, Overflow):
+                self._emit(ScanOverflow(self.name, unit.dropped))
+            else:
+                self._emit(Scan(self.name, unit, now))
+
+    def _emit(self, event: ScannerEvent) -> None:
+        loop, queue = self._loop, self._queue
+        if loop is None or queue is None:
+            return
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+        except RuntimeError:
+            # The loop is closed: the service is gone and nobody wants the event any more.
+            pass
+
+    def _thread_main(self) -> None:
+        # A bug in a backend must not silently stop a till from scanning: report it and restart.
+        while not self._stopping.is_set():
+            try:
+                self._run()
+                return
+            except Exception as exc:  # noqa: BLE001 - reported, then the reader restarts
+                self._set_present(False, f"reader failed: {type(exc).__name__}: {exc}")
+                self._stopping.wait(self.restart_interval)
+
+
+#: A scanner name, the NAME of ``[scanners.NAME]`` and of ``virtual://NAME``: a short bare word,
+#: because it lands in journal fields (``MARKD_SCANNER``) and command lines.
+#: Keep equal to :data:`markd.config.SCANNER_NAME_PATTERN`.
+NAME_PATTERN = r"[A-Za-z0-9_-]{1,32}"
+_NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
+
+
+def is_scanner_name(name: object) -> bool:
+    """True when ``name`` is a valid scanner name (see :data:`NAME_PATTERN`)."""
+    return isinstance(name, str) and _NAME_RE.match(name) is not None
+
+
+def check_scanner_name(name: str) -> str:
+    """Validate a scanner name; raise :class:`ScannerError` if it is not a short bare word."""
+    if not is_scanner_name(name):
+        raise ScannerError(
+            f"scanner name {name!r}: use 1 to 32 letters, digits, '_' or '-'", "bad-scanner-name"
+        )
+    return name
+
+
+def open_scanner(name: str, url: str | ScannerURL) -> Scanner:
+    """Create the scanner backend that ``url`` names. The device is opened by the reader thread
+    after :meth:`Scanner.start`, so a scanner that is unplugged at boot does not stop the service.
+    """
+    check_scanner_name(name)
+    parsed = url if isinstance(url, ScannerURL) else parse_url(url)
+    return backend_class(parsed.scheme)(name, parsed)

@@ -1,0 +1,225 @@
+"""Living under systemd: readiness notification (sd_notify) and the structured event log.
+
+:func:`notify` tells the service manager about state changes (``READY=1``, ``STATUS=...``,
+``STOPPING=1``; later ``WATCHDOG=1``). It uses ``systemd.daemon.notify`` (systemd-python, a
+wrapper of sd_notify(3)) when importable, else writes the datagram to ``$NOTIFY_SOCKET`` itself,
+including abstract ``@`` sockets. Off systemd there is no socket and it returns False, so the
+daemon runs the same way in a terminal, a container or a test.
+
+:class:`EventLog` writes one record per event. Under journald each record carries structured
+fields, so a technician filters without grepping::
+
+    journalctl -u markd MARKD_DECISION=deny
+    journalctl -u markd MARKD_EVENT=scanner-absent MARKD_SCANNER=front
+
+and a fixed ``MESSAGE_ID`` per event kind (:data:`MESSAGE_IDS`) for the journal catalog.
+Off journald the same event is one plain line on stderr. The full marking code and its crypto
+tail are never logged: fields named ``km``, ``crypto``, ``code`` or ``raw`` are dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from markd.checks.verdict import Verdict
+
+try:  # systemd-python is a dependency, but markd must still run where it failed to build.
+    from systemd import daemon as _sd_daemon
+except ImportError:  # pragma: no cover - exercised by monkeypatching in tests
+    _sd_daemon = None
+
+try:
+    from systemd import journal as _sd_journal
+except ImportError:  # pragma: no cover
+    _sd_journal = None
+
+
+# --------------------------------------------------------------------------------------------
+# sd_notify
+
+
+def notify(*states: str) -> bool:
+    """Send state lines (``"READY=1"``, ``"STATUS=..."``) to the service manager.
+
+    Returns True when the message was sent, False when not running under a systemd service
+    with ``Type=notify`` (no ``$NOTIFY_SOCKET``) or when sending failed. Never raises: a lost
+    status line must not take the daemon down.
+    """
+    if not states:
+        return False
+    message = "\n".join(states)
+    if _sd_daemon is not None:
+        try:
+            return bool(_sd_daemon.notify(message))
+        except (OSError, ValueError):
+            return False
+    return notify_via_socket(message)
+
+
+def notify_via_socket(message: str, address: str | None = None) -> bool:
+    """Fallback sd_notify: send ``message`` as one datagram to ``address``
+    (default ``$NOTIFY_SOCKET``). A leading ``@`` names an abstract socket. Returns False when
+    there is no address or sending fails."""
+    address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
+    if not address or not (address.startswith("/") or address.startswith("@")):
+        # Unset, or a form this fallback does not speak (systemd's vsock: addresses).
+        return False
+    target = "\0" + address[1:] if address.startswith("@") else address
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(message.encode("utf-8"), target)
+    except OSError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Event log
+
+#: One fixed MESSAGE_ID per event kind (journalctl MESSAGE_ID=..., catalog entries).
+MESSAGE_IDS: dict[str, str] = {
+    "verdict": "5fe0b6fff4444395ae1f64bc7488ed3f",
+    "scan-overflow": "c38b2d31bc144f99886e6335edc61739",
+    "scanner-present": "e3983ba85d72413eb3a31f120b87c79e",
+    "scanner-absent": "6daf63fedaf54974b41d007667e7115a",
+    "service-started": "8ae22f5ca4dc4f7aa03e0927adc0a85b",
+    "service-stopping": "003aaf6ca2bb4d60b8088dc64a522555",
+    "service-error": "effc337f438544f9b80dfbe0fb5be220",
+}
+
+#: syslog priorities by name, as used in ``[log] level`` and ``PRIORITY=``.
+PRIORITIES: dict[str, int] = {
+    "error": 3,
+    "warning": 4,
+    "notice": 5,
+    "info": 6,
+    "debug": 7,
+}
+_PRIORITY_ALIASES = {"err": "error", "warn": "warning"}
+
+#: Field names that would carry the crypto tail; refused whatever the caller passes.
+FORBIDDEN_FIELDS = frozenset({"km", "crypto", "code", "raw"})
+
+
+def priority_value(level: str | int) -> int:
+    """A syslog priority number from a name (``info``) or a number; ``ValueError`` if unknown."""
+    if isinstance(level, int):
+        if 0 <= level <= 7:
+            return level
+        raise ValueError(f"priority {level} out of range 0-7")
+    name = _PRIORITY_ALIASES.get(level.lower(), level.lower())
+    try:
+        return PRIORITIES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown log level {level!r}; use one of {', '.join(PRIORITIES)}"
+        ) from None
+
+
+def journal_stream_matches(stream: TextIO, environ: dict[str, str] | None = None) -> bool:
+    """True when ``stream`` is the journal stream systemd connected (``$JOURNAL_STREAM``).
+
+    systemd sets ``JOURNAL_STREAM=DEV:INODE`` for a service whose stdout/stderr go to journald;
+    comparing it with the stream's fstat tells "stderr is the journal" from "stderr was
+    redirected by the user", which is what sd_journal_stream_fd(3) recommends.
+    """
+    value = (environ if environ is not None else os.environ).get("JOURNAL_STREAM", "")
+    if ":" not in value:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    dev, _, ino = value.partition(":")
+    return f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
+
+
+def _format_value(value: Any) -> str:
+    text = str(value)
+    if not text or any(c.isspace() for c in text) or '"' in text:
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+class EventLog:
+    """Structured events to journald, or one plain line each to a stream.
+
+    :param target: ``"journal"`` (send to journald), ``"stderr"`` (lines on ``stream``) or
+        ``"auto"``: journald when ``stream`` is the journal stream systemd connected, else lines.
+        ``"journal"`` without systemd-python falls back to lines.
+    :param level: least important priority still logged (``info`` drops ``debug``).
+    :param stream: where lines go (default ``sys.stderr``).
+    :param journal: the journal module (``systemd.journal``); tests pass a recorder.
+    """
+
+    def __init__(
+        self,
+        target: str = "auto",
+        stream: TextIO | None = None,
+        level: str | int = "info",
+        journal: ModuleType | Any | None = None,
+    ) -> None:
+        if target not in ("auto", "journal", "stderr"):
+            raise ValueError(f"unknown log target {target!r}; use auto, journal or stderr")
+        self.stream = stream if stream is not None else sys.stderr
+        self.level = priority_value(level)
+        self._journal = journal if journal is not None else _sd_journal
+        if target == "auto":
+            use_journal = self._journal is not None and journal_stream_matches(self.stream)
+        else:
+            use_journal = target == "journal" and self._journal is not None
+        self.target = "journal" if use_journal else "stderr"
+
+    def event(
+        self, kind: str, message: str, *, priority: str | int = "info", **fields: Any
+    ) -> None:
+        """Log one event of ``kind`` (a key of :data:`MESSAGE_IDS`).
+
+        ``fields`` become ``MARKD_<NAME>`` journal fields (``ki`` → ``MARKD_KI``) or ``name=value``
+        pairs on the line. ``None`` values are left out. Never raises on a write failure.
+        """
+        if kind not in MESSAGE_IDS:
+            raise ValueError(f"unknown event kind {kind!r}; add it to MESSAGE_IDS")
+        prio = priority_value(priority)
+        if prio > self.level:
+            return
+        clean = {
+            name: value
+            for name, value in fields.items()
+            if value is not None and name.lower() not in FORBIDDEN_FIELDS
+        }
+        try:
+            if self.target == "journal":
+                journal_fields = {f"MARKD_{name.upper()}": str(v) for name, v in clean.items()}
+                self._journal.send(
+                    MESSAGE=message,
+                    MESSAGE_ID=MESSAGE_IDS[kind],
+                    PRIORITY=str(prio),
+                    SYSLOG_IDENTIFIER="markd",
+                    MARKD_EVENT=kind,
+                    **journal_fields,
+                )
+            else:
+                pairs = " ".join(f"{name}={_format_value(v)}" for name, v in clean.items())
+                line = f"{kind}: {message}" + (f" | {pairs}" if pairs else "")
+                self.stream.write(line + "\n")
+                self.stream.flush()
+        except (OSError, ValueError):
+            # journald gone or stderr closed: keep checking codes rather than die logging.
+            pass
+
+    def verdict(self, verdict: Verdict) -> None:
+        """Log a :class:`~markd.checks.verdict.Verdict` as one ``verdict`` event."""
+        subject = verdict.ki if verdict.ki is not None else "(unparsed scan)"
+        message = (
+            f"{verdict.decision} {subject} from {verdict.scanner}: {verdict.reason} "
+            f"({verdict.message_ru})"
+        )
+        priority = "info" if verdict.decision == "allow" else "notice"
+        self.event("verdict", message, priority=priority, **verdict.journal_fields())

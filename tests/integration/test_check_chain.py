@@ -1,0 +1,112 @@
+"""Parsed codes and parser errors become verdicts: the store-only chain on a real LMDB store
+and the real parser (markd.checks)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import pytest
+
+from conftest import (
+    AMBIGUOUS_LOST_GS,
+    DAIRY,
+    DAIRY_KI,
+    SHOES,
+    TOBACCO_PACK,
+    WATER,
+    WATER_KI,
+    RecordingEventLog,
+    make_config,
+)
+from markd.checks.chain import StoreOnlyChain
+from markd.checks.verdict import parser_verdict
+from markd.codes import REASONS, parse
+from markd.errors import CodeError
+from markd.service import Service
+from markd.store import Store
+
+
+def test_not_blocked_is_allowed_and_says_it_is_the_development_mode(tmp_store: Store) -> None:
+    chain = StoreOnlyChain(tmp_store)
+    for text in (WATER, DAIRY, SHOES, TOBACCO_PACK):
+        verdict = chain.decide(parse(text), "front")
+        assert (verdict.decision, verdict.reason, verdict.source) == (
+            "allow",
+            "store-only-not-blocked",
+            "none",
+        )
+        assert "режим разработки" in verdict.message_ru and "стоп-лист" in verdict.message_ru
+
+
+def test_blocked_ki_is_denied_by_the_store(tmp_store: Store) -> None:
+    tmp_store.block(DAIRY_KI, "recalled")
+    verdict = StoreOnlyChain(tmp_store).decide(parse(DAIRY), "front", started=time.monotonic())
+    assert (verdict.decision, verdict.reason, verdict.source) == (
+        "deny",
+        "blocked-locally",
+        "store",
+    )
+    assert (verdict.ki, verdict.shape, verdict.scanner) == (DAIRY_KI, "gs1-93", "front")
+    assert 0 <= verdict.latency_ms < 1000
+
+
+def test_bare_ki_is_denied_for_missing_crypto(tmp_store: Store) -> None:
+    verdict = StoreOnlyChain(tmp_store).decide(parse(WATER_KI), "front")
+    assert (verdict.decision, verdict.reason, verdict.shape) == ("deny", "missing-crypto", "ki")
+
+
+def test_repairs_are_carried_into_the_verdict(tmp_store: Store) -> None:
+    verdict = StoreOnlyChain(tmp_store).decide(parse("]d2" + WATER), "front")
+    assert verdict.allowed and verdict.repairs == ("symbology-prefix",)
+
+
+def test_unreadable_store_fails_closed(tmp_store: Store) -> None:
+    chain = StoreOnlyChain(tmp_store)
+    tmp_store.close()
+    verdict = chain.decide(parse(WATER), "front")
+    assert (verdict.decision, verdict.reason) == ("deny", "store-error")
+
+
+@pytest.mark.parametrize(
+    ("text", "decision", "reason"),
+    [
+        (AMBIGUOUS_LOST_GS, "rescan", "ambiguous-lost-gs"),
+        ("4607809596237", "deny", "not-a-marking-code"),
+        ("hello, world", "deny", "invalid-characters"),
+    ],
+)
+def test_parser_errors_become_verdicts(text: str, decision: str, reason: str) -> None:
+    with pytest.raises(CodeError) as err:
+        parse(text)
+    verdict = parser_verdict(err.value, scanner="front", latency_ms=0.5)
+    assert (verdict.decision, verdict.reason, verdict.source) == (decision, reason, "parser")
+    assert verdict.ki is None and verdict.message_ru == REASONS[reason][1]
+
+
+def test_unknown_parser_reason_gets_a_generic_text() -> None:
+    verdict = parser_verdict(CodeError("odd", "from-the-future"), scanner="front")
+    assert verdict.decision == "deny" and verdict.message_ru
+
+
+def test_verdicts_are_immutable() -> None:
+    verdict = parser_verdict(CodeError("odd", "malformed"), scanner="front")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        verdict.decision = "allow"  # type: ignore[misc]
+
+
+async def test_service_check_never_raises_on_bad_bytes(store_path: str) -> None:
+    config = make_config(store_path, {"v": "virtual://chain-check"})
+    service = Service(config, event_log=RecordingEventLog())
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    await asyncio.wait_for(service.ready.wait(), 5)
+    try:
+        for data in (b"\xff\xfe", b"", b"\x1d" * 3, b"\r\n", WATER.encode()):
+            assert service.check(data, "v").decision in ("allow", "deny", "rescan")
+        assert service.check(b"\xff\xfe", "v").reason == "invalid-characters"
+        assert service.check(WATER.encode(), "v").ki == WATER_KI
+    finally:
+        stop.set()
+        await task

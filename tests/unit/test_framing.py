@@ -1,0 +1,127 @@
+"""Framing: cutting a scanner's byte stream into one unit per code (markd.scanners.framing)."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from markd.scanners import framing
+from markd.scanners.framing import TERMINATORS, Framer, Overflow
+
+WATER = b"0104680029460908215jcmHzLmkdPML\x1d938p9E"
+DAIRY = b"0104670540176099215LpGKy\x1d93dGVz"
+
+
+def test_module_examples_run() -> None:
+    assert doctest.testmod(framing).failed == 0
+
+
+def test_one_code_with_cr() -> None:
+    assert Framer(b"\r").feed(WATER + b"\r") == [WATER]
+
+
+@pytest.mark.parametrize("name", ["cr", "lf", "crlf", "tab"])
+def test_each_terminator_splits_a_burst_of_codes(name: str) -> None:
+    terminator = TERMINATORS[name]
+    assert terminator is not None
+    framer = Framer(terminator)
+    assert framer.feed(WATER + terminator + DAIRY + terminator) == [WATER, DAIRY]
+    assert framer.pending == 0
+
+
+def test_partial_code_is_kept_across_reads() -> None:
+    framer = Framer(b"\r")
+    assert framer.feed(WATER[:10]) == []
+    assert framer.pending == 10
+    assert framer.feed(WATER[10:]) == []
+    assert framer.feed(b"\r") == [WATER]
+
+
+def test_cr_also_swallows_a_following_lf_even_in_the_next_read() -> None:
+    framer = Framer(b"\r")
+    assert framer.feed(WATER + b"\r") == [WATER]
+    # The LF of a CR LF scanner arrives in the next read: it must not start the next unit.
+    assert framer.feed(b"\n" + DAIRY + b"\r\n") == [DAIRY]
+    assert framer.pending == 0
+
+
+def test_lf_strips_a_preceding_cr() -> None:
+    assert Framer(b"\n").feed(WATER + b"\r\n") == [WATER]
+
+
+def test_crlf_split_across_reads() -> None:
+    framer = Framer(b"\r\n")
+    assert framer.feed(WATER + b"\r") == []
+    assert framer.feed(b"\n") == [WATER]
+
+
+def test_empty_units_are_skipped() -> None:
+    assert Framer(b"\r").feed(b"\r\r" + WATER + b"\r\r") == [WATER]
+
+
+def test_flood_without_terminator_is_dropped_once_and_never_buffered() -> None:
+    framer = Framer(b"\r", max_length=64)
+    events = []
+    for _ in range(100):
+        events += framer.feed(b"x" * 50)
+        assert framer.pending <= 64
+    overflows = [e for e in events if isinstance(e, Overflow)]
+    assert len(overflows) == 1 and overflows[0].dropped > 64
+    assert all(isinstance(e, Overflow) for e in events)
+    # The rest of the flood up to its terminator is discarded, then framing resumes.
+    assert framer.feed(b"tail of the flood\r" + DAIRY + b"\r") == [DAIRY]
+
+
+def test_overlong_unit_inside_one_read_is_an_overflow() -> None:
+    framer = Framer(b"\r", max_length=16)
+    assert framer.feed(b"y" * 20 + b"\r" + b"short\r") == [Overflow(20), b"short"]
+
+
+def test_no_terminator_units_end_on_flush() -> None:
+    framer = Framer(None)
+    assert framer.feed(WATER) == []
+    assert framer.flush() == [WATER]
+    assert framer.flush() == []
+
+
+def test_reset_forgets_a_partial_code() -> None:
+    framer = Framer(b"\r")
+    framer.feed(b"01046800")
+    framer.reset()
+    assert framer.feed(DAIRY + b"\r") == [DAIRY]
+
+
+def test_rejects_unknown_terminator_and_bad_length() -> None:
+    with pytest.raises(ValueError):
+        Framer(b";")
+    with pytest.raises(ValueError):
+        Framer(b"\r", max_length=0)
+
+
+#: Code-like units: any bytes except the terminator characters.
+_units = st.binary(min_size=1, max_size=40).map(
+    lambda b: b.replace(b"\r", b"").replace(b"\n", b"").replace(b"\t", b"") or b"x"
+)
+
+
+@given(
+    codes=st.lists(_units, min_size=1, max_size=8),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=10),
+    name=st.sampled_from(["cr", "lf", "crlf", "tab"]),
+)
+def test_how_reads_are_cut_never_changes_the_units(
+    codes: list[bytes], cuts: list[int], name: str
+) -> None:
+    terminator = TERMINATORS[name]
+    assert terminator is not None
+    stream = b"".join(c + terminator for c in codes)
+    framer = Framer(terminator)
+    units = []
+    start = 0
+    for cut in [*sorted(set(cuts)), len(stream)]:
+        units += framer.feed(stream[start:cut])
+        start = max(start, cut)
+    assert units == codes

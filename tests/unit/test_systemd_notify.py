@@ -1,0 +1,176 @@
+"""systemd integration: sd_notify with and without libsystemd, and the event log."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import markd.systemd as sd
+from markd.checks.verdict import Verdict
+from markd.systemd import MESSAGE_IDS, EventLog, journal_stream_matches, notify, notify_via_socket
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    """A datagram socket standing in for systemd's notify socket."""
+    path = str(tmp_path / "notify.sock")
+    if len(path) > 100:  # sun_path holds 108 bytes; deep pytest temp dirs can exceed it
+        path = os.path.join(tempfile.mkdtemp(prefix="markd-"), "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    try:
+        yield sock, path
+    finally:
+        sock.close()
+
+
+def test_notify_sends_ready_to_notify_socket(
+    notify_socket: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sock, path = notify_socket
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    assert notify("READY=1", "STATUS=ready") is True
+    assert sock.recv(4096).decode().split("\n") == ["READY=1", "STATUS=ready"]
+
+
+def test_notify_without_libsystemd_uses_the_socket_fallback(
+    notify_socket: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sock, path = notify_socket
+    monkeypatch.setattr(sd, "_sd_daemon", None)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    assert notify("STOPPING=1") is True
+    assert sock.recv(4096) == b"STOPPING=1"
+
+
+def test_fallback_speaks_abstract_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"markd-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(5)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert notify_via_socket("READY=1") is True
+        assert sock.recv(4096) == b"READY=1"
+
+
+@pytest.mark.parametrize("use_libsystemd", [True, False])
+def test_notify_off_systemd_returns_false(
+    use_libsystemd: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not use_libsystemd:
+        monkeypatch.setattr(sd, "_sd_daemon", None)
+    assert notify("READY=1") is False
+
+
+def test_fallback_returns_false_when_nobody_listens(tmp_path: Path) -> None:
+    assert notify_via_socket("READY=1", str(tmp_path / "gone.sock")) is False
+    assert notify_via_socket("READY=1", "vsock:2:1234") is False
+
+
+# --------------------------------------------------------------------------------------------
+# EventLog
+
+
+class FakeJournal:
+    """Records what would be sent to journald (systemd.journal.send's keyword interface)."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, **fields: Any) -> None:
+        self.sent.append(fields)
+
+
+VERDICT = Verdict(
+    decision="deny",
+    reason="blocked-locally",
+    message_ru="Продажа запрещена: код в локальном стоп-листе",
+    source="store",
+    scanner="front",
+    ki="0104670540176099215LpGKy",
+    shape="gs1-93",
+    repairs=("cyrillic-layout",),
+    latency_ms=0.4321,
+)
+
+
+def test_journal_record_has_structured_fields_and_message_id() -> None:
+    journal = FakeJournal()
+    log = EventLog(target="journal", journal=journal)
+    log.verdict(VERDICT)
+    (record,) = journal.sent
+    assert record["MARKD_EVENT"] == "verdict"
+    assert record["MESSAGE_ID"] == MESSAGE_IDS["verdict"]
+    assert record["MARKD_KI"] == VERDICT.ki
+    assert record["MARKD_DECISION"] == "deny"
+    assert record["MARKD_REASON"] == "blocked-locally"
+    assert record["MARKD_SCANNER"] == "front"
+    assert record["MARKD_SOURCE"] == "store"
+    assert record["MARKD_LATENCY_MS"] == "0.432"
+    assert record["PRIORITY"] == "5"
+    assert "blocked-locally" in record["MESSAGE"]
+
+
+def test_message_ids_are_distinct_uuids() -> None:
+    assert len(set(MESSAGE_IDS.values())) == len(MESSAGE_IDS)
+    assert all(len(v) == 32 and int(v, 16) >= 0 for v in MESSAGE_IDS.values())
+
+
+def test_stderr_line_is_one_line_per_event() -> None:
+    stream = io.StringIO()
+    EventLog(target="stderr", stream=stream).verdict(VERDICT)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("verdict: deny 0104670540176099215LpGKy from front")
+    assert "reason=blocked-locally" in lines[0] and "ki=0104670540176099215LpGKy" in lines[0]
+
+
+def test_full_code_and_crypto_are_never_logged() -> None:
+    journal, stream = FakeJournal(), io.StringIO()
+    secret = "0104670540176099215LpGKy\x1d93dGVz"
+    for log in (EventLog(target="journal", journal=journal), EventLog("stderr", stream=stream)):
+        log.event("verdict", "x", km=secret, crypto={"93": "dGVz"}, ki="0104670540176099215LpGKy")
+    assert "dGVz" not in stream.getvalue()
+    assert all("dGVz" not in str(v) for record in journal.sent for v in record.values())
+    assert journal.sent[0]["MARKD_KI"] == "0104670540176099215LpGKy"
+
+
+def test_level_filters_less_important_events() -> None:
+    stream = io.StringIO()
+    log = EventLog(target="stderr", stream=stream, level="warning")
+    log.event("scanner-present", "back", priority="info")
+    log.event("scanner-absent", "gone", priority="warning")
+    assert stream.getvalue().splitlines() == ["scanner-absent: gone"]
+
+
+def test_unknown_event_kind_and_level_are_programming_errors() -> None:
+    with pytest.raises(ValueError):
+        EventLog(target="stderr", stream=io.StringIO()).event("no-such-kind", "x")
+    with pytest.raises(ValueError):
+        EventLog(level="loud")
+    with pytest.raises(ValueError):
+        EventLog(target="syslog")
+
+
+def test_auto_target_uses_journal_only_when_stderr_is_the_journal_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open(tmp_path / "stream", "w") as stream:
+        st = os.fstat(stream.fileno())
+        assert not journal_stream_matches(stream)
+        assert EventLog("auto", stream=stream, journal=FakeJournal()).target == "stderr"
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        assert journal_stream_matches(stream)
+        assert EventLog("auto", stream=stream, journal=FakeJournal()).target == "journal"
+        # A redirected stderr (another inode) is not the journal.
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino + 1}")
+        assert EventLog("auto", stream=stream, journal=FakeJournal()).target == "stderr"
+    assert EventLog("auto", stream=io.StringIO(), journal=FakeJournal()).target == "stderr"
