@@ -11,6 +11,8 @@ import asyncio
 import dataclasses
 import inspect
 import os
+import socket
+import tempfile
 import time
 import tty
 from collections.abc import Callable, Iterator
@@ -169,3 +171,18 @@ def make_config(store_path: str, scanners: dict[str, str], **log: str) -> Any:
         log=dataclasses.replace(base.log, target="stderr", **log),
         scanners={name: ScannerConfig(url=url) for name, url in scanners.items()},
     )
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    """A datagram socket standing in for systemd's notify socket: (socket, path)."""
+    path = str(tmp_path / "notify.sock")
+    if len(path) > 100:  # sun_path holds 108 bytes; deep pytest temp dirs can exceed it
+        path = os.path.join(tempfile.mkdtemp(prefix="markd-"), "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    try:
+        yield sock, path
+    finally:
+        sock.close()

@@ -363,7 +363,10 @@ def _parse_fields(segments: list[str]) -> tuple[list[tuple[str, str]], bool]:
         while pos < len(seg):
             ai, length, _predefined = _lookup_ai(seg, pos)
             if not ai:
-                raise _error("unknown-ai", f"no known AI at '{seg[pos : pos + 4]}…'")
+                # Quote only digits: what follows may be a piece of a crypto tail.
+                head = seg[pos : pos + 4]
+                shown = repr(head) if head.isdigit() else "non-digit characters"
+                raise _error("unknown-ai", f"no known AI where an element should start ({shown})")
             start = pos + len(ai)
             if length > 0:
                 value = seg[start : start + length]

@@ -9,9 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,20 +47,6 @@ class LineReader:
             self.seen.append(line)
             if text in line:
                 return line
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    path = str(tmp_path / "notify.sock")
-    if len(path) > 100:  # sun_path holds 108 bytes
-        path = os.path.join(tempfile.mkdtemp(prefix="markd-"), "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(10)
-    try:
-        yield sock, path
-    finally:
-        sock.close()
 
 
 def receive_until(sock: socket.socket, state: str) -> list[str]:

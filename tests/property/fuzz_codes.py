@@ -5,6 +5,7 @@ mutations (drop, insert, replace, swap, truncate, duplicate, GS removal, tokens,
 bytes) and checks the parser's contract on each input:
 
 * only CodeError escapes, never with reason ``internal-error``;
+* an error message never quotes a piece of the code's 92 signature;
 * when only GS separators were removed, a successful parse gives back the original code
   (a lost GS is never "recovered" into a different code).
 
@@ -90,6 +91,11 @@ def run(count: int = 100_000, seed: int = 0, progress: bool = False) -> collecti
         except CodeError as exc:
             if exc.reason == "internal-error":
                 raise AssertionError(f"internal error on input #{i}: {text!r}") from exc.__cause__
+            signature = original.rpartition(GS + "92")[2] if GS + "92" in original else ""
+            for start in range(len(signature) - 5):
+                piece = signature[start : start + 6]
+                if not piece.isdigit() and piece in exc.message:
+                    raise AssertionError(f"message quotes the signature: {exc.message!r}") from None
             outcomes[exc.reason] += 1
         except Exception as exc:  # noqa: BLE001 - the point of the fuzzer
             name = type(exc).__name__

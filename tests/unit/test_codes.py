@@ -429,5 +429,18 @@ def test_to_dict_hides_crypto_unless_asked():
 def test_error_messages_never_hold_the_crypto_tail(broken):
     with pytest.raises(CodeError) as info:
         parse(broken)
-    for secret in (SIG44[:8], "FFD0", "dGVz"):
-        assert secret not in info.value.message
+    message = info.value.message
+    for secret in ("FFD0", "dGVz"):
+        assert secret not in message
+    # No 3-character piece of the signature (SIG44 holds no digits, so no GTIN can match).
+    assert not any(SIG44[i : i + 3] in message for i in range(len(SIG44) - 2)), message
+
+
+def test_unknown_ai_message_quotes_only_digits():
+    with pytest.raises(CodeError) as info:
+        parse(SHOES.replace(GS + "92", GS + "42"))
+    assert info.value.reason == "unknown-ai"
+    assert "'42ME'" not in info.value.message and "ME" not in info.value.message
+    with pytest.raises(CodeError) as info:
+        parse(WATER + GS + "4212")
+    assert "'4212'" in info.value.message

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import os
 import socket
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +13,6 @@ import pytest
 import markd.systemd as sd
 from markd.checks.verdict import Verdict
 from markd.systemd import MESSAGE_IDS, EventLog, journal_stream_matches, notify, notify_via_socket
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    """A datagram socket standing in for systemd's notify socket."""
-    path = str(tmp_path / "notify.sock")
-    if len(path) > 100:  # sun_path holds 108 bytes; deep pytest temp dirs can exceed it
-        path = os.path.join(tempfile.mkdtemp(prefix="markd-"), "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(5)
-    try:
-        yield sock, path
-    finally:
-        sock.close()
 
 
 def test_notify_sends_ready_to_notify_socket(
