@@ -121,7 +121,7 @@ class CodesOptions:
 
     recover_lost_gs: bool = True
     serial_lengths: tuple[int, ...] = (13, 6, 7)
-    ki_serial_lengths: tuple[int, ...] = (13,)
+    ki_serial_lengths: tuple[int, ...] = ()
 
 
 DEFAULT_OPTIONS = CodesOptions()
@@ -234,6 +234,7 @@ _RU_KEYS = 'ёйцукенгшщзхъфывапролджэячсмитьбю.�
 _US_KEYS = "`qwertyuiop[]asdfghjkl;'zxcvbnm,./~QWERTYUIOP{}ASDFGHJKL:\"ZXCVBNM<>?@#$^&|"
 _RU_TO_US = str.maketrans(_RU_KEYS, _US_KEYS)
 _CYRILLIC = re.compile("[\u0400-\u04ff]")
+_LATIN = re.compile("[A-Za-z]")
 
 _ESCAPES = re.compile(r"\\(?:u001[dD]|x1[dD])")
 _TOKENS = re.compile(r"<[Gg][Ss]>|\[[Gg][Ss]\]|\{[Gg][Ss]\}|<[Ff][Nn][Cc]1>|\u241d")
@@ -252,7 +253,9 @@ def _normalise(
     if stripped != text:
         repairs.append("suffix-stripped")
     s = stripped
-    if not s.isascii() and _CYRILLIC.search(s):
+    # Under the Russian layout every letter key gives Cyrillic, so a text that also holds Latin
+    # letters was not typed that way: it is left alone (and refused for its Cyrillic).
+    if not s.isascii() and _CYRILLIC.search(s) and not _LATIN.search(s):
         s = s.translate(_RU_TO_US)
         repairs.append("cyrillic-layout")
     if "\\" in s:
@@ -363,10 +366,8 @@ def _parse_fields(segments: list[str]) -> tuple[list[tuple[str, str]], bool]:
         while pos < len(seg):
             ai, length, _predefined = _lookup_ai(seg, pos)
             if not ai:
-                # Quote only digits: what follows may be a piece of a crypto tail.
-                head = seg[pos : pos + 4]
-                shown = repr(head) if head.isdigit() else "non-digit characters"
-                raise _error("unknown-ai", f"no known AI where an element should start ({shown})")
+                # Say where, not what: the characters may be a piece of a crypto tail.
+                raise _error("unknown-ai", f"no known AI at element {len(fields) + 1}")
             start = pos + len(ai)
             if length > 0:
                 value = seg[start : start + length]
@@ -459,6 +460,8 @@ def _parse_gs1(s: str, opts: CodesOptions) -> tuple[str, _Reading]:
     if s[pos : pos + 1] == GS:  # a GS after a predefined-length AI is allowed
         pos += 1
     if s[pos : pos + 2] != "21":
+        if pos < len(s) < pos + 2 and s[pos] == "2":
+            raise _error("truncated", f"GS1 code with GTIN {gtin} ends before its serial")
         if pos >= len(s):
             raise _error("not-a-marking-code", f"GS1 code with GTIN {gtin} but no serial (AI 21)")
         raise _error(
@@ -473,13 +476,9 @@ def _parse_gs1(s: str, opts: CodesOptions) -> tuple[str, _Reading]:
         delimited: _Reading | None = _reading(head, rest, opts, cut=False)
     except CodeError as exc:
         delimited, first_error = None, exc
-    # A GS after the serial is the scanner's word on where the serial ends; believe it.
-    if delimited is not None and rest:
-        return gtin, delimited
-
     cuts: list[_Reading] = []
     if opts.recover_lost_gs:
-        for n in opts.serial_lengths:
+        for n in dict.fromkeys(opts.serial_lengths):
             if n < len(head) and head.startswith(_AFTER_SERIAL, n):
                 try:
                     cuts.append(_reading(head[:n], [head[n:], *rest], opts, cut=True))
@@ -488,6 +487,16 @@ def _parse_gs1(s: str, opts: CodesOptions) -> tuple[str, _Reading]:
     candidates = ([delimited] if delimited is not None else []) + cuts
     if len(candidates) == 1:
         return gtin, candidates[0]
+    # A GS further on was kept but the one after the serial was lost (a tobacco block read as
+    # "21<serial7>8005…␝93…"): the serial then has a length no Честный ЗНАК shape uses, while
+    # exactly one cut at a configured length explains the rest.
+    if (
+        delimited is not None
+        and rest
+        and len(cuts) == 1
+        and len(delimited.serial) not in opts.serial_lengths
+    ):
+        return gtin, cuts[0]
     ki_text = f"01{gtin}21…"
     if len(candidates) > 1:
         lengths = sorted({len(c.serial) for c in candidates})

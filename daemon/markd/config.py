@@ -116,6 +116,12 @@ class LogConfig:
     )
 
 
+def _sync_url_problem(value: str) -> str | None:
+    if value and not value.startswith(("http://", "https://")):
+        return f"expected an http:// or https:// URL or nothing, got {value!r}"
+    return None
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     """``[store]``: the local LMDB store of seen codes and check results."""
@@ -127,8 +133,50 @@ class StoreConfig:
     map_size_mb: int = field(
         default=64,
         metadata={
-            "doc": "Largest size the store may grow to, in MiB (LMDB map size).",
+            "doc": "Initial LMDB map size in MiB; the store grows it when full.",
             "min": 1,
+            "max": 1 << 20,
+        },
+    )
+    max_age_hours: int = field(
+        default=72,
+        metadata={
+            "doc": "A blocklist not confirmed current for longer is stale: it may still deny, "
+            "never vouch (72 h, as the Local Module).",
+            "min": 1,
+            "max": 24 * 365,
+        },
+    )
+    verdict_ttl_s: int = field(
+        default=86_400,
+        metadata={
+            "doc": "How long a cached online verdict counts as fresh, in seconds.",
+            "min": 0,
+            "max": 366 * 86_400,
+        },
+    )
+    delta_history: int = field(
+        default=100,
+        metadata={
+            "doc": "How many applied deltas the store keeps for `markctl store export`.",
+            "min": 0,
+            "max": 100_000,
+        },
+    )
+    sync_url: str = field(
+        default="",
+        metadata={
+            "doc": "Static HTTP(S) directory with a fleet export (`index.json`) that the daemon "
+            "syncs from; empty: no periodic sync.",
+            "check": lambda value: _sync_url_problem(value),
+        },
+    )
+    sync_interval_s: int = field(
+        default=3600,
+        metadata={
+            "doc": "Seconds between periodic syncs from `sync_url`.",
+            "min": 60,
+            "max": 7 * 86_400,
         },
     )
 
@@ -152,9 +200,10 @@ class CodesConfig:
         },
     )
     ki_serial_lengths: tuple[int, ...] = field(
-        default=(13,),
+        default=(),
         metadata={
-            "doc": "Serial lengths accepted for a bare КИ (a code without its crypto tail).",
+            "doc": "Serial lengths accepted for a bare КИ (a code without its crypto tail); "
+            "empty by default, since a bare КИ of 13 could also be a beer code whose GS was lost.",
             **_SERIAL_LENGTH_LIMITS,
         },
     )

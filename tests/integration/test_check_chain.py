@@ -22,7 +22,7 @@ from conftest import (
 )
 from markd.checks.chain import StoreOnlyChain
 from markd.checks.verdict import parser_verdict
-from markd.codes import REASONS, parse
+from markd.codes import REASONS, CodesOptions, parse
 from markd.errors import CodeError
 from markd.service import Service
 from markd.store import Store
@@ -53,7 +53,8 @@ def test_blocked_ki_is_denied_by_the_store(tmp_store: Store) -> None:
 
 
 def test_bare_ki_is_denied_for_missing_crypto(tmp_store: Store) -> None:
-    verdict = StoreOnlyChain(tmp_store).decide(parse(WATER_KI), "front")
+    bare_ki = parse(WATER_KI, CodesOptions(ki_serial_lengths=(13,)))
+    verdict = StoreOnlyChain(tmp_store).decide(bare_ki, "front")
     assert (verdict.decision, verdict.reason, verdict.shape) == ("deny", "missing-crypto", "ki")
 
 

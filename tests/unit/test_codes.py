@@ -150,8 +150,10 @@ def test_tobacco_pack_domain_worked_example():
     assert code.crypto == {"tail": "7Cev"}
 
 
-def test_bare_ki_of_known_serial_length():
-    code = parse("0104607809596237215<(q!mLp*jIb3")
+def test_bare_ki_only_where_configured():
+    ki = "0104607809596237215<(q!mLp*jIb3"
+    assert reason_of(ki) == "missing-crypto"
+    code = parse(ki, CodesOptions(ki_serial_lengths=(13,)))
     assert code.shape == "ki"
     assert code.crypto == {} and not code.has_crypto
 
@@ -297,15 +299,35 @@ def test_clean_gs_after_serial_is_believed_over_lengths():
 # ambiguity and options
 
 
-def test_beer_without_gs_collides_with_a_bare_ki():
+def test_beer_without_gs_collides_with_a_bare_ki_when_those_are_accepted():
     # 31 characters: a beer code whose GS was lost, or a bare 13-character-serial КИ that
     # happens to hold "93" at that spot. Never guess.
-    assert reason_of(BEER.replace(GS, "")) == "ambiguous-lost-gs"
+    assert reason_of(BEER.replace(GS, ""), ki_serial_lengths=(13,)) == "ambiguous-lost-gs"
 
 
-def test_beer_without_gs_recovered_when_bare_ki_is_not_accepted():
-    code = parse(BEER.replace(GS, ""), CodesOptions(ki_serial_lengths=()))
+def test_beer_without_gs_recovered_by_default():
+    code = parse(BEER.replace(GS, ""))
     assert code.km == BEER and code.repairs == ("lost-gs-recovered",)
+
+
+def test_tobacco_block_with_only_the_first_gs_lost():
+    # The serial would otherwise read as 17 characters holding "8005…": a wrong КИ.
+    broken = BLOCK.replace(GS, "", 1)
+    code = parse(broken)
+    assert code.km == BLOCK
+    assert code.ki == "0104600000000015215AbC-9x"
+    assert code.repairs == ("lost-gs-recovered",)
+
+
+def test_duplicate_serial_lengths_do_not_make_readings_ambiguous():
+    code = parse(WATER.replace(GS, ""), CodesOptions(serial_lengths=(13, 13, 6)))
+    assert code.km == WATER
+
+
+def test_mixed_script_is_not_taken_for_a_keyboard_layout():
+    # One Cyrillic look-alike inside a Latin code is damage, not a layout: refuse it.
+    text = WATER.replace("kdPML", "k\u041cPML".encode().decode("unicode_escape"))
+    assert reason_of(text) == "invalid-characters"
 
 
 def test_lost_gs_with_unconfigured_serial_length_is_ambiguous():
@@ -324,7 +346,8 @@ def test_serial_lengths_are_configurable():
 
 def test_rescan_flag():
     with pytest.raises(CodeError) as info:
-        parse(BEER.replace(GS, ""))
+        parse("0104680029460908215jcmHzLmkd938p9E")  # serial 10: no configured length
+    assert info.value.reason == "ambiguous-lost-gs"
     assert info.value.rescan
     with pytest.raises(CodeError) as info:
         parse("4607809596237")
@@ -351,6 +374,7 @@ def test_rescan_flag():
         ("https://example.org/x", "invalid-characters"),  # '/' fine, but ':' ok, 'h' … see below
         ("hello", "not-a-marking-code"),
         ("0104607809596237", "not-a-marking-code"),  # GTIN only
+        ("01046078095962372", "truncated"),  # cut inside AI 21
         ("010460780959623717260101", "not-a-marking-code"),  # GS1 without serial
         ("01046078095", "truncated"),
         ("0104607809596238215<(q!mLp*jIb3" + GS + "91FFD0", "bad-gtin-check-digit"),
@@ -421,7 +445,7 @@ def test_to_dict_hides_crypto_unless_asked():
     [
         SHOES.replace("92" + SIG44, "92" + SIG44[:40]),
         SHOES.replace(GS, "") + "X",
-        BEER.replace(GS, ""),
+        "0104680029460908215jcmHzLmkd938p9E",
         SHOES.replace("04607809596237", "04607809596230"),
         SHOES.replace(GS + "92", GS + "42"),
     ],
@@ -436,11 +460,13 @@ def test_error_messages_never_hold_the_crypto_tail(broken):
     assert not any(SIG44[i : i + 3] in message for i in range(len(SIG44) - 2)), message
 
 
-def test_unknown_ai_message_quotes_only_digits():
+def test_unknown_ai_message_quotes_nothing_of_the_code():
     with pytest.raises(CodeError) as info:
         parse(SHOES.replace(GS + "92", GS + "42"))
     assert info.value.reason == "unknown-ai"
-    assert "'42ME'" not in info.value.message and "ME" not in info.value.message
+    assert "ME" not in info.value.message and "42" not in info.value.message
+    # All-digit crypto values (a 91 key like 5807) must not be quoted either.
     with pytest.raises(CodeError) as info:
-        parse(WATER + GS + "4212")
-    assert "'4212'" in info.value.message
+        parse(f"0104607809596237215<(q!mLp*jIb3{GS}5807{GS}92{SIG44}")
+    assert "5807" not in info.value.message
+    assert "element 1" in info.value.message

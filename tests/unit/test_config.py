@@ -62,7 +62,7 @@ def test_missing_default_file_gives_every_default(main: Path) -> None:
     assert loaded.log == LogConfig(target="auto", level="info")
     assert loaded.store == StoreConfig(path="/var/lib/markd/store", map_size_mb=64)
     assert loaded.codes == CodesConfig(
-        recover_lost_gs=True, serial_lengths=(13, 6, 7), ki_serial_lengths=(13,)
+        recover_lost_gs=True, serial_lengths=(13, 6, 7), ki_serial_lengths=()
     )
     assert loaded.checks == ChecksConfig(mode="store-only")
 
@@ -169,7 +169,7 @@ def test_tables_merge_key_by_key_and_arrays_replace(main: Path) -> None:
 
     assert loaded.store == StoreConfig(path="/srv/store", map_size_mb=256)
     assert loaded.codes.serial_lengths == (7,)
-    assert loaded.codes.ki_serial_lengths == (13,)
+    assert loaded.codes.ki_serial_lengths == ()
     assert sorted(loaded.scanners) == ["front", "side"]
 
 
@@ -263,7 +263,7 @@ def test_min_violation(main: Path) -> None:
     write(main, "[store]\nmap_size_mb = 0\n")
 
     assert problems_of(main) == [
-        f"{main}:2: [store] map_size_mb: expected an integer of at least 1, got 0"
+        f"{main}:2: [store] map_size_mb: expected an integer from 1 to 1048576, got 0"
     ]
 
 
@@ -342,7 +342,8 @@ def test_every_problem_of_every_file_is_reported_at_once(main: Path) -> None:
         f"{main}:2: [log] level: expected one of debug, info, warning, error, "
         "got a string ('loud')",
         f"{main}:5: [store] map_size_mb: expected an integer, got a string ('big')",
-        f"{dropins / '10-a.toml'}:3: unknown key [store] size (known keys: map_size_mb, path)",
+        f"{dropins / '10-a.toml'}:3: unknown key [store] size (known keys: delta_history, "
+        "map_size_mb, max_age_hours, path, sync_interval_s, sync_url, verdict_ttl_s)",
         f"{dropins / '20-b.toml'}:1:8: TOML syntax error: Expected ']' at the end of a table "
         "declaration",
         f"{dropins / '30-c.toml'}:1: [scanners.front] url: required key is missing",
@@ -484,11 +485,19 @@ def test_to_dict_is_plain_json_data() -> None:
 
     assert data == {
         "log": {"target": "auto", "level": "info"},
-        "store": {"path": "/var/lib/markd/store", "map_size_mb": 64},
+        "store": {
+            "path": "/var/lib/markd/store",
+            "map_size_mb": 64,
+            "max_age_hours": 72,
+            "verdict_ttl_s": 86400,
+            "delta_history": 100,
+            "sync_url": "",
+            "sync_interval_s": 3600,
+        },
         "codes": {
             "recover_lost_gs": True,
             "serial_lengths": [13, 6, 7],
-            "ki_serial_lengths": [13],
+            "ki_serial_lengths": [],
         },
         "checks": {"mode": "store-only"},
         "scanners": {"scanner0": {"url": DEFAULT_SCANNER_URL}},
@@ -545,7 +554,7 @@ def test_docs_key_table_matches_the_schema() -> None:
 def test_docs_mention_every_key() -> None:
     keys = [f"`[{ref.table}] {ref.key}`" for ref in config.schema_keys()]
 
-    assert len(keys) == 9
+    assert len(keys) == 14
     assert [key for key in keys if key not in _doc()] == []
 
 
