@@ -151,7 +151,7 @@ def run_demo(out: TextIO | None = None) -> int:
     out = out or sys.stdout
     with tempfile.TemporaryDirectory(prefix="markd-demo-") as tmp:
         config = demo_config(f"{tmp}/store")
-        with Store.open(config.store.path, map_size_mb=config.store.map_size_mb) as store:
+        with Store.from_config(config.store) as store:
             store.block(BLOCKED_KI, "demo: recalled batch", source="demo")
         print(
             "markd demo: mode store-only (checks only the local blocklist, not Честный ЗНАК)",

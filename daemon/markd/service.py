@@ -122,16 +122,17 @@ class Service:
 
     def _start(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[ScannerEvent]) -> None:
         store_config = self.config.store
-        self.store = Store.open(store_config.path, map_size_mb=store_config.map_size_mb)
+        self.store = Store.from_config(store_config)
         self._chain = StoreOnlyChain(self.store)
         for name, scanner_config in self.config.scanners.items():
             scanner = open_scanner(name, scanner_config.url)
             self.scanners[name] = scanner
             scanner.start(loop, queue)
-        blocked = self.store.count()
+        info = self.store.info()
+        blocked = sum(info.counts.values())
         status = (
             f"ready: {len(self.scanners)} scanner(s), mode {self.config.checks.mode}, "
-            f"{blocked} blocked КИ in {store_config.path}"
+            f"blocklist v{info.version} with {blocked} entries in {store_config.path}"
         )
         notify("READY=1", f"STATUS={status}")
         self.event_log.event(

@@ -20,6 +20,7 @@ from markd.store import Store
 
 ALLOW_STORE_ONLY_RU = "Разрешено (режим разработки: проверен только локальный стоп-лист)"
 DENY_BLOCKED_RU = "Продажа запрещена: код в локальном стоп-листе"
+DENY_SOLD_HERE_RU = "Продажа запрещена: этот экземпляр уже продан"
 #: The parser's own text, so a bare КИ reads the same whether the parser or the chain refuses it.
 DENY_MISSING_CRYPTO_RU = REASONS["missing-crypto"][1]
 DENY_STORE_ERROR_RU = "Проверка недоступна, продажа невозможна"
@@ -33,7 +34,8 @@ def elapsed_ms(started: float | None) -> float:
 class StoreOnlyChain:
     """Decide from the local blocklist alone (development mode, no Честный ЗНАК check).
 
-    * КИ in the blocklist → ``deny`` / ``blocked-locally``;
+    * КИ, its series or its GTIN in the blocklist → ``deny`` / ``blocked-locally``;
+    * sold at this terminal and not returned → ``deny`` / ``sold-here``;
     * a bare КИ without crypto tail (shape ``ki``) → ``deny`` / ``missing-crypto``: the law
       requires the full code to be checked and printed on the receipt;
     * otherwise → ``allow`` / ``store-only-not-blocked``.
@@ -64,11 +66,15 @@ class StoreOnlyChain:
             )
 
         try:
-            blocked = self.store.lookup(code.ki)
+            found = self.store.lookup(code)
         except StoreError:
             return verdict("deny", "store-error", DENY_STORE_ERROR_RU, "store")
-        if blocked is not None:
+        # A stale store still denies what it knows; it never vouches (nothing here allows
+        # because of the store: the allow below is the development mode's, and says so).
+        if found.blocked is not None:
             return verdict("deny", "blocked-locally", DENY_BLOCKED_RU, "store")
+        if found.sold is not None:
+            return verdict("deny", "sold-here", DENY_SOLD_HERE_RU, "store")
         if code.shape == "ki" or not code.crypto:
             return verdict("deny", "missing-crypto", DENY_MISSING_CRYPTO_RU, "parser")
         return verdict("allow", "store-only-not-blocked", ALLOW_STORE_ONLY_RU, "none")

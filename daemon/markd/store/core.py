@@ -1,0 +1,614 @@
+"""The LMDB store: blocklist, sold journal, verdict cache and metadata in one environment.
+
+Named databases (encodings in :mod:`markd.store.keys` and ``docs/store.md``)::
+
+    blocked.0, blocked.1   the blocklist, double-buffered: ``meta["current"]`` names the live
+                           slot; a snapshot import fills the other one, then flips the name
+    units                  per-КИ facts of this terminal: sold here (receipt, time) and the last
+                           online verdict (time, isBlocked, sold, expireDate, mrp, smp, …)
+    attrs                  interned (reason, source) pairs referenced by blocklist values
+    deltas                 the deltas applied since the last snapshot (for fleet export)
+    meta                   ``current`` (slot) and ``info`` (version, source, times, counts)
+
+Concurrency: LMDB gives one writer and any number of readers in any number of processes. A
+lookup is one short read transaction, so a reader always sees one committed state: never
+half of an import, never a delta without its version. Writers in other processes (``markctl``)
+become visible to the daemon at its next lookup without reopening anything.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import struct
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+
+from markd.codes import CodeError, MarkingCode, parse
+from markd.errors import StoreError
+from markd.store import keys
+from markd.store.keys import BLOCK_VALUE, BadKey
+
+DEFAULT_PATH = "/var/lib/markd/store"
+FORMAT_VERSION = 1
+_SLOTS = (b"blocked.0", b"blocked.1")
+_MAX_DBS = 16
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class BlockEntry:
+    """Why a unit is blocked: the matching key's kind (``ki``/``series``/``gtin``) and facts."""
+
+    kind: str
+    key: str
+    reason: str
+    source: str
+    since: int
+
+
+@dataclass(frozen=True, slots=True)
+class SoldEntry:
+    """The unit was sold at this terminal (and not returned since)."""
+
+    receipt: str
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class CachedVerdict:
+    """The last online verdict for the КИ: its facts and when it was received."""
+
+    at: int
+    facts: dict[str, Any]
+    fresh: bool  # younger than the configured TTL
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """Everything the store knows about one unit. Falsy fields mean "nothing known"."""
+
+    blocked: BlockEntry | None
+    sold: SoldEntry | None
+    cached: CachedVerdict | None
+    blocklist_version: int
+    blocklist_age_s: float | None  # None: no blocklist was ever loaded
+    stale: bool  # older than [store] max_age_hours: may deny, never vouches
+
+    @property
+    def deny_reason(self) -> str | None:
+        """``blocked-locally`` or ``sold-here`` when the store alone forbids the sale."""
+        if self.blocked is not None:
+            return "blocked-locally"
+        if self.sold is not None:
+            return "sold-here"
+        return None
+
+
+@dataclass
+class StoreInfo:
+    """Metadata of the blocklist (``meta["info"]``)."""
+
+    version: int = 0
+    source: str = ""
+    synced_at: int | None = None  # last time the list was confirmed current (import/delta/sync)
+    imported_at: int | None = None  # last snapshot import
+    counts: dict[str, int] = field(default_factory=lambda: {"ki": 0, "gtin": 0, "series": 0})
+    sync_etag: str = ""
+    sync_url: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> StoreInfo:
+        if not raw:
+            return cls()
+        data = json.loads(raw)
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def encode(self) -> bytes:
+        return json.dumps(self.__dict__, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+class Store:
+    """An open store. Use :meth:`open` (or :meth:`from_config`) and close it, or ``with``.
+
+    One instance is meant for one thread at a time; other processes may open the same path.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        map_size_mb: int = 64,
+        readonly: bool = False,
+        max_age_hours: float = 72.0,
+        verdict_ttl_s: int = 86_400,
+        delta_history: int = 100,
+    ) -> None:
+        self.path = str(path)
+        self.readonly = readonly
+        self.max_age_s = max_age_hours * 3600.0
+        self.verdict_ttl_s = verdict_ttl_s
+        self.delta_history = delta_history
+        self._env: lmdb.Environment | None = None
+        self._env = self._open_env(map_size_mb)
+        try:
+            self._dbs = self._open_dbs()
+        except BaseException:
+            self.close()
+            raise
+        self._seen_txn = -1
+        self._live: Any = None
+        self._info = StoreInfo()
+        self._attrs: dict[int, tuple[str, str]] = {}
+
+    # -- opening --------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str = DEFAULT_PATH, **kwargs: Any) -> Store:
+        """Open (creating unless ``readonly``) the store in directory ``path``."""
+        return cls(path, **kwargs)
+
+    @classmethod
+    def from_config(cls, store_config: Any, *, readonly: bool = False) -> Store:
+        """Open the store described by a ``[store]`` configuration section."""
+        return cls(
+            store_config.path,
+            map_size_mb=store_config.map_size_mb,
+            readonly=readonly,
+            max_age_hours=store_config.max_age_hours,
+            verdict_ttl_s=store_config.verdict_ttl_s,
+            delta_history=store_config.delta_history,
+        )
+
+    def _open_env(self, map_size_mb: int) -> lmdb.Environment:
+        path = Path(self.path)
+        if self.readonly and not (path / "data.mdb").exists():
+            raise StoreError(
+                f"no store at {self.path} (import a blocklist with 'markctl store import' "
+                "or start markd once)",
+                "store-missing",
+            )
+        try:
+            if not self.readonly:
+                path.mkdir(parents=True, exist_ok=True, mode=0o750)
+            env = lmdb.open(
+                self.path,
+                map_size=max(1, map_size_mb) << 20,
+                max_dbs=_MAX_DBS,
+                readonly=self.readonly,
+                # A lookup must never wait for a writer and must survive power loss with the
+                # last committed state: default durable sync, readers without locks.
+                subdir=True,
+                create=not self.readonly,
+                max_readers=256,
+            )
+        except lmdb.Error as exc:
+            raise _store_error(self.path, "opening", exc) from exc
+        except OSError as exc:
+            raise StoreError(f"opening {self.path}: {exc.strerror or exc}") from exc
+        if not self.readonly:
+            # Slots of readers killed with -9 would pin old pages forever otherwise.
+            env.reader_check()
+            # Adopt a map that another process has grown beyond our configured size.
+            if env.info()["map_size"] < os.path.getsize(path / "data.mdb"):
+                env.set_mapsize(0)
+        return env
+
+    def _open_dbs(self) -> dict[bytes, Any]:
+        env = self._require_env()
+        names = (*_SLOTS, b"units", b"attrs", b"deltas", b"meta")
+        dbs = {}
+        try:
+            if self.readonly:
+                for name in names:
+                    dbs[name] = env.open_db(name, create=False)
+            else:
+                for name in names:
+                    dbs[name] = env.open_db(name)
+                with env.begin(write=True) as txn:
+                    if txn.get(b"current", db=dbs[b"meta"]) is None:
+                        txn.put(b"current", b"0", db=dbs[b"meta"])
+                        txn.put(b"info", StoreInfo().encode(), db=dbs[b"meta"])
+        except lmdb.NotFoundError as exc:
+            raise StoreError(f"{self.path} is not a markd store (missing databases)") from exc
+        except lmdb.Error as exc:
+            raise _store_error(self.path, "opening", exc) from exc
+        return dbs
+
+    def _require_env(self) -> lmdb.Environment:
+        if self._env is None:
+            raise StoreError(f"store {self.path} is closed", "store-closed")
+        return self._env
+
+    def __repr__(self) -> str:
+        state = "closed" if self._env is None else ("read-only" if self.readonly else "open")
+        return f"<Store {self.path} {state}>"
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def _begin(self, write: bool = False) -> lmdb.Transaction:
+        env = self._require_env()
+        try:
+            return env.begin(write=write)
+        except lmdb.MapResizedError:
+            # Another process grew the map; adopt its size and go on.
+            env.set_mapsize(0)
+            return env.begin(write=write)
+        except lmdb.Error as exc:
+            raise _store_error(self.path, "reading", exc) from exc
+
+    def _refresh(self, txn: lmdb.Transaction) -> None:
+        """Re-read the live slot and info when something was committed since we last looked."""
+        tid = txn.id()
+        if tid == self._seen_txn:
+            return
+        meta = self._dbs[b"meta"]
+        slot = txn.get(b"current", db=meta) or b"0"
+        self._live = self._dbs[_SLOTS[slot == b"1"]]
+        self._info = StoreInfo.decode(txn.get(b"info", db=meta))
+        self._seen_txn = tid
+
+    def lookup(
+        self, code: MarkingCode | str, *, series: str | None = None, now: float | None = None
+    ) -> Lookup:
+        """What the store knows about ``code``: blocked (КИ, then series, then GTIN), sold
+        here, cached online verdict, and how fresh the blocklist is.
+
+        ``code`` is a parsed code or any text ``parse`` accepts (a КИ alone too). ``series``
+        defaults to the code's batch (AI 10) when it carries one.
+        """
+        if isinstance(code, str):
+            key = _unit_key(code)
+        else:
+            key = keys.code_key(code)
+            if series is None:
+                series = code.extra.get("10")
+        gtin = key[:14]
+        txn = self._begin()
+        try:
+            self._refresh(txn)
+            live = self._live
+            kind = "ki"
+            raw = txn.get(key, db=live)
+            if raw is None and series:
+                kind, raw = (
+                    "series",
+                    txn.get(gtin + keys.SERIES_SEPARATOR + series.encode(), db=live),
+                )
+            if raw is None:
+                kind, raw = "gtin", txn.get(gtin, db=live)
+            unit = txn.get(key, db=self._dbs[b"units"])
+            blocked = None
+            if raw is not None:
+                blocked = self._block_entry(txn, kind, key if kind == "ki" else gtin, raw)
+            now = time.time() if now is None else now
+            sold = cached = None
+            if unit is not None:
+                sold, cached = self._unit_facts(unit, now)
+        except lmdb.Error as exc:
+            raise _store_error(self.path, "reading", exc) from exc
+        except (ValueError, KeyError, TypeError, struct.error) as exc:
+            # Fail closed: a value markd cannot read must not pass for "nothing known".
+            raise StoreError(
+                f"{self.path}: unreadable entry for {key[:14].decode(errors='replace')}… "
+                f"({type(exc).__name__}); the store may be damaged",
+                "store-corrupt",
+            ) from exc
+        finally:
+            txn.abort()
+        info = self._info
+        age = None if info.synced_at is None else max(0.0, now - info.synced_at)
+        return Lookup(
+            blocked=blocked,
+            sold=sold,
+            cached=cached,
+            blocklist_version=info.version,
+            blocklist_age_s=age,
+            stale=age is None or age > self.max_age_s,
+        )
+
+    def _block_entry(self, txn: lmdb.Transaction, kind: str, key: bytes, raw: bytes) -> BlockEntry:
+        since, attr = BLOCK_VALUE.unpack(raw)
+        pair = self._attrs.get(attr)
+        if pair is None:
+            stored = txn.get(struct.pack(">I", attr), db=self._dbs[b"attrs"])
+            pair = tuple(json.loads(stored)) if stored else ("", "")
+            self._attrs[attr] = pair  # attrs are append-only: an id never changes meaning
+        return BlockEntry(kind, key.decode("ascii"), pair[0], pair[1], since)
+
+    def _unit_facts(self, raw: bytes, now: float) -> tuple[SoldEntry | None, CachedVerdict | None]:
+        data = json.loads(raw)
+        sold = data.get("sold")
+        verdict = data.get("verdict")
+        sold_entry = SoldEntry(sold["receipt"], sold["at"]) if sold else None
+        cached = None
+        if verdict:
+            fresh = now - verdict["at"] <= self.verdict_ttl_s
+            cached = CachedVerdict(verdict["at"], verdict["facts"], fresh)
+        return sold_entry, cached
+
+    def info(self) -> StoreInfo:
+        """The blocklist metadata as committed now."""
+        txn = self._begin()
+        try:
+            self._refresh(txn)
+            return StoreInfo(**self._info.__dict__)
+        finally:
+            txn.abort()
+
+    def stats(self, now: float | None = None) -> dict[str, Any]:
+        """Counts, version, age, freshness and size on disk, for ``markctl store stats``."""
+        info = self.info()
+        now = time.time() if now is None else now
+        txn = self._begin()
+        try:
+            units = txn.stat(self._dbs[b"units"])["entries"]
+            deltas = txn.stat(self._dbs[b"deltas"])["entries"]
+            sold = cached = 0
+            if units <= 100_000:  # counting needs a scan; skip it for very large journals
+                for _, raw in txn.cursor(db=self._dbs[b"units"]):
+                    data = json.loads(raw)
+                    sold += "sold" in data
+                    cached += "verdict" in data
+        finally:
+            txn.abort()
+        age = None if info.synced_at is None else max(0.0, now - info.synced_at)
+        data_file = Path(self.path) / "data.mdb"
+        return {
+            "path": self.path,
+            "version": info.version,
+            "source": info.source,
+            "synced_at": info.synced_at,
+            "imported_at": info.imported_at,
+            "age_s": age,
+            "max_age_s": self.max_age_s,
+            "stale": age is None or age > self.max_age_s,
+            "blocked": dict(info.counts),
+            "units": units,
+            "sold": sold if units <= 100_000 else None,
+            "cached_verdicts": cached if units <= 100_000 else None,
+            "deltas_kept": deltas,
+            "size_bytes": data_file.stat().st_size if data_file.exists() else 0,
+            "map_size_bytes": self._require_env().info()["map_size"],
+        }
+
+    def iter_blocked(self) -> Iterator[tuple[bytes, int, str, str]]:
+        """Every live blocklist entry as (key, since, reason, source), in key order, from one
+        consistent snapshot."""
+        txn = self._begin()
+        try:
+            self._refresh(txn)
+            for key, raw in txn.cursor(db=self._live):
+                since, attr = BLOCK_VALUE.unpack(raw)
+                entry = self._block_entry(txn, keys.key_kind(key), key, raw)
+                yield bytes(key), since, entry.reason, entry.source
+        finally:
+            txn.abort()
+
+    def deltas(self) -> list[dict[str, Any]]:
+        """The deltas applied since the last snapshot import, oldest first."""
+        txn = self._begin()
+        try:
+            return [json.loads(raw) for _, raw in txn.cursor(db=self._dbs[b"deltas"])]
+        finally:
+            txn.abort()
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def _write(self, fn: Callable[[lmdb.Transaction], _T], what: str) -> _T:
+        """Run ``fn`` in one write transaction, growing the map and retrying when it is full."""
+        if self.readonly:
+            raise StoreError(f"store {self.path} is open read-only", "store-readonly")
+        env = self._require_env()
+        for _ in range(32):
+            try:
+                with env.begin(write=True) as txn:
+                    return fn(txn)
+            except lmdb.MapFullError:
+                self.grow_map()
+            except lmdb.MapResizedError:
+                env.set_mapsize(0)
+            except lmdb.Error as exc:
+                raise _store_error(self.path, what, exc) from exc
+        raise StoreError(f"{what} in {self.path}: the map could not be grown enough")
+
+    def grow_map(self, at_least: int = 0) -> None:
+        """Double the memory map (or grow it to ``at_least`` bytes)."""
+        env = self._require_env()
+        size = env.info()["map_size"]
+        new = max(size * 2, at_least)
+        try:
+            env.set_mapsize(new)
+        except lmdb.Error as exc:
+            raise _store_error(self.path, "growing the map", exc) from exc
+
+    def _update_info(self, txn: lmdb.Transaction, **changes: Any) -> StoreInfo:
+        meta = self._dbs[b"meta"]
+        info = StoreInfo.decode(txn.get(b"info", db=meta))
+        for name, value in changes.items():
+            setattr(info, name, value)
+        txn.put(b"info", info.encode(), db=meta)
+        return info
+
+    def _live_db(self, txn: lmdb.Transaction) -> Any:
+        slot = txn.get(b"current", db=self._dbs[b"meta"]) or b"0"
+        return self._dbs[_SLOTS[slot == b"1"]]
+
+    def intern_attr(self, txn: lmdb.Transaction, reason: str, source: str) -> int:
+        """The id of a (reason, source) pair, adding it when new (ids are never reused)."""
+        db = self._dbs[b"attrs"]
+        wanted = json.dumps([reason, source], ensure_ascii=False).encode()
+        cursor = txn.cursor(db=db)
+        last = 0
+        for key, value in cursor:
+            if bytes(value) == wanted:
+                return struct.unpack(">I", key)[0]
+            last = struct.unpack(">I", key)[0]
+        txn.put(struct.pack(">I", last + 1), wanted, db=db)
+        return last + 1
+
+    def block(
+        self, text: str, reason: str, source: str = "manual", *, series: str | None = None
+    ) -> None:
+        """Block one КИ, GTIN (or GTIN + ``series``) in the live blocklist."""
+        key = _key_of(text, series)
+        value_since = _now()
+
+        def write(txn: lmdb.Transaction) -> None:
+            attr = self.intern_attr(txn, reason, source)
+            old = txn.replace(key, BLOCK_VALUE.pack(value_since, attr), db=self._live_db(txn))
+            if old is None:
+                info = StoreInfo.decode(txn.get(b"info", db=self._dbs[b"meta"]))
+                info.counts[keys.key_kind(key)] += 1
+                self._update_info(txn, counts=info.counts)
+
+        self._write(write, "blocking")
+
+    def unblock(self, text: str, *, series: str | None = None) -> bool:
+        """Remove one entry from the live blocklist; True when it was there."""
+        key = _key_of(text, series)
+
+        def write(txn: lmdb.Transaction) -> bool:
+            old = txn.pop(key, db=self._live_db(txn))
+            if old is not None:
+                info = StoreInfo.decode(txn.get(b"info", db=self._dbs[b"meta"]))
+                info.counts[keys.key_kind(key)] -= 1
+                self._update_info(txn, counts=info.counts)
+            return old is not None
+
+        return self._write(write, "unblocking")
+
+    def _update_unit(self, key: bytes, change: Callable[[dict[str, Any]], None], what: str) -> None:
+        units = self._dbs[b"units"]
+
+        def write(txn: lmdb.Transaction) -> None:
+            raw = txn.get(key, db=units)
+            data = json.loads(raw) if raw else {}
+            change(data)
+            if data:
+                txn.put(key, json.dumps(data, separators=(",", ":")).encode(), db=units)
+            elif raw is not None:
+                txn.delete(key, db=units)
+
+        self._write(write, what)
+
+    def mark_sold(self, code: MarkingCode | str, receipt: str, at: int | None = None) -> None:
+        """Record that the unit was sold here, on ``receipt``."""
+        key = _unit_key(code)
+        when = _now() if at is None else at
+        self._update_unit(
+            key,
+            lambda d: d.__setitem__("sold", {"receipt": receipt, "at": when}),
+            "recording a sale",
+        )
+
+    def mark_returned(self, code: MarkingCode | str) -> None:
+        """A return receipt took the unit back: it may be sold again."""
+        self._update_unit(_unit_key(code), lambda d: d.pop("sold", None), "recording a return")
+
+    def cache_verdict(
+        self, code: MarkingCode | str, facts: dict[str, Any], at: int | None = None
+    ) -> None:
+        """Keep the facts of an online verdict (isBlocked, sold, expireDate, mrp, smp, …)."""
+        when = _now() if at is None else at
+        self._update_unit(
+            _unit_key(code),
+            lambda d: d.__setitem__("verdict", {"at": when, "facts": facts}),
+            "caching a verdict",
+        )
+
+    def purge_cache(self, now: float | None = None) -> int:
+        """Drop cached verdicts older than the TTL; return how many went."""
+        limit = (time.time() if now is None else now) - self.verdict_ttl_s
+        units = self._dbs[b"units"]
+
+        def write(txn: lmdb.Transaction) -> int:
+            gone = 0
+            cursor = txn.cursor(db=units)
+            for key, raw in list(cursor):
+                data = json.loads(raw)
+                verdict = data.get("verdict")
+                if verdict and verdict["at"] < limit:
+                    del data["verdict"]
+                    gone += 1
+                    if data:
+                        txn.put(key, json.dumps(data, separators=(",", ":")).encode(), db=units)
+                    else:
+                        txn.delete(key, db=units)
+            return gone
+
+        return self._write(write, "purging the verdict cache")
+
+    def touch_sync(
+        self, *, source: str | None = None, etag: str | None = None, url: str | None = None
+    ) -> None:
+        """Record a successful sync check (the list is confirmed current now)."""
+        changes: dict[str, Any] = {"synced_at": _now()}
+        if source is not None:
+            changes["source"] = source
+        if etag is not None:
+            changes["sync_etag"] = etag
+        if url is not None:
+            changes["sync_url"] = url
+        self._write(lambda txn: self._update_info(txn, **changes), "recording a sync")
+
+    # Snapshot import and deltas live in markd.store.importer; they use these internals.
+    def _internal(self) -> tuple[lmdb.Environment, dict[bytes, Any]]:
+        return self._require_env(), self._dbs
+
+
+def _key_of(text: str, series: str | None) -> bytes:
+    try:
+        if series is not None:
+            return keys.series_key(text, series)
+        if len(text) <= 14 and text.isdigit():
+            return keys.gtin_key(text)
+        try:
+            return keys.ki_key(text)
+        except BadKey:
+            return keys.code_key(parse(text))
+    except (BadKey, CodeError) as exc:
+        raise StoreError(str(exc), "bad-key") from exc
+
+
+def _unit_key(code: MarkingCode | str) -> bytes:
+    """The sGTIN of a parsed code, a КИ in text or a full code in text."""
+    if isinstance(code, MarkingCode):
+        return keys.code_key(code)
+    key = _key_of(code, None)
+    if keys.key_kind(key) != "ki":
+        raise StoreError(f"{code[:40]!r} is not a КИ or a marking code", "bad-key")
+    return key
+
+
+def _store_error(path: str, what: str, exc: lmdb.Error) -> StoreError:
+    text = str(exc)
+    if "No space left" in text or getattr(exc, "errno", None) == errno.ENOSPC:
+        return StoreError(
+            f"{what} {path}: no space left on device; the previous blocklist version is intact",
+            "store-disk-full",
+        )
+    return StoreError(f"{what} {path}: {text}")

@@ -1,0 +1,754 @@
+"""Blocklist snapshots and deltas: streaming import with an atomic switch.
+
+Snapshot formats (chosen by ``fmt`` or the file name; any of them may be gzip-compressed):
+
+``text``   one КИ or GTIN per line; ``#`` comments and blank lines are skipped
+``csv``    a header naming columns among ``ki, gtin, series, reason, source, since``
+``jsonl``  one JSON object per line with the same keys (or a bare JSON string: a КИ or GTIN)
+
+How a snapshot becomes visible: the blocklist has two slots; the live one is named in
+``meta["current"]``. An import empties the other slot, streams the rows into it in bounded
+write transactions, and finally, in one small transaction, points ``current`` at it, updates
+version, counts and times, and empties the old slot. Readers see the old set or the new set,
+never a mix; ``kill -9`` at any moment leaves the old set live (LMDB commits are atomic), and
+the half-filled slot is simply emptied by the next import.
+
+Memory does not grow with the file: rows are handled in chunks of ``chunk_rows``. Input that
+is already sorted is appended chunk by chunk (LMDB's append mode, the fast path). Unsorted
+input is sorted chunk by chunk into run files next to the store and merged, so it is still
+appended in key order.
+
+Deltas are JSON lines: a header ``{"format": "markd-delta", "version": N, "previous": N-1}``
+then one ``{"op": "add"|"remove", "ki"|"gtin": …, …}`` per line. A delta applies in one
+transaction, only on top of the version it names.
+
+Bad rows: by default any bad row rejects the whole file (nothing changes) and the error lists
+the first problems by file and line; with ``skip_bad`` the bad rows are left out, counted and
+reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import gzip
+import heapq
+import io
+import itertools
+import json
+import os
+import pickle
+import re
+import shutil
+import struct
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import lmdb
+
+from markd.codes import GS1_CHARSET_82, CodeError, gtin_is_valid, parse
+from markd.errors import StoreError
+from markd.store import keys
+from markd.store.core import _SLOTS, Store, StoreInfo, _store_error
+from markd.store.keys import BLOCK_VALUE, BadKey
+
+FORMATS = ("text", "csv", "jsonl")
+CSV_COLUMNS = ("ki", "gtin", "series", "reason", "source", "since")
+DEFAULT_REASON = "blocklist"
+MAX_PROBLEMS = 20  # listed in an error; the count covers all of them
+
+#: progress(phase, bytes_done, bytes_total or None, rows_so_far)
+Progress = Callable[[str, int, int | None, int], None]
+
+_SERIAL_B = b"[" + re.escape(GS1_CHARSET_82.encode()) + b"]"
+_TEXT_LINE = re.compile(
+    rb"^(?:01(\d{14})21(" + _SERIAL_B + rb"{1,20})|(\d{14})(" + _SERIAL_B + rb"{7})|(\d{14}))\r?$",
+    re.M,
+)
+_BLOCK_BYTES = 4 << 20
+
+
+@dataclass
+class ImportResult:
+    """What an import did: the new version, rows read and stored, and any skipped rows."""
+
+    version: int
+    rows: int
+    stored: dict[str, int]
+    skipped: int = 0
+    problems: list[str] = field(default_factory=list)
+    sorted_input: bool = True
+    seconds: float = 0.0
+
+
+@dataclass
+class DeltaResult:
+    version: int
+    added: int
+    removed: int
+    unchanged: int
+
+
+class _Problems:
+    """Bad rows: reject the file (default) or skip them with a count."""
+
+    def __init__(self, name: str, skip_bad: bool) -> None:
+        self.name = name
+        self.skip_bad = skip_bad
+        self.count = 0
+        self.listed: list[str] = []
+
+    def add(self, line: int, message: str) -> None:
+        self.count += 1
+        if len(self.listed) < MAX_PROBLEMS:
+            self.listed.append(f"{self.name}:{line}: {message}")
+
+    def raise_if_any(self, what: str) -> None:
+        if self.count and not self.skip_bad:
+            more = (
+                f" (and {self.count - len(self.listed)} more)"
+                if self.count > len(self.listed)
+                else ""
+            )
+            raise StoreError(
+                f"{what} refused, nothing changed: {self.count} bad row(s){more}\n"
+                + "\n".join(f"  {p}" for p in self.listed),
+                "bad-rows",
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading rows
+
+
+class _Attrs:
+    """(reason, source) → id, with the ids the store already has and the new ones."""
+
+    def __init__(self, existing: dict[tuple[str, str], int]) -> None:
+        self.ids = dict(existing)
+        self.new: dict[tuple[str, str], int] = {}
+        self.next = max(existing.values(), default=0) + 1
+
+    def id(self, reason: str, source: str) -> int:
+        pair = (reason, source)
+        found = self.ids.get(pair)
+        if found is None:
+            found = self.ids[pair] = self.new[pair] = self.next
+            self.next += 1
+        return found
+
+
+def _open_binary(path: str | os.PathLike[str]) -> tuple[IO[bytes], int | None]:
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror}", "bad-file") from exc
+    size = os.fstat(raw.fileno()).st_size
+    if raw.peek(2)[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw), None  # type: ignore[return-value]
+    return raw, size
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    name = str(path).lower().removesuffix(".gz")
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    return "text"
+
+
+def _since_of(value: Any, default: int) -> int:
+    if value in (None, ""):
+        return default
+    if isinstance(value, bool):
+        raise BadKey(f"since {value!r} is not a time")
+    if isinstance(value, int | float):
+        return int(value)
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadKey(f"since {text[:40]!r} is neither Unix seconds nor an ISO-8601 time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp())
+
+
+def row_key(row: dict[str, Any]) -> bytes:
+    """The blocklist key of a CSV/JSONL row (``ki``, or ``gtin`` with optional ``series``)."""
+    ki = row.get("ki") or ""
+    gtin = row.get("gtin") or ""
+    series = row.get("series") or ""
+    if not isinstance(ki, str) or not isinstance(gtin, str) or not isinstance(series, str):
+        raise BadKey("ki, gtin and series must be strings")
+    if ki:
+        if gtin or series:
+            raise BadKey("a row names either a ki or a gtin (with an optional series), not both")
+        try:
+            return keys.ki_key(ki)
+        except BadKey:
+            try:  # a full code with its crypto tail is fine too: keep only its КИ
+                code = parse(ki)
+            except CodeError as exc:
+                raise BadKey(f"ki {ki[:40]!r}: {exc.reason}") from None
+            return keys.code_key(code)
+    if gtin:
+        return keys.series_key(gtin, series) if series else keys.gtin_key(gtin)
+    raise BadKey("row has neither ki nor gtin")
+
+
+def _text_key(line: bytes) -> bytes:
+    text = line.decode("ascii", errors="replace").strip()
+    if text.isdigit() and len(text) <= 14:
+        return keys.gtin_key(text)
+    try:
+        return keys.ki_key(text)
+    except BadKey:
+        try:
+            return keys.code_key(parse(text))
+        except CodeError as exc:
+            raise BadKey(f"{text[:40]!r} is not a КИ or GTIN ({exc.reason})") from None
+
+
+class _Reader:
+    """Turns a snapshot file into chunks of (key, value) pairs; collects bad rows."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fmt: str,
+        attrs: _Attrs,
+        problems: _Problems,
+        *,
+        reason: str,
+        source: str,
+        since: int,
+        chunk_rows: int,
+        progress: Progress | None,
+    ) -> None:
+        if fmt not in FORMATS:
+            raise StoreError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+        self.path, self.fmt, self.attrs, self.problems = path, fmt, attrs, problems
+        self.reason, self.source, self.since = reason, source, since
+        self.chunk_rows = chunk_rows
+        self.progress = progress
+        self.rows = 0
+        self._default_value = BLOCK_VALUE.pack(since, attrs.id(reason, source))
+
+    def chunks(self) -> Iterator[list[tuple[bytes, bytes]]]:
+        stream, size = _open_binary(self.path)
+        with stream:
+            rows = {"text": self._text_rows, "csv": self._csv_rows, "jsonl": self._jsonl_rows}[
+                self.fmt
+            ](stream, size)
+            while True:
+                chunk = list(itertools.islice(rows, self.chunk_rows))
+                if not chunk:
+                    return
+                yield chunk
+
+    def _tick(self, stream: IO[bytes], size: int | None) -> None:
+        if self.progress is not None:
+            done = stream.tell() if size is not None else 0
+            self.progress("read", done, size, self.rows)
+
+    def _text_rows(self, stream: IO[bytes], size: int | None) -> Iterator[tuple[bytes, bytes]]:
+        value = self._default_value
+        valid: dict[bytes, bool] = {}
+        line_no = 0
+        carry = b""
+        while True:
+            data = stream.read(_BLOCK_BYTES)
+            block = carry + data
+            if not data:
+                carry = b""
+                if not block:
+                    return
+                block += b"\n"
+            else:
+                cut = block.rfind(b"\n") + 1
+                block, carry = block[:cut], block[cut:]
+                if not block:
+                    if len(carry) > 1 << 20:
+                        raise StoreError(
+                            f"{self.path}:{line_no + 1}: line longer than 1 MiB; not a blocklist",
+                            "bad-file",
+                        )
+                    continue
+            lines = block.count(b"\n")
+            matches = _TEXT_LINE.findall(block)
+            fast = len(matches) == lines
+            if fast:
+                out = []
+                for g1, s1, g2, s2, g3 in matches:
+                    gtin = g1 or g2 or g3
+                    ok = valid.get(gtin)
+                    if ok is None:
+                        ok = valid[gtin] = gtin_is_valid(gtin.decode())
+                    if not ok:
+                        fast = False
+                        break
+                    out.append((gtin + s1 + s2, value))
+            if fast:
+                self.rows += lines
+                yield from out
+            else:
+                for offset, line in enumerate(block.split(b"\n")[:lines]):
+                    stripped = line.strip()
+                    if not stripped or stripped.startswith(b"#"):
+                        continue
+                    try:
+                        key = _text_key(stripped)
+                    except BadKey as exc:
+                        self.problems.add(line_no + offset + 1, str(exc))
+                        continue
+                    self.rows += 1
+                    yield key, value
+            line_no += lines
+            self._tick(stream, size)
+
+    def _row_value(self, row: dict[str, Any]) -> bytes:
+        reason = row.get("reason") or self.reason
+        source = row.get("source") or self.source
+        since = _since_of(row.get("since"), self.since)
+        if not isinstance(reason, str) or not isinstance(source, str):
+            raise BadKey("reason and source must be strings")
+        if not 0 <= since < 1 << 32:
+            raise BadKey(f"since {since} is out of range")
+        if (reason, source, since) == (self.reason, self.source, self.since):
+            return self._default_value
+        return BLOCK_VALUE.pack(since, self.attrs.id(reason[:200], source[:200]))
+
+    def _csv_rows(self, stream: IO[bytes], size: int | None) -> Iterator[tuple[bytes, bytes]]:
+        text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="strict", newline="")
+        reader = csv.reader(text)
+        try:
+            header = [h.strip().lower() for h in next(reader)]
+        except StopIteration:
+            return
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise StoreError(f"{self.path}:1: unreadable CSV header: {exc}", "bad-file") from exc
+        unknown = [h for h in header if h not in CSV_COLUMNS]
+        if unknown or not ({"ki", "gtin"} & set(header)):
+            raise StoreError(
+                f"{self.path}:1: CSV header must name ki or gtin and only columns among "
+                f"{', '.join(CSV_COLUMNS)}; got {', '.join(header) or 'nothing'}",
+                "bad-file",
+            )
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except (UnicodeDecodeError, csv.Error) as exc:
+                self.problems.add(reader.line_num + 1, f"unreadable row: {exc}")
+                if isinstance(exc, UnicodeDecodeError):
+                    return  # the decoder cannot resynchronise; the file is refused
+                continue
+            if not values or values == [""]:
+                continue
+            if len(values) != len(header):
+                self.problems.add(
+                    reader.line_num, f"{len(values)} columns, header has {len(header)}"
+                )
+                continue
+            row = dict(zip(header, values, strict=True))
+            try:
+                pair = (row_key(row), self._row_value(row))
+            except BadKey as exc:
+                self.problems.add(reader.line_num, str(exc))
+                continue
+            self.rows += 1
+            yield pair
+            if self.rows % 100_000 == 0:
+                self._tick(stream, size)
+
+    def _jsonl_rows(self, stream: IO[bytes], size: int | None) -> Iterator[tuple[bytes, bytes]]:
+        for line_no, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if isinstance(row, str):
+                    pair = (_text_key(row.encode()), self._default_value)
+                elif isinstance(row, dict):
+                    extra = set(row) - set(CSV_COLUMNS)
+                    if extra:
+                        raise BadKey(f"unknown keys {', '.join(sorted(extra))}")
+                    pair = (row_key(row), self._row_value(row))
+                else:
+                    raise BadKey("a line must be a JSON object or string")
+            except (ValueError, BadKey) as exc:  # JSONDecodeError and UnicodeDecodeError too
+                self.problems.add(
+                    line_no, str(exc) if isinstance(exc, BadKey) else f"not JSON: {exc}"
+                )
+                continue
+            self.rows += 1
+            yield pair
+            if self.rows % 100_000 == 0:
+                self._tick(stream, size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+class _SlotWriter:
+    """Appends sorted pairs into the inactive slot in bounded transactions."""
+
+    def __init__(self, store: Store, slot: Any, commit_rows: int) -> None:
+        self.store = store
+        self.env, _ = store._internal()
+        self.slot = slot
+        self.commit_rows = commit_rows
+        self.counts = {"ki": 0, "gtin": 0, "series": 0}
+        self.last: bytes | None = None
+
+    def write(self, pairs: Iterable[tuple[bytes, bytes]], append: bool) -> None:
+        it = iter(pairs)
+        while True:
+            batch = list(itertools.islice(it, self.commit_rows))
+            if not batch:
+                return
+            self._commit(batch, append)
+            for key, _ in batch:
+                self.counts[keys.key_kind(key)] += 1
+            self.last = batch[-1][0]
+
+    def _commit(self, batch: list[tuple[bytes, bytes]], append: bool) -> None:
+        for _ in range(40):
+            try:
+                with self.env.begin(write=True) as txn:
+                    cursor = txn.cursor(db=self.slot)
+                    consumed, added = cursor.putmulti(batch, append=append, overwrite=not append)
+                    if consumed != len(batch):
+                        raise StoreError("the store refused part of a batch (keys out of order)")
+                return
+            except lmdb.MapFullError:
+                self.store.grow_map()
+            except lmdb.Error as exc:
+                raise _store_error(self.store.path, "importing into", exc) from exc
+        raise StoreError(f"importing into {self.store.path}: the map could not grow enough")
+
+
+def _dedupe(pairs: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+    last = None
+    for pair in pairs:
+        if pair[0] != last:
+            last = pair[0]
+            yield pair
+
+
+class _Runs:
+    """Sorted chunks spilled to files beside the store, merged back in key order."""
+
+    _BATCH = 20_000
+
+    def __init__(self, store_path: str) -> None:
+        base = Path(store_path) / "tmp"
+        base.mkdir(exist_ok=True)
+        for stale in base.glob("import-*"):  # left by an import that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        self.dir = Path(tempfile.mkdtemp(prefix="import-", dir=base))
+        self.files: list[Path] = []
+
+    def add(self, pairs: Iterable[tuple[bytes, bytes]]) -> None:
+        """Spill one sorted run (streamed in batches, so a long run costs no memory)."""
+        path = self.dir / f"run-{len(self.files):05d}"
+        it = iter(pairs)
+        with open(path, "wb") as f:
+            while batch := list(itertools.islice(it, self._BATCH)):
+                pickle.dump(batch, f, protocol=pickle.HIGHEST_PROTOCOL)
+        self.files.append(path)
+
+    @staticmethod
+    def _read(path: Path) -> Iterator[tuple[bytes, bytes]]:
+        with open(path, "rb") as f:
+            while True:
+                try:
+                    batch = pickle.load(f)  # noqa: S301 - our own run file, just written
+                except EOFError:
+                    return
+                yield from batch
+
+    def merged(self) -> Iterator[tuple[bytes, bytes]]:
+        return _dedupe(heapq.merge(*(self._read(p) for p in self.files)))
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _existing_attrs(store: Store) -> dict[tuple[str, str], int]:
+    env, dbs = store._internal()
+    with env.begin() as txn:
+        return {
+            tuple(json.loads(v)): struct.unpack(">I", k)[0]  # type: ignore[misc]
+            for k, v in txn.cursor(db=dbs[b"attrs"])
+        }
+
+
+def _write_attrs(txn: lmdb.Transaction, dbs: dict[bytes, Any], attrs: _Attrs) -> None:
+    for (reason, source), ident in attrs.new.items():
+        value = json.dumps([reason, source], ensure_ascii=False).encode()
+        txn.put(struct.pack(">I", ident), value, db=dbs[b"attrs"])
+
+
+def import_snapshot(
+    store: Store,
+    path: str | os.PathLike[str],
+    fmt: str | None = None,
+    *,
+    version: int | None = None,
+    source: str | None = None,
+    reason: str = DEFAULT_REASON,
+    since: int | None = None,
+    skip_bad: bool = False,
+    force: bool = False,
+    progress: Progress | None = None,
+    chunk_rows: int = 500_000,
+    commit_rows: int = 250_000,
+) -> ImportResult:
+    """Replace the blocklist with the rows of ``path``; see the module docstring."""
+    if store.readonly:
+        raise StoreError(f"store {store.path} is open read-only", "store-readonly")
+    started = time.monotonic()
+    env, dbs = store._internal()
+    fmt = fmt or detect_format(path)
+    now = int(time.time())
+    source = source or os.path.basename(str(path))
+    current = store.info()
+    if version is None:
+        version = current.version + 1
+    elif version <= current.version and not force:
+        raise StoreError(
+            f"snapshot version {version} is not newer than the store's version "
+            f"{current.version}; refusing to go back (force it if that is meant)",
+            "stale-snapshot",
+        )
+    problems = _Problems(str(path), skip_bad)
+    attrs = _Attrs(_existing_attrs(store))
+    reader = _Reader(
+        path,
+        fmt,
+        attrs,
+        problems,
+        reason=reason,
+        source=source,
+        since=since or now,
+        chunk_rows=chunk_rows,
+        progress=progress,
+    )
+
+    with env.begin() as txn:
+        live_name = txn.get(b"current", db=dbs[b"meta"]) or b"0"
+    target_index = 0 if live_name == b"1" else 1
+    target = dbs[_SLOTS[target_index]]
+
+    def empty_target(txn: lmdb.Transaction) -> None:
+        txn.drop(target, delete=False)
+
+    store._write(empty_target, "preparing an import into")
+    writer = _SlotWriter(store, target, commit_rows)
+    runs: _Runs | None = None
+    in_order = True
+    try:
+        for chunk in reader.chunks():
+            problems.raise_if_any("import")  # stop early: the file will be refused anyway
+            unique = dict(chunk)
+            ordered = list(unique)
+            sorted_keys = sorted(ordered)
+            chunk_in_order = ordered == sorted_keys and (
+                writer.last is None or runs is not None or sorted_keys[0] > writer.last
+            )
+            pairs = list(zip(sorted_keys, map(unique.__getitem__, sorted_keys), strict=True))
+            if in_order and chunk_in_order and runs is None:
+                writer.write(pairs, append=True)
+                continue
+            if runs is None:
+                in_order = False
+                runs = _Runs(store.path)
+                if writer.last is not None:
+                    # Earlier chunks went straight into the slot; spill them too so the merge
+                    # sees every row (the slot is refilled from the merge).
+                    with env.begin() as txn:
+                        runs.add((bytes(k), bytes(v)) for k, v in txn.cursor(db=target))
+                    store._write(empty_target, "restarting an import into")
+                    writer = _SlotWriter(store, target, commit_rows)
+            runs.add(pairs)
+            if progress is not None:
+                progress("sort", 0, None, reader.rows)
+        problems.raise_if_any("import")
+        if runs is not None:
+            if progress is not None:
+                progress("merge", 0, None, reader.rows)
+            writer.write(runs.merged(), append=True)
+    finally:
+        if runs is not None:
+            runs.close()
+
+    def flip(txn: lmdb.Transaction) -> StoreInfo:
+        _write_attrs(txn, dbs, attrs)
+        txn.put(b"current", b"1" if target_index == 1 else b"0", db=dbs[b"meta"])
+        txn.drop(dbs[_SLOTS[1 - target_index]], delete=False)
+        txn.drop(dbs[b"deltas"], delete=False)
+        return store._update_info(
+            txn,
+            version=version,
+            source=source,
+            synced_at=now,
+            imported_at=now,
+            counts=dict(writer.counts),
+        )
+
+    if progress is not None:
+        progress("switch", 0, None, reader.rows)
+    store._write(flip, "switching to the new blocklist in")
+    return ImportResult(
+        version=version,
+        rows=reader.rows,
+        stored=dict(writer.counts),
+        skipped=problems.count,
+        problems=list(problems.listed),
+        sorted_input=in_order,
+        seconds=time.monotonic() - started,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Deltas
+
+
+def read_delta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse and validate a delta file; return ``{header…, "changes": [(op, row), …]}``."""
+    stream, _ = _open_binary(path)
+    problems = _Problems(str(path), skip_bad=False)
+    header: dict[str, Any] | None = None
+    changes: list[tuple[str, dict[str, Any]]] = []
+    with stream:
+        for line_no, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError as exc:
+                problems.add(line_no, f"not JSON: {exc}")
+                continue
+            if header is None:
+                if not isinstance(item, dict) or item.get("format") != "markd-delta":
+                    raise StoreError(
+                        f"{path}:{line_no}: a delta starts with a header line "
+                        '{"format": "markd-delta", "version": N, "previous": N-1}',
+                        "bad-file",
+                    )
+                ver = item.get("version")
+                prev = item.get("previous", ver - 1 if isinstance(ver, int) else None)
+                if not isinstance(ver, int) or isinstance(ver, bool) or ver < 1:
+                    raise StoreError(
+                        f"{path}:{line_no}: version must be a positive integer", "bad-file"
+                    )
+                if not isinstance(prev, int) or isinstance(prev, bool) or prev >= ver:
+                    raise StoreError(
+                        f"{path}:{line_no}: previous must be an integer below version", "bad-file"
+                    )
+                header = {"version": ver, "previous": prev, "source": str(item.get("source", ""))}
+                continue
+            if not isinstance(item, dict) or item.get("op") not in ("add", "remove"):
+                problems.add(line_no, 'each change is {"op": "add"|"remove", "ki"|"gtin": …}')
+                continue
+            row = {k: v for k, v in item.items() if k != "op"}
+            extra = set(row) - set(CSV_COLUMNS)
+            if extra:
+                problems.add(line_no, f"unknown keys {', '.join(sorted(extra))}")
+                continue
+            try:
+                row_key(row)
+                _since_of(row.get("since"), 0)
+                for name in ("reason", "source"):
+                    if not isinstance(row.get(name, ""), str):
+                        raise BadKey(f"{name} must be a string")
+            except BadKey as exc:
+                problems.add(line_no, str(exc))
+                continue
+            changes.append((item["op"], row))
+    if header is None:
+        raise StoreError(f"{path}: empty delta (no header line)", "bad-file")
+    problems.raise_if_any("delta")
+    return {**header, "changes": changes}
+
+
+def apply_delta(store: Store, delta: dict[str, Any] | str | os.PathLike[str]) -> DeltaResult:
+    """Apply one delta in one transaction, only on top of the version it names."""
+    if not isinstance(delta, dict):
+        delta = read_delta(delta)
+    env, dbs = store._internal()
+    version, previous = delta["version"], delta["previous"]
+    attrs = _Attrs(_existing_attrs(store))
+    now = int(time.time())
+    source = delta.get("source") or "delta"
+
+    def write(txn: lmdb.Transaction) -> DeltaResult:
+        info = StoreInfo.decode(txn.get(b"info", db=dbs[b"meta"]))
+        if version <= info.version:
+            raise StoreError(
+                f"delta {version} is already applied (the store is at version {info.version})",
+                "duplicate-delta",
+            )
+        if previous != info.version:
+            raise StoreError(
+                f"delta {version} applies on top of version {previous}, but the store is at "
+                f"version {info.version}: apply deltas {info.version + 1}…{previous} first, "
+                "or import a snapshot",
+                "out-of-order-delta",
+            )
+        slot = dbs[_SLOTS[(txn.get(b"current", db=dbs[b"meta"]) or b"0") == b"1"]]
+        added = removed = unchanged = 0
+        for op, row in delta["changes"]:
+            key = row_key(row)
+            kind = keys.key_kind(key)
+            if op == "add":
+                since = _since_of(row.get("since"), now)
+                attr = attrs.id(row.get("reason") or DEFAULT_REASON, row.get("source") or source)
+                old = txn.replace(key, BLOCK_VALUE.pack(since, attr), db=slot)
+                if old is None:
+                    added += 1
+                    info.counts[kind] += 1
+                else:
+                    unchanged += 1
+            else:
+                if txn.pop(key, db=slot) is not None:
+                    removed += 1
+                    info.counts[kind] -= 1
+                else:
+                    unchanged += 1
+        _write_attrs(txn, dbs, attrs)
+        record = {
+            "version": version,
+            "previous": previous,
+            "source": source,
+            "applied_at": now,
+            "changes": delta["changes"],
+        }
+        history = dbs[b"deltas"]
+        txn.put(
+            struct.pack(">Q", version), json.dumps(record, ensure_ascii=False).encode(), db=history
+        )
+        excess = txn.stat(history)["entries"] - store.delta_history
+        if excess > 0:
+            cursor = txn.cursor(db=history)
+            cursor.first()
+            for _ in range(excess):
+                cursor.delete()
+        info.version = version
+        info.synced_at = now
+        info.source = source
+        txn.put(b"info", info.encode(), db=dbs[b"meta"])
+        return DeltaResult(version, added, removed, unchanged)
+
+    return store._write(write, "applying a delta to")

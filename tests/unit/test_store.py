@@ -1,0 +1,407 @@
+"""markd.store on real LMDB files: lookups, sold journal, cache, freshness, import, deltas."""
+
+from __future__ import annotations
+
+import doctest
+import gzip
+import json
+import random
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lmdb
+import pytest
+
+import markd.store
+from markd import samples
+from markd.codes import parse
+from markd.errors import StoreError
+from markd.store import Store
+from markd.store.importer import apply_delta, import_snapshot
+
+KI = "0104670540176099215LpGKy"
+CODE = f"{KI}\x1d93dGVz"
+OTHER_KI = "0104680029460908215jcmHzLmkdPML"
+PACK = "00000046233219!SX-RqRADpU7Cev"
+
+
+def kis(count: int, seed: int = 1) -> list[str]:
+    """Distinct КИ texts (GS1 form) from synthetic codes."""
+    out = {parse(km).ki for km in samples.batch(count * 2, seed=seed)}
+    return sorted(k for k in out if k.startswith("01"))[:count]
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path
+
+
+def test_module_example_runs() -> None:
+    assert doctest.testmod(markd.store).failed == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# lookups
+
+
+def test_block_by_ki_found_by_code_and_by_either_ki_form(tmp_store: Store) -> None:
+    assert tmp_store.lookup(CODE).blocked is None
+    tmp_store.block(KI, "recalled")
+    for query in (KI, CODE, parse(CODE)):
+        entry = tmp_store.lookup(query).blocked
+        assert entry is not None
+        assert (entry.kind, entry.reason, entry.source) == ("ki", "recalled", "manual")
+    assert tmp_store.lookup(OTHER_KI).blocked is None
+    assert tmp_store.info().counts == {"ki": 1, "gtin": 0, "series": 0}
+
+
+def test_tobacco_pack_and_gs1_forms_share_one_key(tmp_store: Store) -> None:
+    tmp_store.block("00000046233219!SX-RqR", "stolen")
+    assert tmp_store.lookup(PACK).blocked.reason == "stolen"
+    assert tmp_store.lookup("010000004623321921!SX-RqR").blocked is not None
+
+
+def test_gtin_block_covers_every_serial(tmp_store: Store) -> None:
+    tmp_store.block("4670540176099", "ban on the product")  # EAN-13, padded to GTIN-14
+    entry = tmp_store.lookup(CODE).blocked
+    assert (entry.kind, entry.key) == ("gtin", "04670540176099")
+    assert tmp_store.lookup(OTHER_KI).blocked is None
+
+
+def test_series_block_needs_the_series(tmp_store: Store) -> None:
+    tmp_store.block("04670540176099", "bad batch", series="B-17")
+    assert tmp_store.lookup(CODE).blocked is None
+    assert tmp_store.lookup(CODE, series="B-17").blocked.kind == "series"
+    code_with_batch = parse(f"{KI}\x1d93dGVz\x1d10B-17")
+    assert tmp_store.lookup(code_with_batch).blocked.reason == "bad batch"
+
+
+def test_ki_wins_over_gtin(tmp_store: Store) -> None:
+    tmp_store.block("04670540176099", "gtin ban")
+    tmp_store.block(KI, "this unit")
+    assert tmp_store.lookup(CODE).blocked.reason == "this unit"
+
+
+def test_unblock(tmp_store: Store) -> None:
+    tmp_store.block(KI, "x")
+    assert tmp_store.unblock(KI) is True
+    assert tmp_store.unblock(KI) is False
+    assert tmp_store.lookup(KI).blocked is None
+    assert tmp_store.info().counts["ki"] == 0
+
+
+def test_sold_journal_and_return(tmp_store: Store) -> None:
+    tmp_store.mark_sold(parse(CODE), "receipt-7", at=1_763_700_000)
+    found = tmp_store.lookup(KI)
+    assert found.sold.receipt == "receipt-7" and found.sold.at == 1_763_700_000
+    assert found.deny_reason == "sold-here"
+    tmp_store.mark_returned(KI)
+    assert tmp_store.lookup(KI).sold is None
+    assert tmp_store.lookup(KI).deny_reason is None
+
+
+def test_verdict_cache_ttl_and_purge(tmp_path: Path) -> None:
+    with Store.open(str(tmp_path / "s"), verdict_ttl_s=3600) as store:
+        facts = {"isBlocked": False, "sold": False, "expireDate": "2027-01-01", "mrp": 0}
+        store.cache_verdict(KI, facts, at=1_000_000)
+        store.mark_sold(KI, "r1", at=1_000_100)
+        fresh = store.lookup(KI, now=1_000_000 + 3599).cached
+        assert fresh.facts == facts and fresh.fresh
+        assert not store.lookup(KI, now=1_000_000 + 3601).cached.fresh
+        assert store.purge_cache(now=1_000_000 + 3601) == 1
+        found = store.lookup(KI)
+        assert found.cached is None and found.sold is not None  # the sale stays
+
+
+def test_freshness(tmp_store: Store, tmp_path: Path) -> None:
+    assert tmp_store.lookup(KI).stale  # no blocklist ever loaded: never fresh
+    assert tmp_store.lookup(KI).blocklist_age_s is None
+    result = import_snapshot(tmp_store, write_lines(tmp_path / "b.txt", [KI]))
+    info = tmp_store.info()
+    assert result.version == 1 and info.synced_at is not None
+    assert not tmp_store.lookup(OTHER_KI, now=info.synced_at + 3600).stale
+    late = tmp_store.lookup(KI, now=info.synced_at + 73 * 3600)
+    assert late.stale and late.blocked is not None  # stale, but still denies what it knows
+
+
+# ---------------------------------------------------------------------------------------------
+# snapshot import
+
+
+@pytest.mark.parametrize("chunk_rows", [100_000, 97])  # one chunk; many chunks (runs + merge)
+def test_import_unsorted_text_equals_sorted(tmp_path: Path, chunk_rows: int) -> None:
+    rows = kis(1500)
+    shuffled = rows[:]
+    random.Random(3).shuffle(shuffled)
+    shuffled.append(rows[0])  # a duplicate is stored once
+    with Store.open(str(tmp_path / "a")) as a, Store.open(str(tmp_path / "b")) as b:
+        ra = import_snapshot(a, write_lines(tmp_path / "s.txt", rows), chunk_rows=chunk_rows)
+        rb = import_snapshot(b, write_lines(tmp_path / "u.txt", shuffled), chunk_rows=chunk_rows)
+        assert ra.sorted_input and not rb.sorted_input
+        assert ra.stored == rb.stored == {"ki": 1500, "gtin": 0, "series": 0}
+        assert [k for k, *_ in a.iter_blocked()] == [k for k, *_ in b.iter_blocked()]
+        for ki in rows[::50]:
+            assert b.lookup(ki).blocked is not None
+
+
+def test_sorted_input_whose_order_breaks_late_is_still_complete(tmp_path: Path) -> None:
+    rows = kis(600)
+    late_break = rows[100:] + rows[:100]  # sorted for 500 rows, then smaller keys
+    with Store.open(str(tmp_path / "s")) as store:
+        result = import_snapshot(store, write_lines(tmp_path / "x.txt", late_break), chunk_rows=50)
+        assert not result.sorted_input
+        assert result.stored["ki"] == 600
+        assert sum(1 for _ in store.iter_blocked()) == 600
+
+
+def test_import_replaces_the_whole_set_and_bumps_version(tmp_store: Store, tmp_path: Path) -> None:
+    first, second = kis(300, seed=1), kis(300, seed=2)
+    import_snapshot(tmp_store, write_lines(tmp_path / "1.txt", first))
+    tmp_store.block(OTHER_KI, "manual, before the second snapshot")
+    result = import_snapshot(tmp_store, write_lines(tmp_path / "2.txt", second))
+    assert result.version == 2
+    assert tmp_store.lookup(second[0]).blocked is not None
+    assert tmp_store.lookup(first[0]).blocked is None or first[0] in second
+    assert tmp_store.lookup(OTHER_KI).blocked is None  # a snapshot is the whole truth
+    assert tmp_store.info().counts["ki"] == 300
+
+
+def test_text_format_mixes_ki_gtin_comments_and_full_codes(
+    tmp_store: Store, tmp_path: Path
+) -> None:
+    path = tmp_path / "list.txt"
+    path.write_text(f"# recalls\n\n{KI}\r\n4680029460908\n{PACK}\n{CODE}\n")
+    result = import_snapshot(tmp_store, path)
+    assert result.stored == {"ki": 2, "gtin": 1, "series": 0}  # CODE repeats KI
+    assert tmp_store.lookup(OTHER_KI).blocked.kind == "gtin"
+
+
+def test_csv_with_reasons_sources_times_and_series(tmp_store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "list.csv"
+    path.write_text(
+        "ki,gtin,series,reason,source,since\n"
+        f"{KI},,,stolen,police,2025-06-01T00:00:00Z\n"
+        ",04680029460908,L-9,bad batch,RPN,1700000000\n"
+        ",04607809596237,,,,\n"
+    )
+    import_snapshot(tmp_store, path, source="head office")
+    entry = tmp_store.lookup(KI).blocked
+    assert (entry.reason, entry.source, entry.since) == ("stolen", "police", 1748736000)
+    series = tmp_store.lookup(OTHER_KI, series="L-9").blocked
+    assert (series.kind, series.reason, series.since) == ("series", "bad batch", 1700000000)
+    gtin = tmp_store.lookup("0104607809596237215<(q!mLp*jIb3").blocked
+    assert (gtin.reason, gtin.source) == ("blocklist", "head office")
+
+
+def test_jsonl_and_gzip(tmp_store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "list.jsonl.gz"
+    lines = [json.dumps({"ki": KI, "reason": "recalled"}), json.dumps("04680029460908")]
+    path.write_bytes(gzip.compress("\n".join(lines).encode()))
+    result = import_snapshot(tmp_store, path)
+    assert result.stored == {"ki": 1, "gtin": 1, "series": 0}
+    assert tmp_store.lookup(KI).blocked.reason == "recalled"
+
+
+def test_bad_rows_reject_the_file_and_change_nothing(tmp_store: Store, tmp_path: Path) -> None:
+    import_snapshot(tmp_store, write_lines(tmp_path / "good.txt", [KI]))
+    bad = write_lines(tmp_path / "bad.txt", [OTHER_KI, "hello", "04680029460907", PACK])
+    with pytest.raises(StoreError) as err:
+        import_snapshot(tmp_store, bad)
+    assert err.value.reason == "bad-rows"
+    assert f"{bad}:2:" in err.value.message and f"{bad}:3:" in err.value.message
+    assert "check digit" in err.value.message
+    assert tmp_store.info().version == 1
+    assert tmp_store.lookup(KI).blocked is not None
+    assert tmp_store.lookup(OTHER_KI).blocked is None
+
+
+def test_skip_bad_rows_counts_them(tmp_store: Store, tmp_path: Path) -> None:
+    bad = write_lines(tmp_path / "bad.txt", [OTHER_KI, "hello", KI])
+    result = import_snapshot(tmp_store, bad, skip_bad=True)
+    assert result.skipped == 1 and result.stored["ki"] == 2
+    assert result.problems == [f"{bad}:2: 'hello' is not a КИ or GTIN (not-a-marking-code)"]
+
+
+def test_csv_errors_name_line_and_header(tmp_store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text(f"ki,colour\n{KI},red\n")
+    with pytest.raises(StoreError) as err:
+        import_snapshot(tmp_store, path)
+    assert f"{path}:1:" in err.value.message and "colour" in err.value.message
+    path.write_text(f"ki,since\n{KI},yesterday\n{KI},1\n{KI}\n")
+    with pytest.raises(StoreError) as err:
+        import_snapshot(tmp_store, path)
+    assert f"{path}:2: since 'yesterday'" in err.value.message
+    assert f"{path}:4: 1 columns" in err.value.message
+
+
+def test_version_may_not_go_back_unless_forced(tmp_store: Store, tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "l.txt", [KI])
+    import_snapshot(tmp_store, path, version=10)
+    with pytest.raises(StoreError) as err:
+        import_snapshot(tmp_store, path, version=9)
+    assert err.value.reason == "stale-snapshot"
+    assert import_snapshot(tmp_store, path, version=9, force=True).version == 9
+
+
+def test_map_grows_during_import(tmp_path: Path) -> None:
+    rows = kis(60_000)
+    with Store.open(str(tmp_path / "s"), map_size_mb=1) as store:
+        import_snapshot(store, write_lines(tmp_path / "l.txt", rows), chunk_rows=5000)
+        assert store.info().counts["ki"] == 60_000
+        assert store.stats()["map_size_bytes"] > 1 << 20
+
+
+def test_missing_and_unreadable_files(tmp_store: Store, tmp_path: Path) -> None:
+    with pytest.raises(StoreError) as err:
+        import_snapshot(tmp_store, tmp_path / "nope.txt")
+    assert "nope.txt" in err.value.message
+    huge = tmp_path / "huge.txt"
+    huge.write_bytes(b"x" * (5 << 20))
+    with pytest.raises(StoreError) as err:
+        import_snapshot(tmp_store, huge)
+    assert "longer than 1 MiB" in err.value.message
+
+
+# ---------------------------------------------------------------------------------------------
+# deltas
+
+
+def delta_file(path: Path, version: int, changes: list[tuple[str, str]], previous=None) -> Path:
+    header = {"format": "markd-delta", "version": version}
+    if previous is not None:
+        header["previous"] = previous
+    lines = [json.dumps(header)] + [json.dumps({"op": op, "ki": ki}) for op, ki in changes]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_deltas_apply_in_order_only(tmp_store: Store, tmp_path: Path) -> None:
+    import_snapshot(tmp_store, write_lines(tmp_path / "l.txt", [KI]))  # version 1
+    result = apply_delta(
+        tmp_store, delta_file(tmp_path / "d2", 2, [("add", OTHER_KI), ("remove", KI)])
+    )
+    assert (result.version, result.added, result.removed) == (2, 1, 1)
+    assert tmp_store.lookup(OTHER_KI).blocked is not None and tmp_store.lookup(KI).blocked is None
+    with pytest.raises(StoreError) as err:
+        apply_delta(tmp_store, delta_file(tmp_path / "d2b", 2, [("add", KI)]))
+    assert err.value.reason == "duplicate-delta"
+    with pytest.raises(StoreError) as err:
+        apply_delta(tmp_store, delta_file(tmp_path / "d4", 4, [("add", KI)]))
+    assert err.value.reason == "out-of-order-delta" and "3" in err.value.message
+    assert tmp_store.info().version == 2
+    assert [d["version"] for d in tmp_store.deltas()] == [2]
+
+
+def test_bad_delta_row_names_the_line_and_changes_nothing(tmp_store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    path.write_text(
+        json.dumps({"format": "markd-delta", "version": 1})
+        + "\n"
+        + json.dumps({"op": "add", "ki": KI})
+        + "\n"
+        + json.dumps({"op": "explode", "ki": KI})
+        + "\n"
+    )
+    with pytest.raises(StoreError) as err:
+        apply_delta(tmp_store, path)
+    assert f"{path}:3:" in err.value.message
+    assert tmp_store.info().version == 0 and tmp_store.lookup(KI).blocked is None
+
+
+def test_delta_history_is_bounded_and_a_snapshot_clears_it(tmp_path: Path) -> None:
+    with Store.open(str(tmp_path / "s"), delta_history=2) as store:
+        for version in range(1, 5):
+            apply_delta(store, delta_file(tmp_path / f"d{version}", version, [("add", KI)]))
+        assert [d["version"] for d in store.deltas()] == [3, 4]
+        import_snapshot(store, write_lines(tmp_path / "l.txt", [KI]))
+        assert store.deltas() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# processes, errors
+
+
+def test_another_process_reading_sees_a_committed_write(tmp_store: Store, store_path: str) -> None:
+    reader = textwrap.dedent(
+        f"""
+        import sys
+        from markd.store import Store
+        with Store.open({store_path!r}, readonly=True) as store:
+            print("before", store.lookup({KI!r}).blocked is not None, flush=True)
+            sys.stdin.readline()
+            entry = store.lookup({KI!r}).blocked
+            print("after", entry.reason if entry else None, flush=True)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", reader], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout.readline().strip() == "before False"
+    tmp_store.block(KI, "recalled")
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "after recalled"
+    assert proc.wait(timeout=10) == 0
+
+
+def test_readonly_store_refuses_writes(tmp_store: Store, store_path: str) -> None:
+    tmp_store.close()
+    with Store.open(store_path, readonly=True) as store, pytest.raises(StoreError) as err:
+        store.block(KI, "x")
+    assert err.value.reason == "store-readonly" and store_path in err.value.message
+
+
+def test_readonly_open_of_a_missing_store_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(StoreError) as err:
+        Store.open(str(tmp_path / "nowhere"), readonly=True)
+    assert str(tmp_path / "nowhere") in err.value.message and err.value.reason == "store-missing"
+
+
+def test_unopenable_path_is_a_store_error_naming_the_path(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with pytest.raises(StoreError) as err:
+        Store.open(str(not_a_dir / "store"))
+    assert str(not_a_dir) in err.value.message and err.value.__cause__ is not None
+
+
+def test_corrupt_entry_fails_closed(tmp_store: Store, store_path: str) -> None:
+    tmp_store.block(KI, "x")
+    tmp_store.close()
+    with lmdb.open(store_path, max_dbs=16) as env:
+        db = env.open_db(b"blocked.0")
+        with env.begin(write=True) as txn:
+            txn.put(KI[2:16].encode() + KI[18:].encode(), b"junk", db=db)
+    with Store.open(store_path) as store, pytest.raises(StoreError) as err:
+        store.lookup(KI)
+    assert err.value.reason == "store-corrupt"
+
+
+def test_bad_keys_and_closed_store(tmp_store: Store) -> None:
+    with pytest.raises(StoreError) as err:
+        tmp_store.lookup("")
+    assert err.value.reason == "bad-key"
+    with pytest.raises(StoreError):
+        tmp_store.block("x" * 600, "no such key")
+    tmp_store.close()
+    tmp_store.close()  # idempotent
+    with pytest.raises(StoreError) as err:
+        tmp_store.lookup(KI)
+    assert err.value.reason == "store-closed"
+    assert "closed" in repr(tmp_store)
+
+
+def test_value_layout_is_the_documented_struct(tmp_store: Store, store_path: str) -> None:
+    tmp_store.block(KI, "recalled", source="police")
+    tmp_store.close()
+    with lmdb.open(store_path, max_dbs=16, readonly=True) as env:
+        with env.begin() as txn:
+            raw = txn.get(b"04670540176099" + b"5LpGKy", db=env.open_db(b"blocked.0", txn=txn))
+            since, attr = struct.unpack("<II", raw)
+            pair = txn.get(struct.pack(">I", attr), db=env.open_db(b"attrs", txn=txn))
+    assert json.loads(pair) == ["recalled", "police"] and since > 1_700_000_000
