@@ -289,6 +289,12 @@ def _normalise(
     return s, symbology
 
 
+def mentions_gs(text: str) -> bool:
+    """True when ``text`` holds a GS separator in any form the parser understands (the byte,
+    an escape such as ``\\u001d`` or a token such as ``<GS>``): it is a full code, not a КИ."""
+    return GS in text or bool(_TOKENS.search(text)) or bool(_ESCAPES.search(text))
+
+
 def _check_characters(s: str, layout_repaired: bool) -> None:
     if _VALID_CHARS.fullmatch(s):
         return

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from markd.codes import CodeError, MarkingCode, parse
+from markd.codes import CodeError, MarkingCode, mentions_gs, parse
 from markd.errors import StoreError
 from markd.store import keys
 from markd.store.keys import BLOCK_VALUE, BadKey
@@ -337,7 +337,9 @@ class Store:
             stored = txn.get(struct.pack(">I", attr), db=self._dbs[b"attrs"])
             pair = tuple(json.loads(stored)) if stored else ("", "")
             self._attrs[attr] = pair  # attrs are append-only: an id never changes meaning
-        return BlockEntry(kind, key.decode("ascii"), pair[0], pair[1], since)
+        shown = keys.key_to_text(key)
+        text = shown.get("ki") or " ".join(filter(None, (shown.get("gtin"), shown.get("series"))))
+        return BlockEntry(kind, text, pair[0], pair[1], since)
 
     def _unit_facts(self, raw: bytes, now: float) -> tuple[SoldEntry | None, CachedVerdict | None]:
         data = json.loads(raw)
@@ -586,6 +588,8 @@ def _key_of(text: str, series: str | None) -> bytes:
             return keys.series_key(text, series)
         if len(text) <= 14 and text.isdigit():
             return keys.gtin_key(text)
+        if mentions_gs(text):  # a full code: "<GS>" could otherwise pass for serial characters
+            return keys.code_key(parse(text))
         try:
             return keys.ki_key(text)
         except BadKey:

@@ -50,7 +50,7 @@ from typing import IO, Any
 
 import lmdb
 
-from markd.codes import GS1_CHARSET_82, CodeError, gtin_is_valid, parse
+from markd.codes import GS1_CHARSET_82, CodeError, gtin_is_valid, mentions_gs, parse
 from markd.errors import StoreError
 from markd.store import keys
 from markd.store.core import _SLOTS, Store, StoreInfo, _store_error
@@ -192,6 +192,8 @@ def row_key(row: dict[str, Any]) -> bytes:
         if gtin or series:
             raise BadKey("a row names either a ki or a gtin (with an optional series), not both")
         try:
+            if mentions_gs(ki):
+                raise BadKey("a full code")  # read it with the parser below
             return keys.ki_key(ki)
         except BadKey:
             try:  # a full code with its crypto tail is fine too: keep only its КИ
@@ -209,6 +211,8 @@ def _text_key(line: bytes) -> bytes:
     if text.isdigit() and len(text) <= 14:
         return keys.gtin_key(text)
     try:
+        if mentions_gs(text):
+            raise BadKey("a full code")  # read it with the parser below
         return keys.ki_key(text)
     except BadKey:
         try:

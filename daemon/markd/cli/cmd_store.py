@@ -1,0 +1,368 @@
+"""``markctl store …``: import, delta, stats, lookup, block/unblock, export, sync.
+
+Every subcommand opens the store at ``[store] path`` from the configuration (``--config``,
+default ``/etc/markd/markd.toml``) unless ``--store DIR`` names another directory.
+
+Exit status: 0 done; 2 the input was refused (bad rows or file, a delta out of order, an older
+snapshot, a bad key, bad configuration); 1 the store or the network failed (cannot open, disk
+full, server unreachable, hash mismatch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from typing import Any, TextIO
+
+from markd import config as config_module
+from markd.errors import ConfigError, MarkdError
+from markd.store import Store
+
+#: StoreError reasons that mean "your input is wrong" (exit 2) rather than "it failed" (exit 1).
+INPUT_REASONS = frozenset(
+    {
+        "bad-rows",
+        "bad-file",
+        "bad-key",
+        "duplicate-delta",
+        "out-of-order-delta",
+        "stale-snapshot",
+        "bad-index",
+    }
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", help="configuration file (for [store])")
+    common.add_argument("--store", metavar="DIR", help="store directory (overrides [store] path)")
+    common.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    store = sub.add_parser("store", help="the local LMDB store (blocklist, sold journal, cache)")
+    cmds = store.add_subparsers(dest="store_command", metavar="SUBCOMMAND")
+    cmds.required = True
+
+    p = cmds.add_parser("import", parents=[common], help="replace the blocklist with a snapshot")
+    p.add_argument("file")
+    p.add_argument("--format", choices=("text", "csv", "jsonl"), help="default: from the name")
+    p.add_argument("--version", type=int, help="snapshot version (default: current + 1)")
+    p.add_argument("--source", help="where the list comes from (default: the file name)")
+    p.add_argument("--reason", default="blocklist", help="reason for rows that give none")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip bad rows (counted) instead of refusing the whole file",
+    )
+    p.add_argument("--force", action="store_true", help="accept a version not newer than now")
+    p.add_argument(
+        "--progress",
+        choices=("auto", "bar", "json", "none"),
+        default="auto",
+        help="progress on stderr: a bar on a terminal (auto), JSON lines, or nothing",
+    )
+    p.set_defaults(func=_import)
+
+    p = cmds.add_parser("delta", parents=[common], help="apply a delta (JSON lines)")
+    p.add_argument("file")
+    p.set_defaults(func=_delta)
+
+    p = cmds.add_parser("stats", parents=[common], help="counts, version, age, size on disk")
+    p.set_defaults(func=_stats)
+
+    p = cmds.add_parser("lookup", parents=[common], help="what the store knows about a code")
+    p.add_argument("code", help="a КИ, a full marking code (\\u001d or <GS> for GS) or a GTIN")
+    p.add_argument("--series", help="also check this series of the GTIN")
+    p.set_defaults(func=_lookup)
+
+    p = cmds.add_parser("block", parents=[common], help="block one КИ, GTIN or series by hand")
+    p.add_argument("key", help="a КИ or a GTIN")
+    p.add_argument("--series", help="block only this series of the GTIN")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--source", default="manual")
+    p.set_defaults(func=_block)
+
+    p = cmds.add_parser("unblock", parents=[common], help="remove one entry added by hand")
+    p.add_argument("key")
+    p.add_argument("--series")
+    p.set_defaults(func=_unblock)
+
+    p = cmds.add_parser("export", parents=[common], help="write snapshot + deltas + index.json")
+    p.add_argument("--to", required=True, metavar="DIR", help="directory a file server serves")
+    p.set_defaults(func=_export)
+
+    p = cmds.add_parser("sync", parents=[common], help="fetch the blocklist from a file server")
+    p.add_argument("url", help="base URL of an export (index.json is fetched from it)")
+    p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
+    p.set_defaults(func=_sync)
+
+
+# ---------------------------------------------------------------------------------------------
+# plumbing
+
+
+def _open(args: argparse.Namespace, *, readonly: bool) -> Store:
+    cfg = config_module.load(args.config).store
+    if args.store:
+        from dataclasses import replace
+
+        cfg = replace(cfg, path=args.store)
+    return Store.from_config(cfg, readonly=readonly)
+
+
+def _fail(exc: MarkdError, err: TextIO) -> int:
+    if isinstance(exc, ConfigError):
+        for problem in exc.problems:
+            print(f"markctl: {problem}", file=err)
+        return 2
+    print(f"markctl: {exc.message}", file=err)
+    return 2 if exc.reason in INPUT_REASONS else 1
+
+
+def _run(args: argparse.Namespace, body: Any) -> int:
+    try:
+        return int(body() or 0)
+    except MarkdError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": exc.as_dict()}, ensure_ascii=False))
+        return _fail(exc, sys.stderr)
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False, default=str))
+    else:
+        print(text)
+
+
+class ProgressPrinter:
+    """Progress on stderr: a redrawn bar on a terminal, or one JSON object per line."""
+
+    def __init__(self, mode: str, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        if mode == "auto":
+            mode = "bar" if self.stream.isatty() else "none"
+        self.mode = mode
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def __call__(self, phase: str, done: int, total: int | None, rows: int) -> None:
+        if self.mode == "json":
+            record = {"phase": phase, "done": done, "total": total, "rows": rows}
+            print(json.dumps(record), file=self.stream, flush=True)
+            return
+        if self.mode != "bar":
+            return
+        now = time.monotonic()
+        if now - self._last < 0.2 and phase == "read":
+            return
+        self._last = now
+        rate = rows / max(now - self.started, 1e-6)
+        if total:
+            filled = int(30 * min(done / total, 1.0))
+            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {100 * done / total:5.1f}%"
+        else:
+            bar = f"[{phase}]"
+        self.stream.write(f"\r{bar} {rows:,} rows {rate:,.0f}/s ")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.mode == "bar":
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _size(count: int) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} GB"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never synced"
+    hours = seconds / 3600
+    return f"{hours:.1f} h" if hours >= 1 else f"{seconds / 60:.0f} min"
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def _import(args: argparse.Namespace) -> int:
+    from markd.store.importer import import_snapshot
+
+    def body() -> int:
+        progress = ProgressPrinter(args.progress)
+        with _open(args, readonly=False) as store:
+            try:
+                result = import_snapshot(
+                    store,
+                    args.file,
+                    args.format,
+                    version=args.version,
+                    source=args.source,
+                    reason=args.reason,
+                    skip_bad=args.skip_bad,
+                    force=args.force,
+                    progress=progress,
+                )
+            finally:
+                progress.done()
+        rate = result.rows / max(result.seconds, 1e-9)
+        text = (
+            f"imported {args.file}: version {result.version}, {result.rows:,} rows "
+            f"({result.stored['ki']:,} КИ, {result.stored['gtin']:,} GTIN, "
+            f"{result.stored['series']:,} series) in {result.seconds:.1f} s ({rate:,.0f} rows/s)"
+            + ("" if result.sorted_input else ", input was unsorted")
+        )
+        if result.skipped:
+            text += f"\nskipped {result.skipped} bad row(s):\n" + "\n".join(
+                f"  {p}" for p in result.problems
+            )
+        _emit(args, asdict(result), text)
+        return 0
+
+    return _run(args, body)
+
+
+def _delta(args: argparse.Namespace) -> int:
+    from markd.store.importer import apply_delta
+
+    def body() -> int:
+        with _open(args, readonly=False) as store:
+            result = apply_delta(store, args.file)
+        _emit(
+            args,
+            asdict(result),
+            f"applied delta {result.version}: {result.added} added, {result.removed} removed, "
+            f"{result.unchanged} unchanged",
+        )
+        return 0
+
+    return _run(args, body)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    def body() -> int:
+        with _open(args, readonly=True) as store:
+            stats = store.stats()
+        blocked = stats["blocked"]
+        sold = stats["sold"] if stats["sold"] is not None else "(not counted)"
+        cached = stats["cached_verdicts"] if stats["cached_verdicts"] is not None else "-"
+        size, map_mib = _size(stats["size_bytes"]), stats["map_size_bytes"] >> 20
+        lines = [
+            f"store      {stats['path']}",
+            f"version    {stats['version']} from {stats['source'] or '-'}",
+            f"age        {_age(stats['age_s'])}"
+            + (f" (STALE: older than {stats['max_age_s'] / 3600:.0f} h)" if stats["stale"] else ""),
+            f"blocked    {blocked['ki']:,} КИ, {blocked['gtin']:,} GTIN, "
+            f"{blocked['series']:,} series",
+            f"sold here  {sold}",
+            f"cached     {cached} online verdicts",
+            f"deltas     {stats['deltas_kept']} kept for export",
+            f"on disk    {size} (map {map_mib} MiB)",
+        ]
+        _emit(args, stats, "\n".join(lines))
+        return 0
+
+    return _run(args, body)
+
+
+def _lookup(args: argparse.Namespace) -> int:
+    def body() -> int:
+        with _open(args, readonly=True) as store:
+            found = store.lookup(args.code, series=args.series)
+        data = {
+            "blocked": asdict(found.blocked) if found.blocked else None,
+            "sold": asdict(found.sold) if found.sold else None,
+            "cached": asdict(found.cached) if found.cached else None,
+            "deny_reason": found.deny_reason,
+            "blocklist_version": found.blocklist_version,
+            "blocklist_age_s": found.blocklist_age_s,
+            "stale": found.stale,
+        }
+        lines = []
+        if found.blocked:
+            b = found.blocked
+            lines.append(
+                f"BLOCKED by {b.kind} {b.key}: {b.reason} (source {b.source}, since "
+                f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(b.since))} UTC)"
+            )
+        if found.sold:
+            lines.append(
+                f"SOLD HERE on receipt {found.sold.receipt} at "
+                f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(found.sold.at))} UTC"
+            )
+        if found.cached:
+            lines.append(
+                f"cached online verdict ({'fresh' if found.cached.fresh else 'expired'}): "
+                f"{json.dumps(found.cached.facts, ensure_ascii=False)}"
+            )
+        if not lines:
+            lines.append("nothing known: not blocked, not sold here, no cached verdict")
+        lines.append(
+            f"blocklist version {found.blocklist_version}, {_age(found.blocklist_age_s)}"
+            + (" (stale: it can deny, never vouch)" if found.stale else "")
+        )
+        _emit(args, data, "\n".join(lines))
+        return 0
+
+    return _run(args, body)
+
+
+def _block(args: argparse.Namespace) -> int:
+    def body() -> int:
+        with _open(args, readonly=False) as store:
+            store.block(args.key, args.reason, args.source, series=args.series)
+        _emit(args, {"blocked": args.key, "series": args.series}, f"blocked {args.key}")
+        return 0
+
+    return _run(args, body)
+
+
+def _unblock(args: argparse.Namespace) -> int:
+    def body() -> int:
+        with _open(args, readonly=False) as store:
+            removed = store.unblock(args.key, series=args.series)
+        _emit(args, {"removed": removed}, "removed" if removed else "was not blocked")
+        return 0
+
+    return _run(args, body)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from markd.store import fleet
+
+    def body() -> int:
+        with _open(args, readonly=True) as store:
+            index = fleet.export(store, args.to)
+        _emit(
+            args,
+            index,
+            f"exported version {index['version']} to {args.to}: snapshot "
+            f"{index['snapshot']['file']} and {len(index['deltas'])} delta(s)",
+        )
+        return 0
+
+    return _run(args, body)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from markd.store import fleet
+
+    def body() -> int:
+        progress = ProgressPrinter(args.progress)
+        with _open(args, readonly=False) as store:
+            try:
+                result = fleet.sync(store, args.url, progress=progress)
+            finally:
+                progress.done()
+        _emit(args, asdict(result), result.summary())
+        return 0
+
+    return _run(args, body)
