@@ -376,7 +376,7 @@ def test_corrupt_entry_fails_closed(tmp_store: Store, store_path: str) -> None:
     with lmdb.open(store_path, max_dbs=16) as env:
         db = env.open_db(b"blocked.0")
         with env.begin(write=True) as txn:
-            txn.put(KI[2:16].encode() + KI[18:].encode(), b"junk", db=db)
+            txn.put(KI.encode(), b"junk", db=db)
     with Store.open(store_path) as store, pytest.raises(StoreError) as err:
         store.lookup(KI)
     assert err.value.reason == "store-corrupt"
@@ -401,7 +401,7 @@ def test_value_layout_is_the_documented_struct(tmp_store: Store, store_path: str
     tmp_store.close()
     with lmdb.open(store_path, max_dbs=16, readonly=True) as env:
         with env.begin() as txn:
-            raw = txn.get(b"04670540176099" + b"5LpGKy", db=env.open_db(b"blocked.0", txn=txn))
+            raw = txn.get(KI.encode(), db=env.open_db(b"blocked.0", txn=txn))
             since, attr = struct.unpack("<II", raw)
             pair = txn.get(struct.pack(">I", attr), db=env.open_db(b"attrs", txn=txn))
     assert json.loads(pair) == ["recalled", "police"] and since > 1_700_000_000

@@ -278,9 +278,9 @@ def _lookup(args: argparse.Namespace) -> int:
         with _open(args, readonly=True) as store:
             found = store.lookup(args.code, series=args.series)
         data = {
-            "blocked": asdict(found.blocked) if found.blocked else None,
-            "sold": asdict(found.sold) if found.sold else None,
-            "cached": asdict(found.cached) if found.cached else None,
+            "blocked": found.blocked.as_dict() if found.blocked else None,
+            "sold": found.sold._asdict() if found.sold else None,
+            "cached": found.cached._asdict() if found.cached else None,
             "deny_reason": found.deny_reason,
             "blocklist_version": found.blocklist_version,
             "blocklist_age_s": found.blocklist_age_s,

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import lmdb
 
@@ -42,27 +42,39 @@ _MAX_DBS = 16
 _T = TypeVar("_T")
 
 
-@dataclass(frozen=True, slots=True)
-class BlockEntry:
+class BlockEntry(NamedTuple):
     """Why a unit is blocked: the matching key's kind (``ki``/``series``/``gtin``) and facts."""
 
     kind: str
-    key: str
+    raw_key: bytes
     reason: str
     source: str
     since: int
 
+    @property
+    def key(self) -> str:
+        """The matching entry as a person writes it: a КИ, a GTIN, or "GTIN series"."""
+        shown = keys.key_to_text(self.raw_key)
+        return shown.get("ki") or " ".join(filter(None, (shown.get("gtin"), shown.get("series"))))
 
-@dataclass(frozen=True, slots=True)
-class SoldEntry:
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "key": self.key,
+            "reason": self.reason,
+            "source": self.source,
+            "since": self.since,
+        }
+
+
+class SoldEntry(NamedTuple):
     """The unit was sold at this terminal (and not returned since)."""
 
     receipt: str
     at: int
 
 
-@dataclass(frozen=True, slots=True)
-class CachedVerdict:
+class CachedVerdict(NamedTuple):
     """The last online verdict for the КИ: its facts and when it was received."""
 
     at: int
@@ -70,9 +82,12 @@ class CachedVerdict:
     fresh: bool  # younger than the configured TTL
 
 
-@dataclass(frozen=True, slots=True)
-class Lookup:
-    """Everything the store knows about one unit. Falsy fields mean "nothing known"."""
+class Lookup(NamedTuple):
+    """Everything the store knows about one unit. ``None`` fields mean "nothing known".
+
+    A named tuple rather than a dataclass: it is built on every scan, and building a tuple
+    costs a fraction of a frozen dataclass (the lookup budget is a few microseconds).
+    """
 
     blocked: BlockEntry | None
     sold: SoldEntry | None
@@ -149,6 +164,8 @@ class Store:
             self.close()
             raise
         self._seen_txn = -1
+        self._gtin_blocks = True
+        self._units = self._dbs[b"units"]
         self._live: Any = None
         self._info = StoreInfo()
         self._attrs: dict[int, tuple[str, str]] = {}
@@ -269,6 +286,9 @@ class Store:
         slot = txn.get(b"current", db=meta) or b"0"
         self._live = self._dbs[_SLOTS[slot == b"1"]]
         self._info = StoreInfo.decode(txn.get(b"info", db=meta))
+        # Most lists block units only; skip the GTIN and series probes when there are none.
+        counts = self._info.counts
+        self._gtin_blocks = counts.get("gtin", 1) > 0 or counts.get("series", 1) > 0
         self._seen_txn = tid
 
     def lookup(
@@ -283,29 +303,38 @@ class Store:
         if isinstance(code, str):
             key = _unit_key(code)
         else:
-            key = keys.code_key(code)
-            if series is None:
+            key = f"01{code.gtin}21{code.serial}".encode()  # keys.code_key, inlined: hot path
+            if series is None and code.extra:
                 series = code.extra.get("10")
-        gtin = key[:14]
-        txn = self._begin()
+        env = self._env
+        if env is None:
+            self._require_env()
         try:
-            self._refresh(txn)
+            txn = env.begin()
+        except lmdb.MapResizedError:
+            env.set_mapsize(0)  # another process grew the map; adopt its size
+            txn = env.begin()
+        except lmdb.Error as exc:
+            raise _store_error(self.path, "reading", exc) from exc
+        try:
+            if txn.id() != self._seen_txn:
+                self._refresh(txn)
             live = self._live
             kind = "ki"
             raw = txn.get(key, db=live)
-            if raw is None and series:
-                kind, raw = (
-                    "series",
-                    txn.get(gtin + keys.SERIES_SEPARATOR + series.encode(), db=live),
-                )
             if raw is None:
-                kind, raw = "gtin", txn.get(gtin, db=live)
-            unit = txn.get(key, db=self._dbs[b"units"])
-            blocked = None
-            if raw is not None:
-                blocked = self._block_entry(txn, kind, key if kind == "ki" else gtin, raw)
+                gtin = key[2:16]
+                if series and self._gtin_blocks:
+                    kind = "series"
+                    raw = txn.get(gtin + keys.SERIES_SEPARATOR + series.encode(), db=live)
+                if raw is None and self._gtin_blocks:
+                    kind = "gtin"
+                    raw = txn.get(gtin, db=live)
+            unit = txn.get(key, db=self._units)
             now = time.time() if now is None else now
-            sold = cached = None
+            blocked = sold = cached = None
+            if raw is not None:
+                blocked = self._block_entry(txn, kind, key if kind == "ki" else key[2:16], raw)
             if unit is not None:
                 sold, cached = self._unit_facts(unit, now)
         except lmdb.Error as exc:
@@ -313,22 +342,17 @@ class Store:
         except (ValueError, KeyError, TypeError, struct.error) as exc:
             # Fail closed: a value markd cannot read must not pass for "nothing known".
             raise StoreError(
-                f"{self.path}: unreadable entry for {key[:14].decode(errors='replace')}… "
+                f"{self.path}: unreadable entry for {key[:16].decode(errors='replace')}… "
                 f"({type(exc).__name__}); the store may be damaged",
                 "store-corrupt",
             ) from exc
         finally:
             txn.abort()
-        info = self._info
-        age = None if info.synced_at is None else max(0.0, now - info.synced_at)
-        return Lookup(
-            blocked=blocked,
-            sold=sold,
-            cached=cached,
-            blocklist_version=info.version,
-            blocklist_age_s=age,
-            stale=age is None or age > self.max_age_s,
-        )
+        synced = self._info.synced_at
+        if synced is None:
+            return Lookup(blocked, sold, cached, self._info.version, None, True)
+        age = now - synced if now > synced else 0.0
+        return Lookup(blocked, sold, cached, self._info.version, age, age > self.max_age_s)
 
     def _block_entry(self, txn: lmdb.Transaction, kind: str, key: bytes, raw: bytes) -> BlockEntry:
         since, attr = BLOCK_VALUE.unpack(raw)
@@ -337,9 +361,7 @@ class Store:
             stored = txn.get(struct.pack(">I", attr), db=self._dbs[b"attrs"])
             pair = tuple(json.loads(stored)) if stored else ("", "")
             self._attrs[attr] = pair  # attrs are append-only: an id never changes meaning
-        shown = keys.key_to_text(key)
-        text = shown.get("ki") or " ".join(filter(None, (shown.get("gtin"), shown.get("series"))))
-        return BlockEntry(kind, text, pair[0], pair[1], since)
+        return BlockEntry(kind, bytes(key), pair[0], pair[1], since)
 
     def _unit_facts(self, raw: bytes, now: float) -> tuple[SoldEntry | None, CachedVerdict | None]:
         data = json.loads(raw)
@@ -599,7 +621,7 @@ def _key_of(text: str, series: str | None) -> bytes:
 
 
 def _unit_key(code: MarkingCode | str) -> bytes:
-    """The sGTIN of a parsed code, a КИ in text or a full code in text."""
+    """The key of a parsed code, a КИ in text or a full code in text."""
     if isinstance(code, MarkingCode):
         return keys.code_key(code)
     key = _key_of(code, None)

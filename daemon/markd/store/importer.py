@@ -36,6 +36,7 @@ import heapq
 import io
 import itertools
 import json
+import operator
 import os
 import pickle
 import re
@@ -65,10 +66,17 @@ MAX_PROBLEMS = 20  # listed in an error; the count covers all of them
 Progress = Callable[[str, int, int | None, int], None]
 
 _SERIAL_B = b"[" + re.escape(GS1_CHARSET_82.encode()) + b"]"
-_TEXT_LINE = re.compile(
-    rb"^(?:01(\d{14})21(" + _SERIAL_B + rb"{1,20})|(\d{14})(" + _SERIAL_B + rb"{7})|(\d{14}))\r?$",
-    re.M,
-)
+#: A block of lines that are each a GS1 КИ or a GTIN-14: exactly the stored key form.
+_TEXT_BLOCK = re.compile(rb"(?:(?:01\d{14}21" + _SERIAL_B + rb"{1,20}|\d{14})\n)*")
+
+
+_GTIN_SLICE = operator.itemgetter(slice(2, 16))
+
+
+def _GTIN_OF_LINE(line: bytes) -> bytes:  # noqa: N802 - used with map() on the fast path
+    return line if len(line) == 14 else line[2:16]
+
+
 _BLOCK_BYTES = 4 << 20
 
 
@@ -244,27 +252,46 @@ class _Reader:
         self.chunk_rows = chunk_rows
         self.progress = progress
         self.rows = 0
-        self._default_value = BLOCK_VALUE.pack(since, attrs.id(reason, source))
+        self.default_value = self._default_value = BLOCK_VALUE.pack(since, attrs.id(reason, source))
 
-    def chunks(self) -> Iterator[list[tuple[bytes, bytes]]]:
+    def chunks(self) -> Iterator[_Chunk]:
+        """The file as chunks of about ``chunk_rows`` rows (memory stays bounded)."""
         stream, size = _open_binary(self.path)
         with stream:
-            rows = {"text": self._text_rows, "csv": self._csv_rows, "jsonl": self._jsonl_rows}[
-                self.fmt
-            ](stream, size)
+            if self.fmt == "text":
+                keys_so_far: list[bytes] = []
+                for block_keys in self._text_keys(stream, size):
+                    keys_so_far.extend(block_keys)
+                    if len(keys_so_far) >= self.chunk_rows:
+                        yield _Chunk(keys_so_far, None, self._default_value)
+                        keys_so_far = []
+                if keys_so_far:
+                    yield _Chunk(keys_so_far, None, self._default_value)
+                return
+            rows = (
+                self._csv_rows(stream, size)
+                if self.fmt == "csv"
+                else self._jsonl_rows(stream, size)
+            )
             while True:
-                chunk = list(itertools.islice(rows, self.chunk_rows))
-                if not chunk:
+                batch = list(itertools.islice(rows, self.chunk_rows))
+                if not batch:
                     return
-                yield chunk
+                yield _Chunk([k for k, _ in batch], [v for _, v in batch], self._default_value)
 
     def _tick(self, stream: IO[bytes], size: int | None) -> None:
         if self.progress is not None:
             done = stream.tell() if size is not None else 0
             self.progress("read", done, size, self.rows)
 
-    def _text_rows(self, stream: IO[bytes], size: int | None) -> Iterator[tuple[bytes, bytes]]:
-        value = self._default_value
+    def _text_keys(self, stream: IO[bytes], size: int | None) -> Iterator[list[bytes]]:
+        """Keys of a text file, block by block.
+
+        The fast path checks a whole block with one regular expression (GS1 КИ or GTIN-14 per
+        line) and splits it: a line *is* its key, no per-row Python work but a GTIN check-digit
+        test per distinct GTIN. A block with anything else (comments, blank lines, tobacco-form
+        КИ, short GTINs, full codes, bad rows) goes line by line.
+        """
         valid: dict[bytes, bool] = {}
         line_no = 0
         carry = b""
@@ -275,7 +302,8 @@ class _Reader:
                 carry = b""
                 if not block:
                     return
-                block += b"\n"
+                if not block.endswith(b"\n"):
+                    block += b"\n"
             else:
                 cut = block.rfind(b"\n") + 1
                 block, carry = block[:cut], block[cut:]
@@ -287,35 +315,36 @@ class _Reader:
                         )
                     continue
             lines = block.count(b"\n")
-            matches = _TEXT_LINE.findall(block)
-            fast = len(matches) == lines
+            if b"\r" in block:
+                block = block.replace(b"\r", b"")
+            fast = _TEXT_BLOCK.fullmatch(block) is not None
             if fast:
-                out = []
-                for g1, s1, g2, s2, g3 in matches:
-                    gtin = g1 or g2 or g3
+                block_keys = block.split(b"\n")
+                block_keys.pop()  # after the last newline
+                if block_keys and min(map(len, block_keys)) > 14:
+                    gtins = set(map(_GTIN_SLICE, block_keys))  # all КИ: C-level slicing
+                else:
+                    gtins = set(map(_GTIN_OF_LINE, block_keys))
+                for gtin in gtins:
                     ok = valid.get(gtin)
                     if ok is None:
                         ok = valid[gtin] = gtin_is_valid(gtin.decode())
                     if not ok:
                         fast = False
                         break
-                    out.append((gtin + s1 + s2, value))
-            if fast:
-                self.rows += lines
-                yield from out
-            else:
+            if not fast:
+                block_keys = []
                 for offset, line in enumerate(block.split(b"\n")[:lines]):
                     stripped = line.strip()
                     if not stripped or stripped.startswith(b"#"):
                         continue
                     try:
-                        key = _text_key(stripped)
+                        block_keys.append(_text_key(stripped))
                     except BadKey as exc:
                         self.problems.add(line_no + offset + 1, str(exc))
-                        continue
-                    self.rows += 1
-                    yield key, value
+            self.rows += len(block_keys)
             line_no += lines
+            yield block_keys
             self._tick(stream, size)
 
     def _row_value(self, row: dict[str, Any]) -> bytes:
@@ -404,8 +433,44 @@ class _Reader:
 # Writing
 
 
+@dataclass
+class _Chunk:
+    """Rows as parallel lists: keys, and values (``None``: every row has ``value``)."""
+
+    keys: list[bytes]
+    values: list[bytes] | None
+    value: bytes
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def pairs(self, start: int = 0, end: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        keys_slice = self.keys[start:end]
+        if self.values is None:
+            return zip(keys_slice, itertools.repeat(self.value))
+        return zip(keys_slice, self.values[start:end], strict=True)
+
+    def sorted_unique(self) -> tuple[_Chunk, bool]:
+        """The chunk in key order without repeated keys, and whether it came sorted."""
+        keys_in = self.keys
+        if self.values is None:
+            ordered = sorted(keys_in)
+            came_sorted = ordered == keys_in
+            if any(map(operator.eq, ordered, itertools.islice(ordered, 1, None))):
+                ordered = list(dict.fromkeys(ordered))
+            return _Chunk(ordered, None, self.value), came_sorted
+        order = sorted(range(len(keys_in)), key=keys_in.__getitem__)
+        ordered = list(map(keys_in.__getitem__, order))
+        came_sorted = ordered == keys_in
+        values = list(map(self.values.__getitem__, order))
+        if any(map(operator.eq, ordered, itertools.islice(ordered, 1, None))):
+            unique = dict(zip(ordered, values, strict=True))  # a later row's value wins
+            ordered, values = list(unique), list(unique.values())
+        return _Chunk(ordered, values, self.value), came_sorted
+
+
 class _SlotWriter:
-    """Appends sorted pairs into the inactive slot in bounded transactions."""
+    """Appends rows in key order into the inactive slot, in bounded transactions."""
 
     def __init__(self, store: Store, slot: Any, commit_rows: int) -> None:
         self.store = store
@@ -415,24 +480,40 @@ class _SlotWriter:
         self.counts = {"ki": 0, "gtin": 0, "series": 0}
         self.last: bytes | None = None
 
-    def write(self, pairs: Iterable[tuple[bytes, bytes]], append: bool) -> None:
-        it = iter(pairs)
+    def write(self, chunk: _Chunk) -> None:
+        for start in range(0, len(chunk), self.commit_rows):
+            end = start + self.commit_rows
+            self._commit(chunk, start, end)
+            batch = chunk.keys[start:end]
+            gtins = list(map(len, batch)).count(14)
+            series = 0
+            if keys.SERIES_SEPARATOR in b"".join(batch):  # rare: count only when present
+                series = sum(
+                    map(bytes.__contains__, batch, itertools.repeat(keys.SERIES_SEPARATOR))
+                )
+            self.counts["gtin"] += gtins
+            self.counts["series"] += series
+            self.counts["ki"] += len(batch) - gtins - series
+            self.last = batch[-1]
+
+    def write_stream(self, rows: Iterator[Any], value: bytes | None) -> None:
+        """Write a merged stream: keys (all with ``value``) or (key, value) pairs."""
         while True:
-            batch = list(itertools.islice(it, self.commit_rows))
+            batch = list(itertools.islice(rows, self.commit_rows))
             if not batch:
                 return
-            self._commit(batch, append)
-            for key, _ in batch:
-                self.counts[keys.key_kind(key)] += 1
-            self.last = batch[-1][0]
+            if value is not None:
+                self.write(_Chunk(batch, None, value))
+            else:
+                self.write(_Chunk([k for k, _ in batch], [v for _, v in batch], b""))
 
-    def _commit(self, batch: list[tuple[bytes, bytes]], append: bool) -> None:
+    def _commit(self, chunk: _Chunk, start: int, end: int) -> None:
         for _ in range(40):
             try:
                 with self.env.begin(write=True) as txn:
                     cursor = txn.cursor(db=self.slot)
-                    consumed, added = cursor.putmulti(batch, append=append, overwrite=not append)
-                    if consumed != len(batch):
+                    consumed, _added = cursor.putmulti(chunk.pairs(start, end), append=True)
+                    if consumed != len(chunk.keys[start:end]):
                         raise StoreError("the store refused part of a batch (keys out of order)")
                 return
             except lmdb.MapFullError:
@@ -442,18 +523,19 @@ class _SlotWriter:
         raise StoreError(f"importing into {self.store.path}: the map could not grow enough")
 
 
-def _dedupe(pairs: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+def _dedupe_keys(items: Iterable[Any], key: Callable[[Any], bytes] | None = None) -> Iterator[Any]:
     last = None
-    for pair in pairs:
-        if pair[0] != last:
-            last = pair[0]
-            yield pair
+    for item in items:
+        k = item if key is None else key(item)
+        if k != last:
+            last = k
+            yield item
 
 
 class _Runs:
     """Sorted chunks spilled to files beside the store, merged back in key order."""
 
-    _BATCH = 20_000
+    _BATCH = 50_000
 
     def __init__(self, store_path: str) -> None:
         base = Path(store_path) / "tmp"
@@ -462,31 +544,57 @@ class _Runs:
             shutil.rmtree(stale, ignore_errors=True)
         self.dir = Path(tempfile.mkdtemp(prefix="import-", dir=base))
         self.files: list[Path] = []
+        self.values: set[bytes | None] = set()  # the constant value of keys-only runs
 
-    def add(self, pairs: Iterable[tuple[bytes, bytes]]) -> None:
-        """Spill one sorted run (streamed in batches, so a long run costs no memory)."""
+    def add(self, chunk: _Chunk) -> None:
+        """Spill one sorted chunk (written in batches)."""
         path = self.dir / f"run-{len(self.files):05d}"
-        it = iter(pairs)
         with open(path, "wb") as f:
-            while batch := list(itertools.islice(it, self._BATCH)):
-                pickle.dump(batch, f, protocol=pickle.HIGHEST_PROTOCOL)
+            for start in range(0, len(chunk), self._BATCH):
+                end = start + self._BATCH
+                values = None if chunk.values is None else chunk.values[start:end]
+                pickle.dump((chunk.keys[start:end], values), f, protocol=pickle.HIGHEST_PROTOCOL)
         self.files.append(path)
+        self.values.add(chunk.value if chunk.values is None else None)
 
-    @staticmethod
-    def _read(path: Path) -> Iterator[tuple[bytes, bytes]]:
+    def _read(self, path: Path, pairs: bool) -> Iterator[Any]:
         with open(path, "rb") as f:
             while True:
                 try:
-                    batch = pickle.load(f)  # noqa: S301 - our own run file, just written
+                    batch_keys, batch_values = pickle.load(f)  # noqa: S301 - our own file
                 except EOFError:
                     return
-                yield from batch
+                if not pairs:
+                    yield from batch_keys
+                elif batch_values is None:
+                    value = next(iter(self.values - {None}))
+                    yield from zip(batch_keys, itertools.repeat(value))
+                else:
+                    yield from zip(batch_keys, batch_values, strict=True)
 
-    def merged(self) -> Iterator[tuple[bytes, bytes]]:
-        return _dedupe(heapq.merge(*(self._read(p) for p in self.files)))
+    def merged(self) -> tuple[Iterator[Any], bytes | None]:
+        """The rows of every run in key order, each key once; keys alone when every run had
+        one constant value (text imports), else (key, value) pairs."""
+        if len(self.values) == 1 and None not in self.values:
+            value = next(iter(self.values))
+            streams = [self._read(p, pairs=False) for p in self.files]
+            return _dedupe_keys(heapq.merge(*streams)), value
+        streams = [self._read(p, pairs=True) for p in self.files]
+        return _dedupe_keys(heapq.merge(*streams), key=operator.itemgetter(0)), None
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _spill_slot(store: Store, slot: Any, runs: _Runs, default_value: bytes) -> None:
+    """Copy what the slot holds into runs, in batches (it is in key order already)."""
+    env, _ = store._internal()
+    with env.begin() as txn:
+        rows = ((bytes(k), bytes(v)) for k, v in txn.cursor(db=slot))
+        while batch := list(itertools.islice(rows, runs._BATCH * 4)):
+            values = [v for _, v in batch]
+            constant = all(v == default_value for v in values)
+            runs.add(_Chunk([k for k, _ in batch], None if constant else values, default_value))
 
 
 def _existing_attrs(store: Store) -> dict[tuple[str, str], int]:
@@ -565,34 +673,31 @@ def import_snapshot(
     try:
         for chunk in reader.chunks():
             problems.raise_if_any("import")  # stop early: the file will be refused anyway
-            unique = dict(chunk)
-            ordered = list(unique)
-            sorted_keys = sorted(ordered)
-            chunk_in_order = ordered == sorted_keys and (
-                writer.last is None or runs is not None or sorted_keys[0] > writer.last
-            )
-            pairs = list(zip(sorted_keys, map(unique.__getitem__, sorted_keys), strict=True))
-            if in_order and chunk_in_order and runs is None:
-                writer.write(pairs, append=True)
+            ordered, came_sorted = chunk.sorted_unique()
+            if not len(ordered):
+                continue
+            follows = writer.last is None or ordered.keys[0] > writer.last
+            if runs is None and came_sorted and follows:
+                writer.write(ordered)  # the fast path: straight into the slot, in order
                 continue
             if runs is None:
                 in_order = False
                 runs = _Runs(store.path)
                 if writer.last is not None:
-                    # Earlier chunks went straight into the slot; spill them too so the merge
-                    # sees every row (the slot is refilled from the merge).
-                    with env.begin() as txn:
-                        runs.add((bytes(k), bytes(v)) for k, v in txn.cursor(db=target))
+                    # Earlier chunks went straight into the slot; spill them as a run too
+                    # (streamed), and refill the slot from the merge.
+                    _spill_slot(store, target, runs, reader.default_value)
                     store._write(empty_target, "restarting an import into")
                     writer = _SlotWriter(store, target, commit_rows)
-            runs.add(pairs)
+            runs.add(ordered)
             if progress is not None:
                 progress("sort", 0, None, reader.rows)
         problems.raise_if_any("import")
         if runs is not None:
             if progress is not None:
                 progress("merge", 0, None, reader.rows)
-            writer.write(runs.merged(), append=True)
+            rows, value = runs.merged()
+            writer.write_stream(rows, value)
     finally:
         if runs is not None:
             runs.close()

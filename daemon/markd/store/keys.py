@@ -2,12 +2,13 @@
 
 Keys (bytes, ASCII):
 
-* a КИ is stored as its **sGTIN**: the 14-digit GTIN followed by the serial, without AIs. A GS1
-  КИ ``01<GTIN>21<serial>`` and a tobacco-pack КИ ``<GTIN><serial7>`` both reduce to it, so a
-  unit is found whichever form a source used;
-* a GTIN-level block is the 14-digit GTIN alone (an sGTIN is always longer);
-* a series-level block is the GTIN, byte 0x1F, then the series (0x1F sorts below every
-  character a serial may hold, so the three kinds never collide).
+* a КИ is stored in its GS1 text form ``01<GTIN>21<serial>``. A tobacco-pack КИ
+  ``<GTIN><serial7>`` is rewritten into that form, so a unit is found whichever form a source
+  used. Keeping the text form (rather than GTIN + serial without AIs) costs 4 bytes a key and
+  lets a sorted text blocklist be stored line for line, without per-row work;
+* a GTIN-level block is the 14-digit GTIN alone (a КИ key is always longer);
+* a series-level block is the GTIN, byte 0x1F, then the series (byte 14 of a КИ key is a
+  digit, so the three kinds never collide).
 
 Blocklist values are 8 bytes, ``struct`` ``<II``: the since-time (Unix seconds) and the id of
 the (reason, source) pair, interned in the ``attrs`` database. A 10-million-entry blocklist
@@ -45,7 +46,7 @@ def gtin14(text: str) -> str:
 
 
 def ki_key(text: str) -> bytes:
-    """The sGTIN key of a КИ given as text (either form). Raises :class:`BadKey`."""
+    """The key of a КИ given as text (either form). Raises :class:`BadKey`."""
     m = KI_TEXT.fullmatch(text)
     if m is None:
         raise BadKey(
@@ -55,12 +56,17 @@ def ki_key(text: str) -> bytes:
     gtin, serial = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
     if not gtin_is_valid(gtin):
         raise BadKey(f"КИ with GTIN {gtin} has a wrong check digit")
-    return (gtin + serial).encode("ascii")
+    return f"01{gtin}21{serial}".encode("ascii")
 
 
 def code_key(code: MarkingCode) -> bytes:
-    """The sGTIN key of a parsed code."""
-    return (code.gtin + code.serial).encode("ascii")
+    """The key of a parsed code's КИ (GS1 text form, whatever the code's shape)."""
+    return f"01{code.gtin}21{code.serial}".encode("ascii")
+
+
+def gtin_of(key: bytes) -> bytes:
+    """The 14-digit GTIN of a КИ key."""
+    return key[2:16]
 
 
 def gtin_key(text: str) -> bytes:
@@ -91,4 +97,4 @@ def key_to_text(key: bytes) -> dict[str, str]:
     if kind == "series":
         gtin, _, series = text.partition("\x1f")
         return {"gtin": gtin, "series": series}
-    return {"ki": f"01{text[:14]}21{text[14:]}"}
+    return {"ki": text}
