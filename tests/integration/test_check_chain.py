@@ -111,3 +111,17 @@ async def test_service_check_never_raises_on_bad_bytes(store_path: str) -> None:
     finally:
         stop.set()
         await task
+
+
+def test_sold_here_and_gtin_blocks_are_denied(tmp_store: Store) -> None:
+    chain = StoreOnlyChain(tmp_store)
+    code = parse(WATER)
+    tmp_store.mark_sold(code, "receipt-1")
+    assert (chain.decide(code, "front").reason, chain.decide(code, "front").decision) == (
+        "sold-here",
+        "deny",
+    )
+    tmp_store.mark_returned(code)
+    assert chain.decide(code, "front").allowed
+    tmp_store.block(code.gtin, "the whole product is banned")
+    assert chain.decide(code, "front").reason == "blocked-locally"
