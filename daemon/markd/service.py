@@ -12,6 +12,9 @@ the queue. Nothing a scanner sends can stop the service: a scan that is not a co
 a ``scanner-absent`` record, and even a bug while handling one scan becomes a ``deny`` with
 reason ``internal-error``. Every scan ends in exactly one verdict.
 
+Fleet sync: with ``[store] sync_url`` set, :class:`StoreSync` runs ``markctl store sync`` in a
+child process shortly after start and then every ``[store] sync_interval_s`` (see its docstring).
+
 Stopping: SIGTERM and SIGINT only set the stop event (when :meth:`Service.run` is asked to handle
 signals, i.e. when it is the main program); the loop then sends ``STOPPING=1``, closes the
 scanners and the store, and returns.
@@ -21,9 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import random
 import signal
+import sys
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from markd import codes
 from markd.checks.chain import StoreOnlyChain, elapsed_ms
@@ -40,6 +48,186 @@ VerdictSink = Callable[[Verdict], None]
 
 #: Deny text when handling a scan failed inside markd itself (a bug, not the customer's fault).
 INTERNAL_ERROR_RU = "Ошибка проверки, продажа невозможна"
+
+
+#: The first fleet sync runs this many seconds after start, drawn at random: a fleet that boots
+#: together after a power cut does not hit the file server in the same second.
+SYNC_START_DELAY_S = (5.0, 60.0)
+#: A sync (download and import of a 10-million-entry snapshot on a slow link included) that has
+#: not finished after this long is killed; the next one resumes its download.
+SYNC_TIMEOUT_S = 1800.0
+#: How long a sync child gets to exit after SIGTERM before it is killed.
+SYNC_STOP_GRACE_S = 5.0
+
+
+class StoreSync:
+    """The daemon's periodic fleet sync (``[store] sync_url``, ``[store] sync_interval_s``).
+
+    Each run is ``python -m markd.cli.markctl store sync URL --store PATH --json --progress
+    none`` in a **child process**: a snapshot import may grow the LMDB map, which must not happen
+    under the daemon's own readers, while LMDB lets the daemon keep reading from another
+    process and see the new version at its next lookup, without a restart. One run at a time
+    (each waits for the previous one), the first after a random delay in ``start_delay_s``,
+    then every ``sync_interval_s`` ± 10 %; a run longer than ``timeout_s`` is killed (the
+    download resumes next time). Each run logs ``store-sync`` (with the versions) or
+    ``store-sync-failed`` (warning, with the reason); the URL in the log never carries the
+    user, password or query string.
+
+    :meth:`stop` cancels the schedule and ends a running child (SIGTERM, then SIGKILL): LMDB
+    keeps the store at the old or the new version whatever moment it is killed at.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        event_log: EventLog,
+        *,
+        start_delay_s: tuple[float, float] = SYNC_START_DELAY_S,
+        timeout_s: float = SYNC_TIMEOUT_S,
+        python: str = sys.executable,
+    ) -> None:
+        from markd.store.fleet import redact_url
+
+        self.url = config.store.sync_url
+        self.safe_url = redact_url(self.url)
+        self.store_path = config.store.path
+        self.interval_s = float(config.store.sync_interval_s)
+        self.config_file = _main_config_file(config)
+        self.event_log = event_log
+        self.start_delay_s = start_delay_s
+        self.timeout_s = timeout_s
+        self.python = python
+        #: The running child, if any (tests look at it).
+        self.process: asyncio.subprocess.Process | None = None
+        #: Results of finished runs: the sync's JSON (``SyncResult``) or ``{"error": …}``.
+        self.results: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def command(self) -> list[str]:
+        """The child's command line."""
+        command = [self.python, "-m", "markd.cli.markctl", "store", "sync", self.url]
+        command += ["--store", self.store_path, "--json", "--progress", "none"]
+        if self.config_file is not None:
+            command += ["--config", self.config_file]
+        return command
+
+    def start(self) -> None:
+        """Schedule the runs on the running event loop."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._schedule(), name="markd-store-sync")
+
+    async def stop(self) -> None:
+        """Cancel the schedule and end a running sync child."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _schedule(self) -> None:
+        delay = random.uniform(*self.start_delay_s)
+        while True:
+            await asyncio.sleep(delay)
+            await self.run_once()
+            delay = self.interval_s * random.uniform(0.9, 1.1)
+
+    async def run_once(self) -> dict[str, Any]:
+        """One sync in a child process; log and return its result."""
+        started = time.monotonic()
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.command(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            return self._failed("sync-failed", f"cannot start {self.python}: {exc.strerror}")
+        try:
+            out, err = await asyncio.wait_for(self.process.communicate(), self.timeout_s)
+        except TimeoutError:
+            await self._end_child()
+            return self._failed(
+                "sync-timeout", f"not finished after {self.timeout_s:g} s; stopped (resumes next)"
+            )
+        finally:
+            if self.process.returncode is None:  # cancelled: the service is stopping
+                await self._end_child()
+            returncode = self.process.returncode
+            self.process = None
+        data = _last_json_line(out)
+        if returncode == 0 and data is not None and "error" not in data:
+            self.results.append(data)
+            self.event_log.event(
+                "store-sync",
+                f"blocklist v{data.get('after_version')} from {self.safe_url} "
+                f"({data.get('action')}; was v{data.get('before_version')})",
+                url=self.safe_url,
+                action=data.get("action"),
+                version=data.get("after_version"),
+                previous_version=data.get("before_version"),
+                deltas=data.get("deltas_applied"),
+                downloaded_bytes=data.get("downloaded_bytes"),
+                seconds=round(time.monotonic() - started, 3),
+            )
+            return data
+        error = (data or {}).get("error") or {}
+        reason = str(error.get("reason") or "sync-failed")
+        message = str(error.get("message") or "")
+        if not message:
+            lines = err.decode("utf-8", "replace").strip().splitlines()
+            message = lines[-1][:300] if lines else f"markctl exited with status {returncode}"
+        return self._failed(reason, message, exit_status=returncode)
+
+    def _failed(self, reason: str, message: str, **fields: Any) -> dict[str, Any]:
+        from markd.store.fleet import hide_secrets
+
+        message = hide_secrets(message, self.url)
+        result = {"error": {"reason": reason, "message": message}}
+        self.results.append(result)
+        self.event_log.event(
+            "store-sync-failed",
+            f"blocklist sync from {self.safe_url} failed: {message}",
+            priority="warning",
+            url=self.safe_url,
+            reason=reason,
+            **fields,
+        )
+        return result
+
+    async def _end_child(self) -> None:
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), SYNC_STOP_GRACE_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+
+def _main_config_file(config: Config) -> str | None:
+    """The main configuration file the daemon read (its drop-ins come along), for the child."""
+    from markd.config import DROPIN_SUFFIX
+
+    for source in config.sources:
+        if not Path(source).parent.name.endswith(DROPIN_SUFFIX):
+            return source
+    return None
+
+
+def _last_json_line(output: bytes) -> dict[str, Any] | None:
+    for line in reversed(output.decode("utf-8", "replace").splitlines()):
+        if line.strip():
+            try:
+                data = json.loads(line)
+            except ValueError:
+                return None
+            return data if isinstance(data, dict) else None
+    return None
 
 
 class _StopSentinel:
@@ -76,6 +264,10 @@ class Service:
         self.ready = asyncio.Event()
         self._codes_options = config.codes_options()
         self._chain: StoreOnlyChain | None = None
+        #: The periodic fleet sync, when ``[store] sync_url`` is set (created at start).
+        self.store_sync: StoreSync | None = None
+        #: Delay range of the first fleet sync; tests set ``(0, 0)``.
+        self.sync_start_delay_s = SYNC_START_DELAY_S
 
     async def run(
         self, stop_event: asyncio.Event | None = None, *, handle_signals: bool = False
@@ -114,6 +306,8 @@ class Service:
             if self.ready.is_set():
                 notify("STOPPING=1", "STATUS=stopping")
                 self.event_log.event("service-stopping", "markd stopping")
+            if self.store_sync is not None:
+                await self.store_sync.stop()
             self._shutdown()
             for signum in installed:
                 loop.remove_signal_handler(signum)
@@ -142,6 +336,11 @@ class Service:
             scanners=",".join(self.scanners),
             store=store_config.path,
         )
+        if store_config.sync_url:
+            self.store_sync = StoreSync(
+                self.config, self.event_log, start_delay_s=self.sync_start_delay_s
+            )
+            self.store_sync.start()
         self.ready.set()
 
     def _shutdown(self) -> None:

@@ -91,6 +91,8 @@ MESSAGE_IDS: dict[str, str] = {
     "service-started": "8ae22f5ca4dc4f7aa03e0927adc0a85b",
     "service-stopping": "003aaf6ca2bb4d60b8088dc64a522555",
     "service-error": "effc337f438544f9b80dfbe0fb5be220",
+    "store-sync": "6be57e0b3828417c8f08784a89f0a56e",
+    "store-sync-failed": "7ca3f14fdad744fca7d93ed9ed7de181",
 }
 
 #: syslog priorities by name, as used in ``[log] level`` and ``PRIORITY=``.

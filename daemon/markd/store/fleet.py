@@ -1,0 +1,842 @@
+"""Fleet sync: export the blocklist for a static file server, and sync a store from one.
+
+Thousands of kiosks get the same blocklist from a plain file server, a CDN or an object store:
+no server of markd's own. The master (head office) runs ``markctl store export --to DIR`` and
+publishes DIR; each kiosk runs ``markctl store sync URL`` (or the daemon does, every
+``[store] sync_interval_s``).
+
+An export directory::
+
+    index.json                 written last; names everything below
+    snapshot-<V>.csv.gz        the whole live blocklist at version V (gzip CSV:
+                               ki,gtin,series,reason,source,since)
+    delta-<N>.jsonl            one per delta the master applied since its last snapshot import
+                               (markd-delta JSON lines, as ``markctl store delta`` reads)
+
+``index.json``::
+
+    {"format": "markd-store-index", "version": V, "generated_at": <unix>,
+     "snapshot": {"version": V, "file": "snapshot-V.csv.gz", "size": …, "sha256": "…"},
+     "deltas": [{"version": N, "previous": N-1, "file": "delta-N.jsonl", "size": …,
+                 "sha256": "…"}, …]}          (oldest first, a contiguous chain)
+
+How a kiosk syncs (:func:`sync`):
+
+1. ``GET <url>/index.json`` with ``If-None-Match`` (the ETag of the last index this store
+   synced from the same URL). ``304 Not Modified`` → the list is confirmed current.
+2. The index is validated strictly (``bad-index`` otherwise).
+3. The store is at the index version → nothing to fetch. The deltas listed lead from the
+   store's version to the index version → fetch and apply only them. Otherwise (too far
+   behind, or a new snapshot on the master) → fetch the snapshot, resumably, import it, then
+   apply the deltas after it. A server *behind* the store (a rollback on the master) is refused
+   unless ``allow_rollback``.
+4. Every file is checked against the size and sha256 in the index before it is used.
+
+Versions are taken to come from one master: a kiosk at version N is assumed to hold what the
+master held at version N (deltas apply only on top of the version they name).
+
+Downloads go to ``<store path>/downloads/<file>.part``. A cut connection leaves the ``.part``
+and the ETag of the file beside it (``<file>.part.etag``); the next sync asks for the rest
+(``Range`` with ``If-Range``, so a file that changed meanwhile is fetched whole again).
+
+The URL may carry credentials (``https://user:password@host/path``, sent as HTTP Basic
+authentication and never forwarded on a redirect) and a query string (a CDN token, appended to
+every file's URL). Neither ever appears in an error, a log line, a result or the store:
+:func:`redact_url` shows the URL as ``scheme://host[:port]/path``.
+
+Errors are :class:`~markd.errors.StoreError` with these reasons: ``sync-failed`` (HTTP error,
+timeout, connection failure; names the URL and the HTTP status), ``bad-index``,
+``bad-download`` (size or sha256 mismatch; names the file), ``stale-snapshot`` (the server is
+behind the store), ``sync-busy`` (another sync of the same store is running), ``bad-url``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import errno
+import fcntl
+import gzip
+import hashlib
+import http.client
+import io
+import json
+import os
+import re
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from markd import __version__
+from markd.errors import StoreError
+from markd.store import keys
+from markd.store.core import Store
+from markd.store.importer import CSV_COLUMNS, Progress, apply_delta, import_snapshot, read_delta
+
+INDEX_FORMAT = "markd-store-index"
+DELTA_FORMAT = "markd-delta"
+INDEX_NAME = "index.json"
+#: Directory under the store where downloads (and their ``.part`` files) are kept.
+DOWNLOADS_DIR = "downloads"
+#: An index bigger than this is refused (a real one is a few kB even with 100 deltas).
+MAX_INDEX_BYTES = 16 << 20
+DEFAULT_TIMEOUT_S = 30.0
+
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_CHUNK = 1 << 16
+_PROGRESS_EVERY_S = 0.1
+_EXPORT_ATTEMPTS = 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+
+class _HashingWriter:
+    """A binary sink that counts and hashes what passes through to ``raw``."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.raw.write(data)
+        self.size += len(data)
+        self.sha256.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+@dataclass
+class _Written:
+    """A file written under a temporary name, not yet renamed into place."""
+
+    tmp: Path
+    name: str
+    size: int
+    sha256: str
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _temporary(directory: Path, name: str) -> Iterator[tuple[Path, _HashingWriter]]:
+    """A hidden temporary file in ``directory`` for ``name``; removed unless renamed."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            yield tmp, _HashingWriter(raw)
+            raw.flush()
+            os.fsync(raw.fileno())  # the data is on disk before any index can name it
+        # mkstemp makes 0600; the web server serving the directory must read the files.
+        os.chmod(tmp, 0o644)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _place(directory: Path, written: _Written) -> None:
+    """Rename ``written`` into place, unless an identical file is already there (that one keeps
+    its ETag and mtime, so CDN caches and clients in the middle of a download are undisturbed)."""
+    final = directory / written.name
+    try:
+        same = final.stat().st_size == written.size and _file_sha256(final) == written.sha256
+    except OSError:
+        same = False
+    if same:
+        written.tmp.unlink(missing_ok=True)
+    else:
+        os.replace(written.tmp, final)
+
+
+def _write_snapshot(store: Store, directory: Path, version: int) -> _Written:
+    name = f"snapshot-{version}.csv.gz"
+    with _temporary(directory, name) as (tmp, sink):
+        # mtime=0 and no file name in the gzip header: the same list gives the same bytes,
+        # hence the same sha256 and the same file on the server.
+        with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=6) as gz:  # type: ignore[arg-type]
+            text = io.TextIOWrapper(gz, encoding="utf-8", newline="")
+            writer = csv.writer(text, lineterminator="\n")
+            writer.writerow(CSV_COLUMNS)
+            for key, since, reason, source in store.iter_blocked():
+                row = keys.key_to_text(key)
+                writer.writerow(
+                    (row.get("ki", ""), row.get("gtin", ""), row.get("series", ""))
+                    + (reason, source, since)
+                )
+            text.flush()
+            text.detach()
+    return _Written(tmp, name, sink.size, sink.sha256.hexdigest())
+
+
+def delta_lines(record: dict[str, Any]) -> list[str]:
+    """The markd-delta JSON lines that reproduce an applied delta ``record`` (from
+    :meth:`Store.deltas`).
+
+    An ``add`` that gave no ``since`` got the time the master applied it (``applied_at``); the
+    exported line states that time, so a kiosk ends with exactly the master's entry rather than
+    its own apply time.
+    """
+    header = {
+        "format": DELTA_FORMAT,
+        "version": record["version"],
+        "previous": record["previous"],
+        "source": record.get("source", ""),
+        "applied_at": record.get("applied_at"),
+    }
+    lines = [json.dumps(header, ensure_ascii=False, separators=(",", ":"))]
+    for op, row in record["changes"]:
+        item = {"op": op, **row}
+        if op == "add" and row.get("since") in (None, "") and record.get("applied_at"):
+            item["since"] = record["applied_at"]
+        lines.append(json.dumps(item, ensure_ascii=False, separators=(",", ":")))
+    return lines
+
+
+def _write_delta(directory: Path, record: dict[str, Any]) -> _Written:
+    name = f"delta-{record['version']}.jsonl"
+    with _temporary(directory, name) as (tmp, sink):
+        for line in delta_lines(record):
+            sink.write(line.encode("utf-8") + b"\n")
+    return _Written(tmp, name, sink.size, sink.sha256.hexdigest())
+
+
+def export(store: Store, to_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Write the live blocklist of ``store`` into ``to_dir`` for a static file server; return
+    the index (also written as ``index.json``).
+
+    ``to_dir`` is created if missing. Each file is written under a hidden temporary name,
+    flushed to disk and renamed into place; ``index.json`` comes last, so a client never sees
+    an index naming a missing or partial file. A file whose content did not change is left as
+    it was (same ETag). Files of earlier exports are **not** removed: clients may be in the
+    middle of downloading them; delete old ``snapshot-*``/``delta-*`` files yourself once no
+    client can still be using them (say, after a day).
+
+    The snapshot is one consistent read of the blocklist; when a delta or an import lands in
+    the store while it is read (the version changes), the export is read again. A store at
+    version 0 (never loaded) exports an empty snapshot.
+    """
+    directory = Path(to_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create {directory}: {exc.strerror or exc}", "export-failed"
+        ) from exc
+    pending: list[_Written] = []
+    try:
+        for _ in range(_EXPORT_ATTEMPTS):
+            version = store.info().version
+            records = store.deltas()
+            snapshot = _write_snapshot(store, directory, version)
+            pending.append(snapshot)
+            if store.info().version == version:
+                break
+            # Another process applied a delta or imported meanwhile: read everything again.
+        else:
+            raise StoreError(
+                f"the blocklist in {store.path} kept changing during the export; try again",
+                "export-failed",
+            )
+        deltas = [_write_delta(directory, record) for record in records]
+        pending += deltas
+        for written in (snapshot, *deltas):
+            _place(directory, written)
+        index = {
+            "format": INDEX_FORMAT,
+            "version": version,
+            "generated_at": int(time.time()),
+            "snapshot": {
+                "version": version,
+                "file": snapshot.name,
+                "size": snapshot.size,
+                "sha256": snapshot.sha256,
+            },
+            "deltas": [
+                {
+                    "version": record["version"],
+                    "previous": record["previous"],
+                    "file": written.name,
+                    "size": written.size,
+                    "sha256": written.sha256,
+                }
+                for record, written in zip(records, deltas, strict=True)
+            ],
+        }
+        with _temporary(directory, INDEX_NAME) as (tmp, sink):
+            sink.write(json.dumps(index, indent=1).encode() + b"\n")
+        os.replace(tmp, directory / INDEX_NAME)
+        _fsync_directory(directory)
+    except OSError as exc:
+        raise StoreError(
+            f"exporting to {directory}: {exc.strerror or exc}", "export-failed"
+        ) from exc
+    finally:
+        for written in pending:  # whatever was not renamed into place
+            written.tmp.unlink(missing_ok=True)
+    return index
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# URLs and HTTP
+
+
+def redact_url(url: str) -> str:
+    """``url`` as ``scheme://host[:port]/path``: without user, password, query or fragment,
+    and without a trailing ``/``. Safe to log."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+    except ValueError:
+        return "(unparsable URL)"
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+
+
+def hide_secrets(text: str, url: str) -> str:
+    """``text`` with the password and the query string of ``url`` replaced by ``***`` (for
+    output of another process that was given ``url``)."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        password = parts.password
+    except ValueError:
+        return text
+    for secret in (password, urllib.parse.unquote(password or ""), parts.query):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class _Remote:
+    """One export directory on an HTTP(S) server: builds file URLs, sends requests, turns
+    every failure into a ``sync-failed`` :class:`StoreError` that names the safe URL."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.safe = redact_url(url)
+        try:
+            parts = urllib.parse.urlsplit(url.strip())
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            parts, port_ok = None, False
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or not port_ok
+        ):
+            raise StoreError(
+                f"sync URL {self.safe!r} must look like http(s)://[user:password@]host[:port]/path",
+                "bad-url",
+            )
+        self.timeout = timeout
+        host = parts.netloc.rpartition("@")[2]
+        self._base = urllib.parse.urlunsplit(
+            (parts.scheme, host, parts.path.rstrip("/") + "/", "", "")
+        )
+        self._query = parts.query
+        self._url = url
+        self._authorization: str | None = None
+        if parts.username is not None or parts.password is not None:
+            user = urllib.parse.unquote(parts.username or "")
+            password = urllib.parse.unquote(parts.password or "")
+            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            self._authorization = f"Basic {token}"
+        # The default handlers: proxies from the environment (kiosks often sit behind one),
+        # redirects (CDNs and object stores use them), HTTPS with the system's CA store.
+        self._opener = urllib.request.build_opener()
+
+    def file_url(self, name: str) -> str:
+        url = self._base + urllib.parse.quote(name)
+        return f"{url}?{self._query}" if self._query else url
+
+    def scrub(self, text: str) -> str:
+        return hide_secrets(text, self._url)
+
+    def failure(self, name: str, detail: str) -> StoreError:
+        return StoreError(
+            self.scrub(f"sync from {self.safe} failed: {name}: {detail}"), "sync-failed"
+        )
+
+    def describe(self, exc: BaseException) -> str:
+        """A short text for a network failure: the HTTP status, a timeout, the OS error."""
+        if isinstance(exc, urllib.error.HTTPError):
+            return f"HTTP {exc.code} {exc.reason}"
+        if isinstance(exc, urllib.error.URLError):
+            if not isinstance(exc.reason, BaseException):
+                return str(exc.reason)
+            exc = exc.reason
+        if isinstance(exc, TimeoutError):
+            return f"no answer within {self.timeout:g} s"
+        if isinstance(exc, http.client.RemoteDisconnected):
+            return "the server closed the connection without an answer"
+        if isinstance(exc, http.client.IncompleteRead):
+            return f"connection closed after {len(exc.partial)} bytes"
+        if isinstance(exc, socket.gaierror):
+            return f"cannot resolve the host name ({exc.strerror})"
+        if isinstance(exc, OSError) and exc.strerror:
+            return exc.strerror
+        return f"{type(exc).__name__}: {exc}"
+
+    @contextlib.contextmanager
+    def failures(self, name: str) -> Iterator[None]:
+        """Turn network exceptions raised while reading ``name`` into ``sync-failed``."""
+        try:
+            yield
+        except (OSError, http.client.HTTPException) as exc:
+            raise self.failure(name, self.describe(exc)) from exc
+
+    def get(
+        self, name: str, headers: dict[str, str], *, accept: tuple[int, ...] = ()
+    ) -> http.client.HTTPResponse:
+        """GET ``name``: a 2xx response, or one of the ``accept`` statuses (e.g. 304)."""
+        request = urllib.request.Request(
+            self.file_url(name), headers={"User-Agent": f"markd/{__version__}", **headers}
+        )
+        if self._authorization is not None:
+            # Unredirected: a redirect to another host must not receive the password.
+            request.add_unredirected_header("Authorization", self._authorization)
+        try:
+            return self._opener.open(request, timeout=self.timeout)  # type: ignore[no-any-return]
+        except urllib.error.HTTPError as exc:
+            if exc.code in accept:
+                return exc  # type: ignore[return-value]  # an HTTPError is a response too
+            exc.close()
+            raise self.failure(name, self.describe(exc)) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise self.failure(name, self.describe(exc)) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# The index
+
+
+def _bad_index(safe_url: str, problem: str) -> StoreError:
+    return StoreError(f"{safe_url}/{INDEX_NAME}: {problem}", "bad-index")
+
+
+def _int_field(data: dict[str, Any], name: str, where: str, errors: list[str]) -> int:
+    value = data.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        errors.append(f"{where}{name} must be a non-negative integer, got {value!r:.40}")
+        return 0
+    return value
+
+
+def _file_entry(data: Any, where: str, errors: list[str], *, delta: bool) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        errors.append(f"{where.rstrip('.')} must be an object")
+        return {}
+    found = len(errors)
+    entry: dict[str, Any] = {"version": _int_field(data, "version", where, errors)}
+    if delta:
+        entry["previous"] = _int_field(data, "previous", where, errors)
+        if len(errors) == found and entry["previous"] >= entry["version"]:
+            errors.append(f"{where}previous must be below version")
+    entry["size"] = _int_field(data, "size", where, errors)
+    name = data.get("file")
+    if not isinstance(name, str) or not _FILE_NAME.fullmatch(name) or ".." in name:
+        errors.append(
+            f"{where}file must be a plain file name (letters, digits, . _ -; no '/' or '..'), "
+            f"got {name!r:.60}"
+        )
+    entry["file"] = name
+    digest = data.get("sha256")
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest.lower()):
+        errors.append(f"{where}sha256 must be 64 hex digits, got {digest!r:.80}")
+    entry["sha256"] = digest.lower() if isinstance(digest, str) else ""
+    return entry
+
+
+def parse_index(raw: bytes, safe_url: str = "") -> dict[str, Any]:
+    """Validate an ``index.json``; return it normalised. Raises ``bad-index`` naming every
+    problem."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise _bad_index(safe_url, f"not JSON ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT:
+        raise _bad_index(safe_url, f'not a markd index (expected "format": "{INDEX_FORMAT}")')
+    errors: list[str] = []
+    version = _int_field(data, "version", "", errors)
+    _int_field(data, "generated_at", "", errors)
+    snapshot = _file_entry(data.get("snapshot"), "snapshot.", errors, delta=False)
+    raw_deltas = data.get("deltas", [])
+    deltas: list[dict[str, Any]] = []
+    if not isinstance(raw_deltas, list):
+        errors.append("deltas must be a list")
+    else:
+        for i, item in enumerate(raw_deltas):
+            deltas.append(_file_entry(item, f"deltas[{i}].", errors, delta=True))
+    if not errors:
+        if snapshot["version"] > version:
+            errors.append(f"snapshot version {snapshot['version']} is above version {version}")
+        for before, after in zip(deltas, deltas[1:], strict=False):
+            if after["previous"] != before["version"]:
+                errors.append(
+                    f"deltas must form a chain, oldest first: delta {after['version']} follows "
+                    f"{after['previous']}, listed after delta {before['version']}"
+                )
+        if deltas and deltas[-1]["version"] > version:
+            errors.append(f"delta {deltas[-1]['version']} is above version {version}")
+        if (
+            not errors
+            and snapshot["version"] != version
+            and _chain(deltas, snapshot["version"], version) is None
+        ):
+            errors.append(
+                f"neither the snapshot (version {snapshot['version']}) nor the deltas after it "
+                f"reach version {version}"
+            )
+    if errors:
+        raise _bad_index(safe_url, "; ".join(errors[:5]))
+    return {"version": version, "snapshot": snapshot, "deltas": deltas}
+
+
+def _chain(deltas: list[dict[str, Any]], start: int, end: int) -> list[dict[str, Any]] | None:
+    """The deltas that lead from version ``start`` to ``end`` (``[]`` when equal), or None."""
+    if start == end:
+        return []
+    for i, delta in enumerate(deltas):
+        if delta["previous"] == start:
+            chain = [d for d in deltas[i:] if d["version"] <= end]
+            return chain if chain and chain[-1]["version"] == end else None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Sync
+
+
+@dataclass
+class SyncResult:
+    """What a sync did. ``action``: ``unchanged`` (HTTP 304: the index did not change),
+    ``up-to-date`` (the index changed but the store already has its version), ``deltas`` or
+    ``snapshot`` (what was fetched)."""
+
+    url: str
+    before_version: int
+    after_version: int
+    action: str
+    deltas_applied: int = 0
+    downloaded_bytes: int = 0
+    resumed: bool = False
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line for a technician."""
+        if self.action == "unchanged":
+            what = f"index unchanged; version {self.after_version} confirmed current"
+        elif self.action == "up-to-date":
+            what = f"already at version {self.after_version}"
+        else:
+            how = (
+                f"{self.deltas_applied} delta(s)"
+                if self.action == "deltas"
+                else "snapshot"
+                + (f" + {self.deltas_applied} delta(s)" if self.deltas_applied else "")
+            )
+            size = f"{self.downloaded_bytes:,} bytes" + (", resumed" if self.resumed else "")
+            what = f"version {self.before_version} → {self.after_version} by {how} ({size})"
+        return f"synced from {self.url}: {what} in {self.seconds:.1f} s"
+
+
+class _Throttle:
+    """Forwards ``download`` progress at most every 0.1 s (and always the last call)."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self._last = 0.0
+        self._reported: tuple[int, int | None] | None = None
+
+    def __call__(self, done: int, total: int | None, *, final: bool = False) -> None:
+        if self.progress is None or self._reported == (done, total):
+            return
+        now = time.monotonic()
+        if final or now - self._last >= _PROGRESS_EVERY_S:
+            self._last = now
+            self._reported = (done, total)
+            self.progress("download", done, total, 0)
+
+
+@contextlib.contextmanager
+def _sync_lock(downloads: Path, store_path: str) -> Iterator[None]:
+    """One sync per store at a time (the daemon's periodic one and a technician's)."""
+    with open(downloads / ".lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(
+                f"another sync of {store_path} is running; try again when it has finished",
+                "sync-busy",
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class _Downloader:
+    """Fetches files of the export into the downloads directory, resumably, and verifies
+    them against the index."""
+
+    def __init__(self, remote: _Remote, directory: Path, progress: Progress | None) -> None:
+        self.remote = remote
+        self.directory = directory
+        self.progress = _Throttle(progress)
+        self.downloaded = 0
+        self.resumed = False
+
+    def part(self, name: str) -> Path:
+        return self.directory / f"{name}.part"
+
+    def discard(self, name: str) -> None:
+        self.part(name).unlink(missing_ok=True)
+        (self.directory / f"{name}.part.etag").unlink(missing_ok=True)
+
+    def fetch(self, entry: dict[str, Any]) -> Path:
+        """The verified file of ``entry`` (``file``, ``size``, ``sha256``)."""
+        name, size = entry["file"], entry["size"]
+        for _ in range(2):
+            try:
+                # Network failures come out of _receive as StoreError already; an OSError
+                # here is the local disk.
+                reused = self._receive(name, size)
+                got = self.part(name).stat().st_size
+                digest = _file_sha256(self.part(name))
+            except OSError as exc:
+                raise StoreError(
+                    f"downloading {name} into {self.directory}: {exc.strerror or exc}",
+                    "store-disk-full" if exc.errno == errno.ENOSPC else "store-error",
+                ) from exc
+            if got == size and digest == entry["sha256"]:
+                return self.part(name)
+            self.discard(name)
+            if not reused:
+                break
+            # Part of the file came from an earlier attempt and the whole does not match:
+            # the server may have ignored If-Range. Fetch it whole once before giving up.
+        raise StoreError(
+            f"{name} from {self.remote.safe}: got {got:,} bytes with sha256 {digest[:16]}…, "
+            f"the index says {size:,} bytes with sha256 {entry['sha256'][:16]}…; "
+            "the download was deleted",
+            "bad-download",
+        )
+
+    def _receive(self, name: str, size: int) -> bool:
+        """Bring ``<name>.part`` to ``size`` bytes (or fail); return True when bytes of an
+        earlier attempt were kept."""
+        part = self.part(name)
+        etag_file = self.directory / f"{name}.part.etag"
+        have = part.stat().st_size if part.exists() else 0
+        validator = etag_file.read_text().strip() if have and etag_file.exists() else ""
+        if have > size or (have and (not validator or validator.startswith("W/"))):
+            # Longer than the file, or no strong validator to resume it safely with.
+            self.discard(name)
+            have = 0
+        if have and have == size:
+            return True  # complete from an earlier run (stopped before the file was used)
+        headers = {"Range": f"bytes={have}-", "If-Range": validator} if have else {}
+        response = self.remote.get(name, headers, accept=(416,) if have else ())
+        with response:
+            status = response.status
+            if have and (status == 416 or (status == 206 and _range_start(response) != have)):
+                # The server cannot continue where we stopped: start over.
+                response.close()
+                self.discard(name)
+                return self._receive(name, size)
+            if status == 206:
+                self.resumed = True
+                mode = "ab"
+            else:
+                have = 0
+                mode = "wb"
+                etag = response.headers.get("ETag", "")
+                if etag and not etag.startswith("W/"):
+                    etag_file.write_text(etag + "\n")
+                else:
+                    etag_file.unlink(missing_ok=True)
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and have + int(length) != size:
+                self.discard(name)
+                raise StoreError(
+                    f"{name} from {self.remote.safe}: the server has "
+                    f"{have + int(length):,} bytes, the index says {size:,}",
+                    "bad-download",
+                )
+            self._stream(name, response, mode, have, size)
+        return have > 0
+
+    def _stream(
+        self, name: str, response: http.client.HTTPResponse, mode: str, have: int, size: int
+    ) -> None:
+        done = have
+        with open(self.part(name), mode) as out:
+            while done <= size:  # one byte more than expected is enough to call it wrong
+                with self.remote.failures(name):
+                    block = response.read(min(_CHUNK, size + 1 - done))
+                if not block:
+                    break
+                out.write(block)
+                done += len(block)
+                self.downloaded += len(block)
+                self.progress(done, size)
+            self.progress(done, size, final=True)
+        if done < size:
+            raise self.remote.failure(
+                name, f"connection closed after {done:,} of {size:,} bytes (kept for resuming)"
+            )
+
+
+def _range_start(response: http.client.HTTPResponse) -> int | None:
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    return int(match.group(1)) if match else None
+
+
+def _clean_downloads(directory: Path, keep: set[str]) -> None:
+    """Remove downloads of files the current index no longer names (older versions)."""
+    for path in directory.iterdir():
+        base = path.name.removesuffix(".etag").removesuffix(".part")
+        if path.name != ".lock" and base not in keep:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def sync(
+    store: Store,
+    url: str,
+    *,
+    progress: Progress | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    allow_rollback: bool = False,
+) -> SyncResult:
+    """Bring ``store`` to the version published at ``url`` (an export directory on any static
+    HTTP(S) server); see the module docstring for the steps.
+
+    :param progress: ``progress(phase, done_bytes, total_bytes, rows)``: ``download`` while a
+        file is fetched, then the import's own phases.
+    :param timeout: seconds to wait for a connection or for any single read.
+    :param allow_rollback: accept an index whose version is *below* the store's (the master
+        went back to an older list); by default that is refused with ``stale-snapshot``.
+    """
+    started = time.monotonic()
+    if store.readonly:
+        raise StoreError(f"store {store.path} is open read-only", "store-readonly")
+    remote = _Remote(url, timeout)
+    safe = remote.safe
+    downloads = Path(store.path) / DOWNLOADS_DIR
+    try:
+        downloads.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create {downloads}: {exc.strerror or exc}") from exc
+    with _sync_lock(downloads, store.path):
+        info = store.info()
+        before = info.version
+
+        def result(action: str, **fields: Any) -> SyncResult:
+            return SyncResult(
+                url=safe,
+                before_version=before,
+                after_version=store.info().version,
+                action=action,
+                seconds=time.monotonic() - started,
+                **fields,
+            )
+
+        # The stored ETag is only a valid shortcut when the last change of the list was a
+        # sync from this very URL (a local import or delta sets another source).
+        headers = {"Cache-Control": "no-cache"}
+        if info.sync_etag and info.sync_url == safe and info.source == safe:
+            headers["If-None-Match"] = info.sync_etag
+        response = remote.get(INDEX_NAME, headers, accept=(304,))
+        with response:
+            if response.status == 304:
+                store.touch_sync(url=safe)
+                return result("unchanged")
+            etag = response.headers.get("ETag", "")
+            with remote.failures(INDEX_NAME):
+                raw = response.read(MAX_INDEX_BYTES + 1)
+        if len(raw) > MAX_INDEX_BYTES:
+            raise _bad_index(safe, f"larger than {MAX_INDEX_BYTES >> 20} MiB")
+        index = parse_index(raw, safe)
+        target = index["version"]
+
+        if target == before:
+            _clean_downloads(downloads, set())
+            store.touch_sync(etag=etag, url=safe, source=safe)
+            return result("up-to-date")
+        if target < before and not allow_rollback:
+            raise StoreError(
+                f"{safe} offers version {target}, but {store.path} is at version {before}: "
+                "refusing to go back (a rollback on the master?); nothing changed",
+                "stale-snapshot",
+            )
+        chain = _chain(index["deltas"], before, target) if target > before else None
+        snapshot = None
+        if chain is None:  # too far behind (or a rollback): the snapshot, then its deltas
+            snapshot = index["snapshot"]
+            chain = _chain(index["deltas"], snapshot["version"], target) or []
+        _clean_downloads(
+            downloads, {d["file"] for d in chain} | ({snapshot["file"]} if snapshot else set())
+        )
+
+        fetcher = _Downloader(remote, downloads, progress)
+        if snapshot is not None:
+            path = fetcher.fetch(snapshot)
+            import_snapshot(
+                store,
+                path,
+                "csv",
+                version=snapshot["version"],
+                source=safe,
+                # Not newer than ours only when the deltas after it bring the store past its
+                # version, or when a rollback was explicitly allowed.
+                force=snapshot["version"] <= before,
+                progress=progress,
+            )
+            fetcher.discard(snapshot["file"])
+        for entry in chain:
+            path = fetcher.fetch(entry)
+            delta = read_delta(path)
+            if (delta["version"], delta["previous"]) != (entry["version"], entry["previous"]):
+                fetcher.discard(entry["file"])
+                raise StoreError(
+                    f"{entry['file']} from {safe} is delta {delta['previous']}→"
+                    f"{delta['version']}, the index says {entry['previous']}→{entry['version']}",
+                    "bad-download",
+                )
+            apply_delta(store, delta)
+            fetcher.discard(entry["file"])
+        store.touch_sync(etag=etag, url=safe, source=safe)
+        return result(
+            "deltas" if snapshot is None else "snapshot",
+            deltas_applied=len(chain),
+            downloaded_bytes=fetcher.downloaded,
+            resumed=fetcher.resumed,
+        )
