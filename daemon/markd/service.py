@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import signal
 import sys
@@ -104,8 +105,9 @@ class StoreSync:
         self._task: asyncio.Task[None] | None = None
 
     def command(self) -> list[str]:
-        """The child's command line."""
-        command = [self.python, "-m", "markd.cli.markctl", "store", "sync", self.url]
+        """The child's command line. The URL is not in it (it may hold credentials, and any
+        local user can read a command line); the child gets it from ``MARKD_SYNC_URL``."""
+        command = [self.python, "-m", "markd.cli.markctl", "store", "sync"]
         command += ["--store", self.store_path, "--json", "--progress", "none"]
         if self.config_file is not None:
             command += ["--config", self.config_file]
@@ -137,6 +139,7 @@ class StoreSync:
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *self.command(),
+                env={**os.environ, "MARKD_SYNC_URL": self.url},
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,

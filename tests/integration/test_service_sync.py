@@ -149,8 +149,9 @@ def test_the_child_command_names_the_store_and_the_configuration(
     main_file = str(tmp_path / "markd.toml")
     config = dataclasses.replace(config, sources=(main_file, str(tmp_path / "markd.toml.d/x.toml")))
     command = StoreSync(config, event_log).command()
-    assert command[1:6] == ["-m", "markd.cli.markctl", "store", "sync", "http://127.0.0.1:9/fleet"]
-    assert command[6:] == [
+    assert command[1:5] == ["-m", "markd.cli.markctl", "store", "sync"]
+    assert "http://127.0.0.1:9/fleet" not in " ".join(command)  # passed in MARKD_SYNC_URL
+    assert command[5:] == [
         "--store",
         store_path,
         "--json",

@@ -55,7 +55,8 @@ def test_block_by_ki_found_by_code_and_by_either_ki_form(tmp_store: Store) -> No
         assert entry is not None
         assert (entry.kind, entry.reason, entry.source) == ("ki", "recalled", "manual")
     assert tmp_store.lookup(OTHER_KI).blocked is None
-    assert tmp_store.info().counts == {"ki": 1, "gtin": 0, "series": 0}
+    assert tmp_store.info().manual == 1
+    assert tmp_store.info().version == 0  # a hand-made block is not a blocklist version
 
 
 def test_tobacco_pack_and_gs1_forms_share_one_key(tmp_store: Store) -> None:
@@ -90,7 +91,7 @@ def test_unblock(tmp_store: Store) -> None:
     assert tmp_store.unblock(KI) is True
     assert tmp_store.unblock(KI) is False
     assert tmp_store.lookup(KI).blocked is None
-    assert tmp_store.info().counts["ki"] == 0
+    assert tmp_store.info().manual == 0
 
 
 def test_sold_journal_and_return(tmp_store: Store) -> None:
@@ -160,13 +161,15 @@ def test_sorted_input_whose_order_breaks_late_is_still_complete(tmp_path: Path) 
 def test_import_replaces_the_whole_set_and_bumps_version(tmp_store: Store, tmp_path: Path) -> None:
     first, second = kis(300, seed=1), kis(300, seed=2)
     import_snapshot(tmp_store, write_lines(tmp_path / "1.txt", first))
-    tmp_store.block(OTHER_KI, "manual, before the second snapshot")
+    tmp_store.block(OTHER_KI, "by hand, before the second snapshot")
     result = import_snapshot(tmp_store, write_lines(tmp_path / "2.txt", second))
     assert result.version == 2
     assert tmp_store.lookup(second[0]).blocked is not None
     assert tmp_store.lookup(first[0]).blocked is None or first[0] in second
-    assert tmp_store.lookup(OTHER_KI).blocked is None  # a snapshot is the whole truth
     assert tmp_store.info().counts["ki"] == 300
+    # The snapshot replaced the fleet list; what a technician blocked here stays.
+    assert tmp_store.lookup(OTHER_KI).blocked.source == "manual"
+    assert OTHER_KI.encode() not in {k for k, *_ in tmp_store.iter_blocked()}
 
 
 def test_text_format_mixes_ki_gtin_comments_and_full_codes(
@@ -374,7 +377,7 @@ def test_corrupt_entry_fails_closed(tmp_store: Store, store_path: str) -> None:
     tmp_store.block(KI, "x")
     tmp_store.close()
     with lmdb.open(store_path, max_dbs=16) as env:
-        db = env.open_db(b"blocked.0")
+        db = env.open_db(b"manual")
         with env.begin(write=True) as txn:
             txn.put(KI.encode(), b"junk", db=db)
     with Store.open(store_path) as store, pytest.raises(StoreError) as err:
@@ -401,7 +404,7 @@ def test_value_layout_is_the_documented_struct(tmp_store: Store, store_path: str
     tmp_store.close()
     with lmdb.open(store_path, max_dbs=16, readonly=True) as env:
         with env.begin() as txn:
-            raw = txn.get(KI.encode(), db=env.open_db(b"blocked.0", txn=txn))
+            raw = txn.get(KI.encode(), db=env.open_db(b"manual", txn=txn))
             since, attr = struct.unpack("<II", raw)
             pair = txn.get(struct.pack(">I", attr), db=env.open_db(b"attrs", txn=txn))
     assert json.loads(pair) == ["recalled", "police"] and since > 1_700_000_000

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
 from typing import Any, TextIO
 
 from markd import config as config_module
-from markd.errors import ConfigError, MarkdError
+from markd.errors import ConfigError, MarkdError, StoreError
 from markd.store import Store
 
 #: StoreError reasons that mean "your input is wrong" (exit 2) rather than "it failed" (exit 1).
@@ -31,6 +32,7 @@ INPUT_REASONS = frozenset(
         "out-of-order-delta",
         "stale-snapshot",
         "bad-index",
+        "bad-url",
     }
 )
 
@@ -94,8 +96,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_export)
 
     p = cmds.add_parser("sync", parents=[common], help="fetch the blocklist from a file server")
-    p.add_argument("url", help="base URL of an export (index.json is fetched from it)")
+    p.add_argument(
+        "url",
+        nargs="?",
+        help="base URL of an export (index.json is fetched from it); default $MARKD_SYNC_URL, "
+        "which keeps credentials in the URL off the command line",
+    )
     p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request")
+    p.add_argument(
+        "--allow-rollback",
+        action="store_true",
+        help="accept a server whose version is older than the store's",
+    )
     p.set_defaults(func=_sync)
 
 
@@ -356,10 +369,19 @@ def _sync(args: argparse.Namespace) -> int:
     from markd.store import fleet
 
     def body() -> int:
+        url = args.url or os.environ.get("MARKD_SYNC_URL", "")
+        if not url:
+            raise StoreError("no URL: give one or set MARKD_SYNC_URL", "bad-url")
         progress = ProgressPrinter(args.progress)
         with _open(args, readonly=False) as store:
             try:
-                result = fleet.sync(store, args.url, progress=progress)
+                result = fleet.sync(
+                    store,
+                    url,
+                    progress=progress,
+                    timeout=args.timeout,
+                    allow_rollback=args.allow_rollback,
+                )
             finally:
                 progress.done()
         _emit(args, asdict(result), result.summary())

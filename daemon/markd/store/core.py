@@ -4,6 +4,8 @@ Named databases (encodings in :mod:`markd.store.keys` and ``docs/store.md``)::
 
     blocked.0, blocked.1   the blocklist, double-buffered: ``meta["current"]`` names the live
                            slot; a snapshot import fills the other one, then flips the name
+    manual                 entries blocked by hand on this terminal (``markctl store block``):
+                           kept across imports and syncs, never exported
     units                  per-КИ facts of this terminal: sold here (receipt, time) and the last
                            online verdict (time, isBlocked, sold, expireDate, mrp, smp, …)
     attrs                  interned (reason, source) pairs referenced by blocklist values
@@ -115,6 +117,7 @@ class StoreInfo:
     synced_at: int | None = None  # last time the list was confirmed current (import/delta/sync)
     imported_at: int | None = None  # last snapshot import
     counts: dict[str, int] = field(default_factory=lambda: {"ki": 0, "gtin": 0, "series": 0})
+    manual: int = 0  # entries in the manual database
     sync_etag: str = ""
     sync_url: str = ""
     format_version: int = FORMAT_VERSION
@@ -165,6 +168,7 @@ class Store:
             raise
         self._seen_txn = -1
         self._gtin_blocks = True
+        self._manual_blocks = True
         self._units = self._dbs[b"units"]
         self._live: Any = None
         self._info = StoreInfo()
@@ -225,7 +229,7 @@ class Store:
 
     def _open_dbs(self) -> dict[bytes, Any]:
         env = self._require_env()
-        names = (*_SLOTS, b"units", b"attrs", b"deltas", b"meta")
+        names = (*_SLOTS, b"manual", b"units", b"attrs", b"deltas", b"meta")
         dbs = {}
         try:
             if self.readonly:
@@ -289,6 +293,7 @@ class Store:
         # Most lists block units only; skip the GTIN and series probes when there are none.
         counts = self._info.counts
         self._gtin_blocks = counts.get("gtin", 1) > 0 or counts.get("series", 1) > 0
+        self._manual_blocks = self._info.manual > 0
         self._seen_txn = tid
 
     def lookup(
@@ -330,6 +335,8 @@ class Store:
                 if raw is None and self._gtin_blocks:
                     kind = "gtin"
                     raw = txn.get(gtin, db=live)
+            if raw is None and self._manual_blocks:
+                raw, kind = self._manual_lookup(txn, key, series)
             unit = txn.get(key, db=self._units)
             now = time.time() if now is None else now
             blocked = sold = cached = None
@@ -353,6 +360,20 @@ class Store:
             return Lookup(blocked, sold, cached, self._info.version, None, True)
         age = now - synced if now > synced else 0.0
         return Lookup(blocked, sold, cached, self._info.version, age, age > self.max_age_s)
+
+    def _manual_lookup(
+        self, txn: lmdb.Transaction, key: bytes, series: str | None
+    ) -> tuple[bytes | None, str]:
+        manual = self._dbs[b"manual"]
+        gtin = key[2:16]
+        probes = [("ki", key), ("gtin", gtin)]
+        if series:
+            probes.insert(1, ("series", gtin + keys.SERIES_SEPARATOR + series.encode()))
+        for kind, probe in probes:
+            raw = txn.get(probe, db=manual)
+            if raw is not None:
+                return raw, kind
+        return None, "ki"
 
     def _block_entry(self, txn: lmdb.Transaction, kind: str, key: bytes, raw: bytes) -> BlockEntry:
         since, attr = BLOCK_VALUE.unpack(raw)
@@ -411,6 +432,7 @@ class Store:
             "max_age_s": self.max_age_s,
             "stale": age is None or age > self.max_age_s,
             "blocked": dict(info.counts),
+            "blocked_by_hand": info.manual,
             "units": units,
             "sold": sold if units <= 100_000 else None,
             "cached_verdicts": cached if units <= 100_000 else None,
@@ -497,31 +519,35 @@ class Store:
     def block(
         self, text: str, reason: str, source: str = "manual", *, series: str | None = None
     ) -> None:
-        """Block one КИ, GTIN (or GTIN + ``series``) in the live blocklist."""
+        """Block one КИ, GTIN (or GTIN + ``series``) by hand on this terminal.
+
+        Hand-made entries live apart from the fleet blocklist: a snapshot import or a sync does
+        not remove them, the blocklist version does not change, and export leaves them out (a
+        fleet-wide block belongs in a delta on the master).
+        """
         key = _key_of(text, series)
         value_since = _now()
+        manual = self._dbs[b"manual"]
 
         def write(txn: lmdb.Transaction) -> None:
             attr = self.intern_attr(txn, reason, source)
-            old = txn.replace(key, BLOCK_VALUE.pack(value_since, attr), db=self._live_db(txn))
-            if old is None:
+            if txn.replace(key, BLOCK_VALUE.pack(value_since, attr), db=manual) is None:
                 info = StoreInfo.decode(txn.get(b"info", db=self._dbs[b"meta"]))
-                info.counts[keys.key_kind(key)] += 1
-                self._update_info(txn, counts=info.counts)
+                self._update_info(txn, manual=info.manual + 1)
 
         self._write(write, "blocking")
 
     def unblock(self, text: str, *, series: str | None = None) -> bool:
-        """Remove one entry from the live blocklist; True when it was there."""
+        """Remove an entry blocked by hand; True when it was there."""
         key = _key_of(text, series)
+        manual = self._dbs[b"manual"]
 
         def write(txn: lmdb.Transaction) -> bool:
-            old = txn.pop(key, db=self._live_db(txn))
-            if old is not None:
-                info = StoreInfo.decode(txn.get(b"info", db=self._dbs[b"meta"]))
-                info.counts[keys.key_kind(key)] -= 1
-                self._update_info(txn, counts=info.counts)
-            return old is not None
+            if txn.pop(key, db=manual) is None:
+                return False
+            info = StoreInfo.decode(txn.get(b"info", db=self._dbs[b"meta"]))
+            self._update_info(txn, manual=max(0, info.manual - 1))
+            return True
 
         return self._write(write, "unblocking")
 
