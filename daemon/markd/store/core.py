@@ -656,9 +656,19 @@ def _unit_key(code: MarkingCode | str) -> bytes:
     return key
 
 
+def _disk_nearly_full(path: str) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20) or st.f_bavail < st.f_blocks // 200
+
+
 def _store_error(path: str, what: str, exc: lmdb.Error) -> StoreError:
     text = str(exc)
-    if "No space left" in text or getattr(exc, "errno", None) == errno.ENOSPC:
+    # LMDB reports a short write at commit as EIO; on a full file system that is ENOSPC.
+    full = "No space left" in text or getattr(exc, "errno", None) == errno.ENOSPC
+    if full or ("Input/output error" in text and _disk_nearly_full(path)):
         return StoreError(
             f"{what} {path}: no space left on device; the previous blocklist version is intact",
             "store-disk-full",

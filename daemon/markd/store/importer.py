@@ -29,8 +29,11 @@ reported.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
+import errno
+import fcntl
 import gzip
 import heapq
 import io
@@ -540,8 +543,6 @@ class _Runs:
     def __init__(self, store_path: str) -> None:
         base = Path(store_path) / "tmp"
         base.mkdir(exist_ok=True)
-        for stale in base.glob("import-*"):  # left by an import that was killed
-            shutil.rmtree(stale, ignore_errors=True)
         self.dir = Path(tempfile.mkdtemp(prefix="import-", dir=base))
         self.files: list[Path] = []
         self.values: set[bytes | None] = set()  # the constant value of keys-only runs
@@ -597,6 +598,39 @@ def _spill_slot(store: Store, slot: Any, runs: _Runs, default_value: bytes) -> N
             runs.add(_Chunk([k for k, _ in batch], None if constant else values, default_value))
 
 
+@contextlib.contextmanager
+def _exclusive(store: Store, what: str) -> Iterator[None]:
+    """One import or delta at a time per store: two imports would fill the same inactive slot.
+
+    An advisory lock on ``<store>/import.lock``, released by the kernel when the holder dies
+    (so ``kill -9`` never leaves the store locked).
+    """
+    path = Path(store.path) / "import.lock"
+    try:
+        handle = open(path, "a")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise StoreError(f"cannot lock {path}: {exc.strerror}") from exc
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(
+                f"another import, delta or sync is writing {store.path}; try again when it "
+                "has finished",
+                "store-busy",
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _clean_tmp(store_path: str) -> None:
+    """Remove sort runs left by an import that was killed."""
+    for stale in (Path(store_path) / "tmp").glob("import-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def _existing_attrs(store: Store) -> dict[tuple[str, str], int]:
     env, dbs = store._internal()
     with env.begin() as txn:
@@ -630,6 +664,49 @@ def import_snapshot(
     """Replace the blocklist with the rows of ``path``; see the module docstring."""
     if store.readonly:
         raise StoreError(f"store {store.path} is open read-only", "store-readonly")
+    with _exclusive(store, "import"):
+        _clean_tmp(store.path)
+        try:
+            return _import_locked(
+                store,
+                path,
+                fmt,
+                version=version,
+                source=source,
+                reason=reason,
+                since=since,
+                skip_bad=skip_bad,
+                force=force,
+                progress=progress,
+                chunk_rows=chunk_rows,
+                commit_rows=commit_rows,
+            )
+        except OSError as exc:
+            # Run files and reads outside LMDB: a full disk must read like one, never a trace.
+            if exc.errno == errno.ENOSPC:
+                raise StoreError(
+                    f"importing into {store.path}: no space left on device (for sort runs in "
+                    f"{Path(store.path) / 'tmp'}); the previous blocklist version is intact",
+                    "store-disk-full",
+                ) from exc
+            raise StoreError(f"importing into {store.path}: {exc}") from exc
+
+
+def _import_locked(
+    store: Store,
+    path: str | os.PathLike[str],
+    fmt: str | None,
+    *,
+    version: int | None,
+    source: str | None,
+    reason: str,
+    since: int | None,
+    skip_bad: bool,
+    force: bool,
+    progress: Progress | None,
+    chunk_rows: int,
+    commit_rows: int,
+) -> ImportResult:
     started = time.monotonic()
     env, dbs = store._internal()
     fmt = fmt or detect_format(path)
@@ -698,6 +775,12 @@ def import_snapshot(
                 progress("merge", 0, None, reader.rows)
             rows, value = runs.merged()
             writer.write_stream(rows, value)
+    except BaseException:
+        # Give back the space the half-written slot holds (best effort: on a full disk even
+        # this write may fail; the next import empties the slot anyway).
+        with contextlib.suppress(StoreError):
+            store._write(empty_target, "cleaning up after a failed import into")
+        raise
     finally:
         if runs is not None:
             runs.close()
@@ -796,6 +879,11 @@ def apply_delta(store: Store, delta: dict[str, Any] | str | os.PathLike[str]) ->
     """Apply one delta in one transaction, only on top of the version it names."""
     if not isinstance(delta, dict):
         delta = read_delta(delta)
+    with _exclusive(store, "delta"):
+        return _apply_delta_locked(store, delta)
+
+
+def _apply_delta_locked(store: Store, delta: dict[str, Any]) -> DeltaResult:
     env, dbs = store._internal()
     version, previous = delta["version"], delta["previous"]
     attrs = _Attrs(_existing_attrs(store))
