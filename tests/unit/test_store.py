@@ -408,3 +408,34 @@ def test_value_layout_is_the_documented_struct(tmp_store: Store, store_path: str
             since, attr = struct.unpack("<II", raw)
             pair = txn.get(struct.pack(">I", attr), db=env.open_db(b"attrs", txn=txn))
     assert json.loads(pair) == ["recalled", "police"] and since > 1_700_000_000
+
+
+def test_sales_written_by_another_process_are_seen(tmp_store: Store, store_path: str) -> None:
+    """The lookup skips the units read for keys it does not know; writes from elsewhere
+    (here another process recording a sale and a return) must still be seen at once."""
+    assert tmp_store.lookup(KI).sold is None  # the key set is loaded now, empty
+    writer = "from markd.store import Store\nimport sys\n" + (
+        f"with Store.open({store_path!r}) as s:\n    getattr(s, sys.argv[1])(*sys.argv[2:])\n"
+    )
+    subprocess.run([sys.executable, "-c", writer, "mark_sold", KI, "r-9"], check=True)
+    assert tmp_store.lookup(KI).sold.receipt == "r-9"
+    subprocess.run([sys.executable, "-c", writer, "mark_returned", KI], check=True)
+    assert tmp_store.lookup(KI).sold is None
+    tmp_store.mark_sold(KI, "own")  # our own write updates the set without a re-read
+    assert tmp_store.lookup(KI).sold.receipt == "own"
+
+
+def test_a_sale_and_a_return_elsewhere_between_two_lookups_are_both_seen(
+    tmp_store: Store, store_path: str
+) -> None:
+    tmp_store.mark_sold(OTHER_KI, "r-1")
+    assert tmp_store.lookup(KI).sold is None and tmp_store.lookup(OTHER_KI).sold is not None
+    script = (
+        "from markd.store import Store\n"
+        f"with Store.open({store_path!r}) as s:\n"
+        f"    s.mark_sold({KI!r}, 'r-2')\n"
+        f"    s.mark_returned({OTHER_KI!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)  # same count of units after
+    assert tmp_store.lookup(KI).sold.receipt == "r-2"
+    assert tmp_store.lookup(OTHER_KI).sold is None

@@ -169,6 +169,8 @@ class Store:
         self._seen_txn = -1
         self._gtin_blocks = True
         self._manual_blocks = True
+        self._unit_keys: set[bytes] = set()
+        self._units_gen: bytes | None = b"unread"
         self._units = self._dbs[b"units"]
         self._live: Any = None
         self._info = StoreInfo()
@@ -294,6 +296,12 @@ class Store:
         counts = self._info.counts
         self._gtin_blocks = counts.get("gtin", 1) > 0 or counts.get("series", 1) > 0
         self._manual_blocks = self._info.manual > 0
+        generation = txn.get(b"units_gen", db=meta)
+        if generation != self._units_gen:
+            # Someone else wrote the units (or we never looked): read the key set again.
+            cursor = txn.cursor(db=self._units)
+            self._unit_keys = {bytes(k) for k in cursor.iternext(keys=True, values=False)}
+            self._units_gen = generation
         self._seen_txn = tid
 
     def lookup(
@@ -337,7 +345,9 @@ class Store:
                     raw = txn.get(gtin, db=live)
             if raw is None and self._manual_blocks:
                 raw, kind = self._manual_lookup(txn, key, series)
-            unit = txn.get(key, db=self._units)
+            # Most scanned units were never sold or checked online here: a set of the units
+            # database's keys spares the read (a random one, in a big store) for them.
+            unit = txn.get(key, db=self._units) if key in self._unit_keys else None
             now = time.time() if now is None else now
             blocked = sold = cached = None
             if raw is not None:
@@ -554,7 +564,7 @@ class Store:
     def _update_unit(self, key: bytes, change: Callable[[dict[str, Any]], None], what: str) -> None:
         units = self._dbs[b"units"]
 
-        def write(txn: lmdb.Transaction) -> None:
+        def write(txn: lmdb.Transaction) -> tuple[bytes | None, bytes]:
             raw = txn.get(key, db=units)
             data = json.loads(raw) if raw else {}
             change(data)
@@ -562,8 +572,24 @@ class Store:
                 txn.put(key, json.dumps(data, separators=(",", ":")).encode(), db=units)
             elif raw is not None:
                 txn.delete(key, db=units)
+            return self._bump_units_gen(txn)
 
-        self._write(write, what)
+        before, after = self._write(write, what)
+        # Keep the lookup's key set in step with our own write. If the generation we saw
+        # before was not the one we knew, another process wrote too: re-read at next lookup.
+        if before == self._units_gen:
+            self._unit_keys.add(key)  # a superset is safe: it only costs a read
+            self._units_gen = after
+
+    def _bump_units_gen(self, txn: lmdb.Transaction) -> tuple[bytes | None, bytes]:
+        """Count writes to the units database (``meta["units_gen"]``), so readers know when
+        their copy of its key set is out of date. Returns (before, after)."""
+        meta = self._dbs[b"meta"]
+        before = txn.get(b"units_gen", db=meta)
+        value = struct.unpack(">Q", before)[0] + 1 if before else 1
+        after = struct.pack(">Q", value)
+        txn.put(b"units_gen", after, db=meta)
+        return (bytes(before) if before is not None else None), after
 
     def mark_sold(self, code: MarkingCode | str, receipt: str, at: int | None = None) -> None:
         """Record that the unit was sold here, on ``receipt``."""
@@ -598,6 +624,7 @@ class Store:
         def write(txn: lmdb.Transaction) -> int:
             gone = 0
             cursor = txn.cursor(db=units)
+            self._bump_units_gen(txn)
             for key, raw in list(cursor):
                 data = json.loads(raw)
                 verdict = data.get("verdict")
@@ -610,7 +637,9 @@ class Store:
                         txn.delete(key, db=units)
             return gone
 
-        return self._write(write, "purging the verdict cache")
+        gone = self._write(write, "purging the verdict cache")
+        self._units_gen = b"unread"  # re-read the key set at the next lookup
+        return gone
 
     def touch_sync(
         self, *, source: str | None = None, etag: str | None = None, url: str | None = None
