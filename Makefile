@@ -11,8 +11,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+BENCH_ENTRIES ?= 10000000
+
 bench: $(STAMP)
 	$(PY) tools/bench/parse.py
+	$(PY) tools/bench/store.py --entries $(BENCH_ENTRIES)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check daemon tests tools
