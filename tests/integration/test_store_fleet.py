@@ -179,16 +179,19 @@ def test_an_empty_store_exports_version_0_and_syncs_as_up_to_date(
     assert (index["version"], index["deltas"]) == (0, [])
     result = fleet.sync(kiosk, server.url)
     assert (result.action, result.after_version) == ("up-to-date", 0)
-    assert kiosk.info().synced_at is not None
+    # A master without a list confirms nothing: the kiosk's list is no more current than before.
+    assert kiosk.info().synced_at is None and kiosk.info().checked_at is not None
 
 
 # ---------------------------------------------------------------------------------------------
 # sync
 
 
-def test_sync_into_an_empty_store_then_304_refreshes_synced_at(
+def test_sync_into_an_empty_store_then_304_and_freshness_follows_the_master(
     master: Store, kiosk: Store, www: Path, server: StaticHTTPServer
 ) -> None:
+    an_hour_ago = int(time.time()) - 3600
+    master._write(lambda txn: master._update_info(txn, synced_at=an_hour_ago), "ageing")
     fleet.export(master, www)
     progress: list[tuple[str, int, int | None, int]] = []
     result = fleet.sync(kiosk, server.url, progress=lambda *a: progress.append(a))
@@ -204,12 +207,23 @@ def test_sync_into_an_empty_store_then_304_refreshes_synced_at(
     }
     assert not [p for p in Path(kiosk.path, "downloads").iterdir() if p.name != ".lock"]
 
+    # The kiosk's list is exactly as current as the master's was when it exported.
+    assert info.synced_at == an_hour_ago
+
     kiosk._write(lambda txn: kiosk._update_info(txn, synced_at=1), "ageing the list")
     assert kiosk.lookup(KIS[5]).stale
     again = fleet.sync(kiosk, server.url)
-    assert again.action == "unchanged" and "confirmed current" in again.summary()
+    assert again.action == "unchanged" and "index unchanged" in again.summary()
     last = server.requests_for("index.json")[-1]
     assert last.status == 304 and last.if_none_match == info.sync_etag
+    # Nothing new on the server says nothing new about the list: still stale, checked now.
+    assert kiosk.lookup(KIS[5]).stale
+    assert kiosk.info().checked_at >= time.time() - 60
+
+    master.touch_sync()  # the master confirms its list (its own sync) and exports again
+    fleet.export(master, www)
+    third = fleet.sync(kiosk, server.url)
+    assert third.action == "up-to-date"
     assert kiosk.info().synced_at >= time.time() - 60
     assert not kiosk.lookup(KIS[5]).stale
     assert server.count("snapshot-1.csv.gz") == 1
@@ -537,3 +551,29 @@ def test_emulator_speaks_etags_ranges_and_404(www: Path, server: StaticHTTPServe
     assert get("/f.bin", Range="bytes=x-y")[0] == 416
     assert get("/../www/f.bin")[0] == 404 and get("/missing")[0] == 404 and get("/")[0] == 404
     assert server.count("f.bin") == 8
+
+
+def test_a_list_from_elsewhere_is_replaced_by_the_snapshot_whatever_its_version(
+    master: Store, kiosk: Store, www: Path, server: StaticHTTPServer, tmp_path: Path
+) -> None:
+    """Versions only compare within one origin: a kiosk at version 5 from a local file must
+    not take the master's deltas 2…3 on top of a list they were never made for."""
+    local = tmp_path / "local.txt"
+    local.write_text(KIS[0] + "\n")
+    for version in range(1, 6):
+        import_snapshot(kiosk, local, version=version)
+    two_deltas(master, tmp_path)  # master at version 3
+    fleet.export(master, www)
+    result = fleet.sync(kiosk, server.url)
+    assert result.action == "snapshot"
+    assert content(kiosk) == content(master)
+    assert kiosk.info().version == 3 and kiosk.info().source == server.url
+
+
+def test_markctl_sync_refuses_a_silly_timeout(kiosk: Store, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        markctl.main(
+            ["store", "sync", "http://127.0.0.1:9/x", "--store", kiosk.path, "--timeout", "nan"]
+        )
+    assert exit_info.value.code == 2
+    assert "outside" in capsys.readouterr().err

@@ -439,3 +439,70 @@ def test_a_sale_and_a_return_elsewhere_between_two_lookups_are_both_seen(
     subprocess.run([sys.executable, "-c", script], check=True)  # same count of units after
     assert tmp_store.lookup(KI).sold.receipt == "r-2"
     assert tmp_store.lookup(OTHER_KI).sold is None
+
+
+def test_lookup_by_gtin_text_and_by_full_code_text_with_a_batch(tmp_store: Store, tmp_path) -> None:
+    path = tmp_path / "l.csv"
+    path.write_text("gtin,series\n04670540176099,LOT1\n04680029460908,\n")
+    import_snapshot(tmp_store, path)
+    assert tmp_store.lookup("4680029460908").blocked.kind == "gtin"
+    assert tmp_store.lookup("04670540176099").blocked is None  # only a series of it is blocked
+    found = tmp_store.lookup(f"{KI}<GS>10LOT1<GS>93dGVz").blocked
+    assert (found.kind, found.key) == ("series", "04670540176099 LOT1")
+
+
+def test_empty_snapshot_is_refused_unless_allowed(tmp_store: Store, tmp_path: Path) -> None:
+    import_snapshot(tmp_store, write_lines(tmp_path / "l.txt", [KI]))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing today\n")
+    with pytest.raises(StoreError) as err:
+        import_snapshot(tmp_store, empty)
+    assert err.value.reason == "empty-snapshot"
+    assert tmp_store.lookup(KI).blocked is not None and tmp_store.info().version == 1
+    assert import_snapshot(tmp_store, empty, allow_empty=True).stored["ki"] == 0
+    assert tmp_store.lookup(KI).blocked is None
+
+
+def test_gs_tokens_never_make_a_key_and_errors_never_quote_a_tail(
+    tmp_store: Store, tmp_path: Path
+) -> None:
+    # A full code written with <GS>: its КИ is stored, never the text with the crypto tail.
+    path = write_lines(tmp_path / "l.txt", [f"{KI}<GS>93dGVz", OTHER_KI])
+    import_snapshot(tmp_store, path)
+    assert tmp_store.lookup(KI).blocked is not None
+    assert all(b"dGVz" not in k for k, *_ in tmp_store.iter_blocked())
+    bad = write_lines(tmp_path / "bad.txt", ["0104670540176099215LpGKy\x1d91EE06\x1d92SECRET"])
+    bad.write_text(bad.read_text().replace("0104670540176099", "0104670540176098"))
+    with pytest.raises(StoreError) as err:
+        import_snapshot(tmp_store, bad)
+    assert "SECRET" not in err.value.message and "EE06" not in err.value.message
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\x1f\x8b\x08\x00garbage", gzip.compress(f"{KI}\n".encode() * 1000)[:-30]],
+)
+def test_damaged_gzip_is_a_bad_file_naming_it(tmp_store: Store, tmp_path: Path, content) -> None:
+    path = tmp_path / "l.txt.gz"
+    path.write_bytes(content)
+    with pytest.raises(StoreError) as err:
+        import_snapshot(tmp_store, path)
+    assert err.value.reason == "bad-file" and str(path) in err.value.message
+
+
+@pytest.mark.parametrize("since", ["Infinity", "1e400", '"9' + "9" * 5000 + '"', "-5"])
+def test_impossible_times_are_bad_rows(tmp_store: Store, tmp_path: Path, since: str) -> None:
+    path = tmp_path / "l.jsonl"
+    path.write_text(f'{{"ki": "{KI}", "since": {since}}}\n')
+    with pytest.raises(StoreError) as err:
+        import_snapshot(tmp_store, path)
+    assert err.value.reason == "bad-rows" and f"{path}:1: since" in err.value.message
+
+
+def test_versions_outside_64_bits_are_refused(tmp_store: Store, tmp_path: Path) -> None:
+    with pytest.raises(StoreError) as err:
+        import_snapshot(tmp_store, write_lines(tmp_path / "l.txt", [KI]), version=1 << 64)
+    assert err.value.reason == "bad-version"
+    with pytest.raises(StoreError) as err:
+        apply_delta(tmp_store, delta_file(tmp_path / "d", 1 << 64, [("add", KI)]))
+    assert err.value.reason == "bad-file"

@@ -33,6 +33,8 @@ INPUT_REASONS = frozenset(
         "stale-snapshot",
         "bad-index",
         "bad-url",
+        "bad-version",
+        "empty-snapshot",
     }
 )
 
@@ -59,6 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="skip bad rows (counted) instead of refusing the whole file",
     )
     p.add_argument("--force", action="store_true", help="accept a version not newer than now")
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="accept a file with no row (empties the blocklist); refused by default",
+    )
     p.add_argument(
         "--progress",
         choices=("auto", "bar", "json", "none"),
@@ -103,7 +110,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "which keeps credentials in the URL off the command line",
     )
     p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request")
+    p.add_argument(
+        "--timeout", type=_seconds, default=30.0, help="seconds per HTTP request (0.1 to 3600)"
+    )
     p.add_argument(
         "--allow-rollback",
         action="store_true",
@@ -114,6 +123,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # plumbing
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.1 <= value <= 3600:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text} is outside 0.1 … 3600 seconds")
+    return value
 
 
 def _open(args: argparse.Namespace, *, readonly: bool) -> Store:
@@ -222,6 +241,7 @@ def _import(args: argparse.Namespace) -> int:
                     reason=args.reason,
                     skip_bad=args.skip_bad,
                     force=args.force,
+                    allow_empty=args.allow_empty,
                     progress=progress,
                 )
             finally:

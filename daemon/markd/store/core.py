@@ -118,6 +118,7 @@ class StoreInfo:
     imported_at: int | None = None  # last snapshot import
     counts: dict[str, int] = field(default_factory=lambda: {"ki": 0, "gtin": 0, "series": 0})
     manual: int = 0  # entries in the manual database
+    checked_at: int | None = None  # last time a sync reached its server
     sync_etag: str = ""
     sync_url: str = ""
     format_version: int = FORMAT_VERSION
@@ -313,7 +314,20 @@ class Store:
         ``code`` is a parsed code or any text ``parse`` accepts (a КИ alone too). ``series``
         defaults to the code's batch (AI 10) when it carries one.
         """
-        if isinstance(code, str):
+        if isinstance(code, str) and mentions_gs(code):
+            # A full code in text: parse it, so its batch (AI 10) is checked as a series too.
+            try:
+                code = parse(code)
+            except CodeError as exc:
+                raise StoreError(f"cannot look up: {exc.message}", "bad-key") from exc
+        if isinstance(code, str) and code.isascii() and code.isdigit() and len(code) <= 14:
+            # A GTIN alone: only GTIN (and series) blocks can match. "01<GTIN>21" with no
+            # serial is a КИ key no entry has, so the КИ probe misses and the rest runs as usual.
+            try:
+                key = b"01" + keys.gtin_key(code) + b"21"
+            except BadKey as exc:
+                raise StoreError(str(exc), "bad-key") from exc
+        elif isinstance(code, str):
             key = _unit_key(code)
         else:
             key = f"01{code.gtin}21{code.serial}".encode()  # keys.code_key, inlined: hot path
@@ -339,7 +353,8 @@ class Store:
                 gtin = key[2:16]
                 if series and self._gtin_blocks:
                     kind = "series"
-                    raw = txn.get(gtin + keys.SERIES_SEPARATOR + series.encode(), db=live)
+                    series_key = gtin + keys.SERIES_SEPARATOR + series.encode()
+                    raw = txn.get(series_key, db=live)
                 if raw is None and self._gtin_blocks:
                     kind = "gtin"
                     raw = txn.get(gtin, db=live)
@@ -351,7 +366,10 @@ class Store:
             now = time.time() if now is None else now
             blocked = sold = cached = None
             if raw is not None:
-                blocked = self._block_entry(txn, kind, key if kind == "ki" else key[2:16], raw)
+                shown = key if kind == "ki" else key[2:16]
+                if kind == "series":
+                    shown = key[2:16] + keys.SERIES_SEPARATOR + series.encode()
+                blocked = self._block_entry(txn, kind, shown, raw)
             if unit is not None:
                 sold, cached = self._unit_facts(unit, now)
         except lmdb.Error as exc:
@@ -438,6 +456,7 @@ class Store:
             "source": info.source,
             "synced_at": info.synced_at,
             "imported_at": info.imported_at,
+            "checked_at": info.checked_at,
             "age_s": age,
             "max_age_s": self.max_age_s,
             "stale": age is None or age > self.max_age_s,
@@ -642,10 +661,25 @@ class Store:
         return gone
 
     def touch_sync(
-        self, *, source: str | None = None, etag: str | None = None, url: str | None = None
+        self,
+        *,
+        source: str | None = None,
+        etag: str | None = None,
+        url: str | None = None,
+        synced_at: int | None = None,
+        confirm: bool = True,
     ) -> None:
-        """Record a successful sync check (the list is confirmed current now)."""
-        changes: dict[str, Any] = {"synced_at": _now()}
+        """Record a successful sync check.
+
+        ``confirm``: the list is confirmed current as of ``synced_at`` (default now; a fleet
+        sync passes the master's own time, so staleness travels through the fleet). Without
+        ``confirm`` only ``checked_at`` moves (the server said nothing changed, which says
+        nothing new about how current the master's list is).
+        """
+        now = _now()
+        changes: dict[str, Any] = {"checked_at": now}
+        if confirm:
+            changes["synced_at"] = now if synced_at is None else min(synced_at, now)
         if source is not None:
             changes["source"] = source
         if etag is not None:

@@ -246,7 +246,8 @@ def export(store: Store, to_dir: str | os.PathLike[str]) -> dict[str, Any]:
     pending: list[_Written] = []
     try:
         for _ in range(_EXPORT_ATTEMPTS):
-            version = store.info().version
+            info = store.info()
+            version = info.version
             records = store.deltas()
             snapshot = _write_snapshot(store, directory, version)
             pending.append(snapshot)
@@ -266,8 +267,12 @@ def export(store: Store, to_dir: str | os.PathLike[str]) -> dict[str, Any]:
             "format": INDEX_FORMAT,
             "version": version,
             "generated_at": int(time.time()),
+            # How current the master's list is: kiosks inherit it, so a stale master shows as
+            # stale everywhere instead of looking fresh after every sync.
+            "list_synced_at": info.synced_at,
             "snapshot": {
                 "version": version,
+                "rows": sum(info.counts.values()),
                 "file": snapshot.name,
                 "size": snapshot.size,
                 "sha256": snapshot.sha256,
@@ -485,7 +490,19 @@ def parse_index(raw: bytes, safe_url: str = "") -> dict[str, Any]:
         raise _bad_index(safe_url, f'not a markd index (expected "format": "{INDEX_FORMAT}")')
     errors: list[str] = []
     version = _int_field(data, "version", "", errors)
-    _int_field(data, "generated_at", "", errors)
+    generated_at = _int_field(data, "generated_at", "", errors)
+    list_synced_at = data.get("list_synced_at", generated_at)
+    if list_synced_at is not None and (
+        not isinstance(list_synced_at, int)
+        or isinstance(list_synced_at, bool)
+        or list_synced_at < 0
+    ):
+        errors.append("list_synced_at must be Unix seconds or null")
+    rows = (
+        (data.get("snapshot") or {}).get("rows") if isinstance(data.get("snapshot"), dict) else None
+    )
+    if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 0):
+        errors.append("snapshot.rows must be a count")
     snapshot = _file_entry(data.get("snapshot"), "snapshot.", errors, delta=False)
     raw_deltas = data.get("deltas", [])
     deltas: list[dict[str, Any]] = []
@@ -516,7 +533,12 @@ def parse_index(raw: bytes, safe_url: str = "") -> dict[str, Any]:
             )
     if errors:
         raise _bad_index(safe_url, "; ".join(errors[:5]))
-    return {"version": version, "snapshot": snapshot, "deltas": deltas}
+    return {
+        "version": version,
+        "snapshot": {**snapshot, "rows": rows},
+        "deltas": deltas,
+        "list_synced_at": list_synced_at,
+    }
 
 
 def _chain(deltas: list[dict[str, Any]], start: int, end: int) -> list[dict[str, Any]] | None:
@@ -552,7 +574,7 @@ class SyncResult:
     def summary(self) -> str:
         """One line for a technician."""
         if self.action == "unchanged":
-            what = f"index unchanged; version {self.after_version} confirmed current"
+            what = f"index unchanged, still version {self.after_version}"
         elif self.action == "up-to-date":
             what = f"already at version {self.after_version}"
         else:
@@ -777,7 +799,8 @@ def sync(
         response = remote.get(INDEX_NAME, headers, accept=(304,))
         with response:
             if response.status == 304:
-                store.touch_sync(url=safe)
+                # Nothing new on the server: the list is as current as it was, no more.
+                store.touch_sync(url=safe, confirm=False)
                 return result("unchanged")
             etag = response.headers.get("ETag", "")
             with remote.failures(INDEX_NAME):
@@ -786,18 +809,26 @@ def sync(
             raise _bad_index(safe, f"larger than {MAX_INDEX_BYTES >> 20} MiB")
         index = parse_index(raw, safe)
         target = index["version"]
+        as_of = index["list_synced_at"]
+        # Versions only compare between lists of one origin: a list imported by hand or synced
+        # from another URL is replaced by this server's snapshot, whatever its number.
+        foreign = info.source != safe
 
-        if target == before:
-            _clean_downloads(downloads, set())
-            store.touch_sync(etag=etag, url=safe, source=safe)
+        if target == 0:
+            # The master has never loaded a list: nothing to take, nothing confirmed.
+            store.touch_sync(url=safe, confirm=False)
             return result("up-to-date")
-        if target < before and not allow_rollback:
+        if target == before and not foreign:
+            _clean_downloads(downloads, set())
+            store.touch_sync(etag=etag, url=safe, source=safe, synced_at=as_of)
+            return result("up-to-date")
+        if target < before and not allow_rollback and not foreign:
             raise StoreError(
                 f"{safe} offers version {target}, but {store.path} is at version {before}: "
                 "refusing to go back (a rollback on the master?); nothing changed",
                 "stale-snapshot",
             )
-        chain = _chain(index["deltas"], before, target) if target > before else None
+        chain = _chain(index["deltas"], before, target) if target > before and not foreign else None
         snapshot = None
         if chain is None:  # too far behind (or a rollback): the snapshot, then its deltas
             snapshot = index["snapshot"]
@@ -817,7 +848,10 @@ def sync(
                 source=safe,
                 # Not newer than ours only when the deltas after it bring the store past its
                 # version, or when a rollback was explicitly allowed.
-                force=snapshot["version"] <= before,
+                force=foreign or snapshot["version"] <= before,
+                # An empty list is taken only when the master says it exported one.
+                allow_empty=snapshot["rows"] == 0,
+                synced_at=as_of,
                 progress=progress,
             )
             fetcher.discard(snapshot["file"])
@@ -831,9 +865,9 @@ def sync(
                     f"{delta['version']}, the index says {entry['previous']}→{entry['version']}",
                     "bad-download",
                 )
-            apply_delta(store, delta)
+            apply_delta(store, delta, synced_at=as_of)
             fetcher.discard(entry["file"])
-        store.touch_sync(etag=etag, url=safe, source=safe)
+        store.touch_sync(etag=etag, url=safe, source=safe, synced_at=as_of)
         return result(
             "deltas" if snapshot is None else "snapshot",
             deltas_applied=len(chain),

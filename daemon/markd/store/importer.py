@@ -39,6 +39,7 @@ import heapq
 import io
 import itertools
 import json
+import math
 import operator
 import os
 import pickle
@@ -47,6 +48,7 @@ import shutil
 import struct
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +63,7 @@ from markd.store.core import _SLOTS, Store, StoreInfo, _store_error
 from markd.store.keys import BLOCK_VALUE, BadKey
 
 FORMATS = ("text", "csv", "jsonl")
+MAX_VERSION = 1 << 63
 CSV_COLUMNS = ("ki", "gtin", "series", "reason", "source", "since")
 DEFAULT_REASON = "blocklist"
 MAX_PROBLEMS = 20  # listed in an error; the count covers all of them
@@ -69,6 +72,8 @@ MAX_PROBLEMS = 20  # listed in an error; the count covers all of them
 Progress = Callable[[str, int, int | None, int], None]
 
 _SERIAL_B = b"[" + re.escape(GS1_CHARSET_82.encode()) + b"]"
+_GS_MARKER = re.compile(rb"(?i)<gs>|\[gs\]|\{gs\}|<fnc1>|\\u001d|\\x1d")
+
 #: A block of lines that are each a GS1 КИ or a GTIN-14: exactly the stored key form.
 _TEXT_BLOCK = re.compile(rb"(?:(?:01\d{14}21" + _SERIAL_B + rb"{1,20}|\d{14})\n)*")
 
@@ -144,13 +149,41 @@ class _Attrs:
         self.new: dict[tuple[str, str], int] = {}
         self.next = max(existing.values(), default=0) + 1
 
+    LIMIT = 65_536  # reasons and sources are categories, not per-row text
+
     def id(self, reason: str, source: str) -> int:
         pair = (reason, source)
         found = self.ids.get(pair)
         if found is None:
+            if len(self.new) >= self.LIMIT:
+                raise StoreError(
+                    f"more than {self.LIMIT:,} distinct (reason, source) pairs in one file: "
+                    "reason and source name categories (a ban, a recall, an authority), not "
+                    "one text per row",
+                    "bad-file",
+                )
             found = self.ids[pair] = self.new[pair] = self.next
             self.next += 1
         return found
+
+
+#: What a damaged gzip stream raises while it is read.
+_STREAM_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+
+
+@contextlib.contextmanager
+def _reading(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a damaged or unreadable input file into a clear bad-file error naming it."""
+    try:
+        yield
+    except _STREAM_ERRORS as exc:
+        raise StoreError(f"{path}: damaged gzip data ({exc}); nothing changed", "bad-file") from exc
+    except OSError as exc:
+        if exc.errno in (None, 0) or "CRC" in str(exc) or "gzip" in str(exc).lower():
+            raise StoreError(
+                f"{path}: damaged gzip data ({exc}); nothing changed", "bad-file"
+            ) from exc
+        raise
 
 
 def _open_binary(path: str | os.PathLike[str]) -> tuple[IO[bytes], int | None]:
@@ -174,22 +207,36 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 
 
 def _since_of(value: Any, default: int) -> int:
+    """Unix seconds from an int, a digit string or an ISO-8601 time; 0 … 2**32-1."""
     if value in (None, ""):
         return default
     if isinstance(value, bool):
         raise BadKey(f"since {value!r} is not a time")
-    if isinstance(value, int | float):
-        return int(value)
-    text = str(value).strip()
-    if text.isdigit():
-        return int(text)
-    try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadKey(f"since {text[:40]!r} is neither Unix seconds nor an ISO-8601 time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp())
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise BadKey("since must be a finite number of seconds")
+        value = int(value)
+    if isinstance(value, int):
+        seconds = value
+    else:
+        text = str(value).strip()
+        if text.isascii() and text.isdigit():
+            if len(text) > 12:
+                raise BadKey(f"since has {len(text)} digits; not a time")
+            seconds = int(text)
+        else:
+            try:
+                when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                raise BadKey(
+                    f"since {text[:32]!r} is neither Unix seconds nor an ISO-8601 time"
+                ) from None
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.UTC)
+            seconds = int(when.timestamp())
+    if not 0 <= seconds < 1 << 32:
+        raise BadKey(f"since {seconds} is out of range")
+    return seconds
 
 
 def row_key(row: dict[str, Any]) -> bytes:
@@ -210,7 +257,7 @@ def row_key(row: dict[str, Any]) -> bytes:
             try:  # a full code with its crypto tail is fine too: keep only its КИ
                 code = parse(ki)
             except CodeError as exc:
-                raise BadKey(f"ki {ki[:40]!r}: {exc.reason}") from None
+                raise BadKey(f"ki {keys.excerpt(ki)}: {exc.reason}") from None
             return keys.code_key(code)
     if gtin:
         return keys.series_key(gtin, series) if series else keys.gtin_key(gtin)
@@ -229,7 +276,7 @@ def _text_key(line: bytes) -> bytes:
         try:
             return keys.code_key(parse(text))
         except CodeError as exc:
-            raise BadKey(f"{text[:40]!r} is not a КИ or GTIN ({exc.reason})") from None
+            raise BadKey(f"{keys.excerpt(text)} is not a КИ or GTIN ({exc.reason})") from None
 
 
 class _Reader:
@@ -260,7 +307,7 @@ class _Reader:
     def chunks(self) -> Iterator[_Chunk]:
         """The file as chunks of about ``chunk_rows`` rows (memory stays bounded)."""
         stream, size = _open_binary(self.path)
-        with stream:
+        with stream, _reading(self.path):
             if self.fmt == "text":
                 keys_so_far: list[bytes] = []
                 for block_keys in self._text_keys(stream, size):
@@ -298,8 +345,12 @@ class _Reader:
         valid: dict[bytes, bool] = {}
         line_no = 0
         carry = b""
+        first = True
         while True:
             data = stream.read(_BLOCK_BYTES)
+            if first:
+                first = False
+                data = data.removeprefix(b"\xef\xbb\xbf")  # a BOM left by a Windows editor
             block = carry + data
             if not data:
                 carry = b""
@@ -320,7 +371,9 @@ class _Reader:
             lines = block.count(b"\n")
             if b"\r" in block:
                 block = block.replace(b"\r", b"")
-            fast = _TEXT_BLOCK.fullmatch(block) is not None
+            # Text stand-ins for GS ("<GS>", "\\u001d") are made of serial characters: a line
+            # holding one is a full code, and only the parser may read it.
+            fast = _TEXT_BLOCK.fullmatch(block) is not None and not _GS_MARKER.search(block)
             if fast:
                 block_keys = block.split(b"\n")
                 block_keys.pop()  # after the last newline
@@ -372,6 +425,8 @@ class _Reader:
         except (UnicodeDecodeError, csv.Error) as exc:
             raise StoreError(f"{self.path}:1: unreadable CSV header: {exc}", "bad-file") from exc
         unknown = [h for h in header if h not in CSV_COLUMNS]
+        if len(set(header)) != len(header):
+            raise StoreError(f"{self.path}:1: CSV header names a column twice", "bad-file")
         if unknown or not ({"ki", "gtin"} & set(header)):
             raise StoreError(
                 f"{self.path}:1: CSV header must name ki or gtin and only columns among "
@@ -395,7 +450,7 @@ class _Reader:
                     reader.line_num, f"{len(values)} columns, header has {len(header)}"
                 )
                 continue
-            row = dict(zip(header, values, strict=True))
+            row = dict(zip(header, (v.strip() for v in values), strict=True))
             try:
                 pair = (row_key(row), self._row_value(row))
             except BadKey as exc:
@@ -657,13 +712,22 @@ def import_snapshot(
     since: int | None = None,
     skip_bad: bool = False,
     force: bool = False,
+    allow_empty: bool = False,
+    synced_at: int | None = None,
     progress: Progress | None = None,
     chunk_rows: int = 500_000,
     commit_rows: int = 250_000,
 ) -> ImportResult:
-    """Replace the blocklist with the rows of ``path``; see the module docstring."""
+    """Replace the blocklist with the rows of ``path``; see the module docstring.
+
+    A file that yields no row at all is refused unless ``allow_empty`` (an empty or truncated
+    download must not wipe the list). ``synced_at`` is when the list was known current (the
+    master's time for a fleet sync); default now.
+    """
     if store.readonly:
         raise StoreError(f"store {store.path} is open read-only", "store-readonly")
+    if version is not None and not 1 <= version < MAX_VERSION:
+        raise StoreError(f"version {version} must be from 1 to {MAX_VERSION - 1}", "bad-version")
     with _exclusive(store, "import"):
         _clean_tmp(store.path)
         try:
@@ -677,6 +741,8 @@ def import_snapshot(
                 since=since,
                 skip_bad=skip_bad,
                 force=force,
+                allow_empty=allow_empty,
+                synced_at=synced_at,
                 progress=progress,
                 chunk_rows=chunk_rows,
                 commit_rows=commit_rows,
@@ -703,6 +769,8 @@ def _import_locked(
     since: int | None,
     skip_bad: bool,
     force: bool,
+    allow_empty: bool,
+    synced_at: int | None,
     progress: Progress | None,
     chunk_rows: int,
     commit_rows: int,
@@ -785,6 +853,15 @@ def _import_locked(
         if runs is not None:
             runs.close()
 
+    if not any(writer.counts.values()) and not allow_empty:
+        with contextlib.suppress(StoreError):
+            store._write(empty_target, "cleaning up after a refused import into")
+        raise StoreError(
+            f"{path} holds no blocklist row ({reader.rows} read, {problems.count} bad); "
+            "refusing to empty the blocklist (allow it explicitly if that is meant)",
+            "empty-snapshot",
+        )
+
     def flip(txn: lmdb.Transaction) -> StoreInfo:
         _write_attrs(txn, dbs, attrs)
         txn.put(b"current", b"1" if target_index == 1 else b"0", db=dbs[b"meta"])
@@ -794,7 +871,7 @@ def _import_locked(
             txn,
             version=version,
             source=source,
-            synced_at=now,
+            synced_at=now if synced_at is None else min(synced_at, now),
             imported_at=now,
             counts=dict(writer.counts),
         )
@@ -841,9 +918,10 @@ def read_delta(path: str | os.PathLike[str]) -> dict[str, Any]:
                     )
                 ver = item.get("version")
                 prev = item.get("previous", ver - 1 if isinstance(ver, int) else None)
-                if not isinstance(ver, int) or isinstance(ver, bool) or ver < 1:
+                if not isinstance(ver, int) or isinstance(ver, bool) or not 1 <= ver < MAX_VERSION:
                     raise StoreError(
-                        f"{path}:{line_no}: version must be a positive integer", "bad-file"
+                        f"{path}:{line_no}: version must be an integer from 1 to {MAX_VERSION - 1}",
+                        "bad-file",
                     )
                 if not isinstance(prev, int) or isinstance(prev, bool) or prev >= ver:
                     raise StoreError(
@@ -875,15 +953,23 @@ def read_delta(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {**header, "changes": changes}
 
 
-def apply_delta(store: Store, delta: dict[str, Any] | str | os.PathLike[str]) -> DeltaResult:
-    """Apply one delta in one transaction, only on top of the version it names."""
+def apply_delta(
+    store: Store,
+    delta: dict[str, Any] | str | os.PathLike[str],
+    *,
+    synced_at: int | None = None,
+) -> DeltaResult:
+    """Apply one delta in one transaction, only on top of the version it names.
+
+    ``synced_at``: when the list was known current (the master's time for a fleet sync).
+    """
     if not isinstance(delta, dict):
         delta = read_delta(delta)
     with _exclusive(store, "delta"):
-        return _apply_delta_locked(store, delta)
+        return _apply_delta_locked(store, delta, synced_at)
 
 
-def _apply_delta_locked(store: Store, delta: dict[str, Any]) -> DeltaResult:
+def _apply_delta_locked(store: Store, delta: dict[str, Any], synced_at: int | None) -> DeltaResult:
     env, dbs = store._internal()
     version, previous = delta["version"], delta["previous"]
     attrs = _Attrs(_existing_attrs(store))
@@ -943,7 +1029,7 @@ def _apply_delta_locked(store: Store, delta: dict[str, Any]) -> DeltaResult:
             for _ in range(excess):
                 cursor.delete()
         info.version = version
-        info.synced_at = now
+        info.synced_at = now if synced_at is None else min(synced_at, now)
         info.source = source
         txn.put(b"info", info.encode(), db=dbs[b"meta"])
         return DeltaResult(version, added, removed, unchanged)

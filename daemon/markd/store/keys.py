@@ -12,7 +12,7 @@ Keys (bytes, ASCII):
 
 Blocklist values are 8 bytes, ``struct`` ``<II``: the since-time (Unix seconds) and the id of
 the (reason, source) pair, interned in the ``attrs`` database. A 10-million-entry blocklist
-thus costs about 45 bytes per entry on disk.
+thus costs about 51 bytes per entry on disk (measured: 487 MiB for 10 million).
 """
 
 from __future__ import annotations
@@ -36,6 +36,17 @@ class BadKey(ValueError):
     """A row value that is not a КИ, GTIN or series; the message says which and why."""
 
 
+_CUT_AT_GS = re.compile(r"(?i)\x1d|<gs>|\[gs\]|\{gs\}|<fnc1>|\\u001d|\\x1d|\u241d")
+
+
+def excerpt(text: str) -> str:
+    """A piece of a row that is safe to show: at most its КИ part, never a crypto tail (what
+    follows the first GS, in any of its written forms) and never more than 38 characters."""
+    head = _CUT_AT_GS.split(text, maxsplit=1)[0]
+    shown = repr(head[:38])
+    return shown + ("…" if len(head) < len(text) or len(head) > 38 else "")
+
+
 def gtin14(text: str) -> str:
     """A GTIN of 8, 12, 13 or 14 digits, zero-padded to 14, check digit verified."""
     if not GTIN_TEXT.fullmatch(text):
@@ -50,7 +61,7 @@ def ki_key(text: str) -> bytes:
     m = KI_TEXT.fullmatch(text)
     if m is None:
         raise BadKey(
-            f"{text[:40]!r} is not a КИ (01 + GTIN14 + 21 + serial, or the 21-character "
+            f"{excerpt(text)} is not a КИ (01 + GTIN14 + 21 + serial, or the 21-character "
             "tobacco form)"
         )
     gtin, serial = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
