@@ -48,6 +48,7 @@ import os
 import re
 import stat
 import tomllib
+import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -209,17 +210,148 @@ class CodesConfig:
     )
 
 
+def _url_problem(value: str) -> str | None:
+    if not value.startswith(("http://", "https://")) or len(value) < 10:
+        return f"expected an http:// or https:// URL, got {value!r}"
+    return None
+
+
+def _timezone_problem(value: str) -> str | None:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return f"unknown time zone {value!r} (an IANA name such as Europe/Moscow)"
+    return None
+
+
+def _fn_serial_problem(value: str) -> str | None:
+    if value and not (len(value) == 16 and value.isascii() and value.isdigit()):
+        return f"a ФН serial is 16 digits, got {value!r}"
+    return None
+
+
 @dataclass(frozen=True)
-class ChecksConfig:
-    """``[checks]``: how a code is checked before sale."""
+class TerminalConfig:
+    """``[terminal]``: this till."""
+
+    fn_serial: str = field(
+        default="",
+        metadata={
+            "doc": "Serial of the fiscal drive (ФН), 16 digits: sent as `fiscalDriveNumber` and "
+            "`X-ClientId`. Empty: taken from the ККТ once the fiscal side exists.",
+            "check": lambda value: _fn_serial_problem(value),
+        },
+    )
+    timezone: str = field(
+        default="Europe/Moscow",
+        metadata={
+            "doc": "The shop's time zone (IANA name); expiry dates are judged in it.",
+            "check": lambda value: _timezone_problem(value),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class OnlineCheckConfig:
+    """``[check.online]``: the True API CDN (absent: not used)."""
+
+    url: str = field(
+        default="https://cdn.crpt.ru",
+        metadata={
+            "doc": "Base URL the CDN host list is fetched from.",
+            "check": lambda value: _url_problem(value),
+        },
+    )
+    token_file: str = field(
+        default="",
+        metadata={
+            "doc": "File holding the X-API-KEY; empty: the systemd credential `crpt-token`.",
+        },
+    )
+
+
+@dataclass(frozen=True)
+class LocalModuleConfig:
+    """``[check.local_module]``: the Local Module ЛМ ЧЗ (absent: not used)."""
+
+    url: str = field(
+        default="http://127.0.0.1:5995",
+        metadata={"doc": "Base URL of the Local Module.", "check": lambda v: _url_problem(v)},
+    )
+    api: int = field(
+        default=2,
+        metadata={"doc": "API version: 1, 2, or 0 to detect it.", "min": 0, "max": 2},
+    )
+    user: str = field(default="admin", metadata={"doc": "Basic-auth user."})
+    password_file: str = field(
+        default="",
+        metadata={
+            "doc": "File holding the password; empty: the systemd credential `lm-password`.",
+        },
+    )
+
+
+@dataclass(frozen=True)
+class TspiotConfig:
+    """``[check.tspiot]``: the ТС ПИоТ service (absent: not used)."""
+
+    url: str = field(
+        default="https://localhost:51401",
+        metadata={"doc": "Base URL of the ТС ПИоТ.", "check": lambda v: _url_problem(v)},
+    )
+    allow_self_signed: bool = field(
+        default=False,
+        metadata={
+            "doc": "Accept the service's self-signed certificate (only for a loopback address).",
+        },
+    )
+    token_file: str = field(
+        default="",
+        metadata={
+            "doc": "File holding the `client_info` token; empty: the credential "
+            "`tspiot-token`, or none.",
+        },
+    )
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """``[check]``: how a code is checked before sale."""
 
     mode: str = field(
         default="store-only",
         metadata={
-            "doc": "Check method: `store-only` answers from the local store alone.",
-            "choices": ("store-only",),
+            "doc": "`direct` (online CDN, then the Local Module), `tspiot` (the ТС ПИоТ "
+            "decides), or `store-only` (development: the local store alone).",
+            "choices": ("store-only", "direct", "tspiot"),
         },
     )
+    online_timeout_ms: int = field(
+        default=1500,
+        metadata={"doc": "Budget of the online check.", "min": 50, "max": 30_000},
+    )
+    local_module_timeout_ms: int = field(
+        default=500,
+        metadata={"doc": "Budget of the Local Module check.", "min": 50, "max": 30_000},
+    )
+    tspiot_timeout_ms: int = field(
+        default=2000,
+        metadata={"doc": "Budget of the ТС ПИоТ check.", "min": 50, "max": 60_000},
+    )
+    unanswered: str = field(
+        default="allow",
+        metadata={
+            "doc": "Mode `direct` when no source answers: `allow` (unchecked, logged) or `deny`.",
+            "choices": ("allow", "deny"),
+        },
+    )
+    online: OnlineCheckConfig | None = field(default=None, metadata={"doc": "The CDN."})
+    local_module: LocalModuleConfig | None = field(
+        default=None, metadata={"doc": "The Local Module."}
+    )
+    tspiot: TspiotConfig | None = field(default=None, metadata={"doc": "The ТС ПИоТ."})
 
 
 @dataclass(frozen=True)
@@ -246,7 +378,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig, metadata={"doc": "Logging."})
     store: StoreConfig = field(default_factory=StoreConfig, metadata={"doc": "Local store."})
     codes: CodesConfig = field(default_factory=CodesConfig, metadata={"doc": "Code parsing."})
-    checks: ChecksConfig = field(default_factory=ChecksConfig, metadata={"doc": "Checks."})
+    terminal: TerminalConfig = field(default_factory=TerminalConfig, metadata={"doc": "Till."})
+    check: CheckConfig = field(default_factory=CheckConfig, metadata={"doc": "Checks."})
     scanners: dict[str, ScannerConfig] = field(
         default_factory=_default_scanners,
         metadata={
@@ -509,6 +642,9 @@ def _convert(
     value: Any, hint: Any, meta: Mapping[str, Any], key_path: tuple[str, ...], checker: _Checker
 ) -> Any:
     """Check one value against a type hint and field metadata; return it in schema form."""
+    optional = _optional_dataclass(hint)
+    if optional is not None:
+        hint = optional  # an optional sub-table: present in the file means used
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key_path, checker)  # type: ignore[arg-type]
 
@@ -555,6 +691,15 @@ def _convert(
         checker.add(key_path, f"{_key_name(key_path)}: {problem}")
         return _INVALID
     return value
+
+
+def _optional_dataclass(hint: Any) -> Any:
+    """The dataclass of an ``X | None`` hint, else None."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and dataclasses.is_dataclass(args[0]):
+            return args[0]
+    return None
 
 
 def _scalar_problem(value: Any, hint: Any, meta: Any) -> str | None:
@@ -864,7 +1009,7 @@ def to_dict(config: Config) -> dict[str, Any]:
             return {
                 f.name: plain(getattr(value, f.name))
                 for f in dataclasses.fields(value)
-                if f.metadata.get("toml", True)
+                if f.metadata.get("toml", True) and getattr(value, f.name) is not None
             }
         if isinstance(value, dict):
             return {name: plain(item) for name, item in value.items()}
@@ -925,31 +1070,42 @@ class KeyReference:
 
 
 def schema_keys() -> Iterator[KeyReference]:
-    """Every configuration key of the schema, in declaration order."""
+    """Every configuration key of the schema, in declaration order (sub-tables after their
+    table's own keys)."""
     hints = typing.get_type_hints(Config)
     for section in dataclasses.fields(Config):
         if not section.metadata.get("toml", True):
             continue
         hint = hints[section.name]
         if typing.get_origin(hint) is dict:
-            table, cls = f"{section.name}.NAME", typing.get_args(hint)[1]
+            yield from _table_keys(f"{section.name}.NAME", typing.get_args(hint)[1])
         else:
-            table, cls = section.name, hint
-        cls_hints = typing.get_type_hints(cls)
-        for spec in dataclasses.fields(cls):
-            default = (
-                _toml_value(list(spec.default) if isinstance(spec.default, tuple) else spec.default)
-                if spec.default is not dataclasses.MISSING
-                else "(required)"
-            )
-            yield KeyReference(
-                table=table,
-                key=spec.name,
-                type=_type_name(cls_hints[spec.name]),
-                default=default,
-                doc=spec.metadata.get("doc", ""),
-                limits=_limits(spec.metadata, cls_hints[spec.name]),
-            )
+            yield from _table_keys(section.name, hint)
+
+
+def _table_keys(table: str, cls: Any) -> Iterator[KeyReference]:
+    cls_hints = typing.get_type_hints(cls)
+    nested = []
+    for spec in dataclasses.fields(cls):
+        sub_table = _optional_dataclass(cls_hints[spec.name])
+        if sub_table is not None or dataclasses.is_dataclass(cls_hints[spec.name]):
+            nested.append((f"{table}.{spec.name}", sub_table or cls_hints[spec.name]))
+            continue
+        default = (
+            _toml_value(list(spec.default) if isinstance(spec.default, tuple) else spec.default)
+            if spec.default is not dataclasses.MISSING
+            else "(required)"
+        )
+        yield KeyReference(
+            table=table,
+            key=spec.name,
+            type=_type_name(cls_hints[spec.name]),
+            default=default,
+            doc=spec.metadata.get("doc", ""),
+            limits=_limits(spec.metadata, cls_hints[spec.name]),
+        )
+    for sub_table, sub_cls in nested:
+        yield from _table_keys(sub_table, sub_cls)
 
 
 def _type_name(hint: Any) -> str:

@@ -256,8 +256,12 @@ class Service:
         event_log: EventLog | None = None,
         verdict_sink: VerdictSink | None = None,
     ) -> None:
-        if config.checks.mode != "store-only":
-            raise ConfigError(f"[checks] mode {config.checks.mode!r} is not implemented yet")
+        if config.check.mode != "store-only":
+            # The online / Local Module / ТС ПИоТ chain is being built (the checks issue).
+            raise ConfigError(
+                f"[check] mode {config.check.mode!r} is not available in this version yet; "
+                'use mode = "store-only"'
+            )
         self.config = config
         self.event_log = event_log or EventLog(target=config.log.target, level=config.log.level)
         self.verdict_sink = verdict_sink
@@ -328,14 +332,14 @@ class Service:
         info = self.store.info()
         blocked = sum(info.counts.values())
         status = (
-            f"ready: {len(self.scanners)} scanner(s), mode {self.config.checks.mode}, "
+            f"ready: {len(self.scanners)} scanner(s), mode {self.config.check.mode}, "
             f"blocklist v{info.version} with {blocked} entries in {store_config.path}"
         )
         notify("READY=1", f"STATUS={status}")
         self.event_log.event(
             "service-started",
             f"markd {status}",
-            mode=self.config.checks.mode,
+            mode=self.config.check.mode,
             scanners=",".join(self.scanners),
             store=store_config.path,
         )

@@ -16,7 +16,7 @@ from markd import config
 from markd.codes import CodesOptions
 from markd.config import (
     DEFAULT_SCANNER_URL,
-    ChecksConfig,
+    CheckConfig,
     CodesConfig,
     Config,
     LogConfig,
@@ -64,7 +64,7 @@ def test_missing_default_file_gives_every_default(main: Path) -> None:
     assert loaded.codes == CodesConfig(
         recover_lost_gs=True, serial_lengths=(13, 6, 7), ki_serial_lengths=()
     )
-    assert loaded.checks == ChecksConfig(mode="store-only")
+    assert loaded.check == CheckConfig(mode="store-only")
 
 
 def test_default_scanner_when_no_scanner_table(main: Path) -> None:
@@ -194,7 +194,8 @@ def test_unknown_section(main: Path) -> None:
     write(main, "[log]\n\n[foo]\nbar = 1\n")
 
     assert problems_of(main) == [
-        f"{main}:3: unknown section [foo] (known sections: checks, codes, log, scanners, store)"
+        f"{main}:3: unknown section [foo] "
+        "(known sections: check, codes, log, scanners, store, terminal)"
     ]
 
 
@@ -203,7 +204,7 @@ def test_key_above_every_section_is_reported_as_top_level(main: Path) -> None:
 
     assert problems_of(main) == [
         f"{main}:1: unknown top-level key level "
-        "(keys belong in a section: checks, codes, log, scanners, store)"
+        "(keys belong in a section: check, codes, log, scanners, store, terminal)"
     ]
 
 
@@ -251,11 +252,12 @@ def test_array_items_are_checked_one_by_one(main: Path) -> None:
 
 
 def test_choice_violation(main: Path) -> None:
-    write(main, "[log]\ntarget = 'syslog'\n[checks]\nmode = 'direct'\n")
+    write(main, "[log]\ntarget = 'syslog'\n[check]\nmode = 'online'\n")
 
     assert problems_of(main) == [
         f"{main}:2: [log] target: expected one of auto, journal, stderr, got a string ('syslog')",
-        f"{main}:4: [checks] mode: expected one of store-only, got a string ('direct')",
+        f"{main}:4: [check] mode: expected one of store-only, direct, tspiot, got a string "
+        "('online')",
     ]
 
 
@@ -357,9 +359,10 @@ def test_the_same_mistake_in_two_files_is_reported_for_each(main: Path) -> None:
     write(main.parent / "markd.toml.d" / "50-till.toml", "\n[foo]\n")
 
     assert problems_of(main) == [
-        f"{main}:1: unknown section [foo] (known sections: checks, codes, log, scanners, store)",
+        f"{main}:1: unknown section [foo] "
+        "(known sections: check, codes, log, scanners, store, terminal)",
         f"{main.parent / 'markd.toml.d' / '50-till.toml'}:2: unknown section [foo] "
-        "(known sections: checks, codes, log, scanners, store)",
+        "(known sections: check, codes, log, scanners, store, terminal)",
     ]
 
 
@@ -499,7 +502,14 @@ def test_to_dict_is_plain_json_data() -> None:
             "serial_lengths": [13, 6, 7],
             "ki_serial_lengths": [],
         },
-        "checks": {"mode": "store-only"},
+        "terminal": {"fn_serial": "", "timezone": "Europe/Moscow"},
+        "check": {
+            "mode": "store-only",
+            "online_timeout_ms": 1500,
+            "local_module_timeout_ms": 500,
+            "tspiot_timeout_ms": 2000,
+            "unanswered": "allow",
+        },
         "scanners": {"scanner0": {"url": DEFAULT_SCANNER_URL}},
     }
     assert json.loads(json.dumps(data)) == data
@@ -523,7 +533,7 @@ def test_to_toml_loads_back_to_the_same_configuration(main: Path, tmp_path: Path
 def test_config_fields_are_the_documented_sections() -> None:
     sections = [f.name for f in dataclasses.fields(Config)]
 
-    assert sections == ["log", "store", "codes", "checks", "scanners", "sources"]
+    assert sections == ["log", "store", "codes", "terminal", "check", "scanners", "sources"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,7 +564,7 @@ def test_docs_key_table_matches_the_schema() -> None:
 def test_docs_mention_every_key() -> None:
     keys = [f"`[{ref.table}] {ref.key}`" for ref in config.schema_keys()]
 
-    assert len(keys) == 14
+    assert len(keys) == 29
     assert [key for key in keys if key not in _doc()] == []
 
 
@@ -567,4 +577,37 @@ def test_docs_kiosk_example_loads(main: Path) -> None:
     assert loaded.log == LogConfig(target="journal", level="debug")
     assert loaded.store.map_size_mb == 256
     assert sorted(loaded.scanners) == ["front", "side"]
-    assert loaded.checks == ChecksConfig()
+    assert loaded.check == CheckConfig()
+
+
+def test_check_sources_are_used_only_when_their_section_is_present(main: Path) -> None:
+    write(
+        main,
+        "[terminal]\nfn_serial = '9960440300000001'\ntimezone = 'Asia/Vladivostok'\n"
+        "[check]\nmode = 'direct'\nunanswered = 'deny'\n"
+        "[check.local_module]\nurl = 'http://127.0.0.1:5995'\napi = 1\n",
+    )
+    loaded = config.load(main)
+    assert loaded.check.mode == "direct" and loaded.check.unanswered == "deny"
+    assert loaded.check.online is None and loaded.check.tspiot is None
+    assert loaded.check.local_module.api == 1 and loaded.check.local_module.user == "admin"
+    assert loaded.terminal.timezone == "Asia/Vladivostok"
+    # Written back as TOML, the sub-table survives and the absent ones stay absent.
+    again = main.parent / "again.toml"
+    again.write_text(config.to_toml(loaded))
+    assert config.load(again).check == loaded.check
+
+
+def test_check_and_terminal_values_are_validated(main: Path) -> None:
+    write(
+        main,
+        "[terminal]\nfn_serial = '123'\ntimezone = 'Mars/Base'\n"
+        "[check.online]\nurl = 'ftp://cdn'\n[check.tspiot]\ncolour = 1\n",
+    )
+    with pytest.raises(ConfigError) as err:
+        config.load(main)
+    text = "\n".join(err.value.problems)
+    assert f"{main}:2: [terminal] fn_serial: a ФН serial is 16 digits" in text
+    assert f"{main}:3: [terminal] timezone: unknown time zone 'Mars/Base'" in text
+    assert f"{main}:5: [check.online] url: expected an http:// or https:// URL" in text
+    assert f"{main}:7: unknown key [check.tspiot] colour" in text

@@ -1,6 +1,6 @@
 """Check chains: the order in which sources are asked about a parsed code.
 
-The walking skeleton has one chain, :class:`StoreOnlyChain` (``[checks] mode = "store-only"``):
+The walking skeleton has one chain, :class:`StoreOnlyChain` (``[check] mode = "store-only"``):
 it consults only markd's own LMDB blocklist. It is a development and demo mode: a code that is
 not blocked locally is allowed without asking Честный ЗНАК, and the verdict text says so. The
 online / Local Module / ТС ПИоТ chains replace it with the same ``decide`` signature.
