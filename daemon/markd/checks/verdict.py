@@ -8,19 +8,29 @@ crypto tail never appear here.
 the product, the scan is; ask the customer to scan again). ``reason`` is a kebab-case code for
 machines and the journal (``MARKD_REASON``); ``message_ru`` is the short text for the customer
 screen. ``source`` names who decided: ``store`` (markd's own LMDB store), ``parser`` (the scan
-was not a usable code), ``none`` (nothing vetoed; later also ``online``, ``lm``, ``tspiot``).
+was not a usable code), ``cdn`` (True API online check), ``lm`` (the Local Module),
+``tspiot`` / ``tspiot-offline`` (a ТС ПИоТ, online or from its Local Module), ``none`` (no
+service answered, or nothing vetoed in the development mode).
+
+A verdict that rests on a check service's answer carries that answer's ``reqId``,
+``reqTimestamp`` (the text exactly as received), ``inst`` and ``version``, and the tag 1265
+string built from them (domain.md §7.6). ``checked`` is False when no check service judged the
+code: the decision table's ``unchecked`` verdicts (nothing answered), the store's and the
+parser's own verdicts, and the development mode.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from markd.codes import REASONS
 from markd.errors import CodeError
 
 Decision = Literal["allow", "deny", "rescan"]
-Source = Literal["store", "parser", "none"]
+Source = Literal["store", "parser", "cdn", "lm", "tspiot", "tspiot-offline", "none"]
 
 #: Fallback customer-screen texts, for a reason :data:`markd.codes.REASONS` does not know
 #: (a scan that never reached the parser). Kept short: a kiosk shows one line of large type.
@@ -48,13 +58,33 @@ class Verdict:
     repairs: tuple[str, ...] = ()
     #: Milliseconds from the scan's last byte to this verdict.
     latency_ms: float = 0.0
+    #: ``reqId`` of the answer the verdict rests on (a UUID), None without one.
+    req_id: str | None = None
+    #: ``reqTimestamp`` of that answer, exactly as received (milliseconds, as text).
+    req_timestamp: str | None = None
+    #: Local Module instance and version of an offline answer.
+    inst: str | None = None
+    version: str | None = None
+    #: Tag 1265 for the receipt: ``UUID=…&Time=…`` (online) or ``…&Inst=…&Ver=…`` (offline);
+    #: empty when no service answered.
+    tag1265: str = ""
+    #: True when a check service (CDN, Local Module or ТС ПИоТ) answered and its answer was
+    #: judged; False means "unchecked".
+    checked: bool = False
+    #: Facts behind the decision for the record (rule id, blocking bodies, failures, the price
+    #: thresholds applied …). JSON-ready; never a secret, a crypto tail or a raw body.
+    details: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def allowed(self) -> bool:
         return self.decision == "allow"
 
     def journal_fields(self) -> dict[str, str | float]:
-        """Structured fields for the event log (the keys become ``MARKD_<KEY>``)."""
+        """Structured fields for the event log (the keys become ``MARKD_<KEY>``).
+
+        Holds the КИ, the answer's ids, tag 1265, ``checked`` and the details as compact JSON;
+        never the full code, its crypto tail or a secret (a verdict holds none of them).
+        """
         fields: dict[str, str | float] = {
             "decision": self.decision,
             "reason": self.reason,
@@ -68,6 +98,17 @@ class Verdict:
             fields["shape"] = self.shape
         if self.repairs:
             fields["repairs"] = ",".join(self.repairs)
+        for name in ("req_id", "req_timestamp", "inst", "version"):
+            value = getattr(self, name)
+            if value is not None:
+                fields[name] = value
+        if self.tag1265:
+            fields["tag1265"] = self.tag1265
+        fields["checked"] = "true" if self.checked else "false"
+        if self.details:
+            fields["details"] = json.dumps(
+                self.details, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str
+            )
         return fields
 
 
