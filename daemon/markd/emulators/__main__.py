@@ -1,0 +1,127 @@
+"""Run one emulator from a shell until SIGTERM or Ctrl+C.
+
+::
+
+    python -m markd.emulators NAME [--port P] [--host 127.0.0.1] [--scenario FILE] [--tls]
+                                   [--no-admin] [--verbose]
+    python -m markd.emulators static_http --directory DIR [--port P] [--auth USER:PASSWORD]
+
+``NAME`` is ``crpt_cdn``, ``local_module``, ``tspiot`` or ``static_http``. The first line on
+stdout is the base URL the emulator listens on (``http://127.0.0.1:PORT``; with ``--port 0``
+the kernel picks the port, so read it from there); everything else goes to stderr
+(``--verbose``: one JSON line per request). ``--scenario`` takes a ``.json`` or ``.toml``
+scenario (:mod:`markd.emulators.scenario`). Exit status 0 after SIGTERM/SIGINT, 1 when the
+port cannot be bound or TLS is unavailable, 2 for a bad command line or scenario.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from markd.errors import MarkdError
+
+#: name → (module, class, default port). Imported only when chosen.
+EMULATORS: dict[str, tuple[str, str, int]] = {
+    "crpt_cdn": ("markd.emulators.crpt_cdn", "CrptCdnEmulator", 8081),
+    "local_module": ("markd.emulators.local_module", "LocalModuleEmulator", 5995),
+    "tspiot": ("markd.emulators.tspiot", "TspiotEmulator", 51401),
+    "static_http": ("markd.emulators.static_http", "StaticHTTPServer", 8080),
+}
+
+
+def emulator_class(name: str) -> Any:
+    """The class of emulator ``name`` (a key of :data:`EMULATORS`)."""
+    try:
+        module_name, class_name, _ = EMULATORS[name]
+    except KeyError:
+        raise ValueError(f"unknown emulator {name!r}; known: {', '.join(EMULATORS)}") from None
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ports = ", ".join(f"{name} {port}" for name, (_, _, port) in EMULATORS.items())
+    parser = argparse.ArgumentParser(
+        prog="python -m markd.emulators",
+        description="Run a loopback emulator of a marking check service (or the static file "
+        "server). The first stdout line is the URL it listens on.",
+    )
+    parser.add_argument("name", choices=list(EMULATORS), help="which emulator")
+    parser.add_argument("--port", type=int, help=f"TCP port, 0: any free one ({ports})")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--scenario", metavar="FILE", help="scenario file (.json or .toml)")
+    parser.add_argument("--tls", action="store_true", help="HTTPS, self-signed certificate")
+    parser.add_argument("--no-admin", action="store_true", help="no /_emulator/ admin endpoint")
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="each request as JSON on stderr"
+    )
+    parser.add_argument("--directory", metavar="DIR", help="static_http: directory to serve")
+    parser.add_argument("--auth", metavar="USER:PASSWORD", help="static_http: Basic auth")
+    return parser
+
+
+def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
+    port = args.port if args.port is not None else EMULATORS[args.name][2]
+    cls = emulator_class(args.name)
+    if args.name != "static_http":
+        if args.directory or args.auth:
+            parser.error("--directory and --auth are for static_http")
+        return cls(
+            args.scenario,
+            host=args.host,
+            port=port,
+            tls=args.tls,
+            admin=not args.no_admin,
+            verbose=args.verbose,
+        )
+    if args.scenario or args.tls:
+        parser.error("static_http takes neither --scenario nor --tls")
+    if not args.directory:
+        parser.error("static_http needs --directory DIR")
+    auth = None
+    if args.auth:
+        user, sep, password = args.auth.partition(":")
+        if not sep:
+            parser.error("--auth takes USER:PASSWORD")
+        auth = (user, password)
+    return cls(args.directory, host=args.host, port=port, auth=auth, verbose=args.verbose)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        server = _build(args, parser)
+    except OSError as exc:
+        print(f"{args.name}: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except MarkdError as exc:
+        print(f"{args.name}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    server.start()
+    try:
+        print(server.url, flush=True)
+        print(f"{args.name} listening on {server.url} (SIGTERM or Ctrl+C stops)", file=sys.stderr)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
