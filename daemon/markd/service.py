@@ -35,9 +35,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from markd import codes
-from markd.checks.chain import StoreOnlyChain, elapsed_ms
+from markd.checks.chain import CheckChain, StoreOnlyChain, elapsed_ms
+from markd.checks.factory import build_chain
+from markd.checks.record import CURRENT_SCAN, Exchange
 from markd.checks.verdict import Verdict, parser_verdict
-from markd.errors import CodeError, ConfigError
+from markd.errors import CodeError
 from markd.scanners import Scan, Scanner, ScannerEvent, ScannerState, ScanOverflow, open_scanner
 from markd.store import Store
 from markd.systemd import EventLog, notify
@@ -256,12 +258,6 @@ class Service:
         event_log: EventLog | None = None,
         verdict_sink: VerdictSink | None = None,
     ) -> None:
-        if config.check.mode != "store-only":
-            # The online / Local Module / ТС ПИоТ chain is being built (the checks issue).
-            raise ConfigError(
-                f"[check] mode {config.check.mode!r} is not available in this version yet; "
-                'use mode = "store-only"'
-            )
         self.config = config
         self.event_log = event_log or EventLog(target=config.log.target, level=config.log.level)
         self.verdict_sink = verdict_sink
@@ -270,7 +266,7 @@ class Service:
         #: Set once start-up is complete (store open, scanners started, READY=1 sent).
         self.ready = asyncio.Event()
         self._codes_options = config.codes_options()
-        self._chain: StoreOnlyChain | None = None
+        self._chain: StoreOnlyChain | CheckChain | None = None
         #: The periodic fleet sync, when ``[store] sync_url`` is set (created at start).
         self.store_sync: StoreSync | None = None
         #: Delay range of the first fleet sync; tests set ``(0, 0)``.
@@ -305,7 +301,7 @@ class Service:
                 event = await queue.get()
                 if isinstance(event, _StopSentinel):
                     break
-                self._handle(event)
+                await self._handle(event)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -324,7 +320,7 @@ class Service:
     def _start(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[ScannerEvent]) -> None:
         store_config = self.config.store
         self.store = Store.from_config(store_config)
-        self._chain = StoreOnlyChain(self.store)
+        self._chain = build_chain(self.config, self.store, recorder=self._record_exchange)
         for name, scanner_config in self.config.scanners.items():
             scanner = open_scanner(name, scanner_config.url)
             self.scanners[name] = scanner
@@ -363,9 +359,9 @@ class Service:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def _handle(self, event: ScannerEvent) -> None:
+    async def _handle(self, event: ScannerEvent) -> None:
         if isinstance(event, Scan):
-            self._on_scan(event)
+            await self._on_scan(event)
         elif isinstance(event, ScanOverflow):
             self.event_log.event(
                 "scan-overflow",
@@ -385,9 +381,9 @@ class Service:
             )
             self._update_status()
 
-    def _on_scan(self, scan: Scan) -> None:
+    async def _on_scan(self, scan: Scan) -> None:
         try:
-            verdict = self.check(scan.data, scan.scanner, started=scan.received)
+            verdict = await self.check_async(scan.data, scan.scanner, started=scan.received)
         except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the till
             self._internal_error(f"checking a scan from {scan.scanner}", exc)
             verdict = Verdict(
@@ -406,15 +402,53 @@ class Service:
                 self._internal_error("verdict sink", exc)
 
     def check(self, data: bytes, scanner: str, *, started: float | None = None) -> Verdict:
-        """Decide on one framed unit: decode, parse, run the chain. Never raises CodeError."""
-        if self._chain is None:
-            raise RuntimeError("the service is not started")
+        """Decide on one framed unit with the store-only chain (synchronous; tests and tools).
+        The running service uses :meth:`check_async`, which serves every mode."""
+        if not isinstance(self._chain, StoreOnlyChain):
+            raise RuntimeError("the service is not started in store-only mode")
         try:
             # parse() takes the raw bytes and reports non-UTF-8 input itself.
             code = codes.parse(data, self._codes_options)
         except CodeError as err:
             return parser_verdict(err, scanner=scanner, latency_ms=elapsed_ms(started))
         return self._chain.decide(code, scanner, started=started)
+
+    async def check_async(
+        self, data: bytes, scanner: str, *, started: float | None = None
+    ) -> Verdict:
+        """Decide on one framed unit: decode, parse, run the chain. Never raises CodeError."""
+        chain = self._chain
+        if chain is None:
+            raise RuntimeError("the service is not started")
+        try:
+            code = codes.parse(data, self._codes_options)
+        except CodeError as err:
+            return parser_verdict(err, scanner=scanner, latency_ms=elapsed_ms(started))
+        if isinstance(chain, StoreOnlyChain):
+            return chain.decide(code, scanner, started=started)
+        token = CURRENT_SCAN.set(f"{scanner}:{code.ki}")
+        try:
+            return await chain.decide(code, scanner, started=started)
+        finally:
+            CURRENT_SCAN.reset(token)
+
+    def _record_exchange(self, exchange: Exchange) -> None:
+        """Every request to a check service and its answer, redacted, in the journal."""
+        exchange.scan_id = exchange.scan_id or CURRENT_SCAN.get()
+        status = exchange.status if exchange.status is not None else "no answer"
+        self.event_log.event(
+            "check-exchange",
+            f"{exchange.source} {exchange.method} {exchange.url} → {status} in "
+            f"{exchange.latency_ms:.1f} ms" + (f" ({exchange.error})" if exchange.error else ""),
+            priority="info" if exchange.status == 200 else "notice",
+            source=exchange.source,
+            url=exchange.url,
+            http_status=exchange.status,
+            latency_ms=f"{exchange.latency_ms:.1f}",
+            request=exchange.request,
+            response=exchange.response,
+            scan=exchange.scan_id,
+        )
 
     def _update_status(self) -> None:
         absent = sorted(name for name, s in self.scanners.items() if s.present is False)

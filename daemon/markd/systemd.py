@@ -85,6 +85,7 @@ def notify_via_socket(message: str, address: str | None = None) -> bool:
 #: One fixed MESSAGE_ID per event kind (journalctl MESSAGE_ID=..., catalog entries).
 MESSAGE_IDS: dict[str, str] = {
     "verdict": "5fe0b6fff4444395ae1f64bc7488ed3f",
+    "check-exchange": "84ac3f34cce34ce1acaed0182aa8105a",
     "scan-overflow": "c38b2d31bc144f99886e6335edc61739",
     "scanner-present": "e3983ba85d72413eb3a31f120b87c79e",
     "scanner-absent": "6daf63fedaf54974b41d007667e7115a",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
 import json
 import re
 from collections.abc import Callable
@@ -44,6 +45,9 @@ class Exchange:
 
 
 Recorder = Callable[[Exchange], None]
+
+#: The scan being checked (set by the service around a check), so exchanges name their scan.
+CURRENT_SCAN: contextvars.ContextVar[str] = contextvars.ContextVar("markd_scan", default="")
 
 
 def _redact_code(text: str) -> str:
