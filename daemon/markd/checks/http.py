@@ -92,7 +92,10 @@ class HTTPClient:
 
     user_agent: str = "markd"
     allow_self_signed_loopback: bool = False
-    _idle: dict[tuple[str, str, int], _Connection] = field(default_factory=dict, repr=False)
+    #: Idle kept-alive connections per (scheme, host, port); overlapping requests (two scanners,
+    #: a status poll) each take one, and at most ``max_idle`` wait for reuse.
+    max_idle: int = 4
+    _idle: dict[tuple[str, str, int], list[_Connection]] = field(default_factory=dict, repr=False)
 
     async def request(
         self,
@@ -135,16 +138,20 @@ class HTTPClient:
             response.elapsed_ms = (time.monotonic() - started) * 1000
             response.reused = reused
             conn.used += 1
-            if response.headers.get("connection", "").lower() == "close":
+            pool = self._idle.setdefault(key, [])
+            if response.headers.get("connection", "").lower() == "close" or len(pool) >= (
+                self.max_idle
+            ):
                 conn.close()
             else:
-                self._idle[key] = conn
+                pool.append(conn)
             return response
         raise HTTPError(f"connection to {host}:{port} failed twice")  # pragma: no cover
 
     def close(self) -> None:
-        for conn in self._idle.values():
-            conn.close()
+        for pool in self._idle.values():
+            for conn in pool:
+                conn.close()
         self._idle.clear()
 
     # -- internals ------------------------------------------------------------------------------
@@ -160,9 +167,12 @@ class HTTPClient:
     async def _connection(
         self, key: tuple[str, str, int], deadline: float
     ) -> tuple[_Connection, bool]:
-        idle = self._idle.pop(key, None)
-        if idle is not None and not idle.writer.is_closing() and not idle.reader.at_eof():
-            return idle, True
+        pool = self._idle.get(key, [])
+        while pool:
+            idle = pool.pop()
+            if not idle.writer.is_closing() and not idle.reader.at_eof():
+                return idle, True
+            idle.close()
         scheme, host, port = key
         remaining = deadline - time.monotonic()
         if remaining <= 0:

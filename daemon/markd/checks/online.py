@@ -1,0 +1,707 @@
+"""The online check: True API ``codes/check`` through the CRPT CDN (domain.md §3).
+
+:class:`OnlineClient` asks one CDN host about one marking code and returns a
+:class:`~markd.checks.results.SourceAnswer` or a :class:`~markd.checks.results.SourceFailure`
+by the caller's deadline, whatever the hosts do. It never raises for a service problem.
+
+**Authentication** (§3.1) is a separate piece, :class:`Auth`: :class:`ApiKeyAuth` sends the
+``X-API-KEY`` token today; the fiscal-drive (ФН) scheme that replaces it in 2026 will be
+another :class:`Auth`. The key never reaches a log line, an :class:`Exchange` or ``status()``.
+
+**Host list** (§3.2). ``GET {base}/api/v4/true-api/cdn/info`` lists the CDN hosts. Until the
+first list arrives the base URL itself is the only host. The list is fetched again at a random
+point between 6 h and 7 h after the last fetch (CRPT text п. 1.4.1; the random point is the
+jitter), sooner after a failed fetch (``refresh_retry_s``), and as soon as possible once every
+host has been quarantined. ``GET {host}/api/v4/true-api/cdn/health/check`` measures each
+host's round-trip latency; hosts are ranked by it (or by the ``avgTimeMs`` they report,
+``rank_by="avg_time"``, unconfirmed). Hosts never measured come after measured ones, in list
+order. Both run in the background (:meth:`OnlineClient.maintain`), started by a check when due,
+so a check never waits for them.
+
+**Failover and quarantine** (§3.3). A host that times out or fails at transport level
+(refused, reset, cut answer) is quarantined for 15 minutes and the next best host is tried
+*within the same deadline*: while other hosts remain, one attempt gets at most
+``attempt_share`` of the time left, the last one gets all of it. When every host is
+quarantined the marks are cleared and one more attempt is made (§3.3, §9).
+
+**Status codes** (§3.3, §3.6), each uncertain choice an :class:`OnlineOptions` field:
+
+=================  ===========================================================================
+200                the answer; the entry of ``codes`` for our code (by ``cis``, else the
+                   only entry) → :class:`SourceAnswer`; no such entry → ``bad-answer``
+203                ``emergency`` (§3.6; ``emergency_203="answer"`` reads it as a normal answer)
+401 / 403          ``unauthorized``: the token is refused — no failover (another host would
+                   refuse it too), and ``status()["alert"]`` says so until a request succeeds
+other 4xx          ``http-error``: our request is wrong — no failover
+429, 5xx           retried once on the next host; the host gets a strike and is quarantined at
+                   ``throttle_strikes`` (429: 1) or ``server_error_strikes`` (5xx: 2) strikes
+                   in a row ("429 or repeated 5xx → block", attributed to the методичка)
+5xx + code 5000    retried once (next host, else the same one), no strike, no quarantine
+malformed JSON     ``bad-answer`` (``failover_on_bad_answer`` tries the next host instead)
+=================  ===========================================================================
+
+**Request** (§3.4): ``{"codes": [km], "fiscalDriveNumber": fn_serial}``, the full code with its
+crypto tail, GS JSON-escaped as ``\\u001d``; ``fiscalDriveNumber`` is left out when the till
+has no ФН serial (its being mandatory is unconfirmed). Connections are kept alive through
+:class:`~markd.checks.http.HTTPClient` (§3.4: the server keeps them 180 s).
+
+**Record** (issue 4 point 7): every HTTP exchange — checks, host lists, health checks — goes to
+the ``recorder`` as an :class:`~markd.checks.record.Exchange` with the bodies redacted (crypto
+tail → ``<crypto>``) and no key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from markd.checks.http import HTTPClient, HTTPError, HTTPTimeout, Response
+from markd.checks.record import Exchange, Recorder, redact_json_text
+from markd.checks.results import FailureKind, SourceAnswer, SourceFailure
+from markd.codes import MarkingCode
+from markd.errors import MarkdError
+from markd.secrets import Secret
+
+log = logging.getLogger(__name__)
+
+API = "/api/v4/true-api"
+INFO_PATH = f"{API}/cdn/info"
+HEALTH_PATH = f"{API}/cdn/health/check"
+CHECK_PATH = f"{API}/codes/check"
+
+#: Body ``code`` of a 5xx that means "retry, the host is fine" (§3.3, unconfirmed).
+RETRY_WITHOUT_QUARANTINE_CODE = 5000
+
+
+# --------------------------------------------------------------------------------------------
+# Authentication
+
+
+class AuthError(MarkdError):
+    """The credentials for a request cannot be produced (no token, signing failed)."""
+
+    reason = "auth-unavailable"
+
+
+class Auth(Protocol):
+    """How a request to the True API is authenticated (§3.1). Returns the headers to add."""
+
+    async def headers(self, deadline: float) -> dict[str, str]:
+        """Headers for one request, ready before ``deadline`` (monotonic); may raise
+        :class:`AuthError`."""
+        ...
+
+
+class ApiKeyAuth:
+    """``X-API-KEY``: the «токен для ККТ» from the ЛК ГИС МТ (§3.1), sent on every request."""
+
+    def __init__(self, secret: Secret) -> None:
+        self._secret = secret
+
+    async def headers(self, deadline: float) -> dict[str, str]:
+        return {"X-API-KEY": self._secret.reveal()}
+
+    def __repr__(self) -> str:
+        return f"ApiKeyAuth({self._secret!r})"
+
+
+# --------------------------------------------------------------------------------------------
+# Options and host state
+
+
+@dataclass(frozen=True)
+class OnlineOptions:
+    """Tunables, with defaults from domain.md §3.3, §3.6 and §9. Those marked (unconfirmed)
+    are choices the domain is unsure of."""
+
+    #: Quarantine after a timeout or transport failure (§3.3: 15 min, several clients agree).
+    quarantine_s: float = 15 * 60
+    #: The host list is fetched again at a random point in this window after the last fetch.
+    refresh_min_s: float = 6 * 3600
+    refresh_max_s: float = 7 * 3600
+    #: After a failed fetch of the host list, try again this much later.
+    refresh_retry_s: float = 300.0
+    #: Health checks of every host this often (and after each host list fetch).
+    health_interval_s: float = 300.0
+    #: Time limit of one health check (§9: 2 s, unconfirmed).
+    health_timeout_s: float = 2.0
+    #: Time limit of one background round (host list + health checks).
+    maintenance_timeout_s: float = 10.0
+    #: Checks start the background round when it is due (False: the caller runs maintain()).
+    background_maintenance: bool = True
+    #: Rank hosts by measured latency (most clients) or by their ``avgTimeMs`` (unconfirmed).
+    rank_by: Literal["latency", "avg_time"] = "latency"
+    #: Share of the time left one attempt may use while other hosts remain to try.
+    attempt_share: float = 0.5
+    #: 429 strikes in a row that quarantine a host (unconfirmed: "429 → block").
+    throttle_strikes: int = 1
+    #: 5xx strikes in a row that quarantine a host (unconfirmed: "repeated 5xx → block").
+    server_error_strikes: int = 2
+    #: HTTP 203 on codes/check: ``emergency`` (a failure) or ``answer`` (§3.6, unconfirmed).
+    emergency_203: Literal["emergency", "answer"] = "emergency"
+    #: A body that is not the promised JSON: try the next host instead of failing.
+    failover_on_bad_answer: bool = False
+    #: Leave ``fiscalDriveNumber`` out when the till has no ФН serial (False: send "").
+    omit_empty_fiscal_drive_number: bool = True
+    #: Statuses meaning "the token was refused": no failover, alert.
+    unauthorized_statuses: tuple[int, ...] = (401, 403)
+
+
+@dataclass
+class _Host:
+    url: str
+    latency_ms: float | None = None  # last health-check round trip
+    avg_time_ms: float | None = None  # what the host reported
+    quarantined_until: float | None = None  # clock()
+    strikes: int = 0  # 429/5xx in a row
+    last_error: str | None = None
+
+    def quarantined(self, now: float) -> bool:
+        return self.quarantined_until is not None and now < self.quarantined_until
+
+
+@dataclass
+class _Attempt:
+    """What one codes/check attempt on one host came to."""
+
+    result: SourceAnswer | SourceFailure
+    #: What to do next: stop, try the next host, or retry (next host, else the same one).
+    then: Literal["stop", "failover", "retry", "retry-any"] = "stop"
+    quarantine: bool = False
+
+
+@dataclass
+class _CheckState:
+    tried: list[str] = field(default_factory=list)
+    status_retry_left: int = 1
+    reset_done: bool = False
+    same_host_retry: str | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# The client
+
+
+class OnlineClient:
+    """True API ``codes/check`` through the CDN, with host list, ranking, quarantine and
+    failover (see the module docstring). Use from one event loop; :meth:`close` when done.
+
+    Deadlines are ``time.monotonic()`` values, as :class:`~markd.checks.http.HTTPClient`
+    takes them. ``clock`` (monotonic seconds) drives the schedules only — quarantine, host list
+    refresh, health checks — so a test can move it hours ahead; ``now`` is wall time, used only
+    to show times in :meth:`status`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        auth: Auth,
+        fn_serial: str,
+        recorder: Recorder | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], float] = time.time,
+        options: OnlineOptions = OnlineOptions(),  # noqa: B008 - frozen, shared safely
+        rng: random.Random | None = None,
+    ) -> None:
+        self.base_url = _clean_url(base_url)
+        self.auth = auth
+        self.fn_serial = fn_serial
+        self.options = options
+        self._recorder = recorder
+        self._clock = clock
+        self._now = now
+        self._rng = rng or random.Random()
+        self._http = HTTPClient()  # codes/check: the connection kept warm between scans
+        self._maintenance_http = HTTPClient()  # host list and health checks
+        self._hosts: list[_Host] = [_Host(self.base_url)]
+        self._hosts_listed = False
+        self._last_refresh: float | None = None  # clock()
+        self._next_refresh: float = clock()  # due at once
+        self._last_health: float | None = None
+        self._last_error: str | None = None
+        self._alert: str | None = None
+        self._emergency_at: float | None = None
+        self._maintenance: asyncio.Task[None] | None = None
+
+    # -- the check ------------------------------------------------------------------------------
+
+    async def check(self, code: MarkingCode, deadline: float) -> SourceAnswer | SourceFailure:
+        """Ask the CDN about ``code``; the result is back by ``deadline`` (monotonic)."""
+        self._start_maintenance_if_due()
+        state = _CheckState()
+        started = time.monotonic()
+        last: SourceFailure | None = None
+        while True:
+            if time.monotonic() >= deadline:
+                return self._timeout(last, started)
+            host = self._pick_host(state)
+            if host is None:
+                return last or self._failure("unreachable", "no CDN host to ask", started)
+            state.tried.append(host.url)
+            attempt = await self._attempt(host, code, self._attempt_deadline(state, deadline))
+            result = attempt.result
+            if isinstance(result, SourceAnswer):
+                host.strikes = 0
+                return result
+            last = SourceFailure(
+                "cdn",
+                result.kind,
+                result.http_status,
+                result.detail,
+                (time.monotonic() - started) * 1000,
+            )
+            if attempt.quarantine:
+                self._quarantine(host, result.detail)
+            if attempt.then == "stop":
+                return last
+            if attempt.then in ("retry", "retry-any"):
+                if state.status_retry_left <= 0:
+                    return last
+                state.status_retry_left -= 1
+                if attempt.then == "retry-any":
+                    state.same_host_retry = host.url
+
+    def _pick_host(self, state: _CheckState) -> _Host | None:
+        """The best host not quarantined and not yet tried in this check; when every host is
+        quarantined, clear the marks once per check (§3.3)."""
+        now = self._clock()
+        ranked = self._ranked()
+        for host in ranked:
+            if host.url not in state.tried and not host.quarantined(now):
+                state.same_host_retry = None
+                return host
+        if state.same_host_retry is not None:
+            # A 5xx with body code 5000 and no other host: retry where it happened.
+            url, state.same_host_retry = state.same_host_retry, None
+            return next((h for h in ranked if h.url == url), None)
+        if state.reset_done or not all(h.quarantined(now) for h in ranked):
+            return None
+        # Every host is marked: clear the marks, fetch the list again soon, retry once.
+        state.reset_done = True
+        for host in ranked:
+            host.quarantined_until = None
+        self._next_refresh = min(self._next_refresh, now)
+        log.warning("every CDN host was quarantined: marks cleared, retrying once")
+        untried = [h for h in ranked if h.url not in state.tried]
+        return (untried or ranked)[0]
+
+    def _attempt_deadline(self, state: _CheckState, deadline: float) -> float:
+        """While another host could still be tried, one attempt gets ``attempt_share`` of the
+        time left; otherwise all of it (failover happens within the caller's deadline)."""
+        scheduled = self._clock()
+        others = [
+            h for h in self._hosts if h.url not in state.tried and not h.quarantined(scheduled)
+        ]
+        if not others:
+            return deadline
+        now = time.monotonic()
+        return now + (deadline - now) * self.options.attempt_share
+
+    async def _attempt(self, host: _Host, code: MarkingCode, deadline: float) -> _Attempt:
+        url = host.url + CHECK_PATH
+        body: dict[str, Any] = {"codes": [code.km]}
+        if self.fn_serial or not self.options.omit_empty_fiscal_drive_number:
+            body["fiscalDriveNumber"] = self.fn_serial
+        started = time.monotonic()
+        try:
+            response = await self._request(
+                self._http, "POST", url, deadline=deadline, json_body=body
+            )
+        except AuthError as exc:
+            return _Attempt(self._failure("unauthorized", exc.message, started))
+        except HTTPError as exc:
+            # Timeout or transport failure: quarantine, next host (§3.3).
+            failure = self._failure(_kind(exc), f"{host.url}: {exc}", started)
+            return _Attempt(failure, "failover", quarantine=True)
+        return self._judge(host, code, response)
+
+    def _judge(self, host: _Host, code: MarkingCode, response: Response) -> _Attempt:
+        """Map one codes/check answer to a result and what to do next (§3.3, §3.6)."""
+        options = self.options
+        status = response.status
+        latency = response.elapsed_ms
+
+        def failure(kind: FailureKind, detail: str) -> SourceFailure:
+            return SourceFailure("cdn", kind, status, f"{host.url}: {detail}", latency)
+
+        if status in options.unauthorized_statuses:
+            self._alert = f"HTTP {status} from {host.url}: the X-API-KEY was refused"
+            self._last_error = self._alert
+            return _Attempt(failure("unauthorized", "the token was refused"))
+        if status == 203 and options.emergency_203 == "emergency":
+            self._emergency_at = self._now()
+            return _Attempt(failure("emergency", "HTTP 203: emergency mode"))
+        if status in (200, 203):
+            self._emergency_at = None if status == 200 else self._emergency_at
+            parsed = _answer(code, response)
+            if isinstance(parsed, str):
+                then = "failover" if options.failover_on_bad_answer else "stop"
+                return _Attempt(failure("bad-answer", parsed), then)
+            self._alert = None
+            return _Attempt(parsed)
+        if status == 429 or status >= 500:
+            if status >= 500 and _body_code(response) == RETRY_WITHOUT_QUARANTINE_CODE:
+                return _Attempt(failure("server-error", "code 5000, retrying"), "retry-any")
+            host.strikes += 1
+            limit = options.throttle_strikes if status == 429 else options.server_error_strikes
+            kind: FailureKind = "throttled" if status == 429 else "server-error"
+            return _Attempt(failure(kind, f"HTTP {status}"), "retry", host.strikes >= limit)
+        return _Attempt(failure("http-error", f"HTTP {status}: {_description(response)}"))
+
+    def _quarantine(self, host: _Host, reason: str) -> None:
+        host.quarantined_until = self._clock() + self.options.quarantine_s
+        host.strikes = 0
+        host.last_error = reason
+        self._last_error = reason
+        log.warning(
+            "CDN host %s quarantined for %.0f s: %s", host.url, self.options.quarantine_s, reason
+        )
+
+    def _failure(self, kind: FailureKind, detail: str, started: float) -> SourceFailure:
+        return SourceFailure("cdn", kind, None, detail, (time.monotonic() - started) * 1000)
+
+    def _timeout(self, last: SourceFailure | None, started: float) -> SourceFailure:
+        elapsed = (time.monotonic() - started) * 1000
+        if last is not None and last.kind == "timeout":
+            return SourceFailure("cdn", "timeout", None, last.detail, elapsed)
+        detail = "deadline passed" + (f" after {last.kind}: {last.detail}" if last else "")
+        return SourceFailure("cdn", "timeout", None, detail, elapsed)
+
+    # -- host list and health -------------------------------------------------------------------
+
+    async def refresh_hosts(self, deadline: float) -> bool:
+        """Fetch the host list from ``cdn/info`` (§3.2). True when a list arrived; on failure
+        the current list stays and the next try is ``refresh_retry_s`` later."""
+        url = self.base_url + INFO_PATH
+        try:
+            response = await self._request(self._maintenance_http, "GET", url, deadline=deadline)
+            if response.status in self.options.unauthorized_statuses:
+                self._alert = f"HTTP {response.status} from cdn/info: the X-API-KEY was refused"
+            urls = _host_list(response)
+        except (HTTPError, AuthError, ValueError) as exc:
+            self._last_error = f"cdn/info: {exc}"
+            self._next_refresh = self._clock() + self.options.refresh_retry_s
+            log.warning("CDN host list not refreshed: %s", exc)
+            return False
+        known = {h.url: h for h in self._hosts}
+        self._hosts = [known.get(u) or _Host(u) for u in urls]
+        self._hosts_listed = True
+        self._last_refresh = self._clock()
+        options = self.options
+        self._next_refresh = self._last_refresh + self._rng.uniform(
+            options.refresh_min_s, options.refresh_max_s
+        )
+        self._alert = None
+        return True
+
+    async def health_check(self, deadline: float) -> None:
+        """Measure every host's latency with ``cdn/health/check`` (§3.2), in parallel, each
+        within ``health_timeout_s``; a host that fails it is quarantined."""
+        limit = min(deadline, time.monotonic() + self.options.health_timeout_s)
+        await asyncio.gather(*(self._health_one(h, limit) for h in list(self._hosts)))
+        self._last_health = self._clock()
+
+    async def _health_one(self, host: _Host, deadline: float) -> None:
+        try:
+            response = await self._request(
+                self._maintenance_http, "GET", host.url + HEALTH_PATH, deadline=deadline
+            )
+        except (HTTPError, AuthError) as exc:
+            host.latency_ms = None
+            self._quarantine(host, f"health check: {exc}")
+            return
+        if response.status in self.options.unauthorized_statuses:
+            self._alert = f"HTTP {response.status} from {host.url}: the X-API-KEY was refused"
+            self._last_error = self._alert
+            return
+        try:
+            data = response.json()
+            healthy = response.status == 200 and isinstance(data, dict) and data.get("code") == 0
+        except ValueError:
+            data, healthy = None, False
+        if not healthy:
+            host.latency_ms = None
+            self._quarantine(host, f"health check: HTTP {response.status}")
+            return
+        host.latency_ms = response.elapsed_ms
+        average = data.get("avgTimeMs") if isinstance(data, dict) else None
+        host.avg_time_ms = float(average) if isinstance(average, int | float) else None
+
+    async def maintain(self) -> None:
+        """One background round: fetch the host list when due, then health checks when due."""
+        deadline = time.monotonic() + self.options.maintenance_timeout_s
+        refreshed = False
+        if self._clock() >= self._next_refresh:
+            refreshed = await self.refresh_hosts(deadline)
+        if refreshed or self._health_due():
+            await self.health_check(deadline)
+
+    def _health_due(self) -> bool:
+        return (
+            self._last_health is None
+            or self._clock() - self._last_health >= self.options.health_interval_s
+        )
+
+    def _start_maintenance_if_due(self) -> None:
+        if not self.options.background_maintenance:
+            return
+        if self._maintenance is not None and not self._maintenance.done():
+            return
+        if self._clock() >= self._next_refresh or self._health_due():
+            self._maintenance = asyncio.get_running_loop().create_task(self._maintain_safely())
+
+    async def _maintain_safely(self) -> None:
+        try:
+            await self.maintain()
+        except Exception:  # a background round must never take the daemon down
+            log.exception("CDN maintenance round failed")
+
+    def _ranked(self) -> list[_Host]:
+        def key(item: tuple[int, _Host]) -> tuple[int, float, int]:
+            index, host = item
+            value = host.latency_ms if self.options.rank_by == "latency" else host.avg_time_ms
+            return (0, value, index) if value is not None else (1, 0.0, index)
+
+        return [host for _, host in sorted(enumerate(self._hosts), key=key)]
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    async def _request(
+        self,
+        http: HTTPClient,
+        method: str,
+        url: str,
+        *,
+        deadline: float,
+        json_body: Any = None,
+    ) -> Response:
+        """One HTTP exchange with auth headers, recorded whatever happens."""
+        started = time.monotonic()
+        request_text = ""
+        if json_body is not None:
+            request_text = redact_json_text(_json_text(json_body))
+        try:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise HTTPTimeout("no time left for the request")
+            try:
+                headers = await asyncio.wait_for(self.auth.headers(deadline), remaining)
+            except TimeoutError:
+                raise HTTPTimeout("authentication took longer than the budget") from None
+            response = await http.request(
+                method, url, deadline=deadline, headers=headers, json_body=json_body
+            )
+        except (HTTPError, AuthError) as exc:
+            self._record(
+                Exchange(
+                    "cdn",
+                    method,
+                    _safe_url(url),
+                    None,
+                    self._elapsed(started),
+                    request_text,
+                    "",
+                    error=f"{getattr(exc, 'kind', 'auth')}: {exc}",
+                )
+            )
+            raise
+        self._record(
+            Exchange(
+                "cdn",
+                method,
+                _safe_url(url),
+                response.status,
+                response.elapsed_ms,
+                request_text,
+                redact_json_text(response.body),
+                extra={"reused": response.reused},
+            )
+        )
+        return response
+
+    def _elapsed(self, started: float) -> float:
+        return (time.monotonic() - started) * 1000
+
+    def _record(self, exchange: Exchange) -> None:
+        if self._recorder is None:
+            return
+        try:
+            self._recorder(exchange)
+        except Exception:  # the record must never cost a sale its check
+            log.exception("recording a CDN exchange failed")
+
+    # -- status and shutdown --------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Health for ``markctl status``: hosts in rank order with latency and quarantine,
+        the host list's age, the last error, and an alert when the token was refused."""
+        now, wall = self._clock(), self._now()
+
+        def wall_time(at: float | None) -> float | None:
+            return None if at is None else wall + (at - now)
+
+        hosts = []
+        for host in self._ranked():
+            quarantined = host.quarantined(now)
+            hosts.append(
+                {
+                    "url": host.url,
+                    "latency_ms": host.latency_ms,
+                    "avg_time_ms": host.avg_time_ms,
+                    "quarantined": quarantined,
+                    "quarantined_until": wall_time(host.quarantined_until) if quarantined else None,
+                    "last_error": host.last_error,
+                }
+            )
+        return {
+            "base_url": self.base_url,
+            "hosts": hosts,
+            "hosts_from": "cdn/info" if self._hosts_listed else "base-url",
+            "last_refresh": wall_time(self._last_refresh),
+            "next_refresh": wall_time(self._next_refresh),
+            "last_health_check": wall_time(self._last_health),
+            "last_error": self._last_error,
+            "alert": self._alert,
+            "emergency_at": self._emergency_at,
+        }
+
+    def close(self) -> None:
+        """Stop the background round and close every connection."""
+        if self._maintenance is not None and not self._maintenance.done():
+            self._maintenance.cancel()
+        self._http.close()
+        self._maintenance_http.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, then wait for the background round to finish cancelling."""
+        task = self._maintenance
+        self.close()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _clean_url(url: str) -> str:
+    return url.strip().rstrip("/")
+
+
+def _safe_url(url: str) -> str:
+    """The URL without userinfo, query or fragment (nothing secret goes to the record)."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+_TRANSPORT_KINDS: dict[str, FailureKind] = {
+    "timeout": "timeout",
+    "unreachable": "unreachable",
+    "bad-answer": "bad-answer",
+}
+
+
+def _kind(exc: HTTPError) -> FailureKind:
+    """The failure kind of a transport error (a cut answer is ``bad-answer``)."""
+    return _TRANSPORT_KINDS.get(exc.kind, "unreachable")
+
+
+def _body_code(response: Response) -> int | None:
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    code = data.get("code") if isinstance(data, dict) else None
+    return code if isinstance(code, int) else None
+
+
+def _description(response: Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return "(no JSON body)"
+    text = data.get("description") if isinstance(data, dict) else None
+    return str(text)[:200] if text else "(no description)"
+
+
+def _host_list(response: Response) -> list[str]:
+    """The host URLs of a ``cdn/info`` answer; ValueError when it has none usable."""
+    if response.status != 200:
+        raise ValueError(f"HTTP {response.status}: {_description(response)}")
+    data = response.json()
+    if not isinstance(data, dict) or data.get("code", 0) != 0:
+        raise ValueError("the answer is not code 0")
+    hosts = data.get("hosts")
+    urls: list[str] = []
+    for entry in hosts if isinstance(hosts, list) else []:
+        url = entry.get("host") if isinstance(entry, Mapping) else None
+        if isinstance(url, str) and urlsplit(url.strip()).scheme in ("http", "https"):
+            cleaned = _clean_url(url)
+            if cleaned not in urls:
+                urls.append(cleaned)
+    if not urls:
+        raise ValueError("no usable host in the list")
+    return urls
+
+
+def _answer(code: MarkingCode, response: Response) -> SourceAnswer | str:
+    """The :class:`SourceAnswer` for ``code`` from a codes/check body, or why there is none.
+    The entry is matched by ``cis`` (the code as sent); an entry without ``cis`` counts only
+    when it is the only one (§3.5: one object per requested code, same order)."""
+    try:
+        data = response.json()
+    except ValueError:
+        return "the body is not JSON"
+    if not isinstance(data, dict):
+        return "the body is not a JSON object"
+    entries = data.get("codes")
+    if not isinstance(entries, list) or not entries:
+        if data.get("code", 0) != 0:
+            # A refusal of the whole request (code ≠ 0) is an answer the policy reads.
+            return SourceAnswer.from_json(
+                "cdn",
+                data,
+                raw=response.body.decode("utf-8", "replace"),
+                http_status=response.status,
+                latency_ms=response.elapsed_ms,
+            )
+        return "the answer has no codes"
+    objects = [e for e in entries if isinstance(e, dict)]
+    entry = next((e for e in objects if e.get("cis") == code.km), None)
+    if entry is None and len(objects) == 1 and "cis" not in objects[0]:
+        entry = objects[0]
+    if entry is None:
+        return "the answer has no entry for the code sent"
+    return SourceAnswer.from_json(
+        "cdn",
+        {**data, "codes": [entry]},
+        raw=response.body.decode("utf-8", "replace"),
+        http_status=response.status,
+        latency_ms=response.elapsed_ms,
+    )
+
+
+__all__ = [
+    "ApiKeyAuth",
+    "Auth",
+    "AuthError",
+    "OnlineClient",
+    "OnlineOptions",
+]
