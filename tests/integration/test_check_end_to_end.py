@@ -1,0 +1,122 @@
+"""The configured chain end to end: markctl check and the service, real clients, emulators.
+
+Every verdict here comes from a real client speaking HTTP to a loopback emulator: the CDN, the
+Local Module and the ТС ПИоТ, configured exactly as a kiosk's markd.toml would configure them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from markd.cli import markctl
+from markd.emulators.testing import crpt_cdn, local_module, tspiot
+
+WATER = "0104680029460908215jcmHzLmkdPML<GS>938p9E"
+KI = "0104680029460908215jcmHzLmkdPML"
+TOKEN = "3f2c8a1e-5b6d-4e7f-9a0b-1c2d3e4f5a6b"
+
+
+@pytest.fixture
+def services() -> Iterator[tuple]:
+    with crpt_cdn({"cdn": {"token": TOKEN}}) as cdn, local_module() as lm:
+        yield cdn, lm
+
+
+def write_config(tmp_path: Path, body: str) -> str:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    (tmp_path / "lm-password").write_text("admin\n")
+    path = tmp_path / "markd.toml"
+    path.write_text(f"[store]\npath = '{tmp_path / 'store'}'\n" + body)
+    return str(path)
+
+
+def direct_config(tmp_path: Path, cdn, lm, **check: str) -> str:
+    extra = "".join(f"{k} = {v}\n" for k, v in check.items())
+    return write_config(
+        tmp_path,
+        "[terminal]\nfn_serial = '9960440300000001'\n"
+        f"[check]\nmode = 'direct'\nonline_timeout_ms = 400\nlocal_module_timeout_ms = 300\n{extra}"
+        f"[check.online]\nurl = '{cdn.url}'\ntoken_file = '{tmp_path / 'token'}'\n"
+        f"[check.local_module]\nurl = '{lm.url}'\npassword_file = '{tmp_path / 'lm-password'}'\n",
+    )
+
+
+def check(capsys, cfg: str, code: str = WATER) -> tuple[int, dict]:
+    status = markctl.main(["check", code, "--config", cfg, "--json"])
+    return status, json.loads(capsys.readouterr().out)
+
+
+def test_online_allows_with_tag_1265(tmp_path: Path, services, capsys) -> None:
+    cdn, lm = services
+    status, verdict = check(capsys, direct_config(tmp_path, cdn, lm))
+    assert status == 0, verdict
+    assert (verdict["decision"], verdict["source"], verdict["checked"]) == ("allow", "cdn", True)
+    assert verdict["tag1265"] == f"UUID={verdict['req_id']}&Time={verdict['req_timestamp']}"
+    request = cdn.requests_for("codes/check")[-1]
+    assert request.api_key == TOKEN and request.json["fiscalDriveNumber"] == "9960440300000001"
+    assert lm.requests_for("v2/cis/outCheck") == []  # online answered: the LM is not asked
+
+
+def test_online_blocked_is_denied(tmp_path: Path, services, capsys) -> None:
+    cdn, lm = services
+    cdn.set_code(KI, isBlocked=True, ogvs=["FNS"])
+    status, verdict = check(capsys, direct_config(tmp_path, cdn, lm))
+    assert status == 3 and verdict["decision"] == "deny" and verdict["source"] == "cdn"
+
+
+def test_online_silent_the_local_module_decides_within_the_budget(
+    tmp_path: Path, services, capsys
+) -> None:
+    cdn, lm = services
+    cdn.set_fault("codes/check", black_hole=True)
+    cdn.set_fault("cdn/info", black_hole=True)
+    started = time.monotonic()
+    status, verdict = check(capsys, direct_config(tmp_path, cdn, lm))
+    assert (verdict["decision"], verdict["source"]) == ("allow", "lm"), verdict
+    assert "&Inst=" in verdict["tag1265"] and "&Ver=" in verdict["tag1265"]
+    assert verdict["latency_ms"] <= 400 + 300 + 50
+    assert time.monotonic() - started < 5
+
+
+def test_nothing_answers_unanswered_policy(tmp_path: Path, services, capsys) -> None:
+    cdn, lm = services
+    cdn.set_fault("codes/check", status=503)
+    cdn.set_fault("cdn/info", status=503)
+    lm.set_state("sync_error")
+    _, allowed = check(capsys, direct_config(tmp_path, cdn, lm))
+    assert (allowed["decision"], allowed["reason"], allowed["tag1265"]) == (
+        "allow",
+        "unchecked",
+        "",
+    )
+    status, denied = check(capsys, direct_config(tmp_path / "x", cdn, lm, unanswered="'deny'"))
+    assert status == 3 and denied["decision"] == "deny"
+    assert denied["reason"] in ("lm-sync-error", "unchecked")
+
+
+def test_tspiot_mode_over_tls(tmp_path: Path, capsys) -> None:
+    with tspiot(tls=True) as service:
+        cfg = write_config(
+            tmp_path,
+            "[check]\nmode = 'tspiot'\ntspiot_timeout_ms = 1500\n"
+            f"[check.tspiot]\nurl = '{service.url}'\nallow_self_signed = true\n",
+        )
+        status, verdict = check(capsys, cfg)
+        assert status == 0 and verdict["source"] in ("tspiot", "tspiot-offline"), verdict
+        service.set_fault("codes/check", emergency=True)
+        status, verdict = check(capsys, cfg)
+        assert status == 3 and "emergency" in verdict["reason"]
+
+
+def test_missing_secret_is_a_clear_configuration_error(tmp_path: Path, services, capsys) -> None:
+    cdn, lm = services
+    cfg = direct_config(tmp_path, cdn, lm)
+    (tmp_path / "token").unlink()
+    assert markctl.main(["check", WATER, "--config", cfg]) == 2
+    assert "token" in capsys.readouterr().err
