@@ -1,8 +1,13 @@
-"""``markd demo``: the real service, a temporary store and a scripted virtual scanner.
+"""``markd demo``: the real service, a temporary store, loopback emulators of the Честный ЗНАК
+services and a scripted virtual scanner.
 
-Nothing is faked but the device: the scans go through a ``virtual://demo`` scanner's reader
-thread, the framer, :func:`markd.codes.parse`, the LMDB store and the check chain, exactly as
-a serial scanner's bytes would. The configuration is built in code, so no file is needed.
+Nothing is faked but the device and the far side: the scans go through a ``virtual://demo``
+scanner's reader thread, the framer, :func:`markd.codes.parse`, the LMDB store and the check
+chain in mode ``direct``, whose real clients speak HTTP to the True API CDN and Local Module
+emulators (:mod:`markd.emulators`) on loopback. Midway the script takes the CDN away (it
+accepts connections and never answers), so the Local Module answers offline; then the Local
+Module falls out of sync too, and the ``unanswered`` policy decides. The configuration is built
+in code, so no file is needed.
 
 :data:`SCRIPT` lists the scans with the decision each should get; :func:`run_demo` prints one
 line per verdict and a summary. The codes are made up (valid structure and GTIN check digits,
@@ -16,11 +21,21 @@ import dataclasses
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 from markd.checks.verdict import Verdict
-from markd.config import Config, ScannerConfig, default_config
+from markd.config import (
+    Config,
+    LocalModuleConfig,
+    OnlineCheckConfig,
+    ScannerConfig,
+    default_config,
+)
+from markd.emulators.crpt_cdn import CrptCdnEmulator
+from markd.emulators.local_module import LocalModuleEmulator
 from markd.scanners import get_virtual
 from markd.service import Service
 from markd.store import Store
@@ -34,14 +49,21 @@ BLOCKED_KI = "0104670540176099215LpGKy"
 SCANNER_NAME = "demo"
 
 
+#: Made-up units the CDN emulator answers about specially.
+ONLINE_BLOCKED = f"0104607809596237215BlockedUnit1{GS}93Zz9q"
+ONLINE_EXPIRED = f"0104607809596237215ExpiredUnit2{GS}93Qw3e"
+DEMO_TOKEN = "0b9f4c7e-2a51-4d8e-9c3b-6e1f7a2d5c40"
+
+
 @dataclass(frozen=True)
 class DemoScan:
-    """One scripted scan: what it shows, the bytes the scanner sends (without terminator), and
-    the decision markd should reach."""
+    """One scripted scan: what it shows, the bytes the scanner sends (without terminator), the
+    decision markd should reach, and an optional change to the services before it."""
 
     label: str
     text: str
     expect: str
+    before: str | None = None  # "cdn-down" | "lm-down"
 
 
 SCRIPT: tuple[DemoScan, ...] = (
@@ -74,6 +96,21 @@ SCRIPT: tuple[DemoScan, ...] = (
         "0104600000000015215AbC-9x800502250093Xy7+",
         "allow",
     ),
+    DemoScan("online: blocked by a government body", ONLINE_BLOCKED, "deny"),
+    DemoScan("online: past its expiry date", ONLINE_EXPIRED, "deny"),
+    DemoScan(
+        "the CDN stops answering: the Local Module checks offline",
+        f"0104607809596237215<(q!mLp*jIb3{GS}91FFD0{GS}92"
+        "dGVzdHNpZ25hdHVyZWZvcm1hcmtkZGVtb3Rlc3Rz+/A=",
+        "allow",
+        before="cdn-down",
+    ),
+    DemoScan(
+        "the Local Module is out of sync too: nothing answers (unanswered = allow, unchecked)",
+        "00000046233219!SX-RqRADpU7Cev",
+        "allow",
+        before="lm-down",
+    ),
     DemoScan("bare КИ, no crypto tail", "0104680029460908215jcmHzLmkdPML", "deny"),
     DemoScan("GS lost, serial length ambiguous", "0104650117240408211234593abcd93Zjqw", "rescan"),
     DemoScan("plain EAN-13 product barcode", "4607809596237", "deny"),
@@ -81,20 +118,40 @@ SCRIPT: tuple[DemoScan, ...] = (
 )
 
 
-def demo_config(store_path: str) -> Config:
-    """The demo's configuration: defaults, a store in ``store_path``, one virtual scanner."""
+def demo_config(
+    store_path: str, *, cdn_url: str | None = None, lm_url: str | None = None, secrets: str = ""
+) -> Config:
+    """The demo's configuration: a store in ``store_path``, one virtual scanner, and — given
+    the emulators' URLs — mode ``direct`` with the CDN and the Local Module."""
     base = default_config()
-    return dataclasses.replace(
+    config = dataclasses.replace(
         base,
         store=dataclasses.replace(base.store, path=store_path, map_size_mb=8),
         scanners={SCANNER_NAME: ScannerConfig(url=f"virtual://{SCANNER_NAME}")},
     )
+    if cdn_url is None or lm_url is None:
+        return config
+    check = dataclasses.replace(
+        config.check,
+        mode="direct",
+        online_timeout_ms=600,
+        local_module_timeout_ms=400,
+        online=OnlineCheckConfig(url=cdn_url, token_file=f"{secrets}/crpt-token"),
+        local_module=LocalModuleConfig(url=lm_url, password_file=f"{secrets}/lm-password"),
+    )
+    terminal = dataclasses.replace(config.terminal, fn_serial="9960440300000001")
+    return dataclasses.replace(config, check=check, terminal=terminal)
 
 
 def format_verdict(verdict: Verdict) -> str:
-    """One human line: decision, scanner, КИ (or the reason), shape, repairs, screen text."""
+    """One human line: decision, scanner, КИ (or the reason), source, shape, repairs, screen
+    text, and the tag 1265 value when a service answered."""
     subject = verdict.ki if verdict.ki is not None else f"({verdict.reason})"
-    details = [verdict.reason if verdict.ki is not None else None, verdict.shape]
+    details = [
+        verdict.reason if verdict.ki is not None else None,
+        f"by {verdict.source}",
+        verdict.shape,
+    ]
     if verdict.repairs:
         details.append("repaired: " + ", ".join(verdict.repairs))
     detail = "; ".join(d for d in details if d)
@@ -102,11 +159,16 @@ def format_verdict(verdict: Verdict) -> str:
         f"{verdict.decision.upper():6} [{verdict.scanner}] {subject}"
         + (f"  {detail}" if detail else "")
         + f"  «{verdict.message_ru}»"
+        + (f"\n           tag 1265: {verdict.tag1265}" if verdict.tag1265 else "")
     )
 
 
 async def run_script(
-    config: Config, script: tuple[DemoScan, ...], out: TextIO, timeout: float = 10.0
+    config: Config,
+    script: tuple[DemoScan, ...],
+    out: TextIO,
+    timeout: float = 10.0,
+    actions: dict[str, Callable[[], None]] | None = None,
 ) -> list[Verdict]:
     """Run the service, feed ``script`` into the virtual scanner one scan at a time, and
     return the verdicts in order."""
@@ -119,7 +181,11 @@ async def run_script(
 
     # Only problems reach stderr; the verdicts are printed by this module.
     service = Service(
-        config, event_log=EventLog(target="stderr", level="warning"), verdict_sink=sink
+        # The demo's own script takes the CDN away: its quarantine notices are expected, so
+        # only errors reach stderr.
+        config,
+        event_log=EventLog(target="stderr", level="error"),
+        verdict_sink=sink,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
@@ -133,6 +199,8 @@ async def run_script(
             raise TimeoutError(f"the service did not start within {timeout} s")
         scanner = get_virtual(SCANNER_NAME)
         for index, item in enumerate(script, start=1):
+            if item.before is not None and actions is not None:
+                actions[item.before]()
             arrived.clear()
             scanner.scan(item.text)
             await asyncio.wait_for(arrived.wait(), timeout)
@@ -149,17 +217,35 @@ async def run_script(
 def run_demo(out: TextIO | None = None) -> int:
     """The ``markd demo`` command: returns the exit status (0)."""
     out = out or sys.stdout
-    with tempfile.TemporaryDirectory(prefix="markd-demo-") as tmp:
-        config = demo_config(f"{tmp}/store")
+    scenario = {
+        "cdn": {"token": DEMO_TOKEN},
+        "codes": {
+            ONLINE_BLOCKED.split(GS)[0]: {"isBlocked": True, "ogvs": ["FNS"]},
+            ONLINE_EXPIRED.split(GS)[0]: {"expireDate": "2024-01-31T00:00:00.000Z"},
+        },
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="markd-demo-") as tmp,
+        CrptCdnEmulator(scenario) as cdn,
+        LocalModuleEmulator() as lm,
+    ):
+        Path(tmp, "crpt-token").write_text(DEMO_TOKEN + "\n")
+        Path(tmp, "lm-password").write_text("admin\n")
+        config = demo_config(f"{tmp}/store", cdn_url=cdn.url, lm_url=lm.url, secrets=tmp)
         with Store.from_config(config.store) as store:
             store.block(BLOCKED_KI, "demo: recalled batch", source="demo")
-        print(
-            "markd demo: mode store-only (checks only the local blocklist, not Честный ЗНАК)",
-            file=out,
-        )
+        print("markd demo: mode direct — the True API CDN, then the Local Module, both", file=out)
+        print(f"emulated on loopback (CDN {cdn.url}, Local Module {lm.url})", file=out)
         print(f"blocked in the local store: {BLOCKED_KI}", file=out)
         print("", file=out)
-        verdicts = asyncio.run(run_script(config, SCRIPT, out))
+        actions = {
+            "cdn-down": lambda: (
+                cdn.set_fault("codes/check", black_hole=True),
+                cdn.set_fault("cdn/info", black_hole=True),
+            ),
+            "lm-down": lambda: lm.set_state("sync_error"),
+        }
+        verdicts = asyncio.run(run_script(config, SCRIPT, out, actions=actions))
     counts = Counter(v.decision for v in verdicts)
     unexpected = sum(1 for v, s in zip(verdicts, SCRIPT, strict=True) if v.decision != s.expect)
     print("", file=out)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import random
 import signal
@@ -42,7 +43,7 @@ from markd.checks.verdict import Verdict, parser_verdict
 from markd.errors import CodeError
 from markd.scanners import Scan, Scanner, ScannerEvent, ScannerState, ScanOverflow, open_scanner
 from markd.store import Store
-from markd.systemd import EventLog, notify
+from markd.systemd import EventLog, LogBridge, notify
 
 if TYPE_CHECKING:
     from markd.config import Config
@@ -295,6 +296,12 @@ class Service:
             queue.put_nowait(_STOP)
 
         watcher = asyncio.create_task(relay_stop(), name="markd-stop-watcher")
+        bridge = LogBridge(self.event_log)
+        markd_logger = logging.getLogger("markd")
+        markd_logger.addHandler(bridge)
+        markd_logger.propagate = False  # no second, bare copy on stderr
+        if markd_logger.level == logging.NOTSET:
+            markd_logger.setLevel(logging.INFO)
         try:
             self._start(loop, queue)  # type: ignore[arg-type]
             while True:
@@ -314,6 +321,8 @@ class Service:
             self._shutdown()
             for signum in installed:
                 loop.remove_signal_handler(signum)
+            markd_logger.removeHandler(bridge)
+            markd_logger.propagate = True
 
     # -- start-up and shut-down -----------------------------------------------------------------
 

@@ -20,6 +20,7 @@ tail are never logged: fields named ``km``, ``crypto``, ``code`` or ``raw`` are 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sys
@@ -85,6 +86,7 @@ def notify_via_socket(message: str, address: str | None = None) -> bool:
 #: One fixed MESSAGE_ID per event kind (journalctl MESSAGE_ID=..., catalog entries).
 MESSAGE_IDS: dict[str, str] = {
     "verdict": "5fe0b6fff4444395ae1f64bc7488ed3f",
+    "source-notice": "ab8f98e2bc84468e927f1ec8bf8d39ea",
     "check-exchange": "84ac3f34cce34ce1acaed0182aa8105a",
     "scan-overflow": "c38b2d31bc144f99886e6335edc61739",
     "scanner-present": "e3983ba85d72413eb3a31f120b87c79e",
@@ -226,3 +228,29 @@ class EventLog:
         )
         priority = "info" if verdict.decision == "allow" else "notice"
         self.event("verdict", message, priority=priority, **verdict.journal_fields())
+
+
+class LogBridge(logging.Handler):
+    """Forwards Python ``logging`` records of markd's modules (a CDN host quarantined, a
+    Local Module gone) to the event log as ``source-notice`` events, so they reach the journal
+    with the rest instead of a bare stderr line."""
+
+    def __init__(self, event_log: EventLog) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.event_log = event_log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR:
+            priority = "error"
+        elif record.levelno >= logging.WARNING:
+            priority = "warning"
+        elif record.levelno >= logging.INFO:
+            priority = "info"
+        else:
+            priority = "debug"
+        try:
+            self.event_log.event(
+                "source-notice", record.getMessage(), priority=priority, logger=record.name
+            )
+        except Exception:  # noqa: BLE001 - logging must never break the caller
+            self.handleError(record)
