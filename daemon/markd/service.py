@@ -363,6 +363,8 @@ class Service:
             except Exception as exc:  # noqa: BLE001 - keep closing the others
                 self._internal_error(f"closing scanner {scanner.name}", exc)
         self.scanners.clear()
+        if isinstance(self._chain, CheckChain):
+            self._chain.close()  # pending verdict-cache writes land before the store closes
         if self.store is not None:
             self.store.close()
 

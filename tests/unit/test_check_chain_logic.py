@@ -173,7 +173,9 @@ async def test_tspiot_failure_denies_even_when_unanswered_is_allow(tmp_store: St
 
 
 async def test_online_verdicts_are_cached_for_offline_use(tmp_store: Store) -> None:
-    await chain(tmp_store, online=Scripted(online_ok())).decide(parse(WATER), "front")
+    c = chain(tmp_store, online=Scripted(online_ok()))
+    await c.decide(parse(WATER), "front")
+    c.close()  # the cache write runs after the verdict, on a worker thread
     cached = tmp_store.lookup(WATER).cached
     assert cached is not None and cached.facts["isBlocked"] is False
 

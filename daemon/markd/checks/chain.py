@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Protocol
@@ -171,6 +172,9 @@ class CheckChain:
         self.local_module = local_module
         self.tspiot = tspiot
         self.mode = settings.mode
+        # Verdict-cache writes are durable LMDB commits (~0.5 ms): done on one worker thread
+        # after the verdict is out, in order, so they never delay a verdict.
+        self._cache_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="markd-cache")
         self._clock = clock
         self._wall_clock = wall_clock or (lambda: datetime.now(UTC))
 
@@ -231,9 +235,12 @@ class CheckChain:
             options=settings.policy,
             scanner=scanner,
         )
-        if settings.cache_verdicts:
-            self._cache(code, answers)
-        return self._finish(verdict, code, scanner, started)
+        finished = self._finish(verdict, code, scanner, started)
+        if settings.cache_verdicts and any(
+            isinstance(a, SourceAnswer) and a.online and a.code == 0 for a in answers
+        ):
+            self._cache_writer.submit(self._cache, code, answers)
+        return finished
 
     async def _ask(self, code: MarkingCode) -> list[SourceAnswer | SourceFailure]:
         s = self.settings
@@ -300,13 +307,17 @@ class CheckChain:
                 latency_ms=(self._clock() - started) * 1000,
             )
 
+    def close(self, wait: bool = True) -> None:
+        """Finish pending cache writes (before the store closes)."""
+        self._cache_writer.shutdown(wait=wait)
+
     def _cache(self, code: MarkingCode, answers: list[SourceAnswer | SourceFailure]) -> None:
         for answer in answers:
             if isinstance(answer, SourceAnswer) and answer.online and answer.code == 0:
                 try:
                     self.store.cache_verdict(code, answer.facts.to_json())
-                except StoreError:
-                    pass  # the cache is an aid; a full disk must not cost the verdict
+                except Exception:  # noqa: BLE001 - the cache is an aid, never worth a verdict
+                    pass
                 return
 
     def _finish(self, verdict: Verdict, code: MarkingCode, scanner: str, started: float) -> Verdict:

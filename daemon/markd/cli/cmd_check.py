@@ -83,6 +83,7 @@ async def _check_once(cfg: Any, text: str, price: int | None) -> Verdict:
             return await chain.decide(code, "markctl", price_kopecks=price)
         finally:
             _close_clients(chain)
+            chain.close()
 
 
 def _close_clients(chain: CheckChain) -> None:

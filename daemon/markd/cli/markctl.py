@@ -14,9 +14,9 @@ import argparse
 import sys
 
 from markd import __version__
-from markd.cli import cmd_check, cmd_config, cmd_parse, cmd_store
+from markd.cli import cmd_check, cmd_config, cmd_lm, cmd_parse, cmd_store
 
-COMMANDS = (cmd_parse, cmd_config, cmd_store, cmd_check)
+COMMANDS = (cmd_parse, cmd_config, cmd_store, cmd_check, cmd_lm)
 
 
 def build_parser() -> argparse.ArgumentParser:
