@@ -270,6 +270,8 @@ class Service:
         self._chain: StoreOnlyChain | CheckChain | None = None
         #: The periodic fleet sync, when ``[store] sync_url`` is set (created at start).
         self.store_sync: StoreSync | None = None
+        #: Background tasks of the chain's clients (the Local Module status poller).
+        self._background: list[asyncio.Future[None]] = []
         #: Delay range of the first fleet sync; tests set ``(0, 0)``.
         self.sync_start_delay_s = SYNC_START_DELAY_S
 
@@ -318,6 +320,11 @@ class Service:
                 self.event_log.event("service-stopping", "markd stopping")
             if self.store_sync is not None:
                 await self.store_sync.stop()
+            for background in self._background:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await background
+            self._background.clear()
             self._shutdown()
             for signum in installed:
                 loop.remove_signal_handler(signum)
@@ -348,6 +355,11 @@ class Service:
             scanners=",".join(self.scanners),
             store=store_config.path,
         )
+        poller = getattr(getattr(self._chain, "local_module", None), "run_status_poller", None)
+        if poller is not None:
+            # The Local Module's state is polled in the background, so a check never waits on
+            # a module known to be down (domain.md §4.6).
+            self._background.append(asyncio.ensure_future(poller()))
         if store_config.sync_url:
             self.store_sync = StoreSync(
                 self.config, self.event_log, start_delay_s=self.sync_start_delay_s

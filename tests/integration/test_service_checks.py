@@ -40,6 +40,8 @@ async def test_scans_are_checked_online_and_every_exchange_is_journaled_redacted
         await asyncio.wait_for(service.ready.wait(), 5)
         get_virtual("checks").scan(WATER)
         await wait_until(lambda: len(verdicts) == 1, what="the verdict")
+        # The Local Module's status is polled in the background from the start.
+        await wait_until(lambda: lm.count("status") >= 1, what="a Local Module status poll")
         stop.set()
         await task
     verdict = verdicts[0]
