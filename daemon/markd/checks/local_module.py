@@ -67,7 +67,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from markd.checks.http import HTTPClient, HTTPError, HTTPProtocolError, HTTPTimeout, Response
 from markd.checks.record import Exchange, Recorder, redact_json_text
-from markd.checks.results import FailureKind, SourceAnswer, SourceFailure
+from markd.checks.results import (
+    FailureKind,
+    SourceAnswer,
+    SourceFailure,
+    failure_kind_for_status,
+)
 from markd.codes import MarkingCode
 from markd.secrets import Secret
 
@@ -694,15 +699,7 @@ class LocalModuleClient:
     def _status_failure(self, response: Response, parsed: Any, latency: float) -> SourceFailure:
         """An HTTP status other than success, as a failure kind."""
         status = response.status
-        kind: FailureKind
-        if status in (401, 403):
-            kind = "unauthorized"
-        elif status == 429:
-            kind = "throttled"
-        elif status >= 500:
-            kind = "server-error"
-        else:
-            kind = "http-error"
+        kind = failure_kind_for_status(status)
         description = ""
         if isinstance(parsed, Mapping):
             description = _text(parsed.get("description") or parsed.get("message"))

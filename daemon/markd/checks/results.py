@@ -394,3 +394,15 @@ class SourceFailure:
 
 
 SourceResult = SourceAnswer | SourceFailure
+
+
+def failure_kind_for_status(status: int) -> FailureKind:
+    """The failure kind of an HTTP status that is not an answer (shared by the clients):
+    401/403 unauthorized, 429 throttled, 5xx server-error, anything else http-error."""
+    if status in (401, 403):
+        return "unauthorized"
+    if status == 429:
+        return "throttled"
+    if status >= 500:
+        return "server-error"
+    return "http-error"

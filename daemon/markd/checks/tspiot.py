@@ -55,7 +55,12 @@ from urllib.parse import urlsplit
 import markd
 from markd.checks.http import HTTPClient, HTTPError, Response, is_loopback
 from markd.checks.record import Exchange, Recorder, redact_json_text
-from markd.checks.results import FailureKind, SourceAnswer, SourceFailure
+from markd.checks.results import (
+    FailureKind,
+    SourceAnswer,
+    SourceFailure,
+    failure_kind_for_status,
+)
 from markd.codes import MarkingCode
 from markd.secrets import Secret
 
@@ -535,16 +540,9 @@ class TspiotClient:
         status = response.status
         # With HTTP 200 the error's own code says what happened (OrangeData: 514 ЧЗ unavailable).
         basis = status if status >= 300 or error_code is None else error_code
-        if basis == EMERGENCY_CODE:
-            kind: FailureKind = "emergency"
-        elif basis in (401, 403):
-            kind = "unauthorized"
-        elif basis == 429:
-            kind = "throttled"
-        elif basis >= 500:
-            kind = "server-error"
-        else:
-            kind = "http-error"
+        kind: FailureKind = (
+            "emergency" if basis == EMERGENCY_CODE else failure_kind_for_status(basis)
+        )
         detail = f"HTTP {status}"
         if error_code is not None:
             detail += f", errorCode {error_code}"
