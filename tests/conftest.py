@@ -46,6 +46,37 @@ AMBIGUOUS_LOST_GS = "0104650117240408211234593abcd93Zjqw"
 ASYNC_TEST_TIMEOUT = 15.0
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Hardware-in-loop: run the device contract suites against real devices as well."""
+    group = parser.getgroup("markd hardware-in-loop")
+    group.addoption(
+        "--hil-scanner",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="also run the scanner contract tests against this scanner URL (repeatable)",
+    )
+    group.addoption(
+        "--hil-printer",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="also run the fiscal printer contract tests against this printer URL (repeatable)",
+    )
+
+
+@pytest.fixture
+def hil_scanner_urls(request: pytest.FixtureRequest) -> list[str]:
+    """Scanner URLs given with ``--hil-scanner`` (empty without hardware)."""
+    return list(request.config.getoption("--hil-scanner"))
+
+
+@pytest.fixture
+def hil_printer_urls(request: pytest.FixtureRequest) -> list[str]:
+    """Printer URLs given with ``--hil-printer`` (empty without hardware)."""
+    return list(request.config.getoption("--hil-printer"))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     """Run coroutine test functions to completion in their own event loop."""
