@@ -3,7 +3,7 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.markd-installed
 
-.PHONY: demo test bench lint venv clean
+.PHONY: demo test bench lint venv clean install uninstall
 
 demo: $(STAMP)
 	$(VENV)/bin/markd demo
@@ -22,9 +22,28 @@ lint: $(STAMP)
 
 venv: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml tools/bootstrap.sh
+$(STAMP): setup.cfg setup.py pyproject.toml tools/bootstrap.sh daemon/markd/store/_lookup.c
 	tools/bootstrap.sh $(VENV)
 	touch $@
 
 clean:
 	rm -rf $(VENV) build dist daemon/*.egg-info .pytest_cache .hypothesis
+
+# -- install under systemd (docs/operations.md, "Install and run under systemd") ------------
+# `make install` (as root): a venv for the daemon in MARKD_HOME made from INSTALL_PYTHON
+# (default /usr/bin/python3), the unit, sysusers/tmpfiles snippets, the journal catalog and
+# udev/*.rules, then the system is told about them (sysusers, tmpfiles, catalog, udev, systemd).
+# DESTDIR stages instead (nothing outside it is touched); USE_VENV=/path/to/venv uses an
+# existing venv instead of making MARKD_HOME. tools/install.sh documents every variable.
+PREFIX     ?= /usr/local
+MARKD_HOME ?= /opt/markd
+INSTALL_VARS = DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" MARKD_HOME="$(MARKD_HOME)" \
+	USE_VENV="$(USE_VENV)" PYTHON="$(or $(INSTALL_PYTHON),/usr/bin/python3)" \
+	SYSTEMDUNITDIR="$(SYSTEMDUNITDIR)" SYSUSERSDIR="$(SYSUSERSDIR)" \
+	TMPFILESDIR="$(TMPFILESDIR)" CATALOGDIR="$(CATALOGDIR)" UDEVDIR="$(UDEVDIR)"
+
+install:
+	$(INSTALL_VARS) tools/install.sh install
+
+uninstall:
+	$(INSTALL_VARS) tools/install.sh uninstall

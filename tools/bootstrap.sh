@@ -4,7 +4,10 @@
 # environment and install the package with its test extras in editable mode.
 #
 # Usage: tools/bootstrap.sh [VENV_DIR]      (default .venv)
-# Environment: PYTHON (interpreter to build the venv from, default python3).
+# Environment: PYTHON (interpreter to build the venv from, default python3);
+#   MARKD_PIP_SPEC (what pip installs, default "-e .[test,lint]"; `make install` passes "."
+#   for the daemon's own runtime venv).
+# As root it also installs systemd-container (systemd-nspawn) for the system test, when missing.
 set -euo pipefail
 
 venv=${1:-.venv}
@@ -32,6 +35,11 @@ command -v cc >/dev/null 2>&1 || need+=(gcc)
 inc=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$inc/Python.h" ] || need+=(python3-dev)
 "$python" -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+# systemd-nspawn boots the real systemd for tests/system/; only root can run it, so only a root
+# bootstrap asks for it (the system test is skipped with a reason elsewhere).
+if [ "$(id -u)" -eq 0 ] && [ "${MARKD_PIP_SPEC:--e}" != "." ]; then
+    command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then
@@ -55,7 +63,12 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 say "installing markd and its test dependencies into $venv"
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-"$venv/bin/python" -m pip install -q -e '.[test,lint]'
+if [ -n "${MARKD_PIP_SPEC:-}" ]; then spec=("$MARKD_PIP_SPEC"); else spec=(-e '.[test,lint]'); fi
+"$venv/bin/python" -m pip install -q "${spec[@]}"
 "$venv/bin/python" -c 'import markd, lmdb, serial, usb; import systemd.journal, systemd.daemon' \
     || { say "the venv is incomplete (see the import error above)"; exit 1; }
+# The store's C lookup path is optional for markd, but expected here (gcc and the headers were
+# installed above); without it lookups take the slower Python path.
+"$venv/bin/python" -c 'from markd.store import _lookup' 2>/dev/null \
+    || say "warning: markd.store._lookup was not built; the store uses its Python lookup path"
 say "ready: $venv"

@@ -34,7 +34,7 @@ import lmdb
 
 from markd.codes import CodeError, MarkingCode, mentions_gs, parse
 from markd.errors import StoreError
-from markd.store import keys
+from markd.store import fastpath, keys
 from markd.store.keys import BLOCK_VALUE, BadKey
 
 DEFAULT_PATH = "/var/lib/markd/store"
@@ -176,6 +176,9 @@ class Store:
         self._live: Any = None
         self._info = StoreInfo()
         self._attrs: dict[int, tuple[str, str]] = {}
+        #: The C lookup path (:mod:`markd.store.fastpath`), or None: the Python path only.
+        self._reader = fastpath.attach(self._env)
+        self._reader_units = self._reader.dbi(self._units) if self._reader else -1
 
     # -- opening --------------------------------------------------------------------------------
 
@@ -261,6 +264,10 @@ class Store:
         return f"<Store {self.path} {state}>"
 
     def close(self) -> None:
+        if self._reader is not None:
+            # The reader's transaction lives in this environment: end it first.
+            self._reader.close()
+            self._reader = None
         if self._env is not None:
             self._env.close()
             self._env = None
@@ -304,6 +311,21 @@ class Store:
             self._unit_keys = {bytes(k) for k in cursor.iternext(keys=True, values=False)}
             self._units_gen = generation
         self._seen_txn = tid
+        if self._reader is not None:
+            synced = self._info.synced_at
+            self._reader.configure(
+                self._reader.dbi(self._live),
+                self._gtin_blocks,
+                self._reader_units,
+                self._unit_keys,
+                self._attrs,
+                tid,
+                self._info.version,
+                None if synced is None else float(synced),
+                float(self.max_age_s),
+                Lookup,
+                BlockEntry,
+            )
 
     def lookup(
         self, code: MarkingCode | str, *, series: str | None = None, now: float | None = None
@@ -314,6 +336,13 @@ class Store:
         ``code`` is a parsed code or any text ``parse`` accepts (a КИ alone too). ``series``
         defaults to the code's batch (AI 10) when it carries one.
         """
+        if type(code) is MarkingCode and series is None and not code.extra:
+            # The daemon's case, first and with the least Python: a parsed code, no batch.
+            reader = self._reader
+            if reader is not None and not self._manual_blocks:
+                found = reader.lookup(f"01{code.gtin}21{code.serial}".encode(), now)
+                if found is not None:
+                    return found  # type: ignore[no-any-return]
         if isinstance(code, str) and mentions_gs(code):
             # A full code in text: parse it, so its batch (AI 10) is checked as a series too.
             try:
@@ -333,6 +362,12 @@ class Store:
             key = f"01{code.gtin}21{code.serial}".encode()  # keys.code_key, inlined: hot path
             if series is None and code.extra:
                 series = code.extra.get("10")
+        reader = self._reader
+        if reader is not None and not series and not self._manual_blocks:
+            # The C path (markd.store.fastpath) answers the common cases; None: not this one.
+            found = reader.lookup(key, now)
+            if found is not None:
+                return found  # type: ignore[no-any-return]
         env = self._env
         if env is None:
             self._require_env()
