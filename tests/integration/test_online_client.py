@@ -322,6 +322,37 @@ async def test_after_clearing_the_marks_only_one_more_attempt(pool: EmulatorPool
     assert status["next_refresh"] <= time.time()  # and the host list is fetched again soon
 
 
+async def test_an_offline_kiosk_does_not_retry_a_dead_cdn_on_every_scan(
+    pool: EmulatorPool,
+) -> None:
+    hosts = pool.cdn_hosts(2)
+    for host in hosts:
+        host.set_fault("codes/check", reset=True)
+    clock = FakeClock()
+    client = client_for(hosts[0], clock=clock)
+    await listed(client)
+    assert isinstance(await client.check(CODE, budget(1500)), SourceFailure)
+    assert sum(h.count("codes/check") for h in hosts) == 3  # two hosts, then one retry
+    # The clearing left one host unmarked: the next scan tries it, and then every host is
+    # marked again.
+    assert isinstance(await client.check(CODE, budget(1500)), SourceFailure)
+    assert sum(h.count("codes/check") for h in hosts) == 4
+    assert all(h["quarantined"] for h in client.status()["hosts"])
+    # The scans after it, within the minute: no attempt at all, and the failure comes at
+    # once, so the Local Module is asked without delay.
+    for _ in range(5):
+        started = time.monotonic()
+        failure = await client.check(CODE, budget(1500))
+        assert isinstance(failure, SourceFailure), failure
+        assert time.monotonic() - started < 0.2
+    assert sum(h.count("codes/check") for h in hosts) == 4
+    # A minute later the marks are cleared and attempts are made again.
+    clock.offset += 61
+    await client.check(CODE, budget(1500))
+    client.close()
+    assert sum(h.count("codes/check") for h in hosts) > 4
+
+
 async def test_deadline_holds_against_a_black_hole_on_every_host(pool: EmulatorPool) -> None:
     hosts = pool.cdn_hosts(3)
     for host in hosts:

@@ -141,6 +141,12 @@ class OnlineOptions:
     rank_by: Literal["latency", "avg_time"] = "latency"
     #: Share of the time left one attempt may use while other hosts remain to try.
     attempt_share: float = 0.5
+    #: When every host is quarantined, the marks are cleared and one more attempt made at
+    #: most this often. §3.3 says "clear the marks and retry once" without saying how often;
+    #: doing it for every check would make each scan of an offline kiosk pay a whole
+    #: attempt (up to the online budget, against a black hole) before the Local Module is
+    #: asked. 0: on every check, the literal reading.
+    all_quarantined_retry_s: float = 60.0
     #: 429 strikes in a row that quarantine a host (unconfirmed: "429 → block").
     throttle_strikes: int = 1
     #: 5xx strikes in a row that quarantine a host (unconfirmed: "repeated 5xx → block").
@@ -226,6 +232,8 @@ class OnlineClient:
         self._hosts_listed = False
         self._last_refresh: float | None = None  # clock()
         self._next_refresh: float = clock()  # due at once
+        #: When the marks of every quarantined host were last cleared (clock()), or None.
+        self._last_reset: float | None = None
         self._last_health: float | None = None
         self._last_error: str | None = None
         self._alert: str | None = None
@@ -285,8 +293,12 @@ class OnlineClient:
             return next((h for h in ranked if h.url == url), None)
         if state.reset_done or not all(h.quarantined(now) for h in ranked):
             return None
+        retry_s = self.options.all_quarantined_retry_s
+        if self._last_reset is not None and now - self._last_reset < retry_s:
+            return None  # cleared a short while ago: fail fast, the next source answers
         # Every host is marked: clear the marks, fetch the list again soon, retry once.
         state.reset_done = True
+        self._last_reset = now
         for host in ranked:
             host.quarantined_until = None
         self._next_refresh = min(self._next_refresh, now)
