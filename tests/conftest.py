@@ -201,6 +201,10 @@ def make_config(store_path: str, scanners: dict[str, str], **log: str) -> Any:
         store=dataclasses.replace(base.store, path=store_path, map_size_mb=8),
         log=dataclasses.replace(base.log, target="stderr", **log),
         scanners={name: ScannerConfig(url=url) for name, url in scanners.items()},
+        # The control socket beside the store: never the real daemon's /run/markd.
+        api=dataclasses.replace(
+            base.api, socket=os.path.join(os.path.dirname(store_path), "control.sock")
+        ),
     )
 
 

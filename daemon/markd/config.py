@@ -354,6 +354,154 @@ class CheckConfig:
     tspiot: TspiotConfig | None = field(default=None, metadata={"doc": "The ТС ПИоТ."})
 
 
+def _printer_url_problem(url: str) -> str | None:
+    """The fiscal shim judges a printer URL; its message names the accepted form."""
+    from markd.errors import PrinterURLError
+    from markd.fiscal.base import parse_printer_url
+
+    try:
+        parse_printer_url(url)
+    except PrinterURLError as exc:
+        return str(exc)
+    return None
+
+
+def _tag_length_problem(value: str, tag: int, longest: int) -> str | None:
+    if not 1 <= len(value) <= longest:
+        return f"tag {tag} is 1 to {longest} characters, got {value!r}"
+    return None
+
+
+def _tag1263_problem(value: str) -> str | None:
+    from markd.fiscal.model import tag1263_problem
+
+    return tag1263_problem(value)
+
+
+#: Tax types of ATOL JSON; keep equal to :data:`markd.fiscal.model.TAX_TYPES` (a test does).
+FISCAL_TAX_TYPES = (
+    "none",
+    "vat0",
+    "vat5",
+    "vat7",
+    "vat10",
+    "vat20",
+    "vat22",
+    "vat105",
+    "vat107",
+    "vat110",
+    "vat120",
+    "vat122",
+)
+
+
+@dataclass(frozen=True)
+class FiscalConfig:
+    """``[fiscal]``: the fiscal printer (ККТ) and the sale session (``docs/fiscal.md``)."""
+
+    url: str = field(
+        default="emulator:///var/lib/markd/kkt",
+        metadata={
+            "doc": "Printer URL: `atol-web://127.0.0.1:16732` (ATOL web server), "
+            "`atol-lib://usb` (libfptr10), or `emulator:///DIR` (the virtual ККТ).",
+            "check": lambda value: _printer_url_problem(value),
+        },
+    )
+    journal: str = field(
+        default="/var/lib/markd/fiscal/session.journal",
+        metadata={
+            "doc": "The sale session's journal (fsync'd JSON lines) that recovery reads after "
+            "a crash.",
+            "min_length": 1,
+        },
+    )
+    timeout_ms: int = field(
+        default=30_000,
+        metadata={
+            "doc": "Longest wait for one ККТ operation (a receipt includes printing it).",
+            "min": 1000,
+            "max": 300_000,
+        },
+    )
+    validation_timeout_ms: int = field(
+        default=10_000,
+        metadata={
+            "doc": "Longest wait for the ККТ's answer on a marking code (begin → ready).",
+            "min": 500,
+            "max": 120_000,
+        },
+    )
+    validation_poll_ms: int = field(
+        default=200,
+        metadata={"doc": "Pause between validation status polls.", "min": 20, "max": 5000},
+    )
+    on_oism_no_answer: str = field(
+        default="accept",
+        metadata={
+            "doc": "When the marking operator's system does not answer the ККТ (0xFF): `accept` "
+            "the unit (the permit check allowed it) or `decline` it.",
+            "choices": ("accept", "decline"),
+        },
+    )
+    sale_status: int = field(
+        default=1,
+        metadata={
+            "doc": "Tag 2003 for a sale: 1 (piece sold) or 2 (as several ATOL examples pass).",
+            "min": 1,
+            "max": 2,
+        },
+    )
+    tag1262: str = field(
+        default="030",
+        metadata={
+            "doc": "Tag 1262 of tag 1260 (ФОИВ id) on every marked position.",
+            "check": lambda value: _tag_length_problem(value, 1262, 3),
+        },
+    )
+    tag1263: str = field(
+        default="26.03.2022",
+        metadata={
+            "doc": "Tag 1263 (date of the founding document, DD.MM.YYYY).",
+            "check": lambda value: _tag1263_problem(value),
+        },
+    )
+    tag1264: str = field(
+        default="477",
+        metadata={
+            "doc": "Tag 1264 (number of the founding document).",
+            "check": lambda value: _tag_length_problem(value, 1264, 32),
+        },
+    )
+    tax: str = field(
+        default="none",
+        metadata={
+            "doc": "Tax type of a position unless the sale says otherwise.",
+            "choices": FISCAL_TAX_TYPES,
+        },
+    )
+    payment_type: str = field(
+        default="electronically",
+        metadata={
+            "doc": "Payment type of a receipt closed without one (`markctl sell`).",
+            "choices": ("electronically", "cash"),
+        },
+    )
+    auto_shift: bool = field(
+        default=True,
+        metadata={
+            "doc": "Open a closed shift, and close and reopen an expired (24 h) one, before a "
+            "receipt.",
+        },
+    )
+    lm_sell: bool = field(
+        default=True,
+        metadata={
+            "doc": "After a receipt, report its КИ to the Local Module (API v2 `/cis/sell`, "
+            "`/cis/return`) when `[check.local_module]` is configured.",
+        },
+    )
+
+
 @dataclass(frozen=True)
 class ScannerConfig:
     """``[scanners.NAME]``: one barcode scanner."""
@@ -363,6 +511,100 @@ class ScannerConfig:
             "doc": "Scanner URL, e.g. `serial:///dev/ttyACM0?baudrate=9600&terminator=cr`.",
             "min_length": 1,
             "check": _scanner_url_problem,
+        },
+    )
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``[api] listen`` as ``(host, port)``: ``127.0.0.1:8391``, ``[::1]:8391``, or
+    ``localhost:8391`` (meaning 127.0.0.1); port 0 takes any free port (tests). ``ValueError``
+    naming the form otherwise."""
+    import ipaddress
+
+    form = "expected HOST:PORT with an IP address, e.g. 127.0.0.1:8391 or [::1]:8391"
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"{form}, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{form} (an IPv6 address goes in brackets), got {value!r}")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{form}, got {value!r}") from None
+    return host, int(port_text)
+
+
+def _listen_problem(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _origin_problem(value: str) -> str | None:
+    if not re.fullmatch(r"https?://[^/\s?#]+", value):
+        return f"expected an origin such as http://localhost:8080 (no path), got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """``[api]``: the control API (``docs/api.md``) for kiosk screens and ``markctl``."""
+
+    enabled: bool = field(
+        default=True,
+        metadata={"doc": "Serve the control API on `socket` (and on `listen` when set)."},
+    )
+    socket: str = field(
+        default="/run/markd/control.sock",
+        metadata={
+            "doc": "Unix socket of the API, mode 0660; the directory comes from systemd's "
+            "`RuntimeDirectory=` (created when missing).",
+            "min_length": 1,
+        },
+    )
+    socket_group: str = field(
+        default="markd",
+        metadata={
+            "doc": "Group given the socket when that group exists; its members may use the API. "
+            "Empty: leave the group as created.",
+        },
+    )
+    listen: str = field(
+        default="",
+        metadata={
+            "doc": "Also serve on TCP at `HOST:PORT` (e.g. `127.0.0.1:8391`) for browser-based "
+            "screens, with a bearer token; empty: no TCP.",
+            "check": lambda value: _listen_problem(value),
+        },
+    )
+    allow_remote: bool = field(
+        default=False,
+        metadata={
+            "doc": "Allow `listen` on an address other than loopback (the token then crosses "
+            "the network in clear text).",
+        },
+    )
+    token_file: str = field(
+        default="",
+        metadata={
+            "doc": "File holding the bearer token TCP clients must send; empty: the systemd "
+            "credential `api-token`. Required when `listen` is set.",
+        },
+    )
+    allowed_origins: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "doc": "Browser origins (`http://localhost:8080`) that get CORS headers; a request "
+            "with another `Origin` is refused.",
+            "check": lambda value: _origin_problem(value),
         },
     )
 
@@ -380,6 +622,9 @@ class Config:
     codes: CodesConfig = field(default_factory=CodesConfig, metadata={"doc": "Code parsing."})
     terminal: TerminalConfig = field(default_factory=TerminalConfig, metadata={"doc": "Till."})
     check: CheckConfig = field(default_factory=CheckConfig, metadata={"doc": "Checks."})
+    fiscal: FiscalConfig = field(
+        default_factory=FiscalConfig, metadata={"doc": "Fiscal printer and sales."}
+    )
     scanners: dict[str, ScannerConfig] = field(
         default_factory=_default_scanners,
         metadata={
@@ -389,6 +634,7 @@ class Config:
             "empty_is_default": True,
         },
     )
+    api: ApiConfig = field(default_factory=ApiConfig, metadata={"doc": "Control API."})
     sources: tuple[str, ...] = field(default=(), metadata={"toml": False})
 
     def codes_options(self) -> CodesOptions:

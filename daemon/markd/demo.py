@@ -9,6 +9,11 @@ accepts connections and never answers), so the Local Module answers offline; the
 Module falls out of sync too, and the ``unanswered`` policy decides. The configuration is built
 in code, so no file is needed.
 
+At the end the allowed units (each КИ once) are sold through the emulated ККТ
+(``emulator://`` in the temporary directory, :mod:`markd.fiscal`): each is validated by the
+ККТ, the receipt is printed with its tags, the store's sold journal and the Local Module get
+the КИ (:func:`sell_allowed`).
+
 :data:`SCRIPT` lists the scans with the decision each should get; :func:`run_demo` prints one
 line per verdict and a summary. The codes are made up (valid structure and GTIN check digits,
 no real product).
@@ -18,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
+import os
 import sys
 import tempfile
 from collections import Counter
@@ -36,6 +43,7 @@ from markd.config import (
 )
 from markd.emulators.crpt_cdn import CrptCdnEmulator
 from markd.emulators.local_module import LocalModuleEmulator
+from markd.fiscal.factory import build_session, local_module_for_sales, open_configured_printer
 from markd.scanners import get_virtual
 from markd.service import Service
 from markd.store import Store
@@ -128,6 +136,17 @@ def demo_config(
         base,
         store=dataclasses.replace(base.store, path=store_path, map_size_mb=8),
         scanners={SCANNER_NAME: ScannerConfig(url=f"virtual://{SCANNER_NAME}")},
+        # The demo's control socket lives in its temporary directory, beside the store.
+        api=dataclasses.replace(
+            base.api, socket=os.path.join(os.path.dirname(store_path), "control.sock")
+        ),
+        # The emulated ККТ and the sale journal too.
+        fiscal=dataclasses.replace(
+            base.fiscal,
+            url=f"emulator://{os.path.abspath(os.path.dirname(store_path))}/kkt",
+            journal=os.path.join(os.path.dirname(store_path), "fiscal", "session.journal"),
+            validation_poll_ms=20,
+        ),
     )
     if cdn_url is None or lm_url is None:
         return config
@@ -246,6 +265,9 @@ def run_demo(out: TextIO | None = None) -> int:
             "lm-down": lambda: lm.set_state("sync_error"),
         }
         verdicts = asyncio.run(run_script(config, SCRIPT, out, actions=actions))
+        lm.set_state("ready")  # back in sync, so the sale below reaches its sold-codes list
+        sale = io.StringIO()
+        asyncio.run(sell_allowed(config, SCRIPT, verdicts, sale))
     counts = Counter(v.decision for v in verdicts)
     unexpected = sum(1 for v, s in zip(verdicts, SCRIPT, strict=True) if v.decision != s.expect)
     print("", file=out)
@@ -255,4 +277,59 @@ def run_demo(out: TextIO | None = None) -> int:
         + (f"; {unexpected} differ from the expected decision" if unexpected else ""),
         file=out,
     )
+    print("", file=out)
+    out.write(sale.getvalue())
     return 0
+
+
+#: Demo prices (kopecks) and receipt names by product group.
+DEMO_GOODS = {
+    "water": ("Вода питьевая 0,5 л", 8990),
+    "tobacco": ("Сигареты", 22500),
+    "milk": ("Молоко 3,2 %", 11990),
+}
+DEMO_OTHER = ("Кроссовки", 459000)
+
+
+async def sell_allowed(
+    config: Config, script: tuple[DemoScan, ...], verdicts: list[Verdict], out: TextIO
+) -> None:
+    """Sell every allowed unit once, through the ККТ ``[fiscal] url`` names, on one receipt;
+    print what the ККТ said about each unit and the receipt with its tags."""
+    from markd.cli.cmd_sell import describe_fn, describe_receipt
+    from markd.codes import parse
+
+    printer = open_configured_printer(config)
+    lm_client = local_module_for_sales(config)
+    with Store.from_config(config.store) as store:
+        session = build_session(config, printer, store, lm_client=lm_client)
+        try:
+            await session.recover()
+            print(
+                f"sale of the allowed units through the emulated ККТ ({config.fiscal.url}):",
+                file=out,
+            )
+            seen: set[str] = set()
+            for item, verdict in zip(script, verdicts, strict=True):
+                if not verdict.allowed or verdict.ki is None or verdict.ki in seen:
+                    continue
+                seen.add(verdict.ki)
+                code = parse(item.text, config.codes_options())
+                name, price = DEMO_GOODS.get(code.group, DEMO_OTHER)
+                outcome = await session.add(verdict, code, price, name)
+                print(f"  {code.ki}  {describe_fn(outcome.record())}", file=out)
+            receipt = await session.close()
+            if receipt.receipt is None:
+                print(f"no receipt: {receipt.status} ({receipt.reason})", file=out)
+                return
+            print(describe_receipt(receipt.receipt.record()), file=out)
+            sold = "every КИ recorded as sold" if receipt.store_ok else "NOT updated"
+            print(f"  store: {sold}", file=out)
+            if receipt.lm is not None:
+                told = len(receipt.lm.get("accepted", []))
+                print(f"  Local Module /cis/sell: {told} КИ accepted", file=out)
+        finally:
+            if lm_client is not None:
+                lm_client.close()
+            session.close_session()
+            printer.close()

@@ -10,8 +10,16 @@ machine-readable ``reason`` (a short kebab-case code that lands in the journal a
     ├── CodeError          a scanned text is not a usable marking code (markd.codes)
     ├── ConfigError        a configuration file or value is wrong (markd.config)
     ├── StoreError         the LMDB store cannot be opened, read or written (markd.store)
-    └── ScannerError       a scanner URL is wrong or a device cannot be used (markd.scanners)
-        └── ScannerGone    the device vanished (unplug); the service retries
+    ├── ScannerError       a scanner URL is wrong or a device cannot be used (markd.scanners)
+    │   └── ScannerGone    the device vanished (unplug); the service retries
+    └── FiscalError        the fiscal printer (ККТ) or its shim failed (markd.fiscal)
+        ├── PrinterURLError     a printer URL is wrong (also a ValueError)
+        ├── PrinterUnavailable  the ККТ cannot be reached, or its driver is not installed;
+        │   │                   the operation did not reach the device
+        │   └── OutcomeUnknown  the link broke while the device was changing state (a receipt
+        │                       may or may not exist); only reconciliation can tell
+        ├── PrinterFault        the ККТ answered and refused (no paper, ФН error, shift expired…)
+        └── FiscalTimeout       the ККТ gave no final answer in time (also a TimeoutError)
 
 Low-level exceptions (OSError, lmdb.Error, serial.SerialException) are wrapped with
 ``raise ... from`` so the original stays visible in tracebacks but callers catch one type.
@@ -87,3 +95,60 @@ class ScannerGone(ScannerError):
     """The scanner vanished (unplugged, port closed); the service keeps retrying."""
 
     reason = "scanner-gone"
+
+
+class FiscalError(MarkdError):
+    """The fiscal printer (ККТ) or the shim in front of it failed.
+
+    ``device_code`` is the device's own error number when it sent one (ATOL's
+    ``LIBFPTR_ERROR_*`` values), None otherwise. Messages name the КИ at most, never a full
+    marking code.
+    """
+
+    reason = "fiscal-error"
+
+    def __init__(
+        self, message: str, reason: str | None = None, device_code: int | None = None
+    ) -> None:
+        super().__init__(message, reason)
+        self.device_code = device_code
+
+    def as_dict(self) -> dict[str, str]:
+        data = super().as_dict()
+        if self.device_code is not None:
+            data["device_code"] = str(self.device_code)
+        return data
+
+
+class PrinterURLError(FiscalError, ValueError):
+    """A printer URL (``[fiscal] url``) is malformed; the message restates the accepted form."""
+
+    reason = "bad-printer-url"
+
+
+class PrinterUnavailable(FiscalError):
+    """The ККТ cannot be reached (unplugged, its web server down) or the driver it needs is
+    not installed (``driver-missing``). The operation did not reach the device."""
+
+    reason = "printer-unavailable"
+
+
+class OutcomeUnknown(PrinterUnavailable):
+    """The link to the ККТ broke while an operation that changes it (a receipt, a shift) was
+    under way: it may or may not have happened. The sale session reconciles with the device
+    (its document counter, the request's id) before doing anything else."""
+
+    reason = "outcome-unknown"
+
+
+class PrinterFault(FiscalError):
+    """The ККТ answered and refused the operation; ``reason`` names why (``paper-out``,
+    ``fn-error``, ``shift-expired``, ``receipt-open``, ``mark-not-checked`` …)."""
+
+    reason = "printer-fault"
+
+
+class FiscalTimeout(FiscalError, TimeoutError):
+    """The ККТ did not finish an operation (or the ФН a code validation) within its time."""
+
+    reason = "fiscal-timeout"

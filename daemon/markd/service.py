@@ -15,9 +15,22 @@ reason ``internal-error``. Every scan ends in exactly one verdict.
 Fleet sync: with ``[store] sync_url`` set, :class:`StoreSync` runs ``markctl store sync`` in a
 child process shortly after start and then every ``[store] sync_interval_s`` (see its docstring).
 
-Stopping: SIGTERM and SIGINT only set the stop event (when :meth:`Service.run` is asked to handle
-signals, i.e. when it is the main program); the loop then sends ``STOPPING=1``, closes the
-scanners and the store, and returns.
+Signals (when :meth:`Service.run` is asked to handle them, i.e. when it is the main program) only
+set an event or queue a request; the work happens in the loop, between two scans:
+
+* SIGTERM, SIGINT: the scan being checked gets its verdict, scans still queued get ``rescan``
+  (reason ``service-stopping``), ``STOPPING=1`` goes out, :meth:`Service._before_stop` runs (the
+  hook for an open receipt), then the scanners, the chain and the store are closed.
+* SIGHUP: :meth:`Service.reload` re-reads the same configuration file(s) as at start and applies
+  them without a restart: ``RELOADING=1``, then ``READY=1``. Unchanged scanners keep running, the
+  check chain is rebuilt; a configuration that does not load is refused with a ``reload-refused``
+  record and the old one stays in force. The outcome also goes to ``$RUNTIME_DIRECTORY/reload.json``
+  for ``markd reload`` (the unit's ``ExecReload=``), so that ``systemctl reload`` waits for it.
+
+Health: with ``WatchdogSec=`` set, a task of the loop pings ``WATCHDOG=1`` every half period, but
+only after :meth:`Service.health_problem` found the loop, the store and the scanner readers
+working; a hung loop or a broken store stops the pings and systemd restarts the daemon. The
+same task keeps the one-line ``STATUS=`` (``systemctl status markd``) current.
 """
 
 from __future__ import annotations
@@ -31,7 +44,9 @@ import random
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,18 +55,45 @@ from markd.checks.chain import CheckChain, StoreOnlyChain, elapsed_ms
 from markd.checks.factory import build_chain
 from markd.checks.record import CURRENT_SCAN, Exchange
 from markd.checks.verdict import Verdict, parser_verdict
-from markd.errors import CodeError
+from markd.errors import CodeError, ConfigError, MarkdError
+from markd.events import EventHub, PublishingEventLog
 from markd.scanners import Scan, Scanner, ScannerEvent, ScannerState, ScanOverflow, open_scanner
 from markd.store import Store
-from markd.systemd import EventLog, LogBridge, notify
+from markd.systemd import (
+    RELOAD_STATUS_FILE,
+    EventLog,
+    LogBridge,
+    notify,
+    priority_value,
+    reloading_states,
+    runtime_file,
+    watchdog_interval,
+)
 
 if TYPE_CHECKING:
+    from markd.api import ControlServer, ReceiptOperations
     from markd.config import Config
 
 VerdictSink = Callable[[Verdict], None]
 
 #: Deny text when handling a scan failed inside markd itself (a bug, not the customer's fault).
 INTERNAL_ERROR_RU = "Ошибка проверки, продажа невозможна"
+#: Rescan text for a scan still queued when the service was told to stop.
+STOPPING_RU = "Проверка перезапускается, отсканируйте код ещё раз"
+
+#: Test-only hook: with ``MARKD_TEST_HOOKS=1`` in the daemon's environment, SIGUSR2 blocks the
+#: event loop for :data:`TEST_HANG_S` seconds, as a bug that hangs it would. The system test uses
+#: it to prove that the watchdog restarts a hung daemon. Never set it on a till.
+TEST_HOOKS_ENV = "MARKD_TEST_HOOKS"
+TEST_HANG_S = 3600.0
+#: A scan (or reload) still being handled this long after the longest check budget means the
+#: loop is stuck on it: the chain answers within its budget plus 50 ms.
+STUCK_GRACE_S = 30.0
+#: Without a watchdog, the status line is refreshed this often (the blocklist's age moves on).
+STATUS_REFRESH_S = 30.0
+#: Top-level sections a reload applies; a change anywhere else takes effect at the next start
+#: (the reload record says so). ``[log] level`` applies too, ``[log] target`` does not.
+RELOADABLE_SECTIONS = frozenset({"store", "codes", "terminal", "check", "scanners"})
 
 
 #: The first fleet sync runs this many seconds after start, drawn at random: a fleet that boots
@@ -243,6 +285,46 @@ class _StopSentinel:
 _STOP = _StopSentinel()
 
 
+@dataclass(frozen=True)
+class ReloadResult:
+    """The outcome of one reload: applied (``ok``) or refused, and a line saying what happened.
+    ``generation`` counts reloads since start (0 is the start itself)."""
+
+    ok: bool
+    message: str
+    generation: int
+
+
+class _ReloadRequest:
+    """Queued by SIGHUP (no future) or :meth:`Service.reload` (a future for the result), so a
+    reload runs between two scans, never in the middle of one."""
+
+    def __init__(self, future: asyncio.Future[ReloadResult] | None = None) -> None:
+        self.future = future
+
+
+_QueueItem = ScannerEvent | _StopSentinel | _ReloadRequest
+
+
+def _reader_alive(scanner: Scanner) -> bool:
+    """Whether a started scanner's reader thread still runs. The base class restarts a reader
+    that failed, so a dead thread on an open scanner is a bug or a wedged driver, never the
+    normal "device absent" state (that is ``scanner.present is False``, with the thread alive
+    and retrying)."""
+    thread = getattr(scanner, "_thread", None)
+    return thread is None or thread.is_alive()
+
+
+def _age_text(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86_400:.0f} d"
+
+
 class Service:
     """The daemon. Build it from a :class:`~markd.config.Config` and ``await run()``.
 
@@ -258,9 +340,16 @@ class Service:
         *,
         event_log: EventLog | None = None,
         verdict_sink: VerdictSink | None = None,
+        config_loader: Callable[[], Config] | None = None,
     ) -> None:
         self.config = config
-        self.event_log = event_log or EventLog(target=config.log.target, level=config.log.level)
+        #: Reads the configuration again for a reload; default: the files in ``config.sources``.
+        self.config_loader = config_loader
+        #: Live events for the control API's streams: every event logged is also published.
+        self.events = EventHub()
+        self.event_log = PublishingEventLog(
+            event_log or EventLog(target=config.log.target, level=config.log.level), self.events
+        )
         self.verdict_sink = verdict_sink
         self.scanners: dict[str, Scanner] = {}
         self.store: Store | None = None
@@ -274,23 +363,55 @@ class Service:
         self._background: list[asyncio.Future[None]] = []
         #: Delay range of the first fleet sync; tests set ``(0, 0)``.
         self.sync_start_delay_s = SYNC_START_DELAY_S
+        #: The sale session behind the control API's receipt endpoints (None: no printer).
+        self.receipts: ReceiptOperations | None = None
+        #: The control API while the service runs with ``[api] enabled``.
+        self.api: ControlServer | None = None
+        # -- reload, watchdog, status (see the module docstring) --
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[_QueueItem] | None = None
+        self._reload_queued = False
+        #: Reloads tried since start; the generation of the last :class:`ReloadResult`.
+        self.reloads = 0
+        #: Where reload outcomes go for ``markd reload`` (None: nowhere; tests set a path).
+        self.reload_status_path = runtime_file(RELOAD_STATUS_FILE)
+        #: Seconds between watchdog pings (half of ``WatchdogSec=``), None without a watchdog.
+        self.watchdog_interval_s = watchdog_interval()
+        #: The monotonic time the consumer started on the event it is handling, if any.
+        self._handling_since: float | None = None
+        self._healthy = True
+        self._last_status = ""
+        #: Verdicts given since start, by decision (``allow``, ``deny``, ``rescan``).
+        self.verdict_counts: Counter[str] = Counter()
 
     async def run(
         self, stop_event: asyncio.Event | None = None, *, handle_signals: bool = False
     ) -> None:
         """Run until ``stop_event`` is set (or SIGTERM/SIGINT with ``handle_signals``).
 
+        With ``handle_signals``, SIGHUP reloads the configuration (:meth:`reload`), and with
+        ``MARKD_TEST_HOOKS=1`` in the environment SIGUSR2 hangs the loop (test-only, see
+        :data:`TEST_HOOKS_ENV`).
+
         Raises :class:`~markd.errors.StoreError` or :class:`~markd.errors.ScannerError` when
         start-up fails; once ready, it only returns by being stopped.
         """
         loop = asyncio.get_running_loop()
         stop = stop_event or asyncio.Event()
-        queue: asyncio.Queue[ScannerEvent | _StopSentinel] = asyncio.Queue()
+        queue: asyncio.Queue[_QueueItem] = asyncio.Queue()
+        self._loop, self._queue = loop, queue
         installed: list[signal.Signals] = []
         if handle_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                # The handler only sets the event; all stopping work runs in the loop below.
-                loop.add_signal_handler(signum, stop.set)
+            # The handlers only set the event or queue a request; the work runs in the loop.
+            handlers: dict[signal.Signals, Callable[[], object]] = {
+                signal.SIGTERM: stop.set,
+                signal.SIGINT: stop.set,
+                signal.SIGHUP: self.request_reload,
+            }
+            if os.environ.get(TEST_HOOKS_ENV) == "1":
+                handlers[signal.SIGUSR2] = self._test_hang
+            for signum, handler in handlers.items():
+                loop.add_signal_handler(signum, handler)
                 installed.append(signum)
 
         async def relay_stop() -> None:
@@ -304,13 +425,23 @@ class Service:
         markd_logger.propagate = False  # no second, bare copy on stderr
         if markd_logger.level == logging.NOTSET:
             markd_logger.setLevel(logging.INFO)
+        housekeeping: asyncio.Task[None] | None = None
         try:
             self._start(loop, queue)  # type: ignore[arg-type]
+            housekeeping = asyncio.create_task(self._housekeeping(), name="markd-housekeeping")
             while True:
-                event = await queue.get()
-                if isinstance(event, _StopSentinel):
+                item = await queue.get()
+                if isinstance(item, _StopSentinel) or stop.is_set():
+                    self._answer_queued_on_stop(item, queue)
                     break
-                await self._handle(event)
+                self._handling_since = time.monotonic()
+                try:
+                    if isinstance(item, _ReloadRequest):
+                        await self._serve_reload(item)
+                    else:
+                        await self._handle(item)
+                finally:
+                    self._handling_since = None
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -318,14 +449,29 @@ class Service:
             if self.ready.is_set():
                 notify("STOPPING=1", "STATUS=stopping")
                 self.event_log.event("service-stopping", "markd stopping")
+                # Watched like a scan: a stop that hangs here stops the watchdog pings.
+                self._handling_since = time.monotonic()
+                try:
+                    await self._before_stop()
+                except Exception as exc:  # noqa: BLE001 - stopping must go on
+                    self._internal_error("before-stop hook", exc)
             if self.store_sync is not None:
                 await self.store_sync.stop()
+            if self.api is not None:
+                await self.api.close()
+                self.api = None
             for background in self._background:
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await background
             self._background.clear()
             self._shutdown()
+            if housekeeping is not None:
+                housekeeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await housekeeping
+            self._handling_since = None
+            self._loop = self._queue = None
             for signum in installed:
                 loop.remove_signal_handler(signum)
             markd_logger.removeHandler(bridge)
@@ -341,13 +487,23 @@ class Service:
             scanner = open_scanner(name, scanner_config.url)
             self.scanners[name] = scanner
             scanner.start(loop, queue)
+        if self.config.api.enabled:
+            # Before READY=1: once systemd says the daemon is up, markctl can reach it.
+            from markd.api import ControlServer
+
+            api = ControlServer(self, self.config.api)
+            api.start()
+            self.api = api
         info = self.store.info()
         blocked = sum(info.counts.values())
         status = (
             f"ready: {len(self.scanners)} scanner(s), mode {self.config.check.mode}, "
             f"blocklist v{info.version} with {blocked} entries in {store_config.path}"
         )
-        notify("READY=1", f"STATUS={status}")
+        self._last_status = self.status_line()
+        ready = ["READY=1", f"STATUS={self._last_status}"]
+        notify(*ready, *(["WATCHDOG=1"] if self.watchdog_interval_s else []))
+        self._write_reload_status(ReloadResult(True, "started", 0))
         self.event_log.event(
             "service-started",
             f"markd {status}",
@@ -355,17 +511,30 @@ class Service:
             scanners=",".join(self.scanners),
             store=store_config.path,
         )
+        self._start_background()
+        self._start_store_sync()
+        self.ready.set()
+
+    def _start_background(self) -> None:
         poller = getattr(getattr(self._chain, "local_module", None), "run_status_poller", None)
         if poller is not None:
             # The Local Module's state is polled in the background, so a check never waits on
             # a module known to be down (domain.md §4.6).
             self._background.append(asyncio.ensure_future(poller()))
-        if store_config.sync_url:
+
+    async def _stop_background(self) -> None:
+        for background in self._background:
+            background.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await background
+        self._background.clear()
+
+    def _start_store_sync(self) -> None:
+        if self.config.store.sync_url:
             self.store_sync = StoreSync(
                 self.config, self.event_log, start_delay_s=self.sync_start_delay_s
             )
             self.store_sync.start()
-        self.ready.set()
 
     def _shutdown(self) -> None:
         # Release devices first: a port left open blocks the next start (and the till).
@@ -404,7 +573,8 @@ class Service:
             )
             self._update_status()
 
-    async def _on_scan(self, scan: Scan) -> None:
+    async def _on_scan(self, scan: Scan, *, to_sink: bool = True) -> Verdict:
+        self.events.publish("scan", {"scanner": scan.scanner, "length": len(scan.data)})
         try:
             verdict = await self.check_async(scan.data, scan.scanner, started=scan.received)
         except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the till
@@ -418,11 +588,26 @@ class Service:
                 latency_ms=elapsed_ms(scan.received),
             )
         self.event_log.verdict(verdict)
-        if self.verdict_sink is not None:
+        self._count_verdict(verdict)
+        if to_sink and self.verdict_sink is not None:
             try:
                 self.verdict_sink(verdict)
             except Exception as exc:  # noqa: BLE001 - a sink bug is logged, checks go on
                 self._internal_error("verdict sink", exc)
+        return verdict
+
+    # -- control API ----------------------------------------------------------------------------
+
+    async def submit(self, data: bytes, scanner: str) -> Verdict:
+        """Decide on a code that came another way than a scanner (``POST /v1/check``) exactly
+        like a scan: ``scan`` event, check, journaled verdict, ``verdict`` event. It is not
+        given to the verdict sink: a check through the API is a question, not a unit for sale."""
+        return await self._on_scan(Scan(scanner, data, time.monotonic()), to_sink=False)
+
+    @property
+    def chain(self) -> StoreOnlyChain | CheckChain | None:
+        """The check chain while running (the control API reads its sources' health)."""
+        return self._chain
 
     def check(self, data: bytes, scanner: str, *, started: float | None = None) -> Verdict:
         """Decide on one framed unit with the store-only chain (synchronous; tests and tools).
@@ -474,11 +659,50 @@ class Service:
         )
 
     def _update_status(self) -> None:
-        absent = sorted(name for name, s in self.scanners.items() if s.present is False)
-        if absent:
-            notify(f"STATUS=ready; scanner(s) absent: {', '.join(absent)}")
+        """Send ``STATUS=`` when the one-line summary changed (``systemctl status`` shows it)."""
+        if not self.ready.is_set():
+            return
+        line = self.status_line()
+        if line != self._last_status:
+            self._last_status = line
+            notify(f"STATUS={line}")
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: health, mode, scanners, blocklist age, verdicts.
+
+        e.g. ``ready; mode direct; scanners front ok, side absent; blocklist v12 synced 3 h ago;
+        verdicts 41 allow, 2 deny, 1 rescan``.
+        """
+        state = "ready" if self._healthy else "UNHEALTHY (see journalctl -u markd)"
+        parts = [state, f"mode {self.config.check.mode}"]
+        if self.scanners:
+            states = {True: "ok", False: "absent", None: "opening"}
+            parts.append(
+                "scanners "
+                + ", ".join(f"{n} {states[s.present]}" for n, s in sorted(self.scanners.items()))
+            )
         else:
-            notify(f"STATUS=ready: {len(self.scanners)} scanner(s) present")
+            parts.append("no scanners")
+        if self.store is not None:
+            try:
+                info = self.store.info()
+            except Exception:  # noqa: BLE001 - the health check reports the cause
+                parts.append("store unreadable")
+            else:
+                if info.synced_at is None:
+                    parts.append(f"blocklist v{info.version} never synced")
+                else:
+                    age = max(0.0, time.time() - info.synced_at)
+                    parts.append(f"blocklist v{info.version} synced {_age_text(age)} ago")
+        counts = self.verdict_counts
+        parts.append(
+            f"verdicts {counts['allow']} allow, {counts['deny']} deny, {counts['rescan']} rescan"
+        )
+        return "; ".join(parts)
+
+    def _count_verdict(self, verdict: Verdict) -> None:
+        self.verdict_counts[verdict.decision] += 1
+        self._update_status()
 
     def _internal_error(self, what: str, exc: BaseException) -> None:
         # Type and message only: a traceback could hold a local with the full code.
@@ -488,3 +712,345 @@ class Service:
             priority="error",
             error=type(exc).__name__,
         )
+
+    # -- hooks for the sale side ----------------------------------------------------------------
+
+    async def _before_stop(self) -> None:
+        """Runs once when the service stops (SIGTERM), after the last verdict and before the
+        scanners, the chain and the store close. The place for the open receipt (cancel or
+        finish it); empty until the fiscal side exists. Keep it well within ``TimeoutStopSec=``."""
+
+    async def _before_reload(self, new_config: Config) -> None:
+        """Runs on a reload once ``new_config`` has loaded, before anything is applied. The place
+        for the open receipt when a reload must not pull the printer from under it."""
+
+    # -- reload (SIGHUP) ------------------------------------------------------------------------
+
+    def request_reload(self) -> bool:
+        """Queue a reload, as SIGHUP does; False when the service is not running. Several
+        requests before the reload starts make one reload."""
+        if self._queue is None:
+            return False
+        if not self._reload_queued:
+            self._reload_queued = True
+            self._queue.put_nowait(_ReloadRequest())
+        return True
+
+    async def reload(self) -> ReloadResult:
+        """Re-read the configuration and apply it between two scans; return the outcome."""
+        if self._queue is None or self._loop is None:
+            raise RuntimeError("the service is not running")
+        future: asyncio.Future[ReloadResult] = self._loop.create_future()
+        self._queue.put_nowait(_ReloadRequest(future))
+        return await future
+
+    async def _serve_reload(self, request: _ReloadRequest) -> None:
+        if request.future is None:
+            self._reload_queued = False  # a SIGHUP from now on asks for another reload
+        self.reloads += 1
+        notify(*reloading_states(), "STATUS=reloading the configuration")
+        try:
+            ok, message = await self._apply_reload()
+        except Exception as exc:  # noqa: BLE001 - a bug while reloading must not stop the till
+            self._internal_error("reloading the configuration", exc)
+            ok, message = False, f"reload failed: {type(exc).__name__}: {exc}"
+        result = ReloadResult(ok, message, self.reloads)
+        self._write_reload_status(result)
+        self._last_status = self.status_line()
+        notify("READY=1", f"STATUS={self._last_status}")
+        if request.future is not None and not request.future.done():
+            request.future.set_result(result)
+
+    def _load_new_config(self) -> Config:
+        if self.config_loader is not None:
+            return self.config_loader()
+        from markd import config as config_module
+
+        main = _main_config_file(self.config)
+        if main is None:
+            raise ConfigError("no configuration file to re-read: markd started on defaults")
+        return config_module.load(main)
+
+    def _refuse_reload(self, problems: list[str]) -> tuple[bool, str]:
+        first = problems[0] if problems else "unknown problem"
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        message = f"new configuration refused, the running one stays in force: {first}{more}"
+        self.event_log.event(
+            "reload-refused",
+            message,
+            priority="error",
+            problems=" | ".join(problems),
+            generation=self.reloads,
+        )
+        return False, message
+
+    async def _apply_reload(self) -> tuple[bool, str]:
+        """Load the configuration again and apply it; (applied, what happened)."""
+        try:
+            new = self._load_new_config()
+        except ConfigError as exc:
+            return self._refuse_reload(exc.problems)
+        await self._before_reload(new)
+        old = self.config
+        assert self.store is not None and self._loop is not None and self._queue is not None
+
+        # The store and the chain first: a missing secret or a store that does not open refuses
+        # the whole reload before any scanner is touched.
+        store_changed = _store_settings(new) != _store_settings(old)
+        try:
+            if store_changed:
+                await self._replace_store_and_chain(new)
+            else:
+                chain = build_chain(new, self.store, recorder=self._record_exchange)
+                await self._replace_chain(chain)
+        except MarkdError as exc:
+            return self._refuse_reload(getattr(exc, "problems", None) or [str(exc)])
+
+        kept, started, closed, problems = self._apply_scanners(new)
+        sync_changed = (new.store.sync_url, new.store.sync_interval_s) != (
+            old.store.sync_url,
+            old.store.sync_interval_s,
+        )
+        if store_changed or sync_changed:
+            if self.store_sync is not None:
+                await self.store_sync.stop()
+                self.store_sync = None
+        self._codes_options = new.codes_options()
+        inner_log = getattr(self.event_log, "inner", self.event_log)
+        inner_log.level = priority_value(new.log.level)
+        self.config = new
+        if self.store_sync is None:
+            self._start_store_sync()
+
+        later = [
+            f"[{name}]"
+            for name in _section_names(new)
+            if name not in RELOADABLE_SECTIONS
+            and name != "log"
+            and getattr(new, name) != getattr(old, name)
+        ]
+        if new.log.target != old.log.target:
+            later.append("[log] target")
+        summary = (
+            f"configuration reloaded from {', '.join(new.sources) or 'defaults'}: mode "
+            f"{new.check.mode}; scanners kept {', '.join(kept) or '-'}, started "
+            f"{', '.join(started) or '-'}, closed {', '.join(closed) or '-'}"
+        )
+        if store_changed:
+            summary += f"; store reopened at {new.store.path}"
+        if later:
+            summary += f"; takes effect at the next start: {', '.join(later)}"
+        if problems:
+            summary += "; " + "; ".join(problems)
+        self.event_log.event(
+            "service-reloaded",
+            summary,
+            priority="warning" if problems else "notice",
+            generation=self.reloads,
+            mode=new.check.mode,
+            scanners_kept=",".join(kept),
+            scanners_started=",".join(started),
+            scanners_closed=",".join(closed),
+            store_reopened="true" if store_changed else None,
+            restart_needed=",".join(later) or None,
+        )
+        return not problems, summary
+
+    async def _replace_chain(self, chain: StoreOnlyChain | CheckChain) -> None:
+        old, self._chain = self._chain, chain
+        await self._stop_background()
+        _close_chain(old)
+        self._start_background()
+
+    async def _replace_store_and_chain(self, new: Config) -> None:
+        """Reopen the store with the new ``[store]`` settings and build the chain on it; on
+        failure, put the old store and chain back and raise."""
+        old_config = self.config
+        await self._stop_background()
+        _close_chain(self._chain)
+        self._chain = None
+        assert self.store is not None
+        self.store.close()  # LMDB forbids opening one environment twice in a process
+        store: Store | None = None
+        try:
+            store = Store.from_config(new.store)
+            self._chain = build_chain(new, store, recorder=self._record_exchange)
+            self.store = store
+        except BaseException:
+            if store is not None:
+                store.close()
+            self.store = Store.from_config(old_config.store)
+            self._chain = build_chain(old_config, self.store, recorder=self._record_exchange)
+            raise
+        finally:
+            self._start_background()
+
+    def _apply_scanners(self, new: Config) -> tuple[list[str], list[str], list[str], list[str]]:
+        """Keep the scanners whose URL did not change, close the removed and changed ones, open
+        the new ones. Returns (kept, started, closed, problems)."""
+        assert self._loop is not None and self._queue is not None
+        wanted = {name: scanner.url for name, scanner in new.scanners.items()}
+        running = {name: scanner.url.text for name, scanner in self.scanners.items()}
+        kept = [name for name in wanted if running.get(name) == wanted[name]]
+        closed = [name for name in running if wanted.get(name) != running[name]]
+        for name in closed:
+            scanner = self.scanners.pop(name)
+            try:
+                scanner.close()
+            except Exception as exc:  # noqa: BLE001 - keep going with the others
+                self._internal_error(f"closing scanner {name}", exc)
+        started: list[str] = []
+        problems: list[str] = []
+        for name, url in wanted.items():
+            if name in kept:
+                continue
+            try:
+                scanner = open_scanner(name, url)
+                scanner.start(self._loop, self._queue)  # type: ignore[arg-type]
+            except MarkdError as exc:
+                problems.append(f"scanner {name} not started: {exc}")
+                self._internal_error(f"starting scanner {name}", exc)
+                continue
+            self.scanners[name] = scanner
+            started.append(name)
+        return kept, started, [n for n in closed if n not in wanted], problems
+
+    def _write_reload_status(self, result: ReloadResult) -> None:
+        path = self.reload_status_path
+        if path is None:
+            return
+        data = {
+            "pid": os.getpid(),
+            "generation": result.generation,
+            "ok": result.ok,
+            "message": result.message,
+        }
+        try:
+            temporary = path.with_name(f".{path.name}.{os.getpid()}")
+            temporary.write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
+            os.replace(temporary, path)  # a reader sees the old outcome or the new, never half
+        except OSError:
+            pass  # markd reload then times out and says so; the reload itself stands
+
+    def _answer_queued_on_stop(self, first: _QueueItem, queue: asyncio.Queue[_QueueItem]) -> None:
+        """On stop: scans still queued get ``rescan`` (every scan ends in one verdict, and the
+        customer scans again once markd is back); pending reload requests get a refusal."""
+        items = [first]
+        while not queue.empty():
+            items.append(queue.get_nowait())
+        for item in items:
+            if isinstance(item, Scan):
+                verdict = Verdict(
+                    decision="rescan",
+                    reason="service-stopping",
+                    message_ru=STOPPING_RU,
+                    source="none",
+                    scanner=item.scanner,
+                    latency_ms=elapsed_ms(item.received),
+                )
+                self.event_log.verdict(verdict)
+                self._count_verdict(verdict)
+                if self.verdict_sink is not None:
+                    try:
+                        self.verdict_sink(verdict)
+                    except Exception as exc:  # noqa: BLE001 - logged, stopping goes on
+                        self._internal_error("verdict sink", exc)
+            elif isinstance(item, _ReloadRequest) and item.future is not None:
+                if not item.future.done():
+                    item.future.set_result(ReloadResult(False, "markd is stopping", self.reloads))
+
+    # -- health and watchdog --------------------------------------------------------------------
+
+    def health_problem(self) -> str | None:
+        """None when the daemon is healthy, else what is wrong, for the journal.
+
+        Checked before each watchdog ping: the loop (this runs in it, and no event has been in
+        handling for longer than the longest check budget plus :data:`STUCK_GRACE_S`), the store
+        (a read transaction works) and the scanners (every reader thread alive; an *absent*
+        device is a state the reader handles, not a failure).
+        """
+        since = self._handling_since
+        if since is not None:
+            busy = time.monotonic() - since
+            if busy > self._stuck_after_s():
+                return f"one event has been in handling for {busy:.0f} s; the loop is stuck"
+        if self.store is None:
+            return "the store is not open"
+        try:
+            self.store.info()
+        except Exception as exc:  # noqa: BLE001 - any failure here is the finding
+            return f"the store cannot be read: {type(exc).__name__}: {exc}"
+        for name, scanner in self.scanners.items():
+            if not _reader_alive(scanner):
+                return f"the reader thread of scanner {name} has stopped"
+        return None
+
+    def _stuck_after_s(self) -> float:
+        check = self.config.check
+        budget_ms = max(
+            check.online_timeout_ms + check.local_module_timeout_ms, check.tspiot_timeout_ms
+        )
+        return budget_ms / 1000 + STUCK_GRACE_S
+
+    async def _housekeeping(self) -> None:
+        """Ping the watchdog after each passed health check and keep ``STATUS=`` current."""
+        interval = self.watchdog_interval_s
+        while True:
+            await asyncio.sleep(interval or STATUS_REFRESH_S)
+            problem = self.health_problem()
+            if problem is None:
+                if interval:
+                    notify("WATCHDOG=1")
+                if not self._healthy:
+                    self._healthy = True
+                    self.event_log.event(
+                        "watchdog-recovered", "health check passes again; watchdog pings resume"
+                    )
+            elif self._healthy:
+                self._healthy = False
+                self.event_log.event(
+                    "watchdog-unhealthy",
+                    f"health check failed, watchdog pings withheld: {problem}",
+                    priority="error",
+                    problem=problem,
+                )
+            self._update_status()
+
+    def _test_hang(self) -> None:
+        """The SIGUSR2 test hook: block the loop as a hang would (``MARKD_TEST_HOOKS=1`` only)."""
+        self.event_log.event(
+            "test-hook",
+            f"test hook: SIGUSR2 blocks the event loop for {TEST_HANG_S:g} s",
+            priority="warning",
+            hook="hang",
+        )
+        time.sleep(TEST_HANG_S)
+
+
+def _store_settings(config: Config) -> tuple[Any, ...]:
+    """The ``[store]`` keys that need the store reopened when they change."""
+    store = config.store
+    return (
+        store.path,
+        store.map_size_mb,
+        store.max_age_hours,
+        store.verdict_ttl_s,
+        store.delta_history,
+    )
+
+
+def _section_names(config: Config) -> list[str]:
+    import dataclasses
+
+    return [f.name for f in dataclasses.fields(config) if f.metadata.get("toml", True)]
+
+
+def _close_chain(chain: StoreOnlyChain | CheckChain | None) -> None:
+    """Finish a retired chain's pending cache writes and close its clients' connections."""
+    if isinstance(chain, CheckChain):
+        chain.close()
+        for name in ("online", "local_module", "tspiot"):
+            close = getattr(getattr(chain, name, None), "close", None)
+            if callable(close):
+                with contextlib.suppress(Exception):
+                    close()

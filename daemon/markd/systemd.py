@@ -1,10 +1,11 @@
 """Living under systemd: readiness notification (sd_notify) and the structured event log.
 
 :func:`notify` tells the service manager about state changes (``READY=1``, ``STATUS=...``,
-``STOPPING=1``; later ``WATCHDOG=1``). It uses ``systemd.daemon.notify`` (systemd-python, a
-wrapper of sd_notify(3)) when importable, else writes the datagram to ``$NOTIFY_SOCKET`` itself,
-including abstract ``@`` sockets. Off systemd there is no socket and it returns False, so the
-daemon runs the same way in a terminal, a container or a test.
+``RELOADING=1``, ``STOPPING=1``, ``WATCHDOG=1``). It uses ``systemd.daemon.notify``
+(systemd-python, a wrapper of sd_notify(3)) when importable, else writes the datagram to
+``$NOTIFY_SOCKET`` itself, including abstract ``@`` sockets. Off systemd there is no socket and
+it returns False, so the daemon runs the same way in a terminal, a container or a test.
+:func:`watchdog_interval` says whether and how often to ping ``WATCHDOG=1``.
 
 :class:`EventLog` writes one record per event. Under journald each record carries structured
 fields, so a technician filters without grepping::
@@ -24,6 +25,8 @@ import logging
 import os
 import socket
 import sys
+import time
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -80,6 +83,61 @@ def notify_via_socket(message: str, address: str | None = None) -> bool:
     return True
 
 
+def monotonic_usec() -> int:
+    """CLOCK_MONOTONIC in microseconds, the clock systemd's ``MONOTONIC_USEC=`` is read on."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+def reloading_states() -> tuple[str, str]:
+    """The lines that open a reload: ``RELOADING=1`` and ``MONOTONIC_USEC=`` (now).
+
+    systemd 253 and later (``Type=notify-reload``) accept a reload only when the timestamp is
+    not older than the moment they sent SIGHUP; systemd 252, which Debian 12 ships, ignores the
+    field. Sending both keeps one daemon right under either.
+    """
+    return "RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}"
+
+
+def watchdog_interval(
+    environ: dict[str, str] | None = None, pid: int | None = None
+) -> float | None:
+    """Seconds between two ``WATCHDOG=1`` pings, or None when the watchdog is off for us.
+
+    Like sd_watchdog_enabled(3): ``$WATCHDOG_USEC`` is the unit's ``WatchdogSec=`` in
+    microseconds, and ``$WATCHDOG_PID``, when set, names the one process meant to ping (a child
+    that inherited the environment must not). We ping at half the timeout, as systemd advises,
+    so one late tick is not yet a kill.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        usec = int(env.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    if usec <= 0:
+        return None
+    watchdog_pid = env.get("WATCHDOG_PID", "")
+    if watchdog_pid:
+        try:
+            if int(watchdog_pid) != (os.getpid() if pid is None else pid):
+                return None
+        except ValueError:
+            return None
+    return usec / 2_000_000
+
+
+#: The file in ``$RUNTIME_DIRECTORY`` where the daemon writes each reload's outcome, as JSON
+#: (``pid``, ``generation``, ``ok``, ``message``), for ``markd reload`` (the unit's
+#: ``ExecReload=``).
+RELOAD_STATUS_FILE = "reload.json"
+
+
+def runtime_file(name: str, environ: dict[str, str] | None = None) -> Path | None:
+    """``$RUNTIME_DIRECTORY/name`` (the unit's ``RuntimeDirectory=``); None off systemd."""
+    directory = (os.environ if environ is None else environ).get("RUNTIME_DIRECTORY", "")
+    directory = directory.split(":")[0]  # several directories come colon-separated
+    return Path(directory, name) if directory else None
+
+
 # --------------------------------------------------------------------------------------------
 # Event log
 
@@ -96,7 +154,14 @@ MESSAGE_IDS: dict[str, str] = {
     "service-error": "effc337f438544f9b80dfbe0fb5be220",
     "store-sync": "6be57e0b3828417c8f08784a89f0a56e",
     "store-sync-failed": "7ca3f14fdad744fca7d93ed9ed7de181",
+    "service-reloaded": "43352c76c0f34279b9570f6493771a90",
+    "reload-refused": "dddc3c727f464537a4d1e68cc583eb31",
+    "watchdog-unhealthy": "9c93f53c7d9b441393ccd52396fc9635",
+    "watchdog-recovered": "4d6dd52b0acc4308a6c3154012e6ee98",
+    "test-hook": "898a658b6f084cb8be7bad892a90785d",
 }
+"""Every kind needs an entry, in English and Russian, in ``systemd/markd.catalog`` (a test
+checks), so that ``journalctl -x`` explains each record to a technician."""
 
 #: syslog priorities by name, as used in ``[log] level`` and ``PRIORITY=``.
 PRIORITIES: dict[str, int] = {

@@ -73,6 +73,9 @@ map_size_mb = 8
 
 [scanners.front]
 url = "serial://{pty_pair.path}?baudrate=9600&terminator=cr"
+
+[api]
+socket = "{tmp_path / "control.sock"}"
 """,
         encoding="utf-8",
     )

@@ -12,7 +12,10 @@ WATER = "0104680029460908215jcmHzLmkdPML<GS>938p9E"
 
 def config_file(tmp_path: Path) -> str:
     path = tmp_path / "markd.toml"
-    path.write_text(f"[store]\npath = '{tmp_path / 'store'}'\n")
+    # The control socket in the temporary directory too: no daemon there, so in-process.
+    path.write_text(
+        f"[store]\npath = '{tmp_path / 'store'}'\n[api]\nsocket = '{tmp_path / 'control.sock'}'\n"
+    )
     return str(path)
 
 

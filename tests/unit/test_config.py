@@ -195,7 +195,7 @@ def test_unknown_section(main: Path) -> None:
 
     assert problems_of(main) == [
         f"{main}:3: unknown section [foo] "
-        "(known sections: check, codes, log, scanners, store, terminal)"
+        "(known sections: api, check, codes, fiscal, log, scanners, store, terminal)"
     ]
 
 
@@ -204,7 +204,7 @@ def test_key_above_every_section_is_reported_as_top_level(main: Path) -> None:
 
     assert problems_of(main) == [
         f"{main}:1: unknown top-level key level "
-        "(keys belong in a section: check, codes, log, scanners, store, terminal)"
+        "(keys belong in a section: api, check, codes, fiscal, log, scanners, store, terminal)"
     ]
 
 
@@ -360,9 +360,9 @@ def test_the_same_mistake_in_two_files_is_reported_for_each(main: Path) -> None:
 
     assert problems_of(main) == [
         f"{main}:1: unknown section [foo] "
-        "(known sections: check, codes, log, scanners, store, terminal)",
+        "(known sections: api, check, codes, fiscal, log, scanners, store, terminal)",
         f"{main.parent / 'markd.toml.d' / '50-till.toml'}:2: unknown section [foo] "
-        "(known sections: check, codes, log, scanners, store, terminal)",
+        "(known sections: api, check, codes, fiscal, log, scanners, store, terminal)",
     ]
 
 
@@ -510,7 +510,32 @@ def test_to_dict_is_plain_json_data() -> None:
             "tspiot_timeout_ms": 2000,
             "unanswered": "allow",
         },
+        "fiscal": {
+            "url": "emulator:///var/lib/markd/kkt",
+            "journal": "/var/lib/markd/fiscal/session.journal",
+            "timeout_ms": 30000,
+            "validation_timeout_ms": 10000,
+            "validation_poll_ms": 200,
+            "on_oism_no_answer": "accept",
+            "sale_status": 1,
+            "tag1262": "030",
+            "tag1263": "26.03.2022",
+            "tag1264": "477",
+            "tax": "none",
+            "payment_type": "electronically",
+            "auto_shift": True,
+            "lm_sell": True,
+        },
         "scanners": {"scanner0": {"url": DEFAULT_SCANNER_URL}},
+        "api": {
+            "enabled": True,
+            "socket": "/run/markd/control.sock",
+            "socket_group": "markd",
+            "listen": "",
+            "allow_remote": False,
+            "token_file": "",
+            "allowed_origins": [],
+        },
     }
     assert json.loads(json.dumps(data)) == data
 
@@ -533,7 +558,17 @@ def test_to_toml_loads_back_to_the_same_configuration(main: Path, tmp_path: Path
 def test_config_fields_are_the_documented_sections() -> None:
     sections = [f.name for f in dataclasses.fields(Config)]
 
-    assert sections == ["log", "store", "codes", "terminal", "check", "scanners", "sources"]
+    assert sections == [
+        "log",
+        "store",
+        "codes",
+        "terminal",
+        "check",
+        "fiscal",
+        "scanners",
+        "api",
+        "sources",
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -564,7 +599,7 @@ def test_docs_key_table_matches_the_schema() -> None:
 def test_docs_mention_every_key() -> None:
     keys = [f"`[{ref.table}] {ref.key}`" for ref in config.schema_keys()]
 
-    assert len(keys) == 29
+    assert len(keys) == 50
     assert [key for key in keys if key not in _doc()] == []
 
 

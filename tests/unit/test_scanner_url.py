@@ -12,6 +12,8 @@ import markd.scanners.base
 import markd.scanners.virtual
 from markd.errors import ScannerError
 from markd.scanners import open_scanner, parse_url
+from markd.scanners.hid_keyboard import HidKeyboardScanner
+from markd.scanners.hid_pos import HidPosScanner
 from markd.scanners.serial import SerialScanner
 from markd.scanners.virtual import VirtualScanner
 
@@ -40,6 +42,13 @@ def test_module_examples_run(module: ModuleType) -> None:
         ("serial+hwgrep://1eab:8306", "serial", "hwgrep://1eab:8306"),
         ("virtual://front", "virtual", "front"),
         ("virtual://kiosk_2-left", "virtual", "kiosk_2-left"),
+        ("hid-kbd://0C2E:0B61", "hid-kbd", "0c2e:0b61"),
+        (
+            "hid-kbd:///dev/markd/scanner-usb-0c2e-0b61",
+            "hid-kbd",
+            "/dev/markd/scanner-usb-0c2e-0b61",
+        ),
+        ("hid-pos://1eab:0010?serial=NL123&interface=1", "hid-pos", "1eab:0010"),
     ],
 )
 def test_accepted_forms(url: str, scheme: str, target: str) -> None:
@@ -57,6 +66,18 @@ def test_defaults_and_options() -> None:
     framer = parsed.framer()
     assert (framer.terminator, framer.max_length) == (b"\r\n", 300)
     assert parse_url("virtual://a?terminator=none").framer().terminator is None
+    assert parse_url("virtual://a").gap_ms == 50
+    assert parse_url("virtual://a?terminator=none&gap_ms=20").gap_ms == 20
+
+
+def test_usb_options() -> None:
+    kbd = parse_url("hid-kbd://0c2e:0b61")
+    assert dict(kbd.options) == {"serial": None, "interface": None, "gs_key": "f8"}
+    assert kbd.terminator == "cr"
+    kbd = parse_url("hid-kbd://0c2e:0b61?serial=A%20B&interface=2&gs_key=F12")
+    assert dict(kbd.options) == {"serial": "A B", "interface": 2, "gs_key": "f12"}
+    pos = parse_url("hid-pos://1eab:0010?interface=0")
+    assert dict(pos.options) == {"serial": None, "interface": 0}
 
 
 @pytest.mark.parametrize(
@@ -78,6 +99,16 @@ def test_defaults_and_options() -> None:
         ("virtual://front/left", "no path"),
         ("virtual://front?baudrate=9600", "unknown option 'baudrate'"),
         ("virtual+loop://x", "no '+' variants"),
+        ("serial:///dev/ttyACM0?terminator=none&gap_ms=1", "gap_ms must be"),
+        ("hid-kbd://0c2e", "is not VID:PID"),
+        ("hid-kbd://0c2e:0b61/x", "has no path"),
+        ("hid-kbd://", "missing VID:PID or device path"),
+        ("hid-kbd+x://0c2e:0b61", "no '+' variants"),
+        ("hid-kbd://0c2e:0b61?gs_key=f13", "bad gs_key='f13'"),
+        ("hid-kbd://0c2e:0b61?interface=32", "bad interface='32'"),
+        ("hid-kbd://0c2e:0b61?serial=", "bad serial=''"),
+        ("hid-kbd://0c2e:0b61?baudrate=9600", "unknown option 'baudrate'"),
+        ("hid-pos://1eab:0010?gs_key=f8", "unknown option 'gs_key'"),
     ],
 )
 def test_rejected_urls_restate_the_form(url: str, problem: str) -> None:
@@ -90,10 +121,15 @@ def test_rejected_urls_restate_the_form(url: str, problem: str) -> None:
     # The accepted form is restated, so the technician can fix the line without a manual.
     if url.startswith("virtual"):
         assert "virtual://NAME" in message
+    elif url.startswith("hid-kbd"):
+        assert "hid-kbd://VID:PID" in message and "gs_key=f8" in message
+    elif url.startswith("hid-pos"):
+        assert "hid-pos://VID:PID" in message and "serial=SERIAL" in message
     elif url.startswith("serial"):
         assert "serial:///dev/PATH" in message and "baudrate=9600" in message
     else:
         assert "serial:///dev/PATH" in message and "virtual://NAME" in message
+        assert "hid-kbd://VID:PID" in message and "hid-pos://VID:PID" in message
 
 
 def test_open_scanner_picks_the_backend_without_opening_the_device() -> None:
@@ -103,6 +139,10 @@ def test_open_scanner_picks_the_backend_without_opening_the_device() -> None:
         assert scanner.present is None
     with open_scanner("kiosk", "virtual://kiosk") as scanner:
         assert isinstance(scanner, VirtualScanner)
+    with open_scanner("kbd", "hid-kbd://0c2e:0b61") as scanner:
+        assert isinstance(scanner, HidKeyboardScanner)
+    with open_scanner("pos", "hid-pos://1eab:0010") as scanner:
+        assert isinstance(scanner, HidPosScanner)
 
 
 @pytest.mark.parametrize("name", ["", "front left", "x" * 33, "сканер"])

@@ -8,6 +8,13 @@ but a script must be able to tell it from allow without parsing.)
 
 ``status`` shows each configured source's health (CDN hosts and latencies, Local Module state
 and last sync, ТС ПИоТ protocol and state) and the store's freshness.
+
+Both ask the running daemon first, through its control socket (``[api] socket`` or
+``--socket``): ``check`` then goes the way of a scan (journaled, scanner ``api``) and ``status``
+also shows the service, its scanners and the printer. When no daemon listens (no socket), they
+do the work in-process, as before; the output says which (``via daemon`` / ``in-process``,
+key ``via`` in JSON). ``--in-process`` skips the daemon; so does ``check --price``, which the
+daemon's check does not take.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ from typing import Any
 
 from markd import codes
 from markd import config as config_module
+from markd.api_client import ControlClient, ControlClientError, DaemonNotRunning
 from markd.checks.chain import CheckChain, StoreOnlyChain
 from markd.checks.factory import build_chain
 from markd.checks.verdict import Verdict, parser_verdict
 from markd.errors import CodeError, ConfigError, MarkdError, StoreError
+from markd.events import verdict_json
 from markd.store import Store
 
 EXIT_DENY = 3
@@ -37,30 +46,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="PATH", help="configuration file")
     p.add_argument("--price", type=float, help="sale price in roubles (for price rules)")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    add_daemon_arguments(p)
     p.set_defaults(func=_check)
 
-    p = sub.add_parser("status", help="health of the check sources and the store")
+    p = sub.add_parser("status", help="health of the daemon, check sources and the store")
     p.add_argument("--config", metavar="PATH", help="configuration file")
     p.add_argument("--json", action="store_true")
+    add_daemon_arguments(p)
     p.set_defaults(func=_status)
 
 
-def verdict_json(verdict: Verdict) -> dict[str, Any]:
-    return {
-        "decision": verdict.decision,
-        "reason": verdict.reason,
-        "message": verdict.message_ru,
-        "source": verdict.source,
-        "req_id": verdict.req_id,
-        "req_timestamp": verdict.req_timestamp,
-        "inst": verdict.inst,
-        "version": verdict.version,
-        "tag1265": verdict.tag1265,
-        "latency_ms": round(verdict.latency_ms, 3),
-        "checked": verdict.checked,
-        "ki": verdict.ki,
-        "details": verdict.details,
-    }
+def add_daemon_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--socket", metavar="PATH", help="the daemon's control socket (default: [api] socket)"
+    )
+    p.add_argument(
+        "--in-process", action="store_true", help="do not ask the daemon; do the work here"
+    )
+
+
+def control_socket(args: argparse.Namespace, cfg: Any) -> str:
+    """The control socket to try: ``--socket``, else the configuration's ``[api] socket``."""
+    return str(args.socket or cfg.api.socket)
 
 
 def _open_store(cfg: Any) -> Store:
@@ -99,7 +106,19 @@ def _check(args: argparse.Namespace) -> int:
     try:
         cfg = config_module.load(args.config)
         price = None if args.price is None else round(args.price * 100)
-        verdict = asyncio.run(_check_once(cfg, args.code, price))
+        data: dict[str, Any] | None = None
+        via = "in-process"
+        if price is not None:
+            via = "in-process (--price is not sent to the daemon)"
+        elif not args.in_process:
+            socket_path = control_socket(args, cfg)
+            try:
+                data = ControlClient(socket_path).check(args.code)
+                via = f"daemon ({socket_path})"
+            except DaemonNotRunning:
+                via = "in-process (markd is not running)"
+        if data is None:
+            data = verdict_json(asyncio.run(_check_once(cfg, args.code, price)))
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"markctl: {problem}", file=sys.stderr)
@@ -107,16 +126,20 @@ def _check(args: argparse.Namespace) -> int:
     except MarkdError as exc:
         print(f"markctl: {exc.message}", file=sys.stderr)
         return 1
+    data["via"] = via.split(" ")[0]
     if args.json:
-        print(json.dumps(verdict_json(verdict), ensure_ascii=False))
+        print(json.dumps(data, ensure_ascii=False))
     else:
-        print(f"{verdict.decision.upper()} {verdict.ki or '(not a code)'}: {verdict.reason}")
-        print(f"  {verdict.message_ru}")
+        print(f"{data['decision'].upper()} {data['ki'] or '(not a code)'}: {data['reason']}")
+        print(f"  {data['message']}")
         print(
-            f"  source {verdict.source}, {verdict.latency_ms:.1f} ms"
-            + (f", tag 1265 {verdict.tag1265}" if verdict.tag1265 else "")
+            f"  source {data['source']}, {data['latency_ms']:.1f} ms"
+            + (f", tag 1265 {data['tag1265']}" if data["tag1265"] else "")
         )
-    return 0 if verdict.decision == "allow" else (2 if verdict.source == "parser" else EXIT_DENY)
+        print(f"  via {via}")
+    if data["decision"] == "allow":
+        return 0
+    return 2 if data["source"] == "parser" else EXIT_DENY
 
 
 async def _probe(cfg: Any) -> dict[str, Any]:
@@ -152,25 +175,54 @@ async def _probe(cfg: Any) -> dict[str, Any]:
 def _status(args: argparse.Namespace) -> int:
     try:
         cfg = config_module.load(args.config)
-        report = asyncio.run(_probe(cfg))
-        try:
-            with Store.from_config(cfg.store, readonly=True) as store:
-                report["store"] = store.stats()
-        except StoreError as exc:
-            report["store"] = {"error": exc.message}
+        report: dict[str, Any] | None = None
+        via = "in-process"
+        if not args.in_process:
+            socket_path = control_socket(args, cfg)
+            try:
+                report = ControlClient(socket_path).status()
+                report["mode"] = report["service"]["mode"]
+                via = f"daemon ({socket_path})"
+            except DaemonNotRunning:
+                via = "in-process (markd is not running)"
+        if report is None:
+            report = asyncio.run(_probe(cfg))
+            try:
+                with Store.from_config(cfg.store, readonly=True) as store:
+                    report["store"] = store.stats()
+            except StoreError as exc:
+                report["store"] = {"error": exc.message}
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"markctl: {problem}", file=sys.stderr)
         return 2
+    except ControlClientError as exc:
+        print(f"markctl: {exc.message}", file=sys.stderr)
+        return 1
+    report["via"] = via.split(" ")[0]
     if args.json:
         print(json.dumps(report, ensure_ascii=False, default=str))
         return 0
+    service = report.get("service")
+    if service is not None:
+        print(
+            f"markd        {service['state']}, pid {service['pid']}, "
+            f"up {service['uptime_s']:.0f} s, version {service['version']}"
+        )
     print(f"check mode   {report['mode']}")
+    scanners = report.get("scanners")
+    if scanners is not None:
+        states = {True: "present", False: "ABSENT", None: "not seen yet"}
+        listed = ", ".join(f"{n} {states[s['present']]}" for n, s in scanners.items())
+        print(f"scanners     {listed or 'none configured'}")
+    sources = report.get("sources", report)
     for name in ("online", "local_module", "tspiot"):
-        if name in report:
-            print(f"{name:<12} {json.dumps(report[name], ensure_ascii=False, default=str)}")
+        if name in sources:
+            print(f"{name:<12} {json.dumps(sources[name], ensure_ascii=False, default=str)}")
     for name, error in report.get("errors", {}).items():
         print(f"{name:<12} ERROR {error}")
+    if report.get("printer") is not None:
+        print(f"printer      {json.dumps(report['printer'], ensure_ascii=False, default=str)}")
     store = report["store"]
     if "error" in store:
         print(f"store        ERROR {store['error']}")
@@ -181,4 +233,5 @@ def _status(args: argparse.Namespace) -> int:
             f"store        version {store['version']}, {age_text}"
             + (" (STALE)" if store["stale"] else "")
         )
+    print(f"via          {via}")
     return 0

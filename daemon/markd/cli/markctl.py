@@ -14,9 +14,29 @@ import argparse
 import sys
 
 from markd import __version__
-from markd.cli import cmd_check, cmd_config, cmd_lm, cmd_parse, cmd_store
+from markd.cli import (
+    cmd_check,
+    cmd_config,
+    cmd_events,
+    cmd_lm,
+    cmd_parse,
+    cmd_printer,
+    cmd_scan,
+    cmd_sell,
+    cmd_store,
+)
 
-COMMANDS = (cmd_parse, cmd_config, cmd_store, cmd_check, cmd_lm)
+COMMANDS = (
+    cmd_parse,
+    cmd_config,
+    cmd_store,
+    cmd_check,
+    cmd_events,
+    cmd_lm,
+    cmd_scan,
+    cmd_sell,
+    cmd_printer,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,16 +1,29 @@
-"""``markd``: the daemon (``markd [--config FILE]``) and the demo (``markd demo``).
+"""``markd``: the daemon (``markd [--config FILE]``), the demo (``markd demo``) and the reload
+helper (``markd reload PID``, the unit's ``ExecReload=``).
 
 Exit status: 0 after a clean stop (SIGTERM, SIGINT) or a finished demo; 2 when the
 configuration is invalid (every problem is printed to stderr, one per line; systemd should not
 restart into the same error); 1 when start-up fails for another reason (the store cannot be
 opened, a scanner URL cannot be used).
+
+``markd reload PID`` sends SIGHUP to the daemon and waits until it reports the outcome in
+``$RUNTIME_DIRECTORY/reload.json``: 0 when the new configuration was applied, 1 when it was
+refused (the reason on stderr) or no outcome came within ``--timeout`` seconds. It exists so
+that ``systemctl reload markd`` returns only once the reload is done, and fails when the new
+configuration was refused: systemd 252 (Debian 12) ends a reload when ``ExecReload=`` exits,
+and a bare ``kill -HUP`` exits at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import signal
 import sys
+import time
+from pathlib import Path
 
 from markd import __version__
 from markd.errors import ConfigError, MarkdError
@@ -35,7 +48,60 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the real service with a temporary store and a built-in virtual "
         "scanner fed with sample scans; print one line per verdict.",
     )
+    reload = sub.add_parser(
+        "reload",
+        help="make the running daemon reload its configuration and wait for the outcome",
+        description="Send SIGHUP to the markd process PID and wait until it has applied or "
+        "refused its configuration (used by the unit's ExecReload=; run 'systemctl reload "
+        "markd' instead).",
+    )
+    reload.add_argument("pid", type=int, help="process id of the daemon ($MAINPID)")
+    reload.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the outcome (30)"
+    )
     return parser
+
+
+def _read_reload_status(path: Path) -> dict[str, object]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _reload(pid: int, timeout: float, environ: dict[str, str] | None = None) -> int:
+    """Signal the daemon and wait for its reload outcome (see the module docstring)."""
+    from markd.systemd import RELOAD_STATUS_FILE, runtime_file
+
+    status_path = runtime_file(RELOAD_STATUS_FILE, environ)
+    before = _read_reload_status(status_path) if status_path is not None else {}
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        print(f"markd reload: cannot signal process {pid}: {exc.strerror}", file=sys.stderr)
+        return 1
+    if status_path is None:
+        print("markd reload: SIGHUP sent (no $RUNTIME_DIRECTORY: outcome unknown)", file=sys.stderr)
+        return 0
+    # The outcome to wait for is the first one newer than what the file said before the signal
+    # (a file left by an earlier daemon process does not count).
+    seen = before.get("generation")
+    last = seen if before.get("pid") == pid and isinstance(seen, int) else -1
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = _read_reload_status(status_path)
+        generation = now.get("generation")
+        if now.get("pid") == pid and isinstance(generation, int) and generation > last:
+            message = str(now.get("message", ""))
+            if now.get("ok"):
+                print(f"markd reload: {message}")
+                return 0
+            print(f"markd reload: {message}", file=sys.stderr)
+            return 1
+    print(f"markd reload: no outcome from process {pid} within {timeout:g} s", file=sys.stderr)
+    return 1
 
 
 def _run_service(config_path: str | None) -> int:
@@ -45,7 +111,8 @@ def _run_service(config_path: str | None) -> int:
 
     try:
         config = config_module.load(config_path)
-        service = Service(config)
+        # A reload reads the same file(s) again: the one named here, or the default location.
+        service = Service(config, config_loader=lambda: config_module.load(config_path))
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"markd: {problem}", file=sys.stderr)
@@ -60,6 +127,8 @@ def _run_service(config_path: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "reload":
+        return _reload(args.pid, args.timeout)
     if args.command == "demo":
         from markd.demo import run_demo
 

@@ -5,8 +5,11 @@
     python -m markd.emulators NAME [--port P] [--host 127.0.0.1] [--scenario FILE] [--tls]
                                    [--no-admin] [--verbose]
     python -m markd.emulators static_http --directory DIR [--port P] [--auth USER:PASSWORD]
+    python -m markd.emulators atol_web [--port P] [--state-dir DIR] [--scenario FILE]
 
-``NAME`` is ``crpt_cdn``, ``local_module``, ``tspiot`` or ``static_http``. The first line on
+``NAME`` is ``crpt_cdn``, ``local_module``, ``tspiot``, ``static_http`` or ``atol_web`` (an
+ATOL Web Requests server in front of the virtual ККТ, its state in ``--state-dir``; see
+:mod:`markd.emulators.atol_web`). The first line on
 stdout is the base URL the emulator listens on (``http://127.0.0.1:PORT``; with ``--port 0``
 the kernel picks the port, so read it from there); everything else goes to stderr
 (``--verbose``: one JSON line per request). ``--scenario`` takes a ``.json`` or ``.toml``
@@ -33,6 +36,7 @@ EMULATORS: dict[str, tuple[str, str, int]] = {
     "local_module": ("markd.emulators.local_module", "LocalModuleEmulator", 5995),
     "tspiot": ("markd.emulators.tspiot", "TspiotEmulator", 51401),
     "static_http": ("markd.emulators.static_http", "StaticHTTPServer", 8080),
+    "atol_web": ("markd.emulators.atol_web", "AtolWebEmulator", 16732),
 }
 
 
@@ -63,12 +67,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--directory", metavar="DIR", help="static_http: directory to serve")
     parser.add_argument("--auth", metavar="USER:PASSWORD", help="static_http: Basic auth")
+    parser.add_argument(
+        "--state-dir", metavar="DIR", help="atol_web: the virtual ККТ's state (kept across runs)"
+    )
     return parser
 
 
 def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
     port = args.port if args.port is not None else EMULATORS[args.name][2]
     cls = emulator_class(args.name)
+    if args.state_dir and args.name != "atol_web":
+        parser.error("--state-dir is for atol_web")
+    if args.name == "atol_web":
+        if args.directory or args.auth:
+            parser.error("--directory and --auth are for static_http")
+        return cls(
+            args.scenario,
+            host=args.host,
+            port=port,
+            tls=args.tls,
+            admin=not args.no_admin,
+            verbose=args.verbose,
+            state_dir=args.state_dir,
+        )
     if args.name != "static_http":
         if args.directory or args.auth:
             parser.error("--directory and --auth are for static_http")

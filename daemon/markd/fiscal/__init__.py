@@ -1,0 +1,50 @@
+"""The fiscal side: one interface to the ККТ, backends chosen by URL, and the sale session.
+
+``emulator:///var/lib/markd/kkt`` (:mod:`markd.fiscal.emulator`, the virtual ККТ of
+:mod:`markd.fiscal.virtual_kkt`), ``atol-web://127.0.0.1:16732`` and ``atol-lib://usb``
+(:mod:`markd.fiscal.atol`). :func:`parse_printer_url` validates a URL without opening anything;
+:func:`open_printer` opens the backend. :class:`~markd.fiscal.session.SaleSession` turns
+allowed units into a receipt and recovers after a crash; see ``docs/fiscal.md``.
+"""
+
+from markd.fiscal.base import (
+    CodeCheck,
+    FiscalPrinter,
+    PrinterSettings,
+    PrinterURL,
+    derive_op_id,
+    new_op_id,
+    open_printer,
+    parse_printer_url,
+)
+from markd.fiscal.model import (
+    IndustryTags,
+    MarkedItem,
+    MarkValidation,
+    Payment,
+    Position,
+    PrinterStatus,
+    ReceiptResult,
+    ShiftInfo,
+    judge_validation,
+)
+
+__all__ = [
+    "CodeCheck",
+    "FiscalPrinter",
+    "IndustryTags",
+    "MarkValidation",
+    "MarkedItem",
+    "Payment",
+    "Position",
+    "PrinterSettings",
+    "PrinterStatus",
+    "PrinterURL",
+    "ReceiptResult",
+    "ShiftInfo",
+    "derive_op_id",
+    "judge_validation",
+    "new_op_id",
+    "open_printer",
+    "parse_printer_url",
+]

@@ -1,12 +1,16 @@
 """Barcode scanner backends, chosen by URL (see :mod:`markd.scanners.base`).
 
 ``serial:///dev/ttyACM0?baudrate=9600`` and ``serial+loop://`` (:mod:`markd.scanners.serial`),
-``virtual://NAME`` (:mod:`markd.scanners.virtual`). Backends are imported only when a URL names
-them. :func:`parse_url` validates a URL without opening anything (the config validator uses it);
-:func:`open_scanner` creates the backend; the device is opened by the scanner's reader thread.
+``hid-kbd://VID:PID`` (:mod:`markd.scanners.hid_keyboard`), ``hid-pos://VID:PID``
+(:mod:`markd.scanners.hid_pos`), ``virtual://NAME`` (:mod:`markd.scanners.virtual`). Backends
+are imported only when a URL names them. :func:`parse_url` validates a URL without opening
+anything (the config validator uses it); :func:`open_scanner` creates the backend; the device is
+opened by the scanner's reader thread.
 """
 
 from markd.scanners.base import (
+    BadReport,
+    RawRead,
     Scan,
     Scanner,
     ScannerEvent,
@@ -22,6 +26,8 @@ from markd.scanners.virtual import VirtualScanner, get_virtual, open_virtual_nam
 
 __all__ = [
     "TERMINATORS",
+    "BadReport",
+    "RawRead",
     "Framer",
     "Overflow",
     "Scan",

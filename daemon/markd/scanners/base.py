@@ -4,6 +4,8 @@ A scanner is configured by a URL whose scheme names the backend::
 
     serial:///dev/ttyACM0?baudrate=9600&terminator=cr&max_length=512
     serial+socket://192.0.2.10:4001          (any pyserial URL handler, see markd.scanners.serial)
+    hid-kbd://0c2e:0b61?serial=A1B2          (USB keyboard mode, markd.scanners.hid_keyboard)
+    hid-pos://1eab:0010                      (USB HID-POS, markd.scanners.hid_pos)
     virtual://front                          (fed in-process, see markd.scanners.virtual)
 
 :func:`parse_url` parses strictly: an unknown scheme, an unknown option or a bad value raises
@@ -11,7 +13,8 @@ A scanner is configured by a URL whose scheme names the backend::
 ``/etc/markd/markd.toml`` is caught by ``markctl config check`` and not at the till.
 
 Every backend accepts the framing options ``terminator`` (``cr`` ``lf`` ``crlf`` ``tab``
-``none``, default ``cr``) and ``max_length`` (default 512); see :mod:`markd.scanners.framing`.
+``none``, default ``cr``), ``max_length`` (default 512) and ``gap_ms`` (default 50: with
+``terminator=none`` a pause this long ends a code); see :mod:`markd.scanners.framing`.
 
 Each :class:`Scanner` runs its blocking reads in its own thread (pyserial and pyusb have no
 asyncio API) and hands events to the service's asyncio queue with
@@ -35,7 +38,16 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from markd.errors import ScannerError
-from markd.scanners.framing import DEFAULT_MAX_LENGTH, TERMINATORS, Framer, Overflow
+from markd.scanners.framing import DEFAULT_MAX_LENGTH, TERMINATORS, Framer, Overflow, Unit
+
+
+class BadReport(ScannerError):
+    """A device sent something its decoder cannot read (a short or inconsistent HID report, a
+    report descriptor that does not parse). The reader drops it and reports a
+    :class:`ScanOverflow` with reason ``bad-report``; it never ends the reader."""
+
+    reason = "bad-report"
+
 
 # --------------------------------------------------------------------------------------------
 # Events delivered to the service
@@ -53,14 +65,20 @@ class Scan:
     data: bytes = field(repr=False)
     #: ``time.monotonic()`` when the terminator arrived; verdict latency is measured from here.
     received: float = 0.0
+    #: The AIM symbology identifier (``"]d2"`` for GS1 DataMatrix) when the scanner reports it
+    #: beside the data (HID-POS); None when it is unknown or part of ``data``.
+    symbology: str | None = None
 
 
 @dataclass(frozen=True)
 class ScanOverflow:
-    """A unit longer than ``max_length`` arrived without a terminator and was dropped."""
+    """Input was dropped: a unit longer than ``max_length`` arrived without a terminator
+    (``reason`` ``too-long``), or the device sent reports its decoder cannot read
+    (``bad-report``). Reported once per flood, never once per byte."""
 
     scanner: str
     dropped: int
+    reason: str = "too-long"
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,22 @@ class ScannerState:
 
 
 ScannerEvent = Scan | ScanOverflow | ScannerState
+
+
+@dataclass(frozen=True)
+class RawRead:
+    """One read from the device as it came (a HID report, a chunk of serial bytes) and the
+    bytes the backend's decoder made of it. Given only to :attr:`Scanner.monitor`
+    (``markctl scan-test``); never queued to the service and never logged."""
+
+    scanner: str
+    raw: bytes = field(repr=False)
+    decoded: bytes = field(repr=False)
+    #: What the decoder noticed, e.g. ``("gs:ctrl+]",)`` when a keyboard report typed GS.
+    notes: tuple[str, ...] = ()
+    #: ``time.monotonic()`` of the read.
+    at: float = 0.0
+
 
 # --------------------------------------------------------------------------------------------
 # URLs
@@ -96,21 +130,37 @@ class _Backend:
 
 #: Scheme → backend class, imported only when a URL names it. Third-party and later backends
 #: (hid-kbd, hid-pos) are added here. ``usage`` is restated in every URL error for the scheme.
+_FRAMING_USAGE = "terminator=cr|lf|crlf|tab|none&max_length=512&gap_ms=50"
+
 _BACKENDS: dict[str, _Backend] = {
     "serial": _Backend(
         "markd.scanners.serial:SerialScanner",
         "serial:///dev/PATH or serial+PYSERIAL-SCHEME://REST (loop, socket, rfc2217, spy, "
-        "hwgrep, alt, cp2110), options ?baudrate=9600&terminator=cr|lf|crlf|tab|none"
-        "&max_length=512",
+        f"hwgrep, alt, cp2110), options ?baudrate=9600&{_FRAMING_USAGE}",
+    ),
+    "hid-kbd": _Backend(
+        "markd.scanners.hid_keyboard:HidKeyboardScanner",
+        "hid-kbd://VID:PID (4 hex digits each) or hid-kbd:///dev/PATH (a udev symlink to the "
+        "USB device node), options ?serial=SERIAL&interface=N&gs_key=f8|f1..f12|none"
+        f"&{_FRAMING_USAGE}",
+    ),
+    "hid-pos": _Backend(
+        "markd.scanners.hid_pos:HidPosScanner",
+        "hid-pos://VID:PID (4 hex digits each) or hid-pos:///dev/PATH (a udev symlink to the "
+        f"USB device node), options ?serial=SERIAL&interface=N&{_FRAMING_USAGE}",
     ),
     "virtual": _Backend(
         "markd.scanners.virtual:VirtualScanner",
-        "virtual://NAME (1 to 32 letters, digits, _ -), options ?terminator=cr|lf|crlf|tab|none"
-        "&max_length=512",
+        f"virtual://NAME (1 to 32 letters, digits, _ -), options ?{_FRAMING_USAGE}",
     ),
 }
 
-_COMMON_OPTIONS = ("terminator", "max_length")
+_COMMON_OPTIONS = ("terminator", "max_length", "gap_ms")
+
+#: Default inter-character gap that ends a code when the scanner sends no terminator. Keyboard
+#: scanners type a key every 1–10 ms and serial ones stream at line speed, so 50 ms of silence
+#: means the code is over, while a cashier cannot scan twice within it.
+DEFAULT_GAP_MS = 50
 
 
 @dataclass(frozen=True)
@@ -119,13 +169,16 @@ class ScannerURL:
 
     #: The URL as configured, for messages.
     text: str
-    #: Backend name: ``"serial"`` or ``"virtual"``.
+    #: Backend name: ``"serial"``, ``"hid-kbd"``, ``"hid-pos"`` or ``"virtual"``.
     scheme: str
-    #: What the backend opens: a device path, a pyserial URL (``loop://``), a virtual name.
+    #: What the backend opens: a device path, a pyserial URL (``loop://``), a USB ``VID:PID``,
+    #: a virtual name.
     target: str
     #: Terminator name, a key of :data:`~markd.scanners.framing.TERMINATORS`.
     terminator: str = "cr"
     max_length: int = DEFAULT_MAX_LENGTH
+    #: Silence (milliseconds) that ends a code when ``terminator`` is ``none``.
+    gap_ms: int = DEFAULT_GAP_MS
     #: Backend-specific options with defaults filled in (serial: ``baudrate``).
     options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -148,7 +201,7 @@ def _fail(text: str, problem: str, scheme: str | None = None) -> ScannerError:
 
 
 def backend_class(scheme: str) -> type[Scanner]:
-    """Import and return the backend class for ``scheme`` (``"serial"``, ``"virtual"``)."""
+    """Import and return the backend class for ``scheme`` (``"serial"``, ``"hid-kbd"``, ...)."""
     try:
         entry = _BACKENDS[scheme]
     except KeyError:
@@ -157,6 +210,13 @@ def backend_class(scheme: str) -> type[Scanner]:
     module = importlib.import_module(module_name)
     cls: type[Scanner] = getattr(module, class_name)
     return cls
+
+
+def _convert_gap_ms(text: str) -> int:
+    value = int(text)
+    if not 5 <= value <= 5000:
+        raise ValueError("gap_ms must be between 5 and 5000")
+    return value
 
 
 def _convert_max_length(text: str) -> int:
@@ -218,6 +278,10 @@ def parse_url(url: str) -> ScannerURL:
         max_length = _convert_max_length(given.get("max_length", str(DEFAULT_MAX_LENGTH)))
     except ValueError:
         raise _fail(url, "max_length must be an integer from 1 to 65536", scheme) from None
+    try:
+        gap_ms = _convert_gap_ms(given.get("gap_ms", str(DEFAULT_GAP_MS)))
+    except ValueError:
+        raise _fail(url, "gap_ms must be an integer from 5 to 5000", scheme) from None
 
     options: dict[str, Any] = {}
     for key, spec in cls.OPTIONS.items():
@@ -234,6 +298,7 @@ def parse_url(url: str) -> ScannerURL:
         target=target,
         terminator=terminator,
         max_length=max_length,
+        gap_ms=gap_ms,
         options=MappingProxyType(options),
     )
 
@@ -250,7 +315,13 @@ class Scanner(abc.ABC):
     the device in ``finally`` blocks: a port left grabbed freezes a till until reboot.
 
     Subclasses set :attr:`OPTIONS`, implement :meth:`target_from_url` and :meth:`_run`, and
-    report what they read through :meth:`_received`, :meth:`_gap` and :meth:`_set_present`.
+    report what they read through :meth:`_received`, :meth:`_end_of_scan`, :meth:`_gap`,
+    :meth:`_bad_input` and :meth:`_set_present`. A reader that blocks in reads asks
+    :meth:`_read_timeout` how long it may wait, so a code without a terminator is ended
+    ``gap_ms`` after its last byte and not a poll interval later.
+
+    :attr:`monitor`, when set before :meth:`start`, is called in the reader thread with a
+    :class:`RawRead` for every read (``markctl scan-test`` shows them to the technician).
     """
 
     #: Backend-specific URL options (the framing options are common to all backends).
@@ -268,6 +339,12 @@ class Scanner(abc.ABC):
         self._queue: asyncio.Queue[ScannerEvent] | None = None
         self._present: bool | None = None
         self._closed = False
+        #: Called in the reader thread with every :class:`RawRead`; None in the service.
+        self.monitor: Callable[[RawRead], None] | None = None
+        # When the last byte of the pending unit arrived (time.monotonic()), for gap framing.
+        self._last_data_at = 0.0
+        # True after a bad-input report until a unit gets through: one record per flood.
+        self._bad_input_reported = False
 
     # -- the URL hook -------------------------------------------------------------------------
 
@@ -337,14 +414,55 @@ class Scanner(abc.ABC):
 
     # -- helpers for backends -----------------------------------------------------------------
 
-    def _received(self, data: bytes) -> None:
+    def _received(self, data: bytes, symbology: str | None = None) -> None:
         """Feed bytes read from the device through the framer and deliver complete units."""
-        self._deliver(self._framer.feed(data))
+        self._last_data_at = time.monotonic()
+        self._deliver(self._framer.feed(data), symbology)
+
+    def _end_of_scan(self, symbology: str | None = None) -> None:
+        """The device says the scan is complete (HID-POS): end the pending unit whatever the
+        terminator setting (a terminator inside the data has already cut it)."""
+        self._deliver(self._framer.flush(), symbology)
 
     def _gap(self) -> None:
         """A pause in the stream: end the pending unit when the scanner sends no terminator."""
         if self._framer.terminator is None and self._framer.pending:
             self._deliver(self._framer.flush())
+
+    def _gap_due(self) -> float | None:
+        """Seconds until the pending unit's gap expires (0 when it has), or None when no unit
+        waits for a gap (a terminator is configured, or nothing is pending)."""
+        if self._framer.terminator is not None or not self._framer.pending:
+            return None
+        return max(0.0, self._last_data_at + self.url.gap_ms / 1000 - time.monotonic())
+
+    def _read_timeout(self, poll: float) -> float:
+        """How long the next blocking read may wait: ``poll`` (which bounds how long a stop
+        request waits), or less when a gap is about to end the pending unit."""
+        due = self._gap_due()
+        return poll if due is None else min(poll, due)
+
+    def _check_gap(self) -> None:
+        """End the pending unit if its gap has expired (call after every read)."""
+        if self._gap_due() == 0.0:
+            self._deliver(self._framer.flush())
+
+    def _bad_input(self, dropped: int, detail: str = "") -> None:
+        """Input the decoder cannot read: drop the partial unit and report it once per flood."""
+        dropped += self._framer.pending
+        self._framer.reset()
+        if not self._bad_input_reported:
+            self._bad_input_reported = True
+            self._emit(ScanOverflow(self.name, dropped, "bad-report"))
+
+    def _raw(self, raw: bytes, decoded: bytes, notes: tuple[str, ...] = ()) -> None:
+        """Show one read to the monitor, if any (cheap when there is none)."""
+        monitor = self.monitor
+        if monitor is not None:
+            try:
+                monitor(RawRead(self.name, bytes(raw), bytes(decoded), notes, time.monotonic()))
+            except Exception:  # noqa: BLE001 - a broken monitor must not stop the reader
+                self.monitor = None
 
     def _set_present(self, present: bool, detail: str) -> None:
         """Report a device state change (only changes are delivered, so retries stay quiet)."""
@@ -356,13 +474,14 @@ class Scanner(abc.ABC):
             self._framer.reset()
         self._emit(ScannerState(self.name, present, detail))
 
-    def _deliver(self, units: list[bytes | Overflow]) -> None:
+    def _deliver(self, units: list[Unit], symbology: str | None = None) -> None:
         now = time.monotonic()
         for unit in units:
             if isinstance(unit, Overflow):
                 self._emit(ScanOverflow(self.name, unit.dropped))
             else:
-                self._emit(Scan(self.name, unit, now))
+                self._bad_input_reported = False
+                self._emit(Scan(self.name, unit, now, symbology))
 
     def _emit(self, event: ScannerEvent) -> None:
         loop, queue = self._loop, self._queue

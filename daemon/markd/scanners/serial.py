@@ -22,8 +22,11 @@ URL forms
 
 Options: ``baudrate`` (default 9600; ignored by CDC-ACM devices but needed on RS-232),
 ``terminator`` (``cr`` ``lf`` ``crlf`` ``tab`` ``none``, default ``cr``), ``max_length``
-(default 512). The port is always 8N1 without flow control, which is what every scanner we know
-ships with.
+(default 512), ``gap_ms`` (default 50; with ``terminator=none`` this much silence ends a code).
+The port is always 8N1 without flow control, which is what every scanner we know ships with.
+
+CDC-ACM scanners need ModemManager told to leave them alone, or it probes the port on plug
+and holds it ("Device or resource busy"): markd's udev rules set ``ID_MM_DEVICE_IGNORE``.
 
 Unplug and absence
 ------------------
@@ -39,6 +42,7 @@ spinning select loop (domain.md §8.3, §8.4).
 
 from __future__ import annotations
 
+import select
 import threading
 from typing import Any
 
@@ -65,9 +69,9 @@ class SerialScanner(Scanner):
     }
     #: Seconds between attempts to reopen an absent device.
     reopen_interval: float = 1.0
-    #: Read timeout. It bounds how long a stop request waits on handlers that cannot cancel a
-    #: read (``socket://``), and it is the inter-character gap that ends a unit when the scanner
-    #: sends no terminator.
+    #: Longest blocking read. It bounds how long a stop request waits on handlers that cannot
+    #: cancel a read (``socket://``). While a unit without terminator is pending, reads wait
+    #: only until its ``gap_ms`` expires.
     read_timeout: float = 0.1
 
     def __init__(self, name: str, url: ScannerURL) -> None:
@@ -120,21 +124,39 @@ class SerialScanner(Scanner):
                 self._read_until_gone(port)
             except (serial.SerialException, OSError) as exc:
                 self._set_present(False, f"{self.url.target} went away: {exc}")
-                self._stopping.wait(self.reopen_interval)
             finally:
                 with self._port_lock:
                     self._port = None
                 port.close()
+            # Closed before waiting: a dead descriptor is never left in anyone's select().
+            self._stopping.wait(self.reopen_interval)
 
     def _read_until_gone(self, port: Any) -> None:
         """Read until stopped; a vanished device raises and ends the session."""
+        try:
+            fd: int | None = port.fileno()
+        except (AttributeError, OSError, serial.SerialException):
+            fd = None  # loop:// and a few others have no descriptor
         while not self._stopping.is_set():
+            due = self._gap_due()
+            if due is not None:
+                # A unit waits for its gap. Wait for the next byte or the gap's end without
+                # changing port.timeout (pyserial re-applies every port setting on each change).
+                if fd is not None:
+                    readable, _, _ = select.select([fd], [], [], due)
+                    if not readable:
+                        self._check_gap()
+                        continue
+                elif port.timeout != due:
+                    port.timeout = due
+            elif fd is None and port.timeout != self.read_timeout:
+                port.timeout = self.read_timeout
             # Read whatever is waiting in one call (a whole burst of codes), at least one byte.
             data = port.read(port.in_waiting or 1)
             if data:
+                self._raw(data, data)
                 self._received(data)
-            else:
-                self._gap()
+            self._check_gap()
 
     def _interrupt(self) -> None:
         with self._port_lock:

@@ -1,7 +1,7 @@
 """Virtual scanners: fed in-process, for the demo, tests and kiosk UIs that read codes themselves.
 
-URL form: ``virtual://NAME?terminator=cr|lf|crlf|tab|none&max_length=512``. ``NAME`` is 1 to
-32 letters, digits, ``_`` or ``-``; it is how other code finds the instance:
+URL form: ``virtual://NAME?terminator=cr|lf|crlf|tab|none&max_length=512&gap_ms=50``. ``NAME``
+is 1 to 32 letters, digits, ``_`` or ``-``; it is how other code finds the instance:
 
 >>> from markd.scanners import open_scanner, get_virtual
 >>> with open_scanner("front", "virtual://front") as scanner:
@@ -89,13 +89,21 @@ class VirtualScanner(Scanner):
         if terminator is None:
             self._inbox.put(b"")
 
+    #: Longest wait for the next chunk when no gap is pending (close() wakes it anyway).
+    poll_interval: float = 0.5
+
     def _run(self) -> None:
         self._set_present(True, f"virtual scanner {self.virtual_name!r}")
         while True:
-            chunk = self._inbox.get()
+            try:
+                chunk = self._inbox.get(timeout=self._read_timeout(self.poll_interval))
+            except queue.Empty:
+                self._check_gap()
+                continue
             if chunk is None or self._stopping.is_set():
                 return
             if chunk:
+                self._raw(chunk, chunk)
                 self._received(chunk)
             else:
                 self._gap()

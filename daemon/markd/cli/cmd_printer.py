@@ -1,0 +1,134 @@
+"""``markctl printer status`` and ``markctl printer recover``: the ККТ from a technician's
+console.
+
+``status`` asks the printer ``[fiscal] url`` names for its shift (state, number), paper, ФН
+state and warnings, unsent documents and last document number, lists what stops a receipt now
+(``paper-out``, ``fn-error``, ``receipt-open`` …) and says whether the session journal has a
+receipt in flight. ``recover`` runs the sale session's recovery now (the daemon does it at
+start) and prints what it did.
+
+Exit status: 0 the printer answered (``status``: even with problems, which are listed; the
+JSON has them under ``problems``), or recovery finished; 1 the printer is unreachable, its
+driver missing, or recovery left something pending; 2 bad configuration.
+
+Run them while the daemon is stopped: the ККТ serves one client at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from markd import config as config_module
+from markd.errors import ConfigError, FiscalError, MarkdError
+from markd.fiscal.factory import build_session, open_configured_printer
+from markd.fiscal.journal import SessionJournal
+from markd.store import Store
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("printer", help="the fiscal printer (ККТ): status, recovery")
+    printer_sub = p.add_subparsers(dest="printer_command", metavar="ACTION")
+    printer_sub.required = True
+
+    status = printer_sub.add_parser("status", help="shift, paper, ФН, unsent documents")
+    status.add_argument("--config", metavar="PATH", help="configuration file")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.set_defaults(func=_status)
+
+    recover = printer_sub.add_parser(
+        "recover", help="finish or undo a receipt an interrupted run left behind"
+    )
+    recover.add_argument("--config", metavar="PATH", help="configuration file")
+    recover.add_argument("--json", action="store_true", help="print the report as JSON")
+    recover.set_defaults(func=_recover)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    try:
+        return config_module.load(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"markctl: {problem}", file=sys.stderr)
+        return None
+
+
+def in_flight(journal_path: str) -> str | None:
+    """The receipt the journal shows as neither closed nor cancelled, if any."""
+    for receipt, records in SessionJournal(journal_path).by_receipt().items():
+        events = {r["event"] for r in records}
+        if not events & {"closed", "cancelled"}:
+            return receipt
+    return None
+
+
+def _status(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_CONFIG
+    report: dict[str, Any] = {"url": cfg.fiscal.url}
+    code = EXIT_OK
+    try:
+        with open_configured_printer(cfg) as printer:
+            report["status"] = printer.status().record()
+    except FiscalError as exc:
+        report["error"] = exc.as_dict()
+        code = EXIT_FAILED
+    report["receipt_in_flight"] = in_flight(cfg.fiscal.journal)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+        return code
+    print(f"printer      {report['url']}")
+    if "error" in report:
+        print(f"ERROR        {report['error']['reason']}: {report['error']['message']}")
+    else:
+        status = report["status"]
+        print(f"shift        {status['shift_state']}, number {status['shift_number']}")
+        print(f"paper        {'present' if status['paper_present'] else 'OUT'}")
+        warnings = ", ".join(status["fn_warnings"]) or "none"
+        print(f"ФН           {status['fn_state']}, warnings: {warnings}")
+        unsent = status["unsent_documents"]
+        print(f"unsent docs  {'unknown' if unsent is None else unsent}")
+        print(f"last doc     {status['last_document_number']}")
+        opened = status["receipt_open"]
+        print(f"receipt open {'unknown' if opened is None else ('YES' if opened else 'no')}")
+        print(f"problems     {', '.join(status['problems']) or 'none'}")
+    print(f"in flight    {report['receipt_in_flight'] or 'none'}")
+    return code
+
+
+def _recover(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_CONFIG
+    try:
+        report = asyncio.run(_run_recovery(cfg))
+    except MarkdError as exc:
+        print(f"markctl: {exc.reason}: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, default=str))
+    else:
+        if not report["actions"]:
+            print("nothing to recover")
+        for action in report["actions"]:
+            print(f"receipt {action['receipt']}: {action['action']}")
+    return EXIT_FAILED if report["pending"] else EXIT_OK
+
+
+async def _run_recovery(cfg: Any) -> dict[str, Any]:
+    with Store.from_config(cfg.store) as store, open_configured_printer(cfg) as printer:
+        session = build_session(cfg, printer, store)
+        try:
+            return (await session.recover()).record()
+        finally:
+            if session.lm_client is not None:
+                session.lm_client.close()
+            session.close_session()

@@ -1,0 +1,279 @@
+"""An emulated ATOL Web Requests server (the web server of ATOL's ДТО10 driver, port 16732) in
+front of the virtual ККТ (:class:`~markd.fiscal.virtual_kkt.VirtualKkt`).
+
+::
+
+    POST /api/v2/requests          {"uuid": "<id>", "request": [task, …]}   (or one task object)
+                                   → 201 {}; the tasks are queued and run in order
+                                   → 409 {"error": {…}} when the uuid is known (its first
+                                     request's results stand)
+                                   → 400 {"error": {…}} for a body that is not such an object
+    GET  /api/v2/requests/<uuid>   → 200 {"results": [{"status", "errorCode",
+                                     "errorDescription", "result"}, …]}; ``status`` is
+                                     ``wait`` while queued, ``inProgress`` while running,
+                                     then ``ready``, ``error`` or ``interrupted``
+                                   → 404 {"error": {…}} for an unknown uuid
+
+The ККТ behind it is the same device the ``emulator://`` printer backend drives in process,
+with its state in ``state_dir``: shifts, documents and the answers to requests that changed the
+device survive a restart of this server (a request posted before the restart is still answered
+under its uuid). The shape of the poll answer is what domain.md §7.5 describes as unconfirmed;
+the real server's may differ in details, which the ``atol`` backend tolerates.
+
+Fault injection: the device's own (:meth:`VirtualKkt.set_faults`: ``paper_out``, ``fn_error``,
+``ism``, ``gone``, ``gone_in_receipt``, ``validation_delay_ms``, ``shift_expired``, ``codes``) —
+from Python through :attr:`AtolWebEmulator.kkt`, or over HTTP — and the server's: ``latency_ms``
+(time each task takes, so a client sees ``inProgress``).
+
+Admin endpoints (``admin=True``, never logged):
+
+* ``GET /_emulator/state`` → the device state; ``GET /_emulator/documents`` → every document;
+* ``POST /_emulator/faults`` with ``{"paper_out": true, …}`` merges faults (null removes one);
+  ``DELETE /_emulator/faults`` clears them;
+* ``POST /_emulator/settings`` with ``{"latency_ms": 200}``;
+* ``GET /_emulator/requests`` → the request log; ``DELETE`` clears it.
+
+From a shell::
+
+    python -m markd.emulators atol_web --port 16732 --state-dir /tmp/kkt [--scenario S.json]
+
+where the scenario is ``{"faults": {…}, "latency_ms": 0}`` (JSON or TOML, every key optional).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import queue
+import tempfile
+import threading
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from markd.emulators.scenario import (
+    Behaviour,
+    EmulatorServer,
+    Reply,
+    Request,
+    Route,
+    Scenario,
+    ScenarioError,
+)
+from markd.fiscal.virtual_kkt import FAULT_KEYS, VirtualKkt
+
+REQUESTS_PATH = "/api/v2/requests"
+#: How many requests' results the server keeps in memory (changing ones also live on disk).
+MAX_REQUESTS = 2048
+SCENARIO_KEYS = frozenset({"faults", "latency_ms", "description"})
+
+
+def load_scenario(value: Mapping[str, Any] | str | Path | None) -> dict[str, Any]:
+    """This emulator's scenario: ``{"faults": {…}, "latency_ms": n}`` from a dict or a
+    ``.json`` / ``.toml`` file; unknown keys are errors."""
+    if value is None:
+        return {}
+    if isinstance(value, str | Path):
+        path = Path(value)
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except OSError as exc:
+            raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from exc
+        except (ValueError, tomllib.TOMLDecodeError) as exc:
+            raise ScenarioError(f"{path}: not valid JSON/TOML: {exc}") from exc
+        where = str(path)
+    else:
+        data, where = dict(value), "scenario"
+    if not isinstance(data, Mapping):
+        raise ScenarioError(f"{where}: expected an object")
+    unknown = set(data) - SCENARIO_KEYS
+    if unknown:
+        raise ScenarioError(
+            f"{where}: unknown keys {sorted(unknown)}; known: {sorted(SCENARIO_KEYS)}"
+        )
+    faults = data.get("faults", {})
+    if not isinstance(faults, Mapping) or set(faults) - FAULT_KEYS:
+        raise ScenarioError(f"{where}: faults: known keys are {sorted(FAULT_KEYS)}")
+    latency = data.get("latency_ms", 0)
+    if isinstance(latency, bool) or not isinstance(latency, int) or latency < 0:
+        raise ScenarioError(f"{where}: latency_ms is a non-negative integer")
+    return {"faults": dict(faults), "latency_ms": latency}
+
+
+class _Job:
+    __slots__ = ("uuid", "tasks", "results")
+
+    def __init__(self, uuid: str, tasks: list[Any]) -> None:
+        self.uuid = uuid
+        self.tasks = tasks
+        self.results: list[dict[str, Any]] = [
+            {"status": "wait", "errorCode": 0, "errorDescription": "", "result": None}
+            for _ in tasks
+        ]
+
+
+class AtolWebEmulator(EmulatorServer):
+    """ATOL Web Requests on ``host:port`` (port 0: any free one), the virtual ККТ in
+    ``state_dir`` (None: a temporary directory, removed on :meth:`close`)."""
+
+    name = "atol_web"
+    section = ""
+
+    def __init__(
+        self,
+        scenario: Mapping[str, Any] | str | Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: bool = False,
+        admin: bool = True,
+        verbose: bool = False,
+        state_dir: str | Path | None = None,
+    ) -> None:
+        settings = load_scenario(scenario)
+        super().__init__(None, host=host, port=port, tls=tls, admin=admin, verbose=verbose)
+        self._own_dir = None
+        if state_dir is None:
+            self._own_dir = tempfile.TemporaryDirectory(prefix="markd-atol-web-")
+            state_dir = self._own_dir.name
+        self.state_dir = Path(state_dir)
+        self.kkt = VirtualKkt(self.state_dir)
+        if settings.get("faults"):
+            self.kkt.set_faults(**settings["faults"])
+        self.latency_ms = int(settings.get("latency_ms", 0))
+        self._jobs: collections.OrderedDict[str, _Job] = collections.OrderedDict()
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def start(self) -> AtolWebEmulator:
+        if self._worker is None:
+            self._worker = threading.Thread(
+                target=self._work, name=f"atol-web-{self.port}", daemon=True
+            )
+            self._worker.start()
+        super().start()
+        return self
+
+    def close(self) -> None:
+        super().close()
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join(timeout=5)
+            self._worker = None
+        if self._own_dir is not None:
+            self._own_dir.cleanup()
+            self._own_dir = None
+
+    def reset_state(self) -> None:
+        with self._lock:
+            self._jobs.clear()
+        self.kkt.clear_faults()
+
+    # -- the protocol ---------------------------------------------------------------------------
+
+    def route(self, method: str, path: str) -> Route | None:
+        if path.rstrip("/") == REQUESTS_PATH:
+            return Route("requests", None, ("POST",), self._post)
+        if path.startswith(REQUESTS_PATH + "/") and path.count("/") == 4:
+            return Route("requests/result", None, ("GET",), self._get)
+        return None
+
+    def error_body(self, status: int, code: int | None, description: str | None) -> Any:
+        return {"error": {"code": status if code is None else code, "description": description}}
+
+    def _next_step(self, scenario: Scenario, route: Route) -> tuple[Behaviour, float]:
+        return Behaviour(), 0.0  # faults live in the device, not in the HTTP layer
+
+    def _post(self, request: Request) -> Reply:
+        body = request.json
+        if request.json_error is not None or not isinstance(body, Mapping):
+            return self.error(400, "тело запроса должно быть JSON-объектом", 400)
+        uuid = body.get("uuid")
+        tasks = body.get("request")
+        if isinstance(tasks, Mapping):
+            tasks = [tasks]
+        if not isinstance(uuid, str) or not uuid or len(uuid) > 128 or "/" in uuid:
+            return self.error(400, "нет uuid запроса", 400)
+        if not isinstance(tasks, list) or not tasks:
+            return self.error(400, "нет заданий (request)", 400)
+        with self._lock:
+            if uuid in self._jobs or self.kkt.lookup(uuid) is not None:
+                return self.error(409, f"запрос {uuid} уже существует", 409)
+            job = _Job(uuid, list(tasks))
+            self._jobs[uuid] = job
+            while len(self._jobs) > MAX_REQUESTS:
+                self._jobs.popitem(last=False)
+        self._queue.put(job)
+        return Reply(201, {})
+
+    def _get(self, request: Request) -> Reply:
+        uuid = request.path.rsplit("/", 1)[1]
+        with self._lock:
+            job = self._jobs.get(uuid)
+            if job is not None:
+                return Reply(200, {"results": [dict(r) for r in job.results]})
+        kept = self.kkt.lookup(uuid)
+        if kept is not None:
+            return Reply(200, {"results": [_result(o) for o in kept]})
+        return self.error(404, f"запрос {uuid} не найден", 404)
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            for result in job.results:
+                result["status"] = "inProgress"
+            if self.latency_ms and self._stopping.wait(self.latency_ms * len(job.tasks) / 1000):
+                return
+            outcomes = self.kkt.run(job.uuid, job.tasks)
+            with self._lock:
+                job.results[:] = [_result(o) for o in outcomes]
+
+    # -- admin ----------------------------------------------------------------------------------
+
+    def _admin(self, method: str, path: str, body: bytes) -> Reply:
+        try:
+            payload = json.loads(body) if body else None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return Reply(400, {"error": f"body is not JSON: {exc}"})
+        try:
+            if path == "/_emulator/state" and method == "GET":
+                return Reply(200, self.kkt.state())
+            if path == "/_emulator/documents" and method == "GET":
+                return Reply(200, self.kkt.documents())
+            if path == "/_emulator/faults":
+                if method == "POST" and isinstance(payload, Mapping):
+                    self.kkt.set_faults(**payload)
+                    return Reply(200, {"ok": True, "faults": self.kkt.faults})
+                if method == "DELETE":
+                    self.kkt.clear_faults()
+                    return Reply(200, {"ok": True})
+            if path == "/_emulator/settings" and method == "POST":
+                latency = payload.get("latency_ms") if isinstance(payload, Mapping) else None
+                if isinstance(latency, bool) or not isinstance(latency, int) or latency < 0:
+                    return Reply(400, {"error": "latency_ms is a non-negative integer"})
+                self.latency_ms = latency
+                return Reply(200, {"ok": True})
+            if path == "/_emulator/requests":
+                if method == "GET":
+                    return Reply(200, [r.to_dict() for r in self.requests])
+                if method == "DELETE":
+                    self.clear_requests()
+                    return Reply(200, {"ok": True})
+        except (ValueError, TypeError) as exc:
+            return Reply(400, {"error": str(exc)})
+        return Reply(404, {"error": f"no admin endpoint {method} {path}"})
+
+
+def _result(outcome: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "status": outcome.get("status", "error"),
+        "errorCode": outcome.get("errorCode", 0),
+        "errorDescription": outcome.get("errorDescription", ""),
+        "result": outcome.get("result"),
+    }

@@ -1,0 +1,777 @@
+"""The ``atol`` backends: an ATOL ККТ driven by ATOL JSON tasks (domain.md §7.4–§7.6).
+
+Two transports carry the same tasks:
+
+``atol-web://HOST[:PORT]``
+    ATOL's Web Requests server (the web server of the ДТО10 driver, port 16732 by default).
+    A request is ``POST /api/v2/requests`` with ``{"uuid": <id>, "request": [task, …]}``; its
+    results are polled with ``GET /api/v2/requests/<id>``. The uuid is the operation's
+    idempotency id: posting it again gets 409 and the first request's results, and after a
+    crash :meth:`FiscalPrinter.find_receipt` reads what became of a receipt. The poll shape is
+    (unconfirmed) a ``results`` array with ``status``, ``errorCode``, ``errorDescription`` and
+    ``result`` per task; a status other than ``ready``, ``error``, ``interrupted`` or
+    ``canceled`` counts as "not finished" until the operation's time is up (§7.5 advice).
+    Option ``cancel_task`` names the task that cancels a receipt left open on the device
+    (``cancelReceipt``; not in the published task lists, so configurable).
+
+``atol-lib://usb`` | ``atol-lib:///dev/ttyACM0?baudrate=115200`` | ``atol-lib://HOST:PORT``
+    ATOL's libfptr10 in process, through its Python binding (``from libfptr10 import IFptr``,
+    shipped with the ДТО10 driver): ``setParam(LIBFPTR_PARAM_JSON_DATA, task)``,
+    ``processJson()``, ``getParamString(LIBFPTR_PARAM_JSON_DATA)``. The binding is imported when
+    the printer is opened; without it the error names the module and the driver. Option ``lib``
+    is the path of ``libfptr10.so`` when it is not where the binding looks. The library keeps no
+    request table: after a crash the session reconciles by the document counter alone.
+
+Error answers map to markd's reasons through
+:data:`markd.fiscal.atol_protocol.ERROR_REASONS`: "no connection" (1–4) becomes
+:class:`~markd.errors.PrinterUnavailable`, a link lost during a task that changes the device
+(241, a web request whose answer never came) :class:`~markd.errors.OutcomeUnknown`, anything
+else :class:`~markd.errors.PrinterFault` with the device's code.
+
+The status is read with ``getDeviceStatus``, ``getShiftStatus``, ``getFnStatus`` and
+``ofdExchangeStatus`` in one request. Whether a receipt is open is read from
+``deviceStatus.receiptType`` when the device reports it (the emulator does; the published
+field lists do not), otherwise it is unknown.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from markd.errors import (
+    FiscalTimeout,
+    OutcomeUnknown,
+    PrinterFault,
+    PrinterUnavailable,
+)
+from markd.fiscal import atol_protocol as proto
+from markd.fiscal.base import (
+    Finding,
+    FiscalPrinter,
+    Option,
+    PrinterSettings,
+    PrinterURL,
+    derive_op_id,
+)
+from markd.fiscal.killpoint import kill_point
+from markd.fiscal.model import (
+    MarkValidation,
+    Payment,
+    Position,
+    PrinterStatus,
+    ReceiptKind,
+    ReceiptResult,
+    ShiftInfo,
+)
+
+DEFAULT_WEB_PORT = 16732
+#: Web Requests result statuses that are final (anything else: still running).
+FINAL_STATUSES = frozenset({"ready", "error", "interrupted", "canceled", "cancelled"})
+#: Payment object (tag 1212) of a marked unit and of a plain one.
+PAYMENT_OBJECT_MARKED = "commodityWithMarking"
+PAYMENT_OBJECT_PLAIN = "commodity"
+
+
+# --------------------------------------------------------------------------------------------
+# Transports
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """One task's answer: ``status`` ``ready`` with ``result``, or an error code."""
+
+    status: str
+    result: dict[str, Any]
+    error_code: int | None = None
+    error_description: str = ""
+
+    @classmethod
+    def from_json(cls, data: Any) -> TaskOutcome:
+        if not isinstance(data, Mapping):
+            return cls("error", {}, proto.ERROR_INTERRUPTED, "no answer for the task")
+        status = str(data.get("status", "")) or "ready"
+        code = data.get("errorCode")
+        code = code if isinstance(code, int) and not isinstance(code, bool) else None
+        result = data.get("result")
+        return cls(
+            status,
+            dict(result) if isinstance(result, Mapping) else {},
+            code if code else None,
+            str(data.get("errorDescription") or ""),
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ready" and not self.error_code
+
+
+class Transport(Protocol):
+    """Carries ATOL JSON tasks to the device."""
+
+    def run(
+        self, op_id: str, tasks: list[dict[str, Any]], timeout_s: float, mutating: bool
+    ) -> list[TaskOutcome]:
+        """Run ``tasks`` as one request keyed by ``op_id``; one outcome per task."""
+        ...
+
+    def lookup(self, op_id: str, timeout_s: float) -> list[TaskOutcome] | None:
+        """The outcomes of an earlier request, None when the device keeps no record of it."""
+        ...
+
+    def cancel_receipt(self, op_id: str, timeout_s: float) -> list[TaskOutcome]: ...
+
+    def close(self) -> None: ...
+
+
+class WebRequestsTransport:
+    """ATOL Web Requests over HTTP/1.1 (a new connection per exchange: the server is local)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        cancel_task: str = "cancelReceipt",
+        poll_interval_s: float = 0.05,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.cancel_task = cancel_task
+        self.poll_interval_s = poll_interval_s
+
+    def run(
+        self, op_id: str, tasks: list[dict[str, Any]], timeout_s: float, mutating: bool
+    ) -> list[TaskOutcome]:
+        deadline = time.monotonic() + timeout_s
+        body = {"uuid": op_id, "request": tasks}
+        try:
+            status, answer = self._exchange("POST", "/api/v2/requests", body, deadline)
+        except _NotSent as exc:
+            raise PrinterUnavailable(f"ATOL web server {self._where}: {exc}") from exc
+        except _NoAnswer as exc:
+            # The request may have been queued. Ask for it under its uuid before giving up.
+            found = self._poll(op_id, len(tasks), deadline, missing_ok=True)
+            if found is None:
+                raise PrinterUnavailable(
+                    f"ATOL web server {self._where}: the request got no answer and is not "
+                    f"queued ({exc})"
+                ) from exc
+            return found
+        if status == 409:
+            pass  # the uuid is known: the first request's results are what counts
+        elif not 200 <= status < 300:
+            raise PrinterFault(
+                f"ATOL web server {self._where} refused the request: HTTP {status} "
+                f"{_error_text(answer)}",
+                "web-request-refused",
+            )
+        if tasks:
+            kill_point(f"sent-{tasks[0].get('type')}")
+        found = self._poll(op_id, len(tasks), deadline, missing_ok=False)
+        assert found is not None
+        return found
+
+    def lookup(self, op_id: str, timeout_s: float) -> list[TaskOutcome] | None:
+        return self._poll(op_id, None, time.monotonic() + timeout_s, missing_ok=True)
+
+    def cancel_receipt(self, op_id: str, timeout_s: float) -> list[TaskOutcome]:
+        return self.run(op_id, [{"type": self.cancel_task}], timeout_s, mutating=True)
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def _where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _poll(
+        self, op_id: str, count: int | None, deadline: float, missing_ok: bool
+    ) -> list[TaskOutcome] | None:
+        """GET the request's results until every task is final; None when the server does
+        not know the uuid (and ``missing_ok``)."""
+        path = f"/api/v2/requests/{op_id}"
+        while True:
+            if time.monotonic() >= deadline:
+                raise FiscalTimeout(
+                    f"ATOL web server {self._where}: request {op_id} not finished in time"
+                )
+            try:
+                status, answer = self._exchange("GET", path, None, deadline)
+            except _NoAnswer as exc:
+                if time.monotonic() >= deadline:
+                    raise FiscalTimeout(
+                        f"ATOL web server {self._where}: request {op_id} not finished in time"
+                    ) from exc
+                raise OutcomeUnknown(
+                    f"ATOL web server {self._where}: lost while waiting for request {op_id}: {exc}"
+                ) from exc
+            except _NotSent as exc:
+                raise OutcomeUnknown(
+                    f"ATOL web server {self._where}: lost while waiting for request {op_id}: {exc}"
+                ) from exc
+            if status == 404 and missing_ok:
+                return None
+            if not 200 <= status < 300:
+                raise OutcomeUnknown(
+                    f"ATOL web server {self._where}: HTTP {status} for request {op_id} "
+                    f"{_error_text(answer)}"
+                )
+            results = answer.get("results") if isinstance(answer, Mapping) else None
+            if isinstance(results, list) and (count is None or len(results) >= count):
+                outcomes = [TaskOutcome.from_json(r) for r in results]
+                if all(o.status in FINAL_STATUSES for o in outcomes):
+                    return outcomes
+            time.sleep(min(self.poll_interval_s, max(deadline - time.monotonic(), 0)))
+
+    def _exchange(self, method: str, path: str, body: Any, deadline: float) -> tuple[int, Any]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _NotSent("no time left")
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=max(left, 0.05))
+        try:
+            try:
+                conn.connect()
+            except OSError as exc:
+                raise _NotSent(str(exc) or type(exc).__name__) from exc
+            payload = None if body is None else json.dumps(body, ensure_ascii=False).encode()
+            headers = {"Content-Type": "application/json"} if payload is not None else {}
+            try:
+                conn.request(method, path, body=payload, headers=headers)
+                response = conn.getresponse()
+                raw = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                raise _NoAnswer(str(exc) or type(exc).__name__) from exc
+        finally:
+            conn.close()
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            data = None
+        return response.status, data
+
+
+class _NotSent(Exception):
+    """The request did not leave: the server is not there."""
+
+
+class _NoAnswer(Exception):
+    """The request left but no (complete) answer came back."""
+
+
+def _error_text(answer: Any) -> str:
+    if isinstance(answer, Mapping) and isinstance(answer.get("error"), Mapping):
+        error = answer["error"]
+        return f"{error.get('code', '')} {error.get('description', '')}".strip()
+    return ""
+
+
+class LibfptrTransport:
+    """libfptr10 through its Python binding, one task at a time (``processJson`` blocks)."""
+
+    def __init__(self, target: str, options: Mapping[str, Any]) -> None:
+        try:
+            import libfptr10  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise PrinterUnavailable(
+                "atol-lib:// needs ATOL's Python binding 'libfptr10' (module libfptr10, class "
+                "IFptr), installed with the ATOL ДТО10 driver together with libfptr10.so; it is "
+                f"not importable here ({exc}). Install the driver, or use atol-web:// with "
+                "the driver's web server",
+                "driver-missing",
+            ) from exc
+        ifptr = libfptr10.IFptr
+        try:
+            self.fptr = ifptr(options.get("lib") or "")
+        except OSError as exc:
+            raise PrinterUnavailable(
+                f"atol-lib://: the binding could not load libfptr10.so "
+                f"({options.get('lib') or 'default location'}): {exc}",
+                "driver-missing",
+            ) from exc
+        self._const = ifptr
+        settings = {ifptr.LIBFPTR_SETTING_MODEL: ifptr.LIBFPTR_MODEL_ATOL_AUTO}
+        if target == "usb":
+            settings[ifptr.LIBFPTR_SETTING_PORT] = ifptr.LIBFPTR_PORT_USB
+        elif target.startswith("/"):
+            settings[ifptr.LIBFPTR_SETTING_PORT] = ifptr.LIBFPTR_PORT_COM
+            settings[ifptr.LIBFPTR_SETTING_COM_FILE] = target
+            settings[ifptr.LIBFPTR_SETTING_BAUDRATE] = getattr(
+                ifptr, f"LIBFPTR_PORT_BR_{options.get('baudrate', 115200)}"
+            )
+        else:
+            host, _, port = target.rpartition(":")
+            settings[ifptr.LIBFPTR_SETTING_PORT] = ifptr.LIBFPTR_PORT_TCPIP
+            settings[ifptr.LIBFPTR_SETTING_IPADDRESS] = host
+            settings[ifptr.LIBFPTR_SETTING_IPPORT] = int(port)
+        self.fptr.setSettings(settings)
+        self.fptr.open()
+
+    def run(
+        self, op_id: str, tasks: list[dict[str, Any]], timeout_s: float, mutating: bool
+    ) -> list[TaskOutcome]:
+        outcomes: list[TaskOutcome] = []
+        failed = False
+        for task in tasks:
+            if failed:
+                outcomes.append(TaskOutcome("interrupted", {}, proto.ERROR_INTERRUPTED))
+                continue
+            fptr = self.fptr
+            fptr.setParam(self._const.LIBFPTR_PARAM_JSON_DATA, json.dumps(task, ensure_ascii=False))
+            if fptr.processJson() < 0:
+                code = int(fptr.errorCode())
+                outcomes.append(TaskOutcome("error", {}, code, str(fptr.errorDescription())))
+                failed = True
+                continue
+            text = fptr.getParamString(self._const.LIBFPTR_PARAM_JSON_DATA) or "{}"
+            try:
+                result = json.loads(text)
+            except ValueError:
+                result = {}
+            outcomes.append(TaskOutcome("ready", result if isinstance(result, dict) else {}))
+        return outcomes
+
+    def lookup(self, op_id: str, timeout_s: float) -> list[TaskOutcome] | None:
+        return None  # the library keeps no request table
+
+    def cancel_receipt(self, op_id: str, timeout_s: float) -> list[TaskOutcome]:
+        fptr = self.fptr
+        if fptr.cancelReceipt() < 0:
+            code = int(fptr.errorCode())
+            return [TaskOutcome("error", {}, code, str(fptr.errorDescription()))]
+        return [TaskOutcome("ready", {})]
+
+    def close(self) -> None:
+        try:
+            self.fptr.close()
+        except Exception:  # noqa: BLE001 - closing a gone device must not raise
+            pass
+
+
+# --------------------------------------------------------------------------------------------
+# The printer
+
+
+class AtolPrinter(FiscalPrinter):
+    """A :class:`FiscalPrinter` speaking ATOL JSON through a :class:`Transport`."""
+
+    transport: Transport
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _run(
+        self,
+        op_id: str,
+        tasks: list[dict[str, Any]],
+        *,
+        tolerate: frozenset[int] = frozenset(),
+        optional_from: int | None = None,
+    ) -> list[TaskOutcome]:
+        """Run tasks; raise for the first error unless its code is in ``tolerate`` or the
+        task's index is at or after ``optional_from``."""
+        mutating = any(t.get("type") in proto.MUTATING_TASKS for t in tasks)
+        outcomes = self.transport.run(op_id, tasks, self.settings.timeout_s, mutating)
+        for index, (task, outcome) in enumerate(zip(tasks, outcomes, strict=False)):
+            if outcome.ok or outcome.error_code in tolerate:
+                continue
+            if optional_from is not None and index >= optional_from:
+                continue
+            raise _device_error(task.get("type", "?"), outcome, mutating)
+        if len(outcomes) < len(tasks):
+            raise OutcomeUnknown(f"{len(outcomes)} answers for {len(tasks)} tasks")
+        return outcomes
+
+    # -- status and shifts ----------------------------------------------------------------------
+
+    def _status(self, op_id: str) -> PrinterStatus:
+        tasks = [
+            {"type": "getDeviceStatus"},
+            {"type": "getShiftStatus"},
+            {"type": "getFnStatus"},
+            {"type": "ofdExchangeStatus"},
+        ]
+        outcomes = self._run(op_id, tasks, optional_from=1)
+        device = _dict(outcomes[0].result.get("deviceStatus"))
+        shift = _dict(outcomes[1].result.get("shiftStatus")) if outcomes[1].ok else {}
+        fn = _dict(outcomes[2].result.get("fnStatus")) if outcomes[2].ok else {}
+        ofd = _dict(outcomes[3].result.get("status")) if outcomes[3].ok else {}
+        warnings = _dict(fn.get("warnings"))
+        receipt_type = device.get("receiptType")
+        fn_present = bool(device.get("fnPresent", True))
+        shift_state = str(shift.get("state") or device.get("shift") or "closed")
+        return PrinterStatus(
+            shift_state=shift_state if shift_state in ("opened", "expired") else "closed",
+            shift_number=_int(shift.get("number")) or 0,
+            paper_present=bool(device.get("paperPresent", True)),
+            fn_present=fn_present,
+            fn_fiscal=bool(device.get("fnFiscal", True)),
+            fn_state="error" if warnings.get("criticalError") or not fn_present else "ok",
+            fn_warnings=tuple(sorted(k for k, v in warnings.items() if v is True)),
+            last_document_number=_int(fn.get("fiscalDocumentNumber")) or 0,
+            last_receipt_number=_int(fn.get("fiscalReceiptNumber")),
+            unsent_documents=_int(ofd.get("notSentCount")),
+            receipt_open=None if receipt_type is None else receipt_type != "closed",
+            cover_opened=bool(device.get("coverOpened", False)),
+            blocked=bool(device.get("blocked", False)),
+            model=_str(device.get("modelName")),
+            raw={
+                "deviceStatus": device,
+                "shiftStatus": shift,
+                "fnStatus": fn,
+                "ofdExchangeStatus": ofd,
+            },
+        )
+
+    def _shift(self, op_id: str, kind: str) -> ShiftInfo:
+        outcomes = self._run(op_id, [{"type": kind}])
+        result = outcomes[0].result
+        return ShiftInfo(
+            number=_int(result.get("shiftNumber")) or 0,
+            state="opened" if kind == "openShift" else "closed",
+            document_number=_int(result.get("fiscalDocumentNumber")),
+        )
+
+    def _open_shift(self, op_id: str) -> ShiftInfo:
+        return self._shift(op_id, "openShift")
+
+    def _close_shift(self, op_id: str) -> ShiftInfo:
+        return self._shift(op_id, "closeShift")
+
+    # -- marking codes --------------------------------------------------------------------------
+
+    def _begin_validation(
+        self, op_id: str, km: str, ki: str, planned_status: int
+    ) -> MarkValidation:
+        task = {
+            "type": "beginMarkingCodeValidation",
+            "params": {
+                "imcType": "auto",
+                "imc": proto.encode_km(km),
+                "itemEstimatedStatus": proto.ESTIMATED_STATUS_NAMES[planned_status],
+                "imcModeProcessing": 0,
+                "itemQuantity": 1,
+                "itemUnits": "piece",
+            },
+        }
+        outcomes = self._run(op_id, [task])
+        local = _dict(outcomes[0].result.get("offlineValidation"))
+        return MarkValidation(
+            ki=ki,
+            fn_checked=local.get("fmCheck") is True,
+            fn_result=local.get("fmCheckResult") is True,
+            fn_error_reason=_str(local.get("fmCheckErrorReason")),
+        )
+
+    def _validation_status(self, op_id: str, ki: str) -> MarkValidation:
+        outcomes = self._run(op_id, [{"type": "getMarkingCodeValidationStatus"}])
+        return _validation_from_status(ki, outcomes[0].result)
+
+    def _accept(self, op_id: str, ki: str) -> MarkValidation | None:
+        outcomes = self._run(op_id, [{"type": "acceptMarkingCode"}])
+        bits = outcomes[0].result.get("itemInfoCheckResult")
+        if not isinstance(bits, Mapping):
+            return None
+        return _validation_from_bits(ki, bits, ready=True)
+
+    def _decline(self, op_id: str) -> None:
+        self._run(op_id, [{"type": "declineMarkingCode"}])
+
+    def _cancel_validation(self, op_id: str) -> None:
+        self._run(op_id, [{"type": "cancelMarkingCodeValidation"}])
+
+    def _clear_validations(self, op_id: str) -> None:
+        self._run(op_id, [{"type": "clearMarkingCodeValidationResult"}])
+
+    # -- receipts -------------------------------------------------------------------------------
+
+    def _check_can_open(self, op_id: str) -> None:
+        status = self._status(op_id)
+        problems = [p for p in status.problems() if p != "receipt-open"]
+        if problems:
+            raise PrinterFault(f"the ККТ cannot take a receipt: {', '.join(problems)}", problems[0])
+        if status.receipt_open:
+            raise PrinterFault("a receipt is left open on the ККТ", "receipt-open")
+
+    def _fiscalise(
+        self,
+        op_id: str,
+        kind: ReceiptKind,
+        positions: tuple[Position, ...],
+        payments: tuple[Payment, ...],
+    ) -> ReceiptResult:
+        task = receipt_task(kind, positions, payments)
+        outcomes = self._run(op_id, [task])
+        kill_point("printed")
+        return _receipt_result(kind, outcomes[0].result, positions, payments)
+
+    def _cancel_device_receipt(self, op_id: str) -> None:
+        outcomes = self.transport.cancel_receipt(op_id, self.settings.timeout_s)
+        outcome = outcomes[0] if outcomes else TaskOutcome("error", {}, proto.ERROR_INTERRUPTED)
+        if outcome.ok or outcome.error_code == proto.ERROR_DENIED_IN_CLOSED_RECEIPT:
+            return  # cancelled, or nothing was open
+        raise _device_error("cancelReceipt", outcome, mutating=True)
+
+    def _find_receipt(self, op_id: str) -> tuple[Finding, ReceiptResult | None]:
+        try:
+            outcomes = self.transport.lookup(op_id, self.settings.timeout_s)
+        except FiscalTimeout:
+            return "unknown", None
+        if not outcomes:
+            return "unknown", None
+        outcome = outcomes[0]
+        if outcome.ok:
+            kind: ReceiptKind = self.receipt_kind or "sell"
+            positions = self.positions
+            result = _receipt_result(kind, outcome.result, positions, (), recovered=True)
+            return "done", result
+        if outcome.error_code in proto.CUT_OFF_CODES or outcome.status not in FINAL_STATUSES:
+            return "unknown", None
+        return "failed", None
+
+    def _release(self) -> None:
+        self.transport.close()
+
+
+def _check_task_name(text: str) -> str:
+    if not text.isidentifier():
+        raise ValueError(text)
+    return text
+
+
+def _baudrate(text: str) -> int:
+    value = int(text)
+    if value not in (9600, 19200, 38400, 57600, 115200):
+        raise ValueError(text)
+    return value
+
+
+def _absolute(text: str) -> str:
+    if not text.startswith("/"):
+        raise ValueError(text)
+    return text
+
+
+class AtolWebPrinter(AtolPrinter):
+    """``atol-web://HOST[:PORT]``: ATOL's Web Requests server."""
+
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        "cancel_task": Option(_check_task_name, "cancelReceipt", "an ATOL task type"),
+    }
+
+    def __init__(self, url: PrinterURL, settings: PrinterSettings) -> None:
+        super().__init__(url, settings)
+        host, _, port = url.target.rpartition(":")
+        self.transport = WebRequestsTransport(
+            host.strip("[]"), int(port), cancel_task=url.options["cancel_task"]
+        )
+
+    @classmethod
+    def target_from_url(cls, host: str, port: int | None, path: str) -> str:
+        if not host:
+            raise ValueError("a host is required")
+        if path not in ("", "/"):
+            raise ValueError(f"no path is expected, got {path!r}")
+        shown = f"[{host}]" if ":" in host else host
+        return f"{shown}:{port or DEFAULT_WEB_PORT}"
+
+
+class AtolLibPrinter(AtolPrinter):
+    """``atol-lib://usb`` | ``atol-lib:///dev/PORT`` | ``atol-lib://HOST:PORT``: libfptr10."""
+
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        "baudrate": Option(_baudrate, 115200, "9600|19200|38400|57600|115200"),
+        "lib": Option(_absolute, "", "an absolute path to libfptr10.so"),
+    }
+
+    def __init__(self, url: PrinterURL, settings: PrinterSettings) -> None:
+        super().__init__(url, settings)
+        self.transport = LibfptrTransport(url.target, url.options)
+
+    @classmethod
+    def target_from_url(cls, host: str, port: int | None, path: str) -> str:
+        if host == "usb" and port is None and path in ("", "/"):
+            return "usb"
+        if not host and path.startswith("/dev/"):
+            return path
+        if host and port is not None and path in ("", "/"):
+            return f"{host}:{port}"
+        raise ValueError("expected usb, a /dev/ path or HOST:PORT")
+
+
+# --------------------------------------------------------------------------------------------
+# Building tasks and reading answers
+
+
+def receipt_task(
+    kind: ReceiptKind, positions: Sequence[Position], payments: Sequence[Payment]
+) -> dict[str, Any]:
+    """The ``sell`` / ``sellReturn`` task for a receipt (domain.md §7.6)."""
+    items = [position_item(p) for p in positions]
+    return {
+        "type": proto.RECEIPT_TASKS[kind],
+        "electronically": False,
+        "items": items,
+        "payments": [{"type": p.type, "sum": proto.roubles(p.amount_kopecks)} for p in payments],
+        "total": proto.roubles(sum(p.amount_kopecks for p in positions)),
+    }
+
+
+def position_item(position: Position) -> dict[str, Any]:
+    """One ``position`` item; a marked one carries ``imcParams`` (the code in base64, tag 2003,
+    processing mode 0, the ККТ's check result) and, when the permit check gave a tag 1265
+    value, ``industryInfo`` (tag 1260: 1262 ``fois``, 1263 ``date`` as ``yyyy.mm.dd``, 1264
+    ``number``, 1265 ``industryAttribute``)."""
+    item: dict[str, Any] = {
+        "type": "position",
+        "name": position.name,
+        "price": proto.roubles(position.price_kopecks),
+        "quantity": position.quantity,
+        "amount": proto.roubles(position.amount_kopecks),
+        "measurementUnit": "piece",
+        "paymentMethod": "fullPayment",
+        "paymentObject": PAYMENT_OBJECT_MARKED if position.mark else PAYMENT_OBJECT_PLAIN,
+        "tax": {"type": position.tax},
+    }
+    mark = position.mark
+    if mark is None:
+        return item
+    imc: dict[str, Any] = {
+        "imcType": "auto",
+        "imc": proto.encode_km(mark.km),
+        "itemEstimatedStatus": proto.ESTIMATED_STATUS_NAMES[mark.planned_status],
+        "imcModeProcessing": mark.processing_mode,
+        "itemQuantity": 1,
+        "itemUnits": "piece",
+    }
+    if mark.validation is not None:
+        imc["itemInfoCheckResult"] = mark.validation.item_info_check_result()
+    item["imcParams"] = imc
+    industry = mark.industry
+    if industry.tag1265:
+        # Tag 1260 carries the permit check's ids; a unit no check service answered for has
+        # none, and a 1260 without its 1265 means nothing.
+        item["industryInfo"] = [
+            {
+                "fois": industry.tag1262,
+                "date": industry.atol_date,
+                "number": industry.tag1264,
+                "industryAttribute": industry.tag1265,
+            }
+        ]
+    return item
+
+
+def _receipt_result(
+    kind: ReceiptKind,
+    result: Mapping[str, Any],
+    positions: Sequence[Position],
+    payments: Sequence[Payment],
+    *,
+    recovered: bool = False,
+) -> ReceiptResult:
+    params = _dict(result.get("fiscalParams"))
+    number = _int(params.get("fiscalDocumentNumber"))
+    if number is None:
+        raise OutcomeUnknown("the ККТ answered the receipt without a document number")
+    total = sum(p.amount_kopecks for p in positions)
+    if not positions and "total" in params:
+        try:
+            total = proto.kopecks(params["total"])
+        except ValueError:
+            total = 0
+    return ReceiptResult(
+        kind=kind,
+        document_number=number,
+        receipt_number=_int(params.get("fiscalReceiptNumber")),
+        shift_number=_int(params.get("shiftNumber")),
+        fiscal_sign=_str(params.get("fiscalDocumentSign")),
+        datetime=_str(params.get("fiscalDocumentDateTime")),
+        fn_number=_str(params.get("fnNumber")),
+        registration_number=_str(params.get("registrationNumber")),
+        total_kopecks=total,
+        positions=tuple(positions),
+        payments=tuple(payments),
+        recovered=recovered,
+    )
+
+
+def _validation_from_bits(ki: str, bits: Mapping[str, Any], **extra: Any) -> MarkValidation:
+    return MarkValidation(
+        ki=ki,
+        fn_checked=bits.get("imcCheckFlag") is True,
+        fn_result=bits.get("imcCheckResult") is True,
+        oism_checked=bits.get("imcStatusInfo") is True,
+        oism_status_correct=bits.get("imcEstimatedStatusCorrect") is True,
+        offline=bits.get("ecrStandAloneFlag") is True,
+        **extra,
+    )
+
+
+def _validation_from_status(ki: str, result: Mapping[str, Any]) -> MarkValidation:
+    """``getMarkingCodeValidationStatus``'s answer (domain.md §7.4)."""
+    ready = result.get("ready") is True
+    sent = result.get("sentImcRequest") is True
+    driver = _dict(result.get("driverError"))
+    code = _int(driver.get("code"))
+    driver_error = f"{code}: {driver.get('description', '')}".strip() if code else None
+    online = _dict(result.get("onlineValidation"))
+    bits = _dict(online.get("itemInfoCheckResult"))
+    return _validation_from_bits(
+        ki,
+        bits,
+        ready=ready,
+        request_sent=sent,
+        item_status=_str(online.get("markOperatorItemStatus")),
+        response_result=_str(online.get("markOperatorResponseResult")),
+        driver_error=driver_error,
+    )
+
+
+def _device_error(task_type: str, outcome: TaskOutcome, mutating: bool) -> Exception:
+    code = outcome.error_code
+    text = f"ATOL {task_type}: error {code}: {outcome.error_description}".strip()
+    if code in proto.NOT_EXECUTED_CODES:
+        return PrinterUnavailable(text, "printer-unavailable", code)
+    if code in proto.CUT_OFF_CODES or (code is None and outcome.status not in FINAL_STATUSES):
+        if mutating:
+            return OutcomeUnknown(text, "outcome-unknown", code)
+        return PrinterUnavailable(text, "printer-unavailable", code)
+    return PrinterFault(text, proto.error_reason(code), code)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+__all__ = [
+    "AtolLibPrinter",
+    "AtolPrinter",
+    "AtolWebPrinter",
+    "LibfptrTransport",
+    "TaskOutcome",
+    "Transport",
+    "WebRequestsTransport",
+    "derive_op_id",
+    "position_item",
+    "receipt_task",
+]

@@ -1,0 +1,171 @@
+"""ATOL JSON: the names, numbers and conversions both sides of the protocol share — the ``atol``
+backend that sends tasks and the virtual ККТ that answers them.
+
+Task and field names follow domain.md §7.4–§7.6 and the typed public clients it cites. Error
+numbers are ATOL's ``LIBFPTR_ERROR_*`` values (the driver's header, mirrored by several public
+bindings); :data:`ERROR_REASONS` turns the ones a sale meets into markd's reason codes.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+# -- tag 2003 ---------------------------------------------------------------------------------
+
+#: Planned status (tag 2003) → ATOL's ``itemEstimatedStatus`` name (domain.md §7.4).
+ESTIMATED_STATUS_NAMES: dict[int, str] = {
+    1: "itemPieceSold",
+    2: "itemDryForSale",
+    3: "itemPieceReturn",
+    4: "itemDryReturn",
+    255: "itemStatusUnchanged",
+}
+ESTIMATED_STATUS_NUMBERS: dict[str, int] = {v: k for k, v in ESTIMATED_STATUS_NAMES.items()}
+
+#: Statuses allowed on each receipt kind.
+SALE_STATUSES = frozenset({1, 2})
+RETURN_STATUSES = frozenset({3, 4})
+
+
+def status_number(value: Any) -> int | None:
+    """Tag 2003 from ATOL's name or a number; None when it is neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        return ESTIMATED_STATUS_NUMBERS.get(value)
+    return None
+
+
+# -- task types -------------------------------------------------------------------------------
+
+#: Tasks that change the device (answers to them are kept by request id; see the emulator).
+MUTATING_TASKS = frozenset(
+    {
+        "beginMarkingCodeValidation",
+        "acceptMarkingCode",
+        "declineMarkingCode",
+        "cancelMarkingCodeValidation",
+        "clearMarkingCodeValidationResult",
+        "openShift",
+        "closeShift",
+        "sell",
+        "sellReturn",
+        "cancelReceipt",
+    }
+)
+
+#: Receipt kind → ATOL task type.
+RECEIPT_TASKS = {"sell": "sell", "return": "sellReturn"}
+
+# -- errors -----------------------------------------------------------------------------------
+
+ERROR_NO_CONNECTION = 2
+ERROR_NO_PAPER = 44
+ERROR_COVER_OPENED = 45
+ERROR_NONCASH_TOO_MUCH = 52
+ERROR_NOT_FULLY_PAID = 66
+ERROR_SHIFT_EXPIRED = 68
+ERROR_DENIED_IN_CLOSED_SHIFT = 73
+ERROR_DENIED_IN_CLOSED_RECEIPT = 81
+ERROR_DENIED_IN_OPENED_RECEIPT = 82
+ERROR_DENIED_IN_OPENED_SHIFT = 83
+ERROR_INVALID_POSITIONS_COUNT = 110
+ERROR_INVALID_SUM = 16
+ERROR_INVALID_PARAM = 13
+ERROR_NOT_SUPPORTED = 11
+ERROR_FN_FAULT = 118
+ERROR_CONNECTION_LOST = 241
+ERROR_VALIDATION_IN_PROGRESS = 401
+ERROR_INVALID_MARKING_CODE_STATUS = 404
+ERROR_MARKS_OVERFLOW = 408
+ERROR_INVALID_MARKING_CODE = 409
+ERROR_INVALID_STATE = 410
+ERROR_MARK_NOT_CHECKED = 420
+ERROR_MARK_CHECK_TIMEOUT = 421
+ERROR_INTERRUPTED = 502
+
+#: The device could not be talked to at all: the task did not run.
+NOT_EXECUTED_CODES = frozenset({1, 2, 3, 4})
+#: The link broke while the task ran: it may or may not have taken effect.
+CUT_OFF_CODES = frozenset({ERROR_CONNECTION_LOST})
+
+ERROR_REASONS: dict[int, str] = {
+    1: "printer-unavailable",
+    2: "printer-unavailable",
+    3: "printer-unavailable",
+    4: "printer-unavailable",
+    ERROR_NOT_SUPPORTED: "not-supported",
+    ERROR_INVALID_PARAM: "bad-request",
+    ERROR_INVALID_SUM: "bad-sum",
+    ERROR_NO_PAPER: "paper-out",
+    ERROR_COVER_OPENED: "cover-open",
+    46: "printer-fault",
+    47: "printer-fault",
+    ERROR_NONCASH_TOO_MUCH: "bad-payment",
+    55: "device-busy",
+    ERROR_NOT_FULLY_PAID: "not-fully-paid",
+    ERROR_SHIFT_EXPIRED: "shift-expired",
+    141: "shift-expired",
+    ERROR_DENIED_IN_CLOSED_SHIFT: "shift-closed",
+    ERROR_DENIED_IN_CLOSED_RECEIPT: "receipt-closed",
+    ERROR_DENIED_IN_OPENED_RECEIPT: "receipt-open",
+    ERROR_DENIED_IN_OPENED_SHIFT: "shift-open",
+    203: "receipt-open",  # "need to cancel the document"
+    ERROR_INVALID_POSITIONS_COUNT: "empty-receipt",
+    **{code: "fn-error" for code in (*range(115, 125), 135, 136, 137, 140, 159, 162, 166)},
+    228: "marking-code-conflict",
+    ERROR_CONNECTION_LOST: "connection-lost",
+    ERROR_VALIDATION_IN_PROGRESS: "validation-running",
+    402: "oism-unreachable",
+    403: "validation-cancelled",
+    ERROR_INVALID_MARKING_CODE_STATUS: "marking-status-invalid",
+    405: "marking-code-invalid",
+    406: "marking-denied",
+    407: "marking-denied",
+    ERROR_MARKS_OVERFLOW: "marks-overflow",
+    ERROR_INVALID_MARKING_CODE: "marking-code-invalid",
+    ERROR_INVALID_STATE: "invalid-state",
+    ERROR_MARK_NOT_CHECKED: "mark-not-checked",
+    ERROR_MARK_CHECK_TIMEOUT: "oism-timeout",
+    ERROR_INTERRUPTED: "interrupted",
+}
+
+
+def error_reason(code: int | None) -> str:
+    """markd's reason code for an ATOL error number (``device-error`` when not listed)."""
+    if code is None:
+        return "device-error"
+    return ERROR_REASONS.get(code, "device-error")
+
+
+# -- values -----------------------------------------------------------------------------------
+
+
+def roubles(kopecks: int) -> float:
+    """Kopecks as the roubles number ATOL JSON wants (``8990`` → ``89.9``)."""
+    return round(kopecks / 100, 2)
+
+
+def kopecks(value: Any) -> int:
+    """Roubles from ATOL JSON as kopecks; ``ValueError`` for something that is not a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"not a sum: {value!r}")
+    return round(value * 100)
+
+
+def encode_km(km: str) -> str:
+    """The full code as ATOL JSON carries it: base64 of its UTF-8 bytes, raw GS included."""
+    return base64.b64encode(km.encode("utf-8")).decode("ascii")
+
+
+def decode_km(text: Any) -> str | None:
+    """The code from ATOL's base64 ``imc``; None when it is not valid base64 UTF-8."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return base64.b64decode(text, validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None

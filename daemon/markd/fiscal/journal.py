@@ -1,0 +1,144 @@
+"""The sale session's journal: what markd was doing with the ККТ, durable across a crash.
+
+One JSON object per line, appended and fsync'd before the step it announces is taken (or right
+after a device answer, before anything else happens), so a process killed at any instant
+leaves a journal that says how far the receipt got. A line torn by the kill is ignored when
+reading. Each record has ``at`` (ISO-8601 UTC), ``event`` and ``receipt`` (the receipt's id;
+null for a unit refused before any receipt was open), plus the event's facts — КИ, tags,
+document numbers, never a full marking code.
+
+The ККТ must get the full code again if a receipt has to be registered anew after a crash, so
+the codes of the receipt in flight are kept beside the journal, in ``<journal>.codes`` (mode
+0600, replaced atomically), and that file is deleted as soon as the receipt is closed or
+cancelled: it is the session's working memory, not a record, and it never holds more than one
+receipt.
+
+When the journal grows past :data:`ROTATE_BYTES` and nothing is in flight, it is renamed to
+``<journal>.1`` (one generation kept) and a new one started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = "/var/lib/markd/fiscal/session.journal"
+ROTATE_BYTES = 4 << 20
+
+
+class SessionJournal:
+    """The journal file at ``path`` (its directory is created when missing)."""
+
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_PATH) -> None:
+        self.path = Path(path)
+        self.codes_path = self.path.with_name(self.path.name + ".codes")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, event: str, receipt: str | None, **facts: Any) -> dict[str, Any]:
+        """Write one record and fsync it; returns the record."""
+        record = {
+            "at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "event": event,
+            "receipt": receipt,
+            **facts,
+        }
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
+        new = not self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = "\n" + line  # the last line was torn by a kill: start a new one
+            os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if new:
+            _fsync_dir(self.path.parent)
+        return record
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every complete record, oldest first."""
+        return list(self._read(self.path))
+
+    def by_receipt(self) -> dict[str, list[dict[str, Any]]]:
+        """Records grouped by receipt id, receipts in the order they were opened."""
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for record in self.records():
+            receipt = record.get("receipt")
+            if isinstance(receipt, str):
+                grouped.setdefault(receipt, []).append(record)
+        return grouped
+
+    # -- codes of the receipt in flight ---------------------------------------------------------
+
+    def put_code(self, receipt: str, unit: str, km: str) -> None:
+        """Keep ``km`` for ``unit`` of ``receipt`` (replacing codes of any other receipt)."""
+        data = self.codes(receipt)
+        data[unit] = km
+        tmp = self.codes_path.with_name(self.codes_path.name + ".tmp")
+        payload = json.dumps({"receipt": receipt, "codes": data}, ensure_ascii=False).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, payload)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.codes_path)
+        _fsync_dir(self.codes_path.parent)
+
+    def codes(self, receipt: str) -> dict[str, str]:
+        """The kept codes of ``receipt`` by unit id (empty when they belong to another)."""
+        try:
+            data = json.loads(self.codes_path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return {}
+        if not isinstance(data, dict) or data.get("receipt") != receipt:
+            return {}
+        codes = data.get("codes")
+        return dict(codes) if isinstance(codes, dict) else {}
+
+    def drop_codes(self) -> None:
+        try:
+            self.codes_path.unlink()
+        except FileNotFoundError:
+            return
+        _fsync_dir(self.codes_path.parent)
+
+    def rotate_if_large(self, limit: int = ROTATE_BYTES) -> bool:
+        """Start a new journal when this one is larger than ``limit`` bytes (call only when no
+        receipt is in flight). Returns True when it rotated."""
+        try:
+            if self.path.stat().st_size <= limit:
+                return False
+        except FileNotFoundError:
+            return False
+        os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        _fsync_dir(self.path.parent)
+        return True
+
+    @staticmethod
+    def _read(path: Path) -> Iterator[dict[str, Any]]:
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return
+        for line in raw.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # torn by a kill mid-write
+            if isinstance(record, dict) and "event" in record:
+                yield record
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

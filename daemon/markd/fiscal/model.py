@@ -1,0 +1,423 @@
+"""What the fiscal shim talks about: positions, payments, marking-code validations, receipts and
+the printer's status, independent of any ККТ protocol.
+
+Money is in kopecks everywhere in markd; a backend converts to what its device wants (ATOL JSON
+takes roubles as numbers). A marked unit carries its full code (:attr:`MarkedItem.km`, kept out
+of ``repr``) because the ККТ must get it; everything meant for a log or a journal
+(:meth:`Position.record`, :meth:`MarkValidation.record`, :meth:`ReceiptResult.record`) holds
+the КИ only.
+
+The ФФД 1.2 tags a marked unit carries (domain.md §7.1, §7.6):
+
+======  =====================================================  ==================================
+tag     meaning                                                 here
+======  =====================================================  ==================================
+2000    the marking code                                        :attr:`MarkedItem.km`
+2003    planned status (1 piece sold, 2 measured item in sale,  :attr:`MarkedItem.planned_status`
+        3 piece returned …)
+2102    processing mode, 0 in practice                          :attr:`MarkedItem.processing_mode`
+2004    the ФН's local check (bits 0–1)                         :attr:`MarkValidation.tag2004`
+2106    the check result printed on the receipt (bits 0–4)     :attr:`MarkValidation.tag2106`
+1260    industry attribute: 1262 ФОИВ, 1263 document date       :class:`IndustryTags`
+        (DD.MM.YYYY), 1264 document number, 1265 the check
+        service's ``UUID=…&Time=…`` value
+======  =====================================================  ==================================
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+#: Receipt kinds: a sale, or the return of a sale (ФФД «возврат прихода»).
+ReceiptKind = Literal["sell", "return"]
+
+#: Tag 2003 values (domain.md §7.1). Whether a plain piece sale is 1 or 2 is an open question
+#: (§10.11): ``[fiscal] sale_status`` chooses.
+PLANNED_STATUS_PIECE_SOLD = 1
+PLANNED_STATUS_MEASURED_FOR_SALE = 2
+PLANNED_STATUS_PIECE_RETURNED = 3
+PLANNED_STATUS_PART_RETURNED = 4
+PLANNED_STATUS_UNCHANGED = 255
+
+#: Tax types as ATOL JSON names them (``tax.type``); the 2026 VAT rates included.
+TAX_TYPES = (
+    "none",
+    "vat0",
+    "vat5",
+    "vat7",
+    "vat10",
+    "vat20",
+    "vat22",
+    "vat105",
+    "vat107",
+    "vat110",
+    "vat120",
+    "vat122",
+)
+
+#: Payment kinds (ATOL ``payments[].type``): a kiosk takes cards, a till also cash.
+PAYMENT_TYPES = ("electronically", "cash")
+
+_DATE_1263 = re.compile(r"(\d{2})\.(\d{2})\.(\d{4})")
+
+
+def tag1263_problem(value: str) -> str | None:
+    """Why ``value`` is not a tag 1263 date (``DD.MM.YYYY``), or None."""
+    found = _DATE_1263.fullmatch(value)
+    if found is None:
+        return f"tag 1263 is a date DD.MM.YYYY, got {value!r}"
+    day, month, _ = (int(x) for x in found.groups())
+    if not (1 <= day <= 31 and 1 <= month <= 12):
+        return f"tag 1263 is a date DD.MM.YYYY, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class IndustryTags:
+    """Tag 1260 of one marked position: 1262 ФОИВ id (≤3 chars), 1263 date of the founding
+    document (``DD.MM.YYYY``), 1264 its number (≤32 chars), 1265 the check's ids (≤256 chars).
+
+    The permissive-mode triple ``030`` / ``26.03.2022`` / ``477`` comes from two independent
+    implementations, not from a normative text (domain.md §7.6), so it is configurable
+    (``[fiscal] tag1262`` …); 1265 comes from the verdict (:attr:`Verdict.tag1265`).
+    """
+
+    tag1262: str = "030"
+    tag1263: str = "26.03.2022"
+    tag1264: str = "477"
+    tag1265: str = ""
+
+    def problems(self) -> list[str]:
+        found = []
+        if not 1 <= len(self.tag1262) <= 3:
+            found.append(f"tag 1262 is 1 to 3 characters, got {self.tag1262!r}")
+        problem = tag1263_problem(self.tag1263)
+        if problem:
+            found.append(problem)
+        if not 1 <= len(self.tag1264) <= 32:
+            found.append(f"tag 1264 is 1 to 32 characters, got {self.tag1264!r}")
+        if len(self.tag1265) > 256:
+            found.append(f"tag 1265 is at most 256 characters, got {len(self.tag1265)}")
+        return found
+
+    @property
+    def atol_date(self) -> str:
+        """1263 as ATOL JSON wants it: ``yyyy.mm.dd`` (the ККТ writes ``DD.MM.YYYY``)."""
+        day, month, year = self.tag1263.split(".")
+        return f"{year}.{month}.{day}"
+
+    def record(self) -> dict[str, str]:
+        return {
+            "1262": self.tag1262,
+            "1263": self.tag1263,
+            "1264": self.tag1264,
+            "1265": self.tag1265,
+        }
+
+
+@dataclass(frozen=True)
+class MarkValidation:
+    """What the ККТ said about one marking code (domain.md §7.2–§7.4).
+
+    The ФН's local check comes first (tag 2004, bits 0–1); then, unless the ККТ is offline,
+    the marking operator's system (ОИСМ) judges the planned status (tag 2106, bits 2–3; bit 4
+    marks a result formed offline). ``ready`` is False when the ККТ had no final answer when
+    polling stopped.
+    """
+
+    ki: str
+    #: Bit 0: the ФН checked the code's crypto tail with its key.
+    fn_checked: bool = False
+    #: Bit 1: that check was positive.
+    fn_result: bool = False
+    #: Why the ФН could not check (``noKeys`` …), as the device said it.
+    fn_error_reason: str | None = None
+    ready: bool = False
+    #: The ККТ sent a request to the ОИСМ.
+    request_sent: bool = False
+    #: Bit 2: the ОИСМ checked the product's status.
+    oism_checked: bool = False
+    #: Bit 3: the ОИСМ found the planned status correct.
+    oism_status_correct: bool = False
+    #: Bit 4: the result was formed by the ККТ in autonomous (offline) mode.
+    offline: bool = False
+    #: Tag 2109 as ATOL names it: ``itemEstimatedStatusCorrect`` | ``itemEstimatedStatusIncorrect``
+    #: | ``itemSaleStopped``; None without an ОИСМ answer.
+    item_status: str | None = None
+    #: Tag 2105 as ATOL names it: ``correct`` | ``incorrect`` | ``unrecognized``.
+    response_result: str | None = None
+    #: The driver's error during the check (``"421: …"``), if it reported one.
+    driver_error: str | None = None
+
+    @property
+    def tag2004(self) -> int:
+        """The ФН's local result: bit 0 checked, bit 1 positive."""
+        return int(self.fn_checked) | (int(self.fn_checked and self.fn_result) << 1)
+
+    @property
+    def tag2106(self) -> int:
+        """The result printed on the receipt: bits 0–4 (domain.md §7.2)."""
+        return (
+            self.tag2004
+            | (int(self.oism_checked) << 2)
+            | (int(self.oism_checked and self.oism_status_correct) << 3)
+            | (int(self.offline) << 4)
+        )
+
+    @property
+    def oism_no_answer(self) -> bool:
+        """The ККТ was online but the ОИСМ did not answer in time (domain.md §7.3: 0xFF): a
+        final result without the ОИСМ bits and without the offline bit."""
+        return self.ready and not self.oism_checked and not self.offline
+
+    def item_info_check_result(self) -> dict[str, bool]:
+        """ATOL's ``itemInfoCheckResult`` object for these bits."""
+        return {
+            "imcCheckFlag": self.fn_checked,
+            "imcCheckResult": self.fn_checked and self.fn_result,
+            "imcStatusInfo": self.oism_checked,
+            "imcEstimatedStatusCorrect": self.oism_checked and self.oism_status_correct,
+            "ecrStandAloneFlag": self.offline,
+        }
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready, КИ only."""
+        data: dict[str, Any] = {
+            "ki": self.ki,
+            "ready": self.ready,
+            "tag2004": self.tag2004,
+            "tag2106": self.tag2106,
+            "fn_checked": self.fn_checked,
+            "fn_result": self.fn_result,
+            "oism_checked": self.oism_checked,
+            "oism_status_correct": self.oism_status_correct,
+            "offline": self.offline,
+            "oism_no_answer": self.oism_no_answer,
+        }
+        for name in ("fn_error_reason", "item_status", "response_result", "driver_error"):
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = value
+        return data
+
+
+def judge_validation(validation: MarkValidation, on_no_answer: str = "accept") -> tuple[bool, str]:
+    """Accept or decline a code after the ККТ's check: ``(accept, reason)``.
+
+    * the ФН checked the crypto tail and found it wrong → decline ``fn-crypto-invalid``;
+    * no final answer within the poll time → decline ``fn-validation-timeout``;
+    * formed offline (bit 4) → accept ``fn-offline``: the ФН alone is the law's offline check;
+    * the ОИСМ answered → accept ``oism-correct`` when it found the planned status correct,
+      else decline ``oism-sale-stopped`` or ``oism-status-incorrect``;
+    * the ОИСМ did not answer (0xFF) → ``on_no_answer``: ``accept`` (the permit check already
+      allowed the unit; vendors keep 2004 only) or ``decline``; reason ``oism-no-answer``.
+    """
+    if validation.fn_checked and not validation.fn_result:
+        return False, "fn-crypto-invalid"
+    if not validation.ready:
+        return False, "fn-validation-timeout"
+    if validation.offline:
+        return True, "fn-offline"
+    if validation.oism_checked:
+        if validation.oism_status_correct:
+            return True, "oism-correct"
+        if validation.item_status == "itemSaleStopped":
+            return False, "oism-sale-stopped"
+        return False, "oism-status-incorrect"
+    return on_no_answer == "accept", "oism-no-answer"
+
+
+@dataclass(frozen=True)
+class MarkedItem:
+    """The marking part of a position: the full code for the ККТ (tag 2000) and its tags."""
+
+    #: The full code, raw GS included; never logged (kept out of repr).
+    km: str = field(repr=False)
+    ki: str
+    planned_status: int = PLANNED_STATUS_PIECE_SOLD
+    processing_mode: int = 0
+    industry: IndustryTags = field(default_factory=IndustryTags)
+    #: The ККТ's check of this code, when it was validated (its bits go into the position).
+    validation: MarkValidation | None = None
+
+
+@dataclass(frozen=True)
+class Position:
+    """One receipt line. A marked unit is always one piece on its own line (domain.md §7.6:
+    one 1260 per КМ)."""
+
+    name: str
+    price_kopecks: int
+    quantity: int = 1
+    tax: str = "none"
+    mark: MarkedItem | None = None
+
+    @property
+    def amount_kopecks(self) -> int:
+        return self.price_kopecks * self.quantity
+
+    def problems(self) -> list[str]:
+        found = []
+        if not self.name.strip():
+            found.append("a position needs a name")
+        if len(self.name) > 128:
+            found.append("a position name is at most 128 characters (tag 1030)")
+        if self.price_kopecks < 0:
+            found.append(f"a price cannot be negative, got {self.price_kopecks}")
+        if self.quantity < 1:
+            found.append(f"a quantity is at least 1, got {self.quantity}")
+        if self.mark is not None and self.quantity != 1:
+            found.append("a marked unit is one piece per position")
+        if self.tax not in TAX_TYPES:
+            found.append(f"unknown tax type {self.tax!r}; one of {', '.join(TAX_TYPES)}")
+        if self.mark is not None:
+            found.extend(self.mark.industry.problems())
+        return found
+
+    def record(self) -> dict[str, Any]:
+        """The line as a technician reads it: КИ and tags, never the code itself."""
+        data: dict[str, Any] = {
+            "name": self.name,
+            "price_kopecks": self.price_kopecks,
+            "quantity": self.quantity,
+            "amount_kopecks": self.amount_kopecks,
+            "tax": self.tax,
+        }
+        if self.mark is not None:
+            tags: dict[str, Any] = {
+                "2003": self.mark.planned_status,
+                "2102": self.mark.processing_mode,
+            }
+            if self.mark.industry.tag1265:
+                # Tag 1260 goes to the ККТ only with a 1265 value (see atol.position_item).
+                tags.update(self.mark.industry.record())
+            if self.mark.validation is not None:
+                tags["2004"] = self.mark.validation.tag2004
+                tags["2106"] = self.mark.validation.tag2106
+            data["ki"] = self.mark.ki
+            data["tags"] = tags
+        return data
+
+
+@dataclass(frozen=True)
+class Payment:
+    """One payment of a receipt: ``electronically`` (card, the kiosk's case) or ``cash``."""
+
+    amount_kopecks: int
+    type: str = "electronically"
+
+    def record(self) -> dict[str, Any]:
+        return {"type": self.type, "amount_kopecks": self.amount_kopecks}
+
+
+@dataclass(frozen=True)
+class ShiftInfo:
+    """The ККТ's shift after opening or closing it."""
+
+    number: int
+    state: str  # closed | opened | expired
+    document_number: int | None = None
+
+
+@dataclass(frozen=True)
+class ReceiptResult:
+    """A fiscalised receipt: the ФН's document and the positions it holds."""
+
+    kind: ReceiptKind
+    document_number: int
+    receipt_number: int | None = None
+    shift_number: int | None = None
+    fiscal_sign: str | None = None
+    datetime: str | None = None
+    fn_number: str | None = None
+    registration_number: str | None = None
+    total_kopecks: int = 0
+    positions: tuple[Position, ...] = ()
+    payments: tuple[Payment, ...] = ()
+    #: True when the result was found on the device during recovery rather than received.
+    recovered: bool = False
+
+    @property
+    def reference(self) -> str:
+        """``<ФН number>/<document number>``: what the store's sold journal records."""
+        return f"{self.fn_number or 'fn'}/{self.document_number}"
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "document_number": self.document_number,
+            "receipt_number": self.receipt_number,
+            "shift_number": self.shift_number,
+            "fiscal_sign": self.fiscal_sign,
+            "datetime": self.datetime,
+            "fn_number": self.fn_number,
+            "registration_number": self.registration_number,
+            "total_kopecks": self.total_kopecks,
+            "positions": [p.record() for p in self.positions],
+            "payments": [p.record() for p in self.payments],
+            "recovered": self.recovered,
+        }
+
+
+@dataclass(frozen=True)
+class PrinterStatus:
+    """The ККТ's state as far as a sale cares.
+
+    ``receipt_open`` is None when the device does not report it (ATOL's documented status has
+    no such field; the emulator reports ``receiptType``). ``unsent_documents`` is None when the
+    device did not say.
+    """
+
+    shift_state: str  # closed | opened | expired
+    shift_number: int
+    paper_present: bool
+    fn_present: bool
+    fn_fiscal: bool
+    #: ``ok`` or ``error`` (a critical ФН error, a missing ФН).
+    fn_state: str
+    last_document_number: int
+    last_receipt_number: int | None = None
+    unsent_documents: int | None = None
+    receipt_open: bool | None = None
+    cover_opened: bool = False
+    blocked: bool = False
+    fn_warnings: tuple[str, ...] = ()
+    model: str | None = None
+    #: The device's own answers, for ``markctl printer status --json``.
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def problems(self) -> list[str]:
+        """What stops a receipt now (empty: ready to sell)."""
+        found = []
+        if not self.paper_present:
+            found.append("paper-out")
+        if self.cover_opened:
+            found.append("cover-open")
+        if not self.fn_present or self.fn_state != "ok":
+            found.append("fn-error")
+        if self.blocked:
+            found.append("device-blocked")
+        if self.receipt_open:
+            found.append("receipt-open")
+        return found
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "shift_state": self.shift_state,
+            "shift_number": self.shift_number,
+            "paper_present": self.paper_present,
+            "fn_present": self.fn_present,
+            "fn_fiscal": self.fn_fiscal,
+            "fn_state": self.fn_state,
+            "fn_warnings": list(self.fn_warnings),
+            "last_document_number": self.last_document_number,
+            "last_receipt_number": self.last_receipt_number,
+            "unsent_documents": self.unsent_documents,
+            "receipt_open": self.receipt_open,
+            "cover_opened": self.cover_opened,
+            "blocked": self.blocked,
+            "model": self.model,
+            "problems": self.problems(),
+        }

@@ -1,0 +1,895 @@
+"""A virtual ККТ: the ФФД 1.2 behaviour markd relies on, answering ATOL JSON tasks, its whole
+state on disk.
+
+The ``emulator://`` printer backend drives it in process, and the ``atol_web`` emulator serves
+it over HTTP as an ATOL Web Requests server, so the same device answers both. It keeps:
+
+* **shifts** — ``openShift`` / ``closeShift``; a shift open for more than 24 hours is
+  ``expired`` and refuses receipts (ATOL error 68) until it is closed;
+* **the marking-code procedure** (domain.md §7.3, §7.4) — ``beginMarkingCodeValidation``
+  answers the ФН's local result at once (``offlineValidation``: the ФН checks the crypto tail
+  of 44/88-character signatures, AI 91 + 92; a 4-character crypto code is a type the ФН cannot
+  check), ``getMarkingCodeValidationStatus`` answers the ОИСМ's verdict once it is "ready",
+  ``acceptMarkingCode`` keeps the result for the receipt, ``declineMarkingCode`` /
+  ``cancelMarkingCodeValidation`` drop it, ``clearMarkingCodeValidationResult`` forgets every
+  kept one. The ОИСМ answers ``online`` (tag 2106 bits 2–3 set, status correct unless a code is
+  set otherwise), ``offline`` (bit 4, no request sent) or ``timeout`` (a request sent and no
+  answer: neither the ОИСМ bits nor bit 4, the driver error 421);
+* **receipts** — ``sell`` / ``sellReturn`` with positions, payments and, per marked position,
+  its code (which must have been accepted with the same planned status, else error 420), tags
+  2003, 2102, 2106 and 1260 {1262, 1263, 1264, 1265}. Each fiscal document (receipts and shift
+  reports) is appended to ``documents.jsonl``, one JSON object per line, fsync'd, holding the
+  КИ and a SHA-256 prefix of each code (never the code itself), for a technician or a test;
+* **status** — ``getDeviceStatus`` (plus ``receiptType``: ``closed`` or the type of a receipt
+  left open), ``getShiftStatus``, ``getFnStatus``, ``ofdExchangeStatus`` (every document stays
+  unsent: there is no ОФД);
+* **request ids** — the answers to every request that changed the device are kept under its id,
+  so a request repeated with the same id is answered from there, not run twice (what ATOL's web
+  server does with a request ``uuid``); :meth:`VirtualKkt.lookup` reads them.
+
+Faults (:meth:`VirtualKkt.set_faults`, kept in the state so another process sees them):
+``paper_out``, ``fn_error``, ``ism`` (``online`` | ``offline`` | ``timeout``), ``gone`` (the
+device does not answer: error 2), ``gone_in_receipt`` (``open``: the next receipt is opened on
+the device, then the link is lost — error 241 and an open receipt remains; ``after``: the next
+receipt is fiscalised and then the link is lost before the answer), ``validation_delay_ms``
+(the ОИСМ's answer takes that long), ``shift_expired``, and ``codes`` — per КИ ``{"oism":
+"incorrect" | "sale-stopped", "fn": false}``.
+
+Crash safety: ``state.json`` is replaced atomically (write, fsync, rename, fsync the
+directory) after every change; a document is appended and fsync'd *before* the state that
+counts it is written, and loading rolls the state forward from the last document, so a process
+killed at any instant leaves either no document or a document the state agrees with. With
+``MARKD_FISCAL_KILL_AT=kkt-receipt-open`` the process kills itself right after the receipt is
+opened on the device (test only, see :mod:`markd.fiscal.killpoint`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from markd.codes import parse
+from markd.errors import CodeError
+from markd.fiscal import atol_protocol as proto
+from markd.fiscal.killpoint import kill_point
+
+STATE_FILE = "state.json"
+DOCUMENTS_FILE = "documents.jsonl"
+LOCK_FILE = ".lock"
+FORMAT_VERSION = 1
+#: Answers kept by request id (the oldest go first).
+MAX_KEPT_REQUESTS = 512
+#: Codes the ФН may hold accepted at once (ATOL answers 408 beyond).
+MAX_ACCEPTED = 100
+SHIFT_HOURS = 24
+MSK = timezone(timedelta(hours=3))
+
+ISM_MODES = ("online", "offline", "timeout")
+GONE_MODES = ("open", "after")
+FAULT_KEYS = frozenset(
+    {
+        "paper_out",
+        "fn_error",
+        "ism",
+        "gone",
+        "gone_in_receipt",
+        "validation_delay_ms",
+        "shift_expired",
+        "codes",
+    }
+)
+
+
+class _TaskError(Exception):
+    """An ATOL error answer for the task being run."""
+
+    def __init__(self, code: int, description: str) -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description
+
+
+def _default_state() -> dict[str, Any]:
+    return {
+        "version": FORMAT_VERSION,
+        "device": {
+            "model_name": "markd virtual ККТ",
+            "serial": "00106700000042",
+            "fn_number": "9999078900012345",
+            "registration_number": "0000000001012345",
+            "ffd": "1.2",
+        },
+        # Document 1 is the registration report every fiscalised ККТ starts with.
+        "document_number": 1,
+        "shift": {"state": "closed", "number": 0, "opened_at": None, "receipts": 0},
+        "receipt": None,
+        "validation": None,
+        "accepted": [],
+        "unsent": 0,
+        "first_unsent": None,
+        "faults": {"ism": "online"},
+        "requests": {},
+    }
+
+
+class VirtualKkt:
+    """The virtual ККТ in ``state_dir`` (created if missing). Thread-safe, and safe to share
+    between processes (a file lock serialises every request). ``clock`` gives Unix seconds."""
+
+    def __init__(
+        self, state_dir: str | os.PathLike[str], *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.path = Path(state_dir)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+        self._lock = threading.RLock()
+        with self._locked() as state:
+            self._state = state  # validates the files at once
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def run(self, request_id: str, tasks: list[Any]) -> list[dict[str, Any]]:
+        """Run ATOL JSON ``tasks`` as one request; one outcome per task, in order:
+        ``{"status": "ready", "result": {...}}`` or ``{"status": "error", "errorCode": n,
+        "errorDescription": "..."}``; tasks after an error are ``interrupted``. A request id
+        seen before with a changing task gets the answers kept from then."""
+        with self._locked() as state:
+            kept = state["requests"].get(request_id) if request_id else None
+            if kept is not None:
+                return copy.deepcopy(kept)
+            outcomes: list[dict[str, Any]] = []
+            mutating = False
+            failed = False
+            for task in tasks:
+                kind = task.get("type") if isinstance(task, Mapping) else None
+                if failed:
+                    outcomes.append(_error(proto.ERROR_INTERRUPTED, "Прервано предыдущей ошибкой"))
+                    continue
+                mutating = mutating or kind in proto.MUTATING_TASKS
+                try:
+                    result = self._task(state, request_id, task)
+                    outcomes.append({"status": "ready", "errorCode": 0, "result": result})
+                except _TaskError as exc:
+                    outcomes.append(_error(exc.code, exc.description))
+                    failed = True
+            if mutating:
+                # A request the device never got (not connected) leaves no trace on it.
+                unreached = any(o.get("errorCode") in proto.NOT_EXECUTED_CODES for o in outcomes)
+                if request_id and not unreached:
+                    self._keep(state, request_id, outcomes)
+                self._save(state)
+            return copy.deepcopy(outcomes)
+
+    def lookup(self, request_id: str) -> list[dict[str, Any]] | None:
+        """The answers kept for a request that changed the device; None if none is kept."""
+        with self._locked() as state:
+            kept = state["requests"].get(request_id)
+            return copy.deepcopy(kept) if kept is not None else None
+
+    def set_faults(self, **faults: Any) -> None:
+        """Merge faults (see the module docstring); a value of None removes one."""
+        unknown = set(faults) - FAULT_KEYS
+        if unknown:
+            raise ValueError(f"unknown faults {sorted(unknown)}; known: {sorted(FAULT_KEYS)}")
+        if faults.get("ism") not in (None, *ISM_MODES):
+            raise ValueError(f"ism is one of {', '.join(ISM_MODES)}")
+        if faults.get("gone_in_receipt") not in (None, *GONE_MODES):
+            raise ValueError(f"gone_in_receipt is one of {', '.join(GONE_MODES)}")
+        with self._locked() as state:
+            current = state["faults"]
+            for key, value in faults.items():
+                if value is None or value is False:
+                    current.pop(key, None)
+                else:
+                    current[key] = value
+            current.setdefault("ism", "online")
+            self._save(state)
+
+    def set_code(self, ki: str, *, oism: str | None = None, fn: bool | None = None) -> None:
+        """How the ФН and the ОИСМ judge one КИ: ``oism`` ``correct`` | ``incorrect`` |
+        ``sale-stopped``; ``fn=False`` makes the ФН's crypto check fail."""
+        if oism not in (None, "correct", "incorrect", "sale-stopped"):
+            raise ValueError("oism is correct, incorrect or sale-stopped")
+        with self._locked() as state:
+            codes = state["faults"].setdefault("codes", {})
+            entry = codes.setdefault(ki, {})
+            if oism is not None:
+                entry["oism"] = oism
+            if fn is not None:
+                entry["fn"] = fn
+            self._save(state)
+
+    def clear_faults(self) -> None:
+        with self._locked() as state:
+            state["faults"] = {"ism": "online"}
+            self._save(state)
+
+    @property
+    def faults(self) -> dict[str, Any]:
+        with self._locked() as state:
+            return copy.deepcopy(state["faults"])
+
+    def state(self) -> dict[str, Any]:
+        """A copy of the device state (without the request log)."""
+        with self._locked() as state:
+            data = copy.deepcopy(state)
+            data.pop("requests", None)
+            for entry in data.get("accepted", []):
+                entry.pop("imc", None)
+            if data.get("validation"):
+                data["validation"].pop("imc", None)
+            return data
+
+    def documents(self) -> list[dict[str, Any]]:
+        """Every fiscal document, oldest first (a torn last line is skipped)."""
+        with self._lock:
+            return _read_documents(self.path / DOCUMENTS_FILE)
+
+    def receipts(self) -> list[dict[str, Any]]:
+        return [d for d in self.documents() if d["type"] in ("sell", "sellReturn")]
+
+    # -- storage --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        with self._lock, open(self.path / LOCK_FILE, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield self._load()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _load(self) -> dict[str, Any]:
+        file = self.path / STATE_FILE
+        try:
+            state = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            state = _default_state()
+            self._save(state)
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"virtual ККТ state {file} is unreadable: {exc}") from exc
+        self._roll_forward(state)
+        return state
+
+    def _roll_forward(self, state: dict[str, Any]) -> None:
+        """A document written but not yet counted by the state (killed in between): count it."""
+        last = _last_document(self.path / DOCUMENTS_FILE)
+        if last is None or last["number"] <= state["document_number"]:
+            return
+        state["document_number"] = last["number"]
+        if last["type"] in ("sell", "sellReturn"):
+            receipt = state.get("receipt")
+            if receipt is not None and receipt.get("request") == last.get("request"):
+                state["receipt"] = None
+            used = set(last.get("_accepted", []))
+            state["accepted"] = [a for a in state["accepted"] if a["id"] not in used]
+            state["shift"]["receipts"] = last.get("receipt_number", state["shift"]["receipts"])
+            state["unsent"] += 1
+            state["first_unsent"] = state["first_unsent"] or last["number"]
+            if last.get("request"):
+                self._keep(state, last["request"], [_ready(_fiscal_params(state, last))])
+        self._save(state)
+
+    def _save(self, state: dict[str, Any]) -> None:
+        file = self.path / STATE_FILE
+        tmp = file.with_suffix(".tmp")
+        data = json.dumps(state, ensure_ascii=False, separators=(",", ":")).encode()
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, file)
+        _fsync_dir(self.path)
+
+    def _append_document(self, document: dict[str, Any]) -> None:
+        file = self.path / DOCUMENTS_FILE
+        new = not file.exists()
+        line = json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n"
+        with open(file, "a+b") as out:
+            if out.tell() > 0:
+                out.seek(out.tell() - 1)
+                if out.read(1) != b"\n":
+                    line = "\n" + line  # a line torn by a kill mid-write stays on its own
+            out.write(line.encode("utf-8"))
+            out.flush()
+            os.fsync(out.fileno())
+        if new:
+            _fsync_dir(self.path)
+
+    def _keep(self, state: dict[str, Any], request_id: str, outcomes: list[dict[str, Any]]) -> None:
+        requests = state["requests"]
+        requests[request_id] = outcomes
+        while len(requests) > MAX_KEPT_REQUESTS:
+            del requests[next(iter(requests))]
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    def _task(self, state: dict[str, Any], request_id: str, task: Any) -> dict[str, Any]:
+        if not isinstance(task, Mapping) or not isinstance(task.get("type"), str):
+            raise _TaskError(proto.ERROR_INVALID_PARAM, "Задание без поля type")
+        faults = state["faults"]
+        if faults.get("gone"):
+            raise _TaskError(proto.ERROR_NO_CONNECTION, "Нет связи")
+        handler = _HANDLERS.get(task["type"])
+        if handler is None:
+            raise _TaskError(proto.ERROR_NOT_SUPPORTED, f"Задание {task['type']} не поддерживается")
+        return handler(self, state, request_id, task)
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), MSK)
+
+    def _shift_state(self, state: dict[str, Any]) -> str:
+        shift = state["shift"]
+        if shift["state"] != "opened":
+            return "closed"
+        if state["faults"].get("shift_expired"):
+            return "expired"
+        if self._clock() - (shift["opened_at"] or 0) > SHIFT_HOURS * 3600:
+            return "expired"
+        return "opened"
+
+    def _device_ready(self, state: dict[str, Any], printing: bool = True) -> None:
+        faults = state["faults"]
+        if printing and faults.get("paper_out"):
+            raise _TaskError(proto.ERROR_NO_PAPER, "Нет бумаги")
+        if faults.get("fn_error"):
+            raise _TaskError(proto.ERROR_FN_FAULT, "Ошибка ФН: неисправность")
+
+    def _next_document(self, state: dict[str, Any]) -> int:
+        return int(state["document_number"]) + 1
+
+    # status
+
+    def _get_device_status(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
+        faults = state["faults"]
+        receipt = state.get("receipt")
+        return {
+            "deviceStatus": {
+                "currentDateTime": self._now().isoformat(timespec="seconds"),
+                "shift": self._shift_state(state),
+                "blocked": False,
+                "coverOpened": False,
+                "paperPresent": not faults.get("paper_out"),
+                "fiscal": True,
+                "fnFiscal": True,
+                "fnPresent": True,
+                "cashDrawerOpened": False,
+                "receiptType": receipt["type"] if receipt else "closed",
+                "modelName": state["device"]["model_name"],
+                "serialNumber": state["device"]["serial"],
+            }
+        }
+
+    def _get_shift_status(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
+        shift = state["shift"]
+        expires = None
+        if shift["state"] == "opened" and shift["opened_at"]:
+            until = datetime.fromtimestamp(shift["opened_at"] + SHIFT_HOURS * 3600, MSK)
+            expires = until.isoformat(timespec="seconds")
+        return {
+            "shiftStatus": {
+                "documentsCount": shift["receipts"],
+                "expiredTime": expires,
+                "number": shift["number"],
+                "state": self._shift_state(state),
+            }
+        }
+
+    def _get_fn_status(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
+        error = bool(state["faults"].get("fn_error"))
+        return {
+            "fnStatus": {
+                "fiscalDocumentNumber": state["document_number"],
+                "fiscalReceiptNumber": state["shift"]["receipts"],
+                "warnings": {
+                    "memoryOverflow": False,
+                    "needReplacement": error,
+                    "ofdTimeout": state["unsent"] > 0,
+                    "resourceExhausted": False,
+                    "criticalError": error,
+                },
+            }
+        }
+
+    def _ofd_exchange_status(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
+        return {
+            "status": {
+                "notSentCount": state["unsent"],
+                "notSentFirstDocNumber": state["first_unsent"] or 0,
+                "notSentFirstDocDateTime": "",
+                "lastSuccessKeysUpdate": "",
+            },
+            "errors": {},
+            "warnings": {"dataForSendIsEmpty": state["unsent"] == 0},
+        }
+
+    # shifts
+
+    def _open_shift(self, state: dict[str, Any], request_id: str, task: Any) -> dict[str, Any]:
+        self._device_ready(state)
+        if state["receipt"] is not None:
+            raise _TaskError(proto.ERROR_DENIED_IN_OPENED_RECEIPT, "Чек открыт")
+        if state["shift"]["state"] == "opened":
+            raise _TaskError(proto.ERROR_DENIED_IN_OPENED_SHIFT, "Смена открыта")
+        shift = state["shift"]
+        shift.update(
+            state="opened", number=shift["number"] + 1, opened_at=self._clock(), receipts=0
+        )
+        return self._shift_document(state, request_id, "openShift")
+
+    def _close_shift(self, state: dict[str, Any], request_id: str, task: Any) -> dict[str, Any]:
+        self._device_ready(state)
+        if state["receipt"] is not None:
+            raise _TaskError(proto.ERROR_DENIED_IN_OPENED_RECEIPT, "Чек открыт")
+        if state["shift"]["state"] != "opened":
+            raise _TaskError(proto.ERROR_DENIED_IN_CLOSED_SHIFT, "Смена закрыта")
+        result = self._shift_document(state, request_id, "closeShift")
+        state["shift"].update(state="closed", opened_at=None)
+        state["faults"].pop("shift_expired", None)
+        return result
+
+    def _shift_document(self, state: dict[str, Any], request_id: str, kind: str) -> dict[str, Any]:
+        number = self._next_document(state)
+        now = self._now()
+        document = {
+            "number": number,
+            "type": kind,
+            "datetime": now.isoformat(timespec="seconds"),
+            "shift": state["shift"]["number"],
+            "fiscal_sign": _fiscal_sign(state, number, now),
+            "fn_number": state["device"]["fn_number"],
+            "request": request_id,
+        }
+        self._append_document(document)
+        state["document_number"] = number
+        device = state["device"]
+        return {
+            "fiscalDocumentNumber": number,
+            "fiscalDocumentSign": document["fiscal_sign"],
+            "fiscalDocumentDateTime": document["datetime"],
+            "shiftNumber": state["shift"]["number"],
+            "fnNumber": device["fn_number"],
+            "registrationNumber": device["registration_number"],
+            "fnsUrl": "www.nalog.gov.ru",
+        }
+
+    # marking codes
+
+    def _begin_validation(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
+        self._device_ready(state, printing=False)
+        if state["validation"] is not None:
+            raise _TaskError(
+                proto.ERROR_VALIDATION_IN_PROGRESS, "Процедура проверки КМ уже запущена"
+            )
+        params = task.get("params")
+        if not isinstance(params, Mapping):
+            raise _TaskError(proto.ERROR_INVALID_PARAM, "Нет параметров проверки КМ")
+        km = proto.decode_km(params.get("imc"))
+        status = proto.status_number(params.get("itemEstimatedStatus"))
+        if km is None or status is None:
+            raise _TaskError(proto.ERROR_INVALID_MARKING_CODE, "Неверный КМ или его статус")
+        if len(state["accepted"]) >= MAX_ACCEPTED:
+            raise _TaskError(proto.ERROR_MARKS_OVERFLOW, "Переполнение таблицы КМ")
+        ki, checkable = _identify(km)
+        rule = state["faults"].get("codes", {}).get(ki, {})
+        fm_check = checkable
+        fm_result = checkable and rule.get("fn", True)
+        state["validation"] = {
+            "imc": params["imc"],
+            "ki": ki,
+            "status": status,
+            "started_at": self._clock(),
+            "fm_check": fm_check,
+            "fm_result": fm_result,
+        }
+        local: dict[str, Any] = {"fmCheck": fm_check, "fmCheckResult": fm_result}
+        return {"offlineValidation": local}
+
+    def _validation_answer(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The ОИСМ part of the procedure: what ``getMarkingCodeValidationStatus`` says."""
+        validation = state["validation"]
+        faults = state["faults"]
+        mode = faults.get("ism", "online")
+        delay = int(faults.get("validation_delay_ms", 0)) / 1000
+        fn_bits = {
+            "imcCheckFlag": validation["fm_check"],
+            "imcCheckResult": validation["fm_check"] and validation["fm_result"],
+        }
+        if mode == "offline":
+            return {
+                "ready": True,
+                "sentImcRequest": False,
+                "onlineValidation": {
+                    "itemInfoCheckResult": {
+                        **fn_bits,
+                        "imcStatusInfo": False,
+                        "imcEstimatedStatusCorrect": False,
+                        "ecrStandAloneFlag": True,
+                    },
+                    "imcType": "auto",
+                    "imcModeProcessing": 0,
+                },
+            }
+        if self._clock() - validation["started_at"] < delay:
+            return {"ready": False, "sentImcRequest": True}
+        if mode == "timeout":
+            return {
+                "ready": True,
+                "sentImcRequest": True,
+                "driverError": {
+                    "code": proto.ERROR_MARK_CHECK_TIMEOUT,
+                    "error": "LIBFPTR_ERROR_MARK_CHECK_TIMEOUT_EXPIRED",
+                    "description": "Истек таймаут проверки КМ",
+                },
+                "onlineValidation": {
+                    "itemInfoCheckResult": {
+                        **fn_bits,
+                        "imcStatusInfo": False,
+                        "imcEstimatedStatusCorrect": False,
+                        "ecrStandAloneFlag": False,
+                    },
+                    "imcType": "auto",
+                    "imcModeProcessing": 0,
+                },
+            }
+        rule = faults.get("codes", {}).get(validation["ki"], {})
+        verdict = rule.get("oism", "correct")
+        recognised = validation["ki"] is not None
+        correct = verdict == "correct" and recognised
+        item_status = {
+            "correct": "itemEstimatedStatusCorrect",
+            "incorrect": "itemEstimatedStatusIncorrect",
+            "sale-stopped": "itemSaleStopped",
+        }[verdict]
+        if not recognised:
+            item_status = "itemEstimatedStatusIncorrect"
+        return {
+            "ready": True,
+            "sentImcRequest": True,
+            "driverError": {"code": 0, "error": "", "description": ""},
+            "onlineValidation": {
+                "itemInfoCheckResult": {
+                    **fn_bits,
+                    "imcStatusInfo": True,
+                    "imcEstimatedStatusCorrect": correct,
+                    "ecrStandAloneFlag": False,
+                },
+                "markOperatorItemStatus": item_status,
+                "markOperatorResponse": {"responseStatus": True, "itemStatusCheck": correct},
+                "markOperatorResponseResult": "correct" if recognised else "unrecognized",
+                "imcType": "auto",
+                "imcModeProcessing": 0,
+            },
+        }
+
+    def _validation_status(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
+        if state["validation"] is None:
+            raise _TaskError(proto.ERROR_INVALID_STATE, "Проверка КМ не запущена")
+        return self._validation_answer(state)
+
+    def _accept(self, state: dict[str, Any], request_id: str, task: Any) -> dict[str, Any]:
+        validation = state["validation"]
+        if validation is None:
+            raise _TaskError(proto.ERROR_INVALID_STATE, "Проверка КМ не запущена")
+        answer = self._validation_answer(state)
+        if not answer["ready"]:
+            raise _TaskError(proto.ERROR_INVALID_STATE, "Результат проверки КМ ещё не получен")
+        bits = answer["onlineValidation"]["itemInfoCheckResult"]
+        state["accepted"].append(
+            {
+                "id": request_id or f"a{len(state['accepted'])}",
+                "imc": validation["imc"],
+                "ki": validation["ki"],
+                "status": validation["status"],
+                "bits": bits,
+            }
+        )
+        state["validation"] = None
+        return {"itemInfoCheckResult": bits}
+
+    def _decline(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
+        if state["validation"] is None:
+            raise _TaskError(proto.ERROR_INVALID_STATE, "Проверка КМ не запущена")
+        state["validation"] = None
+        return {}
+
+    def _cancel_validation(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
+        state["validation"] = None
+        return {}
+
+    def _clear_validations(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
+        state["accepted"] = []
+        return {}
+
+    # receipts
+
+    def _cancel_receipt(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
+        if state["receipt"] is None:
+            raise _TaskError(proto.ERROR_DENIED_IN_CLOSED_RECEIPT, "Чек закрыт")
+        state["receipt"] = None
+        return {}
+
+    def _receipt(self, state: dict[str, Any], request_id: str, task: Any) -> dict[str, Any]:
+        kind = task["type"]
+        faults = state["faults"]
+        self._device_ready(state)
+        if state["receipt"] is not None:
+            raise _TaskError(proto.ERROR_DENIED_IN_OPENED_RECEIPT, "Чек открыт: отмените его")
+        if state["validation"] is not None:
+            raise _TaskError(proto.ERROR_VALIDATION_IN_PROGRESS, "Процедура проверки КМ запущена")
+        shift_state = self._shift_state(state)
+        if shift_state == "closed":
+            raise _TaskError(proto.ERROR_DENIED_IN_CLOSED_SHIFT, "Смена закрыта")
+        if shift_state == "expired":
+            raise _TaskError(proto.ERROR_SHIFT_EXPIRED, "Смена превысила 24 часа")
+        positions, used = self._positions(state, kind, task.get("items"))
+        total = sum(p["amount"] for p in positions)
+        payments = _payments(task.get("payments"))
+        paid = sum(p["amount"] for p in payments)
+        non_cash = sum(p["amount"] for p in payments if p["type"] != "cash")
+        if paid < total:
+            raise _TaskError(proto.ERROR_NOT_FULLY_PAID, "Чек оплачен не полностью")
+        if non_cash > total:
+            raise _TaskError(proto.ERROR_NONCASH_TOO_MUCH, "Безналичная оплата больше суммы чека")
+
+        # Open the receipt on the device: from here a lost link leaves it open.
+        state["receipt"] = {"type": kind, "request": request_id, "opened_at": self._clock()}
+        self._save(state)
+        kill_point("kkt-receipt-open")
+        if faults.get("gone_in_receipt") == "open":
+            faults.pop("gone_in_receipt")
+            faults["gone"] = True
+            raise _TaskError(proto.ERROR_CONNECTION_LOST, "Соединение потеряно")
+
+        number = self._next_document(state)
+        now = self._now()
+        receipt_number = state["shift"]["receipts"] + 1
+        document = {
+            "number": number,
+            "type": kind,
+            "datetime": now.isoformat(timespec="seconds"),
+            "shift": state["shift"]["number"],
+            "receipt_number": receipt_number,
+            "fiscal_sign": _fiscal_sign(state, number, now),
+            "fn_number": state["device"]["fn_number"],
+            "request": request_id,
+            "total": total,
+            "change": max(paid - total, 0),
+            "payments": payments,
+            "positions": positions,
+            "_accepted": used,
+        }
+        self._append_document(document)
+        state["document_number"] = number
+        state["receipt"] = None
+        state["accepted"] = [a for a in state["accepted"] if a["id"] not in set(used)]
+        state["shift"]["receipts"] = receipt_number
+        state["unsent"] += 1
+        state["first_unsent"] = state["first_unsent"] or number
+        result = _fiscal_params(state, document)
+        if faults.get("gone_in_receipt") == "after":
+            faults.pop("gone_in_receipt")
+            faults["gone"] = True
+            raise _TaskError(proto.ERROR_CONNECTION_LOST, "Соединение потеряно")
+        return result
+
+    def _positions(
+        self, state: dict[str, Any], kind: str, items: Any
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        if not isinstance(items, list):
+            raise _TaskError(proto.ERROR_INVALID_PARAM, "Нет позиций")
+        positions: list[dict[str, Any]] = []
+        used: list[str] = []
+        allowed = proto.SALE_STATUSES if kind == "sell" else proto.RETURN_STATUSES
+        for item in items:
+            if not isinstance(item, Mapping) or item.get("type") != "position":
+                continue  # text lines, barcodes: printed, not registered
+            try:
+                price = proto.kopecks(item.get("price"))
+                amount = proto.kopecks(item.get("amount"))
+                quantity = item.get("quantity")
+                if isinstance(quantity, bool) or not isinstance(quantity, int | float):
+                    raise ValueError("quantity")
+            except ValueError:
+                raise _TaskError(proto.ERROR_INVALID_SUM, "Неверная цена или количество") from None
+            if price < 0 or quantity <= 0 or abs(round(price * quantity) - amount) > 1:
+                raise _TaskError(
+                    proto.ERROR_INVALID_SUM, "Сумма позиции не равна цене × количество"
+                )
+            tax = item.get("tax")
+            position: dict[str, Any] = {
+                "name": str(item.get("name", "")),
+                "price": price,
+                "quantity": quantity,
+                "amount": amount,
+                "tax": tax.get("type") if isinstance(tax, Mapping) else None,
+                "payment_object": item.get("paymentObject"),
+            }
+            imc = item.get("imcParams")
+            if isinstance(imc, Mapping):
+                position.update(self._marked(state, imc, allowed, used))
+                industry = item.get("industryInfo")
+                if isinstance(industry, list) and industry and isinstance(industry[0], Mapping):
+                    info = industry[0]
+                    date = str(info.get("date", ""))
+                    position["tags"]["1260"] = {
+                        "1262": info.get("fois"),
+                        "1263": ".".join(reversed(date.split("."))) if date else None,
+                        "1264": info.get("number"),
+                        "1265": info.get("industryAttribute"),
+                    }
+            positions.append(position)
+        if not positions:
+            raise _TaskError(proto.ERROR_INVALID_POSITIONS_COUNT, "Чек без позиций")
+        return positions, used
+
+    def _marked(
+        self,
+        state: dict[str, Any],
+        imc: Mapping[str, Any],
+        allowed: frozenset[int],
+        used: list[str],
+    ) -> dict[str, Any]:
+        km = proto.decode_km(imc.get("imc"))
+        status = proto.status_number(imc.get("itemEstimatedStatus"))
+        if km is None or status is None:
+            raise _TaskError(proto.ERROR_INVALID_MARKING_CODE, "Неверный КМ в позиции")
+        if status not in allowed:
+            raise _TaskError(proto.ERROR_INVALID_MARKING_CODE_STATUS, "Статус КМ не подходит чеку")
+        entry = next(
+            (a for a in state["accepted"] if a["imc"] == imc.get("imc") and a["id"] not in used),
+            None,
+        )
+        if entry is None:
+            raise _TaskError(proto.ERROR_MARK_NOT_CHECKED, "КМ не проверен в ФН")
+        if entry["status"] != status:
+            raise _TaskError(proto.ERROR_INVALID_MARKING_CODE_STATUS, "Статус КМ не совпадает")
+        used.append(entry["id"])
+        bits = entry["bits"]
+        tag2106 = (
+            int(bits["imcCheckFlag"])
+            | int(bits["imcCheckResult"]) << 1
+            | int(bits["imcStatusInfo"]) << 2
+            | int(bits["imcEstimatedStatusCorrect"]) << 3
+            | int(bits["ecrStandAloneFlag"]) << 4
+        )
+        return {
+            "ki": entry["ki"],
+            "km_sha256": hashlib.sha256(km.encode("utf-8")).hexdigest()[:16],
+            "tags": {
+                "2003": status,
+                "2102": imc.get("imcModeProcessing", 0),
+                "2106": tag2106,
+                "2004": tag2106 & 3,
+            },
+        }
+
+
+_HANDLERS: dict[str, Callable[[VirtualKkt, dict[str, Any], str, Any], dict[str, Any]]] = {
+    "getDeviceStatus": VirtualKkt._get_device_status,
+    "getShiftStatus": VirtualKkt._get_shift_status,
+    "getFnStatus": VirtualKkt._get_fn_status,
+    "ofdExchangeStatus": VirtualKkt._ofd_exchange_status,
+    "openShift": VirtualKkt._open_shift,
+    "closeShift": VirtualKkt._close_shift,
+    "beginMarkingCodeValidation": VirtualKkt._begin_validation,
+    "getMarkingCodeValidationStatus": VirtualKkt._validation_status,
+    "acceptMarkingCode": VirtualKkt._accept,
+    "declineMarkingCode": VirtualKkt._decline,
+    "cancelMarkingCodeValidation": VirtualKkt._cancel_validation,
+    "clearMarkingCodeValidationResult": VirtualKkt._clear_validations,
+    "cancelReceipt": VirtualKkt._cancel_receipt,
+    "sell": VirtualKkt._receipt,
+    "sellReturn": VirtualKkt._receipt,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _error(code: int, description: str) -> dict[str, Any]:
+    return {"status": "error", "errorCode": code, "errorDescription": description}
+
+
+def _ready(result: dict[str, Any]) -> dict[str, Any]:
+    return {"status": "ready", "errorCode": 0, "result": result}
+
+
+def _identify(km: str) -> tuple[str | None, bool]:
+    """The КИ of a code and whether the ФН can check its crypto tail (AI 91 + 92)."""
+    try:
+        code = parse(km)
+    except CodeError:
+        return None, False
+    return code.ki, "92" in code.crypto
+
+
+def _payments(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value:
+        raise _TaskError(proto.ERROR_NOT_FULLY_PAID, "Нет оплаты")
+    payments = []
+    for item in value:
+        if not isinstance(item, Mapping) or item.get("type") not in ("cash", "electronically"):
+            raise _TaskError(proto.ERROR_INVALID_PARAM, "Неверный тип оплаты")
+        try:
+            amount = proto.kopecks(item.get("sum"))
+        except ValueError:
+            raise _TaskError(proto.ERROR_INVALID_SUM, "Неверная сумма оплаты") from None
+        payments.append({"type": item["type"], "amount": amount})
+    return payments
+
+
+def _fiscal_sign(state: dict[str, Any], number: int, when: datetime) -> str:
+    digest = hashlib.sha256(f"{state['device']['fn_number']}/{number}/{when}".encode()).digest()
+    return str(int.from_bytes(digest[:5], "big") % 10**10).rjust(10, "0")
+
+
+def _fiscal_params(state: dict[str, Any], document: Mapping[str, Any]) -> dict[str, Any]:
+    device = state["device"]
+    return {
+        "fiscalParams": {
+            "fiscalDocumentNumber": document["number"],
+            "fiscalDocumentSign": document["fiscal_sign"],
+            "fiscalDocumentDateTime": document["datetime"],
+            "fiscalReceiptNumber": document.get("receipt_number"),
+            "shiftNumber": document["shift"],
+            "fnNumber": device["fn_number"],
+            "registrationNumber": device["registration_number"],
+            "fnsUrl": "www.nalog.gov.ru",
+            "total": proto.roubles(document.get("total", 0)),
+        },
+        "warnings": None,
+    }
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_documents(file: Path) -> list[dict[str, Any]]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    documents = []
+    for line in text.splitlines():
+        try:
+            documents.append(json.loads(line))
+        except ValueError:
+            continue  # a line torn by a kill mid-write
+    return documents
+
+
+def _last_document(file: Path) -> dict[str, Any] | None:
+    """The last complete document line, read from the end of the file."""
+    try:
+        with open(file, "rb") as source:
+            source.seek(0, os.SEEK_END)
+            size = source.tell()
+            source.seek(max(size - 65536, 0))
+            tail = source.read()
+    except FileNotFoundError:
+        return None
+    for line in reversed(tail.splitlines()):
+        try:
+            document = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(document, dict) and isinstance(document.get("number"), int):
+            return document
+    return None

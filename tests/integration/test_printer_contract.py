@@ -1,0 +1,248 @@
+"""The printer contract: one test class run unchanged against every backend.
+
+By default it runs against ``emulator://`` (the virtual ККТ in process) and ``atol-web://``
+(the ``atol` backend over real HTTP to the ``atol_web`` emulator). With ``--hil-printer URL``
+(repeatable) it also runs against that printer — a real ККТ: use a test device, since the
+receipts are real fiscal documents. Tests that need to inject faults into the device run on the
+emulators only. A marked sale on real hardware needs a real code in ``MARKD_HIL_CODE`` (GS as
+``<GS>``); without it those tests skip there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from markd.codes import parse
+from markd.errors import PrinterFault, PrinterUnavailable
+from markd.fiscal import testing
+from markd.fiscal.base import FiscalPrinter, PrinterSettings, new_op_id, open_printer
+from markd.fiscal.model import IndustryTags, MarkedItem, Payment, Position
+
+TAG1265 = "UUID=2b6f1c1e-8a4d-4b7e-9e6a-0c1d2e3f4a5b&Time=1735000000000"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        urls = metafunc.config.getoption("--hil-printer")
+        params = ["emulator", "atol-web", *(f"hil:{url}" for url in urls)]
+        metafunc.parametrize("backend", params)
+
+
+@dataclass
+class Bench:
+    printer: FiscalPrinter
+    #: The virtual ККТ behind the printer, None on real hardware.
+    kkt: Any
+
+    @property
+    def emulated(self) -> bool:
+        return self.kkt is not None
+
+    def needs_emulator(self) -> None:
+        if not self.emulated:
+            pytest.skip("needs fault injection into the device")
+
+    def code(self) -> str:
+        if self.emulated:
+            return testing.SHOES
+        text = os.environ.get("MARKD_HIL_CODE")
+        if not text:
+            pytest.skip("set MARKD_HIL_CODE to a real code for a marked sale on hardware")
+        return text.replace("<GS>", "\x1d")
+
+
+@pytest.fixture
+def bench(backend: str, tmp_path: Path) -> Iterator[Bench]:
+    if backend == "emulator":
+        with testing.emulator_printer(tmp_path / "kkt") as printer:
+            yield Bench(printer, printer.kkt)  # type: ignore[attr-defined]
+    elif backend == "atol-web":
+        with testing.atol_web_printer(tmp_path / "kkt") as (printer, server):
+            yield Bench(printer, server.kkt)
+    else:
+        with open_printer(backend.removeprefix("hil:"), PrinterSettings()) as printer:
+            yield Bench(printer, None)
+
+
+def marked_position(km: str, validation: Any, price: int = 8990) -> Position:
+    code = parse(km)
+    return Position(
+        "Кроссовки",
+        price,
+        tax="vat20",
+        mark=MarkedItem(
+            km=km,
+            ki=code.ki,
+            planned_status=1,
+            industry=IndustryTags(tag1265=TAG1265),
+            validation=validation,
+        ),
+    )
+
+
+def sell_marked(bench: Bench) -> tuple[Any, Any]:
+    printer = bench.printer
+    printer.ensure_shift(new_op_id())
+    km = bench.code()
+    code = parse(km)
+    check = printer.check_code(new_op_id(), km, code.ki, 1)
+    assert check.validation.ready
+    assert check.accepted, check.reason
+    printer.open_receipt(new_op_id())
+    printer.add_position(new_op_id(), marked_position(km, check.validation))
+    before = printer.status().last_document_number
+    result = printer.close_receipt(new_op_id(), [Payment(8990)])
+    return result, before
+
+
+class TestPrinterContract:
+    def test_status_describes_the_device(self, bench: Bench) -> None:
+        status = bench.printer.status()
+
+        assert status.shift_state in ("closed", "opened", "expired")
+        assert status.last_document_number >= 0
+        assert isinstance(status.paper_present, bool)
+        assert status.fn_state in ("ok", "error")
+        json.dumps(status.record())  # the JSON `markctl printer status --json` prints
+
+    def test_a_shift_is_opened_when_needed(self, bench: Bench) -> None:
+        printer = bench.printer
+        printer.ensure_shift(new_op_id())
+
+        assert printer.status().shift_state == "opened"
+        assert printer.ensure_shift(new_op_id()) is None  # already open: nothing done
+
+    def test_shift_close_and_open_are_fiscal_documents(self, bench: Bench) -> None:
+        bench.needs_emulator()  # a Z-report on real hardware is a technician's decision
+        printer = bench.printer
+        printer.ensure_shift(new_op_id())
+        before = printer.status()
+
+        closed = printer.close_shift(new_op_id())
+        opened = printer.open_shift(new_op_id())
+
+        assert closed.document_number == before.last_document_number + 1
+        assert opened.document_number == before.last_document_number + 2
+        assert opened.number == before.shift_number + 1
+
+    def test_a_marked_unit_is_validated_accepted_and_registered(self, bench: Bench) -> None:
+        result, before = sell_marked(bench)
+
+        assert result.document_number == before + 1
+        assert bench.printer.status().last_document_number == result.document_number
+        assert bench.printer.receipt_kind is None
+        if bench.emulated:
+            document = bench.kkt.receipts()[-1]
+            assert document["number"] == result.document_number
+            position = document["positions"][0]
+            assert position["ki"] == parse(testing.SHOES).ki
+            assert position["tags"]["2003"] == 1 and position["tags"]["2102"] == 0
+            assert position["tags"]["2106"] == 15  # ФН checked, ОИСМ: status correct
+            assert position["tags"]["1260"] == {
+                "1262": "030",
+                "1263": "26.03.2022",
+                "1264": "477",
+                "1265": TAG1265,
+            }
+
+    def test_a_declined_code_cannot_be_registered(self, bench: Bench) -> None:
+        bench.needs_emulator()
+        printer = bench.printer
+        printer.ensure_shift(new_op_id())
+        km = testing.WATER
+        op = new_op_id()
+        validation = printer.validate_code(op, km, parse(km).ki, 1)
+        printer.decline_code(new_op_id())
+        printer.open_receipt(new_op_id())
+        printer.add_position(new_op_id(), marked_position(km, validation))
+
+        with pytest.raises(PrinterFault) as err:
+            printer.close_receipt(new_op_id(), [Payment(8990)])
+
+        assert err.value.reason == "mark-not-checked"
+
+    def test_a_validation_can_be_cancelled_and_begun_again(self, bench: Bench) -> None:
+        printer = bench.printer
+        km = bench.code()
+        ki = parse(km).ki
+        printer.begin_validation(new_op_id(), km, ki, 1)
+        printer.cancel_validation(new_op_id())
+
+        again = printer.validate_code(new_op_id(), km, ki, 1)
+
+        assert again.ready
+        printer.decline_code(new_op_id())
+        printer.clear_validations(new_op_id())
+
+    def test_cancelling_when_nothing_is_open_is_harmless(self, bench: Bench) -> None:
+        bench.printer.cancel_receipt(new_op_id())
+
+        assert bench.printer.receipt_kind is None
+
+    def test_a_receipt_repeated_with_its_id_is_not_registered_twice(self, bench: Bench) -> None:
+        if bench.printer.url.scheme == "atol-lib":
+            pytest.skip("libfptr keeps no request table: recovery uses the document counter")
+        printer = bench.printer
+        printer.ensure_shift(new_op_id())
+        km = bench.code()
+        check = printer.check_code(new_op_id(), km, parse(km).ki, 1)
+        position = marked_position(km, check.validation)
+        printer.open_receipt(new_op_id())
+        printer.add_position(new_op_id(), position)
+        op = new_op_id()
+        first = printer.close_receipt(op, [Payment(8990)])
+
+        printer.restore_receipt("sell", [position])  # as after a crash: sent again
+        second = printer.close_receipt(op, [Payment(8990)])
+        finding, found = printer.find_receipt(op)
+
+        assert second.document_number == first.document_number
+        assert printer.status().last_document_number == first.document_number
+        assert finding == "done" and found is not None
+        assert found.document_number == first.document_number
+
+    def test_no_paper_refuses_the_receipt_and_keeps_it_open(self, bench: Bench) -> None:
+        bench.needs_emulator()
+        printer = bench.printer
+        printer.ensure_shift(new_op_id())
+        km = testing.SHOES
+        check = printer.check_code(new_op_id(), km, parse(km).ki, 1)
+        printer.open_receipt(new_op_id())
+        printer.add_position(new_op_id(), marked_position(km, check.validation))
+        bench.kkt.set_faults(paper_out=True)
+
+        with pytest.raises(PrinterFault) as err:
+            printer.close_receipt(new_op_id(), [Payment(8990)])
+        assert err.value.reason == "paper-out" and err.value.device_code == 44
+        assert printer.status().problems() == ["paper-out"]
+        assert printer.receipt_kind == "sell"
+
+        bench.kkt.set_faults(paper_out=None)
+        result = printer.close_receipt(new_op_id(), [Payment(8990)])
+        assert bench.kkt.receipts()[-1]["number"] == result.document_number
+
+    def test_a_device_that_is_gone_is_unavailable(self, bench: Bench) -> None:
+        bench.needs_emulator()
+        bench.kkt.set_faults(gone=True)
+
+        with pytest.raises(PrinterUnavailable) as err:
+            bench.printer.status()
+
+        assert err.value.reason == "printer-unavailable"
+
+    def test_fn_error_refuses_validation(self, bench: Bench) -> None:
+        bench.needs_emulator()
+        bench.kkt.set_faults(fn_error=True)
+
+        with pytest.raises(PrinterFault) as err:
+            bench.printer.begin_validation(new_op_id(), testing.WATER, "ki", 1)
+
+        assert err.value.reason == "fn-error"
+        assert bench.printer.status().fn_state == "error"

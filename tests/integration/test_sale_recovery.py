@@ -1,0 +1,125 @@
+"""Recovery: ``markctl sell`` is SIGKILLed at every step of a receipt (``MARKD_FISCAL_KILL_AT``),
+then run again with the same codes. Whatever the step, the ККТ ends with exactly one receipt
+holding both units, the store's sold journal has both with that receipt, nothing is left open
+on the device, and the session journal has no receipt in flight.
+
+The ККТ is the virtual one: in the killed process itself (``emulator://``: a kill inside the
+device, mid-receipt, is a power cut of the ККТ too), or behind the ``atol_web`` emulator in the
+test process (``atol-web://``: the device outlives markd, and the request's uuid tells what
+became of a receipt whose answer markd never read).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from markd.codes import parse
+from markd.emulators.atol_web import AtolWebEmulator
+from markd.fiscal import testing
+from markd.fiscal.journal import SessionJournal
+from markd.fiscal.killpoint import KILL_ENV, STEPS
+from markd.fiscal.virtual_kkt import VirtualKkt
+from markd.store import Store
+
+CODES = (testing.SHOES, testing.WATER)
+KIS = sorted(parse(c).ki for c in CODES)
+#: Steps after which the payment is committed: the first run's receipt must be finished.
+COMMITTED = {"paid", "closing", "sent-sell", "kkt-receipt-open", "printed", "closed", "stored"}
+
+
+def markctl() -> list[str]:
+    return [sys.executable, "-m", "markd.cli.markctl"]
+
+
+def write_config(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "markd.toml"
+    path.write_text(
+        f"[store]\npath = '{tmp_path / 'store'}'\nmap_size_mb = 8\n"
+        f"[fiscal]\nurl = '{url}'\njournal = '{tmp_path / 'fiscal' / 'session.journal'}'\n"
+        "validation_poll_ms = 20\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def sell(config: Path, kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
+    if kill_at is not None:
+        env[KILL_ENV] = kill_at
+    return subprocess.run(
+        [*markctl(), "sell", "--config", str(config), "--json", "--price", "10", *CODES],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def check_one_receipt(tmp_path: Path, kkt: VirtualKkt) -> dict[str, Any]:
+    receipts = kkt.receipts()
+    assert len(receipts) == 1, [r["number"] for r in receipts]
+    receipt = receipts[0]
+    assert sorted(p["ki"] for p in receipt["positions"]) == KIS
+    state = kkt.state()
+    assert state["receipt"] is None and state["validation"] is None and state["accepted"] == []
+    with Store.open(str(tmp_path / "store"), readonly=True) as store:
+        for code in CODES:
+            sold = store.lookup(parse(code)).sold
+            assert sold is not None and sold.receipt.endswith(f"/{receipt['number']}")
+    journal = SessionJournal(tmp_path / "fiscal" / "session.journal")
+    for records in journal.by_receipt().values():
+        events = {r["event"] for r in records}
+        assert events & {"closed", "cancelled"}, events
+    assert not journal.codes_path.exists()
+    return receipt
+
+
+EMULATOR_STEPS = [step for step in STEPS if step != "sent-sell"]
+
+
+@pytest.mark.parametrize("step", EMULATOR_STEPS)
+def test_killed_at_each_step_in_process_kkt(tmp_path: Path, step: str) -> None:
+    config = write_config(tmp_path, f"emulator://{tmp_path / 'kkt'}")
+
+    killed = sell(config, step)
+    assert killed.returncode == -9, killed.stderr
+
+    again = sell(config)
+    assert again.returncode in (0, 3), again.stderr
+    report = json.loads(again.stdout)
+    check_one_receipt(tmp_path, VirtualKkt(tmp_path / "kkt"))
+    actions = [a["action"] for a in report["recovery"]["actions"]]
+    if step in COMMITTED:
+        # The first run's receipt was finished by recovery; the units are now sold here.
+        assert actions in (["resumed-closed"], ["follow-up"], []), actions
+        assert report["receipt"] is None
+        assert {u["verdict"]["reason"] for u in report["units"]} == {"sold-here"}
+    else:
+        # Nothing was paid: the first receipt was dropped and the second run sold the units.
+        assert actions == ["cancelled"]
+        assert report["receipt"]["status"] == "closed" and again.returncode == 0
+
+
+@pytest.mark.parametrize("step", ["added", "closing", "sent-sell", "printed"])
+def test_killed_at_each_step_web_kkt(tmp_path: Path, step: str) -> None:
+    with AtolWebEmulator(state_dir=tmp_path / "kkt") as server:
+        config = write_config(tmp_path, f"atol-web://127.0.0.1:{server.port}")
+
+        killed = sell(config, step)
+        assert killed.returncode == -9, killed.stderr
+        again = sell(config)
+        assert again.returncode in (0, 3), again.stderr
+
+        check_one_receipt(tmp_path, server.kkt)
+    report = json.loads(again.stdout)
+    if step in COMMITTED:
+        assert report["receipt"] is None  # found (by uuid or counter), not sold twice
+    else:
+        assert report["receipt"]["status"] == "closed"

@@ -1,0 +1,518 @@
+"""markd under the real systemd: a container booted with systemd-nspawn from this machine's own
+``/usr``, markd installed into it with ``make install``, then driven like a till.
+
+How the container is made and driven:
+
+* ``systemd-nspawn -D / --volatile=yes --register=no --keep-unit -b``: the host's OS tree with a
+  fresh tmpfs root (empty /etc and /var, so nothing of the host's configuration leaks in) and
+  ``--overlay=/usr::/usr`` so that ``make install`` can write to the usual places (the overlay's
+  upper layer is temporary). ``--private-network`` gives it its own loopback, so the emulators'
+  ports cannot collide with anything on the host. The project, its venv and the Python the venv
+  was made from are bound in read-only at their own paths; a temporary host directory is bound
+  at ``/srv/markd-test`` to exchange files and the scanner socket.
+* ``--register=no`` means no machined and no ``machinectl``: commands run inside through
+  ``nsenter`` into the namespaces of the container's PID 1 (a child of systemd-nspawn).
+* The scanner is a pseudo-terminal made inside the container by a small service
+  (``pty_scanner.py``, its own transient unit), linked at ``/run/markd-test/NAME``; the test
+  writes a code into it through a Unix socket in the shared directory. The CDN and Local Module
+  emulators run as transient units inside the container too.
+* The unit gets a test drop-in: ``MARKD_TEST_HOOKS=1`` (SIGUSR2 hangs the loop), a 3 s watchdog,
+  ``DeviceAllow=char-pts`` for the pty, no core files, and — when the venv's Python lives under
+  /root or /home — ``ProtectHome=tmpfs`` with that directory bound back in.
+
+Each test is named after the failure it prevents. They share one container (booting takes about
+a second, the whole module well under a minute) and run in file order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import WATER, WATER_KI
+from markd.systemd import MESSAGE_IDS
+
+pytestmark = pytest.mark.system
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV = Path(sys.prefix)
+SHARED = "/srv/markd-test"
+CDN_PORT, LM_PORT = 18081, 15995
+TOKEN = "5c0ffee0-1d2e-4f3a-8b4c-5d6e7f8091a2"
+WATCHDOG_SEC = 3
+DAIRY = "0104670540176099215LpGKy\x1d93dGVz"
+DAIRY_KI = "0104670540176099215LpGKy"
+
+
+def _ensure_nspawn() -> str | None:
+    """None when systemd-nspawn can be used, else why not. As root on Debian, a missing
+    systemd-container is installed (tools/bootstrap.sh does the same)."""
+    if sys.platform != "linux":
+        return "systemd-nspawn needs Linux"
+    if os.geteuid() != 0:
+        return "booting a container with systemd-nspawn needs root"
+    if shutil.which("systemd-nspawn") is None and shutil.which("apt-get") is not None:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = [
+            "apt-get",
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "systemd-container",
+        ]
+        if subprocess.run(install, capture_output=True, env=env, timeout=600).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=600)
+            subprocess.run(install, capture_output=True, env=env, timeout=600)
+    for tool in ("systemd-nspawn", "nsenter", "make"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (apt-get install systemd-container util-linux make)"
+    if not Path("/usr/lib/systemd/systemd").exists():
+        return "no /usr/lib/systemd/systemd to boot"
+    return None
+
+
+class Machine:
+    """A booted container and the means to run commands in it."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log: Path, shared: Path) -> None:
+        self.process = process
+        self.log = log
+        self.shared = shared
+        self.pid = 0
+
+    def find_init(self, timeout: float = 30.0) -> None:
+        """Wait for the container's PID 1 (a child of systemd-nspawn) to answer."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(
+                    f"systemd-nspawn exited with {self.process.returncode}:\n{self.boot_log()}"
+                )
+            children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+            try:
+                pids = children.read_text().split()
+            except OSError:
+                pids = []
+            for pid in pids:
+                try:
+                    exe = os.readlink(f"/proc/{pid}/exe")
+                except OSError:
+                    continue
+                if exe.endswith("/systemd"):
+                    self.pid = int(pid)
+                    return
+            time.sleep(0.05)
+        pytest.fail(f"the container's systemd did not start within {timeout} s:\n{self.boot_log()}")
+
+    def boot_log(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def run(
+        self, *command: str, check: bool = True, timeout: float = 60.0, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``command`` inside the container (all of PID 1's namespaces)."""
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            "SYSTEMD_PAGER": "",
+            "SYSTEMD_COLORS": "0",
+        }
+        result = subprocess.run(
+            ["nsenter", "-t", str(self.pid), "-a", "--", *command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            input=input,
+        )
+        if check and result.returncode != 0:
+            pytest.fail(
+                f"{' '.join(command)} exited with {result.returncode}:\n"
+                f"{result.stdout}\n{result.stderr}\n--- journal ---\n{self.journal_tail()}"
+            )
+        return result
+
+    def sh(self, script: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return self.run("sh", "-c", script, **kwargs)
+
+    def write(self, path: str, text: str) -> None:
+        self.run("sh", "-c", f'mkdir -p "$(dirname {path})" && cat > {path}', input=text)
+
+    def journal_tail(self, lines: int = 60) -> str:
+        try:
+            return self.run(
+                "journalctl", "--no-pager", "-n", str(lines), "-o", "short-monotonic", check=False
+            ).stdout
+        except Exception as exc:  # noqa: BLE001 - only a debugging aid
+            return f"(no journal: {exc})"
+
+    def show(self, unit: str, *properties: str) -> dict[str, str]:
+        out = self.run("systemctl", "show", unit, *(f"--property={p}" for p in properties)).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def journal(self, *matches: str) -> list[dict[str, Any]]:
+        """Records of markd.service matching the ``FIELD=value`` matches, as JSON objects."""
+        out = self.run(
+            "journalctl", "--no-pager", "-u", "markd.service", "-o", "json", *matches, check=False
+        ).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def wait(self, what: str, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"timed out after {timeout} s waiting for {what}\n{self.journal_tail()}"
+                )
+            time.sleep(0.1)
+
+    def scan(self, scanner: str, code: str) -> None:
+        """Have the pty scanner ``scanner`` send ``code`` and a CR, as a scanner does."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(10)
+            conn.connect(str(self.shared / "scanner.sock"))
+            conn.sendall(scanner.encode() + b" " + code.encode() + b"\r")
+            conn.shutdown(socket.SHUT_WR)
+            assert conn.recv(100) == b"ok"
+
+
+def _home_paths() -> list[Path]:
+    """Directories the markd service must see that ProtectHome= would hide."""
+    wanted = {Path(sys.base_prefix).resolve(), VENV.resolve(), ROOT}
+    return sorted(p for p in wanted if p.parts[1:2] in (("root",), ("home",)))
+
+
+def _binds() -> list[Path]:
+    """The project, its venv and the Python the venv was made from, each once (a directory
+    inside another is bound with it; /usr is the container's own already)."""
+    wanted = sorted({ROOT, VENV.resolve(), Path(sys.base_prefix).resolve()})
+    usr = Path("/usr")
+    chosen: list[Path] = []
+    for path in wanted:
+        if path == usr or usr in path.parents:
+            continue
+        if not any(parent in path.parents for parent in chosen):
+            chosen.append(path)
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def machine() -> Iterator[Machine]:
+    reason = _ensure_nspawn()
+    if reason is not None:
+        pytest.skip(reason)
+    shared = Path(tempfile.mkdtemp(prefix="markd-systest-"))
+    log = shared / "nspawn.log"
+    binds = _binds()
+    command = [
+        "systemd-nspawn",
+        "-D",
+        "/",
+        "--volatile=yes",
+        "--overlay=/usr::/usr",
+        "--register=no",
+        "--keep-unit",
+        "--private-network",
+        "--console=passive",
+        f"--machine=markd-test-{os.getpid()}",
+        f"--bind={shared}:{SHARED}",
+        *(f"--bind-ro={path}" for path in binds),
+        "-b",
+        "systemd.firstboot=off",
+    ]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    box = Machine(process, log, shared)
+    try:
+        box.find_init()
+        deadline = time.monotonic() + 60
+        while True:  # systemctl fails until PID 1 listens on its bus, a moment after it starts
+            state = box.run("systemctl", "is-system-running", "--wait", check=False, timeout=60)
+            if state.stdout.strip() or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if state.stdout.strip() not in ("running", "degraded"):
+            pytest.fail(
+                f"the container did not boot: {state.stdout}{state.stderr}\n{box.journal_tail()}"
+            )
+        yield box
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # nspawn shuts the container down in order
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+CONFIG = textwrap.dedent(
+    f"""\
+    [terminal]
+    fn_serial = "9960440300000001"
+
+    [check]
+    mode = "direct"
+
+    [check.online]
+    url = "http://127.0.0.1:{CDN_PORT}"
+
+    [check.local_module]
+    url = "http://127.0.0.1:{LM_PORT}"
+
+    [scanners.front]
+    url = "serial:///run/markd-test/front?baudrate=9600&terminator=cr"
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def installed(machine: Machine) -> Machine:
+    """markd installed with `make install` (the project's venv), configured, secrets in the
+    credential store, emulators and the pty scanners running; markd not started yet."""
+    machine.run("make", "-C", str(ROOT), "--no-print-directory", "install", f"USE_VENV={VENV}")
+    python = str(VENV / "bin" / "python")
+    machine.write(f"{SHARED}/cdn.json", json.dumps({"cdn": {"token": TOKEN}}))
+    for unit, argv in {
+        "markd-test-cdn": [python, "-m", "markd.emulators", "crpt_cdn", "--port", str(CDN_PORT),
+                           "--scenario", f"{SHARED}/cdn.json"],
+        "markd-test-lm": [python, "-m", "markd.emulators", "local_module", "--port", str(LM_PORT)],
+        "markd-test-pty": ["python3", str(Path(__file__).with_name("pty_scanner.py")),
+                           "/run/markd-test", f"{SHARED}/scanner.sock", "front", "side"],
+    }.items():  # fmt: skip
+        machine.run("systemd-run", f"--unit={unit}", "--quiet", *argv)
+    machine.wait("the pty scanners", lambda: (machine.shared / "scanner.sock").exists())
+    # Secrets go where the unit's LoadCredential= looks: /etc/credstore/markd.NAME (root only).
+    machine.sh(
+        f"umask 077 && printf '%s\\n' '{TOKEN}' > /etc/credstore/markd.crpt-token"
+        " && printf 'admin\\n' > /etc/credstore/markd.lm-password"
+    )
+    machine.write("/etc/markd/markd.toml", CONFIG)
+    drop_in = [
+        "[Service]",
+        "# Test-only: SIGUSR2 hangs the loop, so the watchdog can be seen at work.",
+        "Environment=MARKD_TEST_HOOKS=1",
+        f"WatchdogSec={WATCHDOG_SEC}s",
+        "RestartSec=500ms",
+        "DeviceAllow=char-pts rw",
+        "LimitCORE=0",
+    ]
+    homes = _home_paths()
+    if homes:
+        drop_in += ["ProtectHome=tmpfs", *(f"BindReadOnlyPaths={p}" for p in homes)]
+    machine.write("/etc/systemd/system/markd.service.d/50-test.conf", "\n".join(drop_in) + "\n")
+    machine.run("systemctl", "daemon-reload")
+    return machine
+
+
+def ensure_started(machine: Machine) -> dict[str, str]:
+    if machine.show("markd", "ActiveState")["ActiveState"] != "active":
+        machine.run("systemctl", "start", "markd")
+    machine.wait(
+        "scanner front present",
+        lambda: "front ok" in machine.show("markd", "StatusText")["StatusText"],
+    )
+    return machine.show("markd", "MainPID", "NRestarts", "ActiveState", "SubState")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_unit_files_pass_systemd_analyze_verify_and_security(installed: Machine) -> None:
+    unit = installed.run("systemctl", "show", "-P", "FragmentPath", "markd").stdout.strip()
+    assert unit.endswith("/systemd/system/markd.service")
+    verify = installed.run("systemd-analyze", "verify", unit, check=False)
+    assert verify.returncode == 0, verify.stderr
+    assert "markd" not in verify.stderr, verify.stderr
+    security = installed.run(
+        "systemd-analyze", "security", "--offline=yes", "--no-pager", unit, check=False
+    )
+    found = re.search(r"Overall exposure level for markd\.service: (\d+\.\d)", security.stdout)
+    assert found and float(found.group(1)) <= 2.5, security.stdout[-1500:]
+    # The install made the user and the directories, and the catalog is in the database.
+    assert "markd" in installed.run("getent", "passwd", "markd").stdout
+    assert installed.run("stat", "-c", "%a %U", "/var/lib/markd").stdout.split() == ["750", "markd"]
+    catalog = installed.run("journalctl", "--list-catalog", "--no-pager").stdout
+    assert MESSAGE_IDS["verdict"] in catalog
+
+
+def test_unit_becomes_active_only_through_ready(installed: Machine) -> None:
+    started = time.monotonic()
+    installed.run("systemctl", "start", "markd")  # Type=notify: returns once READY=1 arrived
+    state = installed.show(
+        "markd", "ActiveState", "SubState", "Type", "StatusText", "WatchdogUSec", "User"
+    )
+    assert (state["ActiveState"], state["SubState"], state["Type"]) == (
+        "active",
+        "running",
+        "notify",
+    )
+    assert state["StatusText"].startswith("ready; mode direct; scanners front")
+    assert state["WatchdogUSec"] == f"{WATCHDOG_SEC}s" and state["User"] == "markd"
+    assert time.monotonic() - started < 20
+    (record,) = installed.journal("MARKD_EVENT=service-started")
+    assert record["MESSAGE_ID"] == MESSAGE_IDS["service-started"]
+    assert record["_UID"] != "0"  # runs as markd, not root
+
+
+def test_a_scan_yields_a_journaled_verdict_with_its_fields(installed: Machine) -> None:
+    ensure_started(installed)
+    installed.scan("front", WATER)
+    installed.wait("the verdict", lambda: len(installed.journal("MARKD_EVENT=verdict")) == 1)
+    (verdict,) = installed.journal("MARKD_EVENT=verdict")
+    assert verdict["MESSAGE_ID"] == MESSAGE_IDS["verdict"]
+    assert verdict["MARKD_KI"] == WATER_KI
+    assert (verdict["MARKD_DECISION"], verdict["MARKD_SOURCE"]) == ("allow", "cdn")
+    assert verdict["MARKD_SCANNER"] == "front" and verdict["MARKD_REASON"]
+    assert float(verdict["MARKD_LATENCY_MS"]) < 2000
+    assert re.fullmatch(r"[0-9a-f-]{36}", verdict["MARKD_REQ_ID"])
+    assert verdict["_SYSTEMD_UNIT"] == "markd.service" and verdict["PRIORITY"] == "6"
+    # The credential reached the CDN client (the emulator refuses any other key) and neither
+    # the key nor the code's crypto tail reached the journal.
+    everything = json.dumps(installed.journal(), ensure_ascii=False)
+    assert TOKEN not in everything and "938p9E" not in everything
+    assert "ready" in installed.show("markd", "StatusText")["StatusText"]
+    assert "verdicts 1 allow" in installed.show("markd", "StatusText")["StatusText"]
+
+
+def test_journalctl_x_explains_the_record_from_the_catalog(installed: Machine) -> None:
+    ensure_started(installed)
+    if not installed.journal("MARKD_EVENT=verdict"):
+        installed.scan("front", WATER)
+        installed.wait("a verdict", lambda: bool(installed.journal("MARKD_EVENT=verdict")))
+    shown = installed.run(
+        "journalctl", "--no-pager", "-x", "-u", "markd", "MARKD_EVENT=verdict"
+    ).stdout
+    assert "Subject: markd decided on a scanned code: allow" in shown
+    assert "Scanner front read a code" in shown  # the catalog text with the record's fields
+    assert "crypto tail of the" in shown
+
+
+def test_journalctl_recipes_in_the_operations_guide_work(installed: Machine) -> None:
+    """Every `journalctl` line of docs/operations.md's recipes runs as written (except -f,
+    which follows forever), and the one about a КИ finds the verdict."""
+    ensure_started(installed)
+    if not installed.journal("MARKD_EVENT=verdict"):
+        installed.scan("front", WATER)
+        installed.wait("a verdict", lambda: bool(installed.journal("MARKD_EVENT=verdict")))
+    guide = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    block = guide.split("<!-- recipes:", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    recipes = [line.split("  #")[0].strip() for line in block.splitlines()]
+    recipes = [r for r in recipes if r.startswith("journalctl ") and " -f" not in r]
+    assert len(recipes) >= 10
+    for recipe in recipes:
+        result = installed.sh(f"{recipe} --no-pager", check=False)
+        assert result.returncode == 0, f"{recipe}: {result.stderr}"
+        assert not result.stderr.strip(), f"{recipe}: {result.stderr}"
+        if "MARKD_KI=" in recipe:
+            assert WATER_KI in result.stdout
+
+
+def test_reload_applies_a_new_scanner_without_dropping_the_running_one(
+    installed: Machine,
+) -> None:
+    before = ensure_started(installed)
+    installed.write(
+        "/etc/markd/markd.toml.d/50-side.toml",
+        '[scanners.side]\nurl = "serial:///run/markd-test/side?baudrate=9600&terminator=cr"\n',
+    )
+    reload = installed.run("systemctl", "reload", "markd", check=False)
+    assert reload.returncode == 0, reload.stderr + installed.journal_tail()
+    after = installed.show("markd", "MainPID", "ActiveState", "NRestarts")
+    assert after["MainPID"] == before["MainPID"] and after["ActiveState"] == "active"
+    (reloaded,) = installed.journal("MARKD_EVENT=service-reloaded")
+    assert reloaded["MARKD_SCANNERS_KEPT"] == "front"
+    assert reloaded["MARKD_SCANNERS_STARTED"] == "side"
+    installed.wait(
+        "scanner side present",
+        lambda: "side ok" in installed.show("markd", "StatusText")["StatusText"],
+    )
+    # The change is in force: the new scanner's scans are checked.
+    installed.scan("side", DAIRY)
+    installed.wait(
+        "a verdict from side",
+        lambda: bool(installed.journal("MARKD_EVENT=verdict", "MARKD_SCANNER=side")),
+    )
+    (side,) = installed.journal("MARKD_EVENT=verdict", "MARKD_SCANNER=side")
+    assert side["MARKD_KI"] == DAIRY_KI
+    # front was never closed: no absent/present record for it after the start.
+    assert len(installed.journal("MARKD_EVENT=scanner-present", "MARKD_SCANNER=front")) == 1
+
+
+def test_a_bad_configuration_fails_the_reload_and_changes_nothing(installed: Machine) -> None:
+    before = ensure_started(installed)
+    installed.write("/etc/markd/markd.toml.d/90-broken.toml", "[check]\nmode = 'guess'\n")
+    try:
+        reload = installed.run("systemctl", "reload", "markd", check=False)
+    finally:
+        installed.run("rm", "-f", "/etc/markd/markd.toml.d/90-broken.toml")
+    assert reload.returncode != 0
+    state = installed.show("markd", "MainPID", "ActiveState", "SubState")
+    assert state["MainPID"] == before["MainPID"]
+    assert (state["ActiveState"], state["SubState"]) == ("active", "running")
+    (refused,) = installed.journal("MARKD_EVENT=reload-refused")
+    assert "90-broken.toml" in refused["MARKD_PROBLEMS"] and "guess" in refused["MARKD_PROBLEMS"]
+    assert refused["MESSAGE_ID"] == MESSAGE_IDS["reload-refused"]
+
+
+def test_a_hung_loop_is_killed_by_the_watchdog_and_restarted(installed: Machine) -> None:
+    before = ensure_started(installed)
+    installed.run("systemctl", "kill", "--kill-who=main", "--signal=SIGUSR2", "markd")
+    installed.wait("the test hook", lambda: bool(installed.journal("MARKD_EVENT=test-hook")))
+    installed.wait(
+        "a restart after the watchdog timeout",
+        lambda: (
+            installed.show("markd", "NRestarts")["NRestarts"] == str(int(before["NRestarts"]) + 1)
+        ),
+        timeout=WATCHDOG_SEC * 4 + 10,
+    )
+    after = ensure_started(installed)
+    assert after["MainPID"] != before["MainPID"] and after["ActiveState"] == "active"
+    manager = installed.run(
+        "journalctl", "--no-pager", "-u", "markd", "-o", "cat", "SYSLOG_IDENTIFIER=systemd"
+    ).stdout
+    assert "Watchdog timeout" in manager
+    # The restarted daemon checks again.
+    count = len(installed.journal("MARKD_EVENT=verdict"))
+    installed.scan("front", WATER)
+    installed.wait(
+        "a verdict after the restart", lambda: len(installed.journal("MARKD_EVENT=verdict")) > count
+    )
+
+
+def test_stop_is_clean(installed: Machine) -> None:
+    ensure_started(installed)
+    started = time.monotonic()
+    installed.run("systemctl", "stop", "markd")
+    took = time.monotonic() - started
+    state = installed.show("markd", "ActiveState", "Result", "ExecMainStatus")
+    assert state["ActiveState"] == "inactive" and state["Result"] == "success"
+    assert state["ExecMainStatus"] == "0"
+    assert took < 10  # well within TimeoutStopSec=, so nothing was killed
+    manager = installed.run(
+        "journalctl", "--no-pager", "-u", "markd", "-o", "cat", "SYSLOG_IDENTIFIER=systemd"
+    ).stdout.splitlines()
+    last_stop = manager[
+        len(manager)
+        - manager[::-1].index("Stopping markd.service - markd marking-code check daemon...") :
+    ]
+    assert "markd.service: Deactivated successfully." in last_stop
+    assert not [line for line in last_stop if "SIGKILL" in line or "Failed" in line]
+    stopping = installed.journal("MARKD_EVENT=service-stopping")
+    assert stopping and stopping[-1]["MESSAGE_ID"] == MESSAGE_IDS["service-stopping"]

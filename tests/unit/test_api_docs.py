@@ -1,0 +1,84 @@
+"""docs/openapi.json and docs/api.md stay true to the control API the server registers."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from markd import api
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def openapi() -> dict:
+    return json.loads((DOCS / "openapi.json").read_text(encoding="utf-8"))
+
+
+def documented_routes() -> set[tuple[str, str]]:
+    return {
+        (method.upper(), path)
+        for path, item in openapi()["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    }
+
+
+def test_api_openapi_lists_exactly_the_registered_routes() -> None:
+    registered = set(api.ROUTES)
+
+    assert documented_routes() - registered == set(), "documented but not served"
+    assert registered - documented_routes() == set(), "served but not documented"
+    assert len(registered) == 9
+
+
+def test_api_openapi_is_version_3_1_and_its_references_resolve() -> None:
+    document = openapi()
+    text = json.dumps(document)
+    schemas = document["components"]["schemas"]
+
+    assert document["openapi"].startswith("3.1.")
+    references = set(re.findall(r'"#/components/schemas/([A-Za-z]+)"', text))
+    assert references and references <= set(schemas)
+    assert {"Error", "Verdict", "Status"} <= references
+    assert "Event" in schemas  # the form of each event's data: line
+
+
+def test_api_openapi_verdict_schema_names_every_field_the_server_sends() -> None:
+    from markd.checks.verdict import Verdict
+    from markd.events import verdict_json
+
+    sent = verdict_json(Verdict("allow", "allowed", "ok", "cdn", "api"))
+    schema = openapi()["components"]["schemas"]["Verdict"]["properties"]
+
+    assert set(sent) == set(schema)
+
+
+def json_blocks(text: str) -> list[str]:
+    return re.findall(r"^```json\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def test_api_doc_json_examples_parse() -> None:
+    blocks = json_blocks((DOCS / "api.md").read_text(encoding="utf-8"))
+
+    assert len(blocks) >= 8
+    for block in blocks:
+        json.loads(block)  # raises with the position of the first mistake
+
+
+def test_api_doc_describes_every_route() -> None:
+    text = (DOCS / "api.md").read_text(encoding="utf-8")
+
+    missing = [f"{m} {p}" for m, p in api.ROUTES if f"`{m} {p}`" not in text]
+    assert missing == []
+
+
+def test_api_doc_error_examples_use_reasons_the_server_knows() -> None:
+    """Every ``"error": "…"`` in the examples is a reason that api.py actually sends."""
+    source = Path(api.__file__).read_text(encoding="utf-8")
+    text = (DOCS / "api.md").read_text(encoding="utf-8")
+    reasons = set(re.findall(r'"error": "([a-z-]+)"', text))
+
+    assert reasons
+    assert [r for r in sorted(reasons) if f'"{r}"' not in source] == []
