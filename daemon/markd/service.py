@@ -91,6 +91,8 @@ TEST_HANG_S = 3600.0
 STUCK_GRACE_S = 30.0
 #: Without a watchdog, the status line is refreshed this often (the blocklist's age moves on).
 STATUS_REFRESH_S = 30.0
+#: Shortest interval between two STATUS= updates caused by verdict counts alone.
+STATUS_MIN_INTERVAL_S = 1.0
 #: Top-level sections a reload applies; a change anywhere else takes effect at the next start
 #: (the reload record says so). ``[log] level`` applies too, ``[log] target`` does not.
 RELOADABLE_SECTIONS = frozenset({"store", "codes", "terminal", "check", "scanners"})
@@ -381,6 +383,8 @@ class Service:
         self._handling_since: float | None = None
         self._healthy = True
         self._last_status = ""
+        self._status_sent_at = 0.0
+        self._status_timer: asyncio.TimerHandle | None = None
         #: Verdicts given since start, by decision (``allow``, ``deny``, ``rescan``).
         self.verdict_counts: Counter[str] = Counter()
 
@@ -537,6 +541,9 @@ class Service:
             self.store_sync.start()
 
     def _shutdown(self) -> None:
+        if self._status_timer is not None:
+            self._status_timer.cancel()
+            self._status_timer = None
         # Release devices first: a port left open blocks the next start (and the till).
         for scanner in self.scanners.values():
             try:
@@ -665,6 +672,7 @@ class Service:
         line = self.status_line()
         if line != self._last_status:
             self._last_status = line
+            self._status_sent_at = time.monotonic()
             notify(f"STATUS={line}")
 
     def status_line(self) -> str:
@@ -702,6 +710,18 @@ class Service:
 
     def _count_verdict(self, verdict: Verdict) -> None:
         self.verdict_counts[verdict.decision] += 1
+        # The counts change with every scan: at most one STATUS= a second for them (a busy
+        # till would otherwise send the service manager a datagram per scan), the last one
+        # sent when the second is up.
+        wait = self._status_sent_at + STATUS_MIN_INTERVAL_S - time.monotonic()
+        if wait <= 0:
+            self._update_status()
+        elif self._status_timer is None:
+            loop = asyncio.get_running_loop()
+            self._status_timer = loop.call_later(wait, self._deferred_status)
+
+    def _deferred_status(self) -> None:
+        self._status_timer = None
         self._update_status()
 
     def _internal_error(self, what: str, exc: BaseException) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -56,8 +57,14 @@ async def test_status_line_follows_scanners_verdicts_and_the_blocklist(
         get_virtual("st-front").scan(WATER)
         get_virtual("st-front").scan("not a code")
         await wait_until(lambda: len(verdicts) == 2, what="two verdicts")
-        await asyncio.sleep(0.05)
-        seen = statuses(sock)
+        # Count changes are sent at most once a second: the last one follows within it.
+        seen = []
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            seen += statuses(sock)
+            if seen and seen[-1].endswith("verdicts 1 allow, 1 deny, 0 rescan"):
+                break
+            await asyncio.sleep(0.05)
     finally:
         stop.set()
         await task
@@ -109,3 +116,37 @@ async def test_stop_finishes_the_scan_in_flight_and_asks_for_a_rescan_of_the_que
     assert verdicts[1].message_ru and verdicts[1].scanner == "v"
     kinds = event_log.kinds()
     assert kinds.index("service-stopping") > max(i for i, k in enumerate(kinds) if k == "verdict")
+
+
+async def test_a_burst_of_scans_sends_few_status_updates(
+    tmp_path: Path,
+    event_log: RecordingEventLog,
+    notify_socket: tuple[socket.socket, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A datagram per scan would fill the notify socket's queue on a busy till and make
+    # sd_notify block the loop when the reader is slow (found by the soak benchmark).
+    sock, path = notify_socket
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    config = make_config(str(tmp_path / "store"), {"front": "virtual://st-burst"})
+    verdicts: list[Verdict] = []
+    service = Service(config, event_log=event_log, verdict_sink=verdicts.append)
+    service.reload_status_path = None
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        await asyncio.wait_for(service.ready.wait(), 5)
+        statuses(sock)  # READY=1 with the first line
+        for _ in range(40):
+            get_virtual("st-burst").scan(WATER)
+        await wait_until(lambda: len(verdicts) == 40, what="40 verdicts")
+        seen: list[str] = []
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not (seen and "verdicts 40 allow" in seen[-1]):
+            seen += statuses(sock)
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+    assert seen and seen[-1].endswith("verdicts 40 allow, 0 deny, 0 rescan")
+    assert len(seen) <= 3, seen
