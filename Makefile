@@ -12,10 +12,14 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 BENCH_ENTRIES ?= 10000000
+SOAK_SCANS    ?= 1000000
 
 bench: $(STAMP)
 	$(PY) tools/bench/parse.py
 	$(PY) tools/bench/store.py --entries $(BENCH_ENTRIES)
+	$(PY) tools/bench/checks.py
+	$(PY) tools/bench/scanners.py
+	$(PY) tools/bench/soak.py --scans $(SOAK_SCANS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check daemon tests tools
