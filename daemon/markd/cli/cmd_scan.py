@@ -28,7 +28,7 @@ import sys
 from collections import Counter
 from typing import Any, BinaryIO, TextIO
 
-from markd.codes import CodeError, parse
+from markd.codes import CodeError, CodesOptions, parse
 from markd.errors import ConfigError, ScannerError
 from markd.scanners import (
     RawRead,
@@ -201,12 +201,16 @@ def _problem_text(item: Decoded) -> str:
 # scan-test
 
 
-def _resolve(spec: str | None, config_path: str | None) -> tuple[str, ScannerURL]:
-    """(name, URL) for a SCANNER argument: a URL, or a name from the configuration."""
-    if spec is not None and "://" in spec:
-        return "scan-test", parse_url(spec)
+def _resolve(
+    spec: str | None, config_path: str | None
+) -> tuple[str, ScannerURL, CodesOptions | None]:
+    """(name, URL, parser options) for a SCANNER argument: a URL, or a name from the
+    configuration (whose ``[codes]`` settings then judge the scans, as in the daemon)."""
     from markd import config as markd_config
 
+    if spec is not None and "://" in spec:
+        options = markd_config.load(config_path).codes_options() if config_path else None
+        return "scan-test", parse_url(spec), options
     cfg = markd_config.load(config_path)
     names = sorted(cfg.scanners)
     if spec is None:
@@ -221,7 +225,7 @@ def _resolve(spec: str | None, config_path: str | None) -> tuple[str, ScannerURL
             f"no scanner {spec!r} in the configuration (configured: {', '.join(names)}); "
             "give a name or a URL such as hid-kbd://0c2e:0b61"
         )
-    return spec, parse_url(cfg.scanners[spec].url)
+    return spec, parse_url(cfg.scanners[spec].url), cfg.codes_options()
 
 
 def show_text(data: bytes) -> str:
@@ -268,7 +272,9 @@ def _raw_lines(url: ScannerURL, reads: list[RawRead]) -> list[str]:
     return lines
 
 
-def describe_scan(url: ScannerURL, scan: Scan, reads: list[RawRead]) -> list[str]:
+def describe_scan(
+    url: ScannerURL, scan: Scan, reads: list[RawRead], options: CodesOptions | None = None
+) -> list[str]:
     """The lines scan-test prints for one scan, advice last."""
     unit = "reports" if url.scheme in ("hid-kbd", "hid-pos") else "bytes"
     count = len(reads) if unit == "reports" else sum(len(r.raw) for r in reads)
@@ -295,7 +301,7 @@ def describe_scan(url: ScannerURL, scan: Scan, reads: list[RawRead]) -> list[str
         lines.append("GS        none arrived")
 
     try:
-        code = parse(scan.data)
+        code = parse(scan.data, options)
     except CodeError as exc:
         lines.append(f"parsed    no: {exc.reason}: {exc.message}")
         if exc.reason == "ambiguous-lost-gs":
@@ -343,7 +349,11 @@ def _overflow_advice(event: ScanOverflow) -> str:
 
 
 async def _scan_session(
-    name: str, url: ScannerURL, args: argparse.Namespace, out: TextIO
+    name: str,
+    url: ScannerURL,
+    args: argparse.Namespace,
+    out: TextIO,
+    options: CodesOptions | None,
 ) -> tuple[int, _Report, Any]:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[ScannerEvent] = asyncio.Queue()
@@ -374,7 +384,8 @@ async def _scan_session(
             elif isinstance(event, Scan):
                 scans += 1
                 print(f"── scan {scans} " + "─" * 40, file=out)
-                for line in describe_scan(url, event, report.take_until(event.received)):
+                reads = report.take_until(event.received)
+                for line in describe_scan(url, event, reads, options):
                     print(line, file=out)
                 out.flush()
     finally:
@@ -408,7 +419,7 @@ def run_scan_test(args: argparse.Namespace, stdout: TextIO | None = None) -> int
     out = stdout if stdout is not None else sys.stdout
     err = sys.stderr
     try:
-        name, url = _resolve(args.scanner, args.config)
+        name, url, options = _resolve(args.scanner, args.config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"markctl: {problem}", file=err)
@@ -422,7 +433,7 @@ def run_scan_test(args: argparse.Namespace, stdout: TextIO | None = None) -> int
     print(f"scanner   {name}: {url.text}", file=out)
     print(f"mode      {MODES.get(url.scheme, url.scheme)}", file=out, flush=True)
     try:
-        scans, report, scanner = asyncio.run(_scan_session(name, url, args, out))
+        scans, report, scanner = asyncio.run(_scan_session(name, url, args, out, options))
     except ScannerError as exc:
         print(f"markctl: {exc}", file=err)
         return 1

@@ -447,7 +447,7 @@ class Scanner(abc.ABC):
         if self._gap_due() == 0.0:
             self._deliver(self._framer.flush())
 
-    def _bad_input(self, dropped: int, detail: str = "") -> None:
+    def _bad_input(self, dropped: int) -> None:
         """Input the decoder cannot read: drop the partial unit and report it once per flood."""
         dropped += self._framer.pending
         self._framer.reset()

@@ -541,7 +541,7 @@ class UsbScanner(Scanner):
                 except BadReport as exc:
                     self._raw(report, b"", (f"bad-report: {exc}",))
                     self._reset_decoder()
-                    self._bad_input(len(report), str(exc))
+                    self._bad_input(len(report))
             self._check_gap()
 
     def _release(self) -> None:
