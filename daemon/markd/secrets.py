@@ -47,6 +47,11 @@ class Secret:
         return hash(self._value)
 
 
+#: Where the unit's ``LoadCredential=NAME:markd.NAME`` finds the secrets (systemd's credstore);
+#: ``markctl`` reads the same files when it runs outside the service.
+CREDSTORE = "/etc/credstore"
+
+
 def load_secret(
     file: str,
     credential: str,
@@ -63,12 +68,18 @@ def load_secret(
     else:
         directory = env.get("CREDENTIALS_DIRECTORY", "")
         path = Path(directory, credential) if directory else Path()
-        if not directory or not path.exists():
+        if not directory:
+            # Not started by systemd (markctl in a root shell): read the file the unit loads
+            # the credential from (LoadCredential=NAME:markd.NAME looks in /etc/credstore).
+            stored = Path(env.get("MARKD_CREDSTORE", CREDSTORE), f"markd.{credential}")
+            path = stored if stored.exists() else Path()
+        if path == Path() or not path.exists():
             if not required:
                 return None
             raise ConfigError(
                 f"{what}: no secret configured: set its *_file key or pass the systemd "
-                f"credential '{credential}' (LoadCredential=)"
+                f"credential '{credential}' (LoadCredential=, or "
+                f"{CREDSTORE}/markd.{credential})"
             )
     try:
         info = path.stat()

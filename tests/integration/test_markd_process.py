@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -125,6 +127,27 @@ def test_invalid_config_prints_every_problem_and_exits_2(tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
 
 
+def test_a_missing_secret_exits_2_so_systemd_does_not_restart_in_a_loop(tmp_path: Path) -> None:
+    # The file is valid; the secret it names is only looked for when the service starts.
+    config = tmp_path / "markd.toml"
+    config.write_text(
+        f'[store]\npath = "{tmp_path / "store"}"\n\n[api]\nsocket = "{tmp_path / "c.sock"}"\n\n'
+        '[check]\nmode = "direct"\n\n[check.online]\nurl = "http://127.0.0.1:9"\n'
+        f'token_file = "{tmp_path / "no-such-token"}"\n',
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [*markd_command(), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "MARKD_CREDSTORE": str(tmp_path)},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "no-such-token" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_version() -> None:
     result = subprocess.run(
         [*markd_command(), "--version"], capture_output=True, text=True, timeout=20
@@ -133,28 +156,52 @@ def test_version() -> None:
 
 
 def test_demo_runs_the_script_and_exits_0() -> None:
-    from markd.demo import SCRIPT
+    from markd.demo import ALL_SCANS, SCRIPT, TSPIOT_SCRIPT
 
+    started = time.monotonic()
     result = subprocess.run([*markd_command(), "demo"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
-    verdict_lines = [
-        line.split()[0]
-        for line in result.stdout.splitlines()
-        if line.startswith("    ") and not line.lstrip().startswith("tag 1265")
+    assert time.monotonic() - started < 15  # a few seconds, start-up of the interpreter included
+    out = result.stdout
+    verdict_lines = re.findall(r"^    (ALLOW|DENY|RESCAN) +by (\S+) in [\d.]+ ms  ", out, re.M)
+    assert [d for d, _ in verdict_lines] == [scan.expect.upper() for scan in ALL_SCANS]
+    assert "expected" not in out  # no scan differs from its expected decision
+    # One heading per phase, in order, each followed by its own summary.
+    phases = [out.index("── 1. mode direct"), out.index("── 2. reload to mode tspiot")]
+    phases.append(out.index("── 3. sale"))
+    assert phases == sorted(phases)
+    for script, (begin, end) in zip(
+        (SCRIPT, TSPIOT_SCRIPT), ((phases[0], phases[1]), (phases[1], phases[2])), strict=True
+    ):
+        counts = {d: sum(s.expect == d for s in script) for d in ("allow", "deny", "rescan")}
+        summary = (
+            f"{len(script)} scans: {counts['allow']} allowed, {counts['deny']} denied, "
+            f"{counts['rescan']} re-scan requested"
+        )
+        assert summary in out[begin:end]
+    # Each verdict: its reason code, the customer's Russian text and an English gloss.
+    reasons = re.findall(r"^           ([a-z-]+): «([^»]+)» — (.+)$", out, re.M)
+    assert len(reasons) == len(ALL_SCANS)
+    assert all(en and en != code for code, _, en in reasons)
+    for parsed in ("blocked-locally", "ambiguous-lost-gs", "not-a-marking-code"):
+        assert f"           {parsed}: «" in out
+    assert "cyrillic-layout" in out and "lost-gs-recovered" in out
+    # Phase 1: the real clients against the CDN and Local Module emulators, online then offline.
+    sources = [source for _, source in verdict_lines]
+    assert {"cdn", "lm", "none", "store", "parser"} <= set(sources[: len(SCRIPT)])
+    assert "tag 1265: UUID=" in out and "&Inst=" in out and "unchecked" in out
+    # Phase 2: the service reloaded to mode tspiot; the ТС ПИоТ answers offline (warm-up),
+    # online, sold, blocked offline, then refuses in emergency mode.
+    tspiot_part = out[phases[1] : phases[2]]
+    assert "Service.reload() applied: " in tspiot_part
+    assert sources[len(SCRIPT) :] == [
+        "tspiot-offline",
+        "tspiot",
+        "tspiot",
+        "tspiot-offline",
+        "tspiot",
     ]
-    assert verdict_lines == [scan.expect.upper() for scan in SCRIPT]
-    assert "expected" not in result.stdout  # no scan differs from its expected decision
-    assert "blocked-locally" in result.stdout and "cyrillic-layout" in result.stdout
-    assert "ambiguous-lost-gs" in result.stdout and "not-a-marking-code" in result.stdout
-    counts = {d: sum(s.expect == d for s in SCRIPT) for d in ("allow", "deny", "rescan")}
-    summary = (
-        f"{len(SCRIPT)} scans: {counts['allow']} allowed, {counts['deny']} denied, "
-        f"{counts['rescan']} re-scan requested"
-    )
-    assert summary in result.stdout
-    assert "lost-gs-recovered" in result.stdout
-    # The verdicts come from the real clients against the emulators: online, then offline.
-    assert "by cdn" in result.stdout and "by lm" in result.stdout
-    assert "tag 1265: UUID=" in result.stdout and "&Inst=" in result.stdout
-    assert "unchecked" in result.stdout
+    for reason in ("allowed-offline", "allowed", "sold", "blocked", "tspiot-emergency"):
+        assert f"           {reason}: «" in tspiot_part
+    assert "ТС ПИоТ API version detected by probing /info: v2" in tspiot_part
     assert result.stderr == ""

@@ -60,3 +60,18 @@ def test_missing_file_and_directory_instead_of_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_secret(str(tmp_path), "crpt-token", what="token")
     assert "not a regular file" in str(err.value)
+
+
+def test_outside_the_service_the_credstore_file_is_read(tmp_path: Path) -> None:
+    # markctl in a root shell has no $CREDENTIALS_DIRECTORY: it reads the file the unit's
+    # LoadCredential=NAME:markd.NAME would load.
+    (tmp_path / "markd.lm-password").write_text("s3cret\n")
+    environ = {"MARKD_CREDSTORE": str(tmp_path)}
+    secret = load_secret("", "lm-password", what="[check.local_module]", environ=environ)
+    assert secret is not None and secret.reveal() == "s3cret"
+    assert load_secret("", "crpt-token", what="x", required=False, environ=environ) is None
+    with pytest.raises(ConfigError, match="markd.crpt-token"):
+        load_secret("", "crpt-token", what="[check.online]", environ=environ)
+    # Under systemd the credentials directory alone counts.
+    environ["CREDENTIALS_DIRECTORY"] = str(tmp_path / "none")
+    assert load_secret("", "lm-password", what="x", required=False, environ=environ) is None

@@ -119,6 +119,12 @@ def _run_service(config_path: str | None) -> int:
         return 2
     try:
         asyncio.run(service.run(handle_signals=True))
+    except ConfigError as exc:
+        # Found while starting (a configured secret missing, a bad printer URL …): restarting
+        # cannot fix it, so the same exit status as a bad file (RestartPreventExitStatus=2).
+        for problem in exc.problems:
+            print(f"markd: {problem}", file=sys.stderr)
+        return 2
     except MarkdError as exc:
         print(f"markd: {exc}", file=sys.stderr)
         return 1
