@@ -359,6 +359,9 @@ async def test_emergency_203_is_a_failure(emulators: testing.EmulatorPool) -> No
         ({"status": 400, "description": "неверный запрос"}, "http-error", 400, "неверный"),
         ({"status": 429}, "throttled", 429, "429"),
         ({"code": 514, "description": "ЧЗ недоступен"}, "server-error", 200, "514"),
+        # The ТС ПИоТ passes on its Local Module's refusals (not ready; 72 h without sync).
+        ({"code": 4045, "description": "not ready"}, "lm-not-ready", 200, "4045"),
+        ({"code": 4050, "description": "sync_error"}, "lm-sync-error", 200, "4050"),
     ],
 )
 async def test_error_body_is_a_failure_with_its_code(

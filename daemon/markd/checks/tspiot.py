@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 
 import markd
 from markd.checks.http import HTTPClient, HTTPError, Response, is_loopback
+from markd.checks.local_module import ERROR_CODES as LM_ERROR_CODES
 from markd.checks.record import Exchange, Recorder, redact_json_text
 from markd.checks.results import (
     FailureKind,
@@ -540,9 +541,15 @@ class TspiotClient:
         status = response.status
         # With HTTP 200 the error's own code says what happened (OrangeData: 514 ЧЗ unavailable).
         basis = status if status >= 300 or error_code is None else error_code
-        kind: FailureKind = (
-            "emergency" if basis == EMERGENCY_CODE else failure_kind_for_status(basis)
-        )
+        kind: FailureKind
+        if basis == EMERGENCY_CODE:
+            kind = "emergency"
+        elif error_code in LM_ERROR_CODES:
+            # The ТС ПИоТ's own Local Module refused (4045 not ready, 4050 out of sync): the
+            # decision table shows these as their own reasons, as for a direct Local Module.
+            kind = LM_ERROR_CODES[error_code]
+        else:
+            kind = failure_kind_for_status(basis)
         detail = f"HTTP {status}"
         if error_code is not None:
             detail += f", errorCode {error_code}"
