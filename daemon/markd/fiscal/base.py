@@ -30,15 +30,14 @@ such a table (``atol-lib``).
 from __future__ import annotations
 
 import abc
-import importlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from markd.errors import PrinterFault, PrinterURLError
 from markd.fiscal.killpoint import kill_point
@@ -52,38 +51,23 @@ from markd.fiscal.model import (
     ShiftInfo,
     judge_validation,
 )
+from markd.urls import Backend, Option, Registry
 
 # --------------------------------------------------------------------------------------------
 # URLs
 
 
-@dataclass(frozen=True)
-class Option:
-    """One backend-specific URL option: how to convert its text, its default, its form."""
-
-    convert: Callable[[str], Any]
-    default: Any
-    #: The accepted values as error messages show them, e.g. ``"9600|19200|115200"``.
-    form: str
-
-
-@dataclass(frozen=True)
-class _Backend:
-    import_path: str
-    usage: str
-
-
 #: Scheme → backend class, imported only when a URL names it.
-_BACKENDS: dict[str, _Backend] = {
-    "emulator": _Backend(
+_BACKENDS: dict[str, Backend] = {
+    "emulator": Backend(
         "markd.fiscal.emulator:EmulatorPrinter",
         "emulator:///ABSOLUTE/STATE/DIR, options ?ism=online|offline|timeout",
     ),
-    "atol-web": _Backend(
+    "atol-web": Backend(
         "markd.fiscal.atol:AtolWebPrinter",
         "atol-web://HOST[:PORT] (port 16732 by default), options ?cancel_task=cancelReceipt",
     ),
-    "atol-lib": _Backend(
+    "atol-lib": Backend(
         "markd.fiscal.atol:AtolLibPrinter",
         "atol-lib://usb, atol-lib:///dev/PORT or atol-lib://HOST:PORT, options "
         "?baudrate=115200&lib=/path/to/libfptr10.so",
@@ -105,25 +89,16 @@ class PrinterURL:
         return self.text
 
 
-def _usage(scheme: str | None = None) -> str:
-    if scheme in _BACKENDS:
-        return f"the form is {_BACKENDS[scheme].usage}"
-    return "accepted forms: " + "; ".join(b.usage for b in _BACKENDS.values())
+REGISTRY = Registry("printer", _BACKENDS, PrinterURLError)
 
 
 def _fail(text: str, problem: str, scheme: str | None = None) -> PrinterURLError:
-    return PrinterURLError(f"printer URL {text!r}: {problem}; {_usage(scheme)}")
+    return REGISTRY.fail(text, problem, scheme)  # type: ignore[return-value]
 
 
 def backend_class(scheme: str) -> type[FiscalPrinter]:
     """Import and return the backend class for ``scheme``."""
-    try:
-        entry = _BACKENDS[scheme]
-    except KeyError:
-        raise PrinterURLError(f"unknown printer backend {scheme!r}; {_usage()}") from None
-    module_name, _, class_name = entry.import_path.partition(":")
-    module = importlib.import_module(module_name)
-    cls: type[FiscalPrinter] = getattr(module, class_name)
+    cls: type[FiscalPrinter] = REGISTRY.backend_class(scheme)
     return cls
 
 
@@ -156,26 +131,8 @@ def parse_printer_url(url: str) -> PrinterURL:
     except ValueError as exc:
         raise _fail(url, str(exc), scheme) from None
 
-    try:
-        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-    except ValueError:
-        raise _fail(url, f"malformed query {parts.query!r}", scheme) from None
-    given: dict[str, str] = {}
-    for key, value in pairs:
-        if key in given:
-            raise _fail(url, f"option {key!r} given twice", scheme)
-        if key not in cls.OPTIONS:
-            raise _fail(url, f"unknown option {key!r}", scheme)
-        given[key] = value
-    options: dict[str, Any] = {}
-    for key, spec in cls.OPTIONS.items():
-        if key not in given:
-            options[key] = spec.default
-            continue
-        try:
-            options[key] = spec.convert(given[key])
-        except ValueError:
-            raise _fail(url, f"bad {key}={given[key]!r}, expected {spec.form}", scheme) from None
+    given = REGISTRY.query(url, parts.query, scheme, cls.OPTIONS)
+    options = REGISTRY.convert(url, scheme, cls.OPTIONS, given)
     return PrinterURL(text=url, scheme=scheme, target=target, options=MappingProxyType(options))
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import importlib
 import re
 import threading
 import time
@@ -35,10 +34,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from markd.errors import ScannerError
 from markd.scanners.framing import DEFAULT_MAX_LENGTH, TERMINATORS, Framer, Overflow, Unit
+from markd.urls import Backend, Option, Registry
 
 
 class BadReport(ScannerError):
@@ -112,44 +112,28 @@ class RawRead:
 # URLs
 
 
-@dataclass(frozen=True)
-class Option:
-    """One backend-specific URL option: how to convert its text and what it defaults to."""
-
-    convert: Callable[[str], Any]
-    default: Any
-    #: The accepted values as shown in error messages, e.g. ``"9600|19200|115200"``.
-    form: str
-
-
-@dataclass(frozen=True)
-class _Backend:
-    import_path: str
-    usage: str
-
-
 #: Scheme → backend class, imported only when a URL names it. Third-party and later backends
 #: (hid-kbd, hid-pos) are added here. ``usage`` is restated in every URL error for the scheme.
 _FRAMING_USAGE = "terminator=cr|lf|crlf|tab|none&max_length=512&gap_ms=50"
 
-_BACKENDS: dict[str, _Backend] = {
-    "serial": _Backend(
+_BACKENDS: dict[str, Backend] = {
+    "serial": Backend(
         "markd.scanners.serial:SerialScanner",
         "serial:///dev/PATH or serial+PYSERIAL-SCHEME://REST (loop, socket, rfc2217, spy, "
         f"hwgrep, alt, cp2110), options ?baudrate=9600&{_FRAMING_USAGE}",
     ),
-    "hid-kbd": _Backend(
+    "hid-kbd": Backend(
         "markd.scanners.hid_keyboard:HidKeyboardScanner",
         "hid-kbd://VID:PID (4 hex digits each) or hid-kbd:///dev/PATH (a udev symlink to the "
         "USB device node), options ?serial=SERIAL&interface=N&gs_key=f8|f1..f12|none"
         f"&{_FRAMING_USAGE}",
     ),
-    "hid-pos": _Backend(
+    "hid-pos": Backend(
         "markd.scanners.hid_pos:HidPosScanner",
         "hid-pos://VID:PID (4 hex digits each) or hid-pos:///dev/PATH (a udev symlink to the "
         f"USB device node), options ?serial=SERIAL&interface=N&{_FRAMING_USAGE}",
     ),
-    "virtual": _Backend(
+    "virtual": Backend(
         "markd.scanners.virtual:VirtualScanner",
         f"virtual://NAME (1 to 32 letters, digits, _ -), options ?{_FRAMING_USAGE}",
     ),
@@ -190,25 +174,20 @@ class ScannerURL:
         return self.text
 
 
-def _usage(scheme: str | None = None) -> str:
-    if scheme in _BACKENDS:
-        return f"the form is {_BACKENDS[scheme].usage}"
-    return "accepted forms: " + "; ".join(b.usage for b in _BACKENDS.values())
+def _scanner_error(message: str) -> ScannerError:
+    return ScannerError(message, "bad-scanner-url")
+
+
+REGISTRY = Registry("scanner", _BACKENDS, _scanner_error)
 
 
 def _fail(text: str, problem: str, scheme: str | None = None) -> ScannerError:
-    return ScannerError(f"scanner URL {text!r}: {problem}; {_usage(scheme)}", "bad-scanner-url")
+    return REGISTRY.fail(text, problem, scheme)  # type: ignore[return-value]
 
 
 def backend_class(scheme: str) -> type[Scanner]:
     """Import and return the backend class for ``scheme`` (``"serial"``, ``"hid-kbd"``, ...)."""
-    try:
-        entry = _BACKENDS[scheme]
-    except KeyError:
-        raise ScannerError(f"unknown scanner backend {scheme!r}; {_usage()}") from None
-    module_name, _, class_name = entry.import_path.partition(":")
-    module = importlib.import_module(module_name)
-    cls: type[Scanner] = getattr(module, class_name)
+    cls: type[Scanner] = REGISTRY.backend_class(scheme)
     return cls
 
 
@@ -256,20 +235,7 @@ def parse_url(url: str) -> ScannerURL:
     except ValueError as exc:
         raise _fail(url, str(exc), scheme) from None
 
-    try:
-        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-    except ValueError:
-        raise _fail(url, f"malformed query {parts.query!r}", scheme) from None
-    given: dict[str, str] = {}
-    for key, value in pairs:
-        if key in given:
-            raise _fail(url, f"option {key!r} given twice", scheme)
-        given[key] = value
-
-    known = {*_COMMON_OPTIONS, *cls.OPTIONS}
-    for key in given:
-        if key not in known:
-            raise _fail(url, f"unknown option {key!r}", scheme)
+    given = REGISTRY.query(url, parts.query, scheme, (*_COMMON_OPTIONS, *cls.OPTIONS))
 
     terminator = given.get("terminator", "cr").lower()
     if terminator not in TERMINATORS:
@@ -283,15 +249,7 @@ def parse_url(url: str) -> ScannerURL:
     except ValueError:
         raise _fail(url, "gap_ms must be an integer from 5 to 5000", scheme) from None
 
-    options: dict[str, Any] = {}
-    for key, spec in cls.OPTIONS.items():
-        if key not in given:
-            options[key] = spec.default
-            continue
-        try:
-            options[key] = spec.convert(given[key])
-        except ValueError:
-            raise _fail(url, f"bad {key}={given[key]!r}, expected {spec.form}", scheme) from None
+    options = REGISTRY.convert(url, scheme, cls.OPTIONS, given)
     return ScannerURL(
         text=url,
         scheme=scheme,
