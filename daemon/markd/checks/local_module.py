@@ -74,6 +74,7 @@ from markd.checks.results import (
     failure_kind_for_status,
 )
 from markd.codes import MarkingCode
+from markd.jsonvalues import json_int as _int
 from markd.secrets import Secret
 
 #: States in which the module refuses checks (domain.md §4.6) → the failure kind.
@@ -730,18 +731,6 @@ def _transport_kind(exc: HTTPError) -> FailureKind:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
-
-
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None
 
 
 def _refusal_code(parsed: Any) -> int | None:

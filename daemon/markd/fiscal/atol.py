@@ -68,6 +68,7 @@ from markd.fiscal.model import (
     ReceiptResult,
     ShiftInfo,
 )
+from markd.jsonvalues import json_int as _int
 
 DEFAULT_WEB_PORT = 16732
 #: Web Requests result statuses that are final (anything else: still running).
@@ -745,18 +746,6 @@ def _device_error(task_type: str, outcome: TaskOutcome, mutating: bool) -> Excep
 
 def _dict(value: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, Mapping) else {}
-
-
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None
 
 
 def _str(value: Any) -> str | None:
