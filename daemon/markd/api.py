@@ -16,8 +16,9 @@ endpoint with examples; ``docs/openapi.json`` is the machine-readable form (a te
     POST /v1/receipt/cancel    cancel the open receipt
     POST /v1/reload            re-read the configuration (as SIGHUP), answer with the outcome
 
-Receipts go to a sale session that implements :class:`ReceiptOperations` (``service.receipts``);
-without one (no ``[fiscal]`` printer) those endpoints answer ``503 {"error": "no-printer"}``.
+Receipts go to a sale session that implements :class:`ReceiptOperations` (``service.receipts``,
+the :class:`~markd.sale.SaleDesk`); without one (``[sale] mode`` off: no printer) those
+endpoints answer ``503 {"error": "no-printer"}``.
 
 Security. The Unix socket needs no token: its file mode and group decide who connects. TCP
 clients send ``Authorization: Bearer TOKEN`` (the token comes from ``[api] token_file`` or the
@@ -950,7 +951,7 @@ class ControlServer:
             raise HTTPRefusal(
                 503,
                 "no-printer",
-                "no sale session: no fiscal printer is configured ([fiscal])",
+                "no sale session: [sale] mode is off, so no fiscal printer is opened",
             )
         return receipts
 

@@ -502,13 +502,76 @@ class FiscalConfig:
     )
 
 
+def _catalog_problem(path: str) -> str | None:
+    """A named price list must be an absolute path to a file that loads (its own problems
+    name the catalog's file and line)."""
+    if not path:
+        return None
+    if not os.path.isabs(path):
+        return f"expected an absolute path, got {path!r}"
+    from markd.sale import load_catalog
+
+    try:
+        load_catalog(path)
+    except ConfigError as exc:
+        more = len(exc.problems) - 1
+        return exc.problems[0] + (f" (and {more} more)" if more else "")
+    return None
+
+
+@dataclass(frozen=True)
+class SaleConfig:
+    """``[sale]``: how scans become sales (``docs/operations.md``, "Sale modes")."""
+
+    mode: str = field(
+        default="off",
+        metadata={
+            "doc": "`off` (no printer is opened: verdicts only), `attendant` (markd reports "
+            "verdicts; the POS drives receipts through the control API) or `kiosk` (an "
+            "allowed scan goes straight onto the open receipt).",
+            "choices": ("off", "attendant", "kiosk"),
+        },
+    )
+    catalog: str = field(
+        default="",
+        metadata={
+            "doc": "Price list for mode `kiosk`: a CSV file of `gtin;name;price` lines (price "
+            "in roubles, `#` comments, header optional). Empty: no price list.",
+            "check": lambda value: _catalog_problem(value),
+        },
+    )
+    use_mrp: bool = field(
+        default=True,
+        metadata={
+            "doc": "Mode `kiosk`: a tobacco code carrying its maximum retail price is sold at "
+            "that price when the price list has no line for its GTIN.",
+        },
+    )
+
+
+def _sale_problems(config: Config) -> list[tuple[tuple[str, ...], str]]:
+    """What only the whole ``[sale]`` section can show: ``(key path, problem)`` pairs."""
+    sale = config.sale
+    if sale.mode == "kiosk" and not sale.catalog and not sale.use_mrp:
+        return [
+            (
+                ("sale", "mode"),
+                "[sale] mode: kiosk needs prices: set [sale] catalog, or use_mrp = true "
+                "(tobacco only)",
+            )
+        ]
+    return []
+
+
 @dataclass(frozen=True)
 class ScannerConfig:
     """``[scanners.NAME]``: one barcode scanner."""
 
     url: str = field(
         metadata={
-            "doc": "Scanner URL, e.g. `serial:///dev/ttyACM0?baudrate=9600&terminator=cr`.",
+            "doc": "Scanner URL: `serial:///dev/ttyACM0?baudrate=9600&terminator=cr`, "
+            "`hid-kbd://0c2e:0b61`, `hid-pos://1eab:0010` or `virtual://NAME` (see "
+            "docs/operations.md).",
             "min_length": 1,
             "check": _scanner_url_problem,
         },
@@ -625,6 +688,7 @@ class Config:
     fiscal: FiscalConfig = field(
         default_factory=FiscalConfig, metadata={"doc": "Fiscal printer and sales."}
     )
+    sale: SaleConfig = field(default_factory=SaleConfig, metadata={"doc": "Sale mode."})
     scanners: dict[str, ScannerConfig] = field(
         default_factory=_default_scanners,
         metadata={
@@ -706,6 +770,9 @@ def load(
 
     checker = _Checker(where_merged, require=True)
     config = _build(Config, merged, (), checker)
+    if config is not _INVALID:
+        for key_path, problem in _sale_problems(config):
+            checker.add(key_path, problem)
     problems.extend(checker.problems)
     problems = list(dict.fromkeys(problems))  # drop duplicates, keep the order found
 

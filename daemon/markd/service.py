@@ -15,15 +15,24 @@ reason ``internal-error``. Every scan ends in exactly one verdict.
 Fleet sync: with ``[store] sync_url`` set, :class:`StoreSync` runs ``markctl store sync`` in a
 child process shortly after start and then every ``[store] sync_interval_s`` (see its docstring).
 
+Sales: with ``[sale] mode`` ``attendant`` or ``kiosk``, a :class:`~markd.sale.SaleDesk` owns the
+fiscal printer and the sale session from start-up (recovery of an interrupted receipt runs
+before ``READY=1``) and serves the control API's receipts; in mode ``kiosk`` every scan's
+verdict is also handed to it, and an allowed unit goes onto the open receipt. See
+:mod:`markd.sale`.
+
 Signals (when :meth:`Service.run` is asked to handle them, i.e. when it is the main program) only
 set an event or queue a request; the work happens in the loop, between two scans:
 
 * SIGTERM, SIGINT: the scan being checked gets its verdict, scans still queued get ``rescan``
   (reason ``service-stopping``), ``STOPPING=1`` goes out, :meth:`Service._before_stop` runs (the
-  hook for an open receipt), then the scanners, the chain and the store are closed.
+  sale desk finishes the operation under way and parks the receipt in flight for the next
+  start's recovery), then the scanners, the chain, the printer and the store are closed.
 * SIGHUP: :meth:`Service.reload` re-reads the same configuration file(s) as at start and applies
   them without a restart: ``RELOADING=1``, then ``READY=1``. Unchanged scanners keep running, the
-  check chain is rebuilt; a configuration that does not load is refused with a ``reload-refused``
+  check chain is rebuilt, the sale desk and its open receipt stay (a new ``[fiscal]`` or
+  ``[sale] mode`` waits until no receipt is open); a configuration that does not load is refused
+  with a ``reload-refused``
   record and the old one stays in force. The outcome also goes to ``$RUNTIME_DIRECTORY/reload.json``
   for ``markd reload`` (the unit's ``ExecReload=``), so that ``systemctl reload`` waits for it.
 
@@ -73,6 +82,7 @@ from markd.systemd import (
 if TYPE_CHECKING:
     from markd.api import ControlServer, ReceiptOperations
     from markd.config import Config
+    from markd.sale import SaleDesk
 
 VerdictSink = Callable[[Verdict], None]
 
@@ -95,7 +105,12 @@ STATUS_REFRESH_S = 30.0
 STATUS_MIN_INTERVAL_S = 1.0
 #: Top-level sections a reload applies; a change anywhere else takes effect at the next start
 #: (the reload record says so). ``[log] level`` applies too, ``[log] target`` does not.
-RELOADABLE_SECTIONS = frozenset({"store", "codes", "terminal", "check", "scanners"})
+RELOADABLE_SECTIONS = frozenset(
+    {"store", "codes", "terminal", "check", "scanners", "fiscal", "sale"}
+)
+#: Longest wait at stop for a sale operation under way (a receipt being printed); below the
+#: unit's ``TimeoutStopSec=30s``, and ``[fiscal] timeout_ms`` when that is shorter.
+SALE_STOP_WAIT_S = 20.0
 
 
 #: The first fleet sync runs this many seconds after start, drawn at random: a fleet that boots
@@ -367,6 +382,8 @@ class Service:
         self.sync_start_delay_s = SYNC_START_DELAY_S
         #: The sale session behind the control API's receipt endpoints (None: no printer).
         self.receipts: ReceiptOperations | None = None
+        #: The printer and sale session while ``[sale] mode`` is not ``off`` (also ``receipts``).
+        self.sale_desk: SaleDesk | None = None
         #: The control API while the service runs with ``[api] enabled``.
         self.api: ControlServer | None = None
         # -- reload, watchdog, status (see the module docstring) --
@@ -431,7 +448,7 @@ class Service:
             markd_logger.setLevel(logging.INFO)
         housekeeping: asyncio.Task[None] | None = None
         try:
-            self._start(loop, queue)  # type: ignore[arg-type]
+            await self._start(loop, queue)  # type: ignore[arg-type]
             housekeeping = asyncio.create_task(self._housekeeping(), name="markd-housekeeping")
             while True:
                 item = await queue.get()
@@ -483,10 +500,16 @@ class Service:
 
     # -- start-up and shut-down -----------------------------------------------------------------
 
-    def _start(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[ScannerEvent]) -> None:
+    async def _start(
+        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[ScannerEvent]
+    ) -> None:
         store_config = self.config.store
         self.store = Store.from_config(store_config)
         self._chain = build_chain(self.config, self.store, recorder=self._record_exchange)
+        if self.config.sale.mode != "off":
+            # Before READY=1 and before the first scan: a receipt an earlier run left in
+            # flight is settled (cancelled or registered) before anything new is sold.
+            await self._open_sale_desk(self.config)
         for name, scanner_config in self.config.scanners.items():
             scanner = open_scanner(name, scanner_config.url)
             self.scanners[name] = scanner
@@ -551,6 +574,11 @@ class Service:
             except Exception as exc:  # noqa: BLE001 - keep closing the others
                 self._internal_error(f"closing scanner {scanner.name}", exc)
         self.scanners.clear()
+        if self.sale_desk is not None:
+            try:
+                self.sale_desk.shutdown()  # before the store: the session writes to it
+            except Exception as exc:  # noqa: BLE001 - keep closing the rest
+                self._internal_error("closing the printer", exc)
         if isinstance(self._chain, CheckChain):
             self._chain.close()  # pending verdict-cache writes land before the store closes
         if self.store is not None:
@@ -582,8 +610,16 @@ class Service:
 
     async def _on_scan(self, scan: Scan, *, to_sink: bool = True) -> Verdict:
         self.events.publish("scan", {"scanner": scan.scanner, "length": len(scan.data)})
+        # Kiosk: the scan is a unit for sale (not so a question through POST /v1/check).
+        kiosk = self.sale_desk if to_sink and self.sale_desk and self.sale_desk.kiosk else None
+        code: codes.MarkingCode | None = None
         try:
-            verdict = await self.check_async(scan.data, scan.scanner, started=scan.received)
+            verdict, code = await self._check_scan(
+                scan.data,
+                scan.scanner,
+                started=scan.received,
+                price_of=None if kiosk is None else kiosk.price_of,
+            )
         except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the till
             self._internal_error(f"checking a scan from {scan.scanner}", exc)
             verdict = Verdict(
@@ -601,6 +637,8 @@ class Service:
                 self.verdict_sink(verdict)
             except Exception as exc:  # noqa: BLE001 - a sink bug is logged, checks go on
                 self._internal_error("verdict sink", exc)
+        if kiosk is not None and code is not None:
+            kiosk.take(verdict, code)  # allowed units onto the receipt; the loop does not wait
         return verdict
 
     # -- control API ----------------------------------------------------------------------------
@@ -632,18 +670,32 @@ class Service:
         self, data: bytes, scanner: str, *, started: float | None = None
     ) -> Verdict:
         """Decide on one framed unit: decode, parse, run the chain. Never raises CodeError."""
+        verdict, _ = await self._check_scan(data, scanner, started=started)
+        return verdict
+
+    async def _check_scan(
+        self,
+        data: bytes,
+        scanner: str,
+        *,
+        started: float | None = None,
+        price_of: Callable[[codes.MarkingCode], int | None] | None = None,
+    ) -> tuple[Verdict, codes.MarkingCode | None]:
+        """:meth:`check_async`, also returning the parsed code (None when it did not parse).
+        ``price_of`` gives the sale price the chain judges price thresholds with (kiosk)."""
         chain = self._chain
         if chain is None:
             raise RuntimeError("the service is not started")
         try:
             code = codes.parse(data, self._codes_options)
         except CodeError as err:
-            return parser_verdict(err, scanner=scanner, latency_ms=elapsed_ms(started))
+            return parser_verdict(err, scanner=scanner, latency_ms=elapsed_ms(started)), None
         if isinstance(chain, StoreOnlyChain):
-            return chain.decide(code, scanner, started=started)
+            return chain.decide(code, scanner, started=started), code
+        price = None if price_of is None else price_of(code)
         token = CURRENT_SCAN.set(f"{scanner}:{code.ki}")
         try:
-            return await chain.decide(code, scanner, started=started)
+            return await chain.decide(code, scanner, started=started, price_kopecks=price), code
         finally:
             CURRENT_SCAN.reset(token)
 
@@ -702,6 +754,8 @@ class Service:
                 else:
                     age = max(0.0, time.time() - info.synced_at)
                     parts.append(f"blocklist v{info.version} synced {_age_text(age)} ago")
+        if self.sale_desk is not None:
+            parts.append(self.sale_desk.status_text())
         counts = self.verdict_counts
         parts.append(
             f"verdicts {counts['allow']} allow, {counts['deny']} deny, {counts['rescan']} rescan"
@@ -733,16 +787,84 @@ class Service:
             error=type(exc).__name__,
         )
 
-    # -- hooks for the sale side ----------------------------------------------------------------
+    # -- the sale side -------------------------------------------------------------------------
+
+    async def _open_sale_desk(self, config: Config) -> SaleDesk:
+        """Open the printer and session ``config`` names, recover, and serve receipts with it."""
+        from markd.sale import SaleDesk
+
+        desk = SaleDesk.from_config(config, self.store, self.event_log)
+        try:
+            await desk.start()
+        except BaseException:
+            desk.shutdown()
+            raise
+        self.sale_desk = desk
+        self.receipts = desk
+        return desk
+
+    def _sale_stop_wait_s(self) -> float:
+        return min(self.config.fiscal.timeout_ms / 1000, SALE_STOP_WAIT_S)
 
     async def _before_stop(self) -> None:
         """Runs once when the service stops (SIGTERM), after the last verdict and before the
-        scanners, the chain and the store close. The place for the open receipt (cancel or
-        finish it); empty until the fiscal side exists. Keep it well within ``TimeoutStopSec=``."""
+        scanners, the chain and the store close: the sale desk lets the operation under way
+        finish (bounded by :meth:`_sale_stop_wait_s`, well within ``TimeoutStopSec=``) and
+        parks the receipt in flight; the next start's recovery settles it."""
+        desk = self.sale_desk
+        if desk is not None and await desk.park(self._sale_stop_wait_s()):
+            desk.shutdown()
 
     async def _before_reload(self, new_config: Config) -> None:
-        """Runs on a reload once ``new_config`` has loaded, before anything is applied. The place
-        for the open receipt when a reload must not pull the printer from under it."""
+        """Runs on a reload once ``new_config`` has loaded, before anything is applied. The sale
+        desk is handled by :meth:`_reload_sale` once the store and the chain took the new
+        configuration, so that a refused reload never touches the printer."""
+
+    async def _reload_sale(self, new: Config) -> tuple[str | None, str | None]:
+        """Apply ``[fiscal]`` and ``[sale]`` on a reload; (summary, problem), either may be None.
+
+        The desk and its receipt stay when ``[fiscal]`` and ``[sale] mode`` did not change (the
+        price list, ``use_mrp``, the store and the Local Module client are taken at once).
+        When they did change, the desk is replaced only while no receipt is in flight;
+        otherwise that part is refused and applies at a reload once the receipt is closed or
+        cancelled. An open receipt is never dropped by a reload.
+        """
+        from markd.sale import fiscal_settings
+
+        desk = self.sale_desk
+        if desk is None and new.sale.mode == "off":
+            return None, None
+        previous = None if desk is None else desk.config
+        if desk is not None:
+            try:
+                await desk.apply(new, self.store, self._sale_stop_wait_s())
+            except MarkdError as exc:
+                return None, f"sale settings not applied: {exc}"
+            if desk.settings == fiscal_settings(new):
+                return None, None
+            if not await desk.retire(self._sale_stop_wait_s()):
+                return None, (
+                    f"[fiscal] / [sale] mode not applied: receipt {desk.session.receipt_id} is "
+                    "in flight and stays on the running printer; reload again once it is "
+                    "closed or cancelled"
+                )
+            self.sale_desk = None
+            self.receipts = None
+        if new.sale.mode == "off":
+            return "sale mode off: printer closed", None
+        try:
+            desk = await self._open_sale_desk(new)
+        except MarkdError as exc:
+            problem = f"sale desk not opened with the new settings: {exc}"
+            if previous is not None:
+                try:
+                    await self._open_sale_desk(previous)
+                except MarkdError as again:
+                    problem += f"; the previous printer did not reopen either: {again}"
+                else:
+                    problem += "; the previous printer settings stay in force"
+            return None, problem
+        return f"sale mode {desk.mode} on printer {new.fiscal.url}", None
 
     # -- reload (SIGHUP) ------------------------------------------------------------------------
 
@@ -819,7 +941,7 @@ class Service:
         store_changed = _store_settings(new) != _store_settings(old)
         try:
             if store_changed:
-                await self._replace_store_and_chain(new)
+                await self._replace_store_and_chain_paused(new)
             else:
                 chain = build_chain(new, self.store, recorder=self._record_exchange)
                 await self._replace_chain(chain)
@@ -827,6 +949,9 @@ class Service:
             return self._refuse_reload(getattr(exc, "problems", None) or [str(exc)])
 
         kept, started, closed, problems = self._apply_scanners(new)
+        sale_summary, sale_problem = await self._reload_sale(new)
+        if sale_problem is not None:
+            problems.append(sale_problem)
         sync_changed = (new.store.sync_url, new.store.sync_interval_s) != (
             old.store.sync_url,
             old.store.sync_interval_s,
@@ -858,6 +983,10 @@ class Service:
         )
         if store_changed:
             summary += f"; store reopened at {new.store.path}"
+        if sale_summary:
+            summary += f"; {sale_summary}"
+        elif self.sale_desk is not None and self.sale_desk.receipt_open:
+            summary += f"; receipt {self.sale_desk.session.receipt_id} kept open"
         if later:
             summary += f"; takes effect at the next start: {', '.join(later)}"
         if problems:
@@ -881,6 +1010,19 @@ class Service:
         await self._stop_background()
         _close_chain(old)
         self._start_background()
+
+    async def _replace_store_and_chain_paused(self, new: Config) -> None:
+        """:meth:`_replace_store_and_chain` with no sale operation running: the session
+        writes sold units to the store, and gets the reopened one."""
+        desk = self.sale_desk
+        if desk is None:
+            await self._replace_store_and_chain(new)
+            return
+        async with desk.paused():
+            try:
+                await self._replace_store_and_chain(new)
+            finally:
+                desk.session.store = self.store
 
     async def _replace_store_and_chain(self, new: Config) -> None:
         """Reopen the store with the new ``[store]`` settings and build the chain on it; on

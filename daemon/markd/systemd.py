@@ -159,6 +159,15 @@ MESSAGE_IDS: dict[str, str] = {
     "watchdog-unhealthy": "9c93f53c7d9b441393ccd52396fc9635",
     "watchdog-recovered": "4d6dd52b0acc4308a6c3154012e6ee98",
     "test-hook": "898a658b6f084cb8be7bad892a90785d",
+    # The fiscal side (markd.fiscal.session): the ККТ's view of units, receipts and recovery.
+    "fiscal-unit": "0c3f6e1d9b2a4c7e8f5a1b2c3d4e5f60",
+    "fiscal-receipt": "5b8e2f7a1c9d4e3b8a6f0d1c2b3a4e59",
+    "fiscal-error": "9e1d7c3b5a2f4e8d9c0b1a2f3e4d5c68",
+    "fiscal-recovery": "2a7f9c1e3b5d4a6c8e0f1d2c3b4a5e77",
+    # The sale desk (markd.sale): what became of a unit offered for sale, and the desk itself.
+    "sale-unit": "49033432b5cd4091a6fff0ba60cd3679",
+    "sale-refused": "c973fb05b90c4e1da693ff37278be9dd",
+    "sale-desk": "796e8a50300744bdad1499ec10d593bd",
 }
 """Every kind needs an entry, in English and Russian, in ``systemd/markd.catalog`` (a test
 checks), so that ``journalctl -x`` explains each record to a technician."""

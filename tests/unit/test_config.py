@@ -195,7 +195,7 @@ def test_unknown_section(main: Path) -> None:
 
     assert problems_of(main) == [
         f"{main}:3: unknown section [foo] "
-        "(known sections: api, check, codes, fiscal, log, scanners, store, terminal)"
+        "(known sections: api, check, codes, fiscal, log, sale, scanners, store, terminal)"
     ]
 
 
@@ -203,8 +203,8 @@ def test_key_above_every_section_is_reported_as_top_level(main: Path) -> None:
     write(main, "level = 'debug'\n")
 
     assert problems_of(main) == [
-        f"{main}:1: unknown top-level key level "
-        "(keys belong in a section: api, check, codes, fiscal, log, scanners, store, terminal)"
+        f"{main}:1: unknown top-level key level (keys belong in a section: "
+        "api, check, codes, fiscal, log, sale, scanners, store, terminal)"
     ]
 
 
@@ -360,9 +360,9 @@ def test_the_same_mistake_in_two_files_is_reported_for_each(main: Path) -> None:
 
     assert problems_of(main) == [
         f"{main}:1: unknown section [foo] "
-        "(known sections: api, check, codes, fiscal, log, scanners, store, terminal)",
+        "(known sections: api, check, codes, fiscal, log, sale, scanners, store, terminal)",
         f"{main.parent / 'markd.toml.d' / '50-till.toml'}:2: unknown section [foo] "
-        "(known sections: api, check, codes, fiscal, log, scanners, store, terminal)",
+        "(known sections: api, check, codes, fiscal, log, sale, scanners, store, terminal)",
     ]
 
 
@@ -526,6 +526,7 @@ def test_to_dict_is_plain_json_data() -> None:
             "auto_shift": True,
             "lm_sell": True,
         },
+        "sale": {"mode": "off", "catalog": "", "use_mrp": True},
         "scanners": {"scanner0": {"url": DEFAULT_SCANNER_URL}},
         "api": {
             "enabled": True,
@@ -565,6 +566,7 @@ def test_config_fields_are_the_documented_sections() -> None:
         "terminal",
         "check",
         "fiscal",
+        "sale",
         "scanners",
         "api",
         "sources",
@@ -599,7 +601,7 @@ def test_docs_key_table_matches_the_schema() -> None:
 def test_docs_mention_every_key() -> None:
     keys = [f"`[{ref.table}] {ref.key}`" for ref in config.schema_keys()]
 
-    assert len(keys) == 50
+    assert len(keys) == 53
     assert [key for key in keys if key not in _doc()] == []
 
 

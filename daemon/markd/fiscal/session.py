@@ -68,7 +68,6 @@ from markd.fiscal.model import (
     ReceiptKind,
     ReceiptResult,
 )
-from markd.systemd import MESSAGE_IDS
 
 if TYPE_CHECKING:
     from markd.checks.local_module import LocalModuleClient
@@ -78,17 +77,6 @@ if TYPE_CHECKING:
     from markd.systemd import EventLog
 
 _T = TypeVar("_T")
-
-#: Event kinds of the fiscal side, with their journal MESSAGE_IDs (registered with the event
-#: log's table on import).
-FISCAL_MESSAGE_IDS = {
-    "fiscal-unit": "0c3f6e1d9b2a4c7e8f5a1b2c3d4e5f60",
-    "fiscal-receipt": "5b8e2f7a1c9d4e3b8a6f0d1c2b3a4e59",
-    "fiscal-error": "9e1d7c3b5a2f4e8d9c0b1a2f3e4d5c68",
-    "fiscal-recovery": "2a7f9c1e3b5d4a6c8e0f1d2c3b4a5e77",
-}
-for _kind, _id in FISCAL_MESSAGE_IDS.items():
-    MESSAGE_IDS.setdefault(_kind, _id)
 
 #: Customer-screen texts for units the ККТ refused, by reason.
 MESSAGES_RU: dict[str, str] = {
@@ -290,6 +278,22 @@ class SaleSession:
     def units(self) -> tuple[str, ...]:
         """The КИ of the units in the receipt being built."""
         return () if self._receipt is None else tuple(self._receipt.kis)
+
+    @property
+    def receipt_kind(self) -> ReceiptKind | None:
+        """``sell`` or ``return`` for the receipt in flight, None when there is none."""
+        return None if self._receipt is None else self._receipt.kind
+
+    @property
+    def positions(self) -> tuple[Position, ...]:
+        """The lines of the receipt in flight, in the order they were added."""
+        return () if self._receipt is None else tuple(self._receipt.positions())
+
+    @property
+    def receipt_paid(self) -> bool:
+        """The receipt in flight has its payment journaled: it can only be registered now
+        (closed, or finished by :meth:`recover`), never dropped unasked."""
+        return self._receipt is not None and self._receipt.paid
 
     async def open(self, kind: ReceiptKind = "sell") -> str:
         """Start a receipt explicitly (``add`` opens a sale by itself); returns its id.

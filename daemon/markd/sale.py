@@ -1,0 +1,843 @@
+"""The sale desk: the running daemon's fiscal printer and sale session, and its sale modes.
+
+``[sale] mode`` says how a verdict becomes a sale:
+
+``off``
+    No printer is opened; markd gives verdicts and nothing else (the receipt endpoints of the
+    control API answer ``no-printer``).
+``attendant``
+    markd reports verdicts; the POS (or an attendant's screen) drives receipts through the
+    control API (``POST /v1/receipt/items`` …). A scan never touches the ККТ by itself.
+``kiosk``
+    A scan that is allowed goes straight onto the open receipt (a sale receipt is opened when
+    none is), priced from the price list (``[sale] catalog``) by its GTIN, or — for a tobacco
+    code that carries it — at its maximum retail price (``[sale] use_mrp``). The kiosk's
+    screen closes or cancels the receipt through the control API.
+
+::
+
+    Service._on_scan ─ verdict ─▶ SaleDesk.take ──(kiosk, allow)──▶ on_verdict ─▶ SaleSession.add
+    control API ─ ReceiptOperations ─▶ SaleDesk.open / add / close / cancel / current / status
+                                                                      │
+                              sale-unit / sale-refused events (with the scanner's name)
+
+:class:`SaleDesk` owns the printer and the :class:`~markd.fiscal.session.SaleSession` for the
+service and is the service's ``receipts`` (:class:`markd.api.ReceiptOperations`). It
+serialises every operation on one lock, so a kiosk scan, an API call, a reload and the stop
+never interleave on the ККТ. Device calls run on the session's worker thread; the event loop
+keeps checking scans meanwhile.
+
+What becomes of a receipt in flight when markd stops (:meth:`SaleDesk.park`): the operation
+under way is given a bounded time to finish, then the receipt is left as the session journal
+has it — *parked*. The next start's :meth:`~markd.fiscal.session.SaleSession.recover` settles
+it: a receipt nobody paid is cancelled on the device (the customer scans again); a paid one
+is registered (or found, if the ККТ registered it already). Nothing is cancelled or printed in
+the stop path itself, where time is short and the customer may be gone.
+
+The price list (:func:`load_catalog`) is a CSV file of ``gtin;name;price`` lines: the price in
+roubles (``89.90`` or ``89,90``), ``#`` starts a comment line, an optional first line
+``gtin;name;price`` is a header. Any bad line is a :class:`~markd.errors.ConfigError` naming
+the file and the line, so ``markctl config check`` reports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from markd import codes
+from markd.api import OpenReceipt, Payment, ReceiptError, ReceiptItem
+from markd.errors import CodeError, ConfigError, FiscalError, MarkdError
+
+if TYPE_CHECKING:
+    from markd.checks.verdict import Verdict
+    from markd.config import Config
+    from markd.fiscal.model import PrinterStatus
+    from markd.fiscal.session import ReceiptOutcome, RecoveryReport, SaleSession, UnitOutcome
+    from markd.store import Store
+    from markd.systemd import EventLog
+
+#: Customer-screen texts for units the desk itself refuses.
+NO_PRICE_RU = "Цена товара не найдена, обратитесь к продавцу"
+RETURN_OPEN_RU = "Открыт чек возврата, продажа невозможна"
+STOPPING_RU = "Касса перезапускается, отсканируйте код ещё раз"
+#: Position name of a tobacco unit priced at its MRP with no line in the price list.
+MRP_NAME = "Табачная продукция"
+
+#: Highest price a price list may give (100 million roubles): a bigger one is a typo.
+MAX_PRICE_KOPECKS = 10_000_000_000
+#: Longest position name the ККТ takes (tag 1030).
+MAX_NAME_CHARS = 128
+#: Failure reasons that mean the ККТ was not reached (or did not answer): HTTP 503 to the API.
+UNREACHABLE_REASONS = frozenset(
+    {"printer-unavailable", "outcome-unknown", "fiscal-timeout", "driver-missing"}
+)
+
+_PRICE = re.compile(r"(\d{1,12})(?:[.,](\d{1,2}))?")
+_SPACES = re.compile(r"[ \u00a0\u202f]")
+
+
+# --------------------------------------------------------------------------------------------
+# The price list
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One line of the price list."""
+
+    #: GTIN-14 (shorter GTINs are padded with zeros on the left, as in a marking code).
+    gtin: str
+    name: str
+    price_kopecks: int
+    #: Line in the file, for messages.
+    line: int
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The price list of a kiosk, by GTIN-14."""
+
+    path: str
+    entries: Mapping[str, CatalogEntry]
+
+    def get(self, gtin: str) -> CatalogEntry | None:
+        return self.entries.get(gtin.zfill(14))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """Read the price list at ``path`` (UTF-8, a byte-order mark allowed, ``;``-separated,
+    fields may be quoted). Raises :class:`~markd.errors.ConfigError` with one ``FILE:LINE:``
+    problem per bad line (or one for a file that cannot be read)."""
+    name = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{name}: cannot read the price list: {exc.strerror or exc}",
+        ) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{name}: the price list is not UTF-8 text (byte {exc.start})") from None
+    problems: list[str] = []
+    entries: dict[str, CatalogEntry] = {}
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=";", strict=True)
+    first = True
+    line = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            problems.append(f"{name}:{reader.line_num}: {exc}")
+            break
+        line = reader.line_num
+        fields = [f.strip() for f in row]
+        while fields and not fields[-1]:
+            fields.pop()  # "gtin;name;price;" from a spreadsheet
+        if not fields or fields[0].startswith("#"):
+            continue
+        if first and fields[0].lower() == "gtin":
+            first = False
+            continue  # the header line
+        first = False
+        entry = _catalog_entry(fields, name, line, problems)
+        if entry is None:
+            continue
+        earlier = entries.get(entry.gtin)
+        if earlier is not None:
+            problems.append(
+                f"{name}:{line}: GTIN {entry.gtin} is already priced on line {earlier.line}"
+            )
+            continue
+        entries[entry.gtin] = entry
+    if problems:
+        count = len(problems)
+        raise ConfigError(
+            f"price list {name} has {count} problem{'s' if count != 1 else ''}", problems
+        )
+    return Catalog(name, entries)
+
+
+def _catalog_entry(
+    fields: list[str], name: str, line: int, problems: list[str]
+) -> CatalogEntry | None:
+    where = f"{name}:{line}"
+    if len(fields) != 3:
+        problems.append(f"{where}: expected 3 fields gtin;name;price, got {len(fields)}")
+        return None
+    gtin, title, price_text = fields
+    ok = True
+    if not (gtin.isascii() and gtin.isdigit() and len(gtin) in (8, 12, 13, 14)):
+        problems.append(f"{where}: gtin: expected 8, 12, 13 or 14 digits, got {gtin!r}")
+        ok = False
+    elif not codes.gtin_is_valid(gtin):
+        problems.append(f"{where}: gtin: check digit of {gtin} is wrong")
+        ok = False
+    if not title:
+        problems.append(f"{where}: name: must not be empty")
+        ok = False
+    elif len(title) > MAX_NAME_CHARS:
+        problems.append(f"{where}: name: at most {MAX_NAME_CHARS} characters (tag 1030)")
+        ok = False
+    price = _price_kopecks(price_text)
+    if price is None:
+        problems.append(
+            f"{where}: price: expected roubles such as 89.90 or 89,90, got {price_text!r}"
+        )
+        ok = False
+    return CatalogEntry(gtin.zfill(14), title, price, line) if ok and price is not None else None
+
+
+def _price_kopecks(text: str) -> int | None:
+    found = _PRICE.fullmatch(_SPACES.sub("", text))
+    if found is None:
+        return None
+    kopecks = int(found.group(1)) * 100 + int((found.group(2) or "0").ljust(2, "0"))
+    return kopecks if kopecks <= MAX_PRICE_KOPECKS else None
+
+
+@dataclass(frozen=True)
+class Quote:
+    """What a kiosk sells a unit as: its name and price, and where the price came from
+    (``catalog``, ``mrp``; ``api`` for units the POS priced)."""
+
+    name: str
+    price_kopecks: int
+    source: str
+
+
+def quote(code: codes.MarkingCode, catalog: Catalog | None, *, use_mrp: bool) -> Quote | None:
+    """A kiosk's price for ``code``: the price list's line for its GTIN, else (with
+    ``use_mrp``) a tobacco code's own maximum retail price; None when there is neither. The
+    MRP is the price only for tobacco: in other groups a code's MRP is a minimum."""
+    if catalog is not None:
+        entry = catalog.get(code.gtin)
+        if entry is not None:
+            return Quote(entry.name, entry.price_kopecks, "catalog")
+    if use_mrp and code.group == "tobacco" and code.mrp_kopecks is not None:
+        return Quote(f"{MRP_NAME} {code.gtin}", code.mrp_kopecks, "mrp")
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The desk
+
+
+def fiscal_settings(config: Config) -> tuple[Any, ...]:
+    """What the desk's printer and session are built from: a change needs a new desk."""
+    return (config.fiscal, config.sale.mode)
+
+
+class SaleDesk:
+    """The printer and the sale session of one running service, in mode ``attendant`` or
+    ``kiosk`` (see the module docstring). Implements :class:`markd.api.ReceiptOperations`.
+
+    Build it with :meth:`from_config` (or from a session, in tests) and call :meth:`start`
+    before the service reports ready; :meth:`park` and :meth:`shutdown` at stop.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        session: SaleSession,
+        *,
+        event_log: EventLog | None = None,
+        catalog: Catalog | None = None,
+    ) -> None:
+        #: The configuration the desk was built with (its printer and session settings).
+        self.config = config
+        self.mode = config.sale.mode
+        #: The settings the printer and session were built from (see :func:`fiscal_settings`).
+        self.settings = fiscal_settings(config)
+        self.session = session
+        self.event_log = event_log
+        self.catalog = catalog
+        self.use_mrp = config.sale.use_mrp
+        self._codes_options = config.codes_options()
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self._closed = False
+        #: An operation was still running when :meth:`park` gave up waiting for it.
+        self._busy_at_stop = False
+        self._recovery_pending = False
+        self._device: PrinterStatus | None = None
+        self._checked_at: float | None = None
+        self._last_error: dict[str, Any] | None = None
+        #: What the last :meth:`~SaleSession.recover` did (None before the first).
+        self.last_recovery: RecoveryReport | None = None
+
+    @classmethod
+    def from_config(
+        cls, config: Config, store: Store | None, event_log: EventLog | None
+    ) -> SaleDesk:
+        """Load the price list, open the printer ``[fiscal] url`` names and build the session.
+        Raises :class:`~markd.errors.ConfigError` (price list, secrets) or
+        :class:`~markd.errors.FiscalError` (printer URL, driver missing)."""
+        from markd.fiscal.factory import build_session, open_configured_printer
+
+        catalog = load_catalog(config.sale.catalog) if config.sale.catalog else None
+        printer = open_configured_printer(config)
+        try:
+            session = build_session(config, printer, store, event_log=event_log)
+        except BaseException:
+            printer.close()
+            raise
+        return cls(config, session, event_log=event_log, catalog=catalog)
+
+    @property
+    def kiosk(self) -> bool:
+        return self.mode == "kiosk"
+
+    @property
+    def receipt_open(self) -> bool:
+        """A receipt is in flight (being built, or paid and waiting to be registered)."""
+        return self.session.receipt_id is not None
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    async def start(self) -> RecoveryReport | None:
+        """Settle what an earlier run left unfinished (the session's recovery), read the
+        printer's status, and log how the desk starts. Faults of the ККТ are logged, not
+        raised: markd gives verdicts without a printer, and recovery is tried again before
+        the next receipt operation."""
+        async with self._lock:
+            report = await self._recover()
+            await self._refresh_status()
+        where = self.config.fiscal.url
+        prices = "-"
+        if self.kiosk:
+            listed = f"{len(self.catalog)} prices from {self.catalog.path}" if self.catalog else ""
+            mrp = "tobacco at its MRP" if self.use_mrp else ""
+            prices = ", ".join(p for p in (listed, mrp) if p)
+        state = "ready" if self._device is not None else "not reachable"
+        self._event(
+            "sale-desk",
+            f"sale mode {self.mode} on printer {where} ({state}); prices: {prices}",
+            priority="info" if self._device is not None else "warning",
+            mode=self.mode,
+            printer=where,
+            action="started",
+        )
+        return report
+
+    async def park(self, timeout_s: float) -> bool:
+        """Stop taking operations; wait up to ``timeout_s`` for the one under way, then leave
+        the receipt in flight to the journal (recovery settles it at the next start). Returns
+        False when the operation did not finish in time (the desk is then not shut down: the
+        device call ends on the session's thread by its own time limit)."""
+        self._stopping = True
+        try:
+            await asyncio.wait_for(self._lock.acquire(), timeout_s)
+        except TimeoutError:
+            self._busy_at_stop = True
+            self._event(
+                "sale-desk",
+                f"an operation with the ККТ was still running after {timeout_s:g} s; "
+                "its receipt is left to the journal (recovery at the next start)",
+                priority="warning",
+                mode=self.mode,
+                action="stop-timeout",
+            )
+            acquired = False
+        else:
+            acquired = True
+        for task in list(self._tasks):
+            task.cancel()  # kiosk scans still waiting for the lock: markd answered them already
+        rid = self.session.receipt_id
+        if rid is not None:
+            paid = self.session.receipt_paid
+            units = list(self.session.units)
+            self.session.journal.append(
+                "parked", rid, reason="service-stopping", units=units, paid=paid
+            )
+            settle = "registered" if paid else "cancelled on the ККТ"
+            self._event(
+                "sale-desk",
+                f"receipt {rid} parked with {len(units)} unit(s), "
+                f"{'paid' if paid else 'not paid'}: it is {settle} at the next start",
+                priority="notice",
+                mode=self.mode,
+                action="parked",
+                receipt=rid,
+                units=len(units),
+                paid="true" if paid else "false",
+            )
+        if acquired:
+            self._lock.release()
+        return acquired
+
+    async def retire(self, timeout_s: float) -> bool:
+        """For a reload that replaces the desk: when no receipt is in flight, stop taking
+        operations and close; True when retired, False (nothing changed) when a receipt is in
+        flight or an operation did not finish in time."""
+        try:
+            await asyncio.wait_for(self._lock.acquire(), timeout_s)
+        except TimeoutError:
+            return False
+        try:
+            if self.receipt_open:
+                return False
+            self._stopping = True
+        finally:
+            self._lock.release()
+        for task in list(self._tasks):
+            task.cancel()
+        self.shutdown()
+        return True
+
+    def shutdown(self) -> None:
+        """Stop the session's worker, close the printer and the sale's Local Module client.
+        Does nothing twice, nor while an operation :meth:`park` gave up on still runs."""
+        if self._closed or self._busy_at_stop:
+            return
+        self._closed = True
+        self._stopping = True
+        self.session.close_session()
+        lm_client = self.session.lm_client
+        if lm_client is not None:
+            with contextlib.suppress(Exception):
+                lm_client.close()
+        self.session.printer.close()
+
+    # -- reload ---------------------------------------------------------------------------------
+
+    async def apply(self, config: Config, store: Store | None, timeout_s: float) -> None:
+        """Take what a reload may change under an open receipt: the price list and
+        ``use_mrp`` (future units only), the store (after it was reopened) and the Local Module
+        client for sale reports (secrets are read again). ``[fiscal]`` and ``[sale] mode`` need
+        a new desk (:func:`fiscal_settings`). Waits up to ``timeout_s`` for an operation under
+        way. Raises :class:`~markd.errors.ConfigError` when the price list or a secret does
+        not load, :class:`~markd.errors.MarkdError` (``sale-busy``) when the operation did not
+        end in time; nothing is changed then."""
+        from markd.fiscal.factory import local_module_for_sales
+
+        catalog = load_catalog(config.sale.catalog) if config.sale.catalog else None
+        lm_client = local_module_for_sales(config)
+        try:
+            await asyncio.wait_for(self._lock.acquire(), timeout_s)
+        except TimeoutError:
+            if lm_client is not None:
+                lm_client.close()
+            raise MarkdError(
+                f"an operation with the ККТ was still running after {timeout_s:g} s",
+                "sale-busy",
+            ) from None
+        try:
+            old_client = self.session.lm_client
+            self.session.lm_client = lm_client
+            self.session.store = store
+            self.catalog = catalog
+            self.use_mrp = config.sale.use_mrp
+            self._codes_options = config.codes_options()
+        finally:
+            self._lock.release()
+        if old_client is not None:
+            with contextlib.suppress(Exception):
+                old_client.close()
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """No sale operation runs inside (the service swaps the store under it)."""
+        async with self._lock:
+            yield
+
+    # -- kiosk ----------------------------------------------------------------------------------
+
+    def quote(self, code: codes.MarkingCode) -> Quote | None:
+        """The kiosk's price for ``code`` (see :func:`quote`)."""
+        return quote(code, self.catalog, use_mrp=self.use_mrp)
+
+    def price_of(self, code: codes.MarkingCode) -> int | None:
+        """The kiosk's price in kopecks (the check chain judges price thresholds with it)."""
+        quote = self.quote(code)
+        return None if quote is None else quote.price_kopecks
+
+    def take(self, verdict: Verdict, code: codes.MarkingCode) -> None:
+        """Hand a scan's verdict to the kiosk without waiting: the scan loop goes on while the
+        ККТ validates the code. Units are taken in scan order (the desk's lock is fair)."""
+        if not self.kiosk or not verdict.allowed or self._stopping:
+            return  # a unit not allowed never reaches the ККТ
+        task = asyncio.ensure_future(self.on_verdict(verdict, code))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self._event(
+                "sale-desk",
+                f"a kiosk unit failed inside markd: {type(exc).__name__}: {exc}",
+                priority="error",
+                mode=self.mode,
+                action="internal-error",
+                error=type(exc).__name__,
+            )
+
+    async def on_verdict(self, verdict: Verdict, code: codes.MarkingCode) -> UnitOutcome | None:
+        """Kiosk mode: put an allowed unit on the open receipt (opening a sale receipt when
+        none is open), priced by :meth:`quote`. Returns the unit's outcome (also published as
+        ``sale-unit`` or ``sale-refused``); None for a verdict other than ``allow``, which
+        never reaches the ККТ."""
+        if not self.kiosk or not verdict.allowed:
+            return None
+        scanner = verdict.scanner
+        try:
+            async with self._operation():
+                if self.session.receipt_kind == "return":
+                    return self._desk_refusal(code, "return-receipt-open", RETURN_OPEN_RU, scanner)
+                quote = self.quote(code)
+                if quote is None:
+                    return self._desk_refusal(code, "no-price", NO_PRICE_RU, scanner, "price")
+                outcome = await self.session.add(verdict, code, quote.price_kopecks, quote.name)
+                self._unit_event(outcome, scanner, quote)
+                if outcome.source == "printer":
+                    self._note_error(outcome.reason, outcome.message_ru)
+                return outcome
+        except ReceiptError as exc:  # stopping
+            return self._desk_refusal(code, exc.reason, STOPPING_RU, scanner)
+
+    # -- ReceiptOperations (the control API) ----------------------------------------------------
+
+    async def open(self, request: OpenReceipt) -> Mapping[str, Any]:
+        async with self._operation():
+            rid = self.session.receipt_id
+            if rid is not None:
+                raise ReceiptError(f"receipt {rid} is already open", "receipt-open")
+            try:
+                await self.session.open(request.kind)
+            except FiscalError as exc:
+                self._note_error(exc.reason, exc.message)
+                raise ReceiptError(
+                    f"the ККТ cannot open a receipt: {exc.message}",
+                    exc.reason,
+                    status=_http_status(exc.reason),
+                ) from None
+            view = self._view()
+            assert view is not None
+            return view
+
+    async def add(self, item: ReceiptItem, verdict: Verdict) -> Mapping[str, Any]:
+        try:
+            code = codes.parse(item.code, self._codes_options)
+        except CodeError as err:
+            raise ReceiptError(
+                f"not a usable marking code: {err.message}", err.reason, status=422
+            ) from None
+        async with self._operation():
+            selling = self.session.receipt_kind in (None, "sell")
+            # On a return the unit comes back whatever its verdict said (a recalled unit, one
+            # sold here); the session takes a return without one.
+            given = verdict if selling or verdict.allowed else None
+            outcome = await self.session.add(
+                given, code, item.price_kopecks, item.name, tax=item.tax
+            )
+            self._unit_event(outcome, verdict.scanner, Quote(item.name, item.price_kopecks, "api"))
+            if not outcome.added:
+                if outcome.source == "printer":
+                    self._note_error(outcome.reason, outcome.message_ru)
+                raise ReceiptError(
+                    outcome.message_ru or outcome.reason,
+                    outcome.reason,
+                    status=_unit_http_status(outcome),
+                )
+            view = self._view()
+            assert view is not None
+            return view
+
+    async def close(self, payments: tuple[Payment, ...]) -> Mapping[str, Any]:
+        from markd.fiscal.model import Payment as FiscalPayment
+
+        async with self._operation():
+            rid = self.session.receipt_id
+            if rid is None:
+                raise ReceiptError("no receipt is open", "receipt-not-open")
+            total = sum(p.amount_kopecks for p in self.session.positions)
+            paid = sum(p.amount_kopecks for p in payments)
+            if payments and paid < total and not self.session.receipt_paid:
+                raise ReceiptError(
+                    f"the payments ({paid / 100:.2f} RUB) do not cover the total "
+                    f"({total / 100:.2f} RUB)",
+                    "underpaid",
+                    status=422,
+                )
+            chosen = [FiscalPayment(p.amount_kopecks, p.type) for p in payments] or None
+            outcome = await self.session.close(chosen)
+            await self._refresh_status()
+            return self._receipt_answer(outcome, wanted="closed")
+
+    async def cancel(self) -> Mapping[str, Any]:
+        async with self._operation():
+            if self.session.receipt_id is None:
+                raise ReceiptError("no receipt is open", "receipt-not-open")
+            outcome = await self.session.cancel("cancelled-by-api")
+            await self._refresh_status()
+            return self._receipt_answer(outcome, wanted="cancelled")
+
+    async def current(self) -> Mapping[str, Any] | None:
+        return self._view()
+
+    def status(self) -> Mapping[str, Any]:
+        """The printer as last seen (no device I/O), the receipt in flight, the prices."""
+        if self._closed or self._stopping:
+            state = "stopped"
+        elif self._device is None:
+            state = "unreachable"
+        else:
+            state = "ready" if not self._device.problems() else "attention"
+        view = self._view()
+        return {
+            "mode": self.mode,
+            "url": self.config.fiscal.url,
+            "state": state,
+            "device": None if self._device is None else self._device.record(),
+            "checked_at": _iso(self._checked_at),
+            "last_error": self._last_error,
+            "recovery_pending": self._recovery_pending,
+            "receipt": None
+            if view is None
+            else {
+                "id": view["id"],
+                "kind": view["kind"],
+                "state": view["state"],
+                "units": len(view["units"]),
+                "total_kopecks": view["total_kopecks"],
+            },
+            "catalog": None
+            if self.catalog is None
+            else {"path": self.catalog.path, "entries": len(self.catalog)},
+            "use_mrp": self.use_mrp,
+        }
+
+    def status_text(self) -> str:
+        """A few words for the service's one-line status."""
+        words = f"sale {self.mode}"
+        if self._device is None:
+            words += ", printer unreachable"
+        elif self._device.problems():
+            words += ", printer " + "/".join(self._device.problems())
+        if self.receipt_open:
+            words += f", receipt open ({len(self.session.units)} units)"
+        return words
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _operation(self) -> AsyncIterator[None]:
+        """One operation at a time; none once stopping; an unfinished recovery first."""
+        if self._stopping:
+            raise _stopping()
+        async with self._lock:
+            if self._stopping:
+                raise _stopping()
+            if self._recovery_pending:
+                await self._recover()
+            yield
+
+    async def _recover(self) -> RecoveryReport | None:
+        try:
+            report = await self.session.recover()
+        except MarkdError as exc:
+            self._recovery_pending = True
+            self._note_error(exc.reason, exc.message)
+            self._event(
+                "sale-desk",
+                f"recovery of the sale session did not finish: {exc.reason}: {exc.message}",
+                priority="warning",
+                mode=self.mode,
+                action="recovery-failed",
+                reason=exc.reason,
+            )
+            return None
+        self._recovery_pending = report.pending
+        self.last_recovery = report
+        if report.actions or report.pending:
+            done = "; ".join(
+                f"receipt {a['receipt']}: {a['action']}"
+                + (f" ({len(a['units'])} units)" if isinstance(a.get("units"), list) else "")
+                for a in report.actions
+            )
+            self._event(
+                "sale-desk",
+                f"recovery: {done or 'nothing finished'}"
+                + ("; a receipt waits for the ККТ" if report.pending else ""),
+                priority="warning" if report.pending else "notice",
+                mode=self.mode,
+                action="recovered",
+                pending="true" if report.pending else "false",
+            )
+        return report
+
+    async def _refresh_status(self) -> None:
+        try:
+            self._device = await self.session.printer_status()
+        except FiscalError as exc:
+            self._device = None
+            self._note_error(exc.reason, exc.message)
+        self._checked_at = time.time()
+
+    def _note_error(self, reason: str, message: str) -> None:
+        self._last_error = {"reason": reason, "message": message, "at": _iso(time.time())}
+
+    def _view(self) -> dict[str, Any] | None:
+        session = self.session
+        rid = session.receipt_id
+        if rid is None:
+            return None
+        positions = session.positions
+        return {
+            "id": rid,
+            "kind": session.receipt_kind or "sell",
+            "state": "paid" if session.receipt_paid else "open",
+            "units": [p.record() for p in positions],
+            "total_kopecks": sum(p.amount_kopecks for p in positions),
+        }
+
+    def _receipt_answer(self, outcome: ReceiptOutcome, *, wanted: str) -> dict[str, Any]:
+        """A closed (or, for a cancel, cancelled) receipt as the API's answer; anything else
+        is a refusal with the outcome's reason."""
+        if outcome.status == "closed" or outcome.status == wanted:
+            record = outcome.record()
+            return {
+                "id": outcome.receipt_id,
+                "status": outcome.status,
+                "reason": outcome.reason,
+                "document": record["receipt"],
+                "store_ok": outcome.store_ok,
+                "local_module": outcome.lm,
+                "dropped": record["dropped"],
+            }
+        if outcome.status == "pending":
+            raise ReceiptError(
+                f"receipt {outcome.receipt_id}: the ККТ did not answer ({outcome.reason}); it is "
+                "paid and will be registered once the ККТ answers (retried at the next operation "
+                "and at start)",
+                outcome.reason,
+                status=503,
+            )
+        if outcome.status == "failed":
+            raise ReceiptError(
+                f"receipt {outcome.receipt_id} not registered: the ККТ refused ({outcome.reason}); "
+                "it stays open: close it again or cancel it",
+                outcome.reason,
+                status=_http_status(outcome.reason),
+            )
+        if outcome.status == "empty":
+            raise ReceiptError("the receipt had no units; it was dropped", "receipt-empty")
+        raise ReceiptError(
+            f"receipt {outcome.receipt_id} was {outcome.status}: {outcome.reason}", outcome.reason
+        )
+
+    def _desk_refusal(
+        self,
+        code: codes.MarkingCode,
+        reason: str,
+        message_ru: str,
+        scanner: str,
+        source: str = "session",
+    ) -> UnitOutcome:
+        from markd.fiscal.session import UnitOutcome
+
+        outcome = UnitOutcome(
+            "refused",
+            reason,
+            message_ru,
+            code.ki,
+            receipt_id=self.session.receipt_id,
+            source=source,
+        )
+        self._unit_event(outcome, scanner, None)
+        return outcome
+
+    def _unit_event(self, outcome: UnitOutcome, scanner: str, quote: Quote | None) -> None:
+        """``sale-unit`` (on the receipt) or ``sale-refused``, with the scanner's name; the КИ
+        only, never the code."""
+        price = None if quote is None else quote.price_kopecks
+        if outcome.added:
+            mark = outcome.position.mark if outcome.position is not None else None
+            tag1265 = mark.industry.tag1265 if mark is not None else ""
+            rub = f"{price / 100:.2f} RUB" if price is not None else "?"
+            self._event(
+                "sale-unit",
+                f"{outcome.ki} from {scanner} added to receipt {outcome.receipt_id}: {rub} "
+                f"({quote.source if quote else '-'}); ККТ: {outcome.reason}",
+                ki=outcome.ki,
+                scanner=scanner,
+                receipt=outcome.receipt_id,
+                unit=outcome.unit_id,
+                price_kopecks=price,
+                price_source=None if quote is None else quote.source,
+                reason=outcome.reason,
+                tag2106=None if outcome.validation is None else outcome.validation.tag2106,
+                tag1265=tag1265 or None,
+                mode=self.mode,
+            )
+            return
+        self._event(
+            "sale-refused",
+            f"{outcome.ki} from {scanner} not sold: {outcome.reason} ({outcome.message_ru})",
+            priority="warning" if outcome.source == "printer" else "notice",
+            ki=outcome.ki,
+            scanner=scanner,
+            receipt=outcome.receipt_id,
+            reason=outcome.reason,
+            source=outcome.source,
+            message_ru=outcome.message_ru,
+            price_kopecks=price,
+            mode=self.mode,
+        )
+
+    def _event(self, kind: str, message: str, *, priority: str = "info", **fields: Any) -> None:
+        if self.event_log is not None:
+            self.event_log.event(kind, message, priority=priority, **fields)
+
+
+def _stopping() -> ReceiptError:
+    return ReceiptError(
+        "markd is stopping; try again once it is back", "service-stopping", status=503
+    )
+
+
+def _http_status(reason: str) -> int:
+    return 503 if reason in UNREACHABLE_REASONS else 409
+
+
+def _unit_http_status(outcome: UnitOutcome) -> int:
+    if outcome.source == "printer":
+        return 503 if outcome.reason in UNREACHABLE_REASONS else 409
+    if outcome.reason == "bad-position":
+        return 422
+    return 409
+
+
+def _iso(stamp: float | None) -> str | None:
+    if stamp is None:
+        return None
+    text = datetime.fromtimestamp(stamp, UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+__all__ = [
+    "Catalog",
+    "CatalogEntry",
+    "Quote",
+    "SaleDesk",
+    "fiscal_settings",
+    "load_catalog",
+    "quote",
+]

@@ -1,0 +1,167 @@
+"""Attendant mode in the real daemon: scans are only reported, the POS drives receipts through
+the control API (real Unix socket) onto the virtual ККТ behind ``emulator://``."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from api_helpers import Conversation
+from conftest import (
+    DAIRY,
+    DAIRY_KI,
+    GS,
+    SHOES,
+    SHOES_KI,
+    WATER,
+    WATER_KI,
+    RecordingEventLog,
+    wait_until,
+)
+from markd.codes import parse
+from markd.scanners import get_virtual
+from markd.store import Store
+from sale_helpers import events, journal, kkt, running, write_sale_config
+
+
+async def test_attendant_scans_are_reported_and_never_touch_the_printer(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    config = write_sale_config(
+        tmp_path, mode="attendant", scanners={"till": "virtual://attendant-scan"}
+    )
+    async with running(config, event_log) as service:
+        get_virtual("attendant-scan").scan(WATER)
+        get_virtual("attendant-scan").scan(SHOES)
+        await wait_until(lambda: event_log.count("verdict") == 2, what="two verdicts")
+        await asyncio.sleep(0.3)  # time enough for a unit to reach the ККТ, were it sent
+        receipt = await service.receipts.current()  # type: ignore[union-attr]
+        status = service.receipts.status()  # type: ignore[union-attr]
+
+    assert [v["decision"] for v in events(event_log, "verdict")] == ["allow", "allow"]
+    assert receipt is None and status["mode"] == "attendant"
+    assert event_log.count("sale-unit") == 0 and event_log.count("sale-refused") == 0
+    assert event_log.count("fiscal-unit") == 0
+    device = kkt(tmp_path)
+    assert device.receipts() == [] and device.state()["validation"] is None
+    assert journal(tmp_path).records() == []
+
+
+async def test_attendant_the_pos_drives_a_whole_sale_and_a_return_through_the_api(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    config = write_sale_config(
+        tmp_path, mode="attendant", scanners={"till": "virtual://attendant-api"}, catalog=None
+    )
+    water = {"code": WATER, "name": "Вода 0,5 л", "price_kopecks": 8990}
+    shoes = {"code": SHOES, "name": "Кроссовки", "price_kopecks": 599000, "tax": "vat20"}
+    async with running(config, event_log):
+        conversation = await Conversation.unix(str(tmp_path / "control.sock"))
+
+        async def call(method: str, target: str, body: Any = None) -> tuple[int, Any]:
+            answer = await conversation.request(method, target, body)
+            return answer.status, answer.json()
+
+        status, body = await call("POST", "/v1/receipt/close")
+        assert (status, body["error"]) == (409, "receipt-not-open")
+        status, body = await call("POST", "/v1/receipt", {})
+        assert status == 201 and body["receipt"]["units"] == []
+        assert (await call("POST", "/v1/receipt", {}))[1]["error"] == "receipt-open"
+
+        status, body = await call("POST", "/v1/receipt/items", water)
+        assert status == 200 and body["verdict"]["scanner"] == "api"
+        status, body = await call("POST", "/v1/receipt/items", shoes)
+        assert status == 200
+        assert [(u["ki"], u["tax"]) for u in body["receipt"]["units"]] == [
+            (WATER_KI, "none"),
+            (SHOES_KI, "vat20"),
+        ]
+        status, body = await call("POST", "/v1/receipt/items", water)
+        assert (status, body["error"]) == (409, "duplicate-in-receipt")
+        status, body = await call(
+            "POST", "/v1/receipt/close", {"payments": [{"type": "cash", "amount_kopecks": 100}]}
+        )
+        assert (status, body["error"]) == (422, "underpaid")
+        printer = (await call("GET", "/v1/status"))[1]["printer"]
+        assert printer["receipt"]["units"] == 2 and printer["state"] == "ready"
+
+        status, sold = await call(
+            "POST",
+            "/v1/receipt/close",
+            {
+                "payments": [
+                    {"type": "electronically", "amount_kopecks": 599000},
+                    {"type": "cash", "amount_kopecks": 8990},
+                ]
+            },
+        )
+        assert status == 200, sold
+        assert await call("GET", "/v1/receipt") == (200, {"receipt": None})
+
+        # A unit sold here comes back on a return receipt (its verdict reads sold-here).
+        assert (await call("POST", "/v1/receipt", {"kind": "return"}))[0] == 201
+        status, body = await call("POST", "/v1/receipt/items", water)
+        assert status == 200 and body["verdict"]["decision"] == "deny"
+        assert body["receipt"]["kind"] == "return"
+        status, returned = await call("POST", "/v1/receipt/close")
+        assert status == 200, returned
+
+        # With no receipt open, an item starts a sale; cancel drops it.
+        status, body = await call(
+            "POST", "/v1/receipt/items", {"code": DAIRY, "name": "Кефир", "price_kopecks": 9900}
+        )
+        assert status == 200 and body["receipt"]["kind"] == "sell"
+        status, body = await call("POST", "/v1/receipt/cancel")
+        assert status == 200 and body["receipt"]["status"] == "cancelled"
+        conversation.close()
+
+    documents = kkt(tmp_path).receipts()
+    assert [d["type"] for d in documents] == ["sell", "sellReturn"]
+    assert [p["ki"] for p in documents[0]["positions"]] == [WATER_KI, SHOES_KI]
+    assert sold["receipt"]["document"]["document_number"] == documents[0]["number"]
+    assert sold["receipt"]["document"]["total_kopecks"] == 607990
+    assert [p["ki"] for p in documents[1]["positions"]] == [WATER_KI]
+    assert documents[1]["positions"][0]["tags"]["2003"] == 3
+    with Store.open(str(tmp_path / "store"), readonly=True) as store:
+        assert store.lookup(parse(SHOES)).sold is not None
+        assert store.lookup(parse(WATER)).sold is None  # returned
+        assert store.lookup(parse(DAIRY)).sold is None  # cancelled
+    units = events(event_log, "sale-unit")
+    assert [(u["ki"], u["scanner"], u["price_source"]) for u in units] == [
+        (WATER_KI, "api", "api"),
+        (SHOES_KI, "api", "api"),
+        (WATER_KI, "api", "api"),
+        (DAIRY_KI, "api", "api"),
+    ]
+    assert [r["reason"] for r in events(event_log, "sale-refused")] == ["duplicate-in-receipt"]
+    for tail in (WATER.split(GS)[1], SHOES.split(GS)[2], DAIRY.split(GS)[1]):
+        assert tail not in event_log.text
+
+
+async def test_attendant_printer_faults_come_back_as_api_errors_with_their_reason(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    config = write_sale_config(
+        tmp_path, mode="attendant", scanners={"till": "virtual://attendant-fault"}, catalog=None
+    )
+    kkt(tmp_path).set_faults(paper_out=True)
+    async with running(config, event_log):
+        conversation = await Conversation.unix(str(tmp_path / "control.sock"))
+        added = await conversation.request(
+            "POST", "/v1/receipt/items", {"code": WATER, "name": "Вода", "price_kopecks": 100}
+        )
+        kkt(tmp_path).clear_faults()
+        again = await conversation.request(
+            "POST", "/v1/receipt/items", {"code": WATER, "name": "Вода", "price_kopecks": 100}
+        )
+        kkt(tmp_path).set_faults(paper_out=True)
+        closed = await conversation.request("POST", "/v1/receipt/close")
+        still = await conversation.request("GET", "/v1/receipt")
+        conversation.close()
+
+    assert added.status in (409, 503) and added.json()["error"] == "paper-out"
+    assert again.status == 200
+    assert (closed.status, closed.json()["error"]) == (409, "paper-out")
+    assert still.json()["receipt"]["state"] == "paid"  # paid, waiting: registered later
+    assert [r["reason"] for r in events(event_log, "sale-refused")] == ["paper-out"]
