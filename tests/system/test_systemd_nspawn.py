@@ -18,7 +18,8 @@ How the container is made and driven:
   emulators run as transient units inside the container too.
 * The unit gets a test drop-in: ``MARKD_TEST_HOOKS=1`` (SIGUSR2 hangs the loop), a 3 s watchdog,
   ``DeviceAllow=char-pts`` for the pty, no core files, and — when the venv's Python lives under
-  /root or /home — ``ProtectHome=tmpfs`` with that directory bound back in.
+  /root or /home — ``ProtectHome=tmpfs`` with that directory bound back in (and under /tmp:
+  bound back into the service's private /tmp).
 
 Each test is named after the failure it prevents. They share one container (booting takes about
 a second, the whole module well under a minute) and run in file order.
@@ -197,6 +198,13 @@ def _home_paths() -> list[Path]:
     return sorted(p for p in wanted if p.parts[1:2] in (("root",), ("home",)))
 
 
+def _tmp_paths() -> list[Path]:
+    """Directories the markd service must see that PrivateTmp= would hide (a checkout under
+    /tmp, as a CI runner may make it)."""
+    wanted = {Path(sys.base_prefix).resolve(), VENV.resolve(), ROOT}
+    return sorted(p for p in wanted if p.parts[1:2] == ("tmp",) or p.parts[1:3] == ("var", "tmp"))
+
+
 def _binds() -> list[Path]:
     """The project, its venv and the Python the venv was made from, each once (a directory
     inside another is bound with it; /usr is the container's own already)."""
@@ -316,6 +324,8 @@ def installed(machine: Machine) -> Machine:
     homes = _home_paths()
     if homes:
         drop_in += ["ProtectHome=tmpfs", *(f"BindReadOnlyPaths={p}" for p in homes)]
+    # The service's private /tmp would hide a project under /tmp: bound back in, read-only.
+    drop_in += [f"BindReadOnlyPaths={p}" for p in _tmp_paths()]
     machine.write("/etc/systemd/system/markd.service.d/50-test.conf", "\n".join(drop_in) + "\n")
     machine.run("systemctl", "daemon-reload")
     return machine
