@@ -23,9 +23,9 @@ from markd.systemd import MESSAGE_IDS as _REGISTRY
 
 
 def all_message_ids() -> dict[str, str]:
-    """MESSAGE_IDS with every kind registered: some modules (the fiscal session) add their own
-    kinds when imported, so import them all first. The answer then does not depend on which
-    tests ran before."""
+    """MESSAGE_IDS after importing every module of the package: every kind belongs in
+    ``markd.systemd.MESSAGE_IDS`` itself, and a module that added a kind of its own at import
+    time would still be caught here, whatever tests ran before."""
     for module in pkgutil.walk_packages(markd.__path__, "markd."):
         importlib.import_module(module.name)
     return dict(_REGISTRY)
