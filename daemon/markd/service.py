@@ -590,13 +590,23 @@ class Service:
         if isinstance(event, Scan):
             await self._on_scan(event)
         elif isinstance(event, ScanOverflow):
+            if event.reason == "bad-report":
+                what = (
+                    f"{event.dropped} bytes of reports the decoder could not read dropped "
+                    "(a scanner in another mode than its URL says, or a faulty device?)"
+                )
+            else:
+                what = (
+                    f"{event.dropped} bytes without a terminator dropped "
+                    "(wrong terminator setting, baud rate or a stuck scanner?)"
+                )
             self.event_log.event(
                 "scan-overflow",
-                f"scanner {event.scanner}: {event.dropped} bytes without a terminator dropped "
-                "(wrong terminator setting, baud rate or a stuck scanner?)",
+                f"scanner {event.scanner}: {what}",
                 priority="warning",
                 scanner=event.scanner,
                 dropped=event.dropped,
+                reason=event.reason,
             )
         elif isinstance(event, ScannerState):
             kind = "scanner-present" if event.present else "scanner-absent"

@@ -245,4 +245,6 @@ async def test_garbage_reports_become_one_journal_record(
     overflows = [f for k, _, f in event_log.events if k == "scan-overflow"]
     # One record for the unreadable report, one for the flood: never one per report or byte.
     assert len(overflows) == 2 and all(f["scanner"] == "kbd" for f in overflows)
+    # Each record says which: a report the decoder could not read, or a flood too long.
+    assert sorted(f["reason"] for f in overflows) == ["bad-report", "too-long"]
     assert run.count("scanner-absent") == 0

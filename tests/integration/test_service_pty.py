@@ -166,6 +166,7 @@ async def test_flood_without_terminator_is_journalled_and_scanning_continues(
     assert [v.ki for v in run.verdicts] == [WATER_KI]
     (overflow,) = [e for e in event_log.events if e[0] == "scan-overflow"]
     assert overflow[2]["scanner"] == "front" and overflow[2]["dropped"] > 64
+    assert overflow[2]["reason"] == "too-long" and "without a terminator" in overflow[1]
 
 
 async def test_store_that_cannot_open_fails_start_up_cleanly(
