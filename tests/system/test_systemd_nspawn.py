@@ -249,9 +249,11 @@ def machine() -> Iterator[Machine]:
     try:
         box.find_init()
         deadline = time.monotonic() + 60
-        while True:  # systemctl fails until PID 1 listens on its bus, a moment after it starts
+        # systemctl fails until PID 1 listens on its bus, a moment after it starts, and says
+        # "offline" while /run/systemd/system does not exist yet in the fresh container.
+        while True:
             state = box.run("systemctl", "is-system-running", "--wait", check=False, timeout=60)
-            if state.stdout.strip() or time.monotonic() > deadline:
+            if state.stdout.strip() not in ("", "offline") or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
         if state.stdout.strip() not in ("running", "degraded"):
