@@ -29,6 +29,7 @@
 #include <stddef.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* ---- the few LMDB declarations used (LMDB's public C API, stable since 0.9) ---- */
 typedef struct MDB_env MDB_env;
@@ -140,6 +141,7 @@ load_engines(PyObject *module, PyObject *arg)
 typedef struct {
     PyObject_HEAD
     PyObject *env_object; /* strong reference to the py-lmdb Environment */
+    pid_t pid;            /* the process that attached: a forked child must not touch txn */
     const Engine *engine;
     MDB_txn *txn; /* reset (idle) between calls; NULL until the first call */
     /* set by configure() */
@@ -177,7 +179,10 @@ reader_env(Reader *self)
 static void
 reader_release(Reader *self)
 {
-    if (self->txn != NULL && self->env_object != NULL) {
+    /* In a forked child the transaction's reader slot belongs to the parent (LMDB records
+     * it under the parent's pid): aborting it here would free the parent's slot for another
+     * process to take while the parent still uses it. The child leaves it alone. */
+    if (self->txn != NULL && self->env_object != NULL && self->pid == getpid()) {
         pylmdb_env *env = (pylmdb_env *)self->env_object;
         /* After the Environment was closed its MDB_env is gone and so is our reader slot:
          * aborting would touch freed memory, so the few bytes are left instead. */
@@ -327,8 +332,10 @@ reader_lookup(Reader *self, PyObject *const *args, Py_ssize_t nargs)
     int rc, kind_gtin = 0;
     MDB_val key, value;
     unsigned char block[8];
-    double now, age = 0.0;
-    PyObject *blocked = Py_None, *items[6];
+    double now, age = 0.0, synced_at, max_age_s;
+    int has_synced;
+    PyObject *blocked = Py_None, *items[6], *result;
+    PyObject *version, *lookup_type, *block_type, *attrs;
 
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "lookup(key, now)");
@@ -345,9 +352,12 @@ reader_lookup(Reader *self, PyObject *const *args, Py_ssize_t nargs)
         if (now == -1.0 && PyErr_Occurred())
             return NULL;
     }
-    if ((env = reader_env(self)) == NULL)
-        return NULL;
-    if (!self->configured)
+    /* A closed or invalidated environment, an unconfigured reader or a forked child: the
+     * Python path answers (and raises the StoreError that fits). */
+    if (self->env_object == NULL || !self->configured || self->pid != getpid())
+        Py_RETURN_NONE;
+    env = (pylmdb_env *)self->env_object;
+    if (!env->head.valid || env->env == NULL)
         Py_RETURN_NONE;
     if (self->units >= 0) {
         /* Checked before the transaction: a unit with facts goes to the Python path anyway. */
@@ -385,52 +395,87 @@ reader_lookup(Reader *self, PyObject *const *args, Py_ssize_t nargs)
     engine->txn_reset(self->txn);
     if (rc != 0 && rc != LMDB_NOTFOUND)
         Py_RETURN_NONE;
+    /* From here on Python objects are allocated, and an allocation may run the garbage
+     * collector and with it any Python code (a finaliser could even close the store and clear
+     * this reader): work on our own references and copies of what configure() gave. */
+    version = self->version;
+    lookup_type = self->lookup_type;
+    block_type = self->block_type;
+    attrs = self->attrs;
+    Py_INCREF(version);
+    Py_INCREF(lookup_type);
+    Py_INCREF(block_type);
+    Py_INCREF(attrs);
+    has_synced = self->has_synced;
+    synced_at = self->synced_at;
+    max_age_s = self->max_age_s;
     if (rc == 0) {
         /* The block value: since and attribute id, two little-endian uint32 (keys.py). */
         PyObject *attr_id, *pair, *entry[5];
         unsigned long since, attr;
         if (value.mv_size != sizeof block)
-            Py_RETURN_NONE; /* damaged: the Python path raises store-corrupt */
+            goto python_path; /* damaged: the Python path raises store-corrupt */
         since = block[0] | block[1] << 8 | block[2] << 16 | (unsigned long)block[3] << 24;
         attr = block[4] | block[5] << 8 | block[6] << 16 | (unsigned long)block[7] << 24;
         attr_id = PyLong_FromUnsignedLong(attr);
         if (attr_id == NULL)
-            return NULL;
-        pair = PyDict_GetItemWithError(self->attrs, attr_id);
+            goto error;
+        pair = PyDict_GetItemWithError(attrs, attr_id);
         Py_DECREF(attr_id);
         if (pair == NULL) {
             if (PyErr_Occurred())
-                return NULL;
-            Py_RETURN_NONE; /* not read yet: the Python path reads and caches it */
+                goto error;
+            goto python_path; /* not read yet: the Python path reads and caches it */
         }
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2)
-            Py_RETURN_NONE;
+            goto python_path;
+        Py_INCREF(pair); /* borrowed from the dict, which the allocations below could change */
         entry[0] = PyUnicode_FromString(kind_gtin ? "gtin" : "ki");
-        entry[1] = kind_gtin ? PyBytes_FromStringAndSize(key_data + 2, 14) : (Py_INCREF(args[0]), args[0]);
+        entry[1] = kind_gtin ? PyBytes_FromStringAndSize(key_data + 2, 14)
+                             : (Py_INCREF(args[0]), args[0]);
         entry[2] = PyTuple_GET_ITEM(pair, 0);
         Py_INCREF(entry[2]);
         entry[3] = PyTuple_GET_ITEM(pair, 1);
         Py_INCREF(entry[3]);
         entry[4] = PyLong_FromUnsignedLong(since);
-        blocked = named_tuple(self->block_type, 5, entry);
+        Py_DECREF(pair);
+        blocked = named_tuple(block_type, 5, entry);
         if (blocked == NULL)
-            return NULL;
+            goto error;
     } else {
         Py_INCREF(Py_None);
     }
     items[0] = blocked;
     items[1] = (Py_INCREF(Py_None), Py_None);
     items[2] = (Py_INCREF(Py_None), Py_None);
-    items[3] = (Py_INCREF(self->version), self->version);
-    if (self->has_synced) {
-        age = now > self->synced_at ? now - self->synced_at : 0.0;
+    items[3] = version;
+    version = NULL; /* the reference moved into items */
+    if (has_synced) {
+        age = now > synced_at ? now - synced_at : 0.0;
         items[4] = PyFloat_FromDouble(age);
-        items[5] = PyBool_FromLong(age > self->max_age_s);
+        items[5] = PyBool_FromLong(age > max_age_s);
     } else {
         items[4] = (Py_INCREF(Py_None), Py_None);
         items[5] = (Py_INCREF(Py_True), Py_True);
     }
-    return named_tuple(self->lookup_type, 6, items);
+    result = named_tuple(lookup_type, 6, items);
+    Py_DECREF(lookup_type);
+    Py_DECREF(block_type);
+    Py_DECREF(attrs);
+    return result;
+
+python_path:
+    Py_DECREF(version);
+    Py_DECREF(lookup_type);
+    Py_DECREF(block_type);
+    Py_DECREF(attrs);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(version);
+    Py_DECREF(lookup_type);
+    Py_DECREF(block_type);
+    Py_DECREF(attrs);
+    return NULL;
 }
 
 static PyMethodDef reader_methods[] = {
@@ -495,6 +540,7 @@ attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     reader->env_object = args[0];
     reader->engine = engine;
     reader->txn = NULL;
+    reader->pid = getpid();
     reader->configured = 0;
     reader->unit_keys = reader->attrs = reader->version = NULL;
     reader->lookup_type = reader->block_type = NULL;

@@ -161,6 +161,7 @@ class Store:
         self.verdict_ttl_s = verdict_ttl_s
         self.delta_history = delta_history
         self._env: lmdb.Environment | None = None
+        self._reader: Any = None  # before anything that may fail: close() looks at it
         self._env = self._open_env(map_size_mb)
         try:
             self._dbs = self._open_dbs()
@@ -398,7 +399,8 @@ class Store:
             # Most scanned units were never sold or checked online here: a set of the units
             # database's keys spares the read (a random one, in a big store) for them.
             unit = txn.get(key, db=self._units) if key in self._unit_keys else None
-            now = time.time() if now is None else now
+            # A float either way, as the C path answers (an int `now` would make an int age).
+            now = time.time() if now is None else float(now)
             blocked = sold = cached = None
             if raw is not None:
                 shown = key if kind == "ki" else key[2:16]
