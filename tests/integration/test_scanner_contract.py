@@ -524,6 +524,23 @@ class TestScannerContract:
         finally:
             running.scanner.close()
 
+    async def test_without_terminator_the_gap_after_a_flood_keeps_the_next_code(
+        self, harness: Harness
+    ) -> None:
+        # With no terminator only the pause can end the discarding of a flood; the next code
+        # must then arrive whole, not vanish as the flood's "tail" without any record.
+        needs_device_control(harness)
+        running = await start(harness, "terminator=none&gap_ms=40&max_length=64")
+        try:
+            await harness.send_unterminated("Z" * 100)
+            overflow = await running.next(ScanOverflow)
+            assert overflow.reason == "too-long"
+            await asyncio.sleep(0.2)
+            await harness.send_unterminated(WATER)
+            assert await running.scans(1) == [WATER.encode()]
+        finally:
+            running.scanner.close()
+
     async def test_unplug_mid_code_is_noticed_and_replug_resumes(self, harness: Harness) -> None:
         if not harness.can_unplug:
             pytest.skip("this backend has no device to unplug")

@@ -16,7 +16,13 @@ import pytest
 
 from conftest import DAIRY, WATER, PtyPair
 from markd.cli import markctl
-from markd.scanners.simulated import SimulatedDevice, SimulatedUsb, keyboard_reports, pos_reports
+from markd.scanners.simulated import (
+    SimulatedDevice,
+    SimulatedInterface,
+    SimulatedUsb,
+    keyboard_reports,
+    pos_reports,
+)
 from markd.scanners.usb_common import use_backend
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "scanners"
@@ -304,3 +310,28 @@ def test_decode_examples_in_the_operations_guide_are_true() -> None:
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == want, args
+
+
+def test_scan_test_keyboard_with_a_report_id_saves_its_descriptor_for_decode(
+    bus: SimulatedUsb, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # A keyboard interface that is not a boot interface: report ID 1 ahead of the keys, a
+    # consumer-control report 2 beside them. The capture keeps the descriptor, so markctl
+    # decode strips the ID as the daemon does.
+    descriptor = bytes.fromhex(
+        "05 01 09 06 a1 01 85 01 05 07 19 e0 29 e7 15 00 25 01 75 01 95 08 81 02"
+        " 95 01 75 08 81 01 95 06 75 08 15 00 25 65 05 07 19 00 29 65 81 00 c0"
+        " 05 0c 09 01 a1 01 85 02 15 00 26 ff 03 19 00 2a ff 03 75 10 95 01 81 00 c0"
+    )
+    device = bus.add(
+        SimulatedDevice(
+            0x0C2E, 0x0B61, interfaces=[SimulatedInterface("keyboard", descriptor, boot=False)]
+        )
+    )
+    device.queue(b"\x02\xe9\x00", *(b"\x01" + r for r in keyboard_reports(DAIRY, gs="f8")))
+    capture = tmp_path / "kbd-id.hid"
+    status, out = scan_test("hid-kbd://0c2e:0b61", "--save", str(capture), capsys=capsys)
+    assert status == 0 and "text      0104670540176099215LpGKy<GS>93dGVz" in out
+    assert "# descriptor: 05 01 09 06 a1 01 85 01" in capture.read_text()
+    decoded = run_markctl("decode", "--hid-kbd", str(capture))
+    assert decoded.stdout == DAIRY.encode() + b"\n", decoded.stderr

@@ -125,3 +125,30 @@ def test_how_reads_are_cut_never_changes_the_units(
         units += framer.feed(stream[start:cut])
         start = max(start, cut)
     assert units == codes
+
+
+def test_without_terminator_the_gap_ends_a_flood_and_the_next_code_is_kept() -> None:
+    # terminator=none: a code longer than max_length is dropped; the pause after it ends the
+    # flood (there is no terminator to wait for), so the next code, after its own pause, is
+    # kept. A framer still "discarding" would drop it silently.
+    framer = Framer(None, max_length=20)
+    assert framer.feed(b"Y" * 25) == [Overflow(25)]
+    assert framer.pending == 0 and framer.in_unit  # the flood is still under way
+    assert framer.flush() == []  # the gap after it
+    assert not framer.in_unit
+    assert framer.feed(DAIRY[:16]) == []
+    assert framer.flush() == [DAIRY[:16]]
+
+
+def test_discard_drops_the_rest_of_a_unit_up_to_its_end() -> None:
+    framer = Framer(b"\r")
+    framer.feed(WATER[:20])
+    assert framer.discard() == 20 and framer.in_unit
+    # The tail up to the terminator belongs to the broken unit; the next code is whole.
+    assert framer.feed(WATER[20:] + b"\r" + DAIRY + b"\r") == [DAIRY]
+    gap_framed = Framer(None)
+    gap_framed.feed(WATER[:20])
+    gap_framed.discard()
+    gap_framed.feed(WATER[20:])
+    assert gap_framed.flush() == []  # the gap ends the broken unit
+    assert gap_framed.feed(DAIRY) == [] and gap_framed.flush() == [DAIRY]

@@ -9,10 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from markd.scanners import hid_keyboard, keymap
+from markd.errors import ScannerError
+from markd.scanners import hid_descriptor, hid_keyboard, keymap
 from markd.scanners.base import BadReport
+from markd.scanners.hid_descriptor import BOOT_KEYBOARD_LAYOUT, keyboard_layout
 from markd.scanners.hid_keyboard import KeyboardDecoder
-from markd.scanners.simulated import keyboard_reports
+from markd.scanners.simulated import KEYBOARD_REPORT_DESCRIPTOR, keyboard_reports
 
 GS = "\x1d"
 WATER = f"0104680029460908215jcmHzLmkdPML{GS}938p9E"
@@ -30,8 +32,9 @@ def decode(reports: list[bytes], **options: object) -> bytes:
     return b"".join(decoder.feed(r) for r in reports)
 
 
-def test_module_examples_run() -> None:
-    assert doctest.testmod(hid_keyboard).failed == 0
+@pytest.mark.parametrize("module", [hid_keyboard, hid_descriptor], ids=lambda m: m.__name__)
+def test_module_examples_run(module: object) -> None:
+    assert doctest.testmod(module).failed == 0  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("gs", ["ctrl+]", "alt+0029", "f8"])
@@ -227,3 +230,78 @@ def test_garbage_reports_raise_only_bad_report(reports: list[bytes]) -> None:
             decoder.reset()
             continue
         assert isinstance(out, bytes)
+
+
+# --------------------------------------------------------------------------------------------
+# Report descriptors: report IDs, layouts markd cannot read, the LED report
+
+#: A composite keyboard + consumer-control descriptor, as non-boot keyboard interfaces have:
+#: report 1 is the boot arrangement (modifiers, reserved byte, 6 key slots) with the 5 LEDs
+#: as its output, report 2 a 16-bit consumer usage (volume, play...).
+KEYBOARD_WITH_REPORT_IDS = bytes.fromhex(
+    "05 01 09 06 a1 01 85 01 05 07 19 e0 29 e7 15 00 25 01 75 01 95 08 81 02"
+    " 95 01 75 08 81 01"
+    " 05 08 19 01 29 05 95 05 75 01 91 02 95 01 75 03 91 01"
+    " 95 06 75 08 15 00 25 65 05 07 19 00 29 65 81 00 c0"
+    " 05 0c 09 01 a1 01 85 02 15 00 26 ff 03 19 00 2a ff 03 75 10 95 01 81 00 c0"
+)
+
+#: An N-key-rollover keyboard: modifiers, reserved byte, then one bit per key.
+KEYBOARD_NKRO_BITMAP = bytes.fromhex(
+    "05 01 09 06 a1 01 85 04 05 07 19 e0 29 e7 15 00 25 01 75 01 95 08 81 02"
+    " 95 01 75 08 81 01 19 00 29 67 75 01 95 68 81 02 c0"
+)
+
+
+def test_a_descriptor_with_report_ids_gives_the_keyboard_report_and_its_leds() -> None:
+    layout = keyboard_layout(KEYBOARD_WITH_REPORT_IDS)
+    assert (layout.report_id, layout.keys_start, layout.keys_end) == (1, 2, 8)
+    assert layout.input_length == 9  # report ID + 8 bytes
+    # SET_REPORT data: report ID 1, then Num Lock (bit 0) on, Caps Lock (bit 1) off.
+    assert (layout.led_report_id, layout.led_report()) == (1, b"\x01\x01")
+    assert layout.led_report(num_lock=False, caps_lock=True) == b"\x01\x02"
+
+
+def test_the_boot_descriptor_has_no_report_id() -> None:
+    layout = keyboard_layout(KEYBOARD_REPORT_DESCRIPTOR)
+    assert (layout.report_id, layout.keys_start, layout.keys_end) == (None, 2, 8)
+    assert layout.led_report() is None  # this descriptor declares no LED output
+    assert BOOT_KEYBOARD_LAYOUT.led_report() == b"\x01"  # the boot protocol's LED byte
+
+
+def test_decoder_strips_the_report_id_and_skips_other_reports() -> None:
+    decoder = KeyboardDecoder(layout=keyboard_layout(KEYBOARD_WITH_REPORT_IDS))
+    consumer = [b"\x02\xe9\x00", b"\x02\x00\x00"]  # Volume Up pressed and released
+    stream = [b"\x01" + r for r in keyboard_reports(WATER, gs="ctrl+]")]
+    stream[4:4] = consumer
+    stream[30:30] = consumer
+    assert b"".join(decoder.feed(r) for r in stream) == WATER.encode() + b"\r"
+    assert decoder.other_reports == 4 and decoder.ignored == 0
+    # Read as a boot report, byte 0 (the ID) would be Left Control: garbage.
+    assert b"".join(KeyboardDecoder().feed(r) for r in stream) != WATER.encode() + b"\r"
+    with pytest.raises(BadReport):
+        decoder.feed(b"\x01\x00\x00")  # the right ID, too short for a key slot
+
+
+@pytest.mark.parametrize(
+    ("descriptor", "found"),
+    [
+        (KEYBOARD_NKRO_BITMAP, "bitmap 104x1 bits at bit 16"),
+        # Keys in two reports: markd would miss those of the other one.
+        (
+            KEYBOARD_WITH_REPORT_IDS.replace(bytes.fromhex("05 0c"), bytes.fromhex("05 07")),
+            "several input reports (IDs 1, 2)",
+        ),
+        # A key array without the modifier byte ahead of it.
+        (bytes.fromhex("05 01 09 06 a1 01 05 07 19 00 29 65 75 08 95 06 81 00 c0"), "array 6x8"),
+        (bytes.fromhex("05 01 09 02 a1 01 05 09 19 01 29 03 75 01 95 03 81 02 c0"), "0x07"),
+    ],
+    ids=["nkro-bitmap", "keys-in-two-reports", "no-modifier-byte", "a-mouse"],
+)
+def test_a_layout_markd_cannot_read_is_refused_saying_what_was_found(
+    descriptor: bytes, found: str
+) -> None:
+    with pytest.raises(ScannerError) as err:
+        keyboard_layout(descriptor)
+    assert err.value.reason == "unsupported-keyboard"
+    assert found in err.value.message

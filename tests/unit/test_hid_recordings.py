@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from markd.scanners import replay
-from markd.scanners.capture import read_hid_capture
+from markd.scanners.capture import Capture, CaptureEntry, read_hid_capture
 from markd.scanners.replay import decode_hid_keyboard, decode_hid_pos, decode_serial
+from markd.scanners.simulated import keyboard_reports, pos_reports
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "scanners"
 KEYBOARD = sorted(DATA.glob("kbd-*.hid")) + [DATA / "garbage.hid"]
@@ -101,9 +102,6 @@ def test_serial_burst() -> None:
 
 
 def test_gap_framing_uses_the_capture_pauses() -> None:
-    from markd.scanners.capture import Capture, CaptureEntry
-    from markd.scanners.simulated import keyboard_reports
-
     first = [CaptureEntry(r) for r in keyboard_reports("AAA", terminator="")]
     second = [
         CaptureEntry(r, 0.2 if i == 0 else 0.0)
@@ -112,3 +110,55 @@ def test_gap_framing_uses_the_capture_pauses() -> None:
     capture = Capture(first + second)
     assert codes(decode_hid_keyboard(capture, terminator="none", gap_ms=100)) == [b"AAA", b"BBB"]
     assert codes(decode_hid_keyboard(capture, terminator="none", gap_ms=300)) == [b"AAABBB"]
+
+
+WATER = b"0104680029460908215jcmHzLmkdPML\x1d938p9E"
+DAIRY = b"0104670540176099215LpGKy\x1d93dGVz"
+
+
+def _entries(reports: list[bytes], delay: float = 0.0) -> list[CaptureEntry]:
+    """Capture entries for ``reports``, the first after ``delay`` seconds of silence."""
+    return [CaptureEntry(r, delay if i == 0 else 0.0) for i, r in enumerate(reports)]
+
+
+def test_without_terminator_the_gap_after_a_flood_keeps_the_next_code() -> None:
+    # A scan longer than max_length, half a second of silence, a good scan: the good scan
+    # is decoded (markctl decode --terminator none --max-length 20), not eaten as the
+    # flood's tail. The flood's last character is the one that crosses the limit, so
+    # nothing is pending when the pause comes; the pause must end the discarding anyway.
+    flood = keyboard_reports("Y" * 21, terminator="")
+    good = keyboard_reports(DAIRY[:16].decode(), terminator="")
+    capture = Capture(_entries(flood) + _entries(good, 0.5))
+    results = decode_hid_keyboard(capture, terminator="none", max_length=20)
+    assert [(r.kind, r.data) for r in results] == [("dropped", b""), ("code", DAIRY[:16])]
+
+
+@pytest.mark.parametrize("terminator", ["cr", "none"])
+def test_an_unreadable_keyboard_report_mid_code_drops_the_rest_of_that_code(
+    terminator: str,
+) -> None:
+    end = "\r" if terminator == "cr" else ""
+    head = keyboard_reports(WATER[:20].decode(), terminator="")
+    tail = keyboard_reports(WATER[20:].decode(), terminator=end)
+    entries = _entries(head) + [CaptureEntry(b"\x00\x00")] + _entries(tail)
+    entries += _entries(keyboard_reports(DAIRY.decode(), terminator=end), 0.2)
+    results = decode_hid_keyboard(Capture(entries), terminator=terminator)
+    # One record for the bad report; the code's tail is not a code of its own.
+    assert [(r.kind, r.data) for r in results] == [("bad-report", b""), ("code", DAIRY)]
+
+
+def test_an_unreadable_hid_pos_report_mid_scan_drops_the_rest_of_that_scan() -> None:
+    first, second, third = pos_reports(WATER, chunk=16)
+    broken = bytearray(second)
+    broken[1] = 200  # a byte count beyond the 56-byte data field
+    capture = Capture(
+        _entries([first, bytes(broken), third]) + _entries(pos_reports(DAIRY, chunk=16))
+    )
+    results = decode_hid_pos(capture)
+    assert [(r.kind, r.data) for r in results] == [("bad-report", b""), ("code", DAIRY)]
+    # An unreadable report after a scan has ended breaks nothing: the next scan is kept.
+    (single,) = pos_reports(b"abc")
+    broken = bytearray(single)
+    broken[1] = 200
+    capture = Capture(_entries([bytes(broken), *pos_reports(DAIRY, chunk=16)]))
+    assert codes(decode_hid_pos(capture)) == [DAIRY]

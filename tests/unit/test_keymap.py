@@ -69,3 +69,13 @@ def test_function_key_names() -> None:
     assert keymap.FUNCTION_KEYS["f1"] == 0x3A
     assert keymap.FUNCTION_KEYS["f8"] == 0x41
     assert keymap.FUNCTION_KEYS["f12"] == 0x45
+
+
+def test_the_non_us_hash_key_types_backslash_as_linux_and_windows_us_layouts_do() -> None:
+    # Usage 0x32 is the ISO key next to Enter. Under a US layout both Linux (KEY_BACKSLASH)
+    # and Windows (scan code 0x2B) type \ and | with it, as with 0x31; not the UK # and ~.
+    assert keymap.character(0x32, shift=False) == "\\"
+    assert keymap.character(0x32, shift=True) == "|"
+    assert keymap.key_for("~") == (0x35, True)  # the US key: Shift+`
+    assert keymap.key_for("\\") == (0x31, False)
+    assert keymap.key_for("#") == (0x20, True)  # Shift+3

@@ -208,3 +208,58 @@ def test_backend_hook_restores_the_previous_backend() -> None:
             assert usb_common.get_backend() is inner
         assert usb_common.get_backend() is bus
     assert usb_common._backend_override is None
+
+
+def test_led_output_report_is_taken_recorded_and_reset_by_a_replug(bus: SimulatedUsb) -> None:
+    # The kernel synced the console's Caps Lock on when it bound; a replug does so again.
+    device = bus.add(SimulatedDevice(0x0C2E, 0x0B61, leds=0x03))
+    session = UsbSession.claim(find_device("0c2e:0b61", None, bus), None, boot_protocol=True)
+    assert device.leds == 0x03
+    assert session.set_output_report(0, b"\x01")
+    assert device.leds == 0x01 and device.output_reports == [(0, 0x0200, b"\x01")]
+    assert "set_report 0 0x0200 01" in device.log
+    # With a report ID, the data starts with it (HID 1.11 §7.2.2).
+    assert session.set_output_report(1, b"\x01\x02") and device.leds == 0x02
+    assert not session.set_output_report(1, b"\x05\x02")  # the ID does not match: STALL
+    session.close()
+    bus.unplug(device)
+    bus.plug(device)
+    assert device.leds == 0x03
+
+
+def test_a_keyboard_without_leds_stalls_set_report(bus: SimulatedUsb) -> None:
+    device = bus.add(
+        SimulatedDevice(0x0C2E, 0x0B61, interfaces=[SimulatedInterface("keyboard", leds=False)])
+    )
+    session = UsbSession.claim(find_device("0c2e:0b61", None, bus), None, boot_protocol=True)
+    assert not session.set_output_report(0, b"\x01")  # a STALL is an answer, not an error
+    assert "set_report 0 0x0200 stalled" in device.log
+    session.close()
+
+
+def test_a_non_boot_keyboard_refuses_the_boot_protocol(bus: SimulatedUsb) -> None:
+    device = bus.add(
+        SimulatedDevice(0x0C2E, 0x0B61, interfaces=[SimulatedInterface("keyboard", boot=False)])
+    )
+    dev = usb.core.find(backend=bus)
+    intf = dev.get_active_configuration()[(0, 0)]
+    assert (intf.bInterfaceClass, intf.bInterfaceSubClass, intf.bInterfaceProtocol) == (3, 0, 0)
+    session = UsbSession.claim(find_device("0c2e:0b61", None, bus), None, boot_protocol=True)
+    assert not session.boot_protocol and not any("set_protocol" in e for e in device.log)
+    assert session._set_protocol(0) is False
+    session.close()
+
+
+def test_auto_caps_lock_scanner_types_as_the_leds_say(bus: SimulatedUsb) -> None:
+    device = bus.add(SimulatedDevice(0x0C2E, 0x0B61, leds=0x03, auto_caps_lock=True))
+    device.type_text("aB", terminator="")
+    # Caps Lock believed on: Shift+A for 'a', plain B for 'B', and no Caps Lock press.
+    assert [r[:3] for r in simulated.keyboard_reports("aB", terminator="") if any(r)] == [
+        b"\x00\x00\x04",
+        b"\x02\x00\x05",
+    ]
+    dev = usb.core.find(backend=bus)
+    dev.detach_kernel_driver(0)
+    usb.util.claim_interface(dev, 0)
+    typed = [bytes(dev.read(0x81, 8, 100))[:3] for _ in range(device.pending())]
+    assert [r for r in typed if any(r)] == [b"\x02\x00\x04", b"\x00\x00\x05"]

@@ -400,11 +400,13 @@ def _save(path: str, url: ScannerURL, report: _Report, scanner: Any) -> None:
         for read in report.all:
             pairs.append((read.raw, 0.0 if previous is None else read.at - previous))
             previous = read.at
+        # A keyboard's descriptor only when its reports follow it (a report ID ahead of the
+        # keys, report protocol); boot-protocol reports have no ID whatever it says.
+        layout = getattr(scanner, "layout", None)
+        keep = url.scheme == "hid-pos" or getattr(layout, "report_id", None) is not None
         text = write_hid_capture(
             pairs,
-            descriptor=getattr(scanner, "report_descriptor", None)
-            if url.scheme == "hid-pos"
-            else None,
+            descriptor=getattr(scanner, "report_descriptor", None) if keep else None,
             comment=f"markd capture of {url.text} ({url.scheme}); decode with markctl decode "
             f"--{url.scheme} FILE",
         )

@@ -273,10 +273,10 @@ class Scanner(abc.ABC):
     the device in ``finally`` blocks: a port left grabbed freezes a till until reboot.
 
     Subclasses set :attr:`OPTIONS`, implement :meth:`target_from_url` and :meth:`_run`, and
-    report what they read through :meth:`_received`, :meth:`_end_of_scan`, :meth:`_gap`,
-    :meth:`_bad_input` and :meth:`_set_present`. A reader that blocks in reads asks
-    :meth:`_read_timeout` how long it may wait, so a code without a terminator is ended
-    ``gap_ms`` after its last byte and not a poll interval later.
+    report what they read through :meth:`_activity`, :meth:`_received`, :meth:`_end_of_scan`,
+    :meth:`_gap`, :meth:`_bad_input` and :meth:`_set_present`. A reader that blocks in reads
+    asks :meth:`_read_timeout` how long it may wait, so a code without a terminator is ended
+    ``gap_ms`` after its last read and not a poll interval later.
 
     :attr:`monitor`, when set before :meth:`start`, is called in the reader thread with a
     :class:`RawRead` for every read (``markctl scan-test`` shows them to the technician).
@@ -299,7 +299,8 @@ class Scanner(abc.ABC):
         self._closed = False
         #: Called in the reader thread with every :class:`RawRead`; None in the service.
         self.monitor: Callable[[RawRead], None] | None = None
-        # When the last byte of the pending unit arrived (time.monotonic()), for gap framing.
+        # When the last read arrived (time.monotonic()), for gap framing: any report counts,
+        # also one that types nothing (see _activity).
         self._last_data_at = 0.0
         # True after a bad-input report until a unit gets through: one record per flood.
         self._bad_input_reported = False
@@ -372,9 +373,22 @@ class Scanner(abc.ABC):
 
     # -- helpers for backends -----------------------------------------------------------------
 
+    def _activity(self) -> None:
+        """A read arrived from the device, whether or not it decodes to any byte.
+
+        With ``terminator=none`` the gap is silence on the wire, timed from the last read and
+        not from the last decoded character: a scanner in Alt-code mode sends about ten
+        reports per character (Alt, four keypad digits pressed and released, Alt up), 8 ms
+        apart on a typical 125 Hz interrupt endpoint, so a character every ~80 ms would
+        otherwise split every code into one-character scans. ``markctl decode`` times the gap
+        the same way (the pause before each report of a capture). A silence that had already
+        lasted ``gap_ms`` when this read came ends the pending unit first."""
+        self._check_gap()
+        self._last_data_at = time.monotonic()
+
     def _received(self, data: bytes, symbology: str | None = None) -> None:
         """Feed bytes read from the device through the framer and deliver complete units."""
-        self._last_data_at = time.monotonic()
+        self._activity()
         self._deliver(self._framer.feed(data), symbology)
 
     def _end_of_scan(self, symbology: str | None = None) -> None:
@@ -384,13 +398,17 @@ class Scanner(abc.ABC):
 
     def _gap(self) -> None:
         """A pause in the stream: end the pending unit when the scanner sends no terminator."""
-        if self._framer.terminator is None and self._framer.pending:
+        # in_unit, not pending: after an overflow nothing is pending but the flood is still
+        # being discarded, and only this pause ends it (there is no terminator to wait for).
+        if self._framer.terminator is None and self._framer.in_unit:
             self._deliver(self._framer.flush())
 
     def _gap_due(self) -> float | None:
         """Seconds until the pending unit's gap expires (0 when it has), or None when no unit
-        waits for a gap (a terminator is configured, or nothing is pending)."""
-        if self._framer.terminator is not None or not self._framer.pending:
+        waits for a gap (a terminator is configured, or no unit is under way). A flood being
+        discarded is a unit under way: its gap ends the discarding, or the next code would be
+        dropped as the flood's tail."""
+        if self._framer.terminator is not None or not self._framer.in_unit:
             return None
         return max(0.0, self._last_data_at + self.url.gap_ms / 1000 - time.monotonic())
 
@@ -405,10 +423,17 @@ class Scanner(abc.ABC):
         if self._gap_due() == 0.0:
             self._deliver(self._framer.flush())
 
-    def _bad_input(self, dropped: int) -> None:
-        """Input the decoder cannot read: drop the partial unit and report it once per flood."""
-        dropped += self._framer.pending
-        self._framer.reset()
+    def _bad_input(self, dropped: int, *, in_unit: bool = False) -> None:
+        """Input the decoder cannot read: drop the partial unit and report it once per flood.
+
+        ``in_unit``: the unreadable input broke a unit under way, so the rest of that unit
+        (up to its terminator, its gap, or the end of a HID-POS scan) is discarded too, as
+        after an overflow, instead of reaching the parser as a code of its own."""
+        if in_unit:
+            dropped += self._framer.discard()
+        else:
+            dropped += self._framer.pending
+            self._framer.reset()
         if not self._bad_input_reported:
             self._bad_input_reported = True
             self._emit(ScanOverflow(self.name, dropped, "bad-report"))

@@ -18,7 +18,8 @@ A line that runs longer than ``max_length`` without a terminator (a scanner stuc
 noise, a wrong baud rate) is dropped and reported once as :class:`Overflow`, so the service can
 journal it; the framer never buffers more than ``max_length`` bytes. The remainder of such a
 flood, up to the next terminator, is discarded too: it is the tail of the same broken unit, not
-a code of its own.
+a code of its own. With ``terminator=none`` there is no terminator to wait for: the pause that
+ends every unit (:meth:`Framer.flush`) ends the flood as well, so the next scan is kept.
 """
 
 from __future__ import annotations
@@ -88,11 +89,29 @@ class Framer:
         """Number of bytes held back, waiting for a terminator."""
         return len(self._buffer)
 
+    @property
+    def in_unit(self) -> bool:
+        """True while a unit is under way: bytes are held back, or the rest of a dropped unit
+        is being discarded. Such a unit still needs its end (a terminator, or with
+        ``terminator=none`` the pause that :meth:`flush` stands for)."""
+        return bool(self._buffer) or self._discarding
+
     def reset(self) -> None:
         """Forget any partial unit (used when the device goes away mid-scan)."""
         self._buffer.clear()
         self._discarding = False
         self._swallow_lf = False
+
+    def discard(self) -> int:
+        """Drop the partial unit and the rest of it, up to its end (the next terminator or
+        :meth:`flush`), as after an overflow; return how many bytes were dropped now. Used
+        when a report in the middle of a unit could not be read: what follows is the tail of
+        a broken code, not a code of its own."""
+        dropped = len(self._buffer)
+        self._buffer.clear()
+        self._discarding = True
+        self._swallow_lf = False
+        return dropped
 
     def feed(self, data: bytes) -> list[Unit]:
         """Add the bytes of one read; return the units and overflow events they complete."""
@@ -128,8 +147,9 @@ class Framer:
     def flush(self) -> list[Unit]:
         """End the current unit now (a pause in the stream); return it if there is one.
 
-        Backends call this after an inter-character gap when the scanner sends no terminator.
-        It also ends an overflow: the next byte starts a fresh unit.
+        Backends call this after an inter-character gap when the scanner sends no terminator
+        (whenever :attr:`in_unit`, not only when bytes are pending). It also ends an overflow
+        or a :meth:`discard`: the next byte starts a fresh unit.
         """
         out: list[Unit] = []
         unit = bytes(self._buffer)

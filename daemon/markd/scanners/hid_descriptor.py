@@ -4,7 +4,9 @@ A HID device describes its reports in a byte-coded "report descriptor" (HID 1.11
 items that set a usage page, report size/count and report ID, name usages, and then declare
 Input, Output or Feature fields. :func:`parse_report_descriptor` walks the items and returns
 one :class:`Field` per main item with its report ID, bit offset, size, count and usages, so
-the HID-POS decoder can find "Decoded Data" (page 0x8C usage 0xFE) wherever a vendor put it.
+the HID-POS decoder can find "Decoded Data" (page 0x8C usage 0xFE) wherever a vendor put it,
+and :func:`keyboard_layout` can tell the keyboard decoder whether keyboard reports carry a
+report ID and where the Num Lock and Caps Lock LEDs sit in the output report.
 
 >>> fields = parse_report_descriptor(bytes.fromhex(
 ...     "05 8c 09 02 a1 01 85 02 75 08 95 01 05 01 09 3b 81 02"
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from markd.errors import ScannerError
 from markd.scanners.base import BadReport
 
 #: Input item flag bits (HID 1.11 §6.2.2.5).
@@ -191,3 +194,173 @@ def has_usage_page(descriptor: bytes | None, page: int) -> bool:
     except BadReport:
         return False
     return page in usage_pages(fields)
+
+
+# --------------------------------------------------------------------------------------------
+# Keyboards
+
+KEYBOARD_PAGE = 0x07
+LED_PAGE = 0x08
+_LEFT_CONTROL = 0x000700E0
+_NUM_LOCK_LED = 0x00080001
+_CAPS_LOCK_LED = 0x00080002
+
+
+@dataclass(frozen=True)
+class KeyboardLayout:
+    """Where the keys sit in a keyboard's input report and the LEDs in its output report.
+
+    The default is the boot layout (HID 1.11 appendix B.1), which every keyboard sends in boot
+    protocol: no report ID; a modifier byte, a reserved byte, six key slots; a one-byte LED
+    report with Num Lock in bit 0 and Caps Lock in bit 1.
+
+    >>> KeyboardLayout().led_report()
+    b'\\x01'
+    """
+
+    #: The report ID keyboard input reports start with; None when the interface uses none.
+    report_id: int | None = None
+    #: Byte offset (after the report ID) and end of the key slots; ``keys_end`` None: to the
+    #: end of the report. The modifier byte is always byte 0.
+    keys_start: int = 2
+    keys_end: int | None = None
+    #: The LED output report: its ID (0 when the interface uses none), its length without
+    #: the ID, and the bits of Num Lock and Caps Lock in it; ``led_length`` 0: no LEDs.
+    led_report_id: int = 0
+    led_length: int = 1
+    num_lock_bit: int | None = 0
+    caps_lock_bit: int | None = 1
+    #: The longest input report of the interface in bytes, report ID included.
+    input_length: int = 8
+
+    def led_report(self, *, num_lock: bool = True, caps_lock: bool = False) -> bytes | None:
+        """The SET_REPORT data that sets the LEDs (report ID first when there is one), or
+        None when the interface declares no LED output."""
+        if self.led_length <= 0:
+            return None
+        value = 0
+        if num_lock and self.num_lock_bit is not None:
+            value |= 1 << self.num_lock_bit
+        if caps_lock and self.caps_lock_bit is not None:
+            value |= 1 << self.caps_lock_bit
+        data = value.to_bytes(self.led_length, "little")
+        return bytes([self.led_report_id]) + data if self.led_report_id else data
+
+
+BOOT_KEYBOARD_LAYOUT = KeyboardLayout()
+
+
+def _describe(f: Field) -> str:
+    pages = sorted({u >> 16 for u in f.usages})
+    if not f.flags & VARIABLE:
+        what = "array"
+    else:
+        what = "bitmap" if f.bit_size == 1 else "variable"
+    usages = ""
+    if f.usages:
+        usages = f" of usages {pages[0]:#04x}:{f.usages[0] & 0xFFFF:02x}"
+        usages += f"-{f.usages[-1] & 0xFFFF:02x}" if len(f.usages) > 1 else ""
+    return f"{what} {f.count}x{f.bit_size} bits at bit {f.bit_offset}{usages}"
+
+
+def keyboard_layout(descriptor: bytes) -> KeyboardLayout:
+    """The report-protocol layout a keyboard interface's report descriptor declares.
+
+    markd reads the boot arrangement behind an optional report ID: a modifier byte (eight
+    1-bit fields, Left Control to Right GUI) at the start, and one array of 8-bit key slots
+    at a byte boundary after it. A descriptor that puts keyboard keys in several reports, or
+    in another arrangement (an N-key-rollover bitmap, no modifier byte), raises
+    :class:`~markd.errors.ScannerError` ``unsupported-keyboard`` naming what it found;
+    one that does not parse raises :class:`~markd.scanners.base.BadReport`.
+
+    >>> layout = keyboard_layout(bytes.fromhex(
+    ...     "05 01 09 06 a1 01 85 01 05 07 19 e0 29 e7 15 00 25 01 75 01 95 08 81 02"
+    ...     " 95 01 75 08 81 01 95 06 75 08 26 ff 00 19 00 29 ff 81 00"
+    ...     " 05 08 19 01 29 05 95 05 75 01 91 02 95 01 75 03 91 01 c0"))
+    >>> layout.report_id, layout.keys_start, layout.keys_end, layout.led_report()
+    (1, 2, 8, b'\\x01\\x01')
+    """
+    fields = parse_report_descriptor(descriptor)
+    inputs = [f for f in fields if f.kind == "input"]
+    keyed = [f for f in inputs if any(u >> 16 == KEYBOARD_PAGE for u in f.usages)]
+    if not keyed:
+        raise ScannerError(
+            "the report descriptor declares no keyboard keys (usage page 0x07)",
+            "unsupported-keyboard",
+        )
+    report_ids = sorted({f.report_id or 0 for f in keyed})
+    if len(report_ids) > 1:
+        raise ScannerError(
+            "keyboard keys in several input reports (IDs "
+            + ", ".join(str(i) for i in report_ids)
+            + "): markd reads keys from one report only",
+            "unsupported-keyboard",
+        )
+    report_id = keyed[0].report_id
+    modifiers = keys = None
+    for f in keyed:
+        if (
+            modifiers is None
+            and f.bit_offset == 0
+            and (f.bit_size, f.count) == (1, 8)
+            and f.flags & VARIABLE
+            and f.usage(0) == _LEFT_CONTROL
+            and f.usage(7) == _LEFT_CONTROL + 7
+        ):
+            modifiers = f
+        elif (
+            keys is None
+            and f.bit_size == 8
+            and not f.flags & VARIABLE
+            and f.bit_offset % 8 == 0
+            and f.bit_offset >= 8
+        ):
+            keys = f
+        else:
+            modifiers = keys = None
+            break
+    if modifiers is None or keys is None:
+        where = f"keyboard report {report_id}" if report_id is not None else "keyboard report"
+        raise ScannerError(
+            f"{where} has a layout markd cannot read ("
+            + "; ".join(_describe(f) for f in keyed)
+            + "): it reads a modifier byte first and an array of 8-bit key slots, the boot "
+            "keyboard layout; set the scanner to a plain (boot) keyboard, or use HID-POS or "
+            "serial mode",
+            "unsupported-keyboard",
+        )
+
+    # Input report lengths (ID included), so a report longer than a packet is read whole.
+    lengths: dict[int | None, int] = {}
+    for f in inputs:
+        lengths[f.report_id] = max(lengths.get(f.report_id, 0), f.byte_length)
+    input_length = max(n + (1 if rid is not None else 0) for rid, n in lengths.items())
+
+    # The LED output report: the output fields with Num Lock or Caps Lock usages.
+    led_id: int | None = None
+    led_length = 0
+    bits: dict[int, int] = {}
+    for f in fields:
+        if f.kind != "output" or not f.flags & VARIABLE or f.bit_size != 1:
+            continue
+        if led_id is not None and (f.report_id or 0) != led_id:
+            continue  # LEDs in a second output report: the first one is enough
+        for index in range(min(f.count, 64)):
+            usage = f.usage(index)
+            if usage in (_NUM_LOCK_LED, _CAPS_LOCK_LED):
+                led_id = f.report_id or 0
+                bits.setdefault(usage, f.bit_offset + index)
+    if led_id is not None:
+        led_length = max(
+            f.byte_length for f in fields if f.kind == "output" and (f.report_id or 0) == led_id
+        )
+    return KeyboardLayout(
+        report_id=report_id,
+        keys_start=keys.bit_offset // 8,
+        keys_end=keys.bit_offset // 8 + keys.count,
+        led_report_id=led_id or 0,
+        led_length=led_length,
+        num_lock_bit=bits.get(_NUM_LOCK_LED),
+        caps_lock_bit=bits.get(_CAPS_LOCK_LED),
+        input_length=input_length,
+    )

@@ -43,6 +43,7 @@ from typing import Any
 
 from markd.errors import ScannerError
 from markd.scanners.base import BadReport, ScannerURL
+from markd.scanners.framing import Framer
 from markd.scanners.hid_descriptor import Field, has_usage_page, parse_report_descriptor
 from markd.scanners.usb_common import (
     HID_CLASS,
@@ -133,6 +134,14 @@ class PosChunk:
     continued: bool
 
 
+def pos_breaks_unit(continued: bool, framer: Framer) -> bool:
+    """Whether an unreadable HID-POS report breaks a scan under way, whose rest is then
+    discarded up to the end of its continued sequence (the daemon and ``markctl decode`` both
+    ask this): it does when the last good report said more of its scan follows. After a
+    report that ended its scan the next one starts a new scan, which is kept."""
+    return continued or framer.in_unit
+
+
 def _symbology_text(raw: bytes) -> str | None:
     raw = raw.strip(b"\0")
     if not raw or not all(0x21 <= b < 0x7F for b in raw):
@@ -208,8 +217,8 @@ class _PosInterface(InterfaceChoice):
             return
         if not has_usage_page(descriptor, BARCODE_SCANNER_PAGE):
             raise ScannerError(
-                "no usage page 0x8C: the scanner is in keyboard mode; switch it to HID-POS "
-                "with its setup barcode, or use hid-kbd://",
+                "the device is in keyboard mode (no usage page 0x8C), the URL says hid-pos: "
+                "switch it to HID-POS with its setup barcode, or use hid-kbd://",
                 "wrong-mode",
             )
         try:
@@ -233,6 +242,8 @@ class HidPosScanner(UsbScanner):
         self.decoder = HidPosDecoder()
         self._chosen_layout: PosLayout | None = None
         self._symbology: str | None = None
+        # The last report said more of its scan follows (Decoded Data Continued).
+        self._continued = False
 
     def _interface_choice(self) -> InterfaceChoice:
         return _PosInterface(self)
@@ -257,6 +268,7 @@ class HidPosScanner(UsbScanner):
             self._raw(report, chunk.data if chunk else b"", notes)
         if chunk is None:
             return
+        self._continued = chunk.continued
         if self._symbology is None:
             self._symbology = chunk.symbology
         if chunk.data:
@@ -267,3 +279,7 @@ class HidPosScanner(UsbScanner):
 
     def _reset_decoder(self) -> None:
         self._symbology = None
+        self._continued = False
+
+    def _breaks_unit(self) -> bool:
+        return pos_breaks_unit(self._continued, self._framer)

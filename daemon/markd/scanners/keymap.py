@@ -71,7 +71,10 @@ US_KEYS: dict[int, tuple[str, str]] = {
     0x2F: ("[", "{"),
     RIGHT_BRACKET: ("]", "}"),
     0x31: ("\\", "|"),
-    0x32: ("#", "~"),  # "Non-US # and ~", the key next to Enter on ISO boards
+    # "Non-US # and ~", the key next to Enter on ISO boards. A US layout has no such key;
+    # Linux (hid-input maps 0x32 to KEY_BACKSLASH, like 0x31) and Windows (scan code 0x2B,
+    # the backslash key) both type \ and | with it, so a scanner that uses it means those.
+    0x32: ("\\", "|"),
     0x33: (";", ":"),
     0x34: ("'", '"'),
     0x35: ("`", "~"),
@@ -147,7 +150,8 @@ def control_character(usage: int, *, shift: bool) -> str | None:
 
 def _build_reverse() -> dict[str, tuple[int, bool]]:
     reverse: dict[str, tuple[int, bool]] = {}
-    # Main-block keys first, so e.g. "\\" maps to 0x31 and not to the ISO key 0x64.
+    # Lowest usage first, so "\\" maps to 0x31 and not to the ISO keys 0x32 or 0x64, and "~"
+    # to 0x35 with Shift, the US key.
     for usage in sorted(US_KEYS):
         plain, shifted = US_KEYS[usage]
         reverse.setdefault(plain, (usage, False))

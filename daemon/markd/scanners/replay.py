@@ -5,7 +5,9 @@ through :class:`~markd.scanners.hid_keyboard.KeyboardDecoder` or
 :class:`~markd.scanners.hid_pos.HidPosDecoder` and a :class:`~markd.scanners.framing.Framer`
 exactly as the reader threads do, only without a device or a clock: a ``# delay`` in the
 capture stands for the pause, so with ``terminator="none"`` a delay of at least ``gap_ms``
-ends a code, and so does the end of the capture.
+ends a code, and so does the end of the capture. As in the daemon, the gap is the silence
+between reports (any report, also one that types nothing), and it also ends the discarding
+of a flood or of a code broken by an unreadable report.
 
 >>> from markd.scanners.simulated import keyboard_reports
 >>> from markd.scanners.capture import Capture, CaptureEntry
@@ -21,8 +23,9 @@ from dataclasses import dataclass, field
 from markd.scanners.base import DEFAULT_GAP_MS, BadReport
 from markd.scanners.capture import Capture
 from markd.scanners.framing import DEFAULT_MAX_LENGTH, TERMINATORS, Framer, Overflow, Unit
-from markd.scanners.hid_keyboard import DEFAULT_GS_KEY, KeyboardDecoder
-from markd.scanners.hid_pos import STANDARD_LAYOUT, HidPosDecoder, PosLayout
+from markd.scanners.hid_descriptor import BOOT_KEYBOARD_LAYOUT, KeyboardLayout, keyboard_layout
+from markd.scanners.hid_keyboard import DEFAULT_GS_KEY, KeyboardDecoder, keyboard_breaks_unit
+from markd.scanners.hid_pos import STANDARD_LAYOUT, HidPosDecoder, PosLayout, pos_breaks_unit
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,8 @@ class _Replay:
                 self.out.append(Decoded("code", unit, symbology))
 
     def pause(self, seconds: float) -> None:
-        if self.framer.terminator is None and seconds >= self.gap and self.framer.pending:
+        # in_unit, not pending: the gap also ends a discarded flood (Scanner._gap_due).
+        if self.framer.terminator is None and seconds >= self.gap and self.framer.in_unit:
             self.units(self.framer.flush())
 
     def unplug(self, line: int) -> None:
@@ -66,8 +70,13 @@ class _Replay:
         self.framer.reset()
         self.out.append(Decoded("unplug", detail=f"{dropped} bytes of a partial code", line=line))
 
-    def bad(self, line: int, error: BadReport) -> None:
-        self.framer.reset()
+    def bad(self, line: int, error: BadReport, *, in_unit: bool) -> None:
+        # As Scanner._bad_input: a report that broke a unit under way takes the rest of the
+        # unit with it.
+        if in_unit:
+            self.framer.discard()
+        else:
+            self.framer.reset()
         self.out.append(Decoded("bad-report", detail=str(error), line=line))
 
     def finish(self) -> list[Decoded]:
@@ -88,10 +97,20 @@ def decode_hid_keyboard(
     max_length: int = DEFAULT_MAX_LENGTH,
     gap_ms: int = DEFAULT_GAP_MS,
     gs_key: str = DEFAULT_GS_KEY,
+    layout: KeyboardLayout | None = None,
 ) -> list[Decoded]:
-    """Decode a keyboard-mode capture."""
+    """Decode a keyboard-mode capture. A capture with a descriptor holds reports as the
+    descriptor declares them (report protocol: ``markctl scan-test --save`` writes one only
+    then, ``usbhid-dump`` always), so its report ID is stripped as the daemon does; a
+    descriptor declaring a layout markd cannot read raises :class:`~markd.errors.ScannerError`;
+    one that does not parse is ignored, as the daemon ignores it."""
+    if layout is None and capture.descriptor:
+        try:
+            layout = keyboard_layout(capture.descriptor)
+        except BadReport:
+            layout = None
     replay = _Replay(terminator, max_length, gap_ms)
-    decoder = KeyboardDecoder(gs_key)
+    decoder = KeyboardDecoder(gs_key, layout=layout or BOOT_KEYBOARD_LAYOUT)
     for entry in capture.entries:
         replay.pause(entry.delay)
         if entry.unplug:
@@ -102,7 +121,7 @@ def decode_hid_keyboard(
             data = decoder.feed(entry.data)
         except BadReport as exc:
             decoder.reset()
-            replay.bad(entry.line, exc)
+            replay.bad(entry.line, exc, in_unit=keyboard_breaks_unit(replay.framer))
             continue
         if data:
             replay.units(replay.framer.feed(data))
@@ -124,20 +143,24 @@ def decode_hid_pos(
     replay = _Replay(terminator, max_length, gap_ms)
     decoder = HidPosDecoder(layout or STANDARD_LAYOUT)
     symbology: str | None = None
+    continued = False  # the last chunk said more of its scan follows
     for entry in capture.entries:
         replay.pause(entry.delay)
         if entry.unplug:
             symbology = None
+            continued = False
             replay.unplug(entry.line)
             continue
         try:
             chunk = decoder.feed(entry.data)
         except BadReport as exc:
+            replay.bad(entry.line, exc, in_unit=pos_breaks_unit(continued, replay.framer))
             symbology = None
-            replay.bad(entry.line, exc)
+            continued = False
             continue
         if chunk is None:
             continue
+        continued = chunk.continued
         if symbology is None:
             symbology = chunk.symbology
         if chunk.data:

@@ -12,7 +12,10 @@ module, which answers the way libusb does on Linux:
 * claiming an interface a kernel driver still holds, or that another handle claimed, raises
   EBUSY; setting a configuration while a kernel driver is bound raises EBUSY;
 * :meth:`SimulatedUsb.deny_access` makes the next opens fail with EACCES, as they do in the
-  moment between a plug and udev applying the rules' group and mode.
+  moment between a plug and udev applying the rules' group and mode;
+* a keyboard interface takes the LED output report (SET_REPORT) into
+  :attr:`SimulatedDevice.leds`; one made with ``leds=False`` STALLs it, as a scanner without
+  LEDs does.
 
 A :class:`SimulatedDevice` plays report streams: queue reports (:meth:`~SimulatedDevice.queue`,
 :meth:`~SimulatedDevice.type_text`) or a capture file (:meth:`~SimulatedDevice.play`) with
@@ -94,12 +97,16 @@ def keyboard_reports(
     repeat: bool = False,
     alt_codes: bool = False,
     terminator: str = "\r",
+    host_caps_lock: bool = False,
 ) -> list[bytes]:
     """The boot reports a keyboard-mode scanner sends for ``text`` + ``terminator``.
 
     ``gs`` is how GS is typed: ``"ctrl+]"``, ``"alt+0029"``, ``"f1"`` … ``"f12"``, or
     ``"lost"`` (left out, as many scanners do). ``caps_lock`` wraps the text in Caps Lock
     presses and inverts Shift on letters, like scanners that "emulate Caps Lock".
+    ``host_caps_lock`` inverts Shift on letters without any Caps Lock press, as a scanner
+    with automatic Caps Lock compensation does while the host's LED report says Caps Lock
+    is on.
     ``rollover`` presses each key before releasing the previous one; ``repeat`` sends each
     report twice; ``alt_codes`` types every character as Alt+keypad digits.
     """
@@ -147,7 +154,7 @@ def keyboard_reports(
             alt_code(ord(char))
             continue
         usage, shift = keymap.key_for(char)
-        if caps_lock and keymap.is_letter(usage):
+        if (caps_lock != host_caps_lock) and keymap.is_letter(usage):
             shift = not shift
         modifiers = keymap.LEFT_SHIFT if shift else 0
         if rollover and held is not None and held != usage:
@@ -199,12 +206,19 @@ class _Item:
 
 @dataclass
 class SimulatedInterface:
-    """One HID interface: ``kind`` ``"keyboard"`` (boot keyboard) or ``"hid-pos"``."""
+    """One HID interface: ``kind`` ``"keyboard"`` (a boot keyboard, or with ``boot=False`` a
+    keyboard without the boot subclass, which refuses SET_PROTOCOL), ``"hid-pos"`` or
+    ``"vendor"``."""
 
     kind: str = "keyboard"
     report_descriptor: bytes | None = None
     #: Whether a kernel driver is bound when the device is plugged (usbhid always is).
     kernel_driver: bool = True
+    #: Whether a keyboard interface has LEDs, i.e. takes the LED output report; without,
+    #: SET_REPORT is STALLed.
+    leds: bool = True
+    #: For a keyboard: whether it declares the boot subclass and protocol.
+    boot: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in ("keyboard", "hid-pos", "vendor"):
@@ -232,6 +246,8 @@ class SimulatedDevice:
         product: str = "Barcode Scanner",
         configured: bool = True,
         packet_size: int | None = None,
+        leds: int = 0x01,
+        auto_caps_lock: bool = False,
     ) -> None:
         self.vid = vid
         self.pid = pid
@@ -243,6 +259,16 @@ class SimulatedDevice:
             raise ValueError("a device needs at least one interface")
         self.packet_size = packet_size or (8 if self.interfaces[0].kind == "keyboard" else 64)
         self.configuration = 1 if configured else 0
+        #: The LED state the kernel sets when it binds at a plug (bit 0 Num Lock, bit 1 Caps
+        #: Lock): the console's, whatever it was.
+        self.plug_leds = leds
+        #: The LED state the host last sent (SET_REPORT output), which the scanner believes.
+        self.leds = leds
+        #: Automatic Caps Lock compensation: :meth:`type_text` inverts the case of letters
+        #: while :attr:`leds` says Caps Lock is on, as such scanners do.
+        self.auto_caps_lock = auto_caps_lock
+        #: Output reports received, as (interface, wValue, data).
+        self.output_reports: list[tuple[int, int, bytes]] = []
         self.bus_number = 1
         self.address = 0
         self.plugged = False
@@ -300,7 +326,10 @@ class SimulatedDevice:
                 self.queue(entry.data, delay=entry.delay, interface=interface)
 
     def type_text(self, text: str | bytes, **options: Any) -> None:
-        """Queue the keyboard reports for ``text`` (see :func:`keyboard_reports`)."""
+        """Queue the keyboard reports for ``text`` (see :func:`keyboard_reports`); with
+        ``auto_caps_lock`` as the LEDs last sent by the host make the scanner type them."""
+        if self.auto_caps_lock:
+            options.setdefault("host_caps_lock", bool(self.leds & 0x02))
         self.queue(*keyboard_reports(text, **options))
 
     def pending(self, interface: int = 0) -> int:
@@ -360,6 +389,7 @@ class SimulatedUsb(usb.backend.IBackend):  # type: ignore[misc]
             device.address = next(self._addresses)
             device.claimed.clear()
             device.protocol.clear()
+            device.leds = device.plug_leds  # usbhid syncs the console's LEDs when it binds
             for index, interface in enumerate(device.interfaces):
                 device.kernel_driver[index] = interface.kernel_driver and bool(device.configuration)
             device.log.append(f"plug {device.address}")
@@ -447,7 +477,7 @@ class SimulatedUsb(usb.backend.IBackend):  # type: ignore[misc]
         if config != 0 or alt != 0 or not 0 <= intf < len(dev.interfaces):
             raise IndexError("interface index out of range")
         interface = dev.interfaces[intf]
-        keyboard = interface.kind == "keyboard"
+        keyboard = interface.kind == "keyboard" and interface.boot
         length = len(interface.report_descriptor or b"")
         hid_descriptor = [0x09, 0x21, 0x11, 0x01, 0x00, 0x01, 0x22, length & 0xFF, length >> 8]
         return SimpleNamespace(
@@ -593,19 +623,45 @@ class SimulatedUsb(usb.backend.IBackend):  # type: ignore[misc]
                 if answer is None:
                     raise _error("pipe")
             elif bmRequestType == 0x21 and bRequest == _SET_PROTOCOL:
-                if device.interfaces[wIndex].kind != "keyboard":
+                interface = device.interfaces[wIndex]
+                if interface.kind != "keyboard" or not interface.boot:
                     raise _error("pipe")  # only boot-subclass interfaces know SET_PROTOCOL
                 device.protocol[wIndex] = wValue
                 device.log.append(f"set_protocol {wIndex} {'boot' if wValue == 0 else 'report'}")
                 return 0
-            elif bmRequestType == 0x21 and bRequest in (_SET_IDLE, _SET_REPORT):
+            elif bmRequestType == 0x21 and bRequest == _SET_REPORT:
+                return self._set_report(device, wValue, wIndex, bytes(data or b""))
+            elif bmRequestType == 0x21 and bRequest == _SET_IDLE:
                 device.log.append(f"class request {bRequest:#x} {wIndex}")
-                return len(data) if data is not None else 0
+                return 0
             else:
                 raise _error("pipe")
             size = min(len(answer), len(data))
             data[:size] = array.array("B", answer[:size])
             return size
+
+    @staticmethod
+    def _set_report(device: SimulatedDevice, value: int, index: int, data: bytes) -> int:
+        """SET_REPORT: a keyboard interface with LEDs takes an output report; the first byte
+        of the report (after its ID, when wValue names one) is the LED byte."""
+        if not 0 <= index < len(device.interfaces):
+            raise _error("pipe")
+        interface = device.interfaces[index]
+        report_type, report_id = value >> 8, value & 0xFF
+        body = data[1:] if report_id else data
+        if (
+            report_type != 0x02
+            or interface.kind != "keyboard"
+            or not interface.leds
+            or not body
+            or (report_id and data[0] != report_id)
+        ):
+            device.log.append(f"set_report {index} {value:#06x} stalled")
+            raise _error("pipe")
+        device.leds = body[0]
+        device.output_reports.append((index, value, data))
+        device.log.append(f"set_report {index} {value:#06x} {data.hex()}")
+        return len(data)
 
     @staticmethod
     def _string_descriptor(device: SimulatedDevice, index: int) -> bytes:

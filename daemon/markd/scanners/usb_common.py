@@ -24,12 +24,20 @@ The session is closed, the scanner reported absent, and the device looked for ag
 libusb's hot-plug callbacks, which fire before udev has set the node's group and mode, so
 the first open would fail anyway: domain.md §8.4). An open refused with EACCES in that
 window is simply retried.
+
+A device that was looked at and refused for what it is (keyboard mode under a ``hid-pos://``
+URL or the reverse, no HID interface, a keyboard report markd cannot read) is remembered by
+bus and address and not opened again: every look detaches the kernel driver, so retrying
+twice a second would make the scanner flicker in and out of the console forever. It is
+reported absent once; switching its mode makes it re-enumerate, and a replug gives it a new
+address, so either is looked at afresh.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import threading
@@ -42,16 +50,25 @@ import usb.util
 from markd.errors import ScannerError, ScannerGone
 from markd.scanners.base import BadReport, Option, Scanner, ScannerURL
 
+log = logging.getLogger(__name__)
+
 HID_CLASS = 3
 HID_SUBCLASS_BOOT = 1
 HID_PROTOCOL_KEYBOARD = 1
 
 # HID class requests (HID 1.11 §7.2) and the standard GET_DESCRIPTOR for the report descriptor.
 _SET_PROTOCOL = 0x0B
+_SET_REPORT = 0x09
+_OUTPUT_REPORT = 0x02
 _GET_DESCRIPTOR = 0x06
 _REPORT_DESCRIPTOR = 0x22
 _TO_INTERFACE_CLASS = 0x21  # host-to-device, class, interface
 _FROM_INTERFACE_STANDARD = 0x81  # device-to-host, standard, interface
+
+#: Reasons of the errors that refuse a device for what it is (its mode, its interfaces, its
+#: report layout), as opposed to a passing state (busy, access denied, unplugged). A refused
+#: device is not opened again until it re-enumerates (see the module docstring).
+REFUSAL_REASONS = frozenset({"wrong-mode", "no-interface", "no-endpoint", "unsupported-keyboard"})
 
 # --------------------------------------------------------------------------------------------
 # The backend hook
@@ -243,6 +260,10 @@ class InterfaceChoice:
     def none_found(self, where: str) -> ScannerError:
         return ScannerError(f"{where} has no HID interface", "no-interface")
 
+    def settle(self, session: UsbSession) -> None:
+        """Called once the interface is claimed and, if asked, in boot protocol: raise
+        :class:`ScannerError` (saying why) when its reports cannot be read after all."""
+
 
 class UsbSession:
     """One HID interface taken from the kernel: reads reports, gives everything back on close.
@@ -300,7 +321,8 @@ class UsbSession:
         """Take an interface of ``device``: the one numbered ``interface_number``, or the first
         in ``choice``'s order that it accepts once its report descriptor can be read (pyusb
         claims an interface to read it, so each candidate is taken, looked at, and given back
-        if refused). ``boot_protocol`` switches a boot-subclass interface to 8-byte reports."""
+        if refused). ``boot_protocol`` switches a boot-subclass interface to 8-byte reports;
+        ``choice`` then sees the result in :meth:`InterfaceChoice.settle`."""
         choice = choice or InterfaceChoice()
         where = f"USB {device.idVendor:04x}:{device.idProduct:04x}"
         try:
@@ -329,20 +351,24 @@ class UsbSession:
                     )
                 raise choice.none_found(where)
             problems: list[str] = []
+            reasons: set[str] = set()
             for _, _, interface in sorted(ranked, key=lambda item: item[:2]):
                 session = cls._take(device, interface, configured, serial)
                 configured = True
                 session.report_descriptor = report_descriptor(device, session.number)
                 try:
                     choice.accept(interface, session.report_descriptor)
+                    if boot_protocol and interface.bInterfaceSubClass == HID_SUBCLASS_BOOT:
+                        session.boot_protocol = session._set_protocol(0)
+                    choice.settle(session)
                 except ScannerError as exc:
                     problems.append(f"interface {session.number}: {exc}")
-                    session.close(dispose=False)
+                    reasons.add(exc.reason)
+                    session.close(dispose=False)  # back to report protocol, driver re-attached
                     continue
-                if boot_protocol and interface.bInterfaceSubClass == HID_SUBCLASS_BOOT:
-                    session.boot_protocol = session._set_protocol(0)
                 return session
-            raise ScannerError(f"{where}: " + "; ".join(problems), "wrong-mode")
+            reason = reasons.pop() if len(reasons) == 1 else "wrong-mode"
+            raise ScannerError(f"{where}: " + "; ".join(problems), reason)
         except usb.core.USBError as exc:
             usb.util.dispose_resources(device)
             raise _usb_error(exc, where) from exc
@@ -391,6 +417,24 @@ class UsbSession:
                 _TO_INTERFACE_CLASS, _SET_PROTOCOL, protocol, self.number, None, 1000
             )
         except (usb.core.USBError, NotImplementedError):
+            return False
+        return True
+
+    def set_output_report(self, report_id: int, data: bytes) -> bool:
+        """SET_REPORT (HID 1.11 §7.2.2) of an output report over the control pipe; ``data``
+        starts with the report ID when the interface uses IDs. True when accepted; a device
+        that STALLs it (no such report) is no error."""
+        try:
+            self.device.ctrl_transfer(
+                _TO_INTERFACE_CLASS,
+                _SET_REPORT,
+                (_OUTPUT_REPORT << 8) | report_id,
+                self.number,
+                data,
+                1000,
+            )
+        except (usb.core.USBError, NotImplementedError) as exc:
+            log.debug("interface %d refused output report %d: %s", self.number, report_id, exc)
             return False
         return True
 
@@ -464,6 +508,9 @@ class UsbScanner(Scanner):
         self.description = ""
         #: The session last closed, so tests and scan-test can check the kernel driver.
         self.last_session: UsbSession | None = None
+        #: The device last refused for what it is: ((bus, address), message, reason). Not
+        #: opened again while it keeps that address (see the module docstring).
+        self._refused: tuple[tuple[int, int], str, str] | None = None
 
     @classmethod
     def target_from_url(cls, variant: str | None, netloc: str, path: str) -> str:
@@ -483,19 +530,43 @@ class UsbScanner(Scanner):
     def _reset_decoder(self) -> None:
         raise NotImplementedError
 
+    def _breaks_unit(self) -> bool:
+        """Whether an unreadable report now breaks a unit under way (see
+        :meth:`Scanner._bad_input`); asked before :meth:`_reset_decoder`."""
+        return self._framer.in_unit
+
     # -- the loop -----------------------------------------------------------------------------
 
     def _open(self) -> UsbSession:
         backend = get_backend()
         serial = self.url.options.get("serial")
-        device = find_device(self.url.target, serial, backend)
-        return UsbSession.claim(
-            device,
-            self._interface_choice(),
-            interface_number=self.url.options.get("interface"),
-            boot_protocol=self.boot_protocol,
-            serial=serial,
-        )
+        try:
+            device = find_device(self.url.target, serial, backend)
+        except ScannerGone:
+            self._refused = None  # it went away: whatever comes back is looked at afresh
+            raise
+        place = (int(device.bus), int(device.address))
+        if self._refused is not None and self._refused[0] == place:
+            # Claiming it again would detach its kernel driver once more, for nothing.
+            usb.util.dispose_resources(device)
+            raise ScannerError(self._refused[1], self._refused[2])
+        try:
+            return UsbSession.claim(
+                device,
+                self._interface_choice(),
+                interface_number=self.url.options.get("interface"),
+                boot_protocol=self.boot_protocol,
+                serial=serial,
+            )
+        except ScannerError as exc:
+            if isinstance(exc, ScannerGone) or exc.reason not in REFUSAL_REASONS:
+                raise
+            message = (
+                f"{exc} (bus {place[0]} address {place[1]}; left alone until it is replugged "
+                "or switched to another mode)"
+            )
+            self._refused = (place, message, exc.reason)
+            raise ScannerError(message, exc.reason) from exc
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -536,12 +607,15 @@ class UsbScanner(Scanner):
         while not self._stopping.is_set():
             report = session.read(self._read_timeout(self.poll_interval))
             if report is not None:
+                # Every report, also one that types nothing, is activity for the gap.
+                self._activity()
                 try:
                     self._on_report(report)
                 except BadReport as exc:
                     self._raw(report, b"", (f"bad-report: {exc}",))
+                    in_unit = self._breaks_unit()
                     self._reset_decoder()
-                    self._bad_input(len(report))
+                    self._bad_input(len(report), in_unit=in_unit)
             self._check_gap()
 
     def _release(self) -> None:
