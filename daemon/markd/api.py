@@ -897,7 +897,9 @@ class ControlServer:
             raise HTTPRefusal(400, "bad-request", "price_kopecks: must be 0 or more")
         tax = _field(body, "tax", str, default=None)
         receipts = self._receipts()
-        verdict = await self.service.submit(code.encode("utf-8"), "api")
+        # Checked at the price it is sold at: the price rules (a tobacco pack above its MRP,
+        # a unit below its minimum price) judge the sale, not just the code.
+        verdict = await self.service.submit(code.encode("utf-8"), "api", price_kopecks=price)
         current = await receipts.current()
         selling = current is None or current.get("kind", "sell") != "return"
         if selling and verdict.decision != "allow":

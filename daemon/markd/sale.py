@@ -569,7 +569,9 @@ class SaleDesk:
                 raise ReceiptError("no receipt is open", "receipt-not-open")
             total = sum(p.amount_kopecks for p in self.session.positions)
             paid = sum(p.amount_kopecks for p in payments)
-            if payments and paid < total and not self.session.receipt_paid:
+            # Payments given are used unless an earlier attempt's outcome is unknown (then the
+            # journaled ones stay, and the answer says so): judge them whenever they are used.
+            if payments and paid < total and not self.session.payments_locked:
                 raise ReceiptError(
                     f"the payments ({paid / 100:.2f} RUB) do not cover the total "
                     f"({total / 100:.2f} RUB)",
@@ -578,6 +580,10 @@ class SaleDesk:
                 )
             chosen = [FiscalPayment(p.amount_kopecks, p.type) for p in payments] or None
             outcome = await self.session.close(chosen)
+            if outcome.status == "pending":
+                # Paid, the ККТ's answer lost or the ККТ gone: the next operation (and the
+                # next start) runs recovery first, as the answer promises.
+                self._recovery_pending = True
             await self._refresh_status()
             return self._receipt_answer(outcome, wanted="closed")
 
@@ -586,6 +592,8 @@ class SaleDesk:
             if self.session.receipt_id is None:
                 raise ReceiptError("no receipt is open", "receipt-not-open")
             outcome = await self.session.cancel("cancelled-by-api")
+            if outcome.status == "pending":
+                self._recovery_pending = True  # as for close(): recovery before the next one
             await self._refresh_status()
             return self._receipt_answer(outcome, wanted="cancelled")
 
@@ -711,6 +719,14 @@ class SaleDesk:
     def _receipt_answer(self, outcome: ReceiptOutcome, *, wanted: str) -> dict[str, Any]:
         """A closed (or, for a cancel, cancelled) receipt as the API's answer; anything else
         is a refusal with the outcome's reason."""
+        # Payments given to this close that were not used: say so, and which ones stand.
+        ignored = ""
+        if outcome.payments_ignored:
+            used = ", ".join(f"{p.type} {p.amount_kopecks / 100:.2f}" for p in outcome.payments)
+            ignored = (
+                "; the payments given were NOT used: an earlier attempt's outcome is unknown, "
+                f"so the receipt keeps its journaled payments ({used})"
+            )
         if outcome.status == "closed" or outcome.status == wanted:
             record = outcome.record()
             return {
@@ -721,19 +737,23 @@ class SaleDesk:
                 "store_ok": outcome.store_ok,
                 "local_module": outcome.lm,
                 "dropped": record["dropped"],
+                "payments": record["payments"],
+                "payments_ignored": outcome.payments_ignored,
+                "adjustment": outcome.adjustment,
             }
         if outcome.status == "pending":
             raise ReceiptError(
                 f"receipt {outcome.receipt_id}: the ККТ did not answer ({outcome.reason}); it is "
                 "paid and will be registered once the ККТ answers (retried at the next operation "
-                "and at start)",
+                "and at start)" + ignored,
                 outcome.reason,
                 status=503,
             )
         if outcome.status == "failed":
             raise ReceiptError(
                 f"receipt {outcome.receipt_id} not registered: the ККТ refused ({outcome.reason}); "
-                "it stays open: close it again or cancel it",
+                "it stays open: close it again (with corrected payments if they were refused) "
+                "or cancel it" + ignored,
                 outcome.reason,
                 status=_http_status(outcome.reason),
             )

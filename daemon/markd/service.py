@@ -332,6 +332,11 @@ def _reader_alive(scanner: Scanner) -> bool:
     return thread is None or thread.is_alive()
 
 
+def _fixed_price(price_kopecks: int) -> Callable[[codes.MarkingCode], int | None]:
+    """A ``price_of`` for one unit whose price is known (the POS gave it)."""
+    return lambda _code: price_kopecks
+
+
 def _age_text(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -618,17 +623,23 @@ class Service:
             )
             self._update_status()
 
-    async def _on_scan(self, scan: Scan, *, to_sink: bool = True) -> Verdict:
+    async def _on_scan(
+        self, scan: Scan, *, to_sink: bool = True, price_kopecks: int | None = None
+    ) -> Verdict:
         self.events.publish("scan", {"scanner": scan.scanner, "length": len(scan.data)})
         # Kiosk: the scan is a unit for sale (not so a question through POST /v1/check).
         kiosk = self.sale_desk if to_sink and self.sale_desk and self.sale_desk.kiosk else None
         code: codes.MarkingCode | None = None
+        # The sale price the chain judges price rules with (price-not-mrp …): the one the
+        # caller gives (a unit the POS sells through the API), else the kiosk's price list.
+        price_of: Callable[[codes.MarkingCode], int | None] | None = None
+        if price_kopecks is not None:
+            price_of = _fixed_price(price_kopecks)
+        elif kiosk is not None:
+            price_of = kiosk.price_of
         try:
             verdict, code = await self._check_scan(
-                scan.data,
-                scan.scanner,
-                started=scan.received,
-                price_of=None if kiosk is None else kiosk.price_of,
+                scan.data, scan.scanner, started=scan.received, price_of=price_of
             )
         except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the till
             self._internal_error(f"checking a scan from {scan.scanner}", exc)
@@ -653,11 +664,17 @@ class Service:
 
     # -- control API ----------------------------------------------------------------------------
 
-    async def submit(self, data: bytes, scanner: str) -> Verdict:
+    async def submit(
+        self, data: bytes, scanner: str, *, price_kopecks: int | None = None
+    ) -> Verdict:
         """Decide on a code that came another way than a scanner (``POST /v1/check``) exactly
         like a scan: ``scan`` event, check, journaled verdict, ``verdict`` event. It is not
-        given to the verdict sink: a check through the API is a question, not a unit for sale."""
-        return await self._on_scan(Scan(scanner, data, time.monotonic()), to_sink=False)
+        given to the verdict sink: a check through the API is a question, not a unit for sale.
+        ``price_kopecks``: the price the unit is sold at (``POST /v1/receipt/items``), so the
+        price rules (a tobacco pack above its MRP …) judge it as they do a kiosk's scan."""
+        return await self._on_scan(
+            Scan(scanner, data, time.monotonic()), to_sink=False, price_kopecks=price_kopecks
+        )
 
     @property
     def chain(self) -> StoreOnlyChain | CheckChain | None:
@@ -677,10 +694,17 @@ class Service:
         return self._chain.decide(code, scanner, started=started)
 
     async def check_async(
-        self, data: bytes, scanner: str, *, started: float | None = None
+        self,
+        data: bytes,
+        scanner: str,
+        *,
+        started: float | None = None,
+        price_kopecks: int | None = None,
     ) -> Verdict:
-        """Decide on one framed unit: decode, parse, run the chain. Never raises CodeError."""
-        verdict, _ = await self._check_scan(data, scanner, started=started)
+        """Decide on one framed unit: decode, parse, run the chain. Never raises CodeError.
+        ``price_kopecks``: the sale price, when known, for the price rules."""
+        price_of = None if price_kopecks is None else _fixed_price(price_kopecks)
+        verdict, _ = await self._check_scan(data, scanner, started=started, price_of=price_of)
         return verdict
 
     async def _check_scan(

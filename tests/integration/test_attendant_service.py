@@ -14,12 +14,15 @@ from conftest import (
     GS,
     SHOES,
     SHOES_KI,
+    TOBACCO_PACK,
+    TOBACCO_PACK_KI,
     WATER,
     WATER_KI,
     RecordingEventLog,
     wait_until,
 )
 from markd.codes import parse
+from markd.emulators.testing import crpt_cdn
 from markd.scanners import get_virtual
 from markd.store import Store
 from sale_helpers import events, journal, kkt, running, write_sale_config
@@ -165,3 +168,72 @@ async def test_attendant_printer_faults_come_back_as_api_errors_with_their_reaso
     assert (closed.status, closed.json()["error"]) == (409, "paper-out")
     assert still.json()["receipt"]["state"] == "paid"  # paid, waiting: registered later
     assert [r["reason"] for r in events(event_log, "sale-refused")] == ["paper-out"]
+
+
+async def test_attendant_a_payment_the_kkt_refused_is_corrected_by_the_next_close(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    config = write_sale_config(
+        tmp_path, mode="attendant", scanners={"till": "virtual://attendant-pay"}, catalog=None
+    )
+    water = {"code": WATER, "name": "Вода", "price_kopecks": 8990}
+
+    def card(kopecks: int) -> dict[str, Any]:
+        return {"payments": [{"type": "electronically", "amount_kopecks": kopecks}]}
+
+    async with running(config, event_log):
+        conversation = await Conversation.unix(str(tmp_path / "control.sock"))
+        assert (await conversation.request("POST", "/v1/receipt/items", water)).status == 200
+        refused = await conversation.request("POST", "/v1/receipt/close", card(9000))
+        short = await conversation.request("POST", "/v1/receipt/close", card(8000))
+        closed = await conversation.request("POST", "/v1/receipt/close", card(8990))
+        conversation.close()
+
+    # The ККТ refused a card payment above the total: nothing was registered, so the next
+    # close's payments are used — and judged (underpaid) like a first close's.
+    assert (refused.status, refused.json()["error"]) == (409, "bad-payment")
+    assert (short.status, short.json()["error"]) == (422, "underpaid")
+    assert closed.status == 200, closed.body
+    receipt = closed.json()["receipt"]
+    assert receipt["payments"] == [{"type": "electronically", "amount_kopecks": 8990}]
+    assert receipt["payments_ignored"] is False
+    assert receipt["document"]["payments"] == receipt["payments"]
+    (document,) = kkt(tmp_path).receipts()
+    assert document["payments"] == [{"type": "electronically", "amount": 8990}]
+    assert "corrected payments" in refused.json()["message"]  # the answer says what to do
+
+
+async def test_attendant_an_item_is_checked_at_the_price_it_is_sold_at(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    token = "3f2c8a1e-5b6d-4e7f-9a0b-1c2d3e4f5a6b"
+    with crpt_cdn({"cdn": {"token": token}}) as cdn:
+        (tmp_path / "token").write_text(token + "\n")
+        extra = (
+            '[check]\nmode = "direct"\n\n'
+            f'[check.online]\nurl = "{cdn.url}"\ntoken_file = "{tmp_path / "token"}"\n\n'
+        )
+        config = write_sale_config(
+            tmp_path, mode="attendant", scanners={}, catalog=None, extra=extra
+        )
+        async with running(config, event_log):
+            conversation = await Conversation.unix(str(tmp_path / "control.sock"))
+            pack = {"code": TOBACCO_PACK, "name": "Сигареты"}
+            above = await conversation.request(
+                "POST", "/v1/receipt/items", {**pack, "price_kopecks": 25000}
+            )
+            at_mrp = await conversation.request(
+                "POST", "/v1/receipt/items", {**pack, "price_kopecks": 22500}
+            )
+            closed = await conversation.request("POST", "/v1/receipt/close")
+            conversation.close()
+
+    # The pack's code carries its MRP (225.00): a higher price is refused before the ККТ.
+    assert (above.status, above.json()["error"]) == (409, "code-not-allowed")
+    verdict = above.json()["verdict"]
+    assert (verdict["decision"], verdict["reason"]) == ("deny", "price-not-mrp")
+    assert verdict["details"]["price_kopecks"] == 25000 and verdict["details"]["mrp"] == 22500
+    assert at_mrp.status == 200, at_mrp.body
+    assert closed.status == 200, closed.body
+    (document,) = kkt(tmp_path).receipts()
+    assert [(p["ki"], p["price"]) for p in document["positions"]] == [(TOBACCO_PACK_KI, 22500)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,49 @@ def test_receipt_documents_hold_the_tags_and_no_code(kkt: VirtualKkt, tmp_path: 
     assert shoes["payment_object"] == "commodityWithMarking"
     raw = (tmp_path / "kkt" / DOCUMENTS_FILE).read_text(encoding="utf-8")
     assert "91FFD0" not in raw and "938p9E" not in raw  # crypto tails stay out
+
+
+def test_documents_hold_nothing_derived_from_the_whole_code(
+    kkt: VirtualKkt, tmp_path: Path
+) -> None:
+    # A hash of the full code, next to its КИ, gives a 4-character crypto tail (AI 93) away
+    # to anyone who tries the 82^4 candidates; the files are not for everyone either.
+    validate_and_accept(kkt, testing.DAIRY)
+    ok(kkt, sell_task(testing.DAIRY))
+
+    file = tmp_path / "kkt" / DOCUMENTS_FILE
+    (position,) = json.loads(file.read_text(encoding="utf-8").splitlines()[-1])["positions"]
+    assert set(position) == {
+        "name",
+        "price",
+        "quantity",
+        "amount",
+        "tax",
+        "payment_object",
+        "ki",
+        "tags",
+    }
+    raw = file.read_text(encoding="utf-8")
+    km = testing.DAIRY.encode("utf-8")
+    for digest in (hashlib.sha256(km).hexdigest(), hashlib.sha1(km).hexdigest()):
+        assert digest[:8] not in raw
+    assert file.stat().st_mode & 0o777 & ~0o640 == 0  # owner writes, group reads, no one else
+    # The state holds the accepted codes themselves (as the ФН does): owner only.
+    validate_and_accept(kkt, testing.SHOES)
+    assert (tmp_path / "kkt" / STATE_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_documents_of_an_older_version_are_narrowed(tmp_path: Path) -> None:
+    (tmp_path / "kkt").mkdir()
+    file = tmp_path / "kkt" / DOCUMENTS_FILE
+    file.write_text("", encoding="utf-8")
+    file.chmod(0o644)
+    device = VirtualKkt(tmp_path / "kkt")
+
+    ok(device, {"type": "openShift"})
+
+    assert file.stat().st_mode & 0o777 == 0o640
+    assert len(device.documents()) == 1
 
 
 def test_return_receipt_needs_the_return_status(kkt: VirtualKkt) -> None:

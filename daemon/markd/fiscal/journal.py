@@ -11,17 +11,21 @@ The ККТ must get the full code again if a receipt has to be registered anew a
 the codes of the receipt in flight are kept beside the journal, in ``<journal>.codes`` (mode
 0600, replaced atomically), and that file is deleted as soon as the receipt is closed or
 cancelled: it is the session's working memory, not a record, and it never holds more than one
-receipt.
+receipt. Recovery deletes it too when no receipt is in flight (a kill between journaling the
+end of a receipt and deleting the file leaves it behind), and deletes a ``<journal>.codes.tmp``
+a kill left between writing and renaming it.
 
 When the journal grows past :data:`ROTATE_BYTES` and nothing is in flight, it is renamed to
-``<journal>.1`` (one generation kept) and a new one started.
+``<journal>.1`` (one generation kept) and a new one started. The records of receipts recovery
+still has work for (a store or Local Module update to replay) are carried on into the new
+journal, so rotating never loses them: recovery reads the current journal only.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,7 @@ class SessionJournal:
     def __init__(self, path: str | os.PathLike[str] = DEFAULT_PATH) -> None:
         self.path = Path(path)
         self.codes_path = self.path.with_name(self.path.name + ".codes")
+        self.codes_tmp_path = self.codes_path.with_name(self.codes_path.name + ".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def append(self, event: str, receipt: str | None, **facts: Any) -> dict[str, Any]:
@@ -63,6 +68,12 @@ class SessionJournal:
 
     def records(self) -> list[dict[str, Any]]:
         """Every complete record, oldest first."""
+        fresh = self.path.with_name(self.path.name + ".new")
+        if not self.path.exists() and fresh.exists():
+            # A rotation without hard links was killed between its two renames: the new
+            # journal, complete, is still aside.
+            os.replace(fresh, self.path)
+            _fsync_dir(self.path.parent)
         return list(self._read(self.path))
 
     def by_receipt(self) -> dict[str, list[dict[str, Any]]]:
@@ -80,7 +91,7 @@ class SessionJournal:
         """Keep ``km`` for ``unit`` of ``receipt`` (replacing codes of any other receipt)."""
         data = self.codes(receipt)
         data[unit] = km
-        tmp = self.codes_path.with_name(self.codes_path.name + ".tmp")
+        tmp = self.codes_tmp_path
         payload = json.dumps({"receipt": receipt, "codes": data}, ensure_ascii=False).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -103,21 +114,75 @@ class SessionJournal:
         return dict(codes) if isinstance(codes, dict) else {}
 
     def drop_codes(self) -> None:
+        """Delete the kept codes (and a half-written copy of them)."""
+        removed = False
+        for path in (self.codes_path, self.codes_tmp_path):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed = True
+        if removed:
+            _fsync_dir(self.codes_path.parent)
+
+    def discard_partial_codes(self) -> None:
+        """Delete ``<journal>.codes.tmp``: a kill between writing it and renaming it into place
+        leaves it, full codes included, and nothing else would ever remove it. Call only while
+        no :meth:`put_code` runs (the session calls it from recovery, under its lock)."""
         try:
-            self.codes_path.unlink()
+            self.codes_tmp_path.unlink()
         except FileNotFoundError:
             return
         _fsync_dir(self.codes_path.parent)
 
-    def rotate_if_large(self, limit: int = ROTATE_BYTES) -> bool:
+    def rotate_if_large(
+        self,
+        limit: int = ROTATE_BYTES,
+        keep: Callable[[list[dict[str, Any]]], Collection[str]] | None = None,
+    ) -> bool:
         """Start a new journal when this one is larger than ``limit`` bytes (call only when no
-        receipt is in flight). Returns True when it rotated."""
+        receipt is in flight). ``keep`` is given every record and names the receipts whose
+        records go on into the new journal, in their order. Returns True when it rotated.
+
+        The new journal is written aside first and renamed into place while the old one is
+        still reachable under a second name, so a kill at any instant leaves a journal that
+        holds every record recovery needs (at worst ``<journal>.1`` is one generation old).
+        """
         try:
             if self.path.stat().st_size <= limit:
                 return False
         except FileNotFoundError:
             return False
-        os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        records = self.records()
+        carried = set(keep(records)) if keep is not None else set()
+        lines = [
+            json.dumps(r, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
+            for r in records
+            if r.get("receipt") in carried
+        ]
+        fresh = self.path.with_name(self.path.name + ".new")
+        old = self.path.with_name(self.path.name + ".1")
+        old_link = self.path.with_name(self.path.name + ".1.new")
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            os.write(fd, "".join(lines).encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            old_link.unlink()  # left by a kill during an earlier rotation
+        except FileNotFoundError:
+            pass
+        try:
+            os.link(self.path, old_link)  # the old records stay reachable while swapped
+        except OSError:
+            # No hard links here: rename, then put the new journal in place (a kill in
+            # between leaves no journal but a complete <journal>.new: records() takes it).
+            os.replace(self.path, old)
+            os.replace(fresh, self.path)
+        else:
+            os.replace(fresh, self.path)
+            os.replace(old_link, old)
         _fsync_dir(self.path.parent)
         return True
 

@@ -27,8 +27,14 @@ and the step, so :meth:`SaleSession.recover` can tell how far a receipt got:
   counter (a new fiscal document since the attempt was journaled is that receipt: markd is the
   ККТ's only client). Found: the receipt is finished as it is. Not found: a receipt left open
   on the device is cancelled, every unit is validated again and the receipt registered anew —
-  exactly once;
-* ``closed``: whatever of the store and the Local Module is still missing is done.
+  exactly once. Each such recovery attempt is journaled (``recovery-attempt N``) before the
+  device is touched and names its operations after N, so a later attempt never reuses an id
+  the ККТ already answered (it would answer from its request table instead of running it). A
+  fault of the device while the units are checked again leaves the receipt ``pending``; a unit
+  the ФН or the ОИСМ now refuses is dropped and the payments are fitted to the smaller total
+  (``payments-adjusted``, with the amount to refund);
+* ``closed``: whatever of the store and the Local Module is still missing is done, for the КИ
+  no later receipt has superseded (a sale's follow-up is not replayed over a later return).
 
 A fault of the ККТ refuses the unit at hand (or fails the close, which can be retried) with a
 reason; it never raises out of :meth:`~SaleSession.add` or :meth:`~SaleSession.close`.
@@ -52,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from markd.errors import FiscalError, FiscalTimeout, OutcomeUnknown, PrinterUnavailable, StoreError
 from markd.fiscal import atol_protocol as proto
-from markd.fiscal.base import FiscalPrinter, derive_op_id
+from markd.fiscal.base import FiscalPrinter, derive_op_id, new_op_id
 from markd.fiscal.journal import DEFAULT_PATH as DEFAULT_JOURNAL
 from markd.fiscal.journal import SessionJournal
 from markd.fiscal.killpoint import kill_point
@@ -93,6 +99,11 @@ MESSAGES_RU: dict[str, str] = {
 PRINTER_DOWN_RU = "Касса недоступна, продажа невозможна"
 #: Attempts to register one receipt before it is left pending for a technician.
 MAX_ATTEMPTS = 5
+#: Failed Local Module reports of one receipt after which recovery stops retrying it.
+MAX_LM_RETRIES = 10
+#: The ККТ's answers on a code checked again during recovery that are no verdict on the code:
+#: the device did not finish in time. The receipt waits (``pending``); the unit is not dropped.
+TRANSIENT_CHECK_REASONS = frozenset({"fn-validation-timeout"})
 
 UnitStatus = Literal["added", "refused"]
 ReceiptStatus = Literal["closed", "failed", "pending", "cancelled", "empty"]
@@ -171,6 +182,15 @@ class ReceiptOutcome:
     lm: dict[str, Any] | None = None
     #: Units dropped when the receipt had to be registered anew after a crash.
     dropped: tuple[UnitOutcome, ...] = ()
+    #: The payments the receipt carries (closed with, or journaled for the next attempt).
+    payments: tuple[Payment, ...] = ()
+    #: :meth:`SaleSession.close` was given other payments and did not use them: an earlier
+    #: attempt's outcome is unknown, so the journaled payments stay until it is settled.
+    payments_ignored: bool = False
+    #: Units were dropped after the payment: ``total_before_kopecks`` (what was paid for),
+    #: ``total_kopecks`` (what is registered), ``refund_kopecks`` (owed to the customer),
+    #: ``dropped`` (their КИ). None when nothing was dropped.
+    adjustment: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
         return {
@@ -181,6 +201,9 @@ class ReceiptOutcome:
             "store_ok": self.store_ok,
             "lm": self.lm,
             "dropped": [u.record() for u in self.dropped],
+            "payments": [p.record() for p in self.payments],
+            "payments_ignored": self.payments_ignored,
+            "adjustment": self.adjustment,
         }
 
 
@@ -226,6 +249,14 @@ class _Receipt:
     payments: tuple[Payment, ...] = ()
     paid: bool = False
     fn_number: str | None = None
+    #: Recovery attempts journaled (``recovery-attempt``): each names its device operations.
+    recoveries: int = 0
+    #: The total the customer paid for (``paid``, ``payments-replaced``).
+    paid_total: int = 0
+    #: The total the journaled payments were last fitted to (also ``payments-adjusted``).
+    settled_total: int = 0
+    #: Units dropped after the payment (registered anew without them).
+    dropped: list[UnitOutcome] = field(default_factory=list)
 
     @property
     def kis(self) -> list[str]:
@@ -295,6 +326,13 @@ class SaleSession:
         (closed, or finished by :meth:`recover`), never dropped unasked."""
         return self._receipt is not None and self._receipt.paid
 
+    @property
+    def payments_locked(self) -> bool:
+        """The receipt in flight is paid and the outcome of its last close attempt is unknown
+        (the ККТ may hold it): :meth:`close` keeps the journaled payments until that is settled.
+        Otherwise a paid receipt's payments may be replaced by the next :meth:`close`."""
+        return self.receipt_paid and self._receipt is not None and self._receipt.last_op is not None
+
     async def open(self, kind: ReceiptKind = "sell") -> str:
         """Start a receipt explicitly (``add`` opens a sale by itself); returns its id.
         Raises :class:`~markd.errors.FiscalError` when the ККТ cannot take one."""
@@ -322,21 +360,30 @@ class SaleSession:
 
     async def close(self, payments: Sequence[Payment] | None = None) -> ReceiptOutcome:
         """Fiscalise the receipt (``payments``: default one payment of the total, type
-        ``[fiscal] payment_type``), then record its КИ in the store and the Local Module."""
+        ``[fiscal] payment_type``), then record its КИ in the store and the Local Module.
+
+        A receipt already paid (an earlier close failed) is closed with new ``payments`` when
+        they are given and the earlier attempt is settled as "no receipt" (the ККТ refused it,
+        or it never reached the device); they replace the journaled ones (``payments-replaced``).
+        While an earlier attempt's outcome is unknown (:attr:`payments_locked`) the journaled
+        payments stay, and the outcome says ``payments_ignored``."""
         async with self._locked():
             receipt = self._receipt
             if receipt is None or not receipt.units:
                 if receipt is not None:
                     await self._drop(receipt, "empty")
                 return ReceiptOutcome("empty", "no-units")
+            given = tuple(payments) if payments else ()
             if receipt.last_op is not None:
-                # An earlier attempt's outcome is unknown: find out before trying again.
-                return await self._reconcile(receipt)
+                # An earlier attempt's outcome is unknown: the ККТ may have registered the
+                # receipt with the journaled payments, so they cannot change now. Find out
+                # before trying again, and say so when other payments were given.
+                ignored = bool(given) and given != receipt.payments
+                outcome = await self._reconcile(receipt)
+                return dataclasses.replace(outcome, payments_ignored=ignored)
+            total = sum(u.position.amount_kopecks for u in receipt.units)
             if not receipt.paid:
-                total = sum(u.position.amount_kopecks for u in receipt.units)
-                chosen = (
-                    tuple(payments) if payments else (Payment(total, self.options.payment_type),)
-                )
+                chosen = given or (Payment(total, self.options.payment_type),)
                 # From here the receipt must come to exist: recovery registers it, never drops.
                 self.journal.append(
                     "paid",
@@ -347,6 +394,20 @@ class SaleSession:
                 kill_point("paid")
                 receipt.payments = chosen
                 receipt.paid = True
+                receipt.paid_total = receipt.settled_total = total
+            elif given and given != receipt.payments:
+                # The last attempt is settled and made no receipt (the ККТ refused it, e.g.
+                # a card payment above the total, error 52; or it never reached the device):
+                # these payments are on no fiscal document, so the corrected ones replace them.
+                self.journal.append(
+                    "payments-replaced",
+                    receipt.receipt_id,
+                    total_kopecks=total,
+                    payments=[p.record() for p in given],
+                    replaced=[p.record() for p in receipt.payments],
+                )
+                receipt.payments = given
+                receipt.paid_total = receipt.settled_total = total
             return await self._attempt_close(receipt)
 
     async def cancel(self, reason: str = "cancelled") -> ReceiptOutcome:
@@ -572,14 +633,25 @@ class SaleSession:
 
     # -- closing --------------------------------------------------------------------------------
 
-    async def _attempt_close(self, receipt: _Receipt) -> ReceiptOutcome:
+    async def _attempt_close(
+        self, receipt: _Receipt, *, recovering: bool = False
+    ) -> ReceiptOutcome:
+        """Close the receipt once. ``recovering``: called by recovery, where a ККТ that cannot
+        be reached before the close leaves the receipt ``pending`` (retried by the next
+        recovery), not ``failed`` (which nobody retries)."""
         rid = receipt.receipt_id
         attempt = receipt.attempts + 1
         try:
+            # Fresh ids: these steps are not journaled, so ``attempt`` does not advance when
+            # they fail, and an id derived from it would be answered from the ККТ's request
+            # table next time (e.g. a shift opening refused for paper, refused again forever).
+            # Opening the shift is safe to repeat: ensure_shift reads the shift state first.
             if self.options.auto_shift:
-                await self._device(self.printer.ensure_shift, derive_op_id(rid, f"shift-{attempt}"))
-            status = await self._device(self.printer.status, derive_op_id(rid, f"st-{attempt}"))
+                await self._device(self.printer.ensure_shift, new_op_id())
+            status = await self._device(self.printer.status, new_op_id())
         except FiscalError as exc:
+            if recovering and isinstance(exc, PrinterUnavailable | OutcomeUnknown | FiscalTimeout):
+                return self._pending(receipt, exc)
             return self._close_failed(receipt, exc, attempt=None)
         op = derive_op_id(rid, f"close-{attempt}")
         receipt.attempts = attempt
@@ -638,6 +710,7 @@ class SaleSession:
             total_kopecks=sum(u.position.amount_kopecks for u in receipt.units),
             fn_number=result.fn_number or receipt.fn_number or self._fn_number,
         )
+        adjustment = _adjustment(receipt)
         self._fn_number = result.fn_number or self._fn_number
         self.journal.append("closed", rid, **_closed_facts(result))
         kill_point("closed")
@@ -657,13 +730,31 @@ class SaleSession:
             fiscal_sign=result.fiscal_sign,
             units=len(receipt.units),
             total_kopecks=result.total_kopecks,
+            refund_kopecks=None if adjustment is None else adjustment["refund_kopecks"],
         )
-        self.journal.rotate_if_large()
+        # Receipts whose store / Local Module update is still to be done go on into the new
+        # journal: recovery reads only that one.
+        self.journal.rotate_if_large(keep=self._to_carry)
         reason = "recovered" if result.recovered else "fiscalised"
-        return ReceiptOutcome("closed", reason, rid, result, store_ok, lm)
+        return ReceiptOutcome(
+            "closed",
+            reason,
+            rid,
+            result,
+            store_ok,
+            lm,
+            dropped=tuple(receipt.dropped),
+            payments=result.payments,
+            adjustment=adjustment,
+        )
 
     def _record_in_store(
-        self, rid: str, kind: ReceiptKind, kis: list[str], reference: str
+        self,
+        rid: str,
+        kind: ReceiptKind,
+        kis: list[str],
+        reference: str,
+        superseded: list[str] | None = None,
     ) -> bool | None:
         if self.store is None:
             return None
@@ -682,7 +773,10 @@ class SaleSession:
                 receipt=rid,
             )
             return False
-        self.journal.append("stored", rid, kis=kis, reference=reference)
+        facts: dict[str, Any] = {"kis": kis, "reference": reference}
+        if superseded:
+            facts["superseded"] = superseded
+        self.journal.append("stored", rid, **facts)
         return True
 
     async def _report_to_lm(
@@ -775,10 +869,17 @@ class SaleSession:
                 recovered=True,
             )
             return await self._finish(receipt, result)
-        # No receipt came of it. Cancel one left open on the device by the cut-off attempt.
+        # No receipt came of it. From here the device is changed (an open receipt cancelled,
+        # codes checked again): journal a new recovery attempt first and name every operation
+        # after it. An id used by an earlier attempt — in this process or one that was killed
+        # or lost the ККТ half-way — would be answered from the ККТ's request table (ATOL's
+        # web server: 409) instead of being run, and the unit would be lost.
+        receipt.recoveries += 1
+        redo_id = f"redo-{receipt.recoveries}"
+        self.journal.append("recovery-attempt", rid, attempt=receipt.recoveries, op=op)
         if status.receipt_open is not False:
             problem = await self._quietly(
-                self.printer.cancel_receipt, derive_op_id(rid, f"reconcile-cancel-{op}")
+                self.printer.cancel_receipt, derive_op_id(rid, f"{redo_id}/cancel-receipt")
             )
             if problem is None and status.receipt_open:
                 self.journal.append("recovery", rid, action="cancelled-open-receipt", op=op)
@@ -787,27 +888,35 @@ class SaleSession:
         receipt.last_op = None
         if not redo:
             return ReceiptOutcome("failed", "no-receipt-made", rid)
-        return await self._register_anew(receipt)
+        return await self._register_anew(receipt, redo_id)
 
-    async def _register_anew(self, receipt: _Receipt) -> ReceiptOutcome:
+    async def _register_anew(self, receipt: _Receipt, redo_id: str) -> ReceiptOutcome:
         """Validate every unit again and close the receipt: after a crash the ФН's results
-        may be gone or stale, and the receipt must not be lost."""
+        may be gone or stale, and the receipt must not be lost. ``redo_id`` names this
+        recovery attempt's device operations (see :meth:`_reconcile`).
+
+        A unit is dropped only for a verdict on it — the ФН or the ОИСМ refuses it now, or its
+        code is lost — and then the payments are fitted to the smaller total. A fault of the
+        device (unreachable, no answer in time, an error of the ФН) says nothing about the
+        unit: the receipt stays ``pending`` with every unit, and the next recovery tries again.
+        """
         rid = receipt.receipt_id
         if receipt.attempts >= MAX_ATTEMPTS:
             return self._pending(
                 receipt, FiscalError(f"{receipt.attempts} attempts made", "too-many-attempts")
             )
-        await self._quietly(self.printer.cancel_validation, derive_op_id(rid, "redo/cancel"))
-        await self._quietly(self.printer.clear_validations, derive_op_id(rid, "redo/clear"))
-        attempt = receipt.attempts + 1
-        kept: list[_Unit] = []
-        dropped: list[UnitOutcome] = []
+        await self._quietly(self.printer.cancel_validation, derive_op_id(rid, f"{redo_id}/cancel"))
+        await self._quietly(self.printer.clear_validations, derive_op_id(rid, f"{redo_id}/clear"))
+        checked: dict[str, _Unit] = {}
+        dropped: set[str] = set()
         for unit in receipt.units:
             mark = unit.position.mark
             if unit.km is None or mark is None:
-                dropped.append(self._dropped(receipt, unit, "code-lost"))
+                receipt.dropped.append(self._dropped(receipt, unit, "code-lost"))
+                dropped.add(unit.unit_id)
                 continue
-            op = derive_op_id(rid, f"{unit.unit_id}/recheck-{attempt}")
+            op = derive_op_id(rid, f"{unit.unit_id}/{redo_id}/check")
+            problem: FiscalError | None = None
             try:
                 check = await self._device(
                     self.printer.check_code,
@@ -817,25 +926,93 @@ class SaleSession:
                     mark.planned_status,
                     self.options.on_no_answer,
                 )
-            except PrinterUnavailable as exc:
-                return self._pending(receipt, exc)
             except FiscalError as exc:
-                dropped.append(self._dropped(receipt, unit, exc.reason))
-                continue
+                problem = exc
+            else:
+                if not check.accepted and check.reason in TRANSIENT_CHECK_REASONS:
+                    problem = FiscalTimeout(
+                        f"the ККТ did not finish checking {unit.ki} in time", check.reason
+                    )
+            if problem is not None:
+                # Keep the units dropped so far out (their refusal is journaled), every other
+                # one in: nothing is known against them.
+                receipt.units = [u for u in receipt.units if u.unit_id not in dropped]
+                return self._pending(receipt, problem)
             if not check.accepted:
-                dropped.append(self._dropped(receipt, unit, check.reason))
+                receipt.dropped.append(self._dropped(receipt, unit, check.reason))
+                dropped.add(unit.unit_id)
                 continue
             position = dataclasses.replace(
                 unit.position, mark=dataclasses.replace(mark, validation=check.validation)
             )
-            kept.append(dataclasses.replace(unit, position=position))
-        receipt.units = kept
-        if not kept:
+            checked[unit.unit_id] = dataclasses.replace(unit, position=position)
+        receipt.units = [checked[u.unit_id] for u in receipt.units if u.unit_id in checked]
+        if not receipt.units:
+            # Every unit was refused: nothing can be registered; the whole payment is owed
+            # back (the event and the outcome say how much).
+            adjustment = self._adjust_payments(receipt)
             outcome = await self._drop(receipt, "nothing-left-to-register")
-            return dataclasses.replace(outcome, dropped=tuple(dropped))
+            return dataclasses.replace(
+                outcome,
+                dropped=tuple(receipt.dropped),
+                payments=receipt.payments,
+                adjustment=adjustment,
+            )
+        self._adjust_payments(receipt)
         await self._device(self.printer.restore_receipt, receipt.kind, receipt.positions())
-        outcome = await self._attempt_close(receipt)
-        return dataclasses.replace(outcome, dropped=tuple(dropped))
+        outcome = await self._attempt_close(receipt, recovering=True)
+        if outcome.status == "closed":
+            return outcome  # _finish reports the dropped units and the refund
+        return dataclasses.replace(
+            outcome,
+            dropped=tuple(receipt.dropped),
+            payments=receipt.payments,
+            adjustment=_adjustment(receipt),
+        )
+
+    def _adjust_payments(self, receipt: _Receipt) -> dict[str, Any] | None:
+        """After units were dropped from a paid receipt: fit the payments to the new total —
+        an electronic payment may not exceed it (the ККТ refuses that, error 52, for good),
+        cash stays as tendered when it covers the total (the ККТ gives the change) — journal
+        the new payments (``payments-adjusted``) and tell the operator what to refund."""
+        rid = receipt.receipt_id
+        total = sum(u.position.amount_kopecks for u in receipt.units)
+        if total == receipt.settled_total:
+            return _adjustment(receipt)  # fitted already (by an earlier attempt)
+        before = receipt.payments
+        fitted = _fit_payments(before, total) if receipt.units else ()
+        adjustment = _owed(receipt, total)
+        self.journal.append(
+            "payments-adjusted",
+            rid,
+            total_before_kopecks=receipt.settled_total,
+            total_kopecks=total,
+            payments_before=[p.record() for p in before],
+            payments=[p.record() for p in fitted],
+            refund_kopecks=adjustment["refund_kopecks"],
+            dropped=adjustment["dropped"],
+        )
+        if fitted:
+            receipt.payments = fitted
+        receipt.settled_total = total
+        refund = adjustment["refund_kopecks"]
+        self._event(
+            "fiscal-recovery",
+            f"receipt {rid}: {len(adjustment['dropped'])} unit(s) could not be registered "
+            f"({', '.join(adjustment['dropped'])}); total {receipt.paid_total / 100:.2f} → "
+            f"{total / 100:.2f} RUB: refund {refund / 100:.2f} RUB to the customer"
+            + ("" if receipt.units else " (the receipt is cancelled)"),
+            priority="warning",
+            receipt=rid,
+            status="adjusted",
+            action="payments-adjusted",
+            dropped=",".join(adjustment["dropped"]),
+            total_before_kopecks=receipt.paid_total,
+            total_kopecks=total,
+            refund_kopecks=refund,
+            payments=",".join(f"{p.type}:{p.amount_kopecks}" for p in receipt.payments),
+        )
+        return adjustment
 
     def _dropped(self, receipt: _Receipt, unit: _Unit, reason: str) -> UnitOutcome:
         self.journal.append(
@@ -868,17 +1045,21 @@ class SaleSession:
     async def _recover(self) -> RecoveryReport:
         actions: list[dict[str, Any]] = []
         outcomes: list[ReceiptOutcome] = []
-        grouped = self.journal.by_receipt()
-        for records in grouped.values():
-            for record in records:
-                if record["event"] == "closed" and record.get("fn_number"):
-                    self._fn_number = record["fn_number"]
-        for rid, records in grouped.items():
-            events = {r["event"] for r in records}
+        # A copy of the codes file left half-written by a kill never became the file: it is
+        # no one's working memory, only full codes on disk.
+        self.journal.discard_partial_codes()
+        records = self.journal.records()
+        grouped = _group(records)
+        for record in records:
+            if record["event"] == "closed" and record.get("fn_number"):
+                self._fn_number = record["fn_number"]
+        last_closed = _last_closed(records)
+        for rid, receipt_records in grouped.items():
+            events = {r["event"] for r in receipt_records}
             if "cancelled" in events:
                 continue
             if "closed" in events:
-                done = await self._follow_up(rid, records)
+                done = await self._follow_up(rid, receipt_records, last_closed)
                 if done:
                     actions.append({"receipt": rid, "action": "follow-up", "done": done})
                 continue
@@ -887,7 +1068,7 @@ class SaleSession:
                 if not receipt.paid and receipt.last_op is None:
                     continue  # being built right now in this process: not an interruption
             else:
-                receipt = self._rebuild(rid, records)
+                receipt = self._rebuild(rid, receipt_records)
             if "paid" not in events and "closing" not in events:
                 await self._device(self.printer.restore_receipt, receipt.kind, [])
                 outcome = await self._drop(receipt, "interrupted-before-payment")
@@ -905,6 +1086,10 @@ class SaleSession:
                 receipt=rid,
                 status=outcome.status,
             )
+        if self._receipt is None:
+            # No receipt is in flight: the full codes kept for one are needed by no one (a kill
+            # between journaling "closed" / "cancelled" and deleting them leaves them behind).
+            self.journal.drop_codes()
         return RecoveryReport(tuple(actions), tuple(outcomes))
 
     def _rebuild(self, rid: str, records: list[dict[str, Any]]) -> _Receipt:
@@ -926,12 +1111,33 @@ class SaleSession:
                     )
             elif event == "unit-dropped":
                 receipt.units = [u for u in receipt.units if u.unit_id != record.get("unit")]
-            elif event == "paid":
-                receipt.paid = True
-                receipt.payments = tuple(
-                    Payment(int(p["amount_kopecks"]), str(p["type"]))
-                    for p in record.get("payments", [])
+                reason = str(record.get("reason") or "dropped")
+                receipt.dropped.append(
+                    UnitOutcome(
+                        "refused",
+                        reason,
+                        _message(reason),
+                        record.get("ki"),
+                        record.get("unit"),
+                        rid,
+                        source="session",
+                    )
                 )
+            elif event in ("paid", "payments-replaced", "payments-adjusted"):
+                receipt.paid = True
+                receipt.payments = (
+                    tuple(
+                        Payment(int(p["amount_kopecks"]), str(p["type"]))
+                        for p in record.get("payments", [])
+                    )
+                    or receipt.payments
+                )
+                total = int(record.get("total_kopecks") or 0)
+                receipt.settled_total = total
+                if event != "payments-adjusted":
+                    receipt.paid_total = total
+            elif event == "recovery-attempt":
+                receipt.recoveries = max(receipt.recoveries, int(record.get("attempt", 0)))
             elif event == "closing":
                 receipt.attempts = int(record.get("attempt", receipt.attempts + 1))
                 receipt.last_op = record.get("op")
@@ -942,25 +1148,79 @@ class SaleSession:
                 receipt.fn_number = record.get("fn_number")
         return receipt
 
-    async def _follow_up(self, rid: str, records: list[dict[str, Any]]) -> list[str]:
-        """Finish what a closed receipt still lacks: the store, the Local Module."""
+    async def _follow_up(
+        self, rid: str, records: list[dict[str, Any]], last_closed: dict[str, int]
+    ) -> list[str]:
+        """Finish what a closed receipt still lacks: the store, the Local Module — for its КИ
+        that no later receipt superseded. The journal's order is the truth: a unit sold, then
+        returned, is not sold again because the sale's store or Local Module update failed
+        and the return's did not (``last_closed``: each КИ's latest closing record)."""
         events = [r["event"] for r in records]
-        closed = next(r for r in records if r["event"] == "closed")
+        closed_at, closed = next((r["_index"], r) for r in records if r["event"] == "closed")
         kind: ReceiptKind = "return" if closed.get("kind") == "return" else "sell"
         kis = [p["ki"] for p in closed.get("positions", []) if p.get("ki")]
+        superseded = [ki for ki in kis if last_closed.get(ki, closed_at) > closed_at]
+        live = [ki for ki in kis if ki not in superseded]
         reference = closed.get("reference") or f"kkt/{closed.get('document_number')}"
         done = []
         if "stored" not in events and self.store is not None:
-            if self._record_in_store(rid, kind, kis, reference):
+            if self._record_in_store(rid, kind, live, reference, superseded):
                 done.append("store")
-        wants_lm = self.lm_client is not None and self.options.lm_sell
-        if wants_lm and "lm-reported" not in events and events.count("lm-failed") < 10:
-            lm = await self._report_to_lm(rid, kind, kis)
-            if lm is not None and lm.get("ok") is not False:
+        if self._lm_follow_up_due(events):
+            if not live:
+                # Every КИ was on a later receipt, which told the module itself.
+                self.journal.append(
+                    "lm-reported",
+                    rid,
+                    action=kind,
+                    accepted=[],
+                    rejected=[],
+                    skipped=True,
+                    superseded=superseded,
+                )
                 done.append("local-module")
+            else:
+                lm = await self._report_to_lm(rid, kind, live)
+                if lm is not None and lm.get("ok") is not False:
+                    done.append("local-module")
         if "closed" in events and self.journal.codes(rid):
             self.journal.drop_codes()
         return done
+
+    def _lm_follow_up_due(self, events: Sequence[str]) -> bool:
+        wants_lm = self.lm_client is not None and self.options.lm_sell
+        return (
+            wants_lm and "lm-reported" not in events and events.count("lm-failed") < MAX_LM_RETRIES
+        )
+
+    def _to_carry(self, records: list[dict[str, Any]]) -> set[str]:
+        """The receipts a rotated journal must carry on into the new one: those recovery still
+        has work for (a store or Local Module update due, or not finished at all — none is in
+        flight when the journal rotates), and the later receipts holding any of their КИ (they
+        tell recovery that the КИ was superseded; see :meth:`_follow_up`)."""
+        carry: set[str] = set()
+        for rid, receipt_records in _group(records).items():
+            events = [r["event"] for r in receipt_records]
+            if "cancelled" in events:
+                continue
+            if "closed" not in events:
+                carry.add(rid)
+            elif ("stored" not in events and self.store is not None) or self._lm_follow_up_due(
+                events
+            ):
+                carry.add(rid)
+        if not carry:
+            return carry
+        kis: set[str] = set()
+        for record in records:
+            if record["event"] != "closed":
+                continue
+            receipt_kis = {p.get("ki") for p in record.get("positions", []) if p.get("ki")}
+            if record.get("receipt") in carry:
+                kis |= receipt_kis
+            elif kis & receipt_kis:
+                carry.add(record["receipt"])
+        return carry
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -993,6 +1253,68 @@ class SaleSession:
 
 def _message(reason: str) -> str:
     return MESSAGES_RU.get(reason, PRINTER_DOWN_RU)
+
+
+def _fit_payments(payments: Sequence[Payment], total: int) -> tuple[Payment, ...]:
+    """``payments`` fitted to a smaller ``total``: electronic payments are cut (the last ones
+    first) until they do not exceed it — the ККТ refuses a non-cash sum above the total — and
+    cash is kept as tendered, the ККТ giving the change. They still cover ``total``: they did
+    cover the larger one, and a cut only brings the electronic sum down to ``total``."""
+    excess = max(sum(p.amount_kopecks for p in payments if p.type != "cash") - total, 0)
+    fitted: list[Payment] = []
+    for payment in reversed(payments):
+        if excess and payment.type != "cash":
+            cut = min(excess, payment.amount_kopecks)
+            excess -= cut
+            payment = Payment(payment.amount_kopecks - cut, payment.type)
+            if payment.amount_kopecks == 0:
+                continue
+        fitted.append(payment)
+    fitted.reverse()
+    if not fitted and payments:
+        fitted = [Payment(0, payments[0].type)]  # a total of 0: one empty payment
+    return tuple(fitted)
+
+
+def _adjustment(receipt: _Receipt) -> dict[str, Any] | None:
+    """What the customer is owed after units were dropped from the paid receipt (None when
+    none was): see :func:`_owed`."""
+    return _owed(receipt) if receipt.dropped else None
+
+
+def _owed(receipt: _Receipt, total: int | None = None) -> dict[str, Any]:
+    """The КИ dropped from the paid receipt, the total paid for, the total registered
+    (``total``, default: of the units left) and the difference, owed to the customer."""
+    if total is None:
+        total = sum(u.position.amount_kopecks for u in receipt.units)
+    return {
+        "dropped": [u.ki for u in receipt.dropped if u.ki],
+        "total_before_kopecks": receipt.paid_total,
+        "total_kopecks": total,
+        "refund_kopecks": max(receipt.paid_total - total, 0),
+    }
+
+
+def _group(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Records by receipt id, receipts in the order they were opened; each record gets its
+    place in the journal as ``_index``."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for index, record in enumerate(records):
+        receipt = record.get("receipt")
+        if isinstance(receipt, str):
+            grouped.setdefault(receipt, []).append({**record, "_index": index})
+    return grouped
+
+
+def _last_closed(records: list[dict[str, Any]]) -> dict[str, int]:
+    """Each КИ's latest ``closed`` record (its place in the journal)."""
+    latest: dict[str, int] = {}
+    for index, record in enumerate(records):
+        if record["event"] == "closed":
+            for position in record.get("positions", []):
+                if position.get("ki"):
+                    latest[position["ki"]] = index
+    return latest
 
 
 def _closed_facts(result: ReceiptResult) -> dict[str, Any]:

@@ -18,8 +18,10 @@ it over HTTP as an ATOL Web Requests server, so the same device answers both. It
 * **receipts** — ``sell`` / ``sellReturn`` with positions, payments and, per marked position,
   its code (which must have been accepted with the same planned status, else error 420), tags
   2003, 2102, 2106 and 1260 {1262, 1263, 1264, 1265}. Each fiscal document (receipts and shift
-  reports) is appended to ``documents.jsonl``, one JSON object per line, fsync'd, holding the
-  КИ and a SHA-256 prefix of each code (never the code itself), for a technician or a test;
+  reports) is appended to ``documents.jsonl`` (mode 0640), one JSON object per line, fsync'd,
+  holding each code's КИ and nothing derived from the rest of it: a hash of the full code
+  would give away its crypto tail, which is short enough (4 characters) to find by brute
+  force from the КИ;
 * **status** — ``getDeviceStatus`` (plus ``receiptType``: ``closed`` or the type of a receipt
   left open), ``getShiftStatus``, ``getFnStatus``, ``ofdExchangeStatus`` (every document stays
   unsent: there is no ОФД);
@@ -35,7 +37,8 @@ receipt is fiscalised and then the link is lost before the answer), ``validation
 (the ОИСМ's answer takes that long), ``shift_expired``, and ``codes`` — per КИ ``{"oism":
 "incorrect" | "sale-stopped", "fn": false}``.
 
-Crash safety: ``state.json`` is replaced atomically (write, fsync, rename, fsync the
+``state.json`` holds the codes the ФН keeps accepted (as a real ФН does), so it is written with
+mode 0600. Crash safety: ``state.json`` is replaced atomically (write, fsync, rename, fsync the
 directory) after every change; a document is appended and fsync'd *before* the state that
 counts it is written, and loading rolls the state forward from the last document, so a process
 killed at any instant leaves either no document or a document the state agrees with. With
@@ -66,6 +69,8 @@ from markd.fiscal.killpoint import kill_point
 STATE_FILE = "state.json"
 DOCUMENTS_FILE = "documents.jsonl"
 LOCK_FILE = ".lock"
+#: ``documents.jsonl``: the owner writes, its group (a technician) reads.
+DOCUMENTS_MODE = 0o640
 FORMAT_VERSION = 1
 #: Answers kept by request id (the oldest go first).
 MAX_KEPT_REQUESTS = 512
@@ -284,7 +289,10 @@ class VirtualKkt:
         file = self.path / STATE_FILE
         tmp = file.with_suffix(".tmp")
         data = json.dumps(state, ensure_ascii=False, separators=(",", ":")).encode()
-        with open(tmp, "wb") as out:
+        # Owner only: the accepted codes (``imc``) are full marking codes.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o600)  # a .tmp left by a kill may have been wider
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
@@ -295,7 +303,13 @@ class VirtualKkt:
         file = self.path / DOCUMENTS_FILE
         new = not file.exists()
         line = json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n"
-        with open(file, "a+b") as out:
+        # Not world-readable: the receipts name the КИ sold (a file of an older version, made
+        # with the default mode, is narrowed too).
+        fd = os.open(file, os.O_RDWR | os.O_APPEND | os.O_CREAT, DOCUMENTS_MODE)
+        with os.fdopen(fd, "a+b") as out:
+            if os.fstat(fd).st_mode & 0o777 & ~DOCUMENTS_MODE:
+                os.fchmod(fd, DOCUMENTS_MODE)
+            out.seek(0, os.SEEK_END)
             if out.tell() > 0:
                 out.seek(out.tell() - 1)
                 if out.read(1) != b"\n":
@@ -763,9 +777,10 @@ class VirtualKkt:
             | int(bits["imcEstimatedStatusCorrect"]) << 3
             | int(bits["ecrStandAloneFlag"]) << 4
         )
+        # The КИ only: nothing derived from the whole code (its hash would let anyone who
+        # reads the file find a 4-character crypto tail by trying every candidate).
         return {
             "ki": entry["ki"],
-            "km_sha256": hashlib.sha256(km.encode("utf-8")).hexdigest()[:16],
             "tags": {
                 "2003": status,
                 "2102": imc.get("imcModeProcessing", 0),
