@@ -5,52 +5,15 @@ and the next start settles that receipt; then a sale goes through as usual."""
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import socket
 import subprocess
-import sys
-import threading
 from pathlib import Path
-
-import pytest
 
 from conftest import WATER, WATER_KI, PtyPair
 from markd.api_client import ControlClient
+from process_helpers import LineReader, markd_command
 from sale_helpers import journal, kkt, write_sale_config
-
-
-def markd_command() -> list[str]:
-    script = Path(sys.executable).parent / "markd"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "markd.cli.markd"]
-
-
-class Lines:
-    """A pipe's lines, collected in a thread, waited for with a timeout."""
-
-    def __init__(self, pipe: object) -> None:
-        self.queue: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, args=(pipe,), daemon=True).start()
-
-    def _pump(self, pipe: object) -> None:
-        for line in pipe:  # type: ignore[attr-defined]
-            self.queue.put(line.rstrip("\n"))
-
-    def wait_for(self, text: str, timeout: float = 20.0) -> str:
-        while True:
-            try:
-                line = self.queue.get(timeout=timeout)
-            except queue.Empty:
-                pytest.fail(f"no line containing {text!r}; got: {self.seen}")
-            self.seen.append(line)
-            if text in line:
-                return line
-
-    def rest(self) -> list[str]:
-        while not self.queue.empty():
-            self.seen.append(self.queue.get_nowait())
-        return self.seen
 
 
 def wait_ready(sock: socket.socket) -> None:
@@ -59,7 +22,7 @@ def wait_ready(sock: socket.socket) -> None:
         lines += sock.recv(4096).decode().split("\n")
 
 
-def start(config: Path, notify_path: str) -> tuple[subprocess.Popen[str], Lines]:
+def start(config: Path, notify_path: str) -> tuple[subprocess.Popen[str], LineReader]:
     env = {**os.environ, "NOTIFY_SOCKET": notify_path}
     env.pop("JOURNAL_STREAM", None)
     proc = subprocess.Popen(
@@ -70,7 +33,7 @@ def start(config: Path, notify_path: str) -> tuple[subprocess.Popen[str], Lines]
         stderr=subprocess.PIPE,
         text=True,
     )
-    return proc, Lines(proc.stderr)
+    return proc, LineReader(proc.stderr)
 
 
 def test_kiosk_markd_stopped_with_a_receipt_open_exits_0_and_the_restart_settles_it(
@@ -85,15 +48,15 @@ def test_kiosk_markd_stopped_with_a_receipt_open_exits_0_and_the_restart_settles
     proc, stderr = start(config, notify_path)
     try:
         wait_ready(sock)
-        stderr.wait_for("scanner-present")
+        stderr.wait_for("scanner-present", timeout=20)
         pty_pair.write(WATER.encode() + b"\r")
-        added = stderr.wait_for("sale-unit:")
+        added = stderr.wait_for("sale-unit:", timeout=20)
         assert WATER_KI in added and "scanner=front" in added
         receipt = ControlClient(str(tmp_path / "control.sock")).request("GET", "/v1/receipt")
         rid = receipt["receipt"]["id"]
 
         proc.send_signal(signal.SIGTERM)
-        parked = stderr.wait_for("action=parked")
+        parked = stderr.wait_for("action=parked", timeout=20)
         assert rid in parked and "paid=false" in parked
         assert proc.wait(timeout=20) == 0, stderr.rest()
     finally:
@@ -106,13 +69,13 @@ def test_kiosk_markd_stopped_with_a_receipt_open_exits_0_and_the_restart_settles
     proc, stderr = start(config, notify_path)
     try:
         wait_ready(sock)
-        recovered = stderr.wait_for("fiscal-recovery:")
+        recovered = stderr.wait_for("fiscal-recovery:", timeout=20)
         assert rid in recovered and "status=cancelled" in recovered
         client = ControlClient(str(tmp_path / "control.sock"))
         assert client.request("GET", "/v1/receipt") == {"receipt": None}
-        stderr.wait_for("scanner-present")
+        stderr.wait_for("scanner-present", timeout=20)
         pty_pair.write(WATER.encode() + b"\r")
-        stderr.wait_for("sale-unit:")
+        stderr.wait_for("sale-unit:", timeout=20)
         closed = client.request("POST", "/v1/receipt/close")
         assert closed["receipt"]["status"] == "closed"
         proc.send_signal(signal.SIGTERM)

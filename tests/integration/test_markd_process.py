@@ -4,59 +4,15 @@ SIGTERM; and ``markd demo``."""
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from conftest import WATER, WATER_KI, PtyPair
-
-
-def markd_command() -> list[str]:
-    """The installed console script next to this interpreter, else the module."""
-    script = Path(sys.executable).parent / "markd"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "markd.cli.markd"]
-
-
-class LineReader:
-    """Collects a pipe's lines in a thread so the test can wait for one with a timeout."""
-
-    def __init__(self, pipe: object) -> None:
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        self._thread = threading.Thread(target=self._pump, args=(pipe,), daemon=True)
-        self._thread.start()
-
-    def _pump(self, pipe: object) -> None:
-        for line in pipe:  # type: ignore[attr-defined]
-            self.lines.put(line.rstrip("\n"))
-
-    def wait_for(self, text: str, timeout: float = 10.0) -> str:
-        while True:
-            try:
-                line = self.lines.get(timeout=timeout)
-            except queue.Empty:
-                pytest.fail(f"no line containing {text!r}; got: {self.seen}")
-            self.seen.append(line)
-            if text in line:
-                return line
-
-
-def receive_until(sock: socket.socket, state: str) -> list[str]:
-    """Read notify datagrams until one carries ``state``; return all lines seen."""
-    lines: list[str] = []
-    while state not in lines:
-        lines += sock.recv(4096).decode().split("\n")
-    return lines
+from process_helpers import LineReader, markd_command, receive_until
 
 
 def test_markd_runs_under_a_notify_socket_and_stops_on_sigterm(

@@ -289,7 +289,7 @@ def test_reload_kinds_have_message_ids() -> None:
 
 
 def start_markd(config: Path, runtime: Path) -> tuple[subprocess.Popen[str], Callable[[], None]]:
-    from test_markd_process import markd_command
+    from process_helpers import markd_command
 
     env = {**os.environ, "RUNTIME_DIRECTORY": str(runtime)}
     for name in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID"):
@@ -318,7 +318,7 @@ def start_markd(config: Path, runtime: Path) -> tuple[subprocess.Popen[str], Cal
 def test_markd_reload_waits_for_the_outcome_and_fails_on_a_refusal(
     tmp_path: Path, pty_pair: PtyPair
 ) -> None:
-    from test_markd_process import LineReader, markd_command
+    from process_helpers import LineReader, markd_command
 
     runtime = tmp_path / "run"
     runtime.mkdir()
@@ -365,7 +365,7 @@ def test_markd_reload_waits_for_the_outcome_and_fails_on_a_refusal(
 
 
 def test_markd_reload_of_a_process_that_does_not_answer_times_out(tmp_path: Path) -> None:
-    from test_markd_process import markd_command
+    from process_helpers import markd_command
 
     # A process that ignores SIGHUP and never writes an outcome.
     sleeper = subprocess.Popen(

@@ -198,7 +198,7 @@ def test_a_hung_loop_stops_pinging_in_the_real_process(
 ) -> None:
     """The SIGUSR2 test hook (MARKD_TEST_HOOKS=1) blocks the loop in time.sleep: the pings
     stop although the process lives on, which is what lets systemd's watchdog kill it."""
-    from test_markd_process import LineReader, markd_command
+    from process_helpers import LineReader, markd_command
 
     sock, path = notify_socket
     config = tmp_path / "markd.toml"
@@ -241,7 +241,7 @@ def test_without_test_hooks_sigusr2_is_not_handled(
 ) -> None:
     """On a till (no MARKD_TEST_HOOKS) SIGUSR2 keeps its default action: the process ends;
     it never hangs on a stray signal."""
-    from test_markd_process import markd_command, receive_until
+    from process_helpers import markd_command, receive_until
 
     sock, path = notify_socket
     config = tmp_path / "markd.toml"
