@@ -7,7 +7,8 @@
 # Environment: PYTHON (interpreter to build the venv from, default python3);
 #   MARKD_PIP_SPEC (what pip installs, default "-e .[test,lint]"; `make install` passes "."
 #   for the daemon's own runtime venv).
-# As root it also installs systemd-container (systemd-nspawn) for the system test, when missing.
+# As root it also installs systemd-container (systemd-nspawn) for the system test and tinyproxy
+# for the proxy tests, when missing.
 set -euo pipefail
 
 venv=${1:-.venv}
@@ -36,9 +37,12 @@ inc=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$inc/Python.h" ] || need+=(python3-dev)
 "$python" -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 # systemd-nspawn boots the real systemd for tests/system/; only root can run it, so only a root
-# bootstrap asks for it (the system test is skipped with a reason elsewhere).
+# bootstrap asks for it (the system test is skipped with a reason elsewhere). tinyproxy is a
+# real proxy the HTTP client is tested against (tests/integration/test_http_proxy.py, skipped
+# without it); test-only, so it rides along here.
 if [ "$(id -u)" -eq 0 ] && [ "${MARKD_PIP_SPEC:--e}" != "." ]; then
     command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
+    command -v tinyproxy >/dev/null 2>&1 || need+=(tinyproxy)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

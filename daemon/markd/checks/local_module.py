@@ -65,7 +65,14 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from markd.checks.http import HTTPClient, HTTPError, HTTPProtocolError, HTTPTimeout, Response
+from markd.checks.http import (
+    HTTPClient,
+    HTTPError,
+    HTTPProtocolError,
+    HTTPTimeout,
+    ProxyError,
+    Response,
+)
 from markd.checks.record import Exchange, Recorder, redact_json_text
 from markd.checks.results import (
     FailureKind,
@@ -75,6 +82,7 @@ from markd.checks.results import (
 )
 from markd.codes import MarkingCode
 from markd.jsonvalues import json_int as _int
+from markd.proxy import ProxySettings
 from markd.secrets import Secret
 
 #: States in which the module refuses checks (domain.md §4.6) → the failure kind.
@@ -168,7 +176,9 @@ class LocalModuleClient:
     the ФН serial, sent as ``X-ClientId`` on every call (§4.3). ``api``: 1, 2, or 0 to detect
     the version through ``/api/v2/status`` then ``/api/v1/status`` (a 404 means "not this
     version"). ``recorder`` receives every exchange. ``clock`` (monotonic) ages statuses;
-    ``now`` (Unix seconds) ages ``lastSync``. Use from one event loop.
+    ``now`` (Unix seconds) ages ``lastSync``. ``proxy``: the HTTP proxy settings (the module
+    on loopback stays direct under the default ``no_proxy``; a proxy failure is reported as
+    the failure kind of the same name, ``proxy-auth`` …). Use from one event loop.
     """
 
     def __init__(
@@ -183,6 +193,7 @@ class LocalModuleClient:
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], float] = time.time,
         options: LocalModuleOptions = LocalModuleOptions(),  # noqa: B008 - frozen, shared
+        proxy: ProxySettings | None = None,
     ) -> None:
         if api not in (0, 1, 2):
             raise ValueError(f"Local Module API version must be 1, 2 or 0 (detect), not {api}")
@@ -201,8 +212,8 @@ class LocalModuleClient:
         credentials = base64.b64encode(f"{user}:{password.reveal()}".encode()).decode("ascii")
         self._headers = {"Authorization": f"Basic {credentials}", "X-ClientId": fn_serial}
         # Two connections: a background poll never holds the socket a check wants.
-        self._http = HTTPClient()
-        self._status_http = HTTPClient()
+        self._http = HTTPClient(proxy=proxy)
+        self._status_http = HTTPClient(proxy=proxy)
         self._status: LocalModuleStatus | None = None
         self._poll_interval_s = options.status_interval_s
 
@@ -722,6 +733,8 @@ def _ms_since(started: float) -> float:
 
 
 def _transport_kind(exc: HTTPError) -> FailureKind:
+    if isinstance(exc, ProxyError):
+        return exc.kind  # the proxy kinds are failure kinds of the same name
     if isinstance(exc, HTTPTimeout):
         return "timeout"
     if isinstance(exc, HTTPProtocolError):

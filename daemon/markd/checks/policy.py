@@ -494,6 +494,16 @@ TSPIOT_FAILURES: dict[FailureKind, tuple[str, str]] = {
     ),
     "throttled": ("tspiot-throttled", "Продажа невозможна: ТС ПИоТ перегружен, повторите"),
     "server-error": ("tspiot-server-error", "Продажа невозможна: сбой ТС ПИоТ"),
+    "proxy-unreachable": (
+        "tspiot-proxy-unreachable",
+        "Продажа невозможна: прокси-сервер недоступен",
+    ),
+    "proxy-timeout": ("tspiot-proxy-timeout", "Продажа невозможна: прокси-сервер не ответил"),
+    "proxy-auth": (
+        "tspiot-proxy-auth",
+        "Продажа невозможна: прокси-сервер не принял логин и пароль",
+    ),
+    "proxy-error": ("tspiot-proxy-error", "Продажа невозможна: сбой прокси-сервера"),
 }
 assert set(TSPIOT_FAILURES) == set(FAILURE_KINDS)
 

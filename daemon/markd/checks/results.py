@@ -54,6 +54,10 @@ FailureKind = Literal[
     "lm-sync-error",
     "throttled",
     "server-error",
+    "proxy-unreachable",
+    "proxy-timeout",
+    "proxy-auth",
+    "proxy-error",
 ]
 
 #: Every failure kind with what it means (and which status or error code produces it).
@@ -68,6 +72,14 @@ FAILURE_KINDS: dict[FailureKind, str] = {
     "lm-sync-error": "Local Module errorCode 4050: state sync_error (72 h without sync)",
     "throttled": "HTTP 429: too many requests",
     "server-error": "HTTP 5xx (or CDN body code 5000): the service failed",
+    "proxy-unreachable": "the HTTP proxy in the way cannot be reached (refused, DNS, reset "
+    "before it answered): the service was not asked",
+    "proxy-timeout": "connecting to the HTTP proxy, or its answer to CONNECT, took past the "
+    "timeout",
+    "proxy-auth": "HTTP 407 from the proxy (or 401 to CONNECT): proxy credentials missing or "
+    "refused",
+    "proxy-error": "the proxy refused the tunnel (another status, e.g. 502), answered "
+    "CONNECT with garbage, or closed the tunnel before TLS with the service began",
 }
 
 

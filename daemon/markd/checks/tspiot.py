@@ -63,6 +63,7 @@ from markd.checks.results import (
     failure_kind_for_status,
 )
 from markd.codes import MarkingCode
+from markd.proxy import ProxySettings
 from markd.secrets import Secret
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,9 @@ class TspiotClient:
     (the ПМСР's identity and access key; the token is left out when None).
     ``allow_self_signed`` accepts the service's self-signed certificate on a loopback host only.
     ``recorder`` receives every exchange, redacted. ``clock`` is the monotonic clock deadlines
-    are read against (``time.monotonic``, which the HTTP client uses too).
+    are read against (``time.monotonic``, which the HTTP client uses too). ``proxy``: the HTTP
+    proxy settings (a loopback ТС ПИоТ stays direct under the default ``no_proxy``; a proxy
+    failure is reported as the failure kind of the same name, ``proxy-auth`` …).
 
     Use from one event loop; :meth:`close` (or ``async with``) releases the kept-alive
     connection.
@@ -220,6 +223,7 @@ class TspiotClient:
         recorder: Recorder | None = None,
         clock: Callable[[], float] = time.monotonic,
         options: TspiotOptions | None = None,
+        proxy: ProxySettings | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -238,6 +242,7 @@ class TspiotClient:
         self._http = HTTPClient(
             user_agent=f"{client_name}/{client_version}",
             allow_self_signed_loopback=allow_self_signed,
+            proxy=proxy,
         )
         self._detect_lock = asyncio.Lock()
         self._version: int | None = self.options.api_version
@@ -590,11 +595,16 @@ class TspiotClient:
 # Small helpers
 
 _NOT_JSON: Any = object()
-#: :attr:`HTTPError.kind` → failure kind (the HTTP client's kinds are a subset, same names).
+#: :attr:`HTTPError.kind` → failure kind (the HTTP client's kinds are a subset, same names;
+#: a :class:`~markd.checks.http.ProxyError` keeps its proxy kind).
 _TRANSPORT_KINDS: dict[str, FailureKind] = {
     "timeout": "timeout",
     "unreachable": "unreachable",
     "bad-answer": "bad-answer",
+    "proxy-unreachable": "proxy-unreachable",
+    "proxy-timeout": "proxy-timeout",
+    "proxy-auth": "proxy-auth",
+    "proxy-error": "proxy-error",
 }
 
 
