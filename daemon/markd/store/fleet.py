@@ -65,6 +65,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import tempfile
 import time
 import urllib.error
@@ -77,6 +78,7 @@ from typing import IO, Any
 
 from markd import __version__
 from markd.errors import StoreError
+from markd.proxy import ProxyEndpoint, ProxySettings
 from markd.store import keys
 from markd.store.core import Store
 from markd.store.importer import CSV_COLUMNS, Progress, apply_delta, import_snapshot, read_delta
@@ -339,11 +341,57 @@ def hide_secrets(text: str, url: str) -> str:
     return text
 
 
+class _ProxyRouter(urllib.request.ProxyHandler):
+    """Sends each request through the proxy :class:`~markd.proxy.ProxySettings` route it to,
+    or directly; never through anything the environment names.
+
+    urllib's own handler would read ``*_proxy`` and, even when given explicit proxies,
+    ``no_proxy`` from the environment; built empty it does neither, and this subclass (taking
+    its place in the opener) decides per request — so a redirect to a host on the direct list
+    goes direct, and the ``Proxy-Authorization`` header never reaches a target that is not
+    behind the proxy. For an https target urllib moves that header onto the ``CONNECT``, so it
+    never enters the tunnel either.
+    """
+
+    def __init__(self, settings: ProxySettings | None) -> None:
+        super().__init__({})
+        self.settings = settings
+        #: The proxy of the latest request (None: it went direct), to name it in errors.
+        self.last: ProxyEndpoint | None = None
+
+    def http_open(self, request: urllib.request.Request) -> None:
+        self._route(request)
+
+    def https_open(self, request: urllib.request.Request) -> None:
+        self._route(request)
+
+    def _route(self, request: urllib.request.Request) -> None:
+        # Returning None lets the ordinary HTTP(S) handlers open the (possibly proxied)
+        # request.
+        self.last = None
+        if self.settings is None:
+            return
+        parts = urllib.parse.urlsplit(request.full_url)
+        port = parts.port or (443 if request.type == "https" else 80)
+        endpoint = self.settings.route(request.type, parts.hostname or "", port)
+        if endpoint is None:
+            return
+        authorization = self.settings.authorization()
+        if authorization is not None:
+            request.add_unredirected_header("Proxy-Authorization", authorization)
+        request.set_proxy(str(endpoint), "http")
+        self.last = endpoint
+
+
 class _Remote:
     """One export directory on an HTTP(S) server: builds file URLs, sends requests, turns
-    every failure into a ``sync-failed`` :class:`StoreError` that names the safe URL."""
+    every failure into a ``sync-failed`` :class:`StoreError` that names the safe URL (and the
+    proxy, when the request went through one).
 
-    def __init__(self, url: str, timeout: float) -> None:
+    ``proxy``: the proxy settings; None means no proxy at all (the environment's proxy
+    variables are not followed)."""
+
+    def __init__(self, url: str, timeout: float, proxy: ProxySettings | None = None) -> None:
         self.safe = redact_url(url)
         try:
             parts = urllib.parse.urlsplit(url.strip())
@@ -373,9 +421,11 @@ class _Remote:
             password = urllib.parse.unquote(parts.password or "")
             token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
             self._authorization = f"Basic {token}"
-        # The default handlers: proxies from the environment (kiosks often sit behind one),
-        # redirects (CDNs and object stores use them), HTTPS with the system's CA store.
-        self._opener = urllib.request.build_opener()
+        # The default handlers — redirects (CDNs and object stores use them), HTTPS with the
+        # system's CA store — except proxies: only the configured ones, never the environment's.
+        self.proxy = proxy
+        self._router = _ProxyRouter(proxy)
+        self._opener = urllib.request.build_opener(self._router)
 
     def file_url(self, name: str) -> str:
         url = self._base + urllib.parse.quote(name)
@@ -390,7 +440,45 @@ class _Remote:
         )
 
     def describe(self, exc: BaseException) -> str:
-        """A short text for a network failure: the HTTP status, a timeout, the OS error."""
+        """A short text for a network failure: the HTTP status, a timeout, the OS error; what
+        the proxy did when the request went through one."""
+        via = self._router.last
+        if via is None:
+            return self._describe(exc)
+        return self._proxy_failure(exc, via) or f"{self._describe(exc)} (through proxy {via})"
+
+    def _proxy_failure(self, exc: BaseException, via: ProxyEndpoint) -> str | None:
+        """The text of a failure that was the proxy's own, or None."""
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(exc, urllib.error.HTTPError):
+            return self._refused_credentials(via, 407) if exc.code == 407 else None
+        if not isinstance(exc, urllib.error.URLError) or not isinstance(reason, OSError):
+            return None
+        # urllib wraps only what happens before the answer (connecting, CONNECT, TLS, sending)
+        # in URLError: through a proxy, that is the connection to the proxy and the tunnel.
+        tunnel = re.fullmatch(r"Tunnel connection failed: (\d{3})\s*(.*)", str(reason), re.S)
+        if tunnel is not None:
+            if tunnel.group(1) in ("407", "401"):
+                # 401 to CONNECT: tinyproxy up to 1.11 says so for wrong credentials (#532).
+                return self._refused_credentials(via, int(tunnel.group(1)))
+            status = f"HTTP {tunnel.group(1)} {tunnel.group(2).strip()[:60]}".rstrip()
+            return f"proxy {via} refused the tunnel ({status})"
+        if isinstance(reason, ssl.SSLEOFError):
+            return f"the tunnel through proxy {via} closed during the TLS handshake"
+        if isinstance(reason, ssl.SSLError):
+            return None  # the target's certificate or TLS: not the proxy's doing
+        if isinstance(reason, TimeoutError):
+            return f"proxy {via} gave no answer within {self.timeout:g} s"
+        if isinstance(reason, socket.gaierror):
+            return f"cannot resolve the name of proxy {via} ({reason.strerror})"
+        return f"cannot connect to proxy {via}: {reason.strerror or reason}"
+
+    def _refused_credentials(self, via: ProxyEndpoint, status: int) -> str:
+        if self.proxy is not None and self.proxy.credentials is not None:
+            return f"proxy {via} refused the credentials (HTTP {status})"
+        return f"proxy {via} wants credentials (HTTP {status}) and none are configured"
+
+    def _describe(self, exc: BaseException) -> str:
         if isinstance(exc, urllib.error.HTTPError):
             return f"HTTP {exc.code} {exc.reason}"
         if isinstance(exc, urllib.error.URLError):
@@ -757,6 +845,7 @@ def sync(
     progress: Progress | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     allow_rollback: bool = False,
+    proxy: ProxySettings | None = None,
 ) -> SyncResult:
     """Bring ``store`` to the version published at ``url`` (an export directory on any static
     HTTP(S) server); see the module docstring for the steps.
@@ -766,11 +855,15 @@ def sync(
     :param timeout: seconds to wait for a connection or for any single read.
     :param allow_rollback: accept an index whose version is *below* the store's (the master
         went back to an older list); by default that is refused with ``stale-snapshot``.
+    :param proxy: the HTTP proxy to go through (:class:`~markd.proxy.ProxySettings`, which
+        also decide what goes direct); None: no proxy, whatever the environment says. A
+        proxy's failure (407, a refused tunnel, no connection) is a ``sync-failed`` naming
+        the proxy, never its credentials.
     """
     started = time.monotonic()
     if store.readonly:
         raise StoreError(f"store {store.path} is open read-only", "store-readonly")
-    remote = _Remote(url, timeout)
+    remote = _Remote(url, timeout, proxy)
     safe = remote.safe
     downloads = Path(store.path) / DOWNLOADS_DIR
     try:

@@ -1,0 +1,224 @@
+"""Fleet sync through an HTTP proxy: the static file server behind the test proxy
+(:mod:`markd.emulators.http_proxy`), real LMDB stores, real sockets.
+
+What crosses the wire is asserted on both logs: the proxy's (which requests, whether its
+credentials came and were right) and the file server's (what reached the origin).
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import pytest
+import test_store_fleet as direct_sync
+from test_store_fleet import KIS, content, store_error
+
+from markd.emulators import static_http
+from markd.emulators.http_proxy import HttpProxy
+from markd.emulators.scenario import self_signed_certificate
+from markd.emulators.static_http import StaticHTTPServer
+from markd.proxy import ProxySettings
+from markd.secrets import Secret
+from markd.store import Store, fleet
+
+# The direct-sync tests' fixtures, shared by name: the served directory, the file server on
+# it, the master's store at version 1 and an empty kiosk store.
+www = direct_sync.www
+server = direct_sync.server
+master = direct_sync.master
+kiosk = direct_sync.kiosk
+
+USER = "kiosk"
+PASSWORD = "Fl33t-proxy_pw"
+WRONG = "n0t-the-Password"
+
+
+def settings(
+    proxy: HttpProxy, password: str | None = None, no_proxy: tuple[str, ...] = ()
+) -> ProxySettings:
+    """Settings pointing at ``proxy``; the file server is on loopback, so the direct list is
+    empty unless a test says otherwise."""
+    credentials = Secret(f"{USER}:{password}", "test") if password is not None else None
+    parsed = ProxySettings.parse(proxy.url, no_proxy=no_proxy, credentials=credentials, environ={})
+    assert parsed is not None
+    return parsed
+
+
+@pytest.fixture
+def proxy() -> Iterator[HttpProxy]:
+    with HttpProxy(credentials=(USER, PASSWORD)) as running:
+        yield running
+
+
+class _HeaderRecordingHandler(static_http._Handler):
+    """The file server's own handler, also keeping every request's header names."""
+
+    seen: list[set[str]] = []
+
+    def _serve(self, *, body: bool) -> None:
+        _HeaderRecordingHandler.seen.append({name.lower() for name in self.headers})
+        super()._serve(body=body)
+
+
+@pytest.fixture
+def tls_server(
+    www: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[StaticHTTPServer, str]]:
+    """The file server over TLS with a self-signed certificate that urllib is told to trust
+    (``SSL_CERT_FILE``, read by OpenSSL whenever a default context is made); (server, URL)."""
+    cert, key = self_signed_certificate()
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    srv = StaticHTTPServer(www)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd = srv._httpd
+    httpd.socket = context.wrap_socket(
+        httpd.socket, server_side=True, do_handshake_on_connect=False
+    )
+    _HeaderRecordingHandler.seen = []
+    httpd.RequestHandlerClass = _HeaderRecordingHandler
+    with srv:
+        yield srv, f"https://127.0.0.1:{srv.port}"
+
+
+def test_a_sync_through_the_proxy_fetches_everything_through_it(
+    master: Store, kiosk: Store, www: Path, server: StaticHTTPServer, proxy: HttpProxy
+) -> None:
+    fleet.export(master, www / "fleet")
+    result = fleet.sync(kiosk, server.url + "/fleet", proxy=settings(proxy, PASSWORD))
+    assert (result.action, result.after_version) == ("snapshot", 1)
+    assert content(kiosk) == content(master) and kiosk.lookup(KIS[5]).blocked is not None
+    assert [r.target for r in proxy.requests] == [
+        f"{server.url}/fleet/index.json",
+        f"{server.url}/fleet/snapshot-1.csv.gz",
+    ]
+    assert all(
+        (r.method, r.authorization_ok, r.outcome, r.status) == ("GET", True, "forwarded", 200)
+        for r in proxy.requests
+    )
+    assert [r.path for r in server.requests] == ["fleet/index.json", "fleet/snapshot-1.csv.gz"]
+    # The next sync asks with the ETag, through the proxy, and is told nothing changed.
+    again = fleet.sync(kiosk, server.url + "/fleet", proxy=settings(proxy, PASSWORD))
+    last = proxy.last()
+    assert again.action == "unchanged" and last is not None and last.status == 304
+
+
+def test_https_goes_through_connect_with_the_credentials_on_the_connect_only(
+    master: Store, kiosk: Store, www: Path, tls_server: tuple[StaticHTTPServer, str]
+) -> None:
+    srv, url = tls_server
+    fleet.export(master, www)
+    with HttpProxy(credentials=(USER, PASSWORD)) as proxy:
+        result = fleet.sync(kiosk, url, proxy=settings(proxy, PASSWORD))
+    assert (result.action, result.after_version) == ("snapshot", 1)
+    assert content(kiosk) == content(master)
+    # urllib opens one connection per request: one tunnel each.
+    assert proxy.count("CONNECT") == proxy.count() == 2
+    assert all(r.authorization_ok and r.outcome == "tunnel" for r in proxy.requests)
+    assert [r.path for r in srv.requests] == ["index.json", "snapshot-1.csv.gz"]
+    # urllib moved Proxy-Authorization onto the CONNECT: nothing for the proxy inside TLS.
+    assert len(_HeaderRecordingHandler.seen) == 2
+    assert all(
+        not any(n.startswith("proxy-") for n in names) for names in _HeaderRecordingHandler.seen
+    )
+
+
+@pytest.mark.parametrize("password", [WRONG, None], ids=["wrong", "missing"])
+def test_refused_proxy_credentials_fail_the_sync_naming_the_proxy(
+    master: Store,
+    kiosk: Store,
+    www: Path,
+    server: StaticHTTPServer,
+    proxy: HttpProxy,
+    password: str | None,
+) -> None:
+    fleet.export(master, www)
+    error = store_error(fleet.sync, kiosk, server.url, proxy=settings(proxy, password))
+    assert error.reason == "sync-failed"
+    expected = "refused the credentials" if password else "wants credentials"
+    assert f"proxy {proxy.endpoint} {expected} (HTTP 407)" in error.message
+    assert f"sync from {server.url} failed: index.json" in error.message
+    assert WRONG not in error.message and PASSWORD not in error.message
+    assert server.requests == [] and kiosk.info().version == 0
+    last = proxy.last()
+    assert last is not None and last.outcome == "auth-required"
+
+
+def test_refused_credentials_on_a_tunnel_fail_the_sync_naming_the_proxy(
+    master: Store, kiosk: Store, www: Path, tls_server: tuple[StaticHTTPServer, str]
+) -> None:
+    srv, url = tls_server
+    fleet.export(master, www)
+    with HttpProxy(credentials=(USER, PASSWORD)) as proxy:
+        error = store_error(fleet.sync, kiosk, url, proxy=settings(proxy, WRONG))
+        assert f"proxy {proxy.endpoint} refused the credentials (HTTP 407)" in error.message
+        assert proxy.count("CONNECT", outcome="auth-required") == 1
+        proxy.connect_status = 502
+        refused = store_error(fleet.sync, kiosk, url, proxy=settings(proxy, PASSWORD))
+        assert f"proxy {proxy.endpoint} refused the tunnel (HTTP 502 Bad Gateway)" in (
+            refused.message
+        )
+    assert error.reason == refused.reason == "sync-failed"
+    assert WRONG not in error.message and srv.requests == []
+
+
+def test_a_stopped_proxy_fails_the_sync_at_once(
+    master: Store, kiosk: Store, www: Path, server: StaticHTTPServer
+) -> None:
+    fleet.export(master, www)
+    proxy = HttpProxy().start()
+    proxy.close()
+    started = time.monotonic()
+    error = store_error(fleet.sync, kiosk, server.url, proxy=settings(proxy, PASSWORD), timeout=5)
+    assert time.monotonic() - started < 1
+    assert error.reason == "sync-failed"
+    assert f"cannot connect to proxy {proxy.endpoint}: Connection refused" in error.message
+    assert PASSWORD not in error.message and server.requests == []
+
+
+def test_a_hanging_proxy_fails_the_sync_within_the_timeout(
+    master: Store, kiosk: Store, www: Path, tls_server: tuple[StaticHTTPServer, str]
+) -> None:
+    srv, url = tls_server
+    fleet.export(master, www)
+    with HttpProxy() as proxy:
+        proxy.hang = True
+        started = time.monotonic()
+        error = store_error(fleet.sync, kiosk, url, proxy=settings(proxy), timeout=0.3)
+        assert time.monotonic() - started < 2
+    assert f"proxy {proxy.endpoint} gave no answer within 0.3 s" in error.message
+
+
+def test_no_proxy_setting_means_no_proxy_whatever_the_environment_says(
+    master: Store,
+    kiosk: Store,
+    www: Path,
+    server: StaticHTTPServer,
+    proxy: HttpProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fleet.export(master, www)
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, proxy.url)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "")
+    result = fleet.sync(kiosk, server.url)
+    assert result.after_version == 1 and proxy.requests == []
+
+
+def test_the_direct_list_is_honoured(
+    master: Store, kiosk: Store, www: Path, server: StaticHTTPServer, proxy: HttpProxy
+) -> None:
+    fleet.export(master, www)
+    result = fleet.sync(kiosk, server.url, proxy=settings(proxy, PASSWORD, no_proxy=("127.0.0.1",)))
+    assert result.after_version == 1 and proxy.requests == []
+    assert all(not r.authorized for r in server.requests)
+
+
+def test_header_recording_handler_is_the_file_servers_own() -> None:
+    assert issubclass(_HeaderRecordingHandler, BaseHTTPRequestHandler)
+    assert _HeaderRecordingHandler._serve is not static_http._Handler._serve
