@@ -59,6 +59,11 @@ if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    # Debian's tinyproxy package enables and starts its own service; the tests start their
+    # own instance on a free port, so the system one is switched off again.
+    if [[ " ${need[*]} " == *" tinyproxy "* ]] && [ -d /run/systemd/system ]; then
+        systemctl disable --now tinyproxy >/dev/null 2>&1 || true
+    fi
 fi
 
 if [ ! -x "$venv/bin/python" ]; then

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from markd.errors import ConfigError, ScannerError
+from markd.proxy import DEFAULT_NO_PROXY
 
 if TYPE_CHECKING:
     from markd.codes import CodesOptions
@@ -115,6 +116,25 @@ class LogConfig:
             "choices": ("debug", "info", "warning", "error"),
         },
     )
+
+
+def _proxy_problem(value: str) -> str | None:
+    from markd.proxy import proxy_problem
+
+    return proxy_problem(value)
+
+
+def _no_proxy_problem(entry: str) -> str | None:
+    from markd.proxy import no_proxy_problem
+
+    return no_proxy_problem((entry,))
+
+
+def sync_proxy_problem(value: str) -> str | None:
+    """Why ``value`` is not a ``[store] sync_proxy`` (None when it is one)."""
+    if value in ("online", "direct"):
+        return None
+    return _proxy_problem(value)
 
 
 def _sync_url_problem(value: str) -> str | None:
@@ -178,6 +198,15 @@ class StoreConfig:
             "doc": "Seconds between periodic syncs from `sync_url`.",
             "min": 60,
             "max": 7 * 86_400,
+        },
+    )
+    sync_proxy: str = field(
+        default="online",
+        metadata={
+            "doc": "Proxy for the sync: `online` (the proxy, `no_proxy` and credentials of "
+            "`[check.online]`; direct without that section), `direct`, `env`, or "
+            "`http://HOST:PORT` (credentials: the systemd credential `proxy-auth`).",
+            "check": lambda value: sync_proxy_problem(value),
         },
     )
 
@@ -270,6 +299,54 @@ class OnlineCheckConfig:
             "doc": "File holding the X-API-KEY; empty: the systemd credential `crpt-token`.",
         },
     )
+    hosts_file: str = field(
+        default="",
+        metadata={
+            "doc": "Where the CDN host list, its fetch time and the hosts' health figures are "
+            "kept between runs; empty: `cdn-hosts.json` beside the store directory.",
+        },
+    )
+    list_budget_percent: int = field(
+        default=40,
+        metadata={
+            "doc": "With no usable host list, the share of a check's online budget that "
+            "fetching the list may take (the rest is the check's).",
+            "min": 10,
+            "max": 90,
+        },
+    )
+    rank_by: str = field(
+        default="latency",
+        metadata={
+            "doc": "Rank CDN hosts by the round trip markd measures (`latency`) or by the "
+            "`avgTimeMs` they report (`avg_time`; which one CRPT intends is unconfirmed).",
+            "choices": ("latency", "avg_time"),
+        },
+    )
+    proxy: str = field(
+        default="",
+        metadata={
+            "doc": "HTTP proxy for these requests: `http://HOST:PORT` (HTTPS goes through "
+            "`CONNECT`), `env` (follow `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`), or empty: "
+            "direct. Credentials never go here: see `proxy_auth_file`.",
+            "check": lambda value: _proxy_problem(value),
+        },
+    )
+    no_proxy: tuple[str, ...] = field(
+        default=DEFAULT_NO_PROXY,
+        metadata={
+            "doc": "Targets reached without the proxy: host names, domain suffixes, IP "
+            "addresses, CIDR networks, or `*`.",
+            "check": lambda value: _no_proxy_problem(value),
+        },
+    )
+    proxy_auth_file: str = field(
+        default="",
+        metadata={
+            "doc": "File holding the proxy's `user:password` (Basic); empty: the systemd "
+            "credential `proxy-auth`, or none.",
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -289,6 +366,30 @@ class LocalModuleConfig:
         default="",
         metadata={
             "doc": "File holding the password; empty: the systemd credential `lm-password`.",
+        },
+    )
+    proxy: str = field(
+        default="",
+        metadata={
+            "doc": "HTTP proxy for these requests: `http://HOST:PORT` (HTTPS goes through "
+            "`CONNECT`), `env` (follow `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`), or empty: "
+            "direct. Credentials never go here: see `proxy_auth_file`.",
+            "check": lambda value: _proxy_problem(value),
+        },
+    )
+    no_proxy: tuple[str, ...] = field(
+        default=DEFAULT_NO_PROXY,
+        metadata={
+            "doc": "Targets reached without the proxy: host names, domain suffixes, IP "
+            "addresses, CIDR networks, or `*`.",
+            "check": lambda value: _no_proxy_problem(value),
+        },
+    )
+    proxy_auth_file: str = field(
+        default="",
+        metadata={
+            "doc": "File holding the proxy's `user:password` (Basic); empty: the systemd "
+            "credential `proxy-auth`, or none.",
         },
     )
 
@@ -312,6 +413,30 @@ class TspiotConfig:
         metadata={
             "doc": "File holding the `client_info` token; empty: the credential "
             "`tspiot-token`, or none.",
+        },
+    )
+    proxy: str = field(
+        default="",
+        metadata={
+            "doc": "HTTP proxy for these requests: `http://HOST:PORT` (HTTPS goes through "
+            "`CONNECT`), `env` (follow `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`), or empty: "
+            "direct. Credentials never go here: see `proxy_auth_file`.",
+            "check": lambda value: _proxy_problem(value),
+        },
+    )
+    no_proxy: tuple[str, ...] = field(
+        default=DEFAULT_NO_PROXY,
+        metadata={
+            "doc": "Targets reached without the proxy: host names, domain suffixes, IP "
+            "addresses, CIDR networks, or `*`.",
+            "check": lambda value: _no_proxy_problem(value),
+        },
+    )
+    proxy_auth_file: str = field(
+        default="",
+        metadata={
+            "doc": "File holding the proxy's `user:password` (Basic); empty: the systemd "
+            "credential `proxy-auth`, or none.",
         },
     )
 

@@ -51,7 +51,7 @@ from markd.config import (
     TspiotConfig,
     default_config,
 )
-from markd.emulators.crpt_cdn import CrptCdnEmulator
+from markd.emulators.crpt_cdn import CrptCdn
 from markd.emulators.local_module import LocalModuleEmulator
 from markd.emulators.scenario import TLSUnavailableError
 from markd.emulators.tspiot import TspiotEmulator
@@ -426,7 +426,7 @@ def run_demo(out: TextIO | None = None) -> int:
     }
     with (
         tempfile.TemporaryDirectory(prefix="markd-demo-") as tmp,
-        CrptCdnEmulator(scenario) as cdn,
+        CrptCdn(scenario) as cdn,
         LocalModuleEmulator() as lm,
         _tspiot_emulator(scenario) as tspiot,
     ):

@@ -548,6 +548,12 @@ class Service:
         self.ready.set()
 
     def _start_background(self) -> None:
+        online = getattr(self._chain, "online", None)
+        if online is not None:
+            # The CDN host list (unless a fresh one was kept on disk) and the hosts' health are
+            # fetched now, after READY=1: the network never delays the start, and the first
+            # scan finds a list (domain.md §3.2).
+            online.start()
         poller = getattr(getattr(self._chain, "local_module", None), "run_status_poller", None)
         if poller is not None:
             # The Local Module's state is polled in the background, so a check never waits on

@@ -120,3 +120,51 @@ def test_missing_secret_is_a_clear_configuration_error(tmp_path: Path, services,
     (tmp_path / "token").unlink()
     assert markctl.main(["check", WATER, "--config", cfg]) == 2
     assert "token" in capsys.readouterr().err
+
+
+# -- the split CDN: the first check after a start (domain.md §3.2) -------------------------------
+
+
+def test_the_first_markctl_check_is_online_and_refuses_a_sold_unit(
+    tmp_path: Path, services, capsys
+) -> None:
+    """No host list yet: the check fetches one within its budget, asks a listed host, and the
+    online answer refuses the sold unit — the Local Module alone would have allowed it."""
+    cdn, lm = services
+    cdn.set_code(KI, sold=True)
+    status, verdict = check(capsys, direct_config(tmp_path, cdn, lm))
+    assert status == 3, verdict
+    assert (verdict["decision"], verdict["reason"], verdict["source"]) == ("deny", "sold", "cdn")
+    assert cdn.list_service.count("cdn/info") == 1
+    assert cdn.list_service.count("codes/check") == 0  # the list service is never asked
+    assert cdn.host.count("codes/check") == 1
+    assert lm.requests_for("v2/cis/outCheck") == []
+    kept = json.loads((tmp_path / "cdn-hosts.json").read_text())  # beside the store
+    assert kept["base_url"] == cdn.url and kept["hosts"][0]["host"] == cdn.host.url
+
+
+def test_the_next_markctl_check_uses_the_kept_list_even_with_the_list_service_down(
+    tmp_path: Path, services, capsys
+) -> None:
+    cdn, lm = services
+    cfg = direct_config(tmp_path, cdn, lm)
+    assert check(capsys, cfg)[0] == 0
+    cdn.set_fault("cdn/info", status=503)
+    cdn.set_code(KI, sold=True)
+    status, verdict = check(capsys, cfg)
+    assert (status, verdict["reason"], verdict["source"]) == (3, "sold", "cdn"), verdict
+    assert cdn.list_service.count("cdn/info") == 1  # not fetched again
+    assert cdn.host.count("codes/check") == 2
+
+
+def test_a_dead_list_service_and_no_kept_list_fall_back_within_the_budget(
+    tmp_path: Path, services, capsys
+) -> None:
+    cdn, lm = services
+    cdn.set_fault("cdn/info", black_hole=True)
+    started = time.monotonic()
+    status, verdict = check(capsys, direct_config(tmp_path, cdn, lm))
+    assert (verdict["decision"], verdict["source"]) == ("allow", "lm"), verdict
+    assert verdict["latency_ms"] <= 400 + 300 + 50
+    assert time.monotonic() - started < 5
+    assert cdn.host.count() == 0

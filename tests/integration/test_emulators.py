@@ -28,7 +28,7 @@ import pytest
 
 from conftest import DAIRY, DAIRY_KI, GS, TOBACCO_PACK, TOBACCO_PACK_KI, WATER, WATER_KI
 from markd.emulators import testing
-from markd.emulators.crpt_cdn import CrptCdnEmulator
+from markd.emulators.crpt_cdn import CrptCdn, CrptCdnHost
 from markd.emulators.local_module import LocalModuleEmulator
 from markd.emulators.scenario import Behaviour, Scenario, ScenarioError
 from markd.emulators.testing import HttpAnswer, basic_auth, encode_code, http_request
@@ -75,11 +75,13 @@ def now_ms() -> int:
 
 
 def check(
-    cdn: CrptCdnEmulator, codes: list[str], token: str | None = TOKEN, **kwargs: Any
+    cdn: CrptCdn | CrptCdnHost, codes: list[str], token: str | None = TOKEN, **kwargs: Any
 ) -> HttpAnswer:
+    """``codes/check`` on a host (the first host of a whole CDN)."""
+    host = cdn.host if isinstance(cdn, CrptCdn) else cdn
     headers = {"X-API-KEY": token} if token else {}
     body = {"codes": codes, "fiscalDriveNumber": FN}
-    return http_request(cdn.url, "POST", CHECK, json_body=body, headers=headers, **kwargs)
+    return http_request(host.url, "POST", CHECK, json_body=body, headers=headers, **kwargs)
 
 
 def out_check(lm: LocalModuleEmulator, kis: list[str], version: int = 2, **kw: Any) -> HttpAnswer:
@@ -103,7 +105,7 @@ def ts_check(ts: TspiotEmulator, codes: list[str], version: int = 3, **kw: Any) 
 
 
 @pytest.fixture
-def cdn() -> Iterator[CrptCdnEmulator]:
+def cdn() -> Iterator[CrptCdn]:
     with testing.crpt_cdn({"cdn": {"token": TOKEN}}) as server:
         yield server
 
@@ -215,11 +217,12 @@ def test_a_patch_merges_codes_replaces_endpoints_and_none_removes() -> None:
 # True API CDN
 
 
-def test_cdn_info_lists_its_own_url_and_logs_the_api_key(cdn: CrptCdnEmulator) -> None:
+def test_cdn_info_lists_the_hosts_and_logs_the_api_key(cdn: CrptCdn) -> None:
     answer = http_request(cdn.url, "GET", INFO, headers={"X-API-KEY": TOKEN})
     assert answer.status == 200
     assert answer.header("Content-Type") == "application/json; charset=utf-8"
-    assert answer.json == {"code": 0, "description": "ok", "hosts": [{"host": cdn.url}]}
+    assert answer.json == {"code": 0, "description": "ok", "hosts": [{"host": cdn.host.url}]}
+    assert cdn.host.url != cdn.url  # separate servers, separate ports
     record = cdn.last("cdn/info")
     assert (record.method, record.path, record.api_key, record.status) == (
         "GET",
@@ -229,31 +232,57 @@ def test_cdn_info_lists_its_own_url_and_logs_the_api_key(cdn: CrptCdnEmulator) -
     )
 
 
-def test_several_cdn_emulators_list_each_other_as_hosts() -> None:
-    with testing.cdn_hosts(3, {"cdn": {"token": TOKEN}}) as hosts:
-        urls = [h.url for h in hosts]
-        assert len(set(urls)) == 3
-        for host in hosts:
-            answer = http_request(host.url, "GET", INFO, headers={"X-API-KEY": TOKEN})
-            assert answer.json["hosts"] == [{"host": url} for url in urls]
-        hosts[1].set_hosts(["https://cdn01.example", "https://cdn02.example"])
-        answer = http_request(hosts[1].url, "GET", INFO, headers={"X-API-KEY": TOKEN})
+def test_the_list_service_lists_every_host_or_what_the_scenario_says() -> None:
+    with testing.crpt_cdn({"cdn": {"token": TOKEN}}, hosts=3) as cdn:
+        urls = [h.url for h in cdn.hosts]
+        assert len({cdn.url, *urls}) == 4
+        answer = http_request(cdn.url, "GET", INFO, headers={"X-API-KEY": TOKEN})
+        assert answer.json["hosts"] == [{"host": url} for url in urls]
+        cdn.set_hosts(["https://cdn01.example", "https://cdn02.example"])
+        answer = http_request(cdn.url, "GET", INFO, headers={"X-API-KEY": TOKEN})
         assert [h["host"] for h in answer.json["hosts"]] == [
             "https://cdn01.example",
             "https://cdn02.example",
         ]
+        cdn.set_hosts([])
+        answer = http_request(cdn.url, "GET", INFO, headers={"X-API-KEY": TOKEN})
+        assert answer.json == {"code": 0, "description": "ok", "hosts": []}
+        dead = CrptCdn.dead_url()
+        with pytest.raises(ConnectionRefusedError):
+            http_request(dead, "GET", HEALTH, headers={"X-API-KEY": TOKEN})
 
 
-def test_cdn_health_check_reports_avg_time(cdn: CrptCdnEmulator) -> None:
-    answer = http_request(cdn.url, "GET", HEALTH, headers={"X-API-KEY": TOKEN})
+def test_the_list_service_answers_no_check_and_the_hosts_no_list(cdn: CrptCdn) -> None:
+    """The real CDN is split (domain.md §3.2): each kind refuses the other's endpoints."""
+    headers = {"X-API-KEY": TOKEN}
+    body = {"codes": [WATER], "fiscalDriveNumber": FN}
+    refused = http_request(cdn.url, "POST", CHECK, json_body=body, headers=headers)
+    assert refused.status == 404 and "codes" not in refused.json
+    assert http_request(cdn.url, "GET", HEALTH, headers=headers).status == 404
+    assert http_request(cdn.host.url, "GET", INFO, headers=headers).status == 404
+    # Logged under their endpoint names, so a test can say "never asked for a check".
+    assert [(r.endpoint, r.status) for r in cdn.list_service.requests] == [
+        ("codes/check", 404),
+        ("cdn/health/check", 404),
+    ]
+    assert cdn.host.last("cdn/info").status == 404
+    assert cdn.count("codes/check") == 0  # the hosts' log: no check was asked of them
+    cdn.configure(refusal_status=405)
+    assert http_request(cdn.url, "POST", CHECK, json_body=body, headers=headers).status == 405
+    with pytest.raises(ScenarioError, match="refusal_status"):
+        cdn.configure(refusal_status=200)
+
+
+def test_cdn_health_check_reports_avg_time(cdn: CrptCdn) -> None:
+    answer = http_request(cdn.host.url, "GET", HEALTH, headers={"X-API-KEY": TOKEN})
     assert answer.json == {"code": 0, "description": "ok", "avgTimeMs": 25}
     cdn.configure(avg_time_ms=7)
-    answer = http_request(cdn.url, "GET", HEALTH, headers={"X-API-KEY": TOKEN})
+    answer = http_request(cdn.host.url, "GET", HEALTH, headers={"X-API-KEY": TOKEN})
     assert answer.json["avgTimeMs"] == 7
 
 
 def test_codes_check_answers_each_code_in_order_with_the_documented_fields(
-    cdn: CrptCdnEmulator,
+    cdn: CrptCdn,
 ) -> None:
     before = now_ms()
     answer = check(cdn, [WATER, DAIRY])
@@ -274,7 +303,7 @@ def test_codes_check_answers_each_code_in_order_with_the_documented_fields(
     assert record.header("content-type") == "application/json"
 
 
-def test_codes_check_answers_come_from_the_scenario_per_code(cdn: CrptCdnEmulator) -> None:
+def test_codes_check_answers_come_from_the_scenario_per_code(cdn: CrptCdn) -> None:
     cdn.set_code("*", expireDate="2030-01-01T00:00:00.000Z")
     cdn.set_code(WATER_KI, isBlocked=True, ogvs=["FNS"])
     cdn.set_code(DAIRY_KI, found=False, errorCode=10)
@@ -310,11 +339,12 @@ def test_codes_check_answers_come_from_the_scenario_per_code(cdn: CrptCdnEmulato
 @pytest.mark.parametrize("endpoint", [CHECK, INFO, HEALTH])
 @pytest.mark.parametrize("token", [None, "wrong"])
 def test_a_missing_or_wrong_token_gets_401(
-    cdn: CrptCdnEmulator, endpoint: str, token: str | None
+    cdn: CrptCdn, endpoint: str, token: str | None
 ) -> None:
     headers = {"X-API-KEY": token} if token else {}
     method = "POST" if endpoint == CHECK else "GET"
-    answer = http_request(cdn.url, method, endpoint, json_body={"codes": [WATER]}, headers=headers)
+    url = cdn.url if endpoint == INFO else cdn.host.url
+    answer = http_request(url, method, endpoint, json_body={"codes": [WATER]}, headers=headers)
     assert answer.status == 401
     assert answer.json["code"] == 401
     assert cdn.last().api_key == token
@@ -336,17 +366,17 @@ def test_any_token_is_accepted_when_none_is_configured() -> None:
     ],
 )
 def test_a_bad_check_request_gets_400(
-    cdn: CrptCdnEmulator, body: bytes, settings: dict[str, Any]
+    cdn: CrptCdn, body: bytes, settings: dict[str, Any]
 ) -> None:
     cdn.configure(**settings)
-    answer = http_request(cdn.url, "POST", CHECK, body=body, headers={"X-API-KEY": TOKEN})
+    answer = http_request(cdn.host.url, "POST", CHECK, body=body, headers={"X-API-KEY": TOKEN})
     assert answer.status == 400
     assert answer.json["code"] == 400
 
 
-def test_unknown_paths_and_methods(cdn: CrptCdnEmulator) -> None:
-    assert http_request(cdn.url, "GET", "/api/v3/true-api/nothing").status == 404
-    answer = http_request(cdn.url, "GET", CHECK, headers={"X-API-KEY": TOKEN})
+def test_unknown_paths_and_methods(cdn: CrptCdn) -> None:
+    assert http_request(cdn.host.url, "GET", "/api/v3/true-api/nothing").status == 404
+    answer = http_request(cdn.host.url, "GET", CHECK, headers={"X-API-KEY": TOKEN})
     assert (answer.status, answer.header("Allow")) == (405, "POST")
     assert [r.endpoint for r in cdn.requests] == [None, "codes/check"]
 
@@ -371,35 +401,35 @@ def test_unknown_paths_and_methods(cdn: CrptCdnEmulator) -> None:
     ],
 )
 def test_status_faults_answer_with_their_body(
-    cdn: CrptCdnEmulator, fault: dict[str, Any], status: int, body: dict[str, Any]
+    cdn: CrptCdn, fault: dict[str, Any], status: int, body: dict[str, Any]
 ) -> None:
     cdn.set_fault("codes/check", **fault)
     answer = check(cdn, [WATER])
     assert (answer.status, answer.json) == (status, body)
     assert cdn.last("codes/check").status == status
     # Other endpoints are untouched.
-    assert http_request(cdn.url, "GET", HEALTH, headers={"X-API-KEY": TOKEN}).status == 200
+    assert http_request(cdn.host.url, "GET", HEALTH, headers={"X-API-KEY": TOKEN}).status == 200
 
 
-def test_a_malformed_body_is_not_json_but_has_a_correct_length(cdn: CrptCdnEmulator) -> None:
+def test_a_malformed_body_is_not_json_but_has_a_correct_length(cdn: CrptCdn) -> None:
     cdn.set_fault("codes/check", malformed=True)
-    conn = testing.connect(cdn.url)
+    conn = testing.connect(cdn.host.url)
     try:
-        first = http_request(cdn.url, "POST", CHECK, json_body={}, connection=conn)
+        first = http_request(cdn.host.url, "POST", CHECK, json_body={}, connection=conn)
         assert first.status == 200
         assert int(first.header("Content-Length") or -1) == len(first.body)
         with pytest.raises(json.JSONDecodeError):
             first.json  # noqa: B018 - the property parses
         # The connection stays usable: the length was right.
         cdn.set_fault("codes/check", malformed="<html>Bad gateway</html>", status=502)
-        second = http_request(cdn.url, "POST", CHECK, json_body={}, connection=conn)
+        second = http_request(cdn.host.url, "POST", CHECK, json_body={}, connection=conn)
         assert (second.status, second.body) == (502, b"<html>Bad gateway</html>")
     finally:
         conn.close()
     assert [r.outcome for r in cdn.requests_for("codes/check")] == ["malformed", "malformed"]
 
 
-def test_latency_is_fixed_or_cycled(cdn: CrptCdnEmulator) -> None:
+def test_latency_is_fixed_or_cycled(cdn: CrptCdn) -> None:
     cdn.set_fault("codes/check", latency_ms=[0, 200])
     elapsed = []
     for _ in range(3):
@@ -409,7 +439,7 @@ def test_latency_is_fixed_or_cycled(cdn: CrptCdnEmulator) -> None:
     assert elapsed[0] < 0.15 and elapsed[1] >= 0.2 and elapsed[2] < 0.15
 
 
-def test_a_fault_sequence_plays_once_then_the_last_step_repeats(cdn: CrptCdnEmulator) -> None:
+def test_a_fault_sequence_plays_once_then_the_last_step_repeats(cdn: CrptCdn) -> None:
     cdn.set_fault("codes/check", [{"status": 500, "code": 5000}, {"status": 429}, {}])
     statuses = [check(cdn, [WATER]).status for _ in range(4)]
     assert statuses == [500, 429, 200, 200]
@@ -419,11 +449,11 @@ def test_a_fault_sequence_plays_once_then_the_last_step_repeats(cdn: CrptCdnEmul
 
 
 def test_keep_alive_serves_many_requests_on_one_connection_without_nagle_delays(
-    cdn: CrptCdnEmulator,
+    cdn: CrptCdn,
 ) -> None:
-    conn = testing.connect(cdn.url)
+    conn = testing.connect(cdn.host.url)
     try:
-        http_request(cdn.url, "POST", CHECK, json_body={"codes": [WATER]}, connection=conn)
+        http_request(cdn.host.url, "POST", CHECK, json_body={"codes": [WATER]}, connection=conn)
         sock = conn.sock
         times = []
         for i in range(20):
@@ -431,7 +461,7 @@ def test_keep_alive_serves_many_requests_on_one_connection_without_nagle_delays(
                 cdn.set_code(WATER_KI, sold=True)  # switched between two requests
             start = time.perf_counter()
             answer = http_request(
-                cdn.url,
+                cdn.host.url,
                 "POST",
                 CHECK,
                 json_body={"codes": [WATER]},
@@ -447,7 +477,7 @@ def test_keep_alive_serves_many_requests_on_one_connection_without_nagle_delays(
     assert sorted(times)[len(times) // 2] < 0.02
 
 
-def test_a_dropped_connection_is_seen_as_remote_disconnected(cdn: CrptCdnEmulator) -> None:
+def test_a_dropped_connection_is_seen_as_remote_disconnected(cdn: CrptCdn) -> None:
     cdn.set_fault("codes/check", drop=True)
     with pytest.raises(http.client.RemoteDisconnected):
         check(cdn, [WATER])
@@ -455,14 +485,14 @@ def test_a_dropped_connection_is_seen_as_remote_disconnected(cdn: CrptCdnEmulato
     assert (record.outcome, record.status, record.json["codes"]) == ("dropped", None, [WATER])
 
 
-def test_a_reset_connection_is_seen_as_connection_reset(cdn: CrptCdnEmulator) -> None:
+def test_a_reset_connection_is_seen_as_connection_reset(cdn: CrptCdn) -> None:
     cdn.set_fault("codes/check", reset=True)
     with pytest.raises(ConnectionResetError):
         check(cdn, [WATER])
     assert cdn.last("codes/check").outcome == "reset"
 
 
-def test_a_black_hole_holds_until_the_client_gives_up(cdn: CrptCdnEmulator) -> None:
+def test_a_black_hole_holds_until_the_client_gives_up(cdn: CrptCdn) -> None:
     cdn.set_fault("codes/check", black_hole=True)
     start = time.monotonic()
     with pytest.raises(TimeoutError):
@@ -470,11 +500,11 @@ def test_a_black_hole_holds_until_the_client_gives_up(cdn: CrptCdnEmulator) -> N
     assert 0.3 <= time.monotonic() - start < 1.0
     assert cdn.last("codes/check").outcome == "black-hole"
     # Other connections are served meanwhile.
-    assert http_request(cdn.url, "GET", HEALTH, headers={"X-API-KEY": TOKEN}).status == 200
+    assert http_request(cdn.host.url, "GET", HEALTH, headers={"X-API-KEY": TOKEN}).status == 200
 
 
 def test_closing_ends_black_holed_and_idle_connections_at_once() -> None:
-    server = CrptCdnEmulator({"cdn": {"endpoints": {"codes/check": {"black_hole": True}}}})
+    server = CrptCdnHost({"cdn": {"endpoints": {"codes/check": {"black_hole": True}}}})
     server.start()
     idle = testing.connect(server.url)
     http_request(server.url, "GET", HEALTH, headers={"X-API-KEY": "k"}, connection=idle)
@@ -498,7 +528,7 @@ def test_closing_ends_black_holed_and_idle_connections_at_once() -> None:
 
 
 def test_the_admin_endpoint_switches_the_scenario_and_serves_the_log(
-    cdn: CrptCdnEmulator,
+    cdn: CrptCdn,
 ) -> None:
     scenario = {"codes": {WATER_KI: {"isBlocked": True}}, "cdn": {"token": "other"}}
     answer = http_request(cdn.url, "POST", "/_emulator/scenario", json_body=scenario)
@@ -509,7 +539,9 @@ def test_the_admin_endpoint_switches_the_scenario_and_serves_the_log(
     assert check(cdn, [WATER], token="other").status == 429
     current = http_request(cdn.url, "GET", "/_emulator/scenario").json
     assert current["cdn"]["token"] == "other"
-    log = http_request(cdn.url, "GET", "/_emulator/requests").json
+    # A scenario set on the list service reached the host; each keeps its own log.
+    assert http_request(cdn.url, "GET", "/_emulator/requests").json == []
+    log = http_request(cdn.host.url, "GET", "/_emulator/requests").json
     assert [(r["endpoint"], r["status"]) for r in log] == [
         ("codes/check", 200),
         ("codes/check", 429),
@@ -517,11 +549,11 @@ def test_the_admin_endpoint_switches_the_scenario_and_serves_the_log(
     assert log[0]["json"]["codes"] == [WATER]
     bad = http_request(cdn.url, "POST", "/_emulator/scenario", json_body={"cdn": {"x": 1}})
     assert bad.status == 400 and "unknown key 'x'" in bad.json["error"]
-    http_request(cdn.url, "DELETE", "/_emulator/requests")
+    http_request(cdn.host.url, "DELETE", "/_emulator/requests")
     assert cdn.requests == []  # admin requests are never logged
 
 
-def test_wait_for_requests_times_out_with_a_clear_message(cdn: CrptCdnEmulator) -> None:
+def test_wait_for_requests_times_out_with_a_clear_message(cdn: CrptCdn) -> None:
     with pytest.raises(TimeoutError, match="0 of 1 requests to codes/check"):
         cdn.wait_for_requests(1, "codes/check", timeout=0.05)
 
@@ -955,14 +987,21 @@ def _stop(proc: subprocess.Popen[str]) -> int:
 def test_cli_prints_the_url_serves_the_scenario_and_stops_on_sigterm(tmp_path: Path) -> None:
     scenario = tmp_path / "cdn.toml"
     scenario.write_text(f'[cdn]\ntoken = "{TOKEN}"\n[codes."{WATER_KI}"]\nsold = true\n')
-    proc, url = _start(["crpt_cdn", "--port", "0", "--scenario", str(scenario)])
+    proc, url = _start(["crpt_cdn", "--port", "0", "--hosts", "2", "--scenario", str(scenario)])
     try:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url), url
-        answer = http_request(
-            url, "POST", CHECK, json_body={"codes": [WATER]}, headers={"X-API-KEY": TOKEN}
-        )
-        assert answer.json["codes"][0]["sold"] is True
         assert http_request(url, "GET", INFO, headers={"X-API-KEY": "bad"}).status == 401
+        listed = http_request(url, "GET", INFO, headers={"X-API-KEY": TOKEN}).json["hosts"]
+        assert len(listed) == 2 and url not in [h["host"] for h in listed]
+        for host in listed:
+            answer = http_request(
+                host["host"],
+                "POST",
+                CHECK,
+                json_body={"codes": [WATER]},
+                headers={"X-API-KEY": TOKEN},
+            )
+            assert answer.json["codes"][0]["sold"] is True
     finally:
         assert _stop(proc) == 0
 
@@ -1033,9 +1072,9 @@ def test_the_python_examples_in_the_docs_run() -> None:
         exec(compile(block, str(DOCS), "exec"), {"__name__": "docs_example"})  # noqa: S102
 
 
-def test_a_socket_level_client_sees_one_segment_per_answer(cdn: CrptCdnEmulator) -> None:
+def test_a_socket_level_client_sees_one_segment_per_answer(cdn: CrptCdn) -> None:
     """Headers and body arrive together: a raw recv right after the request gets both."""
-    with socket.create_connection(("127.0.0.1", cdn.port), timeout=2) as sock:
+    with socket.create_connection(("127.0.0.1", cdn.host.port), timeout=2) as sock:
         body = json.dumps({"codes": [WATER]}).encode()
         sock.sendall(
             b"POST " + CHECK.encode() + b" HTTP/1.1\r\nHost: x\r\nX-API-KEY: " + TOKEN.encode()

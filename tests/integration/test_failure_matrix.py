@@ -103,13 +103,43 @@ async def timed(chain: CheckChain):
 
 @pytest.mark.parametrize("fault", list(CDN_FAULTS), ids=list(CDN_FAULTS))
 async def test_cdn_fault_falls_back_to_the_local_module(services, fault: str) -> None:
+    """The list service answers; the listed host misbehaves."""
     services["cdn"].set_fault("codes/check", **CDN_FAULTS[fault])
-    services["cdn"].set_fault("cdn/info", **CDN_FAULTS[fault])
     chain = direct_chain(services)
     verdict, took = await timed(chain)
     assert took <= ONLINE_S + LM_S + MARGIN_S, took
     assert (verdict.decision, verdict.source) == ("allow", "lm"), (fault, verdict.reason)
     assert "&Inst=" in verdict.tag1265
+    assert services["cdn"].list_service.count("cdn/info") == 1
+    assert services["cdn"].host.count("codes/check") >= 1  # the fault was met where it is
+
+
+#: Faults of the CDN's list service (domain.md §3.2), met by the first check after a start.
+LIST_FAULTS: dict[str, dict[str, Any]] = {
+    "slow beyond the budget": {"latency_ms": 2000},
+    "hang (black hole)": {"black_hole": True},
+    "connection dropped": {"drop": True},
+    "401 unauthorized": {"status": 401},
+    "500 server error": {"status": 500},
+    "503 unavailable": {"status": 503},
+    "malformed body": {"malformed": True},
+    "empty list": {"body": {"code": 0, "description": "ok", "hosts": []}},
+    "refusal code": {"body": {"code": 1, "description": "refused"}},
+    "a dead host listed": {"body": {"code": 0, "hosts": [{"host": "http://127.0.0.1:1"}]}},
+}
+
+
+@pytest.mark.parametrize("fault", list(LIST_FAULTS), ids=list(LIST_FAULTS))
+async def test_list_service_fault_falls_back_to_the_local_module(services, fault: str) -> None:
+    """No host list yet and the list service misbehaves: the online source fails within its
+    budget (the list fetch takes at most its share), and the Local Module answers."""
+    services["cdn"].set_fault("cdn/info", **LIST_FAULTS[fault])
+    chain = direct_chain(services)
+    verdict, took = await timed(chain)
+    assert took <= ONLINE_S + LM_S + MARGIN_S, took
+    assert (verdict.decision, verdict.source) == ("allow", "lm"), (fault, verdict.reason)
+    assert services["cdn"].host.count("codes/check") == 0
+    assert services["cdn"].list_service.count("codes/check") == 0
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,7 @@ from markd.checks.online import ApiKeyAuth, OnlineClient, OnlineOptions
 from markd.checks.record import Exchange
 from markd.checks.results import SourceAnswer, SourceFailure
 from markd.codes import parse
-from markd.emulators.crpt_cdn import CrptCdnEmulator
+from markd.emulators.crpt_cdn import CrptCdn
 from markd.emulators.testing import EmulatorPool
 from markd.secrets import Secret
 
@@ -48,13 +49,15 @@ class FakeClock:
 
 
 def client_for(
-    base: CrptCdnEmulator | str,
+    base: CrptCdn | str,
     *,
     token: str = TOKEN,
     fn_serial: str = FN,
     options: OnlineOptions = QUIET,
     recorder: list[Exchange] | None = None,
     clock: FakeClock | None = None,
+    now: Callable[[], float] = time.time,
+    hosts_file: Path | None = None,
 ) -> OnlineClient:
     return OnlineClient(
         base if isinstance(base, str) else base.url,
@@ -62,8 +65,10 @@ def client_for(
         fn_serial=fn_serial,
         recorder=None if recorder is None else recorder.append,
         clock=clock or time.monotonic,
+        now=now,
         options=options,
         rng=random.Random(4),
+        hosts_file=hosts_file,
     )
 
 
@@ -138,30 +143,31 @@ async def test_keep_alive_one_connection_for_consecutive_checks(pool: EmulatorPo
     for _ in range(3):
         assert isinstance(await client.check(CODE, budget(1500)), SourceAnswer)
     client.close()
-    assert [e.extra["reused"] for e in exchanges] == [False, True, True]
+    checks = [e for e in exchanges if e.url.endswith("/codes/check")]
+    assert [e.extra["reused"] for e in checks] == [False, True, True]
 
 
 # -- host list, ranking --------------------------------------------------------------------------
 
 
 async def test_host_list_comes_from_cdn_info_and_is_used(pool: EmulatorPool) -> None:
-    base = pool.crpt_cdn({"cdn": {"token": TOKEN}})
-    first, second = pool.cdn_hosts(2, {"cdn": {"token": TOKEN}})
-    base.set_hosts([first.url, second.url + "/"])
-    client = client_for(base)
+    cdn = pool.crpt_cdn({"cdn": {"token": TOKEN}}, hosts=2)
+    first, second = cdn.hosts
+    cdn.set_hosts([first.url, second.url + "/"])
+    client = client_for(cdn)
     before = client.status()
-    assert before["hosts_from"] == "base-url" and [h["url"] for h in before["hosts"]] == [base.url]
+    assert before["hosts_from"] == "none" and before["hosts"] == []
 
     await listed(client)
     answer = await client.check(CODE, budget(1500))
     client.close()
 
     assert isinstance(answer, SourceAnswer)
-    assert base.last("cdn/info").api_key == TOKEN
+    assert cdn.list_service.last("cdn/info").api_key == TOKEN
     status = client.status()
-    assert status["hosts_from"] == "cdn/info"
+    assert status["hosts_from"] == "fetched"
     assert [h["url"] for h in status["hosts"]] == [first.url, second.url]
-    assert base.count("codes/check") == 0 and first.count("codes/check") == 1
+    assert cdn.list_service.count("codes/check") == 0 and first.count("codes/check") == 1
 
 
 async def test_refresh_is_due_between_6_and_7_hours_and_soon_after_a_failure(
@@ -197,14 +203,15 @@ async def test_refresh_is_due_between_6_and_7_hours_and_soon_after_a_failure(
     status = client.status()
     assert status["next_refresh"] - clock() - 1_000_000.0 == pytest.approx(300, abs=1)
     assert "cdn/info" in status["last_error"]
-    assert status["hosts_from"] == "cdn/info"  # the old list stays
+    assert status["hosts_from"] == "fetched"  # the old list stays
     client.close()
 
 
 async def test_hosts_are_ranked_by_measured_latency(pool: EmulatorPool) -> None:
-    slow, fast = pool.cdn_hosts(2)
+    cdn = pool.crpt_cdn(hosts=2)
+    slow, fast = cdn.hosts
     slow.set_fault("cdn/health/check", latency_ms=120)
-    client = client_for(slow)
+    client = client_for(cdn)
     await listed(client)
     await client.health_check(budget(2000))
     answer = await client.check(CODE, budget(1500))
@@ -218,12 +225,13 @@ async def test_hosts_are_ranked_by_measured_latency(pool: EmulatorPool) -> None:
 
 
 async def test_ranking_by_reported_avg_time_is_an_option(pool: EmulatorPool) -> None:
-    first, second = pool.cdn_hosts(2)
+    cdn = pool.crpt_cdn(hosts=2)
+    first, second = cdn.hosts
     first.configure(avg_time_ms=90)
     second.configure(avg_time_ms=10)
     second.set_fault("cdn/health/check", latency_ms=60)  # slower to us, faster by its word
     client = client_for(
-        first, options=OnlineOptions(background_maintenance=False, rank_by="avg_time")
+        cdn, options=OnlineOptions(background_maintenance=False, rank_by="avg_time")
     )
     await listed(client)
     await client.health_check(budget(2000))
@@ -231,23 +239,28 @@ async def test_ranking_by_reported_avg_time_is_an_option(pool: EmulatorPool) -> 
     assert [h["url"] for h in client.status()["hosts"]] == [second.url, first.url]
 
 
-async def test_background_round_fetches_the_list_while_the_first_check_uses_the_base(
+async def test_first_check_fetches_the_list_and_asks_a_listed_host_never_the_base(
     pool: EmulatorPool,
 ) -> None:
-    base = pool.crpt_cdn()
-    (other,) = pool.cdn_hosts(1)
-    base.set_hosts([other.url])
-    client = client_for(base, options=OnlineOptions())
-    assert isinstance(await client.check(CODE, budget(1500)), SourceAnswer)
-    assert base.count("codes/check") == 1
+    cdn = pool.crpt_cdn()
+    cdn.set_code(WATER_KI, sold=True)
+    client = client_for(cdn, options=OnlineOptions())
+    answer = await client.check(CODE, budget(1500))
+    assert isinstance(answer, SourceAnswer), answer
+    assert answer.facts.sold is True  # the online facts, from the first check on
+    assert cdn.list_service.count("cdn/info") == 1
+    assert cdn.list_service.count("codes/check") == 0
+    assert cdn.host.count("codes/check") == 1
+    # The background round shares the fetch the check made, then measures the hosts.
     for _ in range(100):
         if client.status()["last_health_check"] is not None:  # the round's last step
             break
         await asyncio.sleep(0.01)
-    assert [h["url"] for h in client.status()["hosts"]] == [other.url]
     assert client.status()["last_health_check"] is not None
+    assert cdn.list_service.count("cdn/info") == 1
+    assert [h["url"] for h in client.status()["hosts"]] == [cdn.host.url]
     assert isinstance(await client.check(CODE, budget(1500)), SourceAnswer)
-    assert other.count("codes/check") == 1
+    assert cdn.host.count("codes/check") == 2 and cdn.list_service.count() == 1
     await client.aclose()
 
 
@@ -257,10 +270,11 @@ async def test_background_round_fetches_the_list_while_the_first_check_uses_the_
 async def test_black_hole_fails_over_within_the_deadline_and_is_quarantined(
     pool: EmulatorPool,
 ) -> None:
-    dead, good = pool.cdn_hosts(2)
+    cdn = pool.crpt_cdn(hosts=2)
+    dead, good = cdn.hosts
     dead.set_fault("codes/check", black_hole=True)
     clock = FakeClock()
-    client = client_for(dead, clock=clock)
+    client = client_for(cdn, clock=clock)
     await listed(client)
 
     started = time.monotonic()
@@ -289,10 +303,11 @@ async def test_black_hole_fails_over_within_the_deadline_and_is_quarantined(
 
 
 async def test_every_host_quarantined_marks_cleared_and_one_retry(pool: EmulatorPool) -> None:
-    first, second = pool.cdn_hosts(2)
+    cdn = pool.crpt_cdn(hosts=2)
+    first, second = cdn.hosts
     for host in (first, second):
         host.set_fault("codes/check", black_hole=True)
-    client = client_for(first)
+    client = client_for(cdn)
     await listed(client)
     failure = await client.check(CODE, budget(400))
     assert isinstance(failure, SourceFailure) and failure.kind == "timeout"
@@ -308,10 +323,11 @@ async def test_every_host_quarantined_marks_cleared_and_one_retry(pool: Emulator
 
 
 async def test_after_clearing_the_marks_only_one_more_attempt(pool: EmulatorPool) -> None:
-    hosts = pool.cdn_hosts(2)
+    cdn = pool.crpt_cdn(hosts=2)
+    hosts = cdn.hosts
     for host in hosts:
         host.set_fault("codes/check", reset=True)  # fails at once: time is not the limit
-    client = client_for(hosts[0])
+    client = client_for(cdn)
     await listed(client)
     failure = await client.check(CODE, budget(1500))
     client.close()
@@ -325,11 +341,12 @@ async def test_after_clearing_the_marks_only_one_more_attempt(pool: EmulatorPool
 async def test_an_offline_kiosk_does_not_retry_a_dead_cdn_on_every_scan(
     pool: EmulatorPool,
 ) -> None:
-    hosts = pool.cdn_hosts(2)
+    cdn = pool.crpt_cdn(hosts=2)
+    hosts = cdn.hosts
     for host in hosts:
         host.set_fault("codes/check", reset=True)
     clock = FakeClock()
-    client = client_for(hosts[0], clock=clock)
+    client = client_for(cdn, clock=clock)
     await listed(client)
     assert isinstance(await client.check(CODE, budget(1500)), SourceFailure)
     assert sum(h.count("codes/check") for h in hosts) == 3  # two hosts, then one retry
@@ -354,10 +371,11 @@ async def test_an_offline_kiosk_does_not_retry_a_dead_cdn_on_every_scan(
 
 
 async def test_deadline_holds_against_a_black_hole_on_every_host(pool: EmulatorPool) -> None:
-    hosts = pool.cdn_hosts(3)
+    cdn = pool.crpt_cdn(hosts=3)
+    hosts = cdn.hosts
     for host in hosts:
         host.set_fault("codes/check", black_hole=True)
-    client = client_for(hosts[0])
+    client = client_for(cdn)
     await listed(client)
     started = time.monotonic()
     failure = await client.check(CODE, started + 0.5)
@@ -369,9 +387,10 @@ async def test_deadline_holds_against_a_black_hole_on_every_host(pool: EmulatorP
 
 
 async def test_dropped_connection_fails_over(pool: EmulatorPool) -> None:
-    dropping, good = pool.cdn_hosts(2)
+    cdn = pool.crpt_cdn(hosts=2)
+    dropping, good = cdn.hosts
     dropping.set_fault("codes/check", drop=True)
-    client = client_for(dropping)
+    client = client_for(cdn)
     await listed(client)
     assert isinstance(await client.check(CODE, budget(1000)), SourceAnswer)
     client.close()
@@ -383,8 +402,9 @@ async def test_dropped_connection_fails_over(pool: EmulatorPool) -> None:
 
 
 async def test_401_no_failover_and_an_alert(pool: EmulatorPool) -> None:
-    first, second = pool.cdn_hosts(2, {"cdn": {"token": TOKEN}})
-    client = client_for(first)
+    cdn = pool.crpt_cdn({"cdn": {"token": TOKEN}}, hosts=2)
+    first, second = cdn.hosts
+    client = client_for(cdn)
     await listed(client)
     first.set_fault("codes/check", status=401)
     failure = await client.check(CODE, budget(1000))
@@ -411,8 +431,9 @@ async def test_a_refused_key_is_unauthorized(pool: EmulatorPool) -> None:
 
 
 async def test_other_4xx_is_an_http_error_without_failover(pool: EmulatorPool) -> None:
-    first, second = pool.cdn_hosts(2, {"cdn": {"require_fiscal_drive_number": True}})
-    client = client_for(first, fn_serial="")
+    cdn = pool.crpt_cdn({"cdn": {"require_fiscal_drive_number": True}}, hosts=2)
+    first, second = cdn.hosts
+    client = client_for(cdn, fn_serial="")
     await listed(client)
     failure = await client.check(CODE, budget(1000))
     client.close()
@@ -422,9 +443,10 @@ async def test_other_4xx_is_an_http_error_without_failover(pool: EmulatorPool) -
 
 
 async def test_429_retries_on_the_next_host_and_quarantines(pool: EmulatorPool) -> None:
-    busy, good = pool.cdn_hosts(2)
+    cdn = pool.crpt_cdn(hosts=2)
+    busy, good = cdn.hosts
     busy.set_fault("codes/check", status=429)
-    client = client_for(busy)
+    client = client_for(cdn)
     await listed(client)
     answer = await client.check(CODE, budget(1000))
     assert isinstance(answer, SourceAnswer), answer
@@ -440,9 +462,10 @@ async def test_429_retries_on_the_next_host_and_quarantines(pool: EmulatorPool) 
 
 
 async def test_5xx_retries_once_and_quarantines_when_repeated(pool: EmulatorPool) -> None:
-    failing, good = pool.cdn_hosts(2)
+    cdn = pool.crpt_cdn(hosts=2)
+    failing, good = cdn.hosts
     failing.set_fault("codes/check", status=502)
-    client = client_for(failing)
+    client = client_for(cdn)
     await listed(client)
     assert isinstance(await client.check(CODE, budget(1000)), SourceAnswer)
     assert not host_row(client, failing.url)["quarantined"]  # one 5xx: a strike only
@@ -453,9 +476,10 @@ async def test_5xx_retries_once_and_quarantines_when_repeated(pool: EmulatorPool
 
 
 async def test_5xx_with_code_5000_retries_without_quarantine(pool: EmulatorPool) -> None:
-    first, second = pool.cdn_hosts(2)
+    cdn = pool.crpt_cdn(hosts=2)
+    first, second = cdn.hosts
     first.set_fault("codes/check", status=500, code=5000)
-    client = client_for(first)
+    client = client_for(cdn)
     await listed(client)
     for _ in range(2):
         assert isinstance(await client.check(CODE, budget(1000)), SourceAnswer)
@@ -476,9 +500,10 @@ async def test_code_5000_on_the_only_host_is_retried_there(pool: EmulatorPool) -
 
 
 async def test_203_is_emergency_without_failover(pool: EmulatorPool) -> None:
-    first, second = pool.cdn_hosts(2)
+    cdn = pool.crpt_cdn(hosts=2)
+    first, second = cdn.hosts
     first.set_fault("codes/check", emergency=True)
-    client = client_for(first)
+    client = client_for(cdn)
     await listed(client)
     failure = await client.check(CODE, budget(1000))
     client.close()
@@ -499,9 +524,10 @@ async def test_203_as_an_answer_is_an_option(pool: EmulatorPool) -> None:
 
 
 async def test_malformed_body_is_a_bad_answer(pool: EmulatorPool) -> None:
-    first, second = pool.cdn_hosts(2)
+    cdn = pool.crpt_cdn(hosts=2)
+    first, second = cdn.hosts
     first.set_fault("codes/check", malformed=True)
-    client = client_for(first)
+    client = client_for(cdn)
     await listed(client)
     failure = await client.check(CODE, budget(1000))
     assert isinstance(failure, SourceFailure) and failure.kind == "bad-answer"
@@ -518,10 +544,11 @@ async def test_malformed_body_is_a_bad_answer(pool: EmulatorPool) -> None:
 
 
 async def test_every_exchange_is_recorded_without_key_or_crypto_tail(pool: EmulatorPool) -> None:
-    dead, good = pool.cdn_hosts(2, {"cdn": {"token": TOKEN}})
+    cdn = pool.crpt_cdn({"cdn": {"token": TOKEN}}, hosts=2)
+    dead, good = cdn.hosts
     dead.set_fault("codes/check", reset=True)
     exchanges: list[Exchange] = []
-    client = client_for(dead, recorder=exchanges)
+    client = client_for(cdn, recorder=exchanges)
     good.set_fault("cdn/health/check", latency_ms=50)  # the dead one ranks first
     await listed(client)
     await client.health_check(budget(2000))
@@ -553,8 +580,9 @@ async def test_every_exchange_is_recorded_without_key_or_crypto_tail(pool: Emula
 
 
 async def test_status_reports_hosts_and_never_the_key(pool: EmulatorPool) -> None:
-    first, second = pool.cdn_hosts(2)
-    client = client_for(first)
+    cdn = pool.crpt_cdn(hosts=2)
+    first, second = cdn.hosts
+    client = client_for(cdn)
     await listed(client)
     await client.health_check(budget(2000))
     status = client.status()
@@ -563,3 +591,238 @@ async def test_status_reports_hosts_and_never_the_key(pool: EmulatorPool) -> Non
     assert {h["url"] for h in status["hosts"]} == {first.url, second.url}
     assert all(h["latency_ms"] is not None and not h["quarantined"] for h in status["hosts"])
     assert TOKEN not in json.dumps(status) and TOKEN not in repr(client.auth)
+
+
+# -- the list service: no list, a slow list, a broken list ---------------------------------------
+
+
+async def test_concurrent_first_checks_share_one_list_fetch(pool: EmulatorPool) -> None:
+    cdn = pool.crpt_cdn()
+    cdn.set_fault("cdn/info", latency_ms=100)
+    client = client_for(cdn)
+    answers = await asyncio.gather(*(client.check(CODE, budget(1500)) for _ in range(4)))
+    await client.aclose()
+    assert all(isinstance(a, SourceAnswer) for a in answers), answers
+    assert cdn.list_service.count("cdn/info") == 1
+    assert cdn.host.count("codes/check") == 4
+
+
+async def test_a_slow_list_takes_only_its_share_then_the_fetch_goes_on(pool: EmulatorPool) -> None:
+    cdn = pool.crpt_cdn()
+    cdn.set_fault("cdn/info", latency_ms=900)
+    client = client_for(cdn)
+    started = time.monotonic()
+    failure = await client.check(CODE, started + 1.5)
+    elapsed = time.monotonic() - started
+    assert isinstance(failure, SourceFailure), failure
+    assert failure.kind == "unreachable" and "host list" in failure.detail
+    assert 0.55 <= elapsed <= 0.6 + 0.05  # 40 % of 1.5 s, and not a moment more
+    assert cdn.host.count("codes/check") == 0
+    # The fetch went on in the background: once it lands, checks go online at once.
+    cdn.list_service.wait_for_requests(1, "cdn/info")
+    for _ in range(100):
+        if client.status()["hosts"]:
+            break
+        await asyncio.sleep(0.02)
+    started = time.monotonic()
+    assert isinstance(await client.check(CODE, budget(1500)), SourceAnswer)
+    assert time.monotonic() - started < 0.2
+    assert cdn.list_service.count("cdn/info") == 1
+    await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [
+        ({"status": 401}, "unauthorized"),
+        ({"status": 503}, "unreachable"),
+        ({"malformed": True}, "unreachable"),
+        ({"body": {"code": 0, "hosts": []}}, "unreachable"),
+        ({"body": {"code": 0, "hosts": [{"host": "ftp://cdn01.example"}]}}, "unreachable"),
+        ({"drop": True}, "unreachable"),
+    ],
+)
+async def test_a_broken_list_service_fails_the_check_fast_and_typed(
+    pool: EmulatorPool, fault: dict, kind: str
+) -> None:
+    cdn = pool.crpt_cdn()
+    cdn.set_fault("cdn/info", **fault)
+    client = client_for(cdn)
+    started = time.monotonic()
+    failure = await client.check(CODE, started + 1.5)
+    elapsed = time.monotonic() - started
+    await client.aclose()
+    assert isinstance(failure, SourceFailure), failure
+    assert failure.kind == kind and "host list" in failure.detail
+    assert elapsed < 0.3
+    assert cdn.host.count() == 0 and cdn.list_service.count("codes/check") == 0
+    status = client.status()
+    assert status["hosts_from"] == "none" and "cdn/info" in status["last_error"]
+    if kind == "unauthorized":
+        assert status["alert"] and "401" in status["alert"]
+
+
+async def test_an_empty_scenario_list_and_a_dead_listed_host(pool: EmulatorPool) -> None:
+    cdn = pool.crpt_cdn()
+    cdn.set_hosts([])
+    client = client_for(cdn)
+    failure = await client.check(CODE, budget(1500))
+    assert isinstance(failure, SourceFailure) and failure.kind == "unreachable"
+    assert "no usable host" in failure.detail
+
+    dead = CrptCdn.dead_url()
+    cdn.set_hosts([dead, cdn.host.url])
+    assert await client.refresh_hosts(budget(1000))
+    answer = await client.check(CODE, budget(1500))
+    await client.aclose()
+    assert isinstance(answer, SourceAnswer), answer
+    assert host_row(client, dead)["quarantined"]  # asked first, failed over
+    assert not host_row(client, cdn.host.url)["quarantined"]
+
+
+async def test_the_list_deadline_holds_against_a_black_hole(pool: EmulatorPool) -> None:
+    cdn = pool.crpt_cdn()
+    cdn.set_fault("cdn/info", black_hole=True)
+    client = client_for(cdn)
+    for budget_ms in (100, 400, 1500):
+        started = time.monotonic()
+        failure = await client.check(CODE, started + budget_ms / 1000)
+        elapsed = time.monotonic() - started
+        assert isinstance(failure, SourceFailure) and failure.kind == "unreachable"
+        assert elapsed <= budget_ms / 1000 * 0.4 + 0.05
+    # One fetch, shared by the three checks (it waits out maintenance_timeout_s).
+    assert cdn.list_service.count("cdn/info") == 1
+    await client.aclose()
+
+
+async def test_the_emulator_list_service_refuses_checks_and_hosts_refuse_the_list(
+    pool: EmulatorPool,
+) -> None:
+    """The client is pointed at the wrong kind of server: nothing is answered as a check."""
+    cdn = pool.crpt_cdn()
+    wrong_base = client_for(cdn.host.url)  # a host as the base URL: it has no list
+    failure = await wrong_base.check(CODE, budget(1500))
+    await wrong_base.aclose()
+    assert isinstance(failure, SourceFailure) and "HTTP 404" in failure.detail
+    assert cdn.host.count("codes/check") == 0 and cdn.host.count("cdn/info") == 1
+    assert cdn.host.last("cdn/info").status == 404
+
+
+# -- the persisted list --------------------------------------------------------------------------
+
+
+async def test_the_list_is_persisted_and_a_restart_checks_without_fetching(
+    pool: EmulatorPool, tmp_path: Path
+) -> None:
+    cdn = pool.crpt_cdn(hosts=2)
+    file = tmp_path / "state" / "cdn-hosts.json"
+    first = client_for(cdn, hosts_file=file)
+    await listed(first)
+    await first.health_check(budget(2000))
+    await first.aclose()
+    saved = json.loads(file.read_text())
+    assert saved["base_url"] == cdn.url and [h["host"] for h in saved["hosts"]] == [
+        h.url for h in cdn.hosts
+    ]
+    assert all(h["latency_ms"] is not None for h in saved["hosts"])
+    assert sorted(p.name for p in file.parent.iterdir()) == ["cdn-hosts.json"]  # no leftovers
+    assert TOKEN not in file.read_text()
+
+    # A restart: the list comes from the file, the first check goes straight to a host.
+    cdn.clear_requests()
+    second = client_for(cdn, hosts_file=file)
+    status = second.status()
+    assert status["hosts_from"] == "persisted" and len(status["hosts"]) == 2
+    assert status["list_age_s"] < 60
+    started = time.monotonic()
+    assert isinstance(await second.check(CODE, started + 1.5), SourceAnswer)
+    assert cdn.list_service.count("cdn/info") == 0 and cdn.count("codes/check") == 1
+
+    # The list service down makes no difference while the list is fresh.
+    cdn.set_fault("cdn/info", status=503)
+    assert isinstance(await second.check(CODE, budget(1500)), SourceAnswer)
+    await second.aclose()
+
+
+async def test_an_old_persisted_list_is_used_while_a_fresh_one_is_fetched(
+    pool: EmulatorPool, tmp_path: Path
+) -> None:
+    cdn = pool.crpt_cdn()
+    file = tmp_path / "cdn-hosts.json"
+    hours = 3600.0
+    writer = client_for(cdn, hosts_file=file, now=lambda: time.time() - 8 * hours)
+    await listed(writer)
+    await writer.aclose()
+    cdn.clear_requests()
+    cdn.set_fault("cdn/info", latency_ms=300)  # the background fetch takes a while
+
+    client = client_for(cdn, hosts_file=file, options=OnlineOptions())
+    assert client.status()["hosts_from"] == "persisted"
+    assert client.status()["list_age_s"] >= 8 * hours - 60
+    started = time.monotonic()
+    assert isinstance(await client.check(CODE, started + 1.5), SourceAnswer)
+    assert time.monotonic() - started < 0.25  # no wait for the fetch now under way
+    assert cdn.host.count("codes/check") == 1
+    cdn.list_service.wait_for_requests(1, "cdn/info")
+    for _ in range(100):
+        if client.status()["hosts_from"] == "fetched":
+            break
+        await asyncio.sleep(0.02)
+    assert client.status()["hosts_from"] == "fetched"
+    assert client.status()["list_age_s"] < 60
+    await client.aclose()
+    assert json.loads(file.read_text())["fetched_at"] > time.time() - 60  # saved anew
+
+
+async def test_a_too_old_another_cdns_or_broken_file_is_not_used(
+    pool: EmulatorPool, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cdn = pool.crpt_cdn()
+    file = tmp_path / "cdn-hosts.json"
+    writer = client_for(cdn, hosts_file=file, now=lambda: time.time() - 8 * 24 * 3600)
+    await listed(writer)
+    await writer.aclose()
+    assert client_for(cdn, hosts_file=file).status()["hosts_from"] == "none"  # a week+ old
+
+    other = pool.crpt_cdn()
+    writer = client_for(other, hosts_file=file)
+    await listed(writer)
+    await writer.aclose()
+    assert client_for(cdn, hosts_file=file).status()["hosts_from"] == "none"  # another base
+
+    for broken in (
+        b"\x00\xff not json",
+        b"[]",
+        json.dumps({"format": 1, "base_url": cdn.url, "fetched_at": time.time(), "hosts": []}),
+        json.dumps(
+            {
+                "format": 1,
+                "base_url": cdn.url,
+                "fetched_at": time.time(),
+                "hosts": [{"host": "file:///etc/passwd"}],
+            }
+        ),
+        json.dumps({"format": 99, "base_url": cdn.url, "fetched_at": 0, "hosts": []}),
+        b"{" * 100_000,
+    ):
+        file.write_bytes(broken if isinstance(broken, bytes) else broken.encode())
+        caplog.clear()
+        client = client_for(cdn, hosts_file=file)
+        assert client.status()["hosts_from"] == "none"
+        assert any("ignored" in r.getMessage() for r in caplog.records), broken[:20]
+        answer = await client.check(CODE, budget(1500))  # and it works: fetch, then check
+        assert isinstance(answer, SourceAnswer)
+        await client.aclose()
+        assert json.loads(file.read_text())["base_url"] == cdn.url  # repaired by the fetch
+
+
+async def test_an_unwritable_state_directory_costs_no_check(
+    pool: EmulatorPool, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cdn = pool.crpt_cdn()
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    client = client_for(cdn, hosts_file=blocker / "cdn-hosts.json")
+    assert isinstance(await client.check(CODE, budget(1500)), SourceAnswer)
+    await client.aclose()
+    assert any("not saved" in r.getMessage() for r in caplog.records)

@@ -345,7 +345,7 @@ def test_every_problem_of_every_file_is_reported_at_once(main: Path) -> None:
         "got a string ('loud')",
         f"{main}:5: [store] map_size_mb: expected an integer, got a string ('big')",
         f"{dropins / '10-a.toml'}:3: unknown key [store] size (known keys: delta_history, "
-        "map_size_mb, max_age_hours, path, sync_interval_s, sync_url, verdict_ttl_s)",
+        "map_size_mb, max_age_hours, path, sync_interval_s, sync_proxy, sync_url, verdict_ttl_s)",
         f"{dropins / '20-b.toml'}:1:8: TOML syntax error: Expected ']' at the end of a table "
         "declaration",
         f"{dropins / '30-c.toml'}:1: [scanners.front] url: required key is missing",
@@ -496,6 +496,7 @@ def test_to_dict_is_plain_json_data() -> None:
             "delta_history": 100,
             "sync_url": "",
             "sync_interval_s": 3600,
+            "sync_proxy": "online",
         },
         "codes": {
             "recover_lost_gs": True,
@@ -601,7 +602,7 @@ def test_docs_key_table_matches_the_schema() -> None:
 def test_docs_mention_every_key() -> None:
     keys = [f"`[{ref.table}] {ref.key}`" for ref in config.schema_keys()]
 
-    assert len(keys) == 53
+    assert len(keys) == 66
     assert [key for key in keys if key not in _doc()] == []
 
 

@@ -9,13 +9,16 @@ the key and the credential.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from markd.checks.cdn_hosts import FILE_NAME as HOSTS_FILE_NAME
 from markd.checks.chain import ChainSettings, CheckChain, StoreOnlyChain
 from markd.checks.policy import PolicyOptions
 from markd.checks.record import Recorder
 from markd.errors import ConfigError
+from markd.proxy import DEFAULT_NO_PROXY, ProxySettings
 from markd.secrets import load_secret
 
 if TYPE_CHECKING:
@@ -35,6 +38,50 @@ def chain_settings(config: Config) -> ChainSettings:
     )
 
 
+def proxy_settings(section: Any, name: str) -> ProxySettings | None:
+    """The proxy of one ``[check.*]`` section (its ``proxy``, ``no_proxy`` and
+    ``proxy_auth_file`` keys), or None for direct connections."""
+    if not section.proxy:
+        return None
+    credentials = load_secret(
+        section.proxy_auth_file,
+        "proxy-auth",
+        what=f"[{name}] proxy_auth_file",
+        required=bool(section.proxy_auth_file),
+    )
+    return ProxySettings.parse(
+        section.proxy,
+        no_proxy=section.no_proxy,
+        credentials=credentials,
+        where=f"[{name}] proxy",
+    )
+
+
+def sync_proxy_settings(config: Config) -> ProxySettings | None:
+    """The proxy of the fleet sync (``[store] sync_proxy``): by default the one of
+    ``[check.online]``, the section that reaches the internet."""
+    choice = config.store.sync_proxy
+    if choice == "direct":
+        return None
+    if choice == "online":
+        online = config.check.online
+        return None if online is None else proxy_settings(online, "check.online")
+    credentials = load_secret("", "proxy-auth", what="[store] sync_proxy", required=False)
+    return ProxySettings.parse(
+        choice, no_proxy=DEFAULT_NO_PROXY, credentials=credentials, where="[store] sync_proxy"
+    )
+
+
+def hosts_file(config: Config) -> Path | None:
+    """Where the CDN host list is kept: ``[check.online] hosts_file``, or beside the store."""
+    online = config.check.online
+    if online is None:
+        return None
+    if online.hosts_file:
+        return Path(online.hosts_file)
+    return Path(config.store.path).parent / HOSTS_FILE_NAME
+
+
 def build_clients(config: Config, recorder: Recorder | None = None) -> dict[str, Any]:
     """The service clients the configuration asks for, by name (online, local_module,
     tspiot); each absent section gives none."""
@@ -42,14 +89,22 @@ def build_clients(config: Config, recorder: Recorder | None = None) -> dict[str,
     fn_serial = config.terminal.fn_serial
     clients: dict[str, Any] = {}
     if check.mode == "direct" and check.online is not None:
-        from markd.checks.online import ApiKeyAuth, OnlineClient
+        from markd.checks.online import ApiKeyAuth, OnlineClient, OnlineOptions
 
-        secret = load_secret(
-            check.online.token_file, "crpt-token", what="[check.online] token_file"
-        )
+        online = check.online
+        secret = load_secret(online.token_file, "crpt-token", what="[check.online] token_file")
         assert secret is not None
         clients["online"] = OnlineClient(
-            check.online.url, auth=ApiKeyAuth(secret), fn_serial=fn_serial, recorder=recorder
+            online.url,
+            auth=ApiKeyAuth(secret),
+            fn_serial=fn_serial,
+            recorder=recorder,
+            options=OnlineOptions(
+                list_fetch_share=online.list_budget_percent / 100,
+                rank_by=online.rank_by,  # type: ignore[arg-type] - checked by the schema
+            ),
+            hosts_file=hosts_file(config),
+            proxy=proxy_settings(online, "check.online"),
         )
     if check.mode == "direct" and check.local_module is not None:
         from markd.checks.local_module import LocalModuleClient
@@ -66,6 +121,7 @@ def build_clients(config: Config, recorder: Recorder | None = None) -> dict[str,
             fn_serial=fn_serial,
             api=lm.api,
             recorder=recorder,
+            proxy=proxy_settings(lm, "check.local_module"),
         )
     if check.mode == "tspiot":
         if check.tspiot is None:
@@ -82,6 +138,7 @@ def build_clients(config: Config, recorder: Recorder | None = None) -> dict[str,
             token=token,
             allow_self_signed=ts.allow_self_signed,
             recorder=recorder,
+            proxy=proxy_settings(ts, "check.tspiot"),
         )
     return clients
 

@@ -8,15 +8,41 @@ by the caller's deadline, whatever the hosts do. It never raises for a service p
 ``X-API-KEY`` token today; the fiscal-drive (ФН) scheme that replaces it in 2026 will be
 another :class:`Auth`. The key never reaches a log line, an :class:`Exchange` or ``status()``.
 
-**Host list** (§3.2). ``GET {base}/api/v4/true-api/cdn/info`` lists the CDN hosts. Until the
-first list arrives the base URL itself is the only host. The list is fetched again at a random
-point between 6 h and 7 h after the last fetch (CRPT text п. 1.4.1; the random point is the
-jitter), sooner after a failed fetch (``refresh_retry_s``), and as soon as possible once every
-host has been quarantined. ``GET {host}/api/v4/true-api/cdn/health/check`` measures each
-host's round-trip latency; hosts are ranked by it (or by the ``avgTimeMs`` they report,
-``rank_by="avg_time"``, unconfirmed). Hosts never measured come after measured ones, in list
-order. Both run in the background (:meth:`OnlineClient.maintain`), started by a check when due,
-so a check never waits for them.
+**The CDN is split** (§3.2). The base URL is a *list service*: it answers
+``GET {base}/api/v4/true-api/cdn/info`` and nothing else a checking client needs.
+``codes/check`` and ``cdn/health/check`` go **only to the hosts it lists**, never to the base:
+the base does not answer a check, so a check sent there would fail and the chain would fall
+back to the Local Module, which checks blocks only — an already sold or expired unit would be
+allowed.
+
+**Host list.** A check that finds no usable list fetches ``cdn/info`` first, inside its own
+deadline: the fetch may take ``list_fetch_share`` of the time left (40 % by default), and the
+first listed host is then asked (the best ranked, when health figures exist). When the list
+cannot be had in that share, the source fails (``unreachable``; ``unauthorized`` for a refused
+key; a proxy's own kind when the proxy failed) and the chain goes on. Concurrent checks and the
+background round share one fetch. The list is fetched again at a random point between 6 h and
+7 h after the last fetch (CRPT text п. 1.4.1; the random point is the jitter), sooner after a
+failed fetch (``refresh_retry_s``), and as soon as possible once every host has been
+quarantined; meanwhile the old list stays in use. ``GET {host}/api/v4/true-api/cdn/health/check``
+measures each host's round-trip latency; hosts are ranked by it (or by the ``avgTimeMs`` they
+report, ``rank_by="avg_time"``, unconfirmed). Hosts never measured come after measured ones, in
+list order. Refresh and health checks run in the background (:meth:`OnlineClient.maintain`,
+started by :meth:`OnlineClient.start` or by a check when due), so a check never waits for them
+once it has a list.
+
+**Persisted list** (:mod:`markd.checks.cdn_hosts`). With ``hosts_file`` set, every fetched list
+and every round of health figures is written to that file atomically, and read back when the
+client is made: a list younger than ``persisted_max_age_s`` is used at once (``hosts_from`` is
+``persisted`` in :meth:`OnlineClient.status`), and fetched again in the background when its
+6–7 h are up.
+
+**Proxy** (§3.8). ``proxy`` (:class:`~markd.proxy.ProxySettings`) sends every request through
+an HTTP proxy (``CONNECT`` for HTTPS). A failure of the proxy itself (refused, 407, timeout, a
+broken tunnel) is a failure of its own kind (``proxy-unreachable``, ``proxy-auth``,
+``proxy-timeout``, ``proxy-error``): it quarantines no host, since every host is reached
+through the same proxy, and it ends the online attempt at once so the next source has the
+time left — except a ``CONNECT`` refused with 502/503/504 (the proxy could not reach that
+host), which tries the next host.
 
 **Failover and quarantine** (§3.3). A host that times out or fails at transport level
 (refused, reset, cut answer) is quarantined for 15 minutes and the next best host is tried
@@ -56,19 +82,24 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from markd.checks.cdn_hosts import HostListFile, SavedHost, SavedList
 from markd.checks.http import HTTPClient, HTTPError, HTTPTimeout, Response
 from markd.checks.record import Exchange, Recorder, redact_json_text
 from markd.checks.results import FailureKind, SourceAnswer, SourceFailure
 from markd.codes import MarkingCode
 from markd.errors import MarkdError
 from markd.secrets import Secret
+
+if TYPE_CHECKING:
+    from markd.proxy import ProxySettings
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +164,14 @@ class OnlineOptions:
     health_interval_s: float = 300.0
     #: Time limit of one health check (§9: 2 s, unconfirmed).
     health_timeout_s: float = 2.0
-    #: Time limit of one background round (host list + health checks).
+    #: Time limit of one background round (host list + health checks); also of a host list
+    #: fetch a check started, which goes on in the background when the check stops waiting.
     maintenance_timeout_s: float = 10.0
+    #: With no usable host list, the share of a check's time left that fetching the list may
+    #: take (the rest is the check's). 0.4 leaves 900 ms of a 1.5 s budget for the check.
+    list_fetch_share: float = 0.4
+    #: A persisted host list older than this is not used: the client starts without one.
+    persisted_max_age_s: float = 7 * 24 * 3600
     #: Checks start the background round when it is due (False: the caller runs maintain()).
     background_maintenance: bool = True
     #: Rank hosts by measured latency (most clients) or by their ``avgTimeMs`` (unconfirmed).
@@ -166,6 +203,7 @@ class _Host:
     url: str
     latency_ms: float | None = None  # last health-check round trip
     avg_time_ms: float | None = None  # what the host reported
+    measured_at: float | None = None  # now() of the health check behind the figures
     quarantined_until: float | None = None  # clock()
     strikes: int = 0  # 429/5xx in a row
     last_error: str | None = None
@@ -197,13 +235,14 @@ class _CheckState:
 
 
 class OnlineClient:
-    """True API ``codes/check`` through the CDN, with host list, ranking, quarantine and
-    failover (see the module docstring). Use from one event loop; :meth:`close` when done.
+    """True API ``codes/check`` through the CDN: the list service for the host list, the listed
+    hosts for checks, with ranking, quarantine, failover and a persisted list (see the module
+    docstring). Use from one event loop; :meth:`aclose` (or :meth:`close`) when done.
 
     Deadlines are ``time.monotonic()`` values, as :class:`~markd.checks.http.HTTPClient`
     takes them. ``clock`` (monotonic seconds) drives the schedules only — quarantine, host list
-    refresh, health checks — so a test can move it hours ahead; ``now`` is wall time, used only
-    to show times in :meth:`status`.
+    refresh, health checks — so a test can move it hours ahead; ``now`` is wall time, used for
+    the times shown in :meth:`status` and kept in ``hosts_file``.
     """
 
     def __init__(
@@ -217,28 +256,41 @@ class OnlineClient:
         now: Callable[[], float] = time.time,
         options: OnlineOptions = OnlineOptions(),  # noqa: B008 - frozen, shared safely
         rng: random.Random | None = None,
+        hosts_file: str | os.PathLike[str] | None = None,
+        proxy: ProxySettings | None = None,
     ) -> None:
         self.base_url = _clean_url(base_url)
         self.auth = auth
         self.fn_serial = fn_serial
         self.options = options
+        self.proxy = proxy
         self._recorder = recorder
         self._clock = clock
         self._now = now
         self._rng = rng or random.Random()
-        self._http = HTTPClient()  # codes/check: the connection kept warm between scans
-        self._maintenance_http = HTTPClient()  # host list and health checks
-        self._hosts: list[_Host] = [_Host(self.base_url)]
-        self._hosts_listed = False
-        self._last_refresh: float | None = None  # clock()
+        self._http = HTTPClient(proxy=proxy)  # codes/check: kept warm between scans
+        self._maintenance_http = HTTPClient(proxy=proxy)  # host list and health checks
+        #: The listed hosts (never the base URL: it does not answer checks).
+        self._hosts: list[_Host] = []
+        self._hosts_from: Literal["none", "fetched", "persisted"] = "none"
+        self._list_fetched_at: float | None = None  # now() of the list's fetch
+        self._last_refresh: float | None = None  # clock() of the list's fetch
         self._next_refresh: float = clock()  # due at once
+        #: Why the last host list fetch failed: (failure kind, HTTP status, text).
+        self._list_error: tuple[FailureKind, int | None, str] | None = None
         #: When the marks of every quarantined host were last cleared (clock()), or None.
         self._last_reset: float | None = None
         self._last_health: float | None = None
         self._last_error: str | None = None
         self._alert: str | None = None
         self._emergency_at: float | None = None
+        self._proxy_error: str | None = None
         self._maintenance: asyncio.Task[None] | None = None
+        self._list_task: asyncio.Task[bool] | None = None
+        self._save_task: asyncio.Task[None] | None = None
+        self._file = HostListFile(hosts_file) if hosts_file else None
+        if self._file is not None:
+            self._load_saved_list()
 
     # -- the check ------------------------------------------------------------------------------
 
@@ -247,6 +299,10 @@ class OnlineClient:
         self._start_maintenance_if_due()
         state = _CheckState()
         started = time.monotonic()
+        if not self._hosts:
+            failed = await self._list_for_check(started, deadline)
+            if failed is not None:
+                return failed
         last: SourceFailure | None = None
         while True:
             if time.monotonic() >= deadline:
@@ -278,6 +334,24 @@ class OnlineClient:
                 if attempt.then == "retry-any":
                     state.same_host_retry = host.url
 
+    async def _list_for_check(self, started: float, deadline: float) -> SourceFailure | None:
+        """With no host list: wait for one (a running fetch, or a new one) for at most
+        ``list_fetch_share`` of the time left. None when a list is there, else the failure
+        this check ends with (the fetch itself goes on in the background)."""
+        share = max(deadline - started, 0.0) * self.options.list_fetch_share
+        task = self._list_fetch()
+        if share > 0 and not task.done():
+            await asyncio.wait({task}, timeout=share)
+        if self._hosts:
+            return None
+        if not task.done():
+            detail = f"no CDN host list within {share * 1000:.0f} ms (the fetch goes on)"
+            return self._failure("unreachable", detail, started)
+        kind, status, text = self._list_error or ("unreachable", None, "no host listed")
+        return SourceFailure(
+            "cdn", kind, status, f"no CDN host list: {text}", (time.monotonic() - started) * 1000
+        )
+
     def _pick_host(self, state: _CheckState) -> _Host | None:
         """The best host not quarantined and not yet tried in this check; when every host is
         quarantined, clear the marks once per check (§3.3)."""
@@ -291,7 +365,7 @@ class OnlineClient:
             # A 5xx with body code 5000 and no other host: retry where it happened.
             url, state.same_host_retry = state.same_host_retry, None
             return next((h for h in ranked if h.url == url), None)
-        if state.reset_done or not all(h.quarantined(now) for h in ranked):
+        if not ranked or state.reset_done or not all(h.quarantined(now) for h in ranked):
             return None
         retry_s = self.options.all_quarantined_retry_s
         if self._last_reset is not None and now - self._last_reset < retry_s:
@@ -331,9 +405,20 @@ class OnlineClient:
         except AuthError as exc:
             return _Attempt(self._failure("unauthorized", exc.message, started))
         except HTTPError as exc:
+            kind = _kind(exc)
+            if kind.startswith("proxy-"):
+                # The proxy failed, not the host: no quarantine; every host goes through the
+                # same proxy, so only a CONNECT the proxy could not carry to this host tries
+                # the next one.
+                self._note_proxy_failure(exc)
+                status = getattr(exc, "status", None)
+                failure = SourceFailure("cdn", kind, status, str(exc), _ms_since(started))
+                upstream = kind == "proxy-error" and status in (502, 503, 504)
+                return _Attempt(failure, "failover" if upstream else "stop")
             # Timeout or transport failure: quarantine, next host (§3.3).
-            failure = self._failure(_kind(exc), f"{host.url}: {exc}", started)
+            failure = self._failure(kind, f"{host.url}: {exc}", started)
             return _Attempt(failure, "failover", quarantine=True)
+        self._proxy_error = None
         return self._judge(host, code, response)
 
     def _judge(self, host: _Host, code: MarkingCode, response: Response) -> _Attempt:
@@ -391,29 +476,64 @@ class OnlineClient:
     # -- host list and health -------------------------------------------------------------------
 
     async def refresh_hosts(self, deadline: float) -> bool:
-        """Fetch the host list from ``cdn/info`` (§3.2). True when a list arrived; on failure
-        the current list stays and the next try is ``refresh_retry_s`` later."""
+        """Fetch the host list from the list service's ``cdn/info`` (§3.2). True when a list
+        arrived; on failure the current list stays, the next try is ``refresh_retry_s`` later
+        and :meth:`status` says why."""
         url = self.base_url + INFO_PATH
         try:
             response = await self._request(self._maintenance_http, "GET", url, deadline=deadline)
-            if response.status in self.options.unauthorized_statuses:
-                self._alert = f"HTTP {response.status} from cdn/info: the X-API-KEY was refused"
+        except (HTTPError, AuthError) as exc:
+            kind: FailureKind = "unauthorized" if isinstance(exc, AuthError) else _kind(exc)
+            if kind.startswith("proxy-"):
+                self._note_proxy_failure(exc)
+            elif kind != "unauthorized":
+                kind = "unreachable"
+            return self._list_failed(kind, getattr(exc, "status", None), str(exc))
+        if response.status in self.options.unauthorized_statuses:
+            self._alert = f"HTTP {response.status} from cdn/info: the X-API-KEY was refused"
+            return self._list_failed("unauthorized", response.status, self._alert)
+        self._proxy_error = None
+        try:
             urls = _host_list(response)
-        except (HTTPError, AuthError, ValueError) as exc:
-            self._last_error = f"cdn/info: {exc}"
-            self._next_refresh = self._clock() + self.options.refresh_retry_s
-            log.warning("CDN host list not refreshed: %s", exc)
-            return False
+        except ValueError as exc:
+            return self._list_failed("unreachable", response.status, str(exc))
         known = {h.url: h for h in self._hosts}
         self._hosts = [known.get(u) or _Host(u) for u in urls]
-        self._hosts_listed = True
+        self._hosts_from = "fetched"
+        self._list_error = None
+        self._list_fetched_at = self._now()
         self._last_refresh = self._clock()
         options = self.options
         self._next_refresh = self._last_refresh + self._rng.uniform(
             options.refresh_min_s, options.refresh_max_s
         )
         self._alert = None
+        self._schedule_save()
         return True
+
+    def _list_failed(self, kind: FailureKind, status: int | None, detail: str) -> bool:
+        self._list_error = (kind, status, detail)
+        self._last_error = f"cdn/info: {detail}"
+        self._next_refresh = self._clock() + self.options.refresh_retry_s
+        log.warning("CDN host list not fetched from %s: %s", _safe_url(self.base_url), detail)
+        return False
+
+    def _list_fetch(self) -> asyncio.Task[bool]:
+        """The running host list fetch, or a new one: checks and the background round share
+        it. It has ``maintenance_timeout_s``, whoever waits for it and however long."""
+        if self._list_task is None or self._list_task.done():
+            deadline = time.monotonic() + self.options.maintenance_timeout_s
+            self._list_task = asyncio.get_running_loop().create_task(
+                self._fetch_safely(deadline), name="markd-cdn-host-list"
+            )
+        return self._list_task
+
+    async def _fetch_safely(self, deadline: float) -> bool:
+        try:
+            return await self.refresh_hosts(deadline)
+        except Exception:  # a background fetch must never take the daemon down
+            log.exception("fetching the CDN host list failed")
+            return False
 
     async def health_check(self, deadline: float) -> None:
         """Measure every host's latency with ``cdn/health/check`` (§3.2), in parallel, each
@@ -421,6 +541,7 @@ class OnlineClient:
         limit = min(deadline, time.monotonic() + self.options.health_timeout_s)
         await asyncio.gather(*(self._health_one(h, limit) for h in list(self._hosts)))
         self._last_health = self._clock()
+        self._schedule_save()
 
     async def _health_one(self, host: _Host, deadline: float) -> None:
         try:
@@ -428,6 +549,9 @@ class OnlineClient:
                 self._maintenance_http, "GET", host.url + HEALTH_PATH, deadline=deadline
             )
         except (HTTPError, AuthError) as exc:
+            if isinstance(exc, HTTPError) and _kind(exc).startswith("proxy-"):
+                self._note_proxy_failure(exc)
+                return  # the proxy's fault, not the host's
             host.latency_ms = None
             self._quarantine(host, f"health check: {exc}")
             return
@@ -445,17 +569,27 @@ class OnlineClient:
             self._quarantine(host, f"health check: HTTP {response.status}")
             return
         host.latency_ms = response.elapsed_ms
+        host.measured_at = self._now()
         average = data.get("avgTimeMs") if isinstance(data, dict) else None
-        host.avg_time_ms = float(average) if isinstance(average, int | float) else None
+        host.avg_time_ms = (
+            float(average)
+            if isinstance(average, int | float) and not isinstance(average, bool)
+            else None
+        )
 
     async def maintain(self) -> None:
         """One background round: fetch the host list when due, then health checks when due."""
         deadline = time.monotonic() + self.options.maintenance_timeout_s
         refreshed = False
-        if self._clock() >= self._next_refresh:
-            refreshed = await self.refresh_hosts(deadline)
-        if refreshed or self._health_due():
+        if self._clock() >= self._next_refresh or not self._hosts:
+            refreshed = await self._list_fetch()
+        if self._hosts and (refreshed or self._health_due()):
             await self.health_check(deadline)
+
+    def start(self) -> None:
+        """Start the background round now (the daemon calls this at start, so the list and
+        the health figures are there before the first scan, without delaying READY)."""
+        self._start_maintenance_if_due(force=True)
 
     def _health_due(self) -> bool:
         return (
@@ -463,13 +597,15 @@ class OnlineClient:
             or self._clock() - self._last_health >= self.options.health_interval_s
         )
 
-    def _start_maintenance_if_due(self) -> None:
-        if not self.options.background_maintenance:
+    def _start_maintenance_if_due(self, *, force: bool = False) -> None:
+        if not (self.options.background_maintenance or force):
             return
         if self._maintenance is not None and not self._maintenance.done():
             return
-        if self._clock() >= self._next_refresh or self._health_due():
-            self._maintenance = asyncio.get_running_loop().create_task(self._maintain_safely())
+        if force or self._clock() >= self._next_refresh or self._health_due():
+            self._maintenance = asyncio.get_running_loop().create_task(
+                self._maintain_safely(), name="markd-cdn-maintenance"
+            )
 
     async def _maintain_safely(self) -> None:
         try:
@@ -484,6 +620,65 @@ class OnlineClient:
             return (0, value, index) if value is not None else (1, 0.0, index)
 
         return [host for _, host in sorted(enumerate(self._hosts), key=key)]
+
+    def _note_proxy_failure(self, exc: BaseException) -> None:
+        """A proxy failure goes to the journal once per new reason (not once per scan)."""
+        text = str(exc)
+        if text != self._proxy_error:
+            self._proxy_error = text
+            log.warning("CDN requests fail at the proxy: %s", text)
+        self._last_error = text
+
+    # -- the persisted list ---------------------------------------------------------------------
+
+    def _load_saved_list(self) -> None:
+        """Take the list kept in ``hosts_file``, when it is for this base URL and not too old.
+        Health is measured again at start (the saved figures rank the hosts meanwhile)."""
+        assert self._file is not None
+        saved = self._file.load(self.base_url)
+        if saved is None:
+            return
+        age = self._now() - saved.fetched_at
+        if age > self.options.persisted_max_age_s:
+            log.info(
+                "CDN host list in %s is %.0f h old: fetching a new one first",
+                self._file.path,
+                age / 3600,
+            )
+            return
+        self._hosts = [
+            _Host(h.url, h.latency_ms, h.avg_time_ms, measured_at=h.measured_at)
+            for h in saved.hosts
+        ]
+        self._hosts_from = "persisted"
+        self._list_fetched_at = saved.fetched_at
+        # A time in the future (the clock was set back) counts as due: fetch again soon.
+        self._last_refresh = self._clock() - (age if age >= 0 else self.options.refresh_max_s)
+        self._next_refresh = self._last_refresh + self._rng.uniform(
+            self.options.refresh_min_s, self.options.refresh_max_s
+        )
+
+    def _schedule_save(self) -> None:
+        """Write the list and its figures to ``hosts_file`` off the loop, in order."""
+        if self._file is None or not self._hosts or self._list_fetched_at is None:
+            return
+        snapshot = SavedList(
+            self.base_url,
+            self._list_fetched_at,
+            tuple(
+                SavedHost(h.url, h.latency_ms, h.avg_time_ms, h.measured_at) for h in self._hosts
+            ),
+        )
+        previous = self._save_task
+        file = self._file
+
+        async def save() -> None:
+            if previous is not None:
+                with contextlib.suppress(BaseException):
+                    await previous
+            await asyncio.to_thread(file.save, snapshot)
+
+        self._save_task = asyncio.get_running_loop().create_task(save(), name="markd-cdn-save")
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -555,7 +750,8 @@ class OnlineClient:
 
     def status(self) -> dict[str, Any]:
         """Health for ``markctl status``: hosts in rank order with latency and quarantine,
-        the host list's age, the last error, and an alert when the token was refused."""
+        where the host list came from (``fetched``, ``persisted`` or ``none``) and its age,
+        the last error, and an alert when the token was refused."""
         now, wall = self._clock(), self._now()
 
         def wall_time(at: float | None) -> float | None:
@@ -574,31 +770,42 @@ class OnlineClient:
                     "last_error": host.last_error,
                 }
             )
+        fetched = self._list_fetched_at
         return {
             "base_url": self.base_url,
             "hosts": hosts,
-            "hosts_from": "cdn/info" if self._hosts_listed else "base-url",
-            "last_refresh": wall_time(self._last_refresh),
+            "hosts_from": self._hosts_from,
+            "list_fetched_at": fetched,
+            "list_age_s": None if fetched is None else max(0.0, wall - fetched),
+            "hosts_file": None if self._file is None else str(self._file.path),
+            "last_refresh": fetched,
             "next_refresh": wall_time(self._next_refresh),
             "last_health_check": wall_time(self._last_health),
             "last_error": self._last_error,
             "alert": self._alert,
             "emergency_at": self._emergency_at,
+            "proxy": None if self.proxy is None else self.proxy.describe(),
+            "proxy_error": self._proxy_error,
         }
 
     def close(self) -> None:
-        """Stop the background round and close every connection."""
-        if self._maintenance is not None and not self._maintenance.done():
-            self._maintenance.cancel()
+        """Stop the background work and close every connection (a pending save of the host
+        list is abandoned: :meth:`aclose` waits for it)."""
+        for task in (self._maintenance, self._list_task):
+            if task is not None and not task.done():
+                task.cancel()
         self._http.close()
         self._maintenance_http.close()
 
-    async def aclose(self) -> None:
-        """:meth:`close`, then wait for the background round to finish cancelling."""
-        task = self._maintenance
+    async def aclose(self, save_timeout_s: float = 2.0) -> None:
+        """Wait (at most ``save_timeout_s``) for the host list to reach its file, then
+        :meth:`close` and wait for the background work to finish cancelling."""
+        if self._save_task is not None and not self._save_task.done():
+            await asyncio.wait({self._save_task}, timeout=save_timeout_s)
+        tasks = [t for t in (self._maintenance, self._list_task) if t is not None]
         self.close()
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
 
@@ -627,12 +834,21 @@ _TRANSPORT_KINDS: dict[str, FailureKind] = {
     "timeout": "timeout",
     "unreachable": "unreachable",
     "bad-answer": "bad-answer",
+    "proxy-unreachable": "proxy-unreachable",
+    "proxy-timeout": "proxy-timeout",
+    "proxy-auth": "proxy-auth",
+    "proxy-error": "proxy-error",
 }
 
 
 def _kind(exc: HTTPError) -> FailureKind:
-    """The failure kind of a transport error (a cut answer is ``bad-answer``)."""
+    """The failure kind of a transport error (a cut answer is ``bad-answer``; the proxy's
+    own failures keep their kinds)."""
     return _TRANSPORT_KINDS.get(exc.kind, "unreachable")
+
+
+def _ms_since(started: float) -> float:
+    return (time.monotonic() - started) * 1000
 
 
 def _body_code(response: Response) -> int | None:

@@ -89,17 +89,19 @@ async def _check_once(cfg: Any, text: str, price: int | None) -> Verdict:
         try:
             return await chain.decide(code, "markctl", price_kopecks=price)
         finally:
-            _close_clients(chain)
+            await _close_clients(chain)
             chain.close()
 
 
-def _close_clients(chain: CheckChain) -> None:
+async def _close_clients(chain: CheckChain) -> None:
+    """Close the clients; ``aclose`` where there is one (the CDN client then writes the host
+    list it fetched, so the next ``markctl check`` need not fetch it again)."""
     for client in (chain.online, chain.local_module, chain.tspiot):
-        close = getattr(client, "close", None)
+        close = getattr(client, "aclose", None) or getattr(client, "close", None)
         if close is not None:
             result = close()
             if asyncio.iscoroutine(result):
-                result.close()
+                await result
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -164,12 +166,46 @@ async def _probe(cfg: Any) -> dict[str, Any]:
                 out.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
         status = getattr(client, "status", None)
         out[name] = status() if status is not None else {}
-        close = getattr(client, "close", None)
+        close = getattr(client, "aclose", None) or getattr(client, "close", None)
         if close is not None:
             result = close()
             if asyncio.iscoroutine(result):
                 await result
     return out
+
+
+def cdn_list_line(online: dict[str, Any]) -> str | None:
+    """One line on the CDN host list: how many hosts, from where, how old, which answers
+    first (None when the status has no host list fields)."""
+    if "hosts_from" not in online:
+        return None
+    hosts = online.get("hosts") or []
+    source = online["hosts_from"]
+    if source == "none" or not hosts:
+        error = online.get("last_error") or "not fetched yet"
+        return f"no host list ({error})"
+    age = online.get("list_age_s")
+    age_text = "age unknown" if age is None else f"{_age(age)} old"
+    usable = [h for h in hosts if not h.get("quarantined")]
+    best = usable[0] if usable else None
+    best_text = "every host quarantined"
+    if best is not None:
+        latency = best.get("latency_ms")
+        best_text = f"first {best['url']}" + (f" ({latency:.0f} ms)" if latency else "")
+    line = f"{len(hosts)} host(s), {source}, {age_text}; {best_text}"
+    if online.get("proxy"):
+        line += f"; proxy {online['proxy']}"
+    if online.get("proxy_error"):
+        line += f"; PROXY FAILING: {online['proxy_error']}"
+    return line
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -218,6 +254,10 @@ def _status(args: argparse.Namespace) -> int:
     sources = report.get("sources", report)
     for name in ("online", "local_module", "tspiot"):
         if name in sources:
+            if name == "online" and isinstance(sources[name], dict):
+                line = cdn_list_line(sources[name])
+                if line is not None:
+                    print(f"cdn hosts    {line}")
             print(f"{name:<12} {json.dumps(sources[name], ensure_ascii=False, default=str)}")
     for name, error in report.get("errors", {}).items():
         print(f"{name:<12} ERROR {error}")

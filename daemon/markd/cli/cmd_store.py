@@ -118,6 +118,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="accept a server whose version is older than the store's",
     )
+    p.add_argument(
+        "--proxy",
+        metavar="PROXY",
+        help="online, direct, env or http://HOST:PORT (default: [store] sync_proxy); "
+        "credentials come from the proxy-auth credential, never from here",
+    )
     p.set_defaults(func=_sync)
 
 
@@ -133,6 +139,21 @@ def _seconds(text: str) -> float:
     if not 0.1 <= value <= 3600:  # also refuses nan and inf
         raise argparse.ArgumentTypeError(f"{text} is outside 0.1 … 3600 seconds")
     return value
+
+
+def _sync_proxy(args: argparse.Namespace) -> Any:
+    """The sync's proxy: ``--proxy``, else ``[store] sync_proxy`` (domain.md §3.8)."""
+    from dataclasses import replace
+
+    from markd.checks.factory import sync_proxy_settings
+
+    cfg = config_module.load(args.config)
+    if args.proxy is not None:
+        problem = config_module.sync_proxy_problem(args.proxy)
+        if problem is not None:
+            raise ConfigError(f"--proxy: {problem}")
+        cfg = replace(cfg, store=replace(cfg.store, sync_proxy=args.proxy))
+    return sync_proxy_settings(cfg)
 
 
 def _open(args: argparse.Namespace, *, readonly: bool) -> Store:
@@ -392,6 +413,7 @@ def _sync(args: argparse.Namespace) -> int:
         url = args.url or os.environ.get("MARKD_SYNC_URL", "")
         if not url:
             raise StoreError("no URL: give one or set MARKD_SYNC_URL", "bad-url")
+        proxy = _sync_proxy(args)
         progress = ProgressPrinter(args.progress)
         with _open(args, readonly=False) as store:
             try:
@@ -401,6 +423,7 @@ def _sync(args: argparse.Namespace) -> int:
                     progress=progress,
                     timeout=args.timeout,
                     allow_rollback=args.allow_rollback,
+                    proxy=proxy,
                 )
             finally:
                 progress.done()

@@ -4,12 +4,15 @@
 
     python -m markd.emulators NAME [--port P] [--host 127.0.0.1] [--scenario FILE] [--tls]
                                    [--no-admin] [--verbose]
+    python -m markd.emulators crpt_cdn [--port P] [--hosts N] [--scenario FILE] [--tls]
     python -m markd.emulators static_http --directory DIR [--port P] [--auth USER:PASSWORD]
     python -m markd.emulators atol_web [--port P] [--state-dir DIR] [--scenario FILE]
 
 ``NAME`` is ``crpt_cdn``, ``local_module``, ``tspiot``, ``static_http`` or ``atol_web`` (an
 ATOL Web Requests server in front of the virtual ККТ, its state in ``--state-dir``; see
-:mod:`markd.emulators.atol_web`). The first line on
+:mod:`markd.emulators.atol_web`). ``crpt_cdn`` is split like the real CDN: its list service
+listens on ``--port`` and each of its ``--hosts`` (default 1) on a free port, named on stderr.
+The first line on
 stdout is the base URL the emulator listens on (``http://127.0.0.1:PORT``; with ``--port 0``
 the kernel picks the port, so read it from there); everything else goes to stderr
 (``--verbose``: one JSON line per request). ``--scenario`` takes a ``.json`` or ``.toml``
@@ -32,7 +35,7 @@ from markd.errors import MarkdError
 
 #: name → (module, class, default port). Imported only when chosen.
 EMULATORS: dict[str, tuple[str, str, int]] = {
-    "crpt_cdn": ("markd.emulators.crpt_cdn", "CrptCdnEmulator", 8081),
+    "crpt_cdn": ("markd.emulators.crpt_cdn", "CrptCdn", 8081),
     "local_module": ("markd.emulators.local_module", "LocalModuleEmulator", 5995),
     "tspiot": ("markd.emulators.tspiot", "TspiotEmulator", 51401),
     "static_http": ("markd.emulators.static_http", "StaticHTTPServer", 8080),
@@ -65,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--verbose", "-v", action="store_true", help="each request as JSON on stderr"
     )
+    parser.add_argument(
+        "--hosts", type=int, metavar="N", help="crpt_cdn: how many listed hosts (1)"
+    )
     parser.add_argument("--directory", metavar="DIR", help="static_http: directory to serve")
     parser.add_argument("--auth", metavar="USER:PASSWORD", help="static_http: Basic auth")
     parser.add_argument(
@@ -78,6 +84,10 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
     cls = emulator_class(args.name)
     if args.state_dir and args.name != "atol_web":
         parser.error("--state-dir is for atol_web")
+    if args.hosts is not None and args.name != "crpt_cdn":
+        parser.error("--hosts is for crpt_cdn")
+    if args.hosts is not None and not 1 <= args.hosts <= 32:
+        parser.error("--hosts takes 1 to 32")
     if args.name == "atol_web":
         if args.directory or args.auth:
             parser.error("--directory and --auth are for static_http")
@@ -93,6 +103,7 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
     if args.name != "static_http":
         if args.directory or args.auth:
             parser.error("--directory and --auth are for static_http")
+        extra = {"hosts": args.hosts or 1} if args.name == "crpt_cdn" else {}
         return cls(
             args.scenario,
             host=args.host,
@@ -100,6 +111,7 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
             tls=args.tls,
             admin=not args.no_admin,
             verbose=args.verbose,
+            **extra,
         )
     if args.scenario or args.tls:
         parser.error("static_http takes neither --scenario nor --tls")
@@ -135,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         print(server.url, flush=True)
         print(f"{args.name} listening on {server.url} (SIGTERM or Ctrl+C stops)", file=sys.stderr)
+        describe = getattr(server, "describe", None)
+        if describe is not None:
+            print(describe(), file=sys.stderr)
         while not stop.wait(0.5):
             pass
     finally:

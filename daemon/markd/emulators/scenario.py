@@ -404,14 +404,17 @@ class CdnSettings:
     """Section ``cdn`` (:mod:`markd.emulators.crpt_cdn`).
 
     ``token``: the only ``X-API-KEY`` accepted (None: any non-empty one). ``hosts``: base URLs
-    listed by ``cdn/info`` (None: the emulator's own URL). ``avg_time_ms``: ``avgTimeMs`` of
-    the health check. ``max_codes``: larger ``codes/check`` batches get 400.
+    the list service's ``cdn/info`` names (None: the hosts started with it; ``[]``: an empty
+    list). ``refusal_status``: the status a list service gives to a host's endpoint and a host
+    to ``cdn/info`` (the real status is unknown). ``avg_time_ms``: ``avgTimeMs`` of the health
+    check. ``max_codes``: larger ``codes/check`` batches get 400.
     ``require_fiscal_drive_number``: a ``codes/check`` without ``fiscalDriveNumber`` gets 400
     (whether the real service demands it is unconfirmed).
     """
 
     token: str | None = _setting("str?")
     hosts: tuple[str, ...] | None = _setting("strs?")
+    refusal_status: int = _setting("int", 404)
     avg_time_ms: int = _setting("int", 25)
     max_codes: int = _setting("int", 100)
     require_fiscal_drive_number: bool = _setting("bool", False)
@@ -694,6 +697,8 @@ def _settings(cls: type, value: Any, where: str) -> Any:
                 checked = float(checked)
             kwargs[name] = checked
     settings = cls(**kwargs)
+    if isinstance(settings, CdnSettings) and not 400 <= settings.refusal_status <= 599:
+        raise ScenarioError(f"{where}.refusal_status: expected an error status 400..599")
     if isinstance(settings, LocalModuleSettings):
         for state_key in ("state", "state_after_init"):
             if getattr(settings, state_key) not in LM_STATES:

@@ -8,8 +8,8 @@ As pytest fixtures::
 
     @pytest.fixture
     def cdn():
-        with testing.crpt_cdn({"cdn": {"token": TOKEN}}) as server:
-            yield server
+        with testing.crpt_cdn({"cdn": {"token": TOKEN}}) as server:   # list service + 1 host
+            yield server                                                # server.url: the base
 
     @pytest.fixture
     def emulators():
@@ -17,8 +17,8 @@ As pytest fixtures::
             yield pool
 
     def test_failover(emulators):
-        hosts = emulators.cdn_hosts(3)
-        hosts[0].set_fault("codes/check", black_hole=True)
+        cdn = emulators.crpt_cdn(hosts=3)
+        cdn.hosts[0].set_fault("codes/check", black_hole=True)
         ...
 
 This module imports nothing from pytest, so it works under any runner.
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from markd.emulators.crpt_cdn import CrptCdnEmulator
+from markd.emulators.crpt_cdn import CrptCdn
 from markd.emulators.local_module import LocalModuleEmulator
 from markd.emulators.scenario import EmulatorServer, Scenario
 from markd.emulators.tspiot import TspiotEmulator
@@ -46,9 +46,10 @@ ScenarioLike = Scenario | Mapping[str, Any] | str | Path | None
 
 
 @contextmanager
-def crpt_cdn(scenario: ScenarioLike = None, **options: Any) -> Iterator[CrptCdnEmulator]:
-    """A running :class:`CrptCdnEmulator` on a free port (``options``: ``tls``, ``host``…)."""
-    with CrptCdnEmulator(scenario, **options) as server:
+def crpt_cdn(scenario: ScenarioLike = None, **options: Any) -> Iterator[CrptCdn]:
+    """A running :class:`CrptCdn` — its list service and ``hosts`` hosts (default 1), each on a
+    free port (``options``: ``hosts``, ``tls``, ``host``…)."""
+    with CrptCdn(scenario, **options) as server:
         yield server
 
 
@@ -66,16 +67,6 @@ def tspiot(scenario: ScenarioLike = None, **options: Any) -> Iterator[TspiotEmul
         yield server
 
 
-@contextmanager
-def cdn_hosts(
-    count: int, scenario: ScenarioLike = None, **options: Any
-) -> Iterator[list[CrptCdnEmulator]]:
-    """``count`` CDN emulators sharing one scenario; each one's ``cdn/info`` lists all of them
-    (in start order), so a client that starts from any of them sees the whole fleet."""
-    with EmulatorPool() as pool:
-        yield pool.cdn_hosts(count, scenario, **options)
-
-
 class EmulatorPool:
     """Starts emulators on free ports and stops all of them on :meth:`close` (or at the end of
     a ``with`` block), even when a test fails half-way."""
@@ -83,12 +74,13 @@ class EmulatorPool:
     def __init__(self) -> None:
         self._stack = ExitStack()
 
-    def start(self, server: EmulatorServer) -> Any:
+    def start(self, server: EmulatorServer | CrptCdn) -> Any:
         """Start ``server`` and stop it with the pool; returns it."""
         return self._stack.enter_context(server)
 
-    def crpt_cdn(self, scenario: ScenarioLike = None, **options: Any) -> CrptCdnEmulator:
-        server: CrptCdnEmulator = self.start(CrptCdnEmulator(scenario, **options))
+    def crpt_cdn(self, scenario: ScenarioLike = None, **options: Any) -> CrptCdn:
+        """A CDN: the list service and ``hosts`` listed hosts (default 1)."""
+        server: CrptCdn = self.start(CrptCdn(scenario, **options))
         return server
 
     def local_module(self, scenario: ScenarioLike = None, **options: Any) -> LocalModuleEmulator:
@@ -98,17 +90,6 @@ class EmulatorPool:
     def tspiot(self, scenario: ScenarioLike = None, **options: Any) -> TspiotEmulator:
         server: TspiotEmulator = self.start(TspiotEmulator(scenario, **options))
         return server
-
-    def cdn_hosts(
-        self, count: int, scenario: ScenarioLike = None, **options: Any
-    ) -> list[CrptCdnEmulator]:
-        """``count`` CDN emulators whose ``cdn/info`` lists all of them."""
-        if count < 1:
-            raise ValueError("cdn_hosts needs at least one host")
-        hosts = [self.crpt_cdn(scenario, **options) for _ in range(count)]
-        for host in hosts:
-            host.set_hosts([h.url for h in hosts])
-        return hosts
 
     def close(self) -> None:
         self._stack.close()
@@ -222,7 +203,6 @@ __all__ = [
     "EmulatorPool",
     "HttpAnswer",
     "basic_auth",
-    "cdn_hosts",
     "connect",
     "crpt_cdn",
     "decode_codes",
