@@ -454,7 +454,8 @@ def run_demo(out: TextIO | None = None) -> int:
                 direct,
                 SCRIPT,
                 (
-                    f"CDN {cdn.url}, Local Module {lm.url}",
+                    f"CDN list service {cdn.url} (host {cdn.host.url}), "
+                    f"Local Module {lm.url}",
                     f"blocked in markd's own store: {BLOCKED_KI}",
                 ),
             ),

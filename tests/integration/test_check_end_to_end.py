@@ -168,3 +168,50 @@ def test_a_dead_list_service_and_no_kept_list_fall_back_within_the_budget(
     assert verdict["latency_ms"] <= 400 + 300 + 50
     assert time.monotonic() - started < 5
     assert cdn.host.count() == 0
+
+
+def test_markctl_check_through_the_configured_proxy(tmp_path: Path, services, capsys) -> None:
+    from markd.emulators.http_proxy import HttpProxy
+
+    cdn, lm = services
+    cdn.set_code(KI, sold=True)
+    with HttpProxy(credentials=("till7", "pr0xy:pw")) as proxy:
+        (tmp_path / "proxy-auth").write_text("till7:pr0xy:pw\n")
+        extra = (
+            f"proxy = '{proxy.url}'\nno_proxy = []\n"
+            f"proxy_auth_file = '{tmp_path / 'proxy-auth'}'\n"
+        )
+        cfg = direct_config(tmp_path, cdn, lm)
+        text = Path(cfg).read_text().replace(
+            f"[check.online]\nurl = '{cdn.url}'\n", f"[check.online]\nurl = '{cdn.url}'\n{extra}"
+        )
+        Path(cfg).write_text(text)
+        status, verdict = check(capsys, cfg)
+        assert (status, verdict["reason"], verdict["source"]) == (3, "sold", "cdn"), verdict
+        through = {r.target.split("/true-api/")[1]: r.outcome for r in proxy.requests}
+        assert through["cdn/info"] == through["codes/check"] == "forwarded"
+        assert lm.requests_for("v2/cis/outCheck") == []  # the Local Module is not proxied
+        # Wrong credentials: a typed proxy failure, and the Local Module answers in time.
+        (tmp_path / "proxy-auth").write_text("till7:wrong\n")
+        (tmp_path / "cdn-hosts.json").unlink()
+        # Another unit: the first one's online "sold" is in the verdict cache now.
+        status, verdict = check(capsys, cfg, "0104670540176099215LpGKy<GS>93dGVz")
+        assert (verdict["decision"], verdict["source"]) == ("allow", "lm"), verdict
+        assert {f["kind"] for f in verdict["details"]["failures"]} == {"proxy-auth"}
+        assert verdict["latency_ms"] <= 400 + 300 + 50
+
+
+def test_markctl_status_names_the_host_list_its_source_and_age(
+    tmp_path: Path, services, capsys
+) -> None:
+    cdn, lm = services
+    cfg = direct_config(tmp_path, cdn, lm)
+    assert markctl.main(["status", "--config", cfg, "--in-process"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("cdn hosts"))
+    assert f"1 host(s), fetched, 0 s old; first {cdn.host.url}" in line, line
+    cdn.set_fault("cdn/info", status=503)
+    (tmp_path / "cdn-hosts.json").unlink()
+    assert markctl.main(["status", "--config", cfg, "--in-process", "--json"]) == 0
+    online = json.loads(capsys.readouterr().out)["online"]
+    assert online["hosts_from"] == "none" and "HTTP 503" in online["last_error"]

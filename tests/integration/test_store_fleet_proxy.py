@@ -222,3 +222,78 @@ def test_the_direct_list_is_honoured(
 def test_header_recording_handler_is_the_file_servers_own() -> None:
     assert issubclass(_HeaderRecordingHandler, BaseHTTPRequestHandler)
     assert _HeaderRecordingHandler._serve is not static_http._Handler._serve
+
+
+# -- the configuration: [store] sync_proxy, markctl store sync --proxy --------------------------
+
+
+def _sync_config(tmp_path: Path, proxy_line: str, *, sync_proxy: str | None = None) -> Path:
+    """A markd.toml whose kiosk store is ``tmp_path/kiosk-cli`` and whose [check.online] has
+    ``proxy_line`` (the CDN itself is never asked here)."""
+    (tmp_path / "token").write_text("0f5b2c7e-1111-4222-8333-944445555666\n")
+    (tmp_path / "proxy-auth").write_text(f"{USER}:{PASSWORD}\n")
+    text = f"[store]\npath = '{tmp_path / 'kiosk-cli'}'\n"
+    if sync_proxy is not None:
+        text += f"sync_proxy = '{sync_proxy}'\n"
+    text += (
+        "[check]\nmode = 'direct'\n[check.online]\n"
+        f"token_file = '{tmp_path / 'token'}'\n{proxy_line}"
+        f"proxy_auth_file = '{tmp_path / 'proxy-auth'}'\nno_proxy = []\n"
+    )
+    path = tmp_path / "markd.toml"
+    path.write_text(text)
+    return path
+
+
+def _markctl_sync(config: Path, url: str, *extra: str) -> int:
+    from markd.cli import markctl
+
+    return markctl.main(["store", "sync", url, "--config", str(config), "--json", *extra])
+
+
+def test_markctl_store_sync_follows_the_online_proxy_by_default(
+    tmp_path: Path, master: Store, www: Path, server: StaticHTTPServer, proxy: HttpProxy, capsys
+) -> None:
+    fleet.export(master, www)
+    config = _sync_config(tmp_path, f"proxy = '{proxy.url}'\n")
+    assert _markctl_sync(config, server.url) == 0, capsys.readouterr().err
+    assert proxy.count() >= 2 and all(r.authorization_ok for r in proxy.requests)
+    # --proxy direct bypasses it for one run.
+    proxy.clear()
+    capsys.readouterr()
+    assert _markctl_sync(config, server.url, "--proxy", "direct") == 0
+    assert proxy.count() == 0
+
+
+def test_sync_proxy_direct_in_the_configuration(
+    tmp_path: Path, master: Store, www: Path, server: StaticHTTPServer, proxy: HttpProxy, capsys
+) -> None:
+    fleet.export(master, www)
+    config = _sync_config(tmp_path, f"proxy = '{proxy.url}'\n", sync_proxy="direct")
+    assert _markctl_sync(config, server.url) == 0, capsys.readouterr().err
+    assert proxy.count() == 0
+
+
+def test_markctl_store_sync_names_the_refusing_proxy(
+    tmp_path: Path, master: Store, www: Path, server: StaticHTTPServer, capsys
+) -> None:
+    fleet.export(master, www)
+    with HttpProxy(credentials=(USER, WRONG)) as strict:
+        config = _sync_config(tmp_path, f"proxy = '{strict.url}'\n")
+        assert _markctl_sync(config, server.url) == 1
+    err = capsys.readouterr()
+    text = err.out + err.err
+    assert "407" in text and f"127.0.0.1:{strict.port}" in text
+    assert PASSWORD not in text
+
+
+def test_a_bad_proxy_option_or_key_is_refused_naming_it(tmp_path: Path, capsys) -> None:
+    config = _sync_config(tmp_path, "proxy = 'http://kiosk:Hunter2@10.0.0.1:3128'\n")
+    from markd.cli import markctl
+
+    assert markctl.main(["config", "check", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "[check.online] proxy" in err and "Hunter2" not in err
+    good = _sync_config(tmp_path, "proxy = 'http://10.0.0.1:3128'\n")
+    assert _markctl_sync(good, "http://127.0.0.1:1/x", "--proxy", "socks5://10.0.0.1:1080") == 2
+    assert "--proxy" in capsys.readouterr().err
