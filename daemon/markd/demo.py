@@ -454,8 +454,7 @@ def run_demo(out: TextIO | None = None) -> int:
                 direct,
                 SCRIPT,
                 (
-                    f"CDN list service {cdn.url} (host {cdn.host.url}), "
-                    f"Local Module {lm.url}",
+                    f"CDN list service {cdn.url} (host {cdn.host.url}), Local Module {lm.url}",
                     f"blocked in markd's own store: {BLOCKED_KI}",
                 ),
             ),

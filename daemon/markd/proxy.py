@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -68,6 +69,8 @@ from urllib.parse import unquote, urlsplit
 
 from markd.errors import ConfigError
 from markd.secrets import Secret
+
+log = logging.getLogger(__name__)
 
 #: Targets reached directly unless configured otherwise: loopback, by name and by address.
 DEFAULT_NO_PROXY: tuple[str, ...] = ("localhost", "127.0.0.0/8", "::1")
@@ -204,20 +207,28 @@ class ProxySettings:
                     "markd sends one set to its proxy: " + _CREDENTIAL_HINT
                 )
             credentials = Secret(found[0][1], f"the user information of ${found[0][0]}")
+        problem = no_proxy_problem(no_proxy)
+        if problem is not None:
+            raise ConfigError(f"{where} no_proxy: {problem}")
+        entries = list(no_proxy)
         name, raw = _variable(environ, "no_proxy")
         if name is not None:
-            no_proxy = [entry for entry in raw.split(",") if entry.strip()]
-            problem = no_proxy_problem(no_proxy)
-            if problem is not None:
-                raise ConfigError(f"{where} (from {name}): {problem}")
-        else:
-            problem = no_proxy_problem(no_proxy)
-            if problem is not None:
-                raise ConfigError(f"{where} no_proxy: {problem}")
+            # The variable is written for every program on the till, in dialects markd does
+            # not read (ports, "192.168.*", "<local>"): what markd can use is added to the
+            # configured list, the rest is skipped with a warning, never a failed start.
+            usable, skipped = _lenient_entries(raw)
+            entries += [entry for entry in usable if entry not in entries]
+            if skipped:
+                log.warning(
+                    "%s: %s entries markd cannot use are ignored: %s",
+                    where,
+                    name,
+                    ", ".join(repr(e[:60]) for e in skipped[:10]),
+                )
         return cls(
             http=endpoints["http"],
             https=endpoints["https"],
-            no_proxy=tuple(no_proxy),
+            no_proxy=tuple(entries),
             credentials=credentials,
         )
 
@@ -407,6 +418,28 @@ def _entry_kind(entry: str) -> str | None:
         return "address"
     name = entry.removeprefix("*.").removeprefix(".")
     return "suffix" if _HOST_NAME.fullmatch(name) else None
+
+
+def _lenient_entries(raw: str) -> tuple[list[str], list[str]]:
+    """``NO_PROXY`` as other programs write it: (entries markd uses, entries it skips). A port
+    is dropped (``host:8080`` → ``host``, ``[::1]:80`` → ``::1``): an entry covers every port."""
+    usable: list[str] = []
+    skipped: list[str] = []
+    for item in raw.split(","):
+        entry = item.strip()
+        if not entry:
+            continue
+        bracketed = re.fullmatch(r"\[([^\]]+)\]:\d+", entry)
+        text = _normalise_entry(bracketed.group(1) if bracketed else entry)
+        if _entry_kind(text) is None and text.count(":") == 1:
+            host, _, port = text.partition(":")
+            if port.isdigit():
+                text = host
+        if _entry_kind(text) is None:
+            skipped.append(entry)
+        else:
+            usable.append(text)
+    return usable, skipped
 
 
 def _compile(entries: Iterable[str]) -> _DirectRules:

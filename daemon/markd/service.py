@@ -491,6 +491,7 @@ class Service:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await background
             self._background.clear()
+            await _aclose_clients(self._chain)  # the CDN host list reaches its file
             self._shutdown()
             if housekeeping is not None:
                 housekeeping.cancel()
@@ -1049,6 +1050,7 @@ class Service:
         old, self._chain = self._chain, chain
         await self._stop_background()
         _close_chain(old)
+        await _aclose_clients(old)
         self._start_background()
 
     async def _replace_store_and_chain_paused(self, new: Config) -> None:
@@ -1070,6 +1072,7 @@ class Service:
         old_config = self.config
         await self._stop_background()
         _close_chain(self._chain)
+        await _aclose_clients(self._chain)
         self._chain = None
         assert self.store is not None
         self.store.close()  # LMDB forbids opening one environment twice in a process
@@ -1256,3 +1259,15 @@ def _close_chain(chain: StoreOnlyChain | CheckChain | None) -> None:
             if callable(close):
                 with contextlib.suppress(Exception):
                     close()
+
+
+async def _aclose_clients(chain: StoreOnlyChain | CheckChain | None) -> None:
+    """Let the chain's clients finish their background work and write what they keep (the
+    CDN host list) before they go; bounded by each client's own ``aclose``."""
+    if not isinstance(chain, CheckChain):
+        return
+    for name in ("online", "local_module", "tspiot"):
+        aclose = getattr(getattr(chain, name, None), "aclose", None)
+        if callable(aclose):
+            with contextlib.suppress(Exception):
+                await aclose()

@@ -72,15 +72,11 @@ class Registry:
         try:
             entry = self.backends[scheme]
         except KeyError:
-            raise self._error(
-                f"unknown {self.kind} backend {scheme!r}; {self.usage()}"
-            ) from None
+            raise self._error(f"unknown {self.kind} backend {scheme!r}; {self.usage()}") from None
         module_name, _, class_name = entry.import_path.partition(":")
         return getattr(importlib.import_module(module_name), class_name)
 
-    def query(
-        self, url: str, query: str, scheme: str, known: Iterable[str]
-    ) -> dict[str, str]:
+    def query(self, url: str, query: str, scheme: str, known: Iterable[str]) -> dict[str, str]:
         """The query's options as text, each at most once and each one of ``known``."""
         try:
             pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))

@@ -178,12 +178,16 @@ def test_markctl_check_through_the_configured_proxy(tmp_path: Path, services, ca
     with HttpProxy(credentials=("till7", "pr0xy:pw")) as proxy:
         (tmp_path / "proxy-auth").write_text("till7:pr0xy:pw\n")
         extra = (
-            f"proxy = '{proxy.url}'\nno_proxy = []\n"
-            f"proxy_auth_file = '{tmp_path / 'proxy-auth'}'\n"
+            f"proxy = '{proxy.url}'\nno_proxy = []\nproxy_auth_file = '{tmp_path / 'proxy-auth'}'\n"
         )
         cfg = direct_config(tmp_path, cdn, lm)
-        text = Path(cfg).read_text().replace(
-            f"[check.online]\nurl = '{cdn.url}'\n", f"[check.online]\nurl = '{cdn.url}'\n{extra}"
+        text = (
+            Path(cfg)
+            .read_text()
+            .replace(
+                f"[check.online]\nurl = '{cdn.url}'\n",
+                f"[check.online]\nurl = '{cdn.url}'\n{extra}",
+            )
         )
         Path(cfg).write_text(text)
         status, verdict = check(capsys, cfg)
@@ -215,3 +219,43 @@ def test_markctl_status_names_the_host_list_its_source_and_age(
     assert markctl.main(["status", "--config", cfg, "--in-process", "--json"]) == 0
     online = json.loads(capsys.readouterr().out)["online"]
     assert online["hosts_from"] == "none" and "HTTP 503" in online["last_error"]
+
+
+def test_markctl_check_to_an_https_cdn_through_a_connect_tunnel(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on a till: the CDN over HTTPS (the emulator's certificates trusted as a system CA
+    would be, hostnames checked), reached through the shop's proxy with CONNECT."""
+    from markd.emulators.http_proxy import HttpProxy
+
+    with (
+        crpt_cdn({"cdn": {"token": TOKEN}}, tls=True) as cdn,
+        local_module() as lm,
+        HttpProxy(credentials=("till7", "pw")) as proxy,
+    ):
+        bundle = tmp_path / "ca.pem"
+        bundle.write_text("".join(s.certificate_path.read_text() for s in cdn.servers))
+        monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+        (tmp_path / "proxy-auth").write_text("till7:pw\n")
+        cfg = direct_config(tmp_path, cdn, lm)
+        extra = (
+            f"proxy = '{proxy.url}'\nno_proxy = []\nproxy_auth_file = '{tmp_path / 'proxy-auth'}'\n"
+        )
+        text = (
+            Path(cfg)
+            .read_text()
+            .replace(
+                f"[check.online]\nurl = '{cdn.url}'\n",
+                f"[check.online]\nurl = '{cdn.url}'\n{extra}",
+            )
+        )
+        Path(cfg).write_text(text)
+        cdn.set_code(KI, sold=True)
+        status, verdict = check(capsys, cfg)
+        assert (status, verdict["reason"], verdict["source"]) == (3, "sold", "cdn"), verdict
+        tunnels = [r for r in proxy.requests if r.method == "CONNECT"]
+        assert {r.target for r in tunnels} == {
+            cdn.url.removeprefix("https://"),
+            cdn.host.url.removeprefix("https://"),
+        }
+        assert all(r.outcome == "tunnel" and r.authorization_ok for r in tunnels)

@@ -138,8 +138,12 @@ async def test_list_service_fault_falls_back_to_the_local_module(services, fault
     verdict, took = await timed(chain)
     assert took <= ONLINE_S + LM_S + MARGIN_S, took
     assert (verdict.decision, verdict.source) == ("allow", "lm"), (fault, verdict.reason)
-    assert services["cdn"].host.count("codes/check") == 0
     assert services["cdn"].list_service.count("codes/check") == 0
+    cdn_failures = [f for f in verdict.details["failures"] if f["source"] == "cdn"]
+    expected = "unauthorized" if fault == "401 unauthorized" else "unreachable"
+    assert [f["kind"] for f in cdn_failures] == [expected], (fault, cdn_failures)
+    if fault != "a dead host listed":  # that one has a list: its host was tried, and refused
+        assert services["cdn"].host.count("codes/check") == 0
 
 
 @pytest.mark.parametrize(

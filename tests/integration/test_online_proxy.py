@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -55,13 +56,16 @@ def settings(proxy: HttpProxy, *, credentials: str | None = f"{USER}:{PASSWORD}"
     return parsed
 
 
-def client_for(cdn: CrptCdn, proxy: ProxySettings | None, **options: object) -> OnlineClient:
+def client_for(
+    cdn: CrptCdn, proxy: ProxySettings | None, *, hosts_file: Path | None = None
+) -> OnlineClient:
     return OnlineClient(
         cdn.url,
         auth=ApiKeyAuth(Secret(TOKEN, "test")),
         fn_serial=FN,
-        options=OnlineOptions(background_maintenance=False, **options),  # type: ignore[arg-type]
+        options=QUIET,
         proxy=proxy,
+        hosts_file=hosts_file,
     )
 
 
@@ -123,13 +127,15 @@ async def test_refused_credentials_are_a_proxy_failure_not_a_host_failure(
     proxy: HttpProxy,
     credentials: str | None,
     caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
     cdn = pool.crpt_cdn({"cdn": {"token": TOKEN}})
-    good = client_for(cdn, settings(proxy))
+    kept = tmp_path / "cdn-hosts.json"
+    good = client_for(cdn, settings(proxy), hosts_file=kept)
     assert await good.refresh_hosts(budget(1000))  # a list, so the check itself meets the 407
     await good.aclose()
-    client = client_for(cdn, settings(proxy, credentials=credentials))
-    client._hosts = list(good._hosts)  # noqa: SLF001 - start from the listed hosts
+    client = client_for(cdn, settings(proxy, credentials=credentials), hosts_file=kept)
+    assert client.status()["hosts_from"] == "persisted"
     caplog.set_level(logging.WARNING, "markd.checks.online")
     for _ in range(3):
         failure = await client.check(CODE, budget(1000))
@@ -159,7 +165,7 @@ async def test_proxy_down_fails_at_once_typed(pool: EmulatorPool) -> None:
     assert cdn.count() == 0
 
 
-async def test_a_connect_the_proxy_cannot_carry_tries_the_next_host(
+async def test_a_connect_the_proxy_cannot_carry_fails_over_and_quarantines_the_host(
     pool: EmulatorPool, proxy: HttpProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cdn = pool.crpt_cdn({"cdn": {"token": TOKEN}}, tls=True, hosts=2)
@@ -172,8 +178,12 @@ async def test_a_connect_the_proxy_cannot_carry_tries_the_next_host(
     assert isinstance(failure, SourceFailure) and failure.kind == "proxy-error"
     assert failure.http_status == 502
     refused = [r for r in proxy.requests if r.outcome == "tunnel-refused"]
-    assert len(refused) == 2  # both hosts tried, neither quarantined
-    assert not any(h["quarantined"] for h in client.status()["hosts"])
+    # Both hosts tried (the proxy reached neither), then the one retry of §3.3 after every
+    # host was marked.
+    assert len(refused) == 3
+    # The proxy works; those hosts do not (from here): quarantined as dead hosts are (the
+    # marks cleared once for the retry, the retried host marked again).
+    assert sorted(h["quarantined"] for h in client.status()["hosts"]) == [False, True]
 
 
 async def test_the_chain_falls_back_to_the_local_module_within_the_budget(
@@ -212,3 +222,33 @@ async def test_the_chain_falls_back_to_the_local_module_within_the_budget(
     lm_client.close()
     assert lm.count("cis/outCheck") == 3
     assert all(r.method != "POST" or "outCheck" not in r.target for r in proxy.requests)
+
+
+async def test_a_host_the_proxy_cannot_reach_is_failed_over_and_quarantined(
+    pool: EmulatorPool, proxy: HttpProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Squid answers CONNECT only once it reached the target: for a dead host it says nothing
+    until the client gives up. That is the host's failure, not the proxy's: the next host is
+    tried within the same check, the dead one is quarantined, and later checks go straight to
+    the live one."""
+    cdn = pool.crpt_cdn({"cdn": {"token": TOKEN}}, tls=True, hosts=2)
+    trust(cdn, monkeypatch)
+    dead, live = cdn.hosts
+    client = client_for(cdn, settings(proxy))
+    cdn.set_hosts([dead.url, live.url])  # listed first: asked first while unmeasured
+    assert await client.refresh_hosts(budget(1000))
+    proxy.unreachable_targets = {dead.url.removeprefix("https://")}
+    started = time.monotonic()
+    answer = await client.check(CODE, started + 1.5)
+    assert isinstance(answer, SourceAnswer), answer
+    assert time.monotonic() - started < 1.5
+    rows = {h["url"]: h for h in client.status()["hosts"]}
+    assert rows[dead.url]["quarantined"] and not rows[live.url]["quarantined"]
+    started = time.monotonic()
+    assert isinstance(await client.check(CODE, started + 1.5), SourceAnswer)
+    assert time.monotonic() - started < 0.2  # straight to the live host
+    # A health round through the proxy also marks it (no stale good figure keeps it first).
+    await client.health_check(budget(3000))
+    assert client.status()["hosts"][0]["url"] == live.url
+    await client.aclose()
+    assert live.count("codes/check") == 2 and dead.count("codes/check") == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -160,3 +161,39 @@ def test_the_child_command_names_the_store_and_the_configuration(
         "--config",
         main_file,
     ]
+
+
+async def test_the_sync_child_goes_through_the_configured_proxy_with_its_credential(
+    tmp_path: Path, event_log: RecordingEventLog, export_server: StaticHTTPServer
+) -> None:
+    """[store] sync_proxy = "online" (the default): the daemon's sync child reads the same
+    configuration file, so it uses [check.online]'s proxy, and gets the proxy-auth credential
+    from $CREDENTIALS_DIRECTORY as the service would under systemd."""
+    from markd import config as config_module
+    from markd.emulators.http_proxy import HttpProxy
+
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "proxy-auth").write_text("till7:" + PASSWORD + "\n")
+    (credentials / "crpt-token").write_text("0f5b2c7e-1111-4222-8333-944445555666\n")
+    with HttpProxy(credentials=("till7", PASSWORD)) as proxy:
+        main = tmp_path / "markd.toml"
+        main.write_text(
+            f"[store]\npath = '{tmp_path / 'store'}'\nsync_url = '{export_server.url}'\n"
+            f"[check]\nmode = 'direct'\n[check.online]\nproxy = '{proxy.url}'\nno_proxy = []\n"
+        )
+        config = config_module.load(main)
+        sync = StoreSync(config, event_log)
+        old = os.environ.get("CREDENTIALS_DIRECTORY")
+        os.environ["CREDENTIALS_DIRECTORY"] = str(credentials)
+        try:
+            result = await sync.run_once()
+        finally:
+            if old is None:
+                os.environ.pop("CREDENTIALS_DIRECTORY")
+            else:
+                os.environ["CREDENTIALS_DIRECTORY"] = old
+    assert "error" not in result, result
+    assert (result["action"], result["after_version"]) == ("snapshot", 1), result
+    assert proxy.count() >= 2 and all(r.authorization_ok for r in proxy.requests)
+    assert PASSWORD not in event_log.text

@@ -162,7 +162,7 @@ def test_unusable_entries_are_refused_by_name(entry: str) -> None:
 # -- the environment ------------------------------------------------------------------------------
 
 
-def test_env_reads_both_spellings_and_no_proxy_replaces_the_default() -> None:
+def test_env_reads_both_spellings_and_no_proxy_adds_to_the_default() -> None:
     upper = ProxySettings.parse(
         "env",
         environ={"HTTP_PROXY": "http://10.0.0.1:3128", "HTTPS_PROXY": "10.0.0.2:8080"},
@@ -181,15 +181,34 @@ def test_env_reads_both_spellings_and_no_proxy_replaces_the_default() -> None:
     )
     assert lower is not None
     assert lower.http is None and lower.https == ProxyEndpoint("10.0.0.3", 3128)
-    assert lower.no_proxy == ("crpt.ru", ".shop.local", "10.0.0.0/8")
+    assert lower.no_proxy == (*DEFAULT_NO_PROXY, "crpt.ru", ".shop.local", "10.0.0.0/8")
     assert lower.route("https", "markirovka.crpt.ru", 443) is None
-    # NO_PROXY replaced the default list: loopback is no longer on it.
-    assert lower.route("https", "127.0.0.1", 51401) == ProxyEndpoint("10.0.0.3", 3128)
+    # NO_PROXY adds to the configured list: loopback stays direct.
+    assert lower.route("https", "127.0.0.1", 51401) is None
+    assert lower.route("https", "cdn01.example", 443) == ProxyEndpoint("10.0.0.3", 3128)
     assert lower.route("http", "example.com", 80) is None  # no http proxy in the environment
     upper_no = ProxySettings.parse(
-        "env", environ={"HTTPS_PROXY": "http://p:1", "NO_PROXY": "localhost"}
+        "env", environ={"HTTPS_PROXY": "http://p:1", "NO_PROXY": "localhost"}, no_proxy=()
     )
     assert upper_no is not None and upper_no.no_proxy == ("localhost",)
+
+
+def test_env_no_proxy_in_other_dialects_is_used_where_it_can_be_and_never_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    parsed = ProxySettings.parse(
+        "env",
+        environ={
+            "https_proxy": "http://p:1",
+            "no_proxy": "localhost:5995, [::1]:80, 192.168.*, <local>, shop.local:8080",
+        },
+        no_proxy=(),
+    )
+    assert parsed is not None
+    assert parsed.no_proxy == ("localhost", "::1", "shop.local")  # ports dropped
+    assert parsed.route("https", "shop.local", 443) is None
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "'192.168.*'" in warned and "'<local>'" in warned
 
 
 def test_env_without_proxy_variables_means_no_proxy() -> None:
@@ -214,8 +233,6 @@ def test_env_errors_name_the_variable() -> None:
     )
     assert "[check] proxy (from HTTPS_PROXY)" in message and "not supported" in message
     assert PASSWORD not in message
-    message = config_error("env", environ={"http_proxy": "http://p:1", "NO_PROXY": "a:1"})
-    assert "(from NO_PROXY)" in message and "'a:1'" in message
     message = config_error(
         "env", environ={"http_proxy": "http://u:a@p:1", "https_proxy": "http://u:b@p:1"}
     )
@@ -254,7 +271,9 @@ def test_utf8_credentials_and_a_credential_without_a_colon() -> None:
 
 def test_describe_with_different_proxies_per_scheme() -> None:
     parsed = ProxySettings.parse(
-        "env", environ={"http_proxy": "http://a:1", "https_proxy": "http://b:2", "no_proxy": "*"}
+        "env",
+        environ={"http_proxy": "http://a:1", "https_proxy": "http://b:2", "no_proxy": "*"},
+        no_proxy=(),
     )
     assert parsed is not None
     assert parsed.describe() == (

@@ -21,11 +21,14 @@ with ``time.perf_counter``.
    a minimal client sees it). markd's added time is the chain's percentile minus the
    baseline's (p50 and p99); target p99 ≤ 2 ms. The same again **through an HTTP proxy**
    (:mod:`markd.emulators.http_proxy`, its own process), the baseline then also going through
-   it: target p99 ≤ 2 ms as well.
+   it, over plain HTTP (absolute form) and over **HTTPS** (a ``CONNECT`` tunnel with TLS to
+   the host inside it, the emulator's certificate trusted through ``SSL_CERT_FILE``): target
+   p99 ≤ 2 ms as well.
 1a. **First verdict after a start** — a new chain (a daemon or ``markctl check`` just started)
    and its first check: with no host list kept (a cold start: the list service is asked
    inside the check's budget, then a host), and with the list kept from the run before.
-   The list service answers after the same latency as the host.
+   The list service answers after the same latency as the host. Over plain HTTP and over
+   HTTPS (where a cold start also pays a second TLS handshake).
 2. **Offline verdict from the store** — units blocked in the store (half) or sold here (half):
    the chain answers without a call; target p99 ≤ 1 ms.
 3. **Black hole** — CDN hosts and a Local Module that accept connections and never answer: the
@@ -49,8 +52,10 @@ import gc
 import http.client
 import json
 import logging
+import os
 import platform
 import random
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -65,6 +70,7 @@ from markd.checks.chain import CheckChain
 from markd.checks.factory import build_chain, hosts_file
 from markd.codes import GS, MarkingCode, parse
 from markd.config import Config, LocalModuleConfig, OnlineCheckConfig, default_config
+from markd.emulators.scenario import self_signed_certificate
 from markd.store import Store
 
 #: The issue's targets (issue 4, "Benchmark").
@@ -149,13 +155,17 @@ class Emulator:
 
 
 @contextmanager
-def emulator(name: str, scenario: dict[str, Any], workdir: Path) -> Iterator[Emulator]:
-    """Start emulator ``name`` on a free loopback port with ``scenario``; stop it at the end."""
+def emulator(
+    name: str, scenario: dict[str, Any], workdir: Path, *, tls: tuple[Path, Path] | None = None
+) -> Iterator[Emulator]:
+    """Start emulator ``name`` on a free loopback port with ``scenario`` (HTTPS with the
+    certificate and key ``tls`` when given); stop it at the end."""
     scenario_file = workdir / f"{name}-{id(scenario)}.json"
     scenario_file.write_text(json.dumps(scenario))
+    tls_args = [] if tls is None else ["--tls-cert", str(tls[0]), str(tls[1])]
     process = subprocess.Popen(
         [sys.executable, "-m", "markd.emulators", name, "--port", "0"]
-        + ["--scenario", str(scenario_file)],
+        + ["--scenario", str(scenario_file), *tls_args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -199,7 +209,13 @@ def listed_host(base_url: str) -> str:
     """The first host the CDN's list service names (checks go there, never to the base)."""
     split = urllib.parse.urlsplit(base_url)
     assert split.hostname is not None
-    connection = http.client.HTTPConnection(split.hostname, split.port, timeout=10)
+    connection: http.client.HTTPConnection
+    if split.scheme == "https":
+        connection = http.client.HTTPSConnection(
+            split.hostname, split.port, timeout=10, context=ssl.create_default_context()
+        )
+    else:
+        connection = http.client.HTTPConnection(split.hostname, split.port, timeout=10)
     try:
         connection.request("GET", "/api/v4/true-api/cdn/info", headers={"X-API-KEY": TOKEN})
         body = json.loads(connection.getresponse().read())
@@ -215,11 +231,22 @@ class BareClient:
     def __init__(
         self, url: str, path: str, headers: dict[str, str], proxy: str | None = None
     ) -> None:
+        target = urllib.parse.urlsplit(url)
         split = urllib.parse.urlsplit(proxy or url)
-        assert split.hostname is not None
-        self.connection = http.client.HTTPConnection(split.hostname, split.port, timeout=10)
-        self.path = url.rstrip("/") + path if proxy else path
+        assert split.hostname is not None and target.hostname is not None
+        self.path = path
         self.headers = {"Content-Type": "application/json", **headers}
+        if target.scheme == "https":
+            # HTTPS: TLS end to end, through a CONNECT tunnel when there is a proxy.
+            self.connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+                split.hostname, split.port, timeout=10, context=ssl.create_default_context()
+            )
+            if proxy:
+                self.connection.set_tunnel(target.hostname, target.port)
+        else:
+            self.connection = http.client.HTTPConnection(split.hostname, split.port, timeout=10)
+            if proxy:
+                self.path = url.rstrip("/") + path  # absolute form, as to any proxy
 
     def post(self, body: Any) -> float:
         """One POST; its round-trip time in milliseconds."""
@@ -313,19 +340,20 @@ async def online_path(
     codes: list[str],
     other_codes: list[str],
     proxy: str = "",
+    tls: tuple[Path, Path] | None = None,
 ) -> dict[str, Any]:
     scenario = {
         "cdn": {"token": TOKEN, "endpoints": {"codes/check": {"latency_ms": args.cdn_latency_ms}}}
     }
-    label = "online path through the proxy" if proxy else "online path"
-    key = "proxy_" if proxy else ""
+    label = "online path" + (" over HTTPS" if tls else "") + (" through the proxy" if proxy else "")
+    key = ("tls_" if tls else "") + ("proxy_" if proxy else "")
     with (
-        emulator("crpt_cdn", scenario, workdir) as cdn,
+        emulator("crpt_cdn", scenario, workdir, tls=tls) as cdn,
         emulator("local_module", {}, workdir) as lm,
     ):
         config = bench_config(
             workdir,
-            str(workdir / f"store-online{'-proxy' if proxy else ''}"),
+            str(workdir / f"store-online-{key or 'plain'}"),
             cdn_url=cdn.url,
             lm_url=lm.url,
             online_timeout_ms=args.online_timeout_ms,
@@ -403,7 +431,10 @@ async def online_path(
 
 
 async def first_verdict(
-    args: argparse.Namespace, workdir: Path, codes: list[str]
+    args: argparse.Namespace,
+    workdir: Path,
+    codes: list[str],
+    tls: tuple[Path, Path] | None = None,
 ) -> dict[str, Any]:
     """The first verdict of a freshly made chain: with no host list kept, and with one."""
     latency = args.cdn_latency_ms
@@ -419,12 +450,12 @@ async def first_verdict(
     figures: dict[str, list[float]] = {"cold": [], "kept": []}
     wrong = 0
     with (
-        emulator("crpt_cdn", scenario, workdir) as cdn,
+        emulator("crpt_cdn", scenario, workdir, tls=tls) as cdn,
         emulator("local_module", {}, workdir) as lm,
     ):
         config = bench_config(
             workdir,
-            str(workdir / "store-first"),
+            str(workdir / f"store-first{'-tls' if tls else ''}"),
             cdn_url=cdn.url,
             lm_url=lm.url,
             online_timeout_ms=args.online_timeout_ms,
@@ -448,15 +479,16 @@ async def first_verdict(
             wrong += source != "cdn"
     cold, warm = summary(figures["cold"]), summary(figures["kept"])
     say(
-        f"first verdict after a start ({args.first_checks} starts each; list service and host "
-        f"answer after {latency} ms)"
+        f"first verdict after a start{' over HTTPS' if tls else ''} ({args.first_checks} starts "
+        f"each; list service and host answer after {latency} ms)"
     )
     say(describe("no host list kept (fetch, then check)", cold))
     say(describe("host list kept from the last run", warm))
+    key = "tls_" if tls else ""
     return {
         "first_checks": args.first_checks,
-        "first_verdict_cold_ms": cold,
-        "first_verdict_kept_ms": warm,
+        f"{key}first_verdict_cold_ms": cold,
+        f"{key}first_verdict_kept_ms": warm,
         "wrong": wrong,
     }
 
@@ -615,12 +647,22 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "local_module_timeout_ms": args.lm_timeout_ms,
     }
     wrong = 0
+    # HTTPS as on a till: one self-signed certificate for the CDN emulator's servers, trusted
+    # by this process as a system CA would be (OpenSSL reads SSL_CERT_FILE for every default
+    # context), hostnames checked.
+    tls = self_signed_certificate()
+    os.environ["SSL_CERT_FILE"] = str(tls[0])
     with proxy_process(workdir) as proxy:
         through_proxy = await online_path(args, workdir, codes, other_codes, proxy=proxy.url)
+        tls_through_proxy = await online_path(
+            args, workdir, codes, other_codes, proxy=proxy.url, tls=tls
+        )
     for part in (
         await online_path(args, workdir, codes, other_codes),
         through_proxy,
+        tls_through_proxy,
         await first_verdict(args, workdir, other_codes),
+        await first_verdict(args, workdir, other_codes, tls=tls),
         await store_offline(args, workdir, codes[: args.count]),
         await lm_path(args, workdir, codes),
         await black_hole(args, workdir, codes),
@@ -636,6 +678,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "online_added_p99_through_proxy_le_2ms": {
             "target": TARGET_ONLINE_ADDED_P99_MS,
             "met": result["proxy_online_added_p99_ms"] <= TARGET_ONLINE_ADDED_P99_MS,
+        },
+        "online_added_p99_https_through_proxy_le_2ms": {
+            "target": TARGET_ONLINE_ADDED_P99_MS,
+            "met": result["tls_proxy_online_added_p99_ms"] <= TARGET_ONLINE_ADDED_P99_MS,
         },
         "store_offline_p99_le_1ms": {
             "target": TARGET_STORE_P99_MS,

@@ -101,8 +101,12 @@ class HostListFile:
             return None
         try:
             saved = parse_saved(json.loads(raw))
-        except (ValueError, UnicodeDecodeError) as exc:
-            log.warning("CDN host list %s ignored: %s", self.path, exc)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than the parser goes ("[[[[…").
+            log.warning("CDN host list %s ignored: %s", self.path, type(exc).__name__)
+            return None
+        except Exception as exc:  # noqa: BLE001 - hostile input never stops a start
+            log.warning("CDN host list %s ignored: unreadable (%s)", self.path, exc)
             return None
         if saved.base_url != base_url:
             log.info(
@@ -121,6 +125,7 @@ class HostListFile:
         directory = self.path.parent
         try:
             directory.mkdir(parents=True, exist_ok=True)
+            self._remove_leftovers()
             handle, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
             try:
                 with os.fdopen(handle, "w", encoding="utf-8") as out:
@@ -136,6 +141,20 @@ class HostListFile:
             _fsync_directory(directory)
         except OSError as exc:
             log.warning("CDN host list not saved to %s: %s", self.path, exc.strerror or exc)
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files of a write that a crash or a kill interrupted (never renamed)."""
+        for leftover in self.path.parent.glob(f".{self.path.name}.*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def usable_host_url(url: str, *, https_only: bool = False) -> bool:
+    """True when ``url`` can be a CDN host: an ``http(s)`` URL with a host name, of a sane
+    length, without spaces or control characters; ``https`` only when ``https_only``."""
+    if not _is_http_url(url):
+        return False
+    return not https_only or url.lower().startswith("https://")
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -205,4 +224,12 @@ def _figure(value: Any) -> float | None:
     return number if number is not None and number >= 0 else None
 
 
-__all__ = ["FILE_NAME", "HostListFile", "SavedHost", "SavedList", "parse_saved"]
+__all__ = [
+    "FILE_NAME",
+    "MAX_HOSTS",
+    "HostListFile",
+    "SavedHost",
+    "SavedList",
+    "parse_saved",
+    "usable_host_url",
+]

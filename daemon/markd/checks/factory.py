@@ -82,7 +82,9 @@ def hosts_file(config: Config) -> Path | None:
     return Path(config.store.path).parent / HOSTS_FILE_NAME
 
 
-def build_clients(config: Config, recorder: Recorder | None = None) -> dict[str, Any]:
+def build_clients(
+    config: Config, recorder: Recorder | None = None, *, background: bool = True
+) -> dict[str, Any]:
     """The service clients the configuration asks for, by name (online, local_module,
     tspiot); each absent section gives none."""
     check = config.check
@@ -102,6 +104,8 @@ def build_clients(config: Config, recorder: Recorder | None = None) -> dict[str,
             options=OnlineOptions(
                 list_fetch_share=online.list_budget_percent / 100,
                 rank_by=online.rank_by,  # type: ignore[arg-type] - checked by the schema
+                # One check and exit (markctl): no health round racing the check itself.
+                background_maintenance=background,
             ),
             hosts_file=hosts_file(config),
             proxy=proxy_settings(online, "check.online"),
@@ -144,12 +148,13 @@ def build_clients(config: Config, recorder: Recorder | None = None) -> dict[str,
 
 
 def build_chain(
-    config: Config, store: Store, recorder: Recorder | None = None
+    config: Config, store: Store, recorder: Recorder | None = None, *, background: bool = True
 ) -> StoreOnlyChain | CheckChain:
-    """The chain for ``[check] mode``, with its clients."""
+    """The chain for ``[check] mode``, with its clients. ``background=False`` for a one-shot
+    check (``markctl check``): the clients then do no background work of their own."""
     if config.check.mode == "store-only":
         return StoreOnlyChain(store)
-    clients = build_clients(config, recorder)
+    clients = build_clients(config, recorder, background=background)
     return CheckChain(
         store,
         chain_settings(config),

@@ -89,15 +89,29 @@ class ProxyError(HTTPError):
     ``kind`` is one of :data:`PROXY_ERROR_KINDS`, ``proxy`` the proxy as ``host:port`` and
     ``status`` its HTTP status when it answered with one (407, 502 …). The message names the
     proxy, never the credentials sent to it.
+
+    ``target_failure`` tells a failure of the proxy itself (it cannot be reached, it wants
+    credentials, its policy refuses the tunnel: every target fails alike) from one the proxy
+    saw on the way to *this* target: the ``CONNECT`` answer never came (a proxy such as Squid
+    answers only once it has reached the target), a 5xx to ``CONNECT`` (the proxy could not
+    reach it), or a tunnel that closed before TLS with the target began. A caller with
+    several equivalent targets tries the next one on a target failure only.
     """
 
     def __init__(
-        self, message: str, kind: ProxyErrorKind, *, proxy: str, status: int | None = None
+        self,
+        message: str,
+        kind: ProxyErrorKind,
+        *,
+        proxy: str,
+        status: int | None = None,
+        target_failure: bool = False,
     ) -> None:
         super().__init__(message)
         self.kind = kind
         self.proxy = proxy
         self.status = status
+        self.target_failure = target_failure
 
 
 @dataclass
@@ -153,6 +167,9 @@ class HTTPClient:
     _idle: dict[tuple[str, str, int, str], list[_Connection]] = field(
         default_factory=dict, repr=False
     )
+    #: Counts :meth:`close` calls: a request that began before the latest close closes its
+    #: connection when done instead of pooling it (nothing is left open behind a close).
+    _generation: int = field(default=0, repr=False)
 
     async def request(
         self,
@@ -168,6 +185,7 @@ class HTTPClient:
         if json_body is not None:
             body = json.dumps(json_body, ensure_ascii=False, separators=(",", ":")).encode()
             headers = {"Content-Type": "application/json", **(headers or {})}
+        generation = self._generation
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise HTTPError(f"not an http(s) URL: {parts.scheme}://{parts.hostname or ''}")
@@ -215,8 +233,10 @@ class HTTPClient:
             response.reused = reused
             conn.used += 1
             pool = self._idle.setdefault(key, [])
-            if response.headers.get("connection", "").lower() == "close" or len(pool) >= (
-                self.max_idle
+            if (
+                generation != self._generation
+                or response.headers.get("connection", "").lower() == "close"
+                or len(pool) >= self.max_idle
             ):
                 conn.close()
             else:
@@ -225,6 +245,9 @@ class HTTPClient:
         raise HTTPError(f"connection to {where} failed twice")  # pragma: no cover
 
     def close(self) -> None:
+        """Close every idle connection; a request still under way closes its own when done.
+        The client may be used again afterwards (it then pools connections anew)."""
+        self._generation += 1
         for pool in self._idle.values():
             for conn in pool:
                 conn.close()
@@ -336,6 +359,7 @@ class HTTPClient:
                 f"proxy {via} did not answer CONNECT {authority} within the budget",
                 "proxy-timeout",
                 proxy=str(via),
+                target_failure=True,
             ) from None
         except ConnectionError as exc:
             # Refused or reset before a byte of the answer: the proxy is not usable.
@@ -356,6 +380,8 @@ class HTTPClient:
             "proxy-error",
             proxy=str(via),
             status=status,
+            # 5xx: the proxy could not reach this target (tinyproxy says 500, Squid 502/503).
+            target_failure=status >= 500,
         )
 
     async def _tls_in_tunnel(
@@ -388,6 +414,7 @@ class HTTPClient:
                 "handshake (a broken tunnel)",
                 "proxy-error",
                 proxy=str(via),
+                target_failure=True,
             ) from exc
         except ssl.SSLError as exc:
             raise HTTPError(f"TLS with {authority} failed: {exc.reason or exc}") from exc

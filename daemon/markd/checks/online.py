@@ -90,7 +90,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from markd.checks.cdn_hosts import HostListFile, SavedHost, SavedList
+from markd.checks.cdn_hosts import (
+    MAX_HOSTS,
+    HostListFile,
+    SavedHost,
+    SavedList,
+    usable_host_url,
+)
 from markd.checks.http import HTTPClient, HTTPError, HTTPTimeout, Response
 from markd.checks.record import Exchange, Recorder, redact_json_text
 from markd.checks.results import FailureKind, SourceAnswer, SourceFailure
@@ -260,6 +266,8 @@ class OnlineClient:
         proxy: ProxySettings | None = None,
     ) -> None:
         self.base_url = _clean_url(base_url)
+        #: A list fetched over HTTPS may name HTTPS hosts only.
+        self._https_only = self.base_url.lower().startswith("https://")
         self.auth = auth
         self.fn_serial = fn_serial
         self.options = options
@@ -288,6 +296,8 @@ class OnlineClient:
         self._maintenance: asyncio.Task[None] | None = None
         self._list_task: asyncio.Task[bool] | None = None
         self._save_task: asyncio.Task[None] | None = None
+        #: (fetch time, host order) last written to ``hosts_file``.
+        self._saved_shape: tuple[float, tuple[tuple[str, bool], ...]] | None = None
         self._file = HostListFile(hosts_file) if hosts_file else None
         if self._file is not None:
             self._load_saved_list()
@@ -407,14 +417,16 @@ class OnlineClient:
         except HTTPError as exc:
             kind = _kind(exc)
             if kind.startswith("proxy-"):
-                # The proxy failed, not the host: no quarantine; every host goes through the
-                # same proxy, so only a CONNECT the proxy could not carry to this host tries
-                # the next one.
                 self._note_proxy_failure(exc)
                 status = getattr(exc, "status", None)
                 failure = SourceFailure("cdn", kind, status, str(exc), _ms_since(started))
-                upstream = kind == "proxy-error" and status in (502, 503, 504)
-                return _Attempt(failure, "failover" if upstream else "stop")
+                if getattr(exc, "target_failure", False):
+                    # The proxy could not get through to this host (no answer to CONNECT, a
+                    # 5xx, a tunnel closed at once): the host's failure, seen at the proxy.
+                    return _Attempt(failure, "failover", quarantine=True)
+                # The proxy itself failed (unreachable, credentials, policy): every host is
+                # reached through it, so none is to blame and no other is tried.
+                return _Attempt(failure, "stop")
             # Timeout or transport failure: quarantine, next host (§3.3).
             failure = self._failure(kind, f"{host.url}: {exc}", started)
             return _Attempt(failure, "failover", quarantine=True)
@@ -494,7 +506,7 @@ class OnlineClient:
             return self._list_failed("unauthorized", response.status, self._alert)
         self._proxy_error = None
         try:
-            urls = _host_list(response)
+            urls = _host_list(response, https_only=self._https_only)
         except ValueError as exc:
             return self._list_failed("unreachable", response.status, str(exc))
         known = {h.url: h for h in self._hosts}
@@ -551,7 +563,8 @@ class OnlineClient:
         except (HTTPError, AuthError) as exc:
             if isinstance(exc, HTTPError) and _kind(exc).startswith("proxy-"):
                 self._note_proxy_failure(exc)
-                return  # the proxy's fault, not the host's
+                if not getattr(exc, "target_failure", False):
+                    return  # the proxy's own fault: the host keeps its standing
             host.latency_ms = None
             self._quarantine(host, f"health check: {exc}")
             return
@@ -646,10 +659,14 @@ class OnlineClient:
                 age / 3600,
             )
             return
-        self._hosts = [
+        hosts = [
             _Host(h.url, h.latency_ms, h.avg_time_ms, measured_at=h.measured_at)
             for h in saved.hosts
+            if usable_host_url(h.url, https_only=self._https_only)
         ]
+        if not hosts:
+            return
+        self._hosts = hosts
         self._hosts_from = "persisted"
         self._list_fetched_at = saved.fetched_at
         # A time in the future (the clock was set back) counts as due: fetch again soon.
@@ -662,12 +679,17 @@ class OnlineClient:
         """Write the list and its figures to ``hosts_file`` off the loop, in order."""
         if self._file is None or not self._hosts or self._list_fetched_at is None:
             return
+        ranked = self._ranked()
+        # What a restart needs: the list, when it was fetched, and the ranking. Figures that
+        # moved without changing the order are not worth two fsyncs every health round.
+        shape = (self._list_fetched_at, tuple((h.url, h.latency_ms is None) for h in ranked))
+        if shape == self._saved_shape:
+            return
+        self._saved_shape = shape
         snapshot = SavedList(
             self.base_url,
             self._list_fetched_at,
-            tuple(
-                SavedHost(h.url, h.latency_ms, h.avg_time_ms, h.measured_at) for h in self._hosts
-            ),
+            tuple(SavedHost(h.url, h.latency_ms, h.avg_time_ms, h.measured_at) for h in ranked),
         )
         previous = self._save_task
         file = self._file
@@ -790,7 +812,8 @@ class OnlineClient:
 
     def close(self) -> None:
         """Stop the background work and close every connection (a pending save of the host
-        list is abandoned: :meth:`aclose` waits for it)."""
+        list is abandoned: :meth:`aclose` waits for it). A request still finishing closes its
+        own connection."""
         for task in (self._maintenance, self._list_task):
             if task is not None and not task.done():
                 task.cancel()
@@ -798,15 +821,17 @@ class OnlineClient:
         self._maintenance_http.close()
 
     async def aclose(self, save_timeout_s: float = 2.0) -> None:
-        """Wait (at most ``save_timeout_s``) for the host list to reach its file, then
-        :meth:`close` and wait for the background work to finish cancelling."""
-        if self._save_task is not None and not self._save_task.done():
-            await asyncio.wait({self._save_task}, timeout=save_timeout_s)
+        """Stop the background work and wait for it, wait (at most ``save_timeout_s``) for
+        the host list to reach its file, then close every connection."""
         tasks = [t for t in (self._maintenance, self._list_task) if t is not None]
-        self.close()
+        for task in tasks:
+            task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._save_task is not None and not self._save_task.done():
+            await asyncio.wait({self._save_task}, timeout=save_timeout_s)
+        self.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -869,8 +894,11 @@ def _description(response: Response) -> str:
     return str(text)[:200] if text else "(no description)"
 
 
-def _host_list(response: Response) -> list[str]:
-    """The host URLs of a ``cdn/info`` answer; ValueError when it has none usable."""
+def _host_list(response: Response, *, https_only: bool) -> list[str]:
+    """The host URLs of a ``cdn/info`` answer; ValueError when it has none usable. A host
+    that is not an ``http(s)`` URL is skipped, and so is an ``http://`` one when the list
+    came over HTTPS (the X-API-KEY must not travel in clear); at most
+    :data:`~markd.checks.cdn_hosts.MAX_HOSTS` are kept."""
     if response.status != 200:
         raise ValueError(f"HTTP {response.status}: {_description(response)}")
     data = response.json()
@@ -880,10 +908,12 @@ def _host_list(response: Response) -> list[str]:
     urls: list[str] = []
     for entry in hosts if isinstance(hosts, list) else []:
         url = entry.get("host") if isinstance(entry, Mapping) else None
-        if isinstance(url, str) and urlsplit(url.strip()).scheme in ("http", "https"):
+        if isinstance(url, str) and usable_host_url(url.strip(), https_only=https_only):
             cleaned = _clean_url(url)
             if cleaned not in urls:
                 urls.append(cleaned)
+        if len(urls) >= MAX_HOSTS:
+            break
     if not urls:
         raise ValueError("no usable host in the list")
     return urls

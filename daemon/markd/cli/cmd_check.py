@@ -79,7 +79,7 @@ def _open_store(cfg: Any) -> Store:
 
 async def _check_once(cfg: Any, text: str, price: int | None) -> Verdict:
     with _open_store(cfg) as store:
-        chain = build_chain(cfg, store)
+        chain = build_chain(cfg, store, background=False)
         try:
             code = codes.parse(text, cfg.codes_options())
         except CodeError as err:
@@ -181,9 +181,14 @@ def cdn_list_line(online: dict[str, Any]) -> str | None:
         return None
     hosts = online.get("hosts") or []
     source = online["hosts_from"]
+    proxy = ""
+    if online.get("proxy"):
+        proxy += f"; proxy {online['proxy']}"
+    if online.get("proxy_error"):
+        proxy += f"; PROXY FAILING: {online['proxy_error']}"
     if source == "none" or not hosts:
         error = online.get("last_error") or "not fetched yet"
-        return f"no host list ({error})"
+        return f"no host list ({error}){proxy}"
     age = online.get("list_age_s")
     age_text = "age unknown" if age is None else f"{_age(age)} old"
     usable = [h for h in hosts if not h.get("quarantined")]
@@ -191,13 +196,9 @@ def cdn_list_line(online: dict[str, Any]) -> str | None:
     best_text = "every host quarantined"
     if best is not None:
         latency = best.get("latency_ms")
-        best_text = f"first {best['url']}" + (f" ({latency:.0f} ms)" if latency else "")
-    line = f"{len(hosts)} host(s), {source}, {age_text}; {best_text}"
-    if online.get("proxy"):
-        line += f"; proxy {online['proxy']}"
-    if online.get("proxy_error"):
-        line += f"; PROXY FAILING: {online['proxy_error']}"
-    return line
+        measured = f" ({latency:.0f} ms)" if latency is not None else ""
+        best_text = f"first {best['url']}{measured}"
+    return f"{len(hosts)} host(s), {source}, {age_text}; {best_text}{proxy}"
 
 
 def _age(seconds: float) -> str:

@@ -153,7 +153,19 @@ def _sync_proxy(args: argparse.Namespace) -> Any:
         if problem is not None:
             raise ConfigError(f"--proxy: {problem}")
         cfg = replace(cfg, store=replace(cfg.store, sync_proxy=args.proxy))
-    return sync_proxy_settings(cfg)
+    settings = sync_proxy_settings(cfg)
+    ignored = [
+        name
+        for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY")
+        if os.environ.get(name, "").strip()
+    ]
+    if ignored and cfg.store.sync_proxy != "env":
+        print(
+            f"markctl: note: ${ignored[0]} is set but not followed; the sync uses "
+            f"[store] sync_proxy = {cfg.store.sync_proxy!r} (--proxy env follows it)",
+            file=sys.stderr,
+        )
+    return settings
 
 
 def _open(args: argparse.Namespace, *, readonly: bool) -> Store:

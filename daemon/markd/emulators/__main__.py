@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -64,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--scenario", metavar="FILE", help="scenario file (.json or .toml)")
     parser.add_argument("--tls", action="store_true", help="HTTPS, self-signed certificate")
+    parser.add_argument(
+        "--tls-cert",
+        nargs=2,
+        metavar=("CERT", "KEY"),
+        help="HTTPS with this certificate and key (PEM files) instead of a new one",
+    )
     parser.add_argument("--no-admin", action="store_true", help="no /_emulator/ admin endpoint")
     parser.add_argument(
         "--verbose", "-v", action="store_true", help="each request as JSON on stderr"
@@ -103,12 +110,14 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
     if args.name != "static_http":
         if args.directory or args.auth:
             parser.error("--directory and --auth are for static_http")
-        extra = {"hosts": args.hosts or 1} if args.name == "crpt_cdn" else {}
+        extra: dict[str, Any] = {"hosts": args.hosts or 1} if args.name == "crpt_cdn" else {}
+        if args.tls_cert:
+            extra["certificate"] = (Path(args.tls_cert[0]), Path(args.tls_cert[1]))
         return cls(
             args.scenario,
             host=args.host,
             port=port,
-            tls=args.tls,
+            tls=args.tls or bool(args.tls_cert),
             admin=not args.no_admin,
             verbose=args.verbose,
             **extra,

@@ -89,6 +89,7 @@ from markd.emulators.scenario import (
     now_ms,
     object_body,
     online_code,
+    self_signed_certificate,
 )
 
 PREFIX = "/api/v4/true-api/"
@@ -241,10 +242,14 @@ class CrptCdn:
         tls: bool = False,
         admin: bool = True,
         verbose: bool = False,
+        certificate: tuple[Path, Path] | None = None,
     ) -> None:
         if hosts < 1:
             raise ValueError("a CDN needs at least one host")
         options = {"host": host, "tls": tls, "admin": admin, "verbose": verbose}
+        if tls:
+            # One certificate for every server of this CDN: a client trusts one file.
+            options["certificate"] = certificate or self_signed_certificate()
         shared = Scenario.coerce(scenario)
         self.list_service = CrptCdnListService(shared, port=port, **options)
         self.hosts: list[CrptCdnHost] = []

@@ -34,6 +34,9 @@ Faults, settable at any time (read when a request arrives):
   proxy stops);
 * ``proxy.break_tunnel = True`` — answer ``200`` to CONNECT, then close at once;
 * ``proxy.connect_status = 502`` — answer CONNECT with that status;
+* ``proxy.unreachable_targets = {"127.0.0.1:8443"}`` — never answer a request for those
+  targets (CONNECT or absolute form), as a proxy that answers only once it reached the
+  target does while it tries one it cannot reach; other targets go through;
 * ``proxy.latency_ms = 150`` — wait that long before each answer;
 * ``proxy.close()`` (or ``stop()``) — the port stops listening: connecting is refused.
 
@@ -243,6 +246,18 @@ def _tokens(value: str | None) -> set[str]:
     return {token.strip().lower() for token in (value or "").split(",") if token.strip()}
 
 
+def _target_authority(method: str, target: str) -> str:
+    """``host:port`` of a request's target: CONNECT's authority, or an absolute URL's."""
+    if method == "CONNECT":
+        return target.lower()
+    parts = urlsplit(target)
+    try:
+        port = parts.port or 80
+    except ValueError:
+        return ""
+    return f"{(parts.hostname or '').lower()}:{port}"
+
+
 def _authority(target: str) -> tuple[str, int] | None:
     """``host:port`` of a CONNECT request (``[v6]:port`` for IPv6); None when malformed."""
     host, colon, port = target.rpartition(":")
@@ -277,6 +292,9 @@ class HttpProxy:
         self.hang = False
         self.break_tunnel = False
         self.connect_status: int | None = None
+        #: ``host:port`` targets the proxy cannot reach: a request for one is never answered
+        #: (as Squid keeps a CONNECT waiting while it tries the target); others go through.
+        self.unreachable_targets: set[str] = set()
         self.latency_ms = latency_ms
         self.connect_timeout_s = connect_timeout_s
         self.idle_timeout_s = idle_timeout_s
@@ -501,6 +519,12 @@ class HttpProxy:
             close = close or method == "CONNECT"
             self._answer(client, 407, {"Proxy-Authenticate": challenge}, close=close)
             return not close
+        if _target_authority(method, target) in self.unreachable_targets:
+            # A proxy that answers CONNECT only once it reached the target (Squid) says
+            # nothing while it tries a target it cannot reach.
+            record("hung", None)
+            self._hang(client)
+            return False
         if method == "CONNECT":
             self._tunnel(stream, target, record)
             return False

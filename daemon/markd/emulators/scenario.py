@@ -957,7 +957,8 @@ class EmulatorServer:
     :meth:`emergency_body` and :meth:`reset_state`).
 
     ``tls=True`` serves HTTPS with a self-signed certificate (:func:`self_signed_certificate`;
-    its path is :attr:`certificate_path`, for clients that pin it). ``admin=True`` serves the
+    its path is :attr:`certificate_path`, for clients that pin it), or with ``certificate``
+    (a ``(certificate, key)`` pair of PEM files) when given. ``admin=True`` serves the
     admin endpoint, which is never logged and never faulted:
 
     * ``GET /_emulator/scenario`` → the scenario; ``POST`` replaces it, ``PATCH`` merges into it
@@ -981,6 +982,7 @@ class EmulatorServer:
         tls: bool = False,
         admin: bool = True,
         verbose: bool = False,
+        certificate: tuple[Path, Path] | None = None,
     ) -> None:
         self._lock = threading.Condition(threading.RLock())
         self._scenario = Scenario.coerce(scenario)
@@ -994,7 +996,7 @@ class EmulatorServer:
         self._httpd = _HTTPServer((host, port), self)
         if tls:
             try:
-                cert, key = self_signed_certificate()
+                cert, key = certificate or self_signed_certificate()
                 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
                 context.load_cert_chain(cert, key)
             except BaseException:
