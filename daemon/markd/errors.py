@@ -50,18 +50,12 @@ class MarkdError(Exception):
 class CodeError(MarkdError, ValueError):
     """A scanned text cannot be used as a marking code.
 
-    ``reason`` is one of the codes listed in :data:`markd.codes.REASONS`. For
-    ``ambiguous-lost-gs`` the right reaction is a re-scan, not a refusal of the product.
+    ``reason`` is one of the codes listed in :data:`markd.codes.REASONS`. Which of them call
+    for a re-scan rather than a refusal is the verdict's business
+    (:func:`markd.checks.verdict.parser_verdict`); this module imports nothing of markd.
     """
 
     reason = "malformed"
-
-    @property
-    def rescan(self) -> bool:
-        """True when scanning again (or with other scanner settings) may succeed."""
-        from markd.codes import RESCAN_REASONS
-
-        return self.reason in RESCAN_REASONS
 
 
 class ConfigError(MarkdError):

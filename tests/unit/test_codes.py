@@ -344,16 +344,6 @@ def test_serial_lengths_are_configurable():
     assert reason_of(MILK.replace(GS, ""), serial_lengths=(13,)) == "ambiguous-lost-gs"
 
 
-def test_rescan_flag():
-    with pytest.raises(CodeError) as info:
-        parse("0104680029460908215jcmHzLmkd938p9E")  # serial 10: no configured length
-    assert info.value.reason == "ambiguous-lost-gs"
-    assert info.value.rescan
-    with pytest.raises(CodeError) as info:
-        parse("4607809596237")
-    assert not info.value.rescan
-
-
 # ---------------------------------------------------------------------------------------------
 # error reasons
 

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from markd.codes import REASONS
+from markd.codes import REASONS, RESCAN_REASONS
 from markd.errors import CodeError
 
 Decision = Literal["allow", "deny", "rescan"]
@@ -114,8 +114,9 @@ class Verdict:
 
 def parser_verdict(error: CodeError, *, scanner: str, latency_ms: float = 0.0) -> Verdict:
     """The verdict for a scan that is not a usable code: ``rescan`` when scanning again may
-    help (``error.rescan``), otherwise ``deny``. Bad input never passes silently."""
-    rescan = error.rescan
+    help (:data:`~markd.codes.RESCAN_REASONS`: a lost GS whose split is ambiguous, a cut or
+    empty scan), otherwise ``deny``. Bad input never passes silently."""
+    rescan = error.reason in RESCAN_REASONS
     known = REASONS.get(error.reason)
     message = known[1] if known else (GENERIC_RESCAN_RU if rescan else GENERIC_DENY_RU)
     return Verdict(
