@@ -4,14 +4,17 @@ state survives SIGKILL."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +23,9 @@ from markd.emulators import testing as http
 from markd.emulators.atol_web import AtolWebEmulator, load_scenario
 from markd.emulators.scenario import ScenarioError
 from markd.errors import FiscalTimeout, OutcomeUnknown, PrinterFault, PrinterUnavailable
+from markd.fiscal import atol_protocol as proto
 from markd.fiscal import testing
+from markd.fiscal.atol import TaskOutcome, Transport
 from markd.fiscal.base import PrinterSettings, new_op_id, open_printer
 from markd.fiscal.model import MarkedItem, Payment, Position
 
@@ -123,6 +128,88 @@ def test_link_lost_during_the_receipt_is_an_unknown_outcome(tmp_path: Path) -> N
 
     assert finding == "unknown"  # the answer was cut off: only the counter can tell
     assert len(receipts) == 1
+
+
+#: Numbers no ККТ sends but a confused firmware, or something answering in its place, could:
+#: "²" passes str.isdigit() and then fails int(); 5,000 digits exceed int()'s limit.
+HOSTILE_INTEGERS = ["²", "٣", "9" * 5000, "1_000", 10**30, 2.5, True]
+#: Counters (document, receipt, shift numbers) are never negative either.
+HOSTILE_COUNTERS = [*HOSTILE_INTEGERS, -1, "-1"]
+
+
+class TamperedAnswers:
+    """A transport in front of the real one that overwrites the named fields wherever they
+    appear in a task's result; everything else goes through untouched."""
+
+    def __init__(self, inner: Transport, fields: Mapping[str, Any]) -> None:
+        self.inner = inner
+        self.fields = dict(fields)
+
+    def run(
+        self, op_id: str, tasks: list[dict[str, Any]], timeout_s: float, mutating: bool
+    ) -> list[TaskOutcome]:
+        return [self._tamper(o) for o in self.inner.run(op_id, tasks, timeout_s, mutating)]
+
+    def lookup(self, op_id: str, timeout_s: float) -> list[TaskOutcome] | None:
+        found = self.inner.lookup(op_id, timeout_s)
+        return None if found is None else [self._tamper(o) for o in found]
+
+    def cancel_receipt(self, op_id: str, timeout_s: float) -> list[TaskOutcome]:
+        return self.inner.cancel_receipt(op_id, timeout_s)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def _tamper(self, outcome: TaskOutcome) -> TaskOutcome:
+        return replace(outcome, result=self._rewrite(outcome.result))
+
+    def _rewrite(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: self.fields[k] if k in self.fields else self._rewrite(v)
+                for k, v in value.items()
+            }
+        return value
+
+
+@pytest.mark.parametrize("value", HOSTILE_COUNTERS, ids=lambda v: repr(v)[:12])
+def test_hostile_numbers_in_the_status_read_as_unknown(tmp_path: Path, value: Any) -> None:
+    fields = ["number", "fiscalDocumentNumber", "fiscalReceiptNumber", "notSentCount"]
+    with testing.atol_web_printer(tmp_path) as (printer, _server):
+        printer.transport = TamperedAnswers(printer.transport, dict.fromkeys(fields, value))
+        status = printer.status()
+
+    assert (status.shift_number, status.last_document_number) == (0, 0)
+    assert (status.last_receipt_number, status.unsent_documents) == (None, None)
+
+
+@pytest.mark.parametrize("value", HOSTILE_COUNTERS, ids=lambda v: repr(v)[:12])
+def test_a_receipt_without_a_readable_document_number_is_an_unknown_outcome(
+    tmp_path: Path, value: Any
+) -> None:
+    with testing.atol_web_printer(tmp_path) as (printer, server):
+        printer.ensure_shift(new_op_id())
+        printer.open_receipt(new_op_id())
+        printer.add_position(new_op_id(), Position("x", 100))
+        printer.transport = TamperedAnswers(printer.transport, {"fiscalDocumentNumber": value})
+        with pytest.raises(OutcomeUnknown, match="without a document number"):
+            printer.close_receipt(new_op_id(), [Payment(100)])
+        receipts = server.kkt.receipts()
+
+    assert len(receipts) == 1  # printed: only reconciliation can tell it was
+
+
+@pytest.mark.parametrize("value", HOSTILE_INTEGERS, ids=lambda v: repr(v)[:12])
+def test_a_hostile_error_code_is_no_code(value: Any) -> None:
+    outcome = TaskOutcome.from_json({"status": "error", "errorCode": value})
+    assert outcome.error_code is None and not outcome.ok
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, "12", True, None])
+def test_a_sum_that_is_not_a_finite_number_is_a_value_error(value: Any) -> None:
+    # Python's json reads Infinity; round(inf) raised OverflowError past the callers' except.
+    with pytest.raises(ValueError):
+        proto.kopecks(value)
 
 
 def test_admin_endpoints(tmp_path: Path) -> None:

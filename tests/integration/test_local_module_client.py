@@ -367,6 +367,52 @@ async def test_faults_map_to_failure_kinds(
     assert (result.kind, result.http_status) == (kind, http_status)
 
 
+#: Integers no module sends but a broken one, or something answering in its place, could:
+#: "²" passes str.isdigit() and then fails int(); 5,000 digits pass it and exceed int()'s limit;
+#: a 19-digit lastSync is past the last date datetime can show.
+HOSTILE_INTEGERS = ["²", "٣", "9" * 5000, 10**19, "1_000", 1.5, True]
+
+
+@pytest.mark.parametrize("value", HOSTILE_INTEGERS, ids=lambda v: repr(v)[:12])
+async def test_a_hostile_last_sync_is_unknown_not_an_exception(
+    lm: LocalModuleEmulator, value: Any
+) -> None:
+    lm.set_fault("status", body={"status": "ready", "lastSync": value, "version": "2.6.0"})
+    client = make_client(lm)
+    try:
+        status = await client.status_poll(deadline())
+    finally:
+        client.close()
+    assert status.reachable is True and status.failure is None
+    assert status.last_sync_ms is None
+    health = client.status()
+    assert health["last_sync"] is None and health["last_sync_age_hours"] is None
+
+
+@pytest.mark.parametrize("value", HOSTILE_INTEGERS, ids=lambda v: repr(v)[:12])
+async def test_a_hostile_error_code_is_a_typed_failure(lm: LocalModuleEmulator, value: Any) -> None:
+    lm.set_fault("cis/outCheck", status=400, body={"errorCode": value, "description": "?"})
+    client = make_client(lm)
+    try:
+        result = await client.check(parse(WATER), deadline())
+    finally:
+        client.close()
+    assert isinstance(result, SourceFailure), result
+    assert (result.kind, result.http_status) == ("http-error", 400)  # not a 4045/4050 state
+
+
+async def test_a_5000_digit_number_in_the_answer_is_a_bad_answer(lm: LocalModuleEmulator) -> None:
+    body = '{"code": 0, "reqId": "r-1", "reqTimestamp": ' + "9" * 5000 + ', "codes": []}'
+    lm.set_fault("cis/outCheck", malformed=body)  # Python's json refuses it (ValueError)
+    client = make_client(lm)
+    try:
+        result = await client.check(parse(WATER), deadline())
+    finally:
+        client.close()
+    assert isinstance(result, SourceFailure), result
+    assert (result.kind, result.http_status) == ("bad-answer", 200)
+
+
 async def test_wrong_password_is_unauthorized(lm: LocalModuleEmulator) -> None:
     client = make_client(lm, password="wrong")
     try:

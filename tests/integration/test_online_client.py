@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -237,6 +238,38 @@ async def test_ranking_by_reported_avg_time_is_an_option(pool: EmulatorPool) -> 
     await client.health_check(budget(2000))
     client.close()
     assert [h["url"] for h in client.status()["hosts"]] == [second.url, first.url]
+
+
+@pytest.mark.parametrize(
+    "average",
+    [10**400, float("nan"), float("inf"), -5, "²", "9" * 5000, True],
+    ids=lambda v: repr(v)[:12],
+)
+async def test_a_hostile_avg_time_is_not_measured_not_an_exception(
+    pool: EmulatorPool, average: Any
+) -> None:
+    # float(10**400) raises OverflowError; NaN would break the ranking's comparisons.
+    cdn = pool.crpt_cdn()
+    cdn.host.set_fault("cdn/health/check", body={"code": 0, "avgTimeMs": average})
+    client = client_for(
+        cdn, options=OnlineOptions(background_maintenance=False, rank_by="avg_time")
+    )
+    await listed(client)
+    await client.health_check(budget(2000))
+    client.close()
+    row = host_row(client, cdn.host.url)
+    assert row["avg_time_ms"] is None and not row["quarantined"]
+
+
+@pytest.mark.parametrize("code", ["²", "9" * 5000, 10**30, 0.5, False], ids=lambda v: repr(v)[:12])
+async def test_a_hostile_health_code_quarantines_the_host(pool: EmulatorPool, code: Any) -> None:
+    cdn = pool.crpt_cdn()
+    cdn.host.set_fault("cdn/health/check", body={"code": code})
+    client = client_for(cdn)
+    await listed(client)
+    await client.health_check(budget(2000))
+    client.close()
+    assert host_row(client, cdn.host.url)["quarantined"]
 
 
 async def test_first_check_fetches_the_list_and_asks_a_listed_host_never_the_base(

@@ -383,6 +383,66 @@ async def test_error_body_is_a_failure_with_its_code(
         client.close()
 
 
+#: Integers no ТС ПИоТ sends but a broken one, or a proxy in its place, could: "²" passes
+#: str.isdigit() and fails int(); 5,000 digits exceed int()'s limit.
+HOSTILE_INTEGERS = ["²", "٣", "9" * 5000, "1_000", 2.5, True, [203]]
+
+
+@pytest.mark.parametrize("value", HOSTILE_INTEGERS, ids=lambda v: repr(v)[:12])
+async def test_a_hostile_code_is_read_as_a_refusal_not_an_exception(
+    emulators: testing.EmulatorPool, value: Any
+) -> None:
+    entry = {
+        "code": value,
+        "codes": [{"printView": WATER_KI, "found": True, "mrp": value, "groupIds": [value]}],
+        "reqId": "3f2c9a2e-0000-4000-8000-00000000abcd",
+        "reqTimestamp": value,
+    }
+    server = emulators.tspiot({"tspiot": {"versions": [2]}})
+    server.set_fault("codes/check", body={"codesResponse": [entry]})
+    client = client_for(server)
+    try:
+        answer = answer_of(await client.check(parse(WATER), deadline()))
+    finally:
+        client.close()
+    assert answer.code == -1  # unreadable: the policy refuses on it
+    assert answer.facts.mrp is None and answer.facts.group_ids is None
+
+
+@pytest.mark.parametrize("value", HOSTILE_INTEGERS, ids=lambda v: repr(v)[:12])
+async def test_a_hostile_error_code_is_a_typed_failure(
+    emulators: testing.EmulatorPool, value: Any
+) -> None:
+    server = emulators.tspiot()
+    client = client_for(server)
+    try:
+        await client.detect(deadline())
+        error = {"errorCode": value, "errorDescription": "?"}
+        server.set_fault("codes/check", status=500, body={"error": error})
+        failure = failure_of(await client.check(parse(WATER), deadline()))
+        server.set_fault("info", body={"TsPiotId": "x-1", "codesCheckTimeout": value})
+        info = await client.detect(deadline())
+    finally:
+        client.close()
+    assert (failure.kind, failure.http_status) == ("server-error", 500)
+    assert isinstance(info, TspiotInfo) and info.codes_check_timeout_ms is None
+
+
+async def test_a_5000_digit_number_in_the_answer_is_a_bad_answer(
+    emulators: testing.EmulatorPool,
+) -> None:
+    body = '{"codesResponse": [{"code": 0, "reqTimestamp": ' + "9" * 5000 + "}]}"
+    server = emulators.tspiot()
+    client = client_for(server)
+    try:
+        await client.detect(deadline())
+        server.set_fault("codes/check", malformed=body)  # Python's json refuses it
+        failure = failure_of(await client.check(parse(WATER), deadline()))
+    finally:
+        client.close()
+    assert (failure.kind, failure.http_status) == ("bad-answer", 200)
+
+
 async def test_wrong_token_is_unauthorized(emulators: testing.EmulatorPool) -> None:
     server = emulators.tspiot({"tspiot": {"token": TOKEN}})
     client = client_for(server, token="not-the-token")

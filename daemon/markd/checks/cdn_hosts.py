@@ -25,13 +25,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from markd.numbers import read_number
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def parse_saved(data: Any) -> SavedList:
     base_url = data.get("base_url")
     if not isinstance(base_url, str) or not _is_http_url(base_url):
         raise ValueError("base_url is not an http(s) URL")
-    fetched_at = _number(data.get("fetched_at"))
+    fetched_at = read_number(data.get("fetched_at"))
     if fetched_at is None:
         raise ValueError("fetched_at is not a number")
     entries = data.get("hosts")
@@ -189,12 +190,13 @@ def parse_saved(data: Any) -> SavedList:
             raise ValueError(f"hosts[{index}] is not an http(s) URL")
         if any(h.url == url for h in hosts):
             continue
+        # A figure that is not a finite number ≥ 0 is kept as "not measured" (None).
         hosts.append(
             SavedHost(
                 url,
-                latency_ms=_figure(entry.get("latency_ms")),
-                avg_time_ms=_figure(entry.get("avg_time_ms")),
-                measured_at=_number(entry.get("measured_at")),
+                latency_ms=read_number(entry.get("latency_ms"), lo=0),
+                avg_time_ms=read_number(entry.get("avg_time_ms"), lo=0),
+                measured_at=read_number(entry.get("measured_at")),
             )
         )
     return SavedList(base_url, fetched_at, tuple(hosts))
@@ -209,19 +211,6 @@ def _is_http_url(text: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def _figure(value: Any) -> float | None:
-    """A latency figure: a finite number ≥ 0, else None (not measured)."""
-    number = _number(value)
-    return number if number is not None and number >= 0 else None
 
 
 __all__ = [

@@ -580,7 +580,8 @@ async def _read_connect_answer(
         version, _, rest = status_line.decode("latin-1").rstrip("\r\n").partition(" ")
         status_text, _, reason = rest.partition(" ")
         if not version.startswith("HTTP/1.") or not (
-            len(status_text) == 3 and status_text.isdigit()
+            # isascii(): "2²0" passes isdigit() and then fails int() (a latin-1 byte 0xB2).
+            len(status_text) == 3 and status_text.isascii() and status_text.isdigit()
         ):
             raise broken(f"something that is not HTTP: {status_line[:40]!r}")
         while True:

@@ -81,7 +81,7 @@ from markd.checks.results import (
     failure_kind_for_status,
 )
 from markd.codes import MarkingCode
-from markd.jsonvalues import json_int as _int
+from markd.numbers import read_int
 from markd.proxy import ProxySettings
 from markd.secrets import Secret
 
@@ -101,6 +101,9 @@ _GATING_KINDS: frozenset[str] = frozenset(
 #: documented; the emulator says ``replicationStatus``, a spec ``dbState``).
 _COUNTER_KEYS = ("replicationStatus", "replication", "dbState", "counters")
 _MS_PER_HOUR = 3_600_000
+#: The last millisecond a datetime can hold (9999-12-31T23:59:59.999Z): a ``lastSync`` past it
+#: is garbage, and datetime.fromtimestamp() would raise on it when the status is shown.
+_MAX_TIMESTAMP_MS = 253_402_300_799_999
 
 
 @dataclass(frozen=True)
@@ -376,7 +379,7 @@ class LocalModuleClient:
         if not 200 <= response.status < 300:
             return self._status_failure(response, parsed, latency)
         code = parsed.get("code") if isinstance(parsed, Mapping) else None
-        if code not in (None, 0):
+        if code is not None and read_int(code) != 0:
             detail = _text(parsed.get("description")) if isinstance(parsed, Mapping) else ""
             return SourceFailure(
                 "lm", "http-error", response.status, f"init refused: code {code} {detail}", latency
@@ -496,7 +499,7 @@ class LocalModuleClient:
             inst=_text(parsed.get("inst")) or None,
             name=_text(parsed.get("name")) or None,
             inn=_text(parsed.get("inn")) or None,
-            last_sync_ms=_int(last_sync),
+            last_sync_ms=read_int(last_sync, lo=0, hi=_MAX_TIMESTAMP_MS),
             requires_download=requires_download if isinstance(requires_download, bool) else None,
             operation_mode=_text(parsed.get("operationMode")) or None,
             counters=dict(counters),
@@ -757,7 +760,7 @@ def _refusal_code(parsed: Any) -> int | None:
         places.append(results[0])
     for place in places:
         if isinstance(place, Mapping):
-            code = _int(place.get("errorCode"))
+            code = read_int(place.get("errorCode"))
             if code in ERROR_CODES:
                 return code
     return None

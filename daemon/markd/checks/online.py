@@ -102,6 +102,7 @@ from markd.checks.record import Exchange, Recorder, redact_json_text
 from markd.checks.results import FailureKind, SourceAnswer, SourceFailure
 from markd.codes import MarkingCode
 from markd.errors import MarkdError
+from markd.numbers import read_int, read_number
 from markd.secrets import Secret
 
 if TYPE_CHECKING:
@@ -574,7 +575,11 @@ class OnlineClient:
             return
         try:
             data = response.json()
-            healthy = response.status == 200 and isinstance(data, dict) and data.get("code") == 0
+            healthy = (
+                response.status == 200
+                and isinstance(data, dict)
+                and read_int(data.get("code")) == 0
+            )
         except ValueError:
             data, healthy = None, False
         if not healthy:
@@ -583,11 +588,8 @@ class OnlineClient:
             return
         host.latency_ms = response.elapsed_ms
         host.measured_at = self._now()
-        average = data.get("avgTimeMs") if isinstance(data, dict) else None
         host.avg_time_ms = (
-            float(average)
-            if isinstance(average, int | float) and not isinstance(average, bool)
-            else None
+            read_number(data.get("avgTimeMs"), lo=0) if isinstance(data, dict) else None
         )
 
     async def maintain(self) -> None:
@@ -881,8 +883,7 @@ def _body_code(response: Response) -> int | None:
         data = response.json()
     except ValueError:
         return None
-    code = data.get("code") if isinstance(data, dict) else None
-    return code if isinstance(code, int) else None
+    return read_int(data.get("code")) if isinstance(data, dict) else None
 
 
 def _description(response: Response) -> str:

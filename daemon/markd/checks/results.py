@@ -34,11 +34,12 @@ for the exchange record and out of ``repr``): ``cis`` (the full code as sent) is
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Literal
+
+from markd.numbers import read_int
 
 SourceKind = Literal["cdn", "lm", "tspiot"]
 SOURCE_KINDS: tuple[SourceKind, ...] = ("cdn", "lm", "tspiot")
@@ -84,7 +85,8 @@ FAILURE_KINDS: dict[FailureKind, str] = {
 
 
 # --------------------------------------------------------------------------------------------
-# Lenient readers for JSON values (the protobuf JSON mapping and hand-written servers differ)
+# Lenient readers for JSON values (the protobuf JSON mapping and hand-written servers differ;
+# integers go through markd.numbers.read_int, the reader every client shares)
 
 
 def _as_bool(value: Any) -> bool | None:
@@ -97,26 +99,6 @@ def _as_bool(value: Any) -> bool | None:
     return None
 
 
-def _as_int(value: Any) -> int | None:
-    """An integer from a JSON number or a digit string (protobuf JSON writes 64-bit integers
-    as strings). Booleans, fractions and other text are unreadable (None)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value) if math.isfinite(value) and value.is_integer() else None
-    if isinstance(value, str):
-        text = value.strip()
-        if text[:1] in "+-":
-            sign, digits = text[:1], text[1:]
-        else:
-            sign, digits = "", text
-        if digits.isascii() and digits.isdigit() and len(digits) <= 20:
-            return int(sign + digits)
-    return None
-
-
 def _as_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -124,7 +106,7 @@ def _as_str(value: Any) -> str | None:
 def _as_int_tuple(value: Any) -> tuple[int, ...] | None:
     if not isinstance(value, list):
         return None
-    items = [_as_int(v) for v in value]
+    items = [read_int(v) for v in value]
     if any(v is None for v in items):
         return None
     return tuple(v for v in items if v is not None)
@@ -177,17 +159,17 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "productionDate": ("production_date", parse_timestamp),
     "isOwner": ("is_owner", _as_bool),
     "isTracking": ("is_tracking", _as_bool),
-    "eliminationState": ("elimination_state", _as_int),
-    "mrp": ("mrp", _as_int),
-    "smp": ("smp", _as_int),
+    "eliminationState": ("elimination_state", read_int),
+    "mrp": ("mrp", read_int),
+    "smp": ("smp", read_int),
     "grayZone": ("gray_zone", _as_bool),
     "isGreyGtin": ("is_grey_gtin", _as_bool),
-    "innerUnitCount": ("inner_unit_count", _as_int),
-    "soldUnitCount": ("sold_unit_count", _as_int),
+    "innerUnitCount": ("inner_unit_count", read_int),
+    "soldUnitCount": ("sold_unit_count", read_int),
     "packageType": ("package_type", _as_str),
     "parent": ("parent", _as_str),
     "producerInn": ("producer_inn", _as_str),
-    "errorCode": ("error_code", _as_int),
+    "errorCode": ("error_code", read_int),
     "message": ("message", _as_str),
 }
 
@@ -350,7 +332,7 @@ class SourceAnswer:
             else:
                 online = source == "cdn"
         code_value = obj.get("code")
-        code = 0 if code_value is None else _as_int(code_value)
+        code = 0 if code_value is None else read_int(code_value)
         codes = obj.get("codes")
         first = codes[0] if isinstance(codes, list) and codes else None
         description = _as_str(obj.get("description"))
@@ -378,7 +360,7 @@ def timestamp_text(value: Any) -> str | None:
     parser's ``1.735e12``) likewise. Anything else is None."""
     if isinstance(value, str):
         return value if value else None
-    number = _as_int(value)
+    number = read_int(value)
     return None if number is None else str(number)
 
 

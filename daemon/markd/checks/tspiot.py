@@ -63,6 +63,7 @@ from markd.checks.results import (
     failure_kind_for_status,
 )
 from markd.codes import MarkingCode
+from markd.numbers import read_int
 from markd.proxy import ProxySettings
 from markd.secrets import Secret
 
@@ -146,7 +147,7 @@ class TspiotInfo:
             kkt_serial=_text(obj.get("kktSerial")),
             fn_serial=_text(obj.get("fnSerial")),
             kkt_inn=_text(obj.get("kktInn")),
-            codes_check_timeout_ms=_positive_int(obj.get("codesCheckTimeout")),
+            codes_check_timeout_ms=read_int(obj.get("codesCheckTimeout"), lo=1),
             lm=safe_lm,
         )
 
@@ -423,7 +424,7 @@ class TspiotClient:
         if entry is None:
             if isinstance(body, Mapping) and "error" in body:
                 return _with_latency(self._failure_for(outcome, body), started, self._clock)
-            if isinstance(body, Mapping) and _int(body.get("code")) == EMERGENCY_CODE:
+            if isinstance(body, Mapping) and read_int(body.get("code")) == EMERGENCY_CODE:
                 return self._emergency(outcome, latency_ms)
             return SourceFailure(
                 SOURCE,
@@ -432,7 +433,7 @@ class TspiotClient:
                 "codes/check answer has no codesResponse entry",
                 latency_ms,
             )
-        if _int(entry.get("code")) == EMERGENCY_CODE:
+        if read_int(entry.get("code")) == EMERGENCY_CODE:
             return self._emergency(outcome, latency_ms)
         answer = SourceAnswer.from_json(
             SOURCE,
@@ -541,7 +542,7 @@ class TspiotClient:
             except ValueError:
                 body = _NOT_JSON
         error = body.get("error") if isinstance(body, Mapping) else None
-        error_code = _int(error.get("errorCode")) if isinstance(error, Mapping) else None
+        error_code = read_int(error.get("errorCode")) if isinstance(error, Mapping) else None
         text = _text(error.get("errorDescription")) if isinstance(error, Mapping) else None
         status = response.status
         # With HTTP 200 the error's own code says what happened (OrangeData: 514 ЧЗ unavailable).
@@ -630,25 +631,6 @@ def _with_latency(
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
-
-
-def _int(value: Any) -> int | None:
-    """An integer from a JSON number or digit string (protobuf JSON writes int64 as text)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        text = value.strip()
-        digits = text[1:] if text[:1] == "-" else text
-        if digits.isascii() and digits.isdigit() and len(digits) <= 20:
-            return int(text)
-    return None
-
-
-def _positive_int(value: Any) -> int | None:
-    number = _int(value)
-    return number if number is not None and number > 0 else None
 
 
 def _is_scalar(value: Any) -> bool:

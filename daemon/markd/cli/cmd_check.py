@@ -22,17 +22,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from typing import Any
 
 from markd import codes
 from markd import config as config_module
-from markd.api_client import ControlClient, ControlClientError, DaemonNotRunning
+from markd.api_client import ControlClient, DaemonNotRunning
 from markd.checks.chain import CheckChain, StoreOnlyChain
 from markd.checks.factory import build_chain
 from markd.checks.verdict import Verdict, parser_verdict
-from markd.errors import CodeError, ConfigError, MarkdError, StoreError
+from markd.errors import CodeError, StoreError
 from markd.events import verdict_json
 from markd.store import Store
 
@@ -105,29 +104,21 @@ async def _close_clients(chain: CheckChain) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    try:
-        cfg = config_module.load(args.config)
-        price = None if args.price is None else round(args.price * 100)
-        data: dict[str, Any] | None = None
-        via = "in-process"
-        if price is not None:
-            via = "in-process (--price is not sent to the daemon)"
-        elif not args.in_process:
-            socket_path = control_socket(args, cfg)
-            try:
-                data = ControlClient(socket_path).check(args.code)
-                via = f"daemon ({socket_path})"
-            except DaemonNotRunning:
-                via = "in-process (markd is not running)"
-        if data is None:
-            data = verdict_json(asyncio.run(_check_once(cfg, args.code, price)))
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"markctl: {problem}", file=sys.stderr)
-        return 2
-    except MarkdError as exc:
-        print(f"markctl: {exc.message}", file=sys.stderr)
-        return 1
+    cfg = config_module.load(args.config)
+    price = None if args.price is None else round(args.price * 100)
+    data: dict[str, Any] | None = None
+    via = "in-process"
+    if price is not None:
+        via = "in-process (--price is not sent to the daemon)"
+    elif not args.in_process:
+        socket_path = control_socket(args, cfg)
+        try:
+            data = ControlClient(socket_path).check(args.code)
+            via = f"daemon ({socket_path})"
+        except DaemonNotRunning:
+            via = "in-process (markd is not running)"
+    if data is None:
+        data = verdict_json(asyncio.run(_check_once(cfg, args.code, price)))
     data["via"] = via.split(" ")[0]
     if args.json:
         print(json.dumps(data, ensure_ascii=False))
@@ -210,32 +201,24 @@ def _age(seconds: float) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    try:
-        cfg = config_module.load(args.config)
-        report: dict[str, Any] | None = None
-        via = "in-process"
-        if not args.in_process:
-            socket_path = control_socket(args, cfg)
-            try:
-                report = ControlClient(socket_path).status()
-                report["mode"] = report["service"]["mode"]
-                via = f"daemon ({socket_path})"
-            except DaemonNotRunning:
-                via = "in-process (markd is not running)"
-        if report is None:
-            report = asyncio.run(_probe(cfg))
-            try:
-                with Store.from_config(cfg.store, readonly=True) as store:
-                    report["store"] = store.stats()
-            except StoreError as exc:
-                report["store"] = {"error": exc.message}
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"markctl: {problem}", file=sys.stderr)
-        return 2
-    except ControlClientError as exc:
-        print(f"markctl: {exc.message}", file=sys.stderr)
-        return 1
+    cfg = config_module.load(args.config)
+    report: dict[str, Any] | None = None
+    via = "in-process"
+    if not args.in_process:
+        socket_path = control_socket(args, cfg)
+        try:
+            report = ControlClient(socket_path).status()
+            report["mode"] = report["service"]["mode"]
+            via = f"daemon ({socket_path})"
+        except DaemonNotRunning:
+            via = "in-process (markd is not running)"
+    if report is None:
+        report = asyncio.run(_probe(cfg))
+        try:
+            with Store.from_config(cfg.store, readonly=True) as store:
+                report["store"] = store.stats()
+        except StoreError as exc:
+            report["store"] = {"error": exc.message}
     report["via"] = via.split(" ")[0]
     if args.json:
         print(json.dumps(report, ensure_ascii=False, default=str))

@@ -21,7 +21,6 @@ from markd import config as markd_config
 from markd.errors import ConfigError
 
 EXIT_OK = 0
-EXIT_BAD_CONFIG = 2  # "bad input" in markctl's exit status convention
 
 
 def register(subparsers: Any) -> None:
@@ -59,11 +58,12 @@ def run_check(args: argparse.Namespace) -> int:
     try:
         config = markd_config.load(args.path)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"markctl: {problem}", file=sys.stderr)
+        # The verdict on the file is this command's answer, so --json gives it on stdout in
+        # the command's own shape; the problems go to stderr (and the status 2) like any
+        # command's, from markctl's main.
         if args.json:
             _print_json({"valid": False, "problems": exc.problems})
-        return EXIT_BAD_CONFIG
+        raise
 
     if args.json:
         _print_json(

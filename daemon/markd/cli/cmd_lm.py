@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from typing import Any
 
@@ -36,7 +35,6 @@ from markd.secrets import Secret, load_secret
 #: How long ``init`` (with the status read after it) and ``status`` may take, seconds.
 DEFAULT_TIMEOUT_S = 10.0
 EXIT_FAILED = 1
-EXIT_CONFIG = 2
 REDACTED = "<secret>"
 
 
@@ -140,12 +138,6 @@ def _print_status(status: dict[str, Any]) -> None:
         print(f"  ALERT {alert}")
 
 
-def _config_problem(exc: ConfigError) -> int:
-    for problem in exc.problems:
-        print(f"markctl: {problem}", file=sys.stderr)
-    return EXIT_CONFIG
-
-
 # ---------------------------------------------------------------------------------------------
 # Commands
 
@@ -173,12 +165,9 @@ async def _run_status(client: LocalModuleClient, timeout_s: float) -> dict[str, 
 
 
 def _init(args: argparse.Namespace) -> int:
-    try:
-        cfg = config_module.load(args.config)
-        client = _client(cfg)
-        token = _token(cfg, args.token_file)
-    except ConfigError as exc:
-        return _config_problem(exc)
+    cfg = config_module.load(args.config)
+    client = _client(cfg)
+    token = _token(cfg, args.token_file)
     failure, status = asyncio.run(_run_init(client, token, args.timeout))
     report = _scrub(
         {
@@ -204,11 +193,8 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    try:
-        cfg = config_module.load(args.config)
-        client = _client(cfg)
-    except ConfigError as exc:
-        return _config_problem(exc)
+    cfg = config_module.load(args.config)
+    client = _client(cfg)
     status = asyncio.run(_run_status(client, args.timeout))
     if args.json:
         print(json.dumps(status, ensure_ascii=False, default=str))

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any, TextIO
 
 from markd.codes import CodesOptions, MarkingCode, parse
-from markd.errors import CodeError, ConfigError
+from markd.errors import CodeError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,12 +95,7 @@ def _lines(stream: TextIO) -> Iterable[str]:
 
 def run(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
     out, err = sys.stdout, sys.stderr
-    try:
-        options = _options(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"markctl: {problem}", file=err)
-        return 2
+    options = _options(args.config)
     if args.code != "-":
         return 0 if _emit(args.code, args, out, err, options) else 2
     stream = stdin if stdin is not None else sys.stdin

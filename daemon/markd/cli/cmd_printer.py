@@ -19,18 +19,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from typing import Any
 
 from markd import config as config_module
-from markd.errors import ConfigError, FiscalError, MarkdError
+from markd.errors import FiscalError
 from markd.fiscal.factory import build_session, open_configured_printer
 from markd.fiscal.journal import SessionJournal
 from markd.store import Store
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_CONFIG = 2
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,15 +49,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     recover.set_defaults(func=_recover)
 
 
-def _load(args: argparse.Namespace) -> Any:
-    try:
-        return config_module.load(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"markctl: {problem}", file=sys.stderr)
-        return None
-
-
 def in_flight(journal_path: str) -> str | None:
     """The receipt the journal shows as neither closed nor cancelled, if any."""
     for receipt, records in SessionJournal(journal_path).by_receipt().items():
@@ -70,9 +59,7 @@ def in_flight(journal_path: str) -> str | None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    if cfg is None:
-        return EXIT_CONFIG
+    cfg = config_module.load(args.config)
     report: dict[str, Any] = {"url": cfg.fiscal.url}
     code = EXIT_OK
     try:
@@ -105,14 +92,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _recover(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    if cfg is None:
-        return EXIT_CONFIG
-    try:
-        report = asyncio.run(_run_recovery(cfg))
-    except MarkdError as exc:
-        print(f"markctl: {exc.reason}: {exc.message}", file=sys.stderr)
-        return EXIT_FAILED
+    cfg = config_module.load(args.config)
+    report = asyncio.run(_run_recovery(cfg))
     if args.json:
         print(json.dumps(report, ensure_ascii=False, default=str))
     else:

@@ -29,7 +29,7 @@ from collections import Counter
 from typing import Any, BinaryIO, TextIO
 
 from markd.codes import CodeError, CodesOptions, parse
-from markd.errors import ConfigError, ScannerError
+from markd.errors import ScannerError
 from markd.scanners import (
     RawRead,
     Scan,
@@ -217,13 +217,15 @@ def _resolve(
         if len(names) != 1:
             raise ScannerError(
                 f"{len(names)} scanners are configured ({', '.join(names) or 'none'}); "
-                "name one, or give a URL"
+                "name one, or give a URL",
+                "unknown-scanner",
             )
         spec = names[0]
     if spec not in cfg.scanners:
         raise ScannerError(
             f"no scanner {spec!r} in the configuration (configured: {', '.join(names)}); "
-            "give a name or a URL such as hid-kbd://0c2e:0b61"
+            "give a name or a URL such as hid-kbd://0c2e:0b61",
+            "unknown-scanner",
         )
     return spec, parse_url(cfg.scanners[spec].url), cfg.codes_options()
 
@@ -420,25 +422,15 @@ def _save(path: str, url: ScannerURL, report: _Report, scanner: Any) -> None:
 def run_scan_test(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
     out = stdout if stdout is not None else sys.stdout
     err = sys.stderr
-    try:
-        name, url, options = _resolve(args.scanner, args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"markctl: {problem}", file=err)
-        return 2
-    except ScannerError as exc:
-        print(f"markctl: {exc}", file=err)
-        return 2
+    # A SCANNER that is no URL and no configured name is bad input (unknown-scanner,
+    # bad-scanner-url: 2); a scanner that fails once opened is a failure (1).
+    name, url, options = _resolve(args.scanner, args.config)
     if args.count < 1 or args.timeout <= 0:
         print("markctl: --count must be at least 1 and --timeout positive", file=err)
         return 2
     print(f"scanner   {name}: {url.text}", file=out)
     print(f"mode      {MODES.get(url.scheme, url.scheme)}", file=out, flush=True)
-    try:
-        scans, report, scanner = asyncio.run(_scan_session(name, url, args, out, options))
-    except ScannerError as exc:
-        print(f"markctl: {exc}", file=err)
-        return 1
+    scans, report, scanner = asyncio.run(_scan_session(name, url, args, out, options))
     session = getattr(scanner, "last_session", None)
     if session is not None and session.reattach_error:
         print(

@@ -34,7 +34,7 @@ from markd import config as config_module
 from markd.checks.chain import StoreOnlyChain
 from markd.checks.factory import build_chain
 from markd.checks.verdict import Verdict, parser_verdict
-from markd.errors import CodeError, ConfigError, MarkdError
+from markd.errors import CodeError
 from markd.fiscal.factory import build_session, open_configured_printer
 from markd.fiscal.model import PAYMENT_TYPES, Payment
 from markd.fiscal.session import ReceiptOutcome, UnitOutcome
@@ -69,25 +69,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _sell(args: argparse.Namespace) -> int:
-    try:
-        cfg = config_module.load(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"markctl: {problem}", file=sys.stderr)
-        return EXIT_CONFIG
+    cfg = config_module.load(args.config)
     price = round(args.price * 100)
     if price < 0 or not args.name.strip():
         print("markctl: --price must not be negative and --name not empty", file=sys.stderr)
         return EXIT_CONFIG
-    try:
-        report = asyncio.run(_run(cfg, args, price))
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"markctl: {problem}", file=sys.stderr)
-        return EXIT_CONFIG
-    except MarkdError as exc:
-        print(f"markctl: {exc.reason}: {exc.message}", file=sys.stderr)
-        return EXIT_FAILED
+    report = asyncio.run(_run(cfg, args, price))
     if args.json:
         print(json.dumps(report, ensure_ascii=False, default=str))
     else:

@@ -19,24 +19,8 @@ from dataclasses import asdict
 from typing import Any, TextIO
 
 from markd import config as config_module
-from markd.errors import ConfigError, MarkdError, StoreError
+from markd.errors import ConfigError, StoreError
 from markd.store import Store
-
-#: StoreError reasons that mean "your input is wrong" (exit 2) rather than "it failed" (exit 1).
-INPUT_REASONS = frozenset(
-    {
-        "bad-rows",
-        "bad-file",
-        "bad-key",
-        "duplicate-delta",
-        "out-of-order-delta",
-        "stale-snapshot",
-        "bad-index",
-        "bad-url",
-        "bad-version",
-        "empty-snapshot",
-    }
-)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_argument("--json", action="store_true", help="print the result as JSON")
 
     store = sub.add_parser("store", help="the local LMDB store (blocklist, sold journal, cache)")
+    # With --json a failure is a JSON answer too ({"error": {"reason", "message"}} on stdout,
+    # printed by markctl's main), so a script reads one object either way.
+    store.set_defaults(json_errors=True)
     cmds = store.add_subparsers(dest="store_command", metavar="SUBCOMMAND")
     cmds.required = True
 
@@ -177,24 +164,6 @@ def _open(args: argparse.Namespace, *, readonly: bool) -> Store:
     return Store.from_config(cfg, readonly=readonly)
 
 
-def _fail(exc: MarkdError, err: TextIO) -> int:
-    if isinstance(exc, ConfigError):
-        for problem in exc.problems:
-            print(f"markctl: {problem}", file=err)
-        return 2
-    print(f"markctl: {exc.message}", file=err)
-    return 2 if exc.reason in INPUT_REASONS else 1
-
-
-def _run(args: argparse.Namespace, body: Any) -> int:
-    try:
-        return int(body() or 0)
-    except MarkdError as exc:
-        if getattr(args, "json", False):
-            print(json.dumps({"error": exc.as_dict()}, ensure_ascii=False))
-        return _fail(exc, sys.stderr)
-
-
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
     if args.json:
         print(json.dumps(data, ensure_ascii=False, default=str))
@@ -261,185 +230,160 @@ def _age(seconds: float | None) -> str:
 def _import(args: argparse.Namespace) -> int:
     from markd.store.importer import import_snapshot
 
-    def body() -> int:
-        progress = ProgressPrinter(args.progress)
-        with _open(args, readonly=False) as store:
-            try:
-                result = import_snapshot(
-                    store,
-                    args.file,
-                    args.format,
-                    version=args.version,
-                    source=args.source,
-                    reason=args.reason,
-                    skip_bad=args.skip_bad,
-                    force=args.force,
-                    allow_empty=args.allow_empty,
-                    progress=progress,
-                )
-            finally:
-                progress.done()
-        rate = result.rows / max(result.seconds, 1e-9)
-        text = (
-            f"imported {args.file}: version {result.version}, {result.rows:,} rows "
-            f"({result.stored['ki']:,} КИ, {result.stored['gtin']:,} GTIN, "
-            f"{result.stored['series']:,} series) in {result.seconds:.1f} s ({rate:,.0f} rows/s)"
-            + ("" if result.sorted_input else ", input was unsorted")
-        )
-        if result.skipped:
-            text += f"\nskipped {result.skipped} bad row(s):\n" + "\n".join(
-                f"  {p}" for p in result.problems
+    progress = ProgressPrinter(args.progress)
+    with _open(args, readonly=False) as store:
+        try:
+            result = import_snapshot(
+                store,
+                args.file,
+                args.format,
+                version=args.version,
+                source=args.source,
+                reason=args.reason,
+                skip_bad=args.skip_bad,
+                force=args.force,
+                allow_empty=args.allow_empty,
+                progress=progress,
             )
-        _emit(args, asdict(result), text)
-        return 0
-
-    return _run(args, body)
+        finally:
+            progress.done()
+    rate = result.rows / max(result.seconds, 1e-9)
+    text = (
+        f"imported {args.file}: version {result.version}, {result.rows:,} rows "
+        f"({result.stored['ki']:,} КИ, {result.stored['gtin']:,} GTIN, "
+        f"{result.stored['series']:,} series) in {result.seconds:.1f} s ({rate:,.0f} rows/s)"
+        + ("" if result.sorted_input else ", input was unsorted")
+    )
+    if result.skipped:
+        text += f"\nskipped {result.skipped} bad row(s):\n" + "\n".join(
+            f"  {p}" for p in result.problems
+        )
+    _emit(args, asdict(result), text)
+    return 0
 
 
 def _delta(args: argparse.Namespace) -> int:
     from markd.store.importer import apply_delta
 
-    def body() -> int:
-        with _open(args, readonly=False) as store:
-            result = apply_delta(store, args.file)
-        _emit(
-            args,
-            asdict(result),
-            f"applied delta {result.version}: {result.added} added, {result.removed} removed, "
-            f"{result.unchanged} unchanged",
-        )
-        return 0
-
-    return _run(args, body)
+    with _open(args, readonly=False) as store:
+        result = apply_delta(store, args.file)
+    _emit(
+        args,
+        asdict(result),
+        f"applied delta {result.version}: {result.added} added, {result.removed} removed, "
+        f"{result.unchanged} unchanged",
+    )
+    return 0
 
 
 def _stats(args: argparse.Namespace) -> int:
-    def body() -> int:
-        with _open(args, readonly=True) as store:
-            stats = store.stats()
-        blocked = stats["blocked"]
-        sold = stats["sold"] if stats["sold"] is not None else "(not counted)"
-        cached = stats["cached_verdicts"] if stats["cached_verdicts"] is not None else "-"
-        size, map_mib = _size(stats["size_bytes"]), stats["map_size_bytes"] >> 20
-        lines = [
-            f"store      {stats['path']}",
-            f"version    {stats['version']} from {stats['source'] or '-'}",
-            f"age        {_age(stats['age_s'])}"
-            + (f" (STALE: older than {stats['max_age_s'] / 3600:.0f} h)" if stats["stale"] else ""),
-            f"blocked    {blocked['ki']:,} КИ, {blocked['gtin']:,} GTIN, "
-            f"{blocked['series']:,} series",
-            f"sold here  {sold}",
-            f"cached     {cached} online verdicts",
-            f"deltas     {stats['deltas_kept']} kept for export",
-            f"on disk    {size} (map {map_mib} MiB)",
-        ]
-        _emit(args, stats, "\n".join(lines))
-        return 0
-
-    return _run(args, body)
+    with _open(args, readonly=True) as store:
+        stats = store.stats()
+    blocked = stats["blocked"]
+    sold = stats["sold"] if stats["sold"] is not None else "(not counted)"
+    cached = stats["cached_verdicts"] if stats["cached_verdicts"] is not None else "-"
+    size, map_mib = _size(stats["size_bytes"]), stats["map_size_bytes"] >> 20
+    lines = [
+        f"store      {stats['path']}",
+        f"version    {stats['version']} from {stats['source'] or '-'}",
+        f"age        {_age(stats['age_s'])}"
+        + (f" (STALE: older than {stats['max_age_s'] / 3600:.0f} h)" if stats["stale"] else ""),
+        f"blocked    {blocked['ki']:,} КИ, {blocked['gtin']:,} GTIN, {blocked['series']:,} series",
+        f"sold here  {sold}",
+        f"cached     {cached} online verdicts",
+        f"deltas     {stats['deltas_kept']} kept for export",
+        f"on disk    {size} (map {map_mib} MiB)",
+    ]
+    _emit(args, stats, "\n".join(lines))
+    return 0
 
 
 def _lookup(args: argparse.Namespace) -> int:
-    def body() -> int:
-        with _open(args, readonly=True) as store:
-            found = store.lookup(args.code, series=args.series)
-        data = {
-            "blocked": found.blocked.as_dict() if found.blocked else None,
-            "sold": found.sold._asdict() if found.sold else None,
-            "cached": found.cached._asdict() if found.cached else None,
-            "deny_reason": found.deny_reason,
-            "blocklist_version": found.blocklist_version,
-            "blocklist_age_s": found.blocklist_age_s,
-            "stale": found.stale,
-        }
-        lines = []
-        if found.blocked:
-            b = found.blocked
-            lines.append(
-                f"BLOCKED by {b.kind} {b.key}: {b.reason} (source {b.source}, since "
-                f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(b.since))} UTC)"
-            )
-        if found.sold:
-            lines.append(
-                f"SOLD HERE on receipt {found.sold.receipt} at "
-                f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(found.sold.at))} UTC"
-            )
-        if found.cached:
-            lines.append(
-                f"cached online verdict ({'fresh' if found.cached.fresh else 'expired'}): "
-                f"{json.dumps(found.cached.facts, ensure_ascii=False)}"
-            )
-        if not lines:
-            lines.append("nothing known: not blocked, not sold here, no cached verdict")
+    with _open(args, readonly=True) as store:
+        found = store.lookup(args.code, series=args.series)
+    data = {
+        "blocked": found.blocked.as_dict() if found.blocked else None,
+        "sold": found.sold._asdict() if found.sold else None,
+        "cached": found.cached._asdict() if found.cached else None,
+        "deny_reason": found.deny_reason,
+        "blocklist_version": found.blocklist_version,
+        "blocklist_age_s": found.blocklist_age_s,
+        "stale": found.stale,
+    }
+    lines = []
+    if found.blocked:
+        b = found.blocked
         lines.append(
-            f"blocklist version {found.blocklist_version}, {_age(found.blocklist_age_s)}"
-            + (" (stale: it can deny, never vouch)" if found.stale else "")
+            f"BLOCKED by {b.kind} {b.key}: {b.reason} (source {b.source}, since "
+            f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(b.since))} UTC)"
         )
-        _emit(args, data, "\n".join(lines))
-        return 0
-
-    return _run(args, body)
+    if found.sold:
+        lines.append(
+            f"SOLD HERE on receipt {found.sold.receipt} at "
+            f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(found.sold.at))} UTC"
+        )
+    if found.cached:
+        lines.append(
+            f"cached online verdict ({'fresh' if found.cached.fresh else 'expired'}): "
+            f"{json.dumps(found.cached.facts, ensure_ascii=False)}"
+        )
+    if not lines:
+        lines.append("nothing known: not blocked, not sold here, no cached verdict")
+    lines.append(
+        f"blocklist version {found.blocklist_version}, {_age(found.blocklist_age_s)}"
+        + (" (stale: it can deny, never vouch)" if found.stale else "")
+    )
+    _emit(args, data, "\n".join(lines))
+    return 0
 
 
 def _block(args: argparse.Namespace) -> int:
-    def body() -> int:
-        with _open(args, readonly=False) as store:
-            store.block(args.key, args.reason, args.source, series=args.series)
-        _emit(args, {"blocked": args.key, "series": args.series}, f"blocked {args.key}")
-        return 0
-
-    return _run(args, body)
+    with _open(args, readonly=False) as store:
+        store.block(args.key, args.reason, args.source, series=args.series)
+    _emit(args, {"blocked": args.key, "series": args.series}, f"blocked {args.key}")
+    return 0
 
 
 def _unblock(args: argparse.Namespace) -> int:
-    def body() -> int:
-        with _open(args, readonly=False) as store:
-            removed = store.unblock(args.key, series=args.series)
-        _emit(args, {"removed": removed}, "removed" if removed else "was not blocked")
-        return 0
-
-    return _run(args, body)
+    with _open(args, readonly=False) as store:
+        removed = store.unblock(args.key, series=args.series)
+    _emit(args, {"removed": removed}, "removed" if removed else "was not blocked")
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from markd.store import fleet
 
-    def body() -> int:
-        with _open(args, readonly=True) as store:
-            index = fleet.export(store, args.to)
-        _emit(
-            args,
-            index,
-            f"exported version {index['version']} to {args.to}: snapshot "
-            f"{index['snapshot']['file']} and {len(index['deltas'])} delta(s)",
-        )
-        return 0
-
-    return _run(args, body)
+    with _open(args, readonly=True) as store:
+        index = fleet.export(store, args.to)
+    _emit(
+        args,
+        index,
+        f"exported version {index['version']} to {args.to}: snapshot "
+        f"{index['snapshot']['file']} and {len(index['deltas'])} delta(s)",
+    )
+    return 0
 
 
 def _sync(args: argparse.Namespace) -> int:
     from markd.store import fleet
 
-    def body() -> int:
-        url = args.url or os.environ.get("MARKD_SYNC_URL", "")
-        if not url:
-            raise StoreError("no URL: give one or set MARKD_SYNC_URL", "bad-url")
-        proxy = _sync_proxy(args)
-        progress = ProgressPrinter(args.progress)
-        with _open(args, readonly=False) as store:
-            try:
-                result = fleet.sync(
-                    store,
-                    url,
-                    progress=progress,
-                    timeout=args.timeout,
-                    allow_rollback=args.allow_rollback,
-                    proxy=proxy,
-                )
-            finally:
-                progress.done()
-        _emit(args, asdict(result), result.summary())
-        return 0
-
-    return _run(args, body)
+    url = args.url or os.environ.get("MARKD_SYNC_URL", "")
+    if not url:
+        raise StoreError("no URL: give one or set MARKD_SYNC_URL", "bad-url")
+    proxy = _sync_proxy(args)
+    progress = ProgressPrinter(args.progress)
+    with _open(args, readonly=False) as store:
+        try:
+            result = fleet.sync(
+                store,
+                url,
+                progress=progress,
+                timeout=args.timeout,
+                allow_rollback=args.allow_rollback,
+                proxy=proxy,
+            )
+        finally:
+            progress.done()
+    _emit(args, asdict(result), result.summary())
+    return 0

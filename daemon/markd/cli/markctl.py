@@ -2,7 +2,10 @@
 
 Each subcommand lives in its own module (``cmd_<name>.py``) exposing
 ``register(subparsers)`` which adds its parser and sets ``func`` to a callable
-``func(args) -> int`` returning the exit status.
+``func(args) -> int`` returning the exit status. A command lets a
+:class:`~markd.errors.MarkdError` out rather than printing it: :func:`main` reports it through
+:mod:`markd.cli.errors`, the same way for every command. A command whose ``--json`` output
+promises a JSON error sets the default ``json_errors=True`` on its parser.
 
 Exit status: 0 success, 2 bad input (a bad code, a bad configuration, bad arguments),
 1 an operational failure (store cannot be opened, device missing, ...).
@@ -25,6 +28,8 @@ from markd.cli import (
     cmd_sell,
     cmd_store,
 )
+from markd.cli.errors import INPUT_REASONS, report
+from markd.errors import MarkdError
 
 COMMANDS = (
     cmd_parse,
@@ -56,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except MarkdError as exc:
+        json_output = bool(getattr(args, "json_errors", False) and getattr(args, "json", False))
+        return report(exc, "markctl", input_reasons=INPUT_REASONS, json_output=json_output)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 from markd import __version__
-from markd.errors import ConfigError, MarkdError
+from markd.cli.errors import report
+from markd.errors import MarkdError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,25 +110,12 @@ def _run_service(config_path: str | None) -> int:
     from markd import config as config_module
     from markd.service import Service
 
-    try:
-        config = config_module.load(config_path)
-        # A reload reads the same file(s) again: the one named here, or the default location.
-        service = Service(config, config_loader=lambda: config_module.load(config_path))
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"markd: {problem}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(service.run(handle_signals=True))
-    except ConfigError as exc:
-        # Found while starting (a configured secret missing, a bad printer URL …): restarting
-        # cannot fix it, so the same exit status as a bad file (RestartPreventExitStatus=2).
-        for problem in exc.problems:
-            print(f"markd: {problem}", file=sys.stderr)
-        return 2
-    except MarkdError as exc:
-        print(f"markd: {exc}", file=sys.stderr)
-        return 1
+    config = config_module.load(config_path)
+    # A reload reads the same file(s) again: the one named here, or the default location.
+    service = Service(config, config_loader=lambda: config_module.load(config_path))
+    # A ConfigError found while starting (a configured secret missing, a bad printer URL …)
+    # is reported like a bad file, with status 2: restarting cannot fix it.
+    asyncio.run(service.run(handle_signals=True))
     return 0
 
 
@@ -135,16 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "reload":
         return _reload(args.pid, args.timeout)
-    if args.command == "demo":
-        from markd.demo import run_demo
-
-        try:
-            return run_demo()
-        except MarkdError as exc:
-            print(f"markd demo: {exc}", file=sys.stderr)
-            return 1
+    program = "markd demo" if args.command == "demo" else "markd"
     try:
+        if args.command == "demo":
+            from markd.demo import run_demo
+
+            return run_demo()
         return _run_service(args.config)
+    except MarkdError as exc:
+        # No input reasons: for the daemon only a bad configuration is 2, the status its unit
+        # does not restart on.
+        return report(exc, program)
     except KeyboardInterrupt:
         # Ctrl+C before the signal handlers were installed (during start-up).
         return 130

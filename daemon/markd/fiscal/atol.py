@@ -68,7 +68,7 @@ from markd.fiscal.model import (
     ReceiptResult,
     ShiftInfo,
 )
-from markd.jsonvalues import json_int as _int
+from markd.numbers import read_int
 
 DEFAULT_WEB_PORT = 16732
 #: Web Requests result statuses that are final (anything else: still running).
@@ -96,8 +96,7 @@ class TaskOutcome:
         if not isinstance(data, Mapping):
             return cls("error", {}, proto.ERROR_INTERRUPTED, "no answer for the task")
         status = str(data.get("status", "")) or "ready"
-        code = data.get("errorCode")
-        code = code if isinstance(code, int) and not isinstance(code, bool) else None
+        code = read_int(data.get("errorCode"))
         result = data.get("result")
         return cls(
             status,
@@ -406,15 +405,15 @@ class AtolPrinter(FiscalPrinter):
         shift_state = str(shift.get("state") or device.get("shift") or "closed")
         return PrinterStatus(
             shift_state=shift_state if shift_state in ("opened", "expired") else "closed",
-            shift_number=_int(shift.get("number")) or 0,
+            shift_number=read_int(shift.get("number"), lo=0) or 0,
             paper_present=bool(device.get("paperPresent", True)),
             fn_present=fn_present,
             fn_fiscal=bool(device.get("fnFiscal", True)),
             fn_state="error" if warnings.get("criticalError") or not fn_present else "ok",
             fn_warnings=tuple(sorted(k for k, v in warnings.items() if v is True)),
-            last_document_number=_int(fn.get("fiscalDocumentNumber")) or 0,
-            last_receipt_number=_int(fn.get("fiscalReceiptNumber")),
-            unsent_documents=_int(ofd.get("notSentCount")),
+            last_document_number=read_int(fn.get("fiscalDocumentNumber"), lo=0) or 0,
+            last_receipt_number=read_int(fn.get("fiscalReceiptNumber"), lo=0),
+            unsent_documents=read_int(ofd.get("notSentCount"), lo=0),
             receipt_open=None if receipt_type is None else receipt_type != "closed",
             cover_opened=bool(device.get("coverOpened", False)),
             blocked=bool(device.get("blocked", False)),
@@ -431,9 +430,9 @@ class AtolPrinter(FiscalPrinter):
         outcomes = self._run(op_id, [{"type": kind}])
         result = outcomes[0].result
         return ShiftInfo(
-            number=_int(result.get("shiftNumber")) or 0,
+            number=read_int(result.get("shiftNumber"), lo=0) or 0,
             state="opened" if kind == "openShift" else "closed",
-            document_number=_int(result.get("fiscalDocumentNumber")),
+            document_number=read_int(result.get("fiscalDocumentNumber"), lo=0),
         )
 
     def _open_shift(self, op_id: str) -> ShiftInfo:
@@ -675,7 +674,7 @@ def _receipt_result(
     recovered: bool = False,
 ) -> ReceiptResult:
     params = _dict(result.get("fiscalParams"))
-    number = _int(params.get("fiscalDocumentNumber"))
+    number = read_int(params.get("fiscalDocumentNumber"), lo=0)
     if number is None:
         raise OutcomeUnknown("the ККТ answered the receipt without a document number")
     total = sum(p.amount_kopecks for p in positions)
@@ -687,8 +686,8 @@ def _receipt_result(
     return ReceiptResult(
         kind=kind,
         document_number=number,
-        receipt_number=_int(params.get("fiscalReceiptNumber")),
-        shift_number=_int(params.get("shiftNumber")),
+        receipt_number=read_int(params.get("fiscalReceiptNumber"), lo=0),
+        shift_number=read_int(params.get("shiftNumber"), lo=0),
         fiscal_sign=_str(params.get("fiscalDocumentSign")),
         datetime=_str(params.get("fiscalDocumentDateTime")),
         fn_number=_str(params.get("fnNumber")),
@@ -717,7 +716,7 @@ def _validation_from_status(ki: str, result: Mapping[str, Any]) -> MarkValidatio
     ready = result.get("ready") is True
     sent = result.get("sentImcRequest") is True
     driver = _dict(result.get("driverError"))
-    code = _int(driver.get("code"))
+    code = read_int(driver.get("code"))
     driver_error = f"{code}: {driver.get('description', '')}".strip() if code else None
     online = _dict(result.get("onlineValidation"))
     bits = _dict(online.get("itemInfoCheckResult"))

@@ -9,6 +9,7 @@ bindings); :data:`ERROR_REASONS` turns the ones a sale meets into markd's reason
 from __future__ import annotations
 
 import base64
+import math
 from typing import Any
 
 # -- tag 2003 ---------------------------------------------------------------------------------
@@ -151,8 +152,11 @@ def roubles(kopecks: int) -> float:
 
 def kopecks(value: Any) -> int:
     """Roubles from ATOL JSON as kopecks; ``ValueError`` for something that is not a number."""
+    # Python's json reads Infinity and NaN; round() would raise OverflowError on the first.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"not a sum: {value!r}")
+        raise ValueError(f"not a sum: {value!r:.40}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"not a sum: {value!r:.40}")
     return round(value * 100)
 
 
