@@ -861,3 +861,15 @@ async def test_an_unwritable_state_directory_costs_no_check(
     assert isinstance(await client.check(CODE, budget(1500)), SourceAnswer)
     await client.aclose()
     assert any("not saved" in r.getMessage() for r in caplog.records)
+
+
+async def test_json_nested_too_deep_is_a_bad_answer_not_a_crash(pool: EmulatorPool) -> None:
+    cdn = pool.crpt_cdn()
+    client = client_for(cdn)
+    assert await client.refresh_hosts(budget(1000))
+    cdn.set_fault("codes/check", malformed="[" * 100_000)
+    failure = await client.check(CODE, budget(1500))
+    cdn.set_fault("cdn/info", malformed="{" * 100_000)
+    assert not await client.refresh_hosts(budget(1000))
+    await client.aclose()
+    assert isinstance(failure, SourceFailure) and failure.kind == "bad-answer", failure

@@ -30,7 +30,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "markd.errors",
             "markd.codes",
             "markd.numbers",
-            "markd.jsonvalues",
             "markd.secrets",
             "markd.urls",
             "markd.proxy",

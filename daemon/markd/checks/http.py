@@ -124,8 +124,11 @@ class Response:
     reused: bool = False
 
     def json(self) -> Any:
-        """The body as JSON (``ValueError`` when it is not)."""
-        return json.loads(self.body)
+        """The body as JSON (``ValueError`` when it is not, nested too deep included)."""
+        try:
+            return json.loads(self.body)
+        except RecursionError:
+            raise ValueError("the JSON is nested too deeply") from None
 
 
 def _authority(host: str, port: int) -> str:

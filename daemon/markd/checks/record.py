@@ -98,7 +98,10 @@ def redact_json_text(text: str | bytes) -> str:
         return ""
     try:
         data = json.loads(text)
+        out = json.dumps(redact_value(data), ensure_ascii=False, separators=(",", ":"))
     except ValueError:
         return f"<{len(text)} characters, not JSON>"
-    out = json.dumps(redact_value(data), ensure_ascii=False, separators=(",", ":"))
+    except RecursionError:
+        # A hostile body nested deeper than Python recurses: nothing of it is kept.
+        return f"<{len(text)} characters, nested too deeply>"
     return out if len(out) <= MAX_BODY_CHARS else out[:MAX_BODY_CHARS] + "<…>"

@@ -497,8 +497,10 @@ class HttpProxy:
             self._answer(client, 501, close=True)
             return False
         length_text = _field(headers, "content-length") or "0"
-        if not length_text.isdigit() or int(length_text) > MAX_REQUEST_BODY:
-            record("too-large" if length_text.isdigit() else "bad-request", 413)
+        # ASCII digits only ("²" is a digit to str.isdigit and not to int), and few of them.
+        digits = length_text.isascii() and length_text.isdigit() and len(length_text) <= 12
+        if not digits or int(length_text) > MAX_REQUEST_BODY:
+            record("too-large" if digits else "bad-request", 413)
             self._answer(client, 413, close=True)
             return False
         body = stream.exact(int(length_text))

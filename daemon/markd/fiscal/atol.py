@@ -250,7 +250,7 @@ class WebRequestsTransport:
             conn.close()
         try:
             data = json.loads(raw) if raw else None
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than Python goes
             data = None
         return response.status, data
 
@@ -330,7 +330,7 @@ class LibfptrTransport:
             text = fptr.getParamString(self._const.LIBFPTR_PARAM_JSON_DATA) or "{}"
             try:
                 result = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):
                 result = {}
             outcomes.append(TaskOutcome("ready", result if isinstance(result, dict) else {}))
         return outcomes
