@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from markd import config as config_module
-from markd.api_client import ControlClient, ControlClientError
+from markd.api.client import ControlClient, ControlClientError
 from markd.errors import ConfigError
 
 
