@@ -20,6 +20,7 @@ bench: $(STAMP)
 	$(PY) tools/bench/checks.py
 	$(PY) tools/bench/scanners.py
 	$(PY) tools/bench/soak.py --scans $(SOAK_SCANS)
+	$(PY) tools/bench/api.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check daemon tests tools

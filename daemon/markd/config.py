@@ -703,32 +703,14 @@ class ScannerConfig:
     )
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """``[api] listen`` as ``(host, port)``: ``127.0.0.1:8391``, ``[::1]:8391``, or
-    ``localhost:8391`` (meaning 127.0.0.1); port 0 takes any free port (tests). ``ValueError``
-    naming the form otherwise."""
-    import ipaddress
-
-    form = "expected HOST:PORT with an IP address, e.g. 127.0.0.1:8391 or [::1]:8391"
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"{form}, got {value!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"{form} (an IPv6 address goes in brackets), got {value!r}")
-    if host == "localhost":
-        host = "127.0.0.1"
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{form}, got {value!r}") from None
-    return host, int(port_text)
-
-
 def _listen_problem(value: str) -> str | None:
     if not value:
         return None
+    # The control API reads [api] listen; checking the file uses its reader, so a typo fails
+    # `markctl config check` with the daemon's own message. Imported here, not at the top:
+    # the API is a layer above the configuration (docs/architecture.md).
+    from markd.api.listeners import parse_listen
+
     try:
         parse_listen(value)
     except ValueError as exc:

@@ -22,7 +22,7 @@
                               sale-unit / sale-refused events (with the scanner's name)
 
 :class:`SaleDesk` owns the printer and the :class:`~markd.fiscal.session.SaleSession` for the
-service and is the service's ``receipts`` (:class:`markd.api.ReceiptOperations`). It
+service and is the service's ``receipts`` (:class:`markd.receipts.ReceiptOperations`). It
 serialises every operation on one lock, so a kiosk scan, an API call, a reload and the stop
 never interleave on the ККТ. Device calls run on the session's worker thread; the event loop
 keeps checking scans meanwhile.
@@ -55,8 +55,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from markd import codes
-from markd.api import OpenReceipt, Payment, ReceiptError, ReceiptItem
 from markd.errors import CodeError, ConfigError, FiscalError, MarkdError
+from markd.receipts import OpenReceipt, Payment, ReceiptError, ReceiptItem
 
 if TYPE_CHECKING:
     from markd.checks.verdict import Verdict
@@ -244,7 +244,7 @@ def fiscal_settings(config: Config) -> tuple[Any, ...]:
 
 class SaleDesk:
     """The printer and the sale session of one running service, in mode ``attendant`` or
-    ``kiosk`` (see the module docstring). Implements :class:`markd.api.ReceiptOperations`.
+    ``kiosk`` (see the module docstring). Implements :class:`markd.receipts.ReceiptOperations`.
 
     Build it with :meth:`from_config` (or from a session, in tests) and call :meth:`start`
     before the service reports ready; :meth:`park` and :meth:`shutdown` at stop.

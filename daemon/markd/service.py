@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from markd import codes
+from markd import __version__, codes
 from markd.checks.chain import CheckChain, StoreOnlyChain, elapsed_ms
 from markd.checks.factory import build_chain
 from markd.checks.record import CURRENT_SCAN, Exchange
@@ -80,8 +80,9 @@ from markd.systemd import (
 )
 
 if TYPE_CHECKING:
-    from markd.api import ControlServer, ReceiptOperations
+    from markd.api import ControlServer
     from markd.config import Config
+    from markd.receipts import ReceiptOperations
     from markd.sale import SaleDesk
 
 VerdictSink = Callable[[Verdict], None]
@@ -377,6 +378,8 @@ class Service:
         self.store: Store | None = None
         #: Set once start-up is complete (store open, scanners started, READY=1 sent).
         self.ready = asyncio.Event()
+        #: Wall-clock time start-up began (``uptime_s`` in the status).
+        self.started_at = time.time()
         self._codes_options = config.codes_options()
         self._chain: StoreOnlyChain | CheckChain | None = None
         #: The periodic fleet sync, when ``[store] sync_url`` is set (created at start).
@@ -509,6 +512,7 @@ class Service:
     async def _start(
         self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[ScannerEvent]
     ) -> None:
+        self.started_at = time.time()
         store_config = self.config.store
         self.store = Store.from_config(store_config)
         self._chain = build_chain(self.config, self.store, recorder=self._record_exchange)
@@ -524,7 +528,7 @@ class Service:
             # Before READY=1: once systemd says the daemon is up, markctl can reach it.
             from markd.api import ControlServer
 
-            api = ControlServer(self, self.config.api)
+            api = ControlServer(self, self.config.api)  # self: a ControlledService
             api.start()
             self.api = api
         info = self.store.info()
@@ -683,9 +687,37 @@ class Service:
             Scan(scanner, data, time.monotonic()), to_sink=False, price_kopecks=price_kopecks
         )
 
+    def status_snapshot(self) -> dict[str, Any]:
+        """The daemon's state for ``GET /v1/status`` (the API adds its own ``api`` part):
+        service, scanners, check sources, store freshness, printer. Cheap: no device or
+        network I/O (the sources report what they last saw; the store its metadata)."""
+        scanners = {
+            name: {"url": str(scanner.url), "present": scanner.present}
+            for name, scanner in self.scanners.items()
+        }
+        sources: dict[str, Any] = {}
+        for name in ("online", "local_module", "tspiot"):
+            client = getattr(self._chain, name, None)
+            if client is not None and hasattr(client, "status"):
+                sources[name] = client.status()
+        receipts = self.receipts
+        return {
+            "service": {
+                "state": "ready" if self.ready.is_set() else "starting",
+                "version": __version__,
+                "pid": os.getpid(),
+                "mode": self.config.check.mode,
+                "uptime_s": round(time.time() - self.started_at, 1),
+            },
+            "scanners": scanners,
+            "sources": sources,
+            "store": _store_status(self.store, self.config.store.path),
+            "printer": None if receipts is None else dict(receipts.status()),
+        }
+
     @property
     def chain(self) -> StoreOnlyChain | CheckChain | None:
-        """The check chain while running (the control API reads its sources' health)."""
+        """The check chain while running."""
         return self._chain
 
     def check(self, data: bytes, scanner: str, *, started: float | None = None) -> Verdict:
@@ -1230,6 +1262,28 @@ class Service:
             hook="hang",
         )
         time.sleep(TEST_HANG_S)
+
+
+def _store_status(store: Store | None, path: str) -> dict[str, Any] | None:
+    """The store's version and freshness from its metadata (no scan of the journal)."""
+    if store is None:
+        return None
+    try:
+        info = store.info()
+    except MarkdError as exc:
+        return {"error": exc.message}
+    age = None if info.synced_at is None else max(0.0, time.time() - info.synced_at)
+    return {
+        "path": path,
+        "version": info.version,
+        "source": info.source,
+        "synced_at": info.synced_at,
+        "age_s": None if age is None else round(age, 1),
+        "max_age_s": store.max_age_s,
+        "stale": age is None or age > store.max_age_s,
+        "blocked": dict(info.counts),
+        "blocked_by_hand": info.manual,
+    }
 
 
 def _store_settings(config: Config) -> tuple[Any, ...]:

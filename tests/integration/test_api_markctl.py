@@ -142,7 +142,7 @@ def test_api_markctl_reports_a_socket_it_may_not_use(
     """Permission denied is not "not running": markctl says so instead of guessing."""
     import socket
 
-    from markd import api_client
+    from markd.api import client as api_client
 
     def refuse(self: socket.socket, address: object) -> None:
         raise PermissionError(13, "Permission denied")

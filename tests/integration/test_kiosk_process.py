@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import WATER, WATER_KI, PtyPair
-from markd.api_client import ControlClient
+from markd.api.client import ControlClient
 from process_helpers import LineReader, markd_command
 from sale_helpers import journal, kkt, write_sale_config
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from markd import codes
 from markd import config as config_module
-from markd.api_client import ControlClient, DaemonNotRunning
+from markd.api.client import ControlClient, DaemonNotRunning
 from markd.checks.chain import CheckChain, StoreOnlyChain
 from markd.checks.factory import build_chain
 from markd.checks.verdict import Verdict, parser_verdict

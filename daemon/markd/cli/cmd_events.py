@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from markd import config as config_module
-from markd.api_client import ControlClient
+from markd.api.client import ControlClient
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,7 +1,9 @@
 """A small blocking client of the control API over its Unix socket (``markctl`` uses it).
 
-Standard library only: :mod:`http.client` with the connection's socket swapped for an
-``AF_UNIX`` one. Every call opens its own connection; ``markctl`` makes one or two requests.
+A plain ``AF_UNIX`` socket with h11 framing the requests and reading the answers (a
+``Content-Length`` body, or the event stream, which runs until the daemon closes it). Every
+call opens its own connection; ``markctl`` makes one or two requests. Each receive waits at
+most the call's timeout, as a socket timeout does.
 
 >>> client = ControlClient("/run/markd/control.sock")      # doctest: +SKIP
 >>> client.check("0104680029460908215jcmHzLmkdPML\\x1d938p9E")["decision"]  # doctest: +SKIP
@@ -14,11 +16,12 @@ other failure (no permission on the socket, an error answer) is a :class:`Contro
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 from collections.abc import Iterator
 from typing import Any
+
+import h11
 
 from markd.errors import MarkdError
 
@@ -26,6 +29,8 @@ from markd.errors import MarkdError
 REQUEST_TIMEOUT_S = 15.0
 #: Seconds without a byte on an event stream before it counts as dead (heartbeats every 15 s).
 STREAM_TIMEOUT_S = 60.0
+#: Bytes asked of the socket at a time.
+_READ_SIZE = 64 * 1024
 
 
 class ControlClientError(MarkdError):
@@ -48,20 +53,55 @@ class DaemonNotRunning(ControlClientError):
     reason = "daemon-not-running"
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
+class _Exchange:
+    """One request and its answer on one connection, h11 doing the framing."""
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except BaseException:
-            sock.close()
-            raise
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.http = h11.Connection(h11.CLIENT)
+
+    def send(self, method: str, path: str, body: Any) -> None:
+        headers = [("Host", "localhost"), ("Accept", "application/json")]
+        payload = b""
+        if body is not None:
+            payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+            headers.append(("Content-Type", "application/json"))
+        if body is not None or method == "POST":
+            headers.append(("Content-Length", str(len(payload))))
+        data = self.http.send(h11.Request(method=method, target=path, headers=headers))
+        if payload:
+            data += self.http.send(h11.Data(data=payload))
+        data += self.http.send(h11.EndOfMessage())
+        self.sock.sendall(data)
+
+    def response(self) -> h11.Response:
+        """The answer's head (an interim 100 is skipped)."""
+        while True:
+            event = self._next()
+            if isinstance(event, h11.Response):
+                return event
+
+    def body_parts(self) -> Iterator[bytes]:
+        """The answer's body as it arrives, until its end."""
+        while True:
+            event = self._next()
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return
+
+    def body(self) -> bytes:
+        return b"".join(self.body_parts())
+
+    def _next(self) -> h11.Event:
+        while True:
+            event = self.http.next_event()
+            if event is h11.NEED_DATA:
+                self.http.receive_data(self.sock.recv(_READ_SIZE))
+                continue
+            if isinstance(event, h11.ConnectionClosed) or not isinstance(event, h11.Event):
+                raise ConnectionError("the daemon closed the connection")
+            return event
 
 
 class ControlClient:
@@ -81,27 +121,24 @@ class ControlClient:
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """One request; the JSON answer, or :class:`ControlClientError` for an error status."""
-        connection = self._connect(self.timeout)
+        sock = self._connect(self.timeout)
         try:
-            response = self._send(connection, method, path, body)
-            data = response.read()
-        except (OSError, http.client.HTTPException) as exc:
+            exchange = _Exchange(sock)
+            exchange.send(method, path, body)
+            response = exchange.response()
+            data = exchange.body()
+        except (OSError, h11.ProtocolError) as exc:
             raise ControlClientError(f"markd at {self.socket_path} did not answer: {exc}") from exc
         finally:
-            connection.close()
+            sock.close()
         try:
             answer = json.loads(data) if data else None
         except ValueError:
             raise ControlClientError(
                 f"markd answered {path} with something other than JSON"
             ) from None
-        if response.status >= 400:
-            error = answer if isinstance(answer, dict) else {}
-            raise ControlClientError(
-                str(error.get("message") or f"HTTP {response.status}"),
-                str(error.get("error") or "api-error"),
-                response.status,
-            )
+        if response.status_code >= 400:
+            raise _error_answer(response.status_code, answer)
         return answer
 
     def events(self, kinds: list[str] | None = None) -> Iterator[dict[str, Any]]:
@@ -111,80 +148,80 @@ class ControlClient:
         :data:`STREAM_TIMEOUT_S` (no heartbeat either) raises :class:`ControlClientError`.
         """
         path = "/v1/events" + (f"?kinds={','.join(kinds)}" if kinds else "")
-        connection = self._connect(STREAM_TIMEOUT_S)
+        sock = self._connect(STREAM_TIMEOUT_S)
         try:
-            response = self._send(connection, "GET", path, None)
-            if response.status != 200:
-                data = response.read()
+            exchange = _Exchange(sock)
+            exchange.send("GET", path, None)
+            response = exchange.response()
+            if response.status_code != 200:
+                data = exchange.body()
                 try:
                     error = json.loads(data)
                 except ValueError:
                     error = {}
-                raise ControlClientError(
-                    str(error.get("message") or f"HTTP {response.status}"),
-                    str(error.get("error") or "api-error"),
-                    response.status,
-                )
-            yield from _read_stream(response)
+                raise _error_answer(response.status_code, error)
+            yield from _read_stream(exchange.body_parts())
         except TimeoutError as exc:
             raise ControlClientError(
                 f"markd at {self.socket_path} sent nothing for {STREAM_TIMEOUT_S:g} s"
             ) from exc
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, h11.ProtocolError) as exc:
             raise ControlClientError(f"the event stream from markd broke: {exc}") from exc
         finally:
-            connection.close()
+            sock.close()
 
-    def _connect(self, timeout: float) -> _UnixConnection:
-        connection = _UnixConnection(self.socket_path, timeout)
+    def _connect(self, timeout: float) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
         try:
-            connection.connect()
+            sock.connect(self.socket_path)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
             # No socket, or one left behind by a daemon that is gone: nobody to ask.
             message = f"markd is not running (no daemon at {self.socket_path})"
             raise DaemonNotRunning(message) from exc
         except PermissionError as exc:
+            sock.close()
             raise ControlClientError(
                 f"no permission to use {self.socket_path} (is this user in group markd?)",
                 "api-permission-denied",
             ) from exc
         except OSError as exc:
+            sock.close()
             raise ControlClientError(
                 f"cannot connect to {self.socket_path}: {exc.strerror or exc}"
             ) from exc
-        return connection
-
-    @staticmethod
-    def _send(
-        connection: _UnixConnection, method: str, path: str, body: Any
-    ) -> http.client.HTTPResponse:
-        headers = {"Accept": "application/json"}
-        payload = None
-        if body is not None:
-            payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
-            headers["Content-Type"] = "application/json"
-        connection.request(method, path, body=payload, headers=headers)
-        return connection.getresponse()
+        return sock
 
 
-def _read_stream(response: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
+def _error_answer(status: int, answer: Any) -> ControlClientError:
+    error = answer if isinstance(answer, dict) else {}
+    return ControlClientError(
+        str(error.get("message") or f"HTTP {status}"),
+        str(error.get("error") or "api-error"),
+        status,
+    )
+
+
+def _read_stream(parts: Iterator[bytes]) -> Iterator[dict[str, Any]]:
     """Server-Sent Events as the server writes them: ``event:``/``data:`` blocks ending in
     an empty line; comment lines (``:`` heartbeats) and ``retry:`` are skipped."""
     data_lines: list[str] = []
-    while True:
-        raw = response.readline()
-        if not raw:
-            return
-        line = raw.decode("utf-8").rstrip("\r\n")
-        if not line:
-            if data_lines:
-                event = json.loads("\n".join(data_lines))
-                data_lines = []
-                if isinstance(event, dict):
-                    yield event
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        if name == "data":
-            data_lines.append(value.removeprefix(" "))
+    pending = b""
+    for part in parts:
+        pending += part
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8").rstrip("\r")
+            if not line:
+                if data_lines:
+                    event = json.loads("\n".join(data_lines))
+                    data_lines = []
+                    if isinstance(event, dict):
+                        yield event
+                continue
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            if name == "data":
+                data_lines.append(value.removeprefix(" "))

@@ -1,0 +1,217 @@
+"""The control API's endpoints: each validates its request's shape and calls the service.
+
+:data:`ROUTES` is the table the server dispatches on; ``docs/openapi.json`` lists exactly these
+routes (tests/unit/test_api_docs.py). A handler gets a :class:`RouteContext` (the service as
+:class:`~markd.api.protocol.ControlledService` sees it) and the framed :class:`Request`, and
+returns a :class:`Response` or raises :class:`HTTPRefusal`; a
+:class:`~markd.receipts.ReceiptError` from the sale session becomes its status and reason.
+
+Request bodies hold full marking codes: nothing here logs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from markd.api.messages import HTTPRefusal, Request, Response
+from markd.api.protocol import ControlledService
+from markd.events import verdict_json
+from markd.receipts import OpenReceipt, Payment, ReceiptItem, ReceiptOperations
+
+#: Longest code accepted by ``/v1/check`` (a scanner frames at most 512 bytes by default).
+MAX_CODE_CHARS = 2048
+
+
+@dataclass(frozen=True)
+class RouteContext:
+    """What a handler may use."""
+
+    service: ControlledService
+    #: The server's own part of ``GET /v1/status``: its connections and event clients.
+    api_status: Callable[[], dict[str, Any]]
+
+
+Handler = Callable[[RouteContext, Request], Awaitable[Response]]
+
+#: Every route the server answers: ``(method, path)`` → handler. The OpenAPI document lists
+#: exactly these (tests/unit/test_api_docs.py).
+ROUTES: dict[tuple[str, str], Handler] = {}
+
+
+def route(method: str, path: str) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        ROUTES[(method, path)] = handler
+        return handler
+
+    return register
+
+
+def methods_of(path: str) -> list[str]:
+    """The methods ``path`` takes (empty: no such path), for 405's ``Allow``."""
+    return sorted(m for m, p in ROUTES if p == path)
+
+
+@route("GET", "/v1/status")
+async def get_status(context: RouteContext, request: Request) -> Response:
+    return Response(200, {**context.service.status_snapshot(), "api": context.api_status()})
+
+
+@route("POST", "/v1/check")
+async def post_check(context: RouteContext, request: Request) -> Response:
+    body = request.json()
+    _only(body, {"code"})
+    code = _code(body)
+    verdict = await context.service.submit(code.encode("utf-8"), "api")
+    return Response(200, verdict_json(verdict))
+
+
+@route("POST", "/v1/reload")
+async def post_reload(context: RouteContext, request: Request) -> Response:
+    _only(request.json(empty_ok=True), set())
+    result = await context.service.reload()
+    if not result.ok:
+        raise HTTPRefusal(
+            409, "reload-refused", result.message, extra={"generation": result.generation}
+        )
+    return Response(200, {"ok": True, "message": result.message, "generation": result.generation})
+
+
+@route("GET", "/v1/events")
+async def get_events(context: RouteContext, request: Request) -> Response:
+    # The server streams events itself (the connection becomes the stream, see
+    # markd.api.sse); the route is listed so that the table, 405 answers and the OpenAPI
+    # test know it.
+    raise HTTPRefusal(500, "internal-error", "event stream not dispatched")
+
+
+@route("GET", "/v1/receipt")
+async def get_receipt(context: RouteContext, request: Request) -> Response:
+    receipts = _receipts(context)
+    current = await receipts.current()
+    return Response(200, {"receipt": None if current is None else dict(current)})
+
+
+@route("POST", "/v1/receipt")
+async def post_receipt(context: RouteContext, request: Request) -> Response:
+    body = request.json(empty_ok=True)
+    _only(body, {"kind"})
+    kind = _field(body, "kind", str, default="sell")
+    if kind not in ("sell", "return"):
+        raise HTTPRefusal(400, "bad-request", "kind: expected sell or return")
+    receipts = _receipts(context)
+    state = await receipts.open(OpenReceipt(kind=kind))
+    return Response(201, {"receipt": dict(state)})
+
+
+@route("POST", "/v1/receipt/items")
+async def post_item(context: RouteContext, request: Request) -> Response:
+    body = request.json()
+    _only(body, {"code", "name", "price_kopecks", "tax"})
+    code = _code(body)
+    name = _field(body, "name", str)
+    if not name.strip():
+        raise HTTPRefusal(400, "bad-request", "name: must not be empty")
+    price = _field(body, "price_kopecks", int)
+    if price < 0:
+        raise HTTPRefusal(400, "bad-request", "price_kopecks: must be 0 or more")
+    tax = _field(body, "tax", str, default=None)
+    receipts = _receipts(context)
+    # Checked at the price it is sold at: the price rules (a tobacco pack above its MRP,
+    # a unit below its minimum price) judge the sale, not just the code.
+    verdict = await context.service.submit(code.encode("utf-8"), "api", price_kopecks=price)
+    current = await receipts.current()
+    selling = current is None or current.get("kind", "sell") != "return"
+    if selling and verdict.decision != "allow":
+        raise HTTPRefusal(
+            409,
+            "code-not-allowed",
+            verdict.message_ru,
+            extra={"verdict": verdict_json(verdict)},
+        )
+    item = ReceiptItem(code=code, name=name, price_kopecks=price, tax=tax)
+    state = await receipts.add(item, verdict)
+    return Response(200, {"receipt": dict(state), "verdict": verdict_json(verdict)})
+
+
+@route("POST", "/v1/receipt/close")
+async def post_close(context: RouteContext, request: Request) -> Response:
+    body = request.json(empty_ok=True)
+    _only(body, {"payments"})
+    raw = _field(body, "payments", list, default=[])
+    payments = []
+    for index, entry in enumerate(raw, start=1):
+        where = f"payments item {index}: "
+        if not isinstance(entry, dict):
+            raise HTTPRefusal(400, "bad-request", f"{where}expected an object")
+        _only(entry, {"type", "amount_kopecks"}, where=where)
+        kind = _field(entry, "type", str, where=where)
+        if kind not in ("cash", "electronically"):
+            raise HTTPRefusal(400, "bad-request", f"{where}type: expected cash or electronically")
+        amount = _field(entry, "amount_kopecks", int, where=where)
+        if amount <= 0:
+            raise HTTPRefusal(400, "bad-request", f"{where}amount_kopecks must be > 0")
+        payments.append(Payment(type=kind, amount_kopecks=amount))
+    receipts = _receipts(context)
+    state = await receipts.close(tuple(payments))
+    return Response(200, {"receipt": dict(state)})
+
+
+@route("POST", "/v1/receipt/cancel")
+async def post_cancel(context: RouteContext, request: Request) -> Response:
+    _only(request.json(empty_ok=True), set())
+    receipts = _receipts(context)
+    state = await receipts.cancel()
+    return Response(200, {"receipt": dict(state)})
+
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers
+
+
+def _receipts(context: RouteContext) -> ReceiptOperations:
+    receipts = context.service.receipts
+    if receipts is None:
+        raise HTTPRefusal(
+            503,
+            "no-printer",
+            "no sale session: [sale] mode is off, so no fiscal printer is opened",
+        )
+    return receipts
+
+
+def _only(body: Mapping[str, Any], allowed: set[str], *, where: str = "") -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        known = ", ".join(sorted(allowed)) or "none"
+        raise HTTPRefusal(
+            400, "unknown-field", f"{where}unknown field(s) {', '.join(unknown)} (known: {known})"
+        )
+
+
+_MISSING = object()
+_TYPE_NAMES = {str: "a string", int: "an integer", list: "an array"}
+
+
+def _field(
+    body: Mapping[str, Any], name: str, kind: type, *, default: Any = _MISSING, where: str = ""
+) -> Any:
+    if name not in body:
+        if default is _MISSING:
+            raise HTTPRefusal(400, "bad-request", f"{where}{name}: required")
+        return default
+    value = body[name]
+    # JSON true/false arrive as bool, which Python counts as int: not a price.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise HTTPRefusal(400, "bad-request", f"{where}{name}: expected {_TYPE_NAMES[kind]}")
+    return value
+
+
+def _code(body: Mapping[str, Any]) -> str:
+    code = _field(body, "code", str)
+    if not code:
+        raise HTTPRefusal(400, "bad-request", "code: must not be empty")
+    if len(code) > MAX_CODE_CHARS:
+        raise HTTPRefusal(400, "bad-request", f"code: longer than {MAX_CODE_CHARS} characters")
+    return code

@@ -1,0 +1,669 @@
+"""The control API's server: connections on asyncio streams, HTTP/1.1 framed by h11.
+
+The split follows h11's design ("sans-I/O"): h11 turns the bytes a client sent into events
+(a request head, body data, its end) and our answers into bytes, and so decides the HTTP
+grammar — request line, header syntax, ``Content-Length`` and chunked framing,
+``Expect: 100-continue``, whether a connection may be kept alive. This module owns what h11
+leaves to its caller: the sockets, every deadline, the limits, the order of checks and the
+answers to refusals.
+
+Limits and refusals (``docs/api.md``, "Conventions"; each is tested)::
+
+    request line and headers  > MAX_HEAD_BYTES      431 headers-too-large, connection closed
+    header lines              > MAX_HEADERS         431 headers-too-large, connection closed
+    body (Content-Length)     > MAX_BODY_BYTES      413 body-too-large, before the body is read
+    Transfer-Encoding (any)                         411 length-required (bodies by length only)
+    grammar h11 refuses, a target not starting
+      with "/", a bad Content-Length                400 bad-request, connection closed
+    a version other than HTTP/1.0 or 1.1            505 bad-version, connection closed
+    no complete head IDLE_TIMEOUT_S after the
+      connection opened or the last answer          connection closed without an answer
+    body not complete within REQUEST_TIMEOUT_S      400 bad-request, connection closed
+    a write not taken within WRITE_TIMEOUT_S        connection closed
+    more than MAX_CONNECTIONS connections           503 busy to the newest, closed
+
+Two requests h11 would refuse are served as markd always served them: a request without
+``Host`` (the socket has one host; clients such as ``socat`` or a shell's ``printf`` omit it)
+and one empty line before the request line (RFC 9112 §2.2 asks servers to ignore it; a
+client may end a body with a CRLF it did not count). Both are repaired on a copy of the bytes
+and parsed again; nothing else is.
+
+Every request passes the origin check (a browser's ``Origin`` must be listed) and, on TCP,
+the bearer token (compared in constant time, never logged) before its route runs. Request
+bodies hold full marking codes: they are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import re
+import socket
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import h11
+
+from markd.api import listeners
+from markd.api.messages import PHRASES, HTTPRefusal, Request, Response, common_headers, json_bytes
+from markd.api.protocol import ControlledService
+from markd.api.routes import ROUTES, RouteContext, methods_of
+from markd.api.sse import HEARTBEAT_S, EventStream, wanted_kinds
+from markd.events import Subscription
+from markd.receipts import ReceiptError
+from markd.secrets import Secret, load_secret
+
+if TYPE_CHECKING:
+    from markd.config import ApiConfig
+
+log = logging.getLogger("markd.api")
+
+#: Longest request head (request line and headers) accepted; longer gets 431. The empty line
+#: that ends the head is not counted (:data:`_END_LINE_BYTES`), as markd always counted.
+MAX_HEAD_BYTES = 16 * 1024
+#: Most header lines in one request; more gets 431.
+MAX_HEADERS = 64
+#: Largest request body; a larger ``Content-Length`` gets 413 before the body is read.
+MAX_BODY_BYTES = 64 * 1024
+#: Seconds a kept-alive connection may stay silent before the server closes it; the next
+#: request's head must have arrived by then.
+IDLE_TIMEOUT_S = 30.0
+#: Seconds a request's body has to arrive completely once its head is in.
+REQUEST_TIMEOUT_S = 10.0
+#: Seconds one write may wait for the client to take the bytes.
+WRITE_TIMEOUT_S = 10.0
+#: Open connections at most; one more gets 503 and is closed.
+MAX_CONNECTIONS = 64
+#: Seconds between two log records about refused tokens (a client retrying in a loop).
+AUTH_LOG_INTERVAL_S = 60.0
+#: Seconds :meth:`ControlServer.close` gives requests under way and event streams to finish.
+CLOSE_GRACE_S = 2.0
+#: Bytes asked of a connection at a time. A head over the limit is refused either way: h11
+#: refuses one still incomplete past the limit, and a complete one is measured.
+READ_SIZE = 64 * 1024
+#: Digits a Content-Length may have (a trillion bytes is already absurd here): longer is 400.
+MAX_LENGTH_DIGITS = 12
+
+#: h11's text when an HTTP/1.1 request has no Host header (the same in 0.14 and 0.16; the
+#: tests of requests without Host fail if it ever changes).
+_H11_NO_HOST = "Missing mandatory Host"
+#: The Host line added to such a request before it is parsed again.
+_ADDED_HOST = b"Host: \r\n"
+#: The empty line that ends a head, as h11 finds it.
+_END_OF_HEAD = re.compile(rb"\n\r?\n")
+#: Bytes of CRLF CRLF: what a head may have beyond MAX_HEAD_BYTES.
+_END_LINE_BYTES = 4
+
+
+@dataclass
+class _Connection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    transport: str
+    peer: str
+    #: h11's state for the request being read or answered (a new one for every request).
+    http: h11.Connection = field(default_factory=lambda: _new_http())
+    #: Bytes that came after the last request (the next one, pipelined).
+    pending: bytes = b""
+    #: A request is being answered (or an event stream runs): close() lets it finish.
+    busy: bool = False
+    subscription: Subscription | None = None
+
+
+def _new_http() -> h11.Connection:
+    # h11 gives up on a head still incomplete beyond this size: one more byte and it could no
+    # longer end within the limit.
+    limit = MAX_HEAD_BYTES + _END_LINE_BYTES - 1
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=limit)
+
+
+class _Quiet(Exception):
+    """End the connection without an answer (the client went, or never finished a head)."""
+
+
+class ControlServer:
+    """The control API of one daemon.
+
+    :meth:`start` binds the listeners synchronously (so the socket exists before the service
+    says READY=1; an error stops start-up) and serves from the running loop; :meth:`close`
+    ends every connection and removes the socket file.
+
+    :param service: what the API serves (:class:`~markd.api.protocol.ControlledService`).
+    :param config: the ``[api]`` section.
+    :param token: the bearer token for TCP (default: loaded from ``[api] token_file`` or the
+        credential ``api-token`` when ``listen`` is set).
+    :param heartbeat_s: seconds between heartbeats on an idle event stream.
+    :param event_queue_limit: events a stream client may fall behind before it is dropped.
+    :param write_timeout_s: seconds a write may wait for the client.
+    """
+
+    def __init__(
+        self,
+        service: ControlledService,
+        config: ApiConfig,
+        *,
+        token: Secret | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
+        event_queue_limit: int | None = None,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
+    ) -> None:
+        self.service = service
+        self.config = config
+        self.heartbeat_s = heartbeat_s
+        self.event_queue_limit = event_queue_limit
+        self.write_timeout_s = write_timeout_s
+        #: ``(host, port)`` of the TCP listener once bound (port 0 in the config: the real one).
+        self.tcp_address: tuple[str, int] | None = None
+        self._context = RouteContext(service, self._api_status)
+        self._token = token
+        self._origins = frozenset(config.allowed_origins)
+        self._unix_socket: socket.socket | None = None
+        self._unix_inode: tuple[int, int] | None = None
+        self._tcp_socket: socket.socket | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._serving: asyncio.Task[None] | None = None
+        self._connections: dict[asyncio.Task[Any], _Connection] = {}
+        self._auth_refused = 0
+        self._auth_logged_at = -AUTH_LOG_INTERVAL_S
+
+    @property
+    def unix_path(self) -> str:
+        return self.config.socket
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind the Unix socket (and TCP when configured) and start serving on the running loop.
+
+        Raises :class:`~markd.errors.ConfigError` for a TCP setting that cannot be honoured
+        (no token, a non-loopback address without ``allow_remote``) and
+        :class:`~markd.api.listeners.ControlApiError` when a listener cannot be bound.
+        """
+        loop = asyncio.get_running_loop()
+        tcp = self._tcp_plan()  # judge the TCP settings before binding anything
+        self._unix_socket, self._unix_inode = listeners.bind_unix(
+            Path(self.config.socket), self.config.socket_group
+        )
+        if tcp is not None:
+            try:
+                self._tcp_socket = listeners.bind_tcp(*tcp, self.config.listen)
+            except BaseException:
+                self._unlink_socket()
+                raise
+            bound = self._tcp_socket.getsockname()
+            self.tcp_address = (bound[0], bound[1])
+        self._serving = loop.create_task(self._serve(), name="markd-api")
+        where = [f"unix:{self.unix_path}"]
+        if self.tcp_address is not None:
+            where.append(f"http://{listeners.address_text(*self.tcp_address)}")
+        log.info("control API listening on %s", " and ".join(where))
+
+    async def close(self) -> None:
+        """Stop accepting; let requests under way finish and event streams send what they
+        hold (``service-stopping`` included), for up to :data:`CLOSE_GRACE_S`; end every
+        connection; remove the socket file."""
+        if self._serving is not None:
+            self._serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._serving
+            self._serving = None
+        for server in self._servers:
+            server.close()
+        busy = []
+        for task, connection in list(self._connections.items()):
+            if connection.subscription is not None:
+                connection.subscription.finish()
+            if connection.busy:
+                busy.append(task)
+            else:
+                task.cancel()  # idle between requests: nothing to lose
+        if busy:
+            await asyncio.wait(busy, timeout=CLOSE_GRACE_S)
+        tasks = list(self._connections)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        self._servers.clear()
+        for sock in (self._unix_socket, self._tcp_socket):
+            if sock is not None:
+                sock.close()
+        self._unix_socket = self._tcp_socket = None
+        self._unlink_socket()
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /v1/status`` answers: the service's snapshot and the API's own part."""
+        return {**self.service.status_snapshot(), "api": self._api_status()}
+
+    def _api_status(self) -> dict[str, Any]:
+        events = self.service.events
+        return {
+            "event_clients": events.subscribers,
+            "event_clients_dropped": events.dropped,
+            "connections": len(self._connections),
+            "tcp": None if self.tcp_address is None else listeners.address_text(*self.tcp_address),
+        }
+
+    async def _serve(self) -> None:
+        if self._unix_socket is not None:
+            self._servers.append(
+                await asyncio.start_unix_server(
+                    lambda r, w: self._accept(r, w, "unix"),
+                    sock=self._unix_socket,
+                    limit=MAX_HEAD_BYTES,
+                )
+            )
+        if self._tcp_socket is not None:
+            self._servers.append(
+                await asyncio.start_server(
+                    lambda r, w: self._accept(r, w, "tcp"),
+                    sock=self._tcp_socket,
+                    limit=MAX_HEAD_BYTES,
+                )
+            )
+
+    def _tcp_plan(self) -> tuple[str, int] | None:
+        address = listeners.tcp_address(self.config.listen, allow_remote=self.config.allow_remote)
+        if address is not None and self._token is None:
+            self._token = load_secret(
+                self.config.token_file, "api-token", what="[api] token_file (TCP listener)"
+            )
+        return address
+
+    def _unlink_socket(self) -> None:
+        if self._unix_inode is not None:
+            listeners.unlink_if_ours(Path(self.config.socket), self._unix_inode)
+            self._unix_inode = None
+
+    # -- connections ----------------------------------------------------------------------------
+
+    async def _accept(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, transport: str
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        peer = "unix"
+        if transport == "tcp":
+            address = writer.get_extra_info("peername")
+            peer = f"{address[0]}:{address[1]}" if address else "tcp"
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                # Answers are written whole: Nagle's algorithm would only delay them.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection = _Connection(reader, writer, transport, peer)
+        self._connections[task] = connection
+        try:
+            if len(self._connections) > MAX_CONNECTIONS:
+                refusal = HTTPRefusal(503, "busy", "too many open connections", close=True)
+                await self._send(connection, self._refusal_response(refusal, None), False)
+                return
+            await self._converse(connection)
+        except (ConnectionError, TimeoutError, _Quiet):
+            pass
+        except asyncio.CancelledError:
+            # close() ends connections by cancelling them; the task then simply finishes
+            # (asyncio's stream callback would report a cancelled handler as an error).
+            pass
+        except Exception as exc:  # noqa: BLE001 - one connection's bug must not reach the loop
+            log.error("control API connection failed: %s: %s", type(exc).__name__, exc)
+        finally:
+            self._connections.pop(task, None)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _converse(self, connection: _Connection) -> None:
+        """Requests one after another on a kept-alive connection."""
+        while True:
+            try:
+                request = await self._read_request(connection)
+            except HTTPRefusal as refusal:
+                await self._send(connection, self._refusal_response(refusal, None), False)
+                return
+            connection.busy = True
+            if request.path == "/v1/events" and request.method == "GET":
+                await self._stream_events(connection, request)
+                return
+            response = await self._dispatch(request)
+            # h11 has read the whole request: DONE means it may be followed by another
+            # (MUST_CLOSE: HTTP/1.0, or the client said Connection: close).
+            keep = connection.http.their_state is h11.DONE
+            await self._send(connection, response, keep)
+            connection.busy = False
+            if not keep:
+                return
+            connection.pending = connection.http.trailing_data[0]
+            connection.http = _new_http()
+
+    # -- reading a request ----------------------------------------------------------------------
+
+    async def _read_request(self, connection: _Connection) -> Request:
+        """The next request with its body. Raises :class:`_Quiet` when the client closed or
+        stayed silent, :class:`HTTPRefusal` for a request that cannot be served."""
+        loop = asyncio.get_running_loop()
+        head_deadline = loop.time() + IDLE_TIMEOUT_S
+        received = bytearray(connection.pending)  # this request's bytes, as they came
+        connection.pending = b""
+        repairs: set[str] = set()
+        added = 0  # bytes of the added Host line
+        at_eof = False
+        http = connection.http
+        if received:  # (h11 takes empty data for the end of the stream)
+            http.receive_data(bytes(received))
+        while True:
+            try:
+                event = http.next_event()
+            except h11.RemoteProtocolError as exc:
+                if at_eof and not received.strip():
+                    raise _Quiet() from None  # only blank lines, then the client went
+                repaired = _repair(bytes(received), str(exc), repairs)
+                if repaired is None:
+                    raise _refusal(exc, at_eof) from None
+                received = bytearray(repaired)
+                added = len(_ADDED_HOST) if "host" in repairs else 0
+                http = connection.http = _new_http()
+                if repaired:
+                    http.receive_data(repaired)
+                if at_eof:
+                    http.receive_data(b"")
+                continue
+            if isinstance(event, h11.Request):
+                break
+            if isinstance(event, h11.ConnectionClosed):
+                raise _Quiet()  # closed between requests
+            # NEED_DATA: the head is not complete yet.
+            chunk = await self._receive(connection, head_deadline, head=True)
+            at_eof = not chunk
+            received += chunk
+            http.receive_data(chunk)
+        head_size = len(received) - len(http.trailing_data[0]) - added
+        request = self._checked_request(event, connection, head_size, added_host=added > 0)
+        request.body = await self._read_body(connection, http)
+        return request
+
+    def _checked_request(
+        self, event: h11.Request, connection: _Connection, head_size: int, *, added_host: bool
+    ) -> Request:
+        """The limits and rules h11 does not know, in the order markd has always applied them."""
+        if head_size - _END_LINE_BYTES > MAX_HEAD_BYTES:
+            raise HTTPRefusal(
+                431,
+                "headers-too-large",
+                f"the request head exceeds {MAX_HEAD_BYTES} bytes",
+                close=True,
+            )
+        target = event.target.decode("ascii")
+        if not target.startswith("/"):
+            # Only the origin form (/path?query): markd is no proxy, and has no "*" resource.
+            raise HTTPRefusal(400, "bad-request", "malformed request line", close=True)
+        version = event.http_version.decode("ascii")
+        if version not in ("1.1", "1.0"):
+            raise HTTPRefusal(505, "bad-version", "HTTP/1.1 only", close=True)
+        fields = list(event.headers)
+        if added_host:
+            fields.remove((b"host", b""))
+        if len(fields) > MAX_HEADERS:
+            raise HTTPRefusal(431, "headers-too-large", "too many header lines", close=True)
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in fields:
+            name = raw_name.decode("ascii")  # h11 gives names lower-case and token-only
+            value = raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        if "transfer-encoding" in headers:
+            raise HTTPRefusal(
+                411,
+                "length-required",
+                "send the body with Content-Length (chunked request bodies are not accepted)",
+                close=True,
+            )
+        if len(headers.get("content-length", "")) > MAX_LENGTH_DIGITS:
+            raise HTTPRefusal(400, "bad-request", "bad Content-Length", close=True)
+        if int(headers.get("content-length", "0")) > MAX_BODY_BYTES:
+            raise HTTPRefusal(
+                413, "body-too-large", f"the body exceeds {MAX_BODY_BYTES} bytes", close=True
+            )
+        split = urllib.parse.urlsplit(target)
+        return Request(
+            method=event.method.decode("ascii"),
+            target=target,
+            path=split.path,
+            query=urllib.parse.parse_qs(split.query),
+            version=f"HTTP/{version}",
+            headers=headers,
+            transport=connection.transport,
+            peer=connection.peer,
+        )
+
+    async def _read_body(self, connection: _Connection, http: h11.Connection) -> bytes:
+        """The body h11 frames by its Content-Length, within :data:`REQUEST_TIMEOUT_S`."""
+        deadline = asyncio.get_running_loop().time() + REQUEST_TIMEOUT_S
+        parts: list[bytes] = []
+        while True:
+            try:
+                event = http.next_event()
+            except h11.RemoteProtocolError:
+                raise _Quiet() from None  # the client closed in the middle of its body
+            if isinstance(event, h11.EndOfMessage):
+                return b"".join(parts)
+            if isinstance(event, h11.Data):
+                parts.append(bytes(event.data))
+                continue
+            if http.they_are_waiting_for_100_continue:
+                # The client holds the body back until it hears it is wanted.
+                connection.writer.write(
+                    http.send(
+                        h11.InformationalResponse(status_code=100, headers=[], reason=PHRASES[100])
+                    )
+                )
+            http.receive_data(await self._receive(connection, deadline, head=False))
+
+    async def _receive(self, connection: _Connection, deadline: float, *, head: bool) -> bytes:
+        try:
+            # timeout_at rather than wait_for: no task per read, and one deadline however
+            # many reads a head or body takes.
+            async with asyncio.timeout_at(deadline):
+                return await connection.reader.read(READ_SIZE)
+        except TimeoutError:
+            if head:
+                raise _Quiet() from None  # idle, or a head trickling in: just close
+            raise HTTPRefusal(
+                400, "bad-request", "the body did not arrive in time", close=True
+            ) from None
+
+    # -- answering ------------------------------------------------------------------------------
+
+    async def _send(self, connection: _Connection, response: Response, keep: bool) -> None:
+        http = connection.http
+        headers = dict(response.headers)
+        payload = b""
+        if response.status != 204:
+            payload = json_bytes(response.body)
+            headers.setdefault("Content-Type", "application/json; charset=utf-8")
+            headers["Content-Length"] = str(len(payload))
+        headers.setdefault("Cache-Control", "no-store")
+        headers["Connection"] = "keep-alive" if keep else "close"
+        fields = [
+            (name.encode("ascii"), value.encode("latin-1"))
+            for name, value in common_headers(headers).items()
+        ]
+        reason = PHRASES.get(response.status, "Unknown")
+        data = http.send(h11.Response(status_code=response.status, headers=fields, reason=reason))
+        if payload:
+            data += http.send(h11.Data(data=payload))
+        data += http.send(h11.EndOfMessage())
+        connection.writer.write(data)
+        if connection.writer.transport.get_write_buffer_size():
+            # The kernel did not take it all: wait for the client, but not for ever. (With
+            # nothing left over there is nothing to wait for, and no timer to set.)
+            async with asyncio.timeout(self.write_timeout_s):
+                await connection.writer.drain()
+
+    async def _stream_events(self, connection: _Connection, request: Request) -> None:
+        try:
+            self._admit(request)
+            kinds = wanted_kinds(request.query)
+        except HTTPRefusal as refusal:
+            await self._send(connection, self._refusal_response(refusal, request), False)
+            return
+        stream = EventStream(
+            self.service.events,
+            connection.reader,
+            connection.writer,
+            kinds=kinds,
+            peer=connection.peer,
+            heartbeat_s=self.heartbeat_s,
+            queue_limit=self.event_queue_limit,
+            write_timeout_s=self.write_timeout_s,
+            headers=self._cors(request),
+        )
+        connection.subscription = stream.subscription
+        await stream.run()
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def _admit(self, request: Request) -> None:
+        """The checks every request passes before its route: origin, then token (TCP)."""
+        origin = request.headers.get("origin")
+        if origin is not None and origin not in self._origins:
+            raise HTTPRefusal(403, "origin-not-allowed", f"origin {origin[:100]} is not allowed")
+        if request.transport == "tcp" and not self._authorized(request):
+            raise HTTPRefusal(
+                401,
+                "unauthorized",
+                "send Authorization: Bearer TOKEN",
+                headers={"WWW-Authenticate": 'Bearer realm="markd"'},
+            )
+
+    def _authorized(self, request: Request) -> bool:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        token = self._token
+        ok = (
+            token is not None
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(given.strip().encode(), token.reveal().encode())
+        )
+        if not ok:
+            self._auth_refused += 1
+            now = time.monotonic()
+            if now - self._auth_logged_at >= AUTH_LOG_INTERVAL_S:
+                self._auth_logged_at = now
+                log.warning(
+                    "control API: refused %d request(s) without a valid token (last from %s)",
+                    self._auth_refused,
+                    request.peer,
+                )
+                self._auth_refused = 0
+        return ok
+
+    async def _dispatch(self, request: Request) -> Response:
+        try:
+            if request.method == "OPTIONS":
+                response = self._preflight(request)
+                response.headers.update(self._cors(request))
+                return response
+            self._admit(request)
+            handler = ROUTES.get((request.method, request.path))
+            if handler is None:
+                allowed = methods_of(request.path)
+                if allowed:
+                    raise HTTPRefusal(
+                        405,
+                        "method-not-allowed",
+                        f"{request.path} takes {', '.join(allowed)}",
+                        headers={"Allow": ", ".join(allowed)},
+                    )
+                raise HTTPRefusal(404, "not-found", f"no such endpoint: {request.path[:200]}")
+            response = await handler(self._context, request)
+        except HTTPRefusal as refusal:
+            return self._refusal_response(refusal, request)
+        except ReceiptError as exc:
+            response = Response(exc.status, {"error": exc.reason, "message": exc.message})
+        except Exception as exc:  # noqa: BLE001 - a bug answers 500, the daemon goes on
+            log.error(
+                "control API: %s %s failed: %s: %s",
+                request.method,
+                request.path,
+                type(exc).__name__,
+                exc,
+            )
+            response = Response(500, {"error": "internal-error", "message": type(exc).__name__})
+        response.headers.update(self._cors(request))
+        return response
+
+    def _refusal_response(self, refusal: HTTPRefusal, request: Request | None) -> Response:
+        headers = dict(refusal.headers)
+        if request is not None:
+            headers.update(self._cors(request))
+        return Response(refusal.status, refusal.body(), headers)
+
+    def _cors(self, request: Request) -> dict[str, str]:
+        origin = request.headers.get("origin")
+        if origin is None or origin not in self._origins:
+            return {}
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+
+    def _preflight(self, request: Request) -> Response:
+        origin = request.headers.get("origin")
+        if origin is None or origin not in self._origins:
+            raise HTTPRefusal(403, "origin-not-allowed", "this origin is not allowed")
+        return Response(
+            204,
+            None,
+            {
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                "Access-Control-Max-Age": "600",
+            },
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _repair(received: bytes, problem: str, done: set[str]) -> bytes | None:
+    """The request's bytes with one of the two things markd tolerates and h11 does not
+    repaired (each at most once per request), or None when there is nothing to repair."""
+    if received.startswith(b"\r\n") and "blank" not in done:
+        done.add("blank")
+        return received[2:]
+    if _H11_NO_HOST in problem and "host" not in done:
+        done.add("host")
+        # Before the empty line that ends the head (h11 accepts LF or CRLF line ends there,
+        # and has parsed the whole head when it finds Host missing).
+        end = _END_OF_HEAD.search(received)
+        assert end is not None
+        return received[: end.start() + 1] + _ADDED_HOST + received[end.start() + 1 :]
+    return None
+
+
+def _refusal(exc: h11.RemoteProtocolError, at_eof: bool) -> HTTPRefusal:
+    """What a request h11 could not parse is answered with."""
+    if exc.error_status_hint == 431:
+        return HTTPRefusal(
+            431,
+            "headers-too-large",
+            f"the request head exceeds {MAX_HEAD_BYTES} bytes",
+            close=True,
+        )
+    if exc.error_status_hint == 501:
+        # h11 knows no Transfer-Encoding but chunked; markd takes none at all.
+        return HTTPRefusal(
+            411,
+            "length-required",
+            "send the body with Content-Length (chunked request bodies are not accepted)",
+            close=True,
+        )
+    if at_eof:
+        return HTTPRefusal(400, "bad-request", "the request ended early", close=True)
+    # h11's text names the rule; the bytes it quotes stay out (they are the client's own).
+    text = str(exc).split(": bytearray(", 1)[0].split(": b'", 1)[0]
+    return HTTPRefusal(400, "bad-request", f"malformed request: {text}", close=True)
