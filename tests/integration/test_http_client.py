@@ -1,4 +1,4 @@
-"""markd.checks.http against real servers on loopback: keep-alive, deadlines, bad peers."""
+"""markd.http.client against real servers on loopback: keep-alive, deadlines, bad peers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from markd.checks.http import HTTPClient, HTTPError, HTTPProtocolError, HTTPTimeout, is_loopback
+from markd.http.client import HTTPClient, HTTPError, HTTPProtocolError, HTTPTimeout, is_loopback
 
 
 class Handler(BaseHTTPRequestHandler):

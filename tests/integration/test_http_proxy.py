@@ -1,4 +1,4 @@
-"""markd.checks.http through a real HTTP proxy on loopback: our test proxy
+"""markd.http.client through a real HTTP proxy on loopback: our test proxy
 (:mod:`markd.emulators.http_proxy`) with its faults, then tinyproxy, a proxy shops really run.
 
 Every exchange crosses real sockets: client → proxy → an origin server (plain HTTP, or TLS
@@ -24,14 +24,6 @@ from pathlib import Path
 import pytest
 
 from conftest import WATER
-from markd.checks.http import (
-    PROXY_ERROR_KINDS,
-    HTTPClient,
-    HTTPError,
-    HTTPTimeout,
-    ProxyError,
-    Response,
-)
 from markd.checks.local_module import LocalModuleClient
 from markd.checks.results import FAILURE_KINDS, SourceFailure
 from markd.checks.tspiot import TspiotClient
@@ -39,6 +31,14 @@ from markd.codes import parse
 from markd.emulators import testing
 from markd.emulators.http_proxy import HttpProxy
 from markd.emulators.scenario import self_signed_certificate
+from markd.http.client import (
+    PROXY_ERROR_KINDS,
+    HTTPClient,
+    HTTPError,
+    HTTPTimeout,
+    ProxyError,
+    Response,
+)
 from markd.proxy import ProxySettings
 from markd.secrets import Secret
 

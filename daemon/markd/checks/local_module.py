@@ -65,14 +65,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from markd.checks.http import (
-    HTTPClient,
-    HTTPError,
-    HTTPProtocolError,
-    HTTPTimeout,
-    ProxyError,
-    Response,
-)
 from markd.checks.record import Exchange, Recorder, redact_json_text
 from markd.checks.results import (
     FailureKind,
@@ -81,6 +73,14 @@ from markd.checks.results import (
     failure_kind_for_status,
 )
 from markd.codes import MarkingCode
+from markd.http.client import (
+    HTTPClient,
+    HTTPError,
+    HTTPProtocolError,
+    HTTPTimeout,
+    ProxyError,
+    Response,
+)
 from markd.numbers import read_int
 from markd.proxy import ProxySettings
 from markd.secrets import Secret

@@ -69,7 +69,7 @@ malformed JSON     ``bad-answer`` (``failover_on_bad_answer`` tries the next hos
 **Request** (§3.4): ``{"codes": [km], "fiscalDriveNumber": fn_serial}``, the full code with its
 crypto tail, GS JSON-escaped as ``\\u001d``; ``fiscalDriveNumber`` is left out when the till
 has no ФН serial (its being mandatory is unconfirmed). Connections are kept alive through
-:class:`~markd.checks.http.HTTPClient` (§3.4: the server keeps them 180 s).
+:class:`~markd.http.client.HTTPClient` (§3.4: the server keeps them 180 s).
 
 **Record** (issue 4 point 7): every HTTP exchange — checks, host lists, health checks — goes to
 the ``recorder`` as an :class:`~markd.checks.record.Exchange` with the bodies redacted (crypto
@@ -97,11 +97,11 @@ from markd.checks.cdn_hosts import (
     SavedList,
     usable_host_url,
 )
-from markd.checks.http import HTTPClient, HTTPError, HTTPTimeout, Response
 from markd.checks.record import Exchange, Recorder, redact_json_text
 from markd.checks.results import FailureKind, SourceAnswer, SourceFailure
 from markd.codes import MarkingCode
 from markd.errors import MarkdError
+from markd.http.client import HTTPClient, HTTPError, HTTPTimeout, Response
 from markd.numbers import read_int, read_number
 from markd.secrets import Secret
 
@@ -246,7 +246,7 @@ class OnlineClient:
     hosts for checks, with ranking, quarantine, failover and a persisted list (see the module
     docstring). Use from one event loop; :meth:`aclose` (or :meth:`close`) when done.
 
-    Deadlines are ``time.monotonic()`` values, as :class:`~markd.checks.http.HTTPClient`
+    Deadlines are ``time.monotonic()`` values, as :class:`~markd.http.client.HTTPClient`
     takes them. ``clock`` (monotonic seconds) drives the schedules only — quarantine, host list
     refresh, health checks — so a test can move it hours ahead; ``now`` is wall time, used for
     the times shown in :meth:`status` and kept in ``hosts_file``.

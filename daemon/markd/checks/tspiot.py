@@ -53,7 +53,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import markd
-from markd.checks.http import HTTPClient, HTTPError, Response, is_loopback
 from markd.checks.local_module import ERROR_CODES as LM_ERROR_CODES
 from markd.checks.record import Exchange, Recorder, redact_json_text
 from markd.checks.results import (
@@ -63,6 +62,7 @@ from markd.checks.results import (
     failure_kind_for_status,
 )
 from markd.codes import MarkingCode
+from markd.http.client import HTTPClient, HTTPError, Response, is_loopback
 from markd.numbers import read_int
 from markd.proxy import ProxySettings
 from markd.secrets import Secret
@@ -597,7 +597,7 @@ class TspiotClient:
 
 _NOT_JSON: Any = object()
 #: :attr:`HTTPError.kind` → failure kind (the HTTP client's kinds are a subset, same names;
-#: a :class:`~markd.checks.http.ProxyError` keeps its proxy kind).
+#: a :class:`~markd.http.client.ProxyError` keeps its proxy kind).
 _TRANSPORT_KINDS: dict[str, FailureKind] = {
     "timeout": "timeout",
     "unreachable": "unreachable",

@@ -36,8 +36,8 @@ field lists do not), otherwise it is unknown.
 
 from __future__ import annotations
 
-import http.client
 import json
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -68,6 +68,8 @@ from markd.fiscal.model import (
     ReceiptResult,
     ShiftInfo,
 )
+from markd.http.blocking import BlockingHTTPClient
+from markd.http.errors import HTTPError
 from markd.numbers import read_int
 
 DEFAULT_WEB_PORT = 16732
@@ -129,7 +131,17 @@ class Transport(Protocol):
 
 
 class WebRequestsTransport:
-    """ATOL Web Requests over HTTP/1.1 (a new connection per exchange: the server is local)."""
+    """ATOL Web Requests over HTTP/1.1, through :class:`~markd.http.blocking.BlockingHTTPClient`
+    (the driver's web server is on the till or next to it: never through a proxy).
+
+    One kept-alive connection serves every request of the thread that drives the printer.
+    Whether a failed request left markd decides what the printer may have done, so the
+    client's :attr:`~markd.http.errors.HTTPError.request_sent` maps to :class:`_NotSent` (the
+    server cannot have it: nothing listening, no connection) or :class:`_NoAnswer` (it may
+    have queued it: ask for its uuid before calling it lost). A request resent by the client
+    on a fresh connection after a kept-alive one turned out closed is harmless: the uuid makes
+    a second ``POST`` a 409 with the first one's results.
+    """
 
     def __init__(
         self,
@@ -143,6 +155,9 @@ class WebRequestsTransport:
         self.port = port
         self.cancel_task = cancel_task
         self.poll_interval_s = poll_interval_s
+        shown = f"[{host}]" if ":" in host else host
+        self._base = f"http://{shown}:{port}"
+        self._http: BlockingHTTPClient | None = None
 
     def run(
         self, op_id: str, tasks: list[dict[str, Any]], timeout_s: float, mutating: bool
@@ -183,7 +198,14 @@ class WebRequestsTransport:
         return self.run(op_id, [{"type": self.cancel_task}], timeout_s, mutating=True)
 
     def close(self) -> None:
-        pass
+        http, self._http = self._http, None
+        if http is not None:
+            try:
+                http.close()
+            except RuntimeError:
+                # A device call still runs in the owning thread (it ends by its own
+                # deadline); its connection closes with it or with the process.
+                pass
 
     @property
     def _where(self) -> str:
@@ -228,28 +250,39 @@ class WebRequestsTransport:
                     return outcomes
             time.sleep(min(self.poll_interval_s, max(deadline - time.monotonic(), 0)))
 
+    def _client(self) -> BlockingHTTPClient:
+        """The HTTP client of the calling thread. The printer serialises device calls, so when
+        they move to another thread (opened and first used by one, driven by the sale
+        session's worker afterwards) the old client is idle and is closed here."""
+        http = self._http
+        if http is not None and http.owner not in (None, threading.current_thread()):
+            http.close()
+            http = None
+        if http is None:
+            http = self._http = BlockingHTTPClient(max_idle=1)
+        return http
+
     def _exchange(self, method: str, path: str, body: Any, deadline: float) -> tuple[int, Any]:
         left = deadline - time.monotonic()
         if left <= 0:
             raise _NotSent("no time left")
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=max(left, 0.05))
+        payload = None if body is None else json.dumps(body, ensure_ascii=False).encode()
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
         try:
-            try:
-                conn.connect()
-            except OSError as exc:
-                raise _NotSent(str(exc) or type(exc).__name__) from exc
-            payload = None if body is None else json.dumps(body, ensure_ascii=False).encode()
-            headers = {"Content-Type": "application/json"} if payload is not None else {}
-            try:
-                conn.request(method, path, body=payload, headers=headers)
-                response = conn.getresponse()
-                raw = response.read()
-            except (OSError, http.client.HTTPException) as exc:
-                raise _NoAnswer(str(exc) or type(exc).__name__) from exc
-        finally:
-            conn.close()
+            # At least 50 ms for one exchange, even at the end of an operation's time.
+            response = self._client().request(
+                method,
+                self._base + path,
+                deadline=time.monotonic() + max(left, 0.05),
+                headers=headers,
+                body=payload,
+            )
+        except HTTPError as exc:
+            if exc.request_sent:
+                raise _NoAnswer(str(exc)) from exc
+            raise _NotSent(str(exc)) from exc
         try:
-            data = json.loads(raw) if raw else None
+            data = json.loads(response.body) if response.body else None
         except (ValueError, RecursionError):  # not JSON, or nested deeper than Python goes
             data = None
         return response.status, data

@@ -40,9 +40,12 @@ and the ETag of the file beside it (``<file>.part.etag``); the next sync asks fo
 (``Range`` with ``If-Range``, so a file that changed meanwhile is fetched whole again).
 
 The URL may carry credentials (``https://user:password@host/path``, sent as HTTP Basic
-authentication and never forwarded on a redirect) and a query string (a CDN token, appended to
-every file's URL). Neither ever appears in an error, a log line, a result or the store:
-:func:`redact_url` shows the URL as ``scheme://host[:port]/path``.
+authentication; after a redirect only to the same scheme, host and port) and a query string (a
+CDN token, appended to every file's URL). Neither ever appears in an error, a log line, a
+result or the store: :func:`redact_url` shows the URL as ``scheme://host[:port]/path``.
+
+HTTP goes through :class:`~markd.http.blocking.BlockingHTTPClient` (the sync runs in a process
+or thread of its own), one connection per file, redirects followed (:data:`MAX_REDIRECTS`).
 
 Errors are :class:`~markd.errors.StoreError` with these reasons: ``sync-failed`` (HTTP error,
 timeout, connection failure; names the URL and the HTTP status), ``bad-index``,
@@ -59,7 +62,6 @@ import errno
 import fcntl
 import gzip
 import hashlib
-import http.client
 import io
 import json
 import os
@@ -68,9 +70,7 @@ import socket
 import ssl
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +78,9 @@ from typing import IO, Any
 
 from markd import __version__
 from markd.errors import StoreError
+from markd.http.blocking import BlockingHTTPClient, BlockingStreamResponse
+from markd.http.client import os_reason
+from markd.http.errors import HTTPBodyCut, HTTPError, HTTPTimeout, ProxyError
 from markd.proxy import ProxyEndpoint, ProxySettings
 from markd.store import keys
 from markd.store.core import Store
@@ -98,6 +101,9 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _CHUNK = 1 << 16
 _PROGRESS_EVERY_S = 0.1
 _EXPORT_ATTEMPTS = 5
+#: Redirects followed for one file (urllib's limit, which the sync used before).
+MAX_REDIRECTS = 10
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,55 +347,24 @@ def hide_secrets(text: str, url: str) -> str:
     return text
 
 
-class _ProxyRouter(urllib.request.ProxyHandler):
-    """Sends each request through the proxy :class:`~markd.proxy.ProxySettings` route it to,
-    or directly; never through anything the environment names.
-
-    urllib's own handler would read ``*_proxy`` and, even when given explicit proxies,
-    ``no_proxy`` from the environment; built empty it does neither, and this subclass (taking
-    its place in the opener) decides per request — so a redirect to a host on the direct list
-    goes direct, and the ``Proxy-Authorization`` header never reaches a target that is not
-    behind the proxy. For an https target urllib moves that header onto the ``CONNECT``, so it
-    never enters the tunnel either.
-    """
-
-    def __init__(self, settings: ProxySettings | None) -> None:
-        super().__init__({})
-        self.settings = settings
-        #: The proxy of the latest request (None: it went direct), to name it in errors.
-        self.last: ProxyEndpoint | None = None
-
-    def http_open(self, request: urllib.request.Request) -> None:
-        self._route(request)
-
-    def https_open(self, request: urllib.request.Request) -> None:
-        self._route(request)
-
-    def _route(self, request: urllib.request.Request) -> None:
-        # Returning None lets the ordinary HTTP(S) handlers open the (possibly proxied)
-        # request.
-        self.last = None
-        if self.settings is None:
-            return
-        parts = urllib.parse.urlsplit(request.full_url)
-        port = parts.port or (443 if request.type == "https" else 80)
-        endpoint = self.settings.route(request.type, parts.hostname or "", port)
-        if endpoint is None:
-            return
-        authorization = self.settings.authorization()
-        if authorization is not None:
-            request.add_unredirected_header("Proxy-Authorization", authorization)
-        request.set_proxy(str(endpoint), "http")
-        self.last = endpoint
-
-
 class _Remote:
-    """One export directory on an HTTP(S) server: builds file URLs, sends requests, turns
-    every failure into a ``sync-failed`` :class:`StoreError` that names the safe URL (and the
-    proxy, when the request went through one).
+    """One export directory on an HTTP(S) server: builds file URLs, sends requests through
+    :class:`~markd.http.blocking.BlockingHTTPClient`, follows redirects, turns every failure
+    into a ``sync-failed`` :class:`StoreError` that names the safe URL (and the proxy, when
+    the request went through one).
 
-    ``proxy``: the proxy settings; None means no proxy at all (the environment's proxy
-    variables are not followed)."""
+    ``proxy``: the proxy settings, which decide per request (so a redirect to a host on the
+    direct list goes direct); None means no proxy at all (the environment's proxy variables
+    are not followed). ``timeout`` bounds connecting and every single read, not a whole file.
+
+    Redirects (``301``, ``302``, ``303``, ``307``, ``308``; CDNs and object stores use them)
+    are followed up to :data:`MAX_REDIRECTS` times with the request's own headers. The Basic
+    credentials from the URL go only to the origin they were given for (same scheme, host and
+    port): a redirect to another host, or from https to http, gets none.
+
+    Each request has a connection of its own: a sync fetches a few files every few minutes,
+    and a file server or CDN closes idle connections long before the next sync anyway. Use as
+    a context manager (or call :meth:`close`)."""
 
     def __init__(self, url: str, timeout: float, proxy: ProxySettings | None = None) -> None:
         self.safe = redact_url(url)
@@ -413,6 +388,7 @@ class _Remote:
         self._base = urllib.parse.urlunsplit(
             (parts.scheme, host, parts.path.rstrip("/") + "/", "", "")
         )
+        self._origin = _origin(self._base)
         self._query = parts.query
         self._url = url
         self._authorization: str | None = None
@@ -421,11 +397,19 @@ class _Remote:
             password = urllib.parse.unquote(parts.password or "")
             token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
             self._authorization = f"Basic {token}"
-        # The default handlers — redirects (CDNs and object stores use them), HTTPS with the
-        # system's CA store — except proxies: only the configured ones, never the environment's.
         self.proxy = proxy
-        self._router = _ProxyRouter(proxy)
-        self._opener = urllib.request.build_opener(self._router)
+        #: The proxy of the latest request (None: it went direct), to name it in errors.
+        self.last: ProxyEndpoint | None = None
+        self._http = BlockingHTTPClient(user_agent=f"markd/{__version__}", proxy=proxy, max_idle=0)
+
+    def __enter__(self) -> _Remote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
 
     def file_url(self, name: str) -> str:
         url = self._base + urllib.parse.quote(name)
@@ -439,91 +423,113 @@ class _Remote:
             self.scrub(f"sync from {self.safe} failed: {name}: {detail}"), "sync-failed"
         )
 
-    def describe(self, exc: BaseException) -> str:
-        """A short text for a network failure: the HTTP status, a timeout, the OS error; what
+    def describe(self, exc: HTTPError) -> str:
+        """A short text for a network failure: a timeout, the OS error, a broken answer; what
         the proxy did when the request went through one."""
-        via = self._router.last
-        if via is None:
-            return self._describe(exc)
-        return self._proxy_failure(exc, via) or f"{self._describe(exc)} (through proxy {via})"
+        if isinstance(exc, ProxyError):
+            return self._proxy_failure(exc)
+        if isinstance(exc, HTTPTimeout):
+            text = f"no answer within {self.timeout:g} s"
+        elif isinstance(exc, HTTPBodyCut):
+            text = f"connection closed after {exc.received} bytes"
+        elif isinstance(exc.__cause__, socket.gaierror):
+            text = f"cannot resolve the host name ({exc.__cause__.strerror})"
+        elif isinstance(exc.__cause__, OSError) and not isinstance(exc.__cause__, ssl.SSLError):
+            text = os_reason(exc.__cause__)
+        elif str(exc).endswith("closed the connection without answering"):
+            text = "the server closed the connection without an answer"
+        else:
+            text = str(exc)
+        return text if self.last is None else f"{text} (through proxy {self.last})"
 
-    def _proxy_failure(self, exc: BaseException, via: ProxyEndpoint) -> str | None:
-        """The text of a failure that was the proxy's own, or None."""
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        if isinstance(exc, urllib.error.HTTPError):
-            return self._refused_credentials(via, 407) if exc.code == 407 else None
-        if not isinstance(exc, urllib.error.URLError) or not isinstance(reason, OSError):
-            return None
-        # urllib wraps only what happens before the answer (connecting, CONNECT, TLS, sending)
-        # in URLError: through a proxy, that is the connection to the proxy and the tunnel.
-        tunnel = re.fullmatch(r"Tunnel connection failed: (\d{3})\s*(.*)", str(reason), re.S)
-        if tunnel is not None:
-            if tunnel.group(1) in ("407", "401"):
-                # 401 to CONNECT: tinyproxy up to 1.11 says so for wrong credentials (#532).
-                return self._refused_credentials(via, int(tunnel.group(1)))
-            status = f"HTTP {tunnel.group(1)} {tunnel.group(2).strip()[:60]}".rstrip()
-            return f"proxy {via} refused the tunnel ({status})"
-        if isinstance(reason, ssl.SSLEOFError):
-            return f"the tunnel through proxy {via} closed during the TLS handshake"
-        if isinstance(reason, ssl.SSLError):
-            return None  # the target's certificate or TLS: not the proxy's doing
-        if isinstance(reason, TimeoutError):
-            return f"proxy {via} gave no answer within {self.timeout:g} s"
-        if isinstance(reason, socket.gaierror):
-            return f"cannot resolve the name of proxy {via} ({reason.strerror})"
-        return f"cannot connect to proxy {via}: {reason.strerror or reason}"
-
-    def _refused_credentials(self, via: ProxyEndpoint, status: int) -> str:
-        if self.proxy is not None and self.proxy.credentials is not None:
-            return f"proxy {via} refused the credentials (HTTP {status})"
-        return f"proxy {via} wants credentials (HTTP {status}) and none are configured"
-
-    def _describe(self, exc: BaseException) -> str:
-        if isinstance(exc, urllib.error.HTTPError):
-            return f"HTTP {exc.code} {exc.reason}"
-        if isinstance(exc, urllib.error.URLError):
-            if not isinstance(exc.reason, BaseException):
-                return str(exc.reason)
-            exc = exc.reason
-        if isinstance(exc, TimeoutError):
-            return f"no answer within {self.timeout:g} s"
-        if isinstance(exc, http.client.RemoteDisconnected):
-            return "the server closed the connection without an answer"
-        if isinstance(exc, http.client.IncompleteRead):
-            return f"connection closed after {len(exc.partial)} bytes"
-        if isinstance(exc, socket.gaierror):
-            return f"cannot resolve the host name ({exc.strerror})"
-        if isinstance(exc, OSError) and exc.strerror:
-            return exc.strerror
-        return f"{type(exc).__name__}: {exc}"
+    def _proxy_failure(self, exc: ProxyError) -> str:
+        if exc.kind == "proxy-timeout":
+            return f"proxy {exc.proxy} gave no answer within {self.timeout:g} s"
+        if exc.kind == "proxy-unreachable" and isinstance(exc.__cause__, socket.gaierror):
+            return f"cannot resolve the name of proxy {exc.proxy} ({exc.__cause__.strerror})"
+        if exc.kind == "proxy-error" and exc.status is not None:
+            status = f"HTTP {exc.status} {exc.reason}".rstrip()
+            return f"proxy {exc.proxy} refused the tunnel ({status})"
+        return str(exc)  # names the proxy and what it did, never its credentials
 
     @contextlib.contextmanager
     def failures(self, name: str) -> Iterator[None]:
-        """Turn network exceptions raised while reading ``name`` into ``sync-failed``."""
+        """Turn network errors raised while reading ``name`` into ``sync-failed``."""
         try:
             yield
-        except (OSError, http.client.HTTPException) as exc:
+        except HTTPError as exc:
             raise self.failure(name, self.describe(exc)) from exc
 
+    @contextlib.contextmanager
     def get(
-        self, name: str, headers: dict[str, str], *, accept: tuple[int, ...] = ()
-    ) -> http.client.HTTPResponse:
-        """GET ``name``: a 2xx response, or one of the ``accept`` statuses (e.g. 304)."""
-        request = urllib.request.Request(
-            self.file_url(name), headers={"User-Agent": f"markd/{__version__}", **headers}
-        )
-        if self._authorization is not None:
-            # Unredirected: a redirect to another host must not receive the password.
-            request.add_unredirected_header("Authorization", self._authorization)
+        self, name: str, headers: dict[str, str], *, accept: tuple[int, ...] = (), limit: int
+    ) -> Iterator[BlockingStreamResponse]:
+        """GET ``name``: a 2xx answer, or one of the ``accept`` statuses (e.g. 304), with at
+        most ``limit`` bytes of body to be read."""
+        url = self.file_url(name)
+        for _ in range(MAX_REDIRECTS + 1):
+            wanted = {"Accept": "*/*", **headers}
+            if self._authorization is not None and _origin(url) == self._origin:
+                wanted["Authorization"] = self._authorization
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            self.last = (
+                self.proxy.route(parts.scheme, parts.hostname or "", port)
+                if self.proxy is not None
+                else None
+            )
+            with contextlib.ExitStack() as stack, self.failures(name):
+                response = stack.enter_context(
+                    self._http.stream(
+                        "GET", url, max_bytes=limit, read_timeout=self.timeout, headers=wanted
+                    )
+                )
+                location = response.headers.get("location")
+                if response.status in _REDIRECTS and location:
+                    url = self._redirect(name, url, location)
+                    continue
+                if not (200 <= response.status < 300 or response.status in accept):
+                    detail = f"HTTP {response.status} {response.reason}".rstrip()
+                    if self.last is not None:
+                        detail += f" (through proxy {self.last})"
+                    raise self.failure(name, detail)
+                yield response
+                return
+        raise self.failure(name, f"more than {MAX_REDIRECTS} redirects")
+
+    def _redirect(self, name: str, url: str, location: str) -> str:
+        """Where a redirect from ``url`` leads (a relative ``Location`` included)."""
+        target = urllib.parse.urljoin(url, location.strip())
         try:
-            return self._opener.open(request, timeout=self.timeout)  # type: ignore[no-any-return]
-        except urllib.error.HTTPError as exc:
-            if exc.code in accept:
-                return exc  # type: ignore[return-value]  # an HTTPError is a response too
-            exc.close()
-            raise self.failure(name, self.describe(exc)) from exc
-        except (OSError, http.client.HTTPException) as exc:
-            raise self.failure(name, self.describe(exc)) from exc
+            parts = urllib.parse.urlsplit(target)
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            parts, port_ok = None, False
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self.failure(name, "redirected to something that is not an http(s) URL")
+        if not port_ok:
+            raise self.failure(name, f"redirected to {redact_url(target)}, whose port is wrong")
+        return target
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    """Scheme, host and port of ``url``: who may receive the URL's credentials."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def _read_up_to(response: BlockingStreamResponse, limit: int) -> bytes:
+    """The body, or its first ``limit`` bytes when it is longer."""
+    blocks: list[bytes] = []
+    got = 0
+    while got < limit:
+        block = response.read(min(_CHUNK, limit - got))
+        if not block:
+            break
+        blocks.append(block)
+        got += len(block)
+    return b"".join(blocks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -773,44 +779,54 @@ class _Downloader:
         if have and have == size:
             return True  # complete from an earlier run (stopped before the file was used)
         headers = {"Range": f"bytes={have}-", "If-Range": validator} if have else {}
-        response = self.remote.get(name, headers, accept=(416,) if have else ())
-        with response:
+        accept = (416,) if have else ()
+        with self.remote.get(name, headers, accept=accept, limit=size + 1) as response:
             status = response.status
-            if have and (status == 416 or (status == 206 and _range_start(response) != have)):
-                # The server cannot continue where we stopped: start over.
-                response.close()
-                self.discard(name)
-                return self._receive(name, size)
-            if status == 206:
-                self.resumed = True
-                mode = "ab"
+            restart = have and (status == 416 or (status == 206 and _range_start(response) != have))
+            if not restart:
+                self._take(name, response, have, size)
+        if restart:
+            # The server cannot continue where we stopped: start over.
+            self.discard(name)
+            return self._receive(name, size)
+        return have > 0 and status == 206
+
+    def _take(self, name: str, response: BlockingStreamResponse, have: int, size: int) -> None:
+        """Write the answer's body into the ``.part`` file: appended after ``have`` bytes for a
+        ``206``, from the start otherwise."""
+        if response.status == 206:
+            self.resumed = True
+            mode = "ab"
+        else:
+            have = 0
+            mode = "wb"
+            etag = response.headers.get("etag", "")
+            etag_file = self.directory / f"{name}.part.etag"
+            if etag and not etag.startswith("W/"):
+                etag_file.write_text(etag + "\n")
             else:
-                have = 0
-                mode = "wb"
-                etag = response.headers.get("ETag", "")
-                if etag and not etag.startswith("W/"):
-                    etag_file.write_text(etag + "\n")
-                else:
-                    etag_file.unlink(missing_ok=True)
-            length = response.headers.get("Content-Length", "")
-            if length.isdigit() and have + int(length) != size:
-                self.discard(name)
-                raise StoreError(
-                    f"{name} from {self.remote.safe}: the server has "
-                    f"{have + int(length):,} bytes, the index says {size:,}",
-                    "bad-download",
-                )
-            self._stream(name, response, mode, have, size)
-        return have > 0
+                etag_file.unlink(missing_ok=True)
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and have + int(length) != size:
+            self.discard(name)
+            raise StoreError(
+                f"{name} from {self.remote.safe}: the server has "
+                f"{have + int(length):,} bytes, the index says {size:,}",
+                "bad-download",
+            )
+        self._stream(name, response, mode, have, size)
 
     def _stream(
-        self, name: str, response: http.client.HTTPResponse, mode: str, have: int, size: int
+        self, name: str, response: BlockingStreamResponse, mode: str, have: int, size: int
     ) -> None:
         done = have
         with open(self.part(name), mode) as out:
             while done <= size:  # one byte more than expected is enough to call it wrong
                 with self.remote.failures(name):
-                    block = response.read(min(_CHUNK, size + 1 - done))
+                    try:
+                        block = response.read(min(_CHUNK, size + 1 - done))
+                    except HTTPBodyCut:
+                        block = b""  # the connection ended early: said below, with how far
                 if not block:
                     break
                 out.write(block)
@@ -824,8 +840,8 @@ class _Downloader:
             )
 
 
-def _range_start(response: http.client.HTTPResponse) -> int | None:
-    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+def _range_start(response: BlockingStreamResponse) -> int | None:
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
     return int(match.group(1)) if match else None
 
 
@@ -870,7 +886,7 @@ def sync(
         downloads.mkdir(exist_ok=True)
     except OSError as exc:
         raise StoreError(f"cannot create {downloads}: {exc.strerror or exc}") from exc
-    with _sync_lock(downloads, store.path):
+    with remote, _sync_lock(downloads, store.path):
         info = store.info()
         before = info.version
 
@@ -889,15 +905,14 @@ def sync(
         headers = {"Cache-Control": "no-cache"}
         if info.sync_etag and info.sync_url == safe and info.source == safe:
             headers["If-None-Match"] = info.sync_etag
-        response = remote.get(INDEX_NAME, headers, accept=(304,))
-        with response:
+        with remote.get(INDEX_NAME, headers, accept=(304,), limit=MAX_INDEX_BYTES + 1) as response:
             if response.status == 304:
                 # Nothing new on the server: the list is as current as it was, no more.
                 store.touch_sync(url=safe, confirm=False)
                 return result("unchanged")
-            etag = response.headers.get("ETag", "")
+            etag = response.headers.get("etag", "")
             with remote.failures(INDEX_NAME):
-                raw = response.read(MAX_INDEX_BYTES + 1)
+                raw = _read_up_to(response, MAX_INDEX_BYTES + 1)
         if len(raw) > MAX_INDEX_BYTES:
             raise _bad_index(safe, f"larger than {MAX_INDEX_BYTES >> 20} MiB")
         index = parse_index(raw, safe)
