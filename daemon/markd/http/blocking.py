@@ -9,7 +9,7 @@ the same errors from :mod:`markd.http.errors`) by running it on a private event 
   until that call is done; between calls nothing runs, yet pooled connections stay open, so
   the ATOL backend keeps one kept-alive connection to its web server across requests (a
   connection the server closed meanwhile is noticed before reuse: see
-  ``_Connection.fit_for_reuse``);
+  :meth:`markd.http.connection.Connection.fit_for_reuse`);
 * it is **confined to one thread**: the first thread that makes a request owns it, and a
   call from any other thread raises :class:`RuntimeError` (an event loop is not thread-safe,
   and two threads sharing one connection would interleave two exchanges). A caller whose
