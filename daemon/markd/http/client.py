@@ -131,24 +131,45 @@ def _authority(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-@dataclass(frozen=True, slots=True)
 class _Target:
-    """Where one request goes: parsed once, before any connection."""
+    """Where one request goes: parsed once, before any connection. (A plain class: it is made
+    for every request, and a frozen dataclass's ``__init__`` costs several times more.)"""
 
-    scheme: str
-    host: str
-    port: int
-    authority: str
-    #: What goes on the request line: origin form, or absolute form through a proxy.
-    request_target: str
-    via: ProxyEndpoint | None
-    #: ``host:port`` (``… via proxy p``) for messages.
-    where: str
-    headers: dict[str, str]
+    __slots__ = (
+        "scheme",
+        "host",
+        "port",
+        "authority",
+        "request_target",
+        "via",
+        "where",
+        "headers",
+        "key",
+    )
 
-    @property
-    def key(self) -> tuple[str, str, int, str]:
-        return (self.scheme, self.host, self.port, str(self.via) if self.via else "")
+    def __init__(
+        self,
+        scheme: str,
+        host: str,
+        port: int,
+        authority: str,
+        request_target: str,
+        via: ProxyEndpoint | None,
+        where: str,
+        headers: dict[str, str],
+    ) -> None:
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.authority = authority
+        #: What goes on the request line: origin form, or absolute form through a proxy.
+        self.request_target = request_target
+        self.via = via
+        #: ``host:port`` (``… via proxy p``) for messages.
+        self.where = where
+        self.headers = headers
+        #: The pool this request takes a connection from and gives it back to.
+        self.key = (scheme, host, port, str(via) if via is not None else "")
 
 
 @dataclass
@@ -219,7 +240,7 @@ class HTTPClient:
             if head.status_code == 407 and target.via is not None and target.scheme == "http":
                 # Only a proxy answers 407 (RFC 9110 §15.5.8): the request never left it. (A
                 # 401 stays the target's answer: through a plain-HTTP proxy it cannot be told
-                # from a proxy that wrongly answers 401 — see _open_tunnel.)
+                # from a proxy that wrongly answers 401 — see tunnel.open_tunnel.)
                 conn.close()
                 raise refused_credentials(self.proxy, target.via, 407)
             self._finish(conn, target, generation)

@@ -468,7 +468,8 @@ class _Remote:
         most ``limit`` bytes of body to be read."""
         url = self.file_url(name)
         for _ in range(MAX_REDIRECTS + 1):
-            wanted = {"Accept": "*/*", **headers}
+            # The files are checked byte for byte (sha256, ranges): no content coding, ever.
+            wanted = {"Accept": "*/*", "Accept-Encoding": "identity", **headers}
             if self._authorization is not None and _origin(url) == self._origin:
                 wanted["Authorization"] = self._authorization
             parts = urllib.parse.urlsplit(url)
