@@ -21,6 +21,7 @@ bench: $(STAMP)
 	$(PY) tools/bench/scanners.py
 	$(PY) tools/bench/soak.py --scans $(SOAK_SCANS)
 	$(PY) tools/bench/api.py
+	$(PY) tools/bench/http.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check daemon tests tools

@@ -32,7 +32,7 @@ class Handler(BaseHTTPRequestHandler):
             Handler.sockets.append(self.connection)
         body = self.path.encode()
         if self.path == "/slow":
-            time.sleep(1.0)
+            time.sleep(0.5)
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         if self.path == "/last":
@@ -48,7 +48,9 @@ class Server:
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def stop(self) -> None:
