@@ -338,7 +338,9 @@ def test_codes_check_answers_come_from_the_scenario_per_code(cdn: CrptCdn) -> No
 
 @pytest.mark.parametrize("endpoint", [CHECK, INFO, HEALTH])
 @pytest.mark.parametrize("token", [None, "wrong"])
-def test_a_missing_or_wrong_token_gets_401(cdn: CrptCdn, endpoint: str, token: str | None) -> None:
+def test_a_missing_or_wrong_token_gets_401(
+    cdn: CrptCdn, endpoint: str, token: str | None
+) -> None:
     headers = {"X-API-KEY": token} if token else {}
     method = "POST" if endpoint == CHECK else "GET"
     url = cdn.url if endpoint == INFO else cdn.host.url
@@ -363,7 +365,9 @@ def test_any_token_is_accepted_when_none_is_configured() -> None:
         (json.dumps({"codes": [WATER]}).encode(), {"require_fiscal_drive_number": True}),
     ],
 )
-def test_a_bad_check_request_gets_400(cdn: CrptCdn, body: bytes, settings: dict[str, Any]) -> None:
+def test_a_bad_check_request_gets_400(
+    cdn: CrptCdn, body: bytes, settings: dict[str, Any]
+) -> None:
     cdn.configure(**settings)
     answer = http_request(cdn.host.url, "POST", CHECK, body=body, headers={"X-API-KEY": TOKEN})
     assert answer.status == 400
