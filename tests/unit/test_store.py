@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import lmdb
@@ -620,6 +621,37 @@ def test_a_reader_slot_ended_elsewhere_costs_a_retry_not_a_lookup(tmp_store: Sto
         assert tmp_store._env.failed  # type: ignore[attr-defined]
     finally:
         tmp_store._env = env
+
+
+def test_close_waits_for_a_write_in_another_thread(tmp_store: Store, store_path: str) -> None:
+    """The check chain caches verdicts from a thread of its own: a close() meanwhile (a test's
+    teardown, a reload) must wait for that write, never free the environment under it."""
+    started, release = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def slow_write(txn: lmdb.Transaction) -> None:
+        txn.put(b"slow", b"1", db=tmp_store._dbs[b"meta"])
+        started.set()
+        release.wait(5)
+
+    def writer() -> None:
+        try:
+            tmp_store._write(slow_write, "writing slowly")
+        except BaseException as exc:  # noqa: BLE001 - reported to the test below
+            failures.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert started.wait(5)
+    threading.Timer(0.2, release.set).start()
+    tmp_store.close()  # returns once the write has committed
+    thread.join(5)
+    assert failures == [] and not thread.is_alive()
+    with pytest.raises(StoreError) as err:
+        tmp_store.mark_sold(KI, "r-1")
+    assert err.value.reason == "store-closed"
+    with Store.open(store_path, readonly=True) as again, again._begin() as txn:
+        assert txn.get(b"slow", db=again._dbs[b"meta"]) == b"1"
 
 
 CHILD_SCRIPTS = {

@@ -28,6 +28,7 @@ import errno
 import json
 import os
 import struct
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -168,6 +169,10 @@ class Store:
         self.delta_history = delta_history
         #: The process that opened the environment: the only one that may use or close it.
         self._pid = os.getpid()
+        #: Held by every write and by close(): a write in another thread (the check chain
+        #: caches verdicts in one) ends before the environment closes. Closing an environment
+        #: under a live transaction is a crash in py-lmdb 1.x, not an error.
+        self._write_lock = threading.RLock()
         self._env: lmdb.Environment | None = None  # before anything that may fail: close()
         self._env = self._open_env(map_size_mb)
         try:
@@ -281,12 +286,16 @@ class Store:
         _open_stores.discard(self)
         if self._pid != os.getpid():
             self._let_go()  # a forked child: the environment is the parent's to close
-        elif self._env is not None:
-            self._env.close()
-            self._env = None
+            return
+        with self._write_lock:
+            if self._env is not None:
+                self._env.close()
+                self._env = None
 
     def _let_go(self) -> None:
         """In a forked child: stop using the parent's environment without closing it."""
+        # The lock may have been held by a thread that the fork left behind.
+        self._write_lock = threading.RLock()
         if self._env is not None:
             _inherited_envs.append(self._env)
             self._env = None
@@ -526,17 +535,18 @@ class Store:
         """Run ``fn`` in one write transaction, growing the map and retrying when it is full."""
         if self.readonly:
             raise StoreError(f"store {self.path} is open read-only", "store-readonly")
-        env = self._require_env()
-        for _ in range(32):
-            try:
-                with env.begin(write=True) as txn:
-                    return fn(txn)
-            except lmdb.MapFullError:
-                self.grow_map()
-            except lmdb.MapResizedError:
-                env.set_mapsize(0)
-            except lmdb.Error as exc:
-                raise _store_error(self.path, what, exc) from exc
+        with self._write_lock:
+            env = self._require_env()
+            for _ in range(32):
+                try:
+                    with env.begin(write=True) as txn:
+                        return fn(txn)
+                except lmdb.MapFullError:
+                    self.grow_map()
+                except lmdb.MapResizedError:
+                    env.set_mapsize(0)
+                except lmdb.Error as exc:
+                    raise _store_error(self.path, what, exc) from exc
         raise StoreError(f"{what} in {self.path}: the map could not be grown enough")
 
     def grow_map(self, at_least: int = 0) -> None:
