@@ -1,5 +1,5 @@
 """An emulated ATOL Web Requests server (the web server of ATOL's ДТО10 driver, port 16732) in
-front of the virtual ККТ (:class:`~markd.fiscal.virtual_kkt.VirtualKkt`).
+front of the virtual ККТ (:class:`~markd.emulators.virtual_kkt.VirtualKkt`).
 
 ::
 
@@ -56,7 +56,7 @@ from typing import Any
 
 from markd.emulators.scenario import ScenarioError
 from markd.emulators.server import HTTPEmulator, Reply, Request, Route
-from markd.fiscal.virtual_kkt import FAULT_KEYS, VirtualKkt
+from markd.emulators.virtual_kkt import FAULT_KEYS, VirtualKkt
 
 REQUESTS_PATH = "/api/v2/requests"
 #: How many requests' results the server keeps in memory (changing ones also live on disk).
