@@ -38,7 +38,7 @@ from markd.checks.tspiot import TspiotClient
 from markd.codes import parse
 from markd.emulators import testing
 from markd.emulators.http_proxy import HttpProxy
-from markd.emulators.scenario import self_signed_certificate
+from markd.emulators.server import self_signed_certificate
 from markd.proxy import ProxySettings
 from markd.secrets import Secret
 

@@ -87,7 +87,7 @@ def test_bad_urls_say_what_is_wrong_and_the_form(url: str, problem: str, form: s
 
 
 def test_backends_are_imported_only_when_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("markd.fiscal.atol", "markd.fiscal.emulator", "markd.fiscal.virtual_kkt"):
+    for name in ("markd.fiscal.atol", "markd.fiscal.emulator", "markd.emulators.virtual_kkt"):
         monkeypatch.delitem(sys.modules, name, raising=False)
 
     parse_printer_url("emulator:///tmp/kkt")

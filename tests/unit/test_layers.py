@@ -75,15 +75,12 @@ EMULATOR_USERS = ("markd.demo",)
 KNOWN: set[tuple[str, str]] = {
     ("markd.checks.factory", "markd.config"),  # wiring from config: to service/
     ("markd.config", "markd.sale"),  # the price list check: catalog.py
-    ("markd.emulators.atol_web", "markd.fiscal.virtual_kkt"),  # the virtual ККТ: to emulators/
     ("markd.fiscal.factory", "markd.checks.local_module"),  # wiring: to service/
     ("markd.fiscal.factory", "markd.config"),
     ("markd.fiscal.factory", "markd.store"),
     ("markd.fiscal.session", "markd.checks.local_module"),  # the sale session's reports
     ("markd.fiscal.session", "markd.checks.verdict"),
     ("markd.fiscal.session", "markd.store"),
-    ("markd.fiscal.testing", "markd.checks.verdict"),  # test machinery: to markd.testing
-    ("markd.fiscal.testing", "markd.emulators.atol_web"),
     ("markd.systemd", "markd.checks.verdict"),  # the verdict's journal record: a listener
 }
 #: Import cycles still to cut (each a sorted list of the modules in it).

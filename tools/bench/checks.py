@@ -70,7 +70,7 @@ from markd.checks.chain import CheckChain
 from markd.checks.factory import build_chain, hosts_file
 from markd.codes import GS, MarkingCode, parse
 from markd.config import Config, LocalModuleConfig, OnlineCheckConfig, default_config
-from markd.emulators.scenario import self_signed_certificate
+from markd.emulators.server import self_signed_certificate
 from markd.store import Store
 
 #: The issue's targets (issue 4, "Benchmark").
