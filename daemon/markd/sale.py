@@ -16,7 +16,7 @@
 
 ::
 
-    Service._on_scan ─ verdict ─▶ SaleDesk.take ──(kiosk, allow)──▶ on_verdict ─▶ SaleSession.add
+    scan loop ─ verdict ─▶ SaleDeskListener ─▶ SaleDesk.take ─(kiosk, allow)─▶ SaleSession.add
     control API ─ ReceiptOperations ─▶ SaleDesk.open / add / close / cancel / current / status
                                                                       │
                               sale-unit / sale-refused events (with the scanner's name)
@@ -48,7 +48,7 @@ import csv
 import io
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +59,7 @@ from markd.errors import CodeError, ConfigError, FiscalError, MarkdError
 from markd.receipts import OpenReceipt, Payment, ReceiptError, ReceiptItem
 
 if TYPE_CHECKING:
+    from markd.checks.local_module import LocalModuleClient
     from markd.checks.verdict import Verdict
     from markd.config import Config
     from markd.fiscal.model import PrinterStatus
@@ -246,8 +247,9 @@ class SaleDesk:
     """The printer and the sale session of one running service, in mode ``attendant`` or
     ``kiosk`` (see the module docstring). Implements :class:`markd.receipts.ReceiptOperations`.
 
-    Build it with :meth:`from_config` (or from a session, in tests) and call :meth:`start`
-    before the service reports ready; :meth:`park` and :meth:`shutdown` at stop.
+    Build it with :func:`markd.service.wiring.build_sale_desk` (or from a session, in tests)
+    and call :meth:`start` before the service reports ready; :meth:`park` and
+    :meth:`shutdown` at stop.
     """
 
     def __init__(
@@ -280,24 +282,6 @@ class SaleDesk:
         self._last_error: dict[str, Any] | None = None
         #: What the last :meth:`~SaleSession.recover` did (None before the first).
         self.last_recovery: RecoveryReport | None = None
-
-    @classmethod
-    def from_config(
-        cls, config: Config, store: Store | None, event_log: EventLog | None
-    ) -> SaleDesk:
-        """Load the price list, open the printer ``[fiscal] url`` names and build the session.
-        Raises :class:`~markd.errors.ConfigError` (price list, secrets) or
-        :class:`~markd.errors.FiscalError` (printer URL, driver missing)."""
-        from markd.fiscal.factory import build_session, open_configured_printer
-
-        catalog = load_catalog(config.sale.catalog) if config.sale.catalog else None
-        printer = open_configured_printer(config)
-        try:
-            session = build_session(config, printer, store, event_log=event_log)
-        except BaseException:
-            printer.close()
-            raise
-        return cls(config, session, event_log=event_log, catalog=catalog)
 
     @property
     def kiosk(self) -> bool:
@@ -416,18 +400,23 @@ class SaleDesk:
 
     # -- reload ---------------------------------------------------------------------------------
 
-    async def apply(self, config: Config, store: Store | None, timeout_s: float) -> None:
+    async def apply(
+        self,
+        config: Config,
+        store: Store | None,
+        timeout_s: float,
+        lm_client_for: Callable[[Config], LocalModuleClient | None],
+    ) -> None:
         """Take what a reload may change under an open receipt: the price list and
         ``use_mrp`` (future units only), the store (after it was reopened) and the Local Module
-        client for sale reports (secrets are read again). ``[fiscal]`` and ``[sale] mode`` need
-        a new desk (:func:`fiscal_settings`). Waits up to ``timeout_s`` for an operation under
-        way. Raises :class:`~markd.errors.ConfigError` when the price list or a secret does
-        not load, :class:`~markd.errors.MarkdError` (``sale-busy``) when the operation did not
-        end in time; nothing is changed then."""
-        from markd.fiscal.factory import local_module_for_sales
-
+        client for sale reports, which ``lm_client_for`` builds from ``config`` (secrets are
+        read again). ``[fiscal]`` and ``[sale] mode`` need a new desk
+        (:func:`fiscal_settings`). Waits up to ``timeout_s`` for an operation under way.
+        Raises :class:`~markd.errors.ConfigError` when the price list or a secret does not
+        load, :class:`~markd.errors.MarkdError` (``sale-busy``) when the operation did not end
+        in time; nothing is changed then."""
         catalog = load_catalog(config.sale.catalog) if config.sale.catalog else None
-        lm_client = local_module_for_sales(config)
+        lm_client = lm_client_for(config)
         try:
             await asyncio.wait_for(self._lock.acquire(), timeout_s)
         except TimeoutError:

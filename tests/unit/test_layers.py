@@ -73,19 +73,14 @@ EMULATOR_USERS = ("markd.demo",)
 
 #: Breaches still to remove, as (importer, imported) module names.
 KNOWN: set[tuple[str, str]] = {
-    ("markd.checks.factory", "markd.config"),  # wiring from config: to service/
     ("markd.config", "markd.sale"),  # the price list check: catalog.py
-    ("markd.fiscal.factory", "markd.checks.local_module"),  # wiring: to service/
-    ("markd.fiscal.factory", "markd.config"),
-    ("markd.fiscal.factory", "markd.store"),
     ("markd.fiscal.session", "markd.checks.local_module"),  # the sale session's reports
     ("markd.fiscal.session", "markd.checks.verdict"),
     ("markd.fiscal.session", "markd.store"),
-    ("markd.systemd", "markd.checks.verdict"),  # the verdict's journal record: a listener
 }
 #: Import cycles still to cut (each a sorted list of the modules in it).
 KNOWN_CYCLES: list[list[str]] = [
-    ["markd.config", "markd.fiscal.factory", "markd.sale"],
+    ["markd.config", "markd.sale"],  # gone with config → sale (the price list to catalog.py)
 ]
 
 
