@@ -634,7 +634,7 @@ def _catalog_problem(path: str) -> str | None:
         return None
     if not os.path.isabs(path):
         return f"expected an absolute path, got {path!r}"
-    from markd.sale import load_catalog
+    from markd.catalog import load_catalog
 
     try:
         load_catalog(path)

@@ -74,7 +74,6 @@ EMULATOR_USERS = ("markd.demo",)
 #: Breaches still to remove, as (importer, imported) module names.
 KNOWN: set[tuple[str, str]] = {
     ("markd.checks.factory", "markd.config"),  # wiring from config: to service/
-    ("markd.config", "markd.sale"),  # the price list check: catalog.py
     ("markd.emulators.atol_web", "markd.fiscal.virtual_kkt"),  # the virtual ККТ: to emulators/
     ("markd.fiscal.factory", "markd.checks.local_module"),  # wiring: to service/
     ("markd.fiscal.factory", "markd.config"),
@@ -87,9 +86,7 @@ KNOWN: set[tuple[str, str]] = {
     ("markd.systemd", "markd.checks.verdict"),  # the verdict's journal record: a listener
 }
 #: Import cycles still to cut (each a sorted list of the modules in it).
-KNOWN_CYCLES: list[list[str]] = [
-    ["markd.config", "markd.fiscal.factory", "markd.sale"],
-]
+KNOWN_CYCLES: list[list[str]] = []
 
 
 def modules() -> dict[str, Path]:

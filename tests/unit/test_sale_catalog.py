@@ -9,10 +9,10 @@ import pytest
 
 from conftest import DAIRY, SHOES, TOBACCO_PACK, WATER
 from markd import config
+from markd.catalog import Catalog, CatalogEntry, Quote, load_catalog, quote
 from markd.cli.markctl import main as markctl
 from markd.codes import parse
 from markd.errors import ConfigError
-from markd.sale import Catalog, CatalogEntry, Quote, load_catalog, quote
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
