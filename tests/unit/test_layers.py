@@ -36,6 +36,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "markd.samples",
             "markd.systemd",
             "markd.http",
+            "markd.validation",
         ),
     ),
     (
