@@ -5,6 +5,10 @@ The price list is a CSV file of ``gtin;name;price`` lines: the price in roubles 
 line ``gtin;name;price`` is a header. Any bad line is a :class:`~markd.errors.ConfigError`
 naming the file and the line, so ``markctl config check`` reports it.
 
+:func:`markd.config.load` parses the file once and keeps the result in the loaded
+configuration (``SaleConfig.parsed_catalog``); the sale desk takes it from there
+(``SaleConfig.price_list()``), so one load reads the file once however many files name it.
+
 :func:`quote` is the kiosk's pricing rule: the price list's line for the code's GTIN, else a
 tobacco code's own maximum retail price.
 """

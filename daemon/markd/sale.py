@@ -34,7 +34,9 @@ it: a receipt nobody paid is cancelled on the device (the customer scans again);
 is registered (or found, if the ККТ registered it already). Nothing is cancelled or printed in
 the stop path itself, where time is short and the customer may be gone.
 
-The price list and the kiosk's pricing rule are :mod:`markd.catalog`'s.
+The price list and the kiosk's pricing rule are :mod:`markd.catalog`'s; the desk takes the
+list the loaded configuration carries (:meth:`markd.config.SaleConfig.price_list`), so the
+file is read once per configuration load.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from markd import codes
-from markd.catalog import Catalog, Quote, load_catalog, quote
+from markd.catalog import Catalog, Quote, quote
 from markd.errors import CodeError, FiscalError, MarkdError
 from markd.receipts import OpenReceipt, Payment, ReceiptError, ReceiptItem
 
@@ -121,12 +123,13 @@ class SaleDesk:
     def from_config(
         cls, config: Config, store: Store | None, event_log: EventLog | None
     ) -> SaleDesk:
-        """Load the price list, open the printer ``[fiscal] url`` names and build the session.
-        Raises :class:`~markd.errors.ConfigError` (price list, secrets) or
-        :class:`~markd.errors.FiscalError` (printer URL, driver missing)."""
+        """Take the price list (parsed when ``config`` was loaded), open the printer
+        ``[fiscal] url`` names and build the session. Raises
+        :class:`~markd.errors.ConfigError` (secrets; the price list of a configuration built
+        in code) or :class:`~markd.errors.FiscalError` (printer URL, driver missing)."""
         from markd.fiscal.factory import build_session, open_configured_printer
 
-        catalog = load_catalog(config.sale.catalog) if config.sale.catalog else None
+        catalog = config.sale.price_list()
         printer = open_configured_printer(config)
         try:
             session = build_session(config, printer, store, event_log=event_log)
@@ -262,7 +265,7 @@ class SaleDesk:
         end in time; nothing is changed then."""
         from markd.fiscal.factory import local_module_for_sales
 
-        catalog = load_catalog(config.sale.catalog) if config.sale.catalog else None
+        catalog = config.sale.price_list()
         lm_client = local_module_for_sales(config)
         try:
             await asyncio.wait_for(self._lock.acquire(), timeout_s)
