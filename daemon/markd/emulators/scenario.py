@@ -50,13 +50,16 @@ from __future__ import annotations
 import copy
 import json
 import tomllib
+import typing
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from markd import validation
 from markd.codes import GS, parse
 from markd.errors import CodeError, MarkdError
+from markd.validation import ANY, BOOLEAN, INTEGER, JSON, NUMBER, STRING, TABLE, Kind, array_of
 
 
 class ScenarioError(MarkdError, ValueError):
@@ -69,42 +72,42 @@ class ScenarioError(MarkdError, ValueError):
 # Per-code answers
 
 #: The per-code fields a scenario may set, with their JSON kind (domain.md §3.5 and §4.5).
-CODE_FIELDS: dict[str, str] = {
-    "cis": "str",
-    "valid": "bool",
-    "printView": "str",
-    "gtin": "str",
-    "groupIds": "ints",
-    "verified": "bool",
-    "found": "bool",
-    "realizable": "bool",
-    "utilised": "bool",
-    "isBlocked": "bool",
-    "ogvs": "strs",
-    "sold": "bool",
-    "expireDate": "str",
-    "productionDate": "str",
-    "variableExpirations": "any",
-    "productWeight": "number",
-    "prVetDocument": "str",
-    "isOwner": "bool",
-    "isTracking": "bool",
-    "eliminationState": "int",
-    "mrp": "int",
-    "smp": "int",
-    "grayZone": "bool",
-    "innerUnitCount": "int",
-    "soldUnitCount": "int",
-    "packageType": "str",
-    "parent": "str",
-    "producerInn": "str",
-    "productionSerialNumber": "str",
-    "productionBatchNumber": "str",
-    "factorySerialNumber": "str",
-    "packageQuantity": "int",
-    "message": "str",
-    "errorCode": "int",
-    "isGreyGtin": "bool",  # Local Module 2.x only (unconfirmed)
+CODE_FIELDS: dict[str, Kind] = {
+    "cis": STRING,
+    "valid": BOOLEAN,
+    "printView": STRING,
+    "gtin": STRING,
+    "groupIds": array_of(INTEGER),
+    "verified": BOOLEAN,
+    "found": BOOLEAN,
+    "realizable": BOOLEAN,
+    "utilised": BOOLEAN,
+    "isBlocked": BOOLEAN,
+    "ogvs": array_of(STRING),
+    "sold": BOOLEAN,
+    "expireDate": STRING,
+    "productionDate": STRING,
+    "variableExpirations": ANY,
+    "productWeight": NUMBER,
+    "prVetDocument": STRING,
+    "isOwner": BOOLEAN,
+    "isTracking": BOOLEAN,
+    "eliminationState": INTEGER,
+    "mrp": INTEGER,
+    "smp": INTEGER,
+    "grayZone": BOOLEAN,
+    "innerUnitCount": INTEGER,
+    "soldUnitCount": INTEGER,
+    "packageType": STRING,
+    "parent": STRING,
+    "producerInn": STRING,
+    "productionSerialNumber": STRING,
+    "productionBatchNumber": STRING,
+    "factorySerialNumber": STRING,
+    "packageQuantity": INTEGER,
+    "message": STRING,
+    "errorCode": INTEGER,
+    "isGreyGtin": BOOLEAN,  # Local Module 2.x only (unconfirmed)
 }
 
 #: ``errorCode`` → ``message`` of the True API (domain.md §3.5), used when a scenario sets an
@@ -283,20 +286,20 @@ class Behaviour:
         if "latency_ms" in data:
             latency = data["latency_ms"]
             values = latency if isinstance(latency, list) else [latency]
-            if not values or not all(_is_number(v) and v >= 0 for v in values):
+            if not values or not all(validation.is_number(v) and v >= 0 for v in values):
                 raise ScenarioError(
                     f"{where}.latency_ms: expected a number ≥ 0 or a non-empty list of them"
                 )
             kwargs["latency_ms"] = tuple(float(v) for v in values)
         if "status" in data:
             status = data["status"]
-            if not _is_int(status) or not 100 <= status <= 599:
+            if not validation.is_integer(status) or not 100 <= status <= 599:
                 raise ScenarioError(f"{where}.status: expected an HTTP status 100..599")
             kwargs["status"] = status
         if "code" in data:
-            kwargs["code"] = _typed(data["code"], "int", f"{where}.code")
+            kwargs["code"] = _checked(data["code"], INTEGER, f"{where}.code")
         if "description" in data:
-            kwargs["description"] = _typed(data["description"], "str", f"{where}.description")
+            kwargs["description"] = _checked(data["description"], STRING, f"{where}.description")
         if "body" in data:
             kwargs["body"] = copy.deepcopy(data["body"])
         if "malformed" in data:
@@ -309,7 +312,7 @@ class Behaviour:
                 raise ScenarioError(f"{where}.malformed: expected true, false or a text")
         for name in ("emergency", "drop", "reset", "black_hole"):
             if name in data:
-                kwargs[name] = _typed(data[name], "bool", f"{where}.{name}")
+                kwargs[name] = _checked(data[name], BOOLEAN, f"{where}.{name}")
         behaviour = cls(**kwargs)
         behaviour._check(where)
         return behaviour
@@ -364,11 +367,18 @@ Endpoints = Mapping[str, tuple[Behaviour, ...]]
 CodeAnswers = Mapping[str, Mapping[str, Any]]
 
 
-def _setting(kind: str, default: Any = None) -> Any:
-    """A settings field with the JSON ``kind`` used to check the scenario's value."""
+def _setting(default: Any = None, **limits: Any) -> Any:
+    """A settings field. Its type hint is the kind of value it takes
+    (:func:`markd.validation.kind_of`); ``limits`` are the validator's (``choices``, ``min``,
+    ``max``, ``min_length``, ``check``). ``codes`` and ``endpoints`` have readers of their own
+    (:func:`_settings`)."""
     if isinstance(default, dict):
-        return field(default_factory=dict, metadata={"kind": kind})
-    return field(default=default, metadata={"kind": kind})
+        return field(default_factory=dict, metadata=limits)
+    return field(default=default, metadata=limits)
+
+
+def _error_status_problem(status: int) -> str | None:
+    return None if 400 <= status <= 599 else "expected an error status 400..599"
 
 
 @dataclass(frozen=True)
@@ -384,14 +394,14 @@ class CdnSettings:
     (whether the real service demands it is unconfirmed).
     """
 
-    token: str | None = _setting("str?")
-    hosts: tuple[str, ...] | None = _setting("strs?")
-    refusal_status: int = _setting("int", 404)
-    avg_time_ms: int = _setting("int", 25)
-    max_codes: int = _setting("int", 100)
-    require_fiscal_drive_number: bool = _setting("bool", False)
-    codes: CodeAnswers = _setting("codes", {})
-    endpoints: Endpoints = _setting("endpoints", {})
+    token: str | None = _setting()
+    hosts: tuple[str, ...] | None = _setting()
+    refusal_status: int = _setting(404, check=_error_status_problem)
+    avg_time_ms: int = _setting(25)
+    max_codes: int = _setting(100)
+    require_fiscal_drive_number: bool = _setting(False)
+    codes: CodeAnswers = _setting({})
+    endpoints: Endpoints = _setting({})
 
 
 #: Local Module states (domain.md §4.6).
@@ -411,21 +421,21 @@ class LocalModuleSettings:
     the status body as is.
     """
 
-    state: str = _setting("str", "ready")
-    state_after_init: str = _setting("str", "ready")
-    api_versions: tuple[int, ...] = _setting("ints", (1, 2))
-    version: str = _setting("str", "2.6.0")
-    inst: str = _setting("str", "6f1c3a52-4f6e-4a8e-9d1b-0c2d5e7f9a10")
-    name: str = _setting("str", "markd local module emulator")
-    inn: str = _setting("str", "7700000000")
-    user: str | None = _setting("str?", "admin")
-    password: str = _setting("str", "admin")
-    last_sync: int | None = _setting("int?")
-    last_sync_age_s: float = _setting("number", 60.0)
-    operation_mode: str = _setting("str", "active")
-    status_extra: Mapping[str, Any] = _setting("dict", {})
-    codes: CodeAnswers = _setting("codes", {})
-    endpoints: Endpoints = _setting("endpoints", {})
+    state: str = _setting("ready", choices=LM_STATES)
+    state_after_init: str = _setting("ready", choices=LM_STATES)
+    api_versions: tuple[int, ...] = _setting((1, 2))
+    version: str = _setting("2.6.0")
+    inst: str = _setting("6f1c3a52-4f6e-4a8e-9d1b-0c2d5e7f9a10")
+    name: str = _setting("markd local module emulator")
+    inn: str = _setting("7700000000")
+    user: str | None = _setting("admin")
+    password: str = _setting("admin")
+    last_sync: int | None = _setting()
+    last_sync_age_s: float = _setting(60.0)
+    operation_mode: str = _setting("active")
+    status_extra: Mapping[str, Any] = _setting({})
+    codes: CodeAnswers = _setting({})
+    endpoints: Endpoints = _setting({})
 
 
 @dataclass(frozen=True)
@@ -445,24 +455,24 @@ class TspiotSettings:
     "" and [] left out), ``desctiption`` (the schema's spelling of ``description``).
     """
 
-    versions: tuple[int, ...] = _setting("ints", (1, 2, 3))
-    tspiot_id: str = _setting("str", "c0ffee00-0000-4000-8000-000000000001")
-    id_key: str = _setting("str", "tspiotId")
-    kkt_serial: str = _setting("str", "00106700000001")
-    fn_serial: str = _setting("str", "7380440700000001")
-    kkt_inn: str = _setting("str", "7700000000")
-    codes_check_timeout: int = _setting("int", 2000)
-    lm: Mapping[str, Any] = _setting("dict", {})
-    token: str | None = _setting("str?")
-    inst: str = _setting("str", "6f1c3a52-4f6e-4a8e-9d1b-0c2d5e7f9a10")
-    lm_version: str = _setting("str", "2.6.0")
-    offline_codes: tuple[str, ...] = _setting("strs", ())
-    offline_first_checks: int = _setting("int", 0)
-    string_timestamps: bool = _setting("bool", False)
-    omit_defaults: bool = _setting("bool", False)
-    desctiption: bool = _setting("bool", False)
-    codes: CodeAnswers = _setting("codes", {})
-    endpoints: Endpoints = _setting("endpoints", {})
+    versions: tuple[int, ...] = _setting((1, 2, 3))
+    tspiot_id: str = _setting("c0ffee00-0000-4000-8000-000000000001")
+    id_key: str = _setting("tspiotId")
+    kkt_serial: str = _setting("00106700000001")
+    fn_serial: str = _setting("7380440700000001")
+    kkt_inn: str = _setting("7700000000")
+    codes_check_timeout: int = _setting(2000)
+    lm: Mapping[str, Any] = _setting({})
+    token: str | None = _setting()
+    inst: str = _setting("6f1c3a52-4f6e-4a8e-9d1b-0c2d5e7f9a10")
+    lm_version: str = _setting("2.6.0")
+    offline_codes: tuple[str, ...] = _setting(())
+    offline_first_checks: int = _setting(0)
+    string_timestamps: bool = _setting(False)
+    omit_defaults: bool = _setting(False)
+    desctiption: bool = _setting(False)
+    codes: CodeAnswers = _setting({})
+    endpoints: Endpoints = _setting({})
 
 
 _SECTIONS: dict[str, type] = {
@@ -492,7 +502,7 @@ class Scenario:
         _check_keys(data, {"description", "codes", *_SECTIONS}, where)
         kwargs: dict[str, Any] = {}
         if "description" in data:
-            kwargs["description"] = _typed(data["description"], "str", f"{where}.description")
+            kwargs["description"] = _checked(data["description"], STRING, f"{where}.description")
         if "codes" in data:
             kwargs["codes"] = _code_answers(data["codes"], f"{where}.codes")
         for name, settings_class in _SECTIONS.items():
@@ -567,8 +577,8 @@ class Scenario:
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ScenarioError(f"{where}: expected a table/object, got {type(value).__name__}")
+    if not TABLE.accepts(value):
+        raise ScenarioError(f"{where}: expected {JSON.expected(TABLE)}, got {type(value).__name__}")
     return value
 
 
@@ -580,41 +590,12 @@ def _check_keys(data: Mapping[str, Any], allowed: Collection[str], where: str) -
         )
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _typed(value: Any, kind: str, where: str) -> Any:
-    """Check ``value`` against a JSON ``kind`` and return it (lists as tuples for settings)."""
-    optional = kind.endswith("?")
-    base = kind.rstrip("?")
-    if value is None and optional:
-        return None
-    ok = {
-        "str": lambda v: isinstance(v, str),
-        "int": _is_int,
-        "number": _is_number,
-        "bool": lambda v: isinstance(v, bool),
-        "ints": lambda v: isinstance(v, list | tuple) and all(_is_int(i) for i in v),
-        "strs": lambda v: isinstance(v, list | tuple) and all(isinstance(i, str) for i in v),
-        "dict": lambda v: isinstance(v, Mapping),
-        "any": lambda v: True,
-    }[base](value)
-    if not ok:
-        names = {
-            "str": "a string",
-            "int": "an integer",
-            "number": "a number",
-            "bool": "true or false",
-            "ints": "a list of integers",
-            "strs": "a list of strings",
-            "dict": "a table/object",
-        }
-        raise ScenarioError(f"{where}: expected {names[base]}, got {value!r}")
+def _checked(value: Any, kind: Kind, where: str, limits: Mapping[str, Any] | None = None) -> Any:
+    """``value``, when it is a valid ``kind`` under ``limits`` (markd's one validator,
+    :mod:`markd.validation`, in its JSON wording); else a :class:`ScenarioError` naming
+    ``where``."""
+    for problem in validation.problems(value, kind, limits, JSON):
+        raise ScenarioError(f"{where}: {problem}")
     return value
 
 
@@ -625,9 +606,7 @@ def _code_answers(value: Any, where: str) -> dict[str, dict[str, Any]]:
         overrides = _mapping(overrides, here)
         _check_keys(overrides, CODE_FIELDS, here)
         for name, field_value in overrides.items():
-            kind = CODE_FIELDS[name]
-            if kind != "any":
-                _typed(field_value, kind, f"{here}.{name}")
+            _checked(field_value, CODE_FIELDS[name], f"{here}.{name}")
         answers[str(key)] = copy.deepcopy(dict(overrides))
     return answers
 
@@ -648,44 +627,37 @@ def _endpoints(value: Any, where: str) -> dict[str, tuple[Behaviour, ...]]:
 
 
 def _settings(cls: type, value: Any, where: str) -> Any:
+    """Read one emulator's section into its settings dataclass: each field's type hint is
+    its kind, its metadata its limits; ``codes`` and ``endpoints`` have readers of their own."""
     data = _mapping(value, where)
     known = {f.name: f for f in fields(cls)}
     _check_keys(data, known, where)
+    hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for name, raw in data.items():
-        kind = known[name].metadata["kind"]
         here = f"{where}.{name}"
-        if kind == "codes":
+        if name == "codes":
             kwargs[name] = _code_answers(raw, here)
-        elif kind == "endpoints":
+        elif name == "endpoints":
             kwargs[name] = _endpoints(raw, here)
         else:
-            checked = _typed(raw, kind, here)
-            if kind.rstrip("?") in ("ints", "strs") and checked is not None:
-                checked = tuple(checked)
-            elif kind == "dict":
+            kind = validation.kind_of(hints[name])
+            checked = _checked(raw, kind, here, known[name].metadata)
+            if kind.item is not None and checked is not None:
+                checked = tuple(checked)  # settings are immutable: no list to change later
+            elif kind is TABLE:
                 checked = copy.deepcopy(dict(checked))
-            elif kind == "number":
+            elif kind is NUMBER:
                 checked = float(checked)
             kwargs[name] = checked
-    settings = cls(**kwargs)
-    if isinstance(settings, CdnSettings) and not 400 <= settings.refusal_status <= 599:
-        raise ScenarioError(f"{where}.refusal_status: expected an error status 400..599")
-    if isinstance(settings, LocalModuleSettings):
-        for state_key in ("state", "state_after_init"):
-            if getattr(settings, state_key) not in LM_STATES:
-                raise ScenarioError(
-                    f"{where}.{state_key}: expected one of {', '.join(LM_STATES)}, "
-                    f"got {getattr(settings, state_key)!r}"
-                )
-    return settings
+    return cls(**kwargs)
 
 
 def _settings_to_dict(settings: Any) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for f in fields(settings):
         value = getattr(settings, f.name)
-        if f.metadata["kind"] == "endpoints":
+        if f.name == "endpoints":
             data[f.name] = {
                 name: steps[0].to_dict() if len(steps) == 1 else [s.to_dict() for s in steps]
                 for name, steps in value.items()

@@ -276,13 +276,14 @@ def build_session(
 
 
 def build_sale_desk(config: Config, store: Store | None, event_log: EventLog | None) -> SaleDesk:
-    """Load the price list, open the printer ``[fiscal] url`` names and build the session and
-    the desk over them (not started: :meth:`~markd.sale.SaleDesk.start` recovers). Raises
-    :class:`~markd.errors.ConfigError` (price list, secrets) or
+    """Take the price list (parsed when ``config`` was loaded), open the printer ``[fiscal]
+    url`` names and build the session and the desk over them (not started:
+    :meth:`~markd.sale.SaleDesk.start` recovers). Raises :class:`~markd.errors.ConfigError`
+    (secrets; the price list of a configuration built in code) or
     :class:`~markd.errors.FiscalError` (printer URL, driver missing)."""
-    from markd.sale import SaleDesk, load_catalog
+    from markd.sale import SaleDesk
 
-    catalog = load_catalog(config.sale.catalog) if config.sale.catalog else None
+    catalog = config.sale.price_list()
     printer = open_configured_printer(config)
     try:
         session = build_session(config, printer, store, event_log=event_log)
