@@ -28,7 +28,7 @@ lint: $(STAMP)
 
 venv: $(STAMP)
 
-$(STAMP): setup.cfg setup.py pyproject.toml tools/bootstrap.sh daemon/markd/store/_lookup.c
+$(STAMP): setup.cfg pyproject.toml tools/bootstrap.sh
 	tools/bootstrap.sh $(VENV)
 	touch $@
 

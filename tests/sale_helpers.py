@@ -12,8 +12,8 @@ from typing import Any
 
 from conftest import RecordingEventLog, wait_until
 from markd import config as config_module
+from markd.emulators.virtual_kkt import VirtualKkt
 from markd.fiscal.journal import SessionJournal
-from markd.fiscal.virtual_kkt import VirtualKkt
 from markd.service import Service
 
 #: The kiosk's price list: water and kefir are listed, the shoes are not (no price).

@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Prepare .venv for markd on a Debian/Ubuntu machine: install the apt build dependencies
-# that are missing (systemd-python compiles against libsystemd), create the virtual
-# environment and install the package with its test extras in editable mode.
+# Prepare .venv for markd on a Debian/Ubuntu machine: install the apt packages that are
+# missing, create the virtual environment and install the package with its test extras in
+# editable mode.
+#
+# markd itself is pure Python and compiles nothing. The compiler and headers below are there
+# for one dependency only: systemd-python, which PyPI ships as source that pip builds against
+# libsystemd. They serve the venvs this script makes with pip (the development and test venv,
+# and for now `make install`'s); a kiosk whose runtime dependencies come from Debian's
+# packages (python3-systemd, python3-lmdb, python3-serial, python3-usb) needs none of them.
 #
 # Usage: tools/bootstrap.sh [VENV_DIR]      (default .venv)
 # Environment: PYTHON (interpreter to build the venv from, default python3);
@@ -26,16 +32,17 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     exit 1
 fi
 
-# Debian packages needed to build systemd-python and to create a venv.
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+"$python" -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+# Only to build systemd-python from PyPI's source (see the top): libsystemd's headers, a
+# compiler, and Python.h (a pyenv or self-built Python ships its own; Debian's python3 needs
+# python3-dev).
 have_pkg libsystemd-dev || need+=(libsystemd-dev)
 have_pkg pkg-config || have_pkg pkgconf || need+=(pkg-config)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
-# Python.h: a pyenv or self-built Python ships its own; Debian's python3 needs python3-dev.
 inc=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$inc/Python.h" ] || need+=(python3-dev)
-"$python" -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 # systemd-nspawn boots the real systemd for tests/system/; only root can run it, so only a root
 # bootstrap asks for it (the system test is skipped with a reason elsewhere). tinyproxy is a
 # real proxy the HTTP client is tested against (tests/integration/test_http_proxy.py, skipped
@@ -47,11 +54,11 @@ fi
 
 if [ ${#need[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then
-        say "missing build dependencies (${need[*]}) and no apt-get to install them"
+        say "missing packages (${need[*]}) and no apt-get to install them"
         exit 1
     fi
     if [ "$(id -u)" -ne 0 ]; then
-        say "missing build dependencies: ${need[*]}"
+        say "missing packages: ${need[*]}"
         say "run as root, or first: sudo apt-get install -y ${need[*]}"
         exit 1
     fi
@@ -76,8 +83,4 @@ if [ -n "${MARKD_PIP_SPEC:-}" ]; then spec=("$MARKD_PIP_SPEC"); else spec=(-e '.
 "$venv/bin/python" -m pip install -q "${spec[@]}"
 "$venv/bin/python" -c 'import markd, lmdb, serial, usb; import systemd.journal, systemd.daemon' \
     || { say "the venv is incomplete (see the import error above)"; exit 1; }
-# The store's C lookup path is optional for markd, but expected here (gcc and the headers were
-# installed above); without it lookups take the slower Python path.
-"$venv/bin/python" -c 'from markd.store import _lookup' 2>/dev/null \
-    || say "warning: markd.store._lookup was not built; the store uses its Python lookup path"
 say "ready: $venv"

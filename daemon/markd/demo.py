@@ -53,11 +53,11 @@ from markd.config import (
 )
 from markd.emulators.crpt_cdn import CrptCdn
 from markd.emulators.local_module import LocalModuleEmulator
-from markd.emulators.scenario import TLSUnavailableError
+from markd.emulators.server import TLSUnavailableError
 from markd.emulators.tspiot import TspiotEmulator
-from markd.fiscal.factory import build_session, local_module_for_sales, open_configured_printer
 from markd.scanners import get_virtual
 from markd.service import Service
+from markd.service.wiring import build_session, local_module_for_sales, open_configured_printer
 from markd.store import Store
 from markd.systemd import EventLog
 

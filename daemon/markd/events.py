@@ -1,22 +1,23 @@
 """The in-process event hub: what the daemon journals, also as a live stream for the control API.
 
-The service writes every event to its :class:`~markd.systemd.EventLog` (the journal). Wrapped in
-a :class:`PublishingEventLog`, each of those events is also handed to an :class:`EventHub`,
-which fans it out to the subscribers of the moment (the ``GET /v1/events`` streams of kiosk
-screens and ``markctl events``)::
+The service writes every event to its :class:`~markd.systemd.EventLog` (the journal). An
+:class:`EventPublisher`, registered as one of the log's observers, hands each of those events
+to an :class:`EventHub`, which fans it out to the subscribers of the moment (the ``GET
+/v1/events`` streams of kiosk screens and ``markctl events``)::
 
-    service ─event()/verdict()─▶ PublishingEventLog ─┬▶ EventLog (journal / stderr)
-                                                     └▶ EventHub ─┬▶ Subscription (queue) ─▶ client
-                                                                  └▶ Subscription ─▶ client
+    service ─event()─▶ EventLog ─▶ journal / stderr
+                          └─ observer ─▶ EventPublisher ─▶ EventHub ─┬▶ Subscription ─▶ client
+    verdict listener ─publish_verdict()─▶ EventPublisher ──────────┘  └▶ Subscription ─▶ client
 
 What a subscriber receives is what the journal shows, structured: the same kinds
 (``verdict``, ``scanner-present``, ``service-started`` …) and the same fields, at the same
 priorities (an event below ``[log] level`` is neither journaled nor published). A ``verdict``
-carries the whole verdict as :func:`verdict_json` gives it. Like the journal, an event never
-holds the full code or its crypto tail: fields named ``km``, ``crypto``, ``code`` and ``raw``
-are dropped. ``check-exchange`` records (redacted request and answer bodies of the check
-services) stay in the journal only; the service publishes a ``scan`` event of its own when a
-scan arrives, before its verdict.
+carries the whole verdict as :func:`verdict_json` gives it: the service's verdict listener
+publishes it whole, and its journal record (the same verdict as journal fields) is not
+published a second time. Like the journal, an event never holds the full code or its crypto
+tail: fields named ``km``, ``crypto``, ``code`` and ``raw`` are dropped. ``check-exchange``
+records (redacted request and answer bodies of the check services) stay in the journal only;
+the service publishes a ``scan`` event of its own when a scan arrives, before its verdict.
 
 Publishing never waits: each subscription has a bounded queue, and a subscriber whose queue is
 full (a client that stopped reading) is dropped, its ``on_drop`` callback scheduled on the loop.
@@ -36,13 +37,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from markd.checks.verdict import Verdict
-from markd.systemd import FORBIDDEN_FIELDS, PRIORITIES, EventLog, priority_value
+from markd.systemd import PRIORITIES, EventLog, priority_value
 
 #: Events waiting per subscriber before it counts as stalled and is dropped.
 DEFAULT_QUEUE_LIMIT = 256
 
 #: Event kinds kept out of the hub: the journal is their place (redacted HTTP bodies).
 UNPUBLISHED_KINDS = frozenset({"check-exchange"})
+#: Event kinds whose producer publishes them in a fuller form than their journal record:
+#: a verdict goes out as :func:`verdict_json` (:meth:`EventPublisher.publish_verdict`).
+PUBLISHED_WHOLE = frozenset({"verdict"})
 
 _PRIORITY_NAMES = {number: name for name, number in PRIORITIES.items()}
 
@@ -252,46 +256,34 @@ class EventHub:
                     self._loop.call_soon(subscription.on_drop, subscription)
 
 
-class PublishingEventLog(EventLog):
-    """An :class:`EventLog` that also publishes each event it is given to an :class:`EventHub`.
+class EventPublisher:
+    """Publishes what an :class:`~markd.systemd.EventLog` writes to an :class:`EventHub`.
 
-    It wraps the event log the service was given (journald, stderr or a test's recorder):
-    writing goes to that log unchanged; every other attribute is the wrapped log's.
+    Register it with ``log.add_observer(publisher)``: each event the log writes (it passed
+    ``[log] level``) is published with its fields, its message and its priority's name.
+    Verdicts come through :meth:`publish_verdict`, whole.
+
+    :param hub: where events go.
+    :param log: the event log observed; its ``level`` also decides which verdicts are published.
     """
 
-    def __init__(self, inner: EventLog, hub: EventHub) -> None:
-        # No EventLog.__init__: the wrapped log owns the target, stream and level.
-        self.inner = inner
+    def __init__(self, hub: EventHub, log: EventLog) -> None:
         self.hub = hub
+        self.log = log
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":  # not set yet (copy, pickle): avoid recursing
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    def event(
-        self, kind: str, message: str, *, priority: str | int = "info", **fields: Any
-    ) -> None:
-        self.inner.event(kind, message, priority=priority, **fields)
-        if not self.hub.subscribers or kind in UNPUBLISHED_KINDS:
+    def __call__(self, kind: str, message: str, priority: int, fields: Mapping[str, Any]) -> None:
+        if not self.hub.subscribers:
             return  # nobody listens (the usual case on a till without a screen): no work
-        if not self._loud_enough(priority):
+        if kind in UNPUBLISHED_KINDS or kind in PUBLISHED_WHOLE:
             return
-        data = {
-            name: value
-            for name, value in fields.items()
-            if value is not None and name.lower() not in FORBIDDEN_FIELDS
-        }
+        data = dict(fields)
         data["message"] = message
-        data["priority"] = _PRIORITY_NAMES.get(priority_value(priority), str(priority))
+        data["priority"] = _PRIORITY_NAMES.get(priority, str(priority))
         self.hub.publish(kind, data)
 
-    def verdict(self, verdict: Verdict) -> None:
-        self.inner.verdict(verdict)
+    def publish_verdict(self, verdict: Verdict) -> None:
+        """Publish ``verdict`` as a ``verdict`` event (:func:`verdict_json`), at the priority
+        its journal record has."""
         priority = "info" if verdict.decision == "allow" else "notice"
-        if self.hub.subscribers and self._loud_enough(priority):
+        if self.hub.subscribers and priority_value(priority) <= self.log.level:
             self.hub.publish("verdict", verdict_json(verdict))
-
-    def _loud_enough(self, priority: str | int) -> bool:
-        level = getattr(self.inner, "level", PRIORITIES["debug"])
-        return priority_value(priority) <= level

@@ -16,7 +16,7 @@
 
 ::
 
-    Service._on_scan ─ verdict ─▶ SaleDesk.take ──(kiosk, allow)──▶ on_verdict ─▶ SaleSession.add
+    scan loop ─ verdict ─▶ SaleDeskListener ─▶ SaleDesk.take ─(kiosk, allow)─▶ SaleSession.add
     control API ─ ReceiptOperations ─▶ SaleDesk.open / add / close / cancel / current / status
                                                                       │
                               sale-unit / sale-refused events (with the scanner's name)
@@ -34,31 +34,27 @@ it: a receipt nobody paid is cancelled on the device (the customer scans again);
 is registered (or found, if the ККТ registered it already). Nothing is cancelled or printed in
 the stop path itself, where time is short and the customer may be gone.
 
-The price list (:func:`load_catalog`) is a CSV file of ``gtin;name;price`` lines: the price in
-roubles (``89.90`` or ``89,90``), ``#`` starts a comment line, an optional first line
-``gtin;name;price`` is a header. Any bad line is a :class:`~markd.errors.ConfigError` naming
-the file and the line, so ``markctl config check`` reports it.
+The price list and the kiosk's pricing rule are :mod:`markd.catalog`'s; the desk takes the
+list the loaded configuration carries (:meth:`markd.config.SaleConfig.price_list`), so the
+file is read once per configuration load.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import io
-import re
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from markd import codes
-from markd.errors import CodeError, ConfigError, FiscalError, MarkdError
+from markd.catalog import Catalog, Quote, quote
+from markd.errors import CodeError, FiscalError, MarkdError
 from markd.receipts import OpenReceipt, Payment, ReceiptError, ReceiptItem
 
 if TYPE_CHECKING:
+    from markd.checks.local_module import LocalModuleClient
     from markd.checks.verdict import Verdict
     from markd.config import Config
     from markd.fiscal.model import PrinterStatus
@@ -70,167 +66,10 @@ if TYPE_CHECKING:
 NO_PRICE_RU = "Цена товара не найдена, обратитесь к продавцу"
 RETURN_OPEN_RU = "Открыт чек возврата, продажа невозможна"
 STOPPING_RU = "Касса перезапускается, отсканируйте код ещё раз"
-#: Position name of a tobacco unit priced at its MRP with no line in the price list.
-MRP_NAME = "Табачная продукция"
-
-#: Highest price a price list may give (100 million roubles): a bigger one is a typo.
-MAX_PRICE_KOPECKS = 10_000_000_000
-#: Longest position name the ККТ takes (tag 1030).
-MAX_NAME_CHARS = 128
 #: Failure reasons that mean the ККТ was not reached (or did not answer): HTTP 503 to the API.
 UNREACHABLE_REASONS = frozenset(
     {"printer-unavailable", "outcome-unknown", "fiscal-timeout", "driver-missing"}
 )
-
-_PRICE = re.compile(r"(\d{1,12})(?:[.,](\d{1,2}))?")
-_SPACES = re.compile(r"[ \u00a0\u202f]")
-
-
-# --------------------------------------------------------------------------------------------
-# The price list
-
-
-@dataclass(frozen=True)
-class CatalogEntry:
-    """One line of the price list."""
-
-    #: GTIN-14 (shorter GTINs are padded with zeros on the left, as in a marking code).
-    gtin: str
-    name: str
-    price_kopecks: int
-    #: Line in the file, for messages.
-    line: int
-
-
-@dataclass(frozen=True)
-class Catalog:
-    """The price list of a kiosk, by GTIN-14."""
-
-    path: str
-    entries: Mapping[str, CatalogEntry]
-
-    def get(self, gtin: str) -> CatalogEntry | None:
-        return self.entries.get(gtin.zfill(14))
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-
-def load_catalog(path: str | Path) -> Catalog:
-    """Read the price list at ``path`` (UTF-8, a byte-order mark allowed, ``;``-separated,
-    fields may be quoted). Raises :class:`~markd.errors.ConfigError` with one ``FILE:LINE:``
-    problem per bad line (or one for a file that cannot be read)."""
-    name = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            f"{name}: cannot read the price list: {exc.strerror or exc}",
-        ) from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{name}: the price list is not UTF-8 text (byte {exc.start})") from None
-    problems: list[str] = []
-    entries: dict[str, CatalogEntry] = {}
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=";", strict=True)
-    first = True
-    line = 0
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            problems.append(f"{name}:{reader.line_num}: {exc}")
-            break
-        line = reader.line_num
-        fields = [f.strip() for f in row]
-        while fields and not fields[-1]:
-            fields.pop()  # "gtin;name;price;" from a spreadsheet
-        if not fields or fields[0].startswith("#"):
-            continue
-        if first and fields[0].lower() == "gtin":
-            first = False
-            continue  # the header line
-        first = False
-        entry = _catalog_entry(fields, name, line, problems)
-        if entry is None:
-            continue
-        earlier = entries.get(entry.gtin)
-        if earlier is not None:
-            problems.append(
-                f"{name}:{line}: GTIN {entry.gtin} is already priced on line {earlier.line}"
-            )
-            continue
-        entries[entry.gtin] = entry
-    if problems:
-        count = len(problems)
-        raise ConfigError(
-            f"price list {name} has {count} problem{'s' if count != 1 else ''}", problems
-        )
-    return Catalog(name, entries)
-
-
-def _catalog_entry(
-    fields: list[str], name: str, line: int, problems: list[str]
-) -> CatalogEntry | None:
-    where = f"{name}:{line}"
-    if len(fields) != 3:
-        problems.append(f"{where}: expected 3 fields gtin;name;price, got {len(fields)}")
-        return None
-    gtin, title, price_text = fields
-    ok = True
-    if not (gtin.isascii() and gtin.isdigit() and len(gtin) in (8, 12, 13, 14)):
-        problems.append(f"{where}: gtin: expected 8, 12, 13 or 14 digits, got {gtin!r}")
-        ok = False
-    elif not codes.gtin_is_valid(gtin):
-        problems.append(f"{where}: gtin: check digit of {gtin} is wrong")
-        ok = False
-    if not title:
-        problems.append(f"{where}: name: must not be empty")
-        ok = False
-    elif len(title) > MAX_NAME_CHARS:
-        problems.append(f"{where}: name: at most {MAX_NAME_CHARS} characters (tag 1030)")
-        ok = False
-    price = _price_kopecks(price_text)
-    if price is None:
-        problems.append(
-            f"{where}: price: expected roubles such as 89.90 or 89,90, got {price_text!r}"
-        )
-        ok = False
-    return CatalogEntry(gtin.zfill(14), title, price, line) if ok and price is not None else None
-
-
-def _price_kopecks(text: str) -> int | None:
-    found = _PRICE.fullmatch(_SPACES.sub("", text))
-    if found is None:
-        return None
-    kopecks = int(found.group(1)) * 100 + int((found.group(2) or "0").ljust(2, "0"))
-    return kopecks if kopecks <= MAX_PRICE_KOPECKS else None
-
-
-@dataclass(frozen=True)
-class Quote:
-    """What a kiosk sells a unit as: its name and price, and where the price came from
-    (``catalog``, ``mrp``; ``api`` for units the POS priced)."""
-
-    name: str
-    price_kopecks: int
-    source: str
-
-
-def quote(code: codes.MarkingCode, catalog: Catalog | None, *, use_mrp: bool) -> Quote | None:
-    """A kiosk's price for ``code``: the price list's line for its GTIN, else (with
-    ``use_mrp``) a tobacco code's own maximum retail price; None when there is neither. The
-    MRP is the price only for tobacco: in other groups a code's MRP is a minimum."""
-    if catalog is not None:
-        entry = catalog.get(code.gtin)
-        if entry is not None:
-            return Quote(entry.name, entry.price_kopecks, "catalog")
-    if use_mrp and code.group == "tobacco" and code.mrp_kopecks is not None:
-        return Quote(f"{MRP_NAME} {code.gtin}", code.mrp_kopecks, "mrp")
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,8 +85,9 @@ class SaleDesk:
     """The printer and the sale session of one running service, in mode ``attendant`` or
     ``kiosk`` (see the module docstring). Implements :class:`markd.receipts.ReceiptOperations`.
 
-    Build it with :meth:`from_config` (or from a session, in tests) and call :meth:`start`
-    before the service reports ready; :meth:`park` and :meth:`shutdown` at stop.
+    Build it with :func:`markd.service.wiring.build_sale_desk` (or from a session, in tests)
+    and call :meth:`start` before the service reports ready; :meth:`park` and
+    :meth:`shutdown` at stop.
     """
 
     def __init__(
@@ -280,24 +120,6 @@ class SaleDesk:
         self._last_error: dict[str, Any] | None = None
         #: What the last :meth:`~SaleSession.recover` did (None before the first).
         self.last_recovery: RecoveryReport | None = None
-
-    @classmethod
-    def from_config(
-        cls, config: Config, store: Store | None, event_log: EventLog | None
-    ) -> SaleDesk:
-        """Load the price list, open the printer ``[fiscal] url`` names and build the session.
-        Raises :class:`~markd.errors.ConfigError` (price list, secrets) or
-        :class:`~markd.errors.FiscalError` (printer URL, driver missing)."""
-        from markd.fiscal.factory import build_session, open_configured_printer
-
-        catalog = load_catalog(config.sale.catalog) if config.sale.catalog else None
-        printer = open_configured_printer(config)
-        try:
-            session = build_session(config, printer, store, event_log=event_log)
-        except BaseException:
-            printer.close()
-            raise
-        return cls(config, session, event_log=event_log, catalog=catalog)
 
     @property
     def kiosk(self) -> bool:
@@ -416,18 +238,23 @@ class SaleDesk:
 
     # -- reload ---------------------------------------------------------------------------------
 
-    async def apply(self, config: Config, store: Store | None, timeout_s: float) -> None:
+    async def apply(
+        self,
+        config: Config,
+        store: Store | None,
+        timeout_s: float,
+        lm_client_for: Callable[[Config], LocalModuleClient | None],
+    ) -> None:
         """Take what a reload may change under an open receipt: the price list and
         ``use_mrp`` (future units only), the store (after it was reopened) and the Local Module
-        client for sale reports (secrets are read again). ``[fiscal]`` and ``[sale] mode`` need
-        a new desk (:func:`fiscal_settings`). Waits up to ``timeout_s`` for an operation under
-        way. Raises :class:`~markd.errors.ConfigError` when the price list or a secret does
-        not load, :class:`~markd.errors.MarkdError` (``sale-busy``) when the operation did not
-        end in time; nothing is changed then."""
-        from markd.fiscal.factory import local_module_for_sales
-
-        catalog = load_catalog(config.sale.catalog) if config.sale.catalog else None
-        lm_client = local_module_for_sales(config)
+        client for sale reports, which ``lm_client_for`` builds from ``config`` (secrets are
+        read again). ``[fiscal]`` and ``[sale] mode`` need a new desk
+        (:func:`fiscal_settings`). Waits up to ``timeout_s`` for an operation under way.
+        Raises :class:`~markd.errors.ConfigError` when the price list or a secret does not
+        load, :class:`~markd.errors.MarkdError` (``sale-busy``) when the operation did not end
+        in time; nothing is changed then."""
+        catalog = config.sale.price_list()
+        lm_client = lm_client_for(config)
         try:
             await asyncio.wait_for(self._lock.acquire(), timeout_s)
         except TimeoutError:
@@ -853,11 +680,6 @@ def _iso(stamp: float | None) -> str | None:
 
 
 __all__ = [
-    "Catalog",
-    "CatalogEntry",
-    "Quote",
     "SaleDesk",
     "fiscal_settings",
-    "load_catalog",
-    "quote",
 ]

@@ -16,6 +16,10 @@ fields, so a technician filters without grepping::
 and a fixed ``MESSAGE_ID`` per event kind (:data:`MESSAGE_IDS`) for the journal catalog.
 Off journald the same event is one plain line on stderr. The full marking code and its crypto
 tail are never logged: fields named ``km``, ``crypto``, ``code`` or ``raw`` are dropped.
+
+Whoever else wants what the log writes (the control API's live event stream) registers an
+observer with :meth:`EventLog.add_observer` and is handed each event that passed the level,
+its fields already cleaned.
 """
 
 from __future__ import annotations
@@ -26,12 +30,10 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TextIO
-
-if TYPE_CHECKING:
-    from markd.checks.verdict import Verdict
+from typing import Any, TextIO
 
 try:  # systemd-python is a dependency, but markd must still run where it failed to build.
     from systemd import daemon as _sd_daemon
@@ -185,6 +187,10 @@ _PRIORITY_ALIASES = {"err": "error", "warn": "warning"}
 #: Field names that would carry the crypto tail; refused whatever the caller passes.
 FORBIDDEN_FIELDS = frozenset({"km", "crypto", "code", "raw"})
 
+#: Called with each event an :class:`EventLog` writes: kind, message, priority (a number) and
+#: the fields as written (``None`` values and :data:`FORBIDDEN_FIELDS` already left out).
+EventObserver = Callable[[str, str, int, Mapping[str, Any]], None]
+
 
 def priority_value(level: str | int) -> int:
     """A syslog priority number from a name (``info``) or a number; ``ValueError`` if unknown."""
@@ -254,6 +260,16 @@ class EventLog:
         else:
             use_journal = target == "journal" and self._journal is not None
         self.target = "journal" if use_journal else "stderr"
+        self._observers: list[EventObserver] = []
+
+    def add_observer(self, observer: EventObserver) -> None:
+        """Hand every event written from now on to ``observer`` too, after the journal."""
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: EventObserver) -> None:
+        """Stop handing events to ``observer`` (one that was never added is ignored)."""
+        if observer in self._observers:
+            self._observers.remove(observer)
 
     def event(
         self, kind: str, message: str, *, priority: str | int = "info", **fields: Any
@@ -261,7 +277,8 @@ class EventLog:
         """Log one event of ``kind`` (a key of :data:`MESSAGE_IDS`).
 
         ``fields`` become ``MARKD_<NAME>`` journal fields (``ki`` → ``MARKD_KI``) or ``name=value``
-        pairs on the line. ``None`` values are left out. Never raises on a write failure.
+        pairs on the line. ``None`` values are left out. Never raises on a write failure. The
+        observers get the event after it is written, in the order they were added.
         """
         if kind not in MESSAGE_IDS:
             raise ValueError(f"unknown event kind {kind!r}; add it to MESSAGE_IDS")
@@ -292,16 +309,8 @@ class EventLog:
         except (OSError, ValueError):
             # journald gone or stderr closed: keep checking codes rather than die logging.
             pass
-
-    def verdict(self, verdict: Verdict) -> None:
-        """Log a :class:`~markd.checks.verdict.Verdict` as one ``verdict`` event."""
-        subject = verdict.ki if verdict.ki is not None else "(unparsed scan)"
-        message = (
-            f"{verdict.decision} {subject} from {verdict.scanner}: {verdict.reason} "
-            f"({verdict.message_ru})"
-        )
-        priority = "info" if verdict.decision == "allow" else "notice"
-        self.event("verdict", message, priority=priority, **verdict.journal_fields())
+        for observer in self._observers:
+            observer(kind, message, prio, clean)
 
 
 class LogBridge(logging.Handler):

@@ -24,10 +24,10 @@ from markd.emulators.atol_web import AtolWebEmulator, load_scenario
 from markd.emulators.scenario import ScenarioError
 from markd.errors import FiscalTimeout, OutcomeUnknown, PrinterFault, PrinterUnavailable
 from markd.fiscal import atol_protocol as proto
-from markd.fiscal import testing
 from markd.fiscal.atol import TaskOutcome, Transport
 from markd.fiscal.base import PrinterSettings, new_op_id, open_printer
 from markd.fiscal.model import MarkedItem, Payment, Position
+from markd.testing import fiscal as testing
 
 REQUESTS = "/api/v2/requests"
 

@@ -23,12 +23,13 @@ import pytest
 
 from markd.codes import parse
 from markd.emulators.atol_web import AtolWebEmulator
-from markd.emulators.scenario import Behaviour, Reply, Request, Route, Scenario
+from markd.emulators.scenario import Behaviour, Scenario
+from markd.emulators.server import Reply, Request, Route
 from markd.errors import OutcomeUnknown, PrinterUnavailable
-from markd.fiscal import testing
 from markd.fiscal.atol import WebRequestsTransport
 from markd.fiscal.base import FiscalPrinter, new_op_id, open_printer
 from markd.fiscal.model import MarkedItem, Payment, Position
+from markd.testing import fiscal as testing
 
 REQUESTS = "/api/v2/requests"
 

@@ -30,7 +30,7 @@ from markd.checks.tspiot import TspiotClient
 from markd.codes import parse
 from markd.emulators import testing
 from markd.emulators.http_proxy import HttpProxy
-from markd.emulators.scenario import self_signed_certificate
+from markd.emulators.server import self_signed_certificate
 from markd.http.client import (
     PROXY_ERROR_KINDS,
     HTTPClient,

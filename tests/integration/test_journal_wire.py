@@ -2,8 +2,9 @@
 
 libsystemd's sd_journal_send() writes to the fixed socket /run/systemd/journal/socket. In a
 private mount namespace we put a tmpfs over /run, bind our own datagram socket at that path,
-log a verdict through EventLog(target="journal") and decode what arrived with the journal's
-native protocol (KEY=value lines, or KEY, a 64-bit little-endian length and the raw value).
+log a verdict to EventLog(target="journal") as the service's journal listener does, and decode
+what arrived with the journal's native protocol (KEY=value lines, or KEY, a 64-bit
+little-endian length and the raw value).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ CHILD = textwrap.dedent(
     r"""
     import json, os, socket, struct, sys
     from markd.checks.verdict import Verdict
+    from markd.service.listeners import journal_verdict
     from markd.systemd import EventLog
 
     os.makedirs("/run/systemd/journal", exist_ok=True)
@@ -36,7 +38,7 @@ CHILD = textwrap.dedent(
     verdict = Verdict(decision="deny", reason="blocked-locally", message_ru="Продажа запрещена",
                       source="store", scanner="front", ki="0104670540176099215LpGKy",
                       shape="gs1-93", repairs=("lost-gs-recovered",), latency_ms=1.5)
-    EventLog(target="journal").verdict(verdict)
+    journal_verdict(EventLog(target="journal"), verdict)
     data = sock.recv(1 << 20)
 
     fields, pos = {}, 0

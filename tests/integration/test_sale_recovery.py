@@ -22,11 +22,11 @@ import pytest
 
 from markd.codes import parse
 from markd.emulators.atol_web import AtolWebEmulator
-from markd.fiscal import testing
+from markd.emulators.virtual_kkt import VirtualKkt
 from markd.fiscal.journal import SessionJournal
 from markd.fiscal.killpoint import KILL_ENV, STEPS
-from markd.fiscal.virtual_kkt import VirtualKkt
 from markd.store import Store
+from markd.testing import fiscal as testing
 
 CODES = (testing.SHOES, testing.WATER)
 KIS = sorted(parse(c).ki for c in CODES)

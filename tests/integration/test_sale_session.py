@@ -14,11 +14,11 @@ import pytest
 from markd.checks.local_module import LocalModuleClient
 from markd.codes import parse
 from markd.emulators import testing as emulators
-from markd.fiscal import testing
 from markd.fiscal.base import FiscalPrinter, PrinterSettings
 from markd.fiscal.session import SaleOptions, SaleSession
 from markd.secrets import Secret
 from markd.store import Store
+from markd.testing import fiscal as testing
 
 WATER = parse(testing.WATER)
 SHOES = parse(testing.SHOES)

@@ -7,7 +7,6 @@ credentials came and were right) and the file server's (what reached the origin)
 
 from __future__ import annotations
 
-import ssl
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -17,9 +16,9 @@ import pytest
 import test_store_fleet as direct_sync
 from test_store_fleet import KIS, content, store_error
 
-from markd.emulators import static_http
+from markd.emulators import server as emulator_server
 from markd.emulators.http_proxy import HttpProxy
-from markd.emulators.scenario import self_signed_certificate
+from markd.emulators.server import self_signed_certificate
 from markd.emulators.static_http import StaticHTTPServer
 from markd.proxy import ProxySettings
 from markd.secrets import Secret
@@ -54,14 +53,15 @@ def proxy() -> Iterator[HttpProxy]:
         yield running
 
 
-class _HeaderRecordingHandler(static_http._Handler):
-    """The file server's own handler, also keeping every request's header names."""
+class _HeaderRecordingHandler(emulator_server._Handler):
+    """The file server's own handler (the emulators' one server), also keeping every
+    request's header names."""
 
     seen: list[set[str]] = []
 
-    def _serve(self, *, body: bool) -> None:
+    def _dispatch(self) -> None:
         _HeaderRecordingHandler.seen.append({name.lower() for name in self.headers})
-        super()._serve(body=body)
+        super()._dispatch()
 
 
 @pytest.fixture
@@ -72,15 +72,9 @@ def tls_server(
     (``SSL_CERT_FILE``, read by OpenSSL whenever a default context is made); (server, URL)."""
     cert, key = self_signed_certificate()
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-    srv = StaticHTTPServer(www)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    httpd = srv._httpd
-    httpd.socket = context.wrap_socket(
-        httpd.socket, server_side=True, do_handshake_on_connect=False
-    )
+    srv = StaticHTTPServer(www, tls=True, certificate=(cert, key))
     _HeaderRecordingHandler.seen = []
-    httpd.RequestHandlerClass = _HeaderRecordingHandler
+    srv._httpd.RequestHandlerClass = _HeaderRecordingHandler
     with srv:
         yield srv, f"https://127.0.0.1:{srv.port}"
 
@@ -221,7 +215,7 @@ def test_the_direct_list_is_honoured(
 
 def test_header_recording_handler_is_the_file_servers_own() -> None:
     assert issubclass(_HeaderRecordingHandler, BaseHTTPRequestHandler)
-    assert _HeaderRecordingHandler._serve is not static_http._Handler._serve
+    assert _HeaderRecordingHandler._dispatch is not emulator_server._Handler._dispatch
 
 
 # -- the configuration: [store] sync_proxy, markctl store sync --proxy --------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-import markd.service as service_module
+import markd.service.health as health_module
 from conftest import RecordingEventLog, make_config, wait_until
 from markd.config import Config
 from markd.service import Service
@@ -134,10 +134,11 @@ async def test_a_broken_store_withholds_the_pings_until_it_works_again(
 
 
 class SlowReloadService(Service):
-    """A service whose reload hook never returns: the loop still runs, but its consumer is
-    stuck on one event, which is exactly what the "stuck event" health rule is for."""
+    """A service whose reload never finishes (its chain swap waits forever): the loop still
+    runs, but its consumer is stuck on one event, which is exactly what the "stuck event"
+    health rule is for."""
 
-    async def _before_reload(self, new_config: Config) -> None:
+    async def replace_chain(self, new: Config) -> None:
         await asyncio.Event().wait()
 
 
@@ -147,7 +148,7 @@ async def test_an_event_stuck_beyond_every_budget_withholds_the_pings(
     event_log: RecordingEventLog,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(service_module, "STUCK_GRACE_S", 0.0)
+    monkeypatch.setattr(health_module, "STUCK_GRACE_S", 0.0)
     main = tmp_path / "markd.toml"
     main.write_text(
         f'[store]\npath = "{tmp_path / "store"}"\nmap_size_mb = 8\n'

@@ -13,10 +13,16 @@ from markd.checks.verdict import Verdict
 from markd.events import (
     Event,
     EventHub,
-    PublishingEventLog,
+    EventPublisher,
     StreamClosed,
     Subscription,
     verdict_json,
+)
+from markd.service.listeners import (
+    CheckedScan,
+    EventStreamListener,
+    JournalListener,
+    Notifier,
 )
 
 
@@ -125,7 +131,8 @@ async def test_api_publishing_event_log_journals_and_publishes_without_secrets()
     subscription = hub.subscribe()
     inner = RecordingEventLog()
     inner.level = 6  # info: debug records are neither journaled nor published
-    log = PublishingEventLog(inner, hub)
+    inner.add_observer(EventPublisher(hub, inner))
+    log = inner  # the same log: the hub observes it, nothing wraps it
 
     log.event(
         "scanner-absent",
@@ -150,11 +157,17 @@ async def test_api_publishing_event_log_journals_and_publishes_without_secrets()
     assert log.target == inner.target  # everything else is the wrapped log's
 
 
+def reraise(listener: str, exc: BaseException) -> None:
+    raise exc
+
+
 async def test_api_a_verdict_is_published_whole_and_journaled_once() -> None:
     hub = EventHub()
     subscription = hub.subscribe(["verdict"])
     inner = RecordingEventLog()
-    log = PublishingEventLog(inner, hub)
+    publisher = EventPublisher(hub, inner)
+    inner.add_observer(publisher)
+    listeners = Notifier([JournalListener(inner), EventStreamListener(publisher)], reraise)
     verdict = Verdict(
         decision="deny",
         reason="blocked-locally",
@@ -165,7 +178,7 @@ async def test_api_a_verdict_is_published_whole_and_journaled_once() -> None:
         details={"rule": "store-blocked"},
     )
 
-    log.verdict(verdict)
+    listeners.notify(CheckedScan(verdict))
 
     assert inner.kinds() == ["verdict"]
     event = await subscription.next(0.1)

@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 
 from markd.codes import parse
+from markd.emulators.virtual_kkt import VirtualKkt
 from markd.errors import PrinterFault, PrinterUnavailable
-from markd.fiscal import testing
 from markd.fiscal.base import new_op_id, open_printer
 from markd.fiscal.model import IndustryTags, MarkedItem, Payment, Position
-from markd.fiscal.virtual_kkt import VirtualKkt
+from markd.testing import fiscal as testing
 
 #: A stand-in for ATOL's ``libfptr10.py``: the same class, constants and calls, with the virtual
 #: ККТ (state directory from the library path argument) where the device would be.
 FAKE_BINDING = """
 import json
-from markd.fiscal.virtual_kkt import VirtualKkt
+from markd.emulators.virtual_kkt import VirtualKkt
 
 class IFptr:
     LIBFPTR_PARAM_JSON_DATA = 65645

@@ -13,11 +13,11 @@ import pytest
 
 from markd.cli.markctl import main
 from markd.codes import parse
-from markd.fiscal import testing
+from markd.emulators.virtual_kkt import VirtualKkt
 from markd.fiscal.base import open_printer
 from markd.fiscal.session import SaleSession
-from markd.fiscal.virtual_kkt import VirtualKkt
 from markd.store import Store
+from markd.testing import fiscal as testing
 
 WATER_KI = parse(testing.WATER).ki
 SHOES_KI = parse(testing.SHOES).ki

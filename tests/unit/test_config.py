@@ -470,6 +470,27 @@ def test_scanner_url_rejected_by_the_scanner_layer(
     ]
 
 
+def test_scanner_url_check_always_runs_with_the_registrys_own_message(main: Path) -> None:
+    # The check once sat behind `except ImportError: return None`, which would have let any
+    # URL through had the import failed; now the registry's own message must come out.
+    write(main, '[scanners.front]\nurl = "usb:1234"\n')
+    with pytest.raises(ScannerError) as caught:
+        markd.scanners.parse_url("usb:1234")
+
+    assert problems_of(main) == [f"{main}:2: [scanners.front] url: {caught.value}"]
+
+
+def test_no_configuration_check_is_skipped_when_an_import_fails() -> None:
+    package = Path(config.__file__).parent
+    guarded = [
+        path.name
+        for path in sorted(package.glob("*.py"))
+        if "ImportError" in path.read_text(encoding="utf-8")
+    ]
+
+    assert guarded == []
+
+
 # --------------------------------------------------------------------------------------------
 # Using and showing the configuration
 

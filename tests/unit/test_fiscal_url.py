@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 import pytest
 
+import markd
 from markd import config
 from markd.errors import ConfigError, PrinterUnavailable, PrinterURLError
 from markd.fiscal import model
@@ -87,7 +89,7 @@ def test_bad_urls_say_what_is_wrong_and_the_form(url: str, problem: str, form: s
 
 
 def test_backends_are_imported_only_when_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("markd.fiscal.atol", "markd.fiscal.emulator", "markd.fiscal.virtual_kkt"):
+    for name in ("markd.fiscal.atol", "markd.fiscal.emulator", "markd.emulators.virtual_kkt"):
         monkeypatch.delitem(sys.modules, name, raising=False)
 
     parse_printer_url("emulator:///tmp/kkt")
@@ -177,5 +179,15 @@ def test_fiscal_mistakes_name_file_line_and_key(tmp_path: Path) -> None:
     assert f"{main}:9: unknown key [fiscal] colour" in text
 
 
-def test_config_tax_types_match_the_shim() -> None:
-    assert config.FISCAL_TAX_TYPES == model.TAX_TYPES
+def test_tax_types_are_defined_once_in_the_fiscal_model() -> None:
+    # The configuration offers the fiscal model's own tuple, not a copy kept in step by hand.
+    (tax,) = [f for f in dataclasses.fields(config.FiscalConfig) if f.name == "tax"]
+    assert tax.metadata["choices"] is model.TAX_TYPES
+    # And no other module of markd spells the list out again.
+    package = Path(markd.__file__).parent
+    spelled = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if '"vat122"' in path.read_text(encoding="utf-8")
+    ]
+    assert spelled == ["fiscal/model.py"]

@@ -9,10 +9,10 @@ import pytest
 
 from conftest import DAIRY, SHOES, TOBACCO_PACK, WATER
 from markd import config
+from markd.catalog import Catalog, CatalogEntry, Quote, load_catalog, quote
 from markd.cli.markctl import main as markctl
 from markd.codes import parse
 from markd.errors import ConfigError
-from markd.sale import Catalog, CatalogEntry, Quote, load_catalog, quote
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
@@ -159,3 +159,69 @@ def test_sale_catalog_path_must_be_absolute(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"\[sale\] catalog: expected an absolute path"):
         config.load(main)
+
+
+# --------------------------------------------------------------------------------------------
+# One load, one parse
+
+
+def count_reads(monkeypatch: pytest.MonkeyPatch, path: Path) -> list[Path]:
+    """Every read of ``path``'s bytes from now on (the price list is read with read_bytes)."""
+    reads: list[Path] = []
+    real = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:
+        if self == path:
+            reads.append(self)
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    return reads
+
+
+def test_sale_one_load_reads_the_price_list_once_and_the_desk_takes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from markd.service.wiring import build_sale_desk
+
+    catalog = write(tmp_path / "catalog.csv", "04680029460908;Вода;89,90\n")
+    main = write(
+        tmp_path / "markd.toml",
+        f'[fiscal]\nurl = "emulator://{tmp_path / "kkt"}"\n'
+        f'journal = "{tmp_path / "session.journal"}"\n\n'
+        f'[sale]\nmode = "kiosk"\ncatalog = "{catalog}"\n',
+    )
+    # A drop-in that names the same list again: each file and then their merge are
+    # validated, and still the file is read once.
+    (tmp_path / "markd.toml.d").mkdir()
+    write(tmp_path / "markd.toml.d" / "50-till.toml", f'[sale]\ncatalog = "{catalog}"\n')
+    reads = count_reads(monkeypatch, catalog)
+
+    loaded = config.load(main)
+    desk = build_sale_desk(loaded, None, None)
+    try:
+        assert desk.catalog is loaded.sale.parsed_catalog
+    finally:
+        desk.shutdown()
+
+    assert len(reads) == 1
+    assert desk.catalog is not None and len(desk.catalog) == 1
+
+
+def test_sale_a_section_built_in_code_reads_its_price_list_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    first = write(tmp_path / "first.csv", "04680029460908;Вода;89,90\n")
+    second = write(tmp_path / "second.csv", "04680029460908;Вода;91,00\n")
+    loaded = config.load(write(tmp_path / "markd.toml", f'[sale]\ncatalog = "{first}"\n'))
+    reads = count_reads(monkeypatch, second)
+
+    # The path changed after loading: the list parsed for the old path is not used.
+    changed = dataclasses.replace(loaded.sale, catalog=str(second))
+    listed = changed.price_list()
+
+    assert listed is not None and listed.get("04680029460908").price_kopecks == 9100  # type: ignore[union-attr]
+    assert len(reads) == 1
+    assert config.default_config().sale.price_list() is None

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import lmdb
@@ -17,7 +18,7 @@ import pytest
 
 import markd.store
 from markd import samples
-from markd.codes import parse
+from markd.codes import MarkingCode, parse
 from markd.errors import StoreError
 from markd.store import Store
 from markd.store.importer import apply_delta, import_snapshot
@@ -506,3 +507,229 @@ def test_versions_outside_64_bits_are_refused(tmp_store: Store, tmp_path: Path) 
     with pytest.raises(StoreError) as err:
         apply_delta(tmp_store, delta_file(tmp_path / "d", 1 << 64, [("add", KI)]))
     assert err.value.reason == "bad-file"
+
+
+# ---------------------------------------------------------------------------------------------
+# lookups across processes, forks and closes (the lookup keeps nothing open between calls)
+
+NOW = 1_763_700_000.0
+
+
+def build_store(path: Path, tmp_path: Path, seed: int) -> tuple[list[MarkingCode], list[str]]:
+    """A store with КИ and GTIN blocks, sold units and cached verdicts; the codes to ask."""
+    rng = random.Random(seed)
+    codes = [parse(km) for km in samples.batch(600, seed=seed)]
+    codes = [code for code in codes if code.ki.startswith("01")]
+    blocked = rng.sample(codes, len(codes) // 3)
+    gtins = sorted({code.gtin for code in rng.sample(codes, 5)})
+    lines = [code.ki for code in blocked] + gtins
+    snapshot = tmp_path / f"snapshot-{seed}.txt"
+    snapshot.write_text("".join(f"{line}\n" for line in lines))
+    with Store.open(str(path)) as store:
+        import_snapshot(store, snapshot)
+        for code in rng.sample(codes, 40):
+            store.mark_sold(code, f"r-{rng.randrange(1000)}", at=int(NOW) - 60)
+        for code in rng.sample(codes, 40):
+            facts = {"isBlocked": rng.random() < 0.2, "sold": False}
+            store.cache_verdict(code.ki, facts, at=NOW - rng.choice([10, 90_000]))
+    return codes, gtins
+
+
+def write_delta(path: Path, version: int, ki: str) -> None:
+    header = {"format": "markd-delta", "version": version, "previous": version - 1}
+    path.write_text(json.dumps(header) + "\n" + json.dumps({"op": "add", "ki": ki}) + "\n")
+
+
+def test_a_commit_by_another_process_is_seen_at_the_next_lookup(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    codes, _ = build_store(path, tmp_path, 5)
+    target = codes[0]
+    with Store.open(str(path)) as store:
+        before = store.lookup(target, now=NOW)
+        store.lookup(target, now=NOW)
+        delta = tmp_path / "delta.json"
+        write_delta(delta, store.info().version + 1, target.ki)
+        # The delta is applied by a separate process, as `markctl store delta` would.
+        script = (
+            "import sys; from markd.store import Store; from markd.store.importer import "
+            "apply_delta; s = Store.open(sys.argv[1]); apply_delta(s, sys.argv[2]); s.close()"
+        )
+        subprocess.run([sys.executable, "-c", script, str(path), str(delta)], check=True)
+        after = store.lookup(target, now=NOW)
+    if before.blocked is None:
+        assert after.blocked is not None and after.blocked.kind == "ki"
+    assert after.blocklist_version == before.blocklist_version + 1
+
+
+def test_apply_delta_in_process_is_seen(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    codes, _ = build_store(path, tmp_path, 6)
+    with Store.open(str(path)) as store:
+        free = [code for code in codes if store.lookup(code, now=NOW).blocked is None]
+        delta = tmp_path / "delta.json"
+        write_delta(delta, store.info().version + 1, free[0].ki)
+        apply_delta(store, delta)
+        assert store.lookup(free[0], now=NOW).blocked is not None
+        store.mark_sold(free[1], "r-9", at=int(NOW))
+        assert store.lookup(free[1], now=NOW).sold is not None
+
+
+def test_lookup_after_close_is_a_store_error_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    codes, _ = build_store(path, tmp_path, 7)
+    store = Store.open(str(path), readonly=True)
+    store.lookup(codes[0], now=NOW)
+    store.close()
+    with pytest.raises(StoreError):
+        store.lookup(codes[0], now=NOW)
+
+
+def test_an_int_now_gives_a_float_age(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    codes, _ = build_store(path, tmp_path, 8)
+    free = [code for code in codes if code.extra == {} or not code.extra]
+    with Store.open(str(path), readonly=True) as store:
+        answers = [store.lookup(code, now=int(NOW)) for code in free[:20]]
+    assert [type(a.blocklist_age_s) for a in answers] == [float] * len(answers)
+
+
+def test_a_failed_open_is_a_store_error(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    lmdb.open(str(plain)).close()  # an LMDB environment, but not a markd store
+    with pytest.raises(StoreError, match="not a markd store"):
+        Store.open(str(plain), readonly=True)
+
+
+def test_a_reader_slot_ended_elsewhere_costs_a_retry_not_a_lookup(tmp_store: Store) -> None:
+    """py-lmdb 1.x renews a cached reader on begin; when its slot was ended by another
+    process (a forked child's exit), the begin fails with BadRslotError once."""
+    tmp_store.block(KI, "recalled")
+    env = tmp_store._env
+
+    class EndedSlotOnce:
+        failed = False
+
+        def begin(self, **kwargs: object) -> lmdb.Transaction:
+            if not self.failed:
+                self.failed = True
+                raise lmdb.BadRslotError("mdb_txn_renew", -30783)
+            return env.begin(**kwargs)
+
+    tmp_store._env = EndedSlotOnce()  # type: ignore[assignment]
+    try:
+        assert tmp_store.lookup(KI).blocked is not None
+        assert tmp_store._env.failed  # type: ignore[attr-defined]
+    finally:
+        tmp_store._env = env
+
+
+def test_close_waits_for_a_write_in_another_thread(tmp_store: Store, store_path: str) -> None:
+    """The check chain caches verdicts from a thread of its own: a close() meanwhile (a test's
+    teardown, a reload) must wait for that write, never free the environment under it."""
+    started, release = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def slow_write(txn: lmdb.Transaction) -> None:
+        txn.put(b"slow", b"1", db=tmp_store._dbs[b"meta"])
+        started.set()
+        release.wait(5)
+
+    def writer() -> None:
+        try:
+            tmp_store._write(slow_write, "writing slowly")
+        except BaseException as exc:  # noqa: BLE001 - reported to the test below
+            failures.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert started.wait(5)
+    threading.Timer(0.2, release.set).start()
+    tmp_store.close()  # returns once the write has committed
+    thread.join(5)
+    assert failures == [] and not thread.is_alive()
+    with pytest.raises(StoreError) as err:
+        tmp_store.mark_sold(KI, "r-1")
+    assert err.value.reason == "store-closed"
+    with Store.open(store_path, readonly=True) as again, again._begin() as txn:
+        assert txn.get(b"slow", db=again._dbs[b"meta"]) == b"1"
+
+
+CHILD_SCRIPTS = {
+    # A forked child finds the store closed, and neither its close() nor its exit disturbs the
+    # parent: the parent's reader slots are as they were and its next lookup answers.
+    "fork": """
+import os, sys
+from markd.codes import MarkingCode, parse
+from markd.errors import StoreError
+from markd.store import Store
+store = Store.open(sys.argv[1])
+code = parse(sys.argv[2])
+store.lookup(code); store.lookup(code)
+def mine():
+    lines = store._env.readers().splitlines()[1:]
+    return [l for l in lines if l.split()[0] == str(os.getpid())]
+before = mine()
+for how in ("close", "exit"):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            store.lookup(code)
+            print("child-answered")
+        except StoreError as exc:
+            print("child", exc.reason)
+        if how == "close":
+            store.close()
+            os._exit(0)
+        sys.exit(0)  # a normal exit: the child's interpreter frees what it inherited
+    os.waitpid(pid, 0)
+    if how == "close":
+        print("slots-kept", mine() == before)
+    print("parent", store.lookup(code).blocked is not None)
+""",
+    # A garbage collection inside a lookup that closes the store must not crash the process.
+    "gc": """
+import gc, sys
+from markd.codes import MarkingCode, parse
+from markd.errors import StoreError
+from markd.store import Store
+store = Store.open(sys.argv[1])
+code = parse(sys.argv[3])
+store.lookup(code); store.lookup(code)
+armed = [True]
+def close_in_gc(phase, info):
+    if armed[0] and phase == "start":
+        armed[0] = False
+        store.close()
+gc.callbacks.append(close_in_gc)
+gc.set_threshold(1)
+try:
+    result = store.lookup(code, now=1.0)
+except StoreError:
+    result = None
+gc.set_threshold(700)
+print("survived", result is None or result.blocked is not None)
+""",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHILD_SCRIPTS))
+def test_lookups_survive_fork_and_reentry(case: str, tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    codes, _ = build_store(path, tmp_path, 9)
+    with Store.open(str(path), readonly=True) as store:
+        blocked = [c for c in codes if store.lookup(c, now=NOW).blocked is not None]
+    code = blocked[0] if case == "fork" else codes[0]
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD_SCRIPTS[case], str(path), code.km, blocked[0].km],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    if case == "fork":
+        assert result.stdout.split() == [
+            "child", "store-closed", "slots-kept", "True", "parent", "True",
+            "child", "store-closed", "parent", "True",
+        ]  # fmt: skip
+    else:
+        assert result.stdout.split() == ["survived", "True"]

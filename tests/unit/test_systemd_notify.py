@@ -12,6 +12,7 @@ import pytest
 
 import markd.systemd as sd
 from markd.checks.verdict import Verdict
+from markd.service.listeners import journal_verdict
 from markd.systemd import MESSAGE_IDS, EventLog, journal_stream_matches, notify, notify_via_socket
 
 
@@ -88,7 +89,7 @@ VERDICT = Verdict(
 def test_journal_record_has_structured_fields_and_message_id() -> None:
     journal = FakeJournal()
     log = EventLog(target="journal", journal=journal)
-    log.verdict(VERDICT)
+    journal_verdict(log, VERDICT)
     (record,) = journal.sent
     assert record["MARKD_EVENT"] == "verdict"
     assert record["MESSAGE_ID"] == MESSAGE_IDS["verdict"]
@@ -109,7 +110,7 @@ def test_message_ids_are_distinct_uuids() -> None:
 
 def test_stderr_line_is_one_line_per_event() -> None:
     stream = io.StringIO()
-    EventLog(target="stderr", stream=stream).verdict(VERDICT)
+    journal_verdict(EventLog(target="stderr", stream=stream), VERDICT)
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("verdict: deny 0104670540176099215LpGKy from front")

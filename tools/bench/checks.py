@@ -6,7 +6,7 @@ Usage::
     tools/bench/checks.py [--count N] [--cdn-latency-ms MS] [--black-hole-checks K]
                           [--online-timeout-ms MS] [--lm-timeout-ms MS]
 
-Every figure comes from the real chain (:func:`markd.checks.factory.build_chain` on a
+Every figure comes from the real chain (:func:`markd.service.wiring.build_chain` on a
 ``mode = "direct"`` configuration, real :class:`~markd.checks.online.OnlineClient` and
 :class:`~markd.checks.local_module.LocalModuleClient`, a real LMDB store) talking HTTP to the
 emulators (:mod:`markd.emulators`), each run as its own process (``python -m markd.emulators``)
@@ -67,10 +67,10 @@ from pathlib import Path
 from typing import Any
 
 from markd.checks.chain import CheckChain
-from markd.checks.factory import build_chain, hosts_file
 from markd.codes import GS, MarkingCode, parse
 from markd.config import Config, LocalModuleConfig, OnlineCheckConfig, default_config
-from markd.emulators.scenario import self_signed_certificate
+from markd.emulators.server import self_signed_certificate
+from markd.service.wiring import build_chain, hosts_file
 from markd.store import Store
 
 #: The issue's targets (issue 4, "Benchmark").

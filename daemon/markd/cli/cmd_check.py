@@ -29,10 +29,10 @@ from markd import codes
 from markd import config as config_module
 from markd.api.client import ControlClient, DaemonNotRunning
 from markd.checks.chain import CheckChain, StoreOnlyChain
-from markd.checks.factory import build_chain
 from markd.checks.verdict import Verdict, parser_verdict
 from markd.errors import CodeError, StoreError
 from markd.events import verdict_json
+from markd.service.wiring import build_chain
 from markd.store import Store
 
 EXIT_DENY = 3
@@ -136,7 +136,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 async def _probe(cfg: Any) -> dict[str, Any]:
-    from markd.checks.factory import build_clients
+    from markd.service.wiring import build_clients
 
     out: dict[str, Any] = {"mode": cfg.check.mode}
     clients = build_clients(cfg)

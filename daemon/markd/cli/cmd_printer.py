@@ -23,8 +23,8 @@ from typing import Any
 
 from markd import config as config_module
 from markd.errors import FiscalError
-from markd.fiscal.factory import build_session, open_configured_printer
 from markd.fiscal.journal import SessionJournal
+from markd.service.wiring import build_session, open_configured_printer
 from markd.store import Store
 
 EXIT_OK = 0

@@ -132,7 +132,7 @@ def _sync_proxy(args: argparse.Namespace) -> Any:
     """The sync's proxy: ``--proxy``, else ``[store] sync_proxy`` (domain.md §3.8)."""
     from dataclasses import replace
 
-    from markd.checks.factory import sync_proxy_settings
+    from markd.service.wiring import sync_proxy_settings
 
     cfg = config_module.load(args.config)
     if args.proxy is not None:

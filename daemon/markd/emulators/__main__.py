@@ -5,8 +5,8 @@
     python -m markd.emulators NAME [--port P] [--host 127.0.0.1] [--scenario FILE] [--tls]
                                    [--no-admin] [--verbose]
     python -m markd.emulators crpt_cdn [--port P] [--hosts N] [--scenario FILE] [--tls]
-    python -m markd.emulators static_http --directory DIR [--port P] [--auth USER:PASSWORD]
-    python -m markd.emulators atol_web [--port P] [--state-dir DIR] [--scenario FILE]
+    python -m markd.emulators static_http --directory DIR [--port P] [--auth USER:PASSWORD] [--tls]
+    python -m markd.emulators atol_web [--port P] [--state-dir DIR] [--scenario FILE] [--tls]
 
 ``NAME`` is ``crpt_cdn``, ``local_module``, ``tspiot``, ``static_http`` or ``atol_web`` (an
 ATOL Web Requests server in front of the virtual ККТ, its state in ``--state-dir``; see
@@ -102,9 +102,10 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
             args.scenario,
             host=args.host,
             port=port,
-            tls=args.tls,
+            tls=args.tls or bool(args.tls_cert),
             admin=not args.no_admin,
             verbose=args.verbose,
+            certificate=_certificate(args),
             state_dir=args.state_dir,
         )
     if args.name != "static_http":
@@ -112,7 +113,7 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
             parser.error("--directory and --auth are for static_http")
         extra: dict[str, Any] = {"hosts": args.hosts or 1} if args.name == "crpt_cdn" else {}
         if args.tls_cert:
-            extra["certificate"] = (Path(args.tls_cert[0]), Path(args.tls_cert[1]))
+            extra["certificate"] = _certificate(args)
         return cls(
             args.scenario,
             host=args.host,
@@ -122,8 +123,8 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
             verbose=args.verbose,
             **extra,
         )
-    if args.scenario or args.tls:
-        parser.error("static_http takes neither --scenario nor --tls")
+    if args.scenario:
+        parser.error("static_http takes no --scenario")
     if not args.directory:
         parser.error("static_http needs --directory DIR")
     auth = None
@@ -132,7 +133,22 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
         if not sep:
             parser.error("--auth takes USER:PASSWORD")
         auth = (user, password)
-    return cls(args.directory, host=args.host, port=port, auth=auth, verbose=args.verbose)
+    return cls(
+        args.directory,
+        host=args.host,
+        port=port,
+        auth=auth,
+        tls=args.tls or bool(args.tls_cert),
+        certificate=_certificate(args),
+        verbose=args.verbose,
+    )
+
+
+def _certificate(args: argparse.Namespace) -> tuple[Path, Path] | None:
+    """``--tls-cert CERT KEY`` as the ``certificate`` option of every emulator."""
+    if not args.tls_cert:
+        return None
+    return Path(args.tls_cert[0]), Path(args.tls_cert[1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 """An emulated ATOL Web Requests server (the web server of ATOL's ДТО10 driver, port 16732) in
-front of the virtual ККТ (:class:`~markd.fiscal.virtual_kkt.VirtualKkt`).
+front of the virtual ККТ (:class:`~markd.emulators.virtual_kkt.VirtualKkt`).
 
 ::
 
@@ -31,7 +31,9 @@ Admin endpoints (``admin=True``, never logged):
 * ``POST /_emulator/faults`` with ``{"paper_out": true, …}`` merges faults (null removes one);
   ``DELETE /_emulator/faults`` clears them;
 * ``POST /_emulator/settings`` with ``{"latency_ms": 200}``;
-* ``GET /_emulator/requests`` → the request log; ``DELETE`` clears it.
+* ``GET /_emulator/requests`` → the request log; ``DELETE`` clears it;
+* ``POST /_emulator/reset`` → clears the log, the results held in memory and the device's
+  faults (the device's shift and documents stay).
 
 From a shell::
 
@@ -52,16 +54,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from markd.emulators.scenario import (
-    Behaviour,
-    EmulatorServer,
-    Reply,
-    Request,
-    Route,
-    Scenario,
-    ScenarioError,
-)
-from markd.fiscal.virtual_kkt import FAULT_KEYS, VirtualKkt
+from markd.emulators.scenario import ScenarioError
+from markd.emulators.server import HTTPEmulator, Reply, Request, Route
+from markd.emulators.virtual_kkt import FAULT_KEYS, VirtualKkt
 
 REQUESTS_PATH = "/api/v2/requests"
 #: How many requests' results the server keeps in memory (changing ones also live on disk).
@@ -114,12 +109,11 @@ class _Job:
         ]
 
 
-class AtolWebEmulator(EmulatorServer):
+class AtolWebEmulator(HTTPEmulator):
     """ATOL Web Requests on ``host:port`` (port 0: any free one), the virtual ККТ in
     ``state_dir`` (None: a temporary directory, removed on :meth:`close`)."""
 
     name = "atol_web"
-    section = ""
 
     def __init__(
         self,
@@ -130,10 +124,13 @@ class AtolWebEmulator(EmulatorServer):
         tls: bool = False,
         admin: bool = True,
         verbose: bool = False,
+        certificate: tuple[Path, Path] | None = None,
         state_dir: str | Path | None = None,
     ) -> None:
         settings = load_scenario(scenario)
-        super().__init__(None, host=host, port=port, tls=tls, admin=admin, verbose=verbose)
+        super().__init__(
+            host=host, port=port, tls=tls, admin=admin, verbose=verbose, certificate=certificate
+        )
         self._own_dir = None
         if state_dir is None:
             self._own_dir = tempfile.TemporaryDirectory(prefix="markd-atol-web-")
@@ -185,9 +182,6 @@ class AtolWebEmulator(EmulatorServer):
     def error_body(self, status: int, code: int | None, description: str | None) -> Any:
         return {"error": {"code": status if code is None else code, "description": description}}
 
-    def _next_step(self, scenario: Scenario, route: Route) -> tuple[Behaviour, float]:
-        return Behaviour(), 0.0  # faults live in the device, not in the HTTP layer
-
     def _post(self, request: Request) -> Reply:
         body = request.json
         if request.json_error is not None or not isinstance(body, Mapping):
@@ -236,38 +230,28 @@ class AtolWebEmulator(EmulatorServer):
 
     # -- admin ----------------------------------------------------------------------------------
 
-    def _admin(self, method: str, path: str, body: bytes) -> Reply:
-        try:
-            payload = json.loads(body) if body else None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return Reply(400, {"error": f"body is not JSON: {exc}"})
-        try:
-            if path == "/_emulator/state" and method == "GET":
-                return Reply(200, self.kkt.state())
-            if path == "/_emulator/documents" and method == "GET":
-                return Reply(200, self.kkt.documents())
-            if path == "/_emulator/faults":
-                if method == "POST" and isinstance(payload, Mapping):
-                    self.kkt.set_faults(**payload)
-                    return Reply(200, {"ok": True, "faults": self.kkt.faults})
-                if method == "DELETE":
-                    self.kkt.clear_faults()
-                    return Reply(200, {"ok": True})
-            if path == "/_emulator/settings" and method == "POST":
-                latency = payload.get("latency_ms") if isinstance(payload, Mapping) else None
-                if isinstance(latency, bool) or not isinstance(latency, int) or latency < 0:
-                    return Reply(400, {"error": "latency_ms is a non-negative integer"})
-                self.latency_ms = latency
+    def _admin_request(self, method: str, path: str, payload: Any) -> Reply | None:
+        # Faults live in the device, not in the HTTP layer: they are set here, not played by
+        # the server.
+        if path == "/_emulator/state" and method == "GET":
+            return Reply(200, self.kkt.state())
+        if path == "/_emulator/documents" and method == "GET":
+            return Reply(200, self.kkt.documents())
+        if path == "/_emulator/faults":
+            if method == "POST" and isinstance(payload, Mapping):
+                self.kkt.set_faults(**payload)
+                return Reply(200, {"ok": True, "faults": self.kkt.faults})
+            if method == "DELETE":
+                self.kkt.clear_faults()
                 return Reply(200, {"ok": True})
-            if path == "/_emulator/requests":
-                if method == "GET":
-                    return Reply(200, [r.to_dict() for r in self.requests])
-                if method == "DELETE":
-                    self.clear_requests()
-                    return Reply(200, {"ok": True})
-        except (ValueError, TypeError) as exc:
-            return Reply(400, {"error": str(exc)})
-        return Reply(404, {"error": f"no admin endpoint {method} {path}"})
+            return None
+        if path == "/_emulator/settings" and method == "POST":
+            latency = payload.get("latency_ms") if isinstance(payload, Mapping) else None
+            if isinstance(latency, bool) or not isinstance(latency, int) or latency < 0:
+                return Reply(400, {"error": "latency_ms is a non-negative integer"})
+            self.latency_ms = latency
+            return Reply(200, {"ok": True})
+        return super()._admin_request(method, path, payload)
 
 
 def _result(outcome: Mapping[str, Any]) -> dict[str, Any]:

@@ -78,17 +78,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from markd.emulators.scenario import (
+from markd.emulators.scenario import Scenario, online_code
+from markd.emulators.server import (
     EmulatorServer,
     Reply,
     Request,
     RequestRecord,
     Route,
-    Scenario,
     new_request_id,
     now_ms,
     object_body,
-    online_code,
     self_signed_certificate,
 )
 
@@ -154,7 +153,7 @@ class CrptCdnListService(_CdnServer):
 
     ``cdn/info`` lists the scenario's ``cdn.hosts``, or when that is unset :attr:`listed`
     (the hosts a :class:`CrptCdn` started with it). Constructor as
-    :class:`~markd.emulators.scenario.EmulatorServer`.
+    :class:`~markd.emulators.server.EmulatorServer`.
     """
 
     name: ClassVar[str] = "crpt_cdn_list"
@@ -179,7 +178,7 @@ class CrptCdnListService(_CdnServer):
 
 class CrptCdnHost(_CdnServer):
     """One listed CDN host: ``codes/check`` and ``cdn/health/check``. Constructor as
-    :class:`~markd.emulators.scenario.EmulatorServer`."""
+    :class:`~markd.emulators.server.EmulatorServer`."""
 
     name: ClassVar[str] = "crpt_cdn_host"
     serves: ClassVar[frozenset[str]] = frozenset({"codes/check", "cdn/health/check"})

@@ -59,17 +59,15 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from markd.emulators.scenario import (
+from markd.emulators.scenario import LocalModuleSettings, Scenario, offline_code
+from markd.emulators.server import (
     EmulatorServer,
-    LocalModuleSettings,
     Reply,
     Request,
     Route,
-    Scenario,
     new_request_id,
     now_ms,
     object_body,
-    offline_code,
 )
 
 _PATH = re.compile(
@@ -106,7 +104,7 @@ class LocalModuleEmulator(EmulatorServer):
     """A Local Module on loopback, driven by a scenario's ``codes`` and ``local_module`` section.
 
     Constructor: ``LocalModuleEmulator(scenario=None, *, host="127.0.0.1", port=0, tls=False,
-    admin=True, verbose=False)`` (see :class:`~markd.emulators.scenario.EmulatorServer`).
+    admin=True, verbose=False)`` (see :class:`~markd.emulators.server.EmulatorServer`).
     ``token`` is the last token ``init`` received.
     """
 

@@ -39,7 +39,8 @@ from typing import Any
 
 from markd.emulators.crpt_cdn import CrptCdn
 from markd.emulators.local_module import LocalModuleEmulator
-from markd.emulators.scenario import EmulatorServer, Scenario
+from markd.emulators.scenario import Scenario
+from markd.emulators.server import EmulatorServer
 from markd.emulators.tspiot import TspiotEmulator
 
 ScenarioLike = Scenario | Mapping[str, Any] | str | Path | None
@@ -133,7 +134,7 @@ def insecure_tls_context() -> ssl.SSLContext:
 
 def pinned_tls_context(certificate: str | Path) -> ssl.SSLContext:
     """A client context trusting exactly ``certificate`` (an emulator's
-    :attr:`~markd.emulators.scenario.EmulatorServer.certificate_path`), hostname checked."""
+    :attr:`~markd.emulators.server.EmulatorServer.certificate_path`), hostname checked."""
     return ssl.create_default_context(cafile=str(certificate))
 
 

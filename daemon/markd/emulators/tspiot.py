@@ -60,18 +60,20 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from markd.emulators.scenario import (
+    Scenario,
+    TspiotSettings,
+    identify,
+    offline_code,
+    online_code,
+)
+from markd.emulators.server import (
     EmulatorServer,
     Reply,
     Request,
     Route,
-    Scenario,
-    TspiotSettings,
-    identify,
     new_request_id,
     now_ms,
     object_body,
-    offline_code,
-    online_code,
 )
 
 _PATH = re.compile(r"/api/v(\d+)/(info|codes/check)/?")
@@ -82,7 +84,7 @@ class TspiotEmulator(EmulatorServer):
     """A ТС ПИоТ on loopback, driven by a scenario's ``codes`` and ``tspiot`` section.
 
     Constructor: ``TspiotEmulator(scenario=None, *, host="127.0.0.1", port=0, tls=False,
-    admin=True, verbose=False)`` (see :class:`~markd.emulators.scenario.EmulatorServer`).
+    admin=True, verbose=False)`` (see :class:`~markd.emulators.server.EmulatorServer`).
     ``checks_answered`` counts the checks answered since start or :meth:`reset_warmup`.
     """
 

@@ -1,7 +1,7 @@
 """The fiscal side: one interface to the ККТ, backends chosen by URL, and the sale session.
 
-``emulator:///var/lib/markd/kkt`` (:mod:`markd.fiscal.emulator`, the virtual ККТ of
-:mod:`markd.fiscal.virtual_kkt`), ``atol-web://127.0.0.1:16732`` and ``atol-lib://usb``
+``emulator:///var/lib/markd/kkt`` (:mod:`markd.fiscal.emulator`, the emulators' virtual ККТ
+in process), ``atol-web://127.0.0.1:16732`` and ``atol-lib://usb``
 (:mod:`markd.fiscal.atol`). :func:`parse_printer_url` validates a URL without opening anything;
 :func:`open_printer` opens the backend. :class:`~markd.fiscal.session.SaleSession` turns
 allowed units into a receipt and recovers after a crash; see ``docs/fiscal.md``.

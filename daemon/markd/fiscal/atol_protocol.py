@@ -1,5 +1,6 @@
-"""ATOL JSON: the names, numbers and conversions both sides of the protocol share — the ``atol``
-backend that sends tasks and the virtual ККТ that answers them.
+"""ATOL JSON as markd's client reads it: the names, numbers and conversions the ``atol`` backend
+uses to build tasks and read their answers. The virtual ККТ (:mod:`markd.emulators`) keeps its
+own reading of the protocol on purpose, so nothing here is shared with it.
 
 Task and field names follow domain.md §7.4–§7.6 and the typed public clients it cites. Error
 numbers are ATOL's ``LIBFPTR_ERROR_*`` values (the driver's header, mirrored by several public
@@ -22,27 +23,11 @@ ESTIMATED_STATUS_NAMES: dict[int, str] = {
     4: "itemDryReturn",
     255: "itemStatusUnchanged",
 }
-ESTIMATED_STATUS_NUMBERS: dict[str, int] = {v: k for k, v in ESTIMATED_STATUS_NAMES.items()}
-
-#: Statuses allowed on each receipt kind.
-SALE_STATUSES = frozenset({1, 2})
-RETURN_STATUSES = frozenset({3, 4})
-
-
-def status_number(value: Any) -> int | None:
-    """Tag 2003 from ATOL's name or a number; None when it is neither."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        return ESTIMATED_STATUS_NUMBERS.get(value)
-    return None
 
 
 # -- task types -------------------------------------------------------------------------------
 
-#: Tasks that change the device (answers to them are kept by request id; see the emulator).
+#: Tasks that change the device: the device keeps its answers to them under the request id.
 MUTATING_TASKS = frozenset(
     {
         "beginMarkingCodeValidation",

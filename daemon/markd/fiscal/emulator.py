@@ -1,4 +1,4 @@
-"""The ``emulator`` backend: the virtual ККТ (:mod:`markd.fiscal.virtual_kkt`) in process.
+"""The ``emulator`` backend: the virtual ККТ in process.
 
 URL: ``emulator:///ABSOLUTE/STATE/DIR`` (``emulator:///var/lib/markd/kkt`` by default), option
 ``ism=online|offline|timeout`` to set how the emulated ОИСМ answers when the printer is opened
@@ -9,18 +9,44 @@ read what was "printed".
 
 It is the same :class:`~markd.fiscal.atol.AtolPrinter` as for a real ATOL device: the tasks are
 built and the answers read by the same code; only the transport is a function call instead of
-HTTP or libfptr. Faults are set on the device (:meth:`VirtualKkt.set_faults`), which
-:attr:`EmulatorPrinter.kkt` exposes.
+HTTP or libfptr. The device is the emulators' virtual ККТ
+(``markd.emulators.virtual_kkt.VirtualKkt``), named here by a string and imported when an
+``emulator://`` printer is opened: the fiscal package holds no import of the emulators, which
+are test equipment, not part of the fiscal code. Faults are set on the device (its
+``set_faults``), which :attr:`EmulatorPrinter.kkt` exposes.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from markd.fiscal.atol import AtolPrinter, TaskOutcome
 from markd.fiscal.base import Option, PrinterSettings, PrinterURL
-from markd.fiscal.virtual_kkt import ISM_MODES, VirtualKkt
+
+#: The device behind ``emulator://``, as ``module:class``.
+DEVICE = "markd.emulators.virtual_kkt:VirtualKkt"
+#: How the emulated ОИСМ may answer (the device's ``ism`` fault).
+ISM_MODES = ("online", "offline", "timeout")
+
+
+class VirtualDevice(Protocol):
+    """What this backend uses of the device: ATOL JSON tasks in, outcomes out."""
+
+    def run(self, request_id: str, tasks: list[Any]) -> list[dict[str, Any]]: ...
+
+    def lookup(self, request_id: str) -> list[dict[str, Any]] | None: ...
+
+    def set_faults(self, **faults: Any) -> None: ...
+
+
+def open_device(state_dir: str) -> VirtualDevice:
+    """The virtual ККТ with its state in ``state_dir``."""
+    module_name, _, class_name = DEVICE.partition(":")
+    device_class = getattr(importlib.import_module(module_name), class_name)
+    device: VirtualDevice = device_class(state_dir)
+    return device
 
 
 def _ism(text: str) -> str:
@@ -30,9 +56,9 @@ def _ism(text: str) -> str:
 
 
 class InProcessTransport:
-    """ATOL JSON tasks handed to a :class:`VirtualKkt` by a function call."""
+    """ATOL JSON tasks handed to the virtual ККТ by a function call."""
 
-    def __init__(self, kkt: VirtualKkt) -> None:
+    def __init__(self, kkt: VirtualDevice) -> None:
         self.kkt = kkt
 
     def run(
@@ -60,7 +86,8 @@ class EmulatorPrinter(AtolPrinter):
 
     def __init__(self, url: PrinterURL, settings: PrinterSettings) -> None:
         super().__init__(url, settings)
-        self.kkt = VirtualKkt(url.target)
+        #: The device (``markd.emulators.virtual_kkt.VirtualKkt``): its faults, its documents.
+        self.kkt: Any = open_device(url.target)
         if url.options.get("ism"):
             self.kkt.set_faults(ism=url.options["ism"])
         self.transport = InProcessTransport(self.kkt)

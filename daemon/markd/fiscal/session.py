@@ -111,7 +111,7 @@ ReceiptStatus = Literal["closed", "failed", "pending", "cancelled", "empty"]
 
 @dataclass(frozen=True)
 class SaleOptions:
-    """What ``[fiscal]`` says about sales (see :func:`markd.fiscal.factory.sale_options`)."""
+    """What ``[fiscal]`` says about sales (see :func:`markd.service.wiring.sale_options`)."""
 
     #: 1262 / 1263 / 1264 of every marked position; 1265 comes from the unit's verdict.
     industry: IndustryTags = field(default_factory=IndustryTags)

@@ -16,6 +16,10 @@ Concurrency: LMDB gives one writer and any number of readers in any number of pr
 lookup is one short read transaction, so a reader always sees one committed state: never
 half of an import, never a delta without its version. Writers in other processes (``markctl``)
 become visible to the daemon at its next lookup without reopening anything.
+
+Only py-lmdb's public API is used, so any py-lmdb from 1.4 on works (Debian 12 ships 1.4.0).
+A store belongs to the process that opened it: a forked child finds it closed (see
+:func:`_let_go_after_fork`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import errno
 import json
 import os
 import struct
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +40,7 @@ import lmdb
 
 from markd.codes import CodeError, MarkingCode, mentions_gs, parse
 from markd.errors import StoreError
-from markd.store import fastpath, keys
+from markd.store import keys
 from markd.store.keys import BLOCK_VALUE, BadKey
 
 DEFAULT_PATH = "/var/lib/markd/store"
@@ -42,6 +48,7 @@ FORMAT_VERSION = 1
 _SLOTS = (b"blocked.0", b"blocked.1")
 _MAX_DBS = 16
 _T = TypeVar("_T")
+_time = time.time
 
 
 class BlockEntry(NamedTuple):
@@ -88,7 +95,7 @@ class Lookup(NamedTuple):
     """Everything the store knows about one unit. ``None`` fields mean "nothing known".
 
     A named tuple rather than a dataclass: it is built on every scan, and building a tuple
-    costs a fraction of a frozen dataclass (the lookup budget is a few microseconds).
+    costs a fraction of a frozen dataclass (a whole lookup takes a few microseconds).
     """
 
     blocked: BlockEntry | None
@@ -160,8 +167,13 @@ class Store:
         self.max_age_s = max_age_hours * 3600.0
         self.verdict_ttl_s = verdict_ttl_s
         self.delta_history = delta_history
-        self._env: lmdb.Environment | None = None
-        self._reader: Any = None  # before anything that may fail: close() looks at it
+        #: The process that opened the environment: the only one that may use or close it.
+        self._pid = os.getpid()
+        #: Held by every write and by close(): a write in another thread (the check chain
+        #: caches verdicts in one) ends before the environment closes. Closing an environment
+        #: under a live transaction is a crash in py-lmdb 1.x, not an error.
+        self._write_lock = threading.RLock()
+        self._env: lmdb.Environment | None = None  # before anything that may fail: close()
         self._env = self._open_env(map_size_mb)
         try:
             self._dbs = self._open_dbs()
@@ -176,10 +188,10 @@ class Store:
         self._units = self._dbs[b"units"]
         self._live: Any = None
         self._info = StoreInfo()
+        self._version = 0  # self._info.version and .synced_at, for the lookup's answer
+        self._synced_at: float | None = None
         self._attrs: dict[int, tuple[str, str]] = {}
-        #: The C lookup path (:mod:`markd.store.fastpath`), or None: the Python path only.
-        self._reader = fastpath.attach(self._env)
-        self._reader_units = self._reader.dbi(self._units) if self._reader else -1
+        _open_stores.add(self)
 
     # -- opening --------------------------------------------------------------------------------
 
@@ -257,6 +269,12 @@ class Store:
 
     def _require_env(self) -> lmdb.Environment:
         if self._env is None:
+            if self._pid != os.getpid():
+                raise StoreError(
+                    f"store {self.path} was opened by process {self._pid}; a forked process "
+                    "must open it again",
+                    "store-closed",
+                )
             raise StoreError(f"store {self.path} is closed", "store-closed")
         return self._env
 
@@ -265,12 +283,21 @@ class Store:
         return f"<Store {self.path} {state}>"
 
     def close(self) -> None:
-        if self._reader is not None:
-            # The reader's transaction lives in this environment: end it first.
-            self._reader.close()
-            self._reader = None
+        _open_stores.discard(self)
+        if self._pid != os.getpid():
+            self._let_go()  # a forked child: the environment is the parent's to close
+            return
+        with self._write_lock:
+            if self._env is not None:
+                self._env.close()
+                self._env = None
+
+    def _let_go(self) -> None:
+        """In a forked child: stop using the parent's environment without closing it."""
+        # The lock may have been held by a thread that the fork left behind.
+        self._write_lock = threading.RLock()
         if self._env is not None:
-            self._env.close()
+            _inherited_envs.append(self._env)
             self._env = None
 
     def __enter__(self) -> Store:
@@ -285,12 +312,23 @@ class Store:
         env = self._require_env()
         try:
             return env.begin(write=write)
-        except lmdb.MapResizedError:
-            # Another process grew the map; adopt its size and go on.
-            env.set_mapsize(0)
-            return env.begin(write=write)
         except lmdb.Error as exc:
+            return self._begin_again(env, exc, write)
+
+    def _begin_again(
+        self, env: lmdb.Environment, exc: lmdb.Error, write: bool = False
+    ) -> lmdb.Transaction:
+        """The second try at a transaction, after the errors that one more try cures."""
+        if isinstance(exc, lmdb.MapResizedError):
+            env.set_mapsize(0)  # another process grew the map: adopt its size
+        elif not isinstance(exc, lmdb.BadRslotError):
+            # BadRslotError: py-lmdb 1.x renews a cached reader whose slot was ended elsewhere
+            # (by a forked child's exit, see _let_go_after_fork); the next begin takes a new one.
             raise _store_error(self.path, "reading", exc) from exc
+        try:
+            return env.begin(write=write)
+        except lmdb.Error as again:
+            raise _store_error(self.path, "reading", again) from again
 
     def _refresh(self, txn: lmdb.Transaction) -> None:
         """Re-read the live slot and info when something was committed since we last looked."""
@@ -300,11 +338,13 @@ class Store:
         meta = self._dbs[b"meta"]
         slot = txn.get(b"current", db=meta) or b"0"
         self._live = self._dbs[_SLOTS[slot == b"1"]]
-        self._info = StoreInfo.decode(txn.get(b"info", db=meta))
+        self._info = info = StoreInfo.decode(txn.get(b"info", db=meta))
+        self._version = info.version
+        self._synced_at = None if info.synced_at is None else float(info.synced_at)
         # Most lists block units only; skip the GTIN and series probes when there are none.
-        counts = self._info.counts
+        counts = info.counts
         self._gtin_blocks = counts.get("gtin", 1) > 0 or counts.get("series", 1) > 0
-        self._manual_blocks = self._info.manual > 0
+        self._manual_blocks = info.manual > 0
         generation = txn.get(b"units_gen", db=meta)
         if generation != self._units_gen:
             # Someone else wrote the units (or we never looked): read the key set again.
@@ -312,21 +352,6 @@ class Store:
             self._unit_keys = {bytes(k) for k in cursor.iternext(keys=True, values=False)}
             self._units_gen = generation
         self._seen_txn = tid
-        if self._reader is not None:
-            synced = self._info.synced_at
-            self._reader.configure(
-                self._reader.dbi(self._live),
-                self._gtin_blocks,
-                self._reader_units,
-                self._unit_keys,
-                self._attrs,
-                tid,
-                self._info.version,
-                None if synced is None else float(synced),
-                float(self.max_age_s),
-                Lookup,
-                BlockEntry,
-            )
 
     def lookup(
         self, code: MarkingCode | str, *, series: str | None = None, now: float | None = None
@@ -337,76 +362,51 @@ class Store:
         ``code`` is a parsed code or any text ``parse`` accepts (a КИ alone too). ``series``
         defaults to the code's batch (AI 10) when it carries one.
         """
+        # Runs on every scan, so it is written for CPython's sake: positional arguments to
+        # py-lmdb (a keyword costs it more than a tenth of a microsecond to parse), tuples built
+        # without namedtuple's Python __new__, and no probe the store's contents make pointless.
         if type(code) is MarkingCode and series is None and not code.extra:
-            # The daemon's case, first and with the least Python: a parsed code, no batch.
-            reader = self._reader
-            if reader is not None and not self._manual_blocks:
-                found = reader.lookup(f"01{code.gtin}21{code.serial}".encode(), now)
-                if found is not None:
-                    return found  # type: ignore[no-any-return]
-        if isinstance(code, str) and mentions_gs(code):
-            # A full code in text: parse it, so its batch (AI 10) is checked as a series too.
-            try:
-                code = parse(code)
-            except CodeError as exc:
-                raise StoreError(f"cannot look up: {exc.message}", "bad-key") from exc
-        if isinstance(code, str) and code.isascii() and code.isdigit() and len(code) <= 14:
-            # A GTIN alone: only GTIN (and series) blocks can match. "01<GTIN>21" with no
-            # serial is a КИ key no entry has, so the КИ probe misses and the rest runs as usual.
-            try:
-                key = b"01" + keys.gtin_key(code) + b"21"
-            except BadKey as exc:
-                raise StoreError(str(exc), "bad-key") from exc
-        elif isinstance(code, str):
-            key = _unit_key(code)
+            # The daemon's case: a parsed code without a batch (keys.code_key, inlined).
+            key = f"01{code.gtin}21{code.serial}".encode()
         else:
-            key = f"01{code.gtin}21{code.serial}".encode()  # keys.code_key, inlined: hot path
-            if series is None and code.extra:
-                series = code.extra.get("10")
-        reader = self._reader
-        if reader is not None and not series and not self._manual_blocks:
-            # The C path (markd.store.fastpath) answers the common cases; None: not this one.
-            found = reader.lookup(key, now)
-            if found is not None:
-                return found  # type: ignore[no-any-return]
+            key, series = _lookup_key(code, series)
         env = self._env
         if env is None:
-            self._require_env()
+            self._require_env()  # raises store-closed
+        # One short read transaction per lookup: it sees the last commit of any process, and
+        # between lookups this store holds no reader slot that could pin old pages. Beginning
+        # one costs a fraction of a microsecond (py-lmdb 1.x even renews a cached one).
         try:
             txn = env.begin()
-        except lmdb.MapResizedError:
-            env.set_mapsize(0)  # another process grew the map; adopt its size
-            txn = env.begin()
         except lmdb.Error as exc:
-            raise _store_error(self.path, "reading", exc) from exc
+            txn = self._begin_again(env, exc)
         try:
             if txn.id() != self._seen_txn:
                 self._refresh(txn)
             live = self._live
             kind = "ki"
-            raw = txn.get(key, db=live)
-            if raw is None:
+            found = key  # the key of the matching entry
+            raw = txn.get(key, None, live)
+            if raw is None and self._gtin_blocks:
                 gtin = key[2:16]
-                if series and self._gtin_blocks:
+                if series:
                     kind = "series"
-                    series_key = gtin + keys.SERIES_SEPARATOR + series.encode()
-                    raw = txn.get(series_key, db=live)
-                if raw is None and self._gtin_blocks:
+                    found = gtin + keys.SERIES_SEPARATOR + series.encode()
+                    raw = txn.get(found, None, live)
+                if raw is None:
                     kind = "gtin"
-                    raw = txn.get(gtin, db=live)
+                    found = gtin
+                    raw = txn.get(gtin, None, live)
             if raw is None and self._manual_blocks:
-                raw, kind = self._manual_lookup(txn, key, series)
+                raw, kind, found = self._manual_lookup(txn, key, series)
             # Most scanned units were never sold or checked online here: a set of the units
             # database's keys spares the read (a random one, in a big store) for them.
-            unit = txn.get(key, db=self._units) if key in self._unit_keys else None
-            # A float either way, as the C path answers (an int `now` would make an int age).
-            now = time.time() if now is None else float(now)
+            unit = txn.get(key, None, self._units) if key in self._unit_keys else None
+            # A float either way (an int `now` would make an int age).
+            now = _time() if now is None else float(now)
             blocked = sold = cached = None
             if raw is not None:
-                shown = key if kind == "ki" else key[2:16]
-                if kind == "series":
-                    shown = key[2:16] + keys.SERIES_SEPARATOR + series.encode()
-                blocked = self._block_entry(txn, kind, shown, raw)
+                blocked = self._block_entry(txn, kind, found, raw)
             if unit is not None:
                 sold, cached = self._unit_facts(unit, now)
         except lmdb.Error as exc:
@@ -420,15 +420,16 @@ class Store:
             ) from exc
         finally:
             txn.abort()
-        synced = self._info.synced_at
+        synced = self._synced_at
         if synced is None:
-            return Lookup(blocked, sold, cached, self._info.version, None, True)
+            return _new_tuple(Lookup, (blocked, sold, cached, self._version, None, True))
         age = now - synced if now > synced else 0.0
-        return Lookup(blocked, sold, cached, self._info.version, age, age > self.max_age_s)
+        return _new_tuple(Lookup, (blocked, sold, cached, self._version, age, age > self.max_age_s))
 
     def _manual_lookup(
         self, txn: lmdb.Transaction, key: bytes, series: str | None
-    ) -> tuple[bytes | None, str]:
+    ) -> tuple[bytes | None, str, bytes]:
+        """(value, kind, key) of the entry blocked by hand that matches, or (None, "ki", key)."""
         manual = self._dbs[b"manual"]
         gtin = key[2:16]
         probes = [("ki", key), ("gtin", gtin)]
@@ -437,8 +438,8 @@ class Store:
         for kind, probe in probes:
             raw = txn.get(probe, db=manual)
             if raw is not None:
-                return raw, kind
-        return None, "ki"
+                return raw, kind, probe
+        return None, "ki", key
 
     def _block_entry(self, txn: lmdb.Transaction, kind: str, key: bytes, raw: bytes) -> BlockEntry:
         since, attr = BLOCK_VALUE.unpack(raw)
@@ -447,7 +448,7 @@ class Store:
             stored = txn.get(struct.pack(">I", attr), db=self._dbs[b"attrs"])
             pair = tuple(json.loads(stored)) if stored else ("", "")
             self._attrs[attr] = pair  # attrs are append-only: an id never changes meaning
-        return BlockEntry(kind, bytes(key), pair[0], pair[1], since)
+        return _new_tuple(BlockEntry, (kind, bytes(key), pair[0], pair[1], since))
 
     def _unit_facts(self, raw: bytes, now: float) -> tuple[SoldEntry | None, CachedVerdict | None]:
         data = json.loads(raw)
@@ -534,17 +535,18 @@ class Store:
         """Run ``fn`` in one write transaction, growing the map and retrying when it is full."""
         if self.readonly:
             raise StoreError(f"store {self.path} is open read-only", "store-readonly")
-        env = self._require_env()
-        for _ in range(32):
-            try:
-                with env.begin(write=True) as txn:
-                    return fn(txn)
-            except lmdb.MapFullError:
-                self.grow_map()
-            except lmdb.MapResizedError:
-                env.set_mapsize(0)
-            except lmdb.Error as exc:
-                raise _store_error(self.path, what, exc) from exc
+        with self._write_lock:
+            env = self._require_env()
+            for _ in range(32):
+                try:
+                    with env.begin(write=True) as txn:
+                        return fn(txn)
+                except lmdb.MapFullError:
+                    self.grow_map()
+                except lmdb.MapResizedError:
+                    env.set_mapsize(0)
+                except lmdb.Error as exc:
+                    raise _store_error(self.path, what, exc) from exc
         raise StoreError(f"{what} in {self.path}: the map could not be grown enough")
 
     def grow_map(self, at_least: int = 0) -> None:
@@ -728,6 +730,59 @@ class Store:
     # Snapshot import and deltas live in markd.store.importer; they use these internals.
     def _internal(self) -> tuple[lmdb.Environment, dict[bytes, Any]]:
         return self._require_env(), self._dbs
+
+
+#: Builds a named tuple without the Python-level ``__new__`` that namedtuple generates (the
+#: same thing minus one frame; a lookup builds one on every scan).
+_new_tuple: Callable[..., Any] = tuple.__new__
+
+#: The stores this process has open, so that a forked child can let go of them.
+_open_stores: weakref.WeakSet[Store] = weakref.WeakSet()
+#: Environments a forked child inherited: referenced here so the child never closes them.
+_inherited_envs: list[lmdb.Environment] = []
+
+
+def _let_go_after_fork() -> None:
+    """In a forked child, make every inherited store behave as closed.
+
+    LMDB ties an environment to the process that opened it: its reader slots carry that
+    process's id, and ending a reader frees the slot in the lock file every process shares. A
+    child reading through its parent's environment would take slots in the parent's name, and
+    a child closing it would end the reader py-lmdb 1.x keeps cached for the parent. So the
+    child leaves each environment alone (a lookup there raises ``store-closed``; ``close()``
+    does nothing) and opens the store again if it needs one. When the child's interpreter
+    finally frees the environment, py-lmdb 1.x still ends that cached reader; the parent's
+    next lookup then meets ``BadRslotError`` and simply takes a new one (``_begin_again``).
+    """
+    for store in list(_open_stores):
+        store._let_go()
+    _open_stores.clear()
+
+
+os.register_at_fork(after_in_child=_let_go_after_fork)
+
+
+def _lookup_key(code: MarkingCode | str, series: str | None) -> tuple[bytes, str | None]:
+    """The КИ key and the series to look up for any query but the daemon's (a parsed code
+    without a batch, which :meth:`Store.lookup` keys itself)."""
+    if isinstance(code, str) and mentions_gs(code):
+        # A full code in text: parse it, so its batch (AI 10) is checked as a series too.
+        try:
+            code = parse(code)
+        except CodeError as exc:
+            raise StoreError(f"cannot look up: {exc.message}", "bad-key") from exc
+    if isinstance(code, str) and code.isascii() and code.isdigit() and len(code) <= 14:
+        # A GTIN alone: only GTIN (and series) blocks can match. "01<GTIN>21" with no serial
+        # is a КИ key no entry has, so the КИ probe misses and the rest runs as usual.
+        try:
+            return b"01" + keys.gtin_key(code) + b"21", series
+        except BadKey as exc:
+            raise StoreError(str(exc), "bad-key") from exc
+    if isinstance(code, str):
+        return _unit_key(code), series
+    if series is None and code.extra:
+        series = code.extra.get("10")
+    return keys.code_key(code), series
 
 
 def _key_of(text: str, series: str | None) -> bytes:

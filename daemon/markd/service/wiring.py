@@ -1,4 +1,15 @@
-"""Build the check chain the configuration describes.
+"""Build the store-dependent parts the configuration describes: the check chain, the printer,
+the sale session and the sale desk.
+
+The daemon, ``markctl`` and the demo build them the same way, and only here does a domain
+object meet :class:`~markd.config.Config`: the domain packages (``checks``, ``fiscal``) take
+plain settings, so they never import the configuration (docs/architecture.md, "Who may
+import whom")::
+
+    chain = build_chain(config, store)                 # [check] mode and its sections
+    printer = open_configured_printer(config)          # [fiscal] url
+    session = build_session(config, printer, store)    # [fiscal] options and journal
+    desk = build_sale_desk(config, store, event_log)   # [sale]: price list, printer, session
 
 ``[check] mode`` picks the chain: ``store-only`` (development), ``direct`` (the CDN and/or the
 Local Module — each used only when its ``[check.online]`` / ``[check.local_module]`` section is
@@ -17,13 +28,32 @@ from markd.checks.cdn_hosts import FILE_NAME as HOSTS_FILE_NAME
 from markd.checks.chain import ChainSettings, CheckChain, StoreOnlyChain
 from markd.checks.policy import PolicyOptions
 from markd.checks.record import Recorder
+from markd.config import DROPIN_SUFFIX
 from markd.errors import ConfigError
 from markd.proxy import DEFAULT_NO_PROXY, ProxySettings
 from markd.secrets import load_secret
 
 if TYPE_CHECKING:
+    from markd.checks.local_module import LocalModuleClient
     from markd.config import Config
+    from markd.fiscal.base import FiscalPrinter, PrinterSettings
+    from markd.fiscal.session import SaleOptions, SaleSession
+    from markd.sale import SaleDesk
     from markd.store import Store
+    from markd.systemd import EventLog
+
+
+def main_config_file(config: Config) -> str | None:
+    """The main configuration file ``config`` was read from (its drop-ins come along when it
+    is read again); None when markd started on defaults."""
+    for source in config.sources:
+        if not Path(source).parent.name.endswith(DROPIN_SUFFIX):
+            return source
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The check chain
 
 
 def chain_settings(config: Config) -> ChainSettings:
@@ -162,3 +192,102 @@ def build_chain(
         local_module=clients.get("local_module"),
         tspiot=clients.get("tspiot"),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The printer, the sale session and the sale desk (the fiscal package is imported when one is
+# built: ``markctl check`` and a daemon without a printer never load it)
+
+
+def printer_settings(config: Config) -> PrinterSettings:
+    from markd.fiscal.base import PrinterSettings
+
+    fiscal = config.fiscal
+    return PrinterSettings(
+        timeout_s=fiscal.timeout_ms / 1000,
+        validation_timeout_s=fiscal.validation_timeout_ms / 1000,
+        poll_interval_s=fiscal.validation_poll_ms / 1000,
+    )
+
+
+def sale_options(config: Config) -> SaleOptions:
+    from markd.fiscal.model import IndustryTags
+    from markd.fiscal.session import SaleOptions
+
+    fiscal = config.fiscal
+    return SaleOptions(
+        industry=IndustryTags(
+            tag1262=fiscal.tag1262, tag1263=fiscal.tag1263, tag1264=fiscal.tag1264
+        ),
+        sale_status=fiscal.sale_status,
+        tax=fiscal.tax,
+        on_no_answer=fiscal.on_oism_no_answer,
+        auto_shift=fiscal.auto_shift,
+        lm_sell=fiscal.lm_sell,
+        payment_type=fiscal.payment_type,
+    )
+
+
+def open_configured_printer(config: Config) -> FiscalPrinter:
+    """The printer ``[fiscal] url`` names. Raises :class:`~markd.errors.PrinterURLError` or
+    :class:`~markd.errors.PrinterUnavailable` (driver missing)."""
+    from markd.fiscal.base import open_printer
+
+    return open_printer(config.fiscal.url, printer_settings(config))
+
+
+def local_module_for_sales(config: Config) -> LocalModuleClient | None:
+    """A Local Module client for ``/cis/sell``, when ``[fiscal] lm_sell`` and a
+    ``[check.local_module]`` section ask for one."""
+    lm = config.check.local_module
+    if lm is None or not config.fiscal.lm_sell:
+        return None
+    from markd.checks.local_module import LocalModuleClient
+
+    password = load_secret(
+        lm.password_file, "lm-password", what="[check.local_module] password_file"
+    )
+    assert password is not None
+    return LocalModuleClient(
+        lm.url, user=lm.user, password=password, fn_serial=config.terminal.fn_serial, api=lm.api
+    )
+
+
+def build_session(
+    config: Config,
+    printer: FiscalPrinter,
+    store: Store | None,
+    *,
+    event_log: EventLog | None = None,
+    lm_client: LocalModuleClient | None = None,
+) -> SaleSession:
+    """The session for ``printer`` with ``[fiscal]``'s options and journal. ``lm_client``
+    defaults to :func:`local_module_for_sales`."""
+    from markd.fiscal.session import SaleSession
+
+    return SaleSession(
+        printer,
+        store,
+        lm_client if lm_client is not None else local_module_for_sales(config),
+        config.fiscal.journal,
+        event_log,
+        sale_options(config),
+    )
+
+
+def build_sale_desk(config: Config, store: Store | None, event_log: EventLog | None) -> SaleDesk:
+    """Take the price list (parsed when ``config`` was loaded), open the printer ``[fiscal]
+    url`` names and build the session and the desk over them (not started:
+    :meth:`~markd.sale.SaleDesk.start` recovers). Raises :class:`~markd.errors.ConfigError`
+    (secrets; the price list of a configuration built in code) or
+    :class:`~markd.errors.FiscalError` (printer URL, driver missing)."""
+    from markd.sale import SaleDesk
+
+    catalog = config.sale.price_list()
+    printer = open_configured_printer(config)
+    try:
+        session = build_session(config, printer, store, event_log=event_log)
+    except BaseException:
+        printer.close()  # the port or the driver's handle is not left open
+        raise
+    return SaleDesk(config, session, event_log=event_log, catalog=catalog)

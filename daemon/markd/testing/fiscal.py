@@ -5,9 +5,9 @@ a real (emulated) device.
 
 ::
 
-    from markd.fiscal import testing
+    from markd.testing import fiscal
 
-    with testing.atol_web_printer() as (printer, server):
+    with fiscal.atol_web_printer() as (printer, server):
         server.kkt.set_faults(paper_out=True)
         ...
 
@@ -24,6 +24,7 @@ from typing import Any
 
 from markd.checks.verdict import Verdict
 from markd.codes import GS, MarkingCode
+from markd.emulators.atol_web import AtolWebEmulator
 from markd.fiscal.base import FiscalPrinter, PrinterSettings, open_printer
 
 #: Made-up codes (valid structure and GTIN check digits, no real product), raw GS included.
@@ -75,7 +76,7 @@ def emulator_printer(
     state_dir: str | Path | None = None, settings: PrinterSettings = FAST, query: str = ""
 ) -> Iterator[FiscalPrinter]:
     """An ``emulator://`` printer on ``state_dir`` (None: a temporary directory); its
-    :class:`~markd.fiscal.virtual_kkt.VirtualKkt` is ``printer.kkt``."""
+    :class:`~markd.emulators.virtual_kkt.VirtualKkt` is ``printer.kkt``."""
     with _directory(state_dir) as directory:
         printer = open_printer(f"emulator://{directory}{query}", settings)
         try:
@@ -87,11 +88,9 @@ def emulator_printer(
 @contextmanager
 def atol_web_printer(
     state_dir: str | Path | None = None, settings: PrinterSettings = FAST, **server_options: Any
-) -> Iterator[tuple[FiscalPrinter, Any]]:
+) -> Iterator[tuple[FiscalPrinter, AtolWebEmulator]]:
     """An ``atol-web://`` printer talking HTTP to an :class:`AtolWebEmulator` on a free
     loopback port; yields ``(printer, server)`` (the device is ``server.kkt``)."""
-    from markd.emulators.atol_web import AtolWebEmulator
-
     with (
         _directory(state_dir) as directory,
         AtolWebEmulator(state_dir=directory, **server_options) as server,

@@ -43,28 +43,49 @@ directory) after every change; a document is appended and fsync'd *before* the s
 counts it is written, and loading rolls the state forward from the last document, so a process
 killed at any instant leaves either no document or a document the state agrees with. With
 ``MARKD_FISCAL_KILL_AT=kkt-receipt-open`` the process kills itself right after the receipt is
-opened on the device (test only, see :mod:`markd.fiscal.killpoint`).
+opened on the device (tests only; the same variable as markd's own kill points, docs/fiscal.md).
+
+Sources, and what comes from each (domain.md §7.4, §7.4a, §7.5):
+
+* ATOL's driver header ``libfptr10.h``, as its public bindings mirror it (the Java and C#
+  ``IFptr`` constant lists, the Python ``libfptr10.py``): the error numbers
+  (:class:`DriverError`);
+* the JSON task scripts ATOL's driver runs (public copies in ``AlexanderYekat/atolexamplesjson``:
+  ``myscripts_marks.js``, ``myscripts_base_receipt.js``, ``json_openShift.js``,
+  ``json_getDeviceStatus.js``): the task names, their parameters and the shapes of their
+  answers (``offlineValidation``, ``onlineValidation``, ``fiscalParams``);
+* the typed public clients domain.md §7.4 cites (node-atol-rpc, OpenPapyrus's
+  ``Cshses.cpp``): the ``itemEstimatedStatus`` names, ``imc`` as base64 of the code, sums in
+  roubles.
+
+It shares no code with markd's ATOL client (:mod:`markd.fiscal.atol`): each reads the
+protocol on its own, so a misreading in one shows up as a failing test instead of agreeing
+with itself. Where the device above does less than the scripts (it keeps accepted codes
+after a failed ``sell``, and it knows a ``cancelReceipt`` task), it is kept as it was; making
+it follow the scripts more closely is its own change.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import fcntl
 import hashlib
 import json
+import math
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
 from markd.codes import parse
 from markd.errors import CodeError
-from markd.fiscal import atol_protocol as proto
-from markd.fiscal.killpoint import kill_point
 
 STATE_FILE = "state.json"
 DOCUMENTS_FILE = "documents.jsonl"
@@ -95,12 +116,127 @@ FAULT_KEYS = frozenset(
 )
 
 
+# --------------------------------------------------------------------------------------------
+# ATOL's vocabulary, as the device speaks it: the device's own copy (see the module docstring)
+
+
+class DriverError(IntEnum):
+    """The driver's error numbers the device answers with: ``LIBFPTR_ERROR_`` + the name in
+    ``libfptr10.h`` (its public bindings for Java, C#, Python and Ruby carry the same numbers)."""
+
+    NO_CONNECTION = 2
+    NOT_SUPPORTED = 11
+    INVALID_PARAM = 13
+    INVALID_SUM = 16
+    NO_PAPER = 44
+    NONCACH_PAYMENTS_TOO_MUCH = 52  # sic: the header's spelling
+    NOT_FULLY_PAID = 66
+    SHIFT_EXPIRED = 68
+    DENIED_IN_CLOSED_SHIFT = 73
+    DENIED_IN_CLOSED_RECEIPT = 81
+    DENIED_IN_OPENED_RECEIPT = 82
+    DENIED_IN_OPENED_SHIFT = 83
+    INVALID_POSITIONS_COUNT = 110
+    FN_FAULT = 118
+    CONNECTION_LOST = 241
+    MARKING_CODE_VALIDATION_IN_PROGRESS = 401
+    INVALID_MARKING_CODE_STATUS = 404
+    MARKS_OVERFLOW = 408
+    INVALID_MARKING_CODE = 409
+    INVALID_STATE = 410
+    MARK_NOT_CHECKED = 420
+    MARK_CHECK_TIMEOUT_EXPIRED = 421
+    INTERRUPTED_BY_PREVIOUS_ERRORS = 502
+
+
+#: Of the driver's "no link to the device" errors (1–4) the device only ever gives this one;
+#: a request that met it never reached the device, so nothing of it is kept.
+_NOT_REACHED = frozenset({DriverError.NO_CONNECTION})
+
+#: ``itemEstimatedStatus``: ATOL's names for the planned status, tag 2003 (domain.md §7.1,
+#: §7.4); a number is taken as is.
+PLANNED_STATUSES: dict[str, int] = {
+    "itemPieceSold": 1,
+    "itemDryForSale": 2,
+    "itemPieceReturn": 3,
+    "itemDryReturn": 4,
+    "itemStatusUnchanged": 255,
+}
+#: The planned statuses a receipt of each kind takes (sold on a sale, returned on a return).
+_SELL_STATUSES = frozenset({1, 2})
+_RETURN_STATUSES = frozenset({3, 4})
+
+#: Tasks that change the device: their answers are kept under the request's id, so a
+#: request repeated with the same id is answered from there (the web server's ``uuid``).
+_CHANGING_TASKS = frozenset(
+    {
+        "beginMarkingCodeValidation",
+        "acceptMarkingCode",
+        "declineMarkingCode",
+        "cancelMarkingCodeValidation",
+        "clearMarkingCodeValidationResult",
+        "openShift",
+        "closeShift",
+        "sell",
+        "sellReturn",
+        "cancelReceipt",
+    }
+)
+
+#: Test hook, read by the device as by markd's own kill points (docs/fiscal.md): with
+#: ``MARKD_FISCAL_KILL_AT=kkt-receipt-open`` the process kills itself right after a receipt
+#: is opened on the device, the worst moment for a power cut.
+_KILL_ENV = "MARKD_FISCAL_KILL_AT"
+
+
+def _planned_status(value: Any) -> int | None:
+    """Tag 2003 from ATOL's name or a number; None when it is neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        return PLANNED_STATUSES.get(value)
+    return None
+
+
+def _kopecks(value: Any) -> int:
+    """A sum in roubles from a task, in kopecks; ValueError when it is not a finite number."""
+    # json reads Infinity and NaN, which round() cannot take.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"not a sum: {value!r:.40}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"not a sum: {value!r:.40}")
+    return round(value * 100)
+
+
+def _roubles(kopecks: int) -> float:
+    """Kopecks as the roubles number an answer carries."""
+    return round(kopecks / 100, 2)
+
+
+def _decode_imc(text: Any) -> str | None:
+    """The marking code from a task's ``imc`` (base64 of its UTF-8 bytes, raw GS included);
+    None when it is not that."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return base64.b64decode(text, validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _power_cut_at(step: str) -> None:
+    if os.environ.get(_KILL_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class _TaskError(Exception):
     """An ATOL error answer for the task being run."""
 
-    def __init__(self, code: int, description: str) -> None:
+    def __init__(self, code: DriverError, description: str) -> None:
         super().__init__(description)
-        self.code = code
+        self.code = int(code)  # a plain number in every answer, in memory as on disk
         self.description = description
 
 
@@ -158,9 +294,14 @@ class VirtualKkt:
             for task in tasks:
                 kind = task.get("type") if isinstance(task, Mapping) else None
                 if failed:
-                    outcomes.append(_error(proto.ERROR_INTERRUPTED, "Прервано предыдущей ошибкой"))
+                    outcomes.append(
+                        _error(
+                            DriverError.INTERRUPTED_BY_PREVIOUS_ERRORS,
+                            "Прервано предыдущей ошибкой",
+                        )
+                    )
                     continue
-                mutating = mutating or kind in proto.MUTATING_TASKS
+                mutating = mutating or kind in _CHANGING_TASKS
                 try:
                     result = self._task(state, request_id, task)
                     outcomes.append({"status": "ready", "errorCode": 0, "result": result})
@@ -169,7 +310,7 @@ class VirtualKkt:
                     failed = True
             if mutating:
                 # A request the device never got (not connected) leaves no trace on it.
-                unreached = any(o.get("errorCode") in proto.NOT_EXECUTED_CODES for o in outcomes)
+                unreached = any(o.get("errorCode") in _NOT_REACHED for o in outcomes)
                 if request_id and not unreached:
                     self._keep(state, request_id, outcomes)
                 self._save(state)
@@ -330,13 +471,13 @@ class VirtualKkt:
 
     def _task(self, state: dict[str, Any], request_id: str, task: Any) -> dict[str, Any]:
         if not isinstance(task, Mapping) or not isinstance(task.get("type"), str):
-            raise _TaskError(proto.ERROR_INVALID_PARAM, "Задание без поля type")
+            raise _TaskError(DriverError.INVALID_PARAM, "Задание без поля type")
         faults = state["faults"]
         if faults.get("gone"):
-            raise _TaskError(proto.ERROR_NO_CONNECTION, "Нет связи")
+            raise _TaskError(DriverError.NO_CONNECTION, "Нет связи")
         handler = _HANDLERS.get(task["type"])
         if handler is None:
-            raise _TaskError(proto.ERROR_NOT_SUPPORTED, f"Задание {task['type']} не поддерживается")
+            raise _TaskError(DriverError.NOT_SUPPORTED, f"Задание {task['type']} не поддерживается")
         return handler(self, state, request_id, task)
 
     def _now(self) -> datetime:
@@ -355,9 +496,9 @@ class VirtualKkt:
     def _device_ready(self, state: dict[str, Any], printing: bool = True) -> None:
         faults = state["faults"]
         if printing and faults.get("paper_out"):
-            raise _TaskError(proto.ERROR_NO_PAPER, "Нет бумаги")
+            raise _TaskError(DriverError.NO_PAPER, "Нет бумаги")
         if faults.get("fn_error"):
-            raise _TaskError(proto.ERROR_FN_FAULT, "Ошибка ФН: неисправность")
+            raise _TaskError(DriverError.FN_FAULT, "Ошибка ФН: неисправность")
 
     def _next_document(self, state: dict[str, Any]) -> int:
         return int(state["document_number"]) + 1
@@ -432,9 +573,9 @@ class VirtualKkt:
     def _open_shift(self, state: dict[str, Any], request_id: str, task: Any) -> dict[str, Any]:
         self._device_ready(state)
         if state["receipt"] is not None:
-            raise _TaskError(proto.ERROR_DENIED_IN_OPENED_RECEIPT, "Чек открыт")
+            raise _TaskError(DriverError.DENIED_IN_OPENED_RECEIPT, "Чек открыт")
         if state["shift"]["state"] == "opened":
-            raise _TaskError(proto.ERROR_DENIED_IN_OPENED_SHIFT, "Смена открыта")
+            raise _TaskError(DriverError.DENIED_IN_OPENED_SHIFT, "Смена открыта")
         shift = state["shift"]
         shift.update(
             state="opened", number=shift["number"] + 1, opened_at=self._clock(), receipts=0
@@ -444,9 +585,9 @@ class VirtualKkt:
     def _close_shift(self, state: dict[str, Any], request_id: str, task: Any) -> dict[str, Any]:
         self._device_ready(state)
         if state["receipt"] is not None:
-            raise _TaskError(proto.ERROR_DENIED_IN_OPENED_RECEIPT, "Чек открыт")
+            raise _TaskError(DriverError.DENIED_IN_OPENED_RECEIPT, "Чек открыт")
         if state["shift"]["state"] != "opened":
-            raise _TaskError(proto.ERROR_DENIED_IN_CLOSED_SHIFT, "Смена закрыта")
+            raise _TaskError(DriverError.DENIED_IN_CLOSED_SHIFT, "Смена закрыта")
         result = self._shift_document(state, request_id, "closeShift")
         state["shift"].update(state="closed", opened_at=None)
         state["faults"].pop("shift_expired", None)
@@ -483,17 +624,18 @@ class VirtualKkt:
         self._device_ready(state, printing=False)
         if state["validation"] is not None:
             raise _TaskError(
-                proto.ERROR_VALIDATION_IN_PROGRESS, "Процедура проверки КМ уже запущена"
+                DriverError.MARKING_CODE_VALIDATION_IN_PROGRESS,
+                "Процедура проверки КМ уже запущена",
             )
         params = task.get("params")
         if not isinstance(params, Mapping):
-            raise _TaskError(proto.ERROR_INVALID_PARAM, "Нет параметров проверки КМ")
-        km = proto.decode_km(params.get("imc"))
-        status = proto.status_number(params.get("itemEstimatedStatus"))
+            raise _TaskError(DriverError.INVALID_PARAM, "Нет параметров проверки КМ")
+        km = _decode_imc(params.get("imc"))
+        status = _planned_status(params.get("itemEstimatedStatus"))
         if km is None or status is None:
-            raise _TaskError(proto.ERROR_INVALID_MARKING_CODE, "Неверный КМ или его статус")
+            raise _TaskError(DriverError.INVALID_MARKING_CODE, "Неверный КМ или его статус")
         if len(state["accepted"]) >= MAX_ACCEPTED:
-            raise _TaskError(proto.ERROR_MARKS_OVERFLOW, "Переполнение таблицы КМ")
+            raise _TaskError(DriverError.MARKS_OVERFLOW, "Переполнение таблицы КМ")
         ki, checkable = _identify(km)
         rule = state["faults"].get("codes", {}).get(ki, {})
         fm_check = checkable
@@ -541,7 +683,7 @@ class VirtualKkt:
                 "ready": True,
                 "sentImcRequest": True,
                 "driverError": {
-                    "code": proto.ERROR_MARK_CHECK_TIMEOUT,
+                    "code": int(DriverError.MARK_CHECK_TIMEOUT_EXPIRED),
                     "error": "LIBFPTR_ERROR_MARK_CHECK_TIMEOUT_EXPIRED",
                     "description": "Истек таймаут проверки КМ",
                 },
@@ -588,16 +730,16 @@ class VirtualKkt:
 
     def _validation_status(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
         if state["validation"] is None:
-            raise _TaskError(proto.ERROR_INVALID_STATE, "Проверка КМ не запущена")
+            raise _TaskError(DriverError.INVALID_STATE, "Проверка КМ не запущена")
         return self._validation_answer(state)
 
     def _accept(self, state: dict[str, Any], request_id: str, task: Any) -> dict[str, Any]:
         validation = state["validation"]
         if validation is None:
-            raise _TaskError(proto.ERROR_INVALID_STATE, "Проверка КМ не запущена")
+            raise _TaskError(DriverError.INVALID_STATE, "Проверка КМ не запущена")
         answer = self._validation_answer(state)
         if not answer["ready"]:
-            raise _TaskError(proto.ERROR_INVALID_STATE, "Результат проверки КМ ещё не получен")
+            raise _TaskError(DriverError.INVALID_STATE, "Результат проверки КМ ещё не получен")
         bits = answer["onlineValidation"]["itemInfoCheckResult"]
         state["accepted"].append(
             {
@@ -613,7 +755,7 @@ class VirtualKkt:
 
     def _decline(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
         if state["validation"] is None:
-            raise _TaskError(proto.ERROR_INVALID_STATE, "Проверка КМ не запущена")
+            raise _TaskError(DriverError.INVALID_STATE, "Проверка КМ не запущена")
         state["validation"] = None
         return {}
 
@@ -629,7 +771,7 @@ class VirtualKkt:
 
     def _cancel_receipt(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
         if state["receipt"] is None:
-            raise _TaskError(proto.ERROR_DENIED_IN_CLOSED_RECEIPT, "Чек закрыт")
+            raise _TaskError(DriverError.DENIED_IN_CLOSED_RECEIPT, "Чек закрыт")
         state["receipt"] = None
         return {}
 
@@ -638,32 +780,36 @@ class VirtualKkt:
         faults = state["faults"]
         self._device_ready(state)
         if state["receipt"] is not None:
-            raise _TaskError(proto.ERROR_DENIED_IN_OPENED_RECEIPT, "Чек открыт: отмените его")
+            raise _TaskError(DriverError.DENIED_IN_OPENED_RECEIPT, "Чек открыт: отмените его")
         if state["validation"] is not None:
-            raise _TaskError(proto.ERROR_VALIDATION_IN_PROGRESS, "Процедура проверки КМ запущена")
+            raise _TaskError(
+                DriverError.MARKING_CODE_VALIDATION_IN_PROGRESS, "Процедура проверки КМ запущена"
+            )
         shift_state = self._shift_state(state)
         if shift_state == "closed":
-            raise _TaskError(proto.ERROR_DENIED_IN_CLOSED_SHIFT, "Смена закрыта")
+            raise _TaskError(DriverError.DENIED_IN_CLOSED_SHIFT, "Смена закрыта")
         if shift_state == "expired":
-            raise _TaskError(proto.ERROR_SHIFT_EXPIRED, "Смена превысила 24 часа")
+            raise _TaskError(DriverError.SHIFT_EXPIRED, "Смена превысила 24 часа")
         positions, used = self._positions(state, kind, task.get("items"))
         total = sum(p["amount"] for p in positions)
         payments = _payments(task.get("payments"))
         paid = sum(p["amount"] for p in payments)
         non_cash = sum(p["amount"] for p in payments if p["type"] != "cash")
         if paid < total:
-            raise _TaskError(proto.ERROR_NOT_FULLY_PAID, "Чек оплачен не полностью")
+            raise _TaskError(DriverError.NOT_FULLY_PAID, "Чек оплачен не полностью")
         if non_cash > total:
-            raise _TaskError(proto.ERROR_NONCASH_TOO_MUCH, "Безналичная оплата больше суммы чека")
+            raise _TaskError(
+                DriverError.NONCACH_PAYMENTS_TOO_MUCH, "Безналичная оплата больше суммы чека"
+            )
 
         # Open the receipt on the device: from here a lost link leaves it open.
         state["receipt"] = {"type": kind, "request": request_id, "opened_at": self._clock()}
         self._save(state)
-        kill_point("kkt-receipt-open")
+        _power_cut_at("kkt-receipt-open")
         if faults.get("gone_in_receipt") == "open":
             faults.pop("gone_in_receipt")
             faults["gone"] = True
-            raise _TaskError(proto.ERROR_CONNECTION_LOST, "Соединение потеряно")
+            raise _TaskError(DriverError.CONNECTION_LOST, "Соединение потеряно")
 
         number = self._next_document(state)
         now = self._now()
@@ -694,31 +840,31 @@ class VirtualKkt:
         if faults.get("gone_in_receipt") == "after":
             faults.pop("gone_in_receipt")
             faults["gone"] = True
-            raise _TaskError(proto.ERROR_CONNECTION_LOST, "Соединение потеряно")
+            raise _TaskError(DriverError.CONNECTION_LOST, "Соединение потеряно")
         return result
 
     def _positions(
         self, state: dict[str, Any], kind: str, items: Any
     ) -> tuple[list[dict[str, Any]], list[str]]:
         if not isinstance(items, list):
-            raise _TaskError(proto.ERROR_INVALID_PARAM, "Нет позиций")
+            raise _TaskError(DriverError.INVALID_PARAM, "Нет позиций")
         positions: list[dict[str, Any]] = []
         used: list[str] = []
-        allowed = proto.SALE_STATUSES if kind == "sell" else proto.RETURN_STATUSES
+        allowed = _SELL_STATUSES if kind == "sell" else _RETURN_STATUSES
         for item in items:
             if not isinstance(item, Mapping) or item.get("type") != "position":
                 continue  # text lines, barcodes: printed, not registered
             try:
-                price = proto.kopecks(item.get("price"))
-                amount = proto.kopecks(item.get("amount"))
+                price = _kopecks(item.get("price"))
+                amount = _kopecks(item.get("amount"))
                 quantity = item.get("quantity")
                 if isinstance(quantity, bool) or not isinstance(quantity, int | float):
                     raise ValueError("quantity")
             except ValueError:
-                raise _TaskError(proto.ERROR_INVALID_SUM, "Неверная цена или количество") from None
+                raise _TaskError(DriverError.INVALID_SUM, "Неверная цена или количество") from None
             if price < 0 or quantity <= 0 or abs(round(price * quantity) - amount) > 1:
                 raise _TaskError(
-                    proto.ERROR_INVALID_SUM, "Сумма позиции не равна цене × количество"
+                    DriverError.INVALID_SUM, "Сумма позиции не равна цене × количество"
                 )
             tax = item.get("tax")
             position: dict[str, Any] = {
@@ -744,7 +890,7 @@ class VirtualKkt:
                     }
             positions.append(position)
         if not positions:
-            raise _TaskError(proto.ERROR_INVALID_POSITIONS_COUNT, "Чек без позиций")
+            raise _TaskError(DriverError.INVALID_POSITIONS_COUNT, "Чек без позиций")
         return positions, used
 
     def _marked(
@@ -754,20 +900,20 @@ class VirtualKkt:
         allowed: frozenset[int],
         used: list[str],
     ) -> dict[str, Any]:
-        km = proto.decode_km(imc.get("imc"))
-        status = proto.status_number(imc.get("itemEstimatedStatus"))
+        km = _decode_imc(imc.get("imc"))
+        status = _planned_status(imc.get("itemEstimatedStatus"))
         if km is None or status is None:
-            raise _TaskError(proto.ERROR_INVALID_MARKING_CODE, "Неверный КМ в позиции")
+            raise _TaskError(DriverError.INVALID_MARKING_CODE, "Неверный КМ в позиции")
         if status not in allowed:
-            raise _TaskError(proto.ERROR_INVALID_MARKING_CODE_STATUS, "Статус КМ не подходит чеку")
+            raise _TaskError(DriverError.INVALID_MARKING_CODE_STATUS, "Статус КМ не подходит чеку")
         entry = next(
             (a for a in state["accepted"] if a["imc"] == imc.get("imc") and a["id"] not in used),
             None,
         )
         if entry is None:
-            raise _TaskError(proto.ERROR_MARK_NOT_CHECKED, "КМ не проверен в ФН")
+            raise _TaskError(DriverError.MARK_NOT_CHECKED, "КМ не проверен в ФН")
         if entry["status"] != status:
-            raise _TaskError(proto.ERROR_INVALID_MARKING_CODE_STATUS, "Статус КМ не совпадает")
+            raise _TaskError(DriverError.INVALID_MARKING_CODE_STATUS, "Статус КМ не совпадает")
         used.append(entry["id"])
         bits = entry["bits"]
         tag2106 = (
@@ -814,7 +960,7 @@ _HANDLERS: dict[str, Callable[[VirtualKkt, dict[str, Any], str, Any], dict[str, 
 
 
 def _error(code: int, description: str) -> dict[str, Any]:
-    return {"status": "error", "errorCode": code, "errorDescription": description}
+    return {"status": "error", "errorCode": int(code), "errorDescription": description}
 
 
 def _ready(result: dict[str, Any]) -> dict[str, Any]:
@@ -832,15 +978,15 @@ def _identify(km: str) -> tuple[str | None, bool]:
 
 def _payments(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value:
-        raise _TaskError(proto.ERROR_NOT_FULLY_PAID, "Нет оплаты")
+        raise _TaskError(DriverError.NOT_FULLY_PAID, "Нет оплаты")
     payments = []
     for item in value:
         if not isinstance(item, Mapping) or item.get("type") not in ("cash", "electronically"):
-            raise _TaskError(proto.ERROR_INVALID_PARAM, "Неверный тип оплаты")
+            raise _TaskError(DriverError.INVALID_PARAM, "Неверный тип оплаты")
         try:
-            amount = proto.kopecks(item.get("sum"))
+            amount = _kopecks(item.get("sum"))
         except ValueError:
-            raise _TaskError(proto.ERROR_INVALID_SUM, "Неверная сумма оплаты") from None
+            raise _TaskError(DriverError.INVALID_SUM, "Неверная сумма оплаты") from None
         payments.append({"type": item["type"], "amount": amount})
     return payments
 
@@ -862,7 +1008,7 @@ def _fiscal_params(state: dict[str, Any], document: Mapping[str, Any]) -> dict[s
             "fnNumber": device["fn_number"],
             "registrationNumber": device["registration_number"],
             "fnsUrl": "www.nalog.gov.ru",
-            "total": proto.roubles(document.get("total", 0)),
+            "total": _roubles(document.get("total", 0)),
         },
         "warnings": None,
     }

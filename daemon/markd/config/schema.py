@@ -1,0 +1,779 @@
+"""The configuration's schema: frozen dataclasses, one per TOML table.
+
+Field annotations give the types, field defaults the defaults, and ``field(metadata=...)`` the
+documentation and limits:
+
+``doc``
+    one-line meaning, used by ``docs/configuration.md`` (see :mod:`markd.config.reference`);
+``choices``
+    allowed values of a string (or of each item of an array);
+``min`` / ``max``
+    bounds of an integer (or of each item of an array of integers);
+``min_length``
+    shortest allowed string (1 for "must not be empty");
+``name_pattern``
+    for a table of named tables (``[scanners.NAME]``), the regular expression NAME must match;
+``name_doc``
+    the rule of ``name_pattern`` in words, for error messages;
+``empty_is_default``
+    an absent or empty table of named tables takes the field's default;
+``check``
+    a function returning a problem (str) or None, for what types cannot say (scanner URLs);
+``parse`` / ``parsed_into``
+    for a key naming a file markd reads (the price list): the function that parses the file
+    (raising :class:`~markd.errors.ConfigError`) and the field that keeps the result; one load
+    parses each file once, and the file's first problem becomes the key's;
+``toml``
+    ``False`` for fields that are not configuration keys (``Config.sources``).
+
+``choices``, ``min``, ``max``, ``min_length`` and ``check`` are judged by :mod:`markd.validation`,
+the validator the emulators' scenarios use too. The key checks below let the module that owns
+a value judge it (a scanner URL by the scanner registry, a printer URL by the fiscal shim, a
+proxy by :mod:`markd.proxy`), so ``markctl config check`` and the daemon agree; those imports
+are plain imports: a check that cannot be imported fails loudly, it is never skipped.
+
+Secrets (X-API-KEY, passwords, tokens) never live here; they come from systemd credentials.
+Nothing here logs, so configuration values cannot leak into the journal.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zoneinfo
+from dataclasses import dataclass, field
+
+import markd.scanners
+from markd.catalog import Catalog, load_catalog
+from markd.codes import CodesOptions
+from markd.errors import PrinterURLError, ScannerError
+from markd.fiscal.base import parse_printer_url
+from markd.fiscal.model import TAX_TYPES, tag1263_problem
+from markd.proxy import DEFAULT_NO_PROXY, no_proxy_problem, proxy_problem
+
+DEFAULT_SCANNER_NAME = "scanner0"
+DEFAULT_SCANNER_URL = "serial:///dev/markd/scanner0?baudrate=9600&terminator=cr"
+"""The scanner used when no ``[scanners.NAME]`` table is configured: the udev symlink that
+markd's rules create for the first serial (or USB-CDC) scanner, at the common factory speed."""
+
+SCANNER_NAME_PATTERN = r"[A-Za-z0-9_-]{1,32}"
+"""What a scanner's NAME in ``[scanners.NAME]`` may look like: it ends up in journal fields
+and D-Bus/CLI arguments, so it stays a short bare word."""
+
+# Items of serial_lengths / ki_serial_lengths: a GS1 serial (AI 21) is at most 20 characters.
+_SERIAL_LENGTH_LIMITS = {"min": 1, "max": 20}
+
+
+# --------------------------------------------------------------------------------------------
+# The schema
+
+
+def _scanner_url_problem(url: str) -> str | None:
+    """The scanner registry judges a URL; its message names the accepted form."""
+    try:
+        # Looked up at call time, so that a test can stand in for the registry's parser.
+        markd.scanners.parse_url(url)
+    except ScannerError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """``[log]``: where log lines go and how many."""
+
+    target: str = field(
+        default="auto",
+        metadata={
+            "doc": "Where log lines go: `journal` (structured fields), `stderr`, or `auto` "
+            "(the journal when started by systemd, stderr otherwise).",
+            "choices": ("auto", "journal", "stderr"),
+        },
+    )
+    level: str = field(
+        default="info",
+        metadata={
+            "doc": "Lowest level logged.",
+            "choices": ("debug", "info", "warning", "error"),
+        },
+    )
+
+
+def _no_proxy_problem(entry: str) -> str | None:
+    return no_proxy_problem((entry,))
+
+
+def sync_proxy_problem(value: str) -> str | None:
+    """Why ``value`` is not a ``[store] sync_proxy`` (None when it is one)."""
+    if value in ("online", "direct"):
+        return None
+    return proxy_problem(value)
+
+
+def _sync_url_problem(value: str) -> str | None:
+    if value and not value.startswith(("http://", "https://")):
+        return f"expected an http:// or https:// URL or nothing, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """``[store]``: the local LMDB store of seen codes and check results."""
+
+    path: str = field(
+        default="/var/lib/markd/store",
+        metadata={"doc": "Directory of the LMDB store.", "min_length": 1},
+    )
+    map_size_mb: int = field(
+        default=64,
+        metadata={
+            "doc": "Initial LMDB map size in MiB; the store grows it when full.",
+            "min": 1,
+            "max": 1 << 20,
+        },
+    )
+    max_age_hours: int = field(
+        default=72,
+        metadata={
+            "doc": "A blocklist not confirmed current for longer is stale: it may still deny, "
+            "never vouch (72 h, as the Local Module).",
+            "min": 1,
+            "max": 24 * 365,
+        },
+    )
+    verdict_ttl_s: int = field(
+        default=86_400,
+        metadata={
+            "doc": "How long a cached online verdict counts as fresh, in seconds.",
+            "min": 0,
+            "max": 366 * 86_400,
+        },
+    )
+    delta_history: int = field(
+        default=100,
+        metadata={
+            "doc": "How many applied deltas the store keeps for `markctl store export`.",
+            "min": 0,
+            "max": 100_000,
+        },
+    )
+    sync_url: str = field(
+        default="",
+        metadata={
+            "doc": "Static HTTP(S) directory with a fleet export (`index.json`) that the daemon "
+            "syncs from; empty: no periodic sync.",
+            "check": lambda value: _sync_url_problem(value),
+        },
+    )
+    sync_interval_s: int = field(
+        default=3600,
+        metadata={
+            "doc": "Seconds between periodic syncs from `sync_url`.",
+            "min": 60,
+            "max": 7 * 86_400,
+        },
+    )
+    sync_proxy: str = field(
+        default="online",
+        metadata={
+            "doc": "Proxy for the sync: `online` (the proxy, `no_proxy` and credentials of "
+            "`[check.online]`; direct without that section), `direct`, `env`, or "
+            "`http://HOST:PORT` (credentials: the systemd credential `proxy-auth`).",
+            "check": lambda value: sync_proxy_problem(value),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class CodesConfig:
+    """``[codes]``: how scanned marking codes are parsed (see :class:`markd.codes.CodesOptions`)."""
+
+    recover_lost_gs: bool = field(
+        default=True,
+        metadata={
+            "doc": "Re-insert the GS separator that keyboard-emulating scanners drop, when the "
+            "serial length makes the split unambiguous.",
+        },
+    )
+    serial_lengths: tuple[int, ...] = field(
+        default=(13, 6, 7),
+        metadata={
+            "doc": "Fixed serial lengths tried, in order, when re-inserting a lost GS.",
+            **_SERIAL_LENGTH_LIMITS,
+        },
+    )
+    ki_serial_lengths: tuple[int, ...] = field(
+        default=(),
+        metadata={
+            "doc": "Serial lengths accepted for a bare КИ (a code without its crypto tail); "
+            "empty by default, since a bare КИ of 13 could also be a beer code whose GS was lost.",
+            **_SERIAL_LENGTH_LIMITS,
+        },
+    )
+
+
+def _url_problem(value: str) -> str | None:
+    if not value.startswith(("http://", "https://")) or len(value) < 10:
+        return f"expected an http:// or https:// URL, got {value!r}"
+    return None
+
+
+def _timezone_problem(value: str) -> str | None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return f"unknown time zone {value!r} (an IANA name such as Europe/Moscow)"
+    return None
+
+
+def _fn_serial_problem(value: str) -> str | None:
+    if value and not (len(value) == 16 and value.isascii() and value.isdigit()):
+        return f"a ФН serial is 16 digits, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class TerminalConfig:
+    """``[terminal]``: this till."""
+
+    fn_serial: str = field(
+        default="",
+        metadata={
+            "doc": "Serial of the fiscal drive (ФН), 16 digits: sent as `fiscalDriveNumber` and "
+            "`X-ClientId`. Empty: taken from the ККТ once the fiscal side exists.",
+            "check": lambda value: _fn_serial_problem(value),
+        },
+    )
+    timezone: str = field(
+        default="Europe/Moscow",
+        metadata={
+            "doc": "The shop's time zone (IANA name); expiry dates are judged in it.",
+            "check": lambda value: _timezone_problem(value),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class OnlineCheckConfig:
+    """``[check.online]``: the True API CDN (absent: not used)."""
+
+    url: str = field(
+        default="https://cdn.crpt.ru",
+        metadata={
+            "doc": "Base URL the CDN host list is fetched from.",
+            "check": lambda value: _url_problem(value),
+        },
+    )
+    token_file: str = field(
+        default="",
+        metadata={
+            "doc": "File holding the X-API-KEY; empty: the systemd credential `crpt-token`.",
+        },
+    )
+    hosts_file: str = field(
+        default="",
+        metadata={
+            "doc": "Where the CDN host list, its fetch time and the hosts' health figures are "
+            "kept between runs; empty: `cdn-hosts.json` beside the store directory.",
+        },
+    )
+    list_budget_percent: int = field(
+        default=40,
+        metadata={
+            "doc": "With no usable host list, the share of a check's online budget that "
+            "fetching the list may take (the rest is the check's).",
+            "min": 10,
+            "max": 90,
+        },
+    )
+    rank_by: str = field(
+        default="latency",
+        metadata={
+            "doc": "Rank CDN hosts by the round trip markd measures (`latency`) or by the "
+            "`avgTimeMs` they report (`avg_time`; which one CRPT intends is unconfirmed).",
+            "choices": ("latency", "avg_time"),
+        },
+    )
+    proxy: str = field(
+        default="",
+        metadata={
+            "doc": "HTTP proxy for these requests: `http://HOST:PORT` (HTTPS goes through "
+            "`CONNECT`), `env` (follow `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`), or empty: "
+            "direct. Credentials never go here: see `proxy_auth_file`.",
+            "check": proxy_problem,
+        },
+    )
+    no_proxy: tuple[str, ...] = field(
+        default=DEFAULT_NO_PROXY,
+        metadata={
+            "doc": "Targets reached without the proxy: host names, domain suffixes, IP "
+            "addresses, CIDR networks, or `*`.",
+            "check": lambda value: _no_proxy_problem(value),
+        },
+    )
+    proxy_auth_file: str = field(
+        default="",
+        metadata={
+            "doc": "File holding the proxy's `user:password` (Basic); empty: the systemd "
+            "credential `proxy-auth`, or none.",
+        },
+    )
+
+
+@dataclass(frozen=True)
+class LocalModuleConfig:
+    """``[check.local_module]``: the Local Module ЛМ ЧЗ (absent: not used)."""
+
+    url: str = field(
+        default="http://127.0.0.1:5995",
+        metadata={"doc": "Base URL of the Local Module.", "check": lambda v: _url_problem(v)},
+    )
+    api: int = field(
+        default=2,
+        metadata={"doc": "API version: 1, 2, or 0 to detect it.", "min": 0, "max": 2},
+    )
+    user: str = field(default="admin", metadata={"doc": "Basic-auth user."})
+    password_file: str = field(
+        default="",
+        metadata={
+            "doc": "File holding the password; empty: the systemd credential `lm-password`.",
+        },
+    )
+    proxy: str = field(
+        default="",
+        metadata={
+            "doc": "HTTP proxy for these requests: `http://HOST:PORT` (HTTPS goes through "
+            "`CONNECT`), `env` (follow `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`), or empty: "
+            "direct. Credentials never go here: see `proxy_auth_file`.",
+            "check": proxy_problem,
+        },
+    )
+    no_proxy: tuple[str, ...] = field(
+        default=DEFAULT_NO_PROXY,
+        metadata={
+            "doc": "Targets reached without the proxy: host names, domain suffixes, IP "
+            "addresses, CIDR networks, or `*`.",
+            "check": lambda value: _no_proxy_problem(value),
+        },
+    )
+    proxy_auth_file: str = field(
+        default="",
+        metadata={
+            "doc": "File holding the proxy's `user:password` (Basic); empty: the systemd "
+            "credential `proxy-auth`, or none.",
+        },
+    )
+
+
+@dataclass(frozen=True)
+class TspiotConfig:
+    """``[check.tspiot]``: the ТС ПИоТ service (absent: not used)."""
+
+    url: str = field(
+        default="https://localhost:51401",
+        metadata={"doc": "Base URL of the ТС ПИоТ.", "check": lambda v: _url_problem(v)},
+    )
+    allow_self_signed: bool = field(
+        default=False,
+        metadata={
+            "doc": "Accept the service's self-signed certificate (only for a loopback address).",
+        },
+    )
+    token_file: str = field(
+        default="",
+        metadata={
+            "doc": "File holding the `client_info` token; empty: the credential "
+            "`tspiot-token`, or none.",
+        },
+    )
+    proxy: str = field(
+        default="",
+        metadata={
+            "doc": "HTTP proxy for these requests: `http://HOST:PORT` (HTTPS goes through "
+            "`CONNECT`), `env` (follow `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`), or empty: "
+            "direct. Credentials never go here: see `proxy_auth_file`.",
+            "check": proxy_problem,
+        },
+    )
+    no_proxy: tuple[str, ...] = field(
+        default=DEFAULT_NO_PROXY,
+        metadata={
+            "doc": "Targets reached without the proxy: host names, domain suffixes, IP "
+            "addresses, CIDR networks, or `*`.",
+            "check": lambda value: _no_proxy_problem(value),
+        },
+    )
+    proxy_auth_file: str = field(
+        default="",
+        metadata={
+            "doc": "File holding the proxy's `user:password` (Basic); empty: the systemd "
+            "credential `proxy-auth`, or none.",
+        },
+    )
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """``[check]``: how a code is checked before sale."""
+
+    mode: str = field(
+        default="store-only",
+        metadata={
+            "doc": "`direct` (online CDN, then the Local Module), `tspiot` (the ТС ПИоТ "
+            "decides), or `store-only` (development: the local store alone).",
+            "choices": ("store-only", "direct", "tspiot"),
+        },
+    )
+    online_timeout_ms: int = field(
+        default=1500,
+        metadata={"doc": "Budget of the online check.", "min": 50, "max": 30_000},
+    )
+    local_module_timeout_ms: int = field(
+        default=500,
+        metadata={"doc": "Budget of the Local Module check.", "min": 50, "max": 30_000},
+    )
+    tspiot_timeout_ms: int = field(
+        default=2000,
+        metadata={"doc": "Budget of the ТС ПИоТ check.", "min": 50, "max": 60_000},
+    )
+    unanswered: str = field(
+        default="allow",
+        metadata={
+            "doc": "Mode `direct` when no source answers: `allow` (unchecked, logged) or `deny`.",
+            "choices": ("allow", "deny"),
+        },
+    )
+    online: OnlineCheckConfig | None = field(default=None, metadata={"doc": "The CDN."})
+    local_module: LocalModuleConfig | None = field(
+        default=None, metadata={"doc": "The Local Module."}
+    )
+    tspiot: TspiotConfig | None = field(default=None, metadata={"doc": "The ТС ПИоТ."})
+
+
+def _printer_url_problem(url: str) -> str | None:
+    """The fiscal shim judges a printer URL; its message names the accepted form."""
+    try:
+        parse_printer_url(url)
+    except PrinterURLError as exc:
+        return str(exc)
+    return None
+
+
+def _tag_length_problem(value: str, tag: int, longest: int) -> str | None:
+    if not 1 <= len(value) <= longest:
+        return f"tag {tag} is 1 to {longest} characters, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class FiscalConfig:
+    """``[fiscal]``: the fiscal printer (ККТ) and the sale session (``docs/fiscal.md``)."""
+
+    url: str = field(
+        default="emulator:///var/lib/markd/kkt",
+        metadata={
+            "doc": "Printer URL: `atol-web://127.0.0.1:16732` (ATOL web server), "
+            "`atol-lib://usb` (libfptr10), or `emulator:///DIR` (the virtual ККТ).",
+            "check": lambda value: _printer_url_problem(value),
+        },
+    )
+    journal: str = field(
+        default="/var/lib/markd/fiscal/session.journal",
+        metadata={
+            "doc": "The sale session's journal (fsync'd JSON lines) that recovery reads after "
+            "a crash.",
+            "min_length": 1,
+        },
+    )
+    timeout_ms: int = field(
+        default=30_000,
+        metadata={
+            "doc": "Longest wait for one ККТ operation (a receipt includes printing it).",
+            "min": 1000,
+            "max": 300_000,
+        },
+    )
+    validation_timeout_ms: int = field(
+        default=10_000,
+        metadata={
+            "doc": "Longest wait for the ККТ's answer on a marking code (begin → ready).",
+            "min": 500,
+            "max": 120_000,
+        },
+    )
+    validation_poll_ms: int = field(
+        default=200,
+        metadata={"doc": "Pause between validation status polls.", "min": 20, "max": 5000},
+    )
+    on_oism_no_answer: str = field(
+        default="accept",
+        metadata={
+            "doc": "When the marking operator's system does not answer the ККТ (0xFF): `accept` "
+            "the unit (the permit check allowed it) or `decline` it.",
+            "choices": ("accept", "decline"),
+        },
+    )
+    sale_status: int = field(
+        default=1,
+        metadata={
+            "doc": "Tag 2003 for a sale: 1 (piece sold) or 2 (as several ATOL examples pass).",
+            "min": 1,
+            "max": 2,
+        },
+    )
+    tag1262: str = field(
+        default="030",
+        metadata={
+            "doc": "Tag 1262 of tag 1260 (ФОИВ id) on every marked position.",
+            "check": lambda value: _tag_length_problem(value, 1262, 3),
+        },
+    )
+    tag1263: str = field(
+        default="26.03.2022",
+        metadata={
+            "doc": "Tag 1263 (date of the founding document, DD.MM.YYYY).",
+            "check": tag1263_problem,
+        },
+    )
+    tag1264: str = field(
+        default="477",
+        metadata={
+            "doc": "Tag 1264 (number of the founding document).",
+            "check": lambda value: _tag_length_problem(value, 1264, 32),
+        },
+    )
+    tax: str = field(
+        default="none",
+        metadata={
+            "doc": "Tax type of a position unless the sale says otherwise.",
+            # The fiscal model's own list: a tax type the configuration accepts is one the
+            # receipt's positions accept.
+            "choices": TAX_TYPES,
+        },
+    )
+    payment_type: str = field(
+        default="electronically",
+        metadata={
+            "doc": "Payment type of a receipt closed without one (`markctl sell`).",
+            "choices": ("electronically", "cash"),
+        },
+    )
+    auto_shift: bool = field(
+        default=True,
+        metadata={
+            "doc": "Open a closed shift, and close and reopen an expired (24 h) one, before a "
+            "receipt.",
+        },
+    )
+    lm_sell: bool = field(
+        default=True,
+        metadata={
+            "doc": "After a receipt, report its КИ to the Local Module (API v2 `/cis/sell`, "
+            "`/cis/return`) when `[check.local_module]` is configured.",
+        },
+    )
+
+
+def _absolute_path_problem(path: str) -> str | None:
+    """A file the daemon reads must not depend on the directory it was started in."""
+    if path and not os.path.isabs(path):
+        return f"expected an absolute path, got {path!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class SaleConfig:
+    """``[sale]``: how scans become sales (``docs/operations.md``, "Sale modes")."""
+
+    mode: str = field(
+        default="off",
+        metadata={
+            "doc": "`off` (no printer is opened: verdicts only), `attendant` (markd reports "
+            "verdicts; the POS drives receipts through the control API) or `kiosk` (an "
+            "allowed scan goes straight onto the open receipt).",
+            "choices": ("off", "attendant", "kiosk"),
+        },
+    )
+    catalog: str = field(
+        default="",
+        metadata={
+            "doc": "Price list for mode `kiosk`: a CSV file of `gtin;name;price` lines (price "
+            "in roubles, `#` comments, header optional). Empty: no price list.",
+            "check": _absolute_path_problem,
+            # The file must load too; its own problems name its file and line.
+            "parse": load_catalog,
+            "parsed_into": "parsed_catalog",
+        },
+    )
+    use_mrp: bool = field(
+        default=True,
+        metadata={
+            "doc": "Mode `kiosk`: a tobacco code carrying its maximum retail price is sold at "
+            "that price when the price list has no line for its GTIN.",
+        },
+    )
+    #: The price list ``catalog`` names, as :func:`markd.config.load` parsed it (None: no
+    #: price list, or a section built in code). Not a key; use :meth:`price_list`.
+    parsed_catalog: Catalog | None = field(
+        default=None, compare=False, repr=False, metadata={"toml": False}
+    )
+
+    def price_list(self) -> Catalog | None:
+        """The price list ``catalog`` names: the one the configuration load parsed, so that a
+        load reads the file once; read now for a section built in code (tests), or when
+        ``catalog`` was changed after loading. Raises :class:`~markd.errors.ConfigError` when
+        the file does not load."""
+        if not self.catalog:
+            return None
+        if self.parsed_catalog is not None and self.parsed_catalog.path == self.catalog:
+            return self.parsed_catalog
+        return load_catalog(self.catalog)
+
+
+def whole_config_problems(config: Config) -> list[tuple[tuple[str, ...], str]]:
+    """What only the merged configuration can show (today: the ``[sale]`` section as a
+    whole), as ``(key path, problem)`` pairs."""
+    sale = config.sale
+    if sale.mode == "kiosk" and not sale.catalog and not sale.use_mrp:
+        return [
+            (
+                ("sale", "mode"),
+                "[sale] mode: kiosk needs prices: set [sale] catalog, or use_mrp = true "
+                "(tobacco only)",
+            )
+        ]
+    return []
+
+
+@dataclass(frozen=True)
+class ScannerConfig:
+    """``[scanners.NAME]``: one barcode scanner."""
+
+    url: str = field(
+        metadata={
+            "doc": "Scanner URL: `serial:///dev/ttyACM0?baudrate=9600&terminator=cr`, "
+            "`hid-kbd://0c2e:0b61`, `hid-pos://1eab:0010` or `virtual://NAME` (see "
+            "docs/operations.md).",
+            "min_length": 1,
+            "check": _scanner_url_problem,
+        },
+    )
+
+
+def _listen_problem(value: str) -> str | None:
+    if not value:
+        return None
+    # The control API reads [api] listen; checking the file uses its reader, so a typo fails
+    # `markctl config check` with the daemon's own message. Imported here, not at the top:
+    # the API is a layer above the configuration (docs/architecture.md).
+    from markd.api.listeners import parse_listen
+
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _origin_problem(value: str) -> str | None:
+    if not re.fullmatch(r"https?://[^/\s?#]+", value):
+        return f"expected an origin such as http://localhost:8080 (no path), got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """``[api]``: the control API (``docs/api.md``) for kiosk screens and ``markctl``."""
+
+    enabled: bool = field(
+        default=True,
+        metadata={"doc": "Serve the control API on `socket` (and on `listen` when set)."},
+    )
+    socket: str = field(
+        default="/run/markd/control.sock",
+        metadata={
+            "doc": "Unix socket of the API, mode 0660; the directory comes from systemd's "
+            "`RuntimeDirectory=` (created when missing).",
+            "min_length": 1,
+        },
+    )
+    socket_group: str = field(
+        default="markd",
+        metadata={
+            "doc": "Group given the socket when that group exists; its members may use the API. "
+            "Empty: leave the group as created.",
+        },
+    )
+    listen: str = field(
+        default="",
+        metadata={
+            "doc": "Also serve on TCP at `HOST:PORT` (e.g. `127.0.0.1:8391`) for browser-based "
+            "screens, with a bearer token; empty: no TCP.",
+            "check": lambda value: _listen_problem(value),
+        },
+    )
+    allow_remote: bool = field(
+        default=False,
+        metadata={
+            "doc": "Allow `listen` on an address other than loopback (the token then crosses "
+            "the network in clear text).",
+        },
+    )
+    token_file: str = field(
+        default="",
+        metadata={
+            "doc": "File holding the bearer token TCP clients must send; empty: the systemd "
+            "credential `api-token`. Required when `listen` is set.",
+        },
+    )
+    allowed_origins: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "doc": "Browser origins (`http://localhost:8080`) that get CORS headers; a request "
+            "with another `Origin` is refused.",
+            "check": lambda value: _origin_problem(value),
+        },
+    )
+
+
+def _default_scanners() -> dict[str, ScannerConfig]:
+    return {DEFAULT_SCANNER_NAME: ScannerConfig(url=DEFAULT_SCANNER_URL)}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration: every section, plus the files it was read from."""
+
+    log: LogConfig = field(default_factory=LogConfig, metadata={"doc": "Logging."})
+    store: StoreConfig = field(default_factory=StoreConfig, metadata={"doc": "Local store."})
+    codes: CodesConfig = field(default_factory=CodesConfig, metadata={"doc": "Code parsing."})
+    terminal: TerminalConfig = field(default_factory=TerminalConfig, metadata={"doc": "Till."})
+    check: CheckConfig = field(default_factory=CheckConfig, metadata={"doc": "Checks."})
+    fiscal: FiscalConfig = field(
+        default_factory=FiscalConfig, metadata={"doc": "Fiscal printer and sales."}
+    )
+    sale: SaleConfig = field(default_factory=SaleConfig, metadata={"doc": "Sale mode."})
+    scanners: dict[str, ScannerConfig] = field(
+        default_factory=_default_scanners,
+        metadata={
+            "doc": "Barcode scanners by name.",
+            "name_pattern": SCANNER_NAME_PATTERN,
+            "name_doc": "a name is 1 to 32 letters, digits, _ or -",
+            "empty_is_default": True,
+        },
+    )
+    api: ApiConfig = field(default_factory=ApiConfig, metadata={"doc": "Control API."})
+    sources: tuple[str, ...] = field(default=(), metadata={"toml": False})
+
+    def codes_options(self) -> CodesOptions:
+        """The ``[codes]`` section as the options :func:`markd.codes.parse` takes."""
+        return CodesOptions(
+            recover_lost_gs=self.codes.recover_lost_gs,
+            serial_lengths=self.codes.serial_lengths,
+            ki_serial_lengths=self.codes.ki_serial_lengths,
+        )
+
+
+def default_config() -> Config:
+    """The configuration used when no file exists: every key at its default."""
+    return Config()

@@ -1,0 +1,586 @@
+"""The markd daemon's life cycle: :class:`Service` starts its parts, runs, reloads and stops.
+
+The service owns the parts of a running daemon and their order; each job is a module of its
+own in this package::
+
+    wiring.py     the chain, the printer, the sale session and desk, from the configuration
+    scanloop.py   the queue consumer: scan → parse → chain → one verdict
+    listeners.py  where a verdict goes: journal, event stream, counts, verdict sink, sale desk
+    reload.py     SIGHUP: the configuration read again and applied between two scans
+    health.py     the health check, WATCHDOG=1 and the STATUS= line
+    storesync.py  the periodic fleet sync in a child process
+
+Start (:meth:`Service.run`): the store opens, the chain is built on it, the sale desk (with
+``[sale] mode`` ``attendant`` or ``kiosk``) opens its printer and recovers a receipt an
+earlier run left in flight, the scanners start, the control API listens, then ``READY=1``
+goes out; after it, the chain's clients start their background work (the CDN host list, the
+Local Module's status) and the fleet sync is scheduled. Start-up failures raise
+(:class:`~markd.errors.StoreError`, :class:`~markd.errors.ScannerError` …); once ready,
+:meth:`Service.run` only returns by being stopped.
+
+Signals (when :meth:`Service.run` is asked to handle them, i.e. when it is the main program) only
+set an event or queue a request; the work happens in the loop, between two scans:
+
+* SIGTERM, SIGINT: the scan being checked gets its verdict, scans still queued get ``rescan``
+  (reason ``service-stopping``), ``STOPPING=1`` goes out, the sale desk finishes the
+  operation under way and parks the receipt in flight for the next start's recovery
+  (:meth:`Service._before_stop`); then the fleet sync stops, the API closes, the chain's
+  clients end their background work and write what they keep, and the scanners, the sale
+  desk, the chain's pending cache writes and the store close, in that order.
+* SIGHUP: a reload (:mod:`markd.service.reload`): ``RELOADING=1``, then ``READY=1``.
+* SIGUSR2, with ``MARKD_TEST_HOOKS=1`` only: the test hook that hangs the loop.
+
+Health: with ``WatchdogSec=`` set, ``WATCHDOG=1`` goes out every half period after a passed
+health check (:mod:`markd.service.health`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from markd import __version__
+from markd.checks.chain import CheckChain, StoreOnlyChain
+from markd.checks.verdict import Verdict
+from markd.errors import MarkdError
+from markd.events import EventHub, EventPublisher
+from markd.scanners import Scan, Scanner, open_scanner
+from markd.service.health import Health, store_status
+from markd.service.listeners import (
+    CountingListener,
+    EventStreamListener,
+    ExchangeJournal,
+    JournalListener,
+    Notifier,
+    SaleDeskListener,
+    SinkListener,
+    VerdictListener,
+    VerdictSink,
+    log_internal_error,
+)
+from markd.service.reload import Reloader, ReloadResult, ScannerChanges
+from markd.service.scanloop import QueueItem, ScanLoop
+from markd.service.storesync import SYNC_START_DELAY_S, StoreSync
+from markd.service.wiring import build_chain, build_sale_desk
+from markd.store import Store
+from markd.systemd import (
+    RELOAD_STATUS_FILE,
+    EventLog,
+    LogBridge,
+    notify,
+    runtime_file,
+    watchdog_interval,
+)
+
+if TYPE_CHECKING:
+    from markd.api import ControlServer
+    from markd.codes import CodesOptions
+    from markd.config import Config
+    from markd.receipts import ReceiptOperations
+    from markd.sale import SaleDesk
+
+#: Test-only hook: with ``MARKD_TEST_HOOKS=1`` in the daemon's environment, SIGUSR2 blocks the
+#: event loop for :data:`TEST_HANG_S` seconds, as a bug that hangs it would. The system test uses
+#: it to prove that the watchdog restarts a hung daemon. Never set it on a till.
+TEST_HOOKS_ENV = "MARKD_TEST_HOOKS"
+TEST_HANG_S = 3600.0
+#: Longest wait at stop for a sale operation under way (a receipt being printed); below the
+#: unit's ``TimeoutStopSec=30s``, and ``[fiscal] timeout_ms`` when that is shorter.
+SALE_STOP_WAIT_S = 20.0
+
+
+class Service:
+    """The daemon. Build it from a :class:`~markd.config.Config` and ``await run()``.
+
+    :param config: the validated configuration.
+    :param event_log: where events go; default an :class:`EventLog` from ``[log]``.
+    :param verdict_sink: called with the :class:`Verdict` of every scan (the demo and tests
+        collect them). An exception in it is logged, not fatal.
+    :param config_loader: reads the configuration again for a reload; default the files in
+        ``config.sources``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        event_log: EventLog | None = None,
+        verdict_sink: VerdictSink | None = None,
+        config_loader: Callable[[], Config] | None = None,
+    ) -> None:
+        self.config = config
+        self.event_log = event_log or EventLog(target=config.log.target, level=config.log.level)
+        #: Live events for the control API's streams: while the service runs, every event
+        #: the log writes is also published (see :mod:`markd.events`).
+        self.events = EventHub()
+        self._publisher = EventPublisher(self.events, self.event_log)
+        self.scanners: dict[str, Scanner] = {}
+        self.store: Store | None = None
+        #: Set once start-up is complete (store open, scanners started, READY=1 sent).
+        self.ready = asyncio.Event()
+        #: Wall-clock time start-up began (``uptime_s`` in the status).
+        self.started_at = time.time()
+        #: How scans are parsed (``[codes]``).
+        self.codes_options: CodesOptions = config.codes_options()
+        self._chain: StoreOnlyChain | CheckChain | None = None
+        #: Background tasks of the chain's clients (the Local Module status poller).
+        self._background: list[asyncio.Future[None]] = []
+        #: The periodic fleet sync, when ``[store] sync_url`` is set (created at start).
+        self.store_sync: StoreSync | None = None
+        #: Delay range of the first fleet sync; tests set ``(0, 0)``.
+        self.sync_start_delay_s = SYNC_START_DELAY_S
+        #: The sale session behind the control API's receipt endpoints (None: no printer).
+        self.receipts: ReceiptOperations | None = None
+        #: The printer and sale session while ``[sale] mode`` is not ``off`` (also ``receipts``).
+        self.sale_desk: SaleDesk | None = None
+        self._desk_listener: SaleDeskListener | None = None
+        #: The control API while the service runs with ``[api] enabled``.
+        self.api: ControlServer | None = None
+        #: Seconds between watchdog pings (half of ``WatchdogSec=``), None without a watchdog.
+        self.watchdog_interval_s = watchdog_interval()
+        #: Verdicts given since start, by decision (``allow``, ``deny``, ``rescan``).
+        self.verdict_counts: Counter[str] = Counter()
+        self.health = Health(self, self.event_log)
+        listeners: list[VerdictListener] = [
+            JournalListener(self.event_log),
+            EventStreamListener(self._publisher),
+            CountingListener(self.verdict_counts, self.health.refresh_status_soon),
+        ]
+        if verdict_sink is not None:
+            listeners.append(SinkListener(verdict_sink))
+        #: Every verdict goes to these listeners; the sale desk joins while it is open.
+        self.notifier = Notifier(listeners, on_error=self._internal_error)
+        self.scan_loop = ScanLoop(self, self.notifier, self.event_log, self.events, self.health)
+        self.reloader = Reloader(self, self.event_log, self.health, config_loader)
+        self.reloader.status_path = runtime_file(RELOAD_STATUS_FILE)
+        self._record_exchange = ExchangeJournal(self.event_log)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Scanner events and jobs for the scan loop, while the service runs.
+        self._queue: asyncio.Queue[QueueItem] | None = None
+
+    @property
+    def chain(self) -> StoreOnlyChain | CheckChain | None:
+        """The check chain while running."""
+        return self._chain
+
+    @property
+    def reload_status_path(self) -> Path | None:
+        """Where reload outcomes go for ``markd reload`` (None: nowhere; tests set a path)."""
+        return self.reloader.status_path
+
+    @reload_status_path.setter
+    def reload_status_path(self, path: Path | None) -> None:
+        self.reloader.status_path = path
+
+    @property
+    def reloads(self) -> int:
+        """Reloads tried since start; the generation of the last :class:`ReloadResult`."""
+        return self.reloader.generation
+
+    # -- running ----------------------------------------------------------------------------------
+
+    async def run(
+        self, stop_event: asyncio.Event | None = None, *, handle_signals: bool = False
+    ) -> None:
+        """Run until ``stop_event`` is set (or SIGTERM/SIGINT with ``handle_signals``).
+
+        With ``handle_signals``, SIGHUP reloads the configuration (:meth:`reload`), and with
+        ``MARKD_TEST_HOOKS=1`` in the environment SIGUSR2 hangs the loop (test-only, see
+        :data:`TEST_HOOKS_ENV`).
+
+        Raises :class:`~markd.errors.StoreError` or :class:`~markd.errors.ScannerError` when
+        start-up fails; once ready, it only returns by being stopped.
+        """
+        loop = asyncio.get_running_loop()
+        stop = stop_event or asyncio.Event()
+        queue: asyncio.Queue[QueueItem] = asyncio.Queue()
+        self._loop, self._queue = loop, queue
+        installed: list[signal.Signals] = []
+        if handle_signals:
+            # The handlers only set the event or queue a request; the work runs in the loop.
+            handlers: dict[signal.Signals, Callable[[], object]] = {
+                signal.SIGTERM: stop.set,
+                signal.SIGINT: stop.set,
+                signal.SIGHUP: self.request_reload,
+            }
+            if os.environ.get(TEST_HOOKS_ENV) == "1":
+                handlers[signal.SIGUSR2] = self._test_hang
+            for signum, handler in handlers.items():
+                loop.add_signal_handler(signum, handler)
+                installed.append(signum)
+
+        self.event_log.add_observer(self._publisher)
+        bridge = LogBridge(self.event_log)
+        markd_logger = logging.getLogger("markd")
+        markd_logger.addHandler(bridge)
+        markd_logger.propagate = False  # no second, bare copy on stderr
+        if markd_logger.level == logging.NOTSET:
+            markd_logger.setLevel(logging.INFO)
+        housekeeping: asyncio.Task[None] | None = None
+        try:
+            await self._start(loop, queue)
+            housekeeping = asyncio.create_task(
+                self.health.run(self.watchdog_interval_s), name="markd-housekeeping"
+            )
+            await self.scan_loop.run(queue, stop)
+        finally:
+            await self._stop()
+            if housekeeping is not None:
+                housekeeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await housekeeping
+            self.health.handling_since = None
+            self._loop = self._queue = None
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+            markd_logger.removeHandler(bridge)
+            markd_logger.propagate = True
+            self.event_log.remove_observer(self._publisher)
+
+    async def _start(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> None:
+        self.started_at = time.time()
+        store_config = self.config.store
+        self.store = Store.from_config(store_config)
+        self._chain = build_chain(self.config, self.store, recorder=self._record_exchange)
+        if self.config.sale.mode != "off":
+            # Before READY=1 and before the first scan: a receipt an earlier run left in
+            # flight is settled (cancelled or registered) before anything new is sold.
+            await self.open_sale_desk(self.config)
+        for name, scanner_config in self.config.scanners.items():
+            scanner = open_scanner(name, scanner_config.url)
+            self.scanners[name] = scanner
+            scanner.start(loop, queue)
+        if self.config.api.enabled:
+            # Before READY=1: once systemd says the daemon is up, markctl can reach it.
+            from markd.api import ControlServer
+
+            api = ControlServer(self, self.config.api)  # self: a ControlledService
+            api.start()
+            self.api = api
+        info = self.store.info()
+        blocked = sum(info.counts.values())
+        status = (
+            f"ready: {len(self.scanners)} scanner(s), mode {self.config.check.mode}, "
+            f"blocklist v{info.version} with {blocked} entries in {store_config.path}"
+        )
+        ready = ["READY=1", f"STATUS={self.health.status_for_ready()}"]
+        notify(*ready, *(["WATCHDOG=1"] if self.watchdog_interval_s else []))
+        self.reloader.write_status(ReloadResult(True, "started", 0))
+        self.event_log.event(
+            "service-started",
+            f"markd {status}",
+            mode=self.config.check.mode,
+            scanners=",".join(self.scanners),
+            store=store_config.path,
+        )
+        self._start_background()
+        self.start_store_sync()
+        self.ready.set()
+
+    async def _stop(self) -> None:
+        """Everything the service started, stopped in order (see the module docstring)."""
+        if self.ready.is_set():
+            notify("STOPPING=1", "STATUS=stopping")
+            self.event_log.event("service-stopping", "markd stopping")
+            # Watched like a scan: a stop that hangs here stops the watchdog pings.
+            self.health.handling_since = time.monotonic()
+            try:
+                await self._before_stop()
+            except Exception as exc:  # noqa: BLE001 - stopping must go on
+                self._internal_error("before-stop hook", exc)
+        if self.store_sync is not None:
+            await self.store_sync.stop()  # kept: what it did stays readable after the stop
+        if self.api is not None:
+            await self.api.close()
+            self.api = None
+        await self._stop_background()
+        await _aclose_clients(self._chain)  # the CDN host list reaches its file
+        self.health.close()
+        # Release devices first: a port left open blocks the next start (and the till).
+        for scanner in self.scanners.values():
+            try:
+                scanner.close()
+            except Exception as exc:  # noqa: BLE001 - keep closing the others
+                self._internal_error(f"closing scanner {scanner.name}", exc)
+        self.scanners.clear()
+        if self.sale_desk is not None:
+            try:
+                self.sale_desk.shutdown()  # before the store: the session writes to it
+            except Exception as exc:  # noqa: BLE001 - keep closing the rest
+                self._internal_error("closing the printer", exc)
+        if isinstance(self._chain, CheckChain):
+            self._chain.close()  # pending verdict-cache writes land before the store closes
+        if self.store is not None:
+            self.store.close()
+
+    async def _before_stop(self) -> None:
+        """Runs once when the service stops (SIGTERM), after the last verdict and before the
+        scanners, the chain and the store close: the sale desk lets the operation under way
+        finish (bounded by :meth:`sale_stop_wait_s`, well within ``TimeoutStopSec=``) and
+        parks the receipt in flight; the next start's recovery settles it."""
+        desk = self.sale_desk
+        if desk is not None and await desk.park(self.sale_stop_wait_s()):
+            desk.shutdown()
+
+    def _internal_error(self, what: str, exc: BaseException) -> None:
+        log_internal_error(self.event_log, what, exc)
+
+    # -- the chain and its clients' background work -------------------------------------------
+
+    def _start_background(self) -> None:
+        online = getattr(self._chain, "online", None)
+        if online is not None:
+            # The CDN host list (unless a fresh one was kept on disk) and the hosts' health are
+            # fetched now, after READY=1: the network never delays the start, and the first
+            # scan finds a list (domain.md §3.2).
+            online.start()
+        poller = getattr(getattr(self._chain, "local_module", None), "run_status_poller", None)
+        if poller is not None:
+            # The Local Module's state is polled in the background, so a check never waits on
+            # a module known to be down (domain.md §4.6).
+            self._background.append(asyncio.ensure_future(poller()))
+
+    async def _stop_background(self) -> None:
+        for background in self._background:
+            background.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await background
+        self._background.clear()
+
+    async def replace_chain(self, new: Config) -> None:
+        """A reload: a chain built from ``new`` on the same store takes over; the old one's
+        clients finish and close. Raises (a secret missing …) before anything changes."""
+        assert self.store is not None
+        chain = build_chain(new, self.store, recorder=self._record_exchange)
+        old, self._chain = self._chain, chain
+        await self._stop_background()
+        _close_chain(old)
+        await _aclose_clients(old)
+        self._start_background()
+
+    async def reopen_store(self, new: Config) -> None:
+        """A reload that changes ``[store]``: the store reopened and a chain built on it, with
+        no sale operation running (the session writes sold units to the store, and gets the
+        reopened one)."""
+        desk = self.sale_desk
+        if desk is None:
+            await self._replace_store_and_chain(new)
+            return
+        async with desk.paused():
+            try:
+                await self._replace_store_and_chain(new)
+            finally:
+                desk.session.store = self.store
+
+    async def _replace_store_and_chain(self, new: Config) -> None:
+        """Reopen the store with the new ``[store]`` settings and build the chain on it; on
+        failure, put the old store and chain back and raise."""
+        old_config = self.config
+        await self._stop_background()
+        _close_chain(self._chain)
+        await _aclose_clients(self._chain)
+        self._chain = None
+        assert self.store is not None
+        self.store.close()  # LMDB forbids opening one environment twice in a process
+        store: Store | None = None
+        try:
+            store = Store.from_config(new.store)
+            self._chain = build_chain(new, store, recorder=self._record_exchange)
+            self.store = store
+        except BaseException:
+            if store is not None:
+                store.close()
+            self.store = Store.from_config(old_config.store)
+            self._chain = build_chain(old_config, self.store, recorder=self._record_exchange)
+            raise
+        finally:
+            self._start_background()
+
+    # -- scanners -------------------------------------------------------------------------------
+
+    def apply_scanners(self, new: Config) -> ScannerChanges:
+        """A reload: keep the scanners whose URL did not change, close the removed and changed
+        ones, open the new ones."""
+        assert self._loop is not None and self._queue is not None
+        wanted = {name: scanner.url for name, scanner in new.scanners.items()}
+        running = {name: scanner.url.text for name, scanner in self.scanners.items()}
+        kept = [name for name in wanted if running.get(name) == wanted[name]]
+        closed = [name for name in running if wanted.get(name) != running[name]]
+        for name in closed:
+            scanner = self.scanners.pop(name)
+            try:
+                scanner.close()
+            except Exception as exc:  # noqa: BLE001 - keep going with the others
+                self._internal_error(f"closing scanner {name}", exc)
+        started: list[str] = []
+        problems: list[str] = []
+        for name, url in wanted.items():
+            if name in kept:
+                continue
+            try:
+                scanner = open_scanner(name, url)
+                scanner.start(self._loop, self._queue)  # type: ignore[arg-type]
+            except MarkdError as exc:
+                problems.append(f"scanner {name} not started: {exc}")
+                self._internal_error(f"starting scanner {name}", exc)
+                continue
+            self.scanners[name] = scanner
+            started.append(name)
+        return ScannerChanges(kept, started, [n for n in closed if n not in wanted], problems)
+
+    # -- the sale desk --------------------------------------------------------------------------
+
+    async def open_sale_desk(self, config: Config) -> SaleDesk:
+        """Open the printer and session ``config`` names, recover, and serve receipts with it;
+        from now on the desk hears every verdict (kiosk mode sells the allowed units)."""
+        desk = build_sale_desk(config, self.store, self.event_log)
+        try:
+            await desk.start()
+        except BaseException:
+            desk.shutdown()
+            raise
+        self.sale_desk = desk
+        self.receipts = desk
+        self._desk_listener = SaleDeskListener(desk)
+        self.notifier.add_listener(self._desk_listener)
+        return desk
+
+    def drop_sale_desk(self) -> None:
+        """Forget the sale desk (a reload retired it): no printer, no receipts."""
+        if self._desk_listener is not None:
+            self.notifier.remove_listener(self._desk_listener)
+            self._desk_listener = None
+        self.sale_desk = None
+        self.receipts = None
+
+    def sale_stop_wait_s(self) -> float:
+        return min(self.config.fiscal.timeout_ms / 1000, SALE_STOP_WAIT_S)
+
+    # -- the fleet sync -------------------------------------------------------------------------
+
+    def start_store_sync(self) -> None:
+        """Schedule the fleet sync when ``[store] sync_url`` is set and none runs."""
+        if self.store_sync is None and self.config.store.sync_url:
+            self.store_sync = StoreSync(
+                self.config, self.event_log, start_delay_s=self.sync_start_delay_s
+            )
+            self.store_sync.start()
+
+    async def stop_store_sync(self) -> None:
+        """End the fleet sync for good (a reload that changes it starts a new one)."""
+        if self.store_sync is not None:
+            await self.store_sync.stop()
+            self.store_sync = None
+
+    # -- control API and tools ------------------------------------------------------------------
+
+    async def submit(
+        self, data: bytes, scanner: str, *, price_kopecks: int | None = None
+    ) -> Verdict:
+        """Decide on a code that came another way than a scanner (``POST /v1/check``) exactly
+        like a scan: ``scan`` event, check, journaled verdict, ``verdict`` event. It is not
+        given to the verdict sink: a check through the API is a question, not a unit for sale.
+        ``price_kopecks``: the price the unit is sold at (``POST /v1/receipt/items``), so the
+        price rules (a tobacco pack above its MRP …) judge it as they do a kiosk's scan."""
+        return await self.scan_loop.on_scan(
+            Scan(scanner, data, time.monotonic()), for_sale=False, price_kopecks=price_kopecks
+        )
+
+    def check(self, data: bytes, scanner: str, *, started: float | None = None) -> Verdict:
+        """Decide on one framed unit with the store-only chain, without awaiting (tests); the
+        verdict goes to no listener."""
+        return self.scan_loop.check_store_only(data, scanner, started=started)
+
+    def status_snapshot(self) -> dict[str, Any]:
+        """The daemon's state for ``GET /v1/status`` (the API adds its own ``api`` part):
+        service, scanners, check sources, store freshness, printer. Cheap: no device or
+        network I/O (the sources report what they last saw; the store its metadata)."""
+        scanners = {
+            name: {"url": str(scanner.url), "present": scanner.present}
+            for name, scanner in self.scanners.items()
+        }
+        sources: dict[str, Any] = {}
+        for name in ("online", "local_module", "tspiot"):
+            client = getattr(self._chain, name, None)
+            if client is not None and hasattr(client, "status"):
+                sources[name] = client.status()
+        receipts = self.receipts
+        return {
+            "service": {
+                "state": "ready" if self.ready.is_set() else "starting",
+                "version": __version__,
+                "pid": os.getpid(),
+                "mode": self.config.check.mode,
+                "uptime_s": round(time.time() - self.started_at, 1),
+            },
+            "scanners": scanners,
+            "sources": sources,
+            "store": store_status(self.store, self.config.store.path),
+            "printer": None if receipts is None else dict(receipts.status()),
+        }
+
+    def request_reload(self) -> bool:
+        """Queue a reload, as SIGHUP does; False when the service is not running. Several
+        requests before the reload starts make one reload."""
+        if self._queue is None:
+            return False
+        if not self.reloader.queued:
+            self._queue.put_nowait(self.reloader.request())
+        return True
+
+    async def reload(self) -> ReloadResult:
+        """Re-read the configuration and apply it between two scans; return the outcome."""
+        if self._queue is None or self._loop is None:
+            raise RuntimeError("the service is not running")
+        future: asyncio.Future[ReloadResult] = self._loop.create_future()
+        self._queue.put_nowait(self.reloader.request(future))
+        return await future
+
+    def health_problem(self) -> str | None:
+        """None when the daemon is healthy, else what is wrong (:meth:`Health.problem`)."""
+        return self.health.problem()
+
+    def status_line(self) -> str:
+        """The one line of ``STATUS=`` (:meth:`Health.status_line`)."""
+        return self.health.status_line()
+
+    def _test_hang(self) -> None:
+        """The SIGUSR2 test hook: block the loop as a hang would (``MARKD_TEST_HOOKS=1`` only)."""
+        self.event_log.event(
+            "test-hook",
+            f"test hook: SIGUSR2 blocks the event loop for {TEST_HANG_S:g} s",
+            priority="warning",
+            hook="hang",
+        )
+        time.sleep(TEST_HANG_S)
+
+
+def _close_chain(chain: StoreOnlyChain | CheckChain | None) -> None:
+    """Finish a retired chain's pending cache writes and close its clients' connections."""
+    if isinstance(chain, CheckChain):
+        chain.close()
+        for name in ("online", "local_module", "tspiot"):
+            close = getattr(getattr(chain, name, None), "close", None)
+            if callable(close):
+                with contextlib.suppress(Exception):
+                    close()
+
+
+async def _aclose_clients(chain: StoreOnlyChain | CheckChain | None) -> None:
+    """Let the chain's clients finish their background work and write what they keep (the
+    CDN host list) before they go; bounded by each client's own ``aclose``."""
+    if not isinstance(chain, CheckChain):
+        return
+    for name in ("online", "local_module", "tspiot"):
+        aclose = getattr(getattr(chain, name, None), "aclose", None)
+        if callable(aclose):
+            with contextlib.suppress(Exception):
+                await aclose()

@@ -1,0 +1,265 @@
+"""The scan loop: one consumer of the service's queue, turning each scan into one verdict.
+
+Scanners read in threads of their own and put :data:`~markd.scanners.ScannerEvent` items on an
+asyncio queue; the service puts work that must run between two scans (a reload) on the same
+queue as a :class:`LoopJob`. :class:`ScanLoop` takes them one at a time::
+
+    scanner thread ─Scan─▶ queue ─▶ codes.parse ─▶ chain.decide ─▶ Verdict ─▶ Notifier ─▶ listeners
+                                    └─ CodeError ─▶ parser verdict ──┘
+
+Every scan ends in exactly one verdict. A scan that is not a code becomes a ``deny`` (or
+``rescan``) verdict from the parser; even a bug while handling one scan becomes a ``deny``
+with reason ``internal-error`` (and a ``service-error`` record); scans still queued when the
+service stops get ``rescan`` (reason ``service-stopping``). A flood becomes a
+``scan-overflow`` record, an unplugged device a ``scanner-absent`` record. Nothing a scanner
+sends stops the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from markd import codes
+from markd.checks.chain import CheckChain, StoreOnlyChain, elapsed_ms
+from markd.checks.record import CURRENT_SCAN
+from markd.checks.verdict import Verdict, parser_verdict
+from markd.errors import CodeError
+from markd.scanners import Scan, ScannerEvent, ScannerState, ScanOverflow
+from markd.service.listeners import CheckedScan, Notifier, log_internal_error
+
+if TYPE_CHECKING:
+    from markd.events import EventHub
+    from markd.sale import SaleDesk
+    from markd.service.health import Health
+    from markd.systemd import EventLog
+
+#: Deny text when handling a scan failed inside markd itself (a bug, not the customer's fault).
+INTERNAL_ERROR_RU = "Ошибка проверки, продажа невозможна"
+#: Rescan text for a scan still queued when the service was told to stop.
+STOPPING_RU = "Проверка перезапускается, отсканируйте код ещё раз"
+
+#: The sale price of a unit, for the chain's price rules (None: not known).
+PriceOf = Callable[[codes.MarkingCode], int | None]
+
+
+class LoopJob(Protocol):
+    """Work the loop runs between two scans, never in the middle of one (a reload)."""
+
+    async def run(self) -> None:
+        """Do the work; a failure is the job's own to report."""
+        ...
+
+    def abandon(self) -> None:
+        """The service stops before the job ran: answer whoever waits for it."""
+        ...
+
+
+class _StopSentinel:
+    """Queued once the stop event fires, so the consumer needs to await only one thing."""
+
+
+_STOP = _StopSentinel()
+_SCANNER_EVENTS = (Scan, ScanOverflow, ScannerState)
+
+QueueItem = ScannerEvent | LoopJob | _StopSentinel
+
+
+class CheckParts(Protocol):
+    """What the loop reads of the service at each scan: a reload changes them between two."""
+
+    @property
+    def chain(self) -> StoreOnlyChain | CheckChain | None: ...
+
+    @property
+    def codes_options(self) -> codes.CodesOptions: ...
+
+    @property
+    def sale_desk(self) -> SaleDesk | None: ...
+
+
+def fixed_price(price_kopecks: int) -> PriceOf:
+    """A ``price_of`` for one unit whose price is known (the POS gave it)."""
+    return lambda _code: price_kopecks
+
+
+class ScanLoop:
+    """The consumer of the service's queue (see the module docstring).
+
+    :param parts: the chain, the parse options and the sale desk of the moment.
+    :param notifier: where each verdict goes.
+    :param event_log: for the scanner records and ``service-error``.
+    :param events: the live event hub (a ``scan`` event precedes each verdict).
+    :param health: told which event is in handling (the watchdog's stuck rule) and when a
+        scanner came or went (the status line).
+    """
+
+    def __init__(
+        self,
+        parts: CheckParts,
+        notifier: Notifier,
+        event_log: EventLog,
+        events: EventHub,
+        health: Health,
+    ) -> None:
+        self.parts = parts
+        self.notifier = notifier
+        self.event_log = event_log
+        self.events = events
+        self.health = health
+
+    async def run(self, queue: asyncio.Queue[QueueItem], stop: asyncio.Event) -> None:
+        """Take items until ``stop`` is set; then answer what is still queued (scans get
+        ``rescan``, jobs are abandoned). The item in handling when ``stop`` is set is
+        finished first: the scan being checked gets its verdict."""
+
+        async def relay_stop() -> None:
+            await stop.wait()
+            queue.put_nowait(_STOP)
+
+        watcher = asyncio.create_task(relay_stop(), name="markd-stop-watcher")
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, _StopSentinel) or stop.is_set():
+                    self._answer_queued_on_stop(item, queue)
+                    return
+                with self.health.watching():
+                    if isinstance(item, _SCANNER_EVENTS):
+                        await self.handle(item)
+                    else:
+                        await item.run()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def handle(self, event: ScannerEvent) -> None:
+        """One event of a scanner: a scan is checked, the others are journaled."""
+        if isinstance(event, Scan):
+            await self.on_scan(event)
+        elif isinstance(event, ScanOverflow):
+            if event.reason == "bad-report":
+                what = (
+                    f"{event.dropped} bytes of reports the decoder could not read dropped "
+                    "(a scanner in another mode than its URL says, or a faulty device?)"
+                )
+            else:
+                what = (
+                    f"{event.dropped} bytes without a terminator dropped "
+                    "(wrong terminator setting, baud rate or a stuck scanner?)"
+                )
+            self.event_log.event(
+                "scan-overflow",
+                f"scanner {event.scanner}: {what}",
+                priority="warning",
+                scanner=event.scanner,
+                dropped=event.dropped,
+                reason=event.reason,
+            )
+        elif isinstance(event, ScannerState):
+            kind = "scanner-present" if event.present else "scanner-absent"
+            self.event_log.event(
+                kind,
+                f"scanner {event.scanner}: {event.detail}",
+                priority="info" if event.present else "warning",
+                scanner=event.scanner,
+            )
+            self.health.refresh_status()
+
+    async def on_scan(
+        self, scan: Scan, *, for_sale: bool = True, price_kopecks: int | None = None
+    ) -> Verdict:
+        """Check one scan and hand its verdict to the listeners; never raises for the scan.
+
+        ``for_sale``: the scan is a unit offered for sale (from a scanner; in kiosk mode it is
+        priced from the desk's price list and goes onto the receipt), not a question through
+        the control API. ``price_kopecks``: the price the POS sells the unit at, for the price
+        rules (a tobacco pack above its MRP …)."""
+        self.events.publish("scan", {"scanner": scan.scanner, "length": len(scan.data)})
+        desk = self.parts.sale_desk
+        # The sale price the chain judges price rules with (price-not-mrp …): the one the
+        # caller gives (a unit the POS sells through the API), else the kiosk's price list.
+        price_of: PriceOf | None = None
+        if price_kopecks is not None:
+            price_of = fixed_price(price_kopecks)
+        elif for_sale and desk is not None and desk.kiosk:
+            price_of = desk.price_of
+        code: codes.MarkingCode | None = None
+        try:
+            verdict, code = await self.check(
+                scan.data, scan.scanner, started=scan.received, price_of=price_of
+            )
+        except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the till
+            log_internal_error(self.event_log, f"checking a scan from {scan.scanner}", exc)
+            verdict = Verdict(
+                decision="deny",
+                reason="internal-error",
+                message_ru=INTERNAL_ERROR_RU,
+                source="none",
+                scanner=scan.scanner,
+                latency_ms=elapsed_ms(scan.received),
+            )
+        self.notifier.notify(CheckedScan(verdict, code, for_sale=for_sale))
+        return verdict
+
+    async def check(
+        self,
+        data: bytes,
+        scanner: str,
+        *,
+        started: float | None = None,
+        price_of: PriceOf | None = None,
+    ) -> tuple[Verdict, codes.MarkingCode | None]:
+        """Decide on one framed unit: parse, run the chain; the verdict and the parsed code
+        (None when it did not parse). Never raises :class:`~markd.errors.CodeError`.
+        ``price_of`` gives the sale price the chain judges price thresholds with."""
+        chain = self.parts.chain
+        if chain is None:
+            raise RuntimeError("the service is not started")
+        try:
+            code = codes.parse(data, self.parts.codes_options)
+        except CodeError as err:
+            return parser_verdict(err, scanner=scanner, latency_ms=elapsed_ms(started)), None
+        if isinstance(chain, StoreOnlyChain):
+            return chain.decide(code, scanner, started=started), code
+        price = None if price_of is None else price_of(code)
+        token = CURRENT_SCAN.set(f"{scanner}:{code.ki}")
+        try:
+            return await chain.decide(code, scanner, started=started, price_kopecks=price), code
+        finally:
+            CURRENT_SCAN.reset(token)
+
+    def check_store_only(self, data: bytes, scanner: str, *, started: float | None) -> Verdict:
+        """:meth:`check` without awaiting, for a service in store-only mode."""
+        chain = self.parts.chain
+        if not isinstance(chain, StoreOnlyChain):
+            raise RuntimeError("the service is not started in store-only mode")
+        try:
+            # parse() takes the raw bytes and reports non-UTF-8 input itself.
+            code = codes.parse(data, self.parts.codes_options)
+        except CodeError as err:
+            return parser_verdict(err, scanner=scanner, latency_ms=elapsed_ms(started))
+        return chain.decide(code, scanner, started=started)
+
+    def _answer_queued_on_stop(self, first: QueueItem, queue: asyncio.Queue[QueueItem]) -> None:
+        """On stop: scans still queued get ``rescan`` (every scan ends in one verdict, and the
+        customer scans again once markd is back); pending jobs are abandoned."""
+        items = [first]
+        while not queue.empty():
+            items.append(queue.get_nowait())
+        for item in items:
+            if isinstance(item, Scan):
+                verdict = Verdict(
+                    decision="rescan",
+                    reason="service-stopping",
+                    message_ru=STOPPING_RU,
+                    source="none",
+                    scanner=item.scanner,
+                    latency_ms=elapsed_ms(item.received),
+                )
+                self.notifier.notify(CheckedScan(verdict))
+            elif not isinstance(item, (_StopSentinel, ScanOverflow, ScannerState)):
+                item.abandon()
