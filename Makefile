@@ -21,7 +21,7 @@ bench: $(STAMP)
 	$(PY) tools/bench/scanners.py
 	$(PY) tools/bench/soak.py --scans $(SOAK_SCANS)
 	$(PY) tools/bench/api.py
-	$(PY) tools/bench/http.py
+	$(PY) tools/bench/http_client.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check daemon tests tools

@@ -3,7 +3,7 @@
 
 Usage::
 
-    tools/bench/http.py [--count N] [--wait-ms MS]
+    tools/bench/http_client.py [--count N] [--wait-ms MS]
 
 An asyncio server in the same process answers every keep-alive ``POST`` with a fixed JSON
 body of the size of a CDN answer; the client sends the online client's headers and body.
