@@ -516,3 +516,30 @@ async def test_the_record_holds_no_password_token_or_crypto_tail(
     secrets = [PASSWORD, base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode(), TOKEN]
     for secret in [*secrets, WATER.split("\x1d")[1], "938p9E"]:
         assert secret not in text
+
+
+async def test_a_recorder_that_raises_breaks_neither_a_check_nor_a_sale_report(
+    lm: LocalModuleEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The journal behind the recorder may fail (a full disk, a bug): the check still gets the
+    module's answer and the sale report still goes out; the failure is logged instead."""
+    calls: list[str] = []
+
+    def broken(exchange: Exchange) -> None:
+        calls.append(exchange.url.removeprefix(lm.url))
+        raise OSError("No space left on device")
+
+    lm.set_code(WATER_KI, isBlocked=True)
+    client = make_client(lm, api=2, recorder=broken)
+    try:
+        answer = await client.check(parse(WATER), deadline())
+        update = await client.sell([WATER_KI], deadline())
+        status = await client.status_poll(deadline())
+    finally:
+        client.close()
+    assert isinstance(answer, SourceAnswer), answer
+    assert answer.facts.is_blocked is True
+    assert update.ok and update.accepted == (WATER_KI,)
+    assert status.reachable and status.state == "ready"
+    assert calls == ["/api/v2/cis/outCheck", "/api/v2/cis/sell", "/api/v2/status"]
+    assert caplog.text.count("recording a lm exchange failed") == 3

@@ -14,7 +14,8 @@ What it does:
   :class:`~markd.checks.results.SourceFailure`; :meth:`LocalModuleClient.check` never raises
   for anything the module or the network does, and never outlives its deadline.
 * **status** — ``GET /api/v{n}/status`` (§4.6), polled in the background
-  (:meth:`LocalModuleClient.run_status_poller`, every 10 s as FMU-API does, §9). A check never
+  (:meth:`LocalModuleClient.run_status_poller`, every 10 s as FMU-API does, §9; started by
+  :meth:`LocalModuleClient.start`, stopped by ``close``/``aclose``). A check never
   waits on a module known to be down: when the last status says ``not_configured``,
   ``initialization`` or ``sync_error``, or the module did not answer the last poll, ``check``
   returns that failure at once without a request. A "down" status older than three poll
@@ -48,14 +49,16 @@ no answer within the deadline; connection failed   ``timeout``; ``unreachable``
 
 Every HTTP exchange goes to the recorder as an :class:`~markd.checks.record.Exchange` with
 ``source="lm"`` and both bodies redacted (:func:`~markd.checks.record.redact_json_text`: the
-``init`` token becomes ``<secret>``). The password travels only in the ``Authorization``
-header, which is never recorded, and never appears in ``repr``.
+``init`` token becomes ``<secret>``); a recorder that raises is logged and the check goes on
+(:meth:`~markd.checks.base.CheckClient.record`). The password travels only in the
+``Authorization`` header, which is never recorded, and never appears in ``repr``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import time
@@ -65,22 +68,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from markd.checks.base import CheckClient
 from markd.checks.record import Exchange, Recorder, redact_json_text
-from markd.checks.results import (
-    FailureKind,
-    SourceAnswer,
-    SourceFailure,
-    failure_kind_for_status,
-)
+from markd.checks.results import FailureKind, SourceAnswer, SourceFailure
 from markd.codes import MarkingCode
-from markd.http.client import (
-    HTTPClient,
-    HTTPError,
-    HTTPProtocolError,
-    HTTPTimeout,
-    ProxyError,
-    Response,
-)
+from markd.http.client import HTTPClient, HTTPError, Response
 from markd.numbers import read_int
 from markd.proxy import ProxySettings
 from markd.secrets import Secret
@@ -171,7 +163,7 @@ class CodesUpdate:
         return self.failure is None and not self.rejected
 
 
-class LocalModuleClient:
+class LocalModuleClient(CheckClient):
     """Asks the Local Module about codes (API v1 or v2), watches its status, reports sales.
 
     ``base_url``: ``http://127.0.0.1:5995`` (the installer's default port). ``user`` and
@@ -182,7 +174,12 @@ class LocalModuleClient:
     ``now`` (Unix seconds) ages ``lastSync``. ``proxy``: the HTTP proxy settings (the module
     on loopback stays direct under the default ``no_proxy``; a proxy failure is reported as
     the failure kind of the same name, ``proxy-auth`` …). Use from one event loop.
+
+    One client serves the whole daemon: the check chain asks it and polls its status
+    (:meth:`start`), and the sale session reports sold units through it (:meth:`sell`).
     """
+
+    source = "lm"
 
     def __init__(
         self,
@@ -206,10 +203,10 @@ class LocalModuleClient:
         netloc = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
         # Userinfo never reaches a URL we record; credentials go in the header only.
         self.base_url = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        super().__init__(recorder=recorder)
         self.configured_api = api
         self.options = options
         self._detected_api: int | None = api or None
-        self._recorder = recorder
         self._clock = clock
         self._now = now
         credentials = base64.b64encode(f"{user}:{password.reveal()}".encode()).decode("ascii")
@@ -219,6 +216,7 @@ class LocalModuleClient:
         self._status_http = HTTPClient(proxy=proxy)
         self._status: LocalModuleStatus | None = None
         self._poll_interval_s = options.status_interval_s
+        self._poller: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"LocalModuleClient({self.base_url}, api={self.configured_api or 'detect'})"
@@ -398,10 +396,33 @@ class LocalModuleClient:
         """Remove returned КИ from the sold-codes database (``/api/v2/cis/return`` → 200)."""
         return await self._update_sold("return", kis, deadline)
 
+    async def probe(self, deadline: float) -> None:
+        """Read the status now (detecting the API version when asked to)."""
+        await self.status_poll(deadline)
+
+    def start(self) -> None:
+        """Poll the status in the background (:meth:`run_status_poller`), so a check never
+        waits on a module known to be down (domain.md §4.6). Does nothing while it runs."""
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(
+                self.run_status_poller(), name="markd-lm-status"
+            )
+
     def close(self) -> None:
-        """Close the kept-alive connections."""
+        """Stop the status poller and close the kept-alive connections."""
+        if self._poller is not None:
+            self._poller.cancel()
         self._http.close()
         self._status_http.close()
+
+    async def aclose(self) -> None:
+        """Stop the status poller, wait for it, and close the connections."""
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await poller
+        self.close()
 
     # -- status -----------------------------------------------------------------------------
 
@@ -674,9 +695,8 @@ class LocalModuleClient:
             )
         except HTTPError as exc:
             latency = _ms_since(started)
-            kind = _transport_kind(exc)
             self._record(method, url, None, latency, request_text, b"", str(exc))
-            return SourceFailure("lm", kind, None, f"{method} {path}: {exc}", latency)
+            return self.transport_failure(exc, f"{method} {path}: {exc}", latency)
         try:
             parsed: Any = response.json()
         except ValueError:
@@ -697,8 +717,8 @@ class LocalModuleClient:
         error: str,
     ) -> None:
         if self._recorder is None:
-            return
-        self._recorder(
+            return  # nothing to redact for nobody
+        self.record(
             Exchange(
                 source="lm",
                 method=method,
@@ -714,14 +734,13 @@ class LocalModuleClient:
     def _status_failure(self, response: Response, parsed: Any, latency: float) -> SourceFailure:
         """An HTTP status other than success, as a failure kind."""
         status = response.status
-        kind = failure_kind_for_status(status)
         description = ""
         if isinstance(parsed, Mapping):
             description = _text(parsed.get("description") or parsed.get("message"))
         detail = f"HTTP {status} {response.reason}".strip()
         if description:
             detail += f": {description[:200]}"
-        return SourceFailure("lm", kind, status, detail, latency)
+        return self.status_failure(status, detail, latency)
 
 
 # --------------------------------------------------------------------------------------------
@@ -733,16 +752,6 @@ _NOT_JSON: Any = object()
 
 def _ms_since(started: float) -> float:
     return max(0.0, (time.monotonic() - started) * 1000.0)
-
-
-def _transport_kind(exc: HTTPError) -> FailureKind:
-    if isinstance(exc, ProxyError):
-        return exc.kind  # the proxy kinds are failure kinds of the same name
-    if isinstance(exc, HTTPTimeout):
-        return "timeout"
-    if isinstance(exc, HTTPProtocolError):
-        return "bad-answer"
-    return "unreachable"
 
 
 def _text(value: Any) -> str:

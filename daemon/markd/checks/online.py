@@ -90,6 +90,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from markd.checks.base import CheckClient, transport_failure_kind
 from markd.checks.cdn_hosts import (
     MAX_HOSTS,
     HostListFile,
@@ -241,7 +242,7 @@ class _CheckState:
 # The client
 
 
-class OnlineClient:
+class OnlineClient(CheckClient):
     """True API ``codes/check`` through the CDN: the list service for the host list, the listed
     hosts for checks, with ranking, quarantine, failover and a persisted list (see the module
     docstring). Use from one event loop; :meth:`aclose` (or :meth:`close`) when done.
@@ -251,6 +252,8 @@ class OnlineClient:
     refresh, health checks — so a test can move it hours ahead; ``now`` is wall time, used for
     the times shown in :meth:`status` and kept in ``hosts_file``.
     """
+
+    source = "cdn"
 
     def __init__(
         self,
@@ -273,7 +276,7 @@ class OnlineClient:
         self.fn_serial = fn_serial
         self.options = options
         self.proxy = proxy
-        self._recorder = recorder
+        super().__init__(recorder=recorder)
         self._clock = clock
         self._now = now
         self._rng = rng or random.Random()
@@ -416,7 +419,7 @@ class OnlineClient:
         except AuthError as exc:
             return _Attempt(self._failure("unauthorized", exc.message, started))
         except HTTPError as exc:
-            kind = _kind(exc)
+            kind = transport_failure_kind(exc)
             if kind.startswith("proxy-"):
                 self._note_proxy_failure(exc)
                 status = getattr(exc, "status", None)
@@ -496,7 +499,9 @@ class OnlineClient:
         try:
             response = await self._request(self._maintenance_http, "GET", url, deadline=deadline)
         except (HTTPError, AuthError) as exc:
-            kind: FailureKind = "unauthorized" if isinstance(exc, AuthError) else _kind(exc)
+            kind: FailureKind = (
+                "unauthorized" if isinstance(exc, AuthError) else transport_failure_kind(exc)
+            )
             if kind.startswith("proxy-"):
                 self._note_proxy_failure(exc)
             elif kind != "unauthorized":
@@ -562,7 +567,7 @@ class OnlineClient:
                 self._maintenance_http, "GET", host.url + HEALTH_PATH, deadline=deadline
             )
         except (HTTPError, AuthError) as exc:
-            if isinstance(exc, HTTPError) and _kind(exc).startswith("proxy-"):
+            if isinstance(exc, HTTPError) and transport_failure_kind(exc).startswith("proxy-"):
                 self._note_proxy_failure(exc)
                 if not getattr(exc, "target_failure", False):
                     return  # the proxy's own fault: the host keeps its standing
@@ -600,6 +605,11 @@ class OnlineClient:
             refreshed = await self._list_fetch()
         if self._hosts and (refreshed or self._health_due()):
             await self.health_check(deadline)
+
+    async def probe(self, deadline: float) -> None:
+        """Fetch the host list and measure every host now (``markctl status``)."""
+        await self.refresh_hosts(deadline)
+        await self.health_check(deadline)
 
     def start(self) -> None:
         """Start the background round now (the daemon calls this at start, so the list and
@@ -732,7 +742,7 @@ class OnlineClient:
                 method, url, deadline=deadline, headers=headers, json_body=json_body
             )
         except (HTTPError, AuthError) as exc:
-            self._record(
+            self.record(
                 Exchange(
                     "cdn",
                     method,
@@ -745,7 +755,7 @@ class OnlineClient:
                 )
             )
             raise
-        self._record(
+        self.record(
             Exchange(
                 "cdn",
                 method,
@@ -761,14 +771,6 @@ class OnlineClient:
 
     def _elapsed(self, started: float) -> float:
         return (time.monotonic() - started) * 1000
-
-    def _record(self, exchange: Exchange) -> None:
-        if self._recorder is None:
-            return
-        try:
-            self._recorder(exchange)
-        except Exception:  # the record must never cost a sale its check
-            log.exception("recording a CDN exchange failed")
 
     # -- status and shutdown --------------------------------------------------------------------
 
@@ -855,23 +857,6 @@ def _safe_url(url: str) -> str:
 
 def _json_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-_TRANSPORT_KINDS: dict[str, FailureKind] = {
-    "timeout": "timeout",
-    "unreachable": "unreachable",
-    "bad-answer": "bad-answer",
-    "proxy-unreachable": "proxy-unreachable",
-    "proxy-timeout": "proxy-timeout",
-    "proxy-auth": "proxy-auth",
-    "proxy-error": "proxy-error",
-}
-
-
-def _kind(exc: HTTPError) -> FailureKind:
-    """The failure kind of a transport error (a cut answer is ``bad-answer``; the proxy's
-    own failures keep their kinds)."""
-    return _TRANSPORT_KINDS.get(exc.kind, "unreachable")
 
 
 def _ms_since(started: float) -> float:

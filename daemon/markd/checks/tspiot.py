@@ -53,6 +53,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import markd
+from markd.checks.base import CheckClient
 from markd.checks.local_module import ERROR_CODES as LM_ERROR_CODES
 from markd.checks.record import Exchange, Recorder, redact_json_text
 from markd.checks.results import (
@@ -197,7 +198,7 @@ def unwrap_entry(body: Any) -> Mapping[str, Any] | None:
     return None
 
 
-class TspiotClient:
+class TspiotClient(CheckClient):
     """Checks codes through one ТС ПИоТ (``base_url`` such as ``https://localhost:51401``).
 
     ``client_name``, ``client_version``, ``client_id`` and ``token`` form ``client_info``
@@ -211,6 +212,8 @@ class TspiotClient:
     Use from one event loop; :meth:`close` (or ``async with``) releases the kept-alive
     connection.
     """
+
+    source = SOURCE
 
     def __init__(
         self,
@@ -238,7 +241,7 @@ class TspiotClient:
         self._client_version = client_version
         self._client_id = client_id
         self._token = token
-        self._recorder = recorder
+        super().__init__(recorder=recorder)
         self._clock = clock
         self._http = HTTPClient(
             user_agent=f"{client_name}/{client_version}",
@@ -339,6 +342,10 @@ class TspiotClient:
             "last_offline": self._last_offline,
             "last_latency_ms": self._last_latency_ms,
         }
+
+    async def probe(self, deadline: float) -> None:
+        """Detect the API version and read ``/info`` now (``markctl status``)."""
+        await self.detect(deadline)
 
     def close(self) -> None:
         """Close the kept-alive connection."""
@@ -485,7 +492,7 @@ class TspiotClient:
             latency_ms = (self._clock() - started) * 1000
             detail = self._transport_detail(exc)
             self._record(method, url, None, latency_ms, body, b"", detail)
-            return SourceFailure(SOURCE, _kind(exc.kind), None, detail, latency_ms)
+            return self.transport_failure(exc, detail, latency_ms)
         self._record(method, url, response.status, response.elapsed_ms, body, response.body, "")
         return response
 
@@ -515,7 +522,7 @@ class TspiotClient:
         error: str,
     ) -> None:
         if self._recorder is None:
-            return
+            return  # nothing to redact for nobody
         exchange = Exchange(
             source=SOURCE,
             method=method,
@@ -527,10 +534,7 @@ class TspiotClient:
             error=error,
             extra={"api_version": self._version} if self._version is not None else {},
         )
-        try:
-            self._recorder(exchange)
-        except Exception:  # a broken journal must not break a sale
-            log.exception("recording a ТС ПИоТ exchange failed")
+        self.record(exchange)
 
     # -- failures -------------------------------------------------------------------------------
 
@@ -596,22 +600,6 @@ class TspiotClient:
 # Small helpers
 
 _NOT_JSON: Any = object()
-#: :attr:`HTTPError.kind` → failure kind (the HTTP client's kinds are a subset, same names;
-#: a :class:`~markd.http.client.ProxyError` keeps its proxy kind).
-_TRANSPORT_KINDS: dict[str, FailureKind] = {
-    "timeout": "timeout",
-    "unreachable": "unreachable",
-    "bad-answer": "bad-answer",
-    "proxy-unreachable": "proxy-unreachable",
-    "proxy-timeout": "proxy-timeout",
-    "proxy-auth": "proxy-auth",
-    "proxy-error": "proxy-error",
-}
-
-
-def _kind(kind: str) -> FailureKind:
-    """An :class:`HTTPError` kind as a failure kind; an unknown one counts as unreachable."""
-    return _TRANSPORT_KINDS.get(kind, "unreachable")
 
 
 def _with_latency(
