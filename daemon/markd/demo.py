@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from markd.checks.tspiot import TspiotClient
 from markd.checks.verdict import Verdict
 from markd.config import (
     Config,
@@ -390,7 +391,8 @@ async def run_phases(
             results.append(verdicts[start:])
             print("", file=out)
             print(summary_line(results[-1], phase.script), file=out)
-            version = getattr(getattr(service.chain, "tspiot", None), "version", None)
+            tspiot = None if service.chain is None else service.chain.tspiot
+            version = tspiot.version if isinstance(tspiot, TspiotClient) else None
             if version is not None:
                 print(f"ТС ПИоТ API version detected by probing /info: v{version}", file=out)
             print("", file=out)

@@ -44,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -223,59 +223,47 @@ class SaleDesk:
         return True
 
     def shutdown(self) -> None:
-        """Stop the session's worker, close the printer and the sale's Local Module client.
-        Does nothing twice, nor while an operation :meth:`park` gave up on still runs."""
+        """Stop the session's worker and close the printer (the Local Module client is the
+        service's check chain's, which closes it). Does nothing twice, nor while an operation
+        :meth:`park` gave up on still runs."""
         if self._closed or self._busy_at_stop:
             return
         self._closed = True
         self._stopping = True
         self.session.close_session()
-        lm_client = self.session.lm_client
-        if lm_client is not None:
-            with contextlib.suppress(Exception):
-                lm_client.close()
         self.session.printer.close()
 
     # -- reload ---------------------------------------------------------------------------------
 
-    async def apply(
-        self,
-        config: Config,
-        store: Store | None,
-        timeout_s: float,
-        lm_client_for: Callable[[Config], LocalModuleClient | None],
-    ) -> None:
+    async def apply(self, config: Config, store: Store | None, timeout_s: float) -> None:
         """Take what a reload may change under an open receipt: the price list and
-        ``use_mrp`` (future units only), the store (after it was reopened) and the Local Module
-        client for sale reports, which ``lm_client_for`` builds from ``config`` (secrets are
-        read again). ``[fiscal]`` and ``[sale] mode`` need a new desk
-        (:func:`fiscal_settings`). Waits up to ``timeout_s`` for an operation under way.
-        Raises :class:`~markd.errors.ConfigError` when the price list or a secret does not
-        load, :class:`~markd.errors.MarkdError` (``sale-busy``) when the operation did not end
-        in time; nothing is changed then."""
+        ``use_mrp`` (future units only) and the store (after it was reopened); the Local
+        Module client comes with the new chain (:meth:`use_local_module`). ``[fiscal]`` and
+        ``[sale] mode`` need a new desk (:func:`fiscal_settings`). Waits up to ``timeout_s``
+        for an operation under way. Raises :class:`~markd.errors.ConfigError` when the price
+        list does not load, :class:`~markd.errors.MarkdError` (``sale-busy``) when the
+        operation did not end in time; nothing is changed then."""
         catalog = config.sale.price_list()
-        lm_client = lm_client_for(config)
         try:
             await asyncio.wait_for(self._lock.acquire(), timeout_s)
         except TimeoutError:
-            if lm_client is not None:
-                lm_client.close()
             raise MarkdError(
                 f"an operation with the ККТ was still running after {timeout_s:g} s",
                 "sale-busy",
             ) from None
         try:
-            old_client = self.session.lm_client
-            self.session.lm_client = lm_client
             self.session.store = store
             self.catalog = catalog
             self.use_mrp = config.sale.use_mrp
             self._codes_options = config.codes_options()
         finally:
             self._lock.release()
-        if old_client is not None:
-            with contextlib.suppress(Exception):
-                old_client.close()
+
+    def use_local_module(self, lm_client: LocalModuleClient | None) -> None:
+        """Sale reports go to ``lm_client`` from now on: the Local Module client of the
+        service's new check chain, which owns and closes it (None: no reports). A report
+        already under way finishes on the client it started with."""
+        self.session.lm_client = lm_client
 
     @contextlib.asynccontextmanager
     async def paused(self) -> AsyncIterator[None]:

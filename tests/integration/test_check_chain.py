@@ -1,5 +1,5 @@
-"""Parsed codes and parser errors become verdicts: the store-only chain on a real LMDB store
-and the real parser (markd.checks)."""
+"""Parsed codes and parser errors become verdicts: the chain with no clients (mode
+store-only) on a real LMDB store and the real parser (markd.checks)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from conftest import (
     RecordingEventLog,
     make_config,
 )
-from markd.checks.chain import StoreOnlyChain
+from markd.checks.chain import ChainSettings, CheckChain
 from markd.checks.verdict import parser_verdict
 from markd.codes import REASONS, CodesOptions, parse
 from markd.errors import CodeError
@@ -28,10 +28,15 @@ from markd.service import Service
 from markd.store import Store
 
 
-def test_not_blocked_is_allowed_and_says_it_is_the_development_mode(tmp_store: Store) -> None:
-    chain = StoreOnlyChain(tmp_store)
+def store_only_chain(store: Store) -> CheckChain:
+    """The store-only chain: the one chain, with no clients."""
+    return CheckChain(store, ChainSettings(mode="store-only"))
+
+
+async def test_not_blocked_is_allowed_and_says_it_is_the_development_mode(tmp_store: Store) -> None:
+    chain = store_only_chain(tmp_store)
     for text in (WATER, DAIRY, SHOES, TOBACCO_PACK):
-        verdict = chain.decide(parse(text), "front")
+        verdict = await chain.decide(parse(text), "front")
         assert (verdict.decision, verdict.reason, verdict.source) == (
             "allow",
             "store-only-not-blocked",
@@ -40,9 +45,11 @@ def test_not_blocked_is_allowed_and_says_it_is_the_development_mode(tmp_store: S
         assert "режим разработки" in verdict.message_ru and "стоп-лист" in verdict.message_ru
 
 
-def test_blocked_ki_is_denied_by_the_store(tmp_store: Store) -> None:
+async def test_blocked_ki_is_denied_by_the_store(tmp_store: Store) -> None:
     tmp_store.block(DAIRY_KI, "recalled")
-    verdict = StoreOnlyChain(tmp_store).decide(parse(DAIRY), "front", started=time.monotonic())
+    verdict = await store_only_chain(tmp_store).decide(
+        parse(DAIRY), "front", started=time.monotonic()
+    )
     assert (verdict.decision, verdict.reason, verdict.source) == (
         "deny",
         "blocked-locally",
@@ -52,21 +59,21 @@ def test_blocked_ki_is_denied_by_the_store(tmp_store: Store) -> None:
     assert 0 <= verdict.latency_ms < 1000
 
 
-def test_bare_ki_is_denied_for_missing_crypto(tmp_store: Store) -> None:
+async def test_bare_ki_is_denied_for_missing_crypto(tmp_store: Store) -> None:
     bare_ki = parse(WATER_KI, CodesOptions(ki_serial_lengths=(13,)))
-    verdict = StoreOnlyChain(tmp_store).decide(bare_ki, "front")
+    verdict = await store_only_chain(tmp_store).decide(bare_ki, "front")
     assert (verdict.decision, verdict.reason, verdict.shape) == ("deny", "missing-crypto", "ki")
 
 
-def test_repairs_are_carried_into_the_verdict(tmp_store: Store) -> None:
-    verdict = StoreOnlyChain(tmp_store).decide(parse("]d2" + WATER), "front")
+async def test_repairs_are_carried_into_the_verdict(tmp_store: Store) -> None:
+    verdict = await store_only_chain(tmp_store).decide(parse("]d2" + WATER), "front")
     assert verdict.allowed and verdict.repairs == ("symbology-prefix",)
 
 
-def test_unreadable_store_fails_closed(tmp_store: Store) -> None:
-    chain = StoreOnlyChain(tmp_store)
+async def test_unreadable_store_fails_closed(tmp_store: Store) -> None:
+    chain = store_only_chain(tmp_store)
     tmp_store.close()
-    verdict = chain.decide(parse(WATER), "front")
+    verdict = await chain.decide(parse(WATER), "front")
     assert (verdict.decision, verdict.reason) == ("deny", "store-error")
 
 
@@ -113,15 +120,18 @@ async def test_service_check_never_raises_on_bad_bytes(store_path: str) -> None:
         await task
 
 
-def test_sold_here_and_gtin_blocks_are_denied(tmp_store: Store) -> None:
-    chain = StoreOnlyChain(tmp_store)
+async def test_sold_here_and_gtin_blocks_are_denied(tmp_store: Store) -> None:
+    chain = store_only_chain(tmp_store)
     code = parse(WATER)
     tmp_store.mark_sold(code, "receipt-1")
-    assert (chain.decide(code, "front").reason, chain.decide(code, "front").decision) == (
+    assert (
+        (await chain.decide(code, "front")).reason,
+        (await chain.decide(code, "front")).decision,
+    ) == (
         "sold-here",
         "deny",
     )
     tmp_store.mark_returned(code)
-    assert chain.decide(code, "front").allowed
+    assert (await chain.decide(code, "front")).allowed
     tmp_store.block(code.gtin, "the whole product is banned")
-    assert chain.decide(code, "front").reason == "blocked-locally"
+    assert (await chain.decide(code, "front")).reason == "blocked-locally"

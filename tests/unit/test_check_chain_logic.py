@@ -10,6 +10,9 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+import pytest
+
+from markd.checks.base import CheckClient
 from markd.checks.chain import ChainSettings, CheckChain
 from markd.checks.policy import PolicyOptions
 from markd.checks.results import CodeFacts, SourceAnswer, SourceFailure
@@ -185,3 +188,88 @@ def test_budget_is_the_sum_in_sequence_and_the_max_in_parallel(tmp_store: Store)
     assert chain(tmp_store, online=one, local_module=one).budget_s() == 2.0
     assert chain(tmp_store, online=one, local_module=one, parallel=True).budget_s() == 1.5
     assert chain(tmp_store, mode="tspiot", tspiot=one).budget_s() == 2.0
+
+
+# --------------------------------------------------------------------------------------------
+# One chain: store-only is the chain with no clients, and the chain owns the clients it holds
+
+
+class Recorded(CheckClient):
+    """A client that answers ``result`` and notes what the chain did with it; with
+    ``fail_close`` its ``aclose`` raises (a bug in one client's shutdown)."""
+
+    def __init__(self, result: SourceAnswer | SourceFailure, *, fail_close: bool = False) -> None:
+        super().__init__()
+        self.source = result.source
+        self.result = result
+        self.fail_close = fail_close
+        self.events: list[str] = []
+
+    async def check(self, code: MarkingCode, deadline: float) -> SourceAnswer | SourceFailure:
+        self.events.append("check")
+        return self.result
+
+    def status(self) -> dict[str, object]:
+        return {"source": self.source, "events": list(self.events)}
+
+    def start(self) -> None:
+        self.events.append("start")
+
+    async def aclose(self) -> None:
+        self.events.append("aclose")
+        if self.fail_close:
+            raise RuntimeError("a bug while closing")
+
+
+async def test_store_only_is_the_chain_with_no_clients(tmp_store: Store) -> None:
+    lm = Recorded(lm_ok())  # kept for the sale path's reports, never asked
+    c = CheckChain(tmp_store, ChainSettings(mode="store-only"), local_module=lm)
+    verdict = await c.decide(parse(WATER), "front")
+    assert (verdict.decision, verdict.reason, verdict.source) == (
+        "allow",
+        "store-only-not-blocked",
+        "none",
+    )
+    assert c.decide_now(parse(WATER), "front") == verdict
+    assert c.clients == {} and c.status() == {} and c.budget_s() == 0.0
+    c.start()
+    await c.aclose()
+    assert lm.events == ["aclose"]  # owned and closed, never started nor asked
+
+
+def test_a_store_only_chain_takes_no_service_and_the_others_do_not_decide_at_once(
+    tmp_store: Store,
+) -> None:
+    with pytest.raises(ValueError, match="store-only"):
+        CheckChain(tmp_store, ChainSettings(mode="store-only"), online=Recorded(online_ok()))
+    direct = CheckChain(tmp_store, ChainSettings(), online=Recorded(online_ok()))
+    with pytest.raises(RuntimeError, match="await decide"):
+        direct.decide_now(parse(WATER), "front")
+    with pytest.raises(ValueError, match="mode"):
+        CheckChain(tmp_store, ChainSettings(mode="online"))
+
+
+async def test_the_chain_starts_reports_and_closes_its_clients(tmp_store: Store) -> None:
+    online = Recorded(online_ok(), fail_close=True)
+    lm = Recorded(lm_ok())
+    c = CheckChain(tmp_store, ChainSettings(cache_verdicts=False), online=online, local_module=lm)
+    assert list(c.clients) == ["online", "local_module"]
+    c.start()
+    await c.decide(parse(WATER), "front")
+    assert c.status() == {
+        "online": {"source": "cdn", "events": ["start", "check"]},
+        "local_module": {"source": "lm", "events": ["start"]},
+    }
+    await c.aclose()  # the CDN client's failure to close does not keep the LM client open
+    assert online.events[-1] == lm.events[-1] == "aclose"
+
+
+async def test_in_mode_tspiot_the_local_module_is_held_but_not_asked(tmp_store: Store) -> None:
+    tspiot = Recorded(SourceFailure("tspiot", "emergency"))
+    lm = Recorded(lm_ok())
+    c = chain(tmp_store, mode="tspiot", tspiot=tspiot, local_module=lm)
+    verdict = await c.decide(parse(WATER), "front")
+    assert verdict.decision == "deny" and list(c.clients) == ["tspiot"]
+    c.start()
+    await c.aclose()
+    assert tspiot.events == ["check", "start", "aclose"] and lm.events == ["aclose"]

@@ -309,15 +309,11 @@ def bench_config(
 
 def open_chain(config: Config) -> tuple[Store, CheckChain]:
     store = Store.from_config(config.store)
-    chain = build_chain(config, store)
-    assert isinstance(chain, CheckChain)
-    return store, chain
+    return store, build_chain(config, store)
 
 
 def close_chain(store: Store, chain: CheckChain) -> None:
-    for client in (chain.online, chain.local_module):
-        if client is not None:
-            client.close()
+    chain.close()
     store.close()
 
 

@@ -1,12 +1,22 @@
-"""Check chains: the order in which sources are asked about a parsed code.
+"""The check chain: the order in which sources are asked about a parsed code.
 
-The walking skeleton has one chain, :class:`StoreOnlyChain` (``[check] mode = "store-only"``):
-it consults only markd's own LMDB blocklist. It is a development and demo mode: a code that is
-not blocked locally is allowed without asking Честный ЗНАК, and the verdict text says so. The
-online / Local Module / ТС ПИоТ chains replace it with the same ``decide`` signature.
+:class:`CheckChain` is the one chain. It asks markd's own LMDB store first, then the check
+services its mode names, under one deadline, and the decision table (:mod:`markd.checks.policy`)
+decides:
+
+* ``direct``: the CDN (:class:`~markd.checks.online.OnlineClient`), then — or at the same time,
+  with ``parallel`` — the Local Module (:class:`~markd.checks.local_module.LocalModuleClient`);
+* ``tspiot``: the ТС ПИоТ (:class:`~markd.checks.tspiot.TspiotClient`) decides;
+* ``store-only``: the chain with no clients, a development and demo mode. A code that is not
+  blocked locally is allowed without asking Честный ЗНАК, and the verdict text says so.
 
 Blocklist first (domain.md §6.4): a local block is a veto no remote answer can lift, and a
 lookup costs microseconds, so it also spares a network call for a unit we refuse anyway.
+
+The chain owns its clients (:class:`~markd.checks.base.CheckClient`): it starts their
+background work (:meth:`CheckChain.start`), reports their state (:meth:`CheckChain.status`)
+and closes them (:meth:`CheckChain.aclose`). Its ``local_module`` is also the client the sale
+path reports sold units to, in every mode: one Local Module client per daemon.
 """
 
 from __future__ import annotations
@@ -18,9 +28,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from typing import Protocol
+from typing import Any
 from zoneinfo import ZoneInfo
 
+from markd.checks.base import CheckClient
 from markd.checks.policy import DEFAULT_POLICY, PolicyOptions, decide, precheck
 from markd.checks.results import SourceAnswer, SourceFailure
 from markd.checks.verdict import Decision, Source, Verdict
@@ -35,32 +46,249 @@ DENY_SOLD_HERE_RU = "Продажа запрещена: этот экземпл�
 DENY_MISSING_CRYPTO_RU = REASONS["missing-crypto"][1]
 DENY_STORE_ERROR_RU = "Проверка недоступна, продажа невозможна"
 
+#: The modes of :class:`ChainSettings` (``[check] mode``).
+MODES = ("store-only", "direct", "tspiot")
+
 
 def elapsed_ms(started: float | None) -> float:
     """Milliseconds since ``started`` (a ``time.monotonic()`` value); 0 when unknown."""
     return 0.0 if started is None else max(0.0, (time.monotonic() - started) * 1000.0)
 
 
-class StoreOnlyChain:
-    """Decide from the local blocklist alone (development mode, no Честный ЗНАК check).
+# ---------------------------------------------------------------------------------------------
+# The check chain: store first, then the online CDN and the Local Module, or the ТС ПИоТ
 
-    * КИ, its series or its GTIN in the blocklist → ``deny`` / ``blocked-locally``;
-    * sold at this terminal and not returned → ``deny`` / ``sold-here``;
-    * a bare КИ without crypto tail (shape ``ki``) → ``deny`` / ``missing-crypto``: the law
-      requires the full code to be checked and printed on the receipt;
-    * otherwise → ``allow`` / ``store-only-not-blocked``.
 
-    A store that cannot be read fails closed (``deny`` / ``store-error``).
+@dataclass(frozen=True)
+class ChainSettings:
+    """Budgets and choices of :class:`CheckChain` (``[check]`` and ``[terminal]``)."""
+
+    mode: str = "direct"  # store-only | direct | tspiot
+    online_timeout_s: float = 1.5
+    local_module_timeout_s: float = 0.5
+    tspiot_timeout_s: float = 2.0
+    #: direct mode: ask the Local Module at the same time as the CDN (the online answer is
+    #: preferred; the LM's sold=true can still deny, see PolicyOptions.lm_sold_priority).
+    parallel: bool = False
+    shop_tz: tzinfo = field(default_factory=lambda: ZoneInfo("Europe/Moscow"))
+    policy: PolicyOptions = DEFAULT_POLICY
+    #: Keep online answers in the store's verdict cache (facts to re-decide offline).
+    cache_verdicts: bool = True
+
+    def budget_s(self, *, online: bool, local_module: bool) -> float:
+        """The deadline for the sources (without the 50 ms margin): sequential sources add up,
+        parallel ones take the longest."""
+        if self.mode == "tspiot":
+            return self.tspiot_timeout_s
+        if self.mode == "store-only":
+            return 0.0
+        parts = [
+            t
+            for t, used in (
+                (self.online_timeout_s, online),
+                (self.local_module_timeout_s, local_module),
+            )
+            if used
+        ]
+        if not parts:
+            return 0.0
+        return max(parts) if self.parallel else sum(parts)
+
+
+#: How much past the budget a verdict may come: the issue's "budget plus 50 ms".
+DEADLINE_MARGIN_S = 0.04
+
+
+class CheckChain:
+    """The store, then the services of the configured mode, then the decision table.
+
+    * The store is asked first: a unit blocked or sold here is denied at once, with no call
+      (domain.md §6.4). A store that cannot be read fails closed.
+    * ``direct``: the CDN within ``online_timeout``; when it gives no usable answer, the Local
+      Module within ``local_module_timeout`` (or both at once with ``parallel``).
+    * ``tspiot``: the ТС ПИоТ decides; its failure denies (as cash software does).
+    * ``store-only``: no clients; the store alone decides (see :meth:`decide_now`).
+    * Whatever the services do, the verdict comes within the budget plus 50 ms: each client
+      keeps its own deadline, and the chain cuts off anything still running at the budget.
+
+    ``online``, ``local_module`` and ``tspiot`` are the clients; the chain owns them (see
+    :meth:`aclose`). ``local_module`` may be given in any mode: it is asked only in mode
+    ``direct``, and is the sale path's client for sold units in every mode.
     """
 
-    mode = "store-only"
-
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: ChainSettings,
+        *,
+        online: CheckClient | None = None,
+        local_module: CheckClient | None = None,
+        tspiot: CheckClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        if settings.mode not in MODES:
+            raise ValueError(f"unknown check mode {settings.mode!r}")
+        if settings.mode == "store-only" and (online is not None or tspiot is not None):
+            raise ValueError("a store-only chain asks no service: give it no CDN or ТС ПИоТ")
         self.store = store
+        self.settings = settings
+        self.online = online
+        self.local_module = local_module
+        self.tspiot = tspiot
+        self.mode = settings.mode
+        # Verdict-cache writes are durable LMDB commits (~0.5 ms): done on one worker thread
+        # after the verdict is out, in order, so they never delay a verdict. (The thread is
+        # made at the first write: a store-only chain never has one.)
+        self._cache_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="markd-cache")
+        self._clock = clock
+        self._wall_clock = wall_clock or (lambda: datetime.now(UTC))
 
-    def decide(self, code: MarkingCode, scanner: str, *, started: float | None = None) -> Verdict:
-        """The verdict for ``code`` scanned on ``scanner``. ``started`` is the monotonic time the
-        scan arrived, so ``latency_ms`` covers parsing as well as the lookup."""
+    # -- the clients ----------------------------------------------------------------------------
+
+    @property
+    def clients(self) -> dict[str, CheckClient]:
+        """The services this chain asks, by role (``online``, ``local_module``, ``tspiot``,
+        the names of their ``[check.*]`` sections), in the order it asks them. Empty in mode
+        ``store-only``."""
+        if self.mode == "tspiot":
+            roles: tuple[tuple[str, CheckClient | None], ...] = (("tspiot", self.tspiot),)
+        elif self.mode == "direct":
+            roles = (("online", self.online), ("local_module", self.local_module))
+        else:
+            roles = ()
+        return {role: client for role, client in roles if client is not None}
+
+    def _owned(self) -> list[CheckClient]:
+        """Every client the chain holds, each once (the Local Module too when only the sale
+        path uses it)."""
+        owned: list[CheckClient] = []
+        for client in (self.online, self.local_module, self.tspiot):
+            if client is not None and not any(client is o for o in owned):
+                owned.append(client)
+        return owned
+
+    def status(self) -> dict[str, Any]:
+        """What each asked service's client last saw, by role (no I/O)."""
+        return {role: client.status() for role, client in self.clients.items()}
+
+    def start(self) -> None:
+        """Begin the clients' background work (the CDN host list and health, the Local
+        Module's status): the daemon calls it after ``READY=1``, so the network never delays
+        the start and the first scan finds a host list (domain.md §3.2, §4.6)."""
+        for client in self.clients.values():
+            client.start()
+
+    async def aclose(self) -> None:
+        """Retire the chain: each client ends its background work, writes what it keeps (the
+        CDN host list) and closes its connections; then pending verdict-cache writes land
+        (before the store closes). A client that fails to close does not stop the others."""
+        for client in self._owned():
+            try:
+                await client.aclose()
+            except Exception:  # noqa: BLE001 - closing the others matters more
+                pass
+        self._cache_writer.shutdown(wait=True)
+
+    def close(self, wait: bool = True) -> None:
+        """:meth:`aclose` without a loop: pending cache writes land (``wait``), the clients
+        close their connections without waiting for their background work."""
+        self._cache_writer.shutdown(wait=wait)
+        for client in self._owned():
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing the others matters more
+                pass
+
+    def budget_s(self) -> float:
+        return self.settings.budget_s(
+            online=self.online is not None, local_module=self.local_module is not None
+        )
+
+    # -- deciding -------------------------------------------------------------------------------
+
+    async def decide(
+        self,
+        code: MarkingCode,
+        scanner: str,
+        *,
+        started: float | None = None,
+        price_kopecks: int | None = None,
+    ) -> Verdict:
+        """The verdict for ``code`` scanned on ``scanner`` (``started``: when the scan arrived,
+        monotonic, so the latency covers parsing too)."""
+        if self.mode == "store-only":
+            return self.decide_now(code, scanner, started=started)
+        started = self._clock() if started is None else started
+        settings = self.settings
+        try:
+            found = self.store.lookup(code)
+        except StoreError:
+            return self._finish(
+                Verdict(
+                    decision="deny",
+                    reason="store-error",
+                    message_ru=DENY_STORE_ERROR_RU,
+                    source="store",
+                    ki=code.ki,
+                    shape=code.shape,
+                ),
+                code,
+                scanner,
+                started,
+            )
+        now = self._wall_clock()
+        early = precheck(
+            code,
+            store=found,
+            mode=self.mode,  # type: ignore[arg-type] - direct or tspiot here
+            now=now,
+            shop_tz=settings.shop_tz,
+            options=settings.policy,
+            scanner=scanner,
+        )
+        if early is not None:
+            return self._finish(early, code, scanner, started)
+        answers = await self._ask(code)
+        verdict = decide(
+            code,
+            store=found,
+            answers=answers,
+            mode=self.mode,  # type: ignore[arg-type] - direct or tspiot here
+            now=now,
+            shop_tz=settings.shop_tz,
+            price_kopecks=price_kopecks,
+            options=settings.policy,
+            scanner=scanner,
+        )
+        finished = self._finish(verdict, code, scanner, started)
+        if settings.cache_verdicts and any(
+            isinstance(a, SourceAnswer) and a.online and a.code == 0 for a in answers
+        ):
+            try:
+                self._cache_writer.submit(self._cache, code, answers)
+            except RuntimeError:
+                pass  # the chain was retired meanwhile (a reload): the cache is only an aid
+        return finished
+
+    def decide_now(
+        self, code: MarkingCode, scanner: str, *, started: float | None = None
+    ) -> Verdict:
+        """The verdict of a chain with no clients (mode ``store-only``), without awaiting: the
+        local blocklist alone decides (development mode, no Честный ЗНАК check).
+
+        * КИ, its series or its GTIN in the blocklist → ``deny`` / ``blocked-locally``;
+        * sold at this terminal and not returned → ``deny`` / ``sold-here``;
+        * a bare КИ without crypto tail (shape ``ki``) → ``deny`` / ``missing-crypto``: the law
+          requires the full code to be checked and printed on the receipt;
+        * otherwise → ``allow`` / ``store-only-not-blocked``.
+
+        A store that cannot be read fails closed (``deny`` / ``store-error``). ``latency_ms``
+        counts from ``started`` (0 when not given). Raises :class:`RuntimeError` in the other
+        modes, which must ask their services (:meth:`decide`).
+        """
+        if self.mode != "store-only":
+            raise RuntimeError(f"a chain in mode {self.mode} asks its services: await decide()")
 
         def verdict(decision: Decision, reason: str, message: str, source: Source) -> Verdict:
             return Verdict(
@@ -88,159 +316,6 @@ class StoreOnlyChain:
         if code.shape == "ki" or not code.crypto:
             return verdict("deny", "missing-crypto", DENY_MISSING_CRYPTO_RU, "parser")
         return verdict("allow", "store-only-not-blocked", ALLOW_STORE_ONLY_RU, "none")
-
-
-# ---------------------------------------------------------------------------------------------
-# The check chain: store first, then the online CDN and the Local Module, or the ТС ПИоТ
-
-
-class Checker(Protocol):
-    """What the chain needs of a check service client (online, Local Module, ТС ПИоТ)."""
-
-    async def check(self, code: MarkingCode, deadline: float) -> SourceAnswer | SourceFailure:
-        """Answer within ``deadline`` (``time.monotonic()`` based); never raise for the
-        service's own problems."""
-        ...
-
-
-@dataclass(frozen=True)
-class ChainSettings:
-    """Budgets and choices of :class:`CheckChain` (``[check]`` and ``[terminal]``)."""
-
-    mode: str = "direct"  # direct | tspiot
-    online_timeout_s: float = 1.5
-    local_module_timeout_s: float = 0.5
-    tspiot_timeout_s: float = 2.0
-    #: direct mode: ask the Local Module at the same time as the CDN (the online answer is
-    #: preferred; the LM's sold=true can still deny, see PolicyOptions.lm_sold_priority).
-    parallel: bool = False
-    shop_tz: tzinfo = field(default_factory=lambda: ZoneInfo("Europe/Moscow"))
-    policy: PolicyOptions = DEFAULT_POLICY
-    #: Keep online answers in the store's verdict cache (facts to re-decide offline).
-    cache_verdicts: bool = True
-
-    def budget_s(self, *, online: bool, local_module: bool) -> float:
-        """The deadline for the sources (without the 50 ms margin): sequential sources add up,
-        parallel ones take the longest."""
-        if self.mode == "tspiot":
-            return self.tspiot_timeout_s
-        parts = [
-            t
-            for t, used in (
-                (self.online_timeout_s, online),
-                (self.local_module_timeout_s, local_module),
-            )
-            if used
-        ]
-        if not parts:
-            return 0.0
-        return max(parts) if self.parallel else sum(parts)
-
-
-#: How much past the budget a verdict may come: the issue's "budget plus 50 ms".
-DEADLINE_MARGIN_S = 0.04
-
-
-class CheckChain:
-    """The store, then the services of the configured mode, then the decision table.
-
-    * The store is asked first: a unit blocked or sold here is denied at once, with no call
-      (domain.md §6.4). A store that cannot be read fails closed.
-    * ``direct``: the CDN within ``online_timeout``; when it gives no usable answer, the Local
-      Module within ``local_module_timeout`` (or both at once with ``parallel``).
-    * ``tspiot``: the ТС ПИоТ decides; its failure denies (as cash software does).
-    * Whatever the services do, the verdict comes within the budget plus 50 ms: each client
-      keeps its own deadline, and the chain cuts off anything still running at the budget.
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        settings: ChainSettings,
-        *,
-        online: Checker | None = None,
-        local_module: Checker | None = None,
-        tspiot: Checker | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], datetime] | None = None,
-    ) -> None:
-        if settings.mode not in ("direct", "tspiot"):
-            raise ValueError(f"unknown check mode {settings.mode!r}")
-        self.store = store
-        self.settings = settings
-        self.online = online
-        self.local_module = local_module
-        self.tspiot = tspiot
-        self.mode = settings.mode
-        # Verdict-cache writes are durable LMDB commits (~0.5 ms): done on one worker thread
-        # after the verdict is out, in order, so they never delay a verdict.
-        self._cache_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="markd-cache")
-        self._clock = clock
-        self._wall_clock = wall_clock or (lambda: datetime.now(UTC))
-
-    def budget_s(self) -> float:
-        return self.settings.budget_s(
-            online=self.online is not None, local_module=self.local_module is not None
-        )
-
-    async def decide(
-        self,
-        code: MarkingCode,
-        scanner: str,
-        *,
-        started: float | None = None,
-        price_kopecks: int | None = None,
-    ) -> Verdict:
-        """The verdict for ``code`` scanned on ``scanner`` (``started``: when the scan arrived,
-        monotonic, so the latency covers parsing too)."""
-        started = self._clock() if started is None else started
-        settings = self.settings
-        try:
-            found = self.store.lookup(code)
-        except StoreError:
-            return self._finish(
-                Verdict(
-                    decision="deny",
-                    reason="store-error",
-                    message_ru=DENY_STORE_ERROR_RU,
-                    source="store",
-                    ki=code.ki,
-                    shape=code.shape,
-                ),
-                code,
-                scanner,
-                started,
-            )
-        now = self._wall_clock()
-        early = precheck(
-            code,
-            store=found,
-            mode=self.mode,
-            now=now,
-            shop_tz=settings.shop_tz,
-            options=settings.policy,
-            scanner=scanner,
-        )
-        if early is not None:
-            return self._finish(early, code, scanner, started)
-        answers = await self._ask(code)
-        verdict = decide(
-            code,
-            store=found,
-            answers=answers,
-            mode=self.mode,
-            now=now,
-            shop_tz=settings.shop_tz,
-            price_kopecks=price_kopecks,
-            options=settings.policy,
-            scanner=scanner,
-        )
-        finished = self._finish(verdict, code, scanner, started)
-        if settings.cache_verdicts and any(
-            isinstance(a, SourceAnswer) and a.online and a.code == 0 for a in answers
-        ):
-            self._cache_writer.submit(self._cache, code, answers)
-        return finished
 
     async def _ask(self, code: MarkingCode) -> list[SourceAnswer | SourceFailure]:
         s = self.settings
@@ -283,7 +358,7 @@ class CheckChain:
         return results
 
     async def _one(
-        self, source: str, client: Checker, code: MarkingCode, deadline: float, hard_stop: float
+        self, source: str, client: CheckClient, code: MarkingCode, deadline: float, hard_stop: float
     ) -> SourceAnswer | SourceFailure:
         """One source, cut off at ``hard_stop`` whatever the client does."""
         deadline = min(deadline, hard_stop)
@@ -306,10 +381,6 @@ class CheckChain:
                 detail=f"client error {type(exc).__name__}",
                 latency_ms=(self._clock() - started) * 1000,
             )
-
-    def close(self, wait: bool = True) -> None:
-        """Finish pending cache writes (before the store closes)."""
-        self._cache_writer.shutdown(wait=wait)
 
     def _cache(self, code: MarkingCode, answers: list[SourceAnswer | SourceFailure]) -> None:
         for answer in answers:

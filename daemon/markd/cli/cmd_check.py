@@ -28,7 +28,6 @@ from typing import Any
 from markd import codes
 from markd import config as config_module
 from markd.api.client import ControlClient, DaemonNotRunning
-from markd.checks.chain import CheckChain, StoreOnlyChain
 from markd.checks.verdict import Verdict, parser_verdict
 from markd.errors import CodeError, StoreError
 from markd.events import verdict_json
@@ -80,27 +79,15 @@ async def _check_once(cfg: Any, text: str, price: int | None) -> Verdict:
     with _open_store(cfg) as store:
         chain = build_chain(cfg, store, background=False)
         try:
-            code = codes.parse(text, cfg.codes_options())
-        except CodeError as err:
-            return parser_verdict(err, scanner="markctl", latency_ms=0.0)
-        if isinstance(chain, StoreOnlyChain):
-            return chain.decide(code, "markctl")
-        try:
+            try:
+                code = codes.parse(text, cfg.codes_options())
+            except CodeError as err:
+                return parser_verdict(err, scanner="markctl", latency_ms=0.0)
             return await chain.decide(code, "markctl", price_kopecks=price)
         finally:
-            await _close_clients(chain)
-            chain.close()
-
-
-async def _close_clients(chain: CheckChain) -> None:
-    """Close the clients; ``aclose`` where there is one (the CDN client then writes the host
-    list it fetched, so the next ``markctl check`` need not fetch it again)."""
-    for client in (chain.online, chain.local_module, chain.tspiot):
-        close = getattr(client, "aclose", None) or getattr(client, "close", None)
-        if close is not None:
-            result = close()
-            if asyncio.iscoroutine(result):
-                await result
+            # The CDN client writes the host list it fetched, so the next ``markctl check``
+            # need not fetch it again.
+            await chain.aclose()
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -141,27 +128,13 @@ async def _probe(cfg: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"mode": cfg.check.mode}
     clients = build_clients(cfg)
     deadline = time.monotonic() + PROBE_TIMEOUT_S
-    probes = {
-        "online": ("refresh_hosts", "health_check"),
-        "local_module": ("status_poll",),
-        "tspiot": ("detect",),
-    }
     for name, client in clients.items():
-        for method in probes.get(name, ()):
-            call = getattr(client, method, None)
-            if call is None:
-                continue
-            try:
-                await call(deadline)
-            except Exception as exc:  # noqa: BLE001 - status reports, never fails
-                out.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
-        status = getattr(client, "status", None)
-        out[name] = status() if status is not None else {}
-        close = getattr(client, "aclose", None) or getattr(client, "close", None)
-        if close is not None:
-            result = close()
-            if asyncio.iscoroutine(result):
-                await result
+        try:
+            await client.probe(deadline)
+        except Exception as exc:  # noqa: BLE001 - status reports, never fails
+            out.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
+        out[name] = client.status()
+        await client.aclose()
     return out
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from markd import config as config_module
 from markd.errors import FiscalError
 from markd.fiscal.journal import SessionJournal
-from markd.service.wiring import build_session, open_configured_printer
+from markd.service.wiring import build_session, local_module_for_sales, open_configured_printer
 from markd.store import Store
 
 EXIT_OK = 0
@@ -106,7 +106,7 @@ def _recover(args: argparse.Namespace) -> int:
 
 async def _run_recovery(cfg: Any) -> dict[str, Any]:
     with Store.from_config(cfg.store) as store, open_configured_printer(cfg) as printer:
-        session = build_session(cfg, printer, store)
+        session = build_session(cfg, printer, store, lm_client=local_module_for_sales(cfg))
         try:
             return (await session.recover()).record()
         finally:

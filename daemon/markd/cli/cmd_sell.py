@@ -31,12 +31,18 @@ from typing import Any
 
 from markd import codes
 from markd import config as config_module
-from markd.checks.chain import StoreOnlyChain
+from markd.checks.chain import CheckChain
 from markd.checks.verdict import Verdict, parser_verdict
 from markd.errors import CodeError
 from markd.fiscal.model import PAYMENT_TYPES, Payment
 from markd.fiscal.session import ReceiptOutcome, UnitOutcome
-from markd.service.wiring import build_chain, build_session, open_configured_printer
+from markd.service.wiring import (
+    build_chain,
+    build_session,
+    local_module_for_sales,
+    open_configured_printer,
+    sale_local_module,
+)
 from markd.store import Store
 from markd.systemd import EventLog
 
@@ -85,8 +91,14 @@ async def _run(cfg: Any, args: argparse.Namespace, price: int) -> dict[str, Any]
     log = EventLog(target="stderr", level="warning")
     with Store.from_config(cfg.store) as store:
         printer = open_configured_printer(cfg)
-        session = build_session(cfg, printer, store, event_log=log)
-        chain = None if args.is_return else build_chain(cfg, store)
+        # One Local Module client: the chain's, which also receives the sold units.
+        chain = None if args.is_return else build_chain(cfg, store, sales=True)
+        lm_client = (
+            local_module_for_sales(cfg)
+            if chain is None
+            else sale_local_module(cfg, chain.local_module)
+        )
+        session = build_session(cfg, printer, store, event_log=log, lm_client=lm_client)
         try:
             recovery = await session.recover()
             units: list[dict[str, Any]] = []
@@ -120,8 +132,8 @@ async def _run(cfg: Any, args: argparse.Namespace, price: int) -> dict[str, Any]
             elif session.receipt_id is not None:
                 receipt = await session.cancel("nothing-to-sell")
         finally:
-            if chain is not None and not isinstance(chain, StoreOnlyChain):
-                await _close_chain(chain)
+            if chain is not None:
+                await chain.aclose()
             if session.lm_client is not None:
                 session.lm_client.close()
             session.close_session()
@@ -144,21 +156,8 @@ async def _run(cfg: Any, args: argparse.Namespace, price: int) -> dict[str, Any]
     }
 
 
-async def _decide(chain: Any, code: codes.MarkingCode, price: int) -> Verdict:
-    if isinstance(chain, StoreOnlyChain):
-        return chain.decide(code, "markctl")
-    result: Verdict = await chain.decide(code, "markctl", price_kopecks=price)
-    return result
-
-
-async def _close_chain(chain: Any) -> None:
-    for client in (chain.online, chain.local_module, chain.tspiot):
-        close = getattr(client, "close", None)
-        if close is not None:
-            result = close()
-            if asyncio.iscoroutine(result):
-                await result
-    chain.close()
+async def _decide(chain: CheckChain, code: codes.MarkingCode, price: int) -> Verdict:
+    return await chain.decide(code, "markctl", price_kopecks=price)
 
 
 def _verdict_record(verdict: Verdict) -> dict[str, Any]:

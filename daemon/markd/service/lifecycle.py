@@ -24,9 +24,9 @@ set an event or queue a request; the work happens in the loop, between two scans
 * SIGTERM, SIGINT: the scan being checked gets its verdict, scans still queued get ``rescan``
   (reason ``service-stopping``), ``STOPPING=1`` goes out, the sale desk finishes the
   operation under way and parks the receipt in flight for the next start's recovery
-  (:meth:`Service._before_stop`); then the fleet sync stops, the API closes, the chain's
-  clients end their background work and write what they keep, and the scanners, the sale
-  desk, the chain's pending cache writes and the store close, in that order.
+  (:meth:`Service._before_stop`); then the fleet sync stops, the API closes, the chain
+  closes (its clients end their background work and write what they keep, its pending cache
+  writes land), and the scanners, the sale desk and the store close, in that order.
 * SIGHUP: a reload (:mod:`markd.service.reload`): ``RELOADING=1``, then ``READY=1``.
 * SIGUSR2, with ``MARKD_TEST_HOOKS=1`` only: the test hook that hangs the loop.
 
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from markd import __version__
-from markd.checks.chain import CheckChain, StoreOnlyChain
+from markd.checks.chain import CheckChain
 from markd.checks.verdict import Verdict
 from markd.errors import MarkdError
 from markd.events import EventHub, EventPublisher
@@ -69,7 +69,7 @@ from markd.service.listeners import (
 from markd.service.reload import Reloader, ReloadResult, ScannerChanges
 from markd.service.scanloop import QueueItem, ScanLoop
 from markd.service.storesync import SYNC_START_DELAY_S, StoreSync
-from markd.service.wiring import build_chain, build_sale_desk
+from markd.service.wiring import build_chain, build_sale_desk, sale_local_module
 from markd.store import Store
 from markd.systemd import (
     RELOAD_STATUS_FILE,
@@ -130,9 +130,7 @@ class Service:
         self.started_at = time.time()
         #: How scans are parsed (``[codes]``).
         self.codes_options: CodesOptions = config.codes_options()
-        self._chain: StoreOnlyChain | CheckChain | None = None
-        #: Background tasks of the chain's clients (the Local Module status poller).
-        self._background: list[asyncio.Future[None]] = []
+        self._chain: CheckChain | None = None
         #: The periodic fleet sync, when ``[store] sync_url`` is set (created at start).
         self.store_sync: StoreSync | None = None
         #: Delay range of the first fleet sync; tests set ``(0, 0)``.
@@ -167,8 +165,9 @@ class Service:
         self._queue: asyncio.Queue[QueueItem] | None = None
 
     @property
-    def chain(self) -> StoreOnlyChain | CheckChain | None:
-        """The check chain while running."""
+    def chain(self) -> CheckChain | None:
+        """The check chain while running; it owns the check services' clients and the
+        daemon's one Local Module client (the sale desk's too)."""
         return self._chain
 
     @property
@@ -249,7 +248,7 @@ class Service:
         self.started_at = time.time()
         store_config = self.config.store
         self.store = Store.from_config(store_config)
-        self._chain = build_chain(self.config, self.store, recorder=self._record_exchange)
+        self._chain = self._build_chain(self.config, self.store)
         if self.config.sale.mode != "off":
             # Before READY=1 and before the first scan: a receipt an earlier run left in
             # flight is settled (cancelled or registered) before anything new is sold.
@@ -281,7 +280,10 @@ class Service:
             scanners=",".join(self.scanners),
             store=store_config.path,
         )
-        self._start_background()
+        # The CDN host list (unless a fresh one was kept on disk) and the hosts' health, and
+        # the Local Module's status, are fetched from now on: after READY=1, so the network
+        # never delays the start, and the first scan finds a list (domain.md §3.2, §4.6).
+        self._chain.start()
         self.start_store_sync()
         self.ready.set()
 
@@ -301,8 +303,10 @@ class Service:
         if self.api is not None:
             await self.api.close()
             self.api = None
-        await self._stop_background()
-        await _aclose_clients(self._chain)  # the CDN host list reaches its file
+        if self._chain is not None:
+            # The clients end their background work (the CDN host list reaches its file) and
+            # pending verdict-cache writes land, before the store closes.
+            await self._chain.aclose()
         self.health.close()
         # Release devices first: a port left open blocks the next start (and the till).
         for scanner in self.scanners.values():
@@ -316,8 +320,6 @@ class Service:
                 self.sale_desk.shutdown()  # before the store: the session writes to it
             except Exception as exc:  # noqa: BLE001 - keep closing the rest
                 self._internal_error("closing the printer", exc)
-        if isinstance(self._chain, CheckChain):
-            self._chain.close()  # pending verdict-cache writes land before the store closes
         if self.store is not None:
             self.store.close()
 
@@ -333,38 +335,32 @@ class Service:
     def _internal_error(self, what: str, exc: BaseException) -> None:
         log_internal_error(self.event_log, what, exc)
 
-    # -- the chain and its clients' background work -------------------------------------------
+    # -- the chain and its clients --------------------------------------------------------------
 
-    def _start_background(self) -> None:
-        online = getattr(self._chain, "online", None)
-        if online is not None:
-            # The CDN host list (unless a fresh one was kept on disk) and the hosts' health are
-            # fetched now, after READY=1: the network never delays the start, and the first
-            # scan finds a list (domain.md §3.2).
-            online.start()
-        poller = getattr(getattr(self._chain, "local_module", None), "run_status_poller", None)
-        if poller is not None:
-            # The Local Module's state is polled in the background, so a check never waits on
-            # a module known to be down (domain.md §4.6).
-            self._background.append(asyncio.ensure_future(poller()))
+    def _build_chain(self, config: Config, store: Store) -> CheckChain:
+        """The chain ``config`` describes on ``store``, with the daemon's one Local Module
+        client (asked by the chain in mode direct, given to the sale desk in every mode)."""
+        return build_chain(config, store, recorder=self._record_exchange, sales=True)
 
-    async def _stop_background(self) -> None:
-        for background in self._background:
-            background.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await background
-        self._background.clear()
+    async def _swap_chain(self, chain: CheckChain | None) -> None:
+        """``chain`` takes over: the sale desk reports to its Local Module client from now
+        on, the old chain's clients end their work and close."""
+        old, self._chain = self._chain, chain
+        desk = self.sale_desk
+        if desk is not None:
+            local_module = None if chain is None else chain.local_module
+            desk.use_local_module(sale_local_module(desk.config, local_module))
+        if old is not None:
+            await old.aclose()
 
     async def replace_chain(self, new: Config) -> None:
-        """A reload: a chain built from ``new`` on the same store takes over; the old one's
-        clients finish and close. Raises (a secret missing …) before anything changes."""
+        """A reload: a chain built from ``new`` on the same store takes over (with a new
+        Local Module client, for the checks and the sale desk alike); the old one's clients
+        finish and close. Raises (a secret missing …) before anything changes."""
         assert self.store is not None
-        chain = build_chain(new, self.store, recorder=self._record_exchange)
-        old, self._chain = self._chain, chain
-        await self._stop_background()
-        _close_chain(old)
-        await _aclose_clients(old)
-        self._start_background()
+        chain = self._build_chain(new, self.store)
+        await self._swap_chain(chain)
+        chain.start()
 
     async def reopen_store(self, new: Config) -> None:
         """A reload that changes ``[store]``: the store reopened and a chain built on it, with
@@ -384,25 +380,25 @@ class Service:
         """Reopen the store with the new ``[store]`` settings and build the chain on it; on
         failure, put the old store and chain back and raise."""
         old_config = self.config
-        await self._stop_background()
-        _close_chain(self._chain)
-        await _aclose_clients(self._chain)
-        self._chain = None
+        await self._swap_chain(None)
         assert self.store is not None
         self.store.close()  # LMDB forbids opening one environment twice in a process
         store: Store | None = None
+        chain: CheckChain | None = None
         try:
             store = Store.from_config(new.store)
-            self._chain = build_chain(new, store, recorder=self._record_exchange)
+            chain = self._build_chain(new, store)
             self.store = store
         except BaseException:
             if store is not None:
                 store.close()
             self.store = Store.from_config(old_config.store)
-            self._chain = build_chain(old_config, self.store, recorder=self._record_exchange)
+            chain = self._build_chain(old_config, self.store)
             raise
         finally:
-            self._start_background()
+            if chain is not None:
+                await self._swap_chain(chain)
+                chain.start()
 
     # -- scanners -------------------------------------------------------------------------------
 
@@ -441,7 +437,8 @@ class Service:
     async def open_sale_desk(self, config: Config) -> SaleDesk:
         """Open the printer and session ``config`` names, recover, and serve receipts with it;
         from now on the desk hears every verdict (kiosk mode sells the allowed units)."""
-        desk = build_sale_desk(config, self.store, self.event_log)
+        local_module = None if self._chain is None else self._chain.local_module
+        desk = build_sale_desk(config, self.store, self.event_log, local_module)
         try:
             await desk.start()
         except BaseException:
@@ -507,11 +504,7 @@ class Service:
             name: {"url": str(scanner.url), "present": scanner.present}
             for name, scanner in self.scanners.items()
         }
-        sources: dict[str, Any] = {}
-        for name in ("online", "local_module", "tspiot"):
-            client = getattr(self._chain, name, None)
-            if client is not None and hasattr(client, "status"):
-                sources[name] = client.status()
+        sources = {} if self._chain is None else self._chain.status()
         receipts = self.receipts
         return {
             "service": {
@@ -561,26 +554,3 @@ class Service:
             hook="hang",
         )
         time.sleep(TEST_HANG_S)
-
-
-def _close_chain(chain: StoreOnlyChain | CheckChain | None) -> None:
-    """Finish a retired chain's pending cache writes and close its clients' connections."""
-    if isinstance(chain, CheckChain):
-        chain.close()
-        for name in ("online", "local_module", "tspiot"):
-            close = getattr(getattr(chain, name, None), "close", None)
-            if callable(close):
-                with contextlib.suppress(Exception):
-                    close()
-
-
-async def _aclose_clients(chain: StoreOnlyChain | CheckChain | None) -> None:
-    """Let the chain's clients finish their background work and write what they keep (the
-    CDN host list) before they go; bounded by each client's own ``aclose``."""
-    if not isinstance(chain, CheckChain):
-        return
-    for name in ("online", "local_module", "tspiot"):
-        aclose = getattr(getattr(chain, name, None), "aclose", None)
-        if callable(aclose):
-            with contextlib.suppress(Exception):
-                await aclose()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from markd.errors import ConfigError, MarkdError
 from markd.sale import fiscal_settings
 from markd.service.listeners import log_internal_error
-from markd.service.wiring import local_module_for_sales, main_config_file
+from markd.service.wiring import main_config_file
 from markd.systemd import notify, priority_value, reloading_states
 
 if TYPE_CHECKING:
@@ -75,8 +75,9 @@ class ReloadTarget(Protocol):
     sale_desk: SaleDesk | None
 
     async def replace_chain(self, new: Config) -> None:
-        """A new chain on the same store; raises :class:`~markd.errors.MarkdError` (a
-        missing secret …) with the old chain still in place."""
+        """A new chain on the same store, with a new Local Module client that the sale desk
+        takes too; raises :class:`~markd.errors.MarkdError` (a missing secret …) with the old
+        chain still in place."""
         ...
 
     async def reopen_store(self, new: Config) -> None:
@@ -300,7 +301,8 @@ class Reloader:
         """Apply ``[fiscal]`` and ``[sale]`` on a reload; (summary, problem), either may be None.
 
         The desk and its receipt stay when ``[fiscal]`` and ``[sale] mode`` did not change (the
-        price list, ``use_mrp``, the store and the Local Module client are taken at once).
+        price list, ``use_mrp`` and the store are taken at once; the Local Module client came
+        with the new chain).
         When they did change, the desk is replaced only while no receipt is in flight;
         otherwise that part is refused and applies at a reload once the receipt is closed or
         cancelled. An open receipt is never dropped by a reload.
@@ -313,7 +315,7 @@ class Reloader:
         if desk is not None:
             wait_s = target.sale_stop_wait_s()
             try:
-                await desk.apply(new, target.store, wait_s, local_module_for_sales)
+                await desk.apply(new, target.store, wait_s)
             except MarkdError as exc:
                 return None, f"sale settings not applied: {exc}"
             if desk.settings == fiscal_settings(new):

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from markd import codes
-from markd.checks.chain import CheckChain, StoreOnlyChain, elapsed_ms
+from markd.checks.chain import CheckChain, elapsed_ms
 from markd.checks.record import CURRENT_SCAN
 from markd.checks.verdict import Verdict, parser_verdict
 from markd.errors import CodeError
@@ -71,7 +71,7 @@ class CheckParts(Protocol):
     """What the loop reads of the service at each scan: a reload changes them between two."""
 
     @property
-    def chain(self) -> StoreOnlyChain | CheckChain | None: ...
+    def chain(self) -> CheckChain | None: ...
 
     @property
     def codes_options(self) -> codes.CodesOptions: ...
@@ -223,8 +223,6 @@ class ScanLoop:
             code = codes.parse(data, self.parts.codes_options)
         except CodeError as err:
             return parser_verdict(err, scanner=scanner, latency_ms=elapsed_ms(started)), None
-        if isinstance(chain, StoreOnlyChain):
-            return chain.decide(code, scanner, started=started), code
         price = None if price_of is None else price_of(code)
         token = CURRENT_SCAN.set(f"{scanner}:{code.ki}")
         try:
@@ -233,16 +231,17 @@ class ScanLoop:
             CURRENT_SCAN.reset(token)
 
     def check_store_only(self, data: bytes, scanner: str, *, started: float | None) -> Verdict:
-        """:meth:`check` without awaiting, for a service in store-only mode."""
+        """:meth:`check` without awaiting, for a service in store-only mode (its chain has no
+        clients to wait for)."""
         chain = self.parts.chain
-        if not isinstance(chain, StoreOnlyChain):
+        if chain is None or chain.mode != "store-only":
             raise RuntimeError("the service is not started in store-only mode")
         try:
             # parse() takes the raw bytes and reports non-UTF-8 input itself.
             code = codes.parse(data, self.parts.codes_options)
         except CodeError as err:
             return parser_verdict(err, scanner=scanner, latency_ms=elapsed_ms(started))
-        return chain.decide(code, scanner, started=started)
+        return chain.decide_now(code, scanner, started=started)
 
     def _answer_queued_on_stop(self, first: QueueItem, queue: asyncio.Queue[QueueItem]) -> None:
         """On stop: scans still queued get ``rescan`` (every scan ends in one verdict, and the

@@ -6,16 +6,22 @@ object meet :class:`~markd.config.Config`: the domain packages (``checks``, ``fi
 plain settings, so they never import the configuration (docs/architecture.md, "Who may
 import whom")::
 
-    chain = build_chain(config, store)                 # [check] mode and its sections
-    printer = open_configured_printer(config)          # [fiscal] url
-    session = build_session(config, printer, store)    # [fiscal] options and journal
-    desk = build_sale_desk(config, store, event_log)   # [sale]: price list, printer, session
+    chain = build_chain(config, store, sales=True)      # [check] mode and its sections
+    printer = open_configured_printer(config)           # [fiscal] url
+    session = build_session(config, printer, store)     # [fiscal] options and journal
+    desk = build_sale_desk(config, store, event_log, chain.local_module)  # [sale], [fiscal]
 
-``[check] mode`` picks the chain: ``store-only`` (development), ``direct`` (the CDN and/or the
-Local Module — each used only when its ``[check.online]`` / ``[check.local_module]`` section is
-present), or ``tspiot`` (``[check.tspiot]``). Secrets are read here, once, from their files or
-systemd credentials (:mod:`markd.secrets`); a missing secret is a configuration error naming
-the key and the credential.
+``[check] mode`` picks what the chain asks: nothing (``store-only``, development), the CDN
+and/or the Local Module (``direct`` — each only when its ``[check.online]`` /
+``[check.local_module]`` section is present), or the ТС ПИоТ (``tspiot``, ``[check.tspiot]``).
+
+One Local Module client serves the daemon: the chain asks it (mode ``direct``) and the sale
+session reports sold units to it (``[fiscal] lm_sell``), with the same ``[check.local_module]``
+settings, proxy included. The chain owns it; a reload builds a new chain, and with it a new
+client that replaces the old one in both places.
+
+Secrets are read here, once, from their files or systemd credentials (:mod:`markd.secrets`);
+a missing secret is a configuration error naming the key and the credential.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from markd.checks.cdn_hosts import FILE_NAME as HOSTS_FILE_NAME
-from markd.checks.chain import ChainSettings, CheckChain, StoreOnlyChain
+from markd.checks.chain import ChainSettings, CheckChain
 from markd.checks.policy import PolicyOptions
 from markd.checks.record import Recorder
 from markd.config import DROPIN_SUFFIX
@@ -34,6 +40,7 @@ from markd.proxy import DEFAULT_NO_PROXY, ProxySettings
 from markd.secrets import load_secret
 
 if TYPE_CHECKING:
+    from markd.checks.base import CheckClient
     from markd.checks.local_module import LocalModuleClient
     from markd.config import Config
     from markd.fiscal.base import FiscalPrinter, PrinterSettings
@@ -114,12 +121,13 @@ def hosts_file(config: Config) -> Path | None:
 
 def build_clients(
     config: Config, recorder: Recorder | None = None, *, background: bool = True
-) -> dict[str, Any]:
-    """The service clients the configuration asks for, by name (online, local_module,
-    tspiot); each absent section gives none."""
+) -> dict[str, CheckClient]:
+    """The clients of the services ``[check] mode`` asks, by role (``online``,
+    ``local_module``, ``tspiot``: the names of their sections); an absent section gives
+    none, ``store-only`` none at all."""
     check = config.check
     fn_serial = config.terminal.fn_serial
-    clients: dict[str, Any] = {}
+    clients: dict[str, CheckClient] = {}
     if check.mode == "direct" and check.online is not None:
         from markd.checks.online import ApiKeyAuth, OnlineClient, OnlineOptions
 
@@ -140,23 +148,10 @@ def build_clients(
             hosts_file=hosts_file(config),
             proxy=proxy_settings(online, "check.online"),
         )
-    if check.mode == "direct" and check.local_module is not None:
-        from markd.checks.local_module import LocalModuleClient
-
-        lm = check.local_module
-        password = load_secret(
-            lm.password_file, "lm-password", what="[check.local_module] password_file"
-        )
-        assert password is not None
-        clients["local_module"] = LocalModuleClient(
-            lm.url,
-            user=lm.user,
-            password=password,
-            fn_serial=fn_serial,
-            api=lm.api,
-            recorder=recorder,
-            proxy=proxy_settings(lm, "check.local_module"),
-        )
+    if check.mode == "direct":
+        lm = build_local_module(config, recorder)
+        if lm is not None:
+            clients["local_module"] = lm
     if check.mode == "tspiot":
         if check.tspiot is None:
             raise ConfigError('[check] mode = "tspiot" needs a [check.tspiot] section')
@@ -177,19 +172,53 @@ def build_clients(
     return clients
 
 
+def build_local_module(
+    config: Config, recorder: Recorder | None = None
+) -> LocalModuleClient | None:
+    """A Local Module client from ``[check.local_module]`` (its password, API version and
+    proxy), or None without that section."""
+    lm = config.check.local_module
+    if lm is None:
+        return None
+    from markd.checks.local_module import LocalModuleClient
+
+    password = load_secret(
+        lm.password_file, "lm-password", what="[check.local_module] password_file"
+    )
+    assert password is not None
+    return LocalModuleClient(
+        lm.url,
+        user=lm.user,
+        password=password,
+        fn_serial=config.terminal.fn_serial,
+        api=lm.api,
+        recorder=recorder,
+        proxy=proxy_settings(lm, "check.local_module"),
+    )
+
+
 def build_chain(
-    config: Config, store: Store, recorder: Recorder | None = None, *, background: bool = True
-) -> StoreOnlyChain | CheckChain:
+    config: Config,
+    store: Store,
+    recorder: Recorder | None = None,
+    *,
+    background: bool = True,
+    sales: bool = False,
+) -> CheckChain:
     """The chain for ``[check] mode``, with its clients. ``background=False`` for a one-shot
-    check (``markctl check``): the clients then do no background work of their own."""
-    if config.check.mode == "store-only":
-        return StoreOnlyChain(store)
+    check (``markctl check``): the clients then do no background work of their own.
+    ``sales=True`` when a sale session will report to the Local Module through
+    ``chain.local_module``: the chain then holds that client whatever the mode (with
+    ``[check.local_module]`` and ``[fiscal] lm_sell``), the one it asks in mode ``direct``."""
     clients = build_clients(config, recorder, background=background)
+    local_module = clients.get("local_module")
+    if local_module is None and sales and config.fiscal.lm_sell:
+        local_module = build_local_module(config, recorder)
     return CheckChain(
         store,
         chain_settings(config),
         online=clients.get("online"),
-        local_module=clients.get("local_module"),
+        local_module=local_module,
         tspiot=clients.get("tspiot"),
     )
 
@@ -228,6 +257,16 @@ def sale_options(config: Config) -> SaleOptions:
     )
 
 
+def sale_local_module(config: Config, local_module: CheckClient | None) -> LocalModuleClient | None:
+    """The Local Module client a sale session gets: the daemon's (``local_module``, its
+    chain's) when ``[fiscal] lm_sell`` asks for sale reports, else None."""
+    if not config.fiscal.lm_sell or local_module is None:
+        return None
+    from markd.checks.local_module import LocalModuleClient
+
+    return local_module if isinstance(local_module, LocalModuleClient) else None
+
+
 def open_configured_printer(config: Config) -> FiscalPrinter:
     """The printer ``[fiscal] url`` names. Raises :class:`~markd.errors.PrinterURLError` or
     :class:`~markd.errors.PrinterUnavailable` (driver missing)."""
@@ -238,19 +277,11 @@ def open_configured_printer(config: Config) -> FiscalPrinter:
 
 def local_module_for_sales(config: Config) -> LocalModuleClient | None:
     """A Local Module client for ``/cis/sell``, when ``[fiscal] lm_sell`` and a
-    ``[check.local_module]`` section ask for one."""
-    lm = config.check.local_module
-    if lm is None or not config.fiscal.lm_sell:
+    ``[check.local_module]`` section ask for one: for a one-shot tool with no chain (the
+    daemon's sale session uses its chain's client, see :func:`build_chain`)."""
+    if not config.fiscal.lm_sell:
         return None
-    from markd.checks.local_module import LocalModuleClient
-
-    password = load_secret(
-        lm.password_file, "lm-password", what="[check.local_module] password_file"
-    )
-    assert password is not None
-    return LocalModuleClient(
-        lm.url, user=lm.user, password=password, fn_serial=config.terminal.fn_serial, api=lm.api
-    )
+    return build_local_module(config)
 
 
 def build_session(
@@ -261,32 +292,40 @@ def build_session(
     event_log: EventLog | None = None,
     lm_client: LocalModuleClient | None = None,
 ) -> SaleSession:
-    """The session for ``printer`` with ``[fiscal]``'s options and journal. ``lm_client``
-    defaults to :func:`local_module_for_sales`."""
+    """The session for ``printer`` with ``[fiscal]``'s options and journal; ``lm_client``
+    receives the sold units (None: no Local Module). The session does not close it: the
+    caller owns it (in the daemon, the chain)."""
     from markd.fiscal.session import SaleSession
 
     return SaleSession(
         printer,
         store,
-        lm_client if lm_client is not None else local_module_for_sales(config),
+        lm_client,
         config.fiscal.journal,
         event_log,
         sale_options(config),
     )
 
 
-def build_sale_desk(config: Config, store: Store | None, event_log: EventLog | None) -> SaleDesk:
+def build_sale_desk(
+    config: Config,
+    store: Store | None,
+    event_log: EventLog | None,
+    local_module: CheckClient | None = None,
+) -> SaleDesk:
     """Take the price list (parsed when ``config`` was loaded), open the printer ``[fiscal]
     url`` names and build the session and the desk over them (not started:
-    :meth:`~markd.sale.SaleDesk.start` recovers). Raises :class:`~markd.errors.ConfigError`
-    (secrets; the price list of a configuration built in code) or
-    :class:`~markd.errors.FiscalError` (printer URL, driver missing)."""
+    :meth:`~markd.sale.SaleDesk.start` recovers). ``local_module``: the daemon's Local Module
+    client (its chain's), which the session reports sold units to when ``[fiscal] lm_sell``.
+    Raises :class:`~markd.errors.ConfigError` (the price list of a configuration built in
+    code) or :class:`~markd.errors.FiscalError` (printer URL, driver missing)."""
     from markd.sale import SaleDesk
 
     catalog = config.sale.price_list()
     printer = open_configured_printer(config)
+    lm_client = sale_local_module(config, local_module)
     try:
-        session = build_session(config, printer, store, event_log=event_log)
+        session = build_session(config, printer, store, event_log=event_log, lm_client=lm_client)
     except BaseException:
         printer.close()  # the port or the driver's handle is not left open
         raise
