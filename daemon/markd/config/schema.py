@@ -443,6 +443,22 @@ class CheckConfig:
             "choices": ("allow", "deny"),
         },
     )
+    parallel: bool = field(
+        default=False,
+        metadata={
+            "doc": "Mode `direct`: ask the Local Module at the same time as the CDN instead of "
+            "after it, so the budget is the longer of the two timeouts, not their sum. The "
+            "CDN's answer still decides; the Local Module's `sold` can still deny.",
+        },
+    )
+    cache_verdicts: bool = field(
+        default=True,
+        metadata={
+            "doc": "Keep the facts of each online answer in the store, so that a later check "
+            "with no online answer still denies a unit the CDN said was blocked, sold or "
+            "expired. `false`: nothing new is kept (facts kept earlier are still read).",
+        },
+    )
     online: OnlineCheckConfig | None = field(default=None, metadata={"doc": "The CDN."})
     local_module: LocalModuleConfig | None = field(
         default=None, metadata={"doc": "The Local Module."}

@@ -70,8 +70,10 @@ def chain_settings(config: Config) -> ChainSettings:
         online_timeout_s=check.online_timeout_ms / 1000,
         local_module_timeout_s=check.local_module_timeout_ms / 1000,
         tspiot_timeout_s=check.tspiot_timeout_ms / 1000,
+        parallel=check.parallel,
         shop_tz=ZoneInfo(config.terminal.timezone),
         policy=PolicyOptions(unanswered=check.unanswered),
+        cache_verdicts=check.cache_verdicts,
     )
 
 
