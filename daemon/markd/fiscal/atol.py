@@ -58,7 +58,6 @@ from markd.fiscal.base import (
     PrinterURL,
     derive_op_id,
 )
-from markd.fiscal.killpoint import kill_point
 from markd.fiscal.model import (
     MarkValidation,
     Payment,
@@ -185,8 +184,6 @@ class WebRequestsTransport:
                 f"{_error_text(answer)}",
                 "web-request-refused",
             )
-        if tasks:
-            kill_point(f"sent-{tasks[0].get('type')}")
         found = self._poll(op_id, len(tasks), deadline, missing_ok=False)
         assert found is not None
         return found
@@ -538,7 +535,6 @@ class AtolPrinter(FiscalPrinter):
     ) -> ReceiptResult:
         task = receipt_task(kind, positions, payments)
         outcomes = self._run(op_id, [task])
-        kill_point("printed")
         return _receipt_result(kind, outcomes[0].result, positions, payments)
 
     def _cancel_device_receipt(self, op_id: str) -> None:

@@ -40,7 +40,6 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
 from markd.errors import PrinterFault, PrinterURLError
-from markd.fiscal.killpoint import kill_point
 from markd.fiscal.model import (
     MarkValidation,
     Payment,
@@ -294,7 +293,6 @@ class FiscalPrinter(abc.ABC):
         then accept or decline. A validation that never became ready is cancelled."""
         with self._lock:
             validation = self.validate_code(op_id, km, ki, planned_status)
-            kill_point("validated")
             accept, reason = judge_validation(validation, on_no_answer)
             if not validation.ready:
                 self._cancel_validation(derive_op_id(op_id, "cancel"))

@@ -61,7 +61,6 @@ from markd.fiscal import atol_protocol as proto
 from markd.fiscal.base import FiscalPrinter, derive_op_id, new_op_id
 from markd.fiscal.journal import DEFAULT_PATH as DEFAULT_JOURNAL
 from markd.fiscal.journal import SessionJournal
-from markd.fiscal.killpoint import kill_point
 from markd.fiscal.model import (
     PLANNED_STATUS_PIECE_RETURNED,
     PLANNED_STATUS_PIECE_SOLD,
@@ -391,7 +390,6 @@ class SaleSession:
                     total_kopecks=total,
                     payments=[p.record() for p in chosen],
                 )
-                kill_point("paid")
                 receipt.payments = chosen
                 receipt.paid = True
                 receipt.paid_total = receipt.settled_total = total
@@ -480,7 +478,6 @@ class SaleSession:
         )
         op = derive_op_id(receipt.receipt_id, f"{unit_id}/check")
         self.journal.append("unit-validating", receipt.receipt_id, unit=unit_id, ki=code.ki)
-        kill_point("validating")
         try:
             check = await self._device(
                 self.printer.check_code, op, code.km, code.ki, planned, self.options.on_no_answer
@@ -500,7 +497,6 @@ class SaleSession:
                 unit_id,
                 validation=check.validation,
             )
-        kill_point("accepted")
         tag1265 = verdict.tag1265 if verdict is not None else ""
         position = Position(
             name=name,
@@ -530,7 +526,6 @@ class SaleSession:
             fn=check.validation.record(),
             position=position.record(),
         )
-        kill_point("added")
         receipt.units.append(_Unit(unit_id, code.ki, code.km, position))
         self._event(
             "fiscal-unit",
@@ -582,7 +577,6 @@ class SaleSession:
             self.journal.append("recovery", None, action="cancelled-stale-open-receipt")
             await self._device(self.printer.open_receipt, derive_op_id(rid, "open-2"), kind)
         self.journal.append("open", rid, kind=kind)
-        kill_point("opened")
         self._receipt = receipt
         return receipt
 
@@ -667,7 +661,6 @@ class SaleSession:
             units=[u.unit_id for u in receipt.units],
             total_kopecks=sum(u.position.amount_kopecks for u in receipt.units),
         )
-        kill_point("closing")
         try:
             result = await self._device(self.printer.close_receipt, op, receipt.payments)
         except (OutcomeUnknown, FiscalTimeout) as exc:
@@ -713,12 +706,10 @@ class SaleSession:
         adjustment = _adjustment(receipt)
         self._fn_number = result.fn_number or self._fn_number
         self.journal.append("closed", rid, **_closed_facts(result))
-        kill_point("closed")
         self._receipt = None
         await self._device(self.printer.forget_receipt)
         self.journal.drop_codes()
         store_ok = self._record_in_store(rid, receipt.kind, receipt.kis, result.reference)
-        kill_point("stored")
         lm = await self._report_to_lm(rid, receipt.kind, receipt.kis)
         self._event(
             "fiscal-receipt",
