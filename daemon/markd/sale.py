@@ -27,6 +27,12 @@ serialises every operation on one lock, so a kiosk scan, an API call, a reload a
 never interleave on the ККТ. Device calls run on the session's worker thread; the event loop
 keeps checking scans meanwhile.
 
+A refusal is one of the receipt domain's errors (:mod:`markd.receipts`): the receipt's state
+(:class:`~markd.receipts.ReceiptError`), what was given (:class:`~markd.receipts.ReceiptInputError`)
+or a ККТ not reached (:class:`~markd.receipts.ReceiptUnavailable`); the control API chooses the
+HTTP status. The code of a unit sold through the API arrives parsed (by the check that gave its
+verdict): the desk never parses it again.
+
 What becomes of a receipt in flight when markd stops (:meth:`SaleDesk.park`): the operation
 under way is given a bounded time to finish, then the receipt is left as the session journal
 has it — *parked*. The next start's :meth:`~markd.fiscal.session.SaleSession.recover` settles
@@ -50,8 +56,15 @@ from typing import TYPE_CHECKING, Any
 
 from markd import codes
 from markd.catalog import Catalog, Quote, quote
-from markd.errors import CodeError, FiscalError, MarkdError
-from markd.receipts import OpenReceipt, Payment, ReceiptError, ReceiptItem
+from markd.errors import FiscalError, MarkdError
+from markd.receipts import (
+    OpenReceipt,
+    Payment,
+    ReceiptError,
+    ReceiptInputError,
+    ReceiptItem,
+    ReceiptUnavailable,
+)
 
 if TYPE_CHECKING:
     from markd.checks.local_module import LocalModuleClient
@@ -66,7 +79,8 @@ if TYPE_CHECKING:
 NO_PRICE_RU = "Цена товара не найдена, обратитесь к продавцу"
 RETURN_OPEN_RU = "Открыт чек возврата, продажа невозможна"
 STOPPING_RU = "Касса перезапускается, отсканируйте код ещё раз"
-#: Failure reasons that mean the ККТ was not reached (or did not answer): HTTP 503 to the API.
+#: Failure reasons that mean the ККТ was not reached (or did not answer): the refusal is a
+#: :class:`~markd.receipts.ReceiptUnavailable` (try again later).
 UNREACHABLE_REASONS = frozenset(
     {"printer-unavailable", "outcome-unknown", "fiscal-timeout", "driver-missing"}
 )
@@ -107,7 +121,6 @@ class SaleDesk:
         self.event_log = event_log
         self.catalog = catalog
         self.use_mrp = config.sale.use_mrp
-        self._codes_options = config.codes_options()
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -270,7 +283,6 @@ class SaleDesk:
             self.session.store = store
             self.catalog = catalog
             self.use_mrp = config.sale.use_mrp
-            self._codes_options = config.codes_options()
         finally:
             self._lock.release()
         if old_client is not None:
@@ -350,22 +362,22 @@ class SaleDesk:
                 await self.session.open(request.kind)
             except FiscalError as exc:
                 self._note_error(exc.reason, exc.message)
-                raise ReceiptError(
-                    f"the ККТ cannot open a receipt: {exc.message}",
-                    exc.reason,
-                    status=_http_status(exc.reason),
-                ) from None
+                refusal = _refusal_for(exc.reason)
+                raise refusal(f"the ККТ cannot open a receipt: {exc.message}", exc.reason) from None
             view = self._view()
             assert view is not None
             return view
 
     async def add(self, item: ReceiptItem, verdict: Verdict) -> Mapping[str, Any]:
-        try:
-            code = codes.parse(item.code, self._codes_options)
-        except CodeError as err:
-            raise ReceiptError(
-                f"not a usable marking code: {err.message}", err.reason, status=422
-            ) from None
+        # The check that gave ``verdict`` parsed the code: it is taken as it is, not parsed
+        # again. None: it was not a usable code (refused before the receipt is touched).
+        code = item.parsed
+        if code is None:
+            error = item.parse_error
+            raise ReceiptInputError(
+                f"not a usable marking code: {error.message if error else 'not parsed'}",
+                error.reason if error else verdict.reason,
+            )
         async with self._operation():
             selling = self.session.receipt_kind in (None, "sell")
             # On a return the unit comes back whatever its verdict said (a recalled unit, one
@@ -378,18 +390,13 @@ class SaleDesk:
             if not outcome.added:
                 if outcome.source == "printer":
                     self._note_error(outcome.reason, outcome.message_ru)
-                raise ReceiptError(
-                    outcome.message_ru or outcome.reason,
-                    outcome.reason,
-                    status=_unit_http_status(outcome),
-                )
+                refusal = _unit_refusal(outcome)
+                raise refusal(outcome.message_ru or outcome.reason, outcome.reason)
             view = self._view()
             assert view is not None
             return view
 
     async def close(self, payments: tuple[Payment, ...]) -> Mapping[str, Any]:
-        from markd.fiscal.model import Payment as FiscalPayment
-
         async with self._operation():
             rid = self.session.receipt_id
             if rid is None:
@@ -399,14 +406,12 @@ class SaleDesk:
             # Payments given are used unless an earlier attempt's outcome is unknown (then the
             # journaled ones stay, and the answer says so): judge them whenever they are used.
             if payments and paid < total and not self.session.payments_locked:
-                raise ReceiptError(
+                raise ReceiptInputError(
                     f"the payments ({paid / 100:.2f} RUB) do not cover the total "
                     f"({total / 100:.2f} RUB)",
                     "underpaid",
-                    status=422,
                 )
-            chosen = [FiscalPayment(p.amount_kopecks, p.type) for p in payments] or None
-            outcome = await self.session.close(chosen)
+            outcome = await self.session.close(payments or None)
             if outcome.status == "pending":
                 # Paid, the ККТ's answer lost or the ККТ gone: the next operation (and the
                 # next start) runs recovery first, as the answer promises.
@@ -569,20 +574,19 @@ class SaleDesk:
                 "adjustment": outcome.adjustment,
             }
         if outcome.status == "pending":
-            raise ReceiptError(
+            raise ReceiptUnavailable(
                 f"receipt {outcome.receipt_id}: the ККТ did not answer ({outcome.reason}); it is "
                 "paid and will be registered once the ККТ answers (retried at the next operation "
                 "and at start)" + ignored,
                 outcome.reason,
-                status=503,
             )
         if outcome.status == "failed":
-            raise ReceiptError(
+            refusal = _refusal_for(outcome.reason)
+            raise refusal(
                 f"receipt {outcome.receipt_id} not registered: the ККТ refused ({outcome.reason}); "
                 "it stays open: close it again (with corrected payments if they were refused) "
                 "or cancel it" + ignored,
                 outcome.reason,
-                status=_http_status(outcome.reason),
             )
         if outcome.status == "empty":
             raise ReceiptError("the receipt had no units; it was dropped", "receipt-empty")
@@ -655,21 +659,23 @@ class SaleDesk:
 
 
 def _stopping() -> ReceiptError:
-    return ReceiptError(
-        "markd is stopping; try again once it is back", "service-stopping", status=503
-    )
+    return ReceiptUnavailable("markd is stopping; try again once it is back", "service-stopping")
 
 
-def _http_status(reason: str) -> int:
-    return 503 if reason in UNREACHABLE_REASONS else 409
+def _refusal_for(reason: str) -> type[ReceiptError]:
+    """The ККТ's failure ``reason`` as a kind of refusal: not reached (try again later), or
+    the ККТ refused (the receipt's state)."""
+    return ReceiptUnavailable if reason in UNREACHABLE_REASONS else ReceiptError
 
 
-def _unit_http_status(outcome: UnitOutcome) -> int:
+def _unit_refusal(outcome: UnitOutcome) -> type[ReceiptError]:
+    """A refused unit as a kind of refusal: the ККТ not reached, a position it cannot take
+    (what was given), or anything else about the receipt or the code."""
     if outcome.source == "printer":
-        return 503 if outcome.reason in UNREACHABLE_REASONS else 409
+        return _refusal_for(outcome.reason)
     if outcome.reason == "bad-position":
-        return 422
-    return 409
+        return ReceiptInputError
+    return ReceiptError
 
 
 def _iso(stamp: float | None) -> str | None:

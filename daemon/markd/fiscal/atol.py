@@ -60,7 +60,6 @@ from markd.fiscal.base import (
 )
 from markd.fiscal.model import (
     MarkValidation,
-    Payment,
     Position,
     PrinterStatus,
     ReceiptKind,
@@ -70,6 +69,7 @@ from markd.fiscal.model import (
 from markd.http.blocking import BlockingHTTPClient
 from markd.http.errors import HTTPError
 from markd.numbers import read_int
+from markd.receipts import Payment
 
 DEFAULT_WEB_PORT = 16732
 #: Web Requests result statuses that are final (anything else: still running).

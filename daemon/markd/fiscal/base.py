@@ -42,7 +42,6 @@ from urllib.parse import unquote, urlsplit
 from markd.errors import PrinterFault, PrinterURLError
 from markd.fiscal.model import (
     MarkValidation,
-    Payment,
     Position,
     PrinterStatus,
     ReceiptKind,
@@ -50,6 +49,7 @@ from markd.fiscal.model import (
     ShiftInfo,
     judge_validation,
 )
+from markd.receipts import Payment
 from markd.urls import Backend, Option, Registry
 
 # --------------------------------------------------------------------------------------------

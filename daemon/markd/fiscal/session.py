@@ -67,12 +67,12 @@ from markd.fiscal.model import (
     IndustryTags,
     MarkedItem,
     MarkValidation,
-    Payment,
     Position,
     PrinterStatus,
     ReceiptKind,
     ReceiptResult,
 )
+from markd.receipts import Payment
 
 if TYPE_CHECKING:
     from markd.checks.local_module import LocalModuleClient

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from markd import __version__
 from markd.checks.chain import CheckChain, StoreOnlyChain
-from markd.checks.verdict import Verdict
+from markd.checks.verdict import CheckedCode, Verdict
 from markd.errors import MarkdError
 from markd.events import EventHub, EventPublisher
 from markd.scanners import Scan, Scanner, open_scanner
@@ -484,6 +484,14 @@ class Service:
         ``price_kopecks``: the price the unit is sold at (``POST /v1/receipt/items``), so the
         price rules (a tobacco pack above its MRP …) judge it as they do a kiosk's scan."""
         return await self.scan_loop.on_scan(
+            Scan(scanner, data, time.monotonic()), for_sale=False, price_kopecks=price_kopecks
+        )
+
+    async def check_unit(self, data: bytes, scanner: str, *, price_kopecks: int) -> CheckedCode:
+        """:meth:`submit` for a unit the POS sells (``POST /v1/receipt/items``): the verdict
+        with the code parsed on the way (or the parser's error), so the sale never parses it
+        again."""
+        return await self.scan_loop.on_scan_checked(
             Scan(scanner, data, time.monotonic()), for_sale=False, price_kopecks=price_kopecks
         )
 
