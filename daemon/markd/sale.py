@@ -22,10 +22,11 @@
                               sale-unit / sale-refused events (with the scanner's name)
 
 :class:`SaleDesk` owns the printer and the :class:`~markd.fiscal.session.SaleSession` for the
-service and is the service's ``receipts`` (:class:`markd.receipts.ReceiptOperations`). It
-serialises every operation on one lock, so a kiosk scan, an API call, a reload and the stop
-never interleave on the ККТ. Device calls run on the session's worker thread; the event loop
-keeps checking scans meanwhile.
+service and is the service's ``receipts`` (:class:`markd.receipts.ReceiptOperations`). Every
+operation holds the session's one receipt lock (:attr:`SaleSession.lock
+<markd.fiscal.session.SaleSession.lock>`) across its whole sequence, so a kiosk scan, an API
+call, a reload and the stop never interleave on the ККТ. Device calls run on the session's
+worker thread; the event loop keeps checking scans meanwhile.
 
 A refusal is one of the receipt domain's errors (:mod:`markd.receipts`): the receipt's state
 (:class:`~markd.receipts.ReceiptError`), what was given (:class:`~markd.receipts.ReceiptInputError`)
@@ -121,7 +122,6 @@ class SaleDesk:
         self.event_log = event_log
         self.catalog = catalog
         self.use_mrp = config.sale.use_mrp
-        self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._closed = False
@@ -150,7 +150,7 @@ class SaleDesk:
         printer's status, and log how the desk starts. Faults of the ККТ are logged, not
         raised: markd gives verdicts without a printer, and recovery is tried again before
         the next receipt operation."""
-        async with self._lock:
+        async with self.session.lock:
             report = await self._recover()
             await self._refresh_status()
         where = self.config.fiscal.url
@@ -176,9 +176,9 @@ class SaleDesk:
         False when the operation did not finish in time (the desk is then not shut down: the
         device call ends on the session's thread by its own time limit)."""
         self._stopping = True
-        try:
-            await asyncio.wait_for(self._lock.acquire(), timeout_s)
-        except TimeoutError:
+        if await self._acquire_within(timeout_s):
+            acquired = True
+        else:
             self._busy_at_stop = True
             self._event(
                 "sale-desk",
@@ -189,8 +189,6 @@ class SaleDesk:
                 action="stop-timeout",
             )
             acquired = False
-        else:
-            acquired = True
         for task in list(self._tasks):
             task.cancel()  # kiosk scans still waiting for the lock: markd answered them already
         rid = self.session.receipt_id
@@ -213,23 +211,21 @@ class SaleDesk:
                 paid="true" if paid else "false",
             )
         if acquired:
-            self._lock.release()
+            self.session.lock.release()
         return acquired
 
     async def retire(self, timeout_s: float) -> bool:
         """For a reload that replaces the desk: when no receipt is in flight, stop taking
         operations and close; True when retired, False (nothing changed) when a receipt is in
         flight or an operation did not finish in time."""
-        try:
-            await asyncio.wait_for(self._lock.acquire(), timeout_s)
-        except TimeoutError:
+        if not await self._acquire_within(timeout_s):
             return False
         try:
             if self.receipt_open:
                 return False
             self._stopping = True
         finally:
-            self._lock.release()
+            self.session.lock.release()
         for task in list(self._tasks):
             task.cancel()
         self.shutdown()
@@ -268,9 +264,7 @@ class SaleDesk:
         in time; nothing is changed then."""
         catalog = config.sale.price_list()
         lm_client = lm_client_for(config)
-        try:
-            await asyncio.wait_for(self._lock.acquire(), timeout_s)
-        except TimeoutError:
+        if not await self._acquire_within(timeout_s):
             if lm_client is not None:
                 lm_client.close()
             raise MarkdError(
@@ -284,7 +278,7 @@ class SaleDesk:
             self.catalog = catalog
             self.use_mrp = config.sale.use_mrp
         finally:
-            self._lock.release()
+            self.session.lock.release()
         if old_client is not None:
             with contextlib.suppress(Exception):
                 old_client.close()
@@ -292,7 +286,7 @@ class SaleDesk:
     @contextlib.asynccontextmanager
     async def paused(self) -> AsyncIterator[None]:
         """No sale operation runs inside (the service swaps the store under it)."""
-        async with self._lock:
+        async with self.session.lock:
             yield
 
     # -- kiosk ----------------------------------------------------------------------------------
@@ -479,15 +473,27 @@ class SaleDesk:
 
     @contextlib.asynccontextmanager
     async def _operation(self) -> AsyncIterator[None]:
-        """One operation at a time; none once stopping; an unfinished recovery first."""
+        """One operation at a time (the session's receipt lock, held throughout); none once
+        stopping (:class:`~markd.receipts.ReceiptUnavailable`); an unfinished recovery first."""
         if self._stopping:
             raise _stopping()
-        async with self._lock:
+        async with self.session.lock:
             if self._stopping:
                 raise _stopping()
             if self._recovery_pending:
                 await self._recover()
             yield
+
+    async def _acquire_within(self, timeout_s: float) -> bool:
+        """Take the receipt lock, waiting at most ``timeout_s``; False when the operation under
+        way did not end in time. (``asyncio.timeout``, not ``wait_for``: the lock is taken in
+        this task, which must be the one that releases it.)"""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.session.lock.acquire()
+        except TimeoutError:
+            return False
+        return True
 
     async def _recover(self) -> RecoveryReport | None:
         try:
