@@ -34,6 +34,10 @@ or a ККТ not reached (:class:`~markd.receipts.ReceiptUnavailable`); the contr
 HTTP status. The code of a unit sold through the API arrives parsed (by the check that gave its
 verdict): the desk never parses it again.
 
+When a receipt waits for the ККТ (a close whose answer was lost, a start whose recovery did not
+finish), the next operation first runs the session's recovery — an explicit step at the top of
+each operation, journaled as ``sale-recovery`` with the operation it precedes.
+
 What becomes of a receipt in flight when markd stops (:meth:`SaleDesk.park`): the operation
 under way is given a bounded time to finish, then the receipt is left as the session journal
 has it — *parked*. The next start's :meth:`~markd.fiscal.session.SaleSession.recover` settles
@@ -332,6 +336,7 @@ class SaleDesk:
         scanner = verdict.scanner
         try:
             async with self._operation():
+                await self._recover_before("kiosk-unit")
                 if self.session.receipt_kind == "return":
                     return self._desk_refusal(code, "return-receipt-open", RETURN_OPEN_RU, scanner)
                 quote = self.quote(code)
@@ -349,6 +354,7 @@ class SaleDesk:
 
     async def open(self, request: OpenReceipt) -> Mapping[str, Any]:
         async with self._operation():
+            await self._recover_before("open")
             rid = self.session.receipt_id
             if rid is not None:
                 raise ReceiptError(f"receipt {rid} is already open", "receipt-open")
@@ -373,6 +379,7 @@ class SaleDesk:
                 error.reason if error else verdict.reason,
             )
         async with self._operation():
+            await self._recover_before("add")
             selling = self.session.receipt_kind in (None, "sell")
             # On a return the unit comes back whatever its verdict said (a recalled unit, one
             # sold here); the session takes a return without one.
@@ -392,6 +399,7 @@ class SaleDesk:
 
     async def close(self, payments: tuple[Payment, ...]) -> Mapping[str, Any]:
         async with self._operation():
+            await self._recover_before("close")
             rid = self.session.receipt_id
             if rid is None:
                 raise ReceiptError("no receipt is open", "receipt-not-open")
@@ -415,6 +423,7 @@ class SaleDesk:
 
     async def cancel(self) -> Mapping[str, Any]:
         async with self._operation():
+            await self._recover_before("cancel")
             if self.session.receipt_id is None:
                 raise ReceiptError("no receipt is open", "receipt-not-open")
             outcome = await self.session.cancel("cancelled-by-api")
@@ -474,14 +483,12 @@ class SaleDesk:
     @contextlib.asynccontextmanager
     async def _operation(self) -> AsyncIterator[None]:
         """One operation at a time (the session's receipt lock, held throughout); none once
-        stopping (:class:`~markd.receipts.ReceiptUnavailable`); an unfinished recovery first."""
+        stopping (:class:`~markd.receipts.ReceiptUnavailable`)."""
         if self._stopping:
             raise _stopping()
         async with self.session.lock:
             if self._stopping:
                 raise _stopping()
-            if self._recovery_pending:
-                await self._recover()
             yield
 
     async def _acquire_within(self, timeout_s: float) -> bool:
@@ -494,6 +501,24 @@ class SaleDesk:
         except TimeoutError:
             return False
         return True
+
+    async def _recover_before(self, operation: str) -> None:
+        """Before ``operation``: when a receipt waits for the ККТ (a close or cancel left it
+        pending, or the recovery at start did not finish), run the session's recovery first
+        and journal that it did (``sale-recovery``). Nothing happens otherwise."""
+        if not self._recovery_pending:
+            return
+        rid = self.session.receipt_id
+        self._event(
+            "sale-recovery",
+            f"a receipt waits for the ККТ: its recovery runs before {operation}"
+            + (f" (receipt {rid})" if rid else ""),
+            priority="notice",
+            mode=self.mode,
+            operation=operation,
+            receipt=rid,
+        )
+        await self._recover()
 
     async def _recover(self) -> RecoveryReport | None:
         try:
