@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import socket
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+
+#: The tests' ``sitecustomize``: a child with this directory on its ``PYTHONPATH`` installs the
+#: test hooks its environment names (kill points, the SIGUSR2 hang; markd.testing.hooks).
+SITE_HOOKS = Path(__file__).resolve().with_name("sitehooks")
+
+
+def with_test_hooks(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for a child process that installs markd's test hooks at start: the tests'
+    ``sitecustomize`` first on its ``PYTHONPATH`` (the hooks themselves are chosen by the
+    variables in ``env``: ``MARKD_FISCAL_KILL_AT``, ``MARKD_TEST_HOOKS``)."""
+    paths = [str(SITE_HOOKS), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**env, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def markd_command() -> list[str]:

@@ -22,10 +22,21 @@
                               sale-unit / sale-refused events (with the scanner's name)
 
 :class:`SaleDesk` owns the printer and the :class:`~markd.fiscal.session.SaleSession` for the
-service and is the service's ``receipts`` (:class:`markd.receipts.ReceiptOperations`). It
-serialises every operation on one lock, so a kiosk scan, an API call, a reload and the stop
-never interleave on the ККТ. Device calls run on the session's worker thread; the event loop
-keeps checking scans meanwhile.
+service and is the service's ``receipts`` (:class:`markd.receipts.ReceiptOperations`). Every
+operation holds the session's one receipt lock (:attr:`SaleSession.lock
+<markd.fiscal.session.SaleSession.lock>`) across its whole sequence, so a kiosk scan, an API
+call, a reload and the stop never interleave on the ККТ. Device calls run on the session's
+worker thread; the event loop keeps checking scans meanwhile.
+
+A refusal is one of the receipt domain's errors (:mod:`markd.receipts`): the receipt's state
+(:class:`~markd.receipts.ReceiptError`), what was given (:class:`~markd.receipts.ReceiptInputError`)
+or a ККТ not reached (:class:`~markd.receipts.ReceiptUnavailable`); the control API chooses the
+HTTP status. The code of a unit sold through the API arrives parsed (by the check that gave its
+verdict): the desk never parses it again.
+
+When a receipt waits for the ККТ (a close whose answer was lost, a start whose recovery did not
+finish), the next operation first runs the session's recovery — an explicit step at the top of
+each operation, journaled as ``sale-recovery`` with the operation it precedes.
 
 What becomes of a receipt in flight when markd stops (:meth:`SaleDesk.park`): the operation
 under way is given a bounded time to finish, then the receipt is left as the session journal
@@ -50,8 +61,15 @@ from typing import TYPE_CHECKING, Any
 
 from markd import codes
 from markd.catalog import Catalog, Quote, quote
-from markd.errors import CodeError, FiscalError, MarkdError
-from markd.receipts import OpenReceipt, Payment, ReceiptError, ReceiptItem
+from markd.errors import FiscalError, MarkdError
+from markd.receipts import (
+    OpenReceipt,
+    Payment,
+    ReceiptError,
+    ReceiptInputError,
+    ReceiptItem,
+    ReceiptUnavailable,
+)
 
 if TYPE_CHECKING:
     from markd.checks.local_module import LocalModuleClient
@@ -66,7 +84,8 @@ if TYPE_CHECKING:
 NO_PRICE_RU = "Цена товара не найдена, обратитесь к продавцу"
 RETURN_OPEN_RU = "Открыт чек возврата, продажа невозможна"
 STOPPING_RU = "Касса перезапускается, отсканируйте код ещё раз"
-#: Failure reasons that mean the ККТ was not reached (or did not answer): HTTP 503 to the API.
+#: Failure reasons that mean the ККТ was not reached (or did not answer): the refusal is a
+#: :class:`~markd.receipts.ReceiptUnavailable` (try again later).
 UNREACHABLE_REASONS = frozenset(
     {"printer-unavailable", "outcome-unknown", "fiscal-timeout", "driver-missing"}
 )
@@ -107,8 +126,6 @@ class SaleDesk:
         self.event_log = event_log
         self.catalog = catalog
         self.use_mrp = config.sale.use_mrp
-        self._codes_options = config.codes_options()
-        self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._closed = False
@@ -137,7 +154,7 @@ class SaleDesk:
         printer's status, and log how the desk starts. Faults of the ККТ are logged, not
         raised: markd gives verdicts without a printer, and recovery is tried again before
         the next receipt operation."""
-        async with self._lock:
+        async with self.session.lock:
             report = await self._recover()
             await self._refresh_status()
         where = self.config.fiscal.url
@@ -163,9 +180,9 @@ class SaleDesk:
         False when the operation did not finish in time (the desk is then not shut down: the
         device call ends on the session's thread by its own time limit)."""
         self._stopping = True
-        try:
-            await asyncio.wait_for(self._lock.acquire(), timeout_s)
-        except TimeoutError:
+        if await self._acquire_within(timeout_s):
+            acquired = True
+        else:
             self._busy_at_stop = True
             self._event(
                 "sale-desk",
@@ -176,8 +193,6 @@ class SaleDesk:
                 action="stop-timeout",
             )
             acquired = False
-        else:
-            acquired = True
         for task in list(self._tasks):
             task.cancel()  # kiosk scans still waiting for the lock: markd answered them already
         rid = self.session.receipt_id
@@ -200,23 +215,21 @@ class SaleDesk:
                 paid="true" if paid else "false",
             )
         if acquired:
-            self._lock.release()
+            self.session.lock.release()
         return acquired
 
     async def retire(self, timeout_s: float) -> bool:
         """For a reload that replaces the desk: when no receipt is in flight, stop taking
         operations and close; True when retired, False (nothing changed) when a receipt is in
         flight or an operation did not finish in time."""
-        try:
-            await asyncio.wait_for(self._lock.acquire(), timeout_s)
-        except TimeoutError:
+        if not await self._acquire_within(timeout_s):
             return False
         try:
             if self.receipt_open:
                 return False
             self._stopping = True
         finally:
-            self._lock.release()
+            self.session.lock.release()
         for task in list(self._tasks):
             task.cancel()
         self.shutdown()
@@ -244,9 +257,7 @@ class SaleDesk:
         list does not load, :class:`~markd.errors.MarkdError` (``sale-busy``) when the
         operation did not end in time; nothing is changed then."""
         catalog = config.sale.price_list()
-        try:
-            await asyncio.wait_for(self._lock.acquire(), timeout_s)
-        except TimeoutError:
+        if not await self._acquire_within(timeout_s):
             raise MarkdError(
                 f"an operation with the ККТ was still running after {timeout_s:g} s",
                 "sale-busy",
@@ -255,9 +266,8 @@ class SaleDesk:
             self.session.store = store
             self.catalog = catalog
             self.use_mrp = config.sale.use_mrp
-            self._codes_options = config.codes_options()
         finally:
-            self._lock.release()
+            self.session.lock.release()
 
     def use_local_module(self, lm_client: LocalModuleClient | None) -> None:
         """Sale reports go to ``lm_client`` from now on: the Local Module client of the
@@ -268,7 +278,7 @@ class SaleDesk:
     @contextlib.asynccontextmanager
     async def paused(self) -> AsyncIterator[None]:
         """No sale operation runs inside (the service swaps the store under it)."""
-        async with self._lock:
+        async with self.session.lock:
             yield
 
     # -- kiosk ----------------------------------------------------------------------------------
@@ -314,6 +324,7 @@ class SaleDesk:
         scanner = verdict.scanner
         try:
             async with self._operation():
+                await self._recover_before("kiosk-unit")
                 if self.session.receipt_kind == "return":
                     return self._desk_refusal(code, "return-receipt-open", RETURN_OPEN_RU, scanner)
                 quote = self.quote(code)
@@ -331,6 +342,7 @@ class SaleDesk:
 
     async def open(self, request: OpenReceipt) -> Mapping[str, Any]:
         async with self._operation():
+            await self._recover_before("open")
             rid = self.session.receipt_id
             if rid is not None:
                 raise ReceiptError(f"receipt {rid} is already open", "receipt-open")
@@ -338,23 +350,24 @@ class SaleDesk:
                 await self.session.open(request.kind)
             except FiscalError as exc:
                 self._note_error(exc.reason, exc.message)
-                raise ReceiptError(
-                    f"the ККТ cannot open a receipt: {exc.message}",
-                    exc.reason,
-                    status=_http_status(exc.reason),
-                ) from None
+                refusal = _refusal_for(exc.reason)
+                raise refusal(f"the ККТ cannot open a receipt: {exc.message}", exc.reason) from None
             view = self._view()
             assert view is not None
             return view
 
     async def add(self, item: ReceiptItem, verdict: Verdict) -> Mapping[str, Any]:
-        try:
-            code = codes.parse(item.code, self._codes_options)
-        except CodeError as err:
-            raise ReceiptError(
-                f"not a usable marking code: {err.message}", err.reason, status=422
-            ) from None
+        # The check that gave ``verdict`` parsed the code: it is taken as it is, not parsed
+        # again. None: it was not a usable code (refused before the receipt is touched).
+        code = item.parsed
+        if code is None:
+            error = item.parse_error
+            raise ReceiptInputError(
+                f"not a usable marking code: {error.message if error else 'not parsed'}",
+                error.reason if error else verdict.reason,
+            )
         async with self._operation():
+            await self._recover_before("add")
             selling = self.session.receipt_kind in (None, "sell")
             # On a return the unit comes back whatever its verdict said (a recalled unit, one
             # sold here); the session takes a return without one.
@@ -366,19 +379,15 @@ class SaleDesk:
             if not outcome.added:
                 if outcome.source == "printer":
                     self._note_error(outcome.reason, outcome.message_ru)
-                raise ReceiptError(
-                    outcome.message_ru or outcome.reason,
-                    outcome.reason,
-                    status=_unit_http_status(outcome),
-                )
+                refusal = _unit_refusal(outcome)
+                raise refusal(outcome.message_ru or outcome.reason, outcome.reason)
             view = self._view()
             assert view is not None
             return view
 
     async def close(self, payments: tuple[Payment, ...]) -> Mapping[str, Any]:
-        from markd.fiscal.model import Payment as FiscalPayment
-
         async with self._operation():
+            await self._recover_before("close")
             rid = self.session.receipt_id
             if rid is None:
                 raise ReceiptError("no receipt is open", "receipt-not-open")
@@ -387,14 +396,12 @@ class SaleDesk:
             # Payments given are used unless an earlier attempt's outcome is unknown (then the
             # journaled ones stay, and the answer says so): judge them whenever they are used.
             if payments and paid < total and not self.session.payments_locked:
-                raise ReceiptError(
+                raise ReceiptInputError(
                     f"the payments ({paid / 100:.2f} RUB) do not cover the total "
                     f"({total / 100:.2f} RUB)",
                     "underpaid",
-                    status=422,
                 )
-            chosen = [FiscalPayment(p.amount_kopecks, p.type) for p in payments] or None
-            outcome = await self.session.close(chosen)
+            outcome = await self.session.close(payments or None)
             if outcome.status == "pending":
                 # Paid, the ККТ's answer lost or the ККТ gone: the next operation (and the
                 # next start) runs recovery first, as the answer promises.
@@ -404,6 +411,7 @@ class SaleDesk:
 
     async def cancel(self) -> Mapping[str, Any]:
         async with self._operation():
+            await self._recover_before("cancel")
             if self.session.receipt_id is None:
                 raise ReceiptError("no receipt is open", "receipt-not-open")
             outcome = await self.session.cancel("cancelled-by-api")
@@ -462,15 +470,43 @@ class SaleDesk:
 
     @contextlib.asynccontextmanager
     async def _operation(self) -> AsyncIterator[None]:
-        """One operation at a time; none once stopping; an unfinished recovery first."""
+        """One operation at a time (the session's receipt lock, held throughout); none once
+        stopping (:class:`~markd.receipts.ReceiptUnavailable`)."""
         if self._stopping:
             raise _stopping()
-        async with self._lock:
+        async with self.session.lock:
             if self._stopping:
                 raise _stopping()
-            if self._recovery_pending:
-                await self._recover()
             yield
+
+    async def _acquire_within(self, timeout_s: float) -> bool:
+        """Take the receipt lock, waiting at most ``timeout_s``; False when the operation under
+        way did not end in time. (``asyncio.timeout``, not ``wait_for``: the lock is taken in
+        this task, which must be the one that releases it.)"""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.session.lock.acquire()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _recover_before(self, operation: str) -> None:
+        """Before ``operation``: when a receipt waits for the ККТ (a close or cancel left it
+        pending, or the recovery at start did not finish), run the session's recovery first
+        and journal that it did (``sale-recovery``). Nothing happens otherwise."""
+        if not self._recovery_pending:
+            return
+        rid = self.session.receipt_id
+        self._event(
+            "sale-recovery",
+            f"a receipt waits for the ККТ: its recovery runs before {operation}"
+            + (f" (receipt {rid})" if rid else ""),
+            priority="notice",
+            mode=self.mode,
+            operation=operation,
+            receipt=rid,
+        )
+        await self._recover()
 
     async def _recover(self) -> RecoveryReport | None:
         try:
@@ -557,20 +593,19 @@ class SaleDesk:
                 "adjustment": outcome.adjustment,
             }
         if outcome.status == "pending":
-            raise ReceiptError(
+            raise ReceiptUnavailable(
                 f"receipt {outcome.receipt_id}: the ККТ did not answer ({outcome.reason}); it is "
                 "paid and will be registered once the ККТ answers (retried at the next operation "
                 "and at start)" + ignored,
                 outcome.reason,
-                status=503,
             )
         if outcome.status == "failed":
-            raise ReceiptError(
+            refusal = _refusal_for(outcome.reason)
+            raise refusal(
                 f"receipt {outcome.receipt_id} not registered: the ККТ refused ({outcome.reason}); "
                 "it stays open: close it again (with corrected payments if they were refused) "
                 "or cancel it" + ignored,
                 outcome.reason,
-                status=_http_status(outcome.reason),
             )
         if outcome.status == "empty":
             raise ReceiptError("the receipt had no units; it was dropped", "receipt-empty")
@@ -643,21 +678,23 @@ class SaleDesk:
 
 
 def _stopping() -> ReceiptError:
-    return ReceiptError(
-        "markd is stopping; try again once it is back", "service-stopping", status=503
-    )
+    return ReceiptUnavailable("markd is stopping; try again once it is back", "service-stopping")
 
 
-def _http_status(reason: str) -> int:
-    return 503 if reason in UNREACHABLE_REASONS else 409
+def _refusal_for(reason: str) -> type[ReceiptError]:
+    """The ККТ's failure ``reason`` as a kind of refusal: not reached (try again later), or
+    the ККТ refused (the receipt's state)."""
+    return ReceiptUnavailable if reason in UNREACHABLE_REASONS else ReceiptError
 
 
-def _unit_http_status(outcome: UnitOutcome) -> int:
+def _unit_refusal(outcome: UnitOutcome) -> type[ReceiptError]:
+    """A refused unit as a kind of refusal: the ККТ not reached, a position it cannot take
+    (what was given), or anything else about the receipt or the code."""
     if outcome.source == "printer":
-        return 503 if outcome.reason in UNREACHABLE_REASONS else 409
+        return _refusal_for(outcome.reason)
     if outcome.reason == "bad-position":
-        return 422
-    return 409
+        return ReceiptInputError
+    return ReceiptError
 
 
 def _iso(stamp: float | None) -> str | None:

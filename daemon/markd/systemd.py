@@ -160,8 +160,7 @@ MESSAGE_IDS: dict[str, str] = {
     "reload-refused": "dddc3c727f464537a4d1e68cc583eb31",
     "watchdog-unhealthy": "9c93f53c7d9b441393ccd52396fc9635",
     "watchdog-recovered": "4d6dd52b0acc4308a6c3154012e6ee98",
-    "test-hook": "898a658b6f084cb8be7bad892a90785d",
-    # The fiscal side (markd.fiscal.session): the ККТ's view of units, receipts and recovery.
+    # The fiscal side (markd.fiscal): the ККТ's view of units, receipts and recovery.
     "fiscal-unit": "0c3f6e1d9b2a4c7e8f5a1b2c3d4e5f60",
     "fiscal-receipt": "5b8e2f7a1c9d4e3b8a6f0d1c2b3a4e59",
     "fiscal-error": "9e1d7c3b5a2f4e8d9c0b1a2f3e4d5c68",
@@ -170,6 +169,7 @@ MESSAGE_IDS: dict[str, str] = {
     "sale-unit": "49033432b5cd4091a6fff0ba60cd3679",
     "sale-refused": "c973fb05b90c4e1da693ff37278be9dd",
     "sale-desk": "796e8a50300744bdad1499ec10d593bd",
+    "sale-recovery": "9b4ed93224624a33b7d21f3b548de722",
 }
 """Every kind needs an entry, in English and Russian, in ``systemd/markd.catalog`` (a test
 checks), so that ``journalctl -x`` explains each record to a technician."""

@@ -35,6 +35,7 @@ from markd.api import (
     OpenReceipt,
     Payment,
     ReceiptError,
+    ReceiptInputError,
     ReceiptItem,
 )
 from markd.checks.verdict import Verdict
@@ -704,9 +705,9 @@ class ShopSession:
     async def close(self, payments: tuple[Payment, ...]) -> dict[str, Any]:
         receipt = self._open_receipt()
         total = sum(i["price_kopecks"] for i in receipt["items"])
-        payments = payments or (Payment("electronically", total),)
+        payments = payments or (Payment(total, "electronically"),)
         if sum(p.amount_kopecks for p in payments) < total:
-            raise ReceiptError("the payments do not cover the total", "underpaid", status=422)
+            raise ReceiptInputError("the payments do not cover the total", "underpaid")
         self.number += 1
         closed = {
             **receipt,

@@ -26,7 +26,8 @@ from markd.errors import FiscalTimeout, OutcomeUnknown, PrinterFault, PrinterUna
 from markd.fiscal import atol_protocol as proto
 from markd.fiscal.atol import TaskOutcome, Transport
 from markd.fiscal.base import PrinterSettings, new_op_id, open_printer
-from markd.fiscal.model import MarkedItem, Payment, Position
+from markd.fiscal.model import MarkedItem, Position
+from markd.receipts import Payment
 from markd.testing import fiscal as testing
 
 REQUESTS = "/api/v2/requests"

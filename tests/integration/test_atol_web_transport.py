@@ -28,7 +28,8 @@ from markd.emulators.server import Reply, Request, Route
 from markd.errors import OutcomeUnknown, PrinterUnavailable
 from markd.fiscal.atol import WebRequestsTransport
 from markd.fiscal.base import FiscalPrinter, new_op_id, open_printer
-from markd.fiscal.model import MarkedItem, Payment, Position
+from markd.fiscal.model import MarkedItem, Position
+from markd.receipts import Payment
 from markd.testing import fiscal as testing
 
 REQUESTS = "/api/v2/requests"

@@ -25,6 +25,7 @@ from markd.codes import parse
 from markd.emulators.testing import crpt_cdn
 from markd.scanners import get_virtual
 from markd.store import Store
+from markd.systemd import MESSAGE_IDS, EventLog
 from sale_helpers import events, journal, kkt, running, write_sale_config
 
 
@@ -237,3 +238,70 @@ async def test_attendant_an_item_is_checked_at_the_price_it_is_sold_at(
     assert closed.status == 200, closed.body
     (document,) = kkt(tmp_path).receipts()
     assert [(p["ki"], p["price"]) for p in document["positions"]] == [(TOBACCO_PACK_KI, 22500)]
+
+
+class JournaldRecorder:
+    """Stands in for ``systemd.journal``: keeps each entry's fields as journald gets them
+    (``EventLog(target="journal")`` sends MESSAGE, MESSAGE_ID, MARKD_EVENT, MARKD_* …)."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, str]] = []
+
+    def send(self, **fields: str) -> None:
+        self.entries.append(fields)
+
+    def of(self, kind: str) -> list[dict[str, str]]:
+        return [e for e in self.entries if e["MARKD_EVENT"] == kind]
+
+
+async def test_attendant_a_receipt_left_waiting_is_recovered_before_the_next_operation(
+    tmp_path: Path,
+) -> None:
+    config = write_sale_config(
+        tmp_path, mode="attendant", scanners={"till": "virtual://attendant-wait"}, catalog=None
+    )
+    journald = JournaldRecorder()
+    log = EventLog(target="journal", journal=journald)
+    water = {"code": WATER, "name": "Вода", "price_kopecks": 8990}
+    async with running(config, log) as service:  # type: ignore[arg-type]
+        conversation = await Conversation.unix(str(tmp_path / "control.sock"))
+        assert (await conversation.request("POST", "/v1/receipt/items", water)).status == 200
+        rid = service.sale_desk.session.receipt_id  # type: ignore[union-attr]
+        kkt(tmp_path).set_faults(gone_in_receipt="after")  # registered, the answer lost
+        closing = await conversation.request("POST", "/v1/receipt/close")
+        waiting = service.receipts.status()["recovery_pending"]  # type: ignore[union-attr]
+        before = len(journald.entries)
+        kkt(tmp_path).clear_faults()
+        opened = await conversation.request("POST", "/v1/receipt", {})
+        conversation.close()
+
+    assert closing.status == 503 and waiting is True
+    assert opened.status == 201, opened.body
+    after = journald.entries[before:]
+    kinds = [e["MARKD_EVENT"] for e in after]
+    # The recovery is journaled before it runs, naming the operation it precedes; the
+    # receipt it settles comes next, then the operation itself.
+    (record,) = journald.of("sale-recovery")
+    assert record["MESSAGE_ID"] == MESSAGE_IDS["sale-recovery"]
+    assert (record["MARKD_OPERATION"], record["MARKD_RECEIPT"]) == ("open", rid)
+    assert kinds.index("sale-recovery") < kinds.index("fiscal-recovery")
+    (settled,) = [e for e in after if e["MARKD_EVENT"] == "fiscal-recovery"]
+    assert (settled["MARKD_RECEIPT"], settled["MARKD_STATUS"]) == (rid, "closed")
+    assert opened.json()["receipt"]["id"] != rid
+    assert len(kkt(tmp_path).receipts()) == 1  # found by its request id, not printed twice
+
+
+async def test_attendant_no_recovery_runs_before_an_operation_when_nothing_waits(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    config = write_sale_config(
+        tmp_path, mode="attendant", scanners={"till": "virtual://attendant-calm"}, catalog=None
+    )
+    water = {"code": WATER, "name": "Вода", "price_kopecks": 8990}
+    async with running(config, event_log):
+        conversation = await Conversation.unix(str(tmp_path / "control.sock"))
+        added = await conversation.request("POST", "/v1/receipt/items", water)
+        closed = await conversation.request("POST", "/v1/receipt/close")
+        conversation.close()
+    assert (added.status, closed.status) == (200, 200)
+    assert event_log.count("sale-recovery") == 0

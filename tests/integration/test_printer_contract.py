@@ -22,7 +22,8 @@ import pytest
 from markd.codes import parse
 from markd.errors import PrinterFault, PrinterUnavailable
 from markd.fiscal.base import FiscalPrinter, PrinterSettings, new_op_id, open_printer
-from markd.fiscal.model import IndustryTags, MarkedItem, Payment, Position
+from markd.fiscal.model import IndustryTags, MarkedItem, Position
+from markd.receipts import Payment
 from markd.testing import fiscal as testing
 
 TAG1265 = "UUID=2b6f1c1e-8a4d-4b7e-9e6a-0c1d2e3f4a5b&Time=1735000000000"

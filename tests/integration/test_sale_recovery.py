@@ -1,4 +1,5 @@
-"""Recovery: ``markctl sell`` is SIGKILLed at every step of a receipt (``MARKD_FISCAL_KILL_AT``),
+"""Recovery: ``markctl sell`` is SIGKILLed at every step of a receipt (``MARKD_FISCAL_KILL_AT``,
+the kill points of :mod:`markd.testing.killpoints`, installed by the tests' sitecustomize),
 then run again with the same codes. Whatever the step, the ККТ ends with exactly one receipt
 holding both units, the store's sold journal has both with that receipt, nothing is left open
 on the device, and the session journal has no receipt in flight.
@@ -24,9 +25,10 @@ from markd.codes import parse
 from markd.emulators.atol_web import AtolWebEmulator
 from markd.emulators.virtual_kkt import VirtualKkt
 from markd.fiscal.journal import SessionJournal
-from markd.fiscal.killpoint import KILL_ENV, STEPS
 from markd.store import Store
 from markd.testing import fiscal as testing
+from markd.testing.killpoints import KILL_ENV, STEPS
+from process_helpers import with_test_hooks
 
 CODES = (testing.SHOES, testing.WATER)
 KIS = sorted(parse(c).ki for c in CODES)
@@ -58,7 +60,7 @@ def sell(config: Path, kill_at: str | None = None) -> subprocess.CompletedProces
         capture_output=True,
         text=True,
         timeout=60,
-        env=env,
+        env=with_test_hooks(env),
     )
 
 

@@ -20,8 +20,8 @@ from markd.codes import parse
 from markd.emulators import testing as emulators
 from markd.fiscal.base import FiscalPrinter, PrinterSettings
 from markd.fiscal.journal import ROTATE_BYTES, SessionJournal
-from markd.fiscal.model import Payment
 from markd.fiscal.session import SaleOptions, SaleSession
+from markd.receipts import Payment
 from markd.secrets import Secret
 from markd.store import Store
 from markd.testing import fiscal as testing

@@ -199,7 +199,7 @@ def test_a_hung_loop_stops_pinging_in_the_real_process(
 ) -> None:
     """The SIGUSR2 test hook (MARKD_TEST_HOOKS=1) blocks the loop in time.sleep: the pings
     stop although the process lives on, which is what lets systemd's watchdog kill it."""
-    from process_helpers import LineReader, markd_command
+    from process_helpers import LineReader, markd_command, with_test_hooks
 
     sock, path = notify_socket
     config = tmp_path / "markd.toml"
@@ -217,7 +217,7 @@ def test_a_hung_loop_stops_pinging_in_the_real_process(
     env.pop("JOURNAL_STREAM", None)
     proc = subprocess.Popen(
         [*markd_command(), "--config", str(config)],
-        env=env,
+        env=with_test_hooks(env),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

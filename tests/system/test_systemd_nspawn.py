@@ -16,7 +16,8 @@ How the container is made and driven:
   (``pty_scanner.py``, its own transient unit), linked at ``/run/markd-test/NAME``; the test
   writes a code into it through a Unix socket in the shared directory. The CDN and Local Module
   emulators run as transient units inside the container too.
-* The unit gets a test drop-in: ``MARKD_TEST_HOOKS=1`` (SIGUSR2 hangs the loop), a 3 s watchdog,
+* The unit gets a test drop-in: the tests' ``sitecustomize`` on ``PYTHONPATH`` with
+  ``MARKD_TEST_HOOKS=1`` (``markd.testing.hang``: SIGUSR2 hangs the loop), a 3 s watchdog,
   ``DeviceAllow=char-pts`` for the pty, no core files, and — when the venv's Python lives under
   /root or /home — ``ProtectHome=tmpfs`` with that directory bound back in (and under /tmp:
   bound back into the service's private /tmp).
@@ -316,7 +317,9 @@ def installed(machine: Machine) -> Machine:
     machine.write("/etc/markd/markd.toml", CONFIG)
     drop_in = [
         "[Service]",
-        "# Test-only: SIGUSR2 hangs the loop, so the watchdog can be seen at work.",
+        "# Test-only: the tests' sitecustomize installs markd.testing's hang hook, so SIGUSR2",
+        "# hangs the loop and the watchdog can be seen at work.",
+        f"Environment=PYTHONPATH={ROOT / 'tests' / 'sitehooks'}",
         "Environment=MARKD_TEST_HOOKS=1",
         f"WatchdogSec={WATCHDOG_SEC}s",
         "RestartSec=500ms",

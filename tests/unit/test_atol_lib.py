@@ -14,7 +14,8 @@ from markd.codes import parse
 from markd.emulators.virtual_kkt import VirtualKkt
 from markd.errors import PrinterFault, PrinterUnavailable
 from markd.fiscal.base import new_op_id, open_printer
-from markd.fiscal.model import IndustryTags, MarkedItem, Payment, Position
+from markd.fiscal.model import IndustryTags, MarkedItem, Position
+from markd.receipts import Payment
 from markd.testing import fiscal as testing
 
 #: A stand-in for ATOL's ``libfptr10.py``: the same class, constants and calls, with the virtual

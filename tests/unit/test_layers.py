@@ -14,6 +14,8 @@ only shrink.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,11 +75,7 @@ TESTING = "markd.testing"
 EMULATOR_USERS = ("markd.demo",)
 
 #: Breaches still to remove, as (importer, imported) module names.
-KNOWN: set[tuple[str, str]] = {
-    ("markd.fiscal.session", "markd.checks.local_module"),  # the sale session's reports
-    ("markd.fiscal.session", "markd.checks.verdict"),
-    ("markd.fiscal.session", "markd.store"),
-}
+KNOWN: set[tuple[str, str]] = set()
 #: Import cycles still to cut (each a sorted list of the modules in it).
 KNOWN_CYCLES: list[list[str]] = []
 
@@ -249,3 +247,56 @@ def test_the_contract_itself_catches_what_it_should() -> None:
         "production code imports an emulator"
     )
     assert cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
+
+
+# --------------------------------------------------------------------------------------------
+# Test machinery stays out of production (issue 12, item 9)
+
+#: Beside production: test machinery itself, and the emulators (test equipment, shipped so an
+#: integrator can run them).
+NOT_PRODUCTION = (TESTING, EMULATORS)
+#: What switches a test hook on; production code must not know these names.
+TEST_HOOK_NAMES = ("MARKD_TEST_HOOKS", "MARKD_FISCAL_KILL_AT", "kill_point")
+
+
+def production_imports_of_testing(edges: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """The imports of ``markd.testing`` (any module of it) by a module outside it."""
+    return {
+        (importer, imported)
+        for importer, targets in edges.items()
+        for imported in targets
+        if owner(imported, (TESTING,)) and not owner(importer, (TESTING,))
+    }
+
+
+def test_production_code_never_imports_the_test_machinery() -> None:
+    assert production_imports_of_testing(graph()) == set()
+    # The rule itself bites: an import of a test module from the daemon would be found.
+    assert production_imports_of_testing(
+        {"markd.fiscal.session": {"markd.testing.killpoints"}, "markd.testing.hang": {"markd"}}
+    ) == {("markd.fiscal.session", "markd.testing.killpoints")}
+
+
+def test_production_code_names_no_test_hook() -> None:
+    named = {
+        (name, hook)
+        for name, path in modules().items()
+        if not owner(name, NOT_PRODUCTION)
+        for hook in TEST_HOOK_NAMES
+        if hook in path.read_text(encoding="utf-8")
+    }
+    assert named == set()
+
+
+def test_the_daemon_and_the_sale_path_load_no_test_machinery() -> None:
+    """Importing what a till runs (the daemon's program, the service, the sale desk, the
+    session with its recovery, the ATOL backend) leaves ``markd.testing`` unloaded."""
+    probe = (
+        "import sys\n"
+        "import markd.cli.markd, markd.cli.markctl, markd.service, markd.sale\n"
+        "import markd.fiscal.session, markd.fiscal.recovery, markd.fiscal.atol\n"
+        "print(sorted(m for m in sys.modules if m.startswith('markd.testing')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -13,7 +13,8 @@ from markd.codes import parse
 from markd.emulators.virtual_kkt import DOCUMENTS_FILE, STATE_FILE, VirtualKkt
 from markd.fiscal import atol_protocol as proto
 from markd.fiscal.atol import position_item, receipt_task
-from markd.fiscal.model import IndustryTags, MarkedItem, Payment, Position
+from markd.fiscal.model import IndustryTags, MarkedItem, Position
+from markd.receipts import Payment
 from markd.testing import fiscal as testing
 
 TAG1265 = "UUID=2b6f1c1e-8a4d-4b7e-9e6a-0c1d2e3f4a5b&Time=1735000000000"

@@ -60,7 +60,15 @@ from markd.api.server import (
     ControlServer,
 )
 from markd.api.sse import HEARTBEAT_S, SSE_RETRY_MS, event_kinds
-from markd.receipts import OpenReceipt, Payment, ReceiptError, ReceiptItem, ReceiptOperations
+from markd.receipts import (
+    OpenReceipt,
+    Payment,
+    ReceiptError,
+    ReceiptInputError,
+    ReceiptItem,
+    ReceiptOperations,
+    ReceiptUnavailable,
+)
 
 __all__ = [
     "CLOSE_GRACE_S",
@@ -82,8 +90,10 @@ __all__ = [
     "OpenReceipt",
     "Payment",
     "ReceiptError",
+    "ReceiptInputError",
     "ReceiptItem",
     "ReceiptOperations",
+    "ReceiptUnavailable",
     "ReloadOutcome",
     "Request",
     "Response",

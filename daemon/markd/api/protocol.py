@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from markd.checks.verdict import Verdict
+    from markd.checks.verdict import CheckedCode, Verdict
     from markd.events import EventHub
     from markd.receipts import ReceiptOperations
 
@@ -50,6 +50,12 @@ class ControlledService(Protocol):
     ) -> Verdict:
         """Decide on a code exactly like a scan (journal, events), without selling it.
         ``price_kopecks``: the price the unit is sold at, for the price rules."""
+        ...
+
+    async def check_unit(self, data: bytes, scanner: str, *, price_kopecks: int) -> CheckedCode:
+        """:meth:`submit` for a unit about to be sold at ``price_kopecks``: the verdict with the
+        code as it was parsed on the way (or the parser's error), which the sale takes as it
+        is (the code is parsed once)."""
         ...
 
     async def reload(self) -> ReloadOutcome:

@@ -3,8 +3,9 @@
 :data:`ROUTES` is the table the server dispatches on; ``docs/openapi.json`` lists exactly these
 routes (tests/unit/test_api_docs.py). A handler gets a :class:`RouteContext` (the service as
 :class:`~markd.api.protocol.ControlledService` sees it) and the framed :class:`Request`, and
-returns a :class:`Response` or raises :class:`HTTPRefusal`; a
-:class:`~markd.receipts.ReceiptError` from the sale session becomes its status and reason.
+returns a :class:`Response` or raises :class:`HTTPRefusal`. The sale session refuses with the
+domain's errors (:class:`~markd.receipts.ReceiptError` and its kinds), never with HTTP;
+:func:`receipt_status` is where a kind of refusal becomes a status.
 
 Request bodies hold full marking codes: nothing here logs them.
 """
@@ -18,7 +19,15 @@ from typing import Any
 from markd.api.messages import HTTPRefusal, Request, Response
 from markd.api.protocol import ControlledService
 from markd.events import verdict_json
-from markd.receipts import OpenReceipt, Payment, ReceiptItem, ReceiptOperations
+from markd.receipts import (
+    OpenReceipt,
+    Payment,
+    ReceiptError,
+    ReceiptInputError,
+    ReceiptItem,
+    ReceiptOperations,
+    ReceiptUnavailable,
+)
 
 #: Longest code accepted by ``/v1/check`` (a scanner frames at most 512 bytes by default).
 MAX_CODE_CHARS = 2048
@@ -120,7 +129,8 @@ async def post_item(context: RouteContext, request: Request) -> Response:
     receipts = _receipts(context)
     # Checked at the price it is sold at: the price rules (a tobacco pack above its MRP,
     # a unit below its minimum price) judge the sale, not just the code.
-    verdict = await context.service.submit(code.encode("utf-8"), "api", price_kopecks=price)
+    checked = await context.service.check_unit(code.encode("utf-8"), "api", price_kopecks=price)
+    verdict = checked.verdict
     current = await receipts.current()
     selling = current is None or current.get("kind", "sell") != "return"
     if selling and verdict.decision != "allow":
@@ -130,7 +140,14 @@ async def post_item(context: RouteContext, request: Request) -> Response:
             verdict.message_ru,
             extra={"verdict": verdict_json(verdict)},
         )
-    item = ReceiptItem(code=code, name=name, price_kopecks=price, tax=tax)
+    item = ReceiptItem(
+        code=code,
+        name=name,
+        price_kopecks=price,
+        tax=tax,
+        parsed=checked.code,
+        parse_error=checked.error,
+    )
     state = await receipts.add(item, verdict)
     return Response(200, {"receipt": dict(state), "verdict": verdict_json(verdict)})
 
@@ -152,7 +169,7 @@ async def post_close(context: RouteContext, request: Request) -> Response:
         amount = _field(entry, "amount_kopecks", int, where=where)
         if amount <= 0:
             raise HTTPRefusal(400, "bad-request", f"{where}amount_kopecks must be > 0")
-        payments.append(Payment(type=kind, amount_kopecks=amount))
+        payments.append(Payment(amount_kopecks=amount, type=kind))
     receipts = _receipts(context)
     state = await receipts.close(tuple(payments))
     return Response(200, {"receipt": dict(state)})
@@ -164,6 +181,23 @@ async def post_cancel(context: RouteContext, request: Request) -> Response:
     receipts = _receipts(context)
     state = await receipts.cancel()
     return Response(200, {"receipt": dict(state)})
+
+
+# --------------------------------------------------------------------------------------------
+# Refusals of the sale session
+
+
+def receipt_status(error: ReceiptError) -> int:
+    """The HTTP status of a sale session's refusal: 422 for what cannot be sold as given
+    (:class:`~markd.receipts.ReceiptInputError`: payments below the total, not a usable code,
+    a bad position), 503 for a ККТ not reached or a daemon stopping
+    (:class:`~markd.receipts.ReceiptUnavailable`: try again later), 409 for the receipt's
+    state (no receipt open, one open already, the ККТ refused)."""
+    if isinstance(error, ReceiptInputError):
+        return 422
+    if isinstance(error, ReceiptUnavailable):
+        return 503
+    return 409
 
 
 # --------------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ import h11
 from markd.api import listeners
 from markd.api.messages import PHRASES, HTTPRefusal, Request, Response, common_headers, json_bytes
 from markd.api.protocol import ControlledService
-from markd.api.routes import ROUTES, RouteContext, methods_of
+from markd.api.routes import ROUTES, RouteContext, methods_of, receipt_status
 from markd.api.sse import HEARTBEAT_S, EventStream, wanted_kinds
 from markd.events import Subscription
 from markd.receipts import ReceiptError
@@ -585,7 +585,7 @@ class ControlServer:
         except HTTPRefusal as refusal:
             return self._refusal_response(refusal, request)
         except ReceiptError as exc:
-            response = Response(exc.status, {"error": exc.reason, "message": exc.message})
+            response = Response(receipt_status(exc), {"error": exc.reason, "message": exc.message})
         except Exception as exc:  # noqa: BLE001 - a bug answers 500, the daemon goes on
             log.error(
                 "control API: %s %s failed: %s: %s",

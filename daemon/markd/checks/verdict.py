@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from markd.codes import REASONS, RESCAN_REASONS
+from markd.codes import REASONS, RESCAN_REASONS, MarkingCode
 from markd.errors import CodeError
 
 Decision = Literal["allow", "deny", "rescan"]
@@ -127,3 +127,15 @@ def parser_verdict(error: CodeError, *, scanner: str, latency_ms: float = 0.0) -
         scanner=scanner,
         latency_ms=latency_ms,
     )
+
+
+@dataclass(frozen=True)
+class CheckedCode:
+    """A code as markd's check left it: the verdict, and the code parsed once on the way to
+    it — or, when it was not a usable code, the parser's error (the verdict is then the
+    parser's). Whoever sells the unit takes the parsed code from here instead of parsing the
+    text again. The code holds its crypto tail, so it is kept out of ``repr``."""
+
+    verdict: Verdict
+    code: MarkingCode | None = field(default=None, repr=False)
+    error: CodeError | None = None

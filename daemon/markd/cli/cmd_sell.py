@@ -34,8 +34,8 @@ from markd import config as config_module
 from markd.checks.chain import CheckChain
 from markd.checks.verdict import Verdict, parser_verdict
 from markd.errors import CodeError
-from markd.fiscal.model import PAYMENT_TYPES, Payment
 from markd.fiscal.session import ReceiptOutcome, UnitOutcome
+from markd.receipts import PAYMENT_TYPES, Payment
 from markd.service.wiring import (
     build_chain,
     build_session,

@@ -1,5 +1,11 @@
 """The fiscal side: one interface to the ККТ, backends chosen by URL, and the sale session.
 
+Modules: ``base`` (the printer interface, its URLs, the typed faults), ``model`` (positions,
+tags, ФН results), ``atol`` + ``atol_protocol`` (ATOL JSON), ``emulator`` (the virtual ККТ
+backend), ``session`` (the sale session), ``steps`` (what it shares with its recovery),
+``recovery`` (crash recovery), ``outcomes`` (what both report), ``journal`` (the fsync'd
+session journal).
+
 ``emulator:///var/lib/markd/kkt`` (:mod:`markd.fiscal.emulator`, the emulators' virtual ККТ
 in process), ``atol-web://127.0.0.1:16732`` and ``atol-lib://usb``
 (:mod:`markd.fiscal.atol`). :func:`parse_printer_url` validates a URL without opening anything;
@@ -21,7 +27,6 @@ from markd.fiscal.model import (
     IndustryTags,
     MarkedItem,
     MarkValidation,
-    Payment,
     Position,
     PrinterStatus,
     ReceiptResult,
@@ -35,7 +40,6 @@ __all__ = [
     "IndustryTags",
     "MarkValidation",
     "MarkedItem",
-    "Payment",
     "Position",
     "PrinterSettings",
     "PrinterStatus",

@@ -25,8 +25,10 @@ Two transports carry the same tasks:
 Error answers map to markd's reasons through
 :data:`markd.fiscal.atol_protocol.ERROR_REASONS`: "no connection" (1–4) becomes
 :class:`~markd.errors.PrinterUnavailable`, a link lost during a task that changes the device
-(241, a web request whose answer never came) :class:`~markd.errors.OutcomeUnknown`, anything
-else :class:`~markd.errors.PrinterFault` with the device's code.
+(241, a web request whose answer never came) :class:`~markd.errors.OutcomeUnknown`, the
+refusals the session acts on their typed faults (:data:`FAULT_TYPES`: a receipt open, none
+open, no code validation under way), anything else :class:`~markd.errors.PrinterFault` with
+the device's code.
 
 The status is read with ``getDeviceStatus``, ``getShiftStatus``, ``getFnStatus`` and
 ``ofdExchangeStatus`` in one request. Whether a receipt is open is read from
@@ -53,15 +55,16 @@ from markd.fiscal import atol_protocol as proto
 from markd.fiscal.base import (
     Finding,
     FiscalPrinter,
+    NoReceiptOpen,
+    NoValidationRunning,
     Option,
     PrinterSettings,
     PrinterURL,
+    ReceiptAlreadyOpen,
     derive_op_id,
 )
-from markd.fiscal.killpoint import kill_point
 from markd.fiscal.model import (
     MarkValidation,
-    Payment,
     Position,
     PrinterStatus,
     ReceiptKind,
@@ -71,8 +74,17 @@ from markd.fiscal.model import (
 from markd.http.blocking import BlockingHTTPClient
 from markd.http.errors import HTTPError
 from markd.numbers import read_int
+from markd.receipts import Payment
 
 DEFAULT_WEB_PORT = 16732
+#: ATOL error numbers whose refusal the sale session acts on, as the interface's typed faults
+#: (every other refusal is a plain :class:`~markd.errors.PrinterFault` with the number).
+FAULT_TYPES: dict[int, type[PrinterFault]] = {
+    proto.ERROR_DENIED_IN_OPENED_RECEIPT: ReceiptAlreadyOpen,
+    proto.ERROR_NEED_CANCEL_DOCUMENT: ReceiptAlreadyOpen,
+    proto.ERROR_DENIED_IN_CLOSED_RECEIPT: NoReceiptOpen,
+    proto.ERROR_INVALID_STATE: NoValidationRunning,
+}
 #: Web Requests result statuses that are final (anything else: still running).
 FINAL_STATUSES = frozenset({"ready", "error", "interrupted", "canceled", "cancelled"})
 #: Payment object (tag 1212) of a marked unit and of a plain one.
@@ -185,8 +197,6 @@ class WebRequestsTransport:
                 f"{_error_text(answer)}",
                 "web-request-refused",
             )
-        if tasks:
-            kill_point(f"sent-{tasks[0].get('type')}")
         found = self._poll(op_id, len(tasks), deadline, missing_ok=False)
         assert found is not None
         return found
@@ -527,7 +537,7 @@ class AtolPrinter(FiscalPrinter):
         if problems:
             raise PrinterFault(f"the ККТ cannot take a receipt: {', '.join(problems)}", problems[0])
         if status.receipt_open:
-            raise PrinterFault("a receipt is left open on the ККТ", "receipt-open")
+            raise ReceiptAlreadyOpen("a receipt is left open on the ККТ", "receipt-open")
 
     def _fiscalise(
         self,
@@ -538,7 +548,6 @@ class AtolPrinter(FiscalPrinter):
     ) -> ReceiptResult:
         task = receipt_task(kind, positions, payments)
         outcomes = self._run(op_id, [task])
-        kill_point("printed")
         return _receipt_result(kind, outcomes[0].result, positions, payments)
 
     def _cancel_device_receipt(self, op_id: str) -> None:
@@ -773,7 +782,8 @@ def _device_error(task_type: str, outcome: TaskOutcome, mutating: bool) -> Excep
         if mutating:
             return OutcomeUnknown(text, "outcome-unknown", code)
         return PrinterUnavailable(text, "printer-unavailable", code)
-    return PrinterFault(text, proto.error_reason(code), code)
+    fault = FAULT_TYPES.get(code, PrinterFault) if code is not None else PrinterFault
+    return fault(text, proto.error_reason(code), code)
 
 
 def _dict(value: Any) -> dict[str, Any]:

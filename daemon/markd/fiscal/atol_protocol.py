@@ -59,6 +59,7 @@ ERROR_DENIED_IN_CLOSED_RECEIPT = 81
 ERROR_DENIED_IN_OPENED_RECEIPT = 82
 ERROR_DENIED_IN_OPENED_SHIFT = 83
 ERROR_INVALID_POSITIONS_COUNT = 110
+ERROR_NEED_CANCEL_DOCUMENT = 203  # "need to cancel the document"
 ERROR_INVALID_SUM = 16
 ERROR_INVALID_PARAM = 13
 ERROR_NOT_SUPPORTED = 11
@@ -99,7 +100,7 @@ ERROR_REASONS: dict[int, str] = {
     ERROR_DENIED_IN_CLOSED_RECEIPT: "receipt-closed",
     ERROR_DENIED_IN_OPENED_RECEIPT: "receipt-open",
     ERROR_DENIED_IN_OPENED_SHIFT: "shift-open",
-    203: "receipt-open",  # "need to cancel the document"
+    ERROR_NEED_CANCEL_DOCUMENT: "receipt-open",
     ERROR_INVALID_POSITIONS_COUNT: "empty-receipt",
     **{code: "fn-error" for code in (*range(115, 125), 135, 136, 137, 140, 159, 162, 166)},
     228: "marking-code-conflict",

@@ -19,6 +19,11 @@ whole receipt in one go at "close", after every marked unit has been validated. 
 also owns the timing of a code validation (begin → poll until ready → accept or decline), so a
 backend only implements the device calls (``_begin_validation``, ``_fiscalise`` …).
 
+A device's refusal is a :class:`~markd.errors.PrinterFault`; the refusals the sale session
+acts on have a type of their own (:class:`ReceiptAlreadyOpen`, :class:`NoReceiptOpen`,
+:class:`NoValidationRunning`), so the session decides on kinds of fault and never on a
+device's error numbers: each backend maps its own numbers to these types.
+
 Every operation takes an idempotency id (``op_id``). A backend whose device keeps a table of
 requests uses it as the request's key (ATOL Web Requests' ``uuid``; the emulator's request
 log), so an operation repeated with the same id after a crash is answered from that table
@@ -40,10 +45,8 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
 from markd.errors import PrinterFault, PrinterURLError
-from markd.fiscal.killpoint import kill_point
 from markd.fiscal.model import (
     MarkValidation,
-    Payment,
     Position,
     PrinterStatus,
     ReceiptKind,
@@ -51,6 +54,7 @@ from markd.fiscal.model import (
     ShiftInfo,
     judge_validation,
 )
+from markd.receipts import Payment
 from markd.urls import Backend, Option, Registry
 
 # --------------------------------------------------------------------------------------------
@@ -164,6 +168,30 @@ def derive_op_id(op_id: str, step: str) -> str:
 
 def new_op_id() -> str:
     return str(uuid.uuid4())
+
+
+# --------------------------------------------------------------------------------------------
+# Faults the session decides on
+
+
+class ReceiptAlreadyOpen(PrinterFault):
+    """A receipt is open (being built here, or left open on the device) where the operation
+    needs none: a new receipt cannot start until it is registered or cancelled."""
+
+    reason = "receipt-open"
+
+
+class NoReceiptOpen(PrinterFault):
+    """No receipt is open where the operation needs one (a cancel finds nothing to cancel)."""
+
+    reason = "receipt-closed"
+
+
+class NoValidationRunning(PrinterFault):
+    """No code validation is under way, or its result is not there (a cancel or an accept
+    finds nothing to act on)."""
+
+    reason = "invalid-state"
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,7 +322,6 @@ class FiscalPrinter(abc.ABC):
         then accept or decline. A validation that never became ready is cancelled."""
         with self._lock:
             validation = self.validate_code(op_id, km, ki, planned_status)
-            kill_point("validated")
             accept, reason = judge_validation(validation, on_no_answer)
             if not validation.ready:
                 self._cancel_validation(derive_op_id(op_id, "cancel"))
@@ -322,7 +349,7 @@ class FiscalPrinter(abc.ABC):
         """Start building a receipt. Fails (``receipt-open``) when one is being built."""
         with self._lock:
             if self._kind is not None:
-                raise PrinterFault("a receipt is already being built", "receipt-open")
+                raise ReceiptAlreadyOpen("a receipt is already being built", "receipt-open")
             self._check_can_open(op_id)
             self._kind = kind
             self._positions = []
@@ -330,7 +357,7 @@ class FiscalPrinter(abc.ABC):
     def add_position(self, op_id: str, position: Position) -> None:
         with self._lock:
             if self._kind is None:
-                raise PrinterFault("no receipt is open", "receipt-closed")
+                raise NoReceiptOpen("no receipt is open", "receipt-closed")
             problems = position.problems()
             if problems:
                 raise PrinterFault("bad position: " + "; ".join(problems), "bad-position")
@@ -342,7 +369,7 @@ class FiscalPrinter(abc.ABC):
         with a new ``op_id``); on :class:`~markd.errors.OutcomeUnknown` reconcile first."""
         with self._lock:
             if self._kind is None:
-                raise PrinterFault("no receipt is open", "receipt-closed")
+                raise NoReceiptOpen("no receipt is open", "receipt-closed")
             if not self._positions:
                 raise PrinterFault("a receipt needs at least one position", "empty-receipt")
             total = sum(p.amount_kopecks for p in self._positions)

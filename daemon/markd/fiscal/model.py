@@ -1,5 +1,6 @@
-"""What the fiscal shim talks about: positions, payments, marking-code validations, receipts and
-the printer's status, independent of any ККТ protocol.
+"""What the fiscal shim talks about: positions, marking-code validations, receipts and the
+printer's status, independent of any ККТ protocol (payments are the receipt domain's
+:class:`markd.receipts.Payment`, one type for the API, ``markctl`` and the printer).
 
 Money is in kopecks everywhere in markd; a backend converts to what its device wants (ATOL JSON
 takes roubles as numbers). A marked unit carries its full code (:attr:`MarkedItem.km`, kept out
@@ -30,6 +31,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from markd.receipts import Payment
+
 #: Receipt kinds: a sale, or the return of a sale (ФФД «возврат прихода»).
 ReceiptKind = Literal["sell", "return"]
 
@@ -56,9 +59,6 @@ TAX_TYPES = (
     "vat120",
     "vat122",
 )
-
-#: Payment kinds (ATOL ``payments[].type``): a kiosk takes cards, a till also cash.
-PAYMENT_TYPES = ("electronically", "cash")
 
 _DATE_1263 = re.compile(r"(\d{2})\.(\d{2})\.(\d{4})")
 
@@ -299,17 +299,6 @@ class Position:
             data["ki"] = self.mark.ki
             data["tags"] = tags
         return data
-
-
-@dataclass(frozen=True)
-class Payment:
-    """One payment of a receipt: ``electronically`` (card, the kiosk's case) or ``cash``."""
-
-    amount_kopecks: int
-    type: str = "electronically"
-
-    def record(self) -> dict[str, Any]:
-        return {"type": self.type, "amount_kopecks": self.amount_kopecks}
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The markd daemon: :class:`Service` and the parts it runs (see :mod:`markd.service.lifecycle`
 for the start and stop order, and each module for its one job)."""
 
-from markd.service.lifecycle import SALE_STOP_WAIT_S, TEST_HANG_S, TEST_HOOKS_ENV, Service
+from markd.service.lifecycle import SALE_STOP_WAIT_S, Service
 from markd.service.listeners import (
     CheckedScan,
     Notifier,
@@ -14,8 +14,6 @@ from markd.service.storesync import StoreSync
 __all__ = [
     "RELOADABLE_SECTIONS",
     "SALE_STOP_WAIT_S",
-    "TEST_HANG_S",
-    "TEST_HOOKS_ENV",
     "CheckedScan",
     "Notifier",
     "ReloadResult",

@@ -28,7 +28,9 @@ set an event or queue a request; the work happens in the loop, between two scans
   closes (its clients end their background work and write what they keep, its pending cache
   writes land), and the scanners, the sale desk and the store close, in that order.
 * SIGHUP: a reload (:mod:`markd.service.reload`): ``RELOADING=1``, then ``READY=1``.
-* SIGUSR2, with ``MARKD_TEST_HOOKS=1`` only: the test hook that hangs the loop.
+
+Other signals keep their default action (a test can add a handler of its own: see
+:mod:`markd.testing.hang`).
 
 Health: with ``WatchdogSec=`` set, ``WATCHDOG=1`` goes out every half period after a passed
 health check (:mod:`markd.service.health`).
@@ -49,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from markd import __version__
 from markd.checks.chain import CheckChain
-from markd.checks.verdict import Verdict
+from markd.checks.verdict import CheckedCode, Verdict
 from markd.errors import MarkdError
 from markd.events import EventHub, EventPublisher
 from markd.scanners import Scan, Scanner, open_scanner
@@ -87,11 +89,6 @@ if TYPE_CHECKING:
     from markd.receipts import ReceiptOperations
     from markd.sale import SaleDesk
 
-#: Test-only hook: with ``MARKD_TEST_HOOKS=1`` in the daemon's environment, SIGUSR2 blocks the
-#: event loop for :data:`TEST_HANG_S` seconds, as a bug that hangs it would. The system test uses
-#: it to prove that the watchdog restarts a hung daemon. Never set it on a till.
-TEST_HOOKS_ENV = "MARKD_TEST_HOOKS"
-TEST_HANG_S = 3600.0
 #: Longest wait at stop for a sale operation under way (a receipt being printed); below the
 #: unit's ``TimeoutStopSec=30s``, and ``[fiscal] timeout_ms`` when that is shorter.
 SALE_STOP_WAIT_S = 20.0
@@ -191,9 +188,7 @@ class Service:
     ) -> None:
         """Run until ``stop_event`` is set (or SIGTERM/SIGINT with ``handle_signals``).
 
-        With ``handle_signals``, SIGHUP reloads the configuration (:meth:`reload`), and with
-        ``MARKD_TEST_HOOKS=1`` in the environment SIGUSR2 hangs the loop (test-only, see
-        :data:`TEST_HOOKS_ENV`).
+        With ``handle_signals``, SIGHUP reloads the configuration (:meth:`reload`).
 
         Raises :class:`~markd.errors.StoreError` or :class:`~markd.errors.ScannerError` when
         start-up fails; once ready, it only returns by being stopped.
@@ -210,8 +205,6 @@ class Service:
                 signal.SIGINT: stop.set,
                 signal.SIGHUP: self.request_reload,
             }
-            if os.environ.get(TEST_HOOKS_ENV) == "1":
-                handlers[signal.SIGUSR2] = self._test_hang
             for signum, handler in handlers.items():
                 loop.add_signal_handler(signum, handler)
                 installed.append(signum)
@@ -491,6 +484,14 @@ class Service:
             Scan(scanner, data, time.monotonic()), for_sale=False, price_kopecks=price_kopecks
         )
 
+    async def check_unit(self, data: bytes, scanner: str, *, price_kopecks: int) -> CheckedCode:
+        """:meth:`submit` for a unit the POS sells (``POST /v1/receipt/items``): the verdict
+        with the code parsed on the way (or the parser's error), so the sale never parses it
+        again."""
+        return await self.scan_loop.on_scan_checked(
+            Scan(scanner, data, time.monotonic()), for_sale=False, price_kopecks=price_kopecks
+        )
+
     def check(self, data: bytes, scanner: str, *, started: float | None = None) -> Verdict:
         """Decide on one framed unit with the store-only chain, without awaiting (tests); the
         verdict goes to no listener."""
@@ -545,12 +546,3 @@ class Service:
         """The one line of ``STATUS=`` (:meth:`Health.status_line`)."""
         return self.health.status_line()
 
-    def _test_hang(self) -> None:
-        """The SIGUSR2 test hook: block the loop as a hang would (``MARKD_TEST_HOOKS=1`` only)."""
-        self.event_log.event(
-            "test-hook",
-            f"test hook: SIGUSR2 blocks the event loop for {TEST_HANG_S:g} s",
-            priority="warning",
-            hook="hang",
-        )
-        time.sleep(TEST_HANG_S)

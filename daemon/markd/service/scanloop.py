@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 from markd import codes
 from markd.checks.chain import CheckChain, elapsed_ms
 from markd.checks.record import CURRENT_SCAN
-from markd.checks.verdict import Verdict, parser_verdict
+from markd.checks.verdict import CheckedCode, Verdict, parser_verdict
 from markd.errors import CodeError
 from markd.scanners import Scan, ScannerEvent, ScannerState, ScanOverflow
 from markd.service.listeners import CheckedScan, Notifier, log_internal_error
@@ -178,6 +178,15 @@ class ScanLoop:
         priced from the desk's price list and goes onto the receipt), not a question through
         the control API. ``price_kopecks``: the price the POS sells the unit at, for the price
         rules (a tobacco pack above its MRP …)."""
+        checked = await self.on_scan_checked(scan, for_sale=for_sale, price_kopecks=price_kopecks)
+        return checked.verdict
+
+    async def on_scan_checked(
+        self, scan: Scan, *, for_sale: bool = True, price_kopecks: int | None = None
+    ) -> CheckedCode:
+        """:meth:`on_scan`, answering with the code as it was parsed on the way (or the
+        parser's error) beside the verdict: a unit sold through the control API is not
+        parsed a second time."""
         self.events.publish("scan", {"scanner": scan.scanner, "length": len(scan.data)})
         desk = self.parts.sale_desk
         # The sale price the chain judges price rules with (price-not-mrp …): the one the
@@ -187,9 +196,8 @@ class ScanLoop:
             price_of = fixed_price(price_kopecks)
         elif for_sale and desk is not None and desk.kiosk:
             price_of = desk.price_of
-        code: codes.MarkingCode | None = None
         try:
-            verdict, code = await self.check(
+            checked = await self.check(
                 scan.data, scan.scanner, started=scan.received, price_of=price_of
             )
         except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the till
@@ -202,8 +210,9 @@ class ScanLoop:
                 scanner=scan.scanner,
                 latency_ms=elapsed_ms(scan.received),
             )
-        self.notifier.notify(CheckedScan(verdict, code, for_sale=for_sale))
-        return verdict
+            checked = CheckedCode(verdict)
+        self.notifier.notify(CheckedScan(checked.verdict, checked.code, for_sale=for_sale))
+        return checked
 
     async def check(
         self,
@@ -212,23 +221,26 @@ class ScanLoop:
         *,
         started: float | None = None,
         price_of: PriceOf | None = None,
-    ) -> tuple[Verdict, codes.MarkingCode | None]:
-        """Decide on one framed unit: parse, run the chain; the verdict and the parsed code
-        (None when it did not parse). Never raises :class:`~markd.errors.CodeError`.
-        ``price_of`` gives the sale price the chain judges price thresholds with."""
+    ) -> CheckedCode:
+        """Decide on one framed unit: parse, run the chain; the verdict with the parsed code
+        (or, when it did not parse, the parser's error). Never raises
+        :class:`~markd.errors.CodeError`. ``price_of`` gives the sale price the chain judges
+        price thresholds with."""
         chain = self.parts.chain
         if chain is None:
             raise RuntimeError("the service is not started")
         try:
             code = codes.parse(data, self.parts.codes_options)
         except CodeError as err:
-            return parser_verdict(err, scanner=scanner, latency_ms=elapsed_ms(started)), None
+            verdict = parser_verdict(err, scanner=scanner, latency_ms=elapsed_ms(started))
+            return CheckedCode(verdict, error=err)
         price = None if price_of is None else price_of(code)
         token = CURRENT_SCAN.set(f"{scanner}:{code.ki}")
         try:
-            return await chain.decide(code, scanner, started=started, price_kopecks=price), code
+            verdict = await chain.decide(code, scanner, started=started, price_kopecks=price)
         finally:
             CURRENT_SCAN.reset(token)
+        return CheckedCode(verdict, code)
 
     def check_store_only(self, data: bytes, scanner: str, *, started: float | None) -> Verdict:
         """:meth:`check` without awaiting, for a service in store-only mode (its chain has no
