@@ -42,7 +42,7 @@ async def sell(service: Service, log: RecordingEventLog, code: str, price: int) 
     get_virtual("shared-lm").scan(code)
     await wait_for_units(log, units_before + 1)
     assert service.receipts is not None
-    await service.receipts.close((Payment("electronically", price),))
+    await service.receipts.close((Payment(price, "electronically"),))
 
 
 async def test_checks_and_sale_reports_share_one_client_and_a_reload_replaces_it(
