@@ -50,6 +50,7 @@ from markd.errors import PrinterURLError, ScannerError
 from markd.fiscal.base import parse_printer_url
 from markd.fiscal.model import TAX_TYPES, tag1263_problem
 from markd.proxy import DEFAULT_NO_PROXY, no_proxy_problem, proxy_problem
+from markd.receipts import PAYMENT_TYPES
 
 DEFAULT_SCANNER_NAME = "scanner0"
 DEFAULT_SCANNER_URL = "serial:///dev/markd/scanner0?baudrate=9600&terminator=cr"
@@ -571,7 +572,9 @@ class FiscalConfig:
         default="electronically",
         metadata={
             "doc": "Payment type of a receipt closed without one (`markctl sell`).",
-            "choices": ("electronically", "cash"),
+            # The receipts' own list: a type the configuration accepts is one a receipt
+            # can be closed with.
+            "choices": PAYMENT_TYPES,
         },
     )
     auto_shift: bool = field(
