@@ -3,11 +3,17 @@
 # missing, create the virtual environment and install the package with its test extras in
 # editable mode.
 #
-# markd itself is pure Python and compiles nothing. The compiler and headers below are there
-# for one dependency only: systemd-python, which PyPI ships as source that pip builds against
-# libsystemd. They serve the venvs this script makes with pip (the development and test venv,
-# and for now `make install`'s); a kiosk whose runtime dependencies come from Debian's
-# packages (python3-systemd, python3-lmdb, python3-serial, python3-usb) needs none of them.
+# markd itself is pure Python and compiles nothing. Two kinds of venv come out of here:
+# * the daemon's runtime venv (`make install` passes MARKD_PIP_SPEC=.): with Debian's own
+#   interpreter it sees the system's packages (--system-site-packages) and takes its runtime
+#   libraries from Debian (python3-systemd, python3-lmdb, python3-serial, python3-usb,
+#   python3-h11), so it needs no compiler and no headers; pip finds the requirements met and
+#   installs markd alone;
+# * the development and test venv (the default): every library from PyPI at its current
+#   release. PyPI ships systemd-python as source, which pip builds against libsystemd, so this
+#   one needs a compiler, libsystemd's headers and Python.h.
+# A runtime venv made from another interpreter (pyenv, a self-built Python) cannot use
+# Debian's packages and falls back to the development way (compiler included).
 #
 # Usage: tools/bootstrap.sh [VENV_DIR]      (default .venv)
 # Environment: PYTHON (interpreter to build the venv from, default python3);
@@ -35,14 +41,25 @@ fi
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 "$python" -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
-# Only to build systemd-python from PyPI's source (see the top): libsystemd's headers, a
-# compiler, and Python.h (a pyenv or self-built Python ships its own; Debian's python3 needs
-# python3-dev).
-have_pkg libsystemd-dev || need+=(libsystemd-dev)
-have_pkg pkg-config || have_pkg pkgconf || need+=(pkg-config)
-command -v cc >/dev/null 2>&1 || need+=(gcc)
-inc=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
-[ -f "$inc/Python.h" ] || need+=(python3-dev)
+venv_args=()
+if [ "${MARKD_PIP_SPEC:-}" = "." ] \
+    && [ "$("$python" -c 'import sys; print(sys.base_prefix)')" = /usr ] \
+    && [ -d /usr/lib/python3/dist-packages ]; then
+    # The runtime venv on Debian's libraries: nothing to build.
+    venv_args=(--system-site-packages)
+    for pkg in python3-systemd python3-lmdb python3-serial python3-usb python3-h11; do
+        have_pkg "$pkg" || need+=("$pkg")
+    done
+else
+    # Only to build systemd-python from PyPI's source (see the top): libsystemd's headers, a
+    # compiler, and Python.h (a pyenv or self-built Python ships its own; Debian's python3
+    # needs python3-dev).
+    have_pkg libsystemd-dev || need+=(libsystemd-dev)
+    have_pkg pkg-config || have_pkg pkgconf || need+=(pkg-config)
+    command -v cc >/dev/null 2>&1 || need+=(gcc)
+    inc=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+    [ -f "$inc/Python.h" ] || need+=(python3-dev)
+fi
 # systemd-nspawn boots the real systemd for tests/system/; only root can run it, so only a root
 # bootstrap asks for it (the system test is skipped with a reason elsewhere). tinyproxy is a
 # real proxy the HTTP client is tested against (tests/integration/test_http_proxy.py, skipped
@@ -75,7 +92,7 @@ fi
 
 if [ ! -x "$venv/bin/python" ]; then
     say "creating $venv"
-    "$python" -m venv "$venv"
+    "$python" -m venv "${venv_args[@]}" "$venv"
 fi
 say "installing markd and its test dependencies into $venv"
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true

@@ -166,6 +166,24 @@ def test_install_makes_the_daemon_its_own_venv(
     assert where.returncode == 0, where.stderr
     assert where.stdout.startswith(str(home)) and "site-packages" in where.stdout
     assert not recorders[1].exists()
+    if Path("/usr/lib/python3/dist-packages").is_dir():
+        # On Debian the runtime takes its compiled libraries from Debian's packages: nothing
+        # was built, so the runtime needs no compiler.
+        origin = subprocess.run(
+            [
+                str(home / "bin" / "python"),
+                "-c",
+                "import systemd, lmdb; print(systemd.__file__); print(lmdb.__file__)",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert origin.returncode == 0, origin.stderr
+        assert all(
+            line.startswith("/usr/lib/python3/dist-packages/")
+            for line in origin.stdout.splitlines()
+        ), origin.stdout
 
     make("uninstall", recorders, DESTDIR=str(destdir), MARKD_HOME="/opt/markd-test")
     assert not home.exists()
