@@ -17,6 +17,7 @@ import stat
 from pathlib import Path
 
 from markd.errors import ConfigError, MarkdError
+from markd.listen import parse_listen
 
 log = logging.getLogger("markd.api")
 
@@ -30,27 +31,6 @@ class ControlApiError(MarkdError):
     """The control API cannot start (the socket is in use, a path or port cannot be bound)."""
 
     reason = "api-unavailable"
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``[api] listen`` as ``(host, port)``: ``127.0.0.1:8391``, ``[::1]:8391``, or
-    ``localhost:8391`` (meaning 127.0.0.1); port 0 takes any free port (tests). ``ValueError``
-    naming the form otherwise."""
-    form = "expected HOST:PORT with an IP address, e.g. 127.0.0.1:8391 or [::1]:8391"
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"{form}, got {value!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"{form} (an IPv6 address goes in brackets), got {value!r}")
-    if host == "localhost":
-        host = "127.0.0.1"
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{form}, got {value!r}") from None
-    return host, int(port_text)
 
 
 def tcp_address(listen: str, *, allow_remote: bool) -> tuple[str, int] | None:

@@ -49,6 +49,7 @@ from markd.codes import CodesOptions
 from markd.errors import PrinterURLError, ScannerError
 from markd.fiscal.base import parse_printer_url
 from markd.fiscal.model import TAX_TYPES, tag1263_problem
+from markd.listen import parse_listen
 from markd.proxy import DEFAULT_NO_PROXY, no_proxy_problem, proxy_problem
 from markd.receipts import PAYMENT_TYPES
 
@@ -682,11 +683,8 @@ class ScannerConfig:
 def _listen_problem(value: str) -> str | None:
     if not value:
         return None
-    # The control API reads [api] listen; checking the file uses its reader, so a typo fails
-    # `markctl config check` with the daemon's own message. Imported here, not at the top:
-    # the API is a layer above the configuration (docs/architecture.md).
-    from markd.api.listeners import parse_listen
-
+    # The control API reads [api] listen with the same reader, so a typo fails
+    # `markctl config check` with the daemon's own message.
     try:
         parse_listen(value)
     except ValueError as exc:
