@@ -517,9 +517,13 @@ async def sell_allowed(
     from markd.cli.cmd_sell import describe_fn, describe_receipt
     from markd.codes import parse
 
-    printer = open_configured_printer(config)
-    lm_client = local_module_for_sales(config)
     with Store.from_config(config.store) as store:
+        printer = open_configured_printer(config)
+        try:
+            lm_client = local_module_for_sales(config)
+        except BaseException:
+            printer.close()
+            raise
         session = build_session(config, printer, store, lm_client=lm_client)
         try:
             await session.recover()

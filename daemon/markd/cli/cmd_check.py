@@ -128,13 +128,16 @@ async def _probe(cfg: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"mode": cfg.check.mode}
     clients = build_clients(cfg)
     deadline = time.monotonic() + PROBE_TIMEOUT_S
-    for name, client in clients.items():
-        try:
-            await client.probe(deadline)
-        except Exception as exc:  # noqa: BLE001 - status reports, never fails
-            out.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
-        out[name] = client.status()
-        await client.aclose()
+    try:
+        for name, client in clients.items():
+            try:
+                await client.probe(deadline)
+            except Exception as exc:  # noqa: BLE001 - status reports, never fails
+                out.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
+            out[name] = client.status()
+    finally:
+        for client in clients.values():
+            await client.aclose()
     return out
 
 

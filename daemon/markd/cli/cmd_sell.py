@@ -133,8 +133,8 @@ async def _run(cfg: Any, args: argparse.Namespace, price: int) -> dict[str, Any]
                 receipt = await session.cancel("nothing-to-sell")
         finally:
             if chain is not None:
-                await chain.aclose()
-            if session.lm_client is not None:
+                await chain.aclose()  # its Local Module client, the session's too, with it
+            elif session.lm_client is not None:
                 session.lm_client.close()
             session.close_session()
             printer.close()

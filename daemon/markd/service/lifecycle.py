@@ -385,8 +385,13 @@ class Service:
         except BaseException:
             if store is not None:
                 store.close()
-            self.store = Store.from_config(old_config.store)
-            chain = self._build_chain(old_config, self.store)
+            try:
+                self.store = Store.from_config(old_config.store)
+                chain = self._build_chain(old_config, self.store)
+            except Exception as back:  # noqa: BLE001 - the first failure is the one raised
+                # No store and no chain: every scan is refused (fail closed) until a reload
+                # opens a store again; the reload's own error goes on up.
+                log_internal_error(self.event_log, "reopening the previous store", back)
             raise
         finally:
             if chain is not None:
