@@ -20,6 +20,7 @@ from markd.api.messages import HTTPRefusal, Request, Response
 from markd.api.protocol import ControlledService
 from markd.events import verdict_json
 from markd.receipts import (
+    PAYMENT_TYPES,
     OpenReceipt,
     Payment,
     ReceiptError,
@@ -164,8 +165,10 @@ async def post_close(context: RouteContext, request: Request) -> Response:
             raise HTTPRefusal(400, "bad-request", f"{where}expected an object")
         _only(entry, {"type", "amount_kopecks"}, where=where)
         kind = _field(entry, "type", str, where=where)
-        if kind not in ("cash", "electronically"):
-            raise HTTPRefusal(400, "bad-request", f"{where}type: expected cash or electronically")
+        if kind not in PAYMENT_TYPES:
+            raise HTTPRefusal(
+                400, "bad-request", f"{where}type: expected {' or '.join(sorted(PAYMENT_TYPES))}"
+            )
         amount = _field(entry, "amount_kopecks", int, where=where)
         if amount <= 0:
             raise HTTPRefusal(400, "bad-request", f"{where}amount_kopecks must be > 0")

@@ -567,10 +567,6 @@ class Store:
         txn.put(b"info", info.encode(), db=meta)
         return info
 
-    def _live_db(self, txn: lmdb.Transaction) -> Any:
-        slot = txn.get(b"current", db=self._dbs[b"meta"]) or b"0"
-        return self._dbs[_SLOTS[slot == b"1"]]
-
     def intern_attr(self, txn: lmdb.Transaction, reason: str, source: str) -> int:
         """The id of a (reason, source) pair, adding it when new (ids are never reused)."""
         db = self._dbs[b"attrs"]

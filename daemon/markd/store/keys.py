@@ -75,11 +75,6 @@ def code_key(code: MarkingCode) -> bytes:
     return f"01{code.gtin}21{code.serial}".encode("ascii")
 
 
-def gtin_of(key: bytes) -> bytes:
-    """The 14-digit GTIN of a КИ key."""
-    return key[2:16]
-
-
 def gtin_key(text: str) -> bytes:
     return gtin14(text).encode("ascii")
 
