@@ -55,12 +55,18 @@ from markd.fiscal import atol_protocol as proto
 from markd.fiscal.base import (
     Finding,
     FiscalPrinter,
+    MarkCheckInProgress,
+    MarkNotValidated,
     NoReceiptOpen,
     NoValidationRunning,
+    OfdExchangeFault,
+    OismTimeout,
     Option,
     PrinterSettings,
     PrinterURL,
     ReceiptAlreadyOpen,
+    ReceiptParseError,
+    ValidationAlreadyRunning,
     derive_op_id,
 )
 from markd.fiscal.model import (
@@ -84,6 +90,13 @@ FAULT_TYPES: dict[int, type[PrinterFault]] = {
     proto.ERROR_NEED_CANCEL_DOCUMENT: ReceiptAlreadyOpen,
     proto.ERROR_DENIED_IN_CLOSED_RECEIPT: NoReceiptOpen,
     proto.ERROR_INVALID_STATE: NoValidationRunning,
+    proto.ERROR_VALIDATION_IN_PROGRESS: ValidationAlreadyRunning,
+    proto.ERROR_OFD_EXCHANGE: OfdExchangeFault,
+    proto.ERROR_MARK_NOT_CHECKED: MarkNotValidated,
+    proto.ERROR_NO_MARKING_CODE_IN_TABLE: MarkNotValidated,
+    proto.ERROR_MARK_CHECK_TIMEOUT: OismTimeout,
+    proto.ERROR_MARK_CHECK_IN_PROGRESS: MarkCheckInProgress,
+    proto.ERROR_RECEIPT_PARSE: ReceiptParseError,
 }
 #: Web Requests result statuses that are final (anything else: still running).
 FINAL_STATUSES = frozenset({"ready", "error", "interrupted", "canceled", "cancelled"})
@@ -138,6 +151,13 @@ class Transport(Protocol):
         ...
 
     def cancel_receipt(self, op_id: str, timeout_s: float) -> list[TaskOutcome]: ...
+
+    def cancel_leftover(self, op_id: str, timeout_s: float) -> None:
+        """Before a fiscal task: cancel a receipt left open, keeping the accepted codes, and
+        ignore "nothing to cancel" — what the driver's scripts do first (domain.md §7.4a).
+        A transport whose tasks run through those scripts (Web Requests, the virtual ККТ)
+        has nothing to add."""
+        ...
 
     def close(self) -> None: ...
 
@@ -206,6 +226,11 @@ class WebRequestsTransport:
 
     def cancel_receipt(self, op_id: str, timeout_s: float) -> list[TaskOutcome]:
         return self.run(op_id, [{"type": self.cancel_task}], timeout_s, mutating=True)
+
+    def cancel_leftover(self, op_id: str, timeout_s: float) -> None:
+        # The web server runs each task through the driver's script, whose first step is
+        # this very cancel (myscripts_base_receipt.js, json_openShift.js).
+        return None
 
     def close(self) -> None:
         http, self._http = self._http, None
@@ -381,6 +406,24 @@ class LibfptrTransport:
     def lookup(self, op_id: str, timeout_s: float) -> list[TaskOutcome] | None:
         return None  # the library keeps no request table
 
+    def cancel_leftover(self, op_id: str, timeout_s: float) -> None:
+        # processJson runs the same scripts, but markd says it here too, through the
+        # library's documented call, and keeps the accepted codes as the receipt script
+        # does (LIBFPTR_PARAM_MARKING_CODE_CLEAR = false; without it cancelReceipt() clears
+        # the ФН's table of accepted codes).
+        fptr = self.fptr
+        clear_param = getattr(self._const, "LIBFPTR_PARAM_MARKING_CODE_CLEAR", None)
+        if clear_param is not None:
+            fptr.setParam(clear_param, False)
+        if fptr.cancelReceipt() < 0:
+            code = int(fptr.errorCode())
+            if code not in proto.NOTHING_TO_CANCEL_CODES:
+                raise _device_error(
+                    "cancelReceipt",
+                    TaskOutcome("error", {}, code, str(fptr.errorDescription())),
+                    mutating=True,
+                )
+
     def cancel_receipt(self, op_id: str, timeout_s: float) -> list[TaskOutcome]:
         fptr = self.fptr
         if fptr.cancelReceipt() < 0:
@@ -417,6 +460,8 @@ class AtolPrinter(FiscalPrinter):
         """Run tasks; raise for the first error unless its code is in ``tolerate`` or the
         task's index is at or after ``optional_from``."""
         mutating = any(t.get("type") in proto.MUTATING_TASKS for t in tasks)
+        if any(t.get("type") in proto.FISCAL_TASKS for t in tasks):
+            self.transport.cancel_leftover(op_id, self.settings.timeout_s)
         outcomes = self.transport.run(op_id, tasks, self.settings.timeout_s, mutating)
         for index, (task, outcome) in enumerate(zip(tasks, outcomes, strict=False)):
             if outcome.ok or outcome.error_code in tolerate:
@@ -471,7 +516,9 @@ class AtolPrinter(FiscalPrinter):
 
     def _shift(self, op_id: str, kind: str) -> ShiftInfo:
         outcomes = self._run(op_id, [{"type": kind}])
-        result = outcomes[0].result
+        # ``{"fiscalParams": {…, "shiftNumber", "fiscalDocumentNumber"}}`` as the driver's
+        # shift scripts answer; a flat answer (older readings) is taken as well.
+        result = _dict(outcomes[0].result.get("fiscalParams")) or outcomes[0].result
         return ShiftInfo(
             number=read_int(result.get("shiftNumber"), lo=0) or 0,
             state="opened" if kind == "openShift" else "closed",
@@ -511,7 +558,23 @@ class AtolPrinter(FiscalPrinter):
 
     def _validation_status(self, op_id: str, ki: str) -> MarkValidation:
         outcomes = self._run(op_id, [{"type": "getMarkingCodeValidationStatus"}])
-        return _validation_from_status(ki, outcomes[0].result)
+        result = outcomes[0].result
+        if "ready" not in result:
+            # The status call itself failed: the script answers ``{driverError}`` alone
+            # (myscripts_marks.js). That is an error, not "keep polling".
+            driver = _dict(result.get("driverError"))
+            code = read_int(driver.get("code"))
+            raise _device_error(
+                "getMarkingCodeValidationStatus",
+                TaskOutcome(
+                    "error",
+                    {},
+                    code or proto.ERROR_INVALID_STATE,
+                    str(driver.get("description") or driver.get("error") or "no status"),
+                ),
+                mutating=False,
+            )
+        return _validation_from_status(ki, result)
 
     def _accept(self, op_id: str, ki: str) -> MarkValidation | None:
         outcomes = self._run(op_id, [{"type": "acceptMarkingCode"}])
@@ -759,8 +822,14 @@ def _validation_from_status(ki: str, result: Mapping[str, Any]) -> MarkValidatio
     sent = result.get("sentImcRequest") is True
     driver = _dict(result.get("driverError"))
     code = read_int(driver.get("code"))
-    driver_error = f"{code}: {driver.get('description', '')}".strip() if code else None
-    online = _dict(result.get("onlineValidation"))
+    driver_error = None
+    if code:
+        # ``error`` names the reason (responseTimeout, serverNoConnect, imcCheckIsRun …).
+        name = _str(driver.get("error"))
+        driver_error = f"{code}{' ' + name if name else ''}: {driver.get('description', '')}"
+        driver_error = driver_error.strip()
+    # ``onlineValidation`` comes only when the online error is 0 (myscripts_marks.js).
+    online = _dict(result.get("onlineValidation")) if not code else {}
     bits = _dict(online.get("itemInfoCheckResult"))
     return _validation_from_bits(
         ki,
