@@ -64,6 +64,7 @@ from markd.fiscal.base import (
     Option,
     PrinterSettings,
     PrinterURL,
+    QueueBlocked,
     ReceiptAlreadyOpen,
     ReceiptParseError,
     ValidationAlreadyRunning,
@@ -98,8 +99,10 @@ FAULT_TYPES: dict[int, type[PrinterFault]] = {
     proto.ERROR_MARK_CHECK_IN_PROGRESS: MarkCheckInProgress,
     proto.ERROR_RECEIPT_PARSE: ReceiptParseError,
 }
-#: Web Requests result statuses that are final (anything else: still running).
+#: Web Requests result statuses that are final (``wait``, ``inProgress``: still running;
+#: ``blocked``: unknown, the queue stopped — see :class:`~markd.fiscal.base.QueueBlocked`).
 FINAL_STATUSES = frozenset({"ready", "error", "interrupted", "canceled", "cancelled"})
+BLOCKED_STATUS = "blocked"
 #: Payment object (tag 1212) of a marked unit and of a plain one.
 PAYMENT_OBJECT_MARKED = "commodityWithMarking"
 PAYMENT_OBJECT_PLAIN = "commodity"
@@ -123,13 +126,21 @@ class TaskOutcome:
         if not isinstance(data, Mapping):
             return cls("error", {}, proto.ERROR_INTERRUPTED, "no answer for the task")
         status = str(data.get("status", "")) or "ready"
+        # Two published shapes of an error: ``errorCode`` / ``errorDescription`` beside the
+        # result (one API description), or ``error: {code, description}`` (a commercial
+        # client); both are read.
         code = read_int(data.get("errorCode"))
+        description = str(data.get("errorDescription") or "")
+        error = data.get("error")
+        if not code and isinstance(error, Mapping):
+            code = read_int(error.get("code"))
+            description = description or str(error.get("description") or "")
         result = data.get("result")
         return cls(
             status,
             dict(result) if isinstance(result, Mapping) else {},
             code if code else None,
-            str(data.get("errorDescription") or ""),
+            description,
         )
 
     @property
@@ -190,11 +201,14 @@ class WebRequestsTransport:
         shown = f"[{host}]" if ":" in host else host
         self._base = f"http://{shown}:{port}"
         self._http: BlockingHTTPClient | None = None
+        #: The request the queue is blocked on, None when it moves.
+        self.blocked_uuid: str | None = None
 
     def run(
         self, op_id: str, tasks: list[dict[str, Any]], timeout_s: float, mutating: bool
     ) -> list[TaskOutcome]:
         deadline = time.monotonic() + timeout_s
+        self._check_queue(op_id, deadline)
         body = {"uuid": op_id, "request": tasks}
         try:
             status, answer = self._exchange("POST", "/api/v2/requests", body, deadline)
@@ -209,17 +223,30 @@ class WebRequestsTransport:
                     f"queued ({exc})"
                 ) from exc
             return found
-        if status == 409:
-            pass  # the uuid is known: the first request's results are what counts
-        elif not 200 <= status < 300:
-            raise PrinterFault(
-                f"ATOL web server {self._where} refused the request: HTTP {status} "
-                f"{_error_text(answer)}",
-                "web-request-refused",
-            )
+        if not _accepted(status, answer):
+            # Refused — or a uuid the server already knows (no public source promises a
+            # 409 for that): whether the server holds a request under this uuid decides,
+            # and then its first results are what counts.
+            found = self._poll(op_id, len(tasks), deadline, missing_ok=True)
+            if found is None:
+                raise PrinterFault(
+                    f"ATOL web server {self._where} refused the request: HTTP {status} "
+                    f"{_error_text(answer)}",
+                    "web-request-refused",
+                )
+            return found
         found = self._poll(op_id, len(tasks), deadline, missing_ok=False)
         assert found is not None
         return found
+
+    def _check_queue(self, op_id: str, deadline: float) -> None:
+        """Send nothing while the queue is blocked: ask the blocked request again, and go on
+        only once it has a final status (a person resolved it on the driver)."""
+        blocked = self.blocked_uuid
+        if blocked is None or blocked == op_id:
+            return
+        self.blocked_uuid = None
+        self._poll(blocked, None, deadline, missing_ok=True)  # raises while still blocked
 
     def lookup(self, op_id: str, timeout_s: float) -> list[TaskOutcome] | None:
         return self._poll(op_id, None, time.monotonic() + timeout_s, missing_ok=True)
@@ -281,6 +308,13 @@ class WebRequestsTransport:
             results = answer.get("results") if isinstance(answer, Mapping) else None
             if isinstance(results, list) and (count is None or len(results) >= count):
                 outcomes = [TaskOutcome.from_json(r) for r in results]
+                if any(o.status == BLOCKED_STATUS for o in outcomes):
+                    self.blocked_uuid = op_id
+                    raise QueueBlocked(
+                        f"ATOL web server {self._where}: request {op_id} is blocked — its "
+                        "result is unknown and the queue is stopped until a technician "
+                        "resolves it on the driver's web server"
+                    )
                 if all(o.status in FINAL_STATUSES for o in outcomes):
                     return outcomes
             time.sleep(min(self.poll_interval_s, max(deadline - time.monotonic(), 0)))
@@ -329,6 +363,17 @@ class _NotSent(Exception):
 
 class _NoAnswer(Exception):
     """The request left but no (complete) answer came back."""
+
+
+def _accepted(status: int, answer: Any) -> bool:
+    """The POST answer took the request: a 2xx whose body (``{uuid, number, error}``) names
+    no error."""
+    if not 200 <= status < 300:
+        return False
+    error = answer.get("error") if isinstance(answer, Mapping) else None
+    if isinstance(error, Mapping):
+        return not read_int(error.get("code"))
+    return True
 
 
 def _error_text(answer: Any) -> str:

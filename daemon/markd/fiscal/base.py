@@ -44,7 +44,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
-from markd.errors import PrinterFault, PrinterURLError
+from markd.errors import OutcomeUnknown, PrinterFault, PrinterURLError
 from markd.fiscal.model import (
     MarkValidation,
     Position,
@@ -234,6 +234,19 @@ class ReceiptParseError(PrinterFault):
     a task the driver does not accept — nothing was done on the device."""
 
     reason = "receipt-parse-error"
+
+
+class QueueBlocked(OutcomeUnknown):
+    """ATOL's Web Requests queue is ``blocked``: the result of the request at its head is
+    unknown and the server runs nothing after it until a person resolves it. Raised at once
+    (no polling to the time limit), and for every new operation until the queue moves again.
+
+    Technician: open the driver's web server (ДТО10, ``http://HOST:16732``), see what became
+    of the blocked request on the ККТ (its last document, an open receipt), resolve or cancel
+    it there; markd then reads the request's final status and goes on (``markctl printer
+    status`` shows ``queue-blocked`` until then)."""
+
+    reason = "queue-blocked"
 
 
 # --------------------------------------------------------------------------------------------
