@@ -11,7 +11,7 @@ import pytest
 
 from markd.codes import parse
 from markd.errors import PrinterFault
-from markd.fiscal.base import QueueBlocked, new_op_id
+from markd.fiscal.base import PrinterSettings, QueueBlocked, new_op_id, open_printer
 from markd.fiscal.model import IndustryTags, MarkedItem, Position
 from markd.fiscal.session import SaleOptions, SaleSession
 from markd.receipts import Payment
@@ -99,3 +99,18 @@ def test_a_reposted_uuid_rests_on_what_the_server_holds(
 
     assert second.document_number == first.document_number
     assert len(server.kkt.receipts()) == 1
+
+
+def test_another_process_sees_its_request_wait_behind_a_blocked_one(tmp_path: Path) -> None:
+    """``markctl printer status`` is a process of its own: it does not know the blocked uuid,
+    but its request never leaves ``wait``, which it reports as ``queue-blocked``."""
+    with testing.atol_web_printer(tmp_path / "kkt") as (printer, server):
+        server.block_next = "before"
+        with pytest.raises(QueueBlocked):
+            printer.status()
+        settings = PrinterSettings(timeout_s=0.5, validation_timeout_s=1, poll_interval_s=0.02)
+        with open_printer(printer.url.text, settings) as other:
+            with pytest.raises(QueueBlocked) as err:
+                other.status()
+
+    assert "waits in the queue" in err.value.message

@@ -279,8 +279,16 @@ class WebRequestsTransport:
         """GET the request's results until every task is final; None when the server does
         not know the uuid (and ``missing_ok``)."""
         path = f"/api/v2/requests/{op_id}"
+        waiting = False
         while True:
             if time.monotonic() >= deadline:
+                if waiting:
+                    # Never taken from the queue: an earlier request holds it (``blocked``,
+                    # one this process did not send) or the server is stuck.
+                    raise QueueBlocked(
+                        f"ATOL web server {self._where}: request {op_id} still waits in the "
+                        "queue: an earlier request blocks it; see the driver's web server"
+                    )
                 raise FiscalTimeout(
                     f"ATOL web server {self._where}: request {op_id} not finished in time"
                 )
@@ -317,6 +325,7 @@ class WebRequestsTransport:
                     )
                 if all(o.status in FINAL_STATUSES for o in outcomes):
                     return outcomes
+                waiting = all(o.status == "wait" for o in outcomes)
             time.sleep(min(self.poll_interval_s, max(deadline - time.monotonic(), 0)))
 
     def _client(self) -> BlockingHTTPClient:
