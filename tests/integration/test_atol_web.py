@@ -158,6 +158,9 @@ class TamperedAnswers:
     def cancel_receipt(self, op_id: str, timeout_s: float) -> list[TaskOutcome]:
         return self.inner.cancel_receipt(op_id, timeout_s)
 
+    def cancel_leftover(self, op_id: str, timeout_s: float) -> None:
+        self.inner.cancel_leftover(op_id, timeout_s)
+
     def close(self) -> None:
         self.inner.close()
 

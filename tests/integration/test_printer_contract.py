@@ -21,7 +21,13 @@ import pytest
 
 from markd.codes import parse
 from markd.errors import PrinterFault, PrinterUnavailable
-from markd.fiscal.base import FiscalPrinter, PrinterSettings, new_op_id, open_printer
+from markd.fiscal.base import (
+    FiscalPrinter,
+    MarkNotValidated,
+    PrinterSettings,
+    new_op_id,
+    open_printer,
+)
 from markd.fiscal.model import IndustryTags, MarkedItem, Position
 from markd.receipts import Payment
 from markd.testing import fiscal as testing
@@ -226,8 +232,66 @@ class TestPrinterContract:
         assert printer.receipt_kind == "sell"
 
         bench.kkt.set_faults(paper_out=None)
+        # The driver cancelled the receipt and cleared the accepted codes: the same
+        # positions are refused, and the code must be validated again (domain.md §7.4a).
+        with pytest.raises(MarkNotValidated) as again:
+            printer.close_receipt(new_op_id(), [Payment(8990)])
+        assert again.value.device_code == 420
+        check = printer.check_code(new_op_id(), km, parse(km).ki, 1)
+        printer.restore_receipt("sell", [marked_position(km, check.validation)])
         result = printer.close_receipt(new_op_id(), [Payment(8990)])
         assert bench.kkt.receipts()[-1]["number"] == result.document_number
+        assert len(bench.kkt.receipts()) == 1
+
+    def test_a_receipt_left_open_is_cancelled_before_the_next_one(self, bench: Bench) -> None:
+        bench.needs_emulator()
+        printer = bench.printer
+        printer.ensure_shift(new_op_id())
+        km = testing.SHOES
+        check = printer.check_code(new_op_id(), km, parse(km).ki, 1)
+        bench.kkt.set_faults(gone_in_receipt="open")  # a receipt opened, then the link lost
+        printer.open_receipt(new_op_id())
+        printer.add_position(new_op_id(), marked_position(km, check.validation))
+        with pytest.raises(PrinterUnavailable):
+            printer.close_receipt(new_op_id(), [Payment(8990)])
+        bench.kkt.set_faults(gone=None)
+        assert printer.status().receipt_open is True
+
+        # No refusal with 82: the sell cancels the leftover first and keeps the codes.
+        result = printer.close_receipt(new_op_id(), [Payment(8990)])
+
+        assert [r["number"] for r in bench.kkt.receipts()] == [result.document_number]
+        assert printer.status().receipt_open is False
+
+    def test_shift_answers_carry_the_shift_number(self, bench: Bench) -> None:
+        printer = bench.printer
+        printer.ensure_shift(new_op_id())
+        closed = printer.close_shift(new_op_id())
+        opened = printer.open_shift(new_op_id())
+
+        assert opened.number == closed.number + 1 and closed.number > 0
+        assert opened.document_number == closed.document_number + 1  # type: ignore[operator]
+
+    def test_a_validation_left_running_is_cancelled_and_begun_again(self, bench: Bench) -> None:
+        bench.needs_emulator()
+        bench.kkt.set_faults(begin_busy=True)
+        km = testing.SHOES
+
+        check = bench.printer.check_code(new_op_id(), km, parse(km).ki, 1)
+
+        assert check.accepted and check.validation.fn_checked
+        assert check.validation.fn_error_reason == "checked"
+
+    def test_an_oism_without_answer_names_the_reason(self, bench: Bench) -> None:
+        bench.needs_emulator()
+        bench.kkt.set_faults(ism="timeout")
+        km = testing.SHOES
+
+        validation = bench.printer.validate_code(new_op_id(), km, parse(km).ki, 1)
+        bench.printer.cancel_validation(new_op_id())
+
+        assert validation.ready and not validation.oism_checked
+        assert validation.driver_error is not None and "responseTimeout" in validation.driver_error
 
     def test_a_device_that_is_gone_is_unavailable(self, bench: Bench) -> None:
         bench.needs_emulator()

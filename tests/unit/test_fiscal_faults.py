@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,9 +15,15 @@ from markd.fiscal import atol_protocol as proto
 from markd.fiscal.atol import FAULT_TYPES, TaskOutcome, _device_error
 from markd.fiscal.base import (
     FiscalPrinter,
+    MarkCheckInProgress,
+    MarkNotValidated,
     NoReceiptOpen,
     NoValidationRunning,
+    OfdExchangeFault,
+    OismTimeout,
     ReceiptAlreadyOpen,
+    ReceiptParseError,
+    ValidationAlreadyRunning,
     new_op_id,
 )
 from markd.fiscal.journal import SessionJournal
@@ -77,3 +84,47 @@ async def test_the_session_cleans_up_quietly_where_nothing_is_left_and_says_so_o
     finally:
         steps.shutdown()
     assert problem is not None and problem.startswith("printer-unavailable")
+
+
+@pytest.mark.parametrize(
+    ("code", "fault", "reason"),
+    [
+        (proto.ERROR_VALIDATION_IN_PROGRESS, ValidationAlreadyRunning, "validation-running"),
+        (proto.ERROR_OFD_EXCHANGE, OfdExchangeFault, "ofd-exchange-error"),
+        (proto.ERROR_MARK_NOT_CHECKED, MarkNotValidated, "mark-not-checked"),
+        (proto.ERROR_MARK_CHECK_TIMEOUT, OismTimeout, "oism-timeout"),
+        (proto.ERROR_NO_MARKING_CODE_IN_TABLE, MarkNotValidated, "mark-not-checked"),
+        (proto.ERROR_MARK_CHECK_IN_PROGRESS, MarkCheckInProgress, "mark-check-in-progress"),
+        (proto.ERROR_RECEIPT_PARSE, ReceiptParseError, "receipt-parse-error"),
+    ],
+)
+def test_marking_errors_of_the_driver_scripts_are_typed(
+    code: int, fault: type[PrinterFault], reason: str
+) -> None:
+    """401, 411, 420–423 and 501 (domain.md §7.4a; the libfptr10 constant lists agree)."""
+    error = _device_error("sell", TaskOutcome("error", {}, code, "…"), mutating=True)
+    assert type(error) is fault
+    assert (error.reason, error.device_code) == (reason, code)
+    assert fault.__doc__ and "«" in fault.__doc__  # the driver's Russian text is named
+
+
+def test_a_status_answer_without_ready_is_an_error(printer: FiscalPrinter) -> None:
+    class Failing:
+        """The driver's status script when the status call itself fails: {driverError}."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def run(self, op_id: str, tasks: list[dict[str, Any]], *args: Any) -> list[TaskOutcome]:
+            if tasks[0]["type"] == "getMarkingCodeValidationStatus":
+                driver = {"code": 410, "error": "imcCheckWrongState", "description": "нет"}
+                return [TaskOutcome("ready", {"driverError": driver})]
+            return self.inner.run(op_id, tasks, *args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    printer.transport = Failing(printer.transport)  # type: ignore[attr-defined]
+    with pytest.raises(NoValidationRunning) as err:
+        printer.validation_status(new_op_id(), "ki")
+    assert err.value.device_code == 410

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,8 @@ def sell_task(*kms: str, status: int = 1, kind: str = "sell") -> dict[str, Any]:
 def validate_and_accept(kkt: VirtualKkt, km: str, status: str = "itemPieceSold") -> dict[str, Any]:
     ok(kkt, begin(km, status))
     ok(kkt, {"type": "getMarkingCodeValidationStatus"})
-    return ok(kkt, {"type": "acceptMarkingCode"}, request=f"accept-{km[:20]}")
+    # A request id of its own every time: an id seen before is answered from the table.
+    return ok(kkt, {"type": "acceptMarkingCode"}, request=f"accept-{uuid.uuid4()}")
 
 
 @pytest.fixture
@@ -85,8 +87,13 @@ def test_fn_checks_the_crypto_of_91_92_codes_only(kkt: VirtualKkt) -> None:
     ok(kkt, {"type": "cancelMarkingCodeValidation"})
     water = ok(kkt, begin(testing.WATER))["offlineValidation"]
 
-    assert shoes == {"fmCheck": True, "fmCheckResult": True}  # tag 2004 = 3
-    assert water == {"fmCheck": False, "fmCheckResult": False}  # 4-char crypto: type 5
+    # fmCheckErrorReason is always there (the driver's myscripts_marks.js).
+    assert shoes == {"fmCheck": True, "fmCheckResult": True, "fmCheckErrorReason": "checked"}
+    assert water == {  # 4-char crypto: type 5, which the ФН cannot check
+        "fmCheck": False,
+        "fmCheckResult": False,
+        "fmCheckErrorReason": "typeIncorrect",
+    }
 
 
 def test_online_answer_sets_the_oism_bits(kkt: VirtualKkt) -> None:
@@ -122,10 +129,13 @@ def test_oism_timeout_leaves_only_the_fn_bits(kkt: VirtualKkt) -> None:
     ok(kkt, begin(testing.SHOES))
     status = ok(kkt, {"type": "getMarkingCodeValidationStatus"})
 
-    bits = status["onlineValidation"]["itemInfoCheckResult"]
+    # No onlineValidation when the online error is not 0; driverError names the reason.
     assert status["ready"] and status["sentImcRequest"]
-    assert bits["imcCheckFlag"] and not bits["imcStatusInfo"] and not bits["ecrStandAloneFlag"]
+    assert "onlineValidation" not in status
     assert status["driverError"]["code"] == proto.ERROR_MARK_CHECK_TIMEOUT
+    assert status["driverError"]["error"] == "responseTimeout"
+    bits = ok(kkt, {"type": "acceptMarkingCode"})["itemInfoCheckResult"]
+    assert bits["imcCheckFlag"] and not bits["imcStatusInfo"] and not bits["ecrStandAloneFlag"]
 
 
 def test_per_code_answers(kkt: VirtualKkt) -> None:
@@ -134,7 +144,7 @@ def test_per_code_answers(kkt: VirtualKkt) -> None:
     local = ok(kkt, begin(testing.SHOES))["offlineValidation"]
     status = ok(kkt, {"type": "getMarkingCodeValidationStatus"})["onlineValidation"]
 
-    assert local == {"fmCheck": True, "fmCheckResult": False}
+    assert local == {"fmCheck": True, "fmCheckResult": False, "fmCheckErrorReason": "checked"}
     assert status["markOperatorItemStatus"] == "itemSaleStopped"
     assert status["itemInfoCheckResult"]["imcEstimatedStatusCorrect"] is False
 
@@ -163,6 +173,9 @@ def test_a_receipt_takes_only_accepted_codes_with_their_status(kkt: VirtualKkt) 
 
     mismatch = one(kkt, sell_task(testing.SHOES, status=1))
     assert mismatch["errorCode"] == proto.ERROR_INVALID_MARKING_CODE_STATUS
+    # The failed sell cleared the accepted codes, as the driver's script does.
+    assert one(kkt, sell_task(testing.SHOES, status=2))["errorCode"] == 420
+    validate_and_accept(kkt, testing.SHOES, "itemDryForSale")
     result = ok(kkt, sell_task(testing.SHOES, status=2))
 
     assert result["fiscalParams"]["fiscalDocumentNumber"] == 3
@@ -240,6 +253,7 @@ def test_return_receipt_needs_the_return_status(kkt: VirtualKkt) -> None:
     validate_and_accept(kkt, testing.SHOES, "itemPieceReturn")
 
     wrong = one(kkt, sell_task(testing.SHOES, status=3, kind="sell"))
+    validate_and_accept(kkt, testing.SHOES, "itemPieceReturn")  # the failure cleared it
     result = ok(kkt, sell_task(testing.SHOES, status=3, kind="return"))
 
     assert wrong["errorCode"] == proto.ERROR_INVALID_MARKING_CODE_STATUS
@@ -269,6 +283,7 @@ def test_shift_expires_after_24_hours(tmp_path: Path) -> None:
     assert one(kkt, sell_task(testing.SHOES))["errorCode"] == proto.ERROR_SHIFT_EXPIRED
     ok(kkt, {"type": "closeShift"})
     ok(kkt, {"type": "openShift"})
+    validate_and_accept(kkt, testing.SHOES)  # the refused sell cleared the accepted codes
     assert ok(kkt, sell_task(testing.SHOES))["fiscalParams"]["shiftNumber"] == 2
 
 
@@ -355,9 +370,9 @@ def test_gone_in_receipt_leaves_it_open(kkt: VirtualKkt) -> None:
 
     kkt.set_faults(gone=None)
     assert ok(kkt, {"type": "getDeviceStatus"})["deviceStatus"]["receiptType"] == "sell"
-    assert one(kkt, sell_task(testing.SHOES))["errorCode"] == proto.ERROR_DENIED_IN_OPENED_RECEIPT
-    ok(kkt, {"type": "cancelReceipt"})
     assert kkt.receipts() == []
+    # The next sell cancels the leftover itself (keeping the accepted codes), as the
+    # driver's receipt script does: no refusal with 82.
     assert ok(kkt, sell_task(testing.SHOES))["fiscalParams"]["fiscalDocumentNumber"] == 3
 
 
@@ -402,3 +417,59 @@ def test_position_item_carries_the_marking_and_industry_tags() -> None:
         Position("Кроссовки", 459000, mark=MarkedItem(testing.SHOES, code.ki, 1))
     )
     assert "industryInfo" not in no_check  # no 1265: no 1260
+
+
+# -- as the driver's scripts leave the device (domain.md §7.4a) ----------------------------------
+
+
+def test_a_failed_sell_is_cancelled_and_clears_the_accepted_codes(kkt: VirtualKkt) -> None:
+    validate_and_accept(kkt, testing.SHOES)
+    kkt.set_faults(paper_out=True)
+
+    assert one(kkt, sell_task(testing.SHOES))["errorCode"] == proto.ERROR_NO_PAPER
+    kkt.set_faults(paper_out=None)
+
+    assert ok(kkt, {"type": "getDeviceStatus"})["deviceStatus"]["receiptType"] == "closed"
+    assert kkt.state()["accepted"] == []
+    assert one(kkt, sell_task(testing.SHOES))["errorCode"] == proto.ERROR_MARK_NOT_CHECKED
+    validate_and_accept(kkt, testing.SHOES)
+    assert ok(kkt, sell_task(testing.SHOES))["fiscalParams"]["fiscalDocumentNumber"] == 3
+    assert len(kkt.receipts()) == 1
+
+
+def test_a_sell_refused_with_423_keeps_the_accepted_codes(kkt: VirtualKkt) -> None:
+    validate_and_accept(kkt, testing.SHOES)
+    ok(kkt, begin(testing.WATER))  # a check still running
+
+    refused = one(kkt, sell_task(testing.SHOES))
+    assert refused["errorCode"] == proto.ERROR_MARK_CHECK_IN_PROGRESS
+    ok(kkt, {"type": "cancelMarkingCodeValidation"})
+
+    assert ok(kkt, sell_task(testing.SHOES))["fiscalParams"]["fiscalDocumentNumber"] == 3
+
+
+def test_shift_tasks_cancel_a_leftover_receipt(kkt: VirtualKkt) -> None:
+    validate_and_accept(kkt, testing.SHOES)
+    kkt.set_faults(gone_in_receipt="open")
+    one(kkt, sell_task(testing.SHOES))
+    kkt.set_faults(gone=None)
+
+    closed = ok(kkt, {"type": "closeShift"})
+
+    assert closed["fiscalParams"]["shiftNumber"] == 1
+    assert ok(kkt, {"type": "getDeviceStatus"})["deviceStatus"]["receiptType"] == "closed"
+    assert kkt.receipts() == []
+
+
+def test_a_check_left_running_answers_401(kkt: VirtualKkt) -> None:
+    kkt.set_faults(begin_busy=True)
+
+    assert one(kkt, begin(testing.SHOES))["errorCode"] == proto.ERROR_VALIDATION_IN_PROGRESS
+    ok(kkt, {"type": "cancelMarkingCodeValidation"})
+    assert ok(kkt, begin(testing.SHOES))["offlineValidation"]["fmCheck"] is True
+
+
+def test_the_cancel_task_can_be_unknown(kkt: VirtualKkt) -> None:
+    kkt.set_faults(no_cancel_task=True)
+
+    assert one(kkt, {"type": "cancelReceipt"})["errorCode"] == proto.ERROR_NOT_SUPPORTED

@@ -4,14 +4,19 @@ front of the virtual ККТ (:class:`~markd.emulators.virtual_kkt.VirtualKkt`).
 ::
 
     POST /api/v2/requests          {"uuid": "<id>", "request": [task, …]}   (or one task object)
-                                   → 201 {}; the tasks are queued and run in order
+                                   → 201 {"uuid", "number"}; the tasks are queued and run in
+                                     order
                                    → 409 {"error": {…}} when the uuid is known (its first
-                                     request's results stand)
+                                     request's results stand; no public source names the
+                                     status, so it is ``repost_status``)
                                    → 400 {"error": {…}} for a body that is not such an object
     GET  /api/v2/requests/<uuid>   → 200 {"results": [{"status", "errorCode",
                                      "errorDescription", "result"}, …]}; ``status`` is
                                      ``wait`` while queued, ``inProgress`` while running,
-                                     then ``ready``, ``error`` or ``interrupted``
+                                     then ``ready``, ``error`` or ``interrupted``; ``blocked``
+                                     (``block_next``): result unknown, the queue stopped
+                                     until :meth:`AtolWebEmulator.unblock` (then ``ready`` /
+                                     ``error``, or ``canceled`` if it never ran)
                                    → 404 {"error": {…}} for an unknown uuid
 
 The ККТ behind it is the same device the ``emulator://`` printer backend drives in process,
@@ -34,6 +39,14 @@ Admin endpoints (``admin=True``, never logged):
 * ``GET /_emulator/requests`` → the request log; ``DELETE`` clears it;
 * ``POST /_emulator/reset`` → clears the log, the results held in memory and the device's
   faults (the device's shift and documents stay).
+
+Statuses, the POST answer and the error shapes follow the public client
+``Bedunkevich/atol`` (``src/types.ts``: ``TaskResultStatus`` wait, inProgress, ready,
+error, interrupted, blocked, canceled; ``src/api.ts``: the POST answers ``{uuid}``, errors
+come as ``error: {code, description}``) and domain.md §7.4a. ``error_shape`` (``fields`` |
+``object``) chooses how a task's error is written in a result; ``POST /_emulator/settings``
+takes ``latency_ms``, ``error_shape`` and ``block_next``; ``POST /_emulator/unblock``
+resolves a blocked request.
 
 From a shell::
 
@@ -62,6 +75,11 @@ REQUESTS_PATH = "/api/v2/requests"
 #: How many requests' results the server keeps in memory (changing ones also live on disk).
 MAX_REQUESTS = 2048
 SCENARIO_KEYS = frozenset({"faults", "latency_ms", "description"})
+#: How a task's error is written in a result: beside it (``errorCode`` / ``errorDescription``)
+#: or as an object (``error: {code, description}``); both shapes are published.
+ERROR_SHAPES = ("fields", "object")
+#: ``block_next``: the next request is blocked before it runs on the device, or after.
+BLOCK_MODES = ("before", "after")
 
 
 def load_scenario(value: Mapping[str, Any] | str | Path | None) -> dict[str, Any]:
@@ -98,11 +116,13 @@ def load_scenario(value: Mapping[str, Any] | str | Path | None) -> dict[str, Any
 
 
 class _Job:
-    __slots__ = ("uuid", "tasks", "results")
+    __slots__ = ("uuid", "tasks", "results", "outcomes")
 
     def __init__(self, uuid: str, tasks: list[Any]) -> None:
         self.uuid = uuid
         self.tasks = tasks
+        #: The device's answers when it ran (a blocked request may or may not have).
+        self.outcomes: list[dict[str, Any]] | None = None
         self.results: list[dict[str, Any]] = [
             {"status": "wait", "errorCode": 0, "errorDescription": "", "result": None}
             for _ in tasks
@@ -140,6 +160,17 @@ class AtolWebEmulator(HTTPEmulator):
         if settings.get("faults"):
             self.kkt.set_faults(**settings["faults"])
         self.latency_ms = int(settings.get("latency_ms", 0))
+        #: See :data:`ERROR_SHAPES`.
+        self.error_shape = "fields"
+        #: HTTP status of a POST whose uuid is known (no public source says; 409 here).
+        self.repost_status = 409
+        #: ``before`` | ``after``: block the next request (see :meth:`unblock`); None: no.
+        self.block_next: str | None = None
+        #: Only a request holding a task of this type is blocked (None: the next one).
+        self.block_task: str | None = None
+        self._blocked: _Job | None = None
+        self._resume = threading.Event()
+        self._posted = 0
         self._jobs: collections.OrderedDict[str, _Job] = collections.OrderedDict()
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -196,23 +227,25 @@ class AtolWebEmulator(HTTPEmulator):
             return self.error(400, "нет заданий (request)", 400)
         with self._lock:
             if uuid in self._jobs or self.kkt.lookup(uuid) is not None:
-                return self.error(409, f"запрос {uuid} уже существует", 409)
+                return self.error(self.repost_status, f"запрос {uuid} уже существует", 409)
             job = _Job(uuid, list(tasks))
             self._jobs[uuid] = job
             while len(self._jobs) > MAX_REQUESTS:
                 self._jobs.popitem(last=False)
+            self._posted += 1
+            number = self._posted
         self._queue.put(job)
-        return Reply(201, {})
+        return Reply(201, {"uuid": uuid, "number": number})
 
     def _get(self, request: Request) -> Reply:
         uuid = request.path.rsplit("/", 1)[1]
         with self._lock:
             job = self._jobs.get(uuid)
             if job is not None:
-                return Reply(200, {"results": [dict(r) for r in job.results]})
+                return Reply(200, {"results": [self._shaped(r) for r in job.results]})
         kept = self.kkt.lookup(uuid)
         if kept is not None:
-            return Reply(200, {"results": [_result(o) for o in kept]})
+            return Reply(200, {"results": [self._shaped(_result(o)) for o in kept]})
         return self.error(404, f"запрос {uuid} не найден", 404)
 
     def _work(self) -> None:
@@ -224,9 +257,57 @@ class AtolWebEmulator(HTTPEmulator):
                 result["status"] = "inProgress"
             if self.latency_ms and self._stopping.wait(self.latency_ms * len(job.tasks) / 1000):
                 return
-            outcomes = self.kkt.run(job.uuid, job.tasks)
+            block = self.block_next if self._blocks(job) else None
+            if block is not None:
+                self.block_next = None
+            if block != "before":
+                job.outcomes = self.kkt.run(job.uuid, job.tasks)
+            if block is not None:
+                # Result unknown, queue stopped: later requests stay ``wait`` until a
+                # person resolves this one (:meth:`unblock`).
+                with self._lock:
+                    for result in job.results:
+                        result["status"] = "blocked"
+                    self._blocked = job
+                self._resume.clear()
+                while not self._resume.wait(0.05):
+                    if self._stopping.is_set():
+                        return
+                continue
             with self._lock:
-                job.results[:] = [_result(o) for o in outcomes]
+                job.results[:] = [_result(o) for o in job.outcomes or []]
+
+    def _blocks(self, job: _Job) -> bool:
+        """Whether ``block_next`` takes this request (``block_task``: only one holding a task
+        of that type)."""
+        if self.block_next is None:
+            return False
+        if self.block_task is None:
+            return True
+        return any(isinstance(t, Mapping) and t.get("type") == self.block_task for t in job.tasks)
+
+    def unblock(self) -> None:
+        """What a technician does on the driver: the blocked request gets its real results
+        (``ready`` / ``error`` when it ran on the device, ``canceled`` when it did not) and
+        the queue moves again."""
+        with self._lock:
+            job, self._blocked = self._blocked, None
+            if job is not None:
+                if job.outcomes is not None:
+                    job.results[:] = [_result(o) for o in job.outcomes]
+                else:
+                    for result in job.results:
+                        result.update(status="canceled")
+        self._resume.set()
+
+    def _shaped(self, result: Mapping[str, Any]) -> dict[str, Any]:
+        shaped = dict(result)
+        if self.error_shape == "object":
+            code = shaped.pop("errorCode", 0)
+            description = shaped.pop("errorDescription", "")
+            if code:
+                shaped["error"] = {"code": code, "description": description}
+        return shaped
 
     # -- admin ----------------------------------------------------------------------------------
 
@@ -246,10 +327,25 @@ class AtolWebEmulator(HTTPEmulator):
                 return Reply(200, {"ok": True})
             return None
         if path == "/_emulator/settings" and method == "POST":
-            latency = payload.get("latency_ms") if isinstance(payload, Mapping) else None
-            if isinstance(latency, bool) or not isinstance(latency, int) or latency < 0:
+            if not isinstance(payload, Mapping):
                 return Reply(400, {"error": "latency_ms is a non-negative integer"})
-            self.latency_ms = latency
+            if "latency_ms" in payload or not payload:
+                latency = payload.get("latency_ms")
+                if isinstance(latency, bool) or not isinstance(latency, int) or latency < 0:
+                    return Reply(400, {"error": "latency_ms is a non-negative integer"})
+                self.latency_ms = latency
+            if "error_shape" in payload:
+                if payload["error_shape"] not in ERROR_SHAPES:
+                    return Reply(400, {"error": f"error_shape is one of {ERROR_SHAPES}"})
+                self.error_shape = payload["error_shape"]
+            if "block_next" in payload:
+                if payload["block_next"] not in (None, *BLOCK_MODES):
+                    return Reply(400, {"error": f"block_next is one of {BLOCK_MODES}"})
+                self.block_next = payload["block_next"]
+                self.block_task = payload.get("block_task")
+            return Reply(200, {"ok": True})
+        if path == "/_emulator/unblock" and method == "POST":
+            self.unblock()
             return Reply(200, {"ok": True})
         return super()._admin_request(method, path, payload)
 

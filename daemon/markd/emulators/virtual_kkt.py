@@ -14,7 +14,8 @@ it over HTTP as an ATOL Web Requests server, so the same device answers both. It
   ``cancelMarkingCodeValidation`` drop it, ``clearMarkingCodeValidationResult`` forgets every
   kept one. The ОИСМ answers ``online`` (tag 2106 bits 2–3 set, status correct unless a code is
   set otherwise), ``offline`` (bit 4, no request sent) or ``timeout`` (a request sent and no
-  answer: neither the ОИСМ bits nor bit 4, the driver error 421);
+  answer: no ``onlineValidation``, ``driverError`` 421 ``responseTimeout``; accepting keeps
+  the ФН's bits only);
 * **receipts** — ``sell`` / ``sellReturn`` with positions, payments and, per marked position,
   its code (which must have been accepted with the same planned status, else error 420), tags
   2003, 2102, 2106 and 1260 {1262, 1263, 1264, 1265}. Each fiscal document (receipts and shift
@@ -34,8 +35,10 @@ Faults (:meth:`VirtualKkt.set_faults`, kept in the state so another process sees
 device does not answer: error 2), ``gone_in_receipt`` (``open``: the next receipt is opened on
 the device, then the link is lost — error 241 and an open receipt remains; ``after``: the next
 receipt is fiscalised and then the link is lost before the answer), ``validation_delay_ms``
-(the ОИСМ's answer takes that long), ``shift_expired``, and ``codes`` — per КИ ``{"oism":
-"incorrect" | "sale-stopped", "fn": false}``.
+(the ОИСМ's answer takes that long), ``shift_expired``, ``no_cancel_task`` (the
+``cancelReceipt`` task is unknown, error 11), ``begin_busy`` (a check left running: the next
+begin gets 401), and ``codes`` — per КИ ``{"oism": "incorrect" | "sale-stopped", "fn":
+false}``.
 
 ``state.json`` holds the codes the ФН keeps accepted (as a real ФН does), so it is written with
 mode 0600. Crash safety: ``state.json`` is replaced atomically (write, fsync, rename, fsync the
@@ -58,11 +61,33 @@ Sources, and what comes from each (domain.md §7.4, §7.4a, §7.5):
   ``Cshses.cpp``): the ``itemEstimatedStatus`` names, ``imc`` as base64 of the code, sums in
   roubles.
 
+What the device does as ATOL's driver scripts do (read in ``AlexanderYekat/atolexamplesjson``,
+written here in our own words):
+
+* ``myscripts_base_receipt.js`` (``executeReceipt``, ``exitWithCancelation``): ``sell`` /
+  ``sellReturn`` first cancel a receipt left open, keeping the accepted codes ("nothing to
+  cancel" is no error: ``myscripts_utils.js``, ``isNormalCancelError``); any error from
+  opening the receipt to closing it cancels the receipt and clears the ФН's table of accepted
+  codes — except error 423 (a code check in progress), which keeps it. A link lost mid-way
+  (241) leaves the receipt open, as a power cut would;
+* ``json_openShift.js`` / ``json_closeShift.js``: cancel a leftover receipt first (the
+  driver's default clears the accepted codes) and answer ``{"fiscalParams": {…,
+  "shiftNumber"}, "warnings"}``;
+* ``myscripts_marks.js``: ``offlineValidation.fmCheckErrorReason`` is always there
+  (``checked``, ``typeIncorrect`` …); ``getMarkingCodeValidationStatus`` carries
+  ``onlineValidation`` only when the online error is 0, otherwise ``driverError`` names the
+  reason (``responseTimeout`` when the ОИСМ did not answer); a begin while a check runs is
+  refused with 401.
+
+Where the sources are silent the device is configurable: the ``cancelReceipt`` task is in no
+published task list (a Web Requests server may not know it: fault ``no_cancel_task`` answers
+error 11), and ``begin_busy`` leaves a check running as another client would (the next begin
+gets 401). The number the driver gives an ОИСМ timeout in ``driverError.code`` is taken as
+421.
+
 It shares no code with markd's ATOL client (:mod:`markd.fiscal.atol`): each reads the
 protocol on its own, so a misreading in one shows up as a failing test instead of agreeing
-with itself. Where the device above does less than the scripts (it keeps accepted codes
-after a failed ``sell``, and it knows a ``cancelReceipt`` task), it is kept as it was; making
-it follow the scripts more closely is its own change.
+with itself.
 """
 
 from __future__ import annotations
@@ -112,6 +137,8 @@ FAULT_KEYS = frozenset(
         "validation_delay_ms",
         "shift_expired",
         "codes",
+        "no_cancel_task",
+        "begin_busy",
     }
 )
 
@@ -146,6 +173,9 @@ class DriverError(IntEnum):
     INVALID_STATE = 410
     MARK_NOT_CHECKED = 420
     MARK_CHECK_TIMEOUT_EXPIRED = 421
+    NO_MARKING_CODE_IN_TABLE = 422
+    CHEKING_MARK_IN_PROGRESS = 423  # sic: the header's spelling
+    RECEIPT_PARSE_ERROR = 501
     INTERRUPTED_BY_PREVIOUS_ERRORS = 502
 
 
@@ -571,9 +601,8 @@ class VirtualKkt:
     # shifts
 
     def _open_shift(self, state: dict[str, Any], request_id: str, task: Any) -> dict[str, Any]:
+        self._cancel_leftover(state, keep_codes=False)  # json_openShift.js / json_closeShift.js
         self._device_ready(state)
-        if state["receipt"] is not None:
-            raise _TaskError(DriverError.DENIED_IN_OPENED_RECEIPT, "Чек открыт")
         if state["shift"]["state"] == "opened":
             raise _TaskError(DriverError.DENIED_IN_OPENED_SHIFT, "Смена открыта")
         shift = state["shift"]
@@ -583,9 +612,8 @@ class VirtualKkt:
         return self._shift_document(state, request_id, "openShift")
 
     def _close_shift(self, state: dict[str, Any], request_id: str, task: Any) -> dict[str, Any]:
+        self._cancel_leftover(state, keep_codes=False)  # json_openShift.js / json_closeShift.js
         self._device_ready(state)
-        if state["receipt"] is not None:
-            raise _TaskError(DriverError.DENIED_IN_OPENED_RECEIPT, "Чек открыт")
         if state["shift"]["state"] != "opened":
             raise _TaskError(DriverError.DENIED_IN_CLOSED_SHIFT, "Смена закрыта")
         result = self._shift_document(state, request_id, "closeShift")
@@ -608,20 +636,36 @@ class VirtualKkt:
         self._append_document(document)
         state["document_number"] = number
         device = state["device"]
+        # The shift scripts answer like a receipt: ``{"fiscalParams": {…, "shiftNumber"},
+        # "warnings": …}`` (json_openShift.js, utils.getFiscalDocumentResult).
         return {
-            "fiscalDocumentNumber": number,
-            "fiscalDocumentSign": document["fiscal_sign"],
-            "fiscalDocumentDateTime": document["datetime"],
-            "shiftNumber": state["shift"]["number"],
-            "fnNumber": device["fn_number"],
-            "registrationNumber": device["registration_number"],
-            "fnsUrl": "www.nalog.gov.ru",
+            "fiscalParams": {
+                "fiscalDocumentNumber": number,
+                "fiscalDocumentSign": document["fiscal_sign"],
+                "fiscalDocumentDateTime": document["datetime"],
+                "shiftNumber": state["shift"]["number"],
+                "fnNumber": device["fn_number"],
+                "registrationNumber": device["registration_number"],
+                "fnsUrl": "www.nalog.gov.ru",
+            },
+            "warnings": None,
         }
 
     # marking codes
 
     def _begin_validation(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
         self._device_ready(state, printing=False)
+        if state["faults"].pop("begin_busy", None):
+            # A check some other client began and left running: this begin gets 401 until
+            # it is cancelled.
+            state["validation"] = {
+                "imc": "",
+                "ki": None,
+                "status": 1,
+                "started_at": self._clock(),
+                "fm_check": False,
+                "fm_result": False,
+            }
         if state["validation"] is not None:
             raise _TaskError(
                 DriverError.MARKING_CODE_VALIDATION_IN_PROGRESS,
@@ -648,7 +692,15 @@ class VirtualKkt:
             "fm_check": fm_check,
             "fm_result": fm_result,
         }
-        local: dict[str, Any] = {"fmCheck": fm_check, "fmCheckResult": fm_result}
+        # ``fmCheckErrorReason`` is always there (myscripts_marks.js, getOfflineValidation):
+        # ``checked`` when the ФН checked the tail, ``typeIncorrect`` for a code type it
+        # cannot check (no AI 91 + 92).
+        reason = "checked" if fm_check else ("typeIncorrect" if ki is not None else "other")
+        local: dict[str, Any] = {
+            "fmCheck": fm_check,
+            "fmCheckResult": fm_result,
+            "fmCheckErrorReason": reason,
+        }
         return {"offlineValidation": local}
 
     def _validation_answer(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -679,23 +731,17 @@ class VirtualKkt:
         if self._clock() - validation["started_at"] < delay:
             return {"ready": False, "sentImcRequest": True}
         if mode == "timeout":
+            # The script reports ``onlineValidation`` only when the online error is 0
+            # (myscripts_marks.js, executeGetMarkingCodeValidationStatus); otherwise
+            # ``driverError`` names the reason. The bits the ФН keeps are the local ones,
+            # which acceptMarkingCode answers.
             return {
                 "ready": True,
                 "sentImcRequest": True,
                 "driverError": {
                     "code": int(DriverError.MARK_CHECK_TIMEOUT_EXPIRED),
-                    "error": "LIBFPTR_ERROR_MARK_CHECK_TIMEOUT_EXPIRED",
-                    "description": "Истек таймаут проверки КМ",
-                },
-                "onlineValidation": {
-                    "itemInfoCheckResult": {
-                        **fn_bits,
-                        "imcStatusInfo": False,
-                        "imcEstimatedStatusCorrect": False,
-                        "ecrStandAloneFlag": False,
-                    },
-                    "imcType": "auto",
-                    "imcModeProcessing": 0,
+                    "error": "responseTimeout",
+                    "description": "Истек таймаут ожидания ответа от сервера",
                 },
             }
         rule = faults.get("codes", {}).get(validation["ki"], {})
@@ -740,7 +786,17 @@ class VirtualKkt:
         answer = self._validation_answer(state)
         if not answer["ready"]:
             raise _TaskError(DriverError.INVALID_STATE, "Результат проверки КМ ещё не получен")
-        bits = answer["onlineValidation"]["itemInfoCheckResult"]
+        online = answer.get("onlineValidation")
+        if online is not None:
+            bits = online["itemInfoCheckResult"]
+        else:  # no answer from the ОИСМ: the ФН's own bits only
+            bits = {
+                "imcCheckFlag": validation["fm_check"],
+                "imcCheckResult": validation["fm_check"] and validation["fm_result"],
+                "imcStatusInfo": False,
+                "imcEstimatedStatusCorrect": False,
+                "ecrStandAloneFlag": False,
+            }
         state["accepted"].append(
             {
                 "id": request_id or f"a{len(state['accepted'])}",
@@ -770,21 +826,55 @@ class VirtualKkt:
     # receipts
 
     def _cancel_receipt(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
+        # Not a task of the published lists (domain.md §7.4a): the driver's own
+        # ``cancelReceipt()`` offered as one; ``no_cancel_task`` makes it unknown, as on a
+        # Web Requests server without it.
+        if state["faults"].get("no_cancel_task"):
+            raise _TaskError(DriverError.NOT_SUPPORTED, "Задание cancelReceipt не поддерживается")
         if state["receipt"] is None:
             raise _TaskError(DriverError.DENIED_IN_CLOSED_RECEIPT, "Чек закрыт")
         state["receipt"] = None
+        state["accepted"] = []  # the driver's cancelReceipt() clears them by default
         return {}
 
+    def _cancel_leftover(self, state: dict[str, Any], *, keep_codes: bool) -> None:
+        """What every fiscal task of the driver's scripts does first: cancel a receipt left
+        open, ignoring "nothing to cancel" (``utils.isNormalCancelError``). The receipt
+        script keeps the accepted codes (``LIBFPTR_PARAM_MARKING_CODE_CLEAR`` false); the
+        shift scripts leave the driver's default, which clears them."""
+        if state["receipt"] is None:
+            return
+        state["receipt"] = None
+        if not keep_codes:
+            state["accepted"] = []
+
     def _receipt(self, state: dict[str, Any], request_id: str, task: Any) -> dict[str, Any]:
+        """``sell`` / ``sellReturn`` as the driver's receipt script runs it
+        (``myscripts_base_receipt.js``, ``executeReceipt``): a receipt left open is cancelled
+        first with the accepted codes kept ("nothing to cancel" is no error); any error from
+        opening the receipt to closing it cancels the receipt and — unless the error is 423,
+        a code check in progress — clears the ФН's table of accepted codes
+        (``exitWithCancelation``). A link lost mid-way (241) leaves the device as it is."""
+        self._cancel_leftover(state, keep_codes=True)
+        try:
+            return self._register_receipt(state, request_id, task)
+        except _TaskError as exc:
+            if exc.code not in (DriverError.NO_CONNECTION, DriverError.CONNECTION_LOST):
+                state["receipt"] = None
+                if exc.code != DriverError.CHEKING_MARK_IN_PROGRESS:
+                    state["accepted"] = []
+            raise
+
+    def _register_receipt(
+        self, state: dict[str, Any], request_id: str, task: Any
+    ) -> dict[str, Any]:
         kind = task["type"]
         faults = state["faults"]
         self._device_ready(state)
-        if state["receipt"] is not None:
-            raise _TaskError(DriverError.DENIED_IN_OPENED_RECEIPT, "Чек открыт: отмените его")
         if state["validation"] is not None:
-            raise _TaskError(
-                DriverError.MARKING_CODE_VALIDATION_IN_PROGRESS, "Процедура проверки КМ запущена"
-            )
+            # Registering a position while a code check runs: the driver's 423 (the one
+            # error after which its script keeps the accepted codes).
+            raise _TaskError(DriverError.CHEKING_MARK_IN_PROGRESS, "Идёт проверка КМ")
         shift_state = self._shift_state(state)
         if shift_state == "closed":
             raise _TaskError(DriverError.DENIED_IN_CLOSED_SHIFT, "Смена закрыта")

@@ -55,12 +55,19 @@ from markd.fiscal import atol_protocol as proto
 from markd.fiscal.base import (
     Finding,
     FiscalPrinter,
+    MarkCheckInProgress,
+    MarkNotValidated,
     NoReceiptOpen,
     NoValidationRunning,
+    OfdExchangeFault,
+    OismTimeout,
     Option,
     PrinterSettings,
     PrinterURL,
+    QueueBlocked,
     ReceiptAlreadyOpen,
+    ReceiptParseError,
+    ValidationAlreadyRunning,
     derive_op_id,
 )
 from markd.fiscal.model import (
@@ -84,9 +91,18 @@ FAULT_TYPES: dict[int, type[PrinterFault]] = {
     proto.ERROR_NEED_CANCEL_DOCUMENT: ReceiptAlreadyOpen,
     proto.ERROR_DENIED_IN_CLOSED_RECEIPT: NoReceiptOpen,
     proto.ERROR_INVALID_STATE: NoValidationRunning,
+    proto.ERROR_VALIDATION_IN_PROGRESS: ValidationAlreadyRunning,
+    proto.ERROR_OFD_EXCHANGE: OfdExchangeFault,
+    proto.ERROR_MARK_NOT_CHECKED: MarkNotValidated,
+    proto.ERROR_NO_MARKING_CODE_IN_TABLE: MarkNotValidated,
+    proto.ERROR_MARK_CHECK_TIMEOUT: OismTimeout,
+    proto.ERROR_MARK_CHECK_IN_PROGRESS: MarkCheckInProgress,
+    proto.ERROR_RECEIPT_PARSE: ReceiptParseError,
 }
-#: Web Requests result statuses that are final (anything else: still running).
+#: Web Requests result statuses that are final (``wait``, ``inProgress``: still running;
+#: ``blocked``: unknown, the queue stopped — see :class:`~markd.fiscal.base.QueueBlocked`).
 FINAL_STATUSES = frozenset({"ready", "error", "interrupted", "canceled", "cancelled"})
+BLOCKED_STATUS = "blocked"
 #: Payment object (tag 1212) of a marked unit and of a plain one.
 PAYMENT_OBJECT_MARKED = "commodityWithMarking"
 PAYMENT_OBJECT_PLAIN = "commodity"
@@ -110,13 +126,21 @@ class TaskOutcome:
         if not isinstance(data, Mapping):
             return cls("error", {}, proto.ERROR_INTERRUPTED, "no answer for the task")
         status = str(data.get("status", "")) or "ready"
+        # Two published shapes of an error: ``errorCode`` / ``errorDescription`` beside the
+        # result (one API description), or ``error: {code, description}`` (a commercial
+        # client); both are read.
         code = read_int(data.get("errorCode"))
+        description = str(data.get("errorDescription") or "")
+        error = data.get("error")
+        if not code and isinstance(error, Mapping):
+            code = read_int(error.get("code"))
+            description = description or str(error.get("description") or "")
         result = data.get("result")
         return cls(
             status,
             dict(result) if isinstance(result, Mapping) else {},
             code if code else None,
-            str(data.get("errorDescription") or ""),
+            description,
         )
 
     @property
@@ -138,6 +162,13 @@ class Transport(Protocol):
         ...
 
     def cancel_receipt(self, op_id: str, timeout_s: float) -> list[TaskOutcome]: ...
+
+    def cancel_leftover(self, op_id: str, timeout_s: float) -> None:
+        """Before a fiscal task: cancel a receipt left open, keeping the accepted codes, and
+        ignore "nothing to cancel" — what the driver's scripts do first (domain.md §7.4a).
+        A transport whose tasks run through those scripts (Web Requests, the virtual ККТ)
+        has nothing to add."""
+        ...
 
     def close(self) -> None: ...
 
@@ -170,11 +201,14 @@ class WebRequestsTransport:
         shown = f"[{host}]" if ":" in host else host
         self._base = f"http://{shown}:{port}"
         self._http: BlockingHTTPClient | None = None
+        #: The request the queue is blocked on, None when it moves.
+        self.blocked_uuid: str | None = None
 
     def run(
         self, op_id: str, tasks: list[dict[str, Any]], timeout_s: float, mutating: bool
     ) -> list[TaskOutcome]:
         deadline = time.monotonic() + timeout_s
+        self._check_queue(op_id, deadline)
         body = {"uuid": op_id, "request": tasks}
         try:
             status, answer = self._exchange("POST", "/api/v2/requests", body, deadline)
@@ -189,23 +223,41 @@ class WebRequestsTransport:
                     f"queued ({exc})"
                 ) from exc
             return found
-        if status == 409:
-            pass  # the uuid is known: the first request's results are what counts
-        elif not 200 <= status < 300:
-            raise PrinterFault(
-                f"ATOL web server {self._where} refused the request: HTTP {status} "
-                f"{_error_text(answer)}",
-                "web-request-refused",
-            )
+        if not _accepted(status, answer):
+            # Refused — or a uuid the server already knows (no public source promises a
+            # 409 for that): whether the server holds a request under this uuid decides,
+            # and then its first results are what counts.
+            found = self._poll(op_id, len(tasks), deadline, missing_ok=True)
+            if found is None:
+                raise PrinterFault(
+                    f"ATOL web server {self._where} refused the request: HTTP {status} "
+                    f"{_error_text(answer)}",
+                    "web-request-refused",
+                )
+            return found
         found = self._poll(op_id, len(tasks), deadline, missing_ok=False)
         assert found is not None
         return found
+
+    def _check_queue(self, op_id: str, deadline: float) -> None:
+        """Send nothing while the queue is blocked: ask the blocked request again, and go on
+        only once it has a final status (a person resolved it on the driver)."""
+        blocked = self.blocked_uuid
+        if blocked is None or blocked == op_id:
+            return
+        self.blocked_uuid = None
+        self._poll(blocked, None, deadline, missing_ok=True)  # raises while still blocked
 
     def lookup(self, op_id: str, timeout_s: float) -> list[TaskOutcome] | None:
         return self._poll(op_id, None, time.monotonic() + timeout_s, missing_ok=True)
 
     def cancel_receipt(self, op_id: str, timeout_s: float) -> list[TaskOutcome]:
         return self.run(op_id, [{"type": self.cancel_task}], timeout_s, mutating=True)
+
+    def cancel_leftover(self, op_id: str, timeout_s: float) -> None:
+        # The web server runs each task through the driver's script, whose first step is
+        # this very cancel (myscripts_base_receipt.js, json_openShift.js).
+        return None
 
     def close(self) -> None:
         http, self._http = self._http, None
@@ -227,8 +279,16 @@ class WebRequestsTransport:
         """GET the request's results until every task is final; None when the server does
         not know the uuid (and ``missing_ok``)."""
         path = f"/api/v2/requests/{op_id}"
+        waiting = False
         while True:
             if time.monotonic() >= deadline:
+                if waiting:
+                    # Never taken from the queue: an earlier request holds it (``blocked``,
+                    # one this process did not send) or the server is stuck.
+                    raise QueueBlocked(
+                        f"ATOL web server {self._where}: request {op_id} still waits in the "
+                        "queue: an earlier request blocks it; see the driver's web server"
+                    )
                 raise FiscalTimeout(
                     f"ATOL web server {self._where}: request {op_id} not finished in time"
                 )
@@ -256,8 +316,16 @@ class WebRequestsTransport:
             results = answer.get("results") if isinstance(answer, Mapping) else None
             if isinstance(results, list) and (count is None or len(results) >= count):
                 outcomes = [TaskOutcome.from_json(r) for r in results]
+                if any(o.status == BLOCKED_STATUS for o in outcomes):
+                    self.blocked_uuid = op_id
+                    raise QueueBlocked(
+                        f"ATOL web server {self._where}: request {op_id} is blocked — its "
+                        "result is unknown and the queue is stopped until a technician "
+                        "resolves it on the driver's web server"
+                    )
                 if all(o.status in FINAL_STATUSES for o in outcomes):
                     return outcomes
+                waiting = all(o.status == "wait" for o in outcomes)
             time.sleep(min(self.poll_interval_s, max(deadline - time.monotonic(), 0)))
 
     def _client(self) -> BlockingHTTPClient:
@@ -304,6 +372,17 @@ class _NotSent(Exception):
 
 class _NoAnswer(Exception):
     """The request left but no (complete) answer came back."""
+
+
+def _accepted(status: int, answer: Any) -> bool:
+    """The POST answer took the request: a 2xx whose body (``{uuid, number, error}``) names
+    no error."""
+    if not 200 <= status < 300:
+        return False
+    error = answer.get("error") if isinstance(answer, Mapping) else None
+    if isinstance(error, Mapping):
+        return not read_int(error.get("code"))
+    return True
 
 
 def _error_text(answer: Any) -> str:
@@ -381,6 +460,24 @@ class LibfptrTransport:
     def lookup(self, op_id: str, timeout_s: float) -> list[TaskOutcome] | None:
         return None  # the library keeps no request table
 
+    def cancel_leftover(self, op_id: str, timeout_s: float) -> None:
+        # processJson runs the same scripts, but markd says it here too, through the
+        # library's documented call, and keeps the accepted codes as the receipt script
+        # does (LIBFPTR_PARAM_MARKING_CODE_CLEAR = false; without it cancelReceipt() clears
+        # the ФН's table of accepted codes).
+        fptr = self.fptr
+        clear_param = getattr(self._const, "LIBFPTR_PARAM_MARKING_CODE_CLEAR", None)
+        if clear_param is not None:
+            fptr.setParam(clear_param, False)
+        if fptr.cancelReceipt() < 0:
+            code = int(fptr.errorCode())
+            if code not in proto.NOTHING_TO_CANCEL_CODES:
+                raise _device_error(
+                    "cancelReceipt",
+                    TaskOutcome("error", {}, code, str(fptr.errorDescription())),
+                    mutating=True,
+                )
+
     def cancel_receipt(self, op_id: str, timeout_s: float) -> list[TaskOutcome]:
         fptr = self.fptr
         if fptr.cancelReceipt() < 0:
@@ -417,6 +514,8 @@ class AtolPrinter(FiscalPrinter):
         """Run tasks; raise for the first error unless its code is in ``tolerate`` or the
         task's index is at or after ``optional_from``."""
         mutating = any(t.get("type") in proto.MUTATING_TASKS for t in tasks)
+        if any(t.get("type") in proto.FISCAL_TASKS for t in tasks):
+            self.transport.cancel_leftover(op_id, self.settings.timeout_s)
         outcomes = self.transport.run(op_id, tasks, self.settings.timeout_s, mutating)
         for index, (task, outcome) in enumerate(zip(tasks, outcomes, strict=False)):
             if outcome.ok or outcome.error_code in tolerate:
@@ -471,7 +570,9 @@ class AtolPrinter(FiscalPrinter):
 
     def _shift(self, op_id: str, kind: str) -> ShiftInfo:
         outcomes = self._run(op_id, [{"type": kind}])
-        result = outcomes[0].result
+        # ``{"fiscalParams": {…, "shiftNumber", "fiscalDocumentNumber"}}`` as the driver's
+        # shift scripts answer; a flat answer (older readings) is taken as well.
+        result = _dict(outcomes[0].result.get("fiscalParams")) or outcomes[0].result
         return ShiftInfo(
             number=read_int(result.get("shiftNumber"), lo=0) or 0,
             state="opened" if kind == "openShift" else "closed",
@@ -511,7 +612,23 @@ class AtolPrinter(FiscalPrinter):
 
     def _validation_status(self, op_id: str, ki: str) -> MarkValidation:
         outcomes = self._run(op_id, [{"type": "getMarkingCodeValidationStatus"}])
-        return _validation_from_status(ki, outcomes[0].result)
+        result = outcomes[0].result
+        if "ready" not in result:
+            # The status call itself failed: the script answers ``{driverError}`` alone
+            # (myscripts_marks.js). That is an error, not "keep polling".
+            driver = _dict(result.get("driverError"))
+            code = read_int(driver.get("code"))
+            raise _device_error(
+                "getMarkingCodeValidationStatus",
+                TaskOutcome(
+                    "error",
+                    {},
+                    code or proto.ERROR_INVALID_STATE,
+                    str(driver.get("description") or driver.get("error") or "no status"),
+                ),
+                mutating=False,
+            )
+        return _validation_from_status(ki, result)
 
     def _accept(self, op_id: str, ki: str) -> MarkValidation | None:
         outcomes = self._run(op_id, [{"type": "acceptMarkingCode"}])
@@ -759,8 +876,14 @@ def _validation_from_status(ki: str, result: Mapping[str, Any]) -> MarkValidatio
     sent = result.get("sentImcRequest") is True
     driver = _dict(result.get("driverError"))
     code = read_int(driver.get("code"))
-    driver_error = f"{code}: {driver.get('description', '')}".strip() if code else None
-    online = _dict(result.get("onlineValidation"))
+    driver_error = None
+    if code:
+        # ``error`` names the reason (responseTimeout, serverNoConnect, imcCheckIsRun …).
+        name = _str(driver.get("error"))
+        driver_error = f"{code}{' ' + name if name else ''}: {driver.get('description', '')}"
+        driver_error = driver_error.strip()
+    # ``onlineValidation`` comes only when the online error is 0 (myscripts_marks.js).
+    online = _dict(result.get("onlineValidation")) if not code else {}
     bits = _dict(online.get("itemInfoCheckResult"))
     return _validation_from_bits(
         ki,

@@ -43,6 +43,9 @@ MUTATING_TASKS = frozenset(
     }
 )
 
+#: Tasks before which the driver's scripts cancel a receipt left open (domain.md §7.4a).
+FISCAL_TASKS = frozenset({"openShift", "closeShift", "sell", "sellReturn"})
+
 #: Receipt kind → ATOL task type.
 RECEIPT_TASKS = {"sell": "sell", "return": "sellReturn"}
 
@@ -72,12 +75,20 @@ ERROR_INVALID_MARKING_CODE = 409
 ERROR_INVALID_STATE = 410
 ERROR_MARK_NOT_CHECKED = 420
 ERROR_MARK_CHECK_TIMEOUT = 421
+ERROR_OFD_EXCHANGE = 411
+ERROR_NO_MARKING_CODE_IN_TABLE = 422
+ERROR_MARK_CHECK_IN_PROGRESS = 423
+ERROR_RECEIPT_PARSE = 501
 ERROR_INTERRUPTED = 502
 
 #: The device could not be talked to at all: the task did not run.
 NOT_EXECUTED_CODES = frozenset({1, 2, 3, 4})
 #: The link broke while the task ran: it may or may not have taken effect.
 CUT_OFF_CODES = frozenset({ERROR_CONNECTION_LOST})
+
+#: Errors of the driver's cancelReceipt() that mean "nothing to cancel" (the scripts'
+#: ``isNormalCancelError``; the numbers the scripts name there that markd knows).
+NOTHING_TO_CANCEL_CODES = frozenset({ERROR_DENIED_IN_CLOSED_RECEIPT, ERROR_SHIFT_EXPIRED})
 
 ERROR_REASONS: dict[int, str] = {
     1: "printer-unavailable",
@@ -117,6 +128,10 @@ ERROR_REASONS: dict[int, str] = {
     ERROR_INVALID_STATE: "invalid-state",
     ERROR_MARK_NOT_CHECKED: "mark-not-checked",
     ERROR_MARK_CHECK_TIMEOUT: "oism-timeout",
+    ERROR_OFD_EXCHANGE: "ofd-exchange-error",
+    ERROR_NO_MARKING_CODE_IN_TABLE: "mark-not-checked",
+    ERROR_MARK_CHECK_IN_PROGRESS: "mark-check-in-progress",
+    ERROR_RECEIPT_PARSE: "receipt-parse-error",
     ERROR_INTERRUPTED: "interrupted",
 }
 

@@ -44,7 +44,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
-from markd.errors import PrinterFault, PrinterURLError
+from markd.errors import OutcomeUnknown, PrinterFault, PrinterURLError
 from markd.fiscal.model import (
     MarkValidation,
     Position,
@@ -194,6 +194,61 @@ class NoValidationRunning(PrinterFault):
     reason = "invalid-state"
 
 
+class ValidationAlreadyRunning(PrinterFault):
+    """A code validation is already under way on the device (ATOL 401, «Процедура проверки
+    КМ уже запущена»): cancel it and begin again."""
+
+    reason = "validation-running"
+
+
+class MarkNotValidated(PrinterFault):
+    """A receipt names a code the ФН holds no accepted result for (ATOL 420 «КМ не
+    проверен в ФН», 422 «нет КМ в таблице»): after a failed receipt the driver clears the
+    table, so every code must be validated again before the receipt is tried again."""
+
+    reason = "mark-not-checked"
+
+
+class MarkCheckInProgress(PrinterFault):
+    """A code check is still running while a receipt is registered (ATOL 423 «Идёт
+    проверка КМ»): the one failed receipt after which the driver keeps the accepted codes."""
+
+    reason = "mark-check-in-progress"
+
+
+class OismTimeout(PrinterFault):
+    """The marking operator's system did not answer the ККТ in time (ATOL 421 «Истёк
+    таймаут проверки КМ»)."""
+
+    reason = "oism-timeout"
+
+
+class OfdExchangeFault(PrinterFault):
+    """The ККТ's exchange with the ОФД failed (ATOL 411 «Ошибка обмена с ОФД»)."""
+
+    reason = "ofd-exchange-error"
+
+
+class ReceiptParseError(PrinterFault):
+    """The driver could not read the task (ATOL 501 «Ошибка разбора задания»): markd built
+    a task the driver does not accept — nothing was done on the device."""
+
+    reason = "receipt-parse-error"
+
+
+class QueueBlocked(OutcomeUnknown):
+    """ATOL's Web Requests queue is ``blocked``: the result of the request at its head is
+    unknown and the server runs nothing after it until a person resolves it. Raised at once
+    (no polling to the time limit), and for every new operation until the queue moves again.
+
+    Technician: open the driver's web server (ДТО10, ``http://HOST:16732``), see what became
+    of the blocked request on the ККТ (its last document, an open receipt), resolve or cancel
+    it there; markd then reads the request's final status and goes on (``markctl printer
+    status`` shows ``queue-blocked`` until then)."""
+
+    reason = "queue-blocked"
+
+
 # --------------------------------------------------------------------------------------------
 # The interface
 
@@ -270,7 +325,17 @@ class FiscalPrinter(abc.ABC):
     def begin_validation(self, op_id: str, km: str, ki: str, planned_status: int) -> MarkValidation:
         """Hand the code to the ККТ; the ФН's local result (2004) comes back at once."""
         with self._lock:
+            return self._begin_afresh(op_id, km, ki, planned_status)
+
+    def _begin_afresh(self, op_id: str, km: str, ki: str, planned_status: int) -> MarkValidation:
+        """Begin; when a validation is already running (left by a crash or another client:
+        :class:`ValidationAlreadyRunning`), cancel it and begin once more, as the public
+        ATOL clients do (domain.md §7.4). A second refusal is raised."""
+        try:
             return self._begin_validation(op_id, km, ki, planned_status)
+        except ValidationAlreadyRunning:
+            self._cancel_validation(derive_op_id(op_id, "cancel-running"))
+            return self._begin_validation(derive_op_id(op_id, "again"), km, ki, planned_status)
 
     def validation_status(self, op_id: str, ki: str) -> MarkValidation:
         with self._lock:
@@ -280,7 +345,7 @@ class FiscalPrinter(abc.ABC):
         """Begin, then poll until the ККТ has its final answer or the validation time is up
         (then ``ready`` is False). Neither accepts nor declines."""
         with self._lock:
-            local = self._begin_validation(derive_op_id(op_id, "begin"), km, ki, planned_status)
+            local = self._begin_afresh(derive_op_id(op_id, "begin"), km, ki, planned_status)
             deadline = time.monotonic() + self.settings.validation_timeout_s
             polls = 0
             while True:

@@ -73,6 +73,9 @@ class InProcessTransport:
     def cancel_receipt(self, op_id: str, timeout_s: float) -> list[TaskOutcome]:
         return self.run(op_id, [{"type": "cancelReceipt"}], timeout_s, True)
 
+    def cancel_leftover(self, op_id: str, timeout_s: float) -> None:
+        return None  # the virtual ККТ's fiscal tasks cancel a leftover receipt themselves
+
     def close(self) -> None:
         pass
 

@@ -159,9 +159,7 @@ class Recovery:
         # after it. An id used by an earlier attempt — in this process or one that was killed
         # or lost the ККТ half-way — would be answered from the ККТ's request table (ATOL's
         # web server: 409) instead of being run, and the unit would be lost.
-        receipt.recoveries += 1
-        redo_id = f"redo-{receipt.recoveries}"
-        steps.journal.append("recovery-attempt", rid, attempt=receipt.recoveries, op=op)
+        redo_id = self._new_attempt(receipt, op=op)
         if status.receipt_open is not False:
             problem = await steps.quietly(
                 printer.cancel_receipt, derive_op_id(rid, f"{redo_id}/cancel-receipt")
@@ -177,7 +175,29 @@ class Recovery:
 
     # -- registering anew -----------------------------------------------------------------------
 
-    async def _register_anew(self, receipt: ReceiptInFlight, redo_id: str) -> ReceiptOutcome:
+    def _new_attempt(self, receipt: ReceiptInFlight, **facts: Any) -> str:
+        """Journal a new recovery attempt and return the name its device operations take."""
+        receipt.recoveries += 1
+        self.steps.journal.append(
+            "recovery-attempt", receipt.receipt_id, attempt=receipt.recoveries, **facts
+        )
+        return f"redo-{receipt.recoveries}"
+
+    async def register_again(self, receipt: ReceiptInFlight) -> ReceiptOutcome:
+        """Close a paid receipt whose last ``sell`` the ККТ refused, the way the driver left
+        it: the receipt cancelled on the device and the ФН's table of accepted codes cleared
+        (ATOL's receipt script, ``exitWithCancelation``; domain.md §7.4a). Sending the same
+        positions again would be refused (420 / 422), so every code is validated again
+        (begin → status → accept) and the receipt registered once more — or, for a code the
+        ФН or the ОИСМ now declines, the unit is dropped with the payments fitted and the
+        refund named, exactly as recovery after a crash does. Journaled as a recovery
+        attempt (``cause: close-failed``), so its operations get ids of their own."""
+        redo_id = self._new_attempt(receipt, cause="close-failed")
+        return await self._register_anew(receipt, redo_id, capped=False)
+
+    async def _register_anew(
+        self, receipt: ReceiptInFlight, redo_id: str, *, capped: bool = True
+    ) -> ReceiptOutcome:
         """Validate every unit again and close the receipt: after a crash the ФН's results
         may be gone or stale, and the receipt must not be lost. ``redo_id`` names this
         recovery attempt's device operations (see :meth:`reconcile`).
@@ -189,7 +209,7 @@ class Recovery:
         """
         steps, printer = self.steps, self.steps.printer
         rid = receipt.receipt_id
-        if receipt.attempts >= MAX_ATTEMPTS:
+        if capped and receipt.attempts >= MAX_ATTEMPTS:
             return steps.pending(
                 receipt, FiscalError(f"{receipt.attempts} attempts made", "too-many-attempts")
             )
@@ -248,7 +268,8 @@ class Recovery:
             )
         self._adjust_payments(receipt)
         await steps.device(printer.restore_receipt, receipt.kind, receipt.positions())
-        outcome = await steps.attempt_close(receipt, recovering=True)
+        receipt.codes_stale = False
+        outcome = await steps.attempt_close(receipt, recovering=capped)
         if outcome is None:
             # The answer to this close was lost as well: find out what became of it.
             return await self.reconcile(receipt)
@@ -370,12 +391,14 @@ class Recovery:
                     receipt.paid_total = total
             elif event == "recovery-attempt":
                 receipt.recoveries = max(receipt.recoveries, int(record.get("attempt", 0)))
+                receipt.codes_stale = False
             elif event == "closing":
                 receipt.attempts = int(record.get("attempt", receipt.attempts + 1))
                 receipt.last_op = record.get("op")
                 receipt.doc_before = record.get("doc_before")
             elif event == "close-failed":
                 receipt.last_op = None
+                receipt.codes_stale = True
             elif event == "closed":
                 receipt.fn_number = record.get("fn_number")
         return receipt

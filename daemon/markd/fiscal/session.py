@@ -338,6 +338,11 @@ class SaleSession:
                 )
                 receipt.payments = given
                 receipt.paid_total = receipt.settled_total = total
+            if receipt.codes_stale:
+                # The ККТ refused the last sell and its driver cleared the accepted codes:
+                # validate every code again before the one new sell (never the same
+                # positions blindly: a device answers 420 / 422).
+                return await self.recovery.register_again(receipt)
             outcome = await steps.attempt_close(receipt)
             if outcome is None:
                 # The ККТ's answer was lost: find out what became of the attempt.

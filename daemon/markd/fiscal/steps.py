@@ -173,6 +173,9 @@ class ReceiptInFlight:
     settled_total: int = 0
     #: Units dropped after the payment (registered anew without them).
     dropped: list[UnitOutcome] = field(default_factory=list)
+    #: The ККТ refused the last ``sell``: its driver cancelled the receipt and cleared the
+    #: ФН's accepted codes, so they are validated again before the next one.
+    codes_stale: bool = False
 
     @property
     def kis(self) -> list[str]:
@@ -325,6 +328,9 @@ class SessionSteps:
         """The ККТ refused (or was not reached): no receipt. It stays open to retry or cancel."""
         if attempt is not None:
             receipt.last_op = None  # that attempt is settled: it made no receipt
+            # The driver cancels a failed receipt and clears the accepted codes (all but
+            # error 423, which keeps them; validating again is harmless then too).
+            receipt.codes_stale = True
             self.journal.append(
                 "close-failed",
                 receipt.receipt_id,

@@ -1,0 +1,116 @@
+"""The Web Requests queue as it is (issue 13, item 2): statuses incl. ``blocked``, both
+published error shapes, and idempotency read from what the server answers — through the real
+``atol-web`` shim over HTTP to the ``atol_web`` emulator."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from markd.codes import parse
+from markd.errors import PrinterFault
+from markd.fiscal.base import PrinterSettings, QueueBlocked, new_op_id, open_printer
+from markd.fiscal.model import IndustryTags, MarkedItem, Position
+from markd.fiscal.session import SaleOptions, SaleSession
+from markd.receipts import Payment
+from markd.testing import fiscal as testing
+
+SHOES = parse(testing.SHOES)
+
+
+def test_a_blocked_request_is_unknown_at_once_and_stops_new_tasks(tmp_path: Path) -> None:
+    with testing.atol_web_printer(tmp_path / "kkt") as (printer, server):
+        printer.ensure_shift(new_op_id())
+        documents = len(server.kkt.documents())
+        server.block_next = "before"
+        started = time.monotonic()
+
+        with pytest.raises(QueueBlocked) as err:
+            printer.close_shift(new_op_id())
+        assert time.monotonic() - started < printer.settings.timeout_s / 2  # not polled out
+        assert err.value.reason == "queue-blocked"
+
+        posted = len(server.requests)
+        with pytest.raises(QueueBlocked):
+            printer.status()  # nothing new is sent while the queue is blocked
+        assert [r for r in server.requests[posted:] if r.method == "POST"] == []
+        assert len(server.kkt.documents()) == documents
+
+        server.unblock()  # a technician resolved it: it never ran (canceled)
+        assert printer.status().shift_state == "opened"
+
+
+async def test_a_sale_blocked_after_it_ran_is_found_once_resolved(tmp_path: Path) -> None:
+    with testing.atol_web_printer(tmp_path / "kkt") as (printer, server):
+        session = SaleSession(printer, None, None, tmp_path / "j", None, SaleOptions())
+        await session.add(testing.allowed(SHOES), SHOES, 100, "Кроссовки")
+        server.block_next, server.block_task = "after", "sell"  # made; result unknown
+
+        pending = await session.close()
+        assert (pending.status, pending.reason) == ("pending", "queue-blocked")
+
+        server.unblock()
+        report = await session.recover()
+        session.close_session()
+
+    assert [o.status for o in report.outcomes] == ["closed"]
+    assert len(server.kkt.receipts()) == 1
+
+
+def test_errors_in_the_object_shape_are_read(tmp_path: Path) -> None:
+    with testing.atol_web_printer(tmp_path / "kkt") as (printer, server):
+        server.error_shape = "object"
+        server.kkt.set_faults(paper_out=True)
+
+        with pytest.raises(PrinterFault) as err:
+            printer.open_shift(new_op_id())
+
+    assert (err.value.reason, err.value.device_code) == ("paper-out", 44)
+
+
+@pytest.mark.parametrize("repost_status", [200, 400, 409])
+def test_a_reposted_uuid_rests_on_what_the_server_holds(
+    tmp_path: Path, repost_status: int
+) -> None:
+    with testing.atol_web_printer(tmp_path / "kkt") as (printer, server):
+        server.repost_status = repost_status
+        printer.ensure_shift(new_op_id())
+        check = printer.check_code(new_op_id(), testing.SHOES, SHOES.ki, 1)
+        position = Position(
+            "Кроссовки",
+            100,
+            mark=MarkedItem(
+                testing.SHOES,
+                SHOES.ki,
+                1,
+                industry=IndustryTags(tag1265="UUID=u&Time=1"),
+                validation=check.validation,
+            ),
+        )
+        printer.open_receipt(new_op_id())
+        printer.add_position(new_op_id(), position)
+        op = new_op_id()
+        first = printer.close_receipt(op, [Payment(100)])
+        printer.restore_receipt("sell", [position])
+
+        second = printer.close_receipt(op, [Payment(100)])  # posted again after a "crash"
+
+    assert second.document_number == first.document_number
+    assert len(server.kkt.receipts()) == 1
+
+
+def test_another_process_sees_its_request_wait_behind_a_blocked_one(tmp_path: Path) -> None:
+    """``markctl printer status`` is a process of its own: it does not know the blocked uuid,
+    but its request never leaves ``wait``, which it reports as ``queue-blocked``."""
+    with testing.atol_web_printer(tmp_path / "kkt") as (printer, server):
+        server.block_next = "before"
+        with pytest.raises(QueueBlocked):
+            printer.status()
+        settings = PrinterSettings(timeout_s=0.5, validation_timeout_s=1, poll_interval_s=0.02)
+        with open_printer(printer.url.text, settings) as other:
+            with pytest.raises(QueueBlocked) as err:
+                other.status()
+
+    assert "waits in the queue" in err.value.message
