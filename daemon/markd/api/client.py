@@ -11,7 +11,11 @@ most the call's timeout, as a socket timeout does.
 
 :class:`DaemonNotRunning` means there is nobody to ask (no socket file, or a file left behind
 by a daemon that is gone), which is when ``markctl`` does the work in-process instead; any
-other failure (no permission on the socket, an error answer) is a :class:`ControlClientError`.
+other failure (no permission on the socket, an error answer, an answer h11 refuses) is a
+:class:`ControlClientError`.
+
+It does not use :mod:`markd.http`, the client for peers on the network: a local Unix socket
+needs no URLs, DNS, TLS, proxies or connection pools (docs/architecture.md, "Decisions").
 """
 
 from __future__ import annotations
