@@ -182,3 +182,22 @@ def test_api_client_tells_a_missing_daemon_from_a_broken_one(tmp_path: Path) -> 
         ControlClient(str(tmp_path / "none.sock")).status()
     with pytest.raises(DaemonNotRunning):
         ControlClient(str(stale)).status()
+
+
+def test_api_client_turns_a_content_length_of_5000_digits_into_its_error(
+    daemon_factory: DaemonFactory,
+) -> None:
+    """h11 0.14 (Debian 12) raises a bare ValueError on it; markctl still gets its typed
+    error, for a request and for the event stream alike."""
+    hostile = b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n{}"
+    daemon = daemon_factory([hostile, hostile])
+    client = ControlClient(daemon.path)
+
+    with pytest.raises(ControlClientError, match="did not answer") as request:
+        client.status()
+    with pytest.raises(ControlClientError, match="event stream from markd broke") as stream:
+        list(client.events())
+
+    for caught in (request, stream):
+        assert "malformed answer (bad Content-Length)" in str(caught.value)
+        assert "9999" not in str(caught.value)

@@ -423,3 +423,25 @@ async def test_api_malformed_requests_are_refused_without_echoing_them(tmp_path:
         assert (answer.status, answer.json()["error"]) == (400, "bad-request")
         assert answer.json()["message"].startswith("malformed request: ")
         assert secret not in answer.body
+
+
+@pytest.mark.parametrize("pieces", [1, 2], ids=["whole", "head-then-body"])
+async def test_api_a_content_length_of_5000_digits_gets_400(tmp_path: Path, pieces: int) -> None:
+    """h11 0.14 (Debian 12) raises a bare ValueError on it instead of its protocol error; the
+    answer is the same 400 either way, and the connection closes."""
+    head = b"POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n"
+    async with serving(tmp_path) as (control, service):
+        conversation = await connect(control)
+        if pieces == 1:
+            await conversation.send(head + b"\r\n{}")
+        else:
+            await conversation.send(head)
+            await conversation.send(b"\r\n{}")
+        answer = await conversation.answer()
+        closed = await conversation.closed_by_server()
+        conversation.close()
+
+        assert (answer.status, answer.json()["error"]) == (400, "bad-request")
+        assert answer.json()["message"] == "malformed request: bad Content-Length"
+        assert answer.headers["connection"] == "close" and closed
+        assert service.codes == []

@@ -420,6 +420,12 @@ async def test_api_bad_requests_get_json_errors_and_the_connection_stays_usable(
             400,
             "bad-request",
         ),
+        (
+            b"POST /v1/check HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
+            400,
+            "bad-request",
+        ),
+        ("POST /v1/check HTTP/1.1\r\nContent-Length: ²\r\n\r\n".encode(), 400, "bad-request"),
     ],
     ids=[
         "huge-body",
@@ -433,6 +439,8 @@ async def test_api_bad_requests_get_json_errors_and_the_connection_stays_usable(
         "folded-header",
         "negative-length",
         "two-lengths",
+        "length-of-5000-digits",
+        "length-in-superscript",
     ],
 )
 async def test_api_unframeable_requests_are_answered_and_the_connection_closed(

@@ -13,7 +13,9 @@ real sockets, against the ``atol_web`` emulator with its answers lost on the way
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -178,3 +180,43 @@ def test_answers_lost_while_polling_leave_the_outcome_unknown(
         printer.close_receipt(new_op_id(), [Payment(100)])
     server.lose_polls = False
     assert len(server.kkt.receipts()) == 1  # printed: only reconciliation can tell
+
+
+def test_an_answer_with_a_5000_digit_length_counts_as_sent_without_an_answer() -> None:
+    """A hostile ``Content-Length`` (h11 0.14, Debian 12's, raises a bare ValueError on it)
+    is a broken answer to a request that left: markd asks for it by its uuid before calling
+    the printer unavailable, as for any answer lost after sending."""
+    hostile = b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n{}"
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.05)
+    heads: list[bytes] = []
+    done = threading.Event()
+
+    def answer_all() -> None:
+        while not done.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                continue
+            with connection:
+                connection.settimeout(5)
+                with contextlib.suppress(OSError):
+                    heads.append(connection.recv(65536).split(b"\r\n", 1)[0])
+                    connection.sendall(hostile)
+
+    thread = threading.Thread(target=answer_all, daemon=True)
+    thread.start()
+    url = f"atol-web://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with open_printer(url, testing.FAST) as printer:
+            with pytest.raises(PrinterUnavailable) as caught:
+                printer.status()
+    finally:
+        done.set()
+        thread.join(5)
+        listener.close()
+    assert "malformed" in str(caught.value) or "not queued" in str(caught.value), caught.value
+    assert heads[0].startswith(b"POST " + REQUESTS.encode())
+    assert any(head.startswith(b"GET " + REQUESTS.encode()) for head in heads)  # asked by uuid

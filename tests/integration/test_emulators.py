@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import h11
 import pytest
 
 from conftest import DAIRY, DAIRY_KI, GS, TOBACCO_PACK, TOBACCO_PACK_KI, WATER, WATER_KI
@@ -31,6 +32,7 @@ from markd.emulators import testing
 from markd.emulators.crpt_cdn import CrptCdn, CrptCdnHost
 from markd.emulators.local_module import LocalModuleEmulator
 from markd.emulators.scenario import Behaviour, Scenario, ScenarioError
+from markd.emulators.server import HTTPEmulator, Reply, Request, Route
 from markd.emulators.testing import HttpAnswer, basic_auth, encode_code, http_request
 from markd.emulators.tspiot import TspiotEmulator
 
@@ -338,9 +340,7 @@ def test_codes_check_answers_come_from_the_scenario_per_code(cdn: CrptCdn) -> No
 
 @pytest.mark.parametrize("endpoint", [CHECK, INFO, HEALTH])
 @pytest.mark.parametrize("token", [None, "wrong"])
-def test_a_missing_or_wrong_token_gets_401(
-    cdn: CrptCdn, endpoint: str, token: str | None
-) -> None:
+def test_a_missing_or_wrong_token_gets_401(cdn: CrptCdn, endpoint: str, token: str | None) -> None:
     headers = {"X-API-KEY": token} if token else {}
     method = "POST" if endpoint == CHECK else "GET"
     url = cdn.url if endpoint == INFO else cdn.host.url
@@ -365,9 +365,7 @@ def test_any_token_is_accepted_when_none_is_configured() -> None:
         (json.dumps({"codes": [WATER]}).encode(), {"require_fiscal_drive_number": True}),
     ],
 )
-def test_a_bad_check_request_gets_400(
-    cdn: CrptCdn, body: bytes, settings: dict[str, Any]
-) -> None:
+def test_a_bad_check_request_gets_400(cdn: CrptCdn, body: bytes, settings: dict[str, Any]) -> None:
     cdn.configure(**settings)
     answer = http_request(cdn.host.url, "POST", CHECK, body=body, headers={"X-API-KEY": TOKEN})
     assert answer.status == 400
@@ -1086,3 +1084,71 @@ def test_a_socket_level_client_sees_one_segment_per_answer(cdn: CrptCdn) -> None
     assert len(payload) == length
     assert json.loads(payload)["codes"][0]["cis"] == WATER
     assert GS in json.loads(payload)["codes"][0]["cis"]
+
+
+# --------------------------------------------------------------------------------------------
+# request bodies, framed by h11 on the emulators' one server
+
+
+class EchoEmulator(HTTPEmulator):
+    """An emulator with one endpoint that answers with the body it received."""
+
+    name = "echo"
+
+    def route(self, method: str, path: str) -> Route:
+        def echo(request: Request) -> Reply:
+            return Reply(200, request.body, content_type="application/octet-stream")
+
+        return Route("echo", None, ("POST",), echo)
+
+
+def answers_to(raw: bytes, count: int) -> list[tuple[int, bytes]]:
+    """Send ``raw`` (one or more requests) to an echo emulator; its first ``count`` answers
+    (fewer when it closes the connection)."""
+    with EchoEmulator() as server:
+        reader = h11.Connection(h11.CLIENT)
+        with socket.create_connection((server.host, server.port), timeout=5) as sock:
+            sock.sendall(raw)
+            answers: list[tuple[int, bytes]] = []
+            status, body = 0, b""
+            while len(answers) < count:
+                if reader.our_state is h11.IDLE:  # the request was sent raw: h11 is told
+                    reader.send(h11.Request(method="POST", target="/", headers=[("Host", "x")]))
+                    reader.send(h11.EndOfMessage())
+                event = reader.next_event()
+                if event is h11.NEED_DATA:
+                    reader.receive_data(sock.recv(65536))
+                elif isinstance(event, h11.Response):
+                    status, body = event.status_code, b""
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    answers.append((status, body))
+                    if reader.their_state is not h11.DONE or reader.our_state is not h11.DONE:
+                        break
+                    reader.start_next_cycle()
+    return answers
+
+
+def test_a_chunked_body_is_read_and_the_request_behind_it_on_the_same_connection_too() -> None:
+    first = (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;name=value\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n"
+    )
+    second = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nnext"
+    assert answers_to(first + second, 2) == [(200, b"hello, world"), (200, b"next")]
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Transfer-Encoding: chunked\r\n\r\n" + b"f" * 21 + b"\r\nx\r\n0\r\n\r\n",
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\nx\r\n0\r\n\r\n",
+        b"Content-Length: " + b"9" * 5000 + b"\r\n\r\nx",
+        b"Content-Length: -1\r\n\r\nx",
+    ],
+    ids=["chunk-size-21-hex-digits", "chunk-size-not-hex", "length-5000-digits", "negative"],
+)
+def test_a_body_whose_framing_h11_refuses_gets_400(framing: bytes) -> None:
+    answers = answers_to(b"POST /echo HTTP/1.1\r\nHost: x\r\n" + framing, 1)
+    assert [status for status, _ in answers] == [400]

@@ -156,3 +156,42 @@ async def test_headers_and_body_leave_in_one_segment(server: str) -> None:
 def test_loopback_names() -> None:
     assert is_loopback("localhost") and is_loopback("127.0.0.1") and is_loopback("::1")
     assert not is_loopback("cdn.crpt.ru") and not is_loopback("10.0.0.1")
+
+
+FIVE_THOUSAND_DIGITS = b"9" * 5000
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: " + FIVE_THOUSAND_DIGITS + b"\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * 21 + b"\r\n{}",
+        "HTTP/1.1 200 OK\r\nContent-Length: ²\r\n\r\n{}".encode(),
+    ],
+    ids=["content-length-5000-digits", "chunk-size-21-hex-digits", "content-length-superscript"],
+)
+async def test_a_hostile_length_is_a_protocol_error_after_sending(answer: bytes) -> None:
+    """h11 0.14 (Debian 12) raises a bare ValueError on a 5,000-digit Content-Length; the
+    caller still gets the typed error, with ``request_sent`` (the request did leave)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def answer_once() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(answer)
+            connection.recv(1)  # until the client closes
+
+    thread = threading.Thread(target=answer_once, daemon=True)
+    thread.start()
+    client = HTTPClient()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    with pytest.raises(HTTPProtocolError) as err:
+        await client.request("POST", url, body=b"{}", deadline=deadline(2000))
+    client.close()
+    await asyncio.to_thread(thread.join, 2)  # the loop runs, so the close takes effect
+    listener.close()
+    assert err.value.request_sent and err.value.kind == "bad-answer"
+    assert "9999" not in str(err.value)

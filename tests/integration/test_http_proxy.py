@@ -710,3 +710,31 @@ def test_tinyproxy_fixture_stops_what_it_started(tmp_path: Path) -> None:
     assert process.poll() is not None
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", proxy.port), timeout=0.5).close()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "outcome"),
+    [
+        (
+            b"POST http://x/ HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000,
+            400,
+            "bad-request",
+        ),
+        (b"POST http://x/ HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999", 413, "too-large"),
+        (b"POST http://x/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked", 501, "bad-request"),
+        (b"GET http://x/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (20 << 10), 431, "too-large"),
+        (b"GET http://x/ HTTP/1.1\r\nno colon", 400, "bad-request"),
+    ],
+    ids=["length-5000-digits", "body-too-large", "chunked", "head-too-large", "malformed"],
+)
+def test_requests_the_proxy_cannot_take_are_refused_and_closed(
+    proxy: HttpProxy, request_bytes: bytes, status: int, outcome: str
+) -> None:
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(request_bytes + b"\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 %d " % status)
+    assert b"\r\nConnection: close\r\n" in answer
+    assert proxy.last() is not None and proxy.last().outcome == outcome

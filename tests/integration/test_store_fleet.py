@@ -15,6 +15,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import pytest
 from markd import samples
 from markd.cli import markctl
 from markd.codes import parse
+from markd.emulators.server import Reply, Request, Route
 from markd.emulators.static_http import StaticHTTPServer
 from markd.errors import StoreError
 from markd.store import Store, fleet
@@ -577,3 +579,44 @@ def test_markctl_sync_refuses_a_silly_timeout(kiosk: Store, capsys) -> None:
         )
     assert exit_info.value.code == 2
     assert "outside" in capsys.readouterr().err
+
+
+class HostileRangeServer(StaticHTTPServer):
+    """The file server whose ``206`` answers carry ``content_range`` instead of their own."""
+
+    content_range = ""
+
+    def route(self, method: str, path: str) -> Route:
+        route = super().route(method, path)
+        answer = route.handler
+
+        def hostile(request: Request) -> Reply:
+            reply = answer(request)
+            if reply.status == 206:
+                reply.headers["Content-Range"] = self.content_range
+            return reply
+
+        return replace(route, handler=hostile)
+
+
+# "²" crosses the wire as the Latin-1 byte 0xB2, which the client reads back as "²".
+@pytest.mark.parametrize("start", ["9" * 5000, "²"], ids=["5000-digits", "superscript"])
+def test_a_resumed_download_whose_content_range_is_unreadable_starts_over(
+    master: Store, kiosk: Store, www: Path, start: str
+) -> None:
+    """int() refuses 5,000 digits with a bare ValueError, which escaped the sync; ``²`` (no
+    decimal digit, though ``isdigit()`` says it is one) must not be read either. The range
+    cannot be trusted, so the file is fetched whole."""
+    fleet.export(master, www)
+    name = "snapshot-1.csv.gz"
+    size = (www / name).stat().st_size
+    with HostileRangeServer(www) as server:
+        server.cut_after = {name: size // 2}
+        store_error(fleet.sync, kiosk, server.url)
+        server.content_range = f"bytes {start}-{size - 1}/{size}"
+        result = fleet.sync(kiosk, server.url)
+        requests = server.requests_for(name)
+
+    assert [r.status for r in requests] == [200, 206, 200]
+    assert requests[-1].range is None and not result.resumed
+    assert content(kiosk) == content(master)

@@ -11,7 +11,11 @@ most the call's timeout, as a socket timeout does.
 
 :class:`DaemonNotRunning` means there is nobody to ask (no socket file, or a file left behind
 by a daemon that is gone), which is when ``markctl`` does the work in-process instead; any
-other failure (no permission on the socket, an error answer) is a :class:`ControlClientError`.
+other failure (no permission on the socket, an error answer, an answer h11 refuses) is a
+:class:`ControlClientError`.
+
+It does not use :mod:`markd.http`, the client for peers on the network: a local Unix socket
+needs no URLs, DNS, TLS, proxies or connection pools (docs/architecture.md, "Decisions").
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 import h11
 
 from markd.errors import MarkdError
+from markd.http.refusals import H11_REFUSALS, refusal_text
 
 #: Seconds a request may take (a check through the chain takes up to a few seconds).
 REQUEST_TIMEOUT_S = 15.0
@@ -51,6 +56,10 @@ class DaemonNotRunning(ControlClientError):
     """No daemon listens on the socket (it does not exist, or nobody accepts on it)."""
 
     reason = "daemon-not-running"
+
+
+class _MalformedAnswer(Exception):
+    """h11 refused the daemon's answer; the caller turns it into a ControlClientError."""
 
 
 class _Exchange:
@@ -95,7 +104,10 @@ class _Exchange:
 
     def _next(self) -> h11.Event:
         while True:
-            event = self.http.next_event()
+            try:
+                event = self.http.next_event()
+            except H11_REFUSALS as exc:  # ValueError too, from h11 0.14 (http/refusals.py)
+                raise _MalformedAnswer(f"a malformed answer ({refusal_text(exc)})") from exc
             if event is h11.NEED_DATA:
                 self.http.receive_data(self.sock.recv(_READ_SIZE))
                 continue
@@ -127,7 +139,7 @@ class ControlClient:
             exchange.send(method, path, body)
             response = exchange.response()
             data = exchange.body()
-        except (OSError, h11.ProtocolError) as exc:
+        except (OSError, h11.ProtocolError, _MalformedAnswer) as exc:
             raise ControlClientError(f"markd at {self.socket_path} did not answer: {exc}") from exc
         finally:
             sock.close()
@@ -165,7 +177,7 @@ class ControlClient:
             raise ControlClientError(
                 f"markd at {self.socket_path} sent nothing for {STREAM_TIMEOUT_S:g} s"
             ) from exc
-        except (OSError, h11.ProtocolError) as exc:
+        except (OSError, h11.ProtocolError, _MalformedAnswer) as exc:
             raise ControlClientError(f"the event stream from markd broke: {exc}") from exc
         finally:
             sock.close()

@@ -55,6 +55,7 @@ from markd.api.protocol import ControlledService
 from markd.api.routes import ROUTES, RouteContext, methods_of, receipt_status
 from markd.api.sse import HEARTBEAT_S, EventStream, wanted_kinds
 from markd.events import Subscription
+from markd.http.refusals import H11_REFUSALS, refusal_text
 from markd.receipts import ReceiptError
 from markd.secrets import Secret, load_secret
 
@@ -361,7 +362,7 @@ class ControlServer:
         while True:
             try:
                 event = http.next_event()
-            except h11.RemoteProtocolError as exc:
+            except H11_REFUSALS as exc:
                 if at_eof and not received.strip():
                     raise _Quiet() from None  # only blank lines, then the client went
                 repaired = _repair(bytes(received), str(exc), repairs)
@@ -449,7 +450,7 @@ class ControlServer:
         while True:
             try:
                 event = http.next_event()
-            except h11.RemoteProtocolError:
+            except H11_REFUSALS:
                 raise _Quiet() from None  # the client closed in the middle of its body
             if isinstance(event, h11.EndOfMessage):
                 return b"".join(parts)
@@ -645,16 +646,18 @@ def _repair(received: bytes, problem: str, done: set[str]) -> bytes | None:
     return None
 
 
-def _refusal(exc: h11.RemoteProtocolError, at_eof: bool) -> HTTPRefusal:
-    """What a request h11 could not parse is answered with."""
-    if exc.error_status_hint == 431:
+def _refusal(exc: Exception, at_eof: bool) -> HTTPRefusal:
+    """What a request h11 could not parse is answered with (``exc`` one of
+    :data:`~markd.http.refusals.H11_REFUSALS`)."""
+    hint = exc.error_status_hint if isinstance(exc, h11.RemoteProtocolError) else 400
+    if hint == 431:
         return HTTPRefusal(
             431,
             "headers-too-large",
             f"the request head exceeds {MAX_HEAD_BYTES} bytes",
             close=True,
         )
-    if exc.error_status_hint == 501:
+    if hint == 501:
         # h11 knows no Transfer-Encoding but chunked; markd takes none at all.
         return HTTPRefusal(
             411,
@@ -665,5 +668,5 @@ def _refusal(exc: h11.RemoteProtocolError, at_eof: bool) -> HTTPRefusal:
     if at_eof:
         return HTTPRefusal(400, "bad-request", "the request ended early", close=True)
     # h11's text names the rule; the bytes it quotes stay out (they are the client's own).
-    text = str(exc).split(": bytearray(", 1)[0].split(": b'", 1)[0]
+    text = refusal_text(exc)
     return HTTPRefusal(400, "bad-request", f"malformed request: {text}", close=True)

@@ -15,13 +15,23 @@ Written from the public specifications, sharing no code with markd's clients:
 * RFC 9110 §7.6.1 (hop-by-hop fields such as ``Connection`` and ``Proxy-Authorization`` are
   not forwarded) and §7.6.3 (a proxy adds ``Via``).
 
+HTTP's framing on both sides (the client's requests and the proxy's answers, the requests to
+the origin and its answers: heads, ``Content-Length``, chunked bodies, keep-alive) is h11's, as
+in markd's own client and server, but through h11 directly: an emulator imports nothing of
+markd's clients. Sockets, threads, the tunnel's byte pipe, the limits and the faults are this
+module's. A ``CONNECT`` is read by h11 like any request; the ``200`` answer switches h11 off
+that connection (``SWITCHED_PROTOCOL``), and the bytes the client sent right behind its
+request (h11's ``trailing_data``) open the tunnel.
+
 What it does:
 
 * forwards ``http://`` requests in absolute form to the origin, one fresh origin connection
-  per request (``Connection: close`` towards the origin), and relays the answer. The client's
-  connection stays alive across requests when the answer has a ``Content-Length`` or is
-  ``chunked`` (the chunks are parsed, so the proxy knows where the answer ends); an answer
-  delimited by the origin closing is passed on with ``Connection: close``;
+  per request (``Connection: close`` towards the origin), and relays the answer as h11 reads
+  it. The client's connection stays alive across requests when the answer has a
+  ``Content-Length`` or is ``chunked``; an answer delimited by the origin closing is passed on
+  with ``Connection: close``. h11 frames what the client gets: the ``Content-Length`` kept, a
+  body of open length sent chunked to an HTTP/1.1 client (chunk sizes and extensions are
+  h11's, trailer fields kept), as RFC 9112 §7 lets an intermediary re-frame;
 * ``CONNECT host:port`` → ``200 Connection established``, then bytes both ways, a half-close
   on one side passed on to the other, until both sides have closed (or the tunnel has been
   idle for ``idle_timeout_s``, or the proxy stops);
@@ -46,7 +56,8 @@ Every request is logged as a :class:`ProxyRecord` (method, target, whether
 :meth:`HttpProxy.count` and :meth:`HttpProxy.last` read it from any thread.
 
 Limits keep it bounded: request heads of at most 16 KiB (``431`` beyond), origin answer heads
-of at most 64 KiB, request bodies of at most 8 MiB (``Content-Length`` only), at most
+of at most 64 KiB, request bodies of at most 8 MiB (``Content-Length`` only: ``413`` beyond,
+``501`` for a ``Transfer-Encoding``; a head h11 refuses is ``400``), at most
 ``max_connections`` clients at once (``503`` beyond). :meth:`HttpProxy.close` shuts every
 client, origin and tunnel socket down and joins every thread it started.
 
@@ -75,6 +86,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
+
+import h11
 
 from markd.proxy import ProxyEndpoint
 
@@ -146,95 +159,41 @@ class _Closed(Exception):
     """The peer closed (or cut) the connection in the middle of a message."""
 
 
-class _TooLarge(Exception):
-    """A head beyond its limit."""
+#: What h11 raises on bytes it refuses: its own error, and ValueError from h11 0.14's int()
+#: of a Content-Length longer than Python converts (4,300 digits).
+_REFUSED = (h11.RemoteProtocolError, ValueError)
 
 
-class _Stream:
-    """A socket with a read buffer: heads, lines and exact byte counts."""
+class _Peer:
+    """A socket and the h11 connection that frames what crosses it."""
 
-    def __init__(self, sock: socket.socket, number: int = 0) -> None:
+    def __init__(self, sock: socket.socket, http: h11.Connection, number: int = 0) -> None:
         self.sock = sock
+        self.http = http
         self.number = number
-        self.buffer = bytearray()
+        self.received = 0  # bytes read from the socket
 
-    def _fill(self) -> bool:
-        data = self.sock.recv(_BLOCK)
-        self.buffer += data
-        return bool(data)
+    def unread(self) -> int:
+        """Bytes read from the socket that h11 has not turned into events yet."""
+        return len(self.http.trailing_data[0])
 
-    def head(self, limit: int) -> bytes | None:
-        """The next message head (through its empty line); None on a clean close first."""
+    def next_event(self) -> object:
+        """The next h11 event, reading from the socket as h11 needs; h11's refusals (see
+        ``_REFUSED``) and socket errors pass through."""
         while True:
-            ends = [i for i in (self.buffer.find(b"\r\n\r\n"), self.buffer.find(b"\n\n")) if i >= 0]
-            if ends:
-                end = min(ends)
-                size = end + (4 if self.buffer[end : end + 4] == b"\r\n\r\n" else 2)
-                if size > limit:
-                    raise _TooLarge
-                head = bytes(self.buffer[:size])
-                del self.buffer[:size]
-                return head
-            if len(self.buffer) > limit:
-                raise _TooLarge
-            if not self._fill():
-                if not self.buffer:
-                    return None
-                raise _Closed
+            event = self.http.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = self.sock.recv(_BLOCK)
+            self.received += len(data)
+            self.http.receive_data(data)
 
-    def line(self, limit: int = 4096) -> bytes:
-        while (end := self.buffer.find(b"\n")) < 0:
-            if len(self.buffer) > limit:
-                raise _TooLarge
-            if not self._fill():
-                raise _Closed
-        line = bytes(self.buffer[: end + 1])
-        del self.buffer[: end + 1]
-        return line
-
-    def exact(self, count: int) -> bytes:
-        while len(self.buffer) < count:
-            if not self._fill():
-                raise _Closed
-        data = bytes(self.buffer[:count])
-        del self.buffer[:count]
-        return data
-
-    def copy(self, count: int | None, out: socket.socket) -> None:
-        """Pass ``count`` bytes (None: everything until the peer closes) on to ``out``."""
-        while count is None or count > 0:
-            if not self.buffer and not self._fill():
-                if count is None:
-                    return
-                raise _Closed
-            take = len(self.buffer) if count is None else min(count, len(self.buffer))
-            out.sendall(self.buffer[:take])
-            del self.buffer[:take]
-            if count is not None:
-                count -= take
+    def send(self, *events: h11.Event) -> None:
+        self.sock.sendall(b"".join(self.http.send(event) or b"" for event in events))
 
 
-def _parse_head(head: bytes) -> tuple[list[str], list[tuple[str, str]]] | None:
-    """(start line as its three parts, headers) of a message head; None when it is not
-    HTTP/1.x: a request line ``METHOD TARGET HTTP/1.x`` or a status line ``HTTP/1.x NNN
-    reason`` (the reason may be empty)."""
-    lines = head.decode("latin-1").split("\n")
-    start = lines[0].rstrip("\r").split(" ", 2)
-    if len(start) == 2 and start[0].startswith("HTTP/1."):
-        start.append("")  # a status line with no reason phrase
-    if len(start) != 3 or not (start[0].startswith("HTTP/1.") or start[2].startswith("HTTP/1.")):
-        return None
-    headers: list[tuple[str, str]] = []
-    for raw in lines[1:]:
-        line = raw.rstrip("\r")
-        if not line:
-            continue
-        name, colon, value = line.partition(":")
-        # Folded lines and names with spaces are refused (RFC 9112 §5.1, §5.2).
-        if not colon or not name or name != name.strip() or line[0] in " \t":
-            return None
-        headers.append((name, value.strip()))
-    return start, headers
+def _text(value: bytes) -> str:
+    return value.decode("latin-1")
 
 
 def _field(headers: list[tuple[str, str]], name: str) -> str | None:
@@ -432,7 +391,7 @@ class HttpProxy:
                         self._sockets.add(client)
                 if busy:
                     self._record(ProxyRecord("", "", False, None, "busy", 503))
-                    self._answer(client, 503, close=True)
+                    self._answer(_Peer(client, _client_side()), 503, close=True)
                     client.close()
                     continue
                 worker.start()
@@ -454,58 +413,73 @@ class HttpProxy:
         client.settimeout(self.idle_timeout_s)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            stream = _Stream(client, number)
-            while not self._stopping.is_set() and self._one_request(stream):
-                pass
-        except (OSError, _Closed, _TooLarge):
-            pass  # the client went away or timed out: nothing to answer
+            peer = _Peer(client, _client_side(), number)
+            while not self._stopping.is_set() and self._one_request(peer):
+                peer.http.start_next_cycle()
+        except (OSError, _Closed, *_REFUSED):
+            pass  # the client went away, timed out or broke its body's framing: no answer
         finally:
             self._forget(client)
             with self._lock:
                 self._workers.discard(threading.current_thread())
 
-    def _one_request(self, stream: _Stream) -> bool:
+    def _one_request(self, peer: _Peer) -> bool:
         """Serve one request; True when the client connection stays open for another."""
-        client = stream.sock
+        client = peer.sock
+        start = peer.received - peer.unread()
         try:
-            head = stream.head(MAX_REQUEST_HEAD)
-        except _TooLarge:
-            self._record(
-                ProxyRecord("", "", False, None, "too-large", 431, connection=stream.number)
-            )
-            self._answer(client, 431, close=True)
+            event = peer.next_event()
+            # h11 refuses a head past the limit only while it is incomplete; one that came
+            # whole in a single read is measured here.
+            if (
+                isinstance(event, h11.Request)
+                and peer.received - peer.unread() - start > MAX_REQUEST_HEAD
+            ):
+                raise h11.RemoteProtocolError("request head too large", 431)
+        except _REFUSED as exc:
+            hint = getattr(exc, "error_status_hint", 400)
+            outcome, status = {
+                431: ("too-large", 431),
+                501: ("bad-request", 501),  # a coding other than chunked
+            }.get(hint, ("bad-request", 400))
+            self._record(ProxyRecord("", "", False, None, outcome, status, connection=peer.number))
+            self._answer(peer, status, close=True)
             return False
-        if head is None:
+        if isinstance(event, h11.ConnectionClosed):
             return False
-        parsed = _parse_head(head)
-        if parsed is None or not parsed[0][2].startswith("HTTP/1."):
-            self._record(
-                ProxyRecord("", "", False, None, "bad-request", 400, connection=stream.number)
-            )
-            self._answer(client, 400, close=True)
-            return False
-        (method, target, version), headers = parsed
+        assert isinstance(event, h11.Request)
+        method, target = _text(event.method), _text(event.target)
+        headers = [(_text(name), _text(value)) for name, value in event.headers.raw_items()]
         sent, ok = self._authorization(headers)
 
         def record(outcome: str, status: int | None) -> ProxyRecord:
             return self._record(
-                ProxyRecord(method, target, sent, ok, outcome, status, connection=stream.number)
+                ProxyRecord(method, target, sent, ok, outcome, status, connection=peer.number)
             )
 
+        if not event.http_version.startswith(b"1."):
+            record("bad-request", 400)
+            self._answer(peer, 400, close=True)
+            return False
         if _field(headers, "transfer-encoding") is not None:
             record("bad-request", 501)  # markd's clients send Content-Length bodies only
-            self._answer(client, 501, close=True)
+            self._answer(peer, 501, close=True)
             return False
+        # h11 has checked the Content-Length is ASCII digits (and one value).
         length_text = _field(headers, "content-length") or "0"
-        # ASCII digits only ("²" is a digit to str.isdigit and not to int), and few of them.
-        digits = length_text.isascii() and length_text.isdigit() and len(length_text) <= 12
-        if not digits or int(length_text) > MAX_REQUEST_BODY:
-            record("too-large" if digits else "bad-request", 413)
-            self._answer(client, 413, close=True)
+        if len(length_text) > 12 or int(length_text) > MAX_REQUEST_BODY:
+            record("too-large", 413)
+            self._answer(peer, 413, close=True)
             return False
-        body = stream.exact(int(length_text))
-        connection = _tokens(_field(headers, "connection"))
-        close = "close" in connection or (version == "HTTP/1.0" and "keep-alive" not in connection)
+        body = b""
+        while not isinstance(event, h11.EndOfMessage):
+            event = peer.next_event()
+            if isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.ConnectionClosed):
+                raise _Closed
+        # h11's keep-alive rules: Connection: close, or HTTP/1.0, ends the connection.
+        close = peer.http.their_state is not h11.DONE
 
         if self.hang:
             record("hung", None)
@@ -519,7 +493,7 @@ class HttpProxy:
             # After a refused CONNECT the connection is closed: a client may not know whether
             # the proxy still expects the tunnel's bytes on it.
             close = close or method == "CONNECT"
-            self._answer(client, 407, {"Proxy-Authenticate": challenge}, close=close)
+            self._answer(peer, 407, {"Proxy-Authenticate": challenge}, close=close)
             return not close
         if _target_authority(method, target) in self.unreachable_targets:
             # A proxy that answers CONNECT only once it reached the target (Squid) says
@@ -528,12 +502,12 @@ class HttpProxy:
             self._hang(client)
             return False
         if method == "CONNECT":
-            self._tunnel(stream, target, record)
+            self._tunnel(peer, target, record)
             return False
         if method.isalpha() and target.lower().startswith("http://"):
-            return self._forward(stream, method, target, headers, body, close, record)
+            return self._forward(peer, method, target, headers, body, close, record)
         record("bad-request", 400)
-        self._answer(client, 400, close=True)
+        self._answer(peer, 400, close=True)
         return False
 
     def _authorization(self, headers: list[tuple[str, str]]) -> tuple[bool, bool | None]:
@@ -559,22 +533,30 @@ class HttpProxy:
 
     def _answer(
         self,
-        sock: socket.socket,
+        peer: _Peer,
         status: int,
         headers: dict[str, str] | None = None,
         *,
         close: bool,
     ) -> None:
+        """An answer of the proxy's own, a line of text, framed by h11."""
         text = f"{status} {_REASONS.get(status, 'Error')}\n".encode()
-        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}", f"Via: {_VIA}"]
-        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-        lines += ["Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(text)}"]
+        fields = [("Via", _VIA), *(headers or {}).items()]
+        fields += [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(text))),
+        ]
         if close:
-            lines.append("Connection: close")
+            fields.append(("Connection", "close"))
+        reason = _REASONS.get(status, "Error").encode()
         try:
-            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + text)
-        except OSError:
-            pass
+            peer.send(
+                h11.Response(status_code=status, headers=fields, reason=reason),
+                h11.Data(data=text),
+                h11.EndOfMessage(),
+            )
+        except (OSError, h11.LocalProtocolError):
+            pass  # the client went, or h11 is past answering on this connection
 
     def _hang(self, client: socket.socket) -> None:
         """Never answer; return when the client goes away or the proxy stops."""
@@ -590,46 +572,48 @@ class HttpProxy:
 
     # -- CONNECT --------------------------------------------------------------------------------
 
-    def _tunnel(self, stream: _Stream, target: str, record: RecordFn) -> None:
-        client = stream.sock
+    def _tunnel(self, peer: _Peer, target: str, record: RecordFn) -> None:
         where = _authority(target)
         if where is None:
             record("bad-request", 400)
-            self._answer(client, 400, close=True)
+            self._answer(peer, 400, close=True)
             return
         status = self.connect_status
         if status is not None:
             record("tunnel-refused", status)
-            self._answer(client, status, close=True)
+            self._answer(peer, status, close=True)
             return
         try:
             upstream = socket.create_connection(where, timeout=self.connect_timeout_s)
         except OSError:
             record("bad-gateway", 502)
-            self._answer(client, 502, close=True)
+            self._answer(peer, 502, close=True)
             return
         if not self._track(upstream):
             upstream.close()
             return
+        # A 2xx answer to CONNECT switches h11 off this connection (SWITCHED_PROTOCOL): what
+        # follows is the tunnel's, starting with any bytes the client sent behind its request.
+        established = h11.Response(status_code=200, headers=[], reason=b"Connection established")
         try:
             if self.break_tunnel:
                 record("broken-tunnel", 200)
-                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                peer.send(established)
                 return
             entry = record("tunnel", 200)
-            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            peer.send(established)
             upstream.settimeout(self.idle_timeout_s)
             upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._relay(stream, upstream, entry)
+            self._relay(peer, upstream, entry)
         finally:
             self._forget(upstream)
 
-    def _relay(self, stream: _Stream, upstream: socket.socket, entry: ProxyRecord) -> None:
-        client = stream.sock
-        if stream.buffer:  # bytes the client sent right behind its CONNECT
-            upstream.sendall(stream.buffer)
-            entry.bytes_up += len(stream.buffer)
-            stream.buffer.clear()
+    def _relay(self, from_client: _Peer, upstream: socket.socket, entry: ProxyRecord) -> None:
+        client = from_client.sock
+        ahead, _ = from_client.http.trailing_data
+        if ahead:  # bytes the client sent right behind its CONNECT
+            upstream.sendall(ahead)
+            entry.bytes_up += len(ahead)
         peer = {client: upstream, upstream: client}
         idle_since = time.monotonic()
         with selectors.DefaultSelector() as selector:
@@ -666,7 +650,7 @@ class HttpProxy:
 
     def _forward(
         self,
-        stream: _Stream,
+        peer: _Peer,
         method: str,
         target: str,
         headers: list[tuple[str, str]],
@@ -675,7 +659,6 @@ class HttpProxy:
         record: RecordFn,
     ) -> bool:
         """Relay one http:// request; True when the client connection stays open."""
-        client = stream.sock
         try:
             parts = urlsplit(target)
             host, port = parts.hostname, parts.port or 80
@@ -683,7 +666,7 @@ class HttpProxy:
             host = None
         if not host:
             record("bad-request", 400)
-            self._answer(client, 400, close=True)
+            self._answer(peer, 400, close=True)
             return False
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         dropped = _HOP_BY_HOP | _tokens(_field(headers, "connection"))
@@ -691,98 +674,84 @@ class HttpProxy:
         if _field(headers, "host") is None:
             forwarded.append(("Host", parts.netloc.rpartition("@")[2]))
         forwarded += [("Via", _VIA), ("Connection", "close")]
-        request = [f"{method} {path} HTTP/1.1"] + [f"{n}: {v}" for n, v in forwarded]
         try:
             upstream = socket.create_connection((host, port), timeout=self.connect_timeout_s)
         except OSError:
             record("bad-gateway", 502)
-            self._answer(client, 502, close=close)
+            self._answer(peer, 502, close=close)
             return not close
         if not self._track(upstream):
             upstream.close()
             return False
         try:
             upstream.settimeout(self.idle_timeout_s)
-            upstream.sendall(("\r\n".join(request) + "\r\n\r\n").encode("latin-1") + body)
-            origin = _Stream(upstream)
-            answer = self._origin_answer(origin)
+            origin = _Peer(
+                upstream, h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_ANSWER_HEAD)
+            )
+            answer = self._ask_origin(origin, method, path, forwarded, body)
             if answer is None:
                 record("bad-gateway", 502)
-                self._answer(client, 502, close=True)
+                self._answer(peer, 502, close=True)
                 return False
-            (_, status_text, reason), answer_headers = answer
-            status = int(status_text)
+            answer_headers = [(_text(n), _text(v)) for n, v in answer.headers.raw_items()]
             codings = _tokens(_field(answer_headers, "transfer-encoding"))
-            length_text = _field(answer_headers, "content-length")
-            no_body = method == "HEAD" or status in (204, 304)
-            chunked = bool(codings) and "chunked" in codings
-            length = None
-            if not no_body and not chunked and length_text is not None:
-                if not length_text.strip().isdigit():
-                    record("bad-gateway", 502)
-                    self._answer(client, 502, close=True)
-                    return False
-                length = int(length_text)
+            no_body = method == "HEAD" or answer.status_code in (204, 304)
+            chunked = "chunked" in codings
+            delimited = _field(answer_headers, "content-length") is not None
             # An answer that ends when the origin closes can only end the same way here.
-            keep = not close and (no_body or chunked or length is not None)
+            keep = not close and (no_body or chunked or delimited)
             dropped = _HOP_BY_HOP | _tokens(_field(answer_headers, "connection"))
             out = [(n, v) for n, v in answer_headers if n.lower() not in dropped]
-            if chunked:
-                out.append(("Transfer-Encoding", "chunked"))
             out.append(("Via", _VIA))
             if not keep:
                 out.append(("Connection", "close"))
-            lines = [f"HTTP/1.1 {status} {reason}"] + [f"{n}: {v}" for n, v in out]
-            record("forwarded", status)
-            client.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-            if no_body:
-                return keep
+            record("forwarded", answer.status_code)
+            # h11 frames the answer for the client: its Content-Length kept, a chunked or
+            # close-delimited body sent chunked to an HTTP/1.1 client (with Connection: close
+            # for the latter), as the client's version allows.
+            peer.send(
+                h11.Response(status_code=answer.status_code, headers=out, reason=answer.reason)
+            )
             try:
-                if chunked:
-                    self._copy_chunked(origin, client)
-                else:
-                    origin.copy(length, client)
-            except (_Closed, _TooLarge, ValueError, OSError):
+                while True:
+                    event = origin.next_event()
+                    if isinstance(event, h11.Data):
+                        peer.send(event)
+                    elif isinstance(event, h11.EndOfMessage):
+                        peer.send(h11.EndOfMessage(headers=event.headers if chunked else []))
+                        return keep
+                    else:
+                        return False
+            except (_Closed, OSError, *_REFUSED):
                 return False  # the origin cut its answer: cut ours the same way
-            return keep
         finally:
             self._forget(upstream)
 
     @staticmethod
-    def _origin_answer(origin: _Stream) -> tuple[list[str], list[tuple[str, str]]] | None:
-        """The origin's final answer head; None when it sent none, or not HTTP."""
-        while True:
-            try:
-                head = origin.head(MAX_ANSWER_HEAD)
-            except (OSError, _Closed, _TooLarge):
-                return None
-            parsed = _parse_head(head) if head is not None else None
-            if parsed is None:
-                return None
-            start = parsed[0]
-            if not start[0].startswith("HTTP/1.") or not (
-                len(start[1]) == 3 and start[1].isdigit()
-            ):
-                return None
-            if not 100 <= int(start[1]) < 200 or start[1] == "101":
-                return parsed
-            # An interim answer (100 Continue) is not passed on: markd never sends Expect.
+    def _ask_origin(
+        origin: _Peer, method: str, path: str, headers: list[tuple[str, str]], body: bytes
+    ) -> h11.Response | None:
+        """Send the request; the origin's final answer head, or None when it sent none, or
+        not HTTP. An interim answer (100 Continue) is not passed on: markd never sends
+        Expect."""
+        try:
+            events: list[h11.Event] = [h11.Request(method=method, target=path, headers=headers)]
+            if body:
+                events.append(h11.Data(data=body))
+            origin.send(*events, h11.EndOfMessage())
+            while True:
+                event = origin.next_event()
+                if isinstance(event, h11.Response):
+                    return event
+                if not isinstance(event, h11.InformationalResponse):
+                    return None
+        except (OSError, h11.LocalProtocolError, *_REFUSED):
+            return None
 
-    @staticmethod
-    def _copy_chunked(origin: _Stream, client: socket.socket) -> None:
-        """Pass a chunked body on as it is, reading its framing to find where it ends."""
-        while True:
-            size_line = origin.line()
-            size = int(size_line.split(b";", 1)[0].strip(), 16)  # ValueError: garbage
-            client.sendall(size_line)
-            if size == 0:
-                while True:  # trailer fields, then the empty line
-                    line = origin.line()
-                    client.sendall(line)
-                    if line in (b"\r\n", b"\n"):
-                        return
-            client.sendall(origin.exact(size))
-            client.sendall(origin.line())
+
+def _client_side() -> h11.Connection:
+    """The h11 state of a client's connection to the proxy."""
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

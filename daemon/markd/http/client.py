@@ -83,6 +83,7 @@ from markd.http.errors import (
     ProxyError,
     ProxyErrorKind,
 )
+from markd.http.refusals import H11_REFUSALS
 from markd.http.tunnel import (
     MAX_PROXY_HEAD_BYTES,
     open_tunnel,
@@ -676,7 +677,7 @@ class _Body:
             # A body already complete in h11's buffer (a 304, an empty body) needs no I/O.
             try:
                 self.done = isinstance(conn.protocol.next_event(), h11.EndOfMessage)
-            except h11.RemoteProtocolError:
+            except H11_REFUSALS:
                 self.done = False
         if self.done and not self.pending:
             self.client._finish(conn, self.target, self.generation)

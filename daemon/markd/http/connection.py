@@ -19,6 +19,7 @@ from typing import Any
 import h11
 
 from markd.http.errors import HTTPBodyCut, HTTPError, HTTPProtocolError
+from markd.http.refusals import H11_REFUSALS
 
 #: The largest answer head (status line and headers) taken from a server: real ones are well
 #: under 2 kB; an endless one must not eat memory or the budget.
@@ -119,7 +120,7 @@ async def next_event(conn: Connection, where: str, progress: Progress, timing: T
     while True:
         try:
             event = protocol.next_event()
-        except h11.RemoteProtocolError as exc:
+        except H11_REFUSALS as exc:
             raise broken_answer(exc, where, progress) from None
         if event is not h11.NEED_DATA:
             return event
@@ -143,7 +144,7 @@ async def next_event(conn: Connection, where: str, progress: Progress, timing: T
         protocol.receive_data(data)
 
 
-def broken_answer(exc: h11.RemoteProtocolError, where: str, progress: Progress) -> HTTPError:
+def broken_answer(exc: Exception, where: str, progress: Progress) -> HTTPError:
     """What h11's refusal of the answer means, in words that name the peer. h11's own text is
     cut at its first colon: past it, it quotes the peer's bytes."""
     if progress.eof and progress.received == 0:
@@ -158,6 +159,9 @@ def broken_answer(exc: h11.RemoteProtocolError, where: str, progress: Progress) 
         )
     if not progress.head_done and progress.received > MAX_HEAD_BYTES:
         return HTTPProtocolError(f"the answer from {where} has a head over {MAX_HEAD_BYTES} bytes")
+    if not isinstance(exc, h11.RemoteProtocolError):
+        # h11 0.14's int() of a Content-Length past Python's digit limit (http/refusals.py).
+        return HTTPProtocolError(f"a malformed answer from {where} (bad Content-Length)")
     what = str(exc).split(":", 1)[0].strip()[:60] or "bad framing"
     return HTTPProtocolError(f"a malformed answer from {where} ({what})")
 

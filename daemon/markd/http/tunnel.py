@@ -18,6 +18,7 @@ import h11
 
 from markd.http.connection import READ_SIZE, STATUS_PREFIX
 from markd.http.errors import HTTPError, ProxyError
+from markd.http.refusals import H11_REFUSALS
 from markd.proxy import ProxyEndpoint, ProxySettings
 
 #: The proxy's answer to ``CONNECT`` (status line and headers) may not be longer than this: it
@@ -151,7 +152,7 @@ async def _connect_answer(
     while True:
         try:
             event = tunnel.next_event()
-        except h11.RemoteProtocolError:
+        except H11_REFUSALS:
             if received > MAX_PROXY_HEAD_BYTES:
                 raise broken(f"a head larger than {MAX_PROXY_HEAD_BYTES} bytes") from None
             if eof:

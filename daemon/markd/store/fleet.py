@@ -81,6 +81,7 @@ from markd.errors import StoreError
 from markd.http.blocking import BlockingHTTPClient, BlockingStreamResponse
 from markd.http.client import os_reason
 from markd.http.errors import HTTPBodyCut, HTTPError, HTTPTimeout, ProxyError
+from markd.numbers import read_int
 from markd.proxy import ProxyEndpoint, ProxySettings
 from markd.store import keys
 from markd.store.core import Store
@@ -97,6 +98,7 @@ DEFAULT_TIMEOUT_S = 30.0
 
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+#: ``\d`` matches any Unicode decimal digit, of any length: the numbers go through read_int.
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _CHUNK = 1 << 16
 _PROGRESS_EVERY_S = 0.1
@@ -807,12 +809,14 @@ class _Downloader:
                 etag_file.write_text(etag + "\n")
             else:
                 etag_file.unlink(missing_ok=True)
-        length = response.headers.get("content-length", "")
-        if length.isdigit() and have + int(length) != size:
+        # h11 has checked the header, but an unreadable one simply skips this early check:
+        # the body is read to at most size + 1 bytes and its length judged below anyway.
+        length = read_int(response.headers.get("content-length"), lo=0)
+        if length is not None and have + length != size:
             self.discard(name)
             raise StoreError(
                 f"{name} from {self.remote.safe}: the server has "
-                f"{have + int(length):,} bytes, the index says {size:,}",
+                f"{have + length:,} bytes, the index says {size:,}",
                 "bad-download",
             )
         self._stream(name, response, mode, have, size)
@@ -842,8 +846,10 @@ class _Downloader:
 
 
 def _range_start(response: BlockingStreamResponse) -> int | None:
+    """Where a ``206`` answer's range starts; None when its ``Content-Range`` is missing or
+    unreadable (5,000 digits, ``²``), which starts the download over."""
     match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
-    return int(match.group(1)) if match else None
+    return read_int(match.group(1), lo=0) if match else None
 
 
 def _clean_downloads(directory: Path, keep: set[str]) -> None:
