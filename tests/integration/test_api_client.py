@@ -201,3 +201,29 @@ def test_api_client_turns_a_content_length_of_5000_digits_into_its_error(
     for caught in (request, stream):
         assert "malformed answer (bad Content-Length)" in str(caught.value)
         assert "9999" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("stream", "why"),
+    [
+        ([b"event: verdict\ndata: {not json\n\n"], "not JSON"),
+        ([b"data: \xff\xfe\n\n"], "not UTF-8"),
+        ([b"data: " + b"x" * (1 << 16)] * 20, "longer than"),
+    ],
+    ids=["bad-json", "bad-utf8", "no-line-end"],
+)
+def test_a_hostile_event_stream_is_a_typed_error(stream: list[bytes], why: str) -> None:
+    """What markctl reads from the event stream is checked: bad JSON, bad UTF-8 or a line
+    without end is a ControlClientError naming the problem, never a bare ValueError or
+    unbounded memory."""
+    from markd.api.client import _read_stream
+
+    with pytest.raises(ControlClientError, match=why):
+        list(_read_stream(iter(stream)))
+
+
+def test_a_good_event_stream_is_read() -> None:
+    from markd.api.client import _read_stream
+
+    parts = [b": heartbeat\n\nevent: verdict\nda", b'ta: {"kind": "verdict"}\n\n']
+    assert list(_read_stream(iter(parts))) == [{"kind": "verdict"}]

@@ -215,6 +215,11 @@ def _error_answer(status: int, answer: Any) -> ControlClientError:
     )
 
 
+#: The longest event stream line markctl keeps while waiting for its end (the daemon's
+#: events are a few KiB; a stream without line ends is not one).
+MAX_EVENT_BYTES = 1 << 20
+
+
 def _read_stream(parts: Iterator[bytes]) -> Iterator[dict[str, Any]]:
     """Server-Sent Events as the server writes them: ``event:``/``data:`` blocks ending in
     an empty line; comment lines (``:`` heartbeats) and ``retry:`` are skipped."""
@@ -223,11 +228,25 @@ def _read_stream(parts: Iterator[bytes]) -> Iterator[dict[str, Any]]:
     for part in parts:
         pending += part
         *lines, pending = pending.split(b"\n")
+        if len(pending) > MAX_EVENT_BYTES:
+            raise ControlClientError(
+                f"markd sent an event stream line longer than {MAX_EVENT_BYTES} bytes"
+            )
         for raw in lines:
-            line = raw.decode("utf-8").rstrip("\r")
+            try:
+                line = raw.decode("utf-8").rstrip("\r")
+            except UnicodeDecodeError:
+                raise ControlClientError(
+                    "markd sent an event stream line that is not UTF-8"
+                ) from None
             if not line:
                 if data_lines:
-                    event = json.loads("\n".join(data_lines))
+                    try:
+                        event = json.loads("\n".join(data_lines))
+                    except ValueError:
+                        raise ControlClientError(
+                            "markd sent an event whose data is not JSON"
+                        ) from None
                     data_lines = []
                     if isinstance(event, dict):
                         yield event
