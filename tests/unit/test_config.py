@@ -531,6 +531,7 @@ def test_to_dict_is_plain_json_data() -> None:
             "local_module_timeout_ms": 500,
             "tspiot_timeout_ms": 2000,
             "unanswered": "allow",
+            "slow_scan_ms": 250,
         },
         "fiscal": {
             "url": "emulator:///var/lib/markd/kkt",
@@ -623,7 +624,7 @@ def test_docs_key_table_matches_the_schema() -> None:
 def test_docs_mention_every_key() -> None:
     keys = [f"`[{ref.table}] {ref.key}`" for ref in config.schema_keys()]
 
-    assert len(keys) == 66
+    assert len(keys) == 67
     assert [key for key in keys if key not in _doc()] == []
 
 

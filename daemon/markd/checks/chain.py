@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 from markd.checks.policy import DEFAULT_POLICY, PolicyOptions, decide, precheck
 from markd.checks.results import SourceAnswer, SourceFailure
+from markd.checks.stages import stage
 from markd.checks.verdict import Decision, Source, Verdict
 from markd.codes import REASONS, MarkingCode
 from markd.errors import StoreError
@@ -76,7 +77,8 @@ class StoreOnlyChain:
             )
 
         try:
-            found = self.store.lookup(code)
+            with stage("store"):
+                found = self.store.lookup(code)
         except StoreError:
             return verdict("deny", "store-error", DENY_STORE_ERROR_RU, "store")
         # A stale store still denies what it knows; it never vouches (nothing here allows
@@ -196,7 +198,8 @@ class CheckChain:
         started = self._clock() if started is None else started
         settings = self.settings
         try:
-            found = self.store.lookup(code)
+            with stage("store"):
+                found = self.store.lookup(code)
         except StoreError:
             return self._finish(
                 Verdict(
@@ -289,9 +292,10 @@ class CheckChain:
         deadline = min(deadline, hard_stop)
         started = self._clock()
         try:
-            return await asyncio.wait_for(
-                client.check(code, deadline), max(hard_stop - started, 0.0)
-            )
+            with stage(source):  # the slow-scan tracer's per-source time
+                return await asyncio.wait_for(
+                    client.check(code, deadline), max(hard_stop - started, 0.0)
+                )
         except TimeoutError:
             return SourceFailure(
                 source,
