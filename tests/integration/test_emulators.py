@@ -1086,3 +1086,18 @@ def test_a_socket_level_client_sees_one_segment_per_answer(cdn: CrptCdn) -> None
     assert len(payload) == length
     assert json.loads(payload)["codes"][0]["cis"] == WATER
     assert GS in json.loads(payload)["codes"][0]["cis"]
+
+
+def test_cli_history_keeps_the_request_log_bounded() -> None:
+    """A long run (the soak benchmark's million checks) must not grow the emulator's heap, and
+    its garbage collections with it, without end: ``--history N`` keeps the latest requests."""
+    proc, url = _start(["local_module", "--port", "0", "--history", "3"])
+    try:
+        for n in range(10):
+            path = f"/api/v2/status?n={n}"
+            assert http_request(url, "GET", path, headers=basic_auth()).status == 200
+        log = http_request(url, "GET", "/_emulator/requests").json
+    finally:
+        assert _stop(proc) == 0
+    assert 3 <= len(log) <= 6
+    assert [r["query"]["n"] for r in log][-3:] == [["7"], ["8"], ["9"]]

@@ -99,7 +99,10 @@ def proc_status(pid: int) -> tuple[float, int]:
 
 def start_local_module(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "markd.emulators", "local_module", "--port", "0"],
+        # --history: the emulator's request log would grow by a million records, and its
+        # full collections with it (pauses of 100-500 ms charged to "lm").
+        [sys.executable, "-m", "markd.emulators", "local_module", "--port", "0"]
+        + ["--history", "1000"],
         stdout=subprocess.PIPE,
         stderr=open(workdir / "local_module.log", "wb"),  # noqa: SIM115 - lives with the child
     )
