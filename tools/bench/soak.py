@@ -35,10 +35,10 @@ Measured:
 ``--cpu-quota 25`` runs markd (not the emulator, not this script) on a quarter of one CPU, as
 on a weak kiosk, and paces the scans (``--rate``, default 50 a second, a scan every 20 ms:
 far more than a till, so the quota is what markd has to share with its own bursts). The
-quota is set the first way that works here, and the run says which: ``systemd-run --scope -p
-CPUQuota=25%``; a cgroup v2 ``cpu.max``; a cgroup v1 ``cpu.cfs_quota_us``; else ``taskset``:
-markd pinned to one core beside three busy processes pinned to the same core. Its target:
-p99 ≤ 5 ms.
+quota is set the first way that works here (or the one ``--cpu-method`` names), and the run
+says which: ``systemd-run --scope -p CPUQuota=25%``; a cgroup v2 ``cpu.max``; a cgroup v1
+``cpu.cfs_quota_us`` (both 25 ms in every 100 ms); else ``taskset``: markd pinned to one core
+beside three busy processes pinned to the same core. Its target: p99 ≤ 5 ms.
 
 Prints progress and human lines, then one JSON object as the final line.
 """
@@ -61,6 +61,7 @@ import tempfile
 import threading
 import time
 import tty
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,9 +79,8 @@ TARGET_READY_MS = 500.0
 WARMUP_SCANS = 2_000
 #: How many of the slowest scans the run explains.
 SLOWEST_SHOWN = 5
-#: Busy processes beside markd on its core when only ``taskset`` can share out the CPU: with
-#: three of them the scheduler gives markd about a quarter of the core when it wants more.
-BUSY_PROCESSES = 3
+#: The quota's period (systemd's default for CPUQuota=): markd may run quota/period of it.
+CFS_PERIOD_US = 100_000
 
 
 def say(text: str) -> None:
@@ -188,59 +188,96 @@ class CpuShare:
                     time.sleep(0.1)
 
 
-def cpu_share(percent: int, workdir: Path) -> CpuShare:
-    """Hold markd to ``percent`` of one CPU the first way that works here (module docstring)."""
-    name = f"markd-soak-{os.getpid()}"
-    period_us = 100_000
-    quota_us = period_us * percent // 100
-    if shutil.which("systemd-run"):
-        probe = subprocess.run(
-            ["systemd-run", "--scope", "--quiet", "-p", f"CPUQuota={percent}%", "true"],
-            capture_output=True,
-            check=False,
-        )
-        if probe.returncode == 0:
-            return CpuShare(
-                f"systemd-run --scope -p CPUQuota={percent}%",
-                prefix=["systemd-run", "--scope", "--quiet", "-p", f"CPUQuota={percent}%", "--"],
-            )
+#: The ways to hold markd to a share of one CPU, in the order ``auto`` tries them.
+CPU_METHODS = ("systemd-run", "cgroup2", "cgroup1", "taskset")
+
+
+def cpu_share(percent: int, method: str = "auto") -> CpuShare:
+    """Hold markd to ``percent`` of one CPU: by ``method``, or (``auto``) the first of
+    :data:`CPU_METHODS` that works here (module docstring)."""
+    for candidate in CPU_METHODS if method == "auto" else (method,):
+        share = _TRY[candidate](percent)
+        if share is not None:
+            return share
+    raise SystemExit(f"markd cannot be held to {percent}% of a CPU by {method} here")
+
+
+def _by_systemd_run(percent: int) -> CpuShare | None:
+    if not shutil.which("systemd-run"):
+        say("  systemd-run: not installed")
+        return None
+    command = ["systemd-run", "--scope", "--quiet", "-p", f"CPUQuota={percent}%"]
+    probe = subprocess.run([*command, "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
         say(f"  systemd-run: {probe.stderr.decode(errors='replace').strip().splitlines()[-1]}")
+        return None
+    return CpuShare(f"systemd-run --scope -p CPUQuota={percent}%", prefix=[*command, "--"])
+
+
+def _cgroup_name() -> str:
+    return f"markd-soak-{os.getpid()}"
+
+
+def _by_cgroup2(percent: int) -> CpuShare | None:
+    quota_us = CFS_PERIOD_US * percent // 100
     for root in _cgroup2_roots():
         if "cpu" not in (root / "cgroup.controllers").read_text().split():
+            say(f"  cgroup v2 at {root}: no cpu controller")
             continue
         try:
-            group = root / name
+            group = root / _cgroup_name()
             group.mkdir()
-            (group / "cpu.max").write_text(f"{quota_us} {period_us}")
+            (group / "cpu.max").write_text(f"{quota_us} {CFS_PERIOD_US}")
         except OSError as exc:
             say(f"  cgroup v2 at {root}: {exc}")
             continue
-        return CpuShare(f"cgroup v2 {group}/cpu.max = {quota_us} {period_us}", cgroup=group)
+        return CpuShare(f"cgroup v2 {group}/cpu.max = {quota_us} {CFS_PERIOD_US}", cgroup=group)
+    return None
+
+
+def _by_cgroup1(percent: int) -> CpuShare | None:
+    quota_us = CFS_PERIOD_US * percent // 100
     v1 = Path("/sys/fs/cgroup/cpu")
-    if (v1 / "cpu.cfs_quota_us").exists():
-        try:
-            group = v1 / name
-            group.mkdir()
-            (group / "cpu.cfs_period_us").write_text(str(period_us))
-            (group / "cpu.cfs_quota_us").write_text(str(quota_us))
-        except OSError as exc:
-            say(f"  cgroup v1 at {v1}: {exc}")
-        else:
-            return CpuShare(
-                f"cgroup v1 {group}: cpu.cfs_quota_us = {quota_us} per {period_us} µs",
-                cgroup=group,
-            )
+    if not (v1 / "cpu.cfs_quota_us").exists():
+        say(f"  cgroup v1: no cpu controller at {v1}")
+        return None
+    try:
+        group = v1 / _cgroup_name()
+        group.mkdir()
+        (group / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+        (group / "cpu.cfs_quota_us").write_text(str(quota_us))
+    except OSError as exc:
+        say(f"  cgroup v1 at {v1}: {exc}")
+        return None
+    return CpuShare(
+        f"cgroup v1 {group}: cpu.cfs_quota_us = {quota_us} per {CFS_PERIOD_US} µs", cgroup=group
+    )
+
+
+def _by_taskset(percent: int) -> CpuShare | None:
+    if not shutil.which("taskset"):
+        say("  taskset: not installed")
+        return None
     cpu = max(os.sched_getaffinity(0))
+    count = max(1, round(100 / percent) - 1)  # 25 %: markd and three busy processes
     busy = [
         subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-c", "while True: pass"])
-        for _ in range(BUSY_PROCESSES)
+        for _ in range(count)
     ]
     return CpuShare(
-        f"taskset: markd on CPU {cpu} beside {BUSY_PROCESSES} busy processes on that CPU "
-        f"(about 1/{BUSY_PROCESSES + 1} of it when all want it)",
+        f"taskset: markd on CPU {cpu} beside {count} busy process(es) pinned there "
+        f"(about 1/{count + 1} of it when all want it)",
         prefix=["taskset", "-c", str(cpu)],
         busy=busy,
     )
+
+
+_TRY = {
+    "systemd-run": _by_systemd_run,
+    "cgroup2": _by_cgroup2,
+    "cgroup1": _by_cgroup1,
+    "taskset": _by_taskset,
+}
 
 
 def _cgroup2_roots() -> list[Path]:
@@ -257,10 +294,26 @@ def _cgroup2_roots() -> list[Path]:
 # markd and its lines
 
 
+def _before_exec(share: CpuShare | None, nice: int) -> Callable[[], None] | None:
+    """What markd's child process does before ``exec``: join the cgroup, take the nice level."""
+    if not nice and (share is None or share.cgroup is None):
+        return None
+
+    def prepare() -> None:
+        if share is not None:
+            share.preexec()
+        if nice:
+            os.nice(nice)
+
+    return prepare
+
+
 class Daemon:
     """markd as a child process, with its stderr read line by line without blocking."""
 
-    def __init__(self, config: Path, workdir: Path, share: CpuShare | None = None) -> None:
+    def __init__(
+        self, config: Path, workdir: Path, share: CpuShare | None = None, nice: int = 0
+    ) -> None:
         self.notify_path = str(workdir / "notify.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(self.notify_path)
@@ -272,7 +325,7 @@ class Daemon:
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             env=env,
-            preexec_fn=share.preexec if share and share.cgroup else None,  # noqa: PLW1509
+            preexec_fn=_before_exec(share, nice),  # noqa: PLW1509
         )
         assert self.process.stderr is not None
         self.stderr = self.process.stderr.fileno()
@@ -371,11 +424,13 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     tty.setraw(slave)
     scanner = os.ttyname(slave)
     config = write_config(workdir, scanner, lm_url, args.mode, args.trace_ms)
-    share = cpu_share(args.cpu_quota, workdir) if args.cpu_quota else None
+    share = cpu_share(args.cpu_quota, args.cpu_method) if args.cpu_quota else None
     if share is not None:
         say(f"markd held to {args.cpu_quota}% of one CPU by {share.method}")
     throttled_before = share.throttling() if share else None
-    daemon = Daemon(config, workdir, share)
+    if args.nice:
+        say(f"markd runs at nice {args.nice}")
+    daemon = Daemon(config, workdir, share, args.nice)
     rate = args.rate if args.rate else (50.0 if share else 0.0)
     try:
         ready_s = daemon.wait_ready()
@@ -495,6 +550,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     }
     if total >= 1_000_000:
         result["targets"]["max_le_50ms"] = max_ms <= TARGET_MAX_MS
+    if args.nice:
+        result["nice"] = args.nice
     if share is not None:
         result["cpu_quota"] = {
             "percent": args.cpu_quota,
@@ -586,10 +643,22 @@ def main(argv: list[str] | None = None) -> int:
         help="hold markd to this share of one CPU (25: a quarter); paces the scans",
     )
     ap.add_argument(
+        "--cpu-method",
+        choices=("auto", *CPU_METHODS),
+        default="auto",
+        help="how --cpu-quota is imposed (auto: the first that works, in this order)",
+    )
+    ap.add_argument(
         "--rate",
         type=float,
         default=0.0,
         help="scans a second at most (default: as fast as verdicts come; 50 with --cpu-quota)",
+    )
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="markd's nice level, as a unit's Nice= would set it (-10: ahead of busy work)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args(argv)
