@@ -206,7 +206,10 @@ class ScanLoop:
         finally:
             CURRENT_STAGES.reset(token)
         if trace is not None:
-            self.tracer.finish(trace, verdict, scan.scanner, queue_until=taken_up)
+            try:
+                self.tracer.finish(trace, verdict, scan.scanner, queue_until=taken_up)
+            except Exception as exc:  # noqa: BLE001 - the verdict is out; tracing must not stop the loop
+                log_internal_error(self.event_log, "tracing a slow scan", exc)
         return verdict
 
     async def _check_and_notify(
