@@ -160,6 +160,7 @@ MESSAGE_IDS: dict[str, str] = {
     "reload-refused": "dddc3c727f464537a4d1e68cc583eb31",
     "watchdog-unhealthy": "9c93f53c7d9b441393ccd52396fc9635",
     "watchdog-recovered": "4d6dd52b0acc4308a6c3154012e6ee98",
+    "slow-scan": "c792c844d78b44fc92cb93d4e7e9f8aa",
     # The fiscal side (markd.fiscal): the ККТ's view of units, receipts and recovery.
     "fiscal-unit": "0c3f6e1d9b2a4c7e8f5a1b2c3d4e5f60",
     "fiscal-receipt": "5b8e2f7a1c9d4e3b8a6f0d1c2b3a4e59",

@@ -77,6 +77,19 @@ async def test_unreadable_store_fails_closed(tmp_store: Store) -> None:
     assert (verdict.decision, verdict.reason) == ("deny", "store-error")
 
 
+@pytest.mark.parametrize("mode", ["direct", "tspiot"])
+async def test_unreadable_store_fails_closed_before_any_service(
+    tmp_store: Store, mode: str
+) -> None:
+    """In every mode the store comes first: unreadable, the unit is refused with the store's
+    reason, no service is asked."""
+    chain = CheckChain(tmp_store, ChainSettings(mode=mode))
+    tmp_store.close()
+    verdict = await chain.decide(parse(WATER), "front")
+    assert (verdict.decision, verdict.reason, verdict.source) == ("deny", "store-error", "store")
+    assert verdict.scanner == "front" and verdict.ki == parse(WATER).ki
+
+
 @pytest.mark.parametrize(
     ("text", "decision", "reason"),
     [

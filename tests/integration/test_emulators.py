@@ -1152,3 +1152,18 @@ def test_a_chunked_body_is_read_and_the_request_behind_it_on_the_same_connection
 def test_a_body_whose_framing_h11_refuses_gets_400(framing: bytes) -> None:
     answers = answers_to(b"POST /echo HTTP/1.1\r\nHost: x\r\n" + framing, 1)
     assert [status for status, _ in answers] == [400]
+
+
+def test_cli_history_keeps_the_request_log_bounded() -> None:
+    """A long run (the soak benchmark's million checks) must not grow the emulator's heap, and
+    its garbage collections with it, without end: ``--history N`` keeps the latest requests."""
+    proc, url = _start(["local_module", "--port", "0", "--history", "3"])
+    try:
+        for n in range(10):
+            path = f"/api/v2/status?n={n}"
+            assert http_request(url, "GET", path, headers=basic_auth()).status == 200
+        log = http_request(url, "GET", "/_emulator/requests").json
+    finally:
+        assert _stop(proc) == 0
+    assert 3 <= len(log) <= 6
+    assert [r["query"]["n"] for r in log][-3:] == [["7"], ["8"], ["9"]]

@@ -122,3 +122,37 @@ async def test_the_first_scan_after_a_start_is_checked_online_and_a_restart_keep
     assert (verdicts[0].reason, verdicts[0].source) == ("sold", "cdn")
     assert cdn.list_service.count("cdn/info") == 0  # young list: no fetch at start
     assert status["hosts_from"] == "persisted" and status["hosts"][0]["url"] == cdn.host.url
+
+
+async def test_a_scan_the_local_module_answers_slowly_is_traced_to_the_local_module(
+    store_path: str, event_log: RecordingEventLog, tmp_path: Path
+) -> None:
+    """[check] slow_scan_ms: the real daemon, the Local Module emulator 400 ms late, the
+    record names the Local Module (400 ms is far above the threshold and every other stage)."""
+    (tmp_path / "pw").write_text("admin\n")
+    with local_module() as lm:
+        lm.set_fault("cis/outCheck", latency_ms=400)
+        base = make_config(store_path, {"v": "virtual://slow"})
+        check = dataclasses.replace(
+            base.check,
+            mode="direct",
+            slow_scan_ms=150,
+            local_module=LocalModuleConfig(url=lm.url, password_file=str(tmp_path / "pw")),
+        )
+        verdicts: list[Verdict] = []
+        service = Service(
+            dataclasses.replace(base, check=check),
+            event_log=event_log,
+            verdict_sink=verdicts.append,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.run(stop))
+        await asyncio.wait_for(service.ready.wait(), 5)
+        get_virtual("slow").scan(WATER)
+        await wait_until(lambda: event_log.count("slow-scan") == 1, what="the slow-scan record")
+        stop.set()
+        await task
+    [record] = [f for k, _, f in event_log.events if k == "slow-scan"]
+    assert record["slowest"] == "lm" and float(record["slowest_ms"]) >= 400
+    assert record["scan"] == f"v:{verdicts[0].ki}"
+    assert float(record["total_ms"]) >= float(record["slowest_ms"])

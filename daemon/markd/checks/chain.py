@@ -34,16 +34,12 @@ from zoneinfo import ZoneInfo
 from markd.checks.base import CheckClient
 from markd.checks.policy import DEFAULT_POLICY, PolicyOptions, decide, precheck
 from markd.checks.results import SourceAnswer, SourceFailure
-from markd.checks.verdict import Decision, Source, Verdict
-from markd.codes import REASONS, MarkingCode
+from markd.checks.stages import stage
+from markd.checks.verdict import Verdict
+from markd.codes import MarkingCode
 from markd.errors import StoreError
-from markd.store import Store
+from markd.store import Lookup, Store
 
-ALLOW_STORE_ONLY_RU = "Разрешено (режим разработки: проверен только локальный стоп-лист)"
-DENY_BLOCKED_RU = "Продажа запрещена: код в локальном стоп-листе"
-DENY_SOLD_HERE_RU = "Продажа запрещена: этот экземпляр уже продан"
-#: The parser's own text, so a bare КИ reads the same whether the parser or the chain refuses it.
-DENY_MISSING_CRYPTO_RU = REASONS["missing-crypto"][1]
 DENY_STORE_ERROR_RU = "Проверка недоступна, продажа невозможна"
 
 #: The modes of :class:`ChainSettings` (``[check] mode``).
@@ -217,38 +213,12 @@ class CheckChain:
     ) -> Verdict:
         """The verdict for ``code`` scanned on ``scanner`` (``started``: when the scan arrived,
         monotonic, so the latency covers parsing too)."""
-        if self.mode == "store-only":
-            return self.decide_now(code, scanner, started=started)
         started = self._clock() if started is None else started
-        settings = self.settings
-        try:
-            found = self.store.lookup(code)
-        except StoreError:
-            return self._finish(
-                Verdict(
-                    decision="deny",
-                    reason="store-error",
-                    message_ru=DENY_STORE_ERROR_RU,
-                    source="store",
-                    ki=code.ki,
-                    shape=code.shape,
-                ),
-                code,
-                scanner,
-                started,
-            )
         now = self._wall_clock()
-        early = precheck(
-            code,
-            store=found,
-            mode=self.mode,  # type: ignore[arg-type] - direct or tspiot here
-            now=now,
-            shop_tz=settings.shop_tz,
-            options=settings.policy,
-            scanner=scanner,
-        )
+        found, early = self._before_services(code, scanner, started, now)
         if early is not None:
-            return self._finish(early, code, scanner, started)
+            return early
+        settings = self.settings
         answers = await self._ask(code)
         verdict = decide(
             code,
@@ -274,48 +244,48 @@ class CheckChain:
     def decide_now(
         self, code: MarkingCode, scanner: str, *, started: float | None = None
     ) -> Verdict:
-        """The verdict of a chain with no clients (mode ``store-only``), without awaiting: the
-        local blocklist alone decides (development mode, no Честный ЗНАК check).
-
-        * КИ, its series or its GTIN in the blocklist → ``deny`` / ``blocked-locally``;
-        * sold at this terminal and not returned → ``deny`` / ``sold-here``;
-        * a bare КИ without crypto tail (shape ``ki``) → ``deny`` / ``missing-crypto``: the law
-          requires the full code to be checked and printed on the receipt;
-        * otherwise → ``allow`` / ``store-only-not-blocked``.
-
-        A store that cannot be read fails closed (``deny`` / ``store-error``). ``latency_ms``
-        counts from ``started`` (0 when not given). Raises :class:`RuntimeError` in the other
-        modes, which must ask their services (:meth:`decide`).
-        """
+        """:meth:`decide` without awaiting, for a chain with no clients (mode ``store-only``,
+        development and demo): the store and the rows decided before any service
+        (:func:`~markd.checks.policy.precheck`: blocked, sold here, bare КИ → ``deny``), else
+        ``allow`` / ``store-only-not-blocked``. A store that cannot be read fails closed
+        (``deny`` / ``store-error``). Raises :class:`RuntimeError` in the other modes, which
+        must ask their services."""
         if self.mode != "store-only":
             raise RuntimeError(f"a chain in mode {self.mode} asks its services: await decide()")
+        started = self._clock() if started is None else started
+        _, verdict = self._before_services(code, scanner, started, self._wall_clock())
+        assert verdict is not None  # precheck always decides in mode store-only
+        return verdict
 
-        def verdict(decision: Decision, reason: str, message: str, source: Source) -> Verdict:
-            return Verdict(
-                decision=decision,
-                reason=reason,
-                message_ru=message,
-                source=source,
-                scanner=scanner,
-                ki=code.ki,
-                shape=code.shape,
-                repairs=tuple(code.repairs),
-                latency_ms=elapsed_ms(started),
-            )
-
+    def _before_services(
+        self, code: MarkingCode, scanner: str, started: float, now: datetime
+    ) -> tuple[Lookup | None, Verdict | None]:
+        """The store's lookup and the verdict of the rows decided before any service is
+        asked (None: the services must be asked; never None in mode ``store-only``)."""
         try:
-            found = self.store.lookup(code)
+            with stage("store"):
+                found = self.store.lookup(code)
         except StoreError:
-            return verdict("deny", "store-error", DENY_STORE_ERROR_RU, "store")
-        # A stale store still denies what it knows; it never vouches (nothing here allows
-        # because of the store: the allow below is the development mode's, and says so).
-        if found.blocked is not None:
-            return verdict("deny", "blocked-locally", DENY_BLOCKED_RU, "store")
-        if found.sold is not None:
-            return verdict("deny", "sold-here", DENY_SOLD_HERE_RU, "store")
-        if code.shape == "ki" or not code.crypto:
-            return verdict("deny", "missing-crypto", DENY_MISSING_CRYPTO_RU, "parser")
-        return verdict("allow", "store-only-not-blocked", ALLOW_STORE_ONLY_RU, "none")
+            failed = Verdict(
+                decision="deny",
+                reason="store-error",
+                message_ru=DENY_STORE_ERROR_RU,
+                source="store",
+                scanner=scanner,
+            )
+            return None, self._finish(failed, code, scanner, started)
+        early = precheck(
+            code,
+            store=found,
+            mode=self.mode,  # type: ignore[arg-type] - a chain's mode is one of MODES
+            now=now,
+            shop_tz=self.settings.shop_tz,
+            options=self.settings.policy,
+            scanner=scanner,
+        )
+        if early is None:
+            return found, None
+        return found, self._finish(early, code, scanner, started)
 
     async def _ask(self, code: MarkingCode) -> list[SourceAnswer | SourceFailure]:
         s = self.settings
@@ -364,9 +334,10 @@ class CheckChain:
         deadline = min(deadline, hard_stop)
         started = self._clock()
         try:
-            return await asyncio.wait_for(
-                client.check(code, deadline), max(hard_stop - started, 0.0)
-            )
+            with stage(source):  # the slow-scan tracer's per-source time
+                return await asyncio.wait_for(
+                    client.check(code, deadline), max(hard_stop - started, 0.0)
+                )
         except TimeoutError:
             return SourceFailure(
                 source,

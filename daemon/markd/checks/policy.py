@@ -1006,7 +1006,7 @@ def precheck(
     code: MarkingCode,
     *,
     store: Lookup | None,
-    mode: Mode,
+    mode: Mode | Literal["store-only"],
     now: datetime,
     shop_tz: tzinfo,
     options: PolicyOptions = DEFAULT_POLICY,
@@ -1014,13 +1014,36 @@ def precheck(
 ) -> Verdict | None:
     """The verdict of the rows decidable before any service is asked (store blocked, sold
     here, bare КИ), or None when the sources must be asked. The chain calls this first so a
-    known-blocked unit is denied at once (domain.md §6.4)."""
-    _check_args(mode, now)
-    s = _situation(code, store, (), mode, now, shop_tz, None, options)
+    known-blocked unit is denied at once (domain.md §6.4).
+
+    Mode ``store-only`` (a chain with no services) never gets None: what no row here denies
+    is allowed by :data:`STORE_ONLY_ALLOW`, the development mode's row."""
+    if mode == "store-only":
+        _check_args("direct", now)  # the rows read no mode; only ``now`` is checked
+    else:
+        _check_args(mode, now)
+    s = _situation(code, store, (), mode, now, shop_tz, None, options)  # type: ignore[arg-type]
     for rule in RULES:
         if rule.precheck and rule.applies(s):
             return _verdict(rule, s, scanner)
+    if mode == "store-only":
+        return _verdict(STORE_ONLY_ALLOW, s, scanner)
     return None
+
+
+#: Mode ``store-only`` (development and demo): after the rows :func:`precheck` reads, a unit
+#: is allowed without asking Честный ЗНАК, and the text says so. A stale store still denies
+#: what it knows; it never vouches: this allow is the mode's, not the store's.
+STORE_ONLY_ALLOW = Rule(
+    id="store-only-allow",
+    reason="store-only-not-blocked",
+    message_ru="Разрешено (режим разработки: проверен только локальный стоп-лист)",
+    decision="allow",
+    applies_to=NONE,
+    condition="mode store-only, and no row above denies (no service is asked)",
+    when=lambda s: True,
+    source="none",
+)
 
 
 # --------------------------------------------------------------------------------------------

@@ -109,10 +109,14 @@ def _run_service(config_path: str | None) -> int:
     # Imported here so that `markd --version` and `markd --help` stay fast on a small board.
     from markd import config as config_module
     from markd.service import Service
+    from markd.service.gcpolicy import freeze_imports
 
     config = config_module.load(config_path)
     # A reload reads the same file(s) again: the one named here, or the default location.
     service = Service(config, config_loader=lambda: config_module.load(config_path))
+    # What the imports made never becomes garbage: full collections stop walking it (the
+    # pauses were most of markd's own slow scans, docs/performance.md "The tail").
+    freeze_imports()
     # A ConfigError found while starting (a configured secret missing, a bad printer URL …)
     # is reported like a bad file, with status 2: restarting cannot fix it.
     asyncio.run(service.run(handle_signals=True))

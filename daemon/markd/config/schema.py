@@ -461,6 +461,16 @@ class CheckConfig:
             "expired. `false`: nothing new is kept (facts kept earlier are still read).",
         },
     )
+    slow_scan_ms: int = field(
+        default=250,
+        metadata={
+            "doc": "A scan that takes longer than this, from framing to the last listener of "
+            "its verdict, leaves a `slow-scan` record (notice) with the time of each stage; "
+            "`0`: never.",
+            "min": 0,
+            "max": 60_000,
+        },
+    )
     online: OnlineCheckConfig | None = field(default=None, metadata={"doc": "The CDN."})
     local_module: LocalModuleConfig | None = field(
         default=None, metadata={"doc": "The Local Module."}

@@ -168,6 +168,12 @@ class Service:
         return self._chain
 
     @property
+    def slow_scan_ms(self) -> int:
+        """``[check] slow_scan_ms`` of the configuration in force (the scan loop reads it at
+        each scan, so a reload applies it)."""
+        return self.config.check.slow_scan_ms
+
+    @property
     def reload_status_path(self) -> Path | None:
         """Where reload outcomes go for ``markd reload`` (None: nowhere; tests set a path)."""
         return self.reloader.status_path

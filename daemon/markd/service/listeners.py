@@ -14,7 +14,9 @@ in the order they were added::
 
 Listeners are isolated from each other: one that raises is reported as a ``service-error``
 record and the others still get the verdict. A listener runs on the event loop and must not
-block it; one with slow work (the sale desk and its ККТ) starts a task and returns.
+block it; one with slow work (the sale desk and its ККТ) starts a task and returns. Each
+listener's time is a stage of the scan's trace (``verdict-record`` …, see
+:mod:`markd.service.tracing`).
 
 The module also holds the other record one scan leaves in the journal,
 :class:`ExchangeJournal` (each request to a check service and its answer, redacted), and
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from markd.checks.record import CURRENT_SCAN, Exchange
+from markd.checks.stages import CURRENT_STAGES
 from markd.checks.verdict import Verdict
 
 if TYPE_CHECKING:
@@ -100,11 +103,20 @@ class Notifier:
 
     def notify(self, checked: CheckedScan) -> None:
         """Hand ``checked`` to every listener; never raises for a listener's failure."""
+        stages = CURRENT_STAGES.get()  # the scan's stage log when it is traced
         for listener in list(self.listeners):  # a listener may change the list
+            began = 0.0 if stages is None else stages.clock()
             try:
                 listener.on_verdict(checked)
             except Exception as exc:  # noqa: BLE001 - one failing reader must not cost the others
                 self.on_error(listener.name, exc)
+            if stages is not None:
+                stages.add(listener_stage(listener), began)
+
+
+def listener_stage(listener: VerdictListener) -> str:
+    """The listener's stage in a ``slow-scan`` record: its name, dashed (``verdict-record``)."""
+    return listener.name.replace(" ", "-")
 
 
 # --------------------------------------------------------------------------------------------

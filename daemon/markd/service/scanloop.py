@@ -13,22 +13,29 @@ with reason ``internal-error`` (and a ``service-error`` record); scans still que
 service stops get ``rescan`` (reason ``service-stopping``). A flood becomes a
 ``scan-overflow`` record, an unplugged device a ``scanner-absent`` record. Nothing a scanner
 sends stops the service.
+
+Each scan's stages (queue, parse, store, each source, each listener) are timed; a scan slower
+than ``[check] slow_scan_ms`` leaves a ``slow-scan`` record saying where its time went
+(:mod:`markd.service.tracing`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from markd import codes
 from markd.checks.chain import CheckChain, elapsed_ms
 from markd.checks.record import CURRENT_SCAN
+from markd.checks.stages import CURRENT_STAGES, stage
 from markd.checks.verdict import CheckedCode, Verdict, parser_verdict
 from markd.errors import CodeError
 from markd.scanners import Scan, ScannerEvent, ScannerState, ScanOverflow
 from markd.service.listeners import CheckedScan, Notifier, log_internal_error
+from markd.service.tracing import SlowScanTracer
 
 if TYPE_CHECKING:
     from markd.events import EventHub
@@ -79,6 +86,12 @@ class CheckParts(Protocol):
     @property
     def sale_desk(self) -> SaleDesk | None: ...
 
+    @property
+    def slow_scan_ms(self) -> int:
+        """``[check] slow_scan_ms``: a scan slower than this leaves a ``slow-scan`` record
+        (0: none)."""
+        ...
+
 
 def fixed_price(price_kopecks: int) -> PriceOf:
     """A ``price_of`` for one unit whose price is known (the POS gave it)."""
@@ -94,6 +107,7 @@ class ScanLoop:
     :param events: the live event hub (a ``scan`` event precedes each verdict).
     :param health: told which event is in handling (the watchdog's stuck rule) and when a
         scanner came or went (the status line).
+    :param clock: seconds, monotonic, the clock of ``Scan.received`` (tests pass their own).
     """
 
     def __init__(
@@ -103,12 +117,16 @@ class ScanLoop:
         event_log: EventLog,
         events: EventHub,
         health: Health,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.parts = parts
         self.notifier = notifier
         self.event_log = event_log
         self.events = events
         self.health = health
+        #: Times the stages of each scan and journals the slow ones (:mod:`.tracing`).
+        self.tracer = SlowScanTracer(event_log, clock=clock)
 
     async def run(self, queue: asyncio.Queue[QueueItem], stop: asyncio.Event) -> None:
         """Take items until ``stop`` is set; then answer what is still queued (scans get
@@ -120,6 +138,7 @@ class ScanLoop:
             queue.put_nowait(_STOP)
 
         watcher = asyncio.create_task(relay_stop(), name="markd-stop-watcher")
+        self.tracer.watch_gc(True)
         try:
             while True:
                 item = await queue.get()
@@ -132,6 +151,7 @@ class ScanLoop:
                     else:
                         await item.run()
         finally:
+            self.tracer.watch_gc(False)
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
@@ -186,7 +206,25 @@ class ScanLoop:
     ) -> CheckedCode:
         """:meth:`on_scan`, answering with the code as it was parsed on the way (or the
         parser's error) beside the verdict: a unit sold through the control API is not
-        parsed a second time."""
+        parsed a second time. A scan slower than ``[check] slow_scan_ms`` leaves a
+        ``slow-scan`` record with the time of each stage."""
+        trace = self.tracer.start(scan.received, self.parts.slow_scan_ms)
+        taken_up = trace.clock() if trace is not None else 0.0
+        token = CURRENT_STAGES.set(trace)
+        try:
+            checked = await self._check_and_notify(scan, for_sale, price_kopecks)
+        finally:
+            CURRENT_STAGES.reset(token)
+        if trace is not None:
+            try:
+                self.tracer.finish(trace, checked.verdict, scan.scanner, queue_until=taken_up)
+            except Exception as exc:  # noqa: BLE001 - the verdict is out; tracing must not stop the loop
+                log_internal_error(self.event_log, "tracing a slow scan", exc)
+        return checked
+
+    async def _check_and_notify(
+        self, scan: Scan, for_sale: bool, price_kopecks: int | None
+    ) -> CheckedCode:
         self.events.publish("scan", {"scanner": scan.scanner, "length": len(scan.data)})
         desk = self.parts.sale_desk
         # The sale price the chain judges price rules with (price-not-mrp …): the one the
@@ -230,14 +268,16 @@ class ScanLoop:
         if chain is None:
             raise RuntimeError("the service is not started")
         try:
-            code = codes.parse(data, self.parts.codes_options)
+            with stage("parse"):
+                code = codes.parse(data, self.parts.codes_options)
         except CodeError as err:
             verdict = parser_verdict(err, scanner=scanner, latency_ms=elapsed_ms(started))
             return CheckedCode(verdict, error=err)
         price = None if price_of is None else price_of(code)
         token = CURRENT_SCAN.set(f"{scanner}:{code.ki}")
         try:
-            verdict = await chain.decide(code, scanner, started=started, price_kopecks=price)
+            with stage("chain"):
+                verdict = await chain.decide(code, scanner, started=started, price_kopecks=price)
         finally:
             CURRENT_SCAN.reset(token)
         return CheckedCode(verdict, code)
