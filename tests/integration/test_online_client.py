@@ -7,6 +7,7 @@ long it took, what a technician finds in the record and in ``markctl status``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -693,6 +694,46 @@ async def test_a_broken_list_service_fails_the_check_fast_and_typed(
     assert status["hosts_from"] == "none" and "cdn/info" in status["last_error"]
     if kind == "unauthorized":
         assert status["alert"] and "401" in status["alert"]
+
+
+async def test_after_a_failed_list_fetch_checks_fail_at_once_for_a_while(
+    pool: EmulatorPool,
+) -> None:
+    """A list service that just failed is not asked again by every scan: for
+    ``list_check_retry_s`` checks fail at once with that fetch's error (so the Local Module is
+    asked without delay), then one tries again; a fetched list ends the pause."""
+    cdn = pool.crpt_cdn()
+    cdn.set_fault("cdn/info", status=503)
+    clock = FakeClock()
+    client = client_for(
+        cdn, options=dataclasses.replace(QUIET, list_check_retry_s=10.0), clock=clock
+    )
+    first = await client.check(CODE, budget(1500))
+    assert isinstance(first, SourceFailure) and "503" in first.detail
+    assert cdn.list_service.count("cdn/info") == 1
+    for _ in range(5):
+        again = await client.check(CODE, budget(1500))
+        assert isinstance(again, SourceFailure)
+        assert (again.kind, again.http_status) == (first.kind, first.http_status)
+        assert "moments ago" in again.detail and again.latency_ms < 50
+    assert cdn.list_service.count("cdn/info") == 1  # no fetch while the pause lasts
+
+    cdn.clear_faults()
+    clock.offset += 10.5
+    answer = await client.check(CODE, budget(1500))
+    assert isinstance(answer, SourceAnswer), answer
+    assert cdn.list_service.count("cdn/info") == 2
+    await client.aclose()
+
+
+async def test_with_no_pause_every_check_asks_the_list_service_again(pool: EmulatorPool) -> None:
+    cdn = pool.crpt_cdn()
+    cdn.set_fault("cdn/info", status=503)
+    client = client_for(cdn, options=dataclasses.replace(QUIET, list_check_retry_s=0.0))
+    for _ in range(3):
+        assert isinstance(await client.check(CODE, budget(1500)), SourceFailure)
+    assert cdn.list_service.count("cdn/info") == 3
+    await client.aclose()
 
 
 async def test_an_empty_scenario_list_and_a_dead_listed_host(pool: EmulatorPool) -> None:

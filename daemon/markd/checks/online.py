@@ -178,6 +178,13 @@ class OnlineOptions:
     #: With no usable host list, the share of a check's time left that fetching the list may
     #: take (the rest is the check's). 0.4 leaves 900 ms of a 1.5 s budget for the check.
     list_fetch_share: float = 0.4
+    #: After a failed host list fetch, checks start no other for this long: they fail at once
+    #: with that fetch's error, and the Local Module is asked without delay (the background
+    #: round retries on its own schedule, ``refresh_retry_s``). Without it, every scan of a
+    #: kiosk whose list service is unreachable would spend ``list_fetch_share`` of its budget
+    #: (600 ms of 1.5 s against a network that drops packets) and log a warning. 0: every
+    #: check tries again, the literal reading of §3.2.
+    list_check_retry_s: float = 10.0
     #: A persisted host list older than this is not used: the client starts without one.
     persisted_max_age_s: float = 7 * 24 * 3600
     #: Checks start the background round when it is due (False: the caller runs maintain()).
@@ -290,6 +297,8 @@ class OnlineClient(CheckClient):
         self._next_refresh: float = clock()  # due at once
         #: Why the last host list fetch failed: (failure kind, HTTP status, text).
         self._list_error: tuple[FailureKind, int | None, str] | None = None
+        #: When the last host list fetch failed (``self._clock()``), None after a success.
+        self._list_failed_at: float | None = None
         #: When the marks of every quarantined host were last cleared (clock()), or None.
         self._last_reset: float | None = None
         self._last_health: float | None = None
@@ -352,6 +361,21 @@ class OnlineClient(CheckClient):
         """With no host list: wait for one (a running fetch, or a new one) for at most
         ``list_fetch_share`` of the time left. None when a list is there, else the failure
         this check ends with (the fetch itself goes on in the background)."""
+        running = self._list_task is not None and not self._list_task.done()
+        if (
+            not running
+            and self._list_error is not None
+            and self._list_failed_at is not None
+            and self._clock() - self._list_failed_at < self.options.list_check_retry_s
+        ):
+            kind, status, text = self._list_error
+            return SourceFailure(
+                "cdn",
+                kind,
+                status,
+                f"no CDN host list: {text} (the last fetch failed moments ago)",
+                (time.monotonic() - started) * 1000,
+            )
         share = max(deadline - started, 0.0) * self.options.list_fetch_share
         task = self._list_fetch()
         if share > 0 and not task.done():
@@ -519,6 +543,7 @@ class OnlineClient(CheckClient):
         self._hosts = [known.get(u) or _Host(u) for u in urls]
         self._hosts_from = "fetched"
         self._list_error = None
+        self._list_failed_at = None
         self._list_fetched_at = self._now()
         self._last_refresh = self._clock()
         options = self.options
@@ -530,10 +555,18 @@ class OnlineClient(CheckClient):
         return True
 
     def _list_failed(self, kind: FailureKind, status: int | None, detail: str) -> bool:
+        repeated = self._list_error is not None and self._list_error[2] == detail
         self._list_error = (kind, status, detail)
+        self._list_failed_at = self._clock()
         self._last_error = f"cdn/info: {detail}"
         self._next_refresh = self._clock() + self.options.refresh_retry_s
-        log.warning("CDN host list not fetched from %s: %s", _safe_url(self.base_url), detail)
+        # Once per reason: an unreachable list service must not write a line every few seconds.
+        log.log(
+            logging.DEBUG if repeated else logging.WARNING,
+            "CDN host list not fetched from %s: %s",
+            _safe_url(self.base_url),
+            detail,
+        )
         return False
 
     def _list_fetch(self) -> asyncio.Task[bool]:
