@@ -262,6 +262,16 @@ class EventLog:
             use_journal = target == "journal" and self._journal is not None
         self.target = "journal" if use_journal else "stderr"
         self._observers: list[EventObserver] = []
+        if self._journal is None and (
+            target == "journal" or (target == "auto" and journal_stream_matches(self.stream))
+        ):
+            # Said once, where a technician looks: the records still come, as plain lines
+            # without their MARKD_* fields and MESSAGE_ID.
+            print(
+                "markd: systemd-python is not importable; journal records are written as "
+                "plain lines without their fields (install python3-systemd)",
+                file=self.stream,
+            )
 
     def add_observer(self, observer: EventObserver) -> None:
         """Hand every event written from now on to ``observer`` too, after the journal."""

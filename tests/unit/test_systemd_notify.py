@@ -158,3 +158,24 @@ def test_auto_target_uses_journal_only_when_stderr_is_the_journal_stream(
         monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino + 1}")
         assert EventLog("auto", stream=stream, journal=FakeJournal()).target == "stderr"
     assert EventLog("auto", stream=io.StringIO(), journal=FakeJournal()).target == "stderr"
+
+
+def test_an_event_log_without_systemd_python_says_so_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Asked for the journal without the journal module, the event log writes lines and says
+    once why its records lack their fields; with the module, it says nothing."""
+    import io
+
+    monkeypatch.setattr(sd, "_sd_journal", None)
+    stream = io.StringIO()
+    log = sd.EventLog("journal", stream=stream)
+    log.event("service-stopping", "markd stopping")
+    lines = stream.getvalue().splitlines()
+    assert log.target == "stderr"
+    assert sum("systemd-python is not importable" in line for line in lines) == 1
+    assert any("markd stopping" in line for line in lines)
+
+    quiet = io.StringIO()
+    sd.EventLog("stderr", stream=quiet)
+    assert quiet.getvalue() == ""

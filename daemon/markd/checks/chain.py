@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,8 @@ from markd.checks.verdict import Verdict
 from markd.codes import MarkingCode
 from markd.errors import StoreError
 from markd.store import Lookup, Store
+
+log = logging.getLogger(__name__)
 
 DENY_STORE_ERROR_RU = "Проверка недоступна, продажа невозможна"
 
@@ -183,8 +186,9 @@ class CheckChain:
             try:
                 await client.aclose()
             except Exception:  # noqa: BLE001 - closing the others matters more
-                pass
-        self._cache_writer.shutdown(wait=True)
+                log.warning("closing the %s client failed", type(client).__name__, exc_info=True)
+        # The last cache writes are LMDB commits: waited for on a worker thread, not the loop.
+        await asyncio.to_thread(self._cache_writer.shutdown, True)
 
     def close(self, wait: bool = True) -> None:
         """:meth:`aclose` without a loop: pending cache writes land (``wait``), the clients
@@ -194,7 +198,7 @@ class CheckChain:
             try:
                 client.close()
             except Exception:  # noqa: BLE001 - closing the others matters more
-                pass
+                log.warning("closing the %s client failed", type(client).__name__, exc_info=True)
 
     def budget_s(self) -> float:
         return self.settings.budget_s(

@@ -323,6 +323,15 @@ class Scanner(abc.ABC):
         """True while the device is open, False while it is absent, None before the first try."""
         return self._present
 
+    @property
+    def reader_alive(self) -> bool:
+        """Whether the reader thread runs (True before :meth:`start`). The reader restarts
+        after its own failures, so a dead thread on a started scanner is a bug or a wedged
+        driver, never the "device absent" state (``present`` is False then, the thread alive
+        and retrying)."""
+        thread = self._thread
+        return thread is None or thread.is_alive()
+
     def start(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[ScannerEvent]) -> None:
         """Start the reader thread; events go to ``queue``, which belongs to ``loop``."""
         if self._closed:

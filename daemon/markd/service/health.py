@@ -54,8 +54,7 @@ def reader_alive(scanner: Scanner) -> bool:
     that failed, so a dead thread on an open scanner is a bug or a wedged driver, never the
     normal "device absent" state (that is ``scanner.present is False``, with the thread alive
     and retrying)."""
-    thread = getattr(scanner, "_thread", None)
-    return thread is None or thread.is_alive()
+    return scanner.reader_alive
 
 
 class Health:
