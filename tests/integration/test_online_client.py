@@ -726,6 +726,63 @@ async def test_after_a_failed_list_fetch_checks_fail_at_once_for_a_while(
     await client.aclose()
 
 
+async def test_the_pause_holds_with_background_maintenance_as_the_daemon_runs(
+    pool: EmulatorPool,
+) -> None:
+    """As the daemon runs the client (background rounds on): a failed list fetch is not
+    repeated by every scan's background round either, and once the pause is over the list
+    service that came back answers the very scan that retries."""
+    cdn = pool.crpt_cdn()
+    cdn.set_fault("cdn/info", status=503)
+    clock = FakeClock()
+    client = client_for(cdn, options=OnlineOptions(), clock=clock)
+    first = await client.check(CODE, budget(1500))
+    assert isinstance(first, SourceFailure) and "503" in first.detail
+    for _ in range(5):
+        again = await client.check(CODE, budget(1500))
+        assert isinstance(again, SourceFailure) and "moments ago" in again.detail
+        await asyncio.sleep(0.02)  # let any background round run
+    assert cdn.list_service.count("cdn/info") == 1
+
+    cdn.clear_faults()
+    clock.offset += 10.5
+    answer = await client.check(CODE, budget(1500))
+    assert isinstance(answer, SourceAnswer), answer
+    assert cdn.list_service.count("cdn/info") == 2
+    await client.aclose()
+
+
+async def test_after_a_failure_a_retry_against_a_black_hole_costs_a_scan_little(
+    pool: EmulatorPool,
+) -> None:
+    """A list service that takes the connection and never answers: the first check waits its
+    share, the fetch fails at its own time limit; from then on checks fail at once, and the
+    one that retries after the pause waits at most ``list_retry_wait_s``."""
+    cdn = pool.crpt_cdn()
+    cdn.set_fault("cdn/info", black_hole=True)
+    clock = FakeClock()
+    options = OnlineOptions(maintenance_timeout_s=0.3)
+    client = client_for(cdn, options=options, clock=clock)
+    started = time.monotonic()
+    first = await client.check(CODE, started + 1.5)
+    assert isinstance(first, SourceFailure)
+    assert time.monotonic() - started <= 0.6 + 0.05
+    while client.status()["last_error"] is None:  # the fetch ends at its 0.3 s limit
+        await asyncio.sleep(0.02)
+    for _ in range(5):
+        started = time.monotonic()
+        assert isinstance(await client.check(CODE, started + 1.5), SourceFailure)
+        assert time.monotonic() - started < 0.05
+    assert cdn.list_service.count("cdn/info") == 1
+
+    clock.offset += 10.5
+    started = time.monotonic()
+    retry = await client.check(CODE, started + 1.5)
+    assert isinstance(retry, SourceFailure)
+    assert time.monotonic() - started <= options.list_retry_wait_s + 0.05
+    await client.aclose()
+
+
 async def test_with_no_pause_every_check_asks_the_list_service_again(pool: EmulatorPool) -> None:
     cdn = pool.crpt_cdn()
     cdn.set_fault("cdn/info", status=503)

@@ -185,6 +185,10 @@ class OnlineOptions:
     #: (600 ms of 1.5 s against a network that drops packets) and log a warning. 0: every
     #: check tries again, the literal reading of §3.2.
     list_check_retry_s: float = 10.0
+    #: After a failed fetch, the longest a check waits for a retry under way (instead of
+    #: ``list_fetch_share`` of its budget): a list service that came back answers in time,
+    #: one that does not answer costs a scan this much at most.
+    list_retry_wait_s: float = 0.1
     #: A persisted host list older than this is not used: the client starts without one.
     persisted_max_age_s: float = 7 * 24 * 3600
     #: Checks start the background round when it is due (False: the caller runs maintain()).
@@ -360,23 +364,25 @@ class OnlineClient(CheckClient):
     async def _list_for_check(self, started: float, deadline: float) -> SourceFailure | None:
         """With no host list: wait for one (a running fetch, or a new one) for at most
         ``list_fetch_share`` of the time left. None when a list is there, else the failure
-        this check ends with (the fetch itself goes on in the background)."""
+        this check ends with (the fetch itself goes on in the background).
+
+        After a fetch failed (``list_check_retry_s`` > 0) the list service is known to be in
+        trouble, and a scan must not pay for it each time: during the pause no fetch is
+        started and a check fails at once; afterwards a check starts one retry, and any check
+        waits for a retry at most ``list_retry_wait_s``."""
         running = self._list_task is not None and not self._list_task.done()
-        if (
-            not running
-            and self._list_error is not None
-            and self._list_failed_at is not None
-            and self._clock() - self._list_failed_at < self.options.list_check_retry_s
-        ):
-            kind, status, text = self._list_error
-            return SourceFailure(
-                "cdn",
-                kind,
-                status,
-                f"no CDN host list: {text} (the last fetch failed moments ago)",
-                (time.monotonic() - started) * 1000,
-            )
         share = max(deadline - started, 0.0) * self.options.list_fetch_share
+        if self._list_error is not None and self.options.list_check_retry_s > 0:
+            if not running and self._list_paused():
+                kind, status, text = self._list_error
+                return SourceFailure(
+                    "cdn",
+                    kind,
+                    status,
+                    f"no CDN host list: {text} (the last fetch failed moments ago)",
+                    (time.monotonic() - started) * 1000,
+                )
+            share = min(share, self.options.list_retry_wait_s)
         task = self._list_fetch()
         if share > 0 and not task.done():
             await asyncio.wait({task}, timeout=share)
@@ -388,6 +394,14 @@ class OnlineClient(CheckClient):
         kind, status, text = self._list_error or ("unreachable", None, "no host listed")
         return SourceFailure(
             "cdn", kind, status, f"no CDN host list: {text}", (time.monotonic() - started) * 1000
+        )
+
+    def _list_paused(self) -> bool:
+        """Whether the last host list fetch failed less than ``list_check_retry_s`` ago."""
+        return (
+            self._list_error is not None
+            and self._list_failed_at is not None
+            and self._clock() - self._list_failed_at < self.options.list_check_retry_s
         )
 
     def _pick_host(self, state: _CheckState) -> _Host | None:
@@ -559,7 +573,10 @@ class OnlineClient(CheckClient):
         self._list_error = (kind, status, detail)
         self._list_failed_at = self._clock()
         self._last_error = f"cdn/info: {detail}"
-        self._next_refresh = self._clock() + self.options.refresh_retry_s
+        # With no list the next try comes after the checks' pause; with one (kept or fetched
+        # earlier) the usual retry interval.
+        retry = self.options.refresh_retry_s if self._hosts else self.options.list_check_retry_s
+        self._next_refresh = self._clock() + retry
         # Once per reason: an unreachable list service must not write a line every few seconds.
         log.log(
             logging.DEBUG if repeated else logging.WARNING,
@@ -634,7 +651,7 @@ class OnlineClient(CheckClient):
         """One background round: fetch the host list when due, then health checks when due."""
         deadline = time.monotonic() + self.options.maintenance_timeout_s
         refreshed = False
-        if self._clock() >= self._next_refresh or not self._hosts:
+        if self._clock() >= self._next_refresh or (not self._hosts and not self._list_paused()):
             refreshed = await self._list_fetch()
         if self._hosts and (refreshed or self._health_due()):
             await self.health_check(deadline)
@@ -650,7 +667,8 @@ class OnlineClient(CheckClient):
         self._start_maintenance_if_due(force=True)
 
     def _health_due(self) -> bool:
-        return (
+        """Health checks are due (never with no host to check: then only the list is)."""
+        return bool(self._hosts) and (
             self._last_health is None
             or self._clock() - self._last_health >= self.options.health_interval_s
         )
