@@ -48,7 +48,14 @@ from markd.catalog import Catalog, load_catalog
 from markd.codes import CodesOptions
 from markd.errors import PrinterURLError, ScannerError
 from markd.fiscal.base import parse_printer_url
-from markd.fiscal.model import TAX_TYPES, tag1263_problem
+from markd.fiscal.model import (
+    TAX_TYPES,
+    TAXATION_TYPES,
+    cashier_inn_problem,
+    cashier_name_problem,
+    tag1263_problem,
+    taxation_type_problem,
+)
 from markd.listen import parse_listen
 from markd.proxy import DEFAULT_NO_PROXY, no_proxy_problem, proxy_problem
 from markd.receipts import PAYMENT_TYPES
@@ -588,6 +595,32 @@ class FiscalConfig:
             "choices": PAYMENT_TYPES,
         },
     )
+    taxation_type: str = field(
+        default="",
+        metadata={
+            "doc": "Taxation system (tag 1055) sent with every receipt as ATOL's "
+            f"`taxationType`: {', '.join(f'`{name}`' for name in TAXATION_TYPES)}. Needed "
+            "when the ККТ is registered with more than one; empty: not sent (the ККТ uses "
+            "its only one).",
+            "check": lambda value: taxation_type_problem(value) if value else None,
+        },
+    )
+    cashier_name: str = field(
+        default="",
+        metadata={
+            "doc": "The cashier (tag 1021, ATOL `operator.name`) on every receipt and shift "
+            "report, at most 64 characters; empty: none sent (the ККТ's own default).",
+            "check": lambda value: cashier_name_problem(value) if value else None,
+        },
+    )
+    cashier_inn: str = field(
+        default="",
+        metadata={
+            "doc": "The cashier's ИНН (tag 1203, ATOL `operator.vatin`): 12 digits with valid "
+            "check digits (a person's ИНН); needs `cashier_name`. Empty: not sent.",
+            "check": lambda value: cashier_inn_problem(value) if value else None,
+        },
+    )
     auto_shift: bool = field(
         default=True,
         metadata={
@@ -661,18 +694,30 @@ class SaleConfig:
 
 
 def whole_config_problems(config: Config) -> list[tuple[tuple[str, ...], str]]:
-    """What only the merged configuration can show (today: the ``[sale]`` section as a
-    whole), as ``(key path, problem)`` pairs."""
+    """What only the merged configuration can show (keys that depend on each other), as
+    ``(key path, problem)`` pairs."""
+    found: list[tuple[tuple[str, ...], str]] = []
     sale = config.sale
     if sale.mode == "kiosk" and not sale.catalog and not sale.use_mrp:
-        return [
+        found.append(
             (
                 ("sale", "mode"),
                 "[sale] mode: kiosk needs prices: set [sale] catalog, or use_mrp = true "
                 "(tobacco only)",
             )
-        ]
-    return []
+        )
+    fiscal = config.fiscal
+    if fiscal.cashier_inn and not fiscal.cashier_name:
+        # The driver sends tag 1203 only with the cashier's name (operator.name is required
+        # once operator is given: myscripts_base_receipt.js, validate).
+        found.append(
+            (
+                ("fiscal", "cashier_inn"),
+                "[fiscal] cashier_inn: needs [fiscal] cashier_name (the ККТ takes the "
+                "cashier's ИНН only with the cashier's name)",
+            )
+        )
+    return found
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ from markd.fiscal.model import (
     MarkValidation,
     Position,
     PrinterStatus,
+    ReceiptAttributes,
     ReceiptKind,
     ReceiptResult,
     ShiftInfo,
@@ -569,7 +570,9 @@ class AtolPrinter(FiscalPrinter):
         )
 
     def _shift(self, op_id: str, kind: str) -> ShiftInfo:
-        outcomes = self._run(op_id, [{"type": kind}])
+        # The shift report names the cashier too (json_openShift.js logs the operator in).
+        task: dict[str, Any] = {"type": kind, **cashier_fields(self.settings.receipt)}
+        outcomes = self._run(op_id, [task])
         # ``{"fiscalParams": {…, "shiftNumber", "fiscalDocumentNumber"}}`` as the driver's
         # shift scripts answer; a flat answer (older readings) is taken as well.
         result = _dict(outcomes[0].result.get("fiscalParams")) or outcomes[0].result
@@ -663,7 +666,7 @@ class AtolPrinter(FiscalPrinter):
         positions: tuple[Position, ...],
         payments: tuple[Payment, ...],
     ) -> ReceiptResult:
-        task = receipt_task(kind, positions, payments)
+        task = receipt_task(kind, positions, payments, self.settings.receipt)
         outcomes = self._run(op_id, [task])
         return _receipt_result(kind, outcomes[0].result, positions, payments)
 
@@ -766,17 +769,43 @@ class AtolLibPrinter(AtolPrinter):
 
 
 def receipt_task(
-    kind: ReceiptKind, positions: Sequence[Position], payments: Sequence[Payment]
+    kind: ReceiptKind,
+    positions: Sequence[Position],
+    payments: Sequence[Payment],
+    attributes: ReceiptAttributes | None = None,
 ) -> dict[str, Any]:
-    """The ``sell`` / ``sellReturn`` task for a receipt (domain.md §7.6)."""
+    """The ``sell`` / ``sellReturn`` task for a receipt (domain.md §7.6), with the taxation
+    system (``taxationType``, tag 1055) and the cashier (``operator``) when ``attributes``
+    name them (domain.md §7.4a; ``myscripts_base_receipt.js`` reads both)."""
     items = [position_item(p) for p in positions]
-    return {
-        "type": proto.RECEIPT_TASKS[kind],
-        "electronically": False,
-        "items": items,
-        "payments": [{"type": p.type, "sum": proto.roubles(p.amount_kopecks)} for p in payments],
-        "total": proto.roubles(sum(p.amount_kopecks for p in positions)),
-    }
+    task: dict[str, Any] = {"type": proto.RECEIPT_TASKS[kind]}
+    if attributes is not None and attributes.taxation_type:
+        task["taxationType"] = attributes.taxation_type
+    if attributes is not None:
+        task.update(cashier_fields(attributes))
+    task.update(
+        {
+            "electronically": False,
+            "items": items,
+            "payments": [
+                {"type": p.type, "sum": proto.roubles(p.amount_kopecks)} for p in payments
+            ],
+            "total": proto.roubles(sum(p.amount_kopecks for p in positions)),
+        }
+    )
+    return task
+
+
+def cashier_fields(attributes: ReceiptAttributes) -> dict[str, Any]:
+    """``{"operator": {"name": …, "vatin": …}}`` (tags 1021, 1203) when a cashier is set, else
+    nothing: the driver logs the cashier in only when ``operator.name`` is given, and sends
+    1203 only when ``vatin`` is."""
+    if not attributes.cashier_name:
+        return {}
+    operator = {"name": attributes.cashier_name}
+    if attributes.cashier_inn:
+        operator["vatin"] = attributes.cashier_inn
+    return {"operator": operator}
 
 
 def position_item(position: Position) -> dict[str, Any]:
@@ -925,6 +954,7 @@ __all__ = [
     "TaskOutcome",
     "Transport",
     "WebRequestsTransport",
+    "cashier_fields",
     "derive_op_id",
     "position_item",
     "receipt_task",

@@ -49,6 +49,7 @@ from markd.fiscal.model import (
     MarkValidation,
     Position,
     PrinterStatus,
+    ReceiptAttributes,
     ReceiptKind,
     ReceiptResult,
     ShiftInfo,
@@ -142,7 +143,9 @@ def parse_printer_url(url: str) -> PrinterURL:
 
 @dataclass(frozen=True)
 class PrinterSettings:
-    """Timing of device operations (``[fiscal]`` keys in seconds)."""
+    """Timing of device operations (``[fiscal]`` keys in seconds), and what every receipt
+    carries beside its positions (``[fiscal] taxation_type``, ``cashier_name``,
+    ``cashier_inn``)."""
 
     #: Longest wait for one device operation (a receipt includes printing it).
     timeout_s: float = 30.0
@@ -150,6 +153,8 @@ class PrinterSettings:
     validation_timeout_s: float = 10.0
     #: Pause between validation status polls.
     poll_interval_s: float = 0.2
+    #: Taxation system and cashier sent with every receipt (the cashier with shifts too).
+    receipt: ReceiptAttributes = field(default_factory=ReceiptAttributes)
 
 
 def open_printer(url: str | PrinterURL, settings: PrinterSettings | None = None) -> FiscalPrinter:

@@ -60,6 +60,79 @@ TAX_TYPES = (
     "vat122",
 )
 
+#: Taxation systems (tag 1055) as ATOL JSON names them in a receipt's ``taxationType``: the
+#: driver's receipt script (``myscripts_utils.js``, ``TAXATION_TYPES``) and the typed client
+#: ``Bedunkevich/atol`` (``src/validation/Session.json``) list the same six. ``envd`` is no
+#: longer in force (since 2021), but the driver still names it.
+TAXATION_TYPES = ("osn", "usnIncome", "usnIncomeOutcome", "envd", "esn", "patent")
+
+#: Tag 1021 (the cashier's name) is at most 64 characters (ФФД).
+CASHIER_NAME_MAX = 64
+
+#: Weights of an ИНН's check digits (the ФНС's published rule): one for a 10-digit ИНН (an
+#: organisation), two for a 12-digit one (a person).
+_INN_WEIGHTS = {
+    10: ((2, 4, 10, 3, 5, 9, 4, 6, 8),),
+    12: ((7, 2, 4, 10, 3, 5, 9, 4, 6, 8), (3, 7, 2, 4, 10, 3, 5, 9, 4, 6, 8)),
+}
+
+
+def inn_problem(value: str, lengths: tuple[int, ...] = (10, 12)) -> str | None:
+    """Why ``value`` is not an ИНН of one of ``lengths`` (10 digits: an organisation; 12: a
+    person) with valid check digits, or None.
+
+    >>> inn_problem("7707083893") is None
+    True
+    >>> inn_problem("7707083894")
+    'wrong check digit in ИНН 7707083894'
+    """
+    shown = " or ".join(str(n) for n in lengths)
+    if not (value.isascii() and value.isdigit()) or len(value) not in lengths:
+        return f"an ИНН here is {shown} digits, got {value!r}"
+    digits = [int(c) for c in value]
+    for weights in _INN_WEIGHTS[len(value)]:
+        position = len(weights)
+        check = sum(d * w for d, w in zip(digits, weights, strict=False)) % 11 % 10
+        if check != digits[position]:
+            return f"wrong check digit in ИНН {value}"
+    return None
+
+
+def cashier_inn_problem(value: str) -> str | None:
+    """Why ``value`` is not a cashier's ИНН (tag 1203), or None. A cashier is a person, whose
+    ИНН has 12 digits (10 digits is an organisation's)."""
+    return inn_problem(value, (12,))
+
+
+def cashier_name_problem(value: str) -> str | None:
+    """Why ``value`` is not a cashier's name (tag 1021), or None."""
+    if len(value) > CASHIER_NAME_MAX:
+        return f"tag 1021 is at most {CASHIER_NAME_MAX} characters, got {len(value)}"
+    if not value.isprintable():
+        return "tag 1021 holds no control characters"
+    return None
+
+
+def taxation_type_problem(value: str) -> str | None:
+    """Why ``value`` is not one of ATOL's ``taxationType`` names, or None."""
+    if value not in TAXATION_TYPES:
+        return f"expected one of {', '.join(TAXATION_TYPES)}, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class ReceiptAttributes:
+    """What a receipt carries beside its positions and payments, the same on every receipt:
+    the taxation system (tag 1055, ATOL ``taxationType``) and the cashier (tags 1021 / 1203,
+    ATOL ``operator {name, vatin}``; shift reports carry the cashier too). None: not sent —
+    the ККТ then uses its registration (a ККТ registered with one taxation system needs no
+    ``taxationType``; one registered with several refuses a receipt without it)."""
+
+    taxation_type: str | None = None
+    cashier_name: str | None = None
+    cashier_inn: str | None = None
+
+
 _DATE_1263 = re.compile(r"(\d{2})\.(\d{2})\.(\d{4})")
 
 

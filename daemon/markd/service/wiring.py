@@ -232,12 +232,18 @@ def build_chain(
 
 def printer_settings(config: Config) -> PrinterSettings:
     from markd.fiscal.base import PrinterSettings
+    from markd.fiscal.model import ReceiptAttributes
 
     fiscal = config.fiscal
     return PrinterSettings(
         timeout_s=fiscal.timeout_ms / 1000,
         validation_timeout_s=fiscal.validation_timeout_ms / 1000,
         poll_interval_s=fiscal.validation_poll_ms / 1000,
+        receipt=ReceiptAttributes(
+            taxation_type=fiscal.taxation_type or None,
+            cashier_name=fiscal.cashier_name or None,
+            cashier_inn=fiscal.cashier_inn or None,
+        ),
     )
 
 
