@@ -537,6 +537,8 @@ def test_to_dict_is_plain_json_data() -> None:
         },
         "fiscal": {
             "url": "emulator:///var/lib/markd/kkt",
+            "web_user": "",
+            "web_password_file": "",
             "journal": "/var/lib/markd/fiscal/session.journal",
             "timeout_ms": 30000,
             "validation_timeout_ms": 10000,
@@ -629,7 +631,7 @@ def test_docs_key_table_matches_the_schema() -> None:
 def test_docs_mention_every_key() -> None:
     keys = [f"`[{ref.table}] {ref.key}`" for ref in config.schema_keys()]
 
-    assert len(keys) == 72
+    assert len(keys) == 74
     assert [key for key in keys if key not in _doc()] == []
 
 

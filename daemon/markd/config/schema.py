@@ -494,6 +494,13 @@ def _printer_url_problem(url: str) -> str | None:
     return None
 
 
+def _web_user_problem(value: str) -> str | None:
+    # RFC 7617: the user-id of Basic auth cannot hold a colon.
+    if ":" in value or not value.isprintable():
+        return f"an HTTP Basic user holds no ':' and no control characters, got {value!r}"
+    return None
+
+
 def _tag_length_problem(value: str, tag: int, longest: int) -> str | None:
     if not 1 <= len(value) <= longest:
         return f"tag {tag} is 1 to {longest} characters, got {value!r}"
@@ -507,9 +514,25 @@ class FiscalConfig:
     url: str = field(
         default="emulator:///var/lib/markd/kkt",
         metadata={
-            "doc": "Printer URL: `atol-web://127.0.0.1:16732` (ATOL web server), "
-            "`atol-lib://usb` (libfptr10), or `emulator:///DIR` (the virtual ККТ).",
+            "doc": "Printer URL: `atol-web://127.0.0.1:16732` (ATOL web server; "
+            "`?deviceID=NAME` for one of several devices), `atol-lib://usb` (libfptr10), or "
+            "`emulator:///DIR` (the virtual ККТ).",
             "check": lambda value: _printer_url_problem(value),
+        },
+    )
+    web_user: str = field(
+        default="",
+        metadata={
+            "doc": "HTTP Basic user for an `atol-web://` printer whose web server asks for one; "
+            "empty: no authentication.",
+            "check": lambda value: _web_user_problem(value),
+        },
+    )
+    web_password_file: str = field(
+        default="",
+        metadata={
+            "doc": "File holding that user's password; empty: the systemd credential "
+            "`atol-web-password`.",
         },
     )
     journal: str = field(
@@ -707,6 +730,14 @@ def whole_config_problems(config: Config) -> list[tuple[tuple[str, ...], str]]:
             )
         )
     fiscal = config.fiscal
+    if fiscal.web_user and not fiscal.url.lower().startswith("atol-web://"):
+        found.append(
+            (
+                ("fiscal", "web_user"),
+                "[fiscal] web_user: HTTP authentication is for an atol-web:// printer, and "
+                f"[fiscal] url is {fiscal.url!r}",
+            )
+        )
     if fiscal.cashier_inn and not fiscal.cashier_name:
         # The driver sends tag 1203 only with the cashier's name (operator.name is required
         # once operator is given: myscripts_base_receipt.js, validate).

@@ -12,7 +12,12 @@ Two transports carry the same tasks:
     ``result`` per task; a status other than ``ready``, ``error``, ``interrupted`` or
     ``canceled`` counts as "not finished" until the operation's time is up (§7.5 advice).
     Option ``cancel_task`` names the task that cancels a receipt left open on the device
-    (``cancelReceipt``; not in the published task lists, so configurable).
+    (``cancelReceipt``; not in the published task lists, so configurable). Option
+    ``deviceID`` chooses one of the devices the server drives (sent as ``?deviceID=`` on every
+    request, domain.md §7.4a; without it the server's default device). When the server asks
+    for HTTP Basic auth, the settings' ``web_user`` and ``web_password`` go in
+    ``Authorization`` on every request; a 401 / 403 is ``web-unauthorized`` and names the
+    user, never the password.
 
 ``atol-lib://usb`` | ``atol-lib:///dev/ttyACM0?baudrate=115200`` | ``atol-lib://HOST:PORT``
     ATOL's libfptr10 in process, through its Python binding (``from libfptr10 import IFptr``,
@@ -38,12 +43,15 @@ field lists do not), otherwise it is unknown.
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
+from urllib.parse import quote
 
 from markd.errors import (
     FiscalTimeout,
@@ -83,6 +91,8 @@ from markd.http.blocking import BlockingHTTPClient
 from markd.http.errors import HTTPError
 from markd.numbers import read_int
 from markd.receipts import Payment
+from markd.secrets import Secret
+from markd.urls import ABSENT
 
 DEFAULT_WEB_PORT = 16732
 #: ATOL error numbers whose refusal the sale session acts on, as the interface's typed faults
@@ -194,13 +204,26 @@ class WebRequestsTransport:
         *,
         cancel_task: str = "cancelReceipt",
         poll_interval_s: float = 0.05,
+        device_id: str = "",
+        user: str = "",
+        password: Secret | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.cancel_task = cancel_task
         self.poll_interval_s = poll_interval_s
+        self.device_id = device_id
+        self.user = user
         shown = f"[{host}]" if ":" in host else host
         self._base = f"http://{shown}:{port}"
+        # Every request names the device (the POST that queues the tasks and the GETs that
+        # read their results), so a server driving several keeps each request on its own.
+        self._query = f"?deviceID={quote(device_id, safe='')}" if device_id else ""
+        self._authorization: str | None = None
+        if user:
+            secret = password.reveal() if password is not None else ""
+            token = base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
+            self._authorization = f"Basic {token}"
         self._http: BlockingHTTPClient | None = None
         #: The request the queue is blocked on, None when it moves.
         self.blocked_uuid: str | None = None
@@ -215,6 +238,9 @@ class WebRequestsTransport:
             status, answer = self._exchange("POST", "/api/v2/requests", body, deadline)
         except _NotSent as exc:
             raise PrinterUnavailable(f"ATOL web server {self._where}: {exc}") from exc
+        except _Unauthorized as exc:
+            # Refused before it was queued: nothing reached the device.
+            raise PrinterUnavailable(str(exc), "web-unauthorized") from None
         except _NoAnswer as exc:
             # The request may have been queued. Ask for it under its uuid before giving up.
             found = self._poll(op_id, len(tasks), deadline, missing_ok=True)
@@ -272,7 +298,8 @@ class WebRequestsTransport:
 
     @property
     def _where(self) -> str:
-        return f"{self.host}:{self.port}"
+        device = f" (device {self.device_id})" if self.device_id else ""
+        return f"{self.host}:{self.port}{device}"
 
     def _poll(
         self, op_id: str, count: int | None, deadline: float, missing_ok: bool
@@ -295,6 +322,8 @@ class WebRequestsTransport:
                 )
             try:
                 status, answer = self._exchange("GET", path, None, deadline)
+            except _Unauthorized as exc:
+                raise OutcomeUnknown(str(exc), "web-unauthorized") from None
             except _NoAnswer as exc:
                 if time.monotonic() >= deadline:
                     raise FiscalTimeout(
@@ -347,11 +376,13 @@ class WebRequestsTransport:
             raise _NotSent("no time left")
         payload = None if body is None else json.dumps(body, ensure_ascii=False).encode()
         headers = {"Content-Type": "application/json"} if payload is not None else {}
+        if self._authorization is not None:
+            headers["Authorization"] = self._authorization
         try:
             # At least 50 ms for one exchange, even at the end of an operation's time.
             response = self._client().request(
                 method,
-                self._base + path,
+                self._base + path + self._query,
                 deadline=time.monotonic() + max(left, 0.05),
                 headers=headers,
                 body=payload,
@@ -360,11 +391,22 @@ class WebRequestsTransport:
             if exc.request_sent:
                 raise _NoAnswer(str(exc)) from exc
             raise _NotSent(str(exc)) from exc
+        if response.status in (401, 403):
+            who = (
+                f"the credentials of user {self.user!r} were refused"
+                if self.user
+                else "it asks for HTTP Basic credentials and none are configured"
+            )
+            raise _Unauthorized(f"ATOL web server {self._where}: HTTP {response.status}: {who}")
         try:
             data = json.loads(response.body) if response.body else None
         except (ValueError, RecursionError):  # not JSON, or nested deeper than Python goes
             data = None
         return response.status, data
+
+
+class _Unauthorized(Exception):
+    """The web server refused the request for its credentials (401 / 403)."""
 
 
 class _NotSent(Exception):
@@ -704,6 +746,14 @@ def _check_task_name(text: str) -> str:
     return text
 
 
+def _check_device_id(text: str) -> str:
+    """A device id of the web server (its own names: no public source limits them; markd
+    takes what fits a query string and a journal field unescaped)."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+        raise ValueError(text)
+    return text
+
+
 def _baudrate(text: str) -> int:
     value = int(text)
     if value not in (9600, 19200, 38400, 57600, 115200):
@@ -722,13 +772,22 @@ class AtolWebPrinter(AtolPrinter):
 
     OPTIONS: ClassVar[Mapping[str, Option]] = {
         "cancel_task": Option(_check_task_name, "cancelReceipt", "an ATOL task type"),
+        # Left out unless given: without it the server's default device answers.
+        "deviceID": Option(
+            _check_device_id, ABSENT, "a device id: 1 to 64 letters, digits, '_', '.' or '-'"
+        ),
     }
 
     def __init__(self, url: PrinterURL, settings: PrinterSettings) -> None:
         super().__init__(url, settings)
         host, _, port = url.target.rpartition(":")
         self.transport = WebRequestsTransport(
-            host.strip("[]"), int(port), cancel_task=url.options["cancel_task"]
+            host.strip("[]"),
+            int(port),
+            cancel_task=url.options["cancel_task"],
+            device_id=url.options.get("deviceID", ""),
+            user=settings.web_user,
+            password=settings.web_password,
         )
 
     @classmethod
