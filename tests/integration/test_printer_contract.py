@@ -28,7 +28,13 @@ from markd.fiscal.base import (
     new_op_id,
     open_printer,
 )
-from markd.fiscal.model import IndustryTags, MarkedItem, Position, ReceiptAttributes
+from markd.fiscal.model import (
+    HealthThresholds,
+    IndustryTags,
+    MarkedItem,
+    Position,
+    ReceiptAttributes,
+)
 from markd.receipts import Payment
 from markd.testing import fiscal as testing
 
@@ -356,3 +362,32 @@ class TestPrinterContract:
 
         assert err.value.device_code == 143 and err.value.reason == "bad-taxation-type"
         assert bench.kkt.receipts() == []
+
+    def test_status_carries_the_fiscal_health(self, bench: Bench) -> None:
+        printer = bench.printer
+        printer.ensure_shift(new_op_id())
+
+        health = printer.status().health
+
+        assert health.shift_opened_at is not None and health.shift_hours is not None
+        assert 0 <= health.shift_hours < 24
+        if health.fn_days_left is not None:
+            assert health.fn_valid_until is not None
+        json.dumps(printer.status().record()["health"])
+
+    def test_fiscal_health_warnings_follow_the_thresholds(self, bench: Bench) -> None:
+        bench.needs_emulator()
+        printer = bench.printer
+        printer.ensure_shift(new_op_id())
+        assert printer.status().health_warnings() == []
+        bench.kkt.set_faults(fn_days_left=12, unsent_age_days=4, shift_age_hours=23.5)
+
+        status = printer.status()
+
+        assert status.health.fn_days_left in (11, 12)
+        assert status.health.unsent_oldest_days is not None
+        assert 3.9 < status.health.unsent_oldest_days < 4.1
+        assert status.health.shift_hours is not None and 23.4 < status.health.shift_hours < 23.6
+        assert status.health_warnings() == ["fn-expiring", "unsent-old", "shift-long"]
+        relaxed = HealthThresholds(fn_days=10, unsent_days=5, shift_hours=24)
+        assert status.health_warnings(relaxed) == []

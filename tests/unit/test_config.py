@@ -554,6 +554,9 @@ def test_to_dict_is_plain_json_data() -> None:
             "cashier_name": "",
             "cashier_inn": "",
             "auto_shift": True,
+            "fn_days_warning": 30,
+            "unsent_days_warning": 3,
+            "shift_hours_warning": 23,
             "lm_sell": True,
         },
         "sale": {"mode": "off", "catalog": "", "use_mrp": True},
@@ -631,7 +634,7 @@ def test_docs_key_table_matches_the_schema() -> None:
 def test_docs_mention_every_key() -> None:
     keys = [f"`[{ref.table}] {ref.key}`" for ref in config.schema_keys()]
 
-    assert len(keys) == 74
+    assert len(keys) == 77
     assert [key for key in keys if key not in _doc()] == []
 
 

@@ -582,3 +582,60 @@ def test_bad_taxation_registrations_are_refused(kkt: VirtualKkt) -> None:
         kkt.set_faults(taxation_types=["usn"])
     with pytest.raises(ValueError, match="taxation_types is a list of"):
         kkt.set_faults(taxation_types=[])
+
+
+# -- fiscal health (domain.md §7.8) --------------------------------------------------------------
+
+
+def test_fn_info_gives_the_validity_end(tmp_path: Path) -> None:
+    clock = Clock()
+    device = VirtualKkt(tmp_path / "kkt", clock=clock)
+
+    first = ok(device, {"type": "getFnInfo"})["fnInfo"]["validityDate"]
+    clock.now += 86400
+    assert ok(device, {"type": "getFnInfo"})["fnInfo"]["validityDate"] == first  # fixed end
+    device.set_faults(fn_days_left=10)
+    near = ok(device, {"type": "getFnInfo"})["fnInfo"]["validityDate"]
+
+    from datetime import datetime
+
+    left = datetime.fromisoformat(near).timestamp() - clock.now
+    assert left == 10 * 86400
+
+
+def test_the_oldest_unsent_document_has_its_time(tmp_path: Path) -> None:
+    clock = Clock()
+    device = VirtualKkt(tmp_path / "kkt", clock=clock)
+    ok(device, {"type": "openShift"})
+    assert ok(device, {"type": "ofdExchangeStatus"})["status"]["notSentFirstDocDateTime"] == ""
+    validate_and_accept(device, testing.SHOES)
+    ok(device, sell_task(testing.SHOES))
+    clock.now += 3600
+    status = ok(device, {"type": "ofdExchangeStatus"})["status"]
+    assert status["notSentCount"] == 1
+    assert status["notSentFirstDocDateTime"] == device.receipts()[0]["datetime"]
+
+    device.set_faults(unsent_age_days=4)
+    aged = ok(device, {"type": "ofdExchangeStatus"})["status"]["notSentFirstDocDateTime"]
+
+    from datetime import datetime
+
+    assert clock.now - datetime.fromisoformat(aged).timestamp() == 4 * 86400
+
+
+def test_a_long_shift_is_reported_by_its_end(tmp_path: Path) -> None:
+    clock = Clock()
+    device = VirtualKkt(tmp_path / "kkt", clock=clock)
+    ok(device, {"type": "openShift"})
+    device.set_faults(shift_age_hours=23.5)
+
+    shift = ok(device, {"type": "getShiftStatus"})["shiftStatus"]
+
+    from datetime import datetime
+
+    assert shift["state"] == "opened"
+    assert datetime.fromisoformat(shift["expiredTime"]).timestamp() - clock.now == 0.5 * 3600
+    device.set_faults(shift_age_hours=25)
+    assert ok(device, {"type": "getShiftStatus"})["shiftStatus"]["state"] == "expired"
+    with pytest.raises(ValueError, match="shift_age_hours is a number"):
+        device.set_faults(shift_age_hours=-1)

@@ -651,6 +651,33 @@ class FiscalConfig:
             "receipt.",
         },
     )
+    fn_days_warning: int = field(
+        default=30,
+        metadata={
+            "doc": "Fiscal health: warn (journal, `markctl printer status`, the status API) "
+            "when fewer days than this are left before the ФН's validity ends.",
+            "min": 1,
+            "max": 1000,
+        },
+    )
+    unsent_days_warning: int = field(
+        default=3,
+        metadata={
+            "doc": "Fiscal health: warn when the oldest document not yet sent to the ОФД is "
+            "older than this many days (the ККТ blocks at 30).",
+            "min": 1,
+            "max": 30,
+        },
+    )
+    shift_hours_warning: int = field(
+        default=23,
+        metadata={
+            "doc": "Fiscal health: warn when the shift has been open longer than this many "
+            "hours (the ККТ refuses receipts after 24).",
+            "min": 1,
+            "max": 24,
+        },
+    )
     lm_sell: bool = field(
         default=True,
         metadata={

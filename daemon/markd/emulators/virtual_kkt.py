@@ -24,8 +24,10 @@ it over HTTP as an ATOL Web Requests server, so the same device answers both. It
   would give away its crypto tail, which is short enough (4 characters) to find by brute
   force from the КИ;
 * **status** — ``getDeviceStatus`` (plus ``receiptType``: ``closed`` or the type of a receipt
-  left open), ``getShiftStatus``, ``getFnStatus``, ``ofdExchangeStatus`` (every document stays
-  unsent: there is no ОФД);
+  left open), ``getShiftStatus`` (``expiredTime``: the end of the shift's 24 hours),
+  ``getFnStatus``, ``getFnInfo`` (``validityDate``, ``json_getFnInfo.js``),
+  ``ofdExchangeStatus`` (every document stays unsent: there is no ОФД; the time of the oldest,
+  ``json_ofdExchangeStatus.js``);
 * **request ids** — the answers to every request that changed the device are kept under its id,
   so a request repeated with the same id is answered from there, not run twice (what ATOL's web
   server does with a request ``uuid``); :meth:`VirtualKkt.lookup` reads them.
@@ -38,8 +40,10 @@ receipt is fiscalised and then the link is lost before the answer), ``validation
 (the ОИСМ's answer takes that long), ``shift_expired``, ``no_cancel_task`` (the
 ``cancelReceipt`` task is unknown, error 11), ``begin_busy`` (a check left running: the next
 begin gets 401), ``taxation_types`` (the taxation systems the device is registered with,
-``["osn"]`` unless set), and ``codes`` — per КИ ``{"oism": "incorrect" | "sale-stopped", "fn":
-false}``.
+``["osn"]`` unless set), ``fn_days_left`` (the ФН's validity ends that many days from now),
+``unsent_age_days`` (the oldest document not sent to the ОФД is that old), ``shift_age_hours``
+(the open shift was opened that long ago), and ``codes`` — per КИ ``{"oism": "incorrect" |
+"sale-stopped", "fn": false}``.
 
 ``state.json`` holds the codes the ФН keeps accepted (as a real ФН does), so it is written with
 mode 0600. Crash safety: ``state.json`` is replaced atomically (write, fsync, rename, fsync the
@@ -153,8 +157,13 @@ FAULT_KEYS = frozenset(
         "no_cancel_task",
         "begin_busy",
         "taxation_types",
+        "fn_days_left",
+        "unsent_age_days",
+        "shift_age_hours",
     }
 )
+#: How long a new ФН of this device is valid (a 13-month ФН), unless ``fn_days_left`` says.
+FN_VALIDITY_DAYS = 395
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,6 +346,10 @@ class VirtualKkt:
         self._lock = threading.RLock()
         with self._locked() as state:
             self._state = state  # validates the files at once
+            if not state["device"].get("fn_valid_until"):
+                # A ФН valid from the device's first use (a state of an older version too).
+                state["device"]["fn_valid_until"] = self._clock() + FN_VALIDITY_DAYS * 86400
+                self._save(state)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -392,6 +405,12 @@ class VirtualKkt:
             raise ValueError(f"ism is one of {', '.join(ISM_MODES)}")
         if faults.get("gone_in_receipt") not in (None, *GONE_MODES):
             raise ValueError(f"gone_in_receipt is one of {', '.join(GONE_MODES)}")
+        for key in ("fn_days_left", "unsent_age_days", "shift_age_hours"):
+            value = faults.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+            ):
+                raise ValueError(f"{key} is a number of at least 0")
         taxation = faults.get("taxation_types")
         if taxation is not None and (
             not isinstance(taxation, list | tuple)
@@ -490,6 +509,7 @@ class VirtualKkt:
             state["shift"]["receipts"] = last.get("receipt_number", state["shift"]["receipts"])
             state["unsent"] += 1
             state["first_unsent"] = state["first_unsent"] or last["number"]
+            state["first_unsent_at"] = state.get("first_unsent_at") or last.get("datetime")
             if last.get("request"):
                 self._keep(state, last["request"], [_ready(_fiscal_params(state, last))])
         self._save(state)
@@ -551,13 +571,20 @@ class VirtualKkt:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), MSK)
 
+    def _opened_at(self, state: dict[str, Any]) -> float:
+        """When the open shift was opened; ``shift_age_hours`` makes it that long ago."""
+        age = state["faults"].get("shift_age_hours")
+        if age is not None:
+            return self._clock() - float(age) * 3600
+        return float(state["shift"]["opened_at"] or 0)
+
     def _shift_state(self, state: dict[str, Any]) -> str:
         shift = state["shift"]
         if shift["state"] != "opened":
             return "closed"
         if state["faults"].get("shift_expired"):
             return "expired"
-        if self._clock() - (shift["opened_at"] or 0) > SHIFT_HOURS * 3600:
+        if self._clock() - self._opened_at(state) > SHIFT_HOURS * 3600:
             return "expired"
         return "opened"
 
@@ -597,7 +624,7 @@ class VirtualKkt:
         shift = state["shift"]
         expires = None
         if shift["state"] == "opened" and shift["opened_at"]:
-            until = datetime.fromtimestamp(shift["opened_at"] + SHIFT_HOURS * 3600, MSK)
+            until = datetime.fromtimestamp(self._opened_at(state) + SHIFT_HOURS * 3600, MSK)
             expires = until.isoformat(timespec="seconds")
         return {
             "shiftStatus": {
@@ -625,15 +652,50 @@ class VirtualKkt:
         }
 
     def _ofd_exchange_status(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
+        # json_ofdExchangeStatus.js: the count, the number and the time of the oldest
+        # document not yet sent (every document stays unsent here: there is no ОФД).
+        unsent = state["unsent"]
+        first = state["first_unsent"] or 0
+        when = ""
+        age = state["faults"].get("unsent_age_days")
+        if age is not None:
+            unsent = max(unsent, 1)
+            first = first or state["document_number"]
+            stamp = self._clock() - float(age) * 86400
+            when = datetime.fromtimestamp(stamp, MSK).isoformat(timespec="seconds")
+        elif unsent:
+            when = state.get("first_unsent_at") or ""
         return {
             "status": {
-                "notSentCount": state["unsent"],
-                "notSentFirstDocNumber": state["first_unsent"] or 0,
-                "notSentFirstDocDateTime": "",
+                "notSentCount": unsent,
+                "notSentFirstDocNumber": first,
+                "notSentFirstDocDateTime": when,
                 "lastSuccessKeysUpdate": "",
             },
             "errors": {},
-            "warnings": {"dataForSendIsEmpty": state["unsent"] == 0},
+            "warnings": {"dataForSendIsEmpty": unsent == 0},
+        }
+
+    def _get_fn_info(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
+        """json_getFnInfo.js: the ФН's validity end (``validityDate``), its serial, its phase
+        and the same warnings as getFnStatus. ``fn_days_left`` puts the end that many days
+        from now; otherwise it is :data:`FN_VALIDITY_DAYS` after the device's first use."""
+        device = state["device"]
+        days = state["faults"].get("fn_days_left")
+        if days is not None:
+            end = self._clock() + float(days) * 86400
+        else:
+            end = float(device["fn_valid_until"])
+        warnings = self._get_fn_status(state, _, task)["fnStatus"]["warnings"]
+        return {
+            "fnInfo": {
+                "serial": device["fn_number"],
+                "ffdVersion": device["ffd"],
+                "fnFfdVersion": device["ffd"],
+                "livePhase": "fiscalMode",
+                "validityDate": datetime.fromtimestamp(end, MSK).isoformat(timespec="seconds"),
+                "warnings": warnings,
+            }
         }
 
     # shifts
@@ -993,6 +1055,7 @@ class VirtualKkt:
         state["shift"]["receipts"] = receipt_number
         state["unsent"] += 1
         state["first_unsent"] = state["first_unsent"] or number
+        state["first_unsent_at"] = state.get("first_unsent_at") or document["datetime"]
         result = _fiscal_params(state, document)
         if faults.get("gone_in_receipt") == "after":
             faults.pop("gone_in_receipt")
@@ -1111,6 +1174,7 @@ _HANDLERS: dict[str, Callable[[VirtualKkt, dict[str, Any], str, Any], dict[str, 
     "getShiftStatus": VirtualKkt._get_shift_status,
     "getFnStatus": VirtualKkt._get_fn_status,
     "ofdExchangeStatus": VirtualKkt._ofd_exchange_status,
+    "getFnInfo": VirtualKkt._get_fn_info,
     "openShift": VirtualKkt._open_shift,
     "closeShift": VirtualKkt._close_shift,
     "beginMarkingCodeValidation": VirtualKkt._begin_validation,

@@ -35,21 +35,24 @@ refusals the session acts on their typed faults (:data:`FAULT_TYPES`: a receipt 
 open, no code validation under way), anything else :class:`~markd.errors.PrinterFault` with
 the device's code.
 
-The status is read with ``getDeviceStatus``, ``getShiftStatus``, ``getFnStatus`` and
-``ofdExchangeStatus`` in one request. Whether a receipt is open is read from
-``deviceStatus.receiptType`` when the device reports it (the emulator does; the published
-field lists do not), otherwise it is unknown.
+The status is read with ``getDeviceStatus``, ``getShiftStatus``, ``getFnStatus``,
+``ofdExchangeStatus`` and ``getFnInfo`` in one request; the fiscal health (domain.md §7.8:
+the ФН's validity end, the oldest unsent document, the shift's age) comes from them. Whether
+a receipt is open is read from ``deviceStatus.receiptType`` when the device reports it (the
+emulator does; the published field lists do not), otherwise it is unknown.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Protocol
 from urllib.parse import quote
 
@@ -79,6 +82,7 @@ from markd.fiscal.base import (
     derive_op_id,
 )
 from markd.fiscal.model import (
+    FiscalHealth,
     MarkValidation,
     Position,
     PrinterStatus,
@@ -95,6 +99,8 @@ from markd.secrets import Secret
 from markd.urls import ABSENT
 
 DEFAULT_WEB_PORT = 16732
+#: A shift's length limit; ``getShiftStatus.expiredTime`` is its end (domain.md §7.8).
+SHIFT_LIMIT_HOURS = 24
 #: ATOL error numbers whose refusal the sale session acts on, as the interface's typed faults
 #: (every other refusal is a plain :class:`~markd.errors.PrinterFault` with the number).
 FAULT_TYPES: dict[int, type[PrinterFault]] = {
@@ -578,12 +584,16 @@ class AtolPrinter(FiscalPrinter):
             {"type": "getShiftStatus"},
             {"type": "getFnStatus"},
             {"type": "ofdExchangeStatus"},
+            {"type": "getFnInfo"},
         ]
         outcomes = self._run(op_id, tasks, optional_from=1)
         device = _dict(outcomes[0].result.get("deviceStatus"))
         shift = _dict(outcomes[1].result.get("shiftStatus")) if outcomes[1].ok else {}
         fn = _dict(outcomes[2].result.get("fnStatus")) if outcomes[2].ok else {}
         ofd = _dict(outcomes[3].result.get("status")) if outcomes[3].ok else {}
+        fn_info = (
+            _dict(outcomes[4].result.get("fnInfo")) if len(outcomes) > 4 and outcomes[4].ok else {}
+        )
         warnings = _dict(fn.get("warnings"))
         receipt_type = device.get("receiptType")
         fn_present = bool(device.get("fnPresent", True))
@@ -603,11 +613,13 @@ class AtolPrinter(FiscalPrinter):
             cover_opened=bool(device.get("coverOpened", False)),
             blocked=bool(device.get("blocked", False)),
             model=_str(device.get("modelName")),
+            health=_health(device, shift, ofd, fn_info),
             raw={
                 "deviceStatus": device,
                 "shiftStatus": shift,
                 "fnStatus": fn,
                 "ofdExchangeStatus": ofd,
+                "fnInfo": fn_info,
             },
         )
 
@@ -982,6 +994,54 @@ def _validation_from_status(ki: str, result: Mapping[str, Any]) -> MarkValidatio
         response_result=_str(online.get("markOperatorResponseResult")),
         driver_error=driver_error,
     )
+
+
+def _health(
+    device: Mapping[str, Any],
+    shift: Mapping[str, Any],
+    ofd: Mapping[str, Any],
+    fn_info: Mapping[str, Any],
+) -> FiscalHealth:
+    """Fiscal health from the status answers (domain.md §7.8; the driver's scripts
+    ``json_getFnInfo.js``: ``fnInfo.validityDate``; ``json_ofdExchangeStatus.js``:
+    ``status.notSentFirstDocDateTime``; ``json_getShiftStatus.js``: ``expiredTime``, the end
+    of the shift's 24 hours). Ages are counted from the device's ``currentDateTime`` when it
+    sends one, else from this host's clock."""
+    now = _moment(device.get("currentDateTime")) or datetime.now(UTC)
+    valid_until = _str(fn_info.get("validityDate"))
+    valid = _moment(valid_until)
+    days_left = None if valid is None else math.floor((valid - now).total_seconds() / 86400)
+    unsent = read_int(ofd.get("notSentCount"), lo=0)
+    oldest_text = _str(ofd.get("notSentFirstDocDateTime")) if unsent else None
+    oldest = _moment(oldest_text)
+    oldest_days = None if oldest is None else round((now - oldest).total_seconds() / 86400, 2)
+    opened_at = None
+    shift_hours = None
+    expires = _moment(shift.get("expiredTime"))
+    if expires is not None and shift.get("state") in ("opened", "expired"):
+        opened = expires - timedelta(hours=SHIFT_LIMIT_HOURS)
+        opened_at = opened.isoformat(timespec="seconds")
+        shift_hours = round((now - opened).total_seconds() / 3600, 2)
+    return FiscalHealth(
+        fn_valid_until=valid_until,
+        fn_days_left=days_left,
+        unsent_oldest=oldest_text if oldest is not None else None,
+        unsent_oldest_days=oldest_days,
+        shift_opened_at=opened_at,
+        shift_hours=shift_hours,
+    )
+
+
+def _moment(value: Any) -> datetime | None:
+    """An ISO 8601 date-time from the device (no zone: taken as UTC, as the scripts'
+    ``dateToIsoString`` always writes one); None when it is not one."""
+    if not isinstance(value, str) or not value or len(value) > 64:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _device_error(task_type: str, outcome: TaskOutcome, mutating: bool) -> Exception:

@@ -424,6 +424,53 @@ class ReceiptResult:
 
 
 @dataclass(frozen=True)
+class HealthThresholds:
+    """When a fact of :class:`FiscalHealth` becomes a warning (``[fiscal] fn_days_warning``,
+    ``unsent_days_warning``, ``shift_hours_warning``; domain.md §7.8)."""
+
+    #: Fewer days than this left before the ФН's validity ends (a ФН is replaced in weeks).
+    fn_days: int = 30
+    #: The oldest document not yet sent to the ОФД is older than this (the ККТ blocks at 30).
+    unsent_days: int = 3
+    #: The shift has been open longer than this (the ККТ refuses receipts after 24 h).
+    shift_hours: int = 23
+
+
+#: The ФН's own warnings (``fnStatus.warnings``) that a fleet must act on.
+FN_WARNING_NAMES = {
+    "memoryOverflow": "fn-memory-full",
+    "resourceExhausted": "fn-resource-exhausted",
+    "needReplacement": "fn-needs-replacement",
+    "criticalError": "fn-critical-error",
+}
+
+
+@dataclass(frozen=True)
+class FiscalHealth:
+    """What a fleet watches on a ККТ, read from the device (domain.md §7.8): when the ФН's
+    validity ends, how old the oldest document not yet sent to the ОФД is, how long the shift
+    has been open. Each fact is None when the device did not say. Dates are ISO 8601 as the
+    device gives them; the ages are counted from the device's clock when it reports one."""
+
+    fn_valid_until: str | None = None
+    fn_days_left: int | None = None
+    unsent_oldest: str | None = None
+    unsent_oldest_days: float | None = None
+    shift_opened_at: str | None = None
+    shift_hours: float | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "fn_valid_until": self.fn_valid_until,
+            "fn_days_left": self.fn_days_left,
+            "unsent_oldest": self.unsent_oldest,
+            "unsent_oldest_days": self.unsent_oldest_days,
+            "shift_opened_at": self.shift_opened_at,
+            "shift_hours": self.shift_hours,
+        }
+
+
+@dataclass(frozen=True)
 class PrinterStatus:
     """The ККТ's state as far as a sale cares.
 
@@ -447,8 +494,31 @@ class PrinterStatus:
     blocked: bool = False
     fn_warnings: tuple[str, ...] = ()
     model: str | None = None
+    #: ФН validity, the oldest unsent document, the shift's age (domain.md §7.8).
+    health: FiscalHealth = field(default_factory=FiscalHealth)
     #: The device's own answers, for ``markctl printer status --json``.
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def health_warnings(self, thresholds: HealthThresholds | None = None) -> list[str]:
+        """What a technician must act on soon, by ``thresholds``: ``fn-expiring``,
+        ``unsent-old``, ``shift-long``, the ФН's own warnings (``fn-memory-full``,
+        ``fn-resource-exhausted``, ``fn-needs-replacement``, ``fn-critical-error``) and
+        ``paper-out``."""
+        limits = thresholds or HealthThresholds()
+        health = self.health
+        found = []
+        if health.fn_days_left is not None and health.fn_days_left < limits.fn_days:
+            found.append("fn-expiring")
+        if health.unsent_oldest_days is not None and health.unsent_oldest_days > (
+            limits.unsent_days
+        ):
+            found.append("unsent-old")
+        if health.shift_hours is not None and health.shift_hours > limits.shift_hours:
+            found.append("shift-long")
+        found.extend(FN_WARNING_NAMES[w] for w in self.fn_warnings if w in FN_WARNING_NAMES)
+        if not self.paper_present:
+            found.append("paper-out")
+        return found
 
     def problems(self) -> list[str]:
         """What stops a receipt now (empty: ready to sell)."""
@@ -482,4 +552,5 @@ class PrinterStatus:
             "blocked": self.blocked,
             "model": self.model,
             "problems": self.problems(),
+            "health": self.health.record(),
         }
