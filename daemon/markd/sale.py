@@ -133,6 +133,16 @@ class SaleDesk:
         self._busy_at_stop = False
         self._recovery_pending = False
         self._device: PrinterStatus | None = None
+        from markd.fiscal.model import HealthThresholds
+
+        #: When a fiscal health fact becomes a warning (``[fiscal] *_warning``).
+        self.thresholds = HealthThresholds(
+            fn_days=config.fiscal.fn_days_warning,
+            unsent_days=config.fiscal.unsent_days_warning,
+            shift_hours=config.fiscal.shift_hours_warning,
+        )
+        #: The fiscal health warnings of the last status read (journaled as they change).
+        self._health: list[str] = []
         self._checked_at: float | None = None
         self._last_error: dict[str, Any] | None = None
         #: What the last :meth:`~SaleSession.recover` did (None before the first).
@@ -437,6 +447,7 @@ class SaleDesk:
             "url": self.config.fiscal.url,
             "state": state,
             "device": None if self._device is None else self._device.record(),
+            "health_warnings": list(self._health),
             "checked_at": _iso(self._checked_at),
             "last_error": self._last_error,
             "recovery_pending": self._recovery_pending,
@@ -549,6 +560,46 @@ class SaleDesk:
             self._device = None
             self._note_error(exc.reason, exc.message)
         self._checked_at = time.time()
+        if self._device is not None:
+            self._journal_health(self._device.health_warnings(self.thresholds))
+
+    def _journal_health(self, current: list[str]) -> None:
+        """Journal each fiscal health warning when it appears and when it clears (domain.md
+        §7.8): a warning once, not at every status read."""
+        device = self._device
+        assert device is not None
+        health = device.health
+        details = {
+            "fn-expiring": f"the ФН's validity ends {health.fn_valid_until} "
+            f"({health.fn_days_left} days left; warned below {self.thresholds.fn_days})",
+            "unsent-old": f"the oldest document not sent to the ОФД is from "
+            f"{health.unsent_oldest} ({health.unsent_oldest_days} days; the ККТ blocks at 30)",
+            "shift-long": f"the shift has been open {health.shift_hours} h (since "
+            f"{health.shift_opened_at}; receipts are refused after 24 h)",
+        }
+        for warning in current:
+            if warning not in self._health:
+                self._event(
+                    "sale-desk",
+                    f"fiscal health: {warning}: {details.get(warning, 'reported by the ККТ')}",
+                    priority="warning",
+                    mode=self.mode,
+                    action="fiscal-health",
+                    warning=warning,
+                    state="raised",
+                )
+        for warning in self._health:
+            if warning not in current:
+                self._event(
+                    "sale-desk",
+                    f"fiscal health: {warning} cleared",
+                    priority="notice",
+                    mode=self.mode,
+                    action="fiscal-health",
+                    warning=warning,
+                    state="cleared",
+                )
+        self._health = list(current)
 
     def _note_error(self, reason: str, message: str) -> None:
         self._last_error = {"reason": reason, "message": message, "at": _iso(time.time())}

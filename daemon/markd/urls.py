@@ -21,10 +21,15 @@ from urllib.parse import parse_qsl
 
 from markd.errors import MarkdError
 
+#: An :class:`Option` default meaning "left out": an option with it appears in the parsed
+#: options only when the URL gives it (the backend reads it with ``options.get``).
+ABSENT: Any = type("Absent", (), {"__repr__": lambda self: "ABSENT"})()
+
 
 @dataclass(frozen=True)
 class Option:
-    """One backend-specific URL option: how to convert its text, its default, its form."""
+    """One backend-specific URL option: how to convert its text, its default (or
+    :data:`ABSENT`), its form."""
 
     convert: Callable[[str], Any]
     default: Any
@@ -95,11 +100,13 @@ class Registry:
     def convert(
         self, url: str, scheme: str, specs: Mapping[str, Option], given: Mapping[str, str]
     ) -> dict[str, Any]:
-        """Every backend option converted, defaults filled in for those not given."""
+        """Every backend option converted, defaults filled in for those not given (except an
+        :data:`ABSENT` one, which is left out)."""
         options: dict[str, Any] = {}
         for key, spec in specs.items():
             if key not in given:
-                options[key] = spec.default
+                if spec.default is not ABSENT:
+                    options[key] = spec.default
                 continue
             try:
                 options[key] = spec.convert(given[key])

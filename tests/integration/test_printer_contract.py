@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,13 @@ from markd.fiscal.base import (
     new_op_id,
     open_printer,
 )
-from markd.fiscal.model import IndustryTags, MarkedItem, Position
+from markd.fiscal.model import (
+    HealthThresholds,
+    IndustryTags,
+    MarkedItem,
+    Position,
+    ReceiptAttributes,
+)
 from markd.receipts import Payment
 from markd.testing import fiscal as testing
 
@@ -311,3 +317,77 @@ class TestPrinterContract:
 
         assert err.value.reason == "fn-error"
         assert bench.printer.status().fn_state == "error"
+
+    def test_the_receipt_carries_the_taxation_system_and_the_cashier(self, bench: Bench) -> None:
+        if bench.emulated:
+            attributes = ReceiptAttributes("usnIncome", "Иванова А. С.", "500100732259")
+            bench.kkt.set_faults(taxation_types=["osn", "usnIncome"])
+        else:
+            # On a bench: MARKD_HIL_TAXATION (one the ККТ is registered with), and the
+            # cashier in MARKD_HIL_CASHIER / MARKD_HIL_CASHIER_INN.
+            taxation = os.environ.get("MARKD_HIL_TAXATION")
+            if not taxation:
+                pytest.skip("set MARKD_HIL_TAXATION for a receipt with its taxation system")
+            attributes = ReceiptAttributes(
+                taxation,
+                os.environ.get("MARKD_HIL_CASHIER") or None,
+                os.environ.get("MARKD_HIL_CASHIER_INN") or None,
+            )
+        bench.printer.settings = replace(bench.printer.settings, receipt=attributes)
+
+        result, before = sell_marked(bench)
+
+        assert result.document_number == before + 1
+        if bench.emulated:
+            document = bench.kkt.receipts()[-1]
+            assert document["taxation_type"] == "usnIncome" and document["tags"]["1055"] == 2
+            assert document["cashier"] == {"1021": "Иванова А. С.", "1203": "500100732259"}
+            shift = bench.printer.close_shift(new_op_id())
+            report = bench.kkt.documents()[-1]
+            assert report["number"] == shift.document_number
+            assert report["cashier"]["1021"] == "Иванова А. С."
+
+    def test_a_taxation_system_the_device_does_not_know_is_refused(self, bench: Bench) -> None:
+        bench.needs_emulator()
+        bench.kkt.set_faults(taxation_types=["osn", "patent"])  # several: one must be named
+        printer = bench.printer
+        printer.ensure_shift(new_op_id())
+        km = testing.SHOES
+        check = printer.check_code(new_op_id(), km, parse(km).ki, 1)
+        printer.open_receipt(new_op_id())
+        printer.add_position(new_op_id(), marked_position(km, check.validation))
+
+        with pytest.raises(PrinterFault) as err:
+            printer.close_receipt(new_op_id(), [Payment(8990)])
+
+        assert err.value.device_code == 143 and err.value.reason == "bad-taxation-type"
+        assert bench.kkt.receipts() == []
+
+    def test_status_carries_the_fiscal_health(self, bench: Bench) -> None:
+        printer = bench.printer
+        printer.ensure_shift(new_op_id())
+
+        health = printer.status().health
+
+        assert health.shift_opened_at is not None and health.shift_hours is not None
+        assert 0 <= health.shift_hours < 24
+        if health.fn_days_left is not None:
+            assert health.fn_valid_until is not None
+        json.dumps(printer.status().record()["health"])
+
+    def test_fiscal_health_warnings_follow_the_thresholds(self, bench: Bench) -> None:
+        bench.needs_emulator()
+        printer = bench.printer
+        printer.ensure_shift(new_op_id())
+        assert printer.status().health_warnings() == []
+        bench.kkt.set_faults(fn_days_left=12, unsent_age_days=4, shift_age_hours=23.5)
+
+        status = printer.status()
+
+        assert status.health.fn_days_left in (11, 12)
+        assert status.health.unsent_oldest_days is not None
+        assert 3.9 < status.health.unsent_oldest_days < 4.1
+        assert status.health.shift_hours is not None and 23.4 < status.health.shift_hours < 23.6
+        assert status.health_warnings() == ["fn-expiring", "unsent-old", "shift-long"]
+        relaxed = HealthThresholds(fn_days=10, unsent_days=5, shift_hours=24)
+        assert status.health_warnings(relaxed) == []

@@ -186,3 +186,24 @@ def test_printer_recover_drops_an_unpaid_receipt(
     assert VirtualKkt(tmp_path / "kkt").state()["accepted"] == []
     assert main(["printer", "recover", "--config", str(config)]) == 0
     assert "nothing to recover" in capsys.readouterr().out
+
+
+def test_printer_status_shows_the_fiscal_health(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path)
+    device = VirtualKkt(tmp_path / "kkt")
+    device.run("", [{"type": "openShift"}])
+    device.set_faults(fn_days_left=20, unsent_age_days=5, shift_age_hours=23.5)
+
+    code = main(["printer", "status", "--config", str(config)])
+    text = capsys.readouterr().out
+    code_json, report = run_json(capsys, "printer", "status", "--config", str(config), "--json")
+
+    assert code == 0 and code_json == 0
+    assert "days left)" in text and "ФН valid     until " in text
+    assert "unsent docs  1, oldest " in text and " days)" in text
+    assert "shift open   since " in text and "(23.5 h)" in text
+    assert "health       fn-expiring, unsent-old, shift-long" in text
+    assert report["health_warnings"] == ["fn-expiring", "unsent-old", "shift-long"]
+    assert report["status"]["health"]["fn_days_left"] in (19, 20)

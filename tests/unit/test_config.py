@@ -537,6 +537,8 @@ def test_to_dict_is_plain_json_data() -> None:
         },
         "fiscal": {
             "url": "emulator:///var/lib/markd/kkt",
+            "web_user": "",
+            "web_password_file": "",
             "journal": "/var/lib/markd/fiscal/session.journal",
             "timeout_ms": 30000,
             "validation_timeout_ms": 10000,
@@ -548,7 +550,13 @@ def test_to_dict_is_plain_json_data() -> None:
             "tag1264": "477",
             "tax": "none",
             "payment_type": "electronically",
+            "taxation_type": "",
+            "cashier_name": "",
+            "cashier_inn": "",
             "auto_shift": True,
+            "fn_days_warning": 30,
+            "unsent_days_warning": 3,
+            "shift_hours_warning": 23,
             "lm_sell": True,
         },
         "sale": {"mode": "off", "catalog": "", "use_mrp": True},
@@ -626,7 +634,7 @@ def test_docs_key_table_matches_the_schema() -> None:
 def test_docs_mention_every_key() -> None:
     keys = [f"`[{ref.table}] {ref.key}`" for ref in config.schema_keys()]
 
-    assert len(keys) == 69
+    assert len(keys) == 77
     assert [key for key in keys if key not in _doc()] == []
 
 
@@ -673,3 +681,64 @@ def test_check_and_terminal_values_are_validated(main: Path) -> None:
     assert f"{main}:3: [terminal] timezone: unknown time zone 'Mars/Base'" in text
     assert f"{main}:5: [check.online] url: expected an http:// or https:// URL" in text
     assert f"{main}:7: unknown key [check.tspiot] colour" in text
+
+
+# --------------------------------------------------------------------------------------------
+# [fiscal]: what every receipt carries (taxation system, cashier)
+
+#: ИНН with valid check digits: a person's (12 digits) and an organisation's (10).
+PERSON_INN = "500100732259"
+ORGANISATION_INN = "7707083893"
+
+
+def test_receipt_attributes_load_and_reach_the_printer_settings(main: Path) -> None:
+    from markd.fiscal.model import ReceiptAttributes
+    from markd.service.wiring import printer_settings
+
+    write(
+        main,
+        "[fiscal]\ntaxation_type = 'usnIncome'\ncashier_name = 'Иванова А. С.'\n"
+        f"cashier_inn = '{PERSON_INN}'\n",
+    )
+    loaded = config.load(main)
+
+    assert printer_settings(loaded).receipt == ReceiptAttributes(
+        taxation_type="usnIncome", cashier_name="Иванова А. С.", cashier_inn=PERSON_INN
+    )
+    assert printer_settings(config.default_config()).receipt == ReceiptAttributes()
+
+
+def test_receipt_attributes_are_validated_naming_the_key(main: Path) -> None:
+    write(
+        main,
+        "[fiscal]\ntaxation_type = 'usn'\ncashier_name = '" + "Я" * 65 + "'\n"
+        "cashier_inn = '500100732250'\n",
+    )
+
+    assert problems_of(main) == [
+        f"{main}:2: [fiscal] taxation_type: expected one of osn, usnIncome, usnIncomeOutcome, "
+        "envd, esn, patent, got 'usn'",
+        f"{main}:3: [fiscal] cashier_name: tag 1021 is at most 64 characters, got 65",
+        f"{main}:4: [fiscal] cashier_inn: wrong check digit in ИНН 500100732250",
+    ]
+
+
+@pytest.mark.parametrize(
+    "inn",
+    [ORGANISATION_INN, "50010073225", "5001007322590", "50010073225x", "５００１００７３２２５９"],
+)
+def test_a_cashier_inn_is_a_persons_twelve_digits(main: Path, inn: str) -> None:
+    write(main, f"[fiscal]\ncashier_name = 'Кассир'\ncashier_inn = '{inn}'\n")
+
+    assert problems_of(main) == [
+        f"{main}:3: [fiscal] cashier_inn: an ИНН here is 12 digits, got {inn!r}"
+    ]
+
+
+def test_a_cashier_inn_needs_the_cashiers_name(main: Path) -> None:
+    write(main, f"[fiscal]\ncashier_inn = '{PERSON_INN}'\n")
+
+    assert problems_of(main) == [
+        f"{main}:2: [fiscal] cashier_inn: needs [fiscal] cashier_name (the ККТ takes the "
+        "cashier's ИНН only with the cashier's name)"
+    ]

@@ -15,6 +15,7 @@ from markd.fiscal.model import (
     MarkedItem,
     MarkValidation,
     Position,
+    inn_problem,
     judge_validation,
 )
 
@@ -128,3 +129,15 @@ def test_journal_rotates_only_when_large(tmp_path: Path) -> None:
     assert journal.rotate_if_large(limit=10) is True
     assert journal.records() == []
     assert (tmp_path / "session.journal.1").exists()
+
+
+def test_inn_check_digits_follow_the_fns_rule() -> None:
+    # An organisation's ИНН (10 digits, one check digit) and a person's (12, two).
+    assert inn_problem("7707083893") is None
+    assert inn_problem("500100732259") is None
+    assert inn_problem("7707083894") == "wrong check digit in ИНН 7707083894"
+    assert inn_problem("500100732269") == "wrong check digit in ИНН 500100732269"  # 11th
+    assert inn_problem("500100732258") == "wrong check digit in ИНН 500100732258"  # 12th
+    assert inn_problem("77070838") == "an ИНН here is 10 or 12 digits, got '77070838'"
+    assert inn_problem("7707083893", (12,)) == "an ИНН here is 12 digits, got '7707083893'"
+    assert inn_problem("٧٧٠٧٠٨٣٨٩٣") is not None  # digits, but not ASCII ones

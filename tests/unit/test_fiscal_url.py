@@ -191,3 +191,15 @@ def test_tax_types_are_defined_once_in_the_fiscal_model() -> None:
         if '"vat122"' in path.read_text(encoding="utf-8")
     ]
     assert spelled == ["fiscal/model.py"]
+
+
+def test_atol_web_names_a_device_only_when_told() -> None:
+    chosen = parse_printer_url("atol-web://127.0.0.1?deviceID=kkt-2.hall_1")
+
+    assert dict(chosen.options) == {"cancel_task": "cancelReceipt", "deviceID": "kkt-2.hall_1"}
+    assert "deviceID" not in parse_printer_url("atol-web://127.0.0.1").options
+    for bad in ("", "a b", "kkt/1", "x" * 65):
+        with pytest.raises(PrinterURLError) as err:
+            parse_printer_url(f"atol-web://127.0.0.1?deviceID={bad}")
+        assert f"bad deviceID={bad!r}" in str(err.value)
+        assert "a device id: 1 to 64 letters" in str(err.value)

@@ -473,3 +473,169 @@ def test_the_cancel_task_can_be_unknown(kkt: VirtualKkt) -> None:
     kkt.set_faults(no_cancel_task=True)
 
     assert one(kkt, {"type": "cancelReceipt"})["errorCode"] == proto.ERROR_NOT_SUPPORTED
+
+
+# -- what a receipt carries beside its items: taxation system, cashier (domain.md §7.4a) --------
+
+PERSON_INN = "500100732259"
+
+
+def test_a_receipt_records_its_taxation_system_and_cashier(kkt: VirtualKkt) -> None:
+    kkt.set_faults(taxation_types=["osn", "usnIncome"])
+    validate_and_accept(kkt, testing.SHOES)
+    task = {
+        **sell_task(testing.SHOES),
+        "taxationType": "usnIncome",
+        "operator": {"name": "Иванова А. С.", "vatin": PERSON_INN},
+    }
+
+    ok(kkt, task)
+
+    receipt = kkt.receipts()[-1]
+    assert receipt["taxation_type"] == "usnIncome"
+    assert receipt["tags"]["1055"] == 2  # LIBFPTR_TT_USN_INCOME
+    assert receipt["cashier"] == {"1021": "Иванова А. С.", "1203": PERSON_INN}
+
+
+def test_the_only_registered_taxation_system_needs_no_name(kkt: VirtualKkt) -> None:
+    validate_and_accept(kkt, testing.SHOES)
+
+    ok(kkt, sell_task(testing.SHOES))
+
+    assert kkt.receipts()[-1]["taxation_type"] == "osn"
+    assert "cashier" not in kkt.receipts()[-1]
+
+
+def test_a_taxation_system_not_registered_or_missing_is_refused_with_143(
+    kkt: VirtualKkt,
+) -> None:
+    kkt.set_faults(taxation_types=["osn", "patent"])
+    validate_and_accept(kkt, testing.SHOES)
+
+    none_named = one(kkt, sell_task(testing.SHOES))
+    assert none_named["errorCode"] == 143
+    assert kkt.state()["accepted"] == []  # refused once the receipt was opened: cleared
+    validate_and_accept(kkt, testing.SHOES)
+    other = one(kkt, {**sell_task(testing.SHOES), "taxationType": "usnIncome"})
+    assert other["errorCode"] == 143
+    assert kkt.receipts() == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "description"),
+    [
+        ({"taxationType": "usn"}, 'Некорректное значение поля "taxationType" (usn)'),
+        ({"taxationType": 2}, 'Поле "taxationType" имеет неверный тип (ожидается "string")'),
+        ({"operator": "Иванова"}, 'Поле "operator" имеет неверный тип (ожидается "object")'),
+        ({"operator": {"vatin": PERSON_INN}}, 'Поле "operator.name" отсутствует'),
+        (
+            {"operator": {"name": "Иванова", "vatin": 500100732259}},
+            'Поле "operator.vatin" имеет неверный тип (ожидается "string")',
+        ),
+    ],
+)
+def test_a_malformed_task_is_501_and_changes_nothing(
+    kkt: VirtualKkt, fields: dict[str, Any], description: str
+) -> None:
+    validate_and_accept(kkt, testing.SHOES)
+    kkt.set_faults(gone_in_receipt="open")
+    one(kkt, sell_task(testing.SHOES))  # a receipt left open on the device
+    kkt.set_faults(gone=None)
+
+    refused = one(kkt, {**sell_task(testing.SHOES), **fields})
+
+    assert refused["errorCode"] == proto.ERROR_RECEIPT_PARSE
+    assert refused["errorDescription"] == description
+    # Validated before the leftover receipt is cancelled: nothing was done at all.
+    assert ok(kkt, {"type": "getDeviceStatus"})["deviceStatus"]["receiptType"] == "sell"
+    assert len(kkt.state()["accepted"]) == 1
+
+
+@pytest.mark.parametrize("vatin", ["500100732258", "7707083893", "50010073225"])
+def test_a_cashier_login_with_a_bad_inn_is_196_and_keeps_the_codes(
+    kkt: VirtualKkt, vatin: str
+) -> None:
+    validate_and_accept(kkt, testing.SHOES)
+
+    refused = one(kkt, {**sell_task(testing.SHOES), "operator": {"name": "И", "vatin": vatin}})
+
+    assert refused["errorCode"] == 196
+    assert len(kkt.state()["accepted"]) == 1  # no receipt was opened: nothing cleared
+    assert ok(kkt, sell_task(testing.SHOES))["fiscalParams"]["fiscalDocumentNumber"] == 3
+
+
+def test_shift_reports_record_the_cashier(kkt: VirtualKkt) -> None:
+    cashier = {"operator": {"name": "Иванова А. С.", "vatin": PERSON_INN}}
+
+    ok(kkt, {"type": "closeShift", **cashier})
+    ok(kkt, {"type": "openShift", "operator": {"name": "Петров"}})
+
+    closed, opened = kkt.documents()[-2:]
+    assert closed["cashier"] == {"1021": "Иванова А. С.", "1203": PERSON_INN}
+    assert opened["cashier"] == {"1021": "Петров"}
+    refused = one(kkt, {"type": "closeShift", "operator": {"name": "И", "vatin": "1"}})
+    assert refused["errorCode"] == 196
+
+
+def test_bad_taxation_registrations_are_refused(kkt: VirtualKkt) -> None:
+    with pytest.raises(ValueError, match="taxation_types is a list of"):
+        kkt.set_faults(taxation_types=["usn"])
+    with pytest.raises(ValueError, match="taxation_types is a list of"):
+        kkt.set_faults(taxation_types=[])
+
+
+# -- fiscal health (domain.md §7.8) --------------------------------------------------------------
+
+
+def test_fn_info_gives_the_validity_end(tmp_path: Path) -> None:
+    clock = Clock()
+    device = VirtualKkt(tmp_path / "kkt", clock=clock)
+
+    first = ok(device, {"type": "getFnInfo"})["fnInfo"]["validityDate"]
+    clock.now += 86400
+    assert ok(device, {"type": "getFnInfo"})["fnInfo"]["validityDate"] == first  # fixed end
+    device.set_faults(fn_days_left=10)
+    near = ok(device, {"type": "getFnInfo"})["fnInfo"]["validityDate"]
+
+    from datetime import datetime
+
+    left = datetime.fromisoformat(near).timestamp() - clock.now
+    assert left == 10 * 86400
+
+
+def test_the_oldest_unsent_document_has_its_time(tmp_path: Path) -> None:
+    clock = Clock()
+    device = VirtualKkt(tmp_path / "kkt", clock=clock)
+    ok(device, {"type": "openShift"})
+    assert ok(device, {"type": "ofdExchangeStatus"})["status"]["notSentFirstDocDateTime"] == ""
+    validate_and_accept(device, testing.SHOES)
+    ok(device, sell_task(testing.SHOES))
+    clock.now += 3600
+    status = ok(device, {"type": "ofdExchangeStatus"})["status"]
+    assert status["notSentCount"] == 1
+    assert status["notSentFirstDocDateTime"] == device.receipts()[0]["datetime"]
+
+    device.set_faults(unsent_age_days=4)
+    aged = ok(device, {"type": "ofdExchangeStatus"})["status"]["notSentFirstDocDateTime"]
+
+    from datetime import datetime
+
+    assert clock.now - datetime.fromisoformat(aged).timestamp() == 4 * 86400
+
+
+def test_a_long_shift_is_reported_by_its_end(tmp_path: Path) -> None:
+    clock = Clock()
+    device = VirtualKkt(tmp_path / "kkt", clock=clock)
+    ok(device, {"type": "openShift"})
+    device.set_faults(shift_age_hours=23.5)
+
+    shift = ok(device, {"type": "getShiftStatus"})["shiftStatus"]
+
+    from datetime import datetime
+
+    assert shift["state"] == "opened"
+    assert datetime.fromisoformat(shift["expiredTime"]).timestamp() - clock.now == 0.5 * 3600
+    device.set_faults(shift_age_hours=25)
+    assert ok(device, {"type": "getShiftStatus"})["shiftStatus"]["state"] == "expired"
+    with pytest.raises(ValueError, match="shift_age_hours is a number"):
+        device.set_faults(shift_age_hours=-1)

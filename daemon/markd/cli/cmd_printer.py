@@ -24,6 +24,7 @@ from typing import Any
 from markd import config as config_module
 from markd.errors import FiscalError
 from markd.fiscal.journal import SessionJournal
+from markd.fiscal.model import HealthThresholds
 from markd.service.wiring import build_session, local_module_for_sales, open_configured_printer
 from markd.store import Store
 
@@ -64,7 +65,15 @@ def _status(args: argparse.Namespace) -> int:
     code = EXIT_OK
     try:
         with open_configured_printer(cfg) as printer:
-            report["status"] = printer.status().record()
+            status = printer.status()
+        report["status"] = status.record()
+        report["health_warnings"] = status.health_warnings(
+            HealthThresholds(
+                fn_days=cfg.fiscal.fn_days_warning,
+                unsent_days=cfg.fiscal.unsent_days_warning,
+                shift_hours=cfg.fiscal.shift_hours_warning,
+            )
+        )
     except FiscalError as exc:
         report["error"] = exc.as_dict()
         code = EXIT_FAILED
@@ -81,12 +90,24 @@ def _status(args: argparse.Namespace) -> int:
         print(f"paper        {'present' if status['paper_present'] else 'OUT'}")
         warnings = ", ".join(status["fn_warnings"]) or "none"
         print(f"ФН           {status['fn_state']}, warnings: {warnings}")
+        health = status["health"]
+        if health["fn_valid_until"] is not None:
+            print(
+                f"ФН valid     until {health['fn_valid_until']} "
+                f"({health['fn_days_left']} days left)"
+            )
         unsent = status["unsent_documents"]
-        print(f"unsent docs  {'unknown' if unsent is None else unsent}")
+        oldest = ""
+        if health["unsent_oldest"] is not None:
+            oldest = f", oldest {health['unsent_oldest']} ({health['unsent_oldest_days']} days)"
+        print(f"unsent docs  {'unknown' if unsent is None else unsent}{oldest}")
+        if health["shift_opened_at"] is not None:
+            print(f"shift open   since {health['shift_opened_at']} ({health['shift_hours']} h)")
         print(f"last doc     {status['last_document_number']}")
         opened = status["receipt_open"]
         print(f"receipt open {'unknown' if opened is None else ('YES' if opened else 'no')}")
         print(f"problems     {', '.join(status['problems']) or 'none'}")
+        print(f"health       {', '.join(report['health_warnings']) or 'ok'}")
     print(f"in flight    {report['receipt_in_flight'] or 'none'}")
     return code
 

@@ -48,7 +48,14 @@ from markd.catalog import Catalog, load_catalog
 from markd.codes import CodesOptions
 from markd.errors import PrinterURLError, ScannerError
 from markd.fiscal.base import parse_printer_url
-from markd.fiscal.model import TAX_TYPES, tag1263_problem
+from markd.fiscal.model import (
+    TAX_TYPES,
+    TAXATION_TYPES,
+    cashier_inn_problem,
+    cashier_name_problem,
+    tag1263_problem,
+    taxation_type_problem,
+)
 from markd.listen import parse_listen
 from markd.proxy import DEFAULT_NO_PROXY, no_proxy_problem, proxy_problem
 from markd.receipts import PAYMENT_TYPES
@@ -487,6 +494,13 @@ def _printer_url_problem(url: str) -> str | None:
     return None
 
 
+def _web_user_problem(value: str) -> str | None:
+    # RFC 7617: the user-id of Basic auth cannot hold a colon.
+    if ":" in value or not value.isprintable():
+        return f"an HTTP Basic user holds no ':' and no control characters, got {value!r}"
+    return None
+
+
 def _tag_length_problem(value: str, tag: int, longest: int) -> str | None:
     if not 1 <= len(value) <= longest:
         return f"tag {tag} is 1 to {longest} characters, got {value!r}"
@@ -500,9 +514,25 @@ class FiscalConfig:
     url: str = field(
         default="emulator:///var/lib/markd/kkt",
         metadata={
-            "doc": "Printer URL: `atol-web://127.0.0.1:16732` (ATOL web server), "
-            "`atol-lib://usb` (libfptr10), or `emulator:///DIR` (the virtual ККТ).",
+            "doc": "Printer URL: `atol-web://127.0.0.1:16732` (ATOL web server; "
+            "`?deviceID=NAME` for one of several devices), `atol-lib://usb` (libfptr10), or "
+            "`emulator:///DIR` (the virtual ККТ).",
             "check": lambda value: _printer_url_problem(value),
+        },
+    )
+    web_user: str = field(
+        default="",
+        metadata={
+            "doc": "HTTP Basic user for an `atol-web://` printer whose web server asks for one; "
+            "empty: no authentication.",
+            "check": lambda value: _web_user_problem(value),
+        },
+    )
+    web_password_file: str = field(
+        default="",
+        metadata={
+            "doc": "File holding that user's password; empty: the systemd credential "
+            "`atol-web-password`.",
         },
     )
     journal: str = field(
@@ -588,11 +618,64 @@ class FiscalConfig:
             "choices": PAYMENT_TYPES,
         },
     )
+    taxation_type: str = field(
+        default="",
+        metadata={
+            "doc": "Taxation system (tag 1055) sent with every receipt as ATOL's "
+            f"`taxationType`: {', '.join(f'`{name}`' for name in TAXATION_TYPES)}. Needed "
+            "when the ККТ is registered with more than one; empty: not sent (the ККТ uses "
+            "its only one).",
+            "check": lambda value: taxation_type_problem(value) if value else None,
+        },
+    )
+    cashier_name: str = field(
+        default="",
+        metadata={
+            "doc": "The cashier (tag 1021, ATOL `operator.name`) on every receipt and shift "
+            "report, at most 64 characters; empty: none sent (the ККТ's own default).",
+            "check": lambda value: cashier_name_problem(value) if value else None,
+        },
+    )
+    cashier_inn: str = field(
+        default="",
+        metadata={
+            "doc": "The cashier's ИНН (tag 1203, ATOL `operator.vatin`): 12 digits with valid "
+            "check digits (a person's ИНН); needs `cashier_name`. Empty: not sent.",
+            "check": lambda value: cashier_inn_problem(value) if value else None,
+        },
+    )
     auto_shift: bool = field(
         default=True,
         metadata={
             "doc": "Open a closed shift, and close and reopen an expired (24 h) one, before a "
             "receipt.",
+        },
+    )
+    fn_days_warning: int = field(
+        default=30,
+        metadata={
+            "doc": "Fiscal health: warn (journal, `markctl printer status`, the status API) "
+            "when fewer days than this are left before the ФН's validity ends.",
+            "min": 1,
+            "max": 1000,
+        },
+    )
+    unsent_days_warning: int = field(
+        default=3,
+        metadata={
+            "doc": "Fiscal health: warn when the oldest document not yet sent to the ОФД is "
+            "older than this many days (the ККТ blocks at 30).",
+            "min": 1,
+            "max": 30,
+        },
+    )
+    shift_hours_warning: int = field(
+        default=23,
+        metadata={
+            "doc": "Fiscal health: warn when the shift has been open longer than this many "
+            "hours (the ККТ refuses receipts after 24).",
+            "min": 1,
+            "max": 24,
         },
     )
     lm_sell: bool = field(
@@ -661,18 +744,38 @@ class SaleConfig:
 
 
 def whole_config_problems(config: Config) -> list[tuple[tuple[str, ...], str]]:
-    """What only the merged configuration can show (today: the ``[sale]`` section as a
-    whole), as ``(key path, problem)`` pairs."""
+    """What only the merged configuration can show (keys that depend on each other), as
+    ``(key path, problem)`` pairs."""
+    found: list[tuple[tuple[str, ...], str]] = []
     sale = config.sale
     if sale.mode == "kiosk" and not sale.catalog and not sale.use_mrp:
-        return [
+        found.append(
             (
                 ("sale", "mode"),
                 "[sale] mode: kiosk needs prices: set [sale] catalog, or use_mrp = true "
                 "(tobacco only)",
             )
-        ]
-    return []
+        )
+    fiscal = config.fiscal
+    if fiscal.web_user and not fiscal.url.lower().startswith("atol-web://"):
+        found.append(
+            (
+                ("fiscal", "web_user"),
+                "[fiscal] web_user: HTTP authentication is for an atol-web:// printer, and "
+                f"[fiscal] url is {fiscal.url!r}",
+            )
+        )
+    if fiscal.cashier_inn and not fiscal.cashier_name:
+        # The driver sends tag 1203 only with the cashier's name (operator.name is required
+        # once operator is given: myscripts_base_receipt.js, validate).
+        found.append(
+            (
+                ("fiscal", "cashier_inn"),
+                "[fiscal] cashier_inn: needs [fiscal] cashier_name (the ККТ takes the "
+                "cashier's ИНН only with the cashier's name)",
+            )
+        )
+    return found
 
 
 @dataclass(frozen=True)

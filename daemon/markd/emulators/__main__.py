@@ -7,6 +7,7 @@
     python -m markd.emulators crpt_cdn [--port P] [--hosts N] [--scenario FILE] [--tls]
     python -m markd.emulators static_http --directory DIR [--port P] [--auth USER:PASSWORD] [--tls]
     python -m markd.emulators atol_web [--port P] [--state-dir DIR] [--scenario FILE] [--tls]
+        [--auth USER:PASSWORD] [--device NAME …]
 
 ``NAME`` is ``crpt_cdn``, ``local_module``, ``tspiot``, ``static_http`` or ``atol_web`` (an
 ATOL Web Requests server in front of the virtual ККТ, its state in ``--state-dir``; see
@@ -86,7 +87,16 @@ def _parser() -> argparse.ArgumentParser:
         "--hosts", type=int, metavar="N", help="crpt_cdn: how many listed hosts (1)"
     )
     parser.add_argument("--directory", metavar="DIR", help="static_http: directory to serve")
-    parser.add_argument("--auth", metavar="USER:PASSWORD", help="static_http: Basic auth")
+    parser.add_argument(
+        "--auth", metavar="USER:PASSWORD", help="static_http, atol_web: require Basic auth"
+    )
+    parser.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="atol_web: another device, chosen with ?deviceID=NAME (repeatable)",
+    )
     parser.add_argument(
         "--state-dir", metavar="DIR", help="atol_web: the virtual ККТ's state (kept across runs)"
     )
@@ -102,19 +112,32 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
         parser.error("--hosts is for crpt_cdn")
     if args.hosts is not None and not 1 <= args.hosts <= 32:
         parser.error("--hosts takes 1 to 32")
+    if args.device and args.name != "atol_web":
+        parser.error("--device is for atol_web")
     if args.name == "atol_web":
-        if args.directory or args.auth:
-            parser.error("--directory and --auth are for static_http")
-        return cls(
-            args.scenario,
-            host=args.host,
-            port=port,
-            tls=args.tls or bool(args.tls_cert),
-            admin=not args.no_admin,
-            verbose=args.verbose,
-            certificate=_certificate(args),
-            state_dir=args.state_dir,
-        )
+        if args.directory:
+            parser.error("--directory is for static_http")
+        web_auth = None
+        if args.auth:
+            user, sep, password = args.auth.partition(":")
+            if not sep:
+                parser.error("--auth takes USER:PASSWORD")
+            web_auth = (user, password)
+        try:
+            return cls(
+                args.scenario,
+                host=args.host,
+                port=port,
+                tls=args.tls or bool(args.tls_cert),
+                admin=not args.no_admin,
+                verbose=args.verbose,
+                certificate=_certificate(args),
+                state_dir=args.state_dir,
+                auth=web_auth,
+                devices=args.device,
+            )
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.name != "static_http":
         if args.directory or args.auth:
             parser.error("--directory and --auth are for static_http")

@@ -19,6 +19,16 @@ front of the virtual ККТ (:class:`~markd.emulators.virtual_kkt.VirtualKkt`).
                                      ``error``, or ``canceled`` if it never ran)
                                    → 404 {"error": {…}} for an unknown uuid
 
+Every request may name a device with ``?deviceID=NAME`` (or a ``deviceID`` header), as
+ATOL's server does (domain.md §7.4a); without one it goes to the default device (whose id is
+``default_device``, ``default`` unless set). Each device is a virtual ККТ of its own (more with
+``devices=`` or :meth:`AtolWebEmulator.add_device`, their state in
+``state_dir/devices/NAME``); its requests run on it and its results are read from it (a GET
+naming another device does not find them). An unknown device is 404 ``{"error": {…}}`` (what
+the real server answers is not published). With ``auth=(user, password)`` every request
+needs HTTP Basic credentials: 401 with ``WWW-Authenticate`` without them or with wrong ones
+(the status the real server uses is not published either; 401 is HTTP's).
+
 The ККТ behind it is the same device the ``emulator://`` printer backend drives in process,
 with its state in ``state_dir``: shifts, documents and the answers to requests that changed the
 device survive a restart of this server (a request posted before the restart is still answered
@@ -45,25 +55,29 @@ Statuses, the POST answer and the error shapes follow the public client
 error, interrupted, blocked, canceled; ``src/api.ts``: the POST answers ``{uuid}``, errors
 come as ``error: {code, description}``) and domain.md §7.4a. ``error_shape`` (``fields`` |
 ``object``) chooses how a task's error is written in a result; ``POST /_emulator/settings``
-takes ``latency_ms``, ``error_shape`` and ``block_next``; ``POST /_emulator/unblock``
-resolves a blocked request.
+takes ``latency_ms``, ``error_shape``, ``block_next``, ``auth`` (``{"user", "password"}`` or
+null) and ``devices`` (ids to add); ``POST /_emulator/unblock`` resolves a blocked request.
 
 From a shell::
 
     python -m markd.emulators atol_web --port 16732 --state-dir /tmp/kkt [--scenario S.json]
+        [--auth USER:PASSWORD] [--device NAME …]
 
 where the scenario is ``{"faults": {…}, "latency_ms": 0}`` (JSON or TOML, every key optional).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import collections
 import json
 import queue
+import re
 import tempfile
 import threading
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +94,8 @@ SCENARIO_KEYS = frozenset({"faults", "latency_ms", "description"})
 ERROR_SHAPES = ("fields", "object")
 #: ``block_next``: the next request is blocked before it runs on the device, or after.
 BLOCK_MODES = ("before", "after")
+#: What a device id may look like here (the real server's rule is not published).
+DEVICE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def load_scenario(value: Mapping[str, Any] | str | Path | None) -> dict[str, Any]:
@@ -116,11 +132,14 @@ def load_scenario(value: Mapping[str, Any] | str | Path | None) -> dict[str, Any
 
 
 class _Job:
-    __slots__ = ("uuid", "tasks", "results", "outcomes")
+    __slots__ = ("uuid", "tasks", "results", "outcomes", "device", "kkt")
 
-    def __init__(self, uuid: str, tasks: list[Any]) -> None:
+    def __init__(self, uuid: str, tasks: list[Any], device: str, kkt: VirtualKkt) -> None:
         self.uuid = uuid
         self.tasks = tasks
+        #: The device the request named (its id), and the ККТ it runs on.
+        self.device = device
+        self.kkt = kkt
         #: The device's answers when it ran (a blocked request may or may not have).
         self.outcomes: list[dict[str, Any]] | None = None
         self.results: list[dict[str, Any]] = [
@@ -146,6 +165,9 @@ class AtolWebEmulator(HTTPEmulator):
         verbose: bool = False,
         certificate: tuple[Path, Path] | None = None,
         state_dir: str | Path | None = None,
+        auth: tuple[str, str] | None = None,
+        default_device: str = "default",
+        devices: Iterable[str] = (),
     ) -> None:
         settings = load_scenario(scenario)
         super().__init__(
@@ -156,7 +178,17 @@ class AtolWebEmulator(HTTPEmulator):
             self._own_dir = tempfile.TemporaryDirectory(prefix="markd-atol-web-")
             state_dir = self._own_dir.name
         self.state_dir = Path(state_dir)
+        #: The default device (requests without ``deviceID``, or naming ``default_device``).
         self.kkt = VirtualKkt(self.state_dir)
+        if not DEVICE_ID.fullmatch(default_device):
+            raise ValueError(f"a device id matches {DEVICE_ID.pattern}, got {default_device!r}")
+        self.default_device = default_device
+        #: Device id → its ККТ.
+        self.devices: dict[str, VirtualKkt] = {default_device: self.kkt}
+        for device_id in devices:
+            self.add_device(device_id)
+        #: ``(user, password)`` every request must carry as HTTP Basic; None: no auth.
+        self.auth = auth
         if settings.get("faults"):
             self.kkt.set_faults(**settings["faults"])
         self.latency_ms = int(settings.get("latency_ms", 0))
@@ -199,7 +231,43 @@ class AtolWebEmulator(HTTPEmulator):
     def reset_state(self) -> None:
         with self._lock:
             self._jobs.clear()
-        self.kkt.clear_faults()
+        for kkt in list(self.devices.values()):
+            kkt.clear_faults()
+
+    def add_device(self, device_id: str) -> VirtualKkt:
+        """Another ККТ the server drives, chosen with ``?deviceID=device_id``; its state in
+        ``state_dir/devices/device_id``. Returns it (an existing one when already added)."""
+        if not DEVICE_ID.fullmatch(device_id):
+            raise ValueError(f"a device id matches {DEVICE_ID.pattern}, got {device_id!r}")
+        with self._lock:
+            kkt = self.devices.get(device_id)
+            if kkt is None:
+                kkt = VirtualKkt(self.state_dir / "devices" / device_id)
+                self.devices[device_id] = kkt
+            return kkt
+
+    def _device(self, request: Request) -> tuple[str, VirtualKkt | None]:
+        """The device a request names (``?deviceID=``, else the ``deviceID`` header, else the
+        default one) and its ККТ (None: no such device)."""
+        named = (request.query.get("deviceID") or [""])[-1] or request.header("deviceID") or ""
+        device = named or self.default_device
+        with self._lock:
+            return device, self.devices.get(device)
+
+    def _unauthorized(self, request: Request) -> Reply | None:
+        """401 unless the request carries the configured Basic credentials."""
+        if self.auth is None:
+            return None
+        scheme, _, token = (request.header("Authorization") or "").partition(" ")
+        try:
+            user, _, password = base64.b64decode(token, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            user = password = ""
+        if scheme.lower() == "basic" and (user, password) == self.auth:
+            return None
+        reply = self.error(401, "Требуется авторизация", 401)
+        reply.headers["WWW-Authenticate"] = 'Basic realm="ATOL Web Requests"'
+        return reply
 
     # -- the protocol ---------------------------------------------------------------------------
 
@@ -214,6 +282,12 @@ class AtolWebEmulator(HTTPEmulator):
         return {"error": {"code": status if code is None else code, "description": description}}
 
     def _post(self, request: Request) -> Reply:
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
+        device, kkt = self._device(request)
+        if kkt is None:
+            return self.error(404, f"Устройство {device} не найдено", 404)
         body = request.json
         if request.json_error is not None or not isinstance(body, Mapping):
             return self.error(400, "тело запроса должно быть JSON-объектом", 400)
@@ -226,9 +300,9 @@ class AtolWebEmulator(HTTPEmulator):
         if not isinstance(tasks, list) or not tasks:
             return self.error(400, "нет заданий (request)", 400)
         with self._lock:
-            if uuid in self._jobs or self.kkt.lookup(uuid) is not None:
+            if uuid in self._jobs or kkt.lookup(uuid) is not None:
                 return self.error(self.repost_status, f"запрос {uuid} уже существует", 409)
-            job = _Job(uuid, list(tasks))
+            job = _Job(uuid, list(tasks), device, kkt)
             self._jobs[uuid] = job
             while len(self._jobs) > MAX_REQUESTS:
                 self._jobs.popitem(last=False)
@@ -238,12 +312,18 @@ class AtolWebEmulator(HTTPEmulator):
         return Reply(201, {"uuid": uuid, "number": number})
 
     def _get(self, request: Request) -> Reply:
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
+        device, kkt = self._device(request)
+        if kkt is None:
+            return self.error(404, f"Устройство {device} не найдено", 404)
         uuid = request.path.rsplit("/", 1)[1]
         with self._lock:
             job = self._jobs.get(uuid)
-            if job is not None:
+            if job is not None and job.device == device:
                 return Reply(200, {"results": [self._shaped(r) for r in job.results]})
-        kept = self.kkt.lookup(uuid)
+        kept = kkt.lookup(uuid)
         if kept is not None:
             return Reply(200, {"results": [self._shaped(_result(o)) for o in kept]})
         return self.error(404, f"запрос {uuid} не найден", 404)
@@ -261,7 +341,7 @@ class AtolWebEmulator(HTTPEmulator):
             if block is not None:
                 self.block_next = None
             if block != "before":
-                job.outcomes = self.kkt.run(job.uuid, job.tasks)
+                job.outcomes = job.kkt.run(job.uuid, job.tasks)
             if block is not None:
                 # Result unknown, queue stopped: later requests stay ``wait`` until a
                 # person resolves this one (:meth:`unblock`).
@@ -343,6 +423,26 @@ class AtolWebEmulator(HTTPEmulator):
                     return Reply(400, {"error": f"block_next is one of {BLOCK_MODES}"})
                 self.block_next = payload["block_next"]
                 self.block_task = payload.get("block_task")
+            if "auth" in payload:
+                auth = payload["auth"]
+                if auth is None:
+                    self.auth = None
+                elif (
+                    isinstance(auth, Mapping)
+                    and isinstance(auth.get("user"), str)
+                    and isinstance(auth.get("password"), str)
+                ):
+                    self.auth = (auth["user"], auth["password"])
+                else:
+                    return Reply(400, {"error": "auth is {user, password} or null"})
+            if "devices" in payload:
+                devices = payload["devices"]
+                if not isinstance(devices, list) or not all(
+                    isinstance(d, str) and DEVICE_ID.fullmatch(d) for d in devices
+                ):
+                    return Reply(400, {"error": f"devices is a list of ids ({DEVICE_ID.pattern})"})
+                for device_id in devices:
+                    self.add_device(device_id)
             return Reply(200, {"ok": True})
         if path == "/_emulator/unblock" and method == "POST":
             self.unblock()

@@ -24,8 +24,10 @@ it over HTTP as an ATOL Web Requests server, so the same device answers both. It
   would give away its crypto tail, which is short enough (4 characters) to find by brute
   force from the КИ;
 * **status** — ``getDeviceStatus`` (plus ``receiptType``: ``closed`` or the type of a receipt
-  left open), ``getShiftStatus``, ``getFnStatus``, ``ofdExchangeStatus`` (every document stays
-  unsent: there is no ОФД);
+  left open), ``getShiftStatus`` (``expiredTime``: the end of the shift's 24 hours),
+  ``getFnStatus``, ``getFnInfo`` (``validityDate``, ``json_getFnInfo.js``),
+  ``ofdExchangeStatus`` (every document stays unsent: there is no ОФД; the time of the oldest,
+  ``json_ofdExchangeStatus.js``);
 * **request ids** — the answers to every request that changed the device are kept under its id,
   so a request repeated with the same id is answered from there, not run twice (what ATOL's web
   server does with a request ``uuid``); :meth:`VirtualKkt.lookup` reads them.
@@ -37,8 +39,11 @@ the device, then the link is lost — error 241 and an open receipt remains; ``a
 receipt is fiscalised and then the link is lost before the answer), ``validation_delay_ms``
 (the ОИСМ's answer takes that long), ``shift_expired``, ``no_cancel_task`` (the
 ``cancelReceipt`` task is unknown, error 11), ``begin_busy`` (a check left running: the next
-begin gets 401), and ``codes`` — per КИ ``{"oism": "incorrect" | "sale-stopped", "fn":
-false}``.
+begin gets 401), ``taxation_types`` (the taxation systems the device is registered with,
+``["osn"]`` unless set), ``fn_days_left`` (the ФН's validity ends that many days from now),
+``unsent_age_days`` (the oldest document not sent to the ОФД is that old), ``shift_age_hours``
+(the open shift was opened that long ago), and ``codes`` — per КИ ``{"oism": "incorrect" |
+"sale-stopped", "fn": false}``.
 
 ``state.json`` holds the codes the ФН keeps accepted (as a real ФН does), so it is written with
 mode 0600. Crash safety: ``state.json`` is replaced atomically (write, fsync, rename, fsync the
@@ -73,6 +78,18 @@ written here in our own words):
 * ``json_openShift.js`` / ``json_closeShift.js``: cancel a leftover receipt first (the
   driver's default clears the accepted codes) and answer ``{"fiscalParams": {…,
   "shiftNumber"}, "warnings"}``;
+* ``myscripts_base_receipt.js`` (``validate``, ``executeReceipt``) and ``json_openShift.js``:
+  ``taxationType`` is one of the names in ``myscripts_utils.js`` (``TAXATION_TYPES``: ``osn``,
+  ``usnIncome``, ``usnIncomeOutcome``, ``envd``, ``esn``, ``patent``; the typed client
+  ``Bedunkevich/atol``, ``src/validation/Session.json``, lists the same) and ``operator`` an
+  object with a string ``name`` and an optional string ``vatin`` — else 501 with the
+  script's wording, before anything is done; the cashier is logged in (tags 1021, 1203) only
+  when ``operator.name`` is given, after the leftover receipt is cancelled (a refused login
+  is 196 and opens nothing); the taxation system goes to tag 1055 of the receipt. A
+  taxation system the ККТ is not registered with, or none given to a ККТ registered with
+  several, is 143 «Некорректная СНО» (the libfptr10 error lists name it; which step raises
+  it is not published: here, opening the receipt). Receipts record ``taxation_type``, tag
+  1055 and ``cashier`` {1021, 1203}; shift reports the cashier;
 * ``myscripts_marks.js``: ``offlineValidation.fmCheckErrorReason`` is always there
   (``checked``, ``typeIncorrect`` …); ``getMarkingCodeValidationStatus`` carries
   ``onlineValidation`` only when the online error is 0, otherwise ``driverError`` names the
@@ -139,8 +156,14 @@ FAULT_KEYS = frozenset(
         "codes",
         "no_cancel_task",
         "begin_busy",
+        "taxation_types",
+        "fn_days_left",
+        "unsent_age_days",
+        "shift_age_hours",
     }
 )
+#: How long a new ФН of this device is valid (a 13-month ФН), unless ``fn_days_left`` says.
+FN_VALIDITY_DAYS = 395
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,6 +188,8 @@ class DriverError(IntEnum):
     DENIED_IN_OPENED_SHIFT = 83
     INVALID_POSITIONS_COUNT = 110
     FN_FAULT = 118
+    INVALID_TAXATION_TYPE = 143
+    OPERATOR_LOGIN = 196
     CONNECTION_LOST = 241
     MARKING_CODE_VALIDATION_IN_PROGRESS = 401
     INVALID_MARKING_CODE_STATUS = 404
@@ -192,6 +217,21 @@ PLANNED_STATUSES: dict[str, int] = {
     "itemDryReturn": 4,
     "itemStatusUnchanged": 255,
 }
+#: ``taxationType`` names → tag 1055 bits (``LIBFPTR_TT_*``): the driver's receipt script
+#: maps the names (``myscripts_utils.js``, ``TAXATION_TYPES``), its header the bits.
+TAXATION_BITS: dict[str, int] = {
+    "osn": 0x01,
+    "usnIncome": 0x02,
+    "usnIncomeOutcome": 0x04,
+    "envd": 0x08,
+    "esn": 0x10,
+    "patent": 0x20,
+}
+#: The taxation systems the device is registered with unless ``taxation_types`` says.
+DEFAULT_TAXATION = ("osn",)
+#: Tag 1021 (the cashier) at most this long (ФФД).
+CASHIER_NAME_LENGTH = 64
+
 #: The planned statuses a receipt of each kind takes (sold on a sale, returned on a return).
 _SELL_STATUSES = frozenset({1, 2})
 _RETURN_STATUSES = frozenset({3, 4})
@@ -306,6 +346,10 @@ class VirtualKkt:
         self._lock = threading.RLock()
         with self._locked() as state:
             self._state = state  # validates the files at once
+            if not state["device"].get("fn_valid_until"):
+                # A ФН valid from the device's first use (a state of an older version too).
+                state["device"]["fn_valid_until"] = self._clock() + FN_VALIDITY_DAYS * 86400
+                self._save(state)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -361,6 +405,19 @@ class VirtualKkt:
             raise ValueError(f"ism is one of {', '.join(ISM_MODES)}")
         if faults.get("gone_in_receipt") not in (None, *GONE_MODES):
             raise ValueError(f"gone_in_receipt is one of {', '.join(GONE_MODES)}")
+        for key in ("fn_days_left", "unsent_age_days", "shift_age_hours"):
+            value = faults.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+            ):
+                raise ValueError(f"{key} is a number of at least 0")
+        taxation = faults.get("taxation_types")
+        if taxation is not None and (
+            not isinstance(taxation, list | tuple)
+            or not taxation
+            or any(name not in TAXATION_BITS for name in taxation)
+        ):
+            raise ValueError(f"taxation_types is a list of {', '.join(TAXATION_BITS)}")
         with self._locked() as state:
             current = state["faults"]
             for key, value in faults.items():
@@ -452,6 +509,7 @@ class VirtualKkt:
             state["shift"]["receipts"] = last.get("receipt_number", state["shift"]["receipts"])
             state["unsent"] += 1
             state["first_unsent"] = state["first_unsent"] or last["number"]
+            state["first_unsent_at"] = state.get("first_unsent_at") or last.get("datetime")
             if last.get("request"):
                 self._keep(state, last["request"], [_ready(_fiscal_params(state, last))])
         self._save(state)
@@ -513,13 +571,20 @@ class VirtualKkt:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), MSK)
 
+    def _opened_at(self, state: dict[str, Any]) -> float:
+        """When the open shift was opened; ``shift_age_hours`` makes it that long ago."""
+        age = state["faults"].get("shift_age_hours")
+        if age is not None:
+            return self._clock() - float(age) * 3600
+        return float(state["shift"]["opened_at"] or 0)
+
     def _shift_state(self, state: dict[str, Any]) -> str:
         shift = state["shift"]
         if shift["state"] != "opened":
             return "closed"
         if state["faults"].get("shift_expired"):
             return "expired"
-        if self._clock() - (shift["opened_at"] or 0) > SHIFT_HOURS * 3600:
+        if self._clock() - self._opened_at(state) > SHIFT_HOURS * 3600:
             return "expired"
         return "opened"
 
@@ -559,7 +624,7 @@ class VirtualKkt:
         shift = state["shift"]
         expires = None
         if shift["state"] == "opened" and shift["opened_at"]:
-            until = datetime.fromtimestamp(shift["opened_at"] + SHIFT_HOURS * 3600, MSK)
+            until = datetime.fromtimestamp(self._opened_at(state) + SHIFT_HOURS * 3600, MSK)
             expires = until.isoformat(timespec="seconds")
         return {
             "shiftStatus": {
@@ -587,21 +652,58 @@ class VirtualKkt:
         }
 
     def _ofd_exchange_status(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
+        # json_ofdExchangeStatus.js: the count, the number and the time of the oldest
+        # document not yet sent (every document stays unsent here: there is no ОФД).
+        unsent = state["unsent"]
+        first = state["first_unsent"] or 0
+        when = ""
+        age = state["faults"].get("unsent_age_days")
+        if age is not None:
+            unsent = max(unsent, 1)
+            first = first or state["document_number"]
+            stamp = self._clock() - float(age) * 86400
+            when = datetime.fromtimestamp(stamp, MSK).isoformat(timespec="seconds")
+        elif unsent:
+            when = state.get("first_unsent_at") or ""
         return {
             "status": {
-                "notSentCount": state["unsent"],
-                "notSentFirstDocNumber": state["first_unsent"] or 0,
-                "notSentFirstDocDateTime": "",
+                "notSentCount": unsent,
+                "notSentFirstDocNumber": first,
+                "notSentFirstDocDateTime": when,
                 "lastSuccessKeysUpdate": "",
             },
             "errors": {},
-            "warnings": {"dataForSendIsEmpty": state["unsent"] == 0},
+            "warnings": {"dataForSendIsEmpty": unsent == 0},
+        }
+
+    def _get_fn_info(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
+        """json_getFnInfo.js: the ФН's validity end (``validityDate``), its serial, its phase
+        and the same warnings as getFnStatus. ``fn_days_left`` puts the end that many days
+        from now; otherwise it is :data:`FN_VALIDITY_DAYS` after the device's first use."""
+        device = state["device"]
+        days = state["faults"].get("fn_days_left")
+        if days is not None:
+            end = self._clock() + float(days) * 86400
+        else:
+            end = float(device["fn_valid_until"])
+        warnings = self._get_fn_status(state, _, task)["fnStatus"]["warnings"]
+        return {
+            "fnInfo": {
+                "serial": device["fn_number"],
+                "ffdVersion": device["ffd"],
+                "fnFfdVersion": device["ffd"],
+                "livePhase": "fiscalMode",
+                "validityDate": datetime.fromtimestamp(end, MSK).isoformat(timespec="seconds"),
+                "warnings": warnings,
+            }
         }
 
     # shifts
 
     def _open_shift(self, state: dict[str, Any], request_id: str, task: Any) -> dict[str, Any]:
+        _check_operator_field(task)  # the script's validate(): 501 before anything is done
         self._cancel_leftover(state, keep_codes=False)  # json_openShift.js / json_closeShift.js
+        cashier = _operator_login(task)
         self._device_ready(state)
         if state["shift"]["state"] == "opened":
             raise _TaskError(DriverError.DENIED_IN_OPENED_SHIFT, "Смена открыта")
@@ -609,19 +711,27 @@ class VirtualKkt:
         shift.update(
             state="opened", number=shift["number"] + 1, opened_at=self._clock(), receipts=0
         )
-        return self._shift_document(state, request_id, "openShift")
+        return self._shift_document(state, request_id, "openShift", cashier)
 
     def _close_shift(self, state: dict[str, Any], request_id: str, task: Any) -> dict[str, Any]:
+        _check_operator_field(task)
         self._cancel_leftover(state, keep_codes=False)  # json_openShift.js / json_closeShift.js
+        cashier = _operator_login(task)
         self._device_ready(state)
         if state["shift"]["state"] != "opened":
             raise _TaskError(DriverError.DENIED_IN_CLOSED_SHIFT, "Смена закрыта")
-        result = self._shift_document(state, request_id, "closeShift")
+        result = self._shift_document(state, request_id, "closeShift", cashier)
         state["shift"].update(state="closed", opened_at=None)
         state["faults"].pop("shift_expired", None)
         return result
 
-    def _shift_document(self, state: dict[str, Any], request_id: str, kind: str) -> dict[str, Any]:
+    def _shift_document(
+        self,
+        state: dict[str, Any],
+        request_id: str,
+        kind: str,
+        cashier: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         number = self._next_document(state)
         now = self._now()
         document = {
@@ -633,6 +743,8 @@ class VirtualKkt:
             "fn_number": state["device"]["fn_number"],
             "request": request_id,
         }
+        if cashier:
+            document["cashier"] = cashier
         self._append_document(document)
         state["document_number"] = number
         device = state["device"]
@@ -854,10 +966,18 @@ class VirtualKkt:
         first with the accepted codes kept ("nothing to cancel" is no error); any error from
         opening the receipt to closing it cancels the receipt and — unless the error is 423,
         a code check in progress — clears the ФН's table of accepted codes
-        (``exitWithCancelation``). A link lost mid-way (241) leaves the device as it is."""
+        (``exitWithCancelation``). A link lost mid-way (241) leaves the device as it is.
+
+        Before any of that the script validates the task (a wrong ``taxationType`` or
+        ``operator`` is 501 and nothing is done); the cashier is logged in after the leftover
+        receipt is cancelled and before the new one is opened (a refusal there, 196, opens
+        nothing and clears nothing); the taxation system is checked against the registration
+        when the receipt is opened (143, after which the receipt is cancelled as above)."""
+        _check_receipt_fields(task)
         self._cancel_leftover(state, keep_codes=True)
+        cashier = _operator_login(task)
         try:
-            return self._register_receipt(state, request_id, task)
+            return self._register_receipt(state, request_id, task, cashier)
         except _TaskError as exc:
             if exc.code not in (DriverError.NO_CONNECTION, DriverError.CONNECTION_LOST):
                 state["receipt"] = None
@@ -866,11 +986,16 @@ class VirtualKkt:
             raise
 
     def _register_receipt(
-        self, state: dict[str, Any], request_id: str, task: Any
+        self,
+        state: dict[str, Any],
+        request_id: str,
+        task: Any,
+        cashier: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         kind = task["type"]
         faults = state["faults"]
         self._device_ready(state)
+        taxation = self._taxation(state, task.get("taxationType"))
         if state["validation"] is not None:
             # Registering a position while a code check runs: the driver's 423 (the one
             # error after which its script keeps the accepted codes).
@@ -917,8 +1042,12 @@ class VirtualKkt:
             "change": max(paid - total, 0),
             "payments": payments,
             "positions": positions,
+            "taxation_type": taxation,
+            "tags": {"1055": TAXATION_BITS[taxation]},
             "_accepted": used,
         }
+        if cashier:
+            document["cashier"] = cashier
         self._append_document(document)
         state["document_number"] = number
         state["receipt"] = None
@@ -926,12 +1055,26 @@ class VirtualKkt:
         state["shift"]["receipts"] = receipt_number
         state["unsent"] += 1
         state["first_unsent"] = state["first_unsent"] or number
+        state["first_unsent_at"] = state.get("first_unsent_at") or document["datetime"]
         result = _fiscal_params(state, document)
         if faults.get("gone_in_receipt") == "after":
             faults.pop("gone_in_receipt")
             faults["gone"] = True
             raise _TaskError(DriverError.CONNECTION_LOST, "Соединение потеряно")
         return result
+
+    def _taxation(self, state: dict[str, Any], name: Any) -> str:
+        """The receipt's taxation system: the one named, which must be one the ККТ is
+        registered with, or — none named — the registration's only one; otherwise 143
+        «Некорректная СНО» (a ККТ registered with several needs ``taxationType``)."""
+        registered = list(state["faults"].get("taxation_types") or DEFAULT_TAXATION)
+        if name in (None, ""):
+            if len(registered) == 1:
+                return str(registered[0])
+            raise _TaskError(DriverError.INVALID_TAXATION_TYPE, "Некорректная СНО")
+        if name not in registered:
+            raise _TaskError(DriverError.INVALID_TAXATION_TYPE, "Некорректная СНО")
+        return str(name)
 
     def _positions(
         self, state: dict[str, Any], kind: str, items: Any
@@ -1031,6 +1174,7 @@ _HANDLERS: dict[str, Callable[[VirtualKkt, dict[str, Any], str, Any], dict[str, 
     "getShiftStatus": VirtualKkt._get_shift_status,
     "getFnStatus": VirtualKkt._get_fn_status,
     "ofdExchangeStatus": VirtualKkt._ofd_exchange_status,
+    "getFnInfo": VirtualKkt._get_fn_info,
     "openShift": VirtualKkt._open_shift,
     "closeShift": VirtualKkt._close_shift,
     "beginMarkingCodeValidation": VirtualKkt._begin_validation,
@@ -1055,6 +1199,81 @@ def _error(code: int, description: str) -> dict[str, Any]:
 
 def _ready(result: dict[str, Any]) -> dict[str, Any]:
     return {"status": "ready", "errorCode": 0, "result": result}
+
+
+def _parse_error(text: str) -> _TaskError:
+    return _TaskError(DriverError.RECEIPT_PARSE_ERROR, text)
+
+
+def _missing(value: Any) -> bool:
+    """What the driver's validators call missing: absent, null, or an empty object."""
+    return value is None or (isinstance(value, Mapping) and not value)
+
+
+def _check_operator_field(task: Mapping[str, Any]) -> None:
+    """``operator``: missing, or an object whose ``name`` is a string and ``vatin`` a string
+    or missing (the scripts' ``validate``); otherwise 501 with the script's wording."""
+    operator = task.get("operator")
+    if _missing(operator):
+        return
+    if not isinstance(operator, Mapping):
+        raise _parse_error('Поле "operator" имеет неверный тип (ожидается "object")')
+    name = operator.get("name")
+    if name is None:
+        raise _parse_error('Поле "operator.name" отсутствует')
+    if not isinstance(name, str):
+        raise _parse_error('Поле "operator.name" имеет неверный тип (ожидается "string")')
+    vatin = operator.get("vatin")
+    if vatin is not None and not isinstance(vatin, str):
+        raise _parse_error('Поле "operator.vatin" имеет неверный тип (ожидается "string")')
+
+
+def _check_receipt_fields(task: Mapping[str, Any]) -> None:
+    """The receipt script's ``validate`` for the fields this device reads beyond the items:
+    ``operator`` and ``taxationType`` (a string, one of the driver's names)."""
+    _check_operator_field(task)
+    taxation = task.get("taxationType")
+    if taxation is None:
+        return
+    if not isinstance(taxation, str):
+        raise _parse_error('Поле "taxationType" имеет неверный тип (ожидается "string")')
+    if taxation and taxation not in TAXATION_BITS:
+        raise _parse_error(f'Некорректное значение поля "taxationType" ({taxation})')
+
+
+def _operator_login(task: Mapping[str, Any]) -> dict[str, str] | None:
+    """The cashier's login (tags 1021, 1203) when ``operator.name`` is given; the tags the
+    document records, or None. The ККТ refuses the login (196 «Ошибка регистрации кассира»)
+    for a name longer than tag 1021 allows and for a 1203 that is not a person's ИНН: 12
+    digits whose two check digits are right (what the firmware checks is not published:
+    this device is strict)."""
+    operator = task.get("operator")
+    if _missing(operator) or not operator.get("name"):
+        return None
+    name = operator["name"]
+    vatin = operator.get("vatin") or ""
+    if len(name) > CASHIER_NAME_LENGTH or (vatin and not _person_inn(vatin)):
+        raise _TaskError(DriverError.OPERATOR_LOGIN, "Ошибка регистрации кассира")
+    cashier = {"1021": name}
+    if vatin:
+        cashier["1203"] = vatin
+    return cashier
+
+
+def _person_inn(text: str) -> bool:
+    """A person's ИНН: 12 ASCII digits; the 11th is the weighted sum of the first ten, the
+    12th that of the first eleven, each mod 11 mod 10 (the ФНС's rule)."""
+    if len(text) != 12 or not all("0" <= c <= "9" for c in text):
+        return False
+    n = [ord(c) - 48 for c in text]
+
+    def check(weights: tuple[int, ...]) -> int:
+        return sum(a * b for a, b in zip(n, weights, strict=False)) % 11 % 10
+
+    return (
+        check((7, 2, 4, 10, 3, 5, 9, 4, 6, 8)) == n[10]
+        and check((3, 7, 2, 4, 10, 3, 5, 9, 4, 6, 8)) == n[11]
+    )
 
 
 def _identify(km: str) -> tuple[str | None, bool]:

@@ -12,7 +12,12 @@ Two transports carry the same tasks:
     ``result`` per task; a status other than ``ready``, ``error``, ``interrupted`` or
     ``canceled`` counts as "not finished" until the operation's time is up (§7.5 advice).
     Option ``cancel_task`` names the task that cancels a receipt left open on the device
-    (``cancelReceipt``; not in the published task lists, so configurable).
+    (``cancelReceipt``; not in the published task lists, so configurable). Option
+    ``deviceID`` chooses one of the devices the server drives (sent as ``?deviceID=`` on every
+    request, domain.md §7.4a; without it the server's default device). When the server asks
+    for HTTP Basic auth, the settings' ``web_user`` and ``web_password`` go in
+    ``Authorization`` on every request; a 401 / 403 is ``web-unauthorized`` and names the
+    user, never the password.
 
 ``atol-lib://usb`` | ``atol-lib:///dev/ttyACM0?baudrate=115200`` | ``atol-lib://HOST:PORT``
     ATOL's libfptr10 in process, through its Python binding (``from libfptr10 import IFptr``,
@@ -30,20 +35,26 @@ refusals the session acts on their typed faults (:data:`FAULT_TYPES`: a receipt 
 open, no code validation under way), anything else :class:`~markd.errors.PrinterFault` with
 the device's code.
 
-The status is read with ``getDeviceStatus``, ``getShiftStatus``, ``getFnStatus`` and
-``ofdExchangeStatus`` in one request. Whether a receipt is open is read from
-``deviceStatus.receiptType`` when the device reports it (the emulator does; the published
-field lists do not), otherwise it is unknown.
+The status is read with ``getDeviceStatus``, ``getShiftStatus``, ``getFnStatus``,
+``ofdExchangeStatus`` and ``getFnInfo`` in one request; the fiscal health (domain.md §7.8:
+the ФН's validity end, the oldest unsent document, the shift's age) comes from them. Whether
+a receipt is open is read from ``deviceStatus.receiptType`` when the device reports it (the
+emulator does; the published field lists do not), otherwise it is unknown.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import math
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Protocol
+from urllib.parse import quote
 
 from markd.errors import (
     FiscalTimeout,
@@ -71,9 +82,11 @@ from markd.fiscal.base import (
     derive_op_id,
 )
 from markd.fiscal.model import (
+    FiscalHealth,
     MarkValidation,
     Position,
     PrinterStatus,
+    ReceiptAttributes,
     ReceiptKind,
     ReceiptResult,
     ShiftInfo,
@@ -82,8 +95,12 @@ from markd.http.blocking import BlockingHTTPClient
 from markd.http.errors import HTTPError
 from markd.numbers import read_int
 from markd.receipts import Payment
+from markd.secrets import Secret
+from markd.urls import ABSENT
 
 DEFAULT_WEB_PORT = 16732
+#: A shift's length limit; ``getShiftStatus.expiredTime`` is its end (domain.md §7.8).
+SHIFT_LIMIT_HOURS = 24
 #: ATOL error numbers whose refusal the sale session acts on, as the interface's typed faults
 #: (every other refusal is a plain :class:`~markd.errors.PrinterFault` with the number).
 FAULT_TYPES: dict[int, type[PrinterFault]] = {
@@ -193,13 +210,26 @@ class WebRequestsTransport:
         *,
         cancel_task: str = "cancelReceipt",
         poll_interval_s: float = 0.05,
+        device_id: str = "",
+        user: str = "",
+        password: Secret | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.cancel_task = cancel_task
         self.poll_interval_s = poll_interval_s
+        self.device_id = device_id
+        self.user = user
         shown = f"[{host}]" if ":" in host else host
         self._base = f"http://{shown}:{port}"
+        # Every request names the device (the POST that queues the tasks and the GETs that
+        # read their results), so a server driving several keeps each request on its own.
+        self._query = f"?deviceID={quote(device_id, safe='')}" if device_id else ""
+        self._authorization: str | None = None
+        if user:
+            secret = password.reveal() if password is not None else ""
+            token = base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
+            self._authorization = f"Basic {token}"
         self._http: BlockingHTTPClient | None = None
         #: The request the queue is blocked on, None when it moves.
         self.blocked_uuid: str | None = None
@@ -214,6 +244,9 @@ class WebRequestsTransport:
             status, answer = self._exchange("POST", "/api/v2/requests", body, deadline)
         except _NotSent as exc:
             raise PrinterUnavailable(f"ATOL web server {self._where}: {exc}") from exc
+        except _Unauthorized as exc:
+            # Refused before it was queued: nothing reached the device.
+            raise PrinterUnavailable(str(exc), "web-unauthorized") from None
         except _NoAnswer as exc:
             # The request may have been queued. Ask for it under its uuid before giving up.
             found = self._poll(op_id, len(tasks), deadline, missing_ok=True)
@@ -271,7 +304,8 @@ class WebRequestsTransport:
 
     @property
     def _where(self) -> str:
-        return f"{self.host}:{self.port}"
+        device = f" (device {self.device_id})" if self.device_id else ""
+        return f"{self.host}:{self.port}{device}"
 
     def _poll(
         self, op_id: str, count: int | None, deadline: float, missing_ok: bool
@@ -294,6 +328,8 @@ class WebRequestsTransport:
                 )
             try:
                 status, answer = self._exchange("GET", path, None, deadline)
+            except _Unauthorized as exc:
+                raise OutcomeUnknown(str(exc), "web-unauthorized") from None
             except _NoAnswer as exc:
                 if time.monotonic() >= deadline:
                     raise FiscalTimeout(
@@ -346,11 +382,13 @@ class WebRequestsTransport:
             raise _NotSent("no time left")
         payload = None if body is None else json.dumps(body, ensure_ascii=False).encode()
         headers = {"Content-Type": "application/json"} if payload is not None else {}
+        if self._authorization is not None:
+            headers["Authorization"] = self._authorization
         try:
             # At least 50 ms for one exchange, even at the end of an operation's time.
             response = self._client().request(
                 method,
-                self._base + path,
+                self._base + path + self._query,
                 deadline=time.monotonic() + max(left, 0.05),
                 headers=headers,
                 body=payload,
@@ -359,11 +397,22 @@ class WebRequestsTransport:
             if exc.request_sent:
                 raise _NoAnswer(str(exc)) from exc
             raise _NotSent(str(exc)) from exc
+        if response.status in (401, 403):
+            who = (
+                f"the credentials of user {self.user!r} were refused"
+                if self.user
+                else "it asks for HTTP Basic credentials and none are configured"
+            )
+            raise _Unauthorized(f"ATOL web server {self._where}: HTTP {response.status}: {who}")
         try:
             data = json.loads(response.body) if response.body else None
         except (ValueError, RecursionError):  # not JSON, or nested deeper than Python goes
             data = None
         return response.status, data
+
+
+class _Unauthorized(Exception):
+    """The web server refused the request for its credentials (401 / 403)."""
 
 
 class _NotSent(Exception):
@@ -535,12 +584,16 @@ class AtolPrinter(FiscalPrinter):
             {"type": "getShiftStatus"},
             {"type": "getFnStatus"},
             {"type": "ofdExchangeStatus"},
+            {"type": "getFnInfo"},
         ]
         outcomes = self._run(op_id, tasks, optional_from=1)
         device = _dict(outcomes[0].result.get("deviceStatus"))
         shift = _dict(outcomes[1].result.get("shiftStatus")) if outcomes[1].ok else {}
         fn = _dict(outcomes[2].result.get("fnStatus")) if outcomes[2].ok else {}
         ofd = _dict(outcomes[3].result.get("status")) if outcomes[3].ok else {}
+        fn_info = (
+            _dict(outcomes[4].result.get("fnInfo")) if len(outcomes) > 4 and outcomes[4].ok else {}
+        )
         warnings = _dict(fn.get("warnings"))
         receipt_type = device.get("receiptType")
         fn_present = bool(device.get("fnPresent", True))
@@ -560,16 +613,20 @@ class AtolPrinter(FiscalPrinter):
             cover_opened=bool(device.get("coverOpened", False)),
             blocked=bool(device.get("blocked", False)),
             model=_str(device.get("modelName")),
+            health=_health(device, shift, ofd, fn_info),
             raw={
                 "deviceStatus": device,
                 "shiftStatus": shift,
                 "fnStatus": fn,
                 "ofdExchangeStatus": ofd,
+                "fnInfo": fn_info,
             },
         )
 
     def _shift(self, op_id: str, kind: str) -> ShiftInfo:
-        outcomes = self._run(op_id, [{"type": kind}])
+        # The shift report names the cashier too (json_openShift.js logs the operator in).
+        task: dict[str, Any] = {"type": kind, **cashier_fields(self.settings.receipt)}
+        outcomes = self._run(op_id, [task])
         # ``{"fiscalParams": {…, "shiftNumber", "fiscalDocumentNumber"}}`` as the driver's
         # shift scripts answer; a flat answer (older readings) is taken as well.
         result = _dict(outcomes[0].result.get("fiscalParams")) or outcomes[0].result
@@ -663,7 +720,7 @@ class AtolPrinter(FiscalPrinter):
         positions: tuple[Position, ...],
         payments: tuple[Payment, ...],
     ) -> ReceiptResult:
-        task = receipt_task(kind, positions, payments)
+        task = receipt_task(kind, positions, payments, self.settings.receipt)
         outcomes = self._run(op_id, [task])
         return _receipt_result(kind, outcomes[0].result, positions, payments)
 
@@ -701,6 +758,14 @@ def _check_task_name(text: str) -> str:
     return text
 
 
+def _check_device_id(text: str) -> str:
+    """A device id of the web server (its own names: no public source limits them; markd
+    takes what fits a query string and a journal field unescaped)."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+        raise ValueError(text)
+    return text
+
+
 def _baudrate(text: str) -> int:
     value = int(text)
     if value not in (9600, 19200, 38400, 57600, 115200):
@@ -719,13 +784,22 @@ class AtolWebPrinter(AtolPrinter):
 
     OPTIONS: ClassVar[Mapping[str, Option]] = {
         "cancel_task": Option(_check_task_name, "cancelReceipt", "an ATOL task type"),
+        # Left out unless given: without it the server's default device answers.
+        "deviceID": Option(
+            _check_device_id, ABSENT, "a device id: 1 to 64 letters, digits, '_', '.' or '-'"
+        ),
     }
 
     def __init__(self, url: PrinterURL, settings: PrinterSettings) -> None:
         super().__init__(url, settings)
         host, _, port = url.target.rpartition(":")
         self.transport = WebRequestsTransport(
-            host.strip("[]"), int(port), cancel_task=url.options["cancel_task"]
+            host.strip("[]"),
+            int(port),
+            cancel_task=url.options["cancel_task"],
+            device_id=url.options.get("deviceID", ""),
+            user=settings.web_user,
+            password=settings.web_password,
         )
 
     @classmethod
@@ -766,17 +840,43 @@ class AtolLibPrinter(AtolPrinter):
 
 
 def receipt_task(
-    kind: ReceiptKind, positions: Sequence[Position], payments: Sequence[Payment]
+    kind: ReceiptKind,
+    positions: Sequence[Position],
+    payments: Sequence[Payment],
+    attributes: ReceiptAttributes | None = None,
 ) -> dict[str, Any]:
-    """The ``sell`` / ``sellReturn`` task for a receipt (domain.md §7.6)."""
+    """The ``sell`` / ``sellReturn`` task for a receipt (domain.md §7.6), with the taxation
+    system (``taxationType``, tag 1055) and the cashier (``operator``) when ``attributes``
+    name them (domain.md §7.4a; ``myscripts_base_receipt.js`` reads both)."""
     items = [position_item(p) for p in positions]
-    return {
-        "type": proto.RECEIPT_TASKS[kind],
-        "electronically": False,
-        "items": items,
-        "payments": [{"type": p.type, "sum": proto.roubles(p.amount_kopecks)} for p in payments],
-        "total": proto.roubles(sum(p.amount_kopecks for p in positions)),
-    }
+    task: dict[str, Any] = {"type": proto.RECEIPT_TASKS[kind]}
+    if attributes is not None and attributes.taxation_type:
+        task["taxationType"] = attributes.taxation_type
+    if attributes is not None:
+        task.update(cashier_fields(attributes))
+    task.update(
+        {
+            "electronically": False,
+            "items": items,
+            "payments": [
+                {"type": p.type, "sum": proto.roubles(p.amount_kopecks)} for p in payments
+            ],
+            "total": proto.roubles(sum(p.amount_kopecks for p in positions)),
+        }
+    )
+    return task
+
+
+def cashier_fields(attributes: ReceiptAttributes) -> dict[str, Any]:
+    """``{"operator": {"name": …, "vatin": …}}`` (tags 1021, 1203) when a cashier is set, else
+    nothing: the driver logs the cashier in only when ``operator.name`` is given, and sends
+    1203 only when ``vatin`` is."""
+    if not attributes.cashier_name:
+        return {}
+    operator = {"name": attributes.cashier_name}
+    if attributes.cashier_inn:
+        operator["vatin"] = attributes.cashier_inn
+    return {"operator": operator}
 
 
 def position_item(position: Position) -> dict[str, Any]:
@@ -896,6 +996,54 @@ def _validation_from_status(ki: str, result: Mapping[str, Any]) -> MarkValidatio
     )
 
 
+def _health(
+    device: Mapping[str, Any],
+    shift: Mapping[str, Any],
+    ofd: Mapping[str, Any],
+    fn_info: Mapping[str, Any],
+) -> FiscalHealth:
+    """Fiscal health from the status answers (domain.md §7.8; the driver's scripts
+    ``json_getFnInfo.js``: ``fnInfo.validityDate``; ``json_ofdExchangeStatus.js``:
+    ``status.notSentFirstDocDateTime``; ``json_getShiftStatus.js``: ``expiredTime``, the end
+    of the shift's 24 hours). Ages are counted from the device's ``currentDateTime`` when it
+    sends one, else from this host's clock."""
+    now = _moment(device.get("currentDateTime")) or datetime.now(UTC)
+    valid_until = _str(fn_info.get("validityDate"))
+    valid = _moment(valid_until)
+    days_left = None if valid is None else math.floor((valid - now).total_seconds() / 86400)
+    unsent = read_int(ofd.get("notSentCount"), lo=0)
+    oldest_text = _str(ofd.get("notSentFirstDocDateTime")) if unsent else None
+    oldest = _moment(oldest_text)
+    oldest_days = None if oldest is None else round((now - oldest).total_seconds() / 86400, 2)
+    opened_at = None
+    shift_hours = None
+    expires = _moment(shift.get("expiredTime"))
+    if expires is not None and shift.get("state") in ("opened", "expired"):
+        opened = expires - timedelta(hours=SHIFT_LIMIT_HOURS)
+        opened_at = opened.isoformat(timespec="seconds")
+        shift_hours = round((now - opened).total_seconds() / 3600, 2)
+    return FiscalHealth(
+        fn_valid_until=valid_until,
+        fn_days_left=days_left,
+        unsent_oldest=oldest_text if oldest is not None else None,
+        unsent_oldest_days=oldest_days,
+        shift_opened_at=opened_at,
+        shift_hours=shift_hours,
+    )
+
+
+def _moment(value: Any) -> datetime | None:
+    """An ISO 8601 date-time from the device (no zone: taken as UTC, as the scripts'
+    ``dateToIsoString`` always writes one); None when it is not one."""
+    if not isinstance(value, str) or not value or len(value) > 64:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def _device_error(task_type: str, outcome: TaskOutcome, mutating: bool) -> Exception:
     code = outcome.error_code
     text = f"ATOL {task_type}: error {code}: {outcome.error_description}".strip()
@@ -925,6 +1073,7 @@ __all__ = [
     "TaskOutcome",
     "Transport",
     "WebRequestsTransport",
+    "cashier_fields",
     "derive_op_id",
     "position_item",
     "receipt_task",

@@ -67,6 +67,8 @@ ERROR_INVALID_SUM = 16
 ERROR_INVALID_PARAM = 13
 ERROR_NOT_SUPPORTED = 11
 ERROR_FN_FAULT = 118
+ERROR_INVALID_TAXATION_TYPE = 143  # «Некорректная СНО»: not one the ККТ is registered with
+ERROR_OPERATOR_LOGIN = 196  # «Ошибка регистрации кассира»: the cashier (1021/1203) refused
 ERROR_CONNECTION_LOST = 241
 ERROR_VALIDATION_IN_PROGRESS = 401
 ERROR_INVALID_MARKING_CODE_STATUS = 404
@@ -114,6 +116,8 @@ ERROR_REASONS: dict[int, str] = {
     ERROR_NEED_CANCEL_DOCUMENT: "receipt-open",
     ERROR_INVALID_POSITIONS_COUNT: "empty-receipt",
     **{code: "fn-error" for code in (*range(115, 125), 135, 136, 137, 140, 159, 162, 166)},
+    ERROR_INVALID_TAXATION_TYPE: "bad-taxation-type",
+    ERROR_OPERATOR_LOGIN: "cashier-refused",
     228: "marking-code-conflict",
     ERROR_CONNECTION_LOST: "connection-lost",
     ERROR_VALIDATION_IN_PROGRESS: "validation-running",

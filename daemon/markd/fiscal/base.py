@@ -3,7 +3,8 @@
 A printer is configured by a URL (``[fiscal] url``) whose scheme names the backend::
 
     emulator:///var/lib/markd/kkt             the virtual ККТ, state kept in that directory
-    atol-web://127.0.0.1:16732                ATOL's Web Requests server (ДТО10's web server)
+    atol-web://127.0.0.1:16732                ATOL's Web Requests server (ДТО10's web server),
+    atol-web://127.0.0.1:16732?deviceID=kkt2  one of the devices it drives
     atol-lib://usb                            ATOL's libfptr10 in process: USB,
     atol-lib:///dev/ttyACM0?baudrate=115200   a serial port,
     atol-lib://192.0.2.20:5555                or TCP/IP
@@ -49,12 +50,14 @@ from markd.fiscal.model import (
     MarkValidation,
     Position,
     PrinterStatus,
+    ReceiptAttributes,
     ReceiptKind,
     ReceiptResult,
     ShiftInfo,
     judge_validation,
 )
 from markd.receipts import Payment
+from markd.secrets import Secret
 from markd.urls import Backend, Option, Registry
 
 # --------------------------------------------------------------------------------------------
@@ -69,7 +72,8 @@ _BACKENDS: dict[str, Backend] = {
     ),
     "atol-web": Backend(
         "markd.fiscal.atol:AtolWebPrinter",
-        "atol-web://HOST[:PORT] (port 16732 by default), options ?cancel_task=cancelReceipt",
+        "atol-web://HOST[:PORT] (port 16732 by default), options "
+        "?cancel_task=cancelReceipt&deviceID=NAME",
     ),
     "atol-lib": Backend(
         "markd.fiscal.atol:AtolLibPrinter",
@@ -142,7 +146,9 @@ def parse_printer_url(url: str) -> PrinterURL:
 
 @dataclass(frozen=True)
 class PrinterSettings:
-    """Timing of device operations (``[fiscal]`` keys in seconds)."""
+    """Timing of device operations (``[fiscal]`` keys in seconds), and what every receipt
+    carries beside its positions (``[fiscal] taxation_type``, ``cashier_name``,
+    ``cashier_inn``)."""
 
     #: Longest wait for one device operation (a receipt includes printing it).
     timeout_s: float = 30.0
@@ -150,6 +156,12 @@ class PrinterSettings:
     validation_timeout_s: float = 10.0
     #: Pause between validation status polls.
     poll_interval_s: float = 0.2
+    #: Taxation system and cashier sent with every receipt (the cashier with shifts too).
+    receipt: ReceiptAttributes = field(default_factory=ReceiptAttributes)
+    #: HTTP Basic user of a web server in front of the ККТ (``atol-web``); empty: none.
+    web_user: str = ""
+    #: Its password (``[fiscal] web_password_file`` or the credential ``atol-web-password``).
+    web_password: Secret | None = None
 
 
 def open_printer(url: str | PrinterURL, settings: PrinterSettings | None = None) -> FiscalPrinter:

@@ -60,6 +60,79 @@ TAX_TYPES = (
     "vat122",
 )
 
+#: Taxation systems (tag 1055) as ATOL JSON names them in a receipt's ``taxationType``: the
+#: driver's receipt script (``myscripts_utils.js``, ``TAXATION_TYPES``) and the typed client
+#: ``Bedunkevich/atol`` (``src/validation/Session.json``) list the same six. ``envd`` is no
+#: longer in force (since 2021), but the driver still names it.
+TAXATION_TYPES = ("osn", "usnIncome", "usnIncomeOutcome", "envd", "esn", "patent")
+
+#: Tag 1021 (the cashier's name) is at most 64 characters (ФФД).
+CASHIER_NAME_MAX = 64
+
+#: Weights of an ИНН's check digits (the ФНС's published rule): one for a 10-digit ИНН (an
+#: organisation), two for a 12-digit one (a person).
+_INN_WEIGHTS = {
+    10: ((2, 4, 10, 3, 5, 9, 4, 6, 8),),
+    12: ((7, 2, 4, 10, 3, 5, 9, 4, 6, 8), (3, 7, 2, 4, 10, 3, 5, 9, 4, 6, 8)),
+}
+
+
+def inn_problem(value: str, lengths: tuple[int, ...] = (10, 12)) -> str | None:
+    """Why ``value`` is not an ИНН of one of ``lengths`` (10 digits: an organisation; 12: a
+    person) with valid check digits, or None.
+
+    >>> inn_problem("7707083893") is None
+    True
+    >>> inn_problem("7707083894")
+    'wrong check digit in ИНН 7707083894'
+    """
+    shown = " or ".join(str(n) for n in lengths)
+    if not (value.isascii() and value.isdigit()) or len(value) not in lengths:
+        return f"an ИНН here is {shown} digits, got {value!r}"
+    digits = [int(c) for c in value]
+    for weights in _INN_WEIGHTS[len(value)]:
+        position = len(weights)
+        check = sum(d * w for d, w in zip(digits, weights, strict=False)) % 11 % 10
+        if check != digits[position]:
+            return f"wrong check digit in ИНН {value}"
+    return None
+
+
+def cashier_inn_problem(value: str) -> str | None:
+    """Why ``value`` is not a cashier's ИНН (tag 1203), or None. A cashier is a person, whose
+    ИНН has 12 digits (10 digits is an organisation's)."""
+    return inn_problem(value, (12,))
+
+
+def cashier_name_problem(value: str) -> str | None:
+    """Why ``value`` is not a cashier's name (tag 1021), or None."""
+    if len(value) > CASHIER_NAME_MAX:
+        return f"tag 1021 is at most {CASHIER_NAME_MAX} characters, got {len(value)}"
+    if not value.isprintable():
+        return "tag 1021 holds no control characters"
+    return None
+
+
+def taxation_type_problem(value: str) -> str | None:
+    """Why ``value`` is not one of ATOL's ``taxationType`` names, or None."""
+    if value not in TAXATION_TYPES:
+        return f"expected one of {', '.join(TAXATION_TYPES)}, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class ReceiptAttributes:
+    """What a receipt carries beside its positions and payments, the same on every receipt:
+    the taxation system (tag 1055, ATOL ``taxationType``) and the cashier (tags 1021 / 1203,
+    ATOL ``operator {name, vatin}``; shift reports carry the cashier too). None: not sent —
+    the ККТ then uses its registration (a ККТ registered with one taxation system needs no
+    ``taxationType``; one registered with several refuses a receipt without it)."""
+
+    taxation_type: str | None = None
+    cashier_name: str | None = None
+    cashier_inn: str | None = None
+
+
 _DATE_1263 = re.compile(r"(\d{2})\.(\d{2})\.(\d{4})")
 
 
@@ -351,6 +424,53 @@ class ReceiptResult:
 
 
 @dataclass(frozen=True)
+class HealthThresholds:
+    """When a fact of :class:`FiscalHealth` becomes a warning (``[fiscal] fn_days_warning``,
+    ``unsent_days_warning``, ``shift_hours_warning``; domain.md §7.8)."""
+
+    #: Fewer days than this left before the ФН's validity ends (a ФН is replaced in weeks).
+    fn_days: int = 30
+    #: The oldest document not yet sent to the ОФД is older than this (the ККТ blocks at 30).
+    unsent_days: int = 3
+    #: The shift has been open longer than this (the ККТ refuses receipts after 24 h).
+    shift_hours: int = 23
+
+
+#: The ФН's own warnings (``fnStatus.warnings``) that a fleet must act on.
+FN_WARNING_NAMES = {
+    "memoryOverflow": "fn-memory-full",
+    "resourceExhausted": "fn-resource-exhausted",
+    "needReplacement": "fn-needs-replacement",
+    "criticalError": "fn-critical-error",
+}
+
+
+@dataclass(frozen=True)
+class FiscalHealth:
+    """What a fleet watches on a ККТ, read from the device (domain.md §7.8): when the ФН's
+    validity ends, how old the oldest document not yet sent to the ОФД is, how long the shift
+    has been open. Each fact is None when the device did not say. Dates are ISO 8601 as the
+    device gives them; the ages are counted from the device's clock when it reports one."""
+
+    fn_valid_until: str | None = None
+    fn_days_left: int | None = None
+    unsent_oldest: str | None = None
+    unsent_oldest_days: float | None = None
+    shift_opened_at: str | None = None
+    shift_hours: float | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "fn_valid_until": self.fn_valid_until,
+            "fn_days_left": self.fn_days_left,
+            "unsent_oldest": self.unsent_oldest,
+            "unsent_oldest_days": self.unsent_oldest_days,
+            "shift_opened_at": self.shift_opened_at,
+            "shift_hours": self.shift_hours,
+        }
+
+
+@dataclass(frozen=True)
 class PrinterStatus:
     """The ККТ's state as far as a sale cares.
 
@@ -374,8 +494,31 @@ class PrinterStatus:
     blocked: bool = False
     fn_warnings: tuple[str, ...] = ()
     model: str | None = None
+    #: ФН validity, the oldest unsent document, the shift's age (domain.md §7.8).
+    health: FiscalHealth = field(default_factory=FiscalHealth)
     #: The device's own answers, for ``markctl printer status --json``.
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def health_warnings(self, thresholds: HealthThresholds | None = None) -> list[str]:
+        """What a technician must act on soon, by ``thresholds``: ``fn-expiring``,
+        ``unsent-old``, ``shift-long``, the ФН's own warnings (``fn-memory-full``,
+        ``fn-resource-exhausted``, ``fn-needs-replacement``, ``fn-critical-error``) and
+        ``paper-out``."""
+        limits = thresholds or HealthThresholds()
+        health = self.health
+        found = []
+        if health.fn_days_left is not None and health.fn_days_left < limits.fn_days:
+            found.append("fn-expiring")
+        if health.unsent_oldest_days is not None and health.unsent_oldest_days > (
+            limits.unsent_days
+        ):
+            found.append("unsent-old")
+        if health.shift_hours is not None and health.shift_hours > limits.shift_hours:
+            found.append("shift-long")
+        found.extend(FN_WARNING_NAMES[w] for w in self.fn_warnings if w in FN_WARNING_NAMES)
+        if not self.paper_present:
+            found.append("paper-out")
+        return found
 
     def problems(self) -> list[str]:
         """What stops a receipt now (empty: ready to sell)."""
@@ -409,4 +552,5 @@ class PrinterStatus:
             "blocked": self.blocked,
             "model": self.model,
             "problems": self.problems(),
+            "health": self.health.record(),
         }

@@ -231,13 +231,29 @@ def build_chain(
 
 
 def printer_settings(config: Config) -> PrinterSettings:
+    """``[fiscal]``'s timing, receipt attributes and web server credentials. Raises
+    :class:`~markd.errors.ConfigError` naming the key and the credential when
+    ``web_user`` is set and its password is nowhere."""
     from markd.fiscal.base import PrinterSettings
+    from markd.fiscal.model import ReceiptAttributes
 
     fiscal = config.fiscal
+    password = None
+    if fiscal.web_user:
+        password = load_secret(
+            fiscal.web_password_file, "atol-web-password", what="[fiscal] web_password_file"
+        )
     return PrinterSettings(
         timeout_s=fiscal.timeout_ms / 1000,
         validation_timeout_s=fiscal.validation_timeout_ms / 1000,
         poll_interval_s=fiscal.validation_poll_ms / 1000,
+        receipt=ReceiptAttributes(
+            taxation_type=fiscal.taxation_type or None,
+            cashier_name=fiscal.cashier_name or None,
+            cashier_inn=fiscal.cashier_inn or None,
+        ),
+        web_user=fiscal.web_user,
+        web_password=password,
     )
 
 

@@ -87,15 +87,19 @@ def emulator_printer(
 
 @contextmanager
 def atol_web_printer(
-    state_dir: str | Path | None = None, settings: PrinterSettings = FAST, **server_options: Any
+    state_dir: str | Path | None = None,
+    settings: PrinterSettings = FAST,
+    query: str = "",
+    **server_options: Any,
 ) -> Iterator[tuple[FiscalPrinter, AtolWebEmulator]]:
     """An ``atol-web://`` printer talking HTTP to an :class:`AtolWebEmulator` on a free
-    loopback port; yields ``(printer, server)`` (the device is ``server.kkt``)."""
+    loopback port (``query``: the URL's options, e.g. ``?deviceID=kkt2``); yields ``(printer,
+    server)`` (the default device is ``server.kkt``)."""
     with (
         _directory(state_dir) as directory,
         AtolWebEmulator(state_dir=directory, **server_options) as server,
     ):
-        printer = open_printer(f"atol-web://{server.host}:{server.port}", settings)
+        printer = open_printer(f"atol-web://{server.host}:{server.port}{query}", settings)
         try:
             yield printer, server
         finally:

@@ -1,0 +1,46 @@
+"""Fiscal health in a running daemon (domain.md §7.8): the sale desk reads it from the ККТ with
+every status, the status API carries it with the warnings by ``[fiscal] *_warning``, and the
+journal records a warning once when it appears and once when it clears."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import RecordingEventLog
+from markd.receipts import OpenReceipt
+from sale_helpers import events, kkt, running, write_sale_config
+
+
+def health_events(log: RecordingEventLog) -> list[tuple[str, str]]:
+    return [
+        (f["warning"], f["state"])
+        for f in events(log, "sale-desk")
+        if f.get("action") == "fiscal-health"
+    ]
+
+
+async def test_health_warnings_are_journaled_when_they_appear_and_clear(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    config = write_sale_config(
+        tmp_path, mode="attendant", scanners={}, catalog=None, fiscal_extra="fn_days_warning = 40"
+    )
+    device = kkt(tmp_path)
+    device.set_faults(fn_days_left=35, unsent_age_days=4)
+
+    async with running(config, event_log) as service:
+        desk = service.receipts
+        status = desk.status()  # type: ignore[union-attr]
+        assert status["health_warnings"] == ["fn-expiring", "unsent-old"]
+        assert status["device"]["health"]["fn_days_left"] in (34, 35)
+        assert health_events(event_log) == [("fn-expiring", "raised"), ("unsent-old", "raised")]
+        message = [m for k, m, f in event_log.events if f.get("warning") == "fn-expiring"][0]
+        assert "days left; warned below 40" in message
+
+        # The next status read (after an operation) journals only what changed.
+        device.set_faults(unsent_age_days=None, shift_age_hours=None)
+        await desk.open(OpenReceipt())  # type: ignore[union-attr]
+        await desk.cancel()  # type: ignore[union-attr]
+
+        assert health_events(event_log)[2:] == [("unsent-old", "cleared")]
+        assert desk.status()["health_warnings"] == ["fn-expiring"]  # type: ignore[union-attr]
