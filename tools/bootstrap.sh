@@ -42,8 +42,10 @@ need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 "$python" -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 venv_args=()
+# Debian builds its python3-* packages for its default interpreter only: /usr/bin/python3.
 if [ "${MARKD_PIP_SPEC:-}" = "." ] \
-    && [ "$("$python" -c 'import sys; print(sys.base_prefix)')" = /usr ] \
+    && [ -x /usr/bin/python3 ] \
+    && [ "$(readlink -f "$(command -v "$python")")" = "$(readlink -f /usr/bin/python3)" ] \
     && [ -d /usr/lib/python3/dist-packages ]; then
     # The runtime venv on Debian's libraries: nothing to build.
     venv_args=(--system-site-packages)

@@ -12,7 +12,7 @@
 #   PREFIX      /usr/local: `markd` and `markctl` links in PREFIX/bin, documentation in
 #               PREFIX/share/doc/markd.
 #   MARKD_HOME  /opt/markd: the virtual environment made for the daemon from PYTHON with the
-#               apt build dependencies tools/bootstrap.sh installs; markd.service runs
+#               Debian runtime packages tools/bootstrap.sh installs; markd.service runs
 #               MARKD_HOME/bin/markd.
 #   USE_VENV    an existing virtual environment with markd in it, used instead of making
 #               MARKD_HOME (development machines, the system test): the unit then runs

@@ -208,9 +208,10 @@ def test_api_client_turns_a_content_length_of_5000_digits_into_its_error(
     [
         ([b"event: verdict\ndata: {not json\n\n"], "not JSON"),
         ([b"data: \xff\xfe\n\n"], "not UTF-8"),
-        ([b"data: " + b"x" * (1 << 16)] * 20, "longer than"),
+        ([b"data: " + b"x" * (1 << 16)] * 20, "line longer than"),
+        ([b"data: " + b"x" * 1000 + b"\n"] * 2000, "event longer than"),
     ],
-    ids=["bad-json", "bad-utf8", "no-line-end"],
+    ids=["bad-json", "bad-utf8", "no-line-end", "no-event-end"],
 )
 def test_a_hostile_event_stream_is_a_typed_error(stream: list[bytes], why: str) -> None:
     """What markctl reads from the event stream is checked: bad JSON, bad UTF-8 or a line

@@ -244,6 +244,37 @@ async def test_a_new_store_path_reopens_the_store(
     assert (tmp_path / "store2" / "data.mdb").exists()
 
 
+async def test_a_store_that_cannot_be_reopened_fails_closed_and_the_next_reload_opens_one(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    """A reload to a store that does not open, while the old one cannot be opened again
+    either: no store and no chain (every scan refused, the health check says so, so the
+    watchdog would restart markd), the reload's own error reported; a later reload that can
+    open the store brings the daemon back."""
+    main = write_config(tmp_path / "markd.toml", {"front": "virtual://lost-front"})
+    verdicts: list[Verdict] = []
+    async with running(main, event_log, verdicts) as service:
+        (tmp_path / "not-a-store").write_text("a file where a directory should be\n")
+        (tmp_path / "store").rename(tmp_path / "store.away")
+        (tmp_path / "store").write_text("the old store's place taken by a file\n")
+        write_config(main, {"front": "virtual://lost-front"}, store=str(tmp_path / "not-a-store"))
+        result = await service.reload()
+        assert not result.ok and "not-a-store" in result.message
+        assert service.store is None
+        assert service.health_problem() == "the store is not open"
+        refused = await scan("lost-front", WATER, verdicts)
+        assert refused.decision == "deny"
+        assert event_log.count("service-error") >= 1
+
+        (tmp_path / "store").unlink()
+        (tmp_path / "store.away").rename(tmp_path / "store")
+        write_config(main, {"front": "virtual://lost-front"})
+        result = await service.reload()
+        assert result.ok, result.message
+        assert service.store is not None and service.health_problem() is None
+        assert (await scan("lost-front", WATER, verdicts)).decision == "allow"
+
+
 async def test_sighup_queues_one_reload_between_scans(
     tmp_path: Path, event_log: RecordingEventLog
 ) -> None:

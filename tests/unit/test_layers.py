@@ -146,9 +146,10 @@ def owner(name: str, groups: tuple[str, ...]) -> str | None:
     """The longest group (package prefix) ``name`` belongs to."""
     best = None
     for group in groups:
-        if (name == group or name.startswith(group + ".")) and (
-            best is None or len(group) > len(best)
-        ):
+        # "markd" is the package's own __init__ alone, not everything under it: a module no
+        # layer names must be reported, not taken for a foundation.
+        under = name.startswith(group + ".") and group != "markd"
+        if (name == group or under) and (best is None or len(group) > len(best)):
             best = group
     return best
 
@@ -277,6 +278,10 @@ def test_the_contract_itself_catches_what_it_should() -> None:
     }
     assert with_packages(edges)["markd.config.schema"] == {"markd.api.listeners", "markd.api"}
     assert breach("markd.config.schema", "markd.api") == "configuration imports application"
+    # A module no layer names is reported, never taken for a foundation.
+    assert breach("markd.service.scanloop", "markd.unplaced") == (
+        "not placed in a layer: markd.unplaced"
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -224,6 +224,7 @@ def _read_stream(parts: Iterator[bytes]) -> Iterator[dict[str, Any]]:
     """Server-Sent Events as the server writes them: ``event:``/``data:`` blocks ending in
     an empty line; comment lines (``:`` heartbeats) and ``retry:`` are skipped."""
     data_lines: list[str] = []
+    held = 0  # bytes of the event being read
     pending = b""
     for part in parts:
         pending += part
@@ -240,6 +241,7 @@ def _read_stream(parts: Iterator[bytes]) -> Iterator[dict[str, Any]]:
                     "markd sent an event stream line that is not UTF-8"
                 ) from None
             if not line:
+                held = 0
                 if data_lines:
                     try:
                         event = json.loads("\n".join(data_lines))
@@ -256,3 +258,8 @@ def _read_stream(parts: Iterator[bytes]) -> Iterator[dict[str, Any]]:
             name, _, value = line.partition(":")
             if name == "data":
                 data_lines.append(value.removeprefix(" "))
+                held += len(raw)
+                if held > MAX_EVENT_BYTES:
+                    raise ControlClientError(
+                        f"markd sent an event longer than {MAX_EVENT_BYTES} bytes"
+                    )

@@ -258,7 +258,8 @@ class CheckChain:
             raise RuntimeError(f"a chain in mode {self.mode} asks its services: await decide()")
         started = self._clock() if started is None else started
         _, verdict = self._before_services(code, scanner, started, self._wall_clock())
-        assert verdict is not None  # precheck always decides in mode store-only
+        if verdict is None:  # precheck always decides in mode store-only; fail closed if not
+            raise RuntimeError("store-only mode left a unit undecided")
         return verdict
 
     def _before_services(

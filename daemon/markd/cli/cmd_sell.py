@@ -91,14 +91,21 @@ async def _run(cfg: Any, args: argparse.Namespace, price: int) -> dict[str, Any]
     log = EventLog(target="stderr", level="warning")
     with Store.from_config(cfg.store) as store:
         printer = open_configured_printer(cfg)
-        # One Local Module client: the chain's, which also receives the sold units.
-        chain = None if args.is_return else build_chain(cfg, store, sales=True)
-        lm_client = (
-            local_module_for_sales(cfg)
-            if chain is None
-            else sale_local_module(cfg, chain.local_module)
-        )
-        session = build_session(cfg, printer, store, event_log=log, lm_client=lm_client)
+        chain = None
+        try:
+            # One Local Module client: the chain's, which also receives the sold units.
+            chain = None if args.is_return else build_chain(cfg, store, sales=True)
+            lm_client = (
+                local_module_for_sales(cfg)
+                if chain is None
+                else sale_local_module(cfg, chain.local_module)
+            )
+            session = build_session(cfg, printer, store, event_log=log, lm_client=lm_client)
+        except BaseException:
+            if chain is not None:
+                chain.close()
+            printer.close()
+            raise
         try:
             recovery = await session.recover()
             units: list[dict[str, Any]] = []

@@ -356,7 +356,9 @@ class Service:
         """A reload: a chain built from ``new`` on the same store takes over (with a new
         Local Module client, for the checks and the sale desk alike); the old one's clients
         finish and close. Raises (a secret missing …) before anything changes."""
-        assert self.store is not None
+        if self.store is None:  # a failed reopen left none: this reload opens one
+            await self.reopen_store(new)
+            return
         chain = self._build_chain(new, self.store)
         await self._swap_chain(chain)
         chain.start()
@@ -380,8 +382,8 @@ class Service:
         failure, put the old store and chain back and raise."""
         old_config = self.config
         await self._swap_chain(None)
-        assert self.store is not None
-        self.store.close()  # LMDB forbids opening one environment twice in a process
+        if self.store is not None:
+            self.store.close()  # LMDB forbids opening one environment twice in a process
         store: Store | None = None
         chain: CheckChain | None = None
         try:
@@ -391,12 +393,19 @@ class Service:
         except BaseException:
             if store is not None:
                 store.close()
+            reopened: Store | None = None
             try:
-                self.store = Store.from_config(old_config.store)
-                chain = self._build_chain(old_config, self.store)
+                reopened = Store.from_config(old_config.store)
+                chain = self._build_chain(old_config, reopened)
+                self.store = reopened
             except Exception as back:  # noqa: BLE001 - the first failure is the one raised
-                # No store and no chain: every scan is refused (fail closed) until a reload
-                # opens a store again; the reload's own error goes on up.
+                if reopened is not None:
+                    reopened.close()
+                # No store and no chain: every scan is refused (fail closed), the health check
+                # reports "the store is not open" (the watchdog restarts markd), and the next
+                # reload opens a store; the reload's own error goes on up.
+                self.store = None
+                chain = None
                 log_internal_error(self.event_log, "reopening the previous store", back)
             raise
         finally:
