@@ -553,6 +553,20 @@ class SaleDesk:
             )
         return report
 
+    async def refresh_health(self, wait_s: float = 0.05) -> bool:
+        """Read the ККТ's status now, unless an operation holds the receipt lock for longer
+        than ``wait_s`` (a sale is never delayed for it; the next round tries again). True
+        when the status was read (the device answering or not)."""
+        if self._stopping or self._closed:
+            return False
+        if not await self._acquire_within(wait_s):
+            return False
+        try:
+            await self._refresh_status()
+        finally:
+            self.session.lock.release()
+        return True
+
     async def _refresh_status(self) -> None:
         try:
             self._device = await self.session.printer_status()

@@ -44,3 +44,26 @@ async def test_health_warnings_are_journaled_when_they_appear_and_clear(
 
         assert health_events(event_log)[2:] == [("unsent-old", "cleared")]
         assert desk.status()["health_warnings"] == ["fn-expiring"]  # type: ignore[union-attr]
+
+
+async def test_an_idle_kiosk_reads_its_fiscal_health_on_a_timer(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    """No sale at all: the ФН nears its end on the device, and the daemon notices by itself
+    within ``[fiscal] health_interval_s``, journaling the warning once."""
+    import asyncio
+
+    config = write_sale_config(
+        tmp_path, mode="attendant", scanners={}, catalog=None, fiscal_extra="health_interval_s = 1"
+    )
+    device = kkt(tmp_path)
+    async with running(config, event_log) as service:
+        assert service.receipts.status()["health_warnings"] == []  # type: ignore[union-attr]
+        device.set_faults(fn_days_left=12)
+        for _ in range(60):
+            if health_events(event_log):
+                break
+            await asyncio.sleep(0.05)
+        assert health_events(event_log) == [("fn-expiring", "raised")]
+        status = service.receipts.status()  # type: ignore[union-attr]
+        assert status["health_warnings"] == ["fn-expiring"]

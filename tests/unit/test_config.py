@@ -556,6 +556,7 @@ def test_to_dict_is_plain_json_data() -> None:
             "auto_shift": True,
             "fn_days_warning": 30,
             "unsent_days_warning": 3,
+            "health_interval_s": 600,
             "shift_hours_warning": 23,
             "lm_sell": True,
         },
@@ -634,7 +635,7 @@ def test_docs_key_table_matches_the_schema() -> None:
 def test_docs_mention_every_key() -> None:
     keys = [f"`[{ref.table}] {ref.key}`" for ref in config.schema_keys()]
 
-    assert len(keys) == 77
+    assert len(keys) == 78
     assert [key for key in keys if key not in _doc()] == []
 
 

@@ -669,6 +669,16 @@ class FiscalConfig:
             "max": 30,
         },
     )
+    health_interval_s: int = field(
+        default=600,
+        metadata={
+            "doc": "Fiscal health: read the ККТ's status this often while no operation runs, "
+            "so the ФН's days, unsent documents and the shift's age stay current on an idle "
+            "kiosk (it is also read after every receipt operation); `0`: only then.",
+            "min": 0,
+            "max": 86_400,
+        },
+    )
     shift_hours_warning: int = field(
         default=23,
         metadata={

@@ -223,13 +223,19 @@ class Service:
         if markd_logger.level == logging.NOTSET:
             markd_logger.setLevel(logging.INFO)
         housekeeping: asyncio.Task[None] | None = None
+        fiscal_health: asyncio.Task[None] | None = None
         try:
             await self._start(loop, queue)
             housekeeping = asyncio.create_task(
                 self.health.run(self.watchdog_interval_s), name="markd-housekeeping"
             )
+            fiscal_health = asyncio.create_task(self._read_fiscal_health(), name="markd-fn")
             await self.scan_loop.run(queue, stop)
         finally:
+            if fiscal_health is not None:  # no device I/O of its own during the stop
+                fiscal_health.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fiscal_health
             await self._stop()
             if housekeeping is not None:
                 housekeeping.cancel()
@@ -285,6 +291,21 @@ class Service:
         self._chain.start()
         self.start_store_sync()
         self.ready.set()
+
+    async def _read_fiscal_health(self) -> None:
+        """Every ``[fiscal] health_interval_s`` (read anew each round, so a reload applies),
+        the sale desk reads the ККТ's status while no operation runs: the fiscal health
+        warnings stay current on an idle kiosk. Never ends on an error of its own."""
+        while True:
+            interval = self.config.fiscal.health_interval_s
+            await asyncio.sleep(interval if interval > 0 else 60.0)
+            desk = self.sale_desk
+            if interval <= 0 or desk is None:
+                continue
+            try:
+                await desk.refresh_health()
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                self._internal_error("reading the fiscal health", exc)
 
     async def _stop(self) -> None:
         """Everything the service started, stopped in order (see the module docstring)."""
