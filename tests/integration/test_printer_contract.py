@@ -391,3 +391,91 @@ class TestPrinterContract:
         assert status.health_warnings() == ["fn-expiring", "unsent-old", "shift-long"]
         relaxed = HealthThresholds(fn_days=10, unsent_days=5, shift_hours=24)
         assert status.health_warnings(relaxed) == []
+
+
+class TestPrinterContractOnItsOwn:
+    """Behaviours a real ККТ shows by itself (issue 13 item 8): no fault injection, so each
+    runs unchanged on every backend, ``--hil-printer`` included."""
+
+    def test_a_second_begin_is_refused_then_cancelled_and_begun_again(self, bench: Bench) -> None:
+        printer = bench.printer
+        km = bench.code()
+        ki = parse(km).ki
+        printer.begin_validation(new_op_id(), km, ki, 1)  # left running, not finished
+
+        # The device answers 401 to this begin; the shim cancels and begins once more.
+        again = printer.validate_code(new_op_id(), km, ki, 1)
+
+        assert again.ready and again.ki == ki
+        assert again.fn_error_reason is not None
+        printer.decline_code(new_op_id())
+        printer.clear_validations(new_op_id())
+
+    def test_a_validation_result_has_the_published_shape(self, bench: Bench) -> None:
+        printer = bench.printer
+        km = bench.code()
+
+        check = printer.check_code(new_op_id(), km, parse(km).ki, 1)
+        validation = check.validation
+
+        # myscripts_marks.js: fmCheckErrorReason always there, one of the published names.
+        assert validation.fn_error_reason in (
+            "checked",
+            "typeIncorrect",
+            "noKeys",
+            "noGS1",
+            "other",
+        )
+        assert (validation.fn_error_reason == "checked") == validation.fn_checked
+        # onlineValidation only when the online error is 0, otherwise driverError names it.
+        if validation.driver_error is not None:
+            assert not validation.oism_checked and validation.item_status is None
+        if validation.oism_checked:
+            assert validation.driver_error is None and validation.response_result is not None
+        printer.clear_validations(new_op_id())
+
+    def test_a_sell_the_device_refuses_needs_its_codes_validated_again(self, bench: Bench) -> None:
+        if bench.emulated:
+            bench.kkt.set_faults(taxation_types=["osn"])  # the device's registration
+            refused, good = "patent", None
+        else:
+            # On a bench: a taxation system the ККТ is NOT registered with, and (when it is
+            # registered with several) one it is, in MARKD_HIL_TAXATION.
+            refused = os.environ.get("MARKD_HIL_UNREGISTERED_TAXATION")
+            if not refused:
+                pytest.skip("set MARKD_HIL_UNREGISTERED_TAXATION for a sell the ККТ refuses")
+            good = os.environ.get("MARKD_HIL_TAXATION") or None
+        printer = bench.printer
+        settings = printer.settings
+        printer.ensure_shift(new_op_id())
+        km = bench.code()
+        ki = parse(km).ki
+        check = printer.check_code(new_op_id(), km, ki, 1)
+        assert check.accepted, check.reason
+        printer.open_receipt(new_op_id())
+        printer.add_position(new_op_id(), marked_position(km, check.validation))
+        before = printer.status().last_document_number
+        printer.settings = replace(settings, receipt=ReceiptAttributes(refused))
+
+        with pytest.raises(PrinterFault) as err:
+            printer.close_receipt(new_op_id(), [Payment(8990)])
+
+        assert err.value.device_code == 143 and err.value.reason == "bad-taxation-type"
+        assert printer.status().receipt_open is False  # the driver cancelled it
+        assert printer.status().last_document_number == before
+        printer.settings = replace(settings, receipt=ReceiptAttributes(good))
+        # The accepted codes went with it: the same positions are refused, with the reason.
+        with pytest.raises(MarkNotValidated) as again:
+            printer.close_receipt(new_op_id(), [Payment(8990)])
+        assert again.value.device_code in (420, 422)
+        assert printer.status().last_document_number == before
+
+        check = printer.check_code(new_op_id(), km, ki, 1)
+        assert check.accepted, check.reason
+        printer.restore_receipt("sell", [marked_position(km, check.validation)])
+        result = printer.close_receipt(new_op_id(), [Payment(8990)])
+
+        assert result.document_number == before + 1
+        assert printer.status().last_document_number == before + 1
+        if bench.emulated:
+            assert [r["number"] for r in bench.kkt.receipts()] == [result.document_number]
