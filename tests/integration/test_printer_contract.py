@@ -270,6 +270,9 @@ class TestPrinterContract:
         assert printer.status().receipt_open is False
 
     def test_shift_answers_carry_the_shift_number(self, bench: Bench) -> None:
+        if not bench.emulated and os.environ.get("MARKD_HIL_ALLOW_Z_REPORT") != "1":
+            # Closing the shift prints a Z-report on a real ККТ: only when the bench says so.
+            pytest.skip("closes the shift (a Z-report): set MARKD_HIL_ALLOW_Z_REPORT=1")
         printer = bench.printer
         printer.ensure_shift(new_op_id())
         closed = printer.close_shift(new_op_id())
