@@ -67,3 +67,30 @@ async def test_an_idle_kiosk_reads_its_fiscal_health_on_a_timer(
         assert health_events(event_log) == [("fn-expiring", "raised")]
         status = service.receipts.status()  # type: ignore[union-attr]
         assert status["health_warnings"] == ["fn-expiring"]
+
+
+async def test_the_fn_s_own_warnings_reach_the_status_and_the_journal(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    config = write_sale_config(tmp_path, mode="attendant", scanners={}, catalog=None)
+    device = kkt(tmp_path)
+    device.set_faults(fn_warnings=["memoryOverflow", "resourceExhausted", "needReplacement"])
+
+    async with running(config, event_log) as service:
+        status = service.receipts.status()  # type: ignore[union-attr]
+
+    assert status["health_warnings"] == [
+        "fn-memory-full",
+        "fn-needs-replacement",
+        "fn-resource-exhausted",
+    ]
+    assert status["device"]["fn_warnings"] == [
+        "memoryOverflow",
+        "needReplacement",
+        "resourceExhausted",
+    ]
+    assert health_events(event_log) == [
+        ("fn-memory-full", "raised"),
+        ("fn-needs-replacement", "raised"),
+        ("fn-resource-exhausted", "raised"),
+    ]
