@@ -5,6 +5,7 @@ published error shapes, and idempotency read from what the server answers — th
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from markd.cli.markctl import main
 from markd.codes import parse
 from markd.errors import PrinterFault
 from markd.fiscal.base import PrinterSettings, QueueBlocked, new_op_id, open_printer
@@ -199,3 +201,47 @@ def test_a_block_is_kept_when_the_server_cannot_be_asked_again(tmp_path: Path) -
                 assert printer.status().shift_state == "opened"
         finally:
             relay.cut()
+
+
+def test_markctl_printer_status_names_a_blocked_queue_and_the_next_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with testing.atol_web_printer(tmp_path / "kkt") as (printer, server):
+        server.block_next = "before"
+        with pytest.raises(QueueBlocked):
+            printer.status()
+        config = tmp_path / "markd.toml"
+        config.write_text(
+            f"[store]\npath = '{tmp_path / 'store'}'\nmap_size_mb = 8\n"
+            f"[fiscal]\nurl = 'atol-web://127.0.0.1:{server.port}'\n"
+            f"journal = '{tmp_path / 'session.journal'}'\ntimeout_ms = 1000\n",
+            encoding="utf-8",
+        )
+
+        code = main(["printer", "status", "--config", str(config)])
+        text = capsys.readouterr().out
+        code_json = main(["printer", "status", "--config", str(config), "--json"])
+        report = json.loads(capsys.readouterr().out)
+
+    assert code == code_json == 1
+    assert report["queue_blocked"] is True and report["error"]["reason"] == "queue-blocked"
+    line = next(line for line in text.splitlines() if line.startswith("QUEUE "))
+    assert "BLOCKED" in line and f"http://127.0.0.1:{server.port}" in line
+    assert "markctl printer recover" in line
+
+
+def test_markctl_printer_status_says_nothing_of_a_queue_that_moves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with testing.atol_web_printer(tmp_path / "kkt") as (_, server):
+        config = tmp_path / "markd.toml"
+        config.write_text(
+            f"[store]\npath = '{tmp_path / 'store'}'\nmap_size_mb = 8\n"
+            f"[fiscal]\nurl = 'atol-web://127.0.0.1:{server.port}'\n"
+            f"journal = '{tmp_path / 'session.journal'}'\n",
+            encoding="utf-8",
+        )
+        code = main(["printer", "status", "--config", str(config), "--json"])
+        report = json.loads(capsys.readouterr().out)
+
+    assert code == 0 and report["queue_blocked"] is False
