@@ -225,9 +225,11 @@ def test_markctl_printer_status_names_a_blocked_queue_and_the_next_step(
 
     assert code == code_json == 1
     assert report["queue_blocked"] is True and report["error"]["reason"] == "queue-blocked"
+    # Its own request only waited: blocked ahead of it, or merely slow — it says both.
+    assert "is blocked or has not finished in time" in report["error"]["message"]
     line = next(line for line in text.splitlines() if line.startswith("QUEUE "))
     assert "BLOCKED" in line and f"http://127.0.0.1:{server.port}" in line
-    assert "markctl printer recover" in line
+    assert "markctl printer recover" in line and "running longer than" in line
 
 
 def test_markctl_printer_status_says_nothing_of_a_queue_that_moves(

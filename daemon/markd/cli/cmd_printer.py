@@ -35,10 +35,11 @@ EXIT_FAILED = 1
 
 #: What a technician does about a blocked Web Requests queue (fiscal.md, "queue-blocked").
 QUEUE_BLOCKED_STEPS = (
-    "ATOL's Web Requests queue is stopped on a request whose result is unknown; no receipt "
-    "goes through until it is resolved. Next step: open the driver's web server ({server}), "
-    "check on the ККТ what became of the blocked request (the last fiscal document, a receipt "
-    "left open), resolve or cancel it there, then run `markctl printer recover`."
+    "ATOL's Web Requests queue does not move (a request blocked, its result unknown, or one "
+    "running longer than [fiscal] timeout_ms); no receipt goes through until it does. Next "
+    "step: open the driver's web server ({server}) and see which request holds the queue; "
+    "for a blocked one, check on the ККТ what became of it (the last fiscal document, a "
+    "receipt left open), resolve or cancel it there, then run `markctl printer recover`."
 )
 
 

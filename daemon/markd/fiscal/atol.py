@@ -329,11 +329,15 @@ class WebRequestsTransport:
         while True:
             if time.monotonic() >= deadline:
                 if waiting:
-                    # Never taken from the queue: an earlier request holds it (``blocked``,
-                    # one this process did not send) or the server is stuck.
+                    # Never taken from the queue: an earlier request holds it — ``blocked``
+                    # (one this process did not send), or merely running longer than this
+                    # operation's time — or the server is stuck. Nothing public lists the
+                    # queue, so the two cannot be told apart here: reported as
+                    # ``queue-blocked`` either way (docs/fiscal.md), worded for both.
                     raise QueueBlocked(
                         f"ATOL web server {self._where}: request {op_id} still waits in the "
-                        "queue: an earlier request blocks it; see the driver's web server"
+                        "queue: an earlier request is blocked or has not finished in time; "
+                        "see the driver's web server"
                     )
                 raise FiscalTimeout(
                     f"ATOL web server {self._where}: request {op_id} not finished in time"
