@@ -89,6 +89,9 @@ STOPPING_RU = "Касса перезапускается, отсканируйт
 UNREACHABLE_REASONS = frozenset(
     {"printer-unavailable", "outcome-unknown", "fiscal-timeout", "driver-missing"}
 )
+#: :class:`~markd.fiscal.base.QueueBlocked`'s reason: ATOL's Web Requests queue is stopped
+#: until a technician resolves the request at its head (fiscal.md, "queue-blocked").
+QUEUE_BLOCKED = "queue-blocked"
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,6 +148,9 @@ class SaleDesk:
         self._health: list[str] = []
         self._checked_at: float | None = None
         self._last_error: dict[str, Any] | None = None
+        #: The last device call found ATOL's Web Requests queue blocked (``queue-blocked``);
+        #: cleared by the next status the device answers (the queue moved).
+        self._queue_blocked = False
         #: What the last :meth:`~SaleSession.recover` did (None before the first).
         self.last_recovery: RecoveryReport | None = None
 
@@ -450,6 +456,7 @@ class SaleDesk:
             "health_warnings": list(self._health),
             "checked_at": _iso(self._checked_at),
             "last_error": self._last_error,
+            "queue_blocked": self._queue_blocked,
             "recovery_pending": self._recovery_pending,
             "receipt": None
             if view is None
@@ -469,7 +476,9 @@ class SaleDesk:
     def status_text(self) -> str:
         """A few words for the service's one-line status."""
         words = f"sale {self.mode}"
-        if self._device is None:
+        if self._queue_blocked:
+            words += ", printer queue blocked"
+        elif self._device is None:
             words += ", printer unreachable"
         elif self._device.problems():
             words += ", printer " + "/".join(self._device.problems())
@@ -575,6 +584,7 @@ class SaleDesk:
             self._note_error(exc.reason, exc.message)
         self._checked_at = time.time()
         if self._device is not None:
+            self._queue_blocked = False  # the device answered: nothing holds the queue
             self._journal_health(self._device.health_warnings(self.thresholds))
 
     def _journal_health(self, current: list[str]) -> None:
@@ -617,6 +627,8 @@ class SaleDesk:
 
     def _note_error(self, reason: str, message: str) -> None:
         self._last_error = {"reason": reason, "message": message, "at": _iso(time.time())}
+        if reason == QUEUE_BLOCKED:
+            self._queue_blocked = True
 
     def _view(self) -> dict[str, Any] | None:
         session = self.session

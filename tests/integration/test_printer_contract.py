@@ -395,6 +395,25 @@ class TestPrinterContract:
         relaxed = HealthThresholds(fn_days=10, unsent_days=5, shift_hours=24)
         assert status.health_warnings(relaxed) == []
 
+    def test_the_fn_s_own_warnings_are_named(self, bench: Bench) -> None:
+        bench.needs_emulator()
+        printer = bench.printer
+        named = {}
+        for warning in ("memoryOverflow", "resourceExhausted", "needReplacement", "criticalError"):
+            bench.kkt.set_faults(fn_warnings=[warning])
+            status = printer.status()
+            assert warning in status.fn_warnings
+            named[warning] = status.health_warnings()
+        bench.kkt.set_faults(fn_warnings=None)
+
+        assert named == {
+            "memoryOverflow": ["fn-memory-full"],
+            "resourceExhausted": ["fn-resource-exhausted"],
+            "needReplacement": ["fn-needs-replacement"],
+            "criticalError": ["fn-critical-error"],
+        }
+        assert printer.status().health_warnings() == []
+
 
 class TestPrinterContractOnItsOwn:
     """Behaviours a real ККТ shows by itself (issue 13 item 8): no fault injection, so each

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from api_helpers import Conversation
 from conftest import RecordingEventLog
+from markd.emulators.atol_web import AtolWebEmulator
 from markd.receipts import OpenReceipt
 from sale_helpers import events, kkt, running, write_sale_config
 
@@ -67,3 +69,62 @@ async def test_an_idle_kiosk_reads_its_fiscal_health_on_a_timer(
         assert health_events(event_log) == [("fn-expiring", "raised")]
         status = service.receipts.status()  # type: ignore[union-attr]
         assert status["health_warnings"] == ["fn-expiring"]
+
+
+async def test_the_fn_s_own_warnings_reach_the_status_and_the_journal(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    config = write_sale_config(tmp_path, mode="attendant", scanners={}, catalog=None)
+    device = kkt(tmp_path)
+    device.set_faults(fn_warnings=["memoryOverflow", "resourceExhausted", "needReplacement"])
+
+    async with running(config, event_log) as service:
+        status = service.receipts.status()  # type: ignore[union-attr]
+
+    assert status["health_warnings"] == [
+        "fn-memory-full",
+        "fn-needs-replacement",
+        "fn-resource-exhausted",
+    ]
+    assert status["device"]["fn_warnings"] == [
+        "memoryOverflow",
+        "needReplacement",
+        "resourceExhausted",
+    ]
+    assert health_events(event_log) == [
+        ("fn-memory-full", "raised"),
+        ("fn-needs-replacement", "raised"),
+        ("fn-resource-exhausted", "raised"),
+    ]
+
+
+async def test_a_blocked_web_requests_queue_shows_as_such_in_the_status_api(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    """The status API says the queue is blocked (not merely that the printer is unreachable)
+    until the device answers again once a technician resolved it."""
+    config = write_sale_config(tmp_path, mode="attendant", scanners={}, catalog=None)
+    with AtolWebEmulator(state_dir=tmp_path / "kkt") as server:
+        text = config.read_text(encoding="utf-8")
+        web = f'url = "atol-web://127.0.0.1:{server.port}"'
+        config.write_text(
+            text.replace(f'url = "emulator://{tmp_path / "kkt"}"', web), encoding="utf-8"
+        )
+        async with running(config, event_log) as service:
+            desk = service.receipts
+            assert desk.status()["queue_blocked"] is False  # type: ignore[union-attr]
+            server.block_next = "before"
+            assert await desk.refresh_health()  # type: ignore[union-attr]
+
+            conversation = await Conversation.unix(str(tmp_path / "control.sock"))
+            try:
+                blocked = (await conversation.request("GET", "/v1/status")).json()["printer"]
+                server.unblock()
+                assert await desk.refresh_health()  # type: ignore[union-attr]
+                moving = (await conversation.request("GET", "/v1/status")).json()["printer"]
+            finally:
+                conversation.close()
+
+    assert blocked["queue_blocked"] is True
+    assert blocked["last_error"]["reason"] == "queue-blocked"
+    assert moving["queue_blocked"] is False and moving["state"] != "unreachable"

@@ -639,3 +639,18 @@ def test_a_long_shift_is_reported_by_its_end(tmp_path: Path) -> None:
     assert ok(device, {"type": "getShiftStatus"})["shiftStatus"]["state"] == "expired"
     with pytest.raises(ValueError, match="shift_age_hours is a number"):
         device.set_faults(shift_age_hours=-1)
+
+
+def test_the_fn_s_own_warnings_can_be_raised(tmp_path: Path) -> None:
+    device = VirtualKkt(tmp_path / "kkt")
+    quiet = ok(device, {"type": "getFnStatus"})["fnStatus"]["warnings"]
+    assert not any(quiet[w] for w in ("memoryOverflow", "resourceExhausted", "needReplacement"))
+
+    device.set_faults(fn_warnings=["memoryOverflow", "resourceExhausted"])
+    raised = ok(device, {"type": "getFnStatus"})["fnStatus"]["warnings"]
+    assert [w for w, on in raised.items() if on] == ["memoryOverflow", "resourceExhausted"]
+
+    device.set_faults(fn_warnings=[])
+    assert ok(device, {"type": "getFnStatus"})["fnStatus"]["warnings"] == quiet
+    with pytest.raises(ValueError, match="fn_warnings is a list of"):
+        device.set_faults(fn_warnings=["fnFull"])

@@ -4,8 +4,9 @@ console.
 ``status`` asks the printer ``[fiscal] url`` names for its shift (state, number), paper, ФН
 state and warnings, unsent documents and last document number, lists what stops a receipt now
 (``paper-out``, ``fn-error``, ``receipt-open`` …) and says whether the session journal has a
-receipt in flight. ``recover`` runs the sale session's recovery now (the daemon does it at
-start) and prints what it did.
+receipt in flight. A blocked Web Requests queue (``queue-blocked``) gets a line of its own
+with the technician's next step (``queue_blocked`` in the JSON). ``recover`` runs the sale
+session's recovery now (the daemon does it at start) and prints what it did.
 
 Exit status: 0 the printer answered (``status``: even with problems, which are listed; the
 JSON has them under ``problems``), or recovery finished; 1 the printer is unreachable, its
@@ -22,7 +23,8 @@ import json
 from typing import Any
 
 from markd import config as config_module
-from markd.errors import FiscalError
+from markd.errors import FiscalError, PrinterURLError
+from markd.fiscal.base import QueueBlocked, parse_printer_url
 from markd.fiscal.journal import SessionJournal
 from markd.fiscal.model import HealthThresholds
 from markd.service.wiring import build_session, local_module_for_sales, open_configured_printer
@@ -30,6 +32,24 @@ from markd.store import Store
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+
+#: What a technician does about a blocked Web Requests queue (fiscal.md, "queue-blocked").
+QUEUE_BLOCKED_STEPS = (
+    "ATOL's Web Requests queue does not move (a request blocked, its result unknown, or one "
+    "running longer than [fiscal] timeout_ms); no receipt goes through until it does. Next "
+    "step: open the driver's web server ({server}) and see which request holds the queue; "
+    "for a blocked one, check on the ККТ what became of it (the last fiscal document, a "
+    "receipt left open), resolve or cancel it there, then run `markctl printer recover`."
+)
+
+
+def _web_server(cfg: Any) -> str:
+    """The driver's web server as a technician opens it in a browser."""
+    try:
+        url = parse_printer_url(cfg.fiscal.url)
+    except PrinterURLError:
+        return "http://HOST:16732"
+    return f"http://{url.target}" if url.scheme == "atol-web" else "http://HOST:16732"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,12 +98,15 @@ def _status(args: argparse.Namespace) -> int:
         report["error"] = exc.as_dict()
         code = EXIT_FAILED
     report["receipt_in_flight"] = in_flight(cfg.fiscal.journal)
+    report["queue_blocked"] = report.get("error", {}).get("reason") == QueueBlocked.reason
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
         return code
     print(f"printer      {report['url']}")
     if "error" in report:
         print(f"ERROR        {report['error']['reason']}: {report['error']['message']}")
+        if report["queue_blocked"]:
+            print(f"QUEUE        BLOCKED: {QUEUE_BLOCKED_STEPS.format(server=_web_server(cfg))}")
     else:
         status = report["status"]
         print(f"shift        {status['shift_state']}, number {status['shift_number']}")

@@ -42,8 +42,10 @@ receipt is fiscalised and then the link is lost before the answer), ``validation
 begin gets 401), ``taxation_types`` (the taxation systems the device is registered with,
 ``["osn"]`` unless set), ``fn_days_left`` (the ФН's validity ends that many days from now),
 ``unsent_age_days`` (the oldest document not sent to the ОФД is that old), ``shift_age_hours``
-(the open shift was opened that long ago), and ``codes`` — per КИ ``{"oism": "incorrect" |
-"sale-stopped", "fn": false}``.
+(the open shift was opened that long ago), ``fn_warnings`` (the ФН's own warnings its status
+raises: a list of ``memoryOverflow``, ``needReplacement``, ``ofdTimeout``,
+``resourceExhausted``, ``criticalError`` — :data:`FN_WARNINGS`), and ``codes`` — per КИ
+``{"oism": "incorrect" | "sale-stopped", "fn": false}``.
 
 ``state.json`` holds the codes the ФН keeps accepted (as a real ФН does), so it is written with
 mode 0600. Crash safety: ``state.json`` is replaced atomically (write, fsync, rename, fsync the
@@ -160,7 +162,18 @@ FAULT_KEYS = frozenset(
         "fn_days_left",
         "unsent_age_days",
         "shift_age_hours",
+        "fn_warnings",
     }
+)
+#: The ФН's own warnings in ``getFnStatus``'s answer (``fnStatus.warnings``, a flag each:
+#: ``json_getFnStatus.js`` in ``AlexanderYekat/atolexamplesjson``); the fault ``fn_warnings``
+#: raises any of them.
+FN_WARNINGS = (
+    "memoryOverflow",
+    "needReplacement",
+    "ofdTimeout",
+    "resourceExhausted",
+    "criticalError",
 )
 #: How long a new ФН of this device is valid (a 13-month ФН), unless ``fn_days_left`` says.
 FN_VALIDITY_DAYS = 395
@@ -411,6 +424,13 @@ class VirtualKkt:
                 isinstance(value, bool) or not isinstance(value, int | float) or value < 0
             ):
                 raise ValueError(f"{key} is a number of at least 0")
+        raised = faults.get("fn_warnings")
+        if raised is not None and (
+            not isinstance(raised, list | tuple) or any(name not in FN_WARNINGS for name in raised)
+        ):
+            raise ValueError(f"fn_warnings is a list of {', '.join(FN_WARNINGS)}")
+        if raised is not None:
+            faults["fn_warnings"] = list(raised) or None
         taxation = faults.get("taxation_types")
         if taxation is not None and (
             not isinstance(taxation, list | tuple)
@@ -637,17 +657,21 @@ class VirtualKkt:
 
     def _get_fn_status(self, state: dict[str, Any], _: str, task: Any) -> dict[str, Any]:
         error = bool(state["faults"].get("fn_error"))
+        raised = set(state["faults"].get("fn_warnings") or ())
+        warnings = {
+            "memoryOverflow": False,
+            "needReplacement": error,
+            "ofdTimeout": state["unsent"] > 0,
+            "resourceExhausted": False,
+            "criticalError": error,
+        }
+        for name in raised:
+            warnings[name] = True
         return {
             "fnStatus": {
                 "fiscalDocumentNumber": state["document_number"],
                 "fiscalReceiptNumber": state["shift"]["receipts"],
-                "warnings": {
-                    "memoryOverflow": False,
-                    "needReplacement": error,
-                    "ofdTimeout": state["unsent"] > 0,
-                    "resourceExhausted": False,
-                    "criticalError": error,
-                },
+                "warnings": warnings,
             }
         }
 

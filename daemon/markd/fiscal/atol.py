@@ -57,6 +57,7 @@ from typing import Any, ClassVar, Protocol
 from urllib.parse import quote
 
 from markd.errors import (
+    FiscalError,
     FiscalTimeout,
     OutcomeUnknown,
     PrinterFault,
@@ -274,12 +275,23 @@ class WebRequestsTransport:
 
     def _check_queue(self, op_id: str, deadline: float) -> None:
         """Send nothing while the queue is blocked: ask the blocked request again, and go on
-        only once it has a final status (a person resolved it on the driver)."""
+        only once it has a final status (a person resolved it on the driver) or the server no
+        longer holds it (404: nothing of it is left to block the queue). Whatever else keeps
+        that answer from markd (the server unreachable, the time up) leaves the block as it
+        was: the request's state is still unknown, so no new task goes out."""
         blocked = self.blocked_uuid
         if blocked is None or blocked == op_id:
             return
+        try:
+            self._poll(blocked, None, deadline, missing_ok=True)  # raises while still blocked
+        except QueueBlocked:
+            raise  # asked again: still blocked (or still waiting)
+        except FiscalError as exc:
+            raise QueueBlocked(
+                f"ATOL web server {self._where}: the queue is blocked on request {blocked} "
+                f"and its state could not be read again ({exc.message}); nothing new is sent"
+            ) from exc
         self.blocked_uuid = None
-        self._poll(blocked, None, deadline, missing_ok=True)  # raises while still blocked
 
     def lookup(self, op_id: str, timeout_s: float) -> list[TaskOutcome] | None:
         return self._poll(op_id, None, time.monotonic() + timeout_s, missing_ok=True)
@@ -317,11 +329,15 @@ class WebRequestsTransport:
         while True:
             if time.monotonic() >= deadline:
                 if waiting:
-                    # Never taken from the queue: an earlier request holds it (``blocked``,
-                    # one this process did not send) or the server is stuck.
+                    # Never taken from the queue: an earlier request holds it — ``blocked``
+                    # (one this process did not send), or merely running longer than this
+                    # operation's time — or the server is stuck. Nothing public lists the
+                    # queue, so the two cannot be told apart here: reported as
+                    # ``queue-blocked`` either way (docs/fiscal.md), worded for both.
                     raise QueueBlocked(
                         f"ATOL web server {self._where}: request {op_id} still waits in the "
-                        "queue: an earlier request blocks it; see the driver's web server"
+                        "queue: an earlier request is blocked or has not finished in time; "
+                        "see the driver's web server"
                     )
                 raise FiscalTimeout(
                     f"ATOL web server {self._where}: request {op_id} not finished in time"
