@@ -117,12 +117,7 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
     if args.name == "atol_web":
         if args.directory:
             parser.error("--directory is for static_http")
-        web_auth = None
-        if args.auth:
-            user, sep, password = args.auth.partition(":")
-            if not sep:
-                parser.error("--auth takes USER:PASSWORD")
-            web_auth = (user, password)
+        web_auth = _basic_auth(parser, args.auth)
         try:
             return cls(
                 args.scenario,
@@ -157,12 +152,7 @@ def _build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
         parser.error("static_http takes no --scenario")
     if not args.directory:
         parser.error("static_http needs --directory DIR")
-    auth = None
-    if args.auth:
-        user, sep, password = args.auth.partition(":")
-        if not sep:
-            parser.error("--auth takes USER:PASSWORD")
-        auth = (user, password)
+    auth = _basic_auth(parser, args.auth)
     return cls(
         args.directory,
         host=args.host,
@@ -179,6 +169,16 @@ def _certificate(args: argparse.Namespace) -> tuple[Path, Path] | None:
     if not args.tls_cert:
         return None
     return Path(args.tls_cert[0]), Path(args.tls_cert[1])
+
+
+def _basic_auth(parser: argparse.ArgumentParser, value: str | None) -> tuple[str, str] | None:
+    """``--auth USER:PASSWORD`` as the pair the servers take (None without it)."""
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep:
+        parser.error("--auth takes USER:PASSWORD")
+    return user, password
 
 
 def main(argv: Sequence[str] | None = None) -> int:
