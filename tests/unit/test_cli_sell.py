@@ -147,6 +147,7 @@ def test_printer_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
     assert code == 0 and code_json == 0
     assert "paper        OUT" in text and "problems     paper-out" in text
+    assert f"device       {report['status']['model']}\n" in text  # the model it reports
     assert report["status"]["shift_state"] == "closed"
     assert report["status"]["last_document_number"] == 1
     assert report["status"]["problems"] == ["paper-out"] and report["receipt_in_flight"] is None

@@ -1,12 +1,13 @@
 """``markctl printer status`` and ``markctl printer recover``: the ККТ from a technician's
 console.
 
-``status`` asks the printer ``[fiscal] url`` names for its shift (state, number), paper, ФН
-state and warnings, unsent documents and last document number, lists what stops a receipt now
-(``paper-out``, ``fn-error``, ``receipt-open`` …) and says whether the session journal has a
-receipt in flight. A blocked Web Requests queue (``queue-blocked``) gets a line of its own
-with the technician's next step (``queue_blocked`` in the JSON). ``recover`` runs the sale
-session's recovery now (the daemon does it at start) and prints what it did.
+``status`` asks the printer ``[fiscal] url`` names for the model and firmware it reports, its
+shift (state, number), paper, ФН state and warnings, unsent documents and last document
+number, lists what stops a receipt now (``paper-out``, ``fn-error``, ``receipt-open`` …) and
+says whether the session journal has a receipt in flight. A blocked Web Requests queue
+(``queue-blocked``) gets a line of its own with the technician's next step
+(``queue_blocked`` in the JSON). ``recover`` runs the sale session's recovery now (the daemon
+does it at start) and prints what it did.
 
 Exit status: 0 the printer answered (``status``: even with problems, which are listed; the
 JSON has them under ``problems``), or recovery finished; 1 the printer is unreachable, its
@@ -109,6 +110,11 @@ def _status(args: argparse.Namespace) -> int:
             print(f"QUEUE        BLOCKED: {QUEUE_BLOCKED_STEPS.format(server=_web_server(cfg))}")
     else:
         status = report["status"]
+        if status["model"] or status["firmware"]:
+            device = status["model"] or "model unknown"
+            if status["firmware"]:
+                device += f", firmware {status['firmware']}"
+            print(f"device       {device}")
         print(f"shift        {status['shift_state']}, number {status['shift_number']}")
         print(f"paper        {'present' if status['paper_present'] else 'OUT'}")
         warnings = ", ".join(status["fn_warnings"]) or "none"

@@ -494,6 +494,8 @@ class PrinterStatus:
     blocked: bool = False
     fn_warnings: tuple[str, ...] = ()
     model: str | None = None
+    #: The firmware the device reports (version and build), None when it does not say.
+    firmware: str | None = None
     #: ФН validity, the oldest unsent document, the shift's age (domain.md §7.8).
     health: FiscalHealth = field(default_factory=FiscalHealth)
     #: The device's own answers, for ``markctl printer status --json``.
@@ -551,6 +553,7 @@ class PrinterStatus:
             "cover_opened": self.cover_opened,
             "blocked": self.blocked,
             "model": self.model,
+            "firmware": self.firmware,
             "problems": self.problems(),
             "health": self.health.record(),
         }
