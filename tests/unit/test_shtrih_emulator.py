@@ -722,3 +722,20 @@ def test_command_line_serves_a_pty_until_sigterm(tmp_path: Path) -> None:
             process.stdout.close()
         if process.stderr:
             process.stderr.close()
+
+
+def test_testing_helper_serves_on_tcp(tmp_path: Path) -> None:
+    from markd.emulators import testing
+
+    with testing.shtrih(tmp_path, transport="tcp") as server:
+        assert server.port
+        with socket.create_connection((server.host, server.port), timeout=3) as client:
+            client.sendall(ENQ)
+            assert client.recv(1) == NAK
+            client.sendall(OPEN_SHIFT)
+            reply = b""
+            while len(reply) < 1 + 6:
+                reply += client.recv(64)
+            assert reply[:1] == ACK and body_of(reply[1:]) == b"\xe0\x00\x1e"
+            client.sendall(ACK)
+        assert [d["type"] for d in server.kkt.documents()] == ["openShift"]
