@@ -739,3 +739,37 @@ def test_testing_helper_serves_on_tcp(tmp_path: Path) -> None:
             assert reply[:1] == ACK and body_of(reply[1:]) == b"\xe0\x00\x1e"
             client.sendall(ACK)
         assert [d["type"] for d in server.kkt.documents()] == ["openShift"]
+
+
+def test_tags_after_the_bind_are_refused(link: Link) -> None:
+    command(link, OPEN_SHIFT)
+    command(link, OPEN_SALE)
+    assert command(link, _industry(SHOES_TAG1265)) == b"\xff\x4d\x5e"  # no position yet
+    command(link, _operation("Ботинки", 23990))
+    command(link, _bind(SHOES))
+    assert command(link, _industry(SHOES_TAG1265)) == b"\xff\x4d\x5e"
+
+
+def test_kill_right_after_the_receipt_opens_leaves_it_open(tmp_path: Path) -> None:
+    """MARKD_FISCAL_KILL_AT=kkt-receipt-open: the process dies with the receipt open on disk."""
+    root = Path(__file__).resolve().parents[2]
+    script = (
+        "import sys\n"
+        "from markd.emulators.shtrih import ShtrihKkt\n"
+        "kkt = ShtrihKkt(sys.argv[1])\n"
+        "kkt.execute(bytes.fromhex('e01e000000'))\n"
+        "kkt.execute(bytes.fromhex('8d1e00000000'))\n"
+        "print('not killed')\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root / "daemon"),
+        "MARKD_FISCAL_KILL_AT": "kkt-receipt-open",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, timeout=30
+    )
+    assert done.returncode == -signal.SIGKILL
+    kkt = ShtrihKkt(tmp_path)
+    assert kkt.state()["receipt"]["type"] == "sell"
+    assert [d["type"] for d in kkt.documents()] == ["openShift"]

@@ -863,11 +863,17 @@ class ShtrihKkt:
     def _write_operation_tags(self, state: dict[str, Any], data: _Reader) -> bytes:
         """``FF4D`` (commands.xml "FS write operation TLV data", FSWriteOperationTLV.java):
         tags of the last registered position; 1260 is an STLV of 1262, 1263, 1264, 1265
-        (CP866 strings). 2108 (measure) is kept as a number; other tags are taken."""
+        (CP866 strings). 2108 (measure) is kept as a number; other tags are taken. No
+        position, or one whose code is already bound (``FF67`` comes after the tags), is
+        0x5E."""
         receipt = self._open_receipt(state)
         if not receipt["positions"]:
             raise _Refused(Error.BAD_OPERATION)
         position = receipt["positions"][-1]
+        if position.get("ki"):
+            # The vendor binds a code after its position's tags; tags for a position whose
+            # code is already bound are refused (which error a device gives is unconfirmed).
+            raise _Refused(Error.BAD_OPERATION)
         for tag, value in _tlvs(data.rest()):
             if tag == 1260:
                 block = {str(t): _text(v) for t, v in _tlvs(value) if t in (1262, 1263, 1264, 1265)}
