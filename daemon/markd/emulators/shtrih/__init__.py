@@ -7,8 +7,10 @@ in an fsync'd ``documents.jsonl``, faults kept in the state so another process s
 same fault names for the same behaviour — behind Shtrih's own protocol. Three parts:
 
 * :mod:`.link` — the link layer without I/O (ENQ/ACK/NAK, frames, LRC, timeouts);
-* :mod:`.device` — :class:`ShtrihKkt`, the commands and the device model (shift, receipt,
-  the ФН's table of checked codes, documents, the ОФД queue);
+* :mod:`.device` — :class:`ShtrihKkt`: the device model (shift, receipt, documents, the ОФД
+  queue, faults, state on disk) and the shift and receipt commands, with :mod:`.status` (the
+  status commands) and :mod:`.marking` (the ФН's code checks and its table of accepted codes)
+  mixed in; :mod:`.protocol` holds the error codes and the field readers and writers;
 * :mod:`.serve` — :class:`ShtrihServer`, serving it on a pty and on loopback TCP.
 
 ``python -m markd.emulators shtrih --pty [--tcp PORT] [--state DIR]`` runs it from a shell.
