@@ -773,3 +773,29 @@ def test_kill_right_after_the_receipt_opens_leaves_it_open(tmp_path: Path) -> No
     kkt = ShtrihKkt(tmp_path)
     assert kkt.state()["receipt"]["type"] == "sell"
     assert [d["type"] for d in kkt.documents()] == ["openShift"]
+
+
+def test_shift_age_shows_in_the_opening_report(link: Link, kkt: ShtrihKkt) -> None:
+    command(link, OPEN_SHIFT)
+    kkt.set_faults(shift_age_hours=23.5)
+    # FF0A of document 2 (the opening report): opened at 2026-11-30 12:30, 23.5 hours ago.
+    body = command(link, frame(b"\xff\x0a" + PASSWORD + b"\x02\x00\x00\x00"))
+    assert body[3:10] == bytes((2, 0, 26, 11, 30, 12, 30))
+    assert command(link, SHORT_STATUS)[5] == 2  # still within 24 hours
+    kkt.set_faults(shift_age_hours=24.5)
+    assert command(link, SHORT_STATUS)[5] == 3
+
+
+def test_clearing_the_buffer_forgets_accepted_and_rejected_codes(link: Link) -> None:
+    command(link, _check(1, SHOES))
+    command(link, REJECT)
+    command(link, _check(1, WATER))
+    command(link, ACCEPT)
+    # FF69 2: LRC = 07^FF^69^1E^02 = 8D.
+    assert command(link, b"\x02\x07\xff\x69\x1e\x00\x00\x00\x02\x8d") == b"\xff\x69\x00\x00"
+    assert command(link, MARKING_STATUS)[6] == 0
+    command(link, OPEN_SHIFT)
+    command(link, OPEN_SALE)
+    command(link, _operation("Ботинки", 23990))
+    # No longer rejected: the device checks and accepts it itself.
+    assert command(link, _bind(SHOES))[:6] == b"\xff\x67\x00\x01\x00\x04"

@@ -118,12 +118,13 @@ class MarkingCommands:
     def _accept_code(self, state: dict[str, Any], data: Reader) -> bytes:
         """``FF69`` (commands.xml's comment, FSAcceptMC.java, the note): 1 accepts the checked
         code, 0 rejects it; answers the kept 2106. FSAcceptMC.java also names 2, "clear the
-        buffer": here it drops the waiting check and every accepted code, answering 0
-        (unconfirmed). No check waiting is 0xA1."""
+        buffer": here it drops the waiting check and every accepted (and rejected) code,
+        answering 0 (unconfirmed). No check waiting is 0xA1."""
         action = data.uint(1)
         if action == 2:
             state["check"] = None
             state["accepted"] = []
+            state["rejected"] = []
             return b"\x00"
         if action not in (0, 1):
             raise Refused(Error.BAD_PARAMETERS)

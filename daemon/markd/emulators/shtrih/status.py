@@ -27,7 +27,8 @@ from markd.emulators.shtrih.protocol import (
 
 class StatusCommands:
     """The status commands, mixed into :class:`~markd.emulators.shtrih.device.ShtrihKkt`
-    (which gives ``_now``, ``_clock``, ``_mode``, ``_flags`` and ``_document``)."""
+    (which gives ``_now``, ``_clock``, ``_opened_at``, ``_mode``, ``_flags`` and
+    ``_document``)."""
 
     _clock: Callable[[], float]
 
@@ -174,6 +175,15 @@ class StatusCommands:
                 return bytes((1, 0)) + ymd(start) + hm(start) + u(1, 4) + u(1, 4)
             raise Refused(Error.FN_NO_DATA)
         when = datetime.fromisoformat(document["datetime"])
+        shift = state["shift"]
+        if (
+            document["type"] == "openShift"
+            and shift["state"] == "opened"
+            and document["shift"] == shift["number"]
+            and state["faults"].get("shift_age_hours") is not None
+        ):
+            # The open shift's report tells the time ``shift_age_hours`` makes it opened.
+            when = datetime.fromtimestamp(self._opened_at(state), MSK)
         head = (
             bytes((DOCUMENT_TYPES[document["type"]], 0))
             + ymd(when)
