@@ -122,6 +122,14 @@ def test_unacknowledged_answer_is_sent_again_after_enq(link: Link) -> None:
     assert again[1:] == first
 
 
+def test_a_late_ack_still_takes_the_answer(link: Link) -> None:
+    link.receive(ENQ, 0.0)
+    link.receive(SHORT_STATUS, 0.0)
+    link.poll(10.0)  # past the ack timeout
+    assert link.receive(ACK, 10.0) == b""
+    assert link.receive(ENQ, 10.0) == NAK  # not replayed
+
+
 def test_nak_from_host_keeps_the_answer_for_the_next_enq(link: Link) -> None:
     link.receive(ENQ, 0.0)
     first = link.receive(SHORT_STATUS, 0.0)[1:]
@@ -710,6 +718,10 @@ def test_command_line_serves_a_pty_until_sigterm(tmp_path: Path) -> None:
         try:
             tty.setraw(fd)
             assert _PtyHost(fd).command(SHORT_STATUS)[:2] == b"\x10\x00"
+            # Another process (this one) sets a fault on the same state: the device sees it.
+            ShtrihKkt(tmp_path).set_faults(paper_out=True)
+            status = _PtyHost(fd).command(SHORT_STATUS)
+            assert not int.from_bytes(status[3:5], "little") & 0x80
         finally:
             os.close(fd)
         process.send_signal(signal.SIGTERM)

@@ -9,7 +9,8 @@ diagrams) and the host side in PrinterProtocol_1.java, in our words:
 * A command frame ``STX LEN CMD… DATA LRC`` (``LEN`` counts the command and data bytes, the
   ``LRC`` is the XOR of ``LEN`` and them): a good one is acknowledged with ``ACK``, run, and its
   answer ``STX LEN CMD… ERR DATA LRC`` sent; a bad ``LRC`` (or a zero ``LEN``) gets ``NAK``.
-* The host acknowledges the answer with ``ACK``. A ``NAK`` from the host does not make the
+* The host acknowledges the answer with ``ACK`` (taken however late it comes, so an answer
+  the host has acknowledged is never replayed). A ``NAK`` from the host does not make the
   device send it again at once: it keeps the answer for the host's next ``ENQ`` (the protocol
   text says so; the host driver then sends ENQ and reads the answer after the ``ACK``). No
   acknowledgement within the timeout leaves it kept the same way.
@@ -61,6 +62,8 @@ class Link:
         self.ack_timeout = ack_timeout
         #: The answer (``CMD ERR DATA``) the host has not acknowledged yet.
         self.pending: bytes | None = None
+        #: Whether ``pending`` went out at least once (a lost answer has not).
+        self._sent = False
         self._frame: bytearray | None = None
         self._frame_deadline = 0.0
         self._awaiting_ack = False
@@ -111,7 +114,9 @@ class Link:
                 else:
                     out.append(ACK)
                     self._send(self.pending, now, out)
-            elif byte == ACK and self._awaiting_ack:
+            elif byte == ACK and self.pending is not None and self._sent:
+                # Taken, even when the host was slower than the ack timeout: an answer the
+                # host has acknowledged is never replayed to a later ENQ.
                 self.pending = None
                 self._awaiting_ack = False
             elif byte == NAK and self._awaiting_ack:
@@ -121,6 +126,7 @@ class Link:
 
     def _send(self, body: bytes, now: float, out: bytearray) -> None:
         out += answer_frame(body, corrupt=self.device.corrupt_next_frame())
+        self._sent = True
         self._awaiting_ack = True
         self._ack_deadline = now + self.ack_timeout
 
@@ -140,6 +146,7 @@ class Link:
             return True
         body: bytes = answer.body  # type: ignore[attr-defined]
         self.pending = body
+        self._sent = False
         if getattr(answer, "lost", False):
             return False  # run, answer kept, nothing sent: a later ENQ gets it
         self._send(body, now, out)
