@@ -301,7 +301,7 @@ class ShtrihKkt(StatusCommands, MarkingCommands):
             return Answer(b"", silent=True)
         if command[0] == 0xFF:
             if len(command) < 2:
-                return Answer(bytes((0xFF, 0x00, Error.NOT_SUPPORTED)))
+                return Answer(bytes((0xFF, Error.NOT_SUPPORTED)))
             code = 0xFF00 | command[1]
             head, data = command[:2], command[2:]
         else:
