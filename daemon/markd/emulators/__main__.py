@@ -8,6 +8,7 @@
     python -m markd.emulators static_http --directory DIR [--port P] [--auth USER:PASSWORD] [--tls]
     python -m markd.emulators atol_web [--port P] [--state-dir DIR] [--scenario FILE] [--tls]
         [--auth USER:PASSWORD] [--device NAME …]
+    python -m markd.emulators shtrih (--pty | --tcp PORT | both) [--host 127.0.0.1] [--state DIR]
 
 ``NAME`` is ``crpt_cdn``, ``local_module``, ``tspiot``, ``static_http`` or ``atol_web`` (an
 ATOL Web Requests server in front of the virtual ККТ, its state in ``--state-dir``; see
@@ -19,11 +20,17 @@ the kernel picks the port, so read it from there); everything else goes to stder
 (``--verbose``: one JSON line per request). ``--scenario`` takes a ``.json`` or ``.toml``
 scenario (:mod:`markd.emulators.scenario`). Exit status 0 after SIGTERM/SIGINT, 1 when the
 port cannot be bound or TLS is unavailable, 2 for a bad command line or scenario.
+
+``shtrih`` is the virtual Shtrih-M ККТ speaking protocol 1 (:mod:`markd.emulators.shtrih`),
+its state in ``--state`` (a temporary directory without it). It prints on stdout the path of
+its pty's slave side (``--pty``: open it as the serial port) and/or ``tcp://HOST:PORT``
+(``--tcp PORT``; 0: a free port), one a line, pty first.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib
 import signal
@@ -181,7 +188,58 @@ def _basic_auth(parser: argparse.ArgumentParser, value: str | None) -> tuple[str
     return user, password
 
 
+def _shtrih_main(argv: Sequence[str]) -> int:
+    """``python -m markd.emulators shtrih …``: serve the virtual Shtrih-M ККТ until a signal."""
+    import tempfile
+
+    from markd.emulators.shtrih import ShtrihKkt, ShtrihServer
+
+    parser = argparse.ArgumentParser(
+        prog="python -m markd.emulators shtrih",
+        description="Serve the virtual Shtrih-M ККТ (protocol 1) on a pty and/or TCP. Stdout: "
+        "the pty's path and/or tcp://HOST:PORT, one a line.",
+    )
+    parser.add_argument("--pty", action="store_true", help="serve on a new pty")
+    parser.add_argument("--tcp", type=int, metavar="PORT", help="serve on TCP (0: a free port)")
+    parser.add_argument("--host", default="127.0.0.1", help="TCP address to bind (127.0.0.1)")
+    parser.add_argument(
+        "--state", "--state-dir", dest="state", metavar="DIR", help="the device's state directory"
+    )
+    args = parser.parse_args(argv)
+    if not args.pty and args.tcp is None:
+        parser.error("give --pty, --tcp PORT or both")
+    with contextlib.ExitStack() as stack:
+        state = args.state or stack.enter_context(tempfile.TemporaryDirectory())
+        server = stack.enter_context(ShtrihServer(ShtrihKkt(state)))
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            if args.pty:
+                print(server.start_pty(), flush=True)
+            if args.tcp is not None:
+                try:
+                    port = server.start_tcp(args.host, args.tcp)
+                except OSError as exc:
+                    print(f"shtrih: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+                    return 1
+                print(f"tcp://{args.host}:{port}", flush=True)
+            print(f"shtrih serving, state in {state} (SIGTERM or Ctrl+C stops)", file=sys.stderr)
+            while not stop.wait(0.5):
+                pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["shtrih"]:
+        return _shtrih_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     try:

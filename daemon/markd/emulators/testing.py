@@ -41,6 +41,7 @@ from markd.emulators.crpt_cdn import CrptCdn
 from markd.emulators.local_module import LocalModuleEmulator
 from markd.emulators.scenario import Scenario
 from markd.emulators.server import EmulatorServer
+from markd.emulators.shtrih import ShtrihKkt, ShtrihServer
 from markd.emulators.tspiot import TspiotEmulator
 
 ScenarioLike = Scenario | Mapping[str, Any] | str | Path | None
@@ -65,6 +66,22 @@ def local_module(scenario: ScenarioLike = None, **options: Any) -> Iterator[Loca
 def tspiot(scenario: ScenarioLike = None, **options: Any) -> Iterator[TspiotEmulator]:
     """A running :class:`TspiotEmulator` on a free port (pass ``tls=True`` for HTTPS)."""
     with TspiotEmulator(scenario, **options) as server:
+        yield server
+
+
+@contextmanager
+def shtrih(state_dir: str | Path, transport: str = "pty", **options: Any) -> Iterator[ShtrihServer]:
+    """A virtual Shtrih-M ККТ (its state in ``state_dir``) served on a new pty
+    (``transport="pty"``: ``server.pty_path``) or on a free loopback TCP port (``"tcp"``:
+    ``server.host``, ``server.port``); its device is ``server.kkt``. ``options`` go to
+    :class:`~markd.emulators.shtrih.ShtrihServer` (``byte_timeout``, ``ack_timeout``)."""
+    if transport not in ("pty", "tcp"):
+        raise ValueError("transport is pty or tcp")
+    with ShtrihServer(ShtrihKkt(state_dir), **options) as server:
+        if transport == "pty":
+            server.start_pty()
+        else:
+            server.start_tcp()
         yield server
 
 
@@ -212,5 +229,6 @@ __all__ = [
     "insecure_tls_context",
     "local_module",
     "pinned_tls_context",
+    "shtrih",
     "tspiot",
 ]
