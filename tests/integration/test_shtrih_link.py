@@ -369,6 +369,47 @@ def test_a_reading_whose_answer_is_lost_is_asked_again(bench: Bench) -> None:
     device.finish()
 
 
+def test_a_long_command_is_asked_after_with_enq_while_it_runs(bench: Bench) -> None:
+    link = Link(bench.port, LinkLimits(byte_timeout_s=BYTE_TIMEOUT, probe_interval_s=0.2))
+    device = bench.device(
+        [
+            expect(ENQ),
+            send(NAK),
+            expect(CANCEL),
+            send(ACK),
+            expect(ENQ),  # still running?
+            send(ACK),  # preparing the answer
+            expect(ENQ),
+            send(ACK + CANCEL_ANSWER),
+            expect(ACK),
+        ]
+    )
+    started = time.monotonic()
+
+    answer = link.exchange(cmd.encode_cancel_receipt(30), 30.0, True)
+
+    assert answer.data == b"\x1e" and time.monotonic() - started < 5
+    device.finish()
+    assert device.leftover() == b""
+
+
+def test_an_answer_crossing_the_enq_is_taken(bench: Bench) -> None:
+    device = bench.device(
+        [
+            expect(ENQ),
+            send(NAK),
+            expect(STATUS),
+            send(ACK),
+            expect(ENQ),
+            send(STATUS_ANSWER),  # sent just as the host asked
+            expect(ACK),
+        ]
+    )
+
+    assert status(bench) == b"\x1e\x80\x00\x04\x00"
+    device.finish()
+
+
 def test_noise_before_stx_and_control_bytes_is_skipped(bench: Bench) -> None:
     device = bench.device(
         [

@@ -125,6 +125,7 @@ class SerialPort:
         self.baudrate = baudrate
         self.where = path
         self._serial: object | None = None
+        self._timeout: float | None = None
 
     def open(self) -> None:
         try:
@@ -143,6 +144,7 @@ class SerialPort:
             raise PortGone(f"{self.path}: {exc}") from exc
         port.reset_input_buffer()
         self._serial = port
+        self._timeout = 0
 
     def close(self) -> None:
         port, self._serial = self._serial, None
@@ -163,7 +165,11 @@ class SerialPort:
     def read(self, size: int, timeout_s: float) -> bytes:
         port = self._port()
         try:
-            port.timeout = max(timeout_s, 0.0)
+            timeout = round(max(timeout_s, 0.0), 3)
+            if timeout != self._timeout:
+                # pyserial reconfigures the port on every change: only when it changes.
+                port.timeout = timeout
+                self._timeout = timeout
             data: bytes = port.read(size)
         except Exception as exc:  # noqa: BLE001 - pyserial reports EIO as SerialException
             raise PortGone(f"{self.path}: read failed: {exc}") from exc
@@ -273,6 +279,9 @@ class LinkLimits:
     read_retries: int = 1
     #: Earlier answers read and dropped before a new command.
     stale_answers: int = 2
+    #: While a command runs, the ККТ is asked with ``ENQ`` this often whether its answer
+    #: is still coming (``ACK``) or was lost (``NAK``).
+    probe_interval_s: float = 1.0
 
 
 class Link:
@@ -328,18 +337,21 @@ class Link:
 
     def _sync(self, timeout_s: float) -> None:
         """``ENQ`` until the ККТ waits for a command (``NAK``); an answer it still holds
-        (``ACK``) is read, confirmed and dropped first."""
+        (``ACK``, or a frame already on its way) is read, confirmed and dropped first."""
         stale = 0
         for _ in range(self.limits.enq_attempts):
             reply = self._probe()
             if reply == NAK:
                 return
-            if reply == ACK:
+            if reply in (ACK, STX):
                 stale += 1
                 if stale > self.limits.stale_answers:
                     break
                 try:
-                    self._read_frame(time.monotonic() + timeout_s + self.limits.byte_timeout_s)
+                    if reply == STX:
+                        self._read_body()
+                    else:
+                        self._read_frame(time.monotonic() + timeout_s + self.limits.byte_timeout_s)
                     self.port.write(bytes([ACK]))
                 except (_NoFrame, _BadFrame):
                     pass
@@ -359,6 +371,8 @@ class Link:
                 state = self._probe()
                 if state == NAK:
                     continue  # waiting for a command: ours never arrived
+                if state == STX:
+                    return self._await_answer(request, timeout_s, changes_state, started=True)
                 if state != ACK:
                     raise self._lost(request, changes_state, "no confirmation of the command")
             return self._await_answer(request, timeout_s, changes_state)
@@ -367,13 +381,23 @@ class Link:
             f"{self.limits.send_attempts} times"
         )
 
-    def _await_answer(self, request: Request, timeout_s: float, changes_state: bool) -> bytes:
+    def _await_answer(
+        self, request: Request, timeout_s: float, changes_state: bool, started: bool = False
+    ) -> bytes:
+        """The answer to a command the ККТ took. While it runs, the ККТ is asked with ``ENQ``
+        every :attr:`LinkLimits.probe_interval_s`: ``ACK`` (preparing the answer) or silence
+        (busy) means wait on, ``NAK`` means it has no answer to give."""
         damaged = 0
         asked = 0
         deadline = time.monotonic() + timeout_s + self.limits.byte_timeout_s
         while True:
             try:
-                body = self._read_frame(deadline)
+                if started:
+                    started = False
+                    body = self._read_body()
+                else:
+                    wait = min(deadline, time.monotonic() + self.limits.probe_interval_s)
+                    body = self._read_frame(wait)
             except _BadFrame:
                 damaged += 1
                 if damaged > self.limits.answer_attempts:
@@ -382,20 +406,27 @@ class Link:
                     ) from None
                 self.port.write(bytes([NAK]))
                 # The ККТ repeats its answer on the next ENQ.
-                if self._probe() != ACK:
+                state = self._probe()
+                if state == STX:
+                    started = True
+                elif state != ACK:
                     raise self._lost(
                         request, changes_state, "the answer was not repeated"
                     ) from None
                 deadline = time.monotonic() + timeout_s + self.limits.byte_timeout_s
                 continue
             except _NoFrame:
-                asked += 1
-                if asked > self.limits.answer_attempts:
-                    raise self._lost(request, changes_state, "no answer") from None
+                final = time.monotonic() >= deadline
                 state = self._probe()
+                if state == STX:
+                    started = True  # the answer crossed our ENQ
+                    continue
                 if state == ACK:
-                    # Still preparing it, or about to send it again.
-                    deadline = time.monotonic() + timeout_s + self.limits.byte_timeout_s
+                    if final:
+                        asked += 1
+                        if asked > self.limits.answer_attempts:
+                            raise self._lost(request, changes_state, "no answer") from None
+                        deadline = time.monotonic() + timeout_s + self.limits.byte_timeout_s
                     continue
                 if state == NAK:
                     if changes_state:
@@ -404,7 +435,9 @@ class Link:
                             "lost and the ККТ has none to repeat; the command may have run"
                         ) from None
                     raise _AnswerGone from None
-                raise self._lost(request, changes_state, "the ККТ stopped answering") from None
+                if final:
+                    raise self._lost(request, changes_state, "the ККТ stopped answering") from None
+                continue  # busy: no answer to ENQ while it works
             self.port.write(bytes([ACK]))
             return body
 
@@ -421,7 +454,8 @@ class Link:
         return self._control(self.limits.byte_timeout_s)
 
     def _control(self, timeout_s: float) -> int | None:
-        """The next ``ACK`` or ``NAK`` within ``timeout_s`` (noise skipped), None if none."""
+        """The next ``ACK``, ``NAK`` or ``STX`` (an answer frame starting) within
+        ``timeout_s``, noise skipped; None if none came."""
         deadline = time.monotonic() + timeout_s
         for _ in range(MAX_NOISE):
             left = deadline - time.monotonic()
@@ -430,12 +464,13 @@ class Link:
             data = self.port.read(1, left)
             if not data:
                 return None
-            if data[0] in (ACK, NAK):
+            if data[0] in (ACK, NAK, STX):
                 return data[0]
         return None
 
     def _read_frame(self, deadline: float) -> bytes:
-        """One frame's body (``CMD ERR DATA``), its LRC checked."""
+        """One frame's body (``CMD ERR DATA``), its LRC checked; noise before ``STX``
+        skipped."""
         for _ in range(MAX_NOISE):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -444,9 +479,11 @@ class Link:
             if not data:
                 raise _NoFrame
             if data[0] == STX:
-                break
-        else:
-            raise _BadFrame
+                return self._read_body()
+        raise _BadFrame
+
+    def _read_body(self) -> bytes:
+        """The rest of a frame whose ``STX`` was read."""
         length = self._exact(1)
         if length is None:
             raise _BadFrame
