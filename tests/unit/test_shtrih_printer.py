@@ -382,3 +382,16 @@ def test_a_document_is_read_by_number(kkt: FakeKkt) -> None:
     found = printer_for(kkt).document(39)
 
     assert found.type_name == "receipt" and found.number == 39 and found.total == 100
+
+
+def test_the_shift_opening_is_found_once_then_read_again(kkt: FakeKkt) -> None:
+    printer = printer_for(kkt)
+    printer.status()
+    kkt.log.clear()
+    earlier = NOW - timedelta(hours=23, minutes=30)
+    kkt.documents[33] = b"\x02\x00" + kkt._stamp(earlier) + u(33, 4) + u(1, 4) + u(12, 2)
+
+    health = printer.status().health
+
+    assert kkt.log.count(0xFF0A) == 1  # only the opening report, read again
+    assert health.shift_opened_at == earlier.isoformat() and health.shift_hours == 23.5

@@ -189,7 +189,10 @@ class ShtrihPrinter(FiscalPrinter):
         self._results: dict[str, MarkValidation] = {}
         #: The КИ whose check result waits for FF69.
         self._pending: str | None = None
-        self._shift_opened: dict[int, datetime] = {}
+        #: The opening report's document number, per shift.
+        self._shift_open_document: dict[int, int] = {}
+        #: Shifts whose opening report was looked for in vain (not looked for again).
+        self._shift_not_found: set[int] = set()
         self._model: str | None = None
         self._device_type: cmd.DeviceType | None = None
         self._registration: cmd.Registration | None = None
@@ -296,11 +299,20 @@ class ShtrihPrinter(FiscalPrinter):
         )
 
     def _shift_opened_at(self, shift_number: int, last_document: int) -> datetime | None:
-        """When the shift was opened: its opening report, found by walking the documents back
-        from the last one (at most :data:`SHIFT_SEARCH_LIMIT`), kept per shift number."""
-        known = self._shift_opened.get(shift_number)
+        """When the shift was opened: the date of its opening report. The report is found once
+        per shift by walking the documents back from the last one (at most
+        :data:`SHIFT_SEARCH_LIMIT`); afterwards only that document is read again."""
+        known = self._shift_open_document.get(shift_number)
         if known is not None:
-            return known
+            try:
+                found = self._document(known)
+            except PrinterFault:
+                found = None
+            if found is not None and found.type == DOC_OPEN_SHIFT:
+                return found.datetime
+            self._shift_open_document.pop(shift_number, None)
+        if shift_number in self._shift_not_found:
+            return None
         lowest = max(last_document - SHIFT_SEARCH_LIMIT, 0)
         for number in range(last_document, lowest, -1):
             try:
@@ -310,10 +322,9 @@ class ShtrihPrinter(FiscalPrinter):
             if found.type == DOC_CLOSE_SHIFT:
                 break  # the documents before it belong to an earlier shift
             if found.type == DOC_OPEN_SHIFT and found.shift in (None, shift_number):
-                if found.datetime is not None:
-                    self._shift_opened.clear()
-                    self._shift_opened[shift_number] = found.datetime
+                self._shift_open_document = {shift_number: number}
                 return found.datetime
+        self._shift_not_found = {shift_number}
         return None
 
     def document(self, number: int) -> cmd.Document:
@@ -337,8 +348,8 @@ class ShtrihPrinter(FiscalPrinter):
             found = self._document(document)
         except PrinterFault:
             found = None
-        if found is not None and found.type == DOC_OPEN_SHIFT and found.datetime is not None:
-            self._shift_opened[number] = found.datetime
+        if found is not None and found.type == DOC_OPEN_SHIFT:
+            self._shift_open_document = {number: document}
         return ShiftInfo(number=number, state="opened", document_number=document)
 
     def _close_shift(self, op_id: str) -> ShiftInfo:
@@ -350,7 +361,7 @@ class ShtrihPrinter(FiscalPrinter):
         number, document = self._shift_and_document()
         if before is not None:
             number = before.number
-        self._shift_opened.pop(number, None)
+        self._shift_open_document.pop(number, None)
         return ShiftInfo(number=number, state="closed", document_number=document)
 
     def _shift_and_document(self) -> tuple[int, int]:
@@ -528,16 +539,19 @@ class ShtrihPrinter(FiscalPrinter):
                         "markd had not accepted it; the receipt is cancelled",
                         "mark-not-checked",
                     )
-            closed = self._read(
-                cmd.encode_close_receipt(pw, slots, taxation), cmd.decode_close_receipt
-            )
-        except MalformedAnswer as exc:
-            raise OutcomeUnknown(f"the receipt's answer could not be read: {exc.message}") from exc
+            answer = self._call(cmd.encode_close_receipt(pw, slots, taxation))
         except PrinterFault:
-            # Refused after opening: cancel the receipt; its codes go with it.
+            # Refused after opening (or an answer markd cannot read before the close): cancel
+            # the receipt; its codes go with it.
             self._cancel_quietly()
             self._forget_codes()
             raise
+        try:
+            closed = cmd.decode_close_receipt(answer)
+        except MalformedAnswer as exc:
+            raise OutcomeUnknown(
+                f"the ККТ closed the receipt but its answer could not be read: {exc.message}"
+            ) from exc
         result = ReceiptResult(
             kind=kind,
             document_number=closed.document_number,
