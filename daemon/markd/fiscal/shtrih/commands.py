@@ -241,7 +241,7 @@ class Reader:
         self.offset += size
         return chunk
 
-    def int(self, size: int) -> int:
+    def uint(self, size: int) -> int:
         return int.from_bytes(self.take(size), "little")
 
     def byte(self) -> int:
@@ -304,7 +304,7 @@ def encode_short_status(password: int) -> Request:
 def decode_short_status(data: bytes) -> ShortStatus:
     reader = Reader(data, "0x10")
     operator = reader.byte()
-    flags = reader.int(2)
+    flags = reader.uint(2)
     mode = reader.byte()
     submode = reader.byte()
     return ShortStatus(operator, flags, mode, submode)
@@ -357,11 +357,11 @@ def decode_full_status(data: bytes) -> FullStatus:
     reader = Reader(data, "0x11")
     operator = reader.byte()
     version = reader.take(2)
-    build = reader.int(2)
+    build = reader.uint(2)
     firmware_date = reader.date_dmy()
     reader.byte()  # number in the checkout line
-    document = reader.int(2)
-    flags = reader.int(2)
+    document = reader.uint(2)
+    flags = reader.uint(2)
     mode = reader.byte()
     submode = reader.byte()
     reader.byte()  # port
@@ -369,8 +369,8 @@ def decode_full_status(data: bytes) -> FullStatus:
     day = reader.date_dmy()
     hour, minute, second = reader.take(3)
     reader.byte()  # FM flags
-    serial = reader.int(4)
-    last_closed = reader.int(2)
+    serial = reader.uint(4)
+    last_closed = reader.uint(2)
     clock = None
     if day is not None:
         clock = _datetime(day.year, day.month, day.day, hour, minute, second)
@@ -450,7 +450,7 @@ def decode_fn_status(data: bytes) -> FnStatus:
     day = reader.date_ymd()
     hour, minute = reader.take(2)
     number = reader.take(16).rstrip(b"\x00 ").decode("ascii", errors="replace")
-    last = reader.int(4)
+    last = reader.uint(4)
     clock = None if day is None else _datetime(day.year, day.month, day.day, hour, minute)
     return FnStatus(state, current, bool(received), bool(shift_open), warnings, clock, number, last)
 
@@ -479,8 +479,8 @@ def decode_exchange_status(data: bytes) -> ExchangeStatus:
     reader = Reader(data, "FF39")
     state = reader.byte()
     reader.byte()  # reading a message for the ОФД
-    unsent = reader.int(2)
-    number = reader.int(4)
+    unsent = reader.uint(2)
+    number = reader.uint(4)
     day = reader.date_ymd()
     hour, minute = reader.take(2)
     at = None if day is None else _datetime(day.year, day.month, day.day, hour, minute)
@@ -504,8 +504,8 @@ def decode_shift_parameters(data: bytes) -> ShiftParameters:
     if len(data) >= 5:
         # FSReadDayParameters.java: shift state(1), then the two numbers.
         state = reader.byte()
-        return ShiftParameters(reader.int(2), reader.int(2), state)
-    return ShiftParameters(reader.int(2), reader.int(2))
+        return ShiftParameters(reader.uint(2), reader.uint(2), state)
+    return ShiftParameters(reader.uint(2), reader.uint(2))
 
 
 @dataclass(frozen=True)
@@ -557,14 +557,14 @@ def decode_find_document(data: bytes) -> Document:
     kind = reader.byte()
     acknowledged = bool(reader.byte())
     moment = reader.datetime_ymdhm()
-    number = reader.int(4)
-    sign = reader.int(4)
+    number = reader.uint(4)
+    sign = reader.uint(4)
     operation = total = shift = None
     if kind == 3 and reader.left >= 6:
         operation = reader.byte()
-        total = reader.int(5)
+        total = reader.uint(5)
     elif kind in (2, 5) and reader.left >= 2:
-        shift = reader.int(2)
+        shift = reader.uint(2)
     return Document(number, kind, acknowledged, moment, sign, operation, total, shift)
 
 
@@ -680,9 +680,9 @@ def encode_close_receipt(
 
 def decode_close_receipt(data: bytes) -> CloseResult:
     reader = Reader(data, "FF45")
-    change = reader.int(5)
-    number = reader.int(4)
-    sign = reader.int(4)
+    change = reader.uint(5)
+    number = reader.uint(4)
+    sign = reader.uint(4)
     moment = reader.datetime_ymdhm() if reader.left >= 5 else None
     return CloseResult(change, number, sign, moment)
 
@@ -786,7 +786,7 @@ def encode_bind_marking_code(password: int, code: bytes) -> Request:
 
 def decode_bind_marking_code(data: bytes) -> BindResult:
     reader = Reader(data, "FF67")
-    item_code = reader.int(2)
+    item_code = reader.uint(2)
     code_type = reader.byte()
     check = decode_check_result(reader) if reader.left else None
     return BindResult(item_code, code_type, check)
@@ -806,8 +806,8 @@ def parse_tlv(data: bytes) -> dict[int, bytes]:
     reader = Reader(data, "TLV")
     found: dict[int, bytes] = {}
     while reader.left:
-        tag = reader.int(2)
-        size = reader.int(2)
+        tag = reader.uint(2)
+        size = reader.uint(2)
         found[tag] = reader.take(size)
     return found
 

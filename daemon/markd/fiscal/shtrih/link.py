@@ -135,7 +135,11 @@ class SerialPort:
                 "shtrih:// on a serial port needs pyserial", "driver-missing"
             ) from exc
         try:
-            port = serial.Serial(self.path, self.baudrate, timeout=0, write_timeout=5)
+            # exclusive: a second process (ModemManager, another driver) cannot interleave
+            # bytes with ours on a fiscal device.
+            port = serial.Serial(
+                self.path, self.baudrate, timeout=0, write_timeout=5, exclusive=True
+            )
         except serial.SerialException as exc:
             if _gone(exc) or not _exists(self.path):
                 raise PortGone(f"{self.path}: {exc}") from exc
