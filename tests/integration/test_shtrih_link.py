@@ -26,10 +26,13 @@ from typing import Any
 import pytest
 
 from markd.errors import OutcomeUnknown, PrinterGone, PrinterUnavailable, PrinterURLError
-from markd.fiscal.base import parse_printer_url
+from markd.fiscal.base import PrinterSettings, new_op_id, open_printer, parse_printer_url
+from markd.fiscal.model import IndustryTags, MarkedItem, Position
 from markd.fiscal.shtrih import commands as cmd
 from markd.fiscal.shtrih.errors import MalformedAnswer
 from markd.fiscal.shtrih.link import Link, LinkLimits, SerialPort, TcpPort
+from markd.receipts import Payment
+from shtrih_helpers import KI, KM, FakeKkt, Server
 
 ENQ = b"\x05"
 ACK = b"\x06"
@@ -503,6 +506,74 @@ def test_a_tcp_device_not_listening_is_unavailable() -> None:
     with pytest.raises(PrinterUnavailable) as err:
         link.exchange(cmd.encode_short_status(30), COMMAND_TIMEOUT, False)
     assert err.value.reason == "printer-unavailable"
+
+
+# --------------------------------------------------------------------------------------------
+# The printer over a real port, end to end
+
+
+@pytest.fixture(params=["pty", "tcp"])
+def served(request: pytest.FixtureRequest) -> Iterator[tuple[str, FakeKkt]]:
+    kkt = FakeKkt()
+    servers: list[Server] = []
+    if request.param == "pty":
+        master, slave = os.openpty()
+        servers.append(Server(kkt, fd=master))
+        try:
+            yield f"shtrih://{os.ttyname(slave)}?timeout_ms=100", kkt
+        finally:
+            servers[0].stop()
+            os.close(master)
+            os.close(slave)
+        return
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        listener.settimeout(5)
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        servers.append(Server(kkt, conn=conn))
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"shtrih://127.0.0.1:{listener.getsockname()[1]}?timeout_ms=100", kkt
+    finally:
+        for server in servers:
+            server.stop()
+        listener.close()
+
+
+def test_a_marked_sale_through_a_real_port(served: tuple[str, FakeKkt]) -> None:
+    url, kkt = served
+    with open_printer(url, PrinterSettings()) as printer:
+        status_before = printer.status()
+        check = printer.check_code(new_op_id(), KM, KI, 1)
+        printer.open_receipt(new_op_id())
+        printer.add_position(
+            new_op_id(),
+            Position(
+                "Кроссовки",
+                8990,
+                tax="vat20",
+                mark=MarkedItem(km=KM, ki=KI, industry=IndustryTags(tag1265="UUID=1")),
+            ),
+        )
+        result = printer.close_receipt(new_op_id(), [Payment(8990, "cash")])
+
+    assert status_before.shift_state == "opened" and status_before.model == "ШТРИХ-М-01Ф"
+    assert status_before.health.shift_opened_at is not None
+    assert check.accepted and check.validation.tag2106 == 15
+    assert result.document_number == 41 and kkt.log[-1] == 0xFF45
+    assert [c for c in kkt.log if c in (0xFF61, 0xFF69, 0x8D, 0xFF46, 0xFF4D, 0xFF67)] == [
+        0xFF61,
+        0xFF69,
+        0x8D,
+        0xFF46,
+        0xFF4D,
+        0xFF67,
+    ]
 
 
 # --------------------------------------------------------------------------------------------
