@@ -193,7 +193,6 @@ class ShtrihPrinter(FiscalPrinter):
         self._shift_open_document: dict[int, int] = {}
         #: Shifts whose opening report was looked for in vain (not looked for again).
         self._shift_not_found: set[int] = set()
-        self._model: str | None = None
         self._device_type: cmd.DeviceType | None = None
         self._registration: cmd.Registration | None = None
         self._done: OrderedDict[str, ReceiptResult] = OrderedDict()
