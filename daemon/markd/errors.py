@@ -16,6 +16,8 @@ machine-readable ``reason`` (a short kebab-case code that lands in the journal a
         ├── PrinterURLError     a printer URL is wrong (also a ValueError)
         ├── PrinterUnavailable  the ККТ cannot be reached, or its driver is not installed;
         │   │                   the operation did not reach the device
+        │   ├── PrinterGone     its serial port or socket vanished (unplugged, closed); the
+        │   │                   link reopens on the next call once the device is back
         │   └── OutcomeUnknown  the link broke while the device was changing state (a receipt
         │                       may or may not exist); only reconciliation can tell
         ├── PrinterFault        the ККТ answered and refused (no paper, ФН error, shift expired…)
@@ -125,6 +127,14 @@ class PrinterUnavailable(FiscalError):
     not installed (``driver-missing``). The operation did not reach the device."""
 
     reason = "printer-unavailable"
+
+
+class PrinterGone(PrinterUnavailable):
+    """The ККТ's serial port or network connection vanished under markd (a USB cable pulled,
+    the port's device file removed, the socket closed by the far end). Nothing more was sent;
+    the next operation opens the port again, so a device plugged back in simply answers."""
+
+    reason = "printer-gone"
 
 
 class OutcomeUnknown(PrinterUnavailable):

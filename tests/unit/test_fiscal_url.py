@@ -60,7 +60,7 @@ def test_good_urls(url: str, scheme: str, target: str, options: dict[str, object
     ("url", "problem", "form"),
     [
         ("kkt", "not a URL", "accepted forms: emulator:///"),
-        ("shtrih://usb", "unknown scheme 'shtrih'", "atol-web://HOST[:PORT]"),
+        ("mercury://usb", "unknown scheme 'mercury'", "atol-web://HOST[:PORT]"),
         ("emulator://var/lib/kkt", "no host is expected", "emulator:///ABSOLUTE/STATE/DIR"),
         ("emulator:///", "an absolute state directory is required", "emulator:///"),
         ("emulator:///tmp/k?ism=maybe", "bad ism='maybe'", "online|offline|timeout"),

@@ -515,7 +515,8 @@ class FiscalConfig:
         default="emulator:///var/lib/markd/kkt",
         metadata={
             "doc": "Printer URL: `atol-web://127.0.0.1:16732` (ATOL web server; "
-            "`?deviceID=NAME` for one of several devices), `atol-lib://usb` (libfptr10), or "
+            "`?deviceID=NAME` for one of several devices), `atol-lib://usb` (libfptr10), "
+            "`shtrih:///dev/ttyACM0` or `shtrih://HOST:7778` (a Shtrih-M ККТ, protocol 1), or "
             "`emulator:///DIR` (the virtual ККТ).",
             "check": lambda value: _printer_url_problem(value),
         },

@@ -2,15 +2,17 @@
 
 Modules: ``base`` (the printer interface, its URLs, the typed faults), ``model`` (positions,
 tags, ФН results), ``atol`` + ``atol_protocol`` (ATOL JSON), ``emulator`` (the virtual ККТ
-backend), ``session`` (the sale session), ``steps`` (what it shares with its recovery),
-``recovery`` (crash recovery), ``outcomes`` (what both report), ``journal`` (the fsync'd
-session journal).
+backend), ``shtrih`` (the Shtrih-M package), ``session`` (the sale session), ``steps`` (what
+it shares with its recovery), ``recovery`` (crash recovery), ``outcomes`` (what both report),
+``journal`` (the fsync'd session journal).
 
 ``emulator:///var/lib/markd/kkt`` (:mod:`markd.fiscal.emulator`, the emulators' virtual ККТ
 in process), ``atol-web://127.0.0.1:16732`` and ``atol-lib://usb``
-(:mod:`markd.fiscal.atol`). :func:`parse_printer_url` validates a URL without opening anything;
-:func:`open_printer` opens the backend. :class:`~markd.fiscal.session.SaleSession` turns
-allowed units into a receipt and recovers after a crash; see ``docs/fiscal.md``.
+(:mod:`markd.fiscal.atol`), ``shtrih:///dev/ttyACM0`` and ``shtrih://HOST:7778``
+(:mod:`markd.fiscal.shtrih`, a Shtrih-M ККТ over its protocol 1). :func:`parse_printer_url`
+validates a URL without opening anything; :func:`open_printer` opens the backend.
+:class:`~markd.fiscal.session.SaleSession` turns allowed units into a receipt and recovers
+after a crash; see ``docs/fiscal.md``.
 """
 
 from markd.fiscal.base import (

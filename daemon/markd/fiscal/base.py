@@ -8,6 +8,8 @@ A printer is configured by a URL (``[fiscal] url``) whose scheme names the backe
     atol-lib://usb                            ATOL's libfptr10 in process: USB,
     atol-lib:///dev/ttyACM0?baudrate=115200   a serial port,
     atol-lib://192.0.2.20:5555                or TCP/IP
+    shtrih:///dev/ttyACM0?baudrate=115200     a Shtrih-M ККТ over its protocol 1: a serial port,
+    shtrih://192.0.2.30:7778                  or TCP (markd.fiscal.shtrih)
 
 :func:`parse_printer_url` parses strictly: an unknown scheme, option or value raises
 :class:`~markd.errors.PrinterURLError` restating the accepted form, so ``markctl config check``
@@ -79,6 +81,11 @@ _BACKENDS: dict[str, Backend] = {
         "markd.fiscal.atol:AtolLibPrinter",
         "atol-lib://usb, atol-lib:///dev/PORT or atol-lib://HOST:PORT, options "
         "?baudrate=115200&lib=/path/to/libfptr10.so",
+    ),
+    "shtrih": Backend(
+        "markd.fiscal.shtrih.printer:ShtrihPrinter",
+        "shtrih:///dev/PORT or shtrih://HOST[:PORT] (port 7778 by default), options "
+        "?baudrate=115200&password=30&timeout_ms=500 (baudrate: serial only)",
     ),
 }
 
