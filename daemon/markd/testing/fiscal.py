@@ -1,5 +1,6 @@
 """Helpers for tests (markd's own and an integrator's) of the fiscal side: printers backed by
-the virtual ККТ — in process, or behind the ``atol_web`` emulator on a loopback port — and
+the virtual ККТ — in process, or behind the ``atol_web`` emulator on a loopback port — or by
+the Shtrih emulator on a pty or a TCP port, and
 verdicts for made-up codes. Nothing here is a mock: every printer is a real backend talking to
 a real (emulated) device.
 
@@ -25,6 +26,7 @@ from typing import Any
 from markd.checks.verdict import Verdict
 from markd.codes import GS, MarkingCode
 from markd.emulators.atol_web import AtolWebEmulator
+from markd.emulators.shtrih import ShtrihKkt, ShtrihServer
 from markd.fiscal.base import FiscalPrinter, PrinterSettings, open_printer
 
 #: Made-up codes (valid structure and GTIN check digits, no real product), raw GS included.
@@ -104,6 +106,37 @@ def atol_web_printer(
             yield printer, server
         finally:
             printer.close()
+
+
+@contextmanager
+def shtrih_printer(
+    state_dir: str | Path | None = None,
+    settings: PrinterSettings = FAST,
+    transport: str = "pty",
+    query: str = "",
+) -> Iterator[tuple[FiscalPrinter, ShtrihKkt]]:
+    """A ``shtrih://`` printer speaking protocol 1 to the Shtrih emulator, over a pty
+    (``transport="pty"``: ``shtrih:///dev/pts/N``) or a loopback TCP port (``"tcp"``:
+    ``shtrih://127.0.0.1:PORT``); yields ``(printer, kkt)`` — the emulated device, for its
+    faults and documents."""
+    if transport not in ("pty", "tcp"):
+        raise ValueError("transport is pty or tcp")
+    with _directory(state_dir) as directory:
+        kkt = ShtrihKkt(directory)
+        server = ShtrihServer(kkt)
+        try:
+            if transport == "pty":
+                url = f"shtrih://{server.start_pty()}"
+            else:
+                url = f"shtrih://127.0.0.1:{server.start_tcp()}"
+            sep = "&" if "?" in url else "?"
+            printer = open_printer(url + (sep + query.lstrip("?&") if query else ""), settings)
+            try:
+                yield printer, kkt
+            finally:
+                printer.close()
+        finally:
+            server.stop()
 
 
 @contextmanager

@@ -783,6 +783,7 @@ _HANDLERS: dict[int, Callable[[ShtrihKkt, dict[str, Any], Reader], bytes]] = {
     0x88: ShtrihKkt._cancel_receipt,
     0xFF01: ShtrihKkt._fn_status,
     0xFF03: ShtrihKkt._fn_expiry,
+    0xFF09: ShtrihKkt._registration,
     0xFF0A: ShtrihKkt._find_document,
     0xFF0C: ShtrihKkt._write_tags,
     0xFF39: ShtrihKkt._ofd_status,

@@ -10,12 +10,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from markd.emulators.shtrih.protocol import (
+    DEFAULT_TAXATION,
     DOCUMENT_TYPES,
     FN_VALIDITY_DAYS,
     FN_WARNING_BITS,
     MAX_ACCEPTED,
     MSK,
     OPERATOR_NUMBER,
+    TAXATION_BITS,
     Error,
     Reader,
     Refused,
@@ -23,6 +25,9 @@ from markd.emulators.shtrih.protocol import (
     u,
     ymd,
 )
+
+#: When the virtual ККТ was registered (its document 1), as FF09 reports it.
+REGISTERED_AT = 1735000000.0
 
 
 class StatusCommands:
@@ -117,6 +122,26 @@ class StatusCommands:
         else:
             end = float(state["device"]["fn_valid_until"])
         return ymd(datetime.fromtimestamp(end, MSK)) + bytes((29, 1))
+
+    def _registration(self, state: dict[str, Any], data: Reader) -> bytes:
+        """``FF09`` (commands.xml "FS read fiscalization"): the registration's date (YMD) and
+        time (HM), the user's ИНН (12 ASCII) and the ККТ's registration number (20 ASCII),
+        the taxation systems it is registered with (a bit mask), its operating mode (1), then
+        the registration report's number (4) and fiscal sign (4). The systems are the fault
+        ``taxation_types`` (["osn"] unless set)."""
+        systems = 0
+        for name in state["faults"].get("taxation_types") or DEFAULT_TAXATION:
+            systems |= TAXATION_BITS[name]
+        when = datetime.fromtimestamp(REGISTERED_AT, MSK)
+        return (
+            ymd(when)
+            + hm(when)
+            + state["device"]["inn"].encode("ascii").ljust(12, b" ")[:12]
+            + b"0000000001012345".ljust(20, b" ")
+            + bytes((systems, 0))
+            + u(1, 4)
+            + u(0x5EED1E55, 4)
+        )
 
     def _ofd_status(self, state: dict[str, Any], data: Reader) -> bytes:
         """``FF39`` (commands.xml's comment, FSReadCommStatus.java): exchange status bits

@@ -94,6 +94,7 @@ FN_WRITE_OPERATION_TLV = 0xFF4D
 CHECK_MARKING_CODE = 0xFF61
 BIND_MARKING_CODE = 0xFF67
 ACCEPT_MARKING_CODE = 0xFF69
+MARKING_STATUS = 0xFF70
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ COMMANDS: dict[int, CommandSpec] = {
     CHECK_MARKING_CODE: CommandSpec("check marking code", 40.0, True),
     BIND_MARKING_CODE: CommandSpec("bind marking code", 40.0, True),
     ACCEPT_MARKING_CODE: CommandSpec("accept marking code", 10.0, True),
+    MARKING_STATUS: CommandSpec("marking status", 10.0, False),
 }
 
 #: The most a frame's LEN byte can count (command code and data).
@@ -506,6 +508,39 @@ def decode_shift_parameters(data: bytes) -> ShiftParameters:
         state = reader.byte()
         return ShiftParameters(reader.uint(2), reader.uint(2), state)
     return ShiftParameters(reader.uint(2), reader.uint(2))
+
+
+@dataclass(frozen=True)
+class MarkingStatus:
+    """``FF70`` (commands.xml's comment, the ФН-М table it copies): the state of the code
+    checks, and how many accepted check results the ФН holds for the next receipt."""
+
+    check_state: int
+    notice_state: int
+    command_flags: int
+    accepted: int
+    in_notices: int
+    notice_fullness: int
+    notices: int
+
+
+def encode_marking_status(password: int) -> Request:
+    return Request(MARKING_STATUS, password_bytes(password))
+
+
+def decode_marking_status(data: bytes) -> MarkingStatus:
+    # Check state(1), notice state(1), command flags(1), saved results(1), codes in notices(1),
+    # notice area fullness(1), notices queued(u16); a longer answer's extra bytes are ignored.
+    reader = Reader(data, "FF70")
+    return MarkingStatus(
+        reader.byte(),
+        reader.byte(),
+        reader.byte(),
+        reader.byte(),
+        reader.byte(),
+        reader.byte(),
+        reader.uint(2),
+    )
 
 
 @dataclass(frozen=True)

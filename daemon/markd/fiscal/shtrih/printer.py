@@ -515,7 +515,7 @@ class ShtrihPrinter(FiscalPrinter):
             slots[PAYMENT_SLOTS.get(payment.type, 1)] += payment.amount_kopecks
         pw = self.password
 
-        self._cancel_leftover()
+        self._cancel_leftover(sum(1 for p in positions if p.mark is not None))
         receipt_type = cmd.RECEIPT_TYPE_SALE if kind == "sell" else cmd.RECEIPT_TYPE_SALE_RETURN
         shift = self._optional(cmd.encode_shift_parameters(pw), cmd.decode_shift_parameters)
         fn = self._optional(cmd.encode_fn_status(pw), cmd.decode_fn_status)
@@ -635,11 +635,34 @@ class ShtrihPrinter(FiscalPrinter):
             )
         return self._registration.taxation_systems if self._registration is not None else None
 
-    def _cancel_leftover(self) -> None:
-        """A receipt left open on the device (a link lost mid-receipt) is cancelled first."""
+    def _cancel_leftover(self, marked: int) -> None:
+        """A receipt left open on the device (a link lost mid-receipt) is cancelled first.
+
+        Whether cancelling a receipt empties the ФН's table of accepted codes is published
+        nowhere for Shtrih, so the device is asked (``FF70``: the results it holds): when it
+        holds fewer than the receipt's marked units need — or cannot say — the codes are
+        forgotten and the receipt refused with :class:`MarkNotValidated` before anything is
+        opened, so the session validates them again. Binding a code the ФН no longer holds
+        would make the ККТ check and accept it by itself (the vendor's ФФД 1.2 note)."""
         full = self._read(cmd.encode_full_status(self.password), cmd.decode_full_status)
-        if full.mode == cmd.MODE_DOCUMENT_OPEN:
-            self._call(cmd.encode_cancel_receipt(self.password))
+        if full.mode != cmd.MODE_DOCUMENT_OPEN:
+            return
+        self._call(cmd.encode_cancel_receipt(self.password))
+        if not marked:
+            return
+        held = self._optional(cmd.encode_marking_status(self.password), cmd.decode_marking_status)
+        if held is None or held.accepted < marked:
+            self._forget_codes()
+            raise MarkNotValidated(
+                "a receipt left open on the ККТ was cancelled and the ФН "
+                + (
+                    "could not say which codes it still holds"
+                    if held is None
+                    else f"holds {held.accepted} accepted code(s) of {marked}"
+                )
+                + ": validate the codes again",
+                "mark-not-checked",
+            )
 
     def _cancel_quietly(self) -> None:
         try:
