@@ -7,7 +7,10 @@ on the device, and the session journal has no receipt in flight.
 The ККТ is the virtual one: in the killed process itself (``emulator://``: a kill inside the
 device, mid-receipt, is a power cut of the ККТ too), or behind the ``atol_web`` emulator in the
 test process (``atol-web://``: the device outlives markd, and the request's uuid tells what
-became of a receipt whose answer markd never read).
+became of a receipt whose answer markd never read), or the Shtrih emulator on a pty in the
+test process (``shtrih://``: protocol 1 keeps no request table, so only the document counter
+tells; the kill points include each command of the receipt and the moment the ККТ took the
+close but markd had not read its answer).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pytest
 
 from markd.codes import parse
 from markd.emulators.atol_web import AtolWebEmulator
+from markd.emulators.shtrih import ShtrihKkt, ShtrihServer
 from markd.emulators.virtual_kkt import VirtualKkt
 from markd.fiscal.journal import SessionJournal
 from markd.store import Store
@@ -33,7 +37,18 @@ from process_helpers import with_test_hooks
 CODES = (testing.SHOES, testing.WATER)
 KIS = sorted(parse(c).ki for c in CODES)
 #: Steps after which the payment is committed: the first run's receipt must be finished.
-COMMITTED = {"paid", "closing", "sent-sell", "kkt-receipt-open", "printed", "closed", "stored"}
+COMMITTED = {
+    "paid",
+    "closing",
+    "sent-sell",
+    "kkt-receipt-open",
+    "shtrih-position",
+    "shtrih-bound",
+    "sent-close",
+    "printed",
+    "closed",
+    "stored",
+}
 
 
 def markctl() -> list[str]:
@@ -83,7 +98,10 @@ def check_one_receipt(tmp_path: Path, kkt: VirtualKkt) -> dict[str, Any]:
     return receipt
 
 
-EMULATOR_STEPS = [step for step in STEPS if step != "sent-sell"]
+#: Steps only a backend of its own reaches.
+SHTRIH_ONLY = {"shtrih-position", "shtrih-bound", "sent-close"}
+EMULATOR_STEPS = [step for step in STEPS if step != "sent-sell" and step not in SHTRIH_ONLY]
+SHTRIH_STEPS = [step for step in STEPS if step != "sent-sell"]
 
 
 @pytest.mark.parametrize("step", EMULATOR_STEPS)
@@ -125,3 +143,77 @@ def test_killed_at_each_step_web_kkt(tmp_path: Path, step: str) -> None:
         assert report["receipt"] is None  # found (by uuid or counter), not sold twice
     else:
         assert report["receipt"]["status"] == "closed"
+
+
+def check_one_shtrih_receipt(tmp_path: Path, kkt: ShtrihKkt) -> dict[str, Any]:
+    """As :func:`check_one_receipt`, on the Shtrih emulator's state: one receipt with both
+    units, nothing open on the device, no check waiting, no accepted code left over."""
+    receipts = kkt.receipts()
+    assert len(receipts) == 1, [r["number"] for r in receipts]
+    receipt = receipts[0]
+    assert sorted(p["ki"] for p in receipt["positions"]) == KIS
+    assert all(p["tags"]["2106"] & 0b1100 == 0b1100 for p in receipt["positions"])  # ОИСМ: ok
+    state = kkt.state()
+    assert state["receipt"] is None and state["check"] is None and state["accepted"] == []
+    with Store.open(str(tmp_path / "store"), readonly=True) as store:
+        for code in CODES:
+            sold = store.lookup(parse(code)).sold
+            assert sold is not None and sold.receipt.endswith(f"/{receipt['number']}")
+    journal = SessionJournal(tmp_path / "fiscal" / "session.journal")
+    for records in journal.by_receipt().values():
+        assert {r["event"] for r in records} & {"closed", "cancelled"}
+    assert not journal.codes_path.exists()
+    return receipt
+
+
+@pytest.mark.parametrize("step", SHTRIH_STEPS)
+def test_killed_at_each_step_shtrih_kkt(tmp_path: Path, step: str) -> None:
+    kkt = ShtrihKkt(tmp_path / "kkt")
+    with ShtrihServer(kkt) as server:
+        config = write_config(tmp_path, f"shtrih://{server.start_pty()}")
+
+        killed = sell(config, step)
+        assert killed.returncode == -9, killed.stderr
+        again = sell(config)
+        assert again.returncode in (0, 3), again.stderr
+
+        check_one_shtrih_receipt(tmp_path, kkt)
+    report = json.loads(again.stdout)
+    actions = [a["action"] for a in report["recovery"]["actions"]]
+    if step in COMMITTED:
+        assert report["receipt"] is None, actions  # found by the counter, or registered anew
+        journal = SessionJournal(tmp_path / "fiscal" / "session.journal")
+        found = [r.get("action") for r in journal.records() if r["event"] == "recovery"]
+        if step in ("sent-close", "printed"):
+            # The ККТ registered it before markd died: the document counter tells.
+            assert "found-by-document-number" in found, found
+        elif step in ("kkt-receipt-open", "shtrih-position", "shtrih-bound"):
+            # A receipt left open on the device: cancelled, the units checked and sold anew.
+            assert "cancelled-open-receipt" in found and "no-receipt" in found, found
+        assert {u["verdict"]["reason"] for u in report["units"]} == {"sold-here"}
+    else:
+        assert actions == ["cancelled"]
+        assert report["receipt"]["status"] == "closed" and again.returncode == 0
+
+
+def test_a_document_someone_else_made_is_not_taken_for_the_receipt(tmp_path: Path) -> None:
+    """The counter moved after the close attempt, but the ФН's document is a shift report
+    another client printed: recovery reads it back (FF0A), sees no receipt of this kind and
+    total, and registers the receipt anew — the units are not marked sold on no receipt."""
+    kkt = ShtrihKkt(tmp_path / "kkt")
+    with ShtrihServer(kkt) as server:
+        config = write_config(tmp_path, f"shtrih://{server.start_pty()}")
+        killed = sell(config, "closing")  # the attempt journaled, the ККТ not asked
+        assert killed.returncode == -9, killed.stderr
+        before = kkt.state()["document_number"]
+        z_report = kkt.execute(bytes([0x41]) + (30).to_bytes(4, "little"))  # another client
+        assert z_report.body[:2] == b"\x41\x00" and kkt.state()["document_number"] == before + 1
+
+        again = sell(config)
+
+        assert again.returncode in (0, 3), again.stderr
+        receipt = check_one_shtrih_receipt(tmp_path, kkt)
+    assert receipt["number"] > before + 1
+    journal = SessionJournal(tmp_path / "fiscal" / "session.journal")
+    actions = [r.get("action") for r in journal.records() if r["event"] == "recovery"]
+    assert "documents-not-this-receipt" in actions and "found-by-document-number" not in actions

@@ -277,6 +277,19 @@ Finding = Literal["done", "failed", "unknown"]
 
 
 @dataclass(frozen=True)
+class DocumentSummary:
+    """A fiscal document as the ФН keeps it, read back by number: enough for recovery to tell
+    whether a document made since a close attempt is that receipt."""
+
+    number: int
+    #: ``sell`` / ``sellReturn`` for a receipt, else the device's name of the document type.
+    kind: str
+    total_kopecks: int | None = None
+    fiscal_sign: str | None = None
+    datetime: str | None = None
+
+
+@dataclass(frozen=True)
 class CodeCheck:
     """A code validated and decided: the ККТ's result, and whether it was accepted."""
 
@@ -494,6 +507,12 @@ class FiscalPrinter(abc.ABC):
         with self._lock:
             return self._find_receipt(op_id)
 
+    def describe_document(self, number: int) -> DocumentSummary | None:
+        """The fiscal document ``number`` read back from the ФН, or None when the device
+        cannot say (the default): recovery then trusts the document counter alone."""
+        with self._lock:
+            return self._describe_document(number)
+
     # -- life cycle -----------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -560,6 +579,9 @@ class FiscalPrinter(abc.ABC):
 
     def _find_receipt(self, op_id: str) -> tuple[Finding, ReceiptResult | None]:
         return "unknown", None
+
+    def _describe_document(self, number: int) -> DocumentSummary | None:
+        return None
 
     def _release(self) -> None:  # noqa: B027 - optional hook
         """Close connections, the driver handle."""

@@ -10,14 +10,15 @@ from the receipt's id and the step, so :meth:`Recovery.recover` can tell how far
 * ``closing`` but not ``closed``: the ККТ is asked what became of the last attempt — by its
   request id where the device keeps one (ATOL's web server, the emulator), else by its document
   counter (a new fiscal document since the attempt was journaled is that receipt: markd is the
-  ККТ's only client). Found: the receipt is finished as it is. Not found: a receipt left open
-  on the device is cancelled, every unit is validated again and the receipt registered anew —
-  exactly once. Each such recovery attempt is journaled (``recovery-attempt N``) before the
-  device is touched and names its operations after N, so a later attempt never reuses an id
-  the ККТ already answered (it would answer from its request table instead of running it). A
-  fault of the device while the units are checked again leaves the receipt ``pending``; a unit
-  the ФН or the ОИСМ now refuses is dropped and the payments are fitted to the smaller total
-  (``payments-adjusted``, with the amount to refund);
+  ККТ's only client; a device that reads documents back — Shtrih's ``FF0A`` — must show a
+  receipt of that kind and total among them). Found: the receipt is finished as it is. Not
+  found: a receipt left open on the device is cancelled, every unit is validated again and the
+  receipt registered anew — exactly once. Each such recovery attempt is journaled
+  (``recovery-attempt N``) before the device is touched and names its operations after N, so a
+  later attempt never reuses an id the ККТ already answered (it would answer from its request
+  table instead of running it). A fault of the device while the units are checked again leaves
+  the receipt ``pending``; a unit the ФН or the ОИСМ now refuses is dropped and the payments
+  are fitted to the smaller total (``payments-adjusted``, with the amount to refund);
 * ``closed``: whatever of the store and the Local Module is still missing is done, for the КИ
   no later receipt has superseded (a sale's follow-up is not replayed over a later return).
 
@@ -30,15 +31,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from markd.errors import FiscalError, FiscalTimeout, PrinterUnavailable
-from markd.fiscal.base import derive_op_id
+from markd.fiscal.base import DocumentSummary, derive_op_id
 from markd.fiscal.model import (
     PLANNED_STATUS_PIECE_SOLD,
     IndustryTags,
     MarkedItem,
     Position,
+    PrinterStatus,
     ReceiptKind,
     ReceiptResult,
 )
@@ -53,6 +55,8 @@ from markd.fiscal.steps import (
 )
 from markd.receipts import Payment
 
+#: How many documents made since a close attempt are read back to find the receipt.
+DOCUMENTS_READ_BACK = 8
 #: Attempts to register one receipt before it is left pending for a technician.
 MAX_ATTEMPTS = 5
 #: The ККТ's answers on a code checked again during recovery that are no verdict on the code:
@@ -119,6 +123,33 @@ class Recovery:
             journal.drop_codes()
         return RecoveryReport(tuple(actions), tuple(outcomes))
 
+    async def _receipt_document(
+        self, receipt: ReceiptInFlight, before: int, status: PrinterStatus
+    ) -> DocumentSummary | None | Literal[False]:
+        """Which document made since the close attempt is this receipt, read back from the
+        ФН: the first receipt of its kind and total among the documents after ``before``
+        (at most :data:`DOCUMENTS_READ_BACK`). None when the device cannot read documents
+        back (the counter alone decides, as markd is taken to be the ККТ's only client);
+        False when it can and none of them is this receipt."""
+        device = self.steps.device
+        printer = self.steps.printer
+        last = min(status.last_document_number, before + DOCUMENTS_READ_BACK)
+        for number in range(before + 1, last + 1):
+            try:
+                summary = await device(printer.describe_document, number)
+            except PrinterUnavailable:
+                raise
+            except FiscalError:
+                summary = None
+            if summary is None:
+                if number == before + 1:
+                    return None  # the device does not say: trust the counter
+                continue
+            total = summary.total_kopecks
+            if summary.kind == receipt.kind and total in (None, receipt.total_kopecks):
+                return summary
+        return False
+
     async def reconcile(self, receipt: ReceiptInFlight, *, redo: bool = True) -> ReceiptOutcome:
         """Find out whether the last close attempt made a receipt; finish it if so, else
         (``redo``) register the receipt anew."""
@@ -143,17 +174,40 @@ class Recovery:
             receipt.doc_before is not None and status.last_document_number > receipt.doc_before
         )
         if finding == "unknown" and advanced and op is not None:
-            number = (receipt.doc_before or 0) + 1
+            before = receipt.doc_before or 0
+            try:
+                found_doc = await self._receipt_document(receipt, before, status)
+            except PrinterUnavailable as exc:
+                return steps.pending(receipt, exc)
+            if found_doc is not False:
+                number = before + 1 if found_doc is None else found_doc.number
+                steps.journal.append(
+                    "recovery",
+                    rid,
+                    action="found-by-document-number",
+                    op=op,
+                    document=number,
+                    confirmed=found_doc is not None,
+                )
+                result = ReceiptResult(
+                    kind=receipt.kind,
+                    document_number=number,
+                    shift_number=status.shift_number,
+                    fiscal_sign=None if found_doc is None else found_doc.fiscal_sign,
+                    datetime=None if found_doc is None else found_doc.datetime,
+                    total_kopecks=0 if found_doc is None else receipt.total_kopecks,
+                    recovered=True,
+                )
+                return await steps.finish(receipt, result)
+            # The documents made since are not this receipt (another client's, a report).
             steps.journal.append(
-                "recovery", rid, action="found-by-document-number", op=op, document=number
+                "recovery",
+                rid,
+                action="documents-not-this-receipt",
+                op=op,
+                documents=[before + 1, status.last_document_number],
             )
-            result = ReceiptResult(
-                kind=receipt.kind,
-                document_number=number,
-                shift_number=status.shift_number,
-                recovered=True,
-            )
-            return await steps.finish(receipt, result)
+            finding = "failed"
         # No receipt came of it. From here the device is changed (an open receipt cancelled,
         # codes checked again): journal a new recovery attempt first and name every operation
         # after it. An id used by an earlier attempt — in this process or one that was killed

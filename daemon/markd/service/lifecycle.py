@@ -586,4 +586,3 @@ class Service:
     def status_line(self) -> str:
         """The one line of ``STATUS=`` (:meth:`Health.status_line`)."""
         return self.health.status_line()
-

@@ -33,7 +33,11 @@ STEPS = (
     "paid",  # the payment is journaled: from here the receipt must come to exist
     "closing",  # the close attempt is journaled, the ККТ not asked yet
     "sent-sell",  # atol-web: the receipt request reached the web server, no answer read yet
-    "kkt-receipt-open",  # emulator: the virtual ККТ has opened the receipt on its side
+    "kkt-receipt-open",  # the ККТ has opened the receipt (emulator: inside the virtual ККТ;
+    # shtrih: markd dies right after the device answered 0x8D)
+    "shtrih-position",  # shtrih: the first position is registered (FF46), its tags not yet
+    "shtrih-bound",  # shtrih: a code is bound to its position (FF67), the receipt still open
+    "sent-close",  # shtrih: the ККТ took the close (FF45 confirmed), no answer read yet
     "printed",  # the ККТ fiscalised the receipt, the journal does not know yet
     "closed",  # the receipt is journaled as closed, the store not yet told
     "stored",  # the store's sold journal has the units, the Local Module not yet told
@@ -111,6 +115,7 @@ def install() -> None:
         kill_point("printed")  # the ККТ registered the receipt; the journal does not know
         return result
 
+    _install_shtrih()
     for wrapper in (append_then_step, add_after_accepted, exchange_then_sent):
         setattr(wrapper, _INSTALLED, True)
     SessionJournal.append = append_then_step  # type: ignore[method-assign]
@@ -118,3 +123,40 @@ def install() -> None:
     base.FiscalPrinter.add_position = add_after_accepted  # type: ignore[method-assign]
     atol.WebRequestsTransport._exchange = exchange_then_sent  # type: ignore[method-assign]
     atol.AtolPrinter._fiscalise = fiscalise_then_printed  # type: ignore[method-assign]
+
+
+#: Shtrih commands after whose answer a step is reached.
+_SHTRIH_AFTER = {0x8D: "kkt-receipt-open", 0xFF46: "shtrih-position", 0xFF67: "shtrih-bound"}
+
+
+def _install_shtrih() -> None:
+    """The Shtrih backend's steps: after the device answered a receipt's commands, after it
+    took the close but before its answer is read, and after the receipt is registered."""
+    from markd.fiscal.shtrih import link, printer
+
+    call = printer.ShtrihPrinter._call
+
+    def call_then_step(self: printer.ShtrihPrinter, request: Any) -> bytes:
+        answer = call(self, request)
+        step = _SHTRIH_AFTER.get(request.command)
+        if step is not None:
+            kill_point(step)
+        return answer
+
+    await_answer = link.Link._await_answer
+
+    def await_after_sent(self: link.Link, request: Any, *args: Any, **kwargs: Any) -> bytes:
+        if request.command == 0xFF45:
+            kill_point("sent-close")  # the ККТ confirmed the close frame; it runs it now
+        return await_answer(self, request, *args, **kwargs)
+
+    fiscalise = printer.ShtrihPrinter._fiscalise
+
+    def fiscalise_then_printed(self: printer.ShtrihPrinter, *args: Any, **kwargs: Any) -> Any:
+        result = fiscalise(self, *args, **kwargs)
+        kill_point("printed")
+        return result
+
+    printer.ShtrihPrinter._call = call_then_step  # type: ignore[method-assign]
+    link.Link._await_answer = await_after_sent  # type: ignore[method-assign]
+    printer.ShtrihPrinter._fiscalise = fiscalise_then_printed  # type: ignore[method-assign]

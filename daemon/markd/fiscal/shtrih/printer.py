@@ -46,6 +46,7 @@ from typing import ClassVar, TypeVar
 
 from markd.errors import OutcomeUnknown, PrinterFault
 from markd.fiscal.base import (
+    DocumentSummary,
     Finding,
     FiscalPrinter,
     MarkNotValidated,
@@ -128,6 +129,8 @@ REMEMBERED_RECEIPTS = 32
 #: ``FF0A`` document types.
 DOC_OPEN_SHIFT = 2
 DOC_RECEIPT = 3
+#: A receipt's operation in ``FF0A`` (the ФН's tag 1054): markd's receipt kinds.
+RECEIPT_OPERATIONS = {1: "sell", 2: "sellReturn", 3: "buy", 4: "buyReturn"}
 DOC_CLOSE_SHIFT = 5
 #: tag 2109 / 2105 values in ATOL's words.
 ITEM_STATUS = {
@@ -333,6 +336,22 @@ class ShtrihPrinter(FiscalPrinter):
         confirm that the last document is the receipt it was closing."""
         with self._lock:
             return self._document(number)
+
+    def _describe_document(self, number: int) -> DocumentSummary | None:
+        try:
+            found = self._document(number)
+        except PrinterFault:
+            return None  # not kept, or the ФН cannot say: the counter alone decides
+        kind = found.type_name
+        if found.type == DOC_RECEIPT:
+            kind = RECEIPT_OPERATIONS.get(found.operation or 0, f"receipt{found.operation}")
+        return DocumentSummary(
+            number=found.number,
+            kind=kind,
+            total_kopecks=found.total,
+            fiscal_sign=str(found.fiscal_sign),
+            datetime=_iso(found.datetime),
+        )
 
     def _document(self, number: int) -> cmd.Document:
         return self._read(cmd.encode_find_document(self.password, number), cmd.decode_find_document)
