@@ -5,8 +5,11 @@ STAMP := $(VENV)/.markd-installed
 
 .PHONY: demo test bench lint venv clean install uninstall
 
+# PRINTER=shtrih sells through the Shtrih emulator (protocol 1 on a pty) instead.
+PRINTER ?= emulator
+
 demo: $(STAMP)
-	$(VENV)/bin/markd demo
+	$(VENV)/bin/markd demo --printer $(PRINTER)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

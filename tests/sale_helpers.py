@@ -34,9 +34,12 @@ def write_sale_config(
     catalog: str | None = CATALOG,
     extra: str = "",
     fiscal_extra: str = "",
+    printer_url: str | None = None,
 ) -> Path:
-    """``directory/markd.toml``: store, socket, ``[fiscal]`` on ``emulator://directory/kkt``,
-    ``[sale] mode``, the price list (None: none) and the scanners; ``extra`` is appended."""
+    """``directory/markd.toml``: store, socket, ``[fiscal]`` on ``emulator://directory/kkt``
+    (or ``printer_url``), ``[sale] mode``, the price list (None: none) and the scanners;
+    ``extra`` is appended."""
+    fiscal_url = printer_url or f"emulator://{directory / 'kkt'}"
     catalog_line = ""
     if catalog is not None:
         (directory / "catalog.csv").write_text(catalog, encoding="utf-8")
@@ -45,7 +48,7 @@ def write_sale_config(
         '[log]\ntarget = "stderr"\nlevel = "debug"\n\n'
         f'[store]\npath = "{directory / "store"}"\nmap_size_mb = 8\n\n'
         f'[api]\nsocket = "{directory / "control.sock"}"\n\n'
-        f'[fiscal]\nurl = "emulator://{directory / "kkt"}"\n'
+        f'[fiscal]\nurl = "{fiscal_url}"\n'
         f'journal = "{directory / "fiscal" / "session.journal"}"\n'
         f"validation_poll_ms = 20\n{fiscal_extra}\n"
         f'[sale]\nmode = "{mode}"\n{catalog_line}\n'

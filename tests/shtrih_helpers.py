@@ -36,6 +36,8 @@ class FakeKkt:
         self.shift = 12
         self.document = 40
         self.taxation = 0x01  # registered: ОСН
+        #: Accepted check results the ФН holds (FF70), kept by a receipt's cancel.
+        self.accepted = 0
         self.refuse: dict[int, int] = {}  # command → error byte, once
         self.bind_checks_itself = False
         self.check_answer = b"\x03\x00\x02\x02\x00\x0f"  # checked, ОИСМ: status correct
@@ -140,11 +142,15 @@ class FakeKkt:
         if command == 0xFF61:
             return self.check_answer
         if command == 0xFF69:
+            self.accepted = self.accepted + 1 if data[4:5] == b"\x01" else 0
             return b"\x0f"
+        if command == 0xFF70:
+            return bytes([1, 0, 0, self.accepted, 0, 0]) + u(0, 2)
         if command == 0xFF67:
             return b"\x01\x00\x02" + (b"\x03\x00\x02\x01\xff" if self.bind_checks_itself else b"")
         if command == 0xFF45:
             self.mode = 2
+            self.accepted = 0
             self.document += 1
             return b"\x00" * 5 + u(self.document, 4) + u(0xDEADBEEF, 4) + self._stamp(NOW)
         if command in (0xE0, 0x41):

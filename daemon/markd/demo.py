@@ -17,7 +17,9 @@ The demo runs in three parts, each under its own heading:
    its Local Module while its channel to ГИС МТ is not up yet), then it answers online, reports
    a unit sold and one blocked, and finally goes into emergency mode, which refuses the unit.
 3. **The sale**: every allowed unit (each КИ once) is sold through the emulated ККТ
-   (``emulator://`` in the temporary directory, :mod:`markd.fiscal`): the ККТ validates each
+   (``emulator://`` in the temporary directory, :mod:`markd.fiscal`; with ``markd demo
+   --printer shtrih`` — ``make demo PRINTER=shtrih`` — the Shtrih emulator, spoken to over
+   protocol 1 on a pty as a serial ККТ would be): the ККТ validates each
    code, the receipt is printed with its tags, and the store's sold journal and the Local
    Module (``/cis/sell``) get the КИ (:func:`sell_allowed`).
 
@@ -31,6 +33,7 @@ emulators hand out (``reqId``, times) differ between runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import os
@@ -55,6 +58,7 @@ from markd.config import (
 from markd.emulators.crpt_cdn import CrptCdn
 from markd.emulators.local_module import LocalModuleEmulator
 from markd.emulators.server import TLSUnavailableError
+from markd.emulators.shtrih import ShtrihKkt, ShtrihServer
 from markd.emulators.tspiot import TspiotEmulator
 from markd.scanners import get_virtual
 from markd.service import Service
@@ -402,9 +406,12 @@ async def run_phases(
     return results
 
 
-def run_demo(out: TextIO | None = None) -> int:
-    """The ``markd demo`` command: returns the exit status (0)."""
+def run_demo(out: TextIO | None = None, printer: str = "emulator") -> int:
+    """The ``markd demo`` command: returns the exit status (0). ``printer="shtrih"`` sells
+    through the Shtrih emulator over protocol 1 on a pty instead of the virtual ККТ."""
     out = out or sys.stdout
+    if printer not in ("emulator", "shtrih"):
+        raise ValueError("printer is emulator or shtrih")
     scenario: dict[str, Any] = {
         "cdn": {"token": DEMO_TOKEN},
         "codes": {
@@ -431,12 +438,17 @@ def run_demo(out: TextIO | None = None) -> int:
         CrptCdn(scenario) as cdn,
         LocalModuleEmulator() as lm,
         _tspiot_emulator(scenario) as tspiot,
+        contextlib.ExitStack() as devices,
     ):
         Path(tmp, "crpt-token").write_text(DEMO_TOKEN + "\n")
         Path(tmp, "lm-password").write_text("admin\n")
         Path(tmp, "tspiot-token").write_text(TSPIOT_TOKEN + "\n")
         direct = demo_config(f"{tmp}/store", cdn_url=cdn.url, lm_url=lm.url, secrets=tmp)
         via_tspiot = tspiot_config(direct, tspiot.url, secrets=tmp, tls=tspiot.tls)
+        if printer == "shtrih":
+            server = devices.enter_context(ShtrihServer(ShtrihKkt(f"{tmp}/shtrih")))
+            fiscal = dataclasses.replace(via_tspiot.fiscal, url=f"shtrih://{server.start_pty()}")
+            via_tspiot = dataclasses.replace(via_tspiot, fiscal=fiscal)
         with Store.from_config(direct.store) as store:
             store.block(BLOCKED_KI, "demo: recalled batch", source="demo")
         print(

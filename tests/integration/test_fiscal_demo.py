@@ -37,3 +37,19 @@ def test_demo_sells_the_allowed_units_through_the_emulated_kkt() -> None:
     assert "store: every КИ recorded as sold" in sale
     assert "Local Module /cis/sell: 6 КИ accepted" in sale
     assert text.index("── 3. sale") > text.index(f"{len(TSPIOT_SCRIPT)} scans:")
+
+
+def test_demo_can_sell_through_the_shtrih_emulator() -> None:
+    """``make demo PRINTER=shtrih``: the same sale, spoken over protocol 1 to the Shtrih
+    emulator on a pty."""
+    out = io.StringIO()
+
+    assert run_demo(out, printer="shtrih") == 0
+
+    sale = out.getvalue()[out.getvalue().index("── 3. sale") :]
+    assert re.search(r"^ККТ shtrih:///dev/pts/\d+$", sale, re.M)
+    assert len(re.findall(r"^  (\S+)  ККТ: accepted", sale, re.M)) == 6
+    assert "receipt: sell document 3 (shift 1), fiscal sign" in sale
+    positions = re.findall(r"^  \d\. .*$", sale, re.M)
+    assert len(positions) == 6 and all("1265=UUID=" in line for line in positions)
+    assert "store: every КИ recorded as sold" in sale

@@ -155,7 +155,8 @@ def test_a_receipt_left_open_on_the_device_is_cancelled_first(kkt: FakeKkt) -> N
 
     printer.close_receipt(new_op_id(), [Payment(8990)])
 
-    assert fiscal_commands(kkt)[2:4] == [0x88, 0x8D]
+    # Cancelled, then the ФН asked which accepted codes it still holds (FF70), then opened.
+    assert fiscal_commands(kkt)[2:5] == [0x88, 0xFF70, 0x8D]
 
 
 def test_a_refused_close_cancels_the_receipt_and_forgets_the_codes(kkt: FakeKkt) -> None:

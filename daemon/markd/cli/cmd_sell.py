@@ -244,9 +244,12 @@ def describe_fn(fiscal: dict[str, Any]) -> str:
 
 def describe_receipt(receipt: dict[str, Any]) -> str:
     """The receipt as lines: header, then one line per position with its tags."""
+    number = receipt["receipt_number"]
     lines = [
         f"receipt: {receipt['kind']} document {receipt['document_number']}"
-        f" (shift {receipt['shift_number']}, receipt {receipt['receipt_number']}),"
+        f" (shift {receipt['shift_number']}"
+        + (f", receipt {number}" if number is not None else "")
+        + "),"
         f" fiscal sign {receipt['fiscal_sign']}, {receipt['datetime']},"
         f" total {receipt['total_kopecks'] / 100:.2f} RUB"
         + (" [found during recovery]" if receipt.get("recovered") else "")

@@ -43,11 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
         "drop-ins are read from FILE.d/)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser(
+    demo = sub.add_parser(
         "demo",
         help="run the service on a temporary store with a scripted virtual scanner",
         description="Run the real service with a temporary store and a built-in virtual "
         "scanner fed with sample scans; print one line per verdict.",
+    )
+    demo.add_argument(
+        "--printer",
+        choices=("emulator", "shtrih"),
+        default="emulator",
+        help="the ККТ the sale goes through: the virtual ККТ in process (default), or the "
+        "Shtrih emulator spoken to over protocol 1 on a pty",
     )
     reload = sub.add_parser(
         "reload",
@@ -132,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from markd.demo import run_demo
 
-            return run_demo()
+            return run_demo(printer=args.printer)
         return _run_service(args.config)
     except MarkdError as exc:
         # No input reasons: for the daemon only a bad configuration is 2, the status its unit

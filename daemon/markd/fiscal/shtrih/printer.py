@@ -273,6 +273,7 @@ class ShtrihPrinter(FiscalPrinter):
             cover_opened=full.cover_open,
             fn_warnings=warnings,
             model=self._device_type.name if self._device_type is not None else None,
+            firmware=_firmware(full),
             health=_health(now, expiry, exchange, opened_at),
             raw={
                 "mode": full.mode_byte,
@@ -715,6 +716,17 @@ class ShtrihPrinter(FiscalPrinter):
 
 # --------------------------------------------------------------------------------------------
 # Reading answers
+
+
+def _firmware(full: cmd.FullStatus) -> str | None:
+    """The firmware as 0x11 reports it: version, build and its date (``A4 build 3098 of
+    2023-11-20``)."""
+    if not full.firmware_version:
+        return None
+    text = f"{full.firmware_version} build {full.firmware_build}"
+    if full.firmware_date is not None:
+        text += f" of {full.firmware_date.isoformat()}"
+    return text
 
 
 def validation_from_check(ki: str, result: cmd.CheckResult) -> MarkValidation:
