@@ -620,6 +620,7 @@ def test_shtrih_urls(url: str, target: str, options: dict[str, int]) -> None:
         ("shtrih:///dev/ttyACM0?timeout_ms=1&timeout_ms=2", "given twice"),
         ("shtrih://h:99999", "Port out of range"),
         ("shtrih://user:pw@h", "credentials do not belong in the URL"),
+        ("shtrih://192.0.2.30:7778?baudrate=9600", "baudrate is for a serial port"),
     ],
 )
 def test_bad_shtrih_urls_restate_the_form(url: str, problem: str) -> None:

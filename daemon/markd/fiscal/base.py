@@ -148,6 +148,10 @@ def parse_printer_url(url: str) -> PrinterURL:
 
     given = REGISTRY.query(url, parts.query, scheme, cls.OPTIONS)
     options = REGISTRY.convert(url, scheme, cls.OPTIONS, given)
+    try:
+        cls.check_options(target, given)
+    except ValueError as exc:
+        raise _fail(url, str(exc), scheme) from None
     return PrinterURL(text=url, scheme=scheme, target=target, options=MappingProxyType(options))
 
 
@@ -325,6 +329,12 @@ class FiscalPrinter(abc.ABC):
     def target_from_url(cls, host: str, port: int | None, path: str) -> str:
         """Validate the URL's location part and return what the backend opens; raise
         ``ValueError`` with a short problem (the caller adds the accepted form)."""
+
+    @classmethod
+    def check_options(cls, target: str, given: Mapping[str, str]) -> None:
+        """Refuse (``ValueError``) options that do not fit the location, e.g. a serial
+        option on a TCP URL; ``given`` holds only the options the URL names."""
+        return None
 
     # -- status and shifts ----------------------------------------------------------------------
 

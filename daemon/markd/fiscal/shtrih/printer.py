@@ -172,6 +172,11 @@ class ShtrihPrinter(FiscalPrinter):
         "timeout_ms": Option(_timeout_ms, 500, "milliseconds, 10 to 60000"),
     }
 
+    @classmethod
+    def check_options(cls, target: str, given: Mapping[str, str]) -> None:
+        if "baudrate" in given and not target.startswith("/"):
+            raise ValueError("baudrate is for a serial port, not a TCP connection")
+
     def __init__(
         self, url: PrinterURL, settings: PrinterSettings, port: Port | None = None
     ) -> None:
