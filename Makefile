@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) tools/bench/soak.py --scans $(SOAK_SCANS)
 	$(PY) tools/bench/api.py
 	$(PY) tools/bench/http_client.py
+	$(PY) tools/bench/shtrih.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check daemon tests tools

@@ -8,6 +8,7 @@ frames are spelled out whole, LRC included (worked out in the comment beside the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -811,3 +812,53 @@ def test_clearing_the_buffer_forgets_accepted_and_rejected_codes(link: Link) -> 
     command(link, _operation("Ботинки", 23990))
     # No longer rejected: the device checks and accepts it itself.
     assert command(link, _bind(SHOES))[:6] == b"\xff\x67\x00\x01\x00\x04"
+
+
+@pytest.mark.parametrize("transport", ["pty", "tcp"])
+def test_baudrate_makes_an_exchange_take_the_line_time(kkt: ShtrihKkt, transport: str) -> None:
+    """At 9600 baud a byte takes 10 / 9600 s (1.04 ms) each way: an exchange of short statuses
+    takes at least its bytes' line time (the device never hurries: sleeps do not end early),
+    and not several times that; without pacing it takes a fraction of it. The host's frame is
+    acted on only once it would have arrived: its ACK comes no sooner than its bytes' time."""
+    byte_time = 10 / 9600
+
+    def run(baudrate: int | None) -> tuple[float, float, int]:
+        """(seconds for three exchanges, seconds from frame to ACK, bytes waited on)."""
+        with ShtrihServer(kkt, baudrate=baudrate) as server, contextlib.ExitStack() as stack:
+            if transport == "pty":
+                fd = os.open(server.start_pty(), os.O_RDWR | os.O_NOCTTY)
+                stack.callback(os.close, fd)
+                tty.setraw(fd)
+            else:
+                client = socket.create_connection(("127.0.0.1", server.start_tcp()), timeout=3)
+                stack.enter_context(client)
+                # As the backend's TcpPort: no Nagle delay on the small frames.
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                fd = client.fileno()
+            host = _PtyHost(fd)
+            host.command(SHORT_STATUS)  # warm up: the device's first answer
+            # The host's frame in, the device's ACK out: both paced.
+            os.write(fd, ENQ)
+            assert host.read(1) == NAK
+            started = time.perf_counter()
+            os.write(fd, SHORT_STATUS)
+            assert host.read(1) == ACK
+            to_ack = time.perf_counter() - started
+            answer = host.read(2)
+            answer += host.read(answer[1] + 1)
+            os.write(fd, ACK)
+            # Per exchange the host waits on ENQ, NAK, its frame, ACK and the answer (its own
+            # last ACK goes out while it already has the answer).
+            waited = 1 + 1 + len(SHORT_STATUS) + 1 + len(answer)
+            started = time.perf_counter()
+            for _ in range(3):
+                assert host.command(SHORT_STATUS)[:2] == b"\x10\x00"
+            return time.perf_counter() - started, to_ack, 3 * waited
+
+    took, to_ack, waited = run(9600)
+    line = waited * byte_time
+    assert took >= line, (took, line)
+    assert took <= 3 * line + 0.3, (took, line)
+    assert to_ack >= (len(SHORT_STATUS) + 1) * byte_time
+    unpaced, _, _ = run(None)
+    assert unpaced < 0.5 * line, (unpaced, line)

@@ -9,6 +9,7 @@
     python -m markd.emulators atol_web [--port P] [--state-dir DIR] [--scenario FILE] [--tls]
         [--auth USER:PASSWORD] [--device NAME …]
     python -m markd.emulators shtrih (--pty | --tcp PORT | both) [--host 127.0.0.1] [--state DIR]
+                                     [--baudrate N]
 
 ``NAME`` is ``crpt_cdn``, ``local_module``, ``tspiot``, ``static_http`` or ``atol_web`` (an
 ATOL Web Requests server in front of the virtual ККТ, its state in ``--state-dir``; see
@@ -24,7 +25,9 @@ port cannot be bound or TLS is unavailable, 2 for a bad command line or scenario
 ``shtrih`` is the virtual Shtrih-M ККТ speaking protocol 1 (:mod:`markd.emulators.shtrih`),
 its state in ``--state`` (a temporary directory without it). It prints on stdout the path of
 its pty's slave side (``--pty``: open it as the serial port) and/or ``tcp://HOST:PORT``
-(``--tcp PORT``; 0: a free port), one a line, pty first.
+(``--tcp PORT``; 0: a free port), one a line, pty first. ``--baudrate N`` paces the device at
+a serial line of N baud (10 bits a byte, both ways; see :mod:`markd.emulators.shtrih.serve`);
+without it bytes go at once.
 """
 
 from __future__ import annotations
@@ -205,12 +208,20 @@ def _shtrih_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--state", "--state-dir", dest="state", metavar="DIR", help="the device's state directory"
     )
+    parser.add_argument(
+        "--baudrate",
+        type=int,
+        metavar="N",
+        help="pace the device at a serial line of N baud, 10 bits a byte (default: no pacing)",
+    )
     args = parser.parse_args(argv)
     if not args.pty and args.tcp is None:
         parser.error("give --pty, --tcp PORT or both")
+    if args.baudrate is not None and args.baudrate <= 0:
+        parser.error("--baudrate takes a positive number")
     with contextlib.ExitStack() as stack:
         state = args.state or stack.enter_context(tempfile.TemporaryDirectory())
-        server = stack.enter_context(ShtrihServer(ShtrihKkt(state)))
+        server = stack.enter_context(ShtrihServer(ShtrihKkt(state), baudrate=args.baudrate))
         stop = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:

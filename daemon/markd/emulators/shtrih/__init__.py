@@ -11,9 +11,12 @@ same fault names for the same behaviour — behind Shtrih's own protocol. Three 
   queue, faults, state on disk) and the shift and receipt commands, with :mod:`.status` (the
   status commands) and :mod:`.marking` (the ФН's code checks and its table of accepted codes)
   mixed in; :mod:`.protocol` holds the error codes and the field readers and writers;
-* :mod:`.serve` — :class:`ShtrihServer`, serving it on a pty and on loopback TCP.
+* :mod:`.serve` — :class:`ShtrihServer`, serving it on a pty and on loopback TCP; with
+  ``baudrate=N`` it paces both directions at a serial line of N baud (10 bits a byte), so an
+  exchange takes as long as on a real line (None, the default: bytes go at once).
 
-``python -m markd.emulators shtrih --pty [--tcp PORT] [--state DIR]`` runs it from a shell.
+``python -m markd.emulators shtrih --pty [--tcp PORT] [--state DIR] [--baudrate N]`` runs it
+from a shell.
 
 Sources (read for facts; nothing copied): the vendor's JavaPOS driver ``shtrih-m/javapos_shtrih``
 — ``commands.xml`` (the byte layouts, authoritative here) and the command classes

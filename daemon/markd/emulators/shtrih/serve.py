@@ -13,6 +13,14 @@ The pty is raw (no echo, no line editing). The server keeps its own descriptor o
 side open, so a client that closes and opens the port again finds the device still there.
 TCP serves one client at a time: a new connection replaces the old one (as a ККТ's single
 Ethernet channel does); a kept answer survives the reconnection.
+
+A pty or a loopback socket carries bytes at once, where a serial line takes 10 bit times a
+byte (start, 8 data, stop: 86.8 µs at 115200 baud). ``baudrate`` (None by default: no pacing)
+makes the device keep to a line of that speed: what it writes goes out byte by byte, each when
+its last bit would have arrived, and what the host wrote is acted on only when it would have
+arrived as well (the device sleeps ``len(data) * 10 / baudrate`` after reading it). An exchange
+then costs what it costs on a real line, for benchmarks (``tools/bench/shtrih.py``); on TCP the
+same pacing stands for a serial-to-Ethernet bridge in front of the ККТ.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import termios
 import threading
 import time
 import tty
+from collections.abc import Callable
 from types import TracebackType
 
 from markd.emulators.shtrih.device import ShtrihKkt
@@ -35,11 +44,21 @@ class ShtrihServer:
     """Serves ``kkt`` on a pty (:meth:`start_pty`) and/or TCP (:meth:`start_tcp`)."""
 
     def __init__(
-        self, kkt: ShtrihKkt, *, byte_timeout: float = 0.2, ack_timeout: float = 1.0
+        self,
+        kkt: ShtrihKkt,
+        *,
+        byte_timeout: float = 0.2,
+        ack_timeout: float = 1.0,
+        baudrate: int | None = None,
     ) -> None:
+        if baudrate is not None and baudrate <= 0:
+            raise ValueError("baudrate is a positive number of bits a second, or None")
         self.kkt = kkt
         self.byte_timeout = byte_timeout
         self.ack_timeout = ack_timeout
+        self.baudrate = baudrate
+        #: Seconds one byte takes on the line (10 bits: start, 8 data, stop); 0: no pacing.
+        self.byte_time = 10 / baudrate if baudrate else 0.0
         self.pty_path: str | None = None
         self.host: str | None = None
         self.port: int | None = None
@@ -78,10 +97,11 @@ class ShtrihServer:
             except OSError:
                 time.sleep(0.01)  # no one on the slave side just now
                 continue
+            now = self._arrive(data, now)
             reply = link.receive(data, now)
             if reply:
                 with contextlib.suppress(OSError):
-                    os.write(master, reply)
+                    self._send(lambda chunk: os.write(master, chunk), reply)
 
     # -- tcp ------------------------------------------------------------------------------
 
@@ -130,10 +150,11 @@ class ShtrihServer:
                     client = None
                     link.reset()
                     continue
+                now = self._arrive(data, now)
                 reply = link.receive(data, now)
                 if reply:
                     try:
-                        client.sendall(reply)
+                        self._send(client.sendall, reply)
                     except OSError:
                         client.close()
                         client = None
@@ -143,6 +164,30 @@ class ShtrihServer:
                 client.close()
 
     # -- common ---------------------------------------------------------------------------
+
+    def _arrive(self, data: bytes, now: float) -> float:
+        """With pacing, wait until the host's ``data`` would have come over the line (it
+        started when it was read); returns the time then."""
+        if not self.byte_time:
+            return now
+        time.sleep(len(data) * self.byte_time)
+        return time.monotonic()
+
+    def _send(self, write: Callable[[bytes], object], data: bytes) -> None:
+        """Write ``data``; with pacing, each byte only once the line would have carried it
+        (several at a time when a sleep overshoots, so the whole takes the line's time)."""
+        if not self.byte_time:
+            write(data)
+            return
+        started = time.perf_counter()
+        sent = 0
+        while sent < len(data):
+            due = min(len(data), int((time.perf_counter() - started) / self.byte_time))
+            if due > sent:
+                write(data[sent:due])
+                sent = due
+            else:
+                time.sleep(max(0.0, started + (sent + 1) * self.byte_time - time.perf_counter()))
 
     def _wait(self, fds: list[int], link: Link) -> list[int]:
         deadline = link.next_deadline()
