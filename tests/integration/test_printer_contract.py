@@ -50,6 +50,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             "atol-web",
             "shtrih-pty",
             "shtrih-tcp",
+            "shtrih-open-first",
             *(f"hil:{url}" for url in urls),
         ]
         metafunc.parametrize("backend", params)
@@ -109,6 +110,10 @@ def bench(backend: str, tmp_path: Path) -> Iterator[Bench]:
     elif backend == "atol-web":
         with testing.atol_web_printer(tmp_path / "kkt") as (printer, server):
             yield Bench(printer, server.kkt)
+    elif backend == "shtrih-open-first":
+        # The vendor's order: the receipt opened on the device before its codes are checked.
+        with testing.shtrih_printer(tmp_path / "kkt", query="open_first=1") as (printer, kkt):
+            yield Bench(printer, kkt)
     elif backend.startswith("shtrih-"):
         transport = backend.removeprefix("shtrih-")
         with testing.shtrih_printer(tmp_path / "kkt", transport=transport) as (printer, kkt):
@@ -293,12 +298,22 @@ class TestPrinterContract:
         km = testing.SHOES
         check = printer.check_code(new_op_id(), km, parse(km).ki, 1)
         bench.kkt.set_faults(gone_in_receipt="open")  # a receipt opened, then the link lost
-        printer.open_receipt(new_op_id())
-        printer.add_position(new_op_id(), marked_position(km, check.validation))
-        with pytest.raises(PrinterUnavailable):
-            printer.close_receipt(new_op_id(), [Payment(8990)])
+        ahead = bool(getattr(printer, "open_first", False))
+        if ahead:
+            # The vendor's order (shtrih ?open_first=1): the receipt is opened on the device
+            # when markd starts it, so that is where the link is lost.
+            with pytest.raises(PrinterUnavailable):
+                printer.open_receipt(new_op_id())
+        else:
+            printer.open_receipt(new_op_id())
+            printer.add_position(new_op_id(), marked_position(km, check.validation))
+            with pytest.raises(PrinterUnavailable):
+                printer.close_receipt(new_op_id(), [Payment(8990)])
         bench.kkt.set_faults(gone=None)
         assert printer.status().receipt_open is True
+        if ahead:
+            printer.open_receipt(new_op_id())  # the leftover cancelled, a receipt opened anew
+            printer.add_position(new_op_id(), marked_position(km, check.validation))
 
         # No refusal with 82: the sell cancels the leftover first and keeps the codes.
         try:
@@ -306,9 +321,10 @@ class TestPrinterContract:
         except MarkNotValidated:
             # Shtrih: whether cancelling a receipt empties the ФН's table of accepted codes
             # is not published. The backend cancels the leftover, asks the ФН (FF70) and,
-            # with the codes gone, refuses before opening anything: validate again.
+            # with the codes gone, refuses before registering anything: validate again.
             assert bench.family == "shtrih"
-            assert printer.status().receipt_open is False and bench.kkt.receipts() == []
+            assert bench.kkt.receipts() == []
+            assert printer.status().receipt_open is ahead  # opened ahead: it stays for them
             check = printer.check_code(new_op_id(), km, parse(km).ki, 1)
             printer.restore_receipt("sell", [marked_position(km, check.validation)])
             result = printer.close_receipt(new_op_id(), [Payment(8990)])

@@ -166,11 +166,12 @@ def check_one_shtrih_receipt(tmp_path: Path, kkt: ShtrihKkt) -> dict[str, Any]:
     return receipt
 
 
+@pytest.mark.parametrize("query", ["", "?open_first=1"], ids=["check-first", "open-first"])
 @pytest.mark.parametrize("step", SHTRIH_STEPS)
-def test_killed_at_each_step_shtrih_kkt(tmp_path: Path, step: str) -> None:
+def test_killed_at_each_step_shtrih_kkt(tmp_path: Path, step: str, query: str) -> None:
     kkt = ShtrihKkt(tmp_path / "kkt")
     with ShtrihServer(kkt) as server:
-        config = write_config(tmp_path, f"shtrih://{server.start_pty()}")
+        config = write_config(tmp_path, f"shtrih://{server.start_pty()}{query}")
 
         killed = sell(config, step)
         assert killed.returncode == -9, killed.stderr
@@ -180,7 +181,9 @@ def test_killed_at_each_step_shtrih_kkt(tmp_path: Path, step: str) -> None:
         check_one_shtrih_receipt(tmp_path, kkt)
     report = json.loads(again.stdout)
     actions = [a["action"] for a in report["recovery"]["actions"]]
-    if step in COMMITTED:
+    # Opened ahead (open_first), the receipt is on the device before anything is paid.
+    committed = step in COMMITTED and not (query and step == "kkt-receipt-open")
+    if committed:
         assert report["receipt"] is None, actions  # found by the counter, or registered anew
         journal = SessionJournal(tmp_path / "fiscal" / "session.journal")
         found = [r.get("action") for r in journal.records() if r["event"] == "recovery"]
@@ -192,7 +195,9 @@ def test_killed_at_each_step_shtrih_kkt(tmp_path: Path, step: str) -> None:
             assert "cancelled-open-receipt" in found and "no-receipt" in found, found
         assert {u["verdict"]["reason"] for u in report["units"]} == {"sold-here"}
     else:
-        assert actions == ["cancelled"]
+        # Killed inside the device's 0x8D (open_first) the journal had no receipt yet: the
+        # next sale's opening cancels the leftover itself.
+        assert actions == ["cancelled"] or (committed is False and step == "kkt-receipt-open")
         assert report["receipt"]["status"] == "closed" and again.returncode == 0
 
 
@@ -217,3 +222,43 @@ def test_a_document_someone_else_made_is_not_taken_for_the_receipt(tmp_path: Pat
     journal = SessionJournal(tmp_path / "fiscal" / "session.journal")
     actions = [r.get("action") for r in journal.records() if r["event"] == "recovery"]
     assert "documents-not-this-receipt" in actions and "found-by-document-number" not in actions
+
+
+@pytest.mark.parametrize("step", ["kkt-receipt-open", "shtrih-bound", "sent-close", "printed"])
+def test_a_return_killed_on_a_shtrih_kkt_is_registered_once(tmp_path: Path, step: str) -> None:
+    """A return receipt reads back as a return (FF0A operation 2): recovery finds it by the
+    document counter when the ККТ registered it, registers it anew when it did not — never
+    twice."""
+    kkt = ShtrihKkt(tmp_path / "kkt")
+    with ShtrihServer(kkt) as server:
+        config = write_config(tmp_path, f"shtrih://{server.start_pty()}")
+        assert sell(config).returncode == 0
+        env = with_test_hooks({**os.environ, KILL_ENV: step})
+        command = [*markctl(), "sell", "--config", str(config), "--json", "--return"]
+        killed = subprocess.run(
+            [*command, "--price", "10", *CODES], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert killed.returncode == -9, killed.stderr
+        recovered = subprocess.run(
+            [*markctl(), "printer", "recover", "--config", str(config), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=with_test_hooks({k: v for k, v in os.environ.items() if k != KILL_ENV}),
+        )
+        assert recovered.returncode == 0, recovered.stderr
+
+        returns = [r for r in kkt.receipts() if r["type"] == "sellReturn"]
+        assert len(returns) == 1, [r["number"] for r in kkt.receipts()]
+        assert sorted(p["ki"] for p in returns[0]["positions"]) == KIS
+        assert all(p["tags"]["2003"] == 3 for p in returns[0]["positions"])
+        assert kkt.state()["receipt"] is None
+    journal = SessionJournal(tmp_path / "fiscal" / "session.journal")
+    actions = [r.get("action") for r in journal.records() if r["event"] == "recovery"]
+    if step in ("sent-close", "printed"):
+        assert "found-by-document-number" in actions, actions
+    else:
+        assert "no-receipt" in actions, actions
+    with Store.open(str(tmp_path / "store"), readonly=True) as store:
+        for code in CODES:
+            assert store.lookup(parse(code)).sold is None  # returned

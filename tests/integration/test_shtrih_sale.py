@@ -279,3 +279,44 @@ def test_a_code_the_device_would_check_by_itself_is_never_bound(tmp_path: Path) 
         with pytest.raises(PrinterFault) as never:
             printer.close_receipt(new_op_id(), [Payment(8990)])
         assert never.value.reason == "mark-not-checked" and never.value.device_code is None
+
+
+SALE_COMMANDS = {0x8D, 0xFF61, 0xFF69, 0xFF46, 0xFF4D, 0xFF67, 0xFF45}
+
+
+@pytest.mark.parametrize("open_first", [False, True], ids=["check-first", "open-first"])
+def test_the_order_of_a_marked_sale_on_the_wire(tmp_path: Path, open_first: bool) -> None:
+    """What a marked sale sends, in order. By default the codes are checked as the units are
+    scanned and the receipt is opened at close; ``?open_first=1`` is the vendor's example's
+    order: the receipt opened first, each code checked and accepted inside it. Either way each
+    position is followed by its 1260 tags and then its code's binding, and the close."""
+    query = "open_first=1" if open_first else ""
+    with testing.shtrih_printer(tmp_path / "kkt", query=query) as (printer, kkt):
+        printer.ensure_shift(new_op_id())
+        sent: list[int] = []
+        exchange = printer.link.exchange  # type: ignore[attr-defined]
+
+        def record(request: Any, *args: Any) -> Any:
+            if request.command in SALE_COMMANDS:
+                sent.append(request.command)
+            return exchange(request, *args)
+
+        printer.link.exchange = record  # type: ignore[attr-defined]
+        printer.open_receipt(new_op_id())
+        positions = []
+        for km in (SHOES, WATER):
+            check = printer.check_code(new_op_id(), km, parse(km).ki, 1)
+            assert check.accepted
+            positions.append(marked(km, check.validation))
+            printer.add_position(new_op_id(), positions[-1])
+        result = printer.close_receipt(new_op_id(), [Payment(2 * 8990)])
+
+    checks = [0xFF61, 0xFF69, 0xFF61, 0xFF69]
+    registered = [0xFF46, 0xFF4D, 0xFF67, 0xFF46, 0xFF4D, 0xFF67, 0xFF45]
+    if open_first:
+        assert sent == [0x8D, *checks, *registered]
+    else:
+        assert sent == [*checks, 0x8D, *registered]
+    receipt = kkt.receipts()[-1]
+    assert receipt["number"] == result.document_number
+    assert [p["ki"] for p in receipt["positions"]] == [SHOES_KI, WATER_KI]

@@ -286,7 +286,8 @@ class DocumentSummary:
     whether a document made since a close attempt is that receipt."""
 
     number: int
-    #: ``sell`` / ``sellReturn`` for a receipt, else the device's name of the document type.
+    #: A receipt: its :data:`~markd.fiscal.model.ReceiptKind` (``sell`` / ``return``); another
+    #: receipt (``buy`` …) or document: the name of its type (``openShift`` …).
     kind: str
     total_kopecks: int | None = None
     fiscal_sign: str | None = None

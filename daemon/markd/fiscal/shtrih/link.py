@@ -34,6 +34,7 @@ bytes, tested with byte strings; :class:`Link` adds the exchange over a :class:`
 from __future__ import annotations
 
 import errno
+import select
 import socket
 import time
 from dataclasses import dataclass
@@ -125,7 +126,6 @@ class SerialPort:
         self.baudrate = baudrate
         self.where = path
         self._serial: object | None = None
-        self._timeout: float | None = None
 
     def open(self) -> None:
         try:
@@ -148,7 +148,6 @@ class SerialPort:
             raise PortGone(f"{self.path}: {exc}") from exc
         port.reset_input_buffer()
         self._serial = port
-        self._timeout = 0
 
     def close(self) -> None:
         port, self._serial = self._serial, None
@@ -169,12 +168,15 @@ class SerialPort:
     def read(self, size: int, timeout_s: float) -> bytes:
         port = self._port()
         try:
-            timeout = round(max(timeout_s, 0.0), 3)
-            if timeout != self._timeout:
-                # pyserial reconfigures the port on every change: only when it changes.
-                port.timeout = timeout
-                self._timeout = timeout
-            data: bytes = port.read(size)
+            # The port stays non-blocking (timeout 0): pyserial reconfigures the line (a
+            # tcsetattr) whenever its timeout changes, and every wait here has a deadline of
+            # its own, so the wait is a select() on the descriptor instead.
+            data: bytes = port.read(size)  # type: ignore[attr-defined]
+            if not data and timeout_s > 0:
+                descriptor = port.fileno()  # type: ignore[attr-defined]
+                ready, _, _ = select.select([descriptor], [], [], timeout_s)
+                if ready:
+                    data = port.read(size)  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - pyserial reports EIO as SerialException
             raise PortGone(f"{self.path}: read failed: {exc}") from exc
         if not data and not _exists(self.path):

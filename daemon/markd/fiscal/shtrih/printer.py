@@ -130,7 +130,7 @@ REMEMBERED_RECEIPTS = 32
 DOC_OPEN_SHIFT = 2
 DOC_RECEIPT = 3
 #: A receipt's operation in ``FF0A`` (the ФН's tag 1054): markd's receipt kinds.
-RECEIPT_OPERATIONS = {1: "sell", 2: "sellReturn", 3: "buy", 4: "buyReturn"}
+RECEIPT_OPERATIONS = {1: "sell", 2: "return", 3: "buy", 4: "buyReturn"}
 DOC_CLOSE_SHIFT = 5
 #: tag 2109 / 2105 values in ATOL's words.
 ITEM_STATUS = {
@@ -163,6 +163,12 @@ def _timeout_ms(text: str) -> int:
     return value
 
 
+def _flag(text: str) -> bool:
+    if text not in ("0", "1"):
+        raise ValueError(text)
+    return text == "1"
+
+
 class ShtrihPrinter(FiscalPrinter):
     """A Shtrih-M ККТ (protocol 1) on a serial port or TCP."""
 
@@ -170,6 +176,7 @@ class ShtrihPrinter(FiscalPrinter):
         "baudrate": Option(_baudrate, 115200, "|".join(str(b) for b in BAUDRATES)),
         "password": Option(_password, DEFAULT_PASSWORD, "the operator password, 0 to 99999999"),
         "timeout_ms": Option(_timeout_ms, 500, "milliseconds, 10 to 60000"),
+        "open_first": Option(_flag, False, "0|1"),
     }
 
     @classmethod
@@ -191,6 +198,11 @@ class ShtrihPrinter(FiscalPrinter):
                 host, _, number = url.target.rpartition(":")
                 port = TcpPort(host.strip("[]"), int(number))
         self.link = Link(port, limits)
+        #: ``?open_first=1``: the vendor's order — the receipt is opened on the device when
+        #: markd starts it, before its codes are checked — instead of at close.
+        self.open_first: bool = bool(options.get("open_first", False))
+        #: The kind of the receipt markd opened on the device ahead of its close, if any.
+        self._device_receipt: ReceiptKind | None = None
         #: Codes (by КИ) accepted with FF69 since the last clear or failed receipt.
         self._accepted: set[str] = set()
         #: The check results kept for :meth:`validation_status`.
@@ -411,6 +423,40 @@ class ShtrihPrinter(FiscalPrinter):
                 cmd.encode_write_tlv(self.password, cmd.tlv_text(1203, attributes.cashier_inn))
             )
 
+    # -- receipts opened ahead (``open_first``) --------------------------------------------------
+
+    def open_receipt(self, op_id: str, kind: ReceiptKind = "sell") -> None:
+        """Start a receipt; with ``open_first`` it is opened on the device now (a leftover
+        cancelled first, the cashier sent), so the codes are checked inside it, as the
+        vendor's example does."""
+        with self._lock:
+            super().open_receipt(op_id, kind)
+            if not self.open_first:
+                return
+            try:
+                self._cancel_leftover(0)
+                self._open_on_device(kind)
+            except BaseException:
+                self.forget_receipt()
+                raise
+
+    def _open_on_device(self, kind: ReceiptKind) -> None:
+        receipt_type = cmd.RECEIPT_TYPE_SALE if kind == "sell" else cmd.RECEIPT_TYPE_SALE_RETURN
+        self._device_receipt = None
+        self._call(cmd.encode_open_receipt(self.password, receipt_type))
+        self._device_receipt = kind
+        self._send_cashier()
+
+    def _opened_ahead(self, kind: ReceiptKind) -> bool:
+        """Whether the receipt markd opened ahead is still the one open on the device."""
+        if self._device_receipt != kind:
+            return False
+        full = self._read(cmd.encode_full_status(self.password), cmd.decode_full_status)
+        if full.mode == cmd.MODE_DOCUMENT_OPEN:
+            return True
+        self._device_receipt = None
+        return False
+
     # -- marking codes --------------------------------------------------------------------------
 
     def _begin_validation(
@@ -533,6 +579,9 @@ class ShtrihPrinter(FiscalPrinter):
         try:
             taxation = self._taxation_bit()
         except PrinterFault:
+            if self._device_receipt is not None:
+                self._device_receipt = None
+                self._cancel_quietly()  # opened ahead (open_first): nothing goes on it now
             self._drop_codes_on_device()
             raise
         slots = [0] * 16
@@ -540,13 +589,17 @@ class ShtrihPrinter(FiscalPrinter):
             slots[PAYMENT_SLOTS.get(payment.type, 1)] += payment.amount_kopecks
         pw = self.password
 
-        self._cancel_leftover(sum(1 for p in positions if p.mark is not None))
+        ahead = self._opened_ahead(kind)
+        if not ahead:
+            self._cancel_leftover(sum(1 for p in positions if p.mark is not None))
         receipt_type = cmd.RECEIPT_TYPE_SALE if kind == "sell" else cmd.RECEIPT_TYPE_SALE_RETURN
         shift = self._optional(cmd.encode_shift_parameters(pw), cmd.decode_shift_parameters)
         fn = self._optional(cmd.encode_fn_status(pw), cmd.decode_fn_status)
         try:
-            self._call(cmd.encode_open_receipt(pw, receipt_type))
-            self._send_cashier()
+            if not ahead:
+                self._call(cmd.encode_open_receipt(pw, receipt_type))
+                self._send_cashier()
+            self._device_receipt = None  # from here the receipt is this close's
             for position, (operation, industry) in zip(positions, lines, strict=True):
                 self._call(cmd.encode_operation(pw, operation))
                 if position.mark is None:
@@ -668,16 +721,21 @@ class ShtrihPrinter(FiscalPrinter):
         holds fewer than the receipt's marked units need — or cannot say — the codes are
         forgotten and the receipt refused with :class:`MarkNotValidated` before anything is
         opened, so the session validates them again. Binding a code the ФН no longer holds
-        would make the ККТ check and accept it by itself (the vendor's ФФД 1.2 note)."""
+        would make the ККТ check and accept it by itself (the vendor's ФФД 1.2 note). With
+        ``marked`` 0 (a receipt opened ahead, before its codes) the codes accepted so far are
+        forgotten when the ФН no longer holds them all."""
         full = self._read(cmd.encode_full_status(self.password), cmd.decode_full_status)
         if full.mode != cmd.MODE_DOCUMENT_OPEN:
             return
         self._call(cmd.encode_cancel_receipt(self.password))
-        if not marked:
+        needed = marked or len(self._accepted)
+        if not needed:
             return
         held = self._optional(cmd.encode_marking_status(self.password), cmd.decode_marking_status)
-        if held is None or held.accepted < marked:
+        if held is None or held.accepted < needed:
             self._forget_codes()
+            if not marked:
+                return  # a receipt opened ahead (open_first): its codes are checked anew
             raise MarkNotValidated(
                 "a receipt left open on the ККТ was cancelled and the ФН "
                 + (
@@ -704,6 +762,7 @@ class ShtrihPrinter(FiscalPrinter):
             pass
 
     def _cancel_device_receipt(self, op_id: str) -> None:
+        self._device_receipt = None
         full = self._read(cmd.encode_full_status(self.password), cmd.decode_full_status)
         if full.mode != cmd.MODE_DOCUMENT_OPEN:
             return  # nothing open on the device
