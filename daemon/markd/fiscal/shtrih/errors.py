@@ -6,7 +6,8 @@ come from the vendor's JavaPOS driver message tables (``messages_ru.properties``
 the wording here is markd's own. On a ККТ with a ФН:
 
 * codes 0x01–0x31 are the ФН's own answers passed through (``FSPrinterError01`` …: wrong
-  state, ФН expired, archive full, shift over 24 hours …);
+  state, ФН expired, archive full, shift over 24 hours …) — except 0x2C, which the ККТ itself
+  gives to a Z-report with no shift open (``PrinterError2C``; the ФН's table has no 0x2C);
 * the ФН's codes from 0x32 up are reported moved to 0xA0 and up (0x32 → 0xA0), per the
   vendor's ФФД 1.2 note: 0xA0 marking forbidden, 0xA1 wrong marking command order, 0xA2
   marking blocked for a while, 0xA3 the marking-code table is full, 0xAA required tags

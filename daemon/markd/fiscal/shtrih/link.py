@@ -135,8 +135,9 @@ class SerialPort:
                 "shtrih:// on a serial port needs pyserial", "driver-missing"
             ) from exc
         try:
-            # exclusive: a second process (ModemManager, another driver) cannot interleave
-            # bytes with ours on a fiscal device.
+            # exclusive: an advisory lock, so a second markd or markctl cannot interleave
+            # bytes with ours; programs that take no lock (ModemManager) are kept off the
+            # port by a udev rule (docs/fiscal.md, "Wiring").
             port = serial.Serial(
                 self.path, self.baudrate, timeout=0, write_timeout=5, exclusive=True
             )
