@@ -34,7 +34,7 @@ bytes, tested with byte strings; :class:`Link` adds the exchange over a :class:`
 from __future__ import annotations
 
 import errno
-import select
+import math
 import socket
 import time
 from dataclasses import dataclass
@@ -126,6 +126,7 @@ class SerialPort:
         self.baudrate = baudrate
         self.where = path
         self._serial: object | None = None
+        self._timeout: float | None = None
 
     def open(self) -> None:
         try:
@@ -149,6 +150,7 @@ class SerialPort:
             raise PortGone(f"{self.path}: {exc}") from exc
         port.reset_input_buffer()
         self._serial = port
+        self._timeout = 0.0
 
     def close(self) -> None:
         port, self._serial = self._serial, None
@@ -169,15 +171,14 @@ class SerialPort:
     def read(self, size: int, timeout_s: float) -> bytes:
         port = self._port()
         try:
-            # The port stays non-blocking (timeout 0): pyserial reconfigures the line (a
-            # tcsetattr) whenever its timeout changes, and every wait here has a deadline of
-            # its own, so the wait is a select() on the descriptor instead.
+            # pyserial reconfigures the line (a tcsetattr) whenever its timeout changes, and
+            # every wait here counts down to a deadline of its own: in steps of 50 ms the
+            # timeout rarely changes (a wait may run up to 50 ms past its deadline).
+            timeout = math.ceil(max(timeout_s, 0.0) * 20) / 20
+            if timeout != self._timeout:
+                port.timeout = timeout  # type: ignore[attr-defined]
+                self._timeout = timeout
             data: bytes = port.read(size)  # type: ignore[attr-defined]
-            if not data and timeout_s > 0:
-                descriptor = port.fileno()  # type: ignore[attr-defined]
-                ready, _, _ = select.select([descriptor], [], [], timeout_s)
-                if ready:
-                    data = port.read(size)  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - pyserial reports EIO as SerialException
             raise PortGone(f"{self.path}: read failed: {exc}") from exc
         if not data and not _exists(self.path):
