@@ -297,6 +297,78 @@ def test_resending_a_refused_frame_is_bounded(bench: Bench) -> None:
     assert device.leftover() == b""
 
 
+#: A cancel's answer whose operator byte is 0x15 (a NAK's value): 02 03 88 00 15, LRC
+#: 03^88^00^15 = 9E.
+CANCEL_ANSWER_0x15 = b"\x02\x03\x88\x00\x15\x9e"
+
+
+def test_an_answer_that_comes_without_its_ack_is_read_not_taken_for_a_nak(bench: Bench) -> None:
+    """The device's ACK to the command is lost and the answer follows straight away: the host
+    reads the frame (never taking its 0x15 for a NAK) and does not send the command again."""
+    device = bench.device(
+        [expect(ENQ), send(NAK), expect(CANCEL), send(CANCEL_ANSWER_0x15), expect(ACK)]
+    )
+
+    answer = bench.link.exchange(cmd.encode_cancel_receipt(30), COMMAND_TIMEOUT, True)
+
+    assert answer.command == 0x88 and answer.data == b"\x15"
+    device.finish()
+    assert device.leftover() == b""
+
+
+def test_an_unreadable_reply_to_a_changing_command_is_never_followed_by_a_resend(
+    bench: Bench,
+) -> None:
+    """Bytes came back that were no confirmation, then the device waits for a command (NAK to
+    ENQ): the command may have run, so a state-changing one is an unknown outcome — not sent
+    twice (a reading one is simply sent again: the next test)."""
+    device = bench.device(
+        [expect(ENQ), send(NAK), expect(CANCEL), send(b"\x01\x01"), expect(ENQ), send(NAK)]
+    )
+    with pytest.raises(OutcomeUnknown):
+        cancel(bench)
+    device.finish()
+    assert device.leftover() == b""
+
+
+def test_an_unreadable_reply_to_a_reading_command_is_followed_by_a_resend(bench: Bench) -> None:
+    device = bench.device(
+        [
+            expect(ENQ),
+            send(NAK),
+            expect(STATUS),
+            send(b"\x01\x01"),
+            expect(ENQ),
+            send(NAK),
+            expect(STATUS),
+            send(ACK + STATUS_ANSWER),
+            expect(ACK),
+        ]
+    )
+    assert status(bench) == b"\x1e\x80\x00\x04\x00"
+    device.finish()
+
+
+def test_the_rest_of_a_damaged_frame_is_dropped_before_asking_again(bench: Bench) -> None:
+    """A frame whose LEN says 2 where 7 follow: the LRC fails at the third byte, and the rest
+    (15 00 04 00 00, a 0x15 among them) must not be read as a NAK to the host's next ENQ."""
+    device = bench.device(
+        [
+            expect(ENQ),
+            send(NAK),
+            expect(STATUS),
+            send(ACK + b"\x02\x02\x10\x00\x1e\x15\x00\x04\x00\x00"),
+            expect(NAK),
+            expect(ENQ),
+            send(ACK + STATUS_ANSWER),
+            expect(ACK),
+        ]
+    )
+
+    assert status(bench) == b"\x1e\x80\x00\x04\x00"
+    device.finish()
+
+
 def test_a_damaged_answer_is_nak_ed_and_asked_for_again(bench: Bench) -> None:
     device = bench.device(
         [

@@ -51,6 +51,10 @@ NAK = 0x15
 
 #: Bytes of noise skipped while waiting for an ``STX`` or a control byte before giving up.
 MAX_NOISE = 1024
+#: The pause that counts as a quiet line when the rest of a damaged frame is dropped, and the
+#: most bytes dropped that way.
+DRAIN_QUIET_S = 0.05
+MAX_DRAIN = 4096
 #: Errors of a port whose device is no longer there.
 GONE_ERRNOS = frozenset({errno.EIO, errno.ENXIO, errno.ENODEV, errno.ENOENT, errno.EBADF})
 
@@ -300,6 +304,8 @@ class Link:
         self.port = port
         self.limits = limits or LinkLimits()
         self._open = False
+        #: Bytes read from the ККТ so far (to tell whether anything came back).
+        self._heard = 0
 
     def close(self) -> None:
         self._open = False
@@ -371,13 +377,25 @@ class Link:
         data = frame(request.body)
         for _ in range(self.limits.send_attempts):
             self.port.write(data)
+            heard = self._heard
             reply = self._control(self.limits.byte_timeout_s)
             if reply == NAK:
                 continue  # damaged on the way: not taken, send again
+            if reply == STX:
+                # The ACK was lost on the line and the answer is already coming: read it
+                # (its bytes must not be taken for control bytes: an FF45 answer's LEN is
+                # 0x15, a NAK).
+                return self._await_answer(request, timeout_s, changes_state, started=True)
             if reply != ACK:
-                # No confirmation: the frame may or may not have arrived. Ask.
+                # No confirmation: the frame may or may not have arrived. Let the line go
+                # quiet, then ask.
+                heard = heard != self._heard or self._drain()
                 state = self._probe()
                 if state == NAK:
+                    if changes_state and heard:
+                        # Something came back that was not a confirmation: the command may
+                        # have arrived and run. Never send a state-changing command twice.
+                        raise self._lost(request, changes_state, "an unreadable reply")
                     continue  # waiting for a command: ours never arrived
                 if state == STX:
                     return self._await_answer(request, timeout_s, changes_state, started=True)
@@ -412,6 +430,8 @@ class Link:
                     raise self._lost(
                         request, changes_state, "the answer kept coming damaged"
                     ) from None
+                # What is left of the damaged frame must not be read as control bytes.
+                self._drain()
                 self.port.write(bytes([NAK]))
                 # The ККТ repeats its answer on the next ENQ.
                 state = self._probe()
@@ -457,6 +477,24 @@ class Link:
 
     # -- bytes ----------------------------------------------------------------------------------
 
+    def _drain(self) -> bool:
+        """Read and drop whatever is still coming until the line is quiet (a short pause,
+        at most :data:`MAX_DRAIN` bytes); True if anything came."""
+        quiet = min(self.limits.byte_timeout_s, DRAIN_QUIET_S)
+        drained = 0
+        while drained < MAX_DRAIN:
+            chunk = self._read(256, quiet)
+            if not chunk:
+                break
+            drained += len(chunk)
+        return drained > 0
+
+    def _read(self, size: int, timeout_s: float) -> bytes:
+        """The port's read, counting what came (``_heard``)."""
+        data = self.port.read(size, timeout_s)
+        self._heard += len(data)
+        return data
+
     def _probe(self) -> int | None:
         self.port.write(bytes([ENQ]))
         return self._control(self.limits.byte_timeout_s)
@@ -469,7 +507,7 @@ class Link:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            data = self.port.read(1, left)
+            data = self._read(1, left)
             if not data:
                 return None
             if data[0] in (ACK, NAK, STX):
@@ -483,7 +521,7 @@ class Link:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise _NoFrame
-            data = self.port.read(1, left)
+            data = self._read(1, left)
             if not data:
                 raise _NoFrame
             if data[0] == STX:
@@ -506,7 +544,7 @@ class Link:
         """``size`` bytes, each within the byte time limit of the one before; None if cut."""
         data = b""
         while len(data) < size:
-            chunk = self.port.read(size - len(data), self.limits.byte_timeout_s)
+            chunk = self._read(size - len(data), self.limits.byte_timeout_s)
             if not chunk:
                 return None
             data += chunk
