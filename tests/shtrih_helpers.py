@@ -39,6 +39,7 @@ class FakeKkt:
         #: Accepted check results the ФН holds (FF70), kept by a receipt's cancel.
         self.accepted = 0
         self.refuse: dict[int, int] = {}  # command → error byte, once
+        self.refuse_always: dict[int, int] = {}  # command → error byte, every time
         self.bind_checks_itself = False
         self.check_answer = b"\x03\x00\x02\x02\x00\x0f"  # checked, ОИСМ: status correct
         self.documents: dict[int, bytes] = {
@@ -84,7 +85,7 @@ class FakeKkt:
             command, data, head = body[0], body[1:], body[:1]
         self.log.append(command)
         self.data.append(data)
-        error = self.refuse.pop(command, 0)
+        error = self.refuse.pop(command, 0) or self.refuse_always.get(command, 0)
         reply = b"" if error else self._run(command, data)
         answer = head + bytes([error]) + reply
         check = len(answer)

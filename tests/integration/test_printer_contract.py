@@ -50,22 +50,28 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             "atol-web",
             "shtrih-pty",
             "shtrih-tcp",
-            "shtrih-open-first",
+            "shtrih-check-first",
             *(f"hil:{url}" for url in urls),
         ]
         metafunc.parametrize("backend", params)
 
 
 #: The device's own numbers for the refusals the suite provokes, by family of devices: ATOL's
-#: driver errors (44 no paper, 420/422 code not checked/not in the table, 143 taxation system)
-#: and Shtrih's (0x6B no paper; a code not accepted is refused by markd's backend itself before
-#: the device is asked, or by the ФН with 0xAC; a taxation system is checked against the
-#: device's registration before anything is printed).
+#: driver errors (44 no paper, 420 code not checked, 422 not in the table, 143 taxation
+#: system) and Shtrih's (0x6B no paper; a code markd did not accept and a taxation system the
+#: device is not registered with are refused by markd's backend itself, before the device is
+#: asked: no device number).
 DEVICE_CODES: dict[str, dict[str, tuple[int | None, ...]]] = {
-    "atol": {"paper-out": (44,), "mark-not-checked": (420, 422), "bad-taxation-type": (143,)},
+    "atol": {
+        "paper-out": (44,),
+        "mark-not-checked": (420,),
+        "mark-not-in-table": (420, 422),
+        "bad-taxation-type": (143,),
+    },
     "shtrih": {
         "paper-out": (0x6B,),
-        "mark-not-checked": (None, 0xAC),
+        "mark-not-checked": (None,),
+        "mark-not-in-table": (None,),
         "bad-taxation-type": (None,),
     },
 }
@@ -110,9 +116,9 @@ def bench(backend: str, tmp_path: Path) -> Iterator[Bench]:
     elif backend == "atol-web":
         with testing.atol_web_printer(tmp_path / "kkt") as (printer, server):
             yield Bench(printer, server.kkt)
-    elif backend == "shtrih-open-first":
-        # The vendor's order: the receipt opened on the device before its codes are checked.
-        with testing.shtrih_printer(tmp_path / "kkt", query="open_first=1") as (printer, kkt):
+    elif backend == "shtrih-check-first":
+        # The codes checked as the units come, the receipt opened on the device at close.
+        with testing.shtrih_printer(tmp_path / "kkt", query="open_first=0") as (printer, kkt):
             yield Bench(printer, kkt)
     elif backend.startswith("shtrih-"):
         transport = backend.removeprefix("shtrih-")
@@ -239,10 +245,8 @@ class TestPrinterContract:
         assert bench.printer.receipt_kind is None
 
     def test_a_receipt_repeated_with_its_id_is_not_registered_twice(self, bench: Bench) -> None:
-        if bench.printer.url.scheme in ("atol-lib", "shtrih"):
-            # Neither libfptr nor protocol 1 keeps a table of requests: recovery uses the
-            # document counter (tests/integration/test_sale_recovery.py kills a sale on both).
-            pytest.skip("the device keeps no request table: recovery uses the document counter")
+        if bench.printer.url.scheme == "atol-lib":
+            pytest.skip("libfptr keeps no request table: recovery uses the document counter")
         printer = bench.printer
         printer.ensure_shift(new_op_id())
         km = bench.code()
@@ -300,8 +304,8 @@ class TestPrinterContract:
         bench.kkt.set_faults(gone_in_receipt="open")  # a receipt opened, then the link lost
         ahead = bool(getattr(printer, "open_first", False))
         if ahead:
-            # The vendor's order (shtrih ?open_first=1): the receipt is opened on the device
-            # when markd starts it, so that is where the link is lost.
+            # The vendor's order (shtrih, unless ?open_first=0): the receipt is opened on the
+            # device when markd starts it, so that is where the link is lost.
             with pytest.raises(PrinterUnavailable):
                 printer.open_receipt(new_op_id())
         else:
@@ -554,7 +558,7 @@ class TestPrinterContractOnItsOwn:
         # The accepted codes went with it: the same positions are refused, with the reason.
         with pytest.raises(MarkNotValidated) as again:
             printer.close_receipt(new_op_id(), [Payment(8990)])
-        assert again.value.device_code in bench.device_codes("mark-not-checked")
+        assert again.value.device_code in bench.device_codes("mark-not-in-table")
         assert printer.status().last_document_number == before
 
         check = printer.check_code(new_op_id(), km, ki, 1)

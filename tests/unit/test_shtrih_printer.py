@@ -41,9 +41,10 @@ def kkt() -> FakeKkt:
     return FakeKkt()
 
 
-def printer_for(kkt: FakeKkt, **receipt: str) -> ShtrihPrinter:
+def printer_for(kkt: FakeKkt, open_first: str = "1", **receipt: str) -> ShtrihPrinter:
     settings = PrinterSettings(receipt=ReceiptAttributes(**receipt))
-    return ShtrihPrinter(parse_printer_url("shtrih://fake?timeout_ms=50"), settings, port=kkt)
+    url = parse_printer_url(f"shtrih://fake?timeout_ms=50&open_first={open_first}")
+    return ShtrihPrinter(url, settings, port=kkt)
 
 
 def position() -> Position:
@@ -92,15 +93,20 @@ def test_a_marked_sale_follows_the_vendor_order(kkt: FakeKkt) -> None:
     assert accept == b"\x1e\x00\x00\x00\x01"
 
 
-def test_a_code_not_accepted_is_refused_before_the_receipt_opens(kkt: FakeKkt) -> None:
-    printer = printer_for(kkt)
+@pytest.mark.parametrize("open_first", ["1", "0"])
+def test_a_code_not_accepted_is_refused_before_anything_is_registered(
+    kkt: FakeKkt, open_first: str
+) -> None:
+    printer = printer_for(kkt, open_first)
     printer.open_receipt(new_op_id())
     printer.add_position(new_op_id(), position())
 
     with pytest.raises(MarkNotValidated):
         printer.close_receipt(new_op_id(), [Payment(8990)])
 
-    assert 0x8D not in kkt.log
+    assert 0xFF46 not in kkt.log and 0xFF67 not in kkt.log
+    # Opened ahead (the vendor's order) the receipt waits for its codes; otherwise none.
+    assert (0x8D in kkt.log) == (open_first == "1")
 
 
 def test_a_code_the_kkt_checks_while_binding_cancels_the_receipt(kkt: FakeKkt) -> None:
@@ -120,14 +126,18 @@ def test_a_code_the_kkt_checks_while_binding_cancels_the_receipt(kkt: FakeKkt) -
     assert printer.close_receipt(new_op_id(), [Payment(8990)]).document_number == 41
 
 
-def test_a_taxation_system_not_registered_is_refused_before_printing(kkt: FakeKkt) -> None:
-    printer = printer_for(kkt, taxation_type="patent")
+@pytest.mark.parametrize("open_first", ["1", "0"])
+def test_a_taxation_system_not_registered_is_refused_before_printing(
+    kkt: FakeKkt, open_first: str
+) -> None:
+    printer = printer_for(kkt, open_first, taxation_type="patent")
 
     with pytest.raises(PrinterFault) as err:
         sale(printer)
 
     assert err.value.reason == "bad-taxation-type"
-    assert 0x8D not in kkt.log
+    assert 0xFF46 not in kkt.log and kkt.mode == 2  # nothing registered, nothing left open
+    assert (0x8D in kkt.log) == (open_first == "1")  # opened ahead, then cancelled
     printer.settings = PrinterSettings(receipt=ReceiptAttributes("osn"))
     with pytest.raises(MarkNotValidated):
         printer.close_receipt(new_op_id(), [Payment(8990)])
@@ -182,6 +192,20 @@ def test_a_begin_refused_while_a_check_waits_is_cancelled_and_begun_again(kkt: F
     assert check.accepted
     assert fiscal_commands(kkt) == [0xFF61, 0xFF69, 0xFF61, 0xFF69]
     assert kkt.data[1][-1] == 0 and kkt.data[3][-1] == 1  # reject, then accept
+
+
+def test_a_refusal_that_outlasts_the_cancel_is_the_device_s_own_fault(kkt: FakeKkt) -> None:
+    """0x02 (the ФН's wrong state) is taken for a check left waiting only once: refused again
+    right after that check was rejected, it is the ФН's own fault, raised as such."""
+    printer = printer_for(kkt)
+    kkt.refuse_always[0xFF61] = 0x02
+
+    with pytest.raises(PrinterFault) as err:
+        printer.check_code(new_op_id(), KM, KI, 1)
+
+    assert not isinstance(err.value, ValidationAlreadyRunning)
+    assert err.value.device_code == 0x02 and err.value.reason != "validation-running"
+    assert fiscal_commands(kkt) == [0xFF61, 0xFF69, 0xFF61]  # begun, rejected, begun once more
 
 
 def test_a_second_refusal_is_raised(kkt: FakeKkt) -> None:

@@ -12,16 +12,18 @@ being measured; with ``--baudrate`` it paces both directions of its pty at a ser
 baud (10 bits a byte: 86.8 µs at 115200), so an exchange costs what it costs on a real line.
 markd's real backend opens ``shtrih://<pty>?baudrate=B`` (pyserial, as on a till), opens a
 shift, closes one untimed receipt (warm-up), then sells N marked units (default 200) in
-receipts of K (default 5), doing for each unit what a sale does: :meth:`check_code`
-(``FF61`` check, ``FF69`` accept) when the unit is scanned, and at the receipt's close
-(``open_receipt`` … ``close_receipt``: full status, ``FF40``, ``FF01``, ``0x8D``, ``FF0C``,
-per position ``FF46`` + ``FF4D`` + ``FF67``, ``FF45``). Each code is unique (a made-up shoe
+receipts of K (default 5) as the sale session does: when a receipt starts, the shift made
+sure of (``ensure_shift``: the status readings), the ФН's leftover results cleared (``FF69``
+2) and the receipt opened (in the vendor's order, on the device: a leftover looked for,
+``0x8D``, ``FF0C``); for each unit :meth:`check_code` (``FF61`` check, ``FF69`` accept) when
+it is scanned; at the close (full status, ``FF40``, ``FF01``, per position ``FF46`` +
+``FF4D`` + ``FF67``, ``FF45``). Each code is unique (a made-up shoe
 code, AI 91 + 92, so the emulator's ФН checks it too, its serial varied).
 
 Measured, each with ``time.perf_counter``:
 
-* **total** — the wall time of each call (a unit's check; a receipt's open, positions and
-  close);
+* **total** — the wall time of each call (a unit's check; a receipt's start, and its
+  positions and close);
 * **link** — the time markd spent inside its port's ``read`` and ``write`` (the backend's
   :class:`~markd.fiscal.shtrih.link.Port` behind ``printer.link.port``, wrapped here by the
   benchmark, never instrumented in the backend): waiting for the line and for the device,
@@ -256,32 +258,43 @@ def check(printer: FiscalPrinter, km: str) -> Any:
     return printer.check_code(new_op_id(), km, parse(km).ki, 1)
 
 
-def fiscalise(printer: FiscalPrinter, units: list[tuple[str, Any]]) -> Any:
-    """What the sale's close does: the receipt with one position per unit, paid by card."""
+def start(printer: FiscalPrinter) -> None:
+    """What the sale session does when a receipt starts: make sure a shift is open, clear
+    what the ФН still holds, open the receipt (on a Shtrih ККТ, in the vendor's order, on the
+    device now, before its codes are checked)."""
+    printer.ensure_shift(new_op_id())
+    printer.clear_validations(new_op_id())
     printer.open_receipt(new_op_id())
-    for km, validation in units:
-        printer.add_position(new_op_id(), position(km, validation))
-    return printer.close_receipt(new_op_id(), [Payment(PRICE * len(units))])
+
+
+def close(printer: FiscalPrinter, count: int) -> Any:
+    """What the sale's close does: the receipt with its positions, paid by card."""
+    return printer.close_receipt(new_op_id(), [Payment(PRICE * count)])
 
 
 def sell(
     printer: FiscalPrinter, meter: PortMeter, codes: list[str]
 ) -> tuple[list[Span], Span, int]:
-    """One receipt of ``codes``: each unit's check span, the receipt's span, refusals."""
+    """One receipt of ``codes`` as the session sells it: the receipt started, each unit's
+    code checked and accepted (its span), the receipt closed (the start and the close are
+    the receipt's span), refusals counted."""
+    _, opened = timed(meter, lambda: start(printer))
     checks: list[Span] = []
-    accepted: list[tuple[str, Any]] = []
+    accepted = 0
     refused = 0
     for km in codes:
         result, span = timed(meter, lambda km=km: check(printer, km))
         checks.append(span)
         if result.accepted:
-            accepted.append((km, result.validation))
+            accepted += 1
+            printer.add_position(new_op_id(), position(km, result.validation))
         else:
             refused += 1
     if not accepted:
-        return checks, Span(), refused
-    _, receipt = timed(meter, lambda: fiscalise(printer, accepted))
-    return checks, receipt, refused
+        printer.cancel_receipt(new_op_id())
+        return checks, opened, refused
+    _, closing = timed(meter, lambda: close(printer, accepted))
+    return checks, opened + closing, refused
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -393,7 +406,7 @@ def report(result: dict[str, Any]) -> None:
     say("per code check (FF61 + FF69):")
     for name in ("total", "link", "own"):
         say(describe(name, check[name]))
-    say("per receipt close (open, positions, FF45):")
+    say("per receipt (its start, then positions and FF45 at the close):")
     for name in ("total", "link", "own"):
         say(describe(name, receipt[name]))
     sent, received = result["bytes_per_unit"]["sent"], result["bytes_per_unit"]["received"]

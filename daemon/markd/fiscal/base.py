@@ -85,7 +85,7 @@ _BACKENDS: dict[str, Backend] = {
     "shtrih": Backend(
         "markd.fiscal.shtrih.printer:ShtrihPrinter",
         "shtrih:///dev/PORT or shtrih://HOST[:PORT] (port 7778 by default), options "
-        "?baudrate=115200&password=30&timeout_ms=500&open_first=0|1 (baudrate: serial only)",
+        "?baudrate=115200&password=30&timeout_ms=500&open_first=1|0 (baudrate: serial only)",
     ),
 }
 

@@ -490,6 +490,9 @@ class PrinterStatus:
     last_receipt_number: int | None = None
     unsent_documents: int | None = None
     receipt_open: bool | None = None
+    #: The open receipt is the one markd is building (a backend that opens it on the device
+    #: before its close, Shtrih's ``open_first``): no leftover, so not a problem.
+    receipt_is_ours: bool = False
     cover_opened: bool = False
     blocked: bool = False
     fn_warnings: tuple[str, ...] = ()
@@ -533,7 +536,7 @@ class PrinterStatus:
             found.append("fn-error")
         if self.blocked:
             found.append("device-blocked")
-        if self.receipt_open:
+        if self.receipt_open and not self.receipt_is_ours:
             found.append("receipt-open")
         return found
 
@@ -550,6 +553,7 @@ class PrinterStatus:
             "last_receipt_number": self.last_receipt_number,
             "unsent_documents": self.unsent_documents,
             "receipt_open": self.receipt_open,
+            "receipt_is_ours": self.receipt_is_ours,
             "cover_opened": self.cover_opened,
             "blocked": self.blocked,
             "model": self.model,

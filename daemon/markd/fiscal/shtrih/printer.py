@@ -176,7 +176,7 @@ class ShtrihPrinter(FiscalPrinter):
         "baudrate": Option(_baudrate, 115200, "|".join(str(b) for b in BAUDRATES)),
         "password": Option(_password, DEFAULT_PASSWORD, "the operator password, 0 to 99999999"),
         "timeout_ms": Option(_timeout_ms, 500, "milliseconds, 10 to 60000"),
-        "open_first": Option(_flag, False, "0|1"),
+        "open_first": Option(_flag, True, "1|0"),
     }
 
     @classmethod
@@ -198,9 +198,10 @@ class ShtrihPrinter(FiscalPrinter):
                 host, _, number = url.target.rpartition(":")
                 port = TcpPort(host.strip("[]"), int(number))
         self.link = Link(port, limits)
-        #: ``?open_first=1``: the vendor's order — the receipt is opened on the device when
-        #: markd starts it, before its codes are checked — instead of at close.
-        self.open_first: bool = bool(options.get("open_first", False))
+        #: The vendor's order (the default): the receipt is opened on the device when markd
+        #: starts it, and its codes are checked inside it. ``?open_first=0``: the codes are
+        #: checked as the units come and the receipt is opened at close.
+        self.open_first: bool = bool(options.get("open_first", True))
         #: The kind of the receipt markd opened on the device ahead of its close, if any.
         self._device_receipt: ReceiptKind | None = None
         #: Codes (by КИ) accepted with FF69 since the last clear or failed receipt.
@@ -209,6 +210,8 @@ class ShtrihPrinter(FiscalPrinter):
         self._results: dict[str, MarkValidation] = {}
         #: The КИ whose check result waits for FF69.
         self._pending: str | None = None
+        #: A waiting check was just rejected (the next FF61 refusal is no waiting check).
+        self._after_cancel = False
         #: The opening report's document number, per shift.
         self._shift_open_document: dict[int, int] = {}
         #: Shifts whose opening report was looked for in vain (not looked for again).
@@ -287,6 +290,9 @@ class ShtrihPrinter(FiscalPrinter):
             last_receipt_number=shift.receipt_number if shift is not None else None,
             unsent_documents=exchange.unsent if exchange is not None else None,
             receipt_open=mode == cmd.MODE_DOCUMENT_OPEN,
+            receipt_is_ours=mode == cmd.MODE_DOCUMENT_OPEN
+            and self._device_receipt is not None
+            and self._device_receipt == self._kind,
             cover_opened=full.cover_open,
             fn_warnings=warnings,
             model=self._device_type.name if self._device_type is not None else None,
@@ -464,6 +470,9 @@ class ShtrihPrinter(FiscalPrinter):
     ) -> MarkValidation:
         code = _code_bytes(km)
         waiting = self._pending is not None
+        # Right after a waiting check was rejected, a refusal cannot mean one still waits:
+        # the device's own fault (e.g. the ФН's wrong state) is raised as it is.
+        after_cancel, self._after_cancel = self._after_cancel, False
         try:
             request = cmd.encode_check_marking_code(self.password, code, planned_status)
         except ValueError as exc:
@@ -473,8 +482,9 @@ class ShtrihPrinter(FiscalPrinter):
         except MalformedAnswer:
             raise
         except PrinterFault as exc:
-            if exc.device_code in VALIDATION_STATE_CODES or (
-                waiting and exc.reason not in ("fn-error", "shift-expired", "paper-out")
+            if not after_cancel and (
+                exc.device_code in VALIDATION_STATE_CODES
+                or (waiting and exc.reason not in ("fn-error", "shift-expired", "paper-out"))
             ):
                 raise ValidationAlreadyRunning(
                     f"a code check already waits for its decision ({exc.message})",
@@ -535,6 +545,7 @@ class ShtrihPrinter(FiscalPrinter):
             self._mark_action(cmd.MARK_REJECT)
         except NoValidationRunning:
             pass  # nothing waited: nothing to cancel
+        self._after_cancel = True
 
     def _clear_validations(self, op_id: str) -> None:
         self._forget_codes()
@@ -763,10 +774,9 @@ class ShtrihPrinter(FiscalPrinter):
 
     def _cancel_device_receipt(self, op_id: str) -> None:
         self._device_receipt = None
-        full = self._read(cmd.encode_full_status(self.password), cmd.decode_full_status)
-        if full.mode != cmd.MODE_DOCUMENT_OPEN:
-            return  # nothing open on the device
-        self._call(cmd.encode_cancel_receipt(self.password))
+        # Cancelling the receipt markd is building, or one left open: the same as a leftover
+        # (FF70 tells which accepted codes the ФН still holds; the rest are forgotten).
+        self._cancel_leftover(0)
 
     def _find_receipt(self, op_id: str) -> tuple[Finding, ReceiptResult | None]:
         done = self._done.get(op_id)
