@@ -51,7 +51,8 @@ raises: a list of ``memoryOverflow``, ``needReplacement``, ``ofdTimeout``,
 mode 0600. Crash safety: ``state.json`` is replaced atomically (write, fsync, rename, fsync the
 directory) after every change; a document is appended and fsync'd *before* the state that
 counts it is written, and loading rolls the state forward from the last document, so a process
-killed at any instant leaves either no document or a document the state agrees with. With
+killed at any instant leaves either no document or a document the state agrees with (the files
+are :mod:`markd.emulators.statefile`'s, shared with the Shtrih-M device). With
 ``MARKD_FISCAL_KILL_AT=kkt-receipt-open`` the process kills itself right after the receipt is
 opened on the device (tests only; the same variable as markd's own kill points, docs/fiscal.md).
 
@@ -112,30 +113,26 @@ with itself.
 from __future__ import annotations
 
 import base64
-import contextlib
 import copy
-import fcntl
 import hashlib
-import json
 import math
 import os
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
 from markd.codes import parse
+from markd.emulators.statefile import DOCUMENTS_FILE as DOCUMENTS_FILE
+from markd.emulators.statefile import DOCUMENTS_MODE as DOCUMENTS_MODE
+from markd.emulators.statefile import LOCK_FILE as LOCK_FILE
+from markd.emulators.statefile import STATE_FILE as STATE_FILE
+from markd.emulators.statefile import DeviceFiles
 from markd.errors import CodeError
 
-STATE_FILE = "state.json"
-DOCUMENTS_FILE = "documents.jsonl"
-LOCK_FILE = ".lock"
-#: ``documents.jsonl``: the owner writes, its group (a technician) reads.
-DOCUMENTS_MODE = 0o640
 FORMAT_VERSION = 1
 #: Answers kept by request id (the oldest go first).
 MAX_KEPT_REQUESTS = 512
@@ -356,13 +353,15 @@ class VirtualKkt:
         self.path = Path(state_dir)
         self.path.mkdir(parents=True, exist_ok=True)
         self._clock = clock
-        self._lock = threading.RLock()
-        with self._locked() as state:
+        self._files = DeviceFiles(
+            self.path, name="virtual ККТ", default=_default_state, count=self._count_document
+        )
+        with self._files.locked() as state:
             self._state = state  # validates the files at once
             if not state["device"].get("fn_valid_until"):
                 # A ФН valid from the device's first use (a state of an older version too).
                 state["device"]["fn_valid_until"] = self._clock() + FN_VALIDITY_DAYS * 86400
-                self._save(state)
+                self._files.save(state)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -371,7 +370,7 @@ class VirtualKkt:
         ``{"status": "ready", "result": {...}}`` or ``{"status": "error", "errorCode": n,
         "errorDescription": "..."}``; tasks after an error are ``interrupted``. A request id
         seen before with a changing task gets the answers kept from then."""
-        with self._locked() as state:
+        with self._files.locked() as state:
             kept = state["requests"].get(request_id) if request_id else None
             if kept is not None:
                 return copy.deepcopy(kept)
@@ -400,12 +399,12 @@ class VirtualKkt:
                 unreached = any(o.get("errorCode") in _NOT_REACHED for o in outcomes)
                 if request_id and not unreached:
                     self._keep(state, request_id, outcomes)
-                self._save(state)
+                self._files.save(state)
             return copy.deepcopy(outcomes)
 
     def lookup(self, request_id: str) -> list[dict[str, Any]] | None:
         """The answers kept for a request that changed the device; None if none is kept."""
-        with self._locked() as state:
+        with self._files.locked() as state:
             kept = state["requests"].get(request_id)
             return copy.deepcopy(kept) if kept is not None else None
 
@@ -438,7 +437,7 @@ class VirtualKkt:
             or any(name not in TAXATION_BITS for name in taxation)
         ):
             raise ValueError(f"taxation_types is a list of {', '.join(TAXATION_BITS)}")
-        with self._locked() as state:
+        with self._files.locked() as state:
             current = state["faults"]
             for key, value in faults.items():
                 if value is None or value is False:
@@ -446,35 +445,35 @@ class VirtualKkt:
                 else:
                     current[key] = value
             current.setdefault("ism", "online")
-            self._save(state)
+            self._files.save(state)
 
     def set_code(self, ki: str, *, oism: str | None = None, fn: bool | None = None) -> None:
         """How the ФН and the ОИСМ judge one КИ: ``oism`` ``correct`` | ``incorrect`` |
         ``sale-stopped``; ``fn=False`` makes the ФН's crypto check fail."""
         if oism not in (None, "correct", "incorrect", "sale-stopped"):
             raise ValueError("oism is correct, incorrect or sale-stopped")
-        with self._locked() as state:
+        with self._files.locked() as state:
             codes = state["faults"].setdefault("codes", {})
             entry = codes.setdefault(ki, {})
             if oism is not None:
                 entry["oism"] = oism
             if fn is not None:
                 entry["fn"] = fn
-            self._save(state)
+            self._files.save(state)
 
     def clear_faults(self) -> None:
-        with self._locked() as state:
+        with self._files.locked() as state:
             state["faults"] = {"ism": "online"}
-            self._save(state)
+            self._files.save(state)
 
     @property
     def faults(self) -> dict[str, Any]:
-        with self._locked() as state:
+        with self._files.locked() as state:
             return copy.deepcopy(state["faults"])
 
     def state(self) -> dict[str, Any]:
         """A copy of the device state (without the request log)."""
-        with self._locked() as state:
+        with self._files.locked() as state:
             data = copy.deepcopy(state)
             data.pop("requests", None)
             for entry in data.get("accepted", []):
@@ -485,40 +484,16 @@ class VirtualKkt:
 
     def documents(self) -> list[dict[str, Any]]:
         """Every fiscal document, oldest first (a torn last line is skipped)."""
-        with self._lock:
-            return _read_documents(self.path / DOCUMENTS_FILE)
+        return self._files.documents()
 
     def receipts(self) -> list[dict[str, Any]]:
         return [d for d in self.documents() if d["type"] in ("sell", "sellReturn")]
 
     # -- storage --------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, Any]]:
-        with self._lock, open(self.path / LOCK_FILE, "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield self._load()
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    def _load(self) -> dict[str, Any]:
-        file = self.path / STATE_FILE
-        try:
-            state = json.loads(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            state = _default_state()
-            self._save(state)
-        except (OSError, ValueError) as exc:
-            raise RuntimeError(f"virtual ККТ state {file} is unreadable: {exc}") from exc
-        self._roll_forward(state)
-        return state
-
-    def _roll_forward(self, state: dict[str, Any]) -> None:
-        """A document written but not yet counted by the state (killed in between): count it."""
-        last = _last_document(self.path / DOCUMENTS_FILE)
-        if last is None or last["number"] <= state["document_number"]:
-            return
+    def _count_document(self, state: dict[str, Any], last: dict[str, Any]) -> None:
+        """A document written but not yet counted by the state (killed in between): count it
+        (the roll-forward of :class:`~markd.emulators.statefile.DeviceFiles`)."""
         state["document_number"] = last["number"]
         if last["type"] in ("sell", "sellReturn"):
             receipt = state.get("receipt")
@@ -532,42 +507,6 @@ class VirtualKkt:
             state["first_unsent_at"] = state.get("first_unsent_at") or last.get("datetime")
             if last.get("request"):
                 self._keep(state, last["request"], [_ready(_fiscal_params(state, last))])
-        self._save(state)
-
-    def _save(self, state: dict[str, Any]) -> None:
-        file = self.path / STATE_FILE
-        tmp = file.with_suffix(".tmp")
-        data = json.dumps(state, ensure_ascii=False, separators=(",", ":")).encode()
-        # Owner only: the accepted codes (``imc``) are full marking codes.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), 0o600)  # a .tmp left by a kill may have been wider
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, file)
-        _fsync_dir(self.path)
-
-    def _append_document(self, document: dict[str, Any]) -> None:
-        file = self.path / DOCUMENTS_FILE
-        new = not file.exists()
-        line = json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n"
-        # Not world-readable: the receipts name the КИ sold (a file of an older version, made
-        # with the default mode, is narrowed too).
-        fd = os.open(file, os.O_RDWR | os.O_APPEND | os.O_CREAT, DOCUMENTS_MODE)
-        with os.fdopen(fd, "a+b") as out:
-            if os.fstat(fd).st_mode & 0o777 & ~DOCUMENTS_MODE:
-                os.fchmod(fd, DOCUMENTS_MODE)
-            out.seek(0, os.SEEK_END)
-            if out.tell() > 0:
-                out.seek(out.tell() - 1)
-                if out.read(1) != b"\n":
-                    line = "\n" + line  # a line torn by a kill mid-write stays on its own
-            out.write(line.encode("utf-8"))
-            out.flush()
-            os.fsync(out.fileno())
-        if new:
-            _fsync_dir(self.path)
 
     def _keep(self, state: dict[str, Any], request_id: str, outcomes: list[dict[str, Any]]) -> None:
         requests = state["requests"]
@@ -769,7 +708,7 @@ class VirtualKkt:
         }
         if cashier:
             document["cashier"] = cashier
-        self._append_document(document)
+        self._files.append_document(document)
         state["document_number"] = number
         device = state["device"]
         # The shift scripts answer like a receipt: ``{"fiscalParams": {…, "shiftNumber"},
@@ -1043,7 +982,7 @@ class VirtualKkt:
 
         # Open the receipt on the device: from here a lost link leaves it open.
         state["receipt"] = {"type": kind, "request": request_id, "opened_at": self._clock()}
-        self._save(state)
+        self._files.save(state)
         _power_cut_at("kkt-receipt-open")
         if faults.get("gone_in_receipt") == "open":
             faults.pop("gone_in_receipt")
@@ -1072,7 +1011,7 @@ class VirtualKkt:
         }
         if cashier:
             document["cashier"] = cashier
-        self._append_document(document)
+        self._files.append_document(document)
         state["document_number"] = number
         state["receipt"] = None
         state["accepted"] = [a for a in state["accepted"] if a["id"] not in set(used)]
@@ -1345,45 +1284,3 @@ def _fiscal_params(state: dict[str, Any], document: Mapping[str, Any]) -> dict[s
         },
         "warnings": None,
     }
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_documents(file: Path) -> list[dict[str, Any]]:
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    documents = []
-    for line in text.splitlines():
-        try:
-            documents.append(json.loads(line))
-        except ValueError:
-            continue  # a line torn by a kill mid-write
-    return documents
-
-
-def _last_document(file: Path) -> dict[str, Any] | None:
-    """The last complete document line, read from the end of the file."""
-    try:
-        with open(file, "rb") as source:
-            source.seek(0, os.SEEK_END)
-            size = source.tell()
-            source.seek(max(size - 65536, 0))
-            tail = source.read()
-    except FileNotFoundError:
-        return None
-    for line in reversed(tail.splitlines()):
-        try:
-            document = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(document, dict) and isinstance(document.get("number"), int):
-            return document
-    return None

@@ -10,16 +10,13 @@ each handler below names its source again, in our words.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
 import hashlib
 import json
 import os
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -48,11 +45,12 @@ from markd.emulators.shtrih.protocol import (
     ymd,
 )
 from markd.emulators.shtrih.status import StatusCommands
+from markd.emulators.statefile import DOCUMENTS_FILE as DOCUMENTS_FILE
+from markd.emulators.statefile import DOCUMENTS_MODE as DOCUMENTS_MODE
+from markd.emulators.statefile import LOCK_FILE as LOCK_FILE
+from markd.emulators.statefile import STATE_FILE as STATE_FILE
+from markd.emulators.statefile import DeviceFiles
 
-STATE_FILE = "state.json"
-DOCUMENTS_FILE = "documents.jsonl"
-LOCK_FILE = ".lock"
-DOCUMENTS_MODE = 0o640
 FORMAT_VERSION = 1
 
 
@@ -154,8 +152,13 @@ class ShtrihKkt(StatusCommands, MarkingCommands):
         self.path = Path(state_dir)
         self.path.mkdir(parents=True, exist_ok=True)
         self._clock = clock
-        self._lock = threading.RLock()
-        with self._locked() as state:
+        self._files = DeviceFiles(
+            self.path,
+            name="virtual Shtrih ККТ",
+            default=_default_state,
+            count=self._count_document,
+        )
+        with self._files.locked() as state:
             device = state["device"]
             changed = False
             if not device.get("fn_valid_until"):
@@ -165,7 +168,7 @@ class ShtrihKkt(StatusCommands, MarkingCommands):
                 device["password"] = password
                 changed = True
             if changed:
-                self._save(state)
+                self._files.save(state)
 
     # -- the test-facing API -----------------------------------------------------------------
 
@@ -211,7 +214,7 @@ class ShtrihKkt(StatusCommands, MarkingCommands):
         left_open = faults.pop("receipt_left_open", None)
         if left_open not in (None, False, True, "sell", "sellReturn"):
             raise ValueError("receipt_left_open is True, 'sell' or 'sellReturn'")
-        with self._locked() as state:
+        with self._files.locked() as state:
             current = state["faults"]
             for key, value in faults.items():
                 if value is None or value is False:
@@ -226,40 +229,39 @@ class ShtrihKkt(StatusCommands, MarkingCommands):
                 if state["receipt"] is None:
                     kind = "sellReturn" if left_open == "sellReturn" else "sell"
                     state["receipt"] = self._new_receipt(kind)
-            self._save(state)
+            self._files.save(state)
 
     def set_code(self, ki: str, *, oism: str | None = None, fn: bool | None = None) -> None:
         """How the ФН and the ОИСМ judge one КИ: ``oism`` ``correct`` | ``incorrect`` |
         ``sale-stopped``; ``fn=False`` makes the ФН's crypto check fail."""
         if oism not in (None, "correct", "incorrect", "sale-stopped"):
             raise ValueError("oism is correct, incorrect or sale-stopped")
-        with self._locked() as state:
+        with self._files.locked() as state:
             entry = state["faults"].setdefault("codes", {}).setdefault(ki, {})
             if oism is not None:
                 entry["oism"] = oism
             if fn is not None:
                 entry["fn"] = fn
-            self._save(state)
+            self._files.save(state)
 
     def clear_faults(self) -> None:
-        with self._locked() as state:
+        with self._files.locked() as state:
             state["faults"] = {"ism": "online"}
-            self._save(state)
+            self._files.save(state)
 
     @property
     def faults(self) -> Faults:
-        with self._locked() as state:
+        with self._files.locked() as state:
             return Faults(copy.deepcopy(state["faults"]))
 
     def state(self) -> dict[str, Any]:
         """A copy of the device state."""
-        with self._locked() as state:
+        with self._files.locked() as state:
             return copy.deepcopy(state)
 
     def documents(self) -> list[dict[str, Any]]:
         """Every fiscal document, oldest first (a torn last line is skipped)."""
-        with self._lock:
-            documents = _read_documents(self.path / DOCUMENTS_FILE)
+        documents = self._stored_documents()
         for document in documents:
             document.pop("_accepted", None)
         return documents
@@ -269,20 +271,24 @@ class ShtrihKkt(StatusCommands, MarkingCommands):
 
     def _document(self, number: int) -> dict[str, Any] | None:
         """Fiscal document ``number`` as stored, or None."""
-        return next(
-            (d for d in _read_documents(self.path / DOCUMENTS_FILE) if d["number"] == number),
-            None,
-        )
+        return next((d for d in self._stored_documents() if d["number"] == number), None)
+
+    def _stored_documents(self) -> list[dict[str, Any]]:
+        """The documents as stored, less the shift's opening time kept for the roll-forward."""
+        documents = [d for d in self._files.documents() if isinstance(d, dict)]
+        for document in documents:
+            document.pop("_opened_at", None)
+        return documents
 
     def gone(self) -> bool:
         """Whether the device has stopped answering (fault ``gone``)."""
-        with self._locked() as state:
+        with self._files.locked() as state:
             return bool(state["faults"].get("gone"))
 
     def corrupt_next_frame(self) -> bool:
         """Whether the answer frame about to be sent gets a wrong LRC (fault ``bad_lrc``,
         counted down)."""
-        with self._locked() as state:
+        with self._files.locked() as state:
             left = int(state["faults"].get("bad_lrc") or 0)
             if left <= 0:
                 return False
@@ -290,7 +296,7 @@ class ShtrihKkt(StatusCommands, MarkingCommands):
                 state["faults"].pop("bad_lrc")
             else:
                 state["faults"]["bad_lrc"] = left - 1
-            self._save(state)
+            self._files.save(state)
             return True
 
     # -- commands --------------------------------------------------------------------------
@@ -307,7 +313,7 @@ class ShtrihKkt(StatusCommands, MarkingCommands):
         else:
             code = command[0]
             head, data = command[:1], command[1:]
-        with self._locked() as state:
+        with self._files.locked() as state:
             faults = state["faults"]
             if faults.get("gone"):
                 return Answer(b"", silent=True)
@@ -334,47 +340,18 @@ class ShtrihKkt(StatusCommands, MarkingCommands):
                     faults["lost_answer"] = left
                 lost = True
             if changed or lost:
-                self._save(state)
+                self._files.save(state)
             return Answer(head + bytes((error,)) + body, lost=lost, silent=silent)
 
     def _check_password(self, state: dict[str, Any], password: int) -> None:
         if password != int(state["device"]["password"]):
             raise Refused(Error.BAD_PASSWORD)
 
-    # -- storage (VirtualKkt's rules) ---------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, Any]]:
-        with self._lock, open(self.path / LOCK_FILE, "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield self._load()
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    def _load(self) -> dict[str, Any]:
-        file = self.path / STATE_FILE
-        try:
-            state = json.loads(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            state = _default_state()
-            self._save(state)
-        except (OSError, ValueError) as exc:
-            raise RuntimeError(f"virtual Shtrih ККТ state {file} is unreadable: {exc}") from exc
-        self._roll_forward(state)
-        return state
-
-    def _roll_forward(self, state: dict[str, Any]) -> None:
-        """A document written but not yet counted by the state (killed in between): count it,
-        so the state agrees with the documents."""
-        last = _last_document(self.path / DOCUMENTS_FILE)
-        if last is None or last["number"] <= state["document_number"]:
-            return
-        self._count_document(state, last)
-        self._save(state)
+    # -- storage (the files' rules: markd.emulators.statefile) ---------------------------------
 
     def _count_document(self, state: dict[str, Any], document: dict[str, Any]) -> None:
-        """What a new document changes in the state (after it is on disk)."""
+        """What a new document changes in the state (after it is on disk), and the count of
+        a document the state missed when loading rolls forward."""
         state["document_number"] = document["number"]
         shift = state["shift"]
         kind = document["type"]
@@ -400,44 +377,12 @@ class ShtrihKkt(StatusCommands, MarkingCommands):
             state["first_unsent"] = document["number"]
             state["first_unsent_at"] = document.get("datetime")
 
-    def _save(self, state: dict[str, Any]) -> None:
-        file = self.path / STATE_FILE
-        tmp = file.with_suffix(".tmp")
-        data = json.dumps(state, ensure_ascii=False, separators=(",", ":")).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), 0o600)
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, file)
-        _fsync_dir(self.path)
-
-    def _append_document(self, document: dict[str, Any]) -> None:
-        file = self.path / DOCUMENTS_FILE
-        new = not file.exists()
-        line = json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n"
-        fd = os.open(file, os.O_RDWR | os.O_APPEND | os.O_CREAT, DOCUMENTS_MODE)
-        with os.fdopen(fd, "a+b") as out:
-            if os.fstat(fd).st_mode & 0o777 & ~DOCUMENTS_MODE:
-                os.fchmod(fd, DOCUMENTS_MODE)
-            out.seek(0, os.SEEK_END)
-            if out.tell() > 0:
-                out.seek(out.tell() - 1)
-                if out.read(1) != b"\n":
-                    line = "\n" + line  # a line torn by a kill mid-write stays on its own
-            out.write(line.encode("utf-8"))
-            out.flush()
-            os.fsync(out.fileno())
-        if new:
-            _fsync_dir(self.path)
-
     def _register(self, state: dict[str, Any], document: dict[str, Any]) -> None:
         """Write a fiscal document: appended and fsync'd first, then the state counting it
         (a kill in between is rolled forward on the next load)."""
-        self._append_document(document)
+        self._files.append_document(document)
         self._count_document(state, document)
-        self._save(state)
+        self._files.save(state)
 
     # -- the device's view of time and mode ---------------------------------------------------
 
@@ -635,9 +580,9 @@ class ShtrihKkt(StatusCommands, MarkingCommands):
         if faults.get("gone_in_receipt") == "open":
             faults.pop("gone_in_receipt")
             faults["gone"] = True
-            self._save(state)
+            self._files.save(state)
             raise GoneNow
-        self._save(state)
+        self._files.save(state)
         _power_cut_at("kkt-receipt-open")
         return bytes((OPERATOR_NUMBER,))
 
@@ -754,7 +699,7 @@ class ShtrihKkt(StatusCommands, MarkingCommands):
         if faults.get("gone_in_receipt") == "after":
             faults.pop("gone_in_receipt")
             faults["gone"] = True
-            self._save(state)
+            self._files.save(state)
             raise GoneNow
         return (
             u(paid - total, 5) + u(number, 4) + u(document["fiscal_sign"], 4) + ymd(now) + hm(now)
@@ -798,52 +743,3 @@ _HANDLERS: dict[int, Callable[[ShtrihKkt, dict[str, Any], Reader], bytes]] = {
     0xFF69: ShtrihKkt._accept_code,
     0xFF70: ShtrihKkt._marking_status,
 }
-
-
-# --------------------------------------------------------------------------------------------
-# Files
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_documents(file: Path) -> list[dict[str, Any]]:
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    documents = []
-    for line in text.splitlines():
-        try:
-            document = json.loads(line)
-        except ValueError:
-            continue  # a line torn by a kill mid-write
-        if isinstance(document, dict):
-            document.pop("_opened_at", None)
-            documents.append(document)
-    return documents
-
-
-def _last_document(file: Path) -> dict[str, Any] | None:
-    """The last complete document line, read from the end of the file."""
-    try:
-        with open(file, "rb") as source:
-            source.seek(0, os.SEEK_END)
-            size = source.tell()
-            source.seek(max(size - 65536, 0))
-            tail = source.read()
-    except FileNotFoundError:
-        return None
-    for line in reversed(tail.splitlines()):
-        try:
-            document = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(document, dict) and isinstance(document.get("number"), int):
-            return document
-    return None
