@@ -62,6 +62,11 @@ def send(data: bytes) -> Step:
 CLOSE: Step = ("close", b"")
 
 
+def pause(seconds: float) -> Step:
+    """The device says nothing for ``seconds``."""
+    return ("pause", str(seconds).encode())
+
+
 # --------------------------------------------------------------------------------------------
 # The scripted device
 
@@ -142,6 +147,8 @@ class ScriptedDevice:
                         return
                 elif kind == "send":
                     self.wire.write(data)
+                elif kind == "pause":
+                    time.sleep(float(data.decode()))
                 else:
                     self.wire.close()
                     return
@@ -345,6 +352,64 @@ def test_an_unreadable_reply_to_a_reading_command_is_followed_by_a_resend(bench:
             expect(ACK),
         ]
     )
+    assert status(bench) == b"\x1e\x80\x00\x04\x00"
+    device.finish()
+
+
+def test_a_nak_that_comes_after_other_bytes_never_makes_a_changing_command_sent_again(
+    bench: Bench,
+) -> None:
+    """Noise, then a 0x15 (the ACK lost, the answer's STX damaged, its LEN read as a NAK):
+    for a state-changing command that is no clean refusal — the device may have run it — so
+    the host drains the line, asks, and when the device waits for a command, reports an
+    unknown outcome instead of writing the command again."""
+    device = bench.device(
+        [expect(ENQ), send(NAK), expect(CANCEL), send(b"\x99\x15"), expect(ENQ), send(NAK)]
+    )
+
+    with pytest.raises(OutcomeUnknown):
+        cancel(bench)
+
+    device.finish()
+    assert device.leftover() == b""
+
+
+def test_a_late_ack_then_a_busy_device_is_waited_for(bench: Bench) -> None:
+    """The ACK comes after the byte time limit (a slow TCP link), the device then runs the
+    command and says nothing to the ENQ: the host waits for the answer instead of giving up."""
+    device = bench.device(
+        [
+            expect(ENQ),
+            send(NAK),
+            expect(CANCEL),
+            pause(BYTE_TIMEOUT * 1.5),
+            send(ACK),  # late: read by the host's drain
+            expect(ENQ),  # busy: no reply
+            pause(BYTE_TIMEOUT * 2),
+            send(CANCEL_ANSWER),
+            expect(ACK),
+        ]
+    )
+
+    assert cancel(bench) == b"\x1e"
+    device.finish()
+
+
+def test_a_damaged_stale_answer_is_dropped_before_the_next_command(bench: Bench) -> None:
+    """An answer left from an earlier command comes damaged at the next ENQ, a 0x15 inside
+    it: the rest is drained, so that byte is not taken for the device being ready."""
+    device = bench.device(
+        [
+            expect(ENQ),
+            send(b"\x02\x02\x10\x00\x1e\x15\x00\x04\x00\x00"),  # LEN 2: LRC fails early
+            expect(ENQ),
+            send(NAK),
+            expect(STATUS),
+            send(ACK + STATUS_ANSWER),
+            expect(ACK),
+        ]
+    )
+
     assert status(bench) == b"\x1e\x80\x00\x04\x00"
     device.finish()
 

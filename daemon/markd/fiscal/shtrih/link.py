@@ -368,7 +368,7 @@ class Link:
                         self._read_frame(time.monotonic() + timeout_s + self.limits.byte_timeout_s)
                     self.port.write(bytes([ACK]))
                 except (_NoFrame, _BadFrame):
-                    pass
+                    self._drain()  # what is left of it must not answer the next ENQ
         raise PrinterUnavailable(
             f"Shtrih {self.port.where}: the ККТ does not answer (no NAK to ENQ)"
         )
@@ -377,31 +377,36 @@ class Link:
         data = frame(request.body)
         for _ in range(self.limits.send_attempts):
             self.port.write(data)
-            heard = self._heard
+            mark = self._heard
             reply = self._control(self.limits.byte_timeout_s)
-            if reply == NAK:
+            clean = self._heard - mark == 1  # the reply was the first byte that came
+            if reply == NAK and (clean or not changes_state):
                 continue  # damaged on the way: not taken, send again
-            if reply == STX:
+            if reply == STX and clean:
                 # The ACK was lost on the line and the answer is already coming: read it
                 # (its bytes must not be taken for control bytes: an FF45 answer's LEN is
                 # 0x15, a NAK).
                 return self._await_answer(request, timeout_s, changes_state, started=True)
-            if reply != ACK:
-                # No confirmation: the frame may or may not have arrived. Let the line go
-                # quiet, then ask.
-                heard = heard != self._heard or self._drain()
-                state = self._probe()
-                if state == NAK:
-                    if changes_state and heard:
-                        # Something came back that was not a confirmation: the command may
-                        # have arrived and run. Never send a state-changing command twice.
-                        raise self._lost(request, changes_state, "an unreadable reply")
-                    continue  # waiting for a command: ours never arrived
-                if state == STX:
-                    return self._await_answer(request, timeout_s, changes_state, started=True)
-                if state != ACK:
-                    raise self._lost(request, changes_state, "no confirmation of the command")
-            return self._await_answer(request, timeout_s, changes_state)
+            if reply == ACK and clean:
+                return self._await_answer(request, timeout_s, changes_state)
+            # No clean confirmation: the frame may or may not have arrived. Let the line go
+            # quiet, then ask.
+            drained = self._drain()
+            heard = drained or self._heard != mark
+            state = self._probe()
+            if state == NAK:
+                if changes_state and heard:
+                    # Something came back that was not a clean confirmation: the command
+                    # may have arrived and run. Never send a state-changing command twice.
+                    raise self._lost(request, changes_state, "an unreadable reply")
+                continue  # waiting for a command: ours never arrived
+            if state == STX:
+                return self._await_answer(request, timeout_s, changes_state, started=True)
+            if state == ACK or heard:
+                # ACK: preparing the answer. Silence after bytes came (a late ACK, drained):
+                # busy with the command; its answer is awaited up to the command's limit.
+                return self._await_answer(request, timeout_s, changes_state)
+            raise self._lost(request, changes_state, "no confirmation of the command")
         raise PrinterUnavailable(
             f"Shtrih {self.port.where}: {_name(request)} refused by the link "
             f"{self.limits.send_attempts} times"
