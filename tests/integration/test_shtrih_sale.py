@@ -225,14 +225,17 @@ def marked(km: str, validation: Any) -> Position:
     )
 
 
+@pytest.mark.parametrize("open_first", [True, False], ids=["open-first", "check-first"])
 @pytest.mark.parametrize("keeps", [True, False], ids=["cancel-keeps-codes", "cancel-clears"])
 def test_a_leftover_receipt_s_cancel_is_followed_by_what_the_fn_still_holds(
-    tmp_path: Path, keeps: bool
+    tmp_path: Path, keeps: bool, open_first: bool
 ) -> None:
     """Whether cancelling a receipt empties the ФН's table is not published: markd asks the
     ФН (FF70) after cancelling a leftover. Codes kept: the sale goes through at once. Codes
-    gone: refused before anything is opened, and sold after a new check."""
-    with testing.shtrih_printer(tmp_path / "kkt") as (printer, kkt):
+    gone: refused before anything is registered (checking first: before the receipt is even
+    opened, by the FF70 answer itself), and sold after a new check."""
+    query = "" if open_first else "open_first=0"
+    with testing.shtrih_printer(tmp_path / "kkt", query=query) as (printer, kkt):
         kkt.set_faults(cancel_keeps_codes=keeps or None)
         printer.ensure_shift(new_op_id())
         check = printer.check_code(new_op_id(), SHOES, SHOES_KI, 1)
@@ -244,11 +247,18 @@ def test_a_leftover_receipt_s_cancel_is_followed_by_what_the_fn_still_holds(
         if keeps:
             result = printer.close_receipt(new_op_id(), [Payment(8990)])
         else:
-            with pytest.raises(MarkNotValidated):
+            with pytest.raises(MarkNotValidated) as err:
                 printer.close_receipt(new_op_id(), [Payment(8990)])
             assert kkt.receipts() == []
-            # Opened ahead (the vendor's order) the new receipt waits for its codes.
-            assert printer.status().receipt_open is True
+            if open_first:
+                # Forgotten when the leftover was cancelled at the opening; the new receipt
+                # (opened ahead) waits for its codes.
+                assert "not accepted since the last clear" in err.value.message
+                assert printer.status().receipt_open is True
+            else:
+                # Cancelled at the close: the ФН said it holds none, so nothing was opened.
+                assert "holds 0 accepted code(s) of 1" in err.value.message
+                assert printer.status().receipt_open is False
             check = printer.check_code(new_op_id(), SHOES, SHOES_KI, 1)
             printer.restore_receipt("sell", [marked(SHOES, check.validation)])
             result = printer.close_receipt(new_op_id(), [Payment(8990)])
@@ -343,3 +353,32 @@ def test_the_receipt_markd_opened_ahead_is_no_problem_but_a_leftover_is(tmp_path
         left = printer.status()
         assert left.receipt_open is True and left.receipt_is_ours is False
         assert left.problems() == ["receipt-open"]
+
+
+def test_a_shift_that_runs_out_under_a_receipt_opened_ahead_is_closed_and_sold_anew(
+    tmp_path: Path,
+) -> None:
+    """A receipt open on the ККТ hides the shift's mode; its age still tells it is over. The
+    status says ``expired``, making sure of the shift cancels the receipt, closes the shift
+    and opens a new one, and the units, checked again, are sold in it."""
+    with testing.shtrih_printer(tmp_path / "kkt") as (printer, kkt):
+        printer.ensure_shift(new_op_id())
+        printer.open_receipt(new_op_id())
+        check = printer.check_code(new_op_id(), SHOES, SHOES_KI, 1)
+        printer.add_position(new_op_id(), marked(SHOES, check.validation))
+        kkt.set_faults(shift_age_hours=25)
+
+        assert printer.status().shift_state == "expired"
+        opened = printer.ensure_shift(new_op_id())
+        kkt.set_faults(shift_age_hours=None)
+
+        assert opened is not None and opened.state == "opened"
+        assert printer.status().receipt_open is False and printer.status().shift_state == "opened"
+        try:
+            result = printer.close_receipt(new_op_id(), [Payment(8990)])
+        except MarkNotValidated:  # the ФН dropped the codes with the cancelled receipt
+            check = printer.check_code(new_op_id(), SHOES, SHOES_KI, 1)
+            printer.restore_receipt("sell", [marked(SHOES, check.validation)])
+            result = printer.close_receipt(new_op_id(), [Payment(8990)])
+        assert [r["number"] for r in kkt.receipts()] == [result.document_number]
+        assert kkt.receipts()[0]["shift"] == opened.number

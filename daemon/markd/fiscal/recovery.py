@@ -127,14 +127,18 @@ class Recovery:
         self, receipt: ReceiptInFlight, before: int, status: PrinterStatus
     ) -> DocumentSummary | None | Literal[False]:
         """Which document made since the close attempt is this receipt, read back from the
-        ФН: the first receipt of its kind and total among the documents after ``before``
-        (at most :data:`DOCUMENTS_READ_BACK`). None when the device cannot read documents
-        back (the counter alone decides, as markd is taken to be the ККТ's only client);
-        False when it can and none of them is this receipt."""
+        ФН: the first receipt of its kind and total among the documents after ``before`` (at
+        most :data:`DOCUMENTS_READ_BACK`). None when the device reads none of them back (the
+        counter alone decides, as markd is taken to be the ККТ's only client); False when
+        every one of them was read and none is this receipt. When some could not be read, or
+        there are more than were read, and none read is this receipt, nobody can tell yet:
+        :class:`~markd.errors.PrinterUnavailable`, and the receipt stays pending."""
         device = self.steps.device
         printer = self.steps.printer
-        last = min(status.last_document_number, before + DOCUMENTS_READ_BACK)
-        for number in range(before + 1, last + 1):
+        last = status.last_document_number
+        end = min(last, before + DOCUMENTS_READ_BACK)
+        unread: list[int] = []
+        for number in range(before + 1, end + 1):
             try:
                 summary = await device(printer.describe_document, number)
             except PrinterUnavailable:
@@ -142,12 +146,20 @@ class Recovery:
             except FiscalError:
                 summary = None
             if summary is None:
-                if number == before + 1:
-                    return None  # the device does not say: trust the counter
+                unread.append(number)
                 continue
             total = summary.total_kopecks
             if summary.kind == receipt.kind and total in (None, receipt.total_kopecks):
                 return summary
+        if len(unread) == end - before:
+            return None  # nothing read back: the device cannot say
+        if unread or end < last:
+            raise PrinterUnavailable(
+                f"documents {before + 1}–{last} were made since the receipt's close attempt; "
+                f"none read back is this receipt, but {len(unread)} could not be read"
+                + (f" and {last - end} were not read" if end < last else "")
+                + ": whether it was made is not known yet"
+            )
         return False
 
     async def reconcile(self, receipt: ReceiptInFlight, *, redo: bool = True) -> ReceiptOutcome:

@@ -41,10 +41,10 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import ClassVar, TypeVar
 
-from markd.errors import OutcomeUnknown, PrinterFault
+from markd.errors import FiscalError, OutcomeUnknown, PrinterFault
 from markd.fiscal.base import (
     DocumentSummary,
     Finding,
@@ -55,6 +55,7 @@ from markd.fiscal.base import (
     PrinterSettings,
     PrinterURL,
     ValidationAlreadyRunning,
+    derive_op_id,
 )
 from markd.fiscal.model import (
     TAX_TYPES,
@@ -122,6 +123,8 @@ PAYMENT_OBJECT_PLAIN = 1
 PAYMENT_METHOD_FULL = 4
 #: ``FF45`` payment slots: 1 cash, 2 the ККТ's second type (electronic / card).
 PAYMENT_SLOTS = {"cash": 0, "electronically": 1}
+#: A shift's longest life; a receipt after it is refused.
+SHIFT_HOURS = 24
 #: How far back the shift's opening document is looked for.
 SHIFT_SEARCH_LIMIT = 64
 #: Closed receipts remembered by their operation id.
@@ -278,6 +281,14 @@ class ShtrihPrinter(FiscalPrinter):
         opened_at = None
         if shift_state != "closed" and fn is not None and shift is not None:
             opened_at = self._shift_opened_at(shift.number, last_document)
+        if (
+            mode == cmd.MODE_DOCUMENT_OPEN
+            and opened_at is not None
+            and now - opened_at > timedelta(hours=SHIFT_HOURS)
+        ):
+            # A receipt open on the device hides the shift's mode: the shift's own age tells
+            # that it is over (the receipt would be refused at its close).
+            shift_state = "expired"
         warnings = fn.warning_names if fn is not None else ()
         return PrinterStatus(
             shift_state=shift_state,
@@ -395,6 +406,11 @@ class ShtrihPrinter(FiscalPrinter):
         return ShiftInfo(number=number, state="opened", document_number=document)
 
     def _close_shift(self, op_id: str) -> ShiftInfo:
+        # A receipt open on the device (left over, or markd's own opened ahead over a shift
+        # that ran out) would make the ККТ refuse the report: it is cancelled first, as
+        # ATOL's shift scripts do (its codes, when the ФН drops them, are checked again).
+        self._device_receipt = None
+        self._cancel_leftover(0)
         before = self._optional(
             cmd.encode_shift_parameters(self.password), cmd.decode_shift_parameters
         )
@@ -443,8 +459,34 @@ class ShtrihPrinter(FiscalPrinter):
                 self._cancel_leftover(0)
                 self._open_on_device(kind)
             except BaseException:
+                opened = self._device_receipt
                 self.forget_receipt()
+                if opened is not None:
+                    # Opened, then a later step (the cashier's tags) failed: not a receipt
+                    # to put positions on. Cancelled now; else the next opening does it.
+                    try:
+                        self._call(cmd.encode_cancel_receipt(self.password))
+                    except FiscalError:
+                        pass
                 raise
+
+    def _begin_afresh(self, op_id: str, km: str, ki: str, planned_status: int) -> MarkValidation:
+        """As the base class: a check left waiting is rejected and the code begun once more;
+        that second begin knows a refusal is then the device's own fault."""
+        try:
+            return self._begin_validation(op_id, km, ki, planned_status)
+        except ValidationAlreadyRunning:
+            self._cancel_validation(derive_op_id(op_id, "cancel-running"))
+            self._after_cancel = True
+            try:
+                return self._begin_validation(derive_op_id(op_id, "again"), km, ki, planned_status)
+            finally:
+                self._after_cancel = False
+
+    def forget_receipt(self) -> None:
+        with self._lock:
+            super().forget_receipt()
+            self._device_receipt = None
 
     def _open_on_device(self, kind: ReceiptKind) -> None:
         receipt_type = cmd.RECEIPT_TYPE_SALE if kind == "sell" else cmd.RECEIPT_TYPE_SALE_RETURN
@@ -472,7 +514,7 @@ class ShtrihPrinter(FiscalPrinter):
         waiting = self._pending is not None
         # Right after a waiting check was rejected, a refusal cannot mean one still waits:
         # the device's own fault (e.g. the ФН's wrong state) is raised as it is.
-        after_cancel, self._after_cancel = self._after_cancel, False
+        after_cancel = self._after_cancel
         try:
             request = cmd.encode_check_marking_code(self.password, code, planned_status)
         except ValueError as exc:
@@ -545,7 +587,6 @@ class ShtrihPrinter(FiscalPrinter):
             self._mark_action(cmd.MARK_REJECT)
         except NoValidationRunning:
             pass  # nothing waited: nothing to cancel
-        self._after_cancel = True
 
     def _clear_validations(self, op_id: str) -> None:
         self._forget_codes()
