@@ -81,6 +81,13 @@ class StoreError(MarkdError):
     reason = "store-error"
 
 
+#: :class:`StoreError` reasons of a fleet sync refused because its data cannot be trusted (see
+#: :func:`markd.store.fleet.sync`): markctl exits 3, the daemon logs ``store-sync-refused``.
+UNTRUSTED_SYNC_REASONS = frozenset(
+    {"unsigned-index", "unknown-key", "bad-signature", "tampered-download", "unsigned-sync"}
+)
+
+
 class ScannerError(MarkdError):
     """A scanner URL is wrong or the device cannot be opened."""
 

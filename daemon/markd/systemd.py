@@ -156,6 +156,8 @@ MESSAGE_IDS: dict[str, str] = {
     "service-error": "effc337f438544f9b80dfbe0fb5be220",
     "store-sync": "6be57e0b3828417c8f08784a89f0a56e",
     "store-sync-failed": "7ca3f14fdad744fca7d93ed9ed7de181",
+    # A sync refused as untrusted (bad or missing signature, tampered file): at err, not warning.
+    "store-sync-refused": "eae535ee66204ca1b478e518ef37ab04",
     "service-reloaded": "43352c76c0f34279b9570f6493771a90",
     "reload-refused": "dddc3c727f464537a4d1e68cc583eb31",
     "watchdog-unhealthy": "9c93f53c7d9b441393ccd52396fc9635",

@@ -39,7 +39,10 @@ def export_server(tmp_path: Path) -> Iterator[StaticHTTPServer]:
 
 
 def with_sync_url(config: Config, url: str) -> Config:
-    return dataclasses.replace(config, store=dataclasses.replace(config.store, sync_url=url))
+    """``config`` syncing from ``url``: unsigned over loopback http://, which must be allowed
+    (signed syncs: test_store_signing.py)."""
+    store = dataclasses.replace(config.store, sync_url=url, sync_allow_unsigned=True)
+    return dataclasses.replace(config, store=store)
 
 
 @pytest.fixture
@@ -158,6 +161,7 @@ def test_the_child_command_names_the_store_and_the_configuration(
         "--json",
         "--progress",
         "none",
+        "--allow-unsigned",  # the daemon's own trust settings, not the file's of the moment
         "--config",
         main_file,
     ]
@@ -180,6 +184,7 @@ async def test_the_sync_child_goes_through_the_configured_proxy_with_its_credent
         main = tmp_path / "markd.toml"
         main.write_text(
             f"[store]\npath = '{tmp_path / 'store'}'\nsync_url = '{export_server.url}'\n"
+            "sync_allow_unsigned = true\n"
             f"[check]\nmode = 'direct'\n[check.online]\nproxy = '{proxy.url}'\nno_proxy = []\n"
         )
         config = config_module.load(main)

@@ -480,7 +480,8 @@ def test_markctl_export_and_sync(
     tmp_path: Path, www: Path, server: StaticHTTPServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "markd.toml"
-    config.write_text("")
+    # Unsigned over plain http:// (loopback): allowed only by saying so (test_store_signing.py).
+    config.write_text("[store]\nsync_allow_unsigned = true\n")
     master_dir, kiosk_dir = str(tmp_path / "m"), str(tmp_path / "k")
     with Store.open(master_dir, map_size_mb=8) as master:
         import_snapshot(master, snapshot_csv(tmp_path / "v1.csv", KIS[:50]), version=1)

@@ -226,7 +226,7 @@ def _sync_config(tmp_path: Path, proxy_line: str, *, sync_proxy: str | None = No
     ``proxy_line`` (the CDN itself is never asked here)."""
     (tmp_path / "token").write_text("0f5b2c7e-1111-4222-8333-944445555666\n")
     (tmp_path / "proxy-auth").write_text(f"{USER}:{PASSWORD}\n")
-    text = f"[store]\npath = '{tmp_path / 'kiosk-cli'}'\n"
+    text = f"[store]\npath = '{tmp_path / 'kiosk-cli'}'\nsync_allow_unsigned = true\n"
     if sync_proxy is not None:
         text += f"sync_proxy = '{sync_proxy}'\n"
     text += (

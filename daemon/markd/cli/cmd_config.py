@@ -5,7 +5,9 @@
     the effective configuration: as a TOML file headed by a comment naming the files read, or
     with ``--json`` as ``{"valid": true, "sources": [...], "config": {...}}``.
 
-    Exit 0 when the configuration is valid. Otherwise every problem goes to stderr, one per
+    Exit 0 when the configuration is valid (what is valid but unsafe, such as a fleet sync
+    without ``[store] sync_public_keys``, is printed to stderr as ``markctl: warning: …`` and
+    listed under ``"warnings"`` with ``--json``). Otherwise every problem goes to stderr, one per
     line as ``markctl: FILE:LINE: [section] key: what is wrong``, ``--json`` prints
     ``{"valid": false, "problems": [...]}`` on stdout, and the exit status is 2.
 """
@@ -65,10 +67,18 @@ def run_check(args: argparse.Namespace) -> int:
             _print_json({"valid": False, "problems": exc.problems})
         raise
 
+    warnings = markd_config.config_warnings(config)
+    for warning in warnings:
+        print(f"markctl: warning: {warning}", file=sys.stderr)
     if args.json:
-        _print_json(
-            {"valid": True, "sources": list(config.sources), "config": markd_config.to_dict(config)}
-        )
+        answer = {
+            "valid": True,
+            "sources": list(config.sources),
+            "config": markd_config.to_dict(config),
+        }
+        if warnings:
+            answer["warnings"] = warnings
+        _print_json(answer)
     else:
         sys.stdout.write(_describe_sources(config.sources) + "\n" + markd_config.to_toml(config))
     return EXIT_OK

@@ -1,11 +1,14 @@
-"""``markctl store …``: import, delta, stats, lookup, block/unblock, export, sync.
+"""``markctl store …``: import, delta, stats, lookup, block/unblock, export, sync, keygen.
 
 Every subcommand opens the store at ``[store] path`` from the configuration (``--config``,
 default ``/etc/markd/markd.toml``) unless ``--store DIR`` names another directory.
 
 Exit status: 0 done; 2 the input was refused (bad rows or file, a delta out of order, an older
 snapshot, a bad key, bad configuration); 1 the store or the network failed (cannot open, disk
-full, server unreachable, hash mismatch).
+full, server unreachable, hash mismatch); 3 a sync refused as untrusted (an unsigned index
+where keys are configured, a bad signature, an unknown key, a file that does not match the
+signed index, an unsigned sync over plain http://): nothing changed, and a technician must
+look (docs/store.md, "Fleet keys").
 """
 
 from __future__ import annotations
@@ -87,7 +90,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = cmds.add_parser("export", parents=[common], help="write snapshot + deltas + index.json")
     p.add_argument("--to", required=True, metavar="DIR", help="directory a file server serves")
+    p.add_argument(
+        "--sign-key",
+        metavar="FILE",
+        help="sign the index with this private key (from markctl store keygen)",
+    )
     p.set_defaults(func=_export)
+
+    p = cmds.add_parser(
+        "keygen", parents=[common], help="make a fleet signing key; print its public key"
+    )
+    p.add_argument(
+        "--out", required=True, metavar="FILE", help="private key file to create (mode 0600)"
+    )
+    p.set_defaults(func=_keygen)
 
     p = cmds.add_parser("sync", parents=[common], help="fetch the blocklist from a file server")
     p.add_argument(
@@ -110,6 +126,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="PROXY",
         help="online, direct, env or http://HOST:PORT (default: [store] sync_proxy); "
         "credentials come from the proxy-auth credential, never from here",
+    )
+    p.add_argument(
+        "--public-key",
+        action="append",
+        metavar="ed25519:BASE64",
+        help="accept an index signed by this key (repeatable); replaces [store] sync_public_keys",
+    )
+    p.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="without public keys, allow a sync over plain http:// ([store] sync_allow_unsigned)",
     )
     p.set_defaults(func=_sync)
 
@@ -355,12 +382,27 @@ def _export(args: argparse.Namespace) -> int:
     from markd.store import fleet
 
     with _open(args, readonly=True) as store:
-        index = fleet.export(store, args.to)
+        index = fleet.export(store, args.to, sign_key=args.sign_key)
+    signed = index.get("signature")
     _emit(
         args,
         index,
         f"exported version {index['version']} to {args.to}: snapshot "
-        f"{index['snapshot']['file']} and {len(index['deltas'])} delta(s)",
+        f"{index['snapshot']['file']} and {len(index['deltas'])} delta(s), "
+        + (f"signed by {signed['key']}" if signed else "unsigned"),
+    )
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from markd.store import signing
+
+    public = signing.generate_key(args.out)
+    _emit(
+        args,
+        {"private_key_file": args.out, "public_key": public},
+        f"{public}\n(private key in {args.out}; keep it on the master only. Put the public "
+        "key in [store] sync_public_keys on every kiosk.)",
     )
     return 0
 
@@ -372,6 +414,7 @@ def _sync(args: argparse.Namespace) -> int:
     if not url:
         raise StoreError("no URL: give one or set MARKD_SYNC_URL", "bad-url")
     proxy = _sync_proxy(args)
+    store_config = config_module.load(args.config).store
     progress = ProgressPrinter(args.progress)
     with _open(args, readonly=False) as store:
         try:
@@ -382,6 +425,10 @@ def _sync(args: argparse.Namespace) -> int:
                 timeout=args.timeout,
                 allow_rollback=args.allow_rollback,
                 proxy=proxy,
+                public_keys=(
+                    tuple(args.public_key) if args.public_key else store_config.sync_public_keys
+                ),
+                allow_unsigned=args.allow_unsigned or store_config.sync_allow_unsigned,
             )
         finally:
             progress.done()

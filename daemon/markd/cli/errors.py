@@ -29,10 +29,12 @@ import sys
 from collections.abc import Collection
 from typing import TextIO
 
-from markd.errors import ConfigError, MarkdError
+from markd.errors import UNTRUSTED_SYNC_REASONS, ConfigError, MarkdError
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+#: A fleet sync refused as untrusted (markctl store sync): nothing changed, a person must look.
+EXIT_UNTRUSTED = 3
 
 #: Reasons that mean "what you gave is wrong" rather than "it failed": markctl exits 2 on them.
 INPUT_REASONS = frozenset(
@@ -58,7 +60,9 @@ INPUT_REASONS = frozenset(
 
 
 def exit_status(exc: MarkdError, input_reasons: Collection[str] = ()) -> int:
-    """2 for a bad configuration or an input reason, else 1."""
+    """2 for a bad configuration or an input reason, 3 for an untrusted sync, else 1."""
+    if exc.reason in UNTRUSTED_SYNC_REASONS:
+        return EXIT_UNTRUSTED
     if isinstance(exc, ConfigError) or exc.reason in input_reasons:
         return EXIT_BAD_INPUT
     return EXIT_FAILED

@@ -40,6 +40,7 @@ from markd.config.schema import (
     StoreConfig,
     TerminalConfig,
     TspiotConfig,
+    config_warnings,
     default_config,
     sync_proxy_problem,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "load",
     "schema_keys",
     "schema_reference",
+    "config_warnings",
     "sync_proxy_problem",
     "to_dict",
     "to_toml",

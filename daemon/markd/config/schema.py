@@ -59,6 +59,7 @@ from markd.fiscal.model import (
 from markd.listen import parse_listen
 from markd.proxy import DEFAULT_NO_PROXY, no_proxy_problem, proxy_problem
 from markd.receipts import PAYMENT_TYPES
+from markd.store.signing import public_key_problem
 
 DEFAULT_SCANNER_NAME = "scanner0"
 DEFAULT_SCANNER_URL = "serial:///dev/markd/scanner0?baudrate=9600&terminator=cr"
@@ -189,6 +190,22 @@ class StoreConfig:
             "`[check.online]`; direct without that section), `direct`, `env`, or "
             "`http://HOST:PORT` (credentials: the systemd credential `proxy-auth`).",
             "check": lambda value: sync_proxy_problem(value),
+        },
+    )
+    sync_public_keys: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "doc": "Public keys (`ed25519:BASE64`, from `markctl store keygen`) one of which "
+            "must have signed the fleet's `index.json`; several while a fleet rotates keys. "
+            "Empty: the index is not checked (see `sync_allow_unsigned`).",
+            "check": lambda value: public_key_problem(value),
+        },
+    )
+    sync_allow_unsigned: bool = field(
+        default=False,
+        metadata={
+            "doc": "Without `sync_public_keys`, allow a sync over plain `http://` (anyone on "
+            "the path could rewrite the blocklist); HTTPS is allowed either way.",
         },
     )
 
@@ -752,6 +769,27 @@ class SaleConfig:
         if self.parsed_catalog is not None and self.parsed_catalog.path == self.catalog:
             return self.parsed_catalog
         return load_catalog(self.catalog)
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What is valid but unsafe (``markctl config check`` prints it; the daemon starts)."""
+    store = config.store
+    found: list[str] = []
+    if store.sync_url and not store.sync_public_keys:
+        if store.sync_url.lower().startswith("http://") and not store.sync_allow_unsigned:
+            found.append(
+                "[store] sync_url is plain http:// and [store] sync_public_keys is empty: every "
+                "sync will be refused (unsigned-sync); set sync_public_keys (docs/store.md, "
+                "Fleet keys), or sync_allow_unsigned = true to accept the risk"
+            )
+        else:
+            found.append(
+                "[store] sync_public_keys is empty: the blocklist from [store] sync_url is not "
+                "verified, so whoever controls the file server"
+                + (" or the network path" if store.sync_url.lower().startswith("http://") else "")
+                + " can unblock codes or wipe the list (docs/store.md, Fleet keys)"
+            )
+    return found
 
 
 def whole_config_problems(config: Config) -> list[tuple[tuple[str, ...], str]]:

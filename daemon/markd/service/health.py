@@ -168,6 +168,10 @@ class Health:
                 else:
                     age = max(0.0, time.time() - info.synced_at)
                     parts.append(f"blocklist v{info.version} synced {age_text(age)} ago")
+        sync = getattr(service, "store_sync", None)
+        if sync is not None and sync.refused is not None:
+            # Loud on purpose: someone may be tampering with the list (docs/store.md).
+            parts.append(f"blocklist sync REFUSED ({sync.refused['reason']})")
         if service.sale_desk is not None:
             parts.append(service.sale_desk.status_text())
         counts = service.verdict_counts

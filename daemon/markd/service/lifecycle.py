@@ -548,6 +548,9 @@ class Service:
         }
         sources = {} if self._chain is None else self._chain.status()
         receipts = self.receipts
+        store = store_status(self.store, self.config.store.path)
+        if self.store_sync is not None and self.store_sync.refused is not None:
+            store = {**store, "sync_refused": dict(self.store_sync.refused)}
         return {
             "service": {
                 "state": "ready" if self.ready.is_set() else "starting",
@@ -558,7 +561,7 @@ class Service:
             },
             "scanners": scanners,
             "sources": sources,
-            "store": store_status(self.store, self.config.store.path),
+            "store": store,
             "printer": None if receipts is None else dict(receipts.status()),
         }
 

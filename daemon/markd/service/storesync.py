@@ -41,8 +41,11 @@ class StoreSync:
     (each waits for the previous one), the first after a random delay in ``start_delay_s``,
     then every ``sync_interval_s`` ± 10 %; a run longer than ``timeout_s`` is killed (the
     download resumes next time). Each run logs ``store-sync`` (with the versions) or
-    ``store-sync-failed`` (warning, with the reason); the URL in the log never carries the
-    user, password or query string.
+    ``store-sync-failed`` (warning, with the reason), or ``store-sync-refused`` (error) when the
+    sync was refused as untrusted (a missing or bad signature, an unknown key, a file that
+    does not match the signed index, an unsigned sync over ``http://``); the URL in the log
+    never carries the user, password or query string. :attr:`refused` holds the latest
+    refusal until a sync succeeds (for the status).
 
     :meth:`stop` cancels the schedule and ends a running child (SIGTERM, then SIGKILL): LMDB
     keeps the store at the old or the new version whatever moment it is killed at.
@@ -63,6 +66,8 @@ class StoreSync:
         self.safe_url = redact_url(self.url)
         self.store_path = config.store.path
         self.interval_s = float(config.store.sync_interval_s)
+        self.public_keys = config.store.sync_public_keys
+        self.allow_unsigned = config.store.sync_allow_unsigned
         self.config_file = main_config_file(config)
         self.event_log = event_log
         self.start_delay_s = start_delay_s
@@ -73,12 +78,20 @@ class StoreSync:
         #: Results of finished runs: the sync's JSON (``SyncResult``) or ``{"error": …}``.
         self.results: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
+        #: The latest untrusted-sync refusal (``{"reason", "message"}``), None once a sync
+        #: succeeds.
+        self.refused: dict[str, str] | None = None
 
     def command(self) -> list[str]:
         """The child's command line. The URL is not in it (it may hold credentials, and any
         local user can read a command line); the child gets it from ``MARKD_SYNC_URL``."""
         command = [self.python, "-m", "markd.cli.markctl", "store", "sync"]
         command += ["--store", self.store_path, "--json", "--progress", "none"]
+        # The trust settings the daemon runs with, not whatever the file says by now.
+        for key in self.public_keys:
+            command += ["--public-key", key]
+        if self.allow_unsigned:
+            command.append("--allow-unsigned")
         if self.config_file is not None:
             command += ["--config", self.config_file]
         return command
@@ -131,6 +144,7 @@ class StoreSync:
         data = _last_json_line(out)
         if returncode == 0 and data is not None and "error" not in data:
             self.results.append(data)
+            self.refused = None
             self.event_log.event(
                 "store-sync",
                 f"blocklist v{data.get('after_version')} from {self.safe_url} "
@@ -153,11 +167,24 @@ class StoreSync:
         return self._failed(reason, message, exit_status=returncode)
 
     def _failed(self, reason: str, message: str, **fields: Any) -> dict[str, Any]:
+        from markd.errors import UNTRUSTED_SYNC_REASONS
         from markd.store.fleet import hide_secrets
 
         message = hide_secrets(message, self.url)
         result = {"error": {"reason": reason, "message": message}}
         self.results.append(result)
+        if reason in UNTRUSTED_SYNC_REASONS:
+            self.refused = {"reason": reason, "message": message}
+            self.event_log.event(
+                "store-sync-refused",
+                f"blocklist sync from {self.safe_url} REFUSED ({reason}), nothing changed: "
+                f"{message}",
+                priority="error",
+                url=self.safe_url,
+                reason=reason,
+                **fields,
+            )
+            return result
         self.event_log.event(
             "store-sync-failed",
             f"blocklist sync from {self.safe_url} failed: {message}",

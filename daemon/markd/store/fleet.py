@@ -83,7 +83,7 @@ from markd.http.client import os_reason
 from markd.http.errors import HTTPBodyCut, HTTPError, HTTPTimeout, ProxyError
 from markd.numbers import read_int
 from markd.proxy import ProxyEndpoint, ProxySettings
-from markd.store import keys
+from markd.store import keys, signing
 from markd.store.core import Store
 from markd.store.importer import CSV_COLUMNS, Progress, apply_delta, import_snapshot, read_delta
 
@@ -231,9 +231,15 @@ def _write_delta(directory: Path, record: dict[str, Any]) -> _Written:
     return _Written(tmp, name, sink.size, sink.sha256.hexdigest())
 
 
-def export(store: Store, to_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def export(
+    store: Store, to_dir: str | os.PathLike[str], *, sign_key: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
     """Write the live blocklist of ``store`` into ``to_dir`` for a static file server; return
     the index (also written as ``index.json``).
+
+    ``sign_key``: a private key file (``markctl store keygen``); the index is then signed
+    (:mod:`markd.store.signing`), and with it every file it names (by size and sha256). The
+    key is read before anything is written: a wrong key leaves ``to_dir`` as it was.
 
     ``to_dir`` is created if missing. Each file is written under a hidden temporary name,
     flushed to disk and renamed into place; ``index.json`` comes last, so a client never sees
@@ -246,6 +252,7 @@ def export(store: Store, to_dir: str | os.PathLike[str]) -> dict[str, Any]:
     the store while it is read (the version changes), the export is read again. A store at
     version 0 (never loaded) exports an empty snapshot.
     """
+    private_key = signing.load_private_key(sign_key) if sign_key is not None else None
     directory = Path(to_dir)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -298,6 +305,8 @@ def export(store: Store, to_dir: str | os.PathLike[str]) -> dict[str, Any]:
                 for record, written in zip(records, deltas, strict=True)
             ],
         }
+        if private_key is not None:
+            index = signing.sign_index(index, private_key)
         with _temporary(directory, INDEX_NAME) as (tmp, sink):
             sink.write(json.dumps(index, indent=1).encode() + b"\n")
         os.replace(tmp, directory / INDEX_NAME)
@@ -579,10 +588,18 @@ def _file_entry(data: Any, where: str, errors: list[str], *, delta: bool) -> dic
 def parse_index(raw: bytes, safe_url: str = "") -> dict[str, Any]:
     """Validate an ``index.json``; return it normalised. Raises ``bad-index`` naming every
     problem."""
+    return _index_from(_load_index(raw, safe_url), safe_url)
+
+
+def _load_index(raw: bytes, safe_url: str) -> Any:
     try:
-        data = json.loads(raw)
-    except ValueError as exc:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
         raise _bad_index(safe_url, f"not JSON ({exc})") from exc
+
+
+def _index_from(data: Any, safe_url: str) -> dict[str, Any]:
+    """Validate a parsed ``index.json`` (the very object whose signature was checked)."""
     if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT:
         raise _bad_index(safe_url, f'not a markd index (expected "format": "{INDEX_FORMAT}")')
     errors: list[str] = []
@@ -725,8 +742,12 @@ class _Downloader:
     """Fetches files of the export into the downloads directory, resumably, and verifies
     them against the index."""
 
-    def __init__(self, remote: _Remote, directory: Path, progress: Progress | None) -> None:
+    def __init__(
+        self, remote: _Remote, directory: Path, progress: Progress | None, *, signed: bool = False
+    ) -> None:
         self.remote = remote
+        #: The index was signed: a mismatch is a tampered file (``tampered-download``).
+        self.signed = signed
         self.directory = directory
         self.progress = _Throttle(progress)
         self.downloaded = 0
@@ -764,8 +785,9 @@ class _Downloader:
         raise StoreError(
             f"{name} from {self.remote.safe}: got {got:,} bytes with sha256 {digest[:16]}…, "
             f"the index says {size:,} bytes with sha256 {entry['sha256'][:16]}…; "
-            "the download was deleted",
-            "bad-download",
+            "the download was deleted"
+            + ("; the signed index is authoritative" if self.signed else ""),
+            "tampered-download" if self.signed else "bad-download",
         )
 
     def _receive(self, name: str, size: int) -> bool:
@@ -817,7 +839,7 @@ class _Downloader:
             raise StoreError(
                 f"{name} from {self.remote.safe}: the server has "
                 f"{have + length:,} bytes, the index says {size:,}",
-                "bad-download",
+                "tampered-download" if self.signed else "bad-download",
             )
         self._stream(name, response, mode, have, size)
 
@@ -869,6 +891,8 @@ def sync(
     timeout: float = DEFAULT_TIMEOUT_S,
     allow_rollback: bool = False,
     proxy: ProxySettings | None = None,
+    public_keys: tuple[str, ...] = (),
+    allow_unsigned: bool = True,
 ) -> SyncResult:
     """Bring ``store`` to the version published at ``url`` (an export directory on any static
     HTTP(S) server); see the module docstring for the steps.
@@ -882,12 +906,33 @@ def sync(
         also decide what goes direct); None: no proxy, whatever the environment says. A
         proxy's failure (407, a refused tunnel, no connection) is a ``sync-failed`` naming
         the proxy, never its credentials.
+    :param public_keys: ``ed25519:BASE64`` keys (``[store] sync_public_keys``). When given,
+        the index must be signed by one of them (``unsigned-index``, ``unknown-key``,
+        ``bad-signature`` otherwise) and every file must match the signed size and sha256
+        (``tampered-download``); all of it is checked, every file downloaded and verified,
+        before the store changes at all. Versions (and so the rollback check) come only
+        from the signed index.
+    :param allow_unsigned: without ``public_keys``, whether a sync over plain ``http://`` is
+        allowed (anyone on the path could rewrite the list); refused with ``unsigned-sync``
+        otherwise. markctl and the daemon pass ``[store] sync_allow_unsigned`` (default
+        false); HTTPS without keys is allowed (the server is trusted, ``config check`` warns).
     """
     started = time.monotonic()
     if store.readonly:
         raise StoreError(f"store {store.path} is open read-only", "store-readonly")
     remote = _Remote(url, timeout, proxy)
     safe = remote.safe
+    for key in public_keys:
+        if (problem := signing.public_key_problem(key)) is not None:
+            raise StoreError(f"sync_public_keys: {problem}", "bad-key")
+    if not public_keys and not allow_unsigned and safe.lower().startswith("http://"):
+        raise StoreError(
+            f"refusing an unsigned sync over plain http:// from {safe}: anyone on the path "
+            "could change the blocklist. Sign the export (markctl store export --sign-key) and "
+            "set [store] sync_public_keys, use https://, or accept the risk with "
+            "[store] sync_allow_unsigned = true; nothing changed",
+            "unsigned-sync",
+        )
     downloads = Path(store.path) / DOWNLOADS_DIR
     try:
         downloads.mkdir(exist_ok=True)
@@ -922,7 +967,11 @@ def sync(
                 raw = _read_up_to(response, MAX_INDEX_BYTES + 1)
         if len(raw) > MAX_INDEX_BYTES:
             raise _bad_index(safe, f"larger than {MAX_INDEX_BYTES >> 20} MiB")
-        index = parse_index(raw, safe)
+        data = _load_index(raw, safe)
+        if public_keys:
+            # Before anything else is read from it: only signed data decides what happens.
+            signing.verify_index(data, public_keys, f"{safe}/{INDEX_NAME}")
+        index = _index_from(data, safe)
         target = index["version"]
         as_of = index["list_synced_at"]
         # Versions only compare between lists of one origin: a list imported by hand or synced
@@ -952,12 +1001,25 @@ def sync(
             downloads, {d["file"] for d in chain} | ({snapshot["file"]} if snapshot else set())
         )
 
-        fetcher = _Downloader(remote, downloads, progress)
-        if snapshot is not None:
-            path = fetcher.fetch(snapshot)
+        fetcher = _Downloader(remote, downloads, progress, signed=bool(public_keys))
+        # Every file is downloaded and verified before the store changes at all: a bad or
+        # tampered delta must not leave the kiosk half-way (a snapshot in, its deltas not).
+        snapshot_path = fetcher.fetch(snapshot) if snapshot is not None else None
+        deltas = []
+        for entry in chain:
+            delta = read_delta(fetcher.fetch(entry))
+            if (delta["version"], delta["previous"]) != (entry["version"], entry["previous"]):
+                fetcher.discard(entry["file"])
+                raise StoreError(
+                    f"{entry['file']} from {safe} is delta {delta['previous']}→"
+                    f"{delta['version']}, the index says {entry['previous']}→{entry['version']}",
+                    "bad-download",
+                )
+            deltas.append((entry, delta))
+        if snapshot is not None and snapshot_path is not None:
             import_snapshot(
                 store,
-                path,
+                snapshot_path,
                 "csv",
                 version=snapshot["version"],
                 source=safe,
@@ -970,16 +1032,7 @@ def sync(
                 progress=progress,
             )
             fetcher.discard(snapshot["file"])
-        for entry in chain:
-            path = fetcher.fetch(entry)
-            delta = read_delta(path)
-            if (delta["version"], delta["previous"]) != (entry["version"], entry["previous"]):
-                fetcher.discard(entry["file"])
-                raise StoreError(
-                    f"{entry['file']} from {safe} is delta {delta['previous']}→"
-                    f"{delta['version']}, the index says {entry['previous']}→{entry['version']}",
-                    "bad-download",
-                )
+        for entry, delta in deltas:
             apply_delta(store, delta, synced_at=as_of)
             fetcher.discard(entry["file"])
         store.touch_sync(etag=etag, url=safe, source=safe, synced_at=as_of)
