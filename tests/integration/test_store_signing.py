@@ -25,7 +25,7 @@ from markd import config as config_module
 from markd.cli import markctl
 from markd.emulators.static_http import StaticHTTPServer
 from markd.errors import ConfigError, StoreError
-from markd.service import StoreSync
+from markd.service import Service, StoreSync
 from markd.store import Store, fleet, signing
 from markd.store.importer import apply_delta, import_snapshot
 
@@ -443,3 +443,9 @@ async def test_the_daemon_logs_a_forged_list_at_err_with_its_own_message_id(
     assert result["error"]["reason"] == "unknown-key"
     assert log.kinds() == ["store-sync-refused"] and log.priorities["store-sync-refused"] == "error"
     assert sync.refused is not None and sync.refused["reason"] == "unknown-key"
+
+    # systemctl status and GET /v1/status say it until a sync succeeds
+    service = Service(config, event_log=log)
+    service.store_sync = sync
+    assert "blocklist sync REFUSED (unknown-key)" in service.status_line()
+    assert service.status_snapshot()["store"]["sync_refused"]["reason"] == "unknown-key"

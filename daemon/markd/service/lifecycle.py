@@ -550,7 +550,7 @@ class Service:
         receipts = self.receipts
         store = store_status(self.store, self.config.store.path)
         if self.store_sync is not None and self.store_sync.refused is not None:
-            store = {**store, "sync_refused": dict(self.store_sync.refused)}
+            store = {**(store or {}), "sync_refused": dict(self.store_sync.refused)}
         return {
             "service": {
                 "state": "ready" if self.ready.is_set() else "starting",

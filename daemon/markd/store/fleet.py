@@ -18,19 +18,24 @@ An export directory::
     {"format": "markd-store-index", "version": V, "generated_at": <unix>,
      "snapshot": {"version": V, "file": "snapshot-V.csv.gz", "size": …, "sha256": "…"},
      "deltas": [{"version": N, "previous": N-1, "file": "delta-N.jsonl", "size": …,
-                 "sha256": "…"}, …]}          (oldest first, a contiguous chain)
+                 "sha256": "…"}, …],         (oldest first, a contiguous chain)
+     "signature": {"key": "ed25519:…", "ed25519": "…"}}   (with ``--sign-key``;
+                                                          :mod:`markd.store.signing`)
 
 How a kiosk syncs (:func:`sync`):
 
 1. ``GET <url>/index.json`` with ``If-None-Match`` (the ETag of the last index this store
    synced from the same URL). ``304 Not Modified`` → the list is confirmed current.
-2. The index is validated strictly (``bad-index`` otherwise).
+2. With ``public_keys`` (``[store] sync_public_keys``) the index's signature is checked
+   first; then the index is validated strictly (``bad-index`` otherwise). Without keys, a
+   plain ``http://`` URL is refused before any request unless ``allow_unsigned``.
 3. The store is at the index version → nothing to fetch. The deltas listed lead from the
    store's version to the index version → fetch and apply only them. Otherwise (too far
    behind, or a new snapshot on the master) → fetch the snapshot, resumably, import it, then
    apply the deltas after it. A server *behind* the store (a rollback on the master) is refused
    unless ``allow_rollback``.
-4. Every file is checked against the size and sha256 in the index before it is used.
+4. Every file is checked against the size and sha256 in the index before it is used, and
+   all of them are downloaded and checked before the store changes at all.
 
 Versions are taken to come from one master: a kiosk at version N is assumed to hold what the
 master held at version N (deltas apply only on top of the version they name).
@@ -50,7 +55,10 @@ or thread of its own), one connection per file, redirects followed (:data:`MAX_R
 Errors are :class:`~markd.errors.StoreError` with these reasons: ``sync-failed`` (HTTP error,
 timeout, connection failure; names the URL and the HTTP status), ``bad-index``,
 ``bad-download`` (size or sha256 mismatch; names the file), ``stale-snapshot`` (the server is
-behind the store), ``sync-busy`` (another sync of the same store is running), ``bad-url``.
+behind the store), ``sync-busy`` (another sync of the same store is running), ``bad-url``; and,
+for a sync refused as untrusted (:data:`markd.errors.UNTRUSTED_SYNC_REASONS`),
+``unsigned-index``, ``unknown-key``, ``bad-signature``, ``tampered-download`` (a size or
+sha256 mismatch against a signed index) and ``unsigned-sync``.
 """
 
 from __future__ import annotations
