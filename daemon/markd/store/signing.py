@@ -62,6 +62,10 @@ def public_key_text(key: Ed25519PublicKey) -> str:
     return KEY_PREFIX + base64.b64encode(_public_bytes(key)).decode("ascii")
 
 
+def _canonical(text: str) -> bytes:
+    return base64.b64decode(text[len(KEY_PREFIX) :])
+
+
 def _load_public(text: str) -> Ed25519PublicKey:
     problem = public_key_problem(text)
     if problem is not None:
@@ -146,7 +150,14 @@ def verify_index(data: Any, public_keys: tuple[str, ...], where: str) -> str:
         raise StoreError(
             f"{where}: the signature member is malformed; nothing changed", "bad-signature"
         )
-    if key_text not in public_keys:
+    if signing_key_problem := public_key_problem(key_text):
+        raise StoreError(
+            f"{where}: the signature names no usable key ({signing_key_problem}); nothing changed",
+            "bad-signature",
+        )
+    # Compared as key bytes: two spellings of one key in base64 are the same key.
+    known = {_canonical(key) for key in public_keys if public_key_problem(key) is None}
+    if _canonical(key_text) not in known:
         raise StoreError(
             f"{where} is signed with {key_text[:60]!r}, which is not in [store] "
             "sync_public_keys; nothing changed",
