@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -33,6 +32,7 @@ from markd.errors import CodeError, StoreError
 from markd.events import verdict_json
 from markd.service.wiring import build_chain
 from markd.store import Store
+from markd.text import printable_json
 
 EXIT_DENY = 3
 PROBE_TIMEOUT_S = 3.0
@@ -108,7 +108,7 @@ def _check(args: argparse.Namespace) -> int:
         data = verdict_json(asyncio.run(_check_once(cfg, args.code, price)))
     data["via"] = via.split(" ")[0]
     if args.json:
-        print(json.dumps(data, ensure_ascii=False))
+        print(printable_json(data, ensure_ascii=False))
     else:
         print(f"{data['decision'].upper()} {data['ki'] or '(not a code)'}: {data['reason']}")
         print(f"  {data['message']}")
@@ -197,7 +197,7 @@ def _status(args: argparse.Namespace) -> int:
             report["store"] = {"error": exc.message}
     report["via"] = via.split(" ")[0]
     if args.json:
-        print(json.dumps(report, ensure_ascii=False, default=str))
+        print(printable_json(report, ensure_ascii=False, default=str))
         return 0
     service = report.get("service")
     if service is not None:
@@ -218,11 +218,11 @@ def _status(args: argparse.Namespace) -> int:
                 line = cdn_list_line(sources[name])
                 if line is not None:
                     print(f"cdn hosts    {line}")
-            print(f"{name:<12} {json.dumps(sources[name], ensure_ascii=False, default=str)}")
+            print(f"{name:<12} {printable_json(sources[name], ensure_ascii=False, default=str)}")
     for name, error in report.get("errors", {}).items():
         print(f"{name:<12} ERROR {error}")
     if report.get("printer") is not None:
-        print(f"printer      {json.dumps(report['printer'], ensure_ascii=False, default=str)}")
+        print(f"printer      {printable_json(report['printer'], ensure_ascii=False, default=str)}")
     store = report["store"]
     if "error" in store:
         print(f"store        ERROR {store['error']}")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import re
 import sys
 from typing import Any
 
@@ -35,6 +35,7 @@ from markd.checks.chain import CheckChain
 from markd.checks.verdict import Verdict, parser_verdict
 from markd.errors import CodeError
 from markd.fiscal.session import ReceiptOutcome, UnitOutcome
+from markd.money import money_problem
 from markd.receipts import PAYMENT_TYPES, Payment
 from markd.service.wiring import (
     build_chain,
@@ -45,6 +46,7 @@ from markd.service.wiring import (
 )
 from markd.store import Store
 from markd.systemd import EventLog
+from markd.text import printable_json
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -59,9 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("codes", nargs="+", metavar="CODE", help="scanned codes (\\u001d or <GS>)")
     p.add_argument("--config", metavar="PATH", help="configuration file")
-    p.add_argument(
-        "--price", type=float, default=1.0, help="price of each unit in roubles (default 1.00)"
-    )
+    p.add_argument("--price", default="1.00", help="price of each unit in roubles (default 1.00)")
     p.add_argument("--name", default=DEFAULT_NAME, help="position name on the receipt")
     p.add_argument(
         "--payment", choices=PAYMENT_TYPES, help="payment type (default [fiscal] payment_type)"
@@ -74,17 +74,39 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _sell(args: argparse.Namespace) -> int:
-    cfg = config_module.load(args.config)
-    price = round(args.price * 100)
-    if price < 0 or not args.name.strip():
-        print("markctl: --price must not be negative and --name not empty", file=sys.stderr)
+    price, problem = price_kopecks(args.price)
+    if problem is None and price is not None:
+        problem = money_problem(price * len(args.codes), "the total")
+    if problem is not None or price is None:
+        print(f"markctl: --price: {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    if not args.name.strip():
+        print("markctl: --name must not be empty", file=sys.stderr)
+        return EXIT_CONFIG
+    cfg = config_module.load(args.config)
     report = asyncio.run(_run(cfg, args, price))
     if args.json:
-        print(json.dumps(report, ensure_ascii=False, default=str))
+        print(printable_json(report, ensure_ascii=False, default=str))
     else:
         _print_report(report)
     return int(report["exit"])
+
+
+#: Roubles as a technician types them: digits, then at most two decimals after ``.`` or ``,``.
+#: 18 digits are more than any price the ККТ takes and few enough to convert safely.
+_ROUBLES = re.compile(r"([0-9]{1,18})(?:[.,]([0-9]{1,2}))?")
+
+
+def price_kopecks(text: str) -> tuple[int | None, str | None]:
+    """``--price`` in kopecks, or None and why: a price the ККТ can take
+    (:func:`markd.receipts.money_problem`), written as roubles with at most two decimals
+    (``89.90``, ``89,9``, ``90``; not ``-1``, ``0``, ``1.005``, ``1e30``, ``nan``)."""
+    found = _ROUBLES.fullmatch(text.strip())
+    if found is None:
+        return None, f"expected roubles such as 89.90 (at most 2 decimals), got {text!r}"
+    kopecks = int(found.group(1)) * 100 + int((found.group(2) or "0").ljust(2, "0"))
+    problem = money_problem(kopecks, "a price")
+    return (None, problem) if problem else (kopecks, None)
 
 
 async def _run(cfg: Any, args: argparse.Namespace, price: int) -> dict[str, Any]:
@@ -223,7 +245,7 @@ def _print_report(report: dict[str, Any]) -> None:
     if receipt["store_ok"] is not None:
         print(f"  store: {'sold journal updated' if receipt['store_ok'] else 'NOT updated'}")
     if receipt["lm"] is not None:
-        print(f"  Local Module: {json.dumps(receipt['lm'], ensure_ascii=False)}")
+        print(f"  Local Module: {printable_json(receipt['lm'], ensure_ascii=False)}")
 
 
 def describe_fn(fiscal: dict[str, Any]) -> str:
