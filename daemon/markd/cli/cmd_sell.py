@@ -93,8 +93,9 @@ def _sell(args: argparse.Namespace) -> int:
 
 
 #: Roubles as a technician types them: digits, then at most two decimals after ``.`` or ``,``.
-#: 18 digits are more than any price the ККТ takes and few enough to convert safely.
-_ROUBLES = re.compile(r"([0-9]{1,18})(?:[.,]([0-9]{1,2}))?")
+#: Up to 40 digits are read (then refused by value, with the cap in the message); more are
+#: not a price at all.
+_ROUBLES = re.compile(r"([0-9]{1,40})(?:[.,]([0-9]{1,2}))?")
 
 
 def price_kopecks(text: str) -> tuple[int | None, str | None]:

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from markd import config as config_module
 from markd.errors import ConfigError, StoreError
 from markd.store import Store
-from markd.text import printable_json
+from markd.text import printable, printable_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -316,7 +316,8 @@ def _lookup(args: argparse.Namespace) -> int:
     if found.blocked:
         b = found.blocked
         lines.append(
-            f"BLOCKED by {b.kind} {b.key}: {b.reason} (source {b.source}, since "
+            f"BLOCKED by {b.kind} {b.key}: {printable(b.reason)} "
+            f"(source {printable(b.source)}, since "
             f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(b.since))} UTC)"
         )
     if found.sold:

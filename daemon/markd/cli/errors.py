@@ -41,6 +41,7 @@ INPUT_REASONS = frozenset(
         "bad-rows",
         "bad-file",
         "bad-key",
+        "bad-text",
         "duplicate-delta",
         "out-of-order-delta",
         "stale-snapshot",
