@@ -267,3 +267,21 @@ def test_escape_sequences_in_an_argument_echoed_back_never_reach_the_terminal(
         status, out, err = run(capsys, *argv)
         assert status == 2 and (out + err).strip()
         assert_no_raw_control(out + err)
+
+
+class _Terminal(io.BytesIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_escape_sequences_in_a_scanned_code_are_escaped_on_a_terminal(tmp_path: Path) -> None:
+    from markd.cli import cmd_scan
+
+    capture = tmp_path / "serial.bin"
+    capture.write_bytes(f"{KI}\x1d93\x1b[2J{CSI}\r".encode())
+    args = markctl.build_parser().parse_args(["decode", "--serial", str(capture)])
+    terminal, pipe = _Terminal(), io.BytesIO()
+    assert cmd_scan.run_decode(args, stdout=terminal, stderr=io.StringIO()) == 0
+    assert cmd_scan.run_decode(args, stdout=pipe, stderr=io.StringIO()) == 0
+    assert terminal.getvalue() == f"{KI}\\u001d93\\u001b[2J\\x9b\n".encode()
+    assert pipe.getvalue() == f"{KI}\x1d93\x1b[2J{CSI}\n".encode()  # a pipe gets the code
