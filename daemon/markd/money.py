@@ -10,6 +10,8 @@ negative and zero sums are refused by the same rule.
 
 from __future__ import annotations
 
+import re
+
 #: The largest sum of money, in kopecks, markd hands a ККТ: a price, a position's sum, a
 #: receipt's total or a payment. The Shtrih protocol writes each of them as 5 bytes of kopecks
 #: (domain.md §7.7, ``FF46`` operation V2 and the close), so 2**40 − 1 (10 995 116 277.75
@@ -59,4 +61,29 @@ def _short(value: int) -> str:
     return str(value)
 
 
-__all__ = ["MAX_KOPECKS", "MAX_QUANTITY", "money_problem", "quantity_problem"]
+#: Roubles as a technician types them: digits, then at most two decimals after ``.`` or ``,``.
+#: Up to 40 digits are read (then refused by value, with the cap in the message); more are
+#: not a price at all.
+_ROUBLES = re.compile(r"([0-9]{1,40})(?:[.,]([0-9]{1,2}))?")
+
+
+def roubles_to_kopecks(text: str) -> tuple[int | None, str | None]:
+    """A price a technician typed (``markctl sell --price``, ``markctl check --price``) in
+    kopecks, or None and why: a price the ККТ can take (:func:`money_problem`), written as
+    roubles with at most two decimals (``89.90``, ``89,9``, ``90``; not ``-1``, ``0``,
+    ``1.005``, ``1e30``, ``nan``)."""
+    found = _ROUBLES.fullmatch(text.strip())
+    if found is None:
+        return None, f"expected roubles such as 89.90 (at most 2 decimals), got {text!r}"
+    kopecks = int(found.group(1)) * 100 + int((found.group(2) or "0").ljust(2, "0"))
+    problem = money_problem(kopecks, "a price")
+    return (None, problem) if problem else (kopecks, None)
+
+
+__all__ = [
+    "MAX_KOPECKS",
+    "MAX_QUANTITY",
+    "money_problem",
+    "quantity_problem",
+    "roubles_to_kopecks",
+]

@@ -19,7 +19,13 @@ from markd.emulators.virtual_kkt import VirtualKkt
 from markd.errors import ConfigError, PrinterFault
 from markd.fiscal.base import new_op_id
 from markd.fiscal.model import Position
-from markd.money import MAX_KOPECKS, MAX_QUANTITY, money_problem, quantity_problem
+from markd.money import (
+    MAX_KOPECKS,
+    MAX_QUANTITY,
+    money_problem,
+    quantity_problem,
+    roubles_to_kopecks,
+)
 from markd.receipts import Payment
 from markd.testing import fiscal as testing
 
@@ -192,3 +198,23 @@ def test_a_catalog_price_out_of_range_is_refused_with_file_and_line(
     with pytest.raises(ConfigError) as refused:
         load_catalog(catalog)
     assert refused.value.problems == [f"{catalog}:2: {problem}"]
+
+
+@pytest.mark.parametrize(
+    "price", ["1e30", "nan", "inf", "-1", "0", "10000000000000000000000000000"]
+)
+def test_markctl_check_refuses_a_price_the_kkt_cannot_take_without_a_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], price: str
+) -> None:
+    # float("nan") * 100 once went to round(): a ValueError and a traceback.
+    config = write_config(tmp_path)
+    status = main(["check", "--config", str(config), "--price", price, testing.WATER])
+    out, err = capsys.readouterr()
+    assert status == 2 and out == "" and err.startswith("markctl: --price: ")
+    assert "Traceback" not in err
+
+
+def test_roubles_are_read_exactly() -> None:
+    assert roubles_to_kopecks("89,9") == (8990, None)
+    assert roubles_to_kopecks(" 10995116277.75 ") == (MAX_KOPECKS, None)
+    assert roubles_to_kopecks("0.01") == (1, None)

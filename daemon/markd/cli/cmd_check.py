@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from typing import Any
 
@@ -30,6 +31,7 @@ from markd.api.client import ControlClient, DaemonNotRunning
 from markd.checks.verdict import Verdict, parser_verdict
 from markd.errors import CodeError, StoreError
 from markd.events import verdict_json
+from markd.money import roubles_to_kopecks
 from markd.service.wiring import build_chain
 from markd.store import Store
 from markd.text import printable_json
@@ -42,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="check one code through the configured chain")
     p.add_argument("code", help="the scanned code (\\u001d or <GS> for GS)")
     p.add_argument("--config", metavar="PATH", help="configuration file")
-    p.add_argument("--price", type=float, help="sale price in roubles (for price rules)")
+    p.add_argument("--price", help="sale price in roubles (for price rules), e.g. 89.90")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     add_daemon_arguments(p)
     p.set_defaults(func=_check)
@@ -91,8 +93,13 @@ async def _check_once(cfg: Any, text: str, price: int | None) -> Verdict:
 
 
 def _check(args: argparse.Namespace) -> int:
+    price: int | None = None
+    if args.price is not None:
+        price, problem = roubles_to_kopecks(args.price)
+        if price is None:
+            print(f"markctl: --price: {problem}", file=sys.stderr)
+            return 2
     cfg = config_module.load(args.config)
-    price = None if args.price is None else round(args.price * 100)
     data: dict[str, Any] | None = None
     via = "in-process"
     if price is not None:

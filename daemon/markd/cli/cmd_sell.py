@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 from typing import Any
 
@@ -35,7 +34,7 @@ from markd.checks.chain import CheckChain
 from markd.checks.verdict import Verdict, parser_verdict
 from markd.errors import CodeError
 from markd.fiscal.session import ReceiptOutcome, UnitOutcome
-from markd.money import money_problem
+from markd.money import money_problem, roubles_to_kopecks
 from markd.receipts import PAYMENT_TYPES, Payment
 from markd.service.wiring import (
     build_chain,
@@ -74,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _sell(args: argparse.Namespace) -> int:
-    price, problem = price_kopecks(args.price)
+    price, problem = roubles_to_kopecks(args.price)
     if problem is None and price is not None:
         problem = money_problem(price * len(args.codes), "the total")
     if problem is not None or price is None:
@@ -90,24 +89,6 @@ def _sell(args: argparse.Namespace) -> int:
     else:
         _print_report(report)
     return int(report["exit"])
-
-
-#: Roubles as a technician types them: digits, then at most two decimals after ``.`` or ``,``.
-#: Up to 40 digits are read (then refused by value, with the cap in the message); more are
-#: not a price at all.
-_ROUBLES = re.compile(r"([0-9]{1,40})(?:[.,]([0-9]{1,2}))?")
-
-
-def price_kopecks(text: str) -> tuple[int | None, str | None]:
-    """``--price`` in kopecks, or None and why: a price the ККТ can take
-    (:func:`markd.receipts.money_problem`), written as roubles with at most two decimals
-    (``89.90``, ``89,9``, ``90``; not ``-1``, ``0``, ``1.005``, ``1e30``, ``nan``)."""
-    found = _ROUBLES.fullmatch(text.strip())
-    if found is None:
-        return None, f"expected roubles such as 89.90 (at most 2 decimals), got {text!r}"
-    kopecks = int(found.group(1)) * 100 + int((found.group(2) or "0").ljust(2, "0"))
-    problem = money_problem(kopecks, "a price")
-    return (None, problem) if problem else (kopecks, None)
 
 
 async def _run(cfg: Any, args: argparse.Namespace, price: int) -> dict[str, Any]:
