@@ -225,6 +225,9 @@ async def test_a_price_of_ten_to_the_thirty_is_refused_before_the_printer(
         fraction = await conversation.request(
             "POST", "/v1/receipt/items", {**water, "price_kopecks": 89.9}
         )
+        escapes = await conversation.request(
+            "POST", "/v1/receipt/items", {**water, "name": "Вода\x1b[2J\u202e"}
+        )
         verdicts_before_a_sale = event_log.count("verdict")
         added = await conversation.request("POST", "/v1/receipt/items", water)
         payments = [
@@ -248,6 +251,8 @@ async def test_a_price_of_ten_to_the_thirty_is_refused_before_the_printer(
     assert "price_kopecks: a price is at most 1099511627775 kopecks" in prices[0].json()["message"]
     assert "price_kopecks: a price is at least 1 kopeck" in prices[2].json()["message"]
     assert (fraction.status, fraction.json()["error"]) == (400, "bad-request")
+    assert (escapes.status, escapes.json()["error"]) == (400, "bad-request")
+    assert "name holds the control character U+001B" in escapes.json()["message"]
     assert verdicts_before_a_sale == 0  # refused before the check, let alone the printer
     assert added.status == 200
     assert [(a.status, a.json()["error"]) for a in payments] == [(400, "money-out-of-range")] * 4

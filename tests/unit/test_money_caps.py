@@ -84,6 +84,13 @@ def test_a_position_of_ten_to_the_thirty_kopecks_has_problems() -> None:
     assert Position("Вода", 100, quantity=MAX_QUANTITY + 1).problems()
 
 
+def test_escape_sequences_in_a_position_name_never_reach_the_printer() -> None:
+    assert Position("Вода\x1b[2J", 8990).problems() == [
+        "a position name holds the control character U+001B at character 5; "
+        "control characters are refused"
+    ]
+
+
 @pytest.fixture(params=["emulator", "shtrih"])
 def printer_and_device(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     opened: AbstractContextManager[Any]

@@ -30,6 +30,7 @@ from markd.receipts import (
     ReceiptOperations,
     ReceiptUnavailable,
 )
+from markd.text import control_problem
 
 #: Longest code accepted by ``/v1/check`` (a scanner frames at most 512 bytes by default).
 MAX_CODE_CHARS = 2048
@@ -124,6 +125,8 @@ async def post_item(context: RouteContext, request: Request) -> Response:
     name = _field(body, "name", str)
     if not name.strip():
         raise HTTPRefusal(400, "bad-request", "name: must not be empty")
+    if (problem := control_problem(name, "name")) is not None:
+        raise HTTPRefusal(400, "bad-request", problem)
     price = _money(body, "price_kopecks", "a price")
     tax = _field(body, "tax", str, default=None)
     receipts = _receipts(context)

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from markd.money import money_problem, quantity_problem
 from markd.receipts import Payment
+from markd.text import control_problem
 
 #: Receipt kinds: a sale, or the return of a sale (ФФД «возврат прихода»).
 ReceiptKind = Literal["sell", "return"]
@@ -338,6 +339,8 @@ class Position:
             found.append("a position needs a name")
         if len(self.name) > 128:
             found.append("a position name is at most 128 characters (tag 1030)")
+        if (problem := control_problem(self.name, "a position name")) is not None:
+            found.append(problem)  # printed on the receipt, shown on screens (markd.text)
         # The ККТ's limits (markd.receipts.MAX_KOPECKS, MAX_QUANTITY): a price of 10**30
         # kopecks is refused here, before a device is asked to register it.
         price = money_problem(self.price_kopecks, "a price")
