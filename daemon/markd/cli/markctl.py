@@ -84,7 +84,7 @@ def _main(argv: list[str] | None) -> int:
         return 130
     except BrokenPipeError:
         # `markctl parse - | head`: the reader went away; not an error worth a traceback.
-        sys.stderr.close()
+        getattr(sys.stderr, "stream", sys.stderr).close()  # the real one, under PrintableWriter
         return 0
 
 
