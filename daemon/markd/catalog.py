@@ -24,11 +24,15 @@ from pathlib import Path
 
 from markd import codes
 from markd.errors import ConfigError
+from markd.money import MAX_KOPECKS, money_problem
+from markd.text import control_problem
 
 #: Position name of a tobacco unit priced at its MRP with no line in the price list.
 MRP_NAME = "Табачная продукция"
-#: Highest price a price list may give (100 million roubles): a bigger one is a typo.
+#: Highest price a price list may give (100 million roubles): a bigger one is a typo. Below
+#: what a ККТ takes (markd.money.MAX_KOPECKS), which every other edge uses.
 MAX_PRICE_KOPECKS = 10_000_000_000
+assert MAX_PRICE_KOPECKS <= MAX_KOPECKS
 #: Longest position name the ККТ takes (tag 1030).
 MAX_NAME_CHARS = 128
 
@@ -139,10 +143,19 @@ def _catalog_entry(
     elif len(title) > MAX_NAME_CHARS:
         problems.append(f"{where}: name: at most {MAX_NAME_CHARS} characters (tag 1030)")
         ok = False
+    elif (problem := control_problem(title, "name")) is not None:
+        # It would be printed on a receipt and shown on screens (markd.text).
+        problems.append(f"{where}: {problem}")
+        ok = False
     price = _price_kopecks(price_text)
     if price is None:
         problems.append(
             f"{where}: price: expected roubles such as 89.90 or 89,90, got {price_text!r}"
+        )
+        ok = False
+    elif price > MAX_PRICE_KOPECKS or (problem := money_problem(price, "price")) is not None:
+        problems.append(
+            f"{where}: {problem or f'price: at most {MAX_PRICE_KOPECKS // 100} roubles'}"
         )
         ok = False
     return CatalogEntry(gtin.zfill(14), title, price, line) if ok and price is not None else None
@@ -152,8 +165,7 @@ def _price_kopecks(text: str) -> int | None:
     found = _PRICE.fullmatch(_SPACES.sub("", text))
     if found is None:
         return None
-    kopecks = int(found.group(1)) * 100 + int((found.group(2) or "0").ljust(2, "0"))
-    return kopecks if kopecks <= MAX_PRICE_KOPECKS else None
+    return int(found.group(1)) * 100 + int((found.group(2) or "0").ljust(2, "0"))
 
 
 @dataclass(frozen=True)

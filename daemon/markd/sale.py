@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 from markd import codes
 from markd.catalog import Catalog, Quote, quote
 from markd.errors import FiscalError, MarkdError
+from markd.money import money_problem
 from markd.receipts import (
     OpenReceipt,
     Payment,
@@ -411,6 +412,12 @@ class SaleDesk:
             paid = sum(p.amount_kopecks for p in payments)
             # Payments given are used unless an earlier attempt's outcome is unknown (then the
             # journaled ones stay, and the answer says so): judge them whenever they are used.
+            if payments and not self.session.payments_locked:
+                # More than the ККТ takes (markd.receipts.MAX_KOPECKS): refused before it is asked.
+                sums = [money_problem(p.amount_kopecks, "a payment") for p in payments]
+                sums.append(money_problem(paid, "the sum paid"))
+                if any(sums):
+                    raise ReceiptInputError("; ".join(filter(None, sums)), "money-out-of-range")
             if payments and paid < total and not self.session.payments_locked:
                 raise ReceiptInputError(
                     f"the payments ({paid / 100:.2f} RUB) do not cover the total "

@@ -76,9 +76,7 @@ def test_errors_in_the_object_shape_are_read(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("repost_status", [200, 400, 409])
-def test_a_reposted_uuid_rests_on_what_the_server_holds(
-    tmp_path: Path, repost_status: int
-) -> None:
+def test_a_reposted_uuid_rests_on_what_the_server_holds(tmp_path: Path, repost_status: int) -> None:
     with testing.atol_web_printer(tmp_path / "kkt") as (printer, server):
         server.repost_status = repost_status
         printer.ensure_shift(new_op_id())

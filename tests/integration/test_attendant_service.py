@@ -204,6 +204,67 @@ async def test_attendant_a_payment_the_kkt_refused_is_corrected_by_the_next_clos
     assert "corrected payments" in refused.json()["message"]  # the answer says what to do
 
 
+async def test_a_price_of_ten_to_the_thirty_is_refused_before_the_printer(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    """Issue 15: a POS (or anyone on the socket) asking for a unit at 10**30 kopecks, or paying
+    10**30, gets a 400 with a reason; no check is made, the ККТ is never asked and no
+    fiscal document is made."""
+    config = write_sale_config(
+        tmp_path, mode="attendant", scanners={"till": "virtual://attendant-caps"}, catalog=None
+    )
+    water = {"code": WATER, "name": "Вода", "price_kopecks": 8990}
+    async with running(config, event_log):
+        conversation = await Conversation.unix(str(tmp_path / "control.sock"))
+        prices = [
+            await conversation.request(
+                "POST", "/v1/receipt/items", {**water, "price_kopecks": price}
+            )
+            for price in (10**30, 2**40, 0, -8990)
+        ]
+        fraction = await conversation.request(
+            "POST", "/v1/receipt/items", {**water, "price_kopecks": 89.9}
+        )
+        escapes = await conversation.request(
+            "POST", "/v1/receipt/items", {**water, "name": "Вода\x1b[2J\u202e"}
+        )
+        verdicts_before_a_sale = event_log.count("verdict")
+        added = await conversation.request("POST", "/v1/receipt/items", water)
+        payments = [
+            await conversation.request(
+                "POST",
+                "/v1/receipt/close",
+                {"payments": [{"type": "electronically", "amount_kopecks": amount}]},
+            )
+            for amount in (10**30, 2**40, 0, -1)
+        ]
+        split = await conversation.request(
+            "POST",
+            "/v1/receipt/close",
+            {"payments": [{"type": "cash", "amount_kopecks": 2**40 - 1}] * 2},
+        )
+        documents_while_open = kkt(tmp_path).receipts()
+        closed = await conversation.request("POST", "/v1/receipt/close")
+        conversation.close()
+
+    assert [(a.status, a.json()["error"]) for a in prices] == [(400, "money-out-of-range")] * 4
+    assert "price_kopecks: a price is at most 1099511627775 kopecks" in prices[0].json()["message"]
+    assert "price_kopecks: a price is at least 1 kopeck" in prices[2].json()["message"]
+    assert (fraction.status, fraction.json()["error"]) == (400, "bad-request")
+    assert (escapes.status, escapes.json()["error"]) == (400, "bad-request")
+    assert "name holds the control character U+001B" in escapes.json()["message"]
+    assert verdicts_before_a_sale == 0  # refused before the check, let alone the printer
+    assert added.status == 200
+    assert [(a.status, a.json()["error"]) for a in payments] == [(400, "money-out-of-range")] * 4
+    assert "payments item 1: amount_kopecks: a payment is at most" in payments[0].json()["message"]
+    # Each payment within the cap, their sum not: the sale desk refuses it (422).
+    assert (split.status, split.json()["error"]) == (422, "money-out-of-range")
+    assert documents_while_open == []
+    assert closed.status == 200
+    (document,) = kkt(tmp_path).receipts()
+    assert document["payments"] == [{"type": "electronically", "amount": 8990}]
+
+
 async def test_attendant_an_item_is_checked_at_the_price_it_is_sold_at(
     tmp_path: Path, event_log: RecordingEventLog
 ) -> None:

@@ -84,7 +84,7 @@ def test_industry_tags_and_positions_are_checked() -> None:
     assert "a marked unit is one piece per position" in two_marked.problems()
     assert Position("", -1, tax="vat18").problems() == [
         "a position needs a name",
-        "a price cannot be negative, got -1",
+        "a price cannot be negative, got -1 kopecks",
         "unknown tax type 'vat18'; one of none, vat0, vat5, vat7, vat10, vat20, vat22, "
         "vat105, vat107, vat110, vat120, vat122",
     ]

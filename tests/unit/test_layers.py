@@ -34,6 +34,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "markd.errors",
             "markd.codes",
             "markd.numbers",
+            "markd.money",
+            "markd.text",
             "markd.secrets",
             "markd.urls",
             "markd.proxy",

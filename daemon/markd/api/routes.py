@@ -19,6 +19,7 @@ from typing import Any
 from markd.api.messages import HTTPRefusal, Request, Response
 from markd.api.protocol import ControlledService
 from markd.events import verdict_json
+from markd.money import money_problem
 from markd.receipts import (
     PAYMENT_TYPES,
     OpenReceipt,
@@ -29,6 +30,7 @@ from markd.receipts import (
     ReceiptOperations,
     ReceiptUnavailable,
 )
+from markd.text import control_problem
 
 #: Longest code accepted by ``/v1/check`` (a scanner frames at most 512 bytes by default).
 MAX_CODE_CHARS = 2048
@@ -123,9 +125,9 @@ async def post_item(context: RouteContext, request: Request) -> Response:
     name = _field(body, "name", str)
     if not name.strip():
         raise HTTPRefusal(400, "bad-request", "name: must not be empty")
-    price = _field(body, "price_kopecks", int)
-    if price < 0:
-        raise HTTPRefusal(400, "bad-request", "price_kopecks: must be 0 or more")
+    if (problem := control_problem(name, "name")) is not None:
+        raise HTTPRefusal(400, "bad-request", problem)
+    price = _money(body, "price_kopecks", "a price")
     tax = _field(body, "tax", str, default=None)
     receipts = _receipts(context)
     # Checked at the price it is sold at: the price rules (a tobacco pack above its MRP,
@@ -169,9 +171,7 @@ async def post_close(context: RouteContext, request: Request) -> Response:
             raise HTTPRefusal(
                 400, "bad-request", f"{where}type: expected {' or '.join(sorted(PAYMENT_TYPES))}"
             )
-        amount = _field(entry, "amount_kopecks", int, where=where)
-        if amount <= 0:
-            raise HTTPRefusal(400, "bad-request", f"{where}amount_kopecks must be > 0")
+        amount = _money(entry, "amount_kopecks", "a payment", where=where)
         payments.append(Payment(amount_kopecks=amount, type=kind))
     receipts = _receipts(context)
     state = await receipts.close(tuple(payments))
@@ -243,6 +243,16 @@ def _field(
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise HTTPRefusal(400, "bad-request", f"{where}{name}: expected {_TYPE_NAMES[kind]}")
     return value
+
+
+def _money(body: Mapping[str, Any], name: str, what: str, *, where: str = "") -> int:
+    """A sum of kopecks the ККТ can take (1 to :data:`~markd.receipts.MAX_KOPECKS`), else a
+    400 ``money-out-of-range`` before the sale session (and so the printer) is asked."""
+    value = _field(body, name, int, where=where)
+    problem = money_problem(value, what)
+    if problem is not None:
+        raise HTTPRefusal(400, "money-out-of-range", f"{where}{name}: {problem}")
+    return int(value)
 
 
 def _code(body: Mapping[str, Any]) -> str:

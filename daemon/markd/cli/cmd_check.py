@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import sys
 import time
 from typing import Any
 
@@ -31,8 +31,10 @@ from markd.api.client import ControlClient, DaemonNotRunning
 from markd.checks.verdict import Verdict, parser_verdict
 from markd.errors import CodeError, StoreError
 from markd.events import verdict_json
+from markd.money import roubles_to_kopecks
 from markd.service.wiring import build_chain
 from markd.store import Store
+from markd.text import printable_json
 
 EXIT_DENY = 3
 PROBE_TIMEOUT_S = 3.0
@@ -42,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="check one code through the configured chain")
     p.add_argument("code", help="the scanned code (\\u001d or <GS> for GS)")
     p.add_argument("--config", metavar="PATH", help="configuration file")
-    p.add_argument("--price", type=float, help="sale price in roubles (for price rules)")
+    p.add_argument("--price", help="sale price in roubles (for price rules), e.g. 89.90")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     add_daemon_arguments(p)
     p.set_defaults(func=_check)
@@ -91,8 +93,13 @@ async def _check_once(cfg: Any, text: str, price: int | None) -> Verdict:
 
 
 def _check(args: argparse.Namespace) -> int:
+    price: int | None = None
+    if args.price is not None:
+        price, problem = roubles_to_kopecks(args.price)
+        if price is None:
+            print(f"markctl: --price: {problem}", file=sys.stderr)
+            return 2
     cfg = config_module.load(args.config)
-    price = None if args.price is None else round(args.price * 100)
     data: dict[str, Any] | None = None
     via = "in-process"
     if price is not None:
@@ -108,7 +115,7 @@ def _check(args: argparse.Namespace) -> int:
         data = verdict_json(asyncio.run(_check_once(cfg, args.code, price)))
     data["via"] = via.split(" ")[0]
     if args.json:
-        print(json.dumps(data, ensure_ascii=False))
+        print(printable_json(data, ensure_ascii=False))
     else:
         print(f"{data['decision'].upper()} {data['ki'] or '(not a code)'}: {data['reason']}")
         print(f"  {data['message']}")
@@ -197,7 +204,7 @@ def _status(args: argparse.Namespace) -> int:
             report["store"] = {"error": exc.message}
     report["via"] = via.split(" ")[0]
     if args.json:
-        print(json.dumps(report, ensure_ascii=False, default=str))
+        print(printable_json(report, ensure_ascii=False, default=str))
         return 0
     service = report.get("service")
     if service is not None:
@@ -218,11 +225,11 @@ def _status(args: argparse.Namespace) -> int:
                 line = cdn_list_line(sources[name])
                 if line is not None:
                     print(f"cdn hosts    {line}")
-            print(f"{name:<12} {json.dumps(sources[name], ensure_ascii=False, default=str)}")
+            print(f"{name:<12} {printable_json(sources[name], ensure_ascii=False, default=str)}")
     for name, error in report.get("errors", {}).items():
         print(f"{name:<12} ERROR {error}")
     if report.get("printer") is not None:
-        print(f"printer      {json.dumps(report['printer'], ensure_ascii=False, default=str)}")
+        print(f"printer      {printable_json(report['printer'], ensure_ascii=False, default=str)}")
     store = report["store"]
     if "error" in store:
         print(f"store        ERROR {store['error']}")

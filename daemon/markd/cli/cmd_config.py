@@ -15,12 +15,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from markd import config as markd_config
 from markd.errors import ConfigError
+from markd.text import printable_json
 
 EXIT_OK = 0
 
@@ -97,4 +97,4 @@ def _describe_sources(sources: tuple[str, ...]) -> str:
 
 
 def _print_json(data: dict[str, Any]) -> None:
-    print(json.dumps(data, ensure_ascii=False, indent=2))
+    print(printable_json(data, ensure_ascii=False, indent=2))

@@ -13,12 +13,12 @@ the stream ends (the daemon stopped), 2 for a bad configuration or an unknown ki
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from markd import config as config_module
 from markd.api.client import ControlClient
+from markd.text import printable_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +48,7 @@ def format_event(event: dict[str, Any]) -> str:
     elif kind == "scan":
         what = f"scan from {data.get('scanner')} ({data.get('length')} bytes)"
     else:
-        what = str(data.get("message") or json.dumps(data, ensure_ascii=False, default=str))
+        what = str(data.get("message") or printable_json(data, ensure_ascii=False, default=str))
     return f"{event.get('time', '')} {kind:<16} {what}"
 
 
@@ -64,7 +64,7 @@ def _events(args: argparse.Namespace) -> int:
     # An unknown kind comes back from the daemon as the reason unknown-kind: bad input, 2.
     for event in ControlClient(socket_path).events(kinds):
         if args.json:
-            print(json.dumps(event, ensure_ascii=False), flush=True)
+            print(printable_json(event, ensure_ascii=False), flush=True)
         else:
             print(format_event(event), flush=True)
         seen += 1

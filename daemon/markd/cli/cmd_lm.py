@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -31,6 +30,7 @@ from markd.checks.results import SourceFailure
 from markd.config import Config
 from markd.errors import ConfigError
 from markd.secrets import Secret, load_secret
+from markd.text import printable_json
 
 #: How long ``init`` (with the status read after it) and ``status`` may take, seconds.
 DEFAULT_TIMEOUT_S = 10.0
@@ -132,7 +132,7 @@ def _print_status(status: dict[str, Any]) -> None:
     for key, value in status.items():
         if key == "alerts":
             continue
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        text = value if isinstance(value, str) else printable_json(value, ensure_ascii=False)
         print(f"  {key:<20} {text}")
     for alert in status.get("alerts") or ():
         print(f"  ALERT {alert}")
@@ -180,7 +180,7 @@ def _init(args: argparse.Namespace) -> int:
         (token,),
     )
     if args.json:
-        print(json.dumps(report, ensure_ascii=False, default=str))
+        print(printable_json(report, ensure_ascii=False, default=str))
     else:
         if failure is None:
             print(f"Local Module {report['url']} initialised (token from {token.origin})")
@@ -197,7 +197,7 @@ def _status(args: argparse.Namespace) -> int:
     client = _client(cfg)
     status = asyncio.run(_run_status(client, args.timeout))
     if args.json:
-        print(json.dumps(status, ensure_ascii=False, default=str))
+        print(printable_json(status, ensure_ascii=False, default=str))
     else:
         print(f"Local Module {status['url']}")
         _print_status(status)

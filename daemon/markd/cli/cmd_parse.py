@@ -11,13 +11,13 @@ The crypto tail is shown only with ``--show-crypto``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
 from markd.codes import CodesOptions, MarkingCode, parse
 from markd.errors import CodeError
+from markd.text import printable_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,12 +75,14 @@ def _emit(text: str, args: argparse.Namespace, out: TextIO, err: TextIO, options
         code = parse(text, options)
     except CodeError as exc:
         if args.json:
-            print(json.dumps({"error": exc.as_dict()}, ensure_ascii=False), file=out)
+            print(printable_json({"error": exc.as_dict()}, ensure_ascii=False), file=out)
         else:
             print(f"markctl: {exc.reason}: {exc.message}", file=err)
         return False
     if args.json:
-        print(json.dumps(code.to_dict(show_crypto=args.show_crypto), ensure_ascii=False), file=out)
+        print(
+            printable_json(code.to_dict(show_crypto=args.show_crypto), ensure_ascii=False), file=out
+        )
     else:
         print(_human(code, args.show_crypto), file=out)
     return True

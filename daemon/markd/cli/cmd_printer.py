@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 from typing import Any
 
 from markd import config as config_module
@@ -30,6 +29,7 @@ from markd.fiscal.journal import SessionJournal
 from markd.fiscal.model import HealthThresholds
 from markd.service.wiring import build_session, local_module_for_sales, open_configured_printer
 from markd.store import Store
+from markd.text import printable_json
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -101,7 +101,7 @@ def _status(args: argparse.Namespace) -> int:
     report["receipt_in_flight"] = in_flight(cfg.fiscal.journal)
     report["queue_blocked"] = report.get("error", {}).get("reason") == QueueBlocked.reason
     if args.json:
-        print(json.dumps(report, ensure_ascii=False))
+        print(printable_json(report, ensure_ascii=False))
         return code
     print(f"printer      {report['url']}")
     if "error" in report:
@@ -145,7 +145,7 @@ def _recover(args: argparse.Namespace) -> int:
     cfg = config_module.load(args.config)
     report = asyncio.run(_run_recovery(cfg))
     if args.json:
-        print(json.dumps(report, ensure_ascii=False, default=str))
+        print(printable_json(report, ensure_ascii=False, default=str))
     else:
         if not report["actions"]:
             print("nothing to recover")

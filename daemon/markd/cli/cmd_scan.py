@@ -45,6 +45,7 @@ from markd.scanners.capture import CaptureError, read_hid_capture, write_hid_cap
 from markd.scanners.framing import DEFAULT_MAX_LENGTH, TERMINATORS
 from markd.scanners.hid_keyboard import DEFAULT_GS_KEY, GS_KEY_NAMES
 from markd.scanners.replay import Decoded, decode_hid_keyboard, decode_hid_pos, decode_serial
+from markd.text import printable
 
 GS = 0x1D
 
@@ -131,6 +132,13 @@ def escape(data: bytes) -> bytes:
     return bytes(out)
 
 
+def _shown(data: bytes) -> bytes:
+    """A decoded code for a terminal: C0 controls as ``\\u001d`` (:func:`escape`), then every
+    other control character (C1, bidi) and any byte that is not UTF-8 escaped too."""
+    text = escape(data).decode("utf-8", errors="backslashreplace")
+    return printable(text).encode("utf-8")
+
+
 def _read_input(path: str) -> bytes:
     if path == "-":
         return sys.stdin.buffer.read()
@@ -175,9 +183,12 @@ def run_decode(
         print(f"markctl: {path}: {exc}", file=err)
         return 2
 
+    # Raw codes (GS as the byte) only into a pipe or a file: on a terminal they are escaped,
+    # like everything else markctl shows (markd.text.printable).
+    escaped = args.escape or out.isatty()
     for item in results:
         if item.kind == "code":
-            out.write((escape(item.data) if args.escape else item.data) + b"\n")
+            out.write((_shown(item.data) if escaped else item.data) + b"\n")
         else:
             print(f"markctl: {path}: {_problem_text(item)}", file=err)
     out.flush()

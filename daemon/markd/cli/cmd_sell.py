@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from typing import Any
 
@@ -35,6 +34,7 @@ from markd.checks.chain import CheckChain
 from markd.checks.verdict import Verdict, parser_verdict
 from markd.errors import CodeError
 from markd.fiscal.session import ReceiptOutcome, UnitOutcome
+from markd.money import money_problem, roubles_to_kopecks
 from markd.receipts import PAYMENT_TYPES, Payment
 from markd.service.wiring import (
     build_chain,
@@ -45,6 +45,7 @@ from markd.service.wiring import (
 )
 from markd.store import Store
 from markd.systemd import EventLog
+from markd.text import printable_json
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -59,9 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("codes", nargs="+", metavar="CODE", help="scanned codes (\\u001d or <GS>)")
     p.add_argument("--config", metavar="PATH", help="configuration file")
-    p.add_argument(
-        "--price", type=float, default=1.0, help="price of each unit in roubles (default 1.00)"
-    )
+    p.add_argument("--price", default="1.00", help="price of each unit in roubles (default 1.00)")
     p.add_argument("--name", default=DEFAULT_NAME, help="position name on the receipt")
     p.add_argument(
         "--payment", choices=PAYMENT_TYPES, help="payment type (default [fiscal] payment_type)"
@@ -74,14 +73,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _sell(args: argparse.Namespace) -> int:
-    cfg = config_module.load(args.config)
-    price = round(args.price * 100)
-    if price < 0 or not args.name.strip():
-        print("markctl: --price must not be negative and --name not empty", file=sys.stderr)
+    price, problem = roubles_to_kopecks(args.price)
+    if problem is None and price is not None:
+        problem = money_problem(price * len(args.codes), "the total")
+    if problem is not None or price is None:
+        print(f"markctl: --price: {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    if not args.name.strip():
+        print("markctl: --name must not be empty", file=sys.stderr)
+        return EXIT_CONFIG
+    cfg = config_module.load(args.config)
     report = asyncio.run(_run(cfg, args, price))
     if args.json:
-        print(json.dumps(report, ensure_ascii=False, default=str))
+        print(printable_json(report, ensure_ascii=False, default=str))
     else:
         _print_report(report)
     return int(report["exit"])
@@ -223,7 +227,7 @@ def _print_report(report: dict[str, Any]) -> None:
     if receipt["store_ok"] is not None:
         print(f"  store: {'sold journal updated' if receipt['store_ok'] else 'NOT updated'}")
     if receipt["lm"] is not None:
-        print(f"  Local Module: {json.dumps(receipt['lm'], ensure_ascii=False)}")
+        print(f"  Local Module: {printable_json(receipt['lm'], ensure_ascii=False)}")
 
 
 def describe_fn(fiscal: dict[str, Any]) -> str:

@@ -14,7 +14,6 @@ look (docs/store.md, "Fleet keys").
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Any, TextIO
 from markd import config as config_module
 from markd.errors import ConfigError, StoreError
 from markd.store import Store
+from markd.text import printable, printable_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -193,7 +193,7 @@ def _open(args: argparse.Namespace, *, readonly: bool) -> Store:
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
     if args.json:
-        print(json.dumps(data, ensure_ascii=False, default=str))
+        print(printable_json(data, ensure_ascii=False, default=str))
     else:
         print(text)
 
@@ -212,7 +212,7 @@ class ProgressPrinter:
     def __call__(self, phase: str, done: int, total: int | None, rows: int) -> None:
         if self.mode == "json":
             record = {"phase": phase, "done": done, "total": total, "rows": rows}
-            print(json.dumps(record), file=self.stream, flush=True)
+            print(printable_json(record), file=self.stream, flush=True)
             return
         if self.mode != "bar":
             return
@@ -226,7 +226,9 @@ class ProgressPrinter:
             bar = f"[{'#' * filled}{'.' * (30 - filled)}] {100 * done / total:5.1f}%"
         else:
             bar = f"[{phase}]"
-        self.stream.write(f"\r{bar} {rows:,} rows {rate:,.0f}/s ")
+        # The bar's own \r, not data: past markctl's PrintableWriter as it is.
+        write = getattr(self.stream, "write_raw", self.stream.write)
+        write(f"\r{bar} {rows:,} rows {rate:,.0f}/s ")
         self.stream.flush()
 
     def done(self) -> None:
@@ -341,7 +343,8 @@ def _lookup(args: argparse.Namespace) -> int:
     if found.blocked:
         b = found.blocked
         lines.append(
-            f"BLOCKED by {b.kind} {b.key}: {b.reason} (source {b.source}, since "
+            f"BLOCKED by {b.kind} {b.key}: {printable(b.reason)} "
+            f"(source {printable(b.source)}, since "
             f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(b.since))} UTC)"
         )
     if found.sold:
@@ -352,7 +355,7 @@ def _lookup(args: argparse.Namespace) -> int:
     if found.cached:
         lines.append(
             f"cached online verdict ({'fresh' if found.cached.fresh else 'expired'}): "
-            f"{json.dumps(found.cached.facts, ensure_ascii=False)}"
+            f"{printable_json(found.cached.facts, ensure_ascii=False)}"
         )
     if not lines:
         lines.append("nothing known: not blocked, not sold here, no cached verdict")

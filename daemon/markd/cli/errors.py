@@ -24,12 +24,12 @@ configuration is 2, the status its unit does not restart on (``RestartPreventExi
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Collection
 from typing import TextIO
 
 from markd.errors import UNTRUSTED_SYNC_REASONS, ConfigError, MarkdError
+from markd.text import printable_json
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -43,6 +43,7 @@ INPUT_REASONS = frozenset(
         "bad-rows",
         "bad-file",
         "bad-key",
+        "bad-text",
         "duplicate-delta",
         "out-of-order-delta",
         "stale-snapshot",
@@ -82,7 +83,7 @@ def report(
     err = stderr if stderr is not None else sys.stderr
     if json_output:
         out = stdout if stdout is not None else sys.stdout
-        print(json.dumps({"error": exc.as_dict()}, ensure_ascii=False), file=out)
+        print(printable_json({"error": exc.as_dict()}, ensure_ascii=False), file=out)
     if isinstance(exc, ConfigError):
         for problem in exc.problems:
             print(f"{program}: {problem}", file=err)

@@ -7,6 +7,12 @@ Each subcommand lives in its own module (``cmd_<name>.py``) exposing
 :mod:`markd.cli.errors`, the same way for every command. A command whose ``--json`` output
 promises a JSON error sets the default ``json_errors=True`` on its parser.
 
+Nothing ``markctl`` prints carries a raw control character from data (a blocklist's reason,
+an API answer, a journal entry, a device's reply): :func:`main` runs every command with
+stdout and stderr wrapped in :class:`~markd.text.PrintableWriter`, which escapes them as
+``\\x1b`` / ``\\u{202e}`` (:func:`markd.text.printable`), and ``--json`` output is written
+with :func:`markd.text.printable_json`, which escapes them the JSON way.
+
 Exit status: 0 success, 2 bad input (a bad code, a bad configuration, bad arguments),
 1 an operational failure (store cannot be opened, device missing, ...).
 """
@@ -30,6 +36,7 @@ from markd.cli import (
 )
 from markd.cli.errors import INPUT_REASONS, report
 from markd.errors import MarkdError
+from markd.text import PrintableWriter
 
 COMMANDS = (
     cmd_parse,
@@ -57,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = PrintableWriter(stdout), PrintableWriter(stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -68,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # `markctl parse - | head`: the reader went away; not an error worth a traceback.
-        sys.stderr.close()
+        getattr(sys.stderr, "stream", sys.stderr).close()  # the real one, under PrintableWriter
         return 0
 
 

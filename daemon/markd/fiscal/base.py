@@ -58,6 +58,7 @@ from markd.fiscal.model import (
     ShiftInfo,
     judge_validation,
 )
+from markd.money import money_problem
 from markd.receipts import Payment
 from markd.secrets import Secret
 from markd.urls import Backend, Option, Registry
@@ -482,6 +483,11 @@ class FiscalPrinter(abc.ABC):
                 raise PrinterFault("a receipt needs at least one position", "empty-receipt")
             total = sum(p.amount_kopecks for p in self._positions)
             paid = sum(p.amount_kopecks for p in payments)
+            # The ККТ's limit on every sum it is handed (markd.receipts.MAX_KOPECKS).
+            sums = [money_problem(p.amount_kopecks, "a payment") for p in payments]
+            sums += [money_problem(total, "the total"), money_problem(paid, "the sum paid")]
+            if any(sums):
+                raise PrinterFault("; ".join(filter(None, sums)), "bad-payment")
             if paid < total:
                 raise PrinterFault(
                     f"payments ({paid} kop.) do not cover the total ({total} kop.)",

@@ -31,7 +31,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from markd.money import money_problem, quantity_problem
 from markd.receipts import Payment
+from markd.text import control_problem
 
 #: Receipt kinds: a sale, or the return of a sale (ФФД «возврат прихода»).
 ReceiptKind = Literal["sell", "return"]
@@ -337,10 +339,15 @@ class Position:
             found.append("a position needs a name")
         if len(self.name) > 128:
             found.append("a position name is at most 128 characters (tag 1030)")
-        if self.price_kopecks < 0:
-            found.append(f"a price cannot be negative, got {self.price_kopecks}")
-        if self.quantity < 1:
-            found.append(f"a quantity is at least 1, got {self.quantity}")
+        if (problem := control_problem(self.name, "a position name")) is not None:
+            found.append(problem)  # printed on the receipt, shown on screens (markd.text)
+        # The ККТ's limits (markd.receipts.MAX_KOPECKS, MAX_QUANTITY): a price of 10**30
+        # kopecks is refused here, before a device is asked to register it.
+        price = money_problem(self.price_kopecks, "a price")
+        quantity = quantity_problem(self.quantity)
+        found.extend(problem for problem in (price, quantity) if problem)
+        if price is None and quantity is None:
+            found.extend(filter(None, [money_problem(self.amount_kopecks, "a position's sum")]))
         if self.mark is not None and self.quantity != 1:
             found.append("a marked unit is one piece per position")
         if self.tax not in TAX_TYPES:

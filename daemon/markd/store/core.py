@@ -42,6 +42,7 @@ from markd.codes import CodeError, MarkingCode, mentions_gs, parse
 from markd.errors import StoreError
 from markd.store import keys
 from markd.store.keys import BLOCK_VALUE, BadKey
+from markd.text import control_problem
 
 DEFAULT_PATH = "/var/lib/markd/store"
 FORMAT_VERSION = 1
@@ -589,6 +590,10 @@ class Store:
         not remove them, the blocklist version does not change, and export leaves them out (a
         fleet-wide block belongs in a delta on the master).
         """
+        for what, value in (("reason", reason), ("source", source)):
+            problem = control_problem(value, what)
+            if problem is not None:  # the same rule as an import (markd.text)
+                raise StoreError(problem, "bad-text")
         key = _key_of(text, series)
         value_since = _now()
         manual = self._dbs[b"manual"]

@@ -94,6 +94,7 @@ from markd.proxy import ProxyEndpoint, ProxySettings
 from markd.store import keys, signing
 from markd.store.core import Store
 from markd.store.importer import CSV_COLUMNS, Progress, apply_delta, import_snapshot, read_delta
+from markd.text import csv_cell
 
 INDEX_FORMAT = "markd-store-index"
 DELTA_FORMAT = "markd-delta"
@@ -198,9 +199,11 @@ def _write_snapshot(store: Store, directory: Path, version: int) -> _Written:
             writer.writerow(CSV_COLUMNS)
             for key, since, reason, source in store.iter_blocked():
                 row = keys.key_to_text(key)
+                # Text cells go out inert (markd.text.csv_cell): a reason "=HYPERLINK(…)"
+                # must not run in the spreadsheet a technician opens the export with.
                 writer.writerow(
-                    (row.get("ki", ""), row.get("gtin", ""), row.get("series", ""))
-                    + (reason, source, since)
+                    (row.get("ki", ""), row.get("gtin", ""), csv_cell(row.get("series", "")))
+                    + (csv_cell(reason), csv_cell(source), since)
                 )
             text.flush()
             text.detach()

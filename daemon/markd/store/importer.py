@@ -61,6 +61,7 @@ from markd.errors import StoreError
 from markd.store import keys
 from markd.store.core import _SLOTS, Store, StoreInfo, _store_error
 from markd.store.keys import BLOCK_VALUE, BadKey
+from markd.text import control_problem, csv_uncell, printable
 
 FORMATS = ("text", "csv", "jsonl")
 MAX_VERSION = 1 << 63
@@ -239,6 +240,22 @@ def _since_of(value: Any, default: int) -> int:
     return seconds
 
 
+#: CSV columns of free text: markd's export may have made them inert for spreadsheets.
+_TEXT_CELLS = frozenset(("series", "reason", "source"))
+
+
+def _clean_text(row: dict[str, Any]) -> None:
+    """Refuse a row whose reason or source holds a control character (markd.text): it would
+    reach a technician's terminal or a spreadsheet. Refused, not stripped: what is stored is
+    exactly what the file says, or nothing."""
+    for name in ("reason", "source"):
+        value = row.get(name)
+        if isinstance(value, str):
+            problem = control_problem(value, name)
+            if problem is not None:
+                raise BadKey(problem)
+
+
 def row_key(row: dict[str, Any]) -> bytes:
     """The blocklist key of a CSV/JSONL row (``ki``, or ``gtin`` with optional ``series``)."""
     ki = row.get("ki") or ""
@@ -409,6 +426,7 @@ class _Reader:
         since = _since_of(row.get("since"), self.since)
         if not isinstance(reason, str) or not isinstance(source, str):
             raise BadKey("reason and source must be strings")
+        _clean_text(row)
         if not 0 <= since < 1 << 32:
             raise BadKey(f"since {since} is out of range")
         if (reason, source, since) == (self.reason, self.source, self.since):
@@ -451,6 +469,9 @@ class _Reader:
                 )
                 continue
             row = dict(zip(header, (v.strip() for v in values), strict=True))
+            # Cells markd's export made inert for spreadsheets ("'=…") read back as written.
+            for name in _TEXT_CELLS.intersection(row):
+                row[name] = csv_uncell(row[name])
             try:
                 pair = (row_key(row), self._row_value(row))
             except BadKey as exc:
@@ -728,6 +749,10 @@ def import_snapshot(
         raise StoreError(f"store {store.path} is open read-only", "store-readonly")
     if version is not None and not 1 <= version < MAX_VERSION:
         raise StoreError(f"version {version} must be from 1 to {MAX_VERSION - 1}", "bad-version")
+    for what, text in (("reason", reason), ("source", source or "")):
+        problem = control_problem(text, what)
+        if problem is not None:
+            raise StoreError(problem, "bad-text")
     with _exclusive(store, "import"):
         _clean_tmp(store.path)
         try:
@@ -779,7 +804,9 @@ def _import_locked(
     env, dbs = store._internal()
     fmt = fmt or detect_format(path)
     now = int(time.time())
-    source = source or os.path.basename(str(path))
+    # A file name may hold anything a file system allows: the default source is its
+    # printable form (markd.text), so it is as clean as a source a file gives.
+    source = source or printable(os.path.basename(str(path)))
     current = store.info()
     if version is None:
         version = current.version + 1
@@ -927,7 +954,11 @@ def read_delta(path: str | os.PathLike[str]) -> dict[str, Any]:
                     raise StoreError(
                         f"{path}:{line_no}: previous must be an integer below version", "bad-file"
                     )
-                header = {"version": ver, "previous": prev, "source": str(item.get("source", ""))}
+                source = str(item.get("source", ""))
+                problem = control_problem(source, "source")
+                if problem is not None:
+                    raise StoreError(f"{path}:{line_no}: {problem}", "bad-file")
+                header = {"version": ver, "previous": prev, "source": source}
                 continue
             if not isinstance(item, dict) or item.get("op") not in ("add", "remove"):
                 problems.add(line_no, 'each change is {"op": "add"|"remove", "ki"|"gtin": …}')
@@ -943,6 +974,7 @@ def read_delta(path: str | os.PathLike[str]) -> dict[str, Any]:
                 for name in ("reason", "source"):
                     if not isinstance(row.get(name, ""), str):
                         raise BadKey(f"{name} must be a string")
+                _clean_text(row)
             except BadKey as exc:
                 problems.add(line_no, str(exc))
                 continue
