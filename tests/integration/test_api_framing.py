@@ -219,7 +219,7 @@ async def test_api_a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_not(
 async def test_api_one_connection_over_the_limit_gets_503_busy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server, "MAX_CONNECTIONS", 2)
+    monkeypatch.setitem(server.MAX_CONNECTIONS, "unix", 2)
     async with serving(tmp_path) as (control, _):
         first, second = await connect(control), await connect(control)
         for conversation in (first, second):  # both accepted and served
@@ -247,11 +247,11 @@ async def test_api_one_connection_over_the_limit_gets_503_busy(
 # Deadlines
 
 
-async def test_api_a_head_trickling_in_is_cut_off_at_the_idle_deadline(
+async def test_api_a_head_trickling_in_is_cut_off_at_the_head_deadline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with serving(tmp_path) as (control, _):
-        monkeypatch.setattr(server, "IDLE_TIMEOUT_S", 0.5)
+        monkeypatch.setattr(server, "HEAD_TIMEOUT_S", 0.5)
         conversation = await connect(control)
         started = asyncio.get_running_loop().time()
         await conversation.send(b"GET /v1/status HTTP/1.1\r\n")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from api_helpers import Conversation, EventStream, api_config, running
+from api_helpers import Answer, Conversation, EventStream, api_config, running
 from conftest import (
     DAIRY,
     DAIRY_KI,
@@ -522,21 +522,30 @@ async def test_api_tcp_needs_the_bearer_token(
     async with running(config, event_log) as service:
         assert service.api is not None and service.api.tcp_address is not None
         host, port = service.api.tcp_address
+        refusals_closed = []
+
+        async def refused(headers: dict[str, str], target: str = "/v1/status") -> Answer:
+            # Each refusal ends its connection: a client without the token keeps none open.
+            conversation = await Conversation.tcp(host, port)
+            answer = await conversation.request("GET", target, headers=headers)
+            refusals_closed.append(
+                answer.headers["connection"] == "close" and await conversation.closed_by_server()
+            )
+            conversation.close()
+            return answer
+
+        missing = await refused({})
+        wrong = await refused({"Authorization": f"Bearer {TOKEN}x"})
+        basic = await refused({"Authorization": f"Basic {TOKEN}"})
+        unknown_path = await refused({}, "/v1/secret-things")
         conversation = await Conversation.tcp(host, port)
-        missing = await conversation.request("GET", "/v1/status")
-        wrong = await conversation.request(
-            "GET", "/v1/status", headers={"Authorization": f"Bearer {TOKEN}x"}
-        )
-        basic = await conversation.request(
-            "GET", "/v1/status", headers={"Authorization": f"Basic {TOKEN}"}
-        )
-        unknown_path = await conversation.request("GET", "/v1/secret-things")
         right = await conversation.request(
             "POST",
             "/v1/check",
             {"code": WATER},
             headers={"Authorization": f"bearer {TOKEN}"},
         )
+        kept = right.headers["connection"] == "keep-alive"
         conversation.close()
         # The Unix socket needs no token.
         local = await Conversation.unix(config.api.socket)
@@ -547,7 +556,8 @@ async def test_api_tcp_needs_the_bearer_token(
         assert refused.status == 401
         assert refused.json()["error"] == "unauthorized"
         assert refused.headers["www-authenticate"] == 'Bearer realm="markd"'
-    assert right.status == 200 and right.json()["ki"] == WATER_KI
+    assert refusals_closed == [True] * 4
+    assert right.status == 200 and right.json()["ki"] == WATER_KI and kept
     refusals = [m for k, m, _ in event_log.events if "without a valid token" in m]
     assert len(refusals) == 1  # rate-limited: one record for four refusals in a minute
     assert TOKEN not in event_log.text
