@@ -879,6 +879,91 @@ async def test_api_a_failing_sale_session_answers_500_and_the_daemon_goes_on(
     assert any("GET /v1/receipt failed: KeyError" in m for _, m, _ in event_log.events)
 
 
+async def test_api_a_code_with_a_lone_surrogate_gets_400_not_500(
+    store_path: str, event_log: RecordingEventLog
+) -> None:
+    """JSON may escape half a surrogate pair (``"\\ud800"``): no text, and no UTF-8 for the
+    check. It is refused with the field and the position, before the service sees it."""
+    config = api_config(store_path, {"v": "virtual://surrogate"})
+    water = WATER.replace(GS, "\\u001d")  # the code as JSON writes it
+    half = water + "\\ud800"  # then half a surrogate pair
+    async with running(config, event_log) as service:
+        session = ShopSession()
+        service.receipts = session
+        conversation = await Conversation.unix(config.api.socket)
+        check = await conversation.request("POST", "/v1/check", f'{{"code":"{half}"}}'.encode())
+        item = await conversation.request(
+            "POST",
+            "/v1/receipt/items",
+            f'{{"code":"{water}","name":"\\udc00","price_kopecks":100}}'.encode(),
+        )
+        key = await conversation.request("POST", "/v1/check", b'{"\\ud83d":1}')
+        after = await conversation.request("GET", "/v1/status")  # the connection stays usable
+        conversation.close()
+
+    assert (check.status, check.json()["error"]) == (400, "bad-request")
+    position = len(WATER) + 1
+    assert check.json()["message"] == (
+        f"code: a lone surrogate (U+D800) at character {position} is not text"
+    )
+    assert (item.status, item.json()["message"]) == (
+        400,
+        "name: a lone surrogate (U+DC00) at character 1 is not text",
+    )
+    assert (key.status, key.json()["message"]) == (
+        400,
+        "a field name: a lone surrogate (U+D83D) at character 1 is not text",
+    )
+    assert after.status == 200
+    assert event_log.count("verdict") == 0 and session.codes == []
+    assert WATER_TAIL not in check.body.decode()
+
+
+async def test_api_a_request_that_makes_a_route_fail_leaves_no_traceback_nor_itself_behind(
+    store_path: str, event_log: RecordingEventLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request whose data ends up in an exception's message (here the name, with a
+    terminal escape): the answer is 500 with the exception's type, the journal and the event
+    stream get the route and the type only, never a traceback or what the client sent."""
+    marker = "\x1b]0;pwned\x07EVIL-NAME"
+
+    class FailingSession(ShopSession):
+        async def add(self, item: ReceiptItem, verdict: Verdict) -> dict[str, Any]:
+            raise ValueError(f"cannot sell {item.name} ({item.code})")
+
+    config = api_config(store_path, {"v": "virtual://failing"})
+    async with running(config, event_log) as service:
+        service.receipts = FailingSession()
+        listener = await Conversation.unix(config.api.socket)
+        stream = await EventStream.open(listener)
+        conversation = await Conversation.unix(config.api.socket)
+        failed = await conversation.request(
+            "POST",
+            "/v1/receipt/items",
+            {"code": WATER, "name": marker, "price_kopecks": 100},
+        )
+        conversation.close()
+        notice = None
+        while notice is None:
+            event = await stream.event()
+            assert event is not None
+            if event["kind"] == "source-notice":
+                notice = event
+        listener.close()
+
+    assert failed.status == 500 and failed.json() == {
+        "error": "internal-error",
+        "message": "ValueError",
+    }
+    assert notice["data"]["message"] == "control API: POST /v1/receipt/items failed: ValueError"
+    published = stream.raw.decode("utf-8")
+    journal = event_log.text + repr(event_log.events)
+    for text in (published, journal):
+        assert "EVIL-NAME" not in text and "pwned" not in text and WATER_TAIL not in text
+        assert "Traceback" not in text
+    assert not any(record.exc_info for record in caplog.records)
+
+
 # --------------------------------------------------------------------------------------------
 # Reload
 
