@@ -524,10 +524,12 @@ async def test_api_tcp_needs_the_bearer_token(
         host, port = service.api.tcp_address
         refusals_closed = []
 
-        async def refused(headers: dict[str, str], target: str = "/v1/status") -> Answer:
+        async def refused(
+            headers: dict[str, str], target: str = "/v1/status", method: str = "GET"
+        ) -> Answer:
             # Each refusal ends its connection: a client without the token keeps none open.
             conversation = await Conversation.tcp(host, port)
-            answer = await conversation.request("GET", target, headers=headers)
+            answer = await conversation.request(method, target, headers=headers)
             refusals_closed.append(
                 answer.headers["connection"] == "close" and await conversation.closed_by_server()
             )
@@ -538,6 +540,9 @@ async def test_api_tcp_needs_the_bearer_token(
         wrong = await refused({"Authorization": f"Bearer {TOKEN}x"})
         basic = await refused({"Authorization": f"Basic {TOKEN}"})
         unknown_path = await refused({}, "/v1/secret-things")
+        # Refused for another reason first, or never asked for the token: closed as well.
+        bad_origin = await refused({"Origin": "http://evil.example"})
+        preflight = await refused({"Origin": "http://evil.example"}, method="OPTIONS")
         conversation = await Conversation.tcp(host, port)
         right = await conversation.request(
             "POST",
@@ -556,7 +561,8 @@ async def test_api_tcp_needs_the_bearer_token(
         assert refused.status == 401
         assert refused.json()["error"] == "unauthorized"
         assert refused.headers["www-authenticate"] == 'Bearer realm="markd"'
-    assert refusals_closed == [True] * 4
+    assert bad_origin.status == preflight.status == 403
+    assert refusals_closed == [True] * 6
     assert right.status == 200 and right.json()["ki"] == WATER_KI and kept
     refusals = [m for k, m, _ in event_log.events if "without a valid token" in m]
     assert len(refusals) == 1  # rate-limited: one record for four refusals in a minute
@@ -620,8 +626,10 @@ async def test_api_cors_only_for_configured_origins(
 
     async with running(config, event_log) as service:
         assert service.api is not None and service.api.tcp_address is not None
-        conversation = await Conversation.tcp(*service.api.tcp_address)
-        preflight = await conversation.request(
+        # A preflight carries no token (browsers never send one): its connection is closed
+        # after the answer, as every tokenless one on TCP, and the browser opens another.
+        asking = await Conversation.tcp(*service.api.tcp_address)
+        preflight = await asking.request(
             "OPTIONS",
             "/v1/check",
             headers={
@@ -630,19 +638,24 @@ async def test_api_cors_only_for_configured_origins(
                 "Access-Control-Request-Headers": "authorization, content-type",
             },
         )
+        preflight_closed = await asking.closed_by_server()
+        asking.close()
+        conversation = await Conversation.tcp(*service.api.tcp_address)
         allowed = await conversation.request(
             "POST", "/v1/check", {"code": WATER}, headers={**auth, "Origin": screen}
         )
         foreign = await conversation.request(
             "POST", "/v1/check", {"code": WATER}, headers={**auth, "Origin": "http://evil.test"}
         )
-        foreign_preflight = await conversation.request(
-            "OPTIONS", "/v1/check", headers={"Origin": "http://evil.test"}
-        )
         no_origin = await conversation.request("GET", "/v1/status", headers=auth)
         conversation.close()
+        asking = await Conversation.tcp(*service.api.tcp_address)
+        foreign_preflight = await asking.request(
+            "OPTIONS", "/v1/check", headers={"Origin": "http://evil.test"}
+        )
+        asking.close()
 
-    assert preflight.status == 204 and preflight.body == b""
+    assert preflight.status == 204 and preflight.body == b"" and preflight_closed
     assert preflight.headers["access-control-allow-origin"] == screen
     assert "POST" in preflight.headers["access-control-allow-methods"]
     assert "Authorization" in preflight.headers["access-control-allow-headers"]

@@ -28,6 +28,7 @@ Limits and refusals (``docs/api.md``, "Conventions"; each is tested)::
     more than MAX_CONNECTIONS[listener] open on
       that listener                                 503 busy to the newest, closed
     TCP without the right token                     401 unauthorized, connection closed
+                                                    (any answer to such a request closes it)
 
 Each listener has connection slots of its own, so the TCP port (which any local user can
 reach) can never take the Unix socket's (which only the socket's group can): a flood of idle
@@ -370,9 +371,14 @@ class ControlServer:
                 return
             response = await self._dispatch(request)
             # h11 has read the whole request: DONE means it may be followed by another
-            # (MUST_CLOSE: HTTP/1.0, or the client said Connection: close). A refusal may
-            # end the connection too (401 on TCP: a client without the token gets no more).
-            keep = connection.http.their_state is h11.DONE and not response.close
+            # (MUST_CLOSE: HTTP/1.0, or the client said Connection: close). A TCP request
+            # without the token ends its connection whatever it was answered (401, or 403
+            # for its origin, or a preflight): only a client with the token keeps one.
+            keep = (
+                connection.http.their_state is h11.DONE
+                and not response.close
+                and (connection.transport != "tcp" or self._token_matches(request))
+            )
             await self._send(connection, response, keep)
             connection.busy = False
             connection.answered += 1
@@ -591,14 +597,19 @@ class ControlServer:
                 close=True,
             )
 
-    def _authorized(self, request: Request) -> bool:
+    def _token_matches(self, request: Request) -> bool:
+        """The request carries the bearer token (compared in constant time)."""
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         token = self._token
-        ok = (
+        return (
             token is not None
             and scheme.lower() == "bearer"
             and hmac.compare_digest(given.strip().encode(), token.reveal().encode())
         )
+
+    def _authorized(self, request: Request) -> bool:
+        """:meth:`_token_matches`, a refusal counted for the rate-limited log record."""
+        ok = self._token_matches(request)
         if not ok:
             self._auth_refused += 1
             now = time.monotonic()
