@@ -66,6 +66,11 @@ async def probe(socket_path: str) -> list[float]:
     return latencies
 
 
+def open_connections(service: Any) -> int:
+    """The API's open connections, as ``GET /v1/status`` reports them."""
+    return service.api.status()["api"]["connections"]
+
+
 def p99(latencies: list[float]) -> float:
     return statistics.quantiles(latencies, n=100)[98]
 
@@ -149,7 +154,7 @@ async def test_api_a_tcp_connection_flood_leaves_the_unix_socket_served(
         attacker = Attacker(attack)
         attacker.start()
         await asyncio.to_thread(opened.wait, 10)
-        await wait_until(lambda: len(service.api._connections) >= server.MAX_CONNECTIONS["tcp"])
+        await wait_until(lambda: open_connections(service) >= server.MAX_CONNECTIONS["tcp"])
         latencies = await probe(config.api.socket)
         await attacker.end()
 
@@ -205,7 +210,7 @@ async def test_api_a_slow_loris_on_tcp_leaves_the_unix_socket_served_and_is_cut_
 
         attacker = Attacker(attack)
         attacker.start()
-        await wait_until(lambda: len(service.api._connections) >= server.MAX_CONNECTIONS["tcp"])
+        await wait_until(lambda: open_connections(service) >= server.MAX_CONNECTIONS["tcp"])
         latencies = await probe(config.api.socket)  # about 1.5 s: past the head deadline
         await wait_until(lambda: len(closed_after) + len(busy) == tricklers, timeout=5)
         await attacker.end()
@@ -217,7 +222,7 @@ async def test_api_a_slow_loris_on_tcp_leaves_the_unix_socket_served_and_is_cut_
     assert len(busy) == tricklers - server.MAX_CONNECTIONS["tcp"]
     assert all(answer.startswith(b"HTTP/1.1 503 ") for answer in busy)
     assert len(closed_after) == server.MAX_CONNECTIONS["tcp"]
-    assert all(0.9 <= after <= 2.0 for after in closed_after), closed_after
+    assert all(0.5 <= after <= 2.0 for after in closed_after), closed_after
 
 
 #: The tokenless clients, run as a process of their own (busy, they would compete with the
