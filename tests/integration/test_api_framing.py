@@ -219,7 +219,7 @@ async def test_api_a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_not(
 async def test_api_one_connection_over_the_limit_gets_503_busy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server, "MAX_CONNECTIONS", 2)
+    monkeypatch.setitem(server.MAX_CONNECTIONS, "unix", 2)
     async with serving(tmp_path) as (control, _):
         first, second = await connect(control), await connect(control)
         for conversation in (first, second):  # both accepted and served
@@ -247,11 +247,11 @@ async def test_api_one_connection_over_the_limit_gets_503_busy(
 # Deadlines
 
 
-async def test_api_a_head_trickling_in_is_cut_off_at_the_idle_deadline(
+async def test_api_a_head_trickling_in_is_cut_off_at_the_head_deadline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with serving(tmp_path) as (control, _):
-        monkeypatch.setattr(server, "IDLE_TIMEOUT_S", 0.5)
+        monkeypatch.setattr(server, "HEAD_TIMEOUT_S", 0.5)
         conversation = await connect(control)
         started = asyncio.get_running_loop().time()
         await conversation.send(b"GET /v1/status HTTP/1.1\r\n")
@@ -445,3 +445,89 @@ async def test_api_a_content_length_of_5000_digits_gets_400(tmp_path: Path, piec
         assert answer.json()["message"] == "malformed request: bad Content-Length"
         assert answer.headers["connection"] == "close" and closed
         assert service.codes == []
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        b"Content-Length: +5",
+        b"Content-Length:  5",
+        b"Content-Length: 5 ",
+        b"Content-Length:\t5",
+        "Content-Length: \u0665".encode(),  # ARABIC-INDIC DIGIT FIVE: int() would take it
+        b"Content-Length: 5_0",  # int() would read 50
+        b"Content-Length: 5, 5",  # h11 reads 5
+        b"Content-Length: 5\r\nContent-Length: 5",  # h11 reads 5
+        b"Content-Length: 0x5",
+        b"Content-Length: -5",
+    ],
+    ids=[
+        "plus",
+        "padded",
+        "trailing-space",
+        "tab",
+        "arabic-indic",
+        "underscore",
+        "list",
+        "twice",
+        "hex",
+        "minus",
+    ],
+)
+async def test_api_a_content_length_smuggled_in_another_form_gets_400(
+    tmp_path: Path, field: bytes
+) -> None:
+    """A Content-Length two parsers could read differently (a sign, padding, a list, another
+    script's digits) frames no body: 400 with the reason, and the connection closes before a
+    byte of what follows is taken for a request."""
+    async with serving(tmp_path) as (control, service):
+        conversation = await connect(control)
+        await conversation.send(
+            b"POST /v1/check HTTP/1.1\r\nHost: x\r\n" + field + b'\r\n\r\n{"code":"x"}'
+        )
+        answer = await conversation.answer()
+        closed = await conversation.closed_by_server()
+        conversation.close()
+
+    assert (answer.status, answer.json()["error"]) == (400, "bad-request")
+    assert answer.json()["message"] == "bad Content-Length: one field of ASCII digits only"
+    assert answer.headers["connection"] == "close" and closed
+    assert service.codes == []
+
+
+@pytest.mark.parametrize(
+    "field", [b"Content-Length: 12", b"Content-Length:12", b"content-length: 012"]
+)
+async def test_api_a_content_length_of_ascii_digits_is_served(tmp_path: Path, field: bytes) -> None:
+    async with serving(tmp_path) as (control, service):
+        conversation = await connect(control)
+        await conversation.send(
+            b"POST /v1/check HTTP/1.1\r\nHost: x\r\n" + field + b'\r\n\r\n{"code":"x"}'
+        )
+        answer = await conversation.answer()
+        conversation.close()
+
+    assert answer.status == 200 and service.codes == [b"x"]
+
+
+async def test_api_a_kept_alive_connection_has_the_head_deadline_once_a_head_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Silence between requests may last IDLE_TIMEOUT_S; a head once started must be in
+    within HEAD_TIMEOUT_S (a slow-loris on a connection it kept alive first)."""
+    monkeypatch.setattr(server, "IDLE_TIMEOUT_S", 30.0)
+    monkeypatch.setattr(server, "HEAD_TIMEOUT_S", 0.3)
+    async with serving(tmp_path) as (control, _):
+        conversation = await connect(control)
+        first = await conversation.request("GET", "/v1/status")
+        await asyncio.sleep(0.5)  # idle past HEAD_TIMEOUT_S: still open
+        second = await conversation.request("GET", "/v1/status")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await conversation.send(b"GET /v1/status HTTP/1.1\r\n")  # and no more
+        closed = await conversation.closed_by_server()
+        elapsed = loop.time() - started
+        conversation.close()
+
+    assert first.status == second.status == 200
+    assert closed and 0.2 < elapsed < 1.5

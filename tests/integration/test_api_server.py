@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from api_helpers import Conversation, EventStream, api_config, running
+from api_helpers import Answer, Conversation, EventStream, api_config, running
 from conftest import (
     DAIRY,
     DAIRY_KI,
@@ -522,21 +522,35 @@ async def test_api_tcp_needs_the_bearer_token(
     async with running(config, event_log) as service:
         assert service.api is not None and service.api.tcp_address is not None
         host, port = service.api.tcp_address
+        refusals_closed = []
+
+        async def refused(
+            headers: dict[str, str], target: str = "/v1/status", method: str = "GET"
+        ) -> Answer:
+            # Each refusal ends its connection: a client without the token keeps none open.
+            conversation = await Conversation.tcp(host, port)
+            answer = await conversation.request(method, target, headers=headers)
+            refusals_closed.append(
+                answer.headers["connection"] == "close" and await conversation.closed_by_server()
+            )
+            conversation.close()
+            return answer
+
+        missing = await refused({})
+        wrong = await refused({"Authorization": f"Bearer {TOKEN}x"})
+        basic = await refused({"Authorization": f"Basic {TOKEN}"})
+        unknown_path = await refused({}, "/v1/secret-things")
+        # Refused for another reason first, or never asked for the token: closed as well.
+        bad_origin = await refused({"Origin": "http://evil.example"})
+        preflight = await refused({"Origin": "http://evil.example"}, method="OPTIONS")
         conversation = await Conversation.tcp(host, port)
-        missing = await conversation.request("GET", "/v1/status")
-        wrong = await conversation.request(
-            "GET", "/v1/status", headers={"Authorization": f"Bearer {TOKEN}x"}
-        )
-        basic = await conversation.request(
-            "GET", "/v1/status", headers={"Authorization": f"Basic {TOKEN}"}
-        )
-        unknown_path = await conversation.request("GET", "/v1/secret-things")
         right = await conversation.request(
             "POST",
             "/v1/check",
             {"code": WATER},
             headers={"Authorization": f"bearer {TOKEN}"},
         )
+        kept = right.headers["connection"] == "keep-alive"
         conversation.close()
         # The Unix socket needs no token.
         local = await Conversation.unix(config.api.socket)
@@ -547,7 +561,9 @@ async def test_api_tcp_needs_the_bearer_token(
         assert refused.status == 401
         assert refused.json()["error"] == "unauthorized"
         assert refused.headers["www-authenticate"] == 'Bearer realm="markd"'
-    assert right.status == 200 and right.json()["ki"] == WATER_KI
+    assert bad_origin.status == preflight.status == 403
+    assert refusals_closed == [True] * 6
+    assert right.status == 200 and right.json()["ki"] == WATER_KI and kept
     refusals = [m for k, m, _ in event_log.events if "without a valid token" in m]
     assert len(refusals) == 1  # rate-limited: one record for four refusals in a minute
     assert TOKEN not in event_log.text
@@ -610,8 +626,10 @@ async def test_api_cors_only_for_configured_origins(
 
     async with running(config, event_log) as service:
         assert service.api is not None and service.api.tcp_address is not None
-        conversation = await Conversation.tcp(*service.api.tcp_address)
-        preflight = await conversation.request(
+        # A preflight carries no token (browsers never send one): its connection is closed
+        # after the answer, as every tokenless one on TCP, and the browser opens another.
+        asking = await Conversation.tcp(*service.api.tcp_address)
+        preflight = await asking.request(
             "OPTIONS",
             "/v1/check",
             headers={
@@ -620,19 +638,24 @@ async def test_api_cors_only_for_configured_origins(
                 "Access-Control-Request-Headers": "authorization, content-type",
             },
         )
+        preflight_closed = await asking.closed_by_server()
+        asking.close()
+        conversation = await Conversation.tcp(*service.api.tcp_address)
         allowed = await conversation.request(
             "POST", "/v1/check", {"code": WATER}, headers={**auth, "Origin": screen}
         )
         foreign = await conversation.request(
             "POST", "/v1/check", {"code": WATER}, headers={**auth, "Origin": "http://evil.test"}
         )
-        foreign_preflight = await conversation.request(
-            "OPTIONS", "/v1/check", headers={"Origin": "http://evil.test"}
-        )
         no_origin = await conversation.request("GET", "/v1/status", headers=auth)
         conversation.close()
+        asking = await Conversation.tcp(*service.api.tcp_address)
+        foreign_preflight = await asking.request(
+            "OPTIONS", "/v1/check", headers={"Origin": "http://evil.test"}
+        )
+        asking.close()
 
-    assert preflight.status == 204 and preflight.body == b""
+    assert preflight.status == 204 and preflight.body == b"" and preflight_closed
     assert preflight.headers["access-control-allow-origin"] == screen
     assert "POST" in preflight.headers["access-control-allow-methods"]
     assert "Authorization" in preflight.headers["access-control-allow-headers"]
@@ -867,6 +890,91 @@ async def test_api_a_failing_sale_session_answers_500_and_the_daemon_goes_on(
     }
     assert after.status == 200
     assert any("GET /v1/receipt failed: KeyError" in m for _, m, _ in event_log.events)
+
+
+async def test_api_a_code_with_a_lone_surrogate_gets_400_not_500(
+    store_path: str, event_log: RecordingEventLog
+) -> None:
+    """JSON may escape half a surrogate pair (``"\\ud800"``): no text, and no UTF-8 for the
+    check. It is refused with the field and the position, before the service sees it."""
+    config = api_config(store_path, {"v": "virtual://surrogate"})
+    water = WATER.replace(GS, "\\u001d")  # the code as JSON writes it
+    half = water + "\\ud800"  # then half a surrogate pair
+    async with running(config, event_log) as service:
+        session = ShopSession()
+        service.receipts = session
+        conversation = await Conversation.unix(config.api.socket)
+        check = await conversation.request("POST", "/v1/check", f'{{"code":"{half}"}}'.encode())
+        item = await conversation.request(
+            "POST",
+            "/v1/receipt/items",
+            f'{{"code":"{water}","name":"\\udc00","price_kopecks":100}}'.encode(),
+        )
+        key = await conversation.request("POST", "/v1/check", b'{"\\ud83d":1}')
+        after = await conversation.request("GET", "/v1/status")  # the connection stays usable
+        conversation.close()
+
+    assert (check.status, check.json()["error"]) == (400, "bad-request")
+    position = len(WATER) + 1
+    assert check.json()["message"] == (
+        f"code: a lone surrogate (U+D800) at character {position} is not text"
+    )
+    assert (item.status, item.json()["message"]) == (
+        400,
+        "name: a lone surrogate (U+DC00) at character 1 is not text",
+    )
+    assert (key.status, key.json()["message"]) == (
+        400,
+        "a field name: a lone surrogate (U+D83D) at character 1 is not text",
+    )
+    assert after.status == 200
+    assert event_log.count("verdict") == 0 and session.codes == []
+    assert WATER_TAIL not in check.body.decode()
+
+
+async def test_api_a_request_that_makes_a_route_fail_leaves_no_traceback_nor_itself_behind(
+    store_path: str, event_log: RecordingEventLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request whose data ends up in an exception's message (here the name, with a
+    terminal escape): the answer is 500 with the exception's type, the journal and the event
+    stream get the route and the type only, never a traceback or what the client sent."""
+    marker = "\x1b]0;pwned\x07EVIL-NAME"
+
+    class FailingSession(ShopSession):
+        async def add(self, item: ReceiptItem, verdict: Verdict) -> dict[str, Any]:
+            raise ValueError(f"cannot sell {item.name} ({item.code})")
+
+    config = api_config(store_path, {"v": "virtual://failing"})
+    async with running(config, event_log) as service:
+        service.receipts = FailingSession()
+        listener = await Conversation.unix(config.api.socket)
+        stream = await EventStream.open(listener)
+        conversation = await Conversation.unix(config.api.socket)
+        failed = await conversation.request(
+            "POST",
+            "/v1/receipt/items",
+            {"code": WATER, "name": marker, "price_kopecks": 100},
+        )
+        conversation.close()
+        notice = None
+        while notice is None:
+            event = await stream.event()
+            assert event is not None
+            if event["kind"] == "source-notice":
+                notice = event
+        listener.close()
+
+    assert failed.status == 500 and failed.json() == {
+        "error": "internal-error",
+        "message": "ValueError",
+    }
+    assert notice["data"]["message"] == "control API: POST /v1/receipt/items failed: ValueError"
+    published = stream.raw.decode("utf-8")
+    journal = event_log.text + repr(event_log.events)
+    for text in (published, journal):
+        assert "EVIL-NAME" not in text and "pwned" not in text and WATER_TAIL not in text
+        assert "Traceback" not in text
+    assert not any(record.exc_info for record in caplog.records)
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from markd.api.protocol import ControlledService, ReloadOutcome
 from markd.api.routes import MAX_CODE_CHARS, ROUTES
 from markd.api.server import (
     CLOSE_GRACE_S,
+    HEAD_TIMEOUT_S,
     IDLE_TIMEOUT_S,
     MAX_BODY_BYTES,
     MAX_CONNECTIONS,
@@ -72,6 +73,7 @@ from markd.receipts import (
 
 __all__ = [
     "CLOSE_GRACE_S",
+    "HEAD_TIMEOUT_S",
     "HEARTBEAT_S",
     "IDLE_TIMEOUT_S",
     "MAX_BODY_BYTES",

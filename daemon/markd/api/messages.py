@@ -88,7 +88,38 @@ class Request:
             raise HTTPRefusal(400, "bad-json", "the body is not valid JSON (UTF-8)") from None
         if not isinstance(data, dict):
             raise HTTPRefusal(400, "bad-json", "the body must be a JSON object")
+        _refuse_lone_surrogates(data)
         return data
+
+
+def _refuse_lone_surrogates(data: dict[str, Any]) -> None:
+    """400 for a string holding a lone surrogate (JSON's ``"\\ud800"``): it is no text, it
+    cannot be encoded as UTF-8 for a check, a journal or an answer, and a code with one would
+    otherwise fail deep in the service. Walked without recursion (nesting is the client's)."""
+    pending: list[tuple[str, Any]] = [("", data)]
+    while pending:
+        where, value = pending.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key, f"a field name in {where}" if where else "a field name")
+                pending.append((f"{where}.{key}" if where else key, item))
+        elif isinstance(value, list):
+            pending.extend((f"{where or 'body'}[{i}]", item) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            _check_text(value, where)
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # Names the place and the position, never the text (it may be a marking code).
+        raise HTTPRefusal(
+            400,
+            "bad-request",
+            f"{where}: a lone surrogate (U+{ord(text[exc.start]):04X}) at character "
+            f"{exc.start + 1} is not text",
+        ) from None
 
 
 def _no_constants(name: str) -> Any:
@@ -103,6 +134,8 @@ class Response:
     status: int
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: The connection ends after this answer (a refusal that leaves nothing to keep alive).
+    close: bool = False
 
 
 def common_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -14,13 +14,26 @@ Limits and refusals (``docs/api.md``, "Conventions"; each is tested)::
     body (Content-Length)     > MAX_BODY_BYTES      413 body-too-large, before the body is read
     Transfer-Encoding (any)                         411 length-required (bodies by length only)
     grammar h11 refuses, a target not starting
-      with "/", a bad Content-Length                400 bad-request, connection closed
+      with "/"                                      400 bad-request, connection closed
+    a Content-Length that is not one field of
+      ASCII digits ("+5", "5_0", "٥", "5, 5")       400 bad-request, connection closed
     a version other than HTTP/1.0 or 1.1            505 bad-version, connection closed
-    no complete head IDLE_TIMEOUT_S after the
-      connection opened or the last answer          connection closed without an answer
+    no complete head HEAD_TIMEOUT_S after the
+      connection opened                             connection closed without an answer
+    kept alive: nothing IDLE_TIMEOUT_S after the
+      last answer, or a head not complete
+      HEAD_TIMEOUT_S after its first byte           connection closed without an answer
     body not complete within REQUEST_TIMEOUT_S      400 bad-request, connection closed
     a write not taken within WRITE_TIMEOUT_S        connection closed
-    more than MAX_CONNECTIONS connections           503 busy to the newest, closed
+    more than MAX_CONNECTIONS[listener] open on
+      that listener                                 503 busy to the newest, closed
+    TCP without the right token                     401 unauthorized, connection closed
+                                                    (any answer to such a request closes it)
+
+Each listener has connection slots of its own, so the TCP port (which any local user can
+reach) can never take the Unix socket's (which only the socket's group can): a flood of idle
+or trickling TCP connections, or a client asking again and again without a token, leaves the
+kiosk screen and ``markctl`` served (tests/integration/test_api_attacks.py).
 
 Two requests h11 would refuse are served as markd always served them: a request without
 ``Host`` (the socket has one host; clients such as ``socat`` or a shell's ``printf`` omit it)
@@ -30,7 +43,9 @@ and parsed again; nothing else is.
 
 Every request passes the origin check (a browser's ``Origin`` must be listed) and, on TCP,
 the bearer token (compared in constant time, never logged) before its route runs. Request
-bodies hold full marking codes: they are never logged.
+bodies hold full marking codes: they are never logged. Nothing a client sends reaches the
+log: a request that makes a route fail is logged by its route and the exception's type only
+(no message, no traceback; the log is also published to event subscribers).
 """
 
 from __future__ import annotations
@@ -74,12 +89,17 @@ MAX_BODY_BYTES = 64 * 1024
 #: Seconds a kept-alive connection may stay silent before the server closes it; the next
 #: request's head must have arrived by then.
 IDLE_TIMEOUT_S = 30.0
+#: Seconds a request's head (request line and headers) has to arrive completely: from the
+#: moment a connection opens, or on a kept-alive one from the head's first byte. A client
+#: trickling its head a byte at a time (a slow-loris) is cut off here.
+HEAD_TIMEOUT_S = 10.0
 #: Seconds a request's body has to arrive completely once its head is in.
 REQUEST_TIMEOUT_S = 10.0
 #: Seconds one write may wait for the client to take the bytes.
 WRITE_TIMEOUT_S = 10.0
-#: Open connections at most; one more gets 503 and is closed.
-MAX_CONNECTIONS = 64
+#: Open connections at most per listener; one more on that listener gets 503 and is closed.
+#: Separate counts: a TCP flood never takes the Unix socket's slots.
+MAX_CONNECTIONS = {"unix": 64, "tcp": 32}
 #: Seconds between two log records about refused tokens (a client retrying in a loop).
 AUTH_LOG_INTERVAL_S = 60.0
 #: Seconds :meth:`ControlServer.close` gives requests under way and event streams to finish.
@@ -99,6 +119,14 @@ _ADDED_HOST = b"Host: \r\n"
 _END_OF_HEAD = re.compile(rb"\n\r?\n")
 #: Bytes of CRLF CRLF: what a head may have beyond MAX_HEAD_BYTES.
 _END_LINE_BYTES = 4
+#: A Content-Length line as the client wrote it, its value captured (h11 takes the name in
+#: any case and no space before the colon).
+_CONTENT_LENGTH_LINE = re.compile(rb"(?im)^content-length:(.*?)\r?$")
+#: All a Content-Length line may hold after its colon: one optional space, then ASCII digits
+#: and nothing else. Stricter than HTTP's optional whitespace on purpose: no client markd
+#: knows pads the value, and a padded, signed or listed length is how one parser is made to
+#: frame a body differently from another.
+_CONTENT_LENGTH_VALUE = re.compile(rb" ?[0-9]+")
 
 
 @dataclass
@@ -113,6 +141,9 @@ class _Connection:
     pending: bytes = b""
     #: A request is being answered (or an event stream runs): close() lets it finish.
     busy: bool = False
+    #: Requests answered on this connection so far (0: a new connection, whose first head
+    #: must arrive within HEAD_TIMEOUT_S of its opening).
+    answered: int = 0
     subscription: Subscription | None = None
 
 
@@ -169,6 +200,8 @@ class ControlServer:
         self._servers: list[asyncio.AbstractServer] = []
         self._serving: asyncio.Task[None] | None = None
         self._connections: dict[asyncio.Task[Any], _Connection] = {}
+        #: Open connections per listener (``unix``, ``tcp``), against MAX_CONNECTIONS.
+        self._open: dict[str, int] = {"unix": 0, "tcp": 0}
         self._auth_refused = 0
         self._auth_logged_at = -AUTH_LOG_INTERVAL_S
 
@@ -301,8 +334,9 @@ class ControlServer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection = _Connection(reader, writer, transport, peer)
         self._connections[task] = connection
+        self._open[transport] += 1
         try:
-            if len(self._connections) > MAX_CONNECTIONS:
+            if self._open[transport] > MAX_CONNECTIONS[transport]:
                 refusal = HTTPRefusal(503, "busy", "too many open connections", close=True)
                 await self._send(connection, self._refusal_response(refusal, None), False)
                 return
@@ -314,9 +348,11 @@ class ControlServer:
             # (asyncio's stream callback would report a cancelled handler as an error).
             pass
         except Exception as exc:  # noqa: BLE001 - one connection's bug must not reach the loop
-            log.error("control API connection failed: %s: %s", type(exc).__name__, exc)
+            # The type only: the message may quote what the client sent.
+            log.error("control API connection failed: %s", type(exc).__name__)
         finally:
             self._connections.pop(task, None)
+            self._open[transport] -= 1
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -335,10 +371,17 @@ class ControlServer:
                 return
             response = await self._dispatch(request)
             # h11 has read the whole request: DONE means it may be followed by another
-            # (MUST_CLOSE: HTTP/1.0, or the client said Connection: close).
-            keep = connection.http.their_state is h11.DONE
+            # (MUST_CLOSE: HTTP/1.0, or the client said Connection: close). A TCP request
+            # without the token ends its connection whatever it was answered (401, or 403
+            # for its origin, or a preflight): only a client with the token keeps one.
+            keep = (
+                connection.http.their_state is h11.DONE
+                and not response.close
+                and (connection.transport != "tcp" or self._token_matches(request))
+            )
             await self._send(connection, response, keep)
             connection.busy = False
+            connection.answered += 1
             if not keep:
                 return
             connection.pending = connection.http.trailing_data[0]
@@ -350,7 +393,10 @@ class ControlServer:
         """The next request with its body. Raises :class:`_Quiet` when the client closed or
         stayed silent, :class:`HTTPRefusal` for a request that cannot be served."""
         loop = asyncio.get_running_loop()
-        head_deadline = loop.time() + IDLE_TIMEOUT_S
+        # A new connection has HEAD_TIMEOUT_S for its first head; a kept-alive one may stay
+        # silent for IDLE_TIMEOUT_S, but a head once started has HEAD_TIMEOUT_S to complete.
+        quiet_deadline = loop.time() + (IDLE_TIMEOUT_S if connection.answered else HEAD_TIMEOUT_S)
+        head_deadline = quiet_deadline
         received = bytearray(connection.pending)  # this request's bytes, as they came
         connection.pending = b""
         repairs: set[str] = set()
@@ -359,12 +405,14 @@ class ControlServer:
         http = connection.http
         if received:  # (h11 takes empty data for the end of the stream)
             http.receive_data(bytes(received))
+            head_deadline = min(quiet_deadline, loop.time() + HEAD_TIMEOUT_S)
         while True:
             try:
                 event = http.next_event()
             except H11_REFUSALS as exc:
                 if at_eof and not received.strip():
                     raise _Quiet() from None  # only blank lines, then the client went
+                _check_content_length(bytes(received))
                 repaired = _repair(bytes(received), str(exc), repairs)
                 if repaired is None:
                     raise _refusal(exc, at_eof) from None
@@ -383,9 +431,12 @@ class ControlServer:
             # NEED_DATA: the head is not complete yet.
             chunk = await self._receive(connection, head_deadline, head=True)
             at_eof = not chunk
+            if chunk and not received:
+                head_deadline = min(quiet_deadline, loop.time() + HEAD_TIMEOUT_S)
             received += chunk
             http.receive_data(chunk)
         head_size = len(received) - len(http.trailing_data[0]) - added
+        _check_content_length(bytes(received))
         request = self._checked_request(event, connection, head_size, added_host=added > 0)
         request.body = await self._read_body(connection, http)
         return request
@@ -536,21 +587,29 @@ class ControlServer:
         if origin is not None and origin not in self._origins:
             raise HTTPRefusal(403, "origin-not-allowed", f"origin {origin[:100]} is not allowed")
         if request.transport == "tcp" and not self._authorized(request):
+            # Closed after the answer: a client without the token holds no connection
+            # (and no slot) by asking again on it.
             raise HTTPRefusal(
                 401,
                 "unauthorized",
                 "send Authorization: Bearer TOKEN",
                 headers={"WWW-Authenticate": 'Bearer realm="markd"'},
+                close=True,
             )
 
-    def _authorized(self, request: Request) -> bool:
+    def _token_matches(self, request: Request) -> bool:
+        """The request carries the bearer token (compared in constant time)."""
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         token = self._token
-        ok = (
+        return (
             token is not None
             and scheme.lower() == "bearer"
             and hmac.compare_digest(given.strip().encode(), token.reveal().encode())
         )
+
+    def _authorized(self, request: Request) -> bool:
+        """:meth:`_token_matches`, a refusal counted for the rate-limited log record."""
+        ok = self._token_matches(request)
         if not ok:
             self._auth_refused += 1
             now = time.monotonic()
@@ -588,12 +647,10 @@ class ControlServer:
         except ReceiptError as exc:
             response = Response(receipt_status(exc), {"error": exc.reason, "message": exc.message})
         except Exception as exc:  # noqa: BLE001 - a bug answers 500, the daemon goes on
+            # The route (a known one: a handler ran) and the exception's type; its message
+            # and traceback may hold what the client sent, a code among it.
             log.error(
-                "control API: %s %s failed: %s: %s",
-                request.method,
-                request.path,
-                type(exc).__name__,
-                exc,
+                "control API: %s %s failed: %s", request.method, request.path, type(exc).__name__
             )
             response = Response(500, {"error": "internal-error", "message": type(exc).__name__})
         response.headers.update(self._cors(request))
@@ -603,7 +660,7 @@ class ControlServer:
         headers = dict(refusal.headers)
         if request is not None:
             headers.update(self._cors(request))
-        return Response(refusal.status, refusal.body(), headers)
+        return Response(refusal.status, refusal.body(), headers, close=refusal.close)
 
     def _cors(self, request: Request) -> dict[str, str]:
         origin = request.headers.get("origin")
@@ -644,6 +701,26 @@ def _repair(received: bytes, problem: str, done: set[str]) -> bytes | None:
         assert end is not None
         return received[: end.start() + 1] + _ADDED_HOST + received[end.start() + 1 :]
     return None
+
+
+def _check_content_length(received: bytes) -> None:
+    """Refuse a head whose Content-Length is anything but ASCII digits, as the client wrote
+    it (:data:`_CONTENT_LENGTH_VALUE`), or that has two. h11 (0.14 and 0.16 alike) refuses
+    ``+5``, ``5_0`` and other scripts' digits itself, but reads ``5, 5``, two equal lines and
+    a padded ``  5`` as 5: markd judges the bytes before h11's reading counts, and answers
+    every form with the same reason. Only a complete head is judged (one still coming has
+    no value to judge yet)."""
+    end = _END_OF_HEAD.search(received)
+    if end is None:
+        return
+    values = _CONTENT_LENGTH_LINE.findall(received[: end.start() + 1])
+    if len(values) > 1 or (values and not _CONTENT_LENGTH_VALUE.fullmatch(values[0])):
+        raise HTTPRefusal(
+            400,
+            "bad-request",
+            "bad Content-Length: one field of ASCII digits only",
+            close=True,
+        )
 
 
 def _refusal(exc: Exception, at_eof: bool) -> HTTPRefusal:
