@@ -204,7 +204,7 @@ async def test_udev_symlink_followed_across_replug_and_permission_race(
     bus: SimulatedUsb, tmp_path: Path, store_path: str, event_log: RecordingEventLog
 ) -> None:
     pos = bus.add(SimulatedDevice(0x1EAB, 0x0010, kind="hid-pos"))
-    link = tmp_path / "scanner-usb-1eab-0010"
+    link = tmp_path / "scanner-1eab-0010-sn-NLS0001"
     link.symlink_to(f"/dev/bus/usb/001/{pos.address:03d}")
     run = Running(make_config(store_path, {"pos": f"hid-pos://{link}"}), event_log)
     await run.started()

@@ -172,7 +172,7 @@ def test_device_selection_by_serial_and_ambiguity(bus: SimulatedUsb) -> None:
 
 def test_device_selection_by_udev_symlink(bus: SimulatedUsb, tmp_path: Path) -> None:
     device = bus.add(SimulatedDevice(0x0C2E, 0x0B61))
-    link = tmp_path / "scanner-usb-0c2e-0b61"
+    link = tmp_path / "scanner-0c2e-10d3-sn-SIM0001"
     with pytest.raises(ScannerGone):
         find_device(str(link), None, bus)
     os.symlink(f"/dev/bus/usb/001/{device.address:03d}", link)

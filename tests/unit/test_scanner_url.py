@@ -44,9 +44,9 @@ def test_module_examples_run(module: ModuleType) -> None:
         ("virtual://kiosk_2-left", "virtual", "kiosk_2-left"),
         ("hid-kbd://0C2E:0B61", "hid-kbd", "0c2e:0b61"),
         (
-            "hid-kbd:///dev/markd/scanner-usb-0c2e-0b61",
+            "hid-kbd:///dev/markd/scanner-0c2e-10d3-port-pci-0000_00_14_0-usb-0_2",
             "hid-kbd",
-            "/dev/markd/scanner-usb-0c2e-0b61",
+            "/dev/markd/scanner-0c2e-10d3-port-pci-0000_00_14_0-usb-0_2",
         ),
         ("hid-pos://1eab:0010?serial=NL123&interface=1", "hid-pos", "1eab:0010"),
     ],

@@ -8,7 +8,7 @@ URL forms
 
 ``hid-kbd:///dev/PATH?OPTIONS``
     A udev symlink to the scanner's USB device node, as markd's rules create them:
-    ``hid-kbd:///dev/markd/scanner-usb-0c2e-0b61``. The link is resolved at every open, so a
+    ``hid-kbd:///dev/markd/scanner-0c2e-10d3-sn-SERIAL``. The link is resolved at every open, so a
     replug (new device address) is followed.
 
 Options: ``serial`` (the USB serial number; required when several identical scanners are
@@ -286,7 +286,7 @@ class _KeyboardInterface(InterfaceChoice):
     def none_found(self, where: str) -> ScannerError:
         return ScannerError(
             f"{where} has no HID interface: is the scanner in serial (CDC-ACM) mode? "
-            "use serial:///dev/markd/scanner0",
+            "use serial:///dev/markd/scanner-… (ls -l /dev/markd/)",
             "no-interface",
         )
 

@@ -7,7 +7,7 @@ URL forms
     ``hid-pos://1eab:0010`` (a Newland in HID-POS mode), ``hid-pos://0c2e:0b62``.
 
 ``hid-pos:///dev/PATH?OPTIONS``
-    A udev symlink to the scanner's USB device node: ``hid-pos:///dev/markd/scanner-usb-1eab-0010``.
+    A udev symlink to the scanner's USB device node: ``hid-pos:///dev/markd/scanner-1eab-0010-sn-SERIAL``.
 
 Options: ``serial`` (the USB serial number, for several identical scanners), ``interface``
 (default: the first HID interface whose report descriptor uses page 0x8C), and the framing
@@ -229,7 +229,7 @@ class _PosInterface(InterfaceChoice):
     def none_found(self, where: str) -> ScannerError:
         return ScannerError(
             f"{where} has no HID interface: is the scanner in serial (CDC-ACM) mode? "
-            "use serial:///dev/markd/scanner0",
+            "use serial:///dev/markd/scanner-… (ls -l /dev/markd/)",
             "no-interface",
         )
 

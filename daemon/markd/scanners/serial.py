@@ -5,7 +5,8 @@ URL forms
 
 ``serial:///dev/PATH?OPTIONS``
     A device node, absolute path, hence three slashes: ``serial:///dev/ttyACM0``,
-    ``serial:///dev/markd/scanner0`` (a udev symlink, the recommended production form),
+    ``serial:///dev/markd/scanner-1eab-8306-sn-NLS12345`` (the scanner's own udev symlink, the
+    recommended production form; ``udev/README.md``, "Names"),
     ``serial:///dev/serial/by-id/usb-Newland_...-if00``. Opened exclusively (``flock``) so two
     daemons cannot share one scanner.
 

@@ -3,7 +3,7 @@
 What lives here:
 
 * the URL target, ``VID:PID`` or the path of a udev symlink to the USB device node
-  (``/dev/markd/scanner-usb-0c2e-0b61`` → ``/dev/bus/usb/001/007``), and device selection,
+  (``/dev/markd/scanner-0c2e-10d3-sn-SERIAL`` → ``/dev/bus/usb/001/007``), and device selection,
   with ``?serial=`` to tell identical scanners apart;
 * :class:`UsbSession`: take one HID interface from the kernel (detach its driver, make sure
   the device is configured, claim the interface, find the interrupt IN endpoint), read
