@@ -8,13 +8,25 @@ from ``os.wait4``) must stay within :data:`RSS_LIMIT_KIB` whatever the input.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from markd import samples
+from markd.codes import parse
+from markd.emulators.static_http import StaticHTTPServer
+from markd.errors import StoreError
+from markd.store import Store, fleet
+from markd.store.importer import import_snapshot
 
 #: The issue's bound for any import or sync: 300 MB.
 RSS_LIMIT_KIB = 300 * 1000
@@ -156,3 +168,205 @@ def test_a_line_of_exactly_1_mib_is_still_read(tmp_path: Path, defaults: Path) -
 
     assert code == 0, err
     assert json.loads(out)["rows"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Fleet downloads
+
+
+def kis(count: int) -> list[str]:
+    found = {parse(code).ki for code in samples.batch(count * 3, seed=15)}
+    return sorted(k for k in found if k.startswith("01"))[:count]
+
+
+@pytest.fixture
+def www(tmp_path: Path) -> Path:
+    """A master's export (version 1, 2,000 КИ) in the directory the file server serves."""
+    path = tmp_path / "www"
+    path.mkdir()
+    snapshot = tmp_path / "v1.txt"
+    snapshot.write_text("".join(f"{ki}\n" for ki in kis(2000)))
+    with Store.open(str(tmp_path / "master"), map_size_mb=8) as master:
+        import_snapshot(master, snapshot, version=1)
+        fleet.export(master, path)
+    return path
+
+
+@pytest.fixture
+def kiosk(tmp_path: Path) -> Iterator[Store]:
+    with Store.open(str(tmp_path / "kiosk"), map_size_mb=8) as store:
+        yield store
+
+
+def rewrite_index(www: Path, name: str, **fields: Any) -> dict[str, Any]:
+    """Change the index entry of ``name`` (an unsigned index: anyone could serve this)."""
+    index = json.loads((www / "index.json").read_text())
+    entries = [index["snapshot"], *index["deltas"]]
+    entry = next(e for e in entries if e["file"] == name)
+    entry.update(fields)
+    (www / "index.json").write_text(json.dumps(index))
+    return entry
+
+
+def parts(store: Store) -> list[str]:
+    return sorted(p.name for p in (Path(store.path) / "downloads").glob("*.part*"))
+
+
+def refusal(store: Store, url: str, **kwargs: Any) -> StoreError:
+    with pytest.raises(StoreError) as caught:
+        fleet.sync(store, url, **kwargs)
+    return caught.value
+
+
+SNAPSHOT = "snapshot-1.csv.gz"
+
+
+def test_an_index_claiming_a_300_mb_file_is_refused_before_any_download(
+    kiosk: Store, www: Path
+) -> None:
+    rewrite_index(www, SNAPSHOT, size=300_000_000)
+    downloads = Path(kiosk.path) / "downloads"
+    downloads.mkdir()
+    (downloads / f"{SNAPSHOT}.part").write_bytes(b"left by an earlier run")
+
+    with StaticHTTPServer(www) as server:
+        error = refusal(kiosk, server.url, max_file_mb=1)
+        fetched = server.requests_for(SNAPSHOT)
+
+    assert error.reason == "download-too-large"
+    assert f"{SNAPSHOT} from" in error.message and "300,000,000 bytes" in error.message
+    assert "sync_max_file_mb" in error.message
+    assert fetched == []
+    assert parts(kiosk) == []
+    assert kiosk.info().version == 0
+
+
+def test_an_index_claiming_a_300_mb_file_under_the_limit_keeps_nothing(
+    kiosk: Store, www: Path
+) -> None:
+    """Within the limit (1 GiB by default) the claim is asked for, found wrong, and nothing
+    is kept (the issue saw such a file written and kept)."""
+    size = (www / SNAPSHOT).stat().st_size
+    rewrite_index(www, SNAPSHOT, size=300_000_000)
+
+    with StaticHTTPServer(www) as server:
+        error = refusal(kiosk, server.url)
+
+    assert error.reason == "bad-download"
+    assert f"the server has {size:,} bytes, the index says 300,000,000" in error.message
+    assert parts(kiosk) == []
+    assert kiosk.info().version == 0
+
+
+def test_a_sync_that_would_fill_the_disk_is_refused_before_any_download(
+    kiosk: Store, www: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    size = (www / SNAPSHOT).stat().st_size
+    asked: list[Path] = []
+
+    def nearly_full(directory: Path) -> int:
+        asked.append(directory)
+        return size - 1
+
+    monkeypatch.setattr(fleet, "free_bytes", nearly_full)
+    with StaticHTTPServer(www) as server:
+        error = refusal(kiosk, server.url)
+        fetched = server.requests_for(SNAPSHOT)
+
+    assert error.reason == "store-disk-full"
+    assert f"need {size:,} bytes" in error.message and f"has {size - 1:,} free" in error.message
+    assert asked == [Path(kiosk.path) / "downloads"]
+    assert fetched == []
+    assert parts(kiosk) == []
+
+
+class _EndlessHandler(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.0 answers without Content-Length (the body ends when the connection does):
+    ``index.json`` as it is, any other file followed by junk for as long as the client reads."""
+
+    www: Path
+    sent: dict[str, int]
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        name = self.path.lstrip("/").split("?")[0]
+        data = (self.www / name).read_bytes()
+        self.send_response(200)
+        self.end_headers()
+        sent = 0
+        try:
+            self.wfile.write(data)
+            sent += len(data)
+            if name != "index.json":
+                junk = b"x" * (1 << 16)
+                while sent < 1 << 30:
+                    self.wfile.write(junk)
+                    sent += len(junk)
+        except OSError:
+            pass  # the client hung up: what the test wants
+        finally:
+            self.sent[name] = sent
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_server_sending_more_than_the_index_says_is_cut_off_and_the_part_deleted(
+    kiosk: Store, www: Path
+) -> None:
+    size = (www / SNAPSHOT).stat().st_size
+    sent: dict[str, int] = {}
+    handler = type("Handler", (_EndlessHandler,), {"www": www, "sent": sent})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        error = refusal(kiosk, f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    assert error.reason == "bad-download"
+    assert f"got {size + 1:,} bytes" in error.message
+    assert f"the index says {size:,} bytes" in error.message
+    assert parts(kiosk) == []
+    assert kiosk.info().version == 0
+    assert sent[SNAPSHOT] < 64 << 20  # stopped, not read to the end of 1 GiB
+
+
+def test_a_fleet_delta_gzip_bomb_is_refused_with_bounded_memory_and_deleted(
+    kiosk: Store, www: Path, tmp_path: Path
+) -> None:
+    """The kiosk is at version 1; the master's delta 2 is a 1 MB gzip holding a 1 GiB line.
+    The sync (a markctl child, as the daemon runs it) refuses it naming the line."""
+    with StaticHTTPServer(www) as server:
+        fleet.sync(kiosk, server.url)
+        header = json.dumps({"format": "markd-delta", "version": 2, "previous": 1})
+        bomb = write_bomb(www / "delta-2.jsonl", f"{header}\n".encode(), b"\n")
+        index = json.loads((www / "index.json").read_text())
+        digest = hashlib.sha256(bomb.read_bytes()).hexdigest()
+        index["version"] = 2
+        index["deltas"] = [
+            {
+                "version": 2,
+                "previous": 1,
+                "file": bomb.name,
+                "size": bomb.stat().st_size,
+                "sha256": digest,
+            }
+        ]
+        (www / "index.json").write_text(json.dumps(index))
+        config = tmp_path / "kiosk.toml"
+        config.write_text("[store]\nsync_allow_unsigned = true\n")
+
+        code, _, err, rss = run_measured(
+            [sys.executable, "-m", "markd.cli.markctl", "store", "sync", server.url]
+            + ["--store", kiosk.path, "--config", str(config), "--progress", "none"],
+            tmp_path,
+        )
+
+    assert code != 0
+    assert "delta-2.jsonl.part:2: line longer than 1 MiB" in err
+    assert rss <= RSS_LIMIT_KIB, f"peak RSS {rss} KiB"
+    assert parts(kiosk) == []
+    assert kiosk.info().version == 1
