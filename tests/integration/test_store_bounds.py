@@ -26,7 +26,7 @@ from markd.codes import parse
 from markd.emulators.static_http import StaticHTTPServer
 from markd.errors import StoreError
 from markd.store import Store, fleet
-from markd.store.importer import import_snapshot
+from markd.store.importer import MAX_DELTA_CHANGES, import_snapshot
 
 #: The issue's bound for any import or sync: 300 MB.
 RSS_LIMIT_KIB = 300 * 1000
@@ -139,6 +139,24 @@ def test_gzip_bomb_one_long_line_is_refused_by_store_delta_with_bounded_memory(
 
     assert code != 0
     assert f"{bomb}:3: line longer than 1 MiB" in err
+    assert rss <= RSS_LIMIT_KIB, f"peak RSS {rss} KiB"
+
+
+def test_a_delta_too_big_to_hold_in_memory_is_refused_with_bounded_memory(
+    tmp_path: Path, defaults: Path
+) -> None:
+    """A delta is applied in one transaction from memory: one change more than
+    MAX_DELTA_CHANGES is refused, and reading up to there stays within the bound."""
+    path = tmp_path / "delta-1.jsonl"
+    row = json.dumps({"op": "add", "ki": GOOD_KI, "reason": "stolen", "source": "police"})
+    with open(path, "w") as out:
+        out.write(json.dumps({"format": "markd-delta", "version": 1, "previous": 0}) + "\n")
+        out.writelines(f"{row}\n" for _ in range(MAX_DELTA_CHANGES + 1))
+
+    code, _, err, rss = markctl(tmp_path, defaults, "delta", str(path))
+
+    assert code != 0
+    assert f"{path}:{MAX_DELTA_CHANGES + 2}: more than {MAX_DELTA_CHANGES:,} changes" in err
     assert rss <= RSS_LIMIT_KIB, f"peak RSS {rss} KiB"
 
 

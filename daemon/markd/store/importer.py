@@ -68,6 +68,10 @@ MAX_VERSION = 1 << 63
 CSV_COLUMNS = ("ki", "gtin", "series", "reason", "source", "since")
 DEFAULT_REASON = "blocklist"
 MAX_PROBLEMS = 20  # listed in an error; the count covers all of them
+#: Changes in one delta. A delta applies in one transaction and is held in memory whole (about
+#: 0.75 kB a change: 200,000 measured at 193 MB peak RSS for ``markctl store delta``), so this
+#: keeps it under the 300 MB any import may take; a bigger change is a snapshot's job.
+MAX_DELTA_CHANGES = 200_000
 
 #: progress(phase, bytes_done, bytes_total or None, rows_so_far)
 Progress = Callable[[str, int, int | None, int], None]
@@ -1076,6 +1080,12 @@ def read_delta(path: str | os.PathLike[str]) -> dict[str, Any]:
                     raise StoreError(f"{path}:{line_no}: {problem}", "bad-file")
                 header = {"version": ver, "previous": prev, "source": source}
                 continue
+            if len(changes) >= MAX_DELTA_CHANGES:
+                raise StoreError(
+                    f"{path}:{line_no}: more than {MAX_DELTA_CHANGES:,} changes in one delta; "
+                    "nothing changed (a change that big is a snapshot: markctl store import)",
+                    "bad-file",
+                )
             if not isinstance(item, dict) or item.get("op") not in ("add", "remove"):
                 problems.add(line_no, 'each change is {"op": "add"|"remove", "ki"|"gtin": …}')
                 continue
