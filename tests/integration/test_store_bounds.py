@@ -388,3 +388,31 @@ def test_a_fleet_delta_gzip_bomb_is_refused_with_bounded_memory_and_deleted(
     assert rss <= RSS_LIMIT_KIB, f"peak RSS {rss} KiB"
     assert parts(kiosk) == []
     assert kiosk.info().version == 1
+
+
+def test_a_fleet_snapshot_gzip_bomb_is_refused_with_bounded_memory_and_deleted(
+    kiosk: Store, www: Path, tmp_path: Path
+) -> None:
+    """An empty kiosk takes the snapshot: a 1 MB gzip CSV whose third line is 1 GiB long."""
+    bomb = write_bomb(www / SNAPSHOT, f"ki\n{GOOD_KI}\n".encode(), b"\n")
+    rewrite_index(
+        www,
+        SNAPSHOT,
+        size=bomb.stat().st_size,
+        sha256=hashlib.sha256(bomb.read_bytes()).hexdigest(),
+    )
+    config = tmp_path / "kiosk.toml"
+    config.write_text("[store]\nsync_allow_unsigned = true\n")
+
+    with StaticHTTPServer(www) as server:
+        code, _, err, rss = run_measured(
+            [sys.executable, "-m", "markd.cli.markctl", "store", "sync", server.url]
+            + ["--store", kiosk.path, "--config", str(config), "--progress", "none"],
+            tmp_path,
+        )
+
+    assert code != 0
+    assert f"{SNAPSHOT}.part:3: line longer than 1 MiB" in err
+    assert rss <= RSS_LIMIT_KIB, f"peak RSS {rss} KiB"
+    assert parts(kiosk) == []
+    assert kiosk.info().version == 0
