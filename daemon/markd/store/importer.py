@@ -237,12 +237,16 @@ class _LineBound(io.RawIOBase):
         finally:
             super().close()
 
-    def readinto(self, buffer: Any) -> int:
-        want = min(len(buffer), MAX_LINE_BYTES)
+    def _next(self, want: int) -> bytes:
+        """Up to ``want`` bytes: what a dropped line left over first, then ``inner``."""
         if self._pending:
             data, self._pending = self._pending[:want], self._pending[want:]
-        else:
-            data = self._inner.read(want)
+            return data
+        return self._inner.read(want)
+
+    def readinto(self, buffer: Any) -> int:
+        want = min(len(buffer), MAX_LINE_BYTES)
+        data = self._next(want)
         if not data:
             return 0
         first = data.find(b"\n")
@@ -250,10 +254,10 @@ class _LineBound(io.RawIOBase):
         # (up to its first newline) can make a line too long.
         if self._run + (len(data) if first < 0 else first) > MAX_LINE_BYTES:
             self._long_line(self._lines + 1)
-            data = self._drop_rest(data, first)
+            rest = self._drop_rest(data, first)
+            data, self._pending = rest[:want], rest[want:] + self._pending
             if not data:
                 return 0
-            first = 0
         last = data.rfind(b"\n")
         if last < 0:
             self._run += len(data)
@@ -269,7 +273,7 @@ class _LineBound(io.RawIOBase):
         """Read and drop the rest of an over-long line, in bounded pieces; return what follows
         it, starting with its newline (b"" at the end of the file)."""
         while first < 0:
-            data = self._inner.read(MAX_LINE_BYTES)
+            data = self._next(MAX_LINE_BYTES)
             if not data:
                 self._run = 0
                 return b""
