@@ -345,8 +345,8 @@ def test_every_problem_of_every_file_is_reported_at_once(main: Path) -> None:
         "got a string ('loud')",
         f"{main}:5: [store] map_size_mb: expected an integer, got a string ('big')",
         f"{dropins / '10-a.toml'}:3: unknown key [store] size (known keys: delta_history, "
-        "map_size_mb, max_age_hours, path, sync_allow_unsigned, sync_interval_s, sync_proxy, "
-        "sync_public_keys, sync_url, verdict_ttl_s)",
+        "map_size_mb, max_age_hours, path, sync_allow_unsigned, sync_interval_s, "
+        "sync_max_file_mb, sync_proxy, sync_public_keys, sync_url, verdict_ttl_s)",
         f"{dropins / '20-b.toml'}:1:8: TOML syntax error: Expected ']' at the end of a table "
         "declaration",
         f"{dropins / '30-c.toml'}:1: [scanners.front] url: required key is missing",
@@ -521,6 +521,7 @@ def test_to_dict_is_plain_json_data() -> None:
             "sync_proxy": "online",
             "sync_public_keys": [],
             "sync_allow_unsigned": False,
+            "sync_max_file_mb": 1024,
         },
         "codes": {
             "recover_lost_gs": True,
@@ -638,7 +639,7 @@ def test_docs_key_table_matches_the_schema() -> None:
 def test_docs_mention_every_key() -> None:
     keys = [f"`[{ref.table}] {ref.key}`" for ref in config.schema_keys()]
 
-    assert len(keys) == 80
+    assert len(keys) == 81
     assert [key for key in keys if key not in _doc()] == []
 
 

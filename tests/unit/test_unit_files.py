@@ -82,6 +82,21 @@ def test_the_unit_says_what_the_daemon_needs() -> None:
     assert unit["Install.WantedBy"] == ["multi-user.target"]
 
 
+def test_a_memory_or_thread_runaway_is_bounded_with_room_for_the_sync_child() -> None:
+    """A gzip bomb or an endless download must not take the kiosk's memory: the unit caps
+    markd's cgroup, leaving room for the daemon (about 32 MiB, docs/performance.md) plus an
+    import or sync child (at most 300 MB, issue 15) and a margin; a killed child does not stop
+    the daemon."""
+    unit = directives(render("/opt/markd/bin"))
+    (memory,) = unit["Service.MemoryMax"]
+    assert memory.endswith("M")
+    assert 32 + 300 + 128 <= int(memory[:-1]) <= 2048
+    assert unit["Service.OOMPolicy"] == ["continue"]
+    (tasks,) = unit["Service.TasksMax"]
+    # The daemon's executor (32), scanners, writers and helpers, plus the child's threads.
+    assert 64 <= int(tasks) <= 1024
+
+
 def test_every_credential_the_code_reads_is_loaded_and_optional() -> None:
     wanted: set[str] = set()
     for source in (ROOT / "daemon" / "markd").rglob("*.py"):

@@ -432,6 +432,7 @@ def _sync(args: argparse.Namespace) -> int:
                     tuple(args.public_key) if args.public_key else store_config.sync_public_keys
                 ),
                 allow_unsigned=args.allow_unsigned or store_config.sync_allow_unsigned,
+                max_file_mb=store_config.sync_max_file_mb,
             )
         finally:
             progress.done()

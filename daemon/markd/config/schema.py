@@ -208,6 +208,16 @@ class StoreConfig:
             "the path could rewrite the blocklist); HTTPS is allowed either way.",
         },
     )
+    sync_max_file_mb: int = field(
+        default=1024,
+        metadata={
+            "doc": "The largest fleet file (snapshot or delta) a sync downloads, in MiB; a "
+            "larger size in the index is refused before any download. The default holds a "
+            "snapshot of 40 M+ entries (10 M are about 215 MB).",
+            "min": 1,
+            "max": 1 << 20,
+        },
+    )
 
 
 @dataclass(frozen=True)

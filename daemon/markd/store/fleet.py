@@ -35,7 +35,11 @@ How a kiosk syncs (:func:`sync`):
    apply the deltas after it. A server *behind* the store (a rollback on the master) is refused
    unless ``allow_rollback``.
 4. Every file is checked against the size and sha256 in the index before it is used, and
-   all of them are downloaded and checked before the store changes at all.
+   all of them are downloaded and checked before the store changes at all. Before a byte is
+   written, every file's size (from the index, signed when keys are configured) must be at
+   most ``max_file_mb`` and all of them must fit in the free space; a download is cut as
+   soon as one byte more than the index says arrives. A refused or mismatching file's
+   ``.part`` is deleted (only a cut connection keeps it, for resuming).
 
 Versions are taken to come from one master: a kiosk at version N is assumed to hold what the
 master held at version N (deltas apply only on top of the version they name).
@@ -54,7 +58,9 @@ or thread of its own), one connection per file, redirects followed (:data:`MAX_R
 
 Errors are :class:`~markd.errors.StoreError` with these reasons: ``sync-failed`` (HTTP error,
 timeout, connection failure; names the URL and the HTTP status), ``bad-index``,
-``bad-download`` (size or sha256 mismatch; names the file), ``stale-snapshot`` (the server is
+``bad-download`` (size or sha256 mismatch; names the file), ``download-too-large`` (the
+index names a file over ``max_file_mb``), ``store-disk-full`` (not enough free space for
+the files to download), ``stale-snapshot`` (the server is
 behind the store), ``sync-busy`` (another sync of the same store is running), ``bad-url``; and,
 for a sync refused as untrusted (:data:`markd.errors.UNTRUSTED_SYNC_REASONS`),
 ``unsigned-index``, ``unknown-key``, ``bad-signature``, ``tampered-download`` (a size or
@@ -74,6 +80,7 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import ssl
 import tempfile
@@ -104,6 +111,10 @@ DOWNLOADS_DIR = "downloads"
 #: An index bigger than this is refused (a real one is a few kB even with 100 deltas).
 MAX_INDEX_BYTES = 16 << 20
 DEFAULT_TIMEOUT_S = 30.0
+#: Default of ``[store] sync_max_file_mb``, the largest fleet file a kiosk downloads. An
+#: export's snapshot is gzip CSV of about 22 bytes a row (88 before compression) for КИ with
+#: 13-character serials: 10 M entries are about 215 MB, so 1 GiB leaves room for 40 M+.
+DEFAULT_MAX_FILE_MB = 1024
 
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -754,9 +765,16 @@ class _Downloader:
     them against the index."""
 
     def __init__(
-        self, remote: _Remote, directory: Path, progress: Progress | None, *, signed: bool = False
+        self,
+        remote: _Remote,
+        directory: Path,
+        progress: Progress | None,
+        *,
+        signed: bool = False,
+        max_file_bytes: int = DEFAULT_MAX_FILE_MB << 20,
     ) -> None:
         self.remote = remote
+        self.max_file_bytes = max_file_bytes
         #: The index was signed: a mismatch is a tampered file (``tampered-download``).
         self.signed = signed
         self.directory = directory
@@ -770,6 +788,39 @@ class _Downloader:
     def discard(self, name: str) -> None:
         self.part(name).unlink(missing_ok=True)
         (self.directory / f"{name}.part.etag").unlink(missing_ok=True)
+
+    def check_room(self, entries: list[dict[str, Any]]) -> None:
+        """Refuse, before writing anything, files over the size limit or more bytes than the
+        disk has free; the ``.part`` files of a refused plan are deleted."""
+        names = [entry["file"] for entry in entries]
+        limit_mb = self.max_file_bytes >> 20
+        for entry in entries:
+            if entry["size"] > self.max_file_bytes:
+                for name in names:
+                    self.discard(name)
+                raise StoreError(
+                    f"{entry['file']} from {self.remote.safe}: the index says "
+                    f"{entry['size']:,} bytes, over the limit of {limit_mb:,} MiB "
+                    "([store] sync_max_file_mb); nothing was downloaded, nothing changed",
+                    "download-too-large",
+                )
+        have = 0
+        for name in names:
+            with contextlib.suppress(OSError):
+                have += self.part(name).stat().st_size
+        need = sum(entry["size"] for entry in entries) - have
+        try:
+            free = free_bytes(self.directory)
+        except OSError as exc:
+            raise StoreError(f"cannot tell the free space of {self.directory}: {exc}") from exc
+        if need > free:
+            for name in names:
+                self.discard(name)
+            raise StoreError(
+                f"{len(entries)} file(s) from {self.remote.safe} need {need:,} bytes, "
+                f"{self.directory} has {free:,} free; nothing was downloaded, nothing changed",
+                "store-disk-full",
+            )
 
     def fetch(self, entry: dict[str, Any]) -> Path:
         """The verified file of ``entry`` (``file``, ``size``, ``sha256``)."""
@@ -885,6 +936,24 @@ def _range_start(response: BlockingStreamResponse) -> int | None:
     return read_int(match.group(1), lo=0) if match else None
 
 
+@contextlib.contextmanager
+def _discarding_on_refusal(fetcher: _Downloader, name: str) -> Iterator[None]:
+    """Delete the download of ``name`` when its content is refused (bad rows, a line over
+    1 MiB, a full disk): a refused file is not kept to be refused again. A busy store is no
+    verdict on the file, so it is kept for the next try."""
+    try:
+        yield
+    except StoreError as exc:
+        if exc.reason not in ("store-busy", "sync-busy"):
+            fetcher.discard(name)
+        raise
+
+
+def free_bytes(directory: Path) -> int:
+    """Bytes free for the sync's downloads (tests replace it to play a full disk)."""
+    return shutil.disk_usage(directory).free
+
+
 def _clean_downloads(directory: Path, keep: set[str]) -> None:
     """Remove downloads of files the current index no longer names (older versions)."""
     for path in directory.iterdir():
@@ -904,6 +973,7 @@ def sync(
     proxy: ProxySettings | None = None,
     public_keys: tuple[str, ...] = (),
     allow_unsigned: bool = True,
+    max_file_mb: int = DEFAULT_MAX_FILE_MB,
 ) -> SyncResult:
     """Bring ``store`` to the version published at ``url`` (an export directory on any static
     HTTP(S) server); see the module docstring for the steps.
@@ -927,6 +997,8 @@ def sync(
         allowed (anyone on the path could rewrite the list); refused with ``unsigned-sync``
         otherwise. markctl and the daemon pass ``[store] sync_allow_unsigned`` (default
         false); HTTPS without keys is allowed (the server is trusted, ``config check`` warns).
+    :param max_file_mb: the largest file taken (``[store] sync_max_file_mb``), in MiB; a
+        larger one in the index is refused (``download-too-large``) before any download.
     """
     started = time.monotonic()
     if store.readonly:
@@ -1012,13 +1084,22 @@ def sync(
             downloads, {d["file"] for d in chain} | ({snapshot["file"]} if snapshot else set())
         )
 
-        fetcher = _Downloader(remote, downloads, progress, signed=bool(public_keys))
+        fetcher = _Downloader(
+            remote,
+            downloads,
+            progress,
+            signed=bool(public_keys),
+            max_file_bytes=max_file_mb << 20,
+        )
+        fetcher.check_room(([snapshot] if snapshot is not None else []) + chain)
         # Every file is downloaded and verified before the store changes at all: a bad or
         # tampered delta must not leave the kiosk half-way (a snapshot in, its deltas not).
         snapshot_path = fetcher.fetch(snapshot) if snapshot is not None else None
         deltas = []
         for entry in chain:
-            delta = read_delta(fetcher.fetch(entry))
+            delta_path = fetcher.fetch(entry)
+            with _discarding_on_refusal(fetcher, entry["file"]):
+                delta = read_delta(delta_path)
             if (delta["version"], delta["previous"]) != (entry["version"], entry["previous"]):
                 fetcher.discard(entry["file"])
                 raise StoreError(
@@ -1028,20 +1109,21 @@ def sync(
                 )
             deltas.append((entry, delta))
         if snapshot is not None and snapshot_path is not None:
-            import_snapshot(
-                store,
-                snapshot_path,
-                "csv",
-                version=snapshot["version"],
-                source=safe,
-                # Not newer than ours only when the deltas after it bring the store past its
-                # version, or when a rollback was explicitly allowed.
-                force=foreign or snapshot["version"] <= before,
-                # An empty list is taken only when the master says it exported one.
-                allow_empty=snapshot["rows"] == 0,
-                synced_at=as_of,
-                progress=progress,
-            )
+            with _discarding_on_refusal(fetcher, snapshot["file"]):
+                import_snapshot(
+                    store,
+                    snapshot_path,
+                    "csv",
+                    version=snapshot["version"],
+                    source=safe,
+                    # Not newer than ours only when the deltas after it bring the store past
+                    # its version, or when a rollback was explicitly allowed.
+                    force=foreign or snapshot["version"] <= before,
+                    # An empty list is taken only when the master says it exported one.
+                    allow_empty=snapshot["rows"] == 0,
+                    synced_at=as_of,
+                    progress=progress,
+                )
             fetcher.discard(snapshot["file"])
         for entry, delta in deltas:
             apply_delta(store, delta, synced_at=as_of)

@@ -1,0 +1,440 @@
+"""Bounded imports and downloads (issue 15, item 2): a gzip bomb holding one long line, a
+fleet index claiming a huge file, a server sending more than the index says.
+
+Each import runs as a real ``markctl`` child; its peak RSS (``ru_maxrss`` of that very child,
+from ``os.wait4``) must stay within :data:`RSS_LIMIT_KIB` whatever the input.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from markd import samples
+from markd.codes import parse
+from markd.emulators.static_http import StaticHTTPServer
+from markd.errors import StoreError
+from markd.store import Store, fleet
+from markd.store.importer import MAX_DELTA_CHANGES, import_snapshot
+
+#: The issue's bound for any import or sync: 300 MB.
+RSS_LIMIT_KIB = 300 * 1000
+#: The bomb: this many MiB of ``a`` with no newline (about 1 MB of gzip).
+BOMB_MIB = 1024
+CHILD_TIMEOUT = 60.0
+
+GOOD_KI = "0104607001012344211234567"
+
+
+def write_bomb(path: Path, head: bytes, tail: bytes, mib: int = BOMB_MIB) -> Path:
+    """``head``, then ``mib`` MiB of ``a`` without a newline, then ``tail``, gzip-compressed.
+
+    Streamed: one gzip member of 1 MiB is compressed once (about 1 kB) and repeated; a
+    multi-member gzip file is one stream to every reader (RFC 1952, 2.2), so this is a 1 MB
+    file that decompresses into one line of ``mib`` MiB, built without holding it.
+    """
+    member = gzip.compress(b"a" * (1 << 20), 9)
+    with open(path, "wb") as out:
+        out.write(gzip.compress(head))
+        for _ in range(mib):
+            out.write(member)
+        out.write(gzip.compress(tail))
+    return path
+
+
+def run_measured(args: list[str], tmp_path: Path) -> tuple[int, str, str, int]:
+    """Run ``args`` as a child; its exit code, stdout, stderr and peak RSS in KiB."""
+    out, err = tmp_path / "child.out", tmp_path / "child.err"
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        child = subprocess.Popen(args, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
+        try:
+            _, status, usage = os.wait4(child.pid, 0)
+        finally:
+            child.returncode = 0  # reaped by wait4
+    return (
+        os.waitstatus_to_exitcode(status),
+        out.read_text(),
+        err.read_text(),
+        usage.ru_maxrss,
+    )
+
+
+@pytest.fixture
+def defaults(tmp_path: Path) -> Path:
+    """A configuration file with every default, so /etc/markd never leaks into a test."""
+    path = tmp_path / "markd.toml"
+    path.write_text("")
+    return path
+
+
+def markctl(tmp_path: Path, config: Path, *args: str) -> tuple[int, str, str, int]:
+    store = tmp_path / "store"
+    return run_measured(
+        [sys.executable, "-m", "markd.cli.markctl", "store", *args]
+        + ["--store", str(store), "--config", str(config), "--json"],
+        tmp_path,
+    )
+
+
+#: For each format: what comes before the long line (one good row, so the long one is line
+#: 2 or 3) and after it.
+BOMBS = {
+    "text": (f"{GOOD_KI}\n".encode(), b"\n04607001012344\n", 2),
+    "jsonl": (f'"{GOOD_KI}"\n'.encode(), b'\n"04607001012344"\n', 2),
+    "csv": (f"ki\n{GOOD_KI}\n".encode(), b"\n0104607001012344210000001\n", 3),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(BOMBS))
+def test_gzip_bomb_one_long_line_is_refused_by_store_import_with_bounded_memory(
+    fmt: str, tmp_path: Path, defaults: Path
+) -> None:
+    head, tail, line = BOMBS[fmt]
+    bomb = write_bomb(tmp_path / f"bomb.{fmt}.gz", head, tail)
+    assert bomb.stat().st_size < 2 << 20
+
+    code, _, err, rss = markctl(tmp_path, defaults, "import", str(bomb))
+
+    assert code != 0
+    assert f"{bomb}:{line}: line longer than 1 MiB" in err
+    assert rss <= RSS_LIMIT_KIB, f"peak RSS {rss} KiB"
+
+
+@pytest.mark.parametrize("fmt", sorted(BOMBS))
+def test_gzip_bomb_one_long_line_is_skipped_unread_with_skip_bad(
+    fmt: str, tmp_path: Path, defaults: Path
+) -> None:
+    head, tail, line = BOMBS[fmt]
+    bomb = write_bomb(tmp_path / f"bomb.{fmt}.gz", head, tail, mib=256)
+
+    code, out, err, rss = markctl(tmp_path, defaults, "import", str(bomb), "--skip-bad")
+
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["skipped"] == 1, result
+    assert result["rows"] == 2
+    assert any(f":{line}: line longer than 1 MiB" in p for p in result["problems"])
+    assert rss <= RSS_LIMIT_KIB, f"peak RSS {rss} KiB"
+
+
+@pytest.mark.parametrize("fmt", ["text", "jsonl"])
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_rows_after_a_skipped_long_line_are_all_read(
+    tmp_path: Path, fmt: str, compressed: bool
+) -> None:
+    """What follows a dropped line (here 3 MiB, then about 1 MB of rows, more than one read
+    of the reader's buffer) reaches the reader whole, in order, with the right line numbers."""
+    rows = kis(20_000)
+    lines = (f"{json.dumps(ki) if fmt == 'jsonl' else ki}\n" for ki in rows)
+    data = b'"x"\n' + b"z" * (3 << 20) + b"\n" + "".join(lines).encode()
+    path = tmp_path / f"long.{fmt}{'.gz' if compressed else ''}"
+    path.write_bytes(gzip.compress(data, 1) if compressed else data)
+
+    with Store.open(str(tmp_path / "store"), map_size_mb=32) as store:
+        result = import_snapshot(store, path, skip_bad=True)
+        stored = [key.decode() for key, *_ in store.iter_blocked()]
+
+    assert f"{path}:2: line longer than 1 MiB; skipped unread" in result.problems
+    assert result.rows == len(rows)
+    assert stored == sorted(rows)
+
+
+def test_gzip_bomb_one_long_line_is_refused_by_store_delta_with_bounded_memory(
+    tmp_path: Path, defaults: Path
+) -> None:
+    header = json.dumps({"format": "markd-delta", "version": 1, "previous": 0})
+    change = json.dumps({"op": "add", "ki": GOOD_KI})
+    bomb = write_bomb(tmp_path / "delta-1.jsonl.gz", f"{header}\n{change}\n".encode(), b"\n")
+
+    code, _, err, rss = markctl(tmp_path, defaults, "delta", str(bomb))
+
+    assert code != 0
+    assert f"{bomb}:3: line longer than 1 MiB" in err
+    assert rss <= RSS_LIMIT_KIB, f"peak RSS {rss} KiB"
+
+
+def test_a_delta_too_big_to_hold_in_memory_is_refused_with_bounded_memory(
+    tmp_path: Path, defaults: Path
+) -> None:
+    """A delta is applied in one transaction from memory: one change more than
+    MAX_DELTA_CHANGES is refused, and reading up to there stays within the bound."""
+    path = tmp_path / "delta-1.jsonl"
+    row = json.dumps({"op": "add", "ki": GOOD_KI, "reason": "stolen", "source": "police"})
+    with open(path, "w") as out:
+        out.write(json.dumps({"format": "markd-delta", "version": 1, "previous": 0}) + "\n")
+        out.writelines(f"{row}\n" for _ in range(MAX_DELTA_CHANGES + 1))
+
+    code, _, err, rss = markctl(tmp_path, defaults, "delta", str(path))
+
+    assert code != 0
+    assert f"{path}:{MAX_DELTA_CHANGES + 2}: more than {MAX_DELTA_CHANGES:,} changes" in err
+    assert rss <= RSS_LIMIT_KIB, f"peak RSS {rss} KiB"
+
+
+def test_a_plain_one_line_file_is_refused_with_bounded_memory(
+    tmp_path: Path, defaults: Path
+) -> None:
+    path = tmp_path / "one-line.jsonl"
+    with open(path, "wb") as out:
+        for _ in range(64):
+            out.write(b"a" * (1 << 20))
+
+    code, _, err, rss = markctl(tmp_path, defaults, "import", str(path))
+
+    assert code != 0
+    assert f"{path}:1: line longer than 1 MiB" in err
+    assert rss <= RSS_LIMIT_KIB, f"peak RSS {rss} KiB"
+
+
+def test_a_line_of_exactly_1_mib_is_still_read(tmp_path: Path, defaults: Path) -> None:
+    """The limit is on length, not on a block boundary: a long-but-allowed line (a JSON row
+    padded with spaces to 1 MiB, newline excluded) is parsed like any other."""
+    row = json.dumps({"ki": GOOD_KI})
+    path = tmp_path / "padded.jsonl"
+    path.write_bytes((row + " " * ((1 << 20) - len(row))).encode() + b"\n")
+
+    code, out, err, _ = markctl(tmp_path, defaults, "import", str(path))
+
+    assert code == 0, err
+    assert json.loads(out)["rows"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Fleet downloads
+
+
+def kis(count: int) -> list[str]:
+    found = {parse(code).ki for code in samples.batch(count * 3, seed=15)}
+    return sorted(k for k in found if k.startswith("01"))[:count]
+
+
+@pytest.fixture
+def www(tmp_path: Path) -> Path:
+    """A master's export (version 1, 2,000 КИ) in the directory the file server serves."""
+    path = tmp_path / "www"
+    path.mkdir()
+    snapshot = tmp_path / "v1.txt"
+    snapshot.write_text("".join(f"{ki}\n" for ki in kis(2000)))
+    with Store.open(str(tmp_path / "master"), map_size_mb=8) as master:
+        import_snapshot(master, snapshot, version=1)
+        fleet.export(master, path)
+    return path
+
+
+@pytest.fixture
+def kiosk(tmp_path: Path) -> Iterator[Store]:
+    with Store.open(str(tmp_path / "kiosk"), map_size_mb=8) as store:
+        yield store
+
+
+def rewrite_index(www: Path, name: str, **fields: Any) -> dict[str, Any]:
+    """Change the index entry of ``name`` (an unsigned index: anyone could serve this)."""
+    index = json.loads((www / "index.json").read_text())
+    entries = [index["snapshot"], *index["deltas"]]
+    entry = next(e for e in entries if e["file"] == name)
+    entry.update(fields)
+    (www / "index.json").write_text(json.dumps(index))
+    return entry
+
+
+def parts(store: Store) -> list[str]:
+    return sorted(p.name for p in (Path(store.path) / "downloads").glob("*.part*"))
+
+
+def refusal(store: Store, url: str, **kwargs: Any) -> StoreError:
+    with pytest.raises(StoreError) as caught:
+        fleet.sync(store, url, **kwargs)
+    return caught.value
+
+
+SNAPSHOT = "snapshot-1.csv.gz"
+
+
+def test_an_index_claiming_a_300_mb_file_is_refused_before_any_download(
+    kiosk: Store, www: Path
+) -> None:
+    rewrite_index(www, SNAPSHOT, size=300_000_000)
+    downloads = Path(kiosk.path) / "downloads"
+    downloads.mkdir()
+    (downloads / f"{SNAPSHOT}.part").write_bytes(b"left by an earlier run")
+
+    with StaticHTTPServer(www) as server:
+        error = refusal(kiosk, server.url, max_file_mb=1)
+        fetched = server.requests_for(SNAPSHOT)
+
+    assert error.reason == "download-too-large"
+    assert f"{SNAPSHOT} from" in error.message and "300,000,000 bytes" in error.message
+    assert "sync_max_file_mb" in error.message
+    assert fetched == []
+    assert parts(kiosk) == []
+    assert kiosk.info().version == 0
+
+
+def test_an_index_claiming_a_300_mb_file_under_the_limit_keeps_nothing(
+    kiosk: Store, www: Path
+) -> None:
+    """Within the limit (1 GiB by default) the claim is asked for, found wrong, and nothing
+    is kept (the issue saw such a file written and kept)."""
+    size = (www / SNAPSHOT).stat().st_size
+    rewrite_index(www, SNAPSHOT, size=300_000_000)
+
+    with StaticHTTPServer(www) as server:
+        error = refusal(kiosk, server.url)
+
+    assert error.reason == "bad-download"
+    assert f"the server has {size:,} bytes, the index says 300,000,000" in error.message
+    assert parts(kiosk) == []
+    assert kiosk.info().version == 0
+
+
+def test_a_sync_that_would_fill_the_disk_is_refused_before_any_download(
+    kiosk: Store, www: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    size = (www / SNAPSHOT).stat().st_size
+    asked: list[Path] = []
+
+    def nearly_full(directory: Path) -> int:
+        asked.append(directory)
+        return size - 1
+
+    monkeypatch.setattr(fleet, "free_bytes", nearly_full)
+    with StaticHTTPServer(www) as server:
+        error = refusal(kiosk, server.url)
+        fetched = server.requests_for(SNAPSHOT)
+
+    assert error.reason == "store-disk-full"
+    assert f"need {size:,} bytes" in error.message and f"has {size - 1:,} free" in error.message
+    assert asked == [Path(kiosk.path) / "downloads"]
+    assert fetched == []
+    assert parts(kiosk) == []
+
+
+class _EndlessHandler(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.0 answers without Content-Length (the body ends when the connection does):
+    ``index.json`` as it is, any other file followed by junk for as long as the client reads."""
+
+    www: Path
+    sent: dict[str, int]
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        name = self.path.lstrip("/").split("?")[0]
+        data = (self.www / name).read_bytes()
+        self.send_response(200)
+        self.end_headers()
+        sent = 0
+        try:
+            self.wfile.write(data)
+            sent += len(data)
+            if name != "index.json":
+                junk = b"x" * (1 << 16)
+                while sent < 1 << 30:
+                    self.wfile.write(junk)
+                    sent += len(junk)
+        except OSError:
+            pass  # the client hung up: what the test wants
+        finally:
+            self.sent[name] = sent
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_server_sending_more_than_the_index_says_is_cut_off_and_the_part_deleted(
+    kiosk: Store, www: Path
+) -> None:
+    size = (www / SNAPSHOT).stat().st_size
+    sent: dict[str, int] = {}
+    handler = type("Handler", (_EndlessHandler,), {"www": www, "sent": sent})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        error = refusal(kiosk, f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    assert error.reason == "bad-download"
+    assert f"got {size + 1:,} bytes" in error.message
+    assert f"the index says {size:,} bytes" in error.message
+    assert parts(kiosk) == []
+    assert kiosk.info().version == 0
+    assert sent[SNAPSHOT] < 64 << 20  # stopped, not read to the end of 1 GiB
+
+
+def test_a_fleet_delta_gzip_bomb_is_refused_with_bounded_memory_and_deleted(
+    kiosk: Store, www: Path, tmp_path: Path
+) -> None:
+    """The kiosk is at version 1; the master's delta 2 is a 1 MB gzip holding a 1 GiB line.
+    The sync (a markctl child, as the daemon runs it) refuses it naming the line."""
+    with StaticHTTPServer(www) as server:
+        fleet.sync(kiosk, server.url)
+        header = json.dumps({"format": "markd-delta", "version": 2, "previous": 1})
+        bomb = write_bomb(www / "delta-2.jsonl", f"{header}\n".encode(), b"\n")
+        index = json.loads((www / "index.json").read_text())
+        digest = hashlib.sha256(bomb.read_bytes()).hexdigest()
+        index["version"] = 2
+        index["deltas"] = [
+            {
+                "version": 2,
+                "previous": 1,
+                "file": bomb.name,
+                "size": bomb.stat().st_size,
+                "sha256": digest,
+            }
+        ]
+        (www / "index.json").write_text(json.dumps(index))
+        config = tmp_path / "kiosk.toml"
+        config.write_text("[store]\nsync_allow_unsigned = true\n")
+
+        code, _, err, rss = run_measured(
+            [sys.executable, "-m", "markd.cli.markctl", "store", "sync", server.url]
+            + ["--store", kiosk.path, "--config", str(config), "--progress", "none"],
+            tmp_path,
+        )
+
+    assert code != 0
+    assert "delta-2.jsonl.part:2: line longer than 1 MiB" in err
+    assert rss <= RSS_LIMIT_KIB, f"peak RSS {rss} KiB"
+    assert parts(kiosk) == []
+    assert kiosk.info().version == 1
+
+
+def test_a_fleet_snapshot_gzip_bomb_is_refused_with_bounded_memory_and_deleted(
+    kiosk: Store, www: Path, tmp_path: Path
+) -> None:
+    """An empty kiosk takes the snapshot: a 1 MB gzip CSV whose third line is 1 GiB long."""
+    bomb = write_bomb(www / SNAPSHOT, f"ki\n{GOOD_KI}\n".encode(), b"\n")
+    rewrite_index(
+        www,
+        SNAPSHOT,
+        size=bomb.stat().st_size,
+        sha256=hashlib.sha256(bomb.read_bytes()).hexdigest(),
+    )
+    config = tmp_path / "kiosk.toml"
+    config.write_text("[store]\nsync_allow_unsigned = true\n")
+
+    with StaticHTTPServer(www) as server:
+        code, _, err, rss = run_measured(
+            [sys.executable, "-m", "markd.cli.markctl", "store", "sync", server.url]
+            + ["--store", kiosk.path, "--config", str(config), "--progress", "none"],
+            tmp_path,
+        )
+
+    assert code != 0
+    assert f"{SNAPSHOT}.part:3: line longer than 1 MiB" in err
+    assert rss <= RSS_LIMIT_KIB, f"peak RSS {rss} KiB"
+    assert parts(kiosk) == []
+    assert kiosk.info().version == 0
