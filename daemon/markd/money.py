@@ -4,8 +4,9 @@ Every sum markd hands a fiscal printer — a price, a position's sum, a receipt'
 payment — and every quantity must fit the narrowest field a supported ККТ writes it into.
 Anything beyond is refused with a reason at each edge where money enters (the control API,
 ``markctl sell --price``, the price list, the sale session's positions and payments) before a
-printer is touched: a price of 10**30 kopecks never becomes a fiscal document. Non-integer,
-negative and zero sums are refused by the same rule.
+printer is touched: a price of 10**30 kopecks never becomes a fiscal document. Non-integer
+and negative sums are refused by the same rule, and a payment of nothing; a price of 0 stays
+allowed (as it was before the caps).
 """
 
 from __future__ import annotations
@@ -26,16 +27,18 @@ MAX_KOPECKS = 2**40 - 1
 MAX_QUANTITY = (2**48 - 1) // 10**6
 
 
-def money_problem(value: object, what: str = "a price") -> str | None:
+def money_problem(value: object, what: str = "a price", minimum: int = 0) -> str | None:
     """Why ``value`` is not a sum of money a ККТ can take, or None when it is: an ``int`` (not
-    a ``bool``, not a float) from 1 to :data:`MAX_KOPECKS` kopecks. ``what`` names the sum in
-    the message (``a price``, ``a payment``, ``the total``). The one rule for every edge."""
+    a ``bool``, not a float) from ``minimum`` (0: a price, a position's sum, a total may be
+    nothing, as before the caps; a payment passes 1) to :data:`MAX_KOPECKS` kopecks. ``what``
+    names the sum in the message (``a price``, ``a payment``, ``the total``). The one rule for
+    every edge."""
     if isinstance(value, bool) or not isinstance(value, int):
         return f"{what} is a whole number of kopecks, got {type(value).__name__}"
     if value < 0:
         return f"{what} cannot be negative, got {_short(value)} kopecks"
-    if value == 0:
-        return f"{what} is at least 1 kopeck, got 0"
+    if value < minimum:
+        return f"{what} is at least {minimum} kopeck(s), got {value}"
     if value > MAX_KOPECKS:
         return f"{what} is at most {MAX_KOPECKS} kopecks (what a ККТ takes), got {_short(value)}"
     return None
@@ -70,7 +73,7 @@ _ROUBLES = re.compile(r"([0-9]{1,40})(?:[.,]([0-9]{1,2}))?")
 def roubles_to_kopecks(text: str) -> tuple[int | None, str | None]:
     """A price a technician typed (``markctl sell --price``, ``markctl check --price``) in
     kopecks, or None and why: a price the ККТ can take (:func:`money_problem`), written as
-    roubles with at most two decimals (``89.90``, ``89,9``, ``90``; not ``-1``, ``0``,
+    roubles with at most two decimals (``89.90``, ``89,9``, ``90``, ``0``; not ``-1``,
     ``1.005``, ``1e30``, ``nan``)."""
     found = _ROUBLES.fullmatch(text.strip())
     if found is None:

@@ -413,8 +413,8 @@ class SaleDesk:
             # Payments given are used unless an earlier attempt's outcome is unknown (then the
             # journaled ones stay, and the answer says so): judge them whenever they are used.
             if payments and not self.session.payments_locked:
-                # More than the ККТ takes (markd.receipts.MAX_KOPECKS): refused before it is asked.
-                sums = [money_problem(p.amount_kopecks, "a payment") for p in payments]
+                # More than the ККТ takes (markd.money.MAX_KOPECKS): refused before it is asked.
+                sums = [money_problem(p.amount_kopecks, "a payment", minimum=1) for p in payments]
                 sums.append(money_problem(paid, "the sum paid"))
                 if any(sums):
                     raise ReceiptInputError("; ".join(filter(None, sums)), "money-out-of-range")

@@ -220,7 +220,7 @@ async def test_a_price_of_ten_to_the_thirty_is_refused_before_the_printer(
             await conversation.request(
                 "POST", "/v1/receipt/items", {**water, "price_kopecks": price}
             )
-            for price in (10**30, 2**40, 0, -8990)
+            for price in (10**30, 2**40, -8990)
         ]
         fraction = await conversation.request(
             "POST", "/v1/receipt/items", {**water, "price_kopecks": 89.9}
@@ -247,9 +247,9 @@ async def test_a_price_of_ten_to_the_thirty_is_refused_before_the_printer(
         closed = await conversation.request("POST", "/v1/receipt/close")
         conversation.close()
 
-    assert [(a.status, a.json()["error"]) for a in prices] == [(400, "money-out-of-range")] * 4
+    assert [(a.status, a.json()["error"]) for a in prices] == [(400, "money-out-of-range")] * 3
     assert "price_kopecks: a price is at most 1099511627775 kopecks" in prices[0].json()["message"]
-    assert "price_kopecks: a price is at least 1 kopeck" in prices[2].json()["message"]
+    assert "price_kopecks: a price cannot be negative" in prices[2].json()["message"]
     assert (fraction.status, fraction.json()["error"]) == (400, "bad-request")
     assert (escapes.status, escapes.json()["error"]) == (400, "bad-request")
     assert "name holds the control character U+001B" in escapes.json()["message"]

@@ -438,3 +438,18 @@ def test_a_fleet_snapshot_gzip_bomb_is_refused_with_bounded_memory_and_deleted(
     assert rss <= RSS_LIMIT_KIB, f"peak RSS {rss} KiB"
     assert parts(kiosk) == []
     assert kiosk.info().version == 0
+
+
+def test_a_deeply_nested_json_line_is_a_bad_row_not_a_traceback(
+    tmp_path: Path, defaults: Path
+) -> None:
+    """A JSONL snapshot line of 200,000 '[' (Python's parser recurses on it): the row is
+    refused with its line, the rest is imported, no traceback."""
+    source = tmp_path / "nested.jsonl"
+    source.write_text(f'"{GOOD_KI}"\n' + "[" * 200_000 + "\n", encoding="utf-8")
+
+    code, out, err, _ = markctl(tmp_path, defaults, "import", str(source), "--skip-bad")
+
+    assert "Traceback" not in err, err
+    assert code == 0, err
+    assert "nested.jsonl:2" in out + err

@@ -171,7 +171,7 @@ async def post_close(context: RouteContext, request: Request) -> Response:
             raise HTTPRefusal(
                 400, "bad-request", f"{where}type: expected {' or '.join(sorted(PAYMENT_TYPES))}"
             )
-        amount = _money(entry, "amount_kopecks", "a payment", where=where)
+        amount = _money(entry, "amount_kopecks", "a payment", where=where, minimum=1)
         payments.append(Payment(amount_kopecks=amount, type=kind))
     receipts = _receipts(context)
     state = await receipts.close(tuple(payments))
@@ -245,11 +245,13 @@ def _field(
     return value
 
 
-def _money(body: Mapping[str, Any], name: str, what: str, *, where: str = "") -> int:
-    """A sum of kopecks the ККТ can take (1 to :data:`~markd.receipts.MAX_KOPECKS`), else a
-    400 ``money-out-of-range`` before the sale session (and so the printer) is asked."""
+def _money(
+    body: Mapping[str, Any], name: str, what: str, *, where: str = "", minimum: int = 0
+) -> int:
+    """A sum of kopecks the ККТ can take (``minimum`` to :data:`~markd.money.MAX_KOPECKS`),
+    else a 400 ``money-out-of-range`` before the sale session (and so the printer) is asked."""
     value = _field(body, name, int, where=where)
-    problem = money_problem(value, what)
+    problem = money_problem(value, what, minimum)
     if problem is not None:
         raise HTTPRefusal(400, "money-out-of-range", f"{where}{name}: {problem}")
     return int(value)

@@ -483,8 +483,8 @@ class FiscalPrinter(abc.ABC):
                 raise PrinterFault("a receipt needs at least one position", "empty-receipt")
             total = sum(p.amount_kopecks for p in self._positions)
             paid = sum(p.amount_kopecks for p in payments)
-            # The ККТ's limit on every sum it is handed (markd.receipts.MAX_KOPECKS).
-            sums = [money_problem(p.amount_kopecks, "a payment") for p in payments]
+            # The ККТ's limit on every sum it is handed (markd.money.MAX_KOPECKS).
+            sums = [money_problem(p.amount_kopecks, "a payment", minimum=1) for p in payments]
             sums += [money_problem(total, "the total"), money_problem(paid, "the sum paid")]
             if any(sums):
                 raise PrinterFault("; ".join(filter(None, sums)), "bad-payment")

@@ -341,7 +341,7 @@ class Position:
             found.append("a position name is at most 128 characters (tag 1030)")
         if (problem := control_problem(self.name, "a position name")) is not None:
             found.append(problem)  # printed on the receipt, shown on screens (markd.text)
-        # The ККТ's limits (markd.receipts.MAX_KOPECKS, MAX_QUANTITY): a price of 10**30
+        # The ККТ's limits (markd.money.MAX_KOPECKS, MAX_QUANTITY): a price of 10**30
         # kopecks is refused here, before a device is asked to register it.
         price = money_problem(self.price_kopecks, "a price")
         quantity = quantity_problem(self.quantity)

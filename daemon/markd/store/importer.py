@@ -621,7 +621,7 @@ class _Reader:
                     pair = (row_key(row), self._row_value(row))
                 else:
                     raise BadKey("a line must be a JSON object or string")
-            except (ValueError, BadKey) as exc:  # JSONDecodeError and UnicodeDecodeError too
+            except (ValueError, RecursionError, BadKey) as exc:  # bad JSON, bad UTF-8, nesting
                 self.problems.add(
                     line_no, str(exc) if isinstance(exc, BadKey) else f"not JSON: {exc}"
                 )
@@ -1057,7 +1057,7 @@ def read_delta(path: str | os.PathLike[str]) -> dict[str, Any]:
                 continue
             try:
                 item = json.loads(line)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # too deeply nested: not a change either
                 problems.add(line_no, f"not JSON: {exc}")
                 continue
             if header is None:
