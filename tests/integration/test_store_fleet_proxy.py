@@ -291,3 +291,51 @@ def test_a_bad_proxy_option_or_key_is_refused_naming_it(tmp_path: Path, capsys) 
     good = _sync_config(tmp_path, "proxy = 'http://10.0.0.1:3128'\n")
     assert _markctl_sync(good, "http://127.0.0.1:1/x", "--proxy", "socks5://10.0.0.1:1080") == 2
     assert "--proxy" in capsys.readouterr().err
+
+
+def test_an_unsigned_sync_is_not_led_from_https_to_plain_http_by_a_redirect(
+    master: Store,
+    kiosk: Store,
+    www: Path,
+    server: StaticHTTPServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without keys an https:// sync trusts TLS alone: a redirect to plain http:// (where
+    anyone on the path could rewrite the list) is refused unless unsigned syncs are allowed."""
+    import http.server
+    import ssl
+    import threading
+
+    fleet.export(master, www / "fleet")
+    cert, key = self_signed_certificate()
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    target = server.url + "/fleet"
+
+    class Downgrade(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(302)
+            self.send_header("Location", target + self.path.removeprefix("/fleet"))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Downgrade)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"https://127.0.0.1:{httpd.server_address[1]}/fleet"
+        with pytest.raises(fleet.StoreError) as err:
+            fleet.sync(kiosk, url, allow_unsigned=False)
+        assert err.value.reason == "unsigned-sync" and "plain http://" in err.value.message
+        assert kiosk.info().version == 0  # nothing changed
+
+        result = fleet.sync(kiosk, url, allow_unsigned=True)  # the risk accepted
+        assert result.after_version == 1 and content(kiosk) == content(master)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -401,6 +401,8 @@ class _Remote:
 
     def __init__(self, url: str, timeout: float, proxy: ProxySettings | None = None) -> None:
         self.safe = redact_url(url)
+        #: Refuse a redirect from https:// to plain http:// (an unsigned sync trusts TLS).
+        self.no_downgrade = False
         try:
             parts = urllib.parse.urlsplit(url.strip())
             port_ok = parts.port is None or parts.port > 0
@@ -543,6 +545,16 @@ class _Remote:
             raise self.failure(name, "redirected to something that is not an http(s) URL")
         if not port_ok:
             raise self.failure(name, f"redirected to {redact_url(target)}, whose port is wrong")
+        if self.no_downgrade and url.lower().startswith("https://") and parts.scheme == "http":
+            raise StoreError(
+                self.scrub(
+                    f"sync from {self.safe}: {name} redirected from https:// to plain http:// "
+                    f"({redact_url(target)}): an unsigned sync trusts TLS alone. Sign the export "
+                    "and set [store] sync_public_keys, or accept the risk with [store] "
+                    "sync_allow_unsigned = true; nothing changed"
+                ),
+                "unsigned-sync",
+            )
         return target
 
 
@@ -1016,6 +1028,7 @@ def sync(
             "[store] sync_allow_unsigned = true; nothing changed",
             "unsigned-sync",
         )
+    remote.no_downgrade = not public_keys and not allow_unsigned
     downloads = Path(store.path) / DOWNLOADS_DIR
     try:
         downloads.mkdir(exist_ok=True)
