@@ -385,6 +385,11 @@ class SaleDesk:
             )
         async with self._operation():
             await self._recover_before("add")
+            total = sum(p.amount_kopecks for p in self.session.positions) + item.price_kopecks
+            if (problem := money_problem(total, "the receipt's total")) is not None:
+                # Each price within the cap, their sum not: refused before the ККТ is asked
+                # about the unit, so the receipt stays one the ККТ can take.
+                raise ReceiptInputError(problem, "money-out-of-range")
             selling = self.session.receipt_kind in (None, "sell")
             # On a return the unit comes back whatever its verdict said (a recalled unit, one
             # sold here); the session takes a return without one.
@@ -409,6 +414,8 @@ class SaleDesk:
             if rid is None:
                 raise ReceiptError("no receipt is open", "receipt-not-open")
             total = sum(p.amount_kopecks for p in self.session.positions)
+            if (problem := money_problem(total, "the receipt's total")) is not None:
+                raise ReceiptInputError(problem, "money-out-of-range")
             paid = sum(p.amount_kopecks for p in payments)
             # Payments given are used unless an earlier attempt's outcome is unknown (then the
             # journaled ones stay, and the answer says so): judge them whenever they are used.

@@ -204,6 +204,40 @@ async def test_attendant_a_payment_the_kkt_refused_is_corrected_by_the_next_clos
     assert "corrected payments" in refused.json()["message"]  # the answer says what to do
 
 
+async def test_prices_each_within_the_cap_whose_total_is_not_are_refused_before_the_printer(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    """Two units each at a price the ККТ takes, their total not (2**40 − 1 + 1 kopecks): the
+    second is refused with 422 ``money-out-of-range`` and never reaches the ККТ; the receipt
+    with the first one closes."""
+    config = write_sale_config(
+        tmp_path, mode="attendant", scanners={"till": "virtual://attendant-total"}, catalog=None
+    )
+    async with running(config, event_log):
+        conversation = await Conversation.unix(str(tmp_path / "control.sock"))
+        first = await conversation.request(
+            "POST",
+            "/v1/receipt/items",
+            {"code": SHOES, "name": "Кроссовки", "price_kopecks": 2**40 - 1},
+        )
+        second = await conversation.request(
+            "POST", "/v1/receipt/items", {"code": WATER, "name": "Вода", "price_kopecks": 1}
+        )
+        closed = await conversation.request(
+            "POST",
+            "/v1/receipt/close",
+            {"payments": [{"type": "electronically", "amount_kopecks": 2**40 - 1}]},
+        )
+        conversation.close()
+
+    assert first.status == 200, first.body
+    assert (second.status, second.json()["error"]) == (422, "money-out-of-range")
+    assert "the receipt's total is at most 1099511627775" in second.json()["message"]
+    assert closed.status == 200, closed.body
+    documents = kkt(tmp_path).receipts()
+    assert [[p["ki"] for p in d["positions"]] for d in documents] == [[SHOES_KI]]
+
+
 async def test_a_price_of_ten_to_the_thirty_is_refused_before_the_printer(
     tmp_path: Path, event_log: RecordingEventLog
 ) -> None:
