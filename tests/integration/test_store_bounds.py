@@ -453,3 +453,25 @@ def test_a_deeply_nested_json_line_is_a_bad_row_not_a_traceback(
     assert "Traceback" not in err, err
     assert code == 0, err
     assert "nested.jsonl:2" in out + err
+
+
+def test_a_delta_of_long_reasons_is_held_within_bounded_memory(
+    tmp_path: Path, defaults: Path
+) -> None:
+    """400 changes, each a line just under the 1 MiB limit (a 1 MB reason): only the 200
+    characters the store keeps of each reason are held, so the delta applies well within the
+    memory any import may take (it took ~400 MB when every reason was held whole)."""
+    header = json.dumps({"format": "markd-delta", "version": 1, "previous": 0})
+    change = json.dumps({"op": "add", "ki": GOOD_KI, "reason": "a" * 1_000_000}).encode()
+    member = gzip.compress(change + b"\n", 9)
+    path = tmp_path / "delta-1.jsonl.gz"
+    with open(path, "wb") as out:
+        out.write(gzip.compress(f"{header}\n".encode()))
+        for _ in range(400):
+            out.write(member)
+    assert path.stat().st_size < 2 << 20
+
+    code, _, err, rss = markctl(tmp_path, defaults, "delta", str(path))
+
+    assert code == 0, err
+    assert rss <= 150 * 1000, f"peak RSS {rss} KiB"

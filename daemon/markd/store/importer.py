@@ -72,6 +72,8 @@ MAX_PROBLEMS = 20  # listed in an error; the count covers all of them
 #: 0.75 kB a change: 200,000 measured at 193 MB peak RSS for ``markctl store delta``), so this
 #: keeps it under the 300 MB any import may take; a bigger change is a snapshot's job.
 MAX_DELTA_CHANGES = 200_000
+#: Characters of a block's reason and source the store keeps (the rest is dropped on reading).
+TEXT_KEPT = 200
 
 #: progress(phase, bytes_done, bytes_total or None, rows_so_far)
 Progress = Callable[[str, int, int | None, int], None]
@@ -553,7 +555,7 @@ class _Reader:
             raise BadKey(f"since {since} is out of range")
         if (reason, source, since) == (self.reason, self.source, self.since):
             return self._default_value
-        return BLOCK_VALUE.pack(since, self.attrs.id(reason[:200], source[:200]))
+        return BLOCK_VALUE.pack(since, self.attrs.id(reason[:TEXT_KEPT], source[:TEXT_KEPT]))
 
     def _csv_rows(self, stream: IO[bytes], size: int | None) -> Iterator[tuple[bytes, bytes]]:
         text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="strict", newline="")
@@ -1108,6 +1110,11 @@ def read_delta(path: str | os.PathLike[str]) -> dict[str, Any]:
             except BadKey as exc:
                 problems.add(line_no, str(exc))
                 continue
+            for name in ("reason", "source"):
+                if name in row:
+                    # The store keeps 200 characters of each (TextRows): only those are held,
+                    # so a delta of long reasons is bounded by its count of changes.
+                    row[name] = row[name][:TEXT_KEPT]
             changes.append((item["op"], row))
     if header is None:
         raise StoreError(f"{path}: empty delta (no header line)", "bad-file")
