@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_store_fleet as direct_sync
 from test_store_fleet import KIS, content, delta_file, snapshot_csv
 
 from conftest import RecordingEventLog, make_config
@@ -43,17 +44,10 @@ def keys(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     return made
 
 
-@pytest.fixture
-def www(tmp_path: Path) -> Path:
-    path = tmp_path / "www"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def server(www: Path) -> Iterator[StaticHTTPServer]:
-    with StaticHTTPServer(www) as srv:
-        yield srv
+# The file server and the kiosk as the unsigned sync's tests have them.
+www = direct_sync.www
+server = direct_sync.server
+kiosk = direct_sync.kiosk
 
 
 @pytest.fixture
@@ -61,12 +55,6 @@ def master(tmp_path: Path) -> Iterator[Store]:
     """The head office at version 1: 500 КИ blocked."""
     with Store.open(str(tmp_path / "master"), map_size_mb=8) as store:
         import_snapshot(store, snapshot_csv(tmp_path / "v1.csv", KIS[:500]), version=1)
-        yield store
-
-
-@pytest.fixture
-def kiosk(tmp_path: Path) -> Iterator[Store]:
-    with Store.open(str(tmp_path / "kiosk"), map_size_mb=8) as store:
         yield store
 
 
