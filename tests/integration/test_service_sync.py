@@ -82,7 +82,7 @@ async def test_the_daemon_sees_a_synced_blocklist_without_restart(
     assert fields["url"] == export_server.url and fields["action"] == "snapshot"
     assert (fields["previous_version"], fields["version"]) == (0, 1)
     assert "v1" in message
-    assert export_server.count("snapshot-1.csv.gz") == 1
+    assert export_server.count("snapshot-1.mbl.gz") == 1
     assert service.store_sync is not None and service.store_sync.process is None
 
 

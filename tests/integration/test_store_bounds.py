@@ -258,7 +258,7 @@ def refusal(store: Store, url: str, **kwargs: Any) -> StoreError:
     return caught.value
 
 
-SNAPSHOT = "snapshot-1.csv.gz"
+SNAPSHOT = "snapshot-1.mbl.gz"
 
 
 def test_an_index_claiming_a_300_mb_file_is_refused_before_any_download(
@@ -415,8 +415,9 @@ def test_a_fleet_delta_gzip_bomb_is_refused_with_bounded_memory_and_deleted(
 def test_a_fleet_snapshot_gzip_bomb_is_refused_with_bounded_memory_and_deleted(
     kiosk: Store, www: Path, tmp_path: Path
 ) -> None:
-    """An empty kiosk takes the snapshot: a 1 MB gzip CSV whose third line is 1 GiB long."""
-    bomb = write_bomb(www / SNAPSHOT, f"ki\n{GOOD_KI}\n".encode(), b"\n")
+    """An empty kiosk takes the snapshot: 1 MB of gzip (markd format) whose third line is
+    1 GiB long."""
+    bomb = write_bomb(www / SNAPSHOT, f"#markd-blocklist 1\n{GOOD_KI}\t1\t1\n".encode(), b"\n")
     rewrite_index(
         www,
         SNAPSHOT,

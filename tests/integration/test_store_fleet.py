@@ -139,7 +139,7 @@ def test_export_writes_verifiable_files_and_the_index_last(
     directory = www / "fleet"
     assert index == json.loads((directory / "index.json").read_text())
     assert (index["format"], index["version"]) == ("markd-store-index", 3)
-    assert index["snapshot"]["file"] == "snapshot-3.csv.gz"
+    assert index["snapshot"]["file"] == "snapshot-3.mbl.gz"
     assert [(d["version"], d["previous"], d["file"]) for d in index["deltas"]] == [
         (2, 1, "delta-2.jsonl"),
         (3, 2, "delta-3.jsonl"),
@@ -152,11 +152,17 @@ def test_export_writes_verifiable_files_and_the_index_last(
         "delta-2.jsonl",
         "delta-3.jsonl",
         "index.json",
-        "snapshot-3.csv.gz",
+        "snapshot-3.mbl.gz",
     ]  # no temporary file left behind
-    rows = gzip.decompress((directory / "snapshot-3.csv.gz").read_bytes()).decode().splitlines()
-    assert rows[0] == "ki,gtin,series,reason,source,since"
-    assert len(rows) == 1 + sum(master.info().counts.values())
+    lines = gzip.decompress((directory / "snapshot-3.mbl.gz").read_bytes()).decode().splitlines()
+    attrs = [line for line in lines if line.startswith("#attr\t")]
+    rows = [line for line in lines if not line.startswith("#")]
+    total = sum(master.info().counts.values())
+    assert lines[0] == "#markd-blocklist 1" and lines[1 : 1 + len(attrs)] == attrs
+    assert lines[-1] == f"#end\t{total}" and len(rows) == total == index["snapshot"]["rows"]
+    assert [line.split("\t")[0] for line in rows] == sorted(
+        key.replace(b"\x1f", b"|").decode() for key, *_ in master.iter_blocked()
+    )
     # The delta file is what `markctl store delta` reads, with the master's apply time filled in.
     delta = read_delta(directory / "delta-2.jsonl")
     applied_at = master.deltas()[0]["applied_at"]
@@ -166,11 +172,11 @@ def test_export_writes_verifiable_files_and_the_index_last(
         {"ki": KIS[3000], "reason": "stolen", "source": "police", "since": applied_at},
     )
     # Same list, same bytes: a second export leaves the files (and their ETags) alone.
-    before = (directory / "snapshot-3.csv.gz").stat().st_mtime_ns
+    before = (directory / "snapshot-3.mbl.gz").stat().st_mtime_ns
     time.sleep(0.01)
     again = fleet.export(master, directory)
     assert again["snapshot"] == index["snapshot"]
-    assert (directory / "snapshot-3.csv.gz").stat().st_mtime_ns == before
+    assert (directory / "snapshot-3.mbl.gz").stat().st_mtime_ns == before
 
 
 def test_an_empty_store_exports_version_0_and_syncs_as_up_to_date(
@@ -198,7 +204,7 @@ def test_sync_into_an_empty_store_then_304_and_freshness_follows_the_master(
     progress: list[tuple[str, int, int | None, int]] = []
     result = fleet.sync(kiosk, server.url, progress=lambda *a: progress.append(a))
     assert (result.action, result.before_version, result.after_version) == ("snapshot", 0, 1)
-    assert result.downloaded_bytes == (www / "snapshot-1.csv.gz").stat().st_size
+    assert result.downloaded_bytes == (www / "snapshot-1.mbl.gz").stat().st_size
     assert content(kiosk) == content(master)
     assert kiosk.lookup(KIS[5]).blocked.reason == "recalled"
     info = kiosk.info()
@@ -228,7 +234,7 @@ def test_sync_into_an_empty_store_then_304_and_freshness_follows_the_master(
     assert third.action == "up-to-date"
     assert kiosk.info().synced_at >= time.time() - 60
     assert not kiosk.lookup(KIS[5]).stale
-    assert server.count("snapshot-1.csv.gz") == 1
+    assert server.count("snapshot-1.mbl.gz") == 1
 
 
 def test_a_kiosk_one_export_behind_fetches_only_the_deltas(
@@ -240,7 +246,7 @@ def test_a_kiosk_one_export_behind_fetches_only_the_deltas(
     fleet.export(master, www)
     result = fleet.sync(kiosk, server.url)
     assert (result.action, result.deltas_applied, result.after_version) == ("deltas", 2, 3)
-    assert server.count("snapshot-3.csv.gz") == 0
+    assert server.count("snapshot-3.mbl.gz") == 0
     assert server.count("delta-2.jsonl") == server.count("delta-3.jsonl") == 1
     # Identical to the byte, the since-time of the add that gave none included.
     assert content(kiosk) == content(master)
@@ -272,7 +278,7 @@ def test_a_cut_download_resumes_with_a_range_request(
     master: Store, kiosk: Store, www: Path, server: StaticHTTPServer
 ) -> None:
     fleet.export(master, www)
-    name = "snapshot-1.csv.gz"
+    name = "snapshot-1.mbl.gz"
     size = (www / name).stat().st_size
     cut = size // 2
     server.cut_after = {name: cut}
@@ -298,7 +304,7 @@ def test_a_part_whose_file_changed_is_fetched_whole(
     master: Store, kiosk: Store, www: Path, server: StaticHTTPServer
 ) -> None:
     fleet.export(master, www)
-    name = "snapshot-1.csv.gz"
+    name = "snapshot-1.mbl.gz"
     server.cut_after = {name: 1000}
     store_error(fleet.sync, kiosk, server.url)
     # As if the server had another file under this name when the first half came.
@@ -313,16 +319,16 @@ def test_a_tampered_file_is_a_bad_download_and_changes_nothing(
     master: Store, kiosk: Store, www: Path, server: StaticHTTPServer, tmp_path: Path
 ) -> None:
     fleet.export(master, www)
-    snapshot = www / "snapshot-1.csv.gz"
+    snapshot = www / "snapshot-1.mbl.gz"
     data = bytearray(snapshot.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, other bytes
     snapshot.write_bytes(bytes(data))
 
     error = store_error(fleet.sync, kiosk, server.url)
-    assert error.reason == "bad-download" and "snapshot-1.csv.gz" in error.message
+    assert error.reason == "bad-download" and "snapshot-1.mbl.gz" in error.message
     assert "sha256" in error.message
     assert content(kiosk) == [] and kiosk.info().version == 0
-    assert not Path(kiosk.path, "downloads", "snapshot-1.csv.gz.part").exists()
+    assert not Path(kiosk.path, "downloads", "snapshot-1.mbl.gz.part").exists()
 
 
 def _index(www: Path) -> dict[str, Any]:
@@ -361,7 +367,7 @@ def test_a_bad_index_is_refused(
         elif damage == "version as text":
             index["version"] = "3"
         elif damage == "slash in name":
-            index["snapshot"]["file"] = "sub/snapshot-3.csv.gz"
+            index["snapshot"]["file"] = "sub/snapshot-3.mbl.gz"
         elif damage == "dot-dot name":
             index["deltas"][0]["file"] = "..delta-2.jsonl"
         elif damage == "short sha256":
@@ -419,7 +425,7 @@ def test_a_server_behind_the_store_is_refused_unless_allowed(
         assert error.reason == "stale-snapshot"
         assert "version 2" in error.message and "version 3" in error.message
         assert content(kiosk) == at_three and kiosk.info().version == 3
-        assert server.count("snapshot-2.csv.gz") == 0
+        assert server.count("snapshot-2.mbl.gz") == 0
 
         result = fleet.sync(kiosk, server.url, allow_rollback=True)
         assert (result.action, result.after_version) == ("snapshot", 2)
@@ -609,7 +615,7 @@ def test_a_resumed_download_whose_content_range_is_unreadable_starts_over(
     decimal digit, though ``isdigit()`` says it is one) must not be read either. The range
     cannot be trusted, so the file is fetched whole."""
     fleet.export(master, www)
-    name = "snapshot-1.csv.gz"
+    name = "snapshot-1.mbl.gz"
     size = (www / name).stat().st_size
     with HostileRangeServer(www) as server:
         server.cut_after = {name: size // 2}

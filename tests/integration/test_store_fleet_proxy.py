@@ -88,13 +88,13 @@ def test_a_sync_through_the_proxy_fetches_everything_through_it(
     assert content(kiosk) == content(master) and kiosk.lookup(KIS[5]).blocked is not None
     assert [r.target for r in proxy.requests] == [
         f"{server.url}/fleet/index.json",
-        f"{server.url}/fleet/snapshot-1.csv.gz",
+        f"{server.url}/fleet/snapshot-1.mbl.gz",
     ]
     assert all(
         (r.method, r.authorization_ok, r.outcome, r.status) == ("GET", True, "forwarded", 200)
         for r in proxy.requests
     )
-    assert [r.path for r in server.requests] == ["fleet/index.json", "fleet/snapshot-1.csv.gz"]
+    assert [r.path for r in server.requests] == ["fleet/index.json", "fleet/snapshot-1.mbl.gz"]
     # The next sync asks with the ETag, through the proxy, and is told nothing changed.
     again = fleet.sync(kiosk, server.url + "/fleet", proxy=settings(proxy, PASSWORD))
     last = proxy.last()
@@ -113,7 +113,7 @@ def test_https_goes_through_connect_with_the_credentials_on_the_connect_only(
     # urllib opens one connection per request: one tunnel each.
     assert proxy.count("CONNECT") == proxy.count() == 2
     assert all(r.authorization_ok and r.outcome == "tunnel" for r in proxy.requests)
-    assert [r.path for r in srv.requests] == ["index.json", "snapshot-1.csv.gz"]
+    assert [r.path for r in srv.requests] == ["index.json", "snapshot-1.mbl.gz"]
     # urllib moved Proxy-Authorization onto the CONNECT: nothing for the proxy inside TLS.
     assert len(_HeaderRecordingHandler.seen) == 2
     assert all(

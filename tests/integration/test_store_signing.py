@@ -258,7 +258,7 @@ def test_a_tampered_snapshot_under_a_signed_index_is_refused(
 ) -> None:
     key_file, public = keys["fleet"]
     fleet.export(master, www, sign_key=key_file)
-    snapshot = www / "snapshot-1.csv.gz"
+    snapshot = www / "snapshot-1.mbl.gz"
     data = bytearray(snapshot.read_bytes())
     if how == "same-size":
         data[len(data) // 2] ^= 0xFF
@@ -268,9 +268,9 @@ def test_a_tampered_snapshot_under_a_signed_index_is_refused(
         del data[-10:]
     snapshot.write_bytes(bytes(data))
     error = refused(kiosk, server.url, (public,))
-    assert error.reason == "tampered-download" and "snapshot-1.csv.gz" in error.message
+    assert error.reason == "tampered-download" and "snapshot-1.mbl.gz" in error.message
     assert content(kiosk) == [] and kiosk.info().version == 0
-    assert not Path(kiosk.path, "downloads", "snapshot-1.csv.gz.part").exists()
+    assert not Path(kiosk.path, "downloads", "snapshot-1.mbl.gz.part").exists()
 
 
 def test_a_tampered_second_delta_leaves_even_the_first_unapplied(

@@ -216,7 +216,7 @@ def test_a_formula_in_a_reason_is_exported_inert(tmp_path: Path) -> None:
             writer.writerow([gtin, reason, source])
     with Store(str(tmp_path / "master"), map_size_mb=8) as master:
         import_snapshot(master, snapshot, version=3)
-        index = fleet.export(master, tmp_path / "www")
+        index = fleet.export(master, tmp_path / "www", fmt="csv")
 
     exported = gzip.decompress((tmp_path / "www" / index["snapshot"]["file"]).read_bytes())
     rows = list(csv.reader(io.StringIO(exported.decode("utf-8"))))

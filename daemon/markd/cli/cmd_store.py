@@ -41,7 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = cmds.add_parser("import", parents=[common], help="replace the blocklist with a snapshot")
     p.add_argument("file")
-    p.add_argument("--format", choices=("text", "csv", "jsonl"), help="default: from the name")
+    p.add_argument(
+        "--format",
+        choices=("text", "csv", "jsonl", "markd"),
+        help="default: from the name (.mbl: markd, .csv, .jsonl; anything else: text)",
+    )
     p.add_argument("--version", type=int, help="snapshot version (default: current + 1)")
     p.add_argument("--source", help="where the list comes from (default: the file name)")
     p.add_argument("--reason", default="blocklist", help="reason for rows that give none")
@@ -94,6 +98,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--sign-key",
         metavar="FILE",
         help="sign the index with this private key (from markctl store keygen)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("markd", "csv"),
+        default="markd",
+        help="snapshot format: markd (default; fast to import) or csv (also read by kiosks "
+        "running a markd from before the markd format)",
     )
     p.set_defaults(func=_export)
 
@@ -385,7 +396,7 @@ def _export(args: argparse.Namespace) -> int:
     from markd.store import fleet
 
     with _open(args, readonly=True) as store:
-        index = fleet.export(store, args.to, sign_key=args.sign_key)
+        index = fleet.export(store, args.to, sign_key=args.sign_key, fmt=args.format)
     signed = index.get("signature")
     _emit(
         args,

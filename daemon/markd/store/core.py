@@ -25,6 +25,7 @@ A store belongs to the process that opened it: a forked child finds it closed (s
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import struct
@@ -519,6 +520,27 @@ class Store:
                 since, attr = BLOCK_VALUE.unpack(raw)
                 entry = self._block_entry(txn, keys.key_kind(key), key, raw)
                 yield bytes(key), since, entry.reason, entry.source
+        finally:
+            txn.abort()
+
+    def iter_blocked_raw(self, batch: int = 65_536) -> Iterator[list[tuple[bytes, bytes]]]:
+        """The live blocklist as lists of (key, value) in key order, from one consistent
+        snapshot; values are :data:`~markd.store.keys.BLOCK_VALUE` (since, attr id), the ids
+        named by :meth:`attr_pair`. For an export: no per-entry decoding."""
+        txn = self._begin()
+        try:
+            self._refresh(txn)
+            rows = txn.cursor(db=self._live).iternext(keys=True, values=True)
+            while chunk := list(itertools.islice(rows, batch)):
+                yield chunk
+        finally:
+            txn.abort()
+
+    def attr_pair(self, attr: int) -> tuple[str, str]:
+        """The (reason, source) of an attr id of a stored value (``("", "")`` if unknown)."""
+        txn = self._begin()
+        try:
+            return self._block_entry(txn, "ki", b"", BLOCK_VALUE.pack(0, attr))[2:4]
         finally:
             txn.abort()
 

@@ -5,6 +5,11 @@ Snapshot formats (chosen by ``fmt`` or the file name; any of them may be gzip-co
 ``text``   one КИ or GTIN per line; ``#`` comments and blank lines are skipped
 ``csv``    a header naming columns among ``ki, gtin, series, reason, source, since``
 ``jsonl``  one JSON object per line with the same keys (or a bare JSON string: a КИ or GTIN)
+``markd``  the fleet's own snapshot (``markctl store export``; ``.mbl``): a ``#markd-blocklist 1``
+           line, ``#attr`` lines numbering the (reason, source) pairs, then one
+           ``KEY<TAB>SINCE<TAB>ATTR`` line per entry in key order, and ``#end<TAB>ROWS`` last
+           (docs/store.md). Made to be read a block at a time with no per-row Python work:
+           about ten times the rate of CSV
 
 How a snapshot becomes visible: the blocklist has two slots; the live one is named in
 ``meta["current"]``. An import empties the other slot, streams the rows into it in bounded
@@ -29,6 +34,7 @@ reported.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import csv
 import datetime as dt
@@ -43,10 +49,12 @@ import math
 import operator
 import os
 import pickle
+import queue
 import re
 import shutil
 import struct
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -63,7 +71,7 @@ from markd.store.core import _SLOTS, Store, StoreInfo, _store_error
 from markd.store.keys import BLOCK_VALUE, BadKey
 from markd.text import control_problem, csv_uncell, printable
 
-FORMATS = ("text", "csv", "jsonl")
+FORMATS = ("text", "csv", "jsonl", "markd")
 MAX_VERSION = 1 << 63
 CSV_COLUMNS = ("ki", "gtin", "series", "reason", "source", "since")
 DEFAULT_REASON = "blocklist"
@@ -93,6 +101,23 @@ def _GTIN_OF_LINE(line: bytes) -> bytes:  # noqa: N802 - used with map() on the 
 
 
 _BLOCK_BYTES = 4 << 20
+
+#: The first line of a markd snapshot, and the one version of the format this code reads.
+MARKD_MAGIC = b"#markd-blocklist"
+MARKD_VERSION = 1
+#: A stored key as a markd snapshot writes it: a КИ in GS1 form, a GTIN-14, or a GTIN-14 and a
+#: series with ``|`` standing for the store's 0x1F (a control byte has no place in a text file;
+#: ``|`` is not a GS1 character). Possessive quantifiers: nothing here ever needs to backtrack.
+_MARKD_KEY = (
+    rb"(?:01\d{14}21" + _SERIAL_B + rb"{1,20}+|\d{14}(?:\|" + _SERIAL_B + rb"{1,40}+)?)"
+)
+#: A block of rows, each ``KEY<TAB>SINCE<TAB>ATTR``: checked whole with one match.
+_MARKD_BLOCK = re.compile(rb"(?:" + _MARKD_KEY + rb"\t\d{1,10}+\t\d{1,9}+\n)*+")
+_MARKD_ROW = re.compile(rb"(" + _MARKD_KEY + rb")\t(\d{1,10})\t(\d{1,9})")
+_MARKD_ATTR = re.compile(rb"#attr\t([1-9]\d{0,8})\t(.*)")
+_MARKD_END = re.compile(rb"#end\t(\d{1,12})")
+#: The (reason, source) pairs one markd snapshot may number.
+MARKD_MAX_ATTRS = 65_536
 
 
 @dataclass
@@ -284,6 +309,98 @@ class _LineBound(io.RawIOBase):
         return data[first:]
 
 
+class _Inflating(io.RawIOBase):
+    """The inflated bytes of a gzip file, decompressed ahead by a thread of their own.
+
+    zlib lets go of the interpreter lock while it inflates, and here it is handed large
+    pieces (up to 4 MiB at a time, so the thread seldom needs the lock), so a
+    compressed snapshot is decompressed on one core while its rows are checked and written on
+    the other. At most :data:`DEPTH` pieces of at most :data:`PIECE` bytes wait at any time:
+    memory stays bounded however far the stream inflates (``max_length``). Every gzip member is
+    read (``cat a.gz b.gz`` is one file); zlib checks each member's CRC and length. Damaged or
+    cut-short data raises where the reader meets it (``zlib.error``, ``EOFError``).
+    """
+
+    PIECE = 4 << 20
+    DEPTH = 3
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        super().__init__()
+        self._raw = raw
+        self._pieces: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=self.DEPTH)
+        self._stop = threading.Event()
+        self._piece = memoryview(b"")
+        self._ended = False
+        self._thread = threading.Thread(target=self._run, name="import-inflate", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for piece in self._inflate():
+                if not self._hand_over(piece):
+                    return
+            self._hand_over(b"")
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
+            self._hand_over(exc)
+
+    def _inflate(self) -> Iterator[bytes]:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        pending = b""
+        member_started = False
+        while not self._stop.is_set():
+            if not pending:
+                pending = self._raw.read(self.PIECE)
+                if not pending:
+                    if member_started and not inflater.eof:
+                        raise EOFError("compressed file ended before the end-of-stream marker")
+                    return
+            if inflater.eof:  # the next gzip member (trailing zero bytes are padding)
+                if not pending.strip(b"\0"):
+                    pending = b""
+                    continue
+                inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            member_started = True
+            piece = inflater.decompress(pending, self.PIECE)
+            pending = inflater.unconsumed_tail or inflater.unused_data
+            if piece:
+                yield piece
+
+    def _hand_over(self, item: bytes | BaseException) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._pieces.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._piece:
+            if self._ended:
+                return 0
+            item = self._pieces.get()
+            if isinstance(item, BaseException):
+                self._ended = True
+                raise item
+            if not item:
+                self._ended = True
+                return 0
+            self._piece = memoryview(item)
+        size = min(len(buffer), len(self._piece))
+        buffer[:size] = self._piece[:size]
+        self._piece = self._piece[size:]
+        return size
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stop.set()
+            self._thread.join()
+        super().close()
+
+
 def _refuse_long_line(path: str | os.PathLike[str]) -> Callable[[int], None]:
     def refuse(line: int) -> None:
         raise StoreError(
@@ -308,18 +425,27 @@ def _open_binary(
     size: int | None = os.fstat(raw.fileno()).st_size
     inner: IO[bytes] = raw
     if raw.peek(2)[:2] == b"\x1f\x8b":
-        inner = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]
+        inner = _Inflating(raw)
         size = None
     bounded = _LineBound(inner, long_line or _refuse_long_line(path), raw)
     return io.BufferedReader(bounded, buffer_size=1 << 16), size  # type: ignore[return-value]
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
+    """The format a file's name says (``.gz`` aside); ``text`` when it says nothing, unless
+    the file opens with a markd snapshot's first line."""
     name = str(path).lower().removesuffix(".gz")
+    if name.endswith(".mbl"):
+        return "markd"
     if name.endswith(".csv"):
         return "csv"
     if name.endswith((".jsonl", ".ndjson", ".json")):
         return "jsonl"
+    with contextlib.suppress(StoreError, *_STREAM_ERRORS, OSError):
+        stream, _ = _open_binary(path)
+        with stream:
+            if stream.read(len(MARKD_MAGIC)) == MARKD_MAGIC:
+                return "markd"
     return "text"
 
 
@@ -446,10 +572,35 @@ class _Reader:
                 for block_keys in self._text_keys(stream, size):
                     keys_so_far.extend(block_keys)
                     if len(keys_so_far) >= self.chunk_rows:
-                        yield _Chunk(keys_so_far, None, self._default_value)
+                        yield _Chunk(keys_so_far, None, self._default_value, series=False)
                         keys_so_far = []
                 if keys_so_far:
-                    yield _Chunk(keys_so_far, None, self._default_value)
+                    yield _Chunk(keys_so_far, None, self._default_value, series=False)
+                return
+            if self.fmt == "markd":
+                block_keys: list[bytes] = []
+                block_values: list[bytes] = []
+                blocks = _MarkdBlocks(self, stream, size)
+                ordered = True
+                for more_keys, more_values in blocks:
+                    if more_keys:
+                        ordered = (
+                            ordered
+                            and blocks.ordered
+                            and (not block_keys or block_keys[-1] < more_keys[0])
+                        )
+                    block_keys += more_keys
+                    block_values += more_values
+                    if len(block_keys) >= self.chunk_rows:
+                        yield _Chunk(
+                            block_keys, block_values, self._default_value, blocks.series, ordered
+                        )
+                        block_keys, block_values, ordered = [], [], True
+                        blocks.series = False
+                if block_keys:
+                    yield _Chunk(
+                        block_keys, block_values, self._default_value, blocks.series, ordered
+                    )
                 return
             rows = (
                 self._csv_rows(stream, size)
@@ -634,6 +785,250 @@ class _Reader:
                 self._tick(stream, size)
 
 
+class _MarkdBlocks:
+    """The rows of a markd snapshot (the module docstring; docs/store.md), as (keys, values)
+    a block of about 4 MiB at a time.
+
+    A block of rows is checked with one regular expression, split at its tabs and newlines,
+    and its values packed by ``map``: no Python code runs per row, which is what makes this
+    format about ten times faster to read than CSV. A block the quick check refuses (a bad row,
+    an undeclared attr, a wrong GTIN check digit, a ``since`` out of range) is read again line
+    by line, to name each bad row by its line.
+
+    Every problem of the file's frame — not a markd snapshot, a version this code does not
+    read, no ``#end`` line (a cut file), a row count that differs from ``#end`` — refuses the
+    file whatever ``skip_bad`` says: the file is not the one that was written.
+    """
+
+    def __init__(self, reader: _Reader, stream: IO[bytes], size: int | None) -> None:
+        self.reader, self.stream, self.size = reader, stream, size
+        self.path = reader.path
+        self.problems = reader.problems
+        self.attrs: dict[bytes, int] = {}  # the file's attr number → the store's attr id
+        self.valid_gtins: dict[bytes, bool] = {}
+        self.line_no = 0
+        self.row_lines = 0  # lines between the #attr lines and #end, good or bad
+        self.rows_started = False
+        self.declared_rows: int | None = None
+        self.end_line = 0
+        self.series = False  # a series key since the last chunk was handed out
+        self.ordered = True  # the last block's keys were in strict order
+
+    def _refuse(self, line: int, problem: str) -> StoreError:
+        return StoreError(f"{self.path}:{line}: {problem}; nothing changed", "bad-file")
+
+    def __iter__(self) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        stream = self.stream
+        first_line = stream.readline(len(MARKD_MAGIC) + 64)
+        self.line_no = 1
+        self._check_magic(first_line)
+        carry = b""
+        while True:
+            data = stream.read(_BLOCK_BYTES)
+            block = carry + data
+            if not data:
+                carry = b""
+                if not block:
+                    break
+                if not block.endswith(b"\n"):
+                    block += b"\n"
+            else:
+                cut = block.rfind(b"\n") + 1
+                block, carry = block[:cut], block[cut:]
+                if not block:
+                    continue
+            if self.declared_rows is not None:
+                raise self._refuse(self.end_line + 1, "a line after #end")
+            block = self._take_end(block)
+            if not self.rows_started:
+                block = self._take_attrs(block)
+            if block:
+                yield self._rows(block)
+                self.reader._tick(stream, self.size)
+        if self.declared_rows is None:
+            raise self._refuse(
+                self.line_no + 1, "no #end line: the file is cut short (or is not whole)"
+            )
+        if self.declared_rows != self.row_lines:
+            raise self._refuse(
+                self.end_line,
+                f"#end says {self.declared_rows:,} rows but the file holds {self.row_lines:,}",
+            )
+
+    def _check_magic(self, line: bytes) -> None:
+        line = line.removeprefix(b"\xef\xbb\xbf").rstrip(b"\r\n")
+        head, _, version = line.partition(b" ")
+        if head != MARKD_MAGIC:
+            raise self._refuse(
+                1, f"not a markd snapshot: the first line must be '{MARKD_MAGIC.decode()} "
+                f"{MARKD_VERSION}'"
+            )
+        if version != str(MARKD_VERSION).encode():
+            raise self._refuse(
+                1,
+                f"markd snapshot format version {printable(version.decode('ascii', 'replace'))!r}"
+                f"; this markd reads version {MARKD_VERSION} (export with --format csv for "
+                "kiosks of different versions, or upgrade this one)",
+            )
+
+    def _take_attrs(self, block: bytes) -> bytes:
+        """Read the ``#attr`` lines at the head of ``block``; return what follows them."""
+        while block.startswith(b"#attr"):
+            end = block.index(b"\n") + 1
+            line, block = block[: end - 1], block[end:]
+            self.line_no += 1
+            self._attr(line.rstrip(b"\r"))
+        if block:
+            self.rows_started = True
+        return block
+
+    def _attr(self, line: bytes) -> None:
+        m = _MARKD_ATTR.fullmatch(line)
+        if m is None:
+            self.problems.add(self.line_no, "an #attr line is #attr<TAB>NUMBER<TAB>JSON")
+            return
+        number, raw = m.groups()
+        try:
+            pair = json.loads(raw)
+        except ValueError as exc:
+            self.problems.add(self.line_no, f"#attr {number.decode()}: not JSON ({exc})")
+            return
+        if not (
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair)
+        ):
+            self.problems.add(
+                self.line_no, f"#attr {number.decode()}: must be a JSON [reason, source]"
+            )
+            return
+        reason, source = pair
+        for what, text in (("reason", reason), ("source", source)):
+            problem = control_problem(text, what)
+            if problem is not None:
+                self.problems.add(self.line_no, f"#attr {number.decode()}: {problem}")
+                return
+        if number in self.attrs:
+            self.problems.add(self.line_no, f"#attr {number.decode()} is declared twice")
+            return
+        if len(self.attrs) >= MARKD_MAX_ATTRS:
+            raise self._refuse(self.line_no, f"more than {MARKD_MAX_ATTRS:,} #attr lines")
+        self.attrs[number] = self.reader.attrs.id(reason[:TEXT_KEPT], source[:TEXT_KEPT])
+
+    def _take_end(self, block: bytes) -> bytes:
+        """Cut the ``#end`` line off the last block of the file (checked after every row)."""
+        start = block.rfind(b"\n", 0, len(block) - 1) + 1
+        last = block[start:-1].rstrip(b"\r")
+        if not last.startswith(b"#end"):
+            return block
+        rest = block[:start]
+        m = _MARKD_END.fullmatch(last)
+        self.end_line = self.line_no + rest.count(b"\n") + 1
+        if m is None:
+            raise self._refuse(self.end_line, "the #end line is #end<TAB>ROWS")
+        self.declared_rows = int(m.group(1))
+        return rest
+
+    def _rows(self, block: bytes) -> tuple[list[bytes], list[bytes]]:
+        lines = block.count(b"\n")
+        result = None
+        if b"#" not in block and b"\r" not in block and _MARKD_BLOCK.fullmatch(block):
+            result = self._quick(block)
+        if result is None:
+            result = self._line_by_line(block, lines)
+        self.line_no += lines
+        self.row_lines += lines
+        self.reader.rows += len(result[0])
+        return result
+
+    def _quick(self, block: bytes) -> tuple[list[bytes], list[bytes]] | None:
+        if b"|" in block:
+            self.series = True
+            block = block.replace(b"|", keys.SERIES_SEPARATOR)
+        fields = block.replace(b"\n", b"\t").split(b"\t")
+        fields.pop()  # after the last newline
+        block_keys = fields[0::3]
+        try:
+            values = list(
+                map(
+                    BLOCK_VALUE.pack,
+                    map(int, fields[1::3]),
+                    map(self.attrs.__getitem__, fields[2::3]),
+                )
+            )
+        except (KeyError, struct.error):  # an undeclared attr, a since of 2**32 or more
+            return None
+        self.ordered = all(map(operator.lt, block_keys, itertools.islice(block_keys, 1, None)))
+        if self.ordered:
+            gtins = _sorted_gtins(block_keys)
+        else:
+            gtins = set(map(_gtin_of_key, block_keys))
+        valid = self.valid_gtins
+        for gtin in gtins:
+            ok = valid.get(gtin)
+            if ok is None:
+                ok = valid[gtin] = gtin_is_valid(gtin.decode())
+            if not ok:
+                return None
+        return block_keys, values
+
+    def _line_by_line(self, block: bytes, lines: int) -> tuple[list[bytes], list[bytes]]:
+        block_keys: list[bytes] = []
+        values: list[bytes] = []
+        for offset, line in enumerate(block.split(b"\n")[:lines]):
+            at = self.line_no + offset + 1
+            m = _MARKD_ROW.fullmatch(line.rstrip(b"\r"))
+            if m is None:
+                if line.startswith(b"#"):
+                    self.problems.add(at, "#attr lines come before every row, #end last")
+                else:
+                    shown = keys.excerpt(line.decode("ascii", "replace"))
+                    self.problems.add(at, f"{shown} is not a row KEY<TAB>SINCE<TAB>ATTR")
+                continue
+            key, since_text, number = m.groups()
+            if b"|" in key:
+                self.series = True
+                key = key.replace(b"|", keys.SERIES_SEPARATOR)
+            since = int(since_text)
+            ident = self.attrs.get(number)
+            gtin = _gtin_of_key(key)
+            if ident is None:
+                self.problems.add(at, f"attr {number.decode()} has no #attr line before the rows")
+            elif since >= 1 << 32:
+                self.problems.add(at, f"since {since} is out of range")
+            elif not gtin_is_valid(gtin.decode()):
+                self.problems.add(at, f"GTIN {gtin.decode()} has a wrong check digit")
+            else:
+                block_keys.append(key)
+                values.append(BLOCK_VALUE.pack(since, ident))
+        self.ordered = all(map(operator.lt, block_keys, itertools.islice(block_keys, 1, None)))
+        return block_keys, values
+
+
+def _sorted_gtins(sorted_keys: list[bytes]) -> set[bytes]:
+    """The GTINs of stored keys in strict key order, found by jumping over the run of keys of
+    each GTIN (a block holds tens of GTINs for about a hundred thousand keys)."""
+    found: set[bytes] = set()
+    at, count = 0, len(sorted_keys)
+    while at < count:
+        key = sorted_keys[at]
+        gtin = _gtin_of_key(key)
+        found.add(gtin)
+        if len(key) > 14 and key[14:15] != keys.SERIES_SEPARATOR:
+            # КИ keys of this GTIN: all of them, and only they, start 01 + GTIN + 21.
+            past = b"01" + gtin + b"21\xff"
+        else:
+            # The GTIN key, then its series keys (GTIN + 0x1F + printable characters).
+            past = gtin + b"\x20"
+        at = bisect.bisect_left(sorted_keys, past, at + 1)
+    return found
+
+
+def _gtin_of_key(key: bytes) -> bytes:
+    """The GTIN of a stored key: a КИ's (after ``01``), or the first 14 bytes of the rest."""
+    if len(key) > 14 and key[14:15] != keys.SERIES_SEPARATOR:
+        return key[2:16]
+    return key[:14]
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing
 
@@ -645,6 +1040,10 @@ class _Chunk:
     keys: list[bytes]
     values: list[bytes] | None
     value: bytes
+    #: Whether a key may be a series key (False: known to hold none, so nobody looks).
+    series: bool = True
+    #: Known to be in strict key order (the reader checked it on the way).
+    ordered: bool = False
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -663,7 +1062,9 @@ class _Chunk:
             came_sorted = ordered == keys_in
             if any(map(operator.eq, ordered, itertools.islice(ordered, 1, None))):
                 ordered = list(dict.fromkeys(ordered))
-            return _Chunk(ordered, None, self.value), came_sorted
+            return _Chunk(ordered, None, self.value, self.series), came_sorted
+        if self.ordered or all(map(operator.lt, keys_in, itertools.islice(keys_in, 1, None))):
+            return self, True  # in strict key order already (a markd snapshot): nothing to do
         order = sorted(range(len(keys_in)), key=keys_in.__getitem__)
         ordered = list(map(keys_in.__getitem__, order))
         came_sorted = ordered == keys_in
@@ -671,7 +1072,7 @@ class _Chunk:
         if any(map(operator.eq, ordered, itertools.islice(ordered, 1, None))):
             unique = dict(zip(ordered, values, strict=True))  # a later row's value wins
             ordered, values = list(unique), list(unique.values())
-        return _Chunk(ordered, values, self.value), came_sorted
+        return _Chunk(ordered, values, self.value, self.series), came_sorted
 
 
 class _SlotWriter:
@@ -692,7 +1093,7 @@ class _SlotWriter:
             batch = chunk.keys[start:end]
             gtins = list(map(len, batch)).count(14)
             series = 0
-            if keys.SERIES_SEPARATOR in b"".join(batch):  # rare: count only when present
+            if chunk.series and keys.SERIES_SEPARATOR in b"".join(batch):  # rare
                 series = sum(
                     map(bytes.__contains__, batch, itertools.repeat(keys.SERIES_SEPARATOR))
                 )
