@@ -212,6 +212,57 @@ def test_a_wiped_blocklist_at_version_2_63_minus_1_cannot_lock_the_kiosk_out(
     assert content(kiosk) == content(master)
 
 
+def test_an_old_signed_index_replayed_cannot_roll_the_kiosk_back(
+    master: Store, kiosk: Store, www: Path, server: StaticHTTPServer, keys, tmp_path: Path
+) -> None:
+    """The attacker kept the genuine signed export of version 1 and serves it again once the
+    fleet has blocked more at version 2 — also after the kiosk's list was replaced by hand,
+    which makes the list's own version say nothing about what the kiosk had taken."""
+    key_file, public = keys["fleet"]
+    fleet.export(master, www, sign_key=key_file)
+    old = {name: (www / name).read_bytes() for name in ("index.json", "snapshot-1.mbl.gz")}
+    fleet.sync(kiosk, server.url, public_keys=(public,))
+    apply_delta(master, delta_file(tmp_path / "d2.jsonl", 2, [{"op": "add", "ki": KIS[900]}]))
+    fleet.export(master, www, sign_key=key_file)
+    fleet.sync(kiosk, server.url, public_keys=(public,))
+    assert blocked(kiosk, KIS[900]) and kiosk.info().signed_version == 2
+
+    for name, data in old.items():
+        (www / name).write_bytes(data)
+    error = refused(kiosk, server.url, (public,))
+    assert error.reason == "stale-snapshot" and "signed version 2" in error.message
+
+    # A technician's local import (another source) does not lower the floor either.
+    import_snapshot(kiosk, snapshot_csv(tmp_path / "local.csv", KIS[:3]), version=1, force=True)
+    error = refused(kiosk, server.url, (public,))
+    assert error.reason == "stale-snapshot" and not blocked(kiosk, KIS[900])
+    # Only an explicit rollback takes it.
+    result = fleet.sync(kiosk, server.url, public_keys=(public,), allow_rollback=True)
+    assert (result.action, result.after_version) == ("snapshot", 1)
+    assert kiosk.info().signed_version == 1
+
+
+def test_a_forged_version_synced_before_the_keys_were_set_is_replaced_by_signed_data(
+    master: Store, kiosk: Store, www: Path, server: StaticHTTPServer, keys
+) -> None:
+    """Before the fleet configured keys, an attacker on the path served an empty list at
+    version 2^63 − 1 and the kiosk took it. Once the keys are set, the genuine signed list
+    (version 1, far below) replaces it instead of being refused as a rollback."""
+    _write_index(www, _wiped_at_top_version(www))
+    fleet.sync(kiosk, server.url, allow_unsigned=True)
+    assert kiosk.info().version == TOP_VERSION and content(kiosk) == []
+
+    key_file, public = keys["fleet"]
+    fleet.export(master, www, sign_key=key_file)
+    result = fleet.sync(kiosk, server.url, public_keys=(public,))
+    assert (result.action, result.after_version) == ("snapshot", 1)
+    assert content(kiosk) == content(master)
+    info = kiosk.info()
+    assert (info.signed, info.signed_version) == (True, 1)
+    # From then on the ordinary shortcuts apply again: the same index is up to date.
+    assert fleet.sync(kiosk, server.url, public_keys=(public,)).action == "unchanged"
+
+
 def test_a_bad_signature_is_refused(
     master: Store, kiosk: Store, www: Path, server: StaticHTTPServer, keys
 ) -> None:

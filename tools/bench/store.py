@@ -23,6 +23,13 @@ Steps, all on the same synthetic data:
    WITHOUT ROWID`` built from the same file, and against an HTTP/1.1 keep-alive service on
    loopback in a child process (the way a till asks the Local Module).
 
+6. the fleet's own snapshot format (``--fleet-only`` runs just this): a master store filled
+   with the same КИ, each with its own random ``since`` and one of four reasons, exported
+   signed (``markctl store export --sign-key``; and as CSV to compare); a kiosk with the
+   public key syncs it from a static HTTP server on loopback in a child (index, signature,
+   download, sha256 against the signed index, import: the ≥ 1 M rows/s target of issue 15
+   is for this whole sync), and each exported file is imported alone.
+
 Prints human lines, then as the final line one JSON object with every figure, the ratios and
 each target with whether it was met. The work directory is removed unless ``--keep``.
 """
@@ -39,6 +46,7 @@ import re
 import shutil
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
@@ -220,27 +228,41 @@ def _anon_kb(pid: int) -> int:
     return 0
 
 
+@dataclass
+class ChildRun:
+    """What a ``markctl`` child printed last (its ``--json`` object) and what it cost."""
+
+    result: dict[str, Any]
+    wall_seconds: float
+    peak_rss_mb: float
+    peak_anon_mb: float
+
+
 def import_in_child(snapshot: Path, store_dir: Path, config: Path) -> ImportFigures:
     """Run ``markctl store import`` in a child; its own timing, peak RSS and peak RssAnon.
 
     The peak RSS (``ru_maxrss`` from ``wait4`` of this very child) includes the store's mapped
     file pages the child touched; the polled RssAnon is the heap alone.
     """
-    command = [
-        sys.executable,
-        "-m",
-        "markd.cli.markctl",
-        "store",
-        "import",
-        str(snapshot),
-        "--store",
-        str(store_dir),
-        "--config",
-        str(config),
-        "--progress",
-        "none",
-        "--json",
-    ]
+    run = markctl_in_child(
+        ["store", "import", str(snapshot), "--store", str(store_dir), "--config", str(config)]
+        + ["--progress", "none"]
+    )
+    result = run.result
+    return ImportFigures(
+        rows=result["rows"],
+        seconds=result["seconds"],
+        wall_seconds=run.wall_seconds,
+        rows_per_s=result["rows"] / result["seconds"],
+        peak_rss_mb=run.peak_rss_mb,
+        peak_anon_mb=run.peak_anon_mb,
+    )
+
+
+def markctl_in_child(arguments: list[str]) -> ChildRun:
+    """``markctl ARGUMENTS --json`` in a child process: its last JSON line, wall time, peak RSS
+    (``wait4``) and peak RssAnon (polled)."""
+    command = [sys.executable, "-m", "markd.cli.markctl", *arguments, "--json"]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         child = subprocess.Popen(command, stdout=out, stderr=err)
@@ -264,13 +286,12 @@ def import_in_child(snapshot: Path, store_dir: Path, config: Path) -> ImportFigu
         err.seek(0)
         stdout, stderr = out.read().decode(), err.read().decode()
     if child.returncode != 0:
-        raise SystemExit(f"import of {snapshot} failed ({child.returncode}):\n{stdout}{stderr}")
-    result = json.loads(stdout.strip().splitlines()[-1])
-    return ImportFigures(
-        rows=result["rows"],
-        seconds=result["seconds"],
+        raise SystemExit(
+            f"markctl {' '.join(arguments[:2])} failed ({child.returncode}):\n{stdout}{stderr}"
+        )
+    return ChildRun(
+        result=json.loads(stdout.strip().splitlines()[-1]),
         wall_seconds=wall,
-        rows_per_s=result["rows"] / result["seconds"],
         peak_rss_mb=usage.ru_maxrss / 1024,
         peak_anon_mb=peak_anon / 1024,
     )
@@ -527,6 +548,167 @@ def http_latency(store_dir: Path, data: Dataset, count: int) -> Latency:
 # Main
 
 
+# ---------------------------------------------------------------------------------------------
+# The fleet's own snapshot format
+
+#: (reason, source) pairs of the fleet list; each entry takes one at random.
+FLEET_ATTRS = (
+    ("withdrawn from circulation", "fleet"),
+    ("recall 2026-114", "head office"),
+    ("expired", "fleet"),
+    ("stolen batch", "security"),
+)
+YEAR_S = 365 * 86_400
+
+
+def write_fleet_list(sorted_file: Path, path: Path, seed: int = 7) -> int:
+    """A markd snapshot of every КИ of ``sorted_file``, each blocked at its own random second
+    of the past year with one of :data:`FLEET_ATTRS` (the worst case for the reader: no two
+    rows need share a value). Returns the rows written."""
+    rng = random.Random(seed)
+    base = 1_735_689_600  # 2025-01-01
+    rows = 0
+    with open(sorted_file, "rb") as source, open(path, "wb") as out:
+        out.write(b"#markd-blocklist 1\n")
+        for number, pair in enumerate(FLEET_ATTRS, start=1):
+            out.write(b"#attr\t%d\t%s\n" % (number, json.dumps(pair).encode()))
+        while lines := source.readlines(8 << 20):
+            draws = struct.unpack(f"<{len(lines)}I", rng.randbytes(4 * len(lines)))
+            out.write(
+                b"".join(
+                    b"%s\t%d\t%d\n" % (line[:-1], base + draw % YEAR_S, 1 + (draw >> 30))
+                    for line, draw in zip(lines, draws, strict=True)
+                )
+            )
+            rows += len(lines)
+        out.write(b"#end\t%d\n" % rows)
+    return rows
+
+
+@dataclass
+class FleetFigures:
+    export_seconds: float
+    export_csv_seconds: float
+    snapshot_mb: float
+    snapshot_csv_mb: float
+    sync: ChildRun
+    markd: ImportFigures
+    csv: ImportFigures | None
+
+    @property
+    def sync_rows_per_s(self) -> float:
+        return self.sync.result["snapshot_rows"] / self.sync.result["seconds"]
+
+
+def fleet_figures(workdir: Path, sorted_file: Path, entries: int, csv_too: bool) -> FleetFigures:
+    """A master store filled from a markd snapshot, exported signed (markd format, and CSV for
+    comparison); a kiosk with the public key configured syncs it over HTTP on loopback (index
+    signature, download, size and sha256 against the signed index, import); the exported files
+    are also imported on their own."""
+    from markd.emulators.static_http import StaticHTTPServer
+
+    config = workdir / "markd.toml"
+    source = workdir / "fleet-source.mbl"
+    started = time.perf_counter()
+    write_fleet_list(sorted_file, source)
+    took = time.perf_counter() - started
+    say(f"fleet list:      {entries:,} rows, random since and reason ({took:.1f} s)")
+    master = workdir / "store-master"
+    import_in_child(source, master, config)
+    source.unlink()
+    key = workdir / "fleet.key"
+    public = markctl_in_child(["store", "keygen", "--out", str(key)]).result["public_key"]
+    www = workdir / "www"
+    exported = markctl_in_child(
+        ["store", "export", "--to", str(www), "--sign-key", str(key), "--store", str(master)]
+        + ["--config", str(config)]
+    )
+    snapshot = www / exported.result["snapshot"]["file"]
+    snapshot_mb = snapshot.stat().st_size / MB
+    say(f"export (markd):  {exported.wall_seconds:.1f} s, {snapshot.name} {snapshot_mb:,.1f} MiB")
+    export_csv_seconds, csv_mb, csv_import = 0.0, 0.0, None
+    if csv_too:
+        csv_dir = workdir / "www-csv"
+        exported_csv = markctl_in_child(
+            ["store", "export", "--to", str(csv_dir), "--format", "csv", "--store", str(master)]
+            + ["--config", str(config)]
+        )
+        export_csv_seconds = exported_csv.wall_seconds
+        csv_file = csv_dir / exported_csv.result["snapshot"]["file"]
+        csv_mb = csv_file.stat().st_size / MB
+        say(f"export (CSV):    {export_csv_seconds:.1f} s, {csv_file.name} {csv_mb:,.1f} MiB")
+    shutil.rmtree(master)
+
+    kiosk_config = workdir / "kiosk.toml"
+    kiosk_config.write_text(f'[store]\nsync_public_keys = ["{public}"]\n')
+    kiosk = workdir / "store-kiosk"
+    with StaticHTTPServer(www) as server:
+        sync = markctl_in_child(
+            ["store", "sync", server.url, "--store", str(kiosk), "--config", str(kiosk_config)]
+            + ["--progress", "none"]
+        )
+    if sync.result["snapshot_rows"] != entries:
+        raise SystemExit(f"the sync took {sync.result['snapshot_rows']:,} rows, not {entries:,}")
+    shutil.rmtree(kiosk)
+    markd_import = import_in_child(snapshot, workdir / "store-markd", config)
+    shutil.rmtree(workdir / "store-markd")
+    if csv_too:
+        csv_import = import_in_child(csv_file, workdir / "store-csv", config)
+        shutil.rmtree(workdir / "store-csv")
+    return FleetFigures(
+        export_seconds=exported.wall_seconds,
+        export_csv_seconds=export_csv_seconds,
+        snapshot_mb=snapshot_mb,
+        snapshot_csv_mb=csv_mb,
+        sync=sync,
+        markd=markd_import,
+        csv=csv_import,
+    )
+
+
+def fleet_report(workdir: Path, data: Dataset, csv_too: bool) -> dict[str, Any]:
+    """Run :func:`fleet_figures`, print its lines; its figures and targets as a dict."""
+    fleet = fleet_figures(workdir, data.sorted_file, data.entries, csv_too)
+    sync = fleet.sync
+    say(
+        f"signed sync:     {fleet.sync_rows_per_s:12,.0f} rows/s ({sync.result['seconds']:.1f} s: "
+        f"index, signature, download, sha256, import {sync.result['import_seconds']:.1f} s), "
+        f"peak RSS {sync.peak_rss_mb:.0f} MiB"
+    )
+    say(fleet.markd.line("markd"))
+    figures: dict[str, Any] = {
+        "sync_rows_per_s": round(fleet.sync_rows_per_s),
+        "sync_seconds": round(sync.result["seconds"], 2),
+        "sync_import_seconds": round(sync.result["import_seconds"], 2),
+        "sync_peak_rss_mb": round(sync.peak_rss_mb, 1),
+        "import_markd_rows_per_s": round(fleet.markd.rows_per_s),
+        "import_markd_peak_rss_mb": round(fleet.markd.peak_rss_mb, 1),
+        "export_seconds": round(fleet.export_seconds, 1),
+        "snapshot_mb": round(fleet.snapshot_mb, 1),
+    }
+    if fleet.csv is not None:
+        say(fleet.csv.line("CSV"))
+        ratio = fleet.markd.rows_per_s / fleet.csv.rows_per_s
+        say(f"markd format / CSV import rate: {ratio:.1f}×")
+        figures |= {
+            "import_csv_rows_per_s": round(fleet.csv.rows_per_s),
+            "export_csv_seconds": round(fleet.export_csv_seconds, 1),
+            "snapshot_csv_mb": round(fleet.snapshot_csv_mb, 1),
+            "markd_over_csv": round(ratio, 2),
+        }
+    peak = max(sync.peak_rss_mb, fleet.markd.peak_rss_mb)
+    figures["targets"] = {
+        "fleet_sync_ge_1M_per_s": {
+            "target": TARGET_IMPORT_SORTED_PER_S,
+            "met": fleet.sync_rows_per_s >= TARGET_IMPORT_SORTED_PER_S,
+        },
+        "fleet_rss_le_300MB": {"target": TARGET_IMPORT_RSS_MB, "met": peak <= 300.0},
+    }
+    for name, target in figures["targets"].items():
+        say(f"target {name:<32} {'met' if target['met'] else 'NOT MET'}")
+    return figures
+
+
 def size_of(store_dir: Path) -> tuple[float, float]:
     """(file size, bytes actually allocated) of ``data.mdb`` in MiB."""
     st = (store_dir / "data.mdb").stat()
@@ -544,6 +726,16 @@ def main(argv: list[str] | None = None) -> int:
         "--breakdown",
         action="store_true",
         help="also split a lookup's time into its bare LMDB calls and the Python around them",
+    )
+    ap.add_argument(
+        "--fleet-only",
+        action="store_true",
+        help="only the fleet snapshot step (markd format: export, signed sync, import)",
+    )
+    ap.add_argument(
+        "--no-csv",
+        action="store_true",
+        help="leave out the CSV export and import it is compared to",
     )
     ap.add_argument("--serve-http", metavar="STORE", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -578,6 +770,11 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
     config = workdir / "markd.toml"
     config.write_text("# empty: every default (a 64 MiB map that grows when full)\n")
+    if args.fleet_only:
+        data.shuffled_file.unlink()
+        fleet = fleet_report(workdir, data, not args.no_csv)
+        print(json.dumps({"entries": n, **fleet}, ensure_ascii=False), flush=True)
+        return 0
     sorted_store, unsorted_store = workdir / "store-sorted", workdir / "store-unsorted"
     imp_sorted = import_in_child(data.sorted_file, sorted_store, config)
     say(imp_sorted.line("sorted"))
@@ -620,6 +817,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     http = http_latency(sorted_store, data, http_count)
     say(http.line("HTTP loopback, keep-alive", http_count))
 
+    fleet = fleet_report(workdir, data, not args.no_csv)
+
     lmdb_p99 = lookups["code"].p99_us
     wrong = sum(x.wrong for x in (*lookups.values(), *breakdown.values(), sqlite.latency, http))
     # The size target is for 10 M entries; scale it for other N so small runs still say something.
@@ -637,6 +836,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         },
         "size_le_600MB_per_10M": {"target": round(size_target, 3), "met": size_mb <= size_target},
         "import_rss_le_300MB": {"target": TARGET_IMPORT_RSS_MB, "met": peak_rss <= 300.0},
+        **fleet.pop("targets"),
     }
     for name, target in targets.items():
         say(f"target {name:<32} {'met' if target['met'] else 'NOT MET'}")
@@ -688,6 +888,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             name: {"p50_us": r(x.p50_us), "p90_us": r(x.p90_us), "p99_us": r(x.p99_us)}
             for name, x in breakdown.items()
         },
+        "fleet": fleet,
         "wrong_answers": wrong,
         "targets": targets,
     }

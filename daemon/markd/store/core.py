@@ -131,6 +131,11 @@ class StoreInfo:
     sync_etag: str = ""
     sync_url: str = ""
     format_version: int = FORMAT_VERSION
+    #: The highest version this store ever took from a signed index: a signed sync never goes
+    #: below it (an old index replayed, signature and all) unless a rollback is allowed.
+    signed_version: int = 0
+    #: The list is exactly what a signed sync delivered (any import or delta since clears it).
+    signed: bool = False
 
     @classmethod
     def decode(cls, raw: bytes | None) -> StoreInfo:
@@ -730,8 +735,12 @@ class Store:
         url: str | None = None,
         synced_at: int | None = None,
         confirm: bool = True,
+        signed_version: int | None = None,
     ) -> None:
         """Record a successful sync check.
+
+        ``signed_version``: the sync took the list of a signed index at this version; the
+        list is marked as signed and the version becomes the floor of later signed syncs.
 
         ``confirm``: the list is confirmed current as of ``synced_at`` (default now; a fleet
         sync passes the master's own time, so staleness travels through the fleet). Without
@@ -748,6 +757,9 @@ class Store:
             changes["sync_etag"] = etag
         if url is not None:
             changes["sync_url"] = url
+        if signed_version is not None:
+            changes["signed_version"] = signed_version
+            changes["signed"] = True
         self._write(lambda txn: self._update_info(txn, **changes), "recording a sync")
 
     # Snapshot import and deltas live in markd.store.importer; they use these internals.

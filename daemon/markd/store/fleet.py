@@ -818,6 +818,9 @@ class SyncResult:
     downloaded_bytes: int = 0
     resumed: bool = False
     seconds: float = 0.0
+    #: Rows of the snapshot taken, and the seconds its import took (0 without a snapshot).
+    snapshot_rows: int = 0
+    import_seconds: float = 0.0
 
     def summary(self) -> str:
         """One line for a technician."""
@@ -1150,8 +1153,11 @@ def sync(
 
         # The stored ETag is only a valid shortcut when the last change of the list was a
         # sync from this very URL (a local import or delta sets another source).
+        # With keys, only for a list a signed sync delivered (one synced before the keys were
+        # configured must be replaced by signed data, not confirmed by an unchanged index).
         headers = {"Cache-Control": "no-cache"}
-        if info.sync_etag and info.sync_url == safe and info.source == safe:
+        trusted = info.source == safe and (info.signed or not public_keys)
+        if info.sync_etag and info.sync_url == safe and trusted:
             headers["If-None-Match"] = info.sync_etag
         with remote.get(INDEX_NAME, headers, accept=(304,), limit=MAX_INDEX_BYTES + 1) as response:
             if response.status == 304:
@@ -1171,8 +1177,20 @@ def sync(
         target = index["version"]
         as_of = index["list_synced_at"]
         # Versions only compare between lists of one origin: a list imported by hand or synced
-        # from another URL is replaced by this server's snapshot, whatever its number.
-        foreign = info.source != safe
+        # from another URL is replaced by this server's snapshot, whatever its number. With
+        # keys, so is a list no signed sync delivered (one synced unsigned before the keys were
+        # configured may carry a forged version): only signed versions are ever compared.
+        foreign = not trusted
+        signed_version: int | None = None
+        if public_keys:
+            if target < info.signed_version and not allow_rollback:
+                raise StoreError(
+                    f"{safe} offers signed version {target}, but {store.path} has taken signed "
+                    f"version {info.signed_version}: refusing to go back (an old index "
+                    "replayed, or a rollback on the master?); nothing changed",
+                    "stale-snapshot",
+                )
+            signed_version = target if allow_rollback else max(target, info.signed_version)
 
         if target == 0:
             # The master has never loaded a list: nothing to take, nothing confirmed.
@@ -1180,7 +1198,9 @@ def sync(
             return result("up-to-date")
         if target == before and not foreign:
             _clean_downloads(downloads, set())
-            store.touch_sync(etag=etag, url=safe, source=safe, synced_at=as_of)
+            store.touch_sync(
+                etag=etag, url=safe, source=safe, synced_at=as_of, signed_version=signed_version
+            )
             return result("up-to-date")
         if target < before and not allow_rollback and not foreign:
             raise StoreError(
@@ -1221,9 +1241,10 @@ def sync(
                     "bad-download",
                 )
             deltas.append((entry, delta))
+        imported = None
         if snapshot is not None and snapshot_path is not None:
             with _discarding_on_refusal(fetcher, snapshot["file"]):
-                import_snapshot(
+                imported = import_snapshot(
                     store,
                     snapshot_path,
                     snapshot["format"],
@@ -1241,10 +1262,14 @@ def sync(
         for entry, delta in deltas:
             apply_delta(store, delta, synced_at=as_of)
             fetcher.discard(entry["file"])
-        store.touch_sync(etag=etag, url=safe, source=safe, synced_at=as_of)
+        store.touch_sync(
+            etag=etag, url=safe, source=safe, synced_at=as_of, signed_version=signed_version
+        )
         return result(
             "deltas" if snapshot is None else "snapshot",
             deltas_applied=len(chain),
             downloaded_bytes=fetcher.downloaded,
             resumed=fetcher.resumed,
+            snapshot_rows=imported.rows if imported is not None else 0,
+            import_seconds=imported.seconds if imported is not None else 0.0,
         )

@@ -108,16 +108,12 @@ MARKD_VERSION = 1
 #: A stored key as a markd snapshot writes it: a КИ in GS1 form, a GTIN-14, or a GTIN-14 and a
 #: series with ``|`` standing for the store's 0x1F (a control byte has no place in a text file;
 #: ``|`` is not a GS1 character). Possessive quantifiers: nothing here ever needs to backtrack.
-_MARKD_KEY = (
-    rb"(?:01\d{14}21" + _SERIAL_B + rb"{1,20}+|\d{14}(?:\|" + _SERIAL_B + rb"{1,40}+)?)"
-)
+_MARKD_KEY = rb"(?:01\d{14}21" + _SERIAL_B + rb"{1,20}+|\d{14}(?:\|" + _SERIAL_B + rb"{1,40}+)?)"
 #: A block of rows, each ``KEY<TAB>SINCE<TAB>ATTR``: checked whole with one match.
 _MARKD_BLOCK = re.compile(rb"(?:" + _MARKD_KEY + rb"\t\d{1,10}+\t\d{1,9}+\n)*+")
 _MARKD_ROW = re.compile(rb"(" + _MARKD_KEY + rb")\t(\d{1,10})\t(\d{1,9})")
 _MARKD_ATTR = re.compile(rb"#attr\t([1-9]\d{0,8})\t(.*)")
 _MARKD_END = re.compile(rb"#end\t(\d{1,12})")
-#: The (reason, source) pairs one markd snapshot may number.
-MARKD_MAX_ATTRS = 65_536
 
 
 @dataclass
@@ -578,29 +574,19 @@ class _Reader:
                     yield _Chunk(keys_so_far, None, self._default_value, series=False)
                 return
             if self.fmt == "markd":
-                block_keys: list[bytes] = []
-                block_values: list[bytes] = []
+                # A block (about 90,000 rows) is a chunk of its own: the rows come sorted, so
+                # there is nothing to gather for a sort, and memory stays at one block's worth.
                 blocks = _MarkdBlocks(self, stream, size)
-                ordered = True
-                for more_keys, more_values in blocks:
-                    if more_keys:
-                        ordered = (
-                            ordered
-                            and blocks.ordered
-                            and (not block_keys or block_keys[-1] < more_keys[0])
-                        )
-                    block_keys += more_keys
-                    block_values += more_values
-                    if len(block_keys) >= self.chunk_rows:
+                for block_keys, block_values in blocks:
+                    if block_keys:
                         yield _Chunk(
-                            block_keys, block_values, self._default_value, blocks.series, ordered
+                            block_keys,
+                            block_values,
+                            self._default_value,
+                            blocks.series,
+                            blocks.ordered,
                         )
-                        block_keys, block_values, ordered = [], [], True
                         blocks.series = False
-                if block_keys:
-                    yield _Chunk(
-                        block_keys, block_values, self._default_value, blocks.series, ordered
-                    )
                 return
             rows = (
                 self._csv_rows(stream, size)
@@ -860,8 +846,9 @@ class _MarkdBlocks:
         head, _, version = line.partition(b" ")
         if head != MARKD_MAGIC:
             raise self._refuse(
-                1, f"not a markd snapshot: the first line must be '{MARKD_MAGIC.decode()} "
-                f"{MARKD_VERSION}'"
+                1,
+                f"not a markd snapshot: the first line must be '{MARKD_MAGIC.decode()} "
+                f"{MARKD_VERSION}'",
             )
         if version != str(MARKD_VERSION).encode():
             raise self._refuse(
@@ -909,9 +896,10 @@ class _MarkdBlocks:
         if number in self.attrs:
             self.problems.add(self.line_no, f"#attr {number.decode()} is declared twice")
             return
-        if len(self.attrs) >= MARKD_MAX_ATTRS:
-            raise self._refuse(self.line_no, f"more than {MARKD_MAX_ATTRS:,} #attr lines")
-        self.attrs[number] = self.reader.attrs.id(reason[:TEXT_KEPT], source[:TEXT_KEPT])
+        try:
+            self.attrs[number] = self.reader.attrs.id(reason[:TEXT_KEPT], source[:TEXT_KEPT])
+        except StoreError as exc:  # too many distinct pairs
+            raise self._refuse(self.line_no, exc.message.rstrip(".")) from None
 
     def _take_end(self, block: bytes) -> bytes:
         """Cut the ``#end`` line off the last block of the file (checked after every row)."""
@@ -977,6 +965,8 @@ class _MarkdBlocks:
             at = self.line_no + offset + 1
             m = _MARKD_ROW.fullmatch(line.rstrip(b"\r"))
             if m is None:
+                if line.startswith(b"#end"):  # not the last line: something follows it
+                    raise self._refuse(at + 1, "a line after #end")
                 if line.startswith(b"#"):
                     self.problems.add(at, "#attr lines come before every row, #end last")
                 else:
@@ -1428,6 +1418,7 @@ def _import_locked(
             synced_at=now if synced_at is None else min(synced_at, now),
             imported_at=now,
             counts=dict(writer.counts),
+            signed=False,  # a signed sync that imported it says so afterwards
         )
 
     if progress is not None:
@@ -1601,6 +1592,7 @@ def _apply_delta_locked(store: Store, delta: dict[str, Any], synced_at: int | No
         info.version = version
         info.synced_at = now if synced_at is None else min(synced_at, now)
         info.source = source
+        info.signed = False  # a signed sync that applied it says so afterwards
         txn.put(b"info", info.encode(), db=dbs[b"meta"])
         return DeltaResult(version, added, removed, unchanged)
 
