@@ -1066,7 +1066,10 @@ class _Chunk:
 
 
 class _SlotWriter:
-    """Appends rows in key order into the inactive slot, in bounded transactions."""
+    """Appends rows in key order into the inactive slot, in transactions of about
+    ``commit_rows`` rows: smaller chunks (a markd snapshot's blocks) wait for the next ones, so
+    the cost of a commit (two fsyncs) is paid once for every ``commit_rows`` rows, not per
+    chunk. :meth:`flush` commits what waits; nothing waiting is in the slot yet."""
 
     def __init__(self, store: Store, slot: Any, commit_rows: int) -> None:
         self.store = store
@@ -1075,11 +1078,16 @@ class _SlotWriter:
         self.commit_rows = commit_rows
         self.counts = {"ki": 0, "gtin": 0, "series": 0}
         self.last: bytes | None = None
+        self._waiting: list[tuple[_Chunk, int, int]] = []
+        self._waiting_rows = 0
 
     def write(self, chunk: _Chunk) -> None:
         for start in range(0, len(chunk), self.commit_rows):
-            end = start + self.commit_rows
-            self._commit(chunk, start, end)
+            end = min(start + self.commit_rows, len(chunk))
+            self._waiting.append((chunk, start, end))
+            self._waiting_rows += end - start
+            if self._waiting_rows >= self.commit_rows:
+                self.flush()
             batch = chunk.keys[start:end]
             gtins = list(map(len, batch)).count(14)
             series = 0
@@ -1097,20 +1105,28 @@ class _SlotWriter:
         while True:
             batch = list(itertools.islice(rows, self.commit_rows))
             if not batch:
+                self.flush()
                 return
             if value is not None:
                 self.write(_Chunk(batch, None, value))
             else:
                 self.write(_Chunk([k for k, _ in batch], [v for _, v in batch], b""))
 
-    def _commit(self, chunk: _Chunk, start: int, end: int) -> None:
+    def flush(self) -> None:
+        """Commit every waiting row, in one transaction."""
+        if not self._waiting:
+            return
         for _ in range(40):
             try:
                 with self.env.begin(write=True) as txn:
                     cursor = txn.cursor(db=self.slot)
-                    consumed, _added = cursor.putmulti(chunk.pairs(start, end), append=True)
-                    if consumed != len(chunk.keys[start:end]):
-                        raise StoreError("the store refused part of a batch (keys out of order)")
+                    for chunk, start, end in self._waiting:
+                        consumed, _added = cursor.putmulti(chunk.pairs(start, end), append=True)
+                        if consumed != end - start:
+                            raise StoreError(
+                                "the store refused part of a batch (keys out of order)"
+                            )
+                self._waiting, self._waiting_rows = [], 0
                 return
             except lmdb.MapFullError:
                 self.store.grow_map()
@@ -1373,6 +1389,7 @@ def _import_locked(
                 in_order = False
                 runs = _Runs(store.path)
                 if writer.last is not None:
+                    writer.flush()
                     # Earlier chunks went straight into the slot; spill them as a run too
                     # (streamed), and refill the slot from the merge.
                     _spill_slot(store, target, runs, reader.default_value)
@@ -1387,6 +1404,7 @@ def _import_locked(
                 progress("merge", 0, None, reader.rows)
             rows, value = runs.merged()
             writer.write_stream(rows, value)
+        writer.flush()
     except BaseException:
         # Give back the space the half-written slot holds (best effort: on a full disk even
         # this write may fail; the next import empties the slot anyway).
