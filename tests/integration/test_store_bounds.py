@@ -26,7 +26,7 @@ from markd.codes import parse
 from markd.emulators.static_http import StaticHTTPServer
 from markd.errors import StoreError
 from markd.store import Store, fleet
-from markd.store.importer import MAX_DELTA_CHANGES, import_snapshot
+from markd.store.importer import MAX_DELTA_CHANGES, apply_delta, import_snapshot
 
 #: The issue's bound for any import or sync: 300 MB.
 RSS_LIMIT_KIB = 300 * 1000
@@ -208,6 +208,59 @@ def test_a_line_of_exactly_1_mib_is_still_read(tmp_path: Path, defaults: Path) -
 
     assert code == 0, err
     assert json.loads(out)["rows"] == 1
+
+
+OTHER_KI = "0104607001012344210000001"
+
+
+#: For each format: a row blocking OTHER_KI padded to 2 MiB (its first MiB alone is a valid
+#: row), between two good rows. CSV's row ends in CR, a record's end to csv (a field of 1 MiB
+#: of spaces would be over csv's own field limit).
+PADDED = {
+    "text": (f"{GOOD_KI}\n", OTHER_KI, "\n04680029460908\n"),
+    "jsonl": (f'"{GOOD_KI}"\n', json.dumps({"ki": OTHER_KI}), '\n"04680029460908"\n'),
+    "csv": (f"ki\n{GOOD_KI}\n", f"{OTHER_KI}\r", "\n0104607001012344210000002\n"),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(PADDED))
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_the_first_mib_of_a_skipped_long_line_is_never_stored(
+    tmp_path: Path, fmt: str, compressed: bool
+) -> None:
+    """With skip_bad a line over 1 MiB is dropped whole: a row that fits in its first MiB
+    (then 2 MiB of spaces, which the parsers would strip) must not be read from it."""
+    head, row, tail = PADDED[fmt]
+    long_line = row + " " * (2 << 20)
+    data = (head + long_line + tail).encode()
+    path = tmp_path / f"padded.{fmt}{'.gz' if compressed else ''}"
+    path.write_bytes(gzip.compress(data, 1) if compressed else data)
+    line = head.count("\n") + 1
+
+    with Store.open(str(tmp_path / "store"), map_size_mb=8) as store:
+        result = import_snapshot(store, path, fmt=fmt, skip_bad=True)
+        assert store.lookup(OTHER_KI).blocked is None
+        assert store.lookup(GOOD_KI).blocked is not None
+
+    assert result.rows == 2
+    assert result.skipped == 1
+    assert result.problems == [f"{path}:{line}: line longer than 1 MiB; skipped unread"]
+
+
+def test_a_delta_with_a_long_change_line_is_refused_not_applied_in_part(tmp_path: Path) -> None:
+    """A delta is never read with skip_bad: a change padded past 1 MiB refuses the delta."""
+    header = json.dumps({"format": "markd-delta", "version": 1, "previous": 0})
+    change = json.dumps({"op": "add", "ki": OTHER_KI}) + " " * (2 << 20)
+    path = tmp_path / "delta-1.jsonl"
+    path.write_text(f"{header}\n{change}\n")
+
+    with Store.open(str(tmp_path / "store"), map_size_mb=8) as store:
+        with pytest.raises(StoreError) as caught:
+            apply_delta(store, path)
+        assert store.lookup(OTHER_KI).blocked is None
+        assert store.info().version == 0
+
+    assert f"{path}:2: line longer than 1 MiB" in caught.value.message
 
 
 # ---------------------------------------------------------------------------------------------
