@@ -213,6 +213,53 @@ def test_a_line_of_exactly_1_mib_is_still_read(tmp_path: Path, defaults: Path) -
 OTHER_KI = "0104607001012344210000001"
 
 
+def write_spread_record(path: Path, fields: int) -> Path:
+    """A CSV whose third record is ``fields`` quoted fields of ``a`` and a newline: every
+    physical line is 5 bytes, the record runs over ``fields`` lines (about 44 kB of gzip for
+    six million, which csv builds into a list of six million strings)."""
+    piece = b'"a\n",' * 100_000
+    with gzip.open(path, "wb", 9) as out:
+        out.write(f"ki,reason\n{GOOD_KI},ok\n".encode())
+        for _ in range(fields // 100_000):
+            out.write(piece)
+        out.write(f'"end"\n{OTHER_KI},ok\n'.encode())
+    return path
+
+
+@pytest.mark.parametrize("skip_bad", [False, True], ids=["strict", "skip-bad"])
+def test_a_csv_record_spread_over_millions_of_lines_is_refused_with_bounded_memory(
+    tmp_path: Path, defaults: Path, skip_bad: bool
+) -> None:
+    """No line is long, but the record is (467 MB peak RSS when csv was let build it): it is
+    refused at the line it starts on, with ``--skip-bad`` too (csv cannot find the next
+    record in what follows)."""
+    path = write_spread_record(tmp_path / "spread.csv.gz", 6_000_000)
+
+    code, _, err, rss = markctl(
+        tmp_path, defaults, "import", str(path), *(["--skip-bad"] if skip_bad else [])
+    )
+
+    assert code != 0
+    assert f"{path}:3: record longer than 1 MiB" in err
+    assert rss <= RSS_LIMIT_KIB, f"peak RSS {rss} KiB"
+    with Store.open(str(tmp_path / "store"), map_size_mb=8) as store:
+        assert store.info().version == 0
+
+
+def test_a_csv_record_of_a_few_lines_is_still_read_as_one_record(tmp_path: Path) -> None:
+    """The bound is on a record's bytes, not its lines: a quoted reason over two lines is one
+    record (refused for its newline, at the line csv ends it on), and the next is read."""
+    path = tmp_path / "multiline.csv"
+    path.write_text(f'ki,reason\n{GOOD_KI},"recalled:\nbatch 7"\n{OTHER_KI},ok\n')
+
+    with Store.open(str(tmp_path / "store"), map_size_mb=8) as store:
+        result = import_snapshot(store, path, skip_bad=True)
+        assert store.lookup(OTHER_KI).blocked is not None
+
+    assert result.rows == 1
+    assert [p.split(": ")[0] for p in result.problems] == [f"{path}:3"]
+
+
 #: For each format: a row blocking OTHER_KI padded to 2 MiB (its first MiB alone is a valid
 #: row), between two good rows. CSV's row ends in CR, a record's end to csv (a field of 1 MiB
 #: of spaces would be over csv's own field limit).

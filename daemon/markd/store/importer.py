@@ -413,6 +413,40 @@ def _text_key(line: bytes) -> bytes:
             raise BadKey(f"{keys.excerpt(text)} is not a КИ or GTIN ({exc.reason})") from None
 
 
+class _CsvRecordBound:
+    """The lines of a CSV text for ``csv.reader``, refusing a record over
+    :data:`MAX_LINE_BYTES`.
+
+    A quoted field may hold newlines, so one record can run over millions of short lines, each
+    well within the line limit (six million 5-byte lines made csv build a record of 467 MB).
+    csv cannot find the start of the next record in what follows, so the file is refused, with
+    skip_bad too. csv reads no further than the record it returns: the caller calls
+    :meth:`next_record` before asking for each record.
+    """
+
+    def __init__(self, text: IO[str], path: str | os.PathLike[str]) -> None:
+        self._text = text
+        self._path = path
+        self._bytes = 0  # read since the record began
+        self._lines = 0  # read in all
+        self._start = 1  # the line the record begins on
+
+    def next_record(self) -> None:
+        self._bytes, self._start = 0, self._lines + 1
+
+    def lines(self) -> Iterator[str]:
+        for line in self._text:
+            self._bytes += len(line) if line.isascii() else len(line.encode("utf-8", "replace"))
+            self._lines += 1
+            if self._bytes > MAX_LINE_BYTES:
+                raise StoreError(
+                    f"{self._path}:{self._start}: record longer than {MAX_LINE_BYTES >> 20} MiB "
+                    "(a quoted field left open?); not a blocklist (nothing changed)",
+                    "bad-file",
+                )
+            yield line
+
+
 class _Reader:
     """Turns a snapshot file into chunks of (key, value) pairs; collects bad rows."""
 
@@ -559,7 +593,8 @@ class _Reader:
 
     def _csv_rows(self, stream: IO[bytes], size: int | None) -> Iterator[tuple[bytes, bytes]]:
         text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="strict", newline="")
-        reader = csv.reader(text)
+        record = _CsvRecordBound(text, self.path)
+        reader = csv.reader(record.lines())
         try:
             header = [h.strip().lower() for h in next(reader)]
         except StopIteration:
@@ -576,6 +611,7 @@ class _Reader:
                 "bad-file",
             )
         while True:
+            record.next_record()
             try:
                 values = next(reader)
             except StopIteration:
