@@ -420,6 +420,46 @@ def test_a_sync_that_would_fill_the_disk_is_refused_before_any_download(
     assert parts(kiosk) == []
 
 
+@pytest.fixture
+def tiny_disk(kiosk: Store) -> Iterator[Path]:
+    """The kiosk's downloads directory on a tmpfs of 16 KiB: a disk that fills mid-download
+    (mounting needs root, which the suite's containers have)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    downloads = Path(kiosk.path) / "downloads"
+    downloads.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(downloads)],
+        capture_output=True,
+        text=True,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mount.stderr.strip()}")
+    try:
+        yield downloads
+    finally:
+        subprocess.run(["umount", "-l", str(downloads)], check=False)
+
+
+def test_a_download_that_fills_the_disk_is_deleted_not_kept_for_resuming(
+    kiosk: Store, www: Path, tiny_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The free space was there when the sync checked it (something else took it since):
+    the write fails with ENOSPC. A full disk is no cut connection: keeping the ``.part`` to
+    resume would hold the space the kiosk needs, so it and its ETag are deleted."""
+    size = (www / SNAPSHOT).stat().st_size
+    assert size > 2 * 16 << 10
+    monkeypatch.setattr(fleet, "free_bytes", lambda directory: 1 << 40)
+
+    with StaticHTTPServer(www) as server:
+        error = refusal(kiosk, server.url)
+
+    assert error.reason == "store-disk-full"
+    assert SNAPSHOT in error.message and "no space left on device" in error.message.lower()
+    assert parts(kiosk) == []
+    assert kiosk.info().version == 0
+
+
 class _EndlessHandler(http.server.BaseHTTPRequestHandler):
     """HTTP/1.0 answers without Content-Length (the body ends when the connection does):
     ``index.json`` as it is, any other file followed by junk for as long as the client reads."""
