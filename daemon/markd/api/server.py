@@ -27,13 +27,18 @@ Limits and refusals (``docs/api.md``, "Conventions"; each is tested)::
     a write not taken within WRITE_TIMEOUT_S        connection closed
     more than MAX_CONNECTIONS[listener] open on
       that listener                                 503 busy to the newest, closed
+    more than MAX_CONNECTIONS_PER_PEER open on
+      TCP from one address                          503 busy to the newest, closed
     TCP without the right token                     401 unauthorized, connection closed
                                                     (any answer to such a request closes it)
 
 Each listener has connection slots of its own, so the TCP port (which any local user can
 reach) can never take the Unix socket's (which only the socket's group can): a flood of idle
 or trickling TCP connections, or a client asking again and again without a token, leaves the
-kiosk screen and ``markctl`` served (tests/integration/test_api_attacks.py).
+kiosk screen and ``markctl`` served (tests/integration/test_api_attacks.py). On TCP one
+address also holds at most :data:`MAX_CONNECTIONS_PER_PEER` of the listener's slots: a client
+holding each with a request it never finishes (up to ``HEAD_TIMEOUT_S`` apiece) leaves the
+rest to the others.
 
 Two requests h11 would refuse are served as markd always served them: a request without
 ``Host`` (the socket has one host; clients such as ``socat`` or a shell's ``printf`` omit it)
@@ -100,6 +105,9 @@ WRITE_TIMEOUT_S = 10.0
 #: Open connections at most per listener; one more on that listener gets 503 and is closed.
 #: Separate counts: a TCP flood never takes the Unix socket's slots.
 MAX_CONNECTIONS = {"unix": 64, "tcp": 32}
+#: Open TCP connections at most from one remote address; one more from it gets 503 and is
+#: closed. Without it one local user trickling slow requests held all 32 TCP slots.
+MAX_CONNECTIONS_PER_PEER = 8
 #: Seconds between two log records about refused tokens (a client retrying in a loop).
 AUTH_LOG_INTERVAL_S = 60.0
 #: Seconds :meth:`ControlServer.close` gives requests under way and event streams to finish.
@@ -202,6 +210,8 @@ class ControlServer:
         self._connections: dict[asyncio.Task[Any], _Connection] = {}
         #: Open connections per listener (``unix``, ``tcp``), against MAX_CONNECTIONS.
         self._open: dict[str, int] = {"unix": 0, "tcp": 0}
+        #: Open TCP connections per remote address, against MAX_CONNECTIONS_PER_PEER.
+        self._open_from: dict[str, int] = {}
         self._auth_refused = 0
         self._auth_logged_at = -AUTH_LOG_INTERVAL_S
 
@@ -325,9 +335,11 @@ class ControlServer:
         task = asyncio.current_task()
         assert task is not None
         peer = "unix"
+        host: str | None = None  # the remote address of a TCP connection
         if transport == "tcp":
             address = writer.get_extra_info("peername")
             peer = f"{address[0]}:{address[1]}" if address else "tcp"
+            host = address[0] if address else "tcp"
             sock = writer.get_extra_info("socket")
             if sock is not None:
                 # Answers are written whole: Nagle's algorithm would only delay them.
@@ -335,9 +347,21 @@ class ControlServer:
         connection = _Connection(reader, writer, transport, peer)
         self._connections[task] = connection
         self._open[transport] += 1
+        if host is not None:
+            self._open_from[host] = self._open_from.get(host, 0) + 1
         try:
-            if self._open[transport] > MAX_CONNECTIONS[transport]:
+            refusal = None
+            if host is not None and self._open_from[host] > MAX_CONNECTIONS_PER_PEER:
+                refusal = HTTPRefusal(
+                    503,
+                    "busy",
+                    f"too many open connections from {host} (at most "
+                    f"{MAX_CONNECTIONS_PER_PEER} from one address)",
+                    close=True,
+                )
+            elif self._open[transport] > MAX_CONNECTIONS[transport]:
                 refusal = HTTPRefusal(503, "busy", "too many open connections", close=True)
+            if refusal is not None:
                 await self._send(connection, self._refusal_response(refusal, None), False)
                 return
             await self._converse(connection)
@@ -353,6 +377,10 @@ class ControlServer:
         finally:
             self._connections.pop(task, None)
             self._open[transport] -= 1
+            if host is not None:
+                self._open_from[host] -= 1
+                if not self._open_from[host]:
+                    del self._open_from[host]
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
