@@ -17,6 +17,8 @@ Limits and refusals (``docs/api.md``, "Conventions"; each is tested)::
       with "/"                                      400 bad-request, connection closed
     a Content-Length that is not one field of
       ASCII digits ("+5", "5_0", "٥", "5, 5")       400 bad-request, connection closed
+    a header line folded onto the one before it
+      (obs-fold: starts with a space or a tab)      400 bad-request, connection closed
     a version other than HTTP/1.0 or 1.1            505 bad-version, connection closed
     no complete head HEAD_TIMEOUT_S after the
       connection opened                             connection closed without an answer
@@ -135,6 +137,9 @@ _CONTENT_LENGTH_LINE = re.compile(rb"(?im)^content-length:(.*?)\r?$")
 #: knows pads the value, and a padded, signed or listed length is how one parser is made to
 #: frame a body differently from another.
 _CONTENT_LENGTH_VALUE = re.compile(rb" ?[0-9]+")
+#: A line of a head that starts with a space or a tab: it continues the header line before it
+#: (obs-fold, RFC 9112 §5.2).
+_FOLDED_LINE = re.compile(rb"\n[ \t]")
 
 
 @dataclass
@@ -440,7 +445,7 @@ class ControlServer:
             except H11_REFUSALS as exc:
                 if at_eof and not received.strip():
                     raise _Quiet() from None  # only blank lines, then the client went
-                _check_content_length(bytes(received))
+                _check_framing(bytes(received))
                 repaired = _repair(bytes(received), str(exc), repairs)
                 if repaired is None:
                     raise _refusal(exc, at_eof) from None
@@ -464,7 +469,7 @@ class ControlServer:
             received += chunk
             http.receive_data(chunk)
         head_size = len(received) - len(http.trailing_data[0]) - added
-        _check_content_length(bytes(received))
+        _check_framing(bytes(received))
         request = self._checked_request(event, connection, head_size, added_host=added > 0)
         request.body = await self._read_body(connection, http)
         return request
@@ -731,16 +736,30 @@ def _repair(received: bytes, problem: str, done: set[str]) -> bytes | None:
     return None
 
 
-def _check_content_length(received: bytes) -> None:
-    """Refuse a head whose Content-Length is anything but ASCII digits, as the client wrote
-    it (:data:`_CONTENT_LENGTH_VALUE`), or that has two. h11 (0.14 and 0.16 alike) refuses
-    ``+5``, ``5_0`` and other scripts' digits itself, but reads ``5, 5``, two equal lines and
-    a padded ``  5`` as 5: markd judges the bytes before h11's reading counts, and answers
-    every form with the same reason. Only a complete head is judged (one still coming has
-    no value to judge yet)."""
+def _check_framing(received: bytes) -> None:
+    """Refuse a head whose framing another parser could read differently from h11: one with
+    a folded header line, or a Content-Length that is anything but ASCII digits, as the client
+    wrote it (:data:`_CONTENT_LENGTH_VALUE`), or two of them. Only a complete head is judged
+    (one still coming has no value to judge yet).
+
+    Folding (obs-fold, RFC 9112 §5.2, which lets a server refuse it with 400): h11 (0.14 and
+    0.16 alike) joins a folded line to the header before it, so it reads ``Content-Length:``
+    then `` 12`` as 12 and ``Transfer-Encoding:`` then `` chunked`` as chunked, and takes
+    ``X-Pad: 1`` then `` Content-Length: 12`` for no length at all; a proxy in front of markd
+    may read the same bytes otherwise. Content-Length: h11 refuses ``+5``, ``5_0`` and other
+    scripts' digits itself, but reads ``5, 5``, two equal lines and a padded ``  5`` as 5.
+    markd judges the bytes before h11's reading counts, and answers every form of each with
+    the same reason."""
     end = _END_OF_HEAD.search(received)
     if end is None:
         return
+    if _FOLDED_LINE.search(received, 0, end.start() + 1):
+        raise HTTPRefusal(
+            400,
+            "bad-request",
+            "folded header line (a line starting with a space or a tab): one line per field",
+            close=True,
+        )
     values = _CONTENT_LENGTH_LINE.findall(received[: end.start() + 1])
     if len(values) > 1 or (values and not _CONTENT_LENGTH_VALUE.fullmatch(values[0])):
         raise HTTPRefusal(
