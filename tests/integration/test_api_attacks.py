@@ -108,8 +108,15 @@ def closing_all(sockets: list[socket.socket]) -> Iterator[list[socket.socket]]:
             sock.close()
 
 
-def connect(address: tuple[str, int]) -> socket.socket:
-    sock = socket.create_connection(address, timeout=5)
+#: Loopback addresses the attacks come from, as from as many peers (Linux routes all of
+#: 127.0.0.0/8 to lo): spread over them, a flood stays within MAX_CONNECTIONS_PER_PEER from
+#: each, and it is the listener's own limit that it meets.
+PEERS = [f"127.0.0.{n}" for n in range(2, 18)]
+
+
+def connect(address: tuple[str, int], source: str = "127.0.0.1") -> socket.socket:
+    """A TCP connection to ``address`` from the loopback address ``source``."""
+    sock = socket.create_connection(address, timeout=5, source_address=(source, 0))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
@@ -130,8 +137,9 @@ def read_until_closed(sock: socket.socket) -> bytes:
 async def test_api_a_tcp_connection_flood_leaves_the_unix_socket_served(
     store_path: str, tmp_path: Path, event_log: RecordingEventLog
 ) -> None:
-    """100 idle TCP connections (more than every slot the API had in all): those past the TCP
-    listener's own limit get 503 at once, and the Unix socket's slots are untouched."""
+    """100 idle TCP connections from 16 peers (more than every slot the API had in all): those
+    past the TCP listener's own limit get 503 at once, and the Unix socket's slots are
+    untouched."""
     config = tcp_config(store_path, tmp_path, "attack-flood")
     flood = 100
     busy: list[bytes] = []
@@ -142,7 +150,8 @@ async def test_api_a_tcp_connection_flood_leaves_the_unix_socket_served(
         address = service.api.tcp_address
 
         def attack(stop: threading.Event) -> None:
-            with closing_all([connect(address) for _ in range(flood)]) as sockets:
+            sources = (PEERS[n % len(PEERS)] for n in range(flood))
+            with closing_all([connect(address, source) for source in sources]) as sockets:
                 opened.set()
                 # Those over the limit were answered 503 and closed; the others stay silent.
                 for sock in sockets:
@@ -168,8 +177,9 @@ async def test_api_a_tcp_connection_flood_leaves_the_unix_socket_served(
 async def test_api_a_slow_loris_on_tcp_leaves_the_unix_socket_served_and_is_cut_off(
     store_path: str, tmp_path: Path, event_log: RecordingEventLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """64 TCP connections each trickling its head, a byte every 50 ms: the Unix socket is
-    served throughout, and each trickler is closed, unanswered, at the head deadline."""
+    """64 TCP connections from 16 peers, each trickling its head, a byte every 50 ms: the
+    Unix socket is served throughout, and each trickler is closed, unanswered, at the head
+    deadline."""
     monkeypatch.setattr(server, "HEAD_TIMEOUT_S", 1.0)
     config = tcp_config(store_path, tmp_path, "attack-loris")
     tricklers = 64
@@ -181,7 +191,8 @@ async def test_api_a_slow_loris_on_tcp_leaves_the_unix_socket_served_and_is_cut_
         address = service.api.tcp_address
 
         def attack(stop: threading.Event) -> None:
-            with closing_all([connect(address) for _ in range(tricklers)]) as sockets:
+            sources = (PEERS[n % len(PEERS)] for n in range(tricklers))
+            with closing_all([connect(address, source) for source in sources]) as sockets:
                 began = time.monotonic()
                 for sock in sockets:
                     sock.sendall(b"GET /v1/status HTTP/1.1\r\n")
@@ -223,6 +234,79 @@ async def test_api_a_slow_loris_on_tcp_leaves_the_unix_socket_served_and_is_cut_
     assert all(answer.startswith(b"HTTP/1.1 503 ") for answer in busy)
     assert len(closed_after) == server.MAX_CONNECTIONS["tcp"]
     assert all(0.5 <= after <= 2.0 for after in closed_after), closed_after
+
+
+async def test_api_one_tcp_peer_holding_slow_requests_leaves_other_tcp_peers_served(
+    store_path: str, tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    """One peer (127.0.0.2) opens as many connections as the TCP listener has slots, each
+    holding its slot with a head that never ends (cut off only at the 10 s head deadline).
+    Those past MAX_CONNECTIONS_PER_PEER get 503 busy at once, naming the address; another TCP
+    peer (127.0.0.3, with the token) and the Unix socket are served throughout. Before the
+    per-peer limit, the one peer held all 32 slots and every other TCP client got 503."""
+    config = tcp_config(store_path, tmp_path, "attack-one-peer")
+    hog = server.MAX_CONNECTIONS["tcp"]
+    held = server.MAX_CONNECTIONS_PER_PEER
+    answers: list[bytes] = []  # what each closed connection of the hog was told
+    opened = threading.Event()
+
+    async with running(config, event_log) as service:
+        assert service.api is not None and service.api.tcp_address is not None
+        address = service.api.tcp_address
+
+        def attack(stop: threading.Event) -> None:
+            with closing_all([connect(address, "127.0.0.2") for _ in range(hog)]) as sockets:
+                for sock in sockets:
+                    sock.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")  # and no more
+                    sock.setblocking(False)
+                opened.set()
+                received = {sock: b"" for sock in sockets}
+                while not stop.is_set():
+                    for sock in list(received):
+                        try:
+                            chunk = sock.recv(4096)
+                        except BlockingIOError:
+                            continue  # still holding its slot
+                        except ConnectionError:
+                            chunk = b""
+                        if chunk:
+                            received[sock] += chunk
+                        else:
+                            answers.append(received.pop(sock))
+                    stop.wait(0.01)
+
+        attacker = Attacker(attack)
+        attacker.start()
+        await asyncio.to_thread(opened.wait, 10)
+        # Either the hog's connections past its limit were refused, or (without the limit)
+        # it holds every slot of the listener.
+        await wait_until(
+            lambda: len(answers) >= hog - held or open_connections(service) >= hog,
+            what="the hog's connections to be held or refused",
+        )
+        others: list[int | str] = []  # the other peer's answers (or how they failed)
+        for _ in range(20):
+            reader, writer = await asyncio.open_connection(*address, local_addr=("127.0.0.3", 0))
+            conversation = Conversation(reader, writer)
+            try:
+                answer = await conversation.request(
+                    "GET", "/v1/status", headers={"Authorization": f"Bearer {TOKEN}"}
+                )
+                others.append(answer.status)
+            except ConnectionError as exc:  # a 503 and a close can come before the request
+                others.append(type(exc).__name__)
+            finally:
+                conversation.close()
+        latencies = await probe(config.api.socket)
+        await attacker.end()
+
+    assert others == [200] * 20
+    assert len(answers) == hog - held
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 503 "), answer[:40]
+        assert b'"busy"' in answer and b"from 127.0.0.2" in answer
+    print(f"probe p99 while one TCP peer held {held} slots: {p99(latencies) * 1000:.1f} ms")
+    assert p99(latencies) <= PROBE_P99_S
 
 
 #: The tokenless clients, run as a process of their own (busy, they would compete with the

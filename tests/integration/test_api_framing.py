@@ -496,6 +496,51 @@ async def test_api_a_content_length_smuggled_in_another_form_gets_400(
 
 
 @pytest.mark.parametrize(
+    "fields",
+    [
+        b"Content-Length: 5\r\n 6",  # h11 reads "5 6" and refuses it
+        b"Content-Length: 5\r\n\t6",
+        b"Content-Length:\r\n 12",  # h11 reads 12
+        b"Content-Length: 12\r\n ",  # h11 reads 12
+        b"X-Pad: 1\r\n Content-Length: 12",  # h11 reads no length at all
+        b"Transfer-Encoding: chunked\r\n identity",
+        b"Transfer-Encoding:\r\n chunked",  # h11 reads chunked
+        b"Content-Length: 12\r\nTransfer-Encoding:\r\n chunked",
+    ],
+    ids=[
+        "length-folded-on",
+        "length-folded-tab",
+        "length-on-the-fold",
+        "length-empty-fold",
+        "length-in-another-field",
+        "coding-folded-on",
+        "coding-on-the-fold",
+        "length-and-folded-coding",
+    ],
+)
+async def test_api_a_folded_header_line_gets_400_not_another_framing(
+    tmp_path: Path, fields: bytes
+) -> None:
+    """A header line starting with a space or a tab continues the one before (obs-fold, RFC
+    9112 §5.2). h11 joins the two; a proxy in front of markd might not, or might take the
+    line for a header of its own: one head, two framings. markd refuses it, 400 before any
+    body is read, and closes (RFC 9112 §5.2 lets a server refuse it so)."""
+    async with serving(tmp_path) as (control, service):
+        conversation = await connect(control)
+        await conversation.send(
+            b"POST /v1/check HTTP/1.1\r\nHost: x\r\n" + fields + b'\r\n\r\n{"code":"x"}'
+        )
+        answer = await conversation.answer()
+        closed = await conversation.closed_by_server()
+        conversation.close()
+
+    assert (answer.status, answer.json()["error"]) == (400, "bad-request")
+    assert answer.json()["message"].startswith("folded header line")
+    assert answer.headers["connection"] == "close" and closed
+    assert service.codes == []
+
+
+@pytest.mark.parametrize(
     "field", [b"Content-Length: 12", b"Content-Length:12", b"content-length: 012"]
 )
 async def test_api_a_content_length_of_ascii_digits_is_served(tmp_path: Path, field: bytes) -> None:

@@ -26,7 +26,7 @@ from markd.codes import parse
 from markd.emulators.static_http import StaticHTTPServer
 from markd.errors import StoreError
 from markd.store import Store, fleet
-from markd.store.importer import MAX_DELTA_CHANGES, import_snapshot
+from markd.store.importer import MAX_DELTA_CHANGES, apply_delta, import_snapshot
 
 #: The issue's bound for any import or sync: 300 MB.
 RSS_LIMIT_KIB = 300 * 1000
@@ -210,6 +210,106 @@ def test_a_line_of_exactly_1_mib_is_still_read(tmp_path: Path, defaults: Path) -
     assert json.loads(out)["rows"] == 1
 
 
+OTHER_KI = "0104607001012344210000001"
+
+
+def write_spread_record(path: Path, fields: int) -> Path:
+    """A CSV whose third record is ``fields`` quoted fields of ``a`` and a newline: every
+    physical line is 5 bytes, the record runs over ``fields`` lines (about 44 kB of gzip for
+    six million, which csv builds into a list of six million strings)."""
+    piece = b'"a\n",' * 100_000
+    with gzip.open(path, "wb", 9) as out:
+        out.write(f"ki,reason\n{GOOD_KI},ok\n".encode())
+        for _ in range(fields // 100_000):
+            out.write(piece)
+        out.write(f'"end"\n{OTHER_KI},ok\n'.encode())
+    return path
+
+
+@pytest.mark.parametrize("skip_bad", [False, True], ids=["strict", "skip-bad"])
+def test_a_csv_record_spread_over_millions_of_lines_is_refused_with_bounded_memory(
+    tmp_path: Path, defaults: Path, skip_bad: bool
+) -> None:
+    """No line is long, but the record is (467 MB peak RSS when csv was let build it): it is
+    refused at the line it starts on, with ``--skip-bad`` too (csv cannot find the next
+    record in what follows)."""
+    path = write_spread_record(tmp_path / "spread.csv.gz", 6_000_000)
+
+    code, _, err, rss = markctl(
+        tmp_path, defaults, "import", str(path), *(["--skip-bad"] if skip_bad else [])
+    )
+
+    assert code != 0
+    assert f"{path}:3: record longer than 1 MiB" in err
+    assert rss <= RSS_LIMIT_KIB, f"peak RSS {rss} KiB"
+    with Store.open(str(tmp_path / "store"), map_size_mb=8) as store:
+        assert store.info().version == 0
+
+
+def test_a_csv_record_of_a_few_lines_is_still_read_as_one_record(tmp_path: Path) -> None:
+    """The bound is on a record's bytes, not its lines: a quoted reason over two lines is one
+    record (refused for its newline, at the line csv ends it on), and the next is read."""
+    path = tmp_path / "multiline.csv"
+    path.write_text(f'ki,reason\n{GOOD_KI},"recalled:\nbatch 7"\n{OTHER_KI},ok\n')
+
+    with Store.open(str(tmp_path / "store"), map_size_mb=8) as store:
+        result = import_snapshot(store, path, skip_bad=True)
+        assert store.lookup(OTHER_KI).blocked is not None
+
+    assert result.rows == 1
+    assert [p.split(": ")[0] for p in result.problems] == [f"{path}:3"]
+
+
+#: For each format: a row blocking OTHER_KI padded to 2 MiB (its first MiB alone is a valid
+#: row), between two good rows. CSV's row ends in CR, a record's end to csv (a field of 1 MiB
+#: of spaces would be over csv's own field limit).
+PADDED = {
+    "text": (f"{GOOD_KI}\n", OTHER_KI, "\n04680029460908\n"),
+    "jsonl": (f'"{GOOD_KI}"\n', json.dumps({"ki": OTHER_KI}), '\n"04680029460908"\n'),
+    "csv": (f"ki\n{GOOD_KI}\n", f"{OTHER_KI}\r", "\n0104607001012344210000002\n"),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(PADDED))
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_the_first_mib_of_a_skipped_long_line_is_never_stored(
+    tmp_path: Path, fmt: str, compressed: bool
+) -> None:
+    """With skip_bad a line over 1 MiB is dropped whole: a row that fits in its first MiB
+    (then 2 MiB of spaces, which the parsers would strip) must not be read from it."""
+    head, row, tail = PADDED[fmt]
+    long_line = row + " " * (2 << 20)
+    data = (head + long_line + tail).encode()
+    path = tmp_path / f"padded.{fmt}{'.gz' if compressed else ''}"
+    path.write_bytes(gzip.compress(data, 1) if compressed else data)
+    line = head.count("\n") + 1
+
+    with Store.open(str(tmp_path / "store"), map_size_mb=8) as store:
+        result = import_snapshot(store, path, fmt=fmt, skip_bad=True)
+        assert store.lookup(OTHER_KI).blocked is None
+        assert store.lookup(GOOD_KI).blocked is not None
+
+    assert result.rows == 2
+    assert result.skipped == 1
+    assert result.problems == [f"{path}:{line}: line longer than 1 MiB; skipped unread"]
+
+
+def test_a_delta_with_a_long_change_line_is_refused_not_applied_in_part(tmp_path: Path) -> None:
+    """A delta is never read with skip_bad: a change padded past 1 MiB refuses the delta."""
+    header = json.dumps({"format": "markd-delta", "version": 1, "previous": 0})
+    change = json.dumps({"op": "add", "ki": OTHER_KI}) + " " * (2 << 20)
+    path = tmp_path / "delta-1.jsonl"
+    path.write_text(f"{header}\n{change}\n")
+
+    with Store.open(str(tmp_path / "store"), map_size_mb=8) as store:
+        with pytest.raises(StoreError) as caught:
+            apply_delta(store, path)
+        assert store.lookup(OTHER_KI).blocked is None
+        assert store.info().version == 0
+
+    assert f"{path}:2: line longer than 1 MiB" in caught.value.message
+
+
 # ---------------------------------------------------------------------------------------------
 # Fleet downloads
 
@@ -318,6 +418,46 @@ def test_a_sync_that_would_fill_the_disk_is_refused_before_any_download(
     assert asked == [Path(kiosk.path) / "downloads"]
     assert fetched == []
     assert parts(kiosk) == []
+
+
+@pytest.fixture
+def tiny_disk(kiosk: Store) -> Iterator[Path]:
+    """The kiosk's downloads directory on a tmpfs of 16 KiB: a disk that fills mid-download
+    (mounting needs root, which the suite's containers have)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    downloads = Path(kiosk.path) / "downloads"
+    downloads.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(downloads)],
+        capture_output=True,
+        text=True,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mount.stderr.strip()}")
+    try:
+        yield downloads
+    finally:
+        subprocess.run(["umount", "-l", str(downloads)], check=False)
+
+
+def test_a_download_that_fills_the_disk_is_deleted_not_kept_for_resuming(
+    kiosk: Store, www: Path, tiny_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The free space was there when the sync checked it (something else took it since):
+    the write fails with ENOSPC. A full disk is no cut connection: keeping the ``.part`` to
+    resume would hold the space the kiosk needs, so it and its ETag are deleted."""
+    size = (www / SNAPSHOT).stat().st_size
+    assert size > 2 * 16 << 10
+    monkeypatch.setattr(fleet, "free_bytes", lambda directory: 1 << 40)
+
+    with StaticHTTPServer(www) as server:
+        error = refusal(kiosk, server.url)
+
+    assert error.reason == "store-disk-full"
+    assert SNAPSHOT in error.message and "no space left on device" in error.message.lower()
+    assert parts(kiosk) == []
+    assert kiosk.info().version == 0
 
 
 class _EndlessHandler(http.server.BaseHTTPRequestHandler):

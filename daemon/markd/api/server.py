@@ -17,6 +17,8 @@ Limits and refusals (``docs/api.md``, "Conventions"; each is tested)::
       with "/"                                      400 bad-request, connection closed
     a Content-Length that is not one field of
       ASCII digits ("+5", "5_0", "٥", "5, 5")       400 bad-request, connection closed
+    a header line folded onto the one before it
+      (obs-fold: starts with a space or a tab)      400 bad-request, connection closed
     a version other than HTTP/1.0 or 1.1            505 bad-version, connection closed
     no complete head HEAD_TIMEOUT_S after the
       connection opened                             connection closed without an answer
@@ -27,13 +29,18 @@ Limits and refusals (``docs/api.md``, "Conventions"; each is tested)::
     a write not taken within WRITE_TIMEOUT_S        connection closed
     more than MAX_CONNECTIONS[listener] open on
       that listener                                 503 busy to the newest, closed
+    more than MAX_CONNECTIONS_PER_PEER open on
+      TCP from one address                          503 busy to the newest, closed
     TCP without the right token                     401 unauthorized, connection closed
                                                     (any answer to such a request closes it)
 
 Each listener has connection slots of its own, so the TCP port (which any local user can
 reach) can never take the Unix socket's (which only the socket's group can): a flood of idle
 or trickling TCP connections, or a client asking again and again without a token, leaves the
-kiosk screen and ``markctl`` served (tests/integration/test_api_attacks.py).
+kiosk screen and ``markctl`` served (tests/integration/test_api_attacks.py). On TCP one
+address also holds at most :data:`MAX_CONNECTIONS_PER_PEER` of the listener's slots: a client
+holding each with a request it never finishes (up to ``HEAD_TIMEOUT_S`` apiece) leaves the
+rest to the others.
 
 Two requests h11 would refuse are served as markd always served them: a request without
 ``Host`` (the socket has one host; clients such as ``socat`` or a shell's ``printf`` omit it)
@@ -100,6 +107,9 @@ WRITE_TIMEOUT_S = 10.0
 #: Open connections at most per listener; one more on that listener gets 503 and is closed.
 #: Separate counts: a TCP flood never takes the Unix socket's slots.
 MAX_CONNECTIONS = {"unix": 64, "tcp": 32}
+#: Open TCP connections at most from one remote address; one more from it gets 503 and is
+#: closed. Without it one local user trickling slow requests held all 32 TCP slots.
+MAX_CONNECTIONS_PER_PEER = 8
 #: Seconds between two log records about refused tokens (a client retrying in a loop).
 AUTH_LOG_INTERVAL_S = 60.0
 #: Seconds :meth:`ControlServer.close` gives requests under way and event streams to finish.
@@ -127,6 +137,9 @@ _CONTENT_LENGTH_LINE = re.compile(rb"(?im)^content-length:(.*?)\r?$")
 #: knows pads the value, and a padded, signed or listed length is how one parser is made to
 #: frame a body differently from another.
 _CONTENT_LENGTH_VALUE = re.compile(rb" ?[0-9]+")
+#: A line of a head that starts with a space or a tab: it continues the header line before it
+#: (obs-fold, RFC 9112 §5.2).
+_FOLDED_LINE = re.compile(rb"\n[ \t]")
 
 
 @dataclass
@@ -202,6 +215,8 @@ class ControlServer:
         self._connections: dict[asyncio.Task[Any], _Connection] = {}
         #: Open connections per listener (``unix``, ``tcp``), against MAX_CONNECTIONS.
         self._open: dict[str, int] = {"unix": 0, "tcp": 0}
+        #: Open TCP connections per remote address, against MAX_CONNECTIONS_PER_PEER.
+        self._open_from: dict[str, int] = {}
         self._auth_refused = 0
         self._auth_logged_at = -AUTH_LOG_INTERVAL_S
 
@@ -325,9 +340,11 @@ class ControlServer:
         task = asyncio.current_task()
         assert task is not None
         peer = "unix"
+        host: str | None = None  # the remote address of a TCP connection
         if transport == "tcp":
             address = writer.get_extra_info("peername")
             peer = f"{address[0]}:{address[1]}" if address else "tcp"
+            host = address[0] if address else "tcp"
             sock = writer.get_extra_info("socket")
             if sock is not None:
                 # Answers are written whole: Nagle's algorithm would only delay them.
@@ -335,9 +352,21 @@ class ControlServer:
         connection = _Connection(reader, writer, transport, peer)
         self._connections[task] = connection
         self._open[transport] += 1
+        if host is not None:
+            self._open_from[host] = self._open_from.get(host, 0) + 1
         try:
-            if self._open[transport] > MAX_CONNECTIONS[transport]:
+            refusal = None
+            if host is not None and self._open_from[host] > MAX_CONNECTIONS_PER_PEER:
+                refusal = HTTPRefusal(
+                    503,
+                    "busy",
+                    f"too many open connections from {host} (at most "
+                    f"{MAX_CONNECTIONS_PER_PEER} from one address)",
+                    close=True,
+                )
+            elif self._open[transport] > MAX_CONNECTIONS[transport]:
                 refusal = HTTPRefusal(503, "busy", "too many open connections", close=True)
+            if refusal is not None:
                 await self._send(connection, self._refusal_response(refusal, None), False)
                 return
             await self._converse(connection)
@@ -353,6 +382,10 @@ class ControlServer:
         finally:
             self._connections.pop(task, None)
             self._open[transport] -= 1
+            if host is not None:
+                self._open_from[host] -= 1
+                if not self._open_from[host]:
+                    del self._open_from[host]
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -412,7 +445,7 @@ class ControlServer:
             except H11_REFUSALS as exc:
                 if at_eof and not received.strip():
                     raise _Quiet() from None  # only blank lines, then the client went
-                _check_content_length(bytes(received))
+                _check_framing(bytes(received))
                 repaired = _repair(bytes(received), str(exc), repairs)
                 if repaired is None:
                     raise _refusal(exc, at_eof) from None
@@ -436,7 +469,7 @@ class ControlServer:
             received += chunk
             http.receive_data(chunk)
         head_size = len(received) - len(http.trailing_data[0]) - added
-        _check_content_length(bytes(received))
+        _check_framing(bytes(received))
         request = self._checked_request(event, connection, head_size, added_host=added > 0)
         request.body = await self._read_body(connection, http)
         return request
@@ -703,16 +736,30 @@ def _repair(received: bytes, problem: str, done: set[str]) -> bytes | None:
     return None
 
 
-def _check_content_length(received: bytes) -> None:
-    """Refuse a head whose Content-Length is anything but ASCII digits, as the client wrote
-    it (:data:`_CONTENT_LENGTH_VALUE`), or that has two. h11 (0.14 and 0.16 alike) refuses
-    ``+5``, ``5_0`` and other scripts' digits itself, but reads ``5, 5``, two equal lines and
-    a padded ``  5`` as 5: markd judges the bytes before h11's reading counts, and answers
-    every form with the same reason. Only a complete head is judged (one still coming has
-    no value to judge yet)."""
+def _check_framing(received: bytes) -> None:
+    """Refuse a head whose framing another parser could read differently from h11: one with
+    a folded header line, or a Content-Length that is anything but ASCII digits, as the client
+    wrote it (:data:`_CONTENT_LENGTH_VALUE`), or two of them. Only a complete head is judged
+    (one still coming has no value to judge yet).
+
+    Folding (obs-fold, RFC 9112 §5.2, which lets a server refuse it with 400): h11 (0.14 and
+    0.16 alike) joins a folded line to the header before it, so it reads ``Content-Length:``
+    then `` 12`` as 12 and ``Transfer-Encoding:`` then `` chunked`` as chunked, and takes
+    ``X-Pad: 1`` then `` Content-Length: 12`` for no length at all; a proxy in front of markd
+    may read the same bytes otherwise. Content-Length: h11 refuses ``+5``, ``5_0`` and other
+    scripts' digits itself, but reads ``5, 5``, two equal lines and a padded ``  5`` as 5.
+    markd judges the bytes before h11's reading counts, and answers every form of each with
+    the same reason."""
     end = _END_OF_HEAD.search(received)
     if end is None:
         return
+    if _FOLDED_LINE.search(received, 0, end.start() + 1):
+        raise HTTPRefusal(
+            400,
+            "bad-request",
+            "folded header line (a line starting with a space or a tab): one line per field",
+            close=True,
+        )
     values = _CONTENT_LENGTH_LINE.findall(received[: end.start() + 1])
     if len(values) > 1 or (values and not _CONTENT_LENGTH_VALUE.fullmatch(values[0])):
         raise HTTPRefusal(

@@ -948,9 +948,15 @@ class _Downloader:
                 got = self.part(name).stat().st_size
                 digest = _file_sha256(self.part(name))
             except OSError as exc:
+                full = exc.errno == errno.ENOSPC
+                if full:
+                    # A full disk is no cut connection: a .part kept to resume would hold the
+                    # space the kiosk needs (the next sync checks the free space first).
+                    self.discard(name)
                 raise StoreError(
-                    f"downloading {name} into {self.directory}: {exc.strerror or exc}",
-                    "store-disk-full" if exc.errno == errno.ENOSPC else "store-error",
+                    f"downloading {name} into {self.directory}: {exc.strerror or exc}"
+                    + ("; the download was deleted, nothing changed" if full else ""),
+                    "store-disk-full" if full else "store-error",
                 ) from exc
             if got == size and digest == entry["sha256"]:
                 return self.part(name)

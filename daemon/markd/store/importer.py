@@ -145,13 +145,8 @@ class _Problems:
         self.skip_bad = skip_bad
         self.count = 0
         self.listed: list[str] = []
-        #: A line already reported as too long: what a reader makes of its first MiB is not
-        #: a second problem.
-        self.long_line: int | None = None
 
     def add(self, line: int, message: str) -> None:
-        if line == self.long_line:
-            return
         self.count += 1
         if len(self.listed) < MAX_PROBLEMS:
             self.listed.append(f"{self.name}:{line}: {message}")
@@ -229,12 +224,14 @@ class _LineBound(io.RawIOBase):
     """The bytes of ``inner`` (a file or a gzip stream), with every line at most
     :data:`MAX_LINE_BYTES` long.
 
-    The consumer (``readline``, iteration, ``csv``, the text reader's blocks) only ever sees
-    pieces of at most 1 MiB, so memory stays bounded whatever one line holds: 1 MB of gzip
-    can decompress into a single line of 1 GB. A longer line is handed to ``long_line(n)``
-    (n: its line number), which raises to refuse the file, or returns to have the rest of the
-    line read in bounded pieces and dropped: the consumer then sees at most its first MiB,
-    ended by the line's own newline.
+    Memory stays bounded whatever one line holds (1 MB of gzip can decompress into a single
+    line of 1 GB): the bytes of a line are held back, at most 1 MiB of them, until its newline
+    (or the end of the file) shows it is whole, and only then handed to the consumer
+    (``readline``, iteration, ``csv``, the text reader's blocks). A longer line is handed to
+    ``long_line(n)`` (n: its line number), which raises to refuse the file, or returns to have
+    the line dropped whole: the rest of it is read in bounded pieces and thrown away, and the
+    consumer sees only its newline, an empty line, so no part of it is ever parsed as a row and
+    the lines after it keep their numbers.
     """
 
     def __init__(self, inner: IO[bytes], long_line: Callable[[int], None], file: IO[bytes]) -> None:
@@ -242,9 +239,10 @@ class _LineBound(io.RawIOBase):
         self._inner = inner
         self._file = file  # the file under a gzip stream (GzipFile leaves it open)
         self._long_line = long_line
-        self._pending = b""
-        self._run = 0  # bytes handed out since the last newline
-        self._lines = 0  # newlines handed out
+        self._held = b""  # the start of a line not yet known to be whole (no newline)
+        self._ready = b""  # whole lines (and, at the end, the last line) to hand out
+        self._ready_at = 0  # how much of _ready is handed out
+        self._lines = 0  # newlines read from inner (a dropped line's too)
         self._position = 0
 
     def readable(self) -> bool:
@@ -260,48 +258,51 @@ class _LineBound(io.RawIOBase):
         finally:
             super().close()
 
-    def _next(self, want: int) -> bytes:
-        """Up to ``want`` bytes: what a dropped line left over first, then ``inner``."""
-        if self._pending:
-            data, self._pending = self._pending[:want], self._pending[want:]
-            return data
-        return self._inner.read(want)
-
     def readinto(self, buffer: Any) -> int:
-        want = min(len(buffer), MAX_LINE_BYTES)
-        data = self._next(want)
-        if not data:
-            return 0
-        first = data.find(b"\n")
-        # A piece holds at most 1 MiB, so only the run that continues the previous piece
-        # (up to its first newline) can make a line too long.
-        if self._run + (len(data) if first < 0 else first) > MAX_LINE_BYTES:
-            self._long_line(self._lines + 1)
-            rest = self._drop_rest(data, first)
-            data, self._pending = rest[:want], rest[want:] + self._pending
-            if not data:
+        while self._ready_at >= len(self._ready):
+            if not self._fill():
                 return 0
-        last = data.rfind(b"\n")
-        if last < 0:
-            self._run += len(data)
-        else:
-            self._run = len(data) - last - 1
-            self._lines += data.count(b"\n")
-        size = len(data)
-        buffer[:size] = data
+        size = min(len(buffer), len(self._ready) - self._ready_at)
+        buffer[:size] = memoryview(self._ready)[self._ready_at : self._ready_at + size]
+        self._ready_at += size
         self._position += size
         return size
+
+    def _fill(self) -> bool:
+        """Read one piece of ``inner`` and make ready the lines it completes; False at the end
+        of the file with nothing left to hand out."""
+        data = self._inner.read(MAX_LINE_BYTES)
+        if not data:
+            self._ready, self._ready_at, self._held = self._held, 0, b""
+            return bool(self._ready)
+        first = data.find(b"\n")
+        # A piece holds at most 1 MiB, so only the line it continues (up to its first newline)
+        # can be too long.
+        if len(self._held) + (len(data) if first < 0 else first) > MAX_LINE_BYTES:
+            self._long_line(self._lines + 1)
+            self._held = b""
+            data = self._drop_rest(data, first)  # from the dropped line's newline on
+            first = 0
+            if not data:
+                return False
+        if first < 0:
+            self._held += data
+            self._ready, self._ready_at = b"", 0
+            return True
+        last = data.rfind(b"\n") + 1
+        self._ready, self._ready_at = self._held + data[:last], 0
+        self._held = data[last:]
+        self._lines += self._ready.count(b"\n")
+        return True
 
     def _drop_rest(self, data: bytes, first: int) -> bytes:
         """Read and drop the rest of an over-long line, in bounded pieces; return what follows
         it, starting with its newline (b"" at the end of the file)."""
         while first < 0:
-            data = self._next(MAX_LINE_BYTES)
+            data = self._inner.read(MAX_LINE_BYTES)
             if not data:
-                self._run = 0
                 return b""
             first = data.find(b"\n")
-        self._run = 0
         return data[first:]
 
 
@@ -534,6 +535,40 @@ def _text_key(line: bytes) -> bytes:
             raise BadKey(f"{keys.excerpt(text)} is not a КИ or GTIN ({exc.reason})") from None
 
 
+class _CsvRecordBound:
+    """The lines of a CSV text for ``csv.reader``, refusing a record over
+    :data:`MAX_LINE_BYTES`.
+
+    A quoted field may hold newlines, so one record can run over millions of short lines, each
+    well within the line limit (six million 5-byte lines made csv build a record of 467 MB).
+    csv cannot find the start of the next record in what follows, so the file is refused, with
+    skip_bad too. csv reads no further than the record it returns: the caller calls
+    :meth:`next_record` before asking for each record.
+    """
+
+    def __init__(self, text: IO[str], path: str | os.PathLike[str]) -> None:
+        self._text = text
+        self._path = path
+        self._bytes = 0  # read since the record began
+        self._lines = 0  # read in all
+        self._start = 1  # the line the record begins on
+
+    def next_record(self) -> None:
+        self._bytes, self._start = 0, self._lines + 1
+
+    def lines(self) -> Iterator[str]:
+        for line in self._text:
+            self._bytes += len(line) if line.isascii() else len(line.encode("utf-8", "replace"))
+            self._lines += 1
+            if self._bytes > MAX_LINE_BYTES:
+                raise StoreError(
+                    f"{self._path}:{self._start}: record longer than {MAX_LINE_BYTES >> 20} MiB "
+                    "(a quoted field left open?); not a blocklist (nothing changed)",
+                    "bad-file",
+                )
+            yield line
+
+
 class _Reader:
     """Turns a snapshot file into chunks of (key, value) pairs; collects bad rows."""
 
@@ -605,7 +640,6 @@ class _Reader:
         if not self.problems.skip_bad:
             _refuse_long_line(self.path)(line)
         self.problems.add(line, f"line longer than {MAX_LINE_BYTES >> 20} MiB; skipped unread")
-        self.problems.long_line = line
 
     def _tick(self, stream: IO[bytes], size: int | None) -> None:
         if self.progress is not None:
@@ -696,7 +730,8 @@ class _Reader:
 
     def _csv_rows(self, stream: IO[bytes], size: int | None) -> Iterator[tuple[bytes, bytes]]:
         text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="strict", newline="")
-        reader = csv.reader(text)
+        record = _CsvRecordBound(text, self.path)
+        reader = csv.reader(record.lines())
         try:
             header = [h.strip().lower() for h in next(reader)]
         except StopIteration:
@@ -713,6 +748,7 @@ class _Reader:
                 "bad-file",
             )
         while True:
+            record.next_record()
             try:
                 values = next(reader)
             except StopIteration:
