@@ -844,21 +844,11 @@ class _MarkdBlocks:
         first_line = stream.readline(len(MARKD_MAGIC) + 64)
         self.line_no = 1
         self._check_magic(first_line)
-        carry = b""
-        while True:
-            data = stream.read(_BLOCK_BYTES)
-            block = carry + data
-            if not data:
-                carry = b""
-                if not block:
-                    break
-                if not block.endswith(b"\n"):
+        while block := stream.read(_BLOCK_BYTES):
+            if not block.endswith(b"\n"):
+                block += stream.readline()  # the rest of the last line (at most 1 MiB)
+                if not block.endswith(b"\n"):  # the file's last line has no newline
                     block += b"\n"
-            else:
-                cut = block.rfind(b"\n") + 1
-                block, carry = block[:cut], block[cut:]
-                if not block:
-                    continue
             if self.declared_rows is not None:
                 raise self._refuse(self.end_line + 1, "a line after #end")
             block = self._take_end(block)
@@ -952,12 +942,14 @@ class _MarkdBlocks:
         return rest
 
     def _rows(self, block: bytes) -> tuple[list[bytes], list[bytes]]:
-        lines = block.count(b"\n")
         result = None
         if b"#" not in block and b"\r" not in block and _MARKD_BLOCK.fullmatch(block):
             result = self._quick(block)
         if result is None:
+            lines = block.count(b"\n")
             result = self._line_by_line(block, lines)
+        else:
+            lines = len(result[0])  # every line a row
         self.line_no += lines
         self.row_lines += lines
         self.reader.rows += len(result[0])
