@@ -259,6 +259,8 @@ def test_a_forged_version_synced_before_the_keys_were_set_is_replaced_by_signed_
     assert content(kiosk) == content(master)
     info = kiosk.info()
     assert (info.signed, info.signed_version) == (True, 1)
+    stats = kiosk.stats()
+    assert (stats["signed"], stats["signed_version"]) == (True, 1)
     # From then on the ordinary shortcuts apply again: the same index is up to date.
     assert fleet.sync(kiosk, server.url, public_keys=(public,)).action == "unchanged"
 

@@ -325,13 +325,15 @@ def _stats(args: argparse.Namespace) -> int:
     size, map_mib = _size(stats["size_bytes"]), stats["map_size_bytes"] >> 20
     lines = [
         f"store      {stats['path']}",
-        f"version    {stats['version']} from {stats['source'] or '-'}",
+        f"version    {stats['version']} from {printable(stats['source']) or '-'}"
+        + (" (signed)" if stats["signed"] else ""),
         f"age        {_age(stats['age_s'])}"
         + (f" (STALE: older than {stats['max_age_s'] / 3600:.0f} h)" if stats["stale"] else ""),
         f"blocked    {blocked['ki']:,} КИ, {blocked['gtin']:,} GTIN, {blocked['series']:,} series",
         f"sold here  {sold}",
         f"cached     {cached} online verdicts",
         f"deltas     {stats['deltas_kept']} kept for export",
+        f"signed     highest signed version taken: {stats['signed_version'] or 'none'}",
         f"on disk    {size} (map {map_mib} MiB)",
     ]
     _emit(args, stats, "\n".join(lines))

@@ -511,6 +511,9 @@ class Store:
             "sold": sold if units <= 100_000 else None,
             "cached_verdicts": cached if units <= 100_000 else None,
             "deltas_kept": deltas,
+            # The list is what a signed sync delivered; the highest signed version taken.
+            "signed": info.signed,
+            "signed_version": info.signed_version,
             "size_bytes": data_file.stat().st_size if data_file.exists() else 0,
             "map_size_bytes": self._require_env().info()["map_size"],
         }
