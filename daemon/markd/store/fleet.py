@@ -896,6 +896,8 @@ class _Downloader:
         self.progress = _Throttle(progress)
         self.downloaded = 0
         self.resumed = False
+        #: sha256 of a file downloaded whole, taken as it came (no second read of the file).
+        self._hashed: dict[str, str] = {}
 
     def part(self, name: str) -> Path:
         return self.directory / f"{name}.part"
@@ -944,9 +946,11 @@ class _Downloader:
             try:
                 # Network failures come out of _receive as StoreError already; an OSError
                 # here is the local disk.
+                self._hashed.pop(name, None)
                 reused = self._receive(name, size)
                 got = self.part(name).stat().st_size
-                digest = _file_sha256(self.part(name))
+                # Hashed on the way in when downloaded whole; read back when resumed.
+                digest = self._hashed.pop(name, None) or _file_sha256(self.part(name))
             except OSError as exc:
                 full = exc.errno == errno.ENOSPC
                 if full:
@@ -1030,6 +1034,7 @@ class _Downloader:
         self, name: str, response: BlockingStreamResponse, mode: str, have: int, size: int
     ) -> None:
         done = have
+        digest = hashlib.sha256() if mode == "wb" else None
         with open(self.part(name), mode) as out:
             while done <= size:  # one byte more than expected is enough to call it wrong
                 with self.remote.failures(name):
@@ -1040,6 +1045,8 @@ class _Downloader:
                 if not block:
                     break
                 out.write(block)
+                if digest is not None:
+                    digest.update(block)
                 done += len(block)
                 self.downloaded += len(block)
                 self.progress(done, size)
@@ -1048,6 +1055,8 @@ class _Downloader:
             raise self.remote.failure(
                 name, f"connection closed after {done:,} of {size:,} bytes (kept for resuming)"
             )
+        if digest is not None:
+            self._hashed[name] = digest.hexdigest()
 
 
 def _range_start(response: BlockingStreamResponse) -> int | None:
