@@ -37,8 +37,11 @@ from typing import Any, TextIO
 
 #: Bidirectional controls (Unicode TR9): ALM, LRM, RLM, LRE…RLO, LRI…PDI.
 _BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+#: Lone surrogates (U+D800–U+DFFF): what a JSON ``\\ud800`` escape gives, no character at all
+#: (it cannot even be written out as UTF-8).
+_SURROGATES = "\ud800-\udfff"
 #: Every character a text field may not hold and markctl never prints raw.
-CONTROL = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI}\u2028\u2029]")
+CONTROL = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI}\u2028\u2029{_SURROGATES}]")
 #: The first characters a spreadsheet may run as a formula.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -49,6 +52,11 @@ def control_problem(text: str, what: str = "text") -> str | None:
     found = CONTROL.search(text)
     if found is None:
         return None
+    if 0xD800 <= ord(found.group()) <= 0xDFFF:
+        return (
+            f"{what} holds a lone surrogate U+{ord(found.group()):04X} at character "
+            f"{found.start() + 1} (half of a UTF-16 pair, not a character); refused"
+        )
     return (
         f"{what} holds the control character U+{ord(found.group()):04X} at character "
         f"{found.start() + 1}; control characters are refused"
@@ -67,8 +75,8 @@ def _escape(found: re.Match[str]) -> str:
 
 
 #: What ``json.dumps(…, ensure_ascii=False)`` leaves raw inside a string: it escapes C0
-#: controls itself, not DEL, C1, bidi controls or U+2028/U+2029.
-_JSON_RAW = re.compile(f"[\x7f-\x9f{_BIDI}\u2028\u2029]")
+#: controls itself, not DEL, C1, bidi controls, U+2028/U+2029 or lone surrogates.
+_JSON_RAW = re.compile(f"[\x7f-\x9f{_BIDI}\u2028\u2029{_SURROGATES}]")
 
 
 def printable_json(value: Any, **options: Any) -> str:

@@ -265,6 +265,39 @@ def test_a_forged_version_synced_before_the_keys_were_set_is_replaced_by_signed_
     assert fleet.sync(kiosk, server.url, public_keys=(public,)).action == "unchanged"
 
 
+def test_a_local_import_racing_the_end_of_a_sync_is_never_marked_signed(
+    master: Store,
+    kiosk: Store,
+    www: Path,
+    server: StaticHTTPServer,
+    keys,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A technician's import lands between the sync's own import and its last record: the
+    list then is the technician's, and must not be taken as the signed one (it would set a
+    signed version the fleet never published)."""
+    key_file, public = keys["fleet"]
+    fleet.export(master, www, sign_key=key_file)
+    real_import = fleet.import_snapshot
+
+    def import_then_a_local_one(store: Store, *args: Any, **kwargs: Any) -> Any:
+        done = real_import(store, *args, **kwargs)
+        real_import(store, snapshot_csv(tmp_path / "local.csv", KIS[:2]), version=7, force=True)
+        return done
+
+    monkeypatch.setattr(fleet, "import_snapshot", import_then_a_local_one)
+    fleet.sync(kiosk, server.url, public_keys=(public,))
+    info = kiosk.info()
+    assert (info.version, info.signed, info.signed_version) == (7, False, 0)
+    assert info.source != server.url
+    monkeypatch.setattr(fleet, "import_snapshot", real_import)
+    # The next sync takes the signed list again: nothing marked the local one as signed.
+    result = fleet.sync(kiosk, server.url, public_keys=(public,))
+    assert (result.action, result.after_version) == ("snapshot", 1)
+    assert kiosk.info().signed and content(kiosk) == content(master)
+
+
 def test_a_bad_signature_is_refused(
     master: Store, kiosk: Store, www: Path, server: StaticHTTPServer, keys
 ) -> None:

@@ -285,3 +285,32 @@ def test_escape_sequences_in_a_scanned_code_are_escaped_on_a_terminal(tmp_path: 
     assert cmd_scan.run_decode(args, stdout=pipe, stderr=io.StringIO()) == 0
     assert terminal.getvalue() == f"{KI}\\u001d93\\u001b[2J\\x9b\n".encode()
     assert pipe.getvalue() == f"{KI}\x1d93\x1b[2J{CSI}\n".encode()  # a pipe gets the code
+
+
+def test_a_lone_surrogate_in_a_jsonl_row_or_a_delta_is_a_bad_row_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """JSON's ``\\ud800`` escape decodes to half a UTF-16 pair: no character, and not even
+    writable as UTF-8, so storing it would fail at the commit (it did: UnicodeEncodeError)."""
+    ki = "0104670540176099215LpGKy"
+    rows = tmp_path / "list.jsonl"
+    rows.write_text(json.dumps({"ki": ki, "reason": "x\ud800"}) + "\n")
+    delta = tmp_path / "delta.jsonl"
+    delta.write_text(
+        json.dumps({"format": "markd-delta", "version": 2, "previous": 1})
+        + "\n"
+        + json.dumps({"op": "add", "ki": ki, "source": "\udfff"})
+        + "\n"
+    )
+    with Store(str(tmp_path / "s"), map_size_mb=8) as store:
+        with pytest.raises(StoreError) as caught:
+            import_snapshot(store, rows)
+        assert "list.jsonl:1: " in caught.value.message
+        assert "lone surrogate U+D800" in caught.value.message
+        import_snapshot(store, rows, skip_bad=True, allow_empty=True)
+        with pytest.raises(StoreError) as caught:
+            apply_delta(store, delta)
+        assert "lone surrogate U+DFFF" in caught.value.message
+        assert store.info().version == 1
+    assert printable("a\ud800b") == "a\\u{d800}b"
+    assert "\\ud800" in printable_json({"reason": "\ud800"})

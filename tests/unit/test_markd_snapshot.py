@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from markd.cli import markctl
+from markd.codes import gtin_check_digit
 from markd.errors import StoreError
-from markd.store import Store, fleet
+from markd.store import Store, fleet, importer
 from markd.store.importer import (
     _Inflating,
     detect_format,
@@ -359,16 +360,21 @@ def test_an_unknown_export_format_is_refused_before_writing(master: Store, tmp_p
     assert not (tmp_path / "www").exists()
 
 
-def test_an_index_naming_a_snapshot_of_no_known_format_is_a_bad_index() -> None:
+def test_an_index_names_the_snapshot_format_by_the_file_name() -> None:
+    """``.mbl``/``.mbl.gz`` is the markd format; any other name is CSV, as every index before
+    the markd format (and other makers' exporters) meant."""
     index = {
         "format": "markd-store-index",
         "version": 1,
         "generated_at": 1,
         "snapshot": {"version": 1, "file": "snapshot-1.txt", "size": 1, "sha256": "0" * 64},
     }
-    error = refusal(fleet.parse_index, json.dumps(index).encode(), "http://h/fleet")
-    assert error.reason == "bad-index" and "snapshot-1.txt" in error.message
-    for name, fmt in (("snapshot-1.mbl.gz", "markd"), ("snapshot-1.csv.gz", "csv")):
+    for name, fmt in (
+        ("snapshot-1.mbl.gz", "markd"),
+        ("snapshot-1.MBL", "markd"),
+        ("snapshot-1.csv.gz", "csv"),
+        ("list-2026-12-01.gz", "csv"),
+    ):
         index["snapshot"]["file"] = name
         assert fleet.parse_index(json.dumps(index).encode())["snapshot"]["format"] == fmt
 
@@ -421,3 +427,118 @@ def test_markctl_import_help_names_the_markd_format() -> None:
         check=True,
     ).stdout
     assert "markd" in out and ".mbl" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Attacks found in review: each crafted file is refused or bounded, never a traceback
+
+
+def test_an_unsorted_snapshot_is_sorted_in_few_runs_not_one_a_block(
+    tmp_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows in reverse order: a run file a block (about 11,000 rows) would leave thousands of
+    files open, and as many batches in memory, at the merge of a large list."""
+    runs: list[int] = []
+    real_add = importer._Runs.add
+
+    def counting_add(self: importer._Runs, chunk: importer._Chunk) -> None:
+        runs.append(len(chunk))
+        real_add(self, chunk)
+
+    monkeypatch.setattr(importer._Runs, "add", counting_add)
+    rows = [f"01{GTIN}21S{i:09d}\t{i}\t1" for i in reversed(range(90_000))]
+    source = markd_file(tmp_path / "list.mbl", [["a", "b"]], rows)
+    result = import_snapshot(tmp_store, source, chunk_rows=40_000)
+    assert (result.rows, result.sorted_input, result.stored["ki"]) == (90_000, False, 90_000)
+    assert len(runs) == 3 and sum(runs) == 90_000  # not one run a block
+    got = entries(tmp_store)
+    assert [since for _, since, *_ in got] == list(range(90_000))
+
+
+def test_attr_lines_beyond_the_limit_are_refused_even_when_they_repeat_one_pair(
+    tmp_store: Store, tmp_path: Path
+) -> None:
+    """Millions of #attr lines naming one (reason, source) would grow the number map without
+    end: distinct pairs are not what is counted."""
+    attrs = [["same", "pair"]] * 70_000
+    source = markd_file(tmp_path / "list.mbl.gz", attrs, [f"{KI}\t1\t1"], compress=True)
+    error = refusal(import_snapshot, tmp_store, source, skip_bad=True)
+    assert error.reason == "bad-file" and "list.mbl.gz:65538: more than 65,536 #attr" in (
+        error.message
+    )
+
+
+def test_a_gtin_a_row_keeps_the_check_digit_memory_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """250,000 distinct GTINs: the reader remembers check digits for at most about its limit
+    (here lowered to 5,000) plus one block's worth, not one entry a row."""
+    monkeypatch.setattr(importer, "_MAX_GTINS_KEPT", 5_000)
+    largest = 0
+    real_quick = importer._MarkdBlocks._quick
+
+    def watching_quick(self: importer._MarkdBlocks, block: bytes):  # noqa: ANN202
+        nonlocal largest
+        result = real_quick(self, block)
+        largest = max(largest, len(self.valid_gtins))
+        return result
+
+    monkeypatch.setattr(importer._MarkdBlocks, "_quick", watching_quick)
+    gtins = set()
+    body = 460_000_000_000
+    while len(gtins) < 250_000:
+        head = f"0{body:012d}"
+        gtins.add(head + str(gtin_check_digit(head)))
+        body += 7
+    rows = [f"{gtin}\t1\t1" for gtin in sorted(gtins)]
+    source = markd_file(tmp_path / "list.mbl", [["a", "b"]], rows)
+    with Store(str(tmp_path / "s"), map_size_mb=64) as store:
+        import_snapshot(store, source)
+        assert store.info().counts["gtin"] == len(rows)
+    assert 0 < largest < 5_000 + 25_000
+
+
+@pytest.mark.parametrize(
+    ("attr_json", "expected"),
+    [
+        ('["\\ud800x","hq"]', "lone surrogate U+D800"),
+        ("[" * 200_000, "nested too deeply"),
+    ],
+    ids=["lone-surrogate", "deep-nesting"],
+)
+def test_a_crafted_attr_is_a_named_bad_row_not_a_traceback(
+    tmp_store: Store, tmp_path: Path, attr_json: str, expected: str
+) -> None:
+    source = tmp_path / "list.mbl"
+    source.write_text(f"#markd-blocklist 1\n#attr\t1\t{attr_json}\n{KI}\t1\t1\n#end\t1\n")
+    error = refusal(import_snapshot, tmp_store, source)
+    assert error.reason == "bad-rows" and "list.mbl:2: #attr 1: " in error.message
+    assert expected in error.message
+    result = import_snapshot(tmp_store, source, skip_bad=True, allow_empty=True)
+    assert result.skipped == 2 and tmp_store.info().counts["ki"] == 0
+
+
+@pytest.mark.parametrize("stand_in", ["<GS>", "<gs>", "<FNC1>"])
+def test_a_written_out_gs_never_stores_a_crypto_tail_as_a_key(
+    tmp_store: Store, tmp_path: Path, stand_in: str
+) -> None:
+    source = markd_file(
+        tmp_path / "list.mbl", [["a", "b"]], [f"{KI}{stand_in}93Zz9x\t1\t1", f"{OTHER_KI}\t1\t1"]
+    )
+    error = refusal(import_snapshot, tmp_store, source)
+    assert "list.mbl:3: " in error.message and "written-out GS" in error.message
+    assert "Zz9x" not in error.message
+    import_snapshot(tmp_store, source, skip_bad=True)
+    assert [key for key, *_ in entries(tmp_store)] == [OTHER_KI.encode()]
+
+
+def test_a_skipped_long_line_counts_once(tmp_store: Store, tmp_path: Path) -> None:
+    source = tmp_path / "list.mbl"
+    long_line = "x" * (2 << 20)
+    source.write_text(
+        f'#markd-blocklist 1\n#attr\t1\t["a","b"]\n{KI}\t1\t1\n{long_line}\n{OTHER_KI}\t1\t1\n'
+        "#end\t3\n"
+    )
+    result = import_snapshot(tmp_store, source, skip_bad=True)
+    assert (result.skipped, result.stored["ki"]) == (1, 2)
+    assert result.problems == [f"{source}:4: line longer than 1 MiB; skipped unread"]

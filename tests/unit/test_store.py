@@ -733,3 +733,20 @@ def test_lookups_survive_fork_and_reentry(case: str, tmp_path: Path) -> None:
         ]  # fmt: skip
     else:
         assert result.stdout.split() == ["survived", "True"]
+
+
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_a_csv_that_stops_being_utf8_is_refused_not_cut_short(
+    tmp_store: Store, tmp_path: Path, skip_bad: bool
+) -> None:
+    """A byte that is not UTF-8 on line 1502 of 2000: the decoder cannot find its feet again,
+    so skipping on would import the first rows only and call it a success."""
+    rows = [f"01{'04670540176099'}21S{i:09d}" for i in range(2000)]
+    data = ("ki\n" + "".join(f"{row}\n" for row in rows)).encode()
+    at = data.index(rows[1500].encode())
+    source = tmp_path / "list.csv"
+    source.write_bytes(data[:at] + b"\xff" + data[at:])
+    with pytest.raises(StoreError) as caught:
+        import_snapshot(tmp_store, source, skip_bad=skip_bad)
+    assert caught.value.reason == "bad-file" and "not UTF-8" in caught.value.message
+    assert "nothing changed" in caught.value.message and tmp_store.info().version == 0

@@ -739,11 +739,16 @@ class Store:
         synced_at: int | None = None,
         confirm: bool = True,
         signed_version: int | None = None,
+        expect_version: int | None = None,
     ) -> None:
         """Record a successful sync check.
 
         ``signed_version``: the sync took the list of a signed index at this version; the
         list is marked as signed and the version becomes the floor of later signed syncs.
+
+        ``expect_version``: record it all only if the list is still at this version — an
+        import or a delta that landed between the sync's last write and this one (another
+        process's) is not the list the sync delivered: then only ``checked_at`` moves.
 
         ``confirm``: the list is confirmed current as of ``synced_at`` (default now; a fleet
         sync passes the master's own time, so staleness travels through the fleet). Without
@@ -763,7 +768,15 @@ class Store:
         if signed_version is not None:
             changes["signed_version"] = signed_version
             changes["signed"] = True
-        self._write(lambda txn: self._update_info(txn, **changes), "recording a sync")
+
+        def record(txn: lmdb.Transaction) -> StoreInfo:
+            if expect_version is not None:
+                current = StoreInfo.decode(txn.get(b"info", db=self._dbs[b"meta"]))
+                if current.version != expect_version:
+                    return self._update_info(txn, checked_at=now)
+            return self._update_info(txn, **changes)
+
+        self._write(record, "recording a sync")
 
     # Snapshot import and deltas live in markd.store.importer; they use these internals.
     def _internal(self) -> tuple[lmdb.Environment, dict[bytes, Any]]:

@@ -20,7 +20,7 @@ An export directory::
 
     {"format": "markd-store-index", "version": V, "generated_at": <unix>,
      "snapshot": {"version": V, "rows": R, "file": "snapshot-V.mbl.gz", "size": …,
-                  "sha256": "…"},                 (the format follows the file's name)
+                  "sha256": "…"},     (.mbl/.mbl.gz: the markd format; any other name: CSV)
      "deltas": [{"version": N, "previous": N-1, "file": "delta-N.jsonl", "size": …,
                  "sha256": "…"}, …],         (oldest first, a contiguous chain)
      "signature": {"key": "ed25519:…", "ed25519": "…"}}   (with ``--sign-key``;
@@ -112,7 +112,6 @@ from markd.store.importer import (
     MARKD_VERSION,
     Progress,
     apply_delta,
-    detect_format,
     import_snapshot,
     read_delta,
 )
@@ -766,11 +765,6 @@ def _index_from(data: Any, safe_url: str) -> dict[str, Any]:
                 f"reach version {version}"
             )
     snapshot_format = _snapshot_format(snapshot.get("file"))
-    if snapshot_format is None and not errors:
-        errors.append(
-            f"snapshot.file must name a markd snapshot (.mbl.gz) or a CSV one (.csv.gz), got "
-            f"{snapshot['file']!r:.60}"
-        )
     if errors:
         raise _bad_index(safe_url, "; ".join(errors[:5]))
     return {
@@ -781,12 +775,13 @@ def _index_from(data: Any, safe_url: str) -> dict[str, Any]:
     }
 
 
-def _snapshot_format(name: Any) -> str | None:
-    """The import format of a snapshot named ``name`` in an index (by its ending), or None."""
-    endings = (".mbl", ".mbl.gz", ".csv", ".csv.gz")
-    if not isinstance(name, str) or not name.lower().endswith(endings):
-        return None
-    return detect_format(name)
+def _snapshot_format(name: Any) -> str:
+    """The import format of a snapshot named ``name`` in an index: ``markd`` for ``.mbl`` or
+    ``.mbl.gz``, CSV for anything else (what every index named before the markd format, and
+    what exporters of other makers write)."""
+    if isinstance(name, str) and name.lower().endswith((".mbl", ".mbl.gz")):
+        return "markd"
+    return "csv"
 
 
 def _chain(deltas: list[dict[str, Any]], start: int, end: int) -> list[dict[str, Any]] | None:
@@ -1214,7 +1209,12 @@ def sync(
         if target == before and not foreign:
             _clean_downloads(downloads, set())
             store.touch_sync(
-                etag=etag, url=safe, source=safe, synced_at=as_of, signed_version=signed_version
+                etag=etag,
+                url=safe,
+                source=safe,
+                synced_at=as_of,
+                signed_version=signed_version,
+                expect_version=target,
             )
             return result("up-to-date")
         if target < before and not allow_rollback and not foreign:
@@ -1278,7 +1278,12 @@ def sync(
             apply_delta(store, delta, synced_at=as_of)
             fetcher.discard(entry["file"])
         store.touch_sync(
-            etag=etag, url=safe, source=safe, synced_at=as_of, signed_version=signed_version
+            etag=etag,
+            url=safe,
+            source=safe,
+            synced_at=as_of,
+            signed_version=signed_version,
+            expect_version=target,
         )
         return result(
             "deltas" if snapshot is None else "snapshot",

@@ -101,6 +101,9 @@ def _GTIN_OF_LINE(line: bytes) -> bytes:  # noqa: N802 - used with map() on the 
 
 
 _BLOCK_BYTES = 4 << 20
+#: GTINs whose check digit a reader remembers (a real list has thousands; a hostile one may
+#: have a GTIN a row): past this the memory is dropped and rebuilt.
+_MAX_GTINS_KEPT = 100_000
 #: A markd snapshot block: small enough that its bytes and its lists of keys and values stay
 #: in a core's cache while they are worked on (measured: 512 KiB imports about 7 % faster than
 #: 4 MiB, 1 MiB in between).
@@ -116,6 +119,9 @@ _MARKD_KEY = rb"(?:01\d{14}21" + _SERIAL_B + rb"{1,20}+|\d{14}(?:\|" + _SERIAL_B
 #: A block of rows, each ``KEY<TAB>SINCE<TAB>ATTR``: checked whole with one match.
 _MARKD_BLOCK = re.compile(rb"(?:" + _MARKD_KEY + rb"\t\d{1,10}+\t\d{1,9}+\n)*+")
 _MARKD_ROW = re.compile(rb"(" + _MARKD_KEY + rb")\t(\d{1,10})\t(\d{1,9})")
+#: The written-out GS a key of GS1 characters can hold (the other stand-ins use characters
+#: no key may hold). A literal first character: the search is a fast scan.
+_GS_IN_KEY = re.compile(rb"<(?:[Gg][Ss]|[Ff][Nn][Cc]1)>")
 _MARKD_ATTR = re.compile(rb"#attr\t([1-9]\d{0,8})\t(.*)")
 _MARKD_END = re.compile(rb"#end\t(\d{1,12})")
 
@@ -149,6 +155,8 @@ class _Problems:
         self.skip_bad = skip_bad
         self.count = 0
         self.listed: list[str] = []
+        #: Lines dropped as longer than 1 MiB (each over 1 MiB of input, so few).
+        self.long_lines: set[int] = set()
 
     def add(self, line: int, message: str) -> None:
         self.count += 1
@@ -613,19 +621,7 @@ class _Reader:
                     yield _Chunk(keys_so_far, None, self._default_value, series=False)
                 return
             if self.fmt == "markd":
-                # A block (about 90,000 rows) is a chunk of its own: the rows come sorted, so
-                # there is nothing to gather for a sort, and memory stays at one block's worth.
-                blocks = _MarkdBlocks(self, stream, size)
-                for block_keys, block_values in blocks:
-                    if block_keys:
-                        yield _Chunk(
-                            block_keys,
-                            block_values,
-                            self._default_value,
-                            blocks.series,
-                            blocks.ordered,
-                        )
-                        blocks.series = False
+                yield from self._markd_chunks(_MarkdBlocks(self, stream, size))
                 return
             rows = (
                 self._csv_rows(stream, size)
@@ -638,11 +634,40 @@ class _Reader:
                     return
                 yield _Chunk([k for k, _ in batch], [v for _, v in batch], self._default_value)
 
+    def _markd_chunks(self, blocks: _MarkdBlocks) -> Iterator[_Chunk]:
+        """A markd snapshot's blocks as chunks. While the rows come in key order each block
+        (about 11,000 rows) is a chunk of its own: nothing to gather for a sort, and memory
+        stays at a block's worth. From the first block out of order on, blocks are gathered
+        into chunks of ``chunk_rows``, each sorted into one run file (a run a block would
+        leave thousands of files open at the merge)."""
+        in_order, last = True, b""
+        gathered_keys: list[bytes] = []
+        gathered_values: list[bytes] = []
+        series = False
+        for block_keys, block_values in blocks:
+            if not block_keys:
+                continue
+            series, blocks.series = series or blocks.series, False
+            if in_order and blocks.ordered and block_keys[0] > last:
+                last = block_keys[-1]
+                yield _Chunk(block_keys, block_values, self._default_value, series, True)
+                series = False
+                continue
+            in_order = False
+            gathered_keys += block_keys
+            gathered_values += block_values
+            if len(gathered_keys) >= self.chunk_rows:
+                yield _Chunk(gathered_keys, gathered_values, self._default_value, series)
+                gathered_keys, gathered_values, series = [], [], False
+        if gathered_keys:
+            yield _Chunk(gathered_keys, gathered_values, self._default_value, series)
+
     def _long_line(self, line: int) -> None:
         """A line over 1 MiB: refuse the file at once (decompressing the rest of a gzip bomb
         only to refuse it later would be wasted), or with ``skip_bad`` count it and drop it."""
         if not self.problems.skip_bad:
             _refuse_long_line(self.path)(line)
+        self.problems.long_lines.add(line)
         self.problems.add(line, f"line longer than {MAX_LINE_BYTES >> 20} MiB; skipped unread")
 
     def _tick(self, stream: IO[bytes], size: int | None) -> None:
@@ -658,7 +683,7 @@ class _Reader:
         test per distinct GTIN. A block with anything else (comments, blank lines, tobacco-form
         КИ, short GTINs, full codes, bad rows) goes line by line.
         """
-        valid: dict[bytes, bool] = {}
+        valid: dict[bytes, bool] = {}  # cleared past _MAX_GTINS_KEPT
         line_no = 0
         carry = b""
         first = True
@@ -697,6 +722,8 @@ class _Reader:
                     gtins = set(map(_GTIN_SLICE, block_keys))  # all КИ: C-level slicing
                 else:
                     gtins = set(map(_GTIN_OF_LINE, block_keys))
+                if len(valid) > _MAX_GTINS_KEPT:
+                    valid.clear()
                 for gtin in gtins:
                     ok = valid.get(gtin)
                     if ok is None:
@@ -757,12 +784,17 @@ class _Reader:
                 values = next(reader)
             except StopIteration:
                 return
-            except (UnicodeDecodeError, csv.Error) as exc:
-                # A decoding error comes before csv has counted the line; its own after.
-                at = reader.line_num + isinstance(exc, UnicodeDecodeError)
-                self.problems.add(at, f"unreadable row: {exc}")
-                if isinstance(exc, UnicodeDecodeError):
-                    return  # the decoder cannot resynchronise; the file is refused
+            except UnicodeDecodeError as exc:
+                # The decoder cannot resynchronise: skipping on would silently lose every row
+                # after it, so the file is refused, --skip-bad or not. It decodes ahead of csv
+                # (8 KiB at a time), so the line is where the bad bytes are or before them.
+                raise StoreError(
+                    f"{self.path}:{reader.line_num + 1}: not UTF-8 at or after this line "
+                    f"({exc.reason}); nothing changed",
+                    "bad-file",
+                ) from exc
+            except csv.Error as exc:
+                self.problems.add(reader.line_num, f"unreadable row: {exc}")
                 continue
             if not values or values == [""]:
                 continue
@@ -838,6 +870,7 @@ class _MarkdBlocks:
         self.declared_rows: int | None = None
         self.end_line = 0
         self.series = False  # a series key since the last chunk was handed out
+        self.attr_lines = 0
         self.ordered = True  # the last block's keys were in strict order
 
     def _refuse(self, line: int, problem: str) -> StoreError:
@@ -905,10 +938,14 @@ class _MarkdBlocks:
             self.problems.add(self.line_no, "an #attr line is #attr<TAB>NUMBER<TAB>JSON")
             return
         number, raw = m.groups()
+        self.attr_lines += 1
+        if self.attr_lines > _Attrs.LIMIT:
+            raise self._refuse(self.line_no, f"more than {_Attrs.LIMIT:,} #attr lines")
         try:
             pair = json.loads(raw)
-        except ValueError as exc:
-            self.problems.add(self.line_no, f"#attr {number.decode()}: not JSON ({exc})")
+        except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, deep nesting
+            problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            self.problems.add(self.line_no, f"#attr {number.decode()}: not JSON ({problem})")
             return
         if not (
             isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair)
@@ -947,7 +984,12 @@ class _MarkdBlocks:
 
     def _rows(self, block: bytes) -> tuple[list[bytes], list[bytes]]:
         result = None
-        if b"#" not in block and b"\r" not in block and _MARKD_BLOCK.fullmatch(block):
+        if (
+            b"#" not in block
+            and b"\r" not in block
+            and _MARKD_BLOCK.fullmatch(block)
+            and not _GS_IN_KEY.search(block)
+        ):
             result = self._quick(block)
         if result is None:
             lines = block.count(b"\n")
@@ -982,6 +1024,8 @@ class _MarkdBlocks:
         else:
             gtins = set(map(_gtin_of_key, block_keys))
         valid = self.valid_gtins
+        if len(valid) > _MAX_GTINS_KEPT:
+            valid.clear()  # a file of millions of GTINs must not grow this without end
         for gtin in gtins:
             ok = valid.get(gtin)
             if ok is None:
@@ -996,6 +1040,8 @@ class _MarkdBlocks:
         for offset, line in enumerate(block.split(b"\n")[:lines]):
             at = self.line_no + offset + 1
             m = _MARKD_ROW.fullmatch(line.rstrip(b"\r"))
+            if m is None and not line and at in self.problems.long_lines:
+                continue  # what is left of a line dropped as too long (already counted)
             if m is None:
                 if line.startswith(b"#end"):  # not the last line: something follows it
                     raise self._refuse(at + 1, "a line after #end")
@@ -1006,6 +1052,14 @@ class _MarkdBlocks:
                     self.problems.add(at, f"{shown} is not a row KEY<TAB>SINCE<TAB>ATTR")
                 continue
             key, since_text, number = m.groups()
+            if _GS_IN_KEY.search(key):
+                # "<GS>" is made of GS1 characters: a full code written out, crypto tail and
+                # all. A snapshot holds a КИ alone; never store the tail as part of a key.
+                self.problems.add(
+                    at, f"{keys.excerpt(key.decode('ascii'))} is a full code with a written-out "
+                    "GS, not a key; a markd snapshot holds the КИ alone",
+                )
+                continue
             if b"|" in key:
                 self.series = True
                 key = key.replace(b"|", keys.SERIES_SEPARATOR)
@@ -1153,8 +1207,8 @@ class _SlotWriter:
                 with self.env.begin(write=True) as txn:
                     cursor = txn.cursor(db=self.slot)
                     for chunk, start, end in self._waiting:
-                        consumed, _added = cursor.putmulti(chunk.pairs(start, end), append=True)
-                        if consumed != end - start:
+                        consumed, added = cursor.putmulti(chunk.pairs(start, end), append=True)
+                        if consumed != end - start or added != end - start:
                             raise StoreError(
                                 "the store refused part of a batch (keys out of order)"
                             )
