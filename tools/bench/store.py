@@ -702,7 +702,10 @@ def fleet_report(workdir: Path, data: Dataset, csv_too: bool) -> dict[str, Any]:
             "target": TARGET_IMPORT_SORTED_PER_S,
             "met": fleet.sync_rows_per_s >= TARGET_IMPORT_SORTED_PER_S,
         },
-        "fleet_rss_le_300MB": {"target": TARGET_IMPORT_RSS_MB, "met": peak <= 300.0},
+        "fleet_rss_le_300MB": {
+            "target": TARGET_IMPORT_RSS_MB,
+            "met": peak * MB / 1e6 <= TARGET_IMPORT_RSS_MB,  # MiB measured, MB targeted
+        },
     }
     for name, target in figures["targets"].items():
         say(f"target {name:<32} {'met' if target['met'] else 'NOT MET'}")
@@ -835,7 +838,10 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             "met": imp_unsorted.rows_per_s >= TARGET_IMPORT_UNSORTED_PER_S,
         },
         "size_le_600MB_per_10M": {"target": round(size_target, 3), "met": size_mb <= size_target},
-        "import_rss_le_300MB": {"target": TARGET_IMPORT_RSS_MB, "met": peak_rss <= 300.0},
+        "import_rss_le_300MB": {
+            "target": TARGET_IMPORT_RSS_MB,
+            "met": peak_rss * MB / 1e6 <= TARGET_IMPORT_RSS_MB,  # MiB measured, MB targeted
+        },
         **fleet.pop("targets"),
     }
     for name, target in targets.items():
