@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from markd import samples
-from markd.codes import parse
+from markd.codes import gtin_check_digit, parse
 from markd.emulators.static_http import StaticHTTPServer
 from markd.errors import StoreError
 from markd.store import Store, fleet
@@ -308,6 +308,96 @@ def test_a_delta_with_a_long_change_line_is_refused_not_applied_in_part(tmp_path
         assert store.info().version == 0
 
     assert f"{path}:2: line longer than 1 MiB" in caught.value.message
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows that each carry their own value
+
+#: Rows of the CSV and JSONL files below: enough that the reader that held two chunks of
+#: 500,000 (key, value) tuples at once went far over :data:`ROWS_RSS_LIMIT_KIB` (298 MiB peak
+#: RSS for the CSV, 280 shuffled, 302 for the JSONL; a 10 M-row CSV export 317 MiB), few
+#: enough for the suite (about 10 s an import).
+MANY_ROWS = 1_000_000
+#: A CSV or JSONL import's peak does not grow with its rows (one chunk at a time, small run
+#: batches, a bounded merge), so a file of a million rows must stay as far under
+#: :data:`RSS_LIMIT_KIB` as one of 10 M: 200 MB, where 1 M rows measure 120–155 MiB and 10 M
+#: rows 137–157 MiB.
+ROWS_RSS_LIMIT_KIB = 200 * 1000
+#: (reason, source) pairs of an exported fleet list (tools/bench/store.py).
+EXPORTED_ATTRS = (
+    ("withdrawn from circulation", "fleet"),
+    ("recall 2026-114", "head office"),
+    ("expired", "fleet"),
+    ("stolen batch", "security"),
+)
+
+
+#: GTINs of the rows below, with their check digits.
+EXPORTED_GTINS = [
+    body + str(gtin_check_digit(body)) for body in (f"0460{n:09d}" for n in range(1, 1001))
+]
+
+
+def exported_row(k: int, rows: int) -> tuple[str, str, str, int]:
+    """Row ``k`` (in key order) of :func:`write_exported_rows`: КИ, reason, source, since."""
+    per_gtin = -(-rows // len(EXPORTED_GTINS))
+    reason, source = EXPORTED_ATTRS[k % len(EXPORTED_ATTRS)]
+    ki = f"01{EXPORTED_GTINS[k // per_gtin]}21{k % per_gtin:013d}"
+    return ki, reason, source, 1_735_689_600 + k * 7_919 % 31_536_000
+
+
+def write_exported_rows(path: Path, rows: int, *, shuffled: bool = False) -> Path:
+    """A file like ``markctl store export --format csv`` writes (``.csv.gz``), or its JSONL
+    equal (``.jsonl.gz``): ``rows`` КИ of 1,000 GTINs, each blocked at its own second of a
+    year with one of four (reason, source) pairs, so no two rows share a value.
+
+    In key order, or ``shuffled``: line i then holds row (i × 7,919) mod ``rows``, every row
+    once (7,919 is a prime), each chunk of lines strewn over all the keys; written without
+    holding the rows.
+    """
+    jsonl = path.name.endswith(".jsonl.gz")
+    with gzip.open(path, "wt", compresslevel=1, encoding="ascii", newline="") as out:
+        if not jsonl:
+            out.write("ki,gtin,series,reason,source,since\n")
+        for start in range(0, rows, 100_000):
+            lines = []
+            for i in range(start, min(start + 100_000, rows)):
+                ki, reason, source, since = exported_row(i * 7_919 % rows if shuffled else i, rows)
+                if jsonl:
+                    lines.append(
+                        f'{{"ki": "{ki}", "reason": "{reason}", "source": "{source}", '
+                        f'"since": {since}}}\n'
+                    )
+                else:
+                    lines.append(f"{ki},,,{reason},{source},{since}\n")
+            out.write("".join(lines))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "shuffled"),
+    [("rows.csv.gz", False), ("rows.csv.gz", True), ("rows.jsonl.gz", False)],
+    ids=["csv", "csv-shuffled", "jsonl"],
+)
+def test_a_file_of_many_rows_each_with_its_own_since_and_reason_keeps_the_import_bounded(
+    tmp_path: Path, defaults: Path, name: str, shuffled: bool
+) -> None:
+    """Each row's value is its own: the reader held every row as a (key, value) tuple, and two
+    chunks of 500,000 of them at once (a 10 M-row CSV export measured 317 MiB peak RSS, over
+    the 300 MB bound); shuffled, the merge held 50,000 rows of every run."""
+    path = write_exported_rows(tmp_path / name, MANY_ROWS, shuffled=shuffled)
+
+    code, out, err, rss = markctl(tmp_path, defaults, "import", str(path), "--progress", "none")
+
+    assert code == 0, err
+    assert json.loads(out)["rows"] == MANY_ROWS
+    assert rss <= ROWS_RSS_LIMIT_KIB, f"peak RSS {rss} KiB"
+    with Store.open(str(tmp_path / "store"), map_size_mb=8) as store:
+        for k in (0, 1, MANY_ROWS // 2 + 1, MANY_ROWS - 1):
+            ki, reason, source, since = exported_row(k, MANY_ROWS)
+            blocked = store.lookup(ki).blocked
+            assert blocked is not None, ki
+            assert (blocked.reason, blocked.source, blocked.since) == (reason, source, since)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import doctest
 import gzip
 import json
@@ -20,7 +21,7 @@ import markd.store
 from markd import samples
 from markd.codes import MarkingCode, parse
 from markd.errors import StoreError
-from markd.store import Store
+from markd.store import Store, importer
 from markd.store.importer import apply_delta, import_snapshot
 
 KI = "0104670540176099215LpGKy"
@@ -133,8 +134,14 @@ def test_freshness(tmp_store: Store, tmp_path: Path) -> None:
 # snapshot import
 
 
-@pytest.mark.parametrize("chunk_rows", [100_000, 97])  # one chunk; many chunks (runs + merge)
-def test_import_unsorted_text_equals_sorted(tmp_path: Path, chunk_rows: int) -> None:
+@pytest.mark.parametrize(
+    ("chunk_rows", "fan_in"),
+    [(100_000, 64), (97, 64), (97, 4)],  # one chunk; runs and a merge; runs merged in passes
+)
+def test_import_unsorted_text_equals_sorted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_rows: int, fan_in: int
+) -> None:
+    monkeypatch.setattr(importer._Runs, "_FAN_IN", fan_in)
     rows = kis(1500)
     shuffled = rows[:]
     random.Random(3).shuffle(shuffled)
@@ -147,6 +154,32 @@ def test_import_unsorted_text_equals_sorted(tmp_path: Path, chunk_rows: int) -> 
         assert [k for k, *_ in a.iter_blocked()] == [k for k, *_ in b.iter_blocked()]
         for ki in rows[::50]:
             assert b.lookup(ki).blocked is not None
+
+
+@pytest.mark.parametrize("fan_in", [64, 3])  # one merge; runs merged in passes first
+def test_import_unsorted_csv_with_own_values_equals_sorted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fan_in: int
+) -> None:
+    """Rows that each carry their own since and reason, in 30 chunks of 50 (runs of pairs):
+    merged in one go or, past the fan-in, in passes, every row keeps its own value."""
+    monkeypatch.setattr(importer._Runs, "_FAN_IN", fan_in)
+    rng = random.Random(5)
+    rows = [(ki, rng.choice("abcd"), rng.randrange(1 << 31)) for ki in kis(1500)]
+    shuffled = rows[:]
+    rng.shuffle(shuffled)
+
+    def write(path: Path, lines: list[tuple[str, str, int]]) -> Path:
+        with open(path, "w", newline="") as out:
+            csv.writer(out).writerows([("ki", "reason", "since"), *lines])  # quotes a "," КИ
+        return path
+
+    with Store.open(str(tmp_path / "a")) as a, Store.open(str(tmp_path / "b")) as b:
+        ra = import_snapshot(a, write(tmp_path / "s.csv", rows), chunk_rows=100)
+        rb = import_snapshot(b, write(tmp_path / "u.csv", shuffled), chunk_rows=100)
+        assert ra.sorted_input and not rb.sorted_input
+        assert ra.stored == rb.stored == {"ki": 1500, "gtin": 0, "series": 0}
+        stored = [(k.decode(), reason, since) for k, since, reason, _ in b.iter_blocked()]
+        assert stored == [(k.decode(), r, t) for k, t, r, _ in a.iter_blocked()] == rows
 
 
 def test_sorted_input_whose_order_breaks_late_is_still_complete(tmp_path: Path) -> None:
@@ -333,7 +366,7 @@ def test_another_process_reading_sees_a_committed_write(tmp_store: Store, store_
     reader = textwrap.dedent(
         f"""
         import sys
-        from markd.store import Store
+        from markd.store import Store, importer
         with Store.open({store_path!r}, readonly=True) as store:
             print("before", store.lookup({KI!r}).blocked is not None, flush=True)
             sys.stdin.readline()
@@ -661,7 +694,7 @@ CHILD_SCRIPTS = {
 import os, sys
 from markd.codes import MarkingCode, parse
 from markd.errors import StoreError
-from markd.store import Store
+from markd.store import Store, importer
 store = Store.open(sys.argv[1])
 code = parse(sys.argv[2])
 store.lookup(code); store.lookup(code)
@@ -691,7 +724,7 @@ for how in ("close", "exit"):
 import gc, sys
 from markd.codes import MarkingCode, parse
 from markd.errors import StoreError
-from markd.store import Store
+from markd.store import Store, importer
 store = Store.open(sys.argv[1])
 code = parse(sys.argv[3])
 store.lookup(code); store.lookup(code)

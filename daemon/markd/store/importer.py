@@ -18,10 +18,11 @@ version, counts and times, and empties the old slot. Readers see the old set or 
 never a mix; ``kill -9`` at any moment leaves the old set live (LMDB commits are atomic), and
 the half-filled slot is simply emptied by the next import.
 
-Memory does not grow with the file: rows are handled in chunks of ``chunk_rows``. Input that
-is already sorted is appended chunk by chunk (LMDB's append mode, the fast path). Unsorted
-input is sorted chunk by chunk into run files next to the store and merged, so it is still
-appended in key order.
+Memory does not grow with the file: rows are handled in chunks of ``chunk_rows`` keys (half as
+many CSV or JSONL rows, which carry a value each), one chunk at a time. Input that is already
+sorted is appended chunk by chunk (LMDB's append mode, the fast path). Unsorted input is
+sorted chunk by chunk into run files next to the store and merged, a small batch of each run
+at a time and at most 64 runs at once, so it is still appended in key order.
 
 Deltas are JSON lines: a header ``{"format": "markd-delta", "version": N, "previous": N-1}``
 then one ``{"op": "add"|"remove", "ki"|"gtin": …, …}`` per line. A delta applies in one
@@ -581,6 +582,25 @@ class _CsvRecordBound:
             yield line
 
 
+def _take_pairs(
+    pairs: Iterator[tuple[bytes, bytes]], count: int
+) -> tuple[list[bytes], list[bytes]]:
+    """The next ``count`` (key, value) pairs of ``pairs``, as a list of keys and a list of
+    values.
+
+    Never as a list of pairs: each pair would stay a tuple of 64 bytes (with its list slot),
+    one more object per row for the garbage collector to walk. 500,000 CSV rows took 126 MiB
+    as pairs (and a 10 M-row CSV import 317 MiB peak RSS, two such chunks at once).
+    """
+    keys_taken: list[bytes] = []
+    values: list[bytes] = []
+    add_key, add_value = keys_taken.append, values.append
+    for key, value in itertools.islice(pairs, count):
+        add_key(key)
+        add_value(value)
+    return keys_taken, values
+
+
 class _Reader:
     """Turns a snapshot file into chunks of (key, value) pairs; collects bad rows."""
 
@@ -628,11 +648,16 @@ class _Reader:
                 if self.fmt == "csv"
                 else self._jsonl_rows(stream, size)
             )
+            # A row with a value of its own (a since, reason or source) holds a key and an
+            # 8-byte value object: about 130 bytes against 72 for a key alone, so it counts
+            # twice.
+            chunk_rows = max(1, self.chunk_rows // 2)
             while True:
-                batch = list(itertools.islice(rows, self.chunk_rows))
-                if not batch:
+                chunk_keys, values = _take_pairs(rows, chunk_rows)
+                if not chunk_keys:
                     return
-                yield _Chunk([k for k, _ in batch], [v for _, v in batch], self._default_value)
+                yield _Chunk(chunk_keys, values, self._default_value)
+                del chunk_keys, values  # not held while the next chunk is read
 
     def _markd_chunks(self, blocks: _MarkdBlocks) -> Iterator[_Chunk]:
         """A markd snapshot's blocks as chunks. While the rows come in key order each block
@@ -1233,7 +1258,14 @@ def _dedupe_keys(items: Iterable[Any], key: Callable[[Any], bytes] | None = None
 class _Runs:
     """Sorted chunks spilled to files beside the store, merged back in key order."""
 
-    _BATCH = 50_000
+    #: Rows in one pickled batch of a run file. The merge holds one batch of every run at
+    #: once: about 0.6 MB a run of CSV rows (with 50,000 rows it was 7 MB a run, 150 MB for
+    #: the 20 runs of a shuffled 10 M-row CSV).
+    _BATCH = 4_096
+    #: Runs merged at once. One run more first merges those so far into one (a pass over them
+    #: on disk), so a merge never holds more than this many batches, however long the file:
+    #: 64 runs of 250,000 CSV rows take a file of 16 M rows in one pass.
+    _FAN_IN = 64
 
     def __init__(self, store_path: str) -> None:
         base = Path(store_path) / "tmp"
@@ -1241,17 +1273,59 @@ class _Runs:
         self.dir = Path(tempfile.mkdtemp(prefix="import-", dir=base))
         self.files: list[Path] = []
         self.values: set[bytes | None] = set()  # the constant value of keys-only runs
+        self._named = 0  # run files named so far
 
     def add(self, chunk: _Chunk) -> None:
         """Spill one sorted chunk (written in batches)."""
-        path = self.dir / f"run-{len(self.files):05d}"
+        if len(self.files) >= self._FAN_IN:
+            self._merge_runs()
+        path = self._new_path()
         with open(path, "wb") as f:
-            for start in range(0, len(chunk), self._BATCH):
-                end = start + self._BATCH
-                values = None if chunk.values is None else chunk.values[start:end]
-                pickle.dump((chunk.keys[start:end], values), f, protocol=pickle.HIGHEST_PROTOCOL)
+            self._dump(chunk, f)
         self.files.append(path)
         self.values.add(chunk.value if chunk.values is None else None)
+
+    def add_sorted(self, rows: Iterator[tuple[bytes, bytes]], value: bytes) -> None:
+        """Spill (key, value) rows already in key order as one run, a batch at a time; a batch
+        whose every row has ``value`` is kept as keys alone."""
+        path = self._new_path()
+        with open(path, "wb") as f:
+            while True:
+                batch_keys, batch_values = _take_pairs(rows, self._BATCH)
+                if not batch_keys:
+                    break
+                constant = batch_values.count(value) == len(batch_values)
+                self._dump(_Chunk(batch_keys, None if constant else batch_values, value), f)
+                self.values.add(value if constant else None)
+        self.files.append(path)
+
+    def _new_path(self) -> Path:
+        self._named += 1
+        return self.dir / f"run-{self._named:05d}"
+
+    def _dump(self, chunk: _Chunk, f: IO[bytes]) -> None:
+        for start in range(0, len(chunk), self._BATCH):
+            end = start + self._BATCH
+            values = None if chunk.values is None else chunk.values[start:end]
+            pickle.dump((chunk.keys[start:end], values), f, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _merge_runs(self) -> None:
+        """Replace every run so far with one run of their merge. It takes their place first in
+        line, so a key in several runs keeps the row it had (the first run's)."""
+        constant = self._constant()
+        path = self._new_path()
+        with open(path, "wb") as f:
+            for chunk in self.merged_chunks(self._BATCH):
+                self._dump(chunk, f)
+        for merged in self.files:
+            merged.unlink()
+        self.files, self.values = [path], {constant}
+
+    def _constant(self) -> bytes | None:
+        """The one value of every row when all runs hold keys alone (text), else None."""
+        if len(self.values) == 1 and None not in self.values:
+            return next(iter(self.values))
+        return None
 
     def _read(self, path: Path, pairs: bool) -> Iterator[Any]:
         with open(path, "rb") as f:
@@ -1271,26 +1345,36 @@ class _Runs:
     def merged(self) -> tuple[Iterator[Any], bytes | None]:
         """The rows of every run in key order, each key once; keys alone when every run had
         one constant value (text imports), else (key, value) pairs."""
-        if len(self.values) == 1 and None not in self.values:
-            value = next(iter(self.values))
+        value = self._constant()
+        if value is not None:
             streams = [self._read(p, pairs=False) for p in self.files]
             return _dedupe_keys(heapq.merge(*streams)), value
         streams = [self._read(p, pairs=True) for p in self.files]
         return _dedupe_keys(heapq.merge(*streams), key=operator.itemgetter(0)), None
+
+    def merged_chunks(self, rows: int) -> Iterator[_Chunk]:
+        """:meth:`merged` as chunks of ``rows`` rows in key order, each read only once the
+        one before is let go."""
+        stream, value = self.merged()
+        while True:
+            if value is not None:
+                chunk = _Chunk(list(itertools.islice(stream, rows)), None, value)
+            else:
+                chunk = _Chunk(*_take_pairs(stream, rows), b"")
+            if not len(chunk):
+                return
+            yield chunk
+            del chunk
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _spill_slot(store: Store, slot: Any, runs: _Runs, default_value: bytes) -> None:
-    """Copy what the slot holds into runs, in batches (it is in key order already)."""
+    """Copy what the slot holds into one run (it is in key order already)."""
     env, _ = store._internal()
     with env.begin() as txn:
-        rows = ((bytes(k), bytes(v)) for k, v in txn.cursor(db=slot))
-        while batch := list(itertools.islice(rows, runs._BATCH * 4)):
-            values = [v for _, v in batch]
-            constant = all(v == default_value for v in values)
-            runs.add(_Chunk([k for k, _ in batch], None if constant else values, default_value))
+        runs.add_sorted(((bytes(k), bytes(v)) for k, v in txn.cursor(db=slot)), default_value)
 
 
 @contextlib.contextmanager
@@ -1465,11 +1549,15 @@ def _import_locked(
         for chunk in reader.chunks():
             problems.raise_if_any("import")  # stop early: the file will be refused anyway
             ordered, came_sorted = chunk.sorted_unique()
+            # Held no longer than needed: the reader builds the next chunk while these names
+            # would still hold this one (two chunks at once: the peak of a CSV import).
+            del chunk
             if not len(ordered):
                 continue
             follows = writer.last is None or ordered.keys[0] > writer.last
             if runs is None and came_sorted and follows:
                 writer.write(ordered)  # the fast path: straight into the slot, in order
+                del ordered
                 continue
             if runs is None:
                 in_order = False
@@ -1482,14 +1570,16 @@ def _import_locked(
                     store._write(empty_target, "restarting an import into")
                     writer = _SlotWriter(store, target, commit_rows)
             runs.add(ordered)
+            del ordered
             if progress is not None:
                 progress("sort", 0, None, reader.rows)
         problems.raise_if_any("import")
         if runs is not None:
             if progress is not None:
                 progress("merge", 0, None, reader.rows)
-            rows, value = runs.merged()
-            writer.write_stream(rows, value)
+            for merged in runs.merged_chunks(commit_rows):
+                writer.write(merged)
+                del merged  # not held while the next chunk is merged
         writer.flush()
     except BaseException:
         # Give back the space the half-written slot holds (best effort: on a full disk even
