@@ -53,21 +53,38 @@ def write_bomb(path: Path, head: bytes, tail: bytes, mib: int = BOMB_MIB) -> Pat
     return path
 
 
+#: Runs ``python -m MODULE ARGS…`` and, as it exits, writes the process's own peak RSS
+#: (``VmHWM``) to the file named by ``$MARKD_TEST_PEAK``. ``ru_maxrss`` from ``wait4`` would
+#: also count the pages of the forking parent (the test process) the child shared until its
+#: exec; the high-water mark of the exec'd process is the child's alone.
+_PEAK_WRAPPER = """
+import atexit, os, runpy, sys
+def _peak():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                with open(os.environ["MARKD_TEST_PEAK"], "w") as out:
+                    out.write(line.split()[1])
+atexit.register(_peak)
+module = sys.argv[1]
+sys.argv = [module] + sys.argv[2:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
 def run_measured(args: list[str], tmp_path: Path) -> tuple[int, str, str, int]:
-    """Run ``args`` as a child; its exit code, stdout, stderr and peak RSS in KiB."""
-    out, err = tmp_path / "child.out", tmp_path / "child.err"
+    """Run ``args`` (``python -m MODULE …``) as a child; its exit code, stdout, stderr and
+    its own peak RSS in KiB."""
+    assert args[:2] == [sys.executable, "-m"], args
+    out, err, peak = tmp_path / "child.out", tmp_path / "child.err", tmp_path / "child.peak"
+    peak.unlink(missing_ok=True)
+    env = {**os.environ, "MARKD_TEST_PEAK": str(peak)}
+    command = [sys.executable, "-c", _PEAK_WRAPPER, *args[2:]]
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
-        child = subprocess.Popen(args, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
-        try:
-            _, status, usage = os.wait4(child.pid, 0)
-        finally:
-            child.returncode = 0  # reaped by wait4
-    return (
-        os.waitstatus_to_exitcode(status),
-        out.read_text(),
-        err.read_text(),
-        usage.ru_maxrss,
-    )
+        child = subprocess.run(
+            command, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=env
+        )
+    return child.returncode, out.read_text(), err.read_text(), int(peak.read_text())
 
 
 @pytest.fixture

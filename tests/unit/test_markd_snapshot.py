@@ -448,7 +448,7 @@ def test_an_unsorted_snapshot_is_sorted_in_few_runs_not_one_a_block(
     monkeypatch.setattr(importer._Runs, "add", counting_add)
     rows = [f"01{GTIN}21S{i:09d}\t{i}\t1" for i in reversed(range(90_000))]
     source = markd_file(tmp_path / "list.mbl", [["a", "b"]], rows)
-    result = import_snapshot(tmp_store, source, chunk_rows=40_000)
+    result = import_snapshot(tmp_store, source, chunk_rows=80_000)  # runs of 40,000 rows
     assert (result.rows, result.sorted_input, result.stored["ki"]) == (90_000, False, 90_000)
     assert len(runs) == 3 and sum(runs) == 90_000  # not one run a block
     got = entries(tmp_store)

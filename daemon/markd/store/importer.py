@@ -663,7 +663,8 @@ class _Reader:
         """A markd snapshot's blocks as chunks. While the rows come in key order each block
         (about 11,000 rows) is a chunk of its own: nothing to gather for a sort, and memory
         stays at a block's worth. From the first block out of order on, blocks are gathered
-        into chunks of ``chunk_rows``, each sorted into one run file (a run a block would
+        into chunks of half ``chunk_rows`` (rows with values, as CSV), each sorted into one
+        run file (a run a block would
         leave thousands of files open at the merge)."""
         in_order, last = True, b""
         gathered_keys: list[bytes] = []
@@ -681,7 +682,7 @@ class _Reader:
             in_order = False
             gathered_keys += block_keys
             gathered_values += block_values
-            if len(gathered_keys) >= self.chunk_rows:
+            if len(gathered_keys) >= max(1, self.chunk_rows // 2):  # rows with values: as CSV
                 yield _Chunk(gathered_keys, gathered_values, self._default_value, series)
                 gathered_keys, gathered_values, series = [], [], False
         if gathered_keys:
@@ -1210,18 +1211,6 @@ class _SlotWriter:
             self.counts["series"] += series
             self.counts["ki"] += len(batch) - gtins - series
             self.last = batch[-1]
-
-    def write_stream(self, rows: Iterator[Any], value: bytes | None) -> None:
-        """Write a merged stream: keys (all with ``value``) or (key, value) pairs."""
-        while True:
-            batch = list(itertools.islice(rows, self.commit_rows))
-            if not batch:
-                self.flush()
-                return
-            if value is not None:
-                self.write(_Chunk(batch, None, value))
-            else:
-                self.write(_Chunk([k for k, _ in batch], [v for _, v in batch], b""))
 
     def flush(self) -> None:
         """Commit every waiting row, in one transaction."""
