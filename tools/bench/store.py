@@ -13,7 +13,7 @@ Steps, all on the same synthetic data:
    shuffled. Neither file is ever held in memory as N Python strings: the sorted file is written
    GTIN by GTIN, the shuffled one through random bucket files each shuffled on its own;
 2. import each file into a fresh store in a child process (``markctl store import``), measuring
-   rows/s and the child's peak RSS (``wait4`` rusage, plus the anonymous part polled from
+   rows/s and the child's own peak RSS (its ``VmHWM``), plus the anonymous part polled from
    ``/proc``);
 3. size on disk of ``data.mdb``;
 4. M lookups (50 % hits, 50 % misses with known GTINs), each timed with ``perf_counter_ns``:
@@ -241,8 +241,8 @@ class ChildRun:
 def import_in_child(snapshot: Path, store_dir: Path, config: Path) -> ImportFigures:
     """Run ``markctl store import`` in a child; its own timing, peak RSS and peak RssAnon.
 
-    The peak RSS (``ru_maxrss`` from ``wait4`` of this very child) includes the store's mapped
-    file pages the child touched; the polled RssAnon is the heap alone.
+    The peak RSS (the child's own ``VmHWM``) includes the store's mapped file pages the child
+    touched; the polled RssAnon is the heap alone.
     """
     run = markctl_in_child(
         ["store", "import", str(snapshot), "--store", str(store_dir), "--config", str(config)]
@@ -259,13 +259,32 @@ def import_in_child(snapshot: Path, store_dir: Path, config: Path) -> ImportFigu
     )
 
 
+#: Runs markctl and, as it exits, writes its own peak RSS (``VmHWM``) to ``$MARKD_BENCH_PEAK``:
+#: ``ru_maxrss`` from ``wait4`` would also count the pages it shared with this (large) process
+#: between the fork and the exec; the high-water mark of the exec'd process is its own.
+_PEAK_WRAPPER = """
+import atexit, os, runpy, sys
+def _peak():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                with open(os.environ["MARKD_BENCH_PEAK"], "w") as out:
+                    out.write(line.split()[1])
+atexit.register(_peak)
+sys.argv = ["markctl"] + sys.argv[1:]
+runpy.run_module("markd.cli.markctl", run_name="__main__", alter_sys=True)
+"""
+
+
 def markctl_in_child(arguments: list[str]) -> ChildRun:
-    """``markctl ARGUMENTS --json`` in a child process: its last JSON line, wall time, peak RSS
-    (``wait4``) and peak RssAnon (polled)."""
-    command = [sys.executable, "-m", "markd.cli.markctl", *arguments, "--json"]
+    """``markctl ARGUMENTS --json`` in a child process: its last JSON line, wall time, its own
+    peak RSS (``VmHWM`` as it exits) and peak RssAnon (polled)."""
+    command = [sys.executable, "-c", _PEAK_WRAPPER, *arguments, "--json"]
+    peak_file = Path(tempfile.mkstemp(prefix="markd-bench-peak-")[1])
+    env = {**os.environ, "MARKD_BENCH_PEAK": str(peak_file)}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        child = subprocess.Popen(command, stdout=out, stderr=err)
+        child = subprocess.Popen(command, stdout=out, stderr=err, env=env)
         peak_anon = 0
         stop = threading.Event()
 
@@ -276,8 +295,7 @@ def markctl_in_child(arguments: list[str]) -> ChildRun:
 
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
-        # wait4, not Popen.wait: it returns the rusage of exactly this child.
-        _, status, usage = os.wait4(child.pid, 0)
+        _, status, _usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - started
         stop.set()
         poller.join()
@@ -289,10 +307,12 @@ def markctl_in_child(arguments: list[str]) -> ChildRun:
         raise SystemExit(
             f"markctl {' '.join(arguments[:2])} failed ({child.returncode}):\n{stdout}{stderr}"
         )
+    peak_kib = int(peak_file.read_text() or 0)
+    peak_file.unlink()
     return ChildRun(
         result=json.loads(stdout.strip().splitlines()[-1]),
         wall_seconds=wall,
-        peak_rss_mb=usage.ru_maxrss / 1024,
+        peak_rss_mb=peak_kib / 1024,
         peak_anon_mb=peak_anon / 1024,
     )
 
