@@ -1,8 +1,8 @@
 """Bounded imports and downloads (issue 15, item 2): a gzip bomb holding one long line, a
 fleet index claiming a huge file, a server sending more than the index says.
 
-Each import runs as a real ``markctl`` child; its peak RSS (``ru_maxrss`` of that very child,
-from ``os.wait4``) must stay within :data:`RSS_LIMIT_KIB` whatever the input.
+Each import runs as a real ``markctl`` child; its own peak RSS (``VmHWM`` as it exits,
+tools/bench/peakrss.py) must stay within :data:`RSS_LIMIT_KIB` whatever the input.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from markd.emulators.static_http import StaticHTTPServer
 from markd.errors import StoreError
 from markd.store import Store, fleet
 from markd.store.importer import MAX_DELTA_CHANGES, apply_delta, import_snapshot
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "bench"))
+from peakrss import peak_command, read_peak_kib  # noqa: E402 - after its directory is on the path
 
 #: The issue's bound for any import or sync: 300 MB.
 RSS_LIMIT_KIB = 300 * 1000
@@ -53,38 +56,17 @@ def write_bomb(path: Path, head: bytes, tail: bytes, mib: int = BOMB_MIB) -> Pat
     return path
 
 
-#: Runs ``python -m MODULE ARGS…`` and, as it exits, writes the process's own peak RSS
-#: (``VmHWM``) to the file named by ``$MARKD_TEST_PEAK``. ``ru_maxrss`` from ``wait4`` would
-#: also count the pages of the forking parent (the test process) the child shared until its
-#: exec; the high-water mark of the exec'd process is the child's alone.
-_PEAK_WRAPPER = """
-import atexit, os, runpy, sys
-def _peak():
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                with open(os.environ["MARKD_TEST_PEAK"], "w") as out:
-                    out.write(line.split()[1])
-atexit.register(_peak)
-module = sys.argv[1]
-sys.argv = [module] + sys.argv[2:]
-runpy.run_module(module, run_name="__main__", alter_sys=True)
-"""
-
-
 def run_measured(args: list[str], tmp_path: Path) -> tuple[int, str, str, int]:
     """Run ``args`` (``python -m MODULE …``) as a child; its exit code, stdout, stderr and
-    its own peak RSS in KiB."""
+    its own peak RSS in KiB (tools/bench/peakrss.py: not its forking parent's pages)."""
     assert args[:2] == [sys.executable, "-m"], args
     out, err, peak = tmp_path / "child.out", tmp_path / "child.err", tmp_path / "child.peak"
-    peak.unlink(missing_ok=True)
-    env = {**os.environ, "MARKD_TEST_PEAK": str(peak)}
-    command = [sys.executable, "-c", _PEAK_WRAPPER, *args[2:]]
+    command, env = peak_command(args[2], args[3:], peak)
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
         child = subprocess.run(
             command, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=env
         )
-    return child.returncode, out.read_text(), err.read_text(), int(peak.read_text())
+    return child.returncode, out.read_text(), err.read_text(), read_peak_kib(peak)
 
 
 @pytest.fixture

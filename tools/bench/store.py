@@ -61,6 +61,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import lmdb
+from peakrss import peak_command, read_peak_kib
 
 from markd.codes import GS, GS1_CHARSET_82, MarkingCode, gtin_check_digit, parse
 from markd.store import Store
@@ -259,29 +260,11 @@ def import_in_child(snapshot: Path, store_dir: Path, config: Path) -> ImportFigu
     )
 
 
-#: Runs markctl and, as it exits, writes its own peak RSS (``VmHWM``) to ``$MARKD_BENCH_PEAK``:
-#: ``ru_maxrss`` from ``wait4`` would also count the pages it shared with this (large) process
-#: between the fork and the exec; the high-water mark of the exec'd process is its own.
-_PEAK_WRAPPER = """
-import atexit, os, runpy, sys
-def _peak():
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                with open(os.environ["MARKD_BENCH_PEAK"], "w") as out:
-                    out.write(line.split()[1])
-atexit.register(_peak)
-sys.argv = ["markctl"] + sys.argv[1:]
-runpy.run_module("markd.cli.markctl", run_name="__main__", alter_sys=True)
-"""
-
-
 def markctl_in_child(arguments: list[str]) -> ChildRun:
     """``markctl ARGUMENTS --json`` in a child process: its last JSON line, wall time, its own
     peak RSS (``VmHWM`` as it exits) and peak RssAnon (polled)."""
-    command = [sys.executable, "-c", _PEAK_WRAPPER, *arguments, "--json"]
     peak_file = Path(tempfile.mkstemp(prefix="markd-bench-peak-")[1])
-    env = {**os.environ, "MARKD_BENCH_PEAK": str(peak_file)}
+    command, env = peak_command("markd.cli.markctl", [*arguments, "--json"], peak_file)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         child = subprocess.Popen(command, stdout=out, stderr=err, env=env)
@@ -307,8 +290,8 @@ def markctl_in_child(arguments: list[str]) -> ChildRun:
         raise SystemExit(
             f"markctl {' '.join(arguments[:2])} failed ({child.returncode}):\n{stdout}{stderr}"
         )
-    peak_kib = int(peak_file.read_text() or 0)
-    peak_file.unlink()
+    peak_kib = read_peak_kib(peak_file)
+    peak_file.unlink(missing_ok=True)
     return ChildRun(
         result=json.loads(stdout.strip().splitlines()[-1]),
         wall_seconds=wall,

@@ -1202,12 +1202,9 @@ def sync(
                 )
             signed_version = target if allow_rollback else max(target, info.signed_version)
 
-        if target == 0:
-            # The master has never loaded a list: nothing to take, nothing confirmed.
-            store.touch_sync(url=safe, confirm=False)
-            return result("up-to-date")
-        if target == before and not foreign:
-            _clean_downloads(downloads, set())
+        def confirmed() -> None:
+            """The store holds the index's list: record the sync (only if no other write
+            changed the version meanwhile; Store.touch_sync)."""
             store.touch_sync(
                 etag=etag,
                 url=safe,
@@ -1216,6 +1213,14 @@ def sync(
                 signed_version=signed_version,
                 expect_version=target,
             )
+
+        if target == 0:
+            # The master has never loaded a list: nothing to take, nothing confirmed.
+            store.touch_sync(url=safe, confirm=False)
+            return result("up-to-date")
+        if target == before and not foreign:
+            _clean_downloads(downloads, set())
+            confirmed()
             return result("up-to-date")
         if target < before and not allow_rollback and not foreign:
             raise StoreError(
@@ -1277,14 +1282,7 @@ def sync(
         for entry, delta in deltas:
             apply_delta(store, delta, synced_at=as_of)
             fetcher.discard(entry["file"])
-        store.touch_sync(
-            etag=etag,
-            url=safe,
-            source=safe,
-            synced_at=as_of,
-            signed_version=signed_version,
-            expect_version=target,
-        )
+        confirmed()
         return result(
             "deltas" if snapshot is None else "snapshot",
             deltas_applied=len(chain),
