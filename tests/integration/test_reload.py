@@ -181,6 +181,24 @@ async def test_a_bad_configuration_is_refused_and_the_running_one_stays(
     assert any("RELOADING=1" in m for m in messages)
     assert any("READY=1" in m for m in messages)  # systemd leaves "reloading" either way
     assert json.loads((tmp_path / "reload.json").read_text())["ok"] is False
+    # systemctl status says why the file on disk is not in force, with the first problem.
+    (ready,) = ["\n".join(m) for m in messages if "READY=1" in m]
+    assert "RELOAD REFUSED, previous configuration in force" in ready and "markd.toml:" in ready
+
+
+async def test_a_refused_reload_stays_in_the_status_line_until_one_succeeds(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    main = write_config(tmp_path / "markd.toml", {"front": "virtual://st-front"})
+    good = main.read_text()
+    async with running(main, event_log, []) as service:
+        main.write_text(good + '[check]\nmode = "sometimes"\n')
+        assert not (await service.reload()).ok
+        assert "RELOAD REFUSED" in service.status_line()
+        assert "RELOAD REFUSED" in service.status_line()  # not a one-off
+        main.write_text(good)
+        assert (await service.reload()).ok
+        assert "RELOAD REFUSED" not in service.status_line()
 
 
 async def test_a_missing_secret_refuses_the_reload_before_anything_changes(

@@ -492,6 +492,7 @@ def test_empty_snapshot_is_refused_unless_allowed(tmp_store: Store, tmp_path: Pa
     with pytest.raises(StoreError) as err:
         import_snapshot(tmp_store, empty)
     assert err.value.reason == "empty-snapshot"
+    assert "--allow-empty" in err.value.message  # the way out is named
     assert tmp_store.lookup(KI).blocked is not None and tmp_store.info().version == 1
     assert import_snapshot(tmp_store, empty, allow_empty=True).stored["ki"] == 0
     assert tmp_store.lookup(KI).blocked is None

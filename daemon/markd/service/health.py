@@ -172,6 +172,14 @@ class Health:
         if sync is not None and sync.refused is not None:
             # Loud on purpose: someone may be tampering with the list (docs/store.md).
             parts.append(f"blocklist sync REFUSED ({sync.refused['reason']})")
+        reloader = getattr(service, "reloader", None)
+        if reloader is not None and reloader.refused is not None:
+            # The file on disk is not what runs: say so where a technician looks first.
+            why = reloader.refused.removeprefix(
+                "new configuration refused, the running one stays in force: "
+            )
+            why = why if len(why) <= 160 else why[:159] + "…"
+            parts.append(f"RELOAD REFUSED, previous configuration in force: {why}")
         if service.sale_desk is not None:
             parts.append(service.sale_desk.status_text())
         counts = service.verdict_counts

@@ -151,6 +151,8 @@ class Reloader:
         self.loader = loader
         #: Reloads tried since start; the generation of the last :class:`ReloadResult`.
         self.generation = 0
+        #: The message of the last reload when it was refused (None once one succeeds).
+        self.refused: str | None = None
         #: Where outcomes go for ``markd reload`` (None: nowhere).
         self.status_path: Path | None = None
         #: A SIGHUP reload waits in the queue: more SIGHUPs before it starts make one reload.
@@ -175,6 +177,9 @@ class Reloader:
             log_internal_error(self.event_log, "reloading the configuration", exc)
             ok, message = False, f"reload failed: {type(exc).__name__}: {exc}"
         result = ReloadResult(ok, message, self.generation)
+        # Kept until a reload succeeds: `systemctl status` says why the new file is not in
+        # force (the STATUS= line), not only the journal.
+        self.refused = None if ok else message
         self.write_status(result)
         notify("READY=1", f"STATUS={self.health.status_for_ready()}")
         if request.future is not None and not request.future.done():

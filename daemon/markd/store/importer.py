@@ -1585,7 +1585,8 @@ def _import_locked(
             store._write(empty_target, "cleaning up after a refused import into")
         raise StoreError(
             f"{path} holds no blocklist row ({reader.rows} read, {problems.count} bad); "
-            "refusing to empty the blocklist (allow it explicitly if that is meant)",
+            "refusing to empty the blocklist; if that is meant, import it again with "
+            "--allow-empty (markctl store import FILE --allow-empty)",
             "empty-snapshot",
         )
 
