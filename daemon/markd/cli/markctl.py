@@ -30,6 +30,7 @@ from markd.cli import (
     cmd_lm,
     cmd_parse,
     cmd_printer,
+    cmd_receipt,
     cmd_scan,
     cmd_sell,
     cmd_store,
@@ -47,6 +48,7 @@ COMMANDS = (
     cmd_lm,
     cmd_scan,
     cmd_sell,
+    cmd_receipt,
     cmd_printer,
 )
 
