@@ -4,6 +4,7 @@ like ``GET /v1/status`` (docs/api.md) and like the in-process probe's report."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -245,3 +246,26 @@ def test_the_report_of_markd_not_running_is_the_in_process_probe() -> None:
     assert any("version 42, never synced" in line for line in lines)
     assert lines[-1] == "via            in-process (markd is not running)"
     assert status_report.BAD_STATES == {"degraded", "down"}
+
+
+#: The degraded example of docs/operations.md: the paper ran out, the blocklist is 4 days old.
+DOCS_DEGRADED = changed(
+    store__stale=True,
+    store__age_s=350_000.0,
+    printer__state="attention",
+    printer__device={"problems": ["paper-out"]},
+    printer__receipt=None,
+)
+
+
+def test_the_examples_in_the_operations_guide_are_what_markctl_prints() -> None:
+    root = Path(__file__).resolve().parents[2]
+    guide = (root / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = guide.split("### `markctl status`\n", 1)[1]
+    block = section.split("```console\n", 1)[1].split("```", 1)[0]
+    examples = [part.splitlines() for part in block.split("$ markctl status\n")[1:]]
+    via = "daemon (/run/markd/control.sock)"
+
+    assert examples[0] == format_report(HEALTHY, via)
+    assert examples[1][:-2] == format_report(DOCS_DEGRADED, via)
+    assert examples[1][-2:] == ["$ echo $?", "1"] and problems(DOCS_DEGRADED)
