@@ -110,6 +110,12 @@ def test_ages_read_as_people_say_them(seconds: float | None, text: str) -> None:
 def test_latencies_are_whole_milliseconds_and_units_are_counted_in_words() -> None:
     assert milliseconds(12.4) == "12 ms" and milliseconds(0.2) == "<1 ms"
     assert (units(1), units(2), units(0)) == ("1 unit", "2 units", "0 units")
+    assert [status_report.duration(s) for s in (4, 45, 5400, 259_200)] == [
+        "4 s",
+        "45 s",
+        "90 min",
+        "3 d",
+    ]
 
 
 def test_a_healthy_daemon_reads_ok_on_every_line() -> None:

@@ -55,8 +55,10 @@ def ago(seconds: float | None) -> str:
 
 
 def duration(seconds: float) -> str:
-    """A length of time without ``ago``: ``40 s``, ``12 min``, ``5 h``, ``3 d``."""
-    return ago(max(seconds, 10.0)).removesuffix(" ago")
+    """A length of time without ``ago``: ``4 s``, ``12 min``, ``5 h``, ``3 d``."""
+    if seconds < 10:
+        return f"{seconds:.0f} s"
+    return ago(seconds).removesuffix(" ago")
 
 
 def milliseconds(value: float | None) -> str:
