@@ -55,7 +55,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -154,6 +154,10 @@ class SaleDesk:
         self._queue_blocked = False
         #: What the last :meth:`~SaleSession.recover` did (None before the first).
         self.last_recovery: RecoveryReport | None = None
+        #: Told after each receipt operation (the service's ``STATUS=`` line shows the receipt
+        #: in flight): ``ended`` is True when a receipt was just closed or cancelled, which the
+        #: service reports at once; units and opened receipts it may report a little later.
+        self.on_receipt_change: Callable[[bool], None] | None = None
 
     @property
     def kiosk(self) -> bool:
@@ -349,6 +353,7 @@ class SaleDesk:
                     return self._desk_refusal(code, "no-price", NO_PRICE_RU, scanner, "price")
                 outcome = await self.session.add(verdict, code, quote.price_kopecks, quote.name)
                 self._unit_event(outcome, scanner, quote)
+                self._receipt_changed(ended=False)
                 if outcome.source == "printer":
                     self._note_error(outcome.reason, outcome.message_ru)
                 return outcome
@@ -369,6 +374,7 @@ class SaleDesk:
                 self._note_error(exc.reason, exc.message)
                 refusal = _refusal_for(exc.reason)
                 raise refusal(f"the ККТ cannot open a receipt: {exc.message}", exc.reason) from None
+            self._receipt_changed(ended=False)
             view = self._view()
             assert view is not None
             return view
@@ -398,6 +404,7 @@ class SaleDesk:
                 given, code, item.price_kopecks, item.name, tax=item.tax
             )
             self._unit_event(outcome, verdict.scanner, Quote(item.name, item.price_kopecks, "api"))
+            self._receipt_changed(ended=False)
             if not outcome.added:
                 if outcome.source == "printer":
                     self._note_error(outcome.reason, outcome.message_ru)
@@ -437,6 +444,7 @@ class SaleDesk:
                 # next start) runs recovery first, as the answer promises.
                 self._recovery_pending = True
             await self._refresh_status()
+            self._receipt_changed(ended=True)
             return self._receipt_answer(outcome, wanted="closed")
 
     async def cancel(self) -> Mapping[str, Any]:
@@ -448,6 +456,7 @@ class SaleDesk:
             if outcome.status == "pending":
                 self._recovery_pending = True  # as for close(): recovery before the next one
             await self._refresh_status()
+            self._receipt_changed(ended=True)
             return self._receipt_answer(outcome, wanted="cancelled")
 
     async def current(self) -> Mapping[str, Any] | None:
@@ -497,8 +506,13 @@ class SaleDesk:
         elif self._device.problems():
             words += ", printer " + "/".join(self._device.problems())
         if self.receipt_open:
-            words += f", receipt open ({len(self.session.units)} units)"
+            count = len(self.session.units)
+            words += f", receipt open ({count} unit{'' if count == 1 else 's'})"
         return words
+
+    def _receipt_changed(self, *, ended: bool) -> None:
+        if self.on_receipt_change is not None:
+            self.on_receipt_change(ended)
 
     # -- helpers --------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from api_helpers import api_config, running
-from conftest import DAIRY, DAIRY_KI, GS, WATER, WATER_KI, RecordingEventLog
+from conftest import DAIRY, DAIRY_KI, GS, WATER, WATER_KI, RecordingEventLog, wait_until
 from markd.cli import markctl
 from markd.store import Store
 
@@ -98,7 +98,7 @@ async def test_api_markctl_in_process_and_price_skip_the_daemon(
     assert event_log.count("verdict") == 0  # the daemon was not asked
 
 
-async def test_api_markctl_status_shows_the_daemon(
+async def test_api_markctl_status_shows_the_daemon_and_exits_0_when_healthy(
     store_path: str,
     tmp_path: Path,
     event_log: RecordingEventLog,
@@ -106,6 +106,8 @@ async def test_api_markctl_status_shows_the_daemon(
 ) -> None:
     config = api_config(store_path, {"front": "virtual://markctl-status"})
     cfg = config_file(tmp_path, config)
+    with Store.from_config(config.store) as store:
+        store.touch_sync(source="head office")  # a blocklist confirmed current just now
 
     async with running(config, event_log):
         text_status = await markctl_main("status", "--config", cfg)
@@ -114,26 +116,69 @@ async def test_api_markctl_status_shows_the_daemon(
         report = json.loads(capsys.readouterr().out)
 
     assert text_status == json_status == 0
-    assert "markd        ready, pid" in text
-    assert "scanners     front present" in text
-    assert "check mode   store-only" in text
-    assert f"via          daemon ({config.api.socket})" in text
+    assert "markd          ready, healthy; pid" in text
+    assert "scanner front  ok        virtual://markctl-status" in text
+    assert "printer        off       no printer ([sale] mode off)" in text
+    assert "blocklist      ok        version 0, synced just now (stale after 3 d); sync ok" in text
+    assert "check mode     store-only" in text
+    assert f"via            daemon ({config.api.socket})" in text
     assert report["via"] == "daemon" and report["service"]["state"] == "ready"
     assert report["scanners"]["front"]["present"] is True
+    assert report["store"]["stale"] is False and report["printer"] is None
 
 
-def test_api_markctl_status_in_process_without_a_daemon(
+async def test_api_markctl_status_exits_1_when_the_daemon_is_degraded(
+    store_path: str,
+    tmp_path: Path,
+    event_log: RecordingEventLog,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A never-synced (stale) blocklist and an absent scanner: exit status 1, each named."""
+    config = api_config(
+        store_path,
+        {"front": "virtual://markctl-degraded", "side": f"serial://{tmp_path}/no-tty"},
+    )
+    cfg = config_file(tmp_path, config)
+
+    async with running(config, event_log) as service:
+        await wait_until(lambda: service.scanners["side"].present is False, what="side absent")
+        text_status = await markctl_main("status", "--config", cfg)
+        text = capsys.readouterr().out
+        json_status = await markctl_main("status", "--config", cfg, "--json")
+        report = json.loads(capsys.readouterr().out)
+
+    assert text_status == json_status == 1
+    assert "DEGRADED: scanner side down, blocklist degraded" in text
+    assert "scanner side   down      serial://" in text
+    assert "version 0, never synced (stale after 3 d); STALE" in text
+    assert report["store"]["stale"] is True  # --json: the status as the daemon gives it
+
+
+def test_api_markctl_status_exits_3_when_no_daemon_listens(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = tmp_path / "markd.toml"
-    cfg.write_text(
-        f"[store]\npath = '{tmp_path / 'store'}'\n[api]\nsocket = '{tmp_path / 'none.sock'}'\n"
-    )
+    """No socket, and a socket nobody accepts on: "not running", naming the socket; the
+    sources and the store are probed in-process as before."""
+    import socket
 
-    assert markctl.main(["status", "--config", str(cfg)]) == 0
-    out = capsys.readouterr().out
-    assert "via          in-process (markd is not running)" in out
-    assert "markd        " not in out
+    absent = tmp_path / "none.sock"
+    refusing = tmp_path / "refusing.sock"
+    bound = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound.bind(str(refusing))  # bound, never listening: connect() is refused
+    try:
+        for path in (absent, refusing):
+            cfg = tmp_path / "markd.toml"
+            cfg.write_text(f"[store]\npath = '{tmp_path / 'store'}'\n[api]\nsocket = '{path}'\n")
+
+            assert markctl.main(["status", "--config", str(cfg)]) == 3
+            out, err = capsys.readouterr()
+            assert f"markd is not running (nothing accepts on {path})" in err
+            assert "via            in-process (markd is not running)" in out
+            assert "markd   " not in out
+            assert markctl.main(["status", "--config", str(cfg), "--json"]) == 3
+            assert json.loads(capsys.readouterr().out)["via"] == "in-process"
+    finally:
+        bound.close()
 
 
 def test_api_markctl_reports_a_socket_it_may_not_use(

@@ -210,13 +210,15 @@ def test_markctl_status_names_the_host_list_its_source_and_age(
 ) -> None:
     cdn, lm = services
     cfg = direct_config(tmp_path, cdn, lm)
-    assert markctl.main(["status", "--config", cfg, "--in-process"]) == 0
+    # Exit status 1: the test has no store yet, so the blocklist is down.
+    assert markctl.main(["status", "--config", cfg, "--in-process"]) == 1
     out = capsys.readouterr().out
-    line = next(x for x in out.splitlines() if x.startswith("cdn hosts"))
-    assert f"1 host(s), fetched, 0 s old; first {cdn.host.url}" in line, line
+    line = next(x for x in out.splitlines() if x.startswith("online CDN"))
+    assert f"ok        1 host, list fetched just now; first {cdn.host.url} (" in line, line
+    assert "problems       blocklist down\n" in out
     cdn.set_fault("cdn/info", status=503)
     (tmp_path / "cdn-hosts.json").unlink()
-    assert markctl.main(["status", "--config", cfg, "--in-process", "--json"]) == 0
+    assert markctl.main(["status", "--config", cfg, "--in-process", "--json"]) == 1
     online = json.loads(capsys.readouterr().out)["online"]
     assert online["hosts_from"] == "none" and "HTTP 503" in online["last_error"]
 

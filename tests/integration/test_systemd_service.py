@@ -150,3 +150,49 @@ async def test_a_burst_of_scans_sends_few_status_updates(
         await task
     assert seen and seen[-1].endswith("verdicts 40 allow, 0 deny, 0 rescan")
     assert len(seen) <= 3, seen
+
+
+async def test_status_line_drops_the_receipt_as_soon_as_it_is_closed(
+    tmp_path: Path,
+    event_log: RecordingEventLog,
+    notify_socket: tuple[socket.socket, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``systemctl status`` showed a closed receipt as open until the next periodic refresh
+    (30 s): the close now sends ``STATUS=`` before its answer; units are counted in words."""
+    from api_helpers import Conversation
+    from sale_helpers import running as running_sale
+    from sale_helpers import write_sale_config
+
+    sock, path = notify_socket
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    config = write_sale_config(
+        tmp_path, mode="attendant", scanners={"till": "virtual://status-close"}, catalog=None
+    )
+    water = {"code": WATER, "name": "Вода 0,5 л", "price_kopecks": 8990}
+    dairy = {"code": DAIRY, "name": "Молоко", "price_kopecks": 9990}
+    seen: list[str] = []
+
+    async def until(fragment: str) -> None:
+        deadline = time.monotonic() + 3
+        while not (seen and fragment in seen[-1]) and time.monotonic() < deadline:
+            seen.extend(statuses(sock))
+            await asyncio.sleep(0.05)
+        assert seen and fragment in seen[-1], seen
+
+    async with running_sale(config, event_log):
+        conversation = await Conversation.unix(str(tmp_path / "control.sock"))
+        try:
+            assert (await conversation.request("POST", "/v1/receipt", {})).status == 201
+            assert (await conversation.request("POST", "/v1/receipt/items", water)).status == 200
+            await until("receipt open (1 unit)")
+            assert (await conversation.request("POST", "/v1/receipt/items", dairy)).status == 200
+            await until("receipt open (2 units)")
+            closed = await conversation.request("POST", "/v1/receipt/close")
+            assert closed.status == 200, closed.json()
+            # Already on the socket when the close answered: no waiting for a refresh.
+            seen.extend(statuses(sock))
+        finally:
+            conversation.close()
+
+    assert "sale attendant" in seen[-1] and "receipt open" not in seen[-1], seen

@@ -51,9 +51,11 @@ def test_check_json_keys_and_exit_codes(tmp_path: Path, capsys) -> None:
 
 def test_status_reports_mode_and_store(tmp_path: Path, capsys) -> None:
     cfg = config_file(tmp_path)
-    assert markctl.main(["status", "--config", cfg, "--json"]) == 0
+    # No daemon: exit status 3, and the report probed in-process.
+    assert markctl.main(["status", "--config", cfg, "--json"]) == 3
     report = json.loads(capsys.readouterr().out)
     assert report["mode"] == "store-only" and "error" in report["store"]  # no store yet
+    assert markctl.main(["status", "--config", cfg, "--in-process"]) == 1  # the store is down
 
 
 def test_bad_configuration_exit_2(tmp_path: Path, capsys) -> None:

@@ -7,7 +7,11 @@ input or configuration, 1 the store cannot be opened. (Deny is not an error of t
 but a script must be able to tell it from allow without parsing.)
 
 ``status`` shows each configured source's health (CDN hosts and latencies, Local Module state
-and last sync, ТС ПИоТ protocol and state) and the store's freshness.
+and last sync, ТС ПИоТ protocol and state) and the store's freshness, one line each with a
+state word (:mod:`markd.cli.status_report`); ``--json`` prints the status as it is. Exit
+status 0 healthy, 1 degraded (the rule: :mod:`markd.cli.status_report`), 3 markd not running
+(the sources and the store are then probed in-process, and the output says so); with
+``--in-process`` 0 or 1 by the same rule.
 
 Both ask the running daemon first, through its control socket (``[api] socket`` or
 ``--socket``): ``check`` then goes the way of a scan (journaled, scanner ``api``) and ``status``
@@ -29,6 +33,7 @@ from markd import codes
 from markd import config as config_module
 from markd.api.client import ControlClient, DaemonNotRunning
 from markd.checks.verdict import Verdict, parser_verdict
+from markd.cli import status_report
 from markd.errors import CodeError, StoreError
 from markd.events import verdict_json
 from markd.money import roubles_to_kopecks
@@ -37,6 +42,10 @@ from markd.store import Store
 from markd.text import printable_json
 
 EXIT_DENY = 3
+#: ``markctl status``: the daemon runs but something needs a look (:mod:`markd.cli.status_report`).
+EXIT_DEGRADED = 1
+#: ``markctl status``: no daemon accepts on the control socket.
+EXIT_NOT_RUNNING = 3
 PROBE_TIMEOUT_S = 3.0
 
 
@@ -148,45 +157,11 @@ async def _probe(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def cdn_list_line(online: dict[str, Any]) -> str | None:
-    """One line on the CDN host list: how many hosts, from where, how old, which answers
-    first (None when the status has no host list fields)."""
-    if "hosts_from" not in online:
-        return None
-    hosts = online.get("hosts") or []
-    source = online["hosts_from"]
-    proxy = ""
-    if online.get("proxy"):
-        proxy += f"; proxy {online['proxy']}"
-    if online.get("proxy_error"):
-        proxy += f"; PROXY FAILING: {online['proxy_error']}"
-    if source == "none" or not hosts:
-        error = online.get("last_error") or "not fetched yet"
-        return f"no host list ({error}){proxy}"
-    age = online.get("list_age_s")
-    age_text = "age unknown" if age is None else f"{_age(age)} old"
-    usable = [h for h in hosts if not h.get("quarantined")]
-    best = usable[0] if usable else None
-    best_text = "every host quarantined"
-    if best is not None:
-        latency = best.get("latency_ms")
-        measured = f" ({latency:.0f} ms)" if latency is not None else ""
-        best_text = f"first {best['url']}{measured}"
-    return f"{len(hosts)} host(s), {source}, {age_text}; {best_text}{proxy}"
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _status(args: argparse.Namespace) -> int:
     cfg = config_module.load(args.config)
     report: dict[str, Any] | None = None
     via = "in-process"
+    not_running = False
     if not args.in_process:
         socket_path = control_socket(args, cfg)
         try:
@@ -194,7 +169,13 @@ def _status(args: argparse.Namespace) -> int:
             report["mode"] = report["service"]["mode"]
             via = f"daemon ({socket_path})"
         except DaemonNotRunning:
+            not_running = True
             via = "in-process (markd is not running)"
+            print(
+                f"markctl: markd is not running (nothing accepts on {socket_path}); "
+                "the check sources and the store are probed from here",
+                file=sys.stderr,
+            )
     if report is None:
         report = asyncio.run(_probe(cfg))
         try:
@@ -205,40 +186,8 @@ def _status(args: argparse.Namespace) -> int:
     report["via"] = via.split(" ")[0]
     if args.json:
         print(printable_json(report, ensure_ascii=False, default=str))
-        return 0
-    service = report.get("service")
-    if service is not None:
-        print(
-            f"markd        {service['state']}, pid {service['pid']}, "
-            f"up {service['uptime_s']:.0f} s, version {service['version']}"
-        )
-    print(f"check mode   {report['mode']}")
-    scanners = report.get("scanners")
-    if scanners is not None:
-        states = {True: "present", False: "ABSENT", None: "not seen yet"}
-        listed = ", ".join(f"{n} {states[s['present']]}" for n, s in scanners.items())
-        print(f"scanners     {listed or 'none configured'}")
-    sources = report.get("sources", report)
-    for name in ("online", "local_module", "tspiot"):
-        if name in sources:
-            if name == "online" and isinstance(sources[name], dict):
-                line = cdn_list_line(sources[name])
-                if line is not None:
-                    print(f"cdn hosts    {line}")
-            print(f"{name:<12} {printable_json(sources[name], ensure_ascii=False, default=str)}")
-    for name, error in report.get("errors", {}).items():
-        print(f"{name:<12} ERROR {error}")
-    if report.get("printer") is not None:
-        print(f"printer      {printable_json(report['printer'], ensure_ascii=False, default=str)}")
-    store = report["store"]
-    if "error" in store:
-        print(f"store        ERROR {store['error']}")
     else:
-        age = store["age_s"]
-        age_text = "never synced" if age is None else f"{age / 3600:.1f} h"
-        print(
-            f"store        version {store['version']}, {age_text}"
-            + (" (STALE)" if store["stale"] else "")
-        )
-    print(f"via          {via}")
-    return 0
+        print("\n".join(status_report.format_report(report, via)))
+    if not_running:
+        return EXIT_NOT_RUNNING
+    return EXIT_DEGRADED if status_report.problems(report) else 0

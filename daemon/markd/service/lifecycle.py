@@ -478,11 +478,21 @@ class Service:
         except BaseException:
             desk.shutdown()
             raise
+        desk.on_receipt_change = self._receipt_changed
         self.sale_desk = desk
         self.receipts = desk
         self._desk_listener = SaleDeskListener(desk)
         self.notifier.add_listener(self._desk_listener)
         return desk
+
+    def _receipt_changed(self, ended: bool) -> None:
+        """``STATUS=`` follows the receipt in flight: at once when one ended (closed or
+        cancelled: ``systemctl status`` must not show it open for another half minute), within
+        the second for a unit or an opened receipt (one datagram per scan at most)."""
+        if ended:
+            self.health.refresh_status()
+        else:
+            self.health.refresh_status_soon()
 
     def drop_sale_desk(self) -> None:
         """Forget the sale desk (a reload retired it): no printer, no receipts."""
