@@ -1082,7 +1082,8 @@ class _MarkdBlocks:
                 # "<GS>" is made of GS1 characters: a full code written out, crypto tail and
                 # all. A snapshot holds a КИ alone; never store the tail as part of a key.
                 self.problems.add(
-                    at, f"{keys.excerpt(key.decode('ascii'))} is a full code with a written-out "
+                    at,
+                    f"{keys.excerpt(key.decode('ascii'))} is a full code with a written-out "
                     "GS, not a key; a markd snapshot holds the КИ alone",
                 )
                 continue
