@@ -533,6 +533,21 @@ def row_key(row: dict[str, Any]) -> bytes:
     raise BadKey("row has neither ki nor gtin")
 
 
+def _all_valid(gtins: Iterable[bytes], known: dict[bytes, bool]) -> bool:
+    """Whether every GTIN has a right check digit; ``known`` remembers the answers across
+    blocks (a list has thousands of GTINs), dropped past :data:`_MAX_GTINS_KEPT` so a file of
+    a GTIN a row cannot grow it without end."""
+    if len(known) > _MAX_GTINS_KEPT:
+        known.clear()
+    for gtin in gtins:
+        ok = known.get(gtin)
+        if ok is None:
+            ok = known[gtin] = gtin_is_valid(gtin.decode())
+        if not ok:
+            return False
+    return True
+
+
 def _text_key(line: bytes) -> bytes:
     text = line.decode("ascii", errors="replace").strip()
     if text.isdigit() and len(text) <= 14:
@@ -748,15 +763,7 @@ class _Reader:
                     gtins = set(map(_GTIN_SLICE, block_keys))  # all КИ: C-level slicing
                 else:
                     gtins = set(map(_GTIN_OF_LINE, block_keys))
-                if len(valid) > _MAX_GTINS_KEPT:
-                    valid.clear()
-                for gtin in gtins:
-                    ok = valid.get(gtin)
-                    if ok is None:
-                        ok = valid[gtin] = gtin_is_valid(gtin.decode())
-                    if not ok:
-                        fast = False
-                        break
+                fast = _all_valid(gtins, valid)
             if not fast:
                 block_keys = []
                 for offset, line in enumerate(block.split(b"\n")[:lines]):
@@ -1049,15 +1056,8 @@ class _MarkdBlocks:
             gtins = _sorted_gtins(block_keys)
         else:
             gtins = set(map(_gtin_of_key, block_keys))
-        valid = self.valid_gtins
-        if len(valid) > _MAX_GTINS_KEPT:
-            valid.clear()  # a file of millions of GTINs must not grow this without end
-        for gtin in gtins:
-            ok = valid.get(gtin)
-            if ok is None:
-                ok = valid[gtin] = gtin_is_valid(gtin.decode())
-            if not ok:
-                return None
+        if not _all_valid(gtins, self.valid_gtins):
+            return None
         return block_keys, values
 
     def _line_by_line(self, block: bytes, lines: int) -> tuple[list[bytes], list[bytes]]:
