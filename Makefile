@@ -3,7 +3,7 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.markd-installed
 
-.PHONY: demo test bench lint venv clean install uninstall
+.PHONY: demo test bench lint venv clean install uninstall deb
 
 # PRINTER=shtrih sells through the Shtrih emulator (protocol 1 on a pty) instead.
 PRINTER ?= emulator
@@ -39,7 +39,14 @@ $(STAMP): setup.cfg pyproject.toml tools/bootstrap.sh
 clean:
 	rm -rf $(VENV) build dist daemon/*.egg-info .pytest_cache .hypothesis
 
-# -- install under systemd (docs/operations.md, "Install and run under systemd") ------------
+# -- the Debian package (docs/operations.md, "Install"): dist/markd_VERSION_all.deb ---------
+# Built with debhelper and dh-python from debian/ on a copy of the tree, checked by lintian;
+# as root, the build tools are installed from Debian's packages. No venv is involved:
+# the package runs on Debian's python3-* libraries. DEB_VERSION=X builds a test version.
+deb:
+	DEB_VERSION="$(DEB_VERSION)" tools/build-deb.sh
+
+# -- install under systemd for development (a till installs the .deb instead) -------------
 # `make install` (as root): a venv for the daemon in MARKD_HOME made from INSTALL_PYTHON
 # (default /usr/bin/python3), the unit, sysusers/tmpfiles snippets, the journal catalog and
 # udev/*.rules, then the system is told about them (sysusers, tmpfiles, catalog, udev, systemd).

@@ -1,33 +1,47 @@
-"""markd under the real systemd: a container booted with systemd-nspawn from this machine's own
-``/usr``, markd installed into it with ``make install``, then driven like a till.
+"""markd under the real systemd, installed as a kiosk installs it: the Debian package built by
+``tools/build-deb.sh`` (``make deb``), installed with ``apt-get install ./markd_*.deb`` in a
+container booted with systemd-nspawn from this machine's own ``/usr``, with no network; then
+driven like a till, upgraded to a rebuilt package and purged.
 
 How the container is made and driven:
 
 * ``systemd-nspawn -D / --volatile=yes --register=no --keep-unit -b``: the host's OS tree with a
   fresh tmpfs root (empty /etc and /var, so nothing of the host's configuration leaks in) and
-  ``--overlay=/usr::/usr`` so that ``make install`` can write to the usual places (the overlay's
-  upper layer is temporary). ``--private-network`` gives it its own loopback, so the emulators'
-  ports cannot collide with anything on the host. The project, its venv and the Python the venv
-  was made from are bound in read-only at their own paths; a temporary host directory is bound
-  at ``/srv/markd-test`` to exchange files and the scanner socket.
+  ``--overlay=/usr::/usr`` so that the package can write to the usual places (the overlay's
+  upper layer is temporary). A copy of dpkg's database and apt's and dpkg's configuration
+  (bound read-only) let apt in the container know what the host has installed:
+  the package's dependencies (Debian's ``python3-*`` libraries, which the fixture installs on
+  the host first) come from the host's packages, never from a network. ``--private-network``
+  gives the container its own loopback and nothing else.
+* One such container runs on a host at a time (a lock in /run/lock, and a check that no other
+  container occupies ``/payload``). systemd-nspawn ``--keep-unit`` takes the caller's cgroup,
+  and a test process without a unit (a CI runner, a host without systemd) has none: every
+  container then lands in the same ``/payload`` tree. Two at once (two test runs on one host,
+  or a run in a second worktree) put their ``markd.service`` processes in one cgroup; each
+  container's systemd sees the other's as PID 0 (a process of another PID namespace), and
+  systemd 252 gives up killing that cgroup with EIO ("Failed to kill control group …
+  Input/output error"): the clean-stop test failed on such hosts for that reason. Two
+  containers booted side by side here showed both PID 1s in ``/payload/init.scope``.
 * ``--register=no`` means no machined and no ``machinectl``: commands run inside through
   ``nsenter`` into the namespaces of the container's PID 1 (a child of systemd-nspawn).
 * The scanner is a pseudo-terminal made inside the container by a small service
   (``pty_scanner.py``, its own transient unit), linked at ``/run/markd-test/NAME``; the test
   writes a code into it through a Unix socket in the shared directory. The CDN and Local Module
-  emulators run as transient units inside the container too.
+  emulators run as transient units inside the container too, from the project's venv (bound
+  in read-only at its own path); the service itself runs Debian's ``/usr/bin/python3``.
 * The unit gets a test drop-in: the tests' ``sitecustomize`` on ``PYTHONPATH`` with
   ``MARKD_TEST_HOOKS=1`` (``markd.testing.hang``: SIGUSR2 hangs the loop), a 3 s watchdog,
-  ``DeviceAllow=char-pts`` for the pty, no core files, and — when the venv's Python lives under
+  ``DeviceAllow=char-pts`` for the pty, no core files, and — when the project lives under
   /root or /home — ``ProtectHome=tmpfs`` with that directory bound back in (and under /tmp:
   bound back into the service's private /tmp).
 
 Each test is named after the failure it prevents. They share one container (booting takes about
-a second, the whole module well under a minute) and run in file order.
+a second; building the two packages takes most of the module's minute) and run in file order.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -54,6 +68,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(sys.prefix)
 SHARED = "/srv/markd-test"
 CDN_PORT, LM_PORT = 18081, 15995
+HOST_DPKG = "/srv/markd-host-dpkg"
 TOKEN = "5c0ffee0-1d2e-4f3a-8b4c-5d6e7f8091a2"
 WATCHDOG_SEC = 3
 DAIRY = "0104670540176099215LpGKy\x1d93dGVz"
@@ -85,7 +100,55 @@ def _ensure_nspawn() -> str | None:
             return f"{tool} is not installed (apt-get install systemd-container util-linux make)"
     if not Path("/usr/lib/systemd/systemd").exists():
         return "no /usr/lib/systemd/systemd to boot"
+    if shutil.which("dpkg") is None or shutil.which("apt-get") is None:
+        return "installing the package needs dpkg and apt-get (a Debian host)"
+    missing = [p for p in package_depends() if not _installed(p)]
+    if missing:
+        # The package's dependencies come from the host's packages (the container has no
+        # network): installed here like any other test tool.
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
+        if subprocess.run(install, capture_output=True, env=env, timeout=600).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=600)
+            done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=600)
+            if done.returncode != 0:
+                return f"cannot install the package's dependencies {missing}: {done.stderr[-500:]}"
     return None
+
+
+def package_depends() -> list[str]:
+    """The Debian packages markd's package depends on by name (debian/control)."""
+    control = (ROOT / "debian" / "control").read_text(encoding="utf-8")
+    binary = control.split("\nPackage: markd\n", 1)[1]
+    depends = binary.split("\nDepends:", 1)[1]
+    field = re.split(r"\n(?=\S)", depends, maxsplit=1)[0]
+    names = [item.strip().split()[0] for item in field.split(",") if item.strip()]
+    return [n for n in names if not n.startswith("${")]
+
+
+def _installed(package: str) -> bool:
+    status = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True
+    )
+    return status.returncode == 0 and status.stdout.endswith(" installed")
+
+
+#: Held for as long as this module's container runs: one such container on a host at a time.
+HOST_LOCK = "/run/lock/markd-systemd-nspawn.lock"
+
+
+def _shared_payload_busy() -> list[str]:
+    """PIDs in the cgroup tree systemd-nspawn gives a container on this host when the caller
+    has no unit of its own (``/payload`` of the name=systemd hierarchy), i.e. another container
+    that would share it."""
+    found: list[str] = []
+    for top in (Path("/sys/fs/cgroup/systemd/payload"), Path("/sys/fs/cgroup/payload")):
+        for procs in top.glob("**/cgroup.procs"):
+            try:
+                found += procs.read_text().split()
+            except OSError:
+                continue
+    return found
 
 
 class Machine:
@@ -234,6 +297,11 @@ def machine() -> Iterator[Machine]:
         "/",
         "--volatile=yes",
         "--overlay=/usr::/usr",
+        # apt and dpkg see what the host has installed (the package's dependencies): dpkg's
+        # database is copied from here into the container's /var (`installed`).
+        f"--bind-ro=/var/lib/dpkg:{HOST_DPKG}",
+        "--bind-ro=/etc/apt",
+        "--bind-ro=/etc/dpkg",
         "--register=no",
         "--keep-unit",
         "--private-network",
@@ -244,6 +312,27 @@ def machine() -> Iterator[Machine]:
         "-b",
         "systemd.firstboot=off",
     ]
+    # One container of this kind at a time on a host (the module's docstring says why): wait
+    # for another test run's container to end, and refuse to share with a stranger's.
+    lock = open(HOST_LOCK, "w")  # noqa: SIM115 - held until the fixture ends
+    deadline = time.monotonic() + 900
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                lock.close()
+                pytest.fail(f"another test container held {HOST_LOCK} for 15 minutes")
+            time.sleep(1)
+    strangers = _shared_payload_busy()
+    if strangers:
+        lock.close()
+        pytest.fail(
+            "another systemd-nspawn container without a unit of its own runs on this host "
+            f"(processes {' '.join(strangers[:10])} in /payload); a second one would share its "
+            "cgroups"
+        )
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
     box = Machine(process, log, shared)
@@ -270,6 +359,7 @@ def machine() -> Iterator[Machine]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        lock.close()
         shutil.rmtree(shared, ignore_errors=True)
 
 
@@ -293,11 +383,75 @@ CONFIG = textwrap.dedent(
 )
 
 
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (ROOT / "daemon" / "markd" / "__init__.py").read_text()
+).group(1)
+UPGRADE = f"{VERSION}+upgrade1"
+
+
+def build_package(machine: Machine, version: str, lintian: bool) -> str:
+    """Build markd's .deb with the project's own tool (what `make deb` runs) into the shared
+    directory; return its path inside the container."""
+    out = machine.shared / "debs"
+    env = {
+        **os.environ,
+        "DEB_OUT": str(out),
+        "DEB_VERSION": "" if version == VERSION else version,
+        "LINTIAN": "yes" if lintian else "no",
+    }
+    built = subprocess.run(
+        [str(ROOT / "tools" / "build-deb.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    deb = out / f"markd_{version}_all.deb"
+    assert built.stdout.strip().endswith(deb.name) and deb.is_file(), built.stdout
+    # lintian's warnings are each overridden with a reason (debian/markd.lintian-overrides):
+    # none may be left unexplained, and no error passes the build.
+    if lintian:
+        assert not re.search(r"^[EW]: ", built.stderr, re.M), built.stderr[-3000:]
+    return f"{SHARED}/debs/{deb.name}"
+
+
+def apt_get(machine: Machine, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """apt-get in the container, non-interactive, with no network to reach."""
+    return machine.run(
+        "env",
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "-y",
+        "-q",
+        "-o",
+        "Dpkg::Use-Pty=0",
+        *args,
+        timeout=300,
+        **kwargs,
+    )
+
+
 @pytest.fixture(scope="module")
 def installed(machine: Machine) -> Machine:
-    """markd installed with `make install` (the project's venv), configured, secrets in the
-    credential store, emulators and the pty scanners running; markd not started yet."""
-    machine.run("make", "-C", str(ROOT), "--no-print-directory", "install", f"USE_VENV={VENV}")
+    """markd installed from its Debian package, as a technician installs it; not configured."""
+    deb = build_package(machine, VERSION, lintian=True)
+    # The host's stat overrides name the host's own groups, which the container's fresh /etc
+    # does not have; they concern none of the packages installed here.
+    machine.sh(
+        f"mkdir -p /var/lib/dpkg && cp -a {HOST_DPKG}/. /var/lib/dpkg/"
+        " && : > /var/lib/dpkg/statoverride"
+    )
+    apt_get(machine, "install", "--no-install-recommends", deb)
+    return machine
+
+
+@pytest.fixture(scope="module")
+def configured(installed: Machine) -> Machine:
+    """The installed package configured for the tests: secrets in the credential store,
+    emulators and the pty scanners running, the test drop-in; markd not started yet."""
+    machine = installed
     python = str(VENV / "bin" / "python")
     machine.write(f"{SHARED}/cdn.json", json.dumps({"cdn": {"token": TOKEN}}))
     for unit, argv in {
@@ -349,28 +503,68 @@ def ensure_started(machine: Machine) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
-def test_unit_files_pass_systemd_analyze_verify_and_security(installed: Machine) -> None:
-    unit = installed.run("systemctl", "show", "-P", "FragmentPath", "markd").stdout.strip()
+def test_the_package_installs_enabled_and_waits_for_a_configuration(installed: Machine) -> None:
+    """apt-get installed it offline: the commands on PATH from Debian's python3, the user, the
+    directories, the catalog (systemd's trigger), the rules, the conffile; the unit enabled and
+    skipped, not failed, while the shipped file (all comments) configures nothing."""
+    box = installed
+    for command in ("markd", "markctl"):
+        found = box.run("sh", "-c", f"command -v {command}").stdout.strip()
+        assert found == f"/usr/bin/{command}"
+    assert box.run("markd", "--version").stdout.strip() == f"markd {VERSION}"
+    where = box.run("/usr/bin/python3", "-c", "import markd, lmdb; print(markd.__file__)")
+    assert where.stdout.startswith("/usr/lib/python3/dist-packages/markd/")
+    assert "markd" in box.run("getent", "passwd", "markd").stdout
+    assert box.run("stat", "-c", "%a %U", "/var/lib/markd").stdout.split() == ["750", "markd"]
+    assert box.run("stat", "-c", "%a %U", "/etc/credstore").stdout.split() == ["700", "root"]
+    catalog = box.run("journalctl", "--list-catalog", "--no-pager").stdout
+    assert MESSAGE_IDS["verdict"] in catalog
+    assert (
+        box.run("test", "-f", "/lib/udev/rules.d/70-markd-scanners.rules", check=False).returncode
+        == 0
+    )
+    conffiles = box.run("dpkg-query", "-W", "-f=${Conffiles}", "markd").stdout
+    assert "/etc/markd/markd.toml" in conffiles
+    shipped = box.run("cat", "/etc/markd/markd.toml").stdout
+    assert shipped.strip() and all(
+        not line.strip() or line.lstrip().startswith("#") for line in shipped.splitlines()
+    )
+    assert box.run("systemctl", "is-enabled", "markd").stdout.strip() == "enabled"
+    # The postinst started it; the condition held it back. An explicit start does the same.
+    start = box.run("systemctl", "start", "markd", check=False)
+    assert start.returncode == 0, start.stderr
+    state = box.show("markd", "ActiveState", "Result", "NRestarts")
+    assert state["ActiveState"] == "inactive" and state["Result"] in ("success", "exec-condition")
+    said = box.run("journalctl", "--no-pager", "-u", "markd", "-o", "cat").stdout
+    assert "not configured yet" in said and "/etc/markd/markd.toml" in said
+    assert not box.journal("MARKD_EVENT=service-started")
+
+
+def test_unit_files_pass_systemd_analyze_verify_and_security(configured: Machine) -> None:
+    unit = configured.run("systemctl", "show", "-P", "FragmentPath", "markd").stdout.strip()
     assert unit.endswith("/systemd/system/markd.service")
-    verify = installed.run("systemd-analyze", "verify", unit, check=False)
+    verify = configured.run("systemd-analyze", "verify", unit, check=False)
     assert verify.returncode == 0, verify.stderr
     assert "markd" not in verify.stderr, verify.stderr
-    security = installed.run(
+    security = configured.run(
         "systemd-analyze", "security", "--offline=yes", "--no-pager", unit, check=False
     )
     found = re.search(r"Overall exposure level for markd\.service: (\d+\.\d)", security.stdout)
     assert found and float(found.group(1)) <= 2.5, security.stdout[-1500:]
     # The install made the user and the directories, and the catalog is in the database.
-    assert "markd" in installed.run("getent", "passwd", "markd").stdout
-    assert installed.run("stat", "-c", "%a %U", "/var/lib/markd").stdout.split() == ["750", "markd"]
-    catalog = installed.run("journalctl", "--list-catalog", "--no-pager").stdout
+    assert "markd" in configured.run("getent", "passwd", "markd").stdout
+    assert configured.run("stat", "-c", "%a %U", "/var/lib/markd").stdout.split() == [
+        "750",
+        "markd",
+    ]
+    catalog = configured.run("journalctl", "--list-catalog", "--no-pager").stdout
     assert MESSAGE_IDS["verdict"] in catalog
 
 
-def test_unit_becomes_active_only_through_ready(installed: Machine) -> None:
+def test_unit_becomes_active_only_through_ready(configured: Machine) -> None:
     started = time.monotonic()
-    installed.run("systemctl", "start", "markd")  # Type=notify: returns once READY=1 arrived
-    state = installed.show(
+    configured.run("systemctl", "start", "markd")  # Type=notify: returns once READY=1 arrived
+    state = configured.show(
         "markd", "ActiveState", "SubState", "Type", "StatusText", "WatchdogUSec", "User"
     )
     assert (state["ActiveState"], state["SubState"], state["Type"]) == (
@@ -381,16 +575,16 @@ def test_unit_becomes_active_only_through_ready(installed: Machine) -> None:
     assert state["StatusText"].startswith("ready; mode direct; scanners front")
     assert state["WatchdogUSec"] == f"{WATCHDOG_SEC}s" and state["User"] == "markd"
     assert time.monotonic() - started < 20
-    (record,) = installed.journal("MARKD_EVENT=service-started")
+    (record,) = configured.journal("MARKD_EVENT=service-started")
     assert record["MESSAGE_ID"] == MESSAGE_IDS["service-started"]
     assert record["_UID"] != "0"  # runs as markd, not root
 
 
-def test_a_scan_yields_a_journaled_verdict_with_its_fields(installed: Machine) -> None:
-    ensure_started(installed)
-    installed.scan("front", WATER)
-    installed.wait("the verdict", lambda: len(installed.journal("MARKD_EVENT=verdict")) == 1)
-    (verdict,) = installed.journal("MARKD_EVENT=verdict")
+def test_a_scan_yields_a_journaled_verdict_with_its_fields(configured: Machine) -> None:
+    ensure_started(configured)
+    configured.scan("front", WATER)
+    configured.wait("the verdict", lambda: len(configured.journal("MARKD_EVENT=verdict")) == 1)
+    (verdict,) = configured.journal("MARKD_EVENT=verdict")
     assert verdict["MESSAGE_ID"] == MESSAGE_IDS["verdict"]
     assert verdict["MARKD_KI"] == WATER_KI
     assert (verdict["MARKD_DECISION"], verdict["MARKD_SOURCE"]) == ("allow", "cdn")
@@ -400,18 +594,18 @@ def test_a_scan_yields_a_journaled_verdict_with_its_fields(installed: Machine) -
     assert verdict["_SYSTEMD_UNIT"] == "markd.service" and verdict["PRIORITY"] == "6"
     # The credential reached the CDN client (the emulator refuses any other key) and neither
     # the key nor the code's crypto tail reached the journal.
-    everything = json.dumps(installed.journal(), ensure_ascii=False)
+    everything = json.dumps(configured.journal(), ensure_ascii=False)
     assert TOKEN not in everything and "938p9E" not in everything
-    assert "ready" in installed.show("markd", "StatusText")["StatusText"]
-    assert "verdicts 1 allow" in installed.show("markd", "StatusText")["StatusText"]
+    assert "ready" in configured.show("markd", "StatusText")["StatusText"]
+    assert "verdicts 1 allow" in configured.show("markd", "StatusText")["StatusText"]
 
 
-def test_journalctl_x_explains_the_record_from_the_catalog(installed: Machine) -> None:
-    ensure_started(installed)
-    if not installed.journal("MARKD_EVENT=verdict"):
-        installed.scan("front", WATER)
-        installed.wait("a verdict", lambda: bool(installed.journal("MARKD_EVENT=verdict")))
-    shown = installed.run(
+def test_journalctl_x_explains_the_record_from_the_catalog(configured: Machine) -> None:
+    ensure_started(configured)
+    if not configured.journal("MARKD_EVENT=verdict"):
+        configured.scan("front", WATER)
+        configured.wait("a verdict", lambda: bool(configured.journal("MARKD_EVENT=verdict")))
+    shown = configured.run(
         "journalctl", "--no-pager", "-x", "-u", "markd", "MARKD_EVENT=verdict"
     ).stdout
     assert "Subject: markd decided on a scanned code: allow" in shown
@@ -419,20 +613,20 @@ def test_journalctl_x_explains_the_record_from_the_catalog(installed: Machine) -
     assert "crypto tail of the" in shown
 
 
-def test_journalctl_recipes_in_the_operations_guide_work(installed: Machine) -> None:
+def test_journalctl_recipes_in_the_operations_guide_work(configured: Machine) -> None:
     """Every `journalctl` line of docs/operations.md's recipes runs as written (except -f,
     which follows forever), and the one about a КИ finds the verdict."""
-    ensure_started(installed)
-    if not installed.journal("MARKD_EVENT=verdict"):
-        installed.scan("front", WATER)
-        installed.wait("a verdict", lambda: bool(installed.journal("MARKD_EVENT=verdict")))
+    ensure_started(configured)
+    if not configured.journal("MARKD_EVENT=verdict"):
+        configured.scan("front", WATER)
+        configured.wait("a verdict", lambda: bool(configured.journal("MARKD_EVENT=verdict")))
     guide = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
     block = guide.split("<!-- recipes:", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     recipes = [line.split("  #")[0].strip() for line in block.splitlines()]
     recipes = [r for r in recipes if r.startswith("journalctl ") and " -f" not in r]
     assert len(recipes) >= 10
     for recipe in recipes:
-        result = installed.sh(f"{recipe} --no-pager", check=False)
+        result = configured.sh(f"{recipe} --no-pager", check=False)
         assert result.returncode == 0, f"{recipe}: {result.stderr}"
         assert not result.stderr.strip(), f"{recipe}: {result.stderr}"
         if "MARKD_KI=" in recipe:
@@ -440,87 +634,88 @@ def test_journalctl_recipes_in_the_operations_guide_work(installed: Machine) -> 
 
 
 def test_reload_applies_a_new_scanner_without_dropping_the_running_one(
-    installed: Machine,
+    configured: Machine,
 ) -> None:
-    before = ensure_started(installed)
-    installed.write(
+    before = ensure_started(configured)
+    configured.write(
         "/etc/markd/markd.toml.d/50-side.toml",
         '[scanners.side]\nurl = "serial:///run/markd-test/side?baudrate=9600&terminator=cr"\n',
     )
-    reload = installed.run("systemctl", "reload", "markd", check=False)
-    assert reload.returncode == 0, reload.stderr + installed.journal_tail()
-    after = installed.show("markd", "MainPID", "ActiveState", "NRestarts")
+    reload = configured.run("systemctl", "reload", "markd", check=False)
+    assert reload.returncode == 0, reload.stderr + configured.journal_tail()
+    after = configured.show("markd", "MainPID", "ActiveState", "NRestarts")
     assert after["MainPID"] == before["MainPID"] and after["ActiveState"] == "active"
-    (reloaded,) = installed.journal("MARKD_EVENT=service-reloaded")
+    (reloaded,) = configured.journal("MARKD_EVENT=service-reloaded")
     assert reloaded["MARKD_SCANNERS_KEPT"] == "front"
     assert reloaded["MARKD_SCANNERS_STARTED"] == "side"
-    installed.wait(
+    configured.wait(
         "scanner side present",
-        lambda: "side ok" in installed.show("markd", "StatusText")["StatusText"],
+        lambda: "side ok" in configured.show("markd", "StatusText")["StatusText"],
     )
     # The change is in force: the new scanner's scans are checked.
-    installed.scan("side", DAIRY)
-    installed.wait(
+    configured.scan("side", DAIRY)
+    configured.wait(
         "a verdict from side",
-        lambda: bool(installed.journal("MARKD_EVENT=verdict", "MARKD_SCANNER=side")),
+        lambda: bool(configured.journal("MARKD_EVENT=verdict", "MARKD_SCANNER=side")),
     )
-    (side,) = installed.journal("MARKD_EVENT=verdict", "MARKD_SCANNER=side")
+    (side,) = configured.journal("MARKD_EVENT=verdict", "MARKD_SCANNER=side")
     assert side["MARKD_KI"] == DAIRY_KI
     # front was never closed: no absent/present record for it after the start.
-    assert len(installed.journal("MARKD_EVENT=scanner-present", "MARKD_SCANNER=front")) == 1
+    assert len(configured.journal("MARKD_EVENT=scanner-present", "MARKD_SCANNER=front")) == 1
 
 
-def test_a_bad_configuration_fails_the_reload_and_changes_nothing(installed: Machine) -> None:
-    before = ensure_started(installed)
-    installed.write("/etc/markd/markd.toml.d/90-broken.toml", "[check]\nmode = 'guess'\n")
+def test_a_bad_configuration_fails_the_reload_and_changes_nothing(configured: Machine) -> None:
+    before = ensure_started(configured)
+    configured.write("/etc/markd/markd.toml.d/90-broken.toml", "[check]\nmode = 'guess'\n")
     try:
-        reload = installed.run("systemctl", "reload", "markd", check=False)
+        reload = configured.run("systemctl", "reload", "markd", check=False)
     finally:
-        installed.run("rm", "-f", "/etc/markd/markd.toml.d/90-broken.toml")
+        configured.run("rm", "-f", "/etc/markd/markd.toml.d/90-broken.toml")
     assert reload.returncode != 0
-    state = installed.show("markd", "MainPID", "ActiveState", "SubState")
+    state = configured.show("markd", "MainPID", "ActiveState", "SubState")
     assert state["MainPID"] == before["MainPID"]
     assert (state["ActiveState"], state["SubState"]) == ("active", "running")
-    (refused,) = installed.journal("MARKD_EVENT=reload-refused")
+    (refused,) = configured.journal("MARKD_EVENT=reload-refused")
     assert "90-broken.toml" in refused["MARKD_PROBLEMS"] and "guess" in refused["MARKD_PROBLEMS"]
     assert refused["MESSAGE_ID"] == MESSAGE_IDS["reload-refused"]
 
 
-def test_a_hung_loop_is_killed_by_the_watchdog_and_restarted(installed: Machine) -> None:
-    before = ensure_started(installed)
-    installed.run("systemctl", "kill", "--kill-who=main", "--signal=SIGUSR2", "markd")
-    installed.wait("the test hook", lambda: bool(installed.journal("MARKD_EVENT=test-hook")))
-    installed.wait(
+def test_a_hung_loop_is_killed_by_the_watchdog_and_restarted(configured: Machine) -> None:
+    before = ensure_started(configured)
+    configured.run("systemctl", "kill", "--kill-who=main", "--signal=SIGUSR2", "markd")
+    configured.wait("the test hook", lambda: bool(configured.journal("MARKD_EVENT=test-hook")))
+    configured.wait(
         "a restart after the watchdog timeout",
         lambda: (
-            installed.show("markd", "NRestarts")["NRestarts"] == str(int(before["NRestarts"]) + 1)
+            configured.show("markd", "NRestarts")["NRestarts"] == str(int(before["NRestarts"]) + 1)
         ),
         timeout=WATCHDOG_SEC * 4 + 10,
     )
-    after = ensure_started(installed)
+    after = ensure_started(configured)
     assert after["MainPID"] != before["MainPID"] and after["ActiveState"] == "active"
-    manager = installed.run(
+    manager = configured.run(
         "journalctl", "--no-pager", "-u", "markd", "-o", "cat", "SYSLOG_IDENTIFIER=systemd"
     ).stdout
     assert "Watchdog timeout" in manager
     # The restarted daemon checks again.
-    count = len(installed.journal("MARKD_EVENT=verdict"))
-    installed.scan("front", WATER)
-    installed.wait(
-        "a verdict after the restart", lambda: len(installed.journal("MARKD_EVENT=verdict")) > count
+    count = len(configured.journal("MARKD_EVENT=verdict"))
+    configured.scan("front", WATER)
+    configured.wait(
+        "a verdict after the restart",
+        lambda: len(configured.journal("MARKD_EVENT=verdict")) > count,
     )
 
 
-def test_stop_is_clean(installed: Machine) -> None:
-    ensure_started(installed)
+def test_stop_is_clean(configured: Machine) -> None:
+    ensure_started(configured)
     started = time.monotonic()
-    installed.run("systemctl", "stop", "markd")
+    configured.run("systemctl", "stop", "markd")
     took = time.monotonic() - started
-    state = installed.show("markd", "ActiveState", "Result", "ExecMainStatus")
+    state = configured.show("markd", "ActiveState", "Result", "ExecMainStatus")
     assert state["ActiveState"] == "inactive" and state["Result"] == "success"
     assert state["ExecMainStatus"] == "0"
     assert took < 10  # well within TimeoutStopSec=, so nothing was killed
-    manager = installed.run(
+    manager = configured.run(
         "journalctl", "--no-pager", "-u", "markd", "-o", "cat", "SYSLOG_IDENTIFIER=systemd"
     ).stdout.splitlines()
     last_stop = manager[
@@ -529,5 +724,5 @@ def test_stop_is_clean(installed: Machine) -> None:
     ]
     assert "markd.service: Deactivated successfully." in last_stop
     assert not [line for line in last_stop if "SIGKILL" in line or "Failed" in line]
-    stopping = installed.journal("MARKD_EVENT=service-stopping")
+    stopping = configured.journal("MARKD_EVENT=service-stopping")
     assert stopping and stopping[-1]["MESSAGE_ID"] == MESSAGE_IDS["service-stopping"]

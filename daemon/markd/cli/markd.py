@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the ККТ the sale goes through: the virtual ККТ in process (default), or the "
         "Shtrih emulator spoken to over protocol 1 on a pty",
     )
+    configured = sub.add_parser(
+        "configured",
+        help="exit 0 when the configuration sets anything, 1 when it is all defaults",
+        description="Exit 0 when the configuration file or one of its drop-ins sets a key "
+        "(or cannot be read: the start then says why), 1 when nothing is configured yet. "
+        "The packaged unit runs it as ExecCondition=, so an installed but unconfigured markd "
+        "stays stopped instead of running on development defaults.",
+    )
     reload = sub.add_parser(
         "reload",
         help="make the running daemon reload its configuration and wait for the outcome",
@@ -112,6 +120,23 @@ def _reload(pid: int, timeout: float, environ: dict[str, str] | None = None) -> 
     return 1
 
 
+def _configured(config_path: str | None) -> int:
+    from markd.config import DEFAULT_PATH, configured_files
+
+    files = configured_files(config_path)
+    if files:
+        print(f"markd: configured by {', '.join(files)}")
+        return 0
+    main = config_path or DEFAULT_PATH
+    # On stdout, so that the journal shows it beside systemd's "condition failed" line.
+    print(
+        f"markd: not configured yet: {main} and {main}.d/*.toml set nothing; "
+        "set at least [check] mode and [scanners.NAME] (docs: /usr/share/doc/markd/"
+        "operations.md), then: systemctl start markd"
+    )
+    return 1
+
+
 def _run_service(config_path: str | None) -> int:
     # Imported here so that `markd --version` and `markd --help` stay fast on a small board.
     from markd import config as config_module
@@ -134,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "reload":
         return _reload(args.pid, args.timeout)
+    if args.command == "configured":
+        return _configured(args.config)
     program = "markd demo" if args.command == "demo" else "markd"
     try:
         if args.command == "demo":

@@ -20,7 +20,7 @@ One module per job:
 Everything callers use is importable from ``markd.config`` itself.
 """
 
-from markd.config.loading import DEFAULT_PATH, DROPIN_SUFFIX, load
+from markd.config.loading import DEFAULT_PATH, DROPIN_SUFFIX, configured_files, load
 from markd.config.output import to_dict, to_toml
 from markd.config.reference import KeyReference, schema_keys, schema_reference
 from markd.config.schema import (
@@ -66,6 +66,7 @@ __all__ = [
     "TerminalConfig",
     "TspiotConfig",
     "default_config",
+    "configured_files",
     "load",
     "schema_keys",
     "schema_reference",

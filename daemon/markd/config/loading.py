@@ -219,3 +219,29 @@ def merge(documents: list[Document]) -> tuple[dict[str, Any], dict[tuple[str, ..
     for doc in documents:
         merge_into(merged, doc.data, (), doc.name)
     return merged, origins
+
+
+def configured_files(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    default_path: str | os.PathLike[str] = DEFAULT_PATH,
+) -> list[str]:
+    """The files of the configuration that set something, in reading order.
+
+    The package ships ``/etc/markd/markd.toml`` with every line commented out, so an empty
+    answer means nobody has configured this machine yet (``markd configured``, the unit's
+    ``ExecCondition=``). A file that cannot be read or parsed counts as setting something:
+    deciding whether it is valid is the start's job, which then reports it properly.
+    """
+    main = Path(default_path if path is None else path)
+    found: list[str] = []
+    unreadable: list[str] = []
+    files = [main, *dropin_files(Path(str(main) + DROPIN_SUFFIX), unreadable)]
+    for file in files:
+        problems: list[str] = []
+        doc = read_document(file, problems, missing_ok=file == main and path is None)
+        if problems or (doc is not None and doc.data):
+            found.append(str(file))
+    if unreadable:
+        found.append(str(main) + DROPIN_SUFFIX)
+    return found
