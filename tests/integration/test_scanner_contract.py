@@ -586,6 +586,25 @@ class TestScannerContract:
         finally:
             running.scanner.close()
 
+    async def test_a_flood_cut_by_an_unplug_still_gets_its_whole_count(
+        self, harness: Harness
+    ) -> None:
+        if not harness.can_unplug:
+            pytest.skip("this backend has no device to unplug")
+        running = await start(harness, "max_length=64")
+        try:
+            await harness.send_unterminated("Z" * 300)
+            first = await running.next(ScanOverflow)
+            assert first.ended is False  # told at once; the flood has no end yet
+            await asyncio.sleep(0.2)  # all 300 bytes have been read
+            harness.unplug()
+            final = await running.next(ScanOverflow)
+            assert (final.dropped, final.ended) == (300, True)
+            gone = await running.next(ScannerState)
+            assert not gone.present
+        finally:
+            running.scanner.close()
+
     async def test_close_is_prompt_and_gives_the_device_back(self, harness: Harness) -> None:
         needs_device_control(harness)
         running = await start(harness)
