@@ -231,6 +231,25 @@ def test_an_input_file_the_service_may_not_read_is_named_with_the_way_out(
     assert f"install -m 0644 {source} /var/tmp/" in result.stderr
 
 
+def test_a_lock_file_left_to_root_by_an_older_markctl_is_named_with_the_chown(
+    service_user: Account, shared: Path, config_file: Path
+) -> None:
+    store = shared / "lib" / "store"
+    store.mkdir(parents=True)
+    os.chown(store, service_user.uid, service_user.gid)
+    (store / "import.lock").touch(mode=0o600)  # root's, as a root import used to leave it
+
+    result = markctl("store", "import", str(blocklist(shared)), "--config", str(config_file))
+
+    assert result.returncode == 1
+    user = pwd.getpwuid(service_user.uid).pw_name
+    me = f"{user}:{grp.getgrgid(service_user.gid).gr_name}"
+    assert result.stderr == (
+        f"markctl: store-access: {store}/import.lock belongs to root:root mode 0600; this "
+        f"process runs as {me} and needs to read and write it: chown -R {me} {store}\n"
+    )
+
+
 def test_root_on_a_store_root_owns_stays_root(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")
