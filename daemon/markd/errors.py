@@ -10,6 +10,7 @@ machine-readable ``reason`` (a short kebab-case code that lands in the journal a
     ├── CodeError          a scanned text is not a usable marking code (markd.codes)
     ├── ConfigError        a configuration file or value is wrong (markd.config)
     ├── StoreError         the LMDB store cannot be opened, read or written (markd.store)
+    │   └── StoreAccessError   permissions: the process may not open the store (permanent)
     ├── ScannerError       a scanner URL is wrong or a device cannot be used (markd.scanners)
     │   └── ScannerGone    the device vanished (unplug); the service retries
     └── FiscalError        the fiscal printer (ККТ) or its shim failed (markd.fiscal)
@@ -79,6 +80,21 @@ class StoreError(MarkdError):
     """The store cannot be opened, read or written."""
 
     reason = "store-error"
+
+
+class StoreAccessError(StoreError):
+    """The store's directory or files do not let this process open them (a ``data.mdb`` left
+    owned by root by a ``markctl`` run as root, a directory of the wrong user), or markctl,
+    run as root, could not become the store's owner (reason ``store-owner``).
+
+    The message names the path, whom it belongs to and its mode, who the process runs as,
+    and the command that fixes it (:mod:`markd.store.ownership`). ``permanent``: restarting
+    cannot fix it, a technician must; the daemon exits with the status its unit does not
+    restart on.
+    """
+
+    reason = "store-access"
+    permanent = True
 
 
 #: :class:`StoreError` reasons of a fleet sync refused because its data cannot be trusted (see

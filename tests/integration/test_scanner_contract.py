@@ -417,6 +417,13 @@ class Running:
     async def scans(self, count: int, timeout: float = 5.0) -> list[bytes]:
         return [(await self.next(Scan, timeout)).data for _ in range(count)]
 
+    async def flood(self, timeout: float = 5.0) -> list[ScanOverflow]:
+        """The overflow events of one flood, up to its final one (``ended``)."""
+        events = [await self.next(ScanOverflow, timeout)]
+        while not events[-1].ended:
+            events.append(await self.next(ScanOverflow, timeout))
+        return events
+
     def quiet(self) -> bool:
         return self.queue.empty()
 
@@ -476,14 +483,19 @@ class TestScannerContract:
         finally:
             running.scanner.close()
 
-    async def test_a_flood_is_dropped_once_and_scanning_continues(self, harness: Harness) -> None:
+    async def test_a_flood_is_dropped_and_counted_whole_and_scanning_continues(
+        self, harness: Harness
+    ) -> None:
         needs_device_control(harness)
         running = await start(harness, "max_length=64")
         try:
             await harness.send_flood(600)
-            overflow = await running.next(ScanOverflow)
-            assert overflow.scanner == "front" and overflow.dropped > 64
-            assert overflow.reason == "too-long"
+            events = await running.flood()
+            # Told at once when the flood spans reads (most backends), then once more at its
+            # end with every byte: the 600, not what was held when the limit was crossed.
+            assert len(events) <= 2 and all(e.ended is False for e in events[:-1])
+            assert all(e.scanner == "front" and e.reason == "too-long" for e in events)
+            assert events[-1].dropped == 600
             await harness.send_codes([WATER])
             assert await running.scans(1) == [WATER.encode()]
         finally:
@@ -533,8 +545,8 @@ class TestScannerContract:
         running = await start(harness, "terminator=none&gap_ms=40&max_length=64")
         try:
             await harness.send_unterminated("Z" * 100)
-            overflow = await running.next(ScanOverflow)
-            assert overflow.reason == "too-long"
+            events = await running.flood()
+            assert all(e.reason == "too-long" for e in events) and events[-1].dropped == 100
             await asyncio.sleep(0.2)
             await harness.send_unterminated(WATER)
             assert await running.scans(1) == [WATER.encode()]
@@ -571,6 +583,25 @@ class TestScannerContract:
             # The half code from before the unplug does not prefix the next one.
             await harness.send_codes([DAIRY])
             assert await running.scans(1) == [DAIRY.encode()]
+        finally:
+            running.scanner.close()
+
+    async def test_a_flood_cut_by_an_unplug_still_gets_its_whole_count(
+        self, harness: Harness
+    ) -> None:
+        if not harness.can_unplug:
+            pytest.skip("this backend has no device to unplug")
+        running = await start(harness, "max_length=64")
+        try:
+            await harness.send_unterminated("Z" * 300)
+            first = await running.next(ScanOverflow)
+            assert first.ended is False  # told at once; the flood has no end yet
+            await asyncio.sleep(0.2)  # all 300 bytes have been read
+            harness.unplug()
+            final = await running.next(ScanOverflow)
+            assert (final.dropped, final.ended) == (300, True)
+            gone = await running.next(ScannerState)
+            assert not gone.present
         finally:
             running.scanner.close()
 

@@ -243,8 +243,15 @@ async def test_garbage_reports_become_one_journal_record(
     await run.finish()
     assert [(v.scanner, v.ki) for v in run.verdicts] == [("kbd", DAIRY_KI)]
     overflows = [f for k, _, f in event_log.events if k == "scan-overflow"]
-    # One record for the unreadable report, one for the flood: never one per report or byte.
-    assert len(overflows) == 2 and all(f["scanner"] == "kbd" for f in overflows)
+    # One record for the unreadable report; for the flood one when it crossed max_length and
+    # one when its Enter came: never one per report or byte.
+    assert all(f["scanner"] == "kbd" for f in overflows)
     # Each record says which: a report the decoder could not read, or a flood too long.
-    assert sorted(f["reason"] for f in overflows) == ["bad-report", "too-long"]
+    assert [(f["reason"], f["ended"]) for f in overflows] == [
+        ("bad-report", "yes"),
+        ("too-long", "no"),
+        ("too-long", "yes"),
+    ]
+    # The last one counts the flood's 700 characters (garbage.hid's header), all of them.
+    assert overflows[1]["dropped"] == 201 and overflows[2]["dropped"] == 700
     assert run.count("scanner-absent") == 0

@@ -159,14 +159,22 @@ async def test_flood_without_terminator_is_journalled_and_scanning_continues(
     await run.started()
     await run.event("scanner-present")
     pty_pair.write(b"Z" * 500)
+    # Journaled while the flood is still under way: no terminator has been sent yet (a
+    # scanner with the wrong suffix never sends one).
     await run.event("scan-overflow")
+    (early,) = [e for e in event_log.events if e[0] == "scan-overflow"]
+    assert early[2]["ended"] == "no" and 64 < early[2]["dropped"] <= 500
+    assert "so far" in early[1]
     pty_pair.write(b"\r" + WATER.encode() + b"\r")
     await run.verdict_count(1)
     await run.finish()
     assert [v.ki for v in run.verdicts] == [WATER_KI]
-    (overflow,) = [e for e in event_log.events if e[0] == "scan-overflow"]
-    assert overflow[2]["scanner"] == "front" and overflow[2]["dropped"] > 64
-    assert overflow[2]["reason"] == "too-long" and "without a terminator" in overflow[1]
+    # The terminator ended the flood: one more record, with every byte it dropped.
+    overflows = [e for e in event_log.events if e[0] == "scan-overflow"]
+    assert [e[2]["ended"] for e in overflows] == ["no", "yes"]
+    final = overflows[1]
+    assert final[2]["scanner"] == "front" and final[2]["dropped"] == 500
+    assert final[2]["reason"] == "too-long" and "without a terminator" in final[1]
 
 
 async def test_store_that_cannot_open_fails_start_up_cleanly(

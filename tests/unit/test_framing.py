@@ -62,17 +62,60 @@ def test_empty_units_are_skipped() -> None:
     assert Framer(b"\r").feed(b"\r\r" + WATER + b"\r\r") == [WATER]
 
 
-def test_flood_without_terminator_is_dropped_once_and_never_buffered() -> None:
+def test_flood_without_terminator_is_reported_at_once_and_never_buffered() -> None:
     framer = Framer(b"\r", max_length=64)
     events = []
     for _ in range(100):
         events += framer.feed(b"x" * 50)
         assert framer.pending <= 64
-    overflows = [e for e in events if isinstance(e, Overflow)]
-    assert len(overflows) == 1 and overflows[0].dropped > 64
-    assert all(isinstance(e, Overflow) for e in events)
+    # Reported when the limit was crossed (the second read: 100 bytes held), not per read.
+    assert events == [Overflow(100, ended=False)]
     # The rest of the flood up to its terminator is discarded, then framing resumes.
-    assert framer.feed(b"tail of the flood\r" + DAIRY + b"\r") == [DAIRY]
+    assert framer.feed(b"tail of the flood\r" + DAIRY + b"\r") == [Overflow(5017), DAIRY]
+
+
+def test_the_final_overflow_counts_every_byte_of_the_flood() -> None:
+    # 100 reads of 50 bytes and a 17-byte tail: 5017 bytes dropped, the CR not among them.
+    # Before, the only record said 100: the bytes held when the limit was crossed.
+    framer = Framer(b"\r", max_length=64)
+    events = []
+    for _ in range(100):
+        events += framer.feed(b"x" * 50)
+    events += framer.feed(b"tail of the flood\r")
+    assert [e.dropped for e in events if isinstance(e, Overflow) and e.ended] == [5017]
+
+
+def test_a_flood_ended_by_a_pause_is_counted_whole() -> None:
+    framer = Framer(None, max_length=20)
+    assert framer.feed(b"Y" * 25) == [Overflow(25, ended=False)]
+    assert framer.feed(b"Y" * 1000) == []
+    assert framer.flush() == [Overflow(1025)]
+    assert framer.flush() == []
+
+
+def test_a_flood_cut_by_an_unplug_is_counted_whole() -> None:
+    framer = Framer(b"\r", max_length=40)
+    assert framer.feed(b"Q" * 50) == [Overflow(50, ended=False)]
+    framer.feed(b"Q" * 50)
+    assert framer.reset() == [Overflow(100)]
+    assert framer.reset() == []
+    assert framer.feed(DAIRY + b"\r") == [DAIRY]
+
+
+def test_a_crlf_terminator_split_by_a_read_still_ends_a_flood() -> None:
+    framer = Framer(b"\r\n", max_length=32)
+    assert framer.feed(b"Z" * 40 + b"\r") == [Overflow(40, ended=False)]
+    assert framer.pending <= 1  # at most the CR, kept until the next read tells
+    assert framer.feed(b"\n" + DAIRY + b"\r\n") == [Overflow(40), DAIRY]
+
+
+def test_a_unit_left_by_discard_ends_without_an_overflow() -> None:
+    # discard() (an unreadable HID report mid-unit) reports its own bytes; the framer adds
+    # no "too-long" record when that unit ends.
+    framer = Framer(b"\r", max_length=40)
+    framer.feed(b"0104")
+    assert framer.discard() == 4
+    assert framer.feed(b"Z" * 50 + b"\r" + DAIRY + b"\r") == [DAIRY]
 
 
 def test_overlong_unit_inside_one_read_is_an_overflow() -> None:
@@ -132,9 +175,9 @@ def test_without_terminator_the_gap_ends_a_flood_and_the_next_code_is_kept() -> 
     # flood (there is no terminator to wait for), so the next code, after its own pause, is
     # kept. A framer still "discarding" would drop it silently.
     framer = Framer(None, max_length=20)
-    assert framer.feed(b"Y" * 25) == [Overflow(25)]
+    assert framer.feed(b"Y" * 25) == [Overflow(25, ended=False)]
     assert framer.pending == 0 and framer.in_unit  # the flood is still under way
-    assert framer.flush() == []  # the gap after it
+    assert framer.flush() == [Overflow(25)]  # the gap after it
     assert not framer.in_unit
     assert framer.feed(DAIRY[:16]) == []
     assert framer.flush() == [DAIRY[:16]]

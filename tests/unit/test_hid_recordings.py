@@ -76,6 +76,7 @@ def test_garbage_is_reported_not_buffered() -> None:
     kinds = [r.kind for r in results]
     assert kinds == ["bad-report", "dropped", "code"]
     assert results[0].line == 5
+    assert results[1].detail == "700 bytes"  # the whole flood (garbage.hid's header says 700)
 
 
 def test_unplug_drops_the_partial_code() -> None:

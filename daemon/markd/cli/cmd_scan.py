@@ -355,9 +355,10 @@ def _overflow_advice(event: ScanOverflow) -> str:
             f"dropped {event.dropped} bytes of unreadable reports: is the URL's mode the "
             "scanner's mode (hid-kbd vs hid-pos)?"
         )
+    so_far = "" if event.ended else " so far (dropping until the next terminator)"
     return (
-        f"dropped {event.dropped} bytes without a terminator: the scanner's suffix does not "
-        "match ?terminator= (set the scanner to add CR, or use terminator=none)"
+        f"dropped {event.dropped} bytes without a terminator{so_far}: the scanner's suffix "
+        "does not match ?terminator= (set the scanner to add CR, or use terminator=none)"
     )
 
 

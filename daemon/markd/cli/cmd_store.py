@@ -3,6 +3,11 @@
 Every subcommand opens the store at ``[store] path`` from the configuration (``--config``,
 default ``/etc/markd/markd.toml``) unless ``--store DIR`` names another directory.
 
+The commands that write the store (import, delta, block, unblock, sync), run as root on a
+store that belongs to another user (the service's ``markd``), become that user before opening
+it, so the files they create belong to the service; when the system refuses the switch they
+refuse too, giving the ``runuser`` command to use (:mod:`markd.store.ownership`).
+
 Exit status: 0 done; 2 the input was refused (bad rows or file, a delta out of order, an older
 snapshot, a bad key, bad configuration); 1 the store or the network failed (cannot open, disk
 full, server unreachable, hash mismatch); 3 a sync refused as untrusted (an unsigned index
@@ -199,7 +204,27 @@ def _open(args: argparse.Namespace, *, readonly: bool) -> Store:
         from dataclasses import replace
 
         cfg = replace(cfg, path=args.store)
+    if not readonly:
+        _write_as_owner(args, cfg.path)
     return Store.from_config(cfg, readonly=readonly)
+
+
+def _write_as_owner(args: argparse.Namespace, store_path: str) -> None:
+    """Run as root on a store that belongs to the service: become its owner before the store
+    is opened, so every file written belongs to the service (docs/store.md, "Who owns the
+    store"). Everything read as root (the configuration, secrets) was read before this."""
+    from markd.store.ownership import act_as_owner
+
+    command_line = getattr(args, "command_line", None) or sys.argv[1:]
+    owner = act_as_owner(store_path, command_line)
+    source = getattr(args, "file", None)
+    if owner is not None and source is not None and not os.access(source, os.R_OK):
+        raise StoreError(
+            f"cannot read {source} as {owner.user}: markctl writes the store as its owner "
+            f"{owner.user}, who may not read this file; copy it where {owner.user} can "
+            f"(install -m 0644 {source} /var/tmp/) and give that copy",
+            "bad-file",
+        )
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:

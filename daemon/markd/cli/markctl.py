@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The arguments as typed, for advice that repeats the command (markctl store as root).
+    args.command_line = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
     except MarkdError as exc:

@@ -74,11 +74,17 @@ class Scan:
 class ScanOverflow:
     """Input was dropped: a unit longer than ``max_length`` arrived without a terminator
     (``reason`` ``too-long``), or the device sent reports its decoder cannot read
-    (``bad-report``). Reported once per flood, never once per byte."""
+    (``bad-report``). Never reported once per byte or per read.
+
+    A ``too-long`` flood that goes on past the read that crossed the limit is reported twice:
+    at once with ``ended=False`` and the bytes dropped so far, and when it ends (its
+    terminator, the pause, an unplug) with ``ended=True`` and all of its bytes (see
+    :class:`markd.scanners.framing.Overflow`). ``bad-report`` events are always ``ended``."""
 
     scanner: str
     dropped: int
     reason: str = "too-long"
+    ended: bool = True
 
 
 @dataclass(frozen=True)
@@ -442,7 +448,7 @@ class Scanner(abc.ABC):
             dropped += self._framer.discard()
         else:
             dropped += self._framer.pending
-            self._framer.reset()
+            self._deliver(self._framer.reset())
         if not self._bad_input_reported:
             self._bad_input_reported = True
             self._emit(ScanOverflow(self.name, dropped, "bad-report"))
@@ -462,15 +468,16 @@ class Scanner(abc.ABC):
             return
         self._present = present
         if not present:
-            # A half-received code from before the unplug must not prefix the next scan.
-            self._framer.reset()
+            # A half-received code from before the unplug must not prefix the next scan; a
+            # flood it cut short still gets its final count.
+            self._deliver(self._framer.reset())
         self._emit(ScannerState(self.name, present, detail))
 
     def _deliver(self, units: list[Unit], symbology: str | None = None) -> None:
         now = time.monotonic()
         for unit in units:
             if isinstance(unit, Overflow):
-                self._emit(ScanOverflow(self.name, unit.dropped))
+                self._emit(ScanOverflow(self.name, unit.dropped, ended=unit.ended))
             else:
                 self._bad_input_reported = False
                 self._emit(Scan(self.name, unit, now, symbology))

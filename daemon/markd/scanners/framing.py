@@ -15,11 +15,29 @@ shared by every backend:
 [b'0104670540176099215LpGKy\\x1d93dGVz']
 
 A line that runs longer than ``max_length`` without a terminator (a scanner stuck in a loop, line
-noise, a wrong baud rate) is dropped and reported once as :class:`Overflow`, so the service can
-journal it; the framer never buffers more than ``max_length`` bytes. The remainder of such a
-flood, up to the next terminator, is discarded too: it is the tail of the same broken unit, not
-a code of its own. With ``terminator=none`` there is no terminator to wait for: the pause that
-ends every unit (:meth:`Framer.flush`) ends the flood as well, so the next scan is kept.
+noise, a wrong baud rate) is dropped, and the rest of it up to the next terminator is discarded
+too: it is the tail of the same broken unit, not a code of its own. The framer never buffers
+more than ``max_length`` bytes; of the discarded tail it keeps only a count. With
+``terminator=none`` there is no terminator to wait for: the pause that ends every unit
+(:meth:`Framer.flush`) ends the flood as well, so the next scan is kept.
+
+Such a flood is reported as :class:`Overflow` events, so the service can journal it:
+
+* when the limit is crossed and the end of the unit is not in sight yet, at once, with
+  ``ended=False`` and the bytes dropped so far: the cashier's re-scan prompt and the journal
+  cannot wait for an end that a scanner with the wrong suffix never sends;
+* when the flood ends (its terminator, the pause, or :meth:`Framer.reset` on an unplug), with
+  ``ended=True`` and every byte of the unit: the bytes held when the limit was crossed plus
+  the whole discarded tail, terminator excluded.
+
+An overlong unit whose terminator arrives in the same read gives only the second event. So
+every flood gives exactly one ``ended=True`` event, and those add up to all the bytes dropped:
+
+>>> f = Framer(b"\\r", max_length=8)
+>>> f.feed(b"Z" * 10)
+[Overflow(dropped=10, ended=False)]
+>>> f.feed(b"Z" * 5 + b"\\r")
+[Overflow(dropped=15, ended=True)]
 """
 
 from __future__ import annotations
@@ -46,11 +64,14 @@ DEFAULT_MAX_LENGTH = 512
 class Overflow:
     """A unit longer than ``max_length`` arrived without a terminator and was dropped.
 
-    ``dropped`` counts the bytes thrown away when the limit was crossed (the bytes that follow,
-    up to the next terminator, are discarded silently as part of the same unit).
+    ``ended``: the unit is over (its terminator or pause came) and ``dropped`` counts all of
+    its bytes. ``ended=False``: the limit was just crossed and the unit goes on; ``dropped``
+    counts the bytes so far, and an ``ended=True`` event with the whole count follows when the
+    unit ends.
     """
 
     dropped: int
+    ended: bool = True
 
 
 #: What :meth:`Framer.feed` returns: a complete unit (terminator stripped) or an overflow event.
@@ -78,8 +99,11 @@ class Framer:
         self.terminator = terminator
         self.max_length = max_length
         self._buffer = bytearray()
-        # True after an overflow until the next terminator: the rest of the flood is discarded.
+        # True after an overflow (or discard()) until the unit's end: the rest is thrown away.
         self._discarding = False
+        # Bytes of an overflowed unit dropped so far (None when the unit being discarded came
+        # from discard(), which its caller reports): only a count, never the bytes.
+        self._flood_bytes: int | None = None
         # True when the last byte seen was a CR terminator, so an LF at the start of the next
         # read belongs to it (terminator "cr" with a scanner that sends CR LF).
         self._swallow_lf = False
@@ -96,11 +120,16 @@ class Framer:
         ``terminator=none`` the pause that :meth:`flush` stands for)."""
         return bool(self._buffer) or self._discarding
 
-    def reset(self) -> None:
-        """Forget any partial unit (used when the device goes away mid-scan)."""
+    def reset(self) -> list[Unit]:
+        """Forget any partial unit (used when the device goes away mid-scan).
+
+        A flood being discarded ends here too: its final :class:`Overflow` is returned (an
+        empty list otherwise), so the bytes it dropped are still counted."""
+        out = self._end_flood(len(self._buffer))
         self._buffer.clear()
         self._discarding = False
         self._swallow_lf = False
+        return out
 
     def discard(self) -> int:
         """Drop the partial unit and the rest of it, up to its end (the next terminator or
@@ -109,6 +138,7 @@ class Framer:
         a broken code, not a code of its own."""
         dropped = len(self._buffer)
         self._buffer.clear()
+        # A flood already being discarded stays one flood: its final Overflow counts on.
         self._discarding = True
         self._swallow_lf = False
         return dropped
@@ -137,11 +167,22 @@ class Framer:
                     unit = unit[:-1]
                 self._emit(unit, out)
 
-        if len(self._buffer) > self.max_length:
-            if not self._discarding:
-                out.append(Overflow(len(self._buffer)))
-                self._discarding = True
-            self._buffer.clear()
+        crossed = not self._discarding and len(self._buffer) > self.max_length
+        if crossed:
+            self._discarding = True
+            self._flood_bytes = 0
+        if self._discarding:
+            # The unit's bytes with no end in this read: count them and keep only what could
+            # be the first half of a CR LF terminator cut by the read.
+            keep = len(terminator) - 1 if terminator is not None else 0
+            thrown = max(0, len(self._buffer) - keep)
+            del self._buffer[:thrown]
+            if self._flood_bytes is not None:
+                self._flood_bytes += thrown
+                if crossed:
+                    # Reported now, not at the end: a scanner whose suffix is not the
+                    # configured terminator never sends that end.
+                    out.append(Overflow(self._flood_bytes, ended=False))
         return out
 
     def flush(self) -> list[Unit]:
@@ -160,10 +201,19 @@ class Framer:
 
     def _emit(self, unit: bytes, out: list[Unit]) -> None:
         if self._discarding:
-            # The terminator ends the flood; what came before it is the flood's tail.
+            # The terminator (or pause) ends the flood; ``unit`` is the flood's last piece.
+            out += self._end_flood(len(unit))
             self._discarding = False
             return
         if len(unit) > self.max_length:
             out.append(Overflow(len(unit)))
         elif unit:
             out.append(unit)
+
+    def _end_flood(self, tail: int) -> list[Unit]:
+        """The final event of an overflowed unit ending now (``tail``: its last bytes)."""
+        if self._flood_bytes is None:
+            return []
+        dropped = self._flood_bytes + tail
+        self._flood_bytes = None
+        return [Overflow(dropped)]

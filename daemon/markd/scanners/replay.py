@@ -56,7 +56,10 @@ class _Replay:
     def units(self, units: list[Unit], symbology: str | None = None) -> None:
         for unit in units:
             if isinstance(unit, Overflow):
-                self.out.append(Decoded("dropped", detail=f"{unit.dropped} bytes"))
+                # A replay reads the whole capture at once: no early report is needed, only
+                # each flood's final count.
+                if unit.ended:
+                    self.out.append(Decoded("dropped", detail=f"{unit.dropped} bytes"))
             else:
                 self.out.append(Decoded("code", unit, symbology))
 
@@ -67,7 +70,7 @@ class _Replay:
 
     def unplug(self, line: int) -> None:
         dropped = self.framer.pending
-        self.framer.reset()
+        self.units(self.framer.reset())
         self.out.append(Decoded("unplug", detail=f"{dropped} bytes of a partial code", line=line))
 
     def bad(self, line: int, error: BadReport, *, in_unit: bool) -> None:
@@ -76,16 +79,20 @@ class _Replay:
         if in_unit:
             self.framer.discard()
         else:
-            self.framer.reset()
+            self.units(self.framer.reset())
         self.out.append(Decoded("bad-report", detail=str(error), line=line))
 
     def finish(self) -> list[Decoded]:
-        if self.framer.pending:
-            if self.framer.terminator is None:
-                self.units(self.framer.flush())
-            else:
-                pending = self.framer.pending
-                self.framer.reset()
+        framer = self.framer
+        if framer.terminator is None:
+            if framer.in_unit:
+                self.units(framer.flush())
+        elif framer.in_unit:
+            pending = framer.pending
+            flood = framer.reset()
+            if flood:  # a flood the capture never ended: its bytes are counted all the same
+                self.units(flood)
+            elif pending:
                 self.out.append(Decoded("incomplete", detail=f"{pending} bytes"))
         return self.out
 

@@ -11,7 +11,9 @@ Every scan ends in exactly one verdict. A scan that is not a code becomes a ``de
 ``rescan``) verdict from the parser; even a bug while handling one scan becomes a ``deny``
 with reason ``internal-error`` (and a ``service-error`` record); scans still queued when the
 service stops get ``rescan`` (reason ``service-stopping``). A flood becomes a
-``scan-overflow`` record, an unplugged device a ``scanner-absent`` record. Nothing a scanner
+``scan-overflow`` record (two when it outlasts the read that crossed the limit: one at once,
+one with the whole count, ``ended=yes``, when it ends), an unplugged device a
+``scanner-absent`` record. Nothing a scanner
 sends stops the service.
 
 Each scan's stages (queue, parse, store, each source, each listener) are timed; a scan slower
@@ -166,10 +168,18 @@ class ScanLoop:
                     f"{event.dropped} bytes of reports the decoder could not read dropped "
                     "(a scanner in another mode than its URL says, or a faulty device?)"
                 )
-            else:
+            elif event.ended:
                 what = (
                     f"{event.dropped} bytes without a terminator dropped "
                     "(wrong terminator setting, baud rate or a stuck scanner?)"
+                )
+            else:
+                # The flood goes on: say so now (the cashier scans again, a technician sees
+                # it), and the record with ended=yes gives the whole count when it ends.
+                what = (
+                    f"{event.dropped} bytes without a terminator dropped so far, and the rest "
+                    "up to the next terminator will be (wrong terminator setting, baud rate "
+                    "or a stuck scanner?)"
                 )
             self.event_log.event(
                 "scan-overflow",
@@ -178,6 +188,7 @@ class ScanLoop:
                 scanner=event.scanner,
                 dropped=event.dropped,
                 reason=event.reason,
+                ended="yes" if event.ended else "no",
             )
         elif isinstance(event, ScannerState):
             kind = "scanner-present" if event.present else "scanner-absent"

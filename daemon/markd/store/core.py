@@ -41,7 +41,7 @@ import lmdb
 
 from markd.codes import CodeError, MarkingCode, mentions_gs, parse
 from markd.errors import StoreError
-from markd.store import keys
+from markd.store import keys, ownership
 from markd.store.keys import BLOCK_VALUE, BadKey
 from markd.text import control_problem
 
@@ -221,7 +221,11 @@ class Store:
 
     def _open_env(self, map_size_mb: int) -> lmdb.Environment:
         path = Path(self.path)
-        if self.readonly and not (path / "data.mdb").exists():
+        try:
+            missing = self.readonly and not (path / "data.mdb").exists()
+        except PermissionError as exc:  # a directory on the way that we may not enter
+            raise self._access_error(exc) from exc
+        if missing:
             raise StoreError(
                 f"no store at {self.path} (import a blocklist with 'markctl store import' "
                 "or start markd once)",
@@ -241,9 +245,14 @@ class Store:
                 create=not self.readonly,
                 max_readers=256,
             )
-        except lmdb.Error as exc:
-            raise _store_error(self.path, "opening", exc) from exc
-        except OSError as exc:
+        except (lmdb.Error, OSError) as exc:
+            # Permissions first: a store left to root by a markctl run as root is the usual
+            # reason, and the message says what to chown.
+            problem = ownership.access_problem(self.path, readonly=self.readonly)
+            if problem is not None:
+                raise problem from exc
+            if isinstance(exc, lmdb.Error):
+                raise _store_error(self.path, "opening", exc) from exc
             raise StoreError(f"opening {self.path}: {exc.strerror or exc}") from exc
         if not self.readonly:
             # Slots of readers killed with -9 would pin old pages forever otherwise.
@@ -252,6 +261,10 @@ class Store:
             if env.info()["map_size"] < os.path.getsize(path / "data.mdb"):
                 env.set_mapsize(0)
         return env
+
+    def _access_error(self, exc: OSError) -> StoreError:
+        problem = ownership.access_problem(self.path, readonly=self.readonly)
+        return problem or StoreError(f"opening {self.path}: {exc.strerror or exc}")
 
     def _open_dbs(self) -> dict[bytes, Any]:
         env = self._require_env()

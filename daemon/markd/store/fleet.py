@@ -104,7 +104,7 @@ from markd.http.client import os_reason
 from markd.http.errors import HTTPBodyCut, HTTPError, HTTPTimeout, ProxyError
 from markd.numbers import read_int
 from markd.proxy import ProxyEndpoint, ProxySettings
-from markd.store import keys, signing
+from markd.store import keys, ownership, signing
 from markd.store.core import Store
 from markd.store.importer import (
     CSV_COLUMNS,
@@ -1144,7 +1144,7 @@ def sync(
     remote.no_downgrade = not public_keys and not allow_unsigned
     downloads = Path(store.path) / DOWNLOADS_DIR
     try:
-        downloads.mkdir(exist_ok=True)
+        ownership.writable_directory(downloads, store.path)
     except OSError as exc:
         raise StoreError(f"cannot create {downloads}: {exc.strerror or exc}") from exc
     with remote, _sync_lock(downloads, store.path):

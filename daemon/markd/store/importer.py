@@ -67,7 +67,7 @@ import lmdb
 
 from markd.codes import GS1_CHARSET_82, CodeError, gtin_is_valid, mentions_gs, parse
 from markd.errors import StoreError
-from markd.store import keys
+from markd.store import keys, ownership
 from markd.store.core import _SLOTS, Store, StoreInfo, _store_error
 from markd.store.keys import BLOCK_VALUE, BadKey
 from markd.text import control_problem, csv_uncell, printable
@@ -1258,8 +1258,7 @@ class _Runs:
     _FAN_IN = 64
 
     def __init__(self, store_path: str) -> None:
-        base = Path(store_path) / "tmp"
-        base.mkdir(exist_ok=True)
+        base = ownership.writable_directory(Path(store_path) / "tmp", store_path)
         self.dir = Path(tempfile.mkdtemp(prefix="import-", dir=base))
         self.files: list[Path] = []
         self.values: set[bytes | None] = set()  # the constant value of keys-only runs
@@ -1377,6 +1376,8 @@ def _exclusive(store: Store, what: str) -> Iterator[None]:
     path = Path(store.path) / "import.lock"
     try:
         handle = open(path, "a")  # noqa: SIM115 - closed below
+    except PermissionError as exc:  # left owned by root by an older markctl run as root
+        raise ownership.denied(path, "read and write it", store.path) from exc
     except OSError as exc:
         raise StoreError(f"cannot lock {path}: {exc.strerror}") from exc
     with handle:

@@ -1,0 +1,213 @@
+"""Who owns the store: markctl writing it as the service's user, and a clear refusal when the
+process cannot open it.
+
+The daemon runs as the system user ``markd`` (the unit's ``User=``), and its store, in
+``/var/lib/markd/store``, belongs to that user. A technician runs ``markctl store import``,
+``delta``, ``sync``, ``block`` or ``unblock`` as root, usually through sudo. LMDB creates
+``data.mdb`` and ``lock.mdb`` with the owner of the process that creates them, and an import
+adds ``import.lock`` and a ``tmp/`` directory of sort runs: written as root, they would leave
+the service with files it cannot open.
+
+So a command that writes the store, run as root on a store directory that belongs to another
+user, becomes that user first (:func:`act_as_owner`): supplementary groups, group and user,
+for the rest of the process and before the store is opened. What it creates then belongs to
+the service, as if ``runuser -u markd`` had been typed. When the switch is not allowed (a
+container without ``CAP_SETUID``), the command is refused before anything is touched, and the
+message gives the exact command line to run instead.
+
+Nothing changes when root writes a store that root owns (a development store under /tmp, a
+master that only exports), or when a user other than root runs markctl: a process that is not
+root cannot become anyone, and what it creates is its own. Read-only commands (``stats``,
+``lookup``, ``export``) keep the caller's identity: they create nothing in the store, and
+``export`` writes its files wherever ``--to`` says, as the caller.
+
+The other side is :func:`access_problem`: when a process (the daemon at start, a markctl as
+some user) cannot open the store, it says which path is in the way, whom it belongs to, who
+the process is and the ``chown`` that fixes it, as :class:`~markd.errors.StoreAccessError`.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shlex
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from markd.errors import StoreAccessError
+
+#: The store's files that every process opening it reads and writes (readers too: a read
+#: transaction takes a slot in ``lock.mdb``).
+DATA_FILE = "data.mdb"
+LOCK_FILE = "lock.mdb"
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user and group by number, with their names when the system knows them."""
+
+    uid: int
+    gid: int
+
+    @property
+    def user(self) -> str:
+        try:
+            return pwd.getpwuid(self.uid).pw_name
+        except KeyError:
+            return str(self.uid)
+
+    @property
+    def group(self) -> str:
+        try:
+            return grp.getgrgid(self.gid).gr_name
+        except KeyError:
+            return str(self.gid)
+
+    @property
+    def has_name(self) -> bool:
+        return self.user != str(self.uid)
+
+    def __str__(self) -> str:
+        return f"{self.user}:{self.group}"
+
+    @classmethod
+    def of(cls, info: os.stat_result) -> Account:
+        return cls(info.st_uid, info.st_gid)
+
+    @classmethod
+    def current(cls) -> Account:
+        return cls(os.geteuid(), os.getegid())
+
+
+def owning_directory(store_path: str | os.PathLike[str]) -> Path:
+    """The store directory, or, before it exists, its nearest existing ancestor: the directory
+    whose owner the store's files should have (``/var/lib/markd`` belongs to ``markd`` through
+    the unit's ``StateDirectory=``, so a first import creates ``store/`` as ``markd``)."""
+    path = Path(os.path.abspath(store_path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def act_as_owner(store_path: str | os.PathLike[str], command_line: Sequence[str]) -> Account | None:
+    """Before a command writes the store at ``store_path``: when this process is root and the
+    store's directory (:func:`owning_directory`) belongs to another user, become that user
+    and the directory's group, for good. Return the account switched to, or None when there
+    was nothing to do (not root, or a store that root owns).
+
+    ``command_line``: the arguments as typed after ``markctl``, for the refusal's advice.
+
+    :raises StoreAccessError: (reason ``store-owner``) the switch was refused by the system;
+        nothing was opened or written, and the message gives the command to run instead.
+    """
+    if os.geteuid() != 0:
+        return None
+    directory = owning_directory(store_path)
+    owner = Account.of(directory.stat())
+    if owner.uid == 0:
+        return None
+    try:
+        if owner.has_name:
+            os.initgroups(owner.user, owner.gid)
+        else:
+            os.setgroups([owner.gid])
+        os.setresgid(owner.gid, owner.gid, owner.gid)
+        os.setresuid(owner.uid, owner.uid, owner.uid)
+    except OSError as exc:
+        raise StoreAccessError(
+            f"{directory} belongs to {owner}; markctl runs as root and could not become "
+            f"{owner.user} to write the store as the service does ({exc.strerror}). Nothing "
+            f"was changed. Run it as the store's owner: {as_owner_command(owner, command_line)}",
+            "store-owner",
+        ) from exc
+    return owner
+
+
+def as_owner_command(owner: Account, command_line: Sequence[str]) -> str:
+    """The shell command that runs ``markctl COMMAND_LINE`` as ``owner``."""
+    markctl = shlex.join(["markctl", *command_line])
+    if owner.has_name:
+        return f"runuser -u {shlex.quote(owner.user)} -- {markctl}"
+    return f"setpriv --reuid={owner.uid} --regid={owner.gid} --clear-groups -- {markctl}"
+
+
+def access_problem(
+    store_path: str | os.PathLike[str], *, readonly: bool = False
+) -> StoreAccessError | None:
+    """Why this process cannot open the store at ``store_path``, or None when permissions are
+    not the reason. Looks at what opening needs, in order: to enter every directory above the
+    store and the store's own (or, before it exists, to create it); to read ``data.mdb`` (and,
+    to write, to write it); to read and write ``lock.mdb``; to list the store directory (and,
+    to write, to create files in it)."""
+    me = Account.current()
+    path = Path(os.path.abspath(store_path))
+    ancestors: list[Path] = []
+    for directory in reversed(path.parents):  # "/" first: each is entered before the next
+        if not directory.exists():
+            break
+        ancestors.append(directory)
+        if not _may(directory, os.X_OK):
+            return _refusal(directory, me, "enter it", f"chown {me} {directory}")
+    if len(ancestors) < len(path.parents) or not path.exists():
+        parent = ancestors[-1]
+        if not readonly and not _may(parent, os.W_OK | os.X_OK):
+            return _refusal(parent, me, f"create {path.name} in it", f"chown {me} {parent}")
+        return None
+    fix = f"chown -R {me} {path}"
+    # The files first: they are what LMDB opens, and what an older markctl run as root left
+    # behind; then the directory, where an import or a sync creates its own files.
+    needs = [
+        (path, os.X_OK, "enter it"),
+        (path / DATA_FILE, os.R_OK, "read it")
+        if readonly
+        else (path / DATA_FILE, os.R_OK | os.W_OK, "read and write it"),
+        (path / LOCK_FILE, os.R_OK | os.W_OK, "read and write it"),
+        (path, os.R_OK | os.X_OK, "list it")
+        if readonly
+        else (path, os.R_OK | os.W_OK | os.X_OK, "list it and create files in it"),
+    ]
+    for target, mode, verb in needs:
+        if target.exists() and not _may(target, mode):
+            return _refusal(target, me, verb, fix)
+    return None
+
+
+def denied(path: str | os.PathLike[str], what: str, store_path: str) -> StoreAccessError:
+    """A file of the store (``import.lock``, ``tmp/``, a download) this process may not
+    ``what`` (``read and write it``): whose it is and the ``chown`` of the store that fixes
+    it (one left by an earlier markctl run as root)."""
+    me = Account.current()
+    return _refusal(Path(path), me, what, f"chown -R {me} {os.path.abspath(store_path)}")
+
+
+def writable_directory(directory: str | os.PathLike[str], store_path: str) -> Path:
+    """Create ``directory`` inside the store (``tmp/``, ``downloads/``) if needed and make
+    sure this process may create files in it; one that an earlier markctl run as root left
+    behind is refused with :func:`denied`'s advice rather than failing halfway."""
+    path = Path(directory)
+    try:
+        path.mkdir(exist_ok=True)
+    except PermissionError as exc:
+        raise denied(path.parent, "create files in it", store_path) from exc
+    if not _may(path, os.W_OK | os.X_OK):
+        raise denied(path, "create files in it", store_path)
+    return path
+
+
+def _may(path: Path, mode: int) -> bool:
+    if os.access in os.supports_effective_ids:
+        return os.access(path, mode, effective_ids=True)
+    return os.access(path, mode)
+
+
+def _refusal(path: Path, me: Account, what: str, fix: str) -> StoreAccessError:
+    try:
+        info = path.stat()
+    except OSError:
+        whose = "cannot be examined"
+    else:
+        whose = f"belongs to {Account.of(info)} mode {stat.S_IMODE(info.st_mode):04o}"
+    return StoreAccessError(f"{path} {whose}; this process runs as {me} and needs to {what}: {fix}")
