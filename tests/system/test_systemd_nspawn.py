@@ -443,6 +443,9 @@ def installed(machine: Machine) -> Machine:
         f"mkdir -p /var/lib/dpkg && cp -a {HOST_DPKG}/. /var/lib/dpkg/"
         " && : > /var/lib/dpkg/statoverride"
     )
+    # A host made from a Docker image has a policy-rc.d that forbids maintainer scripts to
+    # start services; a kiosk has none, and the package's start is part of what is tested.
+    machine.run("rm", "-f", "/usr/sbin/policy-rc.d")
     apt_get(machine, "install", "--no-install-recommends", deb)
     return machine
 
@@ -530,11 +533,15 @@ def test_the_package_installs_enabled_and_waits_for_a_configuration(installed: M
         not line.strip() or line.lstrip().startswith("#") for line in shipped.splitlines()
     )
     assert box.run("systemctl", "is-enabled", "markd").stdout.strip() == "enabled"
-    # The postinst started it; the condition held it back. An explicit start does the same.
+    # The postinst started it, and the condition held it back (said in the journal, with no
+    # failure); an explicit start does the same.
+    by_postinst = box.run("journalctl", "--no-pager", "-u", "markd", "-o", "cat").stdout
+    assert "not configured yet" in by_postinst, by_postinst
+    assert box.show("markd", "ActiveState")["ActiveState"] == "inactive"
     start = box.run("systemctl", "start", "markd", check=False)
     assert start.returncode == 0, start.stderr
     state = box.show("markd", "ActiveState", "Result", "NRestarts")
-    assert state["ActiveState"] == "inactive" and state["Result"] in ("success", "exec-condition")
+    assert state["ActiveState"] == "inactive" and state["Result"] == "exec-condition"
     said = box.run("journalctl", "--no-pager", "-u", "markd", "-o", "cat").stdout
     assert "not configured yet" in said and "/etc/markd/markd.toml" in said
     assert not box.journal("MARKD_EVENT=service-started")
@@ -726,3 +733,97 @@ def test_stop_is_clean(configured: Machine) -> None:
     assert not [line for line in last_stop if "SIGKILL" in line or "Failed" in line]
     stopping = configured.journal("MARKD_EVENT=service-stopping")
     assert stopping and stopping[-1]["MESSAGE_ID"] == MESSAGE_IDS["service-stopping"]
+
+
+def test_root_imports_a_blocklist_the_service_can_open(configured: Machine) -> None:
+    """A technician's `markctl store import` as root writes the store as the service's user
+    (markctl switches to the store's owner), so markd starts on it and denies the listed КИ."""
+    box = configured
+    box.run("systemctl", "stop", "markd")
+    box.write("/var/tmp/blocklist.txt", DAIRY_KI + "\n")
+    box.run("chmod", "0644", "/var/tmp/blocklist.txt")
+    box.run("markctl", "store", "import", "/var/tmp/blocklist.txt", "--reason", "recalled")
+    owners = box.sh("find /var/lib/markd/store -printf '%u:%g %p\\n'").stdout.splitlines()
+    assert owners and all(line.startswith("markd:markd ") for line in owners), owners
+    ensure_started(box)
+    box.scan("side", DAIRY)
+    box.wait(
+        "the blocklist's verdict",
+        lambda: any(
+            r.get("MARKD_DECISION") == "deny"
+            for r in box.journal("MARKD_EVENT=verdict", f"MARKD_KI={DAIRY_KI}")
+        ),
+    )
+
+
+def _sha256(box: Machine, path: str) -> str:
+    return box.run("sha256sum", path).stdout.split()[0]
+
+
+def test_an_upgrade_keeps_the_store_the_sale_journal_and_the_changed_conffile(
+    configured: Machine,
+) -> None:
+    box = configured
+    # A sale, so that the sale journal and the virtual ККТ hold something.
+    box.write(
+        "/etc/markd/markd.toml.d/60-sale.toml",
+        '[sale]\nmode = "attendant"\n\n[fiscal]\nurl = "emulator:///var/lib/markd/kkt"\n',
+    )
+    box.run("systemctl", "restart", "markd")
+    ensure_started(box)
+    box.run("markctl", "receipt", "add", WATER, "--price", "89.90")
+    box.run("markctl", "receipt", "close", "--payment", "cash")
+    journal_before = box.run("cat", "/var/lib/markd/fiscal/session.journal").stdout
+    assert journal_before.strip()
+    stats_before = json.loads(box.run("markctl", "store", "stats", "--json").stdout)
+    conffile = _sha256(box, "/etc/markd/markd.toml")
+    pid_before = box.show("markd", "MainPID")["MainPID"]
+
+    deb = build_package(box, UPGRADE, lintian=False)
+    apt_get(box, "install", "--no-install-recommends", deb)
+
+    assert box.run("dpkg-query", "-W", "-f=${Version}", "markd").stdout == UPGRADE
+    assert box.run("markd", "--version").stdout.strip() == f"markd {VERSION}"
+    # The technician's file stays as it was, with nothing for dpkg to ask about.
+    assert _sha256(box, "/etc/markd/markd.toml") == conffile
+    leftovers = box.sh("ls /etc/markd | grep -e dpkg -e ucf || true").stdout.split()
+    assert leftovers == []
+    # Restarted on the new code, on the same store and journal.
+    box.wait("markd restarted", lambda: box.show("markd", "MainPID")["MainPID"] != pid_before)
+    ensure_started(box)
+    stats_after = json.loads(box.run("markctl", "store", "stats", "--json").stdout)
+    for key in ("entries", "version"):
+        assert stats_after.get(key) == stats_before.get(key), (key, stats_before, stats_after)
+    journal_after = box.run("cat", "/var/lib/markd/fiscal/session.journal").stdout
+    assert journal_after.startswith(journal_before)
+    box.scan("side", DAIRY)
+    box.wait(
+        "a deny from the kept blocklist",
+        lambda: (
+            len(
+                [
+                    r
+                    for r in box.journal("MARKD_EVENT=verdict", f"MARKD_KI={DAIRY_KI}")
+                    if r.get("MARKD_DECISION") == "deny"
+                ]
+            )
+            >= 2
+        ),
+    )
+
+
+def test_purge_removes_the_user_and_configuration_and_keeps_the_store(
+    configured: Machine,
+) -> None:
+    box = configured
+    purge = apt_get(box, "purge", "markd")
+    assert "kept /var/lib/markd" in purge.stdout + purge.stderr
+    assert box.run("getent", "passwd", "markd", check=False).returncode != 0
+    assert box.run("getent", "group", "markd", check=False).returncode != 0
+    assert box.run("test", "-e", "/etc/markd", check=False).returncode != 0
+    assert box.run("test", "-e", "/etc/credstore/markd.crpt-token", check=False).returncode != 0
+    assert box.run("systemctl", "cat", "markd", check=False).returncode != 0
+    assert box.run("test", "-e", "/usr/bin/markd", check=False).returncode != 0
+    # The store and the sale journal stay until the technician removes them.
+    for kept in ("/var/lib/markd/store/data.mdb", "/var/lib/markd/fiscal/session.journal"):
+        assert box.run("test", "-s", kept, check=False).returncode == 0, kept
