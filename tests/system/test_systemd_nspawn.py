@@ -13,7 +13,7 @@ How the container is made and driven:
   the package's dependencies (Debian's ``python3-*`` libraries, which the fixture installs on
   the host first) come from the host's packages, never from a network. ``--private-network``
   gives the container its own loopback and nothing else.
-* One such container runs on a host at a time (a lock in /run/lock, and a check that no other
+* One such container runs on a host at a time (a lock in /run, and a check that no other
   container occupies ``/payload``). systemd-nspawn ``--keep-unit`` takes the caller's cgroup,
   and a test process without a unit (a CI runner, a host without systemd) has none: every
   container then lands in the same ``/payload`` tree. Two at once (two test runs on one host,
@@ -134,7 +134,7 @@ def _installed(package: str) -> bool:
 
 
 #: Held for as long as this module's container runs: one such container on a host at a time.
-HOST_LOCK = "/run/lock/markd-systemd-nspawn.lock"
+HOST_LOCK = "/run/markd-systemd-nspawn.lock"
 
 
 def _shared_payload_busy() -> list[str]:
