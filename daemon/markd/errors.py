@@ -23,6 +23,11 @@ machine-readable ``reason`` (a short kebab-case code that lands in the journal a
         ├── PrinterFault        the ККТ answered and refused (no paper, ФН error, shift expired…)
         └── FiscalTimeout       the ККТ gave no final answer in time (also a TimeoutError)
 
+``permanent`` tells whether trying again can help: a permanent error (a bad configuration, a
+missing secret, a store the service user may not open) stays until a person changes something,
+so the daemon exits with status 2, which its unit does not restart on; any other failure exits
+with status 1 and systemd tries again.
+
 Low-level exceptions (OSError, lmdb.Error, serial.SerialException) are wrapped with
 ``raise ... from`` so the original stays visible in tracebacks but callers catch one type.
 Messages never contain the crypto tail of a marking code or any secret.
@@ -35,6 +40,9 @@ class MarkdError(Exception):
     """Root of markd's errors: a reason code plus a human message."""
 
     reason: str = "error"
+    #: True when retrying cannot help until a person acts (see the module docstring): the
+    #: daemon exits 2 on it instead of 1. Subclasses set it; an instance may override it.
+    permanent: bool = False
 
     def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
@@ -64,6 +72,7 @@ class ConfigError(MarkdError):
     """Configuration is invalid; ``problems`` lists every finding with its file, line and key."""
 
     reason = "bad-config"
+    permanent = True
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         super().__init__(message)
