@@ -18,6 +18,8 @@ machine-readable ``reason`` (a short kebab-case code that lands in the journal a
         │   │                   the operation did not reach the device
         │   ├── PrinterGone     its serial port or socket vanished (unplugged, closed); the
         │   │                   link reopens on the next call once the device is back
+        │   ├── DriverMissing   the library the printer URL needs is not installed
+        │   │                   (permanent: installing it takes a person)
         │   └── OutcomeUnknown  the link broke while the device was changing state (a receipt
         │                       may or may not exist); only reconciliation can tell
         ├── PrinterFault        the ККТ answered and refused (no paper, ФН error, shift expired…)
@@ -151,6 +153,15 @@ class PrinterGone(PrinterUnavailable):
     the next operation opens the port again, so a device plugged back in simply answers."""
 
     reason = "printer-gone"
+
+
+class DriverMissing(PrinterUnavailable):
+    """The driver or library a printer URL needs (ATOL's libfptr10 for ``atol-lib://``) is not
+    installed or does not load. Permanent: starting again does not install it, so the daemon
+    exits with status 2 instead of being restarted in a loop."""
+
+    reason = "driver-missing"
+    permanent = True
 
 
 class OutcomeUnknown(PrinterUnavailable):

@@ -10,6 +10,7 @@ is transient and exits 1; neither record carries a secret.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -205,3 +206,27 @@ def test_an_unexpected_error_at_start_is_recorded_and_exits_1(
     assert record["MARKD_EVENT"] == "start-failed"
     assert (record["MARKD_REASON"], record["MARKD_EXIT_STATUS"]) == ("internal-error", "1")
     assert "RuntimeError: a bug in opening the store" in record["MESSAGE"]
+
+
+def test_a_missing_printer_driver_is_permanent_exit_2(tmp_path: Path) -> None:
+    # The ATOL driver is not installed here (tests/unit/test_atol_lib.py stands in for it);
+    # restarting markd cannot install it, so the unit must not restart in a loop.
+    if importlib.util.find_spec("libfptr10") is not None:
+        pytest.skip("the ATOL driver is installed here")
+    config = write_config(tmp_path, "")
+    config.write_text(
+        config.read_text() + f'\n[sale]\nmode = "attendant"\n\n[fiscal]\nurl = "atol-lib://usb"\n'
+        f'journal = "{tmp_path / "fiscal.journal"}"\n',
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM")}
+    result = subprocess.run(
+        [*markd_command(), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "markd: driver-missing: atol-lib:// needs" in result.stderr
+    assert "Traceback" not in result.stderr
