@@ -230,3 +230,30 @@ def test_a_missing_printer_driver_is_permanent_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "markd: driver-missing: atol-lib:// needs" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_fiscal_journal_that_cannot_be_created_is_permanent_exit_2(tmp_path: Path) -> None:
+    # Its directory would be inside a regular file: no sale can be journaled, ever.
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("", encoding="utf-8")
+    config = write_config(tmp_path, "")
+    config.write_text(
+        config.read_text()
+        + f'\n[sale]\nmode = "attendant"\n\n[fiscal]\nurl = "emulator://{tmp_path / "kkt"}"\n'
+        f'journal = "{blocker / "session.journal"}"\n',
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM")}
+    result = subprocess.run(
+        [*markd_command(), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert result.returncode == 2, result.stderr
+    expected = (
+        f"markd: journal-unavailable: [fiscal] journal: cannot create the directory of {blocker}"
+    )
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
