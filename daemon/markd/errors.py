@@ -19,10 +19,17 @@ machine-readable ``reason`` (a short kebab-case code that lands in the journal a
         │   │                   the operation did not reach the device
         │   ├── PrinterGone     its serial port or socket vanished (unplugged, closed); the
         │   │                   link reopens on the next call once the device is back
+        │   ├── DriverMissing   the library the printer URL needs is not installed
+        │   │                   (permanent: installing it takes a person)
         │   └── OutcomeUnknown  the link broke while the device was changing state (a receipt
         │                       may or may not exist); only reconciliation can tell
         ├── PrinterFault        the ККТ answered and refused (no paper, ФН error, shift expired…)
         └── FiscalTimeout       the ККТ gave no final answer in time (also a TimeoutError)
+
+``permanent`` tells whether trying again can help: a permanent error (a bad configuration, a
+missing secret, a store the service user may not open) stays until a person changes something,
+so the daemon exits with status 2, which its unit does not restart on; any other failure exits
+with status 1 and systemd tries again.
 
 Low-level exceptions (OSError, lmdb.Error, serial.SerialException) are wrapped with
 ``raise ... from`` so the original stays visible in tracebacks but callers catch one type.
@@ -36,6 +43,9 @@ class MarkdError(Exception):
     """Root of markd's errors: a reason code plus a human message."""
 
     reason: str = "error"
+    #: True when retrying cannot help until a person acts (see the module docstring): the
+    #: daemon exits 2 on it instead of 1. Subclasses set it; an instance may override it.
+    permanent: bool = False
 
     def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
@@ -65,6 +75,7 @@ class ConfigError(MarkdError):
     """Configuration is invalid; ``problems`` lists every finding with its file, line and key."""
 
     reason = "bad-config"
+    permanent = True
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         super().__init__(message)
@@ -158,6 +169,15 @@ class PrinterGone(PrinterUnavailable):
     the next operation opens the port again, so a device plugged back in simply answers."""
 
     reason = "printer-gone"
+
+
+class DriverMissing(PrinterUnavailable):
+    """The driver or library a printer URL needs (ATOL's libfptr10 for ``atol-lib://``) is not
+    installed or does not load. Permanent: starting again does not install it, so the daemon
+    exits with status 2 instead of being restarted in a loop."""
+
+    reason = "driver-missing"
+    permanent = True
 
 
 class OutcomeUnknown(PrinterUnavailable):

@@ -1,14 +1,17 @@
-"""The ``HOST:PORT`` form of a TCP listening address (``[api] listen``).
+"""The ``HOST:PORT`` form of a TCP listening address (``[api] listen``), the rule that keeps
+it on loopback, and the longest Unix socket path (``[api] socket``).
 
-A foundation of its own because two layers read it: the configuration checks the key when a
-file is loaded, the control API binds what it names. Only IP literals are taken (and
-``localhost``, read as 127.0.0.1): a name would need a resolver at start, and the API's
-loopback-only rule must be decided from the address itself.
+A foundation of its own because two layers read it: the configuration checks the keys when a
+file is loaded (so ``markctl config check`` refuses what the daemon would), the control API
+binds what they name. Only IP literals are taken (and ``localhost``, read as 127.0.0.1): a
+name would need a resolver at start, and the API's loopback-only rule must be decided from
+the address itself.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 
 FORM = "expected HOST:PORT with an IP address, e.g. 127.0.0.1:8391 or [::1]:8391"
 
@@ -37,3 +40,26 @@ def parse_listen(value: str) -> tuple[str, int]:
     except ValueError:
         raise ValueError(f"{FORM}, got {value!r}") from None
     return host, int(port_text)
+
+
+def remote_listen_problem(host: str, *, allow_remote: bool) -> str | None:
+    """Why the API may not listen on ``host`` (None: it may). A bearer token sent to an
+    address other than loopback crosses the network in clear text, so that takes
+    ``[api] allow_remote = true``."""
+    if allow_remote or ipaddress.ip_address(host).is_loopback:
+        return None
+    return (
+        f"{host} is not a loopback address; the API token would cross the network in clear "
+        "text. Use 127.0.0.1, or set [api] allow_remote = true."
+    )
+
+
+#: Longest path a Unix socket may be bound to (``sun_path`` is 108 bytes with its NUL).
+MAX_SOCKET_PATH_BYTES = 107
+
+
+def socket_path_problem(path: str) -> str | None:
+    """Why a Unix socket cannot be bound at ``path`` whatever the system (None: it can)."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
+        return f"{path} is longer than a Unix socket path may be ({MAX_SOCKET_PATH_BYTES} bytes)"
+    return None

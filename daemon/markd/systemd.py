@@ -154,6 +154,8 @@ MESSAGE_IDS: dict[str, str] = {
     "service-started": "8ae22f5ca4dc4f7aa03e0927adc0a85b",
     "service-stopping": "003aaf6ca2bb4d60b8088dc64a522555",
     "service-error": "effc337f438544f9b80dfbe0fb5be220",
+    # markd could not start (bad configuration, missing secret, store, port …): at err.
+    "start-failed": "e63a1096eda54d1f8800aa28aaa2fe5a",
     "store-sync": "6be57e0b3828417c8f08784a89f0a56e",
     "store-sync-failed": "7ca3f14fdad744fca7d93ed9ed7de181",
     # A sync refused as untrusted (bad or missing signature, tampered file): at err, not warning.

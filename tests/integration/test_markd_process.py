@@ -84,7 +84,8 @@ def test_invalid_config_prints_every_problem_and_exits_2(tmp_path: Path) -> None
 
 
 def test_a_missing_secret_exits_2_so_systemd_does_not_restart_in_a_loop(tmp_path: Path) -> None:
-    # The file is valid; the secret it names is only looked for when the service starts.
+    # Every value is valid; the secret the file names is missing (the check reads it as the
+    # daemon does, tests/integration/test_config_verdicts.py).
     config = tmp_path / "markd.toml"
     config.write_text(
         f'[store]\npath = "{tmp_path / "store"}"\n\n[api]\nsocket = "{tmp_path / "c.sock"}"\n\n'

@@ -143,3 +143,12 @@ def test_input_reasons_make_status_2_only_where_the_program_passes_them() -> Non
     assert exit_status(refused) == 1  # markd: only a bad configuration is 2
     assert exit_status(MarkdError("boom"), INPUT_REASONS) == 1
     assert exit_status(ConfigError("bad")) == 2
+
+
+def test_a_permanent_error_is_status_2_whatever_its_class() -> None:
+    class NeedsAPerson(StoreError):
+        permanent = True
+
+    assert MarkdError.permanent is False and ConfigError.permanent is True
+    assert exit_status(NeedsAPerson("store owned by root", "store-permission")) == 2
+    assert exit_status(StoreError("disk full")) == 1

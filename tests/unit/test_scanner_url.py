@@ -88,6 +88,9 @@ def test_usb_options() -> None:
         ("serial://dev/ttyACM0", "three slashes"),
         ("serial://", "missing device path"),
         ("serial:///dev/ttyACM0?baud=9600", "unknown option 'baud'"),
+        # pyserial reads the port only when it opens: refused here, not "absent" forever
+        ("serial+socket://192.0.2.10:99999", "a port from 1 to 65535"),
+        ("serial+rfc2217://192.0.2.10", "needs HOST:PORT"),
         ("serial:///dev/ttyACM0?baudrate=fast", "bad baudrate='fast'"),
         ("serial:///dev/ttyACM0?baudrate=0", "bad baudrate='0'"),
         ("serial:///dev/ttyACM0?terminator=enter", "terminator must be one of"),

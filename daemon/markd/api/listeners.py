@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import ipaddress
 import logging
 import os
 import socket
@@ -17,14 +16,12 @@ import stat
 from pathlib import Path
 
 from markd.errors import ConfigError, MarkdError
-from markd.listen import parse_listen
+from markd.listen import parse_listen, remote_listen_problem, socket_path_problem
 
 log = logging.getLogger("markd.api")
 
 #: Pending connections the kernel holds for each listener.
 BACKLOG = 64
-#: Longest path a Unix socket may be bound to (``sun_path`` is 108 bytes with its NUL).
-MAX_SOCKET_PATH_BYTES = 107
 
 
 class ControlApiError(MarkdError):
@@ -43,11 +40,9 @@ def tcp_address(listen: str, *, allow_remote: bool) -> tuple[str, int] | None:
         host, port = parse_listen(listen)
     except ValueError as exc:
         raise ConfigError(f"[api] listen: {exc}") from None
-    if not ipaddress.ip_address(host).is_loopback and not allow_remote:
-        raise ConfigError(
-            f"[api] listen: {host} is not a loopback address; the API token would cross "
-            "the network in clear text. Use 127.0.0.1, or set [api] allow_remote = true."
-        )
+    problem = remote_listen_problem(host, allow_remote=allow_remote)
+    if problem is not None:
+        raise ConfigError(f"[api] listen: {problem}")
     return host, port
 
 
@@ -55,8 +50,9 @@ def bind_unix(path: Path, group: str) -> tuple[socket.socket, tuple[int, int]]:
     """A listening, non-blocking socket at ``path`` with mode 0660 and ``group`` (when that
     group exists), and the ``(st_dev, st_ino)`` of its file, by which :func:`unlink_if_ours`
     knows it later."""
-    if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
-        raise ControlApiError(f"[api] socket: {path} is longer than a Unix socket path may be")
+    problem = socket_path_problem(str(path))
+    if problem is not None:
+        raise ControlApiError(f"[api] socket: {problem}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

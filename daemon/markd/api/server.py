@@ -76,10 +76,11 @@ from markd.api.messages import PHRASES, HTTPRefusal, Request, Response, common_h
 from markd.api.protocol import ControlledService
 from markd.api.routes import ROUTES, RouteContext, methods_of, receipt_status
 from markd.api.sse import HEARTBEAT_S, EventStream, wanted_kinds
+from markd.config.startup import api_token
 from markd.events import Subscription
 from markd.http.refusals import H11_REFUSALS, refusal_text
 from markd.receipts import ReceiptError
-from markd.secrets import Secret, load_secret
+from markd.secrets import Secret
 
 if TYPE_CHECKING:
     from markd.config import ApiConfig
@@ -322,9 +323,7 @@ class ControlServer:
     def _tcp_plan(self) -> tuple[str, int] | None:
         address = listeners.tcp_address(self.config.listen, allow_remote=self.config.allow_remote)
         if address is not None and self._token is None:
-            self._token = load_secret(
-                self.config.token_file, "api-token", what="[api] token_file (TCP listener)"
-            )
+            self._token = api_token(self.config)
         return address
 
     def _unlink_socket(self) -> None:

@@ -5,6 +5,12 @@
     the effective configuration: as a TOML file headed by a comment naming the files read, or
     with ``--json`` as ``{"valid": true, "sources": [...], "config": {...}}``.
 
+    The check is the daemon's own (:func:`markd.config.load` with ``for_service=True``): the
+    files, and each secret the configuration calls for, read as the service would read it
+    (from its file, or from the systemd credential in ``/etc/credstore``). What only the
+    live system can tell — a device present, a port free, the store's ownership — is left to
+    the daemon's start.
+
     Exit 0 when the configuration is valid (what is valid but unsafe, such as a fleet sync
     without ``[store] sync_public_keys``, is printed to stderr as ``markctl: warning: …`` and
     listed under ``"warnings"`` with ``--json``). Otherwise every problem goes to stderr, one per
@@ -58,7 +64,8 @@ def register(subparsers: Any) -> None:
 def run_check(args: argparse.Namespace) -> int:
     """``markctl config check``: load, then print the configuration or its problems."""
     try:
-        config = markd_config.load(args.path)
+        # The daemon's own load: its secrets are read too, so what passes here starts.
+        config = markd_config.load(args.path, for_service=True)
     except ConfigError as exc:
         # The verdict on the file is this command's answer, so --json gives it on stdout in
         # the command's own shape; the problems go to stderr (and the status 2) like any

@@ -16,10 +16,12 @@ On stderr, for a person:
 On stdout, with ``json_output``, also ``{"error": {"reason": …, "message": …}}`` for the
 commands whose ``--json`` promises a JSON answer even on failure (``markctl store``).
 
-The exit status follows markctl's convention: 2 when the input was wrong — a bad configuration,
-or an error whose reason is one of ``input_reasons`` (markctl passes :data:`INPUT_REASONS`) —
-and 1 for any other failure. ``markd`` passes no input reasons: for the daemon only a bad
-configuration is 2, the status its unit does not restart on (``RestartPreventExitStatus=2``).
+The exit status follows markctl's convention: 2 when the input was wrong or the failure is
+permanent — an error whose ``permanent`` attribute is true (a bad configuration, a missing
+secret, a store the user may not open) or whose reason is one of ``input_reasons`` (markctl
+passes :data:`INPUT_REASONS`) — and 1 for any other failure. ``markd`` passes no input reasons:
+for the daemon 2 means "a person must fix something", the status its unit does not restart on
+(``RestartPreventExitStatus=2``).
 """
 
 from __future__ import annotations
@@ -61,10 +63,10 @@ INPUT_REASONS = frozenset(
 
 
 def exit_status(exc: MarkdError, input_reasons: Collection[str] = ()) -> int:
-    """2 for a bad configuration or an input reason, 3 for an untrusted sync, else 1."""
+    """2 for a permanent error or an input reason, 3 for an untrusted sync, else 1."""
     if exc.reason in UNTRUSTED_SYNC_REASONS:
         return EXIT_UNTRUSTED
-    if isinstance(exc, ConfigError) or exc.reason in input_reasons:
+    if exc.permanent or exc.reason in input_reasons:
         return EXIT_BAD_INPUT
     return EXIT_FAILED
 

@@ -1,10 +1,13 @@
 """``markd``: the daemon (``markd [--config FILE]``), the demo (``markd demo``) and the reload
 helper (``markd reload PID``, the unit's ``ExecReload=``).
 
-Exit status: 0 after a clean stop (SIGTERM, SIGINT) or a finished demo; 2 when the
-configuration is invalid (every problem is printed to stderr, one per line; systemd should not
-restart into the same error); 1 when start-up fails for another reason (the store cannot be
-opened, a scanner URL cannot be used).
+Exit status: 0 after a clean stop (SIGTERM, SIGINT) or a finished demo; 2 when the failure is
+permanent (:attr:`markd.errors.MarkdError.permanent`: an invalid configuration — every problem
+printed to stderr, one per line —, a missing secret, a store the service may not open), which
+its unit does not restart on; 1 for a failure that may pass (a port in use, a device or
+service not there yet) and for an unexpected error, which systemd retries. Under journald a
+failed start also leaves a ``start-failed`` record at priority ``err`` naming the reason and
+every problem (``journalctl -u markd -p err``).
 
 ``markd reload PID`` sends SIGHUP to the daemon and waits until it reports the outcome in
 ``$RUNTIME_DIRECTORY/reload.json``: 0 when the new configuration was applied, 1 when it was
@@ -23,11 +26,16 @@ import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from markd import __version__
-from markd.cli.errors import report
-from markd.errors import MarkdError
+from markd.cli.errors import EXIT_BAD_INPUT, EXIT_FAILED, report
+from markd.errors import ConfigError, MarkdError
+
+if TYPE_CHECKING:
+    from markd.service import Service
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,21 +146,71 @@ def _configured(config_path: str | None) -> int:
 
 
 def _run_service(config_path: str | None) -> int:
+    """Load the configuration, run the service until it is stopped; on a failure, say why
+    (stderr, and an ``err`` record in the journal) and return the exit status."""
     # Imported here so that `markd --version` and `markd --help` stay fast on a small board.
     from markd import config as config_module
     from markd.service import Service
     from markd.service.gcpolicy import freeze_imports
 
-    config = config_module.load(config_path)
-    # A reload reads the same file(s) again: the one named here, or the default location.
-    service = Service(config, config_loader=lambda: config_module.load(config_path))
-    # What the imports made never becomes garbage: full collections stop walking it (the
-    # pauses were most of markd's own slow scans, docs/performance.md "The tail").
-    freeze_imports()
-    # A ConfigError found while starting (a configured secret missing, a bad printer URL …)
-    # is reported like a bad file, with status 2: restarting cannot fix it.
-    asyncio.run(service.run(handle_signals=True))
+    def load() -> config_module.Config:
+        # The same load as `markctl config check`: the files and every secret they call for.
+        return config_module.load(config_path, for_service=True)
+
+    service: Service | None = None
+    try:
+        config = load()
+        # A reload reads the same file(s) again: the one named here, or the default location.
+        service = Service(config, config_loader=load)
+        # What the imports made never becomes garbage: full collections stop walking it (the
+        # pauses were most of markd's own slow scans, docs/performance.md "The tail").
+        freeze_imports()
+        asyncio.run(service.run(handle_signals=True))
+    except MarkdError as exc:
+        # A permanent error (a bad configuration, a missing secret …) is status 2: systemd
+        # does not restart into the same error (RestartPreventExitStatus=2).
+        status = report(exc, "markd")
+        _journal_failure(service, exc, status)
+        return status
+    except Exception as exc:  # noqa: BLE001 - a bug at start is still explained, then exit 1
+        traceback.print_exc()
+        print(f"markd: internal-error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _journal_failure(service, exc, EXIT_FAILED)
+        return EXIT_FAILED
     return 0
+
+
+def _journal_failure(service: Service | None, exc: BaseException, status: int) -> None:
+    """The ``start-failed`` record (``service-error`` once the daemon was ready) at priority
+    ``err``, so that ``journalctl -u markd -p err`` says why markd is not running: the reason
+    code, every problem (file, line and key; the path or port) and the exit status. Written
+    only when the log goes to the journal: on a terminal, the lines :func:`report` printed say
+    the same. Messages name files and credentials, never a secret's value."""
+    from markd.systemd import EventLog
+
+    event_log = service.event_log if service is not None else EventLog(target="auto")
+    if event_log.target != "journal":
+        return
+    if isinstance(exc, MarkdError):
+        reason = exc.reason
+        problems = exc.problems if isinstance(exc, ConfigError) else [exc.message]
+    else:
+        reason = "internal-error"
+        problems = [f"{type(exc).__name__}: {exc}"]
+    started = service is not None and service.ready.is_set()
+    kind = "service-error" if started else "start-failed"
+    what = "markd stopped" if started else "markd did not start"
+    retry = "not restarted" if status == EXIT_BAD_INPUT else "systemd may restart it"
+    message = f"{what} ({reason}, exit status {status}: {retry}): " + "; ".join(problems)
+    event_log.event(
+        kind,
+        message,
+        priority="error",
+        reason=reason,
+        exit_status=status,
+        problems=" | ".join(problems),
+        error=type(exc).__name__,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(printer=args.printer)
         return _run_service(args.config)
     except MarkdError as exc:
-        # No input reasons: for the daemon only a bad configuration is 2, the status its unit
-        # does not restart on.
+        # The demo's errors (the daemon reports its own): no input reasons, so only a
+        # permanent error is 2.
         return report(exc, program)
     except KeyboardInterrupt:
         # Ctrl+C before the signal handlers were installed (during start-up).

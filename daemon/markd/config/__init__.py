@@ -10,6 +10,10 @@ One module per job:
 ``validation.py``
     walking parsed TOML against the dataclasses, with the one validator markd has
     (:mod:`markd.validation`, which the emulators' scenarios use too);
+``startup.py``
+    what the daemon reads at start beyond the files (the secrets, the proxies built with
+    them), judged by :func:`load` with ``for_service=True`` for ``markd`` and ``markctl
+    config check`` alike;
 ``lines.py``
     where each key is in a file's text, and how a key path is written;
 ``output.py``

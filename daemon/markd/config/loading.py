@@ -21,12 +21,14 @@ import os
 import re
 import stat
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from markd.config.lines import key_lines
 from markd.config.schema import Config, whole_config_problems
+from markd.config.startup import startup_problems
 from markd.config.validation import INVALID, Checker, build
 from markd.errors import ConfigError
 
@@ -41,6 +43,8 @@ def load(
     path: str | os.PathLike[str] | None = None,
     *,
     default_path: str | os.PathLike[str] = DEFAULT_PATH,
+    for_service: bool = False,
+    environ: Mapping[str, str] | None = None,
 ) -> Config:
     """Read, merge and validate the configuration.
 
@@ -48,6 +52,13 @@ def load(
     default file means all defaults) and the drop-ins in ``<default_path>.d/`` if that directory
     exists. With an explicit ``path``, that file must exist; its drop-ins are read from
     ``<path>.d/``.
+
+    ``for_service=True`` also reads what the daemon reads at start beyond the files — each
+    secret the configuration calls for, the proxies built with them
+    (:func:`markd.config.startup.startup_problems`, looked up in ``environ``, default the
+    process's environment) — and reports what it would refuse like any other problem, at its
+    key. ``markd`` (at start and on reload) and ``markctl config check`` load this way, so
+    the two refuse the same files; the other markctl commands read only what they use.
 
     Raises :class:`~markd.errors.ConfigError` listing every problem found in all files; the
     error never carries a traceback-worthy OSError or decode error, only readable problems.
@@ -91,6 +102,9 @@ def load(
     if config is not INVALID:
         for key_path, problem in whole_config_problems(config):
             checker.add(key_path, problem)
+        if for_service:
+            for key_path, problem in startup_problems(config, environ):
+                checker.add(key_path, problem)
     problems.extend(checker.problems)
     problems = list(dict.fromkeys(problems))  # drop duplicates, keep the order found
 

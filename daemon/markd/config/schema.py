@@ -42,6 +42,7 @@ import os
 import re
 import zoneinfo
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import markd.scanners
 from markd.catalog import Catalog, load_catalog
@@ -56,7 +57,7 @@ from markd.fiscal.model import (
     tag1263_problem,
     taxation_type_problem,
 )
-from markd.listen import parse_listen
+from markd.listen import parse_listen, remote_listen_problem, socket_path_problem
 from markd.proxy import DEFAULT_NO_PROXY, no_proxy_problem, proxy_problem
 from markd.receipts import PAYMENT_TYPES
 from markd.store.signing import public_key_problem
@@ -121,9 +122,11 @@ def sync_proxy_problem(value: str) -> str | None:
 
 
 def _sync_url_problem(value: str) -> str | None:
-    if value and not value.startswith(("http://", "https://")):
+    if not value:
+        return None
+    if not value.startswith(("http://", "https://")):
         return f"expected an http:// or https:// URL or nothing, got {value!r}"
-    return None
+    return _host_port_problem(value)
 
 
 @dataclass(frozen=True)
@@ -249,8 +252,24 @@ class CodesConfig:
 
 
 def _url_problem(value: str) -> str | None:
+    """A service's base URL: http(s), a host, and a port the clients can connect to. The
+    clients parse it again when they are built; a port out of range found only then would be
+    a traceback at start instead of a refused file."""
     if not value.startswith(("http://", "https://")) or len(value) < 10:
         return f"expected an http:// or https:// URL, got {value!r}"
+    return _host_port_problem(value)
+
+
+def _host_port_problem(value: str) -> str | None:
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # ValueError when not a number from 0 to 65535
+    except ValueError:
+        return f"expected a port from 1 to 65535, got {value!r}"
+    if not parts.hostname:
+        return f"expected a host name or address, got {value!r}"
+    if port == 0:
+        return f"expected a port from 1 to 65535, got {value!r}"
     return None
 
 
@@ -815,6 +834,15 @@ def whole_config_problems(config: Config) -> list[tuple[tuple[str, ...], str]]:
                 "(tobacco only)",
             )
         )
+    check = config.check
+    if check.mode == "tspiot" and check.tspiot is None:
+        found.append((("check", "mode"), '[check] mode: "tspiot" needs a [check.tspiot] section'))
+    api = config.api
+    if api.enabled and api.listen:
+        host, _ = parse_listen(api.listen)  # its form was checked with the key
+        problem = remote_listen_problem(host, allow_remote=api.allow_remote)
+        if problem is not None:
+            found.append((("api", "listen"), f"[api] listen: {problem}"))
     fiscal = config.fiscal
     if fiscal.web_user and not fiscal.url.lower().startswith("atol-web://"):
         found.append(
@@ -867,7 +895,7 @@ def _listen_problem(value: str) -> str | None:
 def _origin_problem(value: str) -> str | None:
     if not re.fullmatch(r"https?://[^/\s?#]+", value):
         return f"expected an origin such as http://localhost:8080 (no path), got {value!r}"
-    return None
+    return _host_port_problem(value)
 
 
 @dataclass(frozen=True)
@@ -884,6 +912,7 @@ class ApiConfig:
             "doc": "Unix socket of the API, mode 0660; the directory comes from systemd's "
             "`RuntimeDirectory=` (created when missing).",
             "min_length": 1,
+            "check": lambda value: socket_path_problem(value),
         },
     )
     socket_group: str = field(

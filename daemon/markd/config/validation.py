@@ -5,7 +5,8 @@ named tables (``[scanners.NAME]``), arrays, scalars and required keys. Each valu
 the one validator markd has (:func:`markd.validation.problems`, TOML wording), and every
 problem is recorded with the ``file:line`` of its key (:class:`Checker`), so one run reports
 everything wrong in every file. A key that names a file markd reads (``[sale] catalog``) has
-that file parsed here, once per load (:meth:`Checker.parse`).
+that file parsed here, once per load, and every problem of that file is reported
+(:meth:`Checker.parse`).
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ class Checker:
         self.problems.append(f"{self.where(key_path)}: {message}")
 
     def parse(self, parser: Callable[[str], Any], path: str, key_path: tuple[str, ...]) -> Any:
-        """``parser(path)``, once per load; on a :class:`~markd.errors.ConfigError` record its
-        first problem (the file's own ``file:line``) under the key, and return :data:`INVALID`."""
+        """``parser(path)``, once per load; on a :class:`~markd.errors.ConfigError` record
+        each of its problems (each with the file's own ``file:line``) under the key, and
+        return :data:`INVALID`. All of them: a technician fixing a price list wants every bad
+        line at once, not one per attempt."""
         memo = (parser, path)
         if memo not in self.parsed:
             try:
@@ -58,9 +61,8 @@ class Checker:
                 self.parsed[memo] = exc
         result = self.parsed[memo]
         if isinstance(result, ConfigError):
-            more = len(result.problems) - 1
-            first = result.problems[0] + (f" (and {more} more)" if more else "")
-            self.add(key_path, f"{key_name(key_path)}: {first}")
+            for problem in result.problems:
+                self.add(key_path, f"{key_name(key_path)}: {problem}")
             return INVALID
         return result
 

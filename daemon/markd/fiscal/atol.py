@@ -57,6 +57,7 @@ from typing import Any, ClassVar, Protocol
 from urllib.parse import quote
 
 from markd.errors import (
+    DriverMissing,
     FiscalError,
     FiscalTimeout,
     OutcomeUnknown,
@@ -464,7 +465,7 @@ class LibfptrTransport:
         try:
             import libfptr10  # type: ignore[import-not-found]
         except ImportError as exc:
-            raise PrinterUnavailable(
+            raise DriverMissing(
                 "atol-lib:// needs ATOL's Python binding 'libfptr10' (module libfptr10, class "
                 "IFptr), installed with the ATOL ДТО10 driver together with libfptr10.so; it is "
                 f"not importable here ({exc}). Install the driver, or use atol-web:// with "
@@ -475,7 +476,7 @@ class LibfptrTransport:
         try:
             self.fptr = ifptr(options.get("lib") or "")
         except OSError as exc:
-            raise PrinterUnavailable(
+            raise DriverMissing(
                 f"atol-lib://: the binding could not load libfptr10.so "
                 f"({options.get('lib') or 'default location'}): {exc}",
                 "driver-missing",

@@ -30,8 +30,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from markd.errors import FiscalError
+
 DEFAULT_PATH = "/var/lib/markd/fiscal/session.journal"
 ROTATE_BYTES = 4 << 20
+
+
+class JournalUnavailable(FiscalError):
+    """The journal's directory cannot be created (a wrong ``[fiscal] journal`` path, or one
+    the service user may not write). Permanent: no sale may run without its journal, and
+    starting again changes nothing until a person fixes the path or its ownership."""
+
+    reason = "journal-unavailable"
+    permanent = True
 
 
 class SessionJournal:
@@ -41,7 +52,13 @@ class SessionJournal:
         self.path = Path(path)
         self.codes_path = self.path.with_name(self.path.name + ".codes")
         self.codes_tmp_path = self.codes_path.with_name(self.codes_path.name + ".tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JournalUnavailable(
+                f"[fiscal] journal: cannot create the directory of {self.path}: "
+                f"{exc.strerror or exc}"
+            ) from exc
 
     def append(self, event: str, receipt: str | None, **facts: Any) -> dict[str, Any]:
         """Write one record and fsync it; returns the record."""

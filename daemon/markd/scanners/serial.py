@@ -53,6 +53,17 @@ from markd.scanners.base import Option, Scanner, ScannerURL
 
 #: pyserial URL handlers (``serial/urlhandler/protocol_*.py`` in pyserial 3.5).
 PYSERIAL_SCHEMES = frozenset({"loop", "socket", "rfc2217", "spy", "hwgrep", "alt", "cp2110"})
+#: pyserial handlers that connect to ``HOST:PORT``.
+NETWORK_SCHEMES = frozenset({"socket", "rfc2217"})
+
+
+def _check_host_port(variant: str, netloc: str) -> None:
+    """``ValueError`` unless ``netloc`` is ``HOST:PORT`` with a port from 1 to 65535."""
+    host, _, port = netloc.rpartition(":")
+    if not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise ValueError(
+            f"{variant}:// needs HOST:PORT with a port from 1 to 65535, got {netloc!r}"
+        )
 
 
 def _convert_baudrate(text: str) -> int:
@@ -92,6 +103,10 @@ class SerialScanner(Scanner):
             return path
         if variant not in PYSERIAL_SCHEMES:
             raise ValueError(f"unknown pyserial handler {variant!r}")
+        if variant in NETWORK_SCHEMES:
+            # pyserial reads the port only when it opens one; a port out of range would make
+            # a scanner that is "absent" forever instead of a refused configuration.
+            _check_host_port(variant, netloc)
         return f"{variant}://{netloc}{path}"
 
     @property

@@ -211,7 +211,7 @@ class Reloader:
         main = main_config_file(self.target.config)
         if main is None:
             raise ConfigError("no configuration file to re-read: markd started on defaults")
-        return config_module.load(main)
+        return config_module.load(main, for_service=True)
 
     def refuse(self, problems: list[str]) -> tuple[bool, str]:
         first = problems[0] if problems else "unknown problem"

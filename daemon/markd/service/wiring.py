@@ -20,8 +20,10 @@ session reports sold units to it (``[fiscal] lm_sell``), with the same ``[check.
 settings, proxy included. The chain owns it; a reload builds a new chain, and with it a new
 client that replaces the old one in both places.
 
-Secrets are read here, once, from their files or systemd credentials (:mod:`markd.secrets`);
-a missing secret is a configuration error naming the key and the credential.
+Secrets are read here, once, from their files or systemd credentials, by the readers of
+:mod:`markd.config.startup` — the ones the configuration check calls, so a secret the check
+passed is one the daemon can read; a missing secret is a configuration error naming the key
+and the credential.
 """
 
 from __future__ import annotations
@@ -34,10 +36,9 @@ from markd.checks.cdn_hosts import FILE_NAME as HOSTS_FILE_NAME
 from markd.checks.chain import ChainSettings, CheckChain
 from markd.checks.policy import PolicyOptions
 from markd.checks.record import Recorder
-from markd.config import DROPIN_SUFFIX
+from markd.config import DROPIN_SUFFIX, startup
 from markd.errors import ConfigError
-from markd.proxy import DEFAULT_NO_PROXY, ProxySettings
-from markd.secrets import load_secret
+from markd.proxy import ProxySettings
 
 if TYPE_CHECKING:
     from markd.checks.base import CheckClient
@@ -78,37 +79,15 @@ def chain_settings(config: Config) -> ChainSettings:
 
 
 def proxy_settings(section: Any, name: str) -> ProxySettings | None:
-    """The proxy of one ``[check.*]`` section (its ``proxy``, ``no_proxy`` and
-    ``proxy_auth_file`` keys), or None for direct connections."""
-    if not section.proxy:
-        return None
-    credentials = load_secret(
-        section.proxy_auth_file,
-        "proxy-auth",
-        what=f"[{name}] proxy_auth_file",
-        required=bool(section.proxy_auth_file),
-    )
-    return ProxySettings.parse(
-        section.proxy,
-        no_proxy=section.no_proxy,
-        credentials=credentials,
-        where=f"[{name}] proxy",
-    )
+    """The proxy of one ``[check.*]`` section, or None for direct connections
+    (:func:`markd.config.startup.proxy_settings`, which the configuration check calls too)."""
+    return startup.proxy_settings(section, name)
 
 
 def sync_proxy_settings(config: Config) -> ProxySettings | None:
     """The proxy of the fleet sync (``[store] sync_proxy``): by default the one of
     ``[check.online]``, the section that reaches the internet."""
-    choice = config.store.sync_proxy
-    if choice == "direct":
-        return None
-    if choice == "online":
-        online = config.check.online
-        return None if online is None else proxy_settings(online, "check.online")
-    credentials = load_secret("", "proxy-auth", what="[store] sync_proxy", required=False)
-    return ProxySettings.parse(
-        choice, no_proxy=DEFAULT_NO_PROXY, credentials=credentials, where="[store] sync_proxy"
-    )
+    return startup.sync_proxy_settings(config)
 
 
 def hosts_file(config: Config) -> Path | None:
@@ -134,11 +113,9 @@ def build_clients(
         from markd.checks.online import ApiKeyAuth, OnlineClient, OnlineOptions
 
         online = check.online
-        secret = load_secret(online.token_file, "crpt-token", what="[check.online] token_file")
-        assert secret is not None
         clients["online"] = OnlineClient(
             online.url,
-            auth=ApiKeyAuth(secret),
+            auth=ApiKeyAuth(startup.online_token(config)),
             fn_serial=fn_serial,
             recorder=recorder,
             options=OnlineOptions(
@@ -156,17 +133,14 @@ def build_clients(
             clients["local_module"] = lm
     if check.mode == "tspiot":
         if check.tspiot is None:
-            raise ConfigError('[check] mode = "tspiot" needs a [check.tspiot] section')
+            raise ConfigError('[check] mode: "tspiot" needs a [check.tspiot] section')
         from markd.checks.tspiot import TspiotClient
 
         ts = check.tspiot
-        token = load_secret(
-            ts.token_file, "tspiot-token", what="[check.tspiot] token_file", required=False
-        )
         clients["tspiot"] = TspiotClient(
             ts.url,
             client_id=fn_serial or "markd",
-            token=token,
+            token=startup.tspiot_token(config),
             allow_self_signed=ts.allow_self_signed,
             recorder=recorder,
             proxy=proxy_settings(ts, "check.tspiot"),
@@ -184,14 +158,10 @@ def build_local_module(
         return None
     from markd.checks.local_module import LocalModuleClient
 
-    password = load_secret(
-        lm.password_file, "lm-password", what="[check.local_module] password_file"
-    )
-    assert password is not None
     return LocalModuleClient(
         lm.url,
         user=lm.user,
-        password=password,
+        password=startup.local_module_password(config),
         fn_serial=config.terminal.fn_serial,
         api=lm.api,
         recorder=recorder,
@@ -238,11 +208,7 @@ def printer_settings(config: Config) -> PrinterSettings:
     from markd.fiscal.model import ReceiptAttributes
 
     fiscal = config.fiscal
-    password = None
-    if fiscal.web_user:
-        password = load_secret(
-            fiscal.web_password_file, "atol-web-password", what="[fiscal] web_password_file"
-        )
+    password = startup.printer_password(config)
     return PrinterSettings(
         timeout_s=fiscal.timeout_ms / 1000,
         validation_timeout_s=fiscal.validation_timeout_ms / 1000,

@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from markd.errors import OutcomeUnknown, PrinterGone, PrinterUnavailable
+from markd.errors import DriverMissing, OutcomeUnknown, PrinterGone, PrinterUnavailable
 from markd.fiscal.shtrih.commands import MAX_BODY, Request
 from markd.fiscal.shtrih.errors import MalformedAnswer
 
@@ -136,9 +136,7 @@ class SerialPort:
         try:
             import serial
         except ImportError as exc:  # pragma: no cover - pyserial is a dependency
-            raise PrinterUnavailable(
-                "shtrih:// on a serial port needs pyserial", "driver-missing"
-            ) from exc
+            raise DriverMissing("shtrih:// on a serial port needs pyserial") from exc
         try:
             # exclusive: an advisory lock, so a second markd or markctl cannot interleave
             # bytes with ours; programs that take no lock (ModemManager) are kept off the
