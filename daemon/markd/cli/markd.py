@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the ККТ the sale goes through: the virtual ККТ in process (default), or the "
         "Shtrih emulator spoken to over protocol 1 on a pty",
     )
-    configured = sub.add_parser(
+    sub.add_parser(
         "configured",
         help="exit 0 when the configuration sets anything, 1 when it is all defaults",
         description="Exit 0 when the configuration file or one of its drop-ins sets a key "
