@@ -202,7 +202,7 @@ def test_root_who_may_not_switch_users_is_refused_with_the_command_to_use(
         prefix=("setpriv", "--bounding-set=-setuid,-setgid", "--"),
     )
 
-    assert result.returncode == 1
+    assert result.returncode == 2  # permanent: retrying cannot help
     user = pwd.getpwuid(service_user.uid).pw_name
     advice = f"runuser -u {user} -- markctl store import {source} --config {config_file}"
     assert advice in result.stderr
@@ -241,7 +241,7 @@ def test_a_lock_file_left_to_root_by_an_older_markctl_is_named_with_the_chown(
 
     result = markctl("store", "import", str(blocklist(shared)), "--config", str(config_file))
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     user = pwd.getpwuid(service_user.uid).pw_name
     me = f"{user}:{grp.getgrgid(service_user.gid).gr_name}"
     assert result.stderr == (
@@ -356,7 +356,8 @@ def test_markd_on_a_store_it_cannot_open_says_why_and_exits_without_a_traceback(
         timeout=60,
     )
 
-    assert result.returncode != 0
+    # Permanent (MarkdError.permanent): exit 2, which the unit does not restart into.
+    assert result.returncode == 2, result.stderr
     assert f"store-access: {store}/data.mdb belongs to {expected} mode 0600; " in result.stderr
     assert fix in result.stderr
     assert "Traceback" not in result.stderr

@@ -202,9 +202,7 @@ def test_a_catalog_price_out_of_range_is_refused_with_file_and_line(
     assert refused.value.problems == [f"{catalog}:2: {problem}"]
 
 
-@pytest.mark.parametrize(
-    "price", ["1e30", "nan", "inf", "-1", "10000000000000000000000000000"]
-)
+@pytest.mark.parametrize("price", ["1e30", "nan", "inf", "-1", "10000000000000000000000000000"])
 def test_markctl_check_refuses_a_price_the_kkt_cannot_take_without_a_trace(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], price: str
 ) -> None:

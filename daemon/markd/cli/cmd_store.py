@@ -9,7 +9,8 @@ it, so the files they create belong to the service; when the system refuses the 
 refuse too, giving the ``runuser`` command to use (:mod:`markd.store.ownership`).
 
 Exit status: 0 done; 2 the input was refused (bad rows or file, a delta out of order, an older
-snapshot, a bad key, bad configuration); 1 the store or the network failed (cannot open, disk
+snapshot, a bad key, bad configuration) or the store's files need a person (``store-access``,
+``store-owner``: the ownership to fix or the command to use); 1 the store or the network failed (cannot open, disk
 full, server unreachable, hash mismatch); 3 a sync refused as untrusted (an unsigned index
 where keys are configured, a bad signature, an unknown key, a file that does not match the
 signed index, an unsigned sync over plain http://): nothing changed, and a technician must
