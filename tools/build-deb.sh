@@ -52,11 +52,16 @@ work=$(mktemp -d "$PWD/build/deb.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 src=$work/markd-$deb_version
 mkdir "$src"
-# What the repository holds, nothing of a developer's venv, caches or earlier builds.
+# The working tree's files as git sees them (tracked, and new ones not ignored), so a test
+# build carries uncommitted changes; nothing of a venv, caches or earlier builds. A release is
+# built from a clean checkout. A file that cannot be copied fails the build.
 if [ -d .git ] && command -v git >/dev/null 2>&1; then
     git ls-files -z --cached --others --exclude-standard \
-        | grep -zv -e '^\.venv/' -e '^build/' -e '^dist/' \
-        | xargs -0 cp -P --parents -t "$src" 2>/dev/null || true
+        | while IFS= read -r -d '' file; do
+            # A tracked file deleted in the working tree is not part of it.
+            if [ -e "$file" ] || [ -L "$file" ]; then printf '%s\0' "$file"; fi
+        done \
+        | xargs -0 -r cp -P --parents -t "$src"
 else
     tar -c --exclude=./.venv --exclude=./build --exclude=./dist --exclude=./.git \
         --exclude='*.egg-info' --exclude=__pycache__ . | tar -x -C "$src"

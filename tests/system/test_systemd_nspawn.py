@@ -792,8 +792,9 @@ def test_an_upgrade_keeps_the_store_the_sale_journal_and_the_changed_conffile(
     box.wait("markd restarted", lambda: box.show("markd", "MainPID")["MainPID"] != pid_before)
     ensure_started(box)
     stats_after = json.loads(box.run("markctl", "store", "stats", "--json").stdout)
-    for key in ("entries", "version"):
-        assert stats_after.get(key) == stats_before.get(key), (key, stats_before, stats_after)
+    assert stats_before["blocked"]["ki"] == 1 and stats_before["sold"] == 1, stats_before
+    for key in ("blocked", "sold", "version", "source"):
+        assert stats_after[key] == stats_before[key], (key, stats_before, stats_after)
     journal_after = box.run("cat", "/var/lib/markd/fiscal/session.journal").stdout
     assert journal_after.startswith(journal_before)
     box.scan("side", DAIRY)
@@ -824,6 +825,45 @@ def test_purge_removes_the_user_and_configuration_and_keeps_the_store(
     assert box.run("test", "-e", "/etc/credstore/markd.crpt-token", check=False).returncode != 0
     assert box.run("systemctl", "cat", "markd", check=False).returncode != 0
     assert box.run("test", "-e", "/usr/bin/markd", check=False).returncode != 0
-    # The store and the sale journal stay until the technician removes them.
+    # The store and the sale journal stay until the technician asks, given to root so that no
+    # later account with markd's old uid can read them.
     for kept in ("/var/lib/markd/store/data.mdb", "/var/lib/markd/fiscal/session.journal"):
         assert box.run("test", "-s", kept, check=False).returncode == 0, kept
+    owners = box.sh("find /var/lib/markd -printf '%u\\n' | sort -u").stdout.split()
+    assert owners == ["root"]
+    assert box.run("stat", "-c", "%a", "/var/lib/markd").stdout.strip() == "700"
+
+
+def test_a_reinstall_after_purge_takes_over_the_kept_store(configured: Machine) -> None:
+    """The new markd may get another uid (here a system user made in between takes the old
+    one): the kept store and sale journal become the new markd's, and the store opens."""
+    box = configured
+    box.run("useradd", "--system", "--no-create-home", "markd-test-squatter")
+    try:
+        apt_get(box, "install", "--no-install-recommends", f"{SHARED}/debs/markd_{UPGRADE}_all.deb")
+        owners = box.sh("find /var/lib/markd -printf '%u:%g\\n' | sort -u").stdout.split()
+        assert owners == ["markd:markd"]
+        assert box.run("test", "-e", "/var/lib/markd/.kept-by-purge", check=False).returncode
+        stats = json.loads(box.run("markctl", "store", "stats", "--json").stdout)
+        assert (stats["blocked"]["ki"], stats["sold"]) == (1, 1), stats
+        # Nothing configured any more (the purge took /etc/markd): it waits again.
+        assert box.show("markd", "ActiveState")["ActiveState"] == "inactive"
+    finally:
+        box.run("userdel", "markd-test-squatter", check=False)
+
+
+def test_purge_with_the_state_removes_the_store_when_asked(configured: Machine) -> None:
+    box = configured
+    box.run(
+        "env",
+        "MARKD_PURGE_STATE=yes",
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "-y",
+        "-q",
+        "purge",
+        "markd",
+        timeout=300,
+    )
+    assert box.run("test", "-e", "/var/lib/markd", check=False).returncode != 0
+    assert box.run("getent", "passwd", "markd", check=False).returncode != 0
