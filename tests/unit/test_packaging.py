@@ -1,7 +1,8 @@
 """What the Debian package and the unit decide without a container: when an installed markd
 counts as configured (``markd configured``, the unit's ``ExecCondition=``), that the shipped
 ``/etc/markd/markd.toml`` configures nothing yet is a valid file once uncommented, and that the
-package depends on every library the code imports (tests/system builds and installs it)."""
+package depends on every runtime requirement of setup.cfg (tests/system builds and installs
+it)."""
 
 from __future__ import annotations
 
