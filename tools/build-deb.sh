@@ -90,7 +90,7 @@ say "built $out/$deb"
 
 if [ "${LINTIAN:-yes}" != "no" ]; then
     # Errors fail the build; each warning left is explained in debian/markd.lintian-overrides.
-    lintian --fail-on error --no-tag-display-limit "$out/$deb" >&2 \
+    lintian --fail-on error --tag-display-limit 0 "$out/$deb" >&2 \
         || { say "lintian found errors in $out/$deb"; exit 1; }
 fi
 printf '%s\n' "$out/$deb"
