@@ -137,7 +137,10 @@ def _existing_directories(store_path: str | os.PathLike[str]) -> list[tuple[Path
         except OSError:
             break  # not there yet (or not a directory): the rest is created, or refused later
         if stat.S_ISLNK(info.st_mode):
-            target = os.readlink(candidate)
+            try:
+                target = os.readlink(candidate)
+            except OSError:
+                break  # gone since the lstat: opening the store will say what is there now
             _check_link(candidate, info, target, found)
             links += 1
             if links > MAX_LINKS:
