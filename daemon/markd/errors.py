@@ -96,7 +96,9 @@ class StoreError(MarkdError):
 class StoreAccessError(StoreError):
     """The store's directory or files do not let this process open them (a ``data.mdb`` left
     owned by root by a ``markctl`` run as root, a directory of the wrong user), or markctl,
-    run as root, could not become the store's owner (reason ``store-owner``).
+    run as root, could not become the store's owner (reason ``store-owner``) or would have
+    followed a link on the store's path that another user could have placed (reason
+    ``store-symlink``).
 
     The message names the path, whom it belongs to and its mode, who the process runs as,
     and the command that fixes it (:mod:`markd.store.ownership`). ``permanent``: restarting

@@ -4,6 +4,7 @@ the virtual backend, and the serial backend through a pyserial URL (``serial+soc
 from __future__ import annotations
 
 import asyncio
+import queue
 import socket
 import threading
 from typing import TypeVar
@@ -20,7 +21,9 @@ from markd.scanners import (
     get_virtual,
     open_scanner,
 )
+from markd.scanners.base import ScannerURL, parse_url
 from markd.scanners.serial import SerialScanner
+from markd.scanners.virtual import VirtualScanner
 
 E = TypeVar("E", Scan, ScanOverflow, ScannerState)
 
@@ -62,6 +65,55 @@ async def test_virtual_scanner_without_terminator_ends_units_on_a_gap() -> None:
         get_virtual("kiosk").scan(DAIRY)
         first, second = await next_event(queue, Scan), await next_event(queue, Scan)
     assert (first.data, second.data) == (WATER.encode(), DAIRY.encode())
+
+
+class GarbledScanner(VirtualScanner):
+    """A virtual scanner whose reader can also meet input it cannot decode, as a USB backend
+    meets an unreadable report: :meth:`garble` hands it ``size`` such bytes, which the reader
+    gives to :meth:`Scanner._bad_input` in order with the bytes fed around them."""
+
+    def __init__(self, name: str, url: ScannerURL) -> None:
+        super().__init__(name, url)
+        self._script: queue.SimpleQueue[bytes | int | None] = queue.SimpleQueue()
+
+    def feed(self, data: bytes) -> None:
+        self._script.put(bytes(data))
+
+    def garble(self, size: int) -> None:
+        self._script.put(size)
+
+    def _run(self) -> None:
+        self._set_present(True, "garbled")
+        while (item := self._script.get()) is not None and not self._stopping.is_set():
+            if isinstance(item, int):
+                self._bad_input(item)
+            else:
+                self._received(item)
+
+    def _interrupt(self) -> None:
+        self._script.put(None)
+
+
+async def test_bad_input_after_a_flood_counts_each_byte_once() -> None:
+    """With CR LF framing a flood holds back a lone CR (it could be half of the terminator).
+    Unreadable input between units ends the flood, whose final count includes that CR; the
+    bad-input report counts only the unreadable bytes, so the counts add up to what arrived."""
+    queue_: asyncio.Queue[ScannerEvent] = asyncio.Queue()
+    url = parse_url("virtual://garbled?terminator=crlf&max_length=40")
+    with GarbledScanner("garbled", url) as scanner:
+        scanner.start(asyncio.get_running_loop(), queue_)
+        scanner.feed(b"Z" * 50 + b"\r")  # 51 bytes: 50 thrown at once, the CR held back
+        scanner.garble(3)
+        scanner.feed(WATER.encode() + b"\r\n")
+        events = [await next_event(queue_, ScanOverflow) for _ in range(3)]
+        scan = await next_event(queue_, Scan)
+    assert events == [
+        ScanOverflow("garbled", 50, "too-long", ended=False),
+        ScanOverflow("garbled", 51, "too-long", ended=True),
+        ScanOverflow("garbled", 3, "bad-report"),
+    ]
+    assert sum(e.dropped for e in events if e.ended) == 51 + 3
+    assert scan.data == WATER.encode()
 
 
 def test_two_virtual_scanners_cannot_share_a_name() -> None:

@@ -260,6 +260,110 @@ def test_root_on_a_store_root_owns_stays_root(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# markctl store as root: a path another user could have changed
+
+
+@pytest.mark.parametrize("where", ["store", "above", "link-owner"])
+def test_root_does_not_write_through_a_link_another_user_could_have_placed(
+    service_user: Account, shared: Path, config_file: Path, where: str
+) -> None:
+    """The service's user owns /var/lib/markd, so it can turn ``store`` (or a directory on
+    the way to it) into a link to a directory of root's. Root's next import must not land
+    there: it stays a refusal, and the directory is untouched."""
+    lib = shared / "lib"
+    lib.mkdir()
+    target = shared / "root-only"  # stands for /etc: root's, where root may write anything
+    target.mkdir(mode=0o755)
+    if where == "store":  # the store itself is the link (made by root: its place counts)
+        os.chown(lib, service_user.uid, service_user.gid)
+        link = store = lib / "store"
+        link.symlink_to(target)
+    elif where == "above":  # a directory above the store is a link, in the user's directory
+        os.chown(lib, service_user.uid, service_user.gid)
+        link = lib / "markd"
+        store = link / "store"
+        link.symlink_to(target)
+    else:  # a link of the user's own, in a directory of root's
+        link = store = lib / "store"
+        link.symlink_to(target)
+        os.lchown(link, service_user.uid, service_user.gid)
+
+    result = markctl(
+        "store",
+        "import",
+        str(blocklist(shared)),
+        "--config",
+        str(config_file),
+        "--store",
+        str(store),
+    )
+
+    assert result.returncode == 2, result.stderr  # permanent: a person must fix the path
+    assert f"markctl: store-symlink: {link} is a symbolic link to {target} " in result.stderr
+    assert f"Replace {link} with a real directory" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(target.iterdir()) == []  # refused before anything was written there
+    assert (target.stat().st_uid, target.stat().st_gid) == (0, 0)
+
+
+def test_root_follows_a_link_only_root_could_have_placed(
+    service_user: Account, shared: Path, config_file: Path
+) -> None:
+    """A distribution's own links (/var to /srv/var, say) are in root's directories: they
+    are followed, and the real directory's owner decides."""
+    real = shared / "real"
+    (real / "lib").mkdir(parents=True)
+    os.chown(real / "lib", service_user.uid, service_user.gid)
+    (shared / "var").symlink_to(real)
+    store = shared / "var" / "lib" / "store"
+
+    result = markctl(
+        "store",
+        "import",
+        str(blocklist(shared)),
+        "--config",
+        str(config_file),
+        "--store",
+        str(store),
+    )
+
+    assert result.returncode == 0, result.stderr
+    found = owners(real / "lib" / "store")
+    assert {"data.mdb", "lock.mdb", "import.lock", "tmp"} <= set(found)
+    assert set(found.values()) == {(service_user.uid, service_user.gid)}
+
+
+def test_a_store_of_roots_in_the_services_directory_is_written_as_the_service(
+    service_user: Account, shared: Path, config_file: Path
+) -> None:
+    """A store directory root owns, inside the service's /var/lib/markd: the service's user
+    could swap it for anything, so root does not write it. markctl becomes that user, who
+    may not write a directory of root's, and the refusal says which chown fixes it."""
+    lib = shared / "lib"
+    lib.mkdir()
+    os.chown(lib, service_user.uid, service_user.gid)
+    store = lib / "store"
+    store.mkdir(mode=0o755)  # root's
+
+    result = markctl("store", "import", str(blocklist(shared)), "--config", str(config_file))
+
+    assert result.returncode == 2, result.stderr
+    user = pwd.getpwuid(service_user.uid).pw_name
+    me = f"{user}:{grp.getgrgid(service_user.gid).gr_name}"
+    assert result.stderr.startswith(
+        f"markctl: store-access: {store} belongs to root:root mode 0755; this process runs "
+        f"as {me} and needs to "
+    )
+    assert f"chown -R {me} {store}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(store.iterdir()) == []  # root created nothing there
+    assert owners(lib) == {
+        ".": (service_user.uid, service_user.gid),
+        "store": (0, 0),
+    }
+
+
+# --------------------------------------------------------------------------------------------
 # the daemon's side: a store it cannot open
 
 

@@ -6,15 +6,17 @@ default ``/etc/markd/markd.toml``) unless ``--store DIR`` names another director
 The commands that write the store (import, delta, block, unblock, sync), run as root on a
 store that belongs to another user (the service's ``markd``), become that user before opening
 it, so the files they create belong to the service; when the system refuses the switch they
-refuse too, giving the ``runuser`` command to use (:mod:`markd.store.ownership`).
+refuse too, giving the ``runuser`` command to use, and so they do on a store path through a
+link another user could have placed (:mod:`markd.store.ownership`).
 
 Exit status: 0 done; 2 the input was refused (bad rows or file, a delta out of order, an older
 snapshot, a bad key, bad configuration) or the store's files need a person (``store-access``,
-``store-owner``: the ownership to fix or the command to use); 1 the store or the network failed (cannot open, disk
-full, server unreachable, hash mismatch); 3 a sync refused as untrusted (an unsigned index
-where keys are configured, a bad signature, an unknown key, a file that does not match the
-signed index, an unsigned sync over plain http://): nothing changed, and a technician must
-look (docs/store.md, "Fleet keys").
+``store-owner``, ``store-symlink``: the ownership to fix, the command to use, or a link on
+the store's path that another user could have placed); 1 the store or the network failed
+(cannot open, disk full, server unreachable, hash mismatch); 3 a sync refused as untrusted
+(an unsigned index where keys are configured, a bad signature, an unknown key, a file that
+does not match the signed index, an unsigned sync over plain http://): nothing changed, and
+a technician must look (docs/store.md, "Fleet keys").
 """
 
 from __future__ import annotations

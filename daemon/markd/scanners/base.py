@@ -447,8 +447,13 @@ class Scanner(abc.ABC):
         if in_unit:
             dropped += self._framer.discard()
         else:
-            dropped += self._framer.pending
-            self._deliver(self._framer.reset())
+            pending = self._framer.pending
+            ended = self._framer.reset()
+            # A flood being discarded counts its held-back bytes (the first half of a CR LF)
+            # in its own final Overflow: counted here as well, they would be counted twice.
+            if not ended:
+                dropped += pending
+            self._deliver(ended)
         if not self._bad_input_reported:
             self._bad_input_reported = True
             self._emit(ScanOverflow(self.name, dropped, "bad-report"))

@@ -8,12 +8,16 @@ The daemon runs as the system user ``markd`` (the unit's ``User=``), and its sto
 adds ``import.lock`` and a ``tmp/`` directory of sort runs: written as root, they would leave
 the service with files it cannot open.
 
-So a command that writes the store, run as root on a store directory that belongs to another
-user, becomes that user first (:func:`act_as_owner`): supplementary groups, group and user,
-for the rest of the process and before the store is opened. What it creates then belongs to
-the service, as if ``runuser -u markd`` had been typed. When the switch is not allowed (a
-container without ``CAP_SETUID``), the command is refused before anything is touched, and the
-message gives the exact command line to run instead.
+So a command that writes the store, run as root on a store whose path is in another user's
+hands (the store directory, or a directory above it, belongs to that user:
+:func:`store_owner`), becomes that user first (:func:`act_as_owner`): supplementary groups,
+group and user, for the rest of the process and before the store is opened. What it creates
+then belongs to the service, as if ``runuser -u markd`` had been typed. When the switch is not
+allowed (a container without ``CAP_SETUID``), the command is refused before anything is
+touched, and the message gives the exact command line to run instead. A symbolic link on the
+way that another user could have placed (the service's user owns ``/var/lib/markd`` and could
+turn ``store`` into a link to ``/etc``) is refused the same way, wherever it points: root
+would otherwise write ``data.mdb``, ``import.lock`` and ``tmp/`` wherever that user chose.
 
 Nothing changes when root writes a store that root owns (a development store under /tmp, a
 master that only exports), or when a user other than root runs markctl: a process that is not
@@ -82,31 +86,125 @@ class Account:
         return cls(os.geteuid(), os.getegid())
 
 
-def owning_directory(store_path: str | os.PathLike[str]) -> Path:
-    """The store directory, or, before it exists, its nearest existing ancestor: the directory
-    whose owner the store's files should have (``/var/lib/markd`` belongs to ``markd`` through
-    the unit's ``StateDirectory=``, so a first import creates ``store/`` as ``markd``)."""
-    path = Path(os.path.abspath(store_path))
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
+#: Symbolic links followed on the way to the store before giving up (as the kernel does).
+MAX_LINKS = 40
+
+
+def store_owner(store_path: str | os.PathLike[str]) -> tuple[Path, Account]:
+    """The directory whose owner the store's files should have, and that owner.
+
+    The path is followed one component at a time from ``/`` with :func:`os.lstat`, as the
+    kernel would follow it, links included (:func:`_existing_directories`). Of the real
+    directories met, the deepest one (the store itself, or before it exists its nearest
+    existing ancestor) decides when it belongs to a user other than root; otherwise the
+    nearest ancestor that does. A user who owns any directory on the way can move what is
+    below it, so whatever root would write there is in that user's hands: it is written as
+    that user. Only a path that root owns all the way down is written as root.
+
+    :raises StoreAccessError: (reason ``store-symlink``) a link on the way sits where a user
+        other than root could have put it (see :func:`_check_link`).
+    """
+    directories = _existing_directories(store_path)
+    for directory, info in reversed(directories):
+        if info.st_uid != 0:
+            return directory, Account.of(info)
+    directory, info = directories[-1]
+    return directory, Account.of(info)
+
+
+def _existing_directories(store_path: str | os.PathLike[str]) -> list[tuple[Path, os.stat_result]]:
+    """The real path of the store, as far as it exists: ``/`` first, each entry with its
+    ``lstat``. A link is checked (:func:`_check_link`) and replaced by its target; ``..``
+    goes back to the real parent, not the one written in the path."""
+    given = os.fspath(store_path)
+    if not os.path.isabs(given):
+        given = os.path.join(os.getcwd(), given)
+    root = Path("/")
+    found = [(root, os.lstat(root))]
+    todo = list(reversed(given.split("/")))  # popped from the end: the next component last
+    links = 0
+    while todo:
+        part = todo.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if len(found) > 1:
+                found.pop()
+            continue
+        candidate = found[-1][0] / part
+        try:
+            info = os.lstat(candidate)
+        except OSError:
+            break  # not there yet (or not a directory): the rest is created, or refused later
+        if stat.S_ISLNK(info.st_mode):
+            try:
+                target = os.readlink(candidate)
+            except OSError:
+                break  # gone since the lstat: opening the store will say what is there now
+            _check_link(candidate, info, target, found)
+            links += 1
+            if links > MAX_LINKS:
+                raise StoreAccessError(
+                    f"{store_path}: more than {MAX_LINKS} symbolic links on the way to the "
+                    "store (a loop?); set [store] path to the store's real location",
+                    "store-symlink",
+                )
+            if os.path.isabs(target):
+                del found[1:]
+            todo.extend(reversed(target.split("/")))
+            continue
+        found.append((candidate, info))
+    return found
+
+
+def _check_link(
+    link: Path, info: os.stat_result, target: str, above: list[tuple[Path, os.stat_result]]
+) -> None:
+    """Refuse to follow ``link`` unless only root could have made it what it is: the link
+    belongs to root, and so does every directory above it (``above``, ``/`` first), none of
+    them writable by a group or by others unless sticky (``/tmp``: others cannot move what
+    root put there). A distribution's own links (``/var/run`` to ``/run``) pass; a link the
+    service's user put in its own ``/var/lib/markd``, to send root's writes into ``/etc``,
+    does not."""
+    suspect: str | None = None
+    if info.st_uid != 0:
+        suspect = f"belongs to {Account.of(info)}"
+    else:
+        for directory, dir_info in reversed(above):
+            if dir_info.st_uid != 0:
+                suspect = f"is in {directory}, which belongs to {Account.of(dir_info)}"
+            elif dir_info.st_mode & 0o022 and not dir_info.st_mode & stat.S_ISVTX:
+                mode = stat.S_IMODE(dir_info.st_mode)
+                suspect = f"is in {directory}, mode {mode:04o}, which others may change"
+            if suspect is not None:
+                break
+    if suspect is None:
+        return
+    raise StoreAccessError(
+        f"{link} is a symbolic link to {target} and {suspect}: a user other than root could "
+        "have placed it, and markctl, running as root, does not write the store through it. "
+        f"Nothing was changed. Replace {link} with a real directory, or set [store] path to "
+        "the store's real location",
+        "store-symlink",
+    )
 
 
 def act_as_owner(store_path: str | os.PathLike[str], command_line: Sequence[str]) -> Account | None:
     """Before a command writes the store at ``store_path``: when this process is root and the
-    store's directory (:func:`owning_directory`) belongs to another user, become that user
-    and the directory's group, for good. Return the account switched to, or None when there
-    was nothing to do (not root, or a store that root owns).
+    store's path is in another user's hands (:func:`store_owner`), become that user and the
+    group of the directory that decided, for good. Return the account switched to, or None
+    when there was nothing to do (not root, or a path root owns all the way down).
 
     ``command_line``: the arguments as typed after ``markctl``, for the refusal's advice.
 
-    :raises StoreAccessError: (reason ``store-owner``) the switch was refused by the system;
-        nothing was opened or written, and the message gives the command to run instead.
+    :raises StoreAccessError: reason ``store-symlink``: a link on the store's path could have
+        been placed by another user (:func:`_check_link`); reason ``store-owner``: the switch
+        was refused by the system, and the message gives the command to run instead. Either
+        way nothing was opened or written.
     """
     if os.geteuid() != 0:
         return None
-    directory = owning_directory(store_path)
-    owner = Account.of(directory.stat())
+    directory, owner = store_owner(store_path)
     if owner.uid == 0:
         return None
     try:
