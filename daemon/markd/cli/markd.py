@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exit 0 when the configuration file or one of its drop-ins sets a key "
         "(or cannot be read: the start then says why), 1 when nothing is configured yet. "
         "The packaged unit runs it as ExecCondition=, so an installed but unconfigured markd "
-        "stays stopped instead of running on development defaults.",
+        "stays stopped instead of running on development defaults. Exit 255 when the "
+        "question itself failed, so that systemd fails the unit instead of skipping it.",
     )
     reload = sub.add_parser(
         "reload",
@@ -128,7 +129,27 @@ def _reload(pid: int, timeout: float, environ: dict[str, str] | None = None) -> 
     return 1
 
 
+#: ``markd configured``'s status for a failure of its own. ExecCondition= reads 1 to 254 as
+#: "condition not met" (the start is skipped without a word at err), 255 and signals as a
+#: failure of the unit: a bug here must not look like an unconfigured machine.
+EXIT_CONDITION_BROKEN = 255
+
+
 def _configured(config_path: str | None) -> int:
+    """``markd configured``: 0 configured, 1 not yet, 255 when the answer could not be had."""
+    try:
+        return _configured_answer(config_path)
+    except Exception as exc:  # noqa: BLE001 - any failure must fail the unit, not skip it
+        traceback.print_exc()
+        print(
+            f"markd configured: internal-error: {type(exc).__name__}: {exc}; "
+            f"the start is refused (exit status {EXIT_CONDITION_BROKEN})",
+            file=sys.stderr,
+        )
+        return EXIT_CONDITION_BROKEN
+
+
+def _configured_answer(config_path: str | None) -> int:
     from markd.config import DEFAULT_PATH, configured_files
 
     files = configured_files(config_path)
