@@ -171,6 +171,25 @@ def test_a_port_already_taken_is_transient_exit_1_with_its_err_record(tmp_path: 
     assert TOKEN not in json.dumps(records) and TOKEN not in stderr
 
 
+@needs_namespace
+def test_a_password_in_a_bad_url_reaches_neither_the_journal_nor_stderr(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "")
+    config.write_text(
+        config.read_text()
+        + '\n[check]\nmode = "direct"\n\n[check.online]\n'
+        + f'url = "https://crpt:{TOKEN}@cdn.crpt.ru:99999"\n',
+        encoding="utf-8",
+    )
+    status, records, stderr = start_under_journal(tmp_path, config)
+
+    assert status == 2, stderr
+    (record,) = errors(records)
+    assert record["MARKD_EVENT"] == "start-failed"
+    assert "[check.online] url: expected a port from 1 to 65535" in record["MARKD_PROBLEMS"]
+    assert "'https://***@cdn.crpt.ru:99999'" in record["MESSAGE"]
+    assert TOKEN not in json.dumps(records) and TOKEN not in stderr
+
+
 class JournalRecorder:
     """Stands in for ``systemd.journal`` in this process: keeps each record's fields."""
 
@@ -193,7 +212,8 @@ def test_an_unexpected_error_at_start_is_recorded_and_exits_1(
     monkeypatch.setattr(systemd, "_sd_journal", journal)
 
     def broken_store(store_config: object) -> object:
-        raise RuntimeError("a bug in opening the store")
+        # A bug whose message quotes what it was handling: a secret, as it may happen.
+        raise RuntimeError(f"a bug in opening the store with {TOKEN}")
 
     # A bug (not a MarkdError) in a part the start runs: the service is otherwise real.
     monkeypatch.setattr(lifecycle.Store, "from_config", staticmethod(broken_store))
@@ -205,7 +225,11 @@ def test_an_unexpected_error_at_start_is_recorded_and_exits_1(
     (record,) = [r for r in journal.records if r["PRIORITY"] == "3"]
     assert record["MARKD_EVENT"] == "start-failed"
     assert (record["MARKD_REASON"], record["MARKD_EXIT_STATUS"]) == ("internal-error", "1")
-    assert "RuntimeError: a bug in opening the store" in record["MESSAGE"]
+    # The journal gets the type and the place, never the unvetted message.
+    line = broken_store.__code__.co_firstlineno + 2
+    where = f"RuntimeError at {__name__}:broken_store:{line}"
+    assert where in record["MESSAGE"] and record["MARKD_PROBLEMS"] == where
+    assert TOKEN not in json.dumps(journal.records, default=str)
 
 
 def test_a_missing_printer_driver_is_permanent_exit_2(tmp_path: Path) -> None:

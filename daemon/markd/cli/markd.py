@@ -206,7 +206,9 @@ def _journal_failure(service: Service | None, exc: BaseException, status: int) -
     ``err``, so that ``journalctl -u markd -p err`` says why markd is not running: the reason
     code, every problem (file, line and key; the path or port) and the exit status. Written
     only when the log goes to the journal: on a terminal, the lines :func:`report` printed say
-    the same. Messages name files and credentials, never a secret's value."""
+    the same. Messages name files and credentials, never a secret's value: only a
+    :class:`~markd.errors.MarkdError`'s text is written, any other exception is named by its
+    type and where it was raised."""
     from markd.systemd import EventLog
 
     event_log = service.event_log if service is not None else EventLog(target="auto")
@@ -216,8 +218,11 @@ def _journal_failure(service: Service | None, exc: BaseException, status: int) -
         reason = exc.reason
         problems = exc.problems if isinstance(exc, ConfigError) else [exc.message]
     else:
+        # Nobody vetted this message: it may quote a secret or a whole code (a bug formatting
+        # a request, a library's error with its input). The type and the place it was raised
+        # say which bug it is; the traceback on stderr says the rest.
         reason = "internal-error"
-        problems = [f"{type(exc).__name__}: {exc}"]
+        problems = [f"{type(exc).__name__} at {_raised_at(exc)}"]
     started = service is not None and service.ready.is_set()
     kind = "service-error" if started else "start-failed"
     what = "markd stopped" if started else "markd did not start"
@@ -232,6 +237,18 @@ def _journal_failure(service: Service | None, exc: BaseException, status: int) -
         problems=" | ".join(problems),
         error=type(exc).__name__,
     )
+
+
+def _raised_at(exc: BaseException) -> str:
+    """``module:function:line`` of the innermost frame of ``exc``'s traceback."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "an unknown place"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame
+    module = frame.f_globals.get("__name__", "?")
+    return f"{module}:{frame.f_code.co_name}:{tb.tb_lineno}"
 
 
 def main(argv: list[str] | None = None) -> int:
