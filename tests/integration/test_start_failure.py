@@ -190,6 +190,57 @@ def test_a_password_in_a_bad_url_reaches_neither_the_journal_nor_stderr(tmp_path
     assert TOKEN not in json.dumps(records) and TOKEN not in stderr
 
 
+#: Secrets that are themselves wrong: the refusal must name the file, never quote its content.
+#: (content of the file, the key it is read for, the text that must stay out of every record)
+BAD_SECRETS = {
+    "several lines": (b"line-one-5e1d\nline-two-88c4\n", "[api] token_file", "88c4"),
+    "not UTF-8": (b"tok-\xff\xfe-9b0e7d", "[api] token_file", "9b0e7d"),
+    "a control character": (b"tok-\x1b[31m-a4f2c0\n", "[api] token_file", "a4f2c0"),
+    "proxy credentials without a colon": (
+        b"proxyuser-d93a61-nocolon\n",
+        "[check.online] proxy_auth_file",
+        "d93a61",
+    ),
+}
+
+
+@needs_namespace
+@pytest.mark.parametrize("case", list(BAD_SECRETS))
+def test_a_bad_secret_is_refused_without_quoting_it(tmp_path: Path, case: str) -> None:
+    content, key, secret_part = BAD_SECRETS[case]
+    bad = tmp_path / "bad-secret"
+    bad.write_bytes(content)
+    bad.chmod(0o600)
+    config = write_config(tmp_path, 'listen = "127.0.0.1:8391"')
+    text = config.read_text(encoding="utf-8")
+    if key == "[api] token_file":
+        text = text.replace(f'token_file = "{tmp_path / "api-token"}"', f'token_file = "{bad}"')
+    else:
+        # The X-API-KEY is fine (the API's token file); the proxy's credentials are not.
+        text += (
+            '\n[check]\nmode = "direct"\n\n[check.online]\n'
+            f'token_file = "{tmp_path / "api-token"}"\n'
+            'proxy = "http://127.0.0.1:3128"\n'
+            f'proxy_auth_file = "{bad}"\n'
+        )
+    config.write_text(text, encoding="utf-8")
+
+    status, records, stderr = start_under_journal(tmp_path, config)
+
+    assert status == 2, stderr
+    assert "Traceback" not in stderr
+    (record,) = errors(records)
+    assert record["MARKD_EVENT"] == "start-failed"
+    assert record["MARKD_REASON"] == "bad-config"
+    assert key in record["MARKD_PROBLEMS"] and str(bad) in record["MARKD_PROBLEMS"]
+    # What an editor or a terminal shows of the content: none of it anywhere.
+    shown = content.decode("utf-8", "replace")
+    fragments = {secret_part, *(part for part in shown.split() if len(part) > 6)}
+    everything = json.dumps(records, ensure_ascii=False) + stderr
+    for fragment in fragments:
+        assert fragment not in everything, fragment
+
+
 class JournalRecorder:
     """Stands in for ``systemd.journal`` in this process: keeps each record's fields."""
 
