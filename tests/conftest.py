@@ -26,6 +26,12 @@ from markd.scanners import open_virtual_names
 from markd.store import Store
 from markd.systemd import EventLog
 
+# `markctl config check` run as root judges each file a key names as the service's user would
+# (markd.config.access) when that account exists. The tests keep such files in root-only
+# temporary directories, so a host with markd installed would see problems another host does
+# not; tests about that judgement name their own user.
+os.environ.setdefault("MARKD_SERVICE_USER", "markd-tests-no-such-user")
+
 GS = "\x1d"
 
 #: Codes with valid GTIN check digits, one per shape (made up, no real product).

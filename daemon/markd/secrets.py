@@ -63,6 +63,7 @@ def load_secret(
     """Read a secret from ``file``, or (``file`` empty) from the systemd credential
     ``credential``. Returns None when neither exists and ``required`` is False."""
     env = os.environ if environ is None else environ
+    from_store = False  # read from /etc/credstore by this process (not by systemd)
     if file:
         path = Path(file)
     else:
@@ -72,8 +73,9 @@ def load_secret(
             # Not started by systemd (markctl in a root shell): read the file the unit loads
             # the credential from (LoadCredential=NAME:markd.NAME looks in /etc/credstore).
             stored = Path(env.get("MARKD_CREDSTORE", CREDSTORE), f"markd.{credential}")
-            path = stored if stored.exists() else Path()
-        if path == Path() or not path.exists():
+            from_store = _exists(stored, what, in_credstore=True)
+            path = stored if from_store else Path()
+        if path == Path() or not _exists(path, what, in_credstore=from_store):
             if not required:
                 return None
             raise ConfigError(
@@ -89,7 +91,7 @@ def load_secret(
             raise ConfigError(f"{what}: {path} is {info.st_size} bytes, too large for a secret")
         raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror or exc}") from exc
+        raise _unreadable(path, what, exc, in_credstore=from_store) from exc
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -103,3 +105,20 @@ def load_secret(
             "holds the secret alone (one trailing newline is fine)"
         )
     return Secret(text, str(path))
+
+
+def _exists(path: Path, what: str, *, in_credstore: bool) -> bool:
+    """Whether ``path`` exists. A directory that may not be searched (``/etc/credstore`` is
+    root's, mode 0700) makes Python raise instead of answering: that is a refusal to report,
+    not a missing secret and not a traceback."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise _unreadable(path, what, exc, in_credstore=in_credstore) from exc
+
+
+def _unreadable(path: Path, what: str, exc: OSError, *, in_credstore: bool) -> ConfigError:
+    message = f"{what}: cannot read {path}: {exc.strerror or exc}"
+    if in_credstore and isinstance(exc, PermissionError):
+        message += " (the credential store is root's: run as root)"
+    return ConfigError(message)

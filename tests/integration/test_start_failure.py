@@ -171,6 +171,76 @@ def test_a_port_already_taken_is_transient_exit_1_with_its_err_record(tmp_path: 
     assert TOKEN not in json.dumps(records) and TOKEN not in stderr
 
 
+@needs_namespace
+def test_a_password_in_a_bad_url_reaches_neither_the_journal_nor_stderr(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "")
+    config.write_text(
+        config.read_text()
+        + '\n[check]\nmode = "direct"\n\n[check.online]\n'
+        + f'url = "https://crpt:{TOKEN}@cdn.crpt.ru:99999"\n',
+        encoding="utf-8",
+    )
+    status, records, stderr = start_under_journal(tmp_path, config)
+
+    assert status == 2, stderr
+    (record,) = errors(records)
+    assert record["MARKD_EVENT"] == "start-failed"
+    assert "[check.online] url: expected a port from 1 to 65535" in record["MARKD_PROBLEMS"]
+    assert "'https://***@cdn.crpt.ru:99999'" in record["MESSAGE"]
+    assert TOKEN not in json.dumps(records) and TOKEN not in stderr
+
+
+#: Secrets that are themselves wrong: the refusal must name the file, never quote its content.
+#: (content of the file, the key it is read for, the text that must stay out of every record)
+BAD_SECRETS = {
+    "several lines": (b"line-one-5e1d\nline-two-88c4\n", "[api] token_file", "88c4"),
+    "not UTF-8": (b"tok-\xff\xfe-9b0e7d", "[api] token_file", "9b0e7d"),
+    "a control character": (b"tok-\x1b[31m-a4f2c0\n", "[api] token_file", "a4f2c0"),
+    "proxy credentials without a colon": (
+        b"proxyuser-d93a61-nocolon\n",
+        "[check.online] proxy_auth_file",
+        "d93a61",
+    ),
+}
+
+
+@needs_namespace
+@pytest.mark.parametrize("case", list(BAD_SECRETS))
+def test_a_bad_secret_is_refused_without_quoting_it(tmp_path: Path, case: str) -> None:
+    content, key, secret_part = BAD_SECRETS[case]
+    bad = tmp_path / "bad-secret"
+    bad.write_bytes(content)
+    bad.chmod(0o600)
+    config = write_config(tmp_path, 'listen = "127.0.0.1:8391"')
+    text = config.read_text(encoding="utf-8")
+    if key == "[api] token_file":
+        text = text.replace(f'token_file = "{tmp_path / "api-token"}"', f'token_file = "{bad}"')
+    else:
+        # The X-API-KEY is fine (the API's token file); the proxy's credentials are not.
+        text += (
+            '\n[check]\nmode = "direct"\n\n[check.online]\n'
+            f'token_file = "{tmp_path / "api-token"}"\n'
+            'proxy = "http://127.0.0.1:3128"\n'
+            f'proxy_auth_file = "{bad}"\n'
+        )
+    config.write_text(text, encoding="utf-8")
+
+    status, records, stderr = start_under_journal(tmp_path, config)
+
+    assert status == 2, stderr
+    assert "Traceback" not in stderr
+    (record,) = errors(records)
+    assert record["MARKD_EVENT"] == "start-failed"
+    assert record["MARKD_REASON"] == "bad-config"
+    assert key in record["MARKD_PROBLEMS"] and str(bad) in record["MARKD_PROBLEMS"]
+    # What an editor or a terminal shows of the content: none of it anywhere.
+    shown = content.decode("utf-8", "replace")
+    fragments = {secret_part, *(part for part in shown.split() if len(part) > 6)}
+    everything = json.dumps(records, ensure_ascii=False) + stderr
+    for fragment in fragments:
+        assert fragment not in everything, fragment
+
+
 class JournalRecorder:
     """Stands in for ``systemd.journal`` in this process: keeps each record's fields."""
 
@@ -193,7 +263,8 @@ def test_an_unexpected_error_at_start_is_recorded_and_exits_1(
     monkeypatch.setattr(systemd, "_sd_journal", journal)
 
     def broken_store(store_config: object) -> object:
-        raise RuntimeError("a bug in opening the store")
+        # A bug whose message quotes what it was handling: a secret, as it may happen.
+        raise RuntimeError(f"a bug in opening the store with {TOKEN}")
 
     # A bug (not a MarkdError) in a part the start runs: the service is otherwise real.
     monkeypatch.setattr(lifecycle.Store, "from_config", staticmethod(broken_store))
@@ -205,7 +276,11 @@ def test_an_unexpected_error_at_start_is_recorded_and_exits_1(
     (record,) = [r for r in journal.records if r["PRIORITY"] == "3"]
     assert record["MARKD_EVENT"] == "start-failed"
     assert (record["MARKD_REASON"], record["MARKD_EXIT_STATUS"]) == ("internal-error", "1")
-    assert "RuntimeError: a bug in opening the store" in record["MESSAGE"]
+    # The journal gets the type and the place, never the unvetted message.
+    line = broken_store.__code__.co_firstlineno + 2
+    where = f"RuntimeError at {__name__}:broken_store:{line}"
+    assert where in record["MESSAGE"] and record["MARKD_PROBLEMS"] == where
+    assert TOKEN not in json.dumps(journal.records, default=str)
 
 
 def test_a_missing_printer_driver_is_permanent_exit_2(tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -174,3 +176,124 @@ def test_docs_error_example_is_the_real_output(
     assert len(documented) == 4
     assert capsys.readouterr().err.splitlines() == documented
     assert shown.group(1).endswith(f"$ echo $?\n{status}\n")
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory any user may enter (pytest's own are root's alone, mode 0700)."""
+    with tempfile.TemporaryDirectory(prefix="markd-access-") as name:
+        os.chmod(name, 0o755)
+        yield Path(name)
+
+
+def _service_files(where: Path) -> dict[str, Path]:
+    files = {
+        "api": where / "api-token",
+        "crpt": where / "crpt-token",
+        "proxy": where / "proxy-auth",
+        "catalog": where / "prices.csv",
+    }
+    files["api"].write_text("api-token-value\n")
+    files["crpt"].write_text("crpt-token-value\n")
+    files["proxy"].write_text("user:password\n")
+    files["catalog"].write_text("4600000000008;Water;45.00\n")
+    for path in files.values():
+        path.chmod(0o600)  # root's alone, as a file written in a root shell often is
+    return files
+
+
+def _service_config(main_file: Path, files: dict[str, Path]) -> None:
+    main_file.write_text(
+        f"""
+[check]
+mode = "direct"
+
+[check.online]
+token_file = "{files["crpt"]}"
+proxy = "http://127.0.0.1:3128"
+proxy_auth_file = "{files["proxy"]}"
+
+[sale]
+catalog = "{files["catalog"]}"
+
+[api]
+listen = "127.0.0.1:8391"
+token_file = "{files["api"]}"
+"""
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="judging another user's access needs root")
+def test_as_root_a_file_the_service_user_cannot_read_is_a_problem(
+    open_dir: Path,
+    main_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The service's user here is nobody (65534, group 65534): the test needs no markd account.
+    monkeypatch.setenv("MARKD_SERVICE_USER", "nobody")
+    files = _service_files(open_dir)
+    _service_config(main_file, files)
+
+    assert main(["config", "check", str(main_file)]) == 2
+    err = capsys.readouterr().err
+    expected = {
+        "crpt": ("[check.online] token_file", "markd.crpt-token"),
+        "proxy": ("[check.online] proxy_auth_file", "markd.proxy-auth"),
+        "catalog": ("[sale] catalog", None),
+        "api": ("[api] token_file", "markd.api-token"),
+    }
+    for name, (key, credential) in expected.items():
+        path = files[name]
+        (line,) = [line for line in err.splitlines() if f"{key}: {path}" in line]
+        assert f"{main_file}:" in line
+        assert "not readable by nobody" in line and "mode 0600, owner root:root" in line
+        assert f"chown root:nobody {path}; chmod 0640 {path}" in line
+        assert (credential is None) == ("credstore" not in line)
+        if credential is not None:
+            assert f"/etc/credstore/{credential}" in line
+    assert "token-value" not in err
+
+    # The advised fix (the service's group may read) is enough ...
+    nogroup = os.getgrouplist("nobody", 65534)[0]
+    for path in files.values():
+        os.chown(path, 0, nogroup)
+        path.chmod(0o640)
+    assert main(["config", "check", str(main_file)]) == 0
+    capsys.readouterr()
+
+    # ... unless a directory on the way may not be entered.
+    private = open_dir / "private"
+    private.mkdir(mode=0o700)
+    moved = private / "api-token"
+    files["api"].rename(moved)
+    files["api"] = moved
+    _service_config(main_file, files)
+    assert main(["config", "check", str(main_file)]) == 2
+    err = capsys.readouterr().err
+    assert f"[api] token_file: {moved} is not readable by nobody" in err
+    assert f"it may not enter {private}, mode 0700, owner root:root" in err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="judging another user's access needs root")
+def test_credentials_and_a_missing_service_user_are_not_judged(
+    open_dir: Path,
+    main_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # From the credential store (key left empty): systemd reads it as root for the service.
+    store = open_dir / "credstore"
+    store.mkdir(mode=0o700)
+    (store / "markd.api-token").write_text("api-token-value\n")
+    (store / "markd.api-token").chmod(0o600)
+    monkeypatch.setenv("MARKD_CREDSTORE", str(store))
+    monkeypatch.setenv("MARKD_SERVICE_USER", "nobody")
+    main_file.write_text('[api]\nlisten = "127.0.0.1:8391"\n')
+    assert main(["config", "check", str(main_file)]) == 0, capsys.readouterr().err
+
+    # No such account on this machine (markd not installed as a package): nothing to judge.
+    files = _service_files(open_dir)
+    _service_config(main_file, files)
+    monkeypatch.setenv("MARKD_SERVICE_USER", "markd-no-such-user")
+    assert main(["config", "check", str(main_file)]) == 0, capsys.readouterr().err

@@ -747,3 +747,32 @@ def test_a_cashier_inn_needs_the_cashiers_name(main: Path) -> None:
         f"{main}:2: [fiscal] cashier_inn: needs [fiscal] cashier_name (the ККТ takes the "
         "cashier's ИНН only with the cashier's name)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("table", "value", "shown"),
+    [
+        (
+            "[check.online]\nurl",
+            "https://crpt:hunter2-pw@cdn.crpt.ru:99999",
+            "'https://***@cdn.crpt.ru:99999'",
+        ),
+        ("[check.tspiot]\nurl", "https://crpt:hunter2-pw@:8080", "'https://***@:8080'"),
+        ("[check.local_module]\nurl", "ftp://crpt:hunter2-pw@lm", "'ftp://***@lm'"),
+        ("[store]\nsync_url", "https://crpt:hunter2/pw@fleet:0/x", "'https://***@fleet:0/x'"),
+        ("[store]\nsync_url", "crpt:hunter2-pw@fleet", "'***@fleet'"),
+        ("[api]\nallowed_origins", '["http://crpt:hunter2-pw@localhost:99999"]', None),
+    ],
+)
+def test_a_url_in_a_problem_never_shows_its_user_and_password(
+    tmp_path: Path, table: str, value: str, shown: str | None
+) -> None:
+    literal = value if value.startswith("[") else json.dumps(value)
+    main = write(tmp_path / "markd.toml", f"{table} = {literal}\n")
+    with pytest.raises(ConfigError) as refused:
+        config.load(main)
+    text = "\n".join(refused.value.problems)
+    assert "hunter2" not in text and "crpt:" not in text
+    assert "***@" in text
+    if shown is not None:
+        assert shown in text

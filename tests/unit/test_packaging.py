@@ -71,6 +71,24 @@ def test_an_explicit_file_that_is_missing_lets_the_start_say_so(tmp_path: Path) 
     assert markd_main(["--config", str(tmp_path / "nowhere.toml"), "configured"]) == 0
 
 
+def test_a_failure_of_markd_configured_fails_the_unit_instead_of_skipping_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # ExecCondition= takes 1 as "not configured" and skips the start in silence; 255 makes
+    # systemd fail the unit, so a bug shows in `systemctl status` and at err.
+    from markd import config
+
+    def broken(*args: object, **kwargs: object) -> list[str]:
+        raise RuntimeError("a bug in reading the drop-ins")
+
+    monkeypatch.setattr(config, "configured_files", broken)
+    main = tmp_path / "markd.toml"
+    main.write_text('[check]\nmode = "direct"\n')
+    assert markd_main(["--config", str(main), "configured"]) == 255
+    err = capsys.readouterr().err
+    assert "markd configured: internal-error: RuntimeError: a bug in reading the drop-ins" in err
+
+
 def _uncommented(text: str) -> str:
     """The shipped file with its settings switched on: lines ``#[table]`` and ``#key = …``
     lose their ``#``; placeholders (``...``) stay off."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,79 @@ def test_outside_the_service_the_credstore_file_is_read(tmp_path: Path) -> None:
     # Under systemd the credentials directory alone counts.
     environ["CREDENTIALS_DIRECTORY"] = str(tmp_path / "none")
     assert load_secret("", "lm-password", what="x", required=False, environ=environ) is None
+
+
+def _as_nobody(call: Callable[[], object]) -> str:
+    """Run ``call`` in a forked child that has become nobody (65534); what it raised or
+    returned, as text. In process, so that no interpreter has to be executed as nobody."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            try:
+                answer = f"returned {call()!r}"
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                answer = f"{type(exc).__name__}: {exc}"
+            os.write(write_end, answer.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return answer
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory anyone may enter (pytest's own are root's alone, mode 0700)."""
+    with tempfile.TemporaryDirectory(prefix="markd-secrets-") as name:
+        os.chmod(name, 0o755)
+        yield Path(name)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+
+
+@needs_root
+@pytest.mark.parametrize("required", [True, False])
+def test_a_credential_store_only_root_may_enter_is_a_config_error(
+    open_dir: Path, required: bool
+) -> None:
+    # markctl config check by hand as a user: /etc/credstore is root's, mode 0700.
+    store = open_dir / "credstore"
+    store.mkdir(mode=0o755)
+    (store / "markd.crpt-token").write_text(TOKEN + "\n")
+    (store / "markd.crpt-token").chmod(0o644)
+    environ = {"MARKD_CREDSTORE": str(store)}
+
+    def read() -> object:
+        secret = load_secret(
+            "", "crpt-token", what="[check.online] token_file", required=required, environ=environ
+        )
+        return None if secret is None else secret.reveal() == TOKEN
+
+    # The child reaches the store while it is open to all ...
+    assert _as_nobody(read) == "returned True"
+    # ... and is refused, in words, once it is root's alone.
+    store.chmod(0o700)
+    assert _as_nobody(read) == (
+        f"ConfigError: [check.online] token_file: cannot read {store}/markd.crpt-token: "
+        "Permission denied (the credential store is root's: run as root)"
+    )
+
+
+@needs_root
+def test_a_secret_file_in_a_directory_the_user_may_not_enter_is_a_config_error(
+    open_dir: Path,
+) -> None:
+    private = open_dir / "private"
+    private.mkdir(mode=0o700)
+    (private / "token").write_text(TOKEN + "\n")
+
+    answer = _as_nobody(lambda: load_secret(str(private / "token"), "crpt-token", what="token"))
+    assert answer == f"ConfigError: token: cannot read {private}/token: Permission denied"

@@ -9,7 +9,9 @@
     files, and each secret the configuration calls for, read as the service would read it
     (from its file, or from the systemd credential in ``/etc/credstore``). What only the
     live system can tell — a device present, a port free, the store's ownership — is left to
-    the daemon's start.
+    the daemon's start. Run as root, the check also asks whether the service's user
+    (``markd``) may read each file the daemon opens itself (a ``*_file`` secret, the price
+    list): the unit does not run as root (:mod:`markd.config.access`).
 
     Exit 0 when the configuration is valid (what is valid but unsafe, such as a fleet sync
     without ``[store] sync_public_keys``, is printed to stderr as ``markctl: warning: …`` and
@@ -25,6 +27,7 @@ import sys
 from typing import Any
 
 from markd import config as markd_config
+from markd.config.access import service_account
 from markd.errors import ConfigError
 from markd.text import printable_json
 
@@ -65,7 +68,9 @@ def run_check(args: argparse.Namespace) -> int:
     """``markctl config check``: load, then print the configuration or its problems."""
     try:
         # The daemon's own load: its secrets are read too, so what passes here starts.
-        config = markd_config.load(args.path, for_service=True)
+        # Run as root, it also judges each file the daemon opens as the service's user would:
+        # what root alone may read passes a plain read and fails the start.
+        config = markd_config.load(args.path, for_service=True, readable_by=service_account())
     except ConfigError as exc:
         # The verdict on the file is this command's answer, so --json gives it on stdout in
         # the command's own shape; the problems go to stderr (and the status 2) like any

@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exit 0 when the configuration file or one of its drop-ins sets a key "
         "(or cannot be read: the start then says why), 1 when nothing is configured yet. "
         "The packaged unit runs it as ExecCondition=, so an installed but unconfigured markd "
-        "stays stopped instead of running on development defaults.",
+        "stays stopped instead of running on development defaults. Exit 255 when the "
+        "question itself failed, so that systemd fails the unit instead of skipping it.",
     )
     reload = sub.add_parser(
         "reload",
@@ -128,7 +129,27 @@ def _reload(pid: int, timeout: float, environ: dict[str, str] | None = None) -> 
     return 1
 
 
+#: ``markd configured``'s status for a failure of its own. ExecCondition= reads 1 to 254 as
+#: "condition not met" (the start is skipped without a word at err), 255 and signals as a
+#: failure of the unit: a bug here must not look like an unconfigured machine.
+EXIT_CONDITION_BROKEN = 255
+
+
 def _configured(config_path: str | None) -> int:
+    """``markd configured``: 0 configured, 1 not yet, 255 when the answer could not be had."""
+    try:
+        return _configured_answer(config_path)
+    except Exception as exc:  # noqa: BLE001 - any failure must fail the unit, not skip it
+        traceback.print_exc()
+        print(
+            f"markd configured: internal-error: {type(exc).__name__}: {exc}; "
+            f"the start is refused (exit status {EXIT_CONDITION_BROKEN})",
+            file=sys.stderr,
+        )
+        return EXIT_CONDITION_BROKEN
+
+
+def _configured_answer(config_path: str | None) -> int:
     from markd.config import DEFAULT_PATH, configured_files
 
     files = configured_files(config_path)
@@ -185,7 +206,9 @@ def _journal_failure(service: Service | None, exc: BaseException, status: int) -
     ``err``, so that ``journalctl -u markd -p err`` says why markd is not running: the reason
     code, every problem (file, line and key; the path or port) and the exit status. Written
     only when the log goes to the journal: on a terminal, the lines :func:`report` printed say
-    the same. Messages name files and credentials, never a secret's value."""
+    the same. Messages name files and credentials, never a secret's value: only a
+    :class:`~markd.errors.MarkdError`'s text is written, any other exception is named by its
+    type and where it was raised."""
     from markd.systemd import EventLog
 
     event_log = service.event_log if service is not None else EventLog(target="auto")
@@ -195,8 +218,11 @@ def _journal_failure(service: Service | None, exc: BaseException, status: int) -
         reason = exc.reason
         problems = exc.problems if isinstance(exc, ConfigError) else [exc.message]
     else:
+        # Nobody vetted this message: it may quote a secret or a whole code (a bug formatting
+        # a request, a library's error with its input). The type and the place it was raised
+        # say which bug it is; the traceback on stderr says the rest.
         reason = "internal-error"
-        problems = [f"{type(exc).__name__}: {exc}"]
+        problems = [f"{type(exc).__name__} at {_raised_at(exc)}"]
     started = service is not None and service.ready.is_set()
     kind = "service-error" if started else "start-failed"
     what = "markd stopped" if started else "markd did not start"
@@ -211,6 +237,18 @@ def _journal_failure(service: Service | None, exc: BaseException, status: int) -
         problems=" | ".join(problems),
         error=type(exc).__name__,
     )
+
+
+def _raised_at(exc: BaseException) -> str:
+    """``module:function:line`` of the innermost frame of ``exc``'s traceback."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "an unknown place"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame
+    module = frame.f_globals.get("__name__", "?")
+    return f"{module}:{frame.f_code.co_name}:{tb.tb_lineno}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,9 @@ One module per job:
     what the daemon reads at start beyond the files (the secrets, the proxies built with
     them), judged by :func:`load` with ``for_service=True`` for ``markd`` and ``markctl
     config check`` alike;
+``access.py``
+    whether the service's user may read each file the daemon opens (``markctl config check``
+    run as root);
 ``lines.py``
     where each key is in a file's text, and how a key path is written;
 ``output.py``

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from markd.config.access import Account, access_problems
 from markd.config.lines import key_lines
 from markd.config.schema import Config, whole_config_problems
 from markd.config.startup import startup_problems
@@ -45,6 +46,7 @@ def load(
     default_path: str | os.PathLike[str] = DEFAULT_PATH,
     for_service: bool = False,
     environ: Mapping[str, str] | None = None,
+    readable_by: Account | None = None,
 ) -> Config:
     """Read, merge and validate the configuration.
 
@@ -59,6 +61,10 @@ def load(
     process's environment) — and reports what it would refuse like any other problem, at its
     key. ``markd`` (at start and on reload) and ``markctl config check`` load this way, so
     the two refuse the same files; the other markctl commands read only what they use.
+
+    ``readable_by`` (``markctl config check`` run as root: the service's user) also reports
+    each file the daemon opens at start that this user could not read
+    (:mod:`markd.config.access`).
 
     Raises :class:`~markd.errors.ConfigError` listing every problem found in all files; the
     error never carries a traceback-worthy OSError or decode error, only readable problems.
@@ -104,6 +110,9 @@ def load(
             checker.add(key_path, problem)
         if for_service:
             for key_path, problem in startup_problems(config, environ):
+                checker.add(key_path, problem)
+        if readable_by is not None:
+            for key_path, problem in access_problems(config, readable_by):
                 checker.add(key_path, problem)
     problems.extend(checker.problems)
     problems = list(dict.fromkeys(problems))  # drop duplicates, keep the order found

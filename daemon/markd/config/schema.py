@@ -125,7 +125,7 @@ def _sync_url_problem(value: str) -> str | None:
     if not value:
         return None
     if not value.startswith(("http://", "https://")):
-        return f"expected an http:// or https:// URL or nothing, got {value!r}"
+        return f"expected an http:// or https:// URL or nothing, got {shown_url(value)}"
     return _host_port_problem(value)
 
 
@@ -256,8 +256,20 @@ def _url_problem(value: str) -> str | None:
     clients parse it again when they are built; a port out of range found only then would be
     a traceback at start instead of a refused file."""
     if not value.startswith(("http://", "https://")) or len(value) < 10:
-        return f"expected an http:// or https:// URL, got {value!r}"
+        return f"expected an http:// or https:// URL, got {shown_url(value)}"
     return _host_port_problem(value)
+
+
+def shown_url(value: str) -> str:
+    """``value`` quoted for a problem, with any user information (``user:password@``) replaced
+    by ``***``: a configuration problem is printed, journaled and pasted into tickets. All
+    up to the last ``@`` goes, so a password holding ``/`` or ``@`` does not show either."""
+    scheme, separator, rest = value.partition("://")
+    if not separator:
+        scheme, rest = "", value
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    return repr(f"{scheme}{separator}{rest}")
 
 
 def _host_port_problem(value: str) -> str | None:
@@ -265,11 +277,11 @@ def _host_port_problem(value: str) -> str | None:
         parts = urlsplit(value)
         port = parts.port  # ValueError when not a number from 0 to 65535
     except ValueError:
-        return f"expected a port from 1 to 65535, got {value!r}"
+        return f"expected a port from 1 to 65535, got {shown_url(value)}"
     if not parts.hostname:
-        return f"expected a host name or address, got {value!r}"
+        return f"expected a host name or address, got {shown_url(value)}"
     if port == 0:
-        return f"expected a port from 1 to 65535, got {value!r}"
+        return f"expected a port from 1 to 65535, got {shown_url(value)}"
     return None
 
 
@@ -894,7 +906,7 @@ def _listen_problem(value: str) -> str | None:
 
 def _origin_problem(value: str) -> str | None:
     if not re.fullmatch(r"https?://[^/\s?#]+", value):
-        return f"expected an origin such as http://localhost:8080 (no path), got {value!r}"
+        return f"expected an origin such as http://localhost:8080 (no path), got {shown_url(value)}"
     return _host_port_problem(value)
 
 
