@@ -201,3 +201,16 @@ class FiscalTimeout(FiscalError, TimeoutError):
     """The ККТ did not finish an operation (or the ФН a code validation) within its time."""
 
     reason = "fiscal-timeout"
+
+
+def raised_at(exc: BaseException) -> str:
+    """``module:function:line`` of the innermost frame of ``exc``'s traceback: how a record
+    names an unexpected error without its text, which is not vetted for secrets or codes."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "an unknown place"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame
+    module = frame.f_globals.get("__name__", "?")
+    return f"{module}:{frame.f_code.co_name}:{tb.tb_lineno}"

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from markd import __version__
 from markd.cli.errors import EXIT_BAD_INPUT, EXIT_FAILED, report
-from markd.errors import ConfigError, MarkdError
+from markd.errors import ConfigError, MarkdError, raised_at
 
 if TYPE_CHECKING:
     from markd.service import Service
@@ -222,7 +222,7 @@ def _journal_failure(service: Service | None, exc: BaseException, status: int) -
         # a request, a library's error with its input). The type and the place it was raised
         # say which bug it is; the traceback on stderr says the rest.
         reason = "internal-error"
-        problems = [f"{type(exc).__name__} at {_raised_at(exc)}"]
+        problems = [f"{type(exc).__name__} at {raised_at(exc)}"]
     started = service is not None and service.ready.is_set()
     kind = "service-error" if started else "start-failed"
     what = "markd stopped" if started else "markd did not start"
@@ -237,18 +237,6 @@ def _journal_failure(service: Service | None, exc: BaseException, status: int) -
         problems=" | ".join(problems),
         error=type(exc).__name__,
     )
-
-
-def _raised_at(exc: BaseException) -> str:
-    """``module:function:line`` of the innermost frame of ``exc``'s traceback."""
-    tb = exc.__traceback__
-    if tb is None:
-        return "an unknown place"
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    frame = tb.tb_frame
-    module = frame.f_globals.get("__name__", "?")
-    return f"{module}:{frame.f_code.co_name}:{tb.tb_lineno}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Protocol
 from markd.checks.record import CURRENT_SCAN, Exchange
 from markd.checks.stages import CURRENT_STAGES
 from markd.checks.verdict import Verdict
+from markd.errors import MarkdError, raised_at
 
 if TYPE_CHECKING:
     from markd.codes import MarkingCode
@@ -69,10 +70,16 @@ class VerdictListener(Protocol):
 
 def log_internal_error(event_log: EventLog, what: str, exc: BaseException) -> None:
     """The ``service-error`` record: ``what`` failed inside markd (a bug, not the customer's
-    input). Type and message only: a traceback could hold a local with the full code."""
+    input). A :class:`MarkdError`'s message is written to be shown; any other exception is
+    named by its type and where it was raised, never its text or a traceback, which could
+    hold a code's crypto tail or a secret."""
+    if isinstance(exc, MarkdError):
+        detail = f"{type(exc).__name__}: {exc}"
+    else:
+        detail = f"{type(exc).__name__} at {raised_at(exc)}"
     event_log.event(
         "service-error",
-        f"{what} failed: {type(exc).__name__}: {exc}",
+        f"{what} failed: {detail}",
         priority="error",
         error=type(exc).__name__,
     )
