@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 
 from conftest import DAIRY_KI, WATER_KI
@@ -98,6 +99,10 @@ def markctl(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedPro
 def as_user(user: Account, action: Callable[[], Any]) -> Any:
     """Run ``action`` in a forked child that has become ``user``; its JSON-able result, or
     ``{"error": class name, "reason", "message"}`` for a markd error."""
+    # What opening a store imports on first use is imported here, as root: the test user
+    # may not be able to read this checkout's venv (a clone in a 0700 directory, as CI makes).
+    with tempfile.TemporaryDirectory() as scratch:
+        lmdb.open(scratch, map_size=1 << 20).close()
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest

@@ -189,6 +189,20 @@ def _check_link(
     )
 
 
+def _load_before_switching() -> None:
+    """Have the LMDB binding load, as root, what it loads on the first open of an environment
+    (recent releases import a helper module then). The new user can read a packaged install,
+    but not necessarily a checkout or venv in root's home (a development machine, the tests):
+    an import after the switch would then fail. Opening a scratch environment is the public
+    way to get there, whatever the binding's version."""
+    import tempfile
+
+    import lmdb
+
+    with tempfile.TemporaryDirectory(prefix="markd-warm-") as scratch:
+        lmdb.open(scratch, map_size=1 << 20, max_dbs=1).close()
+
+
 def act_as_owner(store_path: str | os.PathLike[str], command_line: Sequence[str]) -> Account | None:
     """Before a command writes the store at ``store_path``: when this process is root and the
     store's path is in another user's hands (:func:`store_owner`), become that user and the
@@ -207,6 +221,7 @@ def act_as_owner(store_path: str | os.PathLike[str], command_line: Sequence[str]
     directory, owner = store_owner(store_path)
     if owner.uid == 0:
         return None
+    _load_before_switching()
     try:
         if owner.has_name:
             os.initgroups(owner.user, owner.gid)
