@@ -123,6 +123,7 @@ DEBIAN_NAMES = {
     "systemd-python": "python3-systemd",
     "h11": "python3-h11",
     "cryptography": "python3-cryptography",
+    "prometheus-client": "python3-prometheus-client",
 }
 
 
