@@ -129,7 +129,8 @@ def _no_constants(name: str) -> Any:
 
 @dataclass
 class Response:
-    """An answer: a status and a JSON-ready body (none for 204)."""
+    """An answer: a status and a JSON-ready body (none for 204), or bytes of another format
+    whose ``Content-Type`` the headers give (``GET /metrics``)."""
 
     status: int
     body: Any = None

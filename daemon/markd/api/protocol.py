@@ -62,6 +62,11 @@ class ControlledService(Protocol):
         """Re-read the configuration and apply it between two scans, as SIGHUP does."""
         ...
 
+    def metrics(self) -> bytes:
+        """``GET /metrics``: the daemon's metrics in the Prometheus text format
+        (``prometheus_client.CONTENT_TYPE_LATEST``). Cheap, like :meth:`status_snapshot`."""
+        ...
+
     def status_snapshot(self) -> dict[str, Any]:
         """``GET /v1/status`` without its ``api`` part (the server adds that): ``service``,
         ``scanners``, ``sources``, ``store``, ``printer``. Cheap: no device or network I/O,

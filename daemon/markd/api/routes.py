@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
+
 from markd.api.messages import HTTPRefusal, Request, Response
 from markd.api.protocol import ControlledService
 from markd.events import verdict_json
@@ -68,6 +70,12 @@ def methods_of(path: str) -> list[str]:
 @route("GET", "/v1/status")
 async def get_status(context: RouteContext, request: Request) -> Response:
     return Response(200, {**context.service.status_snapshot(), "api": context.api_status()})
+
+
+@route("GET", "/metrics")
+async def get_metrics(context: RouteContext, request: Request) -> Response:
+    # Prometheus's own path and text format, not JSON (docs/metrics.md).
+    return Response(200, context.service.metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @route("POST", "/v1/check")

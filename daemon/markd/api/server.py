@@ -569,8 +569,11 @@ class ControlServer:
         headers = dict(response.headers)
         payload = b""
         if response.status != 204:
-            payload = json_bytes(response.body)
-            headers.setdefault("Content-Type", "application/json; charset=utf-8")
+            if isinstance(response.body, bytes):  # a body of its own format (GET /metrics)
+                payload = response.body
+            else:
+                payload = json_bytes(response.body)
+                headers.setdefault("Content-Type", "application/json; charset=utf-8")
             headers["Content-Length"] = str(len(payload))
         headers.setdefault("Cache-Control", "no-store")
         headers["Connection"] = "keep-alive" if keep else "close"

@@ -6,6 +6,7 @@ own in this package::
     wiring.py     the chain, the printer, the sale session and desk, from the configuration
     scanloop.py   the queue consumer: scan → parse → chain → one verdict
     listeners.py  where a verdict goes: journal, event stream, counts, verdict sink, sale desk
+    metrics.py    the counts behind GET /metrics and the collector that reads them at scrape time
     reload.py     SIGHUP: the configuration read again and applied between two scans
     health.py     the health check, WATCHDOG=1 and the STATUS= line
     storesync.py  the periodic fleet sync in a child process
@@ -67,6 +68,13 @@ from markd.service.listeners import (
     VerdictListener,
     VerdictSink,
     log_internal_error,
+)
+from markd.service.metrics import (
+    MetricsListener,
+    StatusCollector,
+    VerdictMetrics,
+    exposition,
+    metrics_registry,
 )
 from markd.service.reload import Reloader, ReloadResult, ScannerChanges
 from markd.service.scanloop import QueueItem, ScanLoop
@@ -144,10 +152,16 @@ class Service:
         #: Verdicts given since start, by decision (``allow``, ``deny``, ``rescan``).
         self.verdict_counts: Counter[str] = Counter()
         self.health = Health(self, self.event_log)
+        #: markd's own counts for ``GET /metrics``, updated by a listener on the event loop.
+        self.verdict_metrics = VerdictMetrics()
+        self._metrics = metrics_registry(
+            StatusCollector(self.status_snapshot, self.verdict_metrics)
+        )
         listeners: list[VerdictListener] = [
             JournalListener(self.event_log),
             EventStreamListener(self._publisher),
             CountingListener(self.verdict_counts, self.health.refresh_status_soon),
+            MetricsListener(self.verdict_metrics),
         ]
         if verdict_sink is not None:
             listeners.append(SinkListener(verdict_sink))
@@ -574,6 +588,12 @@ class Service:
             "store": store,
             "printer": None if receipts is None else dict(receipts.status()),
         }
+
+    def metrics(self) -> bytes:
+        """``GET /metrics``: the Prometheus text format, read from :meth:`status_snapshot` and
+        the verdict counts at this moment (:mod:`markd.service.metrics`); no device or
+        network I/O."""
+        return exposition(self._metrics)
 
     def request_reload(self) -> bool:
         """Queue a reload, as SIGHUP does; False when the service is not running. Several

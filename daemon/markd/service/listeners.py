@@ -2,21 +2,23 @@
 
 Every scan ends in exactly one verdict (:mod:`markd.service.scanloop`), and a verdict has
 several readers: the journal, the control API's event stream, the verdict counts behind
-``STATUS=``, the optional verdict sink (the demo, tests) and, in kiosk mode, the sale desk.
-A :class:`Notifier` holds them in one list and hands each :class:`CheckedScan` to all of them,
-in the order they were added::
+``STATUS=``, the metrics behind ``GET /metrics``, the optional verdict sink (the demo, tests)
+and, in kiosk mode, the sale desk. A :class:`Notifier` holds them in one list and hands each
+:class:`CheckedScan` to all of them, in the order they were added::
 
     scan loop ─CheckedScan─▶ Notifier ─┬▶ JournalListener      verdict record (journald/stderr)
                                        ├▶ EventStreamListener  ``verdict`` event, GET /v1/events
                                        ├▶ CountingListener     verdict counts → STATUS=
+                                       ├▶ MetricsListener      plain counters → GET /metrics
                                        ├▶ SinkListener         the service's verdict_sink
                                        └▶ SaleDeskListener     kiosk: an allowed unit to the desk
 
-Listeners are isolated from each other: one that raises is reported as a ``service-error``
-record and the others still get the verdict. A listener runs on the event loop and must not
-block it; one with slow work (the sale desk and its ККТ) starts a task and returns. Each
-listener's time is a stage of the scan's trace (``verdict-record`` …, see
-:mod:`markd.service.tracing`).
+(:class:`~markd.service.metrics.MetricsListener` lives with the rest of the metrics, in
+:mod:`markd.service.metrics`.) Listeners are isolated from each other: one that raises is
+reported as a ``service-error`` record and the others still get the verdict. A listener runs
+on the event loop and must not block it; one with slow work (the sale desk and its ККТ)
+starts a task and returns. Each listener's time is a stage of the scan's trace
+(``verdict-record`` …, see :mod:`markd.service.tracing`).
 
 The module also holds the other record one scan leaves in the journal,
 :class:`ExchangeJournal` (each request to a check service and its answer, redacted), and

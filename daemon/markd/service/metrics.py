@@ -1,0 +1,439 @@
+"""The daemon's Prometheus metrics: plain counters on the scan path, everything else read at
+scrape time (``GET /metrics``; names, types and labels in docs/metrics.md).
+
+Two halves, so that a scrape never costs a scan anything:
+
+* :class:`VerdictMetrics` holds markd's own counts — verdicts by decision, reason and source,
+  scans per scanner, the verdict latency histogram's buckets, when each check source last gave
+  an answer a verdict rested on. :class:`MetricsListener` updates them from the
+  :class:`~markd.service.listeners.Notifier`, on the event loop: a few dictionary increments and
+  a bisect, no lock and no ``prometheus_client`` object on the scan path.
+* :class:`StatusCollector` is the one custom collector. At scrape time it turns those counts
+  and the service's status snapshot (the same data as ``GET /v1/status``: check sources, CDN
+  hosts, the Local Module, the store, scanners, the printer and its fiscal health) into metric
+  families. The scrape runs on the event loop too (the control API's route), so it reads the
+  counts between two scans and needs no lock either.
+
+:func:`metrics_registry` puts the collector into a registry of the service's own (never the
+library's global default registry, which would mix in whatever else the process imports)
+together with the library's process and platform collectors.
+
+Label values come from closed sets only: decisions, reason codes and sources are markd's own
+vocabulary, scanner names are the configured ones (and ``api``). A value that does not look
+like one (:func:`label_value`) is counted as ``other``, so a marking code or a КИ can never
+reach a label, whatever a future bug hands us.
+
+Only API present in prometheus_client 0.16 (Debian 12) is used: the metric families,
+``CollectorRegistry``, ``ProcessCollector``, ``PlatformCollector``, ``generate_latest``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from markd.checks.verdict import Verdict
+    from markd.service.listeners import CheckedScan
+
+#: Upper bounds (seconds) of the verdict latency histogram. Fixed, so that every kiosk of a
+#: fleet has the same buckets: fine steps around the store-only path (well under 5 ms), the
+#: online budget (1.5 s) and beyond it.
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+)
+
+#: A check chain's role (its ``[check.*]`` section) → the source name verdicts use.
+ROLE_SOURCES = {"online": "cdn", "local_module": "lm", "tspiot": "tspiot"}
+#: States of the Local Module a one-hot gauge shows; anything else the module reports is
+#: ``other`` (the module's own text never becomes a label).
+LOCAL_MODULE_STATES = ("ready", "initialization", "not_configured", "sync_error")
+
+_LABEL = re.compile(r"[a-z][a-z0-9_.-]{0,63}", re.IGNORECASE)
+
+
+def label_value(text: str) -> str:
+    """``text`` when it can be a label value of ours (a name: a letter, then letters, digits,
+    ``_.-``, at most 64), else ``other``. A КИ or a code begins with digits and never passes."""
+    return text if _LABEL.fullmatch(text) else "other"
+
+
+class VerdictMetrics:
+    """markd's own counts, kept as plain Python values by the event loop's thread.
+
+    :param clock: monotonic seconds (when a source last answered); tests may pass their own.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        #: ``(decision, reason, source)`` → verdicts given.
+        self.verdicts: Counter[tuple[str, str, str]] = Counter()
+        #: scanner name → scans that ended in a verdict (``api`` for ``POST /v1/check``).
+        self.scans: Counter[str] = Counter()
+        #: Verdicts per latency bucket, not cumulative; the last slot is above every bound.
+        self.latency_counts: list[int] = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        self.latency_sum_s = 0.0
+        #: source → :attr:`clock` time of the last verdict resting on its answer.
+        self.last_answer: dict[str, float] = {}
+
+    def record(self, verdict: Verdict) -> None:
+        """Count one verdict (the scan path: increments only)."""
+        source = verdict.source
+        self.verdicts[
+            (label_value(verdict.decision), label_value(verdict.reason), label_value(source))
+        ] += 1
+        self.scans[label_value(verdict.scanner)] += 1
+        seconds = max(verdict.latency_ms, 0.0) / 1000
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.latency_sum_s += seconds
+        if verdict.checked:
+            # An offline answer of the ТС ПИоТ is still the ТС ПИоТ answering.
+            answered = "tspiot" if source == "tspiot-offline" else source
+            self.last_answer[answered] = self.clock()
+
+
+class MetricsListener:
+    """Each verdict into :class:`VerdictMetrics` (a listener of the
+    :class:`~markd.service.listeners.Notifier`)."""
+
+    name = "verdict metrics"
+
+    def __init__(self, metrics: VerdictMetrics) -> None:
+        self.metrics = metrics
+
+    def on_verdict(self, checked: CheckedScan) -> None:
+        self.metrics.record(checked.verdict)
+
+
+class StatusCollector:
+    """The one collector of markd's series: :class:`VerdictMetrics` and the service's status
+    snapshot, read at scrape time. A value the snapshot does not have (no printer, no Local
+    Module, a device that did not say) leaves its series out rather than inventing one.
+
+    :param snapshot: the service's ``status_snapshot`` (cheap: no device or network I/O).
+    :param now: wall-clock seconds, for ages computed from timestamps.
+    """
+
+    def __init__(
+        self,
+        snapshot: Callable[[], Mapping[str, Any]],
+        verdicts: VerdictMetrics,
+        *,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.snapshot = snapshot
+        self.verdicts = verdicts
+        self.now = now
+
+    def describe(self) -> list[Metric]:
+        # Nothing to announce at registration: the series depend on the configuration.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        status = self.snapshot()
+        yield from self._verdict_families()
+        yield from self._scanner_families(status.get("scanners") or {})
+        yield from self._source_families(status.get("sources") or {})
+        store = status.get("store")
+        if store and "error" not in store:
+            yield from self._store_families(store)
+        printer = status.get("printer")
+        if printer:
+            yield from self._printer_families(printer)
+
+    # -- markd's own counts -----------------------------------------------------------------
+
+    def _verdict_families(self) -> Iterator[Metric]:
+        counts = self.verdicts
+        verdicts = CounterMetricFamily(
+            "markd_verdicts_total",
+            "Verdicts given, by decision, reason code and the source that decided.",
+            labels=["decision", "reason", "source"],
+        )
+        for (decision, reason, source), value in sorted(counts.verdicts.items()):
+            verdicts.add_metric([decision, reason, source], value)
+        yield verdicts
+        scans = CounterMetricFamily(
+            "markd_scans_total",
+            "Scans that ended in a verdict, by scanner (api: POST /v1/check).",
+            labels=["scanner"],
+        )
+        for scanner, value in sorted(counts.scans.items()):
+            scans.add_metric([scanner], value)
+        yield scans
+        buckets: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip(
+            (*(repr(b) for b in LATENCY_BUCKETS_S), "+Inf"), counts.latency_counts, strict=True
+        ):
+            total += count
+            buckets.append((bound, total))
+        latency = HistogramMetricFamily(
+            "markd_verdict_duration_seconds",
+            "Time from a scan's last byte to its verdict.",
+        )
+        latency.add_metric([], buckets, counts.latency_sum_s)
+        yield latency
+
+    # -- the status snapshot ----------------------------------------------------------------
+
+    def _scanner_families(self, scanners: Mapping[str, Any]) -> Iterator[Metric]:
+        present = GaugeMetricFamily(
+            "markd_scanner_present",
+            "1 while a configured scanner's device is present, 0 while it is missing.",
+            labels=["scanner"],
+        )
+        for name, scanner in sorted(scanners.items()):
+            if scanner.get("present") is not None:  # not seen nor missed yet: unknown
+                present.add_metric([label_value(name)], 1.0 if scanner["present"] else 0.0)
+        yield present
+
+    def _source_families(self, sources: Mapping[str, Any]) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "markd_source_up",
+            "1 while a check source is usable as markd last saw it, else 0.",
+            labels=["source"],
+        )
+        for role, source_status in sorted(sources.items()):
+            source = ROLE_SOURCES.get(role)
+            if source is None:
+                continue
+            value = _source_up(source, source_status)
+            if value is not None:
+                up.add_metric([source], value)
+        yield up
+        last = GaugeMetricFamily(
+            "markd_source_last_success_age_seconds",
+            "Seconds since a verdict last rested on this check source's answer.",
+            labels=["source"],
+        )
+        now = self.verdicts.clock()
+        for source, at in sorted(self.verdicts.last_answer.items()):
+            last.add_metric([label_value(source)], max(0.0, now - at))
+        yield last
+        online = sources.get("online")
+        if online is not None:
+            yield from self._cdn_families(online)
+        local_module = sources.get("local_module")
+        if local_module is not None:
+            yield from self._local_module_families(local_module)
+
+    def _cdn_families(self, online: Mapping[str, Any]) -> Iterator[Metric]:
+        hosts = online.get("hosts") or []
+        family = GaugeMetricFamily(
+            "markd_cdn_hosts",
+            "CDN hosts in the host list (listed) and those quarantined now.",
+            labels=["state"],
+        )
+        family.add_metric(["listed"], len(hosts))
+        family.add_metric(["quarantined"], sum(1 for h in hosts if h.get("quarantined")))
+        yield family
+        age = online.get("list_age_s")
+        if age is not None:
+            yield GaugeMetricFamily(
+                "markd_cdn_host_list_age_seconds",
+                "Seconds since the CDN host list was fetched from the list service.",
+                value=age,
+            )
+
+    def _local_module_families(self, lm: Mapping[str, Any]) -> Iterator[Metric]:
+        if not lm.get("polled"):
+            return  # no status read yet: its state is unknown
+        if lm.get("reachable") is False:
+            current = "unreachable"
+        elif lm.get("state") in LOCAL_MODULE_STATES:
+            current = lm["state"]
+        else:
+            current = "other"
+        state = GaugeMetricFamily(
+            "markd_local_module_state",
+            "The Local Module's state as last polled: 1 for the current state, 0 otherwise.",
+            labels=["state"],
+        )
+        for name in (*LOCAL_MODULE_STATES, "unreachable", "other"):
+            state.add_metric([name], 1.0 if name == current else 0.0)
+        yield state
+        synced = _iso_timestamp(lm.get("last_sync"))
+        if synced is not None:
+            yield GaugeMetricFamily(
+                "markd_local_module_last_sync_age_seconds",
+                "Seconds since the Local Module last synchronised with Честный ЗНАК.",
+                value=max(0.0, self.now() - synced),
+            )
+
+    def _store_families(self, store: Mapping[str, Any]) -> Iterator[Metric]:
+        if store.get("version") is not None:
+            yield GaugeMetricFamily(
+                "markd_store_list_version",
+                "Version of the blocklist in markd's store.",
+                value=store["version"],
+            )
+        if store.get("age_s") is not None:
+            yield GaugeMetricFamily(
+                "markd_store_blocklist_age_seconds",
+                "Seconds since the blocklist was last confirmed current.",
+                value=store["age_s"],
+            )
+        if store.get("synced_at") is not None:
+            yield GaugeMetricFamily(
+                "markd_store_last_sync_timestamp_seconds",
+                "Unix time the blocklist was last confirmed current.",
+                value=store["synced_at"],
+            )
+        if store.get("max_age_s") is not None:
+            yield GaugeMetricFamily(
+                "markd_store_max_age_seconds",
+                "Age beyond which the blocklist counts as stale ([store] max_age_hours).",
+                value=store["max_age_s"],
+            )
+        yield GaugeMetricFamily(
+            "markd_store_stale",
+            "1 while the blocklist is older than its configured freshness.",
+            value=1.0 if store.get("stale") else 0.0,
+        )
+        entries = GaugeMetricFamily(
+            "markd_store_entries",
+            "Blocklist entries by kind (ki, gtin, series; manual: blocked by hand).",
+            labels=["kind"],
+        )
+        for kind, count in sorted((store.get("blocked") or {}).items()):
+            entries.add_metric([label_value(kind)], count)
+        if store.get("blocked_by_hand") is not None:
+            entries.add_metric(["manual"], store["blocked_by_hand"])
+        yield entries
+        yield GaugeMetricFamily(
+            "markd_store_sync_refused",
+            "1 while the latest fleet sync was refused as untrusted, else 0.",
+            value=1.0 if store.get("sync_refused") else 0.0,
+        )
+
+    def _printer_families(self, printer: Mapping[str, Any]) -> Iterator[Metric]:
+        device = printer.get("device")
+        yield GaugeMetricFamily(
+            "markd_printer_up",
+            "1 while the fiscal printer answered its last status request, else 0.",
+            value=1.0 if device is not None and printer.get("state") != "stopped" else 0.0,
+        )
+        if device is None:
+            return  # nothing else is known of a printer not reached
+        yield GaugeMetricFamily(
+            "markd_printer_paper_present",
+            "1 while the printer has paper, as last seen.",
+            value=1.0 if device.get("paper_present") else 0.0,
+        )
+        shift = device.get("shift_state")
+        if shift is not None:
+            yield GaugeMetricFamily(
+                "markd_fiscal_shift_open",
+                "1 while a shift is open (expired included), 0 while it is closed.",
+                value=1.0 if shift in ("opened", "expired") else 0.0,
+            )
+            yield GaugeMetricFamily(
+                "markd_fiscal_shift_expired",
+                "1 while the open shift is past its 24 hours.",
+                value=1.0 if shift == "expired" else 0.0,
+            )
+        if device.get("unsent_documents") is not None:
+            yield GaugeMetricFamily(
+                "markd_fiscal_unsent_documents",
+                "Fiscal documents not yet sent to the ОФД.",
+                value=device["unsent_documents"],
+            )
+        health = device.get("health") or {}
+        figures: Iterable[tuple[str, str, str, float]] = (
+            (
+                "fn_days_left",
+                "markd_fiscal_fn_remaining_seconds",
+                "Time until the ФН's validity ends (the device counts whole days).",
+                86400,
+            ),
+            (
+                "unsent_oldest_days",
+                "markd_fiscal_oldest_unsent_age_seconds",
+                "Age of the oldest document not yet sent to the ОФД.",
+                86400,
+            ),
+            (
+                "shift_hours",
+                "markd_fiscal_shift_age_seconds",
+                "Seconds since the open shift was opened.",
+                3600,
+            ),
+        )
+        for key, name, documentation, scale in figures:
+            if health.get(key) is not None:
+                yield GaugeMetricFamily(name, documentation, value=health[key] * scale)
+
+
+def _source_up(source: str, status: Mapping[str, Any]) -> float | None:
+    """Whether a check source is usable, from its client's status; None when not known yet."""
+    if source == "cdn":
+        hosts = status.get("hosts") or []
+        return 1.0 if any(not h.get("quarantined") for h in hosts) else 0.0
+    if source == "lm":
+        if not status.get("polled") or status.get("reachable") is None:
+            return None
+        return 1.0 if status.get("reachable") and status.get("state") == "ready" else 0.0
+    # The ТС ПИоТ: down after a failure, up once it answered; unknown before either.
+    if status.get("last_error") is not None:
+        return 0.0
+    if status.get("version") is None and status.get("last_latency_ms") is None:
+        return None
+    return 1.0
+
+
+def _iso_timestamp(text: Any) -> float | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def metrics_registry(collector: StatusCollector) -> CollectorRegistry:
+    """A registry of the service's own: ``collector`` plus the library's process metrics
+    (``process_*``: CPU, memory, open files) and platform facts (``python_info``)."""
+    registry = CollectorRegistry()
+    registry.register(collector)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The registry in the Prometheus text format (``CONTENT_TYPE_LATEST``)."""
+    return generate_latest(registry)

@@ -1,0 +1,188 @@
+"""``GET /metrics`` of a real daemon: a store on a temp dir, the virtual scanner, the virtual
+ККТ, the control API's Unix socket and TCP port. Each test scrapes the text a Prometheus
+server would, parses it with prometheus_client's own parser and checks that the series move
+as the daemon's state does (docs/metrics.md)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
+
+from api_helpers import Conversation, api_config, running
+from conftest import DAIRY, DAIRY_KI, GS, WATER, WATER_KI, RecordingEventLog, wait_until
+from markd.receipts import OpenReceipt
+from markd.scanners import get_virtual
+from markd.store import Store
+from markd.store.importer import import_snapshot
+from sale_helpers import kkt, write_sale_config
+from sale_helpers import running as running_sale
+
+TOKEN = "metrics-scrape-3c9e1f7a2b5d"
+#: A КИ's shape anywhere in the text: GTIN (AI 01, 14 digits) then AI 21.
+KI_TEXT = re.compile(r"01\d{14}21")
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
+    """Every sample of a scrape: ``(name, sorted labels)`` → value."""
+    found: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def value(found: Samples, name: str, **labels: str) -> float | None:
+    return found.get((name, tuple(sorted(labels.items()))))
+
+
+def verdicts(found: Samples, decision: str) -> float:
+    """The sum of ``markd_verdicts_total`` over the series of ``decision``."""
+    return sum(
+        v
+        for (name, labels), v in found.items()
+        if name == "markd_verdicts_total" and ("decision", decision) in labels
+    )
+
+
+async def scrape(socket: str, headers: dict[str, str] | None = None) -> Any:
+    conversation = await Conversation.unix(socket)
+    try:
+        return await conversation.request("GET", "/metrics", headers=headers)
+    finally:
+        conversation.close()
+
+
+def promtool_check(text: str) -> None:
+    """``promtool check metrics`` on the scrape (Debian 12's ``prometheus`` package); skipped
+    when the tool is not installed."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (apt-get install prometheus): lint not run")
+    done = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def versioned_store(config: Any, tmp_path: Path) -> None:
+    """The store at blocklist version 7, blocking DAIRY's КИ (as a fleet import leaves it)."""
+    blocklist = tmp_path / "blocklist.csv"
+    blocklist.write_text(f"ki,reason,source\n{DAIRY_KI},recalled,head office\n")
+    with Store.from_config(config.store) as store:
+        import_snapshot(store, blocklist, version=7)
+
+
+async def test_metrics_move_as_scans_happen(
+    store_path: str, tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    config = api_config(store_path, {"front": "virtual://metrics-front"})
+    versioned_store(config, tmp_path)
+
+    async with running(config, event_log):
+        before = await scrape(config.api.socket)
+        get_virtual("metrics-front").scan(WATER)
+        get_virtual("metrics-front").scan(DAIRY)
+        await wait_until(lambda: event_log.count("verdict") == 2, what="two verdicts")
+        after = await scrape(config.api.socket)
+
+    assert before.status == after.status == 200
+    assert after.headers["content-type"] == CONTENT_TYPE_LATEST
+    first, second = samples(before.body.decode()), samples(after.body.decode())
+    assert verdicts(first, "allow") == verdicts(first, "deny") == 0
+    assert verdicts(second, "allow") == 1 and verdicts(second, "deny") == 1
+    denied = value(
+        second, "markd_verdicts_total", decision="deny", reason="blocked-locally", source="store"
+    )
+    assert denied == 1
+    assert value(first, "markd_verdict_duration_seconds_count") == 0
+    assert value(second, "markd_verdict_duration_seconds_count") == 2
+    assert value(second, "markd_verdict_duration_seconds_bucket", le="+Inf") == 2
+    assert value(second, "markd_scans_total", scanner="front") == 2
+    assert value(second, "markd_scanner_present", scanner="front") == 1
+    assert value(second, "markd_store_list_version") == 7
+    assert value(second, "markd_store_entries", kind="ki") == 1
+    assert value(second, "markd_store_stale") == 0
+    assert value(second, "markd_store_sync_refused") == 0
+    # The library's process metrics come along; no printer, no check source: no such series.
+    assert value(second, "process_cpu_seconds_total") is not None
+    names = {name for name, _ in second}
+    assert not {n for n in names if n.startswith(("markd_printer", "markd_fiscal", "markd_local"))}
+    # Never a code, a КИ or a crypto tail in the text.
+    text = after.body.decode()
+    assert not KI_TEXT.search(text) and WATER_KI not in text and DAIRY_KI not in text
+    assert WATER.split(GS)[1] not in text and DAIRY.split(GS)[1] not in text
+    promtool_check(text)
+
+
+async def test_metrics_over_tcp_need_the_bearer_token(
+    store_path: str, tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    token_file = tmp_path / "api-token"
+    token_file.write_text(TOKEN + "\n")
+    config = api_config(
+        store_path,
+        {"v": "virtual://metrics-tcp"},
+        listen="127.0.0.1:0",
+        token_file=str(token_file),
+    )
+
+    async with running(config, event_log) as service:
+        assert service.api is not None and service.api.tcp_address is not None
+        host, port = service.api.tcp_address
+        answers = []
+        for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}):
+            conversation = await Conversation.tcp(host, port)
+            answers.append(await conversation.request("GET", "/metrics", headers=headers))
+            conversation.close()
+
+    refused, allowed = answers
+    assert refused.status == 401 and refused.json()["error"] == "unauthorized"
+    assert b"markd_" not in refused.body
+    assert allowed.status == 200
+    assert value(samples(allowed.body.decode()), "markd_scanner_present", scanner="v") == 1
+    assert TOKEN not in event_log.text
+
+
+async def test_metrics_show_the_printer_and_its_fiscal_health(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    config = write_sale_config(tmp_path, mode="attendant", scanners={}, catalog=None)
+    device = kkt(tmp_path)
+    device.set_faults(fn_days_left=20, unsent_age_days=4, paper_out=True)
+    socket = str(tmp_path / "control.sock")
+
+    async with running_sale(config, event_log) as service:
+        desk = service.receipts
+        assert desk is not None
+        faulty_text = (await scrape(socket)).body.decode()
+        faulty = samples(faulty_text)
+        device.set_faults(paper_out=None, unsent_age_days=None)
+        await desk.open(OpenReceipt())
+        await desk.cancel()
+        mended = samples((await scrape(socket)).body.decode())
+
+    assert value(faulty, "markd_printer_up") == 1
+    assert value(faulty, "markd_printer_paper_present") == 0
+    assert value(faulty, "markd_fiscal_fn_remaining_seconds") in (19 * 86400, 20 * 86400)
+    oldest = value(faulty, "markd_fiscal_oldest_unsent_age_seconds")
+    assert oldest is not None and abs(oldest - 4 * 86400) < 3600
+    assert value(faulty, "markd_fiscal_unsent_documents") == 1
+    assert value(mended, "markd_printer_paper_present") == 1
+    assert value(mended, "markd_fiscal_shift_open") == 1
+    shift_age = value(mended, "markd_fiscal_shift_age_seconds")
+    assert shift_age is not None and 0 <= shift_age < 600
+    promtool_check(faulty_text)
