@@ -5,9 +5,11 @@ as the daemon's state does (docs/metrics.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api_helpers import Conversation, api_config, running
 from conftest import DAIRY, DAIRY_KI, GS, WATER, WATER_KI, RecordingEventLog, wait_until
+from markd.config import LocalModuleConfig, OnlineCheckConfig
+from markd.emulators.testing import crpt_cdn, local_module
 from markd.receipts import OpenReceipt
 from markd.scanners import get_virtual
 from markd.store import Store
@@ -25,6 +29,7 @@ from sale_helpers import kkt, write_sale_config
 from sale_helpers import running as running_sale
 
 TOKEN = "metrics-scrape-3c9e1f7a2b5d"
+CDN_TOKEN = "6a1d0c3e-8f2b-4b7a-9e5d-2c4f6a8b0d1e"
 #: A КИ's shape anywhere in the text: GTIN (AI 01, 14 digits) then AI 21.
 KI_TEXT = re.compile(r"01\d{14}21")
 
@@ -186,3 +191,51 @@ async def test_metrics_show_the_printer_and_its_fiscal_health(
     shift_age = value(mended, "markd_fiscal_shift_age_seconds")
     assert shift_age is not None and 0 <= shift_age < 600
     promtool_check(faulty_text)
+
+
+async def test_metrics_follow_the_check_sources(
+    store_path: str, tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    """Mode direct on the CDN and Local Module emulators: the sources are up, the CDN's host is
+    listed, the Local Module's state and last synchronisation show; when the module falls out
+    of sync, its one-hot state moves and it counts as down."""
+    (tmp_path / "token").write_text(CDN_TOKEN + "\n")
+    (tmp_path / "pw").write_text("admin\n")
+    scenario = {"local_module": {"state": "ready", "last_sync_age_s": 3 * 3600}}
+    with crpt_cdn({"cdn": {"token": CDN_TOKEN}}) as cdn, local_module(scenario) as lm:
+        base = api_config(store_path, {"v": "virtual://metrics-direct"})
+        check = dataclasses.replace(
+            base.check,
+            mode="direct",
+            online=OnlineCheckConfig(url=cdn.url, token_file=str(tmp_path / "token")),
+            local_module=LocalModuleConfig(url=lm.url, password_file=str(tmp_path / "pw")),
+        )
+        config = dataclasses.replace(base, check=check)
+        async with running(config, event_log) as service:
+            await wait_until(lambda: lm.count("status") >= 1, what="a Local Module status poll")
+            get_virtual("metrics-direct").scan(WATER)
+            await wait_until(lambda: event_log.count("verdict") == 1, what="the verdict")
+            ready_text = (await scrape(config.api.socket)).body.decode()
+            lm.set_state("sync_error")
+            client = service.chain.local_module  # type: ignore[union-attr]
+            await client.status_poll(time.monotonic() + 2)
+            out_of_sync = samples((await scrape(config.api.socket)).body.decode())
+
+    ready = samples(ready_text)
+    allowed = value(ready, "markd_verdicts_total", decision="allow", reason="allowed", source="cdn")
+    assert allowed == 1
+    assert value(ready, "markd_source_up", source="cdn") == 1
+    assert value(ready, "markd_source_up", source="lm") == 1
+    assert value(ready, "markd_cdn_hosts", state="listed") == 1
+    assert value(ready, "markd_cdn_hosts", state="quarantined") == 0
+    last_answer = value(ready, "markd_source_last_success_age_seconds", source="cdn")
+    assert last_answer is not None and 0 <= last_answer < 60
+    assert value(ready, "markd_local_module_state", state="ready") == 1
+    assert value(ready, "markd_local_module_state", state="sync_error") == 0
+    synced = value(ready, "markd_local_module_last_sync_age_seconds")
+    assert synced is not None and abs(synced - 3 * 3600) < 120
+    assert value(out_of_sync, "markd_local_module_state", state="sync_error") == 1
+    assert value(out_of_sync, "markd_local_module_state", state="ready") == 0
+    assert value(out_of_sync, "markd_source_up", source="lm") == 0
+    assert CDN_TOKEN not in ready_text and not KI_TEXT.search(ready_text)
+    promtool_check(ready_text)
