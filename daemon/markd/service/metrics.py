@@ -83,12 +83,22 @@ ROLE_SOURCES = {"online": "cdn", "local_module": "lm", "tspiot": "tspiot"}
 LOCAL_MODULE_STATES = ("ready", "initialization", "not_configured", "sync_error")
 
 _LABEL = re.compile(r"[a-z][a-z0-9_.-]{0,63}", re.IGNORECASE)
+#: Label values already judged good: the scan path looks them up instead of matching again.
+#: They come from closed sets, so this stays small; the cap is a guard all the same.
+_GOOD_LABELS: set[str] = set()
+_GOOD_LABELS_CAP = 4096
 
 
 def label_value(text: str) -> str:
     """``text`` when it can be a label value of ours (a name: a letter, then letters, digits,
     ``_.-``, at most 64), else ``other``. A КИ or a code begins with digits and never passes."""
-    return text if _LABEL.fullmatch(text) else "other"
+    if text in _GOOD_LABELS:
+        return text
+    if not _LABEL.fullmatch(text):
+        return "other"
+    if len(_GOOD_LABELS) < _GOOD_LABELS_CAP:
+        _GOOD_LABELS.add(text)
+    return text
 
 
 class VerdictMetrics:
