@@ -55,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -158,6 +159,10 @@ class SaleDesk:
         #: in flight): ``ended`` is True when a receipt was just closed or cancelled, which the
         #: service reports at once; units and opened receipts it may report a little later.
         self.on_receipt_change: Callable[[bool], None] | None = None
+        #: Receipt closes and cancels by outcome (``closed``, ``cancelled``, ``failed``,
+        #: ``pending``, ``empty``) for ``GET /metrics``. The service hands every desk it opens
+        #: the same counter, so the counts run on across reloads.
+        self.receipt_outcomes: Counter[str] = Counter()
 
     @property
     def kiosk(self) -> bool:
@@ -439,6 +444,7 @@ class SaleDesk:
                     "underpaid",
                 )
             outcome = await self.session.close(payments or None)
+            self.receipt_outcomes[outcome.status] += 1
             if outcome.status == "pending":
                 # Paid, the ККТ's answer lost or the ККТ gone: the next operation (and the
                 # next start) runs recovery first, as the answer promises.
@@ -453,6 +459,7 @@ class SaleDesk:
             if self.session.receipt_id is None:
                 raise ReceiptError("no receipt is open", "receipt-not-open")
             outcome = await self.session.cancel("cancelled-by-api")
+            self.receipt_outcomes[outcome.status] += 1
             if outcome.status == "pending":
                 self._recovery_pending = True  # as for close(): recovery before the next one
             await self._refresh_status()
@@ -494,6 +501,7 @@ class SaleDesk:
             if self.catalog is None
             else {"path": self.catalog.path, "entries": len(self.catalog)},
             "use_mrp": self.use_mrp,
+            "receipt_outcomes": dict(self.receipt_outcomes),
         }
 
     def status_text(self) -> str:

@@ -188,6 +188,9 @@ async def test_metrics_show_the_printer_and_its_fiscal_health(
     assert value(faulty, "markd_fiscal_unsent_documents") == 1
     assert value(mended, "markd_printer_paper_present") == 1
     assert value(mended, "markd_fiscal_shift_open") == 1
+    assert value(faulty, "markd_receipts_total", outcome="cancelled") == 0
+    assert value(mended, "markd_receipts_total", outcome="cancelled") == 1
+    assert value(mended, "markd_receipts_total", outcome="closed") == 0
     shift_age = value(mended, "markd_fiscal_shift_age_seconds")
     assert shift_age is not None and 0 <= shift_age < 600
     promtool_check(faulty_text)

@@ -58,6 +58,7 @@ def full_snapshot() -> dict[str, Any]:
         },
         "printer": {
             "state": "attention",
+            "receipt_outcomes": {"closed": 5, "pending": 1},
             "device": {
                 "shift_state": "expired",
                 "paper_present": False,
@@ -180,6 +181,9 @@ def test_a_full_status_snapshot_becomes_its_series() -> None:
     assert value("markd_store_entries", kind="manual") == 1
     assert value("markd_store_sync_refused") == 1
     assert value("markd_printer_up") == 1
+    assert value("markd_receipts_total", outcome="closed") == 5
+    assert value("markd_receipts_total", outcome="pending") == 1
+    assert value("markd_receipts_total", outcome="failed") == 0
     assert value("markd_printer_paper_present") == 0
     assert value("markd_fiscal_shift_open") == value("markd_fiscal_shift_expired") == 1
     assert value("markd_fiscal_shift_age_seconds") == 25 * 3600

@@ -154,6 +154,8 @@ class Service:
         self.health = Health(self, self.event_log)
         #: markd's own counts for ``GET /metrics``, updated by a listener on the event loop.
         self.verdict_metrics = VerdictMetrics()
+        #: Receipts closed or cancelled since start, by outcome; every sale desk counts here.
+        self.receipt_outcomes: Counter[str] = Counter()
         self._metrics = metrics_registry(
             StatusCollector(self.status_snapshot, self.verdict_metrics)
         )
@@ -493,6 +495,7 @@ class Service:
             desk.shutdown()
             raise
         desk.on_receipt_change = self._receipt_changed
+        desk.receipt_outcomes = self.receipt_outcomes
         self.sale_desk = desk
         self.receipts = desk
         self._desk_listener = SaleDeskListener(desk)

@@ -78,6 +78,8 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
 
 #: A check chain's role (its ``[check.*]`` section) → the source name verdicts use.
 ROLE_SOURCES = {"online": "cdn", "local_module": "lm", "tspiot": "tspiot"}
+#: Outcomes of a receipt's close or cancel (``markd.fiscal.outcomes.ReceiptStatus``).
+RECEIPT_OUTCOMES = ("closed", "cancelled", "failed", "pending", "empty")
 #: States of the Local Module a one-hot gauge shows; anything else the module reports is
 #: ``other`` (the module's own text never becomes a label).
 LOCAL_MODULE_STATES = ("ready", "initialization", "not_configured", "sync_error")
@@ -351,6 +353,16 @@ class StatusCollector:
         )
 
     def _printer_families(self, printer: Mapping[str, Any]) -> Iterator[Metric]:
+        outcomes = printer.get("receipt_outcomes")
+        if outcomes is not None:
+            receipts = CounterMetricFamily(
+                "markd_receipts_total",
+                "Receipts closed or cancelled since start, by outcome.",
+                labels=["outcome"],
+            )
+            for outcome in RECEIPT_OUTCOMES:
+                receipts.add_metric([outcome], outcomes.get(outcome, 0))
+            yield receipts
         device = printer.get("device")
         yield GaugeMetricFamily(
             "markd_printer_up",
