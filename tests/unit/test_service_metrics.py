@@ -55,6 +55,7 @@ def full_snapshot() -> dict[str, Any]:
             "blocked": {"ki": 1520, "gtin": 3, "series": 0},
             "blocked_by_hand": 1,
             "sync_refused": {"reason": "bad-signature", "message": "…"},
+            "sync_refusals": 2,
         },
         "printer": {
             "state": "attention",
@@ -180,6 +181,7 @@ def test_a_full_status_snapshot_becomes_its_series() -> None:
     assert value("markd_store_entries", kind="ki") == 1520
     assert value("markd_store_entries", kind="manual") == 1
     assert value("markd_store_sync_refused") == 1
+    assert value("markd_store_sync_refused_total") == 2
     assert value("markd_printer_up") == 1
     assert value("markd_receipts_total", outcome="closed") == 5
     assert value("markd_receipts_total", outcome="pending") == 1

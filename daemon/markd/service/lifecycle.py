@@ -576,8 +576,11 @@ class Service:
         sources = {} if self._chain is None else self._chain.status()
         receipts = self.receipts
         store = store_status(self.store, self.config.store.path)
-        if self.store_sync is not None and self.store_sync.refused is not None:
-            store = {**(store or {}), "sync_refused": dict(self.store_sync.refused)}
+        sync = self.store_sync
+        if sync is not None and store is not None:
+            store = {**store, "sync_refusals": sync.refusals}
+        if sync is not None and sync.refused is not None:
+            store = {**(store or {}), "sync_refused": dict(sync.refused)}
         return {
             "service": {
                 "state": "ready" if self.ready.is_set() else "starting",

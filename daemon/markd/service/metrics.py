@@ -351,6 +351,12 @@ class StatusCollector:
             "1 while the latest fleet sync was refused as untrusted, else 0.",
             value=1.0 if store.get("sync_refused") else 0.0,
         )
+        if store.get("sync_refusals") is not None:
+            yield CounterMetricFamily(
+                "markd_store_sync_refused_total",
+                "Fleet syncs refused as untrusted since start.",
+                value=store["sync_refusals"],
+            )
 
     def _printer_families(self, printer: Mapping[str, Any]) -> Iterator[Metric]:
         outcomes = printer.get("receipt_outcomes")

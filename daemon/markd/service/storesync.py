@@ -81,6 +81,8 @@ class StoreSync:
         #: The latest untrusted-sync refusal (``{"reason", "message"}``), None once a sync
         #: succeeds.
         self.refused: dict[str, str] | None = None
+        #: Syncs refused as untrusted since start (``GET /metrics``).
+        self.refusals = 0
 
     def command(self) -> list[str]:
         """The child's command line. The URL is not in it (it may hold credentials, and any
@@ -175,6 +177,7 @@ class StoreSync:
         self.results.append(result)
         if reason in UNTRUSTED_SYNC_REASONS:
             self.refused = {"reason": reason, "message": message}
+            self.refusals += 1
             self.event_log.event(
                 "store-sync-refused",
                 f"blocklist sync from {self.safe_url} REFUSED ({reason}), nothing changed: "
