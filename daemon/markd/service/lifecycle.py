@@ -138,6 +138,8 @@ class Service:
         self._chain: CheckChain | None = None
         #: The periodic fleet sync, when ``[store] sync_url`` is set (created at start).
         self.store_sync: StoreSync | None = None
+        #: Fleet syncs refused as untrusted by the syncs stopped so far (``GET /metrics``).
+        self._sync_refusals = 0
         #: Delay range of the first fleet sync; tests set ``(0, 0)``.
         self.sync_start_delay_s = SYNC_START_DELAY_S
         #: The sale session behind the control API's receipt endpoints (None: no printer).
@@ -530,12 +532,15 @@ class Service:
             self.store_sync = StoreSync(
                 self.config, self.event_log, start_delay_s=self.sync_start_delay_s
             )
+            # A reload that changed the sync starts a new one: the count runs on.
+            self.store_sync.refusals = self._sync_refusals
             self.store_sync.start()
 
     async def stop_store_sync(self) -> None:
         """End the fleet sync for good (a reload that changes it starts a new one)."""
         if self.store_sync is not None:
             await self.store_sync.stop()
+            self._sync_refusals = self.store_sync.refusals
             self.store_sync = None
 
     # -- control API and tools ------------------------------------------------------------------
