@@ -5,6 +5,7 @@ Usage::
 
     tools/bench/soak.py [--scans N] [--window W] [--distinct D] [--mode offline|store]
                         [--trace-ms T] [--cpu-quota PERCENT [--rate SCANS_PER_S]]
+                        [--scrape-every SECONDS]
 
 What runs (all on loopback, in a temporary directory):
 
@@ -39,6 +40,10 @@ quota is set the first way that works here (or the one ``--cpu-method`` names), 
 says which: ``systemd-run --scope -p CPUQuota=25%``; a cgroup v2 ``cpu.max``; a cgroup v1
 ``cpu.cfs_quota_us`` (both 25 ms in every 100 ms); else ``taskset``: markd pinned to one core
 beside three busy processes pinned to the same core. Its target: p99 ≤ 5 ms.
+
+``--scrape-every 1`` scrapes ``GET /metrics`` on the control socket once a second during the
+scans, as a Prometheus server would (issue 17: a scrape a second must not move p99 by more
+than 10 %); the result adds the scrapes made and the slowest one.
 
 Prints progress and human lines, then one JSON object as the final line.
 """
@@ -413,6 +418,49 @@ def verdict_latency_ms(line: bytes) -> float:
 # The run
 
 
+class Scraper:
+    """Scrapes ``GET /metrics`` on the control socket every ``every_s`` seconds in a thread of
+    its own, counting the scrapes and timing each (a refused or broken one stops the run's
+    claim: :attr:`failures`)."""
+
+    def __init__(self, socket_path: Path, every_s: float) -> None:
+        self.socket_path = socket_path
+        self.every_s = every_s
+        self.durations_s: list[float] = []
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            began = time.perf_counter()
+            try:
+                ok = self._scrape()
+            except OSError:
+                ok = False
+            if ok:
+                self.durations_s.append(time.perf_counter() - began)
+            else:
+                self.failures += 1
+
+    def _scrape(self) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(5)
+            conn.connect(str(self.socket_path))
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+        return answer.startswith(b"HTTP/1.1 200 ") and b"markd_verdicts_total" in answer
+
+
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     codes = samples.batch(args.distinct, seed=7)
     blocked = prepare_store(workdir, codes)
@@ -432,9 +480,13 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         say(f"markd runs at nice {args.nice}")
     daemon = Daemon(config, workdir, share, args.nice)
     rate = args.rate if args.rate else (50.0 if share else 0.0)
+    scraper = Scraper(workdir / "control.sock", args.scrape_every) if args.scrape_every else None
     try:
         ready_s = daemon.wait_ready()
         say(f"markd READY=1 after {ready_s * 1000:.0f} ms (exec to READY=1)")
+        if scraper is not None:
+            scraper.start()
+            say(f"scraping GET /metrics every {args.scrape_every:g} s")
         if share is not None:
             throttled_before = share.throttling()
         payloads = [code.encode() + b"\r" for code in codes]
@@ -498,6 +550,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         throttled_after = share.throttling() if share else None
     finally:
         gc.enable()
+        if scraper is not None:
+            scraper.stop()
         exit_code = daemon.stop()
         if share is not None:
             share.close()
@@ -552,6 +606,15 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         result["targets"]["max_le_50ms"] = max_ms <= TARGET_MAX_MS
     if args.nice:
         result["nice"] = args.nice
+    if scraper is not None:
+        durations = scraper.durations_s
+        result["scrapes"] = {
+            "every_s": args.scrape_every,
+            "made": len(durations),
+            "failed": scraper.failures,
+            "slowest_ms": round(max(durations, default=0.0) * 1000, 2),
+        }
+        result["targets"]["scrapes_all_answered"] = scraper.failures == 0
     if share is not None:
         result["cpu_quota"] = {
             "percent": args.cpu_quota,
@@ -659,6 +722,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="markd's nice level, as a unit's Nice= would set it (-10: ahead of busy work)",
+    )
+    ap.add_argument(
+        "--scrape-every",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="scrape GET /metrics on the control socket this often during the scans (off)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args(argv)
