@@ -224,3 +224,17 @@ def test_docs_list_every_metric_and_no_other() -> None:
     documented = {name.removesuffix("_total") for name in documented}
 
     assert made == documented
+
+
+def test_a_tspiot_is_up_once_it_answered_and_down_after_a_failure() -> None:
+    def up(status: dict[str, Any]) -> float | None:
+        found = samples(scrape({"sources": {"tspiot": status}}))
+        return found.get(("markd_source_up", (("source", "tspiot"),)))
+
+    never_asked = {"version": None, "last_error": None, "last_latency_ms": None}
+    answered = {"version": 3, "last_error": None, "last_latency_ms": 12.5}
+    failed = {**answered, "last_error": {"kind": "timeout", "detail": "no answer in 1.5 s"}}
+
+    assert up(never_asked) is None
+    assert up(answered) == 1
+    assert up(failed) == 0
