@@ -607,6 +607,38 @@ def test_a_scan_yields_a_journaled_verdict_with_its_fields(configured: Machine) 
     assert "verdicts 1 allow" in configured.show("markd", "StatusText")["StatusText"]
 
 
+SCRAPE = """
+import socket, sys
+with socket.socket(socket.AF_UNIX) as s:
+    s.connect("/run/markd/control.sock")
+    s.sendall(b"GET /metrics HTTP/1.1\\r\\nHost: markd\\r\\nConnection: close\\r\\n\\r\\n")
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+sys.stdout.write(data.decode())
+"""
+
+
+def test_metrics_are_served_by_the_package_on_debians_prometheus_client(
+    configured: Machine,
+) -> None:
+    """GET /metrics of the packaged daemon, which runs on Debian's python3-prometheus-client
+    (not the venv's newer release)."""
+    box = configured
+    ensure_started(box)
+    if not box.journal("MARKD_EVENT=verdict"):
+        box.scan("front", WATER)
+        box.wait("a verdict", lambda: bool(box.journal("MARKD_EVENT=verdict")))
+    answer = box.run("/usr/bin/python3", "-c", SCRAPE).stdout
+    head, _, body = answer.partition("\n\n")  # text mode turned CRLF into LF
+    assert head.startswith("HTTP/1.1 200") and "text/plain" in head, head
+    assert re.search(r'^markd_verdicts_total\{[^}]*decision="allow"[^}]*\} [1-9]', body, re.M), (
+        body[:2000]
+    )
+    assert re.search(r'^markd_scanner_present\{scanner="front"\} 1', body, re.M), body[:2000]
+    assert WATER_KI not in body
+
+
 def test_journalctl_x_explains_the_record_from_the_catalog(configured: Machine) -> None:
     ensure_started(configured)
     if not configured.journal("MARKD_EVENT=verdict"):
