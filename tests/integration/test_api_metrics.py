@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from api_helpers import Conversation, api_config, running
@@ -41,7 +40,10 @@ def samples(text: str) -> Samples:
     found: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            # Prometheus keeps one of two equal series: a duplicate would hide a value.
+            assert key not in found, f"duplicate series {key}"
+            found[key] = sample.value
     return found
 
 
@@ -105,7 +107,7 @@ async def test_metrics_move_as_scans_happen(
         after = await scrape(config.api.socket)
 
     assert before.status == after.status == 200
-    assert after.headers["content-type"] == CONTENT_TYPE_LATEST
+    assert after.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     first, second = samples(before.body.decode()), samples(after.body.decode())
     assert verdicts(first, "allow") == verdicts(first, "deny") == 0
     assert verdicts(second, "allow") == 1 and verdicts(second, "deny") == 1
@@ -121,7 +123,7 @@ async def test_metrics_move_as_scans_happen(
     assert value(second, "markd_store_list_version") == 7
     assert value(second, "markd_store_entries", kind="ki") == 1
     assert value(second, "markd_store_stale") == 0
-    assert value(second, "markd_store_sync_refused") == 0
+    assert value(second, "markd_store_last_sync_refused") == 0
     # The library's process metrics come along; no printer, no check source: no such series.
     assert value(second, "process_cpu_seconds_total") is not None
     names = {name for name, _ in second}

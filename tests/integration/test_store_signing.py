@@ -524,5 +524,5 @@ async def test_the_daemon_logs_a_forged_list_at_err_with_its_own_message_id(
     assert "blocklist sync REFUSED (unknown-key)" in service.status_line()
     assert service.status_snapshot()["store"]["sync_refused"]["reason"] == "unknown-key"
     # and GET /metrics (a gauge while it lasts; the sync counts every refusal)
-    assert "\nmarkd_store_sync_refused 1.0\n" in service.metrics().decode()
+    assert "\nmarkd_store_last_sync_refused 1.0\n" in service.metrics().decode()
     assert sync.refusals == 1

@@ -11,18 +11,28 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from markd.checks.verdict import Verdict
+from markd.config import load
+from markd.errors import ConfigError
 from markd.service.metrics import (
     LATENCY_BUCKETS_S,
     StatusCollector,
     VerdictMetrics,
     exposition,
     metrics_registry,
+    scanner_label,
 )
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def SCANNERS() -> set[str]:  # noqa: N802 - stands for the configuration's scanner table
+    return {"front", "1", "2"}
+
+
 NOW = 1_760_000_000.0
 
 
@@ -71,16 +81,21 @@ def full_snapshot() -> dict[str, Any]:
 
 
 def scrape(snapshot: dict[str, Any], metrics: VerdictMetrics | None = None) -> str:
-    collector = StatusCollector(lambda: snapshot, metrics or VerdictMetrics(), now=lambda: NOW)
+    collector = StatusCollector(
+        lambda: snapshot, metrics or VerdictMetrics(scanner_names=SCANNERS), now=lambda: NOW
+    )
     return exposition(metrics_registry(collector)).decode()
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            # Prometheus keeps one of two equal series: a duplicate would hide a value.
+            assert key not in found, f"duplicate series {key}"
+            found[key] = sample.value
+    return found
 
 
 def verdict(**fields: Any) -> Verdict:
@@ -97,7 +112,7 @@ def verdict(**fields: Any) -> Verdict:
 def test_a_ki_handed_over_as_a_label_is_counted_as_other() -> None:
     """Should a bug ever put a КИ where a reason or a scanner name goes, it must not become a
     label value (unbounded, and a code in a fleet's database)."""
-    metrics = VerdictMetrics()
+    metrics = VerdictMetrics(scanner_names=SCANNERS)
     ki = "0104680029460908215jcmHzLmkdPML"
     metrics.record(verdict(reason=ki, scanner=ki))
     metrics.record(verdict(reason="sold-here", source="store", decision="deny"))
@@ -115,7 +130,7 @@ def test_a_ki_handed_over_as_a_label_is_counted_as_other() -> None:
 
 
 def test_the_latency_histogram_puts_each_verdict_in_its_bucket() -> None:
-    metrics = VerdictMetrics()
+    metrics = VerdictMetrics(scanner_names=SCANNERS)
     for latency_ms in (0.3, 0.5, 1200.0, 9000.0):
         metrics.record(verdict(latency_ms=latency_ms))
 
@@ -133,7 +148,7 @@ def test_the_latency_histogram_puts_each_verdict_in_its_bucket() -> None:
 
 def test_the_source_that_answered_gets_a_last_success_age() -> None:
     clock = [100.0]
-    metrics = VerdictMetrics(clock=lambda: clock[0])
+    metrics = VerdictMetrics(clock=lambda: clock[0], scanner_names=SCANNERS)
     metrics.record(verdict(source="lm", checked=True))
     metrics.record(verdict(source="tspiot-offline", checked=True))
     metrics.record(verdict(source="cdn", checked=False))  # nothing answered: no success
@@ -180,7 +195,7 @@ def test_a_full_status_snapshot_becomes_its_series() -> None:
     assert value("markd_store_blocklist_age_seconds") == 1250
     assert value("markd_store_entries", kind="ki") == 1520
     assert value("markd_store_entries", kind="manual") == 1
-    assert value("markd_store_sync_refused") == 1
+    assert value("markd_store_last_sync_refused") == 1
     assert value("markd_store_sync_refused_total") == 2
     assert value("markd_printer_up") == 1
     assert value("markd_receipts_total", outcome="closed") == 5
@@ -211,7 +226,7 @@ def test_what_is_not_known_is_left_out() -> None:
 
 
 def test_docs_list_every_metric_and_no_other() -> None:
-    metrics = VerdictMetrics()
+    metrics = VerdictMetrics(scanner_names=SCANNERS)
     metrics.record(verdict(checked=True))
     made = {
         family.name
@@ -238,3 +253,24 @@ def test_a_tspiot_is_up_once_it_answered_and_down_after_a_failure() -> None:
     assert up(never_asked) is None
     assert up(answered) == 1
     assert up(failed) == 0
+
+
+def test_scanners_with_any_configured_name_keep_their_own_series() -> None:
+    """Names that begin with a digit are valid configuration: each keeps its series (a shared
+    ``other`` series would hide one scanner's absence)."""
+    metrics = VerdictMetrics(scanner_names=SCANNERS)
+    for name in ("1", "2", "front", "api", "0104670540176099215LpGKy"):
+        metrics.record(verdict(scanner=name))
+    assert set(metrics.scans) == {"1", "2", "front", "api", "other"}
+    assert scanner_label("1") == "1" and scanner_label("a b") == "other"
+
+
+def test_api_and_other_are_not_scanner_names(tmp_path: Path) -> None:
+    for name in ("api", "other"):
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f'[scanners.{name}]\nurl = "serial:///dev/ttyACM0"\n')
+        with pytest.raises(ConfigError) as refused:
+            load(config)
+        assert f"[scanners.{name}]" in str(refused.value.problems) and "reserved" in str(
+            refused.value.problems
+        )

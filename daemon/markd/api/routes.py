@@ -16,8 +16,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST
-
 from markd.api.messages import HTTPRefusal, Request, Response
 from markd.api.protocol import ControlledService
 from markd.events import verdict_json
@@ -33,6 +31,10 @@ from markd.receipts import (
     ReceiptUnavailable,
 )
 from markd.text import control_problem
+
+#: ``GET /metrics``: the text format 0.0.4, which is what the library's plain
+#: ``generate_latest`` writes in every release (newer ones call a later format their latest).
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Longest code accepted by ``/v1/check`` (a scanner frames at most 512 bytes by default).
 MAX_CODE_CHARS = 2048
@@ -75,7 +77,7 @@ async def get_status(context: RouteContext, request: Request) -> Response:
 @route("GET", "/metrics")
 async def get_metrics(context: RouteContext, request: Request) -> Response:
     # Prometheus's own path and text format, not JSON (docs/metrics.md).
-    return Response(200, context.service.metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return Response(200, context.service.metrics(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 @route("POST", "/v1/check")

@@ -68,6 +68,9 @@ DEFAULT_SCANNER_URL = "serial:///dev/markd/scanner0?baudrate=9600&terminator=cr"
 markd's rules create for the first serial (or USB-CDC) scanner, at the common factory speed."""
 
 SCANNER_NAME_PATTERN = r"[A-Za-z0-9_-]{1,32}"
+#: Scanner names markd uses itself: ``api`` for the control API's checks (``MARKD_SCANNER``,
+#: the ``scanner`` label of the metrics), ``other`` for a label it cannot vouch for.
+RESERVED_SCANNER_NAMES = frozenset({"api", "other"})
 """What a scanner's NAME in ``[scanners.NAME]`` may look like: it ends up in journal fields
 and D-Bus/CLI arguments, so it stays a short bare word."""
 
@@ -846,6 +849,15 @@ def whole_config_problems(config: Config) -> list[tuple[tuple[str, ...], str]]:
                 "(tobacco only)",
             )
         )
+    for name in config.scanners:
+        if name in RESERVED_SCANNER_NAMES:
+            found.append(
+                (
+                    ("scanners", name),
+                    f"[scanners.{name}]: the name {name!r} is reserved (scans through the "
+                    "control API and unknown scanners are counted under it); choose another",
+                )
+            )
     check = config.check
     if check.mode == "tspiot" and check.tspiot is None:
         found.append((("check", "mode"), '[check] mode: "tspiot" needs a [check.tspiot] section'))

@@ -155,7 +155,7 @@ class Service:
         self.verdict_counts: Counter[str] = Counter()
         self.health = Health(self, self.event_log)
         #: markd's own counts for ``GET /metrics``, updated by a listener on the event loop.
-        self.verdict_metrics = VerdictMetrics()
+        self.verdict_metrics = VerdictMetrics(scanner_names=lambda: self.config.scanners)
         #: Receipts closed or cancelled since start, by outcome; every sale desk counts here.
         self.receipt_outcomes: Counter[str] = Counter()
         self._metrics = metrics_registry(

@@ -33,7 +33,7 @@ import bisect
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -103,14 +103,33 @@ def label_value(text: str) -> str:
     return text
 
 
+_SCANNER = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def scanner_label(name: str) -> str:
+    """A configured scanner's label: its name as it is (the configuration allows 1 to 32
+    letters, digits, ``_`` and ``-``, and reserves ``api`` and ``other``), so two scanners never
+    share a series; anything else is ``other``. Only for names taken from the configuration:
+    a verdict's scanner is checked against the configured set (:class:`VerdictMetrics`)."""
+    return name if _SCANNER.fullmatch(name) else "other"
+
+
 class VerdictMetrics:
     """markd's own counts, kept as plain Python values by the event loop's thread.
 
     :param clock: monotonic seconds (when a source last answered); tests may pass their own.
+    :param scanner_names: the configured scanners' names, asked at each verdict.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        scanner_names: Callable[[], Collection[str]] = tuple,
+    ) -> None:
         self.clock = clock
+        #: The configured scanners' names now (the service passes its current configuration,
+        #: so a reload is followed): only these and ``api`` become a ``scanner`` label.
+        self.scanner_names = scanner_names
         #: ``(decision, reason, source)`` → verdicts given.
         self.verdicts: Counter[tuple[str, str, str]] = Counter()
         #: scanner name → scans that ended in a verdict (``api`` for ``POST /v1/check``).
@@ -127,7 +146,9 @@ class VerdictMetrics:
         self.verdicts[
             (label_value(verdict.decision), label_value(verdict.reason), label_value(source))
         ] += 1
-        self.scans[label_value(verdict.scanner)] += 1
+        scanner = verdict.scanner
+        known = scanner == "api" or scanner in self.scanner_names()
+        self.scans[scanner if known else "other"] += 1
         seconds = max(verdict.latency_ms, 0.0) / 1000
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
         self.latency_sum_s += seconds
@@ -230,7 +251,7 @@ class StatusCollector:
         )
         for name, scanner in sorted(scanners.items()):
             if scanner.get("present") is not None:  # not seen nor missed yet: unknown
-                present.add_metric([label_value(name)], 1.0 if scanner["present"] else 0.0)
+                present.add_metric([scanner_label(name)], 1.0 if scanner["present"] else 0.0)
         yield present
 
     def _source_families(self, sources: Mapping[str, Any]) -> Iterator[Metric]:
@@ -347,7 +368,7 @@ class StatusCollector:
             entries.add_metric(["manual"], store["blocked_by_hand"])
         yield entries
         yield GaugeMetricFamily(
-            "markd_store_sync_refused",
+            "markd_store_last_sync_refused",
             "1 while the latest fleet sync was refused as untrusted, else 0.",
             value=1.0 if store.get("sync_refused") else 0.0,
         )
@@ -429,6 +450,9 @@ class StatusCollector:
 def _source_up(source: str, status: Mapping[str, Any]) -> float | None:
     """Whether a check source is usable, from its client's status; None when not known yet."""
     if source == "cdn":
+        # A refused token (an alert) fails every check without quarantining a host.
+        if status.get("alert"):
+            return 0.0
         hosts = status.get("hosts") or []
         return 1.0 if any(not h.get("quarantined") for h in hosts) else 0.0
     if source == "lm":
@@ -463,5 +487,5 @@ def metrics_registry(collector: StatusCollector) -> CollectorRegistry:
 
 
 def exposition(registry: CollectorRegistry) -> bytes:
-    """The registry in the Prometheus text format (``CONTENT_TYPE_LATEST``)."""
+    """The registry in the Prometheus text format 0.0.4 (what ``generate_latest`` writes)."""
     return generate_latest(registry)
