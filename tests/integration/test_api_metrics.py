@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from api_helpers import Conversation, api_config, running
 from conftest import DAIRY, DAIRY_KI, GS, WATER, WATER_KI, RecordingEventLog, wait_until
@@ -24,6 +23,7 @@ from markd.receipts import OpenReceipt
 from markd.scanners import get_virtual
 from markd.store import Store
 from markd.store.importer import import_snapshot
+from metrics_helpers import Samples, samples
 from sale_helpers import kkt, write_sale_config
 from sale_helpers import running as running_sale
 
@@ -31,20 +31,6 @@ TOKEN = "metrics-scrape-3c9e1f7a2b5d"
 CDN_TOKEN = "6a1d0c3e-8f2b-4b7a-9e5d-2c4f6a8b0d1e"
 #: A КИ's shape anywhere in the text: GTIN (AI 01, 14 digits) then AI 21.
 KI_TEXT = re.compile(r"01\d{14}21")
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def samples(text: str) -> Samples:
-    """Every sample of a scrape: ``(name, sorted labels)`` → value."""
-    found: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            key = (sample.name, tuple(sorted(sample.labels.items())))
-            # Prometheus keeps one of two equal series: a duplicate would hide a value.
-            assert key not in found, f"duplicate series {key}"
-            found[key] = sample.value
-    return found
 
 
 def value(found: Samples, name: str, **labels: str) -> float | None:

@@ -25,6 +25,7 @@ from markd.service.metrics import (
     metrics_registry,
     scanner_label,
 )
+from metrics_helpers import samples
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -85,17 +86,6 @@ def scrape(snapshot: dict[str, Any], metrics: VerdictMetrics | None = None) -> s
         lambda: snapshot, metrics or VerdictMetrics(scanner_names=SCANNERS), now=lambda: NOW
     )
     return exposition(metrics_registry(collector)).decode()
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    found: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            key = (sample.name, tuple(sorted(sample.labels.items())))
-            # Prometheus keeps one of two equal series: a duplicate would hide a value.
-            assert key not in found, f"duplicate series {key}"
-            found[key] = sample.value
-    return found
 
 
 def verdict(**fields: Any) -> Verdict:
