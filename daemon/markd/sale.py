@@ -163,6 +163,10 @@ class SaleDesk:
         #: ``pending``, ``empty``) for ``GET /metrics``. The service hands every desk it opens
         #: the same counter, so the counts run on across reloads.
         self.receipt_outcomes: Counter[str] = Counter()
+        #: Recoveries that had something to do, by result: ``finished`` (what an earlier
+        #: operation left was settled), ``pending`` (the ККТ still does not answer),
+        #: ``failed`` (the recovery stopped on an error). Shared like :attr:`receipt_outcomes`.
+        self.recoveries: Counter[str] = Counter()
 
     @property
     def kiosk(self) -> bool:
@@ -502,6 +506,7 @@ class SaleDesk:
             else {"path": self.catalog.path, "entries": len(self.catalog)},
             "use_mrp": self.use_mrp,
             "receipt_outcomes": dict(self.receipt_outcomes),
+            "recoveries": dict(self.recoveries),
         }
 
     def status_text(self) -> str:
@@ -569,6 +574,7 @@ class SaleDesk:
             report = await self.session.recover()
         except MarkdError as exc:
             self._recovery_pending = True
+            self.recoveries["failed"] += 1
             self._note_error(exc.reason, exc.message)
             self._event(
                 "sale-desk",
@@ -582,6 +588,7 @@ class SaleDesk:
         self._recovery_pending = report.pending
         self.last_recovery = report
         if report.actions or report.pending:
+            self.recoveries["pending" if report.pending else "finished"] += 1
             done = "; ".join(
                 f"receipt {a['receipt']}: {a['action']}"
                 + (f" ({len(a['units'])} units)" if isinstance(a.get("units"), list) else "")

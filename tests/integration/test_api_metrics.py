@@ -146,7 +146,14 @@ async def test_metrics_over_tcp_need_the_bearer_token(
     assert refused.status == 401 and refused.json()["error"] == "unauthorized"
     assert b"markd_" not in refused.body
     assert allowed.status == 200
-    assert value(samples(allowed.body.decode()), "markd_scanner_present", scanner="v") == 1
+    scraped = samples(allowed.body.decode())
+    assert value(scraped, "markd_scanner_present", scanner="v") == 1
+    # The request without the token is counted; the scrape's own connection is open.
+    assert (
+        value(scraped, "markd_api_requests_refused_total", listener="tcp", error="unauthorized")
+        == 1
+    )
+    assert value(scraped, "markd_api_connections", listener="tcp") == 1
     assert TOKEN not in event_log.text
 
 
@@ -217,8 +224,12 @@ async def test_metrics_follow_the_check_sources(
     assert allowed == 1
     assert value(ready, "markd_source_up", source="cdn") == 1
     assert value(ready, "markd_source_up", source="lm") == 1
-    assert value(ready, "markd_cdn_hosts", state="listed") == 1
+    assert value(ready, "markd_cdn_hosts", state="available") == 1
     assert value(ready, "markd_cdn_hosts", state="quarantined") == 0
+    # The one check asked the CDN once, and it answered: timed, no failure.
+    assert value(ready, "markd_source_request_duration_seconds_count", source="cdn") == 1
+    assert value(ready, "markd_source_request_duration_seconds_count", source="lm") is None
+    assert not [name for name, _ in ready if name == "markd_source_failures_total"]
     last_answer = value(ready, "markd_source_last_success_age_seconds", source="cdn")
     assert last_answer is not None and 0 <= last_answer < 60
     assert value(ready, "markd_local_module_state", state="ready") == 1
@@ -230,3 +241,33 @@ async def test_metrics_follow_the_check_sources(
     assert value(out_of_sync, "markd_source_up", source="lm") == 0
     assert CDN_TOKEN not in ready_text and not KI_TEXT.search(ready_text)
     promtool_check(ready_text)
+
+
+async def test_a_refused_cdn_token_counts_as_failures_of_its_kind(
+    store_path: str, tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    """The CDN emulator refuses markd's token: each check is a failure of kind
+    ``unauthorized`` with its time, and the CDN counts as down."""
+    (tmp_path / "token").write_text("not-the-token\n")
+    with crpt_cdn({"cdn": {"token": CDN_TOKEN}}) as cdn:
+        base = api_config(store_path, {"v": "virtual://metrics-refused"})
+        check = dataclasses.replace(
+            base.check,
+            mode="direct",
+            online=OnlineCheckConfig(url=cdn.url, token_file=str(tmp_path / "token")),
+        )
+        config = dataclasses.replace(base, check=check)
+        async with running(config, event_log):
+            for _ in range(2):
+                get_virtual("metrics-refused").scan(WATER)
+            await wait_until(lambda: event_log.count("verdict") == 2, what="two verdicts")
+            found = samples((await scrape(config.api.socket)).body.decode())
+
+    failures = {
+        dict(labels)["kind"]: v
+        for (name, labels), v in found.items()
+        if name == "markd_source_failures_total" and ("source", "cdn") in labels
+    }
+    assert failures == {"unauthorized": 2}
+    assert value(found, "markd_source_request_duration_seconds_count", source="cdn") == 2
+    assert value(found, "markd_source_up", source="cdn") == 0

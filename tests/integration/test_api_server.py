@@ -176,7 +176,9 @@ async def test_api_status_reports_service_scanners_store_and_clients(
     assert answer.headers["content-type"] == "application/json; charset=utf-8"
     assert status["service"]["state"] == "ready" and status["service"]["mode"] == "store-only"
     assert status["service"]["pid"] == os.getpid()
-    assert status["scanners"] == {"front": {"url": "virtual://status-front", "present": True}}
+    assert status["scanners"] == {
+        "front": {"url": "virtual://status-front", "present": True, "reconnects": 0}
+    }
     assert status["store"]["blocked_by_hand"] == 1 and status["store"]["stale"] is True
     assert status["sources"] == {} and status["printer"] is None
     assert status["api"]["event_clients"] == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from typing import Any
 
 import pytest
 
@@ -20,9 +21,11 @@ from conftest import (
     RecordingEventLog,
     make_config,
 )
+from markd.checks.base import CheckClient
 from markd.checks.chain import ChainSettings, CheckChain
+from markd.checks.results import SourceAnswer, SourceFailure
 from markd.checks.verdict import parser_verdict
-from markd.codes import REASONS, CodesOptions, parse
+from markd.codes import REASONS, CodesOptions, MarkingCode, parse
 from markd.errors import CodeError
 from markd.service import Service
 from markd.store import Store
@@ -148,3 +151,42 @@ async def test_sold_here_and_gtin_blocks_are_denied(tmp_store: Store) -> None:
     assert (await chain.decide(code, "front")).allowed
     tmp_store.block(code.gtin, "the whole product is banned")
     assert (await chain.decide(code, "front")).reason == "blocked-locally"
+
+
+class _RefusingCdn(CheckClient):
+    """A CDN client whose every check fails as a refused token does (no network)."""
+
+    source = "cdn"
+
+    async def check(self, code: MarkingCode, deadline: float) -> SourceAnswer | SourceFailure:
+        return SourceFailure("cdn", "unauthorized", 401, "token refused", latency_ms=7.0)
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+
+async def test_the_observer_hears_each_source_result_and_a_failing_one_is_dropped(
+    tmp_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    chain = CheckChain(tmp_store, ChainSettings(mode="direct"), online=_RefusingCdn())
+    heard: list[SourceAnswer | SourceFailure] = []
+    chain.observer = heard.append
+
+    first = await chain.decide(parse(WATER), "front")
+
+    assert [(r.source, getattr(r, "kind", None), r.latency_ms) for r in heard] == [
+        ("cdn", "unauthorized", 7.0)
+    ]
+
+    def broken(result: SourceAnswer | SourceFailure) -> None:
+        raise RuntimeError("a metrics bug")
+
+    chain.observer = broken
+    second = await chain.decide(parse(WATER), "front")
+
+    # The verdict does not depend on the observer: the same both times, and the broken
+    # observer is dropped once, with a warning.
+    assert (first.decision, first.reason) == (second.decision, second.reason)
+    assert chain.observer is None
+    assert "observer failed" in caplog.text
+    chain.close()

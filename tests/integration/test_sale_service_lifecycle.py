@@ -11,6 +11,7 @@ from conftest import DAIRY, DAIRY_KI, WATER, WATER_KI, RecordingEventLog
 from markd.codes import parse
 from markd.scanners import get_virtual
 from markd.store import Store
+from metrics_helpers import samples
 from sale_helpers import (
     CATALOG,
     events,
@@ -133,9 +134,10 @@ async def test_sale_a_paid_receipt_interrupted_by_a_stop_is_printed_once_at_the_
     async with running(config, second) as service:
         current = await service.receipts.current()  # type: ignore[union-attr]
         status = service.receipts.status()  # type: ignore[union-attr]
+        recovered = samples(service.metrics().decode())
     third = RecordingEventLog()
-    async with running(config, third):
-        pass  # a further restart finds nothing to do
+    async with running(config, third) as service:
+        idle = samples(service.metrics().decode())  # a further restart finds nothing to do
 
     documents = kkt(tmp_path).receipts()
     assert len(documents) == 1  # registered once, not lost, not twice
@@ -143,6 +145,10 @@ async def test_sale_a_paid_receipt_interrupted_by_a_stop_is_printed_once_at_the_
     assert current is None and status["recovery_pending"] is False
     assert [f["status"] for f in events(second, "fiscal-recovery")] == ["closed"]
     assert events(third, "fiscal-recovery") == []
+    # A fleet sees the start's recovery settle one receipt; the next start had none to do.
+    finished = ("markd_receipt_recoveries_total", (("result", "finished"),))
+    assert status["recoveries"] == {"finished": 1}
+    assert recovered[finished] == 1 and idle[finished] == 0
     with Store.open(str(tmp_path / "store"), readonly=True) as store:
         for code in (WATER, DAIRY):
             sold = store.lookup(parse(code)).sold

@@ -34,6 +34,7 @@ from markd.scanners.capture import read_hid_capture
 from markd.scanners.simulated import SimulatedDevice, SimulatedUsb, pos_reports
 from markd.scanners.usb_common import use_backend
 from markd.service import Service
+from metrics_helpers import samples
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "scanners"
 
@@ -158,11 +159,19 @@ async def test_unplug_in_the_middle_of_a_code_then_replug(
     await asyncio.sleep(0.6)
     assert time.process_time() - cpu < 0.3
     assert run.count("scanner-absent", "kbd") == 1
+    away = samples(run.service.metrics().decode())
 
     replugged = time.monotonic()
     bus.plug(kbd)
     await run.event("scanner-present", "kbd", 2, timeout=3)
     assert time.monotonic() - replugged < 2.0
+    back = samples(run.service.metrics().decode())
+    # What a fleet sees of it (docs/metrics.md): absent, then present again, one reconnect.
+    kbd_label = (("scanner", "kbd"),)
+    assert away[("markd_scanner_present", kbd_label)] == 0
+    assert away[("markd_scanner_reconnects_total", kbd_label)] == 0
+    assert back[("markd_scanner_present", kbd_label)] == 1
+    assert back[("markd_scanner_reconnects_total", kbd_label)] == 1
     # The rest of the recording (a whole code) plays after the replug.
     await run.verdicts_count(1)
     await run.finish()

@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from markd.checks.results import SourceAnswer, SourceFailure
 from markd.checks.verdict import Verdict
 from markd.config import load
 from markd.errors import ConfigError
 from markd.service.metrics import (
     LATENCY_BUCKETS_S,
+    REASONS,
     StatusCollector,
     VerdictMetrics,
     exposition,
@@ -35,12 +37,27 @@ def SCANNERS() -> set[str]:  # noqa: N802 - stands for the configuration's scann
 
 
 NOW = 1_760_000_000.0
+ROOT = Path(__file__).resolve().parents[2]
+
+#: The control API's part of the status, as ``GET /v1/status`` has it.
+API_STATUS: dict[str, Any] = {
+    "connections": 3,
+    "connections_by_listener": {"unix": 1, "tcp": 2, "metrics": 0},
+    "refused": [
+        {"listener": "tcp", "error": "unauthorized", "count": 4},
+        {"listener": "unix", "error": "not-found", "count": 1},
+        {"listener": "tcp", "error": "0104680029460908215jcmHzLmkdPML", "count": 1},
+    ],
+}
 
 
 def full_snapshot() -> dict[str, Any]:
     return {
         "service": {"state": "ready"},
-        "scanners": {"front": {"present": True}, "side": {"present": False}},
+        "scanners": {
+            "front": {"present": True, "reconnects": 2},
+            "side": {"present": False, "reconnects": 0},
+        },
         "sources": {
             "online": {
                 "hosts": [
@@ -55,7 +72,9 @@ def full_snapshot() -> dict[str, Any]:
                 "reachable": True,
                 "state": "sync_error",
                 "last_sync": "2025-10-07T06:53:20Z",  # 50 hours before NOW
+                "last_sync_age_hours": 50.0,
             },
+            "tspiot": {"version": 3, "last_error": None, "last_offline": True},
         },
         "store": {
             "version": 42,
@@ -71,9 +90,13 @@ def full_snapshot() -> dict[str, Any]:
         "printer": {
             "state": "attention",
             "receipt_outcomes": {"closed": 5, "pending": 1},
+            "recoveries": {"finished": 1},
+            "queue_blocked": True,
+            "checked_at": "2025-10-09T08:53:00.000Z",  # 20 s before NOW
             "device": {
                 "shift_state": "expired",
                 "paper_present": False,
+                "problems": ["paper-out", "receipt-open"],
                 "unsent_documents": 3,
                 "health": {"fn_days_left": 12, "unsent_oldest_days": 4.5, "shift_hours": 25.0},
             },
@@ -81,10 +104,15 @@ def full_snapshot() -> dict[str, Any]:
     }
 
 
-def scrape(snapshot: dict[str, Any], metrics: VerdictMetrics | None = None) -> str:
+def scrape(
+    snapshot: dict[str, Any],
+    metrics: VerdictMetrics | None = None,
+    api: dict[str, Any] | None = None,
+) -> str:
     collector = StatusCollector(
         lambda: snapshot, metrics or VerdictMetrics(scanner_names=SCANNERS), now=lambda: NOW
     )
+    collector.api = api
     return exposition(metrics_registry(collector)).decode()
 
 
@@ -162,9 +190,15 @@ def test_a_full_status_snapshot_becomes_its_series() -> None:
 
     assert value("markd_scanner_present", scanner="front") == 1
     assert value("markd_scanner_present", scanner="side") == 0
+    assert value("markd_scanner_reconnects_total", scanner="front") == 2
+    assert value("markd_scanner_reconnects_total", scanner="side") == 0
     assert value("markd_source_up", source="cdn") == 1
     assert value("markd_source_up", source="lm") == 0  # reachable, but out of sync
-    assert value("markd_cdn_hosts", state="listed") == 2
+    assert value("markd_source_up", source="tspiot") == 1
+    assert value("markd_tspiot_state", state="offline") == 1
+    assert value("markd_tspiot_state", state="online") == 0
+    assert value("markd_tspiot_state", state="failing") == 0
+    assert value("markd_cdn_hosts", state="available") == 1
     assert value("markd_cdn_hosts", state="quarantined") == 1
     assert value("markd_cdn_host_list_age_seconds") == 3600
     states = {
@@ -181,6 +215,7 @@ def test_a_full_status_snapshot_becomes_its_series() -> None:
         "other": 0,
     }
     assert value("markd_local_module_last_sync_age_seconds") == 50 * 3600
+    assert value("markd_store_up") == 1
     assert value("markd_store_list_version") == 42
     assert value("markd_store_blocklist_age_seconds") == 1250
     assert value("markd_store_entries", kind="ki") == 1520
@@ -188,6 +223,13 @@ def test_a_full_status_snapshot_becomes_its_series() -> None:
     assert value("markd_store_last_sync_refused") == 1
     assert value("markd_store_sync_refused_total") == 2
     assert value("markd_printer_up") == 1
+    assert value("markd_printer_queue_blocked") == 1
+    assert value("markd_printer_status_timestamp_seconds") == NOW - 20
+    assert value("markd_printer_problem", problem="paper-out") == 1
+    assert value("markd_printer_problem", problem="receipt-open") == 1
+    assert value("markd_printer_problem", problem="device-blocked") == 0
+    assert value("markd_receipt_recoveries_total", result="finished") == 1
+    assert value("markd_receipt_recoveries_total", result="failed") == 0
     assert value("markd_receipts_total", outcome="closed") == 5
     assert value("markd_receipts_total", outcome="pending") == 1
     assert value("markd_receipts_total", outcome="failed") == 0
@@ -218,9 +260,10 @@ def test_what_is_not_known_is_left_out() -> None:
 def test_docs_list_every_metric_and_no_other() -> None:
     metrics = VerdictMetrics(scanner_names=SCANNERS)
     metrics.record(verdict(checked=True))
+    metrics.record_source(SourceFailure("cdn", "timeout", latency_ms=1500.0))
     made = {
         family.name
-        for family in text_string_to_metric_families(scrape(full_snapshot(), metrics))
+        for family in text_string_to_metric_families(scrape(full_snapshot(), metrics, API_STATUS))
         if family.name.startswith("markd_")
     }
     text = (DOCS / "metrics.md").read_text(encoding="utf-8")
@@ -264,3 +307,124 @@ def test_api_and_other_are_not_scanner_names(tmp_path: Path) -> None:
         assert f"[scanners.{name}]" in str(refused.value.problems) and "reserved" in str(
             refused.value.problems
         )
+
+
+def test_each_request_to_a_source_is_timed_and_each_failure_counted_by_kind() -> None:
+    metrics = VerdictMetrics(scanner_names=SCANNERS)
+    metrics.record_source(SourceAnswer("cdn", online=True, latency_ms=40.0))
+    metrics.record_source(SourceFailure("cdn", "timeout", latency_ms=1500.0))
+    metrics.record_source(SourceFailure("lm", "lm-sync-error", latency_ms=3.0))
+    metrics.record_source(SourceFailure("lm", "made-up-kind", latency_ms=3.0))  # type: ignore[arg-type]
+
+    found = samples(scrape({}, metrics))
+
+    def bucket(source: str, le: str) -> float:
+        return found[
+            ("markd_source_request_duration_seconds_bucket", (("le", le), ("source", source)))
+        ]
+
+    assert bucket("cdn", "0.025") == 0 and bucket("cdn", "0.05") == 1
+    assert bucket("cdn", "1.5") == 2 and bucket("cdn", "+Inf") == 2
+    assert found[("markd_source_request_duration_seconds_count", (("source", "lm"),))] == 2
+    assert (
+        abs(found[("markd_source_request_duration_seconds_sum", (("source", "cdn"),))] - 1.54)
+        < 1e-9
+    )
+    failures = {
+        labels: v for (name, labels), v in found.items() if name == "markd_source_failures_total"
+    }
+    assert failures == {
+        (("kind", "timeout"), ("source", "cdn")): 1,
+        (("kind", "lm-sync-error"), ("source", "lm")): 1,
+        (("kind", "other"), ("source", "lm")): 1,
+    }
+
+
+def test_a_reason_outside_the_known_codes_is_other_even_when_it_looks_like_one() -> None:
+    """The guard is the closed set itself, not the shape of the text: a made-up code that
+    looks like a reason is still ``other``."""
+    metrics = VerdictMetrics(scanner_names=SCANNERS)
+    metrics.record(verdict(reason="made-up-reason"))
+    metrics.record(verdict(reason="blocked-locally", decision="deny", source="store"))
+    metrics.record(verdict(source="satellite"))  # type: ignore[arg-type]
+
+    found = samples(scrape({}, metrics))
+
+    reasons = {
+        dict(labels)["reason"]: v
+        for (name, labels), v in found.items()
+        if name == "markd_verdicts_total"
+    }
+    assert reasons == {"other": 1, "blocked-locally": 1, "allowed": 1}
+    assert (
+        "markd_verdicts_total",
+        (("decision", "allow"), ("reason", "allowed"), ("source", "other")),
+    ) in found
+
+
+def test_every_reason_code_written_in_the_daemon_is_a_known_label() -> None:
+    """A verdict built with a literal reason anywhere in the daemon keeps its own series."""
+    written: set[str] = set()
+    for path in (ROOT / "daemon" / "markd").rglob("*.py"):
+        if path.parent.name in ("testing", "emulators"):
+            continue  # verdicts made up for tests and emulators, never a daemon's
+        text = path.read_text(encoding="utf-8")
+        if "Verdict(" not in text and "Rule(" not in text:
+            continue
+        written.update(re.findall(r'\breason="([a-z0-9-]+)"', text))
+    assert written, "no reason literal found: the scan itself is broken"
+    assert sorted(written - REASONS) == []
+
+
+def test_the_local_module_that_never_synchronised_has_no_sync_age() -> None:
+    snapshot = full_snapshot()
+    snapshot["sources"]["local_module"].update(last_sync=None, last_sync_age_hours=None)
+
+    found = samples(scrape(snapshot))
+
+    assert ("markd_local_module_last_sync_age_seconds", ()) not in found
+    assert found[("markd_local_module_state", (("state", "sync_error"),))] == 1
+
+
+def test_a_store_that_cannot_be_read_is_down_and_shows_nothing_else() -> None:
+    snapshot = full_snapshot()
+    snapshot["store"] = {"error": "lmdb.Error: MDB_CORRUPTED"}
+
+    found = samples(scrape(snapshot))
+
+    assert found[("markd_store_up", ())] == 0
+    assert not [
+        name for name, _ in found if name.startswith("markd_store_") and name != "markd_store_up"
+    ]
+
+
+def test_the_tspiot_state_follows_its_last_exchange() -> None:
+    def state(status: dict[str, Any]) -> dict[str, float]:
+        found = samples(scrape({"sources": {"tspiot": status}}))
+        return {
+            dict(labels)["state"]: v
+            for (name, labels), v in found.items()
+            if name == "markd_tspiot_state"
+        }
+
+    assert state({"version": None, "last_error": None, "last_offline": None}) == {}
+    assert state({"version": 3, "last_error": None, "last_offline": False})["online"] == 1
+    failing = state({"version": 3, "last_error": {"kind": "timeout"}, "last_offline": False})
+    assert failing == {"online": 0, "offline": 0, "failing": 1}
+
+
+def test_the_control_api_connections_and_refusals() -> None:
+    found = samples(scrape({}, api=API_STATUS))
+
+    assert found[("markd_api_connections", (("listener", "tcp"),))] == 2
+    assert found[("markd_api_connections", (("listener", "unix"),))] == 1
+    refused = {
+        labels: v
+        for (name, labels), v in found.items()
+        if name == "markd_api_requests_refused_total"
+    }
+    assert refused == {
+        (("error", "unauthorized"), ("listener", "tcp")): 4,
+        (("error", "not-found"), ("listener", "unix")): 1,
+        (("error", "other"), ("listener", "tcp")): 1,
+    }

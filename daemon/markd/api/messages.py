@@ -35,6 +35,23 @@ PHRASES = {
 }
 
 
+#: The error codes of refused requests counted for ``GET /metrics``: the server's own
+#: refusals (access, limits, framing, an unknown route) and a route's ``bad-request``.
+COUNTED_REFUSALS = frozenset(
+    {
+        "unauthorized",
+        "origin-not-allowed",
+        "busy",
+        "body-too-large",
+        "headers-too-large",
+        "length-required",
+        "bad-request",
+        "method-not-allowed",
+        "not-found",
+    }
+)
+
+
 class HTTPRefusal(Exception):
     """A request the server answers with an error status and a JSON error body."""
 

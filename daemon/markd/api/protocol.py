@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from markd.checks.verdict import CheckedCode, Verdict
     from markd.events import EventHub
     from markd.receipts import ReceiptOperations
@@ -62,9 +64,10 @@ class ControlledService(Protocol):
         """Re-read the configuration and apply it between two scans, as SIGHUP does."""
         ...
 
-    def metrics(self) -> bytes:
-        """``GET /metrics``: the daemon's metrics in the Prometheus text format
-        (``prometheus_client.CONTENT_TYPE_LATEST``). Cheap, like :meth:`status_snapshot`."""
+    def metrics(self, api: Mapping[str, Any] | None = None) -> bytes:
+        """``GET /metrics``: the daemon's metrics in the Prometheus text format 0.0.4, with
+        ``api`` (the server's own part of ``GET /v1/status``: its connections and refused
+        requests). Cheap, like :meth:`status_snapshot`."""
         ...
 
     def status_snapshot(self) -> dict[str, Any]:

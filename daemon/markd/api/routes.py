@@ -77,7 +77,11 @@ async def get_status(context: RouteContext, request: Request) -> Response:
 @route("GET", "/metrics")
 async def get_metrics(context: RouteContext, request: Request) -> Response:
     # Prometheus's own path and text format, not JSON (docs/metrics.md).
-    return Response(200, context.service.metrics(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+    return Response(
+        200,
+        context.service.metrics(context.api_status()),
+        headers={"Content-Type": METRICS_CONTENT_TYPE},
+    )
 
 
 @route("POST", "/v1/check")

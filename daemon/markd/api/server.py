@@ -65,6 +65,7 @@ import re
 import socket
 import time
 import urllib.parse
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,7 +73,15 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 from markd.api import listeners
-from markd.api.messages import PHRASES, HTTPRefusal, Request, Response, common_headers, json_bytes
+from markd.api.messages import (
+    COUNTED_REFUSALS,
+    PHRASES,
+    HTTPRefusal,
+    Request,
+    Response,
+    common_headers,
+    json_bytes,
+)
 from markd.api.protocol import ControlledService
 from markd.api.routes import ROUTES, RouteContext, methods_of, receipt_status
 from markd.api.sse import HEARTBEAT_S, EventStream, wanted_kinds
@@ -218,6 +227,8 @@ class ControlServer:
         self._open: dict[str, int] = {"unix": 0, "tcp": 0}
         #: Open TCP connections per remote address, against MAX_CONNECTIONS_PER_PEER.
         self._open_from: dict[str, int] = {}
+        #: ``(listener, error code)`` → requests refused so (``GET /metrics``).
+        self._refused: Counter[tuple[str, str]] = Counter()
         self._auth_refused = 0
         self._auth_logged_at = -AUTH_LOG_INTERVAL_S
 
@@ -299,6 +310,11 @@ class ControlServer:
             "event_clients": events.subscribers,
             "event_clients_dropped": events.dropped,
             "connections": len(self._connections),
+            "connections_by_listener": dict(self._open),
+            "refused": [
+                {"listener": listener, "error": error, "count": count}
+                for (listener, error), count in sorted(self._refused.items())
+            ],
             "tcp": None if self.tcp_address is None else listeners.address_text(*self.tcp_address),
         }
 
@@ -366,7 +382,9 @@ class ControlServer:
             elif self._open[transport] > MAX_CONNECTIONS[transport]:
                 refusal = HTTPRefusal(503, "busy", "too many open connections", close=True)
             if refusal is not None:
-                await self._send(connection, self._refusal_response(refusal, None), False)
+                await self._send(
+                    connection, self._refusal_response(refusal, None, transport), False
+                )
                 return
             await self._converse(connection)
         except (ConnectionError, TimeoutError, _Quiet):
@@ -395,7 +413,9 @@ class ControlServer:
             try:
                 request = await self._read_request(connection)
             except HTTPRefusal as refusal:
-                await self._send(connection, self._refusal_response(refusal, None), False)
+                await self._send(
+                    connection, self._refusal_response(refusal, None, connection.transport), False
+                )
                 return
             connection.busy = True
             if request.path == "/v1/events" and request.method == "GET":
@@ -598,7 +618,9 @@ class ControlServer:
             self._admit(request)
             kinds = wanted_kinds(request.query)
         except HTTPRefusal as refusal:
-            await self._send(connection, self._refusal_response(refusal, request), False)
+            await self._send(
+                connection, self._refusal_response(refusal, request, request.transport), False
+            )
             return
         stream = EventStream(
             self.service.events,
@@ -678,7 +700,7 @@ class ControlServer:
                 raise HTTPRefusal(404, "not-found", f"no such endpoint: {request.path[:200]}")
             response = await handler(self._context, request)
         except HTTPRefusal as refusal:
-            return self._refusal_response(refusal, request)
+            return self._refusal_response(refusal, request, request.transport)
         except ReceiptError as exc:
             response = Response(receipt_status(exc), {"error": exc.reason, "message": exc.message})
         except Exception as exc:  # noqa: BLE001 - a bug answers 500, the daemon goes on
@@ -691,7 +713,11 @@ class ControlServer:
         response.headers.update(self._cors(request))
         return response
 
-    def _refusal_response(self, refusal: HTTPRefusal, request: Request | None) -> Response:
+    def _refusal_response(
+        self, refusal: HTTPRefusal, request: Request | None, transport: str
+    ) -> Response:
+        if refusal.reason in COUNTED_REFUSALS:
+            self._refused[(transport, refusal.reason)] += 1
         headers = dict(refusal.headers)
         if request is not None:
             headers.update(self._cors(request))

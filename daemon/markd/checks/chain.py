@@ -142,6 +142,10 @@ class CheckChain:
         self._cache_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="markd-cache")
         self._clock = clock
         self._wall_clock = wall_clock or (lambda: datetime.now(UTC))
+        #: Told of every source's answer or failure as it comes (the service's metrics: each
+        #: request's time and failure kind). It must be cheap and must not raise; one that
+        #: does is dropped, never worth a verdict.
+        self.observer: Callable[[SourceAnswer | SourceFailure], None] | None = None
 
     # -- the clients ----------------------------------------------------------------------------
 
@@ -338,25 +342,34 @@ class CheckChain:
         """One source, cut off at ``hard_stop`` whatever the client does."""
         deadline = min(deadline, hard_stop)
         started = self._clock()
+        result: SourceAnswer | SourceFailure
         try:
             with stage(source):  # the slow-scan tracer's per-source time
-                return await asyncio.wait_for(
+                result = await asyncio.wait_for(
                     client.check(code, deadline), max(hard_stop - started, 0.0)
                 )
         except TimeoutError:
-            return SourceFailure(
+            result = SourceFailure(
                 source,
                 "timeout",  # type: ignore[arg-type]
                 detail="no answer within the budget",
                 latency_ms=(self._clock() - started) * 1000,
             )
         except Exception as exc:  # noqa: BLE001 - a client bug must not cost the verdict
-            return SourceFailure(
+            result = SourceFailure(
                 source,
                 "bad-answer",  # type: ignore[arg-type]
                 detail=f"client error {type(exc).__name__}",
                 latency_ms=(self._clock() - started) * 1000,
             )
+        observer = self.observer
+        if observer is not None:
+            try:
+                observer(result)
+            except Exception:  # noqa: BLE001 - the metrics are an aid, never worth a verdict
+                self.observer = None
+                log.warning("the check chain's observer failed and was dropped", exc_info=True)
+        return result
 
     def _cache(self, code: MarkingCode, answers: list[SourceAnswer | SourceFailure]) -> None:
         for answer in answers:

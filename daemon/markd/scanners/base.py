@@ -302,6 +302,8 @@ class Scanner(abc.ABC):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[ScannerEvent] | None = None
         self._present: bool | None = None
+        #: Times the device came back after it was missing (``GET /metrics``).
+        self.reconnects = 0
         self._closed = False
         #: Called in the reader thread with every :class:`RawRead`; None in the service.
         self.monitor: Callable[[RawRead], None] | None = None
@@ -471,6 +473,8 @@ class Scanner(abc.ABC):
         """Report a device state change (only changes are delivered, so retries stay quiet)."""
         if present is self._present:
             return
+        if present and self._present is False:
+            self.reconnects += 1
         self._present = present
         if not present:
             # A half-received code from before the unplug must not prefix the next scan; a

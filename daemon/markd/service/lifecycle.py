@@ -46,7 +46,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -158,9 +158,10 @@ class Service:
         self.verdict_metrics = VerdictMetrics(scanner_names=lambda: self.config.scanners)
         #: Receipts closed or cancelled since start, by outcome; every sale desk counts here.
         self.receipt_outcomes: Counter[str] = Counter()
-        self._metrics = metrics_registry(
-            StatusCollector(self.status_snapshot, self.verdict_metrics)
-        )
+        #: Sale recoveries that had something to do, by result (every sale desk counts here).
+        self.recoveries: Counter[str] = Counter()
+        self._metrics_collector = StatusCollector(self.status_snapshot, self.verdict_metrics)
+        self._metrics = metrics_registry(self._metrics_collector)
         listeners: list[VerdictListener] = [
             JournalListener(self.event_log),
             EventStreamListener(self._publisher),
@@ -378,7 +379,9 @@ class Service:
     def _build_chain(self, config: Config, store: Store) -> CheckChain:
         """The chain ``config`` describes on ``store``, with the daemon's one Local Module
         client (asked by the chain in mode direct, given to the sale desk in every mode)."""
-        return build_chain(config, store, recorder=self._record_exchange, sales=True)
+        chain = build_chain(config, store, recorder=self._record_exchange, sales=True)
+        chain.observer = self.verdict_metrics.record_source
+        return chain
 
     async def _swap_chain(self, chain: CheckChain | None) -> None:
         """``chain`` takes over: the sale desk reports to its Local Module client from now
@@ -491,13 +494,15 @@ class Service:
         from now on the desk hears every verdict (kiosk mode sells the allowed units)."""
         local_module = None if self._chain is None else self._chain.local_module
         desk = build_sale_desk(config, self.store, self.event_log, local_module)
+        # The service's counters, before the start: its recovery counts too.
+        desk.receipt_outcomes = self.receipt_outcomes
+        desk.recoveries = self.recoveries
         try:
             await desk.start()
         except BaseException:
             desk.shutdown()
             raise
         desk.on_receipt_change = self._receipt_changed
-        desk.receipt_outcomes = self.receipt_outcomes
         self.sale_desk = desk
         self.receipts = desk
         self._desk_listener = SaleDeskListener(desk)
@@ -575,7 +580,11 @@ class Service:
         service, scanners, check sources, store freshness, printer. Cheap: no device or
         network I/O (the sources report what they last saw; the store its metadata)."""
         scanners = {
-            name: {"url": str(scanner.url), "present": scanner.present}
+            name: {
+                "url": str(scanner.url),
+                "present": scanner.present,
+                "reconnects": scanner.reconnects,
+            }
             for name, scanner in self.scanners.items()
         }
         sources = {} if self._chain is None else self._chain.status()
@@ -600,11 +609,16 @@ class Service:
             "printer": None if receipts is None else dict(receipts.status()),
         }
 
-    def metrics(self) -> bytes:
-        """``GET /metrics``: the Prometheus text format, read from :meth:`status_snapshot` and
-        the verdict counts at this moment (:mod:`markd.service.metrics`); no device or
-        network I/O."""
-        return exposition(self._metrics)
+    def metrics(self, api: Mapping[str, Any] | None = None) -> bytes:
+        """``GET /metrics``: the Prometheus text format, read from :meth:`status_snapshot`,
+        the verdict counts and ``api`` (the control API's connections and refusals) at this
+        moment (:mod:`markd.service.metrics`); no device or network I/O."""
+        # The scrape runs on the event loop from start to end: nothing else sees this.
+        self._metrics_collector.api = api
+        try:
+            return exposition(self._metrics)
+        finally:
+            self._metrics_collector.api = None
 
     def request_reload(self) -> bool:
         """Queue a reload, as SIGHUP does; False when the service is not running. Several

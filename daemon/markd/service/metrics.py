@@ -18,10 +18,11 @@ Two halves, so that a scrape never costs a scan anything:
 library's global default registry, which would mix in whatever else the process imports)
 together with the library's process and platform collectors.
 
-Label values come from closed sets only: decisions, reason codes and sources are markd's own
-vocabulary, scanner names are the configured ones (and ``api``). A value that does not look
-like one (:func:`label_value`) is counted as ``other``, so a marking code or a КИ can never
-reach a label, whatever a future bug hands us.
+Label values come from closed sets only, each written out here or taken from the module that
+defines it: decisions, reason codes (the decision table's, the parser's and the service's own),
+sources, failure kinds, states, and the configured scanners' names (and ``api``). A value not
+in its set is counted as ``other`` (:func:`known`), so a marking code or a КИ can never reach a
+label, whatever a future bug hands us.
 
 Only API present in prometheus_client 0.16 (Debian 12) is used: the metric families,
 ``CollectorRegistry``, ``ProcessCollector``, ``PlatformCollector``, ``generate_latest``.
@@ -35,7 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from prometheus_client import (
     CollectorRegistry,
@@ -48,6 +49,12 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
 )
+
+from markd.api.messages import COUNTED_REFUSALS as API_REFUSALS
+from markd.checks.policy import POLICY_GAP, RULES, STORE_ONLY_ALLOW
+from markd.checks.results import FAILURE_KINDS, SOURCE_KINDS, SourceAnswer, SourceFailure
+from markd.checks.verdict import Decision, Source
+from markd.codes import REASONS as PARSER_REASONS
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -80,27 +87,38 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
 ROLE_SOURCES = {"online": "cdn", "local_module": "lm", "tspiot": "tspiot"}
 #: Outcomes of a receipt's close or cancel (``markd.fiscal.outcomes.ReceiptStatus``).
 RECEIPT_OUTCOMES = ("closed", "cancelled", "failed", "pending", "empty")
+#: Results of a sale recovery that had something to do (``SaleDesk.recoveries``).
+RECOVERY_RESULTS = ("finished", "pending", "failed")
 #: States of the Local Module a one-hot gauge shows; anything else the module reports is
 #: ``other`` (the module's own text never becomes a label).
 LOCAL_MODULE_STATES = ("ready", "initialization", "not_configured", "sync_error")
+#: States of the ТС ПИоТ: its last answer came from the online check or from its own
+#: offline store, or its last exchange failed.
+TSPIOT_STATES = ("online", "offline", "failing")
+#: What stops a receipt on the ККТ (``DeviceStatus.problems``), one gauge each.
+PRINTER_PROBLEMS = ("paper-out", "cover-open", "fn-error", "device-blocked", "receipt-open")
+#: The control API's listeners.
+API_LISTENERS = ("unix", "tcp", "metrics")
 
-_LABEL = re.compile(r"[a-z][a-z0-9_.-]{0,63}", re.IGNORECASE)
-#: Label values already judged good: the scan path looks them up instead of matching again.
-#: They come from closed sets, so this stays small; the cap is a guard all the same.
-_GOOD_LABELS: set[str] = set()
-_GOOD_LABELS_CAP = 4096
+#: Decisions and sources: the verdict's own types.
+DECISIONS: frozenset[str] = frozenset(get_args(Decision))
+SOURCES: frozenset[str] = frozenset(get_args(Source))
+#: Every reason code a verdict can carry: the decision table's rows, the parser's codes and
+#: those the service gives itself (a store it cannot read, a bug, a scan left at a stop).
+REASONS: frozenset[str] = frozenset(
+    {rule.reason for rule in (*RULES, STORE_ONLY_ALLOW)}
+    | set(PARSER_REASONS)
+    | {POLICY_GAP, "store-error", "internal-error", "service-stopping"}
+)
+CHECK_SOURCES: frozenset[str] = frozenset(SOURCE_KINDS)
+#: Kinds of blocklist entries (``Store.stats``).
+STORE_KINDS: frozenset[str] = frozenset({"ki", "gtin", "series"})
+FAILURES: frozenset[str] = frozenset(FAILURE_KINDS)
 
 
-def label_value(text: str) -> str:
-    """``text`` when it can be a label value of ours (a name: a letter, then letters, digits,
-    ``_.-``, at most 64), else ``other``. A КИ or a code begins with digits and never passes."""
-    if text in _GOOD_LABELS:
-        return text
-    if not _LABEL.fullmatch(text):
-        return "other"
-    if len(_GOOD_LABELS) < _GOOD_LABELS_CAP:
-        _GOOD_LABELS.add(text)
-    return text
+def known(value: str, allowed: Collection[str]) -> str:
+    """``value`` when it is in its closed set ``allowed``, else ``other``."""
+    return value if value in allowed else "other"
 
 
 _SCANNER = re.compile(r"[A-Za-z0-9_-]{1,32}")
@@ -139,23 +157,47 @@ class VerdictMetrics:
         self.latency_sum_s = 0.0
         #: source → :attr:`clock` time of the last verdict resting on its answer.
         self.last_answer: dict[str, float] = {}
+        #: check source → its requests per latency bucket (as :attr:`latency_counts`) and the
+        #: sum of their times; every answer and failure counts.
+        self.source_counts: dict[str, list[int]] = {}
+        self.source_sum_s: dict[str, float] = {}
+        #: ``(source, failure kind)`` → failures.
+        self.source_failures: Counter[tuple[str, str]] = Counter()
 
     def record(self, verdict: Verdict) -> None:
         """Count one verdict (the scan path: increments only)."""
         source = verdict.source
         self.verdicts[
-            (label_value(verdict.decision), label_value(verdict.reason), label_value(source))
+            (
+                known(verdict.decision, DECISIONS),
+                known(verdict.reason, REASONS),
+                known(source, SOURCES),
+            )
         ] += 1
         scanner = verdict.scanner
-        known = scanner == "api" or scanner in self.scanner_names()
-        self.scans[scanner if known else "other"] += 1
+        configured = scanner == "api" or scanner in self.scanner_names()
+        self.scans[scanner if configured else "other"] += 1
         seconds = max(verdict.latency_ms, 0.0) / 1000
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
         self.latency_sum_s += seconds
         if verdict.checked:
             # An offline answer of the ТС ПИоТ is still the ТС ПИоТ answering.
             answered = "tspiot" if source == "tspiot-offline" else source
-            self.last_answer[answered] = self.clock()
+            if answered in CHECK_SOURCES:
+                self.last_answer[answered] = self.clock()
+
+    def record_source(self, result: SourceAnswer | SourceFailure) -> None:
+        """Count one request to a check source, answered or failed (the chain's observer)."""
+        source = known(result.source, CHECK_SOURCES)
+        counts = self.source_counts.get(source)
+        if counts is None:
+            counts = self.source_counts[source] = [0] * (len(LATENCY_BUCKETS_S) + 1)
+            self.source_sum_s[source] = 0.0
+        seconds = max(result.latency_ms, 0.0) / 1000
+        counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.source_sum_s[source] += seconds
+        if isinstance(result, SourceFailure):
+            self.source_failures[(source, known(result.kind, FAILURES))] += 1
 
 
 class MetricsListener:
@@ -190,6 +232,9 @@ class StatusCollector:
         self.snapshot = snapshot
         self.verdicts = verdicts
         self.now = now
+        #: The control API's own part of the status for the scrape under way (its
+        #: connections and refused requests); the service sets it around each scrape.
+        self.api: Mapping[str, Any] | None = None
 
     def describe(self) -> list[Metric]:
         # Nothing to announce at registration: the series depend on the configuration.
@@ -201,11 +246,20 @@ class StatusCollector:
         yield from self._scanner_families(status.get("scanners") or {})
         yield from self._source_families(status.get("sources") or {})
         store = status.get("store")
-        if store and "error" not in store:
-            yield from self._store_families(store)
+        if store is not None:
+            readable = "error" not in store
+            yield GaugeMetricFamily(
+                "markd_store_up",
+                "1 while markd's store can be read, 0 while reading it fails.",
+                value=1.0 if readable else 0.0,
+            )
+            if readable:
+                yield from self._store_families(store)
         printer = status.get("printer")
         if printer:
             yield from self._printer_families(printer)
+        if self.api is not None:
+            yield from self._api_families(self.api)
 
     # -- markd's own counts -----------------------------------------------------------------
 
@@ -227,19 +281,28 @@ class StatusCollector:
         for scanner, value in sorted(counts.scans.items()):
             scans.add_metric([scanner], value)
         yield scans
-        buckets: list[tuple[str, float]] = []
-        total = 0
-        for bound, count in zip(
-            (*(repr(b) for b in LATENCY_BUCKETS_S), "+Inf"), counts.latency_counts, strict=True
-        ):
-            total += count
-            buckets.append((bound, total))
         latency = HistogramMetricFamily(
             "markd_verdict_duration_seconds",
             "Time from a scan's last byte to its verdict.",
         )
-        latency.add_metric([], buckets, counts.latency_sum_s)
+        latency.add_metric([], _buckets(counts.latency_counts), counts.latency_sum_s)
         yield latency
+        requests = HistogramMetricFamily(
+            "markd_source_request_duration_seconds",
+            "Time of each check request to a source, answered or failed.",
+            labels=["source"],
+        )
+        for source, per_bucket in sorted(counts.source_counts.items()):
+            requests.add_metric([source], _buckets(per_bucket), counts.source_sum_s[source])
+        yield requests
+        failures = CounterMetricFamily(
+            "markd_source_failures_total",
+            "Check requests to a source that gave no usable answer, by failure kind.",
+            labels=["source", "kind"],
+        )
+        for (source, kind), value in sorted(counts.source_failures.items()):
+            failures.add_metric([source, kind], value)
+        yield failures
 
     # -- the status snapshot ----------------------------------------------------------------
 
@@ -249,10 +312,18 @@ class StatusCollector:
             "1 while a configured scanner's device is present, 0 while it is missing.",
             labels=["scanner"],
         )
+        reconnects = CounterMetricFamily(
+            "markd_scanner_reconnects_total",
+            "Times a configured scanner's device came back after it was missing.",
+            labels=["scanner"],
+        )
         for name, scanner in sorted(scanners.items()):
+            label = scanner_label(name)
             if scanner.get("present") is not None:  # not seen nor missed yet: unknown
-                present.add_metric([scanner_label(name)], 1.0 if scanner["present"] else 0.0)
+                present.add_metric([label], 1.0 if scanner["present"] else 0.0)
+            reconnects.add_metric([label], scanner.get("reconnects") or 0)
         yield present
+        yield reconnects
 
     def _source_families(self, sources: Mapping[str, Any]) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -275,7 +346,7 @@ class StatusCollector:
         )
         now = self.verdicts.clock()
         for source, at in sorted(self.verdicts.last_answer.items()):
-            last.add_metric([label_value(source)], max(0.0, now - at))
+            last.add_metric([source], max(0.0, now - at))
         yield last
         online = sources.get("online")
         if online is not None:
@@ -283,16 +354,20 @@ class StatusCollector:
         local_module = sources.get("local_module")
         if local_module is not None:
             yield from self._local_module_families(local_module)
+        tspiot = sources.get("tspiot")
+        if tspiot is not None:
+            yield from self._tspiot_families(tspiot)
 
     def _cdn_families(self, online: Mapping[str, Any]) -> Iterator[Metric]:
         hosts = online.get("hosts") or []
+        quarantined = sum(1 for h in hosts if h.get("quarantined"))
         family = GaugeMetricFamily(
             "markd_cdn_hosts",
-            "CDN hosts in the host list (listed) and those quarantined now.",
+            "CDN hosts of the host list: available to checks, and quarantined now.",
             labels=["state"],
         )
-        family.add_metric(["listed"], len(hosts))
-        family.add_metric(["quarantined"], sum(1 for h in hosts if h.get("quarantined")))
+        family.add_metric(["available"], len(hosts) - quarantined)
+        family.add_metric(["quarantined"], quarantined)
         yield family
         age = online.get("list_age_s")
         if age is not None:
@@ -319,13 +394,33 @@ class StatusCollector:
         for name in (*LOCAL_MODULE_STATES, "unreachable", "other"):
             state.add_metric([name], 1.0 if name == current else 0.0)
         yield state
-        synced = _iso_timestamp(lm.get("last_sync"))
-        if synced is not None:
+        # The client's own figure (None while the module never synchronised: lastSync 0),
+        # not an age computed here from a timestamp of 1970.
+        hours = lm.get("last_sync_age_hours")
+        if isinstance(hours, int | float):
             yield GaugeMetricFamily(
                 "markd_local_module_last_sync_age_seconds",
                 "Seconds since the Local Module last synchronised with Честный ЗНАК.",
-                value=max(0.0, self.now() - synced),
+                value=max(0.0, hours * 3600.0),
             )
+
+    def _tspiot_families(self, tspiot: Mapping[str, Any]) -> Iterator[Metric]:
+        if tspiot.get("last_error") is not None:
+            current = "failing"
+        elif tspiot.get("last_offline") is True:
+            current = "offline"
+        elif tspiot.get("last_offline") is False:
+            current = "online"
+        else:
+            return  # it never answered a check yet
+        state = GaugeMetricFamily(
+            "markd_tspiot_state",
+            "The ТС ПИоТ as last seen: online or offline answers, or failing.",
+            labels=["state"],
+        )
+        for name in TSPIOT_STATES:
+            state.add_metric([name], 1.0 if name == current else 0.0)
+        yield state
 
     def _store_families(self, store: Mapping[str, Any]) -> Iterator[Metric]:
         if store.get("version") is not None:
@@ -363,7 +458,7 @@ class StatusCollector:
             labels=["kind"],
         )
         for kind, count in sorted((store.get("blocked") or {}).items()):
-            entries.add_metric([label_value(kind)], count)
+            entries.add_metric([known(kind, STORE_KINDS)], count)
         if store.get("blocked_by_hand") is not None:
             entries.add_metric(["manual"], store["blocked_by_hand"])
         yield entries
@@ -390,14 +485,45 @@ class StatusCollector:
             for outcome in RECEIPT_OUTCOMES:
                 receipts.add_metric([outcome], outcomes.get(outcome, 0))
             yield receipts
+        recoveries = printer.get("recoveries")
+        if recoveries is not None:
+            family = CounterMetricFamily(
+                "markd_receipt_recoveries_total",
+                "Sale recoveries that had something to settle, by result.",
+                labels=["result"],
+            )
+            for result in RECOVERY_RESULTS:
+                family.add_metric([result], recoveries.get(result, 0))
+            yield family
+        yield GaugeMetricFamily(
+            "markd_printer_queue_blocked",
+            "1 while the fiscal driver's request queue is blocked (ATOL Web Requests).",
+            value=1.0 if printer.get("queue_blocked") else 0.0,
+        )
         device = printer.get("device")
         yield GaugeMetricFamily(
             "markd_printer_up",
             "1 while the fiscal printer answered its last status request, else 0.",
             value=1.0 if device is not None and printer.get("state") != "stopped" else 0.0,
         )
+        checked = _iso_timestamp(printer.get("checked_at"))
+        if checked is not None:
+            yield GaugeMetricFamily(
+                "markd_printer_status_timestamp_seconds",
+                "Unix time the printer's status and fiscal figures were last read.",
+                value=checked,
+            )
         if device is None:
             return  # nothing else is known of a printer not reached
+        problems = set(device.get("problems") or ())
+        family = GaugeMetricFamily(
+            "markd_printer_problem",
+            "1 while this problem stops receipts on the printer, as last seen, else 0.",
+            labels=["problem"],
+        )
+        for problem in PRINTER_PROBLEMS:
+            family.add_metric([problem], 1.0 if problem in problems else 0.0)
+        yield family
         yield GaugeMetricFamily(
             "markd_printer_paper_present",
             "1 while the printer has paper, as last seen.",
@@ -445,6 +571,41 @@ class StatusCollector:
         for key, name, documentation, scale in figures:
             if health.get(key) is not None:
                 yield GaugeMetricFamily(name, documentation, value=health[key] * scale)
+
+    def _api_families(self, api: Mapping[str, Any]) -> Iterator[Metric]:
+        connections = GaugeMetricFamily(
+            "markd_api_connections",
+            "Open connections to the control API, by listener.",
+            labels=["listener"],
+        )
+        for listener, count in sorted((api.get("connections_by_listener") or {}).items()):
+            if listener in API_LISTENERS:
+                connections.add_metric([listener], count)
+        yield connections
+        refused = CounterMetricFamily(
+            "markd_api_requests_refused_total",
+            "Requests the control API refused, by listener and error code.",
+            labels=["listener", "error"],
+        )
+        for entry in api.get("refused") or ():
+            refused.add_metric(
+                [known(entry["listener"], API_LISTENERS), known(entry["error"], API_REFUSALS)],
+                entry["count"],
+            )
+        yield refused
+
+
+def _buckets(per_bucket: list[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts (the last above every bound) → the cumulative buckets of a histogram
+    sample, bounds as text."""
+    buckets: list[tuple[str, float]] = []
+    total = 0
+    for bound, count in zip(
+        (*(repr(b) for b in LATENCY_BUCKETS_S), "+Inf"), per_bucket, strict=True
+    ):
+        total += count
+        buckets.append((bound, total))
+    return buckets
 
 
 def _source_up(source: str, status: Mapping[str, Any]) -> float | None:
