@@ -21,6 +21,7 @@ from markd.scanners import get_virtual
 from markd.service import Service, StoreSync
 from markd.store import Store, fleet
 from markd.store.importer import import_snapshot
+from metrics_helpers import samples
 
 PASSWORD = "hunter2-Secret"
 
@@ -72,6 +73,7 @@ async def test_the_daemon_sees_a_synced_blocklist_without_restart(
     scanner.scan(WATER)
     scanner.scan(DAIRY)
     await wait_until(lambda: len(verdicts) == 3)
+    synced = samples(service.metrics().decode())
     stop.set()
     await task
 
@@ -84,6 +86,11 @@ async def test_the_daemon_sees_a_synced_blocklist_without_restart(
     assert "v1" in message
     assert export_server.count("snapshot-1.mbl.gz") == 1
     assert service.store_sync is not None and service.store_sync.process is None
+    assert synced[("markd_store_syncs_total", (("result", "ok"),))] == 1
+    assert synced[("markd_store_syncs_total", (("result", "failed"),))] == 0
+    assert synced[("markd_store_list_version", ())] == 1
+    attempt = synced[("markd_store_last_sync_attempt_timestamp_seconds", ())]
+    assert abs(attempt - synced[("markd_store_last_sync_timestamp_seconds", ())]) < 60
 
 
 async def test_a_failed_sync_is_a_warning_without_credentials(
@@ -99,6 +106,7 @@ async def test_a_failed_sync_is_a_warning_without_credentials(
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
     await wait_until(lambda: event_log.count("store-sync-failed") == 1, 10, "the failed sync")
+    failed = samples(service.metrics().decode())
     stop.set()
     await task
 
@@ -107,6 +115,11 @@ async def test_a_failed_sync_is_a_warning_without_credentials(
     assert "refused" in message
     assert PASSWORD not in event_log.text and "kiosk:" not in event_log.text
     assert event_log.kinds()[-1] == "service-stopping"
+    # A fleet sees the attempt fail, not a refusal: the blocklist was never synced.
+    assert failed[("markd_store_syncs_total", (("result", "failed"),))] == 1
+    assert failed[("markd_store_syncs_total", (("result", "refused"),))] == 0
+    assert ("markd_store_last_sync_attempt_timestamp_seconds", ()) in failed
+    assert ("markd_store_last_sync_timestamp_seconds", ()) not in failed
 
 
 async def test_stopping_the_service_ends_a_running_sync(

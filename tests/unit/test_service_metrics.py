@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: The control API's part of the status, as ``GET /v1/status`` has it.
 API_STATUS: dict[str, Any] = {
+    "event_clients": 1,
     "connections": 3,
     "connections_by_listener": {"unix": 1, "tcp": 2, "metrics": 0},
     "refused": [
@@ -86,6 +87,8 @@ def full_snapshot() -> dict[str, Any]:
             "blocked_by_hand": 1,
             "sync_refused": {"reason": "bad-signature", "message": "…"},
             "sync_refusals": 2,
+            "sync_runs": {"ok": 3, "refused": 2},
+            "sync_finished_at": NOW - 60,
         },
         "printer": {
             "state": "attention",
@@ -222,6 +225,9 @@ def test_a_full_status_snapshot_becomes_its_series() -> None:
     assert value("markd_store_entries", kind="manual") == 1
     assert value("markd_store_last_sync_refused") == 1
     assert value("markd_store_sync_refused_total") == 2
+    assert value("markd_store_syncs_total", result="ok") == 3
+    assert value("markd_store_syncs_total", result="failed") == 0
+    assert value("markd_store_last_sync_attempt_timestamp_seconds") == NOW - 60
     assert value("markd_printer_up") == 1
     assert value("markd_printer_queue_blocked") == 1
     assert value("markd_printer_status_timestamp_seconds") == NOW - 20
@@ -418,6 +424,7 @@ def test_the_control_api_connections_and_refusals() -> None:
 
     assert found[("markd_api_connections", (("listener", "tcp"),))] == 2
     assert found[("markd_api_connections", (("listener", "unix"),))] == 1
+    assert found[("markd_api_event_clients", ())] == 1
     refused = {
         labels: v
         for (name, labels), v in found.items()

@@ -592,7 +592,12 @@ class Service:
         store = store_status(self.store, self.config.store.path)
         sync = self.store_sync
         if sync is not None and store is not None:
-            store = {**store, "sync_refusals": sync.refusals}
+            store = {
+                **store,
+                "sync_refusals": sync.refusals,
+                "sync_runs": dict(sync.runs),
+                "sync_finished_at": sync.finished_at,
+            }
         if sync is not None and sync.refused is not None:
             store = {**(store or {}), "sync_refused": dict(sync.refused)}
         return {

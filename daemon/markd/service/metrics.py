@@ -89,6 +89,8 @@ ROLE_SOURCES = {"online": "cdn", "local_module": "lm", "tspiot": "tspiot"}
 RECEIPT_OUTCOMES = ("closed", "cancelled", "failed", "pending", "empty")
 #: Results of a sale recovery that had something to do (``SaleDesk.recoveries``).
 RECOVERY_RESULTS = ("finished", "pending", "failed")
+#: Results of a fleet sync run (``StoreSync.runs``).
+SYNC_RESULTS = ("ok", "failed", "refused")
 #: States of the Local Module a one-hot gauge shows; anything else the module reports is
 #: ``other`` (the module's own text never becomes a label).
 LOCAL_MODULE_STATES = ("ready", "initialization", "not_configured", "sync_error")
@@ -473,6 +475,22 @@ class StatusCollector:
                 "Fleet syncs refused as untrusted since start.",
                 value=store["sync_refusals"],
             )
+        runs = store.get("sync_runs")
+        if runs is not None:
+            family = CounterMetricFamily(
+                "markd_store_syncs_total",
+                "Fleet syncs finished since start, by result (ok, failed, refused).",
+                labels=["result"],
+            )
+            for result in SYNC_RESULTS:
+                family.add_metric([result], runs.get(result, 0))
+            yield family
+        if store.get("sync_finished_at") is not None:
+            yield GaugeMetricFamily(
+                "markd_store_last_sync_attempt_timestamp_seconds",
+                "Unix time the latest fleet sync finished, whatever its result.",
+                value=store["sync_finished_at"],
+            )
 
     def _printer_families(self, printer: Mapping[str, Any]) -> Iterator[Metric]:
         outcomes = printer.get("receipt_outcomes")
@@ -582,6 +600,12 @@ class StatusCollector:
             if listener in API_LISTENERS:
                 connections.add_metric([listener], count)
         yield connections
+        if api.get("event_clients") is not None:
+            yield GaugeMetricFamily(
+                "markd_api_event_clients",
+                "Clients following the event stream (GET /v1/events) now.",
+                value=api["event_clients"],
+            )
         refused = CounterMetricFamily(
             "markd_api_requests_refused_total",
             "Requests the control API refused, by listener and error code.",

@@ -13,6 +13,7 @@ import os
 import random
 import sys
 import time
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 from markd.service.wiring import main_config_file
@@ -75,8 +76,13 @@ class StoreSync:
         self.python = python
         #: The running child, if any (tests look at it).
         self.process: asyncio.subprocess.Process | None = None
-        #: Results of finished runs: the sync's JSON (``SyncResult``) or ``{"error": …}``.
-        self.results: list[dict[str, Any]] = []
+        #: Results of the latest finished runs (at most 16): the sync's JSON (``SyncResult``)
+        #: or ``{"error": …}``.
+        self.results: deque[dict[str, Any]] = deque(maxlen=16)
+        #: Finished runs since start by result: ``ok``, ``failed``, ``refused`` (untrusted).
+        self.runs: Counter[str] = Counter()
+        #: Unix time the latest run finished, None before the first.
+        self.finished_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         #: The latest untrusted-sync refusal (``{"reason", "message"}``), None once a sync
         #: succeeds.
@@ -146,6 +152,8 @@ class StoreSync:
         data = _last_json_line(out)
         if returncode == 0 and data is not None and "error" not in data:
             self.results.append(data)
+            self.runs["ok"] += 1
+            self.finished_at = time.time()
             self.refused = None
             self.event_log.event(
                 "store-sync",
@@ -175,7 +183,9 @@ class StoreSync:
         message = hide_secrets(message, self.url)
         result = {"error": {"reason": reason, "message": message}}
         self.results.append(result)
+        self.finished_at = time.time()
         if reason in UNTRUSTED_SYNC_REASONS:
+            self.runs["refused"] += 1
             self.refused = {"reason": reason, "message": message}
             self.refusals += 1
             self.event_log.event(
@@ -188,6 +198,7 @@ class StoreSync:
                 **fields,
             )
             return result
+        self.runs["failed"] += 1
         self.event_log.event(
             "store-sync-failed",
             f"blocklist sync from {self.safe_url} failed: {message}",
