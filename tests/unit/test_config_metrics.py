@@ -210,3 +210,18 @@ def test_the_metrics_listener_needs_the_api_server(main: Path, token_file: Path)
 def test_listen_overlap(first: str, second: str, overlap: bool) -> None:
     assert listen_overlap(first, second) is overlap
     assert listen_overlap(second, first) is overlap
+
+
+def test_the_example_of_docs_metrics_md_loads(main: Path) -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    scraping = text[text.index("## Scraping") :]
+    example = scraping[scraping.index("```toml\n") + 8 : scraping.index("```\n")]
+    write(main, example)
+
+    loaded = config.load(main)
+
+    assert loaded.metrics.listen == "10.20.0.17:9391" and loaded.metrics.allow_remote
+    # Its token comes from the credential store, as the comment says.
+    (main.parent / "markd.metrics-token").write_text(TOKEN + "\n")
+    environ = {"MARKD_CREDSTORE": str(main.parent)}
+    assert config.load(main, for_service=True, environ=environ).metrics.token_file == ""
