@@ -1,5 +1,5 @@
-"""The ``HOST:PORT`` form of a TCP listening address (``[api] listen``), the rule that keeps
-it on loopback, and the longest Unix socket path (``[api] socket``).
+"""The ``HOST:PORT`` form of a TCP listening address (``[api] listen``, ``[metrics] listen``),
+the rule that keeps it on loopback, and the longest Unix socket path (``[api] socket``).
 
 A foundation of its own because two layers read it: the configuration checks the keys when a
 file is loaded (so ``markctl config check`` refuses what the daemon would), the control API
@@ -42,16 +42,31 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def remote_listen_problem(host: str, *, allow_remote: bool) -> str | None:
-    """Why the API may not listen on ``host`` (None: it may). A bearer token sent to an
-    address other than loopback crosses the network in clear text, so that takes
-    ``[api] allow_remote = true``."""
+def remote_listen_problem(host: str, *, allow_remote: bool, section: str = "api") -> str | None:
+    """Why the listener of ``[section]`` (``api`` or ``metrics``) may not listen on ``host``
+    (None: it may). A bearer token sent to an address other than loopback crosses the network
+    in clear text, so that takes ``allow_remote = true`` in the same section."""
     if allow_remote or ipaddress.ip_address(host).is_loopback:
         return None
+    token = "API token" if section == "api" else f"{section} token"
     return (
-        f"{host} is not a loopback address; the API token would cross the network in clear "
-        "text. Use 127.0.0.1, or set [api] allow_remote = true."
+        f"{host} is not a loopback address; the {token} would cross the network in clear "
+        f"text. Use 127.0.0.1, or set [{section}] allow_remote = true."
     )
+
+
+def listen_overlap(first: str, second: str) -> bool:
+    """Whether two ``HOST:PORT`` listening addresses (both well formed) would take the same
+    port: the same port on the same address, or on a wildcard and an address it covers
+    (``0.0.0.0`` every IPv4 one; ``::`` every one, as Linux binds it for both families).
+    Port 0 (any free port) overlaps nothing."""
+    host_a, port_a = parse_listen(first)
+    host_b, port_b = parse_listen(second)
+    if port_a != port_b or port_a == 0:
+        return False
+    if host_a == host_b or "::" in (host_a, host_b):
+        return True
+    return "0.0.0.0" in (host_a, host_b) and ":" not in host_a + host_b
 
 
 #: Longest path a Unix socket may be bound to (``sun_path`` is 108 bytes with its NUL).

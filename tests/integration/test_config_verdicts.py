@@ -135,6 +135,9 @@ BAD: dict[str, str] = {
     "[api] allow_remote": '[api]\nallow_remote = "false"',
     "[api] token_file": f'[api]\nlisten = "127.0.0.1:0"\ntoken_file = "{MISSING}"',
     "[api] allowed_origins": '[api]\nallowed_origins = ["http://localhost:99999"]',
+    "[metrics] listen": f'[metrics]\nlisten = "192.0.2.7:9391"\ntoken_file = "{SECRET}"',
+    "[metrics] allow_remote": '[metrics]\nallow_remote = "yes"',
+    "[metrics] token_file": f'[metrics]\nlisten = "127.0.0.1:0"\ntoken_file = "{MISSING}"',
 }
 
 #: A price list with two bad lines and a good one: both bad lines must be reported.

@@ -172,6 +172,24 @@ def test_a_port_already_taken_is_transient_exit_1_with_its_err_record(tmp_path: 
 
 
 @needs_namespace
+def test_a_metrics_port_already_taken_names_the_metrics_key_and_exits_1(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        metrics = (
+            f'\n[metrics]\nlisten = "127.0.0.1:{port}"\ntoken_file = "{tmp_path / "api-token"}"'
+        )
+        config = write_config(tmp_path, metrics)
+        status, records, stderr = start_under_journal(tmp_path, config)
+
+    assert status == 1, stderr
+    assert "Traceback" not in stderr
+    (record,) = errors(records)
+    assert (record["MARKD_REASON"], record["MARKD_EXIT_STATUS"]) == ("api-unavailable", "1")
+    assert f"[metrics] listen: cannot listen on 127.0.0.1:{port}" in record["MESSAGE"]
+    assert TOKEN not in json.dumps(records) and TOKEN not in stderr
+
+
+@needs_namespace
 def test_a_password_in_a_bad_url_reaches_neither_the_journal_nor_stderr(tmp_path: Path) -> None:
     config = write_config(tmp_path, "")
     config.write_text(

@@ -189,11 +189,13 @@ def open_dir() -> Iterator[Path]:
 def _service_files(where: Path) -> dict[str, Path]:
     files = {
         "api": where / "api-token",
+        "metrics": where / "metrics-token",
         "crpt": where / "crpt-token",
         "proxy": where / "proxy-auth",
         "catalog": where / "prices.csv",
     }
     files["api"].write_text("api-token-value\n")
+    files["metrics"].write_text("metrics-token-value\n")
     files["crpt"].write_text("crpt-token-value\n")
     files["proxy"].write_text("user:password\n")
     files["catalog"].write_text("4600000000008;Water;45.00\n")
@@ -219,6 +221,10 @@ catalog = "{files["catalog"]}"
 [api]
 listen = "127.0.0.1:8391"
 token_file = "{files["api"]}"
+
+[metrics]
+listen = "127.0.0.1:9391"
+token_file = "{files["metrics"]}"
 """
     )
 
@@ -242,6 +248,7 @@ def test_as_root_a_file_the_service_user_cannot_read_is_a_problem(
         "proxy": ("[check.online] proxy_auth_file", "markd.proxy-auth"),
         "catalog": ("[sale] catalog", None),
         "api": ("[api] token_file", "markd.api-token"),
+        "metrics": ("[metrics] token_file", "markd.metrics-token"),
     }
     for name, (key, credential) in expected.items():
         path = files[name]

@@ -195,7 +195,7 @@ def test_unknown_section(main: Path) -> None:
 
     assert problems_of(main) == [
         f"{main}:3: unknown section [foo] "
-        "(known sections: api, check, codes, fiscal, log, sale, scanners, store, terminal)"
+        "(known sections: api, check, codes, fiscal, log, metrics, sale, scanners, store, terminal)"
     ]
 
 
@@ -204,7 +204,7 @@ def test_key_above_every_section_is_reported_as_top_level(main: Path) -> None:
 
     assert problems_of(main) == [
         f"{main}:1: unknown top-level key level (keys belong in a section: "
-        "api, check, codes, fiscal, log, sale, scanners, store, terminal)"
+        "api, check, codes, fiscal, log, metrics, sale, scanners, store, terminal)"
     ]
 
 
@@ -361,9 +361,11 @@ def test_the_same_mistake_in_two_files_is_reported_for_each(main: Path) -> None:
 
     assert problems_of(main) == [
         f"{main}:1: unknown section [foo] "
-        "(known sections: api, check, codes, fiscal, log, sale, scanners, store, terminal)",
+        "(known sections: api, check, codes, fiscal, log, metrics, sale, scanners, store, "
+        "terminal)",
         f"{main.parent / 'markd.toml.d' / '50-till.toml'}:2: unknown section [foo] "
-        "(known sections: api, check, codes, fiscal, log, sale, scanners, store, terminal)",
+        "(known sections: api, check, codes, fiscal, log, metrics, sale, scanners, store, "
+        "terminal)",
     ]
 
 
@@ -575,6 +577,7 @@ def test_to_dict_is_plain_json_data() -> None:
             "token_file": "",
             "allowed_origins": [],
         },
+        "metrics": {"listen": "", "allow_remote": False, "token_file": ""},
     }
     assert json.loads(json.dumps(data)) == data
 
@@ -607,6 +610,7 @@ def test_config_fields_are_the_documented_sections() -> None:
         "sale",
         "scanners",
         "api",
+        "metrics",
         "sources",
     ]
 
@@ -639,7 +643,7 @@ def test_docs_key_table_matches_the_schema() -> None:
 def test_docs_mention_every_key() -> None:
     keys = [f"`[{ref.table}] {ref.key}`" for ref in config.schema_keys()]
 
-    assert len(keys) == 81
+    assert len(keys) == 84
     assert [key for key in keys if key not in _doc()] == []
 
 

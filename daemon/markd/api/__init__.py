@@ -2,9 +2,10 @@
 
 The daemon serves it on ``[api] socket`` (default ``/run/markd/control.sock``, mode 0660, group
 ``[api] socket_group`` when that group exists), and, when ``[api] listen`` is set, also on a
-loopback TCP port for a kiosk screen running in a browser. ``docs/api.md`` describes every
-endpoint with examples; ``docs/openapi.json`` is the machine-readable form (a test keeps it and
-:data:`ROUTES` equal)::
+loopback TCP port for a kiosk screen running in a browser. ``[metrics] listen`` adds a third
+listener that serves ``GET /metrics`` alone, with a token of its own, for Prometheus.
+``docs/api.md`` describes every endpoint with examples; ``docs/openapi.json`` is the
+machine-readable form (a test keeps it and :data:`ROUTES` equal)::
 
     GET  /v1/status            service, scanners, check sources, store, printer, API clients
     POST /v1/check             {"code": "…"} → the verdict (the scan path, scanner "api")
@@ -22,8 +23,8 @@ The package, one job per module:
     :class:`ControlledService`, what the API needs of the daemon (``markd.service``
     implements it; the API never imports the service).
 ``listeners``
-    binding the Unix socket (mode, group, a stale file replaced) and the TCP one;
-    :func:`parse_listen` for ``[api] listen``.
+    binding the Unix socket (mode, group, a stale file replaced) and the TCP ones;
+    :func:`parse_listen` for ``[api] listen`` and ``[metrics] listen``.
 ``server``
     :class:`ControlServer`: connections on asyncio streams, HTTP/1.1 framed by h11, the limits
     and deadlines, origin and token checks, dispatch.
@@ -56,6 +57,7 @@ from markd.api.server import (
     MAX_CONNECTIONS,
     MAX_HEAD_BYTES,
     MAX_HEADERS,
+    METRICS_ROUTES,
     REQUEST_TIMEOUT_S,
     WRITE_TIMEOUT_S,
     ControlServer,
@@ -81,6 +83,7 @@ __all__ = [
     "MAX_CONNECTIONS",
     "MAX_HEADERS",
     "MAX_HEAD_BYTES",
+    "METRICS_ROUTES",
     "REQUEST_TIMEOUT_S",
     "ROUTES",
     "SSE_RETRY_MS",

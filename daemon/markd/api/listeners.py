@@ -1,8 +1,10 @@
-"""The control API's listening sockets: the Unix socket (mode 0660, group ``markd``) and the
-optional TCP one. Binding only; what is spoken on them is :mod:`markd.api.server`'s job.
+"""The control API's listening sockets: the Unix socket (mode 0660, group ``markd``), the
+optional TCP one and the optional metrics listener. Binding only; what is spoken on them is
+:mod:`markd.api.server`'s job.
 
-``[api] listen`` is read by :func:`parse_listen`, which configuration checking uses too, so a
-typo fails ``markctl config check`` with the same message the daemon would give.
+``[api] listen`` and ``[metrics] listen`` are read by :func:`parse_listen`, which
+configuration checking uses too, so a typo fails ``markctl config check`` with the same
+message the daemon would give.
 """
 
 from __future__ import annotations
@@ -30,19 +32,20 @@ class ControlApiError(MarkdError):
     reason = "api-unavailable"
 
 
-def tcp_address(listen: str, *, allow_remote: bool) -> tuple[str, int] | None:
-    """Where ``[api] listen`` asks for TCP (None: no TCP). A non-loopback address without
-    ``allow_remote`` is a :class:`~markd.errors.ConfigError`: the bearer token would cross
-    the network in clear text."""
+def tcp_address(listen: str, *, allow_remote: bool, section: str = "api") -> tuple[str, int] | None:
+    """Where ``listen`` of ``[section]`` (``api`` or ``metrics``) asks for TCP (None: no
+    TCP). A non-loopback address without ``allow_remote`` is a
+    :class:`~markd.errors.ConfigError`: the bearer token would cross the network in clear
+    text."""
     if not listen:
         return None
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
-        raise ConfigError(f"[api] listen: {exc}") from None
-    problem = remote_listen_problem(host, allow_remote=allow_remote)
+        raise ConfigError(f"[{section}] listen: {exc}") from None
+    problem = remote_listen_problem(host, allow_remote=allow_remote, section=section)
     if problem is not None:
-        raise ConfigError(f"[api] listen: {problem}")
+        raise ConfigError(f"[{section}] listen: {problem}")
     return host, port
 
 
@@ -119,16 +122,14 @@ def _set_group(path: Path, name: str) -> None:
         log.warning("control API: cannot give %s to group %s: %s", path, name, exc.strerror or exc)
 
 
-def bind_tcp(host: str, port: int, listen: str) -> socket.socket:
-    """A listening, non-blocking TCP socket on ``host:port`` (``listen`` as configured, for
-    the error message)."""
+def bind_tcp(host: str, port: int, listen: str, *, key: str = "[api] listen") -> socket.socket:
+    """A listening, non-blocking TCP socket on ``host:port`` (``listen`` as configured at
+    ``key``, for the error message)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
     except OSError as exc:
-        raise ControlApiError(
-            f"[api] listen: cannot listen on {listen}: {exc.strerror or exc}"
-        ) from exc
+        raise ControlApiError(f"{key}: cannot listen on {listen}: {exc.strerror or exc}") from exc
     sock.setblocking(False)
     return sock
 

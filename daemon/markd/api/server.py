@@ -30,9 +30,11 @@ Limits and refusals (``docs/api.md``, "Conventions"; each is tested)::
     more than MAX_CONNECTIONS[listener] open on
       that listener                                 503 busy to the newest, closed
     more than MAX_CONNECTIONS_PER_PEER open on
-      TCP from one address                          503 busy to the newest, closed
+      one TCP listener from one address             503 busy to the newest, closed
     TCP without the right token                     401 unauthorized, connection closed
                                                     (any answer to such a request closes it)
+    on the metrics listener, anything but
+      METRICS_ROUTES                                404 not-found (405 for another method)
 
 Each listener has connection slots of its own, so the TCP port (which any local user can
 reach) can never take the Unix socket's (which only the socket's group can): a flood of idle
@@ -42,17 +44,26 @@ address also holds at most :data:`MAX_CONNECTIONS_PER_PEER` of the listener's sl
 holding each with a request it never finishes (up to ``HEAD_TIMEOUT_S`` apiece) leaves the
 rest to the others.
 
+The metrics listener (``[metrics] listen``) is a third listener of the same server, for a
+Prometheus server: its own TCP socket, its own slots, its own bearer token (``metrics-token``,
+never the API's), and only :data:`METRICS_ROUTES` behind it. A request there passes the same
+framing, limits and deadlines, and the same token check and rate-limited refusal record, as
+one on the API's TCP port; it never gets CORS headers, and one with an ``Origin`` is refused
+(a browser has no business there). Whoever holds the metrics token can read the metrics and
+nothing else: no code check, no receipt, no reload.
+
 Two requests h11 would refuse are served as markd always served them: a request without
 ``Host`` (the socket has one host; clients such as ``socat`` or a shell's ``printf`` omit it)
 and one empty line before the request line (RFC 9112 §2.2 asks servers to ignore it; a
 client may end a body with a CRLF it did not count). Both are repaired on a copy of the bytes
 and parsed again; nothing else is.
 
-Every request passes the origin check (a browser's ``Origin`` must be listed) and, on TCP,
-the bearer token (compared in constant time, never logged) before its route runs. Request
-bodies hold full marking codes: they are never logged. Nothing a client sends reaches the
-log: a request that makes a route fail is logged by its route and the exception's type only
-(no message, no traceback; the log is also published to event subscribers).
+Every request passes the origin check (a browser's ``Origin`` must be listed) and, on both
+TCP listeners, the bearer token (compared in constant time, never logged) before its route
+runs. Request bodies hold full marking codes: they are never logged. Nothing a client sends
+reaches the log: a request that makes a route fail is logged by its route and the
+exception's type only (no message, no traceback; the log is also published to event
+subscribers).
 """
 
 from __future__ import annotations
@@ -85,14 +96,14 @@ from markd.api.messages import (
 from markd.api.protocol import ControlledService
 from markd.api.routes import ROUTES, RouteContext, methods_of, receipt_status
 from markd.api.sse import HEARTBEAT_S, EventStream, wanted_kinds
-from markd.config.startup import api_token
+from markd.config.startup import api_token, metrics_token
 from markd.events import Subscription
 from markd.http.refusals import H11_REFUSALS, refusal_text
 from markd.receipts import ReceiptError
 from markd.secrets import Secret
 
 if TYPE_CHECKING:
-    from markd.config import ApiConfig
+    from markd.config import ApiConfig, MetricsConfig
 
 log = logging.getLogger("markd.api")
 
@@ -115,11 +126,19 @@ REQUEST_TIMEOUT_S = 10.0
 #: Seconds one write may wait for the client to take the bytes.
 WRITE_TIMEOUT_S = 10.0
 #: Open connections at most per listener; one more on that listener gets 503 and is closed.
-#: Separate counts: a TCP flood never takes the Unix socket's slots.
-MAX_CONNECTIONS = {"unix": 64, "tcp": 32}
-#: Open TCP connections at most from one remote address; one more from it gets 503 and is
-#: closed. Without it one local user trickling slow requests held all 32 TCP slots.
+#: Separate counts: a TCP flood never takes the Unix socket's slots, nor a flood of the
+#: metrics port the API's (a Prometheus server keeps one connection per target alive; 16
+#: leave room for a pair of them and a person with curl).
+MAX_CONNECTIONS = {"unix": 64, "tcp": 32, "metrics": 16}
+#: Open connections at most from one remote address on one TCP listener (the API's TCP port,
+#: the metrics port, each counted apart); one more from it gets 503 and is closed. Without it
+#: one local user trickling slow requests held all 32 TCP slots.
 MAX_CONNECTIONS_PER_PEER = 8
+#: What the metrics listener serves, as ``(method, path)`` of :data:`ROUTES`; any other path
+#: there is 404, even one the API serves.
+METRICS_ROUTES = frozenset({("GET", "/metrics")})
+#: How each listener names itself in the refused-token log record.
+_LISTENER_NAMES = {"tcp": "control API", "metrics": "metrics listener"}
 #: Seconds between two log records about refused tokens (a client retrying in a loop).
 AUTH_LOG_INTERVAL_S = 60.0
 #: Seconds :meth:`ControlServer.close` gives requests under way and event streams to finish.
@@ -192,6 +211,9 @@ class ControlServer:
     :param config: the ``[api]`` section.
     :param token: the bearer token for TCP (default: loaded from ``[api] token_file`` or the
         credential ``api-token`` when ``listen`` is set).
+    :param metrics: the ``[metrics]`` section (None or no ``listen``: no metrics listener).
+    :param metrics_token: the metrics listener's bearer token (default: loaded from
+        ``[metrics] token_file`` or the credential ``metrics-token`` when ``listen`` is set).
     :param heartbeat_s: seconds between heartbeats on an idle event stream.
     :param event_queue_limit: events a stream client may fall behind before it is dropped.
     :param write_timeout_s: seconds a write may wait for the client.
@@ -203,6 +225,8 @@ class ControlServer:
         config: ApiConfig,
         *,
         token: Secret | None = None,
+        metrics: MetricsConfig | None = None,
+        metrics_token: Secret | None = None,
         heartbeat_s: float = HEARTBEAT_S,
         event_queue_limit: int | None = None,
         write_timeout_s: float = WRITE_TIMEOUT_S,
@@ -214,23 +238,32 @@ class ControlServer:
         self.write_timeout_s = write_timeout_s
         #: ``(host, port)`` of the TCP listener once bound (port 0 in the config: the real one).
         self.tcp_address: tuple[str, int] | None = None
+        self.metrics_config = metrics
+        #: ``(host, port)`` of the metrics listener once bound, as :attr:`tcp_address`.
+        self.metrics_address: tuple[str, int] | None = None
         self._context = RouteContext(service, self._api_status)
         self._token = token
+        self._metrics_token = metrics_token
         self._origins = frozenset(config.allowed_origins)
         self._unix_socket: socket.socket | None = None
         self._unix_inode: tuple[int, int] | None = None
         self._tcp_socket: socket.socket | None = None
+        self._metrics_socket: socket.socket | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self._serving: asyncio.Task[None] | None = None
         self._connections: dict[asyncio.Task[Any], _Connection] = {}
-        #: Open connections per listener (``unix``, ``tcp``), against MAX_CONNECTIONS.
-        self._open: dict[str, int] = {"unix": 0, "tcp": 0}
-        #: Open TCP connections per remote address, against MAX_CONNECTIONS_PER_PEER.
-        self._open_from: dict[str, int] = {}
+        #: Open connections per listener (``unix``, ``tcp``, ``metrics``), against
+        #: MAX_CONNECTIONS.
+        self._open: dict[str, int] = dict.fromkeys(MAX_CONNECTIONS, 0)
+        #: Open connections per TCP listener and remote address, against
+        #: MAX_CONNECTIONS_PER_PEER.
+        self._open_from: dict[tuple[str, str], int] = {}
         #: ``(listener, error code)`` → requests refused so (``GET /metrics``).
         self._refused: Counter[tuple[str, str]] = Counter()
-        self._auth_refused = 0
-        self._auth_logged_at = -AUTH_LOG_INTERVAL_S
+        #: Per TCP listener: requests refused for their token since the last record, and
+        #: when that record was written.
+        self._auth_refused = dict.fromkeys(_LISTENER_NAMES, 0)
+        self._auth_logged_at = dict.fromkeys(_LISTENER_NAMES, -AUTH_LOG_INTERVAL_S)
 
     @property
     def unix_path(self) -> str:
@@ -239,30 +272,46 @@ class ControlServer:
     # -- life cycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Bind the Unix socket (and TCP when configured) and start serving on the running loop.
+        """Bind the Unix socket (and the TCP one and the metrics listener when configured) and
+        start serving on the running loop.
 
         Raises :class:`~markd.errors.ConfigError` for a TCP setting that cannot be honoured
         (no token, a non-loopback address without ``allow_remote``) and
-        :class:`~markd.api.listeners.ControlApiError` when a listener cannot be bound.
+        :class:`~markd.api.listeners.ControlApiError` when a listener cannot be bound; then
+        nothing stays bound.
         """
         loop = asyncio.get_running_loop()
-        tcp = self._tcp_plan()  # judge the TCP settings before binding anything
+        # Judge the TCP settings of both sections before binding anything.
+        tcp = self._tcp_plan()
+        metrics = self._metrics_plan()
         self._unix_socket, self._unix_inode = listeners.bind_unix(
             Path(self.config.socket), self.config.socket_group
         )
-        if tcp is not None:
-            try:
+        try:
+            if tcp is not None:
                 self._tcp_socket = listeners.bind_tcp(*tcp, self.config.listen)
-            except BaseException:
-                self._unlink_socket()
-                raise
-            bound = self._tcp_socket.getsockname()
-            self.tcp_address = (bound[0], bound[1])
+                bound = self._tcp_socket.getsockname()
+                self.tcp_address = (bound[0], bound[1])
+            if metrics is not None:
+                assert self.metrics_config is not None
+                self._metrics_socket = listeners.bind_tcp(
+                    *metrics, self.metrics_config.listen, key="[metrics] listen"
+                )
+                bound = self._metrics_socket.getsockname()
+                self.metrics_address = (bound[0], bound[1])
+        except BaseException:
+            self._close_sockets()
+            self._unlink_socket()
+            self.tcp_address = self.metrics_address = None
+            raise
         self._serving = loop.create_task(self._serve(), name="markd-api")
         where = [f"unix:{self.unix_path}"]
         if self.tcp_address is not None:
             where.append(f"http://{listeners.address_text(*self.tcp_address)}")
         log.info("control API listening on %s", " and ".join(where))
+        if self.metrics_address is not None:
+            address = listeners.address_text(*self.metrics_address)
+            log.info("metrics listener on http://%s/metrics", address)
 
     async def close(self) -> None:
         """Stop accepting; let requests under way finish and event streams send what they
@@ -294,10 +343,7 @@ class ControlServer:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
         self._servers.clear()
-        for sock in (self._unix_socket, self._tcp_socket):
-            if sock is not None:
-                sock.close()
-        self._unix_socket = self._tcp_socket = None
+        self._close_sockets()
         self._unlink_socket()
 
     def status(self) -> dict[str, Any]:
@@ -316,6 +362,11 @@ class ControlServer:
                 for (listener, error), count in sorted(self._refused.items())
             ],
             "tcp": None if self.tcp_address is None else listeners.address_text(*self.tcp_address),
+            "metrics": (
+                None
+                if self.metrics_address is None
+                else listeners.address_text(*self.metrics_address)
+            ),
         }
 
     async def _serve(self) -> None:
@@ -327,20 +378,38 @@ class ControlServer:
                     limit=MAX_HEAD_BYTES,
                 )
             )
-        if self._tcp_socket is not None:
-            self._servers.append(
-                await asyncio.start_server(
-                    lambda r, w: self._accept(r, w, "tcp"),
-                    sock=self._tcp_socket,
-                    limit=MAX_HEAD_BYTES,
+        for transport, sock in (("tcp", self._tcp_socket), ("metrics", self._metrics_socket)):
+            if sock is not None:
+                self._servers.append(
+                    await asyncio.start_server(
+                        lambda r, w, transport=transport: self._accept(r, w, transport),
+                        sock=sock,
+                        limit=MAX_HEAD_BYTES,
+                    )
                 )
-            )
 
     def _tcp_plan(self) -> tuple[str, int] | None:
         address = listeners.tcp_address(self.config.listen, allow_remote=self.config.allow_remote)
         if address is not None and self._token is None:
             self._token = api_token(self.config)
         return address
+
+    def _metrics_plan(self) -> tuple[str, int] | None:
+        metrics = self.metrics_config
+        if metrics is None or not metrics.listen:
+            return None
+        address = listeners.tcp_address(
+            metrics.listen, allow_remote=metrics.allow_remote, section="metrics"
+        )
+        if self._metrics_token is None:
+            self._metrics_token = metrics_token(metrics)
+        return address
+
+    def _close_sockets(self) -> None:
+        for sock in (self._unix_socket, self._tcp_socket, self._metrics_socket):
+            if sock is not None:
+                sock.close()
+        self._unix_socket = self._tcp_socket = self._metrics_socket = None
 
     def _unlink_socket(self) -> None:
         if self._unix_inode is not None:
@@ -355,11 +424,12 @@ class ControlServer:
         task = asyncio.current_task()
         assert task is not None
         peer = "unix"
-        host: str | None = None  # the remote address of a TCP connection
-        if transport == "tcp":
+        # The listener and remote address of a TCP connection (either TCP listener).
+        peer_key: tuple[str, str] | None = None
+        if transport != "unix":
             address = writer.get_extra_info("peername")
-            peer = f"{address[0]}:{address[1]}" if address else "tcp"
-            host = address[0] if address else "tcp"
+            peer = f"{address[0]}:{address[1]}" if address else transport
+            peer_key = (transport, address[0] if address else transport)
             sock = writer.get_extra_info("socket")
             if sock is not None:
                 # Answers are written whole: Nagle's algorithm would only delay them.
@@ -367,15 +437,15 @@ class ControlServer:
         connection = _Connection(reader, writer, transport, peer)
         self._connections[task] = connection
         self._open[transport] += 1
-        if host is not None:
-            self._open_from[host] = self._open_from.get(host, 0) + 1
+        if peer_key is not None:
+            self._open_from[peer_key] = self._open_from.get(peer_key, 0) + 1
         try:
             refusal = None
-            if host is not None and self._open_from[host] > MAX_CONNECTIONS_PER_PEER:
+            if peer_key is not None and self._open_from[peer_key] > MAX_CONNECTIONS_PER_PEER:
                 refusal = HTTPRefusal(
                     503,
                     "busy",
-                    f"too many open connections from {host} (at most "
+                    f"too many open connections from {peer_key[1]} (at most "
                     f"{MAX_CONNECTIONS_PER_PEER} from one address)",
                     close=True,
                 )
@@ -399,10 +469,10 @@ class ControlServer:
         finally:
             self._connections.pop(task, None)
             self._open[transport] -= 1
-            if host is not None:
-                self._open_from[host] -= 1
-                if not self._open_from[host]:
-                    del self._open_from[host]
+            if peer_key is not None:
+                self._open_from[peer_key] -= 1
+                if not self._open_from[peer_key]:
+                    del self._open_from[peer_key]
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -418,18 +488,23 @@ class ControlServer:
                 )
                 return
             connection.busy = True
-            if request.path == "/v1/events" and request.method == "GET":
+            if (
+                request.path == "/v1/events"
+                and request.method == "GET"
+                and connection.transport != "metrics"  # served only METRICS_ROUTES
+            ):
                 await self._stream_events(connection, request)
                 return
             response = await self._dispatch(request)
             # h11 has read the whole request: DONE means it may be followed by another
             # (MUST_CLOSE: HTTP/1.0, or the client said Connection: close). A TCP request
-            # without the token ends its connection whatever it was answered (401, or 403
-            # for its origin, or a preflight): only a client with the token keeps one.
+            # (on either TCP listener) without the token ends its connection whatever it was
+            # answered (401, or 403 for its origin, or a preflight): only a client with the
+            # token keeps one.
             keep = (
                 connection.http.their_state is h11.DONE
                 and not response.close
-                and (connection.transport != "tcp" or self._token_matches(request))
+                and (connection.transport == "unix" or self._token_matches(request))
             )
             await self._send(connection, response, keep)
             connection.busy = False
@@ -638,12 +713,16 @@ class ControlServer:
 
     # -- dispatch -------------------------------------------------------------------------------
 
+    def _allowed_origins(self, request: Request) -> frozenset[str]:
+        """The browser origins served on the request's listener: none on the metrics one."""
+        return frozenset() if request.transport == "metrics" else self._origins
+
     def _admit(self, request: Request) -> None:
         """The checks every request passes before its route: origin, then token (TCP)."""
         origin = request.headers.get("origin")
-        if origin is not None and origin not in self._origins:
+        if origin is not None and origin not in self._allowed_origins(request):
             raise HTTPRefusal(403, "origin-not-allowed", f"origin {origin[:100]} is not allowed")
-        if request.transport == "tcp" and not self._authorized(request):
+        if request.transport != "unix" and not self._authorized(request):
             # Closed after the answer: a client without the token holds no connection
             # (and no slot) by asking again on it.
             raise HTTPRefusal(
@@ -655,9 +734,9 @@ class ControlServer:
             )
 
     def _token_matches(self, request: Request) -> bool:
-        """The request carries the bearer token (compared in constant time)."""
+        """The request carries its listener's bearer token (compared in constant time)."""
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        token = self._token
+        token = self._metrics_token if request.transport == "metrics" else self._token
         return (
             token is not None
             and scheme.lower() == "bearer"
@@ -668,16 +747,20 @@ class ControlServer:
         """:meth:`_token_matches`, a refusal counted for the rate-limited log record."""
         ok = self._token_matches(request)
         if not ok:
-            self._auth_refused += 1
+            # Counted and rate-limited per listener: a scraper with a stale token does not
+            # hide a stranger knocking on the API's port.
+            listener = request.transport
+            self._auth_refused[listener] += 1
             now = time.monotonic()
-            if now - self._auth_logged_at >= AUTH_LOG_INTERVAL_S:
-                self._auth_logged_at = now
+            if now - self._auth_logged_at[listener] >= AUTH_LOG_INTERVAL_S:
+                self._auth_logged_at[listener] = now
                 log.warning(
-                    "control API: refused %d request(s) without a valid token (last from %s)",
-                    self._auth_refused,
+                    "%s: refused %d request(s) without a valid token (last from %s)",
+                    _LISTENER_NAMES[listener],
+                    self._auth_refused[listener],
                     request.peer,
                 )
-                self._auth_refused = 0
+                self._auth_refused[listener] = 0
         return ok
 
     async def _dispatch(self, request: Request) -> Response:
@@ -688,8 +771,12 @@ class ControlServer:
                 return response
             self._admit(request)
             handler = ROUTES.get((request.method, request.path))
+            allowed = methods_of(request.path)
+            if request.transport == "metrics":
+                if (request.method, request.path) not in METRICS_ROUTES:
+                    handler = None
+                allowed = sorted(m for m, p in METRICS_ROUTES if p == request.path)
             if handler is None:
-                allowed = methods_of(request.path)
                 if allowed:
                     raise HTTPRefusal(
                         405,
@@ -725,13 +812,13 @@ class ControlServer:
 
     def _cors(self, request: Request) -> dict[str, str]:
         origin = request.headers.get("origin")
-        if origin is None or origin not in self._origins:
+        if origin is None or origin not in self._allowed_origins(request):
             return {}
         return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
 
     def _preflight(self, request: Request) -> Response:
         origin = request.headers.get("origin")
-        if origin is None or origin not in self._origins:
+        if origin is None or origin not in self._allowed_origins(request):
             raise HTTPRefusal(403, "origin-not-allowed", "this origin is not allowed")
         return Response(
             204,

@@ -107,6 +107,8 @@ def service_files(config: Config) -> list[ServiceFile]:
         )
     if config.api.enabled and config.api.listen:
         found.append((("api", "token_file"), config.api.token_file, "api-token"))
+    if config.api.enabled and config.metrics.listen:
+        found.append((("metrics", "token_file"), config.metrics.token_file, "metrics-token"))
     if config.sale.catalog:
         found.append((("sale", "catalog"), config.sale.catalog, ""))
     return [(key, file, credential) for key, file, credential in found if file]

@@ -57,7 +57,7 @@ from markd.fiscal.model import (
     tag1263_problem,
     taxation_type_problem,
 )
-from markd.listen import parse_listen, remote_listen_problem, socket_path_problem
+from markd.listen import listen_overlap, parse_listen, remote_listen_problem, socket_path_problem
 from markd.proxy import DEFAULT_NO_PROXY, no_proxy_problem, proxy_problem
 from markd.receipts import PAYMENT_TYPES
 from markd.store.signing import public_key_problem
@@ -867,6 +867,7 @@ def whole_config_problems(config: Config) -> list[tuple[tuple[str, ...], str]]:
         problem = remote_listen_problem(host, allow_remote=api.allow_remote)
         if problem is not None:
             found.append((("api", "listen"), f"[api] listen: {problem}"))
+    found += _metrics_problems(config)
     fiscal = config.fiscal
     if fiscal.web_user and not fiscal.url.lower().startswith("atol-web://"):
         found.append(
@@ -978,6 +979,60 @@ class ApiConfig:
     )
 
 
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: a TCP listener of its own for Prometheus, serving ``GET /metrics`` only
+    (``docs/metrics.md``), with a bearer token of its own."""
+
+    listen: str = field(
+        default="",
+        metadata={
+            "doc": "Serve `GET /metrics` (and nothing else) on TCP at `HOST:PORT` (e.g. "
+            "`127.0.0.1:9391`), with a bearer token; empty: no metrics listener. Needs "
+            "`[api] enabled`; not the address of `[api] listen`.",
+            "check": lambda value: _listen_problem(value),
+        },
+    )
+    allow_remote: bool = field(
+        default=False,
+        metadata={
+            "doc": "Allow `listen` on an address other than loopback, for a Prometheus server "
+            "elsewhere (the token then crosses the network in clear text).",
+        },
+    )
+    token_file: str = field(
+        default="",
+        metadata={
+            "doc": "File holding the bearer token the scraper must send; empty: the systemd "
+            "credential `metrics-token`. Required when `listen` is set.",
+        },
+    )
+
+
+def _metrics_problems(config: Config) -> list[tuple[tuple[str, ...], str]]:
+    """What ``[metrics] listen`` may not be, given the rest of the configuration."""
+    metrics, api = config.metrics, config.api
+    if not metrics.listen:
+        return []
+    key = ("metrics", "listen")
+    if not api.enabled:
+        # The listener is one of the control API server's: no API, nothing to serve it.
+        return [(key, "[metrics] listen: the metrics listener needs [api] enabled = true")]
+    host, _ = parse_listen(metrics.listen)  # its form was checked with the key
+    problem = remote_listen_problem(host, allow_remote=metrics.allow_remote, section="metrics")
+    if problem is not None:
+        return [(key, f"[metrics] listen: {problem}")]
+    if api.listen and listen_overlap(metrics.listen, api.listen):
+        return [
+            (
+                key,
+                f"[metrics] listen: {metrics.listen} takes the port of [api] listen "
+                f"({api.listen}); give the metrics listener a port of its own",
+            )
+        ]
+    return []
+
+
 def _default_scanners() -> dict[str, ScannerConfig]:
     return {DEFAULT_SCANNER_NAME: ScannerConfig(url=DEFAULT_SCANNER_URL)}
 
@@ -1005,6 +1060,9 @@ class Config:
         },
     )
     api: ApiConfig = field(default_factory=ApiConfig, metadata={"doc": "Control API."})
+    metrics: MetricsConfig = field(
+        default_factory=MetricsConfig, metadata={"doc": "Metrics listener."}
+    )
     sources: tuple[str, ...] = field(default=(), metadata={"toml": False})
 
     def codes_options(self) -> CodesOptions:

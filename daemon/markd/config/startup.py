@@ -27,7 +27,7 @@ from markd.proxy import DEFAULT_NO_PROXY, ProxySettings
 from markd.secrets import Secret, load_secret
 
 if TYPE_CHECKING:
-    from markd.config.schema import ApiConfig, Config
+    from markd.config.schema import ApiConfig, Config, MetricsConfig
 
 #: ``(key path, problem)``: where a problem is reported, as :func:`whole_config_problems` gives.
 Problem = tuple[tuple[str, ...], str]
@@ -139,6 +139,20 @@ def api_token(api: ApiConfig, environ: Mapping[str, str] | None = None) -> Secre
     return secret
 
 
+def metrics_token(metrics: MetricsConfig, environ: Mapping[str, str] | None = None) -> Secret:
+    """The bearer token a scraper of the metrics listener sends (``[metrics] listen`` is set).
+    A token of its own, not ``api-token``: the Prometheus server that holds it may read
+    the metrics, never drive the till."""
+    secret = load_secret(
+        metrics.token_file,
+        "metrics-token",
+        what="[metrics] token_file (metrics listener)",
+        environ=_env(environ),
+    )
+    assert secret is not None
+    return secret
+
+
 def local_module_used(config: Config) -> bool:
     """The daemon builds a Local Module client: the chain asks it (mode ``direct``), or the
     sale session reports sold units to it (``[fiscal] lm_sell``)."""
@@ -189,6 +203,8 @@ def startup_problems(config: Config, environ: Mapping[str, str] | None = None) -
         attempt(("fiscal", "web_password_file"), lambda: printer_password(config, environ))
     if config.api.enabled and config.api.listen:
         attempt(("api", "token_file"), lambda: api_token(config.api, environ))
+    if config.api.enabled and config.metrics.listen:
+        attempt(("metrics", "token_file"), lambda: metrics_token(config.metrics, environ))
     return found
 
 

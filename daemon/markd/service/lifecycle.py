@@ -285,7 +285,8 @@ class Service:
             # Before READY=1: once systemd says the daemon is up, markctl can reach it.
             from markd.api import ControlServer
 
-            api = ControlServer(self, self.config.api)  # self: a ControlledService
+            # self: a ControlledService; [metrics] listen is one of its listeners.
+            api = ControlServer(self, self.config.api, metrics=self.config.metrics)
             api.start()
             self.api = api
         info = self.store.info()
