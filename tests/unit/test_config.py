@@ -574,6 +574,8 @@ def test_to_dict_is_plain_json_data() -> None:
             "allow_remote": False,
             "token_file": "",
             "allowed_origins": [],
+            "replay_events": 1024,
+            "replay_kib": 1024,
         },
     }
     assert json.loads(json.dumps(data)) == data
@@ -639,7 +641,7 @@ def test_docs_key_table_matches_the_schema() -> None:
 def test_docs_mention_every_key() -> None:
     keys = [f"`[{ref.table}] {ref.key}`" for ref in config.schema_keys()]
 
-    assert len(keys) == 81
+    assert len(keys) == 83
     assert [key for key in keys if key not in _doc()] == []
 
 
