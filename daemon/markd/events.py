@@ -420,7 +420,7 @@ class EventHub:
         oldest = self.history.oldest
         data = {
             "reason": reason,
-            "message": GAP_MESSAGES[reason] + ": read GET /v1/status for the state of now",
+            "message": GAP_MESSAGES[reason] + ": read GET /v1/status for the present state",
             "oldest": None if oldest is None else oldest.id,
         }
         return [Gap(seq=self._latest, kind=GAP_KIND, time=self._clock(), data=data, run=self.run)]

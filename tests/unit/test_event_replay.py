@@ -215,7 +215,7 @@ async def test_replay_an_id_of_another_run_gets_a_gap_then_live_events() -> None
         "data": {
             "reason": "restarted",
             "message": "markd restarted since that event; the events of the run before are "
-            "not kept: read GET /v1/status for the state of now",
+            "not kept: read GET /v1/status for the present state",
             "oldest": f"{RUN}-1",
         },
     }
