@@ -123,8 +123,15 @@ class EventStream:
     raw: bytearray = field(default_factory=bytearray)
 
     @classmethod
-    async def open(cls, conversation: Conversation, target: str = "/v1/events") -> EventStream:
-        await conversation.send(f"GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    async def open(
+        cls,
+        conversation: Conversation,
+        target: str = "/v1/events",
+        headers: dict[str, str] | None = None,
+    ) -> EventStream:
+        lines = [f"GET {target} HTTP/1.1", "Host: localhost"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        await conversation.send(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8"))
         head = await asyncio.wait_for(conversation.reader.readuntil(b"\r\n\r\n"), 5)
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         headers = {}
@@ -163,5 +170,5 @@ class EventStream:
                 return None
             if "data" in fields:
                 event = json.loads(fields["data"])
-                assert fields["event"] == event["kind"] and fields["id"] == str(event["seq"])
+                assert fields["event"] == event["kind"] and fields["id"] == event["id"]
                 return event

@@ -21,8 +21,19 @@ the service publishes a ``scan`` event of its own when a scan arrives, before it
 
 Publishing never waits: each subscription has a bounded queue, and a subscriber whose queue is
 full (a client that stopped reading) is dropped, its ``on_drop`` callback scheduled on the loop.
-:meth:`EventHub.publish` may be called from any thread; delivery happens on the loop the
-subscribers live on.
+:meth:`EventHub.publish` may be called from any thread; numbering, keeping and delivery happen
+on the loop the subscribers live on, so every subscriber sees the events in the order of their
+numbers.
+
+Replay. An event's id is ``RUN-SEQ``: the hub's run token (random, made when the daemon starts)
+and the event's number in that run. The hub keeps its latest events (:class:`EventHistory`,
+bounded by count and by bytes), so a client that reconnects with the id of the last event it
+read (``Last-Event-ID`` on the event stream, ``since`` on a WebSocket) is handed what it missed
+before anything live: ``hub.subscribe(since=ID)``. When that cannot be done — the id is from
+another run (the daemon restarted), older than anything kept, or not an id at all — the client
+gets one :class:`Gap` event instead, then the live events. The run token is random rather than
+the start time because a till may start with its clock wrong (no RTC battery, before NTP), and
+two runs must never share ids.
 """
 
 from __future__ import annotations
@@ -30,10 +41,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import json
+import re
+import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from markd.checks.verdict import Verdict
@@ -41,6 +57,16 @@ from markd.systemd import PRIORITIES, EventLog, priority_value
 
 #: Events waiting per subscriber before it counts as stalled and is dropped.
 DEFAULT_QUEUE_LIMIT = 256
+#: Events the hub keeps for clients that reconnect (``[api] replay_events``): at a scan every
+#: few seconds, the last half hour or more of a busy kiosk.
+DEFAULT_REPLAY_EVENTS = 1024
+#: Bytes of JSON the kept events may take together (``[api] replay_kib``): a verdict is about
+#: 700 bytes, so the count is what usually limits; this bounds a flood of big events.
+DEFAULT_REPLAY_BYTES = 1024 * 1024
+#: The kind of the event that stands for events a reconnecting client cannot be given.
+GAP_KIND = "gap"
+#: An event id: the run token (8 lowercase hex digits) and the event's number in that run.
+_EVENT_ID = re.compile(r"([0-9a-f]{8})-([0-9]{1,18})")
 
 #: Event kinds kept out of the hub: the journal is their place (redacted HTTP bodies).
 UNPUBLISHED_KINDS = frozenset({"check-exchange"})
@@ -80,22 +106,113 @@ def verdict_json(verdict: Verdict) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Event:
     """One published event: a sequence number (per hub, from 1), the wall-clock time, the kind
-    and its fields (JSON-ready, secrets and crypto tails already removed)."""
+    and its fields (JSON-ready, secrets and crypto tails already removed), and the run token of
+    the hub that numbered it."""
 
     seq: int
     kind: str
     time: float
     data: Mapping[str, Any] = field(default_factory=dict)
+    run: str = ""
+
+    @property
+    def id(self) -> str:
+        """``RUN-SEQ``: unambiguous across restarts of the daemon (see the module's doc)."""
+        return f"{self.run}-{self.seq}"
 
     def to_json(self) -> dict[str, Any]:
-        """``{"seq", "kind", "time" (ISO 8601, UTC, milliseconds), "data"}``."""
+        """``{"id", "seq", "kind", "time" (ISO 8601, UTC, milliseconds), "data"}``."""
         stamp = datetime.fromtimestamp(self.time, UTC).isoformat(timespec="milliseconds")
         return {
+            "id": self.id,
             "seq": self.seq,
             "kind": self.kind,
             "time": stamp.replace("+00:00", "Z"),
             "data": dict(self.data),
         }
+
+    @cached_property
+    def text(self) -> str:
+        """:meth:`to_json` as compact JSON, made once: every client, live or catching up, is
+        sent the same text, and its size is what :class:`EventHistory` counts."""
+        return json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":"), default=str)
+
+    @cached_property
+    def size(self) -> int:
+        """Bytes of :attr:`text` in UTF-8."""
+        return len(self.text.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class Gap(Event):
+    """Stands, for one reconnecting client, for events it cannot be given (``kind`` ``gap``).
+
+    Not published, not kept: made by :meth:`EventHub.subscribe` for that client only. Its
+    ``seq`` (and so its id) is the hub's latest event number when it is made — the point the
+    client's stream continues from, so that a client which reconnects again with the gap's id
+    misses nothing after it. Its JSON has no ``seq``: no event of that number is meant.
+    ``data``: ``reason`` (``restarted``, ``too-old``, ``unknown-id``), ``message``, and
+    ``oldest``, the id of the oldest event kept (None when none is).
+    """
+
+    def to_json(self) -> dict[str, Any]:
+        shown = super().to_json()
+        del shown["seq"]
+        return shown
+
+
+def parse_event_id(text: str) -> tuple[str, int] | None:
+    """``RUN-SEQ`` as ``(run, seq)``; None for anything else (never raises)."""
+    match = _EVENT_ID.fullmatch(text) if len(text) <= 32 else None
+    if match is None:
+        return None
+    return match.group(1), int(match.group(2))
+
+
+class EventHistory:
+    """The latest events in the order they were numbered, bounded by count and by bytes.
+
+    Adding an event drops the oldest ones while more than ``max_events`` are kept or their
+    :attr:`Event.size` adds up to more than ``max_bytes``; an event bigger than ``max_bytes``
+    on its own is not kept at all. Numbers run without holes, so what is kept is always every
+    event after :attr:`dropped_through`.
+    """
+
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        self.max_events = max(0, max_events)
+        self.max_bytes = max(0, max_bytes)
+        self._events: collections.deque[Event] = collections.deque()
+        #: Bytes of the events kept.
+        self.bytes = 0
+        #: The highest event number no longer (or never) kept; 0 while nothing was dropped.
+        self.dropped_through = 0
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    @property
+    def oldest(self) -> Event | None:
+        return self._events[0] if self._events else None
+
+    def add(self, event: Event) -> None:
+        if self.max_events == 0:
+            self.dropped_through = event.seq
+            return
+        self._events.append(event)
+        self.bytes += event.size
+        while self._events and (len(self._events) > self.max_events or self.bytes > self.max_bytes):
+            gone = self._events.popleft()
+            self.bytes -= gone.size
+            self.dropped_through = gone.seq
+
+    def after(self, seq: int) -> list[Event] | None:
+        """Every kept event numbered above ``seq``; None when some of those are not kept."""
+        if seq < self.dropped_through:
+            return None
+        oldest = self.oldest
+        if oldest is None:
+            return []
+        return list(itertools.islice(self._events, max(0, seq - oldest.seq + 1), None))
 
 
 class StreamClosed(Exception):
@@ -106,6 +223,8 @@ class Subscription:
     """One subscriber's view of the hub: a bounded queue of the events it asked for.
 
     Made by :meth:`EventHub.subscribe`; read with :meth:`next`; ended with :meth:`close`.
+    What a reconnecting subscriber missed (its backlog) is handed out before the live events
+    and does not count against ``limit``: it is at most what the hub keeps.
     """
 
     def __init__(
@@ -127,6 +246,8 @@ class Subscription:
         #: Why the subscription ended (``closed``, ``queue-full``), None while it is live.
         self.closed: str | None = None
         self.delivered = 0
+        #: Events replayed at subscription (or the one gap), handed out first.
+        self.backlog: collections.deque[Event] = collections.deque()
         self._queue: collections.deque[Event] = collections.deque()
         self._ready = asyncio.Event()
         self._finishing = False
@@ -139,13 +260,16 @@ class Subscription:
     @property
     def pending(self) -> int:
         """Events queued and not yet read."""
-        return len(self._queue)
+        return len(self.backlog) + len(self._queue)
 
     async def next(self, timeout: float | None = None) -> Event | None:
         """The next event; None when ``timeout`` seconds pass without one (time for a
         heartbeat). Raises :class:`StreamClosed` once the subscription has ended — at once
         after :meth:`close` or a drop (a dropped client is cut off, not drained), after the
         queued events when :meth:`finish` was called."""
+        if self.closed is None and self.backlog:
+            self.delivered += 1
+            return self.backlog.popleft()
         if self.closed is None and not self._queue and not self._finishing:
             self._ready.clear()
             try:
@@ -181,26 +305,52 @@ class Subscription:
     def _end(self, reason: str) -> None:
         if self.closed is None:
             self.closed = reason
+            self.backlog.clear()
             self._queue.clear()
             self.hub._subscribers.discard(self)
             self._ready.set()
 
 
+#: What a :class:`Gap` tells, by its reason.
+GAP_MESSAGES = {
+    "restarted": "markd restarted since that event; the events of the run before are not kept",
+    "too-old": "the events after that one are no longer kept",
+    "unknown-id": "not the id of an event of this daemon",
+}
+
+
 class EventHub:
-    """Fan-out of published events to live subscriptions, each with a bounded queue.
+    """Fan-out of published events to live subscriptions, each with a bounded queue, and the
+    latest events kept for subscribers that reconnect.
 
     :param queue_limit: default queue length of a subscription (``subscribe(limit=...)``).
+    :param replay_events: events kept for reconnecting subscribers; 0 keeps none.
+    :param replay_bytes: the most bytes (of the events' JSON) those kept events may take.
+    :param run: the run token in event ids (8 lowercase hex digits); default a random one.
     :param clock: wall clock for event times (tests pass a fixed one).
     """
 
     def __init__(
-        self, *, queue_limit: int = DEFAULT_QUEUE_LIMIT, clock: Callable[[], float] = time.time
+        self,
+        *,
+        queue_limit: int = DEFAULT_QUEUE_LIMIT,
+        replay_events: int = DEFAULT_REPLAY_EVENTS,
+        replay_bytes: int = DEFAULT_REPLAY_BYTES,
+        run: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        if run is not None and parse_event_id(f"{run}-0") is None:
+            raise ValueError("a run token is 8 lowercase hex digits")
         self.queue_limit = queue_limit
+        #: This hub's part of every event id; a new one each time the daemon starts.
+        self.run = run or secrets.token_hex(4)
+        self.history = EventHistory(replay_events, replay_bytes)
         self._clock = clock
         self._subscribers: set[Subscription] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._seq = itertools.count(1)
+        #: Until a loop is known, events are numbered in the publishing thread, under this lock.
+        self._lock = threading.Lock()
+        self._latest = 0
         #: Subscriptions dropped because they fell behind, since the hub was made.
         self.dropped = 0
 
@@ -209,6 +359,17 @@ class EventHub:
         """How many subscriptions are live."""
         return len(self._subscribers)
 
+    @property
+    def wanted(self) -> bool:
+        """Whether a published event goes anywhere: to a live subscriber, or into the history
+        for one that reconnects. (False only with no subscriber and ``replay_events`` 0.)"""
+        return bool(self._subscribers) or self.history.max_events > 0
+
+    @property
+    def latest_id(self) -> str:
+        """The id of the latest event numbered (``RUN-0`` before the first)."""
+        return f"{self.run}-{self._latest}"
+
     def subscribe(
         self,
         kinds: Iterable[str] | None = None,
@@ -216,34 +377,92 @@ class EventHub:
         limit: int | None = None,
         name: str = "",
         on_drop: Callable[[Subscription], None] | None = None,
+        since: str | None = None,
     ) -> Subscription:
         """A new subscription on the running loop; ``kinds`` None (or empty) means every
         kind. ``on_drop`` is called (soon, on the loop) if the subscriber falls behind by
-        ``limit`` events and is dropped."""
-        self._loop = asyncio.get_running_loop()
+        ``limit`` events and is dropped.
+
+        ``since``: the id of the last event the subscriber read before (``Last-Event-ID``,
+        a WebSocket's ``since``); the subscription first hands out the events after it that
+        ``kinds`` takes, or one :class:`Gap` when they cannot all be given, then the live
+        ones. None or empty: live events only. Taking the backlog and joining the live
+        subscribers happen in one step on the loop, so no event is missed or given twice.
+        """
+        loop = asyncio.get_running_loop()
         wanted = frozenset(kinds) if kinds else None
         subscription = Subscription(self, wanted, limit or self.queue_limit, name, on_drop)
-        self._subscribers.add(subscription)
+        with self._lock:
+            self._loop = loop
+            if since:
+                subscription.backlog.extend(
+                    event
+                    for event in self._missed_since(since)
+                    if isinstance(event, Gap) or subscription.wants(event.kind)
+                )
+            self._subscribers.add(subscription)
         return subscription
 
-    def publish(self, kind: str, data: Mapping[str, Any]) -> Event:
-        """Hand an event to every subscriber that wants its kind. Never blocks, never raises
-        for a slow subscriber; callable from any thread."""
-        event = Event(seq=next(self._seq), kind=kind, time=self._clock(), data=dict(data))
-        loop = self._loop
-        if loop is None or not self._subscribers:
-            return event
-        try:
-            on_loop = asyncio.get_running_loop() is loop
-        except RuntimeError:
-            on_loop = False
-        if on_loop:
-            self._deliver(event)
+    def _missed_since(self, since: str) -> list[Event]:
+        """The kept events after ``since``, or the one gap that stands for them."""
+        parsed = parse_event_id(since)
+        if parsed is None:
+            reason = "unknown-id"
+        elif parsed[0] != self.run:
+            reason = "restarted"
+        elif parsed[1] > self._latest:
+            reason = "unknown-id"  # a number this run has not reached
         else:
-            try:
-                loop.call_soon_threadsafe(self._deliver, event)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
+            missed = self.history.after(parsed[1])
+            if missed is not None:
+                return missed
+            reason = "too-old"
+        oldest = self.history.oldest
+        data = {
+            "reason": reason,
+            "message": GAP_MESSAGES[reason] + ": read GET /v1/status for the present state",
+            "oldest": None if oldest is None else oldest.id,
+        }
+        return [Gap(seq=self._latest, kind=GAP_KIND, time=self._clock(), data=data, run=self.run)]
+
+    def publish(self, kind: str, data: Mapping[str, Any]) -> Event | None:
+        """Number an event, keep it, and hand it to every subscriber that wants its kind.
+        Never blocks, never raises for a slow subscriber; callable from any thread.
+
+        Returns the event, or None when it was called from another thread than the loop's:
+        the event is then numbered on the loop, in its turn."""
+        stamp = self._clock()
+        fields = dict(data)
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        with self._lock:
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                if running is None:
+                    # No loop yet (or none any more), so no live subscriber: kept only.
+                    return self._number(kind, stamp, fields)
+                self._loop = loop = running
+        if running is loop:
+            return self._admit(kind, stamp, fields)
+        try:
+            loop.call_soon_threadsafe(self._admit, kind, stamp, fields)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+        return None
+
+    def _number(self, kind: str, stamp: float, fields: dict[str, Any]) -> Event:
+        self._latest += 1
+        event = Event(seq=self._latest, kind=kind, time=stamp, data=fields, run=self.run)
+        self.history.add(event)
+        return event
+
+    def _admit(self, kind: str, stamp: float, fields: dict[str, Any]) -> Event:
+        """On the loop: number, keep, deliver."""
+        with self._lock:
+            event = self._number(kind, stamp, fields)
+        self._deliver(event)
         return event
 
     def _deliver(self, event: Event) -> None:
@@ -272,8 +491,8 @@ class EventPublisher:
         self.log = log
 
     def __call__(self, kind: str, message: str, priority: int, fields: Mapping[str, Any]) -> None:
-        if not self.hub.subscribers:
-            return  # nobody listens (the usual case on a till without a screen): no work
+        if not self.hub.wanted:
+            return  # nobody listens and nothing is kept for later: no work
         if kind in UNPUBLISHED_KINDS or kind in PUBLISHED_WHOLE:
             return
         data = dict(fields)
@@ -285,5 +504,5 @@ class EventPublisher:
         """Publish ``verdict`` as a ``verdict`` event (:func:`verdict_json`), at the priority
         its journal record has."""
         priority = "info" if verdict.decision == "allow" else "notice"
-        if self.hub.subscribers and priority_value(priority) <= self.log.level:
+        if self.hub.wanted and priority_value(priority) <= self.log.level:
             self.hub.publish("verdict", verdict_json(verdict))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,49 @@ def test_cli_events_takes_the_socket_from_the_configuration(
 
     assert status == 1
     assert str(tmp_path / "elsewhere.sock") in capsys.readouterr().err
+
+
+async def test_cli_events_since_shows_the_events_after_that_id(
+    store_path: str, event_log: RecordingEventLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = api_config(store_path, {"front": "virtual://cli-since"})
+
+    async with running(config, event_log) as service:
+        seen = service.events.publish("source-notice", {"message": "seen before"})
+        missed = [
+            service.events.publish("source-notice", {"message": f"missed {n}"}) for n in range(2)
+        ]
+        status = await asyncio.to_thread(
+            markctl.main,
+            ["events", "--socket", config.api.socket, "--since", seen.id, "--json", "--count", "2"],
+        )
+
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert status == 0
+    assert [e["id"] for e in events] == [e.id for e in missed]
+    assert [e["data"]["message"] for e in events] == ["missed 0", "missed 1"]
+
+
+async def test_cli_events_since_prints_a_gap_clearly(
+    store_path: str, event_log: RecordingEventLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = api_config(store_path, {"front": "virtual://cli-gap"})
+
+    async with running(config, event_log) as service:
+        other_run = "00000000" if service.events.run != "00000000" else "11111111"
+        text = await asyncio.to_thread(
+            markctl.main,
+            ["events", "--socket", config.api.socket, "--since", f"{other_run}-7", "--count", "1"],
+        )
+        as_json = await asyncio.to_thread(
+            markctl.main,
+            ["events", "--socket", config.api.socket, "--since", "57", "--json", "--count", "1"],
+        )
+        run = service.events.run
+
+    line, json_line = capsys.readouterr().out.splitlines()
+    assert text == 0 and as_json == 0
+    assert re.search(rf"Z {run}-\d+ gap +MISSED", line), line  # the id to go on from, shown
+    assert "MISSED EVENTS (restarted): markd restarted since that event" in line
+    gap = json.loads(json_line)
+    assert gap["kind"] == "gap" and gap["data"]["reason"] == "unknown-id"

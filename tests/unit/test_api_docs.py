@@ -83,3 +83,36 @@ def test_api_doc_error_examples_use_reasons_the_server_knows() -> None:
 
     assert reasons
     assert [r for r in sorted(reasons) if f'"{r}"' not in source] == []
+
+
+def test_api_openapi_event_stream_parameters_are_those_the_server_reads() -> None:
+    """Every query parameter and header ``GET /v1/events`` reads (``query.get("…")``,
+    ``headers.get("…")`` in markd/api/sse.py) is documented, and nothing more."""
+    source = (Path(api.__file__).parent / "sse.py").read_text(encoding="utf-8")
+    read = {("query", name) for name in re.findall(r'query\.get\("([^"]+)"', source)}
+    read |= {("header", name) for name in re.findall(r'headers\.get\("([^"]+)"', source)}
+    parameters = openapi()["paths"]["/v1/events"]["get"]["parameters"]
+    documented = {
+        (p["in"], p["name"].lower() if p["in"] == "header" else p["name"]) for p in parameters
+    }
+
+    assert read == {("query", "kinds"), ("query", "since"), ("header", "last-event-id")}
+    assert documented == read
+
+
+async def test_api_openapi_event_and_gap_schemas_name_what_the_server_sends() -> None:
+    from markd.events import GAP_KIND, GAP_MESSAGES, EventHub
+
+    hub = EventHub(run="0a1b2c3d")
+    sent = hub.publish("scan", {}).to_json()
+    gap = (await hub.subscribe(since="not an id").next(0.1)).to_json()
+    schemas = openapi()["components"]["schemas"]
+    gap_schema = schemas["Gap"]
+
+    assert set(sent) == set(schemas["Event"]["properties"]) == set(schemas["Event"]["required"])
+    assert re.fullmatch(schemas["Event"]["properties"]["id"]["pattern"], sent["id"])
+    assert set(gap) == set(gap_schema["properties"]) == set(gap_schema["required"])
+    assert gap_schema["properties"]["kind"]["const"] == gap["kind"] == GAP_KIND
+    data = gap_schema["properties"]["data"]
+    assert set(gap["data"]) == set(data["properties"]) == set(data["required"])
+    assert data["properties"]["reason"]["enum"] == sorted(GAP_MESSAGES)

@@ -52,12 +52,14 @@ async def test_api_events_reach_every_subscriber_that_wants_their_kind() -> None
 
 
 async def test_api_events_are_numbered_and_timed_in_utc() -> None:
-    hub = EventHub(clock=lambda: 1740819302.1149)
+    hub = EventHub(clock=lambda: 1740819302.1149, run="0a1b2c3d")
     first = hub.publish("scan", {"scanner": "front"})
     second = hub.publish("scan", {"scanner": "front"})
 
     assert (first.seq, second.seq) == (1, 2)
+    assert (first.id, second.id) == ("0a1b2c3d-1", "0a1b2c3d-2")
     assert second.to_json() == {
+        "id": "0a1b2c3d-2",
         "seq": 2,
         "kind": "scan",
         "time": "2025-03-01T08:55:02.114Z",

@@ -31,7 +31,8 @@ The package, one job per module:
 ``routes``
     the endpoints and :data:`ROUTES`.
 ``sse``
-    the ``GET /v1/events`` stream: per-client bounded queues, heartbeats, write timeouts.
+    the ``GET /v1/events`` stream: per-client bounded queues, heartbeats, write timeouts,
+    replay from ``Last-Event-ID`` or ``since``.
 ``messages``
     :class:`Request`, :class:`Response`, :class:`HTTPRefusal`.
 ``client``

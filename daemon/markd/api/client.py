@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import socket
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -153,13 +154,18 @@ class ControlClient:
             raise _error_answer(response.status_code, answer)
         return answer
 
-    def events(self, kinds: list[str] | None = None) -> Iterator[dict[str, Any]]:
-        """Follow ``GET /v1/events``: each event as ``{"seq", "kind", "time", "data"}``.
+    def events(
+        self, kinds: list[str] | None = None, since: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Follow ``GET /v1/events``: each event as ``{"id", "seq", "kind", "time", "data"}``.
+        With ``since`` (an event id) the events after it come first, or a ``gap`` event.
 
         Ends when the daemon closes the stream (it stopped); a stream silent for
         :data:`STREAM_TIMEOUT_S` (no heartbeat either) raises :class:`ControlClientError`.
         """
-        path = "/v1/events" + (f"?kinds={','.join(kinds)}" if kinds else "")
+        query = {"kinds": ",".join(kinds) if kinds else "", "since": since or ""}
+        given = urllib.parse.urlencode({k: v for k, v in query.items() if v}, safe=",")
+        path = "/v1/events" + (f"?{given}" if given else "")
         sock = self._connect(STREAM_TIMEOUT_S)
         try:
             exchange = _Exchange(sock)

@@ -95,7 +95,7 @@ from markd.api.messages import (
 )
 from markd.api.protocol import ControlledService
 from markd.api.routes import ROUTES, RouteContext, methods_of, receipt_status
-from markd.api.sse import HEARTBEAT_S, EventStream, wanted_kinds
+from markd.api.sse import HEARTBEAT_S, EventStream, replay_from, wanted_kinds
 from markd.config.startup import api_token, metrics_token
 from markd.events import Subscription
 from markd.http.refusals import H11_REFUSALS, refusal_text
@@ -707,6 +707,7 @@ class ControlServer:
             queue_limit=self.event_queue_limit,
             write_timeout_s=self.write_timeout_s,
             headers=self._cors(request),
+            since=replay_from(request.query, request.headers),
         )
         connection.subscription = stream.subscription
         await stream.run()

@@ -3,8 +3,13 @@
 Each client has its own bounded queue (a :class:`~markd.events.Subscription`). A client that
 falls the queue's length behind, or does not take a write within the write timeout, is cut
 off and the drop logged; the event loop, the scans and the other clients never wait for it.
-Each event is one block: ``id:`` (its sequence number), ``event:`` (its kind) and one ``data:``
+Each event is one block: ``id:`` (its id, ``RUN-SEQ``), ``event:`` (its kind) and one ``data:``
 line of JSON; an idle stream gets a ``: heartbeat`` comment every :data:`HEARTBEAT_S`.
+
+A client that reconnects sends the id of the last event it read — a browser's ``EventSource``
+as ``Last-Event-ID`` by itself, anyone as ``?since=ID`` — and first gets what it missed, in the
+same bytes as it was sent live, or one ``gap`` event (:func:`replay_from`,
+:meth:`markd.events.EventHub.subscribe`).
 
 The stream is close-delimited: its head says ``Connection: close`` and carries neither
 ``Content-Length`` nor ``Transfer-Encoding``, and the body is the events until either side
@@ -18,13 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Mapping
 
 from markd import __version__
 from markd.api.messages import PHRASES, HTTPRefusal, common_headers
-from markd.events import UNPUBLISHED_KINDS, EventHub, StreamClosed, Subscription
+from markd.events import UNPUBLISHED_KINDS, Event, EventHub, StreamClosed, Subscription
 from markd.systemd import MESSAGE_IDS
 
 log = logging.getLogger("markd.api")
@@ -60,6 +64,23 @@ def wanted_kinds(query: Mapping[str, list[str]]) -> list[str] | None:
     return names
 
 
+def replay_from(query: Mapping[str, list[str]], headers: Mapping[str, str]) -> str | None:
+    """The id a client wants the events after: ``Last-Event-ID`` when sent (a browser sends
+    it on each reconnect, while the URL keeps the ``since`` of its first connection), else the
+    last ``?since=``; None (live events only) when neither is, or both are empty. Not checked
+    here: an id that is not one gets a ``gap`` event, never an error."""
+    header = headers.get("last-event-id", "").strip()
+    if header:
+        return header
+    given = [value.strip() for value in query.get("since", []) if value.strip()]
+    return given[-1] if given else None
+
+
+def event_block(event: Event) -> bytes:
+    """``event`` as the stream sends it, live or replayed: ``id:``, ``event:``, ``data:``."""
+    return f"id: {event.id}\nevent: {event.kind}\ndata: {event.text}\n\n".encode()
+
+
 class EventStream:
     """One client's stream: subscribed on creation, written by :meth:`run` until the client
     goes, falls behind, or the hub finishes the subscription (the daemon stops)."""
@@ -76,6 +97,7 @@ class EventStream:
         queue_limit: int | None,
         write_timeout_s: float,
         headers: Mapping[str, str],
+        since: str | None = None,
     ) -> None:
         self.hub = hub
         self.reader = reader
@@ -84,7 +106,7 @@ class EventStream:
         self.write_timeout_s = write_timeout_s
         self.headers = dict(headers)
         self.subscription = hub.subscribe(
-            kinds, limit=queue_limit, name=peer, on_drop=self._fell_behind
+            kinds, limit=queue_limit, name=peer, on_drop=self._fell_behind, since=since
         )
 
     def _fell_behind(self, subscription: Subscription) -> None:
@@ -108,14 +130,7 @@ class EventStream:
                     event = await subscription.next(self.heartbeat_s)
                 except StreamClosed:
                     return
-                if event is None:
-                    chunk = b": heartbeat\n\n"
-                else:
-                    data = json.dumps(
-                        event.to_json(), ensure_ascii=False, separators=(",", ":"), default=str
-                    )
-                    chunk = f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n".encode()
-                await self._write(chunk)
+                await self._write(b": heartbeat\n\n" if event is None else event_block(event))
         finally:
             subscription.close()
             watcher.cancel()

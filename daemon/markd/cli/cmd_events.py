@@ -1,10 +1,13 @@
 """``markctl events``: follow the running daemon's event stream (``GET /v1/events``).
 
-One line per event: the time, the kind and what happened — for a verdict the decision, the КИ,
-the scanner and the reason; for anything else the event's message. ``--json`` prints each
-event as the API sends it (``{"seq", "kind", "time", "data"}``), one per line. ``--kinds``
-narrows the stream (``verdict,scanner``: a name without a suffix takes its whole family,
-``scanner-present`` and ``scanner-absent``). ``--count N`` stops after N events.
+One line per event: the time, the event's id, the kind and what happened — for a verdict the
+decision, the КИ, the scanner and the reason; for anything else the event's message. ``--json``
+prints each event as the API sends it (``{"id", "seq", "kind", "time", "data"}``), one per
+line. ``--kinds`` narrows the stream (``verdict,scanner``: a name without a suffix takes its
+whole family, ``scanner-present`` and ``scanner-absent``). ``--count N`` stops after N events.
+``--since ID`` first shows the events after the one with that id, as far as the daemon still
+keeps them; when it cannot (it restarted since, the id is too old, or not an id) a ``gap``
+line says so and why, then the live events follow.
 
 Exit status: 0 after ``--count`` events or Ctrl+C (130), 1 when the daemon is not running or
 the stream ends (the daemon stopped), 2 for a bad configuration or an unknown kind.
@@ -32,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="one JSON object per event")
     p.add_argument("--count", type=int, metavar="N", help="stop after N events")
+    p.add_argument(
+        "--since",
+        metavar="ID",
+        help="first the events after the one with this id (from an earlier line), if still kept",
+    )
     p.set_defaults(func=_events)
 
 
@@ -47,9 +55,13 @@ def format_event(event: dict[str, Any]) -> str:
         )
     elif kind == "scan":
         what = f"scan from {data.get('scanner')} ({data.get('length')} bytes)"
+    elif kind == "gap":
+        oldest = data.get("oldest")
+        kept = f"oldest kept: {oldest}" if oldest else "none kept"
+        what = f"MISSED EVENTS ({data.get('reason')}): {data.get('message')} ({kept})"
     else:
         what = str(data.get("message") or printable_json(data, ensure_ascii=False, default=str))
-    return f"{event.get('time', '')} {kind:<16} {what}"
+    return f"{event.get('time', '')} {event.get('id', '')} {kind:<16} {what}"
 
 
 def _events(args: argparse.Namespace) -> int:
@@ -62,7 +74,7 @@ def _events(args: argparse.Namespace) -> int:
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds else None
     seen = 0
     # An unknown kind comes back from the daemon as the reason unknown-kind: bad input, 2.
-    for event in ControlClient(socket_path).events(kinds):
+    for event in ControlClient(socket_path).events(kinds, since=args.since):
         if args.json:
             print(printable_json(event, ensure_ascii=False), flush=True)
         else:

@@ -977,6 +977,24 @@ class ApiConfig:
             "check": lambda value: _origin_problem(value),
         },
     )
+    replay_events: int = field(
+        default=1024,
+        metadata={
+            "doc": "Latest events kept for event stream clients that reconnect (`Last-Event-ID`, "
+            "`since`); 0: none kept, a reconnecting client gets a `gap` event.",
+            "min": 0,
+            "max": 65_536,
+        },
+    )
+    replay_kib: int = field(
+        default=1024,
+        metadata={
+            "doc": "The most KiB (of their JSON) the kept events take together; the oldest go "
+            "first when either limit is reached.",
+            "min": 1,
+            "max": 65_536,
+        },
+    )
 
 
 @dataclass(frozen=True)

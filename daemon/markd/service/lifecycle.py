@@ -124,8 +124,11 @@ class Service:
         self.config = config
         self.event_log = event_log or EventLog(target=config.log.target, level=config.log.level)
         #: Live events for the control API's streams: while the service runs, every event
-        #: the log writes is also published (see :mod:`markd.events`).
-        self.events = EventHub()
+        #: the log writes is also published, and the latest kept for clients that reconnect
+        #: (see :mod:`markd.events`).
+        self.events = EventHub(
+            replay_events=config.api.replay_events, replay_bytes=config.api.replay_kib * 1024
+        )
         self._publisher = EventPublisher(self.events, self.event_log)
         self.scanners: dict[str, Scanner] = {}
         self.store: Store | None = None
