@@ -179,3 +179,13 @@ def test_the_unit_tests_fail_a_broken_rule(
     done = run_promtool("test", "rules", RULE_TESTS.name, cwd=tmp_path)
     assert done.returncode == 1, f"the tests did not notice:\n{done.stdout}{done.stderr}"
     assert f"alertname: {rule.name}," in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+def test_the_package_ships_the_folder_uncompressed() -> None:
+    """operations.md has the technician copy the rules from /usr/share/doc/markd/monitoring/
+    into Prometheus's folder, and Prometheus reads no .gz."""
+    debian = RULES.parents[1] / "debian"
+    assert "monitoring" in (debian / "markd.docs").read_text().split()
+    compress = re.search(r"^\tdh_compress (.*)$", (debian / "rules").read_text(), re.M)
+    assert compress and "-Xmonitoring/" in compress[1].split()
+    assert "/usr/share/doc/markd/monitoring/markd-alerts.yml" in OPERATIONS_DOC.read_text()
