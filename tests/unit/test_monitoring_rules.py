@@ -59,6 +59,13 @@ def test_every_alert_says_how_bad_and_what_happened(rule: AlertRule) -> None:
     assert "{{ $labels.instance }}" in summary and "{{ $labels.instance }}" in description
 
 
+@pytest.mark.parametrize("rule", ALERTS, ids=IDS)
+def test_every_alert_keeps_the_labels_of_its_target(rule: AlertRule) -> None:
+    """A fleet routes alerts by the labels it gives its targets (a shop, a city): an
+    aggregation that names what it keeps (``by``) would drop them."""
+    assert not re.search(r"\bby\s*\(", rule.expr), rule.expr
+
+
 def test_an_alert_with_two_levels_keeps_one_name_and_one_group() -> None:
     by_name: dict[str, list[AlertRule]] = {}
     for rule in ALERTS:
