@@ -66,9 +66,10 @@ fi
 # systemd-nspawn boots the real systemd for tests/system/; only root can run it, so only a root
 # bootstrap asks for it (the system test is skipped with a reason elsewhere). tinyproxy is a
 # real proxy the HTTP client is tested against (tests/integration/test_http_proxy.py, skipped
-# without it); test-only, so it rides along here. So does Debian's prometheus package, for
-# the promtool it brings: it checks and unit-tests monitoring/ (tests/unit/test_monitoring_*.py
-# skip without it, and fail without it when CI=true); its server is never run.
+# without it); test-only, so it rides along here. So does Debian's prometheus package: its
+# promtool checks and unit-tests monitoring/, and its server binary is started on a free port
+# by tests/integration/test_monitoring_prometheus.py (tests/*/test_monitoring_*.py skip without
+# them, and fail without them when CI=true); the system's prometheus service is never run.
 if [ "$(id -u)" -eq 0 ] && [ "${MARKD_PIP_SPEC:--e}" != "." ]; then
     command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
     command -v tinyproxy >/dev/null 2>&1 || need+=(tinyproxy)
