@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from markd.checks.verdict import Verdict
 from markd.service.metrics import StatusCollector, VerdictMetrics, exposition, metrics_registry
 from monitoring_helpers import DASHBOARD, RULES, in_ci
 
@@ -31,7 +32,8 @@ NOW = time.time()
 
 #: A kiosk in trouble, as ``GET /v1/status`` reports it: the Local Module 50 hours without a
 #: synchronisation and in sync_error, the ФН with 12 days, a document unsent for 4 days, the
-#: shift expired, no paper, one scanner missing, the last fleet sync refused.
+#: shift expired while it sells (a unit allowed between two scrapes), no paper, one scanner
+#: missing, the last fleet sync refused.
 TROUBLED_KIOSK: dict[str, Any] = {
     "service": {"state": "ready"},
     "scanners": {"front": {"present": True}, "side": {"present": False}},
@@ -100,13 +102,16 @@ def free_port() -> int:
 @pytest.fixture
 def kiosk() -> Iterator[str]:
     """A loopback HTTP server answering ``GET /metrics`` as markd would; yields HOST:PORT."""
-    collector = StatusCollector(
-        lambda: TROUBLED_KIOSK, VerdictMetrics(scanner_names={"front", "side"}), now=time.time
-    )
+    verdicts = VerdictMetrics(scanner_names=lambda: {"front", "side"})
+    collector = StatusCollector(lambda: TROUBLED_KIOSK, verdicts, now=time.time)
     registry = metrics_registry(collector)
+    allowed = Verdict(
+        decision="allow", reason="allowed", message_ru="ok", source="cdn", scanner="front"
+    )
 
     class Metrics(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            verdicts.record(allowed)  # the kiosk sells
             body = exposition(registry)
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
@@ -223,14 +228,19 @@ PANELS_WITH_DATA = {
     "Scanners present",
     "Blocklist per kiosk",
     "Blocklist entries by kind",
+    "Verdicts by reason",
+    "Share of verdicts denied",
+    "Time to a verdict",
 }
 
 
 def test_every_dashboard_query_runs(prometheus: str, kiosk: str) -> None:
     board = json.loads(DASHBOARD.read_text())
     deadline = time.monotonic() + 30
-    while not api(prometheus, "/api/v1/query", query='up{job="markd"} == 1')["result"]:
-        assert time.monotonic() < deadline, "the kiosk was not scraped in 30 s"
+    # rate() needs two scrapes in its range; three make sure.
+    scraped_thrice = 'count_over_time(up{job="markd"}[1m]) >= 3'
+    while not api(prometheus, "/api/v1/query", query=scraped_thrice)["result"]:
+        assert time.monotonic() < deadline, "the kiosk was not scraped three times in 30 s"
         time.sleep(0.5)
     with_data = set()
     for panel in board["panels"]:
