@@ -9,6 +9,7 @@ shows it firing, clearing and not firing too early.
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from collections.abc import Callable
@@ -196,3 +197,41 @@ def test_the_package_ships_the_folder_uncompressed() -> None:
     compress = re.search(r"^\tdh_compress (.*)$", (debian / "rules").read_text(), re.M)
     assert compress and "-Xmonitoring/" in compress[1].split()
     assert "/usr/share/doc/markd/monitoring/markd-alerts.yml" in OPERATIONS_DOC.read_text()
+
+
+# -- the examples of operations.md, "Monitoring a fleet" -----------------------------------------
+
+
+def fleet_section() -> str:
+    return OPERATIONS_DOC.read_text().partition("## Monitoring a fleet")[2].partition("\n## ")[0]
+
+
+def code_blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```$", fleet_section(), re.M | re.S)
+
+
+@pytest.mark.parametrize(
+    "example",
+    [block for block in code_blocks("yaml") if "scrape_configs:" in block],
+    ids=["static", "file_sd"],
+)
+def test_the_scrape_examples_are_prometheus_configuration(example: str, tmp_path: Path) -> None:
+    token = tmp_path / "markd-token"
+    token.write_text("secret\n")
+    example = example.replace("/etc/prometheus/markd-token", str(token))
+    example = example.replace("/etc/prometheus/markd-kiosks/", f"{tmp_path}/")
+    assert "/etc/" not in example, example
+    config = tmp_path / "prometheus.yml"
+    config.write_text(f"rule_files: [{RULES}]\n{example}")
+    done = run_promtool("check", "config", str(config))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 1 rule files found" in done.stdout, done.stdout
+
+
+def test_the_targets_file_example_is_a_file_sd_list() -> None:
+    (example,) = code_blocks("json")
+    groups = json.loads(example)
+    assert groups and all(set(group) == {"targets", "labels"} for group in groups)
+    for group in groups:
+        assert all(re.fullmatch(r"[\w.-]+:\d+", target) for target in group["targets"])
+        assert all(isinstance(value, str) for value in group["labels"].values())
