@@ -18,9 +18,10 @@
 # Usage: tools/bootstrap.sh [VENV_DIR]      (default .venv)
 # Environment: PYTHON (interpreter to build the venv from, default python3);
 #   MARKD_PIP_SPEC (what pip installs, default "-e .[test,lint]"; `make install` passes "."
-#   for the daemon's own runtime venv).
-# As root it also installs systemd-container (systemd-nspawn) for the system test and tinyproxy
-# for the proxy tests, when missing.
+#   for the daemon's own runtime venv); MARKD_POLICY_RC_D (the policy-rc.d written while
+#   packages install, default /usr/sbin/policy-rc.d: a test points it elsewhere).
+# As root it also installs systemd-container (systemd-nspawn) for the system test, tinyproxy
+# for the proxy tests and prometheus (for its promtool) for the monitoring tests, when missing.
 set -euo pipefail
 
 venv=${1:-.venv}
@@ -65,10 +66,14 @@ fi
 # systemd-nspawn boots the real systemd for tests/system/; only root can run it, so only a root
 # bootstrap asks for it (the system test is skipped with a reason elsewhere). tinyproxy is a
 # real proxy the HTTP client is tested against (tests/integration/test_http_proxy.py, skipped
-# without it); test-only, so it rides along here.
+# without it); test-only, so it rides along here. So does Debian's prometheus package: its
+# promtool checks and unit-tests monitoring/, and its server binary is started on a free port
+# by tests/integration/test_monitoring_prometheus.py (tests/*/test_monitoring_*.py skip without
+# them, and fail without them when CI=true); the system's prometheus service is never run.
 if [ "$(id -u)" -eq 0 ] && [ "${MARKD_PIP_SPEC:--e}" != "." ]; then
     command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
     command -v tinyproxy >/dev/null 2>&1 || need+=(tinyproxy)
+    command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
@@ -83,13 +88,36 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
     say "installing apt packages: ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # Debian's prometheus package would start a server (port 9090, a database under
+    # /var/lib/prometheus) from its maintainer scripts. A policy-rc.d that refuses every start
+    # (exit 101, invoke-rc.d(8)) keeps it down during the install; one already in place (a
+    # container's) is left as it is.
+    policy=${MARKD_POLICY_RC_D:-/usr/sbin/policy-rc.d}
+    made_policy=
+    if [[ " ${need[*]} " == *" prometheus "* ]] && [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# tools/bootstrap.sh: no service starts while it installs packages\nexit 101\n' >"$policy"
+        chmod 0755 "$policy"
+        made_policy=1
+        trap 'rm -f "$policy"' EXIT
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-    # Debian's tinyproxy package enables and starts its own service; the tests start their
-    # own instance on a free port, so the system one is switched off again.
-    if [[ " ${need[*]} " == *" tinyproxy "* ]] && [ -d /run/systemd/system ]; then
-        systemctl disable --now tinyproxy >/dev/null 2>&1 || true
+    if [ -n "$made_policy" ]; then
+        rm -f "$policy"
+        trap - EXIT
     fi
+    # Debian's tinyproxy and prometheus packages enable their services (and tinyproxy starts
+    # its own); the tests start their own tinyproxy on a free port and only need promtool, so
+    # the system services are switched off again, for this boot and the next.
+    for service in tinyproxy prometheus; do
+        [[ " ${need[*]} " == *" $service "* ]] || continue
+        if [ -d /run/systemd/system ]; then
+            systemctl disable --now "$service" >/dev/null 2>&1 || true
+        elif command -v update-rc.d >/dev/null 2>&1; then
+            # No systemd running (a container): only the SysV links would start it at a boot.
+            update-rc.d "$service" disable >/dev/null 2>&1 || true
+        fi
+    done
 fi
 
 if [ ! -x "$venv/bin/python" ]; then

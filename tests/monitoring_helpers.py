@@ -1,0 +1,158 @@
+"""The fleet monitoring files in monitoring/, as the tests read them: promtool, the alert rules
+read line by line, and the metric names docs/metrics.md documents.
+
+The venv has no YAML library, and markd needs none, so the rules file is read by its layout
+(one ``- alert:`` line per rule, its keys below it, ``expr:`` on one line). promtool parses the
+same file for real, and the tests compare its count of rules with this reader's, so a rule the
+reader misses fails a test rather than escaping it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MONITORING = ROOT / "monitoring"
+RULES = MONITORING / "markd-alerts.yml"
+RULE_TESTS = MONITORING / "markd-alerts.test.yml"
+DASHBOARD = MONITORING / "grafana-markd.json"
+METRICS_DOC = ROOT / "docs" / "metrics.md"
+OPERATIONS_DOC = ROOT / "docs" / "operations.md"
+
+#: The series a histogram adds to its name.
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+METRIC_NAME = re.compile(r"\bmarkd_[a-z0-9_]*[a-z0-9]")
+
+
+def in_ci() -> bool:
+    """True on a CI runner (``CI=true``, as GitHub and GitLab set it): a tool the tests need
+    must be there, so its absence fails instead of skipping."""
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+def require_promtool() -> str:
+    """The path of ``promtool`` (Debian 12's ``prometheus`` package; a root
+    ``tools/bootstrap.sh`` installs it). Skips without it, fails without it in CI."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        why = (
+            "promtool is not installed (Debian package 'prometheus'; "
+            "a root tools/bootstrap.sh installs it)"
+        )
+        if in_ci():
+            pytest.fail(f"{why}; CI must run the monitoring tests")
+        pytest.skip(why)
+    return promtool
+
+
+def run_promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [require_promtool(), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=cwd,
+    )
+
+
+@dataclass
+class AlertRule:
+    """One ``- alert:`` entry of the rules file, with the line numbers a test may rewrite."""
+
+    name: str
+    group: str
+    line: int  #: index of the ``- alert:`` line
+    expr: str
+    expr_line: int
+    for_: str | None = None
+    for_line: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+def read_rules(text: str) -> list[AlertRule]:
+    """The alert rules of a rules file written as monitoring/markd-alerts.yml is."""
+    rules: list[AlertRule] = []
+    group = ""
+    section = ""
+    lines = text.splitlines()
+    for number, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("- name:"):
+            group = stripped.removeprefix("- name:").strip()
+            continue
+        if stripped.startswith("- record:"):
+            raise AssertionError(f"line {number + 1}: a recording rule; the reader knows alerts")
+        if stripped.startswith("- alert:"):
+            name = stripped.removeprefix("- alert:").strip()
+            rules.append(AlertRule(name=name, group=group, line=number, expr="", expr_line=-1))
+            section = ""
+            continue
+        if not rules:
+            continue
+        rule = rules[-1]
+        key, _, value = stripped.partition(":")
+        value = value.strip()
+        if key == "expr":
+            assert value and value[0] not in "|>", f"line {number + 1}: expr on one line"
+            rule.expr, rule.expr_line = value, number
+        elif key == "for":
+            rule.for_, rule.for_line = value, number
+        elif key in {"labels", "annotations"} and not value:
+            section = key
+        elif section:
+            getattr(rule, section)[key] = unquote(value)
+    return rules
+
+
+def unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1].replace('\\"', '"')
+    return value
+
+
+def metric_names(text: str) -> set[str]:
+    """Every ``markd_*`` name in a text (an expression, a file)."""
+    return set(METRIC_NAME.findall(text))
+
+
+def documented_metrics() -> set[str]:
+    """The ``markd_*`` names docs/metrics.md's tables list (a row each, as
+    tests/unit/test_service_metrics.py reads them); a name only mentioned in prose is not."""
+    return set(re.findall(r"^\| `(markd_[a-z0-9_]+)`", METRICS_DOC.read_text(), re.M))
+
+
+def documented_histograms() -> set[str]:
+    """The names docs/metrics.md's tables give the type ``histogram``."""
+    return set(
+        re.findall(
+            r"^\|\s*`(markd_[a-z0-9_]+)`\s*\|\s*histogram\s*\|", METRICS_DOC.read_text(), re.M
+        )
+    )
+
+
+def undocumented(names: set[str]) -> set[str]:
+    """Those of ``names`` docs/metrics.md does not list, a histogram's ``_bucket``, ``_sum``
+    and ``_count`` counted as the histogram."""
+    known = documented_metrics()
+    histograms = documented_histograms()
+    missing = set()
+    for name in names:
+        family = name
+        for suffix in HISTOGRAM_SUFFIXES:
+            if name.endswith(suffix) and name.removesuffix(suffix) in histograms:
+                family = name.removesuffix(suffix)
+        if family not in known:
+            missing.add(name)
+    return missing
