@@ -45,6 +45,7 @@ from markd.fiscal.model import (
     ReceiptResult,
 )
 from markd.fiscal.outcomes import ReceiptOutcome, RecoveryReport, UnitOutcome, message
+from markd.fiscal.receipt_index import IndexUnavailable
 from markd.fiscal.steps import (
     ReceiptInFlight,
     SessionSteps,
@@ -80,6 +81,17 @@ class Recovery:
         # no one's working memory, only full codes on disk.
         journal.discard_partial_codes()
         records = journal.records()
+        try:
+            # The receipt index is derived from the journal: what a power cut kept from it
+            # (or all of it, when it was missing or damaged) comes back from here.
+            journal.sync_index(records)
+        except IndexUnavailable as exc:
+            steps.event(
+                "fiscal-error",
+                f"the receipt index was not brought up to date: {exc.message}",
+                priority="warning",
+                reason=exc.reason,
+            )
         for record in records:
             if record["event"] == "closed" and record.get("fn_number"):
                 steps.fn_number = record["fn_number"]
