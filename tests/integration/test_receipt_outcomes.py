@@ -356,3 +356,39 @@ async def test_receipt_outcome_is_answered_while_an_operation_holds_the_receipt(
         api.close()
 
     assert answer[0] == 200 and answer[1]["receipt"]["state"] == "open"
+
+
+async def test_receipt_items_racing_reloads_get_real_verdicts(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    """``POST /v1/receipt/items`` checks its code in the scan loop's queue: reloads through
+    the API that reopen the store each time run between two checks, so every unit gets a real
+    answer — added, or refused as a duplicate — never an ``internal-error`` verdict."""
+    config = attendant(tmp_path)
+    text = config.read_text(encoding="utf-8")
+
+    async def items(count: int) -> list[tuple[int, Any]]:
+        api = await Api.connect(tmp_path)
+        answers = [await api.call("POST", "/v1/receipt/items", WATER_ITEM) for _ in range(count)]
+        api.close()
+        return answers
+
+    async def reloads(count: int) -> list[int]:
+        api = await Api.connect(tmp_path)
+        statuses = []
+        for number in range(count):
+            store = tmp_path / f"store{number % 2}"
+            config.write_text(text.replace(f'"{tmp_path / "store"}"', f'"{store}"'), "utf-8")
+            statuses.append((await api.call("POST", "/v1/reload"))[0])
+        api.close()
+        return statuses
+
+    async with running(config, event_log):
+        first, second, reloaded = await asyncio.gather(items(40), items(40), reloads(8))
+
+    answers = first + second
+    assert reloaded == [200] * 8
+    assert sum(1 for status, _ in answers if status == 200) == 1  # the unit, once
+    refused = {(status, body["error"]) for status, body in answers if status != 200}
+    assert refused == {(409, "duplicate-in-receipt")}
+    assert event_log.count("service-error") == 0
