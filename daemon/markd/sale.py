@@ -500,11 +500,28 @@ class SaleDesk:
     async def lookup(self, receipt_id: str) -> Mapping[str, Any] | None:
         """What became of receipt ``receipt_id``, from the receipt index (None: never seen
         here). Takes no lock and does no device I/O: a screen may poll it during a close."""
+        unavailable: FiscalError | None = None
         try:
             entry = self.session.journal.index.get(receipt_id)
         except FiscalError as exc:
-            raise ReceiptUnavailable(exc.message, exc.reason) from None
-        return None if entry is None else index_view(entry)
+            entry, unavailable = None, exc
+        if entry is not None:
+            return index_view(entry)
+        current = self._view()
+        if current is not None and current["id"] == receipt_id:
+            # The index cannot be read, or missed its records (a write failed): the receipt
+            # in flight is known all the same.
+            return index_view(
+                {
+                    "id": receipt_id,
+                    "kind": current["kind"],
+                    "state": "closing" if current["state"] == "paid" else "open",
+                    "total_kopecks": current["total_kopecks"],
+                }
+            )
+        if unavailable is not None:
+            raise ReceiptUnavailable(unavailable.message, unavailable.reason)
+        return None
 
     # -- idempotent closes ----------------------------------------------------------------------
 

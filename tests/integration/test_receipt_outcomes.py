@@ -12,7 +12,7 @@ from typing import Any
 
 from api_helpers import Conversation
 from conftest import DAIRY, DAIRY_KI, SHOES, WATER, WATER_KI, RecordingEventLog
-from markd.fiscal.receipt_index import MAX_KEYS_PER_RECEIPT
+from markd.fiscal.receipt_index import MAX_KEYS_PER_RECEIPT, ReceiptIndex
 from sale_helpers import journal, kkt, running, write_sale_config
 
 WATER_ITEM = {"code": WATER, "name": "Вода 0,5 л", "price_kopecks": 8990}
@@ -392,3 +392,27 @@ async def test_receipt_items_racing_reloads_get_real_verdicts(
     refused = {(status, body["error"]) for status, body in answers if status != 200}
     assert refused == {(409, "duplicate-in-receipt")}
     assert event_log.count("service-error") == 0
+
+
+async def test_receipt_outcome_with_an_index_that_cannot_be_read(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    """The index's file replaced under the running daemon by something SQLite cannot open:
+    the receipt in flight is still answered (the desk knows it), another id is 503 (not
+    known now), and the sale goes on (the journal has every record)."""
+    async with running(attendant(tmp_path), event_log) as service:
+        api = await Api.connect(tmp_path)
+        status, body = await api.call("POST", "/v1/receipt/items", WATER_ITEM)
+        rid = body["receipt"]["id"]
+        journal_ = service.sale_desk.session.journal  # type: ignore[union-attr]
+        journal_.index = ReceiptIndex(tmp_path)  # a directory
+        in_flight = await api.receipt(rid)
+        other = await api.call("GET", f"/v1/receipts/{UNKNOWN_ID}")
+        closed = await api.call("POST", "/v1/receipt/close")
+        alive = await api.call("GET", "/v1/status")
+        api.close()
+
+    assert (in_flight["state"], in_flight["total_kopecks"]) == ("open", 8990)
+    assert other[0] == 503 and other[1]["error"] == "receipt-index-unavailable"
+    assert closed[0] == 200 and alive[0] == 200
+    assert "closed" in [r["event"] for r in journal(tmp_path).records()]
