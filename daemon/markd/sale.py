@@ -545,7 +545,10 @@ class SaleDesk:
             )
         if bound == current:
             return None  # the close of the receipt in flight, asked again: it runs again
-        entry = index.get(bound)
+        try:
+            entry = index.get(bound)
+        except FiscalError as exc:
+            raise ReceiptUnavailable(exc.message, exc.reason) from None
         state = "unknown" if entry is None else entry.get("state")
         if current is not None and receipt_id is None:
             raise ReceiptInputError(

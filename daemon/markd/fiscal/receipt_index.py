@@ -49,8 +49,9 @@ from typing import Any
 
 from markd.errors import FiscalError
 
-#: Receipts kept in the index (a busy kiosk's weeks); older ones are pruned.
-MAX_RECEIPTS = 20_000
+#: Receipts kept in the index (a kiosk's one to three months; a few KiB each); older ones
+#: are pruned.
+MAX_RECEIPTS = 10_000
 #: Prune once per this many new receipts.
 PRUNE_EVERY = 64
 #: Idempotency keys one receipt's close may be asked with.
