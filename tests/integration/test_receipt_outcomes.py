@@ -416,3 +416,64 @@ async def test_receipt_outcome_with_an_index_that_cannot_be_read(
     assert other[0] == 503 and other[1]["error"] == "receipt-index-unavailable"
     assert closed[0] == 200 and alive[0] == 200
     assert "closed" in [r["event"] for r in journal(tmp_path).records()]
+
+
+async def test_receipt_close_key_of_a_receipt_cancelled_after_a_503_answers_cancelled(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    async with running(attendant(tmp_path), event_log):
+        api = await Api.connect(tmp_path)
+        status, body = await api.call("POST", "/v1/receipt/items", WATER_ITEM)
+        rid = body["receipt"]["id"]
+        kkt(tmp_path).set_faults(gone=True)
+        unreachable = await api.call("POST", "/v1/receipt/close", key="k-503")
+        kkt(tmp_path).clear_faults()
+        cancelled = await api.call("POST", "/v1/receipt/cancel")
+        asked_again = await api.call("POST", "/v1/receipt/close", key="k-503")
+        once_more = await api.call("POST", "/v1/receipt/close", key="k-503")
+        outcome = await api.receipt(rid)
+        api.close()
+
+    assert unreachable[0] == 503 and cancelled[0] == 200
+    assert asked_again[0] == 409 and asked_again[1]["error"] == "receipt-cancelled"
+    assert rid in asked_again[1]["message"] and once_more == asked_again
+    assert outcome["state"] == "cancelled" and kkt(tmp_path).receipts() == []
+
+
+async def test_receipt_outcome_waits_for_a_technician_while_the_web_requests_queue_is_blocked(
+    tmp_path: Path,
+) -> None:
+    """ATOL's Web Requests queue blocks on the receipt's ``sell`` (it ran; its result is not
+    known): recovery cannot settle the receipt by itself, and the index says so; once a
+    technician resolves the request, the next recovery finds the receipt registered."""
+    from markd.codes import parse
+    from markd.fiscal.session import SaleOptions, SaleSession
+    from markd.testing import fiscal as testing
+
+    shoes = parse(testing.SHOES)
+    with testing.atol_web_printer(tmp_path / "kkt") as (printer, server):
+        session = SaleSession(printer, None, None, tmp_path / "j", None, SaleOptions())
+        added = await session.add(testing.allowed(shoes), shoes, 100, "Кроссовки")
+        rid = added.receipt_id
+        assert rid is not None
+        server.block_next, server.block_task = "after", "sell"
+
+        pending = await session.close()
+        blocked = session.journal.index.get(rid)
+        again = await session.recover()  # still blocked: journaled once, not at every round
+        still = session.journal.index.get(rid)
+        server.unblock()
+        report = await session.recover()
+        settled = session.journal.index.get(rid)
+        session.close_session()
+
+    assert (pending.status, pending.reason) == ("pending", "queue-blocked")
+    assert blocked is not None and still is not None and settled is not None
+    assert (blocked["state"], blocked["reason"]) == ("unknown-needs-technician", "queue-blocked")
+    assert again.pending and still["state"] == "unknown-needs-technician"
+    events = [r["event"] for r in session.journal.records() if r["receipt"] == rid]
+    assert events.count("needs-technician") == 1
+    assert [o.status for o in report.outcomes] == ["closed"]
+    (document,) = server.kkt.receipts()
+    assert settled["state"] == "registered"
+    assert settled["document"]["document_number"] == document["number"]
