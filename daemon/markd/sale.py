@@ -624,11 +624,14 @@ class SaleDesk:
                 continue
             if entry is None or not entry.get("keys") or entry.get("answer") is not None:
                 continue
-            try:
-                answer: dict[str, Any] = {"receipt": self._receipt_answer(outcome, wanted="closed")}
-            except ReceiptError as refusal:
-                answer = _refusal_record(refusal)
-            self._keep_answer(rid, answer)
+            if outcome.status == "cancelled":
+                # Nothing was registered (the close never got as far as the payment, or every
+                # unit was refused): said as a replayed close says it of any cancelled receipt.
+                answer = _answer_from_index(rid, {"state": "cancelled", "reason": outcome.reason})
+            else:
+                answer = {"receipt": self._receipt_answer(outcome, wanted="closed")}
+            if answer is not None:
+                self._keep_answer(rid, answer)
 
     def status(self) -> Mapping[str, Any]:
         """The printer as last seen (no device I/O), the receipt in flight, the prices."""

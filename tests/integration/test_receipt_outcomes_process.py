@@ -75,16 +75,18 @@ def wait_ready(sock: socket.socket) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kill_at", "reason"),
+    ("kill_at", "state", "reason"),
     [
+        # The key journaled, nothing paid yet: recovery cancels the receipt.
+        ("close-asked", "cancelled", "interrupted-before-payment"),
         # The close journaled, the ККТ not asked yet: recovery registers it anew.
-        ("closing", "fiscalised"),
+        ("closing", "registered", "fiscalised"),
         # Fiscalised, the journal does not know: recovery finds it by its request id.
-        ("printed", "recovered"),
+        ("printed", "registered", "recovered"),
     ],
 )
 def test_receipt_outcome_after_markd_is_killed_during_the_close(
-    tmp_path: Path, notify_socket: tuple[socket.socket, str], kill_at: str, reason: str
+    tmp_path: Path, notify_socket: tuple[socket.socket, str], kill_at: str, state: str, reason: str
 ) -> None:
     sock, notify_path = notify_socket
     config = write_sale_config(tmp_path, mode="attendant", scanners={}, catalog=None)
@@ -117,15 +119,20 @@ def test_receipt_outcome_after_markd_is_killed_during_the_close(
             proc.kill()
             proc.wait()
 
-    (document,) = kkt(tmp_path).receipts()  # once: not lost, not twice
-    assert [p["ki"] for p in document["positions"]] == [WATER_KI]
     assert status == 200, seen
     receipt = seen["receipt"]
-    assert (receipt["state"], receipt["reason"]) == ("registered", reason)
+    assert (receipt["state"], receipt["reason"]) == (state, reason)
+    assert again == first
+    assert "938p9E" not in "\n".join(stderr.rest())  # the crypto tail never reaches a log
+    if state == "cancelled":
+        assert kkt(tmp_path).receipts() == []  # nothing printed, nothing paid
+        assert first[0] == 409 and first[1]["error"] == "receipt-cancelled", first
+        assert rid in first[1]["message"] and reason in first[1]["message"]
+        return
+    (document,) = kkt(tmp_path).receipts()  # once: not lost, not twice
+    assert [p["ki"] for p in document["positions"]] == [WATER_KI]
     assert receipt["document_number"] == document["number"]
     assert receipt["fiscal_sign"] == document["fiscal_sign"]
     assert first[0] == 200, first
     assert first[1]["receipt"]["id"] == rid
     assert first[1]["receipt"]["document"]["document_number"] == document["number"]
-    assert again == first
-    assert "938p9E" not in "\n".join(stderr.rest())  # the crypto tail never reaches a log
