@@ -3,6 +3,7 @@ from the journal, and never in the sale's way."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from markd.fiscal import receipt_index
 from markd.fiscal.journal import SessionJournal
 from markd.fiscal.receipt_index import ReceiptIndex, fold, view
 
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 RID = "6b1d0c52-3f0e-4f4e-9a59-5b7f3a0c2d18"
 
 
@@ -114,3 +116,20 @@ def test_receipt_index_that_cannot_be_written_never_stops_the_journal(tmp_path: 
     record = journal.append("open", RID, kind="sell")
     assert record["event"] == "open" and journal.records()[-1]["receipt"] == RID
     assert journal.index.problem is not None
+
+
+def test_receipt_index_view_is_what_the_openapi_schema_names() -> None:
+    entry = fold(None, {"event": "open", "receipt": "r", "at": "t", "kind": "sell"})
+    assert entry is not None
+    sent = view(entry)
+    document = json.loads((DOCS / "openapi.json").read_text(encoding="utf-8"))
+    schema = document["components"]["schemas"]["ReceiptOutcome"]
+
+    assert set(sent) == set(schema["properties"]) == set(schema["required"])
+    assert schema["properties"]["state"]["enum"] == [
+        "open",
+        "closing",
+        "registered",
+        "cancelled",
+        "unknown-needs-technician",
+    ]
