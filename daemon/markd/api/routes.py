@@ -58,9 +58,21 @@ class RouteContext:
 
 Handler = Callable[[RouteContext, Request], Awaitable[Response]]
 
+
+class RouteTable(dict[tuple[str, str], Handler]):
+    """``(method, route)`` → handler, where a route with a parameter is written as its pattern
+    (``/v1/receipts/{id}``). :meth:`get` takes a request's path as well and finds the route it
+    belongs to (``/v1/receipts/6b1d…`` → ``/v1/receipts/{id}``), so the server dispatches on
+    ``ROUTES.get((method, path))`` whatever the route."""
+
+    def get(self, key: tuple[str, str], default: Any = None) -> Any:  # type: ignore[override]
+        method, path = key
+        return super().get((method, route_of(path)), default)
+
+
 #: Every route the server answers: ``(method, path)`` → handler. The OpenAPI document lists
 #: exactly these (tests/unit/test_api_docs.py).
-ROUTES: dict[tuple[str, str], Handler] = {}
+ROUTES: RouteTable = RouteTable()
 
 
 def route(method: str, path: str) -> Callable[[Handler], Handler]:
@@ -78,11 +90,6 @@ def route_of(path: str) -> str:
         if path.startswith(prefix) and "/" not in path[len(prefix) :]:
             return pattern
     return path
-
-
-def find_route(method: str, path: str) -> Handler | None:
-    """The handler of ``method`` on ``path`` (None: not served)."""
-    return ROUTES.get((method, route_of(path)))
 
 
 def methods_of(path: str) -> list[str]:

@@ -83,7 +83,7 @@ from markd.api.messages import (
     json_bytes,
 )
 from markd.api.protocol import ControlledService
-from markd.api.routes import RouteContext, find_route, methods_of, receipt_status
+from markd.api.routes import ROUTES, RouteContext, methods_of, receipt_status
 from markd.api.sse import HEARTBEAT_S, EventStream, wanted_kinds
 from markd.config.startup import api_token
 from markd.events import Subscription
@@ -687,7 +687,7 @@ class ControlServer:
                 response.headers.update(self._cors(request))
                 return response
             self._admit(request)
-            handler = find_route(request.method, request.path)
+            handler = ROUTES.get((request.method, request.path))
             if handler is None:
                 allowed = methods_of(request.path)
                 if allowed:
