@@ -133,3 +133,28 @@ def test_receipt_index_view_is_what_the_openapi_schema_names() -> None:
         "cancelled",
         "unknown-needs-technician",
     ]
+
+
+def test_receipt_index_keeps_receipts_the_journal_rotated_away(tmp_path: Path) -> None:
+    """After a few rotations the first receipts are in neither journal file: the index still
+    answers for it. An index lost then is rebuilt from the journal and ``<journal>.1``."""
+    journal = SessionJournal(tmp_path / "session.journal")
+    ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(3)]
+    for rid in ids:
+        journal.append("open", rid, kind="sell")
+        journal.append("closed", rid, document_number=int(rid[-1]) + 1, fiscal_sign="77")
+        assert journal.rotate_if_large(limit=1)
+    on_disk = {r["receipt"] for r in journal.records()} | {
+        r["receipt"] for r in SessionJournal._read(tmp_path / "session.journal.1")
+    }
+    assert ids[0] not in on_disk and ids[-1] in on_disk
+    assert [journal.index.get(rid)["document"]["document_number"] for rid in ids] == [1, 2, 3]  # type: ignore[index]
+
+    journal.index.close()
+    for path in tmp_path.glob("session.journal.index*"):
+        path.unlink()
+    again = SessionJournal(tmp_path / "session.journal")
+    again.sync_index(again.records())
+    # Only what the two files hold comes back; the older ones went with the index (404).
+    assert [again.index.get(rid) is None for rid in ids] == [rid not in on_disk for rid in ids]
+    assert again.index.get(ids[-1])["state"] == "registered"  # type: ignore[index]
