@@ -118,9 +118,19 @@ class ReceiptOperations(Protocol):
         for the record."""
         ...
 
-    async def close(self, payments: tuple[Payment, ...]) -> Mapping[str, Any]:
+    async def close(
+        self,
+        payments: tuple[Payment, ...],
+        *,
+        receipt_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Mapping[str, Any]:
         """Close (print) the receipt with these payments; none given: the session's default
-        (the whole total, one payment of the configured type)."""
+        (the whole total, one payment of the configured type). ``receipt_id``: the receipt
+        meant (refused when another is open). ``idempotency_key``: a close asked again with
+        the same key gets the answer the first one got once its receipt is settled (after a
+        restart too), and a key used for another receipt is refused (``idempotency-key-reused``,
+        a :class:`ReceiptInputError`)."""
         ...
 
     async def cancel(self) -> Mapping[str, Any]:
@@ -130,6 +140,12 @@ class ReceiptOperations(Protocol):
     async def current(self) -> Mapping[str, Any] | None:
         """The open receipt, or None. Its ``kind`` is ``sell`` or ``return`` (the API reads it
         to know whether a code must be allowed; missing means a sale)."""
+        ...
+
+    async def lookup(self, receipt_id: str) -> Mapping[str, Any] | None:
+        """What became of receipt ``receipt_id`` — ``open``, ``closing``, ``registered`` (with
+        its document number and fiscal sign), ``cancelled``, ``unknown-needs-technician`` —
+        across restarts; None when no receipt of that id was seen here. No device I/O."""
         ...
 
     def status(self) -> Mapping[str, Any]:

@@ -63,6 +63,8 @@ from typing import TYPE_CHECKING, Any
 from markd import codes
 from markd.catalog import Catalog, Quote, quote
 from markd.errors import FiscalError, MarkdError
+from markd.fiscal.receipt_index import MAX_KEYS_PER_RECEIPT
+from markd.fiscal.receipt_index import view as index_view
 from markd.money import money_problem
 from markd.receipts import (
     OpenReceipt,
@@ -423,10 +425,31 @@ class SaleDesk:
             assert view is not None
             return view
 
-    async def close(self, payments: tuple[Payment, ...]) -> Mapping[str, Any]:
+    async def close(
+        self,
+        payments: tuple[Payment, ...],
+        *,
+        receipt_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Mapping[str, Any]:
         async with self._operation():
+            if idempotency_key is not None:
+                replayed = self._replay(idempotency_key, receipt_id)
+                if replayed is not None:
+                    return replayed
             await self._recover_before("close")
+            if idempotency_key is not None:
+                # The recovery that just ran may have settled the key's receipt.
+                replayed = self._replay(idempotency_key, receipt_id)
+                if replayed is not None:
+                    return replayed
             rid = self.session.receipt_id
+            if receipt_id is not None and receipt_id != rid:
+                raise ReceiptError(
+                    f"receipt {receipt_id} is not the open one "
+                    f"({'none is open' if rid is None else f'receipt {rid} is'})",
+                    "receipt-not-open",
+                )
             if rid is None:
                 raise ReceiptError("no receipt is open", "receipt-not-open")
             total = sum(p.amount_kopecks for p in self.session.positions)
@@ -447,6 +470,7 @@ class SaleDesk:
                     f"({total / 100:.2f} RUB)",
                     "underpaid",
                 )
+            keys = self._bind_key(rid, idempotency_key)
             outcome = await self.session.close(payments or None)
             self.receipt_outcomes[outcome.status] += 1
             if outcome.status == "pending":
@@ -455,7 +479,7 @@ class SaleDesk:
                 self._recovery_pending = True
             await self._refresh_status()
             self._receipt_changed(ended=True)
-            return self._receipt_answer(outcome, wanted="closed")
+            return self._answer_and_keep(outcome, keys)
 
     async def cancel(self) -> Mapping[str, Any]:
         async with self._operation():
@@ -472,6 +496,142 @@ class SaleDesk:
 
     async def current(self) -> Mapping[str, Any] | None:
         return self._view()
+
+    async def lookup(self, receipt_id: str) -> Mapping[str, Any] | None:
+        """What became of receipt ``receipt_id``, from the receipt index (None: never seen
+        here). Takes no lock and does no device I/O: a screen may poll it during a close."""
+        unavailable: FiscalError | None = None
+        try:
+            entry = self.session.journal.index.get(receipt_id)
+        except FiscalError as exc:
+            entry, unavailable = None, exc
+        if entry is not None:
+            return index_view(entry)
+        current = self._view()
+        if current is not None and current["id"] == receipt_id:
+            # The index cannot be read, or missed its records (a write failed): the receipt
+            # in flight is known all the same.
+            return index_view(
+                {
+                    "id": receipt_id,
+                    "kind": current["kind"],
+                    "state": "closing" if current["state"] == "paid" else "open",
+                    "total_kopecks": current["total_kopecks"],
+                }
+            )
+        if unavailable is not None:
+            raise ReceiptUnavailable(unavailable.message, unavailable.reason)
+        return None
+
+    # -- idempotent closes ----------------------------------------------------------------------
+
+    def _replay(self, key: str, receipt_id: str | None) -> Mapping[str, Any] | None:
+        """A close asked with ``key`` again: None when it is to run (the key is new, or its
+        receipt is the one in flight), else the answer its receipt's close gave (returned,
+        or raised as the refusal it was). A key used for another receipt is refused."""
+        index = self.session.journal.index
+        try:
+            bound = index.receipt_of_key(key)
+        except FiscalError as exc:
+            raise ReceiptUnavailable(exc.message, exc.reason) from None
+        if bound is None:
+            return None
+        current = self.session.receipt_id
+        if receipt_id is not None and receipt_id != bound:
+            raise ReceiptInputError(
+                f"this Idempotency-Key was used to close receipt {bound}, not {receipt_id}: "
+                "use a new key for each receipt",
+                "idempotency-key-reused",
+            )
+        if bound == current:
+            return None  # the close of the receipt in flight, asked again: it runs again
+        try:
+            entry = index.get(bound)
+        except FiscalError as exc:
+            raise ReceiptUnavailable(exc.message, exc.reason) from None
+        state = "unknown" if entry is None else entry.get("state")
+        if current is not None and receipt_id is None:
+            raise ReceiptInputError(
+                f"this Idempotency-Key was used to close receipt {bound} ({state}); receipt "
+                f"{current} is open now: close it with a new key (GET /v1/receipts/{bound}, or "
+                f'a close naming "receipt": "{bound}", tells what became of the other)',
+                "idempotency-key-reused",
+            )
+        answer = None if entry is None else entry.get("answer")
+        if answer is None:
+            answer = _answer_from_index(bound, entry)
+            if answer is None:
+                raise ReceiptUnavailable(
+                    f"receipt {bound} ({state}): its outcome is not settled yet"
+                    + (
+                        "; a technician must look at the ККТ"
+                        if state == "unknown-needs-technician"
+                        else "; markd registers it once the ККТ answers"
+                    ),
+                    "outcome-unknown",
+                )
+            self._keep_answer(bound, answer)
+        return _replayed(answer)
+
+    def _bind_key(self, rid: str, key: str | None) -> list[str]:
+        """Journal that the close of ``rid`` is asked with ``key`` (before anything is done
+        for it, so that a restart still knows); the receipt's keys."""
+        index = self.session.journal.index
+        try:
+            entry = index.get(rid)
+        except FiscalError:
+            entry = None  # the journal still gets the key; the next start indexes it
+        keys = list((entry or {}).get("keys") or [])
+        if key is None or key in keys:
+            return keys
+        if len(keys) >= MAX_KEYS_PER_RECEIPT:
+            raise ReceiptInputError(
+                f"receipt {rid} was asked to close with {len(keys)} different Idempotency-Keys "
+                "already; repeat one of them",
+                "idempotency-key-limit",
+            )
+        self.session.journal.append("close-requested", rid, key=key)
+        return [*keys, key]
+
+    def _answer_and_keep(self, outcome: ReceiptOutcome, keys: list[str]) -> dict[str, Any]:
+        """The close's answer (or refusal); a final one is journaled for the keys the close
+        was asked with, so that asking again gives it back, after a restart too."""
+        final = outcome.status in ("closed", "cancelled", "empty")
+        try:
+            answer = self._receipt_answer(outcome, wanted="closed")
+        except ReceiptError as refusal:
+            if keys and final and outcome.receipt_id is not None:
+                self._keep_answer(outcome.receipt_id, _refusal_record(refusal))
+            raise
+        if keys and final and outcome.receipt_id is not None:
+            self._keep_answer(outcome.receipt_id, {"receipt": answer})
+        return answer
+
+    def _keep_answer(self, rid: str, answer: dict[str, Any]) -> None:
+        self.session.journal.append("close-answered", rid, answer=answer)
+
+    def _keep_recovered_answers(self, report: RecoveryReport) -> None:
+        """A receipt whose close was asked with a key and which recovery settled (the daemon
+        stopped or died during the close): its answer is the one the close would have given."""
+        index = self.session.journal.index
+        for outcome in report.outcomes:
+            rid = outcome.receipt_id
+            if rid is None or outcome.status not in ("closed", "cancelled"):
+                continue
+            try:
+                entry = index.get(rid)
+            except FiscalError:
+                continue
+            if entry is None or not entry.get("keys") or entry.get("answer") is not None:
+                continue
+            if outcome.status == "cancelled":
+                # Nothing was registered (the close never got as far as the payment, or every
+                # unit was refused): said as a replayed close says it of any cancelled receipt.
+                answer = _answer_from_index(rid, {"state": "cancelled", "reason": outcome.reason})
+            else:
+                answer = {"receipt": self._receipt_answer(outcome, wanted="closed")}
+            if answer is not None:
+                self._keep_answer(rid, answer)
 
     def status(self) -> Mapping[str, Any]:
         """The printer as last seen (no device I/O), the receipt in flight, the prices."""
@@ -587,6 +747,7 @@ class SaleDesk:
             return None
         self._recovery_pending = report.pending
         self.last_recovery = report
+        self._keep_recovered_answers(report)
         if report.actions or report.pending:
             self.recoveries["pending" if report.pending else "finished"] += 1
             done = "; ".join(
@@ -815,6 +976,61 @@ def _unit_refusal(outcome: UnitOutcome) -> type[ReceiptError]:
     if outcome.reason == "bad-position":
         return ReceiptInputError
     return ReceiptError
+
+
+#: The kinds of refusal a kept answer names, and back.
+_REFUSAL_KINDS: dict[str, type[ReceiptError]] = {
+    "input": ReceiptInputError,
+    "unavailable": ReceiptUnavailable,
+    "state": ReceiptError,
+}
+
+
+def _refusal_record(refusal: ReceiptError) -> dict[str, Any]:
+    kind = next(k for k, cls in _REFUSAL_KINDS.items() if isinstance(refusal, cls))
+    return {"refused": {"kind": kind, "reason": refusal.reason, "message": refusal.message}}
+
+
+def _replayed(answer: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A kept answer given again: the receipt, or the refusal raised as it was."""
+    refused = answer.get("refused")
+    if isinstance(refused, Mapping):
+        refusal = _REFUSAL_KINDS.get(str(refused.get("kind")), ReceiptError)
+        raise refusal(str(refused.get("message", "")), str(refused.get("reason", "")))
+    receipt = answer.get("receipt")
+    return dict(receipt) if isinstance(receipt, Mapping) else {}
+
+
+def _answer_from_index(rid: str, entry: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The answer of a close asked with a key whose receipt was settled without one being
+    kept (the daemon died between journaling the outcome and keeping the answer): rebuilt from
+    the receipt index. None while the receipt is not settled."""
+    if entry is None:
+        return None
+    state = entry.get("state")
+    if state == "registered":
+        document = dict(entry.get("document") or {})
+        return {
+            "receipt": {
+                "id": rid,
+                "status": "closed",
+                "reason": entry.get("reason") or "fiscalised",
+                "document": document,
+                "store_ok": entry.get("store_ok"),
+                "local_module": None,
+                "dropped": [],
+                "payments": document.get("payments") or entry.get("payments") or [],
+                "payments_ignored": False,
+                "adjustment": None,
+            }
+        }
+    if state == "cancelled":
+        refusal = ReceiptError(
+            f"receipt {rid} was cancelled: {entry.get('reason') or 'cancelled'}",
+            "receipt-cancelled",
+        )
+        return _refusal_record(refusal)
+    return None
 
 
 def _iso(stamp: float | None) -> str | None:

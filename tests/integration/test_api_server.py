@@ -735,7 +735,13 @@ class ShopSession:
         )
         return receipt
 
-    async def close(self, payments: tuple[Payment, ...]) -> dict[str, Any]:
+    async def close(
+        self,
+        payments: tuple[Payment, ...],
+        *,
+        receipt_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
         receipt = self._open_receipt()
         total = sum(i["price_kopecks"] for i in receipt["items"])
         payments = payments or (Payment(total, "electronically"),)
@@ -758,6 +764,9 @@ class ShopSession:
 
     async def current(self) -> dict[str, Any] | None:
         return self.receipt
+
+    async def lookup(self, receipt_id: str) -> dict[str, Any] | None:
+        return None
 
     def status(self) -> dict[str, Any]:
         return {"model": "shop session", "receipt_open": self.receipt is not None}

@@ -145,3 +145,37 @@ def test_cli_receipt_without_a_daemon_names_the_socket(
         assert err == (
             f"markctl: daemon-not-running: markd is not running (no daemon at {socket_path})\n"
         )
+
+
+async def test_cli_receipt_show_id_tells_what_became_of_a_receipt(
+    tmp_path: Path, event_log: RecordingEventLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = attendant(tmp_path)
+    async with running(Path(config), event_log):
+        await markctl_main("receipt", "add", WATER, "--price", "89.90", "--config", config)
+        capsys.readouterr()
+        await markctl_main("receipt", "show", "--config", config, "--json")
+        rid = json.loads(capsys.readouterr().out)["receipt"]["id"]
+        await markctl_main("receipt", "close", "--config", config)
+        capsys.readouterr()
+        shown = await markctl_main("receipt", "show", rid, "--config", config)
+        shown_out = capsys.readouterr().out
+        as_json = await markctl_main("receipt", "show", rid, "--config", config, "--json")
+        shown_json = json.loads(capsys.readouterr().out)
+        unknown = await markctl_main(
+            "receipt", "show", "3f2b8c1e-5d4a-4e7b-9c2d-1a0b3c4d5e6f", "--config", config
+        )
+        unknown_err = capsys.readouterr().err
+        malformed = await markctl_main("receipt", "show", "../status", "--config", config)
+        malformed_err = capsys.readouterr().err
+
+    (document,) = kkt(tmp_path).receipts()
+    assert (shown, as_json) == (0, 0)
+    assert shown_out == (
+        f"receipt {rid}: sell, registered (fiscalised), total 89.90 RUB, "
+        f"document {document['number']}, fiscal sign {document['fiscal_sign']}, "
+        f"{document['datetime']}\n"
+    )
+    assert shown_json["receipt"]["fiscal_sign"] == document["fiscal_sign"]
+    assert unknown == 1 and "markctl: receipt-not-found: " in unknown_err
+    assert malformed == 1 and "markctl: bad-receipt-id: " in malformed_err

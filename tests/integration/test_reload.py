@@ -15,12 +15,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
+from api_helpers import Conversation
 from conftest import DAIRY, WATER, WATER_KI, PtyPair, RecordingEventLog, wait_until
 from markd import config as config_module
 from markd.checks.verdict import Verdict
@@ -291,6 +293,43 @@ async def test_a_store_that_cannot_be_reopened_fails_closed_and_the_next_reload_
         assert result.ok, result.message
         assert service.store is not None and service.health_problem() is None
         assert (await scan("lost-front", WATER, verdicts)).decision == "allow"
+
+
+async def test_a_reload_racing_api_checks_never_turns_a_check_into_an_internal_error(
+    tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    """``POST /v1/check`` goes through the scan loop's queue like a scan, so a reload (here
+    one that reopens the store and rebuilds the chain each time) runs between two checks,
+    never under one: every check gets a real verdict, none an ``internal-error``."""
+    main = write_config(tmp_path / "markd.toml", {})
+    socket_path = str(tmp_path / "control.sock")
+
+    async def checks(count: int) -> list[tuple[int, str]]:
+        conversation = await Conversation.unix(socket_path)
+        answers = []
+        for _ in range(count):
+            answer = await conversation.request("POST", "/v1/check", {"code": WATER})
+            answers.append((answer.status, answer.json().get("reason")))
+        conversation.close()
+        return answers
+
+    async def reloads(service: Service, count: int) -> list[bool]:
+        results = []
+        for number in range(count):
+            write_config(main, {}, store=str(tmp_path / f"store{number % 2}"))
+            results.append((await service.reload()).ok)
+            await asyncio.sleep(0)
+        return results
+
+    async with running(main, event_log, []) as service:
+        first, second, reloaded = await asyncio.gather(checks(80), checks(80), reloads(service, 12))
+
+    assert reloaded == [True] * 12
+    answers = first + second
+    assert {status for status, _ in answers} == {200}
+    # A store-only daemon allows a code its blocklist does not hold: every check says so.
+    assert Counter(reason for _, reason in answers) == {"store-only-not-blocked": 160}
+    assert event_log.count("service-error") == 0
 
 
 async def test_sighup_queues_one_reload_between_scans(

@@ -12,6 +12,7 @@ Request bodies hold full marking codes: nothing here logs them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,12 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Longest code accepted by ``/v1/check`` (a scanner frames at most 512 bytes by default).
 MAX_CODE_CHARS = 2048
+#: Longest ``Idempotency-Key`` a close takes; printable ASCII only.
+MAX_IDEMPOTENCY_KEY_CHARS = 64
+#: A receipt id as markd gives them: a UUID in its canonical lower-case form.
+RECEIPT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+#: Paths with a parameter: the prefix → the route's pattern (the parameter is one segment).
+PARAMETER_PATHS = {"/v1/receipts/": "/v1/receipts/{id}"}
 
 
 @dataclass(frozen=True)
@@ -51,9 +58,21 @@ class RouteContext:
 
 Handler = Callable[[RouteContext, Request], Awaitable[Response]]
 
+
+class RouteTable(dict[tuple[str, str], Handler]):
+    """``(method, route)`` → handler, where a route with a parameter is written as its pattern
+    (``/v1/receipts/{id}``). :meth:`get` takes a request's path as well and finds the route it
+    belongs to (``/v1/receipts/6b1d…`` → ``/v1/receipts/{id}``), so the server dispatches on
+    ``ROUTES.get((method, path))`` whatever the route."""
+
+    def get(self, key: tuple[str, str], default: Any = None) -> Any:  # type: ignore[override]
+        method, path = key
+        return super().get((method, route_of(path)), default)
+
+
 #: Every route the server answers: ``(method, path)`` → handler. The OpenAPI document lists
 #: exactly these (tests/unit/test_api_docs.py).
-ROUTES: dict[tuple[str, str], Handler] = {}
+ROUTES: RouteTable = RouteTable()
 
 
 def route(method: str, path: str) -> Callable[[Handler], Handler]:
@@ -64,9 +83,19 @@ def route(method: str, path: str) -> Callable[[Handler], Handler]:
     return register
 
 
+def route_of(path: str) -> str:
+    """The route ``path`` is served by: itself, or the pattern of a path with a parameter
+    (``/v1/receipts/ID`` → ``/v1/receipts/{id}``)."""
+    for prefix, pattern in PARAMETER_PATHS.items():
+        if path.startswith(prefix) and "/" not in path[len(prefix) :]:
+            return pattern
+    return path
+
+
 def methods_of(path: str) -> list[str]:
     """The methods ``path`` takes (empty: no such path), for 405's ``Allow``."""
-    return sorted(m for m, p in ROUTES if p == path)
+    route = route_of(path)
+    return sorted(m for m, p in ROUTES if p == route)
 
 
 @route("GET", "/v1/status")
@@ -169,10 +198,24 @@ async def post_item(context: RouteContext, request: Request) -> Response:
     return Response(200, {"receipt": dict(state), "verdict": verdict_json(verdict)})
 
 
+@route("GET", "/v1/receipts/{id}")
+async def get_receipt_by_id(context: RouteContext, request: Request) -> Response:
+    receipt_id = _receipt_id(request.path[len("/v1/receipts/") :], "the path's receipt id")
+    receipts = _receipts(context)
+    found = await receipts.lookup(receipt_id)
+    if found is None:
+        raise HTTPRefusal(404, "receipt-not-found", f"no receipt {receipt_id} is known here")
+    return Response(200, {"receipt": dict(found)})
+
+
 @route("POST", "/v1/receipt/close")
 async def post_close(context: RouteContext, request: Request) -> Response:
+    key = _idempotency_key(request)
     body = request.json(empty_ok=True)
-    _only(body, {"payments"})
+    _only(body, {"payments", "receipt"})
+    receipt_id = None
+    if "receipt" in body:
+        receipt_id = _receipt_id(_field(body, "receipt", str), "receipt")
     raw = _field(body, "payments", list, default=[])
     payments = []
     for index, entry in enumerate(raw, start=1):
@@ -188,7 +231,7 @@ async def post_close(context: RouteContext, request: Request) -> Response:
         amount = _money(entry, "amount_kopecks", "a payment", where=where, minimum=1)
         payments.append(Payment(amount_kopecks=amount, type=kind))
     receipts = _receipts(context)
-    state = await receipts.close(tuple(payments))
+    state = await receipts.close(tuple(payments), receipt_id=receipt_id, idempotency_key=key)
     return Response(200, {"receipt": dict(state)})
 
 
@@ -269,6 +312,36 @@ def _money(
     if problem is not None:
         raise HTTPRefusal(400, "money-out-of-range", f"{where}{name}: {problem}")
     return int(value)
+
+
+def _receipt_id(text: str, where: str) -> str:
+    """A receipt id as markd gives them (upper-case hex is taken too), else 400."""
+    if len(text) != 36 or not RECEIPT_ID.fullmatch(text.lower()):
+        raise HTTPRefusal(
+            400,
+            "bad-receipt-id",
+            f"{where}: not a receipt id (a UUID such as 3f2b8c1e-5d4a-4e7b-9c2d-1a0b3c4d5e6f, "
+            "as the receipt's open answered)",
+        )
+    return text.lower()
+
+
+def _idempotency_key(request: Request) -> str | None:
+    """The ``Idempotency-Key`` header: 1 to 64 printable ASCII characters, else 400. The
+    message never repeats the key."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    problem = None
+    if not key:
+        problem = "empty"
+    elif len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        problem = f"longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters"
+    elif not all(" " <= ch <= "~" for ch in key):
+        problem = "only printable ASCII characters (space to ~) are allowed"
+    if problem is not None:
+        raise HTTPRefusal(400, "bad-idempotency-key", f"Idempotency-Key: {problem}")
+    return key
 
 
 def _code(body: Mapping[str, Any]) -> str:

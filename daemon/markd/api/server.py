@@ -826,7 +826,7 @@ class ControlServer:
             None,
             {
                 "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-                "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type, Idempotency-Key",
                 "Access-Control-Max-Age": "600",
             },
         )

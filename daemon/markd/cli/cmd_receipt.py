@@ -2,7 +2,9 @@
 control API (``/v1/receipt…`` on ``[api] socket`` or ``--socket``), so that a technician never
 needs curl on the socket.
 
-* ``show``: the open receipt (the API shows only that one), or ``no receipt open``;
+* ``show``: the open receipt, or ``no receipt open``; ``show ID``: what became of receipt ID
+  (``GET /v1/receipts/{id}``: open, closing, registered with its document number and fiscal
+  sign, cancelled, unknown-needs-technician), after a restart too;
 * ``open [--return]``: open a sale (or a return) receipt (``POST /v1/receipt``);
 * ``add CODE --price RUB [--name NAME] [--tax TAX]``: one marked unit — one code is one unit,
   so there is no quantity (``POST /v1/receipt/items``; with no receipt open the daemon opens a
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Any
+from urllib.parse import quote
 
 from markd import config as config_module
 from markd.api.client import ControlClient
@@ -41,6 +44,8 @@ HELP = """\
 Drive the running daemon's receipt through its control socket ([api] socket, or --socket).
 
   markctl receipt show                       the open receipt: positions, total in roubles
+  markctl receipt show ID                    what became of receipt ID (registered with its
+                                             document number and fiscal sign, cancelled …)
   markctl receipt open [--return]            open a sale (or a return) receipt
   markctl receipt add CODE --price RUB [--name NAME] [--tax TAX]
                                              one marked unit (one code = one unit); checked
@@ -64,7 +69,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="receipt_command", metavar="ACTION")
     actions.required = True
 
-    show = actions.add_parser("show", help="the open receipt (positions and total)")
+    show = actions.add_parser(
+        "show", help="the open receipt (positions and total), or what became of receipt ID"
+    )
+    show.add_argument(
+        "receipt_id", nargs="?", metavar="ID", help="a receipt's id, as its open answered"
+    )
     _common(show)
     show.set_defaults(func=_show)
 
@@ -134,6 +144,13 @@ def _print_json(answer: Any) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
+    if args.receipt_id is not None:
+        outcome = _client(args).request("GET", f"/v1/receipts/{quote(args.receipt_id, safe='')}")
+        if args.json:
+            _print_json(outcome)
+        else:
+            print(describe_outcome(outcome.get("receipt") or {}))
+        return 0
     answer = _client(args).request("GET", "/v1/receipt")
     if args.json:
         _print_json(answer)
@@ -269,6 +286,22 @@ def describe_open(receipt: dict[str, Any] | None) -> str:
             f" = {_roubles(amount)} RUB, КИ {unit.get('ki', '-')}, tax {unit.get('tax', '-')}"
         )
     return "\n".join(lines)
+
+
+def describe_outcome(receipt: dict[str, Any]) -> str:
+    """What became of one receipt (``GET /v1/receipts/{id}``), on one line."""
+    words = [
+        f"receipt {receipt.get('id')}: {receipt.get('kind', 'sell')}, {receipt.get('state')}"
+        + (f" ({receipt['reason']})" if receipt.get("reason") else "")
+    ]
+    if receipt.get("total_kopecks") is not None:
+        words.append(f"total {_roubles(receipt.get('total_kopecks'))} RUB")
+    if receipt.get("document_number") is not None:
+        words.append(f"document {receipt['document_number']}")
+        words.append(f"fiscal sign {receipt.get('fiscal_sign') or 'unknown'}")
+        if receipt.get("registered_at"):
+            words.append(str(receipt["registered_at"]))
+    return ", ".join(words)
 
 
 def describe_done(receipt: dict[str, Any]) -> str:

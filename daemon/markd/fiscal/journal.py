@@ -15,6 +15,10 @@ receipt. Recovery deletes it too when no receipt is in flight (a kill between jo
 end of a receipt and deleting the file leaves it behind), and deletes a ``<journal>.codes.tmp``
 a kill left between writing and renaming it.
 
+What became of each receipt is also kept by id in the receipt index, ``<journal>.index``
+(:mod:`markd.fiscal.receipt_index`): every record that changes a receipt's state is folded
+into it right after the record is on disk, and recovery folds the journal in again at start.
+
 When the journal grows past :data:`ROTATE_BYTES` and nothing is in flight, it is renamed to
 ``<journal>.1`` (one generation kept) and a new one started. The records of receipts recovery
 still has work for (a store or Local Module update to replay) are carried on into the new
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from markd.errors import FiscalError
+from markd.fiscal.receipt_index import ReceiptIndex
 
 DEFAULT_PATH = "/var/lib/markd/fiscal/session.journal"
 ROTATE_BYTES = 4 << 20
@@ -52,6 +57,8 @@ class SessionJournal:
         self.path = Path(path)
         self.codes_path = self.path.with_name(self.path.name + ".codes")
         self.codes_tmp_path = self.codes_path.with_name(self.codes_path.name + ".tmp")
+        #: Each receipt's state by id (opened on first use).
+        self.index = ReceiptIndex(self.path.with_name(self.path.name + ".index"))
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -81,7 +88,20 @@ class SessionJournal:
             os.close(fd)
         if new:
             _fsync_dir(self.path.parent)
+        self.index.note(record)
         return record
+
+    def sync_index(self, records: list[dict[str, Any]]) -> None:
+        """Fold ``records`` (this journal's, as :meth:`records` read them) into the receipt
+        index again; an index created anew (missing or corrupt) gets ``<journal>.1`` first.
+        Raises :class:`~markd.fiscal.receipt_index.IndexUnavailable` when it cannot be
+        written."""
+        generations: list[list[dict[str, Any]]] = []
+        self.index.get("")  # opens it: a corrupt file is moved aside and a new one made
+        if self.index.created:
+            generations.append(list(self._read(self.path.with_name(self.path.name + ".1"))))
+        generations.append(records)
+        self.index.sync(generations)
 
     def records(self) -> list[dict[str, Any]]:
         """Every complete record, oldest first."""

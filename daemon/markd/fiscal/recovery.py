@@ -45,6 +45,7 @@ from markd.fiscal.model import (
     ReceiptResult,
 )
 from markd.fiscal.outcomes import ReceiptOutcome, RecoveryReport, UnitOutcome, message
+from markd.fiscal.receipt_index import IndexUnavailable
 from markd.fiscal.steps import (
     ReceiptInFlight,
     SessionSteps,
@@ -69,6 +70,8 @@ class Recovery:
 
     def __init__(self, steps: SessionSteps) -> None:
         self.steps = steps
+        #: The receipt index was brought up to date with the journal (once per process).
+        self.index_synced = False
 
     async def recover(self) -> RecoveryReport:
         """Settle every receipt the journal shows unfinished (see the module docstring).
@@ -80,6 +83,21 @@ class Recovery:
         # no one's working memory, only full codes on disk.
         journal.discard_partial_codes()
         records = journal.records()
+        if not self.index_synced:
+            # The receipt index is derived from the journal: what a power cut kept from it
+            # (or all of it, when it was missing or damaged) comes back from here, once per
+            # process (later updates reach it as they are journaled).
+            try:
+                journal.sync_index(records)
+            except IndexUnavailable as exc:
+                steps.event(
+                    "fiscal-error",
+                    f"the receipt index was not brought up to date: {exc.message}",
+                    priority="warning",
+                    reason=exc.reason,
+                )
+            else:
+                self.index_synced = True
         for record in records:
             if record["event"] == "closed" and record.get("fn_number"):
                 steps.fn_number = record["fn_number"]

@@ -45,6 +45,7 @@ from markd.fiscal.model import (
     ReceiptResult,
 )
 from markd.fiscal.outcomes import ReceiptOutcome, UnitOutcome
+from markd.fiscal.receipt_index import NEEDS_TECHNICIAN, IndexUnavailable
 from markd.receipts import Payment
 
 if TYPE_CHECKING:
@@ -54,6 +55,9 @@ _T = TypeVar("_T")
 
 #: Failed Local Module reports of one receipt after which recovery stops retrying it.
 MAX_LM_RETRIES = 10
+#: Why a receipt may wait that recovery cannot settle by itself: a person must look at the ККТ
+#: (journaled ``needs-technician``; the receipt index shows ``unknown-needs-technician``).
+TECHNICIAN_REASONS = frozenset({"too-many-attempts", "queue-blocked"})
 
 
 @dataclass(frozen=True)
@@ -525,6 +529,8 @@ class SessionSteps:
         """The receipt waits for the ККТ: it stays in flight for the next recovery."""
         reason = exc.reason if isinstance(exc, FiscalError) else "printer-unavailable"
         self.receipt = receipt
+        if reason in TECHNICIAN_REASONS:
+            self._needs_technician(receipt.receipt_id, reason, str(exc))
         self.event(
             "fiscal-error",
             f"receipt {receipt.receipt_id} waits for the ККТ: {exc}",
@@ -533,6 +539,17 @@ class SessionSteps:
             reason=reason,
         )
         return ReceiptOutcome("pending", reason, receipt.receipt_id)
+
+    def _needs_technician(self, rid: str, reason: str, error: str) -> None:
+        """Journal once (until a new attempt moves the receipt on) that its outcome waits for
+        a person."""
+        try:
+            entry = self.journal.index.get(rid)
+        except IndexUnavailable:
+            entry = None
+        if entry is not None and entry.get("state") == NEEDS_TECHNICIAN:
+            return
+        self.journal.append("needs-technician", rid, reason=reason, error=error)
 
 
 def _closed_facts(result: ReceiptResult) -> dict[str, Any]:

@@ -77,7 +77,7 @@ from markd.service.metrics import (
     metrics_registry,
 )
 from markd.service.reload import Reloader, ReloadResult, ScannerChanges
-from markd.service.scanloop import QueueItem, ScanLoop
+from markd.service.scanloop import QueuedCheck, QueueItem, ScanLoop
 from markd.service.storesync import SYNC_START_DELAY_S, StoreSync
 from markd.service.wiring import build_chain, build_sale_desk, sale_local_module
 from markd.store import Store
@@ -561,18 +561,36 @@ class Service:
         like a scan: ``scan`` event, check, journaled verdict, ``verdict`` event. It is not
         given to the verdict sink: a check through the API is a question, not a unit for sale.
         ``price_kopecks``: the price the unit is sold at (``POST /v1/receipt/items``), so the
-        price rules (a tobacco pack above its MRP …) judge it as they do a kiosk's scan."""
-        return await self.scan_loop.on_scan(
-            Scan(scanner, data, time.monotonic()), for_sale=False, price_kopecks=price_kopecks
-        )
+        price rules (a tobacco pack above its MRP …) judge it as they do a kiosk's scan.
+
+        The check waits its turn in the scan loop's queue, as a scan does (a
+        :class:`~markd.service.scanloop.QueuedCheck`): a reload runs between two checks, never
+        under one."""
+        checked = await self._queued_check(data, scanner, price_kopecks)
+        return checked.verdict
 
     async def check_unit(self, data: bytes, scanner: str, *, price_kopecks: int) -> CheckedCode:
         """:meth:`submit` for a unit the POS sells (``POST /v1/receipt/items``): the verdict
         with the code parsed on the way (or the parser's error), so the sale never parses it
-        again."""
-        return await self.scan_loop.on_scan_checked(
-            Scan(scanner, data, time.monotonic()), for_sale=False, price_kopecks=price_kopecks
-        )
+        again. Queued like :meth:`submit`."""
+        return await self._queued_check(data, scanner, price_kopecks)
+
+    async def _queued_check(
+        self, data: bytes, scanner: str, price_kopecks: int | None
+    ) -> CheckedCode:
+        scan = Scan(scanner, data, time.monotonic())
+        if self._queue is None or self._loop is None:
+            # Not running (a test driving the parts by hand): nothing to wait behind.
+            return await self.scan_loop.on_scan_checked(
+                scan, for_sale=False, price_kopecks=price_kopecks
+            )
+        future: asyncio.Future[CheckedCode] = self._loop.create_future()
+        job = QueuedCheck(self.scan_loop, scan, price_kopecks, future)
+        if self.scan_loop.stopped:
+            job.abandon()  # the loop answered its queue for the stop: rescan, as a late scan
+        else:
+            self._queue.put_nowait(job)
+        return await future
 
     def check(self, data: bytes, scanner: str, *, started: float | None = None) -> Verdict:
         """Decide on one framed unit with the store-only chain, without awaiting (tests); the

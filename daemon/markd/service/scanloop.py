@@ -16,6 +16,11 @@ one with the whole count, ``ended=yes``, when it ends), an unplugged device a
 ``scanner-absent`` record. Nothing a scanner
 sends stops the service.
 
+A check asked through the control API (``POST /v1/check``, ``POST /v1/receipt/items``) is put
+on the same queue as a :class:`QueuedCheck` and taken in its turn like a scan: a reload, which
+swaps the store and the chain, runs between two checks and never under one, so it cannot turn
+a check into an ``internal-error``.
+
 Each scan's stages (queue, parse, store, each source, each listener) are timed; a scan slower
 than ``[check] slow_scan_ms`` leaves a ``slow-scan`` record saying where its time went
 (:mod:`markd.service.tracing`).
@@ -95,6 +100,50 @@ class CheckParts(Protocol):
         ...
 
 
+class QueuedCheck:
+    """A check asked through the control API, waiting in the queue (a :class:`LoopJob`): the
+    loop checks it like a scan when its turn comes and answers ``future`` with the verdict and
+    the parsed code. Still queued when the service stops, it gets ``rescan`` as a queued scan
+    does."""
+
+    def __init__(
+        self,
+        scan_loop: ScanLoop,
+        scan: Scan,
+        price_kopecks: int | None,
+        future: asyncio.Future[CheckedCode],
+    ) -> None:
+        self.scan_loop = scan_loop
+        self.scan = scan
+        self.price_kopecks = price_kopecks
+        self.future = future
+
+    async def run(self) -> None:
+        checked = await self.scan_loop.on_scan_checked(
+            self.scan, for_sale=False, price_kopecks=self.price_kopecks
+        )
+        if not self.future.done():  # the client may have gone meanwhile
+            self.future.set_result(checked)
+
+    def abandon(self) -> None:
+        verdict = stopping_verdict(self.scan)
+        self.scan_loop.notifier.notify(CheckedScan(verdict, for_sale=False))
+        if not self.future.done():
+            self.future.set_result(CheckedCode(verdict))
+
+
+def stopping_verdict(scan: Scan) -> Verdict:
+    """``rescan`` for a scan (or an API check) still queued when the service stops."""
+    return Verdict(
+        decision="rescan",
+        reason="service-stopping",
+        message_ru=STOPPING_RU,
+        source="none",
+        scanner=scan.scanner,
+        latency_ms=elapsed_ms(scan.received),
+    )
+
+
 def fixed_price(price_kopecks: int) -> PriceOf:
     """A ``price_of`` for one unit whose price is known (the POS gave it)."""
     return lambda _code: price_kopecks
@@ -129,6 +178,8 @@ class ScanLoop:
         self.health = health
         #: Times the stages of each scan and journals the slow ones (:mod:`.tracing`).
         self.tracer = SlowScanTracer(event_log, clock=clock)
+        #: The loop has answered its queue for the stop: nothing put on it now is taken.
+        self.stopped = False
 
     async def run(self, queue: asyncio.Queue[QueueItem], stop: asyncio.Event) -> None:
         """Take items until ``stop`` is set; then answer what is still queued (scans get
@@ -139,6 +190,7 @@ class ScanLoop:
             await stop.wait()
             queue.put_nowait(_STOP)
 
+        self.stopped = False
         watcher = asyncio.create_task(relay_stop(), name="markd-stop-watcher")
         self.tracer.watch_gc(True)
         try:
@@ -309,19 +361,12 @@ class ScanLoop:
     def _answer_queued_on_stop(self, first: QueueItem, queue: asyncio.Queue[QueueItem]) -> None:
         """On stop: scans still queued get ``rescan`` (every scan ends in one verdict, and the
         customer scans again once markd is back); pending jobs are abandoned."""
+        self.stopped = True
         items = [first]
         while not queue.empty():
             items.append(queue.get_nowait())
         for item in items:
             if isinstance(item, Scan):
-                verdict = Verdict(
-                    decision="rescan",
-                    reason="service-stopping",
-                    message_ru=STOPPING_RU,
-                    source="none",
-                    scanner=item.scanner,
-                    latency_ms=elapsed_ms(item.received),
-                )
-                self.notifier.notify(CheckedScan(verdict))
+                self.notifier.notify(CheckedScan(stopping_verdict(item)))
             elif not isinstance(item, (_StopSentinel, ScanOverflow, ScannerState)):
                 item.abandon()

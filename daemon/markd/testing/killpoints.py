@@ -30,6 +30,7 @@ STEPS = (
     "validated",  # the ККТ has its answer on the code, not yet accepted
     "accepted",  # the ККТ accepted the code, the journal does not know yet
     "added",  # the unit is journaled as a position of the receipt
+    "close-asked",  # a close's Idempotency-Key is journaled, the payment not yet
     "paid",  # the payment is journaled: from here the receipt must come to exist
     "closing",  # the close attempt is journaled, the ККТ not asked yet
     "sent-sell",  # atol-web: the receipt request reached the web server, no answer read yet
@@ -48,6 +49,7 @@ JOURNALED_STEPS = {
     "open": "opened",
     "unit-validating": "validating",
     "unit-added": "added",
+    "close-requested": "close-asked",
     "paid": "paid",
     "closing": "closing",
     "closed": "closed",
