@@ -55,7 +55,9 @@ between two scrapes, so no scrape straddles a switch); the first ``WARMUP_SCANS`
 out of both. Printed for each side: scans, p50, p99, max; the ratio of the p99s (target
 ≤ 1.10); the scrapes made and the slowest; and the scans that overlapped a scrape (sent
 before it ended, answered after it began): how many, their p99 and maximum — what a scrape
-does to the scans it meets, which a p99 over a whole side dilutes.
+does to the scans it meets, which a p99 over a whole side dilutes; and markd's own part of
+theirs (each verdict line's ``latency_ms``, framing → verdict), which tells a loop held up
+by the scrape from time lost outside markd.
 
 Prints progress and human lines, then one JSON object as the final line.
 """
@@ -466,10 +468,9 @@ class Scraper:
         tick = 0
         while not self._stop.wait(self.every_s):
             tick += 1
-            if self.block_ticks:
-                self.scraping = (tick // self.block_ticks) % 2 == 1
-                if not self.scraping:
-                    continue
+            self.scraping = in_scraping_block(tick, self.block_ticks)
+            if not self.scraping:
+                continue
             began = time.perf_counter()
             try:
                 ok = self._scrape()
@@ -494,6 +495,13 @@ class Scraper:
         return answer.startswith(b"HTTP/1.1 200 ") and b"markd_verdicts_total" in answer
 
 
+def in_scraping_block(tick: int, block_ticks: int) -> bool:
+    """Whether tick ``tick`` of the scraper (1, 2, …; 0 is the start of the run) falls in a
+    block with scrapes: blocks of ``block_ticks`` ticks alternate, the first one without
+    (``block_ticks`` 0: no blocks, a scrape at every tick)."""
+    return not block_ticks or (tick // block_ticks) % 2 == 1
+
+
 def percentiles_ms(latencies_s: list[float]) -> dict[str, float]:
     """p50, p99 and the maximum of some latencies, in ms (zeros for none)."""
     if not latencies_s:
@@ -513,27 +521,34 @@ def compare_scrape(
     scraping: list[bool],
     scraper: Scraper,
     block_s: float,
+    warmup: int = WARMUP_SCANS,
+    markd_ms: list[float] | None = None,
 ) -> dict[str, Any]:
-    """The scans without and with scraping (after the warm-up), the ratio of their p99s, and
-    the scans whose time in flight overlapped a scrape (module docstring)."""
+    """The scans without and with scraping (after the first ``warmup``), the ratio of their
+    p99s, and the scans whose time in flight overlapped a scrape (module docstring); with
+    ``markd_ms`` (each verdict's own framing → verdict time), markd's part of theirs too."""
     quiet: list[float] = []
     scraped: list[float] = []
-    for i in range(min(WARMUP_SCANS, len(latencies)), len(latencies)):
-        (scraped if scraping[i] else quiet).append(latencies[i])
     intervals = sorted(scraper.intervals)
     starts = [start for start, _ in intervals]
     overlapped: list[float] = []
-    for i, latency in enumerate(latencies):
+    overlapped_in_markd: list[float] = []
+    for i in range(min(warmup, len(latencies)), len(latencies)):
+        latency = latencies[i]
+        (scraped if scraping[i] else quiet).append(latency)
         sent, answered = sent_at[i], sent_at[i] + latency
         # Of the scrapes begun before the scan was answered, only the last can have ended
         # after it was sent: one thread scrapes, one scrape after the other.
         j = bisect.bisect_left(starts, answered) - 1
         if j >= 0 and intervals[j][1] > sent:
             overlapped.append(latency)
+            if markd_ms is not None:
+                overlapped_in_markd.append(markd_ms[i] / 1000)
     without, with_ = percentiles_ms(quiet), percentiles_ms(scraped)
     ratio = with_["p99_ms"] / without["p99_ms"] if without["p99_ms"] else float("nan")
     durations = scraper.durations_s
     return {
+        "warmup_scans": warmup,
         "block_s": block_s,
         "every_s": scraper.every_s,
         "without_scraping": without,
@@ -546,15 +561,17 @@ def compare_scrape(
         else 0.0,
         "scrape_slowest_ms": round(max(durations, default=0.0) * 1000, 2),
         "overlapping_scans": percentiles_ms(overlapped),
+        "overlapping_scans_in_markd": percentiles_ms(overlapped_in_markd),
     }
 
 
 def describe_comparison(c: dict[str, Any]) -> list[str]:
     """The comparison's human lines."""
     without, with_, met = c["without_scraping"], c["with_scraping"], c["overlapping_scans"]
+    inside = c["overlapping_scans_in_markd"]
     return [
         f"scrape comparison: alternate {c['block_s']:g} s blocks without and with a scrape "
-        f"every {c['every_s']:g} s (the first {WARMUP_SCANS:,} scans left out)",
+        f"every {c['every_s']:g} s (the first {c['warmup_scans']:,} scans left out)",
         f"  without scraping: {without['scans']:,} scans, p50 {without['p50_ms']} ms, "
         f"p99 {without['p99_ms']} ms, max {without['max_ms']} ms",
         f"  with scraping:    {with_['scans']:,} scans, p50 {with_['p50_ms']} ms, "
@@ -564,6 +581,8 @@ def describe_comparison(c: dict[str, Any]) -> list[str]:
         f"median {c['scrape_median_ms']} ms, slowest {c['scrape_slowest_ms']} ms",
         f"  scans overlapping a scrape: {met['scans']:,}, p50 {met['p50_ms']} ms, "
         f"p99 {met['p99_ms']} ms, max {met['max_ms']} ms",
+        f"    of which in markd (framing → verdict): p50 {inside['p50_ms']} ms, "
+        f"p99 {inside['p99_ms']} ms, max {inside['max_ms']} ms",
     ]
 
 
@@ -737,7 +756,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         result["targets"]["scrapes_all_answered"] = scraper.failures == 0
         if block_ticks:
             comparison = compare_scrape(
-                sent_at, latencies, scraping, scraper, block_ticks * args.scrape_every
+                sent_at,
+                latencies,
+                scraping,
+                scraper,
+                block_ticks * args.scrape_every,
+                markd_ms=markd_ms,
             )
             result["scrape_comparison"] = comparison
             result["targets"]["scrape_p99_rise_le_10pct"] = (
