@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import inspect
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -195,6 +196,27 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
         await asyncio.sleep(0.01)
+
+
+def in_ci(environ: dict[str, str] | None = None) -> bool:
+    """True on a CI runner: ``CI=true``, as GitHub Actions and GitLab CI set it."""
+    env = os.environ if environ is None else environ
+    return env.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def required_tool(name: str, package: str) -> str:
+    """The path of an external tool a test runs (``promtool``, ``prometheus``).
+
+    Missing on a developer's machine, the test is skipped with the Debian package to install.
+    Missing in CI, the test fails: ``make test`` installs the package there, so a skip would
+    hide the test for good instead of saying the runner is not what we think it is."""
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    reason = f"{name} is not installed (Debian package '{package}')"
+    if in_ci():
+        pytest.fail(f"{reason}; CI=true, where make test installs it")
+    pytest.skip(reason)
 
 
 def make_config(store_path: str, scanners: dict[str, str], **log: str) -> Any:

@@ -9,14 +9,12 @@ reader misses fails a test rather than escaping it.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
+from conftest import required_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 MONITORING = ROOT / "monitoring"
@@ -32,25 +30,10 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 METRIC_NAME = re.compile(r"\bmarkd_[a-z0-9_]*[a-z0-9]")
 
 
-def in_ci() -> bool:
-    """True on a CI runner (``CI=true``, as GitHub and GitLab set it): a tool the tests need
-    must be there, so its absence fails instead of skipping."""
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-
-
 def require_promtool() -> str:
     """The path of ``promtool`` (Debian 12's ``prometheus`` package; a root
     ``tools/bootstrap.sh`` installs it). Skips without it, fails without it in CI."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        why = (
-            "promtool is not installed (Debian package 'prometheus'; "
-            "a root tools/bootstrap.sh installs it)"
-        )
-        if in_ci():
-            pytest.fail(f"{why}; CI must run the monitoring tests")
-        pytest.skip(why)
-    return promtool
+    return required_tool("promtool", "prometheus")
 
 
 def run_promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -24,9 +24,10 @@ from typing import Any
 
 import pytest
 
+from conftest import required_tool
 from markd.checks.verdict import Verdict
 from markd.service.metrics import StatusCollector, VerdictMetrics, exposition, metrics_registry
-from monitoring_helpers import DASHBOARD, RULES, in_ci
+from monitoring_helpers import DASHBOARD, RULES
 
 NOW = time.time()
 
@@ -85,13 +86,7 @@ EXPECTED = {
 
 
 def require_prometheus() -> str:
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        why = "prometheus is not installed (Debian package 'prometheus')"
-        if in_ci():
-            pytest.fail(f"{why}; CI must run the monitoring tests")
-        pytest.skip(why)
-    return prometheus
+    return required_tool("prometheus", "prometheus")
 
 
 def free_port() -> int:

@@ -5,7 +5,7 @@ Usage::
 
     tools/bench/soak.py [--scans N] [--window W] [--distinct D] [--mode offline|store]
                         [--trace-ms T] [--cpu-quota PERCENT [--rate SCANS_PER_S]]
-                        [--scrape-every SECONDS]
+                        [--scrape-every SECONDS [--compare-scrape [--block-s B]]]
 
 What runs (all on loopback, in a temporary directory):
 
@@ -45,12 +45,27 @@ beside three busy processes pinned to the same core. Its target: p99 ≤ 5 ms.
 scans, as a Prometheus server would (issue 17: a scrape a second must not move p99 by more
 than 10 %); the result adds the scrapes made and the slowest one.
 
+``--compare-scrape`` measures that 10 %: the same run, the same markd, alternate blocks of
+``--block-s`` seconds (default 5) without and with a scrape every ``--scrape-every`` seconds
+(default 1). Two runs one after the other would charge whatever drifts during a run (the
+store's pages in the page cache, the emulator's and markd's heaps, the CPU's clock, another
+tenant of the host) to one side; alternating blocks of a few seconds expose both sides to the
+same. Each scan belongs to the block it was sent in (the scraper thread switches blocks
+between two scrapes, so no scrape straddles a switch); the first ``WARMUP_SCANS`` are left
+out of both. Printed for each side: scans, p50, p99, max; the ratio of the p99s (target
+≤ 1.10); the scrapes made and the slowest; and the scans that overlapped a scrape (sent
+before it ended, answered after it began): how many, their p99 and maximum — what a scrape
+does to the scans it meets, which a p99 over a whole side dilutes; and markd's own part of
+theirs (each verdict line's ``latency_ms``, framing → verdict), which tells a loop held up
+by the scrape from time lost outside markd.
+
 Prints progress and human lines, then one JSON object as the final line.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import gc
 import json
 import os
@@ -79,6 +94,8 @@ TARGET_P99_MS = 5.0
 TARGET_MAX_MS = 50.0
 TARGET_RSS_GROWTH_MB = 10.0
 TARGET_READY_MS = 500.0
+#: Issue 17: a scrape a second may raise p99 by at most this share.
+TARGET_SCRAPE_P99_RISE = 0.10
 #: Scans before the "start" RSS and descriptor figures are taken: imports, caches, the first
 #: connections to the Local Module settle first.
 WARMUP_SCANS = 2_000
@@ -421,12 +438,21 @@ def verdict_latency_ms(line: bytes) -> float:
 class Scraper:
     """Scrapes ``GET /metrics`` on the control socket every ``every_s`` seconds in a thread of
     its own, counting the scrapes and timing each (a refused or broken one stops the run's
-    claim: :attr:`failures`)."""
+    claim: :attr:`failures`).
 
-    def __init__(self, socket_path: Path, every_s: float) -> None:
+    With ``block_ticks`` (``--compare-scrape``) it scrapes only in every other block of that
+    many ticks, starting with a block without: :attr:`scraping` says which block the scans
+    sent now belong to. It changes right after a tick's wait, before that tick's scrape, so a
+    scrape never straddles a change of block."""
+
+    def __init__(self, socket_path: Path, every_s: float, block_ticks: int = 0) -> None:
         self.socket_path = socket_path
         self.every_s = every_s
+        self.block_ticks = block_ticks
+        self.scraping = not block_ticks
         self.durations_s: list[float] = []
+        #: (start, end) of each scrape answered, ``time.perf_counter()``.
+        self.intervals: list[tuple[float, float]] = []
         self.failures = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
@@ -439,14 +465,21 @@ class Scraper:
         self._thread.join(10)
 
     def _run(self) -> None:
+        tick = 0
         while not self._stop.wait(self.every_s):
+            tick += 1
+            self.scraping = in_scraping_block(tick, self.block_ticks)
+            if not self.scraping:
+                continue
             began = time.perf_counter()
             try:
                 ok = self._scrape()
             except OSError:
                 ok = False
             if ok:
-                self.durations_s.append(time.perf_counter() - began)
+                ended = time.perf_counter()
+                self.durations_s.append(ended - began)
+                self.intervals.append((began, ended))
             else:
                 self.failures += 1
 
@@ -455,10 +488,102 @@ class Scraper:
             conn.settimeout(5)
             conn.connect(str(self.socket_path))
             conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            answer = b""
+            chunks = []
             while chunk := conn.recv(65536):
-                answer += chunk
+                chunks.append(chunk)
+        answer = b"".join(chunks)
         return answer.startswith(b"HTTP/1.1 200 ") and b"markd_verdicts_total" in answer
+
+
+def in_scraping_block(tick: int, block_ticks: int) -> bool:
+    """Whether tick ``tick`` of the scraper (1, 2, …; 0 is the start of the run) falls in a
+    block with scrapes: blocks of ``block_ticks`` ticks alternate, the first one without
+    (``block_ticks`` 0: no blocks, a scrape at every tick)."""
+    return not block_ticks or (tick // block_ticks) % 2 == 1
+
+
+def percentiles_ms(latencies_s: list[float]) -> dict[str, float]:
+    """p50, p99 and the maximum of some latencies, in ms (zeros for none)."""
+    if not latencies_s:
+        return {"scans": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+    ordered = sorted(latencies_s)
+    n = len(ordered)
+
+    def pct(p: float) -> float:
+        return round(ordered[min(n - 1, int(p * n))] * 1000, 3)
+
+    return {"scans": n, "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1.0)}
+
+
+def compare_scrape(
+    sent_at: list[float],
+    latencies: list[float],
+    scraping: list[bool],
+    scraper: Scraper,
+    block_s: float,
+    warmup: int = WARMUP_SCANS,
+    markd_ms: list[float] | None = None,
+) -> dict[str, Any]:
+    """The scans without and with scraping (after the first ``warmup``), the ratio of their
+    p99s, and the scans whose time in flight overlapped a scrape (module docstring); with
+    ``markd_ms`` (each verdict's own framing → verdict time), markd's part of theirs too."""
+    quiet: list[float] = []
+    scraped: list[float] = []
+    intervals = sorted(scraper.intervals)
+    starts = [start for start, _ in intervals]
+    overlapped: list[float] = []
+    overlapped_in_markd: list[float] = []
+    for i in range(min(warmup, len(latencies)), len(latencies)):
+        latency = latencies[i]
+        (scraped if scraping[i] else quiet).append(latency)
+        sent, answered = sent_at[i], sent_at[i] + latency
+        # Of the scrapes begun before the scan was answered, only the last can have ended
+        # after it was sent: one thread scrapes, one scrape after the other.
+        j = bisect.bisect_left(starts, answered) - 1
+        if j >= 0 and intervals[j][1] > sent:
+            overlapped.append(latency)
+            if markd_ms is not None:
+                overlapped_in_markd.append(markd_ms[i] / 1000)
+    without, with_ = percentiles_ms(quiet), percentiles_ms(scraped)
+    ratio = with_["p99_ms"] / without["p99_ms"] if without["p99_ms"] else float("nan")
+    durations = scraper.durations_s
+    return {
+        "warmup_scans": warmup,
+        "block_s": block_s,
+        "every_s": scraper.every_s,
+        "without_scraping": without,
+        "with_scraping": with_,
+        "p99_ratio": round(ratio, 3),
+        "scrapes_made": len(durations),
+        "scrapes_failed": scraper.failures,
+        "scrape_median_ms": round(sorted(durations)[len(durations) // 2] * 1000, 2)
+        if durations
+        else 0.0,
+        "scrape_slowest_ms": round(max(durations, default=0.0) * 1000, 2),
+        "overlapping_scans": percentiles_ms(overlapped),
+        "overlapping_scans_in_markd": percentiles_ms(overlapped_in_markd),
+    }
+
+
+def describe_comparison(c: dict[str, Any]) -> list[str]:
+    """The comparison's human lines."""
+    without, with_, met = c["without_scraping"], c["with_scraping"], c["overlapping_scans"]
+    inside = c["overlapping_scans_in_markd"]
+    return [
+        f"scrape comparison: alternate {c['block_s']:g} s blocks without and with a scrape "
+        f"every {c['every_s']:g} s (the first {c['warmup_scans']:,} scans left out)",
+        f"  without scraping: {without['scans']:,} scans, p50 {without['p50_ms']} ms, "
+        f"p99 {without['p99_ms']} ms, max {without['max_ms']} ms",
+        f"  with scraping:    {with_['scans']:,} scans, p50 {with_['p50_ms']} ms, "
+        f"p99 {with_['p99_ms']} ms, max {with_['max_ms']} ms",
+        f"  p99 with / without: {c['p99_ratio']:.3f} (target ≤ {1 + TARGET_SCRAPE_P99_RISE:.2f})",
+        f"  scrapes: {c['scrapes_made']} made, {c['scrapes_failed']} failed, "
+        f"median {c['scrape_median_ms']} ms, slowest {c['scrape_slowest_ms']} ms",
+        f"  scans overlapping a scrape: {met['scans']:,}, p50 {met['p50_ms']} ms, "
+        f"p99 {met['p99_ms']} ms, max {met['max_ms']} ms",
+        f"    of which in markd (framing → verdict): p50 {inside['p50_ms']} ms, "
+        f"p99 {inside['p99_ms']} ms, max {inside['max_ms']} ms",
+    ]
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
@@ -480,17 +605,30 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         say(f"markd runs at nice {args.nice}")
     daemon = Daemon(config, workdir, share, args.nice)
     rate = args.rate if args.rate else (50.0 if share else 0.0)
-    scraper = Scraper(workdir / "control.sock", args.scrape_every) if args.scrape_every else None
+    block_ticks = max(1, round(args.block_s / args.scrape_every)) if args.compare_scrape else 0
+    scraper = (
+        Scraper(workdir / "control.sock", args.scrape_every, block_ticks)
+        if args.scrape_every
+        else None
+    )
     try:
         ready_s = daemon.wait_ready()
         say(f"markd READY=1 after {ready_s * 1000:.0f} ms (exec to READY=1)")
         if scraper is not None:
             scraper.start()
-            say(f"scraping GET /metrics every {args.scrape_every:g} s")
+            if block_ticks:
+                say(
+                    f"scraping GET /metrics every {args.scrape_every:g} s in every other block "
+                    f"of {block_ticks * args.scrape_every:g} s"
+                )
+            else:
+                say(f"scraping GET /metrics every {args.scrape_every:g} s")
         if share is not None:
             throttled_before = share.throttling()
         payloads = [code.encode() + b"\r" for code in codes]
         sent_at: list[float] = []
+        #: Per scan: sent while the scraper was in a block with scrapes.
+        scraping: list[bool] = []
         latencies: list[float] = []
         markd_ms: list[float] = []
         #: scan index → the fields of its slow-scan line
@@ -516,6 +654,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
                         break
                 os.write(master, payloads[len(sent_at) % len(payloads)])
                 sent_at.append(time.perf_counter())
+                scraping.append(scraper is not None and scraper.scraping)
             for line in daemon.lines(wait):
                 if line.startswith(b"slow-scan: "):
                     traced[received - 1] = line_fields(line.decode(errors="replace"))
@@ -615,6 +754,19 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
             "slowest_ms": round(max(durations, default=0.0) * 1000, 2),
         }
         result["targets"]["scrapes_all_answered"] = scraper.failures == 0
+        if block_ticks:
+            comparison = compare_scrape(
+                sent_at,
+                latencies,
+                scraping,
+                scraper,
+                block_ticks * args.scrape_every,
+                markd_ms=markd_ms,
+            )
+            result["scrape_comparison"] = comparison
+            result["targets"]["scrape_p99_rise_le_10pct"] = (
+                comparison["p99_ratio"] <= 1 + TARGET_SCRAPE_P99_RISE
+            )
     if share is not None:
         result["cpu_quota"] = {
             "percent": args.cpu_quota,
@@ -730,8 +882,22 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="scrape GET /metrics on the control socket this often during the scans (off)",
     )
+    ap.add_argument(
+        "--compare-scrape",
+        action="store_true",
+        help="alternate blocks without and with scraping and compare them (module docstring); "
+        "scrapes every second unless --scrape-every says otherwise",
+    )
+    ap.add_argument(
+        "--block-s",
+        type=float,
+        default=5.0,
+        help="with --compare-scrape: the length of each block, seconds (5)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args(argv)
+    if args.compare_scrape and not args.scrape_every:
+        args.scrape_every = 1.0
     workdir = Path(tempfile.mkdtemp(prefix="markd-soak-"))
     say(f"markd soak: {args.scans:,} scans, mode {args.mode}, work dir {workdir}")
     try:
@@ -758,6 +924,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  scans paced at {quota['rate_per_s']:g} a second")
         if quota["throttled"]:
             say(f"  throttled: {quota['throttled']}")
+    if "scrape_comparison" in result:
+        for line in describe_comparison(result["scrape_comparison"]):  # type: ignore[arg-type]
+            say(line)
     for name, met in result["targets"].items():  # type: ignore[union-attr]
         say(f"target {name:<28} {'met' if met else 'NOT MET'}")
     print(json.dumps(result, ensure_ascii=False))
