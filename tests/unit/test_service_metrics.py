@@ -241,10 +241,12 @@ def test_a_full_status_snapshot_becomes_its_series() -> None:
     assert value("markd_receipts_total", outcome="failed") == 0
     assert value("markd_printer_paper_present") == 0
     assert value("markd_fiscal_shift_open") == value("markd_fiscal_shift_expired") == 1
-    assert value("markd_fiscal_shift_age_seconds") == 25 * 3600
+    # The ages the ККТ reported 20 s before the scrape, grown by those 20 s.
+    assert value("markd_fiscal_shift_age_seconds") == 25 * 3600 + 20
     assert value("markd_fiscal_fn_remaining_seconds") == 12 * 86400
     assert value("markd_fiscal_unsent_documents") == 3
-    assert value("markd_fiscal_oldest_unsent_age_seconds") == 4.5 * 86400
+    assert value("markd_fiscal_oldest_unsent_age_seconds") == 4.5 * 86400 + 20
+    assert value("markd_fiscal_fn_remaining_seconds") == 12 * 86400  # whole days, not grown
 
 
 def test_what_is_not_known_is_left_out() -> None:

@@ -34,7 +34,7 @@ import bisect
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -566,13 +566,16 @@ class StatusCollector:
                 value=device["unsent_documents"],
             )
         health = device.get("health") or {}
-        figures: Iterable[tuple[str, str, str, float]] = (
-            (
-                "fn_days_left",
+        if health.get("fn_days_left") is not None:
+            yield GaugeMetricFamily(
                 "markd_fiscal_fn_remaining_seconds",
                 "Time until the ФН's validity ends (the device counts whole days).",
-                86400,
-            ),
+                value=health["fn_days_left"] * 86400,
+            )
+        # The ages grow between two status reads (every [fiscal] health_interval_s): the age
+        # the ККТ reported, plus the time since it did, so a scrape is never a read behind.
+        since = 0.0 if checked is None else max(0.0, self.now() - checked)
+        ages = (
             (
                 "unsent_oldest_days",
                 "markd_fiscal_oldest_unsent_age_seconds",
@@ -586,9 +589,9 @@ class StatusCollector:
                 3600,
             ),
         )
-        for key, name, documentation, scale in figures:
+        for key, name, documentation, scale in ages:
             if health.get(key) is not None:
-                yield GaugeMetricFamily(name, documentation, value=health[key] * scale)
+                yield GaugeMetricFamily(name, documentation, value=health[key] * scale + since)
 
     def _api_families(self, api: Mapping[str, Any]) -> Iterator[Metric]:
         connections = GaugeMetricFamily(
