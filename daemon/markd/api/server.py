@@ -63,10 +63,10 @@ TCP listeners, the bearer token (compared in constant time, never logged) before
 runs; on the API's TCP port a browser page may instead bring its session cookie (for
 :data:`~markd.api.sessions.SESSION_ROUTES`, with a listed ``Origin``) or a one-use ticket
 (``GET /v1/events?ticket=``). ``GET /v1/events`` with ``Upgrade: websocket`` becomes a
-WebSocket (:mod:`markd.api.websocket`) after the same checks. Request bodies hold full marking codes: they are never logged. Nothing a client sends
-reaches the log: a request that makes a route fail is logged by its route and the
-exception's type only (no message, no traceback; the log is also published to event
-subscribers).
+WebSocket (:mod:`markd.api.websocket`) after the same checks. Request bodies hold full
+marking codes: they are never logged. Nothing a client sends reaches the log (no target, no
+credential): a request that makes a route fail is logged by its route and the exception's
+type only (no message, no traceback; the log is also published to event subscribers).
 """
 
 from __future__ import annotations
