@@ -178,6 +178,8 @@ class WebSocketEvents:
         loop = asyncio.get_running_loop()
         next_ping = loop.time() + self.heartbeat_s
         while True:
+            if self._client_done or self.ws.state is not ConnectionState.OPEN:
+                return  # the receiving side closed (or answered a close) meanwhile
             now = loop.time()
             if self._ping is not None and now - self._ping_sent_at >= self.pong_timeout_s:
                 log.warning(
