@@ -67,6 +67,7 @@ async def test_websocket_events_are_the_sse_events_one_text_message_each(
         ws = await WebSocketClient.unix(config.api.socket, "/v1/events?kinds=scan,verdict")
         await wait_until(lambda: service.events.subscribers == 2)
         status = await (await Conversation.unix(config.api.socket)).request("GET", "/v1/status")
+        metrics = await (await Conversation.unix(config.api.socket)).request("GET", "/metrics")
         service.events.publish("source-notice", {"message": "not asked for"})
         get_virtual("ws-same").scan(WATER)
         sent = [await sse.block(), await sse.block(), await sse.block()]  # retry:, scan, verdict
@@ -76,6 +77,7 @@ async def test_websocket_events_are_the_sse_events_one_text_message_each(
 
     assert ws.status == 101
     assert status.json()["api"]["event_clients"] == 2
+    assert "\nmarkd_api_event_clients 2.0\n" in metrics.body.decode()
     assert received == [block["data"] for block in sent[1:]]  # the same JSON, byte for byte
     scan, verdict = (json.loads(text) for text in received)
     assert scan["kind"] == "scan" and verdict["kind"] == "verdict"
