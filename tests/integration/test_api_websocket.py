@@ -434,6 +434,58 @@ async def test_session_cookie_opens_the_screens_routes_and_no_others(
     assert after.status == 401
 
 
+async def test_session_end_ends_the_event_streams_it_opened(
+    store_path: str, tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    config = tcp_config(store_path, tmp_path, "ws-revoke")
+
+    async with running(config, event_log) as service:
+        assert service.api is not None
+        address = tcp_address(service)
+        revoked, _ = await open_session(service)
+        other, _ = await open_session(service)
+        browser = {"Cookie": f"markd_session={revoked}", "Origin": SCREEN}
+        ws = await WebSocketClient.tcp(address, "/v1/events?kinds=verdict", headers=browser)
+        sse = await EventStream.open(
+            await Conversation.tcp(*address), "/v1/events?kinds=verdict", browser
+        )
+        kept = await WebSocketClient.tcp(
+            address,
+            "/v1/events?kinds=verdict",
+            headers={"Cookie": f"markd_session={other}", "Origin": SCREEN},
+        )
+        with_token = await WebSocketClient.tcp(address, "/v1/events?kinds=verdict", headers=AUTH)
+        await wait_until(lambda: service.events.subscribers == 4)
+        conversation = await Conversation.tcp(*address)
+        await conversation.request("DELETE", "/v1/session", headers=browser)
+        conversation.close()
+        ws_close = await ws.closing_frame()
+        await sse.block()  # retry:
+        sse_end = await sse.block()
+        await wait_until(lambda: service.events.subscribers == 2)
+
+        service.api.sessions.session_s = 0.3  # one that expires while its stream runs
+        short, _ = await open_session(service)
+        expiring = await WebSocketClient.tcp(
+            address,
+            "/v1/events?kinds=verdict",
+            headers={"Cookie": f"markd_session={short}", "Origin": SCREEN},
+        )
+        expiry_close = await expiring.closing_frame()
+        service.events.publish("verdict", {"message": "for the others"})
+        others = [await kept.event(), await with_token.event()]
+        for client in (ws, kept, with_token, expiring):
+            client.close()
+        sse.conversation.close()
+
+    assert ws_close is not None and ws_close.close_code == 1008
+    assert b"session ended" in ws_close.payload
+    assert sse_end is None  # the stream ended
+    assert expiring.status == 101
+    assert expiry_close is not None and expiry_close.close_code == 1008
+    assert [e["data"]["message"] for e in others if e] == ["for the others"] * 2
+
+
 async def test_session_expires_and_the_unix_socket_needs_no_token(
     store_path: str, tmp_path: Path, event_log: RecordingEventLog
 ) -> None:

@@ -98,3 +98,19 @@ def test_a_cookie_opens_a_screens_routes_and_a_ticket_the_event_stream_only() ->
     assert ("POST", "/v1/check") not in SESSION_ROUTES
     assert ("POST", "/v1/receipt/items") not in SESSION_ROUTES
     assert {("GET", "/v1/events"), ("POST", "/v1/receipt/close")} <= SESSION_ROUTES
+
+
+def test_every_end_of_a_session_is_reported() -> None:
+    clock = Clock()
+    ended: list[bytes] = []
+    store = SessionStore(60, max_sessions=2, clock=clock, on_end=ended.append)
+    revoked, pushed_out = store.open(), store.open()
+    assert store.revoke([revoked.session]) and len(ended) == 1
+    expiring = [store.open(), store.open()]  # the second one too many: pushed_out goes
+    assert len(ended) == 2 and not store.session_valid([pushed_out.session])
+    clock.now += 60
+    store.expire()
+
+    assert len(ended) == 4 and len(set(ended)) == 4
+    assert store.sessions == 0
+    assert not store.session_valid([opened.session for opened in expiring])

@@ -98,6 +98,8 @@ class Request:
     #: What let it in, once the server has admitted it: ``socket`` (the Unix socket),
     #: ``token`` (the bearer token), ``session`` (the session cookie) or ``ticket``.
     authorised_by: str | None = None
+    #: The digest of the session that let it in (``authorised_by`` ``session``).
+    session: bytes | None = field(default=None, repr=False)
 
     def json(self, *, empty_ok: bool = False) -> dict[str, Any]:
         """The body as a JSON object (an empty body is ``{}`` when ``empty_ok``)."""

@@ -80,6 +80,7 @@ import socket
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -257,7 +258,9 @@ class ControlServer:
         #: ``(host, port)`` of the metrics listener once bound, as :attr:`tcp_address`.
         self.metrics_address: tuple[str, int] | None = None
         #: Browser sessions and tickets (``POST /v1/session``), in memory.
-        self.sessions = SessionStore(config.session_hours * 3600.0)
+        self.sessions = SessionStore(config.session_hours * 3600.0, on_end=self._session_ended)
+        #: The event streams each session opened (by the session's digest): they end with it.
+        self._session_streams: dict[bytes, set[Subscription]] = {}
         self._context = RouteContext(service, self._api_status, self.sessions)
         self._token = token
         self._metrics_token = metrics_token
@@ -734,7 +737,8 @@ class ControlServer:
             since=replay_from(request.query, request.headers),
         )
         connection.subscription = stream.subscription
-        await stream.run()
+        with self._ends_with_session(request, stream.subscription):
+            await stream.run()
 
     async def _websocket_events(self, connection: _Connection, request: Request) -> None:
         """``GET /v1/events`` with ``Upgrade: websocket``: the same checks as the SSE stream
@@ -766,7 +770,34 @@ class ControlServer:
         )
         connection.subscription = stream.subscription
         connection.writer.write(answer)
-        await stream.run()
+        with self._ends_with_session(request, stream.subscription):
+            await stream.run()
+
+    @contextlib.contextmanager
+    def _ends_with_session(self, request: Request, subscription: Subscription) -> Iterator[None]:
+        """While an event stream runs: when the session that opened it ends (revoked,
+        expired, pushed out), so does the stream."""
+        digest = request.session
+        left = None if digest is None else self.sessions.expires_in(digest)
+        if digest is None or left is None:
+            yield
+            return
+        self._session_streams.setdefault(digest, set()).add(subscription)
+        # Expiry is otherwise noticed at the next request; a stream may be the only one.
+        timer = asyncio.get_running_loop().call_later(left + 0.01, self.sessions.expire)
+        try:
+            yield
+        finally:
+            timer.cancel()
+            streams = self._session_streams.get(digest)
+            if streams is not None:
+                streams.discard(subscription)
+                if not streams:
+                    del self._session_streams[digest]
+
+    def _session_ended(self, digest: bytes) -> None:
+        for subscription in self._session_streams.pop(digest, set()):
+            subscription.close("session-ended")
 
     # -- dispatch -------------------------------------------------------------------------------
 
@@ -816,10 +847,10 @@ class ControlServer:
         if request.transport != "tcp":  # the metrics listener takes its token only
             return None
         route = (request.method, request.path)
-        if route in SESSION_ROUTES and self.sessions.session_valid(
-            session_cookies(request.headers)
-        ):
-            return "session"
+        if route in SESSION_ROUTES:
+            request.session = self.sessions.find(session_cookies(request.headers))
+            if request.session is not None:
+                return "session"
         if route in TICKET_ROUTES:
             for ticket in request.query.get("ticket", []):
                 if self.sessions.use_ticket(ticket):

@@ -15,8 +15,10 @@ Both are 256 random bits. Only their SHA-256 digests are kept, so the lookup of 
 sends is a dict lookup on a digest: nothing about a kept value leaks through its timing, and a
 memory dump holds no usable credential. Both are bounded in number (:data:`MAX_SESSIONS`,
 :data:`MAX_TICKETS`; the least recently used session, the oldest ticket goes first) and expire
-on the monotonic clock (a till's wall clock may jump at boot, when NTP answers). Nothing here
-logs, and neither value ever appears in a log line: ``docs/api.md``, "Browsers".
+on the monotonic clock (a till's wall clock may jump at boot, when NTP answers). A session
+that ends — revoked, expired or pushed out — is reported to ``on_end`` with its digest, so
+that the server can end the event streams it opened. Nothing here logs, and neither value ever
+appears in a log line: ``docs/api.md``, "Browsers".
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class SessionStore:
     :param session_s: seconds a session lasts from its opening.
     :param ticket_s: seconds a ticket lasts.
     :param clock: monotonic seconds (tests pass their own).
+    :param on_end: called with a session's digest when it ends (revoked, expired, pushed out).
     """
 
     def __init__(
@@ -96,12 +99,14 @@ class SessionStore:
         max_sessions: int = MAX_SESSIONS,
         max_tickets: int = MAX_TICKETS,
         clock: Callable[[], float] = time.monotonic,
+        on_end: Callable[[bytes], None] | None = None,
     ) -> None:
         self.session_s = session_s
         self.ticket_s = ticket_s
         self.max_sessions = max_sessions
         self.max_tickets = max_tickets
         self._clock = clock
+        self.on_end = on_end
         #: digest → when it expires; the most recently used last.
         self._sessions: OrderedDict[bytes, float] = OrderedDict()
         #: digest → when it expires; the newest last.
@@ -122,21 +127,30 @@ class SessionStore:
         self._sessions[_digest(session) or b""] = now + self.session_s
         self._tickets[_digest(ticket) or b""] = now + self.ticket_s
         while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
+            self._ended(self._sessions.popitem(last=False)[0])
         while len(self._tickets) > self.max_tickets:
             self._tickets.popitem(last=False)
         return OpenedSession(session, ticket, int(self.session_s), int(self.ticket_s))
 
-    def session_valid(self, values: Iterable[str]) -> bool:
-        """Whether one of ``values`` (the cookies of that name a request sent) is a live
-        session; that session counts as used now."""
+    def find(self, values: Iterable[str]) -> bytes | None:
+        """The digest of the live session among ``values`` (the cookies of that name a
+        request sent), None when there is none; that session counts as used now."""
         self._expire()
         for value in values:
             digest = _digest(value)
             if digest is not None and digest in self._sessions:
                 self._sessions.move_to_end(digest)
-                return True
-        return False
+                return digest
+        return None
+
+    def session_valid(self, values: Iterable[str]) -> bool:
+        """Whether one of ``values`` is a live session (:meth:`find`)."""
+        return self.find(values) is not None
+
+    def expires_in(self, digest: bytes) -> float | None:
+        """Seconds the session of ``digest`` has left; None when it is not live."""
+        until = self._sessions.get(digest)
+        return None if until is None else max(0.0, until - self._clock())
 
     def revoke(self, values: Iterable[str]) -> bool:
         """End the sessions among ``values``; whether there was one."""
@@ -144,6 +158,7 @@ class SessionStore:
         for value in values:
             digest = _digest(value)
             if digest is not None and self._sessions.pop(digest, None) is not None:
+                self._ended(digest)
                 found = True
         return found
 
@@ -153,11 +168,21 @@ class SessionStore:
         digest = _digest(value)
         return digest is not None and self._tickets.pop(digest, None) is not None
 
+    def expire(self) -> None:
+        """Forget what has expired (done by every other method too)."""
+        self._expire()
+
     def _expire(self) -> None:
         now = self._clock()
-        for kept in (self._sessions, self._tickets):
-            for digest in [d for d, until in kept.items() if until <= now]:
-                del kept[digest]
+        for digest in [d for d, until in self._tickets.items() if until <= now]:
+            del self._tickets[digest]
+        for digest in [d for d, until in self._sessions.items() if until <= now]:
+            del self._sessions[digest]
+            self._ended(digest)
+
+    def _ended(self, digest: bytes) -> None:
+        if self.on_end is not None:
+            self.on_end(digest)
 
 
 def session_cookies(headers: Mapping[str, str]) -> list[str]:

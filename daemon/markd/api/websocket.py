@@ -205,6 +205,8 @@ class WebSocketEvents:
             except StreamClosed:
                 if self.subscription.closed == "queue-full":
                     self._drop(CLOSE_POLICY_VIOLATION, "fell behind")
+                elif self.subscription.closed == "session-ended":
+                    await self._close(CLOSE_POLICY_VIOLATION, "session ended")
                 elif not self._client_done:  # the daemon is stopping
                     await self._close(CLOSE_GOING_AWAY, "markd stopping")
                 return
