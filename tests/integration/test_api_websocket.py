@@ -298,12 +298,14 @@ async def test_websocket_garbage_after_the_handshake_is_closed_and_the_daemon_go
     [
         ({"Sec-WebSocket-Version": "8"}, 426, "upgrade-required"),
         ({"Connection": "keep-alive"}, 400, "bad-request"),
+        ({"Sec-WebSocket-Key": None}, 400, "bad-request"),
+        ({"Host": None}, 400, "bad-request"),
     ],
 )
 async def test_websocket_a_bad_handshake_is_refused(
     store_path: str,
     event_log: RecordingEventLog,
-    headers: dict[str, str],
+    headers: dict[str, str | None],
     status: int,
     error: str,
 ) -> None:
@@ -319,7 +321,9 @@ async def test_websocket_a_bad_handshake_is_refused(
             "Sec-WebSocket-Version": "13",
             **headers,
         }
-        head = "GET /v1/events HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in lines.items())
+        head = "GET /v1/events HTTP/1.1\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in lines.items() if v is not None
+        )
         conversation = Conversation(reader, writer)
         await conversation.send((head + "\r\n").encode())
         answer = await conversation.answer()

@@ -76,6 +76,11 @@ def accept(request: Request) -> tuple[bytes, Connection]:
     ``Connection: Upgrade``, no ``Sec-WebSocket-Key``, a version other than 13: 426 with the
     version markd speaks, or no ``Host``).
     """
+    if "host" not in request.headers:
+        # RFC 6455 §4.1 requires it (markd serves plain requests without one).
+        raise HTTPRefusal(
+            400, "bad-request", "WebSocket handshake: Missing header, 'Host'", close=True
+        )
     handshake = H11Handshake(ConnectionType.SERVER)
     fields = [
         (name.encode("ascii"), value.encode("latin-1")) for name, value in request.headers.items()
@@ -95,9 +100,10 @@ def accept(request: Request) -> tuple[bytes, Connection]:
             status, reason, f"WebSocket handshake: {exc}", headers=headers, close=True
         ) from None
     except h11.LocalProtocolError:
-        # Only the Host line, which h11 needs and markd otherwise does without.
+        # h11 re-frames the head for wsproto; what it read once it reads again, so this is
+        # only a guard.
         raise HTTPRefusal(
-            400, "bad-request", "WebSocket handshake: Missing header, 'Host'", close=True
+            400, "bad-request", "WebSocket handshake: malformed request", close=True
         ) from None
     if not asked:
         raise HTTPRefusal(400, "bad-request", "WebSocket handshake: not an upgrade", close=True)
