@@ -257,7 +257,8 @@ class WebSocketEvents:
                     self.ws.receive_data(data)
                 for event in self.ws.events():
                     if isinstance(event, Ping):
-                        await self._write(self.ws.send(event.response()))
+                        if self.ws.state is ConnectionState.OPEN:  # not once we closed
+                            await self._write(self.ws.send(event.response()))
                     elif isinstance(event, Pong):
                         if event.payload == self._ping:
                             self._ping = None
