@@ -196,7 +196,8 @@ def session_cookies(headers: Mapping[str, str]) -> list[str]:
 
 
 def cookie_header(value: str, max_age_s: int) -> str:
-    """``Set-Cookie`` for the session. No ``Secure``: markd speaks plain HTTP, and a browser
-    keeps no ``Secure`` cookie an ``http://`` answer sets (on loopback nothing crosses a
-    network; ``docs/api.md``, "Browsers")."""
+    """``Set-Cookie`` for the session. No ``Secure``: markd speaks plain HTTP, and browsers
+    keep a ``Secure`` cookie from an ``http://`` answer for ``localhost`` at most, never for
+    ``127.0.0.1`` or a LAN address (on loopback nothing crosses a network; ``docs/api.md``,
+    "Browsers")."""
     return f"{SESSION_COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/v1; Max-Age={max_age_s}"
