@@ -7,8 +7,8 @@
 # * the daemon's runtime venv (`make install` passes MARKD_PIP_SPEC=.): with Debian's own
 #   interpreter it sees the system's packages (--system-site-packages) and takes its runtime
 #   libraries from Debian (python3-systemd, python3-lmdb, python3-serial, python3-usb,
-#   python3-h11, python3-cryptography, python3-prometheus-client), so it needs no compiler
-#   and no headers; pip finds the requirements met and installs markd alone;
+#   python3-h11, python3-cryptography, python3-prometheus-client, python3-wsproto), so it needs
+#   no compiler and no headers; pip finds the requirements met and installs markd alone;
 # * the development and test venv (the default): every library from PyPI at its current
 #   release. PyPI ships systemd-python as source, which pip builds against libsystemd, so this
 #   one needs a compiler, libsystemd's headers and Python.h.
@@ -50,7 +50,7 @@ if [ "${MARKD_PIP_SPEC:-}" = "." ] \
     && [ -d /usr/lib/python3/dist-packages ]; then
     # The runtime venv on Debian's libraries: nothing to build.
     venv_args=(--system-site-packages)
-    for pkg in python3-systemd python3-lmdb python3-serial python3-usb python3-h11 python3-cryptography python3-prometheus-client; do
+    for pkg in python3-systemd python3-lmdb python3-serial python3-usb python3-h11 python3-cryptography python3-prometheus-client python3-wsproto; do
         have_pkg "$pkg" || need+=("$pkg")
     done
 else

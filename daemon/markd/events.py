@@ -283,9 +283,10 @@ class Subscription:
         self.delivered += 1
         return self._queue.popleft()
 
-    def close(self) -> None:
-        """Stop receiving now (the reader went away). Idempotent."""
-        self._end("closed")
+    def close(self, reason: str = "closed") -> None:
+        """Stop receiving now (the reader went away; or ``reason``, e.g. the session that
+        let the reader in ended). Idempotent: the first reason stays."""
+        self._end(reason)
 
     def finish(self) -> None:
         """Take no more events; :meth:`next` hands out those already queued, then ends (the

@@ -30,7 +30,7 @@ def test_api_openapi_lists_exactly_the_registered_routes() -> None:
 
     assert documented_routes() - registered == set(), "documented but not served"
     assert registered - documented_routes() == set(), "served but not documented"
-    assert len(registered) == 11
+    assert len(registered) == 13
 
 
 def test_api_openapi_is_version_3_1_and_its_references_resolve() -> None:
@@ -87,17 +87,46 @@ def test_api_doc_error_examples_use_reasons_the_server_knows() -> None:
 
 def test_api_openapi_event_stream_parameters_are_those_the_server_reads() -> None:
     """Every query parameter and header ``GET /v1/events`` reads (``query.get("…")``,
-    ``headers.get("…")`` in markd/api/sse.py) is documented, and nothing more."""
-    source = (Path(api.__file__).parent / "sse.py").read_text(encoding="utf-8")
+    ``headers.get("…")`` in markd/api/sse.py and websocket.py, and the ticket the server
+    takes) is documented, and nothing more."""
+    package = Path(api.__file__).parent
+    source = "".join(
+        (package / name).read_text(encoding="utf-8") for name in ("sse.py", "websocket.py")
+    )
     read = {("query", name) for name in re.findall(r'query\.get\("([^"]+)"', source)}
     read |= {("header", name) for name in re.findall(r'headers\.get\("([^"]+)"', source)}
+    server = (package / "server.py").read_text(encoding="utf-8")
+    if 'request.query.get("ticket"' in server:
+        read.add(("query", "ticket"))
     parameters = openapi()["paths"]["/v1/events"]["get"]["parameters"]
     documented = {
         (p["in"], p["name"].lower() if p["in"] == "header" else p["name"]) for p in parameters
     }
 
-    assert read == {("query", "kinds"), ("query", "since"), ("header", "last-event-id")}
+    assert read == {
+        ("query", "kinds"),
+        ("query", "since"),
+        ("query", "ticket"),
+        ("header", "last-event-id"),
+        ("header", "upgrade"),
+    }
     assert documented == read
+
+
+def test_api_openapi_names_the_routes_a_session_cookie_or_a_ticket_opens() -> None:
+    from markd.api.sessions import SESSION_ROUTES, TICKET_ROUTES
+
+    def secured_by(scheme: str) -> set[tuple[str, str]]:
+        return {
+            (method.upper(), path)
+            for path, item in openapi()["paths"].items()
+            for method, operation in item.items()
+            if method in HTTP_METHODS
+            and any(scheme in option for option in operation.get("security", []))
+        }
+
+    assert secured_by("session") == SESSION_ROUTES
+    assert secured_by("ticket") == TICKET_ROUTES
 
 
 async def test_api_openapi_event_and_gap_schemas_name_what_the_server_sends() -> None:

@@ -578,6 +578,7 @@ def test_to_dict_is_plain_json_data() -> None:
             "allowed_origins": [],
             "replay_events": 1024,
             "replay_kib": 1024,
+            "session_hours": 24,
         },
         "metrics": {"listen": "", "allow_remote": False, "token_file": ""},
     }
@@ -645,7 +646,7 @@ def test_docs_key_table_matches_the_schema() -> None:
 def test_docs_mention_every_key() -> None:
     keys = [f"`[{ref.table}] {ref.key}`" for ref in config.schema_keys()]
 
-    assert len(keys) == 86
+    assert len(keys) == 87
     assert [key for key in keys if key not in _doc()] == []
 
 

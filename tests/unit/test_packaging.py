@@ -124,6 +124,7 @@ DEBIAN_NAMES = {
     "h11": "python3-h11",
     "cryptography": "python3-cryptography",
     "prometheus-client": "python3-prometheus-client",
+    "wsproto": "python3-wsproto",
 }
 
 

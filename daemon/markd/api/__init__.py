@@ -9,13 +9,17 @@ machine-readable form (a test keeps it and :data:`ROUTES` equal)::
 
     GET  /v1/status            service, scanners, check sources, store, printer, API clients
     POST /v1/check             {"code": "…"} → the verdict (the scan path, scanner "api")
-    GET  /v1/events            Server-Sent Events: scans, verdicts, device and service state
+    GET  /v1/events            Server-Sent Events (or a WebSocket, with Upgrade: websocket):
+                               scans, verdicts, device and service state
     GET  /v1/receipt           the open receipt (null when none)
     POST /v1/receipt           open a receipt
     POST /v1/receipt/items     check a code and add it to the receipt when allowed
     POST /v1/receipt/close     close the receipt with its payments
     POST /v1/receipt/cancel    cancel the open receipt
     POST /v1/reload            re-read the configuration (as SIGHUP), answer with the outcome
+    POST /v1/session           for a browser page: the token exchanged for a session cookie
+                               and a one-use ticket
+    DELETE /v1/session         end the page's session
 
 The package, one job per module:
 
@@ -27,12 +31,17 @@ The package, one job per module:
     :func:`parse_listen` for ``[api] listen`` and ``[metrics] listen``.
 ``server``
     :class:`ControlServer`: connections on asyncio streams, HTTP/1.1 framed by h11, the limits
-    and deadlines, origin and token checks, dispatch.
+    and deadlines, origin and credential checks, dispatch.
 ``routes``
     the endpoints and :data:`ROUTES`.
 ``sse``
     the ``GET /v1/events`` stream: per-client bounded queues, heartbeats, write timeouts,
     replay from ``Last-Event-ID`` or ``since``.
+``websocket``
+    the same stream as a WebSocket: wsproto's handshake on the request h11 read, one text
+    message per event, pings, the same slow-client rules.
+``sessions``
+    browser sessions (the ``markd_session`` cookie) and one-use tickets, and what each opens.
 ``messages``
     :class:`Request`, :class:`Response`, :class:`HTTPRefusal`.
 ``client``

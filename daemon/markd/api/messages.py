@@ -28,6 +28,7 @@ PHRASES = {
     411: "Length Required",
     413: "Content Too Large",
     422: "Unprocessable Content",
+    426: "Upgrade Required",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -94,6 +95,11 @@ class Request:
     transport: str = "unix"
     #: Who sent it, for the log (``unix`` or ``127.0.0.1:40112``).
     peer: str = ""
+    #: What let it in, once the server has admitted it: ``socket`` (the Unix socket),
+    #: ``token`` (the bearer token), ``session`` (the session cookie) or ``ticket``.
+    authorised_by: str | None = None
+    #: The digest of the session that let it in (``authorised_by`` ``session``).
+    session: bytes | None = field(default=None, repr=False)
 
     def json(self, *, empty_ok: bool = False) -> dict[str, Any]:
         """The body as a JSON object (an empty body is ``{}`` when ``empty_ok``)."""

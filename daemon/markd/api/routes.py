@@ -19,6 +19,7 @@ from typing import Any
 
 from markd.api.messages import HTTPRefusal, Request, Response
 from markd.api.protocol import ControlledService
+from markd.api.sessions import SessionStore, cookie_header, session_cookies
 from markd.events import verdict_json
 from markd.money import money_problem
 from markd.receipts import (
@@ -54,6 +55,8 @@ class RouteContext:
     service: ControlledService
     #: The server's own part of ``GET /v1/status``: its connections and event clients.
     api_status: Callable[[], dict[str, Any]]
+    #: The server's browser sessions and tickets (``POST /v1/session``).
+    sessions: SessionStore | None = None
 
 
 Handler = Callable[[RouteContext, Request], Awaitable[Response]]
@@ -139,6 +142,27 @@ async def get_events(context: RouteContext, request: Request) -> Response:
     # markd.api.sse); the route is listed so that the table, 405 answers and the OpenAPI
     # test know it.
     raise HTTPRefusal(500, "internal-error", "event stream not dispatched")
+
+
+@route("POST", "/v1/session")
+async def post_session(context: RouteContext, request: Request) -> Response:
+    # Reached with the bearer token or on the Unix socket only: a session cookie does not
+    # authorise this route (markd.api.sessions.SESSION_ROUTES), so it cannot prolong itself.
+    _only(request.json(empty_ok=True), set())
+    assert context.sessions is not None
+    opened = context.sessions.open()
+    return Response(
+        201,
+        {"ticket": opened.ticket, "ticket_s": opened.ticket_s, "session_s": opened.session_s},
+        headers={"Set-Cookie": cookie_header(opened.session, opened.session_s)},
+    )
+
+
+@route("DELETE", "/v1/session")
+async def delete_session(context: RouteContext, request: Request) -> Response:
+    assert context.sessions is not None
+    revoked = context.sessions.revoke(session_cookies(request.headers))
+    return Response(200, {"revoked": revoked}, headers={"Set-Cookie": cookie_header("", 0)})
 
 
 @route("GET", "/v1/receipt")

@@ -60,10 +60,13 @@ and parsed again; nothing else is.
 
 Every request passes the origin check (a browser's ``Origin`` must be listed) and, on both
 TCP listeners, the bearer token (compared in constant time, never logged) before its route
-runs. Request bodies hold full marking codes: they are never logged. Nothing a client sends
-reaches the log: a request that makes a route fail is logged by its route and the
-exception's type only (no message, no traceback; the log is also published to event
-subscribers).
+runs; on the API's TCP port a browser page may instead bring its session cookie (for
+:data:`~markd.api.sessions.SESSION_ROUTES`, with a listed ``Origin``) or a one-use ticket
+(``GET /v1/events?ticket=``). ``GET /v1/events`` with ``Upgrade: websocket`` becomes a
+WebSocket (:mod:`markd.api.websocket`) after the same checks. Request bodies hold full
+marking codes: they are never logged. Nothing a client sends reaches the log (no target, no
+credential): a request that makes a route fail is logged by its route and the exception's
+type only (no message, no traceback; the log is also published to event subscribers).
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ import socket
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,7 +99,14 @@ from markd.api.messages import (
 )
 from markd.api.protocol import ControlledService
 from markd.api.routes import ROUTES, RouteContext, methods_of, receipt_status
+from markd.api.sessions import (
+    SESSION_ROUTES,
+    TICKET_ROUTES,
+    SessionStore,
+    session_cookies,
+)
 from markd.api.sse import HEARTBEAT_S, EventStream, replay_from, wanted_kinds
+from markd.api.websocket import WebSocketEvents, accept, wants_websocket
 from markd.config.startup import api_token, metrics_token
 from markd.events import Subscription
 from markd.http.refusals import H11_REFUSALS, refusal_text
@@ -214,7 +225,10 @@ class ControlServer:
     :param metrics: the ``[metrics]`` section (None or no ``listen``: no metrics listener).
     :param metrics_token: the metrics listener's bearer token (default: loaded from
         ``[metrics] token_file`` or the credential ``metrics-token`` when ``listen`` is set).
-    :param heartbeat_s: seconds between heartbeats on an idle event stream.
+    :param heartbeat_s: seconds between heartbeats on an idle event stream, and between the
+        pings of a WebSocket event stream.
+    :param pong_timeout_s: seconds a WebSocket client has to answer a ping (default: as
+        ``heartbeat_s``).
     :param event_queue_limit: events a stream client may fall behind before it is dropped.
     :param write_timeout_s: seconds a write may wait for the client.
     """
@@ -228,12 +242,14 @@ class ControlServer:
         metrics: MetricsConfig | None = None,
         metrics_token: Secret | None = None,
         heartbeat_s: float = HEARTBEAT_S,
+        pong_timeout_s: float | None = None,
         event_queue_limit: int | None = None,
         write_timeout_s: float = WRITE_TIMEOUT_S,
     ) -> None:
         self.service = service
         self.config = config
         self.heartbeat_s = heartbeat_s
+        self.pong_timeout_s = pong_timeout_s
         self.event_queue_limit = event_queue_limit
         self.write_timeout_s = write_timeout_s
         #: ``(host, port)`` of the TCP listener once bound (port 0 in the config: the real one).
@@ -241,7 +257,11 @@ class ControlServer:
         self.metrics_config = metrics
         #: ``(host, port)`` of the metrics listener once bound, as :attr:`tcp_address`.
         self.metrics_address: tuple[str, int] | None = None
-        self._context = RouteContext(service, self._api_status)
+        #: Browser sessions and tickets (``POST /v1/session``), in memory.
+        self.sessions = SessionStore(config.session_hours * 3600.0, on_end=self._session_ended)
+        #: The event streams each session opened (by the session's digest): they end with it.
+        self._session_streams: dict[bytes, set[Subscription]] = {}
+        self._context = RouteContext(service, self._api_status, self.sessions)
         self._token = token
         self._metrics_token = metrics_token
         self._origins = frozenset(config.allowed_origins)
@@ -493,18 +513,25 @@ class ControlServer:
                 and request.method == "GET"
                 and connection.transport != "metrics"  # served only METRICS_ROUTES
             ):
-                await self._stream_events(connection, request)
+                if wants_websocket(request.headers):
+                    await self._websocket_events(connection, request)
+                else:
+                    await self._stream_events(connection, request)
                 return
             response = await self._dispatch(request)
             # h11 has read the whole request: DONE means it may be followed by another
             # (MUST_CLOSE: HTTP/1.0, or the client said Connection: close). A TCP request
-            # (on either TCP listener) without the token ends its connection whatever it was
-            # answered (401, or 403 for its origin, or a preflight): only a client with the
-            # token keeps one.
+            # (on either TCP listener) that was not let in ends its connection whatever it
+            # was answered (401, or 403 for its origin, or a preflight): only a client with
+            # the token or a session keeps one.
             keep = (
                 connection.http.their_state is h11.DONE
                 and not response.close
-                and (connection.transport == "unix" or self._token_matches(request))
+                and (
+                    connection.transport == "unix"
+                    or request.authorised_by is not None
+                    or self._token_matches(request)
+                )
             )
             await self._send(connection, response, keep)
             connection.busy = False
@@ -710,7 +737,67 @@ class ControlServer:
             since=replay_from(request.query, request.headers),
         )
         connection.subscription = stream.subscription
-        await stream.run()
+        with self._ends_with_session(request, stream.subscription):
+            await stream.run()
+
+    async def _websocket_events(self, connection: _Connection, request: Request) -> None:
+        """``GET /v1/events`` with ``Upgrade: websocket``: the same checks as the SSE stream
+        (origin, credentials, ``kinds``), then wsproto's handshake on the request h11 read,
+        and the connection is the client's WebSocket event stream (:mod:`markd.api.websocket`)."""
+        try:
+            self._admit(request)
+            kinds = wanted_kinds(request.query)
+            answer, websocket = accept(request)
+        except HTTPRefusal as refusal:
+            await self._send(
+                connection, self._refusal_response(refusal, request, request.transport), False
+            )
+            return
+        stream = WebSocketEvents(
+            self.service.events,
+            connection.reader,
+            connection.writer,
+            websocket,
+            kinds=kinds,
+            peer=connection.peer,
+            heartbeat_s=self.heartbeat_s,
+            pong_timeout_s=self.pong_timeout_s or self.heartbeat_s,
+            queue_limit=self.event_queue_limit,
+            write_timeout_s=self.write_timeout_s,
+            since=replay_from(request.query, request.headers),
+            # What the client sent after its handshake, already read with the request.
+            received=connection.http.trailing_data[0],
+        )
+        connection.subscription = stream.subscription
+        connection.writer.write(answer)
+        with self._ends_with_session(request, stream.subscription):
+            await stream.run()
+
+    @contextlib.contextmanager
+    def _ends_with_session(self, request: Request, subscription: Subscription) -> Iterator[None]:
+        """While an event stream runs: when the session that opened it ends (revoked,
+        expired, pushed out), so does the stream."""
+        digest = request.session
+        left = None if digest is None else self.sessions.expires_in(digest)
+        if digest is None or left is None:
+            yield
+            return
+        self._session_streams.setdefault(digest, set()).add(subscription)
+        # Expiry is otherwise noticed at the next request; a stream may be the only one.
+        timer = asyncio.get_running_loop().call_later(left + 0.01, self.sessions.expire)
+        try:
+            yield
+        finally:
+            timer.cancel()
+            streams = self._session_streams.get(digest)
+            if streams is not None:
+                streams.discard(subscription)
+                if not streams:
+                    del self._session_streams[digest]
+
+    def _session_ended(self, digest: bytes) -> None:
+        for subscription in self._session_streams.pop(digest, set()):
+            subscription.close("session-ended")
 
     # -- dispatch -------------------------------------------------------------------------------
 
@@ -719,11 +806,17 @@ class ControlServer:
         return frozenset() if request.transport == "metrics" else self._origins
 
     def _admit(self, request: Request) -> None:
-        """The checks every request passes before its route: origin, then token (TCP)."""
+        """The checks every request passes before its route: origin, then (TCP) the token, a
+        session cookie or a ticket; sets :attr:`Request.authorised_by`."""
         origin = request.headers.get("origin")
         if origin is not None and origin not in self._allowed_origins(request):
             raise HTTPRefusal(403, "origin-not-allowed", f"origin {origin[:100]} is not allowed")
-        if request.transport != "unix" and not self._authorized(request):
+        if request.transport == "unix":
+            request.authorised_by = "socket"
+            return
+        how = self._credential(request)
+        if how is None:
+            self._count_refused(request)
             # Closed after the answer: a client without the token holds no connection
             # (and no slot) by asking again on it.
             raise HTTPRefusal(
@@ -733,6 +826,36 @@ class ControlServer:
                 headers={"WWW-Authenticate": 'Bearer realm="markd"'},
                 close=True,
             )
+        if how == "session" and origin is None:
+            # Every page using the cookie is a listed origin's, and its browser says so; a
+            # request with the cookie and no Origin is no such page's.
+            raise HTTPRefusal(
+                403,
+                "origin-not-allowed",
+                "a request with the session cookie must come from a page of [api] "
+                "allowed_origins (its Origin header)",
+                close=True,
+            )
+        request.authorised_by = how
+
+    def _credential(self, request: Request) -> str | None:
+        """What authorises a TCP request: ``token``, ``session`` (the cookie, for
+        :data:`~markd.api.sessions.SESSION_ROUTES` only), ``ticket`` (used up here, for
+        :data:`~markd.api.sessions.TICKET_ROUTES` only), or None."""
+        if self._token_matches(request):
+            return "token"
+        if request.transport != "tcp":  # the metrics listener takes its token only
+            return None
+        route = (request.method, request.path)
+        if route in SESSION_ROUTES:
+            request.session = self.sessions.find(session_cookies(request.headers))
+            if request.session is not None:
+                return "session"
+        if route in TICKET_ROUTES:
+            for ticket in request.query.get("ticket", []):
+                if self.sessions.use_ticket(ticket):
+                    return "ticket"
+        return None
 
     def _token_matches(self, request: Request) -> bool:
         """The request carries its listener's bearer token (compared in constant time)."""
@@ -744,25 +867,23 @@ class ControlServer:
             and hmac.compare_digest(given.strip().encode(), token.reveal().encode())
         )
 
-    def _authorized(self, request: Request) -> bool:
-        """:meth:`_token_matches`, a refusal counted for the rate-limited log record."""
-        ok = self._token_matches(request)
-        if not ok:
-            # Counted and rate-limited per listener: a scraper with a stale token does not
-            # hide a stranger knocking on the API's port.
-            listener = request.transport
-            self._auth_refused[listener] += 1
-            now = time.monotonic()
-            if now - self._auth_logged_at[listener] >= AUTH_LOG_INTERVAL_S:
-                self._auth_logged_at[listener] = now
-                log.warning(
-                    "%s: refused %d request(s) without a valid token (last from %s)",
-                    _LISTENER_NAMES[listener],
-                    self._auth_refused[listener],
-                    request.peer,
-                )
-                self._auth_refused[listener] = 0
-        return ok
+    def _count_refused(self, request: Request) -> None:
+        """A request refused for its credentials, counted for the rate-limited log record
+        (which names the peer, never what it sent)."""
+        # Counted and rate-limited per listener: a scraper with a stale token does not
+        # hide a stranger knocking on the API's port.
+        listener = request.transport
+        self._auth_refused[listener] += 1
+        now = time.monotonic()
+        if now - self._auth_logged_at[listener] >= AUTH_LOG_INTERVAL_S:
+            self._auth_logged_at[listener] = now
+            log.warning(
+                "%s: refused %d request(s) without a valid token (last from %s)",
+                _LISTENER_NAMES[listener],
+                self._auth_refused[listener],
+                request.peer,
+            )
+            self._auth_refused[listener] = 0
 
     async def _dispatch(self, request: Request) -> Response:
         try:
@@ -815,7 +936,13 @@ class ControlServer:
         origin = request.headers.get("origin")
         if origin is None or origin not in self._allowed_origins(request):
             return {}
-        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        # Credentials allowed: the page's fetch() with credentials: "include" sends the
+        # session cookie and may receive it (POST /v1/session). Only ever for a listed origin.
+        return {
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Credentials": "true",
+            "Vary": "Origin",
+        }
 
     def _preflight(self, request: Request) -> Response:
         origin = request.headers.get("origin")
@@ -825,7 +952,7 @@ class ControlServer:
             204,
             None,
             {
-                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
                 "Access-Control-Allow-Headers": "Authorization, Content-Type, Idempotency-Key",
                 "Access-Control-Max-Age": "600",
             },

@@ -995,6 +995,15 @@ class ApiConfig:
             "max": 65_536,
         },
     )
+    session_hours: int = field(
+        default=24,
+        metadata={
+            "doc": "Hours a browser session (`POST /v1/session`, its cookie) lasts from its "
+            "opening; then the page exchanges the token again.",
+            "min": 1,
+            "max": 720,
+        },
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,203 @@
+"""Browser sessions of the control API: the bearer token exchanged once for a cookie and a ticket.
+
+A kiosk screen in a browser cannot put ``Authorization`` on an ``EventSource`` or a
+``WebSocket``. So the page sends the token once, ``POST /v1/session``, and gets back
+
+* a session cookie, ``markd_session`` (``HttpOnly``: the page's scripts never read it;
+  ``SameSite=Strict``: a page of another site never makes the browser send it), which
+  authorises :data:`SESSION_ROUTES` only, for ``[api] session_hours``; and
+* a ticket in the JSON body, for a client that cannot use the cookie (a page on another site
+  than the API, e.g. ``http://localhost:8080`` reading ``http://127.0.0.1:8391``): one
+  connection to ``GET /v1/events?ticket=…`` (Server-Sent Events or WebSocket) within
+  :data:`TICKET_TTL_S`, then never again.
+
+Both are 256 random bits. Only their SHA-256 digests are kept, so the lookup of what a client
+sends is a dict lookup on a digest: nothing about a kept value leaks through its timing, and a
+memory dump holds no usable credential. Both are bounded in number (:data:`MAX_SESSIONS`,
+:data:`MAX_TICKETS`; the least recently used session, the oldest ticket goes first) and expire
+on the monotonic clock (a till's wall clock may jump at boot, when NTP answers). A session
+that ends — revoked, expired or pushed out — is reported to ``on_end`` with its digest, so
+that the server can end the event streams it opened. Nothing here logs, and neither value ever
+appears in a log line: ``docs/api.md``, "Browsers".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+#: The session cookie's name.
+SESSION_COOKIE = "markd_session"
+#: Seconds a ticket may wait for its connection.
+TICKET_TTL_S = 30.0
+#: Sessions kept at most; one more pushes out the least recently used. A kiosk has one
+#: screen, reloaded now and then: a few sessions are all it ever holds.
+MAX_SESSIONS = 16
+#: Unused tickets kept at most; one more pushes out the oldest.
+MAX_TICKETS = 32
+#: Characters a session or ticket value has (``secrets.token_urlsafe(32)``: 256 bits).
+_VALUE_CHARS = 43
+
+#: What a session cookie authorises, as ``(method, path)``: what a kiosk screen does, and no
+#: more. It follows the stream (events) and the till's state (status, the open receipt), and
+#: in kiosk mode, where allowed scans go onto the receipt by themselves, it closes or cancels
+#: that receipt; it may end its own session. It may not check or add codes, open receipts,
+#: reload the configuration, read the metrics or mint more sessions and tickets: those stay
+#: with the bearer token (an attendant's POS, ``markctl``, a launcher), so a stolen cookie
+#: cannot sell anything the scanner did not scan.
+SESSION_ROUTES = frozenset(
+    {
+        ("GET", "/v1/events"),
+        ("GET", "/v1/status"),
+        ("GET", "/v1/receipt"),
+        ("POST", "/v1/receipt/close"),
+        ("POST", "/v1/receipt/cancel"),
+        ("DELETE", "/v1/session"),
+    }
+)
+#: What a ticket authorises: one event stream connection (SSE or WebSocket).
+TICKET_ROUTES = frozenset({("GET", "/v1/events")})
+
+
+@dataclass(frozen=True)
+class OpenedSession:
+    """What ``POST /v1/session`` hands out: the cookie's value and a ticket."""
+
+    session: str
+    ticket: str
+    session_s: int
+    ticket_s: int
+
+    def __repr__(self) -> str:  # never the values, should one reach a log by mistake
+        return f"OpenedSession(session_s={self.session_s}, ticket_s={self.ticket_s})"
+
+
+def _digest(value: str) -> bytes | None:
+    if len(value) != _VALUE_CHARS:
+        return None
+    return hashlib.sha256(value.encode("ascii", "replace")).digest()
+
+
+class SessionStore:
+    """Sessions and tickets of one control API server (kept in memory: a restart ends them).
+
+    :param session_s: seconds a session lasts from its opening.
+    :param ticket_s: seconds a ticket lasts.
+    :param clock: monotonic seconds (tests pass their own).
+    :param on_end: called with a session's digest when it ends (revoked, expired, pushed out).
+    """
+
+    def __init__(
+        self,
+        session_s: float,
+        *,
+        ticket_s: float = TICKET_TTL_S,
+        max_sessions: int = MAX_SESSIONS,
+        max_tickets: int = MAX_TICKETS,
+        clock: Callable[[], float] = time.monotonic,
+        on_end: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self.session_s = session_s
+        self.ticket_s = ticket_s
+        self.max_sessions = max_sessions
+        self.max_tickets = max_tickets
+        self._clock = clock
+        self.on_end = on_end
+        #: digest → when it expires; the most recently used last.
+        self._sessions: OrderedDict[bytes, float] = OrderedDict()
+        #: digest → when it expires; the newest last.
+        self._tickets: OrderedDict[bytes, float] = OrderedDict()
+
+    @property
+    def sessions(self) -> int:
+        """Sessions live now."""
+        self._expire()
+        return len(self._sessions)
+
+    def open(self) -> OpenedSession:
+        """A new session and a ticket."""
+        self._expire()
+        now = self._clock()
+        session = secrets.token_urlsafe(32)
+        ticket = secrets.token_urlsafe(32)
+        self._sessions[_digest(session) or b""] = now + self.session_s
+        self._tickets[_digest(ticket) or b""] = now + self.ticket_s
+        while len(self._sessions) > self.max_sessions:
+            self._ended(self._sessions.popitem(last=False)[0])
+        while len(self._tickets) > self.max_tickets:
+            self._tickets.popitem(last=False)
+        return OpenedSession(session, ticket, int(self.session_s), int(self.ticket_s))
+
+    def find(self, values: Iterable[str]) -> bytes | None:
+        """The digest of the live session among ``values`` (the cookies of that name a
+        request sent), None when there is none; that session counts as used now."""
+        self._expire()
+        for value in values:
+            digest = _digest(value)
+            if digest is not None and digest in self._sessions:
+                self._sessions.move_to_end(digest)
+                return digest
+        return None
+
+    def session_valid(self, values: Iterable[str]) -> bool:
+        """Whether one of ``values`` is a live session (:meth:`find`)."""
+        return self.find(values) is not None
+
+    def expires_in(self, digest: bytes) -> float | None:
+        """Seconds the session of ``digest`` has left; None when it is not live."""
+        until = self._sessions.get(digest)
+        return None if until is None else max(0.0, until - self._clock())
+
+    def revoke(self, values: Iterable[str]) -> bool:
+        """End the sessions among ``values``; whether there was one."""
+        found = False
+        for value in values:
+            digest = _digest(value)
+            if digest is not None and self._sessions.pop(digest, None) is not None:
+                self._ended(digest)
+                found = True
+        return found
+
+    def use_ticket(self, value: str) -> bool:
+        """Whether ``value`` is a live ticket; it is used up either way."""
+        self._expire()
+        digest = _digest(value)
+        return digest is not None and self._tickets.pop(digest, None) is not None
+
+    def expire(self) -> None:
+        """Forget what has expired (done by every other method too)."""
+        self._expire()
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for digest in [d for d, until in self._tickets.items() if until <= now]:
+            del self._tickets[digest]
+        for digest in [d for d, until in self._sessions.items() if until <= now]:
+            del self._sessions[digest]
+            self._ended(digest)
+
+    def _ended(self, digest: bytes) -> None:
+        if self.on_end is not None:
+            self.on_end(digest)
+
+
+def session_cookies(headers: Mapping[str, str]) -> list[str]:
+    """The values of every ``markd_session`` cookie in a request's ``Cookie`` header(s)."""
+    found = []
+    for pair in headers.get("cookie", "").replace(",", ";").split(";"):
+        name, sep, value = pair.strip().partition("=")
+        if sep and name == SESSION_COOKIE:
+            found.append(value.strip().strip('"'))
+    return found
+
+
+def cookie_header(value: str, max_age_s: int) -> str:
+    """``Set-Cookie`` for the session. No ``Secure``: markd speaks plain HTTP, and browsers
+    keep a ``Secure`` cookie from an ``http://`` answer for ``localhost`` at most, never for
+    ``127.0.0.1`` or a LAN address (on loopback nothing crosses a network; ``docs/api.md``,
+    "Browsers")."""
+    return f"{SESSION_COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/v1; Max-Age={max_age_s}"

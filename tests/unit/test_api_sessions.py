@@ -1,0 +1,116 @@
+"""Browser sessions and tickets (markd.api.sessions): lifetimes, bounds, single use, and what is
+kept of them (digests only)."""
+
+from __future__ import annotations
+
+from markd.api.sessions import (
+    MAX_SESSIONS,
+    SESSION_ROUTES,
+    TICKET_ROUTES,
+    SessionStore,
+    cookie_header,
+    session_cookies,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sessions_last_their_lifetime_and_no_longer() -> None:
+    clock = Clock()
+    store = SessionStore(3600, clock=clock)
+    opened = store.open()
+
+    clock.now += 3599
+    assert store.session_valid([opened.session])
+    clock.now += 1
+    assert not store.session_valid([opened.session])
+    assert store.sessions == 0
+
+
+def test_a_ticket_works_once_and_only_within_its_time() -> None:
+    clock = Clock()
+    store = SessionStore(3600, ticket_s=30, clock=clock)
+    used, late = store.open(), store.open()
+
+    assert store.use_ticket(used.ticket)
+    assert not store.use_ticket(used.ticket)
+    clock.now += 30
+    assert not store.use_ticket(late.ticket)
+    assert not store.use_ticket(used.session)  # a session's value is no ticket
+    assert not store.session_valid([late.ticket])  # nor a ticket a session
+
+
+def test_sessions_are_bounded_the_least_recently_used_goes() -> None:
+    store = SessionStore(3600, clock=Clock())
+    first, second = store.open(), store.open()
+    assert store.session_valid([first.session])  # used: now the most recent
+    for _ in range(MAX_SESSIONS - 1):
+        store.open()
+
+    assert store.sessions == MAX_SESSIONS
+    assert store.session_valid([first.session])
+    assert not store.session_valid([second.session])
+
+
+def test_revoked_sessions_end_and_others_stay() -> None:
+    store = SessionStore(3600, clock=Clock())
+    ended, kept = store.open(), store.open()
+
+    assert store.revoke(["nonsense", ended.session])
+    assert not store.revoke([ended.session])
+    assert not store.session_valid([ended.session])
+    assert store.session_valid(["x" * 43, kept.session])
+
+
+def test_only_digests_are_kept_and_values_are_256_bits() -> None:
+    store = SessionStore(3600, clock=Clock())
+    opened = store.open()
+    kept = repr(vars(store))
+
+    assert len(opened.session) == len(opened.ticket) == 43  # 32 bytes in base64url
+    assert opened.session != opened.ticket
+    assert opened.session not in kept and opened.ticket not in kept
+    assert opened.session not in repr(opened) and opened.ticket not in repr(opened)
+
+
+def test_cookie_header_and_parsing() -> None:
+    header = cookie_header("abc", 60)
+
+    assert header == "markd_session=abc; HttpOnly; SameSite=Strict; Path=/v1; Max-Age=60"
+    assert "Secure" not in header
+    assert session_cookies({"cookie": 'a=1; markd_session=one;markd_session="two"'}) == [
+        "one",
+        "two",
+    ]
+    assert session_cookies({"cookie": "markd_sessionx=1; xmarkd_session=2"}) == []
+    assert session_cookies({}) == []
+
+
+def test_a_cookie_opens_a_screens_routes_and_a_ticket_the_event_stream_only() -> None:
+    assert TICKET_ROUTES == {("GET", "/v1/events")}
+    assert ("POST", "/v1/session") not in SESSION_ROUTES  # a cookie cannot prolong itself
+    assert ("POST", "/v1/check") not in SESSION_ROUTES
+    assert ("POST", "/v1/receipt/items") not in SESSION_ROUTES
+    assert {("GET", "/v1/events"), ("POST", "/v1/receipt/close")} <= SESSION_ROUTES
+
+
+def test_every_end_of_a_session_is_reported() -> None:
+    clock = Clock()
+    ended: list[bytes] = []
+    store = SessionStore(60, max_sessions=2, clock=clock, on_end=ended.append)
+    revoked, pushed_out = store.open(), store.open()
+    assert store.revoke([revoked.session]) and len(ended) == 1
+    expiring = [store.open(), store.open()]  # the second one too many: pushed_out goes
+    assert len(ended) == 2 and not store.session_valid([pushed_out.session])
+    clock.now += 60
+    store.expire()
+
+    assert len(ended) == 4 and len(set(ended)) == 4
+    assert store.sessions == 0
+    assert not store.session_valid([opened.session for opened in expiring])
