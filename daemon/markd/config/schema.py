@@ -1004,6 +1004,13 @@ class ApiConfig:
             "max": 720,
         },
     )
+    screen: bool = field(
+        default=False,
+        metadata={
+            "doc": "Serve the reference customer screen at `/screen/` on `listen`, which must "
+            'then be a loopback address (docs/api.md, "The customer screen").',
+        },
+    )
 
 
 @dataclass(frozen=True)
