@@ -55,3 +55,12 @@ def test_the_script_says_what_each_state_needs_in_russian() -> None:
         "Экран не подключён к кассе",
     ):
         assert text in script, text
+
+
+def test_the_screenshots_api_md_shows_are_there_as_png() -> None:
+    doc = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    shown = re.findall(r"\]\((images/[^)]+)\)", doc)
+
+    assert shown == ["images/screen-sale.png", "images/screen-refusal.png"]
+    for name in shown:
+        assert (ROOT / "docs" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
