@@ -190,6 +190,25 @@ def test_a_blocked_unit_shows_the_reason_from_its_verdict(kiosk: Kiosk, browser:
     assert screen["lines"] == ["Вода питьевая 0,5 л | 89,90\u00a0₽"]
 
 
+def test_a_printer_without_paper_shows_the_problem_and_asks_for_staff(
+    kiosk: Kiosk, browser: Chromium
+) -> None:
+    kiosk.start()
+    try:
+        browser.open(kiosk.url(kiosk.ticket()))
+        browser.wait_for_state("idle")
+        kkt(kiosk.directory).set_faults(paper_out=True)
+        kiosk.scan(WATER)
+        browser.wait_for_state("printer", timeout=5)
+        screen = browser.screen()
+        browser.screenshot("screen-paper-out.png")
+    finally:
+        kiosk.stop()
+    assert "бумага" in screen["headline"]
+    assert screen["detail"] == "Обратитесь к сотруднику"
+    assert screen["lines"] == []
+
+
 @pytest.mark.parametrize("ticket", ["wrong-token", "missing", "made-up"])
 def test_a_wrong_or_missing_token_shows_an_error_not_data(
     kiosk: Kiosk, browser: Chromium, ticket: str
