@@ -62,8 +62,12 @@ Every request passes the origin check (a browser's ``Origin`` must be listed) an
 TCP listeners, the bearer token (compared in constant time, never logged) before its route
 runs; on the API's TCP port a browser page may instead bring its session cookie (for
 :data:`~markd.api.sessions.SESSION_ROUTES`, with a listed ``Origin``) or a one-use ticket
-(``GET /v1/events?ticket=``). ``GET /v1/events`` with ``Upgrade: websocket`` becomes a
-WebSocket (:mod:`markd.api.websocket`) after the same checks. Request bodies hold full
+(``GET /v1/events?ticket=``, or its exchange for a session, ``POST /v1/session?ticket=``).
+With ``[api] screen`` the TCP listener also serves the customer screen's public files
+(:mod:`markd.api.screen`, no credentials), counts its own origin as allowed, and lets the
+screen's same-origin requests (no ``Origin``, but ``Sec-Fetch-Site: same-origin`` and a
+``Host`` naming the listener) use the cookie. ``GET /v1/events`` with ``Upgrade: websocket``
+becomes a WebSocket (:mod:`markd.api.websocket`) after the same checks. Request bodies hold full
 marking codes: they are never logged. Nothing a client sends reaches the log (no target, no
 credential): a request that makes a route fail is logged by its route and the exception's
 type only (no message, no traceback; the log is also published to event subscribers).
