@@ -180,12 +180,13 @@ async function outcome(receipt) {
   const round = ++polling;
   const { status, body } = await api(`/v1/receipts/${receipt.id}`);
   if (round !== polling) return;
-  if (status !== 200) {
+  if (status === 404) {
+    // Not known here (older than the index keeps): nothing to tell the customer.
     current = null;
     showIdle();
     return;
   }
-  const found = body.receipt;
+  const found = status === 200 ? body.receipt : { state: "closing" }; // 503: ask again
   switch (found.state) {
     case "registered":
       current = null;
@@ -214,7 +215,8 @@ async function outcome(receipt) {
         if (round === polling) outcome(receipt).catch(failed);
       }, POLL_MS);
       break;
-    default: // "open": still being built
+    default: // "open": still being built, so it is the open receipt again
+      current = null;
       await resync();
   }
 }
