@@ -264,8 +264,9 @@ class ControlServer:
         self.metrics_config = metrics
         #: ``(host, port)`` of the metrics listener once bound, as :attr:`tcp_address`.
         self.metrics_address: tuple[str, int] | None = None
-        #: Browser sessions and tickets (``POST /v1/session``), in memory.
-        #: Kept beside the control socket (``/run/markd``): a restart of markd keeps them.
+        #: Browser sessions and tickets (``POST /v1/session``), in memory; with a TCP listener
+        #: the sessions' digests also beside the control socket (``/run/markd/api-sessions``),
+        #: so that a restart of markd keeps them.
         self.sessions = SessionStore(
             config.session_hours * 3600.0,
             on_end=self._session_ended,

@@ -104,7 +104,8 @@ class SessionStore:
     :param clock: monotonic seconds (tests pass their own).
     :param on_end: called with a session's digest when it ends (revoked, expired, pushed out).
     :param path: a file that keeps the live sessions across a restart of markd (None: memory
-        only). Read at once; written whenever a session begins or ends.
+        only). Read at once; written whenever a session begins, is revoked or is pushed out
+        (one that expired is dropped when the file is read).
     """
 
     def __init__(
