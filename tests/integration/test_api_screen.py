@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from test_api_websocket import AUTH, open_session, tcp_address, tcp_config
+from test_api_websocket import SCREEN as SCREEN_ORIGIN
 
 from api_helpers import Conversation, running
 from conftest import RecordingEventLog
@@ -207,3 +208,29 @@ async def test_without_screen_a_same_origin_request_without_origin_is_refused(
         )
 
     assert answer.status == 403 and own_origin.status == 403
+
+
+async def test_a_session_outlives_a_restart_of_markd(
+    store_path: str, tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    config = screen_config(store_path, tmp_path)
+    async with running(config, event_log) as service:
+        cookie, _ = await open_session(service)
+        revoked, _ = await open_session(service)
+        conversation = await Conversation.tcp(*tcp_address(service))
+        await conversation.request(
+            "DELETE",
+            "/v1/session",
+            headers={"Cookie": f"markd_session={revoked}", "Origin": SCREEN_ORIGIN},
+        )
+        conversation.close()
+    kept = Path(config.api.socket).with_name("api-sessions")
+    assert cookie not in kept.read_text() and oct(kept.stat().st_mode & 0o777) == "0o600"
+
+    async with running(config, event_log) as service:
+        headers = {"Origin": SCREEN_ORIGIN}
+        after = await get(service, "/v1/status", {**headers, "Cookie": f"markd_session={cookie}"})
+        gone = await get(service, "/v1/status", {**headers, "Cookie": f"markd_session={revoked}"})
+
+    assert after.status == 200
+    assert gone.status == 401
