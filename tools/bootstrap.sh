@@ -70,10 +70,13 @@ fi
 # promtool checks and unit-tests monitoring/, and its server binary is started on a free port
 # by tests/integration/test_monitoring_prometheus.py (tests/*/test_monitoring_*.py skip without
 # them, and fail without them when CI=true); the system's prometheus service is never run.
+# Debian's chromium is the headless browser tests/browser/ drive over the DevTools protocol
+# (no chromedriver, no Python package); it brings no service.
 if [ "$(id -u)" -eq 0 ] && [ "${MARKD_PIP_SPEC:--e}" != "." ]; then
     command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
     command -v tinyproxy >/dev/null 2>&1 || need+=(tinyproxy)
     command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+    command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

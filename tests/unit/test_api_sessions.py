@@ -3,6 +3,14 @@ kept of them (digests only)."""
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from markd.api import sessions
 from markd.api.sessions import (
     MAX_SESSIONS,
     SESSION_ROUTES,
@@ -92,9 +100,12 @@ def test_cookie_header_and_parsing() -> None:
     assert session_cookies({}) == []
 
 
-def test_a_cookie_opens_a_screens_routes_and_a_ticket_the_event_stream_only() -> None:
-    assert TICKET_ROUTES == {("GET", "/v1/events")}
+def test_a_cookie_opens_a_screens_routes_and_a_ticket_the_event_stream_or_its_exchange() -> None:
+    # A ticket opens one event stream, or is exchanged once for a session (the customer
+    # screen's page turning its launcher's ticket into its cookie).
+    assert TICKET_ROUTES == {("GET", "/v1/events"), ("POST", "/v1/session")}
     assert ("POST", "/v1/session") not in SESSION_ROUTES  # a cookie cannot prolong itself
+    assert ("GET", "/v1/receipts/{id}") in SESSION_ROUTES  # the outcome after a restart
     assert ("POST", "/v1/check") not in SESSION_ROUTES
     assert ("POST", "/v1/receipt/items") not in SESSION_ROUTES
     assert {("GET", "/v1/events"), ("POST", "/v1/receipt/close")} <= SESSION_ROUTES
@@ -114,3 +125,55 @@ def test_every_end_of_a_session_is_reported() -> None:
     assert len(ended) == 4 and len(set(ended)) == 4
     assert store.sessions == 0
     assert not store.session_valid([opened.session for opened in expiring])
+
+
+@pytest.fixture
+def boot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A boot id file of the test's own: its content is the boot the store sees."""
+    path = tmp_path / "boot_id"
+    path.write_text("0f1e2d3c-boot-one\n")
+    monkeypatch.setattr(sessions, "BOOT_ID_PATH", path)
+    return path
+
+
+def test_sessions_outlive_a_restart_of_markd_through_their_file(tmp_path: Path, boot: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "api-sessions"
+    before = SessionStore(3600, clock=clock, path=path)
+    kept, revoked = before.open(), before.open()
+    before.revoke([revoked.session])
+
+    clock.now += 60
+    after = SessionStore(3600, clock=clock, path=path)  # the next run of markd, same boot
+
+    assert after.session_valid([kept.session])
+    assert not after.session_valid([revoked.session])
+    assert not after.use_ticket(kept.ticket)  # tickets are not kept: one use, 30 s
+    clock.now += 3540
+    assert not after.session_valid([kept.session])  # the same end as before the restart
+    text = path.read_text()
+    assert kept.session not in text and kept.ticket not in text  # digests only
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_sessions_of_another_boot_or_a_broken_file_are_not_read(tmp_path: Path, boot: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "api-sessions"
+    opened = SessionStore(3600, clock=clock, path=path).open()
+    boot.write_text("4b5a6978-boot-two\n")  # rebooted: the monotonic clock started again
+
+    assert not SessionStore(3600, clock=clock, path=path).session_valid([opened.session])
+    for broken in ("", "[]", '{"boot": "4b5a6978-boot-two", "sessions": {"zz": 1}}'):
+        path.write_text(broken)
+        assert SessionStore(3600, clock=clock, path=path).sessions == 0
+    boot.unlink()
+    path.write_text(json.dumps({"boot": None, "sessions": {}}))
+    assert SessionStore(3600, clock=clock, path=path).sessions == 0
+
+
+def test_a_sessions_file_that_cannot_be_written_leaves_them_in_memory(tmp_path: Path) -> None:
+    store = SessionStore(3600, clock=Clock(), path=tmp_path / "missing" / "api-sessions")
+    opened = store.open()
+
+    assert store.session_valid([opened.session])
+    assert not (tmp_path / "missing").exists()

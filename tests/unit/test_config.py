@@ -579,6 +579,7 @@ def test_to_dict_is_plain_json_data() -> None:
             "replay_events": 1024,
             "replay_kib": 1024,
             "session_hours": 24,
+            "screen": False,
         },
         "metrics": {"listen": "", "allow_remote": False, "token_file": ""},
     }
@@ -646,7 +647,7 @@ def test_docs_key_table_matches_the_schema() -> None:
 def test_docs_mention_every_key() -> None:
     keys = [f"`[{ref.table}] {ref.key}`" for ref in config.schema_keys()]
 
-    assert len(keys) == 87
+    assert len(keys) == 88
     assert [key for key in keys if key not in _doc()] == []
 
 

@@ -225,3 +225,21 @@ def test_the_example_of_docs_metrics_md_loads(main: Path) -> None:
     (main.parent / "markd.metrics-token").write_text(TOKEN + "\n")
     environ = {"MARKD_CREDSTORE": str(main.parent)}
     assert config.load(main, for_service=True, environ=environ).metrics.token_file == ""
+
+
+@pytest.mark.parametrize(
+    ("api", "line"),
+    [
+        ("screen = true\n", 2),
+        ('listen = "0.0.0.0:8391"\nallow_remote = true\nscreen = true\n', 4),
+    ],
+)
+def test_the_customer_screen_needs_a_loopback_listener(
+    main: Path, token_file: Path, api: str, line: int
+) -> None:
+    write(main, f'[api]\ntoken_file = "{token_file}"\n{api}')
+
+    assert problems_of(main) == [
+        f"{main}:{line + 1}: [api] screen: needs [api] listen on a loopback address "
+        "(127.0.0.1:8391): the customer screen is for the till's own browser"
+    ]

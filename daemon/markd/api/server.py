@@ -62,8 +62,12 @@ Every request passes the origin check (a browser's ``Origin`` must be listed) an
 TCP listeners, the bearer token (compared in constant time, never logged) before its route
 runs; on the API's TCP port a browser page may instead bring its session cookie (for
 :data:`~markd.api.sessions.SESSION_ROUTES`, with a listed ``Origin``) or a one-use ticket
-(``GET /v1/events?ticket=``). ``GET /v1/events`` with ``Upgrade: websocket`` becomes a
-WebSocket (:mod:`markd.api.websocket`) after the same checks. Request bodies hold full
+(``GET /v1/events?ticket=``, or its exchange for a session, ``POST /v1/session?ticket=``).
+With ``[api] screen`` the TCP listener also serves the customer screen's public files
+(:mod:`markd.api.screen`, no credentials), counts its own origin as allowed, and lets the
+screen's same-origin requests (no ``Origin``, but ``Sec-Fetch-Site: same-origin`` and a
+``Host`` naming the listener) use the cookie. ``GET /v1/events`` with ``Upgrade: websocket``
+becomes a WebSocket (:mod:`markd.api.websocket`) after the same checks. Request bodies hold full
 marking codes: they are never logged. Nothing a client sends reaches the log (no target, no
 credential): a request that makes a route fail is logged by its route and the exception's
 type only (no message, no traceback; the log is also published to event subscribers).
@@ -74,6 +78,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import logging
 import re
 import socket
@@ -98,7 +103,8 @@ from markd.api.messages import (
     json_bytes,
 )
 from markd.api.protocol import ControlledService
-from markd.api.routes import ROUTES, RouteContext, methods_of, receipt_status
+from markd.api.routes import ROUTES, RouteContext, methods_of, receipt_status, route_of
+from markd.api.screen import is_screen_path, screen_response
 from markd.api.sessions import (
     SESSION_ROUTES,
     TICKET_ROUTES,
@@ -108,6 +114,7 @@ from markd.api.sessions import (
 from markd.api.sse import HEARTBEAT_S, EventStream, replay_from, wanted_kinds
 from markd.api.websocket import WebSocketEvents, accept, wants_websocket
 from markd.config.startup import api_token, metrics_token
+from markd.errors import ConfigError
 from markd.events import Subscription
 from markd.http.refusals import H11_REFUSALS, refusal_text
 from markd.receipts import ReceiptError
@@ -257,14 +264,23 @@ class ControlServer:
         self.metrics_config = metrics
         #: ``(host, port)`` of the metrics listener once bound, as :attr:`tcp_address`.
         self.metrics_address: tuple[str, int] | None = None
-        #: Browser sessions and tickets (``POST /v1/session``), in memory.
-        self.sessions = SessionStore(config.session_hours * 3600.0, on_end=self._session_ended)
+        #: Browser sessions and tickets (``POST /v1/session``), in memory; with a TCP listener
+        #: the sessions' digests also beside the control socket (``/run/markd/api-sessions``),
+        #: so that a restart of markd keeps them.
+        self.sessions = SessionStore(
+            config.session_hours * 3600.0,
+            on_end=self._session_ended,
+            path=Path(config.socket).with_name("api-sessions") if config.listen else None,
+        )
         #: The event streams each session opened (by the session's digest): they end with it.
         self._session_streams: dict[bytes, set[Subscription]] = {}
         self._context = RouteContext(service, self._api_status, self.sessions)
         self._token = token
         self._metrics_token = metrics_token
         self._origins = frozenset(config.allowed_origins)
+        #: The TCP listener's own origins (``http://127.0.0.1:8391``, ``http://localhost:8391``)
+        #: while it serves the customer screen: the screen's page is theirs.
+        self._screen_origins: frozenset[str] = frozenset()
         self._unix_socket: socket.socket | None = None
         self._unix_inode: tuple[int, int] | None = None
         self._tcp_socket: socket.socket | None = None
@@ -312,6 +328,8 @@ class ControlServer:
                 self._tcp_socket = listeners.bind_tcp(*tcp, self.config.listen)
                 bound = self._tcp_socket.getsockname()
                 self.tcp_address = (bound[0], bound[1])
+                if self.config.screen:
+                    self._screen_origins = _own_origins(bound[0], bound[1])
             if metrics is not None:
                 assert self.metrics_config is not None
                 self._metrics_socket = listeners.bind_tcp(
@@ -410,6 +428,15 @@ class ControlServer:
 
     def _tcp_plan(self) -> tuple[str, int] | None:
         address = listeners.tcp_address(self.config.listen, allow_remote=self.config.allow_remote)
+        if self.config.screen and (
+            address is None or not ipaddress.ip_address(address[0]).is_loopback
+        ):
+            # The page's cookie and tickets travel in clear text, and a browser treats only
+            # loopback http:// as a secure context (it sends Sec-Fetch-Site there alone).
+            raise ConfigError(
+                "[api] screen: needs [api] listen on a loopback address (127.0.0.1:8391): the "
+                "customer screen is for the till's own browser"
+            )
         if address is not None and self._token is None:
             self._token = api_token(self.config)
         return address
@@ -802,8 +829,26 @@ class ControlServer:
     # -- dispatch -------------------------------------------------------------------------------
 
     def _allowed_origins(self, request: Request) -> frozenset[str]:
-        """The browser origins served on the request's listener: none on the metrics one."""
-        return frozenset() if request.transport == "metrics" else self._origins
+        """The browser origins served on the request's listener: none on the metrics one; on
+        TCP the customer screen's own as well, when it is served."""
+        if request.transport == "metrics":
+            return frozenset()
+        if request.transport == "tcp":
+            return self._origins | self._screen_origins
+        return self._origins
+
+    def _screen_page(self, request: Request) -> bool:
+        """The request comes from the customer screen's page itself: a same-origin request on
+        the TCP listener that serves it. A browser sends no ``Origin`` with a same-origin
+        ``GET``, but it does send ``Sec-Fetch-Site`` (to loopback, a secure context), which no
+        page's script can set; ``Host`` must name the listener (a page of a rebound DNS name
+        is same-origin only with itself)."""
+        return (
+            request.transport == "tcp"
+            and bool(self._screen_origins)
+            and request.headers.get("sec-fetch-site") == "same-origin"
+            and f"http://{request.headers.get('host', '')}" in self._screen_origins
+        )
 
     def _admit(self, request: Request) -> None:
         """The checks every request passes before its route: origin, then (TCP) the token, a
@@ -826,7 +871,7 @@ class ControlServer:
                 headers={"WWW-Authenticate": 'Bearer realm="markd"'},
                 close=True,
             )
-        if how == "session" and origin is None:
+        if how == "session" and origin is None and not self._screen_page(request):
             # Every page using the cookie is a listed origin's, and its browser says so; a
             # request with the cookie and no Origin is no such page's.
             raise HTTPRefusal(
@@ -846,7 +891,7 @@ class ControlServer:
             return "token"
         if request.transport != "tcp":  # the metrics listener takes its token only
             return None
-        route = (request.method, request.path)
+        route = (request.method, route_of(request.path))
         if route in SESSION_ROUTES:
             request.session = self.sessions.find(session_cookies(request.headers))
             if request.session is not None:
@@ -891,6 +936,10 @@ class ControlServer:
                 response = self._preflight(request)
                 response.headers.update(self._cors(request))
                 return response
+            if self._screen_origins and request.transport == "tcp" and is_screen_path(request.path):
+                # Public files, the same for everyone: no credentials (docs/api.md, "The
+                # customer screen").
+                return screen_response(request.method, request.path)
             self._admit(request)
             handler = ROUTES.get((request.method, request.path))
             allowed = methods_of(request.path)
@@ -961,6 +1010,16 @@ class ControlServer:
 
 # --------------------------------------------------------------------------------------------
 # Helpers
+
+
+def _own_origins(host: str, port: int) -> frozenset[str]:
+    """The origins a browser gives pages of the listener at ``host:port``: its address, and
+    ``localhost`` for a loopback one."""
+    address = ipaddress.ip_address(host)
+    names = {f"[{host}]" if address.version == 6 else host}
+    if address.is_loopback:
+        names.add("localhost")
+    return frozenset(f"http://{name}:{port}" for name in names)
 
 
 def _repair(received: bytes, problem: str, done: set[str]) -> bytes | None:

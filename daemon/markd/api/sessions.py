@@ -15,20 +15,29 @@ Both are 256 random bits. Only their SHA-256 digests are kept, so the lookup of 
 sends is a dict lookup on a digest: nothing about a kept value leaks through its timing, and a
 memory dump holds no usable credential. Both are bounded in number (:data:`MAX_SESSIONS`,
 :data:`MAX_TICKETS`; the least recently used session, the oldest ticket goes first) and expire
-on the monotonic clock (a till's wall clock may jump at boot, when NTP answers). A session
-that ends — revoked, expired or pushed out — is reported to ``on_end`` with its digest, so
-that the server can end the event streams it opened. Nothing here logs, and neither value ever
-appears in a log line: ``docs/api.md``, "Browsers".
+on the monotonic clock (a till's wall clock may jump at boot, when NTP answers). The live
+sessions' digests and ends may be kept in a file (``path``; the server puts it beside the
+control socket, in ``/run/markd``): a markd that restarts — killed during a close, say — then
+still knows the screen's cookie, and the page reconnects and reads the receipt's outcome. The
+file holds no usable credential (digests only), is written mode 0600, and counts only on the
+boot that wrote it (the monotonic clock starts again at each boot: its ``boot_id`` must
+match). A session that ends — revoked, expired or pushed out — is reported to ``on_end``
+with its digest, so that the server can end the event streams it opened. Nothing here logs,
+and neither value ever appears in a log line: ``docs/api.md``, "Browsers".
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import os
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 #: The session cookie's name.
 SESSION_COOKIE = "markd_session"
@@ -41,6 +50,8 @@ MAX_SESSIONS = 16
 MAX_TICKETS = 32
 #: Characters a session or ticket value has (``secrets.token_urlsafe(32)``: 256 bits).
 _VALUE_CHARS = 43
+#: Where Linux names the current boot; a sessions file of another boot is not read.
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
 #: What a session cookie authorises, as ``(method, path)``: what a kiosk screen does, and no
 #: more. It follows the stream (events) and the till's state (status, the open receipt), and
@@ -54,13 +65,16 @@ SESSION_ROUTES = frozenset(
         ("GET", "/v1/events"),
         ("GET", "/v1/status"),
         ("GET", "/v1/receipt"),
+        ("GET", "/v1/receipts/{id}"),
         ("POST", "/v1/receipt/close"),
         ("POST", "/v1/receipt/cancel"),
         ("DELETE", "/v1/session"),
     }
 )
-#: What a ticket authorises: one event stream connection (SSE or WebSocket).
-TICKET_ROUTES = frozenset({("GET", "/v1/events")})
+#: What a ticket authorises: one event stream connection (SSE or WebSocket), or one exchange
+#: for a session of its own (``POST /v1/session``): how a page served by markd itself (the
+#: customer screen) turns the ticket its launcher handed it into its cookie.
+TICKET_ROUTES = frozenset({("GET", "/v1/events"), ("POST", "/v1/session")})
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,9 @@ class SessionStore:
     :param ticket_s: seconds a ticket lasts.
     :param clock: monotonic seconds (tests pass their own).
     :param on_end: called with a session's digest when it ends (revoked, expired, pushed out).
+    :param path: a file that keeps the live sessions across a restart of markd (None: memory
+        only). Read at once; written whenever a session begins, is revoked or is pushed out
+        (one that expired is dropped when the file is read).
     """
 
     def __init__(
@@ -100,6 +117,7 @@ class SessionStore:
         max_tickets: int = MAX_TICKETS,
         clock: Callable[[], float] = time.monotonic,
         on_end: Callable[[bytes], None] | None = None,
+        path: Path | None = None,
     ) -> None:
         self.session_s = session_s
         self.ticket_s = ticket_s
@@ -111,6 +129,9 @@ class SessionStore:
         self._sessions: OrderedDict[bytes, float] = OrderedDict()
         #: digest → when it expires; the newest last.
         self._tickets: OrderedDict[bytes, float] = OrderedDict()
+        self.path = path
+        if path is not None:
+            self._load(path)
 
     @property
     def sessions(self) -> int:
@@ -130,6 +151,7 @@ class SessionStore:
             self._ended(self._sessions.popitem(last=False)[0])
         while len(self._tickets) > self.max_tickets:
             self._tickets.popitem(last=False)
+        self._save()
         return OpenedSession(session, ticket, int(self.session_s), int(self.ticket_s))
 
     def find(self, values: Iterable[str]) -> bytes | None:
@@ -160,6 +182,8 @@ class SessionStore:
             if digest is not None and self._sessions.pop(digest, None) is not None:
                 self._ended(digest)
                 found = True
+        if found:
+            self._save()
         return found
 
     def use_ticket(self, value: str) -> bool:
@@ -183,6 +207,44 @@ class SessionStore:
     def _ended(self, digest: bytes) -> None:
         if self.on_end is not None:
             self.on_end(digest)
+
+    def _load(self, path: Path) -> None:
+        """The sessions a previous run of this boot kept (a missing, unreadable or foreign
+        file: none)."""
+        try:
+            kept = json.loads(path.read_text(encoding="ascii"))
+            if kept.get("boot") != _boot_id() or _boot_id() is None:
+                return
+            now = self._clock()
+            ends = sorted(
+                (float(until), bytes.fromhex(digest)) for digest, until in kept["sessions"].items()
+            )
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return
+        for until, digest in ends[-self.max_sessions :]:
+            if until > now and len(digest) == hashlib.sha256().digest_size:
+                self._sessions[digest] = until
+
+    def _save(self) -> None:
+        """Write the live sessions to :attr:`path` (atomically, mode 0600). A file that cannot
+        be written leaves the sessions in memory only: a restart then ends them."""
+        if self.path is None:
+            return
+        sessions = {digest.hex(): until for digest, until in self._sessions.items()}
+        body = json.dumps({"boot": _boot_id(), "sessions": sessions})
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        with contextlib.suppress(OSError):
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w", encoding="ascii") as file:
+                file.write(body)
+            os.replace(temporary, self.path)
+
+
+def _boot_id() -> str | None:
+    try:
+        return BOOT_ID_PATH.read_text(encoding="ascii").strip() or None
+    except OSError:
+        return None
 
 
 def session_cookies(headers: Mapping[str, str]) -> list[str]:

@@ -38,6 +38,7 @@ Nothing here logs, so configuration values cannot leak into the journal.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import zoneinfo
@@ -867,6 +868,20 @@ def whole_config_problems(config: Config) -> list[tuple[tuple[str, ...], str]]:
         problem = remote_listen_problem(host, allow_remote=api.allow_remote)
         if problem is not None:
             found.append((("api", "listen"), f"[api] listen: {problem}"))
+    if (
+        api.enabled
+        and api.screen
+        and (not api.listen or not ipaddress.ip_address(parse_listen(api.listen)[0]).is_loopback)
+    ):
+        # The page's cookie and tickets would cross a network in clear text, and browsers
+        # send Sec-Fetch-Site (on which the page's own requests pass) to loopback only.
+        found.append(
+            (
+                ("api", "screen"),
+                "[api] screen: needs [api] listen on a loopback address (127.0.0.1:8391): the "
+                "customer screen is for the till's own browser",
+            )
+        )
     found += _metrics_problems(config)
     fiscal = config.fiscal
     if fiscal.web_user and not fiscal.url.lower().startswith("atol-web://"):
@@ -1002,6 +1017,13 @@ class ApiConfig:
             "opening; then the page exchanges the token again.",
             "min": 1,
             "max": 720,
+        },
+    )
+    screen: bool = field(
+        default=False,
+        metadata={
+            "doc": "Serve the reference customer screen at `/screen/` on `listen`, which must "
+            'then be a loopback address (docs/api.md, "The customer screen").',
         },
     )
 
