@@ -117,6 +117,12 @@ UNTRUSTED_SYNC_REASONS = frozenset(
 )
 
 
+#: :class:`StoreError` reasons of a fleet sync refused for its size: a file the index lists
+#: over ``[store] sync_max_file_mb``. The daemon counts it with the untrusted ones (a sync it
+#: will refuse again each time, until somebody acts), not with the passing failures.
+OVERSIZED_SYNC_REASONS = frozenset({"download-too-large"})
+
+
 class ScannerError(MarkdError):
     """A scanner URL is wrong or the device cannot be opened."""
 

@@ -158,7 +158,8 @@ MESSAGE_IDS: dict[str, str] = {
     "start-failed": "e63a1096eda54d1f8800aa28aaa2fe5a",
     "store-sync": "6be57e0b3828417c8f08784a89f0a56e",
     "store-sync-failed": "7ca3f14fdad744fca7d93ed9ed7de181",
-    # A sync refused as untrusted (bad or missing signature, tampered file): at err, not warning.
+    # A sync refused as untrusted (bad or missing signature, tampered file) or for a file over
+    # the size limit: at err, not warning.
     "store-sync-refused": "eae535ee66204ca1b478e518ef37ab04",
     "service-reloaded": "43352c76c0f34279b9570f6493771a90",
     "reload-refused": "dddc3c727f464537a4d1e68cc583eb31",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import socket
 import time
@@ -175,6 +176,8 @@ def test_the_child_command_names_the_store_and_the_configuration(
         "--progress",
         "none",
         "--allow-unsigned",  # the daemon's own trust settings, not the file's of the moment
+        "--max-file-mb",
+        "1024",
         "--config",
         main_file,
     ]
@@ -215,3 +218,41 @@ async def test_the_sync_child_goes_through_the_configured_proxy_with_its_credent
     assert (result["action"], result["after_version"]) == ("snapshot", 1), result
     assert proxy.count() >= 2 and all(r.authorization_ok for r in proxy.requests)
     assert PASSWORD not in event_log.text
+
+
+async def test_a_file_over_the_size_limit_is_a_refused_sync_for_a_fleet(
+    store_path: str, tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    """An index naming a snapshot over ``[store] sync_max_file_mb`` is refused at every run,
+    until somebody acts: the daemon counts it as refused (signature or size, the alert's
+    "sync refused"), not as a passing network failure."""
+    www = tmp_path / "www"
+    blocklist = tmp_path / "head-office.csv"
+    blocklist.write_text(f"ki,reason,source\n{WATER_KI},recalled,head office\n")
+    with Store.open(str(tmp_path / "master"), map_size_mb=8) as master:
+        import_snapshot(master, blocklist, version=1)
+        fleet.export(master, www)
+    index = json.loads((www / "index.json").read_text())
+    index["snapshot"]["size"] = 300_000_000  # an unsigned index: anyone could serve this
+    (www / "index.json").write_text(json.dumps(index))
+    with StaticHTTPServer(www) as server:
+        base = with_sync_url(make_config(store_path, {"v": "virtual://big-sync"}), server.url)
+        config = dataclasses.replace(
+            base, store=dataclasses.replace(base.store, sync_max_file_mb=1)
+        )
+        service = Service(config, event_log=event_log)
+        service.sync_start_delay_s = (0.0, 0.0)
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.run(stop))
+        await wait_until(lambda: event_log.count("store-sync-refused") == 1, 10, "the refusal")
+        found = samples(service.metrics().decode())
+        stop.set()
+        await task
+
+    _, message, fields = next(e for e in event_log.events if e[0] == "store-sync-refused")
+    assert fields["reason"] == "download-too-large" and "sync_max_file_mb" in message
+    assert event_log.count("store-sync-failed") == 0
+    assert found[("markd_store_syncs_total", (("result", "refused"),))] == 1
+    assert found[("markd_store_syncs_total", (("result", "failed"),))] == 0
+    assert found[("markd_store_sync_refused_total", ())] == 1
+    assert found[("markd_store_last_sync_refused", ())] == 1

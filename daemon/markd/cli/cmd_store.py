@@ -157,11 +157,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="without public keys, allow a sync over plain http:// ([store] sync_allow_unsigned)",
     )
+    p.add_argument(
+        "--max-file-mb",
+        type=_positive_mb,
+        metavar="MIB",
+        help="refuse a file the index lists larger than this (default: [store] sync_max_file_mb)",
+    )
     p.set_defaults(func=_sync)
 
 
 # ---------------------------------------------------------------------------------------------
 # plumbing
+
+
+def _positive_mb(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of MiB, not {text!r}") from None
+    if not 1 <= value <= 1 << 20:
+        raise argparse.ArgumentTypeError(f"from 1 to {1 << 20} MiB, not {value}")
+    return value
 
 
 def _seconds(text: str) -> float:
@@ -473,7 +489,7 @@ def _sync(args: argparse.Namespace) -> int:
                     tuple(args.public_key) if args.public_key else store_config.sync_public_keys
                 ),
                 allow_unsigned=args.allow_unsigned or store_config.sync_allow_unsigned,
-                max_file_mb=store_config.sync_max_file_mb,
+                max_file_mb=args.max_file_mb or store_config.sync_max_file_mb,
             )
         finally:
             progress.done()

@@ -69,6 +69,7 @@ class StoreSync:
         self.interval_s = float(config.store.sync_interval_s)
         self.public_keys = config.store.sync_public_keys
         self.allow_unsigned = config.store.sync_allow_unsigned
+        self.max_file_mb = config.store.sync_max_file_mb
         self.config_file = main_config_file(config)
         self.event_log = event_log
         self.start_delay_s = start_delay_s
@@ -100,6 +101,7 @@ class StoreSync:
             command += ["--public-key", key]
         if self.allow_unsigned:
             command.append("--allow-unsigned")
+        command += ["--max-file-mb", str(self.max_file_mb)]
         if self.config_file is not None:
             command += ["--config", self.config_file]
         return command
@@ -177,14 +179,14 @@ class StoreSync:
         return self._failed(reason, message, exit_status=returncode)
 
     def _failed(self, reason: str, message: str, **fields: Any) -> dict[str, Any]:
-        from markd.errors import UNTRUSTED_SYNC_REASONS
+        from markd.errors import OVERSIZED_SYNC_REASONS, UNTRUSTED_SYNC_REASONS
         from markd.store.fleet import hide_secrets
 
         message = hide_secrets(message, self.url)
         result = {"error": {"reason": reason, "message": message}}
         self.results.append(result)
         self.finished_at = time.time()
-        if reason in UNTRUSTED_SYNC_REASONS:
+        if reason in UNTRUSTED_SYNC_REASONS or reason in OVERSIZED_SYNC_REASONS:
             self.runs["refused"] += 1
             self.refused = {"reason": reason, "message": message}
             self.refusals += 1
