@@ -665,6 +665,8 @@ class SaleDesk:
             if self.catalog is None
             else {"path": self.catalog.path, "entries": len(self.catalog)},
             "use_mrp": self.use_mrp,
+            "auto_shift": self.config.fiscal.auto_shift,
+            "health_interval_s": self.config.fiscal.health_interval_s,
             "receipt_outcomes": dict(self.receipt_outcomes),
             "recoveries": dict(self.recoveries),
         }

@@ -95,6 +95,8 @@ def full_snapshot() -> dict[str, Any]:
             "receipt_outcomes": {"closed": 5, "pending": 1},
             "recoveries": {"finished": 1},
             "queue_blocked": True,
+            "auto_shift": True,
+            "health_interval_s": 600,
             "checked_at": "2025-10-09T08:53:00.000Z",  # 20 s before NOW
             "device": {
                 "shift_state": "expired",
@@ -230,6 +232,8 @@ def test_a_full_status_snapshot_becomes_its_series() -> None:
     assert value("markd_store_last_sync_attempt_timestamp_seconds") == NOW - 60
     assert value("markd_printer_up") == 1
     assert value("markd_printer_queue_blocked") == 1
+    assert value("markd_fiscal_auto_shift") == 1
+    assert value("markd_fiscal_health_interval_seconds") == 600
     assert value("markd_printer_status_timestamp_seconds") == NOW - 20
     assert value("markd_printer_problem", problem="paper-out") == 1
     assert value("markd_printer_problem", problem="receipt-open") == 1

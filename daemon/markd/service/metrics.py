@@ -524,6 +524,18 @@ class StatusCollector:
             "1 while the fiscal printer answered its last status request, else 0.",
             value=1.0 if device is not None and printer.get("state") != "stopped" else 0.0,
         )
+        if printer.get("auto_shift") is not None:
+            yield GaugeMetricFamily(
+                "markd_fiscal_auto_shift",
+                "1 while markd closes an expired shift and opens a new one by itself.",
+                value=1.0 if printer["auto_shift"] else 0.0,
+            )
+        if printer.get("health_interval_s") is not None:
+            yield GaugeMetricFamily(
+                "markd_fiscal_health_interval_seconds",
+                "How often an idle kiosk reads the printer's status (0: only around receipts).",
+                value=printer["health_interval_s"],
+            )
         checked = _iso_timestamp(printer.get("checked_at"))
         if checked is not None:
             yield GaugeMetricFamily(
