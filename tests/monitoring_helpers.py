@@ -116,6 +116,54 @@ def documented_metrics() -> set[str]:
     return set(re.findall(r"^\| `(markd_[a-z0-9_]+)`", METRICS_DOC.read_text(), re.M))
 
 
+#: Labels every series has or a fleet adds (the scrape's target; `shop`, `city`: a target's own
+#: labels in the docs' examples; `le`: a histogram bucket's bound).
+TARGET_LABELS = frozenset({"instance", "job", "shop", "city", "le", "__name__"})
+#: Where a query or a template names a label: grouping and matching clauses, a selector's
+#: matchers, a legend's ``{{label}}``, an annotation's ``$labels.label``.
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+_MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*\"")
+_TEMPLATE = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}|\$labels\.([a-zA-Z_][a-zA-Z0-9_]*)")
+
+
+def documented_labels() -> dict[str, set[str]]:
+    """Each ``markd_*`` family docs/metrics.md's tables list → its label names (the Labels
+    column, the values in parentheses left out)."""
+    labels: dict[str, set[str]] = {}
+    rows = re.findall(r"^\| `(markd_[a-z0-9_]+)` \|[^|]*\|([^|]*)\|", METRICS_DOC.read_text(), re.M)
+    for name, column in rows:
+        labels[name] = set(re.findall(r"`([a-z_]+)`", re.sub(r"\([^)]*\)", "", column)))
+    return labels
+
+
+def unknown_labels(expr: str, *templates: str) -> set[str]:
+    """The label names ``expr`` (and the legends or annotations ``templates`` that show its
+    results) use that none of the series it reads has: a label of another metric, a typo."""
+    documented = documented_labels()
+    allowed = set(TARGET_LABELS)
+    for name in metric_names(expr):
+        family = name
+        for suffix in HISTOGRAM_SUFFIXES:
+            if name.endswith(suffix) and name.removesuffix(suffix) in documented:
+                family = name.removesuffix(suffix)
+        allowed |= documented.get(family, set())
+    used = label_names(expr)
+    for template in templates:
+        used |= label_names(template)
+    return used - allowed
+
+
+def label_names(text: str) -> set[str]:
+    """The label names a query (or a legend, an annotation) uses."""
+    names: set[str] = set()
+    for group in _GROUPING.findall(text):
+        names.update(n.strip() for n in group.split(",") if n.strip())
+    names.update(_MATCHER.findall(text))
+    for a, b in _TEMPLATE.findall(text):
+        names.add(a or b)
+    return names
+
+
 def documented_histograms() -> set[str]:
     """The names docs/metrics.md's tables give the type ``histogram``."""
     return set(

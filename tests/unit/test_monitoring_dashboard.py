@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from monitoring_helpers import DASHBOARD, metric_names, run_promtool, undocumented
+from monitoring_helpers import DASHBOARD, metric_names, run_promtool, undocumented, unknown_labels
 
 BOARD: dict[str, Any] = json.loads(DASHBOARD.read_text())
 PANELS: list[dict[str, Any]] = BOARD["panels"]
@@ -95,6 +95,25 @@ def test_a_broken_query_is_caught(tmp_path: Path) -> None:
     )
     done = run_promtool("check", "rules", str(rules))
     assert done.returncode == 1, done.stdout + done.stderr
+
+
+def test_every_label_a_panel_groups_or_shows_is_one_its_series_have() -> None:
+    """A label of another metric (or a typo) in ``by (…)`` or a legend folds every series into
+    one line with an empty name; promtool and Prometheus accept it without a word."""
+    wrong = {
+        (panel["id"], target["refId"]): unknown_labels(
+            target["expr"], target.get("legendFormat", "")
+        )
+        for panel in PANELS
+        for target in panel.get("targets", [])
+    }
+    assert {key: names for key, names in wrong.items() if names} == {}
+
+
+def test_a_label_of_another_metric_is_caught() -> None:
+    expr = "sum by (instance, reason) (rate(markd_api_requests_refused_total[5m]))"
+    assert unknown_labels(expr, "{{instance}} {{reason}}") == {"reason"}
+    assert unknown_labels(expr.replace("reason", "error"), "{{error}}") == set()
 
 
 def test_every_metric_the_dashboard_reads_is_documented() -> None:

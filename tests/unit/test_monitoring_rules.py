@@ -25,6 +25,7 @@ from monitoring_helpers import (
     read_rules,
     run_promtool,
     undocumented,
+    unknown_labels,
 )
 
 RULES_TEXT = RULES.read_text()
@@ -80,6 +81,11 @@ def test_every_metric_the_rules_and_their_tests_use_is_documented() -> None:
     assert not undocumented(names), (
         f"not in docs/metrics.md: {sorted(undocumented(names))} (renamed or misspelt?)"
     )
+
+
+@pytest.mark.parametrize("rule", ALERTS, ids=IDS)
+def test_every_label_a_rule_matches_or_shows_is_one_its_series_have(rule: AlertRule) -> None:
+    assert unknown_labels(rule.expr, *rule.annotations.values()) == set()
 
 
 def test_a_misspelt_metric_is_caught() -> None:
