@@ -155,11 +155,12 @@ def test_a_token_file_is_not_read_while_the_listener_is_off(main: Path, tmp_path
     ],
 )
 def test_metrics_listen_may_not_take_the_api_port(
-    main: Path, token_file: Path, api: str, metrics: str
+    main: Path, token_file: Path, api: str, metrics: str, tmp_path: Path
 ) -> None:
+    api_token = write(tmp_path / "api-token", "api-4c1d9e7b2f60\n")
     write(
         main,
-        f'[api]\nlisten = "{api}"\nallow_remote = true\ntoken_file = "{token_file}"\n\n'
+        f'[api]\nlisten = "{api}"\nallow_remote = true\ntoken_file = "{api_token}"\n\n'
         f'[metrics]\nlisten = "{metrics}"\ntoken_file = "{token_file}"\n',
     )
 
@@ -171,16 +172,42 @@ def test_metrics_listen_may_not_take_the_api_port(
     )
 
 
-def test_metrics_listen_on_another_port_than_the_api(main: Path, token_file: Path) -> None:
+def test_metrics_listen_on_another_port_than_the_api(
+    main: Path, token_file: Path, tmp_path: Path
+) -> None:
+    api_token = write(tmp_path / "api-token", "api-4c1d9e7b2f60\n")
     write(
         main,
-        f'[api]\nlisten = "127.0.0.1:8391"\ntoken_file = "{token_file}"\n\n'
+        f'[api]\nlisten = "127.0.0.1:8391"\ntoken_file = "{api_token}"\n\n'
         f'[metrics]\nlisten = "127.0.0.1:9391"\ntoken_file = "{token_file}"\n',
     )
 
     loaded = config.load(main, for_service=True, environ={})
 
     assert (loaded.api.listen, loaded.metrics.listen) == ("127.0.0.1:8391", "127.0.0.1:9391")
+
+
+def test_the_metrics_token_may_not_be_the_api_token(
+    main: Path, token_file: Path, tmp_path: Path, no_credentials: dict[str, str]
+) -> None:
+    """Whoever scrapes holds the metrics token: were it the API's, a Prometheus server could
+    drive the till. The same text in two files, or in the two credentials, is refused too."""
+    copy = write(tmp_path / "api-token", TOKEN + "\n")
+    write(
+        main,
+        f'[api]\nlisten = "127.0.0.1:8391"\ntoken_file = "{copy}"\n\n'
+        f'[metrics]\nlisten = "127.0.0.1:9391"\ntoken_file = "{token_file}"\n',
+    )
+    found = problems_of(main, for_service=True, environ={})
+    assert [p for p in found if "token of its own" in p and "[metrics] token_file" in p]
+    assert not [p for p in found if TOKEN in p]
+
+    store = Path(no_credentials["MARKD_CREDSTORE"])
+    write(store / "markd.api-token", TOKEN + "\n").chmod(0o600)
+    write(store / "markd.metrics-token", TOKEN + "\n").chmod(0o600)
+    write(main, '[api]\nlisten = "127.0.0.1:8391"\n\n[metrics]\nlisten = "127.0.0.1:9391"\n')
+    found = problems_of(main, for_service=True, environ=no_credentials)
+    assert [p for p in found if "token of its own" in p]
 
 
 def test_the_metrics_listener_needs_the_api_server(main: Path, token_file: Path) -> None:

@@ -17,6 +17,7 @@ Secrets are read, never shown: a problem names the file or the credential, not t
 
 from __future__ import annotations
 
+import hmac
 import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -205,7 +206,25 @@ def startup_problems(config: Config, environ: Mapping[str, str] | None = None) -
         attempt(("api", "token_file"), lambda: api_token(config.api, environ))
     if config.api.enabled and config.metrics.listen:
         attempt(("metrics", "token_file"), lambda: metrics_token(config.metrics, environ))
+        if config.api.listen:
+            attempt(("metrics", "token_file"), lambda: distinct_tokens(config, environ))
     return found
+
+
+def distinct_tokens(config: Config, environ: Mapping[str, str] | None = None) -> None:
+    """Raise :class:`ConfigError` when the metrics listener's token is the control API's: the
+    Prometheus server holding it could then drive the till. A token that cannot be read is
+    reported by its own check, not here."""
+    try:
+        api, metrics = api_token(config.api, environ), metrics_token(config.metrics, environ)
+    except ConfigError:
+        return
+    if hmac.compare_digest(api.reveal().encode(), metrics.reveal().encode()):
+        raise ConfigError(
+            "[metrics] token_file: the metrics token is the control API's token ([api] "
+            "token_file); give the metrics listener a token of its own, so that whoever "
+            "scrapes cannot drive the till"
+        )
 
 
 def _env(environ: Mapping[str, str] | None) -> dict[str, str] | None:
