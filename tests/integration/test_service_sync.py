@@ -89,6 +89,7 @@ async def test_the_daemon_sees_a_synced_blocklist_without_restart(
     assert service.store_sync is not None and service.store_sync.process is None
     assert synced[("markd_store_syncs_total", (("result", "ok"),))] == 1
     assert synced[("markd_store_syncs_total", (("result", "failed"),))] == 0
+    assert synced[("markd_store_last_sync_result", (("result", "ok"),))] == 1
     assert synced[("markd_store_list_version", ())] == 1
     attempt = synced[("markd_store_last_sync_attempt_timestamp_seconds", ())]
     assert abs(attempt - synced[("markd_store_last_sync_timestamp_seconds", ())]) < 60
@@ -119,6 +120,8 @@ async def test_a_failed_sync_is_a_warning_without_credentials(
     # A fleet sees the attempt fail, not a refusal: the blocklist was never synced.
     assert failed[("markd_store_syncs_total", (("result", "failed"),))] == 1
     assert failed[("markd_store_syncs_total", (("result", "refused"),))] == 0
+    assert failed[("markd_store_last_sync_result", (("result", "failed"),))] == 1
+    assert failed[("markd_store_last_sync_result", (("result", "ok"),))] == 0
     assert ("markd_store_last_sync_attempt_timestamp_seconds", ()) in failed
     assert ("markd_store_last_sync_timestamp_seconds", ()) not in failed
 
@@ -256,3 +259,4 @@ async def test_a_file_over_the_size_limit_is_a_refused_sync_for_a_fleet(
     assert found[("markd_store_syncs_total", (("result", "failed"),))] == 0
     assert found[("markd_store_sync_refused_total", ())] == 1
     assert found[("markd_store_last_sync_refused", ())] == 1
+    assert found[("markd_store_last_sync_result", (("result", "refused"),))] == 1

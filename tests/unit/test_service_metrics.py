@@ -89,6 +89,7 @@ def full_snapshot() -> dict[str, Any]:
             "sync_refusals": 2,
             "sync_runs": {"ok": 3, "refused": 2},
             "sync_finished_at": NOW - 60,
+            "sync_last_result": "refused",
         },
         "printer": {
             "state": "attention",
@@ -230,6 +231,8 @@ def test_a_full_status_snapshot_becomes_its_series() -> None:
     assert value("markd_store_syncs_total", result="ok") == 3
     assert value("markd_store_syncs_total", result="failed") == 0
     assert value("markd_store_last_sync_attempt_timestamp_seconds") == NOW - 60
+    assert value("markd_store_last_sync_result", result="refused") == 1
+    assert value("markd_store_last_sync_result", result="ok") == 0
     assert value("markd_printer_up") == 1
     assert value("markd_printer_queue_blocked") == 1
     assert value("markd_fiscal_auto_shift") == 1

@@ -143,6 +143,8 @@ class Service:
         self.store_sync: StoreSync | None = None
         #: Fleet syncs refused as untrusted by the syncs stopped so far (``GET /metrics``).
         self._sync_refusals = 0
+        #: Fleet sync runs by result since start, across the syncs a reload restarts.
+        self._sync_runs: Counter[str] = Counter()
         #: Delay range of the first fleet sync; tests set ``(0, 0)``.
         self.sync_start_delay_s = SYNC_START_DELAY_S
         #: The sale session behind the control API's receipt endpoints (None: no printer).
@@ -543,6 +545,7 @@ class Service:
             )
             # A reload that changed the sync starts a new one: the count runs on.
             self.store_sync.refusals = self._sync_refusals
+            self.store_sync.runs = self._sync_runs  # shared: the counts run on too
             self.store_sync.start()
 
     async def stop_store_sync(self) -> None:
@@ -619,6 +622,7 @@ class Service:
                 "sync_refusals": sync.refusals,
                 "sync_runs": dict(sync.runs),
                 "sync_finished_at": sync.finished_at,
+                "sync_last_result": sync.last_result,
             }
         if sync is not None and sync.refused is not None:
             store = {**(store or {}), "sync_refused": dict(sync.refused)}

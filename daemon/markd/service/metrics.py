@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from prometheus_client import (
     CollectorRegistry,
+    GCCollector,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
@@ -55,6 +56,7 @@ from markd.checks.policy import POLICY_GAP, RULES, STORE_ONLY_ALLOW
 from markd.checks.results import FAILURE_KINDS, SOURCE_KINDS, SourceAnswer, SourceFailure
 from markd.checks.verdict import Decision, Source
 from markd.codes import REASONS as PARSER_REASONS
+from markd.config.schema import SCANNER_NAME_PATTERN
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -123,7 +125,7 @@ def known(value: str, allowed: Collection[str]) -> str:
     return value if value in allowed else "other"
 
 
-_SCANNER = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_SCANNER = re.compile(SCANNER_NAME_PATTERN)
 
 
 def scanner_label(name: str) -> str:
@@ -466,7 +468,7 @@ class StatusCollector:
         yield entries
         yield GaugeMetricFamily(
             "markd_store_last_sync_refused",
-            "1 while the latest fleet sync was refused as untrusted, else 0.",
+            "1 from a refused fleet sync until the next one that succeeds, else 0.",
             value=1.0 if store.get("sync_refused") else 0.0,
         )
         if store.get("sync_refusals") is not None:
@@ -484,6 +486,16 @@ class StatusCollector:
             )
             for result in SYNC_RESULTS:
                 family.add_metric([result], runs.get(result, 0))
+            yield family
+        last = store.get("sync_last_result")
+        if last is not None:
+            family = GaugeMetricFamily(
+                "markd_store_last_sync_result",
+                "How the latest fleet sync run ended: 1 for its result, 0 for the others.",
+                labels=["result"],
+            )
+            for result in SYNC_RESULTS:
+                family.add_metric([result], 1.0 if result == last else 0.0)
             yield family
         if store.get("sync_finished_at") is not None:
             yield GaugeMetricFamily(
@@ -678,11 +690,13 @@ def _iso_timestamp(text: Any) -> float | None:
 
 def metrics_registry(collector: StatusCollector) -> CollectorRegistry:
     """A registry of the service's own: ``collector`` plus the library's process metrics
-    (``process_*``: CPU, memory, open files) and platform facts (``python_info``)."""
+    (``process_*``: CPU, memory, open files), platform facts (``python_info``) and the
+    garbage collector's (``python_gc_*``): the library's default collectors."""
     registry = CollectorRegistry()
     registry.register(collector)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
     return registry
 
 

@@ -84,6 +84,8 @@ class StoreSync:
         self.runs: Counter[str] = Counter()
         #: Unix time the latest run finished, None before the first.
         self.finished_at: float | None = None
+        #: How the latest run ended (``ok``, ``failed``, ``refused``), None before the first.
+        self.last_result: str | None = None
         self._task: asyncio.Task[None] | None = None
         #: The latest untrusted-sync refusal (``{"reason", "message"}``), None once a sync
         #: succeeds.
@@ -155,6 +157,7 @@ class StoreSync:
         if returncode == 0 and data is not None and "error" not in data:
             self.results.append(data)
             self.runs["ok"] += 1
+            self.last_result = "ok"
             self.finished_at = time.time()
             self.refused = None
             self.event_log.event(
@@ -188,6 +191,7 @@ class StoreSync:
         self.finished_at = time.time()
         if reason in UNTRUSTED_SYNC_REASONS or reason in OVERSIZED_SYNC_REASONS:
             self.runs["refused"] += 1
+            self.last_result = "refused"
             self.refused = {"reason": reason, "message": message}
             self.refusals += 1
             self.event_log.event(
@@ -201,6 +205,7 @@ class StoreSync:
             )
             return result
         self.runs["failed"] += 1
+        self.last_result = "failed"
         self.event_log.event(
             "store-sync-failed",
             f"blocklist sync from {self.safe_url} failed: {message}",
