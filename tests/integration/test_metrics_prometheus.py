@@ -1,6 +1,7 @@
 """A real Prometheus server (Debian 12's ``prometheus``, 2.42) scrapes a real ``markd`` over
-the control API's TCP listener with the bearer token, as docs/metrics.md configures it, and
-its query API gives back what markd counted (issue 17).
+its metrics listener (``[metrics] listen``) with that listener's own bearer token, as
+docs/metrics.md and operations.md configure a fleet, and its query API gives back what markd
+counted (issue 17); a second job sending the control API's token is refused.
 
 Both run as child processes on loopback, each on a port the kernel picks (``:0``; both log the
 address they got), with a temporary store, TSDB and configuration. markd scans from a pty as
@@ -37,6 +38,7 @@ from markd.store import Store
 from process_helpers import LineReader, markd_command, receive_until
 
 TOKEN = "prometheus-scrape-5e0a9c2d7f41"
+API_TOKEN = "api-drives-the-till-8b3f0e6a1c27"
 #: Longest the test waits for Prometheus to have scraped what it expects. Its first scrape
 #: comes 5-6 s after start (2.42's discovery manager hands targets on at most every 5 s),
 #: later values within two scrapes of a second; the bound is for a loaded runner.
@@ -137,20 +139,23 @@ def eventually(
 def markd_over_tcp(
     tmp_path: Path, pty_pair: PtyPair, notify_socket: tuple[socket.socket, str]
 ) -> Iterator[tuple[str, LineReader]]:
-    """markd with a pty scanner ``front`` and the control API on ``127.0.0.1:0`` with
-    :data:`TOKEN`; DAIRY's КИ blocked in its store. Yields the API's ``host:port`` and
-    markd's stderr."""
+    """markd with a pty scanner ``front``, the control API on ``127.0.0.1:0`` with
+    :data:`API_TOKEN` and the metrics listener (the fleet's way, metrics.md "Scraping") on
+    another ``127.0.0.1:0`` with :data:`TOKEN`; DAIRY's КИ blocked in its store. Yields the
+    metrics listener's ``host:port`` and markd's stderr."""
     sock, notify_path = notify_socket
     with Store.open(str(tmp_path / "store"), map_size_mb=8) as store:
         store.block(DAIRY_KI, "recalled by the supplier")
-    (tmp_path / "api-token").write_text(TOKEN + "\n")
+    (tmp_path / "api-token").write_text(API_TOKEN + "\n")
+    (tmp_path / "metrics-token").write_text(TOKEN + "\n")
     config = tmp_path / "markd.toml"
     config.write_text(
         f'[log]\ntarget = "stderr"\nlevel = "info"\n\n'
         f'[store]\npath = "{tmp_path / "store"}"\nmap_size_mb = 8\n\n'
         f'[scanners.front]\nurl = "serial://{pty_pair.path}?terminator=cr"\n\n'
         f'[api]\nsocket = "{tmp_path / "control.sock"}"\nlisten = "127.0.0.1:0"\n'
-        f'token_file = "{tmp_path / "api-token"}"\n',
+        f'token_file = "{tmp_path / "api-token"}"\n\n'
+        f'[metrics]\nlisten = "127.0.0.1:0"\ntoken_file = "{tmp_path / "metrics-token"}"\n',
         encoding="utf-8",
     )
     env = {**os.environ, "NOTIFY_SOCKET": notify_path}
@@ -166,8 +171,8 @@ def markd_over_tcp(
     try:
         stderr = LineReader(markd.stderr)
         receive_until(sock, "READY=1")
-        line = stderr.wait_for("control API listening on")
-        host, port = _address(line, r"http://(127\.0\.0\.1):(\d+)")
+        line = stderr.wait_for("metrics listener on")
+        host, port = _address(line, r"http://(127\.0\.0\.1):(\d+)/metrics")
         yield f"{host}:{port}", stderr
         markd.send_signal(signal.SIGTERM)
         assert markd.wait(10) == 0
@@ -182,9 +187,12 @@ def test_prometheus_scrapes_markd_with_the_token_and_sees_its_verdicts(
 ) -> None:
     binary = required_tool("prometheus", "prometheus")
     target, markd_log = markd_over_tcp
-    # The scrape job of docs/metrics.md, on loopback and scraping every second.
+    # The scrape job of docs/metrics.md, on loopback and scraping every second; and a job
+    # that sends the control API's token to the metrics listener, which must refuse it.
     credentials = tmp_path / "markd-token"
     credentials.write_text(TOKEN + "\n")
+    wrong = tmp_path / "api-token-copy"
+    wrong.write_text(API_TOKEN + "\n")
     server = PrometheusServer(
         binary,
         tmp_path / "prometheus",
@@ -193,6 +201,11 @@ def test_prometheus_scrapes_markd_with_the_token_and_sees_its_verdicts(
         "  - job_name: markd\n"
         "    authorization:\n"
         f"      credentials_file: {credentials}\n"
+        "    static_configs:\n"
+        f'      - targets: ["{target}"]\n'
+        "  - job_name: markd-api-token\n"
+        "    authorization:\n"
+        f"      credentials_file: {wrong}\n"
         "    static_configs:\n"
         f'      - targets: ["{target}"]\n',
     )
@@ -203,6 +216,13 @@ def test_prometheus_scrapes_markd_with_the_token_and_sees_its_verdicts(
 
         # A scrape with the token: the target is up and markd's own series are there.
         eventually(up, {(target,): 1.0}, "markd up", server)
+        # The API's token opens nothing on the metrics listener.
+        eventually(
+            lambda: values(server.query('up{job="markd-api-token"}'), "instance"),
+            {(target,): 0.0},
+            "the API token refused",
+            server,
+        )
         present = server.query('markd_scanner_present{job="markd"}')
         assert values(present, "scanner") == {("front",): 1.0}
         assert server.query('markd_verdicts_total{job="markd"}') == []  # no scan yet
@@ -226,4 +246,5 @@ def test_prometheus_scrapes_markd_with_the_token_and_sees_its_verdicts(
     finally:
         code = server.stop()
     assert code == 0, server.log.rest()
-    assert TOKEN not in "\n".join(markd_log.rest())
+    log = "\n".join(markd_log.rest())
+    assert TOKEN not in log and API_TOKEN not in log
