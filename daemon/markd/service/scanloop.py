@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from markd import codes
@@ -265,17 +265,23 @@ class ScanLoop:
         return checked.verdict
 
     async def on_scan_checked(
-        self, scan: Scan, *, for_sale: bool = True, price_kopecks: int | None = None
+        self,
+        scan: Scan,
+        *,
+        for_sale: bool = True,
+        price_kopecks: int | None = None,
+        context: Mapping[str, str] | None = None,
     ) -> CheckedCode:
         """:meth:`on_scan`, answering with the code as it was parsed on the way (or the
         parser's error) beside the verdict: a unit sold through the control API is not
-        parsed a second time. A scan slower than ``[check] slow_scan_ms`` leaves a
+        parsed a second time. ``context``: fields for the verdict's journal record (the Mark
+        Unit front's till, shift and receipt). A scan slower than ``[check] slow_scan_ms`` leaves a
         ``slow-scan`` record with the time of each stage."""
         trace = self.tracer.start(scan.received, self.parts.slow_scan_ms)
         taken_up = trace.clock() if trace is not None else 0.0
         token = CURRENT_STAGES.set(trace)
         try:
-            checked = await self._check_and_notify(scan, for_sale, price_kopecks)
+            checked = await self._check_and_notify(scan, for_sale, price_kopecks, context)
         finally:
             CURRENT_STAGES.reset(token)
         if trace is not None:
@@ -286,7 +292,11 @@ class ScanLoop:
         return checked
 
     async def _check_and_notify(
-        self, scan: Scan, for_sale: bool, price_kopecks: int | None
+        self,
+        scan: Scan,
+        for_sale: bool,
+        price_kopecks: int | None,
+        context: Mapping[str, str] | None = None,
     ) -> CheckedCode:
         self.events.publish("scan", {"scanner": scan.scanner, "length": len(scan.data)})
         desk = self.parts.sale_desk
@@ -312,7 +322,9 @@ class ScanLoop:
                 latency_ms=elapsed_ms(scan.received),
             )
             checked = CheckedCode(verdict)
-        self.notifier.notify(CheckedScan(checked.verdict, checked.code, for_sale=for_sale))
+        self.notifier.notify(
+            CheckedScan(checked.verdict, checked.code, for_sale=for_sale, context=context or {})
+        )
         return checked
 
     async def check(
