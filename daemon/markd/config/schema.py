@@ -1139,6 +1139,14 @@ class MarkUnitConfig:
             "choices": ("rubles", "kopecks"),
         },
     )
+    lm_in_req_id: bool = field(
+        default=False,
+        metadata={
+            "doc": "Frontol before 6.27: after a Local Module check, write its instance and "
+            "version into `truemark_response.reqId` (`UUID&Inst=…&Ver=…`). Frontol 6.27 and "
+            "later read them from the answer itself: leave `false`.",
+        },
+    )
     refund_check: bool = field(
         default=True,
         metadata={

@@ -122,6 +122,10 @@ class RepeatCache:
     def key(peer: str, body: bytes) -> bytes:
         return hashlib.sha256(peer.encode() + b"\0" + body).digest()
 
+    def forget(self) -> None:
+        """Drop every kept answer (a receipt was committed: what was allowed may be sold)."""
+        self._answers.clear()
+
     async def answer(self, key: bytes, compute: Any) -> dict[str, Any]:
         if self.ttl_s <= 0:
             return await compute()
@@ -214,7 +218,14 @@ class MarkUnitDesk:
         if errors:
             answer["code"] = REFUSED
             answer["error"] = "\r\n".join(dict.fromkeys(errors))
-        _pass_through(answer, online, offline, tspiot, refund=document.refund)
+        _pass_through(
+            answer,
+            online,
+            offline,
+            tspiot,
+            refund=document.refund,
+            lm_in_req_id=self.config.lm_in_req_id,
+        )
         return answer
 
     async def _check_one(
@@ -319,6 +330,9 @@ class MarkUnitDesk:
             for _, code in source.codes()
             if code.base64 in pending.checked
         ]
+        # A check answered before this sale must not be repeated to a till after it: the
+        # code is sold now (FMU-API 761c44c dropped its check cache to stop repeat sales).
+        self.repeats.forget()
         if codes and source.type != OPENING_TARE:
             receipt = f"mark-unit:{source.pos}:{source.shift}:{source.number}:{source.uid}"
             self.backend.record_sale(codes, receipt, refund=source.refund)
@@ -389,18 +403,27 @@ def _pass_through(
     tspiot: list[SourceAnswer],
     *,
     refund: bool,
+    lm_in_req_id: bool = False,
 ) -> None:
     """Fill the answer's service fields as ``FmuAnswer.cs`` and its
     ``FillFieldsForFrontol_6_25_5`` do: ``truemark_response`` is the check answer (the
     online one, else the Local Module's with its ``inst``/``version``), with every code's
     entry; ``truemark_responses`` and ``offline_truemark_response`` repeat it per
-    organisation for Frontol 6.25.5 and later; ``esm_response`` is the ТС ПИоТ's body."""
+    organisation for Frontol 6.25.5 and later; ``esm_response`` is the ТС ПИоТ's body.
+
+    ``lm_in_req_id``: Frontol before 6.27 read the Local Module's instance and version from
+    ``reqId`` (``UUID&Inst=…&Ver=…``; FMU-API commit bc13423, ``MarkChecker.cs``); the copies
+    per organisation always carry the plain ``reqId`` (``FillFieldsForFrontol_6_25_5``)."""
     main = online or offline
     if main:
         merged = dict(_inner(main[0][1]))
         merged["codes"] = [c for _, a in main for c in (_inner(a).get("codes") or [])]
         if refund:
             merged["codes"] = [_refund_view(c) for c in merged["codes"] if isinstance(c, dict)]
+        if lm_in_req_id and not online and merged.get("reqId"):
+            merged["reqId"] = (
+                f"{merged['reqId']}&Inst={merged.get('inst', '')}&Ver={merged.get('version', '')}"
+            )
         answer["truemark_response"] = merged
     for position, item in online:
         answer["truemark_responses"].append(

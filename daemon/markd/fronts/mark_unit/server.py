@@ -427,7 +427,7 @@ def _token() -> dict[str, Any]:
     return {
         "id": "Pos",
         "name": "",
-        "role": "",
+        "role": "pos",
         "expired": int(time.time()) + TOKEN_LIFE_S,
         "signature": "markd",
     }
