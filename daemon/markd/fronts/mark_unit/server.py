@@ -41,6 +41,7 @@ import logging
 import re
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -124,6 +125,8 @@ class _Request:
     path: str
     headers: dict[str, str]
     body: bytes = b""
+    #: ``time.perf_counter()`` when the head was complete.
+    started: float = 0.0
 
 
 @dataclass
@@ -172,6 +175,9 @@ class MarkUnitServer:
         self._open_from: dict[str, int] = {}
         #: Requests refused so far by reason (``forbidden``, ``bad-document`` …).
         self.refused: dict[str, int] = {}
+        #: Called with the milliseconds from a request's complete head to its answer written
+        #: (the benchmark's server-side figure); None: not measured.
+        self.observer: Callable[[float], None] | None = None
 
     def start(self) -> None:
         host, port = parse_listen(self.config.listen)
@@ -261,6 +267,8 @@ class MarkUnitServer:
             status, body = await self._dispatch(request, connection.peer)
             keep = connection.http.their_state is h11.DONE and status < 500
             await self._send(connection, status, body, keep)
+            if self.observer is not None:
+                self.observer((time.perf_counter() - request.started) * 1000.0)
             connection.answered += 1
             if not keep:
                 return
@@ -313,7 +321,9 @@ class MarkUnitServer:
             raise _Refusal(413, f"the body exceeds {MAX_BODY_BYTES} bytes")
         target = event.target.decode("ascii", "replace")
         path = target.split("?", 1)[0]
-        request = _Request(event.method.decode("ascii", "replace"), path, headers)
+        request = _Request(
+            event.method.decode("ascii", "replace"), path, headers, started=time.perf_counter()
+        )
         request.body = await self._read_body(connection, http)
         return request
 
