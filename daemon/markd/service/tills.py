@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from markd.checks.chain import ANSWERS_SEEN
 from markd.errors import StoreError
@@ -24,9 +24,25 @@ from markd.scanners import Scan
 from markd.service.wiring import sale_local_module
 
 if TYPE_CHECKING:
+    from markd.checks.chain import CheckChain
     from markd.checks.results import SourceAnswer, SourceFailure
     from markd.codes import MarkingCode
-    from markd.service.lifecycle import Service
+    from markd.config import Config
+    from markd.service.scanloop import ScanLoop
+    from markd.store import Store
+
+
+class RunningService(Protocol):
+    """What :class:`ServiceTills` reads of the :class:`~markd.service.Service` (a protocol,
+    so this module does not import the one that imports it)."""
+
+    config: Config
+    scan_loop: ScanLoop
+    store: Store | None
+
+    @property
+    def chain(self) -> CheckChain | None: ...
+
 
 log = logging.getLogger("markd.fronts.mark_unit")
 
@@ -37,9 +53,9 @@ REPORT_DEADLINE_S = 5.0
 
 
 class ServiceTills:
-    """:class:`~markd.fronts.mark_unit.desk.TillBackend` over a running :class:`Service`."""
+    """:class:`~markd.fronts.mark_unit.desk.TillBackend` over a running service."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: RunningService) -> None:
         self.service = service
 
     async def check_for_till(self, data: bytes, context: Mapping[str, str]) -> TillCheck:
