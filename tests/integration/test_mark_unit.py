@@ -29,6 +29,7 @@ from conftest import RecordingEventLog
 from mark_unit_client import SHOP_INN, Till, document, position, till_code
 from markd import config as markd_config
 from markd.emulators.testing import crpt_cdn, local_module, tspiot
+from markd.fronts.mark_unit import server
 from markd.scanners import get_virtual
 
 WATER = "0104680029460908215jcmHzLmkdPML<GS>938p9E"
@@ -122,8 +123,9 @@ async def test_allowed_check_passes_the_online_answer_through(
     tmp_path, services, event_log
 ) -> None:
     cdn, lm = services
-    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, _):
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
         answer = await till.post("/document", document("check", position(WATER)))
+        metrics_text = service.metrics().decode()
     assert answer.status == 200
     body = answer.json()
     assert (body["code"], body["error"]) == (0, "")
@@ -142,6 +144,7 @@ async def test_allowed_check_passes_the_online_answer_through(
     )
     assert (record["till_pos"], record["till_shift"], record["till_receipt"]) == ("2", "41", "17")
     assert record["req_id"] == truemark["reqId"]
+    assert 'markd_scans_total{scanner="mark-unit"} 1.0' in metrics_text
 
 
 @pytest.mark.parametrize(
@@ -506,6 +509,39 @@ async def test_request_bodies_are_never_logged_whole(tmp_path, services, event_l
     assert WATER_KI in text  # the КИ is journaled
     assert tail not in text  # never the crypto tail
     assert till_code(WATER) not in text
+
+
+async def test_one_address_holds_at_most_eight_connections(tmp_path, services, event_log) -> None:
+    cdn, lm = services
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        host, port = service.mark_unit.address
+        held = [await Till(host, port).connect() for _ in range(server.MAX_CONNECTIONS_PER_PEER)]
+        try:
+            await asyncio.sleep(0.1)
+            ninth = await till.request("POST", "/api4/system/get_info")
+            other = Till(host, port, local_addr="127.0.0.9")
+            served = await other.request("POST", "/api4/system/get_info")
+            await other.close()
+        finally:
+            for t in held:
+                await t.close()
+    assert ninth.status == 503 and "127.0.0.1" in ninth.json()["error"]
+    assert served.status == 200  # another till's address still gets in
+
+
+async def test_a_head_that_never_ends_is_cut_off(
+    tmp_path, services, event_log, monkeypatch
+) -> None:
+    cdn, lm = services
+    monkeypatch.setattr(server, "HEAD_TIMEOUT_S", 0.3)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        host, port = service.mark_unit.address
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"POST /document HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, no answer
+        assert time.monotonic() - started < 2
+        writer.close()
 
 
 async def test_framing_limits(tmp_path, services, event_log) -> None:
