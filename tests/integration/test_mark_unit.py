@@ -332,6 +332,33 @@ async def test_cancel_drops_the_pending_receipt(tmp_path, services, event_log) -
     assert again["code"] == 0
 
 
+async def test_a_commit_without_begin_records_the_checked_codes(
+    tmp_path, services, event_log
+) -> None:
+    cdn, lm = services
+    item = position(WATER)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        await till.post("/document", document("check", item))
+        await till.post("/document", document("commit", item, uid="nb"))
+        assert service.store.lookup(WATER_KI).sold is not None
+
+
+async def test_one_till_cannot_commit_or_cancel_another_tills_receipt(
+    tmp_path, services, event_log
+) -> None:
+    cdn, lm = services
+    item = position(WATER)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        host, port = service.mark_unit.address
+        other = Till(host, port, local_addr="127.0.0.7")
+        await till.post("/document", document("check", item))
+        await till.post("/document", document("begin", item, uid="t1"))
+        await other.post("/document", document("cancel", uid="t1"))
+        await till.post("/document", document("commit", uid="t1"))
+        await other.close()
+        assert service.store.lookup(WATER_KI).sold is not None
+
+
 async def test_refund_of_a_sold_unit_is_not_refused(tmp_path, services, event_log) -> None:
     cdn, lm = services
     item = position(WATER)
@@ -482,6 +509,11 @@ async def test_client_outside_allowed_clients_is_refused(tmp_path, services, eve
         (b'{"action": "check", "type": "gift"}', "type must be"),
         (b"\xff\xfe{}", "not UTF-8"),
         (b'{"action": "check", "positions": [{"total_price": NaN}]}', "not JSON"),
+        (b'{"action": "check", "positions": [{"total_price": 1e308}]}', "out of range"),
+        (b'{"action": "check", "positions": [{"quantity": 1e400}]}', "quantity"),
+        (b'{"action": "check", "positions": [{"quantity": 1' + b"0" * 400 + b"}]}", "quantity"),
+        (b'{"action": "check", "number": ' + b"9" * 5000 + b"}", "not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
     ],
 )
 async def test_malformed_bodies_get_400_with_a_reason(

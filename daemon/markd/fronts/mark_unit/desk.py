@@ -182,8 +182,8 @@ class MarkUnitDesk:
         if document.action == "begin":
             return await self.begin(document, peer)
         if document.action == "commit":
-            return await self.commit(document)
-        return self.cancel(document)
+            return await self.commit(document, peer)
+        return self.cancel(document, peer)
 
     # -- check ----------------------------------------------------------------------------------
 
@@ -306,24 +306,36 @@ class MarkUnitDesk:
         if lines:
             answer["code"] = PRICE_FLAGGED
             answer["error"] = "".join(f"\r\n {line}" for line in lines)
-        self._keep_pending(document.uid, pending)
+        self._keep_pending(_pending_key(peer, document.uid), pending)
         return answer
 
-    def _keep_pending(self, uid: str, pending: _Pending) -> None:
+    def _keep_pending(self, key: str, pending: _Pending) -> None:
         now = time.monotonic()
         limit = self.config.pending_minutes * 60.0
-        for key in [k for k, p in self._pending.items() if now - p.at > limit]:
-            del self._pending[key]
-        self._pending[uid] = pending
-        self._pending.move_to_end(uid)
+        for old in [k for k, p in self._pending.items() if now - p.at > limit]:
+            del self._pending[old]
+        self._pending[key] = pending
+        self._pending.move_to_end(key)
         while len(self._pending) > MAX_PENDING:
             self._pending.popitem(last=False)
 
-    async def commit(self, document: Document) -> dict[str, Any]:
-        pending = self._pending.pop(document.uid, None)
+    async def commit(self, document: Document, peer: str) -> dict[str, Any]:
+        pending = self._pending.pop(_pending_key(peer, document.uid), None)
         if pending is None:
-            log.warning("mark unit: commit of receipt %s without a begin", document.uid or "-")
-            return empty_answer()
+            # No begin (or it expired): the commit's own positions, for the codes this front
+            # checked, are what the till sold.
+            pending = _Pending(document)
+            for _, code in document.codes():
+                kept = self._facts.get(code.base64)
+                if kept is not None and kept[1] is not None:
+                    pending.checked[code.base64] = kept[1]
+            if not pending.checked:
+                log.warning(
+                    "mark unit: commit of receipt %s from %s without a begin or checked codes",
+                    document.uid or "-",
+                    peer,
+                )
+                return empty_answer()
         source = pending.document
         codes = [
             pending.checked[code.base64]
@@ -341,8 +353,8 @@ class MarkUnitDesk:
             task.add_done_callback(self._tasks.discard)
         return empty_answer()
 
-    def cancel(self, document: Document) -> dict[str, Any]:
-        self._pending.pop(document.uid, None)
+    def cancel(self, document: Document, peer: str) -> dict[str, Any]:
+        self._pending.pop(_pending_key(peer, document.uid), None)
         return empty_answer()
 
     @property
@@ -353,6 +365,11 @@ class MarkUnitDesk:
         """Let the Local Module reports under way finish (each has its own deadline)."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
+
+
+def _pending_key(peer: str, uid: str) -> str:
+    """Receipts are kept per till: one till cannot commit or cancel another's."""
+    return f"{peer}\0{uid}"
 
 
 def _any_inn(document: Document) -> bool:

@@ -44,6 +44,8 @@ MAX_CODE_BYTES = 512
 MAX_FIELD_CHARS = 128
 #: The largest price taken (kopecks): a hundred million rubles.
 MAX_PRICE_KOPECKS = 10**10
+#: The largest quantity of one position taken (a weight in kilograms, a count).
+MAX_QUANTITY = 10**6
 #: A plain field a till sends (uid, pos, shift, number, user, text): printable text.
 _PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]*")
 
@@ -193,8 +195,12 @@ def _position(item: Any, index: int, price_unit: str) -> Position:
         total = _price(item.get("total_price"), f"{where}total_price", price_unit)
         price = total if total else price
     quantity = item.get("quantity", 0)
-    if isinstance(quantity, bool) or not isinstance(quantity, (int, float)):
-        raise BadDocument(f"{where}quantity must be a number")
+    if (
+        isinstance(quantity, bool)
+        or not isinstance(quantity, (int, float))
+        or not -MAX_QUANTITY <= quantity <= MAX_QUANTITY
+    ):
+        raise BadDocument(f"{where}quantity must be a number up to {MAX_QUANTITY}")
     organisation = item.get("organisation") or {}
     if not isinstance(organisation, dict):
         raise BadDocument(f"{where}organisation must be an object")
@@ -233,6 +239,8 @@ def _price(value: Any, where: str, unit: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise BadDocument(f"{where} must be a number")
+    if not 0 <= value <= MAX_PRICE_KOPECKS:  # before any arithmetic: 1e308 * 100 is inf
+        raise BadDocument(f"{where} is out of range")
     kopecks = round(value * 100) if unit == "rubles" else round(value)
     if not 0 <= kopecks <= MAX_PRICE_KOPECKS:
         raise BadDocument(f"{where} is out of range")
