@@ -234,6 +234,35 @@ async def test_tspiot_answer_in_its_field(tmp_path, event_log) -> None:
     assert service.count("codes/check") >= 1
 
 
+@pytest.mark.parametrize("trusted", [False, True])
+async def test_the_tills_own_tspiot_is_asked_only_when_trusted(
+    tmp_path, event_log, trusted
+) -> None:
+    with tspiot() as ours, tspiot() as theirs:
+        cfg = load(
+            tmp_path,
+            "[check]\nmode = 'tspiot'\ntspiot_timeout_ms = 1500\n"
+            f"[check.tspiot]\nurl = '{ours.url}'\n"
+            "[mark_unit]\nenabled = true\nlisten = '127.0.0.1:0'\n"
+            f"trust_till_tspiot = {'true' if trusted else 'false'}\n",
+        )
+        host, port = theirs.url.rsplit("//", 1)[1].rsplit(":", 1)
+        esm = {"host": host, "port": int(port)}
+        async with till_of(cfg, event_log) as (till, _):
+            body = (
+                await till.post("/document", document("check", position(WATER, esm=esm)))
+            ).json()
+            bad = {"host": "x/../y", "port": 1}
+            odd = (await till.post("/document", document("check", position(MILK, esm=bad)))).json()
+        asked_theirs, asked_ours = theirs.count("codes/check"), ours.count("codes/check")
+    assert body["code"] == 0 and body["esm_response"], body
+    assert odd["code"] == 0  # an address that is not HOST:PORT: the configured one answers
+    if trusted:
+        assert (asked_theirs, asked_ours) == (1, 1)
+    else:
+        assert (asked_theirs, asked_ours) == (0, 2)
+
+
 async def test_other_organisation_is_refused_when_terminal_inn_is_set(
     tmp_path, services, event_log
 ) -> None:

@@ -1139,6 +1139,15 @@ class MarkUnitConfig:
             "choices": ("rubles", "kopecks"),
         },
     )
+    trust_till_tspiot: bool = field(
+        default=False,
+        metadata={
+            "doc": "Mode `tspiot`: ask the ТС ПИоТ a till names with a position (`esm`) instead "
+            "of `[check.tspiot]` (its scheme, token and certificate rules kept). An allowed "
+            "till can then make markd connect to any address it names. Off: the address is "
+            "journaled and ignored.",
+        },
+    )
     lm_in_req_id: bool = field(
         default=False,
         metadata={

@@ -182,6 +182,8 @@ class Service:
         self.reloader = Reloader(self, self.event_log, self.health, config_loader)
         self.reloader.status_path = runtime_file(RELOAD_STATUS_FILE)
         self._record_exchange = ExchangeJournal(self.event_log)
+        #: The recorder of check exchanges, for chains built outside the service (the tills').
+        self.record_exchange = self._record_exchange
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Scanner events and jobs for the scan loop, while the service runs.
         self._queue: asyncio.Queue[QueueItem] | None = None

@@ -97,6 +97,10 @@ class TillBackend(Protocol):
         """``[terminal] inn`` and ``kpp`` (empty: not checked)."""
         ...
 
+    async def aclose(self) -> None:
+        """Release what the backend holds for the front (the tills' own ТС ПИоТ chains)."""
+        ...
+
 
 @dataclass
 class _Pending:
@@ -362,9 +366,11 @@ class MarkUnitDesk:
         return len(self._pending)
 
     async def aclose(self) -> None:
-        """Let the Local Module reports under way finish (each has its own deadline)."""
+        """Let the Local Module reports under way finish (each has its own deadline), then
+        let the backend release what it holds for the front."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
+        await self.backend.aclose()
 
 
 def _pending_key(peer: str, uid: str) -> str:
