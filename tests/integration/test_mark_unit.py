@@ -399,6 +399,9 @@ async def test_refund_of_a_sold_unit_is_not_refused(tmp_path, services, event_lo
         entry = body["truemark_response"]["codes"][0]
         # Frontol refuses a refund whose code reads sold or expired (CheckReturnDocument.cs).
         assert entry["sold"] is False and entry["expireDate"] > "2025"
+        # Frontol 6.25.5 and later read the per-organisation copy: corrected there too.
+        copy = body["truemark_responses"][0]["response"]["codes"][0]
+        assert copy["sold"] is False and copy["expireDate"] > "2025"
         assert verdicts(event_log)[-1]["decision"] == "deny"  # the journal keeps the truth
         # Sold here, then returned: the refund is answered 0 and the store takes it back.
         cdn.set_code(WATER_KI, sold=False, expireDate="2099-01-01T00:00:00.000Z")

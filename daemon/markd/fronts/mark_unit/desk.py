@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -401,8 +402,7 @@ def price_problem(facts: Any, price: int) -> str | None:
 
 
 def _body(answer: SourceAnswer) -> dict[str, Any]:
-    import json
-
+    """The service's body as JSON ({} when it is not an object)."""
     try:
         obj = json.loads(answer.raw) if answer.raw else {}
     except ValueError:
@@ -410,13 +410,12 @@ def _body(answer: SourceAnswer) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
-def _inner(answer: SourceAnswer) -> dict[str, Any]:
+def _inner(body: dict[str, Any]) -> dict[str, Any]:
     """The check result object inside a service's body (LM v2 wraps it in ``results``)."""
-    obj = _body(answer)
-    results = obj.get("results")
+    results = body.get("results")
     if isinstance(results, list) and results and isinstance(results[0], dict):
         return results[0]
-    return obj
+    return body
 
 
 def _pass_through(
@@ -437,12 +436,13 @@ def _pass_through(
     ``lm_in_req_id``: Frontol before 6.27 read the Local Module's instance and version from
     ``reqId`` (``UUID&Inst=…&Ver=…``; FMU-API commit bc13423, ``MarkChecker.cs``); the copies
     per organisation always carry the plain ``reqId`` (``FillFieldsForFrontol_6_25_5``)."""
+    # Each answer parsed once; on a refund every copy the till may read shows the codes as
+    # a refund needs them (FMU-API corrects the code objects all its copies share).
+    views = {id(a): _view(_inner(_body(a)), refund) for _, a in online + offline}
     main = online or offline
     if main:
-        merged = dict(_inner(main[0][1]))
-        merged["codes"] = [c for _, a in main for c in (_inner(a).get("codes") or [])]
-        if refund:
-            merged["codes"] = [_refund_view(c) for c in merged["codes"] if isinstance(c, dict)]
+        merged = dict(views[id(main[0][1])])
+        merged["codes"] = [c for _, a in main for c in views[id(a)].get("codes", [])]
         if lm_in_req_id and not online and merged.get("reqId"):
             merged["reqId"] = (
                 f"{merged['reqId']}&Inst={merged.get('inst', '')}&Ver={merged.get('version', '')}"
@@ -450,14 +450,28 @@ def _pass_through(
         answer["truemark_response"] = merged
     for position, item in online:
         answer["truemark_responses"].append(
-            {"inn": position.inn, "kpp": position.kpp, "response": _inner(item)}
+            {"inn": position.inn, "kpp": position.kpp, "response": views[id(item)]}
         )
     for position, item in offline:
         answer["offline_truemark_response"].append(
-            {"inn": position.inn, "kpp": position.kpp, "response": {"results": [_inner(item)]}}
+            {
+                "inn": position.inn,
+                "kpp": position.kpp,
+                "response": {"results": [views[id(item)]]},
+            }
         )
     if tspiot:
         answer["esm_response"] = _body(tspiot[0])
+
+
+def _view(inner: dict[str, Any], refund: bool) -> dict[str, Any]:
+    """A check result as the till gets it: its ``codes`` a list of objects, each as a
+    refund's till must read it when ``refund``."""
+    codes = inner.get("codes")
+    entries = [c for c in codes if isinstance(c, dict)] if isinstance(codes, list) else []
+    if refund:
+        entries = [_refund_view(c) for c in entries]
+    return {**inner, "codes": entries}
 
 
 def _refund_view(entry: dict[str, Any]) -> dict[str, Any]:
