@@ -430,7 +430,7 @@ async def test_the_same_check_twice_is_answered_from_the_cache(
         second = await till.post("/document", doc)
         assert cdn.count("codes/check") == 1
         assert first.json() == second.json()
-        assert service.mark_unit.desk.repeats.hits == 1
+        assert service.status_snapshot()["mark_unit"]["repeats_answered"] == 1
         other = await till.post("/document", document("check", position(MILK)))
         assert other.status == 200 and cdn.count("codes/check") == 2
 
@@ -522,10 +522,12 @@ async def test_utf8_answers_by_default(tmp_path, services, event_log) -> None:
 async def test_client_outside_allowed_clients_is_refused(tmp_path, services, event_log) -> None:
     cdn, lm = services
     cfg = direct(tmp_path, cdn, lm, front="allowed_clients = ['192.168.50.0/24']\n")
-    async with till_of(cfg, event_log) as (till, _):
+    async with till_of(cfg, event_log) as (till, service):
         answer = await till.post("/document", document("check", position(WATER)))
+        status = service.status_snapshot()["mark_unit"]
     assert answer.status == 403 and answer.headers["connection"] == "close"
     assert cdn.count("codes/check") == 0 and verdicts(event_log) == []
+    assert status["refused"] == {"forbidden": 1}
 
 
 @pytest.mark.parametrize(

@@ -643,7 +643,7 @@ class Service:
             }
         if sync is not None and sync.refused is not None:
             store = {**(store or {}), "sync_refused": dict(sync.refused)}
-        return {
+        snapshot = {
             "service": {
                 "state": "ready" if self.ready.is_set() else "starting",
                 "version": __version__,
@@ -656,6 +656,9 @@ class Service:
             "store": store,
             "printer": None if receipts is None else dict(receipts.status()),
         }
+        if self.mark_unit is not None:  # only while the front runs
+            snapshot["mark_unit"] = self.mark_unit.status()
+        return snapshot
 
     def metrics(self, api: Mapping[str, Any] | None = None) -> bytes:
         """``GET /metrics``: the Prometheus text format, read from :meth:`status_snapshot`,

@@ -179,6 +179,16 @@ class MarkUnitServer:
         #: (the benchmark's server-side figure); None: not measured.
         self.observer: Callable[[float], None] | None = None
 
+    def status(self) -> dict[str, Any]:
+        """The front's part of ``GET /v1/status``."""
+        return {
+            "listen": None if self.address is None else listeners.address_text(*self.address),
+            "connections": self._open,
+            "refused": dict(sorted(self.refused.items())),
+            "pending_receipts": self.desk.pending,
+            "repeats_answered": self.desk.repeats.hits,
+        }
+
     def start(self) -> None:
         host, port = parse_listen(self.config.listen)
         self._socket = listeners.bind_tcp(host, port, self.config.listen, key="[mark_unit] listen")
