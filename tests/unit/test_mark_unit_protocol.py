@@ -70,6 +70,13 @@ def test_a_windows_1251_body_reads() -> None:
     assert doc.user == "Кассир"
 
 
+def test_a_windows_1251_body_without_a_charset_reads_when_the_tills_use_it() -> None:
+    raw = json.dumps({"action": "cancel", "user": "Кассир"}, ensure_ascii=False).encode("cp1251")
+    with pytest.raises(BadDocument):
+        parse_document(raw)  # UTF-8 tills: refused, never guessed
+    assert parse_document(raw, fallback="windows-1251").user == "Кассир"
+
+
 def test_the_repr_of_a_document_never_holds_the_code() -> None:
     text = repr(parse_document(body()))
     assert "938p9E" not in text and "MDEwNDY4" not in text
