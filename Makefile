@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) tools/bench/scanners.py
 	$(PY) tools/bench/soak.py --scans $(SOAK_SCANS)
 	$(PY) tools/bench/api.py
+	$(PY) tools/bench/mark_unit.py
 	$(PY) tools/bench/http_client.py
 	$(PY) tools/bench/shtrih.py
 

@@ -54,6 +54,8 @@ BAD: dict[str, str] = {
     "[codes] ki_serial_lengths": "[codes]\nki_serial_lengths = [21]",
     "[terminal] fn_serial": '[terminal]\nfn_serial = "12345"',
     "[terminal] timezone": '[terminal]\ntimezone = "Mars/Olympus_Mons"',
+    "[terminal] inn": '[terminal]\ninn = "12345"',
+    "[terminal] kpp": '[terminal]\nkpp = "1"',
     # start-only before: refused when the chain was built
     "[check] mode": '[check]\nmode = "tspiot"',
     "[check] online_timeout_ms": "[check]\nonline_timeout_ms = 49",
@@ -142,6 +144,18 @@ BAD: dict[str, str] = {
     "[metrics] listen": f'[metrics]\nlisten = "192.0.2.7:9391"\ntoken_file = "{SECRET}"',
     "[metrics] allow_remote": '[metrics]\nallow_remote = "yes"',
     "[metrics] token_file": f'[metrics]\nlisten = "127.0.0.1:0"\ntoken_file = "{MISSING}"',
+    "[mark_unit] enabled": '[mark_unit]\nenabled = "yes"',
+    # a LAN address with the default allow-list (loopback only): no till named
+    "[mark_unit] listen": '[mark_unit]\nenabled = true\nlisten = "192.0.2.7:2578"',
+    "[mark_unit] allowed_clients": '[mark_unit]\nallowed_clients = ["shop-lan"]',
+    "[mark_unit] encoding": '[mark_unit]\nencoding = "koi8-r"',
+    "[mark_unit] price_unit": '[mark_unit]\nprice_unit = "cents"',
+    "[mark_unit] trust_till_tspiot": '[mark_unit]\ntrust_till_tspiot = "yes"',
+    "[mark_unit] lm_in_req_id": "[mark_unit]\nlm_in_req_id = 1",
+    "[mark_unit] refund_check": '[mark_unit]\nrefund_check = "no"',
+    "[mark_unit] repeat_cache_ms": "[mark_unit]\nrepeat_cache_ms = -1",
+    "[mark_unit] max_checks": "[mark_unit]\nmax_checks = 0",
+    "[mark_unit] pending_minutes": "[mark_unit]\npending_minutes = 0",
 }
 
 #: A price list with two bad lines and a good one: both bad lines must be reported.

@@ -195,7 +195,8 @@ def test_unknown_section(main: Path) -> None:
 
     assert problems_of(main) == [
         f"{main}:3: unknown section [foo] "
-        "(known sections: api, check, codes, fiscal, log, metrics, sale, scanners, store, terminal)"
+        "(known sections: api, check, codes, fiscal, log, mark_unit, metrics, sale, scanners, "
+        "store, terminal)"
     ]
 
 
@@ -204,7 +205,7 @@ def test_key_above_every_section_is_reported_as_top_level(main: Path) -> None:
 
     assert problems_of(main) == [
         f"{main}:1: unknown top-level key level (keys belong in a section: "
-        "api, check, codes, fiscal, log, metrics, sale, scanners, store, terminal)"
+        "api, check, codes, fiscal, log, mark_unit, metrics, sale, scanners, store, terminal)"
     ]
 
 
@@ -361,10 +362,12 @@ def test_the_same_mistake_in_two_files_is_reported_for_each(main: Path) -> None:
 
     assert problems_of(main) == [
         f"{main}:1: unknown section [foo] "
-        "(known sections: api, check, codes, fiscal, log, metrics, sale, scanners, store, "
+        "(known sections: api, check, codes, fiscal, log, mark_unit, metrics, sale, scanners, "
+        "store, "
         "terminal)",
         f"{main.parent / 'markd.toml.d' / '50-till.toml'}:2: unknown section [foo] "
-        "(known sections: api, check, codes, fiscal, log, metrics, sale, scanners, store, "
+        "(known sections: api, check, codes, fiscal, log, mark_unit, metrics, sale, scanners, "
+        "store, "
         "terminal)",
     ]
 
@@ -530,7 +533,7 @@ def test_to_dict_is_plain_json_data() -> None:
             "serial_lengths": [13, 6, 7],
             "ki_serial_lengths": [],
         },
-        "terminal": {"fn_serial": "", "timezone": "Europe/Moscow"},
+        "terminal": {"fn_serial": "", "timezone": "Europe/Moscow", "inn": "", "kpp": ""},
         "check": {
             "mode": "store-only",
             "online_timeout_ms": 1500,
@@ -582,6 +585,19 @@ def test_to_dict_is_plain_json_data() -> None:
             "screen": False,
         },
         "metrics": {"listen": "", "allow_remote": False, "token_file": ""},
+        "mark_unit": {
+            "enabled": False,
+            "listen": "127.0.0.1:2578",
+            "allowed_clients": ["127.0.0.0/8", "::1"],
+            "encoding": "utf-8",
+            "price_unit": "rubles",
+            "trust_till_tspiot": False,
+            "lm_in_req_id": False,
+            "refund_check": True,
+            "repeat_cache_ms": 3000,
+            "max_checks": 20,
+            "pending_minutes": 5,
+        },
     }
     assert json.loads(json.dumps(data)) == data
 
@@ -615,6 +631,7 @@ def test_config_fields_are_the_documented_sections() -> None:
         "scanners",
         "api",
         "metrics",
+        "mark_unit",
         "sources",
     ]
 
@@ -647,7 +664,7 @@ def test_docs_key_table_matches_the_schema() -> None:
 def test_docs_mention_every_key() -> None:
     keys = [f"`[{ref.table}] {ref.key}`" for ref in config.schema_keys()]
 
-    assert len(keys) == 88
+    assert len(keys) == 101
     assert [key for key in keys if key not in _doc()] == []
 
 

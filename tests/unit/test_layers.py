@@ -58,7 +58,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("configuration", ("markd.config",)),
-    ("application", ("markd.sale", "markd.service", "markd.api", "markd.events")),
+    (
+        "application",
+        ("markd.sale", "markd.service", "markd.api", "markd.events", "markd.fronts"),
+    ),
     ("top", ("markd.cli", "markd.demo")),
 )
 #: Domain packages that may use another domain package.

@@ -22,6 +22,7 @@ path reports sold units to, in every mode: one Local Module client per daemon.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import time
@@ -42,6 +43,12 @@ from markd.errors import StoreError
 from markd.store import Lookup, Store
 
 log = logging.getLogger(__name__)
+
+#: When set (a list), :meth:`CheckChain.decide` adds the services' answers it decided on to
+#: it: the Mark Unit front passes them on to the till (``truemark_response`` …).
+ANSWERS_SEEN: contextvars.ContextVar[list[SourceAnswer | SourceFailure] | None] = (
+    contextvars.ContextVar("markd_answers_seen", default=None)
+)
 
 DENY_STORE_ERROR_RU = "Проверка недоступна, продажа невозможна"
 
@@ -228,6 +235,9 @@ class CheckChain:
             return early
         settings = self.settings
         answers = await self._ask(code)
+        seen = ANSWERS_SEEN.get()
+        if seen is not None:  # a caller that passes the answers on (the Mark Unit front)
+            seen.extend(answers)
         verdict = decide(
             code,
             store=found,

@@ -71,7 +71,7 @@ markd's rules create for the first serial (or USB-CDC) scanner, at the common fa
 SCANNER_NAME_PATTERN = r"[A-Za-z0-9_-]{1,32}"
 #: Scanner names markd uses itself: ``api`` for the control API's checks (``MARKD_SCANNER``,
 #: the ``scanner`` label of the metrics), ``other`` for a label it cannot vouch for.
-RESERVED_SCANNER_NAMES = frozenset({"api", "other"})
+RESERVED_SCANNER_NAMES = frozenset({"api", "other", "mark-unit"})
 """What a scanner's NAME in ``[scanners.NAME]`` may look like: it ends up in journal fields
 and D-Bus/CLI arguments, so it stays a short bare word."""
 
@@ -303,6 +303,18 @@ def _fn_serial_problem(value: str) -> str | None:
     return None
 
 
+def _inn_problem(value: str) -> str | None:
+    if value and not (len(value) in (10, 12) and value.isascii() and value.isdigit()):
+        return f"an ИНН is 10 or 12 digits, got {value!r}"
+    return None
+
+
+def _kpp_problem(value: str) -> str | None:
+    if value and not re.fullmatch(r"[0-9]{4}[0-9A-Z]{2}[0-9]{3}", value):
+        return f"a КПП is 9 characters (digits, letters 5 and 6 may be A-Z), got {value!r}"
+    return None
+
+
 @dataclass(frozen=True)
 class TerminalConfig:
     """``[terminal]``: this till."""
@@ -320,6 +332,21 @@ class TerminalConfig:
         metadata={
             "doc": "The shop's time zone (IANA name); expiry dates are judged in it.",
             "check": lambda value: _timezone_problem(value),
+        },
+    )
+    inn: str = field(
+        default="",
+        metadata={
+            "doc": "The seller's ИНН (10 or 12 digits). When set, a till's document through "
+            "`[mark_unit]` naming another organisation is refused. Empty: not checked.",
+            "check": lambda value: _inn_problem(value),
+        },
+    )
+    kpp: str = field(
+        default="",
+        metadata={
+            "doc": "The seller's КПП (9 characters), checked like `inn` when both are set.",
+            "check": lambda value: _kpp_problem(value),
         },
     )
 
@@ -883,6 +910,7 @@ def whole_config_problems(config: Config) -> list[tuple[tuple[str, ...], str]]:
             )
         )
     found += _metrics_problems(config)
+    found += _mark_unit_problems(config)
     fiscal = config.fiscal
     if fiscal.web_user and not fiscal.url.lower().startswith("atol-web://"):
         found.append(
@@ -1082,6 +1110,155 @@ def _metrics_problems(config: Config) -> list[tuple[tuple[str, ...], str]]:
     return []
 
 
+def _client_network_problem(value: str) -> str | None:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return f"expected an IP address or network such as 192.168.1.0/24, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class MarkUnitConfig:
+    """``[mark_unit]``: the front that speaks the Mark Unit API Frontol tills call
+    (``docs/mark_unit.md``), so an existing till checks its marked goods through markd."""
+
+    enabled: bool = field(
+        default=False,
+        metadata={"doc": "Serve the Mark Unit API on `listen`. Off by default."},
+    )
+    listen: str = field(
+        default="127.0.0.1:2578",
+        metadata={
+            "doc": "`HOST:PORT` the tills connect to (2578 is the port tills are set up with). "
+            "An address other than loopback needs `allowed_clients` naming the tills.",
+            "min_length": 1,
+            "check": lambda value: _listen_problem(value),
+        },
+    )
+    allowed_clients: tuple[str, ...] = field(
+        default=("127.0.0.0/8", "::1"),
+        metadata={
+            "doc": "Addresses or networks (`192.168.1.20`, `192.168.1.0/24`) that may connect; "
+            "anyone else is refused at once. The protocol carries no real authentication, so "
+            "this list is the only gate.",
+            "check": lambda value: _client_network_problem(value),
+        },
+    )
+    encoding: str = field(
+        default="utf-8",
+        metadata={
+            "doc": "Charset of the answers: `utf-8`, or `windows-1251` for tills set up that way.",
+            "choices": ("utf-8", "windows-1251"),
+        },
+    )
+    price_unit: str = field(
+        default="rubles",
+        metadata={
+            "doc": "Unit of `product_price` and `total_price` in the tills' documents: `rubles` "
+            "(FMU-API multiplies them by 100) or `kopecks`.",
+            "choices": ("rubles", "kopecks"),
+        },
+    )
+    trust_till_tspiot: bool = field(
+        default=False,
+        metadata={
+            "doc": "Mode `tspiot`: ask the ТС ПИоТ a till names with a position (`esm`) instead "
+            "of `[check.tspiot]` (its scheme, token and certificate rules kept). An allowed "
+            "till can then make markd connect to any address it names. Off: the address is "
+            "journaled and ignored.",
+        },
+    )
+    lm_in_req_id: bool = field(
+        default=False,
+        metadata={
+            "doc": "Frontol before 6.27: after a Local Module check, write its instance and "
+            "version into `truemark_response.reqId` (`UUID&Inst=…&Ver=…`). Frontol 6.27 and "
+            "later read them from the answer itself: leave `false`.",
+        },
+    )
+    refund_check: bool = field(
+        default=True,
+        metadata={
+            "doc": "Check the codes of a refund document (Frontol 22.4 and later want it); the "
+            "answer never refuses a refund for `sold`. `false`: a refund without an ИНН "
+            "(Frontol 20.5) is answered at once without a check.",
+        },
+    )
+    repeat_cache_ms: int = field(
+        default=3000,
+        metadata={
+            "doc": "A check the same till sends again within this time gets the first answer "
+            "again, without asking the services; `0`: never.",
+            "min": 0,
+            "max": 60_000,
+        },
+    )
+    max_checks: int = field(
+        default=20,
+        metadata={
+            "doc": "Checks from tills under way at once; more wait their turn (never behind "
+            "markd's own scanners, which have a queue of their own).",
+            "min": 1,
+            "max": 256,
+        },
+    )
+    pending_minutes: int = field(
+        default=5,
+        metadata={
+            "doc": "Minutes a receipt stays pending between `begin` and its `commit` or "
+            "`cancel` (FMU-API keeps it 5 minutes).",
+            "min": 1,
+            "max": 1440,
+        },
+    )
+
+
+def _mark_unit_problems(config: Config) -> list[tuple[tuple[str, ...], str]]:
+    """What ``[mark_unit]`` may not be, given the rest of the configuration."""
+    front = config.mark_unit
+    if not front.enabled:
+        return []
+    found: list[tuple[tuple[str, ...], str]] = []
+    host, _ = parse_listen(front.listen)
+    networks = [ipaddress.ip_network(item, strict=False) for item in front.allowed_clients]
+    if not networks:
+        found.append(
+            (
+                ("mark_unit", "allowed_clients"),
+                "[mark_unit] allowed_clients: empty, no till can connect",
+            )
+        )
+    elif any(net.prefixlen == 0 for net in networks):
+        found.append(
+            (
+                ("mark_unit", "allowed_clients"),
+                "[mark_unit] allowed_clients: a /0 network lets anyone who reaches the port "
+                "check and sell codes (the protocol has no authentication); name the tills",
+            )
+        )
+    elif not ipaddress.ip_address(host).is_loopback and all(
+        net.network_address.is_loopback for net in networks
+    ):
+        found.append(
+            (
+                ("mark_unit", "listen"),
+                f"[mark_unit] listen: {host} is not a loopback address but allowed_clients "
+                "names loopback only; list the tills' addresses or network (the protocol has "
+                "no authentication, so the allow-list is its only gate)",
+            )
+        )
+    for key, other in (("api", config.api.listen), ("metrics", config.metrics.listen)):
+        if other and listen_overlap(front.listen, other):
+            found.append(
+                (
+                    ("mark_unit", "listen"),
+                    f"[mark_unit] listen: {front.listen} takes the port of [{key}] listen",
+                )
+            )
+    return found
+
+
 def _default_scanners() -> dict[str, ScannerConfig]:
     return {DEFAULT_SCANNER_NAME: ScannerConfig(url=DEFAULT_SCANNER_URL)}
 
@@ -1111,6 +1288,9 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig, metadata={"doc": "Control API."})
     metrics: MetricsConfig = field(
         default_factory=MetricsConfig, metadata={"doc": "Metrics listener."}
+    )
+    mark_unit: MarkUnitConfig = field(
+        default_factory=MarkUnitConfig, metadata={"doc": "Mark Unit API front for tills."}
     )
     sources: tuple[str, ...] = field(default=(), metadata={"toml": False})
 

@@ -927,6 +927,10 @@ class _HTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    #: Pending connections the kernel holds (socketserver's default is 5). The real services
+    #: take many connections at once; with 5, twenty tills checking at once through markd
+    #: (tools/bench/mark_unit.py) had SYNs dropped and retried a second later.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], emulator: HTTPEmulator) -> None:
         self.emulator = emulator

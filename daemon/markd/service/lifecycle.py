@@ -94,6 +94,7 @@ if TYPE_CHECKING:
     from markd.api import ControlServer
     from markd.codes import CodesOptions
     from markd.config import Config
+    from markd.fronts.mark_unit import MarkUnitServer
     from markd.receipts import ReceiptOperations
     from markd.sale import SaleDesk
 
@@ -154,6 +155,8 @@ class Service:
         self._desk_listener: SaleDeskListener | None = None
         #: The control API while the service runs with ``[api] enabled``.
         self.api: ControlServer | None = None
+        #: The Mark Unit front for tills while it runs with ``[mark_unit] enabled``.
+        self.mark_unit: MarkUnitServer | None = None
         #: Seconds between watchdog pings (half of ``WatchdogSec=``), None without a watchdog.
         self.watchdog_interval_s = watchdog_interval()
         #: Verdicts given since start, by decision (``allow``, ``deny``, ``rescan``).
@@ -181,6 +184,8 @@ class Service:
         self.reloader = Reloader(self, self.event_log, self.health, config_loader)
         self.reloader.status_path = runtime_file(RELOAD_STATUS_FILE)
         self._record_exchange = ExchangeJournal(self.event_log)
+        #: The recorder of check exchanges, for chains built outside the service (the tills').
+        self.record_exchange = self._record_exchange
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Scanner events and jobs for the scan loop, while the service runs.
         self._queue: asyncio.Queue[QueueItem] | None = None
@@ -294,6 +299,8 @@ class Service:
             api = ControlServer(self, self.config.api, metrics=self.config.metrics)
             api.start()
             self.api = api
+        if self.config.mark_unit.enabled:
+            self.mark_unit = self._open_mark_unit()
         info = self.store.info()
         blocked = sum(info.counts.values())
         status = (
@@ -316,6 +323,17 @@ class Service:
         self._chain.start()
         self.start_store_sync()
         self.ready.set()
+
+    def _open_mark_unit(self) -> MarkUnitServer:
+        """Bind the Mark Unit front (``[mark_unit]``) before READY=1, as the control API is.
+        Its settings are read at start: a reload that changes them needs a restart."""
+        from markd.fronts.mark_unit import MarkUnitDesk, MarkUnitServer
+        from markd.service.tills import ServiceTills
+
+        desk = MarkUnitDesk(ServiceTills(self), self.config.mark_unit)
+        server = MarkUnitServer(desk, self.config.mark_unit)
+        server.start()
+        return server
 
     async def _read_fiscal_health(self) -> None:
         """Every ``[fiscal] health_interval_s`` (read anew each round, so a reload applies),
@@ -345,6 +363,9 @@ class Service:
                 self._internal_error("before-stop hook", exc)
         if self.store_sync is not None:
             await self.store_sync.stop()  # kept: what it did stays readable after the stop
+        if self.mark_unit is not None:
+            await self.mark_unit.close()
+            self.mark_unit = None
         if self.api is not None:
             await self.api.close()
             self.api = None
@@ -626,7 +647,7 @@ class Service:
             }
         if sync is not None and sync.refused is not None:
             store = {**(store or {}), "sync_refused": dict(sync.refused)}
-        return {
+        snapshot = {
             "service": {
                 "state": "ready" if self.ready.is_set() else "starting",
                 "version": __version__,
@@ -639,6 +660,9 @@ class Service:
             "store": store,
             "printer": None if receipts is None else dict(receipts.status()),
         }
+        if self.mark_unit is not None:  # only while the front runs
+            snapshot["mark_unit"] = self.mark_unit.status()
+        return snapshot
 
     def metrics(self, api: Mapping[str, Any] | None = None) -> bytes:
         """``GET /metrics``: the Prometheus text format, read from :meth:`status_snapshot`,

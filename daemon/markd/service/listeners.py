@@ -28,8 +28,8 @@ The module also holds the other record one scan leaves in the journal,
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from markd.checks.record import CURRENT_SCAN, Exchange
@@ -57,6 +57,9 @@ class CheckedScan:
     #: The scan came from a scanner: a unit offered for sale (the kiosk takes it, the verdict
     #: sink sees it). False for a question through the control API (``POST /v1/check``).
     for_sale: bool = True
+    #: Fields the journal record gets beside the verdict's (the Mark Unit front: the till,
+    #: its shift and receipt number, the organisation).
+    context: Mapping[str, str] = field(default_factory=dict)
 
 
 class VerdictListener(Protocol):
@@ -132,7 +135,9 @@ def listener_stage(listener: VerdictListener) -> str:
 # The listeners
 
 
-def journal_verdict(event_log: EventLog, verdict: Verdict) -> None:
+def journal_verdict(
+    event_log: EventLog, verdict: Verdict, context: Mapping[str, str] | None = None
+) -> None:
     """Write ``verdict`` to ``event_log`` as one ``verdict`` record: a line a technician
     reads, and the verdict's journal fields (``MARKD_DECISION``, ``MARKD_KI`` …) to filter
     on. ``allow`` at priority info, anything else at notice."""
@@ -142,7 +147,9 @@ def journal_verdict(event_log: EventLog, verdict: Verdict) -> None:
         f"({verdict.message_ru})"
     )
     priority = "info" if verdict.decision == "allow" else "notice"
-    event_log.event("verdict", message, priority=priority, **verdict.journal_fields())
+    fields: dict[str, str | float] = {k: v for k, v in (context or {}).items() if v}
+    fields.update(verdict.journal_fields())
+    event_log.event("verdict", message, priority=priority, **fields)
 
 
 class JournalListener:
@@ -154,7 +161,7 @@ class JournalListener:
         self.event_log = event_log
 
     def on_verdict(self, checked: CheckedScan) -> None:
-        journal_verdict(self.event_log, checked.verdict)
+        journal_verdict(self.event_log, checked.verdict, checked.context)
 
 
 class EventStreamListener:

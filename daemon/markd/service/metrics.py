@@ -179,7 +179,8 @@ class VerdictMetrics:
             )
         ] += 1
         scanner = verdict.scanner
-        configured = scanner == "api" or scanner in self.scanner_names()
+        # "api": the control API's checks; "mark-unit": the tills' (both reserved names).
+        configured = scanner in ("api", "mark-unit") or scanner in self.scanner_names()
         self.scans[scanner if configured else "other"] += 1
         seconds = max(verdict.latency_ms, 0.0) / 1000
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1

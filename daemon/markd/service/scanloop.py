@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from markd import codes
@@ -265,17 +265,25 @@ class ScanLoop:
         return checked.verdict
 
     async def on_scan_checked(
-        self, scan: Scan, *, for_sale: bool = True, price_kopecks: int | None = None
+        self,
+        scan: Scan,
+        *,
+        for_sale: bool = True,
+        price_kopecks: int | None = None,
+        context: Mapping[str, str] | None = None,
+        chain: CheckChain | None = None,
     ) -> CheckedCode:
         """:meth:`on_scan`, answering with the code as it was parsed on the way (or the
         parser's error) beside the verdict: a unit sold through the control API is not
-        parsed a second time. A scan slower than ``[check] slow_scan_ms`` leaves a
+        parsed a second time. ``context``: fields for the verdict's journal record (the Mark
+        Unit front's till, shift and receipt); ``chain``: a chain other than the service's
+        (the ТС ПИоТ a trusted till names). A scan slower than ``[check] slow_scan_ms`` leaves a
         ``slow-scan`` record with the time of each stage."""
         trace = self.tracer.start(scan.received, self.parts.slow_scan_ms)
         taken_up = trace.clock() if trace is not None else 0.0
         token = CURRENT_STAGES.set(trace)
         try:
-            checked = await self._check_and_notify(scan, for_sale, price_kopecks)
+            checked = await self._check_and_notify(scan, for_sale, price_kopecks, context, chain)
         finally:
             CURRENT_STAGES.reset(token)
         if trace is not None:
@@ -286,7 +294,12 @@ class ScanLoop:
         return checked
 
     async def _check_and_notify(
-        self, scan: Scan, for_sale: bool, price_kopecks: int | None
+        self,
+        scan: Scan,
+        for_sale: bool,
+        price_kopecks: int | None,
+        context: Mapping[str, str] | None = None,
+        chain: CheckChain | None = None,
     ) -> CheckedCode:
         self.events.publish("scan", {"scanner": scan.scanner, "length": len(scan.data)})
         desk = self.parts.sale_desk
@@ -299,7 +312,7 @@ class ScanLoop:
             price_of = desk.price_of
         try:
             checked = await self.check(
-                scan.data, scan.scanner, started=scan.received, price_of=price_of
+                scan.data, scan.scanner, started=scan.received, price_of=price_of, chain=chain
             )
         except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the till
             log_internal_error(self.event_log, f"checking a scan from {scan.scanner}", exc)
@@ -312,7 +325,9 @@ class ScanLoop:
                 latency_ms=elapsed_ms(scan.received),
             )
             checked = CheckedCode(verdict)
-        self.notifier.notify(CheckedScan(checked.verdict, checked.code, for_sale=for_sale))
+        self.notifier.notify(
+            CheckedScan(checked.verdict, checked.code, for_sale=for_sale, context=context or {})
+        )
         return checked
 
     async def check(
@@ -322,12 +337,13 @@ class ScanLoop:
         *,
         started: float | None = None,
         price_of: PriceOf | None = None,
+        chain: CheckChain | None = None,
     ) -> CheckedCode:
         """Decide on one framed unit: parse, run the chain; the verdict with the parsed code
         (or, when it did not parse, the parser's error). Never raises
         :class:`~markd.errors.CodeError`. ``price_of`` gives the sale price the chain judges
-        price thresholds with."""
-        chain = self.parts.chain
+        price thresholds with; ``chain`` replaces the service's."""
+        chain = chain if chain is not None else self.parts.chain
         if chain is None:
             raise RuntimeError("the service is not started")
         try:

@@ -1,0 +1,493 @@
+"""What the Mark Unit front does with a till's document: ``check``, ``begin``, ``commit``,
+``cancel`` (the behaviour FMU-API implements in ``src/Core/FmuApiApplication/Documents/``,
+read for facts; the decisions are markd's own).
+
+``check``
+    every code of every position goes through markd's check chain as a scan does (the same
+    deadline, decision table and journal record, with the till, shift, receipt and
+    organisation as fields); allow and deny are both answered with HTTP 200, ``code`` 0 or 1
+    and the verdict's Russian text in ``error``; the services' answers are passed through
+    (``truemark_response`` with ``reqId``/``reqTimestamp``, the Local Module's in
+    ``offline_truemark_response``, the ТС ПИоТ's in ``esm_response``).
+``begin``
+    the price rules of ``BeginDocument.cs``: below the ЕМЦ (``smp``, groups 3 and 16), above
+    a tobacco pack's MRP, below a stick pack's (group 16) minimum: ``code`` 3, one line per
+    position in ``error``, the offending codes in ``marking_codes``. The receipt is kept
+    pending under its ``uid``.
+``commit``
+    the pending receipt's codes recorded as sold here (the store's sold journal; a refund
+    takes them back), and reported to the Local Module's ``/cis/sell`` (``/cis/return``)
+    when ``[fiscal] lm_sell`` is set.
+``cancel``
+    the pending receipt dropped.
+
+The tills' habits (``docs/mark_unit.md``): a till may send the same check twice in a row
+(FMU-API's commit notes); the second is answered from :class:`RepeatCache` without asking the
+services, and one that arrives while the first is still being checked waits for its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+from markd.checks.results import SourceAnswer, SourceFailure
+from markd.checks.verdict import CheckedCode
+from markd.fronts.mark_unit.protocol import (
+    OPENING_TARE,
+    Document,
+    Position,
+    TillCode,
+    empty_answer,
+)
+
+if TYPE_CHECKING:
+    from markd.codes import MarkingCode
+    from markd.config import MarkUnitConfig
+
+log = logging.getLogger("markd.fronts.mark_unit")
+
+#: Verdict reasons that say the unit was sold already: a refund of such a unit is not refused
+#: (``CheckReturnDocument.cs``: "Frontol shows an error when the code is sold, even on a
+#: refund").
+SOLD_REASONS = frozenset({"sold", "sold-here", "sold-lm", "sold-cached"})
+#: Answer ``code`` values: 0 allowed, 1 refused, 3 a price rule broken at ``begin``.
+ALLOWED, REFUSED, PRICE_FLAGGED = 0, 1, 3
+#: Product groups of the price rules (``BeginDocument.cs``; ``TrueApiGroup``): tobacco and
+#: nicotine-containing products (sticks).
+TOBACCO, NICOTINE = 3, 16
+#: Receipts kept pending between ``begin`` and ``commit`` at most (the oldest go first).
+MAX_PENDING = 2048
+#: Answers kept for repeated checks at most.
+MAX_REPEATS = 1024
+
+
+@dataclass(frozen=True)
+class TillCheck:
+    """One code's check for a till: markd's verdict (and the parsed code) and the check
+    services' answers it rests on, for the pass-through."""
+
+    checked: CheckedCode
+    answers: tuple[SourceAnswer | SourceFailure, ...] = ()
+
+
+class TillBackend(Protocol):
+    """What the front needs of the daemon (:class:`markd.service.tills.ServiceTills`)."""
+
+    async def check_for_till(self, data: bytes, context: Mapping[str, str]) -> TillCheck:
+        """Check one code as a scan is checked, journaled with ``context``'s fields."""
+        ...
+
+    def record_sale(self, codes: Sequence[MarkingCode], receipt: str, *, refund: bool) -> None:
+        """The store's sold journal: sold here (``refund``: returned)."""
+        ...
+
+    async def report_sale(self, codes: Sequence[MarkingCode], *, refund: bool) -> None:
+        """The Local Module's ``/cis/sell`` (``/cis/return``) when configured; never raises."""
+        ...
+
+    def organisation(self) -> tuple[str, str]:
+        """``[terminal] inn`` and ``kpp`` (empty: not checked)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the backend holds for the front (the tills' own ТС ПИоТ chains)."""
+        ...
+
+
+@dataclass
+class _Pending:
+    document: Document
+    checked: dict[str, MarkingCode] = field(default_factory=dict)
+    at: float = 0.0
+
+
+class RepeatCache:
+    """Answers to recent checks by (till address, document): a till that sends the same check
+    again within ``ttl_s`` gets the first answer, and one that sends it while the first is
+    still being checked waits for that answer instead of asking the services twice."""
+
+    def __init__(self, ttl_s: float, clock: Any = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._answers: OrderedDict[bytes, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._running: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
+        #: Checks answered from the cache (or from a check under way) so far.
+        self.hits = 0
+
+    @staticmethod
+    def key(peer: str, body: bytes) -> bytes:
+        return hashlib.sha256(peer.encode() + b"\0" + body).digest()
+
+    def forget(self) -> None:
+        """Drop every kept answer (a receipt was committed: what was allowed may be sold)."""
+        self._answers.clear()
+
+    async def answer(self, key: bytes, compute: Any) -> dict[str, Any]:
+        if self.ttl_s <= 0:
+            return await compute()
+        now = self._clock()
+        kept = self._answers.get(key)
+        if kept is not None and now - kept[0] <= self.ttl_s:
+            self.hits += 1
+            return kept[1]
+        running = self._running.get(key)
+        if running is not None:
+            self.hits += 1
+            return await asyncio.shield(running)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._running[key] = future
+        try:
+            result = await compute()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a waiter may not exist
+            raise
+        finally:
+            self._running.pop(key, None)
+        future.set_result(result)
+        self._answers[key] = (self._clock(), result)
+        self._answers.move_to_end(key)
+        while len(self._answers) > MAX_REPEATS:
+            self._answers.popitem(last=False)
+        return result
+
+
+class MarkUnitDesk:
+    """The front's behaviour over a :class:`TillBackend` (see the module docstring).
+
+    :param backend: the daemon's checks and sold journal.
+    :param config: ``[mark_unit]``.
+    """
+
+    def __init__(self, backend: TillBackend, config: MarkUnitConfig) -> None:
+        self.backend = backend
+        self.config = config
+        self.repeats = RepeatCache(config.repeat_cache_ms / 1000.0)
+        self._slots = asyncio.Semaphore(config.max_checks)
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        #: Facts of each code's last check, by the till's base64 text, for ``begin``.
+        self._facts: OrderedDict[str, tuple[Any, MarkingCode | None]] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def handle(self, document: Document, peer: str, body: bytes) -> dict[str, Any]:
+        """The answer to ``document`` from the till at ``peer`` (``body``: its bytes, the key
+        of the repeat cache)."""
+        if document.action == "check":
+            key = RepeatCache.key(peer, body)
+            return await self.repeats.answer(key, lambda: self.check(document, peer))
+        if document.action == "begin":
+            return await self.begin(document, peer)
+        if document.action == "commit":
+            return await self.commit(document, peer)
+        return self.cancel(document, peer)
+
+    # -- check ----------------------------------------------------------------------------------
+
+    async def check(self, document: Document, peer: str) -> dict[str, Any]:
+        answer = empty_answer()
+        if document.refund and not self.config.refund_check and not _any_inn(document):
+            # Frontol 20.5 did not check refunds, 22.4 and later do and send an ИНН
+            # (CheckReturnDocument.cs): an old till's refund is answered at once.
+            return answer
+        pairs = document.codes()
+        results = await asyncio.gather(
+            *(self._check_one(document, position, code, peer) for position, code in pairs)
+        )
+        errors: list[str] = []
+        online: list[tuple[Position, SourceAnswer]] = []
+        offline: list[tuple[Position, SourceAnswer]] = []
+        tspiot: list[SourceAnswer] = []
+        for (position, code), (refusal, result) in zip(pairs, results, strict=True):
+            if result is not None:
+                for item in result.answers:
+                    if not isinstance(item, SourceAnswer):
+                        continue
+                    if item.source == "tspiot":
+                        tspiot.append(item)
+                    elif item.online:
+                        online.append((position, item))
+                    else:
+                        offline.append((position, item))
+            if refusal is not None:
+                errors.append(refusal)
+                answer["marking_codes"].append(code.base64)
+        if errors:
+            answer["code"] = REFUSED
+            answer["error"] = "\r\n".join(dict.fromkeys(errors))
+        _pass_through(
+            answer,
+            online,
+            offline,
+            tspiot,
+            refund=document.refund,
+            lm_in_req_id=self.config.lm_in_req_id,
+        )
+        return answer
+
+    async def _check_one(
+        self, document: Document, position: Position, code: TillCode, peer: str
+    ) -> tuple[str | None, TillCheck | None]:
+        """The refusal text for one code (None: allowed) and its check."""
+        inn, kpp = self.backend.organisation()
+        if (
+            inn
+            and position.inn
+            and (position.inn != inn or (kpp and position.kpp not in ("", kpp)))
+        ):
+            log.warning(
+                "mark unit: till %s sent a position of organisation ИНН %s КПП %s, not ours",
+                peer,
+                position.inn,
+                position.kpp or "-",
+            )
+            return f"Организация ИНН {position.inn} не обслуживается этим markd", None
+        context = {
+            "front": "mark-unit",
+            "till": peer,
+            "till_pos": document.pos,
+            "till_shift": document.shift,
+            "till_receipt": document.number,
+            "till_document": document.type,
+            "till_inn": position.inn,
+            "till_kpp": position.kpp,
+            "till_esm": position.esm,
+        }
+        async with self._slots:
+            result = await self.backend.check_for_till(code.data, context)
+        verdict = result.checked.verdict
+        self._remember(code, result)
+        if verdict.allowed:
+            return None, result
+        if document.refund and result.checked.code is not None:
+            # A refund takes a unit back: "sold" is what it should be, and a blocked or
+            # expired unit may still be returned (CheckReturnDocument.cs resets the error
+            # fields for the till). Only a scan that is no code at all is refused.
+            return None, result
+        if document.type == OPENING_TARE and verdict.reason in SOLD_REASONS:
+            return None, result
+        return verdict.message_ru, result
+
+    def _remember(self, code: TillCode, result: TillCheck) -> None:
+        facts = None
+        for item in result.answers:
+            if isinstance(item, SourceAnswer) and item.code == 0:
+                facts = item.facts
+                if item.online:
+                    break
+        self._facts[code.base64] = (facts, result.checked.code)
+        self._facts.move_to_end(code.base64)
+        while len(self._facts) > MAX_PENDING:
+            self._facts.popitem(last=False)
+
+    # -- begin, commit, cancel ------------------------------------------------------------------
+
+    async def begin(self, document: Document, peer: str) -> dict[str, Any]:
+        answer = empty_answer()
+        lines: list[str] = []
+        pending = _Pending(document, at=time.monotonic())
+        for position, code in document.codes():
+            kept = self._facts.get(code.base64)
+            if kept is None:  # begin without a check before it: check now
+                _, result = await self._check_one(document, position, code, peer)
+                kept = self._facts.get(code.base64, (None, None))
+            facts, parsed = kept
+            if parsed is not None:
+                pending.checked[code.base64] = parsed
+            if document.refund or facts is None or position.price_kopecks is None:
+                continue
+            problem = price_problem(facts, position.price_kopecks)
+            if problem is not None:
+                lines.append(f"{position.text} {problem}".strip())
+                answer["marking_codes"].append(code.base64)
+        if lines:
+            answer["code"] = PRICE_FLAGGED
+            answer["error"] = "".join(f"\r\n {line}" for line in lines)
+        self._keep_pending(_pending_key(peer, document.uid), pending)
+        return answer
+
+    def _keep_pending(self, key: str, pending: _Pending) -> None:
+        now = time.monotonic()
+        limit = self.config.pending_minutes * 60.0
+        for old in [k for k, p in self._pending.items() if now - p.at > limit]:
+            del self._pending[old]
+        self._pending[key] = pending
+        self._pending.move_to_end(key)
+        while len(self._pending) > MAX_PENDING:
+            self._pending.popitem(last=False)
+
+    async def commit(self, document: Document, peer: str) -> dict[str, Any]:
+        pending = self._pending.pop(_pending_key(peer, document.uid), None)
+        if pending is None:
+            # No begin (or it expired): the commit's own positions, for the codes this front
+            # checked, are what the till sold.
+            pending = _Pending(document)
+            for _, code in document.codes():
+                kept = self._facts.get(code.base64)
+                if kept is not None and kept[1] is not None:
+                    pending.checked[code.base64] = kept[1]
+            if not pending.checked:
+                log.warning(
+                    "mark unit: commit of receipt %s from %s without a begin or checked codes",
+                    document.uid or "-",
+                    peer,
+                )
+                return empty_answer()
+        source = pending.document
+        codes = [
+            pending.checked[code.base64]
+            for _, code in source.codes()
+            if code.base64 in pending.checked
+        ]
+        # A check answered before this sale must not be repeated to a till after it: the
+        # code is sold now (FMU-API 761c44c dropped its check cache to stop repeat sales).
+        self.repeats.forget()
+        if codes and source.type != OPENING_TARE:
+            receipt = f"mark-unit:{source.pos}:{source.shift}:{source.number}:{source.uid}"
+            self.backend.record_sale(codes, receipt, refund=source.refund)
+            task = asyncio.create_task(self.backend.report_sale(codes, refund=source.refund))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return empty_answer()
+
+    def cancel(self, document: Document, peer: str) -> dict[str, Any]:
+        self._pending.pop(_pending_key(peer, document.uid), None)
+        return empty_answer()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def aclose(self) -> None:
+        """Let the Local Module reports under way finish (each has its own deadline), then
+        let the backend release what it holds for the front."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)
+        await self.backend.aclose()
+
+
+def _pending_key(peer: str, uid: str) -> str:
+    """Receipts are kept per till: one till cannot commit or cancel another's."""
+    return f"{peer}\0{uid}"
+
+
+def _any_inn(document: Document) -> bool:
+    return any(position.inn for position in document.positions)
+
+
+def price_problem(facts: Any, price: int) -> str | None:
+    """The price rule ``price`` (kopecks) breaks for a code with ``facts``, as the Russian
+    line FMU-API shows (``BeginDocument.cs``), or None."""
+    groups = facts.group_ids or ()
+    group = groups[0] if groups else None
+    if facts.smp and group in (TOBACCO, NICOTINE) and facts.smp > price:
+        return "цена ниже минимальной розничной!"
+    if facts.mrp and group == TOBACCO and facts.mrp < price:
+        return "цена выше максимальной розничной!"
+    if facts.mrp and group == NICOTINE and facts.mrp > price:
+        return "цена ниже минимальной розничной!"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The services' answers, passed through
+
+
+def _body(answer: SourceAnswer) -> dict[str, Any]:
+    """The service's body as JSON ({} when it is not an object)."""
+    try:
+        obj = json.loads(answer.raw) if answer.raw else {}
+    except ValueError:
+        obj = {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _inner(body: dict[str, Any]) -> dict[str, Any]:
+    """The check result object inside a service's body (LM v2 wraps it in ``results``)."""
+    results = body.get("results")
+    if isinstance(results, list) and results and isinstance(results[0], dict):
+        return results[0]
+    return body
+
+
+def _pass_through(
+    answer: dict[str, Any],
+    online: list[tuple[Position, SourceAnswer]],
+    offline: list[tuple[Position, SourceAnswer]],
+    tspiot: list[SourceAnswer],
+    *,
+    refund: bool,
+    lm_in_req_id: bool = False,
+) -> None:
+    """Fill the answer's service fields as ``FmuAnswer.cs`` and its
+    ``FillFieldsForFrontol_6_25_5`` do: ``truemark_response`` is the check answer (the
+    online one, else the Local Module's with its ``inst``/``version``), with every code's
+    entry; ``truemark_responses`` and ``offline_truemark_response`` repeat it per
+    organisation for Frontol 6.25.5 and later; ``esm_response`` is the ТС ПИоТ's body.
+
+    ``lm_in_req_id``: Frontol before 6.27 read the Local Module's instance and version from
+    ``reqId`` (``UUID&Inst=…&Ver=…``; FMU-API commit bc13423, ``MarkChecker.cs``); the copies
+    per organisation always carry the plain ``reqId`` (``FillFieldsForFrontol_6_25_5``)."""
+    # Each answer parsed once; on a refund every copy the till may read shows the codes as
+    # a refund needs them (FMU-API corrects the code objects all its copies share).
+    views = {id(a): _view(_inner(_body(a)), refund) for _, a in online + offline}
+    main = online or offline
+    if main:
+        merged = dict(views[id(main[0][1])])
+        merged["codes"] = [c for _, a in main for c in views[id(a)].get("codes", [])]
+        if lm_in_req_id and not online and merged.get("reqId"):
+            merged["reqId"] = (
+                f"{merged['reqId']}&Inst={merged.get('inst', '')}&Ver={merged.get('version', '')}"
+            )
+        answer["truemark_response"] = merged
+    for position, item in online:
+        answer["truemark_responses"].append(
+            {"inn": position.inn, "kpp": position.kpp, "response": views[id(item)]}
+        )
+    for position, item in offline:
+        answer["offline_truemark_response"].append(
+            {
+                "inn": position.inn,
+                "kpp": position.kpp,
+                "response": {"results": [views[id(item)]]},
+            }
+        )
+    if tspiot:
+        answer["esm_response"] = _body(tspiot[0])
+
+
+def _view(inner: dict[str, Any], refund: bool) -> dict[str, Any]:
+    """A check result as the till gets it: its ``codes`` a list of objects, each as a
+    refund's till must read it when ``refund``."""
+    codes = inner.get("codes")
+    entries = [c for c in codes if isinstance(c, dict)] if isinstance(codes, list) else []
+    if refund:
+        entries = [_refund_view(c) for c in entries]
+    return {**inner, "codes": entries}
+
+
+def _refund_view(entry: dict[str, Any]) -> dict[str, Any]:
+    """A code's entry as a refund's till must read it (``CheckReturnDocument.cs``): Frontol
+    refuses a refund of a code marked sold, and checks the expiry date on a refund too, so
+    ``sold`` goes false and a past expiry date moves to tomorrow."""
+    view = dict(entry)
+    if view.get("sold") is True:
+        view["sold"] = False
+    expiry = view.get("expireDate")
+    if isinstance(expiry, str):
+        try:
+            when = datetime.fromisoformat(expiry.replace("Z", "+00:00"))
+        except ValueError:
+            when = None
+        now = datetime.now(UTC)
+        if when is not None and (when.tzinfo and when < now):
+            view["expireDate"] = (now + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00.000Z")
+    return view

@@ -1,0 +1,181 @@
+"""The daemon as the Mark Unit front sees it (:class:`~markd.fronts.mark_unit.desk.TillBackend`):
+checks for tills, the sold journal, the Local Module's sale reports.
+
+A till's check runs the scan loop's own check (:meth:`ScanLoop.on_scan_checked`): parse, the
+chain with its deadline, the decision table, the listeners (the journal record, events,
+counts, metrics). It does **not** wait in the scan queue: a shop LAN of 20 tills each waiting
+up to the online budget would put a kiosk scanner's scan 30 s behind them. The front runs at
+most ``[mark_unit] max_checks`` checks at once instead. A reload may swap the chain while a
+till's check is under way; the check keeps the chain it started with and fails to the
+decision table's no-answer row if that chain's clients close under it (the till asks again).
+
+With ``[mark_unit] trust_till_tspiot`` in mode ``tspiot``, a position's ``esm`` address (the
+ТС ПИоТ the till uses) is asked instead of ``[check.tspiot]``: a chain of its own per address
+(at most :data:`MAX_TILL_TSPIOTS`, the oldest closed first), built from the configuration with
+only the URL's host and port replaced, so the token, proxy and certificate rules stay the
+configured ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit
+
+from markd.checks.chain import ANSWERS_SEEN
+from markd.errors import StoreError
+from markd.fronts.mark_unit.desk import TillCheck
+from markd.scanners import Scan
+from markd.service.wiring import build_chain, sale_local_module
+
+if TYPE_CHECKING:
+    from markd.checks.chain import CheckChain
+    from markd.checks.record import Recorder
+    from markd.checks.results import SourceAnswer, SourceFailure
+    from markd.codes import MarkingCode
+    from markd.config import Config
+    from markd.service.scanloop import ScanLoop
+    from markd.store import Store
+
+
+class RunningService(Protocol):
+    """What :class:`ServiceTills` reads of the :class:`~markd.service.Service` (a protocol,
+    so this module does not import the one that imports it)."""
+
+    config: Config
+    scan_loop: ScanLoop
+    store: Store | None
+    #: Records each check service exchange (the chains built here use it too).
+    record_exchange: Recorder
+
+    @property
+    def chain(self) -> CheckChain | None: ...
+
+
+log = logging.getLogger("markd.fronts.mark_unit")
+
+#: The name a till's check is journaled under (``MARKD_SCANNER``); reserved in the schema.
+TILL_SCANNER = "mark-unit"
+#: Chains kept for the ТС ПИоТ addresses trusted tills name.
+MAX_TILL_TSPIOTS = 16
+#: A host a till may name: an IP literal or a DNS name (checked before it becomes a URL).
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+#: Seconds a Local Module sale report after a till's commit may take.
+REPORT_DEADLINE_S = 5.0
+
+
+class ServiceTills:
+    """:class:`~markd.fronts.mark_unit.desk.TillBackend` over a running service."""
+
+    def __init__(self, service: RunningService) -> None:
+        self.service = service
+        self._till_chains: OrderedDict[str, CheckChain] = OrderedDict()
+        self._retired: set[asyncio.Task[None]] = set()
+
+    async def check_for_till(self, data: bytes, context: Mapping[str, str]) -> TillCheck:
+        seen: list[SourceAnswer | SourceFailure] = []
+        chain = self._till_chain(context.get("till_esm", ""))
+        token = ANSWERS_SEEN.set(seen)
+        try:
+            checked = await self.service.scan_loop.on_scan_checked(
+                Scan(TILL_SCANNER, data, time.monotonic()),
+                for_sale=False,
+                context=context,
+                chain=chain,
+            )
+        finally:
+            ANSWERS_SEEN.reset(token)
+        return TillCheck(checked, tuple(seen))
+
+    def record_sale(self, codes: Sequence[MarkingCode], receipt: str, *, refund: bool) -> None:
+        store = self.service.store
+        if store is None:
+            log.error("mark unit: no store open; %d sold code(s) not recorded", len(codes))
+            return
+        for code in codes:
+            try:
+                if refund:
+                    store.mark_returned(code)
+                else:
+                    store.mark_sold(code, receipt)
+            except StoreError as exc:
+                log.error("mark unit: recording %s in the store failed: %s", code.ki, exc)
+
+    async def report_sale(self, codes: Sequence[MarkingCode], *, refund: bool) -> None:
+        chain = self.service.chain
+        client = sale_local_module(
+            self.service.config, None if chain is None else chain.local_module
+        )
+        if client is None:
+            return
+        deadline = time.monotonic() + REPORT_DEADLINE_S
+        try:
+            if refund:
+                update = await client.return_(list(codes), deadline)
+            else:
+                update = await client.sell(list(codes), deadline)
+        except Exception as exc:  # noqa: BLE001 - a report is an aid; the store has the sale
+            log.warning("mark unit: Local Module sale report failed: %s", type(exc).__name__)
+            return
+        if not update.ok:
+            log.warning(
+                "mark unit: Local Module took %d of %d sold code(s)",
+                len(update.accepted),
+                len(codes),
+            )
+
+    def _till_chain(self, esm: str) -> CheckChain | None:
+        """The chain asking the ТС ПИоТ at ``esm`` (``host:port``) when the configuration
+        trusts the tills' addresses, else None (the service's chain)."""
+        config = self.service.config
+        tspiot = config.check.tspiot
+        if not esm or not config.mark_unit.trust_till_tspiot:
+            return None
+        if config.check.mode != "tspiot" or tspiot is None or self.service.store is None:
+            return None
+        host, _, port_text = esm.rpartition(":")
+        if (
+            not _HOST.fullmatch(host)
+            or not (port_text.isascii() and port_text.isdigit())
+            or not 0 < int(port_text) < 65536
+        ):
+            log.warning("mark unit: a till named a ТС ПИоТ address that is not HOST:PORT")
+            return None
+        chain = self._till_chains.get(esm)
+        if chain is not None:
+            self._till_chains.move_to_end(esm)
+            return chain
+        scheme = urlsplit(tspiot.url).scheme
+        url = f"{scheme}://{host}:{int(port_text)}"
+        trusted = dataclasses.replace(
+            config,
+            check=dataclasses.replace(config.check, tspiot=dataclasses.replace(tspiot, url=url)),
+        )
+        chain = build_chain(trusted, self.service.store, recorder=self.service.record_exchange)
+        self._till_chains[esm] = chain
+        while len(self._till_chains) > MAX_TILL_TSPIOTS:
+            _, old = self._till_chains.popitem(last=False)
+            task = asyncio.get_running_loop().create_task(old.aclose())
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+        log.info("mark unit: asking the ТС ПИоТ a till named at %s", url)
+        return chain
+
+    async def aclose(self) -> None:
+        """Close the chains of the tills' ТС ПИоТ addresses."""
+        chains = list(self._till_chains.values())
+        self._till_chains.clear()
+        for chain in chains:
+            await chain.aclose()
+        if self._retired:
+            await asyncio.wait(list(self._retired), timeout=5.0)
+
+    def organisation(self) -> tuple[str, str]:
+        terminal = self.service.config.terminal
+        return terminal.inn, terminal.kpp

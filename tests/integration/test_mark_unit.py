@@ -1,0 +1,625 @@
+"""The Mark Unit front end to end: a till speaking the protocol (tests/mark_unit_client.py,
+fixtures written from FMU-API's public source, files cited there) against the front of a
+running markd whose check chain asks the loopback emulators (CDN, Local Module, ТС ПИоТ).
+
+Fixture sources (GitHub ``shrayky/FMU-API``): documents from
+``src/Core/FmuApiDomain/Documents/RequestDocument.cs`` and ``Position.cs``; answers from
+``src/Core/FmuApiDomain/Documents/FmuAnswer.cs``; the price flags (``code`` 3, the lines
+«цена выше максимальной розничной!» / «цена ниже минимальной розничной!») from
+``src/Core/FmuApiApplication/Documents/BeginDocument.cs``; the refund quirk (a sold code is
+not an error on a refund; a past expiry date is moved) from
+``src/Core/FmuApiApplication/Documents/CheckReturnDocument.cs``; the routes and prefixes from
+``src/Presentation/WebApi/Controllers/Fmu/**``; windows-1251 from
+``src/Presentation/WebApi/Services/FmuDocumentResponseService.cs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api_helpers import running
+from conftest import RecordingEventLog
+from mark_unit_client import SHOP_INN, Till, document, position, till_code
+from markd import config as markd_config
+from markd.emulators.testing import crpt_cdn, local_module, tspiot
+from markd.fronts.mark_unit import server
+from markd.scanners import get_virtual
+
+WATER = "0104680029460908215jcmHzLmkdPML<GS>938p9E"
+WATER_KI = "0104680029460908215jcmHzLmkdPML"
+MILK = "0104607009471204215Sx8GdrQ6Wn4F<GS>93dGVz"
+MILK_KI = "0104607009471204215Sx8GdrQ6Wn4F"
+TOKEN = "3f2c8a1e-5b6d-4e7f-9a0b-1c2d3e4f5a6b"
+
+
+@pytest.fixture
+def services() -> Iterator[tuple[Any, Any]]:
+    with crpt_cdn({"cdn": {"token": TOKEN}}) as cdn, local_module() as lm:
+        yield cdn, lm
+
+
+def load(tmp_path: Path, body: str) -> Any:
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    (tmp_path / "lm-password").write_text("admin\n")
+    path = tmp_path / "markd.toml"
+    path.write_text(
+        f"[store]\npath = '{tmp_path / 'store'}'\nmap_size_mb = 8\n"
+        f"[log]\ntarget = 'stderr'\n[api]\nsocket = '{tmp_path / 'control.sock'}'\n"
+        "[scanners.side]\nurl = 'virtual://side'\n" + body
+    )
+    return markd_config.load(path)
+
+
+def direct(tmp_path: Path, cdn: Any, lm: Any, front: str = "", check: str = "") -> Any:
+    return load(
+        tmp_path,
+        "[terminal]\nfn_serial = '9960440300000001'\n"
+        f"[check]\nmode = 'direct'\nonline_timeout_ms = 400\nlocal_module_timeout_ms = 300\n{check}"
+        f"[check.online]\nurl = '{cdn.url}'\ntoken_file = '{tmp_path / 'token'}'\n"
+        f"[check.local_module]\nurl = '{lm.url}'\npassword_file = '{tmp_path / 'lm-password'}'\n"
+        f"[mark_unit]\nenabled = true\nlisten = '127.0.0.1:0'\n{front}",
+    )
+
+
+@contextlib.asynccontextmanager
+async def till_of(cfg: Any, event_log: RecordingEventLog) -> AsyncIterator[tuple[Till, Any]]:
+    async with running(cfg, event_log) as service:
+        assert service.mark_unit is not None and service.mark_unit.address is not None
+        host, port = service.mark_unit.address
+        till = Till(host, port)
+        try:
+            yield till, service
+        finally:
+            await till.close()
+
+
+def verdicts(event_log: RecordingEventLog) -> list[dict[str, Any]]:
+    return [fields for kind, _, fields in event_log.events if kind == "verdict"]
+
+
+# --------------------------------------------------------------------------------------------
+# Routes
+
+
+async def test_token_info_and_health_under_every_prefix(tmp_path, services, event_log) -> None:
+    cdn, lm = services
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, _):
+        token = await till.request("GET", "/token")
+        assert token.status == 200 and token.json()["expired"] > time.time()
+        for prefix in ("", "/api/fmu", f"/{SHOP_INN}", f"/{SHOP_INN}/api/fmu"):
+            for route in ("get_info", "health"):
+                answer = await till.request("POST", f"{prefix}/api4/system/{route}")
+                assert answer.status == 200, (prefix, route)
+                assert answer.json()["state"] == "regular"
+        assert (await till.request("GET", "/api4/system/get_info")).status == 405
+        assert (await till.request("GET", "/nothing")).status == 404
+
+
+async def test_document_under_each_prefix_and_the_path_inn_overrides(
+    tmp_path, services, event_log
+) -> None:
+    cdn, lm = services
+    cfg = direct(tmp_path, cdn, lm, check="")
+    async with till_of(cfg, event_log) as (till, _):
+        for prefix in ("", "/api/fmu", f"/{SHOP_INN}", f"/api/fmu/{SHOP_INN}"):
+            answer = await till.post(f"{prefix}/document", document("check", position(WATER)))
+            assert answer.status == 200 and answer.json()["code"] == 0, prefix
+        await till.post("/7709999999/document", document("check", position(WATER, inn="")))
+    assert verdicts(event_log)[-1]["till_inn"] == "7709999999"
+
+
+# --------------------------------------------------------------------------------------------
+# check
+
+
+async def test_allowed_check_passes_the_online_answer_through(
+    tmp_path, services, event_log
+) -> None:
+    cdn, lm = services
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        answer = await till.post("/document", document("check", position(WATER)))
+        metrics_text = service.metrics().decode()
+    assert answer.status == 200
+    body = answer.json()
+    assert (body["code"], body["error"]) == (0, "")
+    truemark = body["truemark_response"]
+    # Newer Frontol versions read reqId and reqTimestamp for tag 1265.
+    assert truemark["reqId"] and isinstance(truemark["reqTimestamp"], int)
+    assert truemark["codes"][0]["printView"] == WATER_KI
+    assert body["truemark_responses"][0]["inn"] == SHOP_INN
+    assert body["truemark_responses"][0]["response"]["reqId"] == truemark["reqId"]
+    assert body["offline_truemark_response"] == []
+    record = verdicts(event_log)[-1]
+    assert (record["decision"], record["source"], record["scanner"]) == (
+        "allow",
+        "cdn",
+        "mark-unit",
+    )
+    assert (record["till_pos"], record["till_shift"], record["till_receipt"]) == ("2", "41", "17")
+    assert record["req_id"] == truemark["reqId"]
+    assert 'markd_scans_total{scanner="mark-unit"} 1.0' in metrics_text
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason", "text"),
+    [
+        ({"isBlocked": True, "ogvs": ["FNS"]}, "blocked", "заблокирована"),
+        ({"sold": True}, "sold", "выведен из оборота"),
+        ({"expireDate": "2020-01-01T00:00:00.000Z"}, "expired", "срок годности"),
+        ({"realizable": False}, "not-realizable", "не введён в оборот"),
+        ({"found": False}, "not-found", "не найден"),
+        ({"verified": False}, "not-verified", "подлинности"),
+    ],
+)
+async def test_each_deny_reason_is_code_1_with_the_verdict_text(
+    tmp_path, services, event_log, fields, reason, text
+) -> None:
+    cdn, lm = services
+    cdn.set_code(WATER_KI, **fields)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, _):
+        answer = await till.post("/document", document("check", position(WATER)))
+    assert answer.status == 200
+    body = answer.json()
+    record = verdicts(event_log)[-1]
+    assert (record["decision"], record["reason"]) == ("deny", reason)
+    assert body["code"] == 1 and text in body["error"]
+    assert body["marking_codes"] == [till_code(WATER)]
+    assert body["truemark_response"]["codes"][0]["printView"] == WATER_KI
+
+
+async def test_offline_answer_from_the_local_module(tmp_path, services, event_log) -> None:
+    cdn, lm = services
+    cdn.set_fault("codes/check", status=503)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, _):
+        answer = await till.post("/document", document("check", position(WATER)))
+    body = answer.json()
+    assert body["code"] == 0, body
+    offline = body["offline_truemark_response"]
+    assert offline[0]["inn"] == SHOP_INN
+    result = offline[0]["response"]["results"][0]
+    assert result["inst"] and result["version"] and result["reqId"]
+    # Older Frontol versions read truemark_response only: it carries the offline answer.
+    assert body["truemark_response"]["inst"] == result["inst"]
+    assert verdicts(event_log)[-1]["source"] == "lm"
+
+
+async def test_lm_in_req_id_for_frontol_before_6_27(tmp_path, services, event_log) -> None:
+    cdn, lm = services
+    cdn.set_fault("codes/check", status=503)
+    cfg = direct(tmp_path, cdn, lm, front="lm_in_req_id = true\n")
+    async with till_of(cfg, event_log) as (till, _):
+        body = (await till.post("/document", document("check", position(WATER)))).json()
+    result = body["offline_truemark_response"][0]["response"]["results"][0]
+    assert body["truemark_response"]["reqId"] == (
+        f"{result['reqId']}&Inst={result['inst']}&Ver={result['version']}"
+    )
+    assert "&" not in result["reqId"]  # the per-organisation copy keeps it plain
+
+
+async def test_offline_block_is_refused(tmp_path, services, event_log) -> None:
+    cdn, lm = services
+    cdn.set_fault("codes/check", status=503)
+    lm.set_code(WATER_KI, isBlocked=True)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, _):
+        body = (await till.post("/document", document("check", position(WATER)))).json()
+    assert body["code"] == 1 and "госорган" in body["error"]
+
+
+async def test_tspiot_answer_in_its_field(tmp_path, event_log) -> None:
+    with tspiot() as service:
+        cfg = load(
+            tmp_path,
+            "[check]\nmode = 'tspiot'\ntspiot_timeout_ms = 1500\n"
+            f"[check.tspiot]\nurl = '{service.url}'\n"
+            "[mark_unit]\nenabled = true\nlisten = '127.0.0.1:0'\n",
+        )
+        async with till_of(cfg, event_log) as (till, _):
+            esm = {"host": "192.168.1.77", "port": 51401}
+            body = (
+                await till.post("/document", document("check", position(WATER, esm=esm)))
+            ).json()
+    assert body["code"] == 0, body
+    assert body["esm_response"], body
+    record = verdicts(event_log)[-1]
+    assert record["source"] in ("tspiot", "tspiot-offline")
+    # The till's own ТС ПИоТ address is journaled, never used: markd asked its configured one.
+    assert record["till_esm"] == "192.168.1.77:51401"
+    assert service.count("codes/check") >= 1
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+async def test_the_tills_own_tspiot_is_asked_only_when_trusted(
+    tmp_path, event_log, trusted
+) -> None:
+    with tspiot() as ours, tspiot() as theirs:
+        cfg = load(
+            tmp_path,
+            "[check]\nmode = 'tspiot'\ntspiot_timeout_ms = 1500\n"
+            f"[check.tspiot]\nurl = '{ours.url}'\n"
+            "[mark_unit]\nenabled = true\nlisten = '127.0.0.1:0'\n"
+            f"trust_till_tspiot = {'true' if trusted else 'false'}\n",
+        )
+        host, port = theirs.url.rsplit("//", 1)[1].rsplit(":", 1)
+        esm = {"host": host, "port": int(port)}
+        async with till_of(cfg, event_log) as (till, _):
+            body = (
+                await till.post("/document", document("check", position(WATER, esm=esm)))
+            ).json()
+            bad = {"host": "x/../y", "port": 1}
+            odd = (await till.post("/document", document("check", position(MILK, esm=bad)))).json()
+        asked_theirs, asked_ours = theirs.count("codes/check"), ours.count("codes/check")
+    assert body["code"] == 0 and body["esm_response"], body
+    assert odd["code"] == 0  # an address that is not HOST:PORT: the configured one answers
+    if trusted:
+        assert (asked_theirs, asked_ours) == (1, 1)
+    else:
+        assert (asked_theirs, asked_ours) == (0, 2)
+
+
+async def test_other_organisation_is_refused_when_terminal_inn_is_set(
+    tmp_path, services, event_log
+) -> None:
+    cdn, lm = services
+    cfg = direct(tmp_path, cdn, lm)
+    import dataclasses
+
+    cfg = dataclasses.replace(
+        cfg, terminal=dataclasses.replace(cfg.terminal, inn=SHOP_INN, kpp="770101001")
+    )
+    async with till_of(cfg, event_log) as (till, _):
+        ours = (await till.post("/document", document("check", position(WATER)))).json()
+        theirs = (
+            await till.post("/document", document("check", position(MILK, inn="7709999999")))
+        ).json()
+    assert ours["code"] == 0
+    assert theirs["code"] == 1 and "7709999999" in theirs["error"]
+    assert cdn.count("codes/check") == 1  # the other organisation's code was never asked
+
+
+# --------------------------------------------------------------------------------------------
+# begin, commit, cancel
+
+
+@pytest.mark.parametrize(
+    ("fields", "price_rub", "flagged", "line"),
+    [
+        ({"groupIds": [3], "mrp": 15000}, 160.00, True, "цена выше максимальной розничной!"),
+        ({"groupIds": [3], "mrp": 15000}, 150.00, False, ""),
+        ({"groupIds": [3], "mrp": 15000, "smp": 12000}, 110.00, True, "ниже минимальной"),
+        ({"groupIds": [16], "mrp": 9000}, 80.00, True, "цена ниже минимальной розничной!"),
+        ({"groupIds": [16], "mrp": 9000}, 95.00, False, ""),
+    ],
+)
+async def test_begin_flags_prices(
+    tmp_path, services, event_log, fields, price_rub, flagged, line
+) -> None:
+    cdn, lm = services
+    cdn.set_code(WATER_KI, **fields)
+    item = position(WATER, text="Сигареты", price_rub=price_rub)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, _):
+        checked = (await till.post("/document", document("check", item))).json()
+        begun = (await till.post("/document", document("begin", item, uid="u-1"))).json()
+    assert checked["code"] == 0, checked  # the price is judged at begin, as the tills expect
+    if flagged:
+        assert begun["code"] == 3 and line in begun["error"] and "Сигареты" in begun["error"]
+        assert begun["marking_codes"] == [till_code(WATER)]
+    else:
+        assert (begun["code"], begun["marking_codes"]) == (0, [])
+
+
+async def test_commit_then_second_sale_is_refused_as_sold_here(
+    tmp_path, services, event_log
+) -> None:
+    cdn, lm = services
+    item = position(WATER)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        assert (await till.post("/document", document("check", item))).json()["code"] == 0
+        assert (await till.post("/document", document("begin", item, uid="r1"))).json()["code"] == 0
+        assert (await till.post("/document", document("commit", uid="r1"))).json()["code"] == 0
+        assert service.store.lookup(WATER_KI).sold is not None
+        again = (await till.post("/document", document("check", item, number="18"))).json()
+    assert again["code"] == 1 and "уже продан" in again["error"]
+    assert verdicts(event_log)[-1]["reason"] == "sold-here"
+
+
+async def test_commit_reports_to_the_local_module_when_configured(
+    tmp_path, services, event_log
+) -> None:
+    cdn, lm = services
+    cfg = direct(tmp_path, cdn, lm)
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, fiscal=dataclasses.replace(cfg.fiscal, lm_sell=True))
+    item = position(WATER)
+    async with till_of(cfg, event_log) as (till, _):
+        await till.post("/document", document("check", item))
+        await till.post("/document", document("begin", item, uid="r2"))
+        await till.post("/document", document("commit", uid="r2"))
+        deadline = time.monotonic() + 5
+        while WATER_KI not in lm.sold_codes() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    assert WATER_KI in lm.sold_codes()
+
+
+async def test_cancel_drops_the_pending_receipt(tmp_path, services, event_log) -> None:
+    cdn, lm = services
+    item = position(WATER)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        await till.post("/document", document("check", item))
+        await till.post("/document", document("begin", item, uid="r3"))
+        assert (await till.post("/document", document("cancel", uid="r3"))).json()["code"] == 0
+        await till.post("/document", document("commit", uid="r3"))  # nothing left to commit
+        assert service.store.lookup(WATER_KI).sold is None
+        again = (await till.post("/document", document("check", item, number="19"))).json()
+    assert again["code"] == 0
+
+
+async def test_a_commit_without_begin_records_the_checked_codes(
+    tmp_path, services, event_log
+) -> None:
+    cdn, lm = services
+    item = position(WATER)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        await till.post("/document", document("check", item))
+        await till.post("/document", document("commit", item, uid="nb"))
+        assert service.store.lookup(WATER_KI).sold is not None
+
+
+async def test_one_till_cannot_commit_or_cancel_another_tills_receipt(
+    tmp_path, services, event_log
+) -> None:
+    cdn, lm = services
+    item = position(WATER)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        host, port = service.mark_unit.address
+        other = Till(host, port, local_addr="127.0.0.7")
+        await till.post("/document", document("check", item))
+        await till.post("/document", document("begin", item, uid="t1"))
+        await other.post("/document", document("cancel", uid="t1"))
+        await till.post("/document", document("commit", uid="t1"))
+        await other.close()
+        assert service.store.lookup(WATER_KI).sold is not None
+
+
+async def test_refund_of_a_sold_unit_is_not_refused(tmp_path, services, event_log) -> None:
+    cdn, lm = services
+    item = position(WATER)
+    refund = document("check", item, kind="refund_receipt", number="20")
+    cdn.set_code(WATER_KI, sold=True, expireDate="2020-01-01T00:00:00.000Z")
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        body = (await till.post("/document", refund)).json()
+        assert body["code"] == 0, body
+        entry = body["truemark_response"]["codes"][0]
+        # Frontol refuses a refund whose code reads sold or expired (CheckReturnDocument.cs).
+        assert entry["sold"] is False and entry["expireDate"] > "2025"
+        # Frontol 6.25.5 and later read the per-organisation copy: corrected there too.
+        copy = body["truemark_responses"][0]["response"]["codes"][0]
+        assert copy["sold"] is False and copy["expireDate"] > "2025"
+        assert verdicts(event_log)[-1]["decision"] == "deny"  # the journal keeps the truth
+        # Sold here, then returned: the refund is answered 0 and the store takes it back.
+        cdn.set_code(WATER_KI, sold=False, expireDate="2099-01-01T00:00:00.000Z")
+        await till.post("/document", document("check", item))
+        await till.post("/document", document("begin", item, uid="s1"))
+        await till.post("/document", document("commit", uid="s1"))
+        assert service.store.lookup(WATER_KI).sold is not None
+        refund = document("check", item, kind="refund_receipt", number="21")
+        assert (await till.post("/document", refund)).json()["code"] == 0
+        await till.post("/document", document("begin", item, kind="refund_receipt", uid="s2"))
+        await till.post("/document", document("commit", uid="s2"))
+        assert service.store.lookup(WATER_KI).sold is None  # taken back: may be sold again
+
+
+# --------------------------------------------------------------------------------------------
+# Habits: repeats, concurrency
+
+
+async def test_the_same_check_twice_is_answered_from_the_cache(
+    tmp_path, services, event_log
+) -> None:
+    cdn, lm = services
+    doc = document("check", position(WATER))
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        first = await till.post("/document", doc)
+        second = await till.post("/document", doc)
+        assert cdn.count("codes/check") == 1
+        assert first.json() == second.json()
+        assert service.status_snapshot()["mark_unit"]["repeats_answered"] == 1
+        other = await till.post("/document", document("check", position(MILK)))
+        assert other.status == 200 and cdn.count("codes/check") == 2
+
+
+async def test_a_commit_empties_the_repeat_cache(tmp_path, services, event_log) -> None:
+    cdn, lm = services
+    item = position(WATER)
+    doc = document("check", item)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, _):
+        assert (await till.post("/document", doc)).json()["code"] == 0
+        await till.post("/document", document("begin", item, uid="c1"))
+        await till.post("/document", document("commit", uid="c1"))
+        again = (await till.post("/document", doc)).json()
+    assert again["code"] == 1 and "уже продан" in again["error"]
+
+
+async def test_repeat_cache_off_asks_again(tmp_path, services, event_log) -> None:
+    cdn, lm = services
+    doc = document("check", position(WATER))
+    cfg = direct(tmp_path, cdn, lm, front="repeat_cache_ms = 0\n")
+    async with till_of(cfg, event_log) as (till, _):
+        await till.post("/document", doc)
+        await till.post("/document", doc)
+    assert cdn.count("codes/check") == 2
+
+
+async def test_twenty_tills_at_once_and_a_scan_does_not_wait_behind_them(
+    tmp_path, services, event_log
+) -> None:
+    cdn, lm = services
+    cdn.set_fault("codes/check", latency_ms=300)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        host, port = service.mark_unit.address
+        # A shop LAN: each till from an address of its own (127.0.0.2 …).
+        tills = [await Till(host, port, local_addr=f"127.0.0.{n + 2}").connect() for n in range(20)]
+        try:
+            started = time.monotonic()
+            checks = [
+                asyncio.create_task(t.post("/document", document("check", position(WATER))))
+                for t in tills
+            ]
+            await asyncio.sleep(0.05)
+            get_virtual("side").scan(MILK.replace("<GS>", "\x1d"))
+            deadline = time.monotonic() + 5
+            while not any(v.get("scanner") == "side" for v in verdicts(event_log)):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            scan_done = time.monotonic() - started
+            answers = await asyncio.gather(*checks)
+            all_done = time.monotonic() - started
+        finally:
+            for t in tills:
+                await t.close()
+    assert all(a.status == 200 and a.json()["code"] == 0 for a in answers)
+    # In the scan queue the scan would come after 20 checks of 300 ms (6 s); concurrently all
+    # of them take about one check's time, and the scan one check's time too.
+    assert scan_done < 1.5, scan_done
+    assert all_done < 2.5, all_done
+
+
+# --------------------------------------------------------------------------------------------
+# Encodings, access, malformed bodies
+
+
+async def test_windows_1251_answers(tmp_path, services, event_log) -> None:
+    cdn, lm = services
+    cdn.set_code(WATER_KI, isBlocked=True)
+    cfg = direct(tmp_path, cdn, lm, front="encoding = 'windows-1251'\n")
+    async with till_of(cfg, event_log) as (till, _):
+        answer = await till.post(
+            "/document", document("check", position(WATER)), charset="windows-1251"
+        )
+    assert answer.headers["content-type"] == "application/json; charset=windows-1251"
+    assert "Продажа" in answer.body.decode("cp1251")
+    with pytest.raises(UnicodeDecodeError):
+        answer.body.decode("utf-8")
+    assert answer.json()["code"] == 1
+
+
+async def test_utf8_answers_by_default(tmp_path, services, event_log) -> None:
+    cdn, lm = services
+    cdn.set_code(WATER_KI, isBlocked=True)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, _):
+        answer = await till.post("/document", document("check", position(WATER)))
+    assert answer.headers["content-type"] == "application/json; charset=utf-8"
+    assert "Продажа" in answer.body.decode("utf-8")
+
+
+async def test_client_outside_allowed_clients_is_refused(tmp_path, services, event_log) -> None:
+    cdn, lm = services
+    cfg = direct(tmp_path, cdn, lm, front="allowed_clients = ['192.168.50.0/24']\n")
+    async with till_of(cfg, event_log) as (till, service):
+        answer = await till.post("/document", document("check", position(WATER)))
+        status = service.status_snapshot()["mark_unit"]
+    assert answer.status == 403 and answer.headers["connection"] == "close"
+    assert cdn.count("codes/check") == 0 and verdicts(event_log) == []
+    assert status["refused"] == {"forbidden": 1}
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"{not json", "not JSON"),
+        (b"[]", "not a JSON object"),
+        (b'{"action": "sell"}', "action must be"),
+        (b'{"action": "check", "positions": {}}', "positions must be an array"),
+        (b'{"action": "check", "positions": [{"marking_codes": ["***"]}]}', "not base64"),
+        (b'{"action": "check", "positions": [{"marking_codes": [5]}]}', "base64 string"),
+        (b'{"action": "check", "positions": [{"product_price": "x"}]}', "must be a number"),
+        (b'{"action": "check", "type": "gift"}', "type must be"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b'{"action": "check", "positions": [{"total_price": NaN}]}', "not JSON"),
+        (b'{"action": "check", "positions": [{"total_price": 1e308}]}', "out of range"),
+        (b'{"action": "check", "positions": [{"quantity": 1e400}]}', "quantity"),
+        (b'{"action": "check", "positions": [{"quantity": 1' + b"0" * 400 + b"}]}", "quantity"),
+        (b'{"action": "check", "number": ' + b"9" * 5000 + b"}", "not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
+    ],
+)
+async def test_malformed_bodies_get_400_with_a_reason(
+    tmp_path, services, event_log, body, why
+) -> None:
+    cdn, lm = services
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, _):
+        answer = await till.request("POST", "/document", body)
+        alive = await till.request("POST", "/api4/system/get_info")
+    assert answer.status == 400
+    assert answer.json()["code"] == 1 and why in answer.json()["error"]
+    assert b"Traceback" not in answer.body
+    assert alive.status == 200  # the connection (or a new one) still serves
+
+
+async def test_request_bodies_are_never_logged_whole(tmp_path, services, event_log) -> None:
+    cdn, lm = services
+    tail = "938p9E"
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, _):
+        await till.post("/document", document("check", position(WATER)))
+        await till.request(
+            "POST", "/document", b'{"action": "nope", "x": "' + tail.encode() + b'"}'
+        )
+    text = event_log.text + repr(event_log.events)
+    assert WATER_KI in text  # the КИ is journaled
+    assert tail not in text  # never the crypto tail
+    assert till_code(WATER) not in text
+
+
+async def test_one_address_holds_at_most_eight_connections(tmp_path, services, event_log) -> None:
+    cdn, lm = services
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        host, port = service.mark_unit.address
+        held = [await Till(host, port).connect() for _ in range(server.MAX_CONNECTIONS_PER_PEER)]
+        try:
+            await asyncio.sleep(0.1)
+            ninth = await till.request("POST", "/api4/system/get_info")
+            other = Till(host, port, local_addr="127.0.0.9")
+            served = await other.request("POST", "/api4/system/get_info")
+            await other.close()
+        finally:
+            for t in held:
+                await t.close()
+    assert ninth.status == 503 and "127.0.0.1" in ninth.json()["error"]
+    assert served.status == 200  # another till's address still gets in
+
+
+async def test_a_head_that_never_ends_is_cut_off(
+    tmp_path, services, event_log, monkeypatch
+) -> None:
+    cdn, lm = services
+    monkeypatch.setattr(server, "HEAD_TIMEOUT_S", 0.3)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        host, port = service.mark_unit.address
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"POST /document HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, no answer
+        assert time.monotonic() - started < 2
+        writer.close()
+
+
+async def test_framing_limits(tmp_path, services, event_log) -> None:
+    cdn, lm = services
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        huge = await till.send_raw(
+            b"POST /document HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n"
+        )
+        assert huge.status == 413
+        chunked = await till.send_raw(
+            b"POST /document HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        )
+        assert chunked.status == 411
+        garbage = await till.send_raw(b"\x00\x01 nonsense\r\n\r\n")
+        assert garbage.status == 400

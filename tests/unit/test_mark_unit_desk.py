@@ -1,0 +1,101 @@
+"""The Mark Unit front's desk over a stub backend (markd.fronts.mark_unit.desk) and its
+allow-list (markd.fronts.mark_unit.server.allowed): what the integration tests cannot time
+exactly — two identical checks arriving together — and the address rules.
+
+The documents are written by hand as FMU-API's ``RequestDocument.cs`` and ``Position.cs``
+name their fields (GitHub ``shrayky/FMU-API``); no encoding code of the front is used."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import json
+from typing import Any
+
+from markd.checks.verdict import CheckedCode, Verdict
+from markd.config import MarkUnitConfig
+from markd.fronts.mark_unit.desk import MarkUnitDesk, TillCheck
+from markd.fronts.mark_unit.protocol import parse_document
+from markd.fronts.mark_unit.server import allowed
+
+CODE = "0104680029460908215jcmHzLmkdPML\x1d938p9E"
+
+
+class SlowBackend:
+    """Allows every code after ``delay`` seconds, counting the checks it was asked."""
+
+    def __init__(self, delay: float = 0.05) -> None:
+        self.delay = delay
+        self.checks = 0
+
+    async def check_for_till(self, data: bytes, context: Any) -> TillCheck:
+        self.checks += 1
+        await asyncio.sleep(self.delay)
+        verdict = Verdict("allow", "allowed", "Продажа разрешена", "cdn", "mark-unit")
+        return TillCheck(CheckedCode(verdict))
+
+    def organisation(self) -> tuple[str, str]:
+        return "", ""
+
+    async def aclose(self) -> None:
+        pass
+
+
+def check_body(uid: str = "u1") -> bytes:
+    code = base64.b64encode(CODE.encode()).decode()
+    return json.dumps(
+        {"action": "check", "uid": uid, "type": "receipt", "positions": [{"marking_codes": [code]}]}
+    ).encode()
+
+
+async def test_two_identical_checks_at_once_ask_the_services_once() -> None:
+    backend = SlowBackend()
+    desk = MarkUnitDesk(backend, MarkUnitConfig())  # type: ignore[arg-type]
+    body = check_body()
+    first, second = await asyncio.gather(
+        desk.handle(parse_document(body), "192.168.1.21", body),
+        desk.handle(parse_document(body), "192.168.1.21", body),
+    )
+    assert backend.checks == 1 and first == second and first["code"] == 0
+    assert desk.repeats.hits == 1
+
+
+async def test_the_same_check_from_another_till_is_asked_again() -> None:
+    backend = SlowBackend(0)
+    desk = MarkUnitDesk(backend, MarkUnitConfig())  # type: ignore[arg-type]
+    body = check_body()
+    await desk.handle(parse_document(body), "192.168.1.21", body)
+    await desk.handle(parse_document(body), "192.168.1.22", body)
+    assert backend.checks == 2
+
+
+async def test_no_more_than_max_checks_at_once() -> None:
+    running = peak = 0
+
+    class Counting(SlowBackend):
+        async def check_for_till(self, data: bytes, context: Any) -> TillCheck:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            try:
+                return await super().check_for_till(data, context)
+            finally:
+                running -= 1
+
+    desk = MarkUnitDesk(Counting(0.02), MarkUnitConfig(max_checks=3))  # type: ignore[arg-type]
+    bodies = [check_body(f"u{n}") for n in range(10)]
+    await asyncio.gather(
+        *(desk.handle(parse_document(b), f"10.0.0.{n}", b) for n, b in enumerate(bodies))
+    )
+    assert peak == 3
+
+
+def test_allowed_clients() -> None:
+    networks = [ipaddress.ip_network("192.168.1.0/24"), ipaddress.ip_network("::1")]
+    assert allowed("192.168.1.21", networks)
+    assert allowed("::ffff:192.168.1.21", networks)  # a dual-stack socket's IPv4 peer
+    assert allowed("::1", networks)
+    assert not allowed("192.168.2.21", networks)
+    assert not allowed("127.0.0.1", networks)
+    assert not allowed("not-an-address", networks)

@@ -1,0 +1,337 @@
+#!/usr/bin/env python3
+"""Mark Unit front benchmark: the time the front adds to a till's check, and 20 tills at once.
+
+Usage::
+
+    tools/bench/mark_unit.py [--count N] [--tills T] [--per-till M] [--cdn-latency-ms MS]
+
+A real markd (:class:`markd.service.Service`, mode ``direct``, a real LMDB store, the real
+online client) runs in this process with ``[mark_unit]`` on a loopback port; the CDN emulator
+runs as its own process (``python -m markd.emulators crpt_cdn``), and so do the tills (this
+script with ``--client``): neither shares the interpreter lock with markd. The tills speak
+HTTP/1.1 on raw sockets with their own JSON and base64, and time each round trip with
+``time.perf_counter``.
+
+0. **The front's own work, no sockets** — a document parsed, answered by the desk over a stub
+   backend (a fixed allow with a CDN answer to pass through), the answer encoded: the CPU the
+   front spends per check, p50/p99.
+1. **Front overhead** — one till, one kept-alive connection, N checks of distinct documents in
+   a row (the repeat cache never answers). For each: the round trip the till sees minus
+   markd's own verdict latency for it (``latency_ms`` of its journal record: parse, chain,
+   decision table). That difference is what the front adds (reading, framing and parsing the
+   document, base64, the answer, the write, loopback both ways). Target: p50 and p99 ≤ 2 ms.
+2. **20 tills** — T tills, each from an address of its own (127.0.0.2 …, a shop LAN), each
+   sending M checks in a row, all at once; the CDN answers after ``--cdn-latency-ms``. Every
+   answer must be ``code`` 0 and arrive within the verdict deadline (the chain's budget,
+   ``[check] online_timeout_ms`` here, plus 100 ms); the script prints the round trips'
+   p50/p99/max and the longest verdict latency. A scan on markd's own (virtual) scanner during
+   the load is timed too: it must not wait behind the tills.
+
+Prints one line per case, then one JSON object with the figures (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "daemon"))
+
+TOKEN = "3f2c8a1e-5b6d-4e7f-9a0b-1c2d3e4f5a6b"
+#: Distinct water codes: the GTIN of the fixtures, a serial per request.
+GTIN = "04680029460908"
+
+
+def code_for(n: int) -> str:
+    serial = f"B{n:012d}"
+    return f"01{GTIN}21{serial}\x1d93AbCd"
+
+
+# ---------------------------------------------------------------------------------------------
+# The tills (own process)
+
+
+def till_body(n: int) -> bytes:
+    doc = {
+        "action": "check",
+        "uid": str(uuid.uuid4()),
+        "type": "receipt",
+        "pos": "1",
+        "shift": "1",
+        "number": str(n),
+        "positions": [
+            {
+                "marking_codes": [base64.b64encode(code_for(n).encode()).decode()],
+                "total_price": 59.9,
+                "product_price": 59.9,
+                "quantity": 1,
+                "text": "Вода",
+                "organisation": {"inn": "7701234567", "kpp": "770101001"},
+            }
+        ],
+    }
+    return json.dumps(doc, ensure_ascii=False).encode()
+
+
+async def one_till(port: int, address: str, first: int, count: int) -> list[tuple[float, int]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
+    out = []
+    for n in range(first, first + count):
+        body = till_body(n)
+        request = (
+            f"POST /document HTTP/1.1\r\nHost: markd\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        started = time.perf_counter()
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        answer = await reader.readexactly(length)
+        elapsed = (time.perf_counter() - started) * 1000
+        out.append((elapsed, json.loads(answer)["code"]))
+    writer.close()
+    return out
+
+
+async def client(port: int, tills: int, per_till: int, first: int) -> None:
+    results = await asyncio.gather(
+        *(one_till(port, f"127.0.0.{t + 2}", first + t * per_till, per_till) for t in range(tills))
+    )
+    print(json.dumps([[list(x) for x in r] for r in results]))
+
+
+# ---------------------------------------------------------------------------------------------
+# markd (this process)
+
+
+async def front_cpu(count: int) -> dict[str, float]:
+    """Case 0: parse, desk, encode over a stub backend; milliseconds per document."""
+    from markd.checks.results import SourceAnswer
+    from markd.checks.verdict import CheckedCode, Verdict
+    from markd.config import MarkUnitConfig
+    from markd.fronts.mark_unit.desk import MarkUnitDesk, TillCheck
+    from markd.fronts.mark_unit.protocol import encode_answer, parse_document
+
+    raw = json.dumps(
+        {
+            "code": 0,
+            "description": "ok",
+            "reqId": str(uuid.uuid4()),
+            "reqTimestamp": 1735000000000,
+            "codes": [{"cis": "…", "printView": "…", "found": True, "groupIds": [13]}],
+        }
+    )
+    answer = SourceAnswer.from_json("cdn", json.loads(raw), raw=raw)
+    verdict = Verdict("allow", "allowed", "Продажа разрешена", "cdn", "mark-unit")
+
+    class Stub:
+        async def check_for_till(self, data: bytes, context: Any) -> Any:
+            return TillCheck(CheckedCode(verdict), (answer,))
+
+        def organisation(self) -> tuple[str, str]:
+            return "", ""
+
+    desk = MarkUnitDesk(Stub(), MarkUnitConfig(repeat_cache_ms=0))  # type: ignore[arg-type]
+    times = []
+    for n in range(count):
+        body = till_body(n)
+        started = time.perf_counter()
+        document = parse_document(body)
+        encode_answer(await desk.handle(document, "127.0.0.1", body), "utf-8")
+        times.append((time.perf_counter() - started) * 1000)
+    return {"p50": round(statistics.median(times), 3), "p99": round(percentile(times, 99), 3)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    from markd import config as markd_config
+    from markd.scanners import get_virtual
+    from markd.service import Service
+    from markd.systemd import EventLog
+
+    class VerdictLog(EventLog):
+        def __init__(self) -> None:
+            super().__init__(target="stderr", stream=io.StringIO(), level="info")
+            self.verdicts: list[dict[str, Any]] = []
+
+        def event(self, kind: str, message: str, *, priority: Any = "info", **fields: Any) -> None:
+            if kind == "verdict":
+                self.verdicts.append(fields)
+
+    work = Path(tempfile.mkdtemp(prefix="markd-bench-mu-"))
+    scenario = {
+        "cdn": {"token": TOKEN, "endpoints": {"codes/check": {"latency_ms": args.cdn_latency_ms}}}
+    }
+    (work / "scenario.json").write_text(json.dumps(scenario))
+    (work / "token").write_text(TOKEN + "\n")
+    emulator = subprocess.Popen(
+        [sys.executable, "-m", "markd.emulators", "crpt_cdn", "--port", "0"]
+        + ["--scenario", str(work / "scenario.json")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "daemon")},
+    )
+    try:
+        assert emulator.stdout is not None
+        cdn_url = emulator.stdout.readline().strip()
+        (work / "markd.toml").write_text(
+            f"[store]\npath = '{work / 'store'}'\nmap_size_mb = 64\n"
+            f"[log]\ntarget = 'stderr'\n[api]\nsocket = '{work / 'control.sock'}'\n"
+            "[scanners.side]\nurl = 'virtual://side'\n"
+            "[terminal]\nfn_serial = '9960440300000001'\n"
+            f"[check]\nmode = 'direct'\nonline_timeout_ms = {args.online_timeout_ms}\n"
+            "slow_scan_ms = 0\n"
+            f"[check.online]\nurl = '{cdn_url}'\ntoken_file = '{work / 'token'}'\n"
+            "[mark_unit]\nenabled = true\nlisten = '127.0.0.1:0'\n"
+        )
+        cfg = markd_config.load(work / "markd.toml")
+        event_log = VerdictLog()
+        service = Service(cfg, event_log=event_log)
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.run(stop))
+        await asyncio.wait_for(service.ready.wait(), 10)
+        assert service.mark_unit is not None and service.mark_unit.address is not None
+        port = service.mark_unit.address[1]
+        served: list[float] = []
+        service.mark_unit.observer = served.append
+        budget_ms = args.online_timeout_ms + 100
+
+        async def run_client(tills: int, per_till: int, first: int) -> list[list[list[float]]]:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                __file__,
+                "--client",
+                str(port),
+                str(tills),
+                str(per_till),
+                str(first),
+                stdout=subprocess.PIPE,
+            )
+            out, _ = await process.communicate()
+            return json.loads(out)
+
+        # 0. warm-up (the CDN host list, the first connection)
+        await run_client(1, 20, 10_000_000)
+        # 1. overhead, one till
+        event_log.verdicts.clear()
+        served.clear()
+        (single,) = await run_client(1, args.count, 0)
+        in_server = list(served)
+        latencies = [
+            float(v["latency_ms"]) for v in event_log.verdicts if v["scanner"] == "mark-unit"
+        ]
+        assert len(latencies) == len(single), (len(latencies), len(single))
+        overhead = [rtt - lat for (rtt, _), lat in zip(single, latencies, strict=True)]
+        front = [total - lat for total, lat in zip(in_server, latencies, strict=True)]
+        # 2. T tills at once, with a scan on markd's own scanner in the middle
+        event_log.verdicts.clear()
+        load = asyncio.create_task(run_client(args.tills, args.per_till, 1_000_000))
+        await asyncio.sleep(0.3)
+        scanned = time.perf_counter()
+        get_virtual("side").scan(code_for(9_999_999))
+        while not any(v["scanner"] == "side" for v in event_log.verdicts):
+            await asyncio.sleep(0.001)
+        scan_ms = (time.perf_counter() - scanned) * 1000
+        many = await load
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    finally:
+        emulator.terminate()
+        emulator.wait(5)
+        shutil.rmtree(work, ignore_errors=True)
+    rtts = [rtt for till in many for rtt, _ in till]
+    codes = [code for till in many for _, code in till]
+    verdict_ms = [float(v["latency_ms"]) for v in event_log.verdicts if v["scanner"] == "mark-unit"]
+    figures = {
+        "front_cpu_ms": await front_cpu(args.count * 4),
+        "overhead_ms": {
+            "count": len(overhead),
+            "p50": round(statistics.median(overhead), 3),
+            "p99": round(percentile(overhead, 99), 3),
+            "max": round(max(overhead), 3),
+        },
+        "front_in_server_ms": {
+            "p50": round(statistics.median(front), 3),
+            "p99": round(percentile(front, 99), 3),
+        },
+        "verdict_ms_single": {"p50": round(statistics.median(latencies), 3)},
+        "tills": {
+            "tills": args.tills,
+            "per_till": args.per_till,
+            "cdn_latency_ms": args.cdn_latency_ms,
+            "budget_ms": budget_ms,
+            "answers": len(rtts),
+            "allowed": codes.count(0),
+            "rtt_p50": round(statistics.median(rtts), 3),
+            "rtt_p99": round(percentile(rtts, 99), 3),
+            "rtt_max": round(max(rtts), 3),
+            "within_budget": sum(1 for r in rtts if r <= budget_ms),
+            "verdict_p50_ms": round(statistics.median(verdict_ms), 3),
+            "verdict_p99_ms": round(percentile(verdict_ms, 99), 3),
+            "verdict_max_ms": round(max(verdict_ms), 3),
+            "scan_during_load_ms": round(scan_ms, 3),
+        },
+    }
+    return figures
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--client":
+        port, tills, per_till, first = (int(x) for x in sys.argv[2:6])
+        asyncio.run(client(port, tills, per_till, first))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=500)
+    parser.add_argument("--tills", type=int, default=20)
+    parser.add_argument("--per-till", type=int, default=25)
+    parser.add_argument("--cdn-latency-ms", type=int, default=20)
+    parser.add_argument("--online-timeout-ms", type=int, default=1500)
+    args = parser.parse_args()
+    figures = asyncio.run(bench(args))
+    o, t = figures["overhead_ms"], figures["tills"]
+    cpu = figures["front_cpu_ms"]
+    print(
+        "front's own work per document, no sockets: "
+        f"p50 {cpu['p50']:.3f} ms, p99 {cpu['p99']:.3f} ms"
+    )
+    print(
+        f"front overhead over markd's verdict ({o['count']} checks): "
+        f"p50 {o['p50']:.3f} ms, p99 {o['p99']:.3f} ms (target ≤ 2 ms); inside markd "
+        f"p50 {figures['front_in_server_ms']['p50']:.3f} ms, "
+        f"p99 {figures['front_in_server_ms']['p99']:.3f} ms"
+    )
+    print(
+        f"{t['tills']} tills × {t['per_till']} checks, CDN {t['cdn_latency_ms']} ms: "
+        f"{t['allowed']}/{t['answers']} allowed, {t['within_budget']} within {t['budget_ms']} ms; "
+        f"round trip p50 {t['rtt_p50']:.1f} ms, p99 {t['rtt_p99']:.1f} ms, "
+        f"max {t['rtt_max']:.1f} ms; "
+        f"verdicts p50 {t['verdict_p50_ms']:.1f} ms, p99 {t['verdict_p99_ms']:.1f} ms; "
+        f"a scan during the load {t['scan_during_load_ms']:.1f} ms"
+    )
+    print(json.dumps(figures))
+    ok = o["p99"] <= 2.0 and t["within_budget"] == t["answers"] == t["allowed"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
