@@ -106,6 +106,7 @@ from markd.api.protocol import ControlledService
 from markd.api.routes import ROUTES, RouteContext, methods_of, receipt_status, route_of
 from markd.api.screen import is_screen_path, screen_response
 from markd.api.sessions import (
+    KEEP_ALIVE_S,
     SESSION_ROUTES,
     TICKET_ROUTES,
     SessionStore,
@@ -802,20 +803,33 @@ class ControlServer:
 
     @contextlib.contextmanager
     def _ends_with_session(self, request: Request, subscription: Subscription) -> Iterator[None]:
-        """While an event stream runs: when the session that opened it ends (revoked,
-        expired, pushed out), so does the stream."""
+        """While an event stream runs: it counts as a use of the session that opened it (a
+        screen showing the till for a day without a request must not see its session expire
+        under it), every :data:`~markd.api.sessions.KEEP_ALIVE_S` (or half the session's
+        lifetime, when that is shorter); when the session ends (revoked, pushed out), so
+        does the stream."""
         digest = request.session
         left = None if digest is None else self.sessions.expires_in(digest)
         if digest is None or left is None:
             yield
             return
         self._session_streams.setdefault(digest, set()).add(subscription)
-        # Expiry is otherwise noticed at the next request; a stream may be the only one.
-        timer = asyncio.get_running_loop().call_later(left + 0.01, self.sessions.expire)
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle | None = None
+
+        def keep_alive() -> None:
+            nonlocal timer
+            if self.sessions.keep_alive(digest):
+                timer = loop.call_later(every, keep_alive)
+
+        every = max(min(KEEP_ALIVE_S, self.sessions.session_s / 2), 0.01)
+        timer = loop.call_later(every, keep_alive)
         try:
             yield
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
+            self.sessions.keep_alive(digest)  # its end is its last use
             streams = self._session_streams.get(digest)
             if streams is not None:
                 streams.discard(subscription)

@@ -1013,8 +1013,8 @@ class ApiConfig:
     session_hours: int = field(
         default=24,
         metadata={
-            "doc": "Hours a browser session (`POST /v1/session`, its cookie) lasts from its "
-            "opening; then the page exchanges the token again.",
+            "doc": "Hours a browser session (`POST /v1/session`, its cookie) lasts unused; "
+            "each request it authorises, and each event stream it keeps open, moves its end on.",
             "min": 1,
             "max": 720,
         },
