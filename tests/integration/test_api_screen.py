@@ -185,6 +185,31 @@ async def test_tickets_do_not_push_out_the_screens_session(
     assert still == [200] * MAX_SESSIONS
 
 
+@pytest.mark.parametrize("demo_pay", [False, True])
+async def test_a_cookie_closes_a_receipt_only_with_the_demo_setting(
+    store_path: str, tmp_path: Path, event_log: RecordingEventLog, demo_pay: bool
+) -> None:
+    """The reference screen's «Оплатить» registers a receipt as paid with no payment taken: a
+    session cookie may close only with ``[api] screen_demo_pay``, which the page reads from
+    ``GET /v1/status``. (No printer here: let in, the close answers 503 ``no-printer``.)"""
+    config = screen_config(store_path, tmp_path, screen_demo_pay=demo_pay)
+    async with running(config, event_log) as service:
+        cookie, _ = await open_session(service)
+        host, port = tcp_address(service)
+        page = {"Origin": f"http://{host}:{port}", "Cookie": f"markd_session={cookie}"}
+        conversation = await Conversation.tcp(host, port)
+        close = await conversation.request("POST", "/v1/receipt/close", b"", page)
+        conversation.close()
+        status = await get(service, "/v1/status", page)
+        conversation = await Conversation.tcp(host, port)
+        with_token = await conversation.request("POST", "/v1/receipt/close", b"", AUTH)
+        conversation.close()
+
+    assert close.status == (503 if demo_pay else 401)
+    assert status.json()["api"]["screen_demo_pay"] is demo_pay
+    assert with_token.status == 503  # the token always may (the payment integration)
+
+
 async def test_the_pages_same_origin_requests_pass_without_origin_and_no_others(
     store_path: str, tmp_path: Path, event_log: RecordingEventLog
 ) -> None:

@@ -580,6 +580,7 @@ def test_to_dict_is_plain_json_data() -> None:
             "replay_kib": 1024,
             "session_hours": 24,
             "screen": False,
+            "screen_demo_pay": False,
         },
         "metrics": {"listen": "", "allow_remote": False, "token_file": ""},
     }
@@ -647,7 +648,7 @@ def test_docs_key_table_matches_the_schema() -> None:
 def test_docs_mention_every_key() -> None:
     keys = [f"`[{ref.table}] {ref.key}`" for ref in config.schema_keys()]
 
-    assert len(keys) == 88
+    assert len(keys) == 89
     assert [key for key in keys if key not in _doc()] == []
 
 

@@ -107,10 +107,10 @@ from markd.api.routes import ROUTES, RouteContext, methods_of, receipt_status, r
 from markd.api.screen import is_screen_path, screen_response
 from markd.api.sessions import (
     KEEP_ALIVE_S,
-    SESSION_ROUTES,
     TICKET_ROUTES,
     SessionStore,
     session_cookies,
+    session_routes,
 )
 from markd.api.sse import HEARTBEAT_S, EventStream, replay_from, wanted_kinds
 from markd.api.websocket import WebSocketEvents, accept, wants_websocket
@@ -401,6 +401,8 @@ class ControlServer:
                 for (listener, error), count in sorted(self._refused.items())
             ],
             "tcp": None if self.tcp_address is None else listeners.address_text(*self.tcp_address),
+            # The customer screen shows its «Оплатить» button only then (a demonstration).
+            "screen_demo_pay": self.config.screen_demo_pay,
             "metrics": (
                 None
                 if self.metrics_address is None
@@ -899,14 +901,15 @@ class ControlServer:
 
     def _credential(self, request: Request) -> str | None:
         """What authorises a TCP request: ``token``, ``session`` (the cookie, for
-        :data:`~markd.api.sessions.SESSION_ROUTES` only), ``ticket`` (used up here, for
+        :data:`~markd.api.sessions.SESSION_ROUTES` only, and the demo close with ``[api]
+        screen_demo_pay``), ``ticket`` (used up here, for
         :data:`~markd.api.sessions.TICKET_ROUTES` only), or None."""
         if self._token_matches(request):
             return "token"
         if request.transport != "tcp":  # the metrics listener takes its token only
             return None
         route = (request.method, route_of(request.path))
-        if route in SESSION_ROUTES:
+        if route in session_routes(self.config.screen_demo_pay):
             request.session = self.sessions.find(session_cookies(request.headers))
             if request.session is not None:
                 return "session"

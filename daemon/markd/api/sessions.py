@@ -69,22 +69,35 @@ BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
 #: What a session cookie authorises, as ``(method, path)``: what a kiosk screen does, and no
 #: more. It follows the stream (events) and the till's state (status, the open receipt), and
-#: in kiosk mode, where allowed scans go onto the receipt by themselves, it closes or cancels
-#: that receipt; it may end its own session. It may not check or add codes, open receipts,
+#: in kiosk mode, where allowed scans go onto the receipt by themselves, it cancels that
+#: receipt; it may end its own session. It may not check or add codes, open or close receipts,
 #: reload the configuration, read the metrics or mint more sessions and tickets: those stay
-#: with the bearer token (an attendant's POS, ``markctl``, a launcher), so a stolen cookie
-#: cannot sell anything the scanner did not scan.
+#: with the bearer token (an attendant's POS, ``markctl``, a launcher, the payment
+#: integration), so a stolen cookie cannot sell anything the scanner did not scan, nor
+#: register a receipt as paid.
 SESSION_ROUTES = frozenset(
     {
         ("GET", "/v1/events"),
         ("GET", "/v1/status"),
         ("GET", "/v1/receipt"),
         ("GET", "/v1/receipts/{id}"),
-        ("POST", "/v1/receipt/close"),
         ("POST", "/v1/receipt/cancel"),
         ("DELETE", "/v1/session"),
     }
 )
+#: What a session cookie authorises besides, with ``[api] screen_demo_pay`` only: the close,
+#: for the reference screen's «Оплатить» button, which registers the receipt as paid with no
+#: payment taken. For demonstrations and tests; a real kiosk closes from its payment
+#: integration, with the token, once the bank approved.
+SCREEN_DEMO_ROUTES = frozenset({("POST", "/v1/receipt/close")})
+
+
+def session_routes(demo_pay: bool) -> frozenset[tuple[str, str]]:
+    """What a session cookie authorises: :data:`SESSION_ROUTES`, and with ``demo_pay``
+    (``[api] screen_demo_pay``) :data:`SCREEN_DEMO_ROUTES`."""
+    return SESSION_ROUTES | SCREEN_DEMO_ROUTES if demo_pay else SESSION_ROUTES
+
+
 #: What a ticket authorises: one event stream connection (SSE or WebSocket), or one exchange
 #: for a session of its own (``POST /v1/session``, answered with the cookie only, no ticket):
 #: how a page served by markd itself (the customer screen) turns the ticket its launcher

@@ -1026,6 +1026,15 @@ class ApiConfig:
             'then be a loopback address (docs/api.md, "The customer screen").',
         },
     )
+    screen_demo_pay: bool = field(
+        default=False,
+        metadata={
+            "doc": "For demonstrations and tests only: the screen shows «Оплатить», and its "
+            "session cookie may close the receipt, registering it as paid electronically with "
+            "no payment taken. A real kiosk closes from its payment integration, with the "
+            "token, once the bank approved.",
+        },
+    )
 
 
 @dataclass(frozen=True)
