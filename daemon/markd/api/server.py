@@ -979,10 +979,14 @@ class ControlServer:
         except ReceiptError as exc:
             response = Response(receipt_status(exc), {"error": exc.reason, "message": exc.message})
         except Exception as exc:  # noqa: BLE001 - a bug answers 500, the daemon goes on
-            # The route (a known one: a handler ran) and the exception's type; its message
-            # and traceback may hold what the client sent, a code among it.
+            # The route's pattern (a known one: a handler ran; never the request's target,
+            # which holds what the client sent) and the exception's type; its message and
+            # traceback may hold what the client sent, a code among it.
             log.error(
-                "control API: %s %s failed: %s", request.method, request.path, type(exc).__name__
+                "control API: %s %s failed: %s",
+                request.method,
+                route_of(request.path),
+                type(exc).__name__,
             )
             response = Response(500, {"error": "internal-error", "message": type(exc).__name__})
         response.headers.update(self._cors(request))
