@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import json
 import re
 import secrets
@@ -151,7 +150,8 @@ class Gap(Event):
     ``seq`` (and so its id) is the hub's latest event number when it is made — the point the
     client's stream continues from, so that a client which reconnects again with the gap's id
     misses nothing after it. Its JSON has no ``seq``: no event of that number is meant.
-    ``data``: ``reason`` (``restarted``, ``too-old``, ``unknown-id``), ``message``, and
+    ``data``: ``reason`` (``restarted``, ``too-old``, ``too-large``, ``unknown-id``),
+    ``message``, and
     ``oldest``, the id of the oldest event kept (None when none is).
     """
 
@@ -173,9 +173,11 @@ class EventHistory:
     """The latest events in the order they were numbered, bounded by count and by bytes.
 
     Adding an event drops the oldest ones while more than ``max_events`` are kept or their
-    :attr:`Event.size` adds up to more than ``max_bytes``; an event bigger than ``max_bytes``
-    on its own is not kept at all. Numbers run without holes, so what is kept is always every
-    event after :attr:`dropped_through`.
+    :attr:`Event.size` adds up to more than ``max_bytes``. An event bigger than ``max_bytes``
+    on its own is not kept at all, and the ones kept stay (dropping them would not make room
+    for it): its number is a hole, remembered in :attr:`unkept_through`. What is kept is every
+    event after :attr:`dropped_through` but those holes, so a client that missed events after
+    a number below either mark is owed a gap.
     """
 
     def __init__(self, max_events: int, max_bytes: int) -> None:
@@ -186,6 +188,9 @@ class EventHistory:
         self.bytes = 0
         #: The highest event number no longer (or never) kept; 0 while nothing was dropped.
         self.dropped_through = 0
+        #: The highest number of an event too large to keep (0: none was): a hole among the
+        #: kept ones. Only the highest matters: whoever missed it missed every later hole too.
+        self.unkept_through = 0
 
     def __len__(self) -> int:
         return len(self._events)
@@ -198,6 +203,9 @@ class EventHistory:
         if self.max_events == 0:
             self.dropped_through = event.seq
             return
+        if event.size > self.max_bytes:
+            self.unkept_through = event.seq
+            return
         self._events.append(event)
         self.bytes += event.size
         while self._events and (len(self._events) > self.max_events or self.bytes > self.max_bytes):
@@ -206,13 +214,26 @@ class EventHistory:
             self.dropped_through = gone.seq
 
     def after(self, seq: int) -> list[Event] | None:
-        """Every kept event numbered above ``seq``; None when some of those are not kept."""
-        if seq < self.dropped_through:
+        """Every kept event numbered above ``seq``; None when some of those are not kept (see
+        :meth:`gap_reason`)."""
+        if self.gap_reason(seq) is not None:
             return None
-        oldest = self.oldest
-        if oldest is None:
-            return []
-        return list(itertools.islice(self._events, max(0, seq - oldest.seq + 1), None))
+        missed: list[Event] = []
+        for event in reversed(self._events):  # a reconnect misses the latest few
+            if event.seq <= seq:
+                break
+            missed.append(event)
+        missed.reverse()
+        return missed
+
+    def gap_reason(self, seq: int) -> str | None:
+        """Why the events after ``seq`` cannot all be given: ``too-old`` (some were dropped
+        for newer ones), ``too-large`` (one was too large to keep); None when they can."""
+        if seq < self.dropped_through:
+            return "too-old"
+        if seq < self.unkept_through:
+            return "too-large"
+        return None
 
 
 class StreamClosed(Exception):
@@ -316,6 +337,7 @@ class Subscription:
 GAP_MESSAGES = {
     "restarted": "markd restarted since that event; the events of the run before are not kept",
     "too-old": "the events after that one are no longer kept",
+    "too-large": "an event after that one was too large to keep",
     "unknown-id": "not the id of an event of this daemon",
 }
 
@@ -417,7 +439,7 @@ class EventHub:
             missed = self.history.after(parsed[1])
             if missed is not None:
                 return missed
-            reason = "too-old"
+            reason = self.history.gap_reason(parsed[1]) or "too-old"
         oldest = self.history.oldest
         data = {
             "reason": reason,

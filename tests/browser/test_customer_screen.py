@@ -125,7 +125,8 @@ def kiosk(
     text = config.read_text(encoding="utf-8").replace(
         "[api]\n",
         f'[api]\nlisten = "127.0.0.1:{port}"\ntoken_file = "{tmp_path / "api-token"}"\n'
-        "screen = true\n",
+        # The «Оплатить» button stands in for a payment terminal here: a demonstration.
+        "screen = true\nscreen_demo_pay = true\n",
         1,
     )
     config.write_text(text, encoding="utf-8")
@@ -169,6 +170,29 @@ def test_a_scan_shows_the_item_within_a_second_and_the_closed_receipt_its_total(
     assert "Итого 188,90\u00a0₽" in screen["detail"]
     (document,) = kkt(kiosk.directory).receipts()
     assert document["total"] == 18890
+
+
+def test_without_the_demo_setting_the_screen_shows_no_pay_button(
+    kiosk: Kiosk, browser: Chromium
+) -> None:
+    """A real kiosk takes the payment elsewhere: without ``[api] screen_demo_pay`` the page
+    offers no «Оплатить», which would register the receipt as paid with no payment taken."""
+    kiosk.config.write_text(
+        kiosk.config.read_text(encoding="utf-8").replace("screen_demo_pay = true\n", ""),
+        encoding="utf-8",
+    )
+    kiosk.start()
+    try:
+        browser.open(kiosk.url(kiosk.ticket()))
+        browser.wait_for_state("idle")
+        kiosk.scan(WATER)
+        browser.wait_for_state("item", timeout=SCAN_SHOWN_S)
+        browser.wait_for("document.querySelectorAll('#lines li').length == 1", 1)
+        hidden = browser.wait_for("document.getElementById('pay').hidden === true", 1)
+    finally:
+        kiosk.stop()
+    assert hidden is not None
+    assert kkt(kiosk.directory).receipts() == []
 
 
 def test_a_blocked_unit_shows_the_reason_from_its_verdict(kiosk: Kiosk, browser: Chromium) -> None:

@@ -15,6 +15,7 @@ from test_api_websocket import SCREEN as SCREEN_ORIGIN
 from api_helpers import Conversation, running
 from conftest import RecordingEventLog
 from markd.api.screen import CONTENT_SECURITY_POLICY
+from markd.api.sessions import MAX_SESSIONS
 from markd.errors import ConfigError
 
 RECEIPT = "/v1/receipts/6b1d0c52-3f0e-4f4e-9a59-5b7f3a0c2d18"
@@ -147,6 +148,66 @@ async def test_a_ticket_is_exchanged_once_for_the_pages_own_cookie(
     assert exchanged.headers["access-control-allow-origin"] == page["Origin"]
     assert again.status == 401  # used up
     assert status.status == 200
+    # The cookie only: a ticket's exchange mints no ticket, so a leaked one cannot renew itself.
+    assert exchanged.json() == {"session_s": 86400}
+
+
+async def test_tickets_do_not_push_out_the_screens_session(
+    store_path: str, tmp_path: Path, event_log: RecordingEventLog
+) -> None:
+    """Sixteen sessions in use (the screen's among them): a ticket's exchange is refused
+    rather than end one; the token's exchange may still make room."""
+    async with running(screen_config(store_path, tmp_path), event_log) as service:
+        host, port = tcp_address(service)
+        page = {"Origin": f"http://{host}:{port}"}
+        tickets = []
+        for _ in range(MAX_SESSIONS + 1):
+            _, ticket = await open_session(service)  # the launcher's, with the token
+            tickets.append(ticket)
+        cookies = []
+        for ticket in tickets[:MAX_SESSIONS]:
+            conversation = await Conversation.tcp(host, port)
+            answer = await conversation.request("POST", f"/v1/session?ticket={ticket}", b"", page)
+            conversation.close()
+            assert answer.status == 201, answer.json()
+            cookies.append(answer.headers["set-cookie"].split(";")[0])
+        for cookie in cookies:  # every page shows the till
+            assert (await get(service, "/v1/status", {**page, "Cookie": cookie})).status == 200
+        conversation = await Conversation.tcp(host, port)
+        refused = await conversation.request("POST", f"/v1/session?ticket={tickets[-1]}", b"", page)
+        conversation.close()
+        still = [
+            (await get(service, "/v1/status", {**page, "Cookie": cookie})).status
+            for cookie in cookies
+        ]
+
+    assert refused.status == 503 and refused.json()["error"] == "too-many-sessions"
+    assert still == [200] * MAX_SESSIONS
+
+
+@pytest.mark.parametrize("demo_pay", [False, True])
+async def test_a_cookie_closes_a_receipt_only_with_the_demo_setting(
+    store_path: str, tmp_path: Path, event_log: RecordingEventLog, demo_pay: bool
+) -> None:
+    """The reference screen's «Оплатить» registers a receipt as paid with no payment taken: a
+    session cookie may close only with ``[api] screen_demo_pay``, which the page reads from
+    ``GET /v1/status``. (No printer here: let in, the close answers 503 ``no-printer``.)"""
+    config = screen_config(store_path, tmp_path, screen_demo_pay=demo_pay)
+    async with running(config, event_log) as service:
+        cookie, _ = await open_session(service)
+        host, port = tcp_address(service)
+        page = {"Origin": f"http://{host}:{port}", "Cookie": f"markd_session={cookie}"}
+        conversation = await Conversation.tcp(host, port)
+        close = await conversation.request("POST", "/v1/receipt/close", b"", page)
+        conversation.close()
+        status = await get(service, "/v1/status", page)
+        conversation = await Conversation.tcp(host, port)
+        with_token = await conversation.request("POST", "/v1/receipt/close", b"", AUTH)
+        conversation.close()
+
+    assert close.status == (503 if demo_pay else 401)
+    assert status.json()["api"]["screen_demo_pay"] is demo_pay
+    assert with_token.status == 503  # the token always may (the payment integration)
 
 
 async def test_the_pages_same_origin_requests_pass_without_origin_and_no_others(

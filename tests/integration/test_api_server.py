@@ -887,11 +887,16 @@ async def test_api_a_failing_sale_session_answers_500_and_the_daemon_goes_on(
         async def current(self) -> dict[str, Any] | None:
             raise KeyError("bug in the session")
 
+        async def lookup(self, receipt_id: str) -> dict[str, Any] | None:
+            raise KeyError(receipt_id)
+
+    rid = "6b1d0c52-3f0e-4f4e-9a59-5b7f3a0c2d18"
     config = api_config(store_path, {"v": "virtual://broken"})
     async with running(config, event_log) as service:
         service.receipts = BrokenSession()
         conversation = await Conversation.unix(config.api.socket)
         broken = await conversation.request("GET", "/v1/receipt")
+        by_id = await conversation.request("GET", f"/v1/receipts/{rid}")
         after = await conversation.request("GET", "/v1/status")
         conversation.close()
 
@@ -901,6 +906,10 @@ async def test_api_a_failing_sale_session_answers_500_and_the_daemon_goes_on(
     }
     assert after.status == 200
     assert any("GET /v1/receipt failed: KeyError" in m for _, m, _ in event_log.events)
+    # The route is logged, not the request's target (docs/api.md, "Logs").
+    assert by_id.status == 500
+    assert any("GET /v1/receipts/{id} failed: KeyError" in m for _, m, _ in event_log.events)
+    assert rid not in event_log.text
 
 
 async def test_api_a_code_with_a_lone_surrogate_gets_400_not_500(

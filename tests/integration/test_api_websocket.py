@@ -424,9 +424,7 @@ async def test_session_cookie_opens_the_screens_routes_and_no_others(
     set_cookie = opened.headers["set-cookie"]
     assert opened.status == 201 and set(opened.json()) == {"ticket", "ticket_s", "session_s"}
     assert opened.json()["session_s"] == 24 * 3600 and opened.json()["ticket_s"] == 30
-    assert set_cookie == (
-        f"markd_session={value}; HttpOnly; SameSite=Strict; Path=/v1; Max-Age={24 * 3600}"
-    )
+    assert set_cookie == (f"markd_session={value}; HttpOnly; SameSite=Strict; Path=/v1")
     assert len(value) == 43 and value not in opened.body.decode()  # HttpOnly: not in the body
     assert opened.headers["access-control-allow-credentials"] == "true"
     assert ws.status == 101 and sse.head.status == 200
@@ -470,16 +468,22 @@ async def test_session_end_ends_the_event_streams_it_opened(
         sse_end = await sse.block()
         await wait_until(lambda: service.events.subscribers == 2)
 
-        service.api.sessions.session_s = 0.3  # one that expires while its stream runs
+        # A session whose lifetime passes while its stream runs: the open stream is a use
+        # (a screen showing the till), so it lives on; revoked, it ends.
+        service.api.sessions.session_s = 0.3
         short, _ = await open_session(service)
+        short_session = {"Cookie": f"markd_session={short}", "Origin": SCREEN}
         expiring = await WebSocketClient.tcp(
-            address,
-            "/v1/events?kinds=verdict",
-            headers={"Cookie": f"markd_session={short}", "Origin": SCREEN},
+            address, "/v1/events?kinds=verdict", headers=short_session
         )
-        expiry_close = await expiring.closing_frame()
+        await wait_until(lambda: service.events.subscribers == 3)
+        await asyncio.sleep(0.9)
         service.events.publish("verdict", {"message": "for the others"})
-        others = [await kept.event(), await with_token.event()]
+        others = [await kept.event(), await with_token.event(), await expiring.event()]
+        conversation = await Conversation.tcp(*address)
+        await conversation.request("DELETE", "/v1/session", headers=short_session)
+        conversation.close()
+        expiry_close = await expiring.closing_frame()
         for client in (ws, kept, with_token, expiring):
             client.close()
         sse.conversation.close()
@@ -489,7 +493,7 @@ async def test_session_end_ends_the_event_streams_it_opened(
     assert sse_end is None  # the stream ended
     assert expiring.status == 101
     assert expiry_close is not None and expiry_close.close_code == 1008
-    assert [e["data"]["message"] for e in others if e] == ["for the others"] * 2
+    assert [e["data"]["message"] for e in others if e] == ["for the others"] * 3
 
 
 async def test_session_expires_and_the_unix_socket_needs_no_token(
@@ -512,7 +516,8 @@ async def test_session_expires_and_the_unix_socket_needs_no_token(
         expired = await WebSocketClient.tcp(tcp_address(service), headers=browser)
         expired.close()
 
-    assert opened.status == 201 and "Max-Age=3600" in opened.headers["set-cookie"]
+    assert opened.status == 201 and "Max-Age" not in opened.headers["set-cookie"]
+    assert opened.json()["session_s"] == 3600
     assert before.status == 101 and expired.status == 401
 
 

@@ -141,6 +141,7 @@ BAD: dict[str, str] = {
     "[api] replay_kib": "[api]\nreplay_kib = 0",
     "[api] session_hours": "[api]\nsession_hours = 0",
     "[api] screen": '[api]\nscreen = "yes"',
+    "[api] screen_demo_pay": '[api]\nscreen_demo_pay = "yes"',
     "[metrics] listen": f'[metrics]\nlisten = "192.0.2.7:9391"\ntoken_file = "{SECRET}"',
     "[metrics] allow_remote": '[metrics]\nallow_remote = "yes"',
     "[metrics] token_file": f'[metrics]\nlisten = "127.0.0.1:0"\ntoken_file = "{MISSING}"',

@@ -12,6 +12,7 @@ from typing import Any
 
 from api_helpers import Conversation
 from conftest import DAIRY, DAIRY_KI, SHOES, WATER, WATER_KI, RecordingEventLog
+from markd.fiscal.journal import SessionJournal
 from markd.fiscal.receipt_index import MAX_KEYS_PER_RECEIPT, ReceiptIndex
 from sale_helpers import journal, kkt, running, write_sale_config
 
@@ -477,3 +478,42 @@ async def test_receipt_outcome_waits_for_a_technician_while_the_web_requests_que
     (document,) = server.kkt.receipts()
     assert settled["state"] == "registered"
     assert settled["document"]["document_number"] == document["number"]
+
+
+async def test_a_receipt_whose_keyed_close_rotates_the_journal_stays_registered_after_a_restart(
+    tmp_path: Path, event_log: RecordingEventLog, monkeypatch: Any
+) -> None:
+    """The close that makes the journal rotate is answered after the rotation: its
+    ``close-answered`` record must not reach the next start as a receipt of its own, which
+    recovery would cancel and the index would rebuild from that one record."""
+    config = attendant(tmp_path)
+    async with running(config, event_log):
+        api = await Api.connect(tmp_path)
+        status, opened = await api.call("POST", "/v1/receipt", {})
+        rid = opened["receipt"]["id"]
+        await api.call("POST", "/v1/receipt/items", WATER_ITEM)
+        # Any journal is "large": this close rotates it.
+        monkeypatch.setattr(SessionJournal.rotate_if_large, "__defaults__", (1, None))
+        closed = await api.call("POST", "/v1/receipt/close", key="k-1")
+        monkeypatch.undo()
+        registered = await api.receipt(rid)
+        api.close()
+    rotated = (tmp_path / "fiscal" / "session.journal.1").exists()
+    carried = [r["event"] for r in journal(tmp_path).records() if r["receipt"] == rid]
+
+    second = RecordingEventLog()
+    async with running(config, second):
+        api = await Api.connect(tmp_path)
+        after_restart = await api.receipt(rid)
+        again = await api.call("POST", "/v1/receipt/close", key="k-1")
+        api.close()
+
+    assert closed[0] == 200, closed
+    assert rotated
+    # The answer went into the new journal beside the receipt it answers for.
+    assert carried[0] == "open" and carried[-1] == "close-answered" and "closed" in carried
+    assert registered["state"] == "registered"
+    assert after_restart == registered
+    assert again == closed
+    assert "cancelled" not in second.text
+    assert not [r for r in journal(tmp_path).records() if r["event"] == "cancelled"]

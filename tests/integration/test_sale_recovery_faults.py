@@ -418,6 +418,32 @@ async def test_a_rotated_journal_keeps_the_receipt_that_superseded_a_due_one(
     assert in_lm == []  # sold, then returned: the sale's report is not replayed
 
 
+async def test_recovery_leaves_a_receipt_whose_start_was_rotated_away(
+    printer: FiscalPrinter, tmp_path: Path
+) -> None:
+    """The journal holds only a close's answer (and a key) of a receipt registered before the
+    rotation: no receipt is left unfinished, and none is cancelled; nor is the fragment carried
+    on by the next rotation."""
+    session = make_session(printer, tmp_path)
+    await session.add(testing.allowed(WATER), WATER, 8990, "Вода")
+    sale = await session.close()
+    journal = SessionJournal(tmp_path / "fiscal.journal")
+    assert journal.rotate_if_large(limit=1)
+    rid = sale.receipt_id
+    journal.append("close-requested", rid, key="k-1")
+    journal.append("close-answered", rid, answer={"receipt": {"id": rid}})
+    journal.append("close-answered", "0f0e0d0c-0000-4000-8000-000000000001", answer={})
+
+    report = await make_session(printer, tmp_path).recover()
+    carried = make_session(printer, tmp_path).steps.to_carry(records(tmp_path))
+
+    assert sale.status == "closed"
+    assert report.actions == () and report.outcomes == ()
+    assert "cancelled" not in [r["event"] for r in records(tmp_path)]
+    assert journal.index.get(rid)["state"] == "registered"  # type: ignore[index]
+    assert carried == set()
+
+
 # -- the codes file -------------------------------------------------------------------------
 
 

@@ -114,7 +114,7 @@ def test_api_openapi_event_stream_parameters_are_those_the_server_reads() -> Non
 
 
 def test_api_openapi_names_the_routes_a_session_cookie_or_a_ticket_opens() -> None:
-    from markd.api.sessions import SESSION_ROUTES, TICKET_ROUTES
+    from markd.api.sessions import SCREEN_DEMO_ROUTES, SESSION_ROUTES, TICKET_ROUTES
 
     def secured_by(scheme: str) -> set[tuple[str, str]]:
         return {
@@ -125,7 +125,8 @@ def test_api_openapi_names_the_routes_a_session_cookie_or_a_ticket_opens() -> No
             and any(scheme in option for option in operation.get("security", []))
         }
 
-    assert secured_by("session") == SESSION_ROUTES
+    # The close takes the cookie with [api] screen_demo_pay only (its description says so).
+    assert secured_by("session") == SESSION_ROUTES | SCREEN_DEMO_ROUTES
     assert secured_by("ticket") == TICKET_ROUTES
 
 

@@ -583,6 +583,7 @@ def test_to_dict_is_plain_json_data() -> None:
             "replay_kib": 1024,
             "session_hours": 24,
             "screen": False,
+            "screen_demo_pay": False,
         },
         "metrics": {"listen": "", "allow_remote": False, "token_file": ""},
         "mark_unit": {
@@ -664,7 +665,7 @@ def test_docs_key_table_matches_the_schema() -> None:
 def test_docs_mention_every_key() -> None:
     keys = [f"`[{ref.table}] {ref.key}`" for ref in config.schema_keys()]
 
-    assert len(keys) == 101
+    assert len(keys) == 102
     assert [key for key in keys if key not in _doc()] == []
 
 

@@ -80,17 +80,38 @@ def test_replay_history_keeps_no_more_bytes_than_its_bound() -> None:
     assert history.after(6) is None
 
 
-def test_replay_history_does_not_keep_an_event_bigger_than_its_bound() -> None:
-    history = EventHistory(max_events=1000, max_bytes=1000)
-    history.add(event(1))
-    history.add(event(2, "я" * 1000))  # 2000 bytes in UTF-8: alone above the bound
+def test_replay_history_does_not_keep_an_event_bigger_than_its_bound_and_keeps_the_others() -> None:
+    """Ten events kept, then one too large to keep: the ten stay (dropping them would not make
+    room for it); a client that missed it gets a gap, one that read it misses nothing."""
+    history = EventHistory(max_events=1000, max_bytes=2000)
+    for seq in range(1, 11):
+        history.add(event(seq))
+    kept = history.bytes
+    history.add(event(11, "я" * 1000))  # 2000 bytes in UTF-8: alone above the bound
 
-    assert len(history) == 0 and history.bytes == 0 and history.oldest is None
-    assert history.dropped_through == 2
-    assert history.after(1) is None  # event 2 was missed and cannot be given
-    assert history.after(2) == []
-    history.add(event(3))
-    assert [e.seq for e in history.after(2)] == [3]
+    assert len(history) == 10 and history.bytes == kept and history.oldest.seq == 1  # type: ignore[union-attr]
+    assert history.dropped_through == 0
+    assert history.after(10) is None  # event 11 was missed and cannot be given
+    assert history.gap_reason(10) == "too-large" and history.gap_reason(0) == "too-large"
+    assert history.after(11) == []
+    history.add(event(12))
+    assert [e.seq for e in history.after(11)] == [12]
+    assert history.after(5) is None
+
+
+async def test_replay_a_reconnect_that_missed_an_event_too_large_to_keep_gets_a_gap() -> None:
+    hub = EventHub(run=RUN, replay_events=100, replay_bytes=4000)
+    for number in range(10):
+        hub.publish("scan", {"n": number})
+    hub.publish("scan", {"pad": "x" * 5000})
+    hub.publish("scan", {"n": 11})
+
+    [gap] = await drain(hub.subscribe(since=f"{RUN}-10"))
+    after = await drain(hub.subscribe(since=f"{RUN}-11"))
+
+    assert gap.kind == "gap" and gap.data["reason"] == "too-large"
+    assert gap.data["oldest"] == f"{RUN}-1"  # the ten kept are still there
+    assert [e.data for e in after] == [{"n": 11}]
 
 
 def test_replay_history_of_size_zero_keeps_nothing() -> None:

@@ -158,3 +158,52 @@ def test_receipt_index_keeps_receipts_the_journal_rotated_away(tmp_path: Path) -
     # Only what the two files hold comes back; the older ones went with the index (404).
     assert [again.index.get(rid) is None for rid in ids] == [rid not in on_disk for rid in ids]
     assert again.index.get(ids[-1])["state"] == "registered"  # type: ignore[index]
+
+
+def test_receipt_index_sync_folds_an_answer_whose_receipt_was_rotated_away(
+    tmp_path: Path,
+) -> None:
+    """A receipt's ``close-answered`` journaled after its other records went into
+    ``<journal>.1``: the next start's sync adds the answer to the entry it has, and keeps the
+    document, the total and the keys (rebuilding it from that one record would lose them)."""
+    journal = SessionJournal(tmp_path / "session.journal")
+    journal.append("open", RID, kind="sell")
+    journal.append("close-requested", RID, key="k-1")
+    journal.append("paid", RID, total_kopecks=8990, payments=[])
+    journal.append("closed", RID, document_number=7, fiscal_sign="123", total_kopecks=8990)
+    assert journal.rotate_if_large(limit=1)
+    journal.append("close-answered", RID, answer={"receipt": {"id": RID}})
+    registered = journal.index.get(RID)
+    journal.index.close()
+
+    again = SessionJournal(tmp_path / "session.journal")
+    again.sync_index(again.records())
+    entry = again.index.get(RID)
+
+    assert entry is not None and registered is not None
+    assert entry == registered
+    assert view(entry)["state"] == "registered" and view(entry)["document_number"] == 7
+    assert again.index.receipt_of_key("k-1") == RID
+
+
+def test_receipt_index_rebuilt_anew_takes_the_answer_after_the_rotated_receipt(
+    tmp_path: Path,
+) -> None:
+    """The same, with the index lost: ``<journal>.1`` brings the receipt back, the journal
+    its answer."""
+    journal = SessionJournal(tmp_path / "session.journal")
+    journal.append("open", RID, kind="sell")
+    journal.append("closed", RID, document_number=7, fiscal_sign="123", total_kopecks=8990)
+    assert journal.rotate_if_large(limit=1)
+    journal.append("close-answered", RID, answer={"receipt": {"id": RID}})
+    journal.index.close()
+    for path in tmp_path.glob("session.journal.index*"):
+        path.unlink()
+
+    again = SessionJournal(tmp_path / "session.journal")
+    again.sync_index(again.records())
+    entry = again.index.get(RID)
+
+    assert entry is not None and entry["state"] == "registered"
+    assert entry["answer"] == {"receipt": {"id": RID}}
+    assert entry["document"]["document_number"] == 7

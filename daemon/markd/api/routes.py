@@ -19,7 +19,7 @@ from typing import Any
 
 from markd.api.messages import HTTPRefusal, Request, Response
 from markd.api.protocol import ControlledService
-from markd.api.sessions import SessionStore, cookie_header, session_cookies
+from markd.api.sessions import SessionsFull, SessionStore, cookie_header, session_cookies
 from markd.events import verdict_json
 from markd.money import money_problem
 from markd.receipts import (
@@ -146,16 +146,21 @@ async def get_events(context: RouteContext, request: Request) -> Response:
 
 @route("POST", "/v1/session")
 async def post_session(context: RouteContext, request: Request) -> Response:
-    # Reached with the bearer token or on the Unix socket only: a session cookie does not
-    # authorise this route (markd.api.sessions.SESSION_ROUTES), so it cannot prolong itself.
+    # Reached with the bearer token, on the Unix socket, or with a ticket (used up by now):
+    # a session cookie does not authorise this route (markd.api.sessions.SESSION_ROUTES).
+    # A ticket's exchange gets the cookie only, no new ticket, so a ticket cannot renew
+    # itself; and it may not push out a session in use (SessionsFull).
     _only(request.json(empty_ok=True), set())
     assert context.sessions is not None
-    opened = context.sessions.open()
-    return Response(
-        201,
-        {"ticket": opened.ticket, "ticket_s": opened.ticket_s, "session_s": opened.session_s},
-        headers={"Set-Cookie": cookie_header(opened.session, opened.session_s)},
-    )
+    by_ticket = request.authorised_by == "ticket"
+    try:
+        opened = context.sessions.open(with_ticket=not by_ticket)
+    except SessionsFull as exc:
+        raise HTTPRefusal(503, "too-many-sessions", str(exc)) from None
+    body: dict[str, Any] = {"session_s": opened.session_s}
+    if opened.ticket is not None:
+        body = {"ticket": opened.ticket, "ticket_s": opened.ticket_s, **body}
+    return Response(201, body, headers={"Set-Cookie": cookie_header(opened.session)})
 
 
 @route("DELETE", "/v1/session")

@@ -106,10 +106,11 @@ from markd.api.protocol import ControlledService
 from markd.api.routes import ROUTES, RouteContext, methods_of, receipt_status, route_of
 from markd.api.screen import is_screen_path, screen_response
 from markd.api.sessions import (
-    SESSION_ROUTES,
+    KEEP_ALIVE_S,
     TICKET_ROUTES,
     SessionStore,
     session_cookies,
+    session_routes,
 )
 from markd.api.sse import HEARTBEAT_S, EventStream, replay_from, wanted_kinds
 from markd.api.websocket import WebSocketEvents, accept, wants_websocket
@@ -400,6 +401,8 @@ class ControlServer:
                 for (listener, error), count in sorted(self._refused.items())
             ],
             "tcp": None if self.tcp_address is None else listeners.address_text(*self.tcp_address),
+            # The customer screen shows its «Оплатить» button only then (a demonstration).
+            "screen_demo_pay": self.config.screen_demo_pay,
             "metrics": (
                 None
                 if self.metrics_address is None
@@ -802,20 +805,33 @@ class ControlServer:
 
     @contextlib.contextmanager
     def _ends_with_session(self, request: Request, subscription: Subscription) -> Iterator[None]:
-        """While an event stream runs: when the session that opened it ends (revoked,
-        expired, pushed out), so does the stream."""
+        """While an event stream runs: it counts as a use of the session that opened it (a
+        screen showing the till for a day without a request must not see its session expire
+        under it), every :data:`~markd.api.sessions.KEEP_ALIVE_S` (or half the session's
+        lifetime, when that is shorter); when the session ends (revoked, pushed out), so
+        does the stream."""
         digest = request.session
         left = None if digest is None else self.sessions.expires_in(digest)
         if digest is None or left is None:
             yield
             return
         self._session_streams.setdefault(digest, set()).add(subscription)
-        # Expiry is otherwise noticed at the next request; a stream may be the only one.
-        timer = asyncio.get_running_loop().call_later(left + 0.01, self.sessions.expire)
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle | None = None
+
+        def keep_alive() -> None:
+            nonlocal timer
+            if self.sessions.keep_alive(digest):
+                timer = loop.call_later(every, keep_alive)
+
+        every = max(min(KEEP_ALIVE_S, self.sessions.session_s / 2), 0.01)
+        timer = loop.call_later(every, keep_alive)
         try:
             yield
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
+            self.sessions.keep_alive(digest)  # its end is its last use
             streams = self._session_streams.get(digest)
             if streams is not None:
                 streams.discard(subscription)
@@ -885,14 +901,15 @@ class ControlServer:
 
     def _credential(self, request: Request) -> str | None:
         """What authorises a TCP request: ``token``, ``session`` (the cookie, for
-        :data:`~markd.api.sessions.SESSION_ROUTES` only), ``ticket`` (used up here, for
+        :data:`~markd.api.sessions.SESSION_ROUTES` only, and the demo close with ``[api]
+        screen_demo_pay``), ``ticket`` (used up here, for
         :data:`~markd.api.sessions.TICKET_ROUTES` only), or None."""
         if self._token_matches(request):
             return "token"
         if request.transport != "tcp":  # the metrics listener takes its token only
             return None
         route = (request.method, route_of(request.path))
-        if route in SESSION_ROUTES:
+        if route in session_routes(self.config.screen_demo_pay):
             request.session = self.sessions.find(session_cookies(request.headers))
             if request.session is not None:
                 return "session"
@@ -962,10 +979,14 @@ class ControlServer:
         except ReceiptError as exc:
             response = Response(receipt_status(exc), {"error": exc.reason, "message": exc.message})
         except Exception as exc:  # noqa: BLE001 - a bug answers 500, the daemon goes on
-            # The route (a known one: a handler ran) and the exception's type; its message
-            # and traceback may hold what the client sent, a code among it.
+            # The route's pattern (a known one: a handler ran; never the request's target,
+            # which holds what the client sent) and the exception's type; its message and
+            # traceback may hold what the client sent, a code among it.
             log.error(
-                "control API: %s %s failed: %s", request.method, request.path, type(exc).__name__
+                "control API: %s %s failed: %s",
+                request.method,
+                route_of(request.path),
+                type(exc).__name__,
             )
             response = Response(500, {"error": "internal-error", "message": type(exc).__name__})
         response.headers.update(self._cors(request))

@@ -1041,8 +1041,8 @@ class ApiConfig:
     session_hours: int = field(
         default=24,
         metadata={
-            "doc": "Hours a browser session (`POST /v1/session`, its cookie) lasts from its "
-            "opening; then the page exchanges the token again.",
+            "doc": "Hours a browser session (`POST /v1/session`, its cookie) lasts unused; "
+            "each request it authorises, and each event stream it keeps open, moves its end on.",
             "min": 1,
             "max": 720,
         },
@@ -1052,6 +1052,15 @@ class ApiConfig:
         metadata={
             "doc": "Serve the reference customer screen at `/screen/` on `listen`, which must "
             'then be a loopback address (docs/api.md, "The customer screen").',
+        },
+    )
+    screen_demo_pay: bool = field(
+        default=False,
+        metadata={
+            "doc": "For demonstrations and tests only: the screen shows «Оплатить», and its "
+            "session cookie may close the receipt, registering it as paid electronically with "
+            "no payment taken. A real kiosk closes from its payment integration, with the "
+            "token, once the bank approved.",
         },
     )
 

@@ -21,8 +21,11 @@ into it right after the record is on disk, and recovery folds the journal in aga
 
 When the journal grows past :data:`ROTATE_BYTES` and nothing is in flight, it is renamed to
 ``<journal>.1`` (one generation kept) and a new one started. The records of receipts recovery
-still has work for (a store or Local Module update to replay) are carried on into the new
-journal, so rotating never loses them: recovery reads the current journal only.
+still has work for (a store or Local Module update to replay), and of the receipt whose close
+rotated it (the close's answer is journaled next), are carried on into the new journal, so
+rotating never loses them: recovery reads the current journal only. Records of a receipt whose
+``open`` is not in the journal are a fragment (an answer journaled after its start was rotated
+away): recovery leaves them and the index folds them onto the receipt's summary.
 """
 
 from __future__ import annotations

@@ -312,20 +312,27 @@ class ReceiptIndex:
             self.problem = f"{type(exc).__name__}: {exc}"
 
     def sync(self, generations: Iterable[Iterable[Mapping[str, Any]]]) -> None:
-        """Fold the journal in again, oldest generation first: each receipt found is rebuilt
-        from its records alone (the journal is the truth), the others are kept. Raises
-        :class:`IndexUnavailable` when the index cannot be written."""
+        """Fold the journal in again, oldest generation first: each receipt whose ``open``
+        record a generation holds is rebuilt from its records alone (the journal is the
+        truth); a receipt that generation holds only later records of (its start was rotated
+        away: a close's answer journaled since) has them folded onto its entry as it stands;
+        the others are kept. Raises :class:`IndexUnavailable` when the index cannot be
+        written."""
         try:
             with self._lock:
                 db = self._open()
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    for records in generations:
+                    for generation in generations:
+                        records = list(generation)
+                        started = {r.get("receipt") for r in records if r.get("event") == "open"}
                         rebuilt: dict[str, dict[str, Any] | None] = {}
                         for record in records:
                             rid = record.get("receipt")
                             if not isinstance(rid, str):
                                 continue
+                            if rid not in rebuilt and rid not in started:
+                                rebuilt[rid] = self._entry(db, rid)
                             folded = fold(rebuilt.get(rid), record)
                             if folded is not None:
                                 rebuilt[rid] = folded
@@ -346,14 +353,18 @@ class ReceiptIndex:
         self.created = False
         self.problem = None
 
-    def _fold_into(self, db: sqlite3.Connection, record: Mapping[str, Any]) -> None:
-        rid = str(record["receipt"])
+    @staticmethod
+    def _entry(db: sqlite3.Connection, rid: str) -> dict[str, Any] | None:
+        """The stored entry of ``rid`` (None: none, or a damaged one)."""
         row = db.execute("SELECT entry FROM receipts WHERE id = ?", (rid,)).fetchone()
         entry = None
         if row is not None:
             with contextlib.suppress(ValueError):
                 entry = json.loads(row[0])
-        folded = fold(entry if isinstance(entry, dict) else None, record)
+        return entry if isinstance(entry, dict) else None
+
+    def _fold_into(self, db: sqlite3.Connection, record: Mapping[str, Any]) -> None:
+        folded = fold(self._entry(db, str(record["receipt"])), record)
         if folded is None:
             return
         if self._store(db, folded) and self._newest(db) % PRUNE_EVERY == 0:

@@ -51,6 +51,7 @@ from markd.fiscal.steps import (
     SessionSteps,
     UnitInFlight,
     adjustment,
+    fragment,
     group,
     owed,
 )
@@ -105,6 +106,11 @@ class Recovery:
         for rid, receipt_records in group(records).items():
             events = {r["event"] for r in receipt_records}
             if "cancelled" in events:
+                continue
+            if fragment(events):
+                # Its start is in an older journal: this is no receipt left unfinished but
+                # what was journaled of it since (a close's answer). Dropping it would record
+                # a registered receipt as cancelled.
                 continue
             if "closed" in events:
                 done = await self._follow_up(rid, receipt_records, last_closed)

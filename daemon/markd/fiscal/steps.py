@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -212,6 +212,19 @@ def owed(receipt: ReceiptInFlight, total: int | None = None) -> dict[str, Any]:
     }
 
 
+#: Journal events that only keep what the API answered (the idempotency keys of a close and
+#: its answer): they say nothing of how far a receipt got with the ККТ.
+ANSWER_EVENTS = frozenset({"close-requested", "close-answered"})
+
+
+def fragment(events: Collection[str]) -> bool:
+    """A receipt's ``events`` in this journal are a fragment, not a receipt to recover: its
+    ``open`` record is not among them (it was rotated away into ``<journal>.1``; what follows
+    is a close's answer journaled after the rotation, or a repeated close's answer for a
+    receipt settled long ago), or all of them only keep an answer."""
+    return "open" not in events or all(event in ANSWER_EVENTS for event in events)
+
+
 def group(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Journal records by receipt id, receipts in the order they were opened; each record gets
     its place in the journal as ``_index``."""
@@ -385,8 +398,11 @@ class SessionSteps:
             refund_kopecks=None if owed_now is None else owed_now["refund_kopecks"],
         )
         # Receipts whose store / Local Module update is still to be done go on into the new
-        # journal: recovery reads only that one.
-        self.journal.rotate_if_large(keep=self.to_carry)
+        # journal: recovery reads only that one. So does this receipt: the answer to its close
+        # (``close-answered``) is journaled after this returns, and must land beside its
+        # ``open`` and ``closed``, never alone in a new journal (where it would read as a
+        # receipt that never got paid).
+        self.journal.rotate_if_large(keep=lambda records: {*self.to_carry(records), rid})
         reason = "recovered" if result.recovered else "fiscalised"
         return ReceiptOutcome(
             "closed",
@@ -481,7 +497,7 @@ class SessionSteps:
         carry: set[str] = set()
         for rid, receipt_records in group(records).items():
             events = [r["event"] for r in receipt_records]
-            if "cancelled" in events:
+            if "cancelled" in events or fragment(events):
                 continue
             if "closed" not in events:
                 carry.add(rid)

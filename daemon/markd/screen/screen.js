@@ -10,7 +10,9 @@
 //                                             reconnect the ones missed, or a "gap"
 //   GET /v1/receipts/{id}                     what became of the receipt in flight when the
 //                                             connection dropped (markd restarted)
-//   POST /v1/receipt/close + Idempotency-Key  the «Оплатить» button (a payment terminal's step)
+//   POST /v1/receipt/close + Idempotency-Key  the «Оплатить» button, shown only with
+//                                             [api] screen_demo_pay (a demonstration: it
+//                                             registers the receipt paid, no payment taken)
 //
 // The page never holds the token. Text from markd (item names, verdict messages) is set with
 // textContent only: nothing it sends becomes markup.
@@ -42,6 +44,9 @@ let socket = null;
 let retryMs = RETRY_MIN_MS;
 let retryTimer = null;
 let denied = false;
+/** [api] screen_demo_pay (GET /v1/status: api): show «Оплатить». A real kiosk closes from its
+ * payment integration, with the token, once the bank approved; never from this page. */
+let demoPay = false;
 /** Bumped by each new outcome poll, so that only the latest one goes on. */
 let polling = 0;
 
@@ -66,7 +71,8 @@ function showIdle() {
   show("idle", "Отсканируйте товар", "Поднесите код маркировки к сканеру");
 }
 
-/** The receipt's lines and total (null or no units: hidden); «Оплатить» while it is open. */
+/** The receipt's lines and total (null or no units: hidden); «Оплатить» while it is open, in a
+ * demonstration only. */
 function showLines(receipt, payable) {
   if (!receipt || !receipt.units || receipt.units.length === 0) {
     view.receipt.hidden = true;
@@ -84,7 +90,7 @@ function showLines(receipt, payable) {
     }),
   );
   view.total.textContent = rubles(receipt.total_kopecks);
-  view.pay.hidden = !payable;
+  view.pay.hidden = !(payable && demoPay);
   view.receipt.hidden = false;
 }
 
@@ -151,6 +157,7 @@ function failed(error) {
 /** The till's state read afresh: at start, after a gap, after a reconnect that missed events. */
 async function resync() {
   const status = await api("/v1/status");
+  readSettings(status.body);
   const { status: code, body } = await api("/v1/receipt");
   if (code !== 200) {
     show("staff", "Касса не готова", "Обратитесь к сотруднику");
@@ -297,9 +304,14 @@ async function reconnect() {
   }
 }
 
+/** What the page takes from GET /v1/status: whether this is a demonstration. */
+function readSettings(status) {
+  demoPay = Boolean(status && status.api && status.api.screen_demo_pay === true);
+}
+
 async function pay() {
   const receipt = current;
-  if (!receipt) return;
+  if (!receipt || !demoPay) return;
   view.pay.hidden = true;
   show("closing", "Печать чека…", "Подождите, пожалуйста");
   try {
@@ -330,7 +342,7 @@ async function start() {
       });
       if (status !== 201) throw new Denied(`session: ${status}`);
     }
-    await api("/v1/status"); // no cookie, no ticket: 401, shown as such
+    readSettings((await api("/v1/status")).body); // no cookie, no ticket: 401, shown as such
     connect();
   } catch (error) {
     failed(error);
