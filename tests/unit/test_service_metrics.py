@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from markd.checks.results import SourceAnswer, SourceFailure
@@ -19,11 +20,13 @@ from markd.checks.verdict import Verdict
 from markd.config import load
 from markd.errors import ConfigError
 from markd.service.metrics import (
+    FAMILIES_PER_TURN,
     LATENCY_BUCKETS_S,
     REASONS,
     StatusCollector,
     VerdictMetrics,
     exposition,
+    exposition_in_turns,
     metrics_registry,
     scanner_label,
 )
@@ -444,3 +447,37 @@ def test_the_control_api_connections_and_refusals() -> None:
         (("error", "not-found"), ("listener", "unix")): 1,
         (("error", "other"), ("listener", "tcp")): 1,
     }
+
+
+async def test_a_scrape_in_turns_writes_the_same_text_and_gives_the_loop_back() -> None:
+    """The control API's scrape: the same bytes as the text written at once, a few families
+    per turn, with the loop given back between them (a scan waiting meanwhile runs)."""
+    import asyncio
+
+    metrics = VerdictMetrics(clock=lambda: 100.0, scanner_names=SCANNERS)  # ages stand still
+    metrics.record(verdict(checked=True))
+    metrics.record_source(SourceFailure("cdn", "timeout", latency_ms=1500.0))
+    collector = StatusCollector(full_snapshot, metrics, now=lambda: NOW)
+    collector.api = API_STATUS
+    registry = CollectorRegistry()
+    registry.register(collector)  # no process collectors: their values move between reads
+    turns = 0
+    ran_between: list[int] = []
+
+    async def turn() -> None:
+        nonlocal turns
+        turns += 1
+        await asyncio.sleep(0)
+
+    async def scan() -> None:
+        ran_between.append(turns)
+
+    waiting = asyncio.ensure_future(scan())
+    text = await exposition_in_turns(registry, turn)
+    await waiting
+
+    assert text == exposition(registry)
+    families = len(list(text_string_to_metric_families(text.decode())))
+    assert families > FAMILIES_PER_TURN
+    assert turns == -(-families // FAMILIES_PER_TURN)
+    assert ran_between == [1]  # the scan ran at the first turn, before the text was done

@@ -70,6 +70,11 @@ class ControlledService(Protocol):
         requests). Cheap, like :meth:`status_snapshot`."""
         ...
 
+    async def metrics_in_turns(self, api: Mapping[str, Any] | None = None) -> bytes:
+        """:meth:`metrics` written a few families per turn of the event loop, so that a scan
+        arriving during a scrape waits for one part of it, not all of it."""
+        ...
+
     def status_snapshot(self) -> dict[str, Any]:
         """``GET /v1/status`` without its ``api`` part (the server adds that): ``service``,
         ``scanners``, ``sources``, ``store``, ``printer``. Cheap: no device or network I/O,

@@ -111,7 +111,7 @@ async def get_metrics(context: RouteContext, request: Request) -> Response:
     # Prometheus's own path and text format, not JSON (docs/metrics.md).
     return Response(
         200,
-        context.service.metrics(context.api_status()),
+        await context.service.metrics_in_turns(context.api_status()),
         headers={"Content-Type": METRICS_CONTENT_TYPE},
     )
 

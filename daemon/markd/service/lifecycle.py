@@ -74,6 +74,7 @@ from markd.service.metrics import (
     StatusCollector,
     VerdictMetrics,
     exposition,
+    exposition_in_turns,
     metrics_registry,
 )
 from markd.service.reload import Reloader, ReloadResult, ScannerChanges
@@ -672,6 +673,18 @@ class Service:
         self._metrics_collector.api = api
         try:
             return exposition(self._metrics)
+        finally:
+            self._metrics_collector.api = None
+
+    async def metrics_in_turns(self, api: Mapping[str, Any] | None = None) -> bytes:
+        """:meth:`metrics` as the control API serves it: the values read in one go, the text
+        written a few families per turn of the event loop, so that a scan arriving during a
+        scrape is not held up by all of it (:func:`~markd.service.metrics.exposition_in_turns`)."""
+        # Every value is read before the first turn is given away (exposition_in_turns
+        # collects first), so ``api`` is the collector's only while this scrape reads it.
+        self._metrics_collector.api = api
+        try:
+            return await exposition_in_turns(self._metrics, lambda: asyncio.sleep(0))
         finally:
             self._metrics_collector.api = None
 
