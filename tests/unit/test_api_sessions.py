@@ -286,3 +286,24 @@ def test_the_sessions_file_is_written_anew_never_through_a_file_left_in_its_plac
     assert SessionStore(3600, clock=Clock(), path=path).session_valid([opened.session])
     assert not temporary.exists() and not temporary.is_symlink()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_sessions_read_back_after_a_restart_are_not_taken_for_never_used(
+    tmp_path: Path, boot: Path
+) -> None:
+    """After a restart, screens in use have not reconnected yet: a ticket's session may not
+    push one of them out as if it had never been used."""
+    clock = Clock()
+    path = tmp_path / "api-sessions"
+    before = SessionStore(36_000, clock=clock, path=path)
+    screens = [before.open(with_ticket=False) for _ in range(MAX_SESSIONS)]
+    for screen in screens:
+        assert before.session_valid([screen.session])
+
+    clock.now += 5
+    after = SessionStore(36_000, clock=clock, path=path)
+
+    assert after.sessions == MAX_SESSIONS
+    with pytest.raises(SessionsFull):
+        after.open(with_ticket=False)
+    assert all(after.session_valid([screen.session]) for screen in screens)

@@ -314,9 +314,10 @@ class SessionStore:
             return
         for until, digest in ends[-self.max_sessions :]:
             if until > now and len(digest) == hashlib.sha256().digest_size:
-                # Its last use is not kept: after a restart it is pushed out only as one
-                # used long ago would be, and its first request marks it used again.
-                self._sessions[digest] = _Session(until)
+                # Its last use is not kept, but its end was set a lifetime after it: that
+                # is the last use as far as the file knows (never "never used", which a
+                # ticket's session could push out before the screen reconnects).
+                self._sessions[digest] = _Session(until, used=until - self.session_s)
 
     def _save(self) -> None:
         """Write the live sessions to :attr:`path` (atomically, mode 0600). A file that cannot

@@ -218,11 +218,11 @@ ANSWER_EVENTS = frozenset({"close-requested", "close-answered"})
 
 
 def fragment(events: Collection[str]) -> bool:
-    """A receipt's ``events`` in this journal are a fragment, not a receipt to recover: its
-    ``open`` record is not among them (it was rotated away into ``<journal>.1``; what follows
-    is a close's answer journaled after the rotation, or a repeated close's answer for a
-    receipt settled long ago), or all of them only keep an answer."""
-    return "open" not in events or all(event in ANSWER_EVENTS for event in events)
+    """A receipt's ``events`` in this journal are a fragment, not a receipt to recover: all of
+    them only keep an answer (a repeated close's answer for a receipt settled long ago, its
+    ``open`` rotated away into ``<journal>.1``). A receipt with anything more is recovered,
+    ``open`` record or not: a torn ``open`` line must not hide a paid receipt."""
+    return all(event in ANSWER_EVENTS for event in events)
 
 
 def group(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
