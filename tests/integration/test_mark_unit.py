@@ -227,6 +227,12 @@ async def test_tspiot_answer_in_its_field(tmp_path, event_log) -> None:
             ).json()
     assert body["code"] == 0, body
     assert body["esm_response"], body
+    # The till reads tag 1265 from truemark_response whatever service answered
+    # (FMU-API ``MarkChecker.TsPiotCheck`` fills it from ``codesResponse[0]``).
+    result = body["truemark_response"]
+    assert result["reqId"] and result["reqTimestamp"], body
+    assert len(result["codes"]) == 1 and result["codes"][0]["cis"].startswith(WATER_KI), body
+    assert body["truemark_responses"][0]["response"]["reqId"] == result["reqId"]
     record = verdicts(event_log)[-1]
     assert record["source"] in ("tspiot", "tspiot-offline")
     # The till's own ТС ПИоТ address is journaled, never used: markd asked its configured one.

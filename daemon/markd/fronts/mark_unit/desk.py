@@ -8,7 +8,8 @@ read for facts; the decisions are markd's own).
     organisation as fields); allow and deny are both answered with HTTP 200, ``code`` 0 or 1
     and the verdict's Russian text in ``error``; the services' answers are passed through
     (``truemark_response`` with ``reqId``/``reqTimestamp``, the Local Module's in
-    ``offline_truemark_response``, the ТС ПИоТ's in ``esm_response``).
+    ``offline_truemark_response``, the ТС ПИоТ's body in ``esm_response`` and its result in
+    ``truemark_response`` as well).
 ``begin``
     the price rules of ``BeginDocument.cs``: below the ЕМЦ (``smp``, groups 3 and 16), above
     a tobacco pack's MRP, below a stick pack's (group 16) minimum: ``code`` 3, one line per
@@ -40,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from markd.checks.results import SourceAnswer, SourceFailure
+from markd.checks.tspiot import unwrap_entry
 from markd.checks.verdict import CheckedCode
 from markd.fronts.mark_unit.protocol import (
     OPENING_TARE,
@@ -213,6 +215,11 @@ class MarkUnitDesk:
                         continue
                     if item.source == "tspiot":
                         tspiot.append(item)
+                    # A ТС ПИоТ's result entry is a True API check result: it fills the
+                    # same fields, online or (with ``inst``) offline (FMU-API
+                    # ``MarkChecker.TsPiotCheck``).
+                    if item.source == "tspiot" and _entry(item).get("inst"):
+                        offline.append((position, item))
                     elif item.online:
                         online.append((position, item))
                     else:
@@ -438,7 +445,7 @@ def _pass_through(
     per organisation always carry the plain ``reqId`` (``FillFieldsForFrontol_6_25_5``)."""
     # Each answer parsed once; on a refund every copy the till may read shows the codes as
     # a refund needs them (FMU-API corrects the code objects all its copies share).
-    views = {id(a): _view(_inner(_body(a)), refund) for _, a in online + offline}
+    views = {id(a): _view(_entry(a), refund) for _, a in online + offline}
     main = online or offline
     if main:
         merged = dict(views[id(main[0][1])])
@@ -462,6 +469,30 @@ def _pass_through(
         )
     if tspiot:
         answer["esm_response"] = _body(tspiot[0])
+
+
+def _entry(answer: SourceAnswer) -> dict[str, Any]:
+    """The check result object of a service's answer. A ТС ПИоТ wraps it in
+    ``codesResponse`` (``TsPiotServiceV1``–``V3``); one it answered offline (``inst`` set) has
+    its first code read as found, valid, utilised, owned, verified and realizable, since the
+    ТС ПИоТ vouched for it (``MarkChecker.TsPiotCheck``)."""
+    body = _body(answer)
+    if answer.source != "tspiot":
+        return _inner(body)
+    entry = unwrap_entry(body)
+    if entry is None:
+        return {}
+    entry = dict(entry)
+    codes = entry.get("codes")
+    if entry.get("inst") and isinstance(codes, list) and codes and isinstance(codes[0], dict):
+        first = {
+            **codes[0],
+            **dict.fromkeys(
+                ("found", "valid", "utilised", "isOwner", "verified", "realizable"), True
+            ),
+        }
+        entry["codes"] = [first, *codes[1:]]
+    return entry
 
 
 def _view(inner: dict[str, Any], refund: bool) -> dict[str, Any]:
