@@ -408,6 +408,25 @@ async def test_refund_of_a_sold_unit_is_not_refused(tmp_path, services, event_lo
         # Frontol 6.25.5 and later read the per-organisation copy: corrected there too.
         copy = body["truemark_responses"][0]["response"]["codes"][0]
         assert copy["sold"] is False and copy["expireDate"] > "2025"
+        # Every field Frontol refuses on (CodeDataTrueApi.ResetErrorFields), and an expiry
+        # date without a zone, are corrected as well.
+        cdn.set_code(
+            WATER_KI,
+            sold=True,
+            found=False,
+            verified=False,
+            utilised=False,
+            realizable=False,
+            errorCode=5,
+            expireDate="2020-01-01T00:00:00",
+        )
+        again = document("check", item, kind="refund_receipt", number="22")
+        entry = (await till.post("/document", again)).json()["truemark_response"]["codes"][0]
+        assert {
+            k: entry[k] for k in ("found", "verified", "utilised", "realizable")
+        } == dict.fromkeys(("found", "verified", "utilised", "realizable"), True), entry
+        assert (entry["sold"], entry["errorCode"]) == (False, 0), entry
+        assert entry["expireDate"] > "2025", entry
         assert verdicts(event_log)[-1]["decision"] == "deny"  # the journal keeps the truth
         # Sold here, then returned: the refund is answered 0 and the store takes it back.
         cdn.set_code(WATER_KI, sold=False, expireDate="2099-01-01T00:00:00.000Z")

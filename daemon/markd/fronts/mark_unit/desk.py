@@ -506,19 +506,29 @@ def _view(inner: dict[str, Any], refund: bool) -> dict[str, Any]:
 
 
 def _refund_view(entry: dict[str, Any]) -> dict[str, Any]:
-    """A code's entry as a refund's till must read it (``CheckReturnDocument.cs``): Frontol
-    refuses a refund of a code marked sold, and checks the expiry date on a refund too, so
-    ``sold`` goes false and a past expiry date moves to tomorrow."""
+    """A code's entry as a refund's till must read it. FMU-API's ``CheckReturnDocument.cs``
+    (``CodeDataTrueApi.ResetErrorFields`` with ``ResetSoldStatusForReturn``, then
+    ``CorrectExpireDate``) rewrites every field Frontol refuses a refund on: the code reads
+    found, verified, utilised and realizable, ``errorCode`` 0, not sold, and an expiry date
+    already past moves to tomorrow.
+
+    A date with no zone (``2020-01-01T00:00:00``) is read as the shop's local time, as FMU-API
+    compares it with ``DateTime.Now``, and a moved one is written without a zone too."""
     view = dict(entry)
-    if view.get("sold") is True:
-        view["sold"] = False
+    view.update(found=True, verified=True, utilised=True, realizable=True, sold=False)
+    view["errorCode"] = 0
     expiry = view.get("expireDate")
     if isinstance(expiry, str):
         try:
             when = datetime.fromisoformat(expiry.replace("Z", "+00:00"))
         except ValueError:
             when = None
-        now = datetime.now(UTC)
-        if when is not None and (when.tzinfo and when < now):
-            view["expireDate"] = (now + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00.000Z")
+        if when is not None and when.tzinfo is not None:
+            now = datetime.now(UTC)
+            if when < now:
+                view["expireDate"] = (now + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00.000Z")
+        elif when is not None:
+            local_now = datetime.now()  # the shop's time zone, the kiosk's clock
+            if when < local_now:
+                view["expireDate"] = (local_now + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00")
     return view
