@@ -378,6 +378,59 @@ async def test_a_commit_without_begin_records_the_checked_codes(
         assert service.store.lookup(WATER_KI).sold is not None
 
 
+async def test_a_commit_records_its_own_codes_without_any_check_before_it(
+    tmp_path, services, event_log
+) -> None:
+    # A restart between the check and the commit forgets every check: the commit's own
+    # positions (DocumentController.cs sends them) are what the till sold.
+    cdn, lm = services
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        await till.post("/document", document("commit", position(WATER, MILK), uid="rs"))
+        assert service.store.lookup(WATER_KI).sold is not None
+        assert service.store.lookup(MILK_KI).sold is not None
+    assert cdn.count("codes/check") == 0
+
+
+async def test_a_repeated_commit_records_and_reports_once(tmp_path, services, event_log) -> None:
+    cdn, lm = services
+    cfg = direct(tmp_path, cdn, lm)
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, fiscal=dataclasses.replace(cfg.fiscal, lm_sell=True))
+    item = position(WATER)
+    async with till_of(cfg, event_log) as (till, service):
+        await till.post("/document", document("begin", item, uid="twice"))
+        first = (await till.post("/document", document("commit", item, uid="twice"))).json()
+        second = (await till.post("/document", document("commit", item, uid="twice"))).json()
+        deadline = time.monotonic() + 5
+        while WATER_KI not in lm.sold_codes() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # a second report, were there one, has had its time
+        assert first == second
+        assert lm.count("cis/sell") == 1
+        assert service.mark_unit.desk.pending == 0
+
+
+async def test_one_till_cannot_push_out_another_tills_pending_receipt(
+    tmp_path, services, event_log, monkeypatch
+) -> None:
+    from markd.fronts.mark_unit import desk
+
+    monkeypatch.setattr(desk, "MAX_PENDING", 16)
+    cdn, lm = services
+    item = position(WATER)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        host, port = service.mark_unit.address
+        other = Till(host, port, local_addr="127.0.0.7")
+        await till.post("/document", document("begin", item, uid="mine"))
+        for n in range(40):
+            await other.post("/document", document("begin", uid=f"theirs-{n}"))
+        await other.close()
+        await till.post("/document", document("commit", uid="mine"))
+        assert service.store.lookup(WATER_KI).sold is not None
+        assert service.mark_unit.desk.pending <= 16
+
+
 async def test_one_till_cannot_commit_or_cancel_another_tills_receipt(
     tmp_path, services, event_log
 ) -> None:

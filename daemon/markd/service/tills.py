@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
+from markd import codes
 from markd.checks.chain import ANSWERS_SEEN
 from markd.errors import StoreError
 from markd.fronts.mark_unit.desk import TillCheck
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from markd.checks.chain import CheckChain
     from markd.checks.record import Recorder
     from markd.checks.results import SourceAnswer, SourceFailure
-    from markd.codes import MarkingCode
+    from markd.codes import CodesOptions, MarkingCode
     from markd.config import Config
     from markd.service.scanloop import ScanLoop
     from markd.store import Store
@@ -53,6 +54,8 @@ class RunningService(Protocol):
     store: Store | None
     #: Records each check service exchange (the chains built here use it too).
     record_exchange: Recorder
+    #: How codes are parsed (a reload may change it).
+    codes_options: CodesOptions
 
     @property
     def chain(self) -> CheckChain | None: ...
@@ -129,6 +132,9 @@ class ServiceTills:
                 len(update.accepted),
                 len(codes),
             )
+
+    def parse_code(self, data: bytes) -> MarkingCode:
+        return codes.parse(data, self.service.codes_options)
 
     def _till_chain(self, esm: str) -> CheckChain | None:
         """The chain asking the ТС ПИоТ at ``esm`` (``host:port``) when the configuration

@@ -16,9 +16,10 @@ read for facts; the decisions are markd's own).
     position in ``error``, the offending codes in ``marking_codes``. The receipt is kept
     pending under its ``uid``.
 ``commit``
-    the pending receipt's codes recorded as sold here (the store's sold journal; a refund
-    takes them back), and reported to the Local Module's ``/cis/sell`` (``/cis/return``)
-    when ``[fiscal] lm_sell`` is set.
+    the receipt's codes (the commit's own positions, else its ``begin``'s), parsed there and
+    then, recorded as sold here (the store's sold journal; a refund takes them back), and
+    reported to the Local Module's ``/cis/sell`` (``/cis/return``) when ``[fiscal] lm_sell``
+    is set; a ``uid`` the till committed lately is not recorded again.
 ``cancel``
     the pending receipt dropped.
 
@@ -30,6 +31,7 @@ services, and one that arrives while the first is still being checked waits for 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -43,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from markd.checks.results import SourceAnswer, SourceFailure
 from markd.checks.tspiot import unwrap_entry
 from markd.checks.verdict import CheckedCode
+from markd.errors import CodeError
 from markd.fronts.mark_unit.protocol import (
     OPENING_TARE,
     Document,
@@ -66,8 +69,16 @@ ALLOWED, REFUSED, PRICE_FLAGGED = 0, 1, 3
 #: Product groups of the price rules (``BeginDocument.cs``; ``TrueApiGroup``): tobacco and
 #: nicotine-containing products (sticks).
 TOBACCO, NICOTINE = 3, 16
-#: Receipts kept pending between ``begin`` and ``commit`` at most (the oldest go first).
+#: Receipts kept pending between ``begin`` and ``commit`` at most, in all (the till holding
+#: the most gives up its oldest) and per till (its own oldest go first): one till cannot push
+#: another's receipts out.
 MAX_PENDING = 2048
+MAX_PENDING_PER_TILL = 64
+#: Receipt ``uid`` values remembered as committed, per till: a till that sends the same
+#: commit again (its answer was lost) is answered as before and nothing is recorded twice.
+MAX_COMMITTED_PER_TILL = 64
+#: Tills whose receipts are remembered at most (the least recently heard is forgotten).
+MAX_TILLS = 1024
 #: Answers kept for repeated checks at most.
 MAX_REPEATS = 1024
 
@@ -96,6 +107,10 @@ class TillBackend(Protocol):
         """The Local Module's ``/cis/sell`` (``/cis/return``) when configured; never raises."""
         ...
 
+    def parse_code(self, data: bytes) -> MarkingCode:
+        """A till's code parsed as a scan is (:class:`markd.codes.CodeError` when it is none)."""
+        ...
+
     def organisation(self) -> tuple[str, str]:
         """``[terminal] inn`` and ``kpp`` (empty: not checked)."""
         ...
@@ -107,9 +122,20 @@ class TillBackend(Protocol):
 
 @dataclass
 class _Pending:
+    """A receipt between ``begin`` and ``commit``: its header (no positions) and its codes'
+    bytes, parsed again at the commit."""
+
     document: Document
-    checked: dict[str, MarkingCode] = field(default_factory=dict)
+    codes: tuple[bytes, ...]
     at: float = 0.0
+
+
+@dataclass
+class _TillReceipts:
+    """One till's pending receipts and the ``uid`` values it committed lately."""
+
+    pending: OrderedDict[str, _Pending] = field(default_factory=OrderedDict)
+    committed: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
 
 class RepeatCache:
@@ -175,7 +201,7 @@ class MarkUnitDesk:
         self.config = config
         self.repeats = RepeatCache(config.repeat_cache_ms / 1000.0)
         self._slots = asyncio.Semaphore(config.max_checks)
-        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._tills: OrderedDict[str, _TillReceipts] = OrderedDict()
         #: Facts of each code's last check, by the till's base64 text, for ``begin``.
         self._facts: OrderedDict[str, tuple[Any, MarkingCode | None]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -300,15 +326,17 @@ class MarkUnitDesk:
     async def begin(self, document: Document, peer: str) -> dict[str, Any]:
         answer = empty_answer()
         lines: list[str] = []
-        pending = _Pending(document, at=time.monotonic())
+        pending = _Pending(
+            dataclasses.replace(document, positions=()),
+            tuple(code.data for _, code in document.codes()),
+            at=time.monotonic(),
+        )
         for position, code in document.codes():
             kept = self._facts.get(code.base64)
             if kept is None:  # begin without a check before it: check now
                 _, result = await self._check_one(document, position, code, peer)
                 kept = self._facts.get(code.base64, (None, None))
-            facts, parsed = kept
-            if parsed is not None:
-                pending.checked[code.base64] = parsed
+            facts, _ = kept
             if document.refund or facts is None or position.price_kopecks is None:
                 continue
             problem = price_problem(facts, position.price_kopecks)
@@ -318,42 +346,76 @@ class MarkUnitDesk:
         if lines:
             answer["code"] = PRICE_FLAGGED
             answer["error"] = "".join(f"\r\n {line}" for line in lines)
-        self._keep_pending(_pending_key(peer, document.uid), pending)
+        self._keep_pending(peer, document.uid, pending)
         return answer
 
-    def _keep_pending(self, key: str, pending: _Pending) -> None:
+    def _till(self, peer: str) -> _TillReceipts:
+        till = self._tills.get(peer)
+        if till is None:
+            till = self._tills[peer] = _TillReceipts()
+            while len(self._tills) > MAX_TILLS:
+                _, gone = self._tills.popitem(last=False)
+                if gone.pending:
+                    log.warning(
+                        "mark unit: forgot %d pending receipt(s) of a till not heard from lately",
+                        len(gone.pending),
+                    )
+        self._tills.move_to_end(peer)
+        return till
+
+    def _keep_pending(self, peer: str, uid: str, pending: _Pending) -> None:
         now = time.monotonic()
         limit = self.config.pending_minutes * 60.0
-        for old in [k for k, p in self._pending.items() if now - p.at > limit]:
-            del self._pending[old]
-        self._pending[key] = pending
-        self._pending.move_to_end(key)
-        while len(self._pending) > MAX_PENDING:
-            self._pending.popitem(last=False)
+        for receipts in self._tills.values():
+            for old in [k for k, p in receipts.pending.items() if now - p.at > limit]:
+                del receipts.pending[old]
+        receipts = self._till(peer)
+        receipts.pending[uid] = pending
+        receipts.pending.move_to_end(uid)
+        while len(receipts.pending) > MAX_PENDING_PER_TILL:
+            receipts.pending.popitem(last=False)
+        while self.pending > MAX_PENDING:
+            fullest = max(self._tills.values(), key=lambda r: len(r.pending))
+            fullest.pending.popitem(last=False)
 
     async def commit(self, document: Document, peer: str) -> dict[str, Any]:
-        pending = self._pending.pop(_pending_key(peer, document.uid), None)
-        if pending is None:
-            # No begin (or it expired): the commit's own positions, for the codes this front
-            # checked, are what the till sold.
-            pending = _Pending(document)
-            for _, code in document.codes():
-                kept = self._facts.get(code.base64)
-                if kept is not None and kept[1] is not None:
-                    pending.checked[code.base64] = kept[1]
-            if not pending.checked:
-                log.warning(
-                    "mark unit: commit of receipt %s from %s without a begin or checked codes",
-                    document.uid or "-",
-                    peer,
+        """Record what the till sold. The commit's own positions say it (FMU-API's tills send
+        them); a commit that carries none takes its ``begin``'s. The codes are parsed here, so
+        nothing learnt at the check (which a restart forgets) is needed. A ``uid`` this till
+        committed lately is answered as before and recorded once."""
+        receipts = self._till(peer)
+        if document.uid and document.uid in receipts.committed:
+            log.info(
+                "mark unit: commit of receipt %s from %s repeated; ignored", document.uid, peer
+            )
+            return empty_answer()
+        pending = receipts.pending.pop(document.uid, None)
+        if document.positions:
+            source = document
+            raw = [code.data for _, code in document.codes()]
+        elif pending is not None:
+            source = pending.document
+            raw = list(pending.codes)
+        else:
+            log.warning(
+                "mark unit: commit of receipt %s from %s without a begin or positions",
+                document.uid or "-",
+                peer,
+            )
+            return empty_answer()
+        if document.uid:
+            receipts.committed[document.uid] = None
+            while len(receipts.committed) > MAX_COMMITTED_PER_TILL:
+                receipts.committed.popitem(last=False)
+        codes: list[MarkingCode] = []
+        for data in raw:
+            try:
+                codes.append(self.backend.parse_code(data))
+            except CodeError as exc:
+                # Not a marking code (a till's typo, a tare's label): nothing to record.
+                log.info(
+                    "mark unit: commit of receipt %s: a code left out (%s)", source.uid, exc.reason
                 )
-                return empty_answer()
-        source = pending.document
-        codes = [
-            pending.checked[code.base64]
-            for _, code in source.codes()
-            if code.base64 in pending.checked
-        ]
         # A check answered before this sale must not be repeated to a till after it: the
         # code is sold now (FMU-API 761c44c dropped its check cache to stop repeat sales).
         self.repeats.forget()
@@ -366,12 +428,14 @@ class MarkUnitDesk:
         return empty_answer()
 
     def cancel(self, document: Document, peer: str) -> dict[str, Any]:
-        self._pending.pop(_pending_key(peer, document.uid), None)
+        receipts = self._tills.get(peer)
+        if receipts is not None:
+            receipts.pending.pop(document.uid, None)
         return empty_answer()
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return sum(len(receipts.pending) for receipts in self._tills.values())
 
     async def aclose(self) -> None:
         """Let the Local Module reports under way finish (each has its own deadline), then
@@ -379,11 +443,6 @@ class MarkUnitDesk:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
         await self.backend.aclose()
-
-
-def _pending_key(peer: str, uid: str) -> str:
-    """Receipts are kept per till: one till cannot commit or cancel another's."""
-    return f"{peer}\0{uid}"
 
 
 def _any_inn(document: Document) -> bool:
