@@ -74,13 +74,22 @@ TOBACCO, NICOTINE = 3, 16
 #: another's receipts out.
 MAX_PENDING = 2048
 MAX_PENDING_PER_TILL = 64
+#: Pending codes one till may hold, and the bytes of pending receipts (a receipt's estimate:
+#: its codes' bytes and the objects around them) one till and all tills may hold: 500-code
+#: receipts must not let one till, or many, fill the kiosk's memory.
+MAX_PENDING_CODES_PER_TILL = 2000
+MAX_PENDING_BYTES_PER_TILL = 2 * 1024 * 1024
+MAX_PENDING_BYTES = 16 * 1024 * 1024
 #: Receipt ``uid`` values remembered as committed, per till: a till that sends the same
 #: commit again (its answer was lost) is answered as before and nothing is recorded twice.
 MAX_COMMITTED_PER_TILL = 64
 #: Tills whose receipts are remembered at most (the least recently heard is forgotten).
 MAX_TILLS = 1024
-#: Answers kept for repeated checks at most.
+#: Answers kept for repeated checks at most: in all, per till, and their bytes (the answer's
+#: JSON and the request's; one answer to 500 codes is megabytes).
 MAX_REPEATS = 1024
+MAX_REPEATS_PER_TILL = 32
+MAX_REPEAT_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,11 @@ class _Pending:
     codes: tuple[bytes, ...]
     at: float = 0.0
 
+    @property
+    def size(self) -> int:
+        """Bytes this receipt holds, roughly: its codes and the objects around them."""
+        return 512 + sum(len(data) + 64 for data in self.codes)
+
 
 @dataclass
 class _TillReceipts:
@@ -137,16 +151,41 @@ class _TillReceipts:
     pending: OrderedDict[str, _Pending] = field(default_factory=OrderedDict)
     committed: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
+    @property
+    def codes(self) -> int:
+        return sum(len(p.codes) for p in self.pending.values())
+
+    @property
+    def size(self) -> int:
+        return sum(p.size for p in self.pending.values())
+
+
+@dataclass
+class _Kept:
+    at: float
+    peer: str
+    size: int
+    answer: dict[str, Any]
+
 
 class RepeatCache:
     """Answers to recent checks by (till address, document): a till that sends the same check
     again within ``ttl_s`` gets the first answer, and one that sends it while the first is
-    still being checked waits for that answer instead of asking the services twice."""
+    still being checked waits for that answer instead of asking the services twice.
 
-    def __init__(self, ttl_s: float, clock: Any = time.monotonic) -> None:
+    Bounded three ways, so no till and no number of tills can make it large: answers in all
+    (:data:`MAX_REPEATS`), per till (:data:`MAX_REPEATS_PER_TILL`, the till's oldest go) and
+    bytes (``max_bytes``); expired answers are dropped as new ones come in."""
+
+    def __init__(
+        self, ttl_s: float, clock: Any = time.monotonic, *, max_bytes: int = MAX_REPEAT_BYTES
+    ) -> None:
         self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
         self._clock = clock
-        self._answers: OrderedDict[bytes, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._answers: OrderedDict[bytes, _Kept] = OrderedDict()
+        self._per_till: dict[str, int] = {}
+        self._bytes = 0
         self._running: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
         #: Checks answered from the cache (or from a check under way) so far.
         self.hits = 0
@@ -155,18 +194,29 @@ class RepeatCache:
     def key(peer: str, body: bytes) -> bytes:
         return hashlib.sha256(peer.encode() + b"\0" + body).digest()
 
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    @property
+    def size(self) -> int:
+        """Bytes of the answers kept (their JSON and their requests)."""
+        return self._bytes
+
     def forget(self) -> None:
         """Drop every kept answer (a receipt was committed: what was allowed may be sold)."""
         self._answers.clear()
+        self._per_till.clear()
+        self._bytes = 0
 
-    async def answer(self, key: bytes, compute: Any) -> dict[str, Any]:
+    async def answer(self, peer: str, body: bytes, compute: Any) -> dict[str, Any]:
         if self.ttl_s <= 0:
             return await compute()
+        key = self.key(peer, body)
         now = self._clock()
         kept = self._answers.get(key)
-        if kept is not None and now - kept[0] <= self.ttl_s:
+        if kept is not None and now - kept.at <= self.ttl_s:
             self.hits += 1
-            return kept[1]
+            return kept.answer
         running = self._running.get(key)
         if running is not None:
             self.hits += 1
@@ -182,11 +232,36 @@ class RepeatCache:
         finally:
             self._running.pop(key, None)
         future.set_result(result)
-        self._answers[key] = (self._clock(), result)
-        self._answers.move_to_end(key)
-        while len(self._answers) > MAX_REPEATS:
-            self._answers.popitem(last=False)
+        self._keep(key, peer, len(body), result)
         return result
+
+    def _keep(self, key: bytes, peer: str, request_size: int, result: dict[str, Any]) -> None:
+        now = self._clock()
+        self._drop(key)
+        # Kept in the order they came: the expired ones are at the front.
+        while self._answers and now - next(iter(self._answers.values())).at > self.ttl_s:
+            self._drop(next(iter(self._answers)))
+        size = request_size + len(json.dumps(result, ensure_ascii=False, separators=(",", ":")))
+        if size > self.max_bytes:
+            return  # one answer larger than the whole budget is not kept
+        self._answers[key] = _Kept(now, peer, size, result)
+        self._per_till[peer] = self._per_till.get(peer, 0) + 1
+        self._bytes += size
+        if self._per_till[peer] > MAX_REPEATS_PER_TILL:
+            self._drop(next(k for k, v in self._answers.items() if v.peer == peer))
+        while len(self._answers) > MAX_REPEATS or self._bytes > self.max_bytes:
+            self._drop(next(iter(self._answers)))
+
+    def _drop(self, key: bytes) -> None:
+        kept = self._answers.pop(key, None)
+        if kept is None:
+            return
+        self._bytes -= kept.size
+        left = self._per_till[kept.peer] - 1
+        if left:
+            self._per_till[kept.peer] = left
+        else:
+            del self._per_till[kept.peer]
 
 
 class MarkUnitDesk:
@@ -210,8 +285,7 @@ class MarkUnitDesk:
         """The answer to ``document`` from the till at ``peer`` (``body``: its bytes, the key
         of the repeat cache)."""
         if document.action == "check":
-            key = RepeatCache.key(peer, body)
-            return await self.repeats.answer(key, lambda: self.check(document, peer))
+            return await self.repeats.answer(peer, body, lambda: self.check(document, peer))
         if document.action == "begin":
             return await self.begin(document, peer)
         if document.action == "commit":
@@ -372,10 +446,14 @@ class MarkUnitDesk:
         receipts = self._till(peer)
         receipts.pending[uid] = pending
         receipts.pending.move_to_end(uid)
-        while len(receipts.pending) > MAX_PENDING_PER_TILL:
+        while len(receipts.pending) > 1 and (
+            len(receipts.pending) > MAX_PENDING_PER_TILL
+            or receipts.codes > MAX_PENDING_CODES_PER_TILL
+            or receipts.size > MAX_PENDING_BYTES_PER_TILL
+        ):
             receipts.pending.popitem(last=False)
-        while self.pending > MAX_PENDING:
-            fullest = max(self._tills.values(), key=lambda r: len(r.pending))
+        while self.pending > MAX_PENDING or self.pending_bytes > MAX_PENDING_BYTES:
+            fullest = max(self._tills.values(), key=lambda r: r.size)
             fullest.pending.popitem(last=False)
 
     async def commit(self, document: Document, peer: str) -> dict[str, Any]:
@@ -435,7 +513,13 @@ class MarkUnitDesk:
 
     @property
     def pending(self) -> int:
+        """Receipts pending, all tills'."""
         return sum(len(receipts.pending) for receipts in self._tills.values())
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of the pending receipts, all tills', roughly."""
+        return sum(receipts.size for receipts in self._tills.values())
 
     async def aclose(self) -> None:
         """Let the Local Module reports under way finish (each has its own deadline), then
