@@ -569,6 +569,58 @@ async def test_twenty_tills_at_once_and_a_scan_does_not_wait_behind_them(
     assert all_done < 2.5, all_done
 
 
+def water(n: int) -> str:
+    """A water code of its own serial (the CDN emulator answers any code it does not know)."""
+    return f"010468002946090821Ab{n:011d}<GS>938p9E"
+
+
+async def test_the_wait_for_a_check_slot_is_within_the_tills_budget(
+    tmp_path, services, event_log
+) -> None:
+    # Budget: online 400 ms + Local Module 300 ms + the 40 ms margin. Two slots, five tills,
+    # a CDN that takes 380 ms: the fifth would wait two checks for its slot and answer after
+    # about 1.1 s; its wait comes out of its budget instead.
+    cdn, lm = services
+    cdn.set_fault("codes/check", latency_ms=380)
+    cfg = direct(tmp_path, cdn, lm, front="max_checks = 2\nrepeat_cache_ms = 0\n")
+    async with till_of(cfg, event_log) as (till, service):
+        host, port = service.mark_unit.address
+        tills = [await Till(host, port, local_addr=f"127.0.0.{n + 2}").connect() for n in range(5)]
+
+        async def timed(n: int, t: Till) -> tuple[float, Any]:
+            started = time.monotonic()
+            answer = await t.post("/document", document("check", position(water(n))))
+            return time.monotonic() - started, answer
+
+        try:
+            results = await asyncio.gather(*(timed(n, t) for n, t in enumerate(tills)))
+        finally:
+            for t in tills:
+                await t.close()
+    budget = 0.4 + 0.3 + 0.04
+    assert all(answer.status == 200 for _, answer in results)
+    assert sum(answer.json()["code"] == 0 for _, answer in results) >= 2  # real checks ran
+    assert max(took for took, _ in results) < budget + 0.15, [took for took, _ in results]
+
+
+async def test_begin_checks_unchecked_codes_at_once_and_keeps_a_refusal(
+    tmp_path, services, event_log
+) -> None:
+    cdn, lm = services
+    cdn.set_fault("codes/check", latency_ms=250)
+    blocked = water(9)
+    cdn.set_code(blocked.split("<GS>")[0], isBlocked=True)
+    codes = [water(n) for n in range(4)]
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, _):
+        started = time.monotonic()
+        begun = (await till.post("/document", document("begin", position(*codes)))).json()
+        took = time.monotonic() - started
+        refused = (await till.post("/document", document("begin", position(blocked)))).json()
+    assert begun["code"] == 0 and took < 0.6, (begun, took)  # one round, not four
+    assert refused["code"] == 1 and "госорган" in refused["error"], refused
+    assert refused["marking_codes"] == [till_code(blocked)]
+
+
 # --------------------------------------------------------------------------------------------
 # Encodings, access, malformed bodies
 

@@ -30,7 +30,7 @@ class SlowBackend:
         self.delay = delay
         self.checks = 0
 
-    async def check_for_till(self, data: bytes, context: Any) -> TillCheck:
+    async def check_for_till(self, data: bytes, context: Any, **_: Any) -> TillCheck:
         self.checks += 1
         await asyncio.sleep(self.delay)
         verdict = Verdict("allow", "allowed", "Продажа разрешена", "cdn", "mark-unit")
@@ -38,6 +38,9 @@ class SlowBackend:
 
     def organisation(self) -> tuple[str, str]:
         return "", ""
+
+    def budget_s(self) -> float:
+        return 10.0
 
     async def aclose(self) -> None:
         pass
@@ -80,12 +83,12 @@ async def test_no_more_than_max_checks_at_once() -> None:
     running = peak = 0
 
     class Counting(SlowBackend):
-        async def check_for_till(self, data: bytes, context: Any) -> TillCheck:
+        async def check_for_till(self, data: bytes, context: Any, **_: Any) -> TillCheck:
             nonlocal running, peak
             running += 1
             peak = max(peak, running)
             try:
-                return await super().check_for_till(data, context)
+                return await super().check_for_till(data, context, **_)
             finally:
                 running -= 1
 

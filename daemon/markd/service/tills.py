@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from markd import codes
-from markd.checks.chain import ANSWERS_SEEN
+from markd.checks.chain import ANSWERS_SEEN, DEADLINE_MARGIN_S
 from markd.errors import StoreError
 from markd.fronts.mark_unit.desk import TillCheck
 from markd.scanners import Scan
@@ -81,16 +81,24 @@ class ServiceTills:
         self._till_chains: OrderedDict[str, CheckChain] = OrderedDict()
         self._retired: set[asyncio.Task[None]] = set()
 
-    async def check_for_till(self, data: bytes, context: Mapping[str, str]) -> TillCheck:
+    async def check_for_till(
+        self,
+        data: bytes,
+        context: Mapping[str, str],
+        *,
+        received: float | None = None,
+        until: float | None = None,
+    ) -> TillCheck:
         seen: list[SourceAnswer | SourceFailure] = []
         chain = self._till_chain(context.get("till_esm", ""))
         token = ANSWERS_SEEN.set(seen)
         try:
             checked = await self.service.scan_loop.on_scan_checked(
-                Scan(TILL_SCANNER, data, time.monotonic()),
+                Scan(TILL_SCANNER, data, time.monotonic() if received is None else received),
                 for_sale=False,
                 context=context,
                 chain=chain,
+                until=until,
             )
         finally:
             ANSWERS_SEEN.reset(token)
@@ -132,6 +140,10 @@ class ServiceTills:
                 len(update.accepted),
                 len(codes),
             )
+
+    def budget_s(self) -> float:
+        chain = self.service.chain
+        return 0.0 if chain is None else chain.budget_s() + DEADLINE_MARGIN_S
 
     def parse_code(self, data: bytes) -> MarkingCode:
         return codes.parse(data, self.service.codes_options)

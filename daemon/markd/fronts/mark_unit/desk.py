@@ -104,8 +104,22 @@ class TillCheck:
 class TillBackend(Protocol):
     """What the front needs of the daemon (:class:`markd.service.tills.ServiceTills`)."""
 
-    async def check_for_till(self, data: bytes, context: Mapping[str, str]) -> TillCheck:
-        """Check one code as a scan is checked, journaled with ``context``'s fields."""
+    async def check_for_till(
+        self,
+        data: bytes,
+        context: Mapping[str, str],
+        *,
+        received: float | None = None,
+        until: float | None = None,
+    ) -> TillCheck:
+        """Check one code as a scan is checked, journaled with ``context``'s fields; its
+        latency counts from ``received`` and no service is waited for past ``until`` (both
+        monotonic): past it, the decision table's no-answer row decides."""
+        ...
+
+    def budget_s(self) -> float:
+        """Seconds a till's check may take from the request's arrival: the chain's budget and
+        its margin."""
         ...
 
     def record_sale(self, codes: Sequence[MarkingCode], receipt: str, *, refund: bool) -> None:
@@ -281,20 +295,29 @@ class MarkUnitDesk:
         self._facts: OrderedDict[str, tuple[Any, MarkingCode | None]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def handle(self, document: Document, peer: str, body: bytes) -> dict[str, Any]:
+    async def handle(
+        self, document: Document, peer: str, body: bytes, *, received: float | None = None
+    ) -> dict[str, Any]:
         """The answer to ``document`` from the till at ``peer`` (``body``: its bytes, the key
-        of the repeat cache)."""
+        of the repeat cache; ``received``: when it arrived, monotonic, where the till's
+        patience budget starts)."""
+        received = time.monotonic() if received is None else received
         if document.action == "check":
-            return await self.repeats.answer(peer, body, lambda: self.check(document, peer))
+            return await self.repeats.answer(
+                peer, body, lambda: self.check(document, peer, received)
+            )
         if document.action == "begin":
-            return await self.begin(document, peer)
+            return await self.begin(document, peer, received)
         if document.action == "commit":
             return await self.commit(document, peer)
         return self.cancel(document, peer)
 
     # -- check ----------------------------------------------------------------------------------
 
-    async def check(self, document: Document, peer: str) -> dict[str, Any]:
+    async def check(
+        self, document: Document, peer: str, received: float | None = None
+    ) -> dict[str, Any]:
+        received = time.monotonic() if received is None else received
         answer = empty_answer()
         if document.refund and not self.config.refund_check and not _any_inn(document):
             # Frontol 20.5 did not check refunds, 22.4 and later do and send an ИНН
@@ -302,7 +325,7 @@ class MarkUnitDesk:
             return answer
         pairs = document.codes()
         results = await asyncio.gather(
-            *(self._check_one(document, position, code, peer) for position, code in pairs)
+            *(self._check_one(document, position, code, peer, received) for position, code in pairs)
         )
         errors: list[str] = []
         online: list[tuple[Position, SourceAnswer]] = []
@@ -341,9 +364,12 @@ class MarkUnitDesk:
         return answer
 
     async def _check_one(
-        self, document: Document, position: Position, code: TillCode, peer: str
+        self, document: Document, position: Position, code: TillCode, peer: str, received: float
     ) -> tuple[str | None, TillCheck | None]:
-        """The refusal text for one code (None: allowed) and its check."""
+        """The refusal text for one code (None: allowed) and its check. The wait for a check
+        slot comes out of the till's budget, which starts at ``received``: a check whose
+        budget is spent before a slot frees asks no service, and the decision table's
+        no-answer row decides (as it does for a service that never answered)."""
         inn, kpp = self.backend.organisation()
         if (
             inn
@@ -368,8 +394,22 @@ class MarkUnitDesk:
             "till_kpp": position.kpp,
             "till_esm": position.esm,
         }
-        async with self._slots:
-            result = await self.backend.check_for_till(code.data, context)
+        until = received + self.backend.budget_s()
+        slot = False
+        remaining = until - time.monotonic()
+        if remaining > 0:
+            try:
+                await asyncio.wait_for(self._slots.acquire(), remaining)
+                slot = True
+            except TimeoutError:
+                pass
+        try:
+            result = await self.backend.check_for_till(
+                code.data, context, received=received, until=until
+            )
+        finally:
+            if slot:
+                self._slots.release()
         verdict = result.checked.verdict
         self._remember(code, result)
         if verdict.allowed:
@@ -384,40 +424,60 @@ class MarkUnitDesk:
         return verdict.message_ru, result
 
     def _remember(self, code: TillCode, result: TillCheck) -> None:
-        facts = None
-        for item in result.answers:
-            if isinstance(item, SourceAnswer) and item.code == 0:
-                facts = item.facts
-                if item.online:
-                    break
-        self._facts[code.base64] = (facts, result.checked.code)
+        self._facts[code.base64] = (_facts_of(result), result.checked.code)
         self._facts.move_to_end(code.base64)
         while len(self._facts) > MAX_PENDING:
             self._facts.popitem(last=False)
 
     # -- begin, commit, cancel ------------------------------------------------------------------
 
-    async def begin(self, document: Document, peer: str) -> dict[str, Any]:
+    async def begin(
+        self, document: Document, peer: str, received: float | None = None
+    ) -> dict[str, Any]:
+        """Price rules on the facts of each code's check; codes the till never had checked
+        are checked now, all at once within ``max_checks``, and one refused is answered
+        ``code`` 1 as a check would."""
+        received = time.monotonic() if received is None else received
         answer = empty_answer()
         lines: list[str] = []
+        unchecked = {
+            code.base64: (position, code)
+            for position, code in document.codes()
+            if code.base64 not in self._facts
+        }
+        results = await asyncio.gather(
+            *(
+                self._check_one(document, position, code, peer, received)
+                for position, code in unchecked.values()
+            )
+        )
+        facts_now: dict[str, Any] = {}
+        refusals: list[str] = []
+        for key, (refusal, result) in zip(unchecked, results, strict=True):
+            facts_now[key] = None if result is None else _facts_of(result)
+            if refusal is not None:
+                refusals.append(refusal)
+                answer["marking_codes"].append(key)
         pending = _Pending(
             dataclasses.replace(document, positions=()),
             tuple(code.data for _, code in document.codes()),
             at=time.monotonic(),
         )
         for position, code in document.codes():
-            kept = self._facts.get(code.base64)
-            if kept is None:  # begin without a check before it: check now
-                _, result = await self._check_one(document, position, code, peer)
-                kept = self._facts.get(code.base64, (None, None))
-            facts, _ = kept
+            if code.base64 in facts_now:
+                facts = facts_now[code.base64]
+            else:
+                facts = self._facts.get(code.base64, (None, None))[0]
             if document.refund or facts is None or position.price_kopecks is None:
                 continue
             problem = price_problem(facts, position.price_kopecks)
             if problem is not None:
                 lines.append(f"{position.text} {problem}".strip())
                 answer["marking_codes"].append(code.base64)
-        if lines:
+        if refusals:
+            answer["code"] = REFUSED
+            answer["error"] = "\r\n".join([*dict.fromkeys(refusals), *lines])
+        elif lines:
             answer["code"] = PRICE_FLAGGED
             answer["error"] = "".join(f"\r\n {line}" for line in lines)
         self._keep_pending(peer, document.uid, pending)
@@ -527,6 +587,17 @@ class MarkUnitDesk:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
         await self.backend.aclose()
+
+
+def _facts_of(result: TillCheck) -> Any:
+    """The facts of a check's answer (the online one first), for the price rules."""
+    facts = None
+    for item in result.answers:
+        if isinstance(item, SourceAnswer) and item.code == 0:
+            facts = item.facts
+            if item.online:
+                break
+    return facts
 
 
 def _any_inn(document: Document) -> bool:

@@ -369,6 +369,7 @@ class MarkUnitServer:
             raise _Refusal(400, "the body did not arrive in time") from None
 
     async def _dispatch(self, request: _Request, peer: str) -> tuple[int, Any]:
+        received = time.monotonic()  # the till's patience runs from here, slot wait included
         match = _ROUTE.match(request.path)
         if match is None:
             self._count("not-found")
@@ -396,7 +397,7 @@ class MarkUnitServer:
         if inn:
             document = _with_inn(document, inn)
         try:
-            return 200, await self.desk.handle(document, peer, request.body)
+            return 200, await self.desk.handle(document, peer, request.body, received=received)
         except Exception as exc:  # noqa: BLE001 - answered 500, never a traceback
             log.error("mark unit: a %s document failed: %s", document.action, type(exc).__name__)
             return 500, refusal_answer("internal error in markd")
