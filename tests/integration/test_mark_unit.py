@@ -254,12 +254,17 @@ async def test_the_tills_own_tspiot_is_asked_only_when_trusted(
         )
         host, port = theirs.url.rsplit("//", 1)[1].rsplit(":", 1)
         esm = {"host": host, "port": int(port)}
-        async with till_of(cfg, event_log) as (till, _):
+        async with till_of(cfg, event_log) as (till, service):
             body = (
                 await till.post("/document", document("check", position(WATER, esm=esm)))
             ).json()
             bad = {"host": "x/../y", "port": 1}
             odd = (await till.post("/document", document("check", position(MILK, esm=bad)))).json()
+            # Every request to a check service is counted, the trusted till's ТС ПИоТ too.
+            assert sum(service.verdict_metrics.source_counts["tspiot"]) == 2
+            # A reload retires the chains of the tills' addresses: built again on demand.
+            assert (await service.reload()).ok
+            assert not service._tills._till_chains
         asked_theirs, asked_ours = theirs.count("codes/check"), ours.count("codes/check")
     assert body["code"] == 0 and body["esm_response"], body
     assert odd["code"] == 0  # an address that is not HOST:PORT: the configured one answers
@@ -619,6 +624,39 @@ async def test_begin_checks_unchecked_codes_at_once_and_keeps_a_refusal(
     assert begun["code"] == 0 and took < 0.6, (begun, took)  # one round, not four
     assert refused["code"] == 1 and "госорган" in refused["error"], refused
     assert refused["marking_codes"] == [till_code(blocked)]
+
+
+async def test_a_reload_during_a_tills_check_leaves_it_a_real_verdict(
+    tmp_path, services, event_log
+) -> None:
+    # The CDN fails slowly, so the Local Module is asked after the reload began: on the old
+    # chain's client, which must still be open.
+    cdn, lm = services
+    cdn.set_fault("codes/check", status=503, latency_ms=250)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        old_chain = service.chain
+        closed_with_check_running: list[bool] = []
+        close = old_chain.aclose
+
+        async def aclose() -> None:
+            # Clients may not close under a check (a closed store, a closed pool): the
+            # reload closes the old chain only once the till's check is over.
+            closed_with_check_running.append(
+                not any(v.get("scanner") == "mark-unit" for v in verdicts(event_log))
+            )
+            await close()
+
+        old_chain.aclose = aclose
+        check = asyncio.create_task(till.post("/document", document("check", position(WATER))))
+        await asyncio.sleep(0.1)  # the CDN is thinking
+        result = await service.reload()
+        assert result.ok, result.message
+        assert service.chain is not old_chain
+        assert closed_with_check_running == [False]
+        body = (await check).json()
+    assert body["code"] == 0 and body["offline_truemark_response"], body
+    record = [v for v in verdicts(event_log) if v.get("scanner") == "mark-unit"][-1]
+    assert record["source"] == "lm", record
 
 
 # --------------------------------------------------------------------------------------------

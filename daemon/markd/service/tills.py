@@ -6,14 +6,16 @@ chain with its deadline, the decision table, the listeners (the journal record, 
 counts, metrics). It does **not** wait in the scan queue: a shop LAN of 20 tills each waiting
 up to the online budget would put a kiosk scanner's scan 30 s behind them. The front runs at
 most ``[mark_unit] max_checks`` checks at once instead. A reload may swap the chain while a
-till's check is under way; the check keeps the chain it started with and fails to the
-decision table's no-answer row if that chain's clients close under it (the till asks again).
+till's check is under way; the check keeps the chain it started with, and the reload waits for
+it (:meth:`ServiceTills.retire`, within that chain's budget) before closing the chain's
+clients, so the till gets a real verdict.
 
 With ``[mark_unit] trust_till_tspiot`` in mode ``tspiot``, a position's ``esm`` address (the
 ТС ПИоТ the till uses) is asked instead of ``[check.tspiot]``: a chain of its own per address
 (at most :data:`MAX_TILL_TSPIOTS`, the oldest closed first), built from the configuration with
 only the URL's host and port replaced, so the token, proxy and certificate rules stay the
-configured ones.
+configured ones. A reload retires those chains: the next check builds them from the new
+settings.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from markd.checks.results import SourceAnswer, SourceFailure
     from markd.codes import CodesOptions, MarkingCode
     from markd.config import Config
+    from markd.service.metrics import VerdictMetrics
     from markd.service.scanloop import ScanLoop
     from markd.store import Store
 
@@ -56,6 +59,9 @@ class RunningService(Protocol):
     record_exchange: Recorder
     #: How codes are parsed (a reload may change it).
     codes_options: CodesOptions
+
+    #: Counts what the check services answered (the chains built here report to it too).
+    verdict_metrics: VerdictMetrics
 
     @property
     def chain(self) -> CheckChain | None: ...
@@ -73,6 +79,14 @@ _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-
 REPORT_DEADLINE_S = 5.0
 
 
+class _Flights:
+    """Tills' checks under way on one chain."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+
+
 class ServiceTills:
     """:class:`~markd.fronts.mark_unit.desk.TillBackend` over a running service."""
 
@@ -80,6 +94,8 @@ class ServiceTills:
         self.service = service
         self._till_chains: OrderedDict[str, CheckChain] = OrderedDict()
         self._retired: set[asyncio.Task[None]] = set()
+        #: Tills' checks under way, by the chain they run on (set when none is left).
+        self._flights: dict[CheckChain, _Flights] = {}
 
     async def check_for_till(
         self,
@@ -90,7 +106,13 @@ class ServiceTills:
         until: float | None = None,
     ) -> TillCheck:
         seen: list[SourceAnswer | SourceFailure] = []
-        chain = self._till_chain(context.get("till_esm", ""))
+        # The chain is taken here, once: a reload swapping the service's chain meanwhile
+        # waits for this check (retire) before closing the one it runs on.
+        chain = self._till_chain(context.get("till_esm", "")) or self.service.chain
+        flights = None if chain is None else self._flights.setdefault(chain, _Flights())
+        if flights is not None:
+            flights.count += 1
+            flights.idle.clear()
         token = ANSWERS_SEEN.set(seen)
         try:
             checked = await self.service.scan_loop.on_scan_checked(
@@ -102,7 +124,29 @@ class ServiceTills:
             )
         finally:
             ANSWERS_SEEN.reset(token)
+            if flights is not None and chain is not None:
+                flights.count -= 1
+                if not flights.count:
+                    flights.idle.set()
+                    self._flights.pop(chain, None)
         return TillCheck(checked, tuple(seen))
+
+    async def retire(self, old: CheckChain | None) -> None:
+        """A reload replaces the service's chain ``old``: wait for the tills' checks under
+        way on it and on the chains kept for tills' ТС ПИоТ addresses (each within its
+        budget), and close the latter; the next check builds them from the new settings."""
+        kept = list(self._till_chains.values())
+        self._till_chains.clear()
+        chains = [c for c in (old, *kept) if c is not None]
+        waits = [self._flights[c].idle.wait() for c in chains if c in self._flights]
+        if waits:
+            budget = max(c.budget_s() for c in chains) + DEADLINE_MARGIN_S + 0.1
+            tasks = [asyncio.ensure_future(w) for w in waits]
+            _, late = await asyncio.wait(tasks, timeout=budget)
+            for task in late:
+                task.cancel()
+        for chain in kept:
+            await chain.aclose()
 
     def record_sale(self, codes: Sequence[MarkingCode], receipt: str, *, refund: bool) -> None:
         store = self.service.store
@@ -176,6 +220,7 @@ class ServiceTills:
             check=dataclasses.replace(config.check, tspiot=dataclasses.replace(tspiot, url=url)),
         )
         chain = build_chain(trusted, self.service.store, recorder=self.service.record_exchange)
+        chain.observer = self.service.verdict_metrics.record_source
         self._till_chains[esm] = chain
         while len(self._till_chains) > MAX_TILL_TSPIOTS:
             _, old = self._till_chains.popitem(last=False)
