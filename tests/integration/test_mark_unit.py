@@ -698,6 +698,29 @@ async def test_client_outside_allowed_clients_is_refused(tmp_path, services, eve
     assert status["refused"] == {"forbidden": 1}
 
 
+async def test_forbidden_connections_do_not_take_the_tills_places(
+    tmp_path, services, event_log
+) -> None:
+    cdn, lm = services
+    cfg = direct(tmp_path, cdn, lm, front="allowed_clients = ['127.0.0.1']\n")
+    async with till_of(cfg, event_log) as (till, service):
+        host, port = service.mark_unit.address
+        flood = []
+        try:
+            for _ in range(server.MAX_CONNECTIONS + 20):  # held open, never closed by them
+                reader, writer = await asyncio.open_connection(
+                    host, port, local_addr=("127.0.0.9", 0)
+                )
+                flood.append((reader, writer))
+            answer = await till.request("POST", "/api4/system/get_info")
+            status = service.status_snapshot()["mark_unit"]
+        finally:
+            for _, writer in flood:
+                writer.close()
+    assert answer.status == 200, answer.json()
+    assert status["connections"] <= 1 and status["refused"]["forbidden"] == len(flood)
+
+
 @pytest.mark.parametrize(
     ("body", "why"),
     [
