@@ -190,6 +190,18 @@ async def test_offline_answer_from_the_local_module(tmp_path, services, event_lo
     assert verdicts(event_log)[-1]["source"] == "lm"
 
 
+async def test_parallel_answers_fill_one_copy_list_by_inst(tmp_path, services, event_log) -> None:
+    # FmuAnswer.FillFieldsForFrontol_6_25_5: the till's one answer goes to truemark_responses
+    # (no inst) or offline_truemark_response (an inst), never both.
+    cdn, lm = services
+    cfg = direct(tmp_path, cdn, lm, check="parallel = true\n")
+    async with till_of(cfg, event_log) as (till, _):
+        body = (await till.post("/document", document("check", position(WATER)))).json()
+    assert lm.count("cis/outCheck") == 1  # both were asked
+    assert len(body["truemark_responses"]) == 1, body
+    assert body["offline_truemark_response"] == [], body
+
+
 async def test_lm_in_req_id_for_frontol_before_6_27(tmp_path, services, event_log) -> None:
     cdn, lm = services
     cdn.set_fault("codes/check", status=503)

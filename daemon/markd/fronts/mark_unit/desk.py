@@ -333,20 +333,17 @@ class MarkUnitDesk:
         tspiot: list[SourceAnswer] = []
         for (position, code), (refusal, result) in zip(pairs, results, strict=True):
             if result is not None:
-                for item in result.answers:
-                    if not isinstance(item, SourceAnswer):
-                        continue
-                    if item.source == "tspiot":
-                        tspiot.append(item)
-                    # A ТС ПИоТ's result entry is a True API check result: it fills the
-                    # same fields, online or (with ``inst``) offline (FMU-API
-                    # ``MarkChecker.TsPiotCheck``).
-                    if item.source == "tspiot" and _entry(item).get("inst"):
-                        offline.append((position, item))
-                    elif item.online:
-                        online.append((position, item))
-                    else:
-                        offline.append((position, item))
+                answers = [item for item in result.answers if isinstance(item, SourceAnswer)]
+                tspiot.extend(item for item in answers if item.source == "tspiot")
+                # One answer per code goes to the till, the online one first, and its copy
+                # goes to exactly one list by its ``inst`` (FillFieldsForFrontol_6_25_5): in
+                # parallel mode the Local Module's answer beside the CDN's is not passed on.
+                # A ТС ПИоТ's result entry is a True API check result: online, or offline
+                # with ``inst`` (FMU-API ``MarkChecker.TsPiotCheck``).
+                ranked = sorted(answers, key=_offline)
+                if ranked:
+                    chosen = ranked[0]
+                    (offline if _offline(chosen) else online).append((position, chosen))
             if refusal is not None:
                 errors.append(refusal)
                 answer["marking_codes"].append(code.base64)
@@ -683,6 +680,13 @@ def _pass_through(
         )
     if tspiot:
         answer["esm_response"] = _body(tspiot[0])
+
+
+def _offline(answer: SourceAnswer) -> bool:
+    """An answer the till reads as offline: the Local Module's, or a ТС ПИоТ's with ``inst``."""
+    if answer.source == "tspiot":
+        return bool(_entry(answer).get("inst"))
+    return not answer.online
 
 
 def _entry(answer: SourceAnswer) -> dict[str, Any]:
