@@ -286,6 +286,25 @@ async def test_the_tills_own_tspiot_is_asked_only_when_trusted(
         assert (asked_theirs, asked_ours) == (0, 2)
 
 
+async def test_a_trusted_till_cannot_send_markd_to_another_machine(tmp_path, event_log) -> None:
+    # The configured token goes to the ТС ПИоТ asked: a till names its own machine or a
+    # listed host, nothing else (192.0.2.10 is a documentation address no one answers).
+    with tspiot() as ours:
+        cfg = load(
+            tmp_path,
+            "[check]\nmode = 'tspiot'\ntspiot_timeout_ms = 800\n"
+            f"[check.tspiot]\nurl = '{ours.url}'\n"
+            "[mark_unit]\nenabled = true\nlisten = '127.0.0.1:0'\ntrust_till_tspiot = true\n",
+        )
+        esm = {"host": "192.0.2.10", "port": 51401}
+        async with till_of(cfg, event_log) as (till, _):
+            body = (
+                await till.post("/document", document("check", position(WATER, esm=esm)))
+            ).json()
+        assert ours.count("codes/check") == 1
+    assert body["code"] == 0, body
+
+
 async def test_other_organisation_is_refused_when_terminal_inn_is_set(
     tmp_path, services, event_log
 ) -> None:

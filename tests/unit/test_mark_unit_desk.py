@@ -153,3 +153,21 @@ def test_allowed_clients() -> None:
     assert not allowed("192.168.2.21", networks)
     assert not allowed("127.0.0.1", networks)
     assert not allowed("not-an-address", networks)
+
+
+def test_which_tspiot_a_trusted_till_may_name() -> None:
+    from markd.service.tills import till_tspiot_host
+
+    till = "192.168.1.21"
+    # Its own machine: a loopback address means the till itself, never markd's host.
+    assert till_tspiot_host("127.0.0.1", till) == till
+    assert till_tspiot_host("localhost", till) == till
+    assert till_tspiot_host("[::1]", till) == till
+    assert till_tspiot_host(till, "::ffff:192.168.1.21") == till
+    # Another machine only when listed (the configured token goes to it).
+    assert till_tspiot_host("192.168.1.50", till) is None
+    assert till_tspiot_host("10.0.0.1", till) is None
+    assert till_tspiot_host("192.168.1.50", till, ["192.168.1.50"]) == "192.168.1.50"
+    assert till_tspiot_host("piot.shop.lan", till) is None
+    assert till_tspiot_host("PIOT.shop.lan", till, ["piot.shop.lan"]) == "PIOT.shop.lan"
+    assert till_tspiot_host("fe80::1", "fe80::1") == "[fe80::1]"

@@ -11,7 +11,10 @@ it (:meth:`ServiceTills.retire`, within that chain's budget) before closing the 
 clients, so the till gets a real verdict.
 
 With ``[mark_unit] trust_till_tspiot`` in mode ``tspiot``, a position's ``esm`` address (the
-ТС ПИоТ the till uses) is asked instead of ``[check.tspiot]``: a chain of its own per address
+ТС ПИоТ the till uses) is asked instead of ``[check.tspiot]`` when it is the till's own machine
+(a loopback address the till names means its own, :func:`till_tspiot_host`) or a host of
+``[mark_unit] till_tspiot_hosts``; that ТС ПИоТ gets the configured token, which is why no
+other address is asked. A chain of its own per address
 (at most :data:`MAX_TILL_TSPIOTS`, the oldest closed first), built from the configuration with
 only the URL's host and port replaced, so the token, proxy and certificate rules stay the
 configured ones. A reload retires those chains: the next check builds them from the new
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import logging
 import re
 import time
@@ -79,6 +83,39 @@ _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-
 REPORT_DEADLINE_S = 5.0
 
 
+def till_tspiot_host(named: str, till: str, listed: Sequence[str] = ()) -> str | None:
+    """The host to ask for the ТС ПИоТ a till at address ``till`` names as ``named``, or None
+    when it may not be asked. A loopback address (or ``localhost``) is the till's own machine,
+    so it becomes the till's address; the till's own address and the ``listed`` hosts may be
+    asked, nothing else (the configured token goes to whoever is asked). An IPv6 address
+    comes back in brackets, ready for a URL."""
+    host = named[1:-1] if named.startswith("[") and named.endswith("]") else named
+    address = _address(host)
+    if address is None:  # a name: asked only when listed
+        if host.lower() in (h.lower() for h in listed) and host.lower() != "localhost":
+            return host
+        if host.lower() != "localhost":
+            return None
+    if address is None or address.is_loopback:
+        address = _address(till)  # the till's own machine
+        if address is None:
+            return None
+    elif address != _address(till) and all(_address(h) != address for h in listed):
+        return None
+    return f"[{address}]" if address.version == 6 else str(address)
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP address (an IPv4-mapped IPv6 one as IPv4), or None when ``text`` is none."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 class _Flights:
     """Tills' checks under way on one chain."""
 
@@ -108,7 +145,10 @@ class ServiceTills:
         seen: list[SourceAnswer | SourceFailure] = []
         # The chain is taken here, once: a reload swapping the service's chain meanwhile
         # waits for this check (retire) before closing the one it runs on.
-        chain = self._till_chain(context.get("till_esm", "")) or self.service.chain
+        chain = (
+            self._till_chain(context.get("till_esm", ""), context.get("till", ""))
+            or self.service.chain
+        )
         flights = None if chain is None else self._flights.setdefault(chain, _Flights())
         if flights is not None:
             flights.count += 1
@@ -192,9 +232,10 @@ class ServiceTills:
     def parse_code(self, data: bytes) -> MarkingCode:
         return codes.parse(data, self.service.codes_options)
 
-    def _till_chain(self, esm: str) -> CheckChain | None:
-        """The chain asking the ТС ПИоТ at ``esm`` (``host:port``) when the configuration
-        trusts the tills' addresses, else None (the service's chain)."""
+    def _till_chain(self, esm: str, till: str = "") -> CheckChain | None:
+        """The chain asking the ТС ПИоТ at ``esm`` (``host:port``) that the till at ``till``
+        names, when the configuration trusts it (:func:`till_tspiot_host`), else None (the
+        service's chain)."""
         config = self.service.config
         tspiot = config.check.tspiot
         if not esm or not config.mark_unit.trust_till_tspiot:
@@ -209,19 +250,29 @@ class ServiceTills:
         ):
             log.warning("mark unit: a till named a ТС ПИоТ address that is not HOST:PORT")
             return None
-        chain = self._till_chains.get(esm)
+        asked = till_tspiot_host(host, till, config.mark_unit.till_tspiot_hosts)
+        if asked is None:
+            log.warning(
+                "mark unit: till %s named a ТС ПИоТ on %s, neither its own address nor in "
+                "[mark_unit] till_tspiot_hosts; asking the configured one",
+                till,
+                host,
+            )
+            return None
+        where = f"{asked}:{int(port_text)}"
+        chain = self._till_chains.get(where)
         if chain is not None:
-            self._till_chains.move_to_end(esm)
+            self._till_chains.move_to_end(where)
             return chain
         scheme = urlsplit(tspiot.url).scheme
-        url = f"{scheme}://{host}:{int(port_text)}"
+        url = f"{scheme}://{where}"
         trusted = dataclasses.replace(
             config,
             check=dataclasses.replace(config.check, tspiot=dataclasses.replace(tspiot, url=url)),
         )
         chain = build_chain(trusted, self.service.store, recorder=self.service.record_exchange)
         chain.observer = self.service.verdict_metrics.record_source
-        self._till_chains[esm] = chain
+        self._till_chains[where] = chain
         while len(self._till_chains) > MAX_TILL_TSPIOTS:
             _, old = self._till_chains.popitem(last=False)
             task = asyncio.get_running_loop().create_task(old.aclose())
