@@ -252,6 +252,25 @@ async def test_tspiot_answer_in_its_field(tmp_path, event_log) -> None:
     assert service.count("codes/check") >= 1
 
 
+async def test_an_offline_tspiot_answer_goes_to_the_offline_copy(tmp_path, event_log) -> None:
+    # MarkChecker.TsPiotCheck: an answer with inst vouches for the code (found, realizable …)
+    # and FillFieldsForFrontol_6_25_5 puts it in offline_truemark_response.
+    with tspiot({"tspiot": {"offline_first_checks": 1}}) as service:
+        cfg = load(
+            tmp_path,
+            "[check]\nmode = 'tspiot'\ntspiot_timeout_ms = 1500\n"
+            f"[check.tspiot]\nurl = '{service.url}'\n"
+            "[mark_unit]\nenabled = true\nlisten = '127.0.0.1:0'\n",
+        )
+        async with till_of(cfg, event_log) as (till, _):
+            body = (await till.post("/document", document("check", position(WATER)))).json()
+    assert body["truemark_response"]["inst"], body
+    assert body["truemark_responses"] == [], body
+    (copy,) = body["offline_truemark_response"]
+    entry = copy["response"]["results"][0]["codes"][0]
+    assert entry["found"] is True and entry["realizable"] is True, entry
+
+
 @pytest.mark.parametrize("trusted", [False, True])
 async def test_the_tills_own_tspiot_is_asked_only_when_trusted(
     tmp_path, event_log, trusted
