@@ -152,6 +152,7 @@ BAD: dict[str, str] = {
     "[mark_unit] encoding": '[mark_unit]\nencoding = "koi8-r"',
     "[mark_unit] price_unit": '[mark_unit]\nprice_unit = "cents"',
     "[mark_unit] trust_till_tspiot": '[mark_unit]\ntrust_till_tspiot = "yes"',
+    "[mark_unit] till_tspiot_hosts": '[mark_unit]\ntill_tspiot_hosts = ["piot/../x"]',
     "[mark_unit] lm_in_req_id": "[mark_unit]\nlm_in_req_id = 1",
     "[mark_unit] refund_check": '[mark_unit]\nrefund_check = "no"',
     "[mark_unit] repeat_cache_ms": "[mark_unit]\nrepeat_cache_ms = -1",

@@ -190,6 +190,18 @@ async def test_offline_answer_from_the_local_module(tmp_path, services, event_lo
     assert verdicts(event_log)[-1]["source"] == "lm"
 
 
+async def test_parallel_answers_fill_one_copy_list_by_inst(tmp_path, services, event_log) -> None:
+    # FmuAnswer.FillFieldsForFrontol_6_25_5: the till's one answer goes to truemark_responses
+    # (no inst) or offline_truemark_response (an inst), never both.
+    cdn, lm = services
+    cfg = direct(tmp_path, cdn, lm, check="parallel = true\n")
+    async with till_of(cfg, event_log) as (till, _):
+        body = (await till.post("/document", document("check", position(WATER)))).json()
+    assert lm.count("cis/outCheck") == 1  # both were asked
+    assert len(body["truemark_responses"]) == 1, body
+    assert body["offline_truemark_response"] == [], body
+
+
 async def test_lm_in_req_id_for_frontol_before_6_27(tmp_path, services, event_log) -> None:
     cdn, lm = services
     cdn.set_fault("codes/check", status=503)
@@ -227,11 +239,36 @@ async def test_tspiot_answer_in_its_field(tmp_path, event_log) -> None:
             ).json()
     assert body["code"] == 0, body
     assert body["esm_response"], body
+    # The till reads tag 1265 from truemark_response whatever service answered
+    # (FMU-API ``MarkChecker.TsPiotCheck`` fills it from ``codesResponse[0]``).
+    result = body["truemark_response"]
+    assert result["reqId"] and result["reqTimestamp"], body
+    assert len(result["codes"]) == 1 and result["codes"][0]["cis"].startswith(WATER_KI), body
+    assert body["truemark_responses"][0]["response"]["reqId"] == result["reqId"]
     record = verdicts(event_log)[-1]
     assert record["source"] in ("tspiot", "tspiot-offline")
     # The till's own ТС ПИоТ address is journaled, never used: markd asked its configured one.
     assert record["till_esm"] == "192.168.1.77:51401"
     assert service.count("codes/check") >= 1
+
+
+async def test_an_offline_tspiot_answer_goes_to_the_offline_copy(tmp_path, event_log) -> None:
+    # MarkChecker.TsPiotCheck: an answer with inst vouches for the code (found, realizable …)
+    # and FillFieldsForFrontol_6_25_5 puts it in offline_truemark_response.
+    with tspiot({"tspiot": {"offline_first_checks": 1}}) as service:
+        cfg = load(
+            tmp_path,
+            "[check]\nmode = 'tspiot'\ntspiot_timeout_ms = 1500\n"
+            f"[check.tspiot]\nurl = '{service.url}'\n"
+            "[mark_unit]\nenabled = true\nlisten = '127.0.0.1:0'\n",
+        )
+        async with till_of(cfg, event_log) as (till, _):
+            body = (await till.post("/document", document("check", position(WATER)))).json()
+    assert body["truemark_response"]["inst"], body
+    assert body["truemark_responses"] == [], body
+    (copy,) = body["offline_truemark_response"]
+    entry = copy["response"]["results"][0]["codes"][0]
+    assert entry["found"] is True and entry["realizable"] is True, entry
 
 
 @pytest.mark.parametrize("trusted", [False, True])
@@ -248,12 +285,17 @@ async def test_the_tills_own_tspiot_is_asked_only_when_trusted(
         )
         host, port = theirs.url.rsplit("//", 1)[1].rsplit(":", 1)
         esm = {"host": host, "port": int(port)}
-        async with till_of(cfg, event_log) as (till, _):
+        async with till_of(cfg, event_log) as (till, service):
             body = (
                 await till.post("/document", document("check", position(WATER, esm=esm)))
             ).json()
             bad = {"host": "x/../y", "port": 1}
             odd = (await till.post("/document", document("check", position(MILK, esm=bad)))).json()
+            # Every request to a check service is counted, the trusted till's ТС ПИоТ too.
+            assert sum(service.verdict_metrics.source_counts["tspiot"]) == 2
+            # A reload retires the chains of the tills' addresses: built again on demand.
+            assert (await service.reload()).ok
+            assert not service._tills._till_chains
         asked_theirs, asked_ours = theirs.count("codes/check"), ours.count("codes/check")
     assert body["code"] == 0 and body["esm_response"], body
     assert odd["code"] == 0  # an address that is not HOST:PORT: the configured one answers
@@ -261,6 +303,25 @@ async def test_the_tills_own_tspiot_is_asked_only_when_trusted(
         assert (asked_theirs, asked_ours) == (1, 1)
     else:
         assert (asked_theirs, asked_ours) == (0, 2)
+
+
+async def test_a_trusted_till_cannot_send_markd_to_another_machine(tmp_path, event_log) -> None:
+    # The configured token goes to the ТС ПИоТ asked: a till names its own machine or a
+    # listed host, nothing else (192.0.2.10 is a documentation address no one answers).
+    with tspiot() as ours:
+        cfg = load(
+            tmp_path,
+            "[check]\nmode = 'tspiot'\ntspiot_timeout_ms = 800\n"
+            f"[check.tspiot]\nurl = '{ours.url}'\n"
+            "[mark_unit]\nenabled = true\nlisten = '127.0.0.1:0'\ntrust_till_tspiot = true\n",
+        )
+        esm = {"host": "192.0.2.10", "port": 51401}
+        async with till_of(cfg, event_log) as (till, _):
+            body = (
+                await till.post("/document", document("check", position(WATER, esm=esm)))
+            ).json()
+        assert ours.count("codes/check") == 1
+    assert body["code"] == 0, body
 
 
 async def test_other_organisation_is_refused_when_terminal_inn_is_set(
@@ -372,6 +433,59 @@ async def test_a_commit_without_begin_records_the_checked_codes(
         assert service.store.lookup(WATER_KI).sold is not None
 
 
+async def test_a_commit_records_its_own_codes_without_any_check_before_it(
+    tmp_path, services, event_log
+) -> None:
+    # A restart between the check and the commit forgets every check: the commit's own
+    # positions (DocumentController.cs sends them) are what the till sold.
+    cdn, lm = services
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        await till.post("/document", document("commit", position(WATER, MILK), uid="rs"))
+        assert service.store.lookup(WATER_KI).sold is not None
+        assert service.store.lookup(MILK_KI).sold is not None
+    assert cdn.count("codes/check") == 0
+
+
+async def test_a_repeated_commit_records_and_reports_once(tmp_path, services, event_log) -> None:
+    cdn, lm = services
+    cfg = direct(tmp_path, cdn, lm)
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, fiscal=dataclasses.replace(cfg.fiscal, lm_sell=True))
+    item = position(WATER)
+    async with till_of(cfg, event_log) as (till, service):
+        await till.post("/document", document("begin", item, uid="twice"))
+        first = (await till.post("/document", document("commit", item, uid="twice"))).json()
+        second = (await till.post("/document", document("commit", item, uid="twice"))).json()
+        deadline = time.monotonic() + 5
+        while WATER_KI not in lm.sold_codes() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # a second report, were there one, has had its time
+        assert first == second
+        assert lm.count("cis/sell") == 1
+        assert service.mark_unit.desk.pending == 0
+
+
+async def test_one_till_cannot_push_out_another_tills_pending_receipt(
+    tmp_path, services, event_log, monkeypatch
+) -> None:
+    from markd.fronts.mark_unit import desk
+
+    monkeypatch.setattr(desk, "MAX_PENDING", 16)
+    cdn, lm = services
+    item = position(WATER)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        host, port = service.mark_unit.address
+        other = Till(host, port, local_addr="127.0.0.7")
+        await till.post("/document", document("begin", item, uid="mine"))
+        for n in range(40):
+            await other.post("/document", document("begin", uid=f"theirs-{n}"))
+        await other.close()
+        await till.post("/document", document("commit", uid="mine"))
+        assert service.store.lookup(WATER_KI).sold is not None
+        assert service.mark_unit.desk.pending <= 16
+
+
 async def test_one_till_cannot_commit_or_cancel_another_tills_receipt(
     tmp_path, services, event_log
 ) -> None:
@@ -402,6 +516,25 @@ async def test_refund_of_a_sold_unit_is_not_refused(tmp_path, services, event_lo
         # Frontol 6.25.5 and later read the per-organisation copy: corrected there too.
         copy = body["truemark_responses"][0]["response"]["codes"][0]
         assert copy["sold"] is False and copy["expireDate"] > "2025"
+        # Every field Frontol refuses on (CodeDataTrueApi.ResetErrorFields), and an expiry
+        # date without a zone, are corrected as well.
+        cdn.set_code(
+            WATER_KI,
+            sold=True,
+            found=False,
+            verified=False,
+            utilised=False,
+            realizable=False,
+            errorCode=5,
+            expireDate="2020-01-01T00:00:00",
+        )
+        again = document("check", item, kind="refund_receipt", number="22")
+        entry = (await till.post("/document", again)).json()["truemark_response"]["codes"][0]
+        assert {
+            k: entry[k] for k in ("found", "verified", "utilised", "realizable")
+        } == dict.fromkeys(("found", "verified", "utilised", "realizable"), True), entry
+        assert (entry["sold"], entry["errorCode"]) == (False, 0), entry
+        assert entry["expireDate"] > "2025", entry
         assert verdicts(event_log)[-1]["decision"] == "deny"  # the journal keeps the truth
         # Sold here, then returned: the refund is answered 0 and the store takes it back.
         cdn.set_code(WATER_KI, sold=False, expireDate="2099-01-01T00:00:00.000Z")
@@ -491,6 +624,91 @@ async def test_twenty_tills_at_once_and_a_scan_does_not_wait_behind_them(
     assert all_done < 2.5, all_done
 
 
+def water(n: int) -> str:
+    """A water code of its own serial (the CDN emulator answers any code it does not know)."""
+    return f"010468002946090821Ab{n:011d}<GS>938p9E"
+
+
+async def test_the_wait_for_a_check_slot_is_within_the_tills_budget(
+    tmp_path, services, event_log
+) -> None:
+    # Budget: online 400 ms + Local Module 300 ms + the 40 ms margin. Two slots, five tills,
+    # a CDN that takes 380 ms: the fifth would wait two checks for its slot and answer after
+    # about 1.1 s; its wait comes out of its budget instead.
+    cdn, lm = services
+    cdn.set_fault("codes/check", latency_ms=380)
+    cfg = direct(tmp_path, cdn, lm, front="max_checks = 2\nrepeat_cache_ms = 0\n")
+    async with till_of(cfg, event_log) as (till, service):
+        host, port = service.mark_unit.address
+        tills = [await Till(host, port, local_addr=f"127.0.0.{n + 2}").connect() for n in range(5)]
+
+        async def timed(n: int, t: Till) -> tuple[float, Any]:
+            started = time.monotonic()
+            answer = await t.post("/document", document("check", position(water(n))))
+            return time.monotonic() - started, answer
+
+        try:
+            results = await asyncio.gather(*(timed(n, t) for n, t in enumerate(tills)))
+        finally:
+            for t in tills:
+                await t.close()
+    budget = 0.4 + 0.3 + 0.04
+    assert all(answer.status == 200 for _, answer in results)
+    assert sum(answer.json()["code"] == 0 for _, answer in results) >= 2  # real checks ran
+    assert max(took for took, _ in results) < budget + 0.15, [took for took, _ in results]
+
+
+async def test_begin_checks_unchecked_codes_at_once_and_keeps_a_refusal(
+    tmp_path, services, event_log
+) -> None:
+    cdn, lm = services
+    cdn.set_fault("codes/check", latency_ms=250)
+    blocked = water(9)
+    cdn.set_code(blocked.split("<GS>")[0], isBlocked=True)
+    codes = [water(n) for n in range(4)]
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, _):
+        started = time.monotonic()
+        begun = (await till.post("/document", document("begin", position(*codes)))).json()
+        took = time.monotonic() - started
+        refused = (await till.post("/document", document("begin", position(blocked)))).json()
+    assert begun["code"] == 0 and took < 0.6, (begun, took)  # one round, not four
+    assert refused["code"] == 1 and "госорган" in refused["error"], refused
+    assert refused["marking_codes"] == [till_code(blocked)]
+
+
+async def test_a_reload_during_a_tills_check_leaves_it_a_real_verdict(
+    tmp_path, services, event_log
+) -> None:
+    # The CDN fails slowly, so the Local Module is asked after the reload began: on the old
+    # chain's client, which must still be open.
+    cdn, lm = services
+    cdn.set_fault("codes/check", status=503, latency_ms=250)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        old_chain = service.chain
+        closed_with_check_running: list[bool] = []
+        close = old_chain.aclose
+
+        async def aclose() -> None:
+            # Clients may not close under a check (a closed store, a closed pool): the
+            # reload closes the old chain only once the till's check is over.
+            closed_with_check_running.append(
+                not any(v.get("scanner") == "mark-unit" for v in verdicts(event_log))
+            )
+            await close()
+
+        old_chain.aclose = aclose
+        check = asyncio.create_task(till.post("/document", document("check", position(WATER))))
+        await asyncio.sleep(0.1)  # the CDN is thinking
+        result = await service.reload()
+        assert result.ok, result.message
+        assert service.chain is not old_chain
+        assert closed_with_check_running == [False]
+        body = (await check).json()
+    assert body["code"] == 0 and body["offline_truemark_response"], body
+    record = [v for v in verdicts(event_log) if v.get("scanner") == "mark-unit"][-1]
+    assert record["source"] == "lm", record
+
+
 # --------------------------------------------------------------------------------------------
 # Encodings, access, malformed bodies
 
@@ -528,6 +746,29 @@ async def test_client_outside_allowed_clients_is_refused(tmp_path, services, eve
     assert answer.status == 403 and answer.headers["connection"] == "close"
     assert cdn.count("codes/check") == 0 and verdicts(event_log) == []
     assert status["refused"] == {"forbidden": 1}
+
+
+async def test_forbidden_connections_do_not_take_the_tills_places(
+    tmp_path, services, event_log
+) -> None:
+    cdn, lm = services
+    cfg = direct(tmp_path, cdn, lm, front="allowed_clients = ['127.0.0.1']\n")
+    async with till_of(cfg, event_log) as (till, service):
+        host, port = service.mark_unit.address
+        flood = []
+        try:
+            for _ in range(server.MAX_CONNECTIONS + 20):  # held open, never closed by them
+                reader, writer = await asyncio.open_connection(
+                    host, port, local_addr=("127.0.0.9", 0)
+                )
+                flood.append((reader, writer))
+            answer = await till.request("POST", "/api4/system/get_info")
+            status = service.status_snapshot()["mark_unit"]
+        finally:
+            for _, writer in flood:
+                writer.close()
+    assert answer.status == 200, answer.json()
+    assert status["connections"] <= 1 and status["refused"]["forbidden"] == len(flood)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from typing import Any
 
 from markd.checks.verdict import CheckedCode, Verdict
 from markd.config import MarkUnitConfig
+from markd.fronts.mark_unit import desk as desk_module
 from markd.fronts.mark_unit.desk import MarkUnitDesk, TillCheck
 from markd.fronts.mark_unit.protocol import parse_document
 from markd.fronts.mark_unit.server import allowed
@@ -29,7 +30,7 @@ class SlowBackend:
         self.delay = delay
         self.checks = 0
 
-    async def check_for_till(self, data: bytes, context: Any) -> TillCheck:
+    async def check_for_till(self, data: bytes, context: Any, **_: Any) -> TillCheck:
         self.checks += 1
         await asyncio.sleep(self.delay)
         verdict = Verdict("allow", "allowed", "Продажа разрешена", "cdn", "mark-unit")
@@ -38,14 +39,22 @@ class SlowBackend:
     def organisation(self) -> tuple[str, str]:
         return "", ""
 
+    def budget_s(self) -> float:
+        return 10.0
+
     async def aclose(self) -> None:
         pass
 
 
-def check_body(uid: str = "u1") -> bytes:
+def check_body(uid: str = "u1", action: str = "check", codes: int = 1) -> bytes:
     code = base64.b64encode(CODE.encode()).decode()
     return json.dumps(
-        {"action": "check", "uid": uid, "type": "receipt", "positions": [{"marking_codes": [code]}]}
+        {
+            "action": action,
+            "uid": uid,
+            "type": "receipt",
+            "positions": [{"marking_codes": [code] * codes}],
+        }
     ).encode()
 
 
@@ -74,12 +83,12 @@ async def test_no_more_than_max_checks_at_once() -> None:
     running = peak = 0
 
     class Counting(SlowBackend):
-        async def check_for_till(self, data: bytes, context: Any) -> TillCheck:
+        async def check_for_till(self, data: bytes, context: Any, **_: Any) -> TillCheck:
             nonlocal running, peak
             running += 1
             peak = max(peak, running)
             try:
-                return await super().check_for_till(data, context)
+                return await super().check_for_till(data, context, **_)
             finally:
                 running -= 1
 
@@ -91,6 +100,51 @@ async def test_no_more_than_max_checks_at_once() -> None:
     assert peak == 3
 
 
+async def test_expired_repeats_are_dropped_as_new_ones_come() -> None:
+    desk = MarkUnitDesk(SlowBackend(0), MarkUnitConfig(repeat_cache_ms=20))  # type: ignore[arg-type]
+    first = check_body("u1")
+    await desk.handle(parse_document(first), "192.168.1.21", first)
+    await asyncio.sleep(0.05)
+    second = check_body("u2")
+    await desk.handle(parse_document(second), "192.168.1.21", second)
+    assert len(desk.repeats) == 1
+
+
+async def test_one_till_cannot_fill_the_repeat_cache() -> None:
+    backend = SlowBackend(0)
+    desk = MarkUnitDesk(backend, MarkUnitConfig())  # type: ignore[arg-type]
+    other = check_body("other")
+    await desk.handle(parse_document(other), "192.168.1.22", other)
+    for n in range(3 * desk_module.MAX_REPEATS_PER_TILL):
+        body = check_body(f"u{n}")
+        await desk.handle(parse_document(body), "192.168.1.21", body)
+    assert len(desk.repeats) == desk_module.MAX_REPEATS_PER_TILL + 1
+    asked = backend.checks
+    await desk.handle(parse_document(other), "192.168.1.22", other)
+    assert backend.checks == asked  # the other till's answer is still kept
+
+
+async def test_the_repeat_cache_keeps_to_its_byte_budget() -> None:
+    desk = MarkUnitDesk(SlowBackend(0), MarkUnitConfig())  # type: ignore[arg-type]
+    desk.repeats.max_bytes = 20_000
+    for n in range(20):
+        body = check_body(f"u{n}", codes=20)
+        await desk.handle(parse_document(body), f"10.0.0.{n}", body)
+    assert 0 < desk.repeats.size <= 20_000
+
+
+async def test_one_till_holds_a_bounded_share_of_pending_receipts() -> None:
+    desk = MarkUnitDesk(SlowBackend(0), MarkUnitConfig())  # type: ignore[arg-type]
+    for n in range(40):
+        body = check_body(f"b{n}", action="begin", codes=500)
+        await desk.handle(parse_document(body), "192.168.1.21", body)
+    assert desk.pending_bytes <= desk_module.MAX_PENDING_BYTES_PER_TILL
+    assert desk.pending * 500 <= desk_module.MAX_PENDING_CODES_PER_TILL
+    other = check_body("mine", action="begin")
+    await desk.handle(parse_document(other), "192.168.1.22", other)
+    assert desk.pending_bytes <= desk_module.MAX_PENDING_BYTES
+
+
 def test_allowed_clients() -> None:
     networks = [ipaddress.ip_network("192.168.1.0/24"), ipaddress.ip_network("::1")]
     assert allowed("192.168.1.21", networks)
@@ -99,3 +153,21 @@ def test_allowed_clients() -> None:
     assert not allowed("192.168.2.21", networks)
     assert not allowed("127.0.0.1", networks)
     assert not allowed("not-an-address", networks)
+
+
+def test_which_tspiot_a_trusted_till_may_name() -> None:
+    from markd.service.tills import till_tspiot_host
+
+    till = "192.168.1.21"
+    # Its own machine: a loopback address means the till itself, never markd's host.
+    assert till_tspiot_host("127.0.0.1", till) == till
+    assert till_tspiot_host("localhost", till) == till
+    assert till_tspiot_host("[::1]", till) == till
+    assert till_tspiot_host(till, "::ffff:192.168.1.21") == till
+    # Another machine only when listed (the configured token goes to it).
+    assert till_tspiot_host("192.168.1.50", till) is None
+    assert till_tspiot_host("10.0.0.1", till) is None
+    assert till_tspiot_host("192.168.1.50", till, ["192.168.1.50"]) == "192.168.1.50"
+    assert till_tspiot_host("piot.shop.lan", till) is None
+    assert till_tspiot_host("PIOT.shop.lan", till, ["piot.shop.lan"]) == "PIOT.shop.lan"
+    assert till_tspiot_host("fe80::1", "fe80::1") == "[fe80::1]"

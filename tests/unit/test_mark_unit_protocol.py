@@ -131,3 +131,41 @@ def test_begin_price_rules(kwargs: dict, price: int, expected: str | None) -> No
     assert (problem is None) == (expected is None)
     if expected is not None:
         assert expected in problem
+
+
+def test_field_names_in_any_case_and_numbers_as_strings() -> None:
+    """ASP.NET Core reads the tills' JSON with ``JsonSerializerDefaults.Web`` (FMU-API's
+    controllers bind ``RequestDocument`` so): names match in any case, and numbers may come
+    as strings (``AllowReadingFromString``)."""
+    code = base64.b64encode(CODE.encode()).decode()
+    doc = {
+        "Action": "check",
+        "UID": "a3c1",
+        "Positions": [
+            {
+                "Marking_codes": [code],
+                "Product_price": "59.90",
+                "Quantity": "1.5",
+                "Organisation": {"INN": "7701234567", "Kpp": "770101001"},
+                "ESM": {"Host": "192.168.1.77", "Port": "51401"},
+            }
+        ],
+    }
+    document = parse_document(json.dumps(doc).encode())
+    (position,) = document.positions
+    assert (document.action, document.uid) == ("check", "a3c1")
+    assert (position.price_kopecks, position.quantity) == (5990, 1.5)
+    assert (position.inn, position.kpp, position.esm) == (
+        "7701234567",
+        "770101001",
+        "192.168.1.77:51401",
+    )
+    assert len(position.codes) == 1
+
+
+@pytest.mark.parametrize("value", ["x", "1e400", "NaN", " 1", "0x10"])
+def test_a_string_that_is_no_json_number_is_still_refused(value: str) -> None:
+    doc = json.loads(body())
+    doc["positions"][0]["quantity"] = value
+    with pytest.raises(BadDocument, match="quantity"):
+        parse_document(json.dumps(doc).encode())

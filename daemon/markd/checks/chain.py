@@ -225,16 +225,19 @@ class CheckChain:
         *,
         started: float | None = None,
         price_kopecks: int | None = None,
+        until: float | None = None,
     ) -> Verdict:
         """The verdict for ``code`` scanned on ``scanner`` (``started``: when the scan arrived,
-        monotonic, so the latency covers parsing too)."""
+        monotonic, so the latency covers parsing too). ``until`` (monotonic): a caller's own
+        deadline, earlier than the budget's (a till whose request waited for a check slot);
+        a service still unanswered then counts as no answer, and past it none is asked."""
         started = self._clock() if started is None else started
         now = self._wall_clock()
         found, early = self._before_services(code, scanner, started, now)
         if early is not None:
             return early
         settings = self.settings
-        answers = await self._ask(code)
+        answers = await self._ask(code, until)
         seen = ANSWERS_SEEN.get()
         if seen is not None:  # a caller that passes the answers on (the Mark Unit front)
             seen.extend(answers)
@@ -306,10 +309,16 @@ class CheckChain:
             return found, None
         return found, self._finish(early, code, scanner, started)
 
-    async def _ask(self, code: MarkingCode) -> list[SourceAnswer | SourceFailure]:
+    async def _ask(
+        self, code: MarkingCode, until: float | None = None
+    ) -> list[SourceAnswer | SourceFailure]:
         s = self.settings
         begin = self._clock()
         hard_stop = begin + self.budget_s() + DEADLINE_MARGIN_S
+        if until is not None:
+            # Each source's deadline is capped by hard_stop in _one; a past one times out at
+            # once, which the decision table reads as no answer.
+            hard_stop = min(hard_stop, until)
         if self.mode == "tspiot":
             if self.tspiot is None:
                 return [

@@ -1127,6 +1127,15 @@ def _client_network_problem(value: str) -> str | None:
     return None
 
 
+def _till_host_problem(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", value):
+            return f"expected an IP address or a host name, got {value!r}"
+    return None
+
+
 @dataclass(frozen=True)
 class MarkUnitConfig:
     """``[mark_unit]``: the front that speaks the Mark Unit API Frontol tills call
@@ -1174,8 +1183,18 @@ class MarkUnitConfig:
         metadata={
             "doc": "Mode `tspiot`: ask the ТС ПИоТ a till names with a position (`esm`) instead "
             "of `[check.tspiot]` (its scheme, token and certificate rules kept). An allowed "
-            "till can then make markd connect to any address it names. Off: the address is "
-            "journaled and ignored.",
+            "till can then make markd ask (and send the `[check.tspiot]` token to) the "
+            "ТС ПИоТ on its own machine (a loopback address it names is read as its own) or "
+            "on a host of `till_tspiot_hosts`; any other address is ignored. Off: the address "
+            "is journaled and ignored.",
+        },
+    )
+    till_tspiot_hosts: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "doc": "With `trust_till_tspiot`: hosts (addresses or names) a till may name for "
+            "its ТС ПИоТ besides its own address, such as a shop's shared ТС ПИоТ server.",
+            "check": lambda value: _till_host_problem(value),
         },
     )
     lm_in_req_id: bool = field(

@@ -98,6 +98,7 @@ if TYPE_CHECKING:
     from markd.fronts.mark_unit import MarkUnitServer
     from markd.receipts import ReceiptOperations
     from markd.sale import SaleDesk
+    from markd.service.tills import ServiceTills
 
 #: Longest wait at stop for a sale operation under way (a receipt being printed); below the
 #: unit's ``TimeoutStopSec=30s``, and ``[fiscal] timeout_ms`` when that is shorter.
@@ -158,6 +159,8 @@ class Service:
         self.api: ControlServer | None = None
         #: The Mark Unit front for tills while it runs with ``[mark_unit] enabled``.
         self.mark_unit: MarkUnitServer | None = None
+        #: The daemon as that front sees it: a reload waits for its checks under way.
+        self._tills: ServiceTills | None = None
         #: Seconds between watchdog pings (half of ``WatchdogSec=``), None without a watchdog.
         self.watchdog_interval_s = watchdog_interval()
         #: Verdicts given since start, by decision (``allow``, ``deny``, ``rescan``).
@@ -331,7 +334,8 @@ class Service:
         from markd.fronts.mark_unit import MarkUnitDesk, MarkUnitServer
         from markd.service.tills import ServiceTills
 
-        desk = MarkUnitDesk(ServiceTills(self), self.config.mark_unit)
+        self._tills = ServiceTills(self)
+        desk = MarkUnitDesk(self._tills, self.config.mark_unit)
         server = MarkUnitServer(desk, self.config.mark_unit)
         server.start()
         return server
@@ -413,12 +417,16 @@ class Service:
 
     async def _swap_chain(self, chain: CheckChain | None) -> None:
         """``chain`` takes over: the sale desk reports to its Local Module client from now
-        on, the old chain's clients end their work and close."""
+        on, the old chain's clients end their work and close. Tills' checks under way on the
+        old chain finish first (within its budget), and the chains kept for tills' own ТС
+        ПИоТ addresses are retired, to be built again from the new settings."""
         old, self._chain = self._chain, chain
         desk = self.sale_desk
         if desk is not None:
             local_module = None if chain is None else chain.local_module
             desk.use_local_module(sale_local_module(desk.config, local_module))
+        if self._tills is not None:
+            await self._tills.retire(old)
         if old is not None:
             await old.aclose()
 

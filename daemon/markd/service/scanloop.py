@@ -272,18 +272,22 @@ class ScanLoop:
         price_kopecks: int | None = None,
         context: Mapping[str, str] | None = None,
         chain: CheckChain | None = None,
+        until: float | None = None,
     ) -> CheckedCode:
         """:meth:`on_scan`, answering with the code as it was parsed on the way (or the
         parser's error) beside the verdict: a unit sold through the control API is not
         parsed a second time. ``context``: fields for the verdict's journal record (the Mark
         Unit front's till, shift and receipt); ``chain``: a chain other than the service's
-        (the ТС ПИоТ a trusted till names). A scan slower than ``[check] slow_scan_ms`` leaves a
+        (the ТС ПИоТ a trusted till names); ``until``: the caller's own deadline (monotonic), no
+        service is waited for past it. A scan slower than ``[check] slow_scan_ms`` leaves a
         ``slow-scan`` record with the time of each stage."""
         trace = self.tracer.start(scan.received, self.parts.slow_scan_ms)
         taken_up = trace.clock() if trace is not None else 0.0
         token = CURRENT_STAGES.set(trace)
         try:
-            checked = await self._check_and_notify(scan, for_sale, price_kopecks, context, chain)
+            checked = await self._check_and_notify(
+                scan, for_sale, price_kopecks, context, chain, until
+            )
         finally:
             CURRENT_STAGES.reset(token)
         if trace is not None:
@@ -300,6 +304,7 @@ class ScanLoop:
         price_kopecks: int | None,
         context: Mapping[str, str] | None = None,
         chain: CheckChain | None = None,
+        until: float | None = None,
     ) -> CheckedCode:
         self.events.publish("scan", {"scanner": scan.scanner, "length": len(scan.data)})
         desk = self.parts.sale_desk
@@ -312,7 +317,12 @@ class ScanLoop:
             price_of = desk.price_of
         try:
             checked = await self.check(
-                scan.data, scan.scanner, started=scan.received, price_of=price_of, chain=chain
+                scan.data,
+                scan.scanner,
+                started=scan.received,
+                price_of=price_of,
+                chain=chain,
+                until=until,
             )
         except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the till
             log_internal_error(self.event_log, f"checking a scan from {scan.scanner}", exc)
@@ -338,11 +348,13 @@ class ScanLoop:
         started: float | None = None,
         price_of: PriceOf | None = None,
         chain: CheckChain | None = None,
+        until: float | None = None,
     ) -> CheckedCode:
         """Decide on one framed unit: parse, run the chain; the verdict with the parsed code
         (or, when it did not parse, the parser's error). Never raises
         :class:`~markd.errors.CodeError`. ``price_of`` gives the sale price the chain judges
-        price thresholds with; ``chain`` replaces the service's."""
+        price thresholds with; ``chain`` replaces the service's; ``until`` is the caller's own
+        deadline (:meth:`CheckChain.decide`)."""
         chain = chain if chain is not None else self.parts.chain
         if chain is None:
             raise RuntimeError("the service is not started")
@@ -356,7 +368,9 @@ class ScanLoop:
         token = CURRENT_SCAN.set(f"{scanner}:{code.ki}")
         try:
             with stage("chain"):
-                verdict = await chain.decide(code, scanner, started=started, price_kopecks=price)
+                verdict = await chain.decide(
+                    code, scanner, started=started, price_kopecks=price, until=until
+                )
         finally:
             CURRENT_SCAN.reset(token)
         return CheckedCode(verdict, code)

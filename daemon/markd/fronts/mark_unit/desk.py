@@ -8,16 +8,18 @@ read for facts; the decisions are markd's own).
     organisation as fields); allow and deny are both answered with HTTP 200, ``code`` 0 or 1
     and the verdict's Russian text in ``error``; the services' answers are passed through
     (``truemark_response`` with ``reqId``/``reqTimestamp``, the Local Module's in
-    ``offline_truemark_response``, the ТС ПИоТ's in ``esm_response``).
+    ``offline_truemark_response``, the ТС ПИоТ's body in ``esm_response`` and its result in
+    ``truemark_response`` as well).
 ``begin``
     the price rules of ``BeginDocument.cs``: below the ЕМЦ (``smp``, groups 3 and 16), above
     a tobacco pack's MRP, below a stick pack's (group 16) minimum: ``code`` 3, one line per
     position in ``error``, the offending codes in ``marking_codes``. The receipt is kept
     pending under its ``uid``.
 ``commit``
-    the pending receipt's codes recorded as sold here (the store's sold journal; a refund
-    takes them back), and reported to the Local Module's ``/cis/sell`` (``/cis/return``)
-    when ``[fiscal] lm_sell`` is set.
+    the receipt's codes (the commit's own positions, else its ``begin``'s), parsed there and
+    then, recorded as sold here (the store's sold journal; a refund takes them back), and
+    reported to the Local Module's ``/cis/sell`` (``/cis/return``) when ``[fiscal] lm_sell``
+    is set; a ``uid`` the till committed lately is not recorded again.
 ``cancel``
     the pending receipt dropped.
 
@@ -29,6 +31,7 @@ services, and one that arrives while the first is still being checked waits for 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -40,7 +43,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from markd.checks.results import SourceAnswer, SourceFailure
+from markd.checks.tspiot import unwrap_entry
 from markd.checks.verdict import CheckedCode
+from markd.errors import CodeError
 from markd.fronts.mark_unit.protocol import (
     OPENING_TARE,
     Document,
@@ -64,10 +69,27 @@ ALLOWED, REFUSED, PRICE_FLAGGED = 0, 1, 3
 #: Product groups of the price rules (``BeginDocument.cs``; ``TrueApiGroup``): tobacco and
 #: nicotine-containing products (sticks).
 TOBACCO, NICOTINE = 3, 16
-#: Receipts kept pending between ``begin`` and ``commit`` at most (the oldest go first).
+#: Receipts kept pending between ``begin`` and ``commit`` at most, in all (the till holding
+#: the most gives up its oldest) and per till (its own oldest go first): one till cannot push
+#: another's receipts out.
 MAX_PENDING = 2048
-#: Answers kept for repeated checks at most.
+MAX_PENDING_PER_TILL = 64
+#: Pending codes one till may hold, and the bytes of pending receipts (a receipt's estimate:
+#: its codes' bytes and the objects around them) one till and all tills may hold: 500-code
+#: receipts must not let one till, or many, fill the kiosk's memory.
+MAX_PENDING_CODES_PER_TILL = 2000
+MAX_PENDING_BYTES_PER_TILL = 2 * 1024 * 1024
+MAX_PENDING_BYTES = 16 * 1024 * 1024
+#: Receipt ``uid`` values remembered as committed, per till: a till that sends the same
+#: commit again (its answer was lost) is answered as before and nothing is recorded twice.
+MAX_COMMITTED_PER_TILL = 64
+#: Tills whose receipts are remembered at most (the least recently heard is forgotten).
+MAX_TILLS = 1024
+#: Answers kept for repeated checks at most: in all, per till, and their bytes (the answer's
+#: JSON and the request's; one answer to 500 codes is megabytes).
 MAX_REPEATS = 1024
+MAX_REPEATS_PER_TILL = 32
+MAX_REPEAT_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -82,8 +104,22 @@ class TillCheck:
 class TillBackend(Protocol):
     """What the front needs of the daemon (:class:`markd.service.tills.ServiceTills`)."""
 
-    async def check_for_till(self, data: bytes, context: Mapping[str, str]) -> TillCheck:
-        """Check one code as a scan is checked, journaled with ``context``'s fields."""
+    async def check_for_till(
+        self,
+        data: bytes,
+        context: Mapping[str, str],
+        *,
+        received: float | None = None,
+        until: float | None = None,
+    ) -> TillCheck:
+        """Check one code as a scan is checked, journaled with ``context``'s fields; its
+        latency counts from ``received`` and no service is waited for past ``until`` (both
+        monotonic): past it, the decision table's no-answer row decides."""
+        ...
+
+    def budget_s(self) -> float:
+        """Seconds a till's check may take from the request's arrival: the chain's budget and
+        its margin."""
         ...
 
     def record_sale(self, codes: Sequence[MarkingCode], receipt: str, *, refund: bool) -> None:
@@ -92,6 +128,10 @@ class TillBackend(Protocol):
 
     async def report_sale(self, codes: Sequence[MarkingCode], *, refund: bool) -> None:
         """The Local Module's ``/cis/sell`` (``/cis/return``) when configured; never raises."""
+        ...
+
+    def parse_code(self, data: bytes) -> MarkingCode:
+        """A till's code parsed as a scan is (:class:`markd.codes.CodeError` when it is none)."""
         ...
 
     def organisation(self) -> tuple[str, str]:
@@ -105,20 +145,61 @@ class TillBackend(Protocol):
 
 @dataclass
 class _Pending:
+    """A receipt between ``begin`` and ``commit``: its header (no positions) and its codes'
+    bytes, parsed again at the commit."""
+
     document: Document
-    checked: dict[str, MarkingCode] = field(default_factory=dict)
+    codes: tuple[bytes, ...]
     at: float = 0.0
+
+    @property
+    def size(self) -> int:
+        """Bytes this receipt holds, roughly: its codes and the objects around them."""
+        return 512 + sum(len(data) + 64 for data in self.codes)
+
+
+@dataclass
+class _TillReceipts:
+    """One till's pending receipts and the ``uid`` values it committed lately."""
+
+    pending: OrderedDict[str, _Pending] = field(default_factory=OrderedDict)
+    committed: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    @property
+    def codes(self) -> int:
+        return sum(len(p.codes) for p in self.pending.values())
+
+    @property
+    def size(self) -> int:
+        return sum(p.size for p in self.pending.values())
+
+
+@dataclass
+class _Kept:
+    at: float
+    peer: str
+    size: int
+    answer: dict[str, Any]
 
 
 class RepeatCache:
     """Answers to recent checks by (till address, document): a till that sends the same check
     again within ``ttl_s`` gets the first answer, and one that sends it while the first is
-    still being checked waits for that answer instead of asking the services twice."""
+    still being checked waits for that answer instead of asking the services twice.
 
-    def __init__(self, ttl_s: float, clock: Any = time.monotonic) -> None:
+    Bounded three ways, so no till and no number of tills can make it large: answers in all
+    (:data:`MAX_REPEATS`), per till (:data:`MAX_REPEATS_PER_TILL`, the till's oldest go) and
+    bytes (``max_bytes``); expired answers are dropped as new ones come in."""
+
+    def __init__(
+        self, ttl_s: float, clock: Any = time.monotonic, *, max_bytes: int = MAX_REPEAT_BYTES
+    ) -> None:
         self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
         self._clock = clock
-        self._answers: OrderedDict[bytes, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._answers: OrderedDict[bytes, _Kept] = OrderedDict()
+        self._per_till: dict[str, int] = {}
+        self._bytes = 0
         self._running: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
         #: Checks answered from the cache (or from a check under way) so far.
         self.hits = 0
@@ -127,18 +208,29 @@ class RepeatCache:
     def key(peer: str, body: bytes) -> bytes:
         return hashlib.sha256(peer.encode() + b"\0" + body).digest()
 
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    @property
+    def size(self) -> int:
+        """Bytes of the answers kept (their JSON and their requests)."""
+        return self._bytes
+
     def forget(self) -> None:
         """Drop every kept answer (a receipt was committed: what was allowed may be sold)."""
         self._answers.clear()
+        self._per_till.clear()
+        self._bytes = 0
 
-    async def answer(self, key: bytes, compute: Any) -> dict[str, Any]:
+    async def answer(self, peer: str, body: bytes, compute: Any) -> dict[str, Any]:
         if self.ttl_s <= 0:
             return await compute()
+        key = self.key(peer, body)
         now = self._clock()
         kept = self._answers.get(key)
-        if kept is not None and now - kept[0] <= self.ttl_s:
+        if kept is not None and now - kept.at <= self.ttl_s:
             self.hits += 1
-            return kept[1]
+            return kept.answer
         running = self._running.get(key)
         if running is not None:
             self.hits += 1
@@ -154,11 +246,36 @@ class RepeatCache:
         finally:
             self._running.pop(key, None)
         future.set_result(result)
-        self._answers[key] = (self._clock(), result)
-        self._answers.move_to_end(key)
-        while len(self._answers) > MAX_REPEATS:
-            self._answers.popitem(last=False)
+        self._keep(key, peer, len(body), result)
         return result
+
+    def _keep(self, key: bytes, peer: str, request_size: int, result: dict[str, Any]) -> None:
+        now = self._clock()
+        self._drop(key)
+        # Kept in the order they came: the expired ones are at the front.
+        while self._answers and now - next(iter(self._answers.values())).at > self.ttl_s:
+            self._drop(next(iter(self._answers)))
+        size = request_size + len(json.dumps(result, ensure_ascii=False, separators=(",", ":")))
+        if size > self.max_bytes:
+            return  # one answer larger than the whole budget is not kept
+        self._answers[key] = _Kept(now, peer, size, result)
+        self._per_till[peer] = self._per_till.get(peer, 0) + 1
+        self._bytes += size
+        if self._per_till[peer] > MAX_REPEATS_PER_TILL:
+            self._drop(next(k for k, v in self._answers.items() if v.peer == peer))
+        while len(self._answers) > MAX_REPEATS or self._bytes > self.max_bytes:
+            self._drop(next(iter(self._answers)))
+
+    def _drop(self, key: bytes) -> None:
+        kept = self._answers.pop(key, None)
+        if kept is None:
+            return
+        self._bytes -= kept.size
+        left = self._per_till[kept.peer] - 1
+        if left:
+            self._per_till[kept.peer] = left
+        else:
+            del self._per_till[kept.peer]
 
 
 class MarkUnitDesk:
@@ -173,26 +290,34 @@ class MarkUnitDesk:
         self.config = config
         self.repeats = RepeatCache(config.repeat_cache_ms / 1000.0)
         self._slots = asyncio.Semaphore(config.max_checks)
-        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._tills: OrderedDict[str, _TillReceipts] = OrderedDict()
         #: Facts of each code's last check, by the till's base64 text, for ``begin``.
         self._facts: OrderedDict[str, tuple[Any, MarkingCode | None]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def handle(self, document: Document, peer: str, body: bytes) -> dict[str, Any]:
+    async def handle(
+        self, document: Document, peer: str, body: bytes, *, received: float | None = None
+    ) -> dict[str, Any]:
         """The answer to ``document`` from the till at ``peer`` (``body``: its bytes, the key
-        of the repeat cache)."""
+        of the repeat cache; ``received``: when it arrived, monotonic, where the till's
+        patience budget starts)."""
+        received = time.monotonic() if received is None else received
         if document.action == "check":
-            key = RepeatCache.key(peer, body)
-            return await self.repeats.answer(key, lambda: self.check(document, peer))
+            return await self.repeats.answer(
+                peer, body, lambda: self.check(document, peer, received)
+            )
         if document.action == "begin":
-            return await self.begin(document, peer)
+            return await self.begin(document, peer, received)
         if document.action == "commit":
             return await self.commit(document, peer)
         return self.cancel(document, peer)
 
     # -- check ----------------------------------------------------------------------------------
 
-    async def check(self, document: Document, peer: str) -> dict[str, Any]:
+    async def check(
+        self, document: Document, peer: str, received: float | None = None
+    ) -> dict[str, Any]:
+        received = time.monotonic() if received is None else received
         answer = empty_answer()
         if document.refund and not self.config.refund_check and not _any_inn(document):
             # Frontol 20.5 did not check refunds, 22.4 and later do and send an ИНН
@@ -200,7 +325,7 @@ class MarkUnitDesk:
             return answer
         pairs = document.codes()
         results = await asyncio.gather(
-            *(self._check_one(document, position, code, peer) for position, code in pairs)
+            *(self._check_one(document, position, code, peer, received) for position, code in pairs)
         )
         errors: list[str] = []
         online: list[tuple[Position, SourceAnswer]] = []
@@ -208,15 +333,17 @@ class MarkUnitDesk:
         tspiot: list[SourceAnswer] = []
         for (position, code), (refusal, result) in zip(pairs, results, strict=True):
             if result is not None:
-                for item in result.answers:
-                    if not isinstance(item, SourceAnswer):
-                        continue
-                    if item.source == "tspiot":
-                        tspiot.append(item)
-                    elif item.online:
-                        online.append((position, item))
-                    else:
-                        offline.append((position, item))
+                answers = [item for item in result.answers if isinstance(item, SourceAnswer)]
+                tspiot.extend(item for item in answers if item.source == "tspiot")
+                # One answer per code goes to the till, the online one first, and its copy
+                # goes to exactly one list by its ``inst`` (FillFieldsForFrontol_6_25_5): in
+                # parallel mode the Local Module's answer beside the CDN's is not passed on.
+                # A ТС ПИоТ's result entry is a True API check result: online, or offline
+                # with ``inst`` (FMU-API ``MarkChecker.TsPiotCheck``).
+                ranked = sorted(answers, key=_offline)
+                if ranked:
+                    chosen = ranked[0]
+                    (offline if _offline(chosen) else online).append((position, chosen))
             if refusal is not None:
                 errors.append(refusal)
                 answer["marking_codes"].append(code.base64)
@@ -234,9 +361,12 @@ class MarkUnitDesk:
         return answer
 
     async def _check_one(
-        self, document: Document, position: Position, code: TillCode, peer: str
+        self, document: Document, position: Position, code: TillCode, peer: str, received: float
     ) -> tuple[str | None, TillCheck | None]:
-        """The refusal text for one code (None: allowed) and its check."""
+        """The refusal text for one code (None: allowed) and its check. The wait for a check
+        slot comes out of the till's budget, which starts at ``received``: a check whose
+        budget is spent before a slot frees asks no service, and the decision table's
+        no-answer row decides (as it does for a service that never answered)."""
         inn, kpp = self.backend.organisation()
         if (
             inn
@@ -261,8 +391,22 @@ class MarkUnitDesk:
             "till_kpp": position.kpp,
             "till_esm": position.esm,
         }
-        async with self._slots:
-            result = await self.backend.check_for_till(code.data, context)
+        until = received + self.backend.budget_s()
+        slot = False
+        remaining = until - time.monotonic()
+        if remaining > 0:
+            try:
+                await asyncio.wait_for(self._slots.acquire(), remaining)
+                slot = True
+            except TimeoutError:
+                pass
+        try:
+            result = await self.backend.check_for_till(
+                code.data, context, received=received, until=until
+            )
+        finally:
+            if slot:
+                self._slots.release()
         verdict = result.checked.verdict
         self._remember(code, result)
         if verdict.allowed:
@@ -277,76 +421,136 @@ class MarkUnitDesk:
         return verdict.message_ru, result
 
     def _remember(self, code: TillCode, result: TillCheck) -> None:
-        facts = None
-        for item in result.answers:
-            if isinstance(item, SourceAnswer) and item.code == 0:
-                facts = item.facts
-                if item.online:
-                    break
-        self._facts[code.base64] = (facts, result.checked.code)
+        self._facts[code.base64] = (_facts_of(result), result.checked.code)
         self._facts.move_to_end(code.base64)
         while len(self._facts) > MAX_PENDING:
             self._facts.popitem(last=False)
 
     # -- begin, commit, cancel ------------------------------------------------------------------
 
-    async def begin(self, document: Document, peer: str) -> dict[str, Any]:
+    async def begin(
+        self, document: Document, peer: str, received: float | None = None
+    ) -> dict[str, Any]:
+        """Price rules on the facts of each code's check; codes the till never had checked
+        are checked now, all at once within ``max_checks``, and one refused is answered
+        ``code`` 1 as a check would."""
+        received = time.monotonic() if received is None else received
         answer = empty_answer()
         lines: list[str] = []
-        pending = _Pending(document, at=time.monotonic())
+        unchecked = {
+            code.base64: (position, code)
+            for position, code in document.codes()
+            if code.base64 not in self._facts
+        }
+        results = await asyncio.gather(
+            *(
+                self._check_one(document, position, code, peer, received)
+                for position, code in unchecked.values()
+            )
+        )
+        facts_now: dict[str, Any] = {}
+        refusals: list[str] = []
+        for key, (refusal, result) in zip(unchecked, results, strict=True):
+            facts_now[key] = None if result is None else _facts_of(result)
+            if refusal is not None:
+                refusals.append(refusal)
+                answer["marking_codes"].append(key)
+        pending = _Pending(
+            dataclasses.replace(document, positions=()),
+            tuple(code.data for _, code in document.codes()),
+            at=time.monotonic(),
+        )
         for position, code in document.codes():
-            kept = self._facts.get(code.base64)
-            if kept is None:  # begin without a check before it: check now
-                _, result = await self._check_one(document, position, code, peer)
-                kept = self._facts.get(code.base64, (None, None))
-            facts, parsed = kept
-            if parsed is not None:
-                pending.checked[code.base64] = parsed
+            if code.base64 in facts_now:
+                facts = facts_now[code.base64]
+            else:
+                facts = self._facts.get(code.base64, (None, None))[0]
             if document.refund or facts is None or position.price_kopecks is None:
                 continue
             problem = price_problem(facts, position.price_kopecks)
             if problem is not None:
                 lines.append(f"{position.text} {problem}".strip())
                 answer["marking_codes"].append(code.base64)
-        if lines:
+        if refusals:
+            answer["code"] = REFUSED
+            answer["error"] = "\r\n".join([*dict.fromkeys(refusals), *lines])
+        elif lines:
             answer["code"] = PRICE_FLAGGED
             answer["error"] = "".join(f"\r\n {line}" for line in lines)
-        self._keep_pending(_pending_key(peer, document.uid), pending)
+        self._keep_pending(peer, document.uid, pending)
         return answer
 
-    def _keep_pending(self, key: str, pending: _Pending) -> None:
+    def _till(self, peer: str) -> _TillReceipts:
+        till = self._tills.get(peer)
+        if till is None:
+            till = self._tills[peer] = _TillReceipts()
+            while len(self._tills) > MAX_TILLS:
+                _, gone = self._tills.popitem(last=False)
+                if gone.pending:
+                    log.warning(
+                        "mark unit: forgot %d pending receipt(s) of a till not heard from lately",
+                        len(gone.pending),
+                    )
+        self._tills.move_to_end(peer)
+        return till
+
+    def _keep_pending(self, peer: str, uid: str, pending: _Pending) -> None:
         now = time.monotonic()
         limit = self.config.pending_minutes * 60.0
-        for old in [k for k, p in self._pending.items() if now - p.at > limit]:
-            del self._pending[old]
-        self._pending[key] = pending
-        self._pending.move_to_end(key)
-        while len(self._pending) > MAX_PENDING:
-            self._pending.popitem(last=False)
+        for receipts in self._tills.values():
+            for old in [k for k, p in receipts.pending.items() if now - p.at > limit]:
+                del receipts.pending[old]
+        receipts = self._till(peer)
+        receipts.pending[uid] = pending
+        receipts.pending.move_to_end(uid)
+        while len(receipts.pending) > 1 and (
+            len(receipts.pending) > MAX_PENDING_PER_TILL
+            or receipts.codes > MAX_PENDING_CODES_PER_TILL
+            or receipts.size > MAX_PENDING_BYTES_PER_TILL
+        ):
+            receipts.pending.popitem(last=False)
+        while self.pending > MAX_PENDING or self.pending_bytes > MAX_PENDING_BYTES:
+            fullest = max(self._tills.values(), key=lambda r: r.size)
+            fullest.pending.popitem(last=False)
 
     async def commit(self, document: Document, peer: str) -> dict[str, Any]:
-        pending = self._pending.pop(_pending_key(peer, document.uid), None)
-        if pending is None:
-            # No begin (or it expired): the commit's own positions, for the codes this front
-            # checked, are what the till sold.
-            pending = _Pending(document)
-            for _, code in document.codes():
-                kept = self._facts.get(code.base64)
-                if kept is not None and kept[1] is not None:
-                    pending.checked[code.base64] = kept[1]
-            if not pending.checked:
-                log.warning(
-                    "mark unit: commit of receipt %s from %s without a begin or checked codes",
-                    document.uid or "-",
-                    peer,
+        """Record what the till sold. The commit's own positions say it (FMU-API's tills send
+        them); a commit that carries none takes its ``begin``'s. The codes are parsed here, so
+        nothing learnt at the check (which a restart forgets) is needed. A ``uid`` this till
+        committed lately is answered as before and recorded once."""
+        receipts = self._till(peer)
+        if document.uid and document.uid in receipts.committed:
+            log.info(
+                "mark unit: commit of receipt %s from %s repeated; ignored", document.uid, peer
+            )
+            return empty_answer()
+        pending = receipts.pending.pop(document.uid, None)
+        if document.positions:
+            source = document
+            raw = [code.data for _, code in document.codes()]
+        elif pending is not None:
+            source = pending.document
+            raw = list(pending.codes)
+        else:
+            log.warning(
+                "mark unit: commit of receipt %s from %s without a begin or positions",
+                document.uid or "-",
+                peer,
+            )
+            return empty_answer()
+        if document.uid:
+            receipts.committed[document.uid] = None
+            while len(receipts.committed) > MAX_COMMITTED_PER_TILL:
+                receipts.committed.popitem(last=False)
+        codes: list[MarkingCode] = []
+        for data in raw:
+            try:
+                codes.append(self.backend.parse_code(data))
+            except CodeError as exc:
+                # Not a marking code (a till's typo, a tare's label): nothing to record.
+                log.info(
+                    "mark unit: commit of receipt %s: a code left out (%s)", source.uid, exc.reason
                 )
-                return empty_answer()
-        source = pending.document
-        codes = [
-            pending.checked[code.base64]
-            for _, code in source.codes()
-            if code.base64 in pending.checked
-        ]
         # A check answered before this sale must not be repeated to a till after it: the
         # code is sold now (FMU-API 761c44c dropped its check cache to stop repeat sales).
         self.repeats.forget()
@@ -359,12 +563,20 @@ class MarkUnitDesk:
         return empty_answer()
 
     def cancel(self, document: Document, peer: str) -> dict[str, Any]:
-        self._pending.pop(_pending_key(peer, document.uid), None)
+        receipts = self._tills.get(peer)
+        if receipts is not None:
+            receipts.pending.pop(document.uid, None)
         return empty_answer()
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Receipts pending, all tills'."""
+        return sum(len(receipts.pending) for receipts in self._tills.values())
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of the pending receipts, all tills', roughly."""
+        return sum(receipts.size for receipts in self._tills.values())
 
     async def aclose(self) -> None:
         """Let the Local Module reports under way finish (each has its own deadline), then
@@ -374,9 +586,15 @@ class MarkUnitDesk:
         await self.backend.aclose()
 
 
-def _pending_key(peer: str, uid: str) -> str:
-    """Receipts are kept per till: one till cannot commit or cancel another's."""
-    return f"{peer}\0{uid}"
+def _facts_of(result: TillCheck) -> Any:
+    """The facts of a check's answer (the online one first), for the price rules."""
+    facts = None
+    for item in result.answers:
+        if isinstance(item, SourceAnswer) and item.code == 0:
+            facts = item.facts
+            if item.online:
+                break
+    return facts
 
 
 def _any_inn(document: Document) -> bool:
@@ -438,7 +656,7 @@ def _pass_through(
     per organisation always carry the plain ``reqId`` (``FillFieldsForFrontol_6_25_5``)."""
     # Each answer parsed once; on a refund every copy the till may read shows the codes as
     # a refund needs them (FMU-API corrects the code objects all its copies share).
-    views = {id(a): _view(_inner(_body(a)), refund) for _, a in online + offline}
+    views = {id(a): _view(_entry(a), refund) for _, a in online + offline}
     main = online or offline
     if main:
         merged = dict(views[id(main[0][1])])
@@ -464,6 +682,37 @@ def _pass_through(
         answer["esm_response"] = _body(tspiot[0])
 
 
+def _offline(answer: SourceAnswer) -> bool:
+    """An answer the till reads as offline: the Local Module's, or a ТС ПИоТ's with ``inst``."""
+    if answer.source == "tspiot":
+        return bool(_entry(answer).get("inst"))
+    return not answer.online
+
+
+def _entry(answer: SourceAnswer) -> dict[str, Any]:
+    """The check result object of a service's answer. A ТС ПИоТ wraps it in
+    ``codesResponse`` (``TsPiotServiceV1``–``V3``); one it answered offline (``inst`` set) has
+    its first code read as found, valid, utilised, owned, verified and realizable, since the
+    ТС ПИоТ vouched for it (``MarkChecker.TsPiotCheck``)."""
+    body = _body(answer)
+    if answer.source != "tspiot":
+        return _inner(body)
+    entry = unwrap_entry(body)
+    if entry is None:
+        return {}
+    entry = dict(entry)
+    codes = entry.get("codes")
+    if entry.get("inst") and isinstance(codes, list) and codes and isinstance(codes[0], dict):
+        first = {
+            **codes[0],
+            **dict.fromkeys(
+                ("found", "valid", "utilised", "isOwner", "verified", "realizable"), True
+            ),
+        }
+        entry["codes"] = [first, *codes[1:]]
+    return entry
+
+
 def _view(inner: dict[str, Any], refund: bool) -> dict[str, Any]:
     """A check result as the till gets it: its ``codes`` a list of objects, each as a
     refund's till must read it when ``refund``."""
@@ -475,19 +724,29 @@ def _view(inner: dict[str, Any], refund: bool) -> dict[str, Any]:
 
 
 def _refund_view(entry: dict[str, Any]) -> dict[str, Any]:
-    """A code's entry as a refund's till must read it (``CheckReturnDocument.cs``): Frontol
-    refuses a refund of a code marked sold, and checks the expiry date on a refund too, so
-    ``sold`` goes false and a past expiry date moves to tomorrow."""
+    """A code's entry as a refund's till must read it. FMU-API's ``CheckReturnDocument.cs``
+    (``CodeDataTrueApi.ResetErrorFields`` with ``ResetSoldStatusForReturn``, then
+    ``CorrectExpireDate``) rewrites every field Frontol refuses a refund on: the code reads
+    found, verified, utilised and realizable, ``errorCode`` 0, not sold, and an expiry date
+    already past moves to tomorrow.
+
+    A date with no zone (``2020-01-01T00:00:00``) is read as the shop's local time, as FMU-API
+    compares it with ``DateTime.Now``, and a moved one is written without a zone too."""
     view = dict(entry)
-    if view.get("sold") is True:
-        view["sold"] = False
+    view.update(found=True, verified=True, utilised=True, realizable=True, sold=False)
+    view["errorCode"] = 0
     expiry = view.get("expireDate")
     if isinstance(expiry, str):
         try:
             when = datetime.fromisoformat(expiry.replace("Z", "+00:00"))
         except ValueError:
             when = None
-        now = datetime.now(UTC)
-        if when is not None and (when.tzinfo and when < now):
-            view["expireDate"] = (now + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00.000Z")
+        if when is not None and when.tzinfo is not None:
+            now = datetime.now(UTC)
+            if when < now:
+                view["expireDate"] = (now + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00.000Z")
+        elif when is not None:
+            local_now = datetime.now()  # the shop's time zone, the kiosk's clock
+            if when < local_now:
+                view["expireDate"] = (local_now + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00")
     return view

@@ -15,6 +15,10 @@ open-source re-implementation FMU-API (GitHub ``shrayky/FMU-API``, MIT), read fo
   ``mrp``/``smp``: the tills send rubles (``[mark_unit] price_unit``);
 * the windows-1251 answers: ``src/Presentation/WebApi/Services/FmuDocumentResponseService.cs``.
 
+The tills' JSON is read as ASP.NET Core reads it (``JsonSerializerDefaults.Web``, which
+FMU-API's controllers use): field names in any case (``Marking_codes``, ``ACTION``), and
+numbers also as strings (``"quantity": "1.5"``, ``"product_price": "59.90"``).
+
 Everything a till sends is hostile until :func:`parse_document` has checked it: a malformed
 document becomes :class:`BadDocument`, whose text never quotes a code. A marking code holds
 its crypto tail; it is kept out of every ``repr`` here.
@@ -133,6 +137,7 @@ def parse_document(
         raise BadDocument("the body is not JSON") from None
     if not isinstance(obj, dict):
         raise BadDocument("the body is not a JSON object")
+    obj = _fold(obj)
     action = obj.get("action")
     if action not in ACTIONS:
         raise BadDocument(f"action must be one of {', '.join(ACTIONS)}")
@@ -163,6 +168,24 @@ def parse_document(
     )
 
 
+def _fold(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """``obj`` with its field names in lower case: ASP.NET matches names without regard to
+    case (the last of two that differ only in case wins, as there)."""
+    return {str(key).lower(): value for key, value in obj.items()}
+
+
+#: A JSON number written as a string, as ASP.NET's ``AllowReadingFromString`` takes it.
+_NUMBER_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
+def _number(value: Any) -> Any:
+    """A number sent as a string becomes the number; anything else is returned as it is."""
+    if isinstance(value, str) and len(value) <= 64 and _NUMBER_TEXT.fullmatch(value):
+        number = float(value)
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    return value
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(name)  # NaN and Infinity are not JSON
 
@@ -184,6 +207,7 @@ def _position(item: Any, index: int, price_unit: str) -> Position:
     where = f"positions[{index}]."
     if not isinstance(item, dict):
         raise BadDocument(f"positions[{index}] must be an object")
+    item = _fold(item)
     raw_codes = item.get("marking_codes", [])
     if raw_codes is None:
         raw_codes = []
@@ -194,7 +218,7 @@ def _position(item: Any, index: int, price_unit: str) -> Position:
     if not price:
         total = _price(item.get("total_price"), f"{where}total_price", price_unit)
         price = total if total else price
-    quantity = item.get("quantity", 0)
+    quantity = _number(item.get("quantity", 0))
     if (
         isinstance(quantity, bool)
         or not isinstance(quantity, (int, float))
@@ -204,9 +228,11 @@ def _position(item: Any, index: int, price_unit: str) -> Position:
     organisation = item.get("organisation") or {}
     if not isinstance(organisation, dict):
         raise BadDocument(f"{where}organisation must be an object")
+    organisation = _fold(organisation)
     esm = item.get("esm") or {}
     if not isinstance(esm, dict):
         raise BadDocument(f"{where}esm must be an object")
+    esm = _fold(esm)
     esm_host = _plain(esm, "host", f"{where}esm.")
     esm_port = _plain(esm, "port", f"{where}esm.")
     return Position(
@@ -235,6 +261,7 @@ def _code(value: Any, where: str) -> TillCode:
 
 
 def _price(value: Any, where: str, unit: str) -> int | None:
+    value = _number(value)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

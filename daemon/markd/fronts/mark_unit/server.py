@@ -14,7 +14,8 @@ the path overrides the positions' organisation)::
 
 Limits and refusals::
 
-    peer not in [mark_unit] allowed_clients   403, closed before anything is read
+    peer not in [mark_unit] allowed_clients   403, closed at once (before anything is read,
+                                              never counted against the limits below)
     more than MAX_CONNECTIONS open            503, closed
     more than MAX_CONNECTIONS_PER_PEER        503, closed
     head > MAX_HEAD_BYTES                     431, closed
@@ -225,10 +226,25 @@ class MarkUnitServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)
         address = writer.get_extra_info("peername")
         host = str(address[0]) if address else "?"
         connection = _Connection(reader, writer, host)
+        if not allowed(host, self.networks):
+            # Checked before the connection counts: a flood from a forbidden address must
+            # not take the places of the tills. No lingering either, which would hold them.
+            self._count("forbidden")
+            log.warning("mark unit: refused a connection from %s (not an allowed client)", host)
+            reason = f"{host} is not in [mark_unit] allowed_clients"
+            with contextlib.suppress(Exception):
+                writer.write(
+                    _answer_bytes(
+                        connection, 403, refusal_answer(reason), False, self.config.encoding
+                    )
+                )
+                writer.write_eof()
+            writer.close()
+            return
+        self._tasks.add(task)
         self._open += 1
         self._open_from[host] = self._open_from.get(host, 0) + 1
         try:
@@ -236,11 +252,7 @@ class MarkUnitServer:
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             refusal = None
-            if not allowed(host, self.networks):
-                refusal = _Refusal(403, f"{host} is not in [mark_unit] allowed_clients")
-                self._count("forbidden")
-                log.warning("mark unit: refused a connection from %s (not an allowed client)", host)
-            elif self._open_from[host] > MAX_CONNECTIONS_PER_PEER:
+            if self._open_from[host] > MAX_CONNECTIONS_PER_PEER:
                 refusal = _Refusal(503, f"too many open connections from {host}")
                 self._count("busy")
             elif self._open > MAX_CONNECTIONS:
@@ -369,6 +381,7 @@ class MarkUnitServer:
             raise _Refusal(400, "the body did not arrive in time") from None
 
     async def _dispatch(self, request: _Request, peer: str) -> tuple[int, Any]:
+        received = time.monotonic()  # the till's patience runs from here, slot wait included
         match = _ROUTE.match(request.path)
         if match is None:
             self._count("not-found")
@@ -396,38 +409,46 @@ class MarkUnitServer:
         if inn:
             document = _with_inn(document, inn)
         try:
-            return 200, await self.desk.handle(document, peer, request.body)
+            return 200, await self.desk.handle(document, peer, request.body, received=received)
         except Exception as exc:  # noqa: BLE001 - answered 500, never a traceback
             log.error("mark unit: a %s document failed: %s", document.action, type(exc).__name__)
             return 500, refusal_answer("internal error in markd")
 
     async def _send(self, connection: _Connection, status: int, body: Any, keep: bool) -> None:
-        payload, content_type = encode_answer(body, self.config.encoding)
-        headers = [
-            (b"Content-Type", content_type.encode("ascii")),
-            (b"Content-Length", str(len(payload)).encode("ascii")),
-            (b"Cache-Control", b"no-store"),
-            (b"Connection", b"keep-alive" if keep else b"close"),
-        ]
-        http = connection.http
-        try:
-            data = http.send(
-                h11.Response(status_code=status, headers=headers, reason=_PHRASES.get(status, ""))
-            )
-        except h11.LocalProtocolError:
-            # The request was never parsed far enough for h11 to answer it: a fresh state
-            # that has "read" a minimal request answers instead.
-            http = h11.Connection(h11.SERVER)
-            http.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            http.next_event()
-            data = http.send(
-                h11.Response(status_code=status, headers=headers, reason=_PHRASES.get(status, ""))
-            )
-        data += http.send(h11.Data(data=payload)) + http.send(h11.EndOfMessage())
+        data = _answer_bytes(connection, status, body, keep, self.config.encoding)
         connection.writer.write(data)
         if connection.writer.transport.get_write_buffer_size():
             async with asyncio.timeout(WRITE_TIMEOUT_S):
                 await connection.writer.drain()
+
+
+def _answer_bytes(
+    connection: _Connection, status: int, body: Any, keep: bool, encoding: str
+) -> bytes:
+    """The HTTP answer's bytes, framed by the connection's h11 state."""
+    payload, content_type = encode_answer(body, encoding)
+    headers = [
+        (b"Content-Type", content_type.encode("ascii")),
+        (b"Content-Length", str(len(payload)).encode("ascii")),
+        (b"Cache-Control", b"no-store"),
+        (b"Connection", b"keep-alive" if keep else b"close"),
+    ]
+    http = connection.http
+    try:
+        data = http.send(
+            h11.Response(status_code=status, headers=headers, reason=_PHRASES.get(status, ""))
+        )
+    except h11.LocalProtocolError:
+        # The request was never parsed far enough for h11 to answer it: a fresh state
+        # that has "read" a minimal request answers instead.
+        http = h11.Connection(h11.SERVER)
+        http.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        http.next_event()
+        data = http.send(
+            h11.Response(status_code=status, headers=headers, reason=_PHRASES.get(status, ""))
+        )
+    data += http.send(h11.Data(data=payload)) + http.send(h11.EndOfMessage())
+    return data
 
 
 async def _linger(connection: _Connection) -> None:
