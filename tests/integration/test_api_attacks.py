@@ -1,6 +1,7 @@
 """Attacks on the control API by a local user who can reach its TCP port but not its Unix
 socket: each test runs one, and a probe over the Unix socket (the kiosk screen, ``markctl``)
-must keep being served meanwhile, its p99 latency within :data:`PROBE_P99_S`.
+must keep being served meanwhile, its p99 latency within :data:`PROBE_P99_S` (or, on a machine
+busy with other work, :data:`PROBE_P99_RATIO` times its own p99 without the attack).
 
 Before markd kept connection slots per listener, 64 tokenless TCP connections, or a slow-loris,
 took every slot and the Unix socket answered ``503 busy`` to all 396 requests of a kiosk
@@ -32,6 +33,18 @@ from markd.api import server
 TOKEN = "attack-test-token-5c1d"
 #: The probe's p99 latency allowed during an attack: a person at the screen notices nothing.
 PROBE_P99_S = 0.050
+#: On a machine busy with other work every latency grows, the attack's or not: the bound is
+#: then this many times the probe's own p99 without an attack, measured in the same test.
+PROBE_P99_RATIO = 8.0
+
+
+def probe_bound(quiet: list[float]) -> float:
+    """The p99 a probe may have during an attack: :data:`PROBE_P99_S`, or
+    :data:`PROBE_P99_RATIO` times the p99 of ``quiet`` (the probe before the attack) when the
+    machine is that slow."""
+    return max(PROBE_P99_S, PROBE_P99_RATIO * p99(quiet))
+
+
 #: Probe requests made during each attack, one at a time, each on a new connection (as
 #: markctl does).
 PROBE_REQUESTS = 150
@@ -166,12 +179,13 @@ async def test_api_a_tcp_connection_flood_leaves_the_unix_socket_served(
         await wait_until(lambda: open_connections(service) >= server.MAX_CONNECTIONS["tcp"])
         latencies = await probe(config.api.socket)
         await attacker.end()
+        quiet = await probe(config.api.socket)
 
     refused = [answer for answer in busy if answer]
     assert len(refused) == flood - server.MAX_CONNECTIONS["tcp"]
     assert all(answer.startswith(b"HTTP/1.1 503 ") and b'"busy"' in answer for answer in refused)
     print(f"probe p99 during a flood of {flood} TCP connections: {p99(latencies) * 1000:.1f} ms")
-    assert p99(latencies) <= PROBE_P99_S
+    assert p99(latencies) <= probe_bound(quiet)
 
 
 async def test_api_a_slow_loris_on_tcp_leaves_the_unix_socket_served_and_is_cut_off(
@@ -225,9 +239,10 @@ async def test_api_a_slow_loris_on_tcp_leaves_the_unix_socket_served_and_is_cut_
         latencies = await probe(config.api.socket)  # about 1.5 s: past the head deadline
         await wait_until(lambda: len(closed_after) + len(busy) == tricklers, timeout=5)
         await attacker.end()
+        quiet = await probe(config.api.socket)
 
     print(f"probe p99 during a slow-loris of {tricklers}: {p99(latencies) * 1000:.1f} ms")
-    assert p99(latencies) <= PROBE_P99_S
+    assert p99(latencies) <= probe_bound(quiet)
     # Those past the TCP limit were answered 503 at once; the others cut off, unanswered,
     # at the 1 s head deadline.
     assert len(busy) == tricklers - server.MAX_CONNECTIONS["tcp"]
@@ -299,6 +314,7 @@ async def test_api_one_tcp_peer_holding_slow_requests_leaves_other_tcp_peers_ser
                 conversation.close()
         latencies = await probe(config.api.socket)
         await attacker.end()
+        quiet = await probe(config.api.socket)
 
     assert others == [200] * 20
     assert len(answers) == hog - held
@@ -306,7 +322,7 @@ async def test_api_one_tcp_peer_holding_slow_requests_leaves_other_tcp_peers_ser
         assert answer.startswith(b"HTTP/1.1 503 "), answer[:40]
         assert b'"busy"' in answer and b"from 127.0.0.2" in answer
     print(f"probe p99 while one TCP peer held {held} slots: {p99(latencies) * 1000:.1f} ms")
-    assert p99(latencies) <= PROBE_P99_S
+    assert p99(latencies) <= probe_bound(quiet)
 
 
 #: The tokenless clients, run as a process of their own (busy, they would compete with the
@@ -378,6 +394,7 @@ async def test_api_tokenless_keep_alive_requests_leave_the_unix_socket_served(
     async with running(config, event_log) as service:
         assert service.api is not None and service.api.tcp_address is not None
         host, port = service.api.tcp_address
+        quiet = await probe(config.api.socket)
         attacker = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
@@ -405,4 +422,4 @@ async def test_api_tokenless_keep_alive_requests_leave_the_unix_socket_served(
     assert result["second_answers"] == 0
     refused = result["refused"]
     print(f"probe p99 during {refused} tokenless requests: {p99(latencies) * 1000:.1f} ms")
-    assert p99(latencies) <= PROBE_P99_S
+    assert p99(latencies) <= probe_bound(quiet)
