@@ -91,7 +91,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         return None
     names = pyfuncitem._fixtureinfo.argnames
     kwargs = {name: pyfuncitem.funcargs[name] for name in names}
-    asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), ASYNC_TEST_TIMEOUT))
+    marker = pyfuncitem.get_closest_marker("async_timeout")
+    timeout = float(marker.args[0]) if marker is not None else ASYNC_TEST_TIMEOUT
+    asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), timeout))
     return True
 
 
