@@ -140,8 +140,21 @@ async def front_cpu(count: int) -> dict[str, float]:
     verdict = Verdict("allow", "allowed", "Продажа разрешена", "cdn", "mark-unit")
 
     class Stub:
-        async def check_for_till(self, data: bytes, context: Any) -> Any:
+        """The daemon's side of the front (markd.fronts.mark_unit.desk.TillBackend), answering
+        at once: what is timed is the front alone."""
+
+        async def check_for_till(
+            self,
+            data: bytes,
+            context: Any,
+            *,
+            received: float | None = None,
+            until: float | None = None,
+        ) -> Any:
             return TillCheck(CheckedCode(verdict), (answer,))
+
+        def budget_s(self) -> float:
+            return 1.5
 
         def organisation(self) -> tuple[str, str]:
             return "", ""
