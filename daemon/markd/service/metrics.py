@@ -34,7 +34,7 @@ import bisect
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -480,24 +480,22 @@ class StatusCollector:
             )
         runs = store.get("sync_runs")
         if runs is not None:
-            family = CounterMetricFamily(
+            yield _counts(
                 "markd_store_syncs_total",
                 "Fleet syncs finished since start, by result (ok, failed, refused).",
-                labels=["result"],
+                "result",
+                SYNC_RESULTS,
+                runs,
             )
-            for result in SYNC_RESULTS:
-                family.add_metric([result], runs.get(result, 0))
-            yield family
         last = store.get("sync_last_result")
         if last is not None:
-            family = GaugeMetricFamily(
+            yield _one_hot(
                 "markd_store_last_sync_result",
                 "How the latest fleet sync run ended: 1 for its result, 0 for the others.",
-                labels=["result"],
+                "result",
+                SYNC_RESULTS,
+                last,
             )
-            for result in SYNC_RESULTS:
-                family.add_metric([result], 1.0 if result == last else 0.0)
-            yield family
         if store.get("sync_finished_at") is not None:
             yield GaugeMetricFamily(
                 "markd_store_last_sync_attempt_timestamp_seconds",
@@ -508,24 +506,22 @@ class StatusCollector:
     def _printer_families(self, printer: Mapping[str, Any]) -> Iterator[Metric]:
         outcomes = printer.get("receipt_outcomes")
         if outcomes is not None:
-            receipts = CounterMetricFamily(
+            yield _counts(
                 "markd_receipts_total",
                 "Receipts closed or cancelled since start, by outcome.",
-                labels=["outcome"],
+                "outcome",
+                RECEIPT_OUTCOMES,
+                outcomes,
             )
-            for outcome in RECEIPT_OUTCOMES:
-                receipts.add_metric([outcome], outcomes.get(outcome, 0))
-            yield receipts
         recoveries = printer.get("recoveries")
         if recoveries is not None:
-            family = CounterMetricFamily(
+            yield _counts(
                 "markd_receipt_recoveries_total",
                 "Sale recoveries that had something to settle, by result.",
-                labels=["result"],
+                "result",
+                RECOVERY_RESULTS,
+                recoveries,
             )
-            for result in RECOVERY_RESULTS:
-                family.add_metric([result], recoveries.get(result, 0))
-            yield family
         yield GaugeMetricFamily(
             "markd_printer_queue_blocked",
             "1 while the fiscal driver's request queue is blocked (ATOL Web Requests).",
@@ -645,6 +641,27 @@ class StatusCollector:
                 entry["count"],
             )
         yield refused
+
+
+def _counts(
+    name: str, documentation: str, label: str, values: Iterable[str], counts: Mapping[str, int]
+) -> CounterMetricFamily:
+    """A counter with one series for each of a closed set of ``values`` (0 for those not
+    counted yet, so every series exists from the start)."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value in values:
+        family.add_metric([value], counts.get(value, 0))
+    return family
+
+
+def _one_hot(
+    name: str, documentation: str, label: str, values: Iterable[str], current: str
+) -> GaugeMetricFamily:
+    """A gauge with one series for each of ``values``: 1 for ``current``, 0 for the others."""
+    family = GaugeMetricFamily(name, documentation, labels=[label])
+    for value in values:
+        family.add_metric([value], 1.0 if value == current else 0.0)
+    return family
 
 
 def _buckets(per_bucket: list[int]) -> list[tuple[str, float]]:
