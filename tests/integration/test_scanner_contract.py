@@ -3,6 +3,10 @@
 :class:`TestScannerContract` runs unchanged against the virtual scanner, a serial scanner on a
 pty and on a TCP "serial-to-Ethernet converter", and keyboard-mode and HID-POS scanners on the
 simulated USB bus (pyusb's own code above :class:`~markd.scanners.simulated.SimulatedUsb`).
+In a process started under umockdev (tests/integration/test_scanner_libusb.py starts one),
+keyboard-mode and HID-POS scanners also run over pyusb's real libusb1 backend, their
+``/dev/bus/usb`` nodes emulated at the kernel interface (``hid-kbd-libusb``,
+``hid-pos-libusb``; tests/umockdev_usb.py).
 With ``pytest --hil-scanner URL`` (repeatable) it also runs against real scanners: the test
 then asks the operator to scan a known code, and the tests that need to pull a plug or send
 garbage are skipped.
@@ -40,10 +44,14 @@ from markd.scanners.simulated import (
     pos_reports,
 )
 from markd.scanners.usb_common import use_backend
+from umockdev_usb import Profile, UmockdevBus
+from umockdev_usb import available as umockdev_unavailable
 
 E = TypeVar("E", Scan, ScanOverflow, ScannerState)
 
 BACKENDS = ["virtual", "serial-pty", "serial-socket", "hid-kbd", "hid-pos"]
+#: Only in a process under umockdev's preload (see the module docstring).
+LIBUSB_BACKENDS = ["hid-kbd-libusb", "hid-pos-libusb"]
 
 #: The code an operator scans in hardware-in-loop runs (print it as a GS1 DataMatrix).
 HIL_CODE = WATER
@@ -52,7 +60,8 @@ HIL_CODE = WATER
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "harness" in metafunc.fixturenames:
         hil = [f"hil:{url}" for url in metafunc.config.getoption("--hil-scanner")]
-        metafunc.parametrize("harness", BACKENDS + hil, indirect=True)
+        libusb = LIBUSB_BACKENDS if umockdev_unavailable() is None else []
+        metafunc.parametrize("harness", BACKENDS + libusb + hil, indirect=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,6 +355,53 @@ class UsbHarness(Harness):
         self._hook.__exit__(None, None, None)
 
 
+class LibusbHarness(UsbHarness):
+    """A USB scanner whose device node umockdev emulates: pyusb's libusb1 backend, libusb's
+    Linux usbfs code and the kernel's ioctl interface (as tests/umockdev_usb.py emulates
+    it) between markd and the reports."""
+
+    _bus: UmockdevBus | None = None
+
+    def __init__(self, kind: str) -> None:
+        # One testbed for the process: libusb keeps its view of the bus for its lifetime.
+        if LibusbHarness._bus is None:
+            LibusbHarness._bus = UmockdevBus()
+        self.kind = kind.removesuffix("-libusb")
+        self.garbage_reason = "bad-report"
+        if self.kind == "hid-kbd":
+            self.device = LibusbHarness._bus.add(Profile(kind="keyboard", serial="K7"))
+            self.url = "hid-kbd://0c2e:0b61"
+        else:
+            profile = Profile(kind="hid-pos", vid=0x1EAB, pid=0x0010, serial="P1")
+            self.device = LibusbHarness._bus.add(profile)
+            self.url = "hid-pos://1eab:0010"
+
+    def unplug(self) -> None:
+        # The tests unplug once what they sent "has been read", after a pause sized for the
+        # simulated bus. Here every report is a URB through libusb, the kernel interface
+        # and umockdev's forwarding (about 1 ms each, a real keyboard's interval at most):
+        # wait for them, then pull the plug.
+        assert self.device.drained(5.0), "the emulated scanner's reports were not all read"
+        self.device.unplug()
+
+    def unplug_in_stream(self) -> None:
+        self.device.queue_unplug()
+
+    def replug(self) -> None:
+        self.device.plug()
+
+    def assert_released(self) -> None:
+        log = self.device.log
+        assert self.device.driver_bound, log
+        assert not self.device.claimed, log
+        assert self.device.protocol == 1, log  # a keyboard back in report protocol
+        assert not self.device.unknown, self.device.unknown
+
+    def close(self) -> None:
+        self.device.unplug()  # the next test's scanner is the only one on the bus
+        self.device.close()
+
+
 class HilHarness(Harness):
     """A real scanner: the operator scans; nothing here can unplug it or send garbage."""
 
@@ -381,6 +437,8 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         made = SocketHarness()
     elif kind in ("hid-kbd", "hid-pos"):
         made = UsbHarness(kind)
+    elif kind in LIBUSB_BACKENDS:
+        made = LibusbHarness(kind)
     else:
         made = HilHarness(kind.removeprefix("hil:"), request)
     try:

@@ -387,6 +387,14 @@ class UsbSession:
                 session.detached = True
         except NotImplementedError:
             pass  # not Linux: nothing to detach
+        except usb.core.USBError as exc:
+            if exc.errno is not None:
+                raise  # unplugged, access denied: the caller reports it
+            # libusb's "other error": the kernel would not say which driver holds the
+            # interface (its GETDRIVER request was refused, as under umockdev's traffic
+            # player). Not knowing is no reason to give up: the claim below fails with
+            # EBUSY if a driver does hold it, and that error says what to do.
+            log.debug("interface %d: kernel driver unknown (%s); claiming anyway", number, exc)
         try:
             if not configured:
                 device.set_configuration()
