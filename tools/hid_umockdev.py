@@ -330,7 +330,10 @@ class CaptureError(ValueError):
 def read_capture(path: Path) -> Iterator[tuple[int, bytes, int, int]]:
     """Yield (link type, packet, captured length, length on the wire) from a pcap or pcapng
     file. Raises :class:`CaptureError` for anything else."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CaptureError(f"{path}: {exc.strerror}") from exc
     if len(data) < 24:
         raise CaptureError(f"{path}: {len(data)} bytes, too short for a capture file")
     magic = data[:4]
@@ -614,8 +617,8 @@ def recording_reports(path: Path) -> tuple[str, list[tuple[bytes, float]], bytes
             # umockdev's player cannot unplug a device; the replay stops here.
             break
         reports.append((entry.data, entry.delay))
-    lengths = {len(r) for r, _ in reports}
-    kind = "keyboard" if lengths <= {8} else "hid-pos"
+    # A keyboard's reports are 8 bytes (a garbled one shorter); HID-POS ones are longer.
+    kind = "hid-pos" if any(len(r) > 8 for r, _ in reports) else "keyboard"
     return kind, reports, capture.descriptor
 
 
@@ -675,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if report.problems else 0
     if report.problems:
         return 1
-    kind = args.kind or ("keyboard" if {len(r) for r in report.reports} <= {8} else "hid-pos")
+    kind = args.kind or ("hid-pos" if any(len(r) > 8 for r in report.reports) else "keyboard")
     write_recording(args.output, report.reports, kind, args.expect, args.capture.name)
     print(f"wrote {args.output}: {len(report.reports)} {kind} reports")
     return 0

@@ -1,0 +1,126 @@
+"""tools/hid_umockdev.py: recordings → umockdev descriptions and usbmon captures, and the
+checks it makes of a bench's capture. (The captures are replayed by umockdev's own player in
+tests/integration/test_scanner_libusb.py.)"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import hid_umockdev  # noqa: E402
+from hid_umockdev import URB_INTERRUPT, Profile, Urb  # noqa: E402
+from markd.scanners.capture import read_hid_capture  # noqa: E402
+
+DATA = ROOT / "tests" / "data" / "scanners"
+
+
+def reports_of(path: Path) -> list[bytes]:
+    return [r for r, _ in hid_umockdev.recording_reports(path)[1]]
+
+
+@pytest.mark.parametrize("name", ["kbd-gs-ctrl.hid", "pos-split.hid", "garbage.hid"])
+def test_a_converted_recording_carries_its_reports_and_checks_clean(
+    name: str, tmp_path: Path
+) -> None:
+    description, traffic = hid_umockdev.convert(DATA / name, tmp_path)
+    report = hid_umockdev.check(traffic)
+    assert report.problems == []
+    assert report.reports == reports_of(DATA / name)
+    text = description.read_text()
+    assert "E: DEVTYPE=usb_device" in text and "H: descriptors=12010002" in text
+    # Every completion follows its submission, in the 64-byte usbmon layout.
+    urbs = hid_umockdev.read_urbs(traffic)
+    seen: set[int] = set()
+    for urb in urbs:
+        if urb.event == "S":
+            seen.add(urb.urb_id)
+        else:
+            assert urb.urb_id in seen
+    assert traffic.read_bytes()[20:24] == struct.pack("<I", 220)
+
+
+def test_the_descriptors_are_what_a_usb_host_parses(tmp_path: Path) -> None:
+    keyboard = Profile(kind="keyboard")
+    config = hid_umockdev.configuration_descriptor(keyboard)
+    assert struct.unpack_from("<H", config, 2)[0] == len(config)
+    interface = config[9:18]
+    assert interface[5:8] == bytes([3, 1, 1])  # HID, boot, keyboard
+    assert config[-7:][2] == 0x81 and struct.unpack_from("<H", config, len(config) - 3)[0] == 8
+    pos = hid_umockdev.configuration_descriptor(Profile(kind="hid-pos"))
+    assert pos[9 + 5 : 9 + 8] == bytes([3, 0, 0])
+    assert hid_umockdev.string_descriptor(keyboard, 3) == bytes([6, 3]) + "K7".encode("utf-16-le")
+    assert hid_umockdev.string_descriptor(keyboard, 9) is None
+
+
+def _write(path: Path, urbs: list[Urb], linktype: int = 220, cut: int = 0) -> None:
+    out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype))
+    for urb in urbs:
+        packet = urb.pack()
+        kept = packet[: len(packet) - cut] if cut and urb.data else packet
+        out += struct.pack("<IIII", 0, 0, len(kept), len(packet)) + kept
+    path.write_bytes(bytes(out))
+
+
+def _report(bus: int, address: int, urb_id: int, data: bytes, *, submit: bool = True) -> list[Urb]:
+    common = dict(transfer=URB_INTERRUPT, endpoint=0x81, bus=bus, address=address, urb_id=urb_id)
+    events = [Urb(event="S", length=8, status=-115, **common)] if submit else []
+    return events + [Urb(event="C", length=len(data), data=data, **common)]
+
+
+def test_check_names_what_is_wrong_with_a_capture(tmp_path: Path) -> None:
+    capture = tmp_path / "c.pcap"
+    capture.write_text("hello, not a capture at all")
+    assert "not a pcap or pcapng file" in hid_umockdev.check(capture).problems[0]
+
+    _write(capture, _report(1, 7, 1, bytes(8)), linktype=1)
+    assert "link type 1, not usbmon (220)" in hid_umockdev.check(capture).problems[0]
+
+    _write(capture, _report(1, 7, 1, bytes(8)) + _report(1, 9, 2, bytes(8)))
+    (problem,) = hid_umockdev.check(capture).problems
+    assert "2 devices (1:7, 1:9)" in problem and "--device BUS:ADDR" in problem
+    assert hid_umockdev.check(capture, (1, 9)).problems == []
+
+    _write(capture, _report(1, 7, 1, bytes([0, 0, 4, 0, 0, 0, 0, 0]), submit=False))
+    assert any("no submission" in p for p in hid_umockdev.check(capture).problems)
+
+    _write(capture, _report(1, 7, 1, bytes([0, 0, 4, 0, 0, 0, 0, 0])), cut=4)
+    assert any("snapshot length" in p for p in hid_umockdev.check(capture).problems)
+
+
+def test_a_pcapng_capture_is_read_like_a_pcap(tmp_path: Path) -> None:
+    urbs = _report(2, 5, 1, bytes([0, 0, 0x27, 0, 0, 0, 0, 0])) + _report(2, 5, 2, bytes(8))
+
+    def block(kind: int, body: bytes) -> bytes:
+        body += bytes(-len(body) % 4)
+        return struct.pack("<II", kind, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+
+    data = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    data += block(1, struct.pack("<HHI", 220, 0, 65535))
+    for urb in urbs:
+        packet = urb.pack()
+        data += block(6, struct.pack("<IIIII", 0, 0, 0, len(packet), len(packet)) + packet)
+    capture = tmp_path / "c.pcapng"
+    capture.write_bytes(data)
+    report = hid_umockdev.check(capture)
+    assert report.problems == []
+    assert report.reports == [bytes([0, 0, 0x27, 0, 0, 0, 0, 0]), bytes(8)]
+
+
+def test_extract_writes_a_recording_markd_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _desc, traffic = hid_umockdev.convert(DATA / "kbd-gs-f8.hid", tmp_path)
+    out = tmp_path / "bench.hid"
+    code = "0104670540176099215LpGKy\x1d93dGVz"
+    assert hid_umockdev.main(["extract", str(traffic), str(out), "--expect", code]) == 0
+    capture = read_hid_capture(out.read_text())
+    assert capture.reports == reports_of(DATA / "kbd-gs-f8.hid")
+    assert "# expect: 0104670540176099215LpGKy\\u001d93dGVz" in out.read_text()
+    assert hid_umockdev.main(["check", str(tmp_path / "missing.pcap")]) == 1
+    assert "problem:" in capsys.readouterr().err
