@@ -71,12 +71,19 @@ fi
 # by tests/integration/test_monitoring_prometheus.py (tests/*/test_monitoring_*.py skip without
 # them, and fail without them when CI=true); the system's prometheus service is never run.
 # Debian's chromium is the headless browser tests/browser/ drive over the DevTools protocol
-# (no chromedriver, no Python package); it brings no service.
+# (no chromedriver, no Python package); it brings no service. umockdev, its GObject
+# introspection data and python3-gi emulate USB devices below libusb for
+# tests/integration/test_scanner_libusb.py (the real libusb path; the venv reaches Debian's gi
+# module by path, tests/umockdev_usb.py); no service either.
 if [ "$(id -u)" -eq 0 ] && [ "${MARKD_PIP_SPEC:--e}" != "." ]; then
     command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
     command -v tinyproxy >/dev/null 2>&1 || need+=(tinyproxy)
     command -v promtool >/dev/null 2>&1 || need+=(prometheus)
     command -v chromium >/dev/null 2>&1 || need+=(chromium)
+    command -v umockdev-wrapper >/dev/null 2>&1 || need+=(umockdev)
+    have_pkg gir1.2-umockdev-1.0 || need+=(gir1.2-umockdev-1.0)
+    have_pkg python3-gi || need+=(python3-gi)
+    have_pkg libusb-1.0-0 || need+=(libusb-1.0-0)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
