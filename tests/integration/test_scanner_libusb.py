@@ -8,7 +8,9 @@ pytest again, under ``umockdev-wrapper``, on:
   for both kinds, unchanged, with the scanner's ``/dev/bus/usb`` node answering libusb's
   usbdevfs ioctls (tests/umockdev_usb.py);
 * every HID recording replayed by umockdev's own usbmon player
-  (tests/umockdev/replay_recordings.py).
+  (tests/umockdev/replay_recordings.py);
+* one script of pyusb calls, success and failure, over the simulated bus and over the real
+  path, whose outcomes must be the same (tests/umockdev/parity.py).
 
 Each inner test must pass; the only skips allowed are the recordings the player cannot
 express (``NOT_REPLAYABLE``, with its reason). Without umockdev (Debian ``umockdev``,
@@ -107,3 +109,11 @@ def test_every_recording_replays_through_umockdevs_own_player(tmp_path: Path) ->
         else:
             assert outcome == "passed", (name, outcome)
     assert sum(o == "passed" for o in outcomes.values()) >= 10
+
+
+def test_the_simulated_bus_and_the_real_libusb_path_answer_pyusb_alike(tmp_path: Path) -> None:
+    outcomes = run_inner(tmp_path, str(ROOT / "tests" / "umockdev" / "parity.py"))
+    name = "test_the_simulated_bus_answers_like_the_real_libusb_path"
+    if outcomes.get(name, "").startswith("skipped"):
+        missing(outcomes[name].removeprefix("skipped: "))
+    assert outcomes == {name: "passed"}, outcomes
