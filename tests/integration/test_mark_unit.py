@@ -135,6 +135,7 @@ async def test_allowed_check_passes_the_online_answer_through(
     assert truemark["codes"][0]["printView"] == WATER_KI
     assert body["truemark_responses"][0]["inn"] == SHOP_INN
     assert body["truemark_responses"][0]["response"]["reqId"] == truemark["reqId"]
+    assert body["truemark_responses"][0]["response"]["isCheckedOffline"] is False
     assert body["offline_truemark_response"] == []
     record = verdicts(event_log)[-1]
     assert (record["decision"], record["source"], record["scanner"]) == (
@@ -188,6 +189,15 @@ async def test_offline_answer_from_the_local_module(tmp_path, services, event_lo
     # Older Frontol versions read truemark_response only: it carries the offline answer.
     assert body["truemark_response"]["inst"] == result["inst"]
     assert verdicts(event_log)[-1]["source"] == "lm"
+    # The Local Module says next to nothing per code; FMU-API's
+    # src/Core/FmuApiApplication/Mark/Services/MarkChecker.cs (OfflineCheckAsync, commits
+    # 37f397e and 369eb2c) reads its code as found, valid, utilised, owned, verified and
+    # realizable so that Frontol's check of the answer passes, in every copy the till reads;
+    # the copy says it came offline (isCheckedOffline, CheckInformation.cs, commit ce1523f).
+    flags = ("found", "valid", "utilised", "isOwner", "verified", "realizable")
+    for entry in (result["codes"][0], body["truemark_response"]["codes"][0]):
+        assert all(entry.get(flag) is True for flag in flags), entry
+    assert result["isCheckedOffline"] is True
 
 
 async def test_parallel_answers_fill_one_copy_list_by_inst(tmp_path, services, event_log) -> None:

@@ -9,7 +9,8 @@ read for facts; the decisions are markd's own).
     and the verdict's Russian text in ``error``; the services' answers are passed through
     (``truemark_response`` with ``reqId``/``reqTimestamp``, the Local Module's in
     ``offline_truemark_response``, the ТС ПИоТ's body in ``esm_response`` and its result in
-    ``truemark_response`` as well).
+    ``truemark_response`` as well); an offline answer's code is passed on read as valid in
+    every respect the till checks (:func:`_entry`).
 ``begin``
     the price rules of ``BeginDocument.cs``: below the ЕМЦ (``smp``, groups 3 and 16), above
     a tobacco pack's MRP, below a stick pack's (group 16) minimum: ``code`` 3, one line per
@@ -666,16 +667,22 @@ def _pass_through(
                 f"{merged['reqId']}&Inst={merged.get('inst', '')}&Ver={merged.get('version', '')}"
             )
         answer["truemark_response"] = merged
+    # The copies say whether the answer came offline (``isCheckedOffline``, FMU-API's
+    # ``CheckInformation.cs``, commit ce1523f: true exactly when it carries an ``inst``).
     for position, item in online:
         answer["truemark_responses"].append(
-            {"inn": position.inn, "kpp": position.kpp, "response": views[id(item)]}
+            {
+                "inn": position.inn,
+                "kpp": position.kpp,
+                "response": {**views[id(item)], "isCheckedOffline": False},
+            }
         )
     for position, item in offline:
         answer["offline_truemark_response"].append(
             {
                 "inn": position.inn,
                 "kpp": position.kpp,
-                "response": {"results": [views[id(item)]]},
+                "response": {"results": [{**views[id(item)], "isCheckedOffline": True}]},
             }
         )
     if tspiot:
@@ -685,30 +692,39 @@ def _pass_through(
 def _offline(answer: SourceAnswer) -> bool:
     """An answer the till reads as offline: the Local Module's, or a ТС ПИоТ's with ``inst``."""
     if answer.source == "tspiot":
-        return bool(_entry(answer).get("inst"))
+        entry = unwrap_entry(_body(answer))
+        return entry is not None and bool(entry.get("inst"))
     return not answer.online
 
 
+#: The code flags an offline answer's first code is read with (FMU-API ``MarkChecker.cs``):
+#: the till validates them, and an offline service that answered has vouched for the code.
+OFFLINE_FLAGS = ("found", "valid", "utilised", "isOwner", "verified", "realizable")
+
+
 def _entry(answer: SourceAnswer) -> dict[str, Any]:
-    """The check result object of a service's answer. A ТС ПИоТ wraps it in
-    ``codesResponse`` (``TsPiotServiceV1``–``V3``); one it answered offline (``inst`` set) has
-    its first code read as found, valid, utilised, owned, verified and realizable, since the
-    ТС ПИоТ vouched for it (``MarkChecker.TsPiotCheck``)."""
+    """The check result object of a service's answer, as the till must read it. A ТС ПИоТ
+    wraps it in ``codesResponse`` (``TsPiotServiceV1``–``V3``); the Local Module's v2 wraps
+    it in ``results``.
+
+    An offline answer (the Local Module's, or a ТС ПИоТ's with ``inst``) has its first code
+    read as found, valid, utilised, owned, verified and realizable: the offline service says
+    little per code, and Frontol's check of the answer would refuse it otherwise. FMU-API
+    does the same (``MarkChecker.OfflineCheckAsync`` and ``TsPiotCheck``, commits 37f397e and
+    369eb2c); markd's own verdict, already taken, is not changed by it."""
     body = _body(answer)
     if answer.source != "tspiot":
-        return _inner(body)
-    entry = unwrap_entry(body)
-    if entry is None:
-        return {}
-    entry = dict(entry)
+        entry = dict(_inner(body))
+        offline = not answer.online
+    else:
+        unwrapped = unwrap_entry(body)
+        if unwrapped is None:
+            return {}
+        entry = dict(unwrapped)
+        offline = bool(entry.get("inst"))
     codes = entry.get("codes")
-    if entry.get("inst") and isinstance(codes, list) and codes and isinstance(codes[0], dict):
-        first = {
-            **codes[0],
-            **dict.fromkeys(
-                ("found", "valid", "utilised", "isOwner", "verified", "realizable"), True
-            ),
-        }
+    if offline and isinstance(codes, list) and codes and isinstance(codes[0], dict):
+        first = {**codes[0], **dict.fromkeys(OFFLINE_FLAGS, True)}
         entry["codes"] = [first, *codes[1:]]
     return entry
 
