@@ -578,6 +578,55 @@ async def test_the_same_check_twice_is_answered_from_the_cache(
         assert other.status == 200 and cdn.count("codes/check") == 2
 
 
+#: The second check Frontol sends for a code it checked, cut short: the GTIN and serial
+#: without their AIs or crypto tail (FMU-API commit 94bcda4, "the repeated request from
+#: Frontol with an incomplete code"; 287b37f matches it with the answer's ``SGtin()``,
+#: ``src/Core/FmuApiDomain/TrueSignApi/MarkData/Check/CheckMarksDataAnswerTrueApi.cs``:
+#: ``printView`` without "01" and "21"), or the КИ without the tail.
+WATER_SHORT = "046800294609085jcmHzLmkdPML"
+
+
+async def test_the_second_check_with_the_code_cut_short_gets_the_full_codes_answer(
+    tmp_path, services, event_log
+) -> None:
+    cdn, lm = services
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        full = (await till.post("/document", document("check", position(WATER)))).json()
+        assert full["code"] == 0
+        records = len(verdicts(event_log))
+        for short in (WATER_SHORT, WATER_KI):
+            again = await till.post("/document", document("check", position(short)))
+            assert again.status == 200 and again.json() == full, short
+        assert cdn.count("codes/check") == 1
+        assert len(verdicts(event_log)) == records  # answered as a repeat: no new check
+        assert service.status_snapshot()["mark_unit"]["repeats_answered"] == 2
+        # Another till never checked the full code: its short code is no code.
+        other = Till(*service.mark_unit.address, local_addr="127.0.0.3")
+        try:
+            elsewhere = await other.post("/document", document("check", position(WATER_SHORT)))
+        finally:
+            await other.close()
+        assert elsewhere.json()["code"] == 1
+        # After a sale the full code's answer is not repeated.
+        await till.post("/document", document("commit", position(WATER), uid="s1"))
+        after = (await till.post("/document", document("check", position(WATER_SHORT)))).json()
+    assert after["code"] == 1 and "уже продан" not in after["error"]
+
+
+async def test_a_short_code_is_not_answered_after_the_repeat_time(
+    tmp_path, services, event_log
+) -> None:
+    cdn, lm = services
+    cfg = direct(tmp_path, cdn, lm, front="repeat_cache_ms = 100\n")
+    async with till_of(cfg, event_log) as (till, _):
+        assert (await till.post("/document", document("check", position(WATER)))).json()[
+            "code"
+        ] == 0
+        await asyncio.sleep(0.2)
+        late = (await till.post("/document", document("check", position(WATER_SHORT)))).json()
+    assert late["code"] == 1
+
+
 async def test_a_commit_empties_the_repeat_cache(tmp_path, services, event_log) -> None:
     cdn, lm = services
     item = position(WATER)

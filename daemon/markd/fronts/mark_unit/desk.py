@@ -27,6 +27,8 @@ read for facts; the decisions are markd's own).
 The tills' habits (``docs/mark_unit.md``): a till may send the same check twice in a row
 (FMU-API's commit notes); the second is answered from :class:`RepeatCache` without asking the
 services, and one that arrives while the first is still being checked waits for its answer.
+Frontol may send the second with the code cut short (FMU-API commit 94bcda4: GTIN and serial,
+no crypto tail); that one gets the full code's answer too.
 """
 
 from __future__ import annotations
@@ -181,12 +183,15 @@ class _Kept:
     peer: str
     size: int
     answer: dict[str, Any]
+    #: Keys (:meth:`RepeatCache.short_key`) of the short forms of the one code checked.
+    shorts: tuple[bytes, ...] = ()
 
 
 class RepeatCache:
     """Answers to recent checks by (till address, document): a till that sends the same check
     again within ``ttl_s`` gets the first answer, and one that sends it while the first is
-    still being checked waits for that answer instead of asking the services twice.
+    still being checked waits for that answer instead of asking the services twice. The
+    answer to a one-code check is also found by the short forms of its code (:meth:`short`).
 
     Bounded three ways, so no till and no number of tills can make it large: answers in all
     (:data:`MAX_REPEATS`), per till (:data:`MAX_REPEATS_PER_TILL`, the till's oldest go) and
@@ -202,12 +207,18 @@ class RepeatCache:
         self._per_till: dict[str, int] = {}
         self._bytes = 0
         self._running: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
+        #: Short form keys to the key of the answer they lead to.
+        self._shorts: dict[bytes, bytes] = {}
         #: Checks answered from the cache (or from a check under way) so far.
         self.hits = 0
 
     @staticmethod
     def key(peer: str, body: bytes) -> bytes:
         return hashlib.sha256(peer.encode() + b"\0" + body).digest()
+
+    @staticmethod
+    def short_key(peer: str, text: bytes) -> bytes:
+        return hashlib.sha256(b"short\0" + peer.encode() + b"\0" + text).digest()
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -221,11 +232,26 @@ class RepeatCache:
         """Drop every kept answer (a receipt was committed: what was allowed may be sold)."""
         self._answers.clear()
         self._per_till.clear()
+        self._shorts.clear()
         self._bytes = 0
 
-    async def answer(self, peer: str, body: bytes, compute: Any) -> dict[str, Any]:
+    def short(self, peer: str, text: bytes) -> dict[str, Any] | None:
+        """The kept answer to the check of the full code whose short form ``text`` is (the
+        one code of a check the till at ``peer`` sent within ``ttl_s``), or None."""
         if self.ttl_s <= 0:
-            return await compute()
+            return None
+        key = self._shorts.get(self.short_key(peer, text))
+        kept = None if key is None else self._answers.get(key)
+        if kept is None or self._clock() - kept.at > self.ttl_s:
+            return None
+        self.hits += 1
+        return kept.answer
+
+    async def answer(self, peer: str, body: bytes, compute: Any) -> dict[str, Any]:
+        """The answer to the check ``body`` from ``peer``: kept, under way, or computed.
+        ``compute()`` returns the answer and the short forms of its one code (or none)."""
+        if self.ttl_s <= 0:
+            return (await compute())[0]
         key = self.key(peer, body)
         now = self._clock()
         kept = self._answers.get(key)
@@ -239,7 +265,7 @@ class RepeatCache:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._running[key] = future
         try:
-            result = await compute()
+            result, shorts = await compute()
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: a waiter may not exist
@@ -247,19 +273,30 @@ class RepeatCache:
         finally:
             self._running.pop(key, None)
         future.set_result(result)
-        self._keep(key, peer, len(body), result)
+        self._keep(key, peer, len(body), result, shorts)
         return result
 
-    def _keep(self, key: bytes, peer: str, request_size: int, result: dict[str, Any]) -> None:
+    def _keep(
+        self,
+        key: bytes,
+        peer: str,
+        request_size: int,
+        result: dict[str, Any],
+        shorts: Sequence[bytes] = (),
+    ) -> None:
         now = self._clock()
         self._drop(key)
         # Kept in the order they came: the expired ones are at the front.
         while self._answers and now - next(iter(self._answers.values())).at > self.ttl_s:
             self._drop(next(iter(self._answers)))
         size = request_size + len(json.dumps(result, ensure_ascii=False, separators=(",", ":")))
+        size += sum(len(text) + 64 for text in shorts)
         if size > self.max_bytes:
             return  # one answer larger than the whole budget is not kept
-        self._answers[key] = _Kept(now, peer, size, result)
+        short_keys = tuple(self.short_key(peer, text) for text in shorts)
+        self._answers[key] = _Kept(now, peer, size, result, short_keys)
+        for short_key in short_keys:
+            self._shorts[short_key] = key
         self._per_till[peer] = self._per_till.get(peer, 0) + 1
         self._bytes += size
         if self._per_till[peer] > MAX_REPEATS_PER_TILL:
@@ -271,6 +308,9 @@ class RepeatCache:
         kept = self._answers.pop(key, None)
         if kept is None:
             return
+        for short_key in kept.shorts:
+            if self._shorts.get(short_key) == key:
+                del self._shorts[short_key]
         self._bytes -= kept.size
         left = self._per_till[kept.peer] - 1
         if left:
@@ -304,8 +344,16 @@ class MarkUnitDesk:
         patience budget starts)."""
         received = time.monotonic() if received is None else received
         if document.action == "check":
+            short = _one_code(document)
+            if short is not None:
+                kept = self.repeats.short(peer, short.data)
+                if kept is not None:
+                    # Frontol's second check of a code, cut short (FMU-API 94bcda4): the
+                    # full code's answer, which nothing sold since (a commit forgets it).
+                    log.info("mark unit: a short code from %s answered as its full code", peer)
+                    return kept
             return await self.repeats.answer(
-                peer, body, lambda: self.check(document, peer, received)
+                peer, body, lambda: self._check(document, peer, received)
             )
         if document.action == "begin":
             return await self.begin(document, peer, received)
@@ -318,12 +366,19 @@ class MarkUnitDesk:
     async def check(
         self, document: Document, peer: str, received: float | None = None
     ) -> dict[str, Any]:
+        return (await self._check(document, peer, received))[0]
+
+    async def _check(
+        self, document: Document, peer: str, received: float | None = None
+    ) -> tuple[dict[str, Any], tuple[bytes, ...]]:
+        """The answer to a check, and the short forms of its code when it held one code
+        that was read whole (with its crypto tail): the texts a till may send it again as."""
         received = time.monotonic() if received is None else received
         answer = empty_answer()
         if document.refund and not self.config.refund_check and not _any_inn(document):
             # Frontol 20.5 did not check refunds, 22.4 and later do and send an ИНН
             # (CheckReturnDocument.cs): an old till's refund is answered at once.
-            return answer
+            return answer, ()
         pairs = document.codes()
         results = await asyncio.gather(
             *(self._check_one(document, position, code, peer, received) for position, code in pairs)
@@ -359,7 +414,10 @@ class MarkUnitDesk:
             refund=document.refund,
             lm_in_req_id=self.config.lm_in_req_id,
         )
-        return answer
+        shorts: tuple[bytes, ...] = ()
+        if len(results) == 1 and results[0][1] is not None:
+            shorts = short_forms(results[0][1].checked.code)
+        return answer, shorts
 
     async def _check_one(
         self, document: Document, position: Position, code: TillCode, peer: str, received: float
@@ -596,6 +654,25 @@ def _facts_of(result: TillCheck) -> Any:
             if item.online:
                 break
     return facts
+
+
+def _one_code(document: Document) -> TillCode | None:
+    """The code of a document that holds exactly one, else None."""
+    pairs = document.codes()
+    return pairs[0][1] if len(pairs) == 1 else None
+
+
+def short_forms(code: MarkingCode | None) -> tuple[bytes, ...]:
+    """The texts Frontol may send a fully read ``code`` again as, without its crypto tail
+    (FMU-API commit 94bcda4; 287b37f matches them by ``SGtin()``, the GTIN and serial of the
+    code's ``printView`` without their AIs): that, and the КИ itself. None for a code read
+    without a tail: its check was no full one."""
+    if code is None or not code.has_crypto:
+        return ()
+    forms = [code.ki]
+    if code.ki.startswith("01") and code.gtin and code.serial:
+        forms.append(code.gtin + code.serial)
+    return tuple(dict.fromkeys(form.encode("utf-8") for form in forms))
 
 
 def _any_inn(document: Document) -> bool:
