@@ -848,6 +848,16 @@ async def test_forbidden_connections_do_not_take_the_tills_places(
         (b'{"action": "check", "positions": [{"quantity": 1' + b"0" * 400 + b"}]}", "quantity"),
         (b'{"action": "check", "number": ' + b"9" * 5000 + b"}", "not JSON"),
         (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
+        # A lone UTF-16 surrogate is valid JSON but no text: it can be neither journaled
+        # nor written back to the till (a price line of begin quotes the position's text).
+        (b'{"action": "begin", "positions": [{"text": "\\ud800"}]}', "text must be printable"),
+        (
+            b'{"action": "check", "positions": [{"organisation": {"inn": "\\ud800"}}]}',
+            "inn must be printable",
+        ),
+        (b'{"action": "check", "pos": "\\udc80"}', "pos must be printable"),
+        (b'{"action": "check", "shift": "1\\ud800"}', "shift must be printable"),
+        (b'{"action": "check", "number": "\\udfff"}', "number must be printable"),
     ],
 )
 async def test_malformed_bodies_get_400_with_a_reason(

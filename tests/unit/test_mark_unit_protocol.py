@@ -110,6 +110,14 @@ def test_windows_1251_answer_escapes_what_the_charset_lacks() -> None:
     assert "Марка".encode("cp1251") in data
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "windows-1251"])
+def test_an_answer_holding_a_lone_surrogate_is_still_encoded(encoding: str) -> None:
+    # parse_document refuses such text; should any reach an answer, the till still gets one.
+    data, _ = encode_answer({"error": "Сигареты \ud800"}, encoding)
+    text = data.decode("cp1251" if encoding == "windows-1251" else "utf-8")
+    assert json.loads(text) == {"error": "Сигареты \ud800"}
+
+
 def facts(**kwargs: object) -> CodeFacts:
     return CodeFacts(**kwargs)  # type: ignore[arg-type]
 

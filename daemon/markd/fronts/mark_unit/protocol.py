@@ -50,8 +50,10 @@ MAX_FIELD_CHARS = 128
 MAX_PRICE_KOPECKS = 10**10
 #: The largest quantity of one position taken (a weight in kilograms, a count).
 MAX_QUANTITY = 10**6
-#: A plain field a till sends (uid, pos, shift, number, user, text): printable text.
-_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]*")
+#: A plain field a till sends (uid, pos, shift, number, user, text): printable text. A lone
+#: UTF-16 surrogate (JSON ``"\ud800"`` without its pair) is no character: it could be neither
+#: journaled nor written back in an answer.
+_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]*")
 
 
 class BadDocument(Exception):
@@ -299,10 +301,13 @@ def refusal_answer(reason: str) -> dict[str, Any]:
 def encode_answer(obj: Any, encoding: str) -> tuple[bytes, str]:
     """``obj`` as JSON bytes and the ``Content-Type`` naming their charset. In
     windows-1251 a character that charset lacks is written as a JSON ``\\u`` escape, so the
-    answer stays valid JSON whatever the text holds."""
+    answer stays valid JSON whatever the text holds; in UTF-8 a lone surrogate (which UTF-8
+    cannot hold) is written so too, rather than failing the answer."""
     if encoding != "windows-1251":
         text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-        return text.encode("utf-8"), "application/json; charset=utf-8"
+        # Only a lone surrogate fails UTF-8; it can only be inside a JSON string, where
+        # the backslash form Python writes (\udXXX) is the JSON escape of it.
+        return text.encode("utf-8", "backslashreplace"), "application/json; charset=utf-8"
     text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
     out = bytearray()
     for char in text:

@@ -425,8 +425,15 @@ class MarkUnitServer:
 def _answer_bytes(
     connection: _Connection, status: int, body: Any, keep: bool, encoding: str
 ) -> bytes:
-    """The HTTP answer's bytes, framed by the connection's h11 state."""
-    payload, content_type = encode_answer(body, encoding)
+    """The HTTP answer's bytes, framed by the connection's h11 state. An answer that cannot
+    be encoded (a bug: it holds what JSON cannot) becomes a 500, never a connection left
+    without an answer."""
+    try:
+        payload, content_type = encode_answer(body, encoding)
+    except Exception as exc:  # noqa: BLE001 - the till gets an answer whatever happened
+        log.error("mark unit: an answer could not be encoded: %s", type(exc).__name__)
+        status = 500
+        payload, content_type = encode_answer(refusal_answer("internal error in markd"), encoding)
     headers = [
         (b"Content-Type", content_type.encode("ascii")),
         (b"Content-Length", str(len(payload)).encode("ascii")),
