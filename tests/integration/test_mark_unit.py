@@ -354,6 +354,27 @@ async def test_other_organisation_is_refused_when_terminal_inn_is_set(
     assert cdn.count("codes/check") == 1  # the other organisation's code was never asked
 
 
+async def test_a_repeated_body_to_another_inns_path_is_checked_again(
+    tmp_path, services, event_log
+) -> None:
+    # DocumentController.cs: the ИНН in the path replaces the positions' organisation, so the
+    # same bytes sent to /{inn}/document are another document.
+    cdn, lm = services
+    cfg = direct(tmp_path, cdn, lm)
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, terminal=dataclasses.replace(cfg.terminal, inn=SHOP_INN))
+    doc = document("check", position(WATER))
+    async with till_of(cfg, event_log) as (till, _):
+        ours = (await till.post("/document", doc)).json()
+        theirs = (await till.post("/7709999999/document", doc)).json()
+        again = (await till.post(f"/{SHOP_INN}/document", doc)).json()
+    assert ours["code"] == 0
+    assert theirs["code"] == 1 and "7709999999" in theirs["error"]
+    assert again == ours  # the same document as read: a repeat
+    assert cdn.count("codes/check") == 1
+
+
 # --------------------------------------------------------------------------------------------
 # begin, commit, cancel
 

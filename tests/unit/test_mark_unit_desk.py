@@ -79,6 +79,18 @@ async def test_the_same_check_from_another_till_is_asked_again() -> None:
     assert backend.checks == 2
 
 
+async def test_the_same_bytes_in_another_charset_are_asked_again() -> None:
+    # The key is the document as read: these bytes read as UTF-8 and as windows-1251 are
+    # two documents (a cashier's name, the journal's till fields, differ).
+    backend = SlowBackend(0)
+    desk = MarkUnitDesk(backend, MarkUnitConfig())  # type: ignore[arg-type]
+    body = check_body().replace(b'"uid"', '"user": "Кассир", "uid"'.encode())
+    for content_type in ("application/json", "application/json; charset=windows-1251"):
+        document = parse_document(body, content_type=content_type)
+        await desk.handle(document, "192.168.1.21", body)
+    assert backend.checks == 2
+
+
 async def test_no_more_than_max_checks_at_once() -> None:
     running = peak = 0
 

@@ -188,9 +188,9 @@ class _Kept:
 
 
 class RepeatCache:
-    """Answers to recent checks by (till address, document): a till that sends the same check
-    again within ``ttl_s`` gets the first answer, and one that sends it while the first is
-    still being checked waits for that answer instead of asking the services twice. The
+    """Answers to recent checks by (till address, document as read): a till that sends the
+    same check again within ``ttl_s`` gets the first answer, and one that sends it while the
+    first is still being checked waits for that answer instead of asking the services twice. The
     answer to a one-code check is also found by the short forms of its code (:meth:`short`).
 
     Bounded three ways, so no till and no number of tills can make it large: answers in all
@@ -213,8 +213,26 @@ class RepeatCache:
         self.hits = 0
 
     @staticmethod
-    def key(peer: str, body: bytes) -> bytes:
-        return hashlib.sha256(peer.encode() + b"\0" + body).digest()
+    def key(peer: str, document: Document) -> bytes:
+        """The key of ``document`` from ``peer``: of the document as the front read it (its
+        charset decoded, the path's ИНН applied), not of its bytes, so the same bytes sent
+        to another ИНН's path or in another charset are another check."""
+        digest = hashlib.sha256()
+
+        def put(*parts: str | bytes) -> None:
+            for part in parts:
+                data = part.encode("utf-8") if isinstance(part, str) else part
+                digest.update(len(data).to_bytes(4, "big") + data)
+
+        put(peer, document.action, document.type, document.uid, document.pos)
+        put(document.shift, document.number, document.user)
+        for position in document.positions:
+            price = "" if position.price_kopecks is None else str(position.price_kopecks)
+            put(b"\x01", position.text, price, repr(position.quantity), position.inn)
+            put(position.kpp, position.esm)
+            for code in position.codes:
+                put(b"\x02", code.data)
+        return digest.digest()
 
     @staticmethod
     def short_key(peer: str, text: bytes) -> bytes:
@@ -247,12 +265,15 @@ class RepeatCache:
         self.hits += 1
         return kept.answer
 
-    async def answer(self, peer: str, body: bytes, compute: Any) -> dict[str, Any]:
-        """The answer to the check ``body`` from ``peer``: kept, under way, or computed.
-        ``compute()`` returns the answer and the short forms of its one code (or none)."""
+    async def answer(
+        self, peer: str, document: Document, compute: Any, *, size: int = 0
+    ) -> dict[str, Any]:
+        """The answer to the check ``document`` from ``peer`` (``size``: its request's bytes):
+        kept, under way, or computed. ``compute()`` returns the answer and the short forms of
+        its one code (or none)."""
         if self.ttl_s <= 0:
             return (await compute())[0]
-        key = self.key(peer, body)
+        key = self.key(peer, document)
         now = self._clock()
         kept = self._answers.get(key)
         if kept is not None and now - kept.at <= self.ttl_s:
@@ -273,7 +294,7 @@ class RepeatCache:
         finally:
             self._running.pop(key, None)
         future.set_result(result)
-        self._keep(key, peer, len(body), result, shorts)
+        self._keep(key, peer, size, result, shorts)
         return result
 
     def _keep(
@@ -339,9 +360,9 @@ class MarkUnitDesk:
     async def handle(
         self, document: Document, peer: str, body: bytes, *, received: float | None = None
     ) -> dict[str, Any]:
-        """The answer to ``document`` from the till at ``peer`` (``body``: its bytes, the key
-        of the repeat cache; ``received``: when it arrived, monotonic, where the till's
-        patience budget starts)."""
+        """The answer to ``document`` from the till at ``peer`` (``body``: its bytes, counted
+        in the repeat cache's budget; ``received``: when it arrived, monotonic, where the
+        till's patience budget starts)."""
         received = time.monotonic() if received is None else received
         if document.action == "check":
             short = _one_code(document)
@@ -353,7 +374,7 @@ class MarkUnitDesk:
                     log.info("mark unit: a short code from %s answered as its full code", peer)
                     return kept
             return await self.repeats.answer(
-                peer, body, lambda: self._check(document, peer, received)
+                peer, document, lambda: self._check(document, peer, received), size=len(body)
             )
         if document.action == "begin":
             return await self.begin(document, peer, received)
