@@ -209,6 +209,8 @@ class RepeatCache:
         self._running: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
         #: Short form keys to the key of the answer they lead to.
         self._shorts: dict[bytes, bytes] = {}
+        #: Bumped by :meth:`forget`: an answer computed under an older one is not kept.
+        self.generation = 0
         #: Checks answered from the cache (or from a check under way) so far.
         self.hits = 0
 
@@ -247,7 +249,11 @@ class RepeatCache:
         return self._bytes
 
     def forget(self) -> None:
-        """Drop every kept answer (a receipt was committed: what was allowed may be sold)."""
+        """Drop every kept answer (a receipt was committed: what was allowed may be sold).
+        A check under way now is not kept when it ends, nor joined by a later request: its
+        answer may predate the sale."""
+        self.generation += 1
+        self._running.clear()
         self._answers.clear()
         self._per_till.clear()
         self._shorts.clear()
@@ -285,6 +291,7 @@ class RepeatCache:
             return await asyncio.shield(running)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._running[key] = future
+        generation = self.generation
         try:
             result, shorts = await compute()
         except BaseException as exc:
@@ -292,9 +299,11 @@ class RepeatCache:
             future.exception()  # retrieved: a waiter may not exist
             raise
         finally:
-            self._running.pop(key, None)
+            if self._running.get(key) is future:
+                del self._running[key]
         future.set_result(result)
-        self._keep(key, peer, size, result, shorts)
+        if generation == self.generation:
+            self._keep(key, peer, size, result, shorts)
         return result
 
     def _keep(
