@@ -200,6 +200,29 @@ async def test_offline_answer_from_the_local_module(tmp_path, services, event_lo
     assert result["isCheckedOffline"] is True
 
 
+async def test_no_service_answered_the_till_still_reads_the_result_keys(
+    tmp_path, services, event_log
+) -> None:
+    # The CDN and the Local Module both fail: the decision table's no-answer row decides, and
+    # truemark_response is the empty True API result with its keys at their defaults, as
+    # FMU-API writes its empty CheckMarksDataTrueApi (src/Core/FmuApiDomain/Documents/
+    # FmuAnswer.cs), not an empty object.
+    cdn, lm = services
+    cdn.set_fault("codes/check", status=503)
+    lm.set_fault("cis/outCheck", status=500)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, _):
+        body = (await till.post("/document", document("check", position(WATER)))).json()
+    assert verdicts(event_log)[-1]["source"] == "none"
+    assert body["truemark_response"] == {
+        "code": 0,
+        "description": "",
+        "reqId": "",
+        "reqTimestamp": 0,
+        "codes": [],
+    }
+    assert body["truemark_responses"] == [] and body["offline_truemark_response"] == []
+
+
 async def test_parallel_answers_fill_one_copy_list_by_inst(tmp_path, services, event_log) -> None:
     # FmuAnswer.FillFieldsForFrontol_6_25_5: the till's one answer goes to truemark_responses
     # (no inst) or offline_truemark_response (an inst), never both.

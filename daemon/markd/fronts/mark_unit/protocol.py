@@ -280,13 +280,21 @@ def _price(value: Any, where: str, unit: str) -> int | None:
 # Answers
 
 
+def no_check_result() -> dict[str, Any]:
+    """``truemark_response`` when no service answered: the True API check result with
+    nothing in it, every key at its default (``code`` 0, no ``reqId``, ``reqTimestamp`` 0, no
+    codes), as FMU-API writes its empty ``CheckMarksDataTrueApi`` (``FmuAnswer.cs``): a till
+    that reads those keys finds them rather than an empty object."""
+    return {"code": 0, "description": "", "reqId": "", "reqTimestamp": 0, "codes": []}
+
+
 def empty_answer() -> dict[str, Any]:
     """An answer with nothing to say (``code`` 0), in the shape of ``FmuAnswer.cs``."""
     return {
         "code": 0,
         "error": "",
         "marking_codes": [],
-        "truemark_response": {},
+        "truemark_response": no_check_result(),
         "truemark_responses": [],
         "offline_truemark_response": [],
         "esm_response": {},
