@@ -102,6 +102,17 @@ async def test_token_info_and_health_under_every_prefix(tmp_path, services, even
         assert (await till.request("GET", "/nothing")).status == 404
 
 
+async def test_routes_match_in_any_case(tmp_path, services, event_log) -> None:
+    # ASP.NET Core, which FMU-API's controllers run on, matches routes without regard to case.
+    cdn, lm = services
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, _):
+        assert (await till.request("GET", "/Token")).status == 200
+        assert (await till.request("POST", "/API4/System/Get_Info")).status == 200
+        for path in ("/Document", f"/Api/Fmu/{SHOP_INN}/DOCUMENT/"):
+            answer = await till.post(path, document("check", position(WATER)))
+            assert answer.status == 200 and answer.json()["code"] == 0, path
+
+
 async def test_document_under_each_prefix_and_the_path_inn_overrides(
     tmp_path, services, event_log
 ) -> None:
