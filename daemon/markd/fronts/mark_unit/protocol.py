@@ -54,6 +54,8 @@ MAX_QUANTITY = 10**6
 #: UTF-16 surrogate (JSON ``"\ud800"`` without its pair) is no character: it could be neither
 #: journaled nor written back in an answer.
 _PRINTABLE = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]*")
+#: The scheme a till may put before a ТС ПИоТ host.
+_SCHEME = re.compile(r"^https?://", re.IGNORECASE)
 
 
 class BadDocument(Exception):
@@ -235,7 +237,9 @@ def _position(item: Any, index: int, price_unit: str) -> Position:
     if not isinstance(esm, dict):
         raise BadDocument(f"{where}esm must be an object")
     esm = _fold(esm)
-    esm_host = _plain(esm, "host", f"{where}esm.")
+    # A till may write the host as a URL (FMU-API 77c42cc adds or keeps the https:// prefix
+    # of what tills send): markd takes the host only; the scheme is the configured one.
+    esm_host = _SCHEME.sub("", _plain(esm, "host", f"{where}esm.")).rstrip("/")
     esm_port = _plain(esm, "port", f"{where}esm.")
     return Position(
         codes=codes,
