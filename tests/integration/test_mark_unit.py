@@ -655,6 +655,9 @@ async def test_the_second_check_with_the_code_cut_short_gets_the_full_codes_answ
         assert cdn.count("codes/check") == 1
         assert len(verdicts(event_log)) == records  # answered as a repeat: no new check
         assert service.status_snapshot()["mark_unit"]["repeats_answered"] == 2
+        # A refund is another document: the sale's answer is not its answer.
+        refund = document("check", position(WATER_SHORT), kind="refund_receipt")
+        assert (await till.post("/document", refund)).json()["code"] == 1
         # Another till never checked the full code: its short code is no code.
         other = Till(*service.mark_unit.address, local_addr="127.0.0.3")
         try:

@@ -376,7 +376,7 @@ class MarkUnitDesk:
         if document.action == "check":
             short = _one_code(document)
             if short is not None:
-                kept = self.repeats.short(peer, short.data)
+                kept = self.repeats.short(peer, _scoped(document, short.data))
                 if kept is not None:
                     # Frontol's second check of a code, cut short (FMU-API 94bcda4): the
                     # full code's answer, which nothing sold since (a commit forgets it).
@@ -446,7 +446,8 @@ class MarkUnitDesk:
         )
         shorts: tuple[bytes, ...] = ()
         if len(results) == 1 and results[0][1] is not None:
-            shorts = short_forms(results[0][1].checked.code)
+            forms = short_forms(results[0][1].checked.code)
+            shorts = tuple(_scoped(document, form) for form in forms)
         return answer, shorts
 
     async def _check_one(
@@ -690,6 +691,15 @@ def _one_code(document: Document) -> TillCode | None:
     """The code of a document that holds exactly one, else None."""
     pairs = document.codes()
     return pairs[0][1] if len(pairs) == 1 else None
+
+
+def _scoped(document: Document, text: bytes) -> bytes:
+    """A one-code document's code ``text`` with what else must match for a short code to
+    take a full code's answer: the document's type (a refund's answer is not a sale's) and
+    the position's organisation."""
+    pairs = document.codes()
+    inn, kpp = (pairs[0][0].inn, pairs[0][0].kpp) if len(pairs) == 1 else ("", "")
+    return "\0".join((document.type, inn, kpp, "")).encode("utf-8") + text
 
 
 def short_forms(code: MarkingCode | None) -> tuple[bytes, ...]:
