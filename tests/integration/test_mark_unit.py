@@ -102,6 +102,17 @@ async def test_token_info_and_health_under_every_prefix(tmp_path, services, even
         assert (await till.request("GET", "/nothing")).status == 404
 
 
+async def test_routes_match_in_any_case(tmp_path, services, event_log) -> None:
+    # ASP.NET Core, which FMU-API's controllers run on, matches routes without regard to case.
+    cdn, lm = services
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, _):
+        assert (await till.request("GET", "/Token")).status == 200
+        assert (await till.request("POST", "/API4/System/Get_Info")).status == 200
+        for path in ("/Document", f"/Api/Fmu/{SHOP_INN}/DOCUMENT/"):
+            answer = await till.post(path, document("check", position(WATER)))
+            assert answer.status == 200 and answer.json()["code"] == 0, path
+
+
 async def test_document_under_each_prefix_and_the_path_inn_overrides(
     tmp_path, services, event_log
 ) -> None:
@@ -135,6 +146,7 @@ async def test_allowed_check_passes_the_online_answer_through(
     assert truemark["codes"][0]["printView"] == WATER_KI
     assert body["truemark_responses"][0]["inn"] == SHOP_INN
     assert body["truemark_responses"][0]["response"]["reqId"] == truemark["reqId"]
+    assert body["truemark_responses"][0]["response"]["isCheckedOffline"] is False
     assert body["offline_truemark_response"] == []
     record = verdicts(event_log)[-1]
     assert (record["decision"], record["source"], record["scanner"]) == (
@@ -188,6 +200,38 @@ async def test_offline_answer_from_the_local_module(tmp_path, services, event_lo
     # Older Frontol versions read truemark_response only: it carries the offline answer.
     assert body["truemark_response"]["inst"] == result["inst"]
     assert verdicts(event_log)[-1]["source"] == "lm"
+    # The Local Module says next to nothing per code; FMU-API's
+    # src/Core/FmuApiApplication/Mark/Services/MarkChecker.cs (OfflineCheckAsync, commits
+    # 37f397e and 369eb2c) reads its code as found, valid, utilised, owned, verified and
+    # realizable so that Frontol's check of the answer passes, in every copy the till reads;
+    # the copy says it came offline (isCheckedOffline, CheckInformation.cs, commit ce1523f).
+    flags = ("found", "valid", "utilised", "isOwner", "verified", "realizable")
+    for entry in (result["codes"][0], body["truemark_response"]["codes"][0]):
+        assert all(entry.get(flag) is True for flag in flags), entry
+    assert result["isCheckedOffline"] is True
+
+
+async def test_no_service_answered_the_till_still_reads_the_result_keys(
+    tmp_path, services, event_log
+) -> None:
+    # The CDN and the Local Module both fail: the decision table's no-answer row decides, and
+    # truemark_response is the empty True API result with its keys at their defaults, as
+    # FMU-API writes its empty CheckMarksDataTrueApi (src/Core/FmuApiDomain/Documents/
+    # FmuAnswer.cs), not an empty object.
+    cdn, lm = services
+    cdn.set_fault("codes/check", status=503)
+    lm.set_fault("cis/outCheck", status=500)
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, _):
+        body = (await till.post("/document", document("check", position(WATER)))).json()
+    assert verdicts(event_log)[-1]["source"] == "none"
+    assert body["truemark_response"] == {
+        "code": 0,
+        "description": "",
+        "reqId": "",
+        "reqTimestamp": 0,
+        "codes": [],
+    }
+    assert body["truemark_responses"] == [] and body["offline_truemark_response"] == []
 
 
 async def test_parallel_answers_fill_one_copy_list_by_inst(tmp_path, services, event_log) -> None:
@@ -342,6 +386,27 @@ async def test_other_organisation_is_refused_when_terminal_inn_is_set(
     assert ours["code"] == 0
     assert theirs["code"] == 1 and "7709999999" in theirs["error"]
     assert cdn.count("codes/check") == 1  # the other organisation's code was never asked
+
+
+async def test_a_repeated_body_to_another_inns_path_is_checked_again(
+    tmp_path, services, event_log
+) -> None:
+    # DocumentController.cs: the ИНН in the path replaces the positions' organisation, so the
+    # same bytes sent to /{inn}/document are another document.
+    cdn, lm = services
+    cfg = direct(tmp_path, cdn, lm)
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, terminal=dataclasses.replace(cfg.terminal, inn=SHOP_INN))
+    doc = document("check", position(WATER))
+    async with till_of(cfg, event_log) as (till, _):
+        ours = (await till.post("/document", doc)).json()
+        theirs = (await till.post("/7709999999/document", doc)).json()
+        again = (await till.post(f"/{SHOP_INN}/document", doc)).json()
+    assert ours["code"] == 0
+    assert theirs["code"] == 1 and "7709999999" in theirs["error"]
+    assert again == ours  # the same document as read: a repeat
+    assert cdn.count("codes/check") == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -568,6 +633,58 @@ async def test_the_same_check_twice_is_answered_from_the_cache(
         assert other.status == 200 and cdn.count("codes/check") == 2
 
 
+#: The second check Frontol sends for a code it checked, cut short: the GTIN and serial
+#: without their AIs or crypto tail (FMU-API commit 94bcda4, "the repeated request from
+#: Frontol with an incomplete code"; 287b37f matches it with the answer's ``SGtin()``,
+#: ``src/Core/FmuApiDomain/TrueSignApi/MarkData/Check/CheckMarksDataAnswerTrueApi.cs``:
+#: ``printView`` without "01" and "21"), or the КИ without the tail.
+WATER_SHORT = "046800294609085jcmHzLmkdPML"
+
+
+async def test_the_second_check_with_the_code_cut_short_gets_the_full_codes_answer(
+    tmp_path, services, event_log
+) -> None:
+    cdn, lm = services
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        full = (await till.post("/document", document("check", position(WATER)))).json()
+        assert full["code"] == 0
+        records = len(verdicts(event_log))
+        for short in (WATER_SHORT, WATER_KI):
+            again = await till.post("/document", document("check", position(short)))
+            assert again.status == 200 and again.json() == full, short
+        assert cdn.count("codes/check") == 1
+        assert len(verdicts(event_log)) == records  # answered as a repeat: no new check
+        assert service.status_snapshot()["mark_unit"]["repeats_answered"] == 2
+        # A refund is another document: the sale's answer is not its answer.
+        refund = document("check", position(WATER_SHORT), kind="refund_receipt")
+        assert (await till.post("/document", refund)).json()["code"] == 1
+        # Another till never checked the full code: its short code is no code.
+        other = Till(*service.mark_unit.address, local_addr="127.0.0.3")
+        try:
+            elsewhere = await other.post("/document", document("check", position(WATER_SHORT)))
+        finally:
+            await other.close()
+        assert elsewhere.json()["code"] == 1
+        # After a sale the full code's answer is not repeated.
+        await till.post("/document", document("commit", position(WATER), uid="s1"))
+        after = (await till.post("/document", document("check", position(WATER_SHORT)))).json()
+    assert after["code"] == 1 and "уже продан" not in after["error"]
+
+
+async def test_a_short_code_is_not_answered_after_the_repeat_time(
+    tmp_path, services, event_log
+) -> None:
+    cdn, lm = services
+    cfg = direct(tmp_path, cdn, lm, front="repeat_cache_ms = 100\n")
+    async with till_of(cfg, event_log) as (till, _):
+        assert (await till.post("/document", document("check", position(WATER)))).json()[
+            "code"
+        ] == 0
+        await asyncio.sleep(0.2)
+        late = (await till.post("/document", document("check", position(WATER_SHORT)))).json()
+    assert late["code"] == 1
+
+
 async def test_a_commit_empties_the_repeat_cache(tmp_path, services, event_log) -> None:
     cdn, lm = services
     item = position(WATER)
@@ -789,6 +906,16 @@ async def test_forbidden_connections_do_not_take_the_tills_places(
         (b'{"action": "check", "positions": [{"quantity": 1' + b"0" * 400 + b"}]}", "quantity"),
         (b'{"action": "check", "number": ' + b"9" * 5000 + b"}", "not JSON"),
         (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
+        # A lone UTF-16 surrogate is valid JSON but no text: it can be neither journaled
+        # nor written back to the till (a price line of begin quotes the position's text).
+        (b'{"action": "begin", "positions": [{"text": "\\ud800"}]}', "text must be printable"),
+        (
+            b'{"action": "check", "positions": [{"organisation": {"inn": "\\ud800"}}]}',
+            "inn must be printable",
+        ),
+        (b'{"action": "check", "pos": "\\udc80"}', "pos must be printable"),
+        (b'{"action": "check", "shift": "1\\ud800"}', "shift must be printable"),
+        (b'{"action": "check", "number": "\\udfff"}', "number must be printable"),
     ],
 )
 async def test_malformed_bodies_get_400_with_a_reason(

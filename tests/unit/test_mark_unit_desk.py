@@ -79,6 +79,65 @@ async def test_the_same_check_from_another_till_is_asked_again() -> None:
     assert backend.checks == 2
 
 
+async def test_the_same_bytes_in_another_charset_are_asked_again() -> None:
+    # The key is the document as read: these bytes read as UTF-8 and as windows-1251 are
+    # two documents (a cashier's name, the journal's till fields, differ).
+    backend = SlowBackend(0)
+    desk = MarkUnitDesk(backend, MarkUnitConfig())  # type: ignore[arg-type]
+    body = check_body().replace(b'"uid"', '"user": "Кассир", "uid"'.encode())
+    for content_type in ("application/json", "application/json; charset=windows-1251"):
+        document = parse_document(body, content_type=content_type)
+        await desk.handle(document, "192.168.1.21", body)
+    assert backend.checks == 2
+
+
+class SellingBackend(SlowBackend):
+    """A :class:`SlowBackend` that also takes the sales of commits."""
+
+    def __init__(self, delay: float = 0.05) -> None:
+        super().__init__(delay)
+        self.sold: list[Any] = []
+
+    def parse_code(self, data: bytes) -> bytes:
+        return data
+
+    def record_sale(self, codes: Any, receipt: str, *, refund: bool) -> None:
+        self.sold.extend(codes)
+
+    async def report_sale(self, codes: Any, *, refund: bool) -> None:
+        pass
+
+
+async def test_a_check_under_way_during_a_commit_is_not_kept() -> None:
+    # Its answer may predate the sale: the same check after it is asked again.
+    backend = SellingBackend(delay=0.2)
+    desk = MarkUnitDesk(backend, MarkUnitConfig())  # type: ignore[arg-type]
+    body = check_body()
+    first = asyncio.create_task(desk.handle(parse_document(body), "10.0.0.5", body))
+    await asyncio.sleep(0.05)
+    sale = check_body(uid="r1", action="commit")
+    await desk.handle(parse_document(sale), "10.0.0.6", sale)  # another till sells the unit
+    assert backend.sold
+    await first
+    await desk.handle(parse_document(body), "10.0.0.5", body)
+    assert backend.checks == 2 and desk.repeats.hits == 0
+
+
+async def test_a_check_after_a_commit_does_not_join_one_under_way_since_before() -> None:
+    backend = SellingBackend(delay=0.2)
+    desk = MarkUnitDesk(backend, MarkUnitConfig())  # type: ignore[arg-type]
+    body = check_body()
+    first = asyncio.create_task(desk.handle(parse_document(body), "10.0.0.5", body))
+    await asyncio.sleep(0.05)
+    sale = check_body(uid="r1", action="commit")
+    await desk.handle(parse_document(sale), "10.0.0.6", sale)
+    await desk.handle(parse_document(body), "10.0.0.5", body)
+    await first
+    assert backend.checks == 2 and desk.repeats.hits == 0
+    await desk.handle(parse_document(body), "10.0.0.5", body)  # kept: asked after the sale
+    assert backend.checks == 2 and desk.repeats.hits == 1
+
+
 async def test_no_more_than_max_checks_at_once() -> None:
     running = peak = 0
 

@@ -59,6 +59,17 @@ def test_a_frontol_check_document_reads() -> None:
     assert (position.inn, position.kpp) == ("7701234567", "770101001")
 
 
+@pytest.mark.parametrize(
+    "host", ["192.168.1.77", "https://192.168.1.77", "http://192.168.1.77/", "HTTPS://192.168.1.77"]
+)
+def test_a_tspiot_host_written_as_a_url_reads_as_the_host(host: str) -> None:
+    # FMU-API 77c42cc (src/Core/FmuApiApplication/Mark/Mark.cs) takes the host a till names
+    # with or without a scheme; markd keeps the host, its own setting the scheme.
+    positions = [{"marking_codes": [], "esm": {"host": host, "port": 51401}}]
+    (position,) = parse_document(body(positions=positions)).positions
+    assert position.esm == "192.168.1.77:51401"
+
+
 def test_prices_in_kopecks_when_configured() -> None:
     doc = parse_document(body(), price_unit="kopecks")
     assert doc.positions[0].price_kopecks == 120  # 120.5 kopecks rounds (banker's) to 120
@@ -108,6 +119,14 @@ def test_windows_1251_answer_escapes_what_the_charset_lacks() -> None:
     assert content_type.endswith("charset=windows-1251")
     assert json.loads(data.decode("cp1251")) == {"error": "Марка продана ✓"}
     assert "Марка".encode("cp1251") in data
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "windows-1251"])
+def test_an_answer_holding_a_lone_surrogate_is_still_encoded(encoding: str) -> None:
+    # parse_document refuses such text; should any reach an answer, the till still gets one.
+    data, _ = encode_answer({"error": "Сигареты \ud800"}, encoding)
+    text = data.decode("cp1251" if encoding == "windows-1251" else "utf-8")
+    assert json.loads(text) == {"error": "Сигареты \ud800"}
 
 
 def facts(**kwargs: object) -> CodeFacts:

@@ -1217,7 +1217,8 @@ class MarkUnitConfig:
         default=3000,
         metadata={
             "doc": "A check the same till sends again within this time gets the first answer "
-            "again, without asking the services; `0`: never.",
+            "again, without asking the services (also when sent with its code cut short to "
+            "the GTIN and serial or the КИ, as Frontol does); `0`: never.",
             "min": 0,
             "max": 60_000,
         },

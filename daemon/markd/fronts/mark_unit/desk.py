@@ -9,7 +9,8 @@ read for facts; the decisions are markd's own).
     and the verdict's Russian text in ``error``; the services' answers are passed through
     (``truemark_response`` with ``reqId``/``reqTimestamp``, the Local Module's in
     ``offline_truemark_response``, the ТС ПИоТ's body in ``esm_response`` and its result in
-    ``truemark_response`` as well).
+    ``truemark_response`` as well); an offline answer's code is passed on read as valid in
+    every respect the till checks (:func:`_entry`).
 ``begin``
     the price rules of ``BeginDocument.cs``: below the ЕМЦ (``smp``, groups 3 and 16), above
     a tobacco pack's MRP, below a stick pack's (group 16) minimum: ``code`` 3, one line per
@@ -26,6 +27,8 @@ read for facts; the decisions are markd's own).
 The tills' habits (``docs/mark_unit.md``): a till may send the same check twice in a row
 (FMU-API's commit notes); the second is answered from :class:`RepeatCache` without asking the
 services, and one that arrives while the first is still being checked waits for its answer.
+Frontol may send the second with the code cut short (FMU-API commit 94bcda4: GTIN and serial,
+no crypto tail); that one gets the full code's answer too.
 """
 
 from __future__ import annotations
@@ -180,12 +183,15 @@ class _Kept:
     peer: str
     size: int
     answer: dict[str, Any]
+    #: Keys (:meth:`RepeatCache.short_key`) of the short forms of the one code checked.
+    shorts: tuple[bytes, ...] = ()
 
 
 class RepeatCache:
-    """Answers to recent checks by (till address, document): a till that sends the same check
-    again within ``ttl_s`` gets the first answer, and one that sends it while the first is
-    still being checked waits for that answer instead of asking the services twice.
+    """Answers to recent checks by (till address, document as read): a till that sends the
+    same check again within ``ttl_s`` gets the first answer, and one that sends it while the
+    first is still being checked waits for that answer instead of asking the services twice. The
+    answer to a one-code check is also found by the short forms of its code (:meth:`short`).
 
     Bounded three ways, so no till and no number of tills can make it large: answers in all
     (:data:`MAX_REPEATS`), per till (:data:`MAX_REPEATS_PER_TILL`, the till's oldest go) and
@@ -201,12 +207,38 @@ class RepeatCache:
         self._per_till: dict[str, int] = {}
         self._bytes = 0
         self._running: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
+        #: Short form keys to the key of the answer they lead to.
+        self._shorts: dict[bytes, bytes] = {}
+        #: Bumped by :meth:`forget`: an answer computed under an older one is not kept.
+        self.generation = 0
         #: Checks answered from the cache (or from a check under way) so far.
         self.hits = 0
 
     @staticmethod
-    def key(peer: str, body: bytes) -> bytes:
-        return hashlib.sha256(peer.encode() + b"\0" + body).digest()
+    def key(peer: str, document: Document) -> bytes:
+        """The key of ``document`` from ``peer``: of the document as the front read it (its
+        charset decoded, the path's ИНН applied), not of its bytes, so the same bytes sent
+        to another ИНН's path or in another charset are another check."""
+        digest = hashlib.sha256()
+
+        def put(*parts: str | bytes) -> None:
+            for part in parts:
+                data = part.encode("utf-8") if isinstance(part, str) else part
+                digest.update(len(data).to_bytes(4, "big") + data)
+
+        put(peer, document.action, document.type, document.uid, document.pos)
+        put(document.shift, document.number, document.user)
+        for position in document.positions:
+            price = "" if position.price_kopecks is None else str(position.price_kopecks)
+            put(b"\x01", position.text, price, repr(position.quantity), position.inn)
+            put(position.kpp, position.esm)
+            for code in position.codes:
+                put(b"\x02", code.data)
+        return digest.digest()
+
+    @staticmethod
+    def short_key(peer: str, text: bytes) -> bytes:
+        return hashlib.sha256(b"short\0" + peer.encode() + b"\0" + text).digest()
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -217,15 +249,37 @@ class RepeatCache:
         return self._bytes
 
     def forget(self) -> None:
-        """Drop every kept answer (a receipt was committed: what was allowed may be sold)."""
+        """Drop every kept answer (a receipt was committed: what was allowed may be sold).
+        A check under way now is not kept when it ends, nor joined by a later request: its
+        answer may predate the sale."""
+        self.generation += 1
+        self._running.clear()
         self._answers.clear()
         self._per_till.clear()
+        self._shorts.clear()
         self._bytes = 0
 
-    async def answer(self, peer: str, body: bytes, compute: Any) -> dict[str, Any]:
+    def short(self, peer: str, text: bytes) -> dict[str, Any] | None:
+        """The kept answer to the check of the full code whose short form ``text`` is (the
+        one code of a check the till at ``peer`` sent within ``ttl_s``), or None."""
         if self.ttl_s <= 0:
-            return await compute()
-        key = self.key(peer, body)
+            return None
+        key = self._shorts.get(self.short_key(peer, text))
+        kept = None if key is None else self._answers.get(key)
+        if kept is None or self._clock() - kept.at > self.ttl_s:
+            return None
+        self.hits += 1
+        return kept.answer
+
+    async def answer(
+        self, peer: str, document: Document, compute: Any, *, size: int = 0
+    ) -> dict[str, Any]:
+        """The answer to the check ``document`` from ``peer`` (``size``: its request's bytes):
+        kept, under way, or computed. ``compute()`` returns the answer and the short forms of
+        its one code (or none)."""
+        if self.ttl_s <= 0:
+            return (await compute())[0]
+        key = self.key(peer, document)
         now = self._clock()
         kept = self._answers.get(key)
         if kept is not None and now - kept.at <= self.ttl_s:
@@ -237,28 +291,42 @@ class RepeatCache:
             return await asyncio.shield(running)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._running[key] = future
+        generation = self.generation
         try:
-            result = await compute()
+            result, shorts = await compute()
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: a waiter may not exist
             raise
         finally:
-            self._running.pop(key, None)
+            if self._running.get(key) is future:
+                del self._running[key]
         future.set_result(result)
-        self._keep(key, peer, len(body), result)
+        if generation == self.generation:
+            self._keep(key, peer, size, result, shorts)
         return result
 
-    def _keep(self, key: bytes, peer: str, request_size: int, result: dict[str, Any]) -> None:
+    def _keep(
+        self,
+        key: bytes,
+        peer: str,
+        request_size: int,
+        result: dict[str, Any],
+        shorts: Sequence[bytes] = (),
+    ) -> None:
         now = self._clock()
         self._drop(key)
         # Kept in the order they came: the expired ones are at the front.
         while self._answers and now - next(iter(self._answers.values())).at > self.ttl_s:
             self._drop(next(iter(self._answers)))
         size = request_size + len(json.dumps(result, ensure_ascii=False, separators=(",", ":")))
+        size += sum(len(text) + 64 for text in shorts)
         if size > self.max_bytes:
             return  # one answer larger than the whole budget is not kept
-        self._answers[key] = _Kept(now, peer, size, result)
+        short_keys = tuple(self.short_key(peer, text) for text in shorts)
+        self._answers[key] = _Kept(now, peer, size, result, short_keys)
+        for short_key in short_keys:
+            self._shorts[short_key] = key
         self._per_till[peer] = self._per_till.get(peer, 0) + 1
         self._bytes += size
         if self._per_till[peer] > MAX_REPEATS_PER_TILL:
@@ -270,6 +338,9 @@ class RepeatCache:
         kept = self._answers.pop(key, None)
         if kept is None:
             return
+        for short_key in kept.shorts:
+            if self._shorts.get(short_key) == key:
+                del self._shorts[short_key]
         self._bytes -= kept.size
         left = self._per_till[kept.peer] - 1
         if left:
@@ -298,13 +369,21 @@ class MarkUnitDesk:
     async def handle(
         self, document: Document, peer: str, body: bytes, *, received: float | None = None
     ) -> dict[str, Any]:
-        """The answer to ``document`` from the till at ``peer`` (``body``: its bytes, the key
-        of the repeat cache; ``received``: when it arrived, monotonic, where the till's
-        patience budget starts)."""
+        """The answer to ``document`` from the till at ``peer`` (``body``: its bytes, counted
+        in the repeat cache's budget; ``received``: when it arrived, monotonic, where the
+        till's patience budget starts)."""
         received = time.monotonic() if received is None else received
         if document.action == "check":
+            short = _one_code(document)
+            if short is not None:
+                kept = self.repeats.short(peer, _scoped(document, short.data))
+                if kept is not None:
+                    # Frontol's second check of a code, cut short (FMU-API 94bcda4): the
+                    # full code's answer, which nothing sold since (a commit forgets it).
+                    log.info("mark unit: a short code from %s answered as its full code", peer)
+                    return kept
             return await self.repeats.answer(
-                peer, body, lambda: self.check(document, peer, received)
+                peer, document, lambda: self._check(document, peer, received), size=len(body)
             )
         if document.action == "begin":
             return await self.begin(document, peer, received)
@@ -317,12 +396,19 @@ class MarkUnitDesk:
     async def check(
         self, document: Document, peer: str, received: float | None = None
     ) -> dict[str, Any]:
+        return (await self._check(document, peer, received))[0]
+
+    async def _check(
+        self, document: Document, peer: str, received: float | None = None
+    ) -> tuple[dict[str, Any], tuple[bytes, ...]]:
+        """The answer to a check, and the short forms of its code when it held one code
+        that was read whole (with its crypto tail): the texts a till may send it again as."""
         received = time.monotonic() if received is None else received
         answer = empty_answer()
         if document.refund and not self.config.refund_check and not _any_inn(document):
             # Frontol 20.5 did not check refunds, 22.4 and later do and send an ИНН
             # (CheckReturnDocument.cs): an old till's refund is answered at once.
-            return answer
+            return answer, ()
         pairs = document.codes()
         results = await asyncio.gather(
             *(self._check_one(document, position, code, peer, received) for position, code in pairs)
@@ -358,7 +444,11 @@ class MarkUnitDesk:
             refund=document.refund,
             lm_in_req_id=self.config.lm_in_req_id,
         )
-        return answer
+        shorts: tuple[bytes, ...] = ()
+        if len(results) == 1 and results[0][1] is not None:
+            forms = short_forms(results[0][1].checked.code)
+            shorts = tuple(_scoped(document, form) for form in forms)
+        return answer, shorts
 
     async def _check_one(
         self, document: Document, position: Position, code: TillCode, peer: str, received: float
@@ -597,6 +687,34 @@ def _facts_of(result: TillCheck) -> Any:
     return facts
 
 
+def _one_code(document: Document) -> TillCode | None:
+    """The code of a document that holds exactly one, else None."""
+    pairs = document.codes()
+    return pairs[0][1] if len(pairs) == 1 else None
+
+
+def _scoped(document: Document, text: bytes) -> bytes:
+    """A one-code document's code ``text`` with what else must match for a short code to
+    take a full code's answer: the document's type (a refund's answer is not a sale's) and
+    the position's organisation."""
+    pairs = document.codes()
+    inn, kpp = (pairs[0][0].inn, pairs[0][0].kpp) if len(pairs) == 1 else ("", "")
+    return "\0".join((document.type, inn, kpp, "")).encode("utf-8") + text
+
+
+def short_forms(code: MarkingCode | None) -> tuple[bytes, ...]:
+    """The texts Frontol may send a fully read ``code`` again as, without its crypto tail
+    (FMU-API commit 94bcda4; 287b37f matches them by ``SGtin()``, the GTIN and serial of the
+    code's ``printView`` without their AIs): that, and the КИ itself. None for a code read
+    without a tail: its check was no full one."""
+    if code is None or not code.has_crypto:
+        return ()
+    forms = [code.ki]
+    if code.ki.startswith("01") and code.gtin and code.serial:
+        forms.append(code.gtin + code.serial)
+    return tuple(dict.fromkeys(form.encode("utf-8") for form in forms))
+
+
 def _any_inn(document: Document) -> bool:
     return any(position.inn for position in document.positions)
 
@@ -666,16 +784,22 @@ def _pass_through(
                 f"{merged['reqId']}&Inst={merged.get('inst', '')}&Ver={merged.get('version', '')}"
             )
         answer["truemark_response"] = merged
+    # The copies say whether the answer came offline (``isCheckedOffline``, FMU-API's
+    # ``CheckInformation.cs``, commit ce1523f: true exactly when it carries an ``inst``).
     for position, item in online:
         answer["truemark_responses"].append(
-            {"inn": position.inn, "kpp": position.kpp, "response": views[id(item)]}
+            {
+                "inn": position.inn,
+                "kpp": position.kpp,
+                "response": {**views[id(item)], "isCheckedOffline": False},
+            }
         )
     for position, item in offline:
         answer["offline_truemark_response"].append(
             {
                 "inn": position.inn,
                 "kpp": position.kpp,
-                "response": {"results": [views[id(item)]]},
+                "response": {"results": [{**views[id(item)], "isCheckedOffline": True}]},
             }
         )
     if tspiot:
@@ -685,30 +809,39 @@ def _pass_through(
 def _offline(answer: SourceAnswer) -> bool:
     """An answer the till reads as offline: the Local Module's, or a ТС ПИоТ's with ``inst``."""
     if answer.source == "tspiot":
-        return bool(_entry(answer).get("inst"))
+        entry = unwrap_entry(_body(answer))
+        return entry is not None and bool(entry.get("inst"))
     return not answer.online
 
 
+#: The code flags an offline answer's first code is read with (FMU-API ``MarkChecker.cs``):
+#: the till validates them, and an offline service that answered has vouched for the code.
+OFFLINE_FLAGS = ("found", "valid", "utilised", "isOwner", "verified", "realizable")
+
+
 def _entry(answer: SourceAnswer) -> dict[str, Any]:
-    """The check result object of a service's answer. A ТС ПИоТ wraps it in
-    ``codesResponse`` (``TsPiotServiceV1``–``V3``); one it answered offline (``inst`` set) has
-    its first code read as found, valid, utilised, owned, verified and realizable, since the
-    ТС ПИоТ vouched for it (``MarkChecker.TsPiotCheck``)."""
+    """The check result object of a service's answer, as the till must read it. A ТС ПИоТ
+    wraps it in ``codesResponse`` (``TsPiotServiceV1``–``V3``); the Local Module's v2 wraps
+    it in ``results``.
+
+    An offline answer (the Local Module's, or a ТС ПИоТ's with ``inst``) has its first code
+    read as found, valid, utilised, owned, verified and realizable: the offline service says
+    little per code, and Frontol's check of the answer would refuse it otherwise. FMU-API
+    does the same (``MarkChecker.OfflineCheckAsync`` and ``TsPiotCheck``, commits 37f397e and
+    369eb2c); markd's own verdict, already taken, is not changed by it."""
     body = _body(answer)
     if answer.source != "tspiot":
-        return _inner(body)
-    entry = unwrap_entry(body)
-    if entry is None:
-        return {}
-    entry = dict(entry)
+        entry = dict(_inner(body))
+        offline = not answer.online
+    else:
+        unwrapped = unwrap_entry(body)
+        if unwrapped is None:
+            return {}
+        entry = dict(unwrapped)
+        offline = bool(entry.get("inst"))
     codes = entry.get("codes")
-    if entry.get("inst") and isinstance(codes, list) and codes and isinstance(codes[0], dict):
-        first = {
-            **codes[0],
-            **dict.fromkeys(
-                ("found", "valid", "utilised", "isOwner", "verified", "realizable"), True
-            ),
-        }
+    if offline and isinstance(codes, list) and codes and isinstance(codes[0], dict):
+        first = {**codes[0], **dict.fromkeys(OFFLINE_FLAGS, True)}
         entry["codes"] = [first, *codes[1:]]
     return entry
 

@@ -50,8 +50,12 @@ MAX_FIELD_CHARS = 128
 MAX_PRICE_KOPECKS = 10**10
 #: The largest quantity of one position taken (a weight in kilograms, a count).
 MAX_QUANTITY = 10**6
-#: A plain field a till sends (uid, pos, shift, number, user, text): printable text.
-_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]*")
+#: A plain field a till sends (uid, pos, shift, number, user, text): printable text. A lone
+#: UTF-16 surrogate (JSON ``"\ud800"`` without its pair) is no character: it could be neither
+#: journaled nor written back in an answer.
+_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]*")
+#: The scheme a till may put before a ТС ПИоТ host.
+_SCHEME = re.compile(r"^https?://", re.IGNORECASE)
 
 
 class BadDocument(Exception):
@@ -233,7 +237,9 @@ def _position(item: Any, index: int, price_unit: str) -> Position:
     if not isinstance(esm, dict):
         raise BadDocument(f"{where}esm must be an object")
     esm = _fold(esm)
-    esm_host = _plain(esm, "host", f"{where}esm.")
+    # A till may write the host as a URL (FMU-API 77c42cc adds or keeps the https:// prefix
+    # of what tills send): markd takes the host only; the scheme is the configured one.
+    esm_host = _SCHEME.sub("", _plain(esm, "host", f"{where}esm.")).rstrip("/")
     esm_port = _plain(esm, "port", f"{where}esm.")
     return Position(
         codes=codes,
@@ -278,13 +284,21 @@ def _price(value: Any, where: str, unit: str) -> int | None:
 # Answers
 
 
+def no_check_result() -> dict[str, Any]:
+    """``truemark_response`` when no service answered: the True API check result with
+    nothing in it, every key at its default (``code`` 0, no ``reqId``, ``reqTimestamp`` 0, no
+    codes), as FMU-API writes its empty ``CheckMarksDataTrueApi`` (``FmuAnswer.cs``): a till
+    that reads those keys finds them rather than an empty object."""
+    return {"code": 0, "description": "", "reqId": "", "reqTimestamp": 0, "codes": []}
+
+
 def empty_answer() -> dict[str, Any]:
     """An answer with nothing to say (``code`` 0), in the shape of ``FmuAnswer.cs``."""
     return {
         "code": 0,
         "error": "",
         "marking_codes": [],
-        "truemark_response": {},
+        "truemark_response": no_check_result(),
         "truemark_responses": [],
         "offline_truemark_response": [],
         "esm_response": {},
@@ -299,10 +313,13 @@ def refusal_answer(reason: str) -> dict[str, Any]:
 def encode_answer(obj: Any, encoding: str) -> tuple[bytes, str]:
     """``obj`` as JSON bytes and the ``Content-Type`` naming their charset. In
     windows-1251 a character that charset lacks is written as a JSON ``\\u`` escape, so the
-    answer stays valid JSON whatever the text holds."""
+    answer stays valid JSON whatever the text holds; in UTF-8 a lone surrogate (which UTF-8
+    cannot hold) is written so too, rather than failing the answer."""
     if encoding != "windows-1251":
         text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-        return text.encode("utf-8"), "application/json; charset=utf-8"
+        # Only a lone surrogate fails UTF-8; it can only be inside a JSON string, where
+        # the backslash form Python writes (\udXXX) is the JSON escape of it.
+        return text.encode("utf-8", "backslashreplace"), "application/json; charset=utf-8"
     text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
     out = bytearray()
     for char in text:

@@ -83,10 +83,12 @@ LINGER_S = 1.0
 TOKEN_LIFE_S = 3600
 
 #: The routes: an optional ``/{inn}``, an optional ``/api/fmu``, an optional ``/{inn}``
-#: again (FMU-API declares both orders), then the route itself.
+#: again (FMU-API declares both orders), then the route itself; in any case, as ASP.NET
+#: Core matches routes (``/Document``, ``/API4/System/Get_Info``).
 _ROUTE = re.compile(
     r"^(?:/(?P<inn1>[0-9]{10}|[0-9]{12}))?(?:/api/fmu)?(?:/(?P<inn2>[0-9]{10}|[0-9]{12}))?"
-    r"(?P<route>/token|/document|/api4/system/get_info|/api4/system/health)/?$"
+    r"(?P<route>/token|/document|/api4/system/get_info|/api4/system/health)/?$",
+    re.IGNORECASE | re.ASCII,
 )
 _METHODS = {
     "/token": "GET",
@@ -386,7 +388,7 @@ class MarkUnitServer:
         if match is None:
             self._count("not-found")
             return 404, refusal_answer("no such route")
-        route = match.group("route")
+        route = match.group("route").lower()
         if request.method != _METHODS[route]:
             self._count("method-not-allowed")
             return 405, refusal_answer(f"{route} takes {_METHODS[route]}")
@@ -425,8 +427,15 @@ class MarkUnitServer:
 def _answer_bytes(
     connection: _Connection, status: int, body: Any, keep: bool, encoding: str
 ) -> bytes:
-    """The HTTP answer's bytes, framed by the connection's h11 state."""
-    payload, content_type = encode_answer(body, encoding)
+    """The HTTP answer's bytes, framed by the connection's h11 state. An answer that cannot
+    be encoded (a bug: it holds what JSON cannot) becomes a 500, never a connection left
+    without an answer."""
+    try:
+        payload, content_type = encode_answer(body, encoding)
+    except Exception as exc:  # noqa: BLE001 - the till gets an answer whatever happened
+        log.error("mark unit: an answer could not be encoded: %s", type(exc).__name__)
+        status = 500
+        payload, content_type = encode_answer(refusal_answer("internal error in markd"), encoding)
     headers = [
         (b"Content-Type", content_type.encode("ascii")),
         (b"Content-Length", str(len(payload)).encode("ascii")),
