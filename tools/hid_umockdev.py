@@ -121,13 +121,17 @@ class Profile:
 
     def strings(self) -> dict[int, str]:
         """String descriptor index → text (index 0, the language list, is apart)."""
-        return {1: self.manufacturer, 2: self.product, 3: self.serial}
+        strings = {1: self.manufacturer, 2: self.product}
+        if self.serial:
+            strings[3] = self.serial
+        return strings
 
 
 def device_descriptor(p: Profile) -> bytes:
     """USB 2.0 §9.6.1, 18 bytes; strings 1, 2, 3 (manufacturer, product, serial)."""
+    serial = 3 if p.serial else 0
     return struct.pack(
-        "<BBHBBBBHHHBBBB", 18, 1, 0x0200, 0, 0, 0, 8, p.vid, p.pid, 0x0100, 1, 2, 3, 1
+        "<BBHBBBBHHHBBBB", 18, 1, 0x0200, 0, 0, 0, 8, p.vid, p.pid, 0x0100, 1, 2, serial, 1
     )
 
 
@@ -170,7 +174,7 @@ def umockdev_description(p: Profile) -> str:
         "E: SUBSYSTEM=usb",
         f"E: ID_VENDOR_ID={p.vid:04x}",
         f"E: ID_MODEL_ID={p.pid:04x}",
-        f"E: ID_SERIAL_SHORT={p.serial}",
+        *([f"E: ID_SERIAL_SHORT={p.serial}"] if p.serial else []),
         f"A: busnum={p.bus}",
         f"A: devnum={p.address}",
         f"A: idVendor={p.vid:04x}",
@@ -183,7 +187,7 @@ def umockdev_description(p: Profile) -> str:
         "A: speed=12",
         f"A: manufacturer={p.manufacturer}",
         f"A: product={p.product}",
-        f"A: serial={p.serial}",
+        *([f"A: serial={p.serial}"] if p.serial else []),
         f"H: descriptors={descriptors}",
         "",
         # The interface, with the kernel driver markd must detach (and give back).
@@ -473,8 +477,9 @@ class _Writer:
 def host_open(w: _Writer) -> None:
     """The control requests markd makes when it opens a scanner, in order."""
     p = w.profile
-    w.control(_setup(0x80, _GET_DESCRIPTOR, 0x0300, 0, 254), string_descriptor(p, 0))
-    w.control(_setup(0x80, _GET_DESCRIPTOR, 0x0303, 0x0409, 254), string_descriptor(p, 3))
+    if p.serial:  # pyusb reads the languages, then the serial; no serial string, no request
+        w.control(_setup(0x80, _GET_DESCRIPTOR, 0x0300, 0, 254), string_descriptor(p, 0))
+        w.control(_setup(0x80, _GET_DESCRIPTOR, 0x0303, 0x0409, 254), string_descriptor(p, 3))
     w.control(_setup(0x81, _GET_DESCRIPTOR, 0x2200, 0, 4096), p.report_descriptor)
     if p.kind == "keyboard":
         w.control(_setup(0x21, _SET_PROTOCOL, 0, 0, 0), None)
@@ -511,6 +516,70 @@ class Report:
     problems: list[str]
     notes: list[str]
     reports: list[bytes]
+    #: What the capture's enumeration showed of the device (None when it was not captured):
+    #: ``usb`` as the ``# usb:`` line of a recording, and the report descriptor of the
+    #: interface the reports came from.
+    usb: dict[str, str] | None = None
+    descriptor: bytes | None = None
+
+
+def _identity(mine: list[Urb], endpoints: set[int]) -> tuple[dict[str, str] | None, bytes | None]:
+    """The device and interface behind ``endpoints``, from the control transfers a host
+    made when it enumerated the device (device, configuration, string and report
+    descriptors), if the capture holds them."""
+    # usbmon's ids are URB addresses, which the kernel reuses: pair each completion with the
+    # submission still open under its id.
+    open_setups: dict[int, bytes] = {}
+    transfers: list[tuple[bytes, bytes]] = []
+    for urb in mine:
+        if urb.transfer != URB_CONTROL:
+            continue
+        if urb.event == "S" and urb.setup is not None:
+            open_setups[urb.urb_id] = urb.setup
+        elif urb.event != "S":
+            setup = open_setups.pop(urb.urb_id, None)
+            if setup is not None and urb.event == "C" and urb.status == 0 and urb.data:
+                transfers.append((setup, urb.data))
+    device = config = None
+    strings: dict[int, str] = {}
+    reports: dict[int, bytes] = {}
+    for setup, data in transfers:
+        request_type, request, value, index, _length = struct.unpack("<BBHHH", setup)
+        if request != _GET_DESCRIPTOR:
+            continue
+        kind, number = value >> 8, value & 0xFF
+        if request_type == 0x80 and kind == 1 and len(data) >= 18:
+            device = data
+        elif request_type == 0x80 and kind == 2 and len(data) >= 9:
+            if config is None or len(data) > len(config):
+                config = data
+        elif request_type == 0x80 and kind == 3 and number and len(data) >= 2:
+            strings[number] = data[2 : data[0]].decode("utf-16-le", "replace")
+        elif request_type == 0x81 and kind == 0x22:
+            reports[index] = data
+    if device is None or config is None:
+        return None, None
+    vid, pid = struct.unpack_from("<HH", device, 8)
+    usb = {"vid": f"{vid:04x}", "pid": f"{pid:04x}"}
+    if device[16] and device[16] in strings:
+        usb["serial"] = strings[device[16]]
+    interface: tuple[int, int, int, int] | None = None
+    offset = 0
+    while offset + 2 <= len(config) and config[offset] >= 2:
+        length, kind = config[offset], config[offset + 1]
+        if kind == 4 and offset + 9 <= len(config):
+            number, cls, sub, proto = (config[offset + i] for i in (2, 5, 6, 7))
+            current = (number, cls, sub, proto)
+        elif kind == 5 and offset + 7 <= len(config) and config[offset + 2] in endpoints:
+            interface = current
+            usb["endpoint"] = f"0x{config[offset + 2]:02x}"
+            usb["packet"] = str(struct.unpack_from("<H", config, offset + 4)[0])
+        offset += length
+    if interface is None:
+        return usb, None
+    usb["interface"] = str(interface[0])
+    usb["kind"] = "keyboard" if interface[1:] == (3, 1, 1) else "hid-pos"
+    return usb, reports.get(interface[0])
 
 
 def _device_of(
@@ -586,20 +655,40 @@ def check(path: Path, device: tuple[int, int] | None = None) -> Report:
     sizes = sorted({len(r) for r in reports})
     if reports:
         notes.append(f"{len(reports)} reports of {', '.join(map(str, sizes))} bytes")
-    return Report(problems, notes, reports)
+    usb, descriptor = _identity(mine, endpoints)
+    if usb is None:
+        notes.append(
+            "the device's enumeration is not in the capture (start capturing, then plug the "
+            "scanner in): its descriptors are not known, the replay makes up its own"
+        )
+    else:
+        notes.append("device " + " ".join(f"{k}={v}" for k, v in usb.items()))
+        if descriptor is None:
+            notes.append("its report descriptor is not in the capture")
+    return Report(problems, notes, reports, usb, descriptor)
 
 
 def write_recording(
-    path: Path, reports: list[bytes], kind: str, expect: list[str], source: str
+    path: Path,
+    reports: list[bytes],
+    kind: str,
+    expect: list[str],
+    source: str,
+    *,
+    usb: dict[str, str] | None = None,
+    descriptor: bytes | None = None,
 ) -> None:
     from markd.scanners.capture import write_hid_capture
 
     mode = "Keyboard mode" if kind == "keyboard" else "HID-POS"
-    comment = "\n".join(
-        [f"{mode}, extracted from {source} by tools/hid_umockdev.py."]
-        + ["expect: " + code.replace("\x1d", "\\u001d") for code in expect]
+    lines = [f"{mode}, extracted from {source} by tools/hid_umockdev.py."]
+    if usb:
+        lines.append("usb: " + " ".join(f"{k}={v}" for k, v in usb.items() if k != "kind"))
+    lines += ["expect: " + code.replace("\x1d", "\\u001d") for code in expect]
+    text = write_hid_capture(
+        [(r, 0.0) for r in reports], descriptor=descriptor, comment="\n".join(lines)
     )
-    path.write_text(write_hid_capture([(r, 0.0) for r in reports], comment=comment))
+    path.write_text(text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -622,12 +711,39 @@ def recording_reports(path: Path) -> tuple[str, list[tuple[bytes, float]], bytes
     return kind, reports, capture.descriptor
 
 
+def usb_line(path: Path) -> dict[str, str]:
+    """The ``# usb: vid=… pid=… endpoint=… packet=… interface=… serial=…`` line ``extract``
+    writes (the device as its enumeration showed it), as a dict; empty when there is none."""
+    for line in path.read_text().splitlines():
+        if line.startswith("# usb:"):
+            return dict(part.split("=", 1) for part in line[len("# usb:") :].split() if "=" in part)
+    return {}
+
+
+def profile_for(path: Path) -> Profile:
+    """The emulated device for a recording: its ``# usb:`` line (the real device, as
+    ``extract`` found it) and report descriptor when it has them, else made-up ones."""
+    kind, _reports, descriptor = recording_reports(path)
+    profile = Profile(kind=kind, report_descriptor=descriptor or b"")
+    if kind == "hid-pos":
+        profile.vid, profile.pid, profile.serial = 0x1EAB, 0x0010, "P1"
+    device = usb_line(path)
+    try:
+        if "vid" in device:
+            profile.vid, profile.pid = int(device["vid"], 16), int(device["pid"], 16)
+            profile.serial = device.get("serial", "")
+        if "endpoint" in device:
+            profile.endpoint = int(device["endpoint"], 16)
+            profile.packet_size = int(device["packet"])
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: a bad '# usb:' line ({exc})") from exc
+    return profile
+
+
 def convert(path: Path, outdir: Path, *, profile: Profile | None = None) -> tuple[Path, Path]:
-    kind, reports, descriptor = recording_reports(path)
+    _kind, reports, _descriptor = recording_reports(path)
     if profile is None:
-        profile = Profile(kind=kind, report_descriptor=descriptor or b"")
-        if kind == "hid-pos":
-            profile.vid, profile.pid, profile.serial = 0x1EAB, 0x0010, "P1"
+        profile = profile_for(path)
     outdir.mkdir(parents=True, exist_ok=True)
     description = outdir / f"{path.stem}.umockdev"
     traffic = outdir / f"{path.stem}.pcap"
@@ -678,8 +794,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if report.problems else 0
     if report.problems:
         return 1
-    kind = args.kind or ("hid-pos" if any(len(r) > 8 for r in report.reports) else "keyboard")
-    write_recording(args.output, report.reports, kind, args.expect, args.capture.name)
+    guess = "hid-pos" if any(len(r) > 8 for r in report.reports) else "keyboard"
+    kind = args.kind or (report.usb or {}).get("kind") or guess
+    write_recording(
+        args.output,
+        report.reports,
+        kind,
+        args.expect,
+        args.capture.name,
+        usb=report.usb,
+        descriptor=report.descriptor,
+    )
     print(f"wrote {args.output}: {len(report.reports)} {kind} reports")
     return 0
 

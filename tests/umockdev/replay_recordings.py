@@ -25,6 +25,7 @@ import pytest
 from markd.scanners import Scan, ScannerEvent, ScannerState, open_scanner
 from markd.scanners.capture import read_hid_capture
 from markd.scanners.replay import decode_hid_keyboard, decode_hid_pos
+from markd.scanners.simulated import pos_reports
 from umockdev_usb import Profile, UmockdevBus, available, hid_umockdev
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "scanners"
@@ -68,16 +69,40 @@ def _needs_umockdev() -> None:
 async def test_recording_replays_through_libusb(path: Path, tmp_path: Path) -> None:
     if path.name in NOT_REPLAYABLE:
         pytest.skip(NOT_REPLAYABLE[path.name])
-    kind, reports, descriptor = hid_umockdev.recording_reports(path)
+    await replay(path, tmp_path)
+
+
+async def test_a_bench_capture_goes_through_extract_and_replays(tmp_path: Path) -> None:
+    """What a bench does (tests/hil/README.md): a usbmon capture begun before the scanner was
+    plugged in (so it holds the enumeration), ``extract`` with the code scanned, then the
+    replay, with the scanner's own identity and report descriptor."""
+    code = "0104680029460908215jcmHzLmkdPML\x1d938p9E"
+    scanner = Profile(kind="hid-pos", vid=0x05E0, pid=0x1200, serial="BENCH1", address=7)
+    writer = hid_umockdev._Writer(scanner)
+    get = hid_umockdev._setup
+    config = hid_umockdev.configuration_descriptor(scanner)
+    writer.control(get(0x80, 6, 0x0100, 0, 18), hid_umockdev.device_descriptor(scanner))
+    writer.control(get(0x80, 6, 0x0200, 0, len(config)), config)
+    writer.control(get(0x80, 6, 0x0303, 0x0409, 255), hid_umockdev.string_descriptor(scanner, 3))
+    writer.control(get(0x81, 6, 0x2200, 0, 255), scanner.report_descriptor)
+    for report in pos_reports(code.encode(), chunk=30):
+        writer.report(report)
+    capture = tmp_path / "bench.pcap"
+    hid_umockdev.write_pcap(capture, writer.urbs)
+    recording = tmp_path / "bench-pos.hid"
+    assert hid_umockdev.main(["extract", str(capture), str(recording), "--expect", code]) == 0
+    assert hid_umockdev.usb_line(recording)["vid"] == "05e0"
+    await replay(recording, tmp_path / "replay")
+
+
+async def replay(path: Path, tmp_path: Path) -> None:
+    profile = hid_umockdev.profile_for(path)
+    kind = profile.kind
     address = next(_addresses)
-    profile = Profile(
-        kind=kind,
-        report_descriptor=descriptor or b"",
-        pid=0x7000 + address,
-        serial=f"R{address}",
-        address=address,
-        port=str(address),
-    )
+    profile.address, profile.port = address, str(address)
+    if not hid_umockdev.usb_line(path):
+        # A made-up identity: one of its own, so no earlier replay's device can answer.
+        profile.pid, profile.serial = 0x7000 + address, f"R{address}"
     description, traffic = hid_umockdev.convert(path, tmp_path, profile=profile)
     testbed = bus().testbed
     syspath = f"/sys/devices/pci0000:00/0000:00:14.0/usb1/{profile.sysname}"

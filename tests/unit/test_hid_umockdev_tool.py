@@ -124,3 +124,56 @@ def test_extract_writes_a_recording_markd_reads(
     assert "# expect: 0104670540176099215LpGKy\\u001d93dGVz" in out.read_text()
     assert hid_umockdev.main(["check", str(tmp_path / "missing.pcap")]) == 1
     assert "problem:" in capsys.readouterr().err
+
+
+def test_extract_reads_the_device_out_of_a_captured_enumeration(tmp_path: Path) -> None:
+    """A capture that began before the scanner was plugged in holds its enumeration: the
+    device, configuration, string and report descriptors. usbmon's ids are URB addresses the
+    kernel reuses, so every transfer below has the same id."""
+    profile = Profile(kind="hid-pos", vid=0x1EAB, pid=0x0010, serial="SN-42", address=9)
+    urbs: list[Urb] = []
+
+    def control(setup: bytes, answer: bytes) -> None:
+        common = dict(transfer=hid_umockdev.URB_CONTROL, endpoint=0x80, bus=1, address=9, urb_id=7)
+        length = struct.unpack_from("<H", setup, 6)[0]
+        urbs.append(Urb(event="S", status=-115, length=length, setup=setup, **common))
+        urbs.append(Urb(event="C", length=len(answer[:length]), data=answer[:length], **common))
+
+    get = hid_umockdev._setup
+    control(get(0x80, 6, 0x0100, 0, 18), hid_umockdev.device_descriptor(profile))
+    config = hid_umockdev.configuration_descriptor(profile)
+    control(get(0x80, 6, 0x0200, 0, 9), config)
+    control(get(0x80, 6, 0x0200, 0, len(config)), config)
+    control(get(0x80, 6, 0x0300, 0, 255), hid_umockdev.string_descriptor(profile, 0) or b"")
+    control(get(0x80, 6, 0x0303, 0x0409, 255), hid_umockdev.string_descriptor(profile, 3) or b"")
+    control(get(0x81, 6, 0x2200, 0, 255), profile.report_descriptor)
+    report = bytes([2, 3]) + b"]d2" + b"abc".ljust(56, b"\0") + b"\0"
+    urbs += _report(1, 9, 7, report)
+    for urb in urbs:
+        if urb.transfer == URB_INTERRUPT:
+            urb.length = 64 if urb.event == "S" else urb.length
+    capture = tmp_path / "bench.pcap"
+    _write(capture, urbs)
+
+    checked = hid_umockdev.check(capture)
+    assert checked.problems == []
+    assert checked.usb == {
+        "vid": "1eab", "pid": "0010", "serial": "SN-42", "endpoint": "0x81", "packet": "64",
+        "interface": "0", "kind": "hid-pos",
+    }  # fmt: skip
+    assert checked.descriptor == profile.report_descriptor
+
+    out = tmp_path / "bench.hid"
+    assert hid_umockdev.main(["extract", str(capture), str(out)]) == 0
+    assert read_hid_capture(out.read_text()).descriptor == profile.report_descriptor
+    description, _traffic = hid_umockdev.convert(out, tmp_path / "replay")
+    text = description.read_text()
+    assert "A: idVendor=1eab" in text and "A: serial=SN-42" in text
+
+
+def test_a_capture_without_the_enumeration_says_so(tmp_path: Path) -> None:
+    capture = tmp_path / "late.pcap"
+    _write(capture, _report(1, 7, 1, bytes(8)))
+    checked = hid_umockdev.check(capture)
+    assert checked.usb is None and checked.descriptor is None
+    assert any("enumeration is not in the capture" in n for n in checked.notes)
