@@ -202,6 +202,15 @@ def umockdev_description(p: Profile) -> str:
         "A: bInterfaceNumber=00",
         "A: bNumEndpoints=01",
         "",
+        # The HID device the kernel makes of the interface, with the report descriptor
+        # (numbered by address: umockdev keeps a removed device's bus link).
+        f"P: /devices/pci0000:00/0000:00:14.0/usb{p.bus}/{p.sysname}/{p.sysname}:1.0/"
+        f"0003:{p.vid:04X}:{p.pid:04X}.{p.address:04X}",
+        "E: DRIVER=hid-generic",
+        f"E: HID_ID=0003:{p.vid:08X}:{p.pid:08X}",
+        "E: SUBSYSTEM=hid",
+        f"H: report_descriptor={p.report_descriptor.hex()}",
+        "",
     ]
     return "\n".join(lines)
 

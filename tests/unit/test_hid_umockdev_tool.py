@@ -34,6 +34,10 @@ def test_a_converted_recording_carries_its_reports_and_checks_clean(
     assert report.reports == reports_of(DATA / name)
     text = description.read_text()
     assert "E: DEVTYPE=usb_device" in text and "H: descriptors=12010002" in text
+    # The HID device under the interface carries the report descriptor, as in sysfs.
+    kind, _reports, descriptor = hid_umockdev.recording_reports(DATA / name)
+    wanted = descriptor or hid_umockdev.Profile(kind=kind).report_descriptor
+    assert f"H: report_descriptor={wanted.hex()}" in text
     # Every completion follows its submission, in the 64-byte usbmon layout.
     urbs = hid_umockdev.read_urbs(traffic)
     seen: set[int] = set()
