@@ -324,9 +324,18 @@ class MarkUnitDesk:
             # (CheckReturnDocument.cs): an old till's refund is answered at once.
             return answer
         pairs = document.codes()
-        results = await asyncio.gather(
-            *(self._check_one(document, position, code, peer, received) for position, code in pairs)
-        )
+        if len(pairs) == 1:
+            # The usual check, one code: awaited in this task (a task of its own for one
+            # code would cost two more turns of the event loop before the answer).
+            ((position, code),) = pairs
+            results = [await self._check_one(document, position, code, peer, received)]
+        else:
+            results = await asyncio.gather(
+                *(
+                    self._check_one(document, position, code, peer, received)
+                    for position, code in pairs
+                )
+            )
         errors: list[str] = []
         online: list[tuple[Position, SourceAnswer]] = []
         offline: list[tuple[Position, SourceAnswer]] = []
@@ -394,7 +403,10 @@ class MarkUnitDesk:
         until = received + self.backend.budget_s()
         slot = False
         remaining = until - time.monotonic()
-        if remaining > 0:
+        if remaining > 0 and not self._slots.locked():
+            await self._slots.acquire()  # a free slot is taken at once, without a task
+            slot = True
+        elif remaining > 0:
             try:
                 await asyncio.wait_for(self._slots.acquire(), remaining)
                 slot = True
