@@ -33,6 +33,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from markd.checks.after_answer import after_answer
 from markd.checks.base import CheckClient
 from markd.checks.policy import DEFAULT_POLICY, PolicyOptions, decide, precheck
 from markd.checks.results import SourceAnswer, SourceFailure
@@ -144,7 +145,8 @@ class CheckChain:
         self.tspiot = tspiot
         self.mode = settings.mode
         # Verdict-cache writes are durable LMDB commits (~0.5 ms): done on one worker thread
-        # after the verdict is out, in order, so they never delay a verdict. (The thread is
+        # after the verdict is out (after a till's answer is written), in order, so they
+        # never delay a verdict. (The thread is
         # made at the first write: a store-only chain never has one.)
         self._cache_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="markd-cache")
         self._clock = clock
@@ -256,10 +258,9 @@ class CheckChain:
         if settings.cache_verdicts and any(
             isinstance(a, SourceAnswer) and a.online and a.code == 0 for a in answers
         ):
-            try:
-                self._cache_writer.submit(self._cache, code, answers)
-            except RuntimeError:
-                pass  # the chain was retired meanwhile (a reload): the cache is only an aid
+            # Handed to the worker once a caller's answer is out (after_answer): while the
+            # worker runs it competes for the interpreter lock with the code writing it.
+            after_answer(self._submit_cache, code, answers)
         return finished
 
     def decide_now(
@@ -389,6 +390,12 @@ class CheckChain:
                 self.observer = None
                 log.warning("the check chain's observer failed and was dropped", exc_info=True)
         return result
+
+    def _submit_cache(self, code: MarkingCode, answers: list[SourceAnswer | SourceFailure]) -> None:
+        try:
+            self._cache_writer.submit(self._cache, code, answers)
+        except RuntimeError:
+            pass  # the chain was retired meanwhile (a reload): the cache is only an aid
 
     def _cache(self, code: MarkingCode, answers: list[SourceAnswer | SourceFailure]) -> None:
         for answer in answers:

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from markd.checks.after_answer import after_answer
 from markd.checks.results import SourceAnswer, SourceFailure
 from markd.checks.tspiot import unwrap_entry
 from markd.checks.verdict import CheckedCode
@@ -201,6 +202,8 @@ class RepeatCache:
         self._per_till: dict[str, int] = {}
         self._bytes = 0
         self._running: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
+        #: Counts :meth:`forget` calls: an answer computed across one is not kept.
+        self._generation = 0
         #: Checks answered from the cache (or from a check under way) so far.
         self.hits = 0
 
@@ -217,7 +220,9 @@ class RepeatCache:
         return self._bytes
 
     def forget(self) -> None:
-        """Drop every kept answer (a receipt was committed: what was allowed may be sold)."""
+        """Drop every kept answer (a receipt was committed: what was allowed may be sold);
+        a check under way is not kept either."""
+        self._generation += 1
         self._answers.clear()
         self._per_till.clear()
         self._bytes = 0
@@ -237,17 +242,26 @@ class RepeatCache:
             return await asyncio.shield(running)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._running[key] = future
+        generation = self._generation
         try:
             result = await compute()
         except BaseException as exc:
+            self._running.pop(key, None)
             future.set_exception(exc)
             future.exception()  # retrieved: a waiter may not exist
             raise
-        finally:
-            self._running.pop(key, None)
         future.set_result(result)
-        self._keep(key, peer, len(body), result)
+        # Kept once the answer is written (it is measured as JSON); until then the finished
+        # check under way answers a repeat.
+        after_answer(self._settle, key, peer, len(body), result, generation)
         return result
+
+    def _settle(
+        self, key: bytes, peer: str, request_size: int, result: dict[str, Any], generation: int
+    ) -> None:
+        self._running.pop(key, None)
+        if generation == self._generation:  # no commit since the check began
+            self._keep(key, peer, request_size, result)
 
     def _keep(self, key: bytes, peer: str, request_size: int, result: dict[str, Any]) -> None:
         now = self._clock()

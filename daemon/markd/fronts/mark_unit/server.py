@@ -50,6 +50,7 @@ import h11
 
 from markd import __version__
 from markd.api import listeners
+from markd.checks.after_answer import AfterAnswer
 from markd.fronts.mark_unit.protocol import (
     BadDocument,
     encode_answer,
@@ -286,11 +287,19 @@ class MarkUnitServer:
                 await self._send(connection, refusal.status, refusal_answer(refusal.reason), False)
                 await _linger(connection)
                 return
-            status, body = await self._dispatch(request, connection.peer)
-            keep = connection.http.their_state is h11.DONE and status < 500
-            await self._send(connection, status, body, keep)
-            if self.observer is not None:
-                self.observer((time.perf_counter() - request.started) * 1000.0)
+            # The answer first: what the check leaves for later (the verdict's listeners but
+            # its journal record, the verdict cache's write, the repeat cache) runs once it is
+            # written, before the next request is read (markd.checks.after_answer).
+            later = AfterAnswer()
+            try:
+                with later.collecting():
+                    status, body = await self._dispatch(request, connection.peer)
+                keep = connection.http.their_state is h11.DONE and status < 500
+                await self._send(connection, status, body, keep)
+                if self.observer is not None:
+                    self.observer((time.perf_counter() - request.started) * 1000.0)
+            finally:
+                later.run()
             connection.answered += 1
             if not keep:
                 return
