@@ -171,3 +171,33 @@ def test_which_tspiot_a_trusted_till_may_name() -> None:
     assert till_tspiot_host("piot.shop.lan", till) is None
     assert till_tspiot_host("PIOT.shop.lan", till, ["piot.shop.lan"]) == "PIOT.shop.lan"
     assert till_tspiot_host("fe80::1", "fe80::1") == "[fe80::1]"
+
+
+def test_an_answer_as_an_http_client_reads_it() -> None:
+    """The front writes its answers itself (server._answer_bytes): h11, as a client, reads the
+    status, the four headers and the body; a HEAD request's answer has no body."""
+    import h11
+
+    from markd.fronts.mark_unit import server
+
+    body = {"code": 1, "error": "Продажа запрещена"}
+    for status, keep, encoding in ((200, True, "utf-8"), (400, False, "windows-1251")):
+        client = h11.Connection(h11.CLIENT)
+        client.send(h11.Request(method="POST", target="/document", headers=[("Host", "x")]))
+        client.send(h11.EndOfMessage())
+        client.receive_data(server._answer_bytes(status, body, keep, encoding))
+        response = client.next_event()
+        assert isinstance(response, h11.Response)
+        assert (
+            response.status_code == status and response.reason == server._PHRASES[status].encode()
+        )
+        headers = dict(response.headers)
+        assert headers[b"connection"] == (b"keep-alive" if keep else b"close")
+        assert headers[b"cache-control"] == b"no-store"
+        assert headers[b"content-type"].endswith(encoding.encode())
+        data = client.next_event()
+        assert isinstance(data, h11.Data)
+        assert json.loads(bytes(data.data).decode(encoding)) == body
+        assert isinstance(client.next_event(), h11.EndOfMessage)
+    head = server._answer_bytes(405, body, True, "utf-8", head_only=True)
+    assert head.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n") and head.endswith(b"\r\n\r\n")
