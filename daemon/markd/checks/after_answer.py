@@ -31,10 +31,13 @@ log = logging.getLogger("markd.checks")
 class AfterAnswer:
     """Work collected while a caller's answer is made, run by :meth:`run` once it is out."""
 
-    __slots__ = ("_work",)
+    __slots__ = ("_work", "answer_size")
 
     def __init__(self) -> None:
         self._work: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        #: Bytes of the answer's body as written, when the caller says (work that measures
+        #: the answer, the Mark Unit front's repeat cache, need not encode it again).
+        self.answer_size: int | None = None
 
     def add(self, fn: Callable[..., Any], *args: Any) -> None:
         self._work.append((fn, args))

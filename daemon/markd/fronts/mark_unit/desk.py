@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from markd.checks.after_answer import after_answer
+from markd.checks.after_answer import AFTER_ANSWER, AfterAnswer, after_answer
 from markd.checks.results import SourceAnswer, SourceFailure
 from markd.checks.tspiot import unwrap_entry
 from markd.checks.verdict import CheckedCode
@@ -251,25 +251,43 @@ class RepeatCache:
             future.exception()  # retrieved: a waiter may not exist
             raise
         future.set_result(result)
-        # Kept once the answer is written (it is measured as JSON); until then the finished
-        # check under way answers a repeat.
-        after_answer(self._settle, key, peer, len(body), result, generation)
+        # Kept once the answer is written, measured as the caller wrote it; until then the
+        # finished check under way answers a repeat.
+        after_answer(self._settle, key, peer, len(body), result, generation, AFTER_ANSWER.get())
         return result
 
     def _settle(
-        self, key: bytes, peer: str, request_size: int, result: dict[str, Any], generation: int
+        self,
+        key: bytes,
+        peer: str,
+        request_size: int,
+        result: dict[str, Any],
+        generation: int,
+        later: AfterAnswer | None,
     ) -> None:
         self._running.pop(key, None)
         if generation == self._generation:  # no commit since the check began
-            self._keep(key, peer, request_size, result)
+            size = None if later is None else later.answer_size
+            self._keep(key, peer, request_size, result, size)
 
-    def _keep(self, key: bytes, peer: str, request_size: int, result: dict[str, Any]) -> None:
+    def _keep(
+        self,
+        key: bytes,
+        peer: str,
+        request_size: int,
+        result: dict[str, Any],
+        answer_size: int | None = None,
+    ) -> None:
+        """Keep ``result``; ``answer_size``: the bytes of its JSON when the caller knows them
+        (it wrote them), else it is measured here."""
         now = self._clock()
         self._drop(key)
         # Kept in the order they came: the expired ones are at the front.
         while self._answers and now - next(iter(self._answers.values())).at > self.ttl_s:
             self._drop(next(iter(self._answers)))
-        size = request_size + len(json.dumps(result, ensure_ascii=False, separators=(",", ":")))
+        if answer_size is None:
+            answer_size = len(json.dumps(result, ensure_ascii=False, separators=(",", ":")))
+        size = request_size + answer_size
         if size > self.max_bytes:
             return  # one answer larger than the whole budget is not kept
         self._answers[key] = _Kept(now, peer, size, result)

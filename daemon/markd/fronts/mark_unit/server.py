@@ -294,7 +294,9 @@ class MarkUnitServer:
                 with later.collecting():
                     status, body = await self._dispatch(request, connection.peer)
                 keep = connection.http.their_state is h11.DONE and status < 500
-                await self._send(connection, status, body, keep, head_only=request.method == "HEAD")
+                later.answer_size = await self._send(
+                    connection, status, body, keep, head_only=request.method == "HEAD"
+                )
                 if self.observer is not None:
                     self.observer((time.perf_counter() - request.started) * 1000.0)
             finally:
@@ -430,12 +432,15 @@ class MarkUnitServer:
         keep: bool,
         *,
         head_only: bool = False,
-    ) -> None:
-        data = _answer_bytes(status, body, keep, self.config.encoding, head_only=head_only)
-        connection.writer.write(data)
+    ) -> int:
+        """Write the answer; the bytes of its body (JSON) in the answer's encoding."""
+        payload, content_type = encode_answer(body, self.config.encoding)
+        head = _head(status, payload, content_type, keep)
+        connection.writer.write(head if head_only else head + payload)
         if connection.writer.transport.get_write_buffer_size():
             async with asyncio.timeout(WRITE_TIMEOUT_S):
                 await connection.writer.drain()
+        return len(payload)
 
 
 def _answer_bytes(
@@ -446,14 +451,19 @@ def _answer_bytes(
     two content types), and h11's checks of each header cost a tenth of a millisecond per
     check on the till's path. ``head_only``: the answer to a ``HEAD`` request, no body."""
     payload, content_type = encode_answer(body, encoding)
-    head = (
+    head = _head(status, payload, content_type, keep)
+    return head if head_only else head + payload
+
+
+def _head(status: int, payload: bytes, content_type: str, keep: bool) -> bytes:
+    """The head of an answer whose body is ``payload``."""
+    return (
         f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}\r\n"
         f"Content-Type: {content_type}\r\n"
         f"Content-Length: {len(payload)}\r\n"
         "Cache-Control: no-store\r\n"
         f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n"
     ).encode("ascii")
-    return head if head_only else head + payload
 
 
 async def _linger(connection: _Connection) -> None:
