@@ -207,6 +207,14 @@ async def test_cache_writes_of_a_moment_go_to_the_store_as_one_commit(
     assert commits == [2, 1]
     assert tmp_store.lookup(WATER).cached is not None
     assert tmp_store.lookup(other).cached is not None
+    # A burst larger than CACHE_BATCH_MAX goes at once, without waiting for the timer.
+    monkeypatch.setattr(chain_module, "CACHE_BATCH_S", 60.0)
+    monkeypatch.setattr(chain_module, "CACHE_BATCH_MAX", 2)
+    c = chain(tmp_store, online=Scripted(online_ok()))
+    await c.decide(parse(WATER), "front")
+    await c.decide(parse(other), "front")
+    c.close()
+    assert commits == [2, 1, 2]
 
 
 def test_budget_is_the_sum_in_sequence_and_the_max_in_parallel(tmp_store: Store) -> None:

@@ -56,6 +56,8 @@ DENY_STORE_ERROR_RU = "Проверка недоступна, продажа н�
 #: Seconds verdict-cache writes are gathered before they go to the store as one commit. A
 #: crash loses at most these (the cache is an aid: a check never waits for it).
 CACHE_BATCH_S = 0.2
+#: Writes gathered at most: more go at once, so a burst of checks holds little memory.
+CACHE_BATCH_MAX = 256
 
 #: The modes of :class:`ChainSettings` (``[check] mode``).
 MODES = ("store-only", "direct", "tspiot")
@@ -403,8 +405,11 @@ class CheckChain:
 
     def _submit_cache(self, code: MarkingCode, answers: list[SourceAnswer | SourceFailure]) -> None:
         """Queue one verdict's cache write; the queue goes to the worker CACHE_BATCH_S after
-        its first write (at once without a running loop)."""
+        its first write, or when it holds CACHE_BATCH_MAX (at once without a running loop)."""
         self._cache_batch.append((code, answers))
+        if len(self._cache_batch) >= CACHE_BATCH_MAX:
+            self._flush_cache()
+            return
         if self._cache_timer is not None:
             return
         try:
