@@ -136,8 +136,10 @@ async def test_allowed_check_passes_the_online_answer_through(
     cdn, lm = services
     async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
         answer = await till.post("/document", document("check", position(WATER)))
+        # The verdict's journal record is written before the answer (the rest may follow it).
+        journaled_by_answer = len(verdicts(event_log))
         metrics_text = service.metrics().decode()
-    assert answer.status == 200
+    assert answer.status == 200 and journaled_by_answer == 1
     body = answer.json()
     assert (body["code"], body["error"]) == (0, "")
     truemark = body["truemark_response"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from markd.checks import chain as chain_module
 from markd.checks.base import CheckClient
 from markd.checks.chain import ChainSettings, CheckChain
 from markd.checks.policy import PolicyOptions
@@ -182,6 +183,38 @@ async def test_online_verdicts_are_cached_for_offline_use(tmp_store: Store) -> N
     c.close()  # the cache write runs after the verdict, on a worker thread
     cached = tmp_store.lookup(WATER).cached
     assert cached is not None and cached.facts["isBlocked"] is False
+
+
+async def test_cache_writes_of_a_moment_go_to_the_store_as_one_commit(
+    tmp_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits: list[int] = []
+    write = tmp_store.cache_verdicts
+    monkeypatch.setattr(
+        tmp_store,
+        "cache_verdicts",
+        lambda verdicts: (commits.append(len(verdicts)), write(verdicts)),
+    )
+    monkeypatch.setattr(chain_module, "CACHE_BATCH_S", 0.05)
+    c = chain(tmp_store, online=Scripted(online_ok()))
+    other = "0104670540176099215LpGKy\x1d93dGVz"
+    await c.decide(parse(WATER), "front")
+    await c.decide(parse(other), "front")
+    assert commits == []  # gathered for CACHE_BATCH_S, never in the verdict's way
+    await asyncio.sleep(0.2)
+    await c.decide(parse(WATER), "front")
+    await c.aclose()  # what is still gathered lands before the chain is gone
+    assert commits == [2, 1]
+    assert tmp_store.lookup(WATER).cached is not None
+    assert tmp_store.lookup(other).cached is not None
+    # A burst larger than CACHE_BATCH_MAX goes at once, without waiting for the timer.
+    monkeypatch.setattr(chain_module, "CACHE_BATCH_S", 60.0)
+    monkeypatch.setattr(chain_module, "CACHE_BATCH_MAX", 2)
+    c = chain(tmp_store, online=Scripted(online_ok()))
+    await c.decide(parse(WATER), "front")
+    await c.decide(parse(other), "front")
+    c.close()
+    assert commits == [2, 1, 2]
 
 
 def test_budget_is_the_sum_in_sequence_and_the_max_in_parallel(tmp_store: Store) -> None:

@@ -230,3 +230,50 @@ def test_which_tspiot_a_trusted_till_may_name() -> None:
     assert till_tspiot_host("piot.shop.lan", till) is None
     assert till_tspiot_host("PIOT.shop.lan", till, ["piot.shop.lan"]) == "PIOT.shop.lan"
     assert till_tspiot_host("fe80::1", "fe80::1") == "[fe80::1]"
+
+
+def test_an_answer_as_an_http_client_reads_it() -> None:
+    """The front's answers (server._answer_bytes, framed by h11): an HTTP client reads the
+    status, the four headers and the body; a HEAD request's answer has no body."""
+    from types import SimpleNamespace
+
+    import h11
+
+    from markd.fronts.mark_unit import server
+
+    def exchange(method: str) -> tuple[h11.Connection, SimpleNamespace]:
+        client = h11.Connection(h11.CLIENT)
+        request = client.send(
+            h11.Request(method=method, target="/document", headers=[("Host", "x")])
+        )
+        request += client.send(h11.EndOfMessage())
+        http = h11.Connection(h11.SERVER)
+        http.receive_data(request)
+        while http.next_event() is not h11.NEED_DATA and http.their_state is not h11.DONE:
+            pass
+        return client, SimpleNamespace(http=http)
+
+    body = {"code": 1, "error": "Продажа запрещена"}
+    for status, keep, encoding in ((200, True, "utf-8"), (400, False, "windows-1251")):
+        client, connection = exchange("POST")
+        data, size = server._answer_bytes(connection, status, body, keep, encoding)
+        client.receive_data(data)
+        response = client.next_event()
+        assert isinstance(response, h11.Response)
+        assert (
+            response.status_code == status and response.reason == server._PHRASES[status].encode()
+        )
+        headers = dict(response.headers)
+        assert headers[b"connection"] == (b"keep-alive" if keep else b"close")
+        assert headers[b"cache-control"] == b"no-store"
+        assert headers[b"content-type"].endswith(encoding.encode())
+        chunk = client.next_event()
+        assert isinstance(chunk, h11.Data) and len(chunk.data) == size
+        assert json.loads(bytes(chunk.data).decode(encoding)) == body
+        assert isinstance(client.next_event(), h11.EndOfMessage)
+    client, connection = exchange("HEAD")
+    data, _size = server._answer_bytes(connection, 405, body, True, "utf-8", head_only=True)
+    client.receive_data(data)
+    response = client.next_event()
+    assert isinstance(response, h11.Response) and response.status_code == 405
+    assert isinstance(client.next_event(), h11.EndOfMessage)  # no body

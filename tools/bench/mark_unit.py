@@ -10,7 +10,9 @@ online client) runs in this process with ``[mark_unit]`` on a loopback port; the
 runs as its own process (``python -m markd.emulators crpt_cdn``), and so do the tills (this
 script with ``--client``): neither shares the interpreter lock with markd. The tills speak
 HTTP/1.1 on raw sockets with their own JSON and base64, and time each round trip with
-``time.perf_counter``.
+``time.perf_counter``. Once markd is built, what the imports made is frozen out of the garbage
+collector's walks, as markd's entry point does before it runs the service
+(:func:`markd.service.gcpolicy.freeze_imports`).
 
 0. **The front's own work, no sockets** — a document parsed, answered by the desk over a stub
    backend (a fixed allow with a CDN answer to pass through), the answer encoded: the CPU the
@@ -20,6 +22,10 @@ HTTP/1.1 on raw sockets with their own JSON and base64, and time each round trip
    markd's own verdict latency for it (``latency_ms`` of its journal record: parse, chain,
    decision table). That difference is what the front adds (reading, framing and parsing the
    document, base64, the answer, the write, loopback both ways). Target: p50 and p99 ≤ 2 ms.
+   markd writes the answer once the verdict is journaled; what else the check leaves (the
+   verdict's event, counts and metrics, the verdict cache's write, the repeat cache) runs right
+   after (:mod:`markd.checks.after_answer`). With checks back to back the till's next request
+   arrives while that runs and waits for it, so it is in the next check's figure, not left out.
 2. **20 tills** — T tills, each from an address of its own (127.0.0.2 …, a shop LAN), each
    sending M checks in a row, all at once; the CDN answers after ``--cdn-latency-ms``. Every
    answer must be ``code`` 0 and arrive within the verdict deadline (the chain's budget,
@@ -179,6 +185,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     from markd import config as markd_config
     from markd.scanners import get_virtual
     from markd.service import Service
+    from markd.service.gcpolicy import freeze_imports
     from markd.systemd import EventLog
 
     class VerdictLog(EventLog):
@@ -220,6 +227,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         cfg = markd_config.load(work / "markd.toml")
         event_log = VerdictLog()
         service = Service(cfg, event_log=event_log)
+        freeze_imports()  # as markd's entry point does before it runs the service
         stop = asyncio.Event()
         task = asyncio.create_task(service.run(stop))
         await asyncio.wait_for(service.ready.wait(), 10)

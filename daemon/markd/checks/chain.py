@@ -33,6 +33,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from markd.checks.after_answer import after_answer
 from markd.checks.base import CheckClient
 from markd.checks.policy import DEFAULT_POLICY, PolicyOptions, decide, precheck
 from markd.checks.results import SourceAnswer, SourceFailure
@@ -51,6 +52,12 @@ ANSWERS_SEEN: contextvars.ContextVar[list[SourceAnswer | SourceFailure] | None] 
 )
 
 DENY_STORE_ERROR_RU = "Проверка недоступна, продажа невозможна"
+
+#: Seconds verdict-cache writes are gathered before they go to the store as one commit. A
+#: crash loses at most these (the cache is an aid: a check never waits for it).
+CACHE_BATCH_S = 0.2
+#: Writes gathered at most: more go at once, so a burst of checks holds little memory.
+CACHE_BATCH_MAX = 256
 
 #: The modes of :class:`ChainSettings` (``[check] mode``).
 MODES = ("store-only", "direct", "tspiot")
@@ -143,10 +150,15 @@ class CheckChain:
         self.local_module = local_module
         self.tspiot = tspiot
         self.mode = settings.mode
-        # Verdict-cache writes are durable LMDB commits (~0.5 ms): done on one worker thread
-        # after the verdict is out, in order, so they never delay a verdict. (The thread is
-        # made at the first write: a store-only chain never has one.)
+        # Verdict-cache writes are durable LMDB commits (~0.5 ms and more): done on one worker
+        # thread after the verdict is out (after a till's answer is written), in order, so
+        # they never delay a verdict. The writes of CACHE_BATCH_S go as one commit: each
+        # hand-over wakes the worker, which then takes turns at the interpreter lock with
+        # the loop, and each commit is an fsync. (The thread is made at the first write: a
+        # store-only chain never has one.)
         self._cache_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="markd-cache")
+        self._cache_batch: list[tuple[MarkingCode, list[SourceAnswer | SourceFailure]]] = []
+        self._cache_timer: asyncio.TimerHandle | None = None
         self._clock = clock
         self._wall_clock = wall_clock or (lambda: datetime.now(UTC))
         #: Told of every source's answer or failure as it comes (the service's metrics: each
@@ -199,11 +211,13 @@ class CheckChain:
             except Exception:  # noqa: BLE001 - closing the others matters more
                 log.warning("closing the %s client failed", type(client).__name__, exc_info=True)
         # The last cache writes are LMDB commits: waited for on a worker thread, not the loop.
+        self._flush_cache()
         await asyncio.to_thread(self._cache_writer.shutdown, True)
 
     def close(self, wait: bool = True) -> None:
         """:meth:`aclose` without a loop: pending cache writes land (``wait``), the clients
         close their connections without waiting for their background work."""
+        self._flush_cache()
         self._cache_writer.shutdown(wait=wait)
         for client in self._owned():
             try:
@@ -256,10 +270,9 @@ class CheckChain:
         if settings.cache_verdicts and any(
             isinstance(a, SourceAnswer) and a.online and a.code == 0 for a in answers
         ):
-            try:
-                self._cache_writer.submit(self._cache, code, answers)
-            except RuntimeError:
-                pass  # the chain was retired meanwhile (a reload): the cache is only an aid
+            # Handed to the worker once a caller's answer is out (after_answer): while the
+            # worker runs it competes for the interpreter lock with the code writing it.
+            after_answer(self._submit_cache, code, answers)
         return finished
 
     def decide_now(
@@ -390,14 +403,46 @@ class CheckChain:
                 log.warning("the check chain's observer failed and was dropped", exc_info=True)
         return result
 
-    def _cache(self, code: MarkingCode, answers: list[SourceAnswer | SourceFailure]) -> None:
-        for answer in answers:
-            if isinstance(answer, SourceAnswer) and answer.online and answer.code == 0:
-                try:
-                    self.store.cache_verdict(code, answer.facts.to_json())
-                except Exception:  # noqa: BLE001 - the cache is an aid, never worth a verdict
-                    pass
-                return
+    def _submit_cache(self, code: MarkingCode, answers: list[SourceAnswer | SourceFailure]) -> None:
+        """Queue one verdict's cache write; the queue goes to the worker CACHE_BATCH_S after
+        its first write, or when it holds CACHE_BATCH_MAX (at once without a running loop)."""
+        self._cache_batch.append((code, answers))
+        if len(self._cache_batch) >= CACHE_BATCH_MAX:
+            self._flush_cache()
+            return
+        if self._cache_timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._flush_cache()
+            return
+        self._cache_timer = loop.call_later(CACHE_BATCH_S, self._flush_cache)
+
+    def _flush_cache(self) -> None:
+        """Hand the queued cache writes to the worker, as one commit."""
+        if self._cache_timer is not None:
+            self._cache_timer.cancel()
+            self._cache_timer = None
+        batch, self._cache_batch = self._cache_batch, []
+        if not batch:
+            return
+        try:
+            self._cache_writer.submit(self._cache, batch)
+        except RuntimeError:
+            pass  # the chain was retired meanwhile (a reload): the cache is only an aid
+
+    def _cache(self, batch: list[tuple[MarkingCode, list[SourceAnswer | SourceFailure]]]) -> None:
+        verdicts = []
+        for code, answers in batch:
+            for answer in answers:
+                if isinstance(answer, SourceAnswer) and answer.online and answer.code == 0:
+                    verdicts.append((code, answer.facts.to_json()))
+                    break
+        try:
+            self.store.cache_verdicts(verdicts)
+        except Exception:  # noqa: BLE001 - the cache is an aid, never worth a verdict
+            pass
 
     def _finish(self, verdict: Verdict, code: MarkingCode, scanner: str, started: float) -> Verdict:
         return dataclasses.replace(

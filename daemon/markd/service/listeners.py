@@ -20,6 +20,10 @@ on the event loop and must not block it; one with slow work (the sale desk and i
 starts a task and returns. Each listener's time is a stage of the scan's trace
 (``verdict-record`` …, see :mod:`markd.service.tracing`).
 
+A caller that answers someone on a socket (the Mark Unit front) has only the journal record
+written before its answer; the other listeners get that verdict right after the answer is
+written (:mod:`markd.checks.after_answer`).
+
 The module also holds the other record one scan leaves in the journal,
 :class:`ExchangeJournal` (each request to a check service and its answer, redacted), and
 :func:`log_internal_error`, the ``service-error`` record of a failure inside markd itself.
@@ -32,6 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from markd.checks.after_answer import AFTER_ANSWER
 from markd.checks.record import CURRENT_SCAN, Exchange
 from markd.checks.stages import CURRENT_STAGES
 from markd.checks.verdict import Verdict
@@ -63,7 +68,10 @@ class CheckedScan:
 
 
 class VerdictListener(Protocol):
-    """One reader of verdicts (see the module docstring)."""
+    """One reader of verdicts (see the module docstring). A listener whose work must be done
+    before anyone acts on the verdict (the journal record) says so with a class attribute
+    ``before_answer = True``; the others may be handed a till's verdict after its answer
+    (:meth:`Notifier.notify`)."""
 
     #: Names the listener in the ``service-error`` record when it fails.
     name: str
@@ -114,16 +122,36 @@ class Notifier:
             self.listeners.remove(listener)
 
     def notify(self, checked: CheckedScan) -> None:
-        """Hand ``checked`` to every listener; never raises for a listener's failure."""
+        """Hand ``checked`` to every listener; never raises for a listener's failure.
+
+        When the caller answers someone as soon as the verdict is journaled (a collector of
+        :mod:`markd.checks.after_answer` is current: the Mark Unit front), only the listeners
+        marked ``before_answer`` (the journal record) are handed it now; the others get it,
+        in their order, once the answer is written, and are not stages of the scan's trace.
+        """
         stages = CURRENT_STAGES.get()  # the scan's stage log when it is traced
+        later = AFTER_ANSWER.get()
+        deferred: list[VerdictListener] = []
         for listener in list(self.listeners):  # a listener may change the list
+            if later is not None and not getattr(listener, "before_answer", False):
+                deferred.append(listener)
+                continue
             began = 0.0 if stages is None else stages.clock()
-            try:
-                listener.on_verdict(checked)
-            except Exception as exc:  # noqa: BLE001 - one failing reader must not cost the others
-                self.on_error(listener.name, exc)
+            self._hand(listener, checked)
             if stages is not None:
                 stages.add(listener_stage(listener), began)
+        if later is not None and deferred:
+            later.add(self._hand_all, deferred, checked)
+
+    def _hand(self, listener: VerdictListener, checked: CheckedScan) -> None:
+        try:
+            listener.on_verdict(checked)
+        except Exception as exc:  # noqa: BLE001 - one failing reader must not cost the others
+            self.on_error(listener.name, exc)
+
+    def _hand_all(self, listeners: list[VerdictListener], checked: CheckedScan) -> None:
+        for listener in listeners:
+            self._hand(listener, checked)
 
 
 def listener_stage(listener: VerdictListener) -> str:
@@ -156,6 +184,9 @@ class JournalListener:
     """Each verdict into the journal (:func:`journal_verdict`)."""
 
     name = "verdict record"
+    #: The record of a verdict exists before the till (or anyone) is answered with it: a
+    #: crash after the answer never leaves a verdict acted on without its journal record.
+    before_answer = True
 
     def __init__(self, event_log: EventLog) -> None:
         self.event_log = event_log

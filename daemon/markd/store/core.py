@@ -32,7 +32,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -664,23 +664,31 @@ class Store:
         return self._write(write, "unblocking")
 
     def _update_unit(self, key: bytes, change: Callable[[dict[str, Any]], None], what: str) -> None:
+        self._update_units([(key, change)], what)
+
+    def _update_units(
+        self, changes: Sequence[tuple[bytes, Callable[[dict[str, Any]], None]]], what: str
+    ) -> None:
+        """Apply each ``(key, change)`` to its unit, all in one write transaction."""
         units = self._dbs[b"units"]
 
         def write(txn: lmdb.Transaction) -> tuple[bytes | None, bytes]:
-            raw = txn.get(key, db=units)
-            data = json.loads(raw) if raw else {}
-            change(data)
-            if data:
-                txn.put(key, json.dumps(data, separators=(",", ":")).encode(), db=units)
-            elif raw is not None:
-                txn.delete(key, db=units)
+            for key, change in changes:
+                raw = txn.get(key, db=units)
+                data = json.loads(raw) if raw else {}
+                change(data)
+                if data:
+                    txn.put(key, json.dumps(data, separators=(",", ":")).encode(), db=units)
+                elif raw is not None:
+                    txn.delete(key, db=units)
             return self._bump_units_gen(txn)
 
         before, after = self._write(write, what)
         # Keep the lookup's key set in step with our own write. If the generation we saw
         # before was not the one we knew, another process wrote too: re-read at next lookup.
         if before == self._units_gen:
-            self._unit_keys.add(key)  # a superset is safe: it only costs a read
+            # A superset is safe: it only costs a read.
+            self._unit_keys.update(key for key, _ in changes)
             self._units_gen = after
 
     def _bump_units_gen(self, txn: lmdb.Transaction) -> tuple[bytes | None, bytes]:
@@ -711,12 +719,19 @@ class Store:
         self, code: MarkingCode | str, facts: dict[str, Any], at: int | None = None
     ) -> None:
         """Keep the facts of an online verdict (isBlocked, sold, expireDate, mrp, smp, …)."""
+        self.cache_verdicts([(code, facts)], at)
+
+    def cache_verdicts(
+        self, verdicts: Sequence[tuple[MarkingCode | str, dict[str, Any]]], at: int | None = None
+    ) -> None:
+        """:meth:`cache_verdict` for several units in one write transaction (one commit)."""
         when = _now() if at is None else at
-        self._update_unit(
-            _unit_key(code),
-            lambda d: d.__setitem__("verdict", {"at": when, "facts": facts}),
-            "caching a verdict",
-        )
+
+        def keeper(facts: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+            return lambda d: d.__setitem__("verdict", {"at": when, "facts": facts})
+
+        what = "caching a verdict" if len(verdicts) == 1 else "caching verdicts"
+        self._update_units([(_unit_key(code), keeper(facts)) for code, facts in verdicts], what)
 
     def purge_cache(self, now: float | None = None) -> int:
         """Drop cached verdicts older than the TTL; return how many went."""

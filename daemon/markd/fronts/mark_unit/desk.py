@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from markd.checks.after_answer import AFTER_ANSWER, AfterAnswer, after_answer
 from markd.checks.results import SourceAnswer, SourceFailure
 from markd.checks.tspiot import unwrap_entry
 from markd.checks.verdict import CheckedCode
@@ -295,16 +296,35 @@ class RepeatCache:
         try:
             result, shorts = await compute()
         except BaseException as exc:
+            if self._running.get(key) is future:
+                del self._running[key]
             future.set_exception(exc)
             future.exception()  # retrieved: a waiter may not exist
             raise
-        finally:
-            if self._running.get(key) is future:
-                del self._running[key]
         future.set_result(result)
-        if generation == self.generation:
-            self._keep(key, peer, size, result, shorts)
+        # Kept once the answer is written, measured as the caller wrote it; until then the
+        # finished check under way answers a repeat.
+        after_answer(
+            self._settle, key, future, peer, size, result, shorts, generation, AFTER_ANSWER.get()
+        )
         return result
+
+    def _settle(
+        self,
+        key: bytes,
+        future: asyncio.Future[dict[str, Any]],
+        peer: str,
+        request_size: int,
+        result: dict[str, Any],
+        shorts: Sequence[bytes],
+        generation: int,
+        later: AfterAnswer | None,
+    ) -> None:
+        if self._running.get(key) is future:
+            del self._running[key]
+        if generation == self.generation:  # no commit since the check began
+            answer_size = None if later is None else later.answer_size
+            self._keep(key, peer, request_size, result, shorts, answer_size)
 
     def _keep(
         self,
@@ -313,13 +333,18 @@ class RepeatCache:
         request_size: int,
         result: dict[str, Any],
         shorts: Sequence[bytes] = (),
+        answer_size: int | None = None,
     ) -> None:
+        """Keep ``result``; ``answer_size``: the bytes of its JSON when the caller knows them
+        (it wrote them), else it is measured here."""
         now = self._clock()
         self._drop(key)
         # Kept in the order they came: the expired ones are at the front.
         while self._answers and now - next(iter(self._answers.values())).at > self.ttl_s:
             self._drop(next(iter(self._answers)))
-        size = request_size + len(json.dumps(result, ensure_ascii=False, separators=(",", ":")))
+        if answer_size is None:
+            answer_size = len(json.dumps(result, ensure_ascii=False, separators=(",", ":")))
+        size = request_size + answer_size
         size += sum(len(text) + 64 for text in shorts)
         if size > self.max_bytes:
             return  # one answer larger than the whole budget is not kept
@@ -410,9 +435,18 @@ class MarkUnitDesk:
             # (CheckReturnDocument.cs): an old till's refund is answered at once.
             return answer, ()
         pairs = document.codes()
-        results = await asyncio.gather(
-            *(self._check_one(document, position, code, peer, received) for position, code in pairs)
-        )
+        if len(pairs) == 1:
+            # The usual check, one code: awaited in this task (a task of its own for one
+            # code would cost two more turns of the event loop before the answer).
+            ((position, code),) = pairs
+            results = [await self._check_one(document, position, code, peer, received)]
+        else:
+            results = await asyncio.gather(
+                *(
+                    self._check_one(document, position, code, peer, received)
+                    for position, code in pairs
+                )
+            )
         errors: list[str] = []
         online: list[tuple[Position, SourceAnswer]] = []
         offline: list[tuple[Position, SourceAnswer]] = []
@@ -484,7 +518,10 @@ class MarkUnitDesk:
         until = received + self.backend.budget_s()
         slot = False
         remaining = until - time.monotonic()
-        if remaining > 0:
+        if remaining > 0 and not self._slots.locked():
+            await self._slots.acquire()  # a free slot is taken at once, without a task
+            slot = True
+        elif remaining > 0:
             try:
                 await asyncio.wait_for(self._slots.acquire(), remaining)
                 slot = True

@@ -50,6 +50,7 @@ import h11
 
 from markd import __version__
 from markd.api import listeners
+from markd.checks.after_answer import AfterAnswer
 from markd.fronts.mark_unit.protocol import (
     BadDocument,
     encode_answer,
@@ -241,7 +242,7 @@ class MarkUnitServer:
                 writer.write(
                     _answer_bytes(
                         connection, 403, refusal_answer(reason), False, self.config.encoding
-                    )
+                    )[0]
                 )
                 writer.write_eof()
             writer.close()
@@ -288,11 +289,21 @@ class MarkUnitServer:
                 await self._send(connection, refusal.status, refusal_answer(refusal.reason), False)
                 await _linger(connection)
                 return
-            status, body = await self._dispatch(request, connection.peer)
-            keep = connection.http.their_state is h11.DONE and status < 500
-            await self._send(connection, status, body, keep)
-            if self.observer is not None:
-                self.observer((time.perf_counter() - request.started) * 1000.0)
+            # The answer first: what the check leaves for later (the verdict's listeners but
+            # its journal record, the verdict cache's write, the repeat cache) runs once it is
+            # written, before the next request is read (markd.checks.after_answer).
+            later = AfterAnswer()
+            try:
+                with later.collecting():
+                    status, body = await self._dispatch(request, connection.peer)
+                keep = connection.http.their_state is h11.DONE and status < 500
+                later.answer_size = await self._send(
+                    connection, status, body, keep, head_only=request.method == "HEAD"
+                )
+                if self.observer is not None:
+                    self.observer((time.perf_counter() - request.started) * 1000.0)
+            finally:
+                later.run()
             connection.answered += 1
             if not keep:
                 return
@@ -416,18 +427,37 @@ class MarkUnitServer:
             log.error("mark unit: a %s document failed: %s", document.action, type(exc).__name__)
             return 500, refusal_answer("internal error in markd")
 
-    async def _send(self, connection: _Connection, status: int, body: Any, keep: bool) -> None:
-        data = _answer_bytes(connection, status, body, keep, self.config.encoding)
+    async def _send(
+        self,
+        connection: _Connection,
+        status: int,
+        body: Any,
+        keep: bool,
+        *,
+        head_only: bool = False,
+    ) -> int:
+        """Write the answer; returns the bytes of its body."""
+        data, size = _answer_bytes(
+            connection, status, body, keep, self.config.encoding, head_only=head_only
+        )
         connection.writer.write(data)
         if connection.writer.transport.get_write_buffer_size():
             async with asyncio.timeout(WRITE_TIMEOUT_S):
                 await connection.writer.drain()
+        return size
 
 
 def _answer_bytes(
-    connection: _Connection, status: int, body: Any, keep: bool, encoding: str
-) -> bytes:
-    """The HTTP answer's bytes, framed by the connection's h11 state. An answer that cannot
+    connection: _Connection,
+    status: int,
+    body: Any,
+    keep: bool,
+    encoding: str,
+    *,
+    head_only: bool = False,
+) -> tuple[bytes, int]:
+    """The HTTP answer's bytes, framed by the connection's h11 state, and the length of its
+    body. ``head_only``: the answer to a HEAD request, no body. An answer that cannot
     be encoded (a bug: it holds what JSON cannot) becomes a 500, never a connection left
     without an answer."""
     try:
@@ -456,8 +486,10 @@ def _answer_bytes(
         data = http.send(
             h11.Response(status_code=status, headers=headers, reason=_PHRASES.get(status, ""))
         )
-    data += http.send(h11.Data(data=payload)) + http.send(h11.EndOfMessage())
-    return data
+    if not head_only:  # a HEAD request's answer has no body (h11 frames it without one)
+        data += http.send(h11.Data(data=payload))
+    data += http.send(h11.EndOfMessage())
+    return data, len(payload)
 
 
 async def _linger(connection: _Connection) -> None:
