@@ -12,8 +12,10 @@ Two ways to make a scanner:
   documented behaviour in ``drivers/usb/core/devio.c``: SUBMITURB/REAPURBNDELAY/DISCARDURB
   for control and interrupt transfers, CLAIMINTERFACE refused with EBUSY while a kernel
   driver holds the interface, GETDRIVER naming that driver (ENODATA once detached),
-  USBDEVFS_IOCTL's DISCONNECT and CONNECT to detach and re-attach it, and after an unplug,
-  the pending URBs completed with -ESHUTDOWN and every later request refused with ENODEV.
+  USBDEVFS_IOCTL's DISCONNECT and CONNECT to detach and re-attach it (CONNECT answers 1, "a
+  driver was bound", as ``device_attach()`` does), claims held per open file, and after an
+  unplug, the pending URBs completed with -ESHUTDOWN and every later request from a file
+  opened before it refused with ENODEV.
   Reports are queued while the test runs, so the scanner contract tests drive it as they
   drive the simulated backend. How URBs are handed back through umockdev's ioctl
   forwarding (``IoctlData.resolve``/``set_ptr``) follows umockdev's own usbmon player
@@ -108,7 +110,8 @@ NAMES = {
 URB = struct.Struct("<BBxxiIxxxxQiiiiiIQ")
 URB_TYPE_INTERRUPT, URB_TYPE_CONTROL = 1, 2
 #: ZERO_PACKET, BULK_CONTINUATION, NO_PACKET_SIZE_LIM, BULK_SCATTER_GATHER,
-#: REAP_AFTER_DISCONNECT: what a current kernel reports.
+#: REAP_AFTER_DISCONNECT: the capabilities libusb 1.0.26 looks at (a current kernel reports
+#: these and more).
 CAPABILITIES = 0x1F
 
 #: How long a REAPURBNDELAY with nothing to reap is held before EAGAIN, when the one
@@ -149,20 +152,36 @@ class UsbdevfsScanner:
         self.led_state: bytes | None = None
         self.protocol = 1
         self.driver_bound = True
-        self.claimed: set[int] = set()
+        #: Interface number → the open file (umockdev client) that claimed it.
+        self.claims: dict[int, Any] = {}
         self.present = False
+        #: Bumped at every plug: a file opened before the last unplug gets ENODEV.
+        self.generation = 0
         self.log: list[str] = []
         self.unknown: list[str] = []
         self._lock = threading.Condition()
-        self._reports: deque[tuple[float, bytes | None]] = deque()
+        self._reports: deque[tuple[float, bytes]] = deque()
         self._pending: list[_Pending] = []
-        self._handler = UMockdev.IoctlBase()
-        self._handler.connect("handle-ioctl", self._on_ioctl)
+        self._umockdev = UMockdev
+        self._handler: Any = None
         self._held: list[Any] = []
         self._empty_reaps = 0
         self._stop = False
         self._waker = threading.Thread(target=self._release_held, daemon=True)
         self._waker.start()
+
+    @property
+    def claimed(self) -> set[int]:
+        return set(self.claims)
+
+    def new_handler(self) -> Any:
+        """The node's ioctl handler for this plug; files opened on an earlier one keep theirs,
+        which answers ENODEV."""
+        handler = self._umockdev.IoctlBase()
+        generation = self.generation
+        handler.connect("handle-ioctl", self._on_ioctl, generation)
+        self._handler = handler
+        return handler
 
     # -- the test's side ------------------------------------------------------------------------
 
@@ -172,13 +191,6 @@ class UsbdevfsScanner:
             start = max(time.monotonic(), self._reports[-1][0] if self._reports else 0.0)
             for number, report in enumerate(reports):
                 self._reports.append((start + (delay if number == 0 else 0.0), report))
-            self._lock.notify_all()
-
-    def queue_unplug(self) -> None:
-        """Unplug once the reports queued so far have been read."""
-        with self._lock:
-            start = self._reports[-1][0] if self._reports else time.monotonic()
-            self._reports.append((start, None))
             self._lock.notify_all()
 
     def drained(self, timeout: float) -> bool:
@@ -206,7 +218,7 @@ class UsbdevfsScanner:
             if not self.present:
                 return False
             self.present = False
-            self.claimed.clear()
+            self.claims.clear()
             self.driver_bound = True  # a replugged device comes back to its driver
             for pending in self._pending:
                 if not pending.done:
@@ -223,11 +235,14 @@ class UsbdevfsScanner:
 
     # -- the kernel's side ----------------------------------------------------------------------
 
-    def _on_ioctl(self, _handler: Any, client: Any) -> bool:
+    def _on_ioctl(self, _handler: Any, client: Any, generation: int) -> bool:
         request = client.get_request()
         arg = client.get_arg()
         try:
-            return self._dispatch(request, arg, client)
+            with self._lock:
+                if generation != self.generation and request not in (REAPURB, REAPURBNDELAY):
+                    return self._refuse(client, errno.ENODEV)  # a file from before the unplug
+                return self._dispatch(request, arg, client)
         except Exception as exc:  # a bug here must not hang the client: say it, refuse
             self.unknown.append(f"{NAMES.get(request, hex(request))}: {exc!r}")
             client.complete(-1, errno.EIO)
@@ -255,18 +270,19 @@ class UsbdevfsScanner:
             if request == CLAIMINTERFACE:
                 if value != 0:
                     return self._refuse(client, errno.ENOENT)
-                if self.driver_bound:
-                    self.log.append(f"claim {value} refused: driver bound")
+                if self.driver_bound or self.claims.get(value, client) != client:
+                    self.log.append(f"claim {value} refused: busy")
                     return self._refuse(client, errno.EBUSY)
-                self.claimed.add(value)
+                self.claims[value] = client
                 self.log.append(f"claim {value}")
             elif request == RELEASEINTERFACE:
-                if value not in self.claimed:
+                if self.claims.get(value) != client:
                     return self._refuse(client, errno.EINVAL)
-                self.claimed.discard(value)
+                del self.claims[value]
                 self.log.append(f"release {value}")
             elif request == SETCONFIGURATION:
-                if self.driver_bound:
+                # The kernel refuses while any interface is bound to a driver or claimed.
+                if self.driver_bound or self.claims:
                     return self._refuse(client, errno.EBUSY)
                 self.log.append(f"set-configuration {value}")
             client.complete(0, 0)
@@ -274,10 +290,8 @@ class UsbdevfsScanner:
         if request == GETDRIVER:
             data = arg.resolve(0, 260)
             interface = struct.unpack_from("<I", bytes(data.retrieve()))[0]
-            if interface != 0:
-                return self._refuse(client, errno.EINVAL)
-            if not self.driver_bound:
-                return self._refuse(client, errno.ENODATA)
+            if interface != 0 or not self.driver_bound:
+                return self._refuse(client, errno.ENODATA)  # no such interface, no driver
             data.update(4, self.profile.driver.encode() + b"\0")
             client.complete(0, 0)
             return True
@@ -291,10 +305,15 @@ class UsbdevfsScanner:
                 self.driver_bound = False
                 self.log.append(f"detach {interface}")
             elif code == CONNECT:
-                if interface in self.claimed:
+                # devio.c's proc_ioctl returns device_attach()'s result: 1 when a driver
+                # was bound (libusb reads 0 as "no driver found"); EBUSY when one already is
+                # or a program holds the interface.
+                if self.driver_bound or interface in self.claims:
                     return self._refuse(client, errno.EBUSY)
                 self.driver_bound = True
                 self.log.append(f"attach {interface}")
+                client.complete(1, 0)
+                return True
             else:
                 self.unknown.append(f"USBDEVFS_IOCTL code {code:#x}")
                 return self._refuse(client, errno.ENOTTY)
@@ -313,10 +332,12 @@ class UsbdevfsScanner:
         if kind not in (URB_TYPE_INTERRUPT, URB_TYPE_CONTROL):
             self.unknown.append(f"URB type {kind}")
             return self._refuse(client, errno.EINVAL)
-        if kind == URB_TYPE_INTERRUPT and (
-            endpoint != self.profile.endpoint or 0 not in self.claimed
-        ):
-            return self._refuse(client, errno.ENOENT if 0 in self.claimed else errno.EINVAL)
+        if kind == URB_TYPE_INTERRUPT:
+            if endpoint != self.profile.endpoint:
+                return self._refuse(client, errno.ENOENT)
+            if self.claims.get(0, client) != client or self.driver_bound:
+                return self._refuse(client, errno.EBUSY)
+            self.claims[0] = client  # devio.c's checkintf claims an unclaimed interface
         buffer = urb.resolve(16, length) if length else None
         pending = _Pending(urb, buffer, fields)
         if kind == URB_TYPE_CONTROL:
@@ -389,13 +410,10 @@ class UsbdevfsScanner:
                 return pending
             if pending.type == URB_TYPE_INTERRUPT and self._reports and self._reports[0][0] <= now:
                 _due, report = self._reports.popleft()
-                if report is None:  # an unplug in the stream: mid-code, -ESHUTDOWN
-                    self._go_off()
-                    # The testbed's side (node and sysfs entry gone) off this thread: it
-                    # is umockdev's ioctl worker, which the testbed calls would wait on.
-                    threading.Thread(target=self.bus._unplug, args=(self,)).start()
-                    return self._ready()
-                pending.data = report[: pending.length]
+                if len(report) > pending.length:
+                    pending.status = -errno.EOVERFLOW  # the kernel's babble: no data
+                else:
+                    pending.data = report
                 self._pending.remove(pending)
                 return pending
         return None
@@ -440,6 +458,9 @@ class UsbdevfsScanner:
                     self._lock.release()
                     try:
                         self._complete_reap(arg, client, pending)
+                    except Exception as exc:  # never leave libusb blocked in its reap
+                        self.unknown.append(f"reap: {exc!r}")
+                        client.complete(-1, errno.EIO)
                     finally:
                         self._lock.acquire()
                     continue
@@ -450,6 +471,18 @@ class UsbdevfsScanner:
                     client.complete(-1, errno.EAGAIN if self.present else errno.ENODEV)
                     continue
                 self._lock.wait(max(0.0, min(due, next_report) - now))
+
+
+_shared: UmockdevBus | None = None
+
+
+def shared_bus() -> UmockdevBus:
+    """The process's testbed (made on first use): one per process, since umockdev points the
+    whole process at one testbed directory and libusb keeps its view of the bus."""
+    global _shared
+    if _shared is None:
+        _shared = UmockdevBus()
+    return _shared
 
 
 class UmockdevBus:
@@ -477,8 +510,10 @@ class UmockdevBus:
         description = hid_umockdev.umockdev_description(p)
         if not self.testbed.add_from_string(description):
             raise RuntimeError(f"umockdev refused the description of {p.devnode}")
-        self.testbed.attach_ioctl(p.devnode, scanner._handler)
-        self._syspaths[id(scanner)] = f"/sys/devices/pci0000:00/0000:00:14.0/usb{p.bus}/{p.sysname}"
+        with scanner._lock:
+            scanner.generation += 1
+        self.testbed.attach_ioctl(p.devnode, scanner.new_handler())
+        self._syspaths[id(scanner)] = p.syspath
         with scanner._lock:
             scanner.present = True
             scanner.driver_bound = True

@@ -85,7 +85,10 @@ class Profile:
     serial: str = "K7"
     manufacturer: str = "Emulated"
     product: str = "Barcode Scanner"
-    bus: int = 1
+    #: Bus 63, the highest the kernel numbers: no host has that many controllers, so an
+    #: emulated device node never shares a path with a real one (umockdev lets an open of a
+    #: path it does not emulate through to the real /dev).
+    bus: int = 63
     address: int = 2
     #: The port path under the root hub (``1-1`` is port 1 of bus 1).
     port: str = "1"
@@ -110,6 +113,11 @@ class Profile:
     @property
     def sysname(self) -> str:
         return f"{self.bus}-{self.port}"
+
+    @property
+    def syspath(self) -> str:
+        """The device's directory in (umockdev's) sysfs."""
+        return f"/sys/devices/pci0000:00/0000:00:14.0/usb{self.bus}/{self.sysname}"
 
     @property
     def devnode(self) -> str:
@@ -160,7 +168,7 @@ def umockdev_description(p: Profile) -> str:
     descriptors = (device_descriptor(p) + configuration_descriptor(p)).hex()
     cls, sub, proto = p.interface_class
     lines = [
-        f"P: /devices/pci0000:00/0000:00:14.0/usb{p.bus}/{p.sysname}",
+        f"P: {p.syspath.removeprefix('/sys')}",
         f"N: bus/usb/{p.bus:03d}/{p.address:03d}",
         f"E: DEVNAME={p.devnode}",
         "E: DEVTYPE=usb_device",
@@ -191,7 +199,7 @@ def umockdev_description(p: Profile) -> str:
         f"H: descriptors={descriptors}",
         "",
         # The interface, with the kernel driver markd must detach (and give back).
-        f"P: /devices/pci0000:00/0000:00:14.0/usb{p.bus}/{p.sysname}/{p.sysname}:1.0",
+        f"P: {p.syspath.removeprefix('/sys')}/{p.sysname}:1.0",
         "E: DEVTYPE=usb_interface",
         f"E: DRIVER={p.driver}",
         f"E: INTERFACE={cls}/{sub}/{proto}",
@@ -204,7 +212,7 @@ def umockdev_description(p: Profile) -> str:
         "",
         # The HID device the kernel makes of the interface, with the report descriptor
         # (numbered by address: umockdev keeps a removed device's bus link).
-        f"P: /devices/pci0000:00/0000:00:14.0/usb{p.bus}/{p.sysname}/{p.sysname}:1.0/"
+        f"P: {p.syspath.removeprefix('/sys')}/{p.sysname}:1.0/"
         f"0003:{p.vid:04X}:{p.pid:04X}.{p.address:04X}",
         "E: DRIVER=hid-generic",
         f"E: HID_ID=0003:{p.vid:08X}:{p.pid:08X}",

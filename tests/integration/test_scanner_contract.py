@@ -44,7 +44,7 @@ from markd.scanners.simulated import (
     pos_reports,
 )
 from markd.scanners.usb_common import use_backend
-from umockdev_usb import Profile, UmockdevBus
+from umockdev_usb import Profile, shared_bus
 from umockdev_usb import available as umockdev_unavailable
 
 E = TypeVar("E", Scan, ScanOverflow, ScannerState)
@@ -360,20 +360,16 @@ class LibusbHarness(UsbHarness):
     Linux usbfs code and the kernel's ioctl interface (as tests/umockdev_usb.py emulates
     it) between markd and the reports."""
 
-    _bus: UmockdevBus | None = None
-
     def __init__(self, kind: str) -> None:
-        # One testbed for the process: libusb keeps its view of the bus for its lifetime.
-        if LibusbHarness._bus is None:
-            LibusbHarness._bus = UmockdevBus()
+        bus = shared_bus()  # one testbed for the process (libusb keeps its view of the bus)
         self.kind = kind.removesuffix("-libusb")
         self.garbage_reason = "bad-report"
         if self.kind == "hid-kbd":
-            self.device = LibusbHarness._bus.add(Profile(kind="keyboard", serial="K7"))
+            self.device = bus.add(Profile(kind="keyboard", serial="K7"))
             self.url = "hid-kbd://0c2e:0b61"
         else:
             profile = Profile(kind="hid-pos", vid=0x1EAB, pid=0x0010, serial="P1")
-            self.device = LibusbHarness._bus.add(profile)
+            self.device = bus.add(profile)
             self.url = "hid-pos://1eab:0010"
 
     def unplug(self) -> None:
@@ -384,8 +380,12 @@ class LibusbHarness(UsbHarness):
         assert self.device.drained(5.0), "the emulated scanner's reports were not all read"
         self.device.unplug()
 
-    def unplug_in_stream(self) -> None:
-        self.device.queue_unplug()
+    async def send_unterminated(self, code: str) -> None:
+        # The gap tests time the code from its sending: here that is when its last report has
+        # been read (each is a URB through umockdev, ~1 ms, more under load), not when the
+        # reports were queued, or the delivery would eat the test's margin for the gap.
+        await super().send_unterminated(code)
+        assert await asyncio.to_thread(self.device.drained, 5.0), "reports not all read"
 
     def replug(self) -> None:
         self.device.plug()

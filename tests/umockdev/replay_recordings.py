@@ -26,7 +26,7 @@ from markd.scanners import Scan, ScannerEvent, ScannerState, open_scanner
 from markd.scanners.capture import read_hid_capture
 from markd.scanners.replay import decode_hid_keyboard, decode_hid_pos
 from markd.scanners.simulated import pos_reports
-from umockdev_usb import Profile, UmockdevBus, available, hid_umockdev
+from umockdev_usb import Profile, available, hid_umockdev, shared_bus
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "scanners"
 RECORDINGS = sorted(
@@ -39,15 +39,7 @@ NOT_REPLAYABLE = {
     "libusb backends unplug and replug (test_scanner_contract.py)",
 }
 
-_bus: UmockdevBus | None = None
 _addresses = itertools.count(40)
-
-
-def bus() -> UmockdevBus:
-    global _bus
-    if _bus is None:
-        _bus = UmockdevBus()
-    return _bus
 
 
 def expected(path: Path) -> list[bytes]:
@@ -104,8 +96,8 @@ async def replay(path: Path, tmp_path: Path) -> None:
         # A made-up identity: one of its own, so no earlier replay's device can answer.
         profile.pid, profile.serial = 0x7000 + address, f"R{address}"
     description, traffic = hid_umockdev.convert(path, tmp_path, profile=profile)
-    testbed = bus().testbed
-    syspath = f"/sys/devices/pci0000:00/0000:00:14.0/usb1/{profile.sysname}"
+    testbed = shared_bus().testbed
+    syspath = profile.syspath
     assert testbed.add_from_string(description.read_text())
     testbed.load_pcap(syspath, str(traffic))
 

@@ -542,10 +542,9 @@ class SimulatedUsb(usb.backend.IBackend):  # type: ignore[misc]
     def set_configuration(self, dev_handle: _Handle, config_value: int) -> None:
         with self.condition:
             device = self._alive(dev_handle)
-            # Linux refuses while any interface is bound to a driver or claimed by others.
-            if any(device.kernel_driver.values()) or any(
-                h is not dev_handle for h in device.claimed.values()
-            ):
+            # Linux refuses while any interface is bound to a driver or claimed, by this
+            # handle too (devio.c, proc_setconfig: a claim binds usbfs to the interface).
+            if any(device.kernel_driver.values()) or device.claimed:
                 raise _error("busy")
             if config_value not in (0, 1):
                 raise _error("not-found")

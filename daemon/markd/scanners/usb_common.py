@@ -382,19 +382,24 @@ class UsbSession:
         number = interface.bInterfaceNumber
         session = cls(device, interface, None, 0)
         try:
-            if device.is_kernel_driver_active(number):
-                device.detach_kernel_driver(number)
-                session.detached = True
+            active = device.is_kernel_driver_active(number)
         except NotImplementedError:
-            pass  # not Linux: nothing to detach
+            active = False  # not Linux: nothing to detach
         except usb.core.USBError as exc:
             if exc.errno is not None:
                 raise  # unplugged, access denied: the caller reports it
-            # libusb's "other error": the kernel would not say which driver holds the
-            # interface (its GETDRIVER request was refused, as under umockdev's traffic
-            # player). Not knowing is no reason to give up: the claim below fails with
-            # EBUSY if a driver does hold it, and that error says what to do.
-            log.debug("interface %d: kernel driver unknown (%s); claiming anyway", number, exc)
+            # libusb's "other error" for the question alone: the kernel would not say
+            # which driver holds the interface (it refused USBDEVFS_GETDRIVER, as umockdev's
+            # traffic player does). Not knowing is no reason to give up: the claim below
+            # fails with EBUSY if a driver does hold it, and that error says what to do.
+            log.warning("interface %d: the kernel will not name its driver (%s)", number, exc)
+            active = False
+        if active:
+            try:
+                device.detach_kernel_driver(number)
+                session.detached = True
+            except NotImplementedError:
+                pass
         try:
             if not configured:
                 device.set_configuration()
