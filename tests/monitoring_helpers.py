@@ -36,10 +36,14 @@ def require_promtool() -> str:
     return required_tool("promtool", "prometheus")
 
 
-def run_promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_promtool(
+    *args: str, cwd: Path | None = None, merge_stderr: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``merge_stderr``: stderr into ``stdout``, in the order promtool wrote the two."""
     return subprocess.run(
         [require_promtool(), *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
         text=True,
         timeout=120,
         check=False,

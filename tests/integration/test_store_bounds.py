@@ -7,6 +7,7 @@ tools/bench/peakrss.py) must stay within :data:`RSS_LIMIT_KIB` whatever the inpu
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import http.server
@@ -404,8 +405,16 @@ def test_a_file_of_many_rows_each_with_its_own_since_and_reason_keeps_the_import
 
 
 def kis(count: int) -> list[str]:
+    """``count`` distinct КИ texts (GS1 form), a new list each call."""
+    return list(generated_kis(count))
+
+
+@functools.cache
+def generated_kis(count: int) -> tuple[str, ...]:
+    """Made once a run for each count (kis(20_000) generates and parses 60,000 codes: seconds,
+    and four tests ask for it); a tuple, so no test can change another's rows."""
     found = {parse(code).ki for code in samples.batch(count * 3, seed=15)}
-    return sorted(k for k in found if k.startswith("01"))[:count]
+    return tuple(sorted(k for k in found if k.startswith("01"))[:count])
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -160,29 +162,119 @@ MUTATIONS: list[tuple[str, Mutation, Callable[[AlertRule], bool]]] = [
     ("fires-a-minute-early", fires_a_minute_early, lambda rule: rule.for_ not in (None, "0m")),
     ("fires-on-the-edge", fires_on_the_edge, lambda rule: bool(THRESHOLD.search(rule.expr))),
 ]
-CASES = [
-    pytest.param(rule, mutation, id=f"{rule_id}-{label}")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """One rule broken one way; ``name`` is its test id and its folder in the batch."""
+
+    name: str
+    rule: AlertRule
+    mutation: Mutation
+
+    def rules_text(self) -> str:
+        lines = RULES_TEXT.splitlines()
+        for number, replacement in self.mutation(self.rule).items():
+            lines[number] = replacement
+        return "\n".join(lines) + "\n"
+
+
+MUTANTS = [
+    Mutant(f"{rule_id}-{label}", rule, mutation)
     for rule, rule_id in zip(ALERTS, IDS, strict=True)
     for label, mutation, applies in MUTATIONS
     if applies(rule)
 ]
 
+#: The unbroken rules with one alert's tests, run in the same batch: it must pass there.
+CONTROL = "unbroken"
 
-@pytest.mark.parametrize(("rule", "mutation"), CASES)
+
+@dataclass(frozen=True)
+class FileResult:
+    """What promtool printed for one file of a run over several, and its verdict."""
+
+    passed: bool
+    output: str
+
+
+def per_file(output: str, header: str, files: list[str]) -> dict[str, FileResult]:
+    """Split the output of one promtool run over ``files`` (stderr merged into stdout, in the
+    order written) at the line each file's part starts with: ``Checking <file>`` for ``check
+    rules``, ``Unit Testing:  <file>`` for ``test rules``. Every file must appear once, in
+    order, and its part begin with ``SUCCESS`` or ``FAILED:`` (promtool 2.42 prints the latter
+    to stderr, the rest to stdout: read apart, the two could not be matched to a file)."""
+    parts = re.split(rf"^{re.escape(header)} +(\S+)\n", output, flags=re.M)
+    assert parts[0] == "", output
+    assert parts[1::2] == files, output
+    results = {}
+    for name, part in zip(parts[1::2], parts[2::2], strict=True):
+        verdict = part.lstrip("\n").partition("\n")[0]
+        assert verdict.startswith(("  SUCCESS", "  FAILED:")), f"{name}: {part}"
+        results[name] = FileResult(verdict.startswith("  SUCCESS"), part)
+    return results
+
+
+def promtool_over(command: str, header: str, files: list[str], cwd: Path) -> dict[str, FileResult]:
+    """One ``promtool <command> rules`` over all ``files``, split per file. Its exit status
+    must say what the parts say: 1 if a file failed, else 0."""
+    done = run_promtool(command, "rules", *files, cwd=cwd, merge_stderr=True)
+    results = per_file(done.stdout, header, files)
+    failed = not all(result.passed for result in results.values())
+    assert done.returncode == (1 if failed else 0), done.stdout
+    return results
+
+
+@pytest.fixture(scope="module")
+def mutant_runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[FileResult, FileResult]]:
+    """Every selected mutant in a folder of its own (its rules, and the tests of its alert,
+    whose ``rule_files`` finds the rules next to them), checked by one ``promtool check
+    rules`` and tested by two ``promtool test rules`` side by side (half the mutants each;
+    promtool tests one file at a time, on one core). Each mutant's result is its own part of
+    the output: ``name`` → (check, test)."""
+    selected = set()  # the mutants -k keeps
+    for item in request.session.items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and isinstance(callspec.params.get("mutant"), Mutant):
+            selected.add(callspec.params["mutant"].name)
+    mutants = [mutant for mutant in MUTANTS if mutant.name in selected]
+    root = tmp_path_factory.mktemp("mutants")
+    for mutant in mutants:
+        (root / mutant.name).mkdir()
+        (root / mutant.name / RULES.name).write_text(mutant.rules_text())
+        (root / mutant.name / RULE_TESTS.name).write_text(rule_tests_for(mutant.rule.name))
+    (root / CONTROL).mkdir()
+    (root / CONTROL / RULES.name).write_text(RULES_TEXT)
+    (root / CONTROL / RULE_TESTS.name).write_text(rule_tests_for(ALERTS[0].name))
+
+    checks = promtool_over(
+        "check", "Checking", [f"{m.name}/{RULES.name}" for m in mutants], cwd=root
+    )
+    test_files = [f"{name}/{RULE_TESTS.name}" for name in [CONTROL, *(m.name for m in mutants)]]
+    halves = [test_files[0::2], test_files[1::2]]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = list(
+            pool.map(lambda half: promtool_over("test", "Unit Testing:", half, cwd=root), halves)
+        )
+    tests = {name: result for run in runs for name, result in run.items()}
+    assert tests[f"{CONTROL}/{RULE_TESTS.name}"].passed, tests[f"{CONTROL}/{RULE_TESTS.name}"]
+    return {
+        m.name: (checks[f"{m.name}/{RULES.name}"], tests[f"{m.name}/{RULE_TESTS.name}"])
+        for m in mutants
+    }
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=[mutant.name for mutant in MUTANTS])
 def test_the_unit_tests_fail_a_broken_rule(
-    rule: AlertRule, mutation: Mutation, tmp_path: Path
+    mutant: Mutant, mutant_runs: dict[str, tuple[FileResult, FileResult]]
 ) -> None:
-    lines = RULES_TEXT.splitlines()
-    for number, replacement in mutation(rule).items():
-        lines[number] = replacement
-    (tmp_path / RULES.name).write_text("\n".join(lines) + "\n")
-    (tmp_path / RULE_TESTS.name).write_text(rule_tests_for(rule.name))
-
-    broken = run_promtool("check", "rules", str(tmp_path / RULES.name))
-    assert broken.returncode == 0, broken.stdout + broken.stderr  # still a valid rule
-    done = run_promtool("test", "rules", RULE_TESTS.name, cwd=tmp_path)
-    assert done.returncode == 1, f"the tests did not notice:\n{done.stdout}{done.stderr}"
-    assert f"alertname: {rule.name}," in done.stdout + done.stderr, done.stdout + done.stderr
+    check, test = mutant_runs[mutant.name]
+    assert check.passed, check.output  # still a valid rule
+    assert f"SUCCESS: {len(ALERTS)} rules found" in check.output, check.output
+    assert not test.passed, f"the tests did not notice:\n{test.output}"
+    assert f"alertname: {mutant.rule.name}," in test.output, test.output
 
 
 def test_the_package_ships_the_folder_uncompressed() -> None:
