@@ -85,7 +85,9 @@ def run_bootstrap(
 
 
 def test_a_missing_promtool_brings_prometheus_without_its_server(tmp_path: Path) -> None:
-    done, log = run_bootstrap(tmp_path, present={"systemd-nspawn", "tinyproxy", "chromium"})
+    done, log = run_bootstrap(
+        tmp_path, present={"systemd-nspawn", "tinyproxy", "chromium", "umockdev-wrapper"}
+    )
     assert done.returncode == 0, done.stderr
     assert "installing apt packages: prometheus" in done.stderr
     installs = [line for line in log.splitlines() if line.startswith("apt-get install")]
@@ -102,7 +104,8 @@ def test_a_missing_promtool_brings_prometheus_without_its_server(tmp_path: Path)
 
 def test_nothing_is_installed_when_promtool_is_there(tmp_path: Path) -> None:
     done, log = run_bootstrap(
-        tmp_path, present={"systemd-nspawn", "tinyproxy", "promtool", "chromium"}
+        tmp_path,
+        present={"systemd-nspawn", "tinyproxy", "promtool", "chromium", "umockdev-wrapper"},
     )
     assert done.returncode == 0, done.stderr
     assert "apt-get" not in log
@@ -110,9 +113,22 @@ def test_nothing_is_installed_when_promtool_is_there(tmp_path: Path) -> None:
 
 
 def test_a_missing_chromium_is_installed_for_the_browser_tests(tmp_path: Path) -> None:
-    done, log = run_bootstrap(tmp_path, present={"systemd-nspawn", "tinyproxy", "promtool"})
+    done, log = run_bootstrap(
+        tmp_path, present={"systemd-nspawn", "tinyproxy", "promtool", "umockdev-wrapper"}
+    )
 
     assert done.returncode == 0, done.stderr
     installs = [line for line in log.splitlines() if line.startswith("apt-get install")]
     assert installs == ["apt-get install -y -qq --no-install-recommends chromium"]
+    assert "systemctl" not in log and "update-rc.d" not in log  # no service of its own
+
+
+def test_a_missing_umockdev_is_installed_for_the_real_libusb_tests(tmp_path: Path) -> None:
+    done, log = run_bootstrap(
+        tmp_path, present={"systemd-nspawn", "tinyproxy", "promtool", "chromium"}
+    )
+
+    assert done.returncode == 0, done.stderr
+    installs = [line for line in log.splitlines() if line.startswith("apt-get install")]
+    assert installs == ["apt-get install -y -qq --no-install-recommends umockdev"]
     assert "systemctl" not in log and "update-rc.d" not in log  # no service of its own
