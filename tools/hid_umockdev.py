@@ -45,6 +45,7 @@ when they stall.
 from __future__ import annotations
 
 import argparse
+import re
 import struct
 import sys
 from collections.abc import Iterable, Iterator
@@ -369,8 +370,8 @@ def read_capture(path: Path) -> Iterator[tuple[int, bytes, int, int]]:
         yield from _read_pcapng(path, data)
     else:
         raise CaptureError(
-            f"{path}: not a pcap or pcapng file (starts with {magic.hex()}); save the capture "
-            "from Wireshark or tcpdump, or record with umockdev-record"
+            f"{path}: not a pcap, pcapng or umockdev ioctl file (starts with {magic.hex()}); "
+            "save the capture from Wireshark or tcpdump, or record with umockdev-record --ioctl"
         )
 
 
@@ -400,7 +401,12 @@ def _read_pcapng(path: Path, data: bytes) -> Iterator[tuple[int, bytes, int, int
             order = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">"
             links = []
         length = struct.unpack_from(order + "I", data, offset + 4)[0]
-        if length < 12 or offset + length > len(data):
+        if offset + length > len(data) and length >= 12:
+            raise CaptureError(
+                f"{path}: the file ends inside the block at byte {offset} (it was cut short, "
+                "e.g. copied while the capture was still being written)"
+            )
+        if length < 12:
             raise CaptureError(f"{path}: block at byte {offset} has a bad length {length}")
         body = data[offset + 8 : offset + length - 4]
         if block_type == 1:
@@ -413,8 +419,68 @@ def _read_pcapng(path: Path, data: bytes) -> Iterator[tuple[int, bytes, int, int
         offset += length
 
 
+IOCTL_REAP = re.compile(
+    r"^\s*USBDEVFS_REAPURB(?:NDELAY)?\s+(-?\d+)\s+(\d+)\s+(\d+)\s+(-?\d+)\s+(\d+)"
+    r"\s+(-?\d+)\s+(-?\d+)\s+(-?\d+)\s*([0-9A-Fa-f]*)\s*$"
+)
+IOCTL_DEVICE = re.compile(r"^@DEV\s+/dev/bus/usb/(\d+)/(\d+)")
+
+
+def read_ioctl_tree(path: Path, text: str) -> list[Urb]:
+    """The URBs of a umockdev ioctl recording (``umockdev-record --ioctl``), as usbmon events.
+
+    Its reaped URBs are lines ``USBDEVFS_REAPURB[NDELAY] RET TYPE ENDPOINT STATUS FLAGS
+    BUFFER_LENGTH ACTUAL_LENGTH ERROR_COUNT HEX`` (umockdev's ``ioctl_tree.c``): the buffer is
+    ACTUAL_LENGTH bytes for an IN endpoint, else BUFFER_LENGTH (a control URB's 8-byte setup
+    and its data). Each becomes a submission and its completion."""
+    bus = address = 0
+    urbs: list[Urb] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        device = IOCTL_DEVICE.match(line)
+        if device:
+            bus, address = int(device[1]), int(device[2])
+            continue
+        reap = IOCTL_REAP.match(line)
+        if reap is None:
+            continue
+        kind, endpoint, status = int(reap[2]), int(reap[3]), int(reap[4])
+        actual, data = int(reap[7]), bytes.fromhex(reap[9]) if len(reap[9]) % 2 == 0 else None
+        if data is None:
+            raise CaptureError(f"{path}: line {number}: an odd number of hex digits")
+        common = dict(transfer=kind, bus=bus, address=address, urb_id=number)
+        if kind == URB_CONTROL:
+            setup, payload = data[:8], data[8 : 8 + actual]
+            if len(setup) < 8:
+                raise CaptureError(f"{path}: line {number}: a control URB without its setup")
+            wanted = struct.unpack_from("<H", setup, 6)[0]
+            inward = bool(setup[0] & 0x80)
+            ep = 0x80 if inward else 0x00
+            urbs.append(
+                Urb(event="S", endpoint=ep, status=-115, length=wanted, setup=setup, **common)
+            )
+            urbs.append(
+                Urb(event="C", endpoint=ep, status=status, length=actual,
+                    data=payload if inward else b"", **common)
+            )  # fmt: skip
+        else:
+            length = int(reap[6])
+            urbs.append(Urb(event="S", endpoint=endpoint, status=-115, length=length, **common))
+            urbs.append(
+                Urb(event="C", endpoint=endpoint, status=status, length=actual,
+                    data=data[:actual] if endpoint & 0x80 else b"", **common)
+            )  # fmt: skip
+    return urbs
+
+
 def read_urbs(path: Path) -> list[Urb]:
-    """Every usbmon event of a capture. Raises :class:`CaptureError` saying what is wrong."""
+    """Every usbmon event of a capture (pcap, pcapng, or a umockdev ioctl recording).
+    Raises :class:`CaptureError` saying what is wrong."""
+    try:
+        head = path.read_bytes()[:4096]
+    except OSError as exc:
+        raise CaptureError(f"{path}: {exc.strerror}") from exc
+    if head.lstrip().startswith((b"@DEV", b"USBDEVFS_")):
+        return read_ioctl_tree(path, path.read_text(errors="replace"))
     urbs = []
     for number, (linktype, packet, caplen, wirelen) in enumerate(read_capture(path), 1):
         if linktype != DLT_USB_LINUX_MMAPPED:
@@ -540,10 +606,41 @@ class Report:
     descriptor: bytes | None = None
 
 
-def _identity(mine: list[Urb], endpoints: set[int]) -> tuple[dict[str, str] | None, bytes | None]:
+def description_descriptors(path: Path) -> tuple[bytes, bytes, str]:
+    """(device descriptor, configuration descriptor, serial) of the USB device in a umockdev
+    description (``umockdev-record /dev/bus/usb/BUS/DEV``): its ``H: descriptors=`` attribute
+    (or the node's contents on its ``N:`` line) and ``A: serial=``. Raises ValueError."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    blob, serial = None, ""
+    for line in text.splitlines():
+        if line.startswith("H: descriptors=") and blob is None:
+            blob = line.split("=", 1)[1].strip()
+        elif line.startswith("N: bus/usb/") and "=" in line and blob is None:
+            blob = line.split("=", 1)[1].strip()
+        elif line.startswith("A: serial=") and not serial:
+            serial = line.split("=", 1)[1].strip()
+    if blob is None:
+        raise ValueError(f"{path}: no USB device with its descriptors (an 'H: descriptors=' line)")
+    try:
+        data = bytes.fromhex(blob)
+    except ValueError:
+        raise ValueError(f"{path}: the descriptors are not hex") from None
+    if len(data) < 18 + 9 or data[1] != 1 or data[18 + 1] != 2:
+        raise ValueError(f"{path}: the descriptors are not a device and a configuration")
+    total = struct.unpack_from("<H", data, 18 + 2)[0]
+    return data[:18], data[18 : 18 + total], serial
+
+
+def _identity(
+    mine: list[Urb], endpoints: set[int], known: tuple[bytes, bytes, str] | None = None
+) -> tuple[dict[str, str] | None, bytes | None]:
     """The device and interface behind ``endpoints``, from the control transfers a host
     made when it enumerated the device (device, configuration, string and report
-    descriptors), if the capture holds them."""
+    descriptors), if the capture holds them, or from ``known`` (a umockdev description's
+    device and configuration descriptors and serial)."""
     # usbmon's ids are URB addresses, which the kernel reuses: pair each completion with the
     # submission still open under its id.
     open_setups: dict[int, bytes] = {}
@@ -574,6 +671,10 @@ def _identity(mine: list[Urb], endpoints: set[int]) -> tuple[dict[str, str] | No
             strings[number] = data[2 : data[0]].decode("utf-16-le", "replace")
         elif request_type == 0x81 and kind == 0x22:
             reports[index] = data
+    if known is not None:
+        device, config = device or known[0], config or known[1]
+        if known[2] and len(device) >= 17 and device[16]:
+            strings.setdefault(device[16], known[2])
     if device is None or config is None:
         return None, None
     vid, pid = struct.unpack_from("<HH", device, 8)
@@ -602,8 +703,13 @@ def _identity(mine: list[Urb], endpoints: set[int]) -> tuple[dict[str, str] | No
 def _device_of(
     urbs: list[Urb], device: tuple[int, int] | None
 ) -> tuple[tuple[int, int] | None, list[str]]:
+    # Address 1 is each bus's root hub, whose interrupt endpoint reports port changes.
     interrupt_devices = sorted(
-        {(u.bus, u.address) for u in urbs if u.transfer == URB_INTERRUPT and u.direction_in}
+        {
+            (u.bus, u.address)
+            for u in urbs
+            if u.transfer == URB_INTERRUPT and u.direction_in and u.address != 1
+        }
     )
     if device is not None:
         return device, []
@@ -618,12 +724,17 @@ def _device_of(
     return interrupt_devices[0], []
 
 
-def check(path: Path, device: tuple[int, int] | None = None) -> Report:
+def check(
+    path: Path, device: tuple[int, int] | None = None, description: Path | None = None
+) -> Report:
     """What is wrong with a capture (``problems``), what it holds (``notes``), and the HID
     reports of the chosen device's interrupt IN endpoint, in order."""
+    known = None
     try:
         urbs = read_urbs(path)
-    except CaptureError as exc:
+        if description is not None:
+            known = description_descriptors(description)
+    except (CaptureError, ValueError) as exc:
         return Report([str(exc)], [], [])
     if not urbs:
         return Report([f"{path}: no packets"], [], [])
@@ -636,7 +747,7 @@ def check(path: Path, device: tuple[int, int] | None = None) -> Report:
     notes = [f"device {chosen[0]}:{chosen[1]}: {len(mine)} events"]
     submitted: set[int] = set()
     reports: list[bytes] = []
-    orphans = short = errors = 0
+    orphans = short = errors = error_events = 0
     endpoints: set[int] = set()
     for urb in mine:
         if urb.caplen_short:
@@ -646,7 +757,9 @@ def check(path: Path, device: tuple[int, int] | None = None) -> Report:
             continue
         if urb.urb_id not in submitted:
             orphans += 1
-        if urb.event == "E" or (urb.event == "C" and urb.status not in (0,)):
+        if urb.event == "E":
+            error_events += 1
+        elif urb.status != 0:
             errors += 1
         if urb.transfer == URB_INTERRUPT and urb.direction_in and urb.event == "C":
             endpoints.add(urb.endpoint)
@@ -654,7 +767,8 @@ def check(path: Path, device: tuple[int, int] | None = None) -> Report:
                 reports.append(urb.data)
     if short:
         problems.append(
-            f"{short} packets were cut short by the capture's snapshot length: capture with "
+            f"{short} packets were cut short (the capture's snapshot length, or usbmon "
+            "dropping data under load): capture with "
             "the full length (tcpdump -s 0; Wireshark's default)"
         )
     if orphans:
@@ -669,10 +783,15 @@ def check(path: Path, device: tuple[int, int] | None = None) -> Report:
         problems.append("no interrupt report carries data: scan codes while capturing")
     if errors:
         notes.append(f"{errors} transfers ended in an error (a STALLed request, an unplug)")
+    if error_events:
+        notes.append(
+            f"{error_events} submissions failed at once ('E' events): umockdev's player cannot "
+            "replay the capture as it is; extract it, then convert the recording"
+        )
     sizes = sorted({len(r) for r in reports})
     if reports:
         notes.append(f"{len(reports)} reports of {', '.join(map(str, sizes))} bytes")
-    usb, descriptor = _identity(mine, endpoints)
+    usb, descriptor = _identity(mine, endpoints, known)
     if usb is None:
         notes.append(
             "the device's enumeration is not in the capture (start capturing, then plug the "
@@ -786,10 +905,12 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("check", help="say what is wrong with a usbmon capture")
     k.add_argument("capture", type=Path)
     k.add_argument("--device", type=_device_arg)
+    k.add_argument("--description", type=Path, help="umockdev-record's file of the device")
     e = sub.add_parser("extract", help="a capture's interrupt reports → a .hid recording")
     e.add_argument("capture", type=Path)
     e.add_argument("output", type=Path)
     e.add_argument("--device", type=_device_arg)
+    e.add_argument("--description", type=Path, help="umockdev-record's file of the device")
     e.add_argument("--kind", choices=KINDS)
     e.add_argument("--expect", action="append", default=[], help="a code the scans hold")
     args = parser.parse_args(argv)
@@ -802,7 +923,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"wrote {description} and {traffic}")
         return 0
-    report = check(args.capture, args.device)
+    report = check(args.capture, args.device, args.description)
     for note in report.notes:
         print(f"note: {note}")
     for problem in report.problems:

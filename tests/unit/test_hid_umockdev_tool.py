@@ -80,7 +80,7 @@ def _report(bus: int, address: int, urb_id: int, data: bytes, *, submit: bool = 
 def test_check_names_what_is_wrong_with_a_capture(tmp_path: Path) -> None:
     capture = tmp_path / "c.pcap"
     capture.write_text("hello, not a capture at all")
-    assert "not a pcap or pcapng file" in hid_umockdev.check(capture).problems[0]
+    assert "not a pcap, pcapng or umockdev ioctl file" in hid_umockdev.check(capture).problems[0]
 
     _write(capture, _report(1, 7, 1, bytes(8)), linktype=1)
     assert "link type 1, not usbmon (220)" in hid_umockdev.check(capture).problems[0]
@@ -181,3 +181,62 @@ def test_a_capture_without_the_enumeration_says_so(tmp_path: Path) -> None:
     checked = hid_umockdev.check(capture)
     assert checked.usb is None and checked.descriptor is None
     assert any("enumeration is not in the capture" in n for n in checked.notes)
+
+
+def test_a_umockdev_ioctl_recording_with_its_description(tmp_path: Path) -> None:
+    """``umockdev-record --ioctl`` writes reaped URBs as ``USBDEVFS_REAPURB RET TYPE ENDPOINT
+    STATUS FLAGS BUFFER_LENGTH ACTUAL_LENGTH ERROR_COUNT HEX`` (umockdev's ioctl_tree.c,
+    usbdevfs_reapurb_write): the buffer is ACTUAL_LENGTH bytes for an IN endpoint, else
+    BUFFER_LENGTH (a control URB: its setup, then the data). The device and configuration
+    descriptors are not in it but in ``umockdev-record``'s description of the device."""
+    profile = Profile(kind="keyboard", vid=0x0C2E, pid=0x0B61, serial="K9", address=5)
+    descriptor = profile.report_descriptor
+    setup = struct.pack("<BBHHH", 0x81, 6, 0x2200, 0, 4096)
+    control = (setup + descriptor).ljust(8 + 4096, b"\0")
+    key, release = bytes([0, 0, 0x27, 0, 0, 0, 0, 0]), bytes(8)
+    recording = tmp_path / "scan-test.ioctl"
+    recording.write_text(
+        "@DEV /dev/bus/usb/063/005 (usbdevfs)\n"
+        "USBDEVFS_GET_CAPABILITIES 0 1F000000\n"
+        f"USBDEVFS_REAPURBNDELAY 0 2 0 0 0 4104 {len(descriptor)} 0 {control.hex().upper()}\n"
+        f"USBDEVFS_REAPURBNDELAY 0 1 129 0 0 8 8 0 {key.hex().upper()}\n"
+        f" USBDEVFS_REAPURBNDELAY 0 1 129 0 0 8 8 0 {release.hex().upper()}\n"
+    )
+    description = tmp_path / "scanner.umockdev"
+    description.write_text(hid_umockdev.umockdev_description(profile))
+
+    alone = hid_umockdev.check(recording)
+    assert alone.problems == [] and alone.reports == [key, release]
+    assert alone.usb is None  # no enumeration in an ioctl recording
+    described = hid_umockdev.check(recording, description=description)
+    assert described.usb is not None and described.usb["vid"] == "0c2e"
+    assert described.usb["serial"] == "K9" and described.usb["kind"] == "keyboard"
+    assert described.descriptor == descriptor
+
+    bad = tmp_path / "bad.ioctl"
+    bad.write_text("@DEV /dev/bus/usb/063/005 (usbdevfs)\nUSBDEVFS_REAPURB 0 1 129 0 0 8 8 0 ABC\n")
+    assert "odd number of hex digits" in hid_umockdev.check(bad).problems[0]
+    assert "no USB device" in hid_umockdev.check(recording, description=bad).problems[0]
+
+
+def test_the_root_hub_is_not_taken_for_the_scanner(tmp_path: Path) -> None:
+    capture = tmp_path / "bus.pcap"
+    # Address 1 is the root hub: its interrupt endpoint reports port changes.
+    _write(capture, _report(1, 1, 1, bytes([2])) + _report(1, 7, 2, bytes(8)))
+    checked = hid_umockdev.check(capture)
+    assert checked.problems == [] and checked.notes[0].startswith("device 1:7")
+
+
+def test_a_pcapng_cut_short_says_so(tmp_path: Path) -> None:
+    capture = tmp_path / "c.pcapng"
+    _desc, traffic = hid_umockdev.convert(DATA / "kbd-gs-f8.hid", tmp_path)
+    hid_umockdev.write_pcap(capture, hid_umockdev.read_urbs(traffic))
+    # A pcapng whose last block is cut: built from blocks, then truncated.
+    blocks = struct.pack("<II", 0x0A0D0D0A, 28) + struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)
+    blocks += struct.pack("<I", 28)
+    blocks += struct.pack("<IIHHII", 1, 20, 220, 0, 65535, 20)
+    packet = hid_umockdev.read_urbs(traffic)[0].pack()
+    body = struct.pack("<IIIII", 0, 0, 0, len(packet), len(packet)) + packet
+    blocks += struct.pack("<II", 6, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+    capture.write_bytes(blocks[:-10])
+    assert "ends inside the block" in hid_umockdev.check(capture).problems[0]
