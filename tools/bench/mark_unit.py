@@ -95,15 +95,21 @@ def till_body(n: int) -> bytes:
     return json.dumps(doc, ensure_ascii=False).encode()
 
 
+def till_request(n: int) -> bytes:
+    """The HTTP request of the till's ``n``-th check."""
+    body = till_body(n)
+    head = (
+        "POST /document HTTP/1.1\r\nHost: markd\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 async def one_till(port: int, address: str, first: int, count: int) -> list[tuple[float, int]]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
     out = []
     for n in range(first, first + count):
-        body = till_body(n)
-        request = (
-            f"POST /document HTTP/1.1\r\nHost: markd\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
+        request = till_request(n)
         started = time.perf_counter()
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
@@ -129,11 +135,7 @@ def blocking_till(port: int, first: int, count: int) -> list[tuple[float, int]]:
     stream = sock.makefile("rb")
     out = []
     for n in range(first, first + count):
-        body = till_body(n)
-        request = (
-            f"POST /document HTTP/1.1\r\nHost: markd\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
+        request = till_request(n)
         started = time.perf_counter()
         sock.sendall(request)
         length = 0
