@@ -140,8 +140,9 @@ class UsbdevfsScanner:
 
     :meth:`queue` adds reports (with a pause before the first), :meth:`unplug` and
     :meth:`plug` take it off the bus and put it back (with a new address, as the kernel
-    gives). :attr:`log` records what the host asked ("claim 0", "detach 0", "attach 0",
-    "set-protocol 0", "urb-submit", …) and :attr:`unknown` every ioctl answered ENOTTY.
+    gives). :attr:`log` records what the host did ("detach 0", "claim 0", "set-protocol 0",
+    "leds 01", "release 0", "attach 0", "unplugged", …) and :attr:`unknown` every request
+    this emulation does not know (answered ENOTTY) or failed on.
     """
 
     def __init__(self, bus: UmockdevBus, profile: Profile, *, leds: bool = True) -> None:
