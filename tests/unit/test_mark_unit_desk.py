@@ -277,3 +277,14 @@ def test_an_answer_as_an_http_client_reads_it() -> None:
     response = client.next_event()
     assert isinstance(response, h11.Response) and response.status_code == 405
     assert isinstance(client.next_event(), h11.EndOfMessage)  # no body
+
+
+def test_esm_response_has_the_v1_shape_whatever_version_answered() -> None:
+    # FmuAnswer.EsmResponse is a TsPiotMarkCheckResponse: codesResponse is an object holding
+    # the array (TsPiotMarkCheckResponse.cs, TsPiotCodesResponse.cs), as the v1 answer is.
+    entry = {"code": 0, "reqId": "r", "reqTimestamp": 1, "codes": []}
+    v1 = {"codesResponse": {"codesResponse": [entry]}}
+    assert desk_module.esm_response(v1) == v1
+    assert desk_module.esm_response({"codesResponse": [entry]}) == v1
+    emergency = {"code": 203, "message": "emergency", "details": []}
+    assert desk_module.esm_response(emergency) == emergency

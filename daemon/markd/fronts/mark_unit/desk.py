@@ -804,7 +804,8 @@ def _pass_through(
     ``FillFieldsForFrontol_6_25_5`` do: ``truemark_response`` is the check answer (the
     online one, else the Local Module's with its ``inst``/``version``), with every code's
     entry; ``truemark_responses`` and ``offline_truemark_response`` repeat it per
-    organisation for Frontol 6.25.5 and later; ``esm_response`` is the ТС ПИоТ's body.
+    organisation for Frontol 6.25.5 and later; ``esm_response`` is the ТС ПИоТ's body in
+    the v1 shape FMU-API declares for it (:func:`esm_response`).
 
     ``lm_in_req_id``: Frontol before 6.27 read the Local Module's instance and version from
     ``reqId`` (``UUID&Inst=…&Ver=…``; FMU-API commit bc13423, ``MarkChecker.cs``); the copies
@@ -840,7 +841,19 @@ def _pass_through(
             }
         )
     if tspiot:
-        answer["esm_response"] = _body(tspiot[0])
+        answer["esm_response"] = esm_response(_body(tspiot[0]))
+
+
+def esm_response(body: dict[str, Any]) -> dict[str, Any]:
+    """A ТС ПИоТ's ``codes/check`` body as ``esm_response`` in the one shape FMU-API declares
+    for it, whatever version answered: ``FmuAnswer.EsmResponse`` is a
+    ``TsPiotMarkCheckResponse``, the v1 answer (``codesResponse`` an object holding the array
+    ``codesResponse``; ``TsPiotMarkCheckResponse.cs``, ``TsPiotCodesResponse.cs``). v2 and v3
+    answer with the array directly under ``codesResponse``: it is wrapped so."""
+    wrapped = body.get("codesResponse")
+    if isinstance(wrapped, list):
+        return {**body, "codesResponse": {"codesResponse": wrapped}}
+    return body
 
 
 def _offline(answer: SourceAnswer) -> bool:
