@@ -123,9 +123,11 @@ REAP_HOLD_S = 0.005
 
 
 class _Pending:
-    __slots__ = ("urb", "buffer", "type", "endpoint", "length", "status", "data", "done")
+    __slots__ = ("client", "urb", "buffer", "type", "endpoint", "length", "status", "data", "done")
 
-    def __init__(self, urb: Any, buffer: Any, fields: tuple[Any, ...]) -> None:
+    def __init__(self, client: Any, urb: Any, buffer: Any, fields: tuple[Any, ...]) -> None:
+        #: The open file that submitted it: only that file reaps it, as in the kernel.
+        self.client = client
         self.urb = urb
         self.buffer = buffer
         self.type, self.endpoint = fields[0], fields[1]
@@ -173,7 +175,9 @@ class UsbdevfsScanner:
 
     @property
     def claimed(self) -> set[int]:
-        return set(self.claims)
+        with self._lock:
+            self._forget_closed()
+            return set(self.claims)
 
     def new_handler(self) -> Any:
         """The node's ioctl handler for this plug; files opened on an earlier one keep theirs,
@@ -241,21 +245,33 @@ class UsbdevfsScanner:
         arg = client.get_arg()
         try:
             with self._lock:
-                if generation != self.generation and request not in (REAPURB, REAPURBNDELAY):
-                    return self._refuse(client, errno.ENODEV)  # a file from before the unplug
+                stale = generation != self.generation  # a file from before the unplug
+                if request in (REAPURB, REAPURBNDELAY):
+                    return self._reap(arg, client, gone=stale or not self.present)
+                if stale:
+                    return self._refuse(client, errno.ENODEV)
                 return self._dispatch(request, arg, client)
         except Exception as exc:  # a bug here must not hang the client: say it, refuse
             self.unknown.append(f"{NAMES.get(request, hex(request))}: {exc!r}")
             client.complete(-1, errno.EIO)
             return True
 
+    def _forget_closed(self) -> None:
+        """Files closed since: the kernel released their claims and dropped their URBs when
+        they were closed (usbdev_release). umockdev 0.17 says nothing of a close (it has no
+        "client-vanished" yet), but a closed file's connection reads as closed, so this runs
+        before anything that depends on them (under the lock)."""
+        for number, owner in list(self.claims.items()):
+            if not owner.get_connected():
+                del self.claims[number]
+                self.log.append(f"release {number} (closed)")
+        self._pending = [p for p in self._pending if p.client.get_connected()]
+
     def _refuse(self, client: Any, number: int) -> bool:
         client.complete(-1, number)
         return True
 
     def _dispatch(self, request: int, arg: Any, client: Any) -> bool:  # noqa: C901, PLR0911, PLR0912
-        if request in (REAPURBNDELAY, REAPURB):
-            return self._reap(arg, client)
         if not self.present:
             return self._refuse(client, errno.ENODEV)
         if request == GET_CAPABILITIES:
@@ -268,6 +284,7 @@ class UsbdevfsScanner:
             return self._discard(arg, client)
         if request in (CLAIMINTERFACE, RELEASEINTERFACE, CLEAR_HALT, SETCONFIGURATION):
             value = struct.unpack("<I", bytes(arg.resolve(0, 4).retrieve()))[0]
+            self._forget_closed()
             if request == CLAIMINTERFACE:
                 if value != 0:
                     return self._refuse(client, errno.ENOENT)
@@ -333,6 +350,7 @@ class UsbdevfsScanner:
         if kind not in (URB_TYPE_INTERRUPT, URB_TYPE_CONTROL):
             self.unknown.append(f"URB type {kind}")
             return self._refuse(client, errno.EINVAL)
+        self._forget_closed()
         if kind == URB_TYPE_INTERRUPT:
             if endpoint != self.profile.endpoint:
                 return self._refuse(client, errno.ENOENT)
@@ -340,7 +358,7 @@ class UsbdevfsScanner:
                 return self._refuse(client, errno.EBUSY)
             self.claims[0] = client  # devio.c's checkintf claims an unclaimed interface
         buffer = urb.resolve(16, length) if length else None
-        pending = _Pending(urb, buffer, fields)
+        pending = _Pending(client, urb, buffer, fields)
         if kind == URB_TYPE_CONTROL:
             setup = bytes(buffer.retrieve())[:8] if buffer is not None else b""
             self._control(pending, setup)
@@ -395,17 +413,23 @@ class UsbdevfsScanner:
         address = struct.unpack("<Q", bytes(arg.retrieve())[:8])[0]
         with self._lock:
             for pending in self._pending:
-                if pending.urb.client_addr == address and not pending.done:
+                if (
+                    pending.client == client
+                    and pending.urb.client_addr == address
+                    and not pending.done
+                ):
                     pending.status, pending.done = -errno.ENOENT, True
                     self._lock.notify_all()
                     client.complete(0, 0)
                     return True
         return self._refuse(client, errno.EINVAL)
 
-    def _ready(self) -> _Pending | None:
-        """The first URB that can be reaped now (under the lock)."""
+    def _ready(self, client: Any) -> _Pending | None:
+        """The first of ``client``'s URBs that can be reaped now (under the lock)."""
         now = time.monotonic()
         for pending in self._pending:
+            if pending.client != client:
+                continue
             if pending.done:
                 self._pending.remove(pending)
                 return pending
@@ -419,11 +443,13 @@ class UsbdevfsScanner:
                 return pending
         return None
 
-    def _reap(self, arg: Any, client: Any) -> bool:
+    def _reap(self, arg: Any, client: Any, *, gone: bool) -> bool:
+        """REAPURB(NDELAY) from ``client``; ``gone``: its device was unplugged. A file's own
+        finished URBs can be reaped after an unplug (REAP_AFTER_DISCONNECT); then ENODEV."""
         with self._lock:
-            pending = self._ready()
+            pending = self._ready(client)
             if pending is None:
-                if not self.present and not self._pending:
+                if gone and not any(p.client == client for p in self._pending):
                     return self._refuse(client, errno.ENODEV)
                 self._empty_reaps += 1
                 if self._empty_reaps == 1:
@@ -452,7 +478,7 @@ class UsbdevfsScanner:
                     self._lock.wait(0.5)
                     continue
                 due, arg, client = self._held[0]
-                pending = self._ready()
+                pending = self._ready(client)
                 if pending is not None:
                     self._held.pop(0)
                     self._empty_reaps = 0

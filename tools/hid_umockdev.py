@@ -615,7 +615,8 @@ def description_descriptors(path: Path) -> tuple[bytes, bytes, str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: {exc}") from exc
     blob, serial = None, ""
-    for line in text.splitlines():
+    # The device's own block only: the first, up to the blank line before its parents'.
+    for line in text.split("\n\n", 1)[0].splitlines():
         if line.startswith("H: descriptors=") and blob is None:
             blob = line.split("=", 1)[1].strip()
         elif line.startswith("N: bus/usb/") and "=" in line and blob is None:
