@@ -68,6 +68,17 @@ def direct(tmp_path: Path, cdn: Any, lm: Any, front: str = "", check: str = "") 
     )
 
 
+def via_tspiot(tmp_path: Path, url: str, front: str = "") -> Any:
+    """A config checking through the ТС ПИоТ at ``url``, with the front on; ``front``: more
+    ``[mark_unit]`` lines."""
+    return load(
+        tmp_path,
+        "[check]\nmode = 'tspiot'\ntspiot_timeout_ms = 1500\n"
+        f"[check.tspiot]\nurl = '{url}'\n"
+        f"[mark_unit]\nenabled = true\nlisten = '127.0.0.1:0'\n{front}",
+    )
+
+
 @contextlib.asynccontextmanager
 async def till_of(cfg: Any, event_log: RecordingEventLog) -> AsyncIterator[tuple[Till, Any]]:
     async with running(cfg, event_log) as service:
@@ -272,12 +283,7 @@ async def test_offline_block_is_refused(tmp_path, services, event_log) -> None:
 
 async def test_tspiot_answer_in_its_field(tmp_path, event_log) -> None:
     with tspiot() as service:
-        cfg = load(
-            tmp_path,
-            "[check]\nmode = 'tspiot'\ntspiot_timeout_ms = 1500\n"
-            f"[check.tspiot]\nurl = '{service.url}'\n"
-            "[mark_unit]\nenabled = true\nlisten = '127.0.0.1:0'\n",
-        )
+        cfg = via_tspiot(tmp_path, service.url)
         async with till_of(cfg, event_log) as (till, _):
             esm = {"host": "192.168.1.77", "port": 51401}
             body = (
@@ -302,12 +308,7 @@ async def test_an_offline_tspiot_answer_goes_to_the_offline_copy(tmp_path, event
     # MarkChecker.TsPiotCheck: an answer with inst vouches for the code (found, realizable …)
     # and FillFieldsForFrontol_6_25_5 puts it in offline_truemark_response.
     with tspiot({"tspiot": {"offline_first_checks": 1}}) as service:
-        cfg = load(
-            tmp_path,
-            "[check]\nmode = 'tspiot'\ntspiot_timeout_ms = 1500\n"
-            f"[check.tspiot]\nurl = '{service.url}'\n"
-            "[mark_unit]\nenabled = true\nlisten = '127.0.0.1:0'\n",
-        )
+        cfg = via_tspiot(tmp_path, service.url)
         async with till_of(cfg, event_log) as (till, _):
             body = (await till.post("/document", document("check", position(WATER)))).json()
     assert body["truemark_response"]["inst"], body
@@ -322,12 +323,8 @@ async def test_the_tills_own_tspiot_is_asked_only_when_trusted(
     tmp_path, event_log, trusted
 ) -> None:
     with tspiot() as ours, tspiot() as theirs:
-        cfg = load(
-            tmp_path,
-            "[check]\nmode = 'tspiot'\ntspiot_timeout_ms = 1500\n"
-            f"[check.tspiot]\nurl = '{ours.url}'\n"
-            "[mark_unit]\nenabled = true\nlisten = '127.0.0.1:0'\n"
-            f"trust_till_tspiot = {'true' if trusted else 'false'}\n",
+        cfg = via_tspiot(
+            tmp_path, ours.url, f"trust_till_tspiot = {'true' if trusted else 'false'}\n"
         )
         host, port = theirs.url.rsplit("//", 1)[1].rsplit(":", 1)
         esm = {"host": host, "port": int(port)}

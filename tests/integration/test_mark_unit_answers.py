@@ -17,9 +17,9 @@ from integration.test_mark_unit import (
     WATER,
     WATER_KI,
     direct,
-    load,
     services,  # noqa: F401  (a fixture)
     till_of,
+    via_tspiot,
 )
 from mark_unit_client import document, position
 from mark_unit_fixtures import check_answer, problems, shape
@@ -73,12 +73,7 @@ async def test_offline_answer_of_the_local_module(tmp_path, services, event_log)
 async def test_tspiot_answer(tmp_path, event_log, version) -> None:
     # v1 wraps codesResponse twice, v2/v3 once: esm_response has one shape either way.
     with tspiot({"tspiot": {"versions": [version]}}) as service:
-        cfg = load(
-            tmp_path,
-            "[check]\nmode = 'tspiot'\ntspiot_timeout_ms = 1500\n"
-            f"[check.tspiot]\nurl = '{service.url}'\n"
-            "[mark_unit]\nenabled = true\nlisten = '127.0.0.1:0'\n",
-        )
+        cfg = via_tspiot(tmp_path, service.url)
         async with till_of(cfg, event_log) as (till, _):
             answer = await till.post("/document", document("check", position(WATER)))
     check_answer("check_tspiot", answer.status, answer.json())
