@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -372,8 +373,6 @@ async def test_other_organisation_is_refused_when_terminal_inn_is_set(
 ) -> None:
     cdn, lm = services
     cfg = direct(tmp_path, cdn, lm)
-    import dataclasses
-
     cfg = dataclasses.replace(
         cfg, terminal=dataclasses.replace(cfg.terminal, inn=SHOP_INN, kpp="770101001")
     )
@@ -394,8 +393,6 @@ async def test_a_repeated_body_to_another_inns_path_is_checked_again(
     # same bytes sent to /{inn}/document are another document.
     cdn, lm = services
     cfg = direct(tmp_path, cdn, lm)
-    import dataclasses
-
     cfg = dataclasses.replace(cfg, terminal=dataclasses.replace(cfg.terminal, inn=SHOP_INN))
     doc = document("check", position(WATER))
     async with till_of(cfg, event_log) as (till, _):
@@ -459,8 +456,6 @@ async def test_commit_reports_to_the_local_module_when_configured(
 ) -> None:
     cdn, lm = services
     cfg = direct(tmp_path, cdn, lm)
-    import dataclasses
-
     cfg = dataclasses.replace(cfg, fiscal=dataclasses.replace(cfg.fiscal, lm_sell=True))
     item = position(WATER)
     async with till_of(cfg, event_log) as (till, _):
@@ -513,8 +508,6 @@ async def test_a_commit_records_its_own_codes_without_any_check_before_it(
 async def test_a_repeated_commit_records_and_reports_once(tmp_path, services, event_log) -> None:
     cdn, lm = services
     cfg = direct(tmp_path, cdn, lm)
-    import dataclasses
-
     cfg = dataclasses.replace(cfg, fiscal=dataclasses.replace(cfg.fiscal, lm_sell=True))
     item = position(WATER)
     async with till_of(cfg, event_log) as (till, service):
