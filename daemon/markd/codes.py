@@ -519,7 +519,13 @@ def _parse_gs1(s: str, opts: CodesOptions) -> tuple[str, _Reading]:
             "ambiguous-lost-gs",
             f"{ki_text}: a GS separator is missing and no configured serial length explains it",
         )
-    raise first_error
+    try:
+        raise first_error
+    finally:
+        # The error's traceback holds this frame, and this frame held the error: cleared, the
+        # pair is freed at once instead of waiting for the cyclic collector (a pause in some
+        # later check).
+        first_error = None
 
 
 def _group_of(shape: str, serial: str, extra: dict[str, str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 
 import pytest
@@ -348,45 +349,61 @@ def test_serial_lengths_are_configurable():
 # error reasons
 
 
-@pytest.mark.parametrize(
-    "text,reason",
-    [
-        ("", "empty"),
-        ("\r\n", "empty"),
-        ("]d2", "empty"),
-        ("0" * 600, "too-long"),
-        ("0104680029460908215jcmHz LmkdPML" + GS + "938p9E", "invalid-characters"),
-        ("01046800294609082\x00", "invalid-characters"),
-        ("4607809596237", "not-a-marking-code"),  # EAN-13
-        ("46078095", "not-a-marking-code"),  # EAN-8 shape (check digit wrong)
-        ("036000291452", "not-a-marking-code"),  # UPC-A
-        ("00146000000000000012", "not-a-marking-code"),  # SSCC
-        ("https://example.org/x", "invalid-characters"),  # '/' fine, but ':' ok, 'h' … see below
-        ("hello", "not-a-marking-code"),
-        ("0104607809596237", "not-a-marking-code"),  # GTIN only
-        ("01046078095962372", "truncated"),  # cut inside AI 21
-        ("010460780959623717260101", "not-a-marking-code"),  # GS1 without serial
-        ("01046078095", "truncated"),
-        ("0104607809596238215<(q!mLp*jIb3" + GS + "91FFD0", "bad-gtin-check-digit"),
-        ("01046078095962372" + "1" + "x" * 25 + GS + "93abcd", "bad-serial"),
-        (WATER + GS + "42abc", "unknown-ai"),
-        (f"0104607809596237215<(q!mLp*jIb3{GS}91FFD0{GS}92short", "bad-ai-value"),
-        (f"0104680029460908215jcmHzLmkdPML{GS}93abc", "bad-ai-value"),
-        (f"0104680029460908215jcmHzLmkdPML{GS}8005abcdef{GS}93abcd", "bad-ai-value"),
-        (f"0104607809596237215<(q!mLp*jIb3{GS}92{SIG44}", "bad-shape"),  # 92 without 91
-        (f"0104680029460908215jcmHzLmkdPML{GS}938p9E{GS}93abcd", "bad-shape"),  # 93 twice
-        (f"0104680029460908215jcmHzLmkdPML{GS}17250601", "missing-crypto"),
-        ("0104680029460908215jcmHzLmkd", "missing-crypto"),  # bare КИ, serial 10
-        ("00000046233219!SX-RqR(DpU7Cev", "bad-mrp"),
-        ("00000046233218!SX-RqRADpU7Cev", "bad-gtin-check-digit"),
-    ],
-)
+#: Texts that are no usable code, and the reason each gets.
+ERROR_CASES = [
+    ("", "empty"),
+    ("\r\n", "empty"),
+    ("]d2", "empty"),
+    ("0" * 600, "too-long"),
+    ("0104680029460908215jcmHz LmkdPML" + GS + "938p9E", "invalid-characters"),
+    ("01046800294609082\x00", "invalid-characters"),
+    ("4607809596237", "not-a-marking-code"),  # EAN-13
+    ("46078095", "not-a-marking-code"),  # EAN-8 shape (check digit wrong)
+    ("036000291452", "not-a-marking-code"),  # UPC-A
+    ("00146000000000000012", "not-a-marking-code"),  # SSCC
+    ("https://example.org/x", "invalid-characters"),  # '/' fine, but ':' ok, 'h' … see below
+    ("hello", "not-a-marking-code"),
+    ("0104607809596237", "not-a-marking-code"),  # GTIN only
+    ("01046078095962372", "truncated"),  # cut inside AI 21
+    ("010460780959623717260101", "not-a-marking-code"),  # GS1 without serial
+    ("01046078095", "truncated"),
+    ("0104607809596238215<(q!mLp*jIb3" + GS + "91FFD0", "bad-gtin-check-digit"),
+    ("01046078095962372" + "1" + "x" * 25 + GS + "93abcd", "bad-serial"),
+    (WATER + GS + "42abc", "unknown-ai"),
+    (f"0104607809596237215<(q!mLp*jIb3{GS}91FFD0{GS}92short", "bad-ai-value"),
+    (f"0104680029460908215jcmHzLmkdPML{GS}93abc", "bad-ai-value"),
+    (f"0104680029460908215jcmHzLmkdPML{GS}8005abcdef{GS}93abcd", "bad-ai-value"),
+    (f"0104607809596237215<(q!mLp*jIb3{GS}92{SIG44}", "bad-shape"),  # 92 without 91
+    (f"0104680029460908215jcmHzLmkdPML{GS}938p9E{GS}93abcd", "bad-shape"),  # 93 twice
+    (f"0104680029460908215jcmHzLmkdPML{GS}17250601", "missing-crypto"),
+    ("0104680029460908215jcmHzLmkd", "missing-crypto"),  # bare КИ, serial 10
+    ("00000046233219!SX-RqR(DpU7Cev", "bad-mrp"),
+    ("00000046233218!SX-RqRADpU7Cev", "bad-gtin-check-digit"),
+]
+
+
+@pytest.mark.parametrize("text,reason", ERROR_CASES)
 def test_error_reasons(text, reason):
     if text.startswith("https"):
         reason = reason_of(text)  # lowercase letters and ':' are legal characters …
         assert reason == "not-a-marking-code"  # … but it is no marking code
         return
     assert reason_of(text) == reason
+
+
+def test_a_refused_text_leaves_no_reference_cycle():
+    # A caught error kept in a local and raised again holds the frame that holds it: a cycle
+    # only the cyclic collector frees, and its collections pause later checks.
+    gc.collect()
+    gc.disable()
+    try:
+        for text, _ in ERROR_CASES:
+            with pytest.raises(CodeError):
+                parse(text)
+        left = gc.collect()
+    finally:
+        gc.enable()
+    assert left == 0
 
 
 def test_every_reason_has_both_texts():
