@@ -734,6 +734,35 @@ async def test_twenty_tills_at_once_and_a_scan_does_not_wait_behind_them(
     assert all_done < 2.5, all_done
 
 
+async def test_a_burst_of_tills_reuses_its_connections_to_the_cdn(
+    tmp_path, services, event_log
+) -> None:
+    # The online client keeps as many idle connections to a host as tills check at once
+    # ([mark_unit] max_checks): the second burst opens none (against the real CDN each new
+    # one is a TLS handshake). With the kiosk's 4, it opened 16 new ones.
+    cdn, lm = services
+    cdn.set_fault("codes/check", latency_ms=100)  # the burst's checks overlap
+    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
+        host, port = service.mark_unit.address
+        tills = [await Till(host, port, local_addr=f"127.0.0.{n + 2}").connect() for n in range(20)]
+        try:
+            opened = []
+            for burst in range(2):
+                answers = await asyncio.gather(
+                    *(
+                        t.post("/document", document("check", position(water(burst * 100 + n))))
+                        for n, t in enumerate(tills)
+                    )
+                )
+                assert all(a.json()["code"] == 0 for a in answers)
+                opened.append(cdn.host.connections_accepted)
+        finally:
+            for t in tills:
+                await t.close()
+    assert opened[0] <= 21, opened  # the checks' connections, and the health check's
+    assert opened[1] == opened[0], opened
+
+
 def water(n: int) -> str:
     """A water code of its own serial (the CDN emulator answers any code it does not know)."""
     return f"010468002946090821Ab{n:011d}<GS>938p9E"

@@ -215,6 +215,11 @@ class OnlineOptions:
     omit_empty_fiscal_drive_number: bool = True
     #: Statuses meaning "the token was refused": no failover, alert.
     unauthorized_statuses: tuple[int, ...] = (401, 403)
+    #: Idle kept-alive connections per host for checks: as many as checks run at once (a
+    #: kiosk's scanners: a few; a shop server's tills: ``[mark_unit] max_checks``), so a
+    #: burst of checks reuses its connections instead of opening new ones (against the real
+    #: CDN each new one is a TLS handshake).
+    max_idle_connections: int = 4
 
 
 @dataclass
@@ -291,7 +296,8 @@ class OnlineClient(CheckClient):
         self._clock = clock
         self._now = now
         self._rng = rng or random.Random()
-        self._http = HTTPClient(proxy=proxy)  # codes/check: kept warm between scans
+        # codes/check: kept warm between scans
+        self._http = HTTPClient(proxy=proxy, max_idle=options.max_idle_connections)
         self._maintenance_http = HTTPClient(proxy=proxy)  # host list and health checks
         #: The listed hosts (never the base URL: it does not answer checks).
         self._hosts: list[_Host] = []

@@ -1227,7 +1227,8 @@ class MarkUnitConfig:
         default=20,
         metadata={
             "doc": "Checks from tills under way at once; more wait their turn (never behind "
-            "markd's own scanners, which have a queue of their own).",
+            "markd's own scanners, which have a queue of their own). The online client keeps "
+            "as many connections to a CDN host open between checks.",
             "min": 1,
             "max": 256,
         },

@@ -439,6 +439,11 @@ class HTTPEmulator:
             self._thread.start()
         return self
 
+    @property
+    def connections_accepted(self) -> int:
+        """Connections this server has taken since it started."""
+        return self._httpd.accepted
+
     def close(self) -> None:
         """Stop serving and close every connection, black-holed ones included."""
         self._stopping.set()
@@ -935,6 +940,9 @@ class _HTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], emulator: HTTPEmulator) -> None:
         self.emulator = emulator
         self.connections: set[socket.socket] = set()
+        #: Connections taken since the start (a client that keeps its connections alive
+        #: opens few).
+        self.accepted = 0
         self.connections_lock = threading.Lock()
         self.connections_done = threading.Condition(self.connections_lock)
         if ":" in address[0]:
@@ -970,6 +978,7 @@ class _HTTPServer(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.connections_lock:
             self.connections.add(request)
+            self.accepted += 1
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:

@@ -123,6 +123,9 @@ def build_clients(
                 rank_by=online.rank_by,  # type: ignore[arg-type] - checked by the schema
                 # One check and exit (markctl): no health round racing the check itself.
                 background_maintenance=background,
+                max_idle_connections=max(
+                    4, config.mark_unit.max_checks if config.mark_unit.enabled else 0
+                ),
             ),
             hosts_file=hosts_file(config),
             proxy=proxy_settings(online, "check.online"),
