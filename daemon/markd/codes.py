@@ -481,7 +481,10 @@ def _parse_gs1(s: str, opts: CodesOptions) -> tuple[str, _Reading]:
     try:
         delimited: _Reading | None = _reading(head, rest, opts, cut=False)
     except CodeError as exc:
-        delimited, first_error = None, exc
+        # Kept without its traceback, which holds this frame: kept with it, the error and
+        # this frame would hold each other, a cycle left for the cyclic collector (a pause in
+        # some later check) on every way out below, a good reading among them.
+        delimited, first_error = None, exc.with_traceback(None)
     cuts: list[_Reading] = []
     if opts.recover_lost_gs:
         for n in dict.fromkeys(opts.serial_lengths):
@@ -522,10 +525,7 @@ def _parse_gs1(s: str, opts: CodesOptions) -> tuple[str, _Reading]:
     try:
         raise first_error
     finally:
-        # The error's traceback holds this frame, and this frame held the error: cleared, the
-        # pair is freed at once instead of waiting for the cyclic collector (a pause in some
-        # later check).
-        first_error = None
+        first_error = None  # raised, its traceback holds this frame again (see above)
 
 
 def _group_of(shape: str, serial: str, extra: dict[str, str]) -> str:
