@@ -193,7 +193,7 @@ async def test_cache_writes_of_a_moment_go_to_the_store_as_one_commit(
     monkeypatch.setattr(
         tmp_store,
         "cache_verdicts",
-        lambda verdicts: (commits.append(len(verdicts)), write(verdicts)),
+        lambda verdicts, **options: (commits.append(len(verdicts)), write(verdicts, **options)),
     )
     monkeypatch.setattr(chain_module, "CACHE_BATCH_S", 0.05)
     c = chain(tmp_store, online=Scripted(online_ok()))

@@ -121,6 +121,22 @@ def test_sold_journal_and_return(tmp_store: Store) -> None:
     assert tmp_store.lookup(KI).deny_reason is None
 
 
+def test_a_batch_of_cached_verdicts_lets_others_run_between_units(tmp_path: Path) -> None:
+    kis = [KI[:-3] + f"{n:03d}" for n in range(3)]
+    called: list[int] = []
+    with Store.open(str(tmp_path / "s"), verdict_ttl_s=3600) as store:
+        store.mark_sold(kis[1], "r1", at=1_000_000)  # a unit with a record of its own
+        store.cache_verdicts(
+            [(ki, {"sold": False, "n": n}) for n, ki in enumerate(kis)],
+            at=1_000_000,
+            between=lambda: called.append(len(called)),
+        )
+        assert called == [0, 1]  # between the three units, not before or after
+        for n, ki in enumerate(kis):
+            assert store.lookup(ki, now=1_000_001).cached.facts == {"sold": False, "n": n}
+        assert store.lookup(kis[1]).sold is not None  # its record kept
+
+
 def test_verdict_cache_ttl_and_purge(tmp_path: Path) -> None:
     with Store.open(str(tmp_path / "s"), verdict_ttl_s=3600) as store:
         facts = {"isBlocked": False, "sold": False, "expireDate": "2027-01-01", "mrp": 0}

@@ -302,7 +302,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "[scanners.side]\nurl = 'virtual://side'\n"
             "[terminal]\nfn_serial = '9960440300000001'\n"
             f"[check]\nmode = 'direct'\nonline_timeout_ms = {args.online_timeout_ms}\n"
-            "slow_scan_ms = 0\n"
             f"[check.online]\nurl = '{cdn_url}'\ntoken_file = '{work / 'token'}'\n"
             "[mark_unit]\nenabled = true\nlisten = '127.0.0.1:0'\n"
         )

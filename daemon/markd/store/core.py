@@ -667,13 +667,20 @@ class Store:
         self._update_units([(key, change)], what)
 
     def _update_units(
-        self, changes: Sequence[tuple[bytes, Callable[[dict[str, Any]], None]]], what: str
+        self,
+        changes: Sequence[tuple[bytes, Callable[[dict[str, Any]], None]]],
+        what: str,
+        *,
+        between: Callable[[], None] | None = None,
     ) -> None:
-        """Apply each ``(key, change)`` to its unit, all in one write transaction."""
+        """Apply each ``(key, change)`` to its unit, all in one write transaction;
+        ``between`` is called before each unit after the first."""
         units = self._dbs[b"units"]
 
         def write(txn: lmdb.Transaction) -> tuple[bytes | None, bytes]:
-            for key, change in changes:
+            for n, (key, change) in enumerate(changes):
+                if n and between is not None:
+                    between()
                 raw = txn.get(key, db=units)
                 data = json.loads(raw) if raw else {}
                 change(data)
@@ -722,16 +729,24 @@ class Store:
         self.cache_verdicts([(code, facts)], at)
 
     def cache_verdicts(
-        self, verdicts: Sequence[tuple[MarkingCode | str, dict[str, Any]]], at: int | None = None
+        self,
+        verdicts: Sequence[tuple[MarkingCode | str, dict[str, Any]]],
+        at: int | None = None,
+        *,
+        between: Callable[[], None] | None = None,
     ) -> None:
-        """:meth:`cache_verdict` for several units in one write transaction (one commit)."""
+        """:meth:`cache_verdict` for several units in one write transaction (one commit).
+        ``between``: called between two units (a writer thread lets the event loop have the
+        interpreter lock there, ``time.sleep(0)``, rather than hold it for the whole batch)."""
         when = _now() if at is None else at
 
         def keeper(facts: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
             return lambda d: d.__setitem__("verdict", {"at": when, "facts": facts})
 
         what = "caching a verdict" if len(verdicts) == 1 else "caching verdicts"
-        self._update_units([(_unit_key(code), keeper(facts)) for code, facts in verdicts], what)
+        self._update_units(
+            [(_unit_key(code), keeper(facts)) for code, facts in verdicts], what, between=between
+        )
 
     def purge_cache(self, now: float | None = None) -> int:
         """Drop cached verdicts older than the TTL; return how many went."""

@@ -220,12 +220,13 @@ class RepeatCache:
         """The key of ``document`` from ``peer``: of the document as the front read it (its
         charset decoded, the path's ИНН applied), not of its bytes, so the same bytes sent
         to another ИНН's path or in another charset are another check."""
-        digest = hashlib.sha256()
+        parts: list[bytes] = []
 
-        def put(*parts: str | bytes) -> None:
-            for part in parts:
-                data = part.encode("utf-8") if isinstance(part, str) else part
-                digest.update(len(data).to_bytes(4, "big") + data)
+        def put(*texts: str | bytes) -> None:
+            for text in texts:
+                data = text.encode("utf-8") if isinstance(text, str) else text
+                parts.append(len(data).to_bytes(4, "big"))
+                parts.append(data)
 
         put(peer, document.action, document.type, document.uid, document.pos)
         put(document.shift, document.number, document.user)
@@ -235,7 +236,7 @@ class RepeatCache:
             put(position.kpp, position.esm)
             for code in position.codes:
                 put(b"\x02", code.data)
-        return digest.digest()
+        return hashlib.sha256(b"".join(parts)).digest()
 
     @staticmethod
     def short_key(peer: str, text: bytes) -> bytes:

@@ -136,7 +136,7 @@ def parse_document(
     """A till's ``POST /document`` body, checked field by field (:class:`BadDocument`)."""
     text = decode_body(body, content_type, fallback)
     try:
-        obj = json.loads(text, parse_constant=_refuse_constant)
+        obj = _DECODER.decode(text)
     except (ValueError, RecursionError):
         raise BadDocument("the body is not JSON") from None
     if not isinstance(obj, dict):
@@ -192,6 +192,12 @@ def _number(value: Any) -> Any:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(name)  # NaN and Infinity are not JSON
+
+
+#: The tills' JSON, read (one decoder and one encoder for every document: ``json.loads`` and
+#: ``json.dumps`` with options make a new one per call).
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def _plain(obj: Mapping[str, Any], key: str, where: str = "") -> str:
@@ -316,11 +322,11 @@ def encode_answer(obj: Any, encoding: str) -> tuple[bytes, str]:
     answer stays valid JSON whatever the text holds; in UTF-8 a lone surrogate (which UTF-8
     cannot hold) is written so too, rather than failing the answer."""
     if encoding != "windows-1251":
-        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+        text = _ENCODER.encode(obj)
         # Only a lone surrogate fails UTF-8; it can only be inside a JSON string, where
         # the backslash form Python writes (\udXXX) is the JSON escape of it.
         return text.encode("utf-8", "backslashreplace"), "application/json; charset=utf-8"
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    text = _ENCODER.encode(obj)
     out = bytearray()
     for char in text:
         try:

@@ -470,8 +470,9 @@ def _answer_bytes(
         (b"Content-Type", content_type.encode("ascii")),
         (b"Content-Length", str(len(payload)).encode("ascii")),
         (b"Cache-Control", b"no-store"),
-        (b"Connection", b"keep-alive" if keep else b"close"),
     ]
+    if not keep:  # kept alive is HTTP/1.1's default (h11 closes for a client that cannot)
+        headers.append((b"Connection", b"close"))
     http = connection.http
     try:
         data = http.send(
