@@ -734,16 +734,12 @@ async def test_twenty_tills_at_once_and_a_scan_does_not_wait_behind_them(
     assert all_done < 2.5, all_done
 
 
-async def test_a_burst_of_tills_reuses_its_connections_to_the_cdn(
-    tmp_path, services, event_log
-) -> None:
-    # The online client keeps as many idle connections to a host as tills check at once
-    # ([mark_unit] max_checks): the second burst opens none (against the real CDN each new
-    # one is a TLS handshake). With the kiosk's 4, it opened 16 new ones.
-    cdn, lm = services
-    cdn.set_fault("codes/check", latency_ms=100)  # the burst's checks overlap
-    async with till_of(direct(tmp_path, cdn, lm), event_log) as (till, service):
-        host, port = service.mark_unit.address
+async def connections_in_two_bursts(
+    cfg: Any, event_log: RecordingEventLog, server: Any
+) -> list[int]:
+    """The connections ``server`` has taken after each of two bursts of 20 tills' checks."""
+    async with till_of(cfg, event_log) as (_, front):
+        host, port = front.mark_unit.address
         tills = [await Till(host, port, local_addr=f"127.0.0.{n + 2}").connect() for n in range(20)]
         try:
             opened = []
@@ -755,11 +751,34 @@ async def test_a_burst_of_tills_reuses_its_connections_to_the_cdn(
                     )
                 )
                 assert all(a.json()["code"] == 0 for a in answers)
-                opened.append(cdn.host.connections_accepted)
+                opened.append(server.connections_accepted)
         finally:
             for t in tills:
                 await t.close()
-    assert opened[0] <= 21, opened  # the checks' connections, and the health check's
+    return opened
+
+
+@pytest.mark.parametrize("service", ["cdn", "lm", "tspiot"])
+async def test_a_burst_of_tills_reuses_its_connections_to_the_service(
+    tmp_path, services, event_log, service
+) -> None:
+    # A check client keeps as many idle connections to its service as tills check at once
+    # ([mark_unit] max_checks): the second burst opens none (against the real CDN or a ТС
+    # ПИоТ each new one is a TLS handshake). With the kiosk's 4, it opened 16 new ones.
+    cdn, lm = services
+    if service == "tspiot":
+        with tspiot() as ts:
+            ts.set_fault("codes/check", latency_ms=100)  # the burst's checks overlap
+            opened = await connections_in_two_bursts(via_tspiot(tmp_path, ts.url), event_log, ts)
+    else:
+        if service == "lm":
+            cdn.set_fault("codes/check", status=503)  # the Local Module answers every check
+            lm.set_fault("cis/outCheck", latency_ms=100)
+        else:
+            cdn.set_fault("codes/check", latency_ms=100)
+        server = lm if service == "lm" else cdn.host
+        opened = await connections_in_two_bursts(direct(tmp_path, cdn, lm), event_log, server)
+    assert opened[0] <= 22, opened  # the checks' connections, and a status poll's or health's
     assert opened[1] == opened[0], opened
 
 

@@ -227,6 +227,16 @@ async def front_cpu(count: int) -> dict[str, float]:
     return {"p50": round(statistics.median(times), 3), "p99": round(percentile(times, 99), 3)}
 
 
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Put every thread of process ``pid`` on ``cpus`` (the threads it starts later inherit
+    it from theirs)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
+
+
 class _TimedBackend:
     """The desk's backend (markd.fronts.mark_unit.desk.TillBackend), noting for each check
     the milliseconds from the request's arrival (``received``) to this hand-over."""
@@ -293,7 +303,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     )
     try:
         if load_cpus:
-            os.sched_setaffinity(emulator.pid, load_cpus)
+            _pin(emulator.pid, load_cpus)
         assert emulator.stdout is not None
         cdn_url = emulator.stdout.readline().strip()
         (work / "markd.toml").write_text(
@@ -334,7 +344,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 stdout=subprocess.PIPE,
             )
             if load_cpus:
-                os.sched_setaffinity(process.pid, load_cpus)
+                _pin(process.pid, load_cpus)
             out, _ = await process.communicate()
             return json.loads(out)
 

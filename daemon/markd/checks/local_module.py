@@ -113,6 +113,9 @@ class LocalModuleOptions:
     sync_critical_hours: float = 48.0
     #: Hours since ``lastSync`` after which the module blocks checks (§4.7: 72 h).
     sync_limit_hours: float = 72.0
+    #: Idle kept-alive connections for checks (as the online client's: as many as checks
+    #: run at once).
+    max_idle_connections: int = 4
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,7 @@ class LocalModuleClient(CheckClient):
         credentials = base64.b64encode(f"{user}:{password.reveal()}".encode()).decode("ascii")
         self._headers = {"Authorization": f"Basic {credentials}", "X-ClientId": fn_serial}
         # Two connections: a background poll never holds the socket a check wants.
-        self._http = HTTPClient(proxy=proxy)
+        self._http = HTTPClient(proxy=proxy, max_idle=options.max_idle_connections)
         self._status_http = HTTPClient(proxy=proxy)
         self._status: LocalModuleStatus | None = None
         self._poll_interval_s = options.status_interval_s

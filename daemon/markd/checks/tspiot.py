@@ -92,13 +92,16 @@ class TspiotOptions:
     versions tried by detection, first to last. ``info_timeout_ms``: the longest one ``/info``
     probe may take, within the caller's deadline (FMU-API uses 1 s, §9).
     ``redetect_on_not_found``: a ``codes/check`` answering 404 forgets the version and detects
-    again once, within the same deadline.
+    again once, within the same deadline. ``max_idle_connections``: kept-alive connections
+    waiting for reuse (as the online client's: as many as checks run at once; each new one to
+    a ТС ПИоТ is a TLS handshake).
     """
 
     api_version: int | None = None
     probe_order: tuple[int, ...] = PROBE_ORDER
     info_timeout_ms: int = 1000
     redetect_on_not_found: bool = True
+    max_idle_connections: int = 4
 
     def __post_init__(self) -> None:
         if self.api_version is not None and self.api_version not in SUPPORTED_VERSIONS:
@@ -247,6 +250,7 @@ class TspiotClient(CheckClient):
             user_agent=f"{client_name}/{client_version}",
             allow_self_signed_loopback=allow_self_signed,
             proxy=proxy,
+            max_idle=self.options.max_idle_connections,
         )
         self._detect_lock = asyncio.Lock()
         self._version: int | None = self.options.api_version

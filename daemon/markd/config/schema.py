@@ -1227,8 +1227,9 @@ class MarkUnitConfig:
         default=20,
         metadata={
             "doc": "Checks from tills under way at once; more wait their turn (never behind "
-            "markd's own scanners, which have a queue of their own). The online client keeps "
-            "as many connections to a CDN host open between checks.",
+            "markd's own scanners, which have a queue of their own). The check clients (CDN, "
+            "Local Module, ТС ПИоТ) keep as many connections to their service open between "
+            "checks (at least 4, a kiosk's number).",
             "min": 1,
             "max": 256,
         },

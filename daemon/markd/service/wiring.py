@@ -100,6 +100,18 @@ def hosts_file(config: Config) -> Path | None:
     return Path(config.store.path).parent / HOSTS_FILE_NAME
 
 
+#: Idle connections a check client keeps to its service on a kiosk: enough for its scanners.
+KIOSK_IDLE_CONNECTIONS = 4
+
+
+def idle_connections(config: Config) -> int:
+    """Kept-alive connections a check client holds between checks: as many as checks run at
+    once, the Mark Unit front's ``max_checks`` when it is on (a burst of tills then reuses
+    them instead of opening new ones: TLS handshakes against the CDN or a ТС ПИоТ)."""
+    front = config.mark_unit.max_checks if config.mark_unit.enabled else 0
+    return max(KIOSK_IDLE_CONNECTIONS, front)
+
+
 def build_clients(
     config: Config, recorder: Recorder | None = None, *, background: bool = True
 ) -> dict[str, CheckClient]:
@@ -123,9 +135,7 @@ def build_clients(
                 rank_by=online.rank_by,  # type: ignore[arg-type] - checked by the schema
                 # One check and exit (markctl): no health round racing the check itself.
                 background_maintenance=background,
-                max_idle_connections=max(
-                    4, config.mark_unit.max_checks if config.mark_unit.enabled else 0
-                ),
+                max_idle_connections=idle_connections(config),
             ),
             hosts_file=hosts_file(config),
             proxy=proxy_settings(online, "check.online"),
@@ -137,7 +147,7 @@ def build_clients(
     if check.mode == "tspiot":
         if check.tspiot is None:
             raise ConfigError('[check] mode: "tspiot" needs a [check.tspiot] section')
-        from markd.checks.tspiot import TspiotClient
+        from markd.checks.tspiot import TspiotClient, TspiotOptions
 
         ts = check.tspiot
         clients["tspiot"] = TspiotClient(
@@ -146,6 +156,7 @@ def build_clients(
             token=startup.tspiot_token(config),
             allow_self_signed=ts.allow_self_signed,
             recorder=recorder,
+            options=TspiotOptions(max_idle_connections=idle_connections(config)),
             proxy=proxy_settings(ts, "check.tspiot"),
         )
     return clients
@@ -159,7 +170,7 @@ def build_local_module(
     lm = config.check.local_module
     if lm is None:
         return None
-    from markd.checks.local_module import LocalModuleClient
+    from markd.checks.local_module import LocalModuleClient, LocalModuleOptions
 
     return LocalModuleClient(
         lm.url,
@@ -168,6 +179,7 @@ def build_local_module(
         fn_serial=config.terminal.fn_serial,
         api=lm.api,
         recorder=recorder,
+        options=LocalModuleOptions(max_idle_connections=idle_connections(config)),
         proxy=proxy_settings(lm, "check.local_module"),
     )
 
