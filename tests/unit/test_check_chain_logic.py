@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -215,6 +216,22 @@ async def test_cache_writes_of_a_moment_go_to_the_store_as_one_commit(
     await c.decide(parse(other), "front")
     c.close()
     assert commits == [2, 1, 2]
+
+
+async def test_a_verdict_the_cache_cannot_take_is_still_given(
+    tmp_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The facts are put in the cache's form where the verdict is decided (a kiosk's scan has
+    # no answer to wait for): a failure there costs the cache entry, never the verdict.
+    def broken(self: Any) -> dict[str, Any]:
+        raise ValueError("unreadable facts")
+
+    monkeypatch.setattr(CodeFacts, "to_json", broken)
+    c = chain(tmp_store, online=Scripted(online_ok()))
+    verdict = await c.decide(parse(WATER), "front")
+    await c.aclose()
+    assert verdict.decision == "allow"
+    assert tmp_store.lookup(WATER).cached is None
 
 
 def test_budget_is_the_sum_in_sequence_and_the_max_in_parallel(tmp_store: Store) -> None:

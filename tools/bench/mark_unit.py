@@ -42,8 +42,9 @@ collector's walks, as markd's entry point does before it runs the service
    p50/p99/max and the longest verdict latency. A scan on markd's own (virtual) scanner during
    the load is timed too: it must not wait behind the tills.
 
-**CPUs.** In a shop the tills and the CDN are other machines; here they share markd's. With
-two or more CPUs the bench keeps them apart (``--no-pin`` leaves placement to the kernel):
+**CPUs.** With markd on a shop server the tills and the CDN are other machines; here they
+share markd's. With two or more CPUs the bench keeps them apart by default, as on such a server
+(``--no-pin`` leaves placement to the kernel, as for a till on markd's own machine):
 markd on every CPU but the last, the tills' process and the CDN emulator on the last. Left
 together, the answer's ``send`` on loopback wakes the till on markd's own CPU, which then runs
 the till before markd finishes (0.2–0.3 ms of every round trip on two vCPUs, none of it
@@ -304,6 +305,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     try:
         if load_cpus:
             _pin(emulator.pid, load_cpus)
+        emulator_cpus = sorted(os.sched_getaffinity(emulator.pid))  # as it is, read back
         assert emulator.stdout is not None
         cdn_url = emulator.stdout.readline().strip()
         (work / "markd.toml").write_text(
@@ -387,7 +389,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     figures = {
         "cpus": {
             "markd": sorted(os.sched_getaffinity(0)),
-            "tills_and_cdn": sorted(load_cpus) or "any",
+            # the CDN emulator's, read back from the process (the tills' are set alike)
+            "tills_and_cdn": emulator_cpus if load_cpus else "any",
         },
         "front_cpu_ms": await front_cpu(args.count * 4),
         "overhead_ms": {
