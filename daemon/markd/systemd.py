@@ -232,8 +232,13 @@ def journal_stream_matches(stream: TextIO, environ: dict[str, str] | None = None
 
 
 def _format_value(value: Any) -> str:
+    """``value`` as it goes on a line: quoted (JSON) when it is empty or holds a quote or
+    whitespace (``str.isspace``'s, GS included), else bare."""
     text = str(value)
-    if not text or any(c.isspace() for c in text) or '"' in text:
+    # Splitting at whitespace leaves a text without any as the one part, the same object;
+    # the loop runs in C (a character-by-character test in Python cost a verdict's record
+    # about 0.1 ms, on the answer path of every check).
+    if not text or '"' in text or text.split(None, 1) != [text]:
         return json.dumps(text, ensure_ascii=False)
     return text
 

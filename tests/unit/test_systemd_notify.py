@@ -117,6 +117,27 @@ def test_stderr_line_is_one_line_per_event() -> None:
     assert "reason=blocked-locally" in lines[0] and "ki=0104670540176099215LpGKy" in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        ("plain", "plain"),
+        (42, "42"),
+        ("", '""'),
+        ("two words", '"two words"'),
+        (" lead", '" lead"'),
+        ("trail\n", '"trail\\n"'),
+        ("a\x1db", '"a\\u001db"'),  # GS is whitespace to str.isspace
+        ("a\u00a0b", '"a\u00a0b"'),  # no-break space
+        ('say "x"', '"say \\"x\\""'),
+        ("Продажа", "Продажа"),
+    ],
+)
+def test_stderr_line_quotes_a_value_with_whitespace_or_quotes(value: object, written: str) -> None:
+    stream = io.StringIO()
+    EventLog(target="stderr", stream=stream).event("verdict", "m", field=value)
+    assert stream.getvalue() == f"verdict: m | field={written}\n"
+
+
 def test_full_code_and_crypto_are_never_logged() -> None:
     journal, stream = FakeJournal(), io.StringIO()
     secret = "0104670540176099215LpGKy\x1d93dGVz"
