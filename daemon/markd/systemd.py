@@ -231,6 +231,24 @@ def journal_stream_matches(stream: TextIO, environ: dict[str, str] | None = None
     return f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
 
 
+#: The journal field of each field name met so far (``ki`` → ``MARKD_KI``), None for a name
+#: of :data:`FORBIDDEN_FIELDS`: every record of a kind names the same fields, so each name is
+#: worked out once rather than per record (the names are markd's keyword arguments, a few
+#: dozen; the table stops growing at :data:`_MAX_FIELD_KEYS` all the same).
+_FIELD_KEYS: dict[str, str | None] = {}
+_MAX_FIELD_KEYS = 4096
+
+
+def _journal_key(name: str) -> str | None:
+    """``MARKD_<NAME>`` for field ``name``; None when it must never be written."""
+    if name in _FIELD_KEYS:
+        return _FIELD_KEYS[name]
+    key = None if name.lower() in FORBIDDEN_FIELDS else f"MARKD_{name.upper()}"
+    if len(_FIELD_KEYS) < _MAX_FIELD_KEYS:
+        _FIELD_KEYS[name] = key
+    return key
+
+
 def _format_value(value: Any) -> str:
     """``value`` as it goes on a line: quoted (JSON) when it is empty or holds a quote or
     whitespace (``str.isspace``'s, GS included), else bare."""
@@ -309,11 +327,14 @@ class EventLog:
         clean = {
             name: value
             for name, value in fields.items()
-            if value is not None and name.lower() not in FORBIDDEN_FIELDS
+            if value is not None and _journal_key(name) is not None
         }
         try:
             if self.target == "journal":
-                journal_fields = {f"MARKD_{name.upper()}": str(v) for name, v in clean.items()}
+                journal_fields = {
+                    _FIELD_KEYS.get(name) or f"MARKD_{name.upper()}": str(v)
+                    for name, v in clean.items()
+                }
                 self._journal.send(
                     MESSAGE=message,
                     MESSAGE_ID=MESSAGE_IDS[kind],

@@ -188,3 +188,28 @@ def test_a_string_that_is_no_json_number_is_still_refused(value: str) -> None:
     doc["positions"][0]["quantity"] = value
     with pytest.raises(BadDocument, match="quantity"):
         parse_document(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize(
+    ("value", "taken"),
+    [
+        ("Вода 0,5 л", "Вода 0,5 л"),
+        ("Вода\u00a0газ", "Вода\u00a0газ"),  # a no-break space: not printable to Python
+        ("\u0085", "\u0085"),  # NEL: outside the refused ranges (C0, DEL, surrogates)
+        ("x" * 128, "x" * 128),
+        (17, "17"),
+        ("a\x07b", None),
+        ("a\x7f", None),
+        ("x" * 129, None),
+        (True, None),
+        ("a\ud800", None),
+    ],
+)
+def test_a_plain_field_is_printable_text(value: object, taken: str | None) -> None:
+    # ensure_ascii: a lone surrogate goes as its JSON escape, as a till could send it.
+    data = json.dumps({"action": "check", "number": value}).encode()
+    if taken is None:
+        with pytest.raises(BadDocument, match="number must be"):
+            parse_document(data)
+    else:
+        assert parse_document(data).number == taken

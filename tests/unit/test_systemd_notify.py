@@ -200,3 +200,24 @@ def test_an_event_log_without_systemd_python_says_so_once(
     quiet = io.StringIO()
     sd.EventLog("stderr", stream=quiet)
     assert quiet.getvalue() == ""
+
+
+@pytest.mark.parametrize("table_size", [4096, 0])
+def test_journal_fields_are_named_and_forbidden_ones_dropped(
+    monkeypatch: pytest.MonkeyPatch, table_size: int
+) -> None:
+    # table_size 0: the table of worked-out names is full, each name is worked out anew.
+    monkeypatch.setattr(sd, "_MAX_FIELD_KEYS", table_size)
+    monkeypatch.setattr(sd, "_FIELD_KEYS", {})
+    journal, stream = FakeJournal(), io.StringIO()
+    for _ in range(2):  # the second time from the table, when it keeps names
+        EventLog(target="journal", journal=journal).event(
+            "verdict", "m", ki="0104670540176099215LpGKy", KM="secret", Raw="x", till_pos=3
+        )
+        EventLog(target="stderr", stream=stream).event("verdict", "m", Crypto="secret", ki="k")
+    for record in journal.sent:
+        assert record["MARKD_KI"] == "0104670540176099215LpGKy"
+        assert record["MARKD_TILL_POS"] == "3"
+        assert not {"MARKD_KM", "MARKD_RAW"} & set(record)
+    assert stream.getvalue() == "verdict: m | ki=k\n" * 2
+    assert len(sd._FIELD_KEYS) == (5 if table_size else 0)  # ki, KM, Raw, till_pos, Crypto

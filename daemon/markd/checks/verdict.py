@@ -106,10 +106,15 @@ class Verdict:
             fields["tag1265"] = self.tag1265
         fields["checked"] = "true" if self.checked else "false"
         if self.details:
-            fields["details"] = json.dumps(
-                self.details, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str
-            )
+            fields["details"] = _DETAILS_JSON.encode(self.details)
         return fields
+
+
+#: The details' JSON in a journal record (one encoder for every record: ``json.dumps`` with
+#: options makes a new one per call).
+_DETAILS_JSON = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str
+)
 
 
 def parser_verdict(error: CodeError, *, scanner: str, latency_ms: float = 0.0) -> Verdict:

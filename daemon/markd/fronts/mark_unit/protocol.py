@@ -205,6 +205,10 @@ def _plain(obj: Mapping[str, Any], key: str, where: str = "") -> str:
     value = obj.get(key)
     if value is None:
         return ""
+    if type(value) is str and len(value) <= MAX_FIELD_CHARS and value.isprintable():
+        # The usual field, taken at once: what str.isprintable takes holds no control
+        # character and no surrogate (anything else is tested below).
+        return value
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise BadDocument(f"{where}{key} must be a string")
     text = str(value)
