@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import socket
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +223,32 @@ def test_journal_fields_are_named_and_forbidden_ones_dropped(
         assert not {"MARKD_KM", "MARKD_RAW"} & set(record)
     assert stream.getvalue() == "verdict: m | ki=k\n" * 2
     assert len(sd._FIELD_KEYS) == (5 if table_size else 0)  # ki, KM, Raw, till_pos, Crypto
+
+
+def test_a_journal_record_names_its_writer_without_walking_the_stack(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    journal = pytest.importorskip("systemd.journal")
+    sent: list[tuple[str, ...]] = []
+    monkeypatch.setattr(journal, "sendv", lambda *lines: sent.append(lines))
+
+    def no_walk(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the stack was walked for a journal record")
+
+    monkeypatch.setattr(traceback, "extract_stack", no_walk)
+    journal_verdict(EventLog(target="journal", journal=journal), VERDICT)
+    (lines,) = sent
+    assert "CODE_FUNC=journal_verdict" in lines
+    assert any(line.startswith("CODE_FILE=") and "listeners.py" in line for line in lines)
+
+
+def test_a_journal_record_leaves_no_reference_cycle() -> None:
+    log = EventLog(target="journal", journal=FakeJournal())
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(50):
+            journal_verdict(log, VERDICT)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
