@@ -31,6 +31,8 @@ def test_the_mark_unit_bench_runs_and_every_till_is_answered_in_time() -> None:
     assert tills["answers"] == 60
     assert tills["allowed"] == tills["within_budget"] == 60, tills
     assert figures["overhead_ms"]["count"] == 20
+    # the floor's server answered every request of the till, as large as markd's answers
+    assert figures["floor_ms"]["answer_bytes"] > 500
     cpus = figures["cpus"]
     if len(os.sched_getaffinity(0)) >= 2:  # the tills and the CDN apart from markd's CPUs
         assert cpus["tills_and_cdn"] and not set(cpus["tills_and_cdn"]) & set(cpus["markd"])
@@ -40,6 +42,7 @@ def test_the_mark_unit_bench_runs_and_every_till_is_answered_in_time() -> None:
         "cpus",
         "front_cpu_ms",
         "overhead_ms",
+        "floor_ms",
         "front_in_server_ms",
         "verdict_ms_single",
         "tills",

@@ -35,6 +35,12 @@ collector's walks, as markd's entry point does before it runs the service
    below are asyncio tasks. (An asyncio till adds turns of its own event loop to every round
    trip, 0.1–0.3 ms here, which are the till's, not the front's: runs before this change
    measured with one.)
+   **1b. The machine's floor** — the same till, N requests to a bare HTTP/1.1 server on
+   asyncio in markd's process and CPUs (:class:`Floor`: h11 reads the request and frames a
+   fixed answer as large as markd's, after the same idle wait as the check's CDN round trip),
+   no markd code: its round trip less the wait is what loopback, the event loop, h11 and the
+   machine's wake-ups cost by themselves, measured in the same run as case 1 so that the two
+   can be compared on a machine whose speed drifts.
 2. **20 tills** — T tills, each from an address of its own (127.0.0.2 …, a shop LAN), each
    sending M checks in a row, all at once; the CDN answers after ``--cdn-latency-ms``. Every
    answer must be ``code`` 0 and arrive within the verdict deadline (the chain's budget,
@@ -61,6 +67,7 @@ import base64
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -137,12 +144,11 @@ async def one_till(port: int, address: str, first: int, count: int) -> list[tupl
     return out
 
 
-def blocking_till(port: int, first: int, count: int) -> list[tuple[float, int]]:
+def blocking_till(port: int, first: int, count: int) -> list[tuple[float, int, int]]:
     """One till on a blocking socket, as a till program waits for its answer: the round trip
     holds no event loop of the till's own (an asyncio till adds two of its loop's turns,
-    0.1–0.3 ms here, which are not the front's)."""
-    import socket
-
+    0.1–0.3 ms here, which are not the front's). Each check: milliseconds, the answer's
+    ``code``, the answer's bytes."""
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     stream = sock.makefile("rb")
@@ -157,7 +163,7 @@ def blocking_till(port: int, first: int, count: int) -> list[tuple[float, int]]:
                 length = int(line.split(b":")[1])
         answer = stream.read(length)
         elapsed = (time.perf_counter() - started) * 1000
-        out.append((elapsed, json.loads(answer)["code"]))
+        out.append((elapsed, json.loads(answer)["code"], len(answer)))
     sock.close()
     return out
 
@@ -225,6 +231,54 @@ async def front_cpu(count: int) -> dict[str, float]:
         encode_answer(await desk.handle(document, "127.0.0.1", body), "utf-8")
         times.append((time.perf_counter() - started) * 1000)
     return {"p50": round(statistics.median(times), 3), "p99": round(percentile(times, 99), 3)}
+
+
+class Floor:
+    """The machine's floor for case 1, in markd's process and on its CPUs: a bare HTTP/1.1
+    server on asyncio streams, framed by h11 as markd's front is, that reads the till's
+    request, waits ``wait_s`` (as a check waits for the CDN, the CPU idle meanwhile) and
+    answers a fixed JSON body of ``size`` bytes. No markd code runs: its round trip less
+    the wait is what loopback, the event loop, h11 and this guest's wake-ups cost by
+    themselves, measured in the same run as the front (:data:`waits`, per request, in
+    milliseconds)."""
+
+    def __init__(self, wait_s: float, size: int) -> None:
+        import h11
+
+        self.h11 = h11
+        self.wait_s = wait_s
+        pad = max(0, size - len('{"code":0,"pad":""}'))
+        self.body = json.dumps({"code": 0, "pad": "x" * pad}, separators=(",", ":")).encode()
+        self.waits: list[float] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        h11 = self.h11
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        http = h11.Connection(h11.SERVER)
+        while True:
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                http.receive_data(data)
+                continue
+            if not isinstance(event, h11.EndOfMessage):
+                continue
+            began = time.perf_counter()
+            await asyncio.sleep(self.wait_s)
+            self.waits.append((time.perf_counter() - began) * 1000)
+            headers = [
+                (b"Content-Type", b"application/json; charset=utf-8"),
+                (b"Content-Length", str(len(self.body)).encode()),
+                (b"Cache-Control", b"no-store"),
+            ]
+            out = http.send(h11.Response(status_code=200, headers=headers, reason="OK"))
+            out += http.send(h11.Data(data=self.body))
+            out += http.send(h11.EndOfMessage())
+            writer.write(out)
+            http.start_next_cycle()
+        writer.close()
 
 
 def _pin(pid: int, cpus: set[int]) -> None:
@@ -340,12 +394,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         service.mark_unit.desk.backend = _TimedBackend(service.mark_unit.desk.backend, handed)
         budget_ms = args.online_timeout_ms + 100
 
-        async def run_client(tills: int, per_till: int, first: int) -> list[list[list[float]]]:
+        async def run_client(
+            tills: int, per_till: int, first: int, *, at: int | None = None
+        ) -> list[list[list[float]]]:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 __file__,
                 "--client",
-                str(port),
+                str(port if at is None else at),
                 str(tills),
                 str(per_till),
                 str(first),
@@ -371,7 +427,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             )
         ]
         assert len(latencies) == len(single), (len(latencies), len(single))
-        overhead = [rtt - lat for (rtt, _), lat in zip(single, latencies, strict=True)]
+        overhead = [rtt - lat for (rtt, _, _), lat in zip(single, latencies, strict=True)]
+        # 1b. the machine's floor, the same till and the same idle wait, no markd code
+        floor = Floor(args.cdn_latency_ms / 1000, int(statistics.median(x[2] for x in single)))
+        floor_server = await asyncio.start_server(floor.serve, "127.0.0.1", 0)
+        floor_port = floor_server.sockets[0].getsockname()[1]
+        (bare,) = await run_client(1, args.count, 0, at=floor_port)
+        floor_server.close()
+        floor_ms = [rtt - wait for (rtt, _, _), wait in zip(bare, floor.waits, strict=True)]
         front = [total - lat for total, lat in zip(in_server, latencies, strict=True)]
         # 2. T tills at once, with a scan on markd's own scanner in the middle
         event_log.verdicts.clear()
@@ -392,6 +455,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         sink.close()
     rtts = [rtt for till in many for rtt, _ in till]
     codes = [code for till in many for _, code in till]
+    assert all(code == 0 for _, code, _ in bare)
     verdict_ms = [float(v["latency_ms"]) for v in event_log.verdicts if v["scanner"] == "mark-unit"]
     figures = {
         "cpus": {
@@ -405,6 +469,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "p50": round(statistics.median(overhead), 3),
             "p99": round(percentile(overhead, 99), 3),
             "max": round(max(overhead), 3),
+        },
+        "floor_ms": {
+            "answer_bytes": len(floor.body),
+            "p50": round(statistics.median(floor_ms), 3),
+            "p99": round(percentile(floor_ms, 99), 3),
         },
         "front_in_server_ms": {
             "p50": round(statistics.median(front), 3),
@@ -461,6 +530,12 @@ def main() -> int:
         f"p50 {o['p50']:.3f} ms, p99 {o['p99']:.3f} ms (target ≤ 2 ms); inside markd "
         f"p50 {figures['front_in_server_ms']['p50']:.3f} ms, "
         f"p99 {figures['front_in_server_ms']['p99']:.3f} ms"
+    )
+    floor = figures["floor_ms"]
+    print(
+        "the machine's floor (a bare h11 server on asyncio, the same till and wait, "
+        f"{floor['answer_bytes']}-byte answers): p50 {floor['p50']:.3f} ms, "
+        f"p99 {floor['p99']:.3f} ms"
     )
     print(
         f"{t['tills']} tills × {t['per_till']} checks, CDN {t['cdn_latency_ms']} ms: "
