@@ -251,15 +251,19 @@ def _journal_key(name: str) -> str | None:
 
 
 def _format_value(value: Any) -> str:
-    """``value`` as it goes on a line: quoted (JSON) when it is empty or holds a quote or
-    whitespace (``str.isspace``'s, GS included), else bare."""
+    """``value`` as it goes on a line: bare when it is printable text without a space or a
+    quote, else quoted as JSON with every character that is not printable escaped
+    (``\\u2028``, ``\\u202e``, ``\\u0085``: a value must not break the line or change how a
+    terminal shows it)."""
     text = str(value)
-    # Splitting at whitespace leaves a text without any as the one part, the same object;
-    # the loop runs in C (a character-by-character test in Python cost a verdict's record
-    # about 0.1 ms, on the answer path of every check).
-    if not text or '"' in text or text.split(None, 1) != [text]:
-        return json.dumps(text, ensure_ascii=False)
-    return text
+    # str.isprintable is False for every whitespace character but the space, and runs in C
+    # (a character-by-character test in Python cost a verdict's record 24 µs).
+    if text and text.isprintable() and " " not in text and '"' not in text:
+        return text
+    quoted = json.dumps(text, ensure_ascii=False)
+    if quoted.isprintable():
+        return quoted
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in quoted)
 
 
 class EventLog:
@@ -312,13 +316,22 @@ class EventLog:
             self._observers.remove(observer)
 
     def event(
-        self, kind: str, message: str, *, priority: str | int = "info", **fields: Any
+        self,
+        kind: str,
+        message: str,
+        *,
+        priority: str | int = "info",
+        code_location: tuple[str, int, str] | None = None,
+        **fields: Any,
     ) -> None:
         """Log one event of ``kind`` (a key of :data:`MESSAGE_IDS`).
 
         ``fields`` become ``MARKD_<NAME>`` journal fields (``ki`` → ``MARKD_KI``) or ``name=value``
         pairs on the line. ``None`` values are left out. Never raises on a write failure. The
         observers get the event after it is written, in the order they were added.
+        ``code_location``: the file, line and function the record is from (the journal's
+        ``CODE_FILE``, ``CODE_LINE``, ``CODE_FUNC``), when not the caller of this method (a
+        ``logging`` record's own).
         """
         if kind not in MESSAGE_IDS:
             raise ValueError(f"unknown event kind {kind!r}; add it to MESSAGE_IDS")
@@ -332,23 +345,14 @@ class EventLog:
         }
         try:
             if self.target == "journal":
-                journal_fields = {
-                    _FIELD_KEYS.get(name) or f"MARKD_{name.upper()}": str(v)
-                    for name, v in clean.items()
-                }
-                # Where the record was written from, given rather than left to
-                # systemd.journal.send: it would walk the stack and stat each frame's source
-                # file for every record (about 30 µs of a verdict's record), and find this
-                # method, not its caller. (This frame is not kept in a local: it would hold
-                # itself, a reference cycle per record.)
-                caller = getattr(inspect.currentframe(), "f_back", None)
-                code = caller.f_code if caller is not None else None
+                journal_fields = {_journal_key(name) or name: str(v) for name, v in clean.items()}
+                code_file, code_line, code_func = code_location or _caller()
                 self._journal.send(
                     MESSAGE=message,
                     MESSAGE_ID=MESSAGE_IDS[kind],
-                    CODE_FILE=code.co_filename if code is not None else __file__,
-                    CODE_LINE=caller.f_lineno if caller is not None else 0,
-                    CODE_FUNC=code.co_name if code is not None else "event",
+                    CODE_FILE=code_file,
+                    CODE_LINE=code_line,
+                    CODE_FUNC=code_func,
                     PRIORITY=str(prio),
                     SYSLOG_IDENTIFIER="markd",
                     MARKD_EVENT=kind,
@@ -364,6 +368,18 @@ class EventLog:
             pass
         for observer in self._observers:
             observer(kind, message, prio, clean)
+
+
+def _caller() -> tuple[str, int | None, str]:
+    """File, line and function of the code that called :meth:`EventLog.event`. Given to
+    ``systemd.journal.send`` rather than left to it: it would look them up with
+    ``traceback.extract_stack``, which checks each frame's source file on disk, for every
+    record (about 30 µs of a verdict's), and would name ``EventLog.event`` itself. No frame
+    is kept in a local of the frame it is (that would be a reference cycle per record)."""
+    frame = getattr(getattr(inspect.currentframe(), "f_back", None), "f_back", None)
+    if frame is None:
+        return __file__, None, "event"
+    return frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name
 
 
 class LogBridge(logging.Handler):
@@ -386,7 +402,11 @@ class LogBridge(logging.Handler):
             priority = "debug"
         try:
             self.event_log.event(
-                "source-notice", record.getMessage(), priority=priority, logger=record.name
+                "source-notice",
+                record.getMessage(),
+                priority=priority,
+                code_location=(record.pathname, record.lineno, record.funcName),
+                logger=record.name,
             )
         except Exception:  # noqa: BLE001 - logging must never break the caller
             self.handleError(record)

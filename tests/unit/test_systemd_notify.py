@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import gc
 import io
+import logging
 import os
 import socket
+import sys
 import traceback
+import types
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +132,15 @@ def test_stderr_line_is_one_line_per_event() -> None:
         (" lead", '" lead"'),
         ("trail\n", '"trail\\n"'),
         ("a\x1db", '"a\\u001db"'),  # GS is whitespace to str.isspace
-        ("a\u00a0b", '"a\u00a0b"'),  # no-break space
+        ("a\u00a0b", '"a\\u00a0b"'),  # no-break space
+        ("a\u3000b", '"a\\u3000b"'),  # ideographic space
+        ("a\u2028b", '"a\\u2028b"'),  # line separator: would split the line for a reader
+        ("a\x85b", '"a\\u0085b"'),  # NEL, likewise
+        ("a\x1cb", '"a\\u001cb"'),
+        ("x\u202ey", '"x\\u202ey"'),  # right-to-left override: not whitespace, not printable
+        ("a\x07b", '"a\\u0007b"'),
+        ("a\x7fb", '"a\\u007fb"'),
+        ("Вода газ", '"Вода газ"'),
         ('say "x"', '"say \\"x\\""'),
         ("Продажа", "Продажа"),
     ],
@@ -214,15 +225,24 @@ def test_journal_fields_are_named_and_forbidden_ones_dropped(
     journal, stream = FakeJournal(), io.StringIO()
     for _ in range(2):  # the second time from the table, when it keeps names
         EventLog(target="journal", journal=journal).event(
-            "verdict", "m", ki="0104670540176099215LpGKy", KM="secret", Raw="x", till_pos=3
+            "verdict",
+            "m",
+            ki="0104670540176099215LpGKy",
+            KM="secret",
+            Raw="x",
+            CODE="y",
+            cRyPtO="z",
+            till_pos=3,
         )
         EventLog(target="stderr", stream=stream).event("verdict", "m", Crypto="secret", ki="k")
     for record in journal.sent:
         assert record["MARKD_KI"] == "0104670540176099215LpGKy"
         assert record["MARKD_TILL_POS"] == "3"
-        assert not {"MARKD_KM", "MARKD_RAW"} & set(record)
+        assert not {"MARKD_KM", "MARKD_RAW", "MARKD_CODE", "MARKD_CRYPTO"} & set(record)
+        assert not {"secret", "x", "y", "z"} & set(record.values())
     assert stream.getvalue() == "verdict: m | ki=k\n" * 2
-    assert len(sd._FIELD_KEYS) == (5 if table_size else 0)  # ki, KM, Raw, till_pos, Crypto
+    # ki, KM, Raw, CODE, cRyPtO, till_pos; Crypto
+    assert len(sd._FIELD_KEYS) == (7 if table_size else 0)
 
 
 def test_a_journal_record_names_its_writer_without_walking_the_stack(
@@ -242,13 +262,32 @@ def test_a_journal_record_names_its_writer_without_walking_the_stack(
     assert any(line.startswith("CODE_FILE=") and "listeners.py" in line for line in lines)
 
 
-def test_a_journal_record_leaves_no_reference_cycle() -> None:
+def test_a_journal_record_leaves_no_frame_in_a_reference_cycle() -> None:
     log = EventLog(target="journal", journal=FakeJournal())
     gc.collect()
-    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds is kept in gc.garbage
     try:
         for _ in range(50):
             journal_verdict(log, VERDICT)
-        assert gc.collect() == 0
+        gc.collect()
+        assert not [o for o in gc.garbage if isinstance(o, types.FrameType)]
     finally:
-        gc.enable()
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+def test_a_logging_record_reaches_the_journal_with_its_own_location() -> None:
+    journal = FakeJournal()
+    logger = logging.getLogger("markd.test-bridge")
+    bridge = sd.LogBridge(EventLog(target="journal", journal=journal))
+    logger.addHandler(bridge)
+    try:
+        logger.warning("a CDN host is quarantined")
+        line = sys._getframe().f_lineno - 1
+    finally:
+        logger.removeHandler(bridge)
+    (record,) = journal.sent
+    assert record["CODE_FILE"] == __file__
+    assert record["CODE_LINE"] == line
+    assert record["CODE_FUNC"] == "test_a_logging_record_reaches_the_journal_with_its_own_location"
+    assert record["MARKD_LOGGER"] == "markd.test-bridge"

@@ -35,12 +35,14 @@ collector's walks, as markd's entry point does before it runs the service
    below are asyncio tasks. (An asyncio till adds turns of its own event loop to every round
    trip, 0.1–0.3 ms here, which are the till's, not the front's: runs before this change
    measured with one.)
-   **1b. The machine's floor** — the same till, N requests to a bare HTTP/1.1 server on
-   asyncio in markd's process and CPUs (:class:`Floor`: h11 reads the request and frames a
-   fixed answer as large as markd's, after the same idle wait as the check's CDN round trip),
-   no markd code: its round trip less the wait is what loopback, the event loop, h11 and the
-   machine's wake-ups cost by themselves, measured in the same run as case 1 so that the two
-   can be compared on a machine whose speed drifts.
+   **1b. The machine's floor** — the same till sends each request of case 1 also to a bare
+   HTTP/1.1 server on asyncio in markd's process and CPUs (:class:`Floor`: h11 reads the
+   request, the server asks the same CDN emulator host the same ``codes/check`` with its own
+   bytes, then h11 frames a fixed answer as large as markd's), right after markd's, on a
+   connection of its own. No markd code runs: its round trip less its CDN round trip is what
+   loopback, the event loop, h11 and the machine's wake-ups cost by themselves, measured in
+   the same moments as case 1, so that the two can be compared on a machine whose speed
+   drifts and stalls.
 2. **20 tills** — T tills, each from an address of its own (127.0.0.2 …, a shop LAN), each
    sending M checks in a row, all at once; the CDN answers after ``--cdn-latency-ms``. Every
    answer must be ``code`` 0 and arrive within the verdict deadline (the chain's budget,
@@ -64,6 +66,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -144,33 +147,50 @@ async def one_till(port: int, address: str, first: int, count: int) -> list[tupl
     return out
 
 
-def blocking_till(port: int, first: int, count: int) -> list[tuple[float, int, int]]:
+def _exchange(sock: socket.socket, stream: Any, request: bytes) -> tuple[float, int, int]:
+    """One request on a blocking socket: milliseconds to the whole answer, its ``code``, its
+    bytes."""
+    started = time.perf_counter()
+    sock.sendall(request)
+    length = 0
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    answer = stream.read(length)
+    elapsed = (time.perf_counter() - started) * 1000
+    return elapsed, json.loads(answer)["code"], len(answer)
+
+
+def blocking_till(
+    port: int, first: int, count: int, floor_port: int = 0
+) -> tuple[list[tuple[float, int, int]], list[tuple[float, int, int]]]:
     """One till on a blocking socket, as a till program waits for its answer: the round trip
     holds no event loop of the till's own (an asyncio till adds two of its loop's turns,
-    0.1–0.3 ms here, which are not the front's). Each check: milliseconds, the answer's
-    ``code``, the answer's bytes."""
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    stream = sock.makefile("rb")
-    out = []
+    0.1–0.3 ms here, which are not the front's). With ``floor_port`` each check to markd is
+    followed by the same request to the floor's server on a connection of its own (case 1b),
+    so both are measured in the same moments of the machine. Each request: milliseconds,
+    the answer's ``code``, the answer's bytes; markd's, then the floor's."""
+    links = []
+    for target in (port, floor_port) if floor_port else (port,):
+        sock = socket.create_connection(("127.0.0.1", target))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        links.append((sock, sock.makefile("rb")))
+    markd: list[tuple[float, int, int]] = []
+    floor: list[tuple[float, int, int]] = []
     for n in range(first, first + count):
         request = till_request(n)
-        started = time.perf_counter()
-        sock.sendall(request)
-        length = 0
-        while (line := stream.readline()) not in (b"\r\n", b""):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        answer = stream.read(length)
-        elapsed = (time.perf_counter() - started) * 1000
-        out.append((elapsed, json.loads(answer)["code"], len(answer)))
-    sock.close()
-    return out
+        markd.append(_exchange(*links[0], request))
+        if floor_port:
+            floor.append(_exchange(*links[1], request))
+    for sock, _ in links:
+        sock.close()
+    return markd, floor
 
 
-async def client(port: int, tills: int, per_till: int, first: int) -> None:
+async def client(port: int, tills: int, per_till: int, first: int, floor_port: int) -> None:
     if tills == 1:
-        print(json.dumps([[list(x) for x in blocking_till(port, first, per_till)]]))
+        markd, floor = blocking_till(port, first, per_till, floor_port)
+        print(json.dumps([[list(x) for x in markd], [list(x) for x in floor]]))
         return
     results = await asyncio.gather(
         *(one_till(port, f"127.0.0.{t + 2}", first + t * per_till, per_till) for t in range(tills))
@@ -236,25 +256,61 @@ async def front_cpu(count: int) -> dict[str, float]:
 class Floor:
     """The machine's floor for case 1, in markd's process and on its CPUs: a bare HTTP/1.1
     server on asyncio streams, framed by h11 as markd's front is, that reads the till's
-    request, waits ``wait_s`` (as a check waits for the CDN, the CPU idle meanwhile) and
-    answers a fixed JSON body of ``size`` bytes. No markd code runs: its round trip less
-    the wait is what loopback, the event loop, h11 and this guest's wake-ups cost by
-    themselves, measured in the same run as the front (:data:`waits`, per request, in
-    milliseconds)."""
+    request, asks the same CDN emulator host the same ``codes/check`` markd would (its own
+    request bytes, on a kept-alive connection of its own: the same idle wait, the same
+    wake-up by the CDN's answer from the tills' CPU) and answers a fixed JSON body of
+    ``size`` bytes. No markd code runs: its round trip less the CDN's (:data:`waits`, per
+    request, in milliseconds) is what loopback, the event loop, h11 and the machine's
+    wake-ups cost by themselves.
 
-    def __init__(self, wait_s: float, size: int) -> None:
+    :param host: the CDN host, ``http://127.0.0.1:PORT`` (from the list service's
+        ``cdn/info``, as markd's client finds it)."""
+
+    def __init__(self, host: str, token: str, size: int) -> None:
         import h11
 
         self.h11 = h11
-        self.wait_s = wait_s
+        address = host.split("://", 1)[1].rstrip("/")
+        self.cdn = (address.rsplit(":", 1)[0], int(address.rsplit(":", 1)[1]))
+        self.token = token
         pad = max(0, size - len('{"code":0,"pad":""}'))
         self.body = json.dumps({"code": 0, "pad": "x" * pad}, separators=(",", ":")).encode()
         self.waits: list[float] = []
+        self._link: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._closing: list[asyncio.StreamWriter] = []
+
+    async def _ask_cdn(self, n: int) -> None:
+        body = json.dumps({"codes": [code_for(n)]}).encode()
+        request = (
+            "POST /api/v4/true-api/codes/check HTTP/1.1\r\nHost: cdn\r\n"
+            f"X-API-KEY: {self.token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        if self._link is None:
+            self._link = await asyncio.open_connection(*self.cdn)
+            self._link[1].get_extra_info("socket").setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+            )
+        reader, writer = self._link
+        began = time.perf_counter()
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.lower().split(b"\r\n")
+        length = next(int(x.split(b":")[1]) for x in lines if x.startswith(b"content-length:"))
+        answer = await reader.readexactly(length)
+        self.waits.append((time.perf_counter() - began) * 1000)
+        if b'"code": 0' not in answer and b'"code":0' not in answer:
+            raise RuntimeError("the CDN emulator refused the floor's check")
+        if b"connection: close" in lines:
+            writer.close()
+            self._closing.append(writer)
+            self._link = None
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         h11 = self.h11
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         http = h11.Connection(h11.SERVER)
+        served = 0
         while True:
             event = http.next_event()
             if event is h11.NEED_DATA:
@@ -265,9 +321,8 @@ class Floor:
                 continue
             if not isinstance(event, h11.EndOfMessage):
                 continue
-            began = time.perf_counter()
-            await asyncio.sleep(self.wait_s)
-            self.waits.append((time.perf_counter() - began) * 1000)
+            await self._ask_cdn(served)
+            served += 1
             headers = [
                 (b"Content-Type", b"application/json; charset=utf-8"),
                 (b"Content-Length", str(len(self.body)).encode()),
@@ -279,6 +334,27 @@ class Floor:
             writer.write(out)
             http.start_next_cycle()
         writer.close()
+        await writer.wait_closed()
+
+    async def aclose(self) -> None:
+        if self._link is not None:
+            self._closing.append(self._link[1])
+            self._link[1].close()
+            self._link = None
+        for writer in self._closing:
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+def _cdn_host(base: str) -> str:
+    """The first host the CDN's list service names (``cdn/info``), as markd's client asks."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{base}/api/v4/true-api/cdn/info", headers={"X-API-KEY": TOKEN}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback emulator
+        return str(json.load(answer)["hosts"][0]["host"])
 
 
 def _pin(pid: int, cpus: set[int]) -> None:
@@ -395,16 +471,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         budget_ms = args.online_timeout_ms + 100
 
         async def run_client(
-            tills: int, per_till: int, first: int, *, at: int | None = None
+            tills: int, per_till: int, first: int, *, floor_port: int = 0
         ) -> list[list[list[float]]]:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 __file__,
                 "--client",
-                str(port if at is None else at),
+                str(port),
                 str(tills),
                 str(per_till),
                 str(first),
+                str(floor_port),
                 stdout=subprocess.PIPE,
             )
             if load_cpus:
@@ -412,13 +489,24 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             out, _ = await process.communicate()
             return json.loads(out)
 
-        # 0. warm-up (the CDN host list, the first connection)
-        await run_client(1, 20, 10_000_000)
+        # 0. warm-up (the CDN host list, the first connections); markd's answer's size
+        warm, _ = await run_client(1, 20, 10_000_000)
+        # The floor (1b), asked by the same till after each check of case 1.
+        host = await asyncio.to_thread(_cdn_host, cdn_url)
+        floor = Floor(host, TOKEN, int(statistics.median(x[2] for x in warm)))
+        floor_server = await asyncio.start_server(floor.serve, "127.0.0.1", 0)
+        floor_port = floor_server.sockets[0].getsockname()[1]
+        await run_client(1, 20, 10_000_000, floor_port=floor_port)  # the floor's warm-up
+        floor.waits.clear()
         # 1. overhead, one till
         event_log.verdicts.clear()
         served.clear()
         handed.clear()
-        (single,) = await run_client(1, args.count, 0)
+        single, bare = await run_client(1, args.count, 0, floor_port=floor_port)
+        floor_server.close()
+        await floor_server.wait_closed()
+        await floor.aclose()
+        assert len(bare) == len(floor.waits) == len(single), (len(bare), len(floor.waits))
         in_server = list(served)
         latencies = [
             float(v["latency_ms"]) - before
@@ -428,12 +516,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         ]
         assert len(latencies) == len(single), (len(latencies), len(single))
         overhead = [rtt - lat for (rtt, _, _), lat in zip(single, latencies, strict=True)]
-        # 1b. the machine's floor, the same till and the same idle wait, no markd code
-        floor = Floor(args.cdn_latency_ms / 1000, int(statistics.median(x[2] for x in single)))
-        floor_server = await asyncio.start_server(floor.serve, "127.0.0.1", 0)
-        floor_port = floor_server.sockets[0].getsockname()[1]
-        (bare,) = await run_client(1, args.count, 0, at=floor_port)
-        floor_server.close()
+        # 1b. the machine's floor: the same till, the same CDN, no markd code
         floor_ms = [rtt - wait for (rtt, _, _), wait in zip(bare, floor.waits, strict=True)]
         front = [total - lat for total, lat in zip(in_server, latencies, strict=True)]
         # 2. T tills at once, with a scan on markd's own scanner in the middle
@@ -471,6 +554,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "max": round(max(overhead), 3),
         },
         "floor_ms": {
+            "count": len(floor_ms),
             "answer_bytes": len(floor.body),
             "p50": round(statistics.median(floor_ms), 3),
             "p99": round(percentile(floor_ms, 99), 3),
@@ -502,8 +586,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        port, tills, per_till, first = (int(x) for x in sys.argv[2:6])
-        asyncio.run(client(port, tills, per_till, first))
+        port, tills, per_till, first, floor_port = (int(x) for x in sys.argv[2:7])
+        asyncio.run(client(port, tills, per_till, first, floor_port))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=1000)
@@ -533,7 +617,7 @@ def main() -> int:
     )
     floor = figures["floor_ms"]
     print(
-        "the machine's floor (a bare h11 server on asyncio, the same till and wait, "
+        "the machine's floor (a bare h11 server on asyncio, the same till and CDN, "
         f"{floor['answer_bytes']}-byte answers): p50 {floor['p50']:.3f} ms, "
         f"p99 {floor['p99']:.3f} ms"
     )
