@@ -250,6 +250,11 @@ def _journal_key(name: str) -> str | None:
     return key
 
 
+#: A quoted value's JSON (one encoder for every line: ``json.dumps`` with an option makes a
+#: new one per call, and a value with a space, a verdict's message among them, is quoted).
+_LINE_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
 def _format_value(value: Any) -> str:
     """``value`` as it goes on a line: bare when it is printable text without a space or a
     quote, else quoted as JSON with every character that is not printable escaped
@@ -260,7 +265,7 @@ def _format_value(value: Any) -> str:
     # (a character-by-character test in Python cost a verdict's record 24 µs).
     if text and text.isprintable() and " " not in text and '"' not in text:
         return text
-    quoted = json.dumps(text, ensure_ascii=False)
+    quoted = _LINE_JSON.encode(text)
     if quoted.isprintable():
         return quoted
     return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in quoted)
