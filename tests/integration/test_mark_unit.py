@@ -59,11 +59,22 @@ def load(tmp_path: Path, body: str) -> Any:
     return markd_config.load(path)
 
 
-def direct(tmp_path: Path, cdn: Any, lm: Any, front: str = "", check: str = "") -> Any:
+def direct(
+    tmp_path: Path,
+    cdn: Any,
+    lm: Any,
+    front: str = "",
+    check: str = "",
+    timeouts_ms: tuple[int, int] = (400, 300),
+) -> Any:
+    """A config checking online then at the Local Module (``timeouts_ms``: their budgets),
+    with the front on; ``front``, ``check``: more ``[mark_unit]``, ``[check]`` lines."""
+    online, local = timeouts_ms
     return load(
         tmp_path,
         "[terminal]\nfn_serial = '9960440300000001'\n"
-        f"[check]\nmode = 'direct'\nonline_timeout_ms = 400\nlocal_module_timeout_ms = 300\n{check}"
+        f"[check]\nmode = 'direct'\nonline_timeout_ms = {online}\n"
+        f"local_module_timeout_ms = {local}\n{check}"
         f"[check.online]\nurl = '{cdn.url}'\ntoken_file = '{tmp_path / 'token'}'\n"
         f"[check.local_module]\nurl = '{lm.url}'\npassword_file = '{tmp_path / 'lm-password'}'\n"
         f"[mark_unit]\nenabled = true\nlisten = '127.0.0.1:0'\n{front}",
@@ -765,19 +776,24 @@ async def test_a_burst_of_tills_reuses_its_connections_to_the_service(
     # A check client keeps as many idle connections to its service as tills check at once
     # ([mark_unit] max_checks): the second burst opens none (against the real CDN or a ТС
     # ПИоТ each new one is a TLS handshake). With the kiosk's 4, it opened 16 new ones.
+    # Each check is held long enough that all 20 of a burst are under way at once even on a
+    # loaded machine (at 100 ms a slow start let a first burst reuse some connections, and
+    # the second, all at once, then opened the rest).
+    hold_ms = 500
     cdn, lm = services
     if service == "tspiot":
         with tspiot() as ts:
-            ts.set_fault("codes/check", latency_ms=100)  # the burst's checks overlap
+            ts.set_fault("codes/check", latency_ms=hold_ms)
             opened = await connections_in_two_bursts(via_tspiot(tmp_path, ts.url), event_log, ts)
     else:
         if service == "lm":
             cdn.set_fault("codes/check", status=503)  # the Local Module answers every check
-            lm.set_fault("cis/outCheck", latency_ms=100)
+            lm.set_fault("cis/outCheck", latency_ms=hold_ms)
         else:
-            cdn.set_fault("codes/check", latency_ms=100)
+            cdn.set_fault("codes/check", latency_ms=hold_ms)
         server = lm if service == "lm" else cdn.host
-        opened = await connections_in_two_bursts(direct(tmp_path, cdn, lm), event_log, server)
+        cfg = direct(tmp_path, cdn, lm, timeouts_ms=(1500, 1500))
+        opened = await connections_in_two_bursts(cfg, event_log, server)
     assert opened[0] <= 22, opened  # the checks' connections, and a status poll's or health's
     assert opened[1] == opened[0], opened
 
