@@ -74,6 +74,7 @@ from markd.receipts import (
     ReceiptItem,
     ReceiptUnavailable,
 )
+from markd.systemd import passes_events_on
 
 if TYPE_CHECKING:
     from markd.checks.local_module import LocalModuleClient
@@ -955,6 +956,7 @@ class SaleDesk:
             mode=self.mode,
         )
 
+    @passes_events_on
     def _event(self, kind: str, message: str, *, priority: str = "info", **fields: Any) -> None:
         if self.event_log is not None:
             self.event_log.event(kind, message, priority=priority, **fields)

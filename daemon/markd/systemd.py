@@ -33,8 +33,8 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import ModuleType
-from typing import Any, TextIO
+from types import CodeType, ModuleType
+from typing import Any, TextIO, TypeVar
 
 try:  # systemd-python is a dependency, but markd must still run where it failed to build.
     from systemd import daemon as _sd_daemon
@@ -375,13 +375,31 @@ class EventLog:
             observer(kind, message, prio, clean)
 
 
+#: Code of the functions that only hand their arguments on to :meth:`EventLog.event`
+#: (:func:`passes_events_on`): a record names their caller, not them.
+_PASSERS: set[CodeType] = set()
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def passes_events_on(function: _F) -> _F:
+    """Mark ``function`` as one that only hands an event on to :meth:`EventLog.event` (a
+    component's own ``event`` method over its optional event log): the journal's
+    ``CODE_FILE``/``CODE_LINE``/``CODE_FUNC`` then name the code that called it."""
+    _PASSERS.add(function.__code__)
+    return function
+
+
 def _caller() -> tuple[str, int | None, str]:
-    """File, line and function of the code that called :meth:`EventLog.event`. Given to
-    ``systemd.journal.send`` rather than left to it: it would look them up with
-    ``traceback.extract_stack``, which checks each frame's source file on disk, for every
-    record (about 30 µs of a verdict's), and would name ``EventLog.event`` itself. No frame
-    is kept in a local of the frame it is (that would be a reference cycle per record)."""
+    """File, line and function of the code that called :meth:`EventLog.event`, past any
+    :func:`passes_events_on` function between. Given to ``systemd.journal.send`` rather
+    than left to it: it would look them up with ``traceback.extract_stack``, which checks
+    each frame's source file on disk, for every record (about 30 µs of a verdict's), and
+    would name ``EventLog.event`` itself. No frame is kept in a local of the frame it is
+    (that would be a reference cycle per record)."""
     frame = getattr(getattr(inspect.currentframe(), "f_back", None), "f_back", None)
+    while frame is not None and frame.f_code in _PASSERS:
+        frame = frame.f_back
     if frame is None:
         return __file__, None, "event"
     return frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name

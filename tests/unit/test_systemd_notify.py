@@ -276,6 +276,46 @@ def test_a_journal_record_leaves_no_frame_in_a_reference_cycle() -> None:
         gc.garbage.clear()
 
 
+@pytest.mark.parametrize("passer", ["steps", "desk"])
+def test_a_component_event_method_names_the_code_that_called_it(passer: str) -> None:
+    """``SessionSteps.event`` and ``SaleDesk._event`` only hand an event on: the record's
+    location is their caller's (here this test), not theirs."""
+    from markd.fiscal.steps import SessionSteps
+    from markd.sale import SaleDesk
+
+    journal = FakeJournal()
+    owner = types.SimpleNamespace(event_log=EventLog(target="journal", journal=journal))
+    method = SessionSteps.event if passer == "steps" else SaleDesk._event
+    method(owner, "verdict", "m", ki="k")
+    line = sys._getframe().f_lineno - 1
+    (record,) = journal.sent
+    assert record["CODE_FILE"] == __file__
+    assert record["CODE_LINE"] == line
+    assert record["CODE_FUNC"] == "test_a_component_event_method_names_the_code_that_called_it"
+
+
+def test_passers_are_skipped_however_deep_and_only_they() -> None:
+    journal = FakeJournal()
+    log = EventLog(target="journal", journal=journal)
+
+    @sd.passes_events_on
+    def inner(kind: str) -> None:
+        log.event(kind, "m")
+
+    @sd.passes_events_on
+    def outer(kind: str) -> None:
+        inner(kind)
+
+    def not_a_passer() -> None:
+        log.event("verdict", "m")
+
+    outer("verdict")
+    not_a_passer()
+    first, second = journal.sent
+    assert first["CODE_FUNC"] == "test_passers_are_skipped_however_deep_and_only_they"
+    assert second["CODE_FUNC"] == "not_a_passer"
+
+
 def test_a_logging_record_reaches_the_journal_with_its_own_location() -> None:
     journal = FakeJournal()
     logger = logging.getLogger("markd.test-bridge")

@@ -47,6 +47,7 @@ from markd.fiscal.model import (
 from markd.fiscal.outcomes import ReceiptOutcome, UnitOutcome
 from markd.fiscal.receipt_index import NEEDS_TECHNICIAN, IndexUnavailable
 from markd.receipts import Payment
+from markd.systemd import passes_events_on
 
 if TYPE_CHECKING:
     from markd.systemd import EventLog
@@ -289,6 +290,7 @@ class SessionSteps:
         """Stop the worker thread (the printer belongs to the caller)."""
         self._executor.shutdown(wait=True)
 
+    @passes_events_on
     def event(self, kind: str, message: str, *, priority: str = "info", **fields: Any) -> None:
         if self.event_log is not None:
             self.event_log.event(kind, message, priority=priority, **fields)
