@@ -293,3 +293,88 @@ def test_esm_response_has_the_v1_shape_whatever_version_answered() -> None:
     assert desk_module.esm_response({"codesResponse": [entry]}) == v1
     emergency = {"code": 203, "message": "emergency", "details": []}
     assert desk_module.esm_response(emergency) == emergency
+
+
+class FactsBackend(SlowBackend):
+    """Allows every code with an online answer that carries facts (a CDN code object as
+    ``domain.md`` §3.5 lists its fields) and the code parsed, as the service's chain does."""
+
+    async def check_for_till(self, data: bytes, context: Any, **_: Any) -> TillCheck:
+        from markd import codes
+        from markd.checks.results import SourceAnswer
+
+        self.checks += 1
+        code = codes.parse(data)
+        body = {
+            "code": 0,
+            "reqId": f"req-{self.checks}",
+            "reqTimestamp": 1733500000000 + self.checks,
+            "codes": [
+                {
+                    "cis": code.ki,
+                    "valid": True,
+                    "printView": code.ki,
+                    "gtin": code.gtin,
+                    "groupIds": [3],
+                    "found": True,
+                    "utilised": True,
+                    "verified": True,
+                    "realizable": True,
+                    "isBlocked": False,
+                    "expireDate": "2027-06-01T00:00:00.000Z",
+                    "productionDate": "2026-06-01T00:00:00.000Z",
+                    "mrp": 25000,
+                    "smp": 0,
+                    "errorCode": 0,
+                }
+            ],
+        }
+        answer = SourceAnswer.from_json("cdn", body)
+        verdict = Verdict("allow", "allowed", "Продажа разрешена", "cdn", "mark-unit")
+        return TillCheck(CheckedCode(verdict, code), (answer,))
+
+
+async def test_a_checked_code_leaves_the_desk_its_price_facts_only() -> None:
+    """The desk remembers each code's check for ``begin`` (up to MAX_PENDING codes): what the
+    price rules read, not the answer's objects nor the parsed code, which would fill the
+    cyclic collector's young generation until the table is full."""
+    import gc
+
+    backend = FactsBackend(0)
+    desk = MarkUnitDesk(backend, MarkUnitConfig(repeat_cache_ms=0))  # type: ignore[arg-type]
+
+    def body(n: int) -> bytes:
+        text = f"0104680029460908215serial{n:06d}\x1d938p9E"
+        return json.dumps(
+            {
+                "action": "check",
+                "uid": f"u{n}",
+                "type": "receipt",
+                "positions": [{"marking_codes": [base64.b64encode(text.encode()).decode()]}],
+            }
+        ).encode()
+
+    for n in range(20):  # whatever the first checks make once
+        await desk.handle(parse_document(body(n)), "10.0.0.5", body(n))
+    gc.collect()
+    before = len(gc.get_objects())
+    for n in range(20, 420):
+        answer = await desk.handle(parse_document(body(n)), "10.0.0.5", body(n))
+        assert answer["code"] == 0
+    del answer
+    gc.collect()
+    kept = len(gc.get_objects()) - before
+    assert kept <= 440, f"{kept} objects kept for 400 codes"  # one each (was three)
+    # ...and begin still reads them: a pack of group 3 above its MRP is flagged.
+    text = base64.b64encode(b"0104680029460908215serial000100\x1d938p9E").decode()
+    begin = json.dumps(
+        {
+            "action": "begin",
+            "uid": "r1",
+            "type": "receipt",
+            "positions": [{"marking_codes": [text], "product_price": 300.0}],
+        }
+    ).encode()
+    flagged = await desk.handle(parse_document(begin), "10.0.0.5", begin)
+    assert flagged["code"] == desk_module.PRICE_FLAGGED and flagged["marking_codes"] == [text]
+    assert backend.checks == 420

@@ -43,7 +43,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from markd.checks.after_answer import AFTER_ANSWER, AfterAnswer, after_answer
 from markd.checks.results import SourceAnswer, SourceFailure
@@ -388,8 +388,9 @@ class MarkUnitDesk:
         self.repeats = RepeatCache(config.repeat_cache_ms / 1000.0)
         self._slots = asyncio.Semaphore(config.max_checks)
         self._tills: OrderedDict[str, _TillReceipts] = OrderedDict()
-        #: Facts of each code's last check, by the till's base64 text, for ``begin``.
-        self._facts: OrderedDict[str, tuple[Any, MarkingCode | None]] = OrderedDict()
+        #: What the price rules read of each code's last check, by the till's base64 text,
+        #: for ``begin`` (None: no answer carried facts).
+        self._facts: OrderedDict[str, PriceFacts | None] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(
@@ -549,7 +550,7 @@ class MarkUnitDesk:
         return verdict.message_ru, result
 
     def _remember(self, code: TillCode, result: TillCheck) -> None:
-        self._facts[code.base64] = (_facts_of(result), result.checked.code)
+        self._facts[code.base64] = _facts_of(result)
         self._facts.move_to_end(code.base64)
         while len(self._facts) > MAX_PENDING:
             self._facts.popitem(last=False)
@@ -592,7 +593,7 @@ class MarkUnitDesk:
             if code.base64 in facts_now:
                 facts = facts_now[code.base64]
             else:
-                facts = self._facts.get(code.base64, (None, None))[0]
+                facts = self._facts.get(code.base64)
             if document.refund or facts is None or position.price_kopecks is None:
                 continue
             problem = price_problem(facts, position.price_kopecks)
@@ -714,15 +715,27 @@ class MarkUnitDesk:
         await self.backend.aclose()
 
 
-def _facts_of(result: TillCheck) -> Any:
-    """The facts of a check's answer (the online one first), for the price rules."""
+class PriceFacts(NamedTuple):
+    """What the price rules (:func:`price_problem`) read of a code's check. Kept for each
+    code checked lately instead of the answer's whole facts, whose objects (a few dozen a
+    code, up to :data:`MAX_PENDING` codes) would only fill the cyclic collector's young
+    generation until the table is full."""
+
+    group_ids: tuple[int, ...] | None
+    smp: int | None
+    mrp: int | None
+
+
+def _facts_of(result: TillCheck) -> PriceFacts | None:
+    """What the price rules read of a check's answer (the online one first), or None when
+    no answer carried facts."""
     facts = None
     for item in result.answers:
         if isinstance(item, SourceAnswer) and item.code == 0:
             facts = item.facts
             if item.online:
                 break
-    return facts
+    return None if facts is None else PriceFacts(facts.group_ids, facts.smp, facts.mrp)
 
 
 def _one_code(document: Document) -> TillCode | None:
