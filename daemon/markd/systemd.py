@@ -376,8 +376,9 @@ class EventLog:
 
 
 #: Code of the functions that only hand their arguments on to :meth:`EventLog.event`
-#: (:func:`passes_events_on`): a record names their caller, not them.
-_PASSERS: set[CodeType] = set()
+#: (:func:`passes_events_on`), by identity: a record names their caller, not them. (Code
+#: objects compare equal by content, not by file: a set of them could match a twin elsewhere.)
+_PASSERS: dict[int, CodeType] = {}
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -385,8 +386,10 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def passes_events_on(function: _F) -> _F:
     """Mark ``function`` as one that only hands an event on to :meth:`EventLog.event` (a
     component's own ``event`` method over its optional event log): the journal's
-    ``CODE_FILE``/``CODE_LINE``/``CODE_FUNC`` then name the code that called it."""
-    _PASSERS.add(function.__code__)
+    ``CODE_FILE``/``CODE_LINE``/``CODE_FUNC`` then name the code that called it. The
+    innermost decorator of a function (it marks the function's own code)."""
+    code = function.__code__
+    _PASSERS[id(code)] = code
     return function
 
 
@@ -398,7 +401,7 @@ def _caller() -> tuple[str, int | None, str]:
     would name ``EventLog.event`` itself. No frame is kept in a local of the frame it is
     (that would be a reference cycle per record)."""
     frame = getattr(getattr(inspect.currentframe(), "f_back", None), "f_back", None)
-    while frame is not None and frame.f_code in _PASSERS:
+    while frame is not None and id(frame.f_code) in _PASSERS:
         frame = frame.f_back
     if frame is None:
         return __file__, None, "event"

@@ -364,7 +364,9 @@ async def test_a_checked_code_leaves_the_desk_its_price_facts_only() -> None:
     del answer
     gc.collect()
     kept = len(gc.get_objects()) - before
-    assert kept <= 440, f"{kept} objects kept for 400 codes"  # one each (was three)
+    # One each now, three before (1,200): the bound leaves room for what another Python
+    # version tracks or not, and still fails the old table.
+    assert kept <= 800, f"{kept} objects kept for 400 codes"
     # ...and begin still reads them: a pack of group 3 above its MRP is flagged.
     text = base64.b64encode(b"0104680029460908215serial000100\x1d938p9E").decode()
     begin = json.dumps(

@@ -316,6 +316,22 @@ def test_passers_are_skipped_however_deep_and_only_they() -> None:
     assert second["CODE_FUNC"] == "not_a_passer"
 
 
+def test_a_passer_twin_from_another_file_is_not_one() -> None:
+    # Code objects compare equal by content: the same source compiled under two file names
+    # makes two equal ones, and only the one marked passes events on.
+    source = "def relay(log):\n    log.event('verdict', 'm')\n"
+    first: dict[str, Any] = {}
+    second: dict[str, Any] = {}
+    exec(compile(source, "first.py", "exec"), first)  # noqa: S102 - a fixed source
+    exec(compile(source, "second.py", "exec"), second)  # noqa: S102 - a fixed source
+    assert first["relay"].__code__ == second["relay"].__code__
+    sd.passes_events_on(first["relay"])
+    journal = FakeJournal()
+    second["relay"](EventLog(target="journal", journal=journal))
+    (record,) = journal.sent
+    assert (record["CODE_FILE"], record["CODE_FUNC"]) == ("second.py", "relay")
+
+
 def test_a_logging_record_reaches_the_journal_with_its_own_location() -> None:
     journal = FakeJournal()
     logger = logging.getLogger("markd.test-bridge")

@@ -577,7 +577,7 @@ class MarkUnitDesk:
                 for position, code in unchecked.values()
             )
         )
-        facts_now: dict[str, Any] = {}
+        facts_now: dict[str, PriceFacts | None] = {}
         refusals: list[str] = []
         for key, (refusal, result) in zip(unchecked, results, strict=True):
             facts_now[key] = None if result is None else _facts_of(result)
@@ -717,9 +717,9 @@ class MarkUnitDesk:
 
 class PriceFacts(NamedTuple):
     """What the price rules (:func:`price_problem`) read of a code's check. Kept for each
-    code checked lately instead of the answer's whole facts, whose objects (a few dozen a
-    code, up to :data:`MAX_PENDING` codes) would only fill the cyclic collector's young
-    generation until the table is full."""
+    code checked lately (up to :data:`MAX_PENDING`) instead of the answer's facts and the
+    parsed code: one object a code for the cyclic collector to track instead of three, and
+    none of what those hold."""
 
     group_ids: tuple[int, ...] | None
     smp: int | None
